@@ -1,0 +1,8 @@
+"""
+netd: network protocol services from one config file, on Twisted.
+
+The plugin contract is in L{netd.interfaces}; a plugin's schema is written with
+L{netd.options}; L{netd.plugin.PluginContext} is what a plugin is given.
+"""
+
+__version__ = "0.1.0"

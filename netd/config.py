@@ -1,0 +1,302 @@
+"""
+The config file: TOML in, validated frozen specs out, or every problem at once.
+
+A service table is decoded in two phases: first the envelope that the core owns
+(L{ServiceEnvelope}: name, plugin, listen, limits, framing), then the remaining
+keys through the schema of the plugin it names.  Cross-key rules (unique names,
+transports the plugin serves, the framing's limits) are checked last.  Nothing is
+listened on before all of it passes.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib.resources import files
+from typing import Any, Literal
+
+import attrs
+
+from netd.framing import FRAMINGS
+from netd.listen import ListenAddress
+from netd.options import (
+    ConfigError,
+    KeyPath,
+    Problem,
+    atLeast,
+    between,
+    closeMatch,
+    decodeTable,
+    option,
+    schemaFields,
+    toConfig,
+)
+from netd.plugin import PluginRegistry
+
+DEFAULT_CONFIG_NAME = "<embedded default>"
+DEFAULT_MAX_FRAME = 65536
+LARGEST_MAX_FRAME = 64 * 2**20
+
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["debug", "info", "warn", "error", "critical"]
+
+
+@attrs.frozen
+class DaemonSpec:
+    """
+    The C{[daemon]} table: settings of the process rather than of one service.
+    """
+
+    log_format: LogFormat = option("text", help="'text' for readable lines, 'json' for one JSON object per line.")
+    log_level: LogLevel = option("info", help="The least severe log level written.")
+    shutdown_timeout: float = option(
+        10.0,
+        help="Seconds open connections get to finish after SIGTERM/SIGINT before they are closed.",
+        checks=(between(0, 3600),),
+    )
+
+
+@attrs.frozen
+class ServiceEnvelope:
+    """
+    The keys every service has, whatever its plugin.
+    """
+
+    name: str = option(help="Unique name of the service, used in logs, counters and the ports file.")
+    plugin: str = option(help="Which plugin serves it (see `netd plugins`).")
+    listen: tuple[ListenAddress, ...] = option(
+        help="Addresses to serve: Twisted endpoint strings (tcp:, tcp6:, unix:, ...) and udp:PORT[:interface=ADDR].",
+    )
+    enabled: bool = option(True, help="false keeps the service in the file without running it.")
+    max_connections: int = option(
+        1024,
+        help="Stream connections open at once; further ones are closed on accept and counted.",
+        checks=(between(1, 1_000_000),),
+    )
+    idle_timeout: float = option(
+        300.0,
+        help="Seconds without traffic either way before a stream connection is closed; 0 never closes one.",
+        checks=(between(0, 86400 * 7),),
+    )
+    framing: str | None = option(
+        None,
+        help="How streams are cut into frames: " + ", ".join(FRAMINGS) + "; the plugin's default when unset.",
+    )
+    max_frame: int | None = option(
+        None,
+        help=f"Largest frame accepted from a peer, in bytes; {DEFAULT_MAX_FRAME} (or the framing's "
+        "largest, if smaller) when unset. Not used with raw framing.",
+        checks=(between(1, LARGEST_MAX_FRAME),),
+    )
+
+
+ENVELOPE_KEYS = frozenset(schemaFields(ServiceEnvelope))
+
+
+@attrs.frozen
+class ServiceSpec:
+    """
+    One validated service: the envelope with its defaults resolved, the plugin,
+    and the plugin's own options.
+    """
+
+    name: str
+    plugin: Any
+    listen: tuple[ListenAddress, ...]
+    enabled: bool
+    max_connections: int
+    idle_timeout: float
+    framing: str | None
+    max_frame: int | None
+    options: Any
+
+    def toConfig(self) -> dict[str, Any]:
+        """
+        The service as a normalized TOML table: every key, defaults included.
+        """
+        table = {
+            "name": self.name,
+            "plugin": self.plugin.name,
+            "listen": toConfig(self.listen),
+            "enabled": self.enabled,
+            "max_connections": self.max_connections,
+            "idle_timeout": self.idle_timeout,
+        }
+        if self.framing is not None:
+            table["framing"] = self.framing
+        if self.max_frame is not None:
+            table["max_frame"] = self.max_frame
+        table.update(toConfig(self.options))
+        return table
+
+
+@attrs.frozen
+class NetdConfig:
+    """
+    A whole validated config file.
+
+    @ivar source: the file it came from, for messages.
+    """
+
+    source: str
+    daemon: DaemonSpec
+    services: tuple[ServiceSpec, ...]
+
+    def toConfig(self) -> dict[str, Any]:
+        """
+        The normalized config as TOML data, defaults filled in.
+        """
+        return {"daemon": toConfig(self.daemon), "services": [s.toConfig() for s in self.services]}
+
+
+def _resolveFraming(
+    envelope: ServiceEnvelope, plugin: Any, path: KeyPath, problems: list[Problem]
+) -> tuple[str | None, int | None]:
+    """
+    The framing and frame limit a service runs with, from its keys and its plugin.
+    """
+    if not plugin.framings:
+        for key in ("framing", "max_frame"):
+            if getattr(envelope, key) is not None:
+                problems.append(Problem(path + (key,), f"plugin {plugin.name!r} serves no streams, so it takes no {key}"))
+        return None, None
+    framing = envelope.framing if envelope.framing is not None else plugin.framings[0]
+    if framing not in plugin.framings:
+        problems.append(
+            Problem(
+                path + ("framing",),
+                f"plugin {plugin.name!r} does not support framing {framing!r}; "
+                f"expected one of {', '.join(plugin.framings)}{closeMatch(framing, plugin.framings)}",
+            )
+        )
+        return None, None
+    largest = FRAMINGS[framing].largest
+    if largest is None:
+        if envelope.max_frame is not None:
+            problems.append(Problem(path + ("max_frame",), "raw framing has no frames to limit; remove max_frame"))
+        return framing, None
+    if envelope.max_frame is None:
+        return framing, min(DEFAULT_MAX_FRAME, largest)
+    if envelope.max_frame > largest:
+        problems.append(
+            Problem(path + ("max_frame",), f"{envelope.max_frame} is more than {framing} framing can carry ({largest})")
+        )
+    return framing, envelope.max_frame
+
+
+def _decodeService(
+    table: Any, path: KeyPath, registry: PluginRegistry, problems: list[Problem]
+) -> ServiceSpec | None:
+    """
+    Decode one C{[[services]]} table: envelope first, then the plugin's keys.
+    """
+    if not isinstance(table, dict):
+        problems.append(Problem(path, f"expected a table, got {type(table).__name__}"))
+        return None
+    envelopeTable = {k: v for k, v in table.items() if k in ENVELOPE_KEYS}
+    pluginTable = {k: v for k, v in table.items() if k not in ENVELOPE_KEYS}
+    before = len(problems)
+    envelope = decodeTable(ServiceEnvelope, envelopeTable, path, problems, unknownKeys=False)
+    pluginName = table.get("plugin")
+    plugin = registry.get(pluginName) if isinstance(pluginName, str) else None
+    if plugin is None:
+        if isinstance(pluginName, str):
+            known = sorted(registry.plugins)
+            message = f"unknown plugin {pluginName!r}{closeMatch(pluginName, known)}; known plugins: {', '.join(known)}"
+            if registry.broken:
+                message += "; plugins that failed to load: " + "; ".join(
+                    f"{source}: {why}" for source, why in sorted(registry.broken.items())
+                )
+            problems.append(Problem(path + ("plugin",), message))
+        return None
+    options = decodeTable(plugin.optionsType, pluginTable, path, problems, extraKnown=ENVELOPE_KEYS)
+    if envelope is None:
+        return None
+    for i, address in enumerate(envelope.listen):
+        if address.transport not in plugin.transports:
+            problems.append(
+                Problem(
+                    path + ("listen", i),
+                    f"plugin {plugin.name!r} does not serve {address.transport}s; "
+                    f"it serves {', '.join(sorted(plugin.transports))} ({address.text!r})",
+                )
+            )
+    if not envelope.listen:
+        problems.append(Problem(path + ("listen",), "expected at least one listen address"))
+    framing, maxFrame = _resolveFraming(envelope, plugin, path, problems)
+    if len(problems) > before:
+        return None
+    return ServiceSpec(
+        name=envelope.name,
+        plugin=plugin,
+        listen=envelope.listen,
+        enabled=envelope.enabled,
+        max_connections=envelope.max_connections,
+        idle_timeout=envelope.idle_timeout,
+        framing=framing,
+        max_frame=maxFrame,
+        options=options,
+    )
+
+
+def parseConfig(data: dict[str, Any], source: str, registry: PluginRegistry) -> NetdConfig:
+    """
+    Validate parsed TOML.
+
+    @raise ConfigError: with every problem found.
+    """
+    problems: list[Problem] = []
+    for key in data:
+        if key not in ("daemon", "services"):
+            problems.append(
+                Problem((key,), f"unknown top-level key{closeMatch(key, ['daemon', 'services']) or '; expected [daemon] and [[services]]'}")
+            )
+    daemonTable = data.get("daemon", {})
+    daemon = None
+    if isinstance(daemonTable, dict):
+        daemon = decodeTable(DaemonSpec, daemonTable, ("daemon",), problems)
+    else:
+        problems.append(Problem(("daemon",), "expected a table: [daemon]"))
+    serviceTables = data.get("services", [])
+    services: list[ServiceSpec] = []
+    if not isinstance(serviceTables, list):
+        problems.append(Problem(("services",), "expected an array of tables: [[services]]"))
+        serviceTables = []
+    seen: dict[str, int] = {}
+    for i, table in enumerate(serviceTables):
+        spec = _decodeService(table, ("services", i), registry, problems)
+        name = table.get("name") if isinstance(table, dict) else None
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(Problem(("services", i, "name"), f"duplicate service name {name!r}; services[{seen[name]}] has it"))
+            else:
+                seen[name] = i
+        if spec is not None:
+            services.append(spec)
+    if not problems and not any(s.enabled for s in services):
+        problems.append(Problem(("services",), "no enabled service; add a [[services]] table"))
+    if problems or daemon is None:
+        raise ConfigError(source, problems)
+    return NetdConfig(source=source, daemon=daemon, services=tuple(services))
+
+
+def loadConfig(path: str | None, registry: PluginRegistry) -> NetdConfig:
+    """
+    Read and validate a config file, or the embedded default when C{path} is L{None}.
+
+    @raise ConfigError: when the file cannot be read, is not TOML, or is invalid.
+    """
+    if path is None:
+        text = files("netd").joinpath("default.toml").read_text(encoding="utf-8")
+        source = DEFAULT_CONFIG_NAME
+    else:
+        source = path
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(source, [Problem((), f"cannot read the file: {e}")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, [Problem((), f"not valid TOML: {e}")]) from None
+    return parseConfig(data, source, registry)

@@ -1,0 +1,310 @@
+"""
+The shared framing layer: bytes on a stream in, whole frames out, and back.
+
+Every stream plugin sees the same vocabulary whatever the framing: its
+L{IFrameReceiver} gets C{frameReceived(frame)} and answers with
+C{connection.sendFrame(frame)}.  The framings are thin adapters of Twisted's
+receivers in L{twisted.protocols.basic}, which already check a length prefix
+against the limit before buffering the payload; this module gives their
+different hooks one name and one reaction to a peer that breaks the framing
+(log, count, close).  L{FRAMINGS} is the one table that the config validator,
+the docs and the tests all read.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import attrs
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import (
+    Int16StringReceiver,
+    Int32StringReceiver,
+    LineOnlyReceiver,
+    NetstringReceiver,
+)
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
+from netd.metrics import Counters
+
+
+class FramingError(ValueError):
+    """
+    A frame that the connection's framing cannot carry was given to C{sendFrame}.
+    """
+
+
+@implementer(IFrameConnection)
+class FramedProtocol(Protocol):
+    """
+    What every framing adapter shares: the receiver it feeds, and the one
+    reaction to a framing violation.
+
+    @ivar receiver: the plugin's side of this connection.
+    @ivar MAX_LENGTH: the largest frame accepted from the peer, in bytes (the
+        name is the one Twisted's receivers read).
+    """
+
+    framingName: ClassVar[str]
+    receiver: IFrameReceiver
+    factory: FramedFactory
+    MAX_LENGTH: int
+
+    def connectionMade(self) -> None:
+        """
+        Introduce the receiver to its connection.
+        """
+        self.receiver.connectionMade(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Tell the receiver its connection is gone.
+        """
+        self.receiver.connectionLost(reason)
+
+    def deliverFrame(self, frame: bytes) -> None:
+        """
+        Hand one decoded frame to the receiver, unless it has closed the
+        connection already (the rest of that read is then dropped).
+        """
+        if not self.transport.disconnecting:  # type: ignore[union-attr]
+            self.receiver.frameReceived(frame)
+
+    def framingViolation(self, reason: str) -> None:
+        """
+        The peer broke the framing: log why, count it, close the connection.
+        """
+        self.factory.counters["frames_rejected"] += 1
+        self.factory.log.warn(
+            "closing connection from {peer}: {reason}",
+            peer=self.transport.getPeer(),  # type: ignore[union-attr]
+            reason=reason,
+            framing=self.framingName,
+        )
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def sendFrame(self, frame: bytes) -> None:
+        """
+        Encode and send one frame; see L{IFrameConnection.sendFrame}.
+        """
+        raise NotImplementedError()
+
+    def loseConnection(self) -> None:
+        """
+        Close the connection after what was sent is written.
+        """
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def getPeer(self) -> IAddress:
+        """
+        The remote address.
+        """
+        return self.transport.getPeer()  # type: ignore[union-attr]
+
+    def getHost(self) -> IAddress:
+        """
+        The local address.
+        """
+        return self.transport.getHost()  # type: ignore[union-attr]
+
+    def _tooLong(self, size: int) -> str:
+        """
+        The reason given for an incoming frame over the limit.
+        """
+        return f"{self.framingName} frame of {size} bytes exceeds max_frame ({self.MAX_LENGTH})"
+
+
+class RawFraming(FramedProtocol):
+    """
+    No framing: each read, as it came, is a frame; frames are written as they are.
+    """
+
+    framingName = "raw"
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Pass the read on.
+        """
+        self.receiver.frameReceived(data)
+
+    def sendFrame(self, frame: bytes) -> None:
+        """
+        Write the bytes.
+        """
+        self.transport.write(frame)  # type: ignore[union-attr]
+
+
+class LineFraming(FramedProtocol, LineOnlyReceiver):
+    """
+    Lines ended by LF; a CR before the LF is not part of the frame.  Frames are
+    sent with a bare LF.
+    """
+
+    framingName = "line"
+    delimiter = b"\n"
+
+    def lineReceived(self, line: bytes) -> None:
+        """
+        Strip a trailing CR and deliver the line.
+        """
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        self.receiver.frameReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """
+        A line (or the unterminated tail of the buffer) is over the limit.
+        """
+        self.framingViolation(f"line of {len(line)}+ bytes exceeds max_frame ({self.MAX_LENGTH})")
+
+    def sendFrame(self, frame: bytes) -> None:
+        """
+        Send the frame followed by LF.
+        """
+        if b"\n" in frame:
+            raise FramingError(f"line framing cannot send a frame containing LF ({len(frame)} bytes)")
+        self.sendLine(frame)
+
+
+class NetstringFraming(FramedProtocol, NetstringReceiver):
+    """
+    Netstrings (C{5:hello,}).
+    """
+
+    framingName = "netstring"
+
+    def stringReceived(self, string: bytes) -> None:
+        """
+        Deliver the payload.
+        """
+        self.deliverFrame(string)
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Decode, and report the peer if Twisted's parser found it broken (a
+        malformed netstring, or a length over the limit, which is checked
+        before the payload is read).
+        """
+        NetstringReceiver.dataReceived(self, data)
+        if self.brokenPeer == 1:
+            self.brokenPeer = 2
+            self.framingViolation(f"malformed netstring, or one longer than max_frame ({self.MAX_LENGTH})")
+
+    def sendFrame(self, frame: bytes) -> None:
+        """
+        Send the frame as a netstring.
+        """
+        self.sendString(frame)
+
+
+class _LengthPrefixed(FramedProtocol):
+    """
+    Shared by the big-endian length-prefixed framings.
+    """
+
+    prefixLength: int
+
+    def stringReceived(self, string: bytes) -> None:
+        """
+        Deliver the payload.
+        """
+        self.deliverFrame(string)
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        """
+        A prefix announced more than the limit; nothing of it was buffered.
+        """
+        self.framingViolation(self._tooLong(length))
+
+    def sendFrame(self, frame: bytes) -> None:
+        """
+        Send the frame behind its length prefix.
+        """
+        if len(frame) >= 2 ** (8 * self.prefixLength):
+            raise FramingError(
+                f"{self.framingName} framing cannot send a frame of {len(frame)} bytes; "
+                f"the largest is {2 ** (8 * self.prefixLength) - 1}"
+            )
+        self.sendString(frame)  # type: ignore[attr-defined]
+
+
+class U16Framing(_LengthPrefixed, Int16StringReceiver):
+    """
+    A two-byte big-endian length, then the frame: DNS over TCP's framing.
+    """
+
+    framingName = "u16"
+
+
+class U32Framing(_LengthPrefixed, Int32StringReceiver):
+    """
+    A four-byte big-endian length, then the frame.
+    """
+
+    framingName = "u32"
+
+
+@attrs.frozen
+class Framing:
+    """
+    One entry of L{FRAMINGS}.
+
+    @ivar largest: the largest frame the wire format can carry, or L{None} where
+        frames have no size of their own (C{raw}).
+    """
+
+    name: str
+    protocol: type[FramedProtocol]
+    largest: int | None
+    description: str
+
+
+FRAMINGS: dict[str, Framing] = {
+    f.name: f
+    for f in (
+        Framing("raw", RawFraming, None, "bytes as they arrive, written back as they are"),
+        Framing("line", LineFraming, 2**30, "LF-terminated lines; a CR before the LF is stripped"),
+        Framing("netstring", NetstringFraming, 2**30, "netstrings: LENGTH:DATA,"),
+        Framing("u16", U16Framing, 2**16 - 1, "2-byte big-endian length prefix (DNS over TCP)"),
+        Framing("u32", U32Framing, 2**32 - 1, "4-byte big-endian length prefix"),
+    )
+}
+
+
+class FramedFactory(Factory):
+    """
+    Builds the framed protocol of each connection and the plugin receiver behind it.
+
+    @ivar counters: the service's counters (C{frames_rejected} is counted here).
+    @ivar log: the service's logger, for framing violations.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        framing: Framing,
+        maxFrame: int,
+        handler: IStreamHandler,
+        counters: Counters,
+        log: Logger,
+    ) -> None:
+        self.framing = framing
+        self.maxFrame = maxFrame
+        self.handler = handler
+        self.counters = counters
+        self.log = log
+
+    def buildProtocol(self, addr: IAddress) -> FramedProtocol:
+        """
+        A framed protocol with a new receiver from the plugin's handler.
+        """
+        protocol = self.framing.protocol()
+        protocol.factory = self
+        protocol.MAX_LENGTH = self.maxFrame
+        protocol.receiver = self.handler.newConnection()
+        return protocol

@@ -1,0 +1,123 @@
+"""
+The contract between netd's core and its protocol plugins.
+
+A plugin (L{IProtocolPlugin}) declares its name, its options schema and the
+transports it serves, and builds one handler per configured service.  For
+streams the handler makes an L{IFrameReceiver} per connection, which sees whole
+frames (the core does the framing) and answers through an L{IFrameConnection};
+for datagrams the handler itself is an L{IDatagramHandler}.  Everything between
+the socket and those calls (listening, limits, idle timeouts, framing, TLS,
+faults, counters) is the core's.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IProtocolPlugin(Interface):
+    """
+    A protocol netd can serve; found among the built-ins or through the
+    C{netd.plugins} entry-point group.
+    """
+
+    name = Attribute("The value of a service's C{plugin} key: lowercase, no spaces.")
+    summary = Attribute("One line saying what the plugin serves.")
+    optionsType = Attribute(
+        "A frozen attrs class whose fields (declared with netd.options.option) are the "
+        "plugin's own config keys; it is the plugin's schema."
+    )
+    transports = Attribute("A frozenset of the transports served: 'stream', 'datagram'.")
+    framings = Attribute(
+        "The stream framings the plugin accepts (names from netd.framing.FRAMINGS), the "
+        "default first; empty when it serves no streams."
+    )
+
+    def build(options: object, context: object) -> object:  # type: ignore[misc]
+        """
+        Make the handler of one configured service from its validated options and
+        a L{netd.plugin.PluginContext}.  It must provide L{IStreamHandler} if the
+        plugin serves streams and L{IDatagramHandler} if it serves datagrams.
+        """
+
+
+class IFrameConnection(Interface):
+    """
+    One stream connection, as a frame receiver sees it.
+    """
+
+    def sendFrame(frame: bytes) -> None:  # type: ignore[misc]
+        """
+        Encode a frame with the connection's framing and send it.
+
+        @raise netd.framing.FramingError: if the framing cannot carry it.
+        """
+
+    def loseConnection() -> None:  # type: ignore[misc]
+        """
+        Close the connection once what was sent has been written.
+        """
+
+    def getPeer() -> object:  # type: ignore[misc]
+        """
+        The remote address.
+        """
+
+    def getHost() -> object:  # type: ignore[misc]
+        """
+        The local address.
+        """
+
+
+class IFrameReceiver(Interface):
+    """
+    A plugin's side of one stream connection.
+    """
+
+    def connectionMade(connection: IFrameConnection) -> None:  # type: ignore[misc]
+        """
+        The connection is open; frames are sent back through C{connection}.
+        """
+
+    def frameReceived(frame: bytes) -> None:  # type: ignore[misc]
+        """
+        One complete frame arrived (with C{raw} framing: whatever bytes arrived).
+        """
+
+    def connectionLost(reason: object) -> None:  # type: ignore[misc]
+        """
+        The connection is gone, with a L{twisted.python.failure.Failure} saying why.
+        """
+
+
+class IStreamHandler(Interface):
+    """
+    What a plugin's handler provides to serve streams.
+    """
+
+    def newConnection() -> IFrameReceiver:  # type: ignore[misc]
+        """
+        Make the receiver of one newly accepted connection.
+        """
+
+
+class IDatagramSender(Interface):
+    """
+    The socket a datagram arrived on, for sending answers back.
+    """
+
+    def sendDatagram(datagram: bytes, peer: tuple[str, int]) -> None:  # type: ignore[misc]
+        """
+        Send one datagram to C{peer}.
+        """
+
+
+class IDatagramHandler(Interface):
+    """
+    What a plugin's handler provides to serve datagrams.
+    """
+
+    def datagramReceived(datagram: bytes, peer: tuple[str, int], sender: IDatagramSender) -> None:  # type: ignore[misc]
+        """
+        One datagram arrived from C{peer}; answers go out through C{sender}.
+        """

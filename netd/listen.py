@@ -1,0 +1,178 @@
+"""
+Listen strings: which ones are valid, and turning them into listening ports.
+
+Stream listen strings are Twisted endpoint strings (C{tcp:}, C{tcp6:}, C{unix:},
+C{systemd:}, ...), checked by Twisted's own parser when the config is read and
+listened on through the endpoint at start.  Twisted has no UDP endpoints, so
+C{udp:PORT[:interface=ADDR]} is netd's own, written in the same grammar.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, ClassVar, Literal
+
+import attrs
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.protocol import DatagramProtocol
+
+from netd.options import InvalidValue
+
+Transport = Literal["stream", "datagram"]
+
+_NO_REACTOR: Any = None
+"""
+Stands in for the reactor while only a description is being checked: Twisted's
+parsers store the reactor in the endpoint without using it, and the endpoint made
+at that point is thrown away.
+"""
+
+_PORT_PREFIXES = frozenset({"tcp", "tcp6", "ssl", "udp"})
+"""
+Endpoint types whose first argument is a port number.
+"""
+
+
+def splitDescription(text: str) -> list[str]:
+    """
+    Split an endpoint description at the colons that are not escaped with a
+    backslash, as Twisted's endpoint grammar does (C{interface=\\:\\:1}).
+    """
+    parts = [""]
+    chars = iter(text)
+    for char in chars:
+        if char == "\\":
+            parts[-1] += next(chars, "")
+        elif char == ":":
+            parts.append("")
+        else:
+            parts[-1] += char
+    return parts
+
+
+def _checkPort(text: str) -> int:
+    """
+    Parse a port number, 0 meaning "let the system pick one".
+    """
+    try:
+        port = int(text)
+    except ValueError:
+        raise InvalidValue(f"port {text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise InvalidValue(f"port {port} is out of range; expected 0 to 65535 (0 picks a free port)")
+    return port
+
+
+def _checkInterface(text: str, version: int | None) -> str:
+    """
+    Check that an C{interface=} value is an IP address literal of the right family.
+    """
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise InvalidValue(f"interface {text!r} is not an IP address") from None
+    if version is not None and address.version != version:
+        raise InvalidValue(f"interface {text!r} is not an IPv{version} address")
+    return text
+
+
+@attrs.frozen
+class ListenAddress:
+    """
+    One validated listen string.
+
+    @ivar text: the string as written in the config.
+    @ivar transport: C{"stream"} for endpoint strings, C{"datagram"} for C{udp:}.
+    @ivar port: the UDP port (0 picks one); unused for streams.
+    @ivar interface: the UDP interface address; unused for streams.
+    """
+
+    text: str
+    transport: Transport
+    port: int = 0
+    interface: str = ""
+
+    configTypeName: ClassVar[str] = (
+        "a listen string such as 'tcp:7007:interface=127.0.0.1', 'unix:/run/netd.sock' or 'udp:7007'"
+    )
+
+    @classmethod
+    def fromConfig(cls, value: object) -> ListenAddress:
+        """
+        Validate a listen string from the config.
+
+        @raise InvalidValue: naming what is wrong with it.
+        """
+        if not isinstance(value, str):
+            raise InvalidValue(f"expected {cls.configTypeName}, got {value!r}")
+        parts = splitDescription(value)
+        kind = parts[0]
+        if kind == "udp":
+            return cls._parseUDP(value, parts[1:])
+        try:
+            serverFromString(_NO_REACTOR, value)
+        except Exception as e:
+            raise InvalidValue(f"{value!r} is not a valid endpoint string: {e}") from None
+        if kind in _PORT_PREFIXES:
+            positional = [p for p in parts[1:] if "=" not in p]
+            keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+            port = keywords.get("port", positional[0] if positional else "")
+            _checkPort(port)
+            if "interface" in keywords and keywords["interface"]:
+                _checkInterface(keywords["interface"], 6 if kind == "tcp6" else None)
+        return cls(text=value, transport="stream")
+
+    @classmethod
+    def _parseUDP(cls, text: str, args: list[str]) -> ListenAddress:
+        """
+        Parse netd's own C{udp:PORT[:interface=ADDR]}.
+        """
+        if not args or not args[0]:
+            raise InvalidValue(f"{text!r} lacks a port; expected udp:PORT[:interface=ADDR]")
+        port = _checkPort(args[0])
+        interface = ""
+        for arg in args[1:]:
+            key, equals, val = arg.partition("=")
+            if key != "interface" or not equals:
+                raise InvalidValue(f"{text!r}: unknown argument {arg!r}; expected udp:PORT[:interface=ADDR]")
+            interface = _checkInterface(val, None)
+        return cls(text=text, transport="datagram", port=port, interface=interface)
+
+    def toConfig(self) -> str:
+        """
+        The listen string as written.
+        """
+        return self.text
+
+    async def listenStream(self, reactor: Any, factory: IProtocolFactory) -> IListeningPort:
+        """
+        Listen on this stream endpoint.
+        """
+        port: IListeningPort = await serverFromString(reactor, self.text).listen(factory)
+        return port
+
+    def listenDatagram(self, reactor: Any, protocol: DatagramProtocol) -> IListeningPort:
+        """
+        Bind this UDP address.
+
+        @raise twisted.internet.error.CannotListenError: when the bind fails.
+        """
+        port: IListeningPort = reactor.listenUDP(self.port, protocol, interface=self.interface)
+        return port
+
+
+def describeBound(port: IListeningPort) -> dict[str, object]:
+    """
+    Where a port really listens, as a JSON-ready mapping (the port picked for
+    port 0 included): C{{"transport": "tcp", "host": "127.0.0.1", "port": 40123}}
+    or C{{"transport": "unix", "path": "/run/netd.sock"}}.
+    """
+    host = port.getHost()
+    if isinstance(host, (IPv4Address, IPv6Address)):
+        return {"transport": host.type.lower(), "host": host.host, "port": host.port}
+    if isinstance(host, UNIXAddress):
+        name = host.name.decode() if isinstance(host.name, bytes) else host.name
+        return {"transport": "unix", "path": name}
+    return {"transport": type(host).__name__, "address": str(host)}

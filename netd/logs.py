@@ -1,0 +1,59 @@
+"""
+Logging: where events go (text or JSON lines on stderr), and service-tagged loggers.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import IO, Any
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+    globalLogBeginner,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
+
+
+class ServiceLogger(Logger):
+    """
+    A logger whose every event carries the service it concerns.
+
+    The name is a C{service} field (kept in JSON output) and the C{log_system}
+    shown at the start of each text line, so one can grep either for it.
+    """
+
+    def __init__(self, namespace: str, serviceName: str) -> None:
+        super().__init__(namespace=namespace)
+        self.serviceName = serviceName
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
+        """
+        Add the service to the event and emit it.
+        """
+        kwargs.setdefault("service", self.serviceName)
+        kwargs.setdefault("log_system", f"{self.serviceName}#{level.name}")
+        super().emit(level, format, **kwargs)
+
+
+def makeObserver(logFormat: str, level: str, stream: IO[str]) -> ILogObserver:
+    """
+    An observer writing events of C{level} and above to C{stream}, as text or JSON lines.
+    """
+    if logFormat == "json":
+        observer = jsonFileLogObserver(stream, recordSeparator="")
+    else:
+        observer = textFileLogObserver(stream)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    return FilteringLogObserver(observer, [predicate])
+
+
+def startLogging(logFormat: str, level: str, stream: IO[str] = sys.stderr) -> None:
+    """
+    Send the process's log events to C{stream}; call once, at start.
+    """
+    globalLogBeginner.beginLoggingTo([makeObserver(logFormat, level, stream)], redirectStandardIO=False)

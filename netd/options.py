@@ -1,0 +1,332 @@
+"""
+The schema language shared by netd's own config keys and every plugin's keys.
+
+A schema is a frozen attrs class: each field is one config key, its annotation is
+the type a TOML value must have, its default is the key's default, and
+L{option} attaches the help text and range checks.  L{decodeTable} turns a TOML
+table into an instance while collecting every problem (with its key path) instead
+of stopping at the first, so that C{netd check} can report them all at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar, Union
+
+import attrs
+import tomli_w
+
+T = TypeVar("T")
+
+KeyPath = tuple[str | int, ...]
+Check = Callable[[Any], "str | None"]
+
+_INVALID: Any = object()
+"""
+Returned by the converters for a value that produced a problem.
+"""
+
+
+def renderPath(path: KeyPath) -> str:
+    """
+    Spell a key path the way a user reads it: C{services[1].listen[0]}.
+    """
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
+@attrs.frozen
+class Problem:
+    """
+    One thing wrong with a config, where it is and what was expected.
+    """
+
+    path: KeyPath
+    message: str
+
+    def render(self, source: str) -> str:
+        """
+        Format the problem as C{SOURCE: KEY.PATH: message}.
+        """
+        where = renderPath(self.path)
+        return f"{source}: {where}: {self.message}" if where else f"{source}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """
+    A config that cannot be used; carries every problem found, not just the first.
+    """
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(p.render(source) for p in problems))
+
+
+class InvalidValue(ValueError):
+    """
+    Raised by a value type's C{fromConfig} to say what is wrong with a value.
+    """
+
+
+@attrs.frozen
+class OptionInfo:
+    """
+    What L{option} attaches to an attrs field: its help text and its checks.
+    """
+
+    help: str
+    checks: tuple[Check, ...] = ()
+
+
+def option(default: Any = attrs.NOTHING, *, help: str, checks: tuple[Check, ...] = ()) -> Any:
+    """
+    Declare one config key of a schema class.
+
+    @param default: the value used when the key is absent; without one the key is
+        required.
+    @param help: one sentence shown by C{netd plugins} and C{netd check}.
+    @param checks: functions that return an error message for a well-typed but
+        unacceptable value (see L{between}, L{atLeast}), or L{None}.
+    """
+    return attrs.field(default=default, metadata={"netd": OptionInfo(help, checks)})
+
+
+def optionInfo(field: attrs.Attribute[Any]) -> OptionInfo:
+    """
+    The help and checks of a schema field; fields declared without L{option} get none.
+    """
+    info = field.metadata.get("netd")
+    return info if isinstance(info, OptionInfo) else OptionInfo(help="")
+
+
+def between(low: float, high: float) -> Check:
+    """
+    A check that a number lies in [low, high].
+    """
+
+    def check(value: float) -> str | None:
+        if low <= value <= high:
+            return None
+        return f"{value!r} is out of range; expected {low} to {high}"
+
+    return check
+
+
+def atLeast(low: float) -> Check:
+    """
+    A check that a number is at least C{low}.
+    """
+
+    def check(value: float) -> str | None:
+        return None if value >= low else f"{value!r} is too small; expected at least {low}"
+
+    return check
+
+
+def closeMatch(word: str, candidates: typing.Iterable[str]) -> str:
+    """
+    A " did you mean ...?" suffix naming the candidate closest to C{word}, if any is close.
+    """
+    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {matches[0]!r}?" if matches else ""
+
+
+def unknownKeyProblem(path: KeyPath, key: str, known: typing.Iterable[str]) -> Problem:
+    """
+    The problem reported for a key that no schema declares.
+    """
+    knownKeys = sorted(known)
+    hint = closeMatch(key, knownKeys) or f"; known keys: {', '.join(knownKeys)}"
+    return Problem(path + (key,), "unknown key" + hint)
+
+
+def _describe(value: object) -> str:
+    """
+    Name a TOML value's type and show it, for "expected X, got Y" messages.
+    """
+    names = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}
+    name = names.get(type(value), type(value).__name__)
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{name} {shown}"
+
+
+def _typeName(tp: Any) -> str:
+    """
+    Say in words which TOML value a Python annotation stands for.
+    """
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_typeName(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is tuple:
+        return f"an array of {_typeName(typing.get_args(tp)[0])}"
+    if origin in (dict, Mapping):
+        return f"a table of {_typeName(typing.get_args(tp)[1])}"
+    if hasattr(tp, "configTypeName"):
+        return str(tp.configTypeName)
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(tp, repr(tp))
+
+
+def convert(value: Any, tp: Any, path: KeyPath, problems: list[Problem]) -> Any:
+    """
+    Check a TOML value against an annotation and build the Python value.
+
+    Problems go to C{problems}; the return value is then a sentinel that callers
+    only pass along.  Types with a C{fromConfig(value)} classmethod parse their
+    own values and raise L{InvalidValue} to reject one.
+    """
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(members) == 1:
+            return convert(value, members[0], path, problems)
+        for member in members:
+            attempt: list[Problem] = []
+            result = convert(value, member, path, attempt)
+            if not attempt:
+                return result
+        problems.append(Problem(path, f"expected {_typeName(tp)}, got {_describe(value)}"))
+        return _INVALID
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value in allowed and type(value) is type(allowed[0]):
+            return value
+        hint = closeMatch(value, allowed) if isinstance(value, str) else ""
+        problems.append(Problem(path, f"expected {_typeName(tp)}, got {_describe(value)}{hint}"))
+        return _INVALID
+    if origin is tuple:
+        if not isinstance(value, list):
+            problems.append(Problem(path, f"expected {_typeName(tp)}, got {_describe(value)}"))
+            return _INVALID
+        (itemType, _) = typing.get_args(tp)
+        return tuple(convert(item, itemType, path + (i,), problems) for i, item in enumerate(value))
+    if origin in (dict, Mapping):
+        if not isinstance(value, dict):
+            problems.append(Problem(path, f"expected {_typeName(tp)}, got {_describe(value)}"))
+            return _INVALID
+        (_, itemType) = typing.get_args(tp)
+        return {k: convert(v, itemType, path + (k,), problems) for k, v in value.items()}
+    fromConfig = getattr(tp, "fromConfig", None)
+    if fromConfig is not None:
+        try:
+            return fromConfig(value)
+        except InvalidValue as e:
+            problems.append(Problem(path, str(e)))
+            return _INVALID
+    if tp is float and type(value) is int:
+        return float(value)
+    if type(value) is not tp:
+        problems.append(Problem(path, f"expected {_typeName(tp)}, got {_describe(value)}"))
+        return _INVALID
+    return value
+
+
+def schemaFields(schema: type) -> dict[str, tuple[attrs.Attribute[Any], Any]]:
+    """
+    The fields of a schema class by key, each with its resolved annotation.
+    """
+    hints = typing.get_type_hints(schema)
+    return {f.name: (f, hints[f.name]) for f in attrs.fields(schema)}
+
+
+def decodeTable(
+    schema: type[T],
+    table: Mapping[str, Any],
+    path: KeyPath,
+    problems: list[Problem],
+    *,
+    extraKnown: typing.Iterable[str] = (),
+    unknownKeys: bool = True,
+) -> T | None:
+    """
+    Build an instance of a schema class from a TOML table.
+
+    @param extraKnown: keys that belong to someone else at this level (the
+        service envelope, when decoding a plugin's keys); they are offered as
+        "did you mean" candidates.
+    @param unknownKeys: whether keys the schema does not declare are reported.
+    @return: the instance, or L{None} when the table had problems (all of
+        them appended to C{problems}).
+    """
+    fields = schemaFields(schema)
+    before = len(problems)
+    if unknownKeys:
+        for key in table:
+            if key not in fields:
+                problems.append(unknownKeyProblem(path, key, set(fields) | set(extraKnown)))
+    values = {}
+    for key, (field, tp) in fields.items():
+        if key not in table:
+            if field.default is attrs.NOTHING:
+                problems.append(Problem(path + (key,), f"missing required key; expected {_typeName(tp)}"))
+            continue
+        value = convert(table[key], tp, path + (key,), problems)
+        if value is _INVALID:
+            continue
+        for check in optionInfo(field).checks:
+            message = check(value)
+            if message:
+                problems.append(Problem(path + (key,), message))
+        values[key] = value
+    if len(problems) > before:
+        return None
+    return schema(**values)
+
+
+def toConfig(value: Any) -> Any:
+    """
+    The TOML form of a decoded value: the inverse of L{convert}.
+
+    Schema instances become tables of every key (defaults included), so the result
+    shows the effective configuration; value types give their own C{toConfig()}.
+    """
+    if hasattr(value, "toConfig"):
+        return value.toConfig()
+    if attrs.has(type(value)):
+        return {
+            f.name: toConfig(getattr(value, f.name))
+            for f in attrs.fields(type(value))
+            if getattr(value, f.name) is not None
+        }
+    if isinstance(value, (tuple, list)):
+        return [toConfig(v) for v in value]
+    if isinstance(value, dict):
+        return {k: toConfig(v) for k, v in value.items()}
+    return value
+
+
+def describeSchema(schema: type) -> list[tuple[str, str, str, str]]:
+    """
+    One row per key of a schema: key, type in words, default in TOML, help.
+
+    Used by C{netd plugins} and the README's reference, so both say the same.
+    """
+    rows = []
+    for key, (field, tp) in schemaFields(schema).items():
+        if field.default is attrs.NOTHING:
+            default = "(required)"
+        elif field.default is None:
+            default = "(unset)"
+        else:
+            default = _tomlValue(toConfig(field.default))
+        rows.append((key, _typeName(tp), default, optionInfo(field).help))
+    return rows
+
+
+def _tomlValue(value: Any) -> str:
+    """
+    A single TOML value as it would appear on the right of C{key = }.
+    """
+    return tomli_w.dumps({"v": value}).partition("=")[2].strip()
