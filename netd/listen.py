@@ -119,9 +119,12 @@ class ListenAddress:
             positional = [p for p in parts[1:] if "=" not in p]
             keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
             port = keywords.get("port", positional[0] if positional else "")
-            _checkPort(port)
-            if "interface" in keywords and keywords["interface"]:
-                _checkInterface(keywords["interface"], 6 if kind == "tcp6" else None)
+            try:
+                _checkPort(port)
+                if keywords.get("interface"):
+                    _checkInterface(keywords["interface"], 6 if kind == "tcp6" else None)
+            except InvalidValue as e:
+                raise InvalidValue(f"{value!r}: {e}") from None
         return cls(text=value, transport="stream")
 
     @classmethod
@@ -131,13 +134,16 @@ class ListenAddress:
         """
         if not args or not args[0]:
             raise InvalidValue(f"{text!r} lacks a port; expected udp:PORT[:interface=ADDR]")
-        port = _checkPort(args[0])
-        interface = ""
-        for arg in args[1:]:
-            key, equals, val = arg.partition("=")
-            if key != "interface" or not equals:
-                raise InvalidValue(f"{text!r}: unknown argument {arg!r}; expected udp:PORT[:interface=ADDR]")
-            interface = _checkInterface(val, None)
+        try:
+            port = _checkPort(args[0])
+            interface = ""
+            for arg in args[1:]:
+                key, equals, val = arg.partition("=")
+                if key != "interface" or not equals:
+                    raise InvalidValue(f"unknown argument {arg!r}; expected udp:PORT[:interface=ADDR]")
+                interface = _checkInterface(val, None)
+        except InvalidValue as e:
+            raise InvalidValue(f"{text!r}: {e}") from None
         return cls(text=text, transport="datagram", port=port, interface=interface)
 
     def toConfig(self) -> str:

@@ -125,20 +125,24 @@ def netdCommand(*args: str) -> list[str]:
 @pytest.fixture
 def startNetd(tmp_path: Path) -> Iterator[object]:
     """
-    A function that starts netd on a config text and returns a ready
-    L{NetdProcess}; every process started is stopped at teardown.
+    A function that starts netd on a config text (L{None}: the embedded default
+    config, no C{-c}) and returns a L{NetdProcess}, ready unless C{wait=False};
+    every process started is stopped at teardown.
     """
     started: list[NetdProcess] = []
 
-    def start(config: str, *, wait: bool = True) -> NetdProcess:
+    def start(config: str | None, *, wait: bool = True) -> NetdProcess:
         index = len(started)
-        configFile = tmp_path / f"netd-{index}.toml"
-        configFile.write_text(config)
+        configArgs: list[str] = []
+        if config is not None:
+            configFile = tmp_path / f"netd-{index}.toml"
+            configFile.write_text(config)
+            configArgs = ["-c", str(configFile)]
         portsFile = tmp_path / f"ports-{index}.json"
         logFile = tmp_path / f"netd-{index}.log"
         with logFile.open("wb") as log:
             process = subprocess.Popen(
-                netdCommand("run", "-c", str(configFile), "--ports-file", str(portsFile)),
+                netdCommand("run", *configArgs, "--ports-file", str(portsFile)),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,0 +1,33 @@
+#!/bin/sh
+# Prepare this checkout on a fresh Debian machine with Python 3.11: a virtualenv in
+# .venv with netd installed.  With --test, also what the test suite needs: the test
+# extra, the example third-party plugin of tests/thirdparty/, and the Debian tools
+# the integration tests drive (installed with apt-get when missing; needs root).
+# Safe to run again: it reuses what is already there.
+set -eu
+cd "$(dirname "$0")"
+
+aptInstall() {
+    echo "setup.sh: installing $* with apt-get" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q "$@" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "$@" >/dev/null; }
+}
+
+# Debian's python3 ships venv (with ensurepip) separately.
+python3 -c 'import ensurepip, venv' 2>/dev/null || aptInstall python3-venv
+
+if [ "${1:-}" = "--test" ]; then
+    missing=""
+    for tool in socat; do
+        command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+    done
+    [ -z "$missing" ] || aptInstall $missing
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+pip="./.venv/bin/python -m pip install -q --disable-pip-version-check"
+if [ "${1:-}" = "--test" ]; then
+    $pip -e '.[test]' ./tests/thirdparty
+else
+    $pip .
+fi
