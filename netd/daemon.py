@@ -68,7 +68,7 @@ class Daemon(MultiService):
         """
         Service name to the addresses it really listens on.
         """
-        return {s.name: [p.describe() for p in s.ports] for s in self.netServices()}
+        return {s.spec.name: [p.describe() for p in s.ports] for s in self.netServices()}
 
 
 def writeAtomically(path: str, text: str) -> None:

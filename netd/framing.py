@@ -299,7 +299,7 @@ class FramedFactory(Factory):
         self.counters = counters
         self.log = log
 
-    def buildProtocol(self, addr: IAddress) -> FramedProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> FramedProtocol:  # type: ignore[override]
         """
         A framed protocol with a new receiver from the plugin's handler.
         """

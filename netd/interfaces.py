@@ -12,7 +12,14 @@ faults, counters) is the core's.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IAddress
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from netd.plugin import PluginContext
 
 
 class IProtocolPlugin(Interface):
@@ -33,7 +40,7 @@ class IProtocolPlugin(Interface):
         "default first; empty when it serves no streams."
     )
 
-    def build(options: object, context: object) -> object:  # type: ignore[misc]
+    def build(options: Any, context: PluginContext) -> Any:
         """
         Make the handler of one configured service from its validated options and
         a L{netd.plugin.PluginContext}.  It must provide L{IStreamHandler} if the
@@ -46,24 +53,24 @@ class IFrameConnection(Interface):
     One stream connection, as a frame receiver sees it.
     """
 
-    def sendFrame(frame: bytes) -> None:  # type: ignore[misc]
+    def sendFrame(frame: bytes) -> None:
         """
         Encode a frame with the connection's framing and send it.
 
         @raise netd.framing.FramingError: if the framing cannot carry it.
         """
 
-    def loseConnection() -> None:  # type: ignore[misc]
+    def loseConnection() -> None:
         """
         Close the connection once what was sent has been written.
         """
 
-    def getPeer() -> object:  # type: ignore[misc]
+    def getPeer() -> IAddress:
         """
         The remote address.
         """
 
-    def getHost() -> object:  # type: ignore[misc]
+    def getHost() -> IAddress:
         """
         The local address.
         """
@@ -74,17 +81,17 @@ class IFrameReceiver(Interface):
     A plugin's side of one stream connection.
     """
 
-    def connectionMade(connection: IFrameConnection) -> None:  # type: ignore[misc]
+    def connectionMade(connection: IFrameConnection) -> None:
         """
         The connection is open; frames are sent back through C{connection}.
         """
 
-    def frameReceived(frame: bytes) -> None:  # type: ignore[misc]
+    def frameReceived(frame: bytes) -> None:
         """
         One complete frame arrived (with C{raw} framing: whatever bytes arrived).
         """
 
-    def connectionLost(reason: object) -> None:  # type: ignore[misc]
+    def connectionLost(reason: Failure) -> None:
         """
         The connection is gone, with a L{twisted.python.failure.Failure} saying why.
         """
@@ -95,7 +102,7 @@ class IStreamHandler(Interface):
     What a plugin's handler provides to serve streams.
     """
 
-    def newConnection() -> IFrameReceiver:  # type: ignore[misc]
+    def newConnection() -> IFrameReceiver:
         """
         Make the receiver of one newly accepted connection.
         """
@@ -106,7 +113,7 @@ class IDatagramSender(Interface):
     The socket a datagram arrived on, for sending answers back.
     """
 
-    def sendDatagram(datagram: bytes, peer: tuple[str, int]) -> None:  # type: ignore[misc]
+    def sendDatagram(datagram: bytes, peer: tuple[str, int]) -> None:
         """
         Send one datagram to C{peer}.
         """
@@ -117,7 +124,7 @@ class IDatagramHandler(Interface):
     What a plugin's handler provides to serve datagrams.
     """
 
-    def datagramReceived(datagram: bytes, peer: tuple[str, int], sender: IDatagramSender) -> None:  # type: ignore[misc]
+    def datagramReceived(datagram: bytes, peer: tuple[str, int], sender: IDatagramSender) -> None:
         """
         One datagram arrived from C{peer}; answers go out through C{sender}.
         """

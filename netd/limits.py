@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IDelayedCall, IProtocolFactory, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -131,7 +132,7 @@ class GuardedConnection(ProtocolWrapper):
         )
         self.transport.abortConnection()  # type: ignore[union-attr]
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
         Stop the idle timer and tell the inner protocol.
         """
@@ -175,7 +176,7 @@ class ConnectionLimiter(WrappingFactory):
         self._refusing = False
         self._drained: list[Deferred[None]] = []
 
-    def buildProtocol(self, addr: IAddress) -> GuardedConnection | None:
+    def buildProtocol(self, addr: IAddress | None) -> ProtocolWrapper | None:  # type: ignore[override]
         """
         Accept the connection if the service is below its limit.
         """
@@ -188,7 +189,7 @@ class ConnectionLimiter(WrappingFactory):
                 )
             return None
         self.counters["connections_accepted"] += 1
-        return super().buildProtocol(addr)  # type: ignore[no-any-return]
+        return super().buildProtocol(addr)
 
     def unregisterProtocol(self, protocol: Any) -> None:
         """

@@ -110,6 +110,7 @@ class NetService(Service):
         for address in self.spec.listen:
             try:
                 if address.transport == "stream":
+                    assert self.connections is not None
                     port = await address.listenStream(self.reactor, self.connections)
                 else:
                     port = address.listenDatagram(self.reactor, DatagramListener(self.handler, self.counters))

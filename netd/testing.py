@@ -7,7 +7,7 @@ netd's own tests use these, which keeps them honest.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.internet.address import IPv4Address
@@ -207,4 +207,4 @@ def connect(limiter: ConnectionLimiter, peer: IPv4Address = PEER) -> StreamConne
         return None
     transport = StringTransport(peerAddress=peer)
     protocol.makeConnection(transport)
-    return StreamConnection(transport, protocol, limiter)
+    return StreamConnection(transport, cast(GuardedConnection, protocol), limiter)

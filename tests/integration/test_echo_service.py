@@ -1,0 +1,394 @@
+"""
+The echo service end to end: netd runs as a subprocess on ports it picks, and
+real clients (Python sockets, socat) talk to it over TCP, UDP, unix sockets and
+IPv6 loopback, in every framing, and against the core's limits.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import requireTool
+
+pytestmark = pytest.mark.integration
+
+IO_TIMEOUT = 10.0
+SOCAT_TIMEOUT = 20.0
+
+
+def echoService(name: str, listen: list[str], **keys: object) -> str:
+    """
+    One C{[[services]]} table of the echo plugin, as TOML.
+    """
+    lines = [
+        "[[services]]",
+        f'name = "{name}"',
+        'plugin = "echo"',
+        "listen = [" + ", ".join('"' + address.replace("\\", "\\\\") + '"' for address in listen) + "]",
+    ]
+    for key, value in keys.items():
+        lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
+    return "\n".join(lines) + "\n\n"
+
+
+def connect(address: tuple[str, int]) -> socket.socket:
+    """
+    A TCP connection to C{address} with a bounded timeout on every call.
+    """
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    client = socket.socket(family, socket.SOCK_STREAM)
+    client.settimeout(IO_TIMEOUT)
+    client.connect(address)
+    return client
+
+
+def recvExactly(client: socket.socket, count: int, timeout: float = IO_TIMEOUT) -> bytes:
+    """
+    Read exactly C{count} bytes, failing if the peer closes first or the time runs out.
+    """
+    deadline = time.monotonic() + timeout
+    received = bytearray()
+    while len(received) < count:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"got {len(received)} of {count} bytes in {timeout} seconds: {bytes(received)!r}")
+        client.settimeout(remaining)
+        chunk = client.recv(count - len(received))
+        if not chunk:
+            raise AssertionError(f"connection closed after {len(received)} of {count} bytes: {bytes(received)!r}")
+        received += chunk
+    return bytes(received)
+
+
+def recvUntilClosed(client: socket.socket, timeout: float = IO_TIMEOUT, limit: int = 64 * 2**20) -> bytes:
+    """
+    Read until the peer closes (EOF or reset), within C{timeout} seconds and C{limit} bytes.
+    """
+    deadline = time.monotonic() + timeout
+    received = bytearray()
+    while len(received) <= limit:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"the peer did not close within {timeout} seconds; got {len(received)} bytes")
+        client.settimeout(remaining)
+        try:
+            chunk = client.recv(65536)
+        except ConnectionResetError:
+            return bytes(received)
+        if not chunk:
+            return bytes(received)
+        received += chunk
+    raise AssertionError(f"more than {limit} bytes before the peer closed")
+
+
+def waitForClose(client: socket.socket, timeout: float) -> float:
+    """
+    Wait for the peer to close a connection on which nothing is expected; return
+    how long it took.
+    """
+    started = time.monotonic()
+    rest = recvUntilClosed(client, timeout)
+    assert rest == b"", f"unexpected bytes before the close: {rest!r}"
+    return time.monotonic() - started
+
+
+def echoes(address: tuple[str, int], payload: bytes = b"ping\n") -> bytes:
+    """
+    What a fresh raw-framed connection gets back for C{payload} before netd closes it.
+    """
+    with connect(address) as client:
+        client.sendall(payload)
+        client.shutdown(socket.SHUT_WR)
+        return recvUntilClosed(client)
+
+
+def socat(args: list[str], data: bytes, timeout: float = 2.0) -> bytes:
+    """
+    Run socat with C{data} on its standard input and return its standard output.
+    """
+    done = subprocess.run(
+        [requireTool("socat"), "-t", str(timeout), *args],
+        input=data,
+        capture_output=True,
+        timeout=SOCAT_TIMEOUT,
+    )
+    assert done.returncode == 0, f"socat {args} exited {done.returncode}: {done.stderr.decode(errors='replace')}"
+    return done.stdout
+
+
+def waitForLog(netd: Any, text: str, timeout: float = IO_TIMEOUT) -> str:
+    """
+    Poll netd's log until it contains C{text}; return the log.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        log: str = netd.log()
+        if text in log:
+            return log
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not logged within {timeout} seconds:\n{log}")
+        time.sleep(0.05)
+
+
+def ipv6Loopback() -> bool:
+    """
+    Whether this machine can listen on ::1.
+    """
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+# Golden wire bytes per framing: what the client sends, and what echo must send
+# back (each frame re-encoded by the framing).
+GOLDEN = {
+    "raw": (b"hello\x00\xff world\r\n", b"hello\x00\xff world\r\n"),
+    "line": (b"a\r\nb\n\nline three\n", b"a\nb\n\nline three\n"),
+    "netstring": (b"5:hello,0:,3:\x00\n\xff,", b"5:hello,0:,3:\x00\n\xff,"),
+    "u16": (b"\x00\x05hello\x00\x00\x00\x03\x00\n\xff", b"\x00\x05hello\x00\x00\x00\x03\x00\n\xff"),
+    "u32": (b"\x00\x00\x00\x05hello\x00\x00\x00\x00", b"\x00\x00\x00\x05hello\x00\x00\x00\x00"),
+}
+
+
+@pytest.fixture
+def framedEchoes(startNetd: Any) -> Any:
+    """
+    One netd with an echo service per framing, each named after its framing.
+    """
+    config = "".join(echoService(name, ["tcp:0:interface=127.0.0.1"], framing=name) for name in GOLDEN)
+    return startNetd(config)
+
+
+@pytest.mark.parametrize("framing", sorted(GOLDEN))
+def test_framingGoldenBytes(framedEchoes: Any, framing: str) -> None:
+    """
+    Over TCP, each framing's golden bytes come back as the golden echo bytes, re-encoded frame by frame.
+    """
+    sent, expected = GOLDEN[framing]
+    with connect(framedEchoes.address(framing, "tcp")) as client:
+        client.sendall(sent)
+        assert recvExactly(client, len(expected)) == expected
+        client.shutdown(socket.SHUT_WR)
+        assert recvUntilClosed(client) == b""
+
+
+@pytest.mark.parametrize("framing", sorted(GOLDEN))
+def test_framingByteAtATime(framedEchoes: Any, framing: str) -> None:
+    """
+    Golden bytes sent one byte per TCP segment are reassembled into the same echoed bytes.
+    """
+    sent, expected = GOLDEN[framing]
+    with connect(framedEchoes.address(framing, "tcp")) as client:
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(sent)):
+            client.sendall(sent[i : i + 1])
+        assert recvExactly(client, len(expected)) == expected
+
+
+@pytest.mark.parametrize(
+    ("framing", "sent", "expected"),
+    [("raw", b"raw bytes\x00\xff\n" * 1000, b"raw bytes\x00\xff\n" * 1000), ("line", b"a\r\nb\n", b"a\nb\n")],
+)
+def test_socatTCP(startNetd: Any, framing: str, sent: bytes, expected: bytes) -> None:
+    """
+    socat over TCP gets back every byte it sent (re-encoded lines with line framing) after it shuts its write side.
+    """
+    netd = startNetd(echoService("echo", ["tcp:0:interface=127.0.0.1"], framing=framing))
+    host, port = netd.address("echo", "tcp")
+    assert socat(["-", f"TCP:{host}:{port}"], sent) == expected
+
+
+def test_socatUDP(startNetd: Any) -> None:
+    """
+    A datagram sent by socat over UDP comes back unchanged.
+    """
+    netd = startNetd(echoService("echo", ["udp:0:interface=127.0.0.1"]))
+    host, port = netd.address("echo", "udp")
+    assert socat(["-", f"UDP:{host}:{port}"], b"one datagram\x00\xff", timeout=1.0) == b"one datagram\x00\xff"
+
+
+def test_pythonUDPDatagrams(startNetd: Any) -> None:
+    """
+    Each UDP datagram comes back as one datagram with the same bytes, boundaries kept.
+    """
+    netd = startNetd(echoService("echo", ["udp:0:interface=127.0.0.1"]))
+    address = netd.address("echo", "udp")
+    datagrams = [b"first", b"", b"\x00" * 1200, bytes(range(256))]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(IO_TIMEOUT)
+        client.connect(address)
+        for datagram in datagrams:
+            client.send(datagram)
+            assert client.recv(65536) == datagram
+
+
+def test_socatUnixSocket(startNetd: Any, tmp_path: Path) -> None:
+    """
+    socat over a unix socket listened on by netd gets back every byte it sent.
+    """
+    path = tmp_path / "echo.sock"
+    netd = startNetd(echoService("echo", [f"unix:{path}"], framing="line"))
+    assert netd.unixPath("echo") == str(path)
+    assert socat(["-", f"UNIX-CONNECT:{path}"], b"over unix\r\nsecond\n") == b"over unix\nsecond\n"
+
+
+@pytest.mark.skipif(not ipv6Loopback(), reason="::1 is not available on this machine")
+def test_ipv6Loopback(startNetd: Any) -> None:
+    """
+    A tcp6 listen string with an escaped IPv6 interface serves echo on ::1.
+    """
+    netd = startNetd(echoService("echo6", ["tcp6:0:interface=\\:\\:1"]))
+    host, port = netd.address("echo6", "tcp")
+    assert host == "::1"
+    assert echoes((host, port), b"over IPv6") == b"over IPv6"
+    assert socat(["-", f"TCP6:[::1]:{port}"], b"socat over IPv6") == b"socat over IPv6"
+
+
+def test_severalServices(startNetd: Any, tmp_path: Path) -> None:
+    """
+    Every service of a config is reported in the ports file with each of its listen strings, and each one serves.
+    """
+    path = tmp_path / "several.sock"
+    config = (
+        echoService("raw", ["tcp:0:interface=127.0.0.1", "udp:0:interface=127.0.0.1"])
+        + echoService("lines", ["tcp:0:interface=127.0.0.1", f"unix:{path}"], framing="line")
+        + echoService("sized", ["tcp:0:interface=127.0.0.1"], framing="u32")
+    )
+    netd = startNetd(config)
+    assert {
+        name: [bound["listen"] for bound in addresses] for name, addresses in netd.services.items()
+    } == {
+        "raw": ["tcp:0:interface=127.0.0.1", "udp:0:interface=127.0.0.1"],
+        "lines": ["tcp:0:interface=127.0.0.1", f"unix:{path}"],
+        "sized": ["tcp:0:interface=127.0.0.1"],
+    }
+    tcpPorts = {netd.address(name, "tcp")[1] for name in ("raw", "lines", "sized")}
+    assert len(tcpPorts) == 3 and 0 not in tcpPorts
+    assert echoes(netd.address("raw", "tcp"), b"raw") == b"raw"
+    assert echoes(netd.address("lines", "tcp"), b"x\r\n") == b"x\n"
+    assert echoes(netd.address("sized", "tcp"), b"\x00\x00\x00\x01z") == b"\x00\x00\x00\x01z"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.settimeout(IO_TIMEOUT)
+        udp.sendto(b"dgram", netd.address("raw", "udp"))
+        assert udp.recv(100) == b"dgram"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+        unix.settimeout(IO_TIMEOUT)
+        unix.connect(netd.unixPath("lines"))
+        unix.sendall(b"unix\n")
+        assert recvExactly(unix, 5) == b"unix\n"
+
+
+@pytest.mark.parametrize("framing", ["raw", "line"])
+def test_halfClose(startNetd: Any, framing: str) -> None:
+    """
+    A client that shuts down its write side still receives the echo of everything it sent, then EOF.
+    """
+    netd = startNetd(echoService("echo", ["tcp:0:interface=127.0.0.1"], framing=framing))
+    payload = b"".join(b"%07d half-closed\n" % i for i in range(64 * 1024))  # 1.5 MiB
+    with connect(netd.address("echo", "tcp")) as client:
+        client.sendall(payload)
+        client.shutdown(socket.SHUT_WR)
+        assert recvUntilClosed(client, timeout=30) == payload
+
+
+def test_overLimitFrame(startNetd: Any) -> None:
+    """
+    A u16 frame longer than max_frame closes that connection with a logged reason while other connections keep echoing.
+    """
+    netd = startNetd(echoService("sized", ["tcp:0:interface=127.0.0.1"], framing="u16", max_frame=16))
+    address = netd.address("sized", "tcp")
+    with connect(address) as good, connect(address) as bad:
+        good.sendall(b"\x00\x02ok")
+        assert recvExactly(good, 4) == b"\x00\x02ok"
+        bad.sendall(b"\x00\x64" + b"x" * 100)
+        waitForClose(bad, timeout=5)
+        log = waitForLog(netd, "exceeds max_frame")
+        assert "u16 frame of 100 bytes exceeds max_frame (16)" in log
+        good.sendall(b"\x00\x10" + b"y" * 16)
+        assert recvExactly(good, 18) == b"\x00\x10" + b"y" * 16
+    assert echoes(address, b"\x00\x01!") == b"\x00\x01!"
+
+
+def test_maxConnections(startNetd: Any) -> None:
+    """
+    With max_connections = 2 a third concurrent connection is closed at once, and a new one is served after one closes.
+    """
+    netd = startNetd(echoService("echo", ["tcp:0:interface=127.0.0.1"], max_connections=2))
+    address = netd.address("echo", "tcp")
+    first = connect(address)
+    try:
+        with connect(address) as second:
+            for client in (first, second):
+                client.sendall(b"held")
+                assert recvExactly(client, 4) == b"held"
+            with connect(address) as third:
+                third.sendall(b"refused?")
+                assert waitForClose(third, timeout=2) < 2
+            first.close()
+            deadline = time.monotonic() + IO_TIMEOUT
+            for attempt in range(100):
+                with connect(address) as again:
+                    again.sendall(b"again")
+                    try:
+                        if recvExactly(again, 5, timeout=2) == b"again":
+                            break
+                    except (AssertionError, ConnectionResetError):
+                        pass  # netd had not seen the first close yet
+                assert time.monotonic() < deadline, "no connection was served again after one closed"
+                time.sleep(0.05)
+            else:
+                raise AssertionError("no connection was served again after one closed")
+            second.sendall(b"still")
+            assert recvExactly(second, 5) == b"still"
+    finally:
+        first.close()
+    assert "max_connections (2) reached" in netd.log()
+
+
+def test_idleTimeout(startNetd: Any) -> None:
+    """
+    With idle_timeout = 0.5 an idle connection is closed by netd within a bounded time while an active one stays open.
+    """
+    netd = startNetd(echoService("echo", ["tcp:0:interface=127.0.0.1"], idle_timeout=0.5))
+    address = netd.address("echo", "tcp")
+    with connect(address) as idle, connect(address) as active:
+        opened = time.monotonic()
+        active.settimeout(IO_TIMEOUT)
+        idleClosed: float | None = None
+        idle.setblocking(False)
+        # Keep the active connection busy for 2 seconds (four idle timeouts),
+        # checking on the idle one between messages.
+        for i in range(40):
+            if time.monotonic() - opened > 2.0:
+                break
+            message = b"tick %d " % i
+            active.sendall(message)
+            assert recvExactly(active, len(message)) == message
+            if idleClosed is None:
+                try:
+                    if idle.recv(100) == b"":
+                        idleClosed = time.monotonic() - opened
+                except BlockingIOError:
+                    pass
+                except ConnectionResetError:
+                    idleClosed = time.monotonic() - opened
+            time.sleep(0.1)
+        if idleClosed is None:
+            idle.setblocking(True)
+            waitForClose(idle, timeout=5)
+            idleClosed = time.monotonic() - opened
+        assert 0.3 < idleClosed < 5.5
+        active.sendall(b"still open")
+        assert recvExactly(active, 10) == b"still open"
+    assert "idle for 0.5 seconds" in netd.log()
