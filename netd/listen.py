@@ -29,6 +29,12 @@ parsers store the reactor in the endpoint without using it, and the endpoint mad
 at that point is thrown away.
 """
 
+MAX_DATAGRAM = 65535
+"""
+The largest UDP datagram read whole (Twisted's default of 8192 would cut longer
+ones short).
+"""
+
 _PORT_PREFIXES = frozenset({"tcp", "tcp6", "ssl", "udp"})
 """
 Endpoint types whose first argument is a port number.
@@ -137,10 +143,12 @@ class ListenAddress:
         try:
             port = _checkPort(args[0])
             interface = ""
-            for arg in args[1:]:
-                key, equals, val = arg.partition("=")
+            if len(args) > 1:
+                # interface= is the only argument, so every colon after it belongs
+                # to the address: IPv6 works escaped (\:\:1) or not (::1).
+                key, equals, val = ":".join(args[1:]).partition("=")
                 if key != "interface" or not equals:
-                    raise InvalidValue(f"unknown argument {arg!r}; expected udp:PORT[:interface=ADDR]")
+                    raise InvalidValue(f"unknown argument {args[1]!r}; expected udp:PORT[:interface=ADDR]")
                 interface = _checkInterface(val, None)
         except InvalidValue as e:
             raise InvalidValue(f"{text!r}: {e}") from None
@@ -165,7 +173,9 @@ class ListenAddress:
 
         @raise twisted.internet.error.CannotListenError: when the bind fails.
         """
-        port: IListeningPort = reactor.listenUDP(self.port, protocol, interface=self.interface)
+        port: IListeningPort = reactor.listenUDP(
+            self.port, protocol, interface=self.interface, maxPacketSize=MAX_DATAGRAM
+        )
         return port
 
 
