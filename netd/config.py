@@ -26,6 +26,7 @@ from netd.options import (
     between,
     closeMatch,
     decodeTable,
+    describeValue,
     option,
     schemaFields,
     toConfig,
@@ -190,7 +191,7 @@ def _decodeService(
     Decode one C{[[services]]} table: envelope first, then the plugin's keys.
     """
     if not isinstance(table, dict):
-        problems.append(Problem(path, f"expected a table, got {type(table).__name__}"))
+        problems.append(Problem(path, f"expected a table, got {describeValue(table)}"))
         return None
     envelopeTable = {k: v for k, v in table.items() if k in ENVELOPE_KEYS}
     pluginTable = {k: v for k, v in table.items() if k not in ENVELOPE_KEYS}

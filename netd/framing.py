@@ -45,14 +45,19 @@ class FramedProtocol(Protocol):
     reaction to a framing violation.
 
     @ivar receiver: the plugin's side of this connection.
-    @ivar MAX_LENGTH: the largest frame accepted from the peer, in bytes (the
-        name is the one Twisted's receivers read).
+    @ivar maxFrame: the largest frame accepted from the peer, in bytes.
+    @ivar MAX_LENGTH: the limit Twisted's receivers enforce while decoding:
+        C{maxFrame} plus C{wireSlack}.
+    @cvar wireSlack: bytes a frame may take on the wire beyond its content
+        before the framing strips them (line framing's optional CR).
     """
 
     framingName: ClassVar[str]
     receiver: IFrameReceiver
     factory: FramedFactory
+    maxFrame: int
     MAX_LENGTH: int
+    wireSlack: ClassVar[int] = 0
 
     def connectionMade(self) -> None:
         """
@@ -115,7 +120,7 @@ class FramedProtocol(Protocol):
         """
         The reason given for an incoming frame over the limit.
         """
-        return f"{self.framingName} frame of {size} bytes exceeds max_frame ({self.MAX_LENGTH})"
+        return f"{self.framingName} frame of {size} bytes exceeds max_frame ({self.maxFrame})"
 
 
 class RawFraming(FramedProtocol):
@@ -146,27 +151,34 @@ class LineFraming(FramedProtocol, LineOnlyReceiver):
 
     framingName = "line"
     delimiter = b"\n"
+    wireSlack = 1
 
     def lineReceived(self, line: bytes) -> None:
         """
-        Strip a trailing CR and deliver the line.
+        Strip a trailing CR and deliver the line, if it is within the limit
+        (Twisted's check counted the CR).
         """
         if line[-1:] == b"\r":
             line = line[:-1]
+        elif len(line) > self.maxFrame:
+            self.lineLengthExceeded(line)
+            return
         self.receiver.frameReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """
         A line (or the unterminated tail of the buffer) is over the limit.
         """
-        self.framingViolation(f"line of {len(line)}+ bytes exceeds max_frame ({self.MAX_LENGTH})")
+        self.framingViolation(f"line of {len(line)}+ bytes exceeds max_frame ({self.maxFrame})")
 
     def sendFrame(self, frame: bytes) -> None:
         """
         Send the frame followed by LF.
         """
-        if b"\n" in frame:
-            raise FramingError(f"line framing cannot send a frame containing LF ({len(frame)} bytes)")
+        if b"\n" in frame or frame[-1:] == b"\r":
+            raise FramingError(
+                f"line framing cannot send a frame containing LF or ending in CR ({len(frame)} bytes)"
+            )
         self.sendLine(frame)
 
 
@@ -192,7 +204,7 @@ class NetstringFraming(FramedProtocol, NetstringReceiver):
         NetstringReceiver.dataReceived(self, data)
         if self.brokenPeer == 1:
             self.brokenPeer = 2
-            self.framingViolation(f"malformed netstring, or one longer than max_frame ({self.MAX_LENGTH})")
+            self.framingViolation(f"malformed netstring, or one longer than max_frame ({self.maxFrame})")
 
     def sendFrame(self, frame: bytes) -> None:
         """
@@ -305,6 +317,7 @@ class FramedFactory(Factory):
         """
         protocol = self.framing.protocol()
         protocol.factory = self
-        protocol.MAX_LENGTH = self.maxFrame
+        protocol.maxFrame = self.maxFrame
+        protocol.MAX_LENGTH = self.maxFrame + protocol.wireSlack
         protocol.receiver = self.handler.newConnection()
         return protocol

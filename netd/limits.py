@@ -55,8 +55,12 @@ class GuardedConnection(ProtocolWrapper):
 
     def dataReceived(self, data: bytes) -> None:
         """
-        Count, note the activity, pass the bytes in.
+        Count, note the activity, pass the bytes in; once netd has decided to
+        close the connection, what still arrives is dropped, as a socket
+        transport would stop reading.
         """
+        if self.disconnecting:
+            return
         self.factory.counters["bytes_received"] += len(data)
         if self._idleCall is not None:
             self._idleCall.reset(self.factory.idleTimeout)
@@ -99,6 +103,15 @@ class GuardedConnection(ProtocolWrapper):
         """
         self._stopSelfPacing()
         self.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
+
+    def unregisterProducer(self) -> None:
+        """
+        The inner producer is done: pace the connection by its buffer again.
+        """
+        self.transport.unregisterProducer()  # type: ignore[union-attr]
+        if self.wrappedProtocol is not None and not self.disconnecting:
+            self.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
+            self._selfPaced = True
 
     def loseConnection(self) -> None:
         """

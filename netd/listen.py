@@ -84,6 +84,16 @@ def _checkInterface(text: str, version: int | None) -> str:
     return text
 
 
+def _checkSystemd(keywords: dict[str, str]) -> None:
+    """
+    Check the arguments of a C{systemd:domain=INET:index=N} endpoint string.
+    """
+    if keywords.get("domain") not in ("INET", "INET6", "UNIX"):
+        raise InvalidValue("expected domain=INET, domain=INET6 or domain=UNIX")
+    if not keywords.get("index", "").isdigit():
+        raise InvalidValue("expected index=N, the position of the socket among those systemd passes")
+
+
 @attrs.frozen
 class ListenAddress:
     """
@@ -117,20 +127,25 @@ class ListenAddress:
         kind = parts[0]
         if kind == "udp":
             return cls._parseUDP(value, parts[1:])
+        keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+        try:
+            if kind in _PORT_PREFIXES:
+                positional = [p for p in parts[1:] if "=" not in p]
+                _checkPort(keywords.get("port", positional[0] if positional else ""))
+                if keywords.get("interface"):
+                    _checkInterface(keywords["interface"], 6 if kind == "tcp6" else None)
+            if kind == "systemd":
+                # Twisted's systemd parser looks the inherited socket up while
+                # parsing, which only works under socket activation: check the
+                # arguments here and let the lookup happen at listen time.
+                _checkSystemd(keywords)
+                return cls(text=value, transport="stream")
+        except InvalidValue as e:
+            raise InvalidValue(f"{value!r}: {e}") from None
         try:
             serverFromString(_NO_REACTOR, value)
         except Exception as e:
             raise InvalidValue(f"{value!r} is not a valid endpoint string: {e}") from None
-        if kind in _PORT_PREFIXES:
-            positional = [p for p in parts[1:] if "=" not in p]
-            keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-            port = keywords.get("port", positional[0] if positional else "")
-            try:
-                _checkPort(port)
-                if keywords.get("interface"):
-                    _checkInterface(keywords["interface"], 6 if kind == "tcp6" else None)
-            except InvalidValue as e:
-                raise InvalidValue(f"{value!r}: {e}") from None
         return cls(text=value, transport="stream")
 
     @classmethod
@@ -149,7 +164,7 @@ class ListenAddress:
                 key, equals, val = ":".join(args[1:]).partition("=")
                 if key != "interface" or not equals:
                     raise InvalidValue(f"unknown argument {args[1]!r}; expected udp:PORT[:interface=ADDR]")
-                interface = _checkInterface(val, None)
+                interface = _checkInterface(val, None) if val else ""
         except InvalidValue as e:
             raise InvalidValue(f"{text!r}: {e}") from None
         return cls(text=text, transport="datagram", port=port, interface=interface)

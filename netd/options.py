@@ -149,7 +149,7 @@ def unknownKeyProblem(path: KeyPath, key: str, known: typing.Iterable[str]) -> P
     return Problem(path + (key,), "unknown key" + hint)
 
 
-def _describe(value: object) -> str:
+def describeValue(value: object) -> str:
     """
     Name a TOML value's type and show it, for "expected X, got Y" messages.
     """
@@ -171,9 +171,9 @@ def _typeName(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(_typeName(a) for a in typing.get_args(tp) if a is not type(None))
     if origin is tuple:
-        return f"an array of {_typeName(typing.get_args(tp)[0])}"
+        return f"an array, each {_typeName(typing.get_args(tp)[0])}"
     if origin in (dict, Mapping):
-        return f"a table of {_typeName(typing.get_args(tp)[1])}"
+        return f"a table, each value {_typeName(typing.get_args(tp)[1])}"
     if hasattr(tp, "configTypeName"):
         return str(tp.configTypeName)
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(tp, repr(tp))
@@ -197,24 +197,24 @@ def convert(value: Any, tp: Any, path: KeyPath, problems: list[Problem]) -> Any:
             result = convert(value, member, path, attempt)
             if not attempt:
                 return result
-        problems.append(Problem(path, f"expected {_typeName(tp)}, got {_describe(value)}"))
+        problems.append(Problem(path, f"expected {_typeName(tp)}, got {describeValue(value)}"))
         return _INVALID
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value in allowed and type(value) is type(allowed[0]):
             return value
         hint = closeMatch(value, allowed) if isinstance(value, str) else ""
-        problems.append(Problem(path, f"expected {_typeName(tp)}, got {_describe(value)}{hint}"))
+        problems.append(Problem(path, f"expected {_typeName(tp)}, got {describeValue(value)}{hint}"))
         return _INVALID
     if origin is tuple:
         if not isinstance(value, list):
-            problems.append(Problem(path, f"expected {_typeName(tp)}, got {_describe(value)}"))
+            problems.append(Problem(path, f"expected {_typeName(tp)}, got {describeValue(value)}"))
             return _INVALID
         (itemType, _) = typing.get_args(tp)
         return tuple(convert(item, itemType, path + (i,), problems) for i, item in enumerate(value))
     if origin in (dict, Mapping):
         if not isinstance(value, dict):
-            problems.append(Problem(path, f"expected {_typeName(tp)}, got {_describe(value)}"))
+            problems.append(Problem(path, f"expected {_typeName(tp)}, got {describeValue(value)}"))
             return _INVALID
         (_, itemType) = typing.get_args(tp)
         return {k: convert(v, itemType, path + (k,), problems) for k, v in value.items()}
@@ -228,7 +228,7 @@ def convert(value: Any, tp: Any, path: KeyPath, problems: list[Problem]) -> Any:
     if tp is float and type(value) is int:
         return float(value)
     if type(value) is not tp:
-        problems.append(Problem(path, f"expected {_typeName(tp)}, got {_describe(value)}"))
+        problems.append(Problem(path, f"expected {_typeName(tp)}, got {describeValue(value)}"))
         return _INVALID
     return value
 

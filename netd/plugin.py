@@ -12,6 +12,7 @@ reported by name and source without stopping the others.
 from __future__ import annotations
 
 import importlib
+import re
 import pkgutil
 from importlib.metadata import entry_points
 from typing import Any
@@ -24,10 +25,12 @@ from zope.interface.verify import verifyObject
 from netd.framing import FRAMINGS
 from netd.interfaces import IProtocolPlugin
 from netd.metrics import Counters
+from netd.options import schemaFields
 
 ENTRY_POINT_GROUP = "netd.plugins"
 BUILTIN_PACKAGE = "netd_plugins"
 TRANSPORTS = frozenset({"stream", "datagram"})
+_PLUGIN_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
 @attrs.frozen
@@ -87,12 +90,18 @@ def checkPlugin(plugin: object) -> str | None:
     except Invalid as e:
         return f"does not provide IProtocolPlugin: {e}"
     p: Any = plugin
-    if not isinstance(p.name, str) or not p.name or p.name != p.name.strip().lower() or " " in p.name:
-        return f"its name {p.name!r} is not a lowercase word"
-    if not attrs.has(p.optionsType):
+    if not isinstance(p.name, str) or not _PLUGIN_NAME.fullmatch(p.name):
+        return f"its name {p.name!r} is not a lowercase word (letters, digits, '-', '_', '.')"
+    if not (isinstance(p.optionsType, type) and attrs.has(p.optionsType)):
         return "its optionsType is not an attrs class"
-    if not p.transports or not set(p.transports) <= TRANSPORTS:
-        return f"its transports {set(p.transports)!r} are not a non-empty subset of {sorted(TRANSPORTS)}"
+    try:
+        schemaFields(p.optionsType)
+    except Exception as e:
+        return f"the annotations of its optionsType cannot be resolved: {type(e).__name__}: {e}"
+    if not isinstance(p.transports, (set, frozenset)) or not p.transports or not p.transports <= TRANSPORTS:
+        return f"its transports {p.transports!r} are not a non-empty set drawn from {sorted(TRANSPORTS)}"
+    if not isinstance(p.framings, (tuple, list)):
+        return f"its framings {p.framings!r} are not a tuple of framing names"
     unknown = [f for f in p.framings if f not in FRAMINGS]
     if unknown:
         return f"it names unknown framings {unknown}; known: {', '.join(FRAMINGS)}"
@@ -133,7 +142,10 @@ def discoverPlugins() -> PluginRegistry:
         if isinstance(plugin, Exception):
             broken[source] = f"failed to load: {type(plugin).__name__}: {plugin}"
             continue
-        problem = checkPlugin(plugin)
+        try:
+            problem = checkPlugin(plugin)
+        except Exception as e:
+            problem = f"could not be checked: {type(e).__name__}: {e}"
         if problem:
             broken[source] = problem
         elif plugin.name in plugins:

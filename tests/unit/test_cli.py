@@ -1,0 +1,225 @@
+"""
+The command line, run as a subprocess the way a user runs it: what each
+subcommand prints, on which stream, and its exit status.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import netd
+from netd.config import DEFAULT_CONFIG_NAME, loadConfig
+from netd.plugin import discoverPlugins
+
+TIMEOUT = 60
+
+BAD_CONFIG = """\
+[daemon]
+shutdown_timout = 5
+
+[[services]]
+name = "rev"
+plugin = "reverse"
+listen = ["tcp:0", "udp:0"]
+prefx = "> "
+
+[[services]]
+name = "echo"
+plugin = "ecko"
+listen = ["tcp:0"]
+"""
+
+BAD_PROBLEMS = [
+    "daemon.shutdown_timout: unknown key; did you mean 'shutdown_timeout'?",
+    "services[0].prefx: unknown key; did you mean 'prefix'?",
+    "services[0].listen[1]: plugin 'reverse' does not serve datagrams",
+    "services[1].plugin: unknown plugin 'ecko'",
+]
+
+
+def runNetd(*args: str, cwd: str | Path | None = None) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{python -m netd ARGS} to completion and capture what it printed.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "netd", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def badConfig(tmp_path: Path) -> Path:
+    """
+    A config file with four problems in three tables.
+    """
+    path = tmp_path / "bad.toml"
+    path.write_text(BAD_CONFIG, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "cwd",
+    [pytest.param(None, id="from-the-repo"), pytest.param("/", id="from-root")],
+)
+def test_checkEmbeddedDefault(cwd: str | None) -> None:
+    """
+    netd check without -c validates the embedded default from any directory and prints it as TOML.
+    """
+    result = runNetd("check", cwd=cwd)
+    assert (result.returncode, result.stderr) == (0, "")
+    header, _, body = result.stdout.partition("\n")
+    assert header == f"# {DEFAULT_CONFIG_NAME}: valid"
+    assert tomllib.loads(result.stdout) == loadConfig(None, discoverPlugins()).toConfig()
+    assert tomllib.loads(body)["services"]
+
+
+def test_checkOutputIsItselfValid(tmp_path: Path) -> None:
+    """
+    What netd check prints is a config that netd check accepts and prints unchanged.
+    """
+    first = runNetd("check")
+    normalized = tmp_path / "normalized.toml"
+    normalized.write_text(first.stdout, encoding="utf-8")
+    second = runNetd("check", "-c", str(normalized))
+    assert (second.returncode, second.stderr) == (0, "")
+    assert second.stdout.splitlines()[0] == f"# {normalized}: valid"
+    assert second.stdout.splitlines()[1:] == first.stdout.splitlines()[1:]
+
+
+def test_checkBadConfig(badConfig: Path) -> None:
+    """
+    netd check on a bad file exits 1, prints every problem with file and key path on stderr, and nothing on stdout.
+    """
+    result = runNetd("check", "-c", str(badConfig))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    for problem in BAD_PROBLEMS:
+        assert any(line.startswith(f"{badConfig}: {problem}") for line in lines), (problem, result.stderr)
+    assert lines[-1] == "4 problem(s) found; nothing was started."
+    assert len(lines) == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "contents", "expected"),
+    [
+        pytest.param("missing.toml", None, "cannot read the file", id="missing-file"),
+        pytest.param("syntax.toml", "[daemon\n", "not valid TOML", id="toml-syntax-error"),
+    ],
+)
+def test_checkUnloadableFile(tmp_path: Path, name: str, contents: str | None, expected: str) -> None:
+    """
+    netd check on a file it cannot read or parse exits 1 with one problem naming the file.
+    """
+    path = tmp_path / name
+    if contents is not None:
+        path.write_text(contents, encoding="utf-8")
+    result = runNetd("check", "-c", str(path))
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.startswith(f"{path}: {expected}"), result.stderr
+    assert result.stderr.splitlines()[-1] == "1 problem(s) found; nothing was started."
+
+
+def test_runBadConfigListensOnNothing(badConfig: Path, tmp_path: Path) -> None:
+    """
+    netd run with a bad config exits 1 with every problem on stderr and never writes its ports file.
+    """
+    portsFile = tmp_path / "ports.json"
+    result = runNetd("run", "-c", str(badConfig), "--ports-file", str(portsFile))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    for problem in BAD_PROBLEMS:
+        assert f"{badConfig}: {problem}" in result.stderr
+    assert "nothing was started" in result.stderr
+    assert not portsFile.exists()
+
+
+def test_pluginsListsOptions() -> None:
+    """
+    netd plugins lists echo and reverse with their sources, transports, framings and option defaults.
+    """
+    result = runNetd("plugins")
+    assert (result.returncode, result.stderr) == (0, "")
+    blocks = {block.split(":", 1)[0]: block for block in result.stdout.strip().split("\n\n")}
+    assert {"echo", "reverse"} <= set(blocks)
+    assert blocks["echo"].splitlines()[1:] == [
+        "  source: built-in netd_plugins.echo",
+        "  transports: datagram, stream",
+        "  framings: raw, line, netstring, u16, u32 (default raw)",
+        "  options: none of its own",
+    ]
+    assert blocks["reverse"].splitlines()[1:] == [
+        "  source: entry point 'reverse' = netd_reverse:plugin (from netd-reverse)",
+        "  transports: stream",
+        "  framings: line, netstring, u16, u32 (default line)",
+        '  prefix = ""  (a string)',
+        "      Text put before every reversed frame.",
+        "  repeat = 1  (an integer)",
+        "      How many times each reversed frame is sent.",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        pytest.param(["--help"], ["usage: netd", "run", "check", "plugins", "--version"], id="top-level"),
+        pytest.param(["run", "--help"], ["usage: netd run", "--config FILE", "--ports-file FILE", "shutdown_timeout"],
+                     id="run"),
+        pytest.param(["check", "--help"], ["usage: netd check", "--config FILE"], id="check"),
+        pytest.param(["plugins", "--help"], ["usage: netd plugins", "netd.plugins entry-point group"], id="plugins"),
+    ],
+)
+def test_help(args: list[str], expected: list[str]) -> None:
+    """
+    --help exits 0 and names the subcommands and their options.
+    """
+    result = runNetd(*args)
+    assert (result.returncode, result.stderr) == (0, "")
+    text = " ".join(result.stdout.split())
+    for fragment in expected:
+        assert fragment in text, (fragment, result.stdout)
+
+
+def test_version() -> None:
+    """
+    --version prints the package version and exits 0.
+    """
+    result = runNetd("--version")
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"netd {netd.__version__}\n", "")
+
+
+def test_consoleScript() -> None:
+    """
+    The installed netd console script is the same command as python -m netd.
+    """
+    script = Path(sys.executable).with_name("netd")
+    assert script.exists(), script
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert (result.returncode, result.stdout) == (0, f"netd {netd.__version__}\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        pytest.param([], "the following arguments are required: COMMAND", id="no-subcommand"),
+        pytest.param(["serve"], "invalid choice: 'serve'", id="unknown-subcommand"),
+        pytest.param(["check", "--confg", "x.toml"], "unrecognized arguments: --confg", id="unknown-option"),
+    ],
+)
+def test_usageErrors(args: list[str], expected: str) -> None:
+    """
+    A command line argparse cannot read exits 2 with the usage and the reason on stderr.
+    """
+    result = runNetd(*args)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("usage: netd")
+    assert expected in result.stderr

@@ -1,0 +1,219 @@
+"""
+The documentation is tested: every TOML block in the README and every config
+file under config/ is loaded through netd.config, so an example cannot drift
+from what netd accepts.
+
+A README block preceded by the line C{<!-- invalid -->} shows a mistake on
+purpose; it must still be TOML, and netd must refuse it.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import tomllib
+from pathlib import Path
+
+import attrs
+import pytest
+
+from netd.config import DaemonSpec, ServiceEnvelope, loadConfig, parseConfig
+from netd.framing import FRAMINGS
+from netd.options import ConfigError, schemaFields
+from netd.plugin import PluginRegistry, discoverPlugins
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+CONFIG_DIR = ROOT / "config"
+EXAMPLES_DIR = CONFIG_DIR / "examples"
+INVALID_MARKER = "<!-- invalid -->"
+
+
+@attrs.frozen
+class TomlBlock:
+    """
+    One fenced C{toml} block of a Markdown file.
+
+    @ivar line: the line number of its opening fence.
+    @ivar invalid: whether the line before it (blank lines aside) is the
+        C{<!-- invalid -->} marker.
+    """
+
+    line: int
+    text: str
+    invalid: bool
+
+
+def tomlBlocks(markdown: str) -> list[TomlBlock]:
+    """
+    Every fenced block whose info string is C{toml}, in order; an unclosed block
+    runs to the end of the file (and then fails to load).
+    """
+    lines = markdown.splitlines()
+    blocks = []
+    i = 0
+    while i < len(lines):
+        stripped = lines[i].strip()
+        if not stripped.startswith("```"):
+            i += 1
+            continue
+        info = stripped[3:].strip().lower()
+        end = i + 1
+        while end < len(lines) and lines[end].strip() != "```":
+            end += 1
+        if info.split()[:1] == ["toml"]:
+            previous = next((lines[k].strip() for k in range(i - 1, -1, -1) if lines[k].strip()), "")
+            text = textwrap.dedent("\n".join(lines[i + 1 : end]))
+            blocks.append(TomlBlock(line=i + 1, text=text, invalid=previous == INVALID_MARKER))
+        i = end + 1
+    return blocks
+
+
+README_BLOCKS = tomlBlocks(README.read_text(encoding="utf-8")) if README.exists() else []
+CONFIG_FILES = sorted(CONFIG_DIR.rglob("*.toml"))
+
+
+def blockId(block: TomlBlock) -> str:
+    """
+    A test id naming where the block is: C{README.md:99} or C{README.md:99-invalid}.
+    """
+    return f"README.md:{block.line}" + ("-invalid" if block.invalid else "")
+
+
+@pytest.fixture(scope="module")
+def registry() -> PluginRegistry:
+    """
+    The installed plugins (echo, reverse), found once for the module.
+    """
+    return discoverPlugins()
+
+
+def test_readmeHasTomlBlocks() -> None:
+    """
+    The README exists and has at least one valid TOML block, so the block tests cannot pass on nothing.
+    """
+    assert README.exists(), f"{README} is missing"
+    assert [b for b in README_BLOCKS if not b.invalid], "README.md has no ```toml block that should load"
+
+
+def test_configFilesExist() -> None:
+    """
+    config/ has the default config and at least one example, so the file tests cannot pass on nothing.
+    """
+    assert CONFIG_DIR / "netd.toml" in CONFIG_FILES
+    assert [p for p in CONFIG_FILES if p.parent == EXAMPLES_DIR], f"{EXAMPLES_DIR} has no *.toml file"
+
+
+def test_defaultConfigIsTheEmbeddedOne() -> None:
+    """
+    config/netd.toml is a symlink to the embedded default netd/default.toml, so they cannot differ.
+    """
+    link = CONFIG_DIR / "netd.toml"
+    assert link.is_symlink()
+    assert link.resolve() == (ROOT / "netd" / "default.toml").resolve()
+
+
+def checkBlock(block: TomlBlock, registry: PluginRegistry) -> None:
+    """
+    Fail unless the block is TOML that netd accepts or, if marked invalid, refuses.
+    """
+    data = tomllib.loads(block.text)
+    source = f"README.md:{block.line}"
+    if block.invalid:
+        with pytest.raises(ConfigError) as info:
+            parseConfig(data, source, registry)
+        assert info.value.problems
+    else:
+        config = parseConfig(data, source, registry)
+        assert config.services
+
+
+@pytest.mark.parametrize("block", README_BLOCKS, ids=blockId)
+def test_readmeBlock(block: TomlBlock, registry: PluginRegistry) -> None:
+    """
+    Each README TOML block is a config netd accepts, or, marked invalid, TOML that netd refuses.
+    """
+    checkBlock(block, registry)
+
+
+GOOD_TOML = '[[services]]\nname = "e"\nplugin = "echo"\nlisten = ["tcp:0"]\n'
+BAD_TOML = '[[services]]\nname = "e"\nplugin = "ecko"\nlisten = ["tcp:0"]\n'
+
+
+def test_invalidMarkerIsEnforced(registry: PluginRegistry) -> None:
+    """
+    A block marked invalid fails the docs test if netd accepts it, and an unmarked bad block fails it too.
+    """
+    checkBlock(TomlBlock(line=1, text=BAD_TOML, invalid=True), registry)
+    checkBlock(TomlBlock(line=1, text=GOOD_TOML, invalid=False), registry)
+    with pytest.raises(pytest.fail.Exception):
+        checkBlock(TomlBlock(line=1, text=GOOD_TOML, invalid=True), registry)
+    with pytest.raises(ConfigError):
+        checkBlock(TomlBlock(line=1, text=BAD_TOML, invalid=False), registry)
+    with pytest.raises(tomllib.TOMLDecodeError):
+        checkBlock(TomlBlock(line=1, text="[services", invalid=True), registry)
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_configFile(path: Path, registry: PluginRegistry) -> None:
+    """
+    Each config file shipped under config/ loads through netd.config without problems.
+    """
+    config = loadConfig(str(path), registry)
+    assert config.source == str(path)
+    assert any(s.enabled for s in config.services)
+
+
+def test_blockExtraction() -> None:
+    """
+    tomlBlocks finds toml fences only, with their line, dedented text and the invalid marker.
+    """
+    markdown = textwrap.dedent(
+        """\
+        Intro.
+
+        ```toml
+        a = 1
+        ```
+
+        <!-- invalid -->
+
+        ```toml
+        b = 2
+        ```
+
+        ```
+        c = 3
+        ```
+
+        - a list item:
+
+          ```TOML
+          d = 4
+          ```
+        """
+    )
+    assert tomlBlocks(markdown) == [
+        TomlBlock(line=3, text="a = 1", invalid=False),
+        TomlBlock(line=9, text="b = 2", invalid=True),
+        TomlBlock(line=19, text="d = 4", invalid=False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "keys"),
+    [
+        pytest.param("### `[daemon]`", list(schemaFields(DaemonSpec)), id="daemon-keys"),
+        pytest.param("### `[[services]]`", list(schemaFields(ServiceEnvelope)), id="service-keys"),
+        pytest.param("### Framings", list(FRAMINGS), id="framings"),
+    ],
+)
+def test_readmeReferenceComplete(section: str, keys: list[str]) -> None:
+    """
+    The README's reference tables list every daemon key, every service key and every framing.
+    """
+    text = README.read_text(encoding="utf-8")
+    start = text.index(section)
+    end = text.find("\n#", start + len(section))
+    body = text[start : end if end != -1 else len(text)]
+    missing = [key for key in keys if f"| `{key}` |" not in body]
+    assert missing == []

@@ -1,0 +1,160 @@
+"""
+The echo plugin (C{netd_plugins.echo}) over every framing through the core
+stack, over UDP, and against the plugin contract.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.logger import Logger
+
+from netd.datagram import DatagramListener
+from netd.framing import FRAMINGS
+from netd.interfaces import IDatagramHandler, IStreamHandler
+from netd.metrics import Counters
+from netd.plugin import PluginContext, checkPlugin, discoverPlugins
+from netd.testing import RecordingDatagramSender, StreamConnection, UDPMemoryReactorClock, connect, makeStreamStack
+from netd_plugins.echo import EchoHandler, EchoOptions, plugin
+
+PEER = ("192.0.2.7", 5353)
+
+
+def buildHandler(counters: Counters | None = None) -> EchoHandler:
+    """
+    The echo handler, built the way a service builds it.
+    """
+    context = PluginContext(
+        reactor=Clock(), log=Logger(namespace="test_echo"), serviceName="echo", counters=counters or Counters()
+    )
+    handler = plugin.build(EchoOptions(), context)
+    assert isinstance(handler, EchoHandler)
+    return handler
+
+
+def openEcho(framing: str) -> tuple[StreamConnection, Counters]:
+    """
+    One in-memory connection to echo behind the core stack with C{framing}.
+    """
+    counters = Counters()
+    connection = connect(makeStreamStack(buildHandler(counters), framing, counters=counters))
+    assert connection is not None
+    return connection, counters
+
+
+def test_pluginMeetsTheContract() -> None:
+    """
+    The echo plugin object passes checkPlugin.
+    """
+    assert checkPlugin(plugin) is None
+
+
+def test_pluginIsDiscoveredAsBuiltIn() -> None:
+    """
+    Plugin discovery finds this echo plugin object under the name echo, from the built-in package.
+    """
+    registry = discoverPlugins()
+    assert registry.get("echo") is plugin
+    assert registry.plugins["echo"].source == "built-in netd_plugins.echo"
+
+
+def test_pluginServesEveryFramingAndBothTransports() -> None:
+    """
+    Echo declares every framing in the table (raw first, the default) and both transports, and its handler provides both.
+    """
+    assert plugin.framings == tuple(FRAMINGS)
+    assert plugin.framings[0] == "raw"
+    assert plugin.transports == frozenset({"stream", "datagram"})
+    handler = buildHandler()
+    assert IStreamHandler.providedBy(handler)
+    assert IDatagramHandler.providedBy(handler)
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        [b"hello"],
+        [b"a\r\nb\n", b"\x00\x00\x00\x05hello"],
+        [b"\xff" * 1000, b"x"],
+    ],
+)
+def test_rawEchoesExactlyWhatItRead(reads: list[bytes]) -> None:
+    """
+    With raw framing, echo writes back exactly the bytes it read, read by read.
+    """
+    connection, counters = openEcho("raw")
+    for read in reads:
+        connection.receive(read)
+        assert connection.takeSent() == read
+    assert counters["bytes_sent"] == counters["bytes_received"] == sum(map(len, reads))
+
+
+ECHOES = [
+    ("raw", b"a\r\nb\n", b"a\r\nb\n"),
+    ("line", b"a\r\nb\n", b"a\nb\n"),
+    ("line", b"\r\n\n", b"\n\n"),
+    ("netstring", b"1:a,0:,3:bcd,", b"1:a,0:,3:bcd,"),
+    ("u16", b"\x00\x01a\x00\x00\x00\x03bcd", b"\x00\x01a\x00\x00\x00\x03bcd"),
+    ("u32", b"\x00\x00\x00\x01a\x00\x00\x00\x03bcd", b"\x00\x00\x00\x01a\x00\x00\x00\x03bcd"),
+]
+
+
+def test_echoesCoverEveryFraming() -> None:
+    """
+    The echo table has a case for every framing.
+    """
+    assert {framing for framing, _, _ in ECHOES} == set(FRAMINGS)
+
+
+@pytest.mark.parametrize("framing, wire, echoed", ECHOES)
+def test_echoesEachFrameReencoded(framing: str, wire: bytes, echoed: bytes) -> None:
+    """
+    Echo writes back each frame re-encoded in the connection's framing (line: CRLF in, bare LF out).
+    """
+    connection, _ = openEcho(framing)
+    connection.receive(wire)
+    assert connection.takeSent() == echoed
+    assert not connection.transport.disconnecting
+
+
+@pytest.mark.parametrize(
+    "framing, wire",
+    [
+        ("line", b"hello\r\n"),
+        ("netstring", b"5:hello,"),
+        ("u16", b"\x00\x05hello"),
+        ("u32", b"\x00\x00\x00\x05hello"),
+    ],
+)
+def test_frameEchoedOnlyOnceComplete(framing: str, wire: bytes) -> None:
+    """
+    A frame arriving a byte at a time is echoed once, when its last byte arrives, and not before.
+    """
+    connection, _ = openEcho(framing)
+    for byte in wire[:-1]:
+        connection.receive(bytes([byte]))
+        assert connection.transport.value() == b""
+    connection.receive(wire[-1:])
+    assert connection.takeSent() == wire.replace(b"\r\n", b"\n")
+
+
+def test_datagramSentBackToItsSender() -> None:
+    """
+    EchoHandler.datagramReceived sends the datagram, unchanged, back to the peer it came from.
+    """
+    sender = RecordingDatagramSender()
+    buildHandler().datagramReceived(b"\x00ping\xff", PEER, sender)
+    assert sender.sent == [(b"\x00ping\xff", PEER)]
+
+
+def test_datagramEchoedThroughTheCoreListener() -> None:
+    """
+    A datagram arriving on a bound UDP port is counted and echoed to its peer on the same socket.
+    """
+    reactor = UDPMemoryReactorClock()
+    counters = Counters()
+    port = reactor.listenUDP(0, DatagramListener(buildHandler(counters), counters), interface="127.0.0.1")
+    port.protocol.datagramReceived(b"ping", PEER)
+    assert port.protocol.transport.written == [(b"ping", PEER)]  # type: ignore[union-attr]
+    assert counters["datagrams_received"] == 1
+    assert counters["datagrams_sent"] == 1

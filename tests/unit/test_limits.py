@@ -1,0 +1,409 @@
+"""
+The wrapper nearest the socket (L{netd.limits.ConnectionLimiter} and
+L{netd.limits.GuardedConnection}): connection limit, idle timeout, flow
+control, half-close, byte counts and the shutdown drain, on in-memory
+transports with a fake clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, LogLevel, capturedLogs
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
+from netd.limits import ConnectionLimiter
+from netd.metrics import Counters
+from netd.testing import PEER, StreamConnection, connect, makeStreamStack
+
+
+@implementer(IFrameReceiver)
+class Recorder:
+    """
+    A receiver that keeps every frame and its connection.
+    """
+
+    connection: IFrameConnection
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.lost: list[Failure] = []
+
+    def connectionMade(self, connection: IFrameConnection) -> None:
+        self.connection = connection
+
+    def frameReceived(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost.append(reason)
+
+
+@implementer(IStreamHandler)
+class RecordingHandler:
+    """
+    A handler whose receivers are L{Recorder}s, kept in order of connection.
+    """
+
+    def __init__(self) -> None:
+        self.receivers: list[Recorder] = []
+
+    def newConnection(self) -> Recorder:
+        receiver = Recorder()
+        self.receivers.append(receiver)
+        return receiver
+
+
+@implementer(IPushProducer)
+class Producer:
+    """
+    A push producer standing in for an inner protocol that paces itself (TLS, a streaming plugin).
+    """
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class CallRecordingTransport(StringTransport):
+    """
+    A L{StringTransport} that records the order of producer and close calls.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(peerAddress=PEER)
+        self.calls: list[str] = []
+
+    def unregisterProducer(self) -> None:
+        self.calls.append("unregisterProducer")
+        super().unregisterProducer()
+
+    def loseConnection(self) -> None:
+        self.calls.append("loseConnection")
+        super().loseConnection()
+
+
+def makeStack(
+    framing: str = "raw", *, maxConnections: int = 1024, idleTimeout: float = 0
+) -> tuple[ConnectionLimiter, RecordingHandler, Counters, Clock]:
+    """
+    A core stream stack around a L{RecordingHandler}, with its counters and clock.
+    """
+    handler = RecordingHandler()
+    counters = Counters()
+    clock = Clock()
+    limiter = makeStreamStack(
+        handler, framing, maxConnections=maxConnections, idleTimeout=idleTimeout, clock=clock, counters=counters
+    )
+    return limiter, handler, counters, clock
+
+
+def accept(limiter: ConnectionLimiter) -> StreamConnection:
+    """
+    A connection the stack must accept.
+    """
+    connection = connect(limiter)
+    assert connection is not None
+    return connection
+
+
+def close(connection: StreamConnection) -> None:
+    """
+    Close from netd's side and deliver the connectionLost.
+    """
+    connection.protocol.loseConnection()
+    assert connection.finishClose()
+
+
+def levelEvents(events: Sequence[LogEvent], level: LogLevel) -> list[LogEvent]:
+    """
+    The events of one level.
+    """
+    return [event for event in events if event["log_level"] == level]
+
+
+def test_maxConnectionsRefusesTheExcess() -> None:
+    """
+    Past max_connections a connection is refused before it reaches the plugin and counted as connections_refused.
+    """
+    limiter, handler, counters, _ = makeStack(maxConnections=2)
+    accept(limiter)
+    accept(limiter)
+    assert connect(limiter) is None
+    assert connect(limiter) is None
+    assert counters["connections_accepted"] == 2
+    assert counters["connections_refused"] == 2
+    assert len(handler.receivers) == 2
+    assert limiter.openConnections() == 2
+
+
+def test_refusingWarnsOnceNotPerRefusal() -> None:
+    """
+    Reaching max_connections logs one warning naming the limit, however many connections are then refused.
+    """
+    limiter, _, _, _ = makeStack(maxConnections=1)
+    accept(limiter)
+    with capturedLogs() as events:
+        for _ in range(5):
+            assert connect(limiter) is None
+    [warning] = levelEvents(events, LogLevel.warn)
+    assert warning["limit"] == 1
+
+
+def test_acceptsAgainOnceAConnectionCloses() -> None:
+    """
+    After a connection closes, a stack that was refusing accepts again and logs that it does.
+    """
+    limiter, handler, counters, _ = makeStack(maxConnections=1)
+    first = accept(limiter)
+    assert connect(limiter) is None
+    with capturedLogs() as events:
+        first.peerClosed()
+    assert len(levelEvents(events, LogLevel.info)) == 1
+    assert connect(limiter) is not None
+    assert counters["connections_accepted"] == 2
+    assert counters["connections_refused"] == 1
+    assert len(handler.receivers) == 2
+
+
+def test_newRefusalEpisodeWarnsAgain() -> None:
+    """
+    Once the stack has accepted again, reaching the limit again logs a new warning.
+    """
+    limiter, _, _, _ = makeStack(maxConnections=1)
+    first = accept(limiter)
+    with capturedLogs() as events:
+        assert connect(limiter) is None
+        first.peerClosed()
+        accept(limiter)
+        assert connect(limiter) is None
+        assert connect(limiter) is None
+    assert len(levelEvents(events, LogLevel.warn)) == 2
+
+
+def test_idleTimeoutAbortsAfterExactlyTimeout() -> None:
+    """
+    A silent connection is aborted after exactly idle_timeout seconds, not before, counted and logged at info.
+    """
+    limiter, _, counters, clock = makeStack(idleTimeout=10)
+    connection = accept(limiter)
+    clock.advance(10 - 0.1)
+    assert not connection.transport.disconnecting
+    assert counters["idle_timeouts"] == 0
+    with capturedLogs() as events:
+        clock.advance(0.1)
+    assert connection.transport.disconnected
+    assert counters["idle_timeouts"] == 1
+    [event] = levelEvents(events, LogLevel.info)
+    assert event["timeout"] == 10
+    assert event["peer"] == PEER
+    assert connection.finishClose()
+    assert clock.getDelayedCalls() == []
+
+
+def _traffic(direction: str, connection: StreamConnection, receiver: Recorder) -> None:
+    """
+    Move bytes one way through a connection.
+    """
+    if direction == "read":
+        connection.receive(b"in")
+    elif direction == "write":
+        receiver.connection.sendFrame(b"out")
+    else:
+        connection.protocol.writeSequence([b"o", b"ut"])
+
+
+@pytest.mark.parametrize("direction", ["read", "write", "writeSequence"])
+def test_trafficResetsIdleTimer(direction: str) -> None:
+    """
+    Traffic in either direction restarts the idle timeout from zero.
+    """
+    limiter, handler, counters, clock = makeStack(idleTimeout=10)
+    connection = accept(limiter)
+    clock.advance(6)
+    _traffic(direction, connection, handler.receivers[0])
+    clock.advance(10 - 0.1)
+    assert not connection.transport.disconnecting
+    clock.advance(0.1)
+    assert connection.transport.disconnected
+    assert counters["idle_timeouts"] == 1
+
+
+@pytest.mark.parametrize("closer", ["netd", "peer"])
+def test_closeLeavesNoDelayedCalls(closer: str) -> None:
+    """
+    A connection closed before its idle timeout (by netd or the peer) leaves no delayed call behind and is not counted idle.
+    """
+    limiter, _, counters, clock = makeStack(idleTimeout=10)
+    connection = accept(limiter)
+    assert len(clock.getDelayedCalls()) == 1
+    if closer == "netd":
+        close(connection)
+    else:
+        connection.peerClosed()
+    assert clock.getDelayedCalls() == []
+    clock.advance(20)
+    assert counters["idle_timeouts"] == 0
+
+
+def test_idleTimeoutZeroSchedulesNothing() -> None:
+    """
+    With idle_timeout 0 no timer is scheduled and a silent connection stays open indefinitely.
+    """
+    limiter, handler, counters, clock = makeStack(idleTimeout=0)
+    connection = accept(limiter)
+    connection.receive(b"x")
+    handler.receivers[0].connection.sendFrame(b"y")
+    assert clock.getDelayedCalls() == []
+    clock.advance(86400 * 365)
+    assert not connection.transport.disconnecting
+    assert counters["idle_timeouts"] == 0
+
+
+def test_transportPacesItself() -> None:
+    """
+    On connect the transport is registered as its own streaming producer.
+    """
+    limiter, _, _, _ = makeStack()
+    connection = accept(limiter)
+    assert connection.transport.producer is connection.transport
+    assert connection.transport.streaming is True
+
+
+def test_loseConnectionUnregistersSelfPacingFirst() -> None:
+    """
+    Closing unregisters the self-pacing producer before asking the transport to close, so a paused transport still closes.
+    """
+    limiter, handler, _, _ = makeStack()
+    transport = CallRecordingTransport()
+    protocol = limiter.buildProtocol(PEER)
+    assert protocol is not None
+    protocol.makeConnection(transport)
+    handler.receivers[0].connection.loseConnection()
+    assert transport.calls == ["unregisterProducer", "loseConnection"]
+    assert transport.producer is None
+    assert transport.disconnecting
+
+
+def test_innerProducerReplacesSelfPacing() -> None:
+    """
+    An inner protocol registering its own producer replaces the self-pacing without a RuntimeError, and closing leaves it registered.
+    """
+    limiter, _, _, _ = makeStack()
+    connection = accept(limiter)
+    producer = Producer()
+    connection.protocol.registerProducer(producer, True)
+    assert connection.transport.producer is producer
+    assert connection.transport.streaming is True
+    connection.protocol.loseConnection()
+    assert connection.transport.disconnecting
+    assert connection.transport.producer is producer
+
+
+def test_guardIsHalfCloseable() -> None:
+    """
+    The socket-side protocol provides IHalfCloseableProtocol once connected, so a reactor reports a peer's EOF to it.
+    """
+    limiter, _, _, _ = makeStack()
+    connection = accept(limiter)
+    assert IHalfCloseableProtocol.providedBy(connection.protocol)
+
+
+def test_peerEOFClosesGracefullyAfterPendingData() -> None:
+    """
+    A peer's EOF (readConnectionLost) closes the connection gracefully, after what was already written, without aborting.
+    """
+    limiter, handler, _, _ = makeStack()
+    connection = accept(limiter)
+    connection.receive(b"question")
+    handler.receivers[0].connection.sendFrame(b"answer")
+    connection.protocol.readConnectionLost()
+    assert connection.transport.value() == b"answer"
+    assert connection.transport.disconnecting
+    assert not connection.transport.disconnected
+    assert connection.transport.producer is None
+
+
+def test_writeConnectionLostKeepsReading() -> None:
+    """
+    Our sending side being shut (writeConnectionLost) leaves the connection open for reading.
+    """
+    limiter, handler, _, _ = makeStack()
+    connection = accept(limiter)
+    connection.protocol.writeConnectionLost()
+    connection.receive(b"still here")
+    assert not connection.transport.disconnecting
+    assert handler.receivers[0].frames == [b"still here"]
+
+
+@pytest.mark.parametrize(
+    "framing, partial, frame, sent",
+    [
+        ("raw", (b"\x00\x00", b"\x00"), b"abc", b"abc"),
+        ("line", (b"ab", b"c"), b"abc", b"abc\n"),
+        ("netstring", (b"10", b":"), b"abc", b"3:abc,"),
+        ("u16", (b"\x00\x09", b"\x00"), b"abc", b"\x00\x03abc"),
+    ],
+)
+def test_bytesCounted(framing: str, partial: tuple[bytes, bytes], frame: bytes, sent: bytes) -> None:
+    """
+    bytes_received counts every byte read and bytes_sent every byte written, framing included, through write and writeSequence.
+    """
+    limiter, handler, counters, _ = makeStack(framing)
+    connection = accept(limiter)
+    for data in partial:
+        connection.receive(data)
+    handler.receivers[0].connection.sendFrame(frame)
+    assert connection.transport.value() == sent
+    assert counters["bytes_received"] == 3
+    assert counters["bytes_sent"] == len(sent)
+
+
+def test_whenDrainedWithNoConnectionsFiresAtOnce() -> None:
+    """
+    whenDrained fires immediately when no connection is open.
+    """
+    limiter, _, _, _ = makeStack()
+    fired: list[object] = []
+    limiter.whenDrained().addCallback(fired.append)
+    assert fired == [None]
+
+
+def test_whenDrainedFiresWhenTheLastConnectionCloses() -> None:
+    """
+    whenDrained waits while any connection is open and fires when the last one closes.
+    """
+    limiter, _, _, _ = makeStack()
+    first = accept(limiter)
+    second = accept(limiter)
+    fired: list[object] = []
+    limiter.whenDrained().addCallback(fired.append)
+    close(first)
+    assert fired == []
+    second.peerClosed()
+    assert fired == [None]
+    assert limiter.openConnections() == 0
+
+
+def test_abortAllAbortsEveryConnection() -> None:
+    """
+    abortAll aborts every open connection at once, without a graceful close.
+    """
+    limiter, _, _, _ = makeStack()
+    connections = [accept(limiter) for _ in range(3)]
+    limiter.abortAll()
+    assert [c.transport.disconnected for c in connections] == [True, True, True]
+    for connection in connections:
+        assert connection.finishClose()
+    assert limiter.openConnections() == 0

@@ -1,0 +1,369 @@
+"""
+L{netd.service.NetService} and L{netd.daemon.Daemon} on a fake reactor: what
+is listened on, the ports file, start errors and the all-or-nothing start, and
+the stop with its drain.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import LogLevel, capturedLogs
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netd.config import NetdConfig, parseConfig
+from netd.daemon import Daemon
+from netd.datagram import DatagramListener
+from netd.interfaces import IProtocolPlugin
+from netd.limits import ConnectionLimiter
+from netd.plugin import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
+from netd.service import NetService, ServiceStartError
+from netd.testing import UDPMemoryReactorClock, connect
+
+TCP = "tcp:0:interface=127.0.0.1"
+UDP = "udp:0:interface=127.0.0.1"
+ECHO = {"name": "echo", "plugin": "echo", "listen": [TCP, UDP], "idle_timeout": 0}
+
+
+@implementer(IListeningPort)
+class RecordingTCPPort:
+    """
+    A listening TCP port that reports the address it bound and whether it was stopped.
+    """
+
+    def __init__(self, address: IPv4Address) -> None:
+        self.address = address
+        self.listening = True
+
+    def startListening(self) -> None:
+        pass
+
+    def stopListening(self) -> None:
+        self.listening = False
+
+    def getHost(self) -> IPv4Address:
+        return self.address
+
+
+class BindingReactor(UDPMemoryReactorClock):
+    """
+    The UDP-capable memory reactor, whose TCP ports pick a port for port 0 and record being stopped.
+
+    (Twisted's own C{listenTCP} records the call in C{tcpServers} but returns a
+    C{_FakePort} reporting 0.0.0.0 whose C{stopListening} does nothing.)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tcpPorts: list[RecordingTCPPort] = []
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> RecordingTCPPort:
+        super().listenTCP(port, factory, backlog, interface)
+        bound = RecordingTCPPort(IPv4Address("TCP", interface or "0.0.0.0", port or 30000 + len(self.tcpPorts)))
+        self.tcpPorts.append(bound)
+        return bound
+
+
+class UDPBindFailsReactor(BindingReactor):
+    """
+    A reactor on which every UDP bind fails, as when the port is taken.
+    """
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
+        raise CannotListenError(interface, port, OSError(errno.EADDRINUSE, "Address already in use"))
+
+
+def makeConfig(*services: dict[str, Any], registry: PluginRegistry | None = None, **daemon: Any) -> NetdConfig:
+    """
+    A validated config of C{services}, with C{daemon} as its [daemon] table.
+    """
+    return parseConfig(
+        {"daemon": daemon, "services": list(services)}, "test.toml", registry or discoverPlugins()
+    )
+
+
+def resultOf(d: Deferred[Any]) -> Any:
+    """
+    The result a Deferred already has; fail if it has none or failed.
+    """
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has no result yet"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def failureOf(d: Deferred[Any]) -> Failure:
+    """
+    The failure a Deferred already has; fail if it has none or succeeded.
+    """
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has no result yet"
+    assert isinstance(results[0], Failure), f"the Deferred succeeded with {results[0]!r}"
+    return results[0]
+
+
+def start(config: NetdConfig, reactor: Any, portsFile: Path | None = None) -> tuple[Daemon, Deferred[Any]]:
+    """
+    Make a daemon and start it; with a memory reactor the start completes at once.
+    """
+    daemon = Daemon(config, reactor)
+    return daemon, Deferred.fromCoroutine(daemon.start(None if portsFile is None else str(portsFile)))
+
+
+def test_startListensOnEveryAddress() -> None:
+    """
+    Starting listens on the TCP address through the service's connection limiter and binds the UDP address to a datagram listener, on the configured interfaces.
+    """
+    reactor = BindingReactor()
+    daemon, d = start(makeConfig(ECHO), reactor)
+    resultOf(d)
+    [service] = daemon.netServices()
+    [(port, factory, _, interface)] = reactor.tcpServers
+    assert (port, interface) == (0, "127.0.0.1")
+    assert factory is service.connections
+    assert isinstance(factory, ConnectionLimiter)
+    [udp] = reactor.udpPorts.values()
+    assert udp.interface == "127.0.0.1"
+    assert isinstance(udp.protocol, DatagramListener)
+    assert daemon.running
+    assert service.running
+
+
+def test_portsFileReportsBoundAddresses(tmp_path: Path) -> None:
+    """
+    Once started, the ports file holds {"services": {name: [...]}} with each listen string and the address really bound.
+    """
+    portsFile = tmp_path / "ports.json"
+    daemon, d = start(makeConfig(ECHO), BindingReactor(), portsFile)
+    expected = [
+        {"listen": TCP, "transport": "tcp", "host": "127.0.0.1", "port": 30000},
+        {"listen": UDP, "transport": "udp", "host": "127.0.0.1", "port": 20000},
+    ]
+    assert resultOf(d) == {"echo": expected}
+    assert json.loads(portsFile.read_text()) == {"services": {"echo": expected}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ports.json"]
+
+
+def test_startLogsEachListenWithTheService() -> None:
+    """
+    Each bound address is logged at info with the service's name as a field.
+    """
+    with capturedLogs() as events:
+        resultOf(start(makeConfig(ECHO), BindingReactor())[1])
+    listening = [e for e in events if e.get("listen") in (TCP, UDP)]
+    assert [(e["listen"], e["service"], e["log_level"]) for e in listening] == [
+        (TCP, "echo", LogLevel.info),
+        (UDP, "echo", LogLevel.info),
+    ]
+
+
+def test_disabledServiceNotStarted(tmp_path: Path) -> None:
+    """
+    A service with enabled = false is neither built nor listened on nor reported.
+    """
+    portsFile = tmp_path / "ports.json"
+    off = {"name": "off", "plugin": "echo", "listen": ["tcp:0:interface=127.0.0.2"], "enabled": False}
+    reactor = BindingReactor()
+    daemon, d = start(makeConfig(ECHO, off), reactor, portsFile)
+    resultOf(d)
+    assert [s.name for s in daemon.netServices()] == ["echo"]
+    assert [interface for _, _, _, interface in reactor.tcpServers] == ["127.0.0.1"]
+    assert list(json.loads(portsFile.read_text())["services"]) == ["echo"]
+
+
+@attrs.frozen
+class NoOptions:
+    """
+    A plugin schema without keys.
+    """
+
+
+@implementer(IProtocolPlugin)
+class ExplodingPlugin:
+    """
+    A plugin whose build raises.
+    """
+
+    name = "exploding"
+    summary = "fails to build"
+    optionsType = NoOptions
+    transports = frozenset({"stream"})
+    framings = ("raw",)
+
+    def build(self, options: object, context: object) -> object:
+        raise RuntimeError("no handler today")
+
+
+@implementer(IProtocolPlugin)
+class WrongHandlerPlugin(ExplodingPlugin):
+    """
+    A plugin that claims streams but builds a handler without IStreamHandler.
+    """
+
+    name = "halfdone"
+
+    def build(self, options: object, context: object) -> object:
+        return object()
+
+
+def registryWith(plugin: Any) -> PluginRegistry:
+    """
+    A registry holding only C{plugin}.
+    """
+    assert checkPlugin(plugin) is None
+    return PluginRegistry({plugin.name: LoadedPlugin(plugin, "test")}, {})
+
+
+def test_buildFailureNamesServiceAndPlugin() -> None:
+    """
+    A plugin whose build raises gives ServiceStartError naming the service, the plugin and the cause, before anything listens.
+    """
+    config = makeConfig({"name": "svc", "plugin": "exploding", "listen": [TCP]}, registry=registryWith(ExplodingPlugin()))
+    reactor = BindingReactor()
+    with pytest.raises(ServiceStartError) as caught:
+        Daemon(config, reactor)
+    message = str(caught.value)
+    assert "'svc'" in message
+    assert "'exploding'" in message
+    assert "RuntimeError: no handler today" in message
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    assert reactor.tcpServers == []
+
+
+def test_handlerLackingStreamInterfaceRefused() -> None:
+    """
+    A handler that does not provide IStreamHandler for a stream listen address gives ServiceStartError naming the interface.
+    """
+    config = makeConfig(
+        {"name": "svc", "plugin": "halfdone", "listen": [TCP]}, registry=registryWith(WrongHandlerPlugin())
+    )
+    with pytest.raises(ServiceStartError) as caught:
+        Daemon(config, BindingReactor())
+    message = str(caught.value)
+    assert "'svc'" in message and "'halfdone'" in message and "IStreamHandler" in message
+
+
+def test_bindFailureNamesServiceAndAddressAndReleasesPorts(tmp_path: Path) -> None:
+    """
+    When a bind fails, start raises ServiceStartError naming the service and listen string, and stops the TCP port already bound.
+    """
+    portsFile = tmp_path / "ports.json"
+    reactor = UDPBindFailsReactor()
+    daemon, d = start(makeConfig(ECHO), reactor, portsFile)
+    failure = failureOf(d)
+    assert failure.check(ServiceStartError)
+    message = str(failure.value)
+    assert "'echo'" in message
+    assert repr(UDP) in message
+    assert isinstance(failure.value, ServiceStartError)
+    assert isinstance(failure.value.__cause__, CannotListenError)
+    [tcp] = reactor.tcpPorts
+    assert not tcp.listening
+    assert [s.ports for s in daemon.netServices()] == [[]]
+    assert not daemon.running
+    assert not portsFile.exists()
+
+
+def test_bindFailureReleasesEarlierServices() -> None:
+    """
+    A bind failing in a later service also stops the ports of the services started before it.
+    """
+    first = {"name": "first", "plugin": "echo", "listen": ["tcp:0:interface=127.0.0.1"]}
+    second = {"name": "second", "plugin": "echo", "listen": ["tcp:0:interface=127.0.0.2", UDP]}
+    reactor = UDPBindFailsReactor()
+    _, d = start(makeConfig(first, second), reactor)
+    assert "'second'" in str(failureOf(d).value)
+    assert len(reactor.tcpPorts) == 2
+    assert [p.listening for p in reactor.tcpPorts] == [False, False]
+
+
+def startedWithConnection(shutdownTimeout: float) -> tuple[BindingReactor, Daemon, Any]:
+    """
+    A started echo daemon with one open connection.
+    """
+    reactor = BindingReactor()
+    daemon, d = start(makeConfig(ECHO, shutdown_timeout=shutdownTimeout), reactor)
+    resultOf(d)
+    [service] = daemon.netServices()
+    assert service.connections is not None
+    connection = connect(service.connections)
+    assert connection is not None
+    return reactor, daemon, connection
+
+
+def test_stopWithNoConnectionsFinishesAtOnce() -> None:
+    """
+    Stopping a daemon with no open connection stops every port and finishes at once.
+    """
+    reactor = BindingReactor()
+    daemon, d = start(makeConfig(ECHO), reactor)
+    resultOf(d)
+    stopped = daemon.stopService()
+    resultOf(stopped)
+    assert [p.listening for p in reactor.tcpPorts] == [False]
+    assert [p.listening for p in reactor.udpPorts.values()] == [False]
+    assert not daemon.running
+    assert reactor.getDelayedCalls() == []
+
+
+def test_stopWaitsForOpenConnection() -> None:
+    """
+    Stopping stops listening first, then waits for an open connection, finishing when it closes without aborting it.
+    """
+    reactor, daemon, connection = startedWithConnection(5)
+    stopped = daemon.stopService()
+    assert [p.listening for p in reactor.tcpPorts] == [False]
+    assert [p.listening for p in reactor.udpPorts.values()] == [False]
+    reactor.advance(4)
+    assert not stopped.called
+    assert not connection.transport.disconnecting
+    connection.peerClosed()
+    resultOf(stopped)
+    assert reactor.getDelayedCalls() == []
+
+
+def test_stopAbortsConnectionsAfterShutdownTimeout() -> None:
+    """
+    A connection still open shutdown_timeout seconds after the stop began is aborted, and the stop then finishes.
+    """
+    reactor, daemon, connection = startedWithConnection(5)
+    stopped = daemon.stopService()
+    reactor.advance(5 - 0.1)
+    assert not connection.transport.disconnecting
+    assert not stopped.called
+    reactor.advance(0.1)
+    assert connection.transport.disconnected
+    assert not stopped.called
+    assert connection.finishClose()
+    resultOf(stopped)
+    assert reactor.getDelayedCalls() == []
+
+
+def test_framingViolationLoggedWithService() -> None:
+    """
+    A framing violation on a service's connection is counted on that service and logged as a warning carrying its name.
+    """
+    config = makeConfig({"name": "dnsish", "plugin": "echo", "listen": [TCP], "framing": "u16", "max_frame": 5})
+    [service] = Daemon(config, BindingReactor()).netServices()
+    assert isinstance(service, NetService) and service.connections is not None
+    connection = connect(service.connections)
+    assert connection is not None
+    with capturedLogs() as events:
+        connection.receive(b"\x00\x06")
+    assert connection.transport.disconnecting
+    assert service.counters["frames_rejected"] == 1
+    [warning] = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert (warning["service"], warning["framing"]) == ("dnsish", "u16")
