@@ -119,14 +119,21 @@ async def runDaemon(reactor: Any, config: NetdConfig, portsFile: str | None) -> 
     """
     Start every service, then run until the reactor stops; a signal stops the
     reactor, whose shutdown waits for the daemon's drain.
+
+    Nothing starts before the reactor runs: C{react} calls this first, and the
+    reactor installs its SIGTERM/SIGINT handlers only when it starts, so a
+    signal sent as soon as netd reports ready would otherwise kill it undrained.
     """
+    running: Deferred[None] = Deferred()
+    reactor.callWhenRunning(running.callback, None)
+    await running
     try:
         daemon = Daemon(config, reactor)
+        reactor.addSystemEventTrigger("before", "shutdown", daemon.stopService)
         await daemon.start(portsFile)
     except ServiceStartError as e:
         log.critical("netd cannot start: {error}", error=str(e))
         raise SystemExit(1) from None
-    reactor.addSystemEventTrigger("before", "shutdown", daemon.stopService)
     await Deferred()
 
 

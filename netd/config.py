@@ -25,6 +25,7 @@ from netd.options import (
     atLeast,
     between,
     closeMatch,
+    decodeFields,
     decodeTable,
     describeValue,
     option,
@@ -150,17 +151,19 @@ class NetdConfig:
 
 
 def _resolveFraming(
-    envelope: ServiceEnvelope, plugin: Any, path: KeyPath, problems: list[Problem]
+    envelope: dict[str, Any], plugin: Any, path: KeyPath, problems: list[Problem]
 ) -> tuple[str | None, int | None]:
     """
-    The framing and frame limit a service runs with, from its keys and its plugin.
+    The framing and frame limit a service runs with, from its valid envelope
+    keys and its plugin.
     """
     if not plugin.framings:
         for key in ("framing", "max_frame"):
-            if getattr(envelope, key) is not None:
+            if envelope.get(key) is not None:
                 problems.append(Problem(path + (key,), f"plugin {plugin.name!r} serves no streams, so it takes no {key}"))
         return None, None
-    framing = envelope.framing if envelope.framing is not None else plugin.framings[0]
+    framing = envelope.get("framing") or plugin.framings[0]
+    maxFrame = envelope.get("max_frame")
     if framing not in plugin.framings:
         problems.append(
             Problem(
@@ -172,16 +175,14 @@ def _resolveFraming(
         return None, None
     largest = FRAMINGS[framing].largest
     if largest is None:
-        if envelope.max_frame is not None:
+        if maxFrame is not None:
             problems.append(Problem(path + ("max_frame",), "raw framing has no frames to limit; remove max_frame"))
         return framing, None
-    if envelope.max_frame is None:
+    if maxFrame is None:
         return framing, min(DEFAULT_MAX_FRAME, largest)
-    if envelope.max_frame > largest:
-        problems.append(
-            Problem(path + ("max_frame",), f"{envelope.max_frame} is more than {framing} framing can carry ({largest})")
-        )
-    return framing, envelope.max_frame
+    if maxFrame > largest:
+        problems.append(Problem(path + ("max_frame",), f"{maxFrame} is more than {framing} framing can carry ({largest})"))
+    return framing, maxFrame
 
 
 def _decodeService(
@@ -196,7 +197,7 @@ def _decodeService(
     envelopeTable = {k: v for k, v in table.items() if k in ENVELOPE_KEYS}
     pluginTable = {k: v for k, v in table.items() if k not in ENVELOPE_KEYS}
     before = len(problems)
-    envelope = decodeTable(ServiceEnvelope, envelopeTable, path, problems, unknownKeys=False)
+    envelope = decodeFields(ServiceEnvelope, envelopeTable, path, problems, unknownKeys=False)
     pluginName = table.get("plugin")
     plugin = registry.get(pluginName) if isinstance(pluginName, str) else None
     if plugin is None:
@@ -211,9 +212,8 @@ def _decodeService(
             problems.append(Problem(path + ("plugin",), message))
         return None
     options = decodeTable(plugin.optionsType, pluginTable, path, problems, extraKnown=ENVELOPE_KEYS)
-    if envelope is None:
-        return None
-    for i, address in enumerate(envelope.listen):
+    listen = envelope.get("listen", ())
+    for i, address in enumerate(listen):
         if address.transport not in plugin.transports:
             problems.append(
                 Problem(
@@ -222,18 +222,18 @@ def _decodeService(
                     f"it serves {', '.join(sorted(plugin.transports))} ({address.text!r})",
                 )
             )
-    if not envelope.listen:
+    if "listen" in envelope and not listen:
         problems.append(Problem(path + ("listen",), "expected at least one listen address"))
     framing, maxFrame = _resolveFraming(envelope, plugin, path, problems)
     if len(problems) > before:
         return None
     return ServiceSpec(
-        name=envelope.name,
+        name=envelope["name"],
         plugin=plugin,
-        listen=envelope.listen,
-        enabled=envelope.enabled,
-        max_connections=envelope.max_connections,
-        idle_timeout=envelope.idle_timeout,
+        listen=listen,
+        enabled=envelope["enabled"],
+        max_connections=envelope["max_connections"],
+        idle_timeout=envelope["idle_timeout"],
         framing=framing,
         max_frame=maxFrame,
         options=options,

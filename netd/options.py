@@ -211,13 +211,15 @@ def convert(value: Any, tp: Any, path: KeyPath, problems: list[Problem]) -> Any:
             problems.append(Problem(path, f"expected {_typeName(tp)}, got {describeValue(value)}"))
             return _INVALID
         (itemType, _) = typing.get_args(tp)
-        return tuple(convert(item, itemType, path + (i,), problems) for i, item in enumerate(value))
+        items = tuple(convert(item, itemType, path + (i,), problems) for i, item in enumerate(value))
+        return _INVALID if any(item is _INVALID for item in items) else items
     if origin in (dict, Mapping):
         if not isinstance(value, dict):
             problems.append(Problem(path, f"expected {_typeName(tp)}, got {describeValue(value)}"))
             return _INVALID
         (_, itemType) = typing.get_args(tp)
-        return {k: convert(v, itemType, path + (k,), problems) for k, v in value.items()}
+        table = {k: convert(v, itemType, path + (k,), problems) for k, v in value.items()}
+        return _INVALID if any(v is _INVALID for v in table.values()) else table
     fromConfig = getattr(tp, "fromConfig", None)
     if fromConfig is not None:
         try:
@@ -241,27 +243,27 @@ def schemaFields(schema: type) -> dict[str, tuple[attrs.Attribute[Any], Any]]:
     return {f.name: (f, hints[f.name]) for f in attrs.fields(schema)}
 
 
-def decodeTable(
-    schema: type[T],
+def decodeFields(
+    schema: type,
     table: Mapping[str, Any],
     path: KeyPath,
     problems: list[Problem],
     *,
     extraKnown: typing.Iterable[str] = (),
     unknownKeys: bool = True,
-) -> T | None:
+) -> dict[str, Any]:
     """
-    Build an instance of a schema class from a TOML table.
+    Check a TOML table against a schema class, key by key.
 
     @param extraKnown: keys that belong to someone else at this level (the
         service envelope, when decoding a plugin's keys); they are offered as
         "did you mean" candidates.
     @param unknownKeys: whether keys the schema does not declare are reported.
-    @return: the instance, or L{None} when the table had problems (all of
-        them appended to C{problems}).
+    @return: every key that is valid (or absent with a default) and its value,
+        so that rules spanning several keys can still be checked where some
+        other key is wrong; the problems go to C{problems}.
     """
     fields = schemaFields(schema)
-    before = len(problems)
     if unknownKeys:
         for key in table:
             if key not in fields:
@@ -271,15 +273,35 @@ def decodeTable(
         if key not in table:
             if field.default is attrs.NOTHING:
                 problems.append(Problem(path + (key,), f"missing required key; expected {_typeName(tp)}"))
+            else:
+                values[key] = field.default
             continue
         value = convert(table[key], tp, path + (key,), problems)
         if value is _INVALID:
             continue
-        for check in optionInfo(field).checks:
-            message = check(value)
-            if message:
-                problems.append(Problem(path + (key,), message))
-        values[key] = value
+        messages = [m for m in (check(value) for check in optionInfo(field).checks) if m]
+        problems.extend(Problem(path + (key,), m) for m in messages)
+        if not messages:
+            values[key] = value
+    return values
+
+
+def decodeTable(
+    schema: type[T],
+    table: Mapping[str, Any],
+    path: KeyPath,
+    problems: list[Problem],
+    *,
+    extraKnown: typing.Iterable[str] = (),
+) -> T | None:
+    """
+    Build an instance of a schema class from a TOML table (see L{decodeFields}).
+
+    @return: the instance, or L{None} when the table had problems (all of
+        them appended to C{problems}).
+    """
+    before = len(problems)
+    values = decodeFields(schema, table, path, problems, extraKnown=extraKnown)
     if len(problems) > before:
         return None
     return schema(**values)

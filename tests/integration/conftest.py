@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -115,11 +116,130 @@ class NetdProcess:
             self.process.wait(timeout=10)
 
 
+# Small client-side helpers shared by the integration tests.
+
+IO_TIMEOUT = 10.0
+SOCAT_TIMEOUT = 20.0
+
+
+def echoService(name: str, listen: list[str], **keys: object) -> str:
+    """
+    One C{[[services]]} table of the echo plugin, as TOML.
+    """
+    lines = [
+        "[[services]]",
+        f'name = "{name}"',
+        'plugin = "echo"',
+        "listen = [" + ", ".join('"' + address.replace("\\", "\\\\") + '"' for address in listen) + "]",
+    ]
+    for key, value in keys.items():
+        lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
+    return "\n".join(lines) + "\n\n"
+
+
+def connect(address: tuple[str, int]) -> socket.socket:
+    """
+    A TCP connection to C{address} with a bounded timeout on every call.
+    """
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    client = socket.socket(family, socket.SOCK_STREAM)
+    client.settimeout(IO_TIMEOUT)
+    client.connect(address)
+    return client
+
+
+def recvExactly(client: socket.socket, count: int, timeout: float = IO_TIMEOUT) -> bytes:
+    """
+    Read exactly C{count} bytes, failing if the peer closes first or the time runs out.
+    """
+    deadline = time.monotonic() + timeout
+    received = bytearray()
+    while len(received) < count:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"got {len(received)} of {count} bytes in {timeout} seconds: {bytes(received)!r}")
+        client.settimeout(remaining)
+        chunk = client.recv(count - len(received))
+        if not chunk:
+            raise AssertionError(f"connection closed after {len(received)} of {count} bytes: {bytes(received)!r}")
+        received += chunk
+    return bytes(received)
+
+
+def recvUntilClosed(client: socket.socket, timeout: float = IO_TIMEOUT, limit: int = 64 * 2**20) -> bytes:
+    """
+    Read until the peer closes (EOF or reset), within C{timeout} seconds and C{limit} bytes.
+    """
+    deadline = time.monotonic() + timeout
+    received = bytearray()
+    while len(received) <= limit:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"the peer did not close within {timeout} seconds; got {len(received)} bytes")
+        client.settimeout(remaining)
+        try:
+            chunk = client.recv(65536)
+        except ConnectionResetError:
+            return bytes(received)
+        if not chunk:
+            return bytes(received)
+        received += chunk
+    raise AssertionError(f"more than {limit} bytes before the peer closed")
+
+
+def waitForClose(client: socket.socket, timeout: float) -> float:
+    """
+    Wait for the peer to close a connection on which nothing is expected; return
+    how long it took.
+    """
+    started = time.monotonic()
+    rest = recvUntilClosed(client, timeout)
+    assert rest == b"", f"unexpected bytes before the close: {rest!r}"
+    return time.monotonic() - started
+
+
+def socat(args: list[str], data: bytes, timeout: float = 2.0) -> bytes:
+    """
+    Run socat with C{data} on its standard input and return its standard output.
+    """
+    done = subprocess.run(
+        [requireTool("socat"), "-t", str(timeout), *args],
+        input=data,
+        capture_output=True,
+        timeout=SOCAT_TIMEOUT,
+    )
+    assert done.returncode == 0, f"socat {args} exited {done.returncode}: {done.stderr.decode(errors='replace')}"
+    return done.stdout
+
+
+def waitForLog(netd: NetdProcess, text: str, timeout: float = IO_TIMEOUT) -> str:
+    """
+    Poll netd's log until it contains C{text}; return the log.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        log = netd.log()
+        if text in log:
+            return log
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not logged within {timeout} seconds:\n{log}")
+        time.sleep(0.05)
+
+
 def netdCommand(*args: str) -> list[str]:
     """
     The command line of netd, run with this interpreter.
     """
     return [sys.executable, "-m", "netd", *args]
+
+
+def _defaultSigInt() -> None:
+    """
+    In the child, before netd starts: undo an inherited "ignore SIGINT" (pytest
+    run as a background job or under nohup), which Twisted respects by not
+    handling SIGINT at all, so that the SIGINT tests test netd.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture
@@ -146,6 +266,7 @@ def startNetd(tmp_path: Path) -> Iterator[object]:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=_defaultSigInt,
             )
         netd = NetdProcess(process, portsFile, logFile)
         started.append(netd)
