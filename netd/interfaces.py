@@ -45,6 +45,10 @@ class IProtocolPlugin(Interface):
         Make the handler of one configured service from its validated options and
         a L{netd.plugin.PluginContext}.  It must provide L{IStreamHandler} if the
         plugin serves streams and L{IDatagramHandler} if it serves datagrams.
+        A handler with work of its own to start and stop (timers, upstream
+        connections) also provides L{twisted.application.service.IService}: it
+        is started once the service listens and stopped after the service has
+        drained.
         """
 
 

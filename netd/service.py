@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-from twisted.application.service import Service
+from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
 from twisted.internet.interfaces import IListeningPort
 
@@ -152,15 +152,26 @@ class NetService(Service):
             connections.abortAll()
             await connections.whenDrained()
 
+    def startService(self) -> None:
+        """
+        Mark the service running (its ports are already listening), and start
+        the plugin's handler if it has a lifecycle of its own.
+        """
+        Service.startService(self)
+        if IService.providedBy(self.handler):
+            self.handler.startService()
+
     def stopService(self) -> Deferred[None]:
         """
-        Stop accepting, drain, and stop.
+        Stop accepting, drain, then stop the plugin's handler if it has a lifecycle.
         """
         Service.stopService(self)
 
         async def stop() -> None:
             await self.stopListening()
             await self.drain()
+            if IService.providedBy(self.handler):
+                await maybeDeferred(self.handler.stopService)
             self.log.info("stopped")
 
         return Deferred.fromCoroutine(stop())

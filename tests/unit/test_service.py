@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 import pytest
+from twisted.application.service import Service
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -24,7 +25,7 @@ from zope.interface import implementer
 from netd.config import NetdConfig, parseConfig
 from netd.daemon import Daemon
 from netd.datagram import DatagramListener
-from netd.interfaces import IProtocolPlugin
+from netd.interfaces import IProtocolPlugin, IStreamHandler
 from netd.limits import ConnectionLimiter
 from netd.plugin import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
 from netd.service import NetService, ServiceStartError
@@ -367,3 +368,66 @@ def test_framingViolationLoggedWithService() -> None:
     assert service.counters["frames_rejected"] == 1
     [warning] = [e for e in events if e["log_level"] == LogLevel.warn]
     assert (warning["service"], warning["framing"]) == ("dnsish", "u16")
+
+
+@implementer(IStreamHandler)
+class LifecycleHandler(Service):
+    """
+    A stream handler with a lifecycle of its own, recording its calls.
+    """
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def newConnection(self) -> Any:
+        from netd_plugins.echo import EchoReceiver
+
+        return EchoReceiver()
+
+    def startService(self) -> None:
+        self.events.append("start")
+        Service.startService(self)
+
+    def stopService(self) -> Deferred[None]:
+        self.events.append("stop")
+        Service.stopService(self)
+        self.stopped: Deferred[None] = Deferred()
+        return self.stopped
+
+
+@implementer(IProtocolPlugin)
+class LifecyclePlugin(ExplodingPlugin):
+    """
+    A plugin whose handler provides IService.
+    """
+
+    name = "lifecycle"
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def build(self, options: object, context: object) -> object:
+        return LifecycleHandler(self.events)
+
+
+def test_handlerServiceStartedAfterListeningAndStoppedAfterDrain() -> None:
+    """
+    A handler that provides IService is started once its ports listen, stopped only after the drain, and the stop waits for its Deferred.
+    """
+    plugin = LifecyclePlugin()
+    config = makeConfig({"name": "svc", "plugin": "lifecycle", "listen": [TCP]}, registry=registryWith(plugin))
+    reactor = BindingReactor()
+    daemon, d = start(config, reactor)
+    resultOf(d)
+    assert plugin.events == ["start"]
+    [service] = daemon.netServices()
+    assert service.connections is not None
+    connection = connect(service.connections)
+    assert connection is not None
+    stopped = daemon.stopService()
+    assert plugin.events == ["start"]
+    connection.peerClosed()
+    assert plugin.events == ["start", "stop"]
+    assert not stopped.called
+    service.handler.stopped.callback(None)
+    resultOf(stopped)
