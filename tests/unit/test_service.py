@@ -30,6 +30,7 @@ from netd.limits import ConnectionLimiter
 from netd.plugin import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
 from netd.service import NetService, ServiceStartError
 from netd.testing import UDPMemoryReactorClock, connect
+from netd_plugins.echo import EchoReceiver
 
 TCP = "tcp:0:interface=127.0.0.1"
 UDP = "udp:0:interface=127.0.0.1"
@@ -380,8 +381,6 @@ class LifecycleHandler(Service):
         self.events = events
 
     def newConnection(self) -> Any:
-        from netd_plugins.echo import EchoReceiver
-
         return EchoReceiver()
 
     def startService(self) -> None:
