@@ -2,7 +2,8 @@
 # Prepare this checkout on a fresh Debian machine with Python 3.11: a virtualenv in
 # .venv with netd installed.  With --test, also what the test suite needs: the test
 # extra, the example third-party plugin of tests/thirdparty/, and the Debian tools
-# the integration tests drive (installed with apt-get when missing; needs root).
+# the integration tests drive: socat, dig, dnsmasq (installed with apt-get when
+# missing; needs root).
 # Safe to run again: it reuses what is already there.
 set -eu
 cd "$(dirname "$0")"
@@ -17,9 +18,11 @@ aptInstall() {
 python3 -c 'import ensurepip, venv' 2>/dev/null || aptInstall python3-venv
 
 if [ "${1:-}" = "--test" ]; then
+    # command:Debian package, for each tool the integration tests drive.
     missing=""
-    for tool in socat; do
-        command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+    for entry in socat:socat dig:bind9-dnsutils dnsmasq:dnsmasq-base; do
+        command -v "${entry%%:*}" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin" command -v "${entry%%:*}" >/dev/null 2>&1 \
+            || missing="$missing ${entry#*:}"
     done
     [ -z "$missing" ] || aptInstall $missing
 fi
