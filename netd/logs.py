@@ -4,19 +4,24 @@ Logging: where events go (text or JSON lines on stderr), and service-tagged logg
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import IO, Any
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
+    LogEvent,
     LogLevel,
     LogLevelFilterPredicate,
     Logger,
+    PredicateResult,
     globalLogBeginner,
     jsonFileLogObserver,
     textFileLogObserver,
 )
+from zope.interface import implementer
 
 
 class ServiceLogger(Logger):
@@ -40,6 +45,26 @@ class ServiceLogger(Logger):
         super().emit(level, format, **kwargs)
 
 
+_PORT_CHATTER = re.compile(r"^(\(\w+ Port \S+ Closed\)|.+ starting on \S+)$")
+
+
+@implementer(ILogFilterPredicate)
+class PortChatterFilter:
+    """
+    Drops Twisted's legacy "... starting on N" and "(UDP Port N Closed)" lines:
+    netd logs each listening address itself, with its service, and sockets it
+    opens as a client (the DNS proxy's upstream sockets) would flood the log.
+    """
+
+    def __call__(self, event: LogEvent) -> PredicateResult:
+        """
+        Say no to port chatter, maybe to everything else.
+        """
+        if event.get("log_namespace") == "log_legacy" and _PORT_CHATTER.match(str(event.get("log_text", ""))):
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
 def makeObserver(logFormat: str, level: str, stream: IO[str]) -> ILogObserver:
     """
     An observer writing events of C{level} and above to C{stream}, as text or JSON lines.
@@ -49,7 +74,7 @@ def makeObserver(logFormat: str, level: str, stream: IO[str]) -> ILogObserver:
     else:
         observer = textFileLogObserver(stream)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
-    return FilteringLogObserver(observer, [predicate])
+    return FilteringLogObserver(observer, [PortChatterFilter(), predicate])
 
 
 def startLogging(logFormat: str, level: str, stream: IO[str] = sys.stderr) -> None:

@@ -296,6 +296,8 @@ def decodeTable(
 ) -> T | None:
     """
     Build an instance of a schema class from a TOML table (see L{decodeFields}).
+    A schema with a C{crossCheck()} method, returning (key, problem) pairs, has
+    its rules that span several keys checked too.
 
     @return: the instance, or L{None} when the table had problems (all of
         them appended to C{problems}).
@@ -304,7 +306,11 @@ def decodeTable(
     values = decodeFields(schema, table, path, problems, extraKnown=extraKnown)
     if len(problems) > before:
         return None
-    return schema(**values)
+    instance = schema(**values)
+    crossCheck = getattr(instance, "crossCheck", None)
+    if crossCheck is not None:
+        problems.extend(Problem(path + (key,), message) for key, message in crossCheck())
+    return None if len(problems) > before else instance
 
 
 def toConfig(value: Any) -> Any:
@@ -351,4 +357,9 @@ def _tomlValue(value: Any) -> str:
     """
     A single TOML value as it would appear on the right of C{key = }.
     """
+    if isinstance(value, list):
+        return "[" + ", ".join(_tomlValue(v) for v in value) + "]"
+    if isinstance(value, dict):
+        keys = (tomli_w.dumps({k: 0}).partition("=")[0].strip() for k in value)
+        return "{" + ", ".join(f"{k} = {_tomlValue(v)}" for k, v in zip(keys, value.values())) + "}"
     return tomli_w.dumps({"v": value}).partition("=")[2].strip()

@@ -14,6 +14,8 @@ message is trusted before it is checked against the message's real size.
 
 from __future__ import annotations
 
+import struct
+
 import attrs
 
 HEADER_SIZE = 12
@@ -122,3 +124,500 @@ class Query:
         else its payload size (never less than 512).
         """
         return MIN_UDP_SIZE if self.edns is None else max(MIN_UDP_SIZE, self.edns.udpSize)
+
+
+class MalformedQuery(WireError):
+    """
+    A query whose header could be read but whose rest could not: the caller
+    can still answer FORMERR with the query's ID.
+
+    @ivar id: the message ID from the header.
+    @ivar flags: the 16 flag bits from the header.
+    """
+
+    def __init__(self, message: str, id: int, flags: int) -> None:
+        super().__init__(message)
+        self.id = id
+        self.flags = flags
+
+
+@attrs.frozen
+class AnswerInfo:
+    """
+    What the cache needs to know about an answer, found by L{inspectAnswer}.
+
+    @ivar rcode: the 4-bit rcode of the header.
+    @ivar flags: the 16 flag bits of the header.
+    @ivar truncated: whether TC is set.
+    @ivar ttlOffsets: where the 4-byte TTL of every record of the answer,
+        authority and additional sections is (the OPT record excluded).
+    @ivar ttls: those TTLs, in the same order; a TTL with its top bit set
+        counts as 0 (RFC 2181, section 8).
+    @ivar answerCount: the number of records in the answer section.
+    @ivar negativeTTL: for NXDOMAIN, or NOERROR with no answer records
+        (NODATA), how long the answer may be cached (RFC 2308): the smaller of
+        the TTL of the authority section's SOA record and that record's
+        MINIMUM field; C{None} for other answers or with no SOA.
+    @ivar questionEnd: the offset just past the question section.
+    @ivar ednsRcode: the upper 8 bits of the extended rcode, from the OPT
+        record (0 without one); not 0 means an EDNS-level error such as BADVERS.
+    @ivar optOffset: where the OPT record starts, if there is one.
+    @ivar optEnd: the offset just past the OPT record, if there is one.
+    """
+
+    rcode: int
+    flags: int
+    truncated: bool
+    ttlOffsets: tuple[int, ...]
+    ttls: tuple[int, ...]
+    answerCount: int
+    negativeTTL: int | None
+    questionEnd: int
+    ednsRcode: int = 0
+    optOffset: int | None = None
+    optEnd: int | None = None
+
+
+MAX_NAME_LENGTH = 255
+"""
+The longest a name may be in wire form, length bytes and root included.
+"""
+
+MAX_LABEL_LENGTH = 63
+
+MAX_POINTERS = 128
+"""
+The most compression pointers followed while reading one name.
+"""
+
+_COUNT = struct.Struct("!H")
+_HEADER = struct.Struct("!6H")
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_TYPE_CLASS = struct.Struct("!HH")
+_RECORD = struct.Struct("!HHIH")
+"""
+The fixed part of a resource record after its name: type, class, TTL, rdlength.
+"""
+
+_OPT_FIXED = struct.Struct("!BHHIH")
+"""
+An OPT record with no options: the root name, type, class, TTL, rdlength 0.
+"""
+
+_TTL_SIGN = 0x80000000
+_ID_FLAGS = struct.Struct("!HH")
+_QUERY_FLAGS = FLAG_RD | FLAG_CD
+"""
+The flags a cached answer takes from the query it answers.
+"""
+_KEEP_FLAGS = 0xFFFF & ~_QUERY_FLAGS
+_RESPONSE_FLAGS = OPCODE_MASK | FLAG_RD | FLAG_CD
+
+
+def readHeader(data: bytes) -> tuple[int, int, int, int, int, int]:
+    """
+    Read a message's header.
+
+    @return: the ID, the flags, and the question, answer, authority and
+        additional counts.
+    @raise WireError: if C{data} is shorter than a header.
+    """
+    if len(data) < HEADER_SIZE:
+        raise WireError(f"message of {len(data)} bytes is shorter than a header")
+    return _HEADER.unpack_from(data)
+
+
+def skipName(data: bytes, offset: int) -> int:
+    """
+    Find the end of a name, possibly compressed, checking all of it: every
+    label and pointer within the message, every pointer strictly backwards
+    (to before the labels it ends, so that no loop is possible), at most
+    L{MAX_POINTERS} pointers, labels of at most 63 bytes, names of at most 255.
+
+    @return: the offset just past the name where it starts (past its first
+        pointer, if it has one).
+    @raise WireError: if the name is malformed.
+    """
+    size = len(data)
+    position = start = offset
+    end = -1
+    length = 1
+    jumps = 0
+    while True:
+        if position >= size:
+            raise WireError(f"name at offset {offset} runs past the end of the message")
+        byte = data[position]
+        if byte == 0:
+            return position + 1 if end < 0 else end
+        if byte <= MAX_LABEL_LENGTH:
+            length += byte + 1
+            if length > MAX_NAME_LENGTH:
+                raise WireError(f"name at offset {offset} is longer than {MAX_NAME_LENGTH} bytes")
+            position += byte + 1
+        elif byte >= 0xC0:
+            if position + 1 >= size:
+                raise WireError(f"name at offset {offset} runs past the end of the message")
+            target = ((byte & 0x3F) << 8) | data[position + 1]
+            if target >= start:
+                raise WireError(f"compression pointer at offset {position} does not point backwards")
+            jumps += 1
+            if jumps > MAX_POINTERS:
+                raise WireError(f"name at offset {offset} follows more than {MAX_POINTERS} pointers")
+            if end < 0:
+                end = position + 2
+            position = start = target
+        else:
+            raise WireError(f"label type 0x{byte & 0xC0:02x} at offset {position} is not supported")
+
+
+def parseQuestion(data: bytes, offset: int = HEADER_SIZE) -> Question:
+    """
+    Read a question: a name of plain labels (no compression), type and class.
+
+    @raise WireError: if the question is malformed or runs past the end.
+    """
+    size = len(data)
+    position = offset
+    while True:
+        if position >= size:
+            raise WireError(f"question name at offset {offset} runs past the end of the message")
+        length = data[position]
+        if length == 0:
+            break
+        if length > MAX_LABEL_LENGTH:
+            raise WireError(f"question name at offset {offset} is compressed or has a bad label")
+        position += length + 1
+    end = position + 1
+    if end - offset > MAX_NAME_LENGTH:
+        raise WireError(f"question name at offset {offset} is longer than {MAX_NAME_LENGTH} bytes")
+    if end + 4 > size:
+        raise WireError("question runs past the end of the message")
+    name = data[offset:end]
+    qtype, qclass = _TYPE_CLASS.unpack_from(data, end)
+    return Question(name, name.lower(), qtype, qclass, end + 4)
+
+
+def _skipRecords(data: bytes, offset: int, count: int) -> int:
+    """
+    Skip C{count} resource records starting at C{offset}.
+
+    @return: the offset just past them.
+    """
+    size = len(data)
+    for _ in range(count):
+        offset = skipName(data, offset) + 10
+        if offset > size:
+            raise WireError("record runs past the end of the message")
+        offset += _U16.unpack_from(data, offset - 2)[0]
+        if offset > size:
+            raise WireError("record data runs past the end of the message")
+    return offset
+
+
+def parseQuery(data: bytes) -> Query:
+    """
+    Read what the proxy needs of a query: header, question and OPT record.
+    The query's meaning (QR, opcode, EDNS version) is for the caller to judge.
+
+    @raise WireError: if C{data} is shorter than a header.
+    @raise MalformedQuery: if the header can be read but the rest is malformed:
+        not exactly one question, records running off the end, two OPT
+        records, or an OPT record whose name is not the root.
+    """
+    if len(data) < HEADER_SIZE:
+        raise WireError(f"message of {len(data)} bytes is shorter than a header")
+    id, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    if qdcount != 1:
+        raise MalformedQuery(f"query has {qdcount} questions, not 1", id, flags)
+    try:
+        question = parseQuestion(data, HEADER_SIZE)
+        if not (ancount or nscount or arcount):
+            return Query(id, flags, question, None)
+        offset = _skipRecords(data, question.end, ancount + nscount)
+        size = len(data)
+        edns = None
+        for _ in range(arcount):
+            start = offset
+            offset = skipName(data, offset)
+            if offset + 10 > size:
+                raise WireError("record runs past the end of the message")
+            rtype, rclass, ttl, rdlength = _RECORD.unpack_from(data, offset)
+            offset += 10 + rdlength
+            if offset > size:
+                raise WireError("record data runs past the end of the message")
+            if rtype == TYPE_OPT:
+                if edns is not None:
+                    raise WireError("query has two OPT records")
+                if data[start] != 0:
+                    raise WireError("OPT record's name is not the root")
+                edns = EDNS(rclass, bool(ttl & DO_BIT), (ttl >> 16) & 0xFF, start)
+    except WireError as e:
+        raise MalformedQuery(str(e), id, flags) from None
+    return Query(id, flags, question, edns)
+
+
+def inspectAnswer(data: bytes) -> AnswerInfo:
+    """
+    Walk every record of an answer, noting what the cache needs: the rcode,
+    where the TTLs are, and the negative-caching TTL (RFC 2308).
+
+    @raise WireError: if the answer is malformed: anything running off the
+        end, a bad name, an SOA record whose data is too short, an OPT record
+        outside the additional section, two of them, or one not at the root.
+    """
+    size = len(data)
+    if size < HEADER_SIZE:
+        raise WireError(f"message of {size} bytes is shorter than a header")
+    _, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    offset = HEADER_SIZE
+    for _ in range(qdcount):
+        offset = skipName(data, offset) + 4
+        if offset > size:
+            raise WireError("question runs past the end of the message")
+    questionEnd = offset
+    rcode = flags & RCODE_MASK
+    negative = rcode == RCODE_NXDOMAIN or (rcode == RCODE_NOERROR and ancount == 0)
+    authorityEnd = ancount + nscount
+    ttlOffsets: list[int] = []
+    ttls: list[int] = []
+    negativeTTL = None
+    ednsRcode = 0
+    optOffset = optEnd = None
+    for index in range(authorityEnd + arcount):
+        start = offset
+        offset = skipName(data, offset)
+        if offset + 10 > size:
+            raise WireError("record runs past the end of the message")
+        rtype, _, ttl, rdlength = _RECORD.unpack_from(data, offset)
+        rdata = offset + 10
+        end = rdata + rdlength
+        if end > size:
+            raise WireError("record data runs past the end of the message")
+        if rtype == TYPE_OPT:
+            if index < authorityEnd:
+                raise WireError("OPT record outside the additional section")
+            if optOffset is not None:
+                raise WireError("answer has two OPT records")
+            if data[start] != 0:
+                raise WireError("OPT record's name is not the root")
+            ednsRcode = ttl >> 24
+            optOffset = start
+            optEnd = end
+        else:
+            if ttl & _TTL_SIGN:
+                ttl = 0
+            ttlOffsets.append(offset + 4)
+            ttls.append(ttl)
+            if rtype == TYPE_SOA and negative and negativeTTL is None and ancount <= index < authorityEnd:
+                fields = skipName(data, skipName(data, rdata))
+                if fields + 20 > end:
+                    raise WireError(f"SOA record at offset {start} is too short")
+                minimum = _U32.unpack_from(data, fields + 16)[0]
+                if minimum & _TTL_SIGN:
+                    minimum = 0
+                negativeTTL = min(ttl, minimum)
+        offset = end
+    return AnswerInfo(
+        rcode=rcode,
+        flags=flags,
+        truncated=bool(flags & FLAG_TC),
+        ttlOffsets=tuple(ttlOffsets),
+        ttls=tuple(ttls),
+        answerCount=ancount,
+        negativeTTL=negativeTTL,
+        questionEnd=questionEnd,
+        ednsRcode=ednsRcode,
+        optOffset=optOffset,
+        optEnd=optEnd,
+    )
+
+
+def answerMatches(data: bytes, id: int, question: Question) -> bool:
+    """
+    Whether C{data} is an answer to the query with this ID and question: QR
+    set, the same ID, and exactly one question with the same name (ignoring
+    case, which upstreams may randomise), type and class.  Malformed data does
+    not match.
+    """
+    if len(data) < HEADER_SIZE:
+        return False
+    answerID, flags, qdcount = _HEADER.unpack_from(data)[:3]
+    if answerID != id or not flags & FLAG_QR or qdcount != 1:
+        return False
+    try:
+        answered = parseQuestion(data, HEADER_SIZE)
+    except WireError:
+        return False
+    return (
+        answered.key == question.key
+        and answered.qtype == question.qtype
+        and answered.qclass == question.qclass
+    )
+
+
+def patchAnswer(
+    stored: bytes,
+    ttlOffsets: tuple[int, ...],
+    ttls: tuple[int, ...],
+    elapsed: int,
+    query: Query,
+) -> bytes:
+    """
+    Make a stored answer into the answer to a new query, without parsing it:
+    the query's ID, its question name (same name, perhaps another case; the
+    question starts at offset 12 in both), its RD and CD bits, and every TTL
+    lowered by C{elapsed} seconds (never below 0).
+
+    @param ttlOffsets: where the TTLs are, from L{AnswerInfo.ttlOffsets}.
+    @param ttls: the TTLs when the answer was stored.
+    """
+    answer = bytearray(stored)
+    flags = ((answer[2] << 8) | answer[3]) & _KEEP_FLAGS | (query.flags & _QUERY_FLAGS)
+    _ID_FLAGS.pack_into(answer, 0, query.id, flags)
+    name = query.question.name
+    answer[HEADER_SIZE : HEADER_SIZE + len(name)] = name
+    pack = _U32.pack_into
+    for offset, ttl in zip(ttlOffsets, ttls):
+        ttl -= elapsed
+        pack(answer, offset, ttl if ttl > 0 else 0)
+    return bytes(answer)
+
+
+def addAdditionalCount(message: bytes, delta: int) -> bytes:
+    """
+    A copy of C{message} with its additional-section count changed by C{delta}
+    (to go with a record appended or cut off at the end).
+    """
+    (arcount,) = _COUNT.unpack_from(message, 10)
+    return message[:10] + _COUNT.pack(arcount + delta) + message[HEADER_SIZE:]
+
+
+def optRecord(do: bool, udpSize: int, rcode: int = 0) -> bytes:
+    """
+    An OPT record with no options, for an answer: the root name, C{udpSize}
+    as class, and in the TTL the upper 8 bits of C{rcode} (for an extended
+    rcode), EDNS version 0 and the DO bit.
+    """
+    return _OPT_FIXED.pack(0, TYPE_OPT, udpSize, ((rcode >> 4) << 24) | (DO_BIT if do else 0), 0)
+
+
+def makeResponse(query: Query, rcode: int, *, udpSize: int = 1232) -> bytes:
+    """
+    An answer with no records: the query's ID, opcode, RD and CD, with QR and
+    RA set and C{rcode}; the query's question; and, if the query had an OPT
+    record, one of ours (payload size C{udpSize}, the query's DO bit, and the
+    upper bits of C{rcode} when it is an extended one).
+    """
+    flags = FLAG_QR | FLAG_RA | (query.flags & _RESPONSE_FLAGS) | (rcode & RCODE_MASK)
+    question = query.question
+    parts = [
+        _HEADER.pack(query.id, flags, 1, 0, 0, 0 if query.edns is None else 1),
+        question.name,
+        _TYPE_CLASS.pack(question.qtype, question.qclass),
+    ]
+    if query.edns is not None:
+        parts.append(optRecord(query.edns.do, udpSize, rcode))
+    return b"".join(parts)
+
+
+def makeHeaderError(id: int, flags: int, rcode: int) -> bytes:
+    """
+    A header-only answer (all counts 0), for a query whose question could not
+    be read: QR set, the opcode and RD from C{flags}, and C{rcode}.
+    """
+    return _HEADER.pack(id, FLAG_QR | (flags & (OPCODE_MASK | FLAG_RD)) | (rcode & RCODE_MASK), 0, 0, 0, 0)
+
+
+def truncate(answer: bytes, query: Query, *, udpSize: int = 1232) -> bytes:
+    """
+    What a UDP client gets instead of an answer too large for it: the answer's
+    header with TC set and no records, the question, and, if the query had an
+    OPT record, one of ours as in L{makeResponse}.
+
+    @raise WireError: if C{answer} is shorter than a header.
+    """
+    id, flags = readHeader(answer)[:2]
+    question = query.question
+    parts = [
+        _HEADER.pack(id, flags | FLAG_TC, 1, 0, 0, 0 if query.edns is None else 1),
+        question.name,
+        _TYPE_CLASS.pack(question.qtype, question.qclass),
+    ]
+    if query.edns is not None:
+        parts.append(optRecord(query.edns.do, udpSize))
+    return b"".join(parts)
+
+
+def encodeName(text: str) -> bytes:
+    """
+    A name in wire form: C{"netd.test"} (or C{"netd.test."}) becomes
+    C{b"\\x04netd\\x04test\\x00"}, and C{"."} the root C{b"\\x00"}.  Names are
+    ASCII (no IDNA) with no escapes.
+
+    @raise WireError: for an empty label, a label over 63 bytes, a name over
+        255, or a character outside ASCII.
+    """
+    if text.endswith("."):
+        text = text[:-1]
+    if not text:
+        return b"\x00"
+    try:
+        labels = text.encode("ascii").split(b".")
+    except UnicodeEncodeError:
+        raise WireError(f"name {text!r} is not ASCII") from None
+    parts = []
+    for label in labels:
+        if not label:
+            raise WireError(f"name {text!r} has an empty label")
+        if len(label) > MAX_LABEL_LENGTH:
+            raise WireError(f"name {text!r} has a label longer than {MAX_LABEL_LENGTH} bytes")
+        parts.append(bytes((len(label),)))
+        parts.append(label)
+    parts.append(b"\x00")
+    wire = b"".join(parts)
+    if len(wire) > MAX_NAME_LENGTH:
+        raise WireError(f"name {text!r} is longer than {MAX_NAME_LENGTH} bytes in wire form")
+    return wire
+
+
+_PRINTABLE = frozenset(range(0x21, 0x7F)) - {ord("."), ord("\\")}
+
+
+def _presentLabel(label: bytes) -> str:
+    """
+    A label as text, with dots, backslashes and unprintable bytes escaped as
+    in zone files (C{\\.}, C{\\\\}, C{\\DDD}).
+    """
+    if all(byte in _PRINTABLE for byte in label):
+        return label.decode("ascii")
+    return "".join(
+        chr(byte) if byte in _PRINTABLE else f"\\{chr(byte)}" if byte in b".\\" else f"\\{byte:03d}"
+        for byte in label
+    )
+
+
+def decodeName(wire: bytes) -> str:
+    """
+    A name in wire form (plain labels, as in L{Question.name}) as text for
+    logs: C{"netd.test"}, or C{"."} for the root.
+
+    @raise WireError: if C{wire} is not one whole uncompressed name.
+    """
+    labels = []
+    position = 0
+    while True:
+        if position >= len(wire):
+            raise WireError("name runs past its end")
+        length = wire[position]
+        if length == 0:
+            break
+        if length > MAX_LABEL_LENGTH:
+            raise WireError("name is compressed or has a bad label")
+        labels.append(_presentLabel(wire[position + 1 : position + 1 + length]))
+        position += length + 1
+    if position + 1 != len(wire):
+        raise WireError("bytes after the name's end")
+    if position + 1 > MAX_NAME_LENGTH:
+        raise WireError(f"name is longer than {MAX_NAME_LENGTH} bytes")
+    return ".".join(labels) if labels else "."

@@ -290,7 +290,7 @@ def test_configNamingBrokenPluginListsFailures(monkeypatch: pytest.MonkeyPatch) 
         parseConfig(tomllib.loads(text), "test.toml", registry)
     (line,) = str(info.value).splitlines()
     assert line.startswith("test.toml: services[0].plugin: unknown plugin 'broken'"), line
-    assert "nown plugins: echo, reverse" in line
+    assert "nown plugins: dns-proxy, echo, reverse" in line
     assert (
         f"; plugins that failed to load: {sources['broken']}: failed to load: ModuleNotFoundError: "
         "No module named 'netd_no_such_module'"

@@ -1,0 +1,165 @@
+"""
+The C{dns-proxy} plugin: a caching DNS forwarder with static test records.
+
+Clients query it over UDP and TCP (and DNS over TLS when the service has TLS);
+it answers from its static records, from its cache, or by forwarding to its
+upstreams over UDP, TCP or DNS over TLS.  The wire-level hot paths are in
+L{wire} and L{cache}, the static records in L{records}, the upstreams in
+L{upstream}, and the query path in L{handler}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+import attrs
+from zope.interface import implementer
+
+from netd.interfaces import IProtocolPlugin
+from netd.options import atLeast, between, option
+from netd.plugin import PluginContext
+
+from .cache import AnswerCache
+from .handler import AccessList, DNSProxy
+from .records import StaticRecords
+from .upstream import Upstream, UpstreamResolver, expandUpstreams
+
+
+def _networks(value: tuple[str, ...]) -> str | None:
+    """
+    A check that every C{allow} entry is an IP network (an address alone is a /32 or /128).
+    """
+    for i, text in enumerate(value):
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            return f"[{i}] {text!r} is not an IP network such as '127.0.0.0/8' or '::1/128'"
+    return None
+
+
+def _readableFile(value: str | None) -> str | None:
+    """
+    A check that a path names a readable file.
+    """
+    if value is not None and not os.access(value, os.R_OK):
+        return f"{value!r} is not a readable file"
+    return None
+
+
+def _nonEmpty(value: tuple[object, ...]) -> str | None:
+    """
+    A check that a list has at least one entry.
+    """
+    return None if value else "expected at least one entry"
+
+
+@attrs.frozen
+class DNSProxyOptions:
+    """
+    The keys of a dns-proxy service.
+    """
+
+    upstreams: tuple[Upstream, ...] = option(
+        (Upstream.fromConfig("system"),),
+        help="Where queries are forwarded, tried in order: udp:HOST[:PORT], tcp:HOST[:PORT], "
+        "tls:HOST[:PORT]:name=SERVERNAME (DNS over TLS), or system (the nameservers of /etc/resolv.conf).",
+        checks=(_nonEmpty,),
+    )
+    records: StaticRecords = option(
+        StaticRecords(),
+        help="Static records answered locally: a table of names (wildcards like *.svc.test allowed) to "
+        "their records by type (A, AAAA, NS, MX, CNAME, TXT, SRV, PTR) and ttl.",
+    )
+    allow: tuple[str, ...] = option(
+        ("127.0.0.0/8", "::1/128"),
+        help="Networks whose clients may query; others get REFUSED.",
+        checks=(_networks,),
+    )
+    timeout: float = option(2.0, help="Seconds one upstream gets to answer before the next is tried.", checks=(between(0.01, 60),))
+    deadline: float = option(
+        5.0, help="Seconds a query may take in all before the client gets SERVFAIL.", checks=(between(0.01, 300),)
+    )
+    cache_size: int = option(10000, help="Answers cached at most (least recently used evicted); 0 turns the cache off.", checks=(between(0, 10_000_000),))
+    min_ttl: int = option(0, help="Seconds an answer stays cached at least, whatever its TTL.", checks=(between(0, 86400),))
+    max_ttl: int = option(86400, help="Seconds an answer stays cached at most.", checks=(between(0, 604800),))
+    max_negative_ttl: int = option(
+        3600, help="Seconds a negative answer (NXDOMAIN, NODATA; RFC 2308) stays cached at most.", checks=(between(0, 86400),)
+    )
+    max_fails: int = option(
+        2, help="Consecutive failures after which an upstream is marked down and probed until it answers.", checks=(between(1, 100),)
+    )
+    health_check: float = option(0.5, help="Seconds between probes of an upstream marked down.", checks=(between(0.05, 3600),))
+    ca_bundle: str | None = option(
+        None, help="PEM file of the CAs that DNS-over-TLS upstreams' certificates must chain to; the system's when unset.", checks=(_readableFile,)
+    )
+    udp_size: int = option(1232, help="The EDNS UDP payload size netd announces.", checks=(between(512, 4096),))
+    log_queries: bool = option(False, help="Log one line per query: client, name, type, rcode, source, time.")
+
+    def crossCheck(self) -> list[tuple[str, str]]:
+        """
+        Rules that span several keys: (key, problem) pairs.
+        """
+        problems = []
+        if self.min_ttl > self.max_ttl:
+            problems.append(("min_ttl", f"{self.min_ttl} is more than max_ttl ({self.max_ttl})"))
+        if self.timeout > self.deadline:
+            problems.append(("timeout", f"{self.timeout} is more than deadline ({self.deadline})"))
+        return problems
+
+
+@implementer(IProtocolPlugin)
+class DNSProxyPlugin:
+    """
+    The C{dns-proxy} plugin.
+    """
+
+    name = "dns-proxy"
+    summary = "caching DNS forwarder with static records, over UDP and TCP (u16 framing)"
+    optionsType = DNSProxyOptions
+    transports = frozenset({"stream", "datagram"})
+    framings = ("u16",)
+
+    def build(self, options: DNSProxyOptions, context: PluginContext) -> DNSProxy:
+        """
+        The proxy of one service: its cache, its upstreams, its static records.
+        """
+        upstreams = expandUpstreams(list(options.upstreams))
+        if not upstreams:
+            context.log.warn(
+                "no upstream: 'system' found no nameserver in /etc/resolv.conf; "
+                "names other than the static records get SERVFAIL"
+            )
+        resolver = UpstreamResolver(
+            context.reactor,
+            upstreams,
+            timeout=options.timeout,
+            deadline=options.deadline,
+            maxFails=options.max_fails,
+            healthInterval=options.health_check,
+            caBundle=options.ca_bundle,
+            counters=context.counters,
+            log=context.log,
+        )
+        cache = AnswerCache(
+            maxEntries=options.cache_size,
+            minTTL=options.min_ttl,
+            maxTTL=options.max_ttl,
+            maxNegativeTTL=options.max_negative_ttl,
+            clock=context.reactor,
+            udpSize=options.udp_size,
+        )
+        return DNSProxy(
+            reactor=context.reactor,
+            records=options.records,
+            cache=cache,
+            resolver=resolver,
+            access=AccessList(options.allow),
+            counters=context.counters,
+            log=context.log,
+            logQueries=options.log_queries,
+            udpSize=options.udp_size,
+        )
+
+
+plugin = DNSProxyPlugin()

@@ -1,0 +1,201 @@
+"""
+The answer cache: upstream answers kept as wire bytes, served again with the
+ID, question case, RD/CD bits and TTLs patched in place (L{patchAnswer}),
+never parsed on a hit.
+
+Entries are keyed by the question's name without case, its type and class, and
+the DO bit; they live for the smallest TTL of the answer (positive answers) or
+the SOA's negative TTL (NXDOMAIN and NODATA, RFC 2308), clamped by the
+service's limits, and the least recently used entry goes first when the cache
+is full.  Time comes only from the injected clock.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from twisted.internet.interfaces import IReactorTime
+
+from .wire import (
+    RCODE_NOERROR,
+    RCODE_NXDOMAIN,
+    AnswerInfo,
+    Query,
+    addAdditionalCount,
+    optRecord,
+    patchAnswer,
+)
+
+CacheKey = tuple[bytes, int, int, bool]
+"""
+What an answer is cached under: the question's name lowercased (wire form),
+its type and class, and whether the query set the DO bit.
+"""
+
+DEFAULT_UDP_SIZE = 1232
+
+
+def cacheKey(query: Query) -> CacheKey:
+    """
+    The key a query's answer is cached under.
+    """
+    question = query.question
+    edns = query.edns
+    return (question.key, question.qtype, question.qclass, edns is not None and edns.do)
+
+
+class _Entry:
+    """
+    One cached answer.
+
+    The answer is kept in two forms, for queries without an OPT record
+    (index 0) and with one (index 1).  Each form is rewritten, the first time
+    it is served in a new second, into that whole answer, so that the hits in
+    the same second need not patch the TTLs again.
+
+    @ivar storedAt: when it was stored (clock seconds).
+    @ivar expiresAt: when it stops being served.
+    @ivar forms: the answer without and with an OPT record.
+    @ivar ages: for each form, the elapsed seconds its TTLs are patched for
+        (-1: not yet patched).
+    @ivar ttlOffsets: where the TTLs are (the same in both forms).
+    @ivar ttls: the TTLs to serve at C{storedAt}, clamped to the lifetime.
+    """
+
+    __slots__ = ("storedAt", "expiresAt", "forms", "ages", "ttlOffsets", "ttls")
+
+    def __init__(
+        self,
+        storedAt: float,
+        expiresAt: float,
+        forms: list[bytes],
+        ttlOffsets: tuple[int, ...],
+        ttls: tuple[int, ...],
+    ) -> None:
+        self.storedAt = storedAt
+        self.expiresAt = expiresAt
+        self.forms = forms
+        self.ages = [-1, -1]
+        self.ttlOffsets = ttlOffsets
+        self.ttls = ttls
+
+
+class AnswerCache:
+    """
+    A bounded, TTL-respecting cache of wire answers.
+
+    An answer is kept in two forms, one with an OPT record and one without, so
+    that a client gets an OPT record in its answer exactly when its query had
+    one (RFC 6891, section 7), whichever kind of client filled the cache: the
+    OPT record is dropped when it is the answer's last record, or one of ours
+    (payload size C{udpSize}) is added when the answer had none.
+
+    @ivar evictions: how many entries were dropped to make room for others.
+    """
+
+    def __init__(
+        self,
+        *,
+        maxEntries: int,
+        minTTL: int,
+        maxTTL: int,
+        maxNegativeTTL: int,
+        clock: IReactorTime,
+        udpSize: int = DEFAULT_UDP_SIZE,
+    ) -> None:
+        """
+        @param maxEntries: how many answers to keep; 0 turns caching off.
+        @param minTTL: the shortest lifetime (and served TTL) of an entry.
+        @param maxTTL: the longest lifetime (and served TTL) of an entry.
+        @param maxNegativeTTL: the longest an NXDOMAIN or NODATA answer is
+            kept, before the C{minTTL}/C{maxTTL} clamps.
+        @param clock: where the time comes from.
+        @param udpSize: the payload size in the OPT record added to an answer
+            that had none.
+        """
+        self.maxEntries = maxEntries
+        self.minTTL = minTTL
+        self.maxTTL = maxTTL
+        self.maxNegativeTTL = maxNegativeTTL
+        self.clock = clock
+        self.udpSize = udpSize
+        self.evictions = 0
+        self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lifetime(self, info: AnswerInfo) -> int:
+        """
+        How long an answer may be cached, in seconds; 0 for one that must not be:
+        truncated answers, rcodes other than NOERROR and NXDOMAIN, an EDNS
+        error, negative answers without an SOA record, and TTLs of 0.
+        """
+        if info.truncated or info.ednsRcode:
+            return 0
+        if info.rcode == RCODE_NOERROR and info.answerCount:
+            ttl = min(info.ttls, default=0)
+        elif info.rcode in (RCODE_NOERROR, RCODE_NXDOMAIN) and info.negativeTTL is not None:
+            ttl = min(info.negativeTTL, self.maxNegativeTTL)
+        else:
+            return 0
+        if ttl <= 0:
+            return 0
+        return max(0, min(max(ttl, self.minTTL), self.maxTTL))
+
+    def store(self, key: CacheKey, answer: bytes, info: AnswerInfo) -> bool:
+        """
+        Cache an answer (found by L{inspectAnswer}) if it may be cached; the
+        least recently used entry makes room if the cache is full.
+
+        @return: whether it was stored.
+        """
+        if self.maxEntries <= 0:
+            return False
+        lifetime = self.lifetime(info)
+        if not lifetime:
+            return False
+        low = min(self.minTTL, lifetime)
+        ttls = tuple(min(max(ttl, low), lifetime) for ttl in info.ttls)
+        if info.optOffset is None:
+            withEDNS = addAdditionalCount(answer, 1) + optRecord(key[3], self.udpSize)
+            withoutEDNS = answer
+        elif info.optEnd == len(answer):
+            withEDNS = answer
+            withoutEDNS = addAdditionalCount(answer[: info.optOffset], -1)
+        else:
+            withEDNS = withoutEDNS = answer
+        now = self.clock.seconds()
+        entries = self._entries
+        entries[key] = _Entry(now, now + lifetime, [withoutEDNS, withEDNS], info.ttlOffsets, ttls)
+        entries.move_to_end(key)
+        while len(entries) > self.maxEntries:
+            entries.popitem(last=False)
+            self.evictions += 1
+        return True
+
+    def lookup(self, key: CacheKey, query: Query) -> bytes | None:
+        """
+        The cached answer to C{query}, patched for it (ID, question case,
+        RD/CD, TTLs lowered by the whole seconds spent in the cache), or
+        L{None} if there is none or it has expired (an expired entry is
+        dropped).
+        """
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        now = self.clock.seconds()
+        if now >= entry.expiresAt:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        elapsed = int(now - entry.storedAt)
+        if elapsed < 0:
+            elapsed = 0
+        form = 0 if query.edns is None else 1
+        if entry.ages[form] == elapsed:
+            return patchAnswer(entry.forms[form], (), (), 0, query)
+        answer = patchAnswer(entry.forms[form], entry.ttlOffsets, entry.ttls, elapsed, query)
+        entry.forms[form] = answer
+        entry.ages[form] = elapsed
+        return answer

@@ -1,0 +1,552 @@
+"""
+The DNS proxy's answer cache (L{netd_plugins.dnsproxy.cache}): hits, misses,
+expiry and TTLs with L{Clock}, the min/max clamps, negative caching, what is
+never cached, key separation, and least-recently-used eviction.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.names import dns
+
+from netd_plugins.dnsproxy.cache import AnswerCache, CacheKey, cacheKey
+from netd_plugins.dnsproxy.wire import (
+    RCODE_NOERROR,
+    RCODE_NXDOMAIN,
+    RCODE_REFUSED,
+    RCODE_SERVFAIL,
+    AnswerInfo,
+    Query,
+    inspectAnswer,
+    parseQuery,
+)
+
+NAME = b"netd.test"
+
+
+def makeQuery(
+    name: bytes = NAME,
+    qtype: int = dns.A,
+    qclass: int = dns.IN,
+    *,
+    id: int = 1,
+    edns: bool = False,
+    do: bool = False,
+) -> Query:
+    """
+    A parsed query, as a client sends it.
+    """
+    message = dns._EDNSMessage(
+        id=id,
+        recDes=True,
+        ednsVersion=0 if edns else None,
+        dnssecOK=do,
+        maxSize=4096,
+        queries=[dns.Query(name, qtype, qclass)],
+    )
+    return parseQuery(message.toStr())
+
+
+def soa(ttl: int = 3600, minimum: int = 300) -> dns.RRHeader:
+    """
+    An SOA record for the zone, for negative answers.
+    """
+    payload = dns.Record_SOA(mname=b"ns1." + NAME, rname=b"hostmaster." + NAME, serial=1, minimum=minimum, ttl=ttl)
+    return dns.RRHeader(NAME, dns.SOA, dns.IN, ttl, payload)
+
+
+def a(ttl: int, address: str = "192.0.2.1", name: bytes = NAME) -> dns.RRHeader:
+    """
+    An A record.
+    """
+    return dns.RRHeader(name, dns.A, dns.IN, ttl, dns.Record_A(address, ttl))
+
+
+def makeAnswer(
+    name: bytes = NAME,
+    qtype: int = dns.A,
+    qclass: int = dns.IN,
+    *,
+    answers: Sequence[dns.RRHeader] = (),
+    authority: Sequence[dns.RRHeader] = (),
+    rCode: int = RCODE_NOERROR,
+    trunc: bool = False,
+    edns: bool = False,
+    do: bool = False,
+) -> tuple[bytes, AnswerInfo]:
+    """
+    An upstream's answer (ID 7), and what inspectAnswer finds in it.
+    """
+    message = dns._EDNSMessage(
+        id=7,
+        answer=True,
+        recDes=True,
+        recAv=True,
+        trunc=trunc,
+        rCode=rCode,
+        ednsVersion=0 if edns else None,
+        dnssecOK=do,
+        maxSize=1232,
+        queries=[dns.Query(name, qtype, qclass)],
+        answers=list(answers),
+        authority=list(authority),
+    )
+    data = message.toStr()
+    return data, inspectAnswer(data)
+
+
+def parsed(data: bytes) -> dns._EDNSMessage:
+    """
+    A message parsed by twisted.names, its OPT record decoded.
+    """
+    message = dns._EDNSMessage()
+    message.fromStr(data)
+    return message
+
+
+def ttls(data: bytes) -> list[int]:
+    """
+    The TTLs of every record of a message but the OPT record, in order.
+    """
+    info = inspectAnswer(data)
+    return [struct.unpack_from("!I", data, offset)[0] for offset in info.ttlOffsets]
+
+
+def makeCache(
+    clock: Clock,
+    *,
+    maxEntries: int = 100,
+    minTTL: int = 0,
+    maxTTL: int = 86400,
+    maxNegativeTTL: int = 3600,
+) -> AnswerCache:
+    """
+    A cache on C{clock} with generous limits unless told otherwise.
+    """
+    return AnswerCache(maxEntries=maxEntries, minTTL=minTTL, maxTTL=maxTTL, maxNegativeTTL=maxNegativeTTL, clock=clock)
+
+
+# Keys
+
+
+def test_cacheKey() -> None:
+    """
+    The key is the lowercased name, the type, the class and the DO bit.
+    """
+    assert cacheKey(makeQuery(b"NeTd.Test", dns.MX, dns.CH, edns=True, do=True)) == (
+        b"\x04netd\x04test\x00",
+        dns.MX,
+        dns.CH,
+        True,
+    )
+    assert cacheKey(makeQuery())[3] is False
+    assert cacheKey(makeQuery(edns=True))[3] is False
+
+
+# Hits and misses
+
+
+def test_missThenHit() -> None:
+    """
+    A lookup misses before an answer is stored and hits after, with the new
+    query's ID and the same records.
+    """
+    clock = Clock()
+    cache = makeCache(clock)
+    query = makeQuery(id=1)
+    key = cacheKey(query)
+    assert cache.lookup(key, query) is None
+    data, info = makeAnswer(answers=[a(300), a(300, "192.0.2.2")])
+    assert cache.store(key, data, info)
+    assert len(cache) == 1
+    hit = cache.lookup(key, makeQuery(id=0x5555))
+    assert hit is not None
+    message = parsed(hit)
+    assert message.id == 0x5555
+    assert [r.payload.dottedQuad() for r in message.answers] == ["192.0.2.1", "192.0.2.2"]
+    assert hit[2:] == data[2:]
+
+
+def test_hitTakesQueryCase() -> None:
+    """
+    The name is cached without case: a query in another case hits, and its
+    answer carries the query's own case.
+    """
+    clock = Clock()
+    cache = makeCache(clock)
+    first = makeQuery(b"NETD.test")
+    data, info = makeAnswer(b"NETD.test", answers=[a(60)])
+    assert cache.store(cacheKey(first), data, info)
+    second = makeQuery(b"netd.TEST", id=9)
+    hit = cache.lookup(cacheKey(second), second)
+    assert hit is not None
+    assert parsed(hit).queries[0].name.name == b"netd.TEST"
+
+
+def test_restoreReplaces() -> None:
+    """
+    Storing under a key already cached replaces the entry, restarting its clock.
+    """
+    clock = Clock()
+    cache = makeCache(clock)
+    query = makeQuery()
+    key = cacheKey(query)
+    cache.store(key, *makeAnswer(answers=[a(60, "192.0.2.1")]))
+    clock.advance(30)
+    cache.store(key, *makeAnswer(answers=[a(100, "192.0.2.9")]))
+    hit = cache.lookup(key, query)
+    assert hit is not None
+    assert parsed(hit).answers[0].payload.dottedQuad() == "192.0.2.9"
+    assert ttls(hit) == [100]
+    assert len(cache) == 1
+
+
+# Expiry and TTLs
+
+
+def test_expiryExactlyAtLifetime() -> None:
+    """
+    An entry is served until just before its lifetime ends, and is gone (and
+    dropped) exactly at it.
+    """
+    clock = Clock()
+    cache = makeCache(clock)
+    query = makeQuery()
+    key = cacheKey(query)
+    cache.store(key, *makeAnswer(answers=[a(60)]))
+    clock.advance(59.999)
+    assert cache.lookup(key, query) is not None
+    clock.advance(0.001)
+    assert cache.lookup(key, query) is None
+    assert len(cache) == 0
+
+
+def test_ttlsDecrementOnHits() -> None:
+    """
+    Each hit's TTLs are the stored ones less the whole seconds spent in the cache.
+    """
+    clock = Clock()
+    cache = makeCache(clock)
+    query = makeQuery()
+    key = cacheKey(query)
+    cache.store(key, *makeAnswer(answers=[a(300), a(300, "192.0.2.2")]))
+    served = []
+    for step in [0, 0.5, 0.25, 0.25, 10, 0, 100.9]:
+        clock.advance(step)
+        hit = cache.lookup(key, query)
+        assert hit is not None
+        served.append(ttls(hit))
+    assert served == [[300, 300], [300, 300], [300, 300], [299, 299], [289, 289], [289, 289], [189, 189]]
+
+
+def test_hitsInOneSecondDifferOnlyByQuery() -> None:
+    """
+    Hits within the same second, for queries of different IDs, case and EDNS,
+    each get their own header and question, with the same TTLs.
+    """
+    clock = Clock()
+    cache = makeCache(clock)
+    query = makeQuery()
+    key = cacheKey(query)
+    cache.store(key, *makeAnswer(answers=[a(300)], edns=True))
+    clock.advance(5)
+    queries = [makeQuery(id=1), makeQuery(b"NETD.TEST", id=2, edns=True), makeQuery(id=3)]
+    answers = [cache.lookup(key, q) for q in queries]
+    messages = [parsed(answer) for answer in answers if answer is not None]
+    assert [m.id for m in messages] == [1, 2, 3]
+    assert [m.queries[0].name.name for m in messages] == [NAME, b"NETD.TEST", NAME]
+    assert [m.answers[0].ttl for m in messages] == [295, 295, 295]
+    assert [m.ednsVersion for m in messages] == [None, 0, None]
+
+
+def test_servedTTLsNeverOutliveTheEntry() -> None:
+    """
+    A positive answer lives for its smallest TTL, and no record is served with a
+    TTL longer than what is left of that.
+    """
+    clock = Clock()
+    cache = makeCache(clock)
+    query = makeQuery(b"www.netd.test")
+    key = cacheKey(query)
+    cname = dns.RRHeader(b"www.netd.test", dns.CNAME, dns.IN, 3600, dns.Record_CNAME(NAME, 3600))
+    cache.store(key, *makeAnswer(b"www.netd.test", answers=[cname, a(60)], authority=[soa(ttl=86400)]))
+    clock.advance(20)
+    hit = cache.lookup(key, query)
+    assert hit is not None
+    assert ttls(hit) == [40, 40, 40]
+    clock.advance(40)
+    assert cache.lookup(key, query) is None
+
+
+def test_minTTLClamp() -> None:
+    """
+    A TTL under minTTL is raised to it, both for the entry's lifetime and for
+    the TTLs served.
+    """
+    clock = Clock()
+    cache = makeCache(clock, minTTL=30)
+    query = makeQuery()
+    key = cacheKey(query)
+    assert cache.store(key, *makeAnswer(answers=[a(5)]))
+    hit = cache.lookup(key, query)
+    assert hit is not None and ttls(hit) == [30]
+    clock.advance(29)
+    hit = cache.lookup(key, query)
+    assert hit is not None and ttls(hit) == [1]
+    clock.advance(1)
+    assert cache.lookup(key, query) is None
+
+
+def test_maxTTLClamp() -> None:
+    """
+    A TTL over maxTTL is lowered to it, both for the entry's lifetime and for
+    the TTLs served.
+    """
+    clock = Clock()
+    cache = makeCache(clock, maxTTL=60)
+    query = makeQuery()
+    key = cacheKey(query)
+    assert cache.store(key, *makeAnswer(answers=[a(86400)]))
+    hit = cache.lookup(key, query)
+    assert hit is not None and ttls(hit) == [60]
+    clock.advance(60)
+    assert cache.lookup(key, query) is None
+
+
+# Negative caching
+
+
+@pytest.mark.parametrize("rcode", [RCODE_NXDOMAIN, RCODE_NOERROR])
+def test_negativeCaching(rcode: int) -> None:
+    """
+    NXDOMAIN and NODATA are cached for the smaller of the SOA's TTL and its
+    MINIMUM, and served with the SOA TTL counting down.
+    """
+    clock = Clock()
+    cache = makeCache(clock)
+    query = makeQuery(b"nothing.netd.test", dns.AAAA)
+    key = cacheKey(query)
+    data, info = makeAnswer(b"nothing.netd.test", dns.AAAA, authority=[soa(ttl=3600, minimum=120)], rCode=rcode)
+    assert cache.store(key, data, info)
+    clock.advance(100)
+    hit = cache.lookup(key, query)
+    assert hit is not None
+    message = parsed(hit)
+    assert message.rCode == rcode
+    assert message.answers == []
+    assert [r.ttl for r in message.authority] == [20]
+    clock.advance(20)
+    assert cache.lookup(key, query) is None
+
+
+def test_negativeCachingCap() -> None:
+    """
+    maxNegativeTTL caps how long a negative answer is kept.
+    """
+    clock = Clock()
+    cache = makeCache(clock, maxNegativeTTL=10)
+    query = makeQuery()
+    key = cacheKey(query)
+    assert cache.store(key, *makeAnswer(authority=[soa(ttl=3600, minimum=3600)], rCode=RCODE_NXDOMAIN))
+    hit = cache.lookup(key, query)
+    assert hit is not None and ttls(hit) == [10]
+    clock.advance(10)
+    assert cache.lookup(key, query) is None
+
+
+def test_negativeWithoutSOANotCached() -> None:
+    """
+    A negative answer with no SOA record is not cached.
+    """
+    cache = makeCache(Clock())
+    assert not cache.store(cacheKey(makeQuery()), *makeAnswer(rCode=RCODE_NXDOMAIN))
+    assert not cache.store(cacheKey(makeQuery()), *makeAnswer())
+    assert len(cache) == 0
+
+
+# What is never cached
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"rCode": RCODE_SERVFAIL, "authority": [soa()]},
+        {"rCode": RCODE_REFUSED},
+        {"rCode": 4, "answers": [a(60)]},
+        {"answers": [a(60)], "trunc": True},
+        {"answers": [a(0)]},
+        {"answers": [a(60), a(0, "192.0.2.2")]},
+        {"authority": [soa(ttl=0)], "rCode": RCODE_NXDOMAIN},
+        {"authority": [soa(minimum=0)]},
+        {"answers": [a(60)], "rCode": 16, "edns": True},
+    ],
+    ids=["servfail", "refused", "notimp", "truncated", "ttl-0", "one-ttl-0", "soa-ttl-0", "soa-minimum-0", "badvers"],
+)
+@pytest.mark.parametrize("minTTL", [0, 30])
+def test_notCached(answer: dict[str, object], minTTL: int) -> None:
+    """
+    SERVFAIL, REFUSED and other rcodes, truncated answers, EDNS errors and
+    answers that say not to cache (a TTL of 0) are never stored, whatever minTTL.
+    """
+    clock = Clock()
+    cache = makeCache(clock, minTTL=minTTL)
+    query = makeQuery()
+    key = cacheKey(query)
+    data, info = makeAnswer(**answer)
+    assert not cache.store(key, data, info)
+    assert cache.lookup(key, query) is None
+    assert len(cache) == 0
+
+
+def test_maxTTLZeroCachesNothing() -> None:
+    """
+    With maxTTL 0 every lifetime is 0, so nothing is cached.
+    """
+    cache = makeCache(Clock(), maxTTL=0)
+    assert not cache.store(cacheKey(makeQuery()), *makeAnswer(answers=[a(60)]))
+
+
+# Key separation
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        makeQuery(edns=True, do=True),
+        makeQuery(qtype=dns.AAAA),
+        makeQuery(qclass=dns.CH),
+        makeQuery(b"www.netd.test"),
+    ],
+    ids=["do-bit", "type", "class", "name"],
+)
+def test_keySeparation(other: Query) -> None:
+    """
+    A query differing in DO bit, type, class or name does not hit another's entry.
+    """
+    cache = makeCache(Clock())
+    query = makeQuery(edns=True)
+    cache.store(cacheKey(query), *makeAnswer(answers=[a(60)], edns=True))
+    assert cacheKey(other) != cacheKey(query)
+    assert cache.lookup(cacheKey(other), other) is None
+    assert cache.lookup(cacheKey(query), query) is not None
+
+
+def test_keyIgnoresCaseAndEDNSWithoutDO() -> None:
+    """
+    Queries differing only in the name's case, or in having EDNS without DO,
+    share an entry.
+    """
+    cache = makeCache(Clock())
+    cache.store(cacheKey(makeQuery()), *makeAnswer(answers=[a(60)]))
+    for query in (makeQuery(b"NetD.TEST"), makeQuery(edns=True)):
+        assert cache.lookup(cacheKey(query), query) is not None
+
+
+# EDNS forms
+
+
+def test_optDroppedForPlainQuery() -> None:
+    """
+    An answer cached with an OPT record is served without it to a query that had
+    none, and with it to one that had one.
+    """
+    cache = makeCache(Clock())
+    key = cacheKey(makeQuery())
+    cache.store(key, *makeAnswer(answers=[a(60)], edns=True))
+    plain = cache.lookup(key, makeQuery())
+    assert plain is not None
+    assert struct.unpack_from("!H", plain, 10)[0] == 0
+    assert parsed(plain).ednsVersion is None
+    assert parsed(plain).answers[0].ttl == 60
+    withOPT = cache.lookup(key, makeQuery(edns=True))
+    assert withOPT is not None
+    assert parsed(withOPT).ednsVersion == 0
+    assert parsed(withOPT).maxSize == 1232
+
+
+@pytest.mark.parametrize("do", [False, True])
+def test_optAddedForEDNSQuery(do: bool) -> None:
+    """
+    An answer cached without an OPT record is served with one (the key's DO
+    bit, our payload size) to a query that had one, and as it was to one that
+    had none.
+    """
+    cache = makeCache(Clock())
+    key = cacheKey(makeQuery(edns=True, do=do))
+    data, info = makeAnswer(answers=[a(60)])
+    cache.store(key, data, info)
+    withOPT = cache.lookup(key, makeQuery(edns=True, do=do, id=7))
+    assert withOPT is not None
+    message = parsed(withOPT)
+    assert (message.ednsVersion, message.dnssecOK, message.maxSize) == (0, do, 1232)
+    assert message.answers[0].ttl == 60
+    if not do:
+        assert cache.lookup(key, makeQuery(id=7)) == data
+
+
+# Size and eviction
+
+
+def test_lruEviction() -> None:
+    """
+    With room for two, storing a third evicts the least recently used, where a
+    hit counts as a use.
+    """
+    clock = Clock()
+    cache = makeCache(clock, maxEntries=2)
+    queries = {name: makeQuery(name) for name in (b"a.test", b"b.test", b"c.test")}
+    keys: dict[bytes, CacheKey] = {name: cacheKey(query) for name, query in queries.items()}
+    assert cache.store(keys[b"a.test"], *makeAnswer(b"a.test", answers=[a(60, name=b"a.test")]))
+    assert cache.store(keys[b"b.test"], *makeAnswer(b"b.test", answers=[a(60, name=b"b.test")]))
+    assert cache.lookup(keys[b"a.test"], queries[b"a.test"]) is not None
+    assert cache.store(keys[b"c.test"], *makeAnswer(b"c.test", answers=[a(60, name=b"c.test")]))
+    assert len(cache) == 2
+    assert cache.evictions == 1
+    assert cache.lookup(keys[b"b.test"], queries[b"b.test"]) is None
+    assert cache.lookup(keys[b"a.test"], queries[b"a.test"]) is not None
+    assert cache.lookup(keys[b"c.test"], queries[b"c.test"]) is not None
+
+
+def test_lruEvictionOrderWithoutHits() -> None:
+    """
+    Without hits, entries are evicted in the order they were stored, and
+    re-storing a key makes it the most recent.
+    """
+    cache = makeCache(Clock(), maxEntries=2)
+    names = [b"a.test", b"b.test", b"a.test", b"c.test", b"d.test"]
+    for name in names:
+        cache.store(cacheKey(makeQuery(name)), *makeAnswer(name, answers=[a(60, name=name)]))
+    present = []
+    for name in (b"a.test", b"b.test", b"c.test", b"d.test"):
+        if cache.lookup(cacheKey(makeQuery(name)), makeQuery(name)) is not None:
+            present.append(name)
+    assert present == [b"c.test", b"d.test"]
+    assert cache.evictions == 2
+
+
+def test_expiredEntriesAreNotEvictions() -> None:
+    """
+    An entry dropped because it expired is not counted as an eviction.
+    """
+    clock = Clock()
+    cache = makeCache(clock, maxEntries=2)
+    query = makeQuery()
+    cache.store(cacheKey(query), *makeAnswer(answers=[a(1)]))
+    clock.advance(1)
+    assert cache.lookup(cacheKey(query), query) is None
+    assert (len(cache), cache.evictions) == (0, 0)
+
+
+def test_maxEntriesZeroStoresNothing() -> None:
+    """
+    maxEntries 0 turns caching off: store refuses and lookups miss.
+    """
+    cache = makeCache(Clock(), maxEntries=0)
+    query = makeQuery()
+    assert not cache.store(cacheKey(query), *makeAnswer(answers=[a(60)]))
+    assert cache.lookup(cacheKey(query), query) is None
+    assert len(cache) == 0

@@ -1,0 +1,340 @@
+"""
+The dns-proxy's query path, in memory: static records, cache, coalescing,
+refusals, malformed input, truncation and the TCP receiver, with a fake upstream
+resolver and a Clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, Logger, capturedLogs
+from twisted.names import dns
+
+from netd.metrics import Counters
+from netd.testing import RecordingDatagramSender, connect, makeStreamStack
+from netd_plugins.dnsproxy.cache import AnswerCache
+from netd_plugins.dnsproxy.handler import AccessList, DNSProxy
+from netd_plugins.dnsproxy.records import StaticRecords
+from netd_plugins.dnsproxy.upstream import UpstreamFailure
+from netd_plugins.dnsproxy.wire import Question
+
+CLIENT = ("127.0.0.1", 5555)
+
+
+@attrs.define
+class FakeResolver:
+    """
+    Stands in for the upstreams: records each query and lets the test answer it.
+    """
+
+    asked: list[tuple[bytes, Question, Deferred[bytes]]] = attrs.Factory(list)
+    running: bool = False
+
+    def resolve(self, query: bytes, question: Question) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        self.asked.append((query, question, d))
+        return d
+
+    def startService(self) -> None:
+        self.running = True
+
+    def stopService(self) -> None:
+        self.running = False
+
+
+def makeQuery(name: str, qtype: int = dns.A, *, id: int = 1, edns: int | None = None, do: bool = False) -> bytes:
+    """
+    A client's query, EDNS with payload size C{edns} if given.
+    """
+    if edns is None:
+        message = dns.Message(id=id, recDes=True)
+    else:
+        message = dns._EDNSMessage(id=id, recDes=True, maxSize=edns, dnssecOK=do)
+    message.queries = [dns.Query(name, qtype, dns.IN)]
+    return message.toStr()
+
+
+def makeAnswer(query: bytes, *records: dns.RRHeader, rCode: int = dns.OK, authority: list[Any] = []) -> bytes:
+    """
+    An upstream's answer to C{query}.
+    """
+    request = dns.Message()
+    request.fromStr(query)
+    answer = dns.Message(id=request.id, answer=True, recDes=True, recAv=True, rCode=rCode, maxSize=65535)
+    answer.queries = request.queries
+    answer.answers = list(records)
+    answer.authority = list(authority)
+    return answer.toStr()
+
+
+def parse(wire: bytes) -> dns.Message:
+    """
+    Read a message with twisted.names.
+    """
+    message = dns.Message()
+    message.fromStr(wire)
+    return message
+
+
+def aRecord(name: str, address: str, ttl: int = 300) -> dns.RRHeader:
+    """
+    An A record.
+    """
+    return dns.RRHeader(name, dns.A, dns.IN, ttl, dns.Record_A(address, ttl))
+
+
+@attrs.define
+class Proxy:
+    """
+    A proxy under test with its fakes.
+    """
+
+    proxy: DNSProxy
+    resolver: FakeResolver
+    clock: Clock
+    counters: Counters
+    lastSender: RecordingDatagramSender = attrs.Factory(RecordingDatagramSender)
+
+    def ask(self, query: bytes, host: str = "127.0.0.1") -> Any:
+        """
+        Send a query over UDP; return what was sent back (bytes) or None.
+        """
+        sender = RecordingDatagramSender()
+        self.proxy.datagramReceived(query, (host, 5555), sender)
+        self.lastSender = sender
+        return sender.sent[-1][0] if sender.sent else None
+
+
+def makeProxy(records: dict[str, Any] | None = None, allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128"), logQueries: bool = False, cacheSize: int = 100) -> Proxy:
+    """
+    A proxy with a fake resolver, a Clock and the given static records.
+    """
+    clock = Clock()
+    counters = Counters()
+    resolver = FakeResolver()
+    proxy = DNSProxy(
+        reactor=clock,
+        records=StaticRecords.fromConfig(records or {}),
+        cache=AnswerCache(maxEntries=cacheSize, minTTL=0, maxTTL=86400, maxNegativeTTL=3600, clock=clock),
+        resolver=resolver,  # type: ignore[arg-type]
+        access=AccessList(allow),
+        counters=counters,
+        log=Logger(namespace="test"),
+        logQueries=logQueries,
+        udpSize=1232,
+    )
+    return Proxy(proxy, resolver, clock, counters)
+
+
+def test_forwardedThenCached() -> None:
+    """
+    A miss is forwarded and answered with the client's ID; the same question again is a cache hit with TTLs decremented by the time spent.
+    """
+    p = makeProxy()
+    assert p.ask(makeQuery("example.org", id=11)) is None
+    [(sent, question, d)] = p.resolver.asked
+    assert question.key == b"\x07example\x03org\x00"
+    d.callback(makeAnswer(sent, aRecord("example.org", "192.0.2.1", ttl=300)))
+    first = parse(p.lastSender.sent[0][0])
+    assert (first.id, first.answers[0].payload.dottedQuad(), first.answers[0].ttl) == (11, "192.0.2.1", 300)
+    p.clock.advance(100)
+    second = parse(p.ask(makeQuery("EXAMPLE.org", id=12)))
+    assert (second.id, second.answers[0].ttl, second.queries[0].name.name) == (12, 200, b"EXAMPLE.org")
+    assert len(p.resolver.asked) == 1
+    assert (p.counters["cache_misses"], p.counters["cache_hits"]) == (1, 1)
+    assert p.counters["rcode_NOERROR"] == 2
+
+
+def test_identicalQueriesInFlightShareOneUpstreamQuery() -> None:
+    """
+    Queries for the same question while one is in flight wait for it instead of asking the upstreams again, and each gets its own ID.
+    """
+    p = makeProxy()
+    senders = []
+    for id in (1, 2, 3):
+        sender = RecordingDatagramSender()
+        p.proxy.datagramReceived(makeQuery("example.org", id=id), CLIENT, sender)
+        senders.append(sender)
+    [(sent, _, d)] = p.resolver.asked
+    d.callback(makeAnswer(sent, aRecord("example.org", "192.0.2.1")))
+    assert [parse(s.sent[0][0]).id for s in senders] == [1, 2, 3]
+    assert p.counters["queries_coalesced"] == 2
+
+
+def test_upstreamFailureGivesServfail() -> None:
+    """
+    When the upstreams fail, the client gets SERVFAIL, and nothing is cached.
+    """
+    p = makeProxy()
+    p.ask(makeQuery("example.org", id=5))
+    p.resolver.asked[0][2].errback(UpstreamFailure("nothing answered"))
+    answer = parse(p.lastSender.sent[0][0])
+    assert (answer.id, answer.rCode) == (5, dns.ESERVER)
+    p.ask(makeQuery("example.org", id=6))
+    assert len(p.resolver.asked) == 2
+
+
+def test_staticRecordsAnsweredLocally() -> None:
+    """
+    A static name is answered without asking the upstreams, with the client's ID, question case and EDNS.
+    """
+    p = makeProxy({"netd.test": {"A": ["127.0.0.1"]}})
+    wire = p.ask(makeQuery("Netd.Test", id=9, edns=4096, do=True))
+    answer = dns._EDNSMessage()
+    answer.fromStr(wire)
+    assert (answer.id, answer.auth, answer.queries[0].name.name) == (9, True, b"Netd.Test")
+    assert [rr.payload.dottedQuad() for rr in answer.answers] == ["127.0.0.1"]
+    assert answer.dnssecOK and answer.ednsVersion == 0
+    assert p.resolver.asked == []
+    assert p.counters["static_answers"] == 1
+
+
+def test_staticNameWithoutTheTypeIsNodata() -> None:
+    """
+    A static name asked for a type it lacks gets NOERROR with no answer.
+    """
+    p = makeProxy({"netd.test": {"A": ["127.0.0.1"]}})
+    answer = parse(p.ask(makeQuery("netd.test", dns.MX)))
+    assert (answer.rCode, answer.answers) == (dns.OK, [])
+
+
+def test_clientOutsideAllowIsRefused() -> None:
+    """
+    A client outside the allow networks gets REFUSED and nothing is forwarded.
+    """
+    p = makeProxy(allow=("10.0.0.0/8",))
+    answer = parse(p.ask(makeQuery("example.org", id=3)))
+    assert (answer.id, answer.rCode) == (3, dns.EREFUSED)
+    assert p.resolver.asked == []
+
+
+def test_unreadableMessagesDroppedAndFormerrForReadableHeader() -> None:
+    """
+    Fewer than 12 bytes are dropped; a readable header with a broken question gets FORMERR with its ID; responses are dropped.
+    """
+    p = makeProxy()
+    assert p.ask(b"\x01\x02\x03") is None
+    assert p.counters["dropped_unreadable"] == 1
+    garbage = b"\x12\x34\x01\x00\x00\x02\x00\x00\x00\x00\x00\x00\xff"
+    answer = parse(p.ask(garbage))
+    assert (answer.id, answer.rCode) == (0x1234, dns.EFORMAT)
+    response = makeAnswer(makeQuery("example.org"))
+    assert p.ask(response) is None
+    assert p.counters["dropped_responses"] == 1
+
+
+def test_otherOpcodeIsNotImplemented() -> None:
+    """
+    A query with an opcode other than QUERY gets NOTIMP.
+    """
+    p = makeProxy()
+    message = dns.Message(id=4, opCode=dns.OP_STATUS)
+    message.queries = [dns.Query("example.org", dns.A, dns.IN)]
+    assert parse(p.ask(message.toStr())).rCode == dns.ENOTIMP
+
+
+def bigAnswer(query: bytes) -> bytes:
+    """
+    An answer of about 2 KB.
+    """
+    records = [dns.RRHeader("big.test", dns.TXT, dns.IN, 60, dns.Record_TXT(b"x" * 200)) for _ in range(10)]
+    return makeAnswer(query, *records)
+
+
+@pytest.mark.parametrize("edns, truncated", [(None, True), (512, True), (1232, True), (4096, False)])
+def test_udpAnswerTruncatedToClientSize(edns: int | None, truncated: bool) -> None:
+    """
+    An answer bigger than the client's UDP size (512 without EDNS) is sent with TC set and no records, so that it retries over TCP.
+    """
+    p = makeProxy()
+    query = makeQuery("big.test", dns.TXT, edns=edns)
+    p.ask(query)
+    p.resolver.asked[0][2].callback(bigAnswer(p.resolver.asked[0][0]))
+    wire = p.lastSender.sent[0][0]
+    answer = parse(wire)
+    assert answer.trunc == truncated
+    assert len(answer.answers) == (0 if truncated else 10)
+    assert len(wire) <= (edns or 512) or not truncated
+
+
+def test_tcpReceiverPipelinesAnswers() -> None:
+    """
+    Over TCP several queries on one connection are answered as each is ready, out of order if need be, in u16 frames.
+    """
+    p = makeProxy({"netd.test": {"A": ["127.0.0.1"]}})
+    stack = makeStreamStack(p.proxy, "u16", clock=p.clock)
+    connection = connect(stack)
+    assert connection is not None
+    for id, name in ((1, "slow.example"), (2, "netd.test")):
+        query = makeQuery(name, id=id)
+        connection.receive(len(query).to_bytes(2, "big") + query)
+    sent = connection.takeSent()
+    assert parse(sent[2:]).id == 2
+    [(query, _, d)] = p.resolver.asked
+    d.callback(makeAnswer(query, aRecord("slow.example", "192.0.2.9")))
+    sent = connection.takeSent()
+    assert int.from_bytes(sent[:2], "big") == len(sent) - 2
+    assert parse(sent[2:]).id == 1
+    assert p.counters["queries_tcp"] == 2
+
+
+def test_loopProbeComingBackIsRefusedAndLogged() -> None:
+    """
+    The probe the proxy sends upstream at start, if it comes back as a query, is answered REFUSED and logged as a loop once.
+    """
+    p = makeProxy()
+    p.proxy.startService()
+    [(probe, _, _)] = p.resolver.asked
+    with capturedLogs() as events:
+        first = parse(p.ask(probe))
+        p.ask(probe)
+    assert first.rCode == dns.EREFUSED
+    assert p.counters["loop_detected"] == 2
+    assert len([e for e in events if e["log_level"] == LogLevel.error]) == 1
+    assert p.resolver.running
+
+
+def test_logQueriesLogsOneLinePerQuery() -> None:
+    """
+    With log_queries each query is logged once, with client, name, type, rcode and where the answer came from.
+    """
+    p = makeProxy({"netd.test": {"A": ["127.0.0.1"]}}, logQueries=True)
+    with capturedLogs() as events:
+        p.ask(makeQuery("netd.test"))
+    [event] = [e for e in events if "rcode" in e]
+    assert (event["client"], event["name"], event["qtype"], event["rcode"], event["source"]) == (
+        "127.0.0.1", "netd.test", "A", "NOERROR", "static",
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_arbitraryBytesNeverCrashTheQueryPath(data: bytes) -> None:
+    """
+    Whatever bytes a client sends, the query path answers, forwards or drops them without raising.
+    """
+    p = makeProxy({"netd.test": {"A": ["127.0.0.1"]}})
+    p.ask(data)
+    p.ask(data, host="10.9.9.9")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_mutatedQueriesNeverCrashTheQueryPath(data: st.DataObject) -> None:
+    """
+    A valid query with bytes flipped, cut or added never makes the query path raise.
+    """
+    query = bytearray(makeQuery("www.netd.test", dns.AAAA, edns=1232, do=True))
+    for _ in range(data.draw(st.integers(1, 4))):
+        index = data.draw(st.integers(0, len(query) - 1))
+        query[index] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(query)))
+    p = makeProxy({"*.netd.test": {"A": ["127.0.0.1"]}})
+    p.ask(bytes(query[:cut]) + data.draw(st.binary(max_size=20)))
