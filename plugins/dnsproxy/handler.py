@@ -223,6 +223,8 @@ class DNSProxy(Service):
             self.counters["cache_hits"] += 1
             return self._done(cached, query, host, transport, "cache", started)
         self.counters["cache_misses"] += 1
+        if self.resolver.isLooped(data, query.question):
+            return self._loopDetected(query, host, transport, started)
         return self._forward(key, data, query).addCallback(self._done, query, host, transport, "upstream", started)
 
     def _forward(self, key: CacheKey, data: bytes, query: Query) -> Deferred[bytes]:
@@ -292,7 +294,8 @@ class DNSProxy(Service):
 
     def _loopDetected(self, query: Query, host: str, transport: str, started: float) -> bytes:
         """
-        Our own loop probe came back: an upstream forwards to this service.
+        Our own query came back (the loop probe, or a query we have outstanding
+        upstream, same ID and question): an upstream forwards to this service.
         """
         if not self.counters["loop_detected"]:
             self.log.error(

@@ -42,6 +42,9 @@ class FakeResolver:
         self.asked.append((query, question, d))
         return d
 
+    def isLooped(self, query: bytes, question: Question) -> bool:
+        return any(query[:2] == sent[:2] and question == q for sent, q, d in self.asked if not d.called)
+
     def startService(self) -> None:
         self.running = True
 
@@ -338,3 +341,16 @@ def test_mutatedQueriesNeverCrashTheQueryPath(data: st.DataObject) -> None:
     cut = data.draw(st.integers(0, len(query)))
     p = makeProxy({"*.netd.test": {"A": ["127.0.0.1"]}})
     p.ask(bytes(query[:cut]) + data.draw(st.binary(max_size=20)))
+
+
+def test_ownUpstreamQueryComingBackIsRefused() -> None:
+    """
+    A query that is one of the proxy's own upstream queries (same ID and question, still outstanding) is refused, not forwarded again.
+    """
+    p = makeProxy()
+    p.ask(makeQuery("example.org", id=21))
+    [(sent, _, _)] = p.resolver.asked
+    looped = p.ask(sent, host="127.0.0.2")
+    assert parse(looped).rCode == dns.EREFUSED
+    assert len(p.resolver.asked) == 1
+    assert p.counters["loop_detected"] == 1
