@@ -97,7 +97,7 @@ def option(default: Any = attrs.NOTHING, *, help: str, checks: tuple[Check, ...]
     @param checks: functions that return an error message for a well-typed but
         unacceptable value (see L{between}, L{atLeast}), or L{None}.
     """
-    return attrs.field(default=default, metadata={"netd": OptionInfo(help, checks)})
+    return attrs.field(default=default, metadata={"netd": OptionInfo(help, checks)}, kw_only=True)
 
 
 def optionInfo(field: attrs.Attribute[Any]) -> OptionInfo:
@@ -176,6 +176,8 @@ def _typeName(tp: Any) -> str:
         return f"a table, each value {_typeName(typing.get_args(tp)[1])}"
     if hasattr(tp, "configTypeName"):
         return str(tp.configTypeName)
+    if isinstance(tp, type) and attrs.has(tp):
+        return "a table"
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(tp, repr(tp))
 
 
@@ -185,7 +187,8 @@ def convert(value: Any, tp: Any, path: KeyPath, problems: list[Problem]) -> Any:
 
     Problems go to C{problems}; the return value is then a sentinel that callers
     only pass along.  Types with a C{fromConfig(value)} classmethod parse their
-    own values and raise L{InvalidValue} to reject one.
+    own values and raise L{InvalidValue} to reject one; other attrs classes are
+    schemas of nested tables, decoded key by key with their own paths.
     """
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -220,6 +223,12 @@ def convert(value: Any, tp: Any, path: KeyPath, problems: list[Problem]) -> Any:
         (_, itemType) = typing.get_args(tp)
         table = {k: convert(v, itemType, path + (k,), problems) for k, v in value.items()}
         return _INVALID if any(v is _INVALID for v in table.values()) else table
+    if isinstance(tp, type) and attrs.has(tp) and not hasattr(tp, "fromConfig"):
+        if not isinstance(value, dict):
+            problems.append(Problem(path, f"expected a table, got {describeValue(value)}"))
+            return _INVALID
+        nested = decodeTable(tp, value, path, problems)
+        return _INVALID if nested is None else nested
     fromConfig = getattr(tp, "fromConfig", None)
     if fromConfig is not None:
         try:
