@@ -379,7 +379,7 @@ def test_upstreamsDecodeInASchemaWithKeyPaths() -> None:
         "is checked against: tls:HOST[:PORT]:name=SERVERNAME"
     ]
     good = decodeTable(_Schema, {"upstreams": ["udp:192.0.2.1", "system"]}, (), [])
-    assert good == _Schema((Upstream("udp", "192.0.2.1", 53), SYSTEM))
+    assert good == _Schema(upstreams=(Upstream("udp", "192.0.2.1", 53), SYSTEM))
 
 
 # resolv.conf.
