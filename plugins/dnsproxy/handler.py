@@ -28,6 +28,7 @@ from .cache import AnswerCache, CacheKey, cacheKey
 from .records import StaticRecords, staticAnswer
 from .upstream import UpstreamFailure, UpstreamResolver
 from .wire import (
+    CLASS_IN,
     FLAG_CD,
     FLAG_QR,
     FLAG_RD,
@@ -212,7 +213,7 @@ class DNSProxy(Service):
             return self._done(makeResponse(query, RCODE_NOTIMP, udpSize=self.udpSize), query, host, transport, "notimp", started)
         if query.question.key == self.loopProbe:
             return self._loopDetected(query, host, transport, started)
-        if self.records:
+        if self.records and query.question.qclass == CLASS_IN:
             found = self.records.find(query.question.key)
             if found is not None:
                 self.counters["static_answers"] += 1
@@ -250,8 +251,12 @@ class DNSProxy(Service):
                 self.counters["upstream_servfail"] += 1
                 result.callback(makeResponse(query, RCODE_SERVFAIL, udpSize=self.udpSize))
             else:
+                # The cached form, when there is one, has the TTLs clamped and
+                # an OPT record exactly when this client sent one.
                 answer, info = outcome
-                result.callback(patchAnswer(answer, info.ttlOffsets, info.ttls, 0, query))
+                result.callback(
+                    self.cache.lookup(key, query) or patchAnswer(answer, info.ttlOffsets, info.ttls, 0, query)
+                )
             return outcome
 
         shared.addBoth(deliver)

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import attrs
 import pytest
+
+from .dns_upstream import Dnsmasq, findDnsmasq, startTestUpstream
 
 STARTUP_TIMEOUT = 20.0
 
@@ -242,24 +246,22 @@ def _defaultSigInt() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-@pytest.fixture
-def startNetd(tmp_path: Path) -> Iterator[object]:
+def _netdStarter(directory: Path, started: list[NetdProcess]) -> Callable[..., NetdProcess]:
     """
     A function that starts netd on a config text (L{None}: the embedded default
-    config, no C{-c}) and returns a L{NetdProcess}, ready unless C{wait=False};
-    every process started is stopped at teardown.
+    config, no C{-c}) with its files in C{directory}, appending each process to
+    C{started}, and returns it as a L{NetdProcess}, ready unless C{wait=False}.
     """
-    started: list[NetdProcess] = []
 
     def start(config: str | None, *, wait: bool = True) -> NetdProcess:
         index = len(started)
         configArgs: list[str] = []
         if config is not None:
-            configFile = tmp_path / f"netd-{index}.toml"
+            configFile = directory / f"netd-{index}.toml"
             configFile.write_text(config)
             configArgs = ["-c", str(configFile)]
-        portsFile = tmp_path / f"ports-{index}.json"
-        logFile = tmp_path / f"netd-{index}.log"
+        portsFile = directory / f"ports-{index}.json"
+        logFile = directory / f"netd-{index}.log"
         with logFile.open("wb") as log:
             process = subprocess.Popen(
                 netdCommand("run", *configArgs, "--ports-file", str(portsFile)),
@@ -274,6 +276,201 @@ def startNetd(tmp_path: Path) -> Iterator[object]:
             netd.waitUntilReady()
         return netd
 
-    yield start
+    return start
+
+
+@pytest.fixture
+def startNetd(tmp_path: Path) -> Iterator[object]:
+    """
+    A function that starts netd on a config text (L{None}: the embedded default
+    config, no C{-c}) and returns a L{NetdProcess}, ready unless C{wait=False};
+    every process started is stopped at teardown.
+    """
+    started: list[NetdProcess] = []
+    yield _netdStarter(tmp_path, started)
     for netd in started:
         netd.kill()
+
+
+@pytest.fixture(scope="module")
+def startModuleNetd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """
+    Like L{startNetd}, for a netd shared by the tests of one module (started by a
+    module-scoped fixture); every process started is stopped after the module.
+    """
+    started: list[NetdProcess] = []
+    yield _netdStarter(tmp_path_factory.mktemp("netd"), started)
+    for netd in started:
+        netd.kill()
+
+
+# DNS: the real upstream (dnsmasq) and the real client (dig).
+
+DIG_TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="session")
+def dnsUpstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dnsmasq]:
+    """
+    The test upstream of L{dns_upstream}: dnsmasq on a free loopback port,
+    serving the records of L{dns_upstream.EXPECTED}, stopped (by its PID) after
+    the session.  Tests compare counts of its logged queries, never absolute
+    numbers, so sharing it is safe.
+    """
+    if findDnsmasq() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("dnsmasq is not installed; ./test.sh installs it")
+        pytest.skip("dnsmasq is not installed (./test.sh installs it)")
+    upstream = startTestUpstream(tmp_path_factory.mktemp("dnsmasq"))
+    try:
+        yield upstream
+    finally:
+        upstream.stop()
+
+
+@attrs.frozen
+class DigRecord:
+    """
+    One resource record as dig prints it.
+    """
+
+    name: str
+    ttl: int
+    rclass: str
+    rtype: str
+    data: str
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        """
+        The record without its TTL, its owner name in lower case: what two
+        answers to the same question must agree on.
+        """
+        return self.name.lower(), self.rclass, self.rtype, self.data
+
+
+@attrs.frozen
+class DigMessage:
+    """
+    One DNS message dig received, from its printed form.
+    """
+
+    status: str
+    flags: frozenset[str]
+    edns: frozenset[str] | None
+    """
+    The flags of the OPT record (C{do}), or L{None} when the message has no OPT record.
+    """
+    udpSize: int | None
+    question: tuple[str, ...]
+    answer: tuple[DigRecord, ...]
+    authority: tuple[DigRecord, ...]
+    size: int | None
+    """
+    The message's size in bytes, from dig's C{MSG SIZE rcvd}.
+    """
+
+    def data(self, rtype: str | None = None) -> list[str]:
+        """
+        The sorted record data of the answer section (of type C{rtype} when given).
+        """
+        return sorted(record.data for record in self.answer if rtype is None or record.rtype == rtype)
+
+    def keys(self, section: str = "answer") -> list[tuple[str, str, str, str]]:
+        """
+        The sorted TTL-free keys of the records of C{section}.
+        """
+        records: tuple[DigRecord, ...] = getattr(self, section)
+        return sorted(record.key for record in records)
+
+
+@attrs.frozen
+class DigResult:
+    """
+    What one run of dig printed, parsed: every message it received, in order.
+    """
+
+    args: tuple[str, ...]
+    output: str
+    returncode: int
+    elapsed: float
+    messages: tuple[DigMessage, ...]
+
+    @property
+    def last(self) -> DigMessage:
+        """
+        The last message received (after a TCP retry, the TCP answer).
+        """
+        assert self.messages, f"dig {' '.join(self.args)} received no answer:\n{self.output}"
+        return self.messages[-1]
+
+    @property
+    def retriedOverTcp(self) -> bool:
+        """
+        Whether dig saw a truncated answer and asked again over TCP.
+        """
+        return "Truncated, retrying in TCP mode" in self.output
+
+
+def _digRecord(line: str) -> DigRecord:
+    """
+    One record line of dig's output (C{name ttl class type data}).
+    """
+    fields = line.split(None, 4)
+    assert len(fields) >= 4, f"not a record line: {line!r}"
+    return DigRecord(fields[0], int(fields[1]), fields[2], fields[3], fields[4] if len(fields) == 5 else "")
+
+
+def parseDig(output: str) -> list[DigMessage]:
+    """
+    The messages in dig's default (non-C{+short}) output.
+    """
+    messages: list[DigMessage] = []
+    blocks = re.split(r"^(?=;; ->>HEADER<<-)", output, flags=re.MULTILINE)
+    for block in blocks[1:]:
+        status = re.search(r"status: (\w+)", block)
+        flags = re.search(r"^;; flags:([^;]*);", block, re.MULTILINE)
+        edns = re.search(r"^; EDNS: version: \d+, flags:([^;]*); udp: (\d+)", block, re.MULTILINE)
+        size = re.search(r"^;; MSG SIZE\s+rcvd: (\d+)", block, re.MULTILINE)
+        sections: dict[str, list[str]] = {}
+        current: str | None = None
+        for line in block.splitlines():
+            heading = re.match(r"^;; (\w+) SECTION:", line)
+            if heading:
+                current = heading.group(1)
+                sections[current] = []
+            elif not line.strip():
+                current = None
+            elif current is not None:
+                sections[current].append(line)
+        assert status is not None and flags is not None, f"unreadable dig output:\n{block}"
+        messages.append(
+            DigMessage(
+                status=status.group(1),
+                flags=frozenset(flags.group(1).split()),
+                edns=None if edns is None else frozenset(edns.group(1).split()),
+                udpSize=None if edns is None else int(edns.group(2)),
+                question=tuple(line.lstrip(";") for line in sections.get("QUESTION", [])),
+                answer=tuple(_digRecord(line) for line in sections.get("ANSWER", [])),
+                authority=tuple(_digRecord(line) for line in sections.get("AUTHORITY", [])),
+                size=None if size is None else int(size.group(1)),
+            )
+        )
+    return messages
+
+
+def dig(address: tuple[str, int], *args: str, time: int = 3) -> DigResult:
+    """
+    Run dig against C{address} with C{args} (name, type, class, +options), one
+    try of C{time} seconds unless the args say otherwise, and parse what it
+    prints.
+    """
+    command = [requireTool("dig"), f"@{address[0]}", "-p", str(address[1]), f"+time={time}", "+tries=1", *args]
+    started = _monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=DIG_TIMEOUT, stdin=subprocess.DEVNULL)
+    elapsed = _monotonic() - started
+    output = done.stdout + done.stderr
+    return DigResult(tuple(args), output, done.returncode, elapsed, tuple(parseDig(done.stdout)))
+
+
+_monotonic = time.monotonic
