@@ -1,5 +1,5 @@
 """
-The command line: C{netd run | check | plugins}.
+The command line: C{netd run | check | plugins | certs}.
 
 Only L{main} touches the global reactor (through L{twisted.internet.task.react});
 everything below it takes the reactor as an argument.
@@ -8,6 +8,7 @@ everything below it takes the reactor as an argument.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -17,6 +18,7 @@ from twisted.internet.task import react
 from twisted.logger import Logger
 
 from netd import __version__
+from netd.certs import DevelopmentSet, defaultStateDir, ensureDevelopmentSet, writeBadCertificates
 from netd.config import NetdConfig, loadConfig
 from netd.daemon import Daemon
 from netd.logs import startLogging
@@ -62,6 +64,30 @@ def buildParser() -> argparse.ArgumentParser:
         "plugins",
         help="list the plugins found, with their options",
         description="List the plugins found (built-in and from the netd.plugins entry-point group), each with its transports, framings and options with their defaults.",
+    )
+
+    certs = commands.add_parser(
+        "certs",
+        help="make development TLS certificates (and deliberately bad ones)",
+        description="Make a development CA, a server certificate for localhost, 127.0.0.1 and ::1, and a client "
+        "certificate for mutual TLS, signed by the CA; files that exist and are still good are reused. "
+        "Prints where the CA is and how clients trust it. The default folder is the one certificate = \"auto\" uses.",
+    )
+    certs.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where to write them (default: the tls/ folder of the state directory: [daemon] state_dir of -c FILE, "
+        "else $STATE_DIRECTORY, $XDG_STATE_HOME/netd or ~/.local/state/netd)",
+    )
+    certs.add_argument("-c", "--config", metavar="FILE", help="take the state directory from this config's [daemon] state_dir")
+    certs.add_argument(
+        "--bad",
+        action="store_true",
+        help="also write, into DIR/bad/, server certificates that correct clients must refuse: expired, not-yet-valid, "
+        "wrong-host, self-signed and unknown-ca",
+    )
+    certs.add_argument(
+        "--key-type", choices=("ecdsa", "rsa"), default="ecdsa", help="ECDSA P-256 (default) or RSA 2048 keys"
     )
     return parser
 
@@ -115,6 +141,66 @@ def pluginsCommand(args: argparse.Namespace) -> int:
     return 0
 
 
+def certsCommand(args: argparse.Namespace) -> int:
+    """
+    C{netd certs}: make the development set (and the bad certificates), and
+    say how to use them.
+    """
+    directory = args.out
+    if directory is None:
+        stateDir = None
+        if args.config is not None:
+            config = _load(args.config, discoverPlugins())
+            if config is None:
+                return 1
+            stateDir = config.daemon.state_dir
+        directory = os.path.join(stateDir or defaultStateDir(), "tls")
+    directory = os.path.abspath(directory)
+    try:
+        files, made = ensureDevelopmentSet(directory, keyType=args.key_type)
+        bad = writeBadCertificates(directory, keyType=args.key_type) if args.bad else []
+    except OSError as e:
+        print(f"netd certs: cannot write to {directory}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(describeDevelopmentSet(files, made))
+    if bad:
+        print()
+        print(f"Bad server certificates in {os.path.join(directory, 'bad')}, each with its key (NAME-key.pem), for")
+        print("clients that trust ca.pem and connect to localhost; a correct client must fail with:")
+        for entry, certificatePath, _ in bad:
+            print(f"  {certificatePath}")
+            print(f"      {entry.defect}")
+            print(f"      -> {entry.clientError}")
+    return 0
+
+
+def describeDevelopmentSet(files: DevelopmentSet, made: list[str]) -> str:
+    """
+    What C{netd certs} prints about a development set: where each file is and
+    how to use it.
+    """
+
+    def state(*paths: str) -> str:
+        return "made now" if any(p in made for p in paths) else "reused"
+
+    return f"""\
+Development CA:      {files.ca}  ({state(files.ca)})
+Server certificate:  {files.server} + {files.serverKey}  ({state(files.server)})
+                     for localhost, 127.0.0.1 and ::1
+Client certificate:  {files.client} + {files.clientKey}  ({state(files.client)})
+                     for mutual TLS (CN "netd client", DNS client.netd.test)
+
+Serve it (or write certificate = "auto" to use the state directory's set):
+  tls = {{ certificate = "{files.server}", private_key = "{files.serverKey}" }}
+
+Clients trust the CA with:
+  openssl s_client -connect localhost:PORT -CAfile {files.ca} -verify_return_error
+  curl --cacert {files.ca} https://localhost:PORT/
+  python: ssl.create_default_context(cafile="{files.ca}")
+Mutual TLS: add -cert {files.client} -key {files.clientKey} (openssl), and on the
+server client_ca = "{files.ca}" with client_auth = "required"."""
+
+
 async def runDaemon(reactor: Any, config: NetdConfig, portsFile: str | None) -> None:
     """
     Start every service, then run until the reactor stops; a signal stops the
@@ -155,5 +241,5 @@ def main(argv: list[str] | None = None) -> int:
     The C{netd} console script.
     """
     args = buildParser().parse_args(argv)
-    commands = {"run": runCommand, "check": checkCommand, "plugins": pluginsCommand}
+    commands = {"run": runCommand, "check": checkCommand, "plugins": pluginsCommand, "certs": certsCommand}
     return commands[args.command](args)

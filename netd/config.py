@@ -2,7 +2,7 @@
 The config file: TOML in, validated frozen specs out, or every problem at once.
 
 A service table is decoded in two phases: first the envelope that the core owns
-(L{ServiceEnvelope}: name, plugin, listen, limits, framing), then the remaining
+(L{ServiceEnvelope}: name, plugin, listen, limits, framing, tls), then the remaining
 keys through the schema of the plugin it names.  Cross-key rules (unique names,
 transports the plugin serves, the framing's limits) are checked last.  Nothing is
 listened on before all of it passes.
@@ -33,6 +33,7 @@ from netd.options import (
     toConfig,
 )
 from netd.plugin import PluginRegistry
+from netd.tls import TLSOptions
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
 DEFAULT_MAX_FRAME = 65536
@@ -54,6 +55,12 @@ class DaemonSpec:
         10.0,
         help="Seconds open connections get to finish after SIGTERM/SIGINT before they are closed.",
         checks=(between(0, 3600),),
+    )
+    state_dir: str | None = option(
+        None,
+        help="Where netd keeps state (the certificates of tls certificate = \"auto\", in its tls/ folder); "
+        "when unset $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/netd, else ~/.local/state/netd.",
+        checks=(lambda v: None if v.strip() else "expected a folder path, got an empty string",),
     )
 
 
@@ -89,6 +96,11 @@ class ServiceEnvelope:
         "largest, if smaller) when unset. Not used with raw framing.",
         checks=(between(1, LARGEST_MAX_FRAME),),
     )
+    tls: TLSOptions | None = option(
+        None,
+        help="Terminate TLS on the service's stream listeners (a table: certificate, private_key, ...; "
+        'tls = { certificate = "auto" } for a development certificate).',
+    )
 
 
 ENVELOPE_KEYS = frozenset(schemaFields(ServiceEnvelope))
@@ -110,6 +122,7 @@ class ServiceSpec:
     framing: str | None
     max_frame: int | None
     options: Any
+    tls: TLSOptions | None = None
 
     def toConfig(self) -> dict[str, Any]:
         """
@@ -127,6 +140,8 @@ class ServiceSpec:
             table["framing"] = self.framing
         if self.max_frame is not None:
             table["max_frame"] = self.max_frame
+        if self.tls is not None:
+            table["tls"] = toConfig(self.tls)
         table.update(toConfig(self.options))
         return table
 
@@ -225,6 +240,7 @@ def _decodeService(
     if "listen" in envelope and not listen:
         problems.append(Problem(path + ("listen",), "expected at least one listen address"))
     framing, maxFrame = _resolveFraming(envelope, plugin, path, problems)
+    _checkTLS(table, envelope, plugin, path, problems)
     if len(problems) > before:
         return None
     return ServiceSpec(
@@ -237,7 +253,32 @@ def _decodeService(
         framing=framing,
         max_frame=maxFrame,
         options=options,
+        tls=envelope["tls"],
     )
+
+
+def _checkTLS(table: dict[str, Any], envelope: dict[str, Any], plugin: Any, path: KeyPath, problems: list[Problem]) -> None:
+    """
+    The rules of the C{tls} table that involve other keys: TLS needs a stream
+    listener (on a service with UDP and TCP listeners it applies to TCP only),
+    and a plugin that declares C{requiresTLS} needs a C{tls} table.
+    """
+    listen = envelope.get("listen", ())
+    if envelope.get("tls") is not None and listen and not any(a.transport == "stream" for a in listen):
+        problems.append(
+            Problem(
+                path + ("tls",),
+                "TLS applies to stream listeners (tcp:, unix:, ...), and this service listens only on udp: addresses",
+            )
+        )
+    if getattr(plugin, "requiresTLS", False) and "tls" not in table:
+        problems.append(
+            Problem(
+                path + ("tls",),
+                f"missing; plugin {plugin.name!r} serves only over TLS: add a tls table, "
+                'e.g. tls = { certificate = "auto" } or tls = { certificate = "cert.pem", private_key = "key.pem" }',
+            )
+        )
 
 
 def parseConfig(data: dict[str, Any], source: str, registry: PluginRegistry) -> NetdConfig:

@@ -34,7 +34,7 @@ class Daemon(MultiService):
         self.reactor = reactor
         for spec in config.services:
             if spec.enabled:
-                NetService(spec, reactor, config.daemon.shutdown_timeout).setServiceParent(self)
+                NetService(spec, reactor, config.daemon.shutdown_timeout, config.daemon.state_dir).setServiceParent(self)
 
     def netServices(self) -> list[NetService]:
         """

@@ -3,7 +3,8 @@ One configured service: its plugin's handler behind the core's layers, on every
 address it listens on.
 
 From the socket inward a stream connection passes the L{ConnectionLimiter}
-(limits, idle timeout, flow control, byte counts) and the framing before the
+(limits, idle timeout, flow control, byte counts), TLS when the service has a
+C{tls} table (L{netd.tls.TLSServerFactory}), and the framing before the
 plugin's receiver sees a frame; a datagram passes the L{DatagramListener}.
 """
 
@@ -25,12 +26,14 @@ from netd.listen import ListenAddress, describeBound
 from netd.logs import ServiceLogger
 from netd.metrics import Counters
 from netd.plugin import PluginContext
+from netd.tls import ServerTLS, TLSServerFactory, TLSSetupError
 
 
 class ServiceStartError(Exception):
     """
-    A service could not start: its plugin failed to build, or an address could
-    not be listened on.  The message names the service and the address.
+    A service could not start: a TLS file is unusable, its plugin failed to
+    build, or an address could not be listened on.  The message names the
+    service and the file or address.
     """
 
 
@@ -59,7 +62,12 @@ class NetService(Service):
     C{shutdownTimeout} seconds, then drops the rest.
     """
 
-    def __init__(self, spec: ServiceSpec, reactor: Any, shutdownTimeout: float) -> None:
+    def __init__(self, spec: ServiceSpec, reactor: Any, shutdownTimeout: float, stateDir: str | None = None) -> None:
+        """
+        @param stateDir: netd's state directory (C{[daemon] state_dir}); the
+            default one when L{None}.
+        @raise ServiceStartError: naming the service and what failed.
+        """
         self.spec = spec
         self.name = spec.name
         self.reactor = reactor
@@ -67,6 +75,12 @@ class NetService(Service):
         self.counters = Counters()
         self.log = ServiceLogger(f"netd.plugins.{spec.plugin.name}", spec.name)
         self.ports: list[BoundPort] = []
+        self.tls: ServerTLS | None = None
+        if spec.tls is not None:
+            try:
+                self.tls = ServerTLS(spec.tls, serviceName=spec.name, log=self.log, stateDir=stateDir)
+            except TLSSetupError as e:
+                raise ServiceStartError(f"service {spec.name!r}: {e}") from e
         context = PluginContext(reactor=reactor, log=self.log, serviceName=spec.name, counters=self.counters)
         try:
             self.handler = spec.plugin.build(spec.options, context)
@@ -78,8 +92,11 @@ class NetService(Service):
         if any(a.transport == "stream" for a in spec.listen):
             self._require(IStreamHandler, "stream")
             assert spec.framing is not None
+            inner: Any = FramedFactory(FRAMINGS[spec.framing], spec.max_frame or 0, self.handler, self.counters, self.log)
+            if self.tls is not None:
+                inner = TLSServerFactory(self.tls, inner, clock=reactor, counters=self.counters, log=self.log)
             self.connections = ConnectionLimiter(
-                FramedFactory(FRAMINGS[spec.framing], spec.max_frame or 0, self.handler, self.counters, self.log),
+                inner,
                 maxConnections=spec.max_connections,
                 idleTimeout=spec.idle_timeout,
                 clock=reactor,

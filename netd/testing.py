@@ -2,6 +2,13 @@
 Test helpers for netd and for plugin authors: run a plugin behind the real core
 layers on in-memory transports, with a fake clock, no sockets and no sleeps.
 
+With TLS: L{makeStreamStack} takes the service's C{tls} table, and
+L{connectTLS} connects an in-memory TLS client to the stack (through
+L{twisted.test.iosim}), using either a verifying client from
+L{netd.tls.clientCreator} or a L{TestClientTLS} with the knobs a test needs
+(versions, ALPN, a client certificate, a session to resume).  Certificates
+come from L{netd.certs}, made in the test's temporary folder.
+
 netd's own tests use these, which keeps them honest.
 """
 
@@ -10,19 +17,24 @@ from __future__ import annotations
 from typing import Any, cast
 
 import attrs
+from cryptography import x509
+from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.interfaces import IListeningPort, IOpenSSLClientConnectionCreator, IProtocolFactory
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.logger import Logger
+from twisted.test import iosim
 from zope.interface import implementer
 
 from netd.framing import FRAMINGS, FramedFactory
 from netd.interfaces import IDatagramSender, IStreamHandler
 from netd.limits import ConnectionLimiter, GuardedConnection
 from netd.metrics import Counters
+from netd.tls import ServerTLS, TLSOptions, TLSServerFactory, TLSVersion
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -180,18 +192,32 @@ def makeStreamStack(
     idleTimeout: float = 0,
     clock: Any = None,
     counters: Counters | None = None,
+    tls: TLSOptions | None = None,
+    stateDir: str | None = None,
+    log: Logger | None = None,
 ) -> ConnectionLimiter:
     """
-    The factory stack a service builds for streams (limits, then framing, then
-    the plugin), for in-memory tests.
+    The factory stack a service builds for streams (limits, then TLS if
+    C{tls} is given, then framing, then the plugin), for in-memory tests.
+
+    @param tls: the service's C{tls} table, as L{TLSOptions}; its files are
+        loaded and checked as a service's are (L{netd.tls.ServerTLS}).
+    @param stateDir: where C{certificate = "auto"} keeps its files; give a
+        temporary folder.
+    @param log: where the core's events go (C{netd.testing} when unset).
     """
     counters = Counters() if counters is None else counters
-    log = Logger(namespace="netd.testing")
+    log = Logger(namespace="netd.testing") if log is None else log
+    clock = clock if clock is not None else MemoryReactorClock()
+    inner: IProtocolFactory = FramedFactory(FRAMINGS[framing], maxFrame, handler, counters, log)
+    if tls is not None:
+        serverTLS = ServerTLS(tls, serviceName="test", log=log, stateDir=stateDir)
+        inner = TLSServerFactory(serverTLS, inner, clock=clock, counters=counters, log=log)
     return ConnectionLimiter(
-        FramedFactory(FRAMINGS[framing], maxFrame, handler, counters, log),
+        inner,
         maxConnections=maxConnections,
         idleTimeout=idleTimeout,
-        clock=clock if clock is not None else MemoryReactorClock(),
+        clock=clock,
         counters=counters,
         log=log,
     )
@@ -208,3 +234,249 @@ def connect(limiter: ConnectionLimiter, peer: IPv4Address = PEER) -> StreamConne
     transport = StringTransport(peerAddress=peer)
     protocol.makeConnection(transport)
     return StreamConnection(transport, cast(GuardedConnection, protocol), limiter)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+@attrs.define
+class TestClientTLS:
+    """
+    A TLS client for tests, with the knobs that a test needs and that a
+    verifying client (L{netd.tls.clientCreator}) does not have.
+
+    It does not check the server's name; with C{caFile} it checks the chain
+    and records why it failed in L{TLSTestConnection.verifyErrors}.  Its
+    connections share one context, so that a later one can resume an
+    earlier one's session: set L{session} (from L{TLSTestConnection.session})
+    before connecting again.
+
+    @ivar serverName: sent as SNI (L{None}: no SNI).
+    @ivar caFile: the CAs the server's chain is checked against; L{None}: not checked.
+    @ivar certificate: a client certificate file, with C{privateKey} its key.
+    @ivar minVersion: the oldest version offered (C{"1.0"} ... C{"1.3"}).
+    @ivar maxVersion: the newest version offered.
+    @ivar ciphers: an OpenSSL cipher string for TLS 1.2 and older.
+    @ivar alpn: ALPN protocols offered.
+    @ivar tickets: whether to accept session tickets (without them a TLS 1.2
+        session is resumed by its session ID).
+    @ivar session: the session the next connection offers to resume.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    serverName: str | None = "localhost"
+    caFile: str | None = None
+    certificate: str | None = None
+    privateKey: str | None = None
+    minVersion: str | None = None
+    maxVersion: str | None = None
+    ciphers: str | None = None
+    alpn: tuple[str, ...] = ()
+    tickets: bool = True
+    session: SSL.Session | None = None
+    _context: SSL.Context | None = attrs.field(default=None, init=False, repr=False)
+
+    def _makeContext(self) -> SSL.Context:
+        """
+        The client context of these settings.
+        """
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        if not self.tickets:
+            context.set_options(SSL.OP_NO_TICKET)
+        if self.minVersion is not None:
+            context.set_min_proto_version(TLSVersion.fromConfig(self.minVersion).openssl)
+        if self.maxVersion is not None:
+            context.set_max_proto_version(TLSVersion.fromConfig(self.maxVersion).openssl)
+        ciphers = self.ciphers or "DEFAULT"
+        if self.maxVersion in ("1.0", "1.1") and "@SECLEVEL" not in ciphers:
+            ciphers += ":@SECLEVEL=0"
+        context.set_cipher_list(ciphers.encode("ascii"))
+        if self.certificate is not None:
+            context.use_certificate_chain_file(self.certificate)
+            context.use_privatekey_file(self.privateKey or self.certificate)
+        if self.alpn:
+            context.set_alpn_protos([p.encode("ascii") for p in self.alpn])
+        if self.caFile is not None:
+            context.load_verify_locations(self.caFile)
+            context.set_verify(SSL.VERIFY_PEER, _recordVerifyErrors)
+        return context
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        """
+        A client connection with these settings.
+        """
+        if self._context is None:
+            self._context = self._makeContext()
+        connection = SSL.Connection(self._context, None)
+        if self.serverName is not None:
+            connection.set_tlsext_host_name(self.serverName.encode("idna"))
+        if self.session is not None:
+            connection.set_session(self.session)
+        tlsProtocol.verifyErrors = []
+        return connection
+
+
+def _recordVerifyErrors(connection: SSL.Connection, certificate: Any, errno: int, depth: int, ok: int) -> bool:
+    """
+    The verify callback of a L{TestClientTLS} with C{caFile}: note each error
+    on the connection's protocol.
+    """
+    if not ok:
+        connection.get_app_data().verifyErrors.append(str(errno))
+    return bool(ok)
+
+
+class _RecordingProtocol(Protocol):
+    """
+    The application side of a test TLS client: keeps what it receives.
+    """
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.lostReason: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lostReason = reason
+
+
+@attrs.define
+class TLSTestConnection:
+    """
+    An in-memory TLS client connected to a stream stack; L{flush} moves the
+    bytes both ways until nothing moves (running the clock's due calls).
+
+    @ivar pump: the L{iosim.IOPump} between the two sides.
+    @ivar client: the client's TLS protocol.
+    @ivar server: the socket-side protocol of the stack.
+    """
+
+    pump: iosim.IOPump
+    client: TLSMemoryBIOProtocol
+    server: GuardedConnection
+    app: _RecordingProtocol
+
+    def flush(self) -> None:
+        """
+        Move bytes both ways until nothing moves.
+        """
+        self.pump.flush()
+
+    def send(self, data: bytes) -> None:
+        """
+        Send application data through TLS, and flush.
+        """
+        self.client.write(data)
+        self.flush()
+
+    def sendRaw(self, data: bytes) -> None:
+        """
+        Send bytes to the server as they are, outside TLS (garbage, plain text), and flush.
+        """
+        self.pump.clientIO.write(data)
+        self.flush()
+
+    def takeReceived(self) -> bytes:
+        """
+        The application data received since the last call.
+        """
+        data = bytes(self.app.received)
+        self.app.received.clear()
+        return data
+
+    def close(self) -> None:
+        """
+        Close the client's side (a TLS close_notify, then the connection), and flush.
+        """
+        self.client.loseConnection()
+        self.flush()
+
+    @property
+    def handshakeDone(self) -> bool:
+        """
+        Whether the client finished its handshake (and the connection is not lost).
+        """
+        return bool(self.client._handshakeDone) and self.app.lostReason is None
+
+    @property
+    def lost(self) -> Failure | None:
+        """
+        Why the connection was lost, if it was.
+        """
+        return self.app.lostReason
+
+    @property
+    def serverCertificate(self) -> x509.Certificate | None:
+        """
+        The certificate the server sent.
+        """
+        handle = self.client.getHandle()
+        return None if handle is None else handle.get_peer_certificate(as_cryptography=True)
+
+    @property
+    def negotiatedProtocol(self) -> str | None:
+        """
+        The ALPN protocol agreed on, if any.
+        """
+        protocol = self.client.negotiatedProtocol
+        return protocol.decode("ascii") if protocol else None
+
+    @property
+    def version(self) -> str | None:
+        """
+        The TLS version agreed on (C{TLSv1.3}, ...).
+        """
+        handle = self.client.getHandle()
+        return None if handle is None else handle.get_protocol_version_name()
+
+    @property
+    def session(self) -> SSL.Session | None:
+        """
+        The client's session, to resume in a later connection (L{TestClientTLS.session}).
+        """
+        handle = self.client.getHandle()
+        return None if handle is None else handle.get_session()
+
+    @property
+    def verifyErrors(self) -> list[str]:
+        """
+        The OpenSSL verify error codes a L{TestClientTLS} with C{caFile} met.
+        """
+        return list(getattr(self.client, "verifyErrors", []))
+
+
+def connectTLS(
+    limiter: ConnectionLimiter,
+    creator: IOpenSSLClientConnectionCreator,
+    clock: Any,
+    *,
+    peer: IPv4Address = PEER,
+) -> TLSTestConnection | None:
+    """
+    Connect an in-memory TLS client to a stack from L{makeStreamStack} (with
+    C{tls}) and run the handshake; L{None} if the stack refused the connection.
+
+    @param creator: the client's TLS settings: L{netd.tls.clientCreator} for
+        a client that verifies the server, or a L{TestClientTLS}.
+    @param clock: the stack's clock (TLS schedules its writes on it; the pump
+        runs its due calls).
+    """
+    server = limiter.buildProtocol(peer)
+    if server is None:
+        return None
+    app = _RecordingProtocol()
+    clientFactory = TLSMemoryBIOFactory(creator, True, Factory.forProtocol(lambda: app), clock=clock)
+    client = clientFactory.buildProtocol(peer)
+    assert client is not None
+    pump = iosim.connect(
+        server,
+        iosim.FakeTransport(server, isServer=True, peerAddress=peer),
+        client,
+        iosim.makeFakeClient(client),
+        greet=False,
+        clock=clock,
+    )
+    connection = TLSTestConnection(pump, client, cast(GuardedConnection, server), app)
+    connection.flush()
+    return connection

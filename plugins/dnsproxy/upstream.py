@@ -61,8 +61,6 @@ from collections import Counter
 from typing import Any, ClassVar, Literal, cast
 
 import attrs
-from OpenSSL import SSL
-from service_identity import VerificationError
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, maybeDeferred
@@ -70,7 +68,6 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IStreamClientEndpoint
 from twisted.internet.protocol import DatagramProtocol
-from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust, trustRootFromCertificates
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
@@ -81,6 +78,7 @@ from netd.framing import FRAMINGS, FramedFactory, FramedProtocol
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
 from netd.options import InvalidValue, closeMatch, describeValue
+from netd.tls import clientCreator, describeTLSFailure, loadTrustRoot
 
 from .wire import (
     CLASS_IN,
@@ -693,15 +691,16 @@ class _StreamConnection:
             self.idleCall = None
         self.client.connectionGone(self)
         resolver = self.client.resolver
+        tlsWhy = describeTLSFailure(reason)
+        tlsFailed = tlsWhy is not None
         why = reason.getErrorMessage()
-        tlsFailed = reason.check(SSL.Error, VerificationError) is not None
-        if tlsFailed:
+        if tlsWhy is not None:
             resolver.log.warn(
                 "TLS with upstream {upstream} failed (certificate not accepted, or handshake error): {reason}",
                 upstream=self.client.upstream,
-                reason=why,
+                reason=tlsWhy,
             )
-            why = f"TLS failed: {why}"
+            why = f"TLS failed: {tlsWhy}"
         else:
             resolver.log.debug(
                 "connection to upstream {upstream} closed: {reason}", upstream=self.client.upstream, reason=why
@@ -791,7 +790,7 @@ class _StreamUpstream:
         if upstream.transport != "tls":
             return endpoint.connect(self.factory)  # type: ignore[return-value]
         assert upstream.serverName is not None
-        options = optionsForClientTLS(upstream.serverName, trustRoot=self.resolver.trustRoot())
+        options = clientCreator(upstream.serverName, trustRoot=self.resolver.trustRoot())
         tls = TLSMemoryBIOFactory(options, True, self.factory, clock=reactor)
         return endpoint.connect(tls).addCallback(_unwrapTLS)
 
@@ -896,21 +895,15 @@ class UpstreamResolver(Service):
         self._states = [_UpstreamState(u) for u in upstreams]
         self._udp = _UDPPool(self, udpSockets)
         self._streams: dict[Upstream, _StreamUpstream] = {}
-        self._caCertificates = _loadCABundle(caBundle) if caBundle is not None else None
-        self._trustRoot: Any = None  # an IOpenSSLTrustRoot (not exported publicly)
+        self._trustRoot: Any = loadTrustRoot(caBundle)  # an IOpenSSLTrustRoot (not exported publicly)
         self._resolving: set[Deferred[bytes]] = set()
         self._prober: LoopingCall | None = None
         self._stopped = False
 
     def trustRoot(self) -> Any:
         """
-        What TLS upstreams' certificates are checked against.
+        What TLS upstreams' certificates are checked against (see L{netd.tls.loadTrustRoot}).
         """
-        if self._trustRoot is None:
-            if self._caCertificates is None:
-                self._trustRoot = platformTrust()
-            else:
-                self._trustRoot = trustRootFromCertificates(self._caCertificates)
         return self._trustRoot
 
     def startService(self) -> None:
@@ -1155,24 +1148,3 @@ class UpstreamResolver(Service):
             return
         else:
             state.lastError = f"health probe failed: {reason.getErrorMessage()}"
-
-
-def _loadCABundle(path: str) -> list[Certificate]:
-    """
-    The certificates of a PEM file.
-
-    @raise ValueError: if it cannot be read or holds none.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ValueError(f"cannot read the CA bundle {path}: {e.strerror}") from None
-    blocks = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", data, re.DOTALL)
-    try:
-        certificates = [Certificate.loadPEM(block) for block in blocks]
-    except Exception as e:
-        raise ValueError(f"the CA bundle {path} holds a certificate that cannot be read: {e}") from None
-    if not certificates:
-        raise ValueError(f"the CA bundle {path} holds no PEM certificate")
-    return certificates

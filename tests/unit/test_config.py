@@ -767,3 +767,232 @@ def test_datagramOnlyPluginHasNoFraming() -> None:
     table = config.toConfig()["services"][0]
     assert "framing" not in table and "max_frame" not in table
     assert parseConfig(tomllib.loads(tomli_w.dumps(config.toConfig())), SOURCE, PING_REGISTRY) == config
+
+
+# The tls table.
+
+
+def tlsService(tls: str, listen: str = '["tcp:0"]', plugin: str = "echo") -> str:
+    """
+    A service with C{tls} (TOML, written as in the file) as its tls table.
+    """
+    return service(listen=listen, plugin=plugin, tls=tls)
+
+
+KEYS = 'certificate = "c.pem", private_key = "k.pem"'
+
+BAD_TLS = [
+    pytest.param(
+        tlsService('{ certificate = "c.pem" }'),
+        "services[0].tls.private_key",
+        ['missing; required unless certificate = "auto"'],
+        id="private-key-missing",
+    ),
+    pytest.param(
+        tlsService('{ certificate = "auto", private_key = "k.pem" }'),
+        "services[0].tls.private_key",
+        ['certificate = "auto" makes its own key; remove private_key'],
+        id="auto-with-private-key",
+    ),
+    pytest.param(
+        tlsService('{ certificate = "c.pem", private_ky = "k.pem" }'),
+        "services[0].tls.private_ky",
+        ["unknown key", "did you mean 'private_key'?"],
+        id="unknown-key-did-you-mean",
+    ),
+    pytest.param(
+        tlsService("{ %s, min_version = \"1.4\" }" % KEYS),
+        "services[0].tls.min_version",
+        ['expected a TLS version: "1.0", "1.1", "1.2" or "1.3"', "got string '1.4'"],
+        id="unknown-version",
+    ),
+    pytest.param(
+        tlsService("{ %s, min_version = \"1.3\", max_version = 1.2 }" % KEYS),
+        "services[0].tls.max_version",
+        ["1.2 is older than min_version (1.3)"],
+        id="max-older-than-min",
+    ),
+    pytest.param(
+        tlsService("{ %s, ciphers = \"NO-SUCH-CIPHER\" }" % KEYS),
+        "services[0].tls.ciphers",
+        ["'NO-SUCH-CIPHER' is not an OpenSSL cipher string"],
+        id="bad-cipher-string",
+    ),
+    pytest.param(
+        tlsService("{ %s, alpn = [\"\"] }" % KEYS),
+        "services[0].tls.alpn",
+        ["[0] '' is not an ALPN protocol name"],
+        id="empty-alpn-name",
+    ),
+    pytest.param(
+        tlsService("{ %s, client_auth = \"requird\", client_ca = \"ca.pem\" }" % KEYS),
+        "services[0].tls.client_auth",
+        ["expected one of 'none', 'optional', 'required'", "did you mean 'required'?"],
+        id="client-auth-typo",
+    ),
+    pytest.param(
+        tlsService("{ %s, client_auth = \"required\" }" % KEYS),
+        "services[0].tls.client_ca",
+        ['missing; client_auth = "required" needs the CAs client certificates must chain to'],
+        id="client-ca-missing",
+    ),
+    pytest.param(
+        tlsService("{ %s, client_ca = \"ca.pem\" }" % KEYS),
+        "services[0].tls.client_ca",
+        ['client_auth is "none", so no client certificate is asked for'],
+        id="client-ca-without-client-auth",
+    ),
+    pytest.param(
+        tlsService("{ %s, client_ca = \"ca.pem\", client_auth = \"optional\", client_allow = [\"x\"] }" % KEYS),
+        "services[0].tls.client_allow",
+        ['needs client_auth = "required", not "optional"'],
+        id="client-allow-needs-required",
+    ),
+    pytest.param(
+        tlsService("{ %s, sni = { \"not a name\" = { certificate = \"a.pem\", private_key = \"a-key.pem\" } } }" % KEYS),
+        "services[0].tls.sni",
+        ["'not a name' is not a DNS name"],
+        id="sni-bad-name",
+    ),
+    pytest.param(
+        tlsService("{ %s, sni = { alpha = { certificate = \"a.pem\" } } }" % KEYS),
+        "services[0].tls.sni.alpha.private_key",
+        ["missing required key", "expected a string"],
+        id="sni-entry-without-key",
+    ),
+    pytest.param(
+        tlsService("{ %s, sni = { alpha = { certificate = \"auto\", private_key = \"k.pem\" } } }" % KEYS),
+        "services[0].tls.sni",
+        ['"auto" is only for the default certificate'],
+        id="sni-auto",
+    ),
+    pytest.param(
+        tlsService("{ %s, handshake_timeout = -1 }" % KEYS),
+        "services[0].tls.handshake_timeout",
+        ["-1.0 is out of range", "expected 0 to 3600"],
+        id="handshake-timeout-negative",
+    ),
+    pytest.param(
+        tlsService('"auto"'),
+        "services[0].tls",
+        ["expected a table, got string 'auto'"],
+        id="not-a-table",
+    ),
+    pytest.param(
+        tlsService('{ certificate = "auto" }', listen='["udp:0"]'),
+        "services[0].tls",
+        ["TLS applies to stream listeners", "listens only on udp: addresses"],
+        id="udp-only-service",
+    ),
+    pytest.param(
+        '[daemon]\nstate_dir = " "\n' + ECHO,
+        "daemon.state_dir",
+        ["expected a folder path"],
+        id="empty-state-dir",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "path", "expected"), BAD_TLS)
+def test_badTLSTableIsRefused(text: str, path: str, expected: list[str]) -> None:
+    """
+    A tls table with one mistake is refused with exactly one problem naming the file, the key path inside the table and what is expected.
+    """
+    test_badConfigIsRefused(text, path, expected)
+
+
+def test_tlsTableForms() -> None:
+    """
+    The tls table is accepted inline and as a [services.tls] sub-table, with versions as strings or numbers, and on a service with TCP and UDP listeners.
+    """
+    inline = parse(tlsService('{ certificate = "auto", min_version = 1.3 }', listen='["tcp:0", "udp:0"]'))
+    (spec,) = inline.services
+    assert spec.tls is not None
+    assert (spec.tls.certificate, spec.tls.min_version.name, spec.tls.private_key) == ("auto", "1.3", None)
+    table = parse(
+        """
+        [[services]]
+        name = "secure"
+        plugin = "echo"
+        listen = ["tcp:0"]
+
+        [services.tls]
+        certificate = "c.pem"
+        private_key = "k.pem"
+        client_ca = "ca.pem"
+        client_auth = "required"
+        client_allow = ["netd client"]
+
+        [services.tls.sni]
+        "alpha.test" = { certificate = "a.pem", private_key = "a-key.pem" }
+        "*.wild.test" = { certificate = "w.pem", private_key = "w-key.pem" }
+        """
+    )
+    (spec,) = table.services
+    assert spec.tls is not None
+    assert sorted(spec.tls.sni or {}) == ["*.wild.test", "alpha.test"]
+    assert spec.tls.client_allow == ("netd client",)
+    assert parse(ECHO).services[0].tls is None
+
+
+def test_tlsRoundTrips() -> None:
+    """
+    A service's tls table survives normalization: dumped with its defaults and parsed again, it is the same.
+    """
+    config = parse(
+        tlsService(
+            "{ %s, max_version = \"1.3\", alpn = [\"echo\"], sni = { \"a.test\" = { certificate = \"a.pem\", private_key = \"ak.pem\" } } }" % KEYS
+        )
+    )
+    normalized = config.toConfig()
+    tls = normalized["services"][0]["tls"]
+    assert tls["min_version"] == "1.2" and tls["max_version"] == "1.3" and tls["handshake_timeout"] == 10.0
+    again = parseConfig(tomllib.loads(tomli_w.dumps(normalized)), SOURCE, REGISTRY)
+    assert again == config
+
+
+@attrs.frozen
+class SecureOptions:
+    """
+    A TLS-only test plugin's keys: none.
+    """
+
+
+@implementer(IProtocolPlugin)
+class SecurePlugin:
+    """
+    A stream plugin that declares requiresTLS.
+    """
+
+    name = "secure"
+    summary = "test plugin that serves only over TLS"
+    optionsType = SecureOptions
+    transports = frozenset({"stream"})
+    framings = ("raw",)
+    requiresTLS = True
+
+    def build(self, options: Any, context: Any) -> Any:
+        """
+        Never called by these tests.
+        """
+        raise NotImplementedError()
+
+
+def test_pluginRequiringTLS() -> None:
+    """
+    A plugin that declares requiresTLS refuses a service without a tls table, naming the plugin and how to add one; with one it is accepted.
+    """
+    registry = PluginRegistry({"secure": LoadedPlugin(SecurePlugin(), "test")}, {})
+    (line,) = problemLines(service(plugin="secure"), registry)
+    assert line.startswith(f"{SOURCE}: services[0].tls: missing; plugin 'secure' serves only over TLS: add a tls table")
+    assert 'tls = { certificate = "auto" }' in line
+    (spec,) = parse(service(plugin="secure", tls='{ certificate = "auto" }'), registry).services
+    assert spec.tls is not None
+
+
+def test_stateDirDefaultUnset() -> None:
+    """
+    state_dir is unset by default (netd picks the systemd, XDG or home folder at run time) and kept as written when set.
+    """
+    assert parse(ECHO).daemon.state_dir is None
+    assert parse('[daemon]\nstate_dir = "/var/lib/netd"\n' + ECHO).daemon.state_dir == "/var/lib/netd"

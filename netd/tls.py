@@ -1,0 +1,938 @@
+"""
+TLS for every stream service, and TLS client settings for plugins that connect out.
+
+Server side: a service's C{tls} table (L{TLSOptions}) puts a
+L{TLSServerFactory} between the core's connection guard and the framing, so a
+connection is, from the socket inward::
+
+    GuardedConnection -> TLSServerProtocol -> framing -> the plugin's receiver
+
+L{ServerTLS} loads and checks the certificates and keys when the service is
+built (before anything listens) and makes one pyOpenSSL context per
+certificate: the default one, and one per C{sni} name, switched to when a
+client asks for that name.  Versions, ciphers, ALPN, client certificates
+(C{client_ca}, C{client_auth}, C{client_allow}) and session resumption
+(session IDs and tickets) are set on every context alike.
+
+Each connection must finish its handshake within C{handshake_timeout}
+seconds.  Handshakes are counted per service: C{tls_handshakes_ok},
+C{tls_sessions_resumed}, and C{tls_handshakes_failed_REASON} with REASON one
+of L{FAILURE_REASONS}; a failure is logged at info with its reason, a success
+at debug with the version, cipher, SNI name, ALPN protocol and client
+certificate subject.
+
+Client side: L{clientCreator} makes the settings of a verified client
+connection (the chain against a CA bundle or the system's CAs, the name with
+service_identity), and L{describeTLSFailure} says in words why one failed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import re
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.internet.interfaces import (
+    IAddress,
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IReactorTime,
+)
+from twisted.internet.protocol import connectionDone
+from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust, trustRootFromCertificates
+from twisted.logger import Logger
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netd.certs import autoCertificate, defaultStateDir, utcNow
+from netd.metrics import Counters
+from netd.options import InvalidValue, between, describeValue, option
+
+try:
+    from OpenSSL._util import lib as _openssl
+except ImportError:  # pragma: no cover - a pyOpenSSL without its cffi bindings
+    _openssl = None
+
+AUTO = "auto"
+
+ClientAuth = Literal["none", "optional", "required"]
+
+DEFAULT_CIPHERS = (
+    "ECDH+AESGCM:ECDH+CHACHA20:DH+AESGCM:DH+CHACHA20:ECDH+AES256:DH+AES256:ECDH+AES128:DH+AES:"
+    "RSA+AESGCM:RSA+AES:!aNULL:!eNULL:!MD5:!DSS:!RC4:!3DES:!EXPORT"
+)
+"""
+The TLS 1.2 (and older) cipher suites offered unless C{ciphers} says
+otherwise: Twisted's defaults (forward-secret AEAD suites first), with RC4,
+3DES, export, NULL and anonymous suites excluded.  TLS 1.3 suites are
+OpenSSL's, all of them sound.
+"""
+
+FAILURE_REASONS = (
+    "timeout",
+    "not_tls",
+    "version",
+    "no_shared_cipher",
+    "alpn_mismatch",
+    "client_cert_missing",
+    "client_cert_untrusted",
+    "client_not_allowed",
+    "certificate_rejected",
+    "aborted",
+    "protocol_error",
+)
+"""
+Why a handshake failed, as counted in C{tls_handshakes_failed_REASON}:
+
+  - C{timeout}: not finished within C{handshake_timeout};
+  - C{not_tls}: what arrived is not TLS (plain text, HTTP, garbage);
+  - C{version}: the client offered only versions outside min/max_version;
+  - C{no_shared_cipher}: no cipher suite (or group, or signature algorithm) in common;
+  - C{alpn_mismatch}: the client offered ALPN protocols, none of them in C{alpn};
+  - C{client_cert_missing}: C{client_auth = "required"} and the client sent none;
+  - C{client_cert_untrusted}: the client's certificate does not verify against C{client_ca};
+  - C{client_not_allowed}: it verifies, but carries no name of C{client_allow};
+  - C{certificate_rejected}: the client refused netd's certificate (an alert
+    such as unknown CA or bad certificate), as it must for the "bad" ones;
+  - C{aborted}: the client closed the connection mid-handshake;
+  - C{protocol_error}: any other TLS error.
+"""
+
+_SESSION_TIMEOUT = 3600
+"""
+Seconds a TLS session (ID or ticket) can be resumed for.
+"""
+
+_X509_ERRORS = {
+    2: "unable to get issuer certificate",
+    4: "unable to decode issuer public key",
+    7: "certificate signature failure",
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    18: "self-signed certificate",
+    19: "self-signed certificate in certificate chain",
+    20: "unable to get local issuer certificate",
+    21: "unable to verify the first certificate",
+    24: "invalid CA certificate",
+    26: "unsupported certificate purpose",
+}
+"""
+OpenSSL's words for the certificate verification errors a client certificate
+most often fails with (C{X509_V_ERR_*} codes).
+"""
+
+
+# The schema.
+
+
+@attrs.frozen(order=True)
+class TLSVersion:
+    """
+    A TLS protocol version, written C{"1.2"} (or as a TOML number, C{1.2}).
+    """
+
+    name: str
+
+    configTypeName: ClassVar[str] = 'a TLS version: "1.0", "1.1", "1.2" or "1.3"'
+    _NUMBERS: ClassVar[dict[str, int]] = {
+        "1.0": SSL.TLS1_VERSION,
+        "1.1": SSL.TLS1_1_VERSION,
+        "1.2": SSL.TLS1_2_VERSION,
+        "1.3": SSL.TLS1_3_VERSION,
+    }
+
+    @classmethod
+    def fromConfig(cls, value: object) -> TLSVersion:
+        """
+        Parse a version.
+
+        @raise InvalidValue: for anything but the four versions.
+        """
+        text = str(value) if isinstance(value, float) else value
+        if isinstance(text, str) and text in cls._NUMBERS:
+            return cls(text)
+        raise InvalidValue(f"expected {cls.configTypeName}, got {describeValue(value)}")
+
+    def toConfig(self) -> str:
+        """
+        The version as written in the config.
+        """
+        return self.name
+
+    @property
+    def openssl(self) -> int:
+        """
+        OpenSSL's number for this version (C{TLS1_2_VERSION}, ...).
+        """
+        return self._NUMBERS[self.name]
+
+
+def _validCiphers(value: str) -> str | None:
+    """
+    A check that OpenSSL understands a cipher string and it names some suite.
+    """
+    try:
+        SSL.Context(SSL.TLS_METHOD).set_cipher_list(value.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError):
+        return f"{value!r} is not an OpenSSL cipher string that selects any cipher suite (see `openssl ciphers`)"
+    return None
+
+
+def _validProtocols(value: tuple[str, ...]) -> str | None:
+    """
+    A check that ALPN protocol names are 1 to 255 printable ASCII bytes.
+    """
+    for i, name in enumerate(value):
+        if not (1 <= len(name) <= 255 and name.isascii() and name.isprintable()):
+            return f"[{i}] {name!r} is not an ALPN protocol name (1 to 255 printable ASCII characters)"
+    return None
+
+
+def _nonEmptyNames(value: tuple[str, ...]) -> str | None:
+    """
+    A check that every name of a list is non-empty.
+    """
+    for i, name in enumerate(value):
+        if not name.strip():
+            return f"[{i}] is empty; expected a certificate name"
+    return None
+
+
+_SERVER_NAME = re.compile(r"(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def _validServerNames(value: dict[str, Any]) -> str | None:
+    """
+    A check that each C{sni} key is a DNS name, or a wildcard C{*.NAME}.
+    """
+    for name in value:
+        if not _SERVER_NAME.fullmatch(name.lower()):
+            return f"{name!r} is not a DNS name (a leading '*.' is allowed)"
+    return None
+
+
+@attrs.frozen
+class SNICertificate:
+    """
+    The certificate served to clients that ask for one server name.
+    """
+
+    certificate: str = option(help="PEM file of the certificate for this name (the chain may follow it).")
+    private_key: str = option(help="PEM file of its private key (unencrypted).")
+
+
+@attrs.frozen
+class TLSOptions:
+    """
+    A service's C{tls} table: TLS in front of its plugin, on its stream listeners.
+    """
+
+    certificate: str = option(
+        help='PEM file of the server certificate (the chain may follow it), or "auto" for a development '
+        "certificate made once in the state directory.",
+    )
+    private_key: str | None = option(
+        None, help='PEM file of the certificate\'s private key (unencrypted); required unless certificate = "auto".'
+    )
+    min_version: TLSVersion = option(TLSVersion("1.2"), help='The oldest TLS version accepted: "1.0", "1.1", "1.2" or "1.3".')
+    max_version: TLSVersion | None = option(None, help="The newest TLS version accepted; the newest there is when unset.")
+    ciphers: str = option(
+        DEFAULT_CIPHERS,
+        help="OpenSSL cipher string for TLS 1.2 and older (TLS 1.3 suites are OpenSSL's defaults).",
+        checks=(_validCiphers,),
+    )
+    alpn: tuple[str, ...] = option(
+        (),
+        help="ALPN protocols offered, preferred first; a client offering only others is refused. None: no ALPN.",
+        checks=(_validProtocols,),
+    )
+    client_ca: str | None = option(None, help="PEM file of the CAs client certificates must chain to.")
+    client_auth: ClientAuth = option(
+        "none", help='Client certificates: "none" (not asked for), "optional" (checked if sent) or "required".'
+    )
+    client_allow: tuple[str, ...] = option(
+        (),
+        help="Names (subject CN, SAN DNS name or URI) of which a client certificate must carry one; any when empty.",
+        checks=(_nonEmptyNames,),
+    )
+    sni: dict[str, SNICertificate] | None = option(
+        None,
+        help="Server name (or *.name) to the certificate and private_key served to clients asking for it; "
+        "the default certificate serves the others.",
+        checks=(_validServerNames,),
+    )
+    handshake_timeout: float = option(
+        10.0, help="Seconds a client gets to finish its handshake before it is disconnected; 0 never.", checks=(between(0, 3600),)
+    )
+    session_resumption: bool = option(True, help="Let clients resume sessions (session IDs and tickets).")
+
+    def crossCheck(self) -> list[tuple[str, str]]:
+        """
+        Rules that span several keys: (key, problem) pairs.
+        """
+        problems = []
+        if self.certificate == AUTO:
+            if self.private_key is not None:
+                problems.append(("private_key", 'certificate = "auto" makes its own key; remove private_key'))
+        elif self.private_key is None:
+            problems.append(("private_key", 'missing; required unless certificate = "auto"'))
+        if self.max_version is not None and self.max_version < self.min_version:
+            problems.append(("max_version", f"{self.max_version.name} is older than min_version ({self.min_version.name})"))
+        if self.client_auth == "none":
+            if self.client_ca is not None:
+                problems.append(("client_ca", 'client_auth is "none", so no client certificate is asked for; set client_auth to "optional" or "required"'))
+            if self.client_allow:
+                problems.append(("client_allow", 'needs client_auth = "required"'))
+        else:
+            if self.client_ca is None:
+                problems.append(("client_ca", f'missing; client_auth = "{self.client_auth}" needs the CAs client certificates must chain to'))
+            if self.client_allow and self.client_auth != "required":
+                problems.append(("client_allow", f'needs client_auth = "required", not "{self.client_auth}" (a client without a certificate would pass)'))
+        for name, entry in (self.sni or {}).items():
+            if entry.certificate == AUTO:
+                problems.append(("sni", f'{name!r}: "auto" is only for the default certificate; give a certificate file'))
+        return problems
+
+
+# Loading and checking certificates and keys.
+
+
+class TLSSetupError(ValueError):
+    """
+    A certificate, key or CA file that cannot be used; the message names the
+    key and the file.
+    """
+
+
+_PEM_KEY = re.compile(rb"-----BEGIN ((?:[A-Z0-9]+ )?PRIVATE KEY)-----.+?-----END \1-----", re.DOTALL)
+_PRIVATE_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey, dsa.DSAPrivateKey)
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TLSSetupError(f"cannot read {what} {path!r}: {e.strerror}") from None
+
+
+def loadCertificates(path: str, what: str) -> list[x509.Certificate]:
+    """
+    Every certificate of a PEM file, in file order.
+
+    @param what: how messages name the file (C{"tls.certificate"}, C{"the CA bundle"}).
+    @raise TLSSetupError: the file cannot be read, holds no PEM certificate,
+        or one that cannot be parsed.
+    """
+    data = _read(path, what)
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise TLSSetupError(f"{what} {path!r} holds no PEM certificate")
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError as e:
+        raise TLSSetupError(f"{what} {path!r} holds a certificate that cannot be read: {e}") from None
+
+
+def loadPrivateKey(path: str, what: str) -> Any:
+    """
+    The (first) private key of a PEM file.
+
+    @raise TLSSetupError: the file cannot be read, holds no PEM private key,
+        or an encrypted or unusable one.
+    """
+    data = _read(path, what)
+    found = _PEM_KEY.search(data)
+    if found is None:
+        raise TLSSetupError(f"{what} {path!r} holds no PEM private key")
+    if found.group(1) == b"ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in found.group(0):
+        raise TLSSetupError(
+            f"{what} {path!r} is encrypted; netd needs an unencrypted key "
+            f"(openssl pkey -in {path} -out KEY.pem, then keep KEY.pem readable by netd only)"
+        )
+    try:
+        key = serialization.load_pem_private_key(found.group(0), password=None)
+    except (ValueError, TypeError) as e:
+        raise TLSSetupError(f"{what} {path!r} holds a private key that cannot be read: {e}") from None
+    if not isinstance(key, _PRIVATE_KEY_TYPES):
+        raise TLSSetupError(f"{what} {path!r} holds a {type(key).__name__}, which TLS cannot use")
+    return key
+
+
+def _publicBytes(key: Any) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@attrs.frozen
+class KeyPair:
+    """
+    A certificate (with the chain that followed it in its file) and its key.
+    """
+
+    certificatePath: str
+    keyPath: str
+    chain: tuple[x509.Certificate, ...]
+    key: Any
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        """
+        The end-entity certificate: the first of its file.
+        """
+        return self.chain[0]
+
+
+def loadKeyPair(certificatePath: str, keyPath: str, where: str) -> KeyPair:
+    """
+    Load a certificate file and its key file, and check that they belong together.
+
+    @param where: the config key of the pair (C{"tls"}, C{'tls.sni."example.com"'}).
+    @raise TLSSetupError: naming the key and the file.
+    """
+    chain = loadCertificates(certificatePath, f"{where}.certificate")
+    key = loadPrivateKey(keyPath, f"{where}.private_key")
+    if _publicBytes(key.public_key()) != _publicBytes(chain[0].public_key()):
+        raise TLSSetupError(
+            f"{where}.private_key {keyPath!r} does not match the certificate in {where}.certificate {certificatePath!r}"
+        )
+    return KeyPair(certificatePath, keyPath, tuple(chain), key)
+
+
+def validityProblem(certificate: x509.Certificate, now: datetime.datetime) -> str | None:
+    """
+    Why a certificate is not valid at C{now} (expired, not yet valid), or L{None}.
+    """
+    if now > certificate.not_valid_after_utc:
+        return f"expired on {certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+    if now < certificate.not_valid_before_utc:
+        return f"not valid before {certificate.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
+    return None
+
+
+def certificateNames(certificate: x509.Certificate) -> tuple[set[str], set[str]]:
+    """
+    The names a certificate carries, for C{client_allow}: its subject CNs and
+    SAN URIs (compared exactly), and its SAN DNS names (lowercased).
+    """
+    exact = {str(a.value) for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
+    dns: set[str] = set()
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return exact, dns
+    exact.update(san.get_values_for_type(x509.UniformResourceIdentifier))
+    dns.update(name.lower() for name in san.get_values_for_type(x509.DNSName))
+    return exact, dns
+
+
+def describeSubject(certificate: x509.Certificate) -> str:
+    """
+    A certificate's subject as an RFC 4514 string (C{CN=netd client}).
+    """
+    return certificate.subject.rfc4514_string()
+
+
+# The server side.
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """
+    The TLS settings of one service, checked and turned into pyOpenSSL
+    contexts; makes the server side of each connection.
+
+    @ivar defaultPair: the certificate served when no C{sni} entry matches.
+    @ivar pairs: the C{sni} certificates, by lowercased name.
+    @ivar made: files that C{certificate = "auto"} made now (empty when it
+        reused them, or when the certificate is a file).
+    """
+
+    def __init__(
+        self,
+        options: TLSOptions,
+        *,
+        serviceName: str,
+        log: Logger,
+        stateDir: str | None = None,
+        now: datetime.datetime | None = None,
+    ) -> None:
+        """
+        Load and check every file the options name.
+
+        @param stateDir: where C{certificate = "auto"} keeps its files (its
+            C{tls/} folder); L{netd.certs.defaultStateDir} when unset.
+        @param now: the time certificates' validity is checked against.
+        @raise TLSSetupError: a file is missing, unreadable or malformed, or a
+            key does not match its certificate.  An expired or not yet valid
+            certificate is only warned about: the deliberately bad ones must
+            be servable.
+        """
+        self.options = options
+        self.serviceName = serviceName
+        self.log = log
+        self.made: list[str] = []
+        now = now or utcNow()
+        certificate, privateKey = options.certificate, options.private_key
+        if certificate == AUTO:
+            stateDir = stateDir or defaultStateDir()
+            try:
+                files, self.made = autoCertificate(stateDir)
+            except OSError as e:
+                raise TLSSetupError(
+                    f'tls.certificate = "auto": cannot make the development certificate in '
+                    f"{os.path.join(stateDir, 'tls')!r}: {e.strerror or e}; set [daemon] state_dir to a writable folder"
+                ) from None
+            certificate, privateKey = files.server, files.serverKey
+            log.info(
+                "{made} the development certificate for localhost, 127.0.0.1 and ::1 in {directory}; "
+                "clients trust it with the CA {ca}",
+                made="made" if self.made else "using",
+                directory=files.directory,
+                ca=files.ca,
+            )
+        assert privateKey is not None
+        self.defaultPair = loadKeyPair(certificate, privateKey, "tls")
+        self.pairs = {
+            name.lower(): loadKeyPair(entry.certificate, entry.private_key, f'tls.sni."{name}"')
+            for name, entry in (options.sni or {}).items()
+        }
+        for where, pair in [("tls", self.defaultPair)] + [(f'tls.sni."{n}"', p) for n, p in self.pairs.items()]:
+            problem = validityProblem(pair.certificate, now)
+            if problem is not None:
+                log.warn(
+                    "{where}.certificate {path} {problem}; clients that check it will refuse it",
+                    where=where,
+                    path=pair.certificatePath,
+                    problem=problem,
+                )
+        self.clientCAs: list[x509.Certificate] = []
+        if options.client_ca is not None:
+            self.clientCAs = loadCertificates(options.client_ca, "tls.client_ca")
+            for ca in self.clientCAs:
+                problem = validityProblem(ca, now)
+                if problem is not None:
+                    log.warn(
+                        "tls.client_ca {path}: the CA {subject} {problem}; no client certificate will verify against it",
+                        path=options.client_ca,
+                        subject=describeSubject(ca),
+                        problem=problem,
+                    )
+        self._allow = frozenset(options.client_allow)
+        self._allowDNS = frozenset(name.lower() for name in options.client_allow)
+        self._alpn = [name.encode("ascii") for name in options.alpn]
+        self._sessionContext = b"netd:" + hashlib.sha256(serviceName.encode("utf-8")).hexdigest()[:24].encode("ascii")
+        try:
+            self.defaultContext = self._makeContext(self.defaultPair)
+            self.contexts = {name: self._makeContext(pair) for name, pair in self.pairs.items()}
+        except SSL.Error as e:
+            raise TLSSetupError(f"OpenSSL refused the tls settings: {_errorText(e)}") from None
+        if self.pairs:
+            self.defaultContext.set_tlsext_servername_callback(self._serverNameReceived)
+
+    def _makeContext(self, pair: KeyPair) -> SSL.Context:
+        """
+        A pyOpenSSL context serving C{pair} with the service's settings.
+        """
+        options = self.options
+        context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        flags = (
+            SSL.OP_NO_SSLv2
+            | SSL.OP_NO_SSLv3
+            | SSL.OP_NO_COMPRESSION
+            | SSL.OP_CIPHER_SERVER_PREFERENCE
+            | SSL.OP_NO_RENEGOTIATION
+            | SSL.OP_SINGLE_ECDH_USE
+            | SSL.OP_SINGLE_DH_USE
+        )
+        if not options.session_resumption:
+            flags |= SSL.OP_NO_TICKET
+        context.set_options(flags)
+        context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+        context.set_min_proto_version(options.min_version.openssl)
+        context.set_max_proto_version(options.max_version.openssl if options.max_version else 0)
+        ciphers = options.ciphers
+        if options.min_version < TLSVersion("1.2") and "@SECLEVEL" not in ciphers:
+            # OpenSSL 3's default security level refuses TLS 1.0 and 1.1 outright.
+            ciphers += ":@SECLEVEL=0"
+        context.set_cipher_list(ciphers.encode("ascii"))
+        context.use_certificate(pair.certificate)
+        for extra in pair.chain[1:]:
+            context.add_extra_chain_cert(extra)
+        context.use_privatekey(pair.key)
+        context.check_privatekey()
+        context.set_session_id(self._sessionContext)
+        if options.session_resumption:
+            context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+            context.set_timeout(_SESSION_TIMEOUT)
+        else:
+            context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        if self._alpn:
+            context.set_alpn_select_callback(self._selectProtocol)
+        if options.client_auth != "none":
+            assert options.client_ca is not None
+            context.load_verify_locations(options.client_ca)
+            for ca in self.clientCAs:
+                context.add_client_ca(ca)
+            mode = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE
+            if options.client_auth == "required":
+                mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+            context.set_verify(mode, self._verifyClient)
+        return context
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        """
+        The server side of a new connection, on the default context.
+        """
+        return SSL.Connection(self.defaultContext, None)
+
+    def contextFor(self, serverName: str | None) -> SSL.Context | None:
+        """
+        The context of the C{sni} entry for a name the client asked for: an
+        exact entry, else a wildcard one for its parent; L{None} for the default.
+        """
+        if not serverName:
+            return None
+        name = serverName.lower().rstrip(".")
+        context = self.contexts.get(name)
+        if context is None and "." in name:
+            context = self.contexts.get("*." + name.split(".", 1)[1])
+        return context
+
+    def _serverNameReceived(self, connection: SSL.Connection) -> None:
+        """
+        OpenSSL's SNI callback: switch to the certificate for the name asked for.
+        """
+        raw = connection.get_servername()
+        name = raw.decode("ascii", "replace") if raw else None
+        context = self.contextFor(name)
+        if context is not None:
+            connection.set_context(context)
+
+    def _selectProtocol(self, connection: SSL.Connection, offered: list[bytes]) -> bytes:
+        """
+        OpenSSL's ALPN callback: the first of our protocols the client offers.
+        A client offering only others is refused (RFC 7301: a fatal
+        no_application_protocol alert).
+        """
+        for protocol in self._alpn:
+            if protocol in offered:
+                return protocol
+        _setFailure(connection, "alpn_mismatch", "the client offered " + ", ".join(repr(p.decode("ascii", "replace")) for p in offered))
+        raise _ALPNMismatch([("netd", "", "no application protocol")])
+
+    def _verifyClient(self, connection: SSL.Connection, certificate: Any, errno: int, depth: int, ok: int) -> bool:
+        """
+        OpenSSL's verify callback: note why a client certificate fails, and
+        check the end-entity certificate against C{client_allow}.
+        """
+        try:
+            if not ok:
+                why = _X509_ERRORS.get(errno, f"verify error {errno}")
+                subject = describeSubject(certificate.to_cryptography())
+                _setFailure(connection, "client_cert_untrusted", f"{why} (certificate {depth} of the chain: {subject})")
+                return False
+            if depth == 0 and self._allow:
+                leaf = certificate.to_cryptography()
+                exact, dns = certificateNames(leaf)
+                if not (exact & self._allow or dns & self._allowDNS):
+                    _setFailure(
+                        connection,
+                        "client_not_allowed",
+                        f"{describeSubject(leaf)} (names {', '.join(sorted(exact | dns))}) carries no name of client_allow",
+                    )
+                    return False
+            return True
+        except Exception as e:  # an exception must not escape into OpenSSL
+            _setFailure(connection, "client_cert_untrusted", f"cannot check it: {type(e).__name__}: {e}")
+            return False
+
+
+class _ALPNMismatch(SSL.Error):
+    """
+    Raised from the ALPN callback to make OpenSSL refuse the handshake.
+    """
+
+
+def _setFailure(connection: SSL.Connection, reason: str, detail: str) -> None:
+    """
+    Tell the connection's protocol why its handshake is about to fail.
+    """
+    protocol = connection.get_app_data()
+    if isinstance(protocol, TLSServerProtocol) and protocol.failure is None:
+        protocol.failure = (reason, detail)
+
+
+def _errorText(error: SSL.Error) -> str:
+    """
+    The reasons of an OpenSSL error, in OpenSSL's words.
+    """
+    queue = error.args[0] if error.args else None
+    if isinstance(queue, list) and queue:
+        return "; ".join(str(entry[-1]) for entry in queue if isinstance(entry, tuple) and entry)
+    if isinstance(queue, list):
+        return "unexpected end of the connection"
+    return str(error) or type(error).__name__
+
+
+_REASON_PATTERNS = (
+    ("not_tls", ("wrong version number", "http request", "https proxy request", "unknown protocol", "packet length too long", "record layer failure", "bad record type", "length too short", "record length mismatch", "unexpected message", "bad packet length")),
+    ("version", ("unsupported protocol", "version too low", "protocol version", "tlsv1 alert protocol version", "inappropriate fallback")),
+    ("no_shared_cipher", ("no shared cipher", "no suitable signature algorithm", "no shared signature algorithms", "no suitable key share", "no shared groups", "no suitable digest")),
+    ("alpn_mismatch", ("no application protocol",)),
+    ("client_cert_missing", ("peer did not return a certificate",)),
+    ("client_cert_untrusted", ("certificate verify failed",)),
+    ("certificate_rejected", ("alert unknown ca", "alert bad certificate", "alert certificate unknown", "alert certificate expired", "alert unsupported certificate", "alert certificate revoked", "alert access denied", "alert decrypt error")),
+)
+
+
+def classifyFailure(reason: Failure) -> tuple[str, str]:
+    """
+    Why a handshake failed, as one of L{FAILURE_REASONS}, and in OpenSSL's words.
+    """
+    error = reason.value
+    if isinstance(error, SSL.Error):
+        text = _errorText(error)
+        lowered = text.lower()
+        if lowered == "unexpected end of the connection" or "unexpected eof" in lowered:
+            return "aborted", "the client closed the connection"
+        for name, patterns in _REASON_PATTERNS:
+            if any(p in lowered for p in patterns):
+                return name, text
+        return "protocol_error", text
+    return "aborted", reason.getErrorMessage()
+
+
+class TLSServerProtocol(BufferingTLSTransport):
+    """
+    The server side of one TLS connection: Twisted's TLS protocol with a
+    handshake timeout, and the handshake counted and logged.
+
+    @ivar failure: why the handshake is failing, when netd knows better than
+        OpenSSL's error (a timeout, a client not allowed): C{(reason, detail)}.
+    """
+
+    factory: TLSServerFactory
+    failure: tuple[str, str] | None = None
+    _handshakeTimer: Any = None
+    _settled = False
+    _peer: IAddress | None = None
+
+    def makeConnection(self, transport: Any) -> None:
+        """
+        Start the handshake timer, then the handshake.
+        """
+        self._peer = transport.getPeer()
+        timeout = self.factory.handshakeTimeout
+        if timeout:
+            self._handshakeTimer = self.factory.clock.callLater(timeout, self._handshakeTimedOut)
+        super().makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Feed TLS; once the handshake is done, count and log it (once).
+        """
+        super().dataReceived(data)
+        if not self._settled and self._handshakeDone:
+            self._handshakeSucceeded()
+
+    def _handshakeSucceeded(self) -> None:
+        """
+        The handshake finished: stop its timer, count it, log what was negotiated.
+        """
+        self._settled = True
+        self._stopTimer()
+        factory = self.factory
+        factory.counters["tls_handshakes_ok"] += 1
+        connection = self._tlsConnection
+        resumed = _sessionReused(connection)
+        if resumed:
+            factory.counters["tls_sessions_resumed"] += 1
+        peerCertificate = connection.get_peer_certificate(as_cryptography=True)
+        serverName = connection.get_servername()
+        alpn = connection.get_alpn_proto_negotiated()
+        factory.log.debug(
+            "TLS from {peer}: {tls_version} {tls_cipher}, SNI {tls_sni}, ALPN {tls_alpn}, client {tls_client}{resumption}",
+            peer=self._peer,
+            tls_version=connection.get_protocol_version_name(),
+            tls_cipher=connection.get_cipher_name(),
+            tls_sni=serverName.decode("ascii", "replace") if serverName else None,
+            tls_alpn=alpn.decode("ascii", "replace") if alpn else None,
+            tls_client=describeSubject(peerCertificate) if peerCertificate is not None else None,
+            tls_resumed=resumed,
+            resumption=", resumed" if resumed else "",
+        )
+
+    def _handshakeFailed(self, reason: Failure) -> None:
+        """
+        The connection ended before its handshake finished: count and log why.
+        """
+        self._settled = True
+        self._stopTimer()
+        name, detail = self.failure or classifyFailure(reason)
+        self.factory.counters[f"tls_handshakes_failed_{name}"] += 1
+        self.factory.log.info(
+            "TLS handshake from {peer} failed: {tls_failure} ({detail})",
+            peer=self._peer,
+            tls_failure=name,
+            detail=detail,
+        )
+
+    def _handshakeTimedOut(self) -> None:
+        """
+        No handshake within C{handshake_timeout}: drop the connection.
+        """
+        self._handshakeTimer = None
+        if self.failure is None:
+            self.failure = ("timeout", f"no handshake within {self.factory.handshakeTimeout:g} seconds")
+        self.abortConnection()
+
+    def _stopTimer(self) -> None:
+        if self._handshakeTimer is not None:
+            self._handshakeTimer.cancel()
+            self._handshakeTimer = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Settle the handshake's count if it is not yet, then pass the loss on.
+        """
+        if not self._settled:
+            if self._handshakeDone:
+                self._handshakeSucceeded()
+            else:
+                self._handshakeFailed(self._reason or reason)
+        super().connectionLost(reason)
+
+
+def _sessionReused(connection: SSL.Connection) -> bool:
+    """
+    Whether a connection resumed an earlier session (pyOpenSSL has no public
+    call for OpenSSL's C{SSL_session_reused}; without it, L{False}).
+    """
+    reused = getattr(_openssl, "SSL_session_reused", None)
+    if reused is None:
+        return False
+    try:
+        return bool(reused(connection._ssl))
+    except Exception:
+        return False
+
+
+class TLSServerFactory(TLSMemoryBIOFactory):
+    """
+    Terminates TLS in front of a service's framing (see the module docstring).
+
+    @ivar tls: the service's L{ServerTLS}.
+    """
+
+    protocol = TLSServerProtocol
+
+    def __init__(
+        self,
+        tls: ServerTLS,
+        wrappedFactory: IProtocolFactory,
+        *,
+        clock: IReactorTime,
+        counters: Counters,
+        log: Logger,
+    ) -> None:
+        super().__init__(tls, False, wrappedFactory, clock=clock)
+        self.tls = tls
+        self.clock = clock
+        self.counters = counters
+        self.log = log
+        self.handshakeTimeout = tls.options.handshake_timeout
+
+
+# The client side.
+
+
+def loadTrustRoot(caBundle: str | None) -> Any:
+    """
+    What a client checks servers' certificate chains against: every
+    certificate of the PEM file C{caBundle}, or the system's CAs when L{None}.
+
+    @return: an L{twisted.internet._sslverify.IOpenSSLTrustRoot}.
+    @raise TLSSetupError: the file cannot be read or holds no certificate.
+    """
+    if caBundle is None:
+        return platformTrust()
+    certificates = loadCertificates(caBundle, "the CA bundle")
+    return trustRootFromCertificates(
+        [Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)) for c in certificates]
+    )
+
+
+def clientCreator(
+    serverName: str,
+    caBundle: str | None = None,
+    *,
+    trustRoot: Any = None,
+    certificate: str | None = None,
+    privateKey: str | None = None,
+    alpn: Sequence[str] = (),
+) -> IOpenSSLClientConnectionCreator:
+    """
+    The settings of a client connection that verifies its server: the chain
+    against C{caBundle} (or C{trustRoot}, or the system's CAs) and the name
+    C{serverName} (a DNS name, sent as SNI, or an IP address) with
+    service_identity, through L{optionsForClientTLS}.  A server that fails
+    either check is refused; L{describeTLSFailure} says why, for the log.
+
+    @param trustRoot: a trust root from L{loadTrustRoot}, to load a bundle
+        once for many connections; do not give C{caBundle} too.
+    @param certificate: a PEM client certificate for mutual TLS, with
+        C{privateKey} its key file.
+    @param alpn: ALPN protocols to offer, preferred first.
+    @raise TLSSetupError: a file cannot be read or used.
+    """
+    if trustRoot is None:
+        trustRoot = loadTrustRoot(caBundle)
+    elif caBundle is not None:
+        raise TypeError("give caBundle or trustRoot, not both")
+    extra: dict[str, Any] = {}
+    if certificate is not None or privateKey is not None:
+        if certificate is None or privateKey is None:
+            raise TypeError("a client certificate needs both certificate and privateKey")
+        pair = loadKeyPair(certificate, privateKey, "the client")
+        # cryptography objects, which pyOpenSSL prefers to its own (deprecated) ones.
+        extra = {"certificate": pair.certificate, "privateKey": pair.key}
+        if len(pair.chain) > 1:
+            extra["extraCertChain"] = list(pair.chain[1:])
+    return optionsForClientTLS(
+        serverName,
+        trustRoot=trustRoot,
+        acceptableProtocols=[name.encode("ascii") for name in alpn] or None,
+        extraCertificateOptions=extra,
+    )
+
+
+def describeTLSFailure(reason: Failure) -> str | None:
+    """
+    Why a client TLS connection failed, in words for a log line, or L{None}
+    if C{reason} is not a TLS failure: the certificate not valid for the name
+    (with the name), or OpenSSL's reason (C{certificate verify failed}, ...).
+    """
+    error = reason.value
+    if isinstance(error, VerificationError):
+        names = []
+        for mismatch in error.errors:
+            identity = getattr(mismatch, "mismatched_id", None)
+            value = getattr(identity, "hostname", None) or getattr(identity, "ip", None)
+            if isinstance(value, bytes):
+                value = value.decode("ascii", "replace")
+            names.append(str(value) if value is not None else str(mismatch))
+        return f"the server's certificate is not valid for {', '.join(names)} (hostname mismatch)"
+    if isinstance(error, SSL.Error):
+        return _errorText(error)
+    return None

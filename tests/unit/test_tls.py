@@ -1,0 +1,995 @@
+"""
+The TLS layer (L{netd.tls}) in memory: the echo behind the core's stack with
+TLS (limits, TLS, framing) and a client through L{twisted.test.iosim};
+versions, ciphers, ALPN, SNI, client certificates and C{client_allow}, the
+handshake timeout, garbage and aborted handshakes, session resumption, flow
+control through TLS, the startup checks of certificates and keys, and the
+client side (L{netd.tls.clientCreator}).  Every certificate is made by
+L{netd.certs} in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, Logger, capturedLogs
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+
+from netd.certs import (
+    CLIENT_COMMON_NAME,
+    CLIENT_DNS_NAME,
+    DevelopmentSet,
+    KeyAndCertificate,
+    ensureDevelopmentSet,
+    issue,
+    makeCA,
+    writeBadCertificates,
+)
+from netd.config import parseConfig
+from netd.limits import ConnectionLimiter
+from netd.metrics import Counters
+from netd.plugin import discoverPlugins
+from netd.service import NetService, ServiceStartError
+from netd.testing import TestClientTLS, TLSTestConnection, connect, connectTLS, makeStreamStack
+from netd.tls import (
+    FAILURE_REASONS,
+    ServerTLS,
+    SNICertificate,
+    TLSOptions,
+    TLSServerFactory,
+    TLSSetupError,
+    TLSVersion,
+    classifyFailure,
+    clientCreator,
+    describeTLSFailure,
+    loadTrustRoot,
+)
+from netd_plugins.echo import EchoHandler
+
+LOG = Logger(namespace="test_tls")
+
+
+@dataclass
+class Certs:
+    """
+    Every certificate the tests use, in one folder.
+
+    @ivar dev: the development set (CA, localhost server, client).
+    @ivar other: a development set of another CA, nobody trusts.
+    """
+
+    root: Path
+    dev: DevelopmentSet
+    other: DevelopmentSet
+
+    def bad(self, name: str) -> tuple[str, str]:
+        """
+        The certificate and key of a bad certificate.
+        """
+        return str(self.root / "dev" / "bad" / f"{name}.pem"), str(self.root / "dev" / "bad" / f"{name}-key.pem")
+
+    def extra(self, name: str) -> tuple[str, str]:
+        """
+        A certificate signed by the development CA for more names.
+        """
+        return str(self.root / f"{name}.pem"), str(self.root / f"{name}-key.pem")
+
+
+def _loadCA(dev: DevelopmentSet) -> KeyAndCertificate:
+    certificate = x509.load_pem_x509_certificate(Path(dev.ca).read_bytes())
+    key = serialization.load_pem_private_key(Path(dev.caKey).read_bytes(), password=None)
+    return KeyAndCertificate(certificate, key)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    """
+    The development set, the bad certificates, another CA's set, and certificates for SNI and client_allow.
+    """
+    root = tmp_path_factory.mktemp("certs")
+    dev, _ = ensureDevelopmentSet(str(root / "dev"))
+    writeBadCertificates(str(root / "dev"))
+    other, _ = ensureDevelopmentSet(str(root / "other"))
+    ca = _loadCA(dev)
+    extras = {
+        "alpha": issue(ca, ["alpha.test"]),
+        "wild": issue(ca, ["*.wild.test"]),
+        "uri-client": issue(ca, ["spiffe://netd.test/worker"], commonName="worker", usage="client"),
+    }
+    for name, pair in extras.items():
+        pair.write(str(root / f"{name}.pem"), str(root / f"{name}-key.pem"))
+    return Certs(root, dev, other)
+
+
+def tlsOptions(certs: Certs, **keys: Any) -> TLSOptions:
+    """
+    TLS options serving the development server certificate, with C{keys} changed.
+    """
+    values: dict[str, Any] = {"certificate": certs.dev.server, "private_key": certs.dev.serverKey}
+    values.update(keys)
+    return TLSOptions(**values)
+
+
+@dataclass
+class Stack:
+    """
+    An echo service's stream stack with TLS, its clock and counters.
+    """
+
+    limiter: ConnectionLimiter
+    clock: MemoryReactorClock
+    counters: Counters
+
+    def connect(self, creator: Any) -> TLSTestConnection:
+        """
+        Connect a TLS client and run its handshake.
+        """
+        connection = connectTLS(self.limiter, creator, self.clock)
+        assert connection is not None
+        return connection
+
+
+def echoStack(options: TLSOptions, framing: str = "raw", stateDir: str | None = None) -> Stack:
+    """
+    The echo plugin behind the core's stack: limits, TLS with C{options}, framing.
+    """
+    clock = MemoryReactorClock()
+    counters = Counters()
+    limiter = makeStreamStack(EchoHandler(), framing, clock=clock, counters=counters, tls=options, stateDir=stateDir)
+    return Stack(limiter, clock, counters)
+
+
+def tlsCounters(counters: Counters) -> dict[str, int]:
+    """
+    The TLS counters of a service.
+    """
+    return {k: v for k, v in counters.items() if k.startswith("tls_")}
+
+
+def verifying(certs: Certs, name: str = "localhost", **keys: Any) -> Any:
+    """
+    A client that verifies the server against the development CA and C{name}.
+    """
+    return clientCreator(name, certs.dev.ca, **keys)
+
+
+# Echo.
+
+
+FRAMED = {
+    "raw": b"hello, TLS",
+    "line": b"hello\nworld\n",
+    "netstring": b"5:hello,5:world,",
+    "u16": b"\x00\x05hello\x00\x05world",
+    "u32": b"\x00\x00\x00\x05hello",
+}
+
+
+@pytest.mark.parametrize("framing", sorted(FRAMED))
+def test_echoThroughTLS(certs: Certs, framing: str) -> None:
+    """
+    A client that verifies the certificate and name gets every frame echoed through TLS, in every framing, and the handshake is counted.
+    """
+    stack = echoStack(tlsOptions(certs), framing)
+    client = stack.connect(verifying(certs))
+    assert client.handshakeDone
+    client.send(FRAMED[framing])
+    assert client.takeReceived() == FRAMED[framing]
+    assert tlsCounters(stack.counters) == {"tls_handshakes_ok": 1}
+
+
+def test_largePayloadEchoed(certs: Certs) -> None:
+    """
+    A payload of 2 MiB, bigger than any TLS record or buffer, comes back whole and in order.
+    """
+    stack = echoStack(tlsOptions(certs))
+    client = stack.connect(verifying(certs))
+    payload = random.Random(7).randbytes(2 * 2**20)
+    client.send(payload)
+    assert client.takeReceived() == payload
+
+
+def test_serviceStackHasTLSBetweenLimiterAndFraming(certs: Certs, tmp_path: Path) -> None:
+    """
+    A service with a tls table has TLS between its connection guard and its framing, on its TCP listeners only; one without has none.
+    """
+    registry = discoverPlugins()
+    tls = {"certificate": certs.dev.server, "private_key": certs.dev.serverKey}
+    services = [
+        {"name": "secure", "plugin": "echo", "listen": ["tcp:0", "udp:0"], "tls": tls},
+        {"name": "plain", "plugin": "echo", "listen": ["tcp:0"]},
+    ]
+    config = parseConfig({"services": services}, "test.toml", registry)
+    secure = NetService(config.services[0], MemoryReactorClock(), 10)
+    plain = NetService(config.services[1], MemoryReactorClock(), 10)
+    assert secure.connections is not None and isinstance(secure.connections.wrappedFactory, TLSServerFactory)
+    assert plain.connections is not None and not isinstance(plain.connections.wrappedFactory, TLSServerFactory)
+
+
+def test_otherConnectionsUndisturbed(certs: Certs) -> None:
+    """
+    Garbage on one connection closes only that one; an established TLS connection beside it goes on echoing.
+    """
+    stack = echoStack(tlsOptions(certs))
+    good = stack.connect(verifying(certs))
+    bad = connect(stack.limiter)
+    assert bad is not None
+    bad.receive(b"\x16\x03\x01\x00\x05garbage" * 10)
+    assert bad.transport.disconnecting
+    good.send(b"still here")
+    assert good.takeReceived() == b"still here"
+
+
+# Handshake failures.
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", id="http"),
+        pytest.param(b"hello, plain text\n", id="plain-text"),
+        pytest.param(bytes(range(256)) * 4, id="garbage"),
+    ],
+)
+def test_notTLSClosedAndCounted(certs: Certs, data: bytes) -> None:
+    """
+    Plain text, HTTP or garbage sent to a TLS port closes that connection, counted as not_tls and logged at info with the reason, and the plugin never sees it.
+    """
+    stack = echoStack(tlsOptions(certs))
+    connection = connect(stack.limiter)
+    assert connection is not None
+    with capturedLogs() as events:
+        connection.receive(data)
+        assert connection.transport.disconnecting
+        connection.finishClose()
+    assert tlsCounters(stack.counters) == {"tls_handshakes_failed_not_tls": 1}
+    (event,) = [e for e in events if e.get("tls_failure")]
+    assert event["log_level"] == LogLevel.info
+    assert event["tls_failure"] == "not_tls"
+    assert data not in connection.takeSent()
+    connection.receive(b"more bytes after the close")
+
+
+def test_abortMidHandshakeCounted(certs: Certs) -> None:
+    """
+    A client that sends its ClientHello and goes away is counted as aborted, without a traceback.
+    """
+    stack = echoStack(tlsOptions(certs))
+    hello = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+    hello.set_connect_state()
+    with pytest.raises(SSL.WantReadError):
+        hello.do_handshake()
+    connection = connect(stack.limiter)
+    assert connection is not None
+    connection.receive(hello.bio_read(65536))
+    assert connection.takeSent()
+    with capturedLogs() as events:
+        connection.peerClosed()
+    assert tlsCounters(stack.counters) == {"tls_handshakes_failed_aborted": 1}
+    assert not [e for e in events if e.get("log_failure")]
+
+
+def test_handshakeTimeout(certs: Certs) -> None:
+    """
+    A connection that has not finished its handshake after handshake_timeout seconds is dropped and counted as timeout; one that finished is not.
+    """
+    stack = echoStack(tlsOptions(certs, handshake_timeout=5))
+    silent = connect(stack.limiter)
+    assert silent is not None
+    done = stack.connect(verifying(certs))
+    stack.clock.advance(4.9)
+    assert not silent.transport.disconnecting
+    stack.clock.advance(0.1)
+    assert silent.transport.disconnecting
+    silent.finishClose()
+    assert tlsCounters(stack.counters) == {"tls_handshakes_ok": 1, "tls_handshakes_failed_timeout": 1}
+    stack.clock.advance(100)
+    done.send(b"late")
+    assert done.takeReceived() == b"late"
+    assert stack.clock.getDelayedCalls() == []
+
+
+def test_handshakeTimeoutZeroNeverFires(certs: Certs) -> None:
+    """
+    handshake_timeout = 0 schedules no timer.
+    """
+    stack = echoStack(tlsOptions(certs, handshake_timeout=0))
+    silent = connect(stack.limiter)
+    assert silent is not None
+    assert stack.clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize(
+    ("server", "client", "expected"),
+    [
+        pytest.param({}, {"maxVersion": "1.1"}, None, id="1.1-only-client-refused"),
+        pytest.param({}, {"maxVersion": "1.0"}, None, id="1.0-only-client-refused"),
+        pytest.param({}, {"minVersion": "1.2", "maxVersion": "1.2"}, "TLSv1.2", id="1.2"),
+        pytest.param({}, {}, "TLSv1.3", id="newest-by-default"),
+        pytest.param({"max_version": TLSVersion("1.2")}, {"minVersion": "1.3"}, None, id="max-1.2-refuses-1.3-only"),
+        pytest.param({"min_version": TLSVersion("1.3")}, {"maxVersion": "1.2"}, None, id="min-1.3-refuses-1.2"),
+        pytest.param({"min_version": TLSVersion("1.0")}, {"maxVersion": "1.0"}, "TLSv1", id="min-1.0-serves-1.0"),
+        pytest.param({"min_version": TLSVersion("1.1")}, {"maxVersion": "1.1"}, "TLSv1.1", id="min-1.1-serves-1.1"),
+    ],
+)
+def test_versions(certs: Certs, server: dict[str, Any], client: dict[str, str], expected: str | None) -> None:
+    """
+    Only versions between min_version and max_version are served; a client offering only others is refused and counted as version.
+    """
+    stack = echoStack(tlsOptions(certs, **server))
+    connection = stack.connect(TestClientTLS(**client))
+    if expected is None:
+        assert not connection.handshakeDone
+        assert tlsCounters(stack.counters) == {"tls_handshakes_failed_version": 1}
+    else:
+        assert connection.handshakeDone
+        assert connection.version == expected
+
+
+def test_noSharedCipher(certs: Certs) -> None:
+    """
+    A TLS 1.2 client whose cipher suites the service does not accept is refused and counted as no_shared_cipher.
+    """
+    stack = echoStack(tlsOptions(certs, ciphers="ECDHE-ECDSA-AES256-GCM-SHA384", max_version=TLSVersion("1.2")))
+    connection = stack.connect(TestClientTLS(ciphers="ECDHE-ECDSA-AES128-GCM-SHA256", maxVersion="1.2"))
+    assert not connection.handshakeDone
+    assert tlsCounters(stack.counters) == {"tls_handshakes_failed_no_shared_cipher": 1}
+
+
+def test_defaultCiphersExcludeWeakSuites() -> None:
+    """
+    The default cipher string selects no RC4, 3DES, export, NULL or anonymous suite.
+    """
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_cipher_list(TLSOptions(certificate="auto").ciphers.encode("ascii"))
+    names = SSL.Connection(context).get_cipher_list()
+    assert names
+    for weak in ("RC4", "DES-CBC3", "EXP", "NULL", "ADH", "AECDH", "MD5"):
+        assert not [n for n in names if weak in n], weak
+
+
+# ALPN.
+
+
+@pytest.mark.parametrize(
+    ("offered", "expected"),
+    [
+        pytest.param(("h2", "echo"), "echo", id="common-protocol"),
+        pytest.param(("other", "echo"), "echo", id="server-preference"),
+        pytest.param((), None, id="no-alpn-from-client"),
+    ],
+)
+def test_alpnSelected(certs: Certs, offered: tuple[str, ...], expected: str | None) -> None:
+    """
+    The service picks its most preferred ALPN protocol among those the client offers; a client offering none gets none.
+    """
+    stack = echoStack(tlsOptions(certs, alpn=("echo", "other")))
+    connection = stack.connect(TestClientTLS(alpn=offered))
+    assert connection.handshakeDone
+    assert connection.negotiatedProtocol == expected
+
+
+def test_alpnMismatchRefused(certs: Certs) -> None:
+    """
+    A client offering only protocols the service does not speak is refused (RFC 7301), counted as alpn_mismatch.
+    """
+    stack = echoStack(tlsOptions(certs, alpn=("echo",)))
+    connection = stack.connect(TestClientTLS(alpn=("h2", "http/1.1")))
+    assert not connection.handshakeDone
+    assert tlsCounters(stack.counters) == {"tls_handshakes_failed_alpn_mismatch": 1}
+
+
+def test_alpnWithVerifyingClient(certs: Certs) -> None:
+    """
+    clientCreator offers ALPN protocols, and the verified connection agrees on one.
+    """
+    stack = echoStack(tlsOptions(certs, alpn=("dot",)))
+    connection = stack.connect(verifying(certs, alpn=["dot"]))
+    assert connection.negotiatedProtocol == "dot"
+
+
+# SNI.
+
+
+def sniOptions(certs: Certs) -> TLSOptions:
+    """
+    The localhost certificate by default, alpha.test's and *.wild.test's by SNI.
+    """
+    alpha, alphaKey = certs.extra("alpha")
+    wild, wildKey = certs.extra("wild")
+    return tlsOptions(
+        certs,
+        sni={"alpha.test": SNICertificate(certificate=alpha, private_key=alphaKey), "*.wild.test": SNICertificate(certificate=wild, private_key=wildKey)},
+    )
+
+
+def dnsNames(certificate: x509.Certificate | None) -> list[str]:
+    """
+    The DNS names of a certificate's SAN.
+    """
+    assert certificate is not None
+    return certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+
+
+@pytest.mark.parametrize(
+    ("serverName", "expected"),
+    [
+        pytest.param("alpha.test", ["alpha.test"], id="exact"),
+        pytest.param("ALPHA.test", ["alpha.test"], id="any-case"),
+        pytest.param("x.wild.test", ["*.wild.test"], id="wildcard"),
+        pytest.param("a.b.wild.test", ["localhost"], id="wildcard-one-label-only"),
+        pytest.param("unknown.test", ["localhost"], id="unknown-name-gets-default"),
+        pytest.param(None, ["localhost"], id="no-sni-gets-default"),
+    ],
+)
+def test_sniPicksCertificate(certs: Certs, serverName: str | None, expected: list[str]) -> None:
+    """
+    The certificate served is the sni entry for the name the client asks for (exact, else wildcard), else the default one.
+    """
+    stack = echoStack(sniOptions(certs))
+    connection = stack.connect(TestClientTLS(serverName=serverName))
+    assert connection.handshakeDone
+    assert dnsNames(connection.serverCertificate) == expected
+    connection.send(b"ping")
+    assert connection.takeReceived() == b"ping"
+
+
+def test_sniCertificateVerifies(certs: Certs) -> None:
+    """
+    A verifying client asking for alpha.test accepts the certificate SNI picked for it.
+    """
+    stack = echoStack(sniOptions(certs))
+    connection = stack.connect(verifying(certs, "alpha.test"))
+    assert connection.handshakeDone
+
+
+# Client certificates.
+
+
+def mutualOptions(certs: Certs, auth: str, **keys: Any) -> TLSOptions:
+    """
+    TLS options asking for client certificates from the development CA.
+    """
+    return tlsOptions(certs, client_ca=certs.dev.ca, client_auth=auth, **keys)
+
+
+def clientWith(certs: Certs, which: str) -> TestClientTLS:
+    """
+    A client with no certificate, the development CA's client certificate, or another CA's.
+    """
+    if which == "none":
+        return TestClientTLS()
+    files = certs.dev if which == "trusted" else certs.other
+    return TestClientTLS(certificate=files.client, privateKey=files.clientKey)
+
+
+@pytest.mark.parametrize(
+    ("auth", "which", "outcome"),
+    [
+        pytest.param("required", "trusted", "ok", id="required-trusted"),
+        pytest.param("required", "none", "client_cert_missing", id="required-missing"),
+        pytest.param("required", "untrusted", "client_cert_untrusted", id="required-untrusted"),
+        pytest.param("optional", "trusted", "ok", id="optional-trusted"),
+        pytest.param("optional", "none", "ok", id="optional-missing"),
+        pytest.param("optional", "untrusted", "client_cert_untrusted", id="optional-untrusted"),
+    ],
+)
+def test_clientAuth(certs: Certs, auth: str, which: str, outcome: str) -> None:
+    """
+    client_auth "required" refuses a client without a certificate from client_ca; "optional" accepts one without but not one with an untrusted certificate.
+    """
+    stack = echoStack(mutualOptions(certs, auth))
+    with capturedLogs() as events:
+        connection = stack.connect(clientWith(certs, which))
+    if outcome == "ok":
+        assert connection.handshakeDone
+        connection.send(b"mutual")
+        assert connection.takeReceived() == b"mutual"
+        assert tlsCounters(stack.counters) == {"tls_handshakes_ok": 1}
+        (event,) = [e for e in events if e.get("tls_version")]
+        assert event["tls_client"] == (f"CN={CLIENT_COMMON_NAME}" if which == "trusted" else None)
+    else:
+        assert not connection.handshakeDone
+        assert tlsCounters(stack.counters) == {f"tls_handshakes_failed_{outcome}": 1}
+
+
+def test_clientAuthNoneIgnoresCertificates(certs: Certs) -> None:
+    """
+    With client_auth "none" no certificate is asked for, so a client's certificate is not seen even if it has one.
+    """
+    stack = echoStack(tlsOptions(certs))
+    with capturedLogs() as events:
+        connection = stack.connect(clientWith(certs, "untrusted"))
+    assert connection.handshakeDone
+    (event,) = [e for e in events if e.get("tls_version")]
+    assert event["tls_client"] is None
+
+
+def test_untrustedClientLogsWhy(certs: Certs) -> None:
+    """
+    A refused client certificate is logged with OpenSSL's verify error.
+    """
+    stack = echoStack(mutualOptions(certs, "required"))
+    with capturedLogs() as events:
+        stack.connect(clientWith(certs, "untrusted"))
+    (event,) = [e for e in events if e.get("tls_failure")]
+    assert event["tls_failure"] == "client_cert_untrusted"
+    assert "unable to get local issuer certificate" in event["detail"]
+
+
+@pytest.mark.parametrize(
+    ("allow", "client", "allowed"),
+    [
+        pytest.param((CLIENT_COMMON_NAME,), "dev", True, id="by-common-name"),
+        pytest.param((CLIENT_DNS_NAME.upper(),), "dev", True, id="by-dns-name-any-case"),
+        pytest.param(("spiffe://netd.test/worker",), "uri-client", True, id="by-uri"),
+        pytest.param(("someone else", "spiffe://netd.test/other"), "dev", False, id="no-name-matches"),
+        pytest.param(("spiffe://netd.test/worker",), "dev", False, id="other-client"),
+    ],
+)
+def test_clientAllow(certs: Certs, allow: tuple[str, ...], client: str, allowed: bool) -> None:
+    """
+    A verified client certificate must carry a name of client_allow (subject CN, SAN DNS name or URI); otherwise the handshake fails, counted as client_not_allowed, and the plugin sees no data.
+    """
+    stack = echoStack(mutualOptions(certs, "required", client_allow=allow))
+    if client == "dev":
+        creator = TestClientTLS(certificate=certs.dev.client, privateKey=certs.dev.clientKey)
+    else:
+        certificate, key = certs.extra(client)
+        creator = TestClientTLS(certificate=certificate, privateKey=key)
+    connection = stack.connect(creator)
+    assert connection.handshakeDone == allowed
+    if allowed:
+        assert tlsCounters(stack.counters) == {"tls_handshakes_ok": 1}
+    else:
+        assert tlsCounters(stack.counters) == {"tls_handshakes_failed_client_not_allowed": 1}
+        connection.client.write(b"sneaked in")
+        connection.flush()
+        assert connection.takeReceived() == b""
+
+
+def test_verifyingClientPresentsCertificate(certs: Certs) -> None:
+    """
+    clientCreator with a client certificate passes mutual TLS.
+    """
+    stack = echoStack(mutualOptions(certs, "required"))
+    connection = stack.connect(verifying(certs, certificate=certs.dev.client, privateKey=certs.dev.clientKey))
+    assert connection.handshakeDone
+
+
+# Session resumption.
+
+
+@pytest.mark.parametrize(
+    ("version", "tickets"),
+    [
+        pytest.param("1.3", True, id="tls1.3-tickets"),
+        pytest.param("1.2", True, id="tls1.2-tickets"),
+        pytest.param("1.2", False, id="tls1.2-session-ids"),
+    ],
+)
+def test_sessionResumption(certs: Certs, version: str, tickets: bool) -> None:
+    """
+    A second connection offering the first one's session resumes it (tickets or session IDs), counted as tls_sessions_resumed.
+    """
+    stack = echoStack(tlsOptions(certs))
+    client = TestClientTLS(maxVersion=version, tickets=tickets)
+    first = stack.connect(client)
+    first.send(b"one")
+    client.session = first.session
+    first.close()
+    second = stack.connect(client)
+    second.send(b"two")
+    assert second.takeReceived() == b"two"
+    assert tlsCounters(stack.counters) == {"tls_handshakes_ok": 2, "tls_sessions_resumed": 1}
+
+
+def test_sessionResumptionOff(certs: Certs) -> None:
+    """
+    With session_resumption = false a client's earlier session is not resumed.
+    """
+    stack = echoStack(tlsOptions(certs, session_resumption=False))
+    client = TestClientTLS(maxVersion="1.2")
+    first = stack.connect(client)
+    first.send(b"one")
+    client.session = first.session
+    first.close()
+    stack.connect(client)
+    assert tlsCounters(stack.counters) == {"tls_handshakes_ok": 2}
+
+
+# Logging.
+
+
+def test_handshakeLoggedAtDebug(certs: Certs) -> None:
+    """
+    Each handshake is logged at debug with the version, cipher, SNI name, ALPN protocol and client certificate subject as fields.
+    """
+    stack = echoStack(mutualOptions(certs, "required", alpn=("echo",)))
+    creator = TestClientTLS(serverName="localhost", certificate=certs.dev.client, privateKey=certs.dev.clientKey, alpn=("echo",))
+    with capturedLogs() as events:
+        stack.connect(creator)
+    (event,) = [e for e in events if e.get("tls_version")]
+    assert event["log_level"] == LogLevel.debug
+    assert event["tls_version"] == "TLSv1.3"
+    assert event["tls_cipher"].startswith("TLS_")
+    assert (event["tls_sni"], event["tls_alpn"], event["tls_client"]) == ("localhost", "echo", f"CN={CLIENT_COMMON_NAME}")
+    assert event["tls_resumed"] is False
+
+
+@pytest.mark.parametrize(
+    ("errors", "expected"),
+    [
+        ([("SSL routines", "", "wrong version number")], "not_tls"),
+        ([("SSL routines", "", "http request")], "not_tls"),
+        ([("SSL routines", "", "unsupported protocol")], "version"),
+        ([("SSL routines", "", "no shared cipher")], "no_shared_cipher"),
+        ([("SSL routines", "", "peer did not return a certificate")], "client_cert_missing"),
+        ([("SSL routines", "", "certificate verify failed")], "client_cert_untrusted"),
+        ([("SSL routines", "", "tlsv1 alert unknown ca")], "certificate_rejected"),
+        ([("SSL routines", "", "sslv3 alert bad certificate")], "certificate_rejected"),
+        ([], "aborted"),
+        ([("SSL routines", "", "something new")], "protocol_error"),
+    ],
+)
+def test_failureClassified(errors: list[tuple[str, str, str]], expected: str) -> None:
+    """
+    OpenSSL's handshake errors map to the documented failure reasons.
+    """
+    name, _ = classifyFailure(Failure(SSL.Error(errors)))
+    assert name == expected
+    assert name in FAILURE_REASONS
+
+
+def test_clientRefusingOurCertificateCounted(certs: Certs) -> None:
+    """
+    A client that refuses the server's certificate (here: the unknown-ca one) is counted as certificate_rejected, as the bad certificates must be.
+    """
+    certificate, key = certs.bad("unknown-ca")
+    stack = echoStack(tlsOptions(certs, certificate=certificate, private_key=key))
+    connection = stack.connect(verifying(certs))
+    assert not connection.handshakeDone
+    assert tlsCounters(stack.counters) == {"tls_handshakes_failed_certificate_rejected": 1}
+
+
+# Flow control.
+
+
+class SocketLikeTransport(StringTransport):
+    """
+    A transport that, like a TCP socket's, pauses its producer once more than
+    C{bufferSize} bytes wait to be written, and resumes it when drained.
+    """
+
+    bufferSize = 65536
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and self.streaming and len(self.io.getvalue()) > self.bufferSize:
+            self.producer.pauseProducing()
+
+    def drain(self) -> bytes:
+        """
+        The peer read everything that was waiting.
+        """
+        data = self.value()
+        self.clear()
+        if self.producer is not None and self.streaming:
+            self.producer.resumeProducing()
+        return data
+
+
+class Collector(Protocol):
+    """
+    The client's application side: keeps what arrives.
+    """
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+def test_flowControlHoldsThroughTLS(certs: Certs) -> None:
+    """
+    A TLS client that sends 4 MiB without reading stops being read once netd's send buffer is full, so netd holds a bounded amount; once it reads, every byte comes back in order.
+    """
+    clock = Clock()
+    stack = makeStreamStack(EchoHandler(), "raw", clock=clock, tls=tlsOptions(certs))
+    server = stack.buildProtocol(None)
+    assert server is not None
+    serverTransport = SocketLikeTransport()
+    server.makeConnection(serverTransport)
+    # TLS registers no producer of its own: the socket still paces itself.
+    assert serverTransport.producer is serverTransport
+    collector = Collector()
+    clientFactory = TLSMemoryBIOFactory(TestClientTLS(), True, Factory.forProtocol(lambda: collector), clock=clock)
+    client = clientFactory.buildProtocol(None)
+    assert isinstance(client, TLSMemoryBIOProtocol)
+    clientTransport = StringTransport()
+    client.makeConnection(clientTransport)
+
+    def toServer(limit: int) -> int:
+        data = clientTransport.value()[:limit]
+        if data:
+            rest = clientTransport.value()[len(data) :]
+            clientTransport.clear()
+            clientTransport.write(rest)
+            server.dataReceived(data)
+        clock.advance(0)
+        return len(data)
+
+    def toClient() -> None:
+        data = serverTransport.drain()
+        if data:
+            client.dataReceived(data)
+        clock.advance(0)
+
+    for _ in range(10):
+        toServer(2**20)
+        toClient()
+    assert client._handshakeDone
+    payload = random.Random(3).randbytes(4 * 2**20)
+    client.write(payload)
+    clock.advance(0)
+    delivered = 0
+    while serverTransport.producerState != "paused" and clientTransport.value():
+        delivered += toServer(16384)
+    assert serverTransport.producerState == "paused", "netd never stopped reading"
+    assert delivered < 512 * 1024
+    assert len(serverTransport.value()) < 256 * 1024
+    while len(collector.received) < len(payload):
+        toClient()
+        if serverTransport.producerState != "paused":
+            toServer(65536)
+    assert bytes(collector.received) == payload
+
+
+# Startup checks.
+
+
+def writeText(path: Path, text: str | bytes) -> str:
+    """
+    Write a file and return its path.
+    """
+    if isinstance(text, str):
+        text = text.encode()
+    path.write_bytes(text)
+    return str(path)
+
+
+def setupError(options: TLSOptions, stateDir: str | None = None) -> str:
+    """
+    The message of the TLSSetupError that loading C{options} raises.
+    """
+    with pytest.raises(TLSSetupError) as info:
+        ServerTLS(options, serviceName="svc", log=LOG, stateDir=stateDir)
+    return str(info.value)
+
+
+def test_missingCertificateFile(certs: Certs, tmp_path: Path) -> None:
+    """
+    A certificate file that does not exist is refused, naming the key, the file and why.
+    """
+    missing = str(tmp_path / "missing.pem")
+    assert setupError(tlsOptions(certs, certificate=missing)) == (
+        f"cannot read tls.certificate {missing!r}: No such file or directory"
+    )
+
+
+def test_missingKeyFile(certs: Certs, tmp_path: Path) -> None:
+    """
+    A private key file that does not exist is refused, naming the key and the file.
+    """
+    missing = str(tmp_path / "missing-key.pem")
+    assert setupError(tlsOptions(certs, private_key=missing)) == (
+        f"cannot read tls.private_key {missing!r}: No such file or directory"
+    )
+
+
+def test_keyDoesNotMatchCertificate(certs: Certs) -> None:
+    """
+    A private key that is not the certificate's is refused, naming both files.
+    """
+    message = setupError(tlsOptions(certs, private_key=certs.dev.clientKey))
+    assert message == (
+        f"tls.private_key {certs.dev.clientKey!r} does not match the certificate in "
+        f"tls.certificate {certs.dev.server!r}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "contents", "expected"),
+    [
+        pytest.param("certificate", "not a certificate\n", "holds no PEM certificate", id="no-certificate"),
+        pytest.param(
+            "certificate",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "holds a certificate that cannot be read",
+            id="broken-certificate",
+        ),
+        pytest.param("private_key", "not a key\n", "holds no PEM private key", id="no-key"),
+        pytest.param(
+            "private_key",
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+            "is encrypted; netd needs an unencrypted key",
+            id="encrypted-key",
+        ),
+    ],
+)
+def test_malformedFiles(certs: Certs, tmp_path: Path, key: str, contents: str, expected: str) -> None:
+    """
+    A certificate or key file without what it should hold, or holding it in a form netd cannot use, is refused, naming the key and the file.
+    """
+    path = writeText(tmp_path / "file.pem", contents)
+    message = setupError(tlsOptions(certs, **{key: path}))
+    assert message.startswith(f"tls.{key} {path!r} ")
+    assert expected in message
+
+
+def test_unreadableClientCA(certs: Certs, tmp_path: Path) -> None:
+    """
+    A client_ca file that cannot be read is refused, naming the key and the file.
+    """
+    missing = str(tmp_path / "ca-missing.pem")
+    message = setupError(tlsOptions(certs, client_ca=missing, client_auth="required"))
+    assert message == f"cannot read tls.client_ca {missing!r}: No such file or directory"
+
+
+def test_sniFileCheckedToo(certs: Certs, tmp_path: Path) -> None:
+    """
+    The files of an sni entry are checked like the default ones, naming the entry.
+    """
+    missing = str(tmp_path / "alpha-missing.pem")
+    options = tlsOptions(certs, sni={"alpha.test": SNICertificate(certificate=missing, private_key=certs.dev.serverKey)})
+    assert setupError(options) == f'cannot read tls.sni."alpha.test".certificate {missing!r}: No such file or directory'
+
+
+@pytest.mark.parametrize("name", ["expired", "not-yet-valid"])
+def test_outdatedCertificateWarnsButServes(certs: Certs, name: str) -> None:
+    """
+    An expired or not yet valid certificate is served (the bad ones must be) with a warning naming the service and the file.
+    """
+    certificate, key = certs.bad(name)
+    registry = discoverPlugins()
+    config = parseConfig(
+        {"services": [{"name": "bad-tls", "plugin": "echo", "listen": ["tcp:0"], "tls": {"certificate": certificate, "private_key": key}}]},
+        "test.toml",
+        registry,
+    )
+    with capturedLogs() as events:
+        service = NetService(config.services[0], MemoryReactorClock(), 10)
+    (warning,) = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert warning["service"] == "bad-tls"
+    assert warning["path"] == certificate
+    assert ("expired on" if name == "expired" else "not valid before") in warning["problem"]
+    assert service.tls is not None
+
+
+def test_startErrorNamesServiceAndFile(certs: Certs, tmp_path: Path) -> None:
+    """
+    A service whose TLS files are unusable fails to build with a ServiceStartError naming the service and the file, before anything listens.
+    """
+    missing = str(tmp_path / "nope.pem")
+    config = parseConfig(
+        {"services": [{"name": "web", "plugin": "echo", "listen": ["tcp:0"], "tls": {"certificate": missing, "private_key": missing}}]},
+        "test.toml",
+        discoverPlugins(),
+    )
+    reactor = MemoryReactorClock()
+    with pytest.raises(ServiceStartError) as info:
+        NetService(config.services[0], reactor, 10)
+    assert str(info.value) == f"service 'web': cannot read tls.certificate {missing!r}: No such file or directory"
+    assert reactor.tcpServers == []
+
+
+def test_autoCertificateServedAndVerified(tmp_path: Path) -> None:
+    """
+    certificate = "auto" serves the state directory's development certificate, which a client trusting its CA accepts for localhost; a second service reuses it.
+    """
+    stack = echoStack(TLSOptions(certificate="auto"), stateDir=str(tmp_path))
+    connection = stack.connect(clientCreator("localhost", str(tmp_path / "tls" / "ca.pem")))
+    assert connection.handshakeDone
+    again = ServerTLS(TLSOptions(certificate="auto"), serviceName="again", log=LOG, stateDir=str(tmp_path))
+    assert again.made == []
+    for address in ("127.0.0.1", "::1"):
+        assert stack.connect(clientCreator(address, str(tmp_path / "tls" / "ca.pem"))).handshakeDone
+
+
+def test_autoCertificateUnwritableStateDir(tmp_path: Path) -> None:
+    """
+    certificate = "auto" with a state directory that cannot be written is refused, saying where and what to do.
+    """
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    message = setupError(TLSOptions(certificate="auto"), stateDir=str(blocker))
+    assert message.startswith('tls.certificate = "auto": cannot make the development certificate in ')
+    assert "state_dir" in message
+
+
+def test_chainFileServed(certs: Certs, tmp_path: Path) -> None:
+    """
+    A certificate file holding the chain (leaf, then intermediate CA) sends the whole chain, so a client trusting only the root accepts it.
+    """
+    root = makeCA("netd test root", pathLength=None)
+    intermediate = makeCA("netd test intermediate", issuer=root)
+    leaf = issue(intermediate, ["localhost"])
+    chain = writeText(tmp_path / "chain.pem", leaf.certificatePEM() + intermediate.certificatePEM())
+    key = writeText(tmp_path / "chain-key.pem", leaf.keyPEM())
+    rootFile = writeText(tmp_path / "root.pem", root.certificatePEM())
+    stack = echoStack(tlsOptions(certs, certificate=chain, private_key=key))
+    assert stack.connect(clientCreator("localhost", rootFile)).handshakeDone
+    leafOnly = writeText(tmp_path / "leaf.pem", leaf.certificatePEM())
+    stack = echoStack(tlsOptions(certs, certificate=leafOnly, private_key=key))
+    assert not stack.connect(clientCreator("localhost", rootFile)).handshakeDone
+
+
+# The client side.
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        pytest.param("wrong-host", "not valid for localhost", id="wrong-host"),
+        pytest.param("self-signed", "certificate verify failed", id="self-signed"),
+        pytest.param("unknown-ca", "certificate verify failed", id="unknown-ca"),
+        pytest.param("expired", "certificate verify failed", id="expired"),
+        pytest.param("not-yet-valid", "certificate verify failed", id="not-yet-valid"),
+    ],
+)
+def test_clientCreatorRefusesBadCertificates(certs: Certs, bad: str, why: str) -> None:
+    """
+    The verifying client refuses each bad certificate, and describeTLSFailure says why in words.
+    """
+    certificate, key = certs.bad(bad)
+    stack = echoStack(tlsOptions(certs, certificate=certificate, private_key=key))
+    connection = stack.connect(verifying(certs))
+    assert not connection.handshakeDone
+    assert connection.lost is not None
+    description = describeTLSFailure(connection.lost)
+    assert description is not None and why in description
+
+
+def test_badCertificatesFailWithPromisedErrors(certs: Certs) -> None:
+    """
+    Served by netd, each chain-level bad certificate makes a client that trusts the development CA fail with its documented OpenSSL verify error.
+    """
+    expected = {"expired": "10", "not-yet-valid": "9", "self-signed": "18", "unknown-ca": "20"}
+    for name, code in expected.items():
+        certificate, key = certs.bad(name)
+        stack = echoStack(tlsOptions(certs, certificate=certificate, private_key=key))
+        connection = stack.connect(TestClientTLS(caFile=certs.dev.ca))
+        assert connection.verifyErrors[:1] == [code], name
+
+
+def test_describeTLSFailureIgnoresOthers() -> None:
+    """
+    describeTLSFailure says nothing about failures that are not TLS ones.
+    """
+    assert describeTLSFailure(Failure(ConnectionError("refused"))) is None
+
+
+def test_trustRootLoading(certs: Certs, tmp_path: Path) -> None:
+    """
+    A CA bundle that cannot be read or holds no certificate is refused with its path; None means the system's CAs.
+    """
+    missing = str(tmp_path / "missing.pem")
+    with pytest.raises(TLSSetupError, match="cannot read the CA bundle"):
+        loadTrustRoot(missing)
+    empty = writeText(tmp_path / "empty.pem", "nothing\n")
+    with pytest.raises(TLSSetupError, match="holds no PEM certificate"):
+        clientCreator("localhost", empty)
+    assert loadTrustRoot(None) is not None
+    assert loadTrustRoot(certs.dev.ca) is not None
