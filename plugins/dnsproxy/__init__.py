@@ -4,8 +4,10 @@ The C{dns-proxy} plugin: a caching DNS forwarder with static test records.
 Clients query it over UDP and TCP (and DNS over TLS when the service has TLS);
 it answers from its static records, from its cache, or by forwarding to its
 upstreams over UDP, TCP or DNS over TLS.  The wire-level hot paths are in
-L{wire} and L{cache}, the static records in L{records}, the upstreams in
-L{upstream}, and the query path in L{handler}.
+L{wire} and L{cache}, the static records in L{records}, the upstream
+strings in L{upstream}, the ways to reach an upstream in L{transports},
+forwarding with failover and health checks in L{resolver}, and the query path
+in L{handler}.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import attrs
 from zope.interface import implementer
 
 from netd.interfaces import IProtocolPlugin
-from netd.options import atLeast, between, option
+from netd.options import between, option
 from netd.plugin import PluginContext
 
 from .cache import AnswerCache
 from .handler import AccessList, DNSProxy
 from .records import StaticRecords
-from .upstream import Upstream, UpstreamResolver, expandUpstreams
+from .resolver import UpstreamResolver
+from .upstream import Upstream, expandUpstreams
 
 
 def _networks(value: tuple[str, ...]) -> str | None:

@@ -26,7 +26,7 @@ from netd.metrics import Counters
 
 from .cache import AnswerCache, CacheKey, cacheKey
 from .records import StaticRecords, staticAnswer
-from .upstream import UpstreamFailure, UpstreamResolver
+from .resolver import UpstreamFailure, UpstreamResolver
 from .wire import (
     CLASS_IN,
     FLAG_CD,

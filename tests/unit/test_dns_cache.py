@@ -7,7 +7,7 @@ never cached, key separation, and least-recently-used eviction.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
@@ -25,10 +25,10 @@ from netd_plugins.dnsproxy.wire import (
     parseQuery,
 )
 
-NAME = b"netd.test"
+from .dnsmessages import NAME, aRecord, makeAnswer, makeQuery, parseEDNS, soa
 
 
-def makeQuery(
+def parsedQuery(
     name: bytes = NAME,
     qtype: int = dns.A,
     qclass: int = dns.IN,
@@ -40,72 +40,18 @@ def makeQuery(
     """
     A parsed query, as a client sends it.
     """
-    message = dns._EDNSMessage(
-        id=id,
-        recDes=True,
-        ednsVersion=0 if edns else None,
-        dnssecOK=do,
-        maxSize=4096,
-        queries=[dns.Query(name, qtype, qclass)],
-    )
-    return parseQuery(message.toStr())
+    return parseQuery(makeQuery(name, qtype, qclass, id=id, edns=edns, do=do))
 
 
-def soa(ttl: int = 3600, minimum: int = 300) -> dns.RRHeader:
-    """
-    An SOA record for the zone, for negative answers.
-    """
-    payload = dns.Record_SOA(mname=b"ns1." + NAME, rname=b"hostmaster." + NAME, serial=1, minimum=minimum, ttl=ttl)
-    return dns.RRHeader(NAME, dns.SOA, dns.IN, ttl, payload)
-
-
-def a(ttl: int, address: str = "192.0.2.1", name: bytes = NAME) -> dns.RRHeader:
-    """
-    An A record.
-    """
-    return dns.RRHeader(name, dns.A, dns.IN, ttl, dns.Record_A(address, ttl))
-
-
-def makeAnswer(
-    name: bytes = NAME,
-    qtype: int = dns.A,
-    qclass: int = dns.IN,
-    *,
-    answers: Sequence[dns.RRHeader] = (),
-    authority: Sequence[dns.RRHeader] = (),
-    rCode: int = RCODE_NOERROR,
-    trunc: bool = False,
-    edns: bool = False,
-    do: bool = False,
+def inspectedAnswer(
+    name: bytes = NAME, qtype: int = dns.A, qclass: int = dns.IN, **fields: Any
 ) -> tuple[bytes, AnswerInfo]:
     """
-    An upstream's answer (ID 7), and what inspectAnswer finds in it.
+    An upstream's answer (ID 7) with C{fields} as L{makeAnswer} takes them,
+    and what inspectAnswer finds in it.
     """
-    message = dns._EDNSMessage(
-        id=7,
-        answer=True,
-        recDes=True,
-        recAv=True,
-        trunc=trunc,
-        rCode=rCode,
-        ednsVersion=0 if edns else None,
-        dnssecOK=do,
-        maxSize=1232,
-        queries=[dns.Query(name, qtype, qclass)],
-        answers=list(answers),
-        authority=list(authority),
-    )
-    data = message.toStr()
+    data = makeAnswer(name, qtype, qclass, id=7, **fields)
     return data, inspectAnswer(data)
-
-
-def parsed(data: bytes) -> dns._EDNSMessage:
-    """
-    A message parsed by twisted.names, its OPT record decoded.
-    """
-    message = dns._EDNSMessage()
-    message.fromStr(data)
-    return message
 
 
 def ttls(data: bytes) -> list[int]:
@@ -137,14 +83,14 @@ def test_cacheKey() -> None:
     """
     The key is the lowercased name, the type, the class and the DO bit.
     """
-    assert cacheKey(makeQuery(b"NeTd.Test", dns.MX, dns.CH, edns=True, do=True)) == (
+    assert cacheKey(parsedQuery(b"NeTd.Test", dns.MX, dns.CH, edns=True, do=True)) == (
         b"\x04netd\x04test\x00",
         dns.MX,
         dns.CH,
         True,
     )
-    assert cacheKey(makeQuery())[3] is False
-    assert cacheKey(makeQuery(edns=True))[3] is False
+    assert cacheKey(parsedQuery())[3] is False
+    assert cacheKey(parsedQuery(edns=True))[3] is False
 
 
 # Hits and misses
@@ -157,15 +103,15 @@ def test_missThenHit() -> None:
     """
     clock = Clock()
     cache = makeCache(clock)
-    query = makeQuery(id=1)
+    query = parsedQuery(id=1)
     key = cacheKey(query)
     assert cache.lookup(key, query) is None
-    data, info = makeAnswer(answers=[a(300), a(300, "192.0.2.2")])
+    data, info = inspectedAnswer(answers=[aRecord(ttl=300), aRecord(address="192.0.2.2", ttl=300)])
     assert cache.store(key, data, info)
     assert len(cache) == 1
-    hit = cache.lookup(key, makeQuery(id=0x5555))
+    hit = cache.lookup(key, parsedQuery(id=0x5555))
     assert hit is not None
-    message = parsed(hit)
+    message = parseEDNS(hit)
     assert message.id == 0x5555
     assert [r.payload.dottedQuad() for r in message.answers] == ["192.0.2.1", "192.0.2.2"]
     assert hit[2:] == data[2:]
@@ -178,13 +124,13 @@ def test_hitTakesQueryCase() -> None:
     """
     clock = Clock()
     cache = makeCache(clock)
-    first = makeQuery(b"NETD.test")
-    data, info = makeAnswer(b"NETD.test", answers=[a(60)])
+    first = parsedQuery(b"NETD.test")
+    data, info = inspectedAnswer(b"NETD.test", answers=[aRecord(ttl=60)])
     assert cache.store(cacheKey(first), data, info)
-    second = makeQuery(b"netd.TEST", id=9)
+    second = parsedQuery(b"netd.TEST", id=9)
     hit = cache.lookup(cacheKey(second), second)
     assert hit is not None
-    assert parsed(hit).queries[0].name.name == b"netd.TEST"
+    assert parseEDNS(hit).queries[0].name.name == b"netd.TEST"
 
 
 def test_restoreReplaces() -> None:
@@ -193,14 +139,14 @@ def test_restoreReplaces() -> None:
     """
     clock = Clock()
     cache = makeCache(clock)
-    query = makeQuery()
+    query = parsedQuery()
     key = cacheKey(query)
-    cache.store(key, *makeAnswer(answers=[a(60, "192.0.2.1")]))
+    cache.store(key, *inspectedAnswer(answers=[aRecord(address="192.0.2.1", ttl=60)]))
     clock.advance(30)
-    cache.store(key, *makeAnswer(answers=[a(100, "192.0.2.9")]))
+    cache.store(key, *inspectedAnswer(answers=[aRecord(address="192.0.2.9", ttl=100)]))
     hit = cache.lookup(key, query)
     assert hit is not None
-    assert parsed(hit).answers[0].payload.dottedQuad() == "192.0.2.9"
+    assert parseEDNS(hit).answers[0].payload.dottedQuad() == "192.0.2.9"
     assert ttls(hit) == [100]
     assert len(cache) == 1
 
@@ -215,9 +161,9 @@ def test_expiryExactlyAtLifetime() -> None:
     """
     clock = Clock()
     cache = makeCache(clock)
-    query = makeQuery()
+    query = parsedQuery()
     key = cacheKey(query)
-    cache.store(key, *makeAnswer(answers=[a(60)]))
+    cache.store(key, *inspectedAnswer(answers=[aRecord(ttl=60)]))
     clock.advance(59.999)
     assert cache.lookup(key, query) is not None
     clock.advance(0.001)
@@ -231,9 +177,9 @@ def test_ttlsDecrementOnHits() -> None:
     """
     clock = Clock()
     cache = makeCache(clock)
-    query = makeQuery()
+    query = parsedQuery()
     key = cacheKey(query)
-    cache.store(key, *makeAnswer(answers=[a(300), a(300, "192.0.2.2")]))
+    cache.store(key, *inspectedAnswer(answers=[aRecord(ttl=300), aRecord(address="192.0.2.2", ttl=300)]))
     served = []
     for step in [0, 0.5, 0.25, 0.25, 10, 0, 100.9]:
         clock.advance(step)
@@ -250,13 +196,13 @@ def test_hitsInOneSecondDifferOnlyByQuery() -> None:
     """
     clock = Clock()
     cache = makeCache(clock)
-    query = makeQuery()
+    query = parsedQuery()
     key = cacheKey(query)
-    cache.store(key, *makeAnswer(answers=[a(300)], edns=True))
+    cache.store(key, *inspectedAnswer(answers=[aRecord(ttl=300)], edns=True))
     clock.advance(5)
-    queries = [makeQuery(id=1), makeQuery(b"NETD.TEST", id=2, edns=True), makeQuery(id=3)]
+    queries = [parsedQuery(id=1), parsedQuery(b"NETD.TEST", id=2, edns=True), parsedQuery(id=3)]
     answers = [cache.lookup(key, q) for q in queries]
-    messages = [parsed(answer) for answer in answers if answer is not None]
+    messages = [parseEDNS(answer) for answer in answers if answer is not None]
     assert [m.id for m in messages] == [1, 2, 3]
     assert [m.queries[0].name.name for m in messages] == [NAME, b"NETD.TEST", NAME]
     assert [m.answers[0].ttl for m in messages] == [295, 295, 295]
@@ -270,10 +216,10 @@ def test_servedTTLsNeverOutliveTheEntry() -> None:
     """
     clock = Clock()
     cache = makeCache(clock)
-    query = makeQuery(b"www.netd.test")
+    query = parsedQuery(b"www.netd.test")
     key = cacheKey(query)
     cname = dns.RRHeader(b"www.netd.test", dns.CNAME, dns.IN, 3600, dns.Record_CNAME(NAME, 3600))
-    cache.store(key, *makeAnswer(b"www.netd.test", answers=[cname, a(60)], authority=[soa(ttl=86400)]))
+    cache.store(key, *inspectedAnswer(b"www.netd.test", answers=[cname, aRecord(ttl=60)], authority=[soa(ttl=86400)]))
     clock.advance(20)
     hit = cache.lookup(key, query)
     assert hit is not None
@@ -289,9 +235,9 @@ def test_minTTLClamp() -> None:
     """
     clock = Clock()
     cache = makeCache(clock, minTTL=30)
-    query = makeQuery()
+    query = parsedQuery()
     key = cacheKey(query)
-    assert cache.store(key, *makeAnswer(answers=[a(5)]))
+    assert cache.store(key, *inspectedAnswer(answers=[aRecord(ttl=5)]))
     hit = cache.lookup(key, query)
     assert hit is not None and ttls(hit) == [30]
     clock.advance(29)
@@ -308,9 +254,9 @@ def test_maxTTLClamp() -> None:
     """
     clock = Clock()
     cache = makeCache(clock, maxTTL=60)
-    query = makeQuery()
+    query = parsedQuery()
     key = cacheKey(query)
-    assert cache.store(key, *makeAnswer(answers=[a(86400)]))
+    assert cache.store(key, *inspectedAnswer(answers=[aRecord(ttl=86400)]))
     hit = cache.lookup(key, query)
     assert hit is not None and ttls(hit) == [60]
     clock.advance(60)
@@ -328,14 +274,14 @@ def test_negativeCaching(rcode: int) -> None:
     """
     clock = Clock()
     cache = makeCache(clock)
-    query = makeQuery(b"nothing.netd.test", dns.AAAA)
+    query = parsedQuery(b"nothing.netd.test", dns.AAAA)
     key = cacheKey(query)
-    data, info = makeAnswer(b"nothing.netd.test", dns.AAAA, authority=[soa(ttl=3600, minimum=120)], rCode=rcode)
+    data, info = inspectedAnswer(b"nothing.netd.test", dns.AAAA, authority=[soa(ttl=3600, minimum=120)], rCode=rcode)
     assert cache.store(key, data, info)
     clock.advance(100)
     hit = cache.lookup(key, query)
     assert hit is not None
-    message = parsed(hit)
+    message = parseEDNS(hit)
     assert message.rCode == rcode
     assert message.answers == []
     assert [r.ttl for r in message.authority] == [20]
@@ -349,9 +295,9 @@ def test_negativeCachingCap() -> None:
     """
     clock = Clock()
     cache = makeCache(clock, maxNegativeTTL=10)
-    query = makeQuery()
+    query = parsedQuery()
     key = cacheKey(query)
-    assert cache.store(key, *makeAnswer(authority=[soa(ttl=3600, minimum=3600)], rCode=RCODE_NXDOMAIN))
+    assert cache.store(key, *inspectedAnswer(authority=[soa(ttl=3600, minimum=3600)], rCode=RCODE_NXDOMAIN))
     hit = cache.lookup(key, query)
     assert hit is not None and ttls(hit) == [10]
     clock.advance(10)
@@ -363,8 +309,8 @@ def test_negativeWithoutSOANotCached() -> None:
     A negative answer with no SOA record is not cached.
     """
     cache = makeCache(Clock())
-    assert not cache.store(cacheKey(makeQuery()), *makeAnswer(rCode=RCODE_NXDOMAIN))
-    assert not cache.store(cacheKey(makeQuery()), *makeAnswer())
+    assert not cache.store(cacheKey(parsedQuery()), *inspectedAnswer(rCode=RCODE_NXDOMAIN))
+    assert not cache.store(cacheKey(parsedQuery()), *inspectedAnswer())
     assert len(cache) == 0
 
 
@@ -376,13 +322,13 @@ def test_negativeWithoutSOANotCached() -> None:
     [
         {"rCode": RCODE_SERVFAIL, "authority": [soa()]},
         {"rCode": RCODE_REFUSED},
-        {"rCode": 4, "answers": [a(60)]},
-        {"answers": [a(60)], "trunc": True},
-        {"answers": [a(0)]},
-        {"answers": [a(60), a(0, "192.0.2.2")]},
+        {"rCode": 4, "answers": [aRecord(ttl=60)]},
+        {"answers": [aRecord(ttl=60)], "trunc": True},
+        {"answers": [aRecord(ttl=0)]},
+        {"answers": [aRecord(ttl=60), aRecord(address="192.0.2.2", ttl=0)]},
         {"authority": [soa(ttl=0)], "rCode": RCODE_NXDOMAIN},
         {"authority": [soa(minimum=0)]},
-        {"answers": [a(60)], "rCode": 16, "edns": True},
+        {"answers": [aRecord(ttl=60)], "rCode": 16, "edns": True},
     ],
     ids=["servfail", "refused", "notimp", "truncated", "ttl-0", "one-ttl-0", "soa-ttl-0", "soa-minimum-0", "badvers"],
 )
@@ -394,9 +340,9 @@ def test_notCached(answer: dict[str, object], minTTL: int) -> None:
     """
     clock = Clock()
     cache = makeCache(clock, minTTL=minTTL)
-    query = makeQuery()
+    query = parsedQuery()
     key = cacheKey(query)
-    data, info = makeAnswer(**answer)
+    data, info = inspectedAnswer(**answer)
     assert not cache.store(key, data, info)
     assert cache.lookup(key, query) is None
     assert len(cache) == 0
@@ -407,7 +353,7 @@ def test_maxTTLZeroCachesNothing() -> None:
     With maxTTL 0 every lifetime is 0, so nothing is cached.
     """
     cache = makeCache(Clock(), maxTTL=0)
-    assert not cache.store(cacheKey(makeQuery()), *makeAnswer(answers=[a(60)]))
+    assert not cache.store(cacheKey(parsedQuery()), *inspectedAnswer(answers=[aRecord(ttl=60)]))
 
 
 # Key separation
@@ -416,10 +362,10 @@ def test_maxTTLZeroCachesNothing() -> None:
 @pytest.mark.parametrize(
     "other",
     [
-        makeQuery(edns=True, do=True),
-        makeQuery(qtype=dns.AAAA),
-        makeQuery(qclass=dns.CH),
-        makeQuery(b"www.netd.test"),
+        parsedQuery(edns=True, do=True),
+        parsedQuery(qtype=dns.AAAA),
+        parsedQuery(qclass=dns.CH),
+        parsedQuery(b"www.netd.test"),
     ],
     ids=["do-bit", "type", "class", "name"],
 )
@@ -428,8 +374,8 @@ def test_keySeparation(other: Query) -> None:
     A query differing in DO bit, type, class or name does not hit another's entry.
     """
     cache = makeCache(Clock())
-    query = makeQuery(edns=True)
-    cache.store(cacheKey(query), *makeAnswer(answers=[a(60)], edns=True))
+    query = parsedQuery(edns=True)
+    cache.store(cacheKey(query), *inspectedAnswer(answers=[aRecord(ttl=60)], edns=True))
     assert cacheKey(other) != cacheKey(query)
     assert cache.lookup(cacheKey(other), other) is None
     assert cache.lookup(cacheKey(query), query) is not None
@@ -441,8 +387,8 @@ def test_keyIgnoresCaseAndEDNSWithoutDO() -> None:
     share an entry.
     """
     cache = makeCache(Clock())
-    cache.store(cacheKey(makeQuery()), *makeAnswer(answers=[a(60)]))
-    for query in (makeQuery(b"NetD.TEST"), makeQuery(edns=True)):
+    cache.store(cacheKey(parsedQuery()), *inspectedAnswer(answers=[aRecord(ttl=60)]))
+    for query in (parsedQuery(b"NetD.TEST"), parsedQuery(edns=True)):
         assert cache.lookup(cacheKey(query), query) is not None
 
 
@@ -455,17 +401,17 @@ def test_optDroppedForPlainQuery() -> None:
     none, and with it to one that had one.
     """
     cache = makeCache(Clock())
-    key = cacheKey(makeQuery())
-    cache.store(key, *makeAnswer(answers=[a(60)], edns=True))
-    plain = cache.lookup(key, makeQuery())
+    key = cacheKey(parsedQuery())
+    cache.store(key, *inspectedAnswer(answers=[aRecord(ttl=60)], edns=True))
+    plain = cache.lookup(key, parsedQuery())
     assert plain is not None
     assert struct.unpack_from("!H", plain, 10)[0] == 0
-    assert parsed(plain).ednsVersion is None
-    assert parsed(plain).answers[0].ttl == 60
-    withOPT = cache.lookup(key, makeQuery(edns=True))
+    assert parseEDNS(plain).ednsVersion is None
+    assert parseEDNS(plain).answers[0].ttl == 60
+    withOPT = cache.lookup(key, parsedQuery(edns=True))
     assert withOPT is not None
-    assert parsed(withOPT).ednsVersion == 0
-    assert parsed(withOPT).maxSize == 1232
+    assert parseEDNS(withOPT).ednsVersion == 0
+    assert parseEDNS(withOPT).maxSize == 1232
 
 
 @pytest.mark.parametrize("do", [False, True])
@@ -476,16 +422,16 @@ def test_optAddedForEDNSQuery(do: bool) -> None:
     had none.
     """
     cache = makeCache(Clock())
-    key = cacheKey(makeQuery(edns=True, do=do))
-    data, info = makeAnswer(answers=[a(60)])
+    key = cacheKey(parsedQuery(edns=True, do=do))
+    data, info = inspectedAnswer(answers=[aRecord(ttl=60)])
     cache.store(key, data, info)
-    withOPT = cache.lookup(key, makeQuery(edns=True, do=do, id=7))
+    withOPT = cache.lookup(key, parsedQuery(edns=True, do=do, id=7))
     assert withOPT is not None
-    message = parsed(withOPT)
+    message = parseEDNS(withOPT)
     assert (message.ednsVersion, message.dnssecOK, message.maxSize) == (0, do, 1232)
     assert message.answers[0].ttl == 60
     if not do:
-        assert cache.lookup(key, makeQuery(id=7)) == data
+        assert cache.lookup(key, parsedQuery(id=7)) == data
 
 
 # Size and eviction
@@ -498,12 +444,12 @@ def test_lruEviction() -> None:
     """
     clock = Clock()
     cache = makeCache(clock, maxEntries=2)
-    queries = {name: makeQuery(name) for name in (b"a.test", b"b.test", b"c.test")}
+    queries = {name: parsedQuery(name) for name in (b"a.test", b"b.test", b"c.test")}
     keys: dict[bytes, CacheKey] = {name: cacheKey(query) for name, query in queries.items()}
-    assert cache.store(keys[b"a.test"], *makeAnswer(b"a.test", answers=[a(60, name=b"a.test")]))
-    assert cache.store(keys[b"b.test"], *makeAnswer(b"b.test", answers=[a(60, name=b"b.test")]))
+    assert cache.store(keys[b"a.test"], *inspectedAnswer(b"a.test", answers=[aRecord(b"a.test", ttl=60)]))
+    assert cache.store(keys[b"b.test"], *inspectedAnswer(b"b.test", answers=[aRecord(b"b.test", ttl=60)]))
     assert cache.lookup(keys[b"a.test"], queries[b"a.test"]) is not None
-    assert cache.store(keys[b"c.test"], *makeAnswer(b"c.test", answers=[a(60, name=b"c.test")]))
+    assert cache.store(keys[b"c.test"], *inspectedAnswer(b"c.test", answers=[aRecord(b"c.test", ttl=60)]))
     assert len(cache) == 2
     assert cache.evictions == 1
     assert cache.lookup(keys[b"b.test"], queries[b"b.test"]) is None
@@ -519,10 +465,10 @@ def test_lruEvictionOrderWithoutHits() -> None:
     cache = makeCache(Clock(), maxEntries=2)
     names = [b"a.test", b"b.test", b"a.test", b"c.test", b"d.test"]
     for name in names:
-        cache.store(cacheKey(makeQuery(name)), *makeAnswer(name, answers=[a(60, name=name)]))
+        cache.store(cacheKey(parsedQuery(name)), *inspectedAnswer(name, answers=[aRecord(name, ttl=60)]))
     present = []
     for name in (b"a.test", b"b.test", b"c.test", b"d.test"):
-        if cache.lookup(cacheKey(makeQuery(name)), makeQuery(name)) is not None:
+        if cache.lookup(cacheKey(parsedQuery(name)), parsedQuery(name)) is not None:
             present.append(name)
     assert present == [b"c.test", b"d.test"]
     assert cache.evictions == 2
@@ -534,8 +480,8 @@ def test_expiredEntriesAreNotEvictions() -> None:
     """
     clock = Clock()
     cache = makeCache(clock, maxEntries=2)
-    query = makeQuery()
-    cache.store(cacheKey(query), *makeAnswer(answers=[a(1)]))
+    query = parsedQuery()
+    cache.store(cacheKey(query), *inspectedAnswer(answers=[aRecord(ttl=1)]))
     clock.advance(1)
     assert cache.lookup(cacheKey(query), query) is None
     assert (len(cache), cache.evictions) == (0, 0)
@@ -546,7 +492,7 @@ def test_maxEntriesZeroStoresNothing() -> None:
     maxEntries 0 turns caching off: store refuses and lookups miss.
     """
     cache = makeCache(Clock(), maxEntries=0)
-    query = makeQuery()
-    assert not cache.store(cacheKey(query), *makeAnswer(answers=[a(60)]))
+    query = parsedQuery()
+    assert not cache.store(cacheKey(query), *inspectedAnswer(answers=[aRecord(ttl=60)]))
     assert cache.lookup(cacheKey(query), query) is None
     assert len(cache) == 0

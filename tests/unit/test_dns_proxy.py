@@ -22,8 +22,10 @@ from netd.testing import RecordingDatagramSender, connect, makeStreamStack
 from netd_plugins.dnsproxy.cache import AnswerCache
 from netd_plugins.dnsproxy.handler import AccessList, DNSProxy
 from netd_plugins.dnsproxy.records import StaticRecords
-from netd_plugins.dnsproxy.upstream import UpstreamFailure
+from netd_plugins.dnsproxy.resolver import UpstreamFailure
 from netd_plugins.dnsproxy.wire import Question
+
+from .dnsmessages import aRecord, makeQuery, parse, parseEDNS, replyTo, rr
 
 CLIENT = ("127.0.0.1", 5555)
 
@@ -50,47 +52,6 @@ class FakeResolver:
 
     def stopService(self) -> None:
         self.running = False
-
-
-def makeQuery(name: str, qtype: int = dns.A, *, id: int = 1, edns: int | None = None, do: bool = False) -> bytes:
-    """
-    A client's query, EDNS with payload size C{edns} if given.
-    """
-    if edns is None:
-        message = dns.Message(id=id, recDes=True)
-    else:
-        message = dns._EDNSMessage(id=id, recDes=True, maxSize=edns, dnssecOK=do)
-    message.queries = [dns.Query(name, qtype, dns.IN)]
-    return message.toStr()
-
-
-def makeAnswer(query: bytes, *records: dns.RRHeader, rCode: int = dns.OK, authority: list[Any] = []) -> bytes:
-    """
-    An upstream's answer to C{query}.
-    """
-    request = dns.Message()
-    request.fromStr(query)
-    answer = dns.Message(id=request.id, answer=True, recDes=True, recAv=True, rCode=rCode, maxSize=65535)
-    answer.queries = request.queries
-    answer.answers = list(records)
-    answer.authority = list(authority)
-    return answer.toStr()
-
-
-def parse(wire: bytes) -> dns.Message:
-    """
-    Read a message with twisted.names.
-    """
-    message = dns.Message()
-    message.fromStr(wire)
-    return message
-
-
-def aRecord(name: str, address: str, ttl: int = 300) -> dns.RRHeader:
-    """
-    An A record.
-    """
-    return dns.RRHeader(name, dns.A, dns.IN, ttl, dns.Record_A(address, ttl))
 
 
 @attrs.define
@@ -144,7 +105,7 @@ def test_forwardedThenCached() -> None:
     assert p.ask(makeQuery("example.org", id=11)) is None
     [(sent, question, d)] = p.resolver.asked
     assert question.key == b"\x07example\x03org\x00"
-    d.callback(makeAnswer(sent, aRecord("example.org", "192.0.2.1", ttl=300)))
+    d.callback(replyTo(sent, aRecord("example.org", "192.0.2.1", ttl=300)))
     first = parse(p.lastSender.sent[0][0])
     assert (first.id, first.answers[0].payload.dottedQuad(), first.answers[0].ttl) == (11, "192.0.2.1", 300)
     p.clock.advance(100)
@@ -166,7 +127,7 @@ def test_identicalQueriesInFlightShareOneUpstreamQuery() -> None:
         p.proxy.datagramReceived(makeQuery("example.org", id=id), CLIENT, sender)
         senders.append(sender)
     [(sent, _, d)] = p.resolver.asked
-    d.callback(makeAnswer(sent, aRecord("example.org", "192.0.2.1")))
+    d.callback(replyTo(sent, aRecord("example.org", "192.0.2.1")))
     assert [parse(s.sent[0][0]).id for s in senders] == [1, 2, 3]
     assert p.counters["queries_coalesced"] == 2
 
@@ -189,9 +150,8 @@ def test_staticRecordsAnsweredLocally() -> None:
     A static name is answered without asking the upstreams, with the client's ID, question case and EDNS.
     """
     p = makeProxy({"netd.test": {"A": ["127.0.0.1"]}})
-    wire = p.ask(makeQuery("Netd.Test", id=9, edns=4096, do=True))
-    answer = dns._EDNSMessage()
-    answer.fromStr(wire)
+    wire = p.ask(makeQuery("Netd.Test", id=9, edns=True, do=True))
+    answer = parseEDNS(wire)
     assert (answer.id, answer.auth, answer.queries[0].name.name) == (9, True, b"Netd.Test")
     assert [rr.payload.dottedQuad() for rr in answer.answers] == ["127.0.0.1"]
     assert answer.dnssecOK and answer.ednsVersion == 0
@@ -228,7 +188,7 @@ def test_unreadableMessagesDroppedAndFormerrForReadableHeader() -> None:
     garbage = b"\x12\x34\x01\x00\x00\x02\x00\x00\x00\x00\x00\x00\xff"
     answer = parse(p.ask(garbage))
     assert (answer.id, answer.rCode) == (0x1234, dns.EFORMAT)
-    response = makeAnswer(makeQuery("example.org"))
+    response = replyTo(makeQuery("example.org"))
     assert p.ask(response) is None
     assert p.counters["dropped_responses"] == 1
 
@@ -238,17 +198,16 @@ def test_otherOpcodeIsNotImplemented() -> None:
     A query with an opcode other than QUERY gets NOTIMP.
     """
     p = makeProxy()
-    message = dns.Message(id=4, opCode=dns.OP_STATUS)
-    message.queries = [dns.Query("example.org", dns.A, dns.IN)]
-    assert parse(p.ask(message.toStr())).rCode == dns.ENOTIMP
+    query = makeQuery("example.org", id=4, opCode=dns.OP_STATUS, recDes=False)
+    assert parse(p.ask(query)).rCode == dns.ENOTIMP
 
 
 def bigAnswer(query: bytes) -> bytes:
     """
     An answer of about 2 KB.
     """
-    records = [dns.RRHeader("big.test", dns.TXT, dns.IN, 60, dns.Record_TXT(b"x" * 200)) for _ in range(10)]
-    return makeAnswer(query, *records)
+    records = [rr("big.test", dns.Record_TXT(b"x" * 200), 60) for _ in range(10)]
+    return replyTo(query, *records)
 
 
 @pytest.mark.parametrize("edns, truncated", [(None, True), (512, True), (1232, True), (4096, False)])
@@ -257,7 +216,7 @@ def test_udpAnswerTruncatedToClientSize(edns: int | None, truncated: bool) -> No
     An answer bigger than the client's UDP size (512 without EDNS) is sent with TC set and no records, so that it retries over TCP.
     """
     p = makeProxy()
-    query = makeQuery("big.test", dns.TXT, edns=edns)
+    query = makeQuery("big.test", dns.TXT, edns=edns is not None, udpSize=edns or 512)
     p.ask(query)
     p.resolver.asked[0][2].callback(bigAnswer(p.resolver.asked[0][0]))
     wire = p.lastSender.sent[0][0]
@@ -281,7 +240,7 @@ def test_tcpReceiverPipelinesAnswers() -> None:
     sent = connection.takeSent()
     assert parse(sent[2:]).id == 2
     [(query, _, d)] = p.resolver.asked
-    d.callback(makeAnswer(query, aRecord("slow.example", "192.0.2.9")))
+    d.callback(replyTo(query, aRecord("slow.example", "192.0.2.9")))
     sent = connection.takeSent()
     assert int.from_bytes(sent[:2], "big") == len(sent) - 2
     assert parse(sent[2:]).id == 1
@@ -334,7 +293,7 @@ def test_mutatedQueriesNeverCrashTheQueryPath(data: st.DataObject) -> None:
     """
     A valid query with bytes flipped, cut or added never makes the query path raise.
     """
-    query = bytearray(makeQuery("www.netd.test", dns.AAAA, edns=1232, do=True))
+    query = bytearray(makeQuery("www.netd.test", dns.AAAA, edns=True, udpSize=1232, do=True))
     for _ in range(data.draw(st.integers(1, 4))):
         index = data.draw(st.integers(0, len(query) - 1))
         query[index] = data.draw(st.integers(0, 255))

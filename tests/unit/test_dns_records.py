@@ -14,6 +14,8 @@ from netd.options import InvalidValue
 from netd_plugins.dnsproxy.records import StaticRecords, staticAnswer
 from netd_plugins.dnsproxy.wire import encodeName
 
+from .dnsmessages import parse
+
 TABLE: dict[str, Any] = {
     "netd.test": {"A": ["127.0.0.1", "127.0.0.2"], "AAAA": "::1", "TXT": ["hello"], "ttl": 60},
     "mail.netd.test": {"MX": ["10 mx1.netd.test", "20 mx2.netd.test."]},
@@ -35,9 +37,7 @@ def answerFor(records: StaticRecords, name: str, qtype: int) -> dns.Message:
     assert found is not None
     message = dns.Message(id=7, answer=True, recDes=True, recAv=True, maxSize=65535)
     message.queries = [dns.Query(name, qtype, dns.IN)]
-    parsed = dns.Message()
-    parsed.fromStr(staticAnswer(records, found, message).toStr())
-    return parsed
+    return parse(staticAnswer(records, found, message).toStr())
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """
-Forwarding to upstream resolvers (C{netd_plugins.dnsproxy.upstream}): the
-upstream strings and resolv.conf; UDP with fresh IDs and spoofing resistance;
-TCP and TLS connections (pipelining, idle close, failover, certificate
-checks); timeouts, the deadline, SERVFAIL/REFUSED failover and health checks.
+Forwarding to upstream resolvers (C{netd_plugins.dnsproxy.upstream},
+C{transports} and C{resolver}): the upstream strings and resolv.conf; UDP
+with fresh IDs and spoofing resistance; TCP and TLS connections (pipelining,
+idle close, failover, certificate checks); timeouts, the deadline,
+SERVFAIL/REFUSED failover and health checks.
 All in memory with a fake clock, plus one real-socket test against an
 in-process twisted.names server.
 """
@@ -41,15 +42,11 @@ from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
 from netd.options import InvalidValue, Problem, decodeTable, option
 from netd.testing import FakeUDPPort, UDPMemoryReactorClock
-from netd_plugins.dnsproxy.upstream import (
-    SYSTEM,
-    Upstream,
-    UpstreamFailure,
-    UpstreamResolver,
-    expandUpstreams,
-    systemUpstreams,
-)
+from netd_plugins.dnsproxy.resolver import UpstreamFailure, UpstreamResolver
+from netd_plugins.dnsproxy.upstream import SYSTEM, Upstream, expandUpstreams, systemUpstreams
 from netd_plugins.dnsproxy.wire import Question, parseQuestion
+
+from .dnsmessages import aRecord, makeQuery, parse, replyTo, rr
 
 CLIENT_ID = 0x1234
 
@@ -57,13 +54,11 @@ CLIENT_ID = 0x1234
 # Messages.
 
 
-def makeQuery(name: str = "example.com", qtype: int = dns.A, queryID: int = CLIENT_ID) -> tuple[bytes, Question]:
+def clientQuery(name: str = "example.com", qtype: int = dns.A, queryID: int = CLIENT_ID) -> tuple[bytes, Question]:
     """
     A client's query as wire bytes, and its question as the handler reads it.
     """
-    message = dns.Message(id=queryID, recDes=True)
-    message.queries = [dns.Query(name, qtype, dns.IN)]
-    data = message.toStr()
+    data = makeQuery(name, qtype, id=queryID)
     return data, parseQuestion(data)
 
 
@@ -80,27 +75,15 @@ def answerTo(
     An upstream's answer to the query bytes it was sent (an A record unless
     C{rcode} says otherwise); C{name} and C{queryID} make a mismatched one.
     """
-    message = dns.Message()
-    message.fromStr(sent)
-    message.answer = 1
-    message.rCode = rcode
-    message.trunc = int(trunc)
-    if name is not None:
-        message.queries = [dns.Query(name, message.queries[0].type, dns.IN)]
-    if queryID is not None:
-        message.id = queryID
-    if rcode == dns.OK:
-        message.answers = [dns.RRHeader(message.queries[0].name.name, dns.A, dns.IN, 60, dns.Record_A(address))]
-    return message.toStr()
+    records = [aRecord(name or parse(sent).queries[0].name.name, address, ttl=60)] if rcode == dns.OK else []
+    return replyTo(sent, *records, rCode=rcode, trunc=trunc, name=name, id=queryID)
 
 
 def answerAddress(data: bytes) -> str:
     """
     The address of the A record an answer carries.
     """
-    message = dns.Message()
-    message.fromStr(data)
-    return message.answers[0].payload.dottedQuad()  # type: ignore[no-any-return]
+    return parse(data).answers[0].payload.dottedQuad()  # type: ignore[no-any-return]
 
 
 def messageID(data: bytes) -> int:
@@ -209,7 +192,7 @@ class Harness:
         """
         Resolve a client query; return it and the box its outcome lands in.
         """
-        query, question = makeQuery(name, qtype)
+        query, question = clientQuery(name, qtype)
         return query, outcome(self.resolver.resolve(query, question))
 
     def takeUDP(self) -> list[tuple[FakeUDPPort, bytes, tuple[str, int]]]:
@@ -484,7 +467,7 @@ def test_udpSocketsBoundPerScopeOnKernelPorts() -> None:
     assert [p.interface for p in harness.reactor.udpPorts.values()] == ["127.0.0.1"] * 3
     for upstream, interface in [("udp:192.0.2.1", "0.0.0.0"), ("udp:[::1]", "::1"), ("udp:[2001:db8::1]", "::")]:
         before = set(harness.reactor.udpPorts)
-        harness.resolver._udp.query(Upstream.fromConfig(upstream), *makeQuery())
+        harness.resolver._udp.query(Upstream.fromConfig(upstream), *clientQuery())
         added = [harness.reactor.udpPorts[n].interface for n in set(harness.reactor.udpPorts) - before]
         assert added == [interface] * 3
 
@@ -564,7 +547,7 @@ def test_isLoopedRecognisesOwnUpstreamQueries() -> None:
     _, sent, _ = harness.takeOneUDP()
     question = parseQuestion(sent)
     assert harness.resolver.isLooped(sent, question)
-    assert not harness.resolver.isLooped(sent, makeQuery("other.example")[1])
+    assert not harness.resolver.isLooped(sent, clientQuery("other.example")[1])
     if messageID(sent) != CLIENT_ID:
         assert not harness.resolver.isLooped(query, question)
     assert harness.counters["upstream_loops_detected"] == 1
@@ -867,8 +850,7 @@ def test_maxFailsMarksDownThenProbeBringsUp() -> None:
     harness.reactor.advance(10 - harness.reactor.seconds())
     port, probe, addr = harness.takeOneUDP()
     assert addr == ("192.0.2.1", 53)
-    message = dns.Message()
-    message.fromStr(probe)
+    message = parse(probe)
     assert [(q.name.name, q.type, q.cls) for q in message.queries] == [(b"", dns.NS, dns.IN)]
     assert harness.counters["upstream_probes"] == 1
     reply(port, answerTo(probe, rcode=dns.EREFUSED), addr)
@@ -967,7 +949,7 @@ def test_cancelledResolveCleansUp() -> None:
     A resolve cancelled by its caller fails with UpstreamFailure and leaves nothing outstanding or scheduled.
     """
     harness = Harness(["udp:192.0.2.1"])
-    query, question = makeQuery()
+    query, question = clientQuery()
     d = harness.resolver.resolve(query, question)
     box = outcome(d)
     d.cancel()
@@ -981,10 +963,6 @@ def test_cancelledResolveCleansUp() -> None:
 
 def _name(common: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
-def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 @attrs.frozen
@@ -1205,11 +1183,11 @@ class _TestRecords:
         name = query.name.name
         if name == b"big.test":
             answers = [
-                dns.RRHeader(name, dns.TXT, dns.IN, 60, dns.Record_TXT(b"record %d " % i + b"x" * 40))
+                rr(name, dns.Record_TXT(b"record %d " % i + b"x" * 40), 60)
                 for i in range(40)
             ]
         else:
-            answers = [dns.RRHeader(name, dns.A, dns.IN, 60, dns.Record_A("192.0.2.80"))]
+            answers = [aRecord(name, "192.0.2.80", ttl=60)]
         return succeed((answers, [], []))
 
 
@@ -1274,19 +1252,18 @@ async def test_realUDPAndTCPForwarding() -> None:
             resolvers[-1].startService()
         udp, tcp = resolvers
 
-        answer = await udp.resolve(*makeQuery("host.test"))
+        answer = await udp.resolve(*clientQuery("host.test"))
         assert messageID(answer) == CLIENT_ID
         assert answerAddress(answer) == "192.0.2.80"
         assert udp.counters["upstream_truncated"] == 0
 
-        big = await udp.resolve(*makeQuery("big.test", dns.TXT))
-        message = dns.Message()
-        message.fromStr(big)
+        big = await udp.resolve(*clientQuery("big.test", dns.TXT))
+        message = parse(big)
         assert not message.trunc
         assert len(message.answers) == 40
         assert udp.counters["upstream_truncated"] == 1
 
-        first, second = await _both(tcp.resolve(*makeQuery("a.test")), tcp.resolve(*makeQuery("b.test")))
+        first, second = await _both(tcp.resolve(*clientQuery("a.test")), tcp.resolve(*clientQuery("b.test")))
         assert answerAddress(first) == answerAddress(second) == "192.0.2.80"
         assert tcp.counters["upstream_answers"] == 2
         assert [q.name.name for q in records.queries] == [b"host.test", b"big.test", b"big.test", b"a.test", b"b.test"]

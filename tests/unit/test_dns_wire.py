@@ -54,126 +54,11 @@ from netd_plugins.dnsproxy.wire import (
     truncate,
 )
 
-# Building reference messages with twisted.names.
+from .dnsmessages import NAME, makeAnswer, makeQuery, parse, parseEDNS, rr, soa
 
-NAME = b"netd.test"
+# Messages twisted.names builds (dnsmessages), changed by hand.
+
 TYPE_UNKNOWN = 65534
-
-
-def makeQuery(
-    name: bytes = NAME,
-    qtype: int = dns.A,
-    qclass: int = dns.IN,
-    *,
-    id: int = 0x1234,
-    edns: bool = False,
-    do: bool = False,
-    udpSize: int = 4096,
-    recDes: bool = True,
-    checkingDisabled: bool = False,
-    opCode: int = dns.OP_QUERY,
-) -> bytes:
-    """
-    A query as a client sends it, with an OPT record if C{edns}.
-    """
-    message = dns._EDNSMessage(
-        id=id,
-        opCode=opCode,
-        recDes=recDes,
-        checkingDisabled=checkingDisabled,
-        ednsVersion=0 if edns else None,
-        dnssecOK=do,
-        maxSize=udpSize,
-        queries=[dns.Query(name, qtype, qclass)],
-    )
-    return message.toStr()
-
-
-def rr(name: bytes, payload: object, ttl: int, cls: int = dns.IN) -> dns.RRHeader:
-    """
-    A resource record with C{payload} as its data.
-    """
-    return dns.RRHeader(name, payload.TYPE, cls, ttl, payload)
-
-
-def soa(name: bytes = NAME, ttl: int = 3600, minimum: int = 300) -> dns.RRHeader:
-    """
-    An SOA record for the zone C{name}, whose names compress against C{name}.
-    """
-    payload = dns.Record_SOA(
-        mname=b"ns1." + name,
-        rname=b"hostmaster." + name,
-        serial=2024010101,
-        refresh=7200,
-        retry=900,
-        expire=1209600,
-        minimum=minimum,
-        ttl=ttl,
-    )
-    return rr(name, payload, ttl)
-
-
-def makeAnswer(
-    name: bytes = NAME,
-    qtype: int = dns.A,
-    qclass: int = dns.IN,
-    *,
-    id: int = 0x1234,
-    answers: Sequence[dns.RRHeader] = (),
-    authority: Sequence[dns.RRHeader] = (),
-    additional: Sequence[dns.RRHeader] = (),
-    rCode: int = RCODE_NOERROR,
-    edns: bool = False,
-    do: bool = False,
-    trunc: bool = False,
-    recDes: bool = True,
-    checkingDisabled: bool = False,
-    auth: bool = False,
-    authenticData: bool = False,
-) -> bytes:
-    """
-    An answer as an upstream sends it (names compressed by twisted.names, and
-    not cut down to 512 bytes as twisted.names would).
-    """
-    message = dns._EDNSMessage(
-        id=id,
-        answer=True,
-        recDes=recDes,
-        recAv=True,
-        auth=auth,
-        trunc=trunc,
-        authenticData=authenticData,
-        checkingDisabled=checkingDisabled,
-        rCode=rCode,
-        ednsVersion=0 if edns else None,
-        dnssecOK=do,
-        maxSize=1232,
-        queries=[dns.Query(name, qtype, qclass)],
-        answers=list(answers),
-        authority=list(authority),
-        additional=list(additional),
-    )
-    plain = message._toMessage()
-    plain.maxSize = 0
-    return plain.toStr()
-
-
-def fromWire(data: bytes) -> dns.Message:
-    """
-    A message parsed by twisted.names (OPT records stay plain records).
-    """
-    message = dns.Message()
-    message.fromStr(data)
-    return message
-
-
-def fromWireEDNS(data: bytes) -> dns._EDNSMessage:
-    """
-    A message parsed by twisted.names, with its OPT record decoded.
-    """
-    message = dns._EDNSMessage()
-    message.fromStr(data)
-    return message
 
 
 def withCounts(
@@ -947,7 +832,7 @@ def test_patchAnswerTTLs() -> None:
     query = parseQuery(makeQuery(b"www.netd.test", id=0x1234))
     patched = patchAnswer(stored, info.ttlOffsets, info.ttls, 100, query)
     assert ttlsAt(patched, info.ttlOffsets) == [3500, 0, 86300, 86300, 86300]
-    assert [record.ttl for record in fromWire(patched).answers] == [3500, 0]
+    assert [record.ttl for record in parse(patched).answers] == [3500, 0]
     assert ttlsAt(patchAnswer(stored, info.ttlOffsets, info.ttls, 0, query), info.ttlOffsets) == list(info.ttls)
 
 
@@ -988,7 +873,7 @@ def test_patchAnswerHeaderAndQuestion() -> None:
     assert flags & (FLAG_QR | FLAG_AA | FLAG_RA | FLAG_AD) == FLAG_QR | FLAG_AA | FLAG_RA | FLAG_AD
     expected = {0, 1, 2, 3} | {12 + i for i, (a, b) in enumerate(zip(name, stored[12:])) if a != b}
     assert changedPositions(stored, patched) == expected
-    message = fromWire(patched)
+    message = parse(patched)
     assert (message.id, message.recDes, message.checkingDisabled) == (0xFEDC, 0, 1)
     assert message.queries[0].name.name == b"WWW.Netd.TEST"
 
@@ -1027,7 +912,7 @@ def test_makeResponseWithoutEDNS(kind: str, rcode: int) -> None:
     name, qtype, qclass, _ = GOLDEN[kind]
     query = parseQuery(goldenQuery(kind, id=0x4242, checkingDisabled=True))
     data = makeResponse(query, rcode)
-    message = fromWire(data)
+    message = parse(data)
     assert (message.id, message.answer, message.opCode, message.recDes, message.recAv) == (0x4242, 1, 0, 1, 1)
     assert message.checkingDisabled
     assert not message.auth and not message.trunc
@@ -1045,7 +930,7 @@ def test_makeResponseWithEDNS(do: bool) -> None:
     """
     query = parseQuery(makeQuery(edns=True, do=do, udpSize=4096))
     data = makeResponse(query, RCODE_REFUSED, udpSize=1400)
-    message = fromWireEDNS(data)
+    message = parseEDNS(data)
     assert message.rCode == RCODE_REFUSED
     assert (message.ednsVersion, message.maxSize, message.dnssecOK) == (0, 1400, do)
     assert struct.unpack_from("!H", data, 10)[0] == 1
@@ -1059,7 +944,7 @@ def test_makeResponseOpcodeAndExtendedRcode() -> None:
     bits in the OPT record.
     """
     query = parseQuery(makeQuery(edns=True, opCode=dns.OP_STATUS))
-    message = fromWireEDNS(makeResponse(query, 16))
+    message = parseEDNS(makeResponse(query, 16))
     assert message.opCode == dns.OP_STATUS
     assert message.rCode == 16
 
@@ -1081,7 +966,7 @@ def test_makeHeaderError() -> None:
     flags = FLAG_RD | FLAG_CD | FLAG_TC | FLAG_AA | (dns.OP_NOTIFY << 11) | 0x0005
     data = makeHeaderError(0xABCD, flags, RCODE_FORMERR)
     assert data == struct.pack("!6H", 0xABCD, FLAG_QR | (dns.OP_NOTIFY << 11) | FLAG_RD | RCODE_FORMERR, 0, 0, 0, 0)
-    message = fromWire(data)
+    message = parse(data)
     assert (message.id, message.answer, message.recDes, message.rCode) == (0xABCD, 1, 1, RCODE_FORMERR)
     assert message.queries == []
 
@@ -1098,7 +983,7 @@ def test_truncate(edns: bool, do: bool) -> None:
     assert len(answer) > query.maxUDPSize()
     data = truncate(answer, query, udpSize=1232)
     assert len(data) <= 512
-    message = fromWireEDNS(data)
+    message = parseEDNS(data)
     assert (message.id, message.answer, message.trunc, message.auth, message.rCode) == (5, 1, 1, 1, 0)
     assert message.queries == [dns.Query(b"NETD.test", dns.TXT, dns.IN)]
     assert message.answers == message.authority == []
@@ -1114,7 +999,7 @@ def test_truncateKeepsRcode() -> None:
     truncate keeps the answer's rcode and flags (here NXDOMAIN, RD, RA).
     """
     answer = makeAnswer(authority=[soa()], rCode=RCODE_NXDOMAIN, id=3)
-    message = fromWire(truncate(answer, parseQuery(makeQuery(id=3))))
+    message = parse(truncate(answer, parseQuery(makeQuery(id=3))))
     assert (message.rCode, message.trunc, message.recDes, message.recAv) == (RCODE_NXDOMAIN, 1, 1, 1)
 
 

@@ -1,0 +1,425 @@
+"""
+Forwarding to the upstreams: L{UpstreamResolver.resolve} takes a client's
+query as wire bytes and returns the upstream's answer as wire bytes; nothing
+is decoded beyond the header and the question
+(L{netd_plugins.dnsproxy.wire.answerMatches}).  How each attempt reaches its
+upstream (fresh IDs, the UDP socket pool, persistent TCP/TLS connections,
+answer matching) is L{netd_plugins.dnsproxy.transports}; this module decides
+which upstream is tried when, and keeps their health.
+
+How a query is forwarded:
+
+  - Attempts go to the upstreams that are up, in config order (to all of
+    them, in config order, when none is up).  Each attempt has C{timeout}
+    seconds; a timeout, an error or a SERVFAIL/REFUSED answer moves on to the
+    next upstream.  A UDP answer with TC set is asked again over TCP.
+  - After a full pass, upstreams that I{timed out} (a lost UDP datagram, a
+    slow server) are tried again while the C{deadline} allows, and one whose
+    TCP/TLS connection was lost mid-query gets one more try on a new
+    connection; upstreams that failed outright (refused connection, failed
+    TLS) are not, so they cannot make a busy loop.  If some upstream answered
+    SERVFAIL or REFUSED and nothing better came, that answer is returned;
+    otherwise the query fails with L{UpstreamFailure}, at the latest at the
+    deadline.
+
+Health, as CoreDNS C{forward} does it: an upstream is I{down} after
+C{maxFails} consecutive timeouts or errors (C{maxFails} 0: never); any
+answer, whatever its rcode, resets the count, because it proves the upstream
+reachable (a SERVFAIL for one broken zone does not make a resolver dead).
+Every C{healthInterval} seconds each down upstream is sent C{. IN NS} over its
+own transport; any well-formed answer brings it back up.
+
+Counters: C{upstream_queries} (attempts sent, TC retries included),
+C{upstream_answers} (accepted answers, any rcode), C{upstream_timeouts},
+C{upstream_failures} (errors: refused or lost connections, failed TLS, send
+errors), C{upstream_error_answers} (SERVFAIL/REFUSED answers that caused a
+failover), C{upstream_truncated} (TC answers retried over TCP),
+C{upstream_spoofed_dropped} (counted by the transports),
+C{upstream_latency_ms_total} and C{upstream_latency_count} (over accepted
+answers, so the mean is their quotient), C{upstream_probes},
+C{upstream_marked_down}, C{upstream_loops_detected}.
+
+L{UpstreamResolver.isLooped} tells the handler whether a query it received
+is one of the resolver's own upstream queries come back (same ID and
+question as one outstanding), so that a forwarding loop is refused at once
+instead of being forwarded again.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from netd.metrics import Counters
+from netd.tls import loadTrustRoot
+
+from .transports import AttemptError, Outstanding, StreamUpstream, UDPPool
+from .upstream import Upstream
+from .wire import CLASS_IN, FLAG_RD, FLAG_TC, HEADER_SIZE, RCODE_MASK, RCODE_REFUSED, RCODE_SERVFAIL, Question
+
+_TYPE_NS = 2
+_PROBE_QUESTION = Question(name=b"\x00", key=b"\x00", qtype=_TYPE_NS, qclass=CLASS_IN, end=HEADER_SIZE + 5)
+_PROBE_QUERY = (
+    b"\x00\x00"
+    + FLAG_RD.to_bytes(2, "big")
+    + b"\x00\x01\x00\x00\x00\x00\x00\x00"
+    + b"\x00"
+    + _TYPE_NS.to_bytes(2, "big")
+    + CLASS_IN.to_bytes(2, "big")
+)
+"""
+The health probe: C{. IN NS} with RD set, as CoreDNS sends it.
+"""
+
+_RCODE_NAMES = {RCODE_SERVFAIL: "SERVFAIL", RCODE_REFUSED: "REFUSED"}
+"""
+The answers that move a query on to the next upstream, by name for messages.
+"""
+
+
+class UpstreamFailure(Exception):
+    """
+    No upstream gave an answer in time; the message says what was tried and
+    what happened to each attempt.
+
+    @ivar tried: one line per attempt, C{UPSTREAM: what happened}.
+    """
+
+    def __init__(self, message: str, tried: list[str] | None = None) -> None:
+        self.tried = list(tried or [])
+        if self.tried:
+            message += "; tried: " + ", ".join(self.tried)
+        super().__init__(message)
+
+
+class _AttemptTimeout(Exception):
+    """
+    One attempt got no answer within its timeout.
+    """
+
+
+@attrs.define(eq=False)
+class _UpstreamState:
+    """
+    What the resolver knows about one upstream's health.
+    """
+
+    upstream: Upstream
+    up: bool = True
+    fails: int = 0
+    lastError: str | None = None
+    probe: Deferred[bytes] | None = None
+
+
+class UpstreamResolver(Service):
+    """
+    Forwards queries to the configured upstreams (see the module docstring for how).
+
+    @ivar counters: the service's counters (the C{upstream_*} names).
+    @ivar random: where query IDs and sockets are drawn from (a
+        L{random.SystemRandom}; tests may put a scripted one here).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        upstreams: list[Upstream],
+        *,
+        timeout: float,
+        deadline: float,
+        maxFails: int,
+        healthInterval: float,
+        caBundle: str | None,
+        counters: Counters,
+        log: Logger,
+        udpSockets: int = 8,
+        idleTimeout: float = 10.0,
+    ) -> None:
+        """
+        @param upstreams: real upstreams (L{expandUpstreams} replaces C{system}).
+        @param timeout: seconds each attempt waits for its answer.
+        @param deadline: seconds a whole resolve may take.
+        @param maxFails: consecutive failures that mark an upstream down; 0 never does.
+        @param healthInterval: seconds between probes of down upstreams; 0 turns probing off.
+        @param caBundle: a PEM file of the CA certificates TLS upstreams are
+            checked against; L{None} for the system's.
+        @param udpSockets: UDP sockets per local interface.
+        @param idleTimeout: seconds an unused TCP/TLS connection stays open.
+        @raise ValueError: if C{upstreams} holds the C{system} placeholder, or
+            C{caBundle} cannot be read or holds no certificate.
+        """
+        if any(u.isSystem for u in upstreams):
+            raise ValueError("expand the 'system' upstream with expandUpstreams() first")
+        self.reactor = reactor
+        self.timeout = timeout
+        self.deadline = deadline
+        self.maxFails = maxFails
+        self.healthInterval = healthInterval
+        self.counters = counters
+        self.log = log
+        self.idleTimeout = idleTimeout
+        self.random: random.Random = random.SystemRandom()
+        self.outstanding = Outstanding()
+        self._states = [_UpstreamState(u) for u in upstreams]
+        self._udp = UDPPool(self, udpSockets)
+        self._streams: dict[Upstream, StreamUpstream] = {}
+        self._trustRoot: Any = loadTrustRoot(caBundle)  # an IOpenSSLTrustRoot (not exported publicly)
+        self._resolving: set[Deferred[bytes]] = set()
+        self._prober: LoopingCall | None = None
+        self._stopped = False
+
+    def trustRoot(self) -> Any:
+        """
+        What TLS upstreams' certificates are checked against (see L{netd.tls.loadTrustRoot}).
+        """
+        return self._trustRoot
+
+    def startService(self) -> None:
+        """
+        Start probing down upstreams.
+        """
+        super().startService()
+        self._stopped = False
+        if self.healthInterval > 0:
+            self._prober = LoopingCall(self._probe)
+            self._prober.clock = self.reactor
+            self._prober.start(self.healthInterval, now=False)
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop probing, fail every resolve in progress with L{UpstreamFailure},
+        close the sockets and connections; the Deferred fires when they are closed.
+        """
+        super().stopService()
+        self._stopped = True
+        if self._prober is not None and self._prober.running:
+            self._prober.stop()
+        self._prober = None
+        for d in list(self._resolving):
+            d.cancel()
+        for state in self._states:
+            if state.probe is not None:
+                state.probe.cancel()
+        closing = self._udp.close()
+        for stream in self._streams.values():
+            closing.extend(stream.close())
+        self._streams.clear()
+        return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+
+    def resolve(self, query: bytes, question: Question) -> Deferred[bytes]:
+        """
+        Forward a client's query; the Deferred fires with the answer (with the
+        client's ID) or fails with L{UpstreamFailure}.
+
+        @param query: the client's query, as received.
+        @param question: its question (as L{wire.parseQuestion} read it).
+        """
+        if self._stopped:
+            return fail(UpstreamFailure("the upstream resolver is stopped"))
+        d = Deferred.fromCoroutine(self._resolve(query, question))
+        if not d.called:
+            self._resolving.add(d)
+            d.addBoth(self._resolved, d)
+        return d
+
+    def _resolved(self, result: Any, d: Deferred[bytes]) -> Any:
+        """
+        Forget a finished resolve.
+        """
+        self._resolving.discard(d)
+        return result
+
+    def isLooped(self, query: bytes, question: Question) -> bool:
+        """
+        Whether a query received by this service is one of its own upstream
+        queries come back (same ID and question as one outstanding): a
+        forwarding loop, which the handler must not forward again.
+        """
+        if len(query) < 2:
+            return False
+        if self.outstanding.has(int.from_bytes(query[:2], "big"), question):
+            self.counters["upstream_loops_detected"] += 1
+            return True
+        return False
+
+    def health(self) -> list[dict[str, Any]]:
+        """
+        Each upstream's state, in config order: C{upstream} (its config
+        string), C{up}, C{consecutive_failures}, C{last_error} (or L{None}).
+        """
+        return [
+            {
+                "upstream": state.upstream.toConfig(),
+                "up": state.up,
+                "consecutive_failures": state.fails,
+                "last_error": state.lastError,
+            }
+            for state in self._states
+        ]
+
+    async def _resolve(self, query: bytes, question: Question) -> bytes:
+        """
+        Try the upstreams in turn until one answers or the deadline passes.
+        """
+        clientID = query[:2]
+        deadlineAt = self.reactor.seconds() + self.deadline
+        candidates = [s for s in self._states if s.up] or list(self._states)
+        if not candidates:
+            raise UpstreamFailure("no upstreams are configured")
+        tried: list[str] = []
+        lastRefusal: bytes | None = None
+        retriedErrors: set[Upstream] = set()
+        while candidates:
+            again = []
+            for state in candidates:
+                remaining = deadlineAt - self.reactor.seconds()
+                if remaining <= 0:
+                    break
+                try:
+                    answer = await self._attempt(state, query, question, deadlineAt)
+                except _AttemptTimeout as e:
+                    tried.append(f"{state.upstream} ({e})")
+                    again.append(state)
+                    continue
+                except AttemptError as e:
+                    tried.append(f"{state.upstream} ({e})")
+                    if e.retryable and state.upstream not in retriedErrors:
+                        retriedErrors.add(state.upstream)
+                        again.append(state)
+                    continue
+                except CancelledError:
+                    raise UpstreamFailure(
+                        "abandoned (the resolver stopped or the query was cancelled)", tried
+                    ) from None
+                rcode = answer[3] & RCODE_MASK
+                if rcode in _RCODE_NAMES:
+                    self.counters["upstream_error_answers"] += 1
+                    tried.append(f"{state.upstream} (answered {_RCODE_NAMES[rcode]})")
+                    state.lastError = f"answered {_RCODE_NAMES[rcode]}"
+                    lastRefusal = answer
+                    continue
+                return clientID + answer[2:]
+            if lastRefusal is not None or deadlineAt - self.reactor.seconds() <= 0:
+                break
+            candidates = again
+        if lastRefusal is not None:
+            return clientID + lastRefusal[2:]
+        if deadlineAt - self.reactor.seconds() <= 0:
+            raise UpstreamFailure(f"no upstream answered within the {self.deadline:g}s deadline", tried)
+        raise UpstreamFailure("every upstream failed", tried)
+
+    async def _attempt(self, state: _UpstreamState, query: bytes, question: Question, deadlineAt: float) -> bytes:
+        """
+        One attempt at one upstream (with a TCP retry of a truncated UDP
+        answer), keeping its health and the counters.
+
+        @raise _AttemptTimeout: no answer in time.
+        @raise AttemptError: the attempt failed otherwise.
+        """
+        upstream = state.upstream
+        started = self.reactor.seconds()
+        try:
+            self.counters["upstream_queries"] += 1
+            answer = await self._exchange(upstream, query, question, deadlineAt)
+            if upstream.transport == "udp" and int.from_bytes(answer[2:4], "big") & FLAG_TC:
+                self.counters["upstream_truncated"] += 1
+                self.counters["upstream_queries"] += 1
+                answer = await self._exchange(attrs.evolve(upstream, transport="tcp"), query, question, deadlineAt)
+        except defer.TimeoutError:
+            self.counters["upstream_timeouts"] += 1
+            reason = f"timed out after {self.reactor.seconds() - started:g}s"
+            self._failed(state, reason)
+            raise _AttemptTimeout(reason) from None
+        except AttemptError as e:
+            self.counters["upstream_failures"] += 1
+            self._failed(state, str(e))
+            raise
+        self.counters["upstream_answers"] += 1
+        self.counters["upstream_latency_ms_total"] += round((self.reactor.seconds() - started) * 1000)
+        self.counters["upstream_latency_count"] += 1
+        self._succeeded(state)
+        return answer
+
+    def _exchange(self, upstream: Upstream, query: bytes, question: Question, deadlineAt: float) -> Deferred[bytes]:
+        """
+        Send a query over the upstream's transport; the Deferred fails with
+        L{defer.TimeoutError} after C{timeout} seconds or at the deadline, whichever is first.
+        """
+        if upstream.transport == "udp":
+            d = self._udp.query(upstream, query, question)
+        else:
+            d = self._stream(upstream).query(query, question)
+        return d.addTimeout(max(0.0, min(self.timeout, deadlineAt - self.reactor.seconds())), self.reactor)
+
+    def _stream(self, upstream: Upstream) -> StreamUpstream:
+        """
+        The connection keeper of a TCP or TLS upstream.
+        """
+        stream = self._streams.get(upstream)
+        if stream is None:
+            stream = self._streams[upstream] = StreamUpstream(self, upstream)
+        return stream
+
+    def _failed(self, state: _UpstreamState, reason: str) -> None:
+        """
+        Count a consecutive failure; mark the upstream down at C{maxFails}.
+        """
+        state.fails += 1
+        state.lastError = reason
+        if state.up and self.maxFails > 0 and state.fails >= self.maxFails:
+            state.up = False
+            self.counters["upstream_marked_down"] += 1
+            self.log.warn(
+                "upstream {upstream} marked down after {fails} consecutive failures (last: {reason})",
+                upstream=state.upstream,
+                fails=state.fails,
+                reason=reason,
+            )
+
+    def _succeeded(self, state: _UpstreamState) -> None:
+        """
+        The upstream answered: it is reachable.
+        """
+        state.fails = 0
+        if not state.up:
+            state.up = True
+            self.log.info("upstream {upstream} is up again", upstream=state.upstream)
+
+    def _probe(self) -> None:
+        """
+        Send C{. IN NS} to each down upstream not already being probed.
+        """
+        for state in self._states:
+            if state.up or state.probe is not None:
+                continue
+            self.counters["upstream_probes"] += 1
+            probe = self._exchange(state.upstream, _PROBE_QUERY, _PROBE_QUESTION, self.reactor.seconds() + self.timeout)
+            state.probe = probe
+            probe.addCallbacks(self._probeAnswered, self._probeFailed, callbackArgs=(state,), errbackArgs=(state,))
+
+    def _probeAnswered(self, answer: bytes, state: _UpstreamState) -> None:
+        """
+        A well-formed answer (any rcode): the upstream is up.
+        """
+        state.probe = None
+        self._succeeded(state)
+
+    def _probeFailed(self, reason: Failure, state: _UpstreamState) -> None:
+        """
+        No answer: still down.
+        """
+        state.probe = None
+        if reason.check(defer.TimeoutError):
+            state.lastError = f"health probe timed out after {self.timeout:g}s"
+        elif reason.check(CancelledError):
+            return
+        else:
+            state.lastError = f"health probe failed: {reason.getErrorMessage()}"
