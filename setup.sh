@@ -2,8 +2,8 @@
 # Prepare this checkout on a fresh Debian machine with Python 3.11: a virtualenv in
 # .venv with netd installed.  With --test, also what the test suite needs: the test
 # extra, the example third-party plugin of tests/thirdparty/, and the Debian tools
-# the integration tests drive: socat, dig, dnsmasq (installed with apt-get when
-# missing; needs root).
+# the integration tests drive: socat, dig, dnsmasq, openssl, systemd-socket-activate and
+# systemd-analyze (installed with apt-get when missing; needs root).
 # Safe to run again: it reuses what is already there.
 set -eu
 cd "$(dirname "$0")"
@@ -20,7 +20,9 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || aptInstall python3-venv
 if [ "${1:-}" = "--test" ]; then
     # command:Debian package, for each tool the integration tests drive.
     missing=""
-    for entry in socat:socat dig:bind9-dnsutils dnsmasq:dnsmasq-base; do
+    # systemd: systemd-socket-activate and systemd-analyze (installing the package
+    # in a container starts nothing; the tests only run these two tools).
+    for entry in socat:socat dig:bind9-dnsutils dnsmasq:dnsmasq-base openssl:openssl systemd-socket-activate:systemd; do
         command -v "${entry%%:*}" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin" command -v "${entry%%:*}" >/dev/null 2>&1 \
             || missing="$missing ${entry#*:}"
     done

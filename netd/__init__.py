@@ -6,3 +6,9 @@ L{netd.options}; L{netd.plugin.PluginContext} is what a plugin is given.
 """
 
 __version__ = "0.1.0"
+
+# Before anything imports twisted.internet.endpoints, which reads the sockets
+# systemd passed as it is imported: see netd.systemd.completeListenNames.
+from netd.systemd import completeListenNames as _completeListenNames
+
+_completeListenNames()

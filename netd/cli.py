@@ -24,7 +24,9 @@ from netd.daemon import Daemon
 from netd.logs import startLogging
 from netd.options import ConfigError, describeSchema
 from netd.plugin import PluginRegistry, discoverPlugins
+from netd.privileges import PrivilegeDrop, PrivilegeError
 from netd.service import ServiceStartError
+from netd.systemd import Notifier, startWatchdog
 
 log = Logger(namespace="netd")
 
@@ -50,7 +52,8 @@ def buildParser() -> argparse.ArgumentParser:
         "--ports-file",
         metavar="FILE",
         help="once every service listens, write the bound addresses (the ports picked for port 0 "
-        'included) to FILE as JSON: {"services": {NAME: [{"listen", "transport", "host", "port"}]}}',
+        'included) to FILE as JSON: {"services": {NAME: [{"listen", "transport", "host", "port"}]}, '
+        '"admin": {...}} (admin: where the control API listens, when it does)',
     )
 
     check = commands.add_parser(
@@ -209,15 +212,25 @@ async def runDaemon(reactor: Any, config: NetdConfig, portsFile: str | None) -> 
     Nothing starts before the reactor runs: C{react} calls this first, and the
     reactor installs its SIGTERM/SIGINT handlers only when it starts, so a
     signal sent as soon as netd reports ready would otherwise kill it undrained.
+
+    Under systemd (C{$NOTIFY_SOCKET}) every step is reported (L{Notifier}), and
+    the watchdog is pinged when C{$WATCHDOG_USEC} asks for it.  With C{[daemon]
+    user}, netd drops to that user once everything listens and before it
+    serves anyone (L{PrivilegeDrop}).
     """
     running: Deferred[None] = Deferred()
     reactor.callWhenRunning(running.callback, None)
     await running
+    notifier = Notifier.fromEnvironment()
+    notifier.status(f"starting {len(config.services)} services from {config.source}")
+    startWatchdog(notifier, reactor)
     try:
-        daemon = Daemon(config, reactor)
+        dropPrivileges = PrivilegeDrop.prepare(config.daemon.user, config.daemon.group, config.daemon.state_dir)
+        daemon = Daemon(config, reactor, notifier)
         reactor.addSystemEventTrigger("before", "shutdown", daemon.stopService)
-        await daemon.start(portsFile)
-    except ServiceStartError as e:
+        await daemon.start(portsFile, beforeServing=dropPrivileges)
+    except (ServiceStartError, PrivilegeError) as e:
+        notifier.status(f"cannot start: {e}")
         log.critical("netd cannot start: {error}", error=str(e))
         raise SystemExit(1) from None
     await Deferred()

@@ -10,16 +10,18 @@ listened on before all of it passes.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from importlib.resources import files
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
 from netd.framing import FRAMINGS
-from netd.listen import ListenAddress
+from netd.listen import ListenAddress, splitDescription
 from netd.options import (
     ConfigError,
+    InvalidValue,
     KeyPath,
     Problem,
     atLeast,
@@ -33,6 +35,7 @@ from netd.options import (
     toConfig,
 )
 from netd.plugin import PluginRegistry
+from netd.privileges import Group, User
 from netd.tls import TLSOptions
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
@@ -41,6 +44,89 @@ LARGEST_MAX_FRAME = 64 * 2**20
 
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warn", "error", "critical"]
+
+DEFAULT_ADMIN = "tcp:8053:interface=127.0.0.1"
+"""
+Where the control API listens unless C{[daemon] admin} says otherwise: loopback
+only, on a port none of the embedded default's services uses.
+"""
+
+
+def isLocalOnly(text: str) -> bool:
+    """
+    Whether a stream listen string can only be reached from this host: a
+    C{unix:} socket (or a C{systemd:} one of C{domain=UNIX}), or a TCP address
+    on a loopback interface.  Anything else, C{systemd:} INET sockets and
+    endpoint types netd does not know included, counts as reachable from the
+    network.
+    """
+    parts = splitDescription(text)
+    kind = parts[0]
+    keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    if kind == "unix":
+        return True
+    if kind == "systemd":
+        return keywords.get("domain") == "UNIX"
+    if kind == "haproxy":
+        return isLocalOnly(text.split(":", 1)[1]) if ":" in text else False
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    interface = keywords.get("interface")
+    positional = [p for p in parts[1:] if "=" not in p]
+    if interface is None and kind in ("tcp", "tcp6") and len(positional) > 1:
+        interface = positional[1]
+    try:
+        return interface is not None and ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
+
+
+@attrs.frozen
+class AdminAddress:
+    """
+    The value of C{[daemon] admin}: where the control API listens, or off.
+
+    @ivar address: the stream listen string; L{None} when C{admin = false}.
+    """
+
+    address: ListenAddress | None
+
+    configTypeName: ClassVar[str] = (
+        "a stream listen string such as 'tcp:8053:interface=127.0.0.1' or 'unix:/run/netd/admin.sock', or false"
+    )
+
+    @classmethod
+    def fromConfig(cls, value: object) -> AdminAddress:
+        """
+        Validate C{admin}: a stream listen string, or C{false}.
+
+        @raise InvalidValue: naming what is wrong with it.
+        """
+        if value is False:
+            return cls(None)
+        if value is True:
+            raise InvalidValue(f"true is not an address; expected {cls.configTypeName}")
+        if not isinstance(value, str):
+            raise InvalidValue(f"expected {cls.configTypeName}, got {describeValue(value)}")
+        address = ListenAddress.fromConfig(value)
+        if address.transport != "stream":
+            raise InvalidValue(
+                f"{value!r}: the control API is HTTP, which needs a stream address (tcp:, tcp6:, unix:, systemd:), not udp:"
+            )
+        return cls(address)
+
+    def toConfig(self) -> str | bool:
+        """
+        The listen string, or C{false}.
+        """
+        return False if self.address is None else self.address.text
+
+    @property
+    def localOnly(self) -> bool:
+        """
+        Whether only this host can reach the API (see L{isLocalOnly}); true when it is off.
+        """
+        return self.address is None or isLocalOnly(self.address.text)
 
 
 @attrs.frozen
@@ -62,6 +148,43 @@ class DaemonSpec:
         "when unset $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/netd, else ~/.local/state/netd.",
         checks=(lambda v: None if v.strip() else "expected a folder path, got an empty string",),
     )
+    admin: AdminAddress = option(
+        AdminAddress.fromConfig(DEFAULT_ADMIN),
+        help="Where the HTTP control API listens (/health, /ready, /services, /metrics, /reload): a stream listen "
+        "string such as 'tcp:8053:interface=127.0.0.1' or 'unix:/run/netd/admin.sock'; false turns it off. "
+        "An address reachable from other hosts needs admin_token_file.",
+    )
+    admin_token_file: str | None = option(
+        None,
+        help="A file holding the token the control API requires as 'Authorization: Bearer TOKEN' "
+        "(surrounding whitespace ignored), read when netd starts (before it drops privileges, so it may be "
+        "readable by root only); /health and /ready stay open to probes.",
+        checks=(lambda v: None if v.strip() else "expected a file path, got an empty string",),
+    )
+    user: User | None = option(
+        None,
+        help="Started as root, listen on every address (ports below 1024 included), then run as this user "
+        "(a name or numeric id from the user database), supplementary groups cleared, before serving any client.",
+    )
+    group: Group | None = option(
+        None,
+        help="The group to run as (a name or numeric id); the user's own group when unset.",
+    )
+
+    def crossCheck(self) -> list[tuple[str, str]]:
+        """
+        Rules that span several keys: (key, problem) pairs.
+        """
+        if not self.admin.localOnly and self.admin_token_file is None:
+            text = self.admin.address.text if self.admin.address is not None else ""
+            return [
+                (
+                    "admin",
+                    f"{text!r} can be reached from other hosts, so the control API needs a token: set "
+                    "admin_token_file to a file holding a secret, or listen on 127.0.0.1, ::1 or a unix: socket",
+                )
+            ]
+        return []
 
 
 @attrs.frozen

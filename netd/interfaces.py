@@ -132,3 +132,17 @@ class IDatagramHandler(Interface):
         """
         One datagram arrived from C{peer}; answers go out through C{sender}.
         """
+
+
+class IReportsStatus(Interface):
+    """
+    An optional extra of a plugin's handler: a report of its own state, shown
+    per service by the control API's C{GET /services} (the DNS proxy reports
+    its upstreams' health).
+    """
+
+    def status() -> dict[str, Any]:
+        """
+        The handler's state as a JSON-ready mapping; called on each request, so
+        it must be cheap and must not block.
+        """

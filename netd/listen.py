@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import DatagramProtocol
 
 from netd.options import InvalidValue
+from netd.systemd import NO_INHERITED_SOCKET
 
 Transport = Literal["stream", "datagram"]
 
@@ -86,12 +87,20 @@ def _checkInterface(text: str, version: int | None) -> str:
 
 def _checkSystemd(keywords: dict[str, str]) -> None:
     """
-    Check the arguments of a C{systemd:domain=INET:index=N} endpoint string.
+    Check the arguments of a C{systemd:domain=INET:index=N} (or
+    C{systemd:domain=INET:name=NAME}) endpoint string.
     """
     if keywords.get("domain") not in ("INET", "INET6", "UNIX"):
         raise InvalidValue("expected domain=INET, domain=INET6 or domain=UNIX")
-    if not keywords.get("index", "").isdigit():
-        raise InvalidValue("expected index=N, the position of the socket among those systemd passes")
+    if "name" in keywords and "index" not in keywords:
+        if not keywords["name"]:
+            raise InvalidValue("expected name=NAME, the FileDescriptorName= of the socket systemd passes")
+        return
+    if not keywords.get("index", "").isdigit() or "name" in keywords:
+        raise InvalidValue(
+            "expected index=N, the position of the socket among those systemd passes, "
+            "or name=NAME, its FileDescriptorName="
+        )
 
 
 @attrs.frozen
@@ -179,7 +188,14 @@ class ListenAddress:
         """
         Listen on this stream endpoint.
         """
-        port: IListeningPort = await serverFromString(reactor, self.text).listen(factory)
+        try:
+            endpoint = serverFromString(reactor, self.text)
+        except (IndexError, KeyError):
+            if splitDescription(self.text)[0] != "systemd":
+                raise
+            # Twisted's systemd parser looks the passed socket up by index or name.
+            raise LookupError(NO_INHERITED_SOCKET) from None
+        port: IListeningPort = await endpoint.listen(factory)
         return port
 
     def listenDatagram(self, reactor: Any, protocol: DatagramProtocol) -> IListeningPort:

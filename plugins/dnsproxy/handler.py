@@ -21,7 +21,14 @@ from twisted.names import dns
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.interfaces import IDatagramHandler, IDatagramSender, IFrameConnection, IFrameReceiver, IStreamHandler
+from netd.interfaces import (
+    IDatagramHandler,
+    IDatagramSender,
+    IFrameConnection,
+    IFrameReceiver,
+    IReportsStatus,
+    IStreamHandler,
+)
 from netd.metrics import Counters
 
 from .cache import AnswerCache, CacheKey, cacheKey
@@ -100,7 +107,7 @@ class AccessList:
         return verdict
 
 
-@implementer(IStreamHandler, IDatagramHandler)
+@implementer(IStreamHandler, IDatagramHandler, IReportsStatus)
 class DNSProxy(Service):
     """
     One dns-proxy service.
@@ -125,6 +132,8 @@ class DNSProxy(Service):
         self.resolver = resolver
         self.access = access
         self.counters = counters
+        counters.labelCounters("qtype_", family="dns_queries", label="qtype", help="DNS queries received, by query type.")
+        counters.labelCounters("rcode_", family="dns_answers", label="rcode", help="DNS answers sent, by response code.")
         self.log = log
         self.logQueries = logQueries
         self.udpSize = udpSize
@@ -142,6 +151,13 @@ class DNSProxy(Service):
         probe.queries = [dns.Query(decodeName(self.loopProbe), dns.HINFO, dns.IN)]
         query = parseQuery(probe.toStr())
         self.resolver.resolve(probe.toStr(), query.question).addErrback(lambda _: None)
+
+    def status(self) -> dict[str, Any]:
+        """
+        What C{GET /services} shows: each upstream's health (see
+        L{UpstreamResolver.health}) and how many answers are cached.
+        """
+        return {"upstreams": self.resolver.health(), "cache_entries": len(self.cache)}
 
     def stopService(self) -> Deferred[None] | None:
         """

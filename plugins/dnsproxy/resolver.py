@@ -34,10 +34,10 @@ C{upstream_answers} (accepted answers, any rcode), C{upstream_timeouts},
 C{upstream_failures} (errors: refused or lost connections, failed TLS, send
 errors), C{upstream_error_answers} (SERVFAIL/REFUSED answers that caused a
 failover), C{upstream_truncated} (TC answers retried over TCP),
-C{upstream_spoofed_dropped} (counted by the transports),
-C{upstream_latency_ms_total} and C{upstream_latency_count} (over accepted
-answers, so the mean is their quotient), C{upstream_probes},
-C{upstream_marked_down}, C{upstream_loops_detected}.
+C{upstream_spoofed_dropped} (counted by the transports), C{upstream_probes},
+C{upstream_marked_down}, C{upstream_loops_detected}; and the histogram
+C{upstream_latency_seconds} of the time from sending an attempt to accepting
+its answer (a TC retry over TCP included).
 
 L{UpstreamResolver.isLooped} tells the handler whether a query it received
 is one of the resolver's own upstream queries come back (same ID and
@@ -58,7 +58,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from netd.metrics import Counters
+from netd.metrics import LATENCY_BUCKETS, Counters
 from netd.tls import loadTrustRoot
 
 from .transports import AttemptError, Outstanding, StreamUpstream, UDPPool
@@ -164,6 +164,11 @@ class UpstreamResolver(Service):
         self.maxFails = maxFails
         self.healthInterval = healthInterval
         self.counters = counters
+        self.latency = counters.histogram(
+            "upstream_latency_seconds",
+            LATENCY_BUCKETS,
+            help="Seconds from sending a query upstream to accepting its answer (any rcode).",
+        )
         self.log = log
         self.idleTimeout = idleTimeout
         self.random: random.Random = random.SystemRandom()
@@ -343,8 +348,7 @@ class UpstreamResolver(Service):
             self._failed(state, str(e))
             raise
         self.counters["upstream_answers"] += 1
-        self.counters["upstream_latency_ms_total"] += round((self.reactor.seconds() - started) * 1000)
-        self.counters["upstream_latency_count"] += 1
+        self.latency.observe(self.reactor.seconds() - started)
         self._succeeded(state)
         return answer
 

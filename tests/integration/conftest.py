@@ -44,11 +44,21 @@ class NetdProcess:
     One running netd, with where each of its services listens.
     """
 
-    def __init__(self, process: subprocess.Popen[bytes], portsFile: Path, logFile: Path) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], portsFile: Path, logFile: Path, stateDir: Path | None = None) -> None:
         self.process = process
         self.portsFile = portsFile
         self.logFile = logFile
+        self.stateDir = stateDir
+        """
+        netd's default state directory (C{$XDG_STATE_HOME/netd}, in the test's
+        temporary folder): where C{certificate = "auto"} keeps its files
+        unless the config sets C{[daemon] state_dir}.
+        """
         self.services: dict[str, list[dict[str, object]]] = {}
+        self.admin: dict[str, object] | None = None
+        """
+        Where the control API listens (the ports file's C{"admin"} entry), if it does.
+        """
 
     @property
     def pid(self) -> int:
@@ -68,7 +78,16 @@ class NetdProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"netd was not ready after {timeout} seconds:\n{self.log()}")
             time.sleep(0.02)
-        self.services = json.loads(self.portsFile.read_text())["services"]
+        report = json.loads(self.portsFile.read_text())
+        self.services = report["services"]
+        self.admin = report.get("admin")
+
+    def adminURL(self, path: str = "/") -> str:
+        """
+        The URL of C{path} on the control API (over TCP).
+        """
+        assert self.admin is not None and "port" in self.admin, f"the control API does not listen on TCP: {self.admin}"
+        return f"http://{self.admin['host']}:{self.admin['port']}{path}"
 
     def address(self, service: str, transport: str = "tcp") -> tuple[str, int]:
         """
@@ -237,6 +256,27 @@ def netdCommand(*args: str) -> list[str]:
     return [sys.executable, "-m", "netd", *args]
 
 
+TEST_ADMIN = 'admin = "tcp:0:interface=127.0.0.1"'
+"""
+The control API of every netd the harness starts whose config does not place it:
+port 0 (reported in the ports file), so that netds running at once never
+contend for the default port.
+"""
+
+
+def withTestAdmin(config: str) -> str:
+    """
+    C{config} with L{TEST_ADMIN} in its C{[daemon]} table (made if missing),
+    unless it sets C{admin} itself.
+    """
+    if re.search(r"^\s*admin\s*=", config, re.MULTILINE):
+        return config
+    table = re.search(r"^\[daemon\][^\n]*$", config, re.MULTILINE)
+    if table is None:
+        return f"[daemon]\n{TEST_ADMIN}\n\n{config}"
+    return f"{config[: table.end()]}\n{TEST_ADMIN}{config[table.end() :]}"
+
+
 def _defaultSigInt() -> None:
     """
     In the child, before netd starts: undo an inherited "ignore SIGINT" (pytest
@@ -251,14 +291,22 @@ def _netdStarter(directory: Path, started: list[NetdProcess]) -> Callable[..., N
     A function that starts netd on a config text (L{None}: the embedded default
     config, no C{-c}) with its files in C{directory}, appending each process to
     C{started}, and returns it as a L{NetdProcess}, ready unless C{wait=False}.
+
+    Every netd gets C{XDG_STATE_HOME} in C{directory} (and no
+    C{STATE_DIRECTORY}), so that C{certificate = "auto"} (the embedded
+    default's tls-echo) never writes into the user's home.  A config text
+    gets its control API on port 0 unless it places it (L{withTestAdmin}).
     """
+    stateHome = directory / "state"
+    environment = {key: value for key, value in os.environ.items() if key != "STATE_DIRECTORY"}
+    environment["XDG_STATE_HOME"] = str(stateHome)
 
     def start(config: str | None, *, wait: bool = True) -> NetdProcess:
         index = len(started)
         configArgs: list[str] = []
         if config is not None:
             configFile = directory / f"netd-{index}.toml"
-            configFile.write_text(config)
+            configFile.write_text(withTestAdmin(config))
             configArgs = ["-c", str(configFile)]
         portsFile = directory / f"ports-{index}.json"
         logFile = directory / f"netd-{index}.log"
@@ -269,8 +317,9 @@ def _netdStarter(directory: Path, started: list[NetdProcess]) -> Callable[..., N
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_defaultSigInt,
+                env=environment,
             )
-        netd = NetdProcess(process, portsFile, logFile)
+        netd = NetdProcess(process, portsFile, logFile, stateHome / "netd")
         started.append(netd)
         if wait:
             netd.waitUntilReady()

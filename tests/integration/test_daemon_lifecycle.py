@@ -267,12 +267,26 @@ def test_jsonLogFormat(startNetd: Any) -> None:
     assert any(e.get("log_format") == "stopped" and e.get("service") == "echo" for e in events)
 
 
+DEFAULT_PORTS = [
+    (socket.SOCK_STREAM, 7007),
+    (socket.SOCK_DGRAM, 7007),
+    (socket.SOCK_STREAM, 5300),
+    (socket.SOCK_DGRAM, 5300),
+    (socket.SOCK_STREAM, 7443),
+    (socket.SOCK_STREAM, 8053),
+]
+"""
+What the embedded default config listens on (echo, dns, tls-echo, the control API), all on 127.0.0.1.
+"""
+
+
 def test_embeddedDefaultConfig(startNetd: Any) -> None:
     """
     netd run without -c serves echo on 127.0.0.1:7007 over TCP and UDP and exits 0 on SIGTERM.
     """
-    if not (canBind(socket.SOCK_STREAM, 7007) and canBind(socket.SOCK_DGRAM, 7007)):
-        pytest.skip("port 7007 on 127.0.0.1 is in use")
+    busy = [f"{'tcp' if kind == socket.SOCK_STREAM else 'udp'} {port}" for kind, port in DEFAULT_PORTS if not canBind(kind, port)]
+    if busy:
+        pytest.skip(f"ports of the embedded default config are in use on 127.0.0.1: {busy}")
     netd = startNetd(None)
     assert netd.address("echo", "tcp") == ("127.0.0.1", 7007)
     assert netd.address("echo", "udp") == ("127.0.0.1", 7007)

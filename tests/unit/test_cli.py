@@ -42,6 +42,18 @@ BAD_PROBLEMS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def stateHome(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """
+    netd's state directory in the test's temporary folder (C{XDG_STATE_HOME},
+    inherited by every netd run here), so that nothing (such as the embedded
+    default's certificate = "auto") can write into the user's home.
+    """
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
 def runNetd(*args: str, cwd: str | Path | None = None) -> subprocess.CompletedProcess[str]:
     """
     Run C{python -m netd ARGS} to completion and capture what it printed.
@@ -80,6 +92,16 @@ def test_checkEmbeddedDefault(cwd: str | None) -> None:
     assert header == f"# {DEFAULT_CONFIG_NAME}: valid"
     assert tomllib.loads(result.stdout) == loadConfig(None, discoverPlugins()).toConfig()
     assert tomllib.loads(body)["services"]
+
+
+def test_checkMakesNoCertificate(stateHome: Path) -> None:
+    """
+    netd check of the embedded default, whose tls-echo has certificate = "auto", makes no certificate and no state directory.
+    """
+    result = runNetd("check")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert 'plugin = "tls-echo"' in result.stdout
+    assert not stateHome.exists()
 
 
 def test_checkOutputIsItselfValid(tmp_path: Path) -> None:

@@ -102,7 +102,7 @@ BAD_CONFIGS = [
     pytest.param(
         '[daemon]\ncolour = "blue"\n' + ECHO,
         "daemon.colour",
-        ["unknown key", "known keys: log_format, log_level, shutdown_timeout"],
+        ["unknown key", "known keys: ", "log_format, log_level, shutdown_timeout"],
         id="daemon-unknown-key-lists-known",
     ),
     pytest.param(
@@ -597,7 +597,12 @@ def test_defaultsFilledIn() -> None:
     assert config.source == SOURCE
     assert config.daemon == DaemonSpec(log_format="text", log_level="info", shutdown_timeout=10.0)
     assert config.toConfig() == {
-        "daemon": {"log_format": "text", "log_level": "info", "shutdown_timeout": 10.0},
+        "daemon": {
+            "log_format": "text",
+            "log_level": "info",
+            "shutdown_timeout": 10.0,
+            "admin": "tcp:8053:interface=127.0.0.1",
+        },
         "services": [
             {
                 "name": "r",

@@ -87,10 +87,12 @@ class UDPBindFailsReactor(BindingReactor):
 
 def makeConfig(*services: dict[str, Any], registry: PluginRegistry | None = None, **daemon: Any) -> NetdConfig:
     """
-    A validated config of C{services}, with C{daemon} as its [daemon] table.
+    A validated config of C{services}, with C{daemon} as its [daemon] table
+    (the control API off unless C{admin} is given: tests/unit/test_admin.py
+    covers it).
     """
     return parseConfig(
-        {"daemon": daemon, "services": list(services)}, "test.toml", registry or discoverPlugins()
+        {"daemon": {"admin": False, **daemon}, "services": list(services)}, "test.toml", registry or discoverPlugins()
     )
 
 

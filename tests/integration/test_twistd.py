@@ -1,0 +1,155 @@
+"""
+netd under twistd, as real processes: C{twistd -n netd -c FILE} serves the
+same echo as C{netd run} and stops on SIGTERM; twistd's own C{--pidfile},
+C{--logfile}, C{--uid} and C{--gid} apply around it.
+
+The drop-in is put on C{PYTHONPATH} in a C{twisted/plugins} folder of its own,
+as a plain C{pip install .} puts it into site-packages (an editable install
+does not expose it to Twisted's plugin scan).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import IO_TIMEOUT, NetdProcess, connect, echoService, recvExactly, waitForLog, withTestAdmin
+from .test_privileges import freePrivilegedPort, processIds, requireRoot
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def twistdCommand() -> list[str]:
+    """
+    This interpreter's twistd.
+    """
+    script = Path(sys.executable).parent / "twistd"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+@pytest.fixture
+def twistd(tmp_path: Path) -> Iterator[Callable[..., NetdProcess]]:
+    """
+    A function that runs C{twistd [OPTIONS] netd -c CONFIG --ports-file FILE}
+    in C{directory} (tmp_path by default) and returns it, not waiting;
+    each process is killed, by its PID, at teardown.
+    """
+    dropIns = tmp_path / "dropins" / "twisted" / "plugins"
+    dropIns.mkdir(parents=True)
+    shutil.copy(ROOT / "twisted" / "plugins" / "netd_plugin.py", dropIns)
+    started: list[NetdProcess] = []
+
+    def start(config: str, *options: str, directory: Path = tmp_path) -> NetdProcess:
+        configFile = directory / "netd.toml"
+        configFile.write_text(withTestAdmin(config))
+        configFile.chmod(0o644)
+        portsFile = directory / "ports.json"
+        logFile = directory / "output.log"
+        environment = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "LISTEN_PID", "STATE_DIRECTORY")}
+        environment["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(tmp_path / "dropins"), environment.get("PYTHONPATH", "")) if p
+        )
+        environment["XDG_STATE_HOME"] = str(directory / "state")
+        command = [*twistdCommand(), *options, "netd", "-c", str(configFile), "--ports-file", str(portsFile)]
+        with logFile.open("wb") as log:
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=directory
+            )
+        netd = NetdProcess(process, portsFile, logFile)
+        started.append(netd)
+        return netd
+
+    yield start
+    for netd in started:
+        netd.kill()
+
+
+def stoppedBySigterm(netd: NetdProcess) -> None:
+    """
+    SIGTERM netd and check that it drained and exited as twistd exits on a
+    signal: by the same signal, re-raised once the reactor has stopped.
+    """
+    code = netd.stop(signal.SIGTERM)
+    assert code in (0, -signal.SIGTERM), netd.log()
+    log = waitForLog(netd, "Server Shut Down.")
+    assert "[echo#info] stopped" in log
+
+
+def test_twistdServesEcho(twistd: Callable[..., NetdProcess]) -> None:
+    """
+    twistd -n --pidfile= netd -c FILE serves echo on the configured address and stops on SIGTERM.
+    """
+    netd = twistd(echoService("echo", ["tcp:0:interface=127.0.0.1"]), "-n", "--pidfile=")
+    netd.waitUntilReady()
+    with connect(netd.address("echo")) as client:
+        client.sendall(b"through twistd\n")
+        assert recvExactly(client, 15) == b"through twistd\n"
+    assert "netd is ready: 1 services" in netd.log()
+    stoppedBySigterm(netd)
+
+
+def test_twistdBadConfig(twistd: Callable[..., NetdProcess]) -> None:
+    """
+    An invalid config makes twistd netd exit 1 with the problem, before anything listens.
+    """
+    config = echoService("echo", ["tcp:0:interface=127.0.0.1"]).replace('plugin = "echo"', 'plugin = "ecko"')
+    netd = twistd(config, "-n", "--pidfile=")
+    assert netd.process.wait(timeout=IO_TIMEOUT * 3) == 1
+    assert "services[0].plugin: unknown plugin 'ecko'" in netd.log()
+    assert not netd.portsFile.exists()
+
+
+@pytest.fixture
+def sharedDir() -> Iterator[Path]:
+    """
+    A folder nobody may write in, for what twistd and netd write after the switch.
+    """
+    path = Path(tempfile.mkdtemp(prefix="netd-twistd-"))
+    path.chmod(0o1777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_twistdOptionsApply(twistd: Callable[..., NetdProcess], sharedDir: Path) -> None:
+    """
+    twistd's --pidfile, --logfile, --uid and --gid apply: netd binds a port below 1024 as root, then serves it as nobody, logging to the file and with its PID in the pidfile.
+    """
+    requireRoot()
+    nobody = pwd.getpwnam("nobody")
+    group = grp.getgrgid(nobody.pw_gid)
+    port = freePrivilegedPort()
+    pidfile = sharedDir / "twistd.pid"
+    logfile = sharedDir / "twistd.log"
+    netd = twistd(
+        echoService("echo", [f"tcp:{port}:interface=127.0.0.1"]),
+        "-n",
+        f"--pidfile={pidfile}",
+        f"--logfile={logfile}",
+        f"--uid={nobody.pw_uid}",
+        f"--gid={group.gr_gid}",
+        directory=sharedDir,
+    )
+    netd.waitUntilReady()
+    assert int(pidfile.read_text()) == netd.pid
+    ids = processIds(netd.pid)
+    assert ids["Uid"] == [str(nobody.pw_uid)] * 4 and ids["Gid"] == [str(group.gr_gid)] * 4
+    with connect(("127.0.0.1", port)) as client:
+        client.sendall(b"uid switched\n")
+        assert recvExactly(client, 13) == b"uid switched\n"
+    assert "listening on tcp 127.0.0.1:" in logfile.read_text()
+    netd.logFile = logfile
+    stoppedBySigterm(netd)

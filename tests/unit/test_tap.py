@@ -1,0 +1,128 @@
+"""
+The twistd drop-in: Twisted's plugin loader finds C{netd} in
+C{twisted/plugins/netd_plugin.py}, its options are those of C{netd run}, and
+its service binds in C{privilegedStartService} (before twistd's C{--uid}
+switch) and serves once the reactor runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.application.service import IServiceMaker
+from twisted.logger import LogLevel, capturedLogs
+from twisted.plugin import getPlugins
+from twisted.python import usage
+
+from netd.tap import NetdApplication, Options, makeService
+
+from .test_service import BindingReactor, UDPBindFailsReactor, makeConfig, resultOf
+from .test_systemd import RecordingNotifier
+
+ROOT = Path(__file__).resolve().parents[2]
+DROP_IN = ROOT / "twisted" / "plugins" / "netd_plugin.py"
+ECHO = {"name": "echo", "plugin": "echo", "listen": ["tcp:0:interface=127.0.0.1", "udp:0:interface=127.0.0.1"]}
+GOOD = '[daemon]\nadmin = false\n\n[[services]]\nname = "e"\nplugin = "echo"\nlisten = ["tcp:0"]\n'
+
+
+def test_dropInFoundByTwisted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Twisted's plugin loader, given a plugin package holding the drop-in, finds an IServiceMaker named netd whose module is netd.tap.
+    """
+    package = tmp_path / "netd_test_dropins"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    shutil.copy(DROP_IN, package)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("netd_test_dropins")
+    makers = [m for m in getPlugins(IServiceMaker, module) if m.tapname == "netd"]
+    monkeypatch.delitem(sys.modules, "netd_test_dropins")
+    monkeypatch.delitem(sys.modules, "netd_test_dropins.netd_plugin", raising=False)
+    assert len(makers) == 1
+    assert makers[0].options is Options
+    assert makers[0].makeService is makeService
+
+
+def test_dropInIsShippedWithoutPackageFiles() -> None:
+    """
+    twisted/plugins has the drop-in and no __init__.py (the package is Twisted's), and setuptools is told to ship it.
+    """
+    assert DROP_IN.exists()
+    assert not (ROOT / "twisted" / "__init__.py").exists()
+    assert not (ROOT / "twisted" / "plugins" / "__init__.py").exists()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "twisted.plugins" in pyproject["tool"]["setuptools"]["packages"]
+
+
+def test_optionsLoadTheConfig(tmp_path: Path) -> None:
+    """
+    -c and --ports-file parse as under netd run, and the config is loaded and validated while the options are.
+    """
+    config = tmp_path / "netd.toml"
+    config.write_text(GOOD)
+    options = Options()
+    options.parseOptions(["-c", str(config), "--ports-file", str(tmp_path / "ports.json")])
+    assert options["netdConfig"].services[0].name == "e"
+    assert options["ports-file"] == str(tmp_path / "ports.json")
+    assert isinstance(makeService(options), NetdApplication)
+
+
+def test_badConfigIsAUsageError(tmp_path: Path) -> None:
+    """
+    An invalid config is refused as a usage error that lists every problem, before twistd starts anything.
+    """
+    config = tmp_path / "netd.toml"
+    config.write_text(GOOD.replace('"echo"', '"ecko"'))
+    with pytest.raises(usage.UsageError) as info:
+        Options().parseOptions(["-c", str(config)])
+    assert "services[0].plugin: unknown plugin 'ecko'" in str(info.value)
+    assert "1 problem(s) found; nothing was started." in str(info.value)
+
+
+def application(reactor: Any, tmp_path: Path) -> tuple[NetdApplication, RecordingNotifier]:
+    """
+    The twistd service of an echo config on C{reactor}, with a recording notifier.
+    """
+    notifier = RecordingNotifier(tmp_path / "ports.json")
+    return NetdApplication(makeConfig(ECHO), str(tmp_path / "ports.json"), reactor, notifier), notifier
+
+
+def test_bindsPrivilegedThenServesWhenRunning(tmp_path: Path) -> None:
+    """
+    privilegedStartService binds every address; the ports file and READY=1 wait until the reactor runs; stopping closes the listeners and says STOPPING=1.
+    """
+    reactor = BindingReactor()
+    app, notifier = application(reactor, tmp_path)
+    app.privilegedStartService()
+    assert len(reactor.tcpPorts) == 1 and len(reactor.udpPorts) == 1
+    app.startService()
+    assert not (tmp_path / "ports.json").exists()
+    reactor.run()
+    report = json.loads((tmp_path / "ports.json").read_text())
+    assert [bound["transport"] for bound in report["services"]["echo"]] == ["tcp", "udp"]
+    assert notifier.sent[-1][0][0] == ("READY", "1") and notifier.sent[-1][1]
+    resultOf(app.stopService())
+    assert notifier.sent[-1][0][0] == ("STOPPING", "1")
+    assert [p.listening for p in reactor.tcpPorts] == [False]
+
+
+def test_bindFailureExits(tmp_path: Path) -> None:
+    """
+    An address that cannot be bound is logged as critical and exits 1, leaving nothing listening.
+    """
+    reactor = UDPBindFailsReactor()
+    app, notifier = application(reactor, tmp_path)
+    with capturedLogs() as events, pytest.raises(SystemExit) as info:
+        app.privilegedStartService()
+    assert info.value.code == 1
+    [critical] = [e for e in events if e["log_level"] == LogLevel.critical]
+    assert "cannot listen on 'udp:0:interface=127.0.0.1'" in critical["error"]
+    assert [p.listening for p in reactor.tcpPorts] == [False]
+    assert notifier.sent[-1][0][0][1].startswith("cannot start: ")
