@@ -39,7 +39,7 @@ from netd.interfaces import IReportsStatus
 from netd.listen import ListenAddress, describeBound
 from netd.metrics import PROMETHEUS_CONTENT_TYPE, Exposition
 from netd.options import ConfigError
-from netd.service import NetService, ServiceStartError
+from netd.service import NetService, ReloadInProgress, ServiceStartError
 from netd.tls import FAILURE_REASONS
 
 if TYPE_CHECKING:
@@ -317,6 +317,8 @@ class AdminResource(Resource):
 
         def failed(failure: Failure) -> Reply:
             error = failure.value
+            if isinstance(error, ReloadInProgress):
+                return errorReply(409, "conflict", str(error))
             if isinstance(error, ConfigError):
                 return errorReply(
                     422,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Any
 
@@ -25,7 +26,7 @@ from netd.logs import startLogging
 from netd.options import ConfigError, describeSchema
 from netd.plugin import PluginRegistry, discoverPlugins
 from netd.privileges import PrivilegeDrop, PrivilegeError
-from netd.service import ServiceStartError
+from netd.service import ReloadInProgress, ServiceStartError
 from netd.systemd import Notifier, startWatchdog
 
 log = Logger(namespace="netd")
@@ -233,7 +234,34 @@ async def runDaemon(reactor: Any, config: NetdConfig, portsFile: str | None) -> 
         notifier.status(f"cannot start: {e}")
         log.critical("netd cannot start: {error}", error=str(e))
         raise SystemExit(1) from None
+    installReloadSignal(daemon, reactor)
     await Deferred()
+
+
+def installReloadSignal(daemon: Daemon, reactor: Any) -> None:
+    """
+    Make SIGHUP reload the config (L{Daemon.reload}, which tells systemd
+    C{RELOADING=1} then C{READY=1}); the handler only hands the work to the
+    reactor, and a failed reload is logged, never fatal.
+    """
+
+    def reload() -> None:
+        log.info("SIGHUP: reloading the config")
+        Deferred.fromCoroutine(daemon.reload()).addErrback(reloadFailed)
+
+    def reloadFailed(failure: Any) -> None:
+        error = failure.value
+        if isinstance(error, ReloadInProgress):
+            log.warn("SIGHUP: {error}; this one is ignored", error=str(error))
+        elif isinstance(error, (ConfigError, ServiceStartError)):
+            log.error("SIGHUP: the reload failed; the previous config goes on serving")
+        else:
+            log.failure("SIGHUP: the reload failed; the previous config goes on serving", failure)
+
+    def onSignal(signum: int, frame: Any) -> None:
+        reactor.callFromThread(reload)
+
+    signal.signal(signal.SIGHUP, onSignal)
 
 
 def runCommand(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """
 The daemon: every enabled service of a config under one MultiService, started
-all-or-nothing and stopped with a drain.
+all-or-nothing, reloaded as a difference by service name (L{Daemon.reload}), and
+stopped with a drain.
 """
 
 from __future__ import annotations
@@ -11,14 +12,35 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import CannotListenError
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from netd.admin import AdminServer
-from netd.config import NetdConfig
-from netd.service import NetService, ServiceStartError
+from netd.config import DEFAULT_CONFIG_NAME, DaemonSpec, NetdConfig, ServiceSpec, loadConfig
+from netd.logs import setLogLevel
+from netd.options import ConfigError, Problem
+from netd.plugin import PluginRegistry, discoverPlugins
+from netd.service import NetService, ReloadInProgress, ServiceStartError
 from netd.systemd import Notifier
+from netd.tls import ServerTLS, TLSSetupError
+
+LISTEN_RETRY_DELAY = 0.25
+"""
+Seconds a reload waits before its one retry of a listen that failed, when it
+has just closed the old listener on the same address (the port may be
+momentarily busy).
+"""
+
+RESTART_KEYS = ("log_format", "state_dir", "admin", "admin_token_file", "user", "group")
+"""
+The C{[daemon]} keys a reload cannot apply: a change to one is logged as
+needing a restart, and the running value stays.
+"""
 
 
 class Daemon(MultiService):
@@ -31,9 +53,29 @@ class Daemon(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: NetdConfig, reactor: Any, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        config: NetdConfig,
+        reactor: Any,
+        notifier: Notifier | None = None,
+        *,
+        registry: PluginRegistry | None = None,
+    ) -> None:
+        """
+        @param registry: the plugins a reload decodes the file with;
+            L{discoverPlugins} when L{None}.
+        """
         super().__init__()
         self.config = config
+        self.configPath = None if config.source == DEFAULT_CONFIG_NAME else config.source
+        """
+        The file L{reload} reads again (the config's source); L{None} for the
+        embedded default config.
+        """
+        self.registry = registry
+        self.portsFile: str | None = None
+        self._reloading = False
+        self._draining: set[Deferred[None]] = set()
         self.reactor = reactor
         self.notifier = notifier if notifier is not None else Notifier.disabled()
         """
@@ -117,16 +159,259 @@ class Daemon(MultiService):
         clash with it), and tell systemd that netd is ready.
         """
         self.startService()
-        report = self.boundAddresses()
-        if portsFile is not None:
-            document: dict[str, object] = {"services": report}
-            if self.admin is not None:
-                document["admin"] = self.admin.describe()
-            writeAtomically(portsFile, json.dumps(document, indent=2) + "\n")
+        self.portsFile = portsFile
+        report = self.writePortsFile()
         self.log.info("netd is ready: {count} services from {source}", count=len(report), source=self.config.source)
         addresses = sum(len(bound) for bound in report.values())
         self.notifier.ready(f"serving {len(report)} services on {addresses} addresses")
         return report
+
+    def writePortsFile(self) -> dict[str, list[dict[str, object]]]:
+        """
+        Write the bound addresses to the ports file, if there is one; return them.
+        """
+        report = self.boundAddresses()
+        if self.portsFile is not None:
+            document: dict[str, object] = {"services": report}
+            if self.admin is not None:
+                document["admin"] = self.admin.describe()
+            writeAtomically(self.portsFile, json.dumps(document, indent=2) + "\n")
+        return report
+
+    async def reload(self) -> dict[str, list[str]]:
+        """
+        Read the config file again and apply it as a difference, by service name.
+
+        Unchanged services are not touched (their TLS files are read again,
+        for new connections); removed ones stop accepting and drain in the
+        background; new ones listen and start; changed ones are replaced,
+        their old service draining its connections in the background.  Where
+        a changed service keeps an address, the old listener closes before
+        the new one opens (one retry if the port is still busy); otherwise the
+        new listeners open first.  Systemd hears C{RELOADING=1} then C{READY=1}.
+
+        @return: the service names, by what happened to them.
+        @raise ConfigError: the file is invalid, or a plugin or TLS file of a
+            service cannot be loaded; nothing was changed.
+        @raise ServiceStartError: a new listener could not open; what the
+            reload had started is closed, the old listeners reopened.
+        @raise ReloadInProgress: another reload runs, or netd is not serving.
+        """
+        if self._reloading:
+            raise ReloadInProgress("a reload is already in progress")
+        if self.stopping or not self.running:
+            raise ReloadInProgress("netd is not serving (starting or stopping); a reload cannot run now")
+        self._reloading = True
+        self.notifier.reloading()
+        status = "reload failed; serving the previous config"
+        try:
+            summary = await self._reload()
+            status = "reloaded: " + ", ".join(f"{len(names)} {what}" for what, names in summary.items())
+            return summary
+        finally:
+            self._reloading = False
+            addresses = sum(len(s.ports) for s in self.netServices())
+            self.notifier.ready(f"{status}; serving {len(self.netServices())} services on {addresses} addresses")
+
+    async def _reload(self) -> dict[str, list[str]]:
+        """
+        The work of L{reload}: load, prepare, listen (all or nothing), commit.
+        """
+        source = self.configPath or DEFAULT_CONFIG_NAME
+        self.log.info("reloading the config from {source}", source=source)
+        try:
+            new = loadConfig(self.configPath, self.registry or discoverPlugins())
+        except ConfigError as e:
+            self.log.error(
+                "reload: {source} has {count} problem(s); nothing was changed:\n{problems}",
+                source=e.source,
+                count=len(e.problems),
+                problems=str(e),
+            )
+            raise
+        daemonSpec = self._daemonChanges(new.daemon)
+        old = {s.spec.name: s for s in self.netServices()}
+        wanted = {spec.name: spec for spec in new.services if spec.enabled}
+        summary: dict[str, list[str]] = {
+            "unchanged": [n for n in wanted if n in old and old[n].spec == wanted[n]],
+            "changed": [n for n in wanted if n in old and old[n].spec != wanted[n]],
+            "added": [n for n in wanted if n not in old],
+            "removed": [n for n in old if n not in wanted],
+        }
+        replacements, freshTLS = self._prepare(new, wanted, summary, old, daemonSpec)
+        await self._listenAll(replacements, old)
+        self._commit(new, daemonSpec, replacements, freshTLS, summary, old)
+        return summary
+
+    def _daemonChanges(self, new: DaemonSpec) -> DaemonSpec:
+        """
+        The C{[daemon]} table to run with: the new live keys (log level,
+        shutdown timeout), the running value of every other key, each change
+        of which is logged as needing a restart.
+        """
+        running = self.config.daemon
+        for key in RESTART_KEYS:
+            if getattr(new, key) != getattr(running, key):
+                self.log.warn(
+                    "reload: [daemon] {key} changed; it takes effect only when netd restarts",
+                    key=key,
+                )
+        return attrs.evolve(running, log_level=new.log_level, shutdown_timeout=new.shutdown_timeout)
+
+    def _prepare(
+        self,
+        new: NetdConfig,
+        wanted: dict[str, ServiceSpec],
+        summary: dict[str, list[str]],
+        old: dict[str, NetService],
+        daemonSpec: DaemonSpec,
+    ) -> tuple[dict[str, NetService], dict[str, ServerTLS]]:
+        """
+        Build the services to add or replace, and read the TLS files of the
+        unchanged ones again, touching nothing that runs.
+
+        @raise ConfigError: every service that cannot be built or whose TLS
+            files cannot be loaded; nothing was changed.
+        """
+        problems: list[Problem] = []
+        index = {spec.name: i for i, spec in enumerate(new.services)}
+        replacements: dict[str, NetService] = {}
+        for name in summary["changed"] + summary["added"]:
+            try:
+                replacements[name] = NetService(wanted[name], self.reactor, daemonSpec.shutdown_timeout, daemonSpec.state_dir)
+            except ServiceStartError as e:
+                problems.append(Problem(("services", index[name]), str(e)))
+        freshTLS: dict[str, ServerTLS] = {}
+        for name in summary["unchanged"]:
+            tls = old[name].tls
+            if tls is None:
+                continue
+            try:
+                freshTLS[name] = tls.reloadFiles(daemonSpec.state_dir)
+            except TLSSetupError as e:
+                problems.append(Problem(("services", index[name], "tls"), f"cannot reload the TLS files, keeping the old ones: {e}"))
+        if problems:
+            error = ConfigError(new.source, problems)
+            self.log.error(
+                "reload: {count} service(s) of {source} cannot be loaded; nothing was changed:\n{problems}",
+                source=new.source,
+                count=len(problems),
+                problems=str(error),
+            )
+            raise error
+        return replacements, freshTLS
+
+    async def _listenAll(self, replacements: dict[str, NetService], old: dict[str, NetService]) -> None:
+        """
+        Listen with every new and changed service, all or nothing: a changed
+        service sharing an address with its old one closes the old listener
+        first.  On a failure, close what was opened and reopen what was closed.
+
+        @raise ServiceStartError: naming the service and address that failed.
+        """
+        closedOld: list[NetService] = []
+        opened: list[NetService] = []
+        try:
+            for name, service in replacements.items():
+                previous = old.get(name)
+                shared = previous is not None and bool(
+                    {a.text for a in previous.spec.listen} & {a.text for a in service.spec.listen}
+                )
+                if previous is not None and shared:
+                    await previous.stopListening()
+                    closedOld.append(previous)
+                opened.append(service)
+                try:
+                    await service.listen()
+                except ServiceStartError as e:
+                    if not (shared and isinstance(e.__cause__, CannotListenError)):
+                        raise
+                    await service.stopListening()
+                    self.log.info(
+                        "reload: {error}; retrying in {delay} seconds", error=str(e), delay=LISTEN_RETRY_DELAY
+                    )
+                    await deferLater(self.reactor, LISTEN_RETRY_DELAY, lambda: None)
+                    await service.listen()
+        except ServiceStartError as e:
+            self.log.error("reload: {error}; undoing the reload, nothing was changed", error=str(e))
+            for service in opened:
+                await service.stopListening()
+            for previous in closedOld:
+                try:
+                    await previous.listen()
+                except ServiceStartError as again:
+                    self.log.critical(
+                        "reload: cannot listen again with the previous service: {error}", error=str(again)
+                    )
+            raise
+
+    def _commit(
+        self,
+        new: NetdConfig,
+        daemonSpec: DaemonSpec,
+        replacements: dict[str, NetService],
+        freshTLS: dict[str, ServerTLS],
+        summary: dict[str, list[str]],
+        old: dict[str, NetService],
+    ) -> None:
+        """
+        Everything new listens: swap the services, let the old and removed
+        ones drain in the background, adopt the new TLS files and the live
+        C{[daemon]} keys, rewrite the ports file, and log one line per service.
+        """
+        for name in summary["changed"] + summary["removed"]:
+            previous = old[name]
+            stopped = previous.disownServiceParent()
+            if isinstance(stopped, Deferred):
+                self._draining.add(stopped)
+                stopped.addErrback(self._drainFailed, name)
+                stopped.addBoth(self._drained, stopped)
+        for service in replacements.values():
+            service.setServiceParent(self)
+        order = [spec.name for spec in new.services]
+        self.services.sort(key=lambda s: order.index(s.name))
+        for name, fresh in freshTLS.items():
+            tls = old[name].tls
+            assert tls is not None
+            tls.adopt(fresh)
+        if daemonSpec.log_level != self.config.daemon.log_level:
+            setLogLevel(daemonSpec.log_level)
+            self.log.info("reload: log level is now {level}", level=daemonSpec.log_level)
+        for service in self.netServices():
+            service.shutdownTimeout = daemonSpec.shutdown_timeout
+        self.config = NetdConfig(
+            source=new.source, daemon=daemonSpec, services=tuple(s for s in new.services if s.name in self.namedServices)
+        )
+        report = self.writePortsFile()
+        for what, names in summary.items():
+            for name in names:
+                where = ", ".join(_describe(bound) for bound in report.get(name, []))
+                tlsNote = " (TLS files reloaded)" if name in freshTLS else ""
+                self.log.info(
+                    "reload: service {service} {what}{tls}{where}",
+                    service=name,
+                    what=what,
+                    tls=tlsNote,
+                    where=f" on {where}" if where else "",
+                )
+
+    def draining(self) -> int:
+        """
+        How many services replaced or removed by a reload are still draining.
+        """
+        return len(self._draining)
+
+    def _drained(self, result: object, stopped: Deferred[None]) -> None:
+        """
+        A replaced or removed service has drained and stopped.
+        """
+        self._draining.discard(stopped)
+
+    def _drainFailed(self, failure: Failure, name: str) -> None:
+        """
+        Log a replaced or removed service's stop that failed.
+        """
+        self.log.failure("reload: stopping the previous service {service} failed", failure, service=name)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -137,6 +422,9 @@ class Daemon(MultiService):
         self.notifier.stopping()
         self.stopping = True
         stopped: Deferred[None] = super().stopService()
+        draining = list(self._draining)
+        if draining:
+            stopped.addBoth(lambda result: DeferredList(draining).addCallback(lambda _: result))
         if self.admin is not None:
             admin = self.admin
             stopped.addBoth(lambda result: Deferred.fromCoroutine(admin.stopListening()).addCallback(lambda _: result))
@@ -153,6 +441,15 @@ class Daemon(MultiService):
         Service name to the addresses it really listens on.
         """
         return {s.spec.name: [p.describe() for p in s.ports] for s in self.netServices()}
+
+
+def _describe(bound: dict[str, object]) -> str:
+    """
+    One bound address of the ports file in words.
+    """
+    if "port" in bound:
+        return f"{bound['transport']} {bound['host']}:{bound['port']}"
+    return f"{bound['transport']} {bound.get('path', bound.get('address'))}"
 
 
 def writeAtomically(path: str, text: str) -> None:

@@ -74,7 +74,23 @@ def makeObserver(logFormat: str, level: str, stream: IO[str]) -> ILogObserver:
     else:
         observer = textFileLogObserver(stream)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    _levelPredicates.append(predicate)
     return FilteringLogObserver(observer, [PortChatterFilter(), predicate])
+
+
+_levelPredicates: list[LogLevelFilterPredicate] = []
+"""
+The level filters of the observers L{makeObserver} made, for L{setLogLevel}.
+"""
+
+
+def setLogLevel(level: str) -> None:
+    """
+    Change the least severe level written by every observer L{makeObserver}
+    made (a reload of C{[daemon] log_level}).
+    """
+    for predicate in _levelPredicates:
+        predicate.defaultLogLevel = LogLevel.levelWithName(level)
 
 
 def startLogging(logFormat: str, level: str, stream: IO[str] = sys.stderr) -> None:

@@ -37,6 +37,12 @@ class ServiceStartError(Exception):
     """
 
 
+class ReloadInProgress(Exception):
+    """
+    A reload was asked for while another one runs (the control API answers 409).
+    """
+
+
 @attrs.frozen
 class BoundPort:
     """

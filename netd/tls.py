@@ -540,6 +540,28 @@ class ServerTLS:
         if self.pairs:
             self.defaultContext.set_tlsext_servername_callback(self._serverNameReceived)
 
+    def reloadFiles(self, stateDir: str | None = None) -> ServerTLS:
+        """
+        Load the certificate, key and CA files again, without using them yet.
+
+        @return: the fresh settings, for L{adopt}.
+        @raise TLSSetupError: a file is now missing, unreadable or malformed,
+            or a key does not match its certificate; nothing changes then.
+        """
+        return ServerTLS(self.options, serviceName=self.serviceName, log=self.log, stateDir=stateDir)
+
+    def adopt(self, fresh: ServerTLS) -> None:
+        """
+        Serve new connections with the contexts of C{fresh} (from
+        L{reloadFiles}); connections already open keep theirs.
+        """
+        self.made = fresh.made
+        self.defaultPair = fresh.defaultPair
+        self.pairs = fresh.pairs
+        self.clientCAs = fresh.clientCAs
+        self.contexts = fresh.contexts
+        self.defaultContext = fresh.defaultContext
+
     def _makeContext(self, pair: KeyPair) -> SSL.Context:
         """
         A pyOpenSSL context serving C{pair} with the service's settings.

@@ -59,6 +59,11 @@ class NetdProcess:
         """
         Where the control API listens (the ports file's C{"admin"} entry), if it does.
         """
+        self.configFile: Path | None = None
+        """
+        The config file netd was started with (L{None}: the embedded default),
+        for tests that rewrite it and reload.
+        """
 
     @property
     def pid(self) -> int:
@@ -320,6 +325,8 @@ def _netdStarter(directory: Path, started: list[NetdProcess]) -> Callable[..., N
                 env=environment,
             )
         netd = NetdProcess(process, portsFile, logFile, stateHome / "netd")
+        if config is not None:
+            netd.configFile = configFile
         started.append(netd)
         if wait:
             netd.waitUntilReady()

@@ -34,7 +34,7 @@ from netd.interfaces import IProtocolPlugin, IReportsStatus, IStreamHandler
 from netd.metrics import Counters, Exposition, Histogram, formatFloat, metricName
 from netd.options import ConfigError, Problem
 from netd.plugin import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
-from netd.service import ServiceStartError
+from netd.service import ReloadInProgress, ServiceStartError
 from netd.testing import UDPMemoryReactorClock, connect
 from netd.tls import FAILURE_REASONS
 from netd_plugins.echo import EchoReceiver
@@ -630,6 +630,7 @@ def test_reloadWithoutHookIs501() -> None:
     POST /reload on a daemon without reload() answers 501 with a JSON error.
     """
     daemon, reactor = started(ECHO)
+    daemon.reload = None  # type: ignore[assignment]
     response = request(reactor.site(), "POST", "/reload")
     assert response.code == 501
     assert response.json()["error"] == "not implemented"
@@ -672,6 +673,20 @@ def test_reloadWaitsForAnAsyncHook() -> None:
     assert first.response().code == 200
     assert first.response().json() == {"status": "reloaded"}
     assert request(site, "POST", "/reload").code == 200
+
+
+def test_reloadAlreadyRunningInTheDaemonIs409() -> None:
+    """
+    A reload() refused because another one runs (one started by SIGHUP) answers 409.
+    """
+    daemon, reactor = started(ECHO)
+
+    def reload() -> None:
+        raise ReloadInProgress("a reload is already in progress")
+
+    daemon.reload = reload  # type: ignore[assignment]
+    response = request(reactor.site(), "POST", "/reload")
+    assert (response.code, response.json()["error"]) == (409, "conflict")
 
 
 def test_reloadBadConfigIs422WithProblems() -> None:
