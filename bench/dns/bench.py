@@ -25,13 +25,9 @@ dnsmasq with apt-get when missing), or .venv/bin/python bench/dns/bench.py.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -44,6 +40,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from benchlib import machine, netdVersion, record, say, startNetd, stopProcess, toolVersion  # noqa: E402  (the path above makes it importable)
 
 from dns_upstream import (  # noqa: E402  (the path above makes it importable)
     ZONE,
@@ -59,7 +58,6 @@ from dns_upstream import (  # noqa: E402  (the path above makes it importable)
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
 HIT_NAMES = 10
 FORWARDERS = ("netd", "dnsmasq", "unbound")
 
@@ -75,19 +73,6 @@ class Server:
         self.process = process
         self.stop = stop
         self.version = version
-
-
-def stopProcess(process: subprocess.Popen[bytes]) -> None:
-    """
-    SIGTERM to the process's PID, SIGKILL if it lingers; wait for it.
-    """
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
 
 
 def waitUntilAnswering(port: int, process: subprocess.Popen[bytes], what: str, log: Path) -> None:
@@ -106,13 +91,12 @@ def waitUntilAnswering(port: int, process: subprocess.Popen[bytes], what: str, l
     raise RuntimeError(f"{what} did not answer within {START_TIMEOUT} seconds:\n{log.read_text(errors='replace')[-3000:]}")
 
 
-def startNetd(upstream: Dnsmasq, directory: Path, cacheSize: int) -> Server:
+def startNetdProxy(upstream: Dnsmasq, directory: Path, cacheSize: int) -> Server:
     """
     netd with one dns-proxy service on a port it picks (port 0), read back from
     its ports file.
     """
-    config = directory / "netd.toml"
-    config.write_text(
+    config = (
         "[[services]]\n"
         'name = "dns"\n'
         'plugin = "dns-proxy"\n'
@@ -121,22 +105,8 @@ def startNetd(upstream: Dnsmasq, directory: Path, cacheSize: int) -> Server:
         f"cache_size = {cacheSize}\n"
         "log_queries = false\n"
     )
-    portsFile = directory / "netd-ports.json"
-    log = directory / "netd.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "netd", "run", "-c", str(config), "--ports-file", str(portsFile)],
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + START_TIMEOUT
-    while not portsFile.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            stopProcess(process)
-            raise RuntimeError(f"netd did not start:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.05)
-    port = next(int(bound["port"]) for bound in json.loads(portsFile.read_text())["services"]["dns"] if bound["transport"] == "udp")
+    process, services, log = startNetd(config, directory, "netd")
+    port = next(int(bound["port"]) for bound in services["dns"] if bound["transport"] == "udp")  # type: ignore[call-overload]
     waitUntilAnswering(port, process, "netd", log)
     return Server("netd", port, process, lambda: stopProcess(process), netdVersion())
 
@@ -205,47 +175,6 @@ def startUnbound(upstream: Dnsmasq, directory: Path) -> Server:
             raise
         return Server("unbound", port, process, lambda: stopProcess(process), "unbound " + toolVersion([executable, "-V"]).replace("Version ", ""))
     raise RuntimeError("unbound found no free port")
-
-
-def toolVersion(command: list[str]) -> str:
-    """
-    The first line a tool prints about its version.
-    """
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=10)
-    except OSError:
-        return "?"
-    lines = (done.stdout + done.stderr).strip().splitlines()
-    return lines[0].strip() if lines else "?"
-
-
-def dnsperfVersion() -> str:
-    """
-    dnsperf's version number.
-    """
-    try:
-        done = subprocess.run(["dnsperf", "-h"], capture_output=True, text=True, timeout=10)
-    except OSError:
-        return "?"
-    found = re.search(r"Version ([0-9.]+)", done.stdout + done.stderr)
-    return found.group(1) if found else "?"
-
-
-def netdVersion() -> str:
-    """
-    netd's git commit (with "+changes" when netd's code in the work tree differs from it).
-    """
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "netd", "plugins", "pyproject.toml"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except OSError:
-        return "netd"
-    return f"netd {commit}{'+changes' if dirty else ''}"
 
 
 # dnsperf.
@@ -340,36 +269,6 @@ def latencies(port: int, dataFile: Path, options: argparse.Namespace, *extra: st
 # The run.
 
 
-def machine() -> dict[str, str]:
-    """
-    What the numbers were measured on.
-    """
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import twisted
-
-        twistedVersion = twisted.__version__
-    except ImportError:
-        twistedVersion = "?"
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpus": str(os.cpu_count()),
-        "cpu": model,
-        "kernel": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "twisted": twistedVersion,
-        "dnsperf": dnsperfVersion(),
-        "load": " ".join(f"{value:.2f}" for value in os.getloadavg()),
-    }
-
-
 @contextmanager
 def servers(directory: Path, options: argparse.Namespace) -> Iterator[tuple[Dnsmasq, dict[str, Server]]]:
     """
@@ -379,7 +278,7 @@ def servers(directory: Path, options: argparse.Namespace) -> Iterator[tuple[Dnsm
     started: dict[str, Server] = {}
     try:
         starters = {
-            "netd": lambda: startNetd(upstream, directory, options.cache_size),
+            "netd": lambda: startNetdProxy(upstream, directory, options.cache_size),
             "dnsmasq": lambda: startDnsmasqForwarder(upstream, directory, options.cache_size),
             "unbound": lambda: startUnbound(upstream, directory),
         }
@@ -428,14 +327,7 @@ def run(options: argparse.Namespace) -> dict[str, object]:
         f"{name}/{mode}": {metric: statistics.median(r[metric] for r in results) for metric in results[0]}
         for (name, mode), results in raw.items()
     }
-    return {"machine": machine(), "versions": versions, "medians": medians, "rounds": {f"{k[0]}/{k[1]}": v for k, v in raw.items()}}
-
-
-def say(text: str) -> None:
-    """
-    Progress, on standard error.
-    """
-    print(f"bench: {text}", file=sys.stderr, flush=True)
+    return {"machine": machine(dnsperf=toolVersion(["dnsperf", "-h"], r"Version ([0-9.]+)")), "versions": versions, "medians": medians, "rounds": {f"{k[0]}/{k[1]}": v for k, v in raw.items()}}
 
 
 def report(result: dict[str, object], options: argparse.Namespace) -> str:
@@ -509,10 +401,7 @@ def main() -> None:
     if options.json:
         options.json.write_text(json.dumps(result, indent=2))
     if options.record:
-        results = ROOT / "bench" / "RESULTS.md"
-        existing = results.read_text() if results.exists() else "# Benchmark results\n\nEach run appended by its script, newest last.\n\n"
-        results.write_text(existing.rstrip("\n") + "\n\n" + text)
-        say(f"appended to {results}")
+        record(text)
 
 
 if __name__ == "__main__":

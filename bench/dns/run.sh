@@ -8,20 +8,8 @@
 set -eu
 cd "$(dirname "$0")/../.."
 
-missing=""
-command -v dnsperf >/dev/null 2>&1 || missing="$missing dnsperf"
-PATH="$PATH:/usr/sbin" command -v unbound >/dev/null 2>&1 || missing="$missing unbound"
-PATH="$PATH:/usr/sbin" command -v dnsmasq >/dev/null 2>&1 || missing="$missing dnsmasq-base"
-if [ -n "$missing" ]; then
-    echo "bench/dns/run.sh: installing$missing with apt-get" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    # (Where systemd runs, the unbound package also starts a system unbound on
-    # port 53; the benchmark does not use it: its own unbound runs on a free
-    # loopback port from a generated config.)
-    apt-get install -y -q $missing >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $missing >/dev/null; }
-fi
-
-# An existing .venv (an editable install from ./setup.sh --test) is used as it
-# is; only a checkout without one is set up.
-[ -x .venv/bin/python ] && .venv/bin/python -c 'import netd' 2>/dev/null || ./setup.sh
+# (Where systemd runs, the unbound package also starts a system unbound on port
+# 53; the benchmark does not use it: its own unbound runs on a free loopback
+# port from a generated config.)
+bench/setup-tools.sh bench/dns/run.sh dnsperf:dnsperf unbound:unbound dnsmasq:dnsmasq-base
 PATH="$PATH:/usr/sbin" exec .venv/bin/python bench/dns/bench.py "$@"

@@ -32,14 +32,11 @@ with apt-get when missing), or .venv/bin/python bench/tls/bench.py.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import select
 import shutil
-import signal
 import socket
 import ssl
 import statistics
@@ -52,9 +49,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from benchlib import machine, netdVersion, record, say, startNetd, stopProcess, toolVersion  # noqa: E402  (the path above makes it importable)
+
 HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
 KEY_TYPES = ("ecdsa", "rsa")
 SERVERS = ("netd", "stunnel", "hitch")
 VERSIONS = ("1.3", "1.2")
@@ -71,26 +71,6 @@ class Server:
         self.ports = ports
         self.stop = stop
         self.version = version
-
-
-def say(text: str) -> None:
-    """
-    Progress, on standard error.
-    """
-    print(f"bench: {text}", file=sys.stderr, flush=True)
-
-
-def stopProcess(process: subprocess.Popen[bytes]) -> None:
-    """
-    SIGTERM to the process's PID, SIGKILL if it lingers; wait for it.
-    """
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
 
 
 def freePort() -> int:
@@ -138,35 +118,6 @@ def waitUntilServing(process: subprocess.Popen[bytes], ports: list[int], what: s
             time.sleep(0.05)
 
 
-def toolVersion(command: list[str], pattern: str = r"(.+)") -> str:
-    """
-    The first match of C{pattern} in what a tool prints about its version.
-    """
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
-    except OSError:
-        return "?"
-    found = re.search(pattern, done.stdout + done.stderr)
-    return found.group(1).strip() if found else "?"
-
-
-def netdVersion() -> str:
-    """
-    netd's git commit (with "+changes" when netd's code in the work tree differs from it).
-    """
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "netd", "plugins", "pyproject.toml"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except OSError:
-        return "netd"
-    return f"netd {commit}{'+changes' if dirty else ''}"
-
-
 # The servers.
 
 
@@ -185,30 +136,6 @@ def makeCertificates(directory: Path) -> dict[str, Path]:
         )
         folders[keyType] = folder
     return folders
-
-
-def startNetd(config: str, directory: Path, name: str) -> tuple[subprocess.Popen[bytes], dict[str, list[dict[str, object]]], Path]:
-    """
-    netd on C{config} (ports picked by netd), once its ports file is written.
-    """
-    configFile = directory / f"{name}.toml"
-    configFile.write_text(config)
-    portsFile = directory / f"{name}-ports.json"
-    log = directory / f"{name}.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "netd", "run", "-c", str(configFile), "--ports-file", str(portsFile)],
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + START_TIMEOUT
-    while not portsFile.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            stopProcess(process)
-            raise RuntimeError(f"{name} did not start:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.05)
-    return process, json.loads(portsFile.read_text())["services"], log
 
 
 def daemonTable() -> str:
@@ -433,45 +360,6 @@ def bulk(port: int, duration: float, useTLS: bool = True) -> float:
     return received / elapsed / 1e6
 
 
-def machine() -> dict[str, str]:
-    """
-    What the numbers were measured on.
-    """
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import twisted
-
-        twistedVersion = twisted.__version__
-    except ImportError:
-        twistedVersion = "?"
-    try:
-        import OpenSSL
-
-        pyOpenSSLVersion = OpenSSL.__version__
-    except ImportError:
-        pyOpenSSLVersion = "?"
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpus": str(os.cpu_count()),
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "cpu": model,
-        "kernel": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "twisted": twistedVersion,
-        "pyopenssl": pyOpenSSLVersion,
-        "openssl": toolVersion(["openssl", "version"], r"^(OpenSSL \S+)"),
-        "python_ssl": ssl.OPENSSL_VERSION,
-        "load": " ".join(f"{value:.2f}" for value in os.getloadavg()),
-    }
-
-
 def run(options: argparse.Namespace) -> dict[str, object]:
     """
     Every measurement, round-robin over the servers; the medians.
@@ -585,10 +473,7 @@ def main() -> None:
     if options.json:
         options.json.write_text(json.dumps(result, indent=2))
     if options.record:
-        results = ROOT / "bench" / "RESULTS.md"
-        existing = results.read_text() if results.exists() else "# Benchmark results\n\nEach run appended by its script, newest last.\n\n"
-        results.write_text(existing.rstrip("\n") + "\n\n" + text)
-        say(f"appended to {results}")
+        record(text)
 
 
 if __name__ == "__main__":

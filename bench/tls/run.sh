@@ -10,20 +10,8 @@
 set -eu
 cd "$(dirname "$0")/../.."
 
-missing=""
-command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
-command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || missing="$missing stunnel4"
-PATH="$PATH:/usr/sbin" command -v hitch >/dev/null 2>&1 || missing="$missing hitch"
-if [ -n "$missing" ]; then
-    echo "bench/tls/run.sh: installing$missing with apt-get" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    # (Where systemd runs, the packages may start system services from their
-    # own configs; the benchmark does not use them: it starts its own stunnel
-    # and hitch on free loopback ports from generated configs.)
-    apt-get install -y -q $missing >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $missing >/dev/null; }
-fi
-
-# An existing .venv (an editable install from ./setup.sh --test) is used as it
-# is; only a checkout without one is set up.
-[ -x .venv/bin/python ] && .venv/bin/python -c 'import netd' 2>/dev/null || ./setup.sh
+# (Where systemd runs, the packages may start system services from their own
+# configs; the benchmark does not use them: it starts its own stunnel and hitch
+# on free loopback ports from generated configs.)
+bench/setup-tools.sh bench/tls/run.sh openssl:openssl "stunnel4|stunnel:stunnel4" hitch:hitch
 PATH="$PATH:/usr/sbin" exec .venv/bin/python bench/tls/bench.py "$@"

@@ -1,0 +1,35 @@
+#!/bin/sh
+# What a benchmark's run.sh needs before it runs its bench.py, from the
+# repository root: bench/setup-tools.sh CALLER COMMAND:PACKAGE...
+# Installs with apt-get (root) the Debian PACKAGE of each COMMAND found neither
+# on PATH nor in /usr/sbin (COMMAND may be alternatives, "stunnel4|stunnel"),
+# then prepares .venv with ./setup.sh when there is none: an existing .venv (an
+# editable install from ./setup.sh --test) is used as it is.
+set -eu
+cd "$(dirname "$0")/.."
+caller="$1"
+shift
+
+found() {
+    command -v "$1" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin" command -v "$1" >/dev/null 2>&1
+}
+
+missing=""
+for entry in "$@"; do
+    commands="${entry%%:*}"
+    present=""
+    oldIFS="$IFS"
+    IFS="|"
+    for command in $commands; do
+        if found "$command"; then present=yes; fi
+    done
+    IFS="$oldIFS"
+    [ -n "$present" ] || missing="$missing ${entry#*:}"
+done
+if [ -n "$missing" ]; then
+    echo "$caller: installing$missing with apt-get" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q $missing >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $missing >/dev/null; }
+fi
+
+[ -x .venv/bin/python ] && .venv/bin/python -c 'import netd' 2>/dev/null || ./setup.sh
