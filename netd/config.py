@@ -142,6 +142,12 @@ class DaemonSpec:
         help="Seconds open connections get to finish after SIGTERM/SIGINT before they are closed.",
         checks=(between(0, 3600),),
     )
+    lameduck: float = option(
+        0.0,
+        help="Seconds netd keeps serving after SIGTERM/SIGINT with /ready answering 503, so that load balancers "
+        "stop sending first; then listeners close and open connections get shutdown_timeout.",
+        checks=(between(0, 3600),),
+    )
     state_dir: str | None = option(
         None,
         help="Where netd keeps state (the certificates of tls certificate = \"auto\", in its tls/ folder); "

@@ -161,6 +161,16 @@ class Daemon(MultiService):
         self.startService()
         self.portsFile = portsFile
         report = self.writePortsFile()
+        for service in self.netServices():
+            bound = report.get(service.spec.name, [])
+            self.log.info(
+                "service {service} ({plugin}) on {where}",
+                service=service.spec.name,
+                plugin=service.spec.plugin.name,
+                where=", ".join(_describe(b) for b in bound),
+                addresses=[_describe(b) for b in bound],
+                event="service_started",
+            )
         self.log.info("netd is ready: {count} services from {source}", count=len(report), source=self.config.source)
         addresses = sum(len(bound) for bound in report.values())
         self.notifier.ready(f"serving {len(report)} services on {addresses} addresses")
@@ -246,7 +256,7 @@ class Daemon(MultiService):
     def _daemonChanges(self, new: DaemonSpec) -> DaemonSpec:
         """
         The C{[daemon]} table to run with: the new live keys (log level,
-        shutdown timeout), the running value of every other key, each change
+        shutdown timeout, lameduck), the running value of every other key, each change
         of which is logged as needing a restart.
         """
         running = self.config.daemon
@@ -256,7 +266,9 @@ class Daemon(MultiService):
                     "reload: [daemon] {key} changed; it takes effect only when netd restarts",
                     key=key,
                 )
-        return attrs.evolve(running, log_level=new.log_level, shutdown_timeout=new.shutdown_timeout)
+        return attrs.evolve(
+            running, log_level=new.log_level, shutdown_timeout=new.shutdown_timeout, lameduck=new.lameduck
+        )
 
     def _prepare(
         self,
@@ -387,12 +399,16 @@ class Daemon(MultiService):
             for name in names:
                 where = ", ".join(_describe(bound) for bound in report.get(name, []))
                 tlsNote = " (TLS files reloaded)" if name in freshTLS else ""
+                described = self.namedServices.get(name, old.get(name))
                 self.log.info(
-                    "reload: service {service} {what}{tls}{where}",
+                    "reload: service {service} ({plugin}) {what}{tls}{where}",
                     service=name,
+                    plugin=described.spec.plugin.name if isinstance(described, NetService) else "",
                     what=what,
                     tls=tlsNote,
                     where=f" on {where}" if where else "",
+                    addresses=[_describe(b) for b in report.get(name, [])],
+                    event=f"service_{what}",
                 )
 
     def draining(self) -> int:
@@ -415,12 +431,29 @@ class Daemon(MultiService):
 
     def stopService(self) -> Deferred[None]:
         """
-        Tell systemd that netd is stopping, then stop every service (each
-        drains its connections); the control API closes last, so that it
-        answers (C{/ready}: 503) throughout the drain.
+        Tell systemd that netd is stopping and turn C{/ready} to 503 at once;
+        keep serving for C{[daemon] lameduck} seconds (load balancers stop
+        sending first), then stop every service (each closes its listeners
+        and drains its connections); the control API closes last, so that it
+        answers (C{/ready}: 503) throughout.
         """
         self.notifier.stopping()
         self.stopping = True
+        lameduck = self.config.daemon.lameduck
+        if not lameduck:
+            return self._stopServices()
+        self.log.info(
+            "stopping: /ready answers 503; serving for {lameduck} more seconds before closing the listeners",
+            lameduck=lameduck,
+        )
+        waited: Deferred[None] = deferLater(self.reactor, lameduck, lambda: None)
+        return waited.addCallback(lambda _: self._stopServices())
+
+    def _stopServices(self) -> Deferred[None]:
+        """
+        Stop every service, wait for those draining since a reload, then
+        close the control API.
+        """
         stopped: Deferred[None] = super().stopService()
         draining = list(self._draining)
         if draining:

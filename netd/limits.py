@@ -15,11 +15,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IDelayedCall, IProtocolFactory, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netd import logs
 from netd.metrics import Counters
+from netd.proxyheader import describePeer
 
 
 @implementer(IHalfCloseableProtocol)
@@ -36,11 +39,19 @@ class GuardedConnection(ProtocolWrapper):
     Half-close: a peer that shuts down its sending side (C{socat}, C{nc -N},
     C{shutdown(SHUT_WR)}) still gets every answer to what it sent; the
     connection closes once those are written.
+
+    Logging: with the log level at debug, one line when the connection opens
+    and one when it closes (peer, bytes each way, duration, how it ended);
+    otherwise the only per-connection cost is two byte counts and a timestamp.
     """
 
     factory: ConnectionLimiter
     _selfPaced = False
     _idleCall: IDelayedCall | None = None
+    _bytesIn = 0
+    _bytesOut = 0
+    _opened = 0.0
+    _ended: str | None = None
 
     def connectionMade(self) -> None:
         """
@@ -48,6 +59,11 @@ class GuardedConnection(ProtocolWrapper):
         """
         self.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
         self._selfPaced = True
+        self._opened = self.factory.clock.seconds()
+        if logs.debugEnabled:
+            self.factory.log.debug(
+                "connection opened from {peer}", peer=describePeer(self.getPeer()), event="connection_opened"
+            )
         timeout = self.factory.idleTimeout
         if timeout:
             self._idleCall = self.factory.clock.callLater(timeout, self._idleTimedOut)
@@ -62,6 +78,7 @@ class GuardedConnection(ProtocolWrapper):
         if self.disconnecting:
             return
         self.factory.counters["bytes_received"] += len(data)
+        self._bytesIn += len(data)
         if self._idleCall is not None:
             self._idleCall.reset(self.factory.idleTimeout)
         self.wrappedProtocol.dataReceived(data)
@@ -71,6 +88,7 @@ class GuardedConnection(ProtocolWrapper):
         Count, note the activity, pass the bytes out.
         """
         self.factory.counters["bytes_sent"] += len(data)
+        self._bytesOut += len(data)
         if self._idleCall is not None:
             self._idleCall.reset(self.factory.idleTimeout)
         self.transport.write(data)  # type: ignore[union-attr]
@@ -80,7 +98,9 @@ class GuardedConnection(ProtocolWrapper):
         Count, note the activity, pass the bytes out.
         """
         data = list(data)
-        self.factory.counters["bytes_sent"] += sum(map(len, data))
+        size = sum(map(len, data))
+        self.factory.counters["bytes_sent"] += size
+        self._bytesOut += size
         if self._idleCall is not None:
             self._idleCall.reset(self.factory.idleTimeout)
         self.transport.writeSequence(data)  # type: ignore[union-attr]
@@ -117,6 +137,8 @@ class GuardedConnection(ProtocolWrapper):
         """
         Close once the buffer is written.
         """
+        if self._ended is None:
+            self._ended = "closed by netd"
         self._stopSelfPacing()
         ProtocolWrapper.loseConnection(self)
 
@@ -124,6 +146,8 @@ class GuardedConnection(ProtocolWrapper):
         """
         The peer sent EOF: close after writing what is already queued.
         """
+        if self._ended is None:
+            self._ended = "closed by peer"
         self.loseConnection()
 
     def writeConnectionLost(self) -> None:
@@ -137,11 +161,13 @@ class GuardedConnection(ProtocolWrapper):
         without waiting for a peer that may not be reading.
         """
         self._idleCall = None
+        self._ended = "idle timeout"
         self.factory.counters["idle_timeouts"] += 1
         self.factory.log.info(
             "closing connection from {peer}: idle for {timeout} seconds",
-            peer=self.getPeer(),
+            peer=describePeer(self.getPeer()),
             timeout=self.factory.idleTimeout,
+            event="idle_timeout",
         )
         self.transport.abortConnection()  # type: ignore[union-attr]
 
@@ -153,7 +179,35 @@ class GuardedConnection(ProtocolWrapper):
             self._idleCall.cancel()
             self._idleCall = None
         self._selfPaced = False
+        if logs.debugEnabled:
+            self._logClosed(reason)
         ProtocolWrapper.connectionLost(self, reason)
+
+    def abortConnection(self) -> None:
+        """
+        Drop the connection now, without flushing.
+        """
+        if self._ended is None:
+            self._ended = "aborted"
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _logClosed(self, reason: Failure) -> None:
+        """
+        The debug line of a closed connection.
+        """
+        ended = self._ended
+        if ended is None:
+            ended = "closed by peer" if reason.check(ConnectionDone) else "aborted"
+        self.factory.log.debug(
+            "connection from {peer} closed ({ended}) after {duration:.3f} seconds: "
+            "{bytes_in} bytes in, {bytes_out} bytes out",
+            peer=describePeer(self.getPeer()),
+            ended=ended,
+            duration=round(self.factory.clock.seconds() - self._opened, 6),
+            bytes_in=self._bytesIn,
+            bytes_out=self._bytesOut,
+            event="connection_closed",
+        )
 
 
 class ConnectionLimiter(WrappingFactory):
@@ -239,4 +293,4 @@ class ConnectionLimiter(WrappingFactory):
         Drop every open connection now, without flushing.
         """
         for protocol in list(self.protocols):
-            protocol.transport.abortConnection()
+            protocol.abortConnection()

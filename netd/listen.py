@@ -2,7 +2,7 @@
 Listen strings: which ones are valid, and turning them into listening ports.
 
 Stream listen strings are Twisted endpoint strings (C{tcp:}, C{tcp6:}, C{unix:},
-C{systemd:}, ...), checked by Twisted's own parser when the config is read and
+C{systemd:}, C{haproxy:} in front of any of them, ...), checked by Twisted's own parser when the config is read and
 listened on through the endpoint at start.  Twisted has no UDP endpoints, so
 C{udp:PORT[:interface=ADDR]} is netd's own, written in the same grammar.
 """
@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import DatagramProtocol
 
 from netd.options import InvalidValue
+from netd.proxyheader import ProxyHeaderFactory
 from netd.systemd import NO_INHERITED_SOCKET
 
 Transport = Literal["stream", "datagram"]
@@ -136,6 +137,8 @@ class ListenAddress:
         kind = parts[0]
         if kind == "udp":
             return cls._parseUDP(value, parts[1:])
+        if kind == "haproxy":
+            return cls._parseProxied(value)
         keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
         try:
             if kind in _PORT_PREFIXES:
@@ -156,6 +159,23 @@ class ListenAddress:
         except Exception as e:
             raise InvalidValue(f"{value!r} is not a valid endpoint string: {e}") from None
         return cls(text=value, transport="stream")
+
+    @classmethod
+    def _parseProxied(cls, text: str) -> ListenAddress:
+        """
+        Check C{haproxy:ENDPOINT}: the PROXY protocol (v1 or v2) in front of a
+        stream endpoint, itself checked as a listen string.
+        """
+        inner = text.partition(":")[2]
+        if not inner:
+            raise InvalidValue(f"{text!r} lacks an endpoint; expected haproxy:ENDPOINT such as haproxy:tcp:7007")
+        try:
+            wrapped = cls.fromConfig(inner)
+        except InvalidValue as e:
+            raise InvalidValue(f"{text!r}: {e}") from None
+        if wrapped.transport != "stream":
+            raise InvalidValue(f"{text!r}: the PROXY protocol needs a stream endpoint (tcp:, tcp6:, unix:, ...), not udp:")
+        return cls(text=text, transport="stream")
 
     @classmethod
     def _parseUDP(cls, text: str, args: list[str]) -> ListenAddress:
@@ -188,13 +208,19 @@ class ListenAddress:
         """
         Listen on this stream endpoint.
         """
+        text = self.text
+        proxied = splitDescription(text)[0] == "haproxy"
+        if proxied:
+            text = text.partition(":")[2]
         try:
-            endpoint = serverFromString(reactor, self.text)
+            endpoint = serverFromString(reactor, text)
         except (IndexError, KeyError):
-            if splitDescription(self.text)[0] != "systemd":
+            if splitDescription(text)[0] != "systemd":
                 raise
             # Twisted's systemd parser looks the passed socket up by index or name.
             raise LookupError(NO_INHERITED_SOCKET) from None
+        if proxied:
+            factory = ProxyHeaderFactory(factory)
         port: IListeningPort = await endpoint.listen(factory)
         return port
 

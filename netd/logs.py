@@ -74,8 +74,25 @@ def makeObserver(logFormat: str, level: str, stream: IO[str]) -> ILogObserver:
     else:
         observer = textFileLogObserver(stream)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    _noteLevel(level)
     _levelPredicates.append(predicate)
     return FilteringLogObserver(observer, [PortChatterFilter(), predicate])
+
+
+debugEnabled = False
+"""
+Whether debug events are written (the configured level is debug): the hot
+paths check this cheap flag before building a per-connection event, since
+Twisted's level filter only runs once an event has been built.
+"""
+
+
+def _noteLevel(level: str) -> None:
+    """
+    Set L{debugEnabled} from the configured level.
+    """
+    global debugEnabled
+    debugEnabled = LogLevel.levelWithName(level) <= LogLevel.debug
 
 
 _levelPredicates: list[LogLevelFilterPredicate] = []
@@ -89,6 +106,7 @@ def setLogLevel(level: str) -> None:
     Change the least severe level written by every observer L{makeObserver}
     made (a reload of C{[daemon] log_level}).
     """
+    _noteLevel(level)
     for predicate in _levelPredicates:
         predicate.defaultLogLevel = LogLevel.levelWithName(level)
 

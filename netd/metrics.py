@@ -167,6 +167,7 @@ CORE_HELP = {
     "idle_timeouts": "Stream connections closed after idle_timeout seconds without traffic.",
     "bytes_received": "Bytes received on stream connections (before TLS is removed).",
     "bytes_sent": "Bytes sent on stream connections (after TLS is added).",
+    "proxy_headers_rejected": "Stream connections on haproxy: listen strings closed for a missing or malformed PROXY header.",
     "frames_rejected": "Stream connections closed for a frame that broke the framing or its max_frame.",
     "datagrams_received": "Datagrams received.",
     "datagrams_sent": "Datagrams sent.",

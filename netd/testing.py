@@ -480,3 +480,27 @@ def connectTLS(
     connection = TLSTestConnection(pump, client, cast(GuardedConnection, server), app)
     connection.flush()
     return connection
+
+
+def proxyHeaderV1(source: str, sourcePort: int, destination: str = "127.0.0.1", destinationPort: int = 7007) -> bytes:
+    """
+    A PROXY protocol v1 (text) header for a TCP over IPv4 client, as HAProxy sends it.
+    """
+    return f"PROXY TCP4 {source} {destination} {sourcePort} {destinationPort}\r\n".encode()
+
+
+def proxyHeaderV2(source: str, sourcePort: int, destination: str = "127.0.0.1", destinationPort: int = 7007) -> bytes:
+    """
+    A PROXY protocol v2 (binary) header for a TCP over IPv4 client: the
+    signature, version 2 with the PROXY command, AF_INET + STREAM, then the
+    addresses and ports.
+    """
+    import ipaddress
+    import struct
+
+    addresses = (
+        ipaddress.IPv4Address(source).packed
+        + ipaddress.IPv4Address(destination).packed
+        + struct.pack("!HH", sourcePort, destinationPort)
+    )
+    return b"\r\n\r\n\x00\r\nQUIT\n" + b"\x21\x11" + struct.pack("!H", len(addresses)) + addresses

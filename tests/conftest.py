@@ -14,3 +14,14 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     """
     if not items:
         raise pytest.UsageError("no tests were collected; check the paths and -k/-m expressions")
+
+
+@pytest.fixture(autouse=True)
+def _debugLinesOff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Start every test with netd's per-connection debug lines off, whatever an
+    earlier test configured (L{netd.logs.debugEnabled} is process-wide).
+    """
+    from netd import logs
+
+    monkeypatch.setattr(logs, "debugEnabled", False)

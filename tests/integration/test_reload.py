@@ -139,14 +139,14 @@ def test_reloadsUnderLoadLoseNothing(startNetd: Any) -> None:
 
         rewrite(netd, config(echoService("other", LOOPBACK, max_connections=7)))
         netd.process.send_signal(signal.SIGHUP)
-        waitForLog(netd, "reload: service other changed", timeout=IO_TIMEOUT)
-        assert "reload: service echo unchanged" in netd.log()
-        assert "reload: service dns unchanged" in netd.log()
+        waitForLog(netd, "reload: service other (echo) changed", timeout=IO_TIMEOUT)
+        assert "reload: service echo (echo) unchanged" in netd.log()
+        assert "reload: service dns (dns-proxy) unchanged" in netd.log()
         echoes(client, b"after a change")
 
         rewrite(netd, config(other, echoService("extra", LOOPBACK)))
         netd.process.send_signal(signal.SIGHUP)
-        waitForLog(netd, "reload: service extra added", timeout=IO_TIMEOUT)
+        waitForLog(netd, "reload: service extra (echo) added", timeout=IO_TIMEOUT)
         netd.waitUntilReady()
         assert set(netd.services) == {"echo", "dns", "other", "extra"}
         with connect(netd.address("extra")) as extra:

@@ -601,6 +601,7 @@ def test_defaultsFilledIn() -> None:
             "log_format": "text",
             "log_level": "info",
             "shutdown_timeout": 10.0,
+            "lameduck": 0.0,
             "admin": "tcp:8053:interface=127.0.0.1",
         },
         "services": [

@@ -17,6 +17,7 @@ from twisted.logger import LogEvent, LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netd import logs
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.limits import ConnectionLimiter
 from netd.metrics import Counters
@@ -207,7 +208,7 @@ def test_idleTimeoutAbortsAfterExactlyTimeout() -> None:
     assert counters["idle_timeouts"] == 1
     [event] = levelEvents(events, LogLevel.info)
     assert event["timeout"] == 10
-    assert event["peer"] == PEER
+    assert event["peer"] == "127.0.0.1:40000"
     assert connection.finishClose()
     assert clock.getDelayedCalls() == []
 
@@ -407,3 +408,74 @@ def test_abortAllAbortsEveryConnection() -> None:
     for connection in connections:
         assert connection.finishClose()
     assert limiter.openConnections() == 0
+
+
+def _closedEvent(events: Sequence[LogEvent]) -> LogEvent:
+    """
+    The one connection_closed debug event.
+    """
+    [event] = [e for e in events if e.get("event") == "connection_closed"]
+    assert event["log_level"] == LogLevel.debug
+    return event
+
+
+def test_debugLinesCarryPeerBytesDurationAndHowItEnded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    With debug on, a connection logs an opened line with its peer and a closed one with bytes each way, duration and ending.
+    """
+    monkeypatch.setattr(logs, "debugEnabled", True)
+    limiter, _, _, clock = makeStack()
+    with capturedLogs() as events:
+        connection = accept(limiter)
+        connection.receive(b"hello")
+        connection.protocol.write(b"abc")
+        connection.protocol.writeSequence([b"de", b"f"])
+        clock.advance(2.5)
+        connection.peerClosed()
+    [opened] = [e for e in events if e.get("event") == "connection_opened"]
+    assert (opened["peer"], opened["log_level"]) == ("127.0.0.1:40000", LogLevel.debug)
+    closed = _closedEvent(events)
+    assert {k: closed[k] for k in ("peer", "bytes_in", "bytes_out", "duration", "ended")} == {
+        "peer": "127.0.0.1:40000",
+        "bytes_in": 5,
+        "bytes_out": 6,
+        "duration": 2.5,
+        "ended": "closed by peer",
+    }
+
+
+@pytest.mark.parametrize(
+    ("how", "ended"),
+    [("halfClose", "closed by peer"), ("netdCloses", "closed by netd"), ("idle", "idle timeout"), ("abortAll", "aborted")],
+)
+def test_debugClosedLineSaysHowTheConnectionEnded(monkeypatch: pytest.MonkeyPatch, how: str, ended: str) -> None:
+    """
+    The closed line's ended field tells a peer's close, netd's close, an idle timeout and an abort apart.
+    """
+    monkeypatch.setattr(logs, "debugEnabled", True)
+    limiter, _, _, clock = makeStack(idleTimeout=1)
+    connection = accept(limiter)
+    with capturedLogs() as events:
+        if how == "halfClose":
+            connection.protocol.readConnectionLost()
+        elif how == "netdCloses":
+            connection.protocol.loseConnection()
+        elif how == "idle":
+            clock.advance(1)
+        else:
+            limiter.abortAll()
+        assert connection.finishClose()
+    assert _closedEvent(events)["ended"] == ended
+
+
+def test_noPerConnectionEventsWithDebugOff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    With debug off, opening, using and closing a connection builds no log event at all.
+    """
+    monkeypatch.setattr(logs, "debugEnabled", False)
+    limiter, _, _, _ = makeStack()
+    with capturedLogs() as events:
+        connection = accept(limiter)
+        connection.receive(b"hello")
+        connection.peerClosed()
+    assert events == []

@@ -9,7 +9,8 @@ import json
 
 from twisted.logger import LogLevel, LogPublisher
 
-from netd.logs import ServiceLogger, makeObserver
+from netd import logs
+from netd.logs import ServiceLogger, makeObserver, setLogLevel
 
 
 def publisherTo(logFormat: str, level: str) -> tuple[LogPublisher, io.StringIO]:
@@ -61,3 +62,17 @@ def test_portChatterDropped() -> None:
     assert stream.getvalue().count("\n") == 1
     assert "something else happened" in stream.getvalue()
     assert len(events) == 4
+
+
+def test_debugFlagFollowsTheConfiguredLevel() -> None:
+    """
+    The cheap debugEnabled flag is on exactly when the configured level writes debug events, at start and on reload.
+    """
+    makeObserver("text", "info", io.StringIO())
+    assert not logs.debugEnabled
+    setLogLevel("debug")
+    assert logs.debugEnabled
+    setLogLevel("warn")
+    assert not logs.debugEnabled
+    makeObserver("json", "debug", io.StringIO())
+    assert logs.debugEnabled

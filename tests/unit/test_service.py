@@ -432,3 +432,40 @@ def test_handlerServiceStartedAfterListeningAndStoppedAfterDrain() -> None:
     assert not stopped.called
     service.handler.stopped.callback(None)
     resultOf(stopped)
+
+
+def test_startupSummaryOneLinePerServiceWithItsAddresses() -> None:
+    """
+    Once everything listens, one info line per service names it, its plugin and every bound address, as fields too.
+    """
+    other = {"name": "lines", "plugin": "echo", "listen": [TCP], "framing": "line"}
+    with capturedLogs() as events:
+        resultOf(start(makeConfig(ECHO, other), BindingReactor())[1])
+    summary = [e for e in events if e.get("event") == "service_started"]
+    assert [(e["service"], e["plugin"], e["addresses"], e["log_level"]) for e in summary] == [
+        ("echo", "echo", ["tcp 127.0.0.1:30000", "udp 127.0.0.1:20000"], LogLevel.info),
+        ("lines", "echo", ["tcp 127.0.0.1:30001"], LogLevel.info),
+    ]
+    assert summary[0]["log_format"] == "service {service} ({plugin}) on {where}"
+    assert summary[0]["where"] == "tcp 127.0.0.1:30000, udp 127.0.0.1:20000"
+
+
+def test_lameduckKeepsServingWhileNotReady() -> None:
+    """
+    With lameduck, a stop makes the daemon not ready at once but keeps every port listening for lameduck seconds, then closes them.
+    """
+    reactor = BindingReactor()
+    daemon, d = start(makeConfig(ECHO, lameduck=2), reactor)
+    resultOf(d)
+    assert daemon.ready()
+    stopped = daemon.stopService()
+    assert not daemon.ready()
+    reactor.advance(2 - 0.1)
+    assert not stopped.called
+    assert [p.listening for p in reactor.tcpPorts] == [True]
+    assert [p.listening for p in reactor.udpPorts.values()] == [True]
+    reactor.advance(0.1)
+    assert [p.listening for p in reactor.tcpPorts] == [False]
+    assert [p.listening for p in reactor.udpPorts.values()] == [False]
+    resultOf(stopped)
+    assert reactor.getDelayedCalls() == []
