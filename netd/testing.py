@@ -70,16 +70,62 @@ class FakeUDPPort:
         self.protocol.doStop()
 
 
+@implementer(IListeningPort)
+@attrs.define(slots=False)
+class FakeTCPPort:
+    """
+    What L{UDPMemoryReactorClock.listenTCP} returns: a port that reports the
+    address it bound (port 0 gets a number of its own) and whether it stopped.
+    """
+
+    address: IPv4Address
+    factory: Any
+    listening: bool = True
+
+    def getHost(self) -> IPv4Address:
+        """
+        The bound address.
+        """
+        return self.address
+
+    def startListening(self) -> None:
+        """
+        Already listening.
+        """
+
+    def stopListening(self) -> None:
+        """
+        Stop.
+        """
+        self.listening = False
+
+
 class UDPMemoryReactorClock(MemoryReactorClock):
     """
-    Twisted's L{MemoryReactorClock} with the C{listenUDP} it lacks.
+    Twisted's L{MemoryReactorClock} with the C{listenUDP} it lacks, and TCP
+    ports that say where they listen.
 
-    @ivar udpPorts: the bound fake ports, by port number.
+    (Twisted's own C{listenTCP} records the call in C{tcpServers} but returns a
+    port reporting 0.0.0.0:0 whose C{stopListening} does nothing.)
+
+    @ivar udpPorts: the bound fake UDP ports, by port number.
+    @ivar tcpPorts: the bound fake TCP ports, in order (port 0 becomes 30000,
+        30001, ...).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.udpPorts: dict[int, FakeUDPPort] = {}
+        self.tcpPorts: list[FakeTCPPort] = []
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> FakeTCPPort:
+        """
+        Record the call as Twisted does, and return a port that reports its address.
+        """
+        super().listenTCP(port, factory, backlog, interface)
+        bound = FakeTCPPort(IPv4Address("TCP", interface or "0.0.0.0", port or 30000 + len(self.tcpPorts)), factory)
+        self.tcpPorts.append(bound)
+        return bound
 
     def listenUDP(
         self, port: int, protocol: DatagramProtocol, interface: str = "", maxPacketSize: int = 8192

@@ -19,7 +19,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
@@ -35,7 +34,7 @@ from netd.metrics import Counters, Exposition, Histogram, formatFloat, metricNam
 from netd.options import ConfigError, Problem
 from netd.plugin import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
 from netd.service import ReloadInProgress, ServiceStartError
-from netd.testing import UDPMemoryReactorClock, connect
+from netd.testing import FakeTCPPort, UDPMemoryReactorClock, connect
 from netd.tls import FAILURE_REASONS
 from netd_plugins.echo import EchoReceiver
 
@@ -54,51 +53,26 @@ TOKEN = "s3cret-token"
 # A fake reactor whose TCP ports behave enough like real ones.
 
 
-@implementer(IListeningPort)
-class FakeTCPPort:
-    """
-    A listening TCP port that reports its address and whether it was stopped.
-    """
-
-    def __init__(self, address: IPv4Address, factory: Any) -> None:
-        self.address = address
-        self.factory = factory
-        self.listening = True
-
-    def startListening(self) -> None:
-        pass
-
-    def stopListening(self) -> None:
-        self.listening = False
-
-    def getHost(self) -> IPv4Address:
-        return self.address
-
-
 class Reactor(UDPMemoryReactorClock):
     """
     The UDP-capable memory reactor whose TCP ports get distinct port numbers
-    (40000, 40001, ...) and record being stopped; binding C{refusedPort} fails.
+    (30000, 30001, ...) and record being stopped; binding C{refusedPort} fails.
     """
 
     def __init__(self, refusedPort: int | None = None) -> None:
         super().__init__()
-        self.ports: list[FakeTCPPort] = []
         self.refusedPort = refusedPort
 
     def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> FakeTCPPort:
         if port == self.refusedPort:
             raise CannotListenError(interface, port, OSError(98, "Address already in use"))
-        super().listenTCP(port, factory, backlog, interface)
-        bound = FakeTCPPort(IPv4Address("TCP", interface or "0.0.0.0", port or 40000 + len(self.ports)), factory)
-        self.ports.append(bound)
-        return bound
+        return super().listenTCP(port, factory, backlog, interface)
 
     def site(self) -> Site:
         """
         The control API's HTTP factory (the only Site listened on).
         """
-        [site] = [p.factory for p in self.ports if isinstance(p.factory, Site)]
+        [site] = [p.factory for p in self.tcpPorts if isinstance(p.factory, Site)]
         return site
 
 
@@ -347,7 +321,7 @@ def test_servicesReportsEachService() -> None:
     assert report["plugin"] == "echo"
     assert report["listening"] is True
     assert report["addresses"] == [p.describe() for p in echo.ports]
-    assert report["addresses"][0] == {"listen": ECHO["listen"][0], "transport": "tcp", "host": "127.0.0.1", "port": 40001}
+    assert report["addresses"][0] == {"listen": ECHO["listen"][0], "transport": "tcp", "host": "127.0.0.1", "port": 30001}
     assert report["connections_open"] == 1
     assert report["counters"]["bytes_received"] == 5
     assert report["counters"]["bytes_sent"] == 5
@@ -606,7 +580,7 @@ def test_emptyTokenFileStopsTheStart(tmp_path: Path) -> None:
     d = Deferred.fromCoroutine(daemon.start())
     with pytest.raises(ServiceStartError, match="is empty"):
         resultOf(d)
-    assert reactor.ports == []
+    assert reactor.tcpPorts == []
 
 
 def test_unreadableTokenFileStopsTheStart(tmp_path: Path) -> None:
@@ -619,7 +593,7 @@ def test_unreadableTokenFileStopsTheStart(tmp_path: Path) -> None:
     d = Deferred.fromCoroutine(daemon.start())
     with pytest.raises(ServiceStartError, match=f"cannot read admin_token_file '{missing}'"):
         resultOf(d)
-    assert reactor.ports == []
+    assert reactor.tcpPorts == []
 
 
 # POST /reload.
@@ -772,7 +746,7 @@ def test_portsFileHasAdminEntry(tmp_path: Path) -> None:
     portsFile = tmp_path / "ports.json"
     daemon, reactor = started(ECHO, portsFile=portsFile)
     report = json.loads(portsFile.read_text())
-    assert report["admin"] == {"listen": ADMIN, "transport": "tcp", "host": "127.0.0.1", "port": 40000}
+    assert report["admin"] == {"listen": ADMIN, "transport": "tcp", "host": "127.0.0.1", "port": 30000}
     assert list(report["services"]) == ["echo"]
 
 
@@ -783,7 +757,7 @@ def test_adminOffListensNothing(tmp_path: Path) -> None:
     portsFile = tmp_path / "ports.json"
     daemon, reactor = started(ECHO, admin=False, portsFile=portsFile)
     assert daemon.admin is None
-    assert not any(isinstance(p.factory, Site) for p in reactor.ports)
+    assert not any(isinstance(p.factory, Site) for p in reactor.tcpPorts)
     assert "admin" not in json.loads(portsFile.read_text())
 
 
@@ -796,7 +770,7 @@ def test_adminBindFailureStopsTheStart() -> None:
     d = Deferred.fromCoroutine(daemon.start())
     with pytest.raises(ServiceStartError, match=r"control API: cannot listen on 'tcp:8053:interface=127.0.0.1' \(\[daemon\] admin\)"):
         resultOf(d)
-    assert reactor.ports == []
+    assert reactor.tcpPorts == []
     assert reactor.udpPorts == {}
 
 
@@ -809,7 +783,7 @@ def test_serviceBindFailureClosesAdmin() -> None:
     d = Deferred.fromCoroutine(daemon.start())
     with pytest.raises(ServiceStartError):
         resultOf(d)
-    [admin] = reactor.ports
+    [admin] = reactor.tcpPorts
     assert not admin.listening
 
 
@@ -822,7 +796,7 @@ def test_adminClosesAfterTheDrain() -> None:
     assert echo.connections is not None
     connection = connect(echo.connections)
     assert connection is not None
-    [admin, service] = reactor.ports
+    [admin, service] = reactor.tcpPorts
     stopping = daemon.stopService()
     assert not service.listening
     assert admin.listening

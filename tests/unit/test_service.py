@@ -17,7 +17,6 @@ from twisted.application.service import Service
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -29,7 +28,7 @@ from netd.interfaces import IProtocolPlugin, IStreamHandler
 from netd.limits import ConnectionLimiter
 from netd.plugin import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
 from netd.service import NetService, ServiceStartError
-from netd.testing import UDPMemoryReactorClock, connect
+from netd.testing import FakeTCPPort, UDPMemoryReactorClock, connect
 from netd_plugins.echo import EchoReceiver
 
 TCP = "tcp:0:interface=127.0.0.1"
@@ -37,43 +36,8 @@ UDP = "udp:0:interface=127.0.0.1"
 ECHO = {"name": "echo", "plugin": "echo", "listen": [TCP, UDP], "idle_timeout": 0}
 
 
-@implementer(IListeningPort)
-class RecordingTCPPort:
-    """
-    A listening TCP port that reports the address it bound and whether it was stopped.
-    """
-
-    def __init__(self, address: IPv4Address) -> None:
-        self.address = address
-        self.listening = True
-
-    def startListening(self) -> None:
-        pass
-
-    def stopListening(self) -> None:
-        self.listening = False
-
-    def getHost(self) -> IPv4Address:
-        return self.address
-
-
-class BindingReactor(UDPMemoryReactorClock):
-    """
-    The UDP-capable memory reactor, whose TCP ports pick a port for port 0 and record being stopped.
-
-    (Twisted's own C{listenTCP} records the call in C{tcpServers} but returns a
-    C{_FakePort} reporting 0.0.0.0 whose C{stopListening} does nothing.)
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tcpPorts: list[RecordingTCPPort] = []
-
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> RecordingTCPPort:
-        super().listenTCP(port, factory, backlog, interface)
-        bound = RecordingTCPPort(IPv4Address("TCP", interface or "0.0.0.0", port or 30000 + len(self.tcpPorts)))
-        self.tcpPorts.append(bound)
-        return bound
+BindingReactor = UDPMemoryReactorClock
+RecordingTCPPort = FakeTCPPort
 
 
 class UDPBindFailsReactor(BindingReactor):
