@@ -417,7 +417,7 @@ def _alwaysShown(service: NetService) -> list[str]:
         if service.spec.tls is not None:
             names += ["tls_handshakes_ok", "tls_sessions_resumed"] + [f"tls_handshakes_failed_{r}" for r in FAILURE_REASONS]
     if "datagram" in transports:
-        names += ["datagrams_received", "datagrams_sent"]
+        names += ["datagrams_received", "datagrams_sent", "datagrams_send_failed"]
     return names
 
 

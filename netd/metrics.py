@@ -171,6 +171,7 @@ CORE_HELP = {
     "frames_rejected": "Stream connections closed for a frame that broke the framing or its max_frame.",
     "datagrams_received": "Datagrams received.",
     "datagrams_sent": "Datagrams sent.",
+    "datagrams_send_failed": "Answers the kernel refused to send (full buffer, too big, unreachable), dropped.",
     "tls_sessions_resumed": "TLS handshakes that resumed an earlier session.",
 }
 """
