@@ -20,6 +20,7 @@ import attrs
 from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IOpenSSLClientConnectionCreator, IProtocolFactory
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
 from twisted.internet.error import ConnectionDone
@@ -550,3 +551,27 @@ def proxyHeaderV2(source: str, sourcePort: int, destination: str = "127.0.0.1", 
         + struct.pack("!HH", sourcePort, destinationPort)
     )
     return b"\r\n\r\n\x00\r\nQUIT\n" + b"\x21\x11" + struct.pack("!H", len(addresses)) + addresses
+
+
+def resultOf(d: Deferred[Any]) -> Any:
+    """
+    The result a Deferred already has (with a memory reactor most have one at
+    once); fail the test if it has none yet or failed.
+    """
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has no result yet"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def failureOf(d: Deferred[Any]) -> Failure:
+    """
+    The failure a Deferred already has; fail the test if it has none yet or succeeded.
+    """
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has no result yet"
+    assert isinstance(results[0], Failure), f"the Deferred succeeded with {results[0]!r}"
+    return results[0]

@@ -34,7 +34,7 @@ from netd.metrics import Counters, Exposition, Histogram, formatFloat, metricNam
 from netd.options import ConfigError, Problem
 from netd.plugin import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
 from netd.service import ReloadInProgress, ServiceStartError
-from netd.testing import FakeTCPPort, UDPMemoryReactorClock, connect
+from netd.testing import FakeTCPPort, UDPMemoryReactorClock, connect, resultOf
 from netd.tls import FAILURE_REASONS
 from netd_plugins.echo import EchoReceiver
 
@@ -149,18 +149,6 @@ def makeConfig(*services: dict[str, Any], **daemon: Any) -> NetdConfig:
     A validated config of C{services}; the control API on L{ADMIN} unless C{daemon} says otherwise.
     """
     return parseConfig({"daemon": {"admin": ADMIN, **daemon}, "services": list(services)}, "test.toml", registry())
-
-
-def resultOf(d: Deferred[Any]) -> Any:
-    """
-    The result a Deferred already has; fail if it has none or failed.
-    """
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has no result yet"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
 
 
 def started(*services: dict[str, Any], reactor: Reactor | None = None, portsFile: Path | None = None, **daemon: Any) -> tuple[Daemon, Reactor]:

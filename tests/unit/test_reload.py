@@ -25,9 +25,16 @@ from netd.daemon import LISTEN_RETRY_DELAY, Daemon
 from netd.options import ConfigError
 from netd.plugin import discoverPlugins
 from netd.service import NetService, ReloadInProgress, ServiceStartError
-from netd.testing import StreamConnection, TestClientTLS, connect, connectTLS
-
-from .test_service import BindingReactor, RecordingTCPPort, failureOf, resultOf
+from netd.testing import (
+    FakeTCPPort,
+    StreamConnection,
+    TestClientTLS,
+    UDPMemoryReactorClock,
+    connect,
+    connectTLS,
+    failureOf,
+    resultOf,
+)
 
 A = {"name": "a", "plugin": "echo", "listen": ["tcp:7001:interface=127.0.0.1"], "idle_timeout": 0}
 B = {"name": "b", "plugin": "echo", "listen": ["tcp:7002:interface=127.0.0.1"], "idle_timeout": 0}
@@ -78,7 +85,7 @@ def openConnection(s: NetService) -> StreamConnection:
     return connection
 
 
-def portOn(reactor: BindingReactor, number: int) -> list[RecordingTCPPort]:
+def portOn(reactor: UDPMemoryReactorClock, number: int) -> list[FakeTCPPort]:
     """
     Every TCP port the reactor opened on that port number, oldest first.
     """
@@ -91,7 +98,7 @@ def test_unchangedServiceKeepsListenerAndConnections(tmp_path: Path) -> None:
     """
     path = tmp_path / "netd.toml"
     writeConfig(path, A, B)
-    reactor = BindingReactor()
+    reactor = UDPMemoryReactorClock()
     daemon = startFrom(path, reactor)
     before = service(daemon, "a")
     [port] = before.ports
@@ -111,7 +118,7 @@ def test_changedServiceReplacesListenerAndDrainsOld(tmp_path: Path) -> None:
     """
     path = tmp_path / "netd.toml"
     writeConfig(path, A)
-    reactor = BindingReactor()
+    reactor = UDPMemoryReactorClock()
     daemon = startFrom(path, reactor)
     old = service(daemon, "a")
     connection = openConnection(old)
@@ -136,7 +143,7 @@ def test_changedServiceOnNewAddressListensFirst(tmp_path: Path) -> None:
     """
     path = tmp_path / "netd.toml"
     writeConfig(path, A)
-    reactor = BindingReactor()
+    reactor = UDPMemoryReactorClock()
     daemon = startFrom(path, reactor)
     writeConfig(path, {**A, "listen": ["tcp:7009:interface=127.0.0.1"]})
     assert resultOf(reload(daemon))["changed"] == ["a"]
@@ -150,7 +157,7 @@ def test_removedServiceStopsAcceptingAndDrains(tmp_path: Path) -> None:
     """
     path = tmp_path / "netd.toml"
     writeConfig(path, A, B)
-    reactor = BindingReactor()
+    reactor = UDPMemoryReactorClock()
     daemon = startFrom(path, reactor)
     removed = service(daemon, "b")
     connection = openConnection(removed)
@@ -172,7 +179,7 @@ def test_addedServiceListensAndPortsFileRewritten(tmp_path: Path) -> None:
     path = tmp_path / "netd.toml"
     portsFile = tmp_path / "ports.json"
     writeConfig(path, A)
-    reactor = BindingReactor()
+    reactor = UDPMemoryReactorClock()
     daemon = startFrom(path, reactor, portsFile)
     writeConfig(path, C, A)
     assert resultOf(reload(daemon))["added"] == ["c"]
@@ -189,7 +196,7 @@ def test_badFileChangesNothingAndReportsEveryProblem(tmp_path: Path) -> None:
     """
     path = tmp_path / "netd.toml"
     writeConfig(path, A)
-    reactor = BindingReactor()
+    reactor = UDPMemoryReactorClock()
     daemon = startFrom(path, reactor)
     before = service(daemon, "a")
     writeConfig(path, {**A, "plugin": "nope"}, {**B, "listen": ["bogus:1"]})
@@ -207,7 +214,7 @@ def test_badFileChangesNothingAndReportsEveryProblem(tmp_path: Path) -> None:
     assert [s.name for s in daemon.netServices()] == ["a"]
 
 
-class SlowCloseReactor(BindingReactor):
+class SlowCloseReactor(UDPMemoryReactorClock):
     """
     A reactor whose TCP ports close only when the test fires their Deferred.
     """
@@ -216,7 +223,7 @@ class SlowCloseReactor(BindingReactor):
         super().__init__()
         self.closing: list[Deferred[None]] = []
 
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> RecordingTCPPort:
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> FakeTCPPort:
         bound = super().listenTCP(port, factory, backlog, interface)
         reactor = self
 
@@ -248,7 +255,7 @@ def test_concurrentReloadRefused(tmp_path: Path) -> None:
     assert resultOf(reload(daemon))["unchanged"] == ["a"]
 
 
-class RefusingReactor(BindingReactor):
+class RefusingReactor(UDPMemoryReactorClock):
     """
     A reactor on which some TCP port numbers are taken, some of them only for the first few attempts.
     """
@@ -257,7 +264,7 @@ class RefusingReactor(BindingReactor):
         super().__init__()
         self.taken: dict[int, int] = {}
 
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> RecordingTCPPort:
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> FakeTCPPort:
         if self.taken.get(port, 0) > 0:
             self.taken[port] -= 1
             raise CannotListenError(interface, port, OSError(errno.EADDRINUSE, "Address already in use"))
@@ -326,7 +333,7 @@ def test_tlsFilesReloadedForNewConnections(tmp_path: Path) -> None:
     shutil.copy(first.serverKey, live / "server-key.pem")
     path = tmp_path / "netd.toml"
     writeConfig(path, tlsService(live))
-    reactor = BindingReactor()
+    reactor = UDPMemoryReactorClock()
     daemon = startFrom(path, reactor)
     running = service(daemon, "a")
     assert running.connections is not None
@@ -359,7 +366,7 @@ def test_embeddedDefaultIsReadAgain() -> None:
     A daemon started on the embedded default config reloads from the embedded default (no file path).
     """
     config = loadConfig(None, discoverPlugins())
-    daemon = Daemon(config, BindingReactor())
+    daemon = Daemon(config, UDPMemoryReactorClock())
     assert daemon.configPath is None
 
 
@@ -369,7 +376,7 @@ def test_daemonLiveKeysAppliedOthersNeedRestart(tmp_path: Path) -> None:
     """
     path = tmp_path / "netd.toml"
     writeConfig(path, A)
-    daemon = startFrom(path, BindingReactor())
+    daemon = startFrom(path, UDPMemoryReactorClock())
     writeConfig(path, A, shutdown_timeout=9, log_format="json")
     with capturedLogs() as events:
         assert resultOf(reload(daemon))["unchanged"] == ["a"]
@@ -388,7 +395,7 @@ def test_reloadToldToSystemd(tmp_path: Path) -> None:
     path = tmp_path / "netd.toml"
     writeConfig(path, A)
     notifier = RecordingNotifier()
-    daemon = Daemon(loadConfig(str(path), discoverPlugins()), BindingReactor(), notifier)
+    daemon = Daemon(loadConfig(str(path), discoverPlugins()), UDPMemoryReactorClock(), notifier)
     resultOf(Deferred.fromCoroutine(daemon.start()))
     del notifier.sent[:]
     resultOf(reload(daemon))

@@ -28,7 +28,7 @@ from netd.interfaces import IProtocolPlugin, IStreamHandler
 from netd.limits import ConnectionLimiter
 from netd.plugin import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
 from netd.service import NetService, ServiceStartError
-from netd.testing import FakeTCPPort, UDPMemoryReactorClock, connect
+from netd.testing import FakeTCPPort, UDPMemoryReactorClock, connect, failureOf, resultOf
 from netd_plugins.echo import EchoReceiver
 
 TCP = "tcp:0:interface=127.0.0.1"
@@ -36,11 +36,7 @@ UDP = "udp:0:interface=127.0.0.1"
 ECHO = {"name": "echo", "plugin": "echo", "listen": [TCP, UDP], "idle_timeout": 0}
 
 
-BindingReactor = UDPMemoryReactorClock
-RecordingTCPPort = FakeTCPPort
-
-
-class UDPBindFailsReactor(BindingReactor):
+class UDPBindFailsReactor(UDPMemoryReactorClock):
     """
     A reactor on which every UDP bind fails, as when the port is taken.
     """
@@ -60,29 +56,6 @@ def makeConfig(*services: dict[str, Any], registry: PluginRegistry | None = None
     )
 
 
-def resultOf(d: Deferred[Any]) -> Any:
-    """
-    The result a Deferred already has; fail if it has none or failed.
-    """
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has no result yet"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
-
-
-def failureOf(d: Deferred[Any]) -> Failure:
-    """
-    The failure a Deferred already has; fail if it has none or succeeded.
-    """
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has no result yet"
-    assert isinstance(results[0], Failure), f"the Deferred succeeded with {results[0]!r}"
-    return results[0]
-
-
 def start(config: NetdConfig, reactor: Any, portsFile: Path | None = None) -> tuple[Daemon, Deferred[Any]]:
     """
     Make a daemon and start it; with a memory reactor the start completes at once.
@@ -95,7 +68,7 @@ def test_startListensOnEveryAddress() -> None:
     """
     Starting listens on the TCP address through the service's connection limiter and binds the UDP address to a datagram listener, on the configured interfaces.
     """
-    reactor = BindingReactor()
+    reactor = UDPMemoryReactorClock()
     daemon, d = start(makeConfig(ECHO), reactor)
     resultOf(d)
     [service] = daemon.netServices()
@@ -115,7 +88,7 @@ def test_portsFileReportsBoundAddresses(tmp_path: Path) -> None:
     Once started, the ports file holds {"services": {name: [...]}} with each listen string and the address really bound.
     """
     portsFile = tmp_path / "ports.json"
-    daemon, d = start(makeConfig(ECHO), BindingReactor(), portsFile)
+    daemon, d = start(makeConfig(ECHO), UDPMemoryReactorClock(), portsFile)
     expected = [
         {"listen": TCP, "transport": "tcp", "host": "127.0.0.1", "port": 30000},
         {"listen": UDP, "transport": "udp", "host": "127.0.0.1", "port": 20000},
@@ -130,7 +103,7 @@ def test_startLogsEachListenWithTheService() -> None:
     Each bound address is logged at info with the service's name as a field.
     """
     with capturedLogs() as events:
-        resultOf(start(makeConfig(ECHO), BindingReactor())[1])
+        resultOf(start(makeConfig(ECHO), UDPMemoryReactorClock())[1])
     listening = [e for e in events if e.get("listen") in (TCP, UDP)]
     assert [(e["listen"], e["service"], e["log_level"]) for e in listening] == [
         (TCP, "echo", LogLevel.info),
@@ -144,7 +117,7 @@ def test_disabledServiceNotStarted(tmp_path: Path) -> None:
     """
     portsFile = tmp_path / "ports.json"
     off = {"name": "off", "plugin": "echo", "listen": ["tcp:0:interface=127.0.0.2"], "enabled": False}
-    reactor = BindingReactor()
+    reactor = UDPMemoryReactorClock()
     daemon, d = start(makeConfig(ECHO, off), reactor, portsFile)
     resultOf(d)
     assert [s.name for s in daemon.netServices()] == ["echo"]
@@ -200,7 +173,7 @@ def test_buildFailureNamesServiceAndPlugin() -> None:
     A plugin whose build raises gives ServiceStartError naming the service, the plugin and the cause, before anything listens.
     """
     config = makeConfig({"name": "svc", "plugin": "exploding", "listen": [TCP]}, registry=registryWith(ExplodingPlugin()))
-    reactor = BindingReactor()
+    reactor = UDPMemoryReactorClock()
     with pytest.raises(ServiceStartError) as caught:
         Daemon(config, reactor)
     message = str(caught.value)
@@ -219,7 +192,7 @@ def test_handlerLackingStreamInterfaceRefused() -> None:
         {"name": "svc", "plugin": "halfdone", "listen": [TCP]}, registry=registryWith(WrongHandlerPlugin())
     )
     with pytest.raises(ServiceStartError) as caught:
-        Daemon(config, BindingReactor())
+        Daemon(config, UDPMemoryReactorClock())
     message = str(caught.value)
     assert "'svc'" in message and "'halfdone'" in message and "IStreamHandler" in message
 
@@ -258,11 +231,11 @@ def test_bindFailureReleasesEarlierServices() -> None:
     assert [p.listening for p in reactor.tcpPorts] == [False, False]
 
 
-def startedWithConnection(shutdownTimeout: float) -> tuple[BindingReactor, Daemon, Any]:
+def startedWithConnection(shutdownTimeout: float) -> tuple[UDPMemoryReactorClock, Daemon, Any]:
     """
     A started echo daemon with one open connection.
     """
-    reactor = BindingReactor()
+    reactor = UDPMemoryReactorClock()
     daemon, d = start(makeConfig(ECHO, shutdown_timeout=shutdownTimeout), reactor)
     resultOf(d)
     [service] = daemon.netServices()
@@ -276,7 +249,7 @@ def test_stopWithNoConnectionsFinishesAtOnce() -> None:
     """
     Stopping a daemon with no open connection stops every port and finishes at once.
     """
-    reactor = BindingReactor()
+    reactor = UDPMemoryReactorClock()
     daemon, d = start(makeConfig(ECHO), reactor)
     resultOf(d)
     stopped = daemon.stopService()
@@ -325,7 +298,7 @@ def test_framingViolationLoggedWithService() -> None:
     A framing violation on a service's connection is counted on that service and logged as a warning carrying its name.
     """
     config = makeConfig({"name": "dnsish", "plugin": "echo", "listen": [TCP], "framing": "u16", "max_frame": 5})
-    [service] = Daemon(config, BindingReactor()).netServices()
+    [service] = Daemon(config, UDPMemoryReactorClock()).netServices()
     assert isinstance(service, NetService) and service.connections is not None
     connection = connect(service.connections)
     assert connection is not None
@@ -381,7 +354,7 @@ def test_handlerServiceStartedAfterListeningAndStoppedAfterDrain() -> None:
     """
     plugin = LifecyclePlugin()
     config = makeConfig({"name": "svc", "plugin": "lifecycle", "listen": [TCP]}, registry=registryWith(plugin))
-    reactor = BindingReactor()
+    reactor = UDPMemoryReactorClock()
     daemon, d = start(config, reactor)
     resultOf(d)
     assert plugin.events == ["start"]
@@ -404,7 +377,7 @@ def test_startupSummaryOneLinePerServiceWithItsAddresses() -> None:
     """
     other = {"name": "lines", "plugin": "echo", "listen": [TCP], "framing": "line"}
     with capturedLogs() as events:
-        resultOf(start(makeConfig(ECHO, other), BindingReactor())[1])
+        resultOf(start(makeConfig(ECHO, other), UDPMemoryReactorClock())[1])
     summary = [e for e in events if e.get("event") == "service_started"]
     assert [(e["service"], e["plugin"], e["addresses"], e["log_level"]) for e in summary] == [
         ("echo", "echo", ["tcp 127.0.0.1:30000", "udp 127.0.0.1:20000"], LogLevel.info),
@@ -418,7 +391,7 @@ def test_lameduckKeepsServingWhileNotReady() -> None:
     """
     With lameduck, a stop makes the daemon not ready at once but keeps every port listening for lameduck seconds, then closes them.
     """
-    reactor = BindingReactor()
+    reactor = UDPMemoryReactorClock()
     daemon, d = start(makeConfig(ECHO, lameduck=2), reactor)
     resultOf(d)
     assert daemon.ready()

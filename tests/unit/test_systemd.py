@@ -30,7 +30,9 @@ from netd.systemd import (
     watchdogInterval,
 )
 
-from .test_service import BindingReactor, makeConfig, resultOf
+from netd.testing import UDPMemoryReactorClock, resultOf
+
+from .test_service import makeConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO = {"name": "echo", "plugin": "echo", "listen": ["tcp:0:interface=127.0.0.1"]}
@@ -265,7 +267,7 @@ def test_daemonReadyAfterPortsFile(tmp_path: Path) -> None:
     """
     portsFile = tmp_path / "ports.json"
     notifier = RecordingNotifier(portsFile)
-    daemon = Daemon(makeConfig(ECHO), BindingReactor(), notifier)
+    daemon = Daemon(makeConfig(ECHO), UDPMemoryReactorClock(), notifier)
     resultOf(Deferred.fromCoroutine(daemon.start(str(portsFile))))
     assert notifier.sent == [((("READY", "1"), ("STATUS", "serving 1 services on 1 addresses")), True)]
     resultOf(daemon.stopService())
@@ -276,7 +278,7 @@ def test_daemonBeforeServingRunsBetweenListenAndReady(tmp_path: Path) -> None:
     """
     The beforeServing hook (the privilege drop) runs once everything listens and before READY=1; if it fails, nothing is left listening and no READY is sent.
     """
-    reactor = BindingReactor()
+    reactor = UDPMemoryReactorClock()
     notifier = RecordingNotifier()
     seen: list[int] = []
     daemon = Daemon(makeConfig(ECHO), reactor, notifier)
@@ -286,7 +288,7 @@ def test_daemonBeforeServingRunsBetweenListenAndReady(tmp_path: Path) -> None:
     def refuse() -> None:
         raise RuntimeError("cannot drop")
 
-    reactor = BindingReactor()
+    reactor = UDPMemoryReactorClock()
     notifier = RecordingNotifier()
     daemon = Daemon(makeConfig(ECHO), reactor, notifier)
     failed = Deferred.fromCoroutine(daemon.start(beforeServing=refuse))
@@ -313,7 +315,7 @@ def test_systemdListenWithoutActivationSaysWhy() -> None:
     """
     address = ListenAddress.fromConfig("systemd:domain=INET:index=5")
     with pytest.raises(LookupError, match="systemd passed no such socket") as info:
-        resultOf(Deferred.fromCoroutine(address.listenStream(BindingReactor(), object())))  # type: ignore[arg-type]
+        resultOf(Deferred.fromCoroutine(address.listenStream(UDPMemoryReactorClock(), object())))  # type: ignore[arg-type]
     assert str(info.value) == NO_INHERITED_SOCKET
 
 

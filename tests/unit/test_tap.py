@@ -23,7 +23,9 @@ from twisted.python import usage
 
 from netd.tap import NetdApplication, Options, makeService
 
-from .test_service import BindingReactor, UDPBindFailsReactor, makeConfig, resultOf
+from netd.testing import UDPMemoryReactorClock, resultOf
+
+from .test_service import UDPBindFailsReactor, makeConfig
 from .test_systemd import RecordingNotifier
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,7 +100,7 @@ def test_bindsPrivilegedThenServesWhenRunning(tmp_path: Path) -> None:
     """
     privilegedStartService binds every address; the ports file and READY=1 wait until the reactor runs; stopping closes the listeners and says STOPPING=1.
     """
-    reactor = BindingReactor()
+    reactor = UDPMemoryReactorClock()
     app, notifier = application(reactor, tmp_path)
     app.privilegedStartService()
     assert len(reactor.tcpPorts) == 1 and len(reactor.udpPorts) == 1
