@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import attrs
 import pytest
@@ -26,16 +27,23 @@ from .dns_upstream import Dnsmasq, findDnsmasq, startTestUpstream
 STARTUP_TIMEOUT = 20.0
 
 
+def unavailable(reason: str) -> NoReturn:
+    """
+    Something a test needs is missing: skip on a laptop, but fail under CI,
+    where ./test.sh sets up everything the suite needs.
+    """
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 def requireTool(name: str) -> str:
     """
-    The path of a command-line tool the test drives; a missing tool skips the
-    test on a laptop but fails it under CI, where ./test.sh installs it.
+    The path of a command-line tool the test drives (./test.sh installs it).
     """
     path = shutil.which(name)
     if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed; ./test.sh installs it")
-        pytest.skip(f"{name} is not installed (./test.sh installs it)")
+        unavailable(f"{name} is not installed (./test.sh installs it)")
     return path
 
 
@@ -374,9 +382,7 @@ def dnsUpstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dnsmasq]:
     numbers, so sharing it is safe.
     """
     if findDnsmasq() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("dnsmasq is not installed; ./test.sh installs it")
-        pytest.skip("dnsmasq is not installed (./test.sh installs it)")
+        unavailable("dnsmasq is not installed (./test.sh installs it)")
     upstream = startTestUpstream(tmp_path_factory.mktemp("dnsmasq"))
     try:
         yield upstream
