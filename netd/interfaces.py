@@ -12,6 +12,7 @@ faults, counters) is the core's.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IAddress
@@ -145,4 +146,48 @@ class IReportsStatus(Interface):
         """
         The handler's state as a JSON-ready mapping; called on each request, so
         it must be cheap and must not block.
+        """
+
+
+class IRuntimeTable(Interface):
+    """
+    A piece of a service's state that the control API reads and changes while
+    netd runs, at C{/services/NAME/TABLE}: the core's C{faults} and C{events},
+    a plugin's own (the DNS proxy's C{records} and C{scripts}).
+
+    Bodies and answers are JSON-ready values.  A method a table does not take
+    raises L{NotImplementedError} (the API answers 405).
+    """
+
+    def get(query: Mapping[str, Sequence[str]]) -> Mapping[str, Any]:
+        """
+        C{GET}: the table's current content, filtered by the URL's query arguments
+        where the table takes some.
+        """
+
+    def put(body: Any) -> Mapping[str, Any]:
+        """
+        C{PUT}: apply a change; the answer says what the table holds now.
+
+        @raise netd.options.ConfigError: the body is invalid (the API answers
+            400 with every problem, each with its key path inside the body);
+            nothing was changed.
+        """
+
+    def delete(query: Mapping[str, Sequence[str]]) -> Mapping[str, Any]:
+        """
+        C{DELETE}: remove what the query arguments name, or everything the
+        table says it resets to without any.
+        """
+
+
+class IHasRuntimeTables(Interface):
+    """
+    An optional extra of a plugin's handler: tables the control API exposes
+    beside the core's ones.
+    """
+
+    def runtimeTables() -> Mapping[str, IRuntimeTable]:
+        """
+        The handler's tables by URL segment (C{"records"}: C{/services/NAME/records}).
         """
