@@ -187,7 +187,10 @@ def convert(value: Any, tp: Any, path: KeyPath, problems: list[Problem]) -> Any:
 
     Problems go to C{problems}; the return value is then a sentinel that callers
     only pass along.  Types with a C{fromConfig(value)} classmethod parse their
-    own values and raise L{InvalidValue} to reject one; other attrs classes are
+    own values and raise L{InvalidValue} to reject one; types with a
+    C{decodeConfig(value, path, problems)} classmethod decode values made of
+    several keys (a list of tagged tables) and report each problem at its own
+    path; other attrs classes are
     schemas of nested tables, decoded key by key with their own paths.
     """
     origin = typing.get_origin(tp)
@@ -223,6 +226,11 @@ def convert(value: Any, tp: Any, path: KeyPath, problems: list[Problem]) -> Any:
         (_, itemType) = typing.get_args(tp)
         table = {k: convert(v, itemType, path + (k,), problems) for k, v in value.items()}
         return _INVALID if any(v is _INVALID for v in table.values()) else table
+    decodeConfig = getattr(tp, "decodeConfig", None)
+    if decodeConfig is not None:
+        before = len(problems)
+        decoded = decodeConfig(value, path, problems)
+        return _INVALID if len(problems) > before else decoded
     if isinstance(tp, type) and attrs.has(tp) and not hasattr(tp, "fromConfig"):
         if not isinstance(value, dict):
             problems.append(Problem(path, f"expected a table, got {describeValue(value)}"))
