@@ -219,6 +219,8 @@ async def runDaemon(reactor: Any, config: NetdConfig, portsFile: str | None) -> 
     user}, netd drops to that user once everything listens and before it
     serves anyone (L{PrivilegeDrop}).
     """
+    reloadSignal = ReloadSignal(reactor)
+    reloadSignal.install()
     running: Deferred[None] = Deferred()
     reactor.callWhenRunning(running.callback, None)
     await running
@@ -234,22 +236,61 @@ async def runDaemon(reactor: Any, config: NetdConfig, portsFile: str | None) -> 
         notifier.status(f"cannot start: {e}")
         log.critical("netd cannot start: {error}", error=str(e))
         raise SystemExit(1) from None
-    installReloadSignal(daemon, reactor)
+    reloadSignal.attach(daemon)
     await Deferred()
 
 
-def installReloadSignal(daemon: Daemon, reactor: Any) -> None:
+class ReloadSignal:
     """
-    Make SIGHUP reload the config (L{Daemon.reload}, which tells systemd
-    C{RELOADING=1} then C{READY=1}); the handler only hands the work to the
-    reactor, and a failed reload is logged, never fatal.
+    SIGHUP reloads the config (L{Daemon.reload}, which tells systemd
+    C{RELOADING=1} then C{READY=1}).
+
+    The handler is installed before the reactor runs, because SIGHUP's default
+    action ends the process: a reload asked for while netd is still starting
+    (a deploy script that writes the file and signals at once) is remembered
+    and done once every service listens.  The handler only hands the work to
+    the reactor, and a failed reload is logged, never fatal.
     """
 
-    def reload() -> None:
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.daemon: Daemon | None = None
+        self.pending = False
+
+    def install(self) -> None:
+        """
+        Catch SIGHUP from now on.
+        """
+        signal.signal(signal.SIGHUP, self._onSignal)
+
+    def _onSignal(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self._requested)
+
+    def _requested(self) -> None:
+        """
+        A SIGHUP arrived: reload now, or once the daemon has started.
+        """
+        if self.daemon is None:
+            if not self.pending:
+                log.info("SIGHUP while starting: the config is reloaded once every service listens")
+            self.pending = True
+            return
+        self._reload(self.daemon)
+
+    def attach(self, daemon: Daemon) -> None:
+        """
+        The daemon has started: do a reload that was asked for meanwhile.
+        """
+        self.daemon = daemon
+        if self.pending:
+            self.pending = False
+            self._reload(daemon)
+
+    def _reload(self, daemon: Daemon) -> None:
         log.info("SIGHUP: reloading the config")
-        Deferred.fromCoroutine(daemon.reload()).addErrback(reloadFailed)
+        Deferred.fromCoroutine(daemon.reload()).addErrback(self._failed)
 
-    def reloadFailed(failure: Any) -> None:
+    def _failed(self, failure: Any) -> None:
         error = failure.value
         if isinstance(error, ReloadInProgress):
             log.warn("SIGHUP: {error}; this one is ignored", error=str(error))
@@ -257,11 +298,6 @@ def installReloadSignal(daemon: Daemon, reactor: Any) -> None:
             log.error("SIGHUP: the reload failed; the previous config goes on serving")
         else:
             log.failure("SIGHUP: the reload failed; the previous config goes on serving", failure)
-
-    def onSignal(signum: int, frame: Any) -> None:
-        reactor.callFromThread(reload)
-
-    signal.signal(signal.SIGHUP, onSignal)
 
 
 def runCommand(args: argparse.Namespace) -> int:
