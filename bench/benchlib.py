@@ -1,7 +1,9 @@
 """
-What the benchmark scripts (bench/dns/bench.py, bench/tls/bench.py) share:
-the machine the numbers were measured on, tool and netd versions, starting netd
-and stopping a process by its PID, progress on standard error, appending to RESULTS.md.
+What the benchmark scripts (bench/echo/bench.py, bench/dns/bench.py,
+bench/tls/bench.py) share: the machine the numbers were measured on, tool and
+netd versions, starting a server pinned to a CPU and stopping it by its PID,
+the CPU time and resident size of a server read from /proc, building the C load
+generator, progress on standard error, adding a report to RESULTS.md.
 
 The scripts are run as scripts; each puts this folder on sys.path to import it.
 """
@@ -13,16 +15,21 @@ import json
 import os
 import platform
 import re
+import resource
+import shutil
 import signal
 import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "bench" / "build"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
+RESULTS_HEADING = "# Benchmark results\n\nEach run added by its script, newest first.\n"
 
 
 def say(text: str) -> None:
@@ -75,28 +82,148 @@ def netdVersion() -> str:
     return f"netd {commit}{'+changes' if dirty else ''}"
 
 
-def startNetd(config: str, directory: Path, name: str) -> tuple[subprocess.Popen[bytes], dict[str, list[dict[str, object]]], Path]:
+def quietDaemonTable() -> str:
     """
-    netd on C{config} (ports picked by netd), once its ports file is written.
+    The C{[daemon]} table of a benchmark's netd: warnings only, and no control
+    API where this netd has one (it would listen on a fixed port).
+    """
+    from netd.config import DaemonSpec
+    from netd.options import schemaFields
+
+    return '[daemon]\nlog_level = "warn"\n' + ("admin = false\n" if "admin" in schemaFields(DaemonSpec) else "")
+
+
+def pinnedTo(cpus: set[int] | None) -> Callable[[], None]:
+    """
+    What a server's child process does before it runs: run on C{cpus} only (as
+    C{taskset} would; its children inherit it), and raise its open-files limit
+    to the hard one, for the idle-connections test.
+    """
+
+    def prepare() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    return prepare
+
+
+def launch(command: list[str], log: Path, cpus: set[int] | None = None, stdin: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    """
+    Start a server (or tool) with its output going to C{log}, pinned to C{cpus}.
+    """
+    with log.open("wb") as output:
+        return subprocess.Popen(command, stdin=stdin, stdout=output, stderr=subprocess.STDOUT, preexec_fn=pinnedTo(cpus))
+
+
+def waitForFile(process: subprocess.Popen[bytes], path: Path, what: str, log: Path, interval: float = 0.05) -> None:
+    """
+    Poll every C{interval} seconds until C{path} exists (a ports file, written
+    once the server listens); stop the process and raise if it exits or takes
+    longer than C{START_TIMEOUT}.
+    """
+    deadline = time.monotonic() + START_TIMEOUT
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stopProcess(process)
+            raise RuntimeError(f"{what} did not start:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(interval)
+
+
+def netdCommand(configFile: Path, portsFile: Path) -> list[str]:
+    """
+    C{netd run} on a config, writing its ports file, with this Python.
+    """
+    return [sys.executable, "-m", "netd", "run", "-c", str(configFile), "--ports-file", str(portsFile)]
+
+
+def startNetd(
+    config: str, directory: Path, name: str, cpus: set[int] | None = None
+) -> tuple[subprocess.Popen[bytes], dict[str, list[dict[str, object]]], Path]:
+    """
+    netd on C{config} (ports picked by netd), pinned to C{cpus}, once its ports file is written.
     """
     configFile = directory / f"{name}.toml"
     configFile.write_text(config)
     portsFile = directory / f"{name}-ports.json"
+    portsFile.unlink(missing_ok=True)
     log = directory / f"{name}.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "netd", "run", "-c", str(configFile), "--ports-file", str(portsFile)],
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + START_TIMEOUT
-    while not portsFile.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            stopProcess(process)
-            raise RuntimeError(f"{name} did not start:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.05)
+    process = launch(netdCommand(configFile, portsFile), log, cpus)
+    waitForFile(process, portsFile, name, log)
     return process, json.loads(portsFile.read_text())["services"], log
+
+
+def benchCpus() -> tuple[set[int] | None, set[int] | None]:
+    """
+    Where the server and the load generator run: the first allowed CPU and the
+    second, so that neither takes the other's core; no pinning with one CPU.
+    """
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return None, None
+    return {allowed[0]}, {allowed[1]}
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            found += [int(child) for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    except OSError:
+        pass
+    return found
+
+
+def cpuTime(pid: int) -> float:
+    """
+    CPU seconds used so far by a process and all its descendants, so that a
+    forking server (socat) is counted whole: each live thread's run time from
+    /proc/PID/task/TID/schedstat (in nanoseconds: the clock ticks of
+    /proc/PID/stat, truncated per process, would lose most of the time of
+    fifty small socat children), plus the reaped children's (cutime, cstime).
+    """
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            for task in os.listdir(f"/proc/{current}/task"):
+                total += int(Path(f"/proc/{current}/task/{task}/schedstat").read_text().split()[0]) / 1e9
+        except (OSError, IndexError, ValueError):
+            continue
+        total += (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime cstime
+        pending += _children(current)
+    return total
+
+
+def residentKiB(pid: int) -> int:
+    """
+    A process's resident size (VmRSS), in KiB.
+    """
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for PID {pid}")
+
+
+def buildLoadgen() -> Path:
+    """
+    The C load generator, compiled with the machine's compiler (C{$CC}, else
+    cc) into bench/build/ when it is missing or older than its source.
+    """
+    source = ROOT / "bench" / "loadgen" / "loadgen.c"
+    binary = BUILD / "loadgen"
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        raise RuntimeError("no C compiler (cc) to build bench/loadgen/loadgen.c; bench/setup-tools.sh installs gcc")
+    BUILD.mkdir(parents=True, exist_ok=True)
+    say(f"building {binary} with {compiler}")
+    subprocess.run([compiler, "-O2", "-Wall", "-Wextra", "-o", str(binary), str(source)], check=True, timeout=120)
+    return binary
 
 
 def _moduleVersion(name: str) -> str:
@@ -138,9 +265,12 @@ def machine(**extra: str) -> dict[str, str]:
 
 def record(text: str) -> None:
     """
-    Append a report to bench/RESULTS.md (made with its heading if missing).
+    Add a report to bench/RESULTS.md, newest first: after the heading, before
+    the reports already there (the file is made with its heading if missing).
     """
     results = ROOT / "bench" / "RESULTS.md"
-    existing = results.read_text() if results.exists() else "# Benchmark results\n\nEach run appended by its script, newest last.\n\n"
-    results.write_text(existing.rstrip("\n") + "\n\n" + text)
-    say(f"appended to {results}")
+    existing = results.read_text() if results.exists() else RESULTS_HEADING
+    first = existing.find("\n### ")
+    head, reports = (existing, "") if first < 0 else (existing[: first + 1], existing[first + 1 :])
+    results.write_text(head.rstrip("\n") + "\n\n" + text.strip("\n") + "\n" + ("\n" + reports if reports else ""))
+    say(f"added to {results}")

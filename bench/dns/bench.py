@@ -388,7 +388,7 @@ def main() -> None:
     parser.add_argument("--cache-size", type=int, default=10000, help="cache entries of netd and dnsmasq")
     parser.add_argument("--miss-names", type=int, default=1_500_000, help="unique names per cache-miss run (each asked once)")
     parser.add_argument("--forwarders", nargs="+", default=list(FORWARDERS), choices=FORWARDERS)
-    parser.add_argument("--record", action="store_true", help="append the results to bench/RESULTS.md")
+    parser.add_argument("--record", action="store_true", help="add the results to bench/RESULTS.md (newest first)")
     parser.add_argument("--json", type=Path, help="also write every round's numbers to this file")
     options = parser.parse_args()
     missing = [tool for tool, found in [("dnsperf", shutil.which("dnsperf")), ("dnsmasq", findDnsmasq()), ("unbound", shutil.which("unbound") or shutil.which("/usr/sbin/unbound"))] if not found]

@@ -51,7 +51,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from benchlib import machine, netdVersion, record, say, startNetd, stopProcess, toolVersion  # noqa: E402  (the path above makes it importable)
+from benchlib import machine, netdVersion, quietDaemonTable, record, say, startNetd, stopProcess, toolVersion  # noqa: E402  (the path above makes it importable)
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
@@ -138,22 +138,11 @@ def makeCertificates(directory: Path) -> dict[str, Path]:
     return folders
 
 
-def daemonTable() -> str:
-    """
-    The C{[daemon]} table of the benchmark's netd processes: warnings only,
-    and no control API where this netd has one (it would listen on a fixed port).
-    """
-    from netd.config import DaemonSpec
-    from netd.options import schemaFields
-
-    return '[daemon]\nlog_level = "warn"\n' + ("admin = false\n" if "admin" in schemaFields(DaemonSpec) else "")
-
-
 def startBackend(directory: Path) -> tuple[int, Callable[[], None]]:
     """
     The plain echo behind stunnel and hitch: netd's echo plugin, raw framing.
     """
-    config = daemonTable() + '\n[[services]]\nname = "backend"\nplugin = "echo"\nlisten = ["tcp:0:interface=127.0.0.1"]\nframing = "raw"\n'
+    config = quietDaemonTable() + '\n[[services]]\nname = "backend"\nplugin = "echo"\nlisten = ["tcp:0:interface=127.0.0.1"]\nframing = "raw"\n'
     process, services, _ = startNetd(config, directory, "backend")
     return int(services["backend"][0]["port"]), lambda: stopProcess(process)  # type: ignore[call-overload]
 
@@ -162,7 +151,7 @@ def startNetdTLS(certs: dict[str, Path], directory: Path) -> Server:
     """
     netd with one tls-echo service (raw framing) per key type.
     """
-    lines = [daemonTable()]
+    lines = [quietDaemonTable()]
     for keyType, folder in certs.items():
         lines.append(
             f'[[services]]\nname = "tls-{keyType}"\nplugin = "tls-echo"\nlisten = ["tcp:0:interface={HOST}"]\nframing = "raw"\n'
@@ -454,7 +443,7 @@ def main() -> None:
     parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
     parser.add_argument("--versions", nargs="+", default=list(VERSIONS), choices=VERSIONS, help="TLS versions of the handshake runs")
     parser.add_argument("--no-plain-reference", dest="plain_reference", action="store_false", help="skip the plain backend's bulk run")
-    parser.add_argument("--record", action="store_true", help="append the results to bench/RESULTS.md")
+    parser.add_argument("--record", action="store_true", help="add the results to bench/RESULTS.md (newest first)")
     parser.add_argument("--json", type=Path, help="also write every round's numbers to this file")
     options = parser.parse_args()
     if "netd" not in options.servers:

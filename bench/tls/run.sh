@@ -4,7 +4,7 @@
 # handshakes with openssl s_time, bulk echo with a small Python client.
 # Installs stunnel4, hitch and openssl with apt-get when missing (root),
 # prepares .venv with ./setup.sh when there is none, then runs
-# bench/tls/bench.py with the arguments given (--record appends the results to
+# bench/tls/bench.py with the arguments given (--record adds the results to
 # bench/RESULTS.md).  Takes about three minutes with the defaults; everything
 # listens on 127.0.0.1 and every process is stopped by its PID.
 set -eu
