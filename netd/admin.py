@@ -11,6 +11,12 @@ for C{/metrics}).
   - C{GET /metrics}: the Prometheus text exposition (format 0.0.4).
   - C{POST /reload}: calls the daemon's C{reload()} when it has one; 501
     otherwise.
+  - C{GET /services/NAME}: one service's entry of C{/services}.
+  - C{GET|PUT|DELETE /services/NAME/TABLE}: a runtime table of the service
+    (L{IRuntimeTable}: the core's C{events} and C{faults}, its plugin's own):
+    query arguments go to C{get} and C{delete}, the JSON body to C{put}; a
+    method the table does not take is a 405, a L{ConfigError} from it a 400
+    listing each problem with its key path inside the body (or the query).
 
 With C{admin_token_file}, every endpoint but C{/health} and C{/ready} needs
 C{Authorization: Bearer TOKEN} (compared in constant time); the two probes stay
@@ -25,6 +31,7 @@ import hmac
 import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
 
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
@@ -35,10 +42,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from netd import __version__
-from netd.interfaces import IReportsStatus
+from netd.interfaces import IReportsStatus, IRuntimeTable
 from netd.listen import ListenAddress, describeBound
 from netd.metrics import PROMETHEUS_CONTENT_TYPE, Exposition
-from netd.options import ConfigError
+from netd.options import ConfigError, renderPath
 from netd.service import NetService, ReloadInProgress, ServiceStartError
 from netd.tls import FAILURE_REASONS
 
@@ -48,7 +55,16 @@ if TYPE_CHECKING:
 JSON_CONTENT_TYPE = "application/json"
 MAX_BODY = 65536
 """
-The largest request body read (only C{POST /reload} takes one).
+The largest body C{POST /reload} reads.
+"""
+MAX_TABLE_BODY = 2**20
+"""
+The largest body C{PUT /services/NAME/TABLE} reads (a table of records may be long).
+"""
+SERVICES_PREFIX = b"/services/"
+TABLE_METHODS = ("GET", "HEAD", "PUT", "DELETE")
+"""
+The methods of C{/services/NAME/TABLE}; each table refuses those it does not take.
 """
 IDLE_TIMEOUT = 60
 """
@@ -115,6 +131,16 @@ class AdminResource(Resource):
             b"/metrics": {b"GET": (self.metrics, "Prometheus text exposition format 0.0.4")},
             b"/reload": {b"POST": (self.reload, "re-read and apply the config file")},
         }
+        self.patterns = {
+            "GET /services/NAME": "one service's entry of /services",
+            "GET /services/NAME/TABLE": "a runtime table of the service (events, faults, its plugin's own); "
+            "query arguments filter it",
+            "PUT /services/NAME/TABLE": "change the table with a JSON body; 400 lists each problem, and nothing changes",
+            "DELETE /services/NAME/TABLE": "remove what the query arguments name, or clear the table",
+        }
+        """
+        The endpoints under C{/services/} that L{serviceRoute} answers, for L{index}.
+        """
 
     # Request handling.
 
@@ -144,19 +170,15 @@ class AdminResource(Resource):
             refusal = self.authorize(request)
             if refusal is not None:
                 return refusal
+        if path.startswith(SERVICES_PREFIX):
+            return self.serviceRoute(request, path[len(SERVICES_PREFIX) :])
         methods = self.routes.get(path)
         if methods is None:
-            known = ", ".join(p.decode() for p in self.routes)
+            known = ", ".join([p.decode() for p in self.routes] + ["/services/NAME", "/services/NAME/TABLE"])
             return errorReply(404, "not found", f"no endpoint {_text(path)}; the endpoints are {known}")
         entry = methods.get(b"GET" if method == b"HEAD" and b"GET" in methods else method)
         if entry is None:
-            allowed = sorted(m.decode() for m in methods) + (["HEAD"] if b"GET" in methods else [])
-            return errorReply(
-                405,
-                "method not allowed",
-                f"{_text(path)} takes {' or '.join(allowed)}, not {_text(method)}",
-                {"Allow": ", ".join(allowed)},
-            )
+            return _notAllowed(request, sorted(m.decode() for m in methods) + (["HEAD"] if b"GET" in methods else []))
         return entry[0](request)
 
     def authorize(self, request: Request) -> Reply | None:
@@ -226,6 +248,7 @@ class AdminResource(Resource):
             for path, methods in self.routes.items()
             for method, (_, help) in methods.items()
         }
+        endpoints.update(self.patterns)
         return jsonReply(200, {"netd": __version__, "endpoints": endpoints})
 
     def health(self, request: Request) -> Reply:
@@ -276,6 +299,69 @@ class AdminResource(Resource):
                 service.log.failure("the plugin's status() failed")
                 report["status"] = {"error": "the plugin's status() failed; netd's log has the details"}
         return report
+
+    def serviceRoute(self, request: Request, rest: bytes) -> Reply:
+        """
+        C{/services/NAME} and C{/services/NAME/TABLE}; C{rest} is the path
+        after C{/services/}, whose segments are percent-decoded.
+        """
+        segments = [unquote_to_bytes(s).decode("utf-8", "replace") for s in rest.split(b"/")]
+        if len(segments) > 2:
+            return errorReply(
+                404, "not found", f"no endpoint {_text(request.path)}; under /services/ are /services/NAME and /services/NAME/TABLE"
+            )
+        services = {s.spec.name: s for s in self.daemon.netServices()}
+        service = services.get(segments[0])
+        if service is None:
+            return errorReply(
+                404, "not found", f"no service {segments[0]!r}; the services are {', '.join(map(repr, services)) or 'none'}"
+            )
+        if len(segments) == 1:
+            if request.method not in (b"GET", b"HEAD"):
+                return _notAllowed(request, ["GET", "HEAD"])
+            return jsonReply(200, self.serviceReport(service))
+        tables = service.runtimeTables()
+        table = tables.get(segments[1])
+        if table is None:
+            return errorReply(
+                404,
+                "not found",
+                f"service {service.name!r} has no table {segments[1]!r}; its tables are {', '.join(sorted(tables))}",
+            )
+        return self.tableRequest(request, service, segments[1], table)
+
+    def tableRequest(self, request: Request, service: NetService, name: str, table: IRuntimeTable) -> Reply:
+        """
+        C{GET}, C{PUT} or C{DELETE} on one runtime table of a service.
+        """
+        method = _text(request.method)
+        if method not in TABLE_METHODS:
+            return _notAllowed(request, list(TABLE_METHODS))
+        query = {_text(k): [_text(v) for v in values] for k, values in request.args.items()}
+        try:
+            if method == "PUT":
+                body, problem = _readJSON(request, MAX_TABLE_BODY)
+                if problem is not None:
+                    return errorReply(400, "bad request", problem)
+                answer = table.put(body)
+            elif method == "DELETE":
+                answer = table.delete(query)
+            else:
+                answer = table.get(query)
+        except NotImplementedError:
+            refused = {"GET", "HEAD"} if method in ("GET", "HEAD") else {method}
+            allowed = [m for m in TABLE_METHODS if m not in refused]
+            return _notAllowed(request, allowed, f"the {name} table of service {service.name!r} takes no {method}")
+        except ConfigError as e:
+            return errorReply(
+                400,
+                "bad request",
+                f"invalid {e.source}; nothing was changed",
+                problems=[f"{renderPath(p.path)}: {p.message}" if p.path else p.message for p in e.problems],
+            )
+        if method in ("PUT", "DELETE"):
+            log.info("control API: {method} {path} by {peer}", **_requestFields(request))
+        return jsonReply(200, dict(answer))
 
     def metrics(self, request: Request) -> Reply:
         """
@@ -354,6 +440,39 @@ def _requestFields(request: Request) -> dict[str, Any]:
         "path": _text(request.path),
         "peer": f"{host}:{getattr(peer, 'port', '')}" if host is not None else str(peer),
     }
+
+
+def _notAllowed(request: Request, allowed: list[str], why: str | None = None) -> Reply:
+    """
+    The 405 answer to a method that is not one of C{allowed}.
+    """
+    return errorReply(
+        405,
+        "method not allowed",
+        why or f"{_text(request.path)} takes {' or '.join(allowed)}, not {_text(request.method)}",
+        {"Allow": ", ".join(allowed)},
+    )
+
+
+def _readJSON(request: Request, limit: int) -> tuple[Any, str | None]:
+    """
+    The request's JSON body, or why there is none: it is empty, larger than
+    C{limit} bytes, or not JSON.
+    """
+    body = b""
+    if request.content is not None:
+        request.content.seek(0)
+        body = request.content.read(limit + 1)
+    if len(body) > limit:
+        return None, f"the body is larger than {limit} bytes"
+    if not body.strip():
+        return None, "the body is empty; this endpoint takes JSON"
+    try:
+        return json.loads(body), None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"the body is not JSON: {e}"
+    except RecursionError:
+        return None, "the body is JSON nested too deeply"
 
 
 def _checkEmptyObject(request: Request) -> str | None:

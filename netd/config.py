@@ -17,6 +17,9 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
+from netd.events import DEFAULT_SIZE as DEFAULT_EVENTS
+from netd.events import LARGEST_SIZE as LARGEST_EVENTS
+from netd.faults.spec import FaultList, ServiceShape
 from netd.framing import FRAMINGS
 from netd.listen import ListenAddress, splitDescription
 from netd.options import (
@@ -230,6 +233,17 @@ class ServiceEnvelope:
         help="Terminate TLS on the service's stream listeners (a table: certificate, private_key, ...; "
         'tls = { certificate = "auto" } for a development certificate).',
     )
+    events: int = option(
+        DEFAULT_EVENTS,
+        help="Recent events (connections closed, DNS queries, faults applied) the service keeps for "
+        "GET /services/NAME/events; the oldest go first; 0 keeps none.",
+        checks=(between(0, LARGEST_EVENTS),),
+    )
+    faults: FaultList = option(
+        FaultList(),
+        help="Faults the service commits on purpose, for testing clients: an array of tables, each with a type "
+        "(latency, slice, reset_after, tls_abort, drop, split_frame, ...) and that type's keys; none by default.",
+    )
 
 
 ENVELOPE_KEYS = frozenset(schemaFields(ServiceEnvelope))
@@ -252,6 +266,15 @@ class ServiceSpec:
     max_frame: int | None
     options: Any
     tls: TLSOptions | None = None
+    events: int = DEFAULT_EVENTS
+    faults: FaultList = FaultList()
+
+    @property
+    def shape(self) -> ServiceShape:
+        """
+        What the service's faults need to know of it (see L{ServiceShape}).
+        """
+        return _serviceShape(self.listen, self.tls is not None, self.framing)
 
     def toConfig(self) -> dict[str, Any]:
         """
@@ -271,6 +294,8 @@ class ServiceSpec:
             table["max_frame"] = self.max_frame
         if self.tls is not None:
             table["tls"] = toConfig(self.tls)
+        table["events"] = self.events
+        table["faults"] = self.faults.toConfig()
         table.update(toConfig(self.options))
         return table
 
@@ -292,6 +317,18 @@ class NetdConfig:
         The normalized config as TOML data, defaults filled in.
         """
         return {"daemon": toConfig(self.daemon), "services": [s.toConfig() for s in self.services]}
+
+
+def _serviceShape(listen: tuple[ListenAddress, ...], tls: bool, framing: str | None) -> ServiceShape:
+    """
+    The shape of a service with these listen addresses, TLS or not, and framing.
+    """
+    return ServiceShape(
+        streams=any(a.transport == "stream" for a in listen),
+        datagrams=any(a.transport == "datagram" for a in listen),
+        tls=tls,
+        framing=framing,
+    )
 
 
 def _resolveFraming(
@@ -368,8 +405,12 @@ def _decodeService(
             )
     if "listen" in envelope and not listen:
         problems.append(Problem(path + ("listen",), "expected at least one listen address"))
+    shapeBefore = len(problems)
     framing, maxFrame = _resolveFraming(envelope, plugin, path, problems)
     _checkTLS(table, envelope, plugin, path, problems)
+    if envelope.get("faults") and listen and len(problems) == shapeBefore:
+        shape = _serviceShape(listen, envelope.get("tls") is not None, framing)
+        problems.extend(envelope["faults"].misfits(shape, path + ("faults",)))
     if len(problems) > before:
         return None
     return ServiceSpec(
@@ -383,6 +424,8 @@ def _decodeService(
         max_frame=maxFrame,
         options=options,
         tls=envelope["tls"],
+        events=envelope["events"],
+        faults=envelope["faults"],
     )
 
 

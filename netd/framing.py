@@ -9,14 +9,18 @@ against the limit before buffering the payload; this module gives their
 different hooks one name and one reaction to a peer that breaks the framing
 (log, count, close).  L{FRAMINGS} is the one table that the config validator,
 the docs and the tests all read.
+
+Frame faults (L{netd.faults.frames}) act here, where frames are still frames:
+while the service has none, C{sendFrame} pays one truth test for them.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import ClassVar
 
 import attrs
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import (
@@ -28,6 +32,8 @@ from twisted.protocols.basic import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netd.faults.active import ActiveFault, ServiceFaults
+from netd.faults.frames import FrameFaults
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
 
@@ -50,6 +56,10 @@ class FramedProtocol(Protocol):
         C{maxFrame} plus C{wireSlack}.
     @cvar wireSlack: bytes a frame may take on the wire beyond its content
         before the framing strips them (line framing's optional CR).
+    @cvar largestClaim: the largest length the framing's prefix can state;
+        L{None} where it has no prefix or no bound.
+    @ivar faultWriter: the writer of this connection's frames once frame
+        faults have seen one of them (see L{netd.faults.frames}).
     """
 
     framingName: ClassVar[str]
@@ -58,6 +68,8 @@ class FramedProtocol(Protocol):
     maxFrame: int
     MAX_LENGTH: int
     wireSlack: ClassVar[int] = 0
+    largestClaim: ClassVar[int | None] = None
+    faultWriter: FrameFaults | None = None
 
     def connectionMade(self) -> None:
         """
@@ -67,8 +79,11 @@ class FramedProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
-        Tell the receiver its connection is gone.
+        Drop the frames the faults still hold, and tell the receiver its
+        connection is gone.
         """
+        if self.faultWriter is not None:
+            self.faultWriter.stop()
         self.receiver.connectionLost(reason)
 
     def deliverFrame(self, frame: bytes) -> None:
@@ -96,12 +111,42 @@ class FramedProtocol(Protocol):
         """
         Encode and send one frame; see L{IFrameConnection.sendFrame}.
         """
+        if self.factory.frameFaults:
+            self.sendFaultedFrame(frame)
+            return
+        self.transport.write(self.encodeFrame(frame))  # type: ignore[union-attr]
+
+    def encodeFrame(self, frame: bytes, claimed: int | None = None) -> bytes:
+        """
+        The bytes of one frame on the wire, as C{sendFrame} writes them.
+
+        @param claimed: the length the prefix states instead of the real one
+            (framings with a length prefix only).
+        @raise FramingError: if the framing cannot carry the frame, or has no
+            prefix to state C{claimed}.
+        """
         raise NotImplementedError()
+
+    def sendFaultedFrame(self, frame: bytes) -> None:
+        """
+        Send a frame while the service has frame faults: through this
+        connection's L{FrameFaults}, which from now on sends all its frames,
+        so that they keep their order behind any it holds back.
+        """
+        factory = self.factory
+        assert factory.faults is not None and factory.clock is not None
+        writer = self.faultWriter = FrameFaults(self, factory.faults, factory.clock)
+        self.sendFrame = writer.sendFrame  # type: ignore[method-assign]
+        writer.sendFrame(frame)
 
     def loseConnection(self) -> None:
         """
-        Close the connection after what was sent is written.
+        Close the connection after what was sent (and what the frame faults
+        hold back) is written.
         """
+        if self.faultWriter is not None:
+            self.faultWriter.loseConnection()
+            return
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def getPeer(self) -> IAddress:
@@ -138,9 +183,17 @@ class RawFraming(FramedProtocol):
 
     def sendFrame(self, frame: bytes) -> None:
         """
-        Write the bytes.
+        Write the bytes (frame faults do not apply to raw framing, which has no frames).
         """
         self.transport.write(frame)  # type: ignore[union-attr]
+
+    def encodeFrame(self, frame: bytes, claimed: int | None = None) -> bytes:
+        """
+        The bytes, as they are; raw framing has no prefix to state C{claimed}.
+        """
+        if claimed is not None:
+            raise FramingError("raw framing has no length prefix")
+        return frame
 
 
 class LineFraming(FramedProtocol, LineOnlyReceiver):
@@ -171,15 +224,17 @@ class LineFraming(FramedProtocol, LineOnlyReceiver):
         """
         self.framingViolation(f"line of {len(line)}+ bytes exceeds max_frame ({self.maxFrame})")
 
-    def sendFrame(self, frame: bytes) -> None:
+    def encodeFrame(self, frame: bytes, claimed: int | None = None) -> bytes:
         """
-        Send the frame followed by LF.
+        The frame followed by LF; lines have no prefix to state C{claimed}.
         """
+        if claimed is not None:
+            raise FramingError("line framing has no length prefix")
         if b"\n" in frame or frame[-1:] == b"\r":
             raise FramingError(
                 f"line framing cannot send a frame containing LF or ending in CR ({len(frame)} bytes)"
             )
-        self.sendLine(frame)
+        return frame + b"\n"
 
 
 class NetstringFraming(FramedProtocol, NetstringReceiver):
@@ -206,11 +261,11 @@ class NetstringFraming(FramedProtocol, NetstringReceiver):
             self.brokenPeer = 2
             self.framingViolation(f"malformed netstring, or one longer than max_frame ({self.maxFrame})")
 
-    def sendFrame(self, frame: bytes) -> None:
+    def encodeFrame(self, frame: bytes, claimed: int | None = None) -> bytes:
         """
-        Send the frame as a netstring.
+        The frame as a netstring, C{claimed} as its length when given.
         """
-        self.sendString(frame)
+        return b"%d:%s," % (len(frame) if claimed is None else claimed, frame)
 
 
 class _LengthPrefixed(FramedProtocol):
@@ -219,6 +274,7 @@ class _LengthPrefixed(FramedProtocol):
     """
 
     prefixLength: int
+    largestClaim: ClassVar[int]
 
     def stringReceived(self, string: bytes) -> None:
         """
@@ -232,16 +288,20 @@ class _LengthPrefixed(FramedProtocol):
         """
         self.framingViolation(self._tooLong(length))
 
-    def sendFrame(self, frame: bytes) -> None:
+    def encodeFrame(self, frame: bytes, claimed: int | None = None) -> bytes:
         """
-        Send the frame behind its length prefix.
+        The frame behind its length prefix, which states C{claimed} when given.
         """
-        if len(frame) >= 2 ** (8 * self.prefixLength):
+        largest = self.largestClaim
+        if len(frame) > largest:
             raise FramingError(
-                f"{self.framingName} framing cannot send a frame of {len(frame)} bytes; "
-                f"the largest is {2 ** (8 * self.prefixLength) - 1}"
+                f"{self.framingName} framing cannot send a frame of {len(frame)} bytes; the largest is {largest}"
             )
-        self.sendString(frame)  # type: ignore[attr-defined]
+        if claimed is None:
+            return struct.pack(self.structFormat, len(frame)) + frame  # type: ignore[attr-defined]
+        if not 0 <= claimed <= largest:
+            raise FramingError(f"a {self.framingName} prefix cannot state a length of {claimed}")
+        return struct.pack(self.structFormat, claimed) + frame  # type: ignore[attr-defined]
 
 
 class U16Framing(_LengthPrefixed, Int16StringReceiver):
@@ -250,6 +310,7 @@ class U16Framing(_LengthPrefixed, Int16StringReceiver):
     """
 
     framingName = "u16"
+    largestClaim = 2**16 - 1
 
 
 class U32Framing(_LengthPrefixed, Int32StringReceiver):
@@ -258,6 +319,7 @@ class U32Framing(_LengthPrefixed, Int32StringReceiver):
     """
 
     framingName = "u32"
+    largestClaim = 2**32 - 1
 
 
 @attrs.frozen
@@ -293,9 +355,12 @@ class FramedFactory(Factory):
 
     @ivar counters: the service's counters (C{frames_rejected} is counted here).
     @ivar log: the service's logger, for framing violations.
+    @ivar frameFaults: the service's frame faults in force (empty: none, and
+        C{sendFrame} pays one truth test).
     """
 
     noisy = False
+    frameFaults: tuple[ActiveFault, ...] = ()
 
     def __init__(
         self,
@@ -304,12 +369,32 @@ class FramedFactory(Factory):
         handler: IStreamHandler,
         counters: Counters,
         log: Logger,
+        faults: ServiceFaults | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
+        """
+        @param faults: the service's faults, whose frame faults act on the frames its connections send.
+        @param clock: times the frame faults that hold frames back; needed with C{faults}.
+        """
         self.framing = framing
         self.maxFrame = maxFrame
         self.handler = handler
         self.counters = counters
         self.log = log
+        self.faults = faults
+        self.clock = clock
+        if faults is not None:
+            if clock is None:
+                raise TypeError("a FramedFactory with faults needs a clock")
+            self.frameFaults = faults.frame
+            faults.onChange(self._faultsChanged)
+
+    def _faultsChanged(self) -> None:
+        """
+        The control API changed the service's faults: new frames take the new frame faults.
+        """
+        assert self.faults is not None
+        self.frameFaults = self.faults.frame
 
     def buildProtocol(self, addr: IAddress | None) -> FramedProtocol:  # type: ignore[override]
         """

@@ -15,14 +15,18 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IDelayedCall, IProtocolFactory, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netd import logs
+from netd.events import EventLog
+from netd.faults.active import ServiceFaults
+from netd.faults.stream import ConnectionFaults, faultsChanged, openFaults, resetTransport
 from netd.metrics import Counters
 from netd.proxyheader import describePeer
+from netd.tls import TLSServerProtocol
 
 
 @implementer(IHalfCloseableProtocol)
@@ -42,7 +46,13 @@ class GuardedConnection(ProtocolWrapper):
 
     Logging: with the log level at debug, one line when the connection opens
     and one when it closes (peer, bytes each way, duration, how it ended);
-    otherwise the only per-connection cost is two byte counts and a timestamp.
+    otherwise the only per-connection cost is two byte counts and a timestamp,
+    and the one C{"connection"} event the service's event log keeps when it
+    closes.
+
+    Faults: when the service's stream or TLS faults apply to the connection,
+    L{streamFaults} takes its bytes both ways (L{netd.faults.stream}); when
+    none does, it is L{None} and each byte path pays one attribute test.
     """
 
     factory: ConnectionLimiter
@@ -52,10 +62,13 @@ class GuardedConnection(ProtocolWrapper):
     _bytesOut = 0
     _opened = 0.0
     _ended: str | None = None
+    _addresses: tuple[IAddress, IAddress] | None = None
+    streamFaults: ConnectionFaults | None = None
 
     def connectionMade(self) -> None:
         """
-        Start pacing and the idle timer, then let the inner protocol in.
+        Start pacing and the idle timer, choose the faults that act on the
+        connection, then let the inner protocol in (and a refusing fault act).
         """
         self.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
         self._selfPaced = True
@@ -67,13 +80,19 @@ class GuardedConnection(ProtocolWrapper):
         timeout = self.factory.idleTimeout
         if timeout:
             self._idleCall = self.factory.clock.callLater(timeout, self._idleTimedOut)
+        faults = self.factory.faults
+        if faults is not None and faults.stream:
+            self.streamFaults = openFaults(self, faults)
         ProtocolWrapper.connectionMade(self)
+        if self.streamFaults is not None:
+            self.streamFaults.start()
 
     def dataReceived(self, data: bytes) -> None:
         """
-        Count, note the activity, pass the bytes in; once netd has decided to
-        close the connection, what still arrives is dropped, as a socket
-        transport would stop reading.
+        Count, note the activity, pass the bytes in (through the
+        connection's faults, if any); once netd has decided to close the
+        connection, what still arrives is dropped, as a socket transport would
+        stop reading.
         """
         if self.disconnecting:
             return
@@ -81,12 +100,19 @@ class GuardedConnection(ProtocolWrapper):
         self._bytesIn += len(data)
         if self._idleCall is not None:
             self._idleCall.reset(self.factory.idleTimeout)
-        self.wrappedProtocol.dataReceived(data)
+        if self.streamFaults is not None:
+            self.streamFaults.received(data)
+        else:
+            self.wrappedProtocol.dataReceived(data)
 
     def write(self, data: bytes) -> None:
         """
-        Count, note the activity, pass the bytes out.
+        Count, note the activity, pass the bytes out (to the connection's
+        faults, if any, which L{transmit} what they let go).
         """
+        if self.streamFaults is not None:
+            self.streamFaults.write(data)
+            return
         self.factory.counters["bytes_sent"] += len(data)
         self._bytesOut += len(data)
         if self._idleCall is not None:
@@ -97,6 +123,9 @@ class GuardedConnection(ProtocolWrapper):
         """
         Count, note the activity, pass the bytes out.
         """
+        if self.streamFaults is not None:
+            self.streamFaults.write(b"".join(data))
+            return
         data = list(data)
         size = sum(map(len, data))
         self.factory.counters["bytes_sent"] += size
@@ -104,6 +133,17 @@ class GuardedConnection(ProtocolWrapper):
         if self._idleCall is not None:
             self._idleCall.reset(self.factory.idleTimeout)
         self.transport.writeSequence(data)  # type: ignore[union-attr]
+
+    def transmit(self, data: bytes) -> None:
+        """
+        Count, note the activity, write bytes that the connection's faults let
+        go to the socket.
+        """
+        self.factory.counters["bytes_sent"] += len(data)
+        self._bytesOut += len(data)
+        if self._idleCall is not None:
+            self._idleCall.reset(self.factory.idleTimeout)
+        self.transport.write(data)  # type: ignore[union-attr]
 
     def _stopSelfPacing(self) -> None:
         """
@@ -135,17 +175,50 @@ class GuardedConnection(ProtocolWrapper):
 
     def loseConnection(self) -> None:
         """
-        Close once the buffer is written.
+        Close once the buffer is written, and before that the bytes the
+        connection's faults hold for the client.
         """
         if self._ended is None:
             self._ended = "closed by netd"
         self._stopSelfPacing()
+        if self.streamFaults is not None and self.streamFaults.holdsOutbound():
+            self.disconnecting = True
+            self.streamFaults.closeWhenDrained()
+            return
         ProtocolWrapper.loseConnection(self)
+
+    def endByFault(self, ended: str, reset: bool = False) -> None:
+        """
+        A fault ends the connection: a clean close once what is written and
+        held for the client is out, or a TCP reset.
+
+        @param ended: how it ended, for the connection's event and debug line
+            (C{"reset by fault reset_after"}).
+        """
+        self._ended = ended
+        if not reset:
+            self.loseConnection()
+            return
+        self._stopSelfPacing()
+        self.disconnecting = True
+        resetTransport(self.transport)
+
+    def faultsChanged(self) -> None:
+        """
+        The service's faults changed: take the new mid-stream ones, lose the old.
+        """
+        faults = self.factory.faults
+        assert faults is not None
+        faultsChanged(self, faults)
 
     def readConnectionLost(self) -> None:
         """
-        The peer sent EOF: close after writing what is already queued.
+        The peer sent EOF: close after writing what is already queued (once
+        the bytes the connection's faults hold from the peer are passed on).
         """
+        if self.streamFaults is not None and self.streamFaults.holdsInbound():
+            self.streamFaults.eofWhenDrained()
+            return
         if self._ended is None:
             self._ended = "closed by peer"
         self.loseConnection()
@@ -173,15 +246,44 @@ class GuardedConnection(ProtocolWrapper):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
-        Stop the idle timer and tell the inner protocol.
+        Stop the idle timer, tell the inner protocol, and record the
+        connection in the service's event log (after the inner protocol, so
+        that the TLS handshake's outcome is settled).
         """
         if self._idleCall is not None:
             self._idleCall.cancel()
             self._idleCall = None
+        if self.streamFaults is not None:
+            self.streamFaults.stop()
         self._selfPaced = False
+        ended = self._ending(reason)
+        now = self.factory.clock.seconds()
         if logs.debugEnabled:
-            self._logClosed(reason)
+            self._logClosed(ended, now)
+        events = self.factory.events
+        tls = _tlsLayer(self.wrappedProtocol) if events.enabled else None
         ProtocolWrapper.connectionLost(self, reason)
+        if events.enabled and self._addresses is not None:
+            events.add(
+                "connection",
+                _connectionEvent,
+                *self._addresses,
+                self._opened,
+                now - self._opened,
+                self._bytesIn,
+                self._bytesOut,
+                ended,
+                tls.tlsDetails if tls is not None else None,
+            )
+
+    def makeConnection(self, transport: Any) -> None:
+        """
+        Note the connection's addresses for its event (a closed socket can no
+        longer tell its own), then start it.
+        """
+        if self.factory.events.enabled:
+            self._addresses = (transport.getPeer(), transport.getHost())
+        ProtocolWrapper.makeConnection(self, transport)
 
     def abortConnection(self) -> None:
         """
@@ -191,23 +293,70 @@ class GuardedConnection(ProtocolWrapper):
             self._ended = "aborted"
         self.transport.abortConnection()  # type: ignore[union-attr]
 
-    def _logClosed(self, reason: Failure) -> None:
+    def _ending(self, reason: Failure) -> str:
+        """
+        How the connection ended, in words: what netd did to it, else what
+        the peer did (a clean close or a reset).
+        """
+        if self._ended is not None:
+            return self._ended
+        if reason.check(ConnectionDone):
+            return "closed by peer"
+        if reason.check(ConnectionLost):
+            return "reset by peer"
+        return "aborted"
+
+    def _logClosed(self, ended: str, now: float) -> None:
         """
         The debug line of a closed connection.
         """
-        ended = self._ended
-        if ended is None:
-            ended = "closed by peer" if reason.check(ConnectionDone) else "aborted"
         self.factory.log.debug(
             "connection from {peer} closed ({ended}) after {duration:.3f} seconds: "
             "{bytes_in} bytes in, {bytes_out} bytes out",
             peer=describePeer(self.getPeer()),
             ended=ended,
-            duration=round(self.factory.clock.seconds() - self._opened, 6),
+            duration=round(now - self._opened, 6),
             bytes_in=self._bytesIn,
             bytes_out=self._bytesOut,
             event="connection_closed",
         )
+
+
+def _tlsLayer(protocol: Any) -> TLSServerProtocol | None:
+    """
+    The TLS layer among the protocols a connection's bytes pass, if the
+    service terminates TLS.
+    """
+    while protocol is not None:
+        if isinstance(protocol, TLSServerProtocol):
+            return protocol
+        protocol = getattr(protocol, "wrappedProtocol", None)
+    return None
+
+
+def _connectionEvent(
+    peer: IAddress,
+    host: IAddress,
+    opened: float,
+    duration: float,
+    bytesIn: int,
+    bytesOut: int,
+    ended: str,
+    tls: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """
+    The fields of a C{"connection"} event (see L{GuardedConnection.connectionLost}).
+    """
+    return {
+        "peer": describePeer(peer),
+        "local": describePeer(host),
+        "opened": opened,
+        "duration": round(duration, 6),
+        "bytes_in": bytesIn,
+        "bytes_out": bytesOut,
+        "ended": ended,
+        "tls": tls,
+    }
 
 
 class ConnectionLimiter(WrappingFactory):
@@ -218,6 +367,7 @@ class ConnectionLimiter(WrappingFactory):
         as they are accepted and counted as C{connections_refused}.
     @ivar idleTimeout: seconds without traffic before a connection is dropped;
         0 never drops one.
+    @ivar events: the service's event log.
     """
 
     noisy = False
@@ -233,13 +383,27 @@ class ConnectionLimiter(WrappingFactory):
         clock: IReactorTime,
         counters: Counters,
         log: Logger,
+        events: EventLog | None = None,
+        faults: ServiceFaults | None = None,
     ) -> None:
+        """
+        @param events: the service's event log, which gets one
+            C{"connection"} event per connection closed; none kept when
+            L{None}.
+        @param faults: the service's faults: its stream and TLS faults act
+            on the connections, open ones included when they change; none
+            when L{None}.
+        """
         super().__init__(wrappedFactory)
         self.maxConnections = maxConnections
         self.idleTimeout = idleTimeout
         self.clock = clock
         self.counters = counters
         self.log = log
+        self.events = events if events is not None else EventLog.disabled()
+        self.faults = faults
+        if faults is not None:
+            faults.onChange(self._faultsChanged)
         self._refusing = False
         self._drained: list[Deferred[None]] = []
 
@@ -270,6 +434,13 @@ class ConnectionLimiter(WrappingFactory):
             waiting, self._drained = self._drained, []
             for d in waiting:
                 d.callback(None)
+
+    def _faultsChanged(self) -> None:
+        """
+        The service's faults changed: tell each open connection.
+        """
+        for protocol in list(self.protocols):
+            protocol.faultsChanged()
 
     def openConnections(self) -> int:
         """

@@ -204,6 +204,46 @@ class ListenAddress:
         """
         return self.text
 
+    def portZeroInterface(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        """
+        The interface of a C{tcp:0}, C{tcp6:0} or C{udp:0} address (C{0.0.0.0}
+        or C{::} when it names none), by which a stream and a datagram listener
+        that let the system pick their port are paired onto one port number;
+        L{None} for any other address (a fixed port, C{unix:}, C{systemd:},
+        C{haproxy:}).
+        """
+        if self.transport == "datagram":
+            return ipaddress.ip_address(self.interface or "0.0.0.0") if self.port == 0 else None
+        parts = splitDescription(self.text)
+        if parts[0] not in ("tcp", "tcp6"):
+            return None
+        keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+        positional = [p for p in parts[1:] if "=" not in p]
+        if int(keywords.get("port", positional[0] if positional else "0")) != 0:
+            return None
+        return ipaddress.ip_address(keywords.get("interface") or ("::" if parts[0] == "tcp6" else "0.0.0.0"))
+
+    def withPort(self, port: int) -> ListenAddress:
+        """
+        This C{tcp:0}, C{tcp6:0} or C{udp:0} address on the port C{port} instead
+        (its other arguments, escapes included, as written).
+        """
+        raw = [""]
+        chars = iter(self.text)
+        for char in chars:
+            if char == "\\":
+                raw[-1] += char + next(chars, "")
+            elif char == ":":
+                raw.append("")
+            else:
+                raw[-1] += char
+        for index, part in enumerate(raw[1:], 1):
+            if "=" not in part or part.startswith("port="):
+                raw[index] = f"port={port}" if part.startswith("port=") else str(port)
+                break
+        text = ":".join(raw)
+        return attrs.evolve(self, text=text, port=port) if self.transport == "datagram" else attrs.evolve(self, text=text)
+
     async def listenStream(self, reactor: Any, factory: IProtocolFactory) -> IListeningPort:
         """
         Listen on this stream endpoint.

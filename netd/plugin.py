@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
+from netd.events import EventLog
 from netd.framing import FRAMINGS
 from netd.interfaces import IProtocolPlugin
 from netd.metrics import Counters
@@ -44,12 +45,16 @@ class PluginContext:
         carry the service name.
     @ivar serviceName: the service's C{name}.
     @ivar counters: the service's counters; a plugin adds its own names.
+    @ivar events: the service's recent events (L{netd.events.EventLog}); a
+        plugin records its own kinds (the DNS proxy's C{"query"}).  A context
+        made without one (in a plugin's tests) has a log that keeps nothing.
     """
 
     reactor: Any
     log: Logger
     serviceName: str
     counters: Counters
+    events: EventLog = attrs.field(factory=EventLog.disabled)
 
 
 @attrs.frozen

@@ -10,23 +10,36 @@ plugin's receiver sees a frame; a datagram passes the L{DatagramListener}.
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 from twisted.application.service import IService, Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 
 from netd.config import ServiceSpec
 from netd.datagram import DatagramListener
 from netd.framing import FRAMINGS, FramedFactory
-from netd.interfaces import IDatagramHandler, IStreamHandler
+from netd.events import EventLog, EventTable
+from netd.faults.active import ServiceFaults
+from netd.interfaces import IDatagramHandler, IHasRuntimeTables, IRuntimeTable, IStreamHandler
 from netd.limits import ConnectionLimiter
 from netd.listen import ListenAddress, describeBound
 from netd.logs import ServiceLogger
 from netd.metrics import Counters
 from netd.plugin import PluginContext
 from netd.tls import ServerTLS, TLSServerFactory, TLSSetupError
+
+
+SHARED_PORT_ATTEMPTS = 8
+"""
+How many port numbers a C{tcp:0} and C{udp:0} pair tries before the start fails
+(another process may take the number between the two binds).
+"""
 
 
 class ServiceStartError(Exception):
@@ -87,7 +100,11 @@ class NetService(Service):
                 self.tls = ServerTLS(spec.tls, serviceName=spec.name, log=self.log, stateDir=stateDir)
             except TLSSetupError as e:
                 raise ServiceStartError(f"service {spec.name!r}: {e}") from e
-        context = PluginContext(reactor=reactor, log=self.log, serviceName=spec.name, counters=self.counters)
+        self.events = EventLog(spec.events, reactor)
+        self.faults = ServiceFaults(spec.faults, spec.shape, self.counters, self.events)
+        context = PluginContext(
+            reactor=reactor, log=self.log, serviceName=spec.name, counters=self.counters, events=self.events
+        )
         try:
             self.handler = spec.plugin.build(spec.options, context)
         except Exception as e:
@@ -98,7 +115,9 @@ class NetService(Service):
         if any(a.transport == "stream" for a in spec.listen):
             self._require(IStreamHandler, "stream")
             assert spec.framing is not None
-            inner: Any = FramedFactory(FRAMINGS[spec.framing], spec.max_frame or 0, self.handler, self.counters, self.log)
+            inner: Any = FramedFactory(
+                FRAMINGS[spec.framing], spec.max_frame or 0, self.handler, self.counters, self.log, faults=self.faults, clock=reactor
+            )
             if self.tls is not None:
                 inner = TLSServerFactory(self.tls, inner, clock=reactor, counters=self.counters, log=self.log)
             self.connections = ConnectionLimiter(
@@ -108,6 +127,8 @@ class NetService(Service):
                 clock=reactor,
                 counters=self.counters,
                 log=self.log,
+                events=self.events,
+                faults=self.faults,
             )
         if any(a.transport == "datagram" for a in spec.listen):
             self._require(IDatagramHandler, "datagram")
@@ -122,27 +143,103 @@ class NetService(Service):
                 f"but its handler does not provide {interface.__name__}"
             )
 
+    def runtimeTables(self) -> dict[str, IRuntimeTable]:
+        """
+        The service's state that the control API reads and changes at
+        C{/services/NAME/TABLE}: the plugin's own tables when its handler
+        provides L{IHasRuntimeTables}, and the core's, which win a clash.
+        """
+        tables: dict[str, IRuntimeTable] = {}
+        if IHasRuntimeTables.providedBy(self.handler):
+            tables.update(self.handler.runtimeTables())
+        tables["events"] = EventTable(self.events)
+        tables["faults"] = self.faults
+        return tables
+
     async def listen(self) -> list[BoundPort]:
         """
-        Listen on every address of the service, in order.
+        Listen on every address of the service.
+
+        A C{tcp:0} (or C{tcp6:0}) and a C{udp:0} on the same interface get one
+        port number, bound as a pair by L{_listenPair}: a DNS client that
+        retries over TCP after a truncated UDP answer asks the port it asked
+        over UDP, as every DNS server listens on both with one number.  The
+        ports are reported in the order of C{listen}.
 
         @raise ServiceStartError: naming the address that failed; the addresses
             bound before it stay bound, for the caller to release with
             L{stopListening}.
         """
-        for address in self.spec.listen:
-            try:
-                if address.transport == "stream":
-                    assert self.connections is not None
-                    port = await address.listenStream(self.reactor, self.connections)
-                else:
-                    port = address.listenDatagram(self.reactor, DatagramListener(self.handler, self.counters))
-            except Exception as e:
-                raise ServiceStartError(f"service {self.name!r}: cannot listen on {address.text!r}: {e}") from e
-            bound = BoundPort(address, port)
-            self.ports.append(bound)
-            self.log.info("listening on {address} ({listen})", address=_where(port), listen=address.text)
+        listen = self.spec.listen
+        partners = _portZeroPairs(listen)
+        for index, address in enumerate(listen):
+            if index in partners.values():
+                continue
+            if index in partners:
+                await self._listenPair(address, listen[partners[index]])
+            else:
+                self._record(address, await self._bind(address, address))
+        self.ports.sort(key=lambda bound: listen.index(bound.address))
         return self.ports
+
+    async def _bind(self, address: ListenAddress, actual: ListenAddress) -> IListeningPort:
+        """
+        Listen on C{actual}, which is C{address} of the config or the same on a
+        given port.
+
+        @raise ServiceStartError: naming C{address}, caused by the bind's error.
+        """
+        try:
+            if actual.transport == "stream":
+                assert self.connections is not None
+                return await actual.listenStream(self.reactor, self.connections)
+            return actual.listenDatagram(self.reactor, DatagramListener(self.handler, self.counters, faults=self.faults, clock=self.reactor))
+        except Exception as e:
+            raise ServiceStartError(f"service {self.name!r}: cannot listen on {address.text!r}: {e}") from e
+
+    def _record(self, address: ListenAddress, port: IListeningPort) -> None:
+        """
+        Keep a bound port (for reports and L{stopListening}) and log it.
+        """
+        self.ports.append(BoundPort(address, port))
+        self.log.info("listening on {address} ({listen})", address=_where(port), listen=address.text)
+
+    async def _listenPair(self, first: ListenAddress, second: ListenAddress) -> None:
+        """
+        Bind C{first} on a port the system picks, then C{second} on the same
+        number.  When that number is taken for C{second}, close C{first} and try
+        a new pair, up to L{SHARED_PORT_ATTEMPTS} times; any other failure ends
+        the start at once.  Both are kept only once both are bound.
+
+        @raise ServiceStartError: naming the address that failed.
+        """
+        for attempt in range(1, SHARED_PORT_ATTEMPTS + 1):
+            firstPort = await self._bind(first, first)
+            host = firstPort.getHost()
+            assert isinstance(host, (IPv4Address, IPv6Address))
+            number = host.port
+            try:
+                secondPort = await self._bind(second, second.withPort(number))
+            except ServiceStartError as e:
+                await maybeDeferred(firstPort.stopListening)
+                cause = e.__cause__
+                if not _addressInUse(cause):
+                    raise
+                if attempt == SHARED_PORT_ATTEMPTS:
+                    raise ServiceStartError(
+                        f"service {self.name!r}: cannot listen on {second.text!r} on the port of {first.text!r}: "
+                        f"the number picked was taken for it {attempt} times in a row ({cause})"
+                    ) from cause
+                self.log.info(
+                    "port {port} is taken for {listen}; picking another one for it and {other}",
+                    port=number,
+                    listen=second.text,
+                    other=first.text,
+                )
+                continue
+            self._record(first, firstPort)
+            self._record(second, secondPort)
+            return
 
     async def stopListening(self) -> None:
         """
@@ -199,6 +296,34 @@ class NetService(Service):
 
         return Deferred.fromCoroutine(stop())
 
+
+
+def _addressInUse(error: BaseException | None) -> bool:
+    """
+    Whether a bind failed because another socket holds the address.
+    """
+    return isinstance(error, CannotListenError) and getattr(error.socketError, "errno", None) == errno.EADDRINUSE
+
+
+def _portZeroPairs(listen: Sequence[ListenAddress]) -> dict[int, int]:
+    """
+    Which addresses of C{listen} share a port number: each C{tcp:0} or
+    C{tcp6:0} with the first unpaired C{udp:0} on the same interface, as a map
+    from the index of the one that comes first to the index of its partner.
+    """
+    unpaired: dict[tuple[str, object], list[int]] = {}
+    pairs: dict[int, int] = {}
+    for index, address in enumerate(listen):
+        interface = address.portZeroInterface()
+        if interface is None:
+            continue
+        other = "datagram" if address.transport == "stream" else "stream"
+        waiting = unpaired.get((other, interface))
+        if waiting:
+            pairs[waiting.pop(0)] = index
+        else:
+            unpaired.setdefault((address.transport, interface), []).append(index)
+    return pairs
 
 
 def _where(port: IListeningPort) -> str:

@@ -31,10 +31,14 @@ from twisted.logger import Logger
 from twisted.test import iosim
 from zope.interface import implementer
 
+from netd.events import EventLog
+from netd.faults.active import ServiceFaults
+from netd.faults.spec import FaultList, ServiceShape
 from netd.framing import FRAMINGS, FramedFactory
 from netd.interfaces import IDatagramSender, IStreamHandler
 from netd.limits import ConnectionLimiter, GuardedConnection
 from netd.metrics import Counters
+from netd.options import ConfigError, Problem, convert
 from netd.tls import ServerTLS, TLSOptions, TLSServerFactory, TLSVersion
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -242,6 +246,7 @@ def makeStreamStack(
     tls: TLSOptions | None = None,
     stateDir: str | None = None,
     log: Logger | None = None,
+    faults: ServiceFaults | None = None,
 ) -> ConnectionLimiter:
     """
     The factory stack a service builds for streams (limits, then TLS if
@@ -252,11 +257,15 @@ def makeStreamStack(
     @param stateDir: where C{certificate = "auto"} keeps its files; give a
         temporary folder.
     @param log: where the core's events go (C{netd.testing} when unset).
+    @param faults: the service's faults (see L{faultsFor}), which act on the
+        stack's connections as on a service's.
     """
     counters = Counters() if counters is None else counters
     log = Logger(namespace="netd.testing") if log is None else log
     clock = clock if clock is not None else MemoryReactorClock()
-    inner: IProtocolFactory = FramedFactory(FRAMINGS[framing], maxFrame, handler, counters, log)
+    inner: IProtocolFactory = FramedFactory(
+        FRAMINGS[framing], maxFrame, handler, counters, log, faults=faults, clock=clock
+    )
     if tls is not None:
         serverTLS = ServerTLS(tls, serviceName="test", log=log, stateDir=stateDir)
         inner = TLSServerFactory(serverTLS, inner, clock=clock, counters=counters, log=log)
@@ -267,6 +276,38 @@ def makeStreamStack(
         clock=clock,
         counters=counters,
         log=log,
+        faults=faults,
+    )
+
+
+def faultsFor(
+    tables: list[dict[str, Any]],
+    *,
+    framing: str | None = "raw",
+    streams: bool = True,
+    datagrams: bool = True,
+    tls: bool = False,
+    counters: Counters | None = None,
+    events: EventLog | None = None,
+) -> ServiceFaults:
+    """
+    A service's faults from fault tables as a config file gives them, checked
+    as a service's are against the shape described by the other arguments.
+
+    @raise ConfigError: naming every problem of the tables.
+    """
+    shape = ServiceShape(streams, datagrams, tls, framing)
+    problems: list[Problem] = []
+    faults = convert(tables, FaultList, ("faults",), problems)
+    if not problems:
+        problems.extend(faults.misfits(shape, ("faults",)))
+    if problems:
+        raise ConfigError("test faults", problems)
+    return ServiceFaults(
+        faults,
+        shape,
+        Counters() if counters is None else counters,
+        EventLog(100, MemoryReactorClock()) if events is None else events,
     )
 
 

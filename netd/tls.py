@@ -742,10 +742,16 @@ class TLSServerProtocol(BufferingTLSTransport):
 
     @ivar failure: why the handshake is failing, when netd knows better than
         OpenSSL's error (a timeout, a client not allowed): C{(reason, detail)}.
+    @ivar tlsDetails: once the handshake is settled, what the connection's
+        event in the service's event log says of it: C{version}, C{cipher},
+        C{sni}, C{alpn}, C{client_certificate} (its subject) and C{resumed};
+        or, when it failed, C{failure} (one of L{FAILURE_REASONS}) and
+        C{detail}.  L{None} until then.
     """
 
     factory: TLSServerFactory
     failure: tuple[str, str] | None = None
+    tlsDetails: dict[str, Any] | None = None
     _handshakeTimer: Any = None
     _settled = False
     _peer: IAddress | None = None
@@ -783,14 +789,22 @@ class TLSServerProtocol(BufferingTLSTransport):
         peerCertificate = connection.get_peer_certificate(as_cryptography=True)
         serverName = connection.get_servername()
         alpn = connection.get_alpn_proto_negotiated()
+        details = self.tlsDetails = {
+            "version": connection.get_protocol_version_name(),
+            "cipher": connection.get_cipher_name(),
+            "sni": serverName.decode("ascii", "replace") if serverName else None,
+            "alpn": alpn.decode("ascii", "replace") if alpn else None,
+            "client_certificate": describeSubject(peerCertificate) if peerCertificate is not None else None,
+            "resumed": resumed,
+        }
         factory.log.debug(
             "TLS from {peer}: {tls_version} {tls_cipher}, SNI {tls_sni}, ALPN {tls_alpn}, client {tls_client}{resumption}",
             peer=self._peer,
-            tls_version=connection.get_protocol_version_name(),
-            tls_cipher=connection.get_cipher_name(),
-            tls_sni=serverName.decode("ascii", "replace") if serverName else None,
-            tls_alpn=alpn.decode("ascii", "replace") if alpn else None,
-            tls_client=describeSubject(peerCertificate) if peerCertificate is not None else None,
+            tls_version=details["version"],
+            tls_cipher=details["cipher"],
+            tls_sni=details["sni"],
+            tls_alpn=details["alpn"],
+            tls_client=details["client_certificate"],
             tls_resumed=resumed,
             resumption=", resumed" if resumed else "",
         )
@@ -802,6 +816,7 @@ class TLSServerProtocol(BufferingTLSTransport):
         self._settled = True
         self._stopTimer()
         name, detail = self.failure or classifyFailure(reason)
+        self.tlsDetails = {"failure": name, "detail": detail}
         self.factory.counters[f"tls_handshakes_failed_{name}"] += 1
         self.factory.log.info(
             "TLS handshake from {peer} failed: {tls_failure} ({detail})",

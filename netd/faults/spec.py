@@ -99,6 +99,10 @@ PREFIXED_FRAMINGS = ("netstring", "u16", "u32")
 """
 The framings whose frames start with their length.
 """
+PREFIX_LARGEST = {"u16": 2**16 - 1, "u32": 2**32 - 1}
+"""
+The largest length the binary prefixes can state (a netstring's has no bound).
+"""
 
 
 @attrs.frozen
@@ -114,7 +118,7 @@ class ServiceShape:
     framing: str | None
 
 
-def _milliseconds(help: str, default: float | None = 0.0) -> Any:
+def _milliseconds(help: str, default: Any = 0.0) -> Any:
     """
     A key counted in milliseconds, from 0 to L{LONGEST_DELAY_MS}.
     """
@@ -370,8 +374,17 @@ class OversizeFrame(Fault):
     family = "frame"
     directions = ("to_client",)
     direction: Direction = option("to_client", help="Frames netd sends (the only direction).")
-    summary = "Pad the frame to size bytes, to go over the client's limit."
+    summary = "Pad the frame with zero bytes to size bytes, to go over the client's limit."
     size: int = option(help="The frame's size on the wire, payload only.", checks=(between(1, 2**31),))
+
+    def misfit(self, shape: ServiceShape) -> str | None:
+        """
+        A u16 prefix cannot state more than 65535 bytes.
+        """
+        problem = super().misfit(shape)
+        if problem is None and shape.framing == "u16" and self.size > PREFIX_LARGEST["u16"]:
+            return f"oversize_frame size {self.size} does not fit u16 framing, whose frames are 65535 bytes at most"
+        return problem
 
 
 @attrs.frozen
@@ -396,11 +409,15 @@ class CorruptLength(Fault):
 
     def misfit(self, shape: ServiceShape) -> str | None:
         """
-        Only framings with a length prefix have one to corrupt.
+        Only framings with a length prefix have one to corrupt, and the
+        length claimed must fit in it.
         """
         problem = super().misfit(shape)
         if problem is None and shape.framing not in PREFIXED_FRAMINGS:
             return f"corrupt_length needs a framing with a length prefix ({', '.join(PREFIXED_FRAMINGS)}), not {shape.framing}"
+        largest = PREFIX_LARGEST.get(shape.framing or "")
+        if problem is None and largest is not None and self.length is not None and self.length > largest:
+            return f"corrupt_length length {self.length} does not fit a {shape.framing} prefix, which states {largest} at most"
         return problem
 
 

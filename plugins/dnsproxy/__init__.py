@@ -3,11 +3,12 @@ The C{dns-proxy} plugin: a caching DNS forwarder with static test records.
 
 Clients query it over UDP and TCP (and DNS over TLS when the service has TLS);
 it answers from its static records, from its cache, or by forwarding to its
-upstreams over UDP, TCP or DNS over TLS.  The wire-level hot paths are in
-L{wire} and L{cache}, the static records in L{records}, the upstream
+upstreams over UDP, TCP or DNS over TLS, unless a scripted answer says
+otherwise.  The wire-level hot paths are in L{wire} and L{cache}, the static
+records in L{records}, the scripted answers in L{scripts}, the upstream
 strings in L{upstream}, the ways to reach an upstream in L{transports},
-forwarding with failover and health checks in L{resolver}, and the query path
-in L{handler}.
+forwarding with failover and health checks in L{resolver}, the query path in
+L{handler}, and the tables the control API changes at runtime in L{tables}.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .cache import AnswerCache
 from .handler import AccessList, DNSProxy
 from .records import StaticRecords
 from .resolver import UpstreamResolver
+from .scripts import Script
 from .upstream import Upstream, expandUpstreams
 
 
@@ -73,6 +75,12 @@ class DNSProxyOptions:
         StaticRecords(),
         help="Static records answered locally: a table of names (wildcards like *.svc.test allowed) to "
         "their records by type (A, AAAA, NS, MX, CNAME, TXT, SRV, PTR) and ttl.",
+    )
+    scripts: tuple[Script, ...] = option(
+        (),
+        help="Scripted answers: entries (tables) of name (wildcards allowed), qtype, an action (rcode, truncate, "
+        "delay, drop, spoof) and a schedule (first, every, probability, seed); the first entry that matches a "
+        "query and whose schedule applies acts on it, before the static records, the cache and the upstreams.",
     )
     allow: tuple[str, ...] = option(
         ("127.0.0.0/8", "::1/128"),
@@ -155,6 +163,7 @@ class DNSProxyPlugin:
         return DNSProxy(
             reactor=context.reactor,
             records=options.records,
+            scripts=options.scripts,
             cache=cache,
             resolver=resolver,
             access=AccessList(options.allow),
@@ -162,6 +171,7 @@ class DNSProxyPlugin:
             log=context.log,
             logQueries=options.log_queries,
             udpSize=options.udp_size,
+            events=context.events,
         )
 
 

@@ -22,6 +22,7 @@ from .wire import (
     AnswerInfo,
     Query,
     addAdditionalCount,
+    atOrUnder,
     optRecord,
     patchAnswer,
 )
@@ -199,3 +200,18 @@ class AnswerCache:
         entry.forms[form] = answer
         entry.ages[form] = elapsed
         return answer
+
+    def purge(self, names: list[bytes]) -> int:
+        """
+        Drop every answer whose name is one of C{names} or below one: the
+        static records of those names (or wildcards) changed, and no answer
+        cached before the change may be served after it.  It walks the whole
+        cache, which is fine for a change made through the control API.
+
+        @param names: lowercase wire names (as L{Question.key}).
+        @return: how many answers were dropped.
+        """
+        doomed = [key for key in self._entries if any(atOrUnder(key[0], name) for name in names)]
+        for key in doomed:
+            del self._entries[key]
+        return len(doomed)

@@ -2,38 +2,53 @@
 The query path of the DNS proxy, shared by UDP and TCP (and DNS over TLS, which
 the core puts in front of TCP).
 
-A query is answered, in this order, by: a refusal (access control, loops), the
-static records, the cache (wire bytes with ID and TTLs patched, no parsing), or
-the upstreams.  Identical queries in flight share one upstream query, which also
-keeps a forwarding loop from turning into a storm.
+A query is answered, in this order, by: a refusal (access control, other
+opcodes, loops), a scripted answer (L{scripts}), the static records, the cache
+(wire bytes with ID and TTLs patched, no parsing), or the upstreams.  Identical
+queries in flight share one upstream query, which also keeps a forwarding loop
+from turning into a storm.
+
+Each query answered or dropped is one C{"query"} event in the service's event
+log; the event holds values the query path already has, and is turned into
+JSON only when it is read (L{renderQuery}).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import secrets
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, ISSLTransport
 from twisted.logger import Logger
 from twisted.names import dns
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netd.events import EventLog
+from netd.faults.schedule import ScheduleState
 from netd.interfaces import (
     IDatagramHandler,
     IDatagramSender,
     IFrameConnection,
     IFrameReceiver,
+    IHasRuntimeTables,
     IReportsStatus,
+    IRuntimeTable,
     IStreamHandler,
 )
 from netd.metrics import Counters
 
 from .cache import AnswerCache, CacheKey, cacheKey
-from .records import StaticRecords, staticAnswer
+from .records import NamePattern, StaticRecords, staticAnswer
 from .resolver import UpstreamFailure, UpstreamResolver
+from .scripts import QueryType, Script, ScriptBook, forcedAnswer, forgedAnswer
+from .tables import RecordsTable, ScriptsTable
+from .upstream import Upstream
 from .wire import (
     CLASS_IN,
     FLAG_CD,
@@ -70,11 +85,62 @@ MAX_REMEMBERED_PEERS = 4096
 How many client addresses the access-control verdicts are remembered for.
 """
 
-Answer = bytes | Deferred[bytes] | None
+
+@attrs.frozen
+class Spoofed:
+    """
+    A scripted query's answers: a forged one to send at once, then the real one.
+    """
+
+    forged: bytes
+    answer: bytes | Deferred[bytes]
+
+
+Answer = bytes | Deferred[bytes] | Spoofed | None
 """
 What the query path gives: an answer now (cache, static, errors), later (the
-upstreams), or none (a message to drop).
+upstreams, a scripted delay), after a forged one (L{Spoofed}), or none (a
+message to drop).
 """
+
+Applied = tuple[int, Script]
+"""
+The script entry that acted on a query, with its index in the entries.
+"""
+
+
+def renderQuery(
+    host: str,
+    port: int,
+    query: Query | None,
+    transport: str,
+    rcode: int | None,
+    source: str,
+    upstream: Upstream | None,
+    applied: Applied | None,
+    started: float,
+    ended: float,
+) -> dict[str, Any]:
+    """
+    The fields of a C{"query"} event, built when the event log is read; the
+    client is written as the C{peer} of connection events is.
+
+    @param query: L{None} for a query whose question could not be read (FORMERR).
+    @param rcode: L{None} for a query dropped unanswered.
+    """
+    question = query.question if query is not None else None
+    return {
+        "client": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "name": decodeName(question.name) if question is not None else None,
+        "type": QueryType(question.qtype).toConfig() if question is not None else None,
+        "transport": transport,
+        "rcode": None if rcode is None else RCODE_NAMES.get(rcode, str(rcode)),
+        "source": source,
+        "cache_hit": source == "cache",
+        "upstream": None if upstream is None else upstream.toConfig(),
+        "duration_ms": round((ended - started) * 1000, 3),
+        "script": None if applied is None else {"index": applied[0], **applied[1].actions()},
+    }
 
 
 class AccessList:
@@ -107,10 +173,14 @@ class AccessList:
         return verdict
 
 
-@implementer(IStreamHandler, IDatagramHandler, IReportsStatus)
+@implementer(IStreamHandler, IDatagramHandler, IReportsStatus, IHasRuntimeTables)
 class DNSProxy(Service):
     """
     One dns-proxy service.
+
+    @ivar records: the static records now (the control API changes them).
+    @ivar scripts: the scripted answers now, with their schedules.
+    @ivar timed: whether queries are timed (for C{log_queries} or the event log).
     """
 
     def __init__(
@@ -118,6 +188,7 @@ class DNSProxy(Service):
         *,
         reactor: Any,
         records: StaticRecords,
+        scripts: tuple[Script, ...],
         cache: AnswerCache,
         resolver: UpstreamResolver,
         access: AccessList,
@@ -125,9 +196,15 @@ class DNSProxy(Service):
         log: Logger,
         logQueries: bool,
         udpSize: int,
+        events: EventLog,
     ) -> None:
         self.reactor = reactor
         self.records = records
+        self.scripts = ScriptBook(scripts)
+        self.tables: dict[str, IRuntimeTable] = {
+            "records": RecordsTable(self, records),
+            "scripts": ScriptsTable(self, scripts),
+        }
         self.cache = cache
         self.resolver = resolver
         self.access = access
@@ -136,8 +213,11 @@ class DNSProxy(Service):
         counters.labelCounters("rcode_", family="dns_answers", label="rcode", help="DNS answers sent, by response code.")
         self.log = log
         self.logQueries = logQueries
+        self.events = events
+        self.timed = logQueries or events.enabled
         self.udpSize = udpSize
-        self.inflight: dict[tuple[CacheKey, bool], Deferred[tuple[bytes, AnswerInfo]]] = {}
+        self.delayed: set[IDelayedCall] = set()
+        self.inflight: dict[tuple[CacheKey, bool], Deferred[tuple[bytes, AnswerInfo, Upstream] | None]] = {}
         self.loopProbe = encodeName(f"{secrets.token_hex(8)}.netd-loop-check")
 
     def startService(self) -> None:
@@ -161,10 +241,34 @@ class DNSProxy(Service):
 
     def stopService(self) -> Deferred[None] | None:
         """
-        Stop the upstreams; queries still waiting on them get SERVFAIL.
+        Stop the upstreams (queries still waiting on them get SERVFAIL), and
+        drop the answers a script is holding back.
         """
         Service.stopService(self)
+        for call in self.delayed:
+            call.cancel()
+        self.delayed.clear()
         return self.resolver.stopService()
+
+    def runtimeTables(self) -> Mapping[str, IRuntimeTable]:
+        """
+        C{records} and C{scripts} (see L{netd_plugins.dnsproxy.tables}).
+        """
+        return self.tables
+
+    def changeRecords(self, records: StaticRecords, changed: list[NamePattern]) -> None:
+        """
+        Answer from C{records} from now on, and drop every cached answer for
+        the C{changed} names or below them, so that none from before the
+        change is served.
+        """
+        self.records = records
+        purged = self.cache.purge([pattern.key for pattern in changed])
+        self.log.info(
+            "static records changed at runtime: {names}; {purged} cached answers dropped",
+            names=", ".join(sorted({p.toConfig() for p in changed})) or "none",
+            purged=purged,
+        )
 
     # The transports.
 
@@ -174,14 +278,26 @@ class DNSProxy(Service):
         sent truncated (TC set), so that it retries over TCP.
         """
         self.counters["queries_udp"] += 1
-        started = self.reactor.seconds() if self.logQueries else 0.0
-        answer = self.answer(datagram, peer[0], "udp", started)
-        if answer is None:
-            return
+        started = self.reactor.seconds() if self.timed else 0.0
+        answer = self.answer(datagram, peer[0], peer[1], "udp", started)
         if isinstance(answer, bytes):
             sender.sendDatagram(self._fitUDP(datagram, answer), peer)
-        else:
-            answer.addCallback(lambda a: sender.sendDatagram(self._fitUDP(datagram, a), peer))
+        elif answer is not None:
+            self.sendLater(answer, lambda a: sender.sendDatagram(self._fitUDP(datagram, a), peer))
+
+    def sendLater(self, answer: Deferred[bytes] | Spoofed, send: Callable[[bytes], None]) -> None:
+        """
+        Send an answer that is not ready yet, or a forged one and then the real one.
+
+        @param send: a callable that sends one message to the client.
+        """
+        if isinstance(answer, Spoofed):
+            send(answer.forged)
+            if isinstance(answer.answer, bytes):
+                send(answer.answer)
+                return
+            answer = answer.answer
+        answer.addCallback(send)
 
     def _fitUDP(self, datagram: bytes, answer: bytes) -> bytes:
         """
@@ -203,9 +319,15 @@ class DNSProxy(Service):
 
     # The query path.
 
-    def answer(self, data: bytes, host: str, transport: str, started: float = 0.0) -> Answer:
+    def answer(self, data: bytes, host: str, port: int, transport: str, started: float = 0.0) -> Answer:
         """
-        The answer to one query message, as bytes now, a Deferred, or L{None} to drop it.
+        The answer to one query message, as bytes now, a Deferred, after a
+        forged one, or L{None} to drop it.
+
+        @param host: the client's address.
+        @param port: the client's port.
+        @param transport: C{udp}, C{tcp} or C{tls}.
+        @param started: when the query arrived, if queries are L{timed}.
         """
         try:
             query = parseQuery(data)
@@ -214,7 +336,7 @@ class DNSProxy(Service):
                 self.counters["dropped_responses"] += 1
                 return None
             self.counters["queries_malformed"] += 1
-            return self._done(makeHeaderError(e.id, e.flags, RCODE_FORMERR), None, host, transport, "formerr", started)
+            return self._done(makeHeaderError(e.id, e.flags, RCODE_FORMERR), None, host, port, transport, "formerr", started)
         except WireError:
             self.counters["dropped_unreadable"] += 1
             return None
@@ -224,27 +346,86 @@ class DNSProxy(Service):
         qtype = query.question.qtype
         self.counters[_QTYPE_COUNTERS.get(qtype) or f"qtype_{qtype}"] += 1
         if not self.access.allows(host):
-            return self._done(makeResponse(query, RCODE_REFUSED, udpSize=self.udpSize), query, host, transport, "acl", started)
+            return self._done(makeResponse(query, RCODE_REFUSED, udpSize=self.udpSize), query, host, port, transport, "acl", started)
         if query.opcode != 0:
-            return self._done(makeResponse(query, RCODE_NOTIMP, udpSize=self.udpSize), query, host, transport, "notimp", started)
+            return self._done(makeResponse(query, RCODE_NOTIMP, udpSize=self.udpSize), query, host, port, transport, "notimp", started)
         if query.question.key == self.loopProbe:
-            return self._loopDetected(query, host, transport, started)
+            return self._loopDetected(query, host, port, transport, started)
+        if self.scripts:
+            decided = self.scripts.decide(query.question, transport)
+            if decided is not None:
+                return self._scripted(decided, data, query, host, port, transport, started)
+        return self._lookup(data, query, host, port, transport, started, None)
+
+    def _lookup(
+        self, data: bytes, query: Query, host: str, port: int, transport: str, started: float, applied: Applied | None
+    ) -> bytes | Deferred[bytes]:
+        """
+        The answer from the static records, the cache or the upstreams.
+        """
         if self.records and query.question.qclass == CLASS_IN:
             found = self.records.find(query.question.key)
             if found is not None:
                 self.counters["static_answers"] += 1
-                return self._done(self._static(query, found), query, host, transport, "static", started)
+                return self._done(self._static(query, found), query, host, port, transport, "static", started, applied)
         key = cacheKey(query)
         cached = self.cache.lookup(key, query)
         if cached is not None:
             self.counters["cache_hits"] += 1
-            return self._done(cached, query, host, transport, "cache", started)
+            return self._done(cached, query, host, port, transport, "cache", started, applied)
         self.counters["cache_misses"] += 1
         if self.resolver.isLooped(data, query.question):
-            return self._loopDetected(query, host, transport, started)
-        return self._forward(key, data, query).addCallback(self._done, query, host, transport, "upstream", started)
+            return self._loopDetected(query, host, port, transport, started)
+        return self._forward(key, data, query).addCallback(self._forwarded, query, host, port, transport, started, applied)
 
-    def _forward(self, key: CacheKey, data: bytes, query: Query) -> Deferred[bytes]:
+    def _forwarded(
+        self,
+        outcome: tuple[bytes, Upstream | None],
+        query: Query,
+        host: str,
+        port: int,
+        transport: str,
+        started: float,
+        applied: Applied | None,
+    ) -> bytes | Deferred[bytes]:
+        """
+        The upstreams answered (or failed, and the answer is SERVFAIL).
+        """
+        answer, upstream = outcome
+        return self._done(answer, query, host, port, transport, "upstream", started, applied, upstream)
+
+    def _scripted(
+        self,
+        decided: tuple[int, Script, ScheduleState],
+        data: bytes,
+        query: Query,
+        host: str,
+        port: int,
+        transport: str,
+        started: float,
+    ) -> Answer:
+        """
+        Carry out the script entry that decides a query: drop it, answer with
+        an rcode or TC, or answer as usual, held back by C{delay}; with
+        C{spoof}, a forged answer goes first.
+        """
+        index, script, state = decided
+        applied = (index, script)
+        self.counters["scripted_queries"] += 1
+        if script.drop:
+            self._record(None, query, host, port, transport, "script", started, applied, None)
+            return None
+        answer: bytes | Deferred[bytes]
+        if script.rcode is not None or (script.truncate and transport == "udp"):
+            answer = self._done(forcedAnswer(query, script, self.udpSize), query, host, port, transport, "script", started, applied)
+        else:
+            answer = self._lookup(data, query, host, port, transport, started, applied)
+        if script.spoof is not None:
+            self.counters["spoofed_answers"] += 1
+            return Spoofed(forgedAnswer(query, script.spoof, state.random, self.udpSize), answer)
+        return answer
+
+    def _forward(self, key: CacheKey, data: bytes, query: Query) -> Deferred[tuple[bytes, Upstream | None]]:
         """
         Ask the upstreams, sharing the upstream query with identical ones in flight.
         """
@@ -253,38 +434,50 @@ class DNSProxy(Service):
         flight = (key, query.edns is not None)
         shared = self.inflight.get(flight)
         if shared is None:
-            shared = self.resolver.resolve(data, query.question).addCallback(self._received, key)
-            shared.addBoth(self._landed, flight)
+            shared = self.resolver.forward(data, query.question).addCallback(self._received, key)
+            shared.addErrback(self._failed).addCallback(self._landed, flight)
             self.inflight[flight] = shared
         else:
             self.counters["queries_coalesced"] += 1
-        result: Deferred[bytes] = Deferred()
+        result: Deferred[tuple[bytes, Upstream | None]] = Deferred()
 
-        def deliver(outcome: tuple[bytes, AnswerInfo] | Failure) -> tuple[bytes, AnswerInfo] | Failure:
-            if isinstance(outcome, Failure):
-                if not outcome.check(UpstreamFailure):
-                    self.log.failure("forwarding failed", outcome)
+        def deliver(outcome: tuple[bytes, AnswerInfo, Upstream] | None) -> tuple[bytes, AnswerInfo, Upstream] | None:
+            if outcome is None:
                 self.counters["upstream_servfail"] += 1
-                result.callback(makeResponse(query, RCODE_SERVFAIL, udpSize=self.udpSize))
+                result.callback((makeResponse(query, RCODE_SERVFAIL, udpSize=self.udpSize), None))
             else:
                 # The cached form, when there is one, has the TTLs clamped and
                 # an OPT record exactly when this client sent one.
-                answer, info = outcome
+                answer, info, upstream = outcome
                 result.callback(
-                    self.cache.lookup(key, query) or patchAnswer(answer, info.ttlOffsets, info.ttls, 0, query)
+                    (self.cache.lookup(key, query) or patchAnswer(answer, info.ttlOffsets, info.ttls, 0, query), upstream)
                 )
             return outcome
 
-        shared.addBoth(deliver)
+        shared.addCallback(deliver)
         return result
 
-    def _received(self, answer: bytes, key: CacheKey) -> tuple[bytes, AnswerInfo]:
+    def _received(self, answered: tuple[bytes, Upstream], key: CacheKey) -> tuple[bytes, AnswerInfo, Upstream]:
         """
         An upstream answered: cache it if it may be cached.
         """
+        answer, upstream = answered
         info = inspectAnswer(answer)
         self.cache.store(key, answer, info)
-        return answer, info
+        return answer, info, upstream
+
+    def _failed(self, reason: Failure) -> None:
+        """
+        No upstream answered, or their answer could not be read (L{None}
+        stands for that down the shared query's callbacks, so the failure ends
+        here, handled): an unreadable answer is counted and logged as the
+        upstream's fault, anything but L{UpstreamFailure} as a bug.
+        """
+        if reason.check(WireError):
+            self.counters["upstream_unreadable"] += 1
+            self.log.warn("an upstream's answer could not be read: {error}", error=reason.getErrorMessage())
+        elif not reason.check(UpstreamFailure):
+            self.log.failure("forwarding failed", reason)
 
     def _landed(self, outcome: object, flight: tuple[CacheKey, bool]) -> object:
         """
@@ -313,7 +506,7 @@ class DNSProxy(Service):
             wire = addAdditionalCount(wire, 1) + optRecord(query.edns.do, self.udpSize)
         return wire
 
-    def _loopDetected(self, query: Query, host: str, transport: str, started: float) -> bytes:
+    def _loopDetected(self, query: Query, host: str, port: int, transport: str, started: float) -> bytes:
         """
         Our own query came back (the loop probe, or a query we have outstanding
         upstream, same ID and question): an upstream forwards to this service.
@@ -325,14 +518,60 @@ class DNSProxy(Service):
                 client=host,
             )
         self.counters["loop_detected"] += 1
-        return self._done(makeResponse(query, RCODE_REFUSED, udpSize=self.udpSize), query, host, transport, "loop", started)
+        loopAnswer = makeResponse(query, RCODE_REFUSED, udpSize=self.udpSize)
+        self._record(loopAnswer, query, host, port, transport, "loop", started, None, None)
+        return loopAnswer
 
-    def _done(self, answer: bytes, query: Query | None, host: str, transport: str, source: str, started: float) -> bytes:
+    def _done(
+        self,
+        answer: bytes,
+        query: Query | None,
+        host: str,
+        port: int,
+        transport: str,
+        source: str,
+        started: float,
+        applied: Applied | None = None,
+        upstream: Upstream | None = None,
+    ) -> bytes | Deferred[bytes]:
         """
-        Count (and, with log_queries, log) the answer on its way out.
+        The answer on its way out: at once, or after the C{delay} of the
+        script entry that L{applied}; recorded (L{_record}) as it goes.
         """
-        rcode = answer[3] & 0x0F if len(answer) >= 4 else RCODE_SERVFAIL
-        self.counters[_RCODE_COUNTERS.get(rcode) or f"rcode_{rcode}"] += 1
+        if applied is not None and applied[1].delay:
+            held: Deferred[bytes] = Deferred()
+
+            def release() -> None:
+                self.delayed.discard(call)
+                self._record(answer, query, host, port, transport, source, started, applied, upstream)
+                held.callback(answer)
+
+            call = self.reactor.callLater(applied[1].delay / 1000, release)
+            self.delayed.add(call)
+            return held
+        self._record(answer, query, host, port, transport, source, started, applied, upstream)
+        return answer
+
+    def _record(
+        self,
+        answer: bytes | None,
+        query: Query | None,
+        host: str,
+        port: int,
+        transport: str,
+        source: str,
+        started: float,
+        applied: Applied | None,
+        upstream: Upstream | None,
+    ) -> None:
+        """
+        Count, log (with C{log_queries}) and record as an event an answer
+        going out, or a query dropped (C{answer} L{None}).
+        """
+        rcode: int | None = None
+        if answer is not None:
+            rcode = answer[3] & 0x0F if len(answer) >= 4 else RCODE_SERVFAIL
+            self.counters[_RCODE_COUNTERS.get(rcode) or f"rcode_{rcode}"] += 1
         if self.logQueries:
             self.log.info(
                 "{client} {transport} {name} {qtype} -> {rcode} from {source} in {ms:.1f} ms",
@@ -340,12 +579,15 @@ class DNSProxy(Service):
                 transport=transport,
                 name=decodeName(query.question.name) if query else "?",
                 qtype=dns.QUERY_TYPES.get(query.question.qtype, query.question.qtype) if query else "?",
-                rcode=RCODE_NAMES.get(rcode, rcode),
+                rcode="dropped" if rcode is None else RCODE_NAMES.get(rcode, rcode),
                 source=source,
                 ms=(self.reactor.seconds() - started) * 1000,
-                size=len(answer),
+                size=0 if answer is None else len(answer),
             )
-        return answer
+        if self.events.enabled:
+            self.events.add(
+                "query", renderQuery, host, port, query, transport, rcode, source, upstream, applied, started, self.reactor.seconds()
+            )
 
 
 @implementer(IFrameReceiver)
@@ -359,13 +601,20 @@ class DNSStreamReceiver:
         self.proxy = proxy
         self.connection: IFrameConnection | None = None
         self.host = ""
+        self.port = 0
+        self.transport = "tcp"
 
     def connectionMade(self, connection: IFrameConnection) -> None:
         """
-        Remember the connection and the client's address.
+        Remember the connection, the client's address, and whether it came
+        over TLS (for the query events).
         """
         self.connection = connection
-        self.host = getattr(connection.getPeer(), "host", "")
+        peer = connection.getPeer()
+        self.host = getattr(peer, "host", "")
+        self.port = getattr(peer, "port", 0)
+        if ISSLTransport.providedBy(getattr(connection, "transport", None)):
+            self.transport = "tls"
 
     def frameReceived(self, frame: bytes) -> None:
         """
@@ -373,12 +622,12 @@ class DNSStreamReceiver:
         """
         proxy = self.proxy
         proxy.counters["queries_tcp"] += 1
-        started = proxy.reactor.seconds() if proxy.logQueries else 0.0
-        answer = proxy.answer(frame, self.host, "tcp", started)
+        started = proxy.reactor.seconds() if proxy.timed else 0.0
+        answer = proxy.answer(frame, self.host, self.port, self.transport, started)
         if isinstance(answer, bytes):
             self._send(answer)
         elif answer is not None:
-            answer.addCallback(self._send)
+            proxy.sendLater(answer, self._send)
 
     def _send(self, answer: bytes) -> None:
         """

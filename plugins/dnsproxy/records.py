@@ -19,7 +19,7 @@ from twisted.names import dns
 
 from netd.options import InvalidValue
 
-from .wire import encodeName
+from .wire import atOrUnder, encodeName
 
 DEFAULT_TTL = 300
 MAX_CNAME_CHAIN = 8
@@ -130,6 +130,53 @@ def checkName(text: str) -> str:
 
 
 @attrs.frozen
+class NamePattern:
+    """
+    A name as the C{records} table and the scripted answers give it: one
+    name (C{netd.test}), or a wildcard (C{*.svc.test}) for every name below
+    one (not that name itself).
+
+    @ivar name: the name, lowercase, without the C{*.} and the trailing dot.
+    @ivar wildcard: whether it was given as C{*.NAME}.
+    @ivar key: C{name} in wire form (compare with L{Question.key}).
+    """
+
+    name: str
+    wildcard: bool
+    key: bytes
+
+    configTypeName: ClassVar[str] = "a domain name, or *.NAME for every name below NAME"
+
+    @classmethod
+    def fromConfig(cls, value: object) -> NamePattern:
+        """
+        Check a name or wildcard.
+
+        @raise InvalidValue: saying what is wrong.
+        """
+        if not isinstance(value, str):
+            raise InvalidValue(f"expected {cls.configTypeName}, got {value!r}")
+        wildcard = value.startswith("*.")
+        name = checkName(value[2:] if wildcard else value)
+        return cls(name, wildcard, encodeName(name))
+
+    def toConfig(self) -> str:
+        """
+        The name as written in the config.
+        """
+        return "*." + self.name if self.wildcard else self.name
+
+    def matches(self, key: bytes) -> bool:
+        """
+        Whether a queried name (lowercase wire form, as L{Question.key}) is this
+        name, or for a wildcard a name below it.
+        """
+        if not self.wildcard:
+            return key == self.key
+        return len(key) > len(self.key) and atOrUnder(key, self.key)
+
+
+@attrs.frozen
 class NameRecords:
     """
     The records of one name, by DNS type, with their TTL.
@@ -199,6 +246,31 @@ class StaticRecords:
         table = {r.name: r.source for r in self.names.values()}
         table.update({"*." + r.name: r.source for r in self.wildcards.values()})
         return table
+
+    def updated(self, other: StaticRecords) -> StaticRecords:
+        """
+        These records with the names of C{other} added, or replaced by its.
+        """
+        return StaticRecords({**self.names, **other.names}, {**self.wildcards, **other.wildcards})
+
+    def without(self, patterns: list[NamePattern]) -> StaticRecords:
+        """
+        These records without the names (and wildcards) of C{patterns}.
+        """
+        names = {p.key for p in patterns if not p.wildcard}
+        wildcards = {p.key for p in patterns if p.wildcard}
+        return StaticRecords(
+            {k: r for k, r in self.names.items() if k not in names},
+            {k: r for k, r in self.wildcards.items() if k not in wildcards},
+        )
+
+    def patterns(self) -> list[NamePattern]:
+        """
+        Every name and wildcard these records have.
+        """
+        return [NamePattern(r.name, False, k) for k, r in self.names.items()] + [
+            NamePattern(r.name, True, k) for k, r in self.wildcards.items()
+        ]
 
     def find(self, key: bytes) -> NameRecords | None:
         """

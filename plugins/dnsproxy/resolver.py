@@ -177,7 +177,7 @@ class UpstreamResolver(Service):
         self._udp = UDPPool(self, udpSockets)
         self._streams: dict[Upstream, StreamUpstream] = {}
         self._trustRoot: Any = loadTrustRoot(caBundle)  # an IOpenSSLTrustRoot (not exported publicly)
-        self._resolving: set[Deferred[bytes]] = set()
+        self._resolving: set[Deferred[tuple[bytes, Upstream]]] = set()
         self._prober: LoopingCall | None = None
         self._stopped = False
 
@@ -227,6 +227,13 @@ class UpstreamResolver(Service):
         @param query: the client's query, as received.
         @param question: its question (as L{wire.parseQuestion} read it).
         """
+        return self.forward(query, question).addCallback(lambda answered: answered[0])
+
+    def forward(self, query: bytes, question: Question) -> Deferred[tuple[bytes, Upstream]]:
+        """
+        Like L{resolve}, and say which upstream gave the answer: the Deferred
+        fires with the answer and that upstream.
+        """
         if self._stopped:
             return fail(UpstreamFailure("the upstream resolver is stopped"))
         d = Deferred.fromCoroutine(self._resolve(query, question))
@@ -235,7 +242,7 @@ class UpstreamResolver(Service):
             d.addBoth(self._resolved, d)
         return d
 
-    def _resolved(self, result: Any, d: Deferred[bytes]) -> Any:
+    def _resolved(self, result: Any, d: Deferred[tuple[bytes, Upstream]]) -> Any:
         """
         Forget a finished resolve.
         """
@@ -270,9 +277,10 @@ class UpstreamResolver(Service):
             for state in self._states
         ]
 
-    async def _resolve(self, query: bytes, question: Question) -> bytes:
+    async def _resolve(self, query: bytes, question: Question) -> tuple[bytes, Upstream]:
         """
-        Try the upstreams in turn until one answers or the deadline passes.
+        Try the upstreams in turn until one answers or the deadline passes;
+        the answer and the upstream it came from.
         """
         clientID = query[:2]
         deadlineAt = self.reactor.seconds() + self.deadline
@@ -280,7 +288,7 @@ class UpstreamResolver(Service):
         if not candidates:
             raise UpstreamFailure("no upstreams are configured")
         tried: list[str] = []
-        lastRefusal: bytes | None = None
+        lastRefusal: tuple[bytes, Upstream] | None = None
         retriedErrors: set[Upstream] = set()
         while candidates:
             again = []
@@ -309,14 +317,14 @@ class UpstreamResolver(Service):
                     self.counters["upstream_error_answers"] += 1
                     tried.append(f"{state.upstream} (answered {_RCODE_NAMES[rcode]})")
                     state.lastError = f"answered {_RCODE_NAMES[rcode]}"
-                    lastRefusal = answer
+                    lastRefusal = answer, state.upstream
                     continue
-                return clientID + answer[2:]
+                return clientID + answer[2:], state.upstream
             if lastRefusal is not None or deadlineAt - self.reactor.seconds() <= 0:
                 break
             candidates = again
         if lastRefusal is not None:
-            return clientID + lastRefusal[2:]
+            return clientID + lastRefusal[0][2:], lastRefusal[1]
         if deadlineAt - self.reactor.seconds() <= 0:
             raise UpstreamFailure(f"no upstream answered within the {self.deadline:g}s deadline", tried)
         raise UpstreamFailure("every upstream failed", tried)

@@ -621,3 +621,16 @@ def decodeName(wire: bytes) -> str:
     if position + 1 > MAX_NAME_LENGTH:
         raise WireError(f"name is longer than {MAX_NAME_LENGTH} bytes")
     return ".".join(labels) if labels else "."
+
+
+def atOrUnder(name: bytes, ancestor: bytes) -> bool:
+    """
+    Whether a name is C{ancestor} or below it, label by label: C{a.b.test}
+    is under C{b.test}, C{ab.test} is not.  Both are uncompressed wire names
+    (as L{Question.key}); for names without case, give both lowercased.
+    """
+    if len(name) < len(ancestor) or not name.endswith(ancestor):
+        return False
+    while len(name) > len(ancestor):
+        name = name[name[0] + 1 :]
+    return name == ancestor

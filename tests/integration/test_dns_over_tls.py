@@ -258,9 +258,9 @@ def test_forwardsOverDoT(server: NetdProcess, forwarder: NetdProcess) -> None:
     forwarded = dig(via, "mail.example.test", "A")
     assert forwarded.last.status == "NOERROR", forwarded.output
     assert forwarded.last.data("A") == EXPECTED["mail.example.test", "A"], forwarded.output
-    log = waitForLog(server, f"tcp {ONLY_ON_A} A -> NOERROR from static")
+    log = waitForLog(server, f"tls {ONLY_ON_A} A -> NOERROR from static")
     assert re.search(r"\[dot#debug\] TLS from .*: TLSv1\.[23] \S+, SNI localhost", log), log
-    waitForLog(server, "tcp mail.example.test A -> NOERROR from upstream")
+    waitForLog(server, "tls mail.example.test A -> NOERROR from upstream")
 
 
 def test_doTUpstreamWithWrongName(forwarder: NetdProcess) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from netd import __version__
 from netd.admin import AdminResource, metricsText
 from netd.config import AdminAddress, DaemonSpec, NetdConfig, isLocalOnly, parseConfig
 from netd.daemon import Daemon
-from netd.interfaces import IProtocolPlugin, IReportsStatus, IStreamHandler
+from netd.interfaces import IHasRuntimeTables, IProtocolPlugin, IReportsStatus, IRuntimeTable, IStreamHandler
 from netd.metrics import Counters, Exposition, Histogram, formatFloat, metricName
 from netd.options import ConfigError, Problem
 from netd.plugin import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
@@ -132,13 +132,64 @@ class BrokenReportingPlugin(ReportingPlugin):
         return ReportingHandler(broken=True)
 
 
+@implementer(IRuntimeTable)
+class FakeTable:
+    """
+    A runtime table that answers what it was given: the query of GET and
+    DELETE, the body of PUT; a PUT body C{{"bad": true}} is a ConfigError
+    with two problems, C{{"explode": true}} an unexpected exception; DELETE
+    is not taken.
+    """
+
+    def get(self, query: Mapping[str, Sequence[str]]) -> Mapping[str, Any]:
+        return {"query": dict(query)}
+
+    def put(self, body: Any) -> Mapping[str, Any]:
+        if body == {"bad": True}:
+            raise ConfigError(
+                "request body",
+                [Problem(("faults", 0, "ms"), "-1 is out of range; expected 0 to 60000"), Problem((), "one more thing")],
+            )
+        if body == {"explode": True}:
+            raise ZeroDivisionError("table exploded")
+        return {"body": body}
+
+    def delete(self, query: Mapping[str, Sequence[str]]) -> Mapping[str, Any]:
+        raise NotImplementedError("no deleting")
+
+
+@implementer(IStreamHandler, IHasRuntimeTables)
+class TablesHandler:
+    """
+    An echo handler with one table of its own, C{fake}.
+    """
+
+    def newConnection(self) -> EchoReceiver:
+        return EchoReceiver()
+
+    def runtimeTables(self) -> Mapping[str, IRuntimeTable]:
+        return {"fake": FakeTable()}
+
+
+@implementer(IProtocolPlugin)
+class TablesPlugin(ReportingPlugin):
+    """
+    A stream plugin whose handler has the runtime table C{fake}.
+    """
+
+    name = "tables"
+
+    def build(self, options: object, context: object) -> TablesHandler:  # type: ignore[override]
+        return TablesHandler()
+
+
 def registry() -> PluginRegistry:
     """
     The installed plugins and the two reporting ones.
     """
     found = discoverPlugins()
     plugins = dict(found.plugins)
-    for plugin in (ReportingPlugin(), BrokenReportingPlugin()):
+    for plugin in (ReportingPlugin(), BrokenReportingPlugin(), TablesPlugin()):
         assert checkPlugin(plugin) is None
         plugins[plugin.name] = LoadedPlugin(plugin, "test")
     return PluginRegistry(plugins, found.broken)
@@ -438,7 +489,18 @@ def test_indexListsEndpoints() -> None:
     daemon, reactor = started(ECHO)
     body = request(reactor.site(), "GET", "/").json()
     assert body["netd"] == __version__
-    assert set(body["endpoints"]) == {"GET /", "GET /health", "GET /ready", "GET /services", "GET /metrics", "POST /reload"}
+    assert set(body["endpoints"]) == {
+        "GET /",
+        "GET /health",
+        "GET /ready",
+        "GET /services",
+        "GET /metrics",
+        "POST /reload",
+        "GET /services/NAME",
+        "GET /services/NAME/TABLE",
+        "PUT /services/NAME/TABLE",
+        "DELETE /services/NAME/TABLE",
+    }
 
 
 def test_unknownPathIs404Json() -> None:
@@ -722,6 +784,184 @@ def test_internalErrorIs500JsonWithoutTraceback() -> None:
     assert response.json()["error"] == "internal error"
     assert b"oops" not in response.body and b"Traceback" not in response.body
     assert any(e.get("log_failure") is not None for e in events)
+
+
+# One service, and its runtime tables.
+
+TABLES = {"name": "my tables", "plugin": "tables", "listen": ["tcp:0:interface=127.0.0.1"]}
+
+
+def test_oneServiceIsItsEntryOfServices() -> None:
+    """
+    GET /services/NAME answers the same report as that service's entry of GET /services.
+    """
+    daemon, reactor = started(ECHO, DNS)
+    site = reactor.site()
+    everything = request(site, "GET", "/services").json()["services"]
+    for name in ("echo", "dns"):
+        response = request(site, "GET", f"/services/{name}")
+        assert response.code == 200
+        assert response.json() == everything[name]
+
+
+def test_serviceNameIsPercentDecoded() -> None:
+    """
+    A service name with a space is reached with the name percent-encoded in the path.
+    """
+    daemon, reactor = started(TABLES)
+    site = reactor.site()
+    assert request(site, "GET", "/services/my%20tables").json()["plugin"] == "tables"
+    assert request(site, "GET", "/services/my%20tables/fake").code == 200
+
+
+def test_unknownServiceIs404NamingTheServices() -> None:
+    """
+    An unknown service, under /services/NAME or /services/NAME/TABLE, answers 404 naming the services there are.
+    """
+    daemon, reactor = started(ECHO, DNS)
+    for path in ("/services/nope", "/services/nope/events", "/services/"):
+        response = request(reactor.site(), "GET", path)
+        assert response.code == 404, path
+        body = response.json()
+        assert body["error"] == "not found"
+        assert "'echo', 'dns'" in body["message"], body
+
+
+def test_unknownTableIs404NamingTheTables() -> None:
+    """
+    An unknown table answers 404 naming the service's tables, and a deeper path 404 naming the endpoint patterns.
+    """
+    daemon, reactor = started(TABLES)
+    site = reactor.site()
+    response = request(site, "GET", "/services/my%20tables/records")
+    assert response.code == 404
+    assert "its tables are events, fake" in response.json()["message"]
+    deeper = request(site, "GET", "/services/my%20tables/fake/more")
+    assert deeper.code == 404
+    assert "/services/NAME/TABLE" in deeper.json()["message"]
+
+
+def test_serviceAndTableMethodsAre405WithAllow() -> None:
+    """
+    A method a service or table path does not take answers 405 with an Allow header listing the others.
+    """
+    daemon, reactor = started(TABLES)
+    site = reactor.site()
+    service = request(site, "PUT", "/services/my%20tables")
+    assert (service.code, service.headers["allow"]) == (405, "GET, HEAD")
+    post = request(site, "POST", "/services/my%20tables/fake")
+    assert (post.code, post.headers["allow"]) == (405, "GET, HEAD, PUT, DELETE")
+    refused = request(site, "DELETE", "/services/my%20tables/fake")
+    assert (refused.code, refused.headers["allow"]) == (405, "GET, HEAD, PUT")
+    assert "takes no DELETE" in refused.json()["message"]
+    events = request(site, "PUT", "/services/my%20tables/events", body=b"{}")
+    assert (events.code, events.headers["allow"]) == (405, "GET, HEAD, DELETE")
+
+
+def test_tableGetsQueryArgumentsAsStringLists() -> None:
+    """
+    GET on a table passes the query arguments, percent-decoded, as lists of strings.
+    """
+    daemon, reactor = started(TABLES)
+    response = request(reactor.site(), "GET", "/services/my%20tables/fake?name=a.test&name=b%2Etest&x=%C3%A9")
+    assert response.json() == {"query": {"name": ["a.test", "b.test"], "x": ["\u00e9"]}}
+
+
+def test_tablePutGetsTheJsonBody() -> None:
+    """
+    PUT on a table passes the JSON body and answers what the table returns.
+    """
+    daemon, reactor = started(TABLES)
+    body = {"faults": [{"kind": "delay", "ms": 5}]}
+    response = request(reactor.site(), "PUT", "/services/my%20tables/fake", body=json.dumps(body).encode())
+    assert (response.code, response.json()) == (200, {"body": body})
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        pytest.param(b"", "the body is empty", id="empty"),
+        pytest.param(b"{nope", "the body is not JSON", id="not-json"),
+        pytest.param(b"\xff\xfe", "the body is not JSON", id="not-utf8"),
+        pytest.param(b"[" * 100000, "nested too deeply", id="deep"),
+        pytest.param(b" " * (2**20 + 1), "larger than 1048576 bytes", id="too-large"),
+    ],
+)
+def test_tablePutBadBodyIs400(body: bytes, fragment: str) -> None:
+    """
+    A PUT body that is empty, not JSON, nested beyond the parser or over 1 MiB answers 400 without reaching the table.
+    """
+    daemon, reactor = started(TABLES)
+    response = request(reactor.site(), "PUT", "/services/my%20tables/fake", body=body)
+    assert response.code == 400
+    assert response.json()["error"] == "bad request"
+    assert fragment in response.json()["message"]
+
+
+def test_tableConfigErrorIs400WithProblemPaths() -> None:
+    """
+    A ConfigError from a table answers 400 with each problem rendered with its key path inside the body.
+    """
+    daemon, reactor = started(TABLES)
+    response = request(reactor.site(), "PUT", "/services/my%20tables/fake", body=b'{"bad": true}')
+    assert response.code == 400
+    body = response.json()
+    assert body["error"] == "bad request"
+    assert body["message"] == "invalid request body; nothing was changed"
+    assert body["problems"] == ["faults[0].ms: -1 is out of range; expected 0 to 60000", "one more thing"]
+
+
+def test_tableFailureIs500WithoutTraceback() -> None:
+    """
+    A table failing unexpectedly answers the JSON 500 and logs the failure, without a traceback for the client.
+    """
+    daemon, reactor = started(TABLES)
+    with capturedLogs() as events:
+        response = request(reactor.site(), "PUT", "/services/my%20tables/fake", body=b'{"explode": true}')
+    assert response.code == 500
+    assert b"exploded" not in response.body and b"Traceback" not in response.body
+    assert any(e.get("log_failure") is not None for e in events)
+
+
+def test_eventsTableOverHttp() -> None:
+    """
+    GET /services/NAME/events shows a closed connection's event, filters by the query, refuses a bad one with 400, and DELETE clears.
+    """
+    daemon, reactor = started(ECHO)
+    [service] = daemon.netServices()
+    assert service.connections is not None
+    for _ in range(2):
+        connection = connect(service.connections)
+        assert connection is not None
+        connection.receive(b"hi")
+        connection.peerClosed()
+    site = reactor.site()
+    body = request(site, "GET", "/services/echo/events").json()
+    assert (body["dropped"], body["size"]) == (0, 1000)
+    assert [(e["seq"], e["kind"], e["bytes_in"], e["bytes_out"], e["ended"]) for e in body["events"]] == [
+        (1, "connection", 2, 2, "closed by peer"),
+        (2, "connection", 2, 2, "closed by peer"),
+    ]
+    assert [e["seq"] for e in request(site, "GET", "/services/echo/events?kind=connection&since=1").json()["events"]] == [2]
+    assert request(site, "GET", "/services/echo/events?kind=query").json()["events"] == []
+    bad = request(site, "GET", "/services/echo/events?since=last")
+    assert bad.code == 400
+    assert bad.json()["problems"] == ["since: expected a whole number of at least 0, got 'last'"]
+    cleared = request(site, "DELETE", "/services/echo/events")
+    assert (cleared.code, cleared.json()) == (200, {"events": [], "dropped": 0, "size": 1000})
+    assert request(site, "GET", "/services/echo/events").json()["events"] == []
+
+
+def test_serviceEndpointsNeedTheToken(tmp_path: Path) -> None:
+    """
+    With a token file, /services/NAME and its tables answer 401 without the token and 200 with it.
+    """
+    daemon, reactor = withToken(tmp_path)
+    site = reactor.site()
+    for method, path in (("GET", "/services/echo"), ("GET", "/services/echo/events"), ("DELETE", "/services/echo/events")):
+        assert request(site, method, path).code == 401, path
+        assert request(site, method, path, headers=bearer(TOKEN)).code == 200, path
+    assert request(site, "GET", "/services/nope").code == 401
 
 
 # The daemon: ports file, start failures, stop.

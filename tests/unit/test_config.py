@@ -122,15 +122,15 @@ BAD_CONFIGS = [
         "services[0].colour",
         [
             "unknown key",
-            "known keys: enabled, framing, idle_timeout, listen, max_connections, max_frame, name, plugin",
+            "known keys: enabled, events, ",
+            "idle_timeout, listen, max_connections, max_frame, name, plugin",
         ],
         id="service-unknown-key-lists-known",
     ),
     pytest.param(
         service(plugin="reverse", colour='"blue"'),
         "services[0].colour",
-        ["unknown key", "known keys: enabled, framing, idle_timeout, listen, max_connections, max_frame, "
-         "name, plugin, prefix, repeat"],
+        ["unknown key", "known keys: enabled, events, ", "idle_timeout, listen, max_connections, max_frame, name, plugin, prefix, repeat"],
         id="plugin-unknown-key-lists-plugin-keys",
     ),
     # Required keys.
@@ -614,6 +614,8 @@ def test_defaultsFilledIn() -> None:
                 "idle_timeout": 300.0,
                 "framing": "line",
                 "max_frame": 65536,
+                "events": 1000,
+                "faults": [],
                 "prefix": "",
                 "repeat": 1,
             }

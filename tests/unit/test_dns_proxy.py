@@ -17,17 +17,24 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, Logger, capturedLogs
 from twisted.names import dns
 
+from netd.events import EventLog
 from netd.metrics import Counters
 from netd.testing import RecordingDatagramSender, connect, makeStreamStack
 from netd_plugins.dnsproxy.cache import AnswerCache
 from netd_plugins.dnsproxy.handler import AccessList, DNSProxy
 from netd_plugins.dnsproxy.records import StaticRecords
+from netd_plugins.dnsproxy.scripts import Script
 from netd_plugins.dnsproxy.resolver import UpstreamFailure
+from netd_plugins.dnsproxy.upstream import Upstream
 from netd_plugins.dnsproxy.wire import Question
 
 from .dnsmessages import aRecord, makeQuery, parse, parseEDNS, replyTo, rr
 
 CLIENT = ("127.0.0.1", 5555)
+UPSTREAM = Upstream.fromConfig("udp:192.0.2.53")
+"""
+The upstream the fake resolver says answered.
+"""
 
 
 @attrs.define
@@ -43,6 +50,9 @@ class FakeResolver:
         d: Deferred[bytes] = Deferred()
         self.asked.append((query, question, d))
         return d
+
+    def forward(self, query: bytes, question: Question) -> Deferred[tuple[bytes, Upstream]]:
+        return self.resolve(query, question).addCallback(lambda answer: (answer, UPSTREAM))
 
     def isLooped(self, query: bytes, question: Question) -> bool:
         return any(query[:2] == sent[:2] and question == q for sent, q, d in self.asked if not d.called)
@@ -76,9 +86,17 @@ class Proxy:
         return sender.sent[-1][0] if sender.sent else None
 
 
-def makeProxy(records: dict[str, Any] | None = None, allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128"), logQueries: bool = False, cacheSize: int = 100) -> Proxy:
+def makeProxy(
+    records: dict[str, Any] | None = None,
+    allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128"),
+    logQueries: bool = False,
+    cacheSize: int = 100,
+    scripts: tuple[Script, ...] = (),
+    events: int = 0,
+) -> Proxy:
     """
-    A proxy with a fake resolver, a Clock and the given static records.
+    A proxy with a fake resolver, a Clock, the given static records and
+    scripts, and an event log of C{events} entries.
     """
     clock = Clock()
     counters = Counters()
@@ -86,6 +104,7 @@ def makeProxy(records: dict[str, Any] | None = None, allow: tuple[str, ...] = ("
     proxy = DNSProxy(
         reactor=clock,
         records=StaticRecords.fromConfig(records or {}),
+        scripts=scripts,
         cache=AnswerCache(maxEntries=cacheSize, minTTL=0, maxTTL=86400, maxNegativeTTL=3600, clock=clock),
         resolver=resolver,  # type: ignore[arg-type]
         access=AccessList(allow),
@@ -93,6 +112,7 @@ def makeProxy(records: dict[str, Any] | None = None, allow: tuple[str, ...] = ("
         log=Logger(namespace="test"),
         logQueries=logQueries,
         udpSize=1232,
+        events=EventLog(events, clock),
     )
     return Proxy(proxy, resolver, clock, counters)
 
@@ -313,3 +333,20 @@ def test_ownUpstreamQueryComingBackIsRefused() -> None:
     assert parse(looped).rCode == dns.EREFUSED
     assert len(p.resolver.asked) == 1
     assert p.counters["loop_detected"] == 1
+
+
+def test_unreadableUpstreamAnswerGivesServfail() -> None:
+    """
+    An upstream answer whose records cannot be read gives every waiting client SERVFAIL, and the next query asks the upstreams again.
+    """
+    p = makeProxy()
+    senders = [RecordingDatagramSender() for _ in range(2)]
+    for id, sender in enumerate(senders):
+        p.proxy.datagramReceived(makeQuery("example.org", id=id), CLIENT, sender)
+    [(sent, _, d)] = p.resolver.asked
+    answer = replyTo(sent)
+    d.callback(answer[:6] + b"\x00\x05" + answer[8:])
+    assert [parse(s.sent[0][0]).rCode for s in senders] == [dns.ESERVER, dns.ESERVER]
+    assert (p.counters["upstream_unreadable"], p.proxy.inflight) == (1, {})
+    p.ask(makeQuery("example.org"))
+    assert len(p.resolver.asked) == 2

@@ -91,7 +91,7 @@ def test_portsFileReportsBoundAddresses(tmp_path: Path) -> None:
     daemon, d = start(makeConfig(ECHO), UDPMemoryReactorClock(), portsFile)
     expected = [
         {"listen": TCP, "transport": "tcp", "host": "127.0.0.1", "port": 30000},
-        {"listen": UDP, "transport": "udp", "host": "127.0.0.1", "port": 20000},
+        {"listen": UDP, "transport": "udp", "host": "127.0.0.1", "port": 30000},
     ]
     assert resultOf(d) == {"echo": expected}
     assert json.loads(portsFile.read_text()) == {"services": {"echo": expected}}
@@ -199,7 +199,7 @@ def test_handlerLackingStreamInterfaceRefused() -> None:
 
 def test_bindFailureNamesServiceAndAddressAndReleasesPorts(tmp_path: Path) -> None:
     """
-    When a bind fails, start raises ServiceStartError naming the service and listen string, and stops the TCP port already bound.
+    When a bind fails, start raises ServiceStartError naming the service and listen string, and stops every TCP port already bound.
     """
     portsFile = tmp_path / "ports.json"
     reactor = UDPBindFailsReactor()
@@ -211,8 +211,7 @@ def test_bindFailureNamesServiceAndAddressAndReleasesPorts(tmp_path: Path) -> No
     assert repr(UDP) in message
     assert isinstance(failure.value, ServiceStartError)
     assert isinstance(failure.value.__cause__, CannotListenError)
-    [tcp] = reactor.tcpPorts
-    assert not tcp.listening
+    assert reactor.tcpPorts and not any(tcp.listening for tcp in reactor.tcpPorts)
     assert [s.ports for s in daemon.netServices()] == [[]]
     assert not daemon.running
     assert not portsFile.exists()
@@ -380,11 +379,11 @@ def test_startupSummaryOneLinePerServiceWithItsAddresses() -> None:
         resultOf(start(makeConfig(ECHO, other), UDPMemoryReactorClock())[1])
     summary = [e for e in events if e.get("event") == "service_started"]
     assert [(e["service"], e["plugin"], e["addresses"], e["log_level"]) for e in summary] == [
-        ("echo", "echo", ["tcp 127.0.0.1:30000", "udp 127.0.0.1:20000"], LogLevel.info),
+        ("echo", "echo", ["tcp 127.0.0.1:30000", "udp 127.0.0.1:30000"], LogLevel.info),
         ("lines", "echo", ["tcp 127.0.0.1:30001"], LogLevel.info),
     ]
     assert summary[0]["log_format"] == "service {service} ({plugin}) on {where}"
-    assert summary[0]["where"] == "tcp 127.0.0.1:30000, udp 127.0.0.1:20000"
+    assert summary[0]["where"] == "tcp 127.0.0.1:30000, udp 127.0.0.1:30000"
 
 
 def test_lameduckKeepsServingWhileNotReady() -> None:

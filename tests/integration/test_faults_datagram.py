@@ -1,0 +1,158 @@
+"""
+Datagram faults end to end: a real netd runs UDP echo services with faults from
+its config file or set through the control API, and a Python UDP client checks
+what it really receives: nothing, twice, late, cut, or out of order.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+
+from .conftest import IO_TIMEOUT, NetdProcess, echoService
+
+pytestmark = pytest.mark.integration
+
+SILENCE = 0.5
+"""
+Seconds a client waits to conclude that no (more) answer is coming.
+"""
+
+SERVICES = {
+    "drop": '[{ type = "drop", first = 1 }]',
+    "duplicate": '[{ type = "duplicate", direction = "to_client" }]',
+    "delay": '[{ type = "delay", ms = 300, direction = "to_client" }]',
+    "truncate": '[{ type = "truncate", bytes = 4 }]',
+    "reorder": '[{ type = "reorder", first = 1, direction = "from_client", wait = 5000 }]',
+    "api": "[]",
+}
+"""
+One UDP echo service per fault, each used by one test (schedules count from the start).
+"""
+
+
+@pytest.fixture(scope="module")
+def netd(startModuleNetd: Any) -> NetdProcess:
+    """
+    One netd with the echo services of L{SERVICES}.
+    """
+    config = "".join(
+        echoService(name, ["udp:0:interface=127.0.0.1"]) + f"faults = {faults}\n\n"
+        for name, faults in SERVICES.items()
+    )
+    return startModuleNetd(config)  # type: ignore[no-any-return]
+
+
+def client() -> socket.socket:
+    """
+    A UDP socket on loopback.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def answers(sock: socket.socket, wait: float = SILENCE, first: float = IO_TIMEOUT) -> list[bytes]:
+    """
+    Every datagram received until none comes for C{wait} seconds (C{first}
+    seconds for the first one).
+    """
+    received = []
+    sock.settimeout(first)
+    while True:
+        try:
+            data, _ = sock.recvfrom(65536)
+        except TimeoutError:
+            return received
+        received.append(data)
+        sock.settimeout(wait)
+
+
+def api(netd: NetdProcess, method: str, path: str, body: Any = None) -> Any:
+    """
+    One request to the control API, its JSON answer.
+    """
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(netd.adminURL(path), data=data, method=method)
+    with urllib.request.urlopen(request, timeout=IO_TIMEOUT) as response:
+        return json.loads(response.read())
+
+
+def test_dropFirst(netd: NetdProcess) -> None:
+    """
+    With C{drop} and C{first = 1} the first datagram gets no answer in time, the second one does.
+    """
+    address = netd.address("drop", "udp")
+    with client() as sock:
+        sock.sendto(b"first", address)
+        assert answers(sock, first=SILENCE) == []
+        sock.sendto(b"second", address)
+        assert answers(sock) == [b"second"]
+
+
+def test_duplicate(netd: NetdProcess) -> None:
+    """
+    With C{duplicate} the client receives its answer twice, and no more.
+    """
+    with client() as sock:
+        sock.sendto(b"twice", netd.address("duplicate", "udp"))
+        assert answers(sock) == [b"twice", b"twice"]
+
+
+def test_delay(netd: NetdProcess) -> None:
+    """
+    With C{delay} of 300 ms, the round trip takes at least 300 ms.
+    """
+    with client() as sock:
+        started = time.monotonic()
+        sock.sendto(b"late", netd.address("delay", "udp"))
+        sock.settimeout(IO_TIMEOUT)
+        data, _ = sock.recvfrom(65536)
+        elapsed = time.monotonic() - started
+    assert data == b"late"
+    assert elapsed >= 0.3
+
+
+def test_truncate(netd: NetdProcess) -> None:
+    """
+    With C{truncate} to 4 bytes, the answer is the first 4 bytes of what was sent.
+    """
+    with client() as sock:
+        sock.sendto(b"0123456789", netd.address("truncate", "udp"))
+        assert answers(sock) == [b"0123"]
+
+
+def test_reorder(netd: NetdProcess) -> None:
+    """
+    With C{reorder} on the first datagram, two datagrams sent come back swapped.
+    """
+    address = netd.address("reorder", "udp")
+    with client() as sock:
+        sock.sendto(b"A", address)
+        sock.sendto(b"B", address)
+        assert answers(sock) == [b"B", b"A"]
+
+
+def test_faultsThroughTheControlAPI(netd: NetdProcess) -> None:
+    """
+    Faults put with C{PUT /services/NAME/faults} act on the next datagram, and C{DELETE} removes them.
+    """
+    address = netd.address("api", "udp")
+    with client() as sock:
+        sock.sendto(b"whole", address)
+        assert answers(sock) == [b"whole"]
+        put = api(netd, "PUT", "/services/api/faults", {"faults": [{"type": "truncate", "bytes": 2, "direction": "to_client"}]})
+        assert put["faults"] == [{"type": "truncate", "bytes": 2, "direction": "to_client"}]
+        sock.sendto(b"whole", address)
+        assert answers(sock) == [b"wh"]
+        assert api(netd, "GET", "/services/api/faults")["applied"] == [1]
+        events = api(netd, "GET", "/services/api/events?kind=fault")["events"]
+        assert [(e["fault"], e["kept"]) for e in events] == [("truncate", 2)]
+        api(netd, "DELETE", "/services/api/faults")
+        sock.sendto(b"whole", address)
+        assert answers(sock) == [b"whole"]
