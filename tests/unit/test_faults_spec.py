@@ -21,6 +21,8 @@ from netd.faults.spec import FAULT_TYPES, FaultList, ServiceShape
 from netd.metrics import Counters
 from netd.options import ConfigError, Problem, renderPath
 from netd.plugin import PluginRegistry, discoverPlugins
+from netd.service import NetService
+from netd.testing import UDPMemoryReactorClock, connect
 
 MINIMAL: dict[str, dict[str, Any]] = {
     "latency": {"ms": 10},
@@ -264,3 +266,20 @@ def test_apiPutGetDelete() -> None:
     assert len(faults.stream) == 2
     assert faults.delete({}) == {"faults": [], "applied": []}
     assert faults.stream == ()
+
+
+def test_serviceRunsItsFaults(registry: PluginRegistry) -> None:
+    """
+    A running service's configured faults act on its stream connections, and are its faults table.
+    """
+    config = parseConfig(service(faults=[{"type": "refuse"}]), "f.toml", registry)
+    reactor = UDPMemoryReactorClock()
+    netService = NetService(config.services[0], reactor, shutdownTimeout=1)
+    assert netService.runtimeTables()["faults"] is netService.faults
+    assert netService.faults.shape == ServiceShape(True, False, False, "raw")
+    assert netService.connections is not None
+    connection = connect(netService.connections)
+    assert connection is not None and connection.transport.disconnecting
+    netService.faults.delete({})
+    connection = connect(netService.connections)
+    assert connection is not None and not connection.transport.disconnecting
