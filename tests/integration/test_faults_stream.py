@@ -214,7 +214,7 @@ def test_refuseReset(netd: NetdProcess) -> None:
 
 def test_firstTwoThenWorks(netd: NetdProcess) -> None:
     """
-    A reset fault with first = 2 resets two connections, the third is echoed, and GET shows the count.
+    A reset fault with first = 2 resets two connections, the third is echoed; GET shows the count, the event log each reset.
     """
     for _ in range(2):
         resetAtOnce(netd.address("first-two"))
@@ -223,6 +223,11 @@ def test_firstTwoThenWorks(netd: NetdProcess) -> None:
     status, answer = api(netd, "GET", "/services/first-two/faults")
     assert status == 200
     assert answer["applied"] == [2]
+    status, answer = api(netd, "GET", "/services/first-two/events?kind=fault")
+    assert status == 200
+    assert [(e["fault"], e["reset"]) for e in answer["events"]] == [("refuse", True), ("refuse", True)]
+    status, answer = api(netd, "GET", "/services/first-two/events?kind=connection")
+    assert [e["ended"] for e in answer["events"]][:2] == ["reset by fault refuse"] * 2
 
 
 def test_faultsThroughTheAPI(netd: NetdProcess) -> None:
