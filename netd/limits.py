@@ -72,6 +72,7 @@ class GuardedConnection(ProtocolWrapper):
         """
         self.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
         self._selfPaced = True
+        _sendAsWritten(self.transport)
         self._opened = self.factory.clock.seconds()
         if logs.debugEnabled:
             self.factory.log.debug(
@@ -320,6 +321,22 @@ class GuardedConnection(ProtocolWrapper):
             bytes_out=self._bytesOut,
             event="connection_closed",
         )
+
+
+def _sendAsWritten(transport: Any) -> None:
+    """
+    Turn Nagle's algorithm off on a TCP connection, so that each write goes
+    out when it is made: an answer is not held back waiting for the ACK of
+    the previous one, and the pieces of a C{slice} or C{split_frame} fault
+    reach the client as separate segments instead of merging in the kernel.
+    Other stream sockets (unix:) have no such option.
+    """
+    setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
+    if setTcpNoDelay is not None:
+        try:
+            setTcpNoDelay(True)
+        except OSError:
+            pass
 
 
 def _tlsLayer(protocol: Any) -> TLSServerProtocol | None:

@@ -25,10 +25,14 @@ import os
 import socket
 import time
 from collections.abc import Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    # Imported where used: the package imports this module first thing, and
+    # the pytest plugin (netd.harness) should not pay for twisted.internet.
+    from twisted.internet.task import LoopingCall
 
 log = Logger(namespace="netd.systemd")
 
@@ -213,6 +217,8 @@ def startWatchdog(
     interval = watchdogInterval(environ, pid)
     if interval is None or not notifier.enabled:
         return None
+    from twisted.internet.task import LoopingCall
+
     loop = LoopingCall(notifier.watchdog)
     loop.clock = clock
     loop.start(interval, now=True)

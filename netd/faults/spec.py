@@ -95,6 +95,11 @@ TLSAlert = Literal[
     "no_application_protocol",
 ]
 
+LARGEST_OVERSIZE = 64 * 2**20
+"""
+The largest frame C{oversize_frame} builds: netd's own C{max_frame} limit.
+"""
+
 PREFIXED_FRAMINGS = ("netstring", "u16", "u32")
 """
 The framings whose frames start with their length.
@@ -375,7 +380,10 @@ class OversizeFrame(Fault):
     directions = ("to_client",)
     direction: Direction = option("to_client", help="Frames netd sends (the only direction).")
     summary = "Pad the frame with zero bytes to size bytes, to go over the client's limit."
-    size: int = option(help="The frame's size on the wire, payload only.", checks=(between(1, 2**31),))
+    size: int = option(
+        help="The frame's size on the wire, payload only (at most 64 MiB: each such frame is built in memory).",
+        checks=(between(1, LARGEST_OVERSIZE),),
+    )
 
     def misfit(self, shape: ServiceShape) -> str | None:
         """
