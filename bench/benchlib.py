@@ -2,8 +2,9 @@
 What the benchmark scripts (bench/echo/bench.py, bench/dns/bench.py,
 bench/tls/bench.py) share: the machine the numbers were measured on, tool and
 netd versions, starting a server pinned to a CPU and stopping it by its PID,
-the CPU time and resident size of a server read from /proc, building the C load
-generator, progress on standard error, adding a report to RESULTS.md.
+the CPU time and resident size of a server read from /proc, building and
+running the C load generator, progress on standard error, adding a report to
+RESULTS.md.
 
 The scripts are run as scripts; each puts this folder on sys.path to import it.
 """
@@ -16,6 +17,7 @@ import os
 import platform
 import re
 import resource
+import select
 import shutil
 import signal
 import ssl
@@ -175,13 +177,18 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def cpuTime(pid: int) -> float:
+def cpuTime(pid: int, threadsComeAndGo: bool = False) -> float:
     """
     CPU seconds used so far by a process and all its descendants, so that a
     forking server (socat) is counted whole: each live thread's run time from
     /proc/PID/task/TID/schedstat (in nanoseconds: the clock ticks of
     /proc/PID/stat, truncated per process, would lose most of the time of
     fifty small socat children), plus the reaped children's (cutime, cstime).
+
+    @param threadsComeAndGo: the process makes a thread per connection
+        (stunnel), so the live threads' sum would lose the time of those that
+        have exited: its own time is then its (utime, stime) from
+        /proc/PID/stat, which keeps theirs (to the clock tick).
     """
     total = 0.0
     pending = [pid]
@@ -189,8 +196,11 @@ def cpuTime(pid: int) -> float:
         current = pending.pop()
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            for task in os.listdir(f"/proc/{current}/task"):
-                total += int(Path(f"/proc/{current}/task/{task}/schedstat").read_text().split()[0]) / 1e9
+            if threadsComeAndGo and current == pid:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime stime
+            else:
+                for task in os.listdir(f"/proc/{current}/task"):
+                    total += int(Path(f"/proc/{current}/task/{task}/schedstat").read_text().split()[0]) / 1e9
         except (OSError, IndexError, ValueError):
             continue
         total += (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime cstime
@@ -211,7 +221,8 @@ def residentKiB(pid: int) -> int:
 def buildLoadgen() -> Path:
     """
     The C load generator, compiled with the machine's compiler (C{$CC}, else
-    cc) into bench/build/ when it is missing or older than its source.
+    cc) and linked with OpenSSL's libssl (its TLS modes; libssl-dev) into
+    bench/build/ when it is missing or older than its source.
     """
     source = ROOT / "bench" / "loadgen" / "loadgen.c"
     binary = BUILD / "loadgen"
@@ -222,8 +233,97 @@ def buildLoadgen() -> Path:
         raise RuntimeError("no C compiler (cc) to build bench/loadgen/loadgen.c; bench/setup-tools.sh installs gcc")
     BUILD.mkdir(parents=True, exist_ok=True)
     say(f"building {binary} with {compiler}")
-    subprocess.run([compiler, "-O2", "-Wall", "-Wextra", "-o", str(binary), str(source)], check=True, timeout=120)
+    subprocess.run([compiler, "-O2", "-Wall", "-Wextra", "-o", str(binary), str(source), "-lssl", "-lcrypto"], check=True, timeout=120)
     return binary
+
+
+class Loadgen:
+    """
+    One run of bench/loadgen, whose JSON lines are read as they come.
+    """
+
+    def __init__(self, binary: Path, mode: str, port: int, arguments: list[str], cpus: set[int] | None, timeout: float) -> None:
+        self.command = [str(binary), mode, "--host", "127.0.0.1", "--port", str(port), *arguments]
+        self.process = subprocess.Popen(
+            self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=pinnedTo(cpus)
+        )
+        self.deadline = time.monotonic() + timeout
+        self.pending = b""
+
+    def next(self) -> dict[str, object]:
+        """
+        The next JSON line; raise if the tool exits or the run's time is up first.
+        """
+        assert self.process.stdout is not None
+        while b"\n" not in self.pending:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                self.close()
+                raise RuntimeError(f"{' '.join(self.command)} took too long")
+            ready, _, _ = select.select([self.process.stdout], [], [], left)
+            chunk = os.read(self.process.stdout.fileno(), 65536) if ready else b""
+            if ready and not chunk:
+                self.close()
+                raise RuntimeError(f"{' '.join(self.command)} exited {self.process.returncode}: {self.errors()}")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        result: dict[str, object] = json.loads(line)
+        return result
+
+    def errors(self) -> str:
+        """
+        What the tool wrote on standard error (once it has exited).
+        """
+        assert self.process.stderr is not None
+        return self.process.stderr.read().decode(errors="replace")[-2000:]
+
+    def close(self) -> None:
+        """
+        Close its standard input (which ends an idle run's hold) and wait for it; stop it by PID if it lingers.
+        """
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            stopProcess(self.process)
+
+
+def measureLoad(
+    binary: Path, mode: str, port: int, arguments: list[str], serverCpu: Callable[[], float], cpus: set[int] | None, timeout: float
+) -> tuple[dict[str, object], dict[str, float]]:
+    """
+    One load generator run: its result line, and the figures of the table:
+    C{rate}, C{server_cpu} (the cores the server used over the measured
+    window: C{serverCpu}, its CPU seconds so far, sampled when the load
+    generator says the window starts and when it reports), C{per_core}
+    (the rate over that share) and C{loadgen_cpu}, plus the latencies and
+    errors the mode reports.
+    """
+    run = Loadgen(binary, mode, port, arguments, cpus, timeout)
+    try:
+        started = run.next()
+        if started.get("event") != "start":
+            raise RuntimeError(f"loadgen said {started}")
+        cpuBefore, timeBefore = serverCpu(), time.monotonic()
+        result = run.next()
+        cpuAfter, timeAfter = serverCpu(), time.monotonic()
+    finally:
+        run.close()
+    if run.process.returncode:
+        raise RuntimeError(f"{' '.join(run.command)} exited {run.process.returncode}: {run.errors()}")
+    rate = float(result["rate"])  # type: ignore[arg-type]
+    serverCores = (cpuAfter - cpuBefore) / (timeAfter - timeBefore)
+    figures = {
+        "rate": rate,
+        "server_cpu": serverCores,
+        "per_core": rate / serverCores if serverCores else 0.0,
+        "loadgen_cpu": float(result["cpu_s"]) / float(result["elapsed_s"]),  # type: ignore[arg-type]
+    }
+    for key in ("p50_us", "p99_us", "errors"):
+        if key in result:
+            figures[key] = float(result[key])  # type: ignore[arg-type]
+    return result, figures
 
 
 def _moduleVersion(name: str) -> str:

@@ -2,7 +2,9 @@
 # What a benchmark's run.sh needs before it runs its bench.py, from the
 # repository root: bench/setup-tools.sh CALLER COMMAND:PACKAGE...
 # Installs with apt-get (root) the Debian PACKAGE of each COMMAND found neither
-# on PATH nor in /usr/sbin (COMMAND may be alternatives, "stunnel4|stunnel"),
+# on PATH nor in /usr/sbin (COMMAND may be alternatives, "stunnel4|stunnel";
+# an absolute path stands for a file the package provides, such as the header
+# /usr/include/openssl/ssl.h of libssl-dev, which the load generator needs),
 # then prepares .venv with ./setup.sh when there is none: an existing .venv (an
 # editable install from ./setup.sh --test) is used as it is.
 set -eu
@@ -11,7 +13,10 @@ caller="$1"
 shift
 
 found() {
-    command -v "$1" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin" command -v "$1" >/dev/null 2>&1
+    case "$1" in
+    /*) [ -e "$1" ] ;;
+    *) command -v "$1" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin" command -v "$1" >/dev/null 2>&1 ;;
+    esac
 }
 
 missing=""

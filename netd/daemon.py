@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.application.service import MultiService
@@ -20,7 +20,6 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from netd.admin import AdminServer
 from netd.config import DEFAULT_CONFIG_NAME, DaemonSpec, NetdConfig, ServiceSpec, loadConfig
 from netd.logs import setLogLevel
 from netd.options import ConfigError, Problem
@@ -28,6 +27,9 @@ from netd.plugin import PluginRegistry, discoverPlugins
 from netd.service import NetService, ReloadInProgress, ServiceStartError
 from netd.systemd import Notifier
 from netd.tls import ServerTLS, TLSSetupError
+
+if TYPE_CHECKING:
+    from netd.admin import AdminServer
 
 LISTEN_RETRY_DELAY = 0.25
 """
@@ -90,8 +92,7 @@ class Daemon(MultiService):
         """
         Whether a stop has begun (the control API's C{/ready} then says 503).
         """
-        admin = config.daemon.admin.address
-        self.admin = AdminServer(self, admin, config.daemon.admin_token_file, reactor) if admin is not None else None
+        self.admin = _adminServer(self, config.daemon, reactor)
         """
         The control API (L{netd.admin}), listened on before the services and
         closed after they have drained; L{None} when C{[daemon] admin = false}.
@@ -474,6 +475,21 @@ class Daemon(MultiService):
         Service name to the addresses it really listens on.
         """
         return {s.spec.name: [p.describe() for p in s.ports] for s in self.netServices()}
+
+
+def _adminServer(daemon: Daemon, spec: DaemonSpec, reactor: Any) -> AdminServer | None:
+    """
+    The control API of C{spec}, or L{None} when C{admin = false}.
+
+    L{netd.admin} is imported here rather than with this module: with
+    twisted.web it is a tenth of start-up's CPU, which a daemon without the
+    control API does not pay.
+    """
+    if spec.admin.address is None:
+        return None
+    from netd.admin import AdminServer
+
+    return AdminServer(daemon, spec.admin.address, spec.admin_token_file, reactor)
 
 
 def _describe(bound: dict[str, object]) -> str:

@@ -175,17 +175,20 @@ class RawFraming(FramedProtocol):
 
     framingName = "raw"
 
+    def connectionMade(self) -> None:
+        """
+        Make C{sendFrame} the transport's C{write} itself, one call less per
+        frame (frame faults do not apply to raw framing, which has no
+        frames), then introduce the receiver.
+        """
+        self.sendFrame = self.transport.write  # type: ignore[assignment,method-assign,union-attr]
+        FramedProtocol.connectionMade(self)
+
     def dataReceived(self, data: bytes) -> None:
         """
         Pass the read on.
         """
         self.receiver.frameReceived(data)
-
-    def sendFrame(self, frame: bytes) -> None:
-        """
-        Write the bytes (frame faults do not apply to raw framing, which has no frames).
-        """
-        self.transport.write(frame)  # type: ignore[union-attr]
 
     def encodeFrame(self, frame: bytes, claimed: int | None = None) -> bytes:
         """
@@ -271,16 +274,48 @@ class NetstringFraming(FramedProtocol, NetstringReceiver):
 class _LengthPrefixed(FramedProtocol):
     """
     Shared by the big-endian length-prefixed framings.
+
+    Request/response traffic mostly reads exactly one whole frame at a time:
+    L{dataReceived} delivers such a read without Twisted's buffering, and
+    L{sendFrame} encodes without the checks of a C{claimed} length.
     """
 
     prefixLength: int
     largestClaim: ClassVar[int]
+    _unprocessed: bytes
+    paused: bool
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Deliver a read that is one whole frame within the limit (with
+        nothing buffered before it) at once; give any other to Twisted's
+        receiver, which buffers and checks the limit before the payload.
+        """
+        prefixLength = self.prefixLength
+        if not self._unprocessed and not self.paused and len(data) >= prefixLength:
+            length = int.from_bytes(data[:prefixLength], "big")
+            if length == len(data) - prefixLength and length <= self.MAX_LENGTH:
+                self.deliverFrame(data[prefixLength:])
+                return
+        super().dataReceived(data)
 
     def stringReceived(self, string: bytes) -> None:
         """
         Deliver the payload.
         """
         self.deliverFrame(string)
+
+    def sendFrame(self, frame: bytes) -> None:
+        """
+        Encode and send one frame; see L{IFrameConnection.sendFrame}.
+        """
+        if self.factory.frameFaults:
+            self.sendFaultedFrame(frame)
+            return
+        size = len(frame)
+        if size > self.largestClaim:
+            raise self._tooLargeToSend(size)
+        self.transport.write(size.to_bytes(self.prefixLength, "big") + frame)  # type: ignore[union-attr]
 
     def lengthLimitExceeded(self, length: int) -> None:
         """
@@ -294,14 +329,18 @@ class _LengthPrefixed(FramedProtocol):
         """
         largest = self.largestClaim
         if len(frame) > largest:
-            raise FramingError(
-                f"{self.framingName} framing cannot send a frame of {len(frame)} bytes; the largest is {largest}"
-            )
+            raise self._tooLargeToSend(len(frame))
         if claimed is None:
             return struct.pack(self.structFormat, len(frame)) + frame  # type: ignore[attr-defined]
         if not 0 <= claimed <= largest:
             raise FramingError(f"a {self.framingName} prefix cannot state a length of {claimed}")
         return struct.pack(self.structFormat, claimed) + frame  # type: ignore[attr-defined]
+
+    def _tooLargeToSend(self, size: int) -> FramingError:
+        """
+        The error of a frame larger than the prefix can state.
+        """
+        return FramingError(f"{self.framingName} framing cannot send a frame of {size} bytes; the largest is {self.largestClaim}")
 
 
 class U16Framing(_LengthPrefixed, Int16StringReceiver):

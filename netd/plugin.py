@@ -7,6 +7,12 @@ module there is adding a plugin.  Third-party packages add plugins through the
 C{netd.plugins} entry-point group.  Every plugin is checked against
 L{IProtocolPlugin} when it is loaded, and a plugin that fails to load is
 reported by name and source without stopping the others.
+
+Plugins are loaded as a config asks for them (L{PluginRegistry.get}): the
+built-in module named after the plugin (its name without C{-}, C{_} and C{.}:
+C{dns-proxy} is C{netd_plugins.dnsproxy}) is tried first, and everything else
+is loaded only when that does not find it, so that a daemon does not import
+the plugins it does not run nor scan the installed packages' entry points.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ from __future__ import annotations
 import importlib
 import re
 import pkgutil
-from importlib.metadata import entry_points
 from typing import Any
 
 import attrs
@@ -67,23 +72,78 @@ class LoadedPlugin:
     source: str
 
 
-@attrs.frozen
+@attrs.define
 class PluginRegistry:
     """
     Every plugin found, by name, and every one that could not be loaded.
 
-    @ivar broken: plugin name (or module) to the reason it failed to load.
+    One made by L{discoverPlugins} starts empty and loads plugins as they are
+    asked for (see the module docstring); L{plugins} and L{broken} load all of
+    them first.  One made with its plugins given is complete as it is.
     """
 
-    plugins: dict[str, LoadedPlugin]
-    broken: dict[str, str]
+    _plugins: dict[str, LoadedPlugin]
+    _broken: dict[str, str]
+    _complete: bool = True
+
+    @property
+    def plugins(self) -> dict[str, LoadedPlugin]:
+        """
+        Every plugin that loaded, by name.
+        """
+        self._loadAll()
+        return self._plugins
+
+    @property
+    def broken(self) -> dict[str, str]:
+        """
+        The source of every plugin that could not be loaded (or whose name was
+        taken), to the reason.
+        """
+        self._loadAll()
+        return self._broken
 
     def get(self, name: str) -> Any | None:
         """
-        The plugin called C{name}, if one loaded.
+        The plugin called C{name}, if one loads.
         """
-        loaded = self.plugins.get(name)
+        if name not in self._plugins and not self._complete:
+            self._add(_builtInNamedAfter(name))
+            if name not in self._plugins:
+                self._loadAll()
+        loaded = self._plugins.get(name)
         return loaded.plugin if loaded else None
+
+    def _loadAll(self) -> None:
+        """
+        Load every plugin not loaded yet, built-in then third-party.
+        """
+        if not self._complete:
+            self._complete = True
+            self._add(_candidates())
+
+    def _add(self, candidates: list[tuple[str, Any]]) -> None:
+        """
+        Check and record loaded candidates; clashing names and broken plugins
+        are recorded, not raised, and a source already recorded is skipped.
+        """
+        sources = {loaded.source for loaded in self._plugins.values()} | set(self._broken)
+        for source, plugin in candidates:
+            if source in sources:
+                continue
+            if isinstance(plugin, Exception):
+                self._broken[source] = f"failed to load: {type(plugin).__name__}: {plugin}"
+                continue
+            try:
+                problem = checkPlugin(plugin)
+            except Exception as e:
+                problem = f"could not be checked: {type(e).__name__}: {e}"
+            if problem:
+                self._broken[source] = problem
+            elif plugin.name in self._plugins:
+                self._broken[source] = f"its name {plugin.name!r} is taken by {self._plugins[plugin.name].source}"
+            else:
+                self._plugins[plugin.name] = LoadedPlugin(plugin, source)
 
 
 def checkPlugin(plugin: object) -> str | None:
@@ -115,20 +175,50 @@ def checkPlugin(plugin: object) -> str | None:
     return None
 
 
+def _builtIns() -> list[str]:
+    """
+    The full names of the built-in plugin modules.
+    """
+    package = importlib.import_module(BUILTIN_PACKAGE)
+    return [module.name for module in pkgutil.iter_modules(package.__path__, BUILTIN_PACKAGE + ".")]
+
+
+def _loadBuiltIn(module: str) -> tuple[str, Any]:
+    """
+    A built-in module's plugin object with its source, or the exception that
+    loading it raised.
+    """
+    try:
+        return (f"built-in {module}", importlib.import_module(module).plugin)
+    except Exception as e:
+        return (f"built-in {module}", e)
+
+
+def _builtInNamedAfter(name: str) -> list[tuple[str, Any]]:
+    """
+    The candidate of the built-in module named after plugin C{name}, if there is one.
+    """
+    wanted = f"{BUILTIN_PACKAGE}.{re.sub(r'[-_.]', '', name)}"
+    return [_loadBuiltIn(module) for module in _builtIns() if module == wanted]
+
+
+def _entryPoints(group: str) -> Any:
+    """
+    The installed packages' entry points of C{group}.  L{importlib.metadata}
+    is imported here, as only a config naming a third-party plugin needs it.
+    """
+    from importlib.metadata import entry_points
+
+    return entry_points(group=group)
+
+
 def _candidates() -> list[tuple[str, Any]]:
     """
     Load every plugin object, built-in then third-party, with its source;
     a load failure becomes an exception in place of the object.
     """
-    found: list[tuple[str, Any]] = []
-    package = importlib.import_module(BUILTIN_PACKAGE)
-    for module in pkgutil.iter_modules(package.__path__, BUILTIN_PACKAGE + "."):
-        source = f"built-in {module.name}"
-        try:
-            found.append((source, importlib.import_module(module.name).plugin))
-        except Exception as e:
-            found.append((source, e))
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
+    found = [_loadBuiltIn(module) for module in _builtIns()]
+    for entry in _entryPoints(ENTRY_POINT_GROUP):
         source = f"entry point {entry.name!r} = {entry.value} (from {entry.dist.name if entry.dist else '?'})"
         try:
             found.append((source, entry.load()))
@@ -139,22 +229,7 @@ def _candidates() -> list[tuple[str, Any]]:
 
 def discoverPlugins() -> PluginRegistry:
     """
-    Find every plugin; name clashes and broken plugins are recorded, not raised.
+    The registry of every plugin installed, loading each when it is first
+    asked for; name clashes and broken plugins are recorded, not raised.
     """
-    plugins: dict[str, LoadedPlugin] = {}
-    broken: dict[str, str] = {}
-    for source, plugin in _candidates():
-        if isinstance(plugin, Exception):
-            broken[source] = f"failed to load: {type(plugin).__name__}: {plugin}"
-            continue
-        try:
-            problem = checkPlugin(plugin)
-        except Exception as e:
-            problem = f"could not be checked: {type(e).__name__}: {e}"
-        if problem:
-            broken[source] = problem
-        elif plugin.name in plugins:
-            broken[source] = f"its name {plugin.name!r} is taken by {plugins[plugin.name].source}"
-        else:
-            plugins[plugin.name] = LoadedPlugin(plugin, source)
-    return PluginRegistry(plugins, broken)
+    return PluginRegistry({}, {}, complete=False)

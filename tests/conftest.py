@@ -7,6 +7,18 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """
+    Run the session on netd's reactor (L{netd.reactor}), the one C{netd run}
+    uses, so that every in-process test exercises it; pytest-twisted then
+    finds it installed and accepts it as the epoll reactor it asks for.
+    """
+    from netd.reactor import install
+
+    install()
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """
     Refuse to report success when nothing was collected: a run that selects no

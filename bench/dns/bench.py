@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from benchlib import machine, netdVersion, record, say, startNetd, stopProcess, toolVersion  # noqa: E402  (the path above makes it importable)
+from benchlib import cpuTime, machine, netdVersion, quietDaemonTable, record, say, startNetd, stopProcess, toolVersion  # noqa: E402  (the path above makes it importable)
 
 from dns_upstream import (  # noqa: E402  (the path above makes it importable)
     ZONE,
@@ -96,7 +96,7 @@ def startNetdProxy(upstream: Dnsmasq, directory: Path, cacheSize: int) -> Server
     netd with one dns-proxy service on a port it picks (port 0), read back from
     its ports file.
     """
-    config = (
+    config = quietDaemonTable() + (
         "[[services]]\n"
         'name = "dns"\n'
         'plugin = "dns-proxy"\n'
@@ -211,12 +211,18 @@ def statistic(output: str, label: str) -> float:
     return float(found.group(1))
 
 
-def throughput(port: int, dataFile: Path, options: argparse.Namespace, *extra: str) -> dict[str, float]:
+def throughput(server: Server, dataFile: Path, options: argparse.Namespace, *extra: str) -> dict[str, float]:
     """
-    A saturation run: queries per second, average latency, share of queries lost.
+    A saturation run: queries per second, average latency, share of queries
+    lost, the forwarder's CPU over the run (in cores) and its answers per
+    second of its own CPU (the load generator shares the machine and caps the
+    raw rate of the fastest forwarders; this rate is not capped by it).
     """
+    pid = server.process.pid if server.process is not None else None
+    cpuBefore = cpuTime(pid) if pid is not None else 0.0
+    began = time.monotonic()
     output = dnsperf(
-        port,
+        server.port,
         dataFile,
         "-l",
         str(options.duration),
@@ -229,11 +235,16 @@ def throughput(port: int, dataFile: Path, options: argparse.Namespace, *extra: s
         *extra,
         timeout=options.duration + 30,
     )
+    elapsed = time.monotonic() - began
+    cpu = cpuTime(pid) - cpuBefore if pid is not None else 0.0
     sent = statistic(output, "Queries sent")
+    completed = statistic(output, "Queries completed")
     return {
         "qps": statistic(output, "Queries per second"),
         "avg_ms": statistic(output, "Average Latency (s)") * 1000,
         "lost": statistic(output, "Queries lost") / sent if sent else 1.0,
+        "cores": cpu / elapsed if elapsed > 0 else 0.0,
+        "qps_core": completed / cpu if cpu > 0 else 0.0,
     }
 
 
@@ -306,7 +317,7 @@ def run(options: argparse.Namespace) -> dict[str, object]:
                 for name, server in started.items():
                     say(f"round {round + 1}/{options.rounds}: {name} hits")
                     dnsperf(server.port, hitNames, "-n", "3", "-c", "1", "-T", "1", "-l", "5", timeout=40)  # warm-up
-                    result = throughput(server.port, hitNames, options)
+                    result = throughput(server, hitNames, options)
                     result.update(latencies(server.port, hitNames, options))
                     raw.setdefault((name, "hits"), []).append(result)
                 for name, server in started.items():
@@ -314,7 +325,7 @@ def run(options: argparse.Namespace) -> dict[str, object]:
                     prefix = f"r{round}-{name}"
                     count = options.miss_names
                     missNames = writeNames(directory / "misses.txt", (f"m{index}.{prefix}.{ZONE}" for index in range(count)))
-                    result = throughput(server.port, missNames, options, "-n", "1")
+                    result = throughput(server, missNames, options, "-n", "1")
                     latencyNames = writeNames(
                         directory / "misses-latency.txt",
                         (f"l{index}.{prefix}.{ZONE}" for index in range(options.rate * options.latency_duration + 1000)),
@@ -347,8 +358,8 @@ def report(result: dict[str, object], options: argparse.Namespace) -> str:
         f"latency runs -Q {options.rate} -l {options.latency_duration} -c 1; {options.rounds} rounds, medians shown; "
         f"forwarder caches {options.cache_size} entries (unbound: 64 MB msg cache); all on 127.0.0.1",
         "",
-        "| forwarder | mode | QPS | avg latency at saturation (ms) | lost | p50 at fixed rate (ms) | p99 at fixed rate (ms) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| forwarder | mode | QPS | server CPU (cores) | QPS per server core | avg latency at saturation (ms) | lost | p50 at fixed rate (ms) | p99 at fixed rate (ms) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for mode in ("hits", "misses"):
         for name in options.forwarders:
@@ -356,7 +367,7 @@ def report(result: dict[str, object], options: argparse.Namespace) -> str:
             if m is None:
                 continue
             lines.append(
-                f"| {name} | {mode} | {m['qps']:,.0f} | {m['avg_ms']:.3f} | {m['lost']:.2%} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} |"
+                f"| {name} | {mode} | {m['qps']:,.0f} | {m['cores']:.2f} | {m['qps_core']:,.0f} | {m['avg_ms']:.3f} | {m['lost']:.2%} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} |"
             )
     lines.append("")
     for mode in ("hits", "misses"):
@@ -366,8 +377,10 @@ def report(result: dict[str, object], options: argparse.Namespace) -> str:
         for peer in ("dnsmasq", "unbound"):
             other = medians.get(f"{peer}/{mode}")
             if other is not None and other["qps"]:
+                perCore = netd["qps_core"] / other["qps_core"] if other["qps_core"] else 0.0
                 lines.append(
                     f"- {mode}: netd/{peer} QPS = {netd['qps'] / other['qps']:.2f}, "
+                    f"QPS per server core = {perCore:.2f}, "
                     f"p99 latency netd/{peer} = {netd['p99_ms'] / other['p99_ms']:.2f}"
                 )
     lines.append("")

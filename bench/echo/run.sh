@@ -13,7 +13,7 @@
 set -eu
 cd "$(dirname "$0")/../.."
 
-bench/setup-tools.sh bench/echo/run.sh socat:socat "cc|gcc:gcc"
+bench/setup-tools.sh bench/echo/run.sh socat:socat "cc|gcc:gcc" /usr/include/openssl/ssl.h:libssl-dev
 if ! bench/build/peers/bin/python -c 'import uvloop' 2>/dev/null; then
     echo "bench/echo/run.sh: installing uvloop into bench/build/peers" >&2
     { .venv/bin/python -m venv bench/build/peers && bench/build/peers/bin/pip install -q uvloop; } ||

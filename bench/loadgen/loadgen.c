@@ -1,11 +1,12 @@
 /*
  * loadgen: the TCP load generator of netd's benchmark suite (bench/README.md).
  *
- * One thread, one epoll set, no dependency beyond libc, so that on a 2-core
- * machine the client costs as little CPU as the fastest server and is not
- * what limits the figures (a Python client would be).  It talks only to
- * loopback addresses (127.0.0.0/8, ::1) and every run is bounded both in time
- * (--duration) and in count (--count): a benchmark must never run away.
+ * One thread, one epoll set, no dependency beyond libc and (for the TLS
+ * modes) OpenSSL's libssl, so that on a 2-core machine the client costs as
+ * little CPU as the fastest server and is not what limits the figures (a
+ * Python client would be).  It talks only to loopback addresses (127.0.0.0/8,
+ * ::1) and every run is bounded both in time (--duration) and in count
+ * (--count): a benchmark must never run away.
  *
  * Modes (each prints JSON lines on stdout, the last one the result):
  *
@@ -21,11 +22,26 @@
  *             by a one-message echo), then held for --hold seconds or until
  *             standard input closes.  Reports when all are open.
  *
+ * The same through TLS (a full handshake on every connection: no session is
+ * ever reused; the server's certificate is not verified unless --ca names the
+ * CA to verify it and the name "localhost" against; --tls-version pins 1.2 or
+ * 1.3, else the newest both speak):
+ *
+ *   tls-handshake  as connrate: --concurrency K at a time, connect, full
+ *             handshake, one echo of S bytes, close_notify, close
+ *             (--size 0: no echo, closed once the handshake is done).
+ *             Handshakes per second.
+ *   tls-rr    as rr, each connection's handshake made before the warm-up.
+ *   tls-bulk  as bulk, after the handshake.
+ *
+ * The TLS modes' result also names the version and cipher suite negotiated
+ * (of the first connection).
+ *
  * Before the measured window starts the tool prints {"event":"start"}, so a
  * caller can sample the server's CPU time at the same moment; idle prints
  * {"event":"ready"} once every connection is open.
  *
- * Build: cc -O2 -Wall -Wextra -o loadgen loadgen.c
+ * Build: cc -O2 -Wall -Wextra -o loadgen loadgen.c -lssl -lcrypto
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -34,6 +50,8 @@
 #include <getopt.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -55,11 +73,13 @@
 #define CONNECT_S 10              /* rr: seconds all connections may take to be made */
 
 enum mode { RR, BULK, CONNRATE, IDLE };
-enum state { CONNECTING, SENDING, RECEIVING, OPEN, CLOSED };
+enum state { CONNECTING, HANDSHAKING, SENDING, RECEIVING, OPEN, CLOSED };
 
 struct conn {
     int fd;
+    SSL *ssl;          /* the TLS modes' connection, NULL in the plain ones */
     enum state state;
+    uint32_t interest; /* the epoll events watched */
     size_t sent;       /* bytes of the current message written */
     size_t received;   /* bytes of its echo read */
     uint64_t began;    /* when the current message (or connection, in connrate) began, ns */
@@ -69,8 +89,9 @@ static struct {
     enum mode mode;
     struct sockaddr_storage addr;
     socklen_t addrlen;
-    int connections, concurrency, u32;
+    int connections, concurrency, u32, tlsVersion;
     size_t size;
+    const char *ca;
     double duration, warmup, hold;
     uint64_t count, bytes, window;
 } opt = {
@@ -79,6 +100,8 @@ static struct {
 };
 
 static int epfd;
+static SSL_CTX *tls;             /* the TLS modes' settings; NULL in the plain ones */
+static char negotiated[128];     /* the TLS version and cipher of the first handshake */
 static unsigned char *message;   /* what every rr/connrate/idle message is */
 static size_t msglen;            /* its length, with the u32 prefix */
 static uint64_t hist[HIST_US + 1];
@@ -104,14 +127,22 @@ static void die(const char *what)
     exit(1);
 }
 
+static void dieTLS(const char *what)
+{
+    fprintf(stderr, "loadgen: %s: ", what);
+    ERR_print_errors_fp(stderr);
+    fprintf(stderr, "\n");
+    exit(1);
+}
+
 static void usage(const char *why)
 {
     fprintf(stderr,
             "loadgen: %s\n"
-            "usage: loadgen rr|bulk|connrate|idle --port P [--host 127.0.0.1|::1]\n"
-            "  [--connections N] [--concurrency K] [--size S] [--framing raw|u32]\n"
-            "  [--duration SECONDS] [--warmup SECONDS] [--count N] [--bytes B]\n"
-            "  [--window B] [--hold SECONDS]\n",
+            "usage: loadgen rr|bulk|connrate|idle|tls-handshake|tls-rr|tls-bulk --port P\n"
+            "  [--host 127.0.0.1|::1] [--connections N] [--concurrency K] [--size S]\n"
+            "  [--framing raw|u32] [--duration SECONDS] [--warmup SECONDS] [--count N]\n"
+            "  [--bytes B] [--window B] [--hold SECONDS] [--tls-version 1.2|1.3] [--ca FILE]\n",
             why);
     exit(2);
 }
@@ -166,6 +197,121 @@ static void watch(int op, int fd, uint32_t events, uint32_t tag)
     struct epoll_event ev = {.events = events, .data.u32 = tag};
     if (epoll_ctl(epfd, op, fd, &ev) != 0)
         die("epoll_ctl");
+}
+
+/* Watch a connection for these events, with an epoll_ctl only when they change. */
+static void want(struct conn *c, uint32_t events, uint32_t tag)
+{
+    if (c->interest != events) {
+        watch(EPOLL_CTL_MOD, c->fd, events, tag);
+        c->interest = events;
+    }
+}
+
+/* The client settings of the TLS modes: no session reuse, verification only with --ca. */
+static void setUpTLS(void)
+{
+    tls = SSL_CTX_new(TLS_client_method());
+    if (!tls)
+        dieTLS("SSL_CTX_new");
+    SSL_CTX_set_session_cache_mode(tls, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_mode(tls, SSL_MODE_ENABLE_PARTIAL_WRITE);
+    if (opt.tlsVersion) {
+        SSL_CTX_set_min_proto_version(tls, opt.tlsVersion);
+        SSL_CTX_set_max_proto_version(tls, opt.tlsVersion);
+    }
+    if (opt.ca) {
+        if (SSL_CTX_load_verify_locations(tls, opt.ca, NULL) != 1)
+            dieTLS("--ca");
+        SSL_CTX_set_verify(tls, SSL_VERIFY_PEER, NULL);
+    }
+}
+
+/* A TLS client connection on a connected socket, its handshake not yet begun. */
+static SSL *newTLS(int fd)
+{
+    SSL *ssl = SSL_new(tls);
+    if (!ssl || SSL_set_fd(ssl, fd) != 1 || SSL_set_tlsext_host_name(ssl, "localhost") != 1)
+        dieTLS("SSL_new");
+    if (opt.ca && SSL_set1_host(ssl, "localhost") != 1)
+        dieTLS("SSL_set1_host");
+    SSL_set_connect_state(ssl);
+    return ssl;
+}
+
+/*
+ * What a TLS call's failure means: -1 with errno EAGAIN and *events what to
+ * wait for (WANT_READ, WANT_WRITE), 0 for the end of the stream (close_notify
+ * or EOF), -1 with another errno for an error (OpenSSL's printed).
+ */
+static ssize_t tlsFailure(SSL *ssl, int result, uint32_t *events)
+{
+    switch (SSL_get_error(ssl, result)) {
+    case SSL_ERROR_WANT_READ: *events = EPOLLIN; errno = EAGAIN; return -1;
+    case SSL_ERROR_WANT_WRITE: *events = EPOLLOUT; errno = EAGAIN; return -1;
+    case SSL_ERROR_ZERO_RETURN: return 0;
+    case SSL_ERROR_SYSCALL:
+        if (errno == 0 && ERR_peek_error() == 0)
+            return 0; /* EOF without close_notify */
+        if (errno == 0)
+            errno = EPROTO;
+        ERR_print_errors_fp(stderr);
+        return -1;
+    default:
+        ERR_print_errors_fp(stderr);
+        errno = EPROTO;
+        return -1;
+    }
+}
+
+/* write(2), or SSL_write on a TLS connection; on EAGAIN *events says what to wait for. */
+static ssize_t connWrite(struct conn *c, const void *buffer, size_t length, uint32_t *events)
+{
+    *events = EPOLLOUT;
+    if (!c->ssl)
+        return write(c->fd, buffer, length);
+    int n = SSL_write(c->ssl, buffer, (int)length);
+    return n > 0 ? n : tlsFailure(c->ssl, n, events);
+}
+
+/* read(2), or SSL_read on a TLS connection; on EAGAIN *events says what to wait for. */
+static ssize_t connRead(struct conn *c, void *buffer, size_t length, uint32_t *events)
+{
+    *events = EPOLLIN;
+    if (!c->ssl)
+        return read(c->fd, buffer, length);
+    int n = SSL_read(c->ssl, buffer, (int)length);
+    return n > 0 ? n : tlsFailure(c->ssl, n, events);
+}
+
+/* Drive a TLS handshake: 1 done, 0 waiting (c->interest set), -1 failed. */
+static int handshake(struct conn *c, uint32_t tag)
+{
+    uint32_t events;
+    int result = SSL_do_handshake(c->ssl);
+    if (result == 1) {
+        if (!negotiated[0])
+            snprintf(negotiated, sizeof negotiated, "%s %s", SSL_get_version(c->ssl), SSL_get_cipher_name(c->ssl));
+        return 1;
+    }
+    if (tlsFailure(c->ssl, result, &events) < 0 && errno == EAGAIN) {
+        want(c, events, tag);
+        return 0;
+    }
+    if (errno == 0)
+        errno = ECONNRESET; /* closed by the server mid-handshake */
+    return -1;
+}
+
+/* Close a connection: a TLS one with its close_notify (not waiting for the server's). */
+static void closeConn(struct conn *c)
+{
+    if (c->ssl) {
+        SSL_shutdown(c->ssl);
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+    close(c->fd);
 }
 
 /* A non-blocking socket connecting to the target; -1 (errno set) if that failed at once. */
@@ -227,39 +373,63 @@ static int advance(struct conn *c, uint32_t events, uint32_t tag, unsigned char 
             errno = error;
             return -1;
         }
-        c->state = SENDING;
         c->sent = c->received = 0;
         if (opt.mode != CONNRATE)
             c->began = nowNs();
+        if (tls) {
+            c->ssl = newTLS(c->fd);
+            c->state = HANDSHAKING;
+        } else {
+            c->state = SENDING;
+        }
+    }
+    if (c->state == HANDSHAKING) {
+        int done = handshake(c, tag);
+        if (done <= 0)
+            return done;
+        if (msglen == 0)
+            return 1; /* tls-handshake --size 0: the handshake is the whole exchange */
+        c->state = SENDING;
     }
     if (c->state == SENDING) {
-        ssize_t n = write(c->fd, message + c->sent, msglen - c->sent);
+        uint32_t events;
+        ssize_t n = connWrite(c, message + c->sent, msglen - c->sent, &events);
         if (n < 0 && errno != EAGAIN)
             return -1;
         if (n > 0)
             c->sent += (size_t)n;
         if (c->sent == msglen) {
             c->state = RECEIVING;
-            watch(EPOLL_CTL_MOD, c->fd, EPOLLIN, tag);
+            want(c, EPOLLIN, tag);
         } else {
-            watch(EPOLL_CTL_MOD, c->fd, EPOLLIN | EPOLLOUT, tag);
+            want(c, EPOLLIN | events, tag);
         }
         return 0;
     }
     if (c->state == RECEIVING) {
-        ssize_t n = read(c->fd, buffer + c->received, msglen - c->received);
-        if (n == 0)
-            errno = 0; /* closed by the server */
-        if (n == 0 || (n < 0 && errno != EAGAIN))
-            return -1;
-        if (n < 0)
-            return 0;
-        if (memcmp(buffer + c->received, message + c->received, (size_t)n) != 0) {
-            fprintf(stderr, "loadgen: the echo differs from what was sent\n");
-            return -1;
+        for (;;) { /* TLS may hold decrypted bytes that epoll does not announce */
+            uint32_t events;
+            ssize_t n = connRead(c, buffer + c->received, msglen - c->received, &events);
+            if (n == 0)
+                errno = 0; /* closed by the server */
+            if (n == 0 || (n < 0 && errno != EAGAIN))
+                return -1;
+            if (n < 0) {
+                want(c, EPOLLIN | events, tag);
+                return 0;
+            }
+            if (memcmp(buffer + c->received, message + c->received, (size_t)n) != 0) {
+                fprintf(stderr, "loadgen: the echo differs from what was sent\n");
+                return -1;
+            }
+            c->received += (size_t)n;
+            if (c->received == msglen) {
+                want(c, EPOLLIN, tag);
+                return 1;
+            }
+            if (!c->ssl || SSL_pending(c->ssl) == 0)
+                return 0;
         }
-        c->received += (size_t)n;
-        return c->received == msglen;
     }
     if (c->state == OPEN && (events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
         return -1; /* an idle connection the server closed (or wrote to) */
@@ -269,16 +439,24 @@ static int advance(struct conn *c, uint32_t events, uint32_t tag, unsigned char 
 /* Start the next message on a connection whose echo is complete. */
 static void sendNext(struct conn *c, uint32_t tag)
 {
+    uint32_t events;
     c->state = SENDING;
     c->sent = c->received = 0;
     c->began = nowNs();
-    ssize_t n = write(c->fd, message, msglen);
+    ssize_t n = connWrite(c, message, msglen, &events);
     if (n > 0)
         c->sent = (size_t)n;
     if (c->sent == msglen)
         c->state = RECEIVING; /* still watched for EPOLLIN only: no epoll_ctl per message */
     else
-        watch(EPOLL_CTL_MOD, c->fd, EPOLLIN | EPOLLOUT, tag);
+        want(c, EPOLLIN | events, tag);
+}
+
+/* The TLS modes' version and cipher suite, as a JSON field. */
+static void printNegotiated(void)
+{
+    if (tls)
+        printf(",\"tls\":\"%s\"", negotiated);
 }
 
 static void printLatencies(void)
@@ -309,6 +487,7 @@ static int runRR(void)
         if (conns[i].fd < 0)
             die("connect");
         conns[i].state = CONNECTING;
+        conns[i].interest = EPOLLOUT;
         watch(EPOLL_CTL_ADD, conns[i].fd, EPOLLOUT, (uint32_t)i);
     }
     uint64_t warmEnd = nowNs() + (uint64_t)(opt.warmup * 1e9), end = 0, started = 0;
@@ -339,13 +518,13 @@ static int runRR(void)
         for (int k = 0; k < n; k++) {
             uint32_t i = events[k].data.u32;
             struct conn *c = &conns[i];
-            int wasConnecting = c->state == CONNECTING;
+            int wasConnecting = c->state == CONNECTING || c->state == HANDSHAKING;
             int done = advance(c, events[k].events, i, buffers + (size_t)i * msglen);
             if (done < 0) {
                 fprintf(stderr, "loadgen: connection %u failed (%s)\n", i, errno ? strerror(errno) : "closed");
                 return 1;
             }
-            if (wasConnecting && c->state != CONNECTING)
+            if (wasConnecting && c->state != CONNECTING && c->state != HANDSHAKING)
                 connected++;
             if (done == 1) {
                 if (measuring) {
@@ -358,11 +537,12 @@ static int runRR(void)
     }
     double elapsed = (nowNs() - started) / 1e9;
     double cpu = cpuSeconds() - cpuStart;
-    printf("{\"mode\":\"rr\",\"connections\":%d,\"size\":%zu,\"framing\":\"%s\",\"count\":%llu,"
+    printf("{\"mode\":\"%s\",\"connections\":%d,\"size\":%zu,\"framing\":\"%s\",\"count\":%llu,"
            "\"elapsed_s\":%.6f,\"rate\":%.1f,\"cpu_s\":%.6f",
-           opt.connections, opt.size, opt.u32 ? "u32" : "raw", (unsigned long long)trips, elapsed,
+           tls ? "tls-rr" : "rr", opt.connections, opt.size, opt.u32 ? "u32" : "raw", (unsigned long long)trips, elapsed,
            trips / elapsed, cpu);
     printLatencies();
+    printNegotiated();
     printf("}\n");
     return 0;
 }
@@ -373,23 +553,32 @@ static int runBulk(void)
     static unsigned char out[CHUNK + PATTERN], in[4 * CHUNK];
     for (size_t i = 0; i < sizeof out; i++)
         out[i] = (unsigned char)(i % PATTERN);
-    int fd = startConnect();
-    if (fd < 0)
+    struct conn c = {.fd = startConnect(), .state = CONNECTING, .interest = EPOLLOUT};
+    if (c.fd < 0)
         die("connect");
     struct epoll_event events[4];
-    watch(EPOLL_CTL_ADD, fd, EPOLLOUT, 0);
+    watch(EPOLL_CTL_ADD, c.fd, EPOLLOUT, 0);
     uint64_t deadline = nowNs() + (uint64_t)(opt.duration * 1e9);
-    for (;;) { /* wait for the connection */
+    while (c.state != SENDING) { /* wait for the connection (and its handshake) */
         int n = epoll_wait(epfd, events, 4, 100);
-        if (n > 0) {
+        if (n > 0 && c.state == CONNECTING) {
             int error = 0;
             socklen_t len = sizeof error;
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len);
+            getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &error, &len);
             if (error) {
                 errno = error;
                 die("connect");
             }
-            break;
+            c.state = tls ? HANDSHAKING : SENDING;
+            if (tls)
+                c.ssl = newTLS(c.fd);
+        }
+        if (n > 0 && c.state == HANDSHAKING) {
+            int done = handshake(&c, 0);
+            if (done < 0)
+                die("TLS handshake");
+            if (done == 1)
+                c.state = SENDING;
         }
         if (nowNs() > deadline) {
             fprintf(stderr, "loadgen: connect timed out\n");
@@ -397,8 +586,8 @@ static int runBulk(void)
         }
     }
     uint64_t total = opt.bytes, sent = 0, received = 0; /* --bytes is bulk's count */
-    uint32_t interest = EPOLLIN | EPOLLOUT;
-    watch(EPOLL_CTL_MOD, fd, interest, 0);
+    uint32_t readWants = EPOLLIN, writeWants = EPOLLOUT; /* what TLS waits for (a read may need to write) */
+    want(&c, EPOLLIN | EPOLLOUT, 0);
     event("start");
     double cpuStart = cpuSeconds();
     uint64_t started = nowNs();
@@ -409,42 +598,46 @@ static int runBulk(void)
             die("epoll_wait");
         if (n <= 0)
             continue;
-        if (events[0].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
-            ssize_t got = read(fd, in, sizeof in);
+        /* Read until the socket (and TLS) has nothing more; check the first 64 KiB of
+           each read: cheap beside the copy, enough to catch a wrong echo. */
+        for (int reads = 0; reads < 64; reads++) {
+            ssize_t got = connRead(&c, in, sizeof in, &readWants);
             if (got == 0 || (got < 0 && errno != EAGAIN)) {
                 fprintf(stderr, "loadgen: the server closed the connection after %llu bytes\n", (unsigned long long)received);
                 return 1;
             }
-            if (got > 0) {
-                /* Check the first 64 KiB of each read: cheap beside the copy, enough to catch a wrong echo. */
-                if ((uint64_t)got > sent - received || memcmp(in, out + received % PATTERN, (size_t)got > CHUNK ? CHUNK : (size_t)got) != 0) {
-                    fprintf(stderr, "loadgen: the echo differs from what was sent at byte %llu\n", (unsigned long long)received);
-                    return 1;
-                }
-                received += (uint64_t)got;
+            if (got < 0)
+                break;
+            readWants = EPOLLIN;
+            if ((uint64_t)got > sent - received || memcmp(in, out + received % PATTERN, (size_t)got > CHUNK ? CHUNK : (size_t)got) != 0) {
+                fprintf(stderr, "loadgen: the echo differs from what was sent at byte %llu\n", (unsigned long long)received);
+                return 1;
             }
+            received += (uint64_t)got;
         }
-        uint64_t room = sent - received < opt.window ? opt.window - (sent - received) : 0;
-        if ((events[0].events & EPOLLOUT) && sent < total && room > 0) {
-            uint64_t want = total - sent < CHUNK ? total - sent : CHUNK;
-            ssize_t put = write(fd, out + sent % PATTERN, want < room ? want : room);
+        /* Write whole chunks only, so that a TLS write retried after WANT_* has the same arguments. */
+        uint64_t chunk = total - sent < CHUNK ? total - sent : CHUNK;
+        if (sent < total && sent - received + chunk <= opt.window) {
+            ssize_t put = connWrite(&c, out + sent % PATTERN, chunk, &writeWants);
             if (put < 0 && errno != EAGAIN)
                 die("write");
-            if (put > 0)
+            if (put > 0) {
                 sent += (uint64_t)put;
+                writeWants = EPOLLOUT;
+            }
         }
-        /* Stop asking for EPOLLOUT while the window is full or everything is sent. */
-        uint32_t wanted = EPOLLIN | (sent < total && sent - received < opt.window ? EPOLLOUT : 0);
-        if (wanted != interest) {
-            interest = wanted;
-            watch(EPOLL_CTL_MOD, fd, interest, 0);
-        }
+        /* Stop asking to write while the window is full or everything is sent. */
+        chunk = total - sent < CHUNK ? total - sent : CHUNK;
+        want(&c, readWants | (sent < total && sent - received + chunk <= opt.window ? writeWants : 0), 0);
     }
     double elapsed = (nowNs() - started) / 1e9;
     double cpu = cpuSeconds() - cpuStart;
-    printf("{\"mode\":\"bulk\",\"bytes\":%llu,\"complete\":%s,\"elapsed_s\":%.6f,\"rate\":%.3f,\"cpu_s\":%.6f}\n",
-           (unsigned long long)received, received == total ? "true" : "false", elapsed, received / elapsed / 1e6, cpu);
-    close(fd);
+    printf("{\"mode\":\"%s\",\"bytes\":%llu,\"complete\":%s,\"elapsed_s\":%.6f,\"rate\":%.3f,\"cpu_s\":%.6f",
+           tls ? "tls-bulk" : "bulk", (unsigned long long)received, received == total ? "true" : "false", elapsed,
+           received / elapsed / 1e6, cpu);
+    printNegotiated();
+    printf("}\n");
+    closeConn(&c);
     return 0;
 }
 
@@ -458,17 +651,21 @@ static int openSlot(struct conn *c, uint32_t i, uint64_t *errors)
         return -1;
     }
     c->state = CONNECTING;
+    c->interest = EPOLLOUT;
     c->began = nowNs();
     watch(EPOLL_CTL_ADD, c->fd, EPOLLOUT, i);
     return 0;
 }
 
-/* connrate: K at a time, connect, one echo, close; for --duration or --count connections. */
+/*
+ * connrate (and tls-handshake): K at a time, connect, (handshake,) one echo,
+ * close; for --duration or --count connections.
+ */
 static int runConnrate(void)
 {
     int slots = opt.concurrency;
     struct conn *conns = calloc((size_t)slots, sizeof *conns);
-    unsigned char *buffers = malloc((size_t)slots * msglen);
+    unsigned char *buffers = malloc((size_t)slots * msglen + 1);
     struct epoll_event events[MAX_EVENTS];
     uint64_t done = 0, errors = 0;
     if (!conns || !buffers)
@@ -494,7 +691,7 @@ static int runConnrate(void)
             } else {
                 errors++;
             }
-            close(c->fd);
+            closeConn(c);
             c->state = CLOSED;
             if (done + (uint64_t)slots <= opt.count)
                 openSlot(c, i, &errors);
@@ -505,10 +702,11 @@ static int runConnrate(void)
     }
     double elapsed = (nowNs() - started) / 1e9;
     double cpu = cpuSeconds() - cpuStart;
-    printf("{\"mode\":\"connrate\",\"concurrency\":%d,\"size\":%zu,\"count\":%llu,\"elapsed_s\":%.6f,"
+    printf("{\"mode\":\"%s\",\"concurrency\":%d,\"size\":%zu,\"count\":%llu,\"elapsed_s\":%.6f,"
            "\"rate\":%.1f,\"cpu_s\":%.6f,\"errors\":%llu",
-           slots, opt.size, (unsigned long long)done, elapsed, done / elapsed, cpu, (unsigned long long)errors);
+           tls ? "tls-handshake" : "connrate", slots, msglen ? opt.size : 0, (unsigned long long)done, elapsed, done / elapsed, cpu, (unsigned long long)errors);
     printLatencies();
+    printNegotiated();
     printf("}\n");
     return errors >= MAX_ERRORS;
 }
@@ -605,10 +803,11 @@ int main(int argc, char **argv)
         {"duration", required_argument, 0, 'd'},    {"warmup", required_argument, 0, 'w'},
         {"count", required_argument, 0, 'c'},       {"bytes", required_argument, 0, 'b'},
         {"window", required_argument, 0, 'W'},      {"hold", required_argument, 0, 'H'},
+        {"tls-version", required_argument, 0, 'V'}, {"ca", required_argument, 0, 'C'},
         {0, 0, 0, 0},
     };
     const char *host = "127.0.0.1";
-    int port = 0, o;
+    int port = 0, o, useTLS = 1, sizeZero = 0;
     if (argc < 2)
         usage("which mode?");
     if (!strcmp(argv[1], "rr"))
@@ -619,8 +818,15 @@ int main(int argc, char **argv)
         opt.mode = CONNRATE;
     else if (!strcmp(argv[1], "idle"))
         opt.mode = IDLE;
+    else if (!strcmp(argv[1], "tls-rr"))
+        opt.mode = RR;
+    else if (!strcmp(argv[1], "tls-bulk"))
+        opt.mode = BULK;
+    else if (!strcmp(argv[1], "tls-handshake"))
+        opt.mode = CONNRATE;
     else
-        usage("the mode is one of rr, bulk, connrate, idle");
+        usage("the mode is one of rr, bulk, connrate, idle, tls-handshake, tls-rr, tls-bulk");
+    useTLS = !strncmp(argv[1], "tls-", 4);
     optind = 2;
     while ((o = getopt_long(argc, argv, "", longs, NULL)) != -1) {
         switch (o) {
@@ -640,10 +846,21 @@ int main(int argc, char **argv)
         case 'b': opt.bytes = strtoull(optarg, NULL, 10); break;
         case 'W': opt.window = strtoull(optarg, NULL, 10); break;
         case 'H': opt.hold = atof(optarg); break;
+        case 'V':
+            if (strcmp(optarg, "1.2") && strcmp(optarg, "1.3"))
+                usage("--tls-version is 1.2 or 1.3");
+            opt.tlsVersion = !strcmp(optarg, "1.2") ? TLS1_2_VERSION : TLS1_3_VERSION;
+            break;
+        case 'C': opt.ca = optarg; break;
         default: usage("unknown option");
         }
     }
     parseAddress(host, port);
+    if ((opt.tlsVersion || opt.ca) && !useTLS)
+        usage("--tls-version and --ca are for the tls-* modes");
+    sizeZero = useTLS && opt.mode == CONNRATE && opt.size == 0; /* tls-handshake --size 0: handshakes only */
+    if (sizeZero)
+        opt.size = 1;
     if (opt.duration <= 0 || opt.duration > 3600 || opt.count == 0 || opt.hold < 0 || opt.hold > 3600 || opt.warmup < 0)
         usage("--duration (0-3600 s), --count (> 0), --hold (0-3600 s) and --warmup (>= 0) bound every run");
     if (opt.size == 0 || opt.size > MAX_SIZE || opt.connections < 1 || opt.connections > 1000000 ||
@@ -653,16 +870,18 @@ int main(int argc, char **argv)
     raiseFileLimit((opt.mode == CONNRATE ? opt.concurrency : opt.connections) + 64);
 
     /* The message: its u32 length prefix (if framed), then bytes 'a'..'z' repeated. */
-    msglen = opt.size + (opt.u32 ? 4 : 0);
-    message = malloc(msglen);
+    msglen = sizeZero ? 0 : opt.size + (opt.u32 ? 4 : 0);
+    message = malloc(opt.size + 4);
     if (!message)
         die("malloc");
     if (opt.u32) {
         uint32_t prefix = htonl((uint32_t)opt.size);
         memcpy(message, &prefix, 4);
     }
-    for (size_t i = 0; i < opt.size; i++)
+    for (size_t i = 0; i < opt.size && msglen; i++)
         message[msglen - opt.size + i] = (unsigned char)('a' + i % 26);
+    if (useTLS)
+        setUpTLS();
 
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0)

@@ -1,32 +1,40 @@
 """
 netd's tls-echo against stunnel4 and hitch terminating TLS in front of an echo
-backend, all on loopback, in one run.
+backend, all on loopback, in one run, under the same load from bench/loadgen.
 
-Three TLS servers, each with the same certificates (made by C{netd certs}: an
-ECDSA P-256 and an RSA-2048 development set), each on its own free loopback
-port:
+Three TLS servers, each with the same certificate (made by C{netd certs}: an
+ECDSA P-256 development set; C{--key-types ecdsa rsa} adds an RSA-2048 one),
+each on its own free loopback port:
 
-- netd: one process with two tls-echo services (raw framing), one per key type;
+- netd: one process with a tls-echo service (raw framing) per key type;
 - stunnel4: one process, one service per key type, connecting to the backend;
 - hitch: one process (one worker), one frontend per key type, to the backend.
 
 The backend of stunnel and hitch is netd's own plain echo (the echo plugin,
-raw framing) in a process of its own.  For each server:
+raw framing) in a process of its own.  The servers (with the backend) run on
+one CPU, the load generator on another.  For each server, with bench/loadgen's
+TLS modes (OpenSSL's libssl, no certificate verification, a full handshake on
+every connection):
 
-- handshakes: C{openssl s_time -new} (a full handshake per connection, no
-  resumption, one connection at a time) for C{DURATION} seconds, per key type
-  and TLS version; connections per second of wall-clock time;
-- bulk: one TLS connection (Python's ssl, TLS 1.3, the ECDSA certificate)
-  sending 64 KiB chunks while reading the echo back, for C{DURATION} seconds;
-  echoed megabytes (10^6 bytes) per second.  The plain backend is measured the
-  same way without TLS, for reference.
+- handshake: C{loadgen tls-handshake}, 16 connections at a time, each: a full
+  handshake (no resumption), one 64-byte echo, close; per TLS version and key
+  type; connections per second;
+- rr: C{loadgen tls-rr}, 50 TLS 1.3 connections with one 64-byte message in
+  flight on each; round trips per second;
+- bulk: C{loadgen tls-bulk}, one TLS 1.3 connection echoing 64 KiB writes, at
+  most 4 MiB in flight; MB/s (10^6 bytes).
 
-Rounds go round-robin over the servers so that the machine's noise falls on
-all alike; the table shows the median of the rounds and the ratios
-netd/stunnel and netd/hitch.
+Each rate comes with the server's CPU over the measured window and the rate
+per core of it: for stunnel and hitch, the CPU of the proxy and of its
+backend together (the backend's work is part of serving the echo; netd's
+tls-echo does it in the process that terminates TLS).  The plain backend is
+measured with loadgen rr and bulk without TLS, for reference.  Rounds go
+round-robin over the servers so that the machine's noise falls on all alike;
+the table shows the median of the rounds and the ratios netd/stunnel and
+netd/hitch.
 
-Run from the repository root: bench/tls/run.sh (installs stunnel4 and hitch
-with apt-get when missing), or .venv/bin/python bench/tls/bench.py.
+Run from the repository root: bench/tls/run.sh (installs stunnel4, hitch and
+libssl-dev with apt-get when missing), or .venv/bin/python bench/tls/bench.py.
 """
 
 from __future__ import annotations
@@ -34,8 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import select
 import shutil
 import socket
 import ssl
@@ -51,24 +57,43 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from benchlib import machine, netdVersion, quietDaemonTable, record, say, startNetd, stopProcess, toolVersion  # noqa: E402  (the path above makes it importable)
+from benchlib import (  # noqa: E402  (the path above makes it importable)
+    benchCpus,
+    buildLoadgen,
+    cpuTime,
+    machine,
+    measureLoad,
+    netdVersion,
+    pinnedTo,
+    quietDaemonTable,
+    record,
+    say,
+    startNetd,
+    stopProcess,
+    toolVersion,
+)
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
 KEY_TYPES = ("ecdsa", "rsa")
 SERVERS = ("netd", "stunnel", "hitch")
 VERSIONS = ("1.3", "1.2")
-CHUNK = 65536
+SCENARIOS = ("handshake", "rr", "bulk")
+HANDSHAKE_CONCURRENCY = 16
+RR_CONNECTIONS = 50
 
 
 class Server:
     """
-    One TLS server under test: its name, its port per key type, how to stop it.
+    One TLS server under test: its name, its port per key type, how to
+    stop it, and its CPU seconds so far (with stunnel and hitch, the
+    backend's too: it is part of serving the echo).
     """
 
-    def __init__(self, name: str, ports: dict[str, int], stop: Callable[[], None], version: str) -> None:
+    def __init__(self, name: str, ports: dict[str, int], cpu: Callable[[], float], stop: Callable[[], None], version: str) -> None:
         self.name = name
         self.ports = ports
+        self.cpu = cpu
         self.stop = stop
         self.version = version
 
@@ -121,12 +146,12 @@ def waitUntilServing(process: subprocess.Popen[bytes], ports: list[int], what: s
 # The servers.
 
 
-def makeCertificates(directory: Path) -> dict[str, Path]:
+def makeCertificates(directory: Path, keyTypes: list[str]) -> dict[str, Path]:
     """
     A development set per key type, made by C{netd certs --key-type TYPE}.
     """
     folders = {}
-    for keyType in KEY_TYPES:
+    for keyType in keyTypes:
         folder = directory / keyType
         subprocess.run(
             [sys.executable, "-m", "netd", "certs", "--out", str(folder), "--key-type", keyType],
@@ -138,16 +163,24 @@ def makeCertificates(directory: Path) -> dict[str, Path]:
     return folders
 
 
-def startBackend(directory: Path) -> tuple[int, Callable[[], None]]:
+class Backend:
     """
     The plain echo behind stunnel and hitch: netd's echo plugin, raw framing.
     """
-    config = quietDaemonTable() + '\n[[services]]\nname = "backend"\nplugin = "echo"\nlisten = ["tcp:0:interface=127.0.0.1"]\nframing = "raw"\n'
-    process, services, _ = startNetd(config, directory, "backend")
-    return int(services["backend"][0]["port"]), lambda: stopProcess(process)  # type: ignore[call-overload]
+
+    def __init__(self, directory: Path, cpus: set[int] | None) -> None:
+        config = quietDaemonTable() + '\n[[services]]\nname = "backend"\nplugin = "echo"\nlisten = ["tcp:0:interface=127.0.0.1"]\nframing = "raw"\n'
+        self.process, services, _ = startNetd(config, directory, "backend", cpus)
+        self.port = int(services["backend"][0]["port"])  # type: ignore[call-overload]
+
+    def stop(self) -> None:
+        """
+        Stop it by its PID.
+        """
+        stopProcess(self.process)
 
 
-def startNetdTLS(certs: dict[str, Path], directory: Path) -> Server:
+def startNetdTLS(certs: dict[str, Path], directory: Path, cpus: set[int] | None) -> Server:
     """
     netd with one tls-echo service (raw framing) per key type.
     """
@@ -157,10 +190,10 @@ def startNetdTLS(certs: dict[str, Path], directory: Path) -> Server:
             f'[[services]]\nname = "tls-{keyType}"\nplugin = "tls-echo"\nlisten = ["tcp:0:interface={HOST}"]\nframing = "raw"\n'
             f'tls = {{ certificate = "{folder / "server.pem"}", private_key = "{folder / "server-key.pem"}" }}\n'
         )
-    process, services, log = startNetd("\n".join(lines), directory, "netd")
+    process, services, log = startNetd("\n".join(lines), directory, "netd", cpus)
     ports = {keyType: int(services[f"tls-{keyType}"][0]["port"]) for keyType in certs}  # type: ignore[call-overload]
     waitUntilServing(process, list(ports.values()), "netd", log)
-    return Server("netd", ports, lambda: stopProcess(process), netdVersion())
+    return Server("netd", ports, lambda: cpuTime(process.pid), lambda: stopProcess(process), netdVersion())
 
 
 def stunnelExecutable() -> str | None:
@@ -170,7 +203,7 @@ def stunnelExecutable() -> str | None:
     return shutil.which("stunnel4") or shutil.which("stunnel")
 
 
-def startStunnel(certs: dict[str, Path], backend: int, directory: Path) -> Server:
+def startStunnel(certs: dict[str, Path], backend: Backend, directory: Path, cpus: set[int] | None) -> Server:
     """
     stunnel in the foreground, one service per key type, each to the backend.
     """
@@ -190,7 +223,7 @@ def startStunnel(certs: dict[str, Path], backend: int, directory: Path) -> Serve
             sections += [
                 f"[{keyType}]",
                 f"accept = {HOST}:{ports[keyType]}",
-                f"connect = {HOST}:{backend}",
+                f"connect = {HOST}:{backend.port}",
                 f"cert = {folder / 'server.pem'}",
                 f"key = {folder / 'server-key.pem'}",
                 "sslVersionMin = TLSv1.2",
@@ -198,7 +231,9 @@ def startStunnel(certs: dict[str, Path], backend: int, directory: Path) -> Serve
         config.write_text("\n".join(sections) + "\n")
         log = directory / "stunnel.out"
         with log.open("wb") as output:
-            process = subprocess.Popen([executable, str(config)], stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [executable, str(config)], stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, preexec_fn=pinnedTo(cpus)
+            )
         try:
             waitUntilServing(process, list(ports.values()), "stunnel", log)
         except RuntimeError:
@@ -207,11 +242,15 @@ def startStunnel(certs: dict[str, Path], backend: int, directory: Path) -> Serve
                 continue
             raise
         version = toolVersion([executable, "-version"], r"(stunnel [0-9.]+)")
-        return Server("stunnel", ports, lambda: stopProcess(process), version)
+
+        def cpu() -> float:
+            return cpuTime(process.pid, threadsComeAndGo=True) + cpuTime(backend.process.pid)  # a thread per connection
+
+        return Server("stunnel", ports, cpu, lambda: stopProcess(process), version)
     raise RuntimeError("stunnel found no free port")
 
 
-def startHitch(certs: dict[str, Path], backend: int, directory: Path) -> Server:
+def startHitch(certs: dict[str, Path], backend: Backend, directory: Path, cpus: set[int] | None) -> Server:
     """
     hitch in the foreground with one worker, one frontend per key type, to the backend.
     """
@@ -219,7 +258,7 @@ def startHitch(certs: dict[str, Path], backend: int, directory: Path) -> Server:
     for _ in range(5):
         ports = {keyType: freePort() for keyType in certs}
         lines = [
-            f'backend = "[{HOST}]:{backend}"',
+            f'backend = "[{HOST}]:{backend.port}"',
             "workers = 1",
             "daemon = off",
             "syslog = off",
@@ -239,7 +278,9 @@ def startHitch(certs: dict[str, Path], backend: int, directory: Path) -> Server:
         config.write_text("\n".join(lines) + "\n")
         log = directory / "hitch.out"
         with log.open("wb") as output:
-            process = subprocess.Popen([executable, f"--config={config}"], stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [executable, f"--config={config}"], stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, preexec_fn=pinnedTo(cpus)
+            )
         try:
             waitUntilServing(process, list(ports.values()), "hitch", log)
         except RuntimeError:
@@ -248,7 +289,11 @@ def startHitch(certs: dict[str, Path], backend: int, directory: Path) -> Server:
                 continue
             raise
         version = toolVersion([executable, "--version"], r"(hitch [0-9.]+)")
-        return Server("hitch", ports, lambda: stopProcess(process), version)
+
+        def cpu() -> float:
+            return cpuTime(process.pid) + cpuTime(backend.process.pid)  # hitch's worker is a child process
+
+        return Server("hitch", ports, cpu, lambda: stopProcess(process), version)
     raise RuntimeError("hitch found no free port")
 
 
@@ -260,20 +305,20 @@ def _read(path: Path) -> str:
 
 
 @contextmanager
-def servers(directory: Path, names: list[str]) -> Iterator[tuple[dict[str, Server], int]]:
+def servers(directory: Path, names: list[str], keyTypes: list[str], cpus: set[int] | None) -> Iterator[tuple[dict[str, Server], Backend]]:
     """
-    The backend and the TLS servers, stopped (by PID) on the way out.
+    The backend and the TLS servers, all on C{cpus}, stopped (by PID) on the way out.
     """
-    certs = makeCertificates(directory)
+    certs = makeCertificates(directory, keyTypes)
     stops: list[Callable[[], None]] = []
     started: dict[str, Server] = {}
     try:
-        backend, stopBackend = startBackend(directory)
-        stops.append(stopBackend)
+        backend = Backend(directory, cpus)
+        stops.append(backend.stop)
         starters = {
-            "netd": lambda: startNetdTLS(certs, directory),
-            "stunnel": lambda: startStunnel(certs, backend, directory),
-            "hitch": lambda: startHitch(certs, backend, directory),
+            "netd": lambda: startNetdTLS(certs, directory, cpus),
+            "stunnel": lambda: startStunnel(certs, backend, directory, cpus),
+            "hitch": lambda: startHitch(certs, backend, directory, cpus),
         }
         for name in names:
             say(f"starting {name}")
@@ -288,65 +333,31 @@ def servers(directory: Path, names: list[str]) -> Iterator[tuple[dict[str, Serve
 # The measurements.
 
 
-def handshakes(port: int, version: str, duration: int) -> float:
+def loadArguments(scenario: str, options: argparse.Namespace) -> tuple[str, list[str]]:
     """
-    Full handshakes per second: openssl s_time -new for C{duration} seconds,
-    counted over the wall-clock time of the run.
+    The loadgen mode and arguments of a scenario (C{handshake 1.3},
+    C{rr}, C{bulk}, and C{rr plain} or C{bulk plain} for the backend).
     """
-    command = ["openssl", "s_time", "-connect", f"{HOST}:{port}", "-new", "-time", str(duration), "-tls1_3" if version == "1.3" else "-tls1_2"]
-    started = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 30, stdin=subprocess.DEVNULL)
-    elapsed = time.monotonic() - started
-    found = re.search(r"^(\d+) connections in [0-9.]+s;", done.stdout, re.MULTILINE)
-    if done.returncode != 0 or found is None:
-        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return int(found.group(1)) / elapsed
+    duration = ["--duration", str(options.duration)]
+    if scenario.startswith("handshake"):
+        concurrency = ["--concurrency", str(HANDSHAKE_CONCURRENCY), "--size", "64"]
+        return "tls-handshake", [*concurrency, "--tls-version", scenario.split()[1], *duration, "--count", str(options.duration * 100_000)]
+    plain = scenario.endswith("plain")
+    mode, version = ("", []) if plain else ("tls-", ["--tls-version", "1.3"])
+    if scenario.startswith("rr"):
+        warmup = ["--warmup", str(min(0.5, options.duration / 4)), "--count", str(options.duration * 2_000_000)]
+        return mode + "rr", ["--connections", str(RR_CONNECTIONS), "--size", "64", *duration, *warmup, *version]
+    return mode + "bulk", ["--bytes", str(options.bulk_mib * 2**20), *duration, *version]
 
 
-def bulk(port: int, duration: float, useTLS: bool = True) -> float:
+def measure(binary: Path, scenario: str, port: int, cpu: Callable[[], float], options: argparse.Namespace, cpus: set[int] | None) -> tuple[dict[str, float], str]:
     """
-    Echoed megabytes per second over one connection: 64 KiB chunks sent while
-    reading the echo, for C{duration} seconds, in one thread (non-blocking).
+    One scenario against one server: the table's figures and the TLS version
+    and cipher suite negotiated.
     """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    raw = socket.create_connection((HOST, port), timeout=10)
-    client: socket.socket = context.wrap_socket(raw, server_hostname="localhost") if useTLS else raw
-    chunk = os.urandom(CHUNK)
-    sent = received = 0
-    view = memoryview(chunk)
-    offset = 0
-    try:
-        client.setblocking(False)
-        started = time.monotonic()
-        end = started + duration
-        while True:
-            now = time.monotonic()
-            if now >= end:
-                break
-            readable, writable, _ = select.select([client], [client] if sent - received < 4 * 2**20 else [], [], min(1.0, end - now))
-            if writable:
-                try:
-                    count = client.send(view[offset:])
-                    sent += count
-                    offset = (offset + count) % CHUNK
-                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
-                    pass
-            pending = isinstance(client, ssl.SSLSocket) and client.pending()
-            if readable or pending:
-                for _ in range(64):
-                    try:
-                        data = client.recv(262144)
-                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-                        break
-                    if not data:
-                        raise RuntimeError(f"the server closed the connection after {received} bytes")
-                    received += len(data)
-        elapsed = time.monotonic() - started
-    finally:
-        client.close()
-    return received / elapsed / 1e6
+    mode, arguments = loadArguments(scenario, options)
+    result, figures = measureLoad(binary, mode, port, arguments, cpu, cpus, timeout=options.duration + 40)
+    return figures, str(result.get("tls", "plain"))
 
 
 def run(options: argparse.Namespace) -> dict[str, object]:
@@ -354,47 +365,56 @@ def run(options: argparse.Namespace) -> dict[str, object]:
     Every measurement, round-robin over the servers; the medians.
     """
     info = machine()
-    raw: dict[str, dict[str, list[float]]] = {}
+    binary = buildLoadgen()
+    serverCpus, loadCpus = benchCpus()
+    scenarios = [f"handshake {version}" for version in options.versions if "handshake" in options.scenarios]
+    scenarios += [scenario for scenario in ("rr", "bulk") if scenario in options.scenarios]
+    raw: dict[str, dict[str, list[dict[str, float]]]] = {}
     negotiated: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="netd-tls-bench-") as temporary:
-        with servers(Path(temporary), options.servers) as (started, backend):
+        with servers(Path(temporary), options.servers, options.key_types, serverCpus) as (started, backend):
             versions = {name: server.version for name, server in started.items()}
-            for name, server in started.items():
-                negotiated[name] = {}
-                for version in options.versions:
-                    maximum = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
-                    for keyType, port in server.ports.items():
-                        probe = tlsProbe(port, maximum)
-                        negotiated[name][f"{keyType} TLS {version}"] = f"{probe[0]} {probe[1]}" if probe else "failed"
             for round in range(options.rounds):
-                for version in options.versions:
-                    for keyType in KEY_TYPES:
+                for scenario in scenarios:
+                    for keyType in options.key_types if scenario.startswith("handshake") else ["ecdsa"]:
+                        label = f"{scenario} {keyType}" if scenario.startswith("handshake") else scenario
                         for name, server in started.items():
-                            say(f"round {round + 1}/{options.rounds}: {name} handshakes, {keyType}, TLS {version}")
-                            metric = f"handshakes/s {keyType} TLS {version}"
-                            raw.setdefault(metric, {}).setdefault(name, []).append(handshakes(server.ports[keyType], version, options.duration))
-                for name, server in started.items():
-                    say(f"round {round + 1}/{options.rounds}: {name} bulk")
-                    raw.setdefault("bulk MB/s", {}).setdefault(name, []).append(bulk(server.ports["ecdsa"], options.duration))
+                            say(f"round {round + 1}/{options.rounds}: {name} {label}")
+                            figures, tls = measure(binary, scenario, server.ports[keyType], server.cpu, options, loadCpus)
+                            raw.setdefault(label, {}).setdefault(name, []).append(figures)
+                            negotiated.setdefault(label, {})[name] = tls
                 if options.plain_reference:
-                    say(f"round {round + 1}/{options.rounds}: plain backend bulk")
-                    raw.setdefault("bulk MB/s", {}).setdefault("plain echo (no TLS)", []).append(bulk(backend, options.duration, useTLS=False))
-    medians = {metric: {name: statistics.median(values) for name, values in byServer.items()} for metric, byServer in raw.items()}
-    return {"machine": info, "versions": versions, "negotiated": negotiated, "medians": medians, "rounds": raw}
+                    for scenario in ("rr", "bulk"):
+                        if scenario in options.scenarios:
+                            say(f"round {round + 1}/{options.rounds}: plain backend {scenario}")
+                            figures, _ = measure(binary, f"{scenario} plain", backend.port, lambda: cpuTime(backend.process.pid), options, loadCpus)
+                            raw.setdefault(scenario, {}).setdefault("plain echo (no TLS)", []).append(figures)
+    medians = {
+        label: {name: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]} for name, rounds in byServer.items()}
+        for label, byServer in raw.items()
+    }
+    return {
+        "machine": info,
+        "versions": versions,
+        "negotiated": negotiated,
+        "pinned": {"server": sorted(serverCpus or []), "loadgen": sorted(loadCpus or [])},
+        "medians": medians,
+        "rounds": raw,
+    }
 
 
 def describeNegotiated(negotiated: dict[str, dict[str, str]], names: list[str]) -> str:
     """
-    The version and cipher each server agreed on with the bulk client, per
-    key type and TLS version; once for all servers when they agree.
+    The version and cipher each server agreed on with the load generator, per
+    scenario; once for all servers when they agree.
     """
     parts = []
-    for setting in sorted({setting for byServer in negotiated.values() for setting in byServer}):
-        values = {name: negotiated.get(name, {}).get(setting, "?") for name in names}
+    for label, byServer in negotiated.items():
+        values = {name: byServer.get(name, "?") for name in names}
         if len(set(values.values())) == 1:
-            parts.append(f"{setting}: {next(iter(values.values()))} (all)")
+            parts.append(f"{label}: {next(iter(values.values()))} (all)")
         else:
-            parts.append(f"{setting}: " + ", ".join(f"{name} {value}" for name, value in values.items()))
+            parts.append(f"{label}: " + ", ".join(f"{name} {value}" for name, value in values.items()))
     return "; ".join(parts)
 
 
@@ -404,31 +424,45 @@ def report(result: dict[str, object], options: argparse.Namespace) -> str:
     """
     info: dict[str, str] = result["machine"]  # type: ignore[assignment]
     versions: dict[str, str] = result["versions"]  # type: ignore[assignment]
-    medians: dict[str, dict[str, float]] = result["medians"]  # type: ignore[assignment]
+    medians: dict[str, dict[str, dict[str, float]]] = result["medians"]  # type: ignore[assignment]
     negotiated: dict[str, dict[str, str]] = result["negotiated"]  # type: ignore[assignment]
+    pinned: dict[str, list[int]] = result["pinned"]  # type: ignore[assignment]
     names = [name for name in SERVERS if name in options.servers]
-    peers = [name for name in names if name != "netd"]
+    placement = f"servers (and the backend) pinned to CPU {pinned['server']}, loadgen to CPU {pinned['loadgen']}" if pinned["server"] else "no pinning (one CPU)"
     lines = [
         f"### TLS echo, {info['date']}",
         "",
         f"- machine: {info['cpus']} CPUs (nproc {info['nproc']}), {info['cpu']}, {info['kernel']}, load average before the run {info['load']}",
         f"- software: Python {info['python']} ({info['python_ssl']}), Twisted {info['twisted']}, pyOpenSSL {info['pyopenssl']}, "
-        f"client {info['openssl']}; " + "; ".join(f"{name}: {version}" for name, version in versions.items()),
-        f"- settings: handshakes with openssl s_time -new -time {options.duration} (one connection at a time, full handshakes); "
-        f"bulk: one TLS 1.3 connection (ECDSA certificate) echoing 64 KiB chunks for {options.duration} s; "
-        f"{options.rounds} rounds, medians shown; stunnel and hitch (1 worker) in front of netd's plain echo; all on 127.0.0.1",
+        f"loadgen with {info['openssl']}; " + "; ".join(f"{name}: {version}" for name, version in versions.items()),
+        f"- settings: bench/loadgen (C, epoll, one thread, libssl; no verification, no resumption); {placement}; "
+        f"handshake: {HANDSHAKE_CONCURRENCY} at a time, full handshake, one 64-byte echo, close; rr: {RR_CONNECTIONS} TLS 1.3 connections, "
+        f"one 64-byte message in flight each; bulk: {options.bulk_mib} MiB through one TLS 1.3 connection; {options.duration} s runs "
+        f"(bulk: at most); medians of {options.rounds} round(s); stunnel and hitch (1 worker) in front of netd's plain echo; all on 127.0.0.1",
+        "- CPU: cores used over the measured window (1.00 = one core busy), for stunnel and hitch their backend's included; "
+        "per core: the rate divided by that share",
         "- negotiated: " + describeNegotiated(negotiated, names),
         "",
-        "| measure | " + " | ".join(names) + "".join(f" | netd/{peer}" for peer in peers) + " |",
-        "| --- |" + " ---: |" * (len(names) + len(peers)),
+        "| scenario | server | rate | server CPU | per server core | loadgen CPU | p50 / p99 µs | netd/server rate | netd/server per core |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for metric, byServer in medians.items():
-        cells = [f"{byServer[name]:,.1f}" if metric.startswith("bulk") else f"{byServer[name]:,.0f}" for name in names if name in byServer]
-        ratios = [f"{byServer['netd'] / byServer[peer]:.2f}" if "netd" in byServer and byServer.get(peer) else "-" for peer in peers]
-        lines.append(f"| {metric} | " + " | ".join(cells + ratios) + " |")
-    plain = medians.get("bulk MB/s", {}).get("plain echo (no TLS)")
-    if plain is not None:
-        lines += ["", f"- reference: the plain echo backend alone (no TLS), same bulk client: {plain:,.1f} MB/s"]
+    for label, byServer in medians.items():
+        netd = byServer.get("netd")
+        for name, m in byServer.items():
+            digits = 1 if label == "bulk" else 0
+            latency = f"{m['p50_us']:,.0f} / {m['p99_us']:,.0f}" if "p50_us" in m else "-"
+            peer = name in names and name != "netd"
+            ratio = f"{netd['rate'] / m['rate']:.2f}" if netd and peer and m["rate"] else "-"
+            ratioPerCore = f"{netd['per_core'] / m['per_core']:.2f}" if netd and peer and m["per_core"] else "-"
+            unit = {"rr": "msg/s", "bulk": "MB/s"}.get(label, "handshakes/s")
+            lines.append(
+                f"| {label} ({unit}) | {name} | {m['rate']:,.{digits}f} | {m['server_cpu']:.2f} | {m['per_core']:,.{digits}f} | "
+                f"{m['loadgen_cpu']:.2f} | {latency} | {ratio} | {ratioPerCore} |"
+            )
+    for label, byServer in medians.items():
+        for name, m in byServer.items():
+            if m.get("errors"):
+                lines.append(f"- {name}, {label}: {m['errors']:,.0f} connections failed (median per run)")
     lines.append("")
     return "\n".join(lines)
 
@@ -438,16 +472,23 @@ def main() -> None:
     Parse the options, check the tools, run, print and (with --record) record.
     """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=4, help="seconds of each measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds over all servers; the medians are reported")
+    parser.add_argument("--duration", type=int, default=3, help="seconds of each measurement (1-60)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds over all servers; the medians are reported")
     parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
     parser.add_argument("--versions", nargs="+", default=list(VERSIONS), choices=VERSIONS, help="TLS versions of the handshake runs")
-    parser.add_argument("--no-plain-reference", dest="plain_reference", action="store_false", help="skip the plain backend's bulk run")
+    parser.add_argument("--key-types", nargs="+", default=["ecdsa"], choices=KEY_TYPES, help="certificates of the handshake runs (rr and bulk: ecdsa)")
+    parser.add_argument("--bulk-mib", type=int, default=1024, help="MiB through the bulk connection (the run also ends after --duration)")
+    parser.add_argument("--no-plain-reference", dest="plain_reference", action="store_false", help="skip the plain backend's rr and bulk runs")
     parser.add_argument("--record", action="store_true", help="add the results to bench/RESULTS.md (newest first)")
     parser.add_argument("--json", type=Path, help="also write every round's numbers to this file")
     options = parser.parse_args()
     if "netd" not in options.servers:
         parser.error("--servers must include netd (the ratios are netd's)")
+    if not 1 <= options.duration <= 60 or options.rounds < 1 or options.bulk_mib < 1:
+        parser.error("--duration is 1-60 s, --rounds and --bulk-mib at least 1")
+    if "ecdsa" not in options.key_types:
+        options.key_types.insert(0, "ecdsa")  # rr and bulk use the ECDSA certificate
     tools = [("openssl", shutil.which("openssl"))]
     if "stunnel" in options.servers:
         tools.append(("stunnel4", stunnelExecutable()))

@@ -22,9 +22,11 @@ from .wire import (
     AnswerInfo,
     Query,
     addAdditionalCount,
+    answerQuery,
     atOrUnder,
     optRecord,
     patchAnswer,
+    patchTTLs,
 )
 
 CacheKey = tuple[bytes, int, int, bool]
@@ -45,40 +47,28 @@ def cacheKey(query: Query) -> CacheKey:
     return (question.key, question.qtype, question.qclass, edns is not None and edns.do)
 
 
-class _Entry:
-    """
-    One cached answer.
+_Entry = tuple[float, float, tuple[bytes, bytes], tuple[int, int], tuple[int, ...], tuple[int, ...]]
+"""
+One cached answer: C{(storedAt, expiresAt, forms, ages, ttlOffsets, ttls)}.
 
-    The answer is kept in two forms, for queries without an OPT record
-    (index 0) and with one (index 1).  Each form is rewritten, the first time
-    it is served in a new second, into that whole answer, so that the hits in
-    the same second need not patch the TTLs again.
+  - C{storedAt}: when it was stored (clock seconds);
+  - C{expiresAt}: when it stops being served;
+  - C{forms}: the answer without and with an OPT record;
+  - C{ages}: for each form, the elapsed seconds its TTLs are patched for
+    (-1: not yet patched);
+  - C{ttlOffsets}: where the TTLs are (the same in both forms);
+  - C{ttls}: the TTLs to serve at C{storedAt}, clamped to the lifetime.
 
-    @ivar storedAt: when it was stored (clock seconds).
-    @ivar expiresAt: when it stops being served.
-    @ivar forms: the answer without and with an OPT record.
-    @ivar ages: for each form, the elapsed seconds its TTLs are patched for
-        (-1: not yet patched).
-    @ivar ttlOffsets: where the TTLs are (the same in both forms).
-    @ivar ttls: the TTLs to serve at C{storedAt}, clamped to the lifetime.
-    """
+Each form is rewritten with its TTLs lowered the first time it is served in a
+new second (a new entry takes the old one's place), so that the hits in the
+same second need not patch the TTLs again.
 
-    __slots__ = ("storedAt", "expiresAt", "forms", "ages", "ttlOffsets", "ttls")
-
-    def __init__(
-        self,
-        storedAt: float,
-        expiresAt: float,
-        forms: list[bytes],
-        ttlOffsets: tuple[int, ...],
-        ttls: tuple[int, ...],
-    ) -> None:
-        self.storedAt = storedAt
-        self.expiresAt = expiresAt
-        self.forms = forms
-        self.ages = [-1, -1]
-        self.ttlOffsets = ttlOffsets
-        self.ttls = ttls
+A plain tuple of numbers, bytes and tuples of them, which the garbage
+collector stops tracking after its first look (it keeps tracking objects, and
+tuple subclasses such as named tuples): a full cache is then nothing for it to
+walk, where ten thousand entries as objects made each of its full collections
+cost several times more.
+"""
 
 
 class AnswerCache:
@@ -168,7 +158,7 @@ class AnswerCache:
             withEDNS = withoutEDNS = answer
         now = self.clock.seconds()
         entries = self._entries
-        entries[key] = _Entry(now, now + lifetime, [withoutEDNS, withEDNS], info.ttlOffsets, ttls)
+        entries[key] = (now, now + lifetime, (withoutEDNS, withEDNS), (-1, -1), info.ttlOffsets, ttls)
         entries.move_to_end(key)
         while len(entries) > self.maxEntries:
             entries.popitem(last=False)
@@ -182,24 +172,56 @@ class AnswerCache:
         L{None} if there is none or it has expired (an expired entry is
         dropped).
         """
+        stored = self._current(key, 0 if query.edns is None else 1)
+        if stored is None:
+            return None
+        return patchAnswer(stored, (), (), 0, query)
+
+    def lookupMessage(self, key: CacheKey, message: bytes, nameEnd: int, edns: bool) -> bytes | None:
+        """
+        What L{lookup} gives, for a query read by L{wire.quickQuestion} rather
+        than parsed: its message, where its question ends, and whether it has
+        an OPT record.
+        """
+        stored = self._current(key, 1 if edns else 0)
+        if stored is None:
+            return None
+        return answerQuery(stored, message, nameEnd)
+
+    def __contains__(self, key: object) -> bool:
+        """
+        Whether an answer is kept under C{key}, expired or not (nothing changes:
+        no expiry, no reordering).
+        """
+        return key in self._entries
+
+    def _current(self, key: CacheKey, form: int) -> bytes | None:
+        """
+        The answer cached under C{key} in one of its forms (0: without an OPT
+        record, 1: with one), its TTLs lowered for now; L{None} if there is
+        none or it has expired (dropped, then).
+        """
         entry = self._entries.get(key)
         if entry is None:
             return None
+        storedAt, expiresAt, forms, ages, ttlOffsets, ttls = entry
         now = self.clock.seconds()
-        if now >= entry.expiresAt:
+        if now >= expiresAt:
             del self._entries[key]
             return None
         self._entries.move_to_end(key)
-        elapsed = int(now - entry.storedAt)
+        elapsed = int(now - storedAt)
         if elapsed < 0:
             elapsed = 0
-        form = 0 if query.edns is None else 1
-        if entry.ages[form] == elapsed:
-            return patchAnswer(entry.forms[form], (), (), 0, query)
-        answer = patchAnswer(entry.forms[form], entry.ttlOffsets, entry.ttls, elapsed, query)
-        entry.forms[form] = answer
-        entry.ages[form] = elapsed
-        return answer
+        if ages[form] == elapsed:
+            return forms[form]
+        stored = patchTTLs(forms[form], ttlOffsets, ttls, elapsed)
+        if form:
+            forms, ages = (forms[0], stored), (ages[0], elapsed)
+        else:
+            forms, ages = (stored, forms[1]), (elapsed, ages[1])
+        self._entries[key] = (storedAt, expiresAt, forms, ages, ttlOffsets, ttls)
+        return stored
 
     def purge(self, names: list[bytes]) -> int:
         """

@@ -8,6 +8,11 @@ opcodes, loops), a scripted answer (L{scripts}), the static records, the cache
 queries in flight share one upstream query, which also keeps a forwarding loop
 from turning into a storm.
 
+The hot path is a cache hit for a plain query (one question, at most an OPT
+record), answered from the query's bytes before any object is built
+(L{DNSProxy._cacheHit}), with the same answer, counters and event as the
+whole path; every other query is parsed (L{parseQuery}) and goes the whole way.
+
 Each query answered or dropped is one C{"query"} event in the service's event
 log; the event holds values the query path already has, and is turned into
 JSON only when it is read (L{renderQuery}).
@@ -18,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import attrs
@@ -54,11 +60,11 @@ from .wire import (
     FLAG_CD,
     FLAG_QR,
     FLAG_RD,
+    MIN_UDP_SIZE,
     RCODE_FORMERR,
     RCODE_NOTIMP,
     RCODE_REFUSED,
     RCODE_SERVFAIL,
-    AnswerInfo,
     MalformedQuery,
     Query,
     WireError,
@@ -71,6 +77,7 @@ from .wire import (
     optRecord,
     parseQuery,
     patchAnswer,
+    quickQuestion,
     truncate,
 )
 
@@ -108,11 +115,24 @@ Applied = tuple[int, Script]
 The script entry that acted on a query, with its index in the entries.
 """
 
+Flight = tuple[CacheKey, bool]
+"""
+What identical queries in flight share one upstream query by: the cache key,
+and whether the query has an OPT record.
+"""
+
+Waiter = tuple[Deferred[bytes], Query, str, int, str, float, Applied | None]
+"""
+A query waiting for its flight to land: its answer's Deferred, the query, the
+client's address and port, the transport, when it arrived, and the script
+entry that applied to it.
+"""
+
 
 def renderQuery(
     host: str,
     port: int,
-    query: Query | None,
+    query: Query | bytes | None,
     transport: str,
     rcode: int | None,
     source: str,
@@ -125,9 +145,13 @@ def renderQuery(
     The fields of a C{"query"} event, built when the event log is read; the
     client is written as the C{peer} of connection events is.
 
-    @param query: L{None} for a query whose question could not be read (FORMERR).
+    @param query: the query, or the message it was read from (a cache hit
+        answered by L{DNSProxy._cacheHit} reads it only now), or L{None} for a
+        query whose question could not be read (FORMERR).
     @param rcode: L{None} for a query dropped unanswered.
     """
+    if isinstance(query, bytes):
+        query = parseQuery(query)
     question = query.question if query is not None else None
     return {
         "client": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
@@ -217,7 +241,7 @@ class DNSProxy(Service):
         self.timed = logQueries or events.enabled
         self.udpSize = udpSize
         self.delayed: set[IDelayedCall] = set()
-        self.inflight: dict[tuple[CacheKey, bool], Deferred[tuple[bytes, AnswerInfo, Upstream] | None]] = {}
+        self.inflight: dict[Flight, list[Waiter]] = {}
         self.loopProbe = encodeName(f"{secrets.token_hex(8)}.netd-loop-check")
 
     def startService(self) -> None:
@@ -281,9 +305,15 @@ class DNSProxy(Service):
         started = self.reactor.seconds() if self.timed else 0.0
         answer = self.answer(datagram, peer[0], peer[1], "udp", started)
         if isinstance(answer, bytes):
-            sender.sendDatagram(self._fitUDP(datagram, answer), peer)
+            sender.sendDatagram(answer if len(answer) <= MIN_UDP_SIZE else self._fitUDP(datagram, answer), peer)
         elif answer is not None:
-            self.sendLater(answer, lambda a: sender.sendDatagram(self._fitUDP(datagram, a), peer))
+            self.sendLater(answer, partial(self._sendUDP, sender, datagram, peer))
+
+    def _sendUDP(self, sender: IDatagramSender, datagram: bytes, peer: Any, answer: bytes) -> None:
+        """
+        Send an answer that was not ready at once to a UDP client.
+        """
+        sender.sendDatagram(self._fitUDP(datagram, answer), peer)
 
     def sendLater(self, answer: Deferred[bytes] | Spoofed, send: Callable[[bytes], None]) -> None:
         """
@@ -303,7 +333,7 @@ class DNSProxy(Service):
         """
         The answer, or its truncated form if it exceeds what the client accepts.
         """
-        if len(answer) <= 512:
+        if len(answer) <= MIN_UDP_SIZE:
             return answer
         query = parseQuery(datagram)
         if len(answer) <= query.maxUDPSize():
@@ -329,6 +359,9 @@ class DNSProxy(Service):
         @param transport: C{udp}, C{tcp} or C{tls}.
         @param started: when the query arrived, if queries are L{timed}.
         """
+        hit = self._cacheHit(data, host, port, transport, started)
+        if hit is not None:
+            return hit
         try:
             query = parseQuery(data)
         except MalformedQuery as e:
@@ -357,6 +390,38 @@ class DNSProxy(Service):
                 return self._scripted(decided, data, query, host, port, transport, started)
         return self._lookup(data, query, host, port, transport, started, None)
 
+    def _cacheHit(self, data: bytes, host: str, port: int, transport: str, started: float) -> bytes | None:
+        """
+        The answer to a plain query (L{quickQuestion}) from the cache, found
+        without parsing the query, when nothing before the cache in the query
+        path would act on it: the same answer, counters and event as the whole
+        path gives; L{None} (nothing counted) for every other query.
+        """
+        quick = quickQuestion(data)
+        if quick is None or self.logQueries or self.scripts.scripts or not self.access.allows(host):
+            return None
+        key, nameEnd, edns = quick
+        if key[0] == self.loopProbe:
+            return None
+        records = self.records
+        if records and key[2] == CLASS_IN:
+            # Only a name found in the cache is whole (see quickQuestion).
+            if key not in self.cache or records.find(key[0]) is not None:
+                return None
+        answer = self.cache.lookupMessage(key, data, nameEnd, edns)
+        if answer is None:
+            return None
+        counters = self.counters
+        qtype = key[1]
+        counters[_QTYPE_COUNTERS.get(qtype) or f"qtype_{qtype}"] += 1
+        counters["cache_hits"] += 1
+        rcode = answer[3] & 0x0F
+        counters[_RCODE_COUNTERS.get(rcode) or f"rcode_{rcode}"] += 1
+        events = self.events
+        if events.enabled:
+            events.add("query", renderQuery, host, port, data, transport, rcode, "cache", None, None, started, self.reactor.seconds())
+        return answer
+
     def _lookup(
         self, data: bytes, query: Query, host: str, port: int, transport: str, started: float, applied: Applied | None
     ) -> bytes | Deferred[bytes]:
@@ -376,23 +441,7 @@ class DNSProxy(Service):
         self.counters["cache_misses"] += 1
         if self.resolver.isLooped(data, query.question):
             return self._loopDetected(query, host, port, transport, started)
-        return self._forward(key, data, query).addCallback(self._forwarded, query, host, port, transport, started, applied)
-
-    def _forwarded(
-        self,
-        outcome: tuple[bytes, Upstream | None],
-        query: Query,
-        host: str,
-        port: int,
-        transport: str,
-        started: float,
-        applied: Applied | None,
-    ) -> bytes | Deferred[bytes]:
-        """
-        The upstreams answered (or failed, and the answer is SERVFAIL).
-        """
-        answer, upstream = outcome
-        return self._done(answer, query, host, port, transport, "upstream", started, applied, upstream)
+        return self._forward(key, data, query, host, port, transport, started, applied)
 
     def _scripted(
         self,
@@ -425,66 +474,82 @@ class DNSProxy(Service):
             return Spoofed(forgedAnswer(query, script.spoof, state.random, self.udpSize), answer)
         return answer
 
-    def _forward(self, key: CacheKey, data: bytes, query: Query) -> Deferred[tuple[bytes, Upstream | None]]:
+    def _forward(
+        self,
+        key: CacheKey,
+        data: bytes,
+        query: Query,
+        host: str,
+        port: int,
+        transport: str,
+        started: float,
+        applied: Applied | None,
+    ) -> Deferred[bytes]:
         """
-        Ask the upstreams, sharing the upstream query with identical ones in flight.
+        Ask the upstreams, sharing the upstream query with identical ones in
+        flight: each query waits in its flight's list (L{inflight}), answered
+        when the upstream query lands (L{_landed}, L{_failed}).
         """
         # The upstream's answer carries an OPT record exactly when the query
         # that went upstream had one, so only queries alike in that share it.
         flight = (key, query.edns is not None)
-        shared = self.inflight.get(flight)
-        if shared is None:
-            shared = self.resolver.forward(data, query.question).addCallback(self._received, key)
-            shared.addErrback(self._failed).addCallback(self._landed, flight)
-            self.inflight[flight] = shared
+        result: Deferred[bytes] = Deferred()
+        waiter = (result, query, host, port, transport, started, applied)
+        waiting = self.inflight.get(flight)
+        if waiting is None:
+            self.inflight[flight] = [waiter]
+            self.resolver.forward(data, query.question).addCallbacks(
+                self._landed, self._failed, callbackArgs=(flight,), errbackArgs=(flight,)
+            )
         else:
             self.counters["queries_coalesced"] += 1
-        result: Deferred[tuple[bytes, Upstream | None]] = Deferred()
-
-        def deliver(outcome: tuple[bytes, AnswerInfo, Upstream] | None) -> tuple[bytes, AnswerInfo, Upstream] | None:
-            if outcome is None:
-                self.counters["upstream_servfail"] += 1
-                result.callback((makeResponse(query, RCODE_SERVFAIL, udpSize=self.udpSize), None))
-            else:
-                # The cached form, when there is one, has the TTLs clamped and
-                # an OPT record exactly when this client sent one.
-                answer, info, upstream = outcome
-                result.callback(
-                    (self.cache.lookup(key, query) or patchAnswer(answer, info.ttlOffsets, info.ttls, 0, query), upstream)
-                )
-            return outcome
-
-        shared.addCallback(deliver)
+            waiting.append(waiter)
         return result
 
-    def _received(self, answered: tuple[bytes, Upstream], key: CacheKey) -> tuple[bytes, AnswerInfo, Upstream]:
+    def _landed(self, answered: tuple[bytes, Upstream], flight: Flight) -> None:
         """
-        An upstream answered: cache it if it may be cached.
+        An upstream answered a flight: cache the answer if it may be cached,
+        and answer every query waiting, each with the cached form when there
+        is one (TTLs clamped, an OPT record exactly when that query sent one).
+        New queries start their own flight from now on.
         """
         answer, upstream = answered
-        info = inspectAnswer(answer)
-        self.cache.store(key, answer, info)
-        return answer, info, upstream
+        key = flight[0]
+        try:
+            info = inspectAnswer(answer)
+            self.cache.store(key, answer, info)
+        except Exception:
+            self._failed(Failure(), flight)
+            return
+        for result, query, host, port, transport, started, applied in self.inflight.pop(flight):
+            reply = self.cache.lookup(key, query) or patchAnswer(answer, info.ttlOffsets, info.ttls, 0, query)
+            self._release(result, self._done(reply, query, host, port, transport, "upstream", started, applied, upstream))
 
-    def _failed(self, reason: Failure) -> None:
+    def _failed(self, reason: Failure, flight: Flight) -> None:
         """
-        No upstream answered, or their answer could not be read (L{None}
-        stands for that down the shared query's callbacks, so the failure ends
-        here, handled): an unreadable answer is counted and logged as the
-        upstream's fault, anything but L{UpstreamFailure} as a bug.
+        No upstream answered, or their answer could not be read: every query
+        waiting gets SERVFAIL.  An unreadable answer is counted and logged as
+        the upstream's fault, anything but L{UpstreamFailure} as a bug.
         """
         if reason.check(WireError):
             self.counters["upstream_unreadable"] += 1
             self.log.warn("an upstream's answer could not be read: {error}", error=reason.getErrorMessage())
         elif not reason.check(UpstreamFailure):
             self.log.failure("forwarding failed", reason)
+        for result, query, host, port, transport, started, applied in self.inflight.pop(flight):
+            self.counters["upstream_servfail"] += 1
+            servfail = makeResponse(query, RCODE_SERVFAIL, udpSize=self.udpSize)
+            self._release(result, self._done(servfail, query, host, port, transport, "upstream", started, applied))
 
-    def _landed(self, outcome: object, flight: tuple[CacheKey, bool]) -> object:
+    @staticmethod
+    def _release(result: Deferred[bytes], answer: bytes | Deferred[bytes]) -> None:
         """
-        The shared upstream query is over: new queries start their own.
+        Give a waiting query its answer, now or when a script's C{delay} is over.
         """
-        self.inflight.pop(flight, None)
-        return outcome
+        if isinstance(answer, Deferred):
+            answer.chainDeferred(result)
+        else:
+            result.callback(answer)
 
     def _static(self, query: Query, found: Any) -> bytes:
         """

@@ -31,7 +31,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IStreamClientEndpoint, ISystemHandle
 from twisted.internet.protocol import DatagramProtocol
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
@@ -104,17 +104,42 @@ def _key(queryID: int, question: Question) -> tuple[int, bytes, int, int]:
     return (queryID, question.key, question.qtype, question.qclass)
 
 
-@attrs.define(eq=False)
 class _Pending:
     """
     One query sent and not yet answered, on a UDP socket or a stream connection.
 
+    @ivar deferred: fires with the answer; cancelling it forgets the query
+        (L{cancel}).
     @ivar address: for UDP, the (host, port) the answer must come from.
     """
 
-    deferred: Deferred[bytes]
-    question: Question
-    address: tuple[str, int] | None = None
+    __slots__ = ("queries", "queryID", "question", "address", "onCancel", "deferred")
+
+    def __init__(
+        self,
+        queries: _PendingQueries,
+        queryID: int,
+        question: Question,
+        address: tuple[str, int] | None,
+        onCancel: Callable[[], None] | None,
+    ) -> None:
+        self.queries = queries
+        self.queryID = queryID
+        self.question = question
+        self.address = address
+        self.onCancel = onCancel
+        self.deferred: Deferred[bytes] = Deferred(self.cancel)
+
+    def cancel(self, deferred: Deferred[bytes]) -> None:
+        """
+        The query's Deferred was cancelled: forget the query, if it still waits.
+        """
+        queries = self.queries
+        if queries.byID.get(self.queryID) is self:
+            del queries.byID[self.queryID]
+            queries.resolver.outstanding.remove(self.queryID, self.question)
+            if self.onCancel is not None:
+                self.onCancel()
 
 
 class _PendingQueries:
@@ -156,15 +181,7 @@ class _PendingQueries:
         with it (see L{take}).  Cancelling the Deferred forgets the query and
         calls C{onCancel}.
         """
-
-        def cancel(d: Deferred[bytes]) -> None:
-            if self.byID.get(queryID) is entry:
-                del self.byID[queryID]
-                self.resolver.outstanding.remove(queryID, question)
-                if onCancel is not None:
-                    onCancel()
-
-        entry = _Pending(Deferred(cancel), question, address)
+        entry = _Pending(self, queryID, question, address, onCancel)
         self.byID[queryID] = entry
         self.resolver.outstanding.add(queryID, question)
         return entry.deferred
@@ -217,10 +234,23 @@ class _UDPSocket(DatagramProtocol):
     """
 
     noisy = False
+    send: Callable[[bytes, tuple[str, int]], object]
 
     def __init__(self, pool: UDPPool) -> None:
         self.pool = pool
         self.pending = _PendingQueries(pool.resolver)
+
+    def startProtocol(self) -> None:
+        """
+        Send straight through the socket's C{sendto} when the transport
+        exposes its socket: Twisted's C{write} checks each upstream address
+        for IP-ness three times over, and the upstreams' addresses are
+        checked when the config is read.
+        """
+        if ISystemHandle.providedBy(self.transport):
+            self.send = self.transport.getHandle().sendto
+        else:
+            self.send = self.transport.write  # type: ignore[union-attr]
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         """
@@ -242,8 +272,20 @@ class UDPPool:
         self.size = size
         self.sockets: dict[str, list[_UDPSocket]] = {}
         self.ports: list[IListeningPort] = []
+        self._byHost: dict[str, list[_UDPSocket]] = {}
 
     def _socketsFor(self, upstream: Upstream) -> list[_UDPSocket]:
+        """
+        The pool for the upstream's family and scope, bound now if it is new
+        (the pool of each upstream address is remembered: reading the address
+        again would cost a third of forwarding a query).
+        """
+        sockets = self._byHost.get(upstream.host)
+        if sockets is None:
+            sockets = self._byHost[upstream.host] = self._bind(upstream)
+        return sockets
+
+    def _bind(self, upstream: Upstream) -> list[_UDPSocket]:
         """
         The pool for the upstream's family and scope, bound now if it is new.
         """
@@ -283,7 +325,7 @@ class UDPPool:
         queryID = sock.pending.freshID()
         address = (upstream.host, upstream.port)
         try:
-            sock.transport.write(queryID.to_bytes(2, "big") + query[2:], address)  # type: ignore[union-attr]
+            sock.send(queryID.to_bytes(2, "big") + query[2:], address)
         except OSError as e:
             return fail(AttemptError(f"send failed: {e}"))
         return sock.pending.add(queryID, question, address)
@@ -311,6 +353,7 @@ class UDPPool:
             for sock in sockets:
                 sock.pending.failAll("the resolver stopped")
         stopping = [maybeDeferred(port.stopListening) for port in self.ports]
+        self._byHost.clear()
         self.sockets.clear()
         self.ports.clear()
         return stopping

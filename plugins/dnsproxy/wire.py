@@ -357,6 +357,71 @@ def parseQuery(data: bytes) -> Query:
     return Query(id, flags, question, edns)
 
 
+_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
+"""
+Bytes 4 to 10 of a plain query's header: one question, no answer or authority records.
+"""
+_NO_ADDITIONAL = b"\x00\x00"
+_ONE_ADDITIONAL = b"\x00\x01"
+_OPT_TYPE = b"\x00\x29"
+_QR_OR_OPCODE = 0xF8
+"""
+QR and the opcode, in the header's third byte.
+"""
+_RD_BYTE = FLAG_RD >> 8
+_CD_BYTE = FLAG_CD
+_DO_BYTE = DO_BIT >> 8
+
+
+def quickQuestion(data: bytes) -> tuple[tuple[bytes, int, int, bool], int, bool] | None:
+    """
+    The cache key (as L{cache.cacheKey} makes it) of a plain query, where its
+    question ends, and whether it has an OPT record, read without building any
+    object; L{None} for anything else, which the caller reads with
+    L{parseQuery}.
+
+    A plain query is a standard query (QR clear, opcode 0) of one question and
+    no other record, or one question and an OPT record ending the message.
+    Without the OPT record the name is taken to fill the message up to its
+    type and class, and is not checked: the key is only good for finding an
+    answer in the cache, which holds only names that L{parseQuestion} read,
+    so that a key found there proves the name whole (lowercasing leaves
+    length bytes, all below 64, as they are, so the query's name has the
+    found name's labels) and the result the same as L{parseQuery}'s.  With the
+    OPT record, the name is checked as L{parseQuestion} checks it, to find
+    where the record starts.
+    """
+    if data[4:10] != _ONE_QUESTION or data[2] & _QR_OR_OPCODE:
+        return None
+    size = len(data)
+    additional = data[10:12]
+    if additional == _NO_ADDITIONAL:
+        end = size - 4
+        if end <= HEADER_SIZE:
+            return None
+        return (data[HEADER_SIZE:end].lower(), (data[end] << 8) | data[end + 1], (data[end + 2] << 8) | data[end + 3], False), end, False
+    if additional != _ONE_ADDITIONAL:
+        return None
+    position = HEADER_SIZE
+    while True:
+        if position >= size:
+            return None
+        length = data[position]
+        if length == 0:
+            break
+        if length > MAX_LABEL_LENGTH:
+            return None
+        position += length + 1
+    end = position + 1
+    opt = end + 4
+    if end - HEADER_SIZE > MAX_NAME_LENGTH or opt + 11 > size or data[opt] or data[opt + 1 : opt + 3] != _OPT_TYPE:
+        return None
+    if opt + 11 + ((data[opt + 9] << 8) | data[opt + 10]) != size:
+        return None
+    key = (data[HEADER_SIZE:end].lower(), (data[end] << 8) | data[end + 1], (data[end + 2] << 8) | data[end + 3], bool(data[opt + 7] & _DO_BYTE))
+    return key, end, True
+
+
 def inspectAnswer(data: bytes) -> AnswerInfo:
     """
     Walk every record of an answer, noting what the cache needs: the rcode,
@@ -482,6 +547,34 @@ def patchAnswer(
         ttl -= elapsed
         pack(answer, offset, ttl if ttl > 0 else 0)
     return bytes(answer)
+
+
+def patchTTLs(stored: bytes, ttlOffsets: tuple[int, ...], ttls: tuple[int, ...], elapsed: int) -> bytes:
+    """
+    A stored answer with every TTL lowered by C{elapsed} seconds (never below 0).
+
+    @param ttlOffsets: where the TTLs are, from L{AnswerInfo.ttlOffsets}.
+    @param ttls: the TTLs when the answer was stored.
+    """
+    answer = bytearray(stored)
+    pack = _U32.pack_into
+    for offset, ttl in zip(ttlOffsets, ttls):
+        ttl -= elapsed
+        pack(answer, offset, ttl if ttl > 0 else 0)
+    return bytes(answer)
+
+
+def answerQuery(stored: bytes, query: bytes, nameEnd: int) -> bytes:
+    """
+    A stored answer made into the answer to the query message C{query}, whose
+    question (the same as the answer's but perhaps for case) ends at
+    C{nameEnd}: the query's ID, its RD and CD bits and its question name; what
+    L{patchAnswer} does with no TTL to lower, from the query's bytes.
+    """
+    if (stored[2] ^ query[2]) & _RD_BYTE or (stored[3] ^ query[3]) & _CD_BYTE:
+        flags = bytes(((stored[2] & ~_RD_BYTE) | (query[2] & _RD_BYTE), (stored[3] & ~_CD_BYTE) | (query[3] & _CD_BYTE)))
+        return b"".join((query[:2], flags, stored[4:HEADER_SIZE], query[HEADER_SIZE:nameEnd], stored[nameEnd:]))
+    return b"".join((query[:2], stored[2:HEADER_SIZE], query[HEADER_SIZE:nameEnd], stored[nameEnd:]))
 
 
 def addAdditionalCount(message: bytes, delta: int) -> bytes:

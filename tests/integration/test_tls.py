@@ -269,8 +269,13 @@ def sClient(address: tuple[str, int], *args: str, timeout: float = IO_TIMEOUT) -
     ended = False
     deadline = time.monotonic() + timeout
     try:
-        process.stdin.write(marker)
-        process.stdin.flush()
+        try:
+            process.stdin.write(marker)
+            process.stdin.flush()
+        except BrokenPipeError:
+            # s_client ended before reading its input (an alert at once, say):
+            # what it printed says why.
+            pass
         while marker not in output:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -290,7 +295,10 @@ def sClient(address: tuple[str, int], *args: str, timeout: float = IO_TIMEOUT) -
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=IO_TIMEOUT)
-        process.stdin.close()
+        try:
+            process.stdin.close()
+        except BrokenPipeError:
+            pass
         process.stdout.close()
     return SClient(output.decode(errors="replace"), marker in output, process.returncode if ended else None)
 

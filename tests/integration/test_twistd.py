@@ -51,6 +51,7 @@ def twistd(tmp_path: Path) -> Iterator[Callable[..., NetdProcess]]:
     dropIns = tmp_path / "dropins" / "twisted" / "plugins"
     dropIns.mkdir(parents=True)
     shutil.copy(ROOT / "twisted" / "plugins" / "netd_plugin.py", dropIns)
+    shutil.copy(ROOT / "twisted" / "plugins" / "netd_reactor.py", dropIns)
     started: list[NetdProcess] = []
 
     def start(config: str, *options: str, directory: Path = tmp_path) -> NetdProcess:

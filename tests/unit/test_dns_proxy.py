@@ -26,7 +26,7 @@ from netd_plugins.dnsproxy.records import StaticRecords
 from netd_plugins.dnsproxy.scripts import Script
 from netd_plugins.dnsproxy.resolver import UpstreamFailure
 from netd_plugins.dnsproxy.upstream import Upstream
-from netd_plugins.dnsproxy.wire import Question
+from netd_plugins.dnsproxy.wire import Question, parseQuery
 
 from .dnsmessages import aRecord, makeQuery, parse, parseEDNS, replyTo, rr
 
@@ -134,6 +134,54 @@ def test_forwardedThenCached() -> None:
     assert len(p.resolver.asked) == 1
     assert (p.counters["cache_misses"], p.counters["cache_hits"]) == (1, 1)
     assert p.counters["rcode_NOERROR"] == 2
+
+
+@pytest.mark.parametrize("records", [None, {"netd.test": {"A": ["192.0.2.7"]}}])
+def test_quickCacheHitIsTheFullPath(records: dict[str, Any] | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A cache hit answered from the query's bytes, without parsing them, gives the same answers, counters and query events as the full query path (taken by a service that logs its queries), for queries with and without EDNS, DO, CD, RD and another case.
+    """
+    from netd_plugins.dnsproxy import handler
+
+    parsed: list[bytes] = []
+
+    def countingParse(data: bytes) -> Any:
+        parsed.append(data)
+        return parseQuery(data)
+
+    monkeypatch.setattr(handler, "parseQuery", countingParse)
+    questions = [("example.org", dns.A, False, False), ("example.org", dns.A, True, True), ("example.org", dns.AAAA, False, False)]
+    again = [
+        makeQuery("example.org", id=21),
+        makeQuery("EXAMPLE.org", id=22, recDes=False),
+        makeQuery("example.ORG", id=23, edns=True, udpSize=1400),
+        makeQuery("example.org", id=24, edns=True, do=True, checkingDisabled=True),
+        makeQuery("Example.Org", dns.AAAA, id=25, checkingDisabled=True),
+    ]
+    results = []
+    for logQueries in (False, True):
+        p = makeProxy(records, events=20, logQueries=logQueries)
+        for index, (name, qtype, edns, do) in enumerate(questions):
+            p.ask(makeQuery(name, qtype, id=index, edns=edns, do=do))
+            sent, _, d = p.resolver.asked[-1]
+            d.callback(replyTo(sent, aRecord(name, "192.0.2.1", ttl=300)))
+        p.clock.advance(7)
+        del parsed[:]
+        answers = [p.ask(query) for query in again]
+        parses = len(parsed)
+        results.append((answers, dict(p.counters), queryEvents(p), parses))
+    (quickAnswers, quickCounters, quickEvents, quickParsed), (fullAnswers, fullCounters, fullEvents, _) = results
+    assert quickParsed == 0, "the quick path parsed no query"
+    assert (quickAnswers, quickCounters, quickEvents) == (fullAnswers, fullCounters, fullEvents)
+    assert quickCounters["cache_hits"] == len(again)
+    assert [parse(answer).answers[0].ttl for answer in quickAnswers] == [293] * len(again)
+
+
+def queryEvents(p: Proxy) -> list[dict[str, Any]]:
+    """
+    The C{"query"} events recorded, without their sequence number.
+    """
+    return [{k: v for k, v in e.items() if k != "seq"} for e in p.proxy.events.events(kind="query")]
 
 
 def test_identicalQueriesInFlightShareOneUpstreamQuery() -> None:

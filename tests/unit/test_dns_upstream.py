@@ -457,6 +457,22 @@ def test_udpQueryUsesFreshIDAndRestoresClientID() -> None:
     assert harness.counters["upstream_answers"] == 1
 
 
+def test_answeredResolveLeavesNothingBehind() -> None:
+    """
+    Once a resolve is answered, its attempt's timeout is cancelled, nothing is outstanding, and the resolver no longer counts it as in progress.
+    """
+    harness = Harness(["udp:192.0.2.53"])
+    _, box = harness.resolve()
+    assert len(harness.reactor.getDelayedCalls()) == 1, "the attempt's timeout"
+    assert len(harness.resolver.resolving) == 1
+    port, sent, addr = harness.takeOneUDP()
+    reply(port, answerTo(sent), addr)
+    assert messageID(box[0]) == CLIENT_ID
+    assert harness.reactor.getDelayedCalls() == []
+    assert not harness.resolver.outstanding.keys
+    assert not harness.resolver.resolving
+
+
 def test_udpSocketsBoundPerScopeOnKernelPorts() -> None:
     """
     Sockets are opened lazily, udpSockets of them on port 0, bound to loopback for loopback upstreams and to the wildcard address for others.

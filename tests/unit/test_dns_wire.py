@@ -40,6 +40,7 @@ from netd_plugins.dnsproxy.wire import (
     Question,
     WireError,
     answerMatches,
+    answerQuery,
     decodeName,
     encodeName,
     inspectAnswer,
@@ -49,10 +50,14 @@ from netd_plugins.dnsproxy.wire import (
     parseQuery,
     parseQuestion,
     patchAnswer,
+    patchTTLs,
+    quickQuestion,
     readHeader,
     skipName,
     truncate,
 )
+
+from netd_plugins.dnsproxy.cache import cacheKey
 
 from .dnsmessages import NAME, makeAnswer, makeQuery, parse, parseEDNS, rr, soa
 
@@ -899,6 +904,121 @@ def test_patchAnswerLeavesStoredAlone() -> None:
     assert isinstance(patched, bytes) and patched != stored
 
 
+def test_patchTTLs() -> None:
+    """
+    patchTTLs lowers every TTL by the elapsed seconds (never below 0) and changes no other byte.
+    """
+    stored = goldenAnswer("A")
+    info = inspectAnswer(stored)
+    patched = patchTTLs(stored, info.ttlOffsets, (300, 5), 10)
+    assert [struct.unpack_from("!I", patched, offset)[0] for offset in info.ttlOffsets] == [290, 0]
+    assert changedPositions(stored, patched) <= {i for offset in info.ttlOffsets for i in range(offset, offset + 4)}
+
+
+@pytest.mark.parametrize("edns", [False, True])
+@pytest.mark.parametrize("recDes", [False, True])
+@pytest.mark.parametrize("checkingDisabled", [False, True])
+@pytest.mark.parametrize("storedFlags", [(True, False), (False, True)])
+def test_answerQueryIsPatchAnswer(edns: bool, recDes: bool, checkingDisabled: bool, storedFlags: tuple[bool, bool]) -> None:
+    """
+    answerQuery, from the query's bytes, gives what patchAnswer gives from the parsed query.
+    """
+    stored = makeAnswer(
+        b"www.netd.test",
+        id=1,
+        answers=[rr(b"www.netd.test", dns.Record_A("192.0.2.1", 60), 60)],
+        recDes=storedFlags[0],
+        checkingDisabled=storedFlags[1],
+        edns=edns,
+    )
+    data = makeQuery(b"WwW.nEtD.test", id=0xBEEF, recDes=recDes, checkingDisabled=checkingDisabled, edns=edns)
+    query = parseQuery(data)
+    assert answerQuery(stored, data, query.question.end - 4) == patchAnswer(stored, (), (), 0, query)
+
+
+# quickQuestion
+
+
+def dnsperfQuery(name: bytes = b"www.netd.test", qtype: int = dns.A, queryID: int = 7) -> bytes:
+    """
+    A query as dnsperf sends it: RD, no EDNS.
+    """
+    wire = b"".join(bytes((len(label),)) + label for label in name.split(b".")) + b"\x00"
+    return struct.pack("!6H", queryID, FLAG_RD, 1, 0, 0, 0) + wire + struct.pack("!HH", qtype, dns.IN)
+
+
+def agreesWithParseQuery(data: bytes) -> None:
+    """
+    When quickQuestion reads C{data} and the name it found is whole (as every
+    name in the cache is), parseQuery reads the same key, question end and
+    EDNS presence, of a standard query.
+    """
+    quick = quickQuestion(data)
+    if quick is None:
+        return
+    key, nameEnd, edns = quick
+    try:
+        whole = parseQuestion(key[0] + b"\x00" * 4, 0).end == len(key[0]) + 4
+    except WireError:
+        whole = False
+    if not whole:
+        return
+    query = parseQuery(data)
+    assert (cacheKey(query), query.question.end - 4, query.edns is not None) == (key, nameEnd, edns)
+    assert not query.flags & FLAG_QR and query.opcode == 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(dnsperfQuery(), id="dnsperf"),
+        pytest.param(dnsperfQuery(b"WWW.Netd.Test", dns.AAAA), id="mixed case"),
+        pytest.param(makeQuery(), id="no EDNS"),
+        pytest.param(makeQuery(edns=True), id="EDNS"),
+        pytest.param(makeQuery(edns=True, do=True, checkingDisabled=True), id="EDNS with DO and CD"),
+        pytest.param(addAdditional(makeQuery(), rawOPT(rdata=b"\x00\x0a\x00\x08" + bytes(8))), id="EDNS with a cookie"),
+    ],
+)
+def test_quickQuestionReadsPlainQueries(data: bytes) -> None:
+    """
+    quickQuestion reads plain queries (one question, at most an OPT record) as parseQuery does.
+    """
+    quick = quickQuestion(data)
+    query = parseQuery(data)
+    assert quick == (cacheKey(query), query.question.end - 4, query.edns is not None)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(dnsperfQuery()[:11], id="short header"),
+        pytest.param(dnsperfQuery()[:16], id="no name"),
+        pytest.param(struct.pack("!6H", 1, FLAG_QR, 1, 0, 0, 0) + dnsperfQuery()[12:], id="QR set"),
+        pytest.param(struct.pack("!6H", 1, 2 << 11, 1, 0, 0, 0) + dnsperfQuery()[12:], id="opcode STATUS"),
+        pytest.param(struct.pack("!6H", 1, 0, 2, 0, 0, 0) + dnsperfQuery()[12:], id="two questions"),
+        pytest.param(struct.pack("!6H", 1, 0, 1, 1, 0, 0) + dnsperfQuery()[12:], id="an answer record"),
+        pytest.param(struct.pack("!6H", 1, 0, 1, 0, 0, 2) + dnsperfQuery()[12:], id="two additional records"),
+        pytest.param(makeQuery(edns=True)[:-1], id="OPT record cut short"),
+        pytest.param(makeQuery(edns=True) + b"\x00", id="a byte after the OPT record"),
+        pytest.param(
+            addAdditional(makeQuery(), b"\x00" + struct.pack("!HHIH", dns.A, dns.IN, 60, 4) + bytes(4)),
+            id="an A record in the additional section",
+        ),
+        pytest.param(addAdditional(makeQuery(), rawOPT(name=b"\x01a\x00")), id="OPT record not at the root"),
+        pytest.param(
+            addAdditional(dnsperfQuery()[:12] + b"\x40" + bytes(64) + b"\x00\x00\x01\x00\x01", rawOPT()),
+            id="label over 63 bytes",
+        ),
+    ],
+)
+def test_quickQuestionLeavesTheRest(data: bytes) -> None:
+    """
+    quickQuestion gives None for anything but a plain standard query, for the full parse to judge.
+    """
+    assert quickQuestion(data) is None
+
+
 # makeResponse, makeHeaderError, truncate
 
 
@@ -1090,3 +1210,26 @@ def test_fuzzQueriesAgreeWithTwisted(labels: list[bytes], qtype: int, qclass: in
     query = parseQuery(data)
     wire = b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
     assert query == Query(id, FLAG_RD, Question(wire, wire.lower(), qtype, qclass, len(data)), None)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(mutated())
+def test_fuzzQuickQuestionMutated(data: bytes) -> None:
+    """
+    On valid messages with bytes changed, inserted or cut, quickQuestion returns or gives
+    None, nothing else, and agrees with parseQuery whenever its name is whole.
+    """
+    agreesWithParseQuery(data)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_fuzzQuickQuestionArbitrary(data: bytes) -> None:
+    """
+    On arbitrary bytes after a plain query's header (with and without one
+    additional record), quickQuestion returns or gives None, nothing else,
+    and agrees with parseQuery whenever its name is whole.
+    """
+    agreesWithParseQuery(data)
+    agreesWithParseQuery(struct.pack("!6H", 1, FLAG_RD, 1, 0, 0, 0) + data)
+    agreesWithParseQuery(struct.pack("!6H", 1, FLAG_RD, 1, 0, 0, 1) + data)

@@ -185,21 +185,84 @@ def test_builtInAndThirdPartyDiscovered() -> None:
     assert registry.get("nonesuch") is None
 
 
+def recordLoading(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """
+    Record, in the list returned, each built-in module discovery loads and
+    C{"entry points"} each time it reads the installed entry points.
+    """
+    loaded: list[str] = []
+    loadBuiltIn, entryPoints = netd.plugin._loadBuiltIn, netd.plugin._entryPoints
+
+    def recordBuiltIn(module: str) -> tuple[str, Any]:
+        """
+        Load a built-in module, noting it.
+        """
+        loaded.append(module)
+        return loadBuiltIn(module)
+
+    def recordEntryPoints(group: str) -> Any:
+        """
+        Read the entry points, noting it.
+        """
+        loaded.append("entry points")
+        return entryPoints(group)
+
+    monkeypatch.setattr(netd.plugin, "_loadBuiltIn", recordBuiltIn)
+    monkeypatch.setattr(netd.plugin, "_entryPoints", recordEntryPoints)
+    return loaded
+
+
+def test_builtInLoadedAlone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Asking for a built-in plugin loads the module named after it and neither the other modules nor the entry points.
+    """
+    loaded = recordLoading(monkeypatch)
+    registry = discoverPlugins()
+    plugin = registry.get("dns-proxy")
+    assert plugin is not None and plugin.name == "dns-proxy"
+    assert registry.get("dns-proxy") is plugin
+    assert loaded == ["netd_plugins.dnsproxy"]
+
+
+def test_othersLoadedWhenNotBuiltIn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A plugin no built-in module is named after (a third-party one, or none) loads everything, once.
+    """
+    loaded = recordLoading(monkeypatch)
+    registry = discoverPlugins()
+    assert registry.get("reverse") is registry.plugins["reverse"].plugin
+    assert registry.get("nonesuch") is None
+    assert loaded.count("entry points") == 1
+    assert "netd_plugins.echo" in loaded
+
+
+def test_loadedAloneThenAllIsNoClash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A plugin loaded on its own, then again with everything, is listed once and not reported as taking its own name.
+    """
+    recordLoading(monkeypatch)
+    registry = discoverPlugins()
+    echo = registry.get("echo")
+    assert registry.plugins["echo"].plugin is echo
+    assert registry.plugins["echo"].source == "built-in netd_plugins.echo"
+    assert registry.broken == {}
+
+
 def addEntryPoints(monkeypatch: pytest.MonkeyPatch, *extra: tuple[str, str]) -> dict[str, str]:
     """
     Make discovery see the installed entry points plus C{extra} (name, value)
     pairs; return each extra's expected source, by name.
     """
-    real = netd.plugin.entry_points
+    real = netd.plugin._entryPoints
     added = [EntryPoint(name, value, ENTRY_POINT_GROUP) for name, value in extra]
 
-    def entryPoints(*, group: str) -> list[EntryPoint]:
+    def entryPoints(group: str) -> list[EntryPoint]:
         """
         The installed entry points of C{group}, then the added ones.
         """
-        return [*real(group=group), *added]
+        return [*real(group), *added]
 
-    monkeypatch.setattr(netd.plugin, "entry_points", entryPoints)
+    monkeypatch.setattr(netd.plugin, "_entryPoints", entryPoints)
     return {name: f"entry point {name!r} = {value} (from ?)" for name, value in extra}
 
 

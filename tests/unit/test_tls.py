@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
@@ -36,6 +37,7 @@ from netd.certs import (
     makeCA,
     writeBadCertificates,
 )
+from netd import logs
 from netd.config import parseConfig
 from netd.limits import ConnectionLimiter
 from netd.metrics import Counters
@@ -90,6 +92,15 @@ def _loadCA(dev: DevelopmentSet) -> KeyAndCertificate:
     certificate = x509.load_pem_x509_certificate(Path(dev.ca).read_bytes())
     key = serialization.load_pem_private_key(Path(dev.caKey).read_bytes(), password=None)
     return KeyAndCertificate(certificate, key)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def debugLogging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Debug events written, as with log_level = "debug": the tests read what
+    handshakes log at debug.
+    """
+    monkeypatch.setattr(logs, "debugEnabled", True)
 
 
 @pytest.fixture(scope="module")
@@ -628,6 +639,21 @@ def test_handshakeLoggedAtDebug(certs: Certs) -> None:
     assert event["tls_resumed"] is False
 
 
+def test_handshakeNotLoggedUnlessDebug(certs: Certs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    When debug events are not written, a handshake builds no log event at all, yet is still counted and described for the event log.
+    """
+    monkeypatch.setattr(logs, "debugEnabled", False)
+    stack = echoStack(tlsOptions(certs))
+    with capturedLogs() as events:
+        connection = stack.connect(TestClientTLS())
+    assert connection.handshakeDone
+    assert [e for e in events if e.get("tls_version")] == []
+    assert tlsCounters(stack.counters)["tls_handshakes_ok"] == 1
+    protocol = connection.server.wrappedProtocol
+    assert protocol.tlsDetails is not None and protocol.tlsDetails["version"] == "TLSv1.3"
+
+
 @pytest.mark.parametrize(
     ("errors", "expected"),
     [
@@ -755,6 +781,207 @@ def test_flowControlHoldsThroughTLS(certs: Certs) -> None:
         if serverTransport.producerState != "paused":
             toServer(65536)
     assert bytes(collector.received) == payload
+
+
+class CountingTransport(StringTransport):
+    """
+    A transport that counts the writes made to it.
+    """
+
+    writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+class TLSPair:
+    """
+    A TLS client and a L{TLSServerFactory} connection in memory, moved by
+    hand so that a test sees each write and timed call.
+
+    @ivar sent: the client's records not yet given to the server.
+    """
+
+    def __init__(self, certs: Certs, application: Factory) -> None:
+        self.clock = Clock()
+        factory = TLSServerFactory(
+            ServerTLS(tlsOptions(certs), serviceName="test", log=LOG), application, clock=self.clock, counters=Counters(), log=LOG
+        )
+        self.server = factory.buildProtocol(None)
+        self.serverTransport = CountingTransport()
+        self.server.makeConnection(self.serverTransport)
+        self.collector = Collector()
+        clientFactory = TLSMemoryBIOFactory(TestClientTLS(), True, Factory.forProtocol(lambda: self.collector), clock=self.clock)
+        self.client = clientFactory.buildProtocol(None)
+        self.clientTransport = StringTransport()
+        self.client.makeConnection(self.clientTransport)
+        for _ in range(5):
+            self.toServer(self.takeSent())
+            self.toClient()
+        assert self.client._handshakeDone
+        self.serverTransport.writes = 0
+
+    def takeSent(self) -> bytes:
+        """
+        What the client has sent (each write of it its own records).
+        """
+        self.clock.advance(0)
+        data = self.clientTransport.value()
+        self.clientTransport.clear()
+        return data
+
+    def toServer(self, data: bytes) -> None:
+        """
+        Give bytes to the server, as one read.
+        """
+        if data:
+            self.server.dataReceived(data)
+
+    def toClient(self) -> None:
+        """
+        Give the client what the server has written, running the due calls first.
+        """
+        self.clock.advance(0)
+        data = self.serverTransport.value()
+        self.serverTransport.clear()
+        if data:
+            self.client.dataReceived(data)
+
+
+class Echo(Protocol):
+    """
+    Writes back what it reads.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+def test_replyToReadSentAtOnce(certs: Certs) -> None:
+    """
+    What the application writes while a read is delivered is sent before the read returns, with no timed call left behind.
+    """
+    pair = TLSPair(certs, Factory.forProtocol(Echo))
+    pair.client.write(b"ping")
+    pair.toServer(pair.takeSent())
+    assert pair.serverTransport.writes == 1
+    assert pair.clock.getDelayedCalls() == []
+    pair.toClient()
+    assert bytes(pair.collector.received) == b"ping"
+
+
+def test_recordsOfOneReadAnsweredInOneWrite(certs: Certs) -> None:
+    """
+    Several records arriving in one read are delivered in order and their replies leave in one write.
+    """
+    pair = TLSPair(certs, Factory.forProtocol(Echo))
+    records = b""
+    for word in (b"one ", b"two ", b"three"):
+        pair.client.write(word)
+        records += pair.takeSent()
+    pair.toServer(records)
+    assert pair.serverTransport.writes == 1
+    pair.toClient()
+    assert bytes(pair.collector.received) == b"one two three"
+
+
+def test_partialRecordWaitsForTheRest(certs: Certs) -> None:
+    """
+    A record split over two reads is delivered (and answered) only once its last byte arrives.
+    """
+    pair = TLSPair(certs, Factory.forProtocol(Echo))
+    pair.client.write(b"split in two")
+    record = pair.takeSent()
+    pair.toServer(record[:7])
+    assert pair.serverTransport.writes == 0
+    pair.toServer(record[7:])
+    assert pair.serverTransport.writes == 1
+    pair.toClient()
+    assert bytes(pair.collector.received) == b"split in two"
+
+
+def test_largeReplyToReadComesWhole(certs: Certs) -> None:
+    """
+    A reply of many records written during a read arrives whole and in order.
+    """
+
+    class Big(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            self.transport.write(bytearray(payload))
+
+    payload = random.Random(5).randbytes(300_000)
+    pair = TLSPair(certs, Factory.forProtocol(Big))
+    pair.client.write(b"go")
+    pair.toServer(pair.takeSent())
+    pair.toClient()
+    assert bytes(pair.collector.received) == payload
+
+
+def test_replyThenCloseInReadSendsReplyFirst(certs: Certs) -> None:
+    """
+    An application that writes its reply and closes while reading gets the reply delivered, then a clean TLS close.
+    """
+
+    class ReplyAndClose(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            self.transport.write(b"bye")
+            self.transport.loseConnection()
+
+    pair = TLSPair(certs, Factory.forProtocol(ReplyAndClose))
+    pair.client.write(b"quit")
+    pair.toServer(pair.takeSent())
+    pair.toClient()
+    assert bytes(pair.collector.received) == b"bye"
+    # The client read the server's close_notify, answered it and closed.
+    assert pair.clientTransport.disconnecting
+    pair.toServer(pair.takeSent())
+    assert pair.serverTransport.disconnecting
+
+
+def test_producerFinishingInReadSendsEverything(certs: Certs) -> None:
+    """
+    An application with a producer that, while reading, writes, closes, writes its last bytes and unregisters gets all of them delivered before the TLS close.
+    """
+
+    class Producing(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.registerProducer(self, True)
+
+        def dataReceived(self, data: bytes) -> None:
+            self.transport.write(b"first ")
+            self.transport.loseConnection()
+            self.transport.write(b"last")
+            self.transport.unregisterProducer()
+
+        def pauseProducing(self) -> None:
+            pass
+
+        def resumeProducing(self) -> None:
+            pass
+
+        def stopProducing(self) -> None:
+            pass
+
+    pair = TLSPair(certs, Factory.forProtocol(Producing))
+    pair.client.write(b"go")
+    pair.toServer(pair.takeSent())
+    pair.toClient()
+    assert bytes(pair.collector.received) == b"first last"
+    assert pair.clientTransport.disconnecting
+
+
+def test_writeOutsideReadStillSent(certs: Certs) -> None:
+    """
+    A write made outside any read (from a timer) is sent too, by Twisted's aggregation of small writes.
+    """
+
+    application = Protocol()
+    pair = TLSPair(certs, Factory.forProtocol(lambda: application))
+    pair.clock.callLater(5, application.transport.write, b"later")
+    pair.clock.advance(5)
+    pair.toClient()
+    assert bytes(pair.collector.received) == b"later"
 
 
 # Startup checks.
@@ -906,6 +1133,18 @@ def test_autoCertificateServedAndVerified(tmp_path: Path) -> None:
     assert again.made == []
     for address in ("127.0.0.1", "::1"):
         assert stack.connect(clientCreator(address, str(tmp_path / "tls" / "ca.pem"))).handshakeDone
+
+
+def test_autoCertificateIsECDSAP256(tmp_path: Path) -> None:
+    """
+    certificate = "auto" serves an ECDSA P-256 certificate (cheaper handshakes than RSA).
+    """
+    stack = echoStack(TLSOptions(certificate="auto"), stateDir=str(tmp_path))
+    certificate = stack.connect(TestClientTLS()).serverCertificate
+    assert certificate is not None
+    key = certificate.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    assert isinstance(key.curve, ec.SECP256R1)
 
 
 def test_autoCertificateUnwritableStateDir(tmp_path: Path) -> None:

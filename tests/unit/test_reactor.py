@@ -1,0 +1,550 @@
+"""
+Tests for L{netd.reactor}: netd's epoll reactor and its TCP transports that
+send as written, driven on real loopback sockets by a private instance of the
+reactor turned one iteration at a time (every wait bounded).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import interfaces
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netd.certs import ensureDevelopmentSet
+from netd.reactor import NetdReactor, Server, installReactor
+from netd.testing import makeStreamStack
+from netd.tls import TLSOptions
+from plugins.echo import EchoHandler
+
+WAIT = 5.0
+
+
+@pytest.fixture
+def reactor() -> Iterator[NetdReactor]:
+    """
+    A private netd reactor, not the session's, torn down with everything on it.
+    """
+    made = NetdReactor()
+    yield made
+    made._uninstallHandler()
+    for reader in made._internalReaders:
+        made.removeReader(reader)
+        reader.connectionLost(None)
+    made.disconnectAll()
+    for call in made.getDelayedCalls():
+        call.cancel()
+    made._poller.close()
+
+
+def spin(reactor: NetdReactor, done: Callable[[], object], timeout: float = WAIT) -> None:
+    """
+    Turn the reactor until C{done()} is true, failing after C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"not done within {timeout} seconds"
+        reactor.iterate(0.01)
+
+
+class Recorder(Protocol):
+    """
+    A server protocol that keeps what it is told.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: list[Failure] = []
+        self.writeLost = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # type: ignore[assignment]
+        self.lost.append(reason)
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class HalfCloseRecorder(Recorder):
+    """
+    A recorder told when either side of the connection is shut.
+    """
+
+    readLost = 0
+
+    def readConnectionLost(self) -> None:
+        self.readLost += 1
+
+    def writeConnectionLost(self) -> None:
+        self.writeLost += 1
+
+
+class Accepted:
+    """
+    One accepted connection: the server's protocol and transport, and the client's socket.
+    """
+
+    def __init__(self, protocol: Recorder, client: socket.socket) -> None:
+        self.protocol = protocol
+        self.transport: Server = protocol.transport  # type: ignore[assignment]
+        self.client = client
+
+
+def accept(reactor: NetdReactor, protocolType: type[Recorder] = Recorder, receiveBuffer: int | None = None) -> Accepted:
+    """
+    Listen on a loopback port of C{reactor}, connect a plain socket to it and
+    return both ends once the server has the connection.
+    """
+    made: list[Recorder] = []
+
+    class Recording(Factory):
+        def buildProtocol(self, addr: Any) -> Recorder:
+            protocol = protocolType()
+            made.append(protocol)
+            return protocol
+
+    port = reactor.listenTCP(0, Recording(), interface="127.0.0.1")
+    client = socket.socket()
+    if receiveBuffer is not None:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receiveBuffer)
+    client.connect(("127.0.0.1", port.getHost().port))
+    client.setblocking(False)
+    spin(reactor, lambda: made)
+    port.stopListening()
+    return Accepted(made[0], client)
+
+
+def readable(client: socket.socket, timeout: float = WAIT) -> bool:
+    """
+    Whether the socket has something to read (or EOF) within C{timeout}, without turning any reactor.
+    """
+    return bool(select.select([client], [], [], timeout)[0])
+
+
+def drain(reactor: NetdReactor, client: socket.socket, count: int) -> bytes:
+    """
+    Read C{count} bytes from C{client} while turning the reactor.
+    """
+    received = bytearray()
+
+    def more() -> bool:
+        try:
+            chunk = client.recv(1 << 20)
+        except BlockingIOError:
+            return False
+        assert chunk, f"EOF after {len(received)} of {count} bytes"
+        received.extend(chunk)
+        return len(received) >= count
+
+    spin(reactor, more)
+    return bytes(received)
+
+
+def untilEOF(reactor: NetdReactor, client: socket.socket) -> bytes:
+    """
+    Read from C{client} while turning the reactor until the server closes.
+    """
+    received = bytearray()
+    closed = []
+
+    def more() -> bool:
+        try:
+            chunk = client.recv(1 << 20)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            closed.append(True)
+        received.extend(chunk)
+        return bool(closed)
+
+    spin(reactor, more)
+    return bytes(received)
+
+
+def fillKernelBuffers(accepted: Accepted) -> bytes:
+    """
+    Shrink the server's send buffer and write more than the kernel takes, so that the rest is queued.
+    """
+    accepted.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    big = os.urandom(2 * 2**20)
+    accepted.transport.write(big)
+    assert accepted.transport._tempDataLen > 0, "the kernel took it all; nothing was queued"
+    return big
+
+
+def test_writeSendsAtOnce(reactor: NetdReactor) -> None:
+    """
+    A write made while nothing is queued is on the socket when write returns: no reactor turn, no writability registration.
+    """
+    accepted = accept(reactor)
+    accepted.transport.write(b"sent now")
+    assert accepted.transport not in reactor.getWriters()
+    assert readable(accepted.client)
+    assert accepted.client.recv(100) == b"sent now"
+
+
+def test_writeSequenceSendsAtOnce(reactor: NetdReactor) -> None:
+    """
+    writeSequence sends its pieces at once, in order, as one write.
+    """
+    accepted = accept(reactor)
+    accepted.transport.writeSequence([b"one ", b"two ", b"three"])
+    assert readable(accepted.client)
+    assert accepted.client.recv(100) == b"one two three"
+
+
+def test_writeRefusesText(reactor: NetdReactor) -> None:
+    """
+    Writing a str raises TypeError, as Twisted's transports do, and sends nothing.
+    """
+    accepted = accept(reactor)
+    with pytest.raises(TypeError):
+        accepted.transport.write("text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        accepted.transport.writeSequence(["text"])
+
+
+def test_partialSendQueuesTheRestInOrder(reactor: NetdReactor) -> None:
+    """
+    What the kernel does not take is queued, a later write queues behind it, and the peer gets all of it in order.
+    """
+    accepted = accept(reactor, receiveBuffer=4096)
+    big = fillKernelBuffers(accepted)
+    assert accepted.transport in reactor.getWriters()
+    accepted.transport.write(b"tail")
+    assert accepted.transport._tempDataBuffer[-1] == b"tail"
+    assert drain(reactor, accepted.client, len(big) + 4) == big + b"tail"
+    spin(reactor, lambda: accepted.transport not in reactor.getWriters())
+
+
+class PushProducer:
+    """
+    A streaming producer that records being paused and resumed.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        self.events.append("stop")
+
+
+def test_producerPausedOverBufferSizeAndResumed(reactor: NetdReactor) -> None:
+    """
+    A streaming producer is paused once more than bufferSize is queued, and resumed once the queue drains.
+    """
+    accepted = accept(reactor, receiveBuffer=4096)
+    producer = PushProducer()
+    accepted.transport.registerProducer(producer, True)
+    big = fillKernelBuffers(accepted)
+    assert producer.events == ["pause"]
+    drain(reactor, accepted.client, len(big))
+    spin(reactor, lambda: producer.events == ["pause", "resume"])
+
+
+def test_pullProducerAskedAgain(reactor: NetdReactor) -> None:
+    """
+    A pull producer's writes go through the queue, so that it is asked for more each time the queue drains.
+    """
+    accepted = accept(reactor)
+    chunks = [b"first ", b"second ", b"third"]
+
+    class Pull:
+        def resumeProducing(self) -> None:
+            if chunks:
+                accepted.transport.write(chunks.pop(0))
+
+        def stopProducing(self) -> None:
+            pass
+
+    accepted.transport.registerProducer(Pull(), False)
+    assert drain(reactor, accepted.client, 18) == b"first second third"
+
+
+def test_loseConnectionFlushesThenCloses(reactor: NetdReactor) -> None:
+    """
+    loseConnection closes only once what is queued is written; the protocol then loses the connection cleanly, once.
+    """
+    accepted = accept(reactor, receiveBuffer=4096)
+    big = fillKernelBuffers(accepted)
+    accepted.transport.loseConnection()
+    assert accepted.protocol.lost == []
+    assert untilEOF(reactor, accepted.client) == big
+    spin(reactor, lambda: accepted.protocol.lost)
+    assert len(accepted.protocol.lost) == 1
+    assert accepted.protocol.lost[0].check(ConnectionDone)
+
+
+def test_writeWhileClosingIsQueuedBehind(reactor: NetdReactor) -> None:
+    """
+    A write made after loseConnection, before the close, is not sent ahead of what is queued but after it, as Twisted does.
+    """
+    accepted = accept(reactor)
+    accepted.transport.write(b"first")
+    accepted.transport.loseConnection()
+    accepted.transport.write(b" last")
+    assert untilEOF(reactor, accepted.client) == b"first last"
+
+
+def test_writesAfterCloseIgnored(reactor: NetdReactor) -> None:
+    """
+    Once the connection is lost, writes are dropped without an error.
+    """
+    accepted = accept(reactor)
+    accepted.transport.loseConnection()
+    spin(reactor, lambda: accepted.protocol.lost)
+    accepted.transport.write(b"too late")
+    accepted.transport.writeSequence([b"too", b"late"])
+    assert untilEOF(reactor, accepted.client) == b""
+
+
+def test_abortConnectionDropsQueue(reactor: NetdReactor) -> None:
+    """
+    abortConnection drops what is queued, resets the connection and loses it with ConnectionAborted; later writes send nothing.
+    """
+    accepted = accept(reactor, receiveBuffer=4096)
+    big = fillKernelBuffers(accepted)
+    accepted.transport.abortConnection()
+    accepted.transport.write(b"after abort")
+    spin(reactor, lambda: accepted.protocol.lost)
+    assert accepted.protocol.lost[0].check(ConnectionAborted)
+    received = bytearray()
+    with pytest.raises(ConnectionResetError):
+        while True:
+            assert readable(accepted.client)
+            chunk = accepted.client.recv(1 << 20)
+            assert chunk, "closed cleanly instead of reset"
+            received.extend(chunk)
+    assert len(received) < len(big)
+    assert b"after abort" not in received
+
+
+def test_writeAfterAbortSendsNothing(reactor: NetdReactor) -> None:
+    """
+    A write made between abortConnection and the loss of the connection is not sent, even with nothing queued.
+    """
+    accepted = accept(reactor)
+    accepted.transport.abortConnection()
+    accepted.transport.write(b"after abort")
+    spin(reactor, lambda: accepted.protocol.lost)
+    assert readable(accepted.client)
+    with pytest.raises(ConnectionResetError):
+        accepted.client.recv(100)
+
+
+def test_peerResetDuringWrite(reactor: NetdReactor) -> None:
+    """
+    A write to a peer that reset the connection raises nothing; the protocol loses the connection with ConnectionLost, once.
+    """
+    accepted = accept(reactor)
+    accepted.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    accepted.client.close()
+    accepted.transport.write(b"into a reset connection")
+    accepted.transport.write(b"and again")
+    spin(reactor, lambda: accepted.protocol.lost)
+    for _ in range(5):
+        reactor.iterate(0.01)
+    assert len(accepted.protocol.lost) == 1
+    assert accepted.protocol.lost[0].check(ConnectionLost)
+
+
+def test_loseWriteConnectionHalfCloses(reactor: NetdReactor) -> None:
+    """
+    loseWriteConnection sends what is written then EOF, tells the protocol its writing side is shut, and keeps reading.
+    """
+    accepted = accept(reactor, HalfCloseRecorder)
+    accepted.transport.write(b"last words")
+    accepted.transport.loseWriteConnection()
+    accepted.transport.write(b" queued before the shutdown")
+    assert untilEOF(reactor, accepted.client) == b"last words queued before the shutdown"
+    assert accepted.protocol.writeLost == 1
+    accepted.transport.write(b"after the shutdown")
+    accepted.client.sendall(b"still heard")
+    spin(reactor, lambda: accepted.protocol.received == b"still heard")
+    assert accepted.protocol.lost == []
+
+
+def test_peerHalfCloseReadsThenAnswers(reactor: NetdReactor) -> None:
+    """
+    A peer that shuts its sending side is reported as readConnectionLost, and what the protocol writes then still reaches it.
+    """
+    accepted = accept(reactor, HalfCloseRecorder)
+    accepted.client.sendall(b"question")
+    accepted.client.shutdown(socket.SHUT_WR)
+    spin(reactor, lambda: accepted.protocol.readLost)
+    assert accepted.protocol.received == b"question"
+    accepted.transport.write(b"answer")
+    accepted.transport.loseConnection()
+    assert untilEOF(reactor, accepted.client) == b"answer"
+
+
+class Exploding(Recorder):
+    """
+    A protocol with a bug: it raises on C{b"boom"}, and echoes anything else.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        if data == b"boom":
+            raise ZeroDivisionError("the protocol's bug")
+        self.transport.write(data)  # type: ignore[union-attr]
+
+
+def test_exceptionInDataReceivedClosesThatConnectionOnly(reactor: NetdReactor) -> None:
+    """
+    An exception raised by a protocol's dataReceived is logged, labelled with the connection, and loses that connection; other connections go on.
+    """
+    failures: list[tuple[Failure, str]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        failure = event.get("log_failure", event.get("failure"))
+        if failure is not None:
+            failures.append((failure, event.get("log_system", "")))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        buggy = accept(reactor, Exploding)
+        fine = accept(reactor, Exploding)
+        buggy.client.sendall(b"boom")
+        spin(reactor, lambda: buggy.protocol.lost)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert [(f.type, system.split(",")[0]) for f, system in failures] == [(ZeroDivisionError, "Exploding")]
+    assert buggy.protocol.lost[0].check(ZeroDivisionError)
+    assert untilEOF(reactor, buggy.client) == b""
+    fine.client.sendall(b"still served")
+    assert drain(reactor, fine.client, 12) == b"still served"
+
+
+def test_tlsEchoThroughTheTransport(reactor: NetdReactor, tmp_path: Path) -> None:
+    """
+    netd's TLS echo stack (limits, TLS, framing, echo) serves a real TLS client through the transport, a MiB each way.
+    """
+    files, _ = ensureDevelopmentSet(str(tmp_path))
+    stack = makeStreamStack(
+        EchoHandler(), "raw", clock=reactor, tls=TLSOptions(certificate=files.server, private_key=files.serverKey)
+    )
+    port = reactor.listenTCP(0, stack, interface="127.0.0.1")
+    context = ssl.create_default_context(cafile=files.ca)
+    raw = socket.create_connection(("127.0.0.1", port.getHost().port))
+    raw.setblocking(False)
+    client = context.wrap_socket(raw, server_hostname="localhost", do_handshake_on_connect=False)
+
+    def handshaken() -> bool:
+        try:
+            client.do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False
+        return True
+
+    spin(reactor, handshaken)
+    payload = os.urandom(2**20)
+    sent = 0
+    received = bytearray()
+
+    def echoed() -> bool:
+        nonlocal sent
+        if sent < len(payload):
+            try:
+                sent += client.send(payload[sent : sent + 65536])
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+        try:
+            received.extend(client.recv(1 << 20))
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass
+        return len(received) >= len(payload)
+
+    spin(reactor, echoed, timeout=30)
+    assert bytes(received) == payload
+    client.close()
+
+
+def test_connectTCPSendsAtOnce(reactor: NetdReactor) -> None:
+    """
+    Outgoing connections (connectTCP) send as written too.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    made: list[Protocol] = []
+
+    class Connecting(ClientFactory):
+        def buildProtocol(self, addr: Any) -> Protocol:
+            made.append(Protocol())
+            return made[0]
+
+    reactor.connectTCP("127.0.0.1", listener.getsockname()[1], Connecting())
+    spin(reactor, lambda: made and made[0].transport is not None and made[0].transport.connected)  # type: ignore[attr-defined]
+    peer, _ = listener.accept()
+    listener.close()
+    made[0].transport.write(b"from the client")  # type: ignore[union-attr]
+    assert readable(peer)
+    assert peer.recv(100) == b"from the client"
+    peer.close()
+
+
+def test_installReactorRefusesUnknownName() -> None:
+    """
+    A NETD_REACTOR that names no reactor is refused with the names that are allowed.
+    """
+    with pytest.raises(ValueError, match="NETD_REACTOR='uvloop' names no reactor; use one of: netd, twisted"):
+        installReactor({"NETD_REACTOR": "uvloop"})
+
+
+def test_installReactorKeepsOneInstalled() -> None:
+    """
+    With a reactor already installed (here, the test session's), nothing is replaced.
+    """
+    assert installReactor({"NETD_REACTOR": "twisted"}) == "preinstalled"
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [({}, "NetdReactor"), ({"NETD_REACTOR": "netd"}, "NetdReactor"), ({"NETD_REACTOR": "twisted"}, "EPollReactor")],
+)
+def test_installReactorInstalls(environment: dict[str, str], expected: str) -> None:
+    """
+    In a fresh process, importing netd.cli installs no reactor, and installReactor installs netd's or, with NETD_REACTOR=twisted, Twisted's.
+    """
+    script = (
+        "import sys, netd.cli\n"
+        "assert 'twisted.internet.reactor' not in sys.modules, 'importing netd.cli installed a reactor'\n"
+        "from netd.reactor import installReactor\n"
+        "installReactor()\n"
+        "from twisted.internet import reactor\n"
+        "print(type(reactor).__name__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NETD_REACTOR"} | environment
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected
+
+
+def test_sessionRunsOnNetdReactor() -> None:
+    """
+    The test session's reactor is netd's, so the whole suite exercises it.
+    """
+    from twisted.internet import reactor
+
+    assert isinstance(reactor, NetdReactor)

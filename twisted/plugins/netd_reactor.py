@@ -1,0 +1,15 @@
+"""
+netd's reactor for twistd: C{twistd --reactor=netd -n netd -c FILE} runs
+netd under twistd on the reactor C{netd run} uses (L{netd.reactor}).
+
+Like C{netd_plugin.py}, a drop-in found by Twisted's scan of every
+C{twisted/plugins} folder on the path.
+"""
+
+from twisted.application.reactors import Reactor
+
+netd = Reactor(
+    "netd",
+    "netd.reactor",
+    "netd's epoll reactor: TCP writes sent at once, events handled without a logging context each",
+)
