@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import re
 from bisect import bisect_left
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -103,14 +102,16 @@ class Histogram:
         }
 
 
-class Counters(Counter[str]):
+class Counters(dict[str, int]):
     """
     Named event counts of one service (C{connections_refused}, C{frames_rejected}, ...),
     with the service's histograms and the labelled families its plugin declared.
 
-    A plain L{collections.Counter} for counting: absent names read as zero and
-    the hot paths add with C{counters[name] += n}, which is as cheap as counting
-    gets in Python.
+    A dict whose absent names read as zero: the hot paths add with
+    C{counters[name] += n}, which is as cheap as counting gets in Python.  Not
+    a L{collections.Counter}: its Python-level C{__delitem__} sends every
+    C{+=} through a slow slot (about 115 ns instead of 45 on the echo path,
+    twice per message).
 
     @ivar histograms: by name (the metric is C{netd_NAME}).
     @ivar families: the declared L{LabelledCounters}, by prefix.
@@ -120,6 +121,12 @@ class Counters(Counter[str]):
         super().__init__(*args, **kwargs)
         self.histograms: dict[str, Histogram] = {}
         self.families: dict[str, LabelledCounters] = {}
+
+    def __missing__(self, name: str) -> int:
+        """
+        A name never counted reads as zero (and is not stored by reading it).
+        """
+        return 0
 
     def snapshot(self) -> dict[str, int]:
         """
