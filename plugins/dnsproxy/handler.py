@@ -419,7 +419,8 @@ class DNSProxy(Service):
         counters[_RCODE_COUNTERS.get(rcode) or f"rcode_{rcode}"] += 1
         events = self.events
         if events.enabled:
-            events.add("query", renderQuery, host, port, data, transport, rcode, "cache", None, None, started, self.reactor.seconds())
+            ended = self.reactor.seconds()
+            events.add("query", renderQuery, host, port, data, transport, rcode, "cache", None, None, started, ended)
         return answer
 
     def _lookup(

@@ -399,7 +399,8 @@ def quickQuestion(data: bytes) -> tuple[tuple[bytes, int, int, bool], int, bool]
         end = size - 4
         if end <= HEADER_SIZE:
             return None
-        return (data[HEADER_SIZE:end].lower(), (data[end] << 8) | data[end + 1], (data[end + 2] << 8) | data[end + 3], False), end, False
+        qtype, qclass = _TYPE_CLASS.unpack_from(data, end)
+        return (data[HEADER_SIZE:end].lower(), qtype, qclass, False), end, False
     if additional != _ONE_ADDITIONAL:
         return None
     position = HEADER_SIZE
@@ -416,10 +417,10 @@ def quickQuestion(data: bytes) -> tuple[tuple[bytes, int, int, bool], int, bool]
     opt = end + 4
     if end - HEADER_SIZE > MAX_NAME_LENGTH or opt + 11 > size or data[opt] or data[opt + 1 : opt + 3] != _OPT_TYPE:
         return None
-    if opt + 11 + ((data[opt + 9] << 8) | data[opt + 10]) != size:
+    if opt + 11 + _U16.unpack_from(data, opt + 9)[0] != size:
         return None
-    key = (data[HEADER_SIZE:end].lower(), (data[end] << 8) | data[end + 1], (data[end + 2] << 8) | data[end + 3], bool(data[opt + 7] & _DO_BYTE))
-    return key, end, True
+    qtype, qclass = _TYPE_CLASS.unpack_from(data, end)
+    return (data[HEADER_SIZE:end].lower(), qtype, qclass, bool(data[opt + 7] & _DO_BYTE)), end, True
 
 
 def inspectAnswer(data: bytes) -> AnswerInfo:

@@ -42,7 +42,8 @@ from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
 from netd.options import InvalidValue, Problem, decodeTable, option
 from netd.testing import FakeUDPPort, UDPMemoryReactorClock
-from netd_plugins.dnsproxy.resolver import UpstreamFailure, UpstreamResolver
+from netd_plugins.dnsproxy import resolver as resolverModule
+from netd_plugins.dnsproxy.resolver import PooledSystemRandom, UpstreamFailure, UpstreamResolver
 from netd_plugins.dnsproxy.upstream import SYSTEM, Upstream, expandUpstreams, systemUpstreams
 from netd_plugins.dnsproxy.wire import Question, parseQuestion
 
@@ -455,6 +456,31 @@ def test_udpQueryUsesFreshIDAndRestoresClientID() -> None:
     assert answerAddress(answer) == "198.51.100.7"
     assert harness.counters["upstream_queries"] == 1
     assert harness.counters["upstream_answers"] == 1
+
+
+def test_pooledRandomReadsTheKernelRarely(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    The resolver's random source reads the kernel's random bytes 4 KiB at a time, draws IDs over all 16 bits and sockets evenly, and starts afresh after a fork.
+    """
+    reads: list[int] = []
+
+    def urandom(count: int) -> bytes:
+        reads.append(count)
+        return random.Random(len(reads)).randbytes(count)
+
+    monkeypatch.setattr(resolverModule.os, "urandom", urandom)
+    resolverModule._POOL.drain()
+    source = PooledSystemRandom()
+    ids = [source.getrandbits(16) for _ in range(2000)]
+    picks = [source.choice(range(8)) for _ in range(2000)]
+    assert reads == [4096, 4096]
+    assert max(ids) > 0xF000 and min(ids) < 0x1000
+    assert set(picks) == set(range(8))
+    assert 0 <= source.random() < 1 and source.getrandbits(0) == 0
+    resolverModule._POOL.drain()
+    source.getrandbits(16)
+    assert reads == [4096, 4096, 4096], "a drained pool (a forked child's) is read again"
+    resolverModule._POOL.drain()
 
 
 def test_answeredResolveLeavesNothingBehind() -> None:
