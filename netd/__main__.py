@@ -1,9 +1,33 @@
 """
-C{python -m netd}: the same as the C{netd} command.
+The C{netd} command (and C{python -m netd}): L{netd.cli.main}, loaded with the
+cyclic garbage collector paused.
+
+Loading the daemon's modules makes some 65,000 objects (modules, classes,
+functions) that live as long as the process, and the collector would scan them
+again and again while they are made: a sixth of start-up's CPU.  It pauses for
+these imports, and what they made is then frozen (moved out of the
+collector's sight, C{gc.freeze}) rather than scanned once more; the 0.6 MiB of
+garbage among it (attrs' class builders) is never freed.  Done here rather
+than in L{netd.cli}, so that importing netd as a library changes nothing.
 """
 
+import gc
 import sys
 
-from netd.cli import main
 
-sys.exit(main())
+def main() -> int:
+    """
+    Load L{netd.cli} with the collector paused, then run the command line.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    from netd.cli import main as commandLine
+
+    gc.freeze()
+    if collecting:
+        gc.enable()
+    return commandLine()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,20 +8,11 @@ everything below it takes the reactor as an argument.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import signal
 import sys
 from typing import Any
 
-# Loading the daemon's modules makes some 65,000 objects (modules, classes,
-# functions) that live as long as the process, and the cyclic collector would
-# scan them again and again while they are made: a sixth of start-up's CPU.
-# It pauses for these imports, and what they made is then frozen (moved out
-# of the collector's sight, gc.freeze) rather than scanned once more; the
-# 0.6 MiB of garbage among it (attrs' class builders) is never freed.
-_collecting = gc.isenabled()
-gc.disable()
 
 import tomli_w
 from twisted.internet.defer import Deferred
@@ -38,10 +29,6 @@ from netd.plugin import PluginRegistry, discoverPlugins
 from netd.privileges import PrivilegeDrop, PrivilegeError
 from netd.service import ReloadInProgress, ServiceStartError
 from netd.systemd import Notifier, startWatchdog
-
-gc.freeze()
-if _collecting:
-    gc.enable()
 
 log = Logger(namespace="netd")
 

@@ -26,17 +26,20 @@ Modules a daemon loads only when its config uses them.
 PROBE = f"""
 import gc, json, sys
 from twisted.internet.testing import MemoryReactorClock
-from netd.cli import main
+from netd.__main__ import main
 from netd.config import loadConfig
 from netd.daemon import Daemon
 from netd.plugin import discoverPlugins
 
-Daemon(loadConfig(sys.argv[1], discoverPlugins()), MemoryReactorClock())
+sys.argv = ["netd", "check", "-c", sys.argv[1]]
+assert main() == 0
+Daemon(loadConfig(sys.argv[3], discoverPlugins()), MemoryReactorClock())
 print(json.dumps({{"loaded": [m for m in {OPTIONAL!r} if m in sys.modules], "collecting": gc.isenabled()}}))
 """
 """
-Load a config and build its daemon (on a fake reactor) as C{netd run} does,
-then report which of L{OPTIONAL} are loaded and whether the collector runs.
+Check a config through the command line's entry point (which loads netd with
+the collector paused), build its daemon (on a fake reactor) as C{netd run}
+does, then report which of L{OPTIONAL} are loaded and whether the collector runs.
 """
 
 ECHO_ONLY = """\
