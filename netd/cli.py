@@ -111,14 +111,49 @@ def _load(path: str | None, registry: PluginRegistry) -> NetdConfig | None:
 
 def checkCommand(args: argparse.Namespace) -> int:
     """
-    C{netd check}: validate and print the normalized config.
+    C{netd check}: validate the config and the files of its tls tables, and
+    print the normalized config.
     """
     config = _load(args.config, discoverPlugins())
     if config is None:
         return 1
+    problems = _tlsFileProblems(config)
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(problems)} problem(s) found; nothing was started.", file=sys.stderr)
+        return 1
     sys.stdout.write(f"# {config.source}: valid\n")
     sys.stdout.write(tomli_w.dumps(config.toConfig()))
     return 0
+
+
+def _tlsFileProblems(config: NetdConfig) -> list[str]:
+    """
+    Open and check the files of every enabled service's C{tls} table as
+    C{netd run} would (certificates, keys and their match, client CAs, SNI
+    certificates), so that a missing or mismatched file is found before a
+    deploy rather than at start.  C{certificate = "auto"} is left alone: it
+    is made at start, and checking makes no file.  An expired certificate is
+    reported as a warning, as C{netd run} logs it, and does not fail the check.
+    """
+    from twisted.logger import LogLevel, formatEvent
+
+    from netd.tls import AUTO, ServerTLS, TLSSetupError
+
+    def warn(event: dict[str, Any]) -> None:
+        if event.get("log_level") in (LogLevel.warn, LogLevel.error):
+            print(f"{config.source}: warning: {formatEvent(event)}", file=sys.stderr)
+
+    problems = []
+    for i, spec in enumerate(config.services):
+        if not spec.enabled or spec.tls is None or spec.tls.certificate == AUTO:
+            continue
+        try:
+            ServerTLS(spec.tls, serviceName=spec.name, log=Logger(namespace="netd", observer=warn))
+        except TLSSetupError as e:
+            problems.append(f"{config.source}: services[{i}].tls: {e}")
+    return problems
 
 
 def pluginsCommand(args: argparse.Namespace) -> int:

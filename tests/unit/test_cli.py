@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
 import pytest
 
 import netd
+from netd.certs import ensureDevelopmentSet, writeBadCertificates
 from netd.config import DEFAULT_CONFIG_NAME, loadConfig
 from netd.plugin import discoverPlugins
 
@@ -245,3 +247,52 @@ def test_usageErrors(args: list[str], expected: str) -> None:
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr.startswith("usage: netd")
     assert expected in result.stderr
+
+
+def tlsConfig(tmp_path: Path, certificate: str, privateKey: str) -> Path:
+    """
+    A config file with one tls-echo service on the given certificate and key files.
+    """
+    path = tmp_path / "tls.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            [daemon]
+            admin = false
+
+            [[services]]
+            name = "secure"
+            plugin = "tls-echo"
+            listen = ["tcp:0:interface=127.0.0.1"]
+            tls = {{ certificate = "{certificate}", private_key = "{privateKey}" }}
+            """
+        )
+    )
+    return path
+
+
+def test_checkOpensTLSFiles(tmp_path: Path) -> None:
+    """
+    netd check opens the files of tls tables: a good pair passes, a missing key file and a key of another certificate fail naming the service's tls key path.
+    """
+    files, _ = ensureDevelopmentSet(str(tmp_path / "certs"))
+    good = runNetd("check", "-c", str(tlsConfig(tmp_path, files.server, files.serverKey)))
+    assert good.returncode == 0, good.stderr
+    missing = runNetd("check", "-c", str(tlsConfig(tmp_path, files.server, str(tmp_path / "nowhere.pem"))))
+    assert missing.returncode == 1
+    assert "services[0].tls:" in missing.stderr and "nowhere.pem" in missing.stderr
+    assert missing.stdout == ""
+    mismatched = runNetd("check", "-c", str(tlsConfig(tmp_path, files.server, files.clientKey)))
+    assert mismatched.returncode == 1
+    assert "services[0].tls:" in mismatched.stderr
+
+
+def test_checkWarnsOfExpiredCertificate(tmp_path: Path) -> None:
+    """
+    netd check accepts an expired certificate (netd serves the bad ones on purpose) but says it has expired.
+    """
+    bad = {entry.name: (certificate, key) for entry, certificate, key in writeBadCertificates(str(tmp_path / "certs"))}
+    certificate, key = bad["expired"]
+    result = runNetd("check", "-c", str(tlsConfig(tmp_path, certificate, key)))
+    assert result.returncode == 0, result.stderr
+    assert "warning:" in result.stderr and "expired" in result.stderr
