@@ -137,10 +137,12 @@ def _tlsFileProblems(config: NetdConfig) -> list[str]:
     is made at start, and checking makes no file.  An expired certificate is
     reported as a warning, as C{netd run} logs it, and does not fail the check.
     """
-    from twisted.logger import LogLevel, formatEvent
+    from twisted.logger import ILogObserver, LogLevel, formatEvent
+    from zope.interface import provider
 
     from netd.tls import AUTO, ServerTLS, TLSSetupError
 
+    @provider(ILogObserver)
     def warn(event: dict[str, Any]) -> None:
         if event.get("log_level") in (LogLevel.warn, LogLevel.error):
             print(f"{config.source}: warning: {formatEvent(event)}", file=sys.stderr)
