@@ -9,6 +9,8 @@ out like any idle connection and refused connections never reach the plugin.
 
 from __future__ import annotations
 
+from heapq import heapify, heappop, heappush
+from itertools import count
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -18,7 +20,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer, providedBy
 
 from netd import logs
 from netd.events import EventLog
@@ -54,11 +56,11 @@ class GuardedConnection(ProtocolWrapper):
     L{streamFaults} takes its bytes both ways (L{netd.faults.stream}); when
     none does, it is L{None} and each byte path pays one attribute test.
 
-    Idle timeout: traffic only notes the time (L{_lastActivity}); the one
-    timer, when it fires, closes the connection if nothing moved for
-    C{idle_timeout} seconds, else waits again for the rest of that time.
-    Moving the timer on every read and write (C{DelayedCall.reset}) would
-    cost more per message than all the rest of this wrapper.
+    Idle timeout: traffic only notes the time (L{_lastActivity}); the
+    service's L{IdleWatch}, when the connection's deadline comes, closes it if
+    nothing moved for C{idle_timeout} seconds, else gives it the rest of that
+    time.  Moving a timer on every read and write (C{DelayedCall.reset})
+    would cost more per message than all the rest of this wrapper.
     """
 
     factory: ConnectionLimiter
@@ -67,7 +69,7 @@ class GuardedConnection(ProtocolWrapper):
     # a dict of its own, 0.7 KiB of the 3 an idle connection costs.
     __slots__ = (
         "_selfPaced",
-        "_idleCall",
+        "_watched",
         "_lastActivity",
         "_bytesIn",
         "_bytesOut",
@@ -77,7 +79,7 @@ class GuardedConnection(ProtocolWrapper):
         "streamFaults",
     )
     _selfPaced: bool
-    _idleCall: IDelayedCall | None
+    _watched: bool
     _lastActivity: float
     _bytesIn: int
     _bytesOut: int
@@ -91,9 +93,10 @@ class GuardedConnection(ProtocolWrapper):
         Wrap C{wrappedProtocol}, with every slot set: an unset one would not
         raise but read through to the transport (L{ProtocolWrapper.__getattr__}).
         """
-        ProtocolWrapper.__init__(self, factory, wrappedProtocol)
+        self.factory = factory
+        self.wrappedProtocol = wrappedProtocol
         self._selfPaced = False
-        self._idleCall = None
+        self._watched = False
         self._lastActivity = self._opened = 0.0
         self._bytesIn = self._bytesOut = 0
         self._ended = None
@@ -113,9 +116,10 @@ class GuardedConnection(ProtocolWrapper):
             self.factory.log.debug(
                 "connection opened from {peer}", peer=describePeer(self.getPeer()), event="connection_opened"
             )
-        timeout = self.factory.idleTimeout
-        if timeout:
-            self._idleCall = self.factory.clock.callLater(timeout, self._idleCheck)
+        idle = self.factory.idle
+        if idle is not None:
+            self._watched = True
+            idle.watch(self, self._opened)
         faults = self.factory.faults
         if faults is not None and faults.stream:
             self.streamFaults = openFaults(self, faults)
@@ -136,7 +140,7 @@ class GuardedConnection(ProtocolWrapper):
         size = len(data)
         factory.counters["bytes_received"] += size
         self._bytesIn += size
-        if self._idleCall is not None:
+        if self._watched:
             self._lastActivity = factory.clock.seconds()
         if self.streamFaults is not None:
             self.streamFaults.received(data)
@@ -155,7 +159,7 @@ class GuardedConnection(ProtocolWrapper):
         size = len(data)
         factory.counters["bytes_sent"] += size
         self._bytesOut += size
-        if self._idleCall is not None:
+        if self._watched:
             self._lastActivity = factory.clock.seconds()
         self.transport.write(data)  # type: ignore[union-attr]
 
@@ -170,7 +174,7 @@ class GuardedConnection(ProtocolWrapper):
         size = sum(map(len, data))
         self.factory.counters["bytes_sent"] += size
         self._bytesOut += size
-        if self._idleCall is not None:
+        if self._watched:
             self._lastActivity = self.factory.clock.seconds()
         self.transport.writeSequence(data)  # type: ignore[union-attr]
 
@@ -181,7 +185,7 @@ class GuardedConnection(ProtocolWrapper):
         """
         self.factory.counters["bytes_sent"] += len(data)
         self._bytesOut += len(data)
-        if self._idleCall is not None:
+        if self._watched:
             self._lastActivity = self.factory.clock.seconds()
         self.transport.write(data)  # type: ignore[union-attr]
 
@@ -268,19 +272,12 @@ class GuardedConnection(ProtocolWrapper):
         Our sending side is shut; reading goes on until the peer closes.
         """
 
-    def _idleCheck(self) -> None:
+    def _idledOut(self) -> None:
         """
-        The idle timer fired: if nothing moved either way for C{idle_timeout}
-        seconds, drop the connection without waiting for a peer that may not
-        be reading; otherwise wait for what is left of the timeout since the
-        last traffic.
+        Nothing moved either way for C{idle_timeout} seconds (the
+        L{IdleWatch} says): drop the connection without waiting for a peer
+        that may not be reading.
         """
-        clock = self.factory.clock
-        left = self._lastActivity + self.factory.idleTimeout - clock.seconds()
-        if left > 0:
-            self._idleCall = clock.callLater(left, self._idleCheck)
-            return
-        self._idleCall = None
         self._ended = "idle timeout"
         self.factory.counters["idle_timeouts"] += 1
         self.factory.log.info(
@@ -293,13 +290,13 @@ class GuardedConnection(ProtocolWrapper):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
-        Stop the idle timer, tell the inner protocol, and record the
+        Stop watching for idleness, tell the inner protocol, and record the
         connection in the service's event log (after the inner protocol, so
         that the TLS handshake's outcome is settled).
         """
-        if self._idleCall is not None:
-            self._idleCall.cancel()
-            self._idleCall = None
+        if self._watched:
+            self._watched = False
+            self.factory.idle.forget()  # type: ignore[union-attr]
         if self.streamFaults is not None:
             self.streamFaults.stop()
         self._selfPaced = False
@@ -326,11 +323,19 @@ class GuardedConnection(ProtocolWrapper):
     def makeConnection(self, transport: Any) -> None:
         """
         Note the connection's addresses for its event (a closed socket can no
-        longer tell its own), then start it.
+        longer tell its own), then start it: L{ProtocolWrapper.makeConnection},
+        with the transport's interfaces declared from a cache
+        (L{_declareTransport}).
         """
-        if self.factory.events.enabled:
+        factory = self.factory
+        if factory.events.enabled:
             self._addresses = (transport.getPeer(), transport.getHost())
-        ProtocolWrapper.makeConnection(self, transport)
+        _declareTransport(self, transport)
+        self.connected = 1
+        self.transport = transport
+        self.connectionMade()
+        factory.registerProtocol(self)
+        self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
 
     def abortConnection(self) -> None:
         """
@@ -347,9 +352,9 @@ class GuardedConnection(ProtocolWrapper):
         """
         if self._ended is not None:
             return self._ended
-        if reason.check(ConnectionDone):
+        if isinstance(reason.value, ConnectionDone):
             return "closed by peer"
-        if reason.check(ConnectionLost):
+        if isinstance(reason.value, ConnectionLost):
             return "reset by peer"
         return "aborted"
 
@@ -367,6 +372,114 @@ class GuardedConnection(ProtocolWrapper):
             bytes_out=self._bytesOut,
             event="connection_closed",
         )
+
+
+class IdleWatch:
+    """
+    The idle timeouts of one service's connections, on one timer.
+
+    A connection's first deadline is C{timeout} seconds after it opened.
+    When a deadline comes, a connection that moved bytes since it was set gets
+    a new one, C{timeout} seconds after its last traffic; one that did not is
+    told it idled out (L{GuardedConnection._idledOut}).  The deadlines wait in
+    a heap, and one timer waits for the earliest: a connection costs a tuple
+    pushed when it opens, instead of a L{DelayedCall} of its own scheduled
+    then and cancelled when it closes.
+
+    A closed connection's entry stays in the heap until its deadline comes,
+    or until more than half of the entries (and more than
+    L{forgottenAllowed}) are such, when the heap is rebuilt without them;
+    when every entry is such, the heap is emptied and the timer cancelled.
+    """
+
+    forgottenAllowed = 64
+
+    def __init__(self, clock: IReactorTime, timeout: float) -> None:
+        """
+        @param timeout: seconds without traffic before a connection idles out.
+        """
+        self._clock = clock
+        self._timeout = timeout
+        self._heap: list[tuple[float, int, GuardedConnection]] = []
+        self._order = count()
+        self._forgotten = 0
+        self._call: IDelayedCall | None = None
+
+    def watch(self, connection: GuardedConnection, now: float) -> None:
+        """
+        Watch a connection that opened at C{now}, until it idles out or
+        L{forget} is called for it; its C{_watched} says which.
+        """
+        heappush(self._heap, (now + self._timeout, next(self._order), connection))
+        if self._call is None:
+            self._call = self._clock.callLater(self._timeout, self._expire)
+
+    def forget(self) -> None:
+        """
+        A watched connection closed (and its C{_watched} is now false).
+        """
+        self._forgotten += 1
+        forgotten, heap = self._forgotten, self._heap
+        if forgotten == len(heap):
+            heap.clear()
+            self._forgotten = 0
+            if self._call is not None:
+                self._call.cancel()
+                self._call = None
+        elif forgotten > self.forgottenAllowed and 2 * forgotten > len(heap):
+            heap[:] = [entry for entry in heap if entry[2]._watched]
+            heapify(heap)
+            self._forgotten = 0
+
+    def _expire(self) -> None:
+        """
+        The earliest deadline came: settle every connection whose deadline
+        has passed, then wait for the next one.
+        """
+        self._call = None
+        clock = self._clock
+        now = clock.seconds()
+        heap = self._heap
+        try:
+            while heap and heap[0][0] <= now:
+                connection = heappop(heap)[2]
+                if not connection._watched:
+                    self._forgotten -= 1
+                    continue
+                deadline = connection._lastActivity + self._timeout
+                if deadline > now:
+                    heappush(heap, (deadline, next(self._order), connection))
+                else:
+                    connection._watched = False
+                    connection._idledOut()
+        finally:
+            if heap and self._call is None:
+                self._call = clock.callLater(max(0.0, heap[0][0] - now), self._expire)
+
+
+_DECLARED: dict[Any, Any] = {}
+"""
+What L{_declareTransport} declared for a wrapper of each kind, by the
+interfaces of the transport: each a declaration that zope.interface makes once
+and shares among the objects that get it.
+"""
+
+
+def _declareTransport(wrapper: GuardedConnection, transport: Any) -> None:
+    """
+    Declare that C{wrapper} provides what C{transport} does, as
+    L{ProtocolWrapper.makeConnection} does (the TLS layer and the plugins see
+    the wrapper as their transport, and ask it for C{ITCPTransport},
+    C{ISystemHandle} and such), with the declaration made by
+    C{directlyProvides} once per kind of wrapper and transport.
+    """
+    key = (type(wrapper), providedBy(transport))
+    declared = _DECLARED.get(key)
+    if declared is None:
+        directlyProvides(wrapper, key[1])
+        _DECLARED[key] = wrapper.__provides__
+    else:
+        wrapper.__provides__ = declared  # type: ignore[attr-defined]
 
 
 def _sendAsWritten(transport: Any) -> None:
@@ -430,6 +543,7 @@ class ConnectionLimiter(WrappingFactory):
         as they are accepted and counted as C{connections_refused}.
     @ivar idleTimeout: seconds without traffic before a connection is dropped;
         0 never drops one.
+    @ivar idle: what times the connections out, when C{idleTimeout} is set.
     @ivar events: the service's event log.
     """
 
@@ -460,6 +574,7 @@ class ConnectionLimiter(WrappingFactory):
         super().__init__(wrappedFactory)
         self.maxConnections = maxConnections
         self.idleTimeout = idleTimeout
+        self.idle = IdleWatch(clock, idleTimeout) if idleTimeout else None
         self.clock = clock
         self.counters = counters
         self.log = log
@@ -472,7 +587,8 @@ class ConnectionLimiter(WrappingFactory):
 
     def buildProtocol(self, addr: IAddress | None) -> ProtocolWrapper | None:  # type: ignore[override]
         """
-        Accept the connection if the service is below its limit.
+        Accept the connection if the service is below its limit: a
+        L{GuardedConnection} around the service's protocol.
         """
         if len(self.protocols) >= self.maxConnections:
             self.counters["connections_refused"] += 1
@@ -483,7 +599,7 @@ class ConnectionLimiter(WrappingFactory):
                 )
             return None
         self.counters["connections_accepted"] += 1
-        return super().buildProtocol(addr)
+        return self.protocol(self, self.wrappedFactory.buildProtocol(addr))
 
     def unregisterProtocol(self, protocol: Any) -> None:
         """

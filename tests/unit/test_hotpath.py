@@ -1,7 +1,8 @@
 """
-The stream path's per-message shortcuts keep the behaviour of the long way:
-the idle timer that traffic does not move, the length-prefixed framings'
-one-frame reads and their frame encoding.
+The stream path's per-message and per-connection shortcuts keep the behaviour
+of the long way: the idle timeouts that traffic does not move (one timer per
+service), the length-prefixed framings' one-frame reads and their frame
+encoding, and the connection wrapper's interfaces declared from a cache.
 """
 
 from __future__ import annotations
@@ -9,13 +10,17 @@ from __future__ import annotations
 import struct
 
 import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IHalfCloseableProtocol, ISystemHandle, ITCPTransport, ITransport
+from twisted.internet.testing import StringTransport
+from zope.interface import implementer
 
 from netd.framing import FramingError
 from netd.metrics import Counters
 from netd.testing import makeStreamStack
 from plugins.echo import EchoHandler
 
-from .test_limits import accept, makeStack
+from .test_limits import accept, close, makeStack
 
 
 def test_trafficDoesNotMoveTheIdleTimer() -> None:
@@ -96,3 +101,87 @@ def test_u16FrameTooLargeToSend() -> None:
     framed = connection.protocol.wrappedProtocol
     with pytest.raises(FramingError, match="u16 framing cannot send a frame of 65536 bytes; the largest is 65535"):
         framed.sendFrame(b"z" * 65536)
+
+
+def test_idleDeadlinesOfStaggeredConnections() -> None:
+    """
+    Connections opened at different times, some with traffic, each idle out exactly idle_timeout seconds after their own last activity, on one timer.
+    """
+    limiter, _, counters, clock = makeStack(idleTimeout=10)
+    first = accept(limiter)
+    clock.advance(4)
+    second = accept(limiter)
+    clock.advance(2)
+    first.receive(b"x")
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(7.9)
+    assert not second.transport.disconnecting
+    clock.advance(0.1)
+    assert second.transport.disconnected and not first.transport.disconnecting
+    clock.advance(1.9)
+    assert not first.transport.disconnecting
+    clock.advance(0.1)
+    assert first.transport.disconnected
+    assert counters["idle_timeouts"] == 2
+    assert clock.getDelayedCalls() == []
+
+
+def test_closedConnectionsLeaveNoTimer() -> None:
+    """
+    Once every watched connection has closed, no idle timer is left waiting.
+    """
+    limiter, _, _, clock = makeStack(idleTimeout=10)
+    connections = [accept(limiter) for _ in range(3)]
+    for connection in connections:
+        close(connection)
+    assert clock.getDelayedCalls() == []
+    again = accept(limiter)
+    [timer] = clock.getDelayedCalls()
+    assert timer.getTime() == 10 and not again.transport.disconnecting
+
+
+def test_closedConnectionsDroppedFromTheWatch() -> None:
+    """
+    Closed connections do not pile up in the idle watch while others stay open: once they outnumber the open ones, they are dropped, and the open ones still idle out on time.
+    """
+    limiter, _, counters, clock = makeStack(idleTimeout=10)
+    idle = limiter.idle
+    assert idle is not None
+    stay = accept(limiter)
+    for _ in range(1000):
+        close(accept(limiter))
+    assert len(idle._heap) <= 2 * (idle.forgottenAllowed + 1)
+    clock.advance(10)
+    assert stay.transport.disconnected and counters["idle_timeouts"] == 1
+
+
+def test_idleTimeoutZeroWatchesNothing() -> None:
+    """
+    With idle_timeout 0 no connection is ever timed out, and no timer is made.
+    """
+    limiter, _, counters, clock = makeStack(idleTimeout=0)
+    connection = accept(limiter)
+    assert limiter.idle is None and clock.getDelayedCalls() == []
+    clock.advance(10**6)
+    assert not connection.transport.disconnecting and counters["idle_timeouts"] == 0
+
+
+def test_wrapperProvidesWhatItsTransportProvides() -> None:
+    """
+    The connection wrapper provides the interfaces of the transport it wraps (as ProtocolWrapper does), its own (half-close), and no others, for each kind of transport.
+    """
+    limiter, _, _, _ = makeStack()
+
+    @implementer(ISystemHandle)
+    class HandleTransport(StringTransport):
+        def getHandle(self) -> None:
+            return None
+
+    for transportType in (StringTransport, HandleTransport, StringTransport, HandleTransport):
+        protocol = limiter.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        assert protocol is not None
+        transport = transportType()
+        protocol.makeConnection(transport)
+        assert ITransport.providedBy(protocol) and IHalfCloseableProtocol.providedBy(protocol)
+        assert ISystemHandle.providedBy(protocol) == (transportType is HandleTransport)
+        assert not ITCPTransport.providedBy(protocol)

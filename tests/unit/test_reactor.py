@@ -6,6 +6,7 @@ reactor turned one iteration at a time (every wait bounded).
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
@@ -502,6 +503,279 @@ def test_connectTCPSendsAtOnce(reactor: NetdReactor) -> None:
     assert readable(peer)
     assert peer.recv(100) == b"from the client"
     peer.close()
+
+
+def test_quietLoseConnectionClosesWithoutWritability(reactor: NetdReactor) -> None:
+    """
+    loseConnection with nothing queued never waits for writability: the connection is lost cleanly, once, after loseConnection returns and within the reactor's next turn, and the client sees EOF.
+    """
+    accepted = accept(reactor)
+    accepted.transport.write(b"bye")
+    accepted.transport.loseConnection()
+    assert accepted.protocol.lost == []
+    assert accepted.transport not in reactor.getWriters()
+    assert accepted.transport not in reactor.getReaders()
+    reactor.iterate(0)
+    assert len(accepted.protocol.lost) == 1 and accepted.protocol.lost[0].check(ConnectionDone)
+    assert untilEOF(reactor, accepted.client) == b"bye"
+
+
+def test_quietCloseAskedByTimedCallDoesNotWait(reactor: NetdReactor) -> None:
+    """
+    A connection closed by a timed call is closed on the reactor's next turn even though no event comes, and what its connectionLost schedules runs on the turn after.
+    """
+    after: list[bool] = []
+
+    class Scheduling(Recorder):
+        def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # type: ignore[assignment]
+            Recorder.connectionLost(self, reason)
+            reactor.callLater(0, after.append, True)
+
+    accepted = accept(reactor, Scheduling)
+    protocol = accepted.protocol
+    reactor.callLater(0, accepted.transport.loseConnection)
+    started = time.monotonic()
+    reactor.runUntilCurrent()
+    reactor.doIteration(WAIT)
+    assert protocol.lost and not after
+    reactor.runUntilCurrent()
+    assert after == [True]
+    assert time.monotonic() - started < WAIT / 2
+
+
+def test_writeAfterQuietLoseConnectionIsSentThenCloses(reactor: NetdReactor) -> None:
+    """
+    A write made after a loseConnection that had nothing to flush is still sent, then the connection closes, as on Twisted's transports.
+    """
+    accepted = accept(reactor)
+    accepted.transport.loseConnection()
+    accepted.transport.write(b"last words")
+    assert untilEOF(reactor, accepted.client) == b"last words"
+    spin(reactor, lambda: accepted.protocol.lost)
+    assert len(accepted.protocol.lost) == 1 and accepted.protocol.lost[0].check(ConnectionDone)
+
+
+def test_abortAfterQuietLoseConnection(reactor: NetdReactor) -> None:
+    """
+    abortConnection after a loseConnection that was left to the reactor loses the connection once, aborted.
+    """
+    accepted = accept(reactor)
+    accepted.transport.loseConnection()
+    accepted.transport.abortConnection()
+    spin(reactor, lambda: accepted.protocol.lost)
+    reactor.iterate(0)
+    assert len(accepted.protocol.lost) == 1 and accepted.protocol.lost[0].check(ConnectionAborted)
+
+
+def test_shutdownClosesConnectionsWaitingToClose(reactor: NetdReactor) -> None:
+    """
+    At shutdown (disconnectAll), a connection whose close was left to the reactor is closed cleanly along with the others.
+    """
+    closing = accept(reactor)
+    open_ = accept(reactor)
+    closing.transport.loseConnection()
+    reactor.disconnectAll()
+    assert closing.protocol.lost[0].check(ConnectionDone)
+    assert open_.protocol.lost[0].check(ConnectionLost)
+
+
+def test_closeIsLoggedAndOthersClosed(reactor: NetdReactor) -> None:
+    """
+    An exception from one connection's connectionLost, when the reactor closes it, is logged and the other connections waiting to close are closed.
+    """
+    failures: list[Failure] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        failure = event.get("log_failure", event.get("failure"))
+        if failure is not None:
+            failures.append(failure)
+
+    class Raising(Recorder):
+        def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # type: ignore[assignment]
+            Recorder.connectionLost(self, reason)
+            raise ZeroDivisionError("the protocol's bug")
+
+    buggy = accept(reactor, Raising)
+    fine = accept(reactor)
+    buggy.transport.loseConnection()
+    fine.transport.loseConnection()
+    globalLogPublisher.addObserver(observe)
+    try:
+        reactor.iterate(0)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert [f.type for f in failures] == [ZeroDivisionError]
+    assert buggy.protocol.lost and fine.protocol.lost
+
+
+def test_peerEOFWithoutHalfCloseLosesConnection(reactor: NetdReactor) -> None:
+    """
+    A protocol that does not take half-closes loses the connection, cleanly, when the peer shuts its side.
+    """
+    accepted = accept(reactor)
+    accepted.client.shutdown(socket.SHUT_WR)
+    spin(reactor, lambda: accepted.protocol.lost)
+    assert accepted.protocol.lost[0].check(ConnectionDone)
+    assert untilEOF(reactor, accepted.client) == b""
+
+
+def test_readConnectionLostErrorLosesConnection(reactor: NetdReactor) -> None:
+    """
+    An exception from a half-closeable protocol's readConnectionLost is logged and loses the connection.
+    """
+    failures: list[Failure] = []
+
+    class Raising(HalfCloseRecorder):
+        def readConnectionLost(self) -> None:
+            raise ZeroDivisionError("the protocol's bug")
+
+    def observe(event: dict[str, Any]) -> None:
+        failure = event.get("log_failure", event.get("failure"))
+        if failure is not None:
+            failures.append(failure)
+
+    accepted = accept(reactor, Raising)
+    globalLogPublisher.addObserver(observe)
+    try:
+        accepted.client.shutdown(socket.SHUT_WR)
+        spin(reactor, lambda: accepted.protocol.lost)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert [f.type for f in failures] == [ZeroDivisionError]
+    assert accepted.protocol.lost[0].check(ZeroDivisionError)
+
+
+def test_acceptedConnectionsHaveNoDelay(reactor: NetdReactor) -> None:
+    """
+    Accepted connections have TCP_NODELAY on from their port, without a call per connection; turning it off and on again reaches the socket.
+    """
+    accepted = accept(reactor)
+    sock = accepted.transport.socket
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    accepted.transport.setTcpNoDelay(False)
+    assert not sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    accepted.transport.setTcpNoDelay(True)
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_addressesOfAcceptedConnection(reactor: NetdReactor) -> None:
+    """
+    getPeer and getHost give the socket's addresses, each the same object every time, and getHost still answers once the connection is closed.
+    """
+    accepted = accept(reactor)
+    peer, host = accepted.transport.getPeer(), accepted.transport.getHost()
+    assert (peer.type, peer.host, peer.port) == ("TCP", "127.0.0.1", accepted.client.getsockname()[1])
+    assert (host.type, host.host, host.port) == ("TCP", "127.0.0.1", accepted.client.getpeername()[1])
+    assert accepted.transport.getPeer() is peer and accepted.transport.getHost() is host
+    accepted.transport.loseConnection()
+    spin(reactor, lambda: accepted.protocol.lost)
+    assert accepted.transport.getHost() is host
+
+
+@pytest.mark.parametrize(("interface", "connectTo"), [("", "127.0.0.1"), ("0.0.0.0", "127.0.0.2"), ("::", "::1"), ("::1", "::1")])
+def test_localAddressOfEachConnection(reactor: NetdReactor, interface: str, connectTo: str) -> None:
+    """
+    The local address of a connection is the one the client connected to, on a wildcard port as on one bound to an address, IPv4 and IPv6.
+    """
+    made: list[Protocol] = []
+
+    class Recording(Factory):
+        def buildProtocol(self, addr: Any) -> Protocol:
+            made.append(Protocol())
+            return made[-1]
+
+    try:
+        port = reactor.listenTCP(0, Recording(), interface=interface)
+    except Exception as e:  # no IPv6 here
+        pytest.skip(f"cannot listen on {interface!r}: {e}")
+    client = socket.create_connection((connectTo, port.getHost().port))
+    spin(reactor, lambda: made)
+    transport: Any = made[0].transport
+    host, peer = transport.getHost(), transport.getPeer()
+    assert (host.host, host.port) == client.getpeername()[:2]
+    assert (peer.host, peer.port) == client.getsockname()[:2]
+    assert type(peer) is type(host) is type(port.getHost())
+    client.close()
+    port.stopListening()
+
+
+def test_logPrefixAndDescription(reactor: NetdReactor) -> None:
+    """
+    A connection's log prefix and description read as Twisted's (protocol, session number, peer; protocol, session, port), made when asked for.
+    """
+    accepted = accept(reactor)
+    transport = accepted.transport
+    assert transport.logPrefix() == f"Recorder,{transport.sessionno},127.0.0.1"
+    assert repr(transport) == f"<Recorder #{transport.sessionno} on {transport.server._realPortNumber}>"
+
+
+def test_burstOfConnectionsAllAccepted(reactor: NetdReactor) -> None:
+    """
+    Connections that arrive together are all accepted, in as few turns as there are bursts, each with its own session number.
+    """
+    made: list[Protocol] = []
+
+    class Recording(Factory):
+        def buildProtocol(self, addr: Any) -> Protocol:
+            made.append(Protocol())
+            return made[-1]
+
+    port = reactor.listenTCP(0, Recording(), interface="127.0.0.1", backlog=256)
+    clients = [socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(150)]
+    spin(reactor, lambda: len(made) == 150)
+    assert sorted(p.transport.sessionno for p in made) == list(range(150))  # type: ignore[union-attr]
+    for client in clients:
+        client.close()
+    port.stopListening()
+
+
+def test_refusedConnectionIsClosed(reactor: NetdReactor) -> None:
+    """
+    A connection the factory refuses (buildProtocol returns None) is closed, and the next one is still accepted.
+    """
+    answers: list[Protocol | None] = [None, Protocol()]
+
+    class Refusing(Factory):
+        def buildProtocol(self, addr: Any) -> Protocol | None:
+            return answers.pop(0)
+
+    port = reactor.listenTCP(0, Refusing(), interface="127.0.0.1")
+    refused = socket.create_connection(("127.0.0.1", port.getHost().port))
+    refused.setblocking(False)
+    assert untilEOF(reactor, refused) == b""
+    accepted = socket.create_connection(("127.0.0.1", port.getHost().port))
+    spin(reactor, lambda: not answers)
+    accepted.close()
+    port.stopListening()
+
+
+def test_acceptErrorLeftToTwistedsLoop(reactor: NetdReactor) -> None:
+    """
+    An accept that fails with an error other than "nothing waiting" is handled by Twisted's accepting loop, which goes on to accept the connection waiting.
+    """
+    made: list[Protocol] = []
+
+    class Recording(Factory):
+        def buildProtocol(self, addr: Any) -> Protocol:
+            made.append(Protocol())
+            return made[-1]
+
+    port = reactor.listenTCP(0, Recording(), interface="127.0.0.1")
+    acceptOne, *rest = port._acceptFrom
+    failed: list[bool] = []
+
+    def failing() -> Any:
+        if not failed:
+            failed.append(True)
+            raise ConnectionAbortedError(errno.ECONNABORTED, "aborted before accept")
+        return acceptOne()
+
+    port._acceptFrom = (failing, *rest)
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    spin(reactor, lambda: made)
+    assert failed and made[0].transport is not None
+    client.close()
+    port.stopListening()
 
 
 def test_installReactorRefusesUnknownName() -> None:
