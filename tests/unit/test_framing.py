@@ -7,7 +7,9 @@ C{sendFrame} refuses.  Everything runs through the real core stack
 
 from __future__ import annotations
 
+import gc
 import struct
+import weakref
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -457,3 +459,41 @@ def test_randomSplitsDecodeToTheFrames(framing: str, data: st.DataObject) -> Non
     assert receiver.frames == (pieces if framing == "raw" else frames)
     assert not connection.transport.disconnecting
     assert counters["frames_rejected"] == 0
+
+
+@implementer(IStreamHandler)
+class ForgetfulHandler:
+    """
+    A handler that keeps only weak references to the receivers it made.
+    """
+
+    def __init__(self) -> None:
+        self.receivers: list[weakref.ref[Recorder]] = []
+
+    def newConnection(self) -> Recorder:
+        receiver = Recorder()
+        self.receivers.append(weakref.ref(receiver))
+        return receiver
+
+
+@pytest.mark.parametrize("framing", list(FRAMINGS))
+def test_closedConnectionFreedWithoutCollector(framing: str) -> None:
+    """
+    A closed connection's guard, framing and receiver are freed by reference counting alone, not left for the cycle collector.
+    """
+    handler = ForgetfulHandler()
+    limiter = makeStreamStack(handler, framing)
+    gc.collect()
+    gc.disable()
+    try:
+        connection = connect(limiter)
+        assert connection is not None
+        guard = weakref.ref(connection.protocol)
+        connection.receive(b"hello\n" if framing == "line" else b"hello")
+        connection.peerClosed()
+        del connection
+        [receiver] = handler.receivers
+        assert receiver() is None
+        assert guard() is None
+    finally:
+        gc.enable()
