@@ -44,8 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import select
 import shutil
 import signal
 import socket
@@ -63,10 +61,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from benchlib import (  # noqa: E402  (the path above makes it importable)
     BUILD,
+    Loadgen,
     benchCpus,
     buildLoadgen,
     cpuTime,
     launch,
+    measureLoad,
     machine,
     netdCommand,
     netdVersion,
@@ -227,58 +227,6 @@ def servers(names: list[str], directory: Path, cpus: set[int] | None) -> Iterato
 # The load generator.
 
 
-class Loadgen:
-    """
-    One run of bench/loadgen, whose JSON lines are read as they come.
-    """
-
-    def __init__(self, binary: Path, mode: str, port: int, arguments: list[str], cpus: set[int] | None, timeout: float) -> None:
-        self.command = [str(binary), mode, "--host", HOST, "--port", str(port), *arguments]
-        self.process = subprocess.Popen(
-            self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=pinnedTo(cpus)
-        )
-        self.deadline = time.monotonic() + timeout
-        self.pending = b""
-
-    def next(self) -> dict[str, object]:
-        """
-        The next JSON line; raise if the tool exits or the run's time is up first.
-        """
-        assert self.process.stdout is not None
-        while b"\n" not in self.pending:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                self.close()
-                raise RuntimeError(f"{' '.join(self.command)} took too long")
-            ready, _, _ = select.select([self.process.stdout], [], [], left)
-            chunk = os.read(self.process.stdout.fileno(), 65536) if ready else b""
-            if ready and not chunk:
-                self.close()
-                raise RuntimeError(f"{' '.join(self.command)} exited {self.process.returncode}: {self.errors()}")
-            self.pending += chunk
-        line, self.pending = self.pending.split(b"\n", 1)
-        result: dict[str, object] = json.loads(line)
-        return result
-
-    def errors(self) -> str:
-        """
-        What the tool wrote on standard error (once it has exited).
-        """
-        assert self.process.stderr is not None
-        return self.process.stderr.read().decode(errors="replace")[-2000:]
-
-    def close(self) -> None:
-        """
-        Close its standard input (which ends an idle run's hold) and wait for it; stop it by PID if it lingers.
-        """
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            stopProcess(self.process)
-
-
 def measureRate(binary: Path, scenario: str, server: Server, options: argparse.Namespace, cpus: set[int] | None) -> dict[str, float]:
     """
     One load generator run against a server: its rate, latencies and CPU,
@@ -297,31 +245,17 @@ def measureRate(binary: Path, scenario: str, server: Server, options: argparse.N
         mode, port = "connrate", server.ports["raw"]
         arguments = ["--concurrency", str(options.connrate_concurrency), "--size", "64", "--duration", str(options.duration)]
         arguments += ["--count", str(int(options.duration * 500_000))]
-    run = Loadgen(binary, mode, port, arguments, cpus, timeout=max(options.duration, options.bulk_timeout) + 30)
-    try:
-        started = run.next()
-        if started.get("event") != "start":
-            raise RuntimeError(f"loadgen said {started}")
-        cpuBefore, timeBefore = cpuTime(server.process.pid), time.monotonic()
-        result = run.next()
-        cpuAfter, timeAfter = cpuTime(server.process.pid), time.monotonic()
-    finally:
-        run.close()
-    if run.process.returncode:
-        raise RuntimeError(f"{' '.join(run.command)} exited {run.process.returncode}: {run.errors()}")
+    result, figures = measureLoad(
+        binary,
+        mode,
+        port,
+        arguments,
+        lambda: cpuTime(server.process.pid),
+        cpus,
+        timeout=max(options.duration, options.bulk_timeout) + 30,
+    )
     if mode == "bulk" and not result["complete"]:
         raise RuntimeError(f"{server.name} echoed only {result['bytes']} of {options.bulk_mib} MiB within {options.bulk_timeout} s")
-    elapsed = float(result["elapsed_s"])  # type: ignore[arg-type]
-    serverCores = (cpuAfter - cpuBefore) / (timeAfter - timeBefore)
-    figures = {
-        "rate": float(result["rate"]),  # type: ignore[arg-type]
-        "server_cpu": serverCores,
-        "per_core": float(result["rate"]) / serverCores if serverCores else 0.0,  # type: ignore[arg-type]
-        "loadgen_cpu": float(result["cpu_s"]) / elapsed,  # type: ignore[arg-type]
-    }
-    for key in ("p50_us", "p99_us", "errors"):
-        if key in result:
-            figures[key] = float(result[key])  # type: ignore[arg-type]
     return figures
 
 
