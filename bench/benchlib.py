@@ -363,6 +363,19 @@ def machine(**extra: str) -> dict[str, str]:
     }
 
 
+def publish(text: str, result: object, jsonPath: Path | None, recordIt: bool) -> None:
+    """
+    The end of every benchmark script: print its tables, write every round's
+    figures to C{--json} when given, and add the tables to RESULTS.md with
+    C{--record}.
+    """
+    print(text)
+    if jsonPath:
+        jsonPath.write_text(json.dumps(result, indent=2))
+    if recordIt:
+        record(text)
+
+
 def record(text: str) -> None:
     """
     Add a report to bench/RESULTS.md, newest first: after the heading, before

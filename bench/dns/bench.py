@@ -25,7 +25,6 @@ dnsmasq with apt-get when missing), or .venv/bin/python bench/dns/bench.py.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import socket
@@ -42,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from benchlib import cpuTime, machine, netdVersion, quietDaemonTable, record, say, startNetd, stopProcess, toolVersion  # noqa: E402  (the path above makes it importable)
+from benchlib import cpuTime, machine, netdVersion, publish, quietDaemonTable, say, startNetd, stopProcess, toolVersion  # noqa: E402  (the path above makes it importable)
 
 from dns_upstream import (  # noqa: E402  (the path above makes it importable)
     ZONE,
@@ -409,12 +408,7 @@ def main() -> None:
         sys.exit(f"bench: missing {', '.join(missing)}; bench/dns/run.sh installs them (apt-get)")
     socket.getaddrinfo(HOST, None)
     result = run(options)
-    text = report(result, options)
-    print(text)
-    if options.json:
-        options.json.write_text(json.dumps(result, indent=2))
-    if options.record:
-        record(text)
+    publish(report(result, options), result, options.json, options.record)
 
 
 if __name__ == "__main__":

@@ -66,13 +66,13 @@ from benchlib import (  # noqa: E402  (the path above makes it importable)
     buildLoadgen,
     cpuTime,
     launch,
-    measureLoad,
     machine,
+    measureLoad,
     netdCommand,
     netdVersion,
     pinnedTo,
+    publish,
     quietDaemonTable,
-    record,
     residentKiB,
     say,
     startNetd,
@@ -464,12 +464,7 @@ def main() -> None:
         options.servers.remove("uvloop")
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # so that the servers are stopped on the way out
     result = run(options)
-    text = report(result, options)
-    print(text)
-    if options.json:
-        options.json.write_text(json.dumps(result, indent=2))
-    if options.record:
-        record(text)
+    publish(report(result, options), result, options.json, options.record)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ libssl-dev with apt-get when missing), or .venv/bin/python bench/tls/bench.py.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import socket
@@ -65,8 +64,8 @@ from benchlib import (  # noqa: E402  (the path above makes it importable)
     measureLoad,
     netdVersion,
     pinnedTo,
+    publish,
     quietDaemonTable,
-    record,
     say,
     startNetd,
     stopProcess,
@@ -498,12 +497,7 @@ def main() -> None:
     if missing:
         sys.exit(f"bench: missing {', '.join(missing)}; bench/tls/run.sh installs them (apt-get)")
     result = run(options)
-    text = report(result, options)
-    print(text)
-    if options.json:
-        options.json.write_text(json.dumps(result, indent=2))
-    if options.record:
-        record(text)
+    publish(report(result, options), result, options.json, options.record)
 
 
 if __name__ == "__main__":
