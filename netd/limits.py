@@ -28,6 +28,7 @@ from netd.faults.active import ServiceFaults
 from netd.faults.stream import ConnectionFaults, faultsChanged, openFaults, resetTransport
 from netd.metrics import Counters
 from netd.proxyheader import describePeer
+from netd.reactor import IMeteredTransport
 from netd.tls import TLSServerProtocol
 
 
@@ -48,19 +49,31 @@ class GuardedConnection(ProtocolWrapper):
 
     Logging: with the log level at debug, one line when the connection opens
     and one when it closes (peer, bytes each way, duration, how it ended);
-    otherwise the only per-connection cost is two byte counts and a timestamp,
+    otherwise the per-connection costs are two byte counts and a timestamp,
     and the one C{"connection"} event the service's event log keeps when it
-    closes.
+    closes.  The service's C{bytes_received} and C{bytes_sent} counters get
+    a connection's bytes when it closes; until then the service's
+    L{ConnectionLimiter} adds those of the open ones when they are read.
 
     Faults: when the service's stream or TLS faults apply to the connection,
-    L{streamFaults} takes its bytes both ways (L{netd.faults.stream}); when
-    none does, it is L{None} and each byte path pays one attribute test.
+    L{streamFaults} takes its bytes both ways (L{netd.faults.stream}).
 
-    Idle timeout: traffic only notes the time (L{_lastActivity}); the
+    Idle timeout: traffic only notes the time (L{lastActivity}); the
     service's L{IdleWatch}, when the connection's deadline comes, closes it if
     nothing moved for C{idle_timeout} seconds, else gives it the rest of that
     time.  Moving a timer on every read and write (C{DelayedCall.reset})
     would cost more per message than all the rest of this wrapper.
+
+    Out of the way: on a transport that meters its own traffic
+    (L{IMeteredTransport}: netd's TCP connections), while no fault acts on
+    the connection and netd is not closing it, this wrapper has nothing to
+    do per message, and steps aside (L{_route}): the transport's reads go
+    straight to the inner protocol's C{dataReceived}, and the inner
+    protocol's writes straight to the transport's C{write}, as instance
+    attributes that shadow this class's methods.  Those methods are the path
+    otherwise: through the faults, counting on transports that do not meter
+    (Twisted's own, unix sockets, a PROXY header's wrapper, in-memory ones),
+    and dropping what arrives once netd is closing the connection.
     """
 
     factory: ConnectionLimiter
@@ -76,7 +89,8 @@ class GuardedConnection(ProtocolWrapper):
         "_opened",
         "_ended",
         "_addresses",
-        "streamFaults",
+        "_meter",
+        "_streamFaults",
     )
     _selfPaced: bool
     _watched: bool
@@ -86,7 +100,8 @@ class GuardedConnection(ProtocolWrapper):
     _opened: float
     _ended: str | None
     _addresses: tuple[IAddress, IAddress] | None
-    streamFaults: ConnectionFaults | None
+    _meter: Any
+    _streamFaults: ConnectionFaults | None
 
     def __init__(self, factory: ConnectionLimiter, wrappedProtocol: Any) -> None:
         """
@@ -101,7 +116,61 @@ class GuardedConnection(ProtocolWrapper):
         self._bytesIn = self._bytesOut = 0
         self._ended = None
         self._addresses = None
-        self.streamFaults = None
+        self._meter = None
+        self._streamFaults = None
+
+    @property
+    def streamFaults(self) -> ConnectionFaults | None:
+        """
+        The faults acting on the connection's bytes, or L{None}.
+        """
+        return self._streamFaults
+
+    @streamFaults.setter
+    def streamFaults(self, faults: ConnectionFaults | None) -> None:
+        """
+        Faults start or stop acting on the connection: its bytes take the path that says.
+        """
+        self._streamFaults = faults
+        self._route()
+
+    @property
+    def bytesIn(self) -> int:
+        """
+        Bytes read from the peer so far.
+        """
+        meter = self._meter
+        return self._bytesIn if meter is None else meter.bytesReceived
+
+    @property
+    def bytesOut(self) -> int:
+        """
+        Bytes written to the peer so far.
+        """
+        meter = self._meter
+        return self._bytesOut if meter is None else meter.bytesSent
+
+    @property
+    def lastActivity(self) -> float:
+        """
+        When bytes last moved either way (or the connection opened).
+        """
+        meter = self._meter
+        return self._lastActivity if meter is None else max(meter.lastActivity, self._opened)
+
+    def _route(self) -> None:
+        """
+        Step aside while there is nothing to do per message, or stand between
+        the transport and the inner protocol again (see the class's
+        docstring): called whenever what decides it changes.
+        """
+        routes = self.__dict__
+        if self._meter is not None and self._streamFaults is None and not self.disconnecting and self.connected:
+            routes["dataReceived"] = self.wrappedProtocol.dataReceived
+            routes["write"] = self.transport.write  # type: ignore[union-attr]
+        else:
+            routes.pop("dataReceived", None)
+            routes.pop("write", None)
 
     def connectionMade(self) -> None:
         """
@@ -136,14 +205,12 @@ class GuardedConnection(ProtocolWrapper):
         """
         if self.disconnecting:
             return
-        factory = self.factory
-        size = len(data)
-        factory.counters["bytes_received"] += size
-        self._bytesIn += size
-        if self._watched:
-            self._lastActivity = factory.clock.seconds()
-        if self.streamFaults is not None:
-            self.streamFaults.received(data)
+        if self._meter is None:
+            self._bytesIn += len(data)
+            if self._watched:
+                self._lastActivity = self.factory.clock.seconds()
+        if self._streamFaults is not None:
+            self._streamFaults.received(data)
         else:
             self.wrappedProtocol.dataReceived(data)
 
@@ -152,41 +219,34 @@ class GuardedConnection(ProtocolWrapper):
         Count, note the activity, pass the bytes out (to the connection's
         faults, if any, which L{transmit} what they let go).
         """
-        if self.streamFaults is not None:
-            self.streamFaults.write(data)
+        if self._streamFaults is not None:
+            self._streamFaults.write(data)
             return
-        factory = self.factory
-        size = len(data)
-        factory.counters["bytes_sent"] += size
-        self._bytesOut += size
-        if self._watched:
-            self._lastActivity = factory.clock.seconds()
-        self.transport.write(data)  # type: ignore[union-attr]
+        self.transmit(data)
 
     def writeSequence(self, data: Any) -> None:
         """
         Count, note the activity, pass the bytes out.
         """
-        if self.streamFaults is not None:
-            self.streamFaults.write(b"".join(data))
+        if self._streamFaults is not None:
+            self._streamFaults.write(b"".join(data))
             return
         data = list(data)
-        size = sum(map(len, data))
-        self.factory.counters["bytes_sent"] += size
-        self._bytesOut += size
-        if self._watched:
-            self._lastActivity = self.factory.clock.seconds()
+        if self._meter is None:
+            self._bytesOut += sum(map(len, data))
+            if self._watched:
+                self._lastActivity = self.factory.clock.seconds()
         self.transport.writeSequence(data)  # type: ignore[union-attr]
 
     def transmit(self, data: bytes) -> None:
         """
-        Count, note the activity, write bytes that the connection's faults let
-        go to the socket.
+        Write bytes to the socket (those the connection's faults let go, when
+        it has some), counted here unless the transport meters them.
         """
-        self.factory.counters["bytes_sent"] += len(data)
-        self._bytesOut += len(data)
-        if self._watched:
-            self._lastActivity = self.factory.clock.seconds()
+        if self._meter is None:
+            self._bytesOut += len(data)
+            if self._watched:
+                self._lastActivity = self.factory.clock.seconds()
         self.transport.write(data)  # type: ignore[union-attr]
 
     def _stopSelfPacing(self) -> None:
@@ -225,11 +285,12 @@ class GuardedConnection(ProtocolWrapper):
         if self._ended is None:
             self._ended = "closed by netd"
         self._stopSelfPacing()
-        if self.streamFaults is not None and self.streamFaults.holdsOutbound():
+        if self._streamFaults is not None and self._streamFaults.holdsOutbound():
             self.disconnecting = True
-            self.streamFaults.closeWhenDrained()
+            self._streamFaults.closeWhenDrained()
             return
         ProtocolWrapper.loseConnection(self)
+        self._route()
 
     def endByFault(self, ended: str, reset: bool = False) -> None:
         """
@@ -245,6 +306,7 @@ class GuardedConnection(ProtocolWrapper):
             return
         self._stopSelfPacing()
         self.disconnecting = True
+        self._route()
         resetTransport(self.transport)
 
     def faultsChanged(self) -> None:
@@ -294,17 +356,24 @@ class GuardedConnection(ProtocolWrapper):
         connection in the service's event log (after the inner protocol, so
         that the TLS handshake's outcome is settled).
         """
+        factory = self.factory
         if self._watched:
             self._watched = False
-            self.factory.idle.forget()  # type: ignore[union-attr]
-        if self.streamFaults is not None:
-            self.streamFaults.stop()
+            factory.idle.forget()  # type: ignore[union-attr]
+        if self._streamFaults is not None:
+            self._streamFaults.stop()
         self._selfPaced = False
+        self.connected = 0
+        self._route()
+        bytesIn, bytesOut = self.bytesIn, self.bytesOut
+        counters = factory.counters
+        counters["bytes_received"] += bytesIn
+        counters["bytes_sent"] += bytesOut
         ended = self._ending(reason)
-        now = self.factory.clock.seconds()
+        now = factory.clock.seconds()
         if logs.debugEnabled:
-            self._logClosed(ended, now)
-        events = self.factory.events
+            self._logClosed(ended, now, bytesIn, bytesOut)
+        events = factory.events
         tls = _tlsLayer(self.wrappedProtocol) if events.enabled else None
         ProtocolWrapper.connectionLost(self, reason)
         if events.enabled and self._addresses is not None:
@@ -314,8 +383,8 @@ class GuardedConnection(ProtocolWrapper):
                 *self._addresses,
                 self._opened,
                 now - self._opened,
-                self._bytesIn,
-                self._bytesOut,
+                bytesIn,
+                bytesOut,
                 ended,
                 tls.tlsDetails if tls is not None else None,
             )
@@ -331,11 +400,14 @@ class GuardedConnection(ProtocolWrapper):
         if factory.events.enabled:
             self._addresses = (transport.getPeer(), transport.getHost())
         _declareTransport(self, transport)
+        if IMeteredTransport.providedBy(transport):
+            self._meter = transport
         self.connected = 1
         self.transport = transport
         self.connectionMade()
         factory.registerProtocol(self)
         self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
+        self._route()
 
     def abortConnection(self) -> None:
         """
@@ -358,7 +430,7 @@ class GuardedConnection(ProtocolWrapper):
             return "reset by peer"
         return "aborted"
 
-    def _logClosed(self, ended: str, now: float) -> None:
+    def _logClosed(self, ended: str, now: float, bytesIn: int, bytesOut: int) -> None:
         """
         The debug line of a closed connection.
         """
@@ -368,8 +440,8 @@ class GuardedConnection(ProtocolWrapper):
             peer=describePeer(self.getPeer()),
             ended=ended,
             duration=round(now - self._opened, 6),
-            bytes_in=self._bytesIn,
-            bytes_out=self._bytesOut,
+            bytes_in=bytesIn,
+            bytes_out=bytesOut,
             event="connection_closed",
         )
 
@@ -446,7 +518,7 @@ class IdleWatch:
                 if not connection._watched:
                     self._forgotten -= 1
                     continue
-                deadline = connection._lastActivity + self._timeout
+                deadline = connection.lastActivity + self._timeout
                 if deadline > now:
                     heappush(heap, (deadline, next(self._order), connection))
                 else:
@@ -582,6 +654,7 @@ class ConnectionLimiter(WrappingFactory):
         self.faults = faults
         if faults is not None:
             faults.onChange(self._faultsChanged)
+        counters.accrueFrom(self._openTraffic)
         self._refusing = False
         self._drained: list[Deferred[None]] = []
 
@@ -613,6 +686,17 @@ class ConnectionLimiter(WrappingFactory):
             waiting, self._drained = self._drained, []
             for d in waiting:
                 d.callback(None)
+
+    def _openTraffic(self) -> dict[str, int]:
+        """
+        The bytes the open connections moved so far, which the service's
+        counters get when they close.
+        """
+        received = sent = 0
+        for protocol in self.protocols:
+            received += protocol.bytesIn
+            sent += protocol.bytesOut
+        return {"bytes_received": received, "bytes_sent": sent}
 
     def _faultsChanged(self) -> None:
         """

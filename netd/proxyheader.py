@@ -27,6 +27,8 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
+from netd.reactor import IMeteredTransport
+
 _log = Logger()
 
 _V2_PREFIX: bytes = V2Parser.PREFIX
@@ -74,8 +76,13 @@ class ProxyHeaderProtocol(HAProxyProtocolWrapper):
     def makeConnection(self, transport: Any) -> None:
         """
         Accept the socket, but keep the inner protocol waiting for the header.
+
+        This wrapper provides what the socket's transport does, less
+        L{IMeteredTransport}: the socket's counts include the header, which
+        is the load balancer's, not the client's; the connection's guard
+        counts what passes this wrapper instead.
         """
-        directlyProvides(self, providedBy(transport))
+        directlyProvides(self, providedBy(transport) - IMeteredTransport)
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
         inner = self.factory.wrappedFactory

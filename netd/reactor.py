@@ -18,6 +18,10 @@ spends per message.  Here:
     C{socket.send} at once, and only what the kernel did not take is queued,
     for Twisted's usual path (writability, producer pausing over
     C{bufferSize}, closing once flushed).
+  - They meter their own traffic (L{IMeteredTransport}): bytes each way and
+    the time of the last, counted where the bytes are read and written, so
+    that the connection's guard (L{netd.limits.GuardedConnection}) need not
+    sit between the socket and the protocol to count them.
   - Accepted connections cost less to open and to close (L{Port},
     L{Server}): what Twisted builds for each one up front only in case it is
     logged (log prefixes, descriptions) is built when asked for, and a
@@ -46,6 +50,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.python import log
 from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
 
 if sys.platform == "linux":
     from twisted.internet.epollreactor import EPollReactor as _PollingReactor
@@ -68,10 +73,27 @@ uvloop's rate here, with request/response unchanged.
 """
 
 
+class IMeteredTransport(Interface):
+    """
+    A stream transport that counts its own traffic.
+
+    The counts are of bytes on the wire (TLS records, not their contents), as
+    they are read and as they are written (queued or sent).
+    """
+
+    bytesReceived = Attribute("Bytes read from the peer so far.")
+    bytesSent = Attribute("Bytes written to the peer so far.")
+    lastActivity = Attribute(
+        "When bytes last moved either way (or the transport was made), in the reactor's C{seconds()}."
+    )
+
+
+@implementer(IMeteredTransport)
 class SendAtOnce:
     """
-    The write path of netd's TCP transports (mixed into L{tcp.Server} and
-    L{tcp.Client}): a write made while nothing is queued is sent at once.
+    The read and write paths of netd's TCP transports (mixed into
+    L{tcp.Server} and L{tcp.Client}): a write made while nothing is queued is
+    sent at once, and the traffic both ways is metered (L{IMeteredTransport}).
 
     Twisted's path is taken whenever it decides what happens, so that
     everything but the moment of sending stays as Twisted does it: while
@@ -98,11 +120,18 @@ class SendAtOnce:
     streamingProducer: bool
     protocol: Any
     doWrite: Any
+    reactor: Any
+
+    bytesReceived = 0
+    bytesSent = 0
+    lastActivity = 0.0
 
     def write(self, data: bytes) -> None:
         """
-        Send C{data}, queueing what the kernel does not take now.
+        Count C{data} and send it, queueing what the kernel does not take now.
         """
+        self.bytesSent += len(data)
+        self.lastActivity = self.reactor.seconds()
         if (
             self._tempDataLen
             or self.dataBuffer
@@ -129,18 +158,20 @@ class SendAtOnce:
 
     def writeSequence(self, iovec: Any) -> None:
         """
-        Send the pieces as one write.
+        Send the pieces as one write (counted as one).
         """
         pieces = list(iovec)
         if pieces and all(type(piece) is bytes for piece in pieces):
             self.write(b"".join(pieces))
         else:
+            self.bytesSent += sum(map(len, pieces))
+            self.lastActivity = self.reactor.seconds()
             super().writeSequence(pieces)  # type: ignore[misc]
 
     def doRead(self) -> Any:
         """
-        Read what is there, up to L{READ_SIZE}, and hand it to the protocol
-        (L{tcp.Connection.doRead} with one call less).
+        Read what is there, up to L{READ_SIZE}, count it and hand it to the
+        protocol (L{tcp.Connection.doRead} with one call less).
         """
         try:
             data = self.socket.recv(READ_SIZE)
@@ -150,6 +181,8 @@ class SendAtOnce:
             return main.CONNECTION_LOST
         if not data:
             return main.CONNECTION_DONE
+        self.bytesReceived += len(data)
+        self.lastActivity = self.reactor.seconds()
         self.protocol.dataReceived(data)
         return None
 
@@ -216,6 +249,7 @@ class Server(SendAtOnce, tcp.Server):
         self.hostname = client[0]
         if server is not None:
             self._noDelay = server.noDelay
+        self.lastActivity = reactor.seconds()
         self.startReading()
         self.connected = 1
 
@@ -284,7 +318,7 @@ class Server(SendAtOnce, tcp.Server):
             return
         self.stopReading()
         self.disconnecting = 1
-        self.reactor._closeSoon(self)  # type: ignore[attr-defined]
+        self.reactor._closeSoon(self)
 
     def _closeIfQuiet(self) -> None:
         """

@@ -39,6 +39,7 @@ from netd.interfaces import IDatagramSender, IStreamHandler
 from netd.limits import ConnectionLimiter, GuardedConnection
 from netd.metrics import Counters
 from netd.options import ConfigError, Problem, convert
+from netd.reactor import IMeteredTransport
 from netd.tls import ServerTLS, TLSOptions, TLSServerFactory, TLSVersion
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -184,6 +185,43 @@ class RecordingDatagramSender:
         self.sent.append((datagram, peer))
 
 
+@implementer(IMeteredTransport)
+class MeteredStringTransport(StringTransport):
+    """
+    A L{StringTransport} that meters its traffic as netd's TCP transports do
+    (L{IMeteredTransport}), timed by C{clock}: the connection's guard then
+    steps aside as it does on a real socket.  What the peer sends is counted
+    by L{StreamConnection.receive}, as a transport's read would.
+    """
+
+    def __init__(self, clock: Any, peerAddress: IPv4Address) -> None:
+        super().__init__(peerAddress=peerAddress)
+        self.clock = clock
+        self.bytesReceived = self.bytesSent = 0
+        self.lastActivity: float = clock.seconds()
+
+    def received(self, data: bytes) -> None:
+        """
+        Count bytes read from the peer.
+        """
+        self.bytesReceived += len(data)
+        self.lastActivity = self.clock.seconds()
+
+    def write(self, data: bytes) -> None:
+        """
+        Count the bytes and record them.
+        """
+        self.bytesSent += len(data)
+        self.lastActivity = self.clock.seconds()
+        super().write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        """
+        Count and record the pieces as one write.
+        """
+        self.write(b"".join(data))
+
+
 @attrs.define
 class StreamConnection:
     """
@@ -205,6 +243,8 @@ class StreamConnection:
         """
         Deliver bytes as if the peer had sent them.
         """
+        if isinstance(self.transport, MeteredStringTransport):
+            self.transport.received(data)
         self.protocol.dataReceived(data)
 
     def finishClose(self) -> bool:
@@ -311,15 +351,18 @@ def faultsFor(
     )
 
 
-def connect(limiter: ConnectionLimiter, peer: IPv4Address = PEER) -> StreamConnection | None:
+def connect(limiter: ConnectionLimiter, peer: IPv4Address = PEER, *, metered: bool = False) -> StreamConnection | None:
     """
     Open an in-memory connection to a stack from L{makeStreamStack}; L{None} if
     the stack refused it (its connection limit).
+
+    @param metered: on a transport that meters its own traffic
+        (L{MeteredStringTransport}), as netd's TCP connections do.
     """
     protocol = limiter.buildProtocol(peer)
     if protocol is None:
         return None
-    transport = StringTransport(peerAddress=peer)
+    transport = MeteredStringTransport(limiter.clock, peer) if metered else StringTransport(peerAddress=peer)
     protocol.makeConnection(transport)
     return StreamConnection(transport, cast(GuardedConnection, protocol), limiter)
 

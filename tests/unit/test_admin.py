@@ -1177,6 +1177,23 @@ def test_countersKeepsHistogramsAndFamilies() -> None:
     assert counters.snapshot() == {"a": 2}
 
 
+def test_countersReadWithWhatAccruesElsewhere() -> None:
+    """
+    Counts accruing elsewhere (open connections' bytes) are added when the counters are read, in snapshots and the exposition alike, without being stored.
+    """
+    counters = Counters()
+    counters["bytes_sent"] = 10
+    accruing = {"bytes_sent": 5, "bytes_received": 7}
+    counters.accrueFrom(lambda: accruing)
+    assert counters.snapshot() == {"bytes_received": 7, "bytes_sent": 15}
+    exposition = Exposition()
+    exposition.counters(counters, {"service": "s"}, families=())
+    found = samples(exposition.render())
+    assert found[key("netd_bytes_sent_total", service="s")] == 15
+    assert found[key("netd_bytes_received_total", service="s")] == 7
+    assert dict(counters) == {"bytes_sent": 10}
+
+
 def test_expositionEscapesAndSanitises() -> None:
     """
     Odd counter names become valid metric names, label values are escaped, and prometheus_client reads them back.

@@ -86,7 +86,7 @@ def test_rawEchoesExactlyWhatItRead(reads: list[bytes]) -> None:
     for read in reads:
         connection.receive(read)
         assert connection.takeSent() == read
-    assert counters["bytes_sent"] == counters["bytes_received"] == sum(map(len, reads))
+    assert counters.snapshot()["bytes_sent"] == counters.snapshot()["bytes_received"] == sum(map(len, reads))
 
 
 ECHOES = [

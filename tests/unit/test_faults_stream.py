@@ -141,12 +141,12 @@ def test_latencyHoldsEachChunk() -> None:
     connection.receive(b"abc")
     connection.receive(b"def")
     assert connection.takeSent() == b""
-    assert stack.counters["bytes_sent"] == 0
+    assert stack.counters.snapshot()["bytes_sent"] == 0
     stack.clock.advance(0.099)
     assert connection.takeSent() == b""
     stack.clock.advance(0.001)
     assert connection.takeSent() == b"abcdef"
-    assert stack.counters["bytes_sent"] == 6
+    assert stack.counters.snapshot()["bytes_sent"] == 6
     assert stack.applied("latency") == 1
     [event] = stack.events.events(kind="fault")
     assert event["fault"] == "latency" and event["peer"] == "127.0.0.1:40000" and event["direction"] == "to_client"
@@ -378,7 +378,7 @@ def test_blackhole(direction: str) -> None:
     connection.receive(b"anyone there?")
     assert connection.takeSent() == b""
     assert not connection.transport.disconnecting
-    assert stack.counters["bytes_received"] == 13
+    assert stack.counters.snapshot()["bytes_received"] == 13
     assert stack.applied("blackhole") == 1
 
 
@@ -658,7 +658,7 @@ def test_tlsStallSendsServerHelloOnly(dev: DevelopmentSet) -> None:
     sent = connection.takeSent()
     assert sent[0] == 22 and sent[5] == 2  # a handshake record holding a ServerHello
     assert len(sent) == 5 + int.from_bytes(sent[3:5], "big")
-    assert stack.counters["bytes_sent"] == len(sent)
+    assert stack.counters.snapshot()["bytes_sent"] == len(sent)
     assert not connection.transport.disconnecting
     [event] = stack.events.events(kind="fault")
     assert event["record_bytes"] == len(sent)

@@ -367,8 +367,8 @@ def test_bytesCounted(framing: str, partial: tuple[bytes, bytes], frame: bytes, 
         connection.receive(data)
     handler.receivers[0].connection.sendFrame(frame)
     assert connection.transport.value() == sent
-    assert counters["bytes_received"] == 3
-    assert counters["bytes_sent"] == len(sent)
+    assert counters.snapshot()["bytes_received"] == 3
+    assert counters.snapshot()["bytes_sent"] == len(sent)
 
 
 def test_whenDrainedWithNoConnectionsFiresAtOnce() -> None:

@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netd.certs import ensureDevelopmentSet
-from netd.reactor import NetdReactor, Server, installReactor
+from netd.reactor import IMeteredTransport, NetdReactor, Server, installReactor
 from netd.testing import makeStreamStack
 from netd.tls import TLSOptions
 from plugins.echo import EchoHandler
@@ -207,6 +207,25 @@ def test_writeSequenceSendsAtOnce(reactor: NetdReactor) -> None:
     accepted.transport.writeSequence([b"one ", b"two ", b"three"])
     assert readable(accepted.client)
     assert accepted.client.recv(100) == b"one two three"
+
+
+def test_trafficMeteredBothWays(reactor: NetdReactor) -> None:
+    """
+    An accepted connection counts the bytes it reads and writes (queued ones too, and writeSequence's) and notes when they last moved.
+    """
+    accepted = accept(reactor)
+    transport = accepted.transport
+    assert IMeteredTransport.providedBy(transport)
+    opened = transport.lastActivity
+    accepted.client.sendall(b"12345")
+    spin(reactor, lambda: accepted.protocol.received == b"12345")
+    assert transport.bytesReceived == 5
+    assert transport.lastActivity >= opened
+    transport.writeSequence([b"ab", b"c"])
+    big = fillKernelBuffers(accepted)
+    assert transport.bytesSent == 3 + len(big)
+    assert len(drain(reactor, accepted.client, 3 + len(big))) == 3 + len(big)
+    assert transport.bytesSent == 3 + len(big)
 
 
 def test_writeRefusesText(reactor: NetdReactor) -> None:
