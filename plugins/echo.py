@@ -9,6 +9,7 @@ without bound.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -38,26 +39,28 @@ class EchoOptions:
 class EchoReceiver:
     """
     One echo connection: each frame is sent straight back.
+
+    @ivar frameReceived: the connection's C{sendFrame} itself, once the
+        connection is made: echoing a frame is sending it, and a call of
+        the receiver's own in between would only cost time per frame.
     """
 
-    connection: IFrameConnection
+    frameReceived: Callable[[bytes], None]
 
     def connectionMade(self, connection: IFrameConnection) -> None:
         """
-        Remember where to echo to.
+        Echo each frame from now on by sending it on C{connection}.
         """
-        self.connection = connection
-
-    def frameReceived(self, frame: bytes) -> None:
-        """
-        Echo the frame.
-        """
-        self.connection.sendFrame(frame)
+        self.frameReceived = connection.sendFrame
 
     def connectionLost(self, reason: Failure) -> None:
         """
-        Nothing to clean up.
+        Let go of the connection (its bound C{sendFrame}), so that nothing
+        keeps the two alive in a cycle once it is closed.  (A TLS
+        connection whose handshake failed ends here without having been
+        made.)
         """
+        self.__dict__.pop("frameReceived", None)
 
 
 @implementer(IStreamHandler, IDatagramHandler)
