@@ -77,10 +77,16 @@ class GuardedConnection(ProtocolWrapper):
     """
 
     factory: ConnectionLimiter
-    # Slots, each set in __init__: in a dict, these keys added as traffic
-    # starts (while thousands of connections are open) give every connection
-    # a dict of its own, 0.7 KiB of the 3 an idle connection costs.
+    # Slots, each set in __init__ (the wrapper's own, and those of
+    # ProtocolWrapper): in the instance's dict, these keys would make it
+    # large, about 0.7 KiB a connection.  The dict keeps the few that are
+    # left: the interfaces declared and the two routes of L{_route}.
     __slots__ = (
+        "factory",
+        "wrappedProtocol",
+        "transport",
+        "connected",
+        "disconnecting",
         "_selfPaced",
         "_watched",
         "_lastActivity",
@@ -110,6 +116,8 @@ class GuardedConnection(ProtocolWrapper):
         """
         self.factory = factory
         self.wrappedProtocol = wrappedProtocol
+        self.transport = None
+        self.connected = self.disconnecting = 0
         self._selfPaced = False
         self._watched = False
         self._lastActivity = self._opened = 0.0
