@@ -113,7 +113,7 @@ def test_endpointsOverTheWire(startNetd: Any) -> None:
 
 def test_metricsMoveWithTraffic(startNetd: Any) -> None:
     """
-    After echo bytes over TCP and UDP and DNS queries, the byte, datagram, query-type, rcode and static-answer counters in /metrics have grown by exactly that traffic.
+    After echo bytes over TCP and UDP and DNS queries, the byte, datagram, query-type, rcode and static-answer counters in /metrics have grown by exactly that traffic (an open connection's bytes already while it is open).
     """
     netd: NetdProcess = startNetd(config())
     before = metrics(netd)
@@ -123,6 +123,8 @@ def test_metricsMoveWithTraffic(startNetd: Any) -> None:
         assert recvExactly(client, len(payload)) == payload
         during = metrics(netd)
         assert during[key("netd_connections_open", service="echo")] == 1
+        openBytes = during[key("netd_bytes_received_total", service="echo")] - before.get(key("netd_bytes_received_total", service="echo"), 0)
+        assert openBytes == len(payload), "an open connection's bytes are counted before it closes"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         udp.settimeout(IO_TIMEOUT)
         udp.sendto(b"ping", netd.address("echo", "udp"))
