@@ -16,9 +16,10 @@ from netd.faults.active import ActiveFault, ServiceFaults
 from netd.faults.datagrams import DatagramFaults
 from netd.interfaces import IDatagramHandler, IDatagramSender
 from netd.metrics import Counters
+from netd.udp import IBatchingDatagramProtocol, IBatchingDatagramTransport
 
 
-@implementer(IDatagramSender)
+@implementer(IDatagramSender, IBatchingDatagramProtocol)
 class DatagramListener(DatagramProtocol):
     """
     One bound UDP socket of a service.
@@ -65,16 +66,25 @@ class DatagramListener(DatagramProtocol):
 
     def startProtocol(self) -> None:
         """
-        Choose how answers go out: straight through the socket's C{sendto} when
-        the transport exposes its socket.  The addresses answered come from the
-        socket itself, so Twisted's C{write}, which checks each one for
-        IP-ness three times over (about a quarter of the cost of a DNS cache
-        hit), has nothing left to check.
+        Choose how answers go out: in batches on a port that batches
+        (L{netd.udp.BatchingPort}), else straight through the socket's
+        C{sendto} when the transport exposes its socket.  The addresses
+        answered come from the socket itself, so Twisted's C{write}, which
+        checks each one for IP-ness three times over (about a quarter of the
+        cost of a DNS cache hit), has nothing left to check.
         """
-        if ISystemHandle.providedBy(self.transport):
+        if IBatchingDatagramTransport.providedBy(self.transport):
+            self._send = self.transport.send
+        elif ISystemHandle.providedBy(self.transport):
             self._send = self.transport.getHandle().sendto
         else:
             self._send = self.transport.write  # type: ignore[union-attr]
+
+    def datagramNotSent(self, error: OSError) -> None:
+        """
+        The batching port could not send a datagram: counted, as below.
+        """
+        self.counters["datagrams_send_failed"] += 1
 
     def stopProtocol(self) -> None:
         """

@@ -82,6 +82,16 @@ class EventLog:
             self._seq += 1
             self._ring.append((self._seq, self._clock.seconds(), kind, render, args))
 
+    def addAt(self, time: float, kind: str, render: Render, *args: Any) -> None:
+        """
+        L{add}, for a caller that has just read the log's clock: the event
+        gets C{time} as its time, one clock call less on a hot path (the DNS
+        proxy's cache hit, whose answer is timed already).
+        """
+        if self.enabled:
+            self._seq += 1
+            self._ring.append((self._seq, time, kind, render, args))
+
     @property
     def dropped(self) -> int:
         """

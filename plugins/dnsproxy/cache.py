@@ -172,18 +172,30 @@ class AnswerCache:
         L{None} if there is none or it has expired (an expired entry is
         dropped).
         """
-        stored = self._current(key, 0 if query.edns is None else 1)
+        stored = self._current(key, 0 if query.edns is None else 1, self.clock.seconds())
         if stored is None:
             return None
         return patchAnswer(stored, (), (), 0, query)
 
-    def lookupMessage(self, key: CacheKey, message: bytes, nameEnd: int, edns: bool) -> bytes | None:
+    def lookupMessage(self, key: CacheKey, message: bytes, nameEnd: int, edns: bool, now: float) -> bytes | None:
         """
         What L{lookup} gives, for a query read by L{wire.quickQuestion} rather
         than parsed: its message, where its question ends, and whether it has
         an OPT record.
+
+        @param now: the time of the cache's clock, which the caller has read
+            (a cache hit's event is recorded at the same time).
         """
-        stored = self._current(key, 1 if edns else 0)
+        # The usual hit, an entry served already in this second, in line;
+        # the rest as _current does it.
+        form = 1 if edns else 0
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= now < entry[1] and entry[3][form] == int(now - entry[0]):
+            self._entries.move_to_end(key)
+            return answerQuery(entry[2][form], message, nameEnd)
+        stored = self._current(key, form, now)
         if stored is None:
             return None
         return answerQuery(stored, message, nameEnd)
@@ -195,17 +207,16 @@ class AnswerCache:
         """
         return key in self._entries
 
-    def _current(self, key: CacheKey, form: int) -> bytes | None:
+    def _current(self, key: CacheKey, form: int, now: float) -> bytes | None:
         """
         The answer cached under C{key} in one of its forms (0: without an OPT
-        record, 1: with one), its TTLs lowered for now; L{None} if there is
+        record, 1: with one), its TTLs lowered for C{now}; L{None} if there is
         none or it has expired (dropped, then).
         """
         entry = self._entries.get(key)
         if entry is None:
             return None
         storedAt, expiresAt, forms, ages, ttlOffsets, ttls = entry
-        now = self.clock.seconds()
         if now >= expiresAt:
             del self._entries[key]
             return None

@@ -203,6 +203,7 @@ class DNSProxy(Service):
     One dns-proxy service.
 
     @ivar records: the static records now (the control API changes them).
+    @ivar hasRecords: whether L{records} has any (asked once per change, not per query).
     @ivar scripts: the scripted answers now, with their schedules.
     @ivar timed: whether queries are timed (for C{log_queries} or the event log).
     """
@@ -224,6 +225,7 @@ class DNSProxy(Service):
     ) -> None:
         self.reactor = reactor
         self.records = records
+        self.hasRecords = bool(records)
         self.scripts = ScriptBook(scripts)
         self.tables: dict[str, IRuntimeTable] = {
             "records": RecordsTable(self, records),
@@ -287,6 +289,7 @@ class DNSProxy(Service):
         change is served.
         """
         self.records = records
+        self.hasRecords = bool(records)
         purged = self.cache.purge([pattern.key for pattern in changed])
         self.log.info(
             "static records changed at runtime: {names}; {purged} cached answers dropped",
@@ -303,7 +306,10 @@ class DNSProxy(Service):
         """
         self.counters["queries_udp"] += 1
         started = self.reactor.seconds() if self.timed else 0.0
-        answer = self.answer(datagram, peer[0], peer[1], "udp", started)
+        host, port = peer
+        answer: Answer = self._cacheHit(datagram, host, port, "udp", started)
+        if answer is None:
+            answer = self._answerParsed(datagram, host, port, "udp", started)
         if isinstance(answer, bytes):
             sender.sendDatagram(answer if len(answer) <= MIN_UDP_SIZE else self._fitUDP(datagram, answer), peer)
         elif answer is not None:
@@ -362,6 +368,13 @@ class DNSProxy(Service):
         hit = self._cacheHit(data, host, port, transport, started)
         if hit is not None:
             return hit
+        return self._answerParsed(data, host, port, transport, started)
+
+    def _answerParsed(self, data: bytes, host: str, port: int, transport: str, started: float) -> Answer:
+        """
+        L{answer} for a query that is not a quick cache hit: parsed, and taken
+        the whole way.
+        """
         try:
             query = parseQuery(data)
         except MalformedQuery as e:
@@ -403,12 +416,13 @@ class DNSProxy(Service):
         key, nameEnd, edns = quick
         if key[0] == self.loopProbe:
             return None
-        records = self.records
-        if records and key[2] == CLASS_IN:
+        if self.hasRecords and key[2] == CLASS_IN:
             # Only a name found in the cache is whole (see quickQuestion).
-            if key not in self.cache or records.find(key[0]) is not None:
+            if key not in self.cache or self.records.find(key[0]) is not None:
                 return None
-        answer = self.cache.lookupMessage(key, data, nameEnd, edns)
+        cache = self.cache
+        now = cache.clock.seconds()
+        answer = cache.lookupMessage(key, data, nameEnd, edns, now)
         if answer is None:
             return None
         counters = self.counters
@@ -419,8 +433,8 @@ class DNSProxy(Service):
         counters[_RCODE_COUNTERS.get(rcode) or f"rcode_{rcode}"] += 1
         events = self.events
         if events.enabled:
-            ended = self.reactor.seconds()
-            events.add("query", renderQuery, host, port, data, transport, rcode, "cache", None, None, started, ended)
+            # The cache's clock is the reactor: its time is the event's.
+            events.addAt(now, "query", renderQuery, host, port, data, transport, rcode, "cache", None, None, started, now)
         return answer
 
     def _lookup(

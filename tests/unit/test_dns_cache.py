@@ -23,6 +23,7 @@ from netd_plugins.dnsproxy.wire import (
     Query,
     inspectAnswer,
     parseQuery,
+    quickQuestion,
 )
 
 from .dnsmessages import NAME, aRecord, makeAnswer, makeQuery, parseEDNS, soa
@@ -495,4 +496,32 @@ def test_maxEntriesZeroStoresNothing() -> None:
     query = parsedQuery()
     assert not cache.store(cacheKey(query), *inspectedAnswer(answers=[aRecord(ttl=60)]))
     assert cache.lookup(cacheKey(query), query) is None
+    assert len(cache) == 0
+
+
+# The quick path (a query read by quickQuestion, not parsed)
+
+
+@pytest.mark.parametrize("edns", [False, True])
+def test_lookupMessageMatchesLookup(edns: bool) -> None:
+    """
+    A query found from its message gets, at every moment (before the entry's time, the first hit of a second, the next ones, with the clock set back), the answer a parsed lookup gives it (TTLs clamped), and misses once it has expired.
+    """
+    clock = Clock()
+    cache = makeCache(clock, maxTTL=5)
+    message = makeQuery(b"NeTd.Test", id=9, edns=edns)
+    query = parseQuery(message)
+    key = cacheKey(query)
+    quick = quickQuestion(message)
+    assert quick is not None and quick[0] == key
+    _, nameEnd, hasOPT = quick
+    data, info = inspectedAnswer(b"netd.test", answers=[aRecord(ttl=10)])
+    assert cache.store(key, data, info)
+    for moment in (-1.5, 0.0, 0.5, 1.0, 1.2, 3.7, 0.2, 4.9):
+        clock.rightNow = moment
+        quickAnswer = cache.lookupMessage(key, message, nameEnd, hasOPT, clock.seconds())
+        assert quickAnswer is not None
+        assert quickAnswer == cache.lookup(key, query)
+    clock.rightNow = 5.0
+    assert cache.lookupMessage(key, message, nameEnd, hasOPT, clock.seconds()) is None
     assert len(cache) == 0

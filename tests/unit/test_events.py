@@ -61,6 +61,24 @@ def test_eventCarriesSeqTimeKindAndRenderedFields() -> None:
     ]
 
 
+def test_addAtTakesTheCallersTime() -> None:
+    """
+    addAt() records the time it is given, numbered in turn with add()'s events, and keeps nothing when the log is off.
+    """
+    clock = Clock()
+    clock.advance(50)
+    log = EventLog(10, clock)
+    log.add("connection", fields, 1, "one")
+    log.addAt(42.25, "query", fields, 2, "two")
+    assert log.events() == [
+        {"seq": 1, "time": 50.0, "kind": "connection", "number": 1, "word": "one"},
+        {"seq": 2, "time": 42.25, "kind": "query", "number": 2, "word": "two"},
+    ]
+    off = EventLog.disabled()
+    off.addAt(1.0, "query", fields, 3, "three")
+    assert off.events() == [] and off.dropped == 0
+
+
 def test_renderRunsOnlyWhenRead() -> None:
     """
     add() stores the values without calling render; render runs once per event each time the log is read.

@@ -15,7 +15,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ from netd.testing import makeStreamStack
 from netd.tls import TLSOptions
 from plugins.echo import EchoHandler
 
-WAIT = 5.0
+from .privatereactor import WAIT, privateReactor, spin
+
 
 
 @pytest.fixture
@@ -41,26 +42,7 @@ def reactor() -> Iterator[NetdReactor]:
     """
     A private netd reactor, not the session's, torn down with everything on it.
     """
-    made = NetdReactor()
-    yield made
-    made._uninstallHandler()
-    for reader in made._internalReaders:
-        made.removeReader(reader)
-        reader.connectionLost(None)
-    made.disconnectAll()
-    for call in made.getDelayedCalls():
-        call.cancel()
-    made._poller.close()
-
-
-def spin(reactor: NetdReactor, done: Callable[[], object], timeout: float = WAIT) -> None:
-    """
-    Turn the reactor until C{done()} is true, failing after C{timeout} seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"not done within {timeout} seconds"
-        reactor.iterate(0.01)
+    yield from privateReactor()
 
 
 class Recorder(Protocol):

@@ -1,0 +1,182 @@
+"""
+User-space instructions per DNS cache hit of netd's dns-proxy (or of dnsmasq),
+counted by valgrind's callgrind: a figure that, unlike queries per second,
+does not move with the load of a shared machine, to tell whether a change to
+the hit path pays.
+
+The forwarder runs under callgrind behind the benchmark's upstream (bench.py's
+setup: dnsmasq answering every name under example.test); dnsperf asks the
+benchmark's ten hit names, first C{--warmup} queries to fill the cache and
+warm the path, then callgrind's counts are dumped (C{callgrind_control -d}),
+then C{--queries} queries (-c 4 -q 100, as the throughput runs), dumped
+again.  The second dump's total, divided by the queries answered, is printed.
+System calls are not counted: the kernel's share of a hit (the sends above
+all) needs C{perf} or the throughput runs of bench.py.
+
+Run from the repository root: .venv/bin/python bench/dns/callgrind.py
+(about 30 seconds; needs valgrind, dnsperf and dnsmasq).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from benchlib import netdCommand, quietDaemonTable, say, stopProcess  # noqa: E402  (the path above makes it importable)
+
+from dns_upstream import ZONE, answerRcode, askUdp, benchUpstreamArguments, buildQuery, findDnsmasq, freeLoopbackPort, startDnsmasq  # noqa: E402
+
+HOST = "127.0.0.1"
+HIT_NAMES = 10
+START_TIMEOUT = 180.0
+"""
+Seconds a forwarder may take to answer under callgrind (about fifty times slower than without).
+"""
+SETTLE = 0.5
+"""
+Seconds to wait around each dump, for the last answers to be handled and the
+dump to be written.
+"""
+
+
+def waitUntil(ready: Callable[[], object], process: subprocess.Popen[bytes], what: str, log: Path) -> None:
+    """
+    Poll C{ready()} until it is true; stop the process and raise if it exits
+    or takes longer than L{START_TIMEOUT}.
+    """
+    deadline = time.monotonic() + START_TIMEOUT
+    while not ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stopProcess(process)
+            raise RuntimeError(f"{what} did not start:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.2)
+
+
+def answering(port: int) -> bool:
+    """
+    Whether the forwarder answers a query under the zone (any RCODE).
+    """
+    query = buildQuery(f"ready.{ZONE}")
+    return answerRcode(query, askUdp(HOST, port, query, timeout=1.0) or b"") is not None
+
+
+def startUnderCallgrind(forwarder: str, upstream: str, directory: Path, output: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """
+    The forwarder under callgrind, and the port it answers on.
+    """
+    log = directory / f"{forwarder}.log"
+    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={output}"]
+    if forwarder == "netd":
+        config = directory / "netd.toml"
+        config.write_text(
+            quietDaemonTable()
+            + f'[[services]]\nname = "dns"\nplugin = "dns-proxy"\nlisten = ["udp:0:interface={HOST}"]\n'
+            + f'upstreams = ["udp:{upstream}"]\ncache_size = 10000\nlog_queries = false\n'
+        )
+        ports = directory / "ports.json"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(valgrind + netdCommand(config, ports), stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
+        waitUntil(ports.exists, process, "netd under callgrind", log)
+        services = json.loads(ports.read_text())["services"]
+        port = next(int(bound["port"]) for bound in services["dns"] if bound["transport"] == "udp")
+        waitUntil(lambda: answering(port), process, "netd under callgrind", log)
+        return process, port
+    port = freeLoopbackPort()
+    command = [
+        findDnsmasq() or "dnsmasq",
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-hosts",
+        "--no-resolv",
+        f"--listen-address={HOST}",
+        "--bind-interfaces",
+        f"--port={port}",
+        f"--server={upstream.replace(':', '#')}",
+        "--cache-size=10000",
+        "--user=root",
+        "--group=root",
+        "--pid-file",
+    ]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(valgrind + command, stdout=sink, stderr=subprocess.STDOUT)
+    waitUntil(lambda: answering(port), process, "dnsmasq under callgrind", log)
+    return process, port
+
+
+def ask(port: int, names: Path, queries: int, timeout: float) -> int:
+    """
+    Send about C{queries} queries with dnsperf; the number answered.
+    """
+    command = ["dnsperf", "-s", HOST, "-p", str(port), "-d", str(names), "-n", str(max(1, queries // HIT_NAMES))]
+    command += ["-c", "4", "-T", "1", "-q", "100", "-t", "5"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    found = re.search(r"Queries completed:\s+(\d+)", done.stdout)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def dump(process: subprocess.Popen[bytes]) -> None:
+    """
+    Have callgrind write its counts so far (a numbered part file) and start again from zero.
+    """
+    time.sleep(SETTLE)
+    subprocess.run(["callgrind_control", "-d", str(process.pid)], capture_output=True, timeout=60, check=True)
+    time.sleep(SETTLE)
+
+
+def totalInstructions(part: Path) -> int:
+    """
+    The instructions counted in one dump.
+    """
+    annotated = subprocess.run(["callgrind_annotate", str(part)], capture_output=True, text=True, timeout=120, check=True).stdout
+    found = re.search(r"([\d,]+)\s+\(100\.0%\)\s+PROGRAM TOTALS", annotated) or re.search(r"([\d,]+)\s+PROGRAM TOTALS", annotated)
+    if found is None:
+        raise RuntimeError(f"callgrind_annotate printed no total for {part}")
+    return int(found.group(1).replace(",", ""))
+
+
+def main() -> None:
+    """
+    Measure and print.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--forwarder", choices=("netd", "dnsmasq"), default="netd")
+    parser.add_argument("--warmup", type=int, default=3000, help="queries before the counted ones")
+    parser.add_argument("--queries", type=int, default=20000, help="queries counted")
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="netd-dns-callgrind-") as temporary:
+        directory = Path(temporary)
+        names = directory / "hits.txt"
+        names.write_text("".join(f"hit{index}.{ZONE} A\n" for index in range(HIT_NAMES)))
+        upstream = startDnsmasq(benchUpstreamArguments(), directory, readyName=f"ready.{ZONE}", logQueries=False, name="upstream")
+        output = directory / "callgrind.out"
+        try:
+            say(f"starting {options.forwarder} under callgrind")
+            process, port = startUnderCallgrind(options.forwarder, f"{upstream.host}:{upstream.port}", directory, output)
+            try:
+                ask(port, names, options.warmup, timeout=300)
+                dump(process)
+                answered = ask(port, names, options.queries, timeout=600)
+                dump(process)
+            finally:
+                stopProcess(process)
+            total = totalInstructions(Path(f"{output}.2"))
+        finally:
+            upstream.stop()
+    print(f"{options.forwarder}: {total / answered:,.0f} instructions per cache hit ({answered} hits counted)")
+
+
+if __name__ == "__main__":
+    main()
