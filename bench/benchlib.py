@@ -119,18 +119,72 @@ def launch(command: list[str], log: Path, cpus: set[int] | None = None, stdin: i
         return subprocess.Popen(command, stdin=stdin, stdout=output, stderr=subprocess.STDOUT, preexec_fn=pinnedTo(cpus))
 
 
-def waitForFile(process: subprocess.Popen[bytes], path: Path, what: str, log: Path, interval: float = 0.05) -> None:
+def waitUntil(
+    ready: Callable[[], object], process: subprocess.Popen[bytes], what: str, log: Path, timeout: float = START_TIMEOUT, interval: float = 0.05
+) -> None:
     """
-    Poll every C{interval} seconds until C{path} exists (a ports file, written
-    once the server listens); stop the process and raise if it exits or takes
-    longer than C{START_TIMEOUT}.
+    Poll every C{interval} seconds until C{ready()} is true; stop the process
+    and raise, with the end of its log, if it exits or takes longer than
+    C{timeout} seconds.
     """
-    deadline = time.monotonic() + START_TIMEOUT
-    while not path.exists():
+    deadline = time.monotonic() + timeout
+    while not ready():
         if process.poll() is not None or time.monotonic() > deadline:
             stopProcess(process)
             raise RuntimeError(f"{what} did not start:\n{log.read_text(errors='replace')[-3000:]}")
         time.sleep(interval)
+
+
+def waitForFile(
+    process: subprocess.Popen[bytes], path: Path, what: str, log: Path, timeout: float = START_TIMEOUT, interval: float = 0.05
+) -> None:
+    """
+    Wait until C{path} exists (a ports file, written once the server
+    listens); see L{waitUntil}.
+    """
+    waitUntil(path.exists, process, what, log, timeout, interval)
+
+
+# Counting instructions with callgrind: figures that, unlike rates, do not
+# move with the load of a shared machine (bench/dns/callgrind.py,
+# bench/echo/callgrind.py).
+
+CALLGRIND_START_TIMEOUT = 180.0
+"""
+Seconds a server may take to start under callgrind (about fifty times slower than without).
+"""
+CALLGRIND_SETTLE = 0.5
+"""
+Seconds to wait around each dump, for the last requests to be handled and the dump to be written.
+"""
+
+
+def underCallgrind(command: list[str], output: Path) -> list[str]:
+    """
+    C{command} run by callgrind, its counts written to C{output} (and to
+    C{output.1}, C{output.2}, ... at each L{callgrindDump}).
+    """
+    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={output}", *command]
+
+
+def callgrindDump(process: subprocess.Popen[bytes]) -> None:
+    """
+    Have callgrind write its counts so far (a numbered part file) and start again from zero.
+    """
+    time.sleep(CALLGRIND_SETTLE)
+    subprocess.run(["callgrind_control", "-d", str(process.pid)], capture_output=True, timeout=60, check=True)
+    time.sleep(CALLGRIND_SETTLE)
+
+
+def callgrindTotal(part: Path) -> int:
+    """
+    The instructions counted in one dump.
+    """
+    annotated = subprocess.run(["callgrind_annotate", str(part)], capture_output=True, text=True, timeout=120, check=True).stdout
+    found = re.search(r"([\d,]+)\s+\(100\.0%\)\s+PROGRAM TOTALS", annotated) or re.search(r"([\d,]+)\s+PROGRAM TOTALS", annotated)
+    if found is None:
+        raise RuntimeError(f"callgrind_annotate printed no total for {part}")
+    return int(found.group(1).replace(",", ""))
 
 
 def netdCommand(configFile: Path, portsFile: Path) -> list[str]:

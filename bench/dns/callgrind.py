@@ -25,44 +25,28 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from benchlib import netdCommand, quietDaemonTable, say, stopProcess  # noqa: E402  (the path above makes it importable)
+from benchlib import (  # noqa: E402  (the path above makes it importable)
+    CALLGRIND_START_TIMEOUT,
+    callgrindDump,
+    callgrindTotal,
+    netdCommand,
+    quietDaemonTable,
+    say,
+    stopProcess,
+    underCallgrind,
+    waitUntil,
+)
 
 from dns_upstream import ZONE, answerRcode, askUdp, benchUpstreamArguments, buildQuery, findDnsmasq, freeLoopbackPort, startDnsmasq  # noqa: E402
 
 HOST = "127.0.0.1"
 HIT_NAMES = 10
-START_TIMEOUT = 180.0
-"""
-Seconds a forwarder may take to answer under callgrind (about fifty times slower than without).
-"""
-SETTLE = 0.5
-"""
-Seconds to wait around each dump, for the last answers to be handled and the
-dump to be written.
-"""
-
-
-def waitUntil(ready: Callable[[], object], process: subprocess.Popen[bytes], what: str, log: Path) -> None:
-    """
-    Poll C{ready()} until it is true; stop the process and raise if it exits
-    or takes longer than L{START_TIMEOUT}.
-    """
-    deadline = time.monotonic() + START_TIMEOUT
-    while not ready():
-        if process.poll() is not None or time.monotonic() > deadline:
-            stopProcess(process)
-            raise RuntimeError(f"{what} did not start:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.2)
-
-
 def answering(port: int) -> bool:
     """
     Whether the forwarder answers a query under the zone (any RCODE).
@@ -76,7 +60,6 @@ def startUnderCallgrind(forwarder: str, upstream: str, directory: Path, output: 
     The forwarder under callgrind, and the port it answers on.
     """
     log = directory / f"{forwarder}.log"
-    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={output}"]
     if forwarder == "netd":
         config = directory / "netd.toml"
         config.write_text(
@@ -86,11 +69,11 @@ def startUnderCallgrind(forwarder: str, upstream: str, directory: Path, output: 
         )
         ports = directory / "ports.json"
         with log.open("wb") as sink:
-            process = subprocess.Popen(valgrind + netdCommand(config, ports), stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
-        waitUntil(ports.exists, process, "netd under callgrind", log)
+            process = subprocess.Popen(underCallgrind(netdCommand(config, ports), output), stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
+        waitUntil(ports.exists, process, "netd under callgrind", log, CALLGRIND_START_TIMEOUT, 0.2)
         services = json.loads(ports.read_text())["services"]
         port = next(int(bound["port"]) for bound in services["dns"] if bound["transport"] == "udp")
-        waitUntil(lambda: answering(port), process, "netd under callgrind", log)
+        waitUntil(lambda: answering(port), process, "netd under callgrind", log, CALLGRIND_START_TIMEOUT, 0.2)
         return process, port
     port = freeLoopbackPort()
     command = [
@@ -109,8 +92,8 @@ def startUnderCallgrind(forwarder: str, upstream: str, directory: Path, output: 
         "--pid-file",
     ]
     with log.open("wb") as sink:
-        process = subprocess.Popen(valgrind + command, stdout=sink, stderr=subprocess.STDOUT)
-    waitUntil(lambda: answering(port), process, "dnsmasq under callgrind", log)
+        process = subprocess.Popen(underCallgrind(command, output), stdout=sink, stderr=subprocess.STDOUT)
+    waitUntil(lambda: answering(port), process, "dnsmasq under callgrind", log, CALLGRIND_START_TIMEOUT, 0.2)
     return process, port
 
 
@@ -125,26 +108,6 @@ def ask(port: int, names: Path, queries: int, timeout: float) -> int:
     if done.returncode != 0 or found is None:
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     return int(found.group(1))
-
-
-def dump(process: subprocess.Popen[bytes]) -> None:
-    """
-    Have callgrind write its counts so far (a numbered part file) and start again from zero.
-    """
-    time.sleep(SETTLE)
-    subprocess.run(["callgrind_control", "-d", str(process.pid)], capture_output=True, timeout=60, check=True)
-    time.sleep(SETTLE)
-
-
-def totalInstructions(part: Path) -> int:
-    """
-    The instructions counted in one dump.
-    """
-    annotated = subprocess.run(["callgrind_annotate", str(part)], capture_output=True, text=True, timeout=120, check=True).stdout
-    found = re.search(r"([\d,]+)\s+\(100\.0%\)\s+PROGRAM TOTALS", annotated) or re.search(r"([\d,]+)\s+PROGRAM TOTALS", annotated)
-    if found is None:
-        raise RuntimeError(f"callgrind_annotate printed no total for {part}")
-    return int(found.group(1).replace(",", ""))
 
 
 def main() -> None:
@@ -167,12 +130,12 @@ def main() -> None:
             process, port = startUnderCallgrind(options.forwarder, f"{upstream.host}:{upstream.port}", directory, output)
             try:
                 ask(port, names, options.warmup, timeout=300)
-                dump(process)
+                callgrindDump(process)
                 answered = ask(port, names, options.queries, timeout=600)
-                dump(process)
+                callgrindDump(process)
             finally:
                 stopProcess(process)
-            total = totalInstructions(Path(f"{output}.2"))
+            total = callgrindTotal(Path(f"{output}.2"))
         finally:
             upstream.stop()
     print(f"{options.forwarder}: {total / answered:,.0f} instructions per cache hit ({answered} hits counted)")
