@@ -36,6 +36,7 @@ C{twistd --reactor=netd} runs twistd on it.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
 import sys
@@ -630,11 +631,37 @@ def install() -> None:
     from twisted.internet.main import installReactor as installGlobal
 
     if sys.platform == "linux":
+        keepReadsOnTheHeap()
         installGlobal(NetdReactor())
     else:
         from twisted.internet import default
 
         default.install()
+
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def keepReadsOnTheHeap() -> None:
+    """
+    Have glibc's malloc serve blocks up to 4 reads' size (L{READ_SIZE}) from
+    the heap, and keep up to twice that free at its top, for good.
+
+    Each read allocates L{READ_SIZE} bytes (C{socket.recv} sizes its buffer
+    before it knows what comes) and shrinks them to what came.  Over glibc's
+    first threshold (128 KiB) that is an C{mmap}, an C{mremap} and an
+    C{munmap} a read, which cut a request/response echo to a quarter of its
+    speed.  glibc raises the threshold by itself once the process frees a
+    larger mapped block, as netd's start-up happens to do; setting it here
+    does not leave that to chance.  Elsewhere than glibc, nothing is done.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 4 * READ_SIZE)
+    mallopt(_M_TRIM_THRESHOLD, 8 * READ_SIZE)
 
 
 def installReactor(environ: dict[str, str] | None = None) -> str:

@@ -819,6 +819,33 @@ def test_installReactorInstalls(environment: dict[str, str], expected: str) -> N
     assert done.stdout.strip() == expected
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="netd's reactor and the malloc settings are Linux's")
+@pytest.mark.parametrize("installed", [False, True], ids=["stock", "netd-reactor"])
+def test_readBuffersStayOffMmap(installed: bool) -> None:
+    """
+    Once netd's reactor is installed, a read's 256 KiB buffer comes from the heap, not from a new memory mapping as in a stock process.
+    """
+    script = (
+        "import sys\n"
+        "from netd.reactor import READ_SIZE, install\n"
+        + ("install()\n" if installed else "")
+        + "def mappings():\n"
+        "    found = set()\n"
+        "    for line in open('/proc/self/maps'):\n"
+        "        fields = line.split()\n"
+        "        start, end = (int(x, 16) for x in fields[0].split('-'))\n"
+        "        if len(fields) == 5 and end - start >= READ_SIZE:\n"
+        "            found.add(fields[0])\n"
+        "    return found\n"
+        "before = mappings()\n"
+        "buffer = bytes(READ_SIZE)\n"
+        "print(len(mappings() - before))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == (0 if installed else 1)
+
+
 def test_sessionRunsOnNetdReactor() -> None:
     """
     The test session's reactor is netd's, so the whole suite exercises it.
