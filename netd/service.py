@@ -204,15 +204,24 @@ class NetService(Service):
         self.ports.append(BoundPort(address, port))
         self.log.info("listening on {address} ({listen})", address=_where(port), listen=address.text)
 
-    async def _listenPair(self, first: ListenAddress, second: ListenAddress) -> None:
+    async def _listenPair(self, one: ListenAddress, other: ListenAddress) -> None:
         """
-        Bind C{first} on a port the system picks, then C{second} on the same
-        number.  When that number is taken for C{second}, close C{first} and try
-        a new pair, up to L{SHARED_PORT_ATTEMPTS} times; any other failure ends
-        the start at once.  Both are kept only once both are bound.
+        Bind the pair's stream address on a port the system picks, then its
+        datagram address on the same number.  When that number is taken for
+        the datagram one, close the stream one and try a new pair, up to
+        L{SHARED_PORT_ATTEMPTS} times; any other failure ends the start at
+        once.  Both are kept only once both are bound.
+
+        The stream address goes first whichever comes first in C{listen}: the
+        system's pick for a TCP listener skips the numbers that closing TCP
+        connections still hold (C{TIME_WAIT}), which a TCP bind on a number
+        picked for UDP runs into; after a burst of short connections (a
+        connection-rate test) nearly every number of the ephemeral range is
+        so held, while the UDP numbers stay free.
 
         @raise ServiceStartError: naming the address that failed.
         """
+        first, second = (one, other) if one.transport == "stream" else (other, one)
         for attempt in range(1, SHARED_PORT_ATTEMPTS + 1):
             firstPort = await self._bind(first, first)
             host = firstPort.getHost()

@@ -71,14 +71,15 @@ def test_tcpAndUdpPortZeroShareOnePort() -> None:
     assert bound(ports) == [(TCP, 30000), (UDP, 30000)]
 
 
-def test_udpFirstGivesItsPortToTcp() -> None:
+def test_tcpBoundFirstEvenWhenUdpIsListedFirst() -> None:
     """
-    With udp:0 listed first, the TCP listener gets the UDP port's number, and the report keeps the config's order.
+    With udp:0 listed first, TCP is still bound first (the system's pick for it skips numbers held by closing connections) and UDP gets its number; the report keeps the config's order.
     """
     reactor = UDPMemoryReactorClock()
     ports = resultOf(Deferred.fromCoroutine(service([UDP, "unix:/tmp/netd-h5-unused.sock", TCP], reactor).listen()))
-    assert [(text, port) for text, port in bound(ports) if port is not None] == [(UDP, 20000), (TCP, 20000)]
+    assert [(text, port) for text, port in bound(ports) if port is not None] == [(UDP, 30000), (TCP, 30000)]
     assert [p.address.text for p in ports] == [UDP, "unix:/tmp/netd-h5-unused.sock", TCP]
+    assert reactor.tcpServers[0][0] == 0
 
 
 @pytest.mark.parametrize(
