@@ -15,9 +15,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import attrs
 import pytest
@@ -101,6 +103,22 @@ class NetdProcess:
         """
         assert self.admin is not None and "port" in self.admin, f"the control API does not listen on TCP: {self.admin}"
         return f"http://{self.admin['host']}:{self.admin['port']}{path}"
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """
+        One request to the control API, with C{body} as JSON if given: the
+        status and the decoded JSON answer (error statuses returned, not raised).
+        """
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.adminURL(path), data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=IO_TIMEOUT) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            with e:
+                return e.code, json.loads(e.read())
 
     def address(self, service: str, transport: str = "tcp") -> tuple[str, int]:
         """

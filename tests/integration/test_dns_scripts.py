@@ -7,17 +7,14 @@ records and scripts while it runs.
 
 from __future__ import annotations
 
-import json
 import socket
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
 import tomli_w
 
-from .conftest import IO_TIMEOUT, NetdProcess, dig
+from .conftest import NetdProcess, dig
 from .dns_upstream import Dnsmasq, buildQuery
 from .test_dns_proxy import onePortListen, startOnOnePort
 
@@ -66,19 +63,6 @@ def scripted(startModuleNetd: Any, dnsUpstream: Dnsmasq) -> NetdProcess:
     One netd with L{SCRIPTS}, on one port for UDP and TCP (dig's retry after TC needs it).
     """
     return startOnOnePort(startModuleNetd, lambda port: scriptedConfig(dnsUpstream.upstream, onePortListen(port)))
-
-
-def api(netd: NetdProcess, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    """
-    One control API request with a JSON body (if any); the status and the JSON answer.
-    """
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(netd.adminURL(path), data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=IO_TIMEOUT) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def test_droppedQueryTimesOut(scripted: NetdProcess) -> None:
@@ -206,11 +190,11 @@ def test_runtimeRecordsNeverServeStale(runtime: NetdProcess, dnsUpstream: Dnsmas
     address = runtime.address("dns", "udp")
     before = dnsUpstream.queriesFor("www.example.test", "A")
     assert dig(address, "www.example.test", "A").last.data("A") == ["192.0.2.10"]
-    status, answer = api(runtime, "PUT", "/services/dns/records", {"records": {"www.example.test": {"A": "198.51.100.7", "ttl": 5}}})
+    status, answer = runtime.api("PUT", "/services/dns/records", {"records": {"www.example.test": {"A": "198.51.100.7", "ttl": 5}}})
     assert (status, answer) == (200, {"records": {"www.example.test": {"A": "198.51.100.7", "ttl": 5}}})
     changed = dig(address, "www.example.test", "A")
     assert changed.last.data("A") == ["198.51.100.7"] and "aa" in changed.last.flags, changed.output
-    assert api(runtime, "DELETE", "/services/dns/records?name=www.example.test") == (200, {"records": {}})
+    assert runtime.api("DELETE", "/services/dns/records?name=www.example.test") == (200, {"records": {}})
     assert dig(address, "www.example.test", "A").last.data("A") == ["192.0.2.10"]
     assert dnsUpstream.queriesFor("www.example.test", "A") == before + 2
 
@@ -222,9 +206,9 @@ def test_runtimeWildcardAndRestore(runtime: NetdProcess, dnsUpstream: Dnsmasq) -
     address = runtime.address("dns", "udp")
     assert dig(address, "mail.example.test", "A").last.data("A") == ["192.0.2.25"]
     before = dnsUpstream.queriesFor("mail.example.test", "A")
-    api(runtime, "PUT", "/services/dns/records", {"records": {"*.example.test": {"A": "198.51.100.8"}}})
+    runtime.api("PUT", "/services/dns/records", {"records": {"*.example.test": {"A": "198.51.100.8"}}})
     assert dig(address, "mail.example.test", "A").last.data("A") == ["198.51.100.8"]
-    assert api(runtime, "DELETE", "/services/dns/records") == (200, {"records": {}})
+    assert runtime.api("DELETE", "/services/dns/records") == (200, {"records": {}})
     assert dig(address, "mail.example.test", "A").last.data("A") == ["192.0.2.25"]
     assert dnsUpstream.queriesFor("mail.example.test", "A") == before + 1
 
@@ -235,15 +219,15 @@ def test_runtimeScripts(runtime: NetdProcess) -> None:
     """
     address = runtime.address("dns", "udp")
     entries = [{"name": "www.example.test", "rcode": "NXDOMAIN", "first": 1}]
-    status, answer = api(runtime, "PUT", "/services/dns/scripts", {"scripts": entries})
+    status, answer = runtime.api("PUT", "/services/dns/scripts", {"scripts": entries})
     assert (status, answer["applied"], answer["scripts"][0]["rcode"]) == (200, [0], "NXDOMAIN")
     assert dig(address, "www.example.test", "A").last.status == "NXDOMAIN"
     assert dig(address, "www.example.test", "A").last.status == "NOERROR"
-    assert api(runtime, "GET", "/services/dns/scripts")[1]["applied"] == [1]
-    status, error = api(runtime, "PUT", "/services/dns/scripts", {"scripts": [{"name": "a.test", "drop": True, "rcode": "SERVFAIL"}]})
+    assert runtime.api("GET", "/services/dns/scripts")[1]["applied"] == [1]
+    status, error = runtime.api("PUT", "/services/dns/scripts", {"scripts": [{"name": "a.test", "drop": True, "rcode": "SERVFAIL"}]})
     assert status == 400 and error["problems"] == ["scripts[0].rcode: drop sends no answer, so it cannot go with rcode"], error
-    assert api(runtime, "GET", "/services/dns/scripts")[1]["scripts"][0]["name"] == "www.example.test"
-    assert api(runtime, "DELETE", "/services/dns/scripts") == (200, {"scripts": [], "applied": []})
+    assert runtime.api("GET", "/services/dns/scripts")[1]["scripts"][0]["name"] == "www.example.test"
+    assert runtime.api("DELETE", "/services/dns/scripts") == (200, {"scripts": [], "applied": []})
 
 
 def test_queryEvents(runtime: NetdProcess, dnsUpstream: Dnsmasq) -> None:
@@ -251,11 +235,11 @@ def test_queryEvents(runtime: NetdProcess, dnsUpstream: Dnsmasq) -> None:
     Each query dig makes is an event with its name, type, transport, rcode, source, cache hit and the upstream that answered.
     """
     address = runtime.address("dns", "udp")
-    api(runtime, "DELETE", "/services/dns/events")
+    runtime.api("DELETE", "/services/dns/events")
     name = f"events-{time.monotonic_ns()}.example.test"
     dig(address, name, "A")
     dig(address, name, "A")
-    status, answer = api(runtime, "GET", "/services/dns/events?kind=query")
+    status, answer = runtime.api("GET", "/services/dns/events?kind=query")
     assert status == 200
     events = [e for e in answer["events"] if e["name"] == name]
     assert [(e["source"], e["cache_hit"], e["upstream"], e["rcode"]) for e in events] == [

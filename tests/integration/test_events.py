@@ -8,15 +8,12 @@ how it ended, and what its TLS handshake agreed on.
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import socket
 import struct
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
@@ -38,19 +35,6 @@ tls = { certificate = "auto", alpn = ["y"] }
 )
 
 
-def api(netd: NetdProcess, method: str, path: str) -> tuple[int, Any]:
-    """
-    One request to the control API: its status and its JSON body (error statuses returned, not raised).
-    """
-    request = urllib.request.Request(netd.adminURL(path), method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=IO_TIMEOUT) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, json.loads(e.read())
-
-
 def waitForEvents(netd: NetdProcess, service: str, count: int, query: str = "") -> dict[str, Any]:
     """
     Poll the service's events until at least C{count} are kept (netd records a
@@ -58,7 +42,7 @@ def waitForEvents(netd: NetdProcess, service: str, count: int, query: str = "") 
     """
     deadline = time.monotonic() + IO_TIMEOUT
     while True:
-        status, body = api(netd, "GET", f"/services/{service}/events{query}")
+        status, body = netd.api("GET", f"/services/{service}/events{query}")
         assert status == 200, body
         if len(body["events"]) >= count or time.monotonic() > deadline:
             return body
@@ -78,7 +62,7 @@ def test_echoConnectionEvent(netd: NetdProcess) -> None:
     """
     A client that sends 11 bytes, reads the echo and closes shows as one connection event with its own address, 11 bytes each way and "closed by peer".
     """
-    api(netd, "DELETE", "/services/echo/events")
+    netd.api("DELETE", "/services/echo/events")
     client = connect(netd.address("echo"))
     with client:
         here = client.getsockname()
@@ -98,7 +82,7 @@ def test_resetAndClear(netd: NetdProcess) -> None:
     """
     A client that resets its connection shows as "reset by peer"; DELETE clears the log, after which only new events show, with seq still counting up.
     """
-    api(netd, "DELETE", "/services/echo/events")
+    netd.api("DELETE", "/services/echo/events")
     client = connect(netd.address("echo"))
     client.sendall(b"x")
     assert recvExactly(client, 1) == b"x"
@@ -106,9 +90,9 @@ def test_resetAndClear(netd: NetdProcess) -> None:
     client.close()
     [reset] = waitForEvents(netd, "echo", 1)["events"]
     assert reset["ended"] == "reset by peer"
-    status, cleared = api(netd, "DELETE", "/services/echo/events")
+    status, cleared = netd.api("DELETE", "/services/echo/events")
     assert (status, cleared["events"]) == (200, [])
-    assert api(netd, "GET", "/services/echo/events")[1]["events"] == []
+    assert netd.api("GET", "/services/echo/events")[1]["events"] == []
     with connect(netd.address("echo")) as client:
         client.sendall(b"y")
         assert recvExactly(client, 1) == b"y"
@@ -171,7 +155,7 @@ def test_tlsConnectionEvent(netd: NetdProcess) -> None:
     """
     An openssl s_client connection with -servername x -alpn y shows in the TLS echo's events with the version, cipher, SNI and ALPN it negotiated.
     """
-    api(netd, "DELETE", "/services/tls-echo/events")
+    netd.api("DELETE", "/services/tls-echo/events")
     output = sClient(netd.address("tls-echo"), "-servername", "x", "-alpn", "y", "-tls1_3")
     assert "ALPN protocol: y" in output
     [event] = waitForEvents(netd, "tls-echo", 1)["events"]
@@ -185,7 +169,7 @@ def test_tlsHandshakeFailureEvent(netd: NetdProcess) -> None:
     """
     An openssl s_client offering only an ALPN protocol the service does not speak shows as a connection event with the alpn_mismatch failure.
     """
-    api(netd, "DELETE", "/services/tls-echo/events")
+    netd.api("DELETE", "/services/tls-echo/events")
     command = [requireTool("openssl"), "s_client", "-connect", "{}:{}".format(*netd.address("tls-echo")), "-alpn", "h2"]
     done = subprocess.run(command, input=b"", capture_output=True, timeout=IO_TIMEOUT)
     assert done.returncode != 0

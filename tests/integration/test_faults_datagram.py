@@ -6,10 +6,8 @@ what it really receives: nothing, twice, late, cut, or out of order.
 
 from __future__ import annotations
 
-import json
 import socket
 import time
-import urllib.request
 from typing import Any
 
 import pytest
@@ -71,16 +69,6 @@ def answers(sock: socket.socket, wait: float = SILENCE, first: float = IO_TIMEOU
             return received
         received.append(data)
         sock.settimeout(wait)
-
-
-def api(netd: NetdProcess, method: str, path: str, body: Any = None) -> Any:
-    """
-    One request to the control API, its JSON answer.
-    """
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(netd.adminURL(path), data=data, method=method)
-    with urllib.request.urlopen(request, timeout=IO_TIMEOUT) as response:
-        return json.loads(response.read())
 
 
 def test_dropFirst(netd: NetdProcess) -> None:
@@ -146,13 +134,15 @@ def test_faultsThroughTheControlAPI(netd: NetdProcess) -> None:
     with client() as sock:
         sock.sendto(b"whole", address)
         assert answers(sock) == [b"whole"]
-        put = api(netd, "PUT", "/services/api/faults", {"faults": [{"type": "truncate", "bytes": 2, "direction": "to_client"}]})
-        assert put["faults"] == [{"type": "truncate", "bytes": 2, "direction": "to_client"}]
+        status, put = netd.api("PUT", "/services/api/faults", {"faults": [{"type": "truncate", "bytes": 2, "direction": "to_client"}]})
+        assert (status, put["faults"]) == (200, [{"type": "truncate", "bytes": 2, "direction": "to_client"}])
         sock.sendto(b"whole", address)
         assert answers(sock) == [b"wh"]
-        assert api(netd, "GET", "/services/api/faults")["applied"] == [1]
-        events = api(netd, "GET", "/services/api/events?kind=fault")["events"]
+        assert netd.api("GET", "/services/api/faults")[1]["applied"] == [1]
+        status, answer = netd.api("GET", "/services/api/events?kind=fault")
+        assert status == 200
+        events = answer["events"]
         assert [(e["fault"], e["kept"]) for e in events] == [("truncate", 2)]
-        api(netd, "DELETE", "/services/api/faults")
+        assert netd.api("DELETE", "/services/api/faults")[0] == 200
         sock.sendto(b"whole", address)
         assert answers(sock) == [b"whole"]

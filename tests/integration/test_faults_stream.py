@@ -74,21 +74,6 @@ def netd(startModuleNetd: Any) -> NetdProcess:
     return started
 
 
-def api(netd: NetdProcess, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    """
-    One control API request with a JSON body; the status and the decoded JSON answer.
-    """
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(netd.adminURL(path), data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=IO_TIMEOUT) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, json.loads(e.read())
-
-
 def roundTrip(client: socket.socket, data: bytes = b"ping") -> float:
     """
     Seconds from sending C{data} to having its echo back.
@@ -220,13 +205,13 @@ def test_firstTwoThenWorks(netd: NetdProcess) -> None:
         resetAtOnce(netd.address("first-two"))
     with connect(netd.address("first-two")) as client:
         roundTrip(client)
-    status, answer = api(netd, "GET", "/services/first-two/faults")
+    status, answer = netd.api("GET", "/services/first-two/faults")
     assert status == 200
     assert answer["applied"] == [2]
-    status, answer = api(netd, "GET", "/services/first-two/events?kind=fault")
+    status, answer = netd.api("GET", "/services/first-two/events?kind=fault")
     assert status == 200
     assert [(e["fault"], e["reset"]) for e in answer["events"]] == [("refuse", True), ("refuse", True)]
-    status, answer = api(netd, "GET", "/services/first-two/events?kind=connection")
+    status, answer = netd.api("GET", "/services/first-two/events?kind=connection")
     assert [e["ended"] for e in answer["events"]][:2] == ["reset by fault refuse"] * 2
 
 
@@ -237,17 +222,17 @@ def test_faultsThroughTheAPI(netd: NetdProcess) -> None:
     address = netd.address("api")
     with connect(address) as before:
         assert roundTrip(before) < LATENCY_MS / 1000
-        status, answer = api(
-            netd, "PUT", "/services/api/faults", {"faults": [{"type": "latency", "ms": LATENCY_MS, "direction": "to_client"}]}
+        status, answer = netd.api(
+            "PUT", "/services/api/faults", {"faults": [{"type": "latency", "ms": LATENCY_MS, "direction": "to_client"}]}
         )
         assert status == 200, answer
         assert answer["faults"][0]["type"] == "latency"
         assert roundTrip(before) >= LATENCY_MS / 1000 - 0.002
         with connect(address) as after:
             assert roundTrip(after) >= LATENCY_MS / 1000 - 0.002
-        status, answer = api(netd, "GET", "/services/api/faults")
+        status, answer = netd.api("GET", "/services/api/faults")
         assert answer["applied"] == [2]
-        status, answer = api(netd, "DELETE", "/services/api/faults")
+        status, answer = netd.api("DELETE", "/services/api/faults")
         assert status == 200 and answer["faults"] == []
         assert roundTrip(before) < LATENCY_MS / 1000
 
@@ -256,10 +241,10 @@ def test_apiRefusesBadFaults(netd: NetdProcess) -> None:
     """
     A PUT with a fault that cannot act on the service is a 400 naming its key path, and nothing changes.
     """
-    status, answer = api(netd, "PUT", "/services/api/faults", {"faults": [{"type": "tls_stall"}]})
+    status, answer = netd.api("PUT", "/services/api/faults", {"faults": [{"type": "tls_stall"}]})
     assert status == 400
     assert "faults[0].type" in json.dumps(answer)
-    assert api(netd, "GET", "/services/api/faults")[1]["faults"] == []
+    assert netd.api("GET", "/services/api/faults")[1]["faults"] == []
 
 
 def test_metricsCountFaults(netd: NetdProcess) -> None:
