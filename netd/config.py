@@ -27,7 +27,6 @@ from netd.options import (
     InvalidValue,
     KeyPath,
     Problem,
-    atLeast,
     between,
     closeMatch,
     decodeFields,

@@ -70,7 +70,6 @@ from benchlib import (  # noqa: E402  (the path above makes it importable)
     measureLoad,
     netdCommand,
     netdVersion,
-    pinnedTo,
     publish,
     quietDaemonTable,
     residentKiB,

@@ -7,7 +7,6 @@ IPv6 loopback, in every framing, and against the core's limits.
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any

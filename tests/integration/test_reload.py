@@ -13,7 +13,6 @@ import struct
 import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest

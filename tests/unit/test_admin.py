@@ -21,7 +21,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
-from twisted.python.failure import Failure
 from twisted.web.server import Site
 from zope.interface import implementer
 

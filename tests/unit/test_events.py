@@ -9,7 +9,6 @@ header and over TLS, on in-memory transports with a fake clock.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -32,7 +31,7 @@ from netd.proxyheader import ProxyHeaderFactory
 from netd.service import NetService
 from netd.testing import PEER, TestClientTLS, UDPMemoryReactorClock, connect, connectTLS, makeStreamStack, proxyHeaderV1
 from netd.tls import TLSOptions
-from netd_plugins.echo import EchoHandler, EchoReceiver
+from netd_plugins.echo import EchoHandler
 
 
 def fields(number: int, word: str) -> dict[str, Any]:

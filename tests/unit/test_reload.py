@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import tomli_w
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import LogLevel, capturedLogs

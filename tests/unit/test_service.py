@@ -14,11 +14,9 @@ from typing import Any
 import attrs
 import pytest
 from twisted.application.service import Service
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import LogLevel, capturedLogs
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netd.config import NetdConfig, parseConfig
@@ -28,7 +26,7 @@ from netd.interfaces import IProtocolPlugin, IStreamHandler
 from netd.limits import ConnectionLimiter
 from netd.plugin import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
 from netd.service import NetService, ServiceStartError
-from netd.testing import FakeTCPPort, UDPMemoryReactorClock, connect, failureOf, resultOf
+from netd.testing import UDPMemoryReactorClock, connect, failureOf, resultOf
 from netd_plugins.echo import EchoReceiver
 
 TCP = "tcp:0:interface=127.0.0.1"
