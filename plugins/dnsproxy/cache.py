@@ -186,16 +186,7 @@ class AnswerCache:
         @param now: the time of the cache's clock, which the caller has read
             (a cache hit's event is recorded at the same time).
         """
-        # The usual hit, an entry served already in this second, in line;
-        # the rest as _current does it.
-        form = 1 if edns else 0
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if entry[0] <= now < entry[1] and entry[3][form] == int(now - entry[0]):
-            self._entries.move_to_end(key)
-            return answerQuery(entry[2][form], message, nameEnd)
-        stored = self._current(key, form, now)
+        stored = self._current(key, 1 if edns else 0, now)
         if stored is None:
             return None
         return answerQuery(stored, message, nameEnd)

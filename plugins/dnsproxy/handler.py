@@ -202,7 +202,6 @@ class DNSProxy(Service):
     """
     One dns-proxy service.
 
-    @ivar records: the static records now (the control API changes them).
     @ivar hasRecords: whether L{records} has any (asked once per change, not per query).
     @ivar scripts: the scripted answers now, with their schedules.
     @ivar timed: whether queries are timed (for C{log_queries} or the event log).
@@ -225,7 +224,6 @@ class DNSProxy(Service):
     ) -> None:
         self.reactor = reactor
         self.records = records
-        self.hasRecords = bool(records)
         self.scripts = ScriptBook(scripts)
         self.tables: dict[str, IRuntimeTable] = {
             "records": RecordsTable(self, records),
@@ -282,6 +280,21 @@ class DNSProxy(Service):
         """
         return self.tables
 
+    @property
+    def records(self) -> StaticRecords:
+        """
+        The static records now (the control API changes them).
+        """
+        return self._records
+
+    @records.setter
+    def records(self, records: StaticRecords) -> None:
+        """
+        Answer from C{records}, noting whether there are any (L{hasRecords}).
+        """
+        self._records = records
+        self.hasRecords = bool(records)
+
     def changeRecords(self, records: StaticRecords, changed: list[NamePattern]) -> None:
         """
         Answer from C{records} from now on, and drop every cached answer for
@@ -289,7 +302,6 @@ class DNSProxy(Service):
         change is served.
         """
         self.records = records
-        self.hasRecords = bool(records)
         purged = self.cache.purge([pattern.key for pattern in changed])
         self.log.info(
             "static records changed at runtime: {names}; {purged} cached answers dropped",
@@ -443,7 +455,7 @@ class DNSProxy(Service):
         """
         The answer from the static records, the cache or the upstreams.
         """
-        if self.records and query.question.qclass == CLASS_IN:
+        if self.hasRecords and query.question.qclass == CLASS_IN:
             found = self.records.find(query.question.key)
             if found is not None:
                 self.counters["static_answers"] += 1
