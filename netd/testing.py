@@ -14,7 +14,8 @@ netd's own tests use these, which keeps them honest.
 
 from __future__ import annotations
 
-from typing import Any, cast
+import os
+from typing import Any, NoReturn, cast
 
 import attrs
 from cryptography import x509
@@ -659,3 +660,16 @@ def failureOf(d: Deferred[Any]) -> Failure:
     assert results, "the Deferred has no result yet"
     assert isinstance(results[0], Failure), f"the Deferred succeeded with {results[0]!r}"
     return results[0]
+
+
+def unavailable(reason: str) -> NoReturn:
+    """
+    Something a test needs is missing from this machine (a tool, IPv6 on
+    loopback, a system call): skip the test on a developer's machine, but
+    fail it under C{CI=true}, where the suite's set-up provides everything.
+    """
+    import pytest
+
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)

@@ -19,24 +19,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import attrs
 import pytest
 
+from netd.testing import unavailable
+
 from .dns_upstream import Dnsmasq, findDnsmasq, startTestUpstream
 
 STARTUP_TIMEOUT = 20.0
-
-
-def unavailable(reason: str) -> NoReturn:
-    """
-    Something a test needs is missing: skip on a laptop, but fail under CI,
-    where ./test.sh sets up everything the suite needs.
-    """
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def requireTool(name: str) -> str:

@@ -25,12 +25,19 @@ from netd.datagram import DatagramListener
 from netd.listen import ListenAddress
 from netd.metrics import Counters
 from netd.reactor import NetdReactor
-from netd.testing import UDPMemoryReactorClock
+from netd.testing import UDPMemoryReactorClock, unavailable
 from netd.udp import BATCH, BatchingPort, IBatchingDatagramProtocol, listenBatchingUDP
 
 from .privatereactor import WAIT, privateReactor, spin
 
-pytestmark = pytest.mark.skipif(not udp.AVAILABLE, reason="this system has no recvmmsg/sendmmsg")
+
+@pytest.fixture(autouse=True)
+def _batchingAvailable() -> None:
+    """
+    Every test here needs C{recvmmsg} and C{sendmmsg} (skipped without them, failed under CI).
+    """
+    if not udp.AVAILABLE:
+        unavailable("this system has no recvmmsg/sendmmsg")
 
 
 
@@ -134,7 +141,7 @@ def test_everyDatagramDeliveredAndAnsweredInOrder(reactor: NetdReactor, client: 
     Many more datagrams than a batch, from two clients, reach the protocol in the order sent with each sender's address as recvfrom gives it, and every answer reaches its client in order.
     """
     if family == socket.AF_INET6 and not ipv6():
-        pytest.skip("no IPv6 on loopback")
+        unavailable("no IPv6 on loopback")
     protocol = Answering()
     port = listenBatchingUDP(reactor, 0, protocol, interface=host, maxPacketSize=65535)
     server = port.getHandle().getsockname()[:2]
