@@ -20,7 +20,7 @@ from twisted.internet.protocol import DatagramProtocol
 
 from netd.options import InvalidValue
 from netd.proxyheader import ProxyHeaderFactory
-from netd.reactor import NetdReactor
+from netd.reactor import INetdReactor
 from netd.systemd import NO_INHERITED_SOCKET
 from netd.udp import AVAILABLE as BATCHING_AVAILABLE
 from netd.udp import listenBatchingUDP
@@ -269,14 +269,14 @@ class ListenAddress:
 
     def listenDatagram(self, reactor: Any, protocol: DatagramProtocol) -> IListeningPort:
         """
-        Bind this UDP address: on netd's reactor, with a port that reads and
+        Bind this UDP address: on netd's reactors, with a port that reads and
         sends in batches (L{netd.udp}) where the system has the calls it
         needs; with the reactor's own port otherwise (Twisted's reactor, as
         C{NETD_REACTOR=twisted} chooses, or a test's fake one).
 
         @raise twisted.internet.error.CannotListenError: when the bind fails.
         """
-        if BATCHING_AVAILABLE and isinstance(reactor, NetdReactor):
+        if BATCHING_AVAILABLE and INetdReactor.providedBy(reactor):
             return listenBatchingUDP(reactor, self.port, protocol, interface=self.interface, maxPacketSize=MAX_DATAGRAM)
         port: IListeningPort = reactor.listenUDP(
             self.port, protocol, interface=self.interface, maxPacketSize=MAX_DATAGRAM

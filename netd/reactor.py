@@ -1,6 +1,12 @@
 """
-netd's reactor: Twisted's epoll reactor with a cheaper event loop and TCP
-connections that send as soon as they are written to.
+netd's epoll reactor: Twisted's epoll reactor with a cheaper event loop and
+TCP connections that send as soon as they are written to; and the choice of
+reactor C{netd run} makes (L{installReactor}).
+
+C{netd run} runs by default on netd's uvloop reactor (L{netd.uvreactor}),
+where uvloop's C transports carry netd's protocols; this one is the choice
+where uvloop is not wanted (C{NETD_REACTOR=netd}), and C{twistd
+--reactor=netd}'s.
 
 Twisted's stock transports never send from C{write}: every write is queued,
 the socket is registered for writability (an C{epoll_ctl} call), the reactor
@@ -30,8 +36,7 @@ spends per message.  Here:
     calls, one wake-up and an empty C{send} less).
 
 C{NETD_REACTOR=twisted} makes C{netd run} use Twisted's default reactor
-instead (L{installReactor}), to rule this module out when chasing a bug;
-C{twistd --reactor=netd} runs twistd on it.
+instead, to rule netd's own reactors out when chasing a bug.
 """
 
 from __future__ import annotations
@@ -58,11 +63,21 @@ if sys.platform == "linux":
 else:  # netd's reactor is epoll's; elsewhere installReactor installs Twisted's default
     from twisted.internet.selectreactor import SelectReactor as _PollingReactor
 
-REACTORS = ("netd", "twisted")
+REACTORS = ("uvloop", "netd", "twisted")
 """
-The values of C{NETD_REACTOR}: netd's reactor (the default), or Twisted's
-default reactor.
+The values of C{NETD_REACTOR}: netd's reactor on uvloop (L{netd.uvreactor},
+the default), netd's epoll reactor (this module's), or Twisted's default
+reactor.
 """
+
+
+class INetdReactor(Interface):
+    """
+    A reactor of netd's own (L{NetdReactor}, L{netd.uvreactor.UvloopReactor}):
+    its C{udp:} listeners read and send in batches (L{netd.udp}), where
+    Twisted's reactor, which C{NETD_REACTOR=twisted} chooses to rule netd's
+    own code out, keeps Twisted's UDP port.
+    """
 
 
 READ_SIZE = 2**18
@@ -469,6 +484,7 @@ class Connector(tcp.Connector):
         return Client(self.host, self.port, self.bindAddress, self, self.reactor)
 
 
+@implementer(INetdReactor)
 class NetdReactor(_PollingReactor):
     """
     The epoll reactor with netd's event dispatch and TCP transports.
@@ -674,12 +690,16 @@ def installReactor(environ: dict[str, str] | None = None) -> str:
     @return: the name of the reactor installed, or C{"preinstalled"}.
     @raise ValueError: for a value that names no reactor, saying which do.
     """
-    choice = (os.environ if environ is None else environ).get("NETD_REACTOR", "netd") or "netd"
+    choice = (os.environ if environ is None else environ).get("NETD_REACTOR", REACTORS[0]) or REACTORS[0]
     if choice not in REACTORS:
         raise ValueError(f"NETD_REACTOR={choice!r} names no reactor; use one of: {', '.join(REACTORS)}")
     if "twisted.internet.reactor" in sys.modules:
         return "preinstalled"
-    if choice == "netd":
+    if choice == "uvloop":
+        from netd import uvreactor
+
+        uvreactor.install()
+    elif choice == "netd":
         install()
     else:
         from twisted.internet import default

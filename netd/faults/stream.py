@@ -101,9 +101,11 @@ def resetTransport(transport: Any) -> None:
             flush()
     getHandle = getattr(transport, "getHandle", None)
     handle = getHandle() if getHandle is not None else None
-    if isinstance(handle, socket.socket):
+    # A socket.socket, or uvloop's stand-in for one (netd.uvreactor).
+    setsockopt = getattr(handle, "setsockopt", None)
+    if setsockopt is not None:
         try:
-            handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:
             pass
     transport.abortConnection()

@@ -321,8 +321,6 @@ def _netdStarter(directory: Path, started: list[NetdProcess]) -> Callable[..., N
     gets its control API on port 0 unless it places it (L{withTestAdmin}).
     """
     stateHome = directory / "state"
-    environment = {key: value for key, value in os.environ.items() if key != "STATE_DIRECTORY"}
-    environment["XDG_STATE_HOME"] = str(stateHome)
 
     def start(config: str | None, *, wait: bool = True) -> NetdProcess:
         index = len(started)
@@ -333,6 +331,9 @@ def _netdStarter(directory: Path, started: list[NetdProcess]) -> Callable[..., N
             configArgs = ["-c", str(configFile)]
         portsFile = directory / f"ports-{index}.json"
         logFile = directory / f"netd-{index}.log"
+        # The environment as it is now: a test may have set NETD_REACTOR, say.
+        environment = {key: value for key, value in os.environ.items() if key != "STATE_DIRECTORY"}
+        environment["XDG_STATE_HOME"] = str(stateHome)
         with logFile.open("wb") as log:
             process = subprocess.Popen(
                 netdCommand("run", *configArgs, "--ports-file", str(portsFile)),

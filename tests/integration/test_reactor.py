@@ -1,7 +1,7 @@
 """
-netd's reactor (L{netd.reactor}) as real processes: C{netd run} runs on it
-unless C{NETD_REACTOR} says otherwise, and C{twistd --reactor=netd} runs
-netd under twistd on it.
+netd's reactors as real processes: C{netd run} runs on its uvloop one
+(L{netd.uvreactor}) unless C{NETD_REACTOR} names another, and C{twistd
+--reactor=netd-uvloop} or C{--reactor=netd} runs netd under twistd on one.
 """
 
 from __future__ import annotations
@@ -34,13 +34,18 @@ def echoBothWays(address: tuple[str, int], size: int) -> None:
             sender.join(timeout=30)
 
 
-def test_netdRunsOnItsReactor(startNetd: Any) -> None:
+@pytest.mark.parametrize(("chosen", "named"), [(None, "uvloop"), ("uvloop", "uvloop"), ("netd", "netd")])
+def test_netdRunsOnItsReactor(startNetd: Any, monkeypatch: pytest.MonkeyPatch, chosen: str | None, named: str) -> None:
     """
-    netd run says it runs on netd's reactor, and echoes 8 MiB sent while it echoes, raw and u32, then closes after a half-close.
+    netd run says which of its reactors it runs on (uvloop unless NETD_REACTOR names another), and echoes 8 MiB sent while it echoes, raw and u32, then closes after a half-close.
     """
+    if chosen is None:
+        monkeypatch.delenv("NETD_REACTOR", raising=False)
+    else:
+        monkeypatch.setenv("NETD_REACTOR", chosen)
     config = echoService("raw", ["tcp:0:interface=127.0.0.1"]) + echoService("u32", ["tcp:0:interface=127.0.0.1"], framing="u32")
     netd = startNetd(config)
-    assert "(reactor: netd)" in netd.log()
+    assert f"(reactor: {named})" in netd.log()
     echoBothWays(netd.address("raw"), 8 * 2**20)
     with connect(netd.address("u32")) as client:
         frames = [os.urandom(n) for n in (0, 1, 64, 60000)]
@@ -49,13 +54,16 @@ def test_netdRunsOnItsReactor(startNetd: Any) -> None:
         assert recvExactly(client, len(wire)) == wire
 
 
-def test_twistdOnNetdReactor(twistd: Callable[..., NetdProcess]) -> None:  # noqa: F811
+@pytest.mark.parametrize(
+    ("name", "reactorClass"), [("netd-uvloop", "netd.uvreactor.UvloopReactor"), ("netd", "netd.reactor.NetdReactor")]
+)
+def test_twistdOnNetdReactor(twistd: Callable[..., NetdProcess], name: str, reactorClass: str) -> None:  # noqa: F811
     """
-    twistd --reactor=netd -n netd -c FILE runs netd's reactor and serves echo, then stops on SIGTERM.
+    twistd --reactor=netd-uvloop (or netd) -n netd -c FILE runs that reactor of netd's and serves echo, then stops on SIGTERM.
     """
-    netd = twistd(echoService("echo", ["tcp:0:interface=127.0.0.1"]), "--reactor=netd", "-n", "--pidfile=")
+    netd = twistd(echoService("echo", ["tcp:0:interface=127.0.0.1"]), f"--reactor={name}", "-n", "--pidfile=")
     netd.waitUntilReady()
-    assert "reactor class: netd.reactor.NetdReactor" in netd.log()
+    assert f"reactor class: {reactorClass}" in netd.log()
     with connect(netd.address("echo")) as client:
         client.sendall(b"on netd's reactor\n")
         assert recvExactly(client, 18) == b"on netd's reactor\n"

@@ -1,6 +1,8 @@
 """
-netd's reactor for twistd: C{twistd --reactor=netd -n netd -c FILE} runs
-netd under twistd on the reactor C{netd run} uses (L{netd.reactor}).
+netd's reactors for twistd: C{twistd --reactor=netd-uvloop -n netd -c FILE}
+runs netd under twistd on the reactor C{netd run} uses by default
+(L{netd.uvreactor}), C{--reactor=netd} on netd's epoll reactor
+(L{netd.reactor}).
 
 Like C{netd_plugin.py}, a drop-in found by Twisted's scan of every
 C{twisted/plugins} folder on the path.
@@ -12,4 +14,10 @@ netd = Reactor(
     "netd",
     "netd.reactor",
     "netd's epoll reactor: TCP writes sent at once, events handled without a logging context each",
+)
+
+netdUvloop = Reactor(
+    "netd-uvloop",
+    "netd.uvreactor",
+    "netd's default reactor: Twisted's asyncio reactor on uvloop, TCP connections served by uvloop's transports",
 )

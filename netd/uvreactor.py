@@ -1,0 +1,464 @@
+"""
+netd's reactor on uvloop: Twisted's asyncio reactor running on a uvloop
+event loop, with accepted TCP connections served by uvloop's transports.
+
+On netd's epoll reactor (L{netd.reactor}) every message still costs a trip
+through Python's event loop: the poll, the selectable's C{doRead}, the
+socket's C{recv} and C{send}, each of these releasing and retaking the GIL.
+uvloop does that part in C (libuv) and calls the protocol's
+C{data_received} with the bytes read; its C{write} sends at once when
+nothing is queued.  Here that C path carries netd's own Twisted protocols:
+L{TCPPort} hands its listening socket to C{loop.create_server}, and every
+connection accepted gets a L{StreamConnection}, the asyncio protocol that is
+the Twisted transport (L{ITCPTransport}) of the protocol the factory builds.
+
+Everything else is Twisted's asyncio reactor: timed calls, UDP ports (netd's
+batching one, L{netd.udp}, reads through C{add_reader} here as well),
+outgoing TCP connections, unix sockets and signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import sys
+from typing import Any
+
+from twisted.internet import address, main, tcp
+from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+from twisted.internet.error import ConnectionAborted, ConnectionLost
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IPushProducer,
+    ISystemHandle,
+    ITCPTransport,
+)
+from twisted.python import log
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netd.reactor import IMeteredTransport, INetdReactor
+
+_TCP_INFO_TIMES = struct.Struct("=III")
+"""
+Three fields of Linux's C{struct tcp_info}: C{tcpi_last_data_sent},
+C{tcpi_last_ack_sent} (unused) and C{tcpi_last_data_recv}, in milliseconds.
+"""
+
+_TCP_INFO_TIMES_OFFSET = 44
+_TCP_INFO_TIMES_END = _TCP_INFO_TIMES_OFFSET + _TCP_INFO_TIMES.size
+
+_DONE = Failure(main.CONNECTION_DONE)
+"""
+The reason given to connections closed cleanly, shared as Twisted's reactors share theirs.
+"""
+
+
+@implementer(ITCPTransport, ISystemHandle, IPushProducer, IMeteredTransport)
+class StreamConnection(asyncio.Protocol):
+    """
+    One accepted TCP connection: to uvloop, the asyncio protocol it calls;
+    to the Twisted protocol the port's factory builds, its transport.
+
+    What a Twisted transport promises is kept: writes are sent in order and
+    at once when nothing is queued (uvloop's C{write}); C{loseConnection}
+    closes once what is queued is written, C{abortConnection} at once;
+    C{loseWriteConnection} shuts the write side once it is flushed; a peer's
+    half-close reaches a protocol that provides L{IHalfCloseableProtocol} as
+    C{readConnectionLost}, and loses the connection otherwise; a registered
+    producer is paused and resumed as uvloop's write buffer crosses its
+    limits, and stopped when the connection is lost; the transport itself
+    is a push producer of what it reads (C{pause_reading}).  Traffic is
+    metered (L{IMeteredTransport}) where it is read and written.
+
+    @ivar protocol: the Twisted protocol, once the connection is made.
+    """
+
+    connected = 0
+    disconnecting = 0
+    disconnected = 0
+    bytesReceived = 0
+    bytesSent = 0
+    producer: Any = None
+    streamingProducer = False
+    _noDelay = True
+    """
+    uvloop turns Nagle's algorithm off on every connection it accepts.
+    """
+
+    def __init__(self, port: TCPPort) -> None:
+        """
+        A connection that C{port} accepted; made by uvloop before the connection is.
+        """
+        self.port = port
+        reactor: Any = port.reactor
+        self.reactor = reactor
+        self._seconds = reactor.seconds
+        self._writeClosed = False
+        self._aborted = False
+
+    # asyncio's side
+
+    def connection_made(self, transport: Any) -> None:
+        """
+        Build the Twisted protocol for the peer (or close at once if the
+        factory builds none) and make its connection.
+        """
+        self._transport = transport
+        self._send = transport.write
+        peer = transport.get_extra_info("peername")
+        self._addressType = address.IPv6Address if len(peer) == 4 else address.IPv4Address
+        self._peer = self._addressType("TCP", peer[0], peer[1])
+        self._lastActivity = self._seconds()
+        port = self.port
+        factory: Any = port.factory
+        protocol = factory.buildProtocol(self._peer)
+        if protocol is None:
+            transport.abort()
+            return
+        self.sessionno = port.sessionno
+        port.sessionno += 1
+        self.connected = 1
+        self.protocol = protocol
+        protocol.makeConnection(self)
+
+    def data_received(self, data: bytes) -> None:
+        """
+        Count what was read and hand it to the protocol.
+        """
+        self.bytesReceived += len(data)
+        self.protocol.dataReceived(data)
+
+    def eof_received(self) -> bool:
+        """
+        The peer shut its side: tell a protocol that can go on half-closed,
+        or have the connection closed (C{connectionLost} with
+        L{ConnectionDone}), as Twisted's transports do.
+        """
+        protocol = self.protocol
+        if not IHalfCloseableProtocol.providedBy(protocol):
+            return False
+        protocol.readConnectionLost()
+        return True
+
+    def pause_writing(self) -> None:
+        """
+        uvloop's write buffer is over its high mark: pause the producer.
+        """
+        if self.producer is not None:
+            self.producer.pauseProducing()
+
+    def resume_writing(self) -> None:
+        """
+        uvloop's write buffer is under its low mark again: resume the producer.
+        """
+        if self.producer is not None:
+            self.producer.resumeProducing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """
+        The connection is closed: stop the producer, and tell the protocol why.
+        """
+        if not self.connected:
+            return
+        self._lastActivity = self.lastActivity
+        self.connected = 0
+        self.disconnected = 1
+        if self._aborted:
+            reason = Failure(ConnectionAborted())
+        elif exc is None:
+            reason = _DONE
+        else:
+            reason = Failure(ConnectionLost(str(exc)))
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            try:
+                producer.stopProducing()
+            except BaseException:
+                log.err(None, "stopping a producer")
+        protocol = self.protocol
+        del self.protocol
+        protocol.connectionLost(reason)
+
+    # Twisted's side
+
+    @property
+    def lastActivity(self) -> float:
+        """
+        When data last moved either way on the wire (or the connection
+        opened), as the kernel tells (C{TCP_INFO}: milliseconds since data
+        was last received, and sent): asked only when the idle timeout needs
+        it, where stamping every read and write would cost a clock call each.
+        Once the connection is lost, the last time known.
+        """
+        if not self.connected:
+            return self._lastActivity
+        try:
+            info = self.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_TIMES_END)
+        except OSError:
+            return self._lastActivity
+        sinceSent, _, sinceReceived = _TCP_INFO_TIMES.unpack_from(info, _TCP_INFO_TIMES_OFFSET)
+        self._lastActivity = max(self._lastActivity, self._seconds() - min(sinceSent, sinceReceived) / 1000)
+        return self._lastActivity
+
+    def write(self, data: bytes) -> None:
+        """
+        Count C{data} and send it (uvloop queues what the kernel does not
+        take now).  Once the write side is shut, or the connection lost,
+        writes are dropped, as Twisted's transports drop them.
+        """
+        if self._writeClosed or not self.connected:
+            return
+        self.bytesSent += len(data)
+        self._send(data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        """
+        Send the pieces as one write (counted as one).
+        """
+        self.write(b"".join(iovec))
+
+    def loseConnection(self) -> None:
+        """
+        Close once what is queued is written; reading stops now.
+        """
+        if self.disconnecting or not self.connected:
+            return
+        self.disconnecting = 1
+        self._transport.close()
+
+    def abortConnection(self) -> None:
+        """
+        Close at once, dropping what is queued.
+        """
+        if not self.connected:
+            return
+        self._aborted = True
+        self.disconnecting = 1
+        self._transport.abort()
+
+    def loseWriteConnection(self) -> None:
+        """
+        Shut the write side once what is queued is written; tell a
+        half-closeable protocol its writes are over.
+        """
+        if self._writeClosed or not self.connected:
+            return
+        self._writeClosed = True
+        self._transport.write_eof()
+        protocol = self.protocol
+        if IHalfCloseableProtocol.providedBy(protocol):
+            protocol.writeConnectionLost()
+
+    def getPeer(self) -> Any:
+        """
+        The peer's address.
+        """
+        return self._peer
+
+    def getHost(self) -> Any:
+        """
+        The local address.
+        """
+        host = self._transport.get_extra_info("sockname")
+        return self._addressType("TCP", host[0], host[1])
+
+    def getHandle(self) -> Any:
+        """
+        The socket (uvloop's stand-in for it: options can be set, it cannot be read from).
+        """
+        return self._transport.get_extra_info("socket")
+
+    def getTcpNoDelay(self) -> bool:
+        """
+        Whether Nagle's algorithm is off.
+        """
+        return self._noDelay
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """
+        Turn Nagle's algorithm off (or on again); a system call only if that changes it.
+        """
+        if bool(enabled) != self._noDelay:
+            self.getHandle().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(bool(enabled)))
+            self._noDelay = bool(enabled)
+
+    def getTcpKeepAlive(self) -> bool:
+        """
+        Whether TCP keep-alive probes are on.
+        """
+        return bool(self.getHandle().getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        """
+        Turn TCP keep-alive probes on or off.
+        """
+        self.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(bool(enabled)))
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """
+        Pace C{producer} by the write buffer.  A pull producer is driven as a
+        push one (Twisted's own adapter for it), as Twisted's TLS does.
+
+        @raise RuntimeError: when a producer is registered already.
+        """
+        if self.producer is not None:
+            raise RuntimeError(f"Cannot register producer {producer!r}, because producer {self.producer!r} was never unregistered.")
+        if not streaming:
+            from twisted.internet._producer_helpers import _PullToPush
+
+            producer = _PullToPush(producer, self)
+            producer.startStreaming()
+        self.producer = producer
+        self.streamingProducer = True
+        if not self.connected:
+            producer.stopProducing()
+
+    def unregisterProducer(self) -> None:
+        """
+        Stop pacing the producer.
+        """
+        producer, self.producer = self.producer, None
+        if producer is not None and hasattr(producer, "stopStreaming"):
+            producer.stopStreaming()
+
+    def pauseProducing(self) -> None:
+        """
+        Stop reading for now.
+        """
+        if self.connected:
+            self._transport.pause_reading()
+
+    def resumeProducing(self) -> None:
+        """
+        Read again.
+        """
+        if self.connected and not self.disconnecting:
+            self._transport.resume_reading()
+
+    def stopProducing(self) -> None:
+        """
+        Stop for good: lose the connection.
+        """
+        self.loseConnection()
+
+    def logPrefix(self) -> str:
+        """
+        The protocol's class name, as Twisted's transports label their log lines.
+        """
+        protocol = getattr(self, "protocol", None)
+        return protocol.__class__.__name__ if protocol is not None else "-"
+
+    def __repr__(self) -> str:
+        """
+        As Twisted's: C{<Protocol #session on port>}.
+        """
+        protocol = getattr(self, "protocol", None)
+        return f"<{protocol.__class__.__name__} #{getattr(self, 'sessionno', '-')} on {self.port._realPortNumber}>"
+
+
+class TCPPort(tcp.Port):
+    """
+    A TCP port bound and listened on as Twisted's (addresses, errors, the
+    factory's start and stop, C{getHost}, adopted sockets), whose connections
+    uvloop accepts and serves (L{StreamConnection}).
+    """
+
+    _server: Any = None
+    _accepting = False
+
+    def startReading(self) -> None:
+        """
+        Have uvloop accept on the socket.
+        """
+        if self._accepting:
+            return
+        self._accepting = True
+        loop = self.reactor._asyncioEventloop  # type: ignore[attr-defined]
+        starting = asyncio.ensure_future(loop.create_server(lambda: StreamConnection(self), sock=self.socket), loop=loop)
+        starting.add_done_callback(self._serving)
+
+    def _serving(self, starting: asyncio.Future[Any]) -> None:
+        """
+        uvloop accepts now; if the port was stopped meanwhile, stop it.
+        """
+        if starting.cancelled():
+            return
+        error = starting.exception()
+        if error is not None:
+            log.err(Failure(error), f"serving {self.getHost()}")
+            return
+        self._server = starting.result()
+        if not self._accepting:
+            self._server.close()
+
+    def stopReading(self) -> None:
+        """
+        Stop accepting: uvloop closes the listening socket (connections already accepted go on).
+        """
+        self._accepting = False
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+
+    def stopWriting(self) -> None:
+        """
+        A listening port never writes.
+        """
+
+
+@implementer(INetdReactor)
+class UvloopReactor(AsyncioSelectorReactor):
+    """
+    Twisted's asyncio reactor on a uvloop loop, whose TCP listeners
+    (C{listenTCP}: the C{tcp:} and C{tcp6:} endpoints; C{adoptStreamPort}:
+    the C{systemd:} one) have uvloop serve their connections.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """
+        Run on C{loop}, or on a new uvloop loop made the current one.
+        """
+        if loop is None:
+            import uvloop
+
+            loop = uvloop.new_event_loop()
+            asyncio.set_event_loop(loop)
+        super().__init__(loop)
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> TCPPort:
+        """
+        Listen on a TCP port that uvloop serves.
+        """
+        listening = TCPPort(port, factory, backlog, interface, self)
+        listening.startListening()
+        return listening
+
+    def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: Any) -> Any:
+        """
+        Listen on an inherited socket (systemd socket activation); uvloop
+        serves the connections of TCP ones.
+        """
+        if addressFamily not in (socket.AF_INET, socket.AF_INET6):
+            return super().adoptStreamPort(fileDescriptor, addressFamily, factory)
+        listening = TCPPort._fromListeningDescriptor(self, fileDescriptor, addressFamily, factory)
+        listening.startListening()
+        return listening
+
+
+def install() -> None:
+    """
+    Install netd's uvloop reactor as Twisted's global one: what C{netd run}
+    does by default, and C{twistd --reactor=netd-uvloop}.  Its connections'
+    idle time is read from Linux's C{TCP_INFO}; elsewhere, netd's epoll
+    reactor's L{install <netd.reactor.install>} decides.
+    """
+    if sys.platform != "linux":
+        from netd import reactor
+
+        reactor.install()
+        return
+    from twisted.internet.main import installReactor as installGlobal
+
+    installGlobal(UvloopReactor())
