@@ -111,12 +111,21 @@ def pinnedTo(cpus: set[int] | None) -> Callable[[], None]:
     return prepare
 
 
-def launch(command: list[str], log: Path, cpus: set[int] | None = None, stdin: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+def launch(
+    command: list[str], log: Path, cpus: set[int] | None = None, stdin: int = subprocess.DEVNULL, reactor: str | None = None
+) -> subprocess.Popen[bytes]:
     """
-    Start a server (or tool) with its output going to C{log}, pinned to C{cpus}.
+    Start a server (or tool) with its output going to C{log}, pinned to
+    C{cpus}; for netd, on the reactor C{reactor} names (C{NETD_REACTOR}), or
+    its default one.
     """
+    environment = {key: value for key, value in os.environ.items() if key != "NETD_REACTOR"}
+    if reactor is not None:
+        environment["NETD_REACTOR"] = reactor
     with log.open("wb") as output:
-        return subprocess.Popen(command, stdin=stdin, stdout=output, stderr=subprocess.STDOUT, preexec_fn=pinnedTo(cpus))
+        return subprocess.Popen(
+            command, stdin=stdin, stdout=output, stderr=subprocess.STDOUT, preexec_fn=pinnedTo(cpus), env=environment
+        )
 
 
 def waitUntil(
@@ -195,17 +204,19 @@ def netdCommand(configFile: Path, portsFile: Path) -> list[str]:
 
 
 def startNetd(
-    config: str, directory: Path, name: str, cpus: set[int] | None = None
+    config: str, directory: Path, name: str, cpus: set[int] | None = None, reactor: str | None = None
 ) -> tuple[subprocess.Popen[bytes], dict[str, list[dict[str, object]]], Path]:
     """
-    netd on C{config} (ports picked by netd), pinned to C{cpus}, once its ports file is written.
+    netd on C{config} (ports picked by netd), pinned to C{cpus}, on the
+    reactor C{reactor} names (its default one if L{None}), once its ports
+    file is written.
     """
     configFile = directory / f"{name}.toml"
     configFile.write_text(config)
     portsFile = directory / f"{name}-ports.json"
     portsFile.unlink(missing_ok=True)
     log = directory / f"{name}.log"
-    process = launch(netdCommand(configFile, portsFile), log, cpus)
+    process = launch(netdCommand(configFile, portsFile), log, cpus, reactor=reactor)
     waitForFile(process, portsFile, name, log)
     return process, json.loads(portsFile.read_text())["services"], log
 

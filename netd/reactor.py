@@ -101,7 +101,8 @@ class IMeteredTransport(Interface):
     bytesSent = Attribute("Bytes written to the peer so far.")
     lastActivity = Attribute(
         "When bytes last moved either way (or the transport was made), in the reactor's C{seconds()}: "
-        "the time the reactor's turn that moved them began (L{NetdReactor.turnTime})."
+        "on netd's epoll reactor the time the reactor's turn that moved them began (L{NetdReactor.turnTime}); "
+        "on its uvloop one, as the kernel tells (L{netd.uvreactor.StreamConnection.lastActivity})."
     )
 
 

@@ -2,12 +2,14 @@
 netd's echo against its peers, with a C load generator, all on loopback, in
 one run.
 
-Four servers, each in one process on free loopback ports, one after the other
+Five servers, each in one process on free loopback ports, one after the other
 under the same load:
 
 - netd: an echo service with raw framing and one with u32 framing
   (idle_timeout 3600 s, max_connections 20,000), warnings-only logging, no
-  control API;
+  control API, on its default reactor (uvloop's transports, netd/uvreactor.py);
+- netd-epoll: the same on netd's epoll reactor (C{NETD_REACTOR=netd}), the
+  other choice, measured beside it;
 - asyncio: bench/echo/peers/asyncio_echo.py, a Protocol on asyncio's own loop
   (raw, and u32 parsed into frames and sent back framed);
 - uvloop: the same script on uvloop;
@@ -60,7 +62,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from benchlib import (  # noqa: E402  (the path above makes it importable)
-    BUILD,
     Loadgen,
     benchCpus,
     buildLoadgen,
@@ -82,8 +83,11 @@ from benchlib import (  # noqa: E402  (the path above makes it importable)
 
 HOST = "127.0.0.1"
 PEER_SCRIPT = ROOT / "bench" / "echo" / "peers" / "asyncio_echo.py"
-PEERS_PYTHON = BUILD / "peers" / "bin" / "python"
-SERVERS = ("netd", "asyncio", "uvloop", "socat")
+SERVERS = ("netd", "netd-epoll", "asyncio", "uvloop", "socat")
+NETD_REACTORS = {"netd": None, "netd-epoll": "netd"}
+"""
+The netds measured, and the reactor each runs on (L{None}: netd's default).
+"""
 RATE_SCENARIOS = ("rr-raw", "rr-u32", "bulk", "connrate")
 SCENARIOS = (*RATE_SCENARIOS, "memory", "startup")
 LABELS = {
@@ -129,22 +133,20 @@ def netdConfig() -> str:
     return quietDaemonTable() + "\n" + "\n".join(services)
 
 
-def startNetdEcho(directory: Path, cpus: set[int] | None) -> Server:
+def startNetdEcho(name: str, directory: Path, cpus: set[int] | None) -> Server:
     """
-    netd with its two echo services, once its ports file is written.
+    The netd called C{name} (L{NETD_REACTORS}) with its two echo services, once its ports file is written.
     """
-    process, services, _ = startNetd(netdConfig(), directory, "netd", cpus)
+    process, services, _ = startNetd(netdConfig(), directory, name, cpus, reactor=NETD_REACTORS[name])
     ports = {framing: int(services[framing][0]["port"]) for framing in ("raw", "u32")}  # type: ignore[call-overload]
-    return Server("netd", ports, process, netdVersion())
+    return Server(name, ports, process, netdVersion())
 
 
 def peerCommand(loop: str, portsFile: Path) -> list[str]:
     """
-    The asyncio or uvloop peer, with the bench-only venv's Python (where
-    uvloop is installed) if there is one.
+    The asyncio or uvloop peer, on netd's Python (uvloop is one of netd's dependencies).
     """
-    python = str(PEERS_PYTHON) if PEERS_PYTHON.exists() else sys.executable
-    return [python, str(PEER_SCRIPT), "--loop", loop, "--host", HOST, "--ports-file", str(portsFile)]
+    return [sys.executable, str(PEER_SCRIPT), "--loop", loop, "--host", HOST, "--ports-file", str(portsFile)]
 
 
 def startPythonPeer(loop: str, directory: Path, cpus: set[int] | None) -> Server:
@@ -157,8 +159,7 @@ def startPythonPeer(loop: str, directory: Path, cpus: set[int] | None) -> Server
     process = launch(peerCommand(loop, portsFile), log, cpus)
     waitForFile(process, portsFile, loop, log)
     ports = json.loads(portsFile.read_text())
-    python = PEERS_PYTHON if PEERS_PYTHON.exists() else Path(sys.executable)
-    version = toolVersion([str(python), "-c", f"import platform, {loop}; print('{loop}', getattr({loop}, '__version__', platform.python_version()))"])
+    version = toolVersion([sys.executable, "-c", f"import platform, {loop}; print('{loop}', getattr({loop}, '__version__', platform.python_version()))"])
     return Server(loop, {"raw": int(ports["raw"]), "u32": int(ports["u32"])}, process, version)
 
 
@@ -200,8 +201,8 @@ def startServer(name: str, directory: Path, cpus: set[int] | None) -> Server:
     """
     Start the server called C{name}.
     """
-    if name == "netd":
-        return startNetdEcho(directory, cpus)
+    if name in NETD_REACTORS:
+        return startNetdEcho(name, directory, cpus)
     if name == "socat":
         return startSocat(directory, cpus)
     return startPythonPeer(name, directory, cpus)
@@ -294,14 +295,14 @@ def measureStartup(name: str, directory: Path, cpus: set[int] | None) -> float:
     portsFile = directory / f"startup-{name}-ports.json"
     portsFile.unlink(missing_ok=True)
     log = directory / f"startup-{name}.log"
-    if name == "netd":
-        configFile = directory / "startup-netd.toml"
+    if name in NETD_REACTORS:
+        configFile = directory / f"startup-{name}.toml"
         configFile.write_text(netdConfig())
         command = netdCommand(configFile, portsFile)
     else:
         command = peerCommand(name, portsFile)
     started = time.monotonic()
-    process = launch(command, log, cpus)
+    process = launch(command, log, cpus, reactor=NETD_REACTORS.get(name))
     try:
         waitForFile(process, portsFile, name, log, interval=0.002)
         return time.monotonic() - started
@@ -458,9 +459,6 @@ def main() -> None:
         parser.error(f"--idle-connections must be 1-{MAX_CONNECTIONS - 1}")
     if "socat" in options.servers and shutil.which("socat") is None:
         sys.exit("bench: missing socat; bench/echo/run.sh installs it (apt-get)")
-    if "uvloop" in options.servers and subprocess.run([peerCommand("uvloop", Path())[0], "-c", "import uvloop"], capture_output=True).returncode:
-        say("uvloop is not installed (bench/echo/run.sh installs it in bench/build/peers): its peer is left out")
-        options.servers.remove("uvloop")
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # so that the servers are stopped on the way out
     result = run(options)
     publish(report(result, options), result, options.json, options.record)

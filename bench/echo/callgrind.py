@@ -13,7 +13,7 @@ are not counted: the kernel's share of a round trip (most of it, for every
 server) needs C{perf} or the throughput runs of bench.py.
 
 Run from the repository root: .venv/bin/python bench/echo/callgrind.py
-[--server netd|asyncio|uvloop] [--framing raw|u32] (about 30 seconds; needs
+[--server netd|netd-epoll|asyncio|uvloop] [--framing raw|u32] (about 30 seconds; needs
 valgrind and a C compiler for the load generator).
 """
 
@@ -43,7 +43,7 @@ from benchlib import (  # noqa: E402  (the path above makes it importable)
 )
 
 # bench.py, beside this script: the servers' configs and commands as the throughput runs use them.
-from bench import HOST, netdConfig, peerCommand  # noqa: E402
+from bench import HOST, NETD_REACTORS, netdConfig, peerCommand  # noqa: E402
 
 CONNECTIONS = 50
 SIZE = 64
@@ -59,16 +59,16 @@ def startUnderCallgrind(server: str, directory: Path, output: Path) -> tuple[sub
     """
     portsFile = directory / f"{server}-ports.json"
     log = directory / f"{server}.log"
-    if server == "netd":
+    if server in NETD_REACTORS:
         config = directory / "netd.toml"
         config.write_text(netdConfig())
         command = netdCommand(config, portsFile)
     else:
         command = peerCommand(server, portsFile)
-    process = launch(underCallgrind(command, output), log)
+    process = launch(underCallgrind(command, output), log, reactor=NETD_REACTORS.get(server))
     waitForFile(process, portsFile, f"{server} under callgrind", log, CALLGRIND_START_TIMEOUT, 0.2)
     written = json.loads(portsFile.read_text())
-    if server == "netd":
+    if server in NETD_REACTORS:
         return process, {framing: int(written["services"][framing][0]["port"]) for framing in ("raw", "u32")}
     return process, {framing: int(written[framing]) for framing in ("raw", "u32")}
 
@@ -91,7 +91,7 @@ def main() -> None:
     Measure and print.
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--server", choices=("netd", "asyncio", "uvloop"), default="netd")
+    parser.add_argument("--server", choices=("netd", "netd-epoll", "asyncio", "uvloop"), default="netd")
     parser.add_argument("--framing", choices=("raw", "u32"), default="raw")
     parser.add_argument("--warmup", type=int, default=2000, help="round trips before the counted ones")
     parser.add_argument("--trips", type=int, default=20000, help="round trips counted")
