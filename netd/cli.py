@@ -48,7 +48,7 @@ def buildParser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     configHelp = "the TOML config file (default: the embedded default config)"
 
-    run = commands.add_parser("run", help="run the services of a config", description="Run the services of a config until SIGTERM or SIGINT, which stop accepting, let open connections finish for up to [daemon] shutdown_timeout seconds, and exit 0. Exits 1 if the config is invalid or an address cannot be listened on; nothing is left listening then.")
+    run = commands.add_parser("run", help="run the services of a config", description="Run the services of a config until SIGTERM or SIGINT, which stop accepting, let open connections finish for up to [daemon] shutdown_timeout seconds, and exit 0. Exits 1 if the config is invalid or an address cannot be listened on; nothing is left listening then.", epilog="The environment variable NETD_REACTOR chooses the event loop: uvloop (the default: TCP connections served by uvloop's C transports), netd (netd's epoll reactor, no uvloop) or twisted (Twisted's default reactor, to rule netd's own code out).")
     run.add_argument("-c", "--config", metavar="FILE", help=configHelp)
     run.add_argument(
         "--ports-file",

@@ -196,7 +196,7 @@ def test_pluginsListsOptions() -> None:
     ("args", "expected"),
     [
         pytest.param(["--help"], ["usage: netd", "run", "check", "plugins", "--version"], id="top-level"),
-        pytest.param(["run", "--help"], ["usage: netd run", "--config FILE", "--ports-file FILE", "shutdown_timeout"],
+        pytest.param(["run", "--help"], ["usage: netd run", "--config FILE", "--ports-file FILE", "shutdown_timeout", "NETD_REACTOR", "uvloop (the default"],
                      id="run"),
         pytest.param(["check", "--help"], ["usage: netd check", "--config FILE"], id="check"),
         pytest.param(["plugins", "--help"], ["usage: netd plugins", "netd.plugins entry-point group"], id="plugins"),
