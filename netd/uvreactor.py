@@ -30,6 +30,7 @@ from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.error import ConnectionAborted, ConnectionLost
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
+    ILoggingContext,
     IPushProducer,
     ISystemHandle,
     ITCPTransport,
@@ -49,6 +50,11 @@ C{tcpi_last_ack_sent} (unused) and C{tcpi_last_data_recv}, in milliseconds.
 _TCP_INFO_TIMES_OFFSET = 44
 _TCP_INFO_TIMES_END = _TCP_INFO_TIMES_OFFSET + _TCP_INFO_TIMES.size
 
+_RESET = struct.pack("ii", 1, 0)
+"""
+C{SO_LINGER} on, with no time to linger: a close resets the connection.
+"""
+
 _DONE = Failure(main.CONNECTION_DONE)
 """
 The reason given to connections closed cleanly, shared as Twisted's reactors share theirs.
@@ -63,14 +69,20 @@ class StreamConnection(asyncio.Protocol):
 
     What a Twisted transport promises is kept: writes are sent in order and
     at once when nothing is queued (uvloop's C{write}); C{loseConnection}
-    closes once what is queued is written, C{abortConnection} at once;
-    C{loseWriteConnection} shuts the write side once it is flushed; a peer's
-    half-close reaches a protocol that provides L{IHalfCloseableProtocol} as
-    C{readConnectionLost}, and loses the connection otherwise; a registered
-    producer is paused and resumed as uvloop's write buffer crosses its
-    limits, and stopped when the connection is lost; the transport itself
-    is a push producer of what it reads (C{pause_reading}).  Traffic is
-    metered (L{IMeteredTransport}) where it is read and written.
+    stops reading at once and closes once what is queued is written, and
+    C{loseWriteConnection} shuts the write side likewise, both once the
+    events at hand are handled, so that what is written meanwhile is sent
+    first, as Twisted sends it; C{abortConnection} resets the connection
+    (C{SO_LINGER} 0) and drops what is queued; a peer's half-close reaches
+    a protocol that provides L{IHalfCloseableProtocol} as
+    C{readConnectionLost}, and loses the connection otherwise; an exception
+    from the protocol is logged, labelled with the connection, and loses
+    that connection with it; a registered push producer is paused and
+    resumed as uvloop's write buffer crosses its limits, a pull producer is
+    asked for more each time what it wrote is sent, and either is stopped
+    when the connection is lost; the transport itself is a push producer of
+    what it reads (C{pause_reading}).  Traffic is metered
+    (L{IMeteredTransport}) where it is read and written.
 
     @ivar protocol: the Twisted protocol, once the connection is made.
     """
@@ -86,6 +98,16 @@ class StreamConnection(asyncio.Protocol):
     """
     uvloop turns Nagle's algorithm off on every connection it accepts.
     """
+    _host: Any = None
+    _writeClosing = False
+    _shut = False
+    """
+    Whether uvloop takes no more writes: the write side is shut, or the connection closed.
+    """
+    _reason: Failure | None = None
+    """
+    Why the connection is lost, when it is not uvloop's to tell: aborted, or the protocol failed.
+    """
 
     def __init__(self, port: TCPPort) -> None:
         """
@@ -95,8 +117,11 @@ class StreamConnection(asyncio.Protocol):
         reactor: Any = port.reactor
         self.reactor = reactor
         self._seconds = reactor.seconds
-        self._writeClosed = False
-        self._aborted = False
+        # What every read and write looks at, on the instance: Python 3.11
+        # looks an instance's own attributes up faster than its class's.
+        self.connected = self.disconnecting = 0
+        self.bytesReceived = self.bytesSent = 0
+        self._shut = False
 
     # asyncio's side
 
@@ -121,14 +146,23 @@ class StreamConnection(asyncio.Protocol):
         port.sessionno += 1
         self.connected = 1
         self.protocol = protocol
+        self.reactor.streams.add(self)
         protocol.makeConnection(self)
 
     def data_received(self, data: bytes) -> None:
         """
-        Count what was read and hand it to the protocol.
+        Count what was read and hand it to the protocol, unless it has lost
+        the connection already: a Twisted transport stops reading at
+        C{loseConnection}, where uvloop starts reading once C{connection_made}
+        returns, whatever the protocol asked of it there.
         """
+        if self.disconnecting:
+            return
         self.bytesReceived += len(data)
-        self.protocol.dataReceived(data)
+        try:
+            self.protocol.dataReceived(data)
+        except BaseException:
+            self._failed()
 
     def eof_received(self) -> bool:
         """
@@ -139,22 +173,31 @@ class StreamConnection(asyncio.Protocol):
         protocol = self.protocol
         if not IHalfCloseableProtocol.providedBy(protocol):
             return False
-        protocol.readConnectionLost()
+        try:
+            protocol.readConnectionLost()
+        except BaseException:
+            self._failed()
         return True
 
     def pause_writing(self) -> None:
         """
-        uvloop's write buffer is over its high mark: pause the producer.
+        uvloop's write buffer is over its high mark: pause a push producer
+        (a pull one is not asked for more until the buffer is empty).
         """
-        if self.producer is not None:
+        if self.producer is not None and self.streamingProducer:
             self.producer.pauseProducing()
 
     def resume_writing(self) -> None:
         """
-        uvloop's write buffer is under its low mark again: resume the producer.
+        uvloop's write buffer is under its low mark again: resume a push
+        producer, or ask a pull one for more.
         """
-        if self.producer is not None:
+        if self.producer is None:
+            return
+        if self.streamingProducer:
             self.producer.resumeProducing()
+        else:
+            self._pull()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """
@@ -165,8 +208,9 @@ class StreamConnection(asyncio.Protocol):
         self._lastActivity = self.lastActivity
         self.connected = 0
         self.disconnected = 1
-        if self._aborted:
-            reason = Failure(ConnectionAborted())
+        self.reactor.streams.discard(self)
+        if self._reason is not None:
+            reason = self._reason
         elif exc is None:
             reason = _DONE
         else:
@@ -176,10 +220,34 @@ class StreamConnection(asyncio.Protocol):
             try:
                 producer.stopProducing()
             except BaseException:
-                log.err(None, "stopping a producer")
+                log.err(None, "stopping a producer", system=self.logPrefix())
         protocol = self.protocol
         del self.protocol
         protocol.connectionLost(reason)
+
+    def lostAtShutdown(self, reason: Failure) -> None:
+        """
+        The reactor is shutting down: drop the connection at once and tell
+        the protocol now, as Twisted's reactors tell theirs.
+        """
+        if self.connected:
+            self._reason = reason
+            self._shut = True
+            self._transport.abort()
+            self.connection_lost(None)
+
+    def _failed(self) -> None:
+        """
+        The protocol raised: log it, labelled with the connection, and lose
+        the connection with that failure (what is queued is dropped), as
+        Twisted's reactors do.
+        """
+        failure = Failure()
+        log.err(failure, system=self.logPrefix())
+        if self.connected and self._reason is None:
+            self._reason = failure
+            self._shut = True
+            self._transport.abort()
 
     # Twisted's side
 
@@ -204,14 +272,14 @@ class StreamConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         """
-        Count C{data} and send it (uvloop queues what the kernel does not
-        take now).  Once the write side is shut, or the connection lost,
+        Send C{data} (uvloop queues what the kernel does not take now) and
+        count it.  Once the write side is shut, or the connection lost,
         writes are dropped, as Twisted's transports drop them.
         """
-        if self._writeClosed or not self.connected:
+        if self._shut or not self.connected:
             return
-        self.bytesSent += len(data)
         self._send(data)
+        self.bytesSent += len(data)
 
     def writeSequence(self, iovec: Any) -> None:
         """
@@ -221,35 +289,63 @@ class StreamConnection(asyncio.Protocol):
 
     def loseConnection(self) -> None:
         """
-        Close once what is queued is written; reading stops now.
+        Stop reading now; close once the events at hand are handled and
+        what is queued then is written.
         """
         if self.disconnecting or not self.connected:
             return
         self.disconnecting = 1
-        self._transport.close()
+        self._transport.pause_reading()
+        self.reactor._asyncioEventloop.call_soon(self._close)
+
+    def _close(self) -> None:
+        """
+        Have uvloop close the connection once what is queued is written, unless it is closed already.
+        """
+        if self.connected and not self._transport.is_closing():
+            self._shut = True
+            self._transport.close()
 
     def abortConnection(self) -> None:
         """
-        Close at once, dropping what is queued.
+        Reset the connection at once, dropping what is queued.
         """
-        if not self.connected:
+        if not self.connected or self._reason is not None:
             return
-        self._aborted = True
+        self._reason = Failure(ConnectionAborted())
         self.disconnecting = 1
+        self._shut = True
+        try:
+            self.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        except OSError:
+            pass
         self._transport.abort()
 
     def loseWriteConnection(self) -> None:
         """
-        Shut the write side once what is queued is written; tell a
-        half-closeable protocol its writes are over.
+        Shut the write side once the events at hand are handled and what is
+        queued then is written; then tell a half-closeable protocol its
+        writes are over.
         """
-        if self._writeClosed or not self.connected:
+        if self._writeClosing or not self.connected:
             return
-        self._writeClosed = True
+        self._writeClosing = True
+        self.reactor._asyncioEventloop.call_soon(self._shutWrite)
+
+    def _shutWrite(self) -> None:
+        """
+        Have uvloop shut the write side once what is queued is written, unless the connection is closed already.
+        """
+        if self._shut or not self.connected:
+            return
+        self._shut = True
         self._transport.write_eof()
         protocol = self.protocol
         if IHalfCloseableProtocol.providedBy(protocol):
-            protocol.writeConnectionLost()
+            try:
+                protocol.writeConnectionLost()
+            except BaseException:
+                self._failed()
 
     def getPeer(self) -> Any:
         """
@@ -259,10 +355,12 @@ class StreamConnection(asyncio.Protocol):
 
     def getHost(self) -> Any:
         """
-        The local address.
+        The local address, made once.
         """
-        host = self._transport.get_extra_info("sockname")
-        return self._addressType("TCP", host[0], host[1])
+        if self._host is None:
+            host = self._transport.get_extra_info("sockname")
+            self._host = self._addressType("TCP", host[0], host[1])
+        return self._host
 
     def getHandle(self) -> Any:
         """
@@ -298,30 +396,55 @@ class StreamConnection(asyncio.Protocol):
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         """
-        Pace C{producer} by the write buffer.  A pull producer is driven as a
-        push one (Twisted's own adapter for it), as Twisted's TLS does.
+        Pace C{producer} by the write buffer: a push producer is paused and
+        resumed as the buffer crosses its limits; a pull producer is asked
+        for more now, and again each time what it wrote is all sent (the
+        buffer's limits are 0 meanwhile, so that uvloop says when), as
+        Twisted's transports ask it.  On a lost connection, the producer is
+        stopped at once.
 
         @raise RuntimeError: when a producer is registered already.
         """
         if self.producer is not None:
             raise RuntimeError(f"Cannot register producer {producer!r}, because producer {self.producer!r} was never unregistered.")
-        if not streaming:
-            from twisted.internet._producer_helpers import _PullToPush
-
-            producer = _PullToPush(producer, self)
-            producer.startStreaming()
-        self.producer = producer
-        self.streamingProducer = True
         if not self.connected:
             producer.stopProducing()
+            return
+        self.producer = producer
+        self.streamingProducer = streaming
+        if not streaming:
+            self._limits = self._transport.get_write_buffer_limits()
+            self._transport.set_write_buffer_limits(high=0)
+            self._pull()
+
+    def _pull(self) -> None:
+        """
+        Ask the pull producer for more; if what it wrote was all sent at
+        once, ask again on the next turn (else uvloop's C{resume_writing}
+        asks once it is).  A producer that writes nothing is not asked again,
+        as on Twisted's transports.
+        """
+        producer = self.producer
+        sent = self.bytesSent
+        producer.resumeProducing()
+        if self.producer is producer and self.bytesSent != sent and not self._transport.get_write_buffer_size():
+            self.reactor._asyncioEventloop.call_soon(self._pullAgain, producer)
+
+    def _pullAgain(self, producer: Any) -> None:
+        """
+        Ask C{producer} for more, if it is still the one registered and the connection still open.
+        """
+        if self.producer is producer and self.connected:
+            self._pull()
 
     def unregisterProducer(self) -> None:
         """
-        Stop pacing the producer.
+        Stop pacing the producer (a pull producer's write buffer gets its limits back).
         """
-        producer, self.producer = self.producer, None
-        if producer is not None and hasattr(producer, "stopStreaming"):
-            producer.stopStreaming()
+        if self.producer is not None and not self.streamingProducer and self.connected:
+            low, high = self._limits
+            self._transport.set_write_buffer_limits(high=high, low=low)
+        self.producer = None
 
     def pauseProducing(self) -> None:
         """
@@ -345,10 +468,16 @@ class StreamConnection(asyncio.Protocol):
 
     def logPrefix(self) -> str:
         """
-        The protocol's class name, as Twisted's transports label their log lines.
+        The label of this connection's log lines, as Twisted's: protocol, session number, peer.
         """
         protocol = getattr(self, "protocol", None)
-        return protocol.__class__.__name__ if protocol is not None else "-"
+        if protocol is None:
+            name = "-"
+        elif ILoggingContext.providedBy(protocol):
+            name = protocol.logPrefix()
+        else:
+            name = protocol.__class__.__name__
+        return f"{name},{getattr(self, 'sessionno', '-')},{self._peer.host}"
 
     def __repr__(self) -> str:
         """
@@ -366,23 +495,41 @@ class TCPPort(tcp.Port):
     """
 
     _server: Any = None
+    _starting: asyncio.Future[Any] | None = None
     _accepting = False
+
+    def startListening(self) -> None:
+        """
+        Listen as Twisted's port does; the reactor keeps the port until it stops.
+        """
+        super().startListening()
+        self.reactor.streamPorts.add(self)  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        Close as Twisted's port does; the reactor forgets the port.
+        """
+        self.reactor.streamPorts.discard(self)  # type: ignore[attr-defined]
+        super().connectionLost(reason)
 
     def startReading(self) -> None:
         """
-        Have uvloop accept on the socket.
+        Have uvloop accept on the socket (from the loop's next turn).
         """
         if self._accepting:
             return
         self._accepting = True
         loop = self.reactor._asyncioEventloop  # type: ignore[attr-defined]
-        starting = asyncio.ensure_future(loop.create_server(lambda: StreamConnection(self), sock=self.socket), loop=loop)
+        self._serve = loop.create_server(lambda: StreamConnection(self), sock=self.socket)
+        starting = asyncio.ensure_future(self._serve, loop=loop)
         starting.add_done_callback(self._serving)
+        self._starting = starting
 
     def _serving(self, starting: asyncio.Future[Any]) -> None:
         """
         uvloop accepts now; if the port was stopped meanwhile, stop it.
         """
+        self._starting = None
         if starting.cancelled():
             return
         error = starting.exception()
@@ -395,9 +542,16 @@ class TCPPort(tcp.Port):
 
     def stopReading(self) -> None:
         """
-        Stop accepting: uvloop closes the listening socket (connections already accepted go on).
+        Stop accepting: uvloop closes the listening socket (connections
+        already accepted go on); if uvloop has not started serving it yet,
+        it never does, so that it never takes a socket the port is closing.
         """
         self._accepting = False
+        if self._starting is not None:
+            self._starting.cancel()
+            # Closed now, not left for the cancelled task to close on a turn
+            # of the loop that may never come (at shutdown).
+            self._serve.close()
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -414,6 +568,11 @@ class UvloopReactor(AsyncioSelectorReactor):
     Twisted's asyncio reactor on a uvloop loop, whose TCP listeners
     (C{listenTCP}: the C{tcp:} and C{tcp6:} endpoints; C{adoptStreamPort}:
     the C{systemd:} one) have uvloop serve their connections.
+
+    @ivar streamPorts: those listeners, until they stop.
+    @ivar streams: the connections uvloop serves for them, until they are
+        lost.  Neither is registered with the reactor as a reader, so the
+        reactor keeps them here to close them at shutdown (L{disconnectAll}).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -425,7 +584,27 @@ class UvloopReactor(AsyncioSelectorReactor):
 
             loop = uvloop.new_event_loop()
             asyncio.set_event_loop(loop)
+        self.streamPorts: set[TCPPort] = set()
+        self.streams: set[StreamConnection] = set()
         super().__init__(loop)
+
+    def disconnectAll(self) -> None:
+        """
+        At shutdown, lose every selectable as Twisted does, then the
+        listeners and connections uvloop serves, each told
+        L{ConnectionLost}, as Twisted tells its own.
+        """
+        super().disconnectAll()
+        lost = Failure(main.CONNECTION_LOST)
+        for port in list(self.streamPorts):
+            if not port.disconnecting:  # else stopping already, as Twisted's own ports do
+                port.stopReading()
+                port.connectionLost(lost)
+        for connection in list(self.streams):
+            try:
+                connection.lostAtShutdown(lost)
+            except BaseException:
+                log.err(None, "losing a connection at shutdown", system=connection.logPrefix())
 
     def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> TCPPort:
         """

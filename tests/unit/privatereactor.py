@@ -1,17 +1,27 @@
 """
-A private netd reactor for unit tests on real loopback sockets: turned one
+Private netd reactors for unit tests on real loopback sockets: turned one
 iteration at a time (every wait bounded), and torn down with everything on
-it, so that the session's own reactor never sees these sockets.
+them, so that the session's own reactor never sees these sockets.
 """
 
 from __future__ import annotations
 
+import select
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import pytest
+import uvloop
 from twisted.internet import udp
 
 from netd.reactor import NetdReactor
+from netd.uvreactor import UvloopReactor
+
+Reactor = NetdReactor | UvloopReactor
+"""
+A reactor of the tests of what every netd transport promises.
+"""
 
 WAIT = 5.0
 """
@@ -41,11 +51,82 @@ def privateReactor() -> Iterator[NetdReactor]:
     made._poller.close()
 
 
-def spin(reactor: NetdReactor, done: Callable[[], object], timeout: float = WAIT) -> None:
+def privateUvloopReactor() -> Iterator[UvloopReactor]:
+    """
+    A uvloop reactor on a loop of its own (never the current one) for one
+    test (a fixture's body): afterwards its ports stop listening and its
+    connections are dropped (L{UvloopReactor.disconnectAll}: their protocols
+    are told), its timed calls cancelled, its waker closed and its loop
+    closed.
+    """
+    made = UvloopReactor(uvloop.new_event_loop())
+    yield made
+    made._uninstallHandler()
+    made.disconnectAll()
+    spin(made, lambda: not made.streams)
+    for reader in made._internalReaders:
+        made.removeReader(reader)
+        reader.connectionLost(None)
+    for call in made.getDelayedCalls():
+        call.cancel()
+    made._asyncioEventloop.close()
+
+
+REACTORS = {"netd": privateReactor, "uvloop": privateUvloopReactor}
+"""
+netd's reactors that serve TCP connections with their own transports, by
+the C{NETD_REACTOR} name that chooses each.
+"""
+
+
+@pytest.fixture(params=sorted(REACTORS))
+def reactor(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """
+    Each of netd's reactors in turn, a private one, not the session's, torn
+    down with everything on it: for the tests of what every netd transport
+    promises.
+    """
+    yield from REACTORS[request.param]()
+
+
+@pytest.fixture
+def netdReactor() -> Iterator[NetdReactor]:
+    """
+    A private epoll reactor (L{NetdReactor}), for the tests of its own workings.
+    """
+    yield from privateReactor()
+
+
+@pytest.fixture
+def uvloopReactor() -> Iterator[UvloopReactor]:
+    """
+    A private uvloop reactor (L{UvloopReactor}), for the tests of its own workings.
+    """
+    yield from privateUvloopReactor()
+
+
+def turn(reactor: Any) -> None:
+    """
+    Turn the reactor once, waiting at most 10 ms for something to happen.
+
+    Twisted's asyncio reactor turns for as long as it is told, events or
+    not: a uvloop one instead waits until libuv's poller has an event (or
+    10 ms pass), then runs one iteration of its loop.
+    """
+    if not isinstance(reactor, UvloopReactor):
+        reactor.iterate(0.01)
+        return
+    loop = reactor._asyncioEventloop
+    select.select([loop._get_backend_id()], [], [], 0.01)  # type: ignore[attr-defined]
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+
+
+def spin(reactor: Any, done: Callable[[], object], timeout: float = WAIT) -> None:
     """
     Turn the reactor until C{done()} is true, failing after C{timeout} seconds.
     """
     deadline = time.monotonic() + timeout
     while not done():
         assert time.monotonic() < deadline, f"not done within {timeout} seconds"
-        reactor.iterate(0.01)
+        turn(reactor)
