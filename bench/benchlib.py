@@ -117,9 +117,9 @@ def launch(
     """
     Start a server (or tool) with its output going to C{log}, pinned to
     C{cpus}; for netd, on the reactor C{reactor} names (C{NETD_REACTOR}), or
-    its default one.
+    if L{None} the one this environment chooses.
     """
-    environment = {key: value for key, value in os.environ.items() if key != "NETD_REACTOR"}
+    environment = dict(os.environ)
     if reactor is not None:
         environment["NETD_REACTOR"] = reactor
     with log.open("wb") as output:
@@ -208,8 +208,8 @@ def startNetd(
 ) -> tuple[subprocess.Popen[bytes], dict[str, list[dict[str, object]]], Path]:
     """
     netd on C{config} (ports picked by netd), pinned to C{cpus}, on the
-    reactor C{reactor} names (its default one if L{None}), once its ports
-    file is written.
+    reactor C{reactor} names (if L{None}, the one this environment's
+    C{NETD_REACTOR} chooses), once its ports file is written.
     """
     configFile = directory / f"{name}.toml"
     configFile.write_text(config)

@@ -84,9 +84,9 @@ from benchlib import (  # noqa: E402  (the path above makes it importable)
 HOST = "127.0.0.1"
 PEER_SCRIPT = ROOT / "bench" / "echo" / "peers" / "asyncio_echo.py"
 SERVERS = ("netd", "netd-epoll", "asyncio", "uvloop", "socat")
-NETD_REACTORS = {"netd": None, "netd-epoll": "netd"}
+NETD_REACTORS = {"netd": "uvloop", "netd-epoll": "netd"}
 """
-The netds measured, and the reactor each runs on (L{None}: netd's default).
+The netds measured, and the reactor (C{NETD_REACTOR}) each runs on: netd's default, and its epoll one.
 """
 RATE_SCENARIOS = ("rr-raw", "rr-u32", "bulk", "connrate")
 SCENARIOS = (*RATE_SCENARIOS, "memory", "startup")
