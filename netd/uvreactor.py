@@ -35,6 +35,7 @@ from twisted.internet.interfaces import (
     ISystemHandle,
     ITCPTransport,
 )
+from twisted.logger import Logger
 from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -533,12 +534,14 @@ class TCPPort(tcp.Port):
         if starting.cancelled():
             return
         error = starting.exception()
+        if not self._accepting:  # stopped meanwhile: whatever came of it is over
+            if error is None:
+                starting.result().close()
+            return
         if error is not None:
             log.err(Failure(error), f"serving {self.getHost()}")
             return
         self._server = starting.result()
-        if not self._accepting:
-            self._server.close()
 
     def stopReading(self) -> None:
         """
@@ -586,6 +589,7 @@ class UvloopReactor(AsyncioSelectorReactor):
             asyncio.set_event_loop(loop)
         self.streamPorts: set[TCPPort] = set()
         self.streams: set[StreamConnection] = set()
+        loop.set_exception_handler(_logAsyncioError)
         super().__init__(loop)
 
     def disconnectAll(self) -> None:
@@ -624,6 +628,27 @@ class UvloopReactor(AsyncioSelectorReactor):
         listening = TCPPort._fromListeningDescriptor(self, fileDescriptor, addressFamily, factory)
         listening.startListening()
         return listening
+
+
+_asyncioLog = Logger(namespace="netd.uvreactor")
+
+
+def _logAsyncioError(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """
+    Log what asyncio or uvloop reports (an error of the accepting socket,
+    such as running out of file descriptors, say) in netd's log, with its
+    exception's traceback if it has one, rather than on standard error
+    through Python's C{logging}, outside netd's log format.
+    """
+    message = context.get("message") or "asyncio reported an error"
+    details = ", ".join(f"{key}={value!r}" for key, value in context.items() if key not in ("message", "exception"))
+    error = context.get("exception")
+    if isinstance(error, BaseException):
+        _asyncioLog.failure(
+            "{message} ({details})", Failure(error, type(error), error.__traceback__), message=message, details=details
+        )
+    else:
+        _asyncioLog.error("{message} ({details})", message=message, details=details)
 
 
 def install() -> None:

@@ -212,3 +212,23 @@ def test_fileSentThroughFullBuffers(uvloopReactor: UvloopReactor) -> None:
     assert transport._transport.get_write_buffer_limits() == limits
     transport.loseConnection()
     assert untilEOF(uvloopReactor, accepted.client) == b""
+
+
+def test_asyncioErrorsGoToNetdsLog(uvloopReactor: UvloopReactor) -> None:
+    """
+    What the loop's exception handler is given (by uvloop or asyncio) is logged through Twisted's logger, with the message, the context and the exception's failure.
+    """
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        try:
+            raise OSError(24, "Too many open files")
+        except OSError as error:
+            uvloopReactor._asyncioEventloop.call_exception_handler({"message": "accept failed", "exception": error, "fd": 7})
+        uvloopReactor._asyncioEventloop.call_exception_handler({"message": "no exception here"})
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    ours = [event for event in events if event.get("log_namespace") == "netd.uvreactor"]
+    assert [event["message"] for event in ours] == ["accept failed", "no exception here"]
+    assert ours[0]["log_failure"].check(OSError) and "fd=7" in ours[0]["details"]
+    assert "log_failure" not in ours[1] and ours[1]["log_level"].name == "error"
