@@ -485,8 +485,38 @@ class Connector(tcp.Connector):
         return Client(self.host, self.port, self.bindAddress, self, self.reactor)
 
 
+class ServesTCPPorts:
+    """
+    Mixed into netd's reactors, before Twisted's: their TCP listeners
+    (C{listenTCP}: the C{tcp:} and C{tcp6:} endpoints; C{adoptStreamPort}:
+    the C{systemd:} one) are their own port class, L{tcpPort}, whose
+    connections are their own transports.
+    """
+
+    tcpPort: Any
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        """
+        Listen on a TCP port of the reactor's own class.
+        """
+        listening = self.tcpPort(port, factory, backlog, interface, self)
+        listening.startListening()
+        return listening
+
+    def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: Any) -> Any:
+        """
+        Listen on an inherited socket (systemd socket activation): a TCP one
+        as a port of the reactor's own class, any other as Twisted does.
+        """
+        if addressFamily not in (socket.AF_INET, socket.AF_INET6):
+            return super().adoptStreamPort(fileDescriptor, addressFamily, factory)  # type: ignore[misc]
+        listening = self.tcpPort._fromListeningDescriptor(self, fileDescriptor, addressFamily, factory)
+        listening.startListening()
+        return listening
+
+
 @implementer(INetdReactor)
-class NetdReactor(_PollingReactor):
+class NetdReactor(ServesTCPPorts, _PollingReactor):
     """
     The epoll reactor with netd's event dispatch and TCP transports.
 
@@ -497,6 +527,8 @@ class NetdReactor(_PollingReactor):
         traffic from it (L{IMeteredTransport.lastActivity}), sparing a clock
         call per read and per write.
     """
+
+    tcpPort = Port
 
     def __init__(self) -> None:
         self._closing: deque[Server] = deque()
@@ -598,14 +630,6 @@ class NetdReactor(_PollingReactor):
 
     doIteration = doPoll
 
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Port:
-        """
-        Listen on a TCP port whose connections send as written.
-        """
-        listening = Port(port, factory, backlog, interface, self)
-        listening.startListening()
-        return listening
-
     def connectTCP(
         self, host: str, port: int, factory: Any, timeout: float = 30.0, bindAddress: Any = None
     ) -> Connector:
@@ -616,16 +640,6 @@ class NetdReactor(_PollingReactor):
         connector.connect()
         return connector
 
-    def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: Any) -> Any:
-        """
-        Listen on an inherited socket (systemd socket activation); TCP ones
-        get connections that send as written.
-        """
-        if addressFamily not in (socket.AF_INET, socket.AF_INET6):
-            return super().adoptStreamPort(fileDescriptor, addressFamily, factory)
-        listening = Port._fromListeningDescriptor(self, fileDescriptor, addressFamily, factory)
-        listening.startListening()
-        return listening
 
 
 def _logPrefix(selectable: Any) -> str:

@@ -40,7 +40,7 @@ from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.reactor import IMeteredTransport, INetdReactor
+from netd.reactor import IMeteredTransport, INetdReactor, ServesTCPPorts
 
 _TCP_INFO_TIMES = struct.Struct("=III")
 """
@@ -566,7 +566,7 @@ class TCPPort(tcp.Port):
 
 
 @implementer(INetdReactor)
-class UvloopReactor(AsyncioSelectorReactor):
+class UvloopReactor(ServesTCPPorts, AsyncioSelectorReactor):
     """
     Twisted's asyncio reactor on a uvloop loop, whose TCP listeners
     (C{listenTCP}: the C{tcp:} and C{tcp6:} endpoints; C{adoptStreamPort}:
@@ -577,6 +577,8 @@ class UvloopReactor(AsyncioSelectorReactor):
         lost.  Neither is registered with the reactor as a reader, so the
         reactor keeps them here to close them at shutdown (L{disconnectAll}).
     """
+
+    tcpPort = TCPPort
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """
@@ -609,25 +611,6 @@ class UvloopReactor(AsyncioSelectorReactor):
                 connection.lostAtShutdown(lost)
             except BaseException:
                 log.err(None, "losing a connection at shutdown", system=connection.logPrefix())
-
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> TCPPort:
-        """
-        Listen on a TCP port that uvloop serves.
-        """
-        listening = TCPPort(port, factory, backlog, interface, self)
-        listening.startListening()
-        return listening
-
-    def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: Any) -> Any:
-        """
-        Listen on an inherited socket (systemd socket activation); uvloop
-        serves the connections of TCP ones.
-        """
-        if addressFamily not in (socket.AF_INET, socket.AF_INET6):
-            return super().adoptStreamPort(fileDescriptor, addressFamily, factory)
-        listening = TCPPort._fromListeningDescriptor(self, fileDescriptor, addressFamily, factory)
-        listening.startListening()
-        return listening
 
 
 _asyncioLog = Logger(namespace="netd.uvreactor")
