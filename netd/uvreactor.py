@@ -88,11 +88,11 @@ class StreamConnection(asyncio.Protocol):
     @ivar protocol: the Twisted protocol, once the connection is made.
     """
 
-    connected = 0
-    disconnecting = 0
+    connected: int
+    disconnecting: int
     disconnected = 0
-    bytesReceived = 0
-    bytesSent = 0
+    bytesReceived: int
+    bytesSent: int
     producer: Any = None
     streamingProducer = False
     _noDelay = True
@@ -101,7 +101,7 @@ class StreamConnection(asyncio.Protocol):
     """
     _host: Any = None
     _writeClosing = False
-    _shut = False
+    _shut: bool
     """
     Whether uvloop takes no more writes: the write side is shut, or the connection closed.
     """
@@ -232,10 +232,17 @@ class StreamConnection(asyncio.Protocol):
         the protocol now, as Twisted's reactors tell theirs.
         """
         if self.connected:
-            self._reason = reason
-            self._shut = True
-            self._transport.abort()
+            self._drop(reason)
             self.connection_lost(None)
+
+    def _drop(self, reason: Failure) -> None:
+        """
+        Have uvloop close the connection at once, dropping what is queued;
+        the protocol is to be told C{reason}.
+        """
+        self._reason = reason
+        self._shut = True
+        self._transport.abort()
 
     def _failed(self) -> None:
         """
@@ -246,9 +253,7 @@ class StreamConnection(asyncio.Protocol):
         failure = Failure()
         log.err(failure, system=self.logPrefix())
         if self.connected and self._reason is None:
-            self._reason = failure
-            self._shut = True
-            self._transport.abort()
+            self._drop(failure)
 
     # Twisted's side
 
@@ -313,14 +318,12 @@ class StreamConnection(asyncio.Protocol):
         """
         if not self.connected or self._reason is not None:
             return
-        self._reason = Failure(ConnectionAborted())
         self.disconnecting = 1
-        self._shut = True
         try:
             self.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
         except OSError:
             pass
-        self._transport.abort()
+        self._drop(Failure(ConnectionAborted()))
 
     def loseWriteConnection(self) -> None:
         """
