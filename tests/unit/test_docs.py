@@ -1,9 +1,9 @@
 """
-The documentation is tested: every TOML block in the README and every config
-file under config/ is loaded through netd.config, so an example cannot drift
-from what netd accepts.
+The documentation is tested: every TOML block in the README and in the pages
+of docs/, and every config file under config/, is loaded through netd.config,
+so an example cannot drift from what netd accepts.
 
-A README block preceded by the line C{<!-- invalid -->} shows a mistake on
+A block preceded by the line C{<!-- invalid -->} shows a mistake on
 purpose; it must still be TOML, and netd must refuse it.
 """
 
@@ -68,15 +68,23 @@ def tomlBlocks(markdown: str) -> list[TomlBlock]:
     return blocks
 
 
-README_BLOCKS = tomlBlocks(README.read_text(encoding="utf-8")) if README.exists() else []
+DOC_PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+DOC_BLOCKS = [
+    (page.relative_to(ROOT).as_posix(), block)
+    for page in DOC_PAGES
+    if page.exists()
+    for block in tomlBlocks(page.read_text(encoding="utf-8"))
+]
+README_BLOCKS = [block for page, block in DOC_BLOCKS if page == "README.md"]
 CONFIG_FILES = sorted(CONFIG_DIR.rglob("*.toml"))
 
 
-def blockId(block: TomlBlock) -> str:
+def blockId(located: tuple[str, TomlBlock]) -> str:
     """
-    A test id naming where the block is: C{README.md:99} or C{README.md:99-invalid}.
+    A test id naming where the block is: C{README.md:99} or C{docs/security.md:99-invalid}.
     """
-    return f"README.md:{block.line}" + ("-invalid" if block.invalid else "")
+    page, block = located
+    return f"{page}:{block.line}" + ("-invalid" if block.invalid else "")
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +120,12 @@ def test_defaultConfigIsTheEmbeddedOne() -> None:
     assert link.resolve() == (ROOT / "netd" / "default.toml").resolve()
 
 
-def checkBlock(block: TomlBlock, registry: PluginRegistry) -> None:
+def checkBlock(block: TomlBlock, registry: PluginRegistry, page: str = "README.md") -> None:
     """
     Fail unless the block is TOML that netd accepts or, if marked invalid, refuses.
     """
     data = tomllib.loads(block.text)
-    source = f"README.md:{block.line}"
+    source = f"{page}:{block.line}"
     if block.invalid:
         with pytest.raises(ConfigError) as info:
             parseConfig(data, source, registry)
@@ -127,12 +135,13 @@ def checkBlock(block: TomlBlock, registry: PluginRegistry) -> None:
         assert config.services
 
 
-@pytest.mark.parametrize("block", README_BLOCKS, ids=blockId)
-def test_readmeBlock(block: TomlBlock, registry: PluginRegistry) -> None:
+@pytest.mark.parametrize("located", DOC_BLOCKS, ids=blockId)
+def test_docsBlock(located: tuple[str, TomlBlock], registry: PluginRegistry) -> None:
     """
-    Each README TOML block is a config netd accepts, or, marked invalid, TOML that netd refuses.
+    Each TOML block of the README and docs/ is a config netd accepts, or, marked invalid, TOML that netd refuses.
     """
-    checkBlock(block, registry)
+    page, block = located
+    checkBlock(block, registry, page)
 
 
 GOOD_TOML = '[[services]]\nname = "e"\nplugin = "echo"\nlisten = ["tcp:0"]\n'
