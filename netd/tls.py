@@ -29,6 +29,7 @@ service_identity), and L{describeTLSFailure} says in words why one failed.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import os
 import re
@@ -67,17 +68,6 @@ from OpenSSL._util import ffi as _ffi, lib as _openssl
 AUTO = "auto"
 
 ClientAuth = Literal["none", "optional", "required"]
-
-DEFAULT_CIPHERS = (
-    "ECDH+AESGCM:ECDH+CHACHA20:DH+AESGCM:DH+CHACHA20:ECDH+AES256:DH+AES256:ECDH+AES128:DH+AES:"
-    "RSA+AESGCM:RSA+AES:!aNULL:!eNULL:!MD5:!DSS:!RC4:!3DES:!EXPORT"
-)
-"""
-The TLS 1.2 (and older) cipher suites offered unless C{ciphers} says
-otherwise: Twisted's defaults (forward-secret AEAD suites first), with RC4,
-3DES, export, NULL and anonymous suites excluded.  TLS 1.3 suites are
-OpenSSL's, all of them sound.
-"""
 
 FAILURE_REASONS = (
     "timeout",
@@ -191,6 +181,95 @@ class TLSVersion:
         return self._NUMBERS[self.name]
 
 
+Profile = Literal["modern", "intermediate", "old"]
+
+
+@attrs.frozen
+class TLSProfile:
+    """
+    One of Mozilla's server-side TLS configurations (guidelines 5.7,
+    U{https://ssl-config.mozilla.org/guidelines/5.7.json}), as netd applies it.
+
+    The DHE suites of Mozilla's intermediate and old lists are left out: they
+    need DH parameters, which netd does not set, so OpenSSL would never
+    choose them (Mozilla's later refresh drops them too).
+
+    @ivar minVersion: the oldest version served unless C{min_version} says otherwise.
+    @ivar ciphers: the OpenSSL cipher list for TLS 1.2 and older, unless
+        C{ciphers} says otherwise; L{None} when the profile has none (TLS
+        1.3 only).
+    @ivar serverPreference: whether the server's order of suites wins over
+        the client's: only for "old", whose list mixes strong and weak
+        suites; the others hold only AEAD suites with forward secrecy, among
+        which the client knows best (ChaCha20 where it lacks AES hardware).
+    """
+
+    name: str
+    minVersion: TLSVersion
+    ciphers: str | None
+    serverPreference: bool
+
+
+_INTERMEDIATE_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+)
+
+_OLD_CIPHERS = _INTERMEDIATE_CIPHERS + (
+    "ECDHE-ECDSA-AES128-SHA256",
+    "ECDHE-RSA-AES128-SHA256",
+    "ECDHE-ECDSA-AES128-SHA",
+    "ECDHE-RSA-AES128-SHA",
+    "ECDHE-ECDSA-AES256-SHA384",
+    "ECDHE-RSA-AES256-SHA384",
+    "ECDHE-ECDSA-AES256-SHA",
+    "ECDHE-RSA-AES256-SHA",
+    "AES128-GCM-SHA256",
+    "AES256-GCM-SHA384",
+    "AES128-SHA256",
+    "AES256-SHA256",
+    "AES128-SHA",
+    "AES256-SHA",
+    "DES-CBC3-SHA",
+)
+
+TLS13_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+"""
+The TLS 1.3 suites of every profile: Mozilla's, which are also OpenSSL's
+defaults, set explicitly so that a build with other defaults changes nothing.
+"""
+
+GROUPS = "X25519:P-256:P-384"
+"""
+The key-exchange groups of every profile (Mozilla's C{tls_curves}): no
+X448, P-521 or finite-field groups, which OpenSSL would otherwise offer.
+"""
+
+HYBRID_GROUP = "X25519MLKEM768"
+"""
+The post-quantum hybrid group offered first when the OpenSSL netd runs on
+knows it (3.5 and later; Mozilla's later refresh adds it to every profile):
+a client that speaks it is safe from recording now and decrypting later.
+"""
+
+PROFILES = {
+    "modern": TLSProfile("modern", TLSVersion("1.3"), None, False),
+    "intermediate": TLSProfile("intermediate", TLSVersion("1.2"), ":".join(_INTERMEDIATE_CIPHERS), False),
+    "old": TLSProfile("old", TLSVersion("1.0"), ":".join(_OLD_CIPHERS), True),
+}
+"""
+The profiles C{tls.profile} names.  "intermediate", the default, serves TLS
+1.2 with ECDHE and AES-GCM or ChaCha20-Poly1305 (forward secret, AEAD) and
+TLS 1.3; "modern" TLS 1.3 alone; "old" TLS 1.0 and up with CBC, SHA-1 and
+static-RSA suites, for clients that cannot do better (or tests of clients
+that must refuse them).
+"""
+
+
 def _validCiphers(value: str) -> str | None:
     """
     A check that OpenSSL understands a cipher string and it names some suite.
@@ -258,11 +337,20 @@ class TLSOptions:
     private_key: str | None = option(
         None, help='PEM file of the certificate\'s private key (unencrypted); required unless certificate = "auto".'
     )
-    min_version: TLSVersion = option(TLSVersion("1.2"), help='The oldest TLS version accepted: "1.0", "1.1", "1.2" or "1.3".')
+    profile: Profile = option(
+        "intermediate",
+        help='Mozilla\'s TLS configuration served: "modern" (TLS 1.3 only), "intermediate" (TLS 1.2 with '
+        'ECDHE and AEAD suites, and 1.3) or "old" (TLS 1.0 and up, CBC and static-RSA suites too).',
+    )
+    min_version: TLSVersion | None = option(
+        None,
+        help='The oldest TLS version accepted: "1.0", "1.1", "1.2" or "1.3"; unset, the profile\'s '
+        "(1.3 modern, 1.2 intermediate, 1.0 old).",
+    )
     max_version: TLSVersion | None = option(None, help="The newest TLS version accepted; the newest there is when unset.")
-    ciphers: str = option(
-        DEFAULT_CIPHERS,
-        help="OpenSSL cipher string for TLS 1.2 and older (TLS 1.3 suites are OpenSSL's defaults).",
+    ciphers: str | None = option(
+        None,
+        help="OpenSSL cipher string for TLS 1.2 and older, replacing the profile's list (TLS 1.3 suites stay the profile's).",
         checks=(_validCiphers,),
     )
     alpn: tuple[str, ...] = option(
@@ -290,6 +378,21 @@ class TLSOptions:
     )
     session_resumption: bool = option(True, help="Let clients resume sessions (session IDs and tickets).")
 
+    @property
+    def minVersion(self) -> TLSVersion:
+        """
+        The oldest version served: C{min_version}, else the profile's.
+        """
+        return self.min_version if self.min_version is not None else PROFILES[self.profile].minVersion
+
+    @property
+    def tls12Ciphers(self) -> str | None:
+        """
+        The cipher list for TLS 1.2 and older: C{ciphers}, else the
+        profile's; L{None} when there is none (TLS 1.3 only).
+        """
+        return self.ciphers if self.ciphers is not None else PROFILES[self.profile].ciphers
+
     def crossCheck(self) -> list[tuple[str, str]]:
         """
         Rules that span several keys: (key, problem) pairs.
@@ -300,8 +403,16 @@ class TLSOptions:
                 problems.append(("private_key", 'certificate = "auto" makes its own key; remove private_key'))
         elif self.private_key is None:
             problems.append(("private_key", 'missing; required unless certificate = "auto"'))
-        if self.max_version is not None and self.max_version < self.min_version:
-            problems.append(("max_version", f"{self.max_version.name} is older than min_version ({self.min_version.name})"))
+        minVersion = self.minVersion
+        if self.max_version is not None and self.max_version < minVersion:
+            given = "min_version" if self.min_version is not None else f'profile "{self.profile}"\'s oldest version'
+            problems.append(("max_version", f"{self.max_version.name} is older than {given} ({minVersion.name})"))
+        if self.ciphers is None and minVersion < TLSVersion("1.3"):
+            profileCiphers = PROFILES[self.profile].ciphers
+            if profileCiphers is None:
+                problems.append(("min_version", f'profile "{self.profile}" has no suites for TLS {minVersion.name}; set ciphers, or profile = "intermediate"'))
+            elif minVersion < TLSVersion("1.2") and self.profile != "old":
+                problems.append(("min_version", f'profile "{self.profile}" has no suites for TLS {minVersion.name}, only for 1.2; set profile = "old", or ciphers'))
         if self.client_auth == "none":
             if self.client_ca is not None:
                 problems.append(("client_ca", 'client_auth is "none", so no client certificate is asked for; set client_auth to "optional" or "required"'))
@@ -458,6 +569,41 @@ def describeSubject(certificate: x509.Certificate) -> str:
 # The server side.
 
 
+_SET_GROUPS = getattr(_openssl, "SSL_CTX_set1_curves_list", None)
+"""
+OpenSSL's C{SSL_CTX_set1_groups_list} (named for curves in pyOpenSSL's
+bindings), for which pyOpenSSL has no public call; without it a context
+keeps OpenSSL's default groups.
+"""
+
+
+@functools.cache
+def groupList() -> str | None:
+    """
+    The key-exchange groups every context offers: L{HYBRID_GROUP} then
+    L{GROUPS} when this OpenSSL knows the hybrid, else L{GROUPS}; L{None}
+    when the groups cannot be set (OpenSSL's defaults stay).
+    """
+    if _SET_GROUPS is None:
+        return None
+    probe = SSL.Context(SSL.TLS_SERVER_METHOD)
+    for groups in (f"{HYBRID_GROUP}:{GROUPS}", GROUPS):
+        if _SET_GROUPS(probe._context, groups.encode("ascii")) == 1:
+            return groups
+        _openssl.ERR_clear_error()
+    return None
+
+
+def setGroups(context: SSL.Context) -> None:
+    """
+    Offer the groups of L{groupList} on a context, when they can be set.
+    """
+    groups = groupList()
+    if groups is not None and _SET_GROUPS is not None:
+        _SET_GROUPS(context._context, groups.encode("ascii"))
+
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class ServerTLS:
     """
@@ -540,6 +686,8 @@ class ServerTLS:
                         subject=describeSubject(ca),
                         problem=problem,
                     )
+        if groupList() is None:
+            log.warn("tls: this pyOpenSSL cannot set key-exchange groups; OpenSSL's defaults are offered")
         self._allow = frozenset(options.client_allow)
         self._allowDNS = frozenset(name.lower() for name in options.client_allow)
         self._alpn = [name.encode("ascii") for name in options.alpn]
@@ -584,22 +732,28 @@ class ServerTLS:
             SSL.OP_NO_SSLv2
             | SSL.OP_NO_SSLv3
             | SSL.OP_NO_COMPRESSION
-            | SSL.OP_CIPHER_SERVER_PREFERENCE
             | SSL.OP_NO_RENEGOTIATION
             | SSL.OP_SINGLE_ECDH_USE
             | SSL.OP_SINGLE_DH_USE
         )
+        if PROFILES[options.profile].serverPreference or options.ciphers is not None:
+            # A list of mixed strength, or one the user ordered: its order wins.
+            flags |= SSL.OP_CIPHER_SERVER_PREFERENCE
         if not options.session_resumption:
             flags |= SSL.OP_NO_TICKET
         context.set_options(flags)
         context.set_mode(SSL.MODE_RELEASE_BUFFERS)
-        context.set_min_proto_version(options.min_version.openssl)
+        minVersion = options.minVersion
+        context.set_min_proto_version(minVersion.openssl)
         context.set_max_proto_version(options.max_version.openssl if options.max_version else 0)
-        ciphers = options.ciphers
-        if options.min_version < TLSVersion("1.2") and "@SECLEVEL" not in ciphers:
-            # OpenSSL 3's default security level refuses TLS 1.0 and 1.1 outright.
-            ciphers += ":@SECLEVEL=0"
-        context.set_cipher_list(ciphers.encode("ascii"))
+        ciphers = options.tls12Ciphers
+        if ciphers is not None:
+            if minVersion < TLSVersion("1.2") and "@SECLEVEL" not in ciphers:
+                # OpenSSL 3's default security level refuses TLS 1.0 and 1.1 outright.
+                ciphers += ":@SECLEVEL=0"
+            context.set_cipher_list(ciphers.encode("ascii"))
+        context.set_tls13_ciphersuites(TLS13_CIPHERSUITES.encode("ascii"))
+        setGroups(context)
         context.use_certificate(pair.certificate)
         for extra in pair.chain[1:]:
             context.add_extra_chain_cert(extra)

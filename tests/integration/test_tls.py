@@ -165,7 +165,7 @@ def netd(certs: Certs, startModuleNetd: Any) -> NetdProcess:
     server = certs.pair("server")
     services = [
         tlsEcho("basic", server, framing="line"),
-        tlsEcho("old", {**server, "min_version": "1.0"}, framing="line"),
+        tlsEcho("old", {**server, "profile": "old"}, framing="line"),
         tlsEcho("alpn", {**server, "alpn": ["x-netd", "echo"]}, framing="line"),
         tlsEcho("sni", {**server, "sni": {WRONG_HOST: certs.pair("bad/wrong-host"), "*.wild.test": certs.pair("wild")}}, framing="line"),
         tlsEcho("mtls", {**server, "client_ca": certs.ca, "client_auth": "required"}, framing="line"),

@@ -954,7 +954,7 @@ def test_tlsRoundTrips() -> None:
     )
     normalized = config.toConfig()
     tls = normalized["services"][0]["tls"]
-    assert tls["min_version"] == "1.2" and tls["max_version"] == "1.3" and tls["handshake_timeout"] == 10.0
+    assert tls["profile"] == "intermediate" and "min_version" not in tls and tls["max_version"] == "1.3" and tls["handshake_timeout"] == 10.0
     again = parseConfig(tomllib.loads(tomli_w.dumps(normalized)), SOURCE, REGISTRY)
     assert again == config
 

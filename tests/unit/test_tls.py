@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
+from OpenSSL._util import lib as _openssl
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -44,8 +46,10 @@ from netd.metrics import Counters
 from netd.plugin import discoverPlugins
 from netd.service import NetService, ServiceStartError
 from netd.testing import TestClientTLS, TLSTestConnection, connect, connectTLS, makeStreamStack
+from netd import tls as tlsModule
 from netd.tls import (
     FAILURE_REASONS,
+    PROFILES,
     ServerTLS,
     SNICertificate,
     TLSOptions,
@@ -55,6 +59,7 @@ from netd.tls import (
     classifyFailure,
     clientCreator,
     describeTLSFailure,
+    groupList,
     loadTrustRoot,
 )
 from netd_plugins.echo import EchoHandler
@@ -117,6 +122,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
         "alpha": issue(ca, ["alpha.test"]),
         "wild": issue(ca, ["*.wild.test"]),
         "uri-client": issue(ca, ["spiffe://netd.test/worker"], commonName="worker", usage="client"),
+        "rsa-server": issue(ca, ["localhost"], keyType="rsa"),
     }
     for name, pair in extras.items():
         pair.write(str(root / f"{name}.pem"), str(root / f"{name}-key.pem"))
@@ -330,8 +336,13 @@ def test_handshakeTimeoutZeroNeverFires(certs: Certs) -> None:
         pytest.param({}, {}, "TLSv1.3", id="newest-by-default"),
         pytest.param({"max_version": TLSVersion("1.2")}, {"minVersion": "1.3"}, None, id="max-1.2-refuses-1.3-only"),
         pytest.param({"min_version": TLSVersion("1.3")}, {"maxVersion": "1.2"}, None, id="min-1.3-refuses-1.2"),
-        pytest.param({"min_version": TLSVersion("1.0")}, {"maxVersion": "1.0"}, "TLSv1", id="min-1.0-serves-1.0"),
-        pytest.param({"min_version": TLSVersion("1.1")}, {"maxVersion": "1.1"}, "TLSv1.1", id="min-1.1-serves-1.1"),
+        pytest.param({"profile": "old"}, {"maxVersion": "1.0"}, "TLSv1", id="old-serves-1.0"),
+        pytest.param({"profile": "old", "min_version": TLSVersion("1.1")}, {"maxVersion": "1.0"}, None, id="old-min-1.1-refuses-1.0"),
+        pytest.param({"profile": "old", "min_version": TLSVersion("1.1")}, {"maxVersion": "1.1"}, "TLSv1.1", id="old-min-1.1-serves-1.1"),
+        pytest.param({"min_version": TLSVersion("1.0"), "ciphers": "ECDHE+AES"}, {"maxVersion": "1.0"}, "TLSv1", id="ciphers-min-1.0-serves-1.0"),
+        pytest.param({"profile": "modern"}, {"maxVersion": "1.2"}, None, id="modern-refuses-1.2"),
+        pytest.param({"profile": "modern"}, {}, "TLSv1.3", id="modern-serves-1.3"),
+        pytest.param({"profile": "modern", "min_version": TLSVersion("1.2"), "ciphers": "ECDHE+AESGCM"}, {"maxVersion": "1.2"}, "TLSv1.2", id="modern-with-ciphers-serves-1.2"),
     ],
 )
 def test_versions(certs: Certs, server: dict[str, Any], client: dict[str, str], expected: str | None) -> None:
@@ -358,16 +369,145 @@ def test_noSharedCipher(certs: Certs) -> None:
     assert tlsCounters(stack.counters) == {"tls_handshakes_failed_no_shared_cipher": 1}
 
 
-def test_defaultCiphersExcludeWeakSuites() -> None:
+def contextSuites(options: TLSOptions) -> set[str]:
     """
-    The default cipher string selects no RC4, 3DES, export, NULL or anonymous suite.
+    The suites a service's context offers (TLS 1.3 and 1.2), by OpenSSL name.
     """
-    context = SSL.Context(SSL.TLS_METHOD)
-    context.set_cipher_list(TLSOptions(certificate="auto").ciphers.encode("ascii"))
-    names = SSL.Connection(context).get_cipher_list()
-    assert names
-    for weak in ("RC4", "DES-CBC3", "EXP", "NULL", "ADH", "AECDH", "MD5"):
-        assert not [n for n in names if weak in n], weak
+    tls = ServerTLS(options, serviceName="suites", log=LOG)
+    return set(SSL.Connection(tls.defaultContext).get_cipher_list())
+
+
+TLS13_SUITES = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
+
+MOZILLA_INTERMEDIATE = [
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+]
+"""
+Mozilla's intermediate TLS 1.2 suites (guidelines 5.7) without the DHE ones.
+"""
+
+
+def test_defaultSuitesAreIntermediate(certs: Certs) -> None:
+    """
+    By default a context offers exactly Mozilla's intermediate suites: the three TLS 1.3 suites and ECDHE with AES-GCM or ChaCha20-Poly1305 for TLS 1.2, so no static RSA, CBC or SHA-1 suite.
+    """
+    assert contextSuites(tlsOptions(certs)) == TLS13_SUITES | set(MOZILLA_INTERMEDIATE)
+
+
+def test_ciphersReplaceTheProfilesList(certs: Certs) -> None:
+    """
+    ciphers replaces the profile's TLS 1.2 suites and leaves the TLS 1.3 ones.
+    """
+    assert contextSuites(tlsOptions(certs, ciphers="ECDHE-ECDSA-AES256-GCM-SHA384")) == TLS13_SUITES | {"ECDHE-ECDSA-AES256-GCM-SHA384"}
+
+
+def test_oldProfileSuites(certs: Certs) -> None:
+    """
+    profile = "old" offers Mozilla's old list (without DHE), static RSA and CBC included, and nothing outside it.
+    """
+    suites = contextSuites(tlsOptions(certs, profile="old")) - TLS13_SUITES
+    old = set((PROFILES["old"].ciphers or "").split(":"))
+    assert {"AES128-SHA", "ECDHE-ECDSA-AES128-SHA", *MOZILLA_INTERMEDIATE} <= suites <= old
+
+
+def test_profilesAreMozillas() -> None:
+    """
+    The profiles are Mozilla's (guidelines 5.7): intermediate's TLS 1.2 list in Mozilla's order without the DHE suites (netd sets no DH parameters, so OpenSSL could never pick them), modern TLS 1.3 only, old from TLS 1.0 with intermediate's suites first.
+    """
+    assert (PROFILES["intermediate"].ciphers or "").split(":") == MOZILLA_INTERMEDIATE
+    assert PROFILES["intermediate"].minVersion == TLSVersion("1.2") and not PROFILES["intermediate"].serverPreference
+    assert PROFILES["modern"].ciphers is None and PROFILES["modern"].minVersion == TLSVersion("1.3")
+    old = (PROFILES["old"].ciphers or "").split(":")
+    assert old[:6] == MOZILLA_INTERMEDIATE and not [n for n in old if n.startswith("DHE-")]
+    assert PROFILES["old"].minVersion == TLSVersion("1.0") and PROFILES["old"].serverPreference
+
+
+@attrs.define
+class GroupsClient(TestClientTLS):
+    """
+    A test client offering only the key-exchange groups C{groups}.
+    """
+
+    groups: str = "X25519"
+
+    def _makeContext(self) -> SSL.Context:
+        context = super()._makeContext()
+        assert _openssl.SSL_CTX_set1_curves_list(context._context, self.groups.encode("ascii")) == 1
+        return context
+
+
+@pytest.mark.parametrize(
+    ("groups", "accepted"),
+    [
+        ("X25519", True),
+        ("P-256", True),
+        ("P-384", True),
+        ("X25519MLKEM768", True),
+        ("X448", False),
+        ("P-521", False),
+        ("ffdhe2048", False),
+    ],
+)
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_groups(certs: Certs, groups: str, accepted: bool, version: str) -> None:
+    """
+    Key exchange uses X25519MLKEM768 (TLS 1.3, when OpenSSL knows it), X25519, P-256 or P-384; a client offering only X448, P-521 or a finite-field group is refused (an RSA certificate: with an ECDSA one, TLS 1.2 also needs the certificate's curve among the client's groups).
+    """
+    if groups == "X25519MLKEM768":
+        # A TLS 1.3 group, offered when the OpenSSL netd runs on knows it.
+        accepted = version == "1.3" and groups in (groupList() or "")
+    certificate, key = certs.extra("rsa-server")
+    stack = echoStack(tlsOptions(certs, certificate=certificate, private_key=key))
+    connection = stack.connect(GroupsClient(groups=groups, minVersion=version, maxVersion=version))
+    assert connection.handshakeDone is accepted
+    if not accepted:
+        assert tlsCounters(stack.counters) == {"tls_handshakes_failed_no_shared_cipher": 1}
+
+
+def test_groupsFallBack(certs: Certs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Without pyOpenSSL's binding for setting groups, a context keeps OpenSSL's default groups (still serving) and a warning says so.
+    """
+    monkeypatch.setattr(tlsModule, "_SET_GROUPS", None)
+    groupList.cache_clear()
+    try:
+        with capturedLogs() as events:
+            stack = echoStack(tlsOptions(certs))
+        assert stack.connect(GroupsClient(groups="X448")).handshakeDone
+    finally:
+        groupList.cache_clear()
+    assert [e for e in events if e["log_level"] == LogLevel.warn and "key-exchange groups" in e["log_format"]]
+
+
+@pytest.mark.parametrize(
+    ("keys", "problem"),
+    [
+        ({"profile": "modern", "min_version": TLSVersion("1.2")}, ("min_version", 'profile "modern" has no suites for TLS 1.2')),
+        ({"min_version": TLSVersion("1.0")}, ("min_version", 'profile "intermediate" has no suites for TLS 1.0, only for 1.2; set profile = "old"')),
+        ({"profile": "modern", "max_version": TLSVersion("1.2")}, ("max_version", 'profile "modern"\'s oldest version (1.3)')),
+    ],
+)
+def test_profileCrossChecks(keys: dict[str, Any], problem: tuple[str, str]) -> None:
+    """
+    A version the profile has no suites for, without ciphers, is a config error naming the key; so is a max_version older than the profile's oldest.
+    """
+    problems = TLSOptions(certificate="auto", **keys).crossCheck()
+    assert [key for key, _ in problems] == [problem[0]]
+    assert problem[1] in problems[0][1]
+
+
+def test_profileCrossChecksAllow() -> None:
+    """
+    A version below the profile's is fine with ciphers of one's own, or with profile = "old".
+    """
+    assert TLSOptions(certificate="auto", profile="modern", min_version=TLSVersion("1.2"), ciphers="ECDHE+AESGCM").crossCheck() == []
+    assert TLSOptions(certificate="auto", profile="old", min_version=TLSVersion("1.1")).crossCheck() == []
+    assert TLSOptions(certificate="auto", min_version=TLSVersion("1.0"), ciphers="ECDHE+AES").crossCheck() == []
 
 
 # ALPN.
