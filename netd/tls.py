@@ -291,13 +291,54 @@ def _validProtocols(value: tuple[str, ...]) -> str | None:
     return None
 
 
-def _nonEmptyNames(value: tuple[str, ...]) -> str | None:
+ALLOW_TYPES = ("dns", "uri", "cn")
+"""
+The types of a C{client_allow} entry, written C{TYPE:NAME}.
+"""
+
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
+
+
+def parseAllowEntry(entry: str) -> tuple[str, str]:
     """
-    A check that every name of a list is non-empty.
+    Split a C{client_allow} entry into its type and name, the DNS name
+    lowercased and without a trailing dot.
+
+    @raise InvalidValue: untyped (saying which type its shape suggests), of
+        an unknown type, or a name malformed for its type.
     """
-    for i, name in enumerate(value):
-        if not name.strip():
-            return f"[{i}] is empty; expected a certificate name"
+    kind, colon, name = entry.partition(":")
+    kind = kind.lower()
+    if not colon or kind not in ALLOW_TYPES and (name.startswith("//") or not kind.isalpha()):
+        if _URI.fullmatch(entry) and "://" in entry:
+            guess = "uri"
+        elif _SERVER_NAME.fullmatch(entry.lower().rstrip(".")) and "." in entry:
+            guess = "dns"
+        else:
+            guess = "cn"
+        raise InvalidValue(f'"{entry}" has no type; did you mean "{guess}:{entry}"?')
+    if kind not in ALLOW_TYPES:
+        raise InvalidValue(f'"{entry}" has an unknown type "{kind}"; known: ' + ", ".join(f"{t}:" for t in ALLOW_TYPES))
+    if not name.strip():
+        raise InvalidValue(f'"{entry}" names nothing after "{kind}:"')
+    if kind == "dns":
+        name = name.lower().rstrip(".")
+        if not _SERVER_NAME.fullmatch(name):
+            raise InvalidValue(f'"{entry}" is not a DNS name')
+    elif kind == "uri" and not _URI.fullmatch(name):
+        raise InvalidValue(f'"{entry}" is not a URI (SCHEME:...)')
+    return kind, name
+
+
+def _validAllowEntries(value: tuple[str, ...]) -> str | None:
+    """
+    A check that every C{client_allow} entry is typed and well formed.
+    """
+    for i, entry in enumerate(value):
+        try:
+            parseAllowEntry(entry)
+        except InvalidValue as e:
+            return f"[{i}] {e}"
     return None
 
 
@@ -364,8 +405,10 @@ class TLSOptions:
     )
     client_allow: tuple[str, ...] = option(
         (),
-        help="Names (subject CN, SAN DNS name or URI) of which a client certificate must carry one; any when empty.",
-        checks=(_nonEmptyNames,),
+        help='Names of which a client certificate must carry one, each typed: "dns:NAME" (a SAN DNS name), '
+        '"uri:URI" (a SAN URI) or "cn:NAME" (the subject CN, only of a certificate without SAN DNS names or URIs); '
+        "any when empty.",
+        checks=(_validAllowEntries,),
     )
     sni: dict[str, SNICertificate] | None = option(
         None,
@@ -543,20 +586,45 @@ def validityProblem(certificate: x509.Certificate, now: datetime.datetime) -> st
     return None
 
 
-def certificateNames(certificate: x509.Certificate) -> tuple[set[str], set[str]]:
+@attrs.frozen
+class ClientNames:
     """
-    The names a certificate carries, for C{client_allow}: its subject CNs and
-    SAN URIs (compared exactly), and its SAN DNS names (lowercased).
+    The names of a client certificate that C{client_allow} entries match.
+
+    @ivar dns: its SAN DNS names, lowercased, without a trailing dot.
+    @ivar uri: its SAN URIs, as written.
+    @ivar cn: its subject CNs, as written; empty when it has a SAN DNS name
+        or URI, which then identify it (RFC 6125 6.4.4: a CN is only a
+        fallback, and may say anything the CA did not check).
     """
-    exact = {str(a.value) for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
-    dns: set[str] = set()
+
+    dns: frozenset[str]
+    uri: frozenset[str]
+    cn: frozenset[str]
+
+    def describe(self) -> str:
+        """
+        The names as C{client_allow} entries would write them.
+        """
+        return ", ".join(f"{kind}:{name}" for kind in ALLOW_TYPES for name in sorted(getattr(self, kind))) or "none"
+
+
+def certificateNames(certificate: x509.Certificate) -> ClientNames:
+    """
+    The names a client certificate carries, for C{client_allow}.
+    """
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return exact, dns
-    exact.update(san.get_values_for_type(x509.UniformResourceIdentifier))
-    dns.update(name.lower() for name in san.get_values_for_type(x509.DNSName))
-    return exact, dns
+        dns: frozenset[str] = frozenset()
+        uri: frozenset[str] = frozenset()
+    else:
+        dns = frozenset(name.lower().rstrip(".") for name in san.get_values_for_type(x509.DNSName))
+        uri = frozenset(san.get_values_for_type(x509.UniformResourceIdentifier))
+    cn: frozenset[str] = frozenset()
+    if not (dns or uri):
+        cn = frozenset(str(a.value) for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
+    return ClientNames(dns, uri, cn)
 
 
 def describeSubject(certificate: x509.Certificate) -> str:
@@ -688,8 +756,11 @@ class ServerTLS:
                     )
         if groupList() is None:
             log.warn("tls: this pyOpenSSL cannot set key-exchange groups; OpenSSL's defaults are offered")
-        self._allow = frozenset(options.client_allow)
-        self._allowDNS = frozenset(name.lower() for name in options.client_allow)
+        allow = [parseAllowEntry(entry) for entry in options.client_allow]
+        self._allow = ClientNames(
+            *(frozenset(name for kind, name in allow if kind == wanted) for wanted in ALLOW_TYPES)
+        )
+        self._allowAny = not allow
         self._alpn = [name.encode("ascii") for name in options.alpn]
         self._sessionContext = b"netd:" + hashlib.sha256(serviceName.encode("utf-8")).hexdigest()[:24].encode("ascii")
         try:
@@ -830,14 +901,15 @@ class ServerTLS:
                 subject = describeSubject(certificate.to_cryptography())
                 _setFailure(connection, "client_cert_untrusted", f"{why} (certificate {depth} of the chain: {subject})")
                 return False
-            if depth == 0 and self._allow:
+            if depth == 0 and not self._allowAny:
                 leaf = certificate.to_cryptography()
-                exact, dns = certificateNames(leaf)
-                if not (exact & self._allow or dns & self._allowDNS):
+                names = certificateNames(leaf)
+                allow = self._allow
+                if not (names.dns & allow.dns or names.uri & allow.uri or names.cn & allow.cn):
                     _setFailure(
                         connection,
                         "client_not_allowed",
-                        f"{describeSubject(leaf)} (names {', '.join(sorted(exact | dns))}) carries no name of client_allow",
+                        f"{describeSubject(leaf)} (names {names.describe()}) carries no name of client_allow",
                     )
                     return False
             return True

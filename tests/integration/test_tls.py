@@ -169,6 +169,8 @@ def netd(certs: Certs, startModuleNetd: Any) -> NetdProcess:
         tlsEcho("alpn", {**server, "alpn": ["x-netd", "echo"]}, framing="line"),
         tlsEcho("sni", {**server, "sni": {WRONG_HOST: certs.pair("bad/wrong-host"), "*.wild.test": certs.pair("wild")}}, framing="line"),
         tlsEcho("mtls", {**server, "client_ca": certs.ca, "client_auth": "required"}, framing="line"),
+        tlsEcho("allow-dns", {**server, "client_ca": certs.ca, "client_auth": "required", "client_allow": ["dns:client.netd.test"]}, framing="line"),
+        tlsEcho("allow-cn", {**server, "client_ca": certs.ca, "client_auth": "required", "client_allow": ["cn:netd client"]}, framing="line"),
         tlsEcho("slow", {**server, "handshake_timeout": HANDSHAKE_TIMEOUT}, framing="line"),
         tlsEcho("auto", {"certificate": "auto"}, framing="line"),
         tlsEcho("big", server, framing="u32", max_frame=BIG_FRAME),
@@ -410,6 +412,20 @@ def test_sClientMutualTLS(netd: NetdProcess, certs: Certs, flag: str) -> None:
     assert "alert unknown ca" in untrusted.output, untrusted.output
     waitForFailure(netd, "mtls", "client_cert_untrusted", before)
     assert re.search(r"\[mtls#info\] TLS handshake from .* failed: client_cert_untrusted \(unable to get local issuer certificate", netd.log())
+
+
+def test_sClientClientAllow(netd: NetdProcess, certs: Certs) -> None:
+    """
+    openssl s_client with the development client certificate (CN "netd client", SAN DNS client.netd.test) passes client_allow = ["dns:client.netd.test"], and is refused by ["cn:netd client"]: its CN does not count beside its SAN (RFC 6125).
+    """
+    client = ("-CAfile", certs.ca, "-verify_return_error", "-cert", str(certs.dev / "client.pem"), "-key", str(certs.dev / "client-key.pem"))
+    accepted = sClient(netd.address("allow-dns"), *client)
+    assert accepted.echoed, accepted.output
+    before = handshakeFailures(netd, "allow-cn", "client_not_allowed")
+    refused = sClient(netd.address("allow-cn"), *client)
+    assert not refused.echoed, refused.output
+    waitForFailure(netd, "allow-cn", "client_not_allowed", before)
+    assert "(names dns:client.netd.test) carries no name of client_allow" in netd.log()
 
 
 # Python's ssl module: hostname verification and the bad certificates.

@@ -10,7 +10,11 @@ L{netd.certs} in a temporary folder.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
+import json
 import random
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +22,9 @@ from typing import Any
 import attrs
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from OpenSSL._util import lib as _openssl
 from twisted.internet.protocol import Factory, Protocol
@@ -41,6 +46,7 @@ from netd.certs import (
 )
 from netd import logs
 from netd.config import parseConfig
+from netd.options import ConfigError, renderPath
 from netd.limits import ConnectionLimiter
 from netd.metrics import Counters
 from netd.plugin import discoverPlugins
@@ -679,27 +685,77 @@ def test_untrustedClientLogsWhy(certs: Certs) -> None:
     assert "unable to get local issuer certificate" in event["detail"]
 
 
+def clientCertificate(ca: KeyAndCertificate, commonName: str, names: list[x509.GeneralName] | None) -> KeyAndCertificate:
+    """
+    A client certificate signed by C{ca} with subject CN C{commonName} and
+    the subject alternative names C{names} (none at all when L{None}), made
+    here with cryptography so that the test controls every name.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, commonName)]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    )
+    if names is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return KeyAndCertificate(builder.sign(ca.key, hashes.SHA256()), key)
+
+
+CLIENTS = {
+    "cn-only": ("legacy worker", None),
+    "cn-dns-shaped": ("legacy.netd.test", None),
+    "cn-and-dns": ("worker.netd.test", [x509.DNSName("other.netd.test")]),
+    "cn-and-uri": ("worker", [x509.UniformResourceIdentifier("spiffe://netd.test/worker")]),
+    "cn-and-ip": ("ip worker", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+}
+"""
+Client certificates for client_allow, by name: subject CN and SANs.
+"""
+
+
 @pytest.mark.parametrize(
     ("allow", "client", "allowed"),
     [
-        pytest.param((CLIENT_COMMON_NAME,), "dev", True, id="by-common-name"),
-        pytest.param((CLIENT_DNS_NAME.upper(),), "dev", True, id="by-dns-name-any-case"),
-        pytest.param(("spiffe://netd.test/worker",), "uri-client", True, id="by-uri"),
-        pytest.param(("someone else", "spiffe://netd.test/other"), "dev", False, id="no-name-matches"),
-        pytest.param(("spiffe://netd.test/worker",), "dev", False, id="other-client"),
+        pytest.param(("dns:" + CLIENT_DNS_NAME.upper(),), "dev", True, id="dns-any-case"),
+        pytest.param(("dns:" + CLIENT_DNS_NAME + ".",), "dev", True, id="dns-trailing-dot"),
+        pytest.param(("uri:spiffe://netd.test/worker",), "uri-client", True, id="uri"),
+        pytest.param(("cn:legacy worker",), "cn-only", True, id="cn-without-sans"),
+        pytest.param(("cn:ip worker",), "cn-and-ip", True, id="cn-beside-an-ip-san"),
+        pytest.param(("cn:" + CLIENT_COMMON_NAME,), "dev", False, id="cn-ignored-beside-dns-san"),
+        pytest.param(("cn:worker.netd.test",), "cn-and-dns", False, id="cn-ignored-beside-another-dns-san"),
+        pytest.param(("dns:worker.netd.test",), "cn-and-dns", False, id="cn-is-no-dns-name"),
+        pytest.param(("cn:worker",), "cn-and-uri", False, id="cn-ignored-beside-uri-san"),
+        pytest.param(("uri:SPIFFE://netd.test/WORKER",), "uri-client", False, id="uri-exact"),
+        pytest.param(("dns:legacy.netd.test",), "cn-dns-shaped", False, id="cn-is-never-a-dns-name"),
+        pytest.param(("cn:legacy.netd.test",), "cn-dns-shaped", True, id="cn-dns-shaped"),
+        pytest.param(("cn:someone else", "uri:spiffe://netd.test/other", "dns:" + CLIENT_DNS_NAME), "dev", True, id="any-entry"),
+        pytest.param(("uri:spiffe://netd.test/worker",), "dev", False, id="other-client"),
     ],
 )
 def test_clientAllow(certs: Certs, allow: tuple[str, ...], client: str, allowed: bool) -> None:
     """
-    A verified client certificate must carry a name of client_allow (subject CN, SAN DNS name or URI); otherwise the handshake fails, counted as client_not_allowed, and the plugin sees no data.
+    A verified client certificate must carry a name of client_allow, each entry typed: dns: a SAN DNS name (any case), uri: a SAN URI (exactly), cn: the subject CN, considered only when the certificate has no SAN DNS name or URI (RFC 6125 6.4.4); otherwise the handshake fails, counted as client_not_allowed, and the plugin sees no data.
     """
     stack = echoStack(mutualOptions(certs, "required", client_allow=allow))
     if client == "dev":
         creator = TestClientTLS(certificate=certs.dev.client, privateKey=certs.dev.clientKey)
+    elif client in CLIENTS:
+        path = certs.root / f"allow-{client}"
+        clientCertificate(_loadCA(certs.dev), *CLIENTS[client]).write(f"{path}.pem", f"{path}-key.pem")
+        creator = TestClientTLS(certificate=f"{path}.pem", privateKey=f"{path}-key.pem")
     else:
         certificate, key = certs.extra(client)
         creator = TestClientTLS(certificate=certificate, privateKey=key)
-    connection = stack.connect(creator)
+    with capturedLogs() as events:
+        connection = stack.connect(creator)
     assert connection.handshakeDone == allowed
     if allowed:
         assert tlsCounters(stack.counters) == {"tls_handshakes_ok": 1}
@@ -708,6 +764,33 @@ def test_clientAllow(certs: Certs, allow: tuple[str, ...], client: str, allowed:
         connection.client.write(b"sneaked in")
         connection.flush()
         assert connection.takeReceived() == b""
+        (event,) = [e for e in events if e.get("tls_failure")]
+        assert "carries no name of client_allow" in event["detail"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ("netd client", '"netd client" has no type; did you mean "cn:netd client"?'),
+        ("client.netd.test", '"client.netd.test" has no type; did you mean "dns:client.netd.test"?'),
+        ("spiffe://netd.test/worker", '"spiffe://netd.test/worker" has no type; did you mean "uri:spiffe://netd.test/worker"?'),
+        ("email:a@example.com", '"email:a@example.com" has an unknown type "email"; known: dns:, uri:, cn:'),
+        ("dns:", '"dns:" names nothing after "dns:"'),
+        ("dns:bad name", '"dns:bad name" is not a DNS name'),
+        ("uri:no-scheme", '"uri:no-scheme" is not a URI (SCHEME:...)'),
+    ],
+)
+def test_clientAllowEntriesAreTyped(entry: str, problem: str) -> None:
+    """
+    An untyped client_allow entry is a config error suggesting the type its shape suggests (so an entry once meant as a CN is never silently read as a DNS name), as are unknown types and malformed names.
+    """
+    table = tomllib.loads(
+        '[[services]]\nname = "t"\nplugin = "tls-echo"\nlisten = ["tcp:0"]\n'
+        'tls = { certificate = "auto", client_ca = "ca.pem", client_auth = "required", client_allow = ["cn:ok", %s] }\n' % json.dumps(entry)
+    )
+    with pytest.raises(ConfigError) as info:
+        parseConfig(table, "netd.toml", discoverPlugins())
+    assert [(renderPath(p.path), p.message) for p in info.value.problems] == [("services[0].tls.client_allow", f"[1] {problem}")]
 
 
 def test_verifyingClientPresentsCertificate(certs: Certs) -> None:
