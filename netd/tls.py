@@ -33,6 +33,7 @@ import functools
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -51,6 +52,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import connectionDone
+from twisted.internet.task import LoopingCall
 from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -101,7 +103,8 @@ Why a handshake failed, as counted in C{tls_handshakes_failed_REASON}:
 
 _SESSION_TIMEOUT = 3600
 """
-Seconds a TLS session (ID or ticket) can be resumed for.
+Seconds a TLS session (ID or ticket) can be resumed for, at most: no longer
+than C{session_ticket_rotation} either.
 """
 
 _RECORD = 2**14
@@ -420,6 +423,12 @@ class TLSOptions:
         10.0, help="Seconds a client gets to finish its handshake before it is disconnected; 0 never.", checks=(between(0, 3600),)
     )
     session_resumption: bool = option(True, help="Let clients resume sessions (session IDs and tickets).")
+    session_ticket_rotation: float = option(
+        3600.0,
+        help="Seconds between new session-ticket keys (and an emptied session cache), so that a stolen key "
+        "decrypts at most that long of resumable sessions; a session resumes for at most as long. 0: only on reload.",
+        checks=(between(0, 7 * 86400),),
+    )
 
     @property
     def minVersion(self) -> TLSVersion:
@@ -538,6 +547,18 @@ def loadPrivateKey(path: str, what: str) -> Any:
 
 def _publicBytes(key: Any) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def keyFileMode(path: str) -> int | None:
+    """
+    The permission bits of a private key file when its group or everyone
+    may read it (what C{chmod 600} would fix), else L{None}.
+    """
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None
+    return mode if mode & (stat.S_IRGRP | stat.S_IROTH) else None
 
 
 @attrs.frozen
@@ -734,6 +755,15 @@ class ServerTLS:
             for name, entry in (options.sni or {}).items()
         }
         for where, pair in [("tls", self.defaultPair)] + [(f'tls.sni."{n}"', p) for n, p in self.pairs.items()]:
+            mode = keyFileMode(pair.keyPath)
+            if mode is not None:
+                log.warn(
+                    "{where} {path} is readable by its group or by everyone (mode {mode}); "
+                    "make it readable by netd's user only (chmod 600)",
+                    where=f"{where}.private_key",
+                    path=pair.keyPath,
+                    mode=f"{mode:04o}",
+                )
             problem = validityProblem(pair.certificate, now)
             if problem is not None:
                 log.warn(
@@ -763,13 +793,68 @@ class ServerTLS:
         self._allowAny = not allow
         self._alpn = [name.encode("ascii") for name in options.alpn]
         self._sessionContext = b"netd:" + hashlib.sha256(serviceName.encode("utf-8")).hexdigest()[:24].encode("ascii")
+        self._rotation: LoopingCall | None = None
         try:
-            self.defaultContext = self._makeContext(self.defaultPair)
-            self.contexts = {name: self._makeContext(pair) for name, pair in self.pairs.items()}
+            self._makeContexts()
         except SSL.Error as e:
             raise TLSSetupError(f"OpenSSL refused the tls settings: {_errorText(e)}") from None
-        if self.pairs:
-            self.defaultContext.set_tlsext_servername_callback(self._serverNameReceived)
+
+    def _makeContexts(self) -> None:
+        """
+        Make the contexts of the current certificates: the default one, with
+        the SNI callback when there are C{sni} entries, and one per entry.
+        Each new context has its own session cache and its own session-ticket
+        keys, which OpenSSL makes at random (and never changes by itself).
+
+        @raise SSL.Error: OpenSSL refused a setting.
+        """
+        defaultContext = self._makeContext(self.defaultPair)
+        contexts = {name: self._makeContext(pair) for name, pair in self.pairs.items()}
+        if contexts:
+            defaultContext.set_tlsext_servername_callback(self._serverNameReceived)
+        self.defaultContext, self.contexts = defaultContext, contexts
+
+    def startRotation(self, clock: IReactorTime) -> None:
+        """
+        Replace the session-ticket keys every C{session_ticket_rotation}
+        seconds from now on (see L{rotateSessionKeys}); called when the
+        service starts listening.
+        """
+        period = self.options.session_ticket_rotation
+        if self._rotation is not None or not period or not self.options.session_resumption:
+            return
+        self._rotation = LoopingCall(self.rotateSessionKeys)
+        self._rotation.clock = clock
+        self._rotation.start(period, now=False)
+
+    def stopRotation(self) -> None:
+        """
+        Stop replacing the keys: the service no longer listens.
+        """
+        if self._rotation is not None:
+            if self._rotation.running:
+                self._rotation.stop()
+            self._rotation = None
+
+    def rotateSessionKeys(self) -> None:
+        """
+        Serve new connections from new contexts of the same certificates,
+        which come with new random session-ticket keys and an empty session
+        cache: a ticket or session ID from before no longer resumes (that
+        client makes one full handshake), and a ticket key that leaks opens
+        at most one period of TLS 1.2 sessions.
+
+        pyOpenSSL has no call for OpenSSL's ticket keys or its key callback,
+        so the previous key cannot be kept to decrypt for one more period as
+        nginx or Go do; the period bounds the lifetime of a session instead.
+        Connections already open keep their contexts.
+        """
+        try:
+            self._makeContexts()
+        except SSL.Error as e:  # the settings were accepted once; keep what serves
+            self.log.error("tls: cannot make new session-ticket keys: {error}", error=_errorText(e))
+            return
+        self.log.debug("tls: new session-ticket keys; sessions from before are no longer resumed")
 
     def reloadFiles(self, stateDir: str | None = None) -> ServerTLS:
         """
@@ -833,7 +918,8 @@ class ServerTLS:
         context.set_session_id(self._sessionContext)
         if options.session_resumption:
             context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
-            context.set_timeout(_SESSION_TIMEOUT)
+            rotation = options.session_ticket_rotation
+            context.set_timeout(min(_SESSION_TIMEOUT, int(rotation)) if rotation >= 1 else _SESSION_TIMEOUT)
         else:
             context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         if self._alpn:
@@ -1305,6 +1391,18 @@ class TLSServerFactory(TLSMemoryBIOFactory):
         self.counters = counters
         self.log = log
         self.handshakeTimeout = tls.options.handshake_timeout
+
+    def startFactory(self) -> None:
+        """
+        The service listens: rotate its session-ticket keys on its clock.
+        """
+        self.tls.startRotation(self.clock)
+
+    def stopFactory(self) -> None:
+        """
+        The service's last port closed: stop rotating.
+        """
+        self.tls.stopRotation()
 
 
 # The client side.

@@ -428,6 +428,25 @@ def test_sClientClientAllow(netd: NetdProcess, certs: Certs) -> None:
     assert "(names dns:client.netd.test) carries no name of client_allow" in netd.log()
 
 
+def test_readableKeyWarned(certs: Certs, startNetd: Any, tmp_path: Path) -> None:
+    """
+    A real netd whose private key file everyone may read logs one warning at start naming the file and its mode, and serves; netd check prints the same warning.
+    """
+    key = tmp_path / "server-key.pem"
+    key.write_bytes((certs.dev / "server-key.pem").read_bytes())
+    key.chmod(0o644)
+    config = servicesConfig([tlsEcho("readable", {"certificate": str(certs.dev / "server.pem"), "private_key": str(key)}, framing="line")])
+    netd = startNetd(config)
+    warning = f"tls.private_key {key} is readable by its group or by everyone (mode 0644)"
+    assert netd.log().count(warning) == 1, netd.log()
+    with tlsConnect(netd.address("readable"), certs.ca) as client:
+        echoesLine(client)
+    configFile = tmp_path / "check.toml"
+    configFile.write_text(config)
+    done = subprocess.run(netdCommand("check", "-c", str(configFile)), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0 and warning in done.stderr, done.stderr
+
+
 # Python's ssl module: hostname verification and the bad certificates.
 
 

@@ -843,6 +843,137 @@ def test_sessionResumptionOff(certs: Certs) -> None:
     assert tlsCounters(stack.counters) == {"tls_handshakes_ok": 2}
 
 
+@pytest.mark.parametrize(
+    ("version", "tickets"),
+    [
+        pytest.param("1.3", True, id="tls1.3-tickets"),
+        pytest.param("1.2", True, id="tls1.2-tickets"),
+        pytest.param("1.2", False, id="tls1.2-session-ids"),
+    ],
+)
+def test_sessionKeysRotateOnATimer(certs: Certs, version: str, tickets: bool) -> None:
+    """
+    Once a service listens, its session-ticket keys (and session cache) are replaced every session_ticket_rotation seconds of its clock: a session resumes until the rotation, not after; a connection open across the rotation keeps working.
+    """
+    stack = echoStack(tlsOptions(certs, session_ticket_rotation=600))
+    stack.limiter.doStart()
+    client = TestClientTLS(maxVersion=version, tickets=tickets)
+    first = stack.connect(client)
+    first.send(b"one")
+    assert first.takeReceived() == b"one"
+    client.session = first.session
+    stack.clock.advance(599)
+    assert stack.connect(client).handshakeDone
+    assert tlsCounters(stack.counters) == {"tls_handshakes_ok": 2, "tls_sessions_resumed": 1}
+    with capturedLogs() as events:
+        stack.clock.advance(1)
+    assert [e for e in events if "session-ticket keys" in e["log_format"]]
+    first.send(b"still")
+    assert first.takeReceived() == b"still"
+    assert stack.connect(client).handshakeDone
+    assert tlsCounters(stack.counters) == {"tls_handshakes_ok": 3, "tls_sessions_resumed": 1}
+    stack.limiter.doStop()
+    assert stack.clock.getDelayedCalls() == []
+
+
+def test_sessionKeysRotateEveryPeriod(certs: Certs) -> None:
+    """
+    Rotation repeats each period: a session from after the first rotation resumes until the second.
+    """
+    stack = echoStack(tlsOptions(certs, session_ticket_rotation=600))
+    stack.limiter.doStart()
+    stack.clock.advance(600)
+    client = TestClientTLS()
+    client.session = stack.connect(client).session
+    stack.clock.advance(300)
+    stack.connect(client)
+    stack.clock.advance(300)
+    stack.connect(client)
+    assert tlsCounters(stack.counters) == {"tls_handshakes_ok": 3, "tls_sessions_resumed": 1}
+    stack.limiter.doStop()
+
+
+def test_sessionKeysRotationDefaults() -> None:
+    """
+    Keys rotate hourly by default, which is also how long a session can be resumed; 0 turns the timer off, and more than a week is refused.
+    """
+    assert TLSOptions(certificate="auto").session_ticket_rotation == 3600
+    table = tomllib.loads(
+        '[[services]]\nname = "t"\nplugin = "tls-echo"\nlisten = ["tcp:0"]\n'
+        'tls = { certificate = "auto", session_ticket_rotation = 604801 }\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        parseConfig(table, "netd.toml", discoverPlugins())
+    assert [renderPath(p.path) for p in info.value.problems] == ["services[0].tls.session_ticket_rotation"]
+
+
+@pytest.mark.parametrize("keys", [{"session_ticket_rotation": 0}, {"session_resumption": False}], ids=["zero", "no-resumption"])
+def test_sessionKeysNoTimer(certs: Certs, keys: dict[str, Any]) -> None:
+    """
+    With session_ticket_rotation = 0, or without session resumption, no timer runs.
+    """
+    stack = echoStack(tlsOptions(certs, **keys))
+    stack.limiter.doStart()
+    assert stack.clock.getDelayedCalls() == []
+    stack.limiter.doStop()
+
+
+def test_sessionKeysRotationKeepsReloadedCertificate(certs: Certs) -> None:
+    """
+    A rotation after a reload serves the certificate the reload adopted, not the one the service started with.
+    """
+    stack = echoStack(tlsOptions(certs, session_ticket_rotation=60))
+    stack.limiter.doStart()
+    factory = stack.limiter.wrappedFactory
+    assert isinstance(factory, TLSServerFactory)
+    certificate, key = certs.extra("alpha")
+    fresh = ServerTLS(tlsOptions(certs, certificate=certificate, private_key=key), serviceName="test", log=LOG)
+    factory.tls.adopt(fresh)
+    stack.clock.advance(60)
+    connection = stack.connect(TestClientTLS(serverName="alpha.test"))
+    assert connection.handshakeDone
+    peer = connection.client._tlsConnection.get_peer_certificate(as_cryptography=True)
+    assert peer.subject.rfc4514_string() == "CN=alpha.test"
+    stack.limiter.doStop()
+
+
+# Private key files.
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o600, False), (0o400, False), (0o640, True), (0o604, True), (0o644, True)])
+def test_privateKeyModeWarned(certs: Certs, tmp_path: Path, mode: int, warned: bool) -> None:
+    """
+    A private key file that its group or everyone may read is warned about once when it is loaded, naming the file and its mode; an owner-only one is not.
+    """
+    key = tmp_path / "server-key.pem"
+    key.write_bytes(Path(certs.dev.serverKey).read_bytes())
+    key.chmod(mode)
+    with capturedLogs() as events:
+        ServerTLS(tlsOptions(certs, private_key=str(key)), serviceName="test", log=LOG)
+    warnings = [e for e in events if e["log_level"] == LogLevel.warn and e.get("path") == str(key)]
+    if warned:
+        (warning,) = warnings
+        assert warning["where"] == "tls.private_key" and warning["mode"] == f"{mode:04o}"
+        assert "readable by its group or by everyone" in warning["log_format"]
+    else:
+        assert warnings == []
+
+
+def test_sniPrivateKeyModeWarned(certs: Certs, tmp_path: Path) -> None:
+    """
+    The keys of sni certificates are checked too, each warning naming its key.
+    """
+    certificate, original = certs.extra("alpha")
+    key = tmp_path / "alpha-key.pem"
+    key.write_bytes(Path(original).read_bytes())
+    key.chmod(0o644)
+    sni = {"alpha.test": SNICertificate(certificate=certificate, private_key=str(key))}
+    with capturedLogs() as events:
+        ServerTLS(tlsOptions(certs, sni=sni), serviceName="test", log=LOG)
+    (warning,) = [e for e in events if e["log_level"] == LogLevel.warn and e.get("path") == str(key)]
+    assert warning["where"] == 'tls.sni."alpha.test".private_key'
+
+
 # Logging.
 
 
