@@ -10,9 +10,12 @@ connection is, from the socket inward::
 L{ServerTLS} loads and checks the certificates and keys when the service is
 built (before anything listens) and makes one pyOpenSSL context per
 certificate: the default one, and one per C{sni} name, switched to when a
-client asks for that name.  Versions, ciphers, ALPN, client certificates
-(C{client_ca}, C{client_auth}, C{client_allow}) and session resumption
-(session IDs and tickets) are set on every context alike.
+client asks for that name.  The profile (Mozilla's, L{PROFILES}), versions,
+ciphers, key-exchange groups, ALPN, client certificates (C{client_ca},
+C{client_auth}, C{client_allow}) and session resumption (session IDs and
+tickets) are set on every context alike.  While the service listens, its
+contexts are made anew every C{session_ticket_rotation} seconds, for new
+session-ticket keys (L{ServerTLS.rotateSessionKeys}).
 
 Each connection must finish its handshake within C{handshake_timeout}
 seconds.  Handshakes are counted per service: C{tls_handshakes_ok},
@@ -312,7 +315,8 @@ def parseAllowEntry(entry: str) -> tuple[str, str]:
     """
     kind, colon, name = entry.partition(":")
     kind = kind.lower()
-    if not colon or kind not in ALLOW_TYPES and (name.startswith("//") or not kind.isalpha()):
+    looksTyped = kind in ALLOW_TYPES or (kind.isalpha() and not name.startswith("//"))
+    if not colon or not looksTyped:
         if _URI.fullmatch(entry) and "://" in entry:
             guess = "uri"
         elif _SERVER_NAME.fullmatch(entry.lower().rstrip(".")) and "." in entry:
@@ -328,6 +332,8 @@ def parseAllowEntry(entry: str) -> tuple[str, str]:
         name = name.lower().rstrip(".")
         if not _SERVER_NAME.fullmatch(name):
             raise InvalidValue(f'"{entry}" is not a DNS name')
+        if name.startswith("*."):
+            raise InvalidValue(f'"{entry}": client names are matched exactly, without wildcards')
     elif kind == "uri" and not _URI.fullmatch(name):
         raise InvalidValue(f'"{entry}" is not a URI (SCHEME:...)')
     return kind, name

@@ -777,6 +777,8 @@ def test_clientAllow(certs: Certs, allow: tuple[str, ...], client: str, allowed:
         ("email:a@example.com", '"email:a@example.com" has an unknown type "email"; known: dns:, uri:, cn:'),
         ("dns:", '"dns:" names nothing after "dns:"'),
         ("dns:bad name", '"dns:bad name" is not a DNS name'),
+        ("dns:*.netd.test", '"dns:*.netd.test": client names are matched exactly, without wildcards'),
+        ("spiffe:x", '"spiffe:x" has an unknown type "spiffe"; known: dns:, uri:, cn:'),
         ("uri:no-scheme", '"uri:no-scheme" is not a URI (SCHEME:...)'),
     ],
 )
