@@ -10,9 +10,12 @@ connection is, from the socket inward::
 L{ServerTLS} loads and checks the certificates and keys when the service is
 built (before anything listens) and makes one pyOpenSSL context per
 certificate: the default one, and one per C{sni} name, switched to when a
-client asks for that name.  Versions, ciphers, ALPN, client certificates
-(C{client_ca}, C{client_auth}, C{client_allow}) and session resumption
-(session IDs and tickets) are set on every context alike.
+client asks for that name.  The profile (Mozilla's, L{PROFILES}), versions,
+ciphers, key-exchange groups, ALPN, client certificates (C{client_ca},
+C{client_auth}, C{client_allow}) and session resumption (session IDs and
+tickets) are set on every context alike.  While the service listens, its
+contexts are made anew every C{session_ticket_rotation} seconds, for new
+session-ticket keys (L{ServerTLS.rotateSessionKeys}).
 
 Each connection must finish its handshake within C{handshake_timeout}
 seconds.  Handshakes are counted per service: C{tls_handshakes_ok},
@@ -29,9 +32,11 @@ service_identity), and L{describeTLSFailure} says in words why one failed.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -50,6 +55,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import connectionDone
+from twisted.internet.task import LoopingCall
 from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -67,17 +73,6 @@ from OpenSSL._util import ffi as _ffi, lib as _openssl
 AUTO = "auto"
 
 ClientAuth = Literal["none", "optional", "required"]
-
-DEFAULT_CIPHERS = (
-    "ECDH+AESGCM:ECDH+CHACHA20:DH+AESGCM:DH+CHACHA20:ECDH+AES256:DH+AES256:ECDH+AES128:DH+AES:"
-    "RSA+AESGCM:RSA+AES:!aNULL:!eNULL:!MD5:!DSS:!RC4:!3DES:!EXPORT"
-)
-"""
-The TLS 1.2 (and older) cipher suites offered unless C{ciphers} says
-otherwise: Twisted's defaults (forward-secret AEAD suites first), with RC4,
-3DES, export, NULL and anonymous suites excluded.  TLS 1.3 suites are
-OpenSSL's, all of them sound.
-"""
 
 FAILURE_REASONS = (
     "timeout",
@@ -111,7 +106,8 @@ Why a handshake failed, as counted in C{tls_handshakes_failed_REASON}:
 
 _SESSION_TIMEOUT = 3600
 """
-Seconds a TLS session (ID or ticket) can be resumed for.
+Seconds a TLS session (ID or ticket) can be resumed for, at most: no longer
+than C{session_ticket_rotation} either.
 """
 
 _RECORD = 2**14
@@ -191,6 +187,95 @@ class TLSVersion:
         return self._NUMBERS[self.name]
 
 
+Profile = Literal["modern", "intermediate", "old"]
+
+
+@attrs.frozen
+class TLSProfile:
+    """
+    One of Mozilla's server-side TLS configurations (guidelines 5.7,
+    U{https://ssl-config.mozilla.org/guidelines/5.7.json}), as netd applies it.
+
+    The DHE suites of Mozilla's intermediate and old lists are left out: they
+    need DH parameters, which netd does not set, so OpenSSL would never
+    choose them (Mozilla's later refresh drops them too).
+
+    @ivar minVersion: the oldest version served unless C{min_version} says otherwise.
+    @ivar ciphers: the OpenSSL cipher list for TLS 1.2 and older, unless
+        C{ciphers} says otherwise; L{None} when the profile has none (TLS
+        1.3 only).
+    @ivar serverPreference: whether the server's order of suites wins over
+        the client's: only for "old", whose list mixes strong and weak
+        suites; the others hold only AEAD suites with forward secrecy, among
+        which the client knows best (ChaCha20 where it lacks AES hardware).
+    """
+
+    name: str
+    minVersion: TLSVersion
+    ciphers: str | None
+    serverPreference: bool
+
+
+_INTERMEDIATE_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+)
+
+_OLD_CIPHERS = _INTERMEDIATE_CIPHERS + (
+    "ECDHE-ECDSA-AES128-SHA256",
+    "ECDHE-RSA-AES128-SHA256",
+    "ECDHE-ECDSA-AES128-SHA",
+    "ECDHE-RSA-AES128-SHA",
+    "ECDHE-ECDSA-AES256-SHA384",
+    "ECDHE-RSA-AES256-SHA384",
+    "ECDHE-ECDSA-AES256-SHA",
+    "ECDHE-RSA-AES256-SHA",
+    "AES128-GCM-SHA256",
+    "AES256-GCM-SHA384",
+    "AES128-SHA256",
+    "AES256-SHA256",
+    "AES128-SHA",
+    "AES256-SHA",
+    "DES-CBC3-SHA",
+)
+
+TLS13_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+"""
+The TLS 1.3 suites of every profile: Mozilla's, which are also OpenSSL's
+defaults, set explicitly so that a build with other defaults changes nothing.
+"""
+
+GROUPS = "X25519:P-256:P-384"
+"""
+The key-exchange groups of every profile (Mozilla's C{tls_curves}): no
+X448, P-521 or finite-field groups, which OpenSSL would otherwise offer.
+"""
+
+HYBRID_GROUP = "X25519MLKEM768"
+"""
+The post-quantum hybrid group offered first when the OpenSSL netd runs on
+knows it (3.5 and later; Mozilla's later refresh adds it to every profile):
+a client that speaks it is safe from recording now and decrypting later.
+"""
+
+PROFILES = {
+    "modern": TLSProfile("modern", TLSVersion("1.3"), None, False),
+    "intermediate": TLSProfile("intermediate", TLSVersion("1.2"), ":".join(_INTERMEDIATE_CIPHERS), False),
+    "old": TLSProfile("old", TLSVersion("1.0"), ":".join(_OLD_CIPHERS), True),
+}
+"""
+The profiles C{tls.profile} names.  "intermediate", the default, serves TLS
+1.2 with ECDHE and AES-GCM or ChaCha20-Poly1305 (forward secret, AEAD) and
+TLS 1.3; "modern" TLS 1.3 alone; "old" TLS 1.0 and up with CBC, SHA-1 and
+static-RSA suites, for clients that cannot do better (or tests of clients
+that must refuse them).
+"""
+
+
 def _validCiphers(value: str) -> str | None:
     """
     A check that OpenSSL understands a cipher string and it names some suite.
@@ -212,13 +297,57 @@ def _validProtocols(value: tuple[str, ...]) -> str | None:
     return None
 
 
-def _nonEmptyNames(value: tuple[str, ...]) -> str | None:
+ALLOW_TYPES = ("dns", "uri", "cn")
+"""
+The types of a C{client_allow} entry, written C{TYPE:NAME}.
+"""
+
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
+
+
+def parseAllowEntry(entry: str) -> tuple[str, str]:
     """
-    A check that every name of a list is non-empty.
+    Split a C{client_allow} entry into its type and name, the DNS name
+    lowercased and without a trailing dot.
+
+    @raise InvalidValue: untyped (saying which type its shape suggests), of
+        an unknown type, or a name malformed for its type.
     """
-    for i, name in enumerate(value):
-        if not name.strip():
-            return f"[{i}] is empty; expected a certificate name"
+    kind, colon, name = entry.partition(":")
+    kind = kind.lower()
+    looksTyped = kind in ALLOW_TYPES or (kind.isalpha() and not name.startswith("//"))
+    if not colon or not looksTyped:
+        if _URI.fullmatch(entry) and "://" in entry:
+            guess = "uri"
+        elif _SERVER_NAME.fullmatch(entry.lower().rstrip(".")) and "." in entry:
+            guess = "dns"
+        else:
+            guess = "cn"
+        raise InvalidValue(f'"{entry}" has no type; did you mean "{guess}:{entry}"?')
+    if kind not in ALLOW_TYPES:
+        raise InvalidValue(f'"{entry}" has an unknown type "{kind}"; known: ' + ", ".join(f"{t}:" for t in ALLOW_TYPES))
+    if not name.strip():
+        raise InvalidValue(f'"{entry}" names nothing after "{kind}:"')
+    if kind == "dns":
+        name = name.lower().rstrip(".")
+        if not _SERVER_NAME.fullmatch(name):
+            raise InvalidValue(f'"{entry}" is not a DNS name')
+        if name.startswith("*."):
+            raise InvalidValue(f'"{entry}": client names are matched exactly, without wildcards')
+    elif kind == "uri" and not _URI.fullmatch(name):
+        raise InvalidValue(f'"{entry}" is not a URI (SCHEME:...)')
+    return kind, name
+
+
+def _validAllowEntries(value: tuple[str, ...]) -> str | None:
+    """
+    A check that every C{client_allow} entry is typed and well formed.
+    """
+    for i, entry in enumerate(value):
+        try:
+            parseAllowEntry(entry)
+        except InvalidValue as e:
+            return f"[{i}] {e}"
     return None
 
 
@@ -258,11 +387,20 @@ class TLSOptions:
     private_key: str | None = option(
         None, help='PEM file of the certificate\'s private key (unencrypted); required unless certificate = "auto".'
     )
-    min_version: TLSVersion = option(TLSVersion("1.2"), help='The oldest TLS version accepted: "1.0", "1.1", "1.2" or "1.3".')
+    profile: Profile = option(
+        "intermediate",
+        help='Mozilla\'s TLS configuration served: "modern" (TLS 1.3 only), "intermediate" (TLS 1.2 with '
+        'ECDHE and AEAD suites, and 1.3) or "old" (TLS 1.0 and up, CBC and static-RSA suites too).',
+    )
+    min_version: TLSVersion | None = option(
+        None,
+        help='The oldest TLS version accepted: "1.0", "1.1", "1.2" or "1.3"; unset, the profile\'s '
+        "(1.3 modern, 1.2 intermediate, 1.0 old).",
+    )
     max_version: TLSVersion | None = option(None, help="The newest TLS version accepted; the newest there is when unset.")
-    ciphers: str = option(
-        DEFAULT_CIPHERS,
-        help="OpenSSL cipher string for TLS 1.2 and older (TLS 1.3 suites are OpenSSL's defaults).",
+    ciphers: str | None = option(
+        None,
+        help="OpenSSL cipher string for TLS 1.2 and older, replacing the profile's list (TLS 1.3 suites stay the profile's).",
         checks=(_validCiphers,),
     )
     alpn: tuple[str, ...] = option(
@@ -276,8 +414,10 @@ class TLSOptions:
     )
     client_allow: tuple[str, ...] = option(
         (),
-        help="Names (subject CN, SAN DNS name or URI) of which a client certificate must carry one; any when empty.",
-        checks=(_nonEmptyNames,),
+        help='Names of which a client certificate must carry one, each typed: "dns:NAME" (a SAN DNS name), '
+        '"uri:URI" (a SAN URI) or "cn:NAME" (the subject CN, only of a certificate without SAN DNS names or URIs); '
+        "any when empty.",
+        checks=(_validAllowEntries,),
     )
     sni: dict[str, SNICertificate] | None = option(
         None,
@@ -289,6 +429,27 @@ class TLSOptions:
         10.0, help="Seconds a client gets to finish its handshake before it is disconnected; 0 never.", checks=(between(0, 3600),)
     )
     session_resumption: bool = option(True, help="Let clients resume sessions (session IDs and tickets).")
+    session_ticket_rotation: float = option(
+        3600.0,
+        help="Seconds between new session-ticket keys (and an emptied session cache), so that a stolen key "
+        "decrypts at most that long of resumable sessions; a session resumes for at most as long. 0: only on reload.",
+        checks=(between(0, 7 * 86400),),
+    )
+
+    @property
+    def minVersion(self) -> TLSVersion:
+        """
+        The oldest version served: C{min_version}, else the profile's.
+        """
+        return self.min_version if self.min_version is not None else PROFILES[self.profile].minVersion
+
+    @property
+    def tls12Ciphers(self) -> str | None:
+        """
+        The cipher list for TLS 1.2 and older: C{ciphers}, else the
+        profile's; L{None} when there is none (TLS 1.3 only).
+        """
+        return self.ciphers if self.ciphers is not None else PROFILES[self.profile].ciphers
 
     def crossCheck(self) -> list[tuple[str, str]]:
         """
@@ -300,8 +461,16 @@ class TLSOptions:
                 problems.append(("private_key", 'certificate = "auto" makes its own key; remove private_key'))
         elif self.private_key is None:
             problems.append(("private_key", 'missing; required unless certificate = "auto"'))
-        if self.max_version is not None and self.max_version < self.min_version:
-            problems.append(("max_version", f"{self.max_version.name} is older than min_version ({self.min_version.name})"))
+        minVersion = self.minVersion
+        if self.max_version is not None and self.max_version < minVersion:
+            given = "min_version" if self.min_version is not None else f'profile "{self.profile}"\'s oldest version'
+            problems.append(("max_version", f"{self.max_version.name} is older than {given} ({minVersion.name})"))
+        if self.ciphers is None and minVersion < TLSVersion("1.3"):
+            profileCiphers = PROFILES[self.profile].ciphers
+            if profileCiphers is None:
+                problems.append(("min_version", f'profile "{self.profile}" has no suites for TLS {minVersion.name}; set ciphers, or profile = "intermediate"'))
+            elif minVersion < TLSVersion("1.2") and self.profile != "old":
+                problems.append(("min_version", f'profile "{self.profile}" has no suites for TLS {minVersion.name}, only for 1.2; set profile = "old", or ciphers'))
         if self.client_auth == "none":
             if self.client_ca is not None:
                 problems.append(("client_ca", 'client_auth is "none", so no client certificate is asked for; set client_auth to "optional" or "required"'))
@@ -386,6 +555,18 @@ def _publicBytes(key: Any) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def keyFileMode(path: str) -> int | None:
+    """
+    The permission bits of a private key file when its group or everyone
+    may read it (what C{chmod 600} would fix), else L{None}.
+    """
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None
+    return mode if mode & (stat.S_IRGRP | stat.S_IROTH) else None
+
+
 @attrs.frozen
 class KeyPair:
     """
@@ -432,20 +613,45 @@ def validityProblem(certificate: x509.Certificate, now: datetime.datetime) -> st
     return None
 
 
-def certificateNames(certificate: x509.Certificate) -> tuple[set[str], set[str]]:
+@attrs.frozen
+class ClientNames:
     """
-    The names a certificate carries, for C{client_allow}: its subject CNs and
-    SAN URIs (compared exactly), and its SAN DNS names (lowercased).
+    The names of a client certificate that C{client_allow} entries match.
+
+    @ivar dns: its SAN DNS names, lowercased, without a trailing dot.
+    @ivar uri: its SAN URIs, as written.
+    @ivar cn: its subject CNs, as written; empty when it has a SAN DNS name
+        or URI, which then identify it (RFC 6125 6.4.4: a CN is only a
+        fallback, and may say anything the CA did not check).
     """
-    exact = {str(a.value) for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
-    dns: set[str] = set()
+
+    dns: frozenset[str]
+    uri: frozenset[str]
+    cn: frozenset[str]
+
+    def describe(self) -> str:
+        """
+        The names as C{client_allow} entries would write them.
+        """
+        return ", ".join(f"{kind}:{name}" for kind in ALLOW_TYPES for name in sorted(getattr(self, kind))) or "none"
+
+
+def certificateNames(certificate: x509.Certificate) -> ClientNames:
+    """
+    The names a client certificate carries, for C{client_allow}.
+    """
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return exact, dns
-    exact.update(san.get_values_for_type(x509.UniformResourceIdentifier))
-    dns.update(name.lower() for name in san.get_values_for_type(x509.DNSName))
-    return exact, dns
+        dns: frozenset[str] = frozenset()
+        uri: frozenset[str] = frozenset()
+    else:
+        dns = frozenset(name.lower().rstrip(".") for name in san.get_values_for_type(x509.DNSName))
+        uri = frozenset(san.get_values_for_type(x509.UniformResourceIdentifier))
+    cn: frozenset[str] = frozenset()
+    if not (dns or uri):
+        cn = frozenset(str(a.value) for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
+    return ClientNames(dns, uri, cn)
 
 
 def describeSubject(certificate: x509.Certificate) -> str:
@@ -456,6 +662,41 @@ def describeSubject(certificate: x509.Certificate) -> str:
 
 
 # The server side.
+
+
+_SET_GROUPS = getattr(_openssl, "SSL_CTX_set1_curves_list", None)
+"""
+OpenSSL's C{SSL_CTX_set1_groups_list} (named for curves in pyOpenSSL's
+bindings), for which pyOpenSSL has no public call; without it a context
+keeps OpenSSL's default groups.
+"""
+
+
+@functools.cache
+def groupList() -> str | None:
+    """
+    The key-exchange groups every context offers: L{HYBRID_GROUP} then
+    L{GROUPS} when this OpenSSL knows the hybrid, else L{GROUPS}; L{None}
+    when the groups cannot be set (OpenSSL's defaults stay).
+    """
+    if _SET_GROUPS is None:
+        return None
+    probe = SSL.Context(SSL.TLS_SERVER_METHOD)
+    for groups in (f"{HYBRID_GROUP}:{GROUPS}", GROUPS):
+        if _SET_GROUPS(probe._context, groups.encode("ascii")) == 1:
+            return groups
+        _openssl.ERR_clear_error()
+    return None
+
+
+def setGroups(context: SSL.Context) -> None:
+    """
+    Offer the groups of L{groupList} on a context, when they can be set.
+    """
+    groups = groupList()
+    if groups is not None and _SET_GROUPS is not None:
+        _SET_GROUPS(context._context, groups.encode("ascii"))
+
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -520,6 +761,15 @@ class ServerTLS:
             for name, entry in (options.sni or {}).items()
         }
         for where, pair in [("tls", self.defaultPair)] + [(f'tls.sni."{n}"', p) for n, p in self.pairs.items()]:
+            mode = keyFileMode(pair.keyPath)
+            if mode is not None:
+                log.warn(
+                    "{where} {path} is readable by its group or by everyone (mode {mode}); "
+                    "make it readable by netd's user only (chmod 600)",
+                    where=f"{where}.private_key",
+                    path=pair.keyPath,
+                    mode=f"{mode:04o}",
+                )
             problem = validityProblem(pair.certificate, now)
             if problem is not None:
                 log.warn(
@@ -540,17 +790,77 @@ class ServerTLS:
                         subject=describeSubject(ca),
                         problem=problem,
                     )
-        self._allow = frozenset(options.client_allow)
-        self._allowDNS = frozenset(name.lower() for name in options.client_allow)
+        if groupList() is None:
+            log.warn("tls: this pyOpenSSL cannot set key-exchange groups; OpenSSL's defaults are offered")
+        allow = [parseAllowEntry(entry) for entry in options.client_allow]
+        self._allow = ClientNames(
+            *(frozenset(name for kind, name in allow if kind == wanted) for wanted in ALLOW_TYPES)
+        )
+        self._allowAny = not allow
         self._alpn = [name.encode("ascii") for name in options.alpn]
         self._sessionContext = b"netd:" + hashlib.sha256(serviceName.encode("utf-8")).hexdigest()[:24].encode("ascii")
+        self._rotation: LoopingCall | None = None
         try:
-            self.defaultContext = self._makeContext(self.defaultPair)
-            self.contexts = {name: self._makeContext(pair) for name, pair in self.pairs.items()}
+            self._makeContexts()
         except SSL.Error as e:
             raise TLSSetupError(f"OpenSSL refused the tls settings: {_errorText(e)}") from None
-        if self.pairs:
-            self.defaultContext.set_tlsext_servername_callback(self._serverNameReceived)
+
+    def _makeContexts(self) -> None:
+        """
+        Make the contexts of the current certificates: the default one, with
+        the SNI callback when there are C{sni} entries, and one per entry.
+        Each new context has its own session cache and its own session-ticket
+        keys, which OpenSSL makes at random (and never changes by itself).
+
+        @raise SSL.Error: OpenSSL refused a setting.
+        """
+        defaultContext = self._makeContext(self.defaultPair)
+        contexts = {name: self._makeContext(pair) for name, pair in self.pairs.items()}
+        if contexts:
+            defaultContext.set_tlsext_servername_callback(self._serverNameReceived)
+        self.defaultContext, self.contexts = defaultContext, contexts
+
+    def startRotation(self, clock: IReactorTime) -> None:
+        """
+        Replace the session-ticket keys every C{session_ticket_rotation}
+        seconds from now on (see L{rotateSessionKeys}); called when the
+        service starts listening.
+        """
+        period = self.options.session_ticket_rotation
+        if self._rotation is not None or not period or not self.options.session_resumption:
+            return
+        self._rotation = LoopingCall(self.rotateSessionKeys)
+        self._rotation.clock = clock
+        self._rotation.start(period, now=False)
+
+    def stopRotation(self) -> None:
+        """
+        Stop replacing the keys: the service no longer listens.
+        """
+        if self._rotation is not None:
+            if self._rotation.running:
+                self._rotation.stop()
+            self._rotation = None
+
+    def rotateSessionKeys(self) -> None:
+        """
+        Serve new connections from new contexts of the same certificates,
+        which come with new random session-ticket keys and an empty session
+        cache: a ticket or session ID from before no longer resumes (that
+        client makes one full handshake), and a ticket key that leaks opens
+        at most one period of TLS 1.2 sessions.
+
+        pyOpenSSL has no call for OpenSSL's ticket keys or its key callback,
+        so the previous key cannot be kept to decrypt for one more period as
+        nginx or Go do; the period bounds the lifetime of a session instead.
+        Connections already open keep their contexts.
+        """
+        try:
+            self._makeContexts()
+        except SSL.Error as e:  # the settings were accepted once; keep what serves
+            self.log.error("tls: cannot make new session-ticket keys: {error}", error=_errorText(e))
+            return
+        self.log.debug("tls: new session-ticket keys; sessions from before are no longer resumed")
 
     def reloadFiles(self, stateDir: str | None = None) -> ServerTLS:
         """
@@ -584,22 +894,28 @@ class ServerTLS:
             SSL.OP_NO_SSLv2
             | SSL.OP_NO_SSLv3
             | SSL.OP_NO_COMPRESSION
-            | SSL.OP_CIPHER_SERVER_PREFERENCE
             | SSL.OP_NO_RENEGOTIATION
             | SSL.OP_SINGLE_ECDH_USE
             | SSL.OP_SINGLE_DH_USE
         )
+        if PROFILES[options.profile].serverPreference or options.ciphers is not None:
+            # A list of mixed strength, or one the user ordered: its order wins.
+            flags |= SSL.OP_CIPHER_SERVER_PREFERENCE
         if not options.session_resumption:
             flags |= SSL.OP_NO_TICKET
         context.set_options(flags)
         context.set_mode(SSL.MODE_RELEASE_BUFFERS)
-        context.set_min_proto_version(options.min_version.openssl)
+        minVersion = options.minVersion
+        context.set_min_proto_version(minVersion.openssl)
         context.set_max_proto_version(options.max_version.openssl if options.max_version else 0)
-        ciphers = options.ciphers
-        if options.min_version < TLSVersion("1.2") and "@SECLEVEL" not in ciphers:
-            # OpenSSL 3's default security level refuses TLS 1.0 and 1.1 outright.
-            ciphers += ":@SECLEVEL=0"
-        context.set_cipher_list(ciphers.encode("ascii"))
+        ciphers = options.tls12Ciphers
+        if ciphers is not None:
+            if minVersion < TLSVersion("1.2") and "@SECLEVEL" not in ciphers:
+                # OpenSSL 3's default security level refuses TLS 1.0 and 1.1 outright.
+                ciphers += ":@SECLEVEL=0"
+            context.set_cipher_list(ciphers.encode("ascii"))
+        context.set_tls13_ciphersuites(TLS13_CIPHERSUITES.encode("ascii"))
+        setGroups(context)
         context.use_certificate(pair.certificate)
         for extra in pair.chain[1:]:
             context.add_extra_chain_cert(extra)
@@ -608,7 +924,8 @@ class ServerTLS:
         context.set_session_id(self._sessionContext)
         if options.session_resumption:
             context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
-            context.set_timeout(_SESSION_TIMEOUT)
+            rotation = options.session_ticket_rotation
+            context.set_timeout(min(_SESSION_TIMEOUT, int(rotation)) if rotation >= 1 else _SESSION_TIMEOUT)
         else:
             context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         if self._alpn:
@@ -676,14 +993,15 @@ class ServerTLS:
                 subject = describeSubject(certificate.to_cryptography())
                 _setFailure(connection, "client_cert_untrusted", f"{why} (certificate {depth} of the chain: {subject})")
                 return False
-            if depth == 0 and self._allow:
+            if depth == 0 and not self._allowAny:
                 leaf = certificate.to_cryptography()
-                exact, dns = certificateNames(leaf)
-                if not (exact & self._allow or dns & self._allowDNS):
+                names = certificateNames(leaf)
+                allow = self._allow
+                if not (names.dns & allow.dns or names.uri & allow.uri or names.cn & allow.cn):
                     _setFailure(
                         connection,
                         "client_not_allowed",
-                        f"{describeSubject(leaf)} (names {', '.join(sorted(exact | dns))}) carries no name of client_allow",
+                        f"{describeSubject(leaf)} (names {names.describe()}) carries no name of client_allow",
                     )
                     return False
             return True
@@ -1079,6 +1397,18 @@ class TLSServerFactory(TLSMemoryBIOFactory):
         self.counters = counters
         self.log = log
         self.handshakeTimeout = tls.options.handshake_timeout
+
+    def startFactory(self) -> None:
+        """
+        The service listens: rotate its session-ticket keys on its clock.
+        """
+        self.tls.startRotation(self.clock)
+
+    def stopFactory(self) -> None:
+        """
+        The service's last port closed: stop rotating.
+        """
+        self.tls.stopRotation()
 
 
 # The client side.

@@ -165,10 +165,12 @@ def netd(certs: Certs, startModuleNetd: Any) -> NetdProcess:
     server = certs.pair("server")
     services = [
         tlsEcho("basic", server, framing="line"),
-        tlsEcho("old", {**server, "min_version": "1.0"}, framing="line"),
+        tlsEcho("old", {**server, "profile": "old"}, framing="line"),
         tlsEcho("alpn", {**server, "alpn": ["x-netd", "echo"]}, framing="line"),
         tlsEcho("sni", {**server, "sni": {WRONG_HOST: certs.pair("bad/wrong-host"), "*.wild.test": certs.pair("wild")}}, framing="line"),
         tlsEcho("mtls", {**server, "client_ca": certs.ca, "client_auth": "required"}, framing="line"),
+        tlsEcho("allow-dns", {**server, "client_ca": certs.ca, "client_auth": "required", "client_allow": ["dns:client.netd.test"]}, framing="line"),
+        tlsEcho("allow-cn", {**server, "client_ca": certs.ca, "client_auth": "required", "client_allow": ["cn:netd client"]}, framing="line"),
         tlsEcho("slow", {**server, "handshake_timeout": HANDSHAKE_TIMEOUT}, framing="line"),
         tlsEcho("auto", {"certificate": "auto"}, framing="line"),
         tlsEcho("big", server, framing="u32", max_frame=BIG_FRAME),
@@ -410,6 +412,39 @@ def test_sClientMutualTLS(netd: NetdProcess, certs: Certs, flag: str) -> None:
     assert "alert unknown ca" in untrusted.output, untrusted.output
     waitForFailure(netd, "mtls", "client_cert_untrusted", before)
     assert re.search(r"\[mtls#info\] TLS handshake from .* failed: client_cert_untrusted \(unable to get local issuer certificate", netd.log())
+
+
+def test_sClientClientAllow(netd: NetdProcess, certs: Certs) -> None:
+    """
+    openssl s_client with the development client certificate (CN "netd client", SAN DNS client.netd.test) passes client_allow = ["dns:client.netd.test"], and is refused by ["cn:netd client"]: its CN does not count beside its SAN (RFC 6125).
+    """
+    client = ("-CAfile", certs.ca, "-verify_return_error", "-cert", str(certs.dev / "client.pem"), "-key", str(certs.dev / "client-key.pem"))
+    accepted = sClient(netd.address("allow-dns"), *client)
+    assert accepted.echoed, accepted.output
+    before = handshakeFailures(netd, "allow-cn", "client_not_allowed")
+    refused = sClient(netd.address("allow-cn"), *client)
+    assert not refused.echoed, refused.output
+    waitForFailure(netd, "allow-cn", "client_not_allowed", before)
+    assert "(names dns:client.netd.test) carries no name of client_allow" in netd.log()
+
+
+def test_readableKeyWarned(certs: Certs, startNetd: Any, tmp_path: Path) -> None:
+    """
+    A real netd whose private key file everyone may read logs one warning at start naming the file and its mode, and serves; netd check prints the same warning.
+    """
+    key = tmp_path / "server-key.pem"
+    key.write_bytes((certs.dev / "server-key.pem").read_bytes())
+    key.chmod(0o644)
+    config = servicesConfig([tlsEcho("readable", {"certificate": str(certs.dev / "server.pem"), "private_key": str(key)}, framing="line")])
+    netd = startNetd(config)
+    warning = f"tls.private_key {key} is readable by its group or by everyone (mode 0644)"
+    assert netd.log().count(warning) == 1, netd.log()
+    with tlsConnect(netd.address("readable"), certs.ca) as client:
+        echoesLine(client)
+    configFile = tmp_path / "check.toml"
+    configFile.write_text(config)
+    done = subprocess.run(netdCommand("check", "-c", str(configFile)), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0 and warning in done.stderr, done.stderr
 
 
 # Python's ssl module: hostname verification and the bad certificates.

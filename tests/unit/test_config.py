@@ -851,7 +851,7 @@ BAD_TLS = [
         id="client-ca-without-client-auth",
     ),
     pytest.param(
-        tlsService("{ %s, client_ca = \"ca.pem\", client_auth = \"optional\", client_allow = [\"x\"] }" % KEYS),
+        tlsService("{ %s, client_ca = \"ca.pem\", client_auth = \"optional\", client_allow = [\"cn:x\"] }" % KEYS),
         "services[0].tls.client_allow",
         ['needs client_auth = "required", not "optional"'],
         id="client-allow-needs-required",
@@ -929,7 +929,7 @@ def test_tlsTableForms() -> None:
         private_key = "k.pem"
         client_ca = "ca.pem"
         client_auth = "required"
-        client_allow = ["netd client"]
+        client_allow = ["cn:netd client"]
 
         [services.tls.sni]
         "alpha.test" = { certificate = "a.pem", private_key = "a-key.pem" }
@@ -939,7 +939,7 @@ def test_tlsTableForms() -> None:
     (spec,) = table.services
     assert spec.tls is not None
     assert sorted(spec.tls.sni or {}) == ["*.wild.test", "alpha.test"]
-    assert spec.tls.client_allow == ("netd client",)
+    assert spec.tls.client_allow == ("cn:netd client",)
     assert parse(ECHO).services[0].tls is None
 
 
@@ -954,7 +954,7 @@ def test_tlsRoundTrips() -> None:
     )
     normalized = config.toConfig()
     tls = normalized["services"][0]["tls"]
-    assert tls["min_version"] == "1.2" and tls["max_version"] == "1.3" and tls["handshake_timeout"] == 10.0
+    assert tls["profile"] == "intermediate" and "min_version" not in tls and tls["max_version"] == "1.3" and tls["handshake_timeout"] == 10.0
     again = parseConfig(tomllib.loads(tomli_w.dumps(normalized)), SOURCE, REGISTRY)
     assert again == config
 

@@ -10,16 +10,23 @@ L{netd.certs} in a temporary folder.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
+import json
 import random
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
+from OpenSSL._util import lib as _openssl
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -39,13 +46,16 @@ from netd.certs import (
 )
 from netd import logs
 from netd.config import parseConfig
+from netd.options import ConfigError, renderPath
 from netd.limits import ConnectionLimiter
 from netd.metrics import Counters
 from netd.plugin import discoverPlugins
 from netd.service import NetService, ServiceStartError
 from netd.testing import TestClientTLS, TLSTestConnection, connect, connectTLS, makeStreamStack
+from netd import tls as tlsModule
 from netd.tls import (
     FAILURE_REASONS,
+    PROFILES,
     ServerTLS,
     SNICertificate,
     TLSOptions,
@@ -55,6 +65,7 @@ from netd.tls import (
     classifyFailure,
     clientCreator,
     describeTLSFailure,
+    groupList,
     loadTrustRoot,
 )
 from netd_plugins.echo import EchoHandler
@@ -117,6 +128,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
         "alpha": issue(ca, ["alpha.test"]),
         "wild": issue(ca, ["*.wild.test"]),
         "uri-client": issue(ca, ["spiffe://netd.test/worker"], commonName="worker", usage="client"),
+        "rsa-server": issue(ca, ["localhost"], keyType="rsa"),
     }
     for name, pair in extras.items():
         pair.write(str(root / f"{name}.pem"), str(root / f"{name}-key.pem"))
@@ -330,8 +342,13 @@ def test_handshakeTimeoutZeroNeverFires(certs: Certs) -> None:
         pytest.param({}, {}, "TLSv1.3", id="newest-by-default"),
         pytest.param({"max_version": TLSVersion("1.2")}, {"minVersion": "1.3"}, None, id="max-1.2-refuses-1.3-only"),
         pytest.param({"min_version": TLSVersion("1.3")}, {"maxVersion": "1.2"}, None, id="min-1.3-refuses-1.2"),
-        pytest.param({"min_version": TLSVersion("1.0")}, {"maxVersion": "1.0"}, "TLSv1", id="min-1.0-serves-1.0"),
-        pytest.param({"min_version": TLSVersion("1.1")}, {"maxVersion": "1.1"}, "TLSv1.1", id="min-1.1-serves-1.1"),
+        pytest.param({"profile": "old"}, {"maxVersion": "1.0"}, "TLSv1", id="old-serves-1.0"),
+        pytest.param({"profile": "old", "min_version": TLSVersion("1.1")}, {"maxVersion": "1.0"}, None, id="old-min-1.1-refuses-1.0"),
+        pytest.param({"profile": "old", "min_version": TLSVersion("1.1")}, {"maxVersion": "1.1"}, "TLSv1.1", id="old-min-1.1-serves-1.1"),
+        pytest.param({"min_version": TLSVersion("1.0"), "ciphers": "ECDHE+AES"}, {"maxVersion": "1.0"}, "TLSv1", id="ciphers-min-1.0-serves-1.0"),
+        pytest.param({"profile": "modern"}, {"maxVersion": "1.2"}, None, id="modern-refuses-1.2"),
+        pytest.param({"profile": "modern"}, {}, "TLSv1.3", id="modern-serves-1.3"),
+        pytest.param({"profile": "modern", "min_version": TLSVersion("1.2"), "ciphers": "ECDHE+AESGCM"}, {"maxVersion": "1.2"}, "TLSv1.2", id="modern-with-ciphers-serves-1.2"),
     ],
 )
 def test_versions(certs: Certs, server: dict[str, Any], client: dict[str, str], expected: str | None) -> None:
@@ -358,16 +375,145 @@ def test_noSharedCipher(certs: Certs) -> None:
     assert tlsCounters(stack.counters) == {"tls_handshakes_failed_no_shared_cipher": 1}
 
 
-def test_defaultCiphersExcludeWeakSuites() -> None:
+def contextSuites(options: TLSOptions) -> set[str]:
     """
-    The default cipher string selects no RC4, 3DES, export, NULL or anonymous suite.
+    The suites a service's context offers (TLS 1.3 and 1.2), by OpenSSL name.
     """
-    context = SSL.Context(SSL.TLS_METHOD)
-    context.set_cipher_list(TLSOptions(certificate="auto").ciphers.encode("ascii"))
-    names = SSL.Connection(context).get_cipher_list()
-    assert names
-    for weak in ("RC4", "DES-CBC3", "EXP", "NULL", "ADH", "AECDH", "MD5"):
-        assert not [n for n in names if weak in n], weak
+    tls = ServerTLS(options, serviceName="suites", log=LOG)
+    return set(SSL.Connection(tls.defaultContext).get_cipher_list())
+
+
+TLS13_SUITES = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
+
+MOZILLA_INTERMEDIATE = [
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+]
+"""
+Mozilla's intermediate TLS 1.2 suites (guidelines 5.7) without the DHE ones.
+"""
+
+
+def test_defaultSuitesAreIntermediate(certs: Certs) -> None:
+    """
+    By default a context offers exactly Mozilla's intermediate suites: the three TLS 1.3 suites and ECDHE with AES-GCM or ChaCha20-Poly1305 for TLS 1.2, so no static RSA, CBC or SHA-1 suite.
+    """
+    assert contextSuites(tlsOptions(certs)) == TLS13_SUITES | set(MOZILLA_INTERMEDIATE)
+
+
+def test_ciphersReplaceTheProfilesList(certs: Certs) -> None:
+    """
+    ciphers replaces the profile's TLS 1.2 suites and leaves the TLS 1.3 ones.
+    """
+    assert contextSuites(tlsOptions(certs, ciphers="ECDHE-ECDSA-AES256-GCM-SHA384")) == TLS13_SUITES | {"ECDHE-ECDSA-AES256-GCM-SHA384"}
+
+
+def test_oldProfileSuites(certs: Certs) -> None:
+    """
+    profile = "old" offers Mozilla's old list (without DHE), static RSA and CBC included, and nothing outside it.
+    """
+    suites = contextSuites(tlsOptions(certs, profile="old")) - TLS13_SUITES
+    old = set((PROFILES["old"].ciphers or "").split(":"))
+    assert {"AES128-SHA", "ECDHE-ECDSA-AES128-SHA", *MOZILLA_INTERMEDIATE} <= suites <= old
+
+
+def test_profilesAreMozillas() -> None:
+    """
+    The profiles are Mozilla's (guidelines 5.7): intermediate's TLS 1.2 list in Mozilla's order without the DHE suites (netd sets no DH parameters, so OpenSSL could never pick them), modern TLS 1.3 only, old from TLS 1.0 with intermediate's suites first.
+    """
+    assert (PROFILES["intermediate"].ciphers or "").split(":") == MOZILLA_INTERMEDIATE
+    assert PROFILES["intermediate"].minVersion == TLSVersion("1.2") and not PROFILES["intermediate"].serverPreference
+    assert PROFILES["modern"].ciphers is None and PROFILES["modern"].minVersion == TLSVersion("1.3")
+    old = (PROFILES["old"].ciphers or "").split(":")
+    assert old[:6] == MOZILLA_INTERMEDIATE and not [n for n in old if n.startswith("DHE-")]
+    assert PROFILES["old"].minVersion == TLSVersion("1.0") and PROFILES["old"].serverPreference
+
+
+@attrs.define
+class GroupsClient(TestClientTLS):
+    """
+    A test client offering only the key-exchange groups C{groups}.
+    """
+
+    groups: str = "X25519"
+
+    def _makeContext(self) -> SSL.Context:
+        context = super()._makeContext()
+        assert _openssl.SSL_CTX_set1_curves_list(context._context, self.groups.encode("ascii")) == 1
+        return context
+
+
+@pytest.mark.parametrize(
+    ("groups", "accepted"),
+    [
+        ("X25519", True),
+        ("P-256", True),
+        ("P-384", True),
+        ("X25519MLKEM768", True),
+        ("X448", False),
+        ("P-521", False),
+        ("ffdhe2048", False),
+    ],
+)
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_groups(certs: Certs, groups: str, accepted: bool, version: str) -> None:
+    """
+    Key exchange uses X25519MLKEM768 (TLS 1.3, when OpenSSL knows it), X25519, P-256 or P-384; a client offering only X448, P-521 or a finite-field group is refused (an RSA certificate: with an ECDSA one, TLS 1.2 also needs the certificate's curve among the client's groups).
+    """
+    if groups == "X25519MLKEM768":
+        # A TLS 1.3 group, offered when the OpenSSL netd runs on knows it.
+        accepted = version == "1.3" and groups in (groupList() or "")
+    certificate, key = certs.extra("rsa-server")
+    stack = echoStack(tlsOptions(certs, certificate=certificate, private_key=key))
+    connection = stack.connect(GroupsClient(groups=groups, minVersion=version, maxVersion=version))
+    assert connection.handshakeDone is accepted
+    if not accepted:
+        assert tlsCounters(stack.counters) == {"tls_handshakes_failed_no_shared_cipher": 1}
+
+
+def test_groupsFallBack(certs: Certs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Without pyOpenSSL's binding for setting groups, a context keeps OpenSSL's default groups (still serving) and a warning says so.
+    """
+    monkeypatch.setattr(tlsModule, "_SET_GROUPS", None)
+    groupList.cache_clear()
+    try:
+        with capturedLogs() as events:
+            stack = echoStack(tlsOptions(certs))
+        assert stack.connect(GroupsClient(groups="X448")).handshakeDone
+    finally:
+        groupList.cache_clear()
+    assert [e for e in events if e["log_level"] == LogLevel.warn and "key-exchange groups" in e["log_format"]]
+
+
+@pytest.mark.parametrize(
+    ("keys", "problem"),
+    [
+        ({"profile": "modern", "min_version": TLSVersion("1.2")}, ("min_version", 'profile "modern" has no suites for TLS 1.2')),
+        ({"min_version": TLSVersion("1.0")}, ("min_version", 'profile "intermediate" has no suites for TLS 1.0, only for 1.2; set profile = "old"')),
+        ({"profile": "modern", "max_version": TLSVersion("1.2")}, ("max_version", 'profile "modern"\'s oldest version (1.3)')),
+    ],
+)
+def test_profileCrossChecks(keys: dict[str, Any], problem: tuple[str, str]) -> None:
+    """
+    A version the profile has no suites for, without ciphers, is a config error naming the key; so is a max_version older than the profile's oldest.
+    """
+    problems = TLSOptions(certificate="auto", **keys).crossCheck()
+    assert [key for key, _ in problems] == [problem[0]]
+    assert problem[1] in problems[0][1]
+
+
+def test_profileCrossChecksAllow() -> None:
+    """
+    A version below the profile's is fine with ciphers of one's own, or with profile = "old".
+    """
+    assert TLSOptions(certificate="auto", profile="modern", min_version=TLSVersion("1.2"), ciphers="ECDHE+AESGCM").crossCheck() == []
+    assert TLSOptions(certificate="auto", profile="old", min_version=TLSVersion("1.1")).crossCheck() == []
+    assert TLSOptions(certificate="auto", min_version=TLSVersion("1.0"), ciphers="ECDHE+AES").crossCheck() == []
 
 
 # ALPN.
@@ -539,27 +685,77 @@ def test_untrustedClientLogsWhy(certs: Certs) -> None:
     assert "unable to get local issuer certificate" in event["detail"]
 
 
+def clientCertificate(ca: KeyAndCertificate, commonName: str, names: list[x509.GeneralName] | None) -> KeyAndCertificate:
+    """
+    A client certificate signed by C{ca} with subject CN C{commonName} and
+    the subject alternative names C{names} (none at all when L{None}), made
+    here with cryptography so that the test controls every name.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, commonName)]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    )
+    if names is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return KeyAndCertificate(builder.sign(ca.key, hashes.SHA256()), key)
+
+
+CLIENTS = {
+    "cn-only": ("legacy worker", None),
+    "cn-dns-shaped": ("legacy.netd.test", None),
+    "cn-and-dns": ("worker.netd.test", [x509.DNSName("other.netd.test")]),
+    "cn-and-uri": ("worker", [x509.UniformResourceIdentifier("spiffe://netd.test/worker")]),
+    "cn-and-ip": ("ip worker", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+}
+"""
+Client certificates for client_allow, by name: subject CN and SANs.
+"""
+
+
 @pytest.mark.parametrize(
     ("allow", "client", "allowed"),
     [
-        pytest.param((CLIENT_COMMON_NAME,), "dev", True, id="by-common-name"),
-        pytest.param((CLIENT_DNS_NAME.upper(),), "dev", True, id="by-dns-name-any-case"),
-        pytest.param(("spiffe://netd.test/worker",), "uri-client", True, id="by-uri"),
-        pytest.param(("someone else", "spiffe://netd.test/other"), "dev", False, id="no-name-matches"),
-        pytest.param(("spiffe://netd.test/worker",), "dev", False, id="other-client"),
+        pytest.param(("dns:" + CLIENT_DNS_NAME.upper(),), "dev", True, id="dns-any-case"),
+        pytest.param(("dns:" + CLIENT_DNS_NAME + ".",), "dev", True, id="dns-trailing-dot"),
+        pytest.param(("uri:spiffe://netd.test/worker",), "uri-client", True, id="uri"),
+        pytest.param(("cn:legacy worker",), "cn-only", True, id="cn-without-sans"),
+        pytest.param(("cn:ip worker",), "cn-and-ip", True, id="cn-beside-an-ip-san"),
+        pytest.param(("cn:" + CLIENT_COMMON_NAME,), "dev", False, id="cn-ignored-beside-dns-san"),
+        pytest.param(("cn:worker.netd.test",), "cn-and-dns", False, id="cn-ignored-beside-another-dns-san"),
+        pytest.param(("dns:worker.netd.test",), "cn-and-dns", False, id="cn-is-no-dns-name"),
+        pytest.param(("cn:worker",), "cn-and-uri", False, id="cn-ignored-beside-uri-san"),
+        pytest.param(("uri:SPIFFE://netd.test/WORKER",), "uri-client", False, id="uri-exact"),
+        pytest.param(("dns:legacy.netd.test",), "cn-dns-shaped", False, id="cn-is-never-a-dns-name"),
+        pytest.param(("cn:legacy.netd.test",), "cn-dns-shaped", True, id="cn-dns-shaped"),
+        pytest.param(("cn:someone else", "uri:spiffe://netd.test/other", "dns:" + CLIENT_DNS_NAME), "dev", True, id="any-entry"),
+        pytest.param(("uri:spiffe://netd.test/worker",), "dev", False, id="other-client"),
     ],
 )
 def test_clientAllow(certs: Certs, allow: tuple[str, ...], client: str, allowed: bool) -> None:
     """
-    A verified client certificate must carry a name of client_allow (subject CN, SAN DNS name or URI); otherwise the handshake fails, counted as client_not_allowed, and the plugin sees no data.
+    A verified client certificate must carry a name of client_allow, each entry typed: dns: a SAN DNS name (any case), uri: a SAN URI (exactly), cn: the subject CN, considered only when the certificate has no SAN DNS name or URI (RFC 6125 6.4.4); otherwise the handshake fails, counted as client_not_allowed, and the plugin sees no data.
     """
     stack = echoStack(mutualOptions(certs, "required", client_allow=allow))
     if client == "dev":
         creator = TestClientTLS(certificate=certs.dev.client, privateKey=certs.dev.clientKey)
+    elif client in CLIENTS:
+        path = certs.root / f"allow-{client}"
+        clientCertificate(_loadCA(certs.dev), *CLIENTS[client]).write(f"{path}.pem", f"{path}-key.pem")
+        creator = TestClientTLS(certificate=f"{path}.pem", privateKey=f"{path}-key.pem")
     else:
         certificate, key = certs.extra(client)
         creator = TestClientTLS(certificate=certificate, privateKey=key)
-    connection = stack.connect(creator)
+    with capturedLogs() as events:
+        connection = stack.connect(creator)
     assert connection.handshakeDone == allowed
     if allowed:
         assert tlsCounters(stack.counters) == {"tls_handshakes_ok": 1}
@@ -568,6 +764,35 @@ def test_clientAllow(certs: Certs, allow: tuple[str, ...], client: str, allowed:
         connection.client.write(b"sneaked in")
         connection.flush()
         assert connection.takeReceived() == b""
+        (event,) = [e for e in events if e.get("tls_failure")]
+        assert "carries no name of client_allow" in event["detail"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ("netd client", '"netd client" has no type; did you mean "cn:netd client"?'),
+        ("client.netd.test", '"client.netd.test" has no type; did you mean "dns:client.netd.test"?'),
+        ("spiffe://netd.test/worker", '"spiffe://netd.test/worker" has no type; did you mean "uri:spiffe://netd.test/worker"?'),
+        ("email:a@example.com", '"email:a@example.com" has an unknown type "email"; known: dns:, uri:, cn:'),
+        ("dns:", '"dns:" names nothing after "dns:"'),
+        ("dns:bad name", '"dns:bad name" is not a DNS name'),
+        ("dns:*.netd.test", '"dns:*.netd.test": client names are matched exactly, without wildcards'),
+        ("spiffe:x", '"spiffe:x" has an unknown type "spiffe"; known: dns:, uri:, cn:'),
+        ("uri:no-scheme", '"uri:no-scheme" is not a URI (SCHEME:...)'),
+    ],
+)
+def test_clientAllowEntriesAreTyped(entry: str, problem: str) -> None:
+    """
+    An untyped client_allow entry is a config error suggesting the type its shape suggests (so an entry once meant as a CN is never silently read as a DNS name), as are unknown types and malformed names.
+    """
+    table = tomllib.loads(
+        '[[services]]\nname = "t"\nplugin = "tls-echo"\nlisten = ["tcp:0"]\n'
+        'tls = { certificate = "auto", client_ca = "ca.pem", client_auth = "required", client_allow = ["cn:ok", %s] }\n' % json.dumps(entry)
+    )
+    with pytest.raises(ConfigError) as info:
+        parseConfig(table, "netd.toml", discoverPlugins())
+    assert [(renderPath(p.path), p.message) for p in info.value.problems] == [("services[0].tls.client_allow", f"[1] {problem}")]
 
 
 def test_verifyingClientPresentsCertificate(certs: Certs) -> None:
@@ -618,6 +843,137 @@ def test_sessionResumptionOff(certs: Certs) -> None:
     first.close()
     stack.connect(client)
     assert tlsCounters(stack.counters) == {"tls_handshakes_ok": 2}
+
+
+@pytest.mark.parametrize(
+    ("version", "tickets"),
+    [
+        pytest.param("1.3", True, id="tls1.3-tickets"),
+        pytest.param("1.2", True, id="tls1.2-tickets"),
+        pytest.param("1.2", False, id="tls1.2-session-ids"),
+    ],
+)
+def test_sessionKeysRotateOnATimer(certs: Certs, version: str, tickets: bool) -> None:
+    """
+    Once a service listens, its session-ticket keys (and session cache) are replaced every session_ticket_rotation seconds of its clock: a session resumes until the rotation, not after; a connection open across the rotation keeps working.
+    """
+    stack = echoStack(tlsOptions(certs, session_ticket_rotation=600))
+    stack.limiter.doStart()
+    client = TestClientTLS(maxVersion=version, tickets=tickets)
+    first = stack.connect(client)
+    first.send(b"one")
+    assert first.takeReceived() == b"one"
+    client.session = first.session
+    stack.clock.advance(599)
+    assert stack.connect(client).handshakeDone
+    assert tlsCounters(stack.counters) == {"tls_handshakes_ok": 2, "tls_sessions_resumed": 1}
+    with capturedLogs() as events:
+        stack.clock.advance(1)
+    assert [e for e in events if "session-ticket keys" in e["log_format"]]
+    first.send(b"still")
+    assert first.takeReceived() == b"still"
+    assert stack.connect(client).handshakeDone
+    assert tlsCounters(stack.counters) == {"tls_handshakes_ok": 3, "tls_sessions_resumed": 1}
+    stack.limiter.doStop()
+    assert stack.clock.getDelayedCalls() == []
+
+
+def test_sessionKeysRotateEveryPeriod(certs: Certs) -> None:
+    """
+    Rotation repeats each period: a session from after the first rotation resumes until the second.
+    """
+    stack = echoStack(tlsOptions(certs, session_ticket_rotation=600))
+    stack.limiter.doStart()
+    stack.clock.advance(600)
+    client = TestClientTLS()
+    client.session = stack.connect(client).session
+    stack.clock.advance(300)
+    stack.connect(client)
+    stack.clock.advance(300)
+    stack.connect(client)
+    assert tlsCounters(stack.counters) == {"tls_handshakes_ok": 3, "tls_sessions_resumed": 1}
+    stack.limiter.doStop()
+
+
+def test_sessionKeysRotationDefaults() -> None:
+    """
+    Keys rotate hourly by default, which is also how long a session can be resumed; 0 turns the timer off, and more than a week is refused.
+    """
+    assert TLSOptions(certificate="auto").session_ticket_rotation == 3600
+    table = tomllib.loads(
+        '[[services]]\nname = "t"\nplugin = "tls-echo"\nlisten = ["tcp:0"]\n'
+        'tls = { certificate = "auto", session_ticket_rotation = 604801 }\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        parseConfig(table, "netd.toml", discoverPlugins())
+    assert [renderPath(p.path) for p in info.value.problems] == ["services[0].tls.session_ticket_rotation"]
+
+
+@pytest.mark.parametrize("keys", [{"session_ticket_rotation": 0}, {"session_resumption": False}], ids=["zero", "no-resumption"])
+def test_sessionKeysNoTimer(certs: Certs, keys: dict[str, Any]) -> None:
+    """
+    With session_ticket_rotation = 0, or without session resumption, no timer runs.
+    """
+    stack = echoStack(tlsOptions(certs, **keys))
+    stack.limiter.doStart()
+    assert stack.clock.getDelayedCalls() == []
+    stack.limiter.doStop()
+
+
+def test_sessionKeysRotationKeepsReloadedCertificate(certs: Certs) -> None:
+    """
+    A rotation after a reload serves the certificate the reload adopted, not the one the service started with.
+    """
+    stack = echoStack(tlsOptions(certs, session_ticket_rotation=60))
+    stack.limiter.doStart()
+    factory = stack.limiter.wrappedFactory
+    assert isinstance(factory, TLSServerFactory)
+    certificate, key = certs.extra("alpha")
+    fresh = ServerTLS(tlsOptions(certs, certificate=certificate, private_key=key), serviceName="test", log=LOG)
+    factory.tls.adopt(fresh)
+    stack.clock.advance(60)
+    connection = stack.connect(TestClientTLS(serverName="alpha.test"))
+    assert connection.handshakeDone
+    peer = connection.client._tlsConnection.get_peer_certificate(as_cryptography=True)
+    assert peer.subject.rfc4514_string() == "CN=alpha.test"
+    stack.limiter.doStop()
+
+
+# Private key files.
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o600, False), (0o400, False), (0o640, True), (0o604, True), (0o644, True)])
+def test_privateKeyModeWarned(certs: Certs, tmp_path: Path, mode: int, warned: bool) -> None:
+    """
+    A private key file that its group or everyone may read is warned about once when it is loaded, naming the file and its mode; an owner-only one is not.
+    """
+    key = tmp_path / "server-key.pem"
+    key.write_bytes(Path(certs.dev.serverKey).read_bytes())
+    key.chmod(mode)
+    with capturedLogs() as events:
+        ServerTLS(tlsOptions(certs, private_key=str(key)), serviceName="test", log=LOG)
+    warnings = [e for e in events if e["log_level"] == LogLevel.warn and e.get("path") == str(key)]
+    if warned:
+        (warning,) = warnings
+        assert warning["where"] == "tls.private_key" and warning["mode"] == f"{mode:04o}"
+        assert "readable by its group or by everyone" in warning["log_format"]
+    else:
+        assert warnings == []
+
+
+def test_sniPrivateKeyModeWarned(certs: Certs, tmp_path: Path) -> None:
+    """
+    The keys of sni certificates are checked too, each warning naming its key.
+    """
+    certificate, original = certs.extra("alpha")
+    key = tmp_path / "alpha-key.pem"
+    key.write_bytes(Path(original).read_bytes())
+    key.chmod(0o644)
+    sni = {"alpha.test": SNICertificate(certificate=certificate, private_key=str(key))}
+    with capturedLogs() as events:
+        ServerTLS(tlsOptions(certs, sni=sni), serviceName="test", log=LOG)
+    (warning,) = [e for e in events if e["log_level"] == LogLevel.warn and e.get("path") == str(key)]
+    assert warning["where"] == 'tls.sni."alpha.test".private_key'
 
 
 # Logging.
