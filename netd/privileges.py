@@ -159,27 +159,24 @@ class System(Protocol):
 @attrs.frozen
 class Target:
     """
-    Who netd is to run as: a user id and a group id, either possibly unset
-    (C{group} alone changes only the group).
+    Who netd is to run as: a user id and a group id (C{group} alone is a
+    config error, see L{netd.config.DaemonSpec.crossCheck}).
 
-    @ivar name: the user's name (or the group's) for messages.
+    @ivar name: the user's name for messages.
     """
 
-    uid: int | None
-    gid: int | None
+    uid: int
+    gid: int
     name: str
 
     @classmethod
     def fromConfig(cls, user: User | None, group: Group | None) -> Target | None:
         """
         The target of C{[daemon] user} and C{group}: the user's own group when
-        C{group} is unset; L{None} when neither is set.
+        C{group} is unset; L{None} when no user is set.
         """
-        if user is None and group is None:
-            return None
         if user is None:
-            assert group is not None
-            return cls(uid=None, gid=group.gid, name=f"group {group.value!r}")
+            return None
         gid = group.gid if group is not None else user.primaryGroup
         return cls(uid=user.uid, gid=gid, name=f"user {user.name!r}")
 
@@ -187,18 +184,13 @@ class Target:
         """
         Whether the process already runs with these ids (real and effective).
         """
-        if self.uid is not None and not system.getuid() == system.geteuid() == self.uid:
-            return False
-        if self.gid is not None and not system.getgid() == system.getegid() == self.gid:
-            return False
-        return True
+        return system.getuid() == system.geteuid() == self.uid and system.getgid() == system.getegid() == self.gid
 
     def describe(self) -> str:
         """
         The ids in words: C{uid 65534, gid 65534}.
         """
-        parts = [f"uid {self.uid}" if self.uid is not None else "", f"gid {self.gid}" if self.gid is not None else ""]
-        return ", ".join(p for p in parts if p)
+        return f"uid {self.uid}, gid {self.gid}"
 
 
 def checkCanSwitch(target: Target | None, system: System = os) -> None:
@@ -233,10 +225,8 @@ def dropPrivileges(target: Target | None, system: System = os) -> bool:
         return False
     try:
         system.setgroups([])
-        if target.gid is not None:
-            system.setgid(target.gid)
-        if target.uid is not None:
-            system.setuid(target.uid)
+        system.setgid(target.gid)
+        system.setuid(target.uid)
     except OSError as e:
         raise PrivilegeError(f"cannot switch to {target.name} ({target.describe()}): {e.strerror or e}") from e
     if not target.reached(system) or system.getgroups():
@@ -263,10 +253,9 @@ def handOverState(
     @param chown: L{os.lchown}, or its stand-in in tests.
     @return: the paths handed over.
     """
-    if target is None or target.uid is None and target.gid is None:
+    if target is None:
         return []
-    uid = -1 if target.uid is None else target.uid
-    gid = -1 if target.gid is None else target.gid
+    uid, gid = target.uid, target.gid
     paths: list[str] = []
     if created and os.path.isdir(stateDir):
         paths.append(stateDir)

@@ -160,13 +160,23 @@ def test_configKeepsUserAsWritten() -> None:
 
 def test_targetFromConfig() -> None:
     """
-    The user's own group is used when group is unset; group alone changes only the group; neither means no target.
+    The user's own group is used when group is unset; no user means no target.
     """
     nobody = User.fromConfig("nobody")
     assert Target.fromConfig(nobody, None) == Target(NOBODY.pw_uid, NOBODY.pw_gid, "user 'nobody'")
     assert Target.fromConfig(nobody, Group.fromConfig(54321)) == Target(NOBODY.pw_uid, 54321, "user 'nobody'")
-    assert Target.fromConfig(None, Group.fromConfig(54321)) == Target(None, 54321, "group 54321")
     assert Target.fromConfig(None, None) is None
+
+
+def test_groupWithoutUserRefused() -> None:
+    """
+    group without user is a config error at daemon.group, since netd would keep running as root (uid 0) with only its group changed.
+    """
+    with pytest.raises(ConfigError) as info:
+        config(group=NOGROUP_GID)
+    rendered = str(info.value)
+    assert "test.toml: daemon.group: " in rendered
+    assert "[daemon] group needs [daemon] user" in rendered
 
 
 def test_dropOrder() -> None:
@@ -177,16 +187,6 @@ def test_dropOrder() -> None:
     assert dropPrivileges(Target(65534, 65533, "user 'nobody'"), system)
     assert system.calls == [("setgroups", []), ("setgid", 65533), ("setuid", 65534)]
     assert (system.uid, system.euid, system.gid, system.egid, system.groups) == (65534, 65534, 65533, 65533, [])
-
-
-def test_dropGroupOnly() -> None:
-    """
-    A target with only a group clears the supplementary groups and sets the group, keeping the user.
-    """
-    system = FakeSystem()
-    dropPrivileges(Target(None, 54321, "group 54321"), system)
-    assert system.calls == [("setgroups", []), ("setgid", 54321)]
-    assert system.uid == 0
 
 
 def test_dropChecksThatItTook() -> None:
@@ -278,8 +278,8 @@ def test_handOverExistingStateKeepsItsOwner(tmp_path: Path) -> None:
     """
     changed: list[str] = []
     (tmp_path / "tls").mkdir()
-    handOverState(str(tmp_path), False, Target(None, 54321, "group 54321"), lambda p, u, g: changed.append(f"{p}:{u}:{g}"))
-    assert changed == [f"{tmp_path / 'tls'}:-1:54321"]
+    handOverState(str(tmp_path), False, Target(65534, 54321, "user 65534"), lambda p, u, g: changed.append(f"{p}:{u}:{g}"))
+    assert changed == [f"{tmp_path / 'tls'}:65534:54321"]
     assert handOverState(str(tmp_path), True, None, lambda p, u, g: changed.append(p)) == []
 
 
