@@ -1,7 +1,8 @@
 """
 Certificates made by L{netd.certs}: the development set (made once, reused,
-renewed when needed), the deliberately bad certificates each with exactly
-its promised defect, the default state directory, and C{netd certs}.
+renewed when needed, never through a symbolic link), the deliberately bad
+certificates each with exactly its promised defect, the default state
+directory, and C{netd certs}.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from netd.certs import (
     ensureDevelopmentSet,
     issue,
     makeCA,
+    readFileAt,
     utcNow,
     writeBadCertificates,
+    writeFile,
 )
 
 LOCAL_NAMES = {"localhost", ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
@@ -154,6 +157,105 @@ def test_mismatchedKeyMadeAgain(tmp_path: Path) -> None:
     Path(files.serverKey).write_bytes(Path(files.clientKey).read_bytes())
     _, made = ensureDevelopmentSet(str(tmp_path))
     assert made == [files.server, files.serverKey]
+
+
+def test_writeFileReplacesALinkNeverFollowsIt(tmp_path: Path) -> None:
+    """
+    writeFile over a symbolic link replaces the link with a new file of the given mode and leaves the file it pointed to alone; no temporary file is left.
+    """
+    victim = tmp_path / "victim"
+    victim.write_text("root's")
+    victim.chmod(0o644)
+    (tmp_path / "token").symlink_to(victim)
+    writeFile(str(tmp_path / "token"), b"secret", 0o600)
+    assert not (tmp_path / "token").is_symlink()
+    assert (tmp_path / "token").read_bytes() == b"secret"
+    assert stat.S_IMODE((tmp_path / "token").stat().st_mode) == 0o600
+    assert victim.read_text() == "root's" and stat.S_IMODE(victim.stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["token", "victim"]
+
+
+def test_readFileAtRefusesLinksAndOddFiles(tmp_path: Path) -> None:
+    """
+    readFileAt reads a regular file but refuses a symbolic link, a FIFO (without blocking) and a file larger than any certificate.
+    """
+    (tmp_path / "ok").write_bytes(b"pem")
+    (tmp_path / "link").symlink_to(tmp_path / "ok")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "huge").write_bytes(b"x" * (2 << 20))
+    assert readFileAt(None, str(tmp_path / "ok")) == b"pem"
+    for name in ("link", "fifo", "huge"):
+        with pytest.raises(OSError):
+            readFileAt(None, str(tmp_path / name))
+
+
+def test_linksInTheSetAreNotFollowed(tmp_path: Path) -> None:
+    """
+    A development set whose CA key and server key are symbolic links to other files gets new files in their place; the files the links named are neither read as keys nor written.
+    """
+    files, _ = ensureDevelopmentSet(str(tmp_path / "tls"))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("ca-key.pem", "server-key.pem"):
+        (outside / name).write_bytes((tmp_path / "tls" / name).read_bytes())
+        (tmp_path / "tls" / name).unlink()
+        (tmp_path / "tls" / name).symlink_to(outside / name)
+    before = {name: (outside / name).read_bytes() for name in ("ca-key.pem", "server-key.pem")}
+    _, made = ensureDevelopmentSet(str(tmp_path / "tls"))
+    assert files.serverKey in made
+    for name in ("ca-key.pem", "server-key.pem"):
+        assert not (tmp_path / "tls" / name).is_symlink()
+        assert (outside / name).read_bytes() == before[name]
+
+
+def test_tlsFolderThatIsALinkRefused(tmp_path: Path) -> None:
+    """
+    A tls/ folder that is a symbolic link is not written through.
+    """
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "tls").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError):
+        autoCertificate(str(tmp_path / "state"))
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_autoCertificateKeptWhenItCannotBeRenewed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    After the drop (the tls/ folder is root's), a set that needs renewing keeps its server certificate, with a warning that a restart renews it; with no server certificate to keep, the error is raised.
+    """
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    files, _ = autoCertificate(str(tmp_path))
+    issue(None, ["localhost"]).write(files.client, files.clientKey)
+    serverBefore = Path(files.server).read_bytes()
+
+    def refused(folder: int, name: str, data: bytes, mode: int) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("netd.certs.writeFileAt", refused)
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        kept, made = autoCertificate(str(tmp_path))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert (kept, made) == (files, [])
+    assert Path(files.server).read_bytes() == serverBefore
+    warnings = [e for e in events if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "netd.certs"]
+    assert len(warnings) == 1 and "renews them when it starts again as root" in str(warnings[0]["log_format"])
+    Path(files.server).unlink()
+    with pytest.raises(PermissionError):
+        autoCertificate(str(tmp_path))
+
+
+def test_currentSetReadWithoutTheCAKey(tmp_path: Path) -> None:
+    """
+    A current set is only read: the CA key, unreadable to the service user after the drop, is not needed to keep it.
+    """
+    files, _ = ensureDevelopmentSet(str(tmp_path))
+    Path(files.caKey).unlink()
+    assert ensureDevelopmentSet(str(tmp_path)) == (files, [])
 
 
 def test_rsaKeys(tmp_path: Path) -> None:
