@@ -2,7 +2,8 @@
 Certificates for development and for testing clients, made with the
 C{cryptography} package.
 
-A I{development set} is a CA, a server certificate for C{localhost},
+A I{development set} is a CA (which may vouch only for the names of
+L{DEVELOPMENT_PERMITTED}), a server certificate for C{localhost},
 C{127.0.0.1} and C{::1} signed by it, and a client certificate for mutual TLS
 signed by it.  C{certificate = "auto"} in a service's C{tls} table uses the set
 kept in the state directory's C{tls/} folder, made on first use and reused
@@ -64,6 +65,14 @@ for C{client_allow}.
 WRONG_HOST = "wrong.host.invalid"
 """
 The only name on the C{wrong-host} bad certificate.
+"""
+
+DEVELOPMENT_PERMITTED = ("localhost", "test", "invalid", "127.0.0.0/8", "::1/128")
+"""
+The names the development CA may vouch for (its critical NameConstraints):
+C{localhost}, C{.test} and C{.invalid} (RFC 6761) with their subdomains, and
+the loopback addresses; so a leaked development CA cannot vouch for a real
+name, whatever a client trusts it for.
 """
 
 CA_LIFETIME = datetime.timedelta(days=3650)
@@ -182,6 +191,7 @@ def makeCA(
     keyType: KeyType = "ecdsa",
     notBefore: datetime.datetime | None = None,
     notAfter: datetime.datetime | None = None,
+    permitted: Sequence[str] | None = None,
 ) -> KeyAndCertificate:
     """
     A new certificate authority: a self-signed root, or an intermediate
@@ -189,6 +199,9 @@ def makeCA(
 
     @param pathLength: how many intermediate CAs may follow it in a chain
         (L{None}: any); 0, the default, lets it sign end-entity certificates only.
+    @param permitted: the only names it may vouch for (DNS names, with their
+        subdomains, and IP networks such as C{127.0.0.0/8}), as a critical
+        NameConstraints extension (L{nameConstraints}); L{None}: any name.
     """
     now = utcNow()
     key = newKey(keyType)
@@ -222,7 +235,34 @@ def makeCA(
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False
         )
+    if permitted is not None:
+        builder = builder.add_extension(nameConstraints(permitted), critical=True)
     return KeyAndCertificate(builder.sign(issuer.key if issuer else key, hashes.SHA256()), key)
+
+
+def nameConstraints(permitted: Sequence[str]) -> x509.NameConstraints:
+    """
+    NameConstraints permitting C{permitted}: IP networks (C{127.0.0.0/8}) as
+    such, everything else as DNS names (each with its subdomains).
+    """
+    subtrees: list[x509.GeneralName] = []
+    for name in permitted:
+        try:
+            subtrees.append(x509.IPAddress(ipaddress.ip_network(name)))
+        except ValueError:
+            subtrees.append(x509.DNSName(name))
+    return x509.NameConstraints(permitted_subtrees=subtrees, excluded_subtrees=None)
+
+
+def _constrained(ca: x509.Certificate) -> bool:
+    """
+    Whether a CA carries the development CA's name constraints, critical.
+    """
+    try:
+        extension = ca.extensions.get_extension_for_class(x509.NameConstraints)
+    except x509.ExtensionNotFound:
+        return False
+    return extension.critical and extension.value == nameConstraints(DEVELOPMENT_PERMITTED)
 
 
 def issue(
@@ -528,6 +568,13 @@ def ensureDevelopmentSet(directory: str, *, keyType: KeyType = "ecdsa") -> tuple
         now = utcNow()
         made: list[str] = []
         caCertificate = _loadCertificate(folder, "ca.pem")
+        if caCertificate is not None and not _constrained(caCertificate):
+            log.warn(
+                "the development CA {ca} has no name constraints (made by an older netd): making a new one, which "
+                "may vouch only for localhost, .test, .invalid and loopback addresses; clients must trust the new CA",
+                ca=files.ca,
+            )
+            caCertificate = None
         if caCertificate is not None and not _current(caCertificate, now):
             caCertificate = None
         stale = [leaf for leaf in _LEAVES if not _fits(_load(folder, leaf.certificate, leaf.key), caCertificate, now, keyType)]
@@ -535,7 +582,7 @@ def ensureDevelopmentSet(directory: str, *, keyType: KeyType = "ecdsa") -> tuple
             return files, made
         ca = _load(folder, "ca.pem", "ca-key.pem") if caCertificate is not None else None
         if ca is None:
-            ca = makeCA(keyType=keyType)
+            ca = makeCA(keyType=keyType, permitted=DEVELOPMENT_PERMITTED)
             ca.writeAt(folder, "ca.pem", "ca-key.pem")
             made += [files.ca, files.caKey]
             stale = list(_LEAVES)

@@ -117,7 +117,7 @@ def startAsRoot(config: str, directory: Path) -> NetdProcess:
 
 def test_bindAsRootThenServeAsNobody(sharedDir: Path) -> None:
     """
-    Started as root with user nobody and group nogroup, netd serves echo on a port below 1024 and TLS with auto certificates, running with nobody's ids and no supplementary groups.
+    Started as root with user nobody and group nogroup, netd serves echo on a port below 1024 and TLS with auto certificates, running with nobody's ids and no supplementary groups; the state directory stays root's, the CA key root's and unreadable by nobody, and a reload reads the server certificate again.
     """
     requireRoot()
     port = freePrivilegedPort()
@@ -152,6 +152,8 @@ def test_bindAsRootThenServeAsNobody(sharedDir: Path) -> None:
             assert not path.stat().st_mode & 0o022, path
         assert stat.S_IMODE((stateDir / "tls" / "ca-key.pem").stat().st_mode) == 0o600
         assert (stateDir / "tls" / "server-key.pem").stat().st_uid == NOBODY.pw_uid
+        assert readableByNobody(stateDir / "tls" / "server-key.pem")
+        assert not readableByNobody(stateDir / "tls" / "ca-key.pem")
 
         netd.process.send_signal(signal.SIGHUP)
         log = waitForLog(netd, "reload: service tls (echo) unchanged (TLS files reloaded)")
@@ -162,6 +164,24 @@ def test_bindAsRootThenServeAsNobody(sharedDir: Path) -> None:
         assert netd.stop() == 0, netd.log()
     finally:
         netd.kill()
+
+
+def readableByNobody(path: Path) -> bool:
+    """
+    Whether a process running as nobody (with nogroup, no other groups) can open C{path} for reading.
+    """
+    probe = subprocess.run(
+        [pythonForNobody(), "-I", "-c", "import sys; open(sys.argv[1], 'rb').close()", str(path)],
+        cwd="/",
+        user=NOBODY.pw_uid,
+        group=NOBODY.pw_gid,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert probe.returncode == 0 or "PermissionError" in probe.stderr, probe.stderr
+    return probe.returncode == 0
 
 
 def test_nonRootCannotSwitch(sharedDir: Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -25,6 +26,7 @@ from netd.certs import (
     CLIENT_COMMON_NAME,
     CLIENT_DNS_NAME,
     WRONG_HOST,
+    KeyAndCertificate,
     autoCertificate,
     defaultStateDir,
     ensureDevelopmentSet,
@@ -256,6 +258,81 @@ def test_currentSetReadWithoutTheCAKey(tmp_path: Path) -> None:
     files, _ = ensureDevelopmentSet(str(tmp_path))
     Path(files.caKey).unlink()
     assert ensureDevelopmentSet(str(tmp_path)) == (files, [])
+
+
+def verifyServer(ca: x509.Certificate, leaf: x509.Certificate, name: str) -> None:
+    """
+    Verify C{leaf} for C{name} against C{ca} as a TLS client does (RFC 5280,
+    name constraints included), with cryptography's verifier.
+    """
+    from cryptography.x509 import verification
+
+    subject: verification.Subject
+    try:
+        subject = x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        subject = x509.DNSName(name)
+    verifier = verification.PolicyBuilder().store(verification.Store([ca])).build_server_verifier(subject)
+    verifier.verify(leaf, [])
+
+
+def test_developmentCAIsNameConstrained(tmp_path: Path) -> None:
+    """
+    The development CA carries a critical NameConstraints extension permitting only localhost, .test, .invalid, 127.0.0.0/8 and ::1, and nothing excluded.
+    """
+    files, _ = ensureDevelopmentSet(str(tmp_path))
+    extension = load(files.ca).extensions.get_extension_for_class(x509.NameConstraints)
+    assert extension.critical
+    assert extension.value.excluded_subtrees is None
+    assert set(extension.value.permitted_subtrees or []) == {
+        x509.DNSName("localhost"),
+        x509.DNSName("test"),
+        x509.DNSName("invalid"),
+        x509.IPAddress(ipaddress.ip_network("127.0.0.0/8")),
+        x509.IPAddress(ipaddress.ip_network("::1/128")),
+    }
+
+
+def test_developmentCAVouchesOnlyForLocalNames(tmp_path: Path) -> None:
+    """
+    A certificate the development CA signs for localhost, 127.0.0.1, ::1, a .test or a .invalid name verifies; one for example.com, 10.0.0.1 or 2001:db8::1 fails on the CA's name constraints.
+    """
+    from cryptography.x509 import verification
+
+    files, _ = ensureDevelopmentSet(str(tmp_path))
+    ca = load(files.ca)
+    signer = KeyAndCertificate(ca, serialization.load_pem_private_key(Path(files.caKey).read_bytes(), password=None))  # type: ignore[arg-type]
+    verifyServer(ca, load(files.server), "localhost")
+    for name in ("localhost", "127.0.0.1", "127.8.9.10", "::1", "alpha.test", WRONG_HOST):
+        verifyServer(ca, issue(signer, [name]).certificate, name)
+    for name in ("example.com", "10.0.0.1", "2001:db8::1", "localhost.example.com"):
+        with pytest.raises(verification.VerificationError, match="(?i)constraint"):
+            verifyServer(ca, issue(signer, [name]).certificate, name)
+
+
+def test_unconstrainedCAMadeAgain(tmp_path: Path) -> None:
+    """
+    A current development CA without name constraints (made by an older netd) is made again with them, with every certificate, and the log says clients must trust the new CA.
+    """
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    files, _ = ensureDevelopmentSet(str(tmp_path))
+    old = makeCA()
+    old.write(files.ca, files.caKey)
+    for path, keyPath, usage in ((files.server, files.serverKey, "server"), (files.client, files.clientKey, "client")):
+        issue(old, ["localhost"], usage=usage).write(path, keyPath)  # type: ignore[arg-type]
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        _, made = ensureDevelopmentSet(str(tmp_path))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert len(made) == 6
+    assert load(files.ca).extensions.get_extension_for_class(x509.NameConstraints).critical
+    assert signedBy(load(files.server), load(files.ca))
+    warnings = [e for e in events if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "netd.certs"]
+    assert len(warnings) == 1
+    assert "clients must trust the new CA" in str(warnings[0]["log_format"])
 
 
 def test_rsaKeys(tmp_path: Path) -> None:
