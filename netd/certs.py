@@ -30,8 +30,8 @@ another one (see L{writeFileAt}).
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import errno
+import ipaddress
 import os
 import secrets
 import stat
@@ -332,7 +332,7 @@ def openFolder(path: str, mode: int = 0o700) -> int:
     if not name:
         return os.open(parent, _FOLDER_FLAGS)
     os.makedirs(parent, exist_ok=True)
-    parentFd = os.open(parent, _FOLDER_FLAGS)
+    parentFd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         return folderAt(parentFd, name, mode)
     finally:

@@ -270,7 +270,7 @@ def _writers(status: os.stat_result, target: Target) -> str | None:
     """
     if status.st_uid == target.uid:
         return f"it is owned by uid {target.uid}"
-    if status.st_mode & stat.S_IWGRP and status.st_gid in target.groups:
+    if status.st_mode & stat.S_IWGRP and (status.st_gid == target.gid or status.st_gid in target.groups):
         return f"it is group-writable and its group {status.st_gid} is one of the user's"
     if status.st_mode & stat.S_IWOTH:
         return "it is world-writable"
@@ -394,10 +394,36 @@ def openStateDir(stateDir: str, target: Target, *, create: bool) -> int:
         writers = _writers(tls, target)
         if writers is not None:
             raise _refusal(stateDir, os.path.join(where, "tls"), writers, target)
+        _checkCAKey(fd, os.path.join(where, "tls", "ca-key.pem"), stateDir, target)
         return fd
     except BaseException:
         os.close(fd)
         raise
+
+
+def _checkCAKey(state: int, path: str, stateDir: str, target: Target) -> None:
+    """
+    Refuse a development CA key that C{target}'s user can read or change (an
+    older netd gave it to the user): the CA must be made again.
+
+    @param state: the state directory's descriptor (its C{tls/} is checked).
+    """
+    try:
+        key = os.stat("tls/ca-key.pem", dir_fd=state, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    readable = (
+        key.st_uid == target.uid
+        or bool(key.st_mode & stat.S_IROTH)
+        or (bool(key.st_mode & stat.S_IRGRP) and (key.st_gid == target.gid or key.st_gid in target.groups))
+    )
+    if readable or stat.S_ISLNK(key.st_mode):
+        raise PrivilegeError(
+            f"[daemon] state_dir {stateDir!r}: the development CA key {path!r} is not root's alone "
+            f"({target.name}, the user netd drops to, can read it or it is a link); a CA whose key the service user "
+            f"could read must not be trusted: remove {path!r} (and tell clients to trust the new CA netd makes) "
+            "or give it to root (chown root: FILE; chmod 600 FILE) if it never left root's hands"
+        )
 
 
 def handOverCertificates(stateDir: str, target: Target) -> list[str]:

@@ -210,6 +210,16 @@ def test_linksInTheSetAreNotFollowed(tmp_path: Path) -> None:
         assert (outside / name).read_bytes() == before[name]
 
 
+def test_stateDirThatIsALinkFollowed(tmp_path: Path) -> None:
+    """
+    A state directory that is itself a symbolic link (a deployment's choice, checked by netd.privileges when root drops to a user) is followed: only tls/ and the files in it must not be links.
+    """
+    (tmp_path / "real").mkdir()
+    (tmp_path / "state").symlink_to(tmp_path / "real")
+    autoCertificate(str(tmp_path / "state"))
+    assert (tmp_path / "real" / "tls" / "server.pem").is_file()
+
+
 def test_tlsFolderThatIsALinkRefused(tmp_path: Path) -> None:
     """
     A tls/ folder that is a symbolic link is not written through.

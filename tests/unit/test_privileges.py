@@ -421,3 +421,24 @@ def test_dropHandsOverThenDrops(tmp_path: Path) -> None:
     drop()
     assert (tmp_path / "state" / "tls" / "server-key.pem").stat().st_uid == NOBODY.pw_uid
     assert system.calls == [("setgroups", []), ("setgid", NOBODY.pw_gid), ("setuid", NOBODY.pw_uid)]
+
+
+@asRoot
+@pytest.mark.parametrize("how", ["owner", "mode"])
+def test_caKeyTheUserCanReadRefused(tmp_path: Path, how: str) -> None:
+    """
+    A development CA key that the user owns or may read (an older netd gave it away) is refused, saying to remove it so that a new CA is made.
+    """
+    tls = tmp_path / "state" / "tls"
+    tls.mkdir(parents=True)
+    key = tls / "ca-key.pem"
+    key.write_text("key")
+    key.chmod(0o600)
+    os.close(openStateDir(str(tmp_path / "state"), USER, create=False))
+    if how == "owner":
+        os.chown(key, NOBODY.pw_uid, -1)
+    else:
+        key.chmod(0o644)
+    message = refusal(tmp_path / "state")
+    assert f"the development CA key {str(key)!r} is not root's alone" in message
+    assert f"remove {str(key)!r}" in message
