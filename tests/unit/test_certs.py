@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.logger import LogLevel, capturedLogs
 
 from netd.certs import (
     BAD_CERTIFICATES,
@@ -236,8 +237,6 @@ def test_autoCertificateKeptWhenItCannotBeRenewed(tmp_path: Path, monkeypatch: p
     """
     After the drop (the tls/ folder is root's), a set that needs renewing keeps its server certificate, with a warning that a restart renews it; with no server certificate to keep, the error is raised.
     """
-    from twisted.logger import LogLevel, globalLogPublisher
-
     files, _ = autoCertificate(str(tmp_path))
     issue(None, ["localhost"]).write(files.client, files.clientKey)
     serverBefore = Path(files.server).read_bytes()
@@ -246,12 +245,8 @@ def test_autoCertificateKeptWhenItCannotBeRenewed(tmp_path: Path, monkeypatch: p
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr("netd.certs.writeFileAt", refused)
-    events: list[dict[str, object]] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
+    with capturedLogs() as events:
         kept, made = autoCertificate(str(tmp_path))
-    finally:
-        globalLogPublisher.removeObserver(events.append)
     assert (kept, made) == (files, [])
     assert Path(files.server).read_bytes() == serverBefore
     warnings = [e for e in events if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "netd.certs"]
@@ -324,19 +319,13 @@ def test_unconstrainedCAMadeAgain(tmp_path: Path) -> None:
     """
     A current development CA without name constraints (made by an older netd) is made again with them, with every certificate, and the log says clients must trust the new CA.
     """
-    from twisted.logger import LogLevel, globalLogPublisher
-
     files, _ = ensureDevelopmentSet(str(tmp_path))
     old = makeCA()
     old.write(files.ca, files.caKey)
     for path, keyPath, usage in ((files.server, files.serverKey, "server"), (files.client, files.clientKey, "client")):
         issue(old, ["localhost"], usage=usage).write(path, keyPath)  # type: ignore[arg-type]
-    events: list[dict[str, object]] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
+    with capturedLogs() as events:
         _, made = ensureDevelopmentSet(str(tmp_path))
-    finally:
-        globalLogPublisher.removeObserver(events.append)
     assert len(made) == 6
     assert load(files.ca).extensions.get_extension_for_class(x509.NameConstraints).critical
     assert signedBy(load(files.server), load(files.ca))
