@@ -2,7 +2,8 @@
 Certificates for development and for testing clients, made with the
 C{cryptography} package.
 
-A I{development set} is a CA, a server certificate for C{localhost},
+A I{development set} is a CA (which may vouch only for the names of
+L{DEVELOPMENT_PERMITTED}), a server certificate for C{localhost},
 C{127.0.0.1} and C{::1} signed by it, and a client certificate for mutual TLS
 signed by it.  C{certificate = "auto"} in a service's C{tls} table uses the set
 kept in the state directory's C{tls/} folder, made on first use and reused
@@ -21,15 +22,19 @@ Layout of a certificate folder::
     bad/NAME.pem  bad/NAME-key.pem        one per entry of BAD_CERTIFICATES
 
 Keys are written with mode 0600, every file in one step (a reader never sees
-half of one).
+half of one), and through the folder's descriptor: no symbolic link is
+followed to a file, so netd running as root cannot be led to write or read
+another one (see L{writeFileAt}).
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import ipaddress
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -38,6 +43,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.logger import Logger
+
+log = Logger(namespace="netd.certs")
 
 KeyType = Literal["ecdsa", "rsa"]
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -57,6 +65,14 @@ for C{client_allow}.
 WRONG_HOST = "wrong.host.invalid"
 """
 The only name on the C{wrong-host} bad certificate.
+"""
+
+DEVELOPMENT_PERMITTED = ("localhost", "test", "invalid", "127.0.0.0/8", "::1/128")
+"""
+The names the development CA may vouch for (its critical NameConstraints):
+C{localhost}, C{.test} and C{.invalid} (RFC 6761) with their subdomains, and
+the loopback addresses; so a leaked development CA cannot vouch for a real
+name, whatever a client trusts it for.
 """
 
 CA_LIFETIME = datetime.timedelta(days=3650)
@@ -158,6 +174,14 @@ class KeyAndCertificate:
         writeFile(keyPath, self.keyPEM(), 0o600)
         writeFile(certificatePath, self.certificatePEM(), 0o644)
 
+    def writeAt(self, folder: int, certificateName: str, keyName: str) -> None:
+        """
+        Write the certificate (mode 0644) and the key (mode 0600) into a
+        folder by its descriptor (L{writeFileAt}).
+        """
+        writeFileAt(folder, keyName, self.keyPEM(), 0o600)
+        writeFileAt(folder, certificateName, self.certificatePEM(), 0o644)
+
 
 def makeCA(
     commonName: str = "netd development CA",
@@ -167,6 +191,7 @@ def makeCA(
     keyType: KeyType = "ecdsa",
     notBefore: datetime.datetime | None = None,
     notAfter: datetime.datetime | None = None,
+    permitted: Sequence[str] | None = None,
 ) -> KeyAndCertificate:
     """
     A new certificate authority: a self-signed root, or an intermediate
@@ -174,6 +199,9 @@ def makeCA(
 
     @param pathLength: how many intermediate CAs may follow it in a chain
         (L{None}: any); 0, the default, lets it sign end-entity certificates only.
+    @param permitted: the only names it may vouch for (DNS names, with their
+        subdomains, and IP networks such as C{127.0.0.0/8}), as a critical
+        NameConstraints extension (L{nameConstraints}); L{None}: any name.
     """
     now = utcNow()
     key = newKey(keyType)
@@ -207,7 +235,34 @@ def makeCA(
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False
         )
+    if permitted is not None:
+        builder = builder.add_extension(nameConstraints(permitted), critical=True)
     return KeyAndCertificate(builder.sign(issuer.key if issuer else key, hashes.SHA256()), key)
+
+
+def nameConstraints(permitted: Sequence[str]) -> x509.NameConstraints:
+    """
+    NameConstraints permitting C{permitted}: IP networks (C{127.0.0.0/8}) as
+    such, everything else as DNS names (each with its subdomains).
+    """
+    subtrees: list[x509.GeneralName] = []
+    for name in permitted:
+        try:
+            subtrees.append(x509.IPAddress(ipaddress.ip_network(name)))
+        except ValueError:
+            subtrees.append(x509.DNSName(name))
+    return x509.NameConstraints(permitted_subtrees=subtrees, excluded_subtrees=None)
+
+
+def _constrained(ca: x509.Certificate) -> bool:
+    """
+    Whether a CA carries the development CA's name constraints, critical.
+    """
+    try:
+        extension = ca.extensions.get_extension_for_class(x509.NameConstraints)
+    except x509.ExtensionNotFound:
+        return False
+    return extension.critical and extension.value == nameConstraints(DEVELOPMENT_PERMITTED)
 
 
 def issue(
@@ -257,24 +312,106 @@ def issue(
     return KeyAndCertificate(builder.sign(signer, hashes.SHA256()), key)
 
 
-def writeFile(path: str, data: bytes, mode: int) -> None:
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_MAX_READ = 1 << 20
+"""
+The most netd reads of one certificate or key file: a development file is a
+few kilobytes, so anything larger is not one.
+"""
+
+
+def openFolder(path: str, mode: int = 0o700) -> int:
     """
-    Replace C{path} with C{data} in one step (a temporary file in the same
-    folder, renamed over it), with the given permissions from the start.
+    A descriptor of the folder C{path}, made with C{mode} (and its missing
+    parents) when it does not exist; its last component is never a symbolic
+    link.  Files in it are then made and read with L{writeFileAt} and
+    L{readFileAt}, which follow no link either.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".netd-", suffix=".tmp")
+    parent, name = os.path.split(os.path.abspath(path))
+    if not name:
+        return os.open(parent, _FOLDER_FLAGS)
+    os.makedirs(parent, exist_ok=True)
+    parentFd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
+        return folderAt(parentFd, name, mode)
+    finally:
+        os.close(parentFd)
+
+
+def folderAt(parent: int, name: str, mode: int = 0o700) -> int:
+    """
+    A descriptor of the folder C{name} in the folder C{parent}, made with
+    C{mode} (whatever the umask) when it does not exist; never a symbolic link.
+    """
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent)
+    except FileExistsError:
+        return os.open(name, _FOLDER_FLAGS, dir_fd=parent)
+    fd = os.open(name, _FOLDER_FLAGS, dir_fd=parent)
+    os.fchmod(fd, mode)
+    return fd
+
+
+def writeFileAt(folder: int, name: str, data: bytes, mode: int) -> None:
+    """
+    Replace C{name} in the folder C{folder} with C{data} in one step: a new
+    file of a random name (made exclusively, never through a link) gets the
+    mode and the bytes, then is renamed over C{name}, which replaces a link
+    of that name rather than following it.
+    """
+    for _ in range(100):
+        temporary = f".netd-{secrets.token_hex(8)}.tmp"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder)
+        except FileExistsError:
+            continue
+        break
+    else:
+        raise FileExistsError(errno.EEXIST, "no free temporary name", name)
+    try:
+        with open(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
             f.write(data)
-        os.replace(temporary, path)
+        os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
     except BaseException:
         try:
-            os.unlink(temporary)
+            os.unlink(temporary, dir_fd=folder)
         except OSError:
             pass
         raise
+
+
+def writeFile(path: str, data: bytes, mode: int) -> None:
+    """
+    Replace C{path} with C{data} in one step, with the given permissions from
+    the start (L{writeFileAt} in its folder, which must exist): a symbolic
+    link at C{path} is replaced, never followed.
+    """
+    parent, name = os.path.split(os.path.abspath(path))
+    folder = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        writeFileAt(folder, name, data, mode)
+    finally:
+        os.close(folder)
+
+
+def readFileAt(folder: int | None, name: str) -> bytes:
+    """
+    The bytes of the regular file C{name} (in the folder C{folder}, or a
+    path when it is L{None}), opened without following a link there.
+
+    @raise OSError: when it is missing, unreadable, a link or not a regular
+        file, or larger than any certificate or key netd reads.
+    """
+    fd = os.open(name, _READ_FLAGS, dir_fd=folder)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", name)
+        data = f.read(_MAX_READ + 1)
+    if len(data) > _MAX_READ:
+        raise OSError(errno.EFBIG, f"larger than {_MAX_READ} bytes", name)
+    return data
 
 
 def defaultStateDir(environ: Mapping[str, str] = os.environ) -> str:
@@ -326,16 +463,28 @@ class DevelopmentSet:
         return os.path.join(self.directory, "client-key.pem")
 
 
-def _load(certificatePath: str, keyPath: str) -> KeyAndCertificate | None:
+def _loadCertificate(folder: int | None, name: str) -> x509.Certificate | None:
     """
-    A certificate and key from PEM files, or L{None} if either is missing,
-    unreadable or malformed, or if they do not belong together.
+    A certificate from a PEM file (see L{readFileAt}), or L{None} if it is
+    missing, unreadable or malformed.
     """
     try:
-        with open(certificatePath, "rb") as f:
-            certificate = x509.load_pem_x509_certificate(f.read())
-        with open(keyPath, "rb") as f:
-            key = serialization.load_pem_private_key(f.read(), password=None)
+        return x509.load_pem_x509_certificate(readFileAt(folder, name))
+    except (OSError, ValueError):
+        return None
+
+
+def _load(folder: int | None, certificateName: str, keyName: str) -> KeyAndCertificate | None:
+    """
+    A certificate and key from PEM files (see L{readFileAt}), or L{None} if
+    either is missing, unreadable or malformed, or if they do not belong
+    together.
+    """
+    certificate = _loadCertificate(folder, certificateName)
+    if certificate is None:
+        return None
+    try:
+        key = serialization.load_pem_private_key(readFileAt(folder, keyName), password=None)
     except (OSError, ValueError, TypeError):
         return None
     if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
@@ -351,25 +500,51 @@ def _publicBytes(key: object) -> bytes:
     )
 
 
-def _current(loaded: KeyAndCertificate | None, now: datetime.datetime) -> bool:
+def _current(certificate: x509.Certificate, now: datetime.datetime) -> bool:
     """
     Whether a certificate is valid now and for at least L{RENEW_BEFORE} more.
     """
-    if loaded is None:
-        return False
-    certificate = loaded.certificate
     return certificate.not_valid_before_utc <= now and now + RENEW_BEFORE < certificate.not_valid_after_utc
 
 
-def _signedBy(loaded: KeyAndCertificate, ca: KeyAndCertificate) -> bool:
+def _signedBy(certificate: x509.Certificate, ca: x509.Certificate) -> bool:
     """
     Whether a certificate was issued by C{ca}.
     """
     try:
-        loaded.certificate.verify_directly_issued_by(ca.certificate)
+        certificate.verify_directly_issued_by(ca)
     except (ValueError, TypeError, Exception):
         return False
     return True
+
+
+@attrs.frozen
+class _Leaf:
+    """
+    One end-entity certificate of a development set: its files and names.
+    """
+
+    certificate: str
+    key: str
+    names: tuple[str, ...]
+    commonName: str
+    usage: Literal["server", "client"]
+
+
+_LEAVES = (
+    _Leaf("server.pem", "server-key.pem", SERVER_NAMES, "localhost", "server"),
+    _Leaf("client.pem", "client-key.pem", (CLIENT_DNS_NAME,), CLIENT_COMMON_NAME, "client"),
+)
+
+
+def _fits(leaf: KeyAndCertificate | None, ca: x509.Certificate | None, now: datetime.datetime, keyType: KeyType) -> bool:
+    """
+    Whether a development set's end-entity certificate can be kept: it is
+    current, signed by the set's CA, and of the wanted key type.
+    """
+    if leaf is None or ca is None:
+        return False
+    return _current(leaf.certificate, now) and _signedBy(leaf.certificate, ca) and keyTypeOf(leaf.key) == keyType
 
 
 def ensureDevelopmentSet(directory: str, *, keyType: KeyType = "ecdsa") -> tuple[DevelopmentSet, list[str]]:
@@ -380,37 +555,73 @@ def ensureDevelopmentSet(directory: str, *, keyType: KeyType = "ecdsa") -> tuple
     The CA is kept as long as it is current, so clients that trust it go on
     trusting the server; the server and client certificates are made again
     when they are not current, not signed by the CA, or of another key type
-    than C{keyType}.
+    than C{keyType}.  A set that needs nothing is only read (the CA key is
+    not even opened), so a process that may not write the folder can check
+    it.  Files are read and written through the folder's descriptor, never
+    through a symbolic link (see L{openFolder}).
 
     @return: the set's files, and the paths of the files made now.
     """
-    os.makedirs(directory, mode=0o700, exist_ok=True)
     files = DevelopmentSet(directory)
-    now = utcNow()
-    made: list[str] = []
-    ca = _load(files.ca, files.caKey)
-    if ca is None or not _current(ca, now):
-        ca = makeCA(keyType=keyType)
-        ca.write(files.ca, files.caKey)
-        made += [files.ca, files.caKey]
-    leaves = [
-        (files.server, files.serverKey, list(SERVER_NAMES), "localhost", "server"),
-        (files.client, files.clientKey, [CLIENT_DNS_NAME], CLIENT_COMMON_NAME, "client"),
-    ]
-    for certificatePath, keyPath, names, commonName, usage in leaves:
-        leaf = _load(certificatePath, keyPath)
-        if leaf is None or not _current(leaf, now) or not _signedBy(leaf, ca) or keyTypeOf(leaf.key) != keyType:
-            issue(ca, names, commonName=commonName, usage=usage, keyType=keyType).write(certificatePath, keyPath)  # type: ignore[arg-type]
-            made += [certificatePath, keyPath]
-    return files, made
+    folder = openFolder(directory)
+    try:
+        now = utcNow()
+        made: list[str] = []
+        caCertificate = _loadCertificate(folder, "ca.pem")
+        if caCertificate is not None and not _constrained(caCertificate):
+            log.warn(
+                "the development CA {ca} has no name constraints (made by an older netd): making a new one, which "
+                "may vouch only for localhost, .test, .invalid and loopback addresses; clients must trust the new CA",
+                ca=files.ca,
+            )
+            caCertificate = None
+        if caCertificate is not None and not _current(caCertificate, now):
+            caCertificate = None
+        stale = [leaf for leaf in _LEAVES if not _fits(_load(folder, leaf.certificate, leaf.key), caCertificate, now, keyType)]
+        if caCertificate is not None and not stale:
+            return files, made
+        ca = _load(folder, "ca.pem", "ca-key.pem") if caCertificate is not None else None
+        if ca is None:
+            ca = makeCA(keyType=keyType, permitted=DEVELOPMENT_PERMITTED)
+            ca.writeAt(folder, "ca.pem", "ca-key.pem")
+            made += [files.ca, files.caKey]
+            stale = list(_LEAVES)
+        for leaf in stale:
+            issue(ca, leaf.names, commonName=leaf.commonName, usage=leaf.usage, keyType=keyType).writeAt(
+                folder, leaf.certificate, leaf.key
+            )
+            made += [os.path.join(directory, leaf.certificate), os.path.join(directory, leaf.key)]
+        return files, made
+    finally:
+        os.close(folder)
 
 
 def autoCertificate(stateDir: str) -> tuple[DevelopmentSet, list[str]]:
     """
     The development set of C{certificate = "auto"}: the C{tls/} folder of the
     state directory, made or renewed as needed (see L{ensureDevelopmentSet}).
+
+    After netd dropped root, that folder is root's and the user may not
+    write it: a set that needs renewing then keeps being served as it is,
+    with a warning that a restart (as root) renews it.
+
+    @raise OSError: when the set cannot be made and there is no server
+        certificate and key to keep serving.
     """
-    return ensureDevelopmentSet(os.path.join(stateDir, "tls"))
+    directory = os.path.join(stateDir, "tls")
+    try:
+        return ensureDevelopmentSet(directory)
+    except PermissionError as e:
+        files = DevelopmentSet(directory)
+        if _load(None, files.server, files.serverKey) is None:
+            raise
+        log.warn(
+            "cannot renew the development certificates in {directory} ({error}): serving the current ones; "
+            "netd renews them when it starts again as root",
+            directory=directory,
+            error=e.strerror or str(e),
+        )
+        return files, []
 
 
 @attrs.frozen
@@ -497,13 +708,23 @@ def writeBadCertificates(directory: str, *, keyType: KeyType = "ecdsa") -> list[
 
     @return: each entry with its certificate and key paths.
     """
-    files, _ = ensureDevelopmentSet(directory, keyType=keyType)
-    ca = _load(files.ca, files.caKey)
-    assert ca is not None
-    os.makedirs(os.path.join(directory, "bad"), mode=0o700, exist_ok=True)
+    ensureDevelopmentSet(directory, keyType=keyType)
+    folder = openFolder(directory)
+    try:
+        ca = _load(folder, "ca.pem", "ca-key.pem")
+        if ca is None:
+            raise OSError(errno.ENOENT, "the development CA and its key cannot be read", os.path.join(directory, "ca.pem"))
+        badFolder = folderAt(folder, "bad", 0o700)
+    finally:
+        os.close(folder)
     written = []
-    for bad in BAD_CERTIFICATES:
-        certificatePath, keyPath = bad.paths(directory)
-        makeBadCertificate(bad, ca, keyType=keyType).write(certificatePath, keyPath)
-        written.append((bad, certificatePath, keyPath))
+    try:
+        for bad in BAD_CERTIFICATES:
+            certificatePath, keyPath = bad.paths(directory)
+            makeBadCertificate(bad, ca, keyType=keyType).writeAt(
+                badFolder, os.path.basename(certificatePath), os.path.basename(keyPath)
+            )
+            written.append((bad, certificatePath, keyPath))
+    finally:
+        os.close(badFolder)
     return written

@@ -176,23 +176,32 @@ class DaemonSpec:
     )
     group: Group | None = option(
         None,
-        help="The group to run as (a name or numeric id); the user's own group when unset.",
+        help="The group to run as (a name or numeric id) with user; the user's own group when unset.",
     )
 
     def crossCheck(self) -> list[tuple[str, str]]:
         """
         Rules that span several keys: (key, problem) pairs.
         """
+        problems = []
         if not self.admin.localOnly and self.admin_token_file is None:
             text = self.admin.address.text if self.admin.address is not None else ""
-            return [
+            problems.append(
                 (
                     "admin",
                     f"{text!r} can be reached from other hosts, so the control API needs a token: set "
                     "admin_token_file to a file holding a secret, or listen on 127.0.0.1, ::1 or a unix: socket",
                 )
-            ]
-        return []
+            )
+        if self.group is not None and self.user is None:
+            problems.append(
+                (
+                    "group",
+                    f"[daemon] group needs [daemon] user: with group {self.group.value!r} alone netd would keep "
+                    "running as uid 0 (root, with root's rights) while only its group changed; set user too",
+                )
+            )
+        return problems
 
 
 @attrs.frozen

@@ -11,17 +11,21 @@ Started as another user, netd refuses to start unless it already is that user
 (L{checkCanSwitch}), so a config meant for root is not silently run with other
 rights.
 
-Files made while still root (the state directory and the certificates of
-C{certificate = "auto"}) are handed to the user (L{handOverState}), so that a
-later reload can renew them.
+As root, netd works in its state directory before the drop (the certificates
+of C{certificate = "auto"}), so that directory must be one the user cannot
+change: L{openStateDir} refuses one the user could write or replace, and makes
+a missing one as root's, through directory descriptors.  The user is given
+only what a reload reads again (L{handOverCertificates}: the server
+certificate and key, by descriptor); the CA key stays root's.
 """
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
-from collections.abc import Callable
+import stat
 from typing import ClassVar, Protocol
 
 import attrs
@@ -159,46 +163,42 @@ class System(Protocol):
 @attrs.frozen
 class Target:
     """
-    Who netd is to run as: a user id and a group id, either possibly unset
-    (C{group} alone changes only the group).
+    Who netd is to run as: a user id and a group id (C{group} alone is a
+    config error, see L{netd.config.DaemonSpec.crossCheck}).
 
-    @ivar name: the user's name (or the group's) for messages.
+    @ivar name: the user's name for messages.
+    @ivar groups: the groups the user's own processes have (the target group
+        and the user database's supplementary ones), for what it can write.
     """
 
-    uid: int | None
-    gid: int | None
+    uid: int
+    gid: int
     name: str
+    groups: frozenset[int] = frozenset()
 
     @classmethod
     def fromConfig(cls, user: User | None, group: Group | None) -> Target | None:
         """
         The target of C{[daemon] user} and C{group}: the user's own group when
-        C{group} is unset; L{None} when neither is set.
+        C{group} is unset; L{None} when no user is set.
         """
-        if user is None and group is None:
-            return None
         if user is None:
-            assert group is not None
-            return cls(uid=None, gid=group.gid, name=f"group {group.value!r}")
+            return None
         gid = group.gid if group is not None else user.primaryGroup
-        return cls(uid=user.uid, gid=gid, name=f"user {user.name!r}")
+        groups = frozenset(os.getgrouplist(user.name, gid)) | {gid, user.primaryGroup}
+        return cls(uid=user.uid, gid=gid, name=f"user {user.name!r}", groups=groups)
 
     def reached(self, system: System) -> bool:
         """
         Whether the process already runs with these ids (real and effective).
         """
-        if self.uid is not None and not system.getuid() == system.geteuid() == self.uid:
-            return False
-        if self.gid is not None and not system.getgid() == system.getegid() == self.gid:
-            return False
-        return True
+        return system.getuid() == system.geteuid() == self.uid and system.getgid() == system.getegid() == self.gid
 
     def describe(self) -> str:
         """
         The ids in words: C{uid 65534, gid 65534}.
         """
-        parts = [f"uid {self.uid}" if self.uid is not None else "", f"gid {self.gid}" if self.gid is not None else ""]
-        return ", ".join(p for p in parts if p)
+        return f"uid {self.uid}, gid {self.gid}"
 
 
 def checkCanSwitch(target: Target | None, system: System = os) -> None:
@@ -233,10 +233,8 @@ def dropPrivileges(target: Target | None, system: System = os) -> bool:
         return False
     try:
         system.setgroups([])
-        if target.gid is not None:
-            system.setgid(target.gid)
-        if target.uid is not None:
-            system.setuid(target.uid)
+        system.setgid(target.gid)
+        system.setuid(target.uid)
     except OSError as e:
         raise PrivilegeError(f"cannot switch to {target.name} ({target.describe()}): {e.strerror or e}") from e
     if not target.reached(system) or system.getgroups():
@@ -248,50 +246,247 @@ def dropPrivileges(target: Target | None, system: System = os) -> bool:
     return True
 
 
-def handOverState(
-    stateDir: str, created: bool, target: Target | None, chown: Callable[[str, int, int], None] = os.lchown
-) -> list[str]:
-    """
-    Give C{target} what netd made in its state directory while still root, so
-    that it can read and renew it after the drop (call it as root, just
-    before L{dropPrivileges}): the state directory itself
-    if netd created it during this start (an existing one keeps its owner), and
-    everything in its C{tls/} folder (the certificates of
-    C{certificate = "auto"}).  Symbolic links are changed, never followed.
+HANDED_OVER = ("server.pem", "server-key.pem")
+"""
+The files of C{certificate = "auto"} in the state directory's C{tls/} folder
+that a reload after the drop reads again, so the user is given them; the CA
+key stays root's.
+"""
 
-    @param created: whether the state directory did not exist before this start.
-    @param chown: L{os.lchown}, or its stand-in in tests.
-    @return: the paths handed over.
+_MAX_SYMLINKS = 40
+"""
+How many symbolic links a state directory's path may pass through (the
+kernel's own bound), so that a loop of links ends in an error.
+"""
+
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _writers(status: os.stat_result, target: Target) -> str | None:
     """
-    if target is None or target.uid is None and target.gid is None:
+    How C{target}'s user can change what C{status} describes (its owner can
+    always change its mode), or L{None} when it cannot.  Access lists are not
+    read.
+    """
+    if status.st_uid == target.uid:
+        return f"it is owned by uid {target.uid}"
+    if status.st_mode & stat.S_IWGRP and (status.st_gid == target.gid or status.st_gid in target.groups):
+        return f"it is group-writable and its group {status.st_gid} is one of the user's"
+    if status.st_mode & stat.S_IWOTH:
+        return "it is world-writable"
+    return None
+
+
+def _replaceable(folder: os.stat_result, entry: os.stat_result, target: Target) -> str | None:
+    """
+    How C{target}'s user can put something else in place of C{entry}, a name
+    in C{folder}, or L{None} when it cannot: it can write the folder, and the
+    folder's sticky bit (which lets only the owner of a name, or of the
+    folder, rename it) does not stop it.
+    """
+    writers = _writers(folder, target)
+    if writers is None:
+        return None
+    if folder.st_mode & stat.S_ISVTX and target.uid not in (folder.st_uid, entry.st_uid):
+        return None
+    return writers
+
+
+def _refusal(stateDir: str, where: str, why: str, target: Target, *, parent: bool = False) -> PrivilegeError:
+    """
+    The error for a state directory that C{target}'s user could change
+    (itself, its C{tls/} folder, or, with C{parent}, a folder on its way).
+    """
+    way = (
+        "set [daemon] state_dir to a folder whose parent folders only root can change, such as /var/lib/netd"
+        if parent
+        else f"give it to root (chown -R root: {stateDir}; chmod -R go-w {stateDir}) or set [daemon] state_dir "
+        "to a folder only root can change"
+    )
+    return PrivilegeError(
+        f"[daemon] state_dir {stateDir!r}: {where!r} can be changed by {target.name}, the user netd drops to "
+        f"({why}); netd works in the state directory as root before the drop and will not run on one that user "
+        f"controls: {way}"
+    )
+
+
+def openStateDir(stateDir: str, target: Target, *, create: bool) -> int:
+    """
+    Open the state directory as root, for a drop to C{target}: one component
+    at a time from C{/}, through directory descriptors, so that nothing the
+    user controls is followed, and make (as root's, mode 0755) the components
+    that are missing.
+
+    Symbolic links on the way are followed only where the user could not
+    have put them.  The state directory and its C{tls/} folder must not be
+    writable by the user: what netd makes there as root (the development CA
+    and its key) must stay root's.
+
+    @param create: whether to make missing components; else a missing one
+        raises L{FileNotFoundError}.
+    @return: a descriptor of the state directory (the caller closes it).
+    @raise PrivilegeError: when the user could change a component, or the
+        state directory or its C{tls/} folder.
+    @raise OSError: when a component cannot be opened or made.
+    """
+    parts = list(reversed(os.path.abspath(stateDir).split("/")))
+    where = "/"
+    fd = os.open("/", _FOLDER_FLAGS)
+    links = 0
+    try:
+        while parts:
+            name = parts.pop()
+            if name in ("", "."):
+                continue
+            if name == "..":
+                parent = os.open("..", _FOLDER_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd, where = parent, os.path.dirname(where)
+                continue
+            madeNow = False
+            try:
+                entry = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(name, 0o700, dir_fd=fd)
+                    madeNow = True
+                except FileExistsError:
+                    pass
+                entry = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            path = os.path.join(where, name)
+            if entry.st_uid == target.uid:
+                last = all(part in ("", ".") for part in parts)
+                raise _refusal(stateDir, path, f"it is owned by uid {target.uid}", target, parent=not last)
+            replaceable = _replaceable(os.fstat(fd), entry, target)
+            if replaceable is not None:
+                raise _refusal(
+                    stateDir, where, f"{replaceable}, so the user could replace {name!r} in it", target, parent=True
+                )
+            if stat.S_ISLNK(entry.st_mode):
+                links += 1
+                if links > _MAX_SYMLINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), stateDir)
+                link = os.readlink(name, dir_fd=fd)
+                if link.startswith("/"):
+                    os.close(fd)
+                    fd, where = os.open("/", _FOLDER_FLAGS), "/"
+                parts.extend(reversed(link.split("/")))
+                continue
+            child = os.open(name, _FOLDER_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd, where = child, path
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != (entry.st_dev, entry.st_ino):
+                raise _refusal(stateDir, where, "it was replaced while netd opened it", target)
+            if madeNow:
+                os.fchmod(fd, 0o755)
+        writers = _writers(os.fstat(fd), target)
+        if writers is not None:
+            raise _refusal(stateDir, where, writers, target)
+        try:
+            tls = os.stat("tls", dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return fd
+        if stat.S_ISLNK(tls.st_mode):
+            raise _refusal(stateDir, os.path.join(where, "tls"), "it is a symbolic link", target)
+        writers = _writers(tls, target)
+        if writers is not None:
+            raise _refusal(stateDir, os.path.join(where, "tls"), writers, target)
+        _checkCAKey(fd, os.path.join(where, "tls", "ca-key.pem"), stateDir, target)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _checkCAKey(state: int, path: str, stateDir: str, target: Target) -> None:
+    """
+    Refuse a development CA key that C{target}'s user can read or change (an
+    older netd gave it to the user): the CA must be made again.
+
+    @param state: the state directory's descriptor (its C{tls/} is checked).
+    """
+    try:
+        key = os.stat("tls/ca-key.pem", dir_fd=state, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    readable = (
+        key.st_uid == target.uid
+        or bool(key.st_mode & stat.S_IROTH)
+        or (bool(key.st_mode & stat.S_IRGRP) and (key.st_gid == target.gid or key.st_gid in target.groups))
+    )
+    if readable or stat.S_ISLNK(key.st_mode):
+        raise PrivilegeError(
+            f"[daemon] state_dir {stateDir!r}: the development CA key {path!r} is not root's alone "
+            f"({target.name}, the user netd drops to, can read it or it is a link); a CA whose key the service user "
+            f"could read must not be trusted: remove {path!r} (and tell clients to trust the new CA netd makes) "
+            "or give it to root (chown root: FILE; chmod 600 FILE) if it never left root's hands"
+        )
+
+
+def handOverCertificates(stateDir: str, target: Target) -> list[str]:
+    """
+    Let C{target}'s user read, after the drop, what a reload reads again:
+    the server certificate and key of C{certificate = "auto"} are given to
+    it (L{os.fchown} on a descriptor opened without following links, and only
+    for a regular file with no other name), and the C{tls/} folder is made
+    mode 0755.  Call it as root, just before L{dropPrivileges}.
+
+    @return: the paths given to the user.
+    @raise PrivilegeError: when the user could change the state directory.
+    """
+    try:
+        state = openStateDir(stateDir, target, create=False)
+    except FileNotFoundError:
         return []
-    uid = -1 if target.uid is None else target.uid
-    gid = -1 if target.gid is None else target.gid
-    paths: list[str] = []
-    if created and os.path.isdir(stateDir):
-        paths.append(stateDir)
-    tls = os.path.join(stateDir, "tls")
-    if os.path.isdir(tls) and not os.path.islink(tls):
-        for folder, folders, files in os.walk(tls):
-            paths.append(folder)
-            paths.extend(os.path.join(folder, name) for name in files)
-            paths.extend(os.path.join(folder, name) for name in folders if os.path.islink(os.path.join(folder, name)))
-    for path in paths:
-        chown(path, uid, gid)
-    return paths
+    try:
+        try:
+            tls = os.open("tls", _FOLDER_FLAGS, dir_fd=state)
+        except FileNotFoundError:
+            return []
+    finally:
+        os.close(state)
+    handed: list[str] = []
+    try:
+        if stat.S_IMODE(os.fstat(tls).st_mode) != 0o755:
+            os.fchmod(tls, 0o755)
+        for name in HANDED_OVER:
+            path = os.path.join(stateDir, "tls", name)
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=tls)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                log.warn("{path} is left to root: {error}", path=path, error=e.strerror or str(e))
+                continue
+            try:
+                status = os.fstat(fd)
+                if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+                    log.warn("{path} is left to root: not a regular file with one name", path=path)
+                    continue
+                os.fchown(fd, target.uid, target.gid)
+                handed.append(path)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(tls)
+    return handed
 
 
 @attrs.define
 class PrivilegeDrop:
     """
     The privilege drop of one start, in its three moments: L{prepare} before
-    anything is made or bound (fails early when the switch is impossible),
-    then, once everything listens, calling it hands the state over and drops.
+    anything is made or bound (fails early when the switch is impossible or
+    the state directory is the user's, and makes that directory as root's),
+    then, once everything listens, calling it gives the user what a reload
+    reads again and drops.
     """
 
     target: Target | None
     stateDir: str
-    stateDirExisted: bool
     system: System = os
 
     @classmethod
@@ -299,27 +494,34 @@ class PrivilegeDrop:
         cls, user: User | None, group: Group | None, stateDir: str | None, system: System = os
     ) -> PrivilegeDrop:
         """
-        Check that netd can become the C{[daemon] user} and C{group}, and note
-        whether the state directory exists yet (if netd makes it, the user gets it).
+        Check that netd can become the C{[daemon] user} and C{group}, and, as
+        root, that the user cannot change the state directory (made now, as
+        root's, when it is missing; see L{openStateDir}).
 
         @param stateDir: C{[daemon] state_dir}; the default one when L{None}.
-        @raise PrivilegeError: when netd is neither root nor already that user.
+        @raise PrivilegeError: when netd is neither root nor already that
+            user, or the user could change the state directory.
         """
         target = Target.fromConfig(user, group)
         checkCanSwitch(target, system)
         directory = stateDir or defaultStateDir()
-        return cls(target=target, stateDir=directory, stateDirExisted=os.path.exists(directory), system=system)
+        if target is not None and target.uid != 0 and system.geteuid() == 0:
+            try:
+                os.close(openStateDir(directory, target, create=True))
+            except OSError as e:
+                raise PrivilegeError(f"[daemon] state_dir {directory!r}: {e.strerror or e}") from e
+        return cls(target=target, stateDir=directory, system=system)
 
     def __call__(self) -> None:
         """
-        Everything listens: hand over the state made as root, and become the
-        configured user and group.
+        Everything listens: give the user the auto certificates a reload reads
+        again, and become the configured user and group.
 
         @raise PrivilegeError: when the switch fails.
         """
-        if self.target is not None and self.system.geteuid() == 0:
+        if self.target is not None and self.target.uid != 0 and self.system.geteuid() == 0:
             try:
-                handOverState(self.stateDir, not self.stateDirExisted, self.target)
+                handOverCertificates(self.stateDir, self.target)
             except OSError as e:
-                raise PrivilegeError(f"cannot give {self.target.name} its state in {self.stateDir!r}: {e}") from e
+                raise PrivilegeError(f"cannot give {self.target.name} its certificates in {self.stateDir!r}: {e}") from e
         dropPrivileges(self.target, self.system)

@@ -1,7 +1,8 @@
 """
 Certificates made by L{netd.certs}: the development set (made once, reused,
-renewed when needed), the deliberately bad certificates each with exactly
-its promised defect, the default state directory, and C{netd certs}.
+renewed when needed, never through a symbolic link), the deliberately bad
+certificates each with exactly its promised defect, the default state
+directory, and C{netd certs}.
 """
 
 from __future__ import annotations
@@ -16,21 +17,26 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.logger import LogLevel, capturedLogs
 
 from netd.certs import (
     BAD_CERTIFICATES,
     CLIENT_COMMON_NAME,
     CLIENT_DNS_NAME,
     WRONG_HOST,
+    KeyAndCertificate,
     autoCertificate,
     defaultStateDir,
     ensureDevelopmentSet,
     issue,
     makeCA,
+    readFileAt,
     utcNow,
     writeBadCertificates,
+    writeFile,
 )
 
 LOCAL_NAMES = {"localhost", ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
@@ -154,6 +160,178 @@ def test_mismatchedKeyMadeAgain(tmp_path: Path) -> None:
     Path(files.serverKey).write_bytes(Path(files.clientKey).read_bytes())
     _, made = ensureDevelopmentSet(str(tmp_path))
     assert made == [files.server, files.serverKey]
+
+
+def test_writeFileReplacesALinkNeverFollowsIt(tmp_path: Path) -> None:
+    """
+    writeFile over a symbolic link replaces the link with a new file of the given mode and leaves the file it pointed to alone; no temporary file is left.
+    """
+    victim = tmp_path / "victim"
+    victim.write_text("root's")
+    victim.chmod(0o644)
+    (tmp_path / "token").symlink_to(victim)
+    writeFile(str(tmp_path / "token"), b"secret", 0o600)
+    assert not (tmp_path / "token").is_symlink()
+    assert (tmp_path / "token").read_bytes() == b"secret"
+    assert stat.S_IMODE((tmp_path / "token").stat().st_mode) == 0o600
+    assert victim.read_text() == "root's" and stat.S_IMODE(victim.stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["token", "victim"]
+
+
+def test_readFileAtRefusesLinksAndOddFiles(tmp_path: Path) -> None:
+    """
+    readFileAt reads a regular file but refuses a symbolic link, a FIFO (without blocking) and a file larger than any certificate.
+    """
+    (tmp_path / "ok").write_bytes(b"pem")
+    (tmp_path / "link").symlink_to(tmp_path / "ok")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "huge").write_bytes(b"x" * (2 << 20))
+    assert readFileAt(None, str(tmp_path / "ok")) == b"pem"
+    for name in ("link", "fifo", "huge"):
+        with pytest.raises(OSError):
+            readFileAt(None, str(tmp_path / name))
+
+
+def test_linksInTheSetAreNotFollowed(tmp_path: Path) -> None:
+    """
+    A development set whose CA key and server key are symbolic links to other files gets new files in their place; the files the links named are neither read as keys nor written.
+    """
+    files, _ = ensureDevelopmentSet(str(tmp_path / "tls"))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("ca-key.pem", "server-key.pem"):
+        (outside / name).write_bytes((tmp_path / "tls" / name).read_bytes())
+        (tmp_path / "tls" / name).unlink()
+        (tmp_path / "tls" / name).symlink_to(outside / name)
+    before = {name: (outside / name).read_bytes() for name in ("ca-key.pem", "server-key.pem")}
+    _, made = ensureDevelopmentSet(str(tmp_path / "tls"))
+    assert files.serverKey in made
+    for name in ("ca-key.pem", "server-key.pem"):
+        assert not (tmp_path / "tls" / name).is_symlink()
+        assert (outside / name).read_bytes() == before[name]
+
+
+def test_stateDirThatIsALinkFollowed(tmp_path: Path) -> None:
+    """
+    A state directory that is itself a symbolic link (a deployment's choice, checked by netd.privileges when root drops to a user) is followed: only tls/ and the files in it must not be links.
+    """
+    (tmp_path / "real").mkdir()
+    (tmp_path / "state").symlink_to(tmp_path / "real")
+    autoCertificate(str(tmp_path / "state"))
+    assert (tmp_path / "real" / "tls" / "server.pem").is_file()
+
+
+def test_tlsFolderThatIsALinkRefused(tmp_path: Path) -> None:
+    """
+    A tls/ folder that is a symbolic link is not written through.
+    """
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "tls").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError):
+        autoCertificate(str(tmp_path / "state"))
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_autoCertificateKeptWhenItCannotBeRenewed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    After the drop (the tls/ folder is root's), a set that needs renewing keeps its server certificate, with a warning that a restart renews it; with no server certificate to keep, the error is raised.
+    """
+    files, _ = autoCertificate(str(tmp_path))
+    issue(None, ["localhost"]).write(files.client, files.clientKey)
+    serverBefore = Path(files.server).read_bytes()
+
+    def refused(folder: int, name: str, data: bytes, mode: int) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("netd.certs.writeFileAt", refused)
+    with capturedLogs() as events:
+        kept, made = autoCertificate(str(tmp_path))
+    assert (kept, made) == (files, [])
+    assert Path(files.server).read_bytes() == serverBefore
+    warnings = [e for e in events if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "netd.certs"]
+    assert len(warnings) == 1 and "renews them when it starts again as root" in str(warnings[0]["log_format"])
+    Path(files.server).unlink()
+    with pytest.raises(PermissionError):
+        autoCertificate(str(tmp_path))
+
+
+def test_currentSetReadWithoutTheCAKey(tmp_path: Path) -> None:
+    """
+    A current set is only read: the CA key, unreadable to the service user after the drop, is not needed to keep it.
+    """
+    files, _ = ensureDevelopmentSet(str(tmp_path))
+    Path(files.caKey).unlink()
+    assert ensureDevelopmentSet(str(tmp_path)) == (files, [])
+
+
+def verifyServer(ca: x509.Certificate, leaf: x509.Certificate, name: str) -> None:
+    """
+    Verify C{leaf} for C{name} against C{ca} as a TLS client does (RFC 5280,
+    name constraints included), with cryptography's verifier.
+    """
+    from cryptography.x509 import verification
+
+    subject: verification.Subject
+    try:
+        subject = x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        subject = x509.DNSName(name)
+    verifier = verification.PolicyBuilder().store(verification.Store([ca])).build_server_verifier(subject)
+    verifier.verify(leaf, [])
+
+
+def test_developmentCAIsNameConstrained(tmp_path: Path) -> None:
+    """
+    The development CA carries a critical NameConstraints extension permitting only localhost, .test, .invalid, 127.0.0.0/8 and ::1, and nothing excluded.
+    """
+    files, _ = ensureDevelopmentSet(str(tmp_path))
+    extension = load(files.ca).extensions.get_extension_for_class(x509.NameConstraints)
+    assert extension.critical
+    assert extension.value.excluded_subtrees is None
+    assert set(extension.value.permitted_subtrees or []) == {
+        x509.DNSName("localhost"),
+        x509.DNSName("test"),
+        x509.DNSName("invalid"),
+        x509.IPAddress(ipaddress.ip_network("127.0.0.0/8")),
+        x509.IPAddress(ipaddress.ip_network("::1/128")),
+    }
+
+
+def test_developmentCAVouchesOnlyForLocalNames(tmp_path: Path) -> None:
+    """
+    A certificate the development CA signs for localhost, 127.0.0.1, ::1, a .test or a .invalid name verifies; one for example.com, 10.0.0.1 or 2001:db8::1 fails on the CA's name constraints.
+    """
+    from cryptography.x509 import verification
+
+    files, _ = ensureDevelopmentSet(str(tmp_path))
+    ca = load(files.ca)
+    signer = KeyAndCertificate(ca, serialization.load_pem_private_key(Path(files.caKey).read_bytes(), password=None))  # type: ignore[arg-type]
+    verifyServer(ca, load(files.server), "localhost")
+    for name in ("localhost", "127.0.0.1", "127.8.9.10", "::1", "alpha.test", WRONG_HOST):
+        verifyServer(ca, issue(signer, [name]).certificate, name)
+    for name in ("example.com", "10.0.0.1", "2001:db8::1", "localhost.example.com"):
+        with pytest.raises(verification.VerificationError, match="(?i)constraint"):
+            verifyServer(ca, issue(signer, [name]).certificate, name)
+
+
+def test_unconstrainedCAMadeAgain(tmp_path: Path) -> None:
+    """
+    A current development CA without name constraints (made by an older netd) is made again with them, with every certificate, and the log says clients must trust the new CA.
+    """
+    files, _ = ensureDevelopmentSet(str(tmp_path))
+    old = makeCA()
+    old.write(files.ca, files.caKey)
+    for path, keyPath, usage in ((files.server, files.serverKey, "server"), (files.client, files.clientKey, "client")):
+        issue(old, ["localhost"], usage=usage).write(path, keyPath)  # type: ignore[arg-type]
+    with capturedLogs() as events:
+        _, made = ensureDevelopmentSet(str(tmp_path))
+    assert len(made) == 6
+    assert load(files.ca).extensions.get_extension_for_class(x509.NameConstraints).critical
+    assert signedBy(load(files.server), load(files.ca))
+    warnings = [e for e in events if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "netd.certs"]
+    assert len(warnings) == 1
+    assert "clients must trust the new CA" in str(warnings[0]["log_format"])
 
 
 def test_rsaKeys(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """
 L{netd.privileges}: C{[daemon] user} and C{group} checked when the config is
 read, the order of the system calls of the drop (on a fake system), the early
-refusal when netd cannot switch, and the hand-over of the state made as root.
+refusal when netd cannot switch, the refusal of a state directory the user
+could change, and the certificates given to the user by descriptor.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,8 @@ from netd.privileges import (
     User,
     checkCanSwitch,
     dropPrivileges,
-    handOverState,
+    handOverCertificates,
+    openStateDir,
 )
 
 NOBODY = pwd.getpwnam("nobody")
@@ -160,13 +163,26 @@ def test_configKeepsUserAsWritten() -> None:
 
 def test_targetFromConfig() -> None:
     """
-    The user's own group is used when group is unset; group alone changes only the group; neither means no target.
+    The user's own group is used when group is unset; no user means no target.
     """
     nobody = User.fromConfig("nobody")
-    assert Target.fromConfig(nobody, None) == Target(NOBODY.pw_uid, NOBODY.pw_gid, "user 'nobody'")
-    assert Target.fromConfig(nobody, Group.fromConfig(54321)) == Target(NOBODY.pw_uid, 54321, "user 'nobody'")
-    assert Target.fromConfig(None, Group.fromConfig(54321)) == Target(None, 54321, "group 54321")
+    own = Target.fromConfig(nobody, None)
+    other = Target.fromConfig(nobody, Group.fromConfig(54321))
+    assert own is not None and other is not None
+    assert (own.uid, own.gid, own.name) == (NOBODY.pw_uid, NOBODY.pw_gid, "user 'nobody'")
+    assert (other.uid, other.gid, other.name) == (NOBODY.pw_uid, 54321, "user 'nobody'")
     assert Target.fromConfig(None, None) is None
+
+
+def test_groupWithoutUserRefused() -> None:
+    """
+    group without user is a config error at daemon.group, since netd would keep running as root (uid 0) with only its group changed.
+    """
+    with pytest.raises(ConfigError) as info:
+        config(group=NOGROUP_GID)
+    rendered = str(info.value)
+    assert "test.toml: daemon.group: " in rendered
+    assert "[daemon] group needs [daemon] user" in rendered
 
 
 def test_dropOrder() -> None:
@@ -177,16 +193,6 @@ def test_dropOrder() -> None:
     assert dropPrivileges(Target(65534, 65533, "user 'nobody'"), system)
     assert system.calls == [("setgroups", []), ("setgid", 65533), ("setuid", 65534)]
     assert (system.uid, system.euid, system.gid, system.egid, system.groups) == (65534, 65534, 65533, 65533, [])
-
-
-def test_dropGroupOnly() -> None:
-    """
-    A target with only a group clears the supplementary groups and sets the group, keeping the user.
-    """
-    system = FakeSystem()
-    dropPrivileges(Target(None, 54321, "group 54321"), system)
-    assert system.calls == [("setgroups", []), ("setgid", 54321)]
-    assert system.uid == 0
 
 
 def test_dropChecksThatItTook() -> None:
@@ -243,53 +249,196 @@ def test_notRootOtherUserRefused() -> None:
     assert "start it as root" in message
 
 
+asRoot = pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+USER = Target(NOBODY.pw_uid, NOGROUP_GID, "user 'nobody'", frozenset({NOGROUP_GID}))
+
+
+def refusal(stateDir: Path) -> str:
+    """
+    The message of openStateDir's refusal of C{stateDir} for nobody.
+    """
+    with pytest.raises(PrivilegeError) as info:
+        os.close(openStateDir(str(stateDir), USER, create=True))
+    return str(info.value)
+
+
+@asRoot
 def test_prepareFailsEarly(tmp_path: Path) -> None:
     """
-    PrivilegeDrop.prepare refuses an impossible switch before anything is made, and notes whether the state directory exists.
+    PrivilegeDrop.prepare refuses an impossible switch before anything is made, and makes a missing state directory (and its parents) root's, mode 0755, whatever the umask.
     """
     nobody = User.fromConfig("nobody")
+    state = tmp_path / "a" / "state"
     with pytest.raises(PrivilegeError):
-        PrivilegeDrop.prepare(nobody, None, str(tmp_path / "state"), FakeSystem(uid=1000, gid=1000))
-    drop = PrivilegeDrop.prepare(nobody, None, str(tmp_path / "state"), FakeSystem())
-    assert not drop.stateDirExisted
-    assert PrivilegeDrop.prepare(nobody, None, str(tmp_path), FakeSystem()).stateDirExisted
+        PrivilegeDrop.prepare(nobody, None, str(state), FakeSystem(uid=1000, gid=1000))
+    assert not state.exists()
+    previous = os.umask(0)
+    try:
+        PrivilegeDrop.prepare(nobody, None, str(state), FakeSystem())
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "a", state):
+        assert (path.stat().st_uid, stat.S_IMODE(path.stat().st_mode)) == (0, 0o755)
 
 
-def test_handOverStateMadeNow(tmp_path: Path) -> None:
+def test_targetKnowsTheUsersGroups() -> None:
     """
-    A state directory made during this start is handed over with its tls/ folder and files; symbolic links are changed, not followed.
+    A target knows the groups the user's own processes have, its primary group among them, for what it can write.
+    """
+    target = Target.fromConfig(User.fromConfig("nobody"), Group.fromConfig(54321))
+    assert target is not None
+    assert {54321, NOBODY.pw_gid} <= target.groups
+    assert set(os.getgrouplist("nobody", 54321)) <= target.groups
+
+
+@asRoot
+@pytest.mark.parametrize("which", ["state", "tls"])
+def test_stateDirOwnedByTheUserRefused(tmp_path: Path, which: str) -> None:
+    """
+    A state directory, or its tls/ folder, owned by the user is refused, naming [daemon] state_dir, the path, the user and the way out.
     """
     state = tmp_path / "state"
     (state / "tls").mkdir(parents=True)
-    (state / "tls" / "server.pem").write_text("x")
-    (state / "tls" / "link").symlink_to("/etc")
-    (state / "other").write_text("not netd's")
-    changed: list[tuple[str, int, int]] = []
-    paths = handOverState(str(state), True, Target(65534, 65533, "user 'nobody'"), lambda p, u, g: changed.append((p, u, g)))
-    assert sorted(changed) == sorted(
-        (str(p), 65534, 65533) for p in [state, state / "tls", state / "tls" / "server.pem", state / "tls" / "link"]
-    )
-    assert sorted(paths) == sorted(path for path, _, _ in changed)
+    owned = state if which == "state" else state / "tls"
+    os.chown(owned, NOBODY.pw_uid, -1)
+    owned.chmod(0o700)
+    message = refusal(state)
+    assert f"[daemon] state_dir {str(state)!r}: {str(owned)!r} can be changed by user 'nobody', the user netd drops to" in message
+    assert f"it is owned by uid {NOBODY.pw_uid}" in message
+    assert f"chown -R root: {state}" in message
 
 
-def test_handOverExistingStateKeepsItsOwner(tmp_path: Path) -> None:
+@asRoot
+def test_stateDirWritableThroughGroupOrWorldRefused(tmp_path: Path) -> None:
     """
-    A state directory that existed before keeps its owner; only netd's tls/ folder is handed over, and nothing without a target.
+    A state directory writable through one of the user's groups, or by everyone, is refused; writable by another group it is not.
     """
-    changed: list[str] = []
-    (tmp_path / "tls").mkdir()
-    handOverState(str(tmp_path), False, Target(None, 54321, "group 54321"), lambda p, u, g: changed.append(f"{p}:{u}:{g}"))
-    assert changed == [f"{tmp_path / 'tls'}:-1:54321"]
-    assert handOverState(str(tmp_path), True, None, lambda p, u, g: changed.append(p)) == []
+    state = tmp_path / "state"
+    state.mkdir()
+    other = next(g for g in range(40000, 60000) if g not in USER.groups)
+    os.chown(state, 0, NOGROUP_GID)
+    state.chmod(0o775)
+    assert "group-writable and its group" in refusal(state)
+    os.chown(state, 0, other)
+    os.close(openStateDir(str(state), USER, create=False))
+    state.chmod(0o757)
+    assert "world-writable" in refusal(state)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
-def test_handOverStateForReal(tmp_path: Path) -> None:
+@asRoot
+def test_ancestorTheUserCanChangeRefused(tmp_path: Path) -> None:
     """
-    As root, the hand-over really gives the files to the user and group.
+    A folder on the way that the user can write is refused, since the user could replace what follows; a sticky one (such as /tmp) is not, as long as what follows is not the user's.
     """
-    (tmp_path / "state" / "tls").mkdir(parents=True)
-    (tmp_path / "state" / "tls" / "ca.pem").write_text("x")
-    handOverState(str(tmp_path / "state"), True, Target(NOBODY.pw_uid, NOGROUP_GID, "user 'nobody'"))
-    for path in (tmp_path / "state", tmp_path / "state" / "tls", tmp_path / "state" / "tls" / "ca.pem"):
-        assert (path.stat().st_uid, path.stat().st_gid) == (NOBODY.pw_uid, NOGROUP_GID)
+    parent = tmp_path / "shared"
+    (parent / "state").mkdir(parents=True)
+    parent.chmod(0o777)
+    message = refusal(parent / "state")
+    assert f"{str(parent)!r} can be changed by user 'nobody'" in message
+    assert "(it is world-writable, so the user could replace 'state' in it)" in message
+    assert "whose parent folders only root can change" in message
+    parent.chmod(0o1777)
+    os.close(openStateDir(str(parent / "state"), USER, create=False))
+    os.close(openStateDir(str(parent / "new"), USER, create=True))
+    assert (parent / "new").stat().st_uid == 0
+
+
+@asRoot
+def test_symbolicLinksOfTheUserAreNotFollowed(tmp_path: Path) -> None:
+    """
+    A state directory that is a link the user made in a sticky folder is refused (netd would work in the folder it points to); a link of root's in root's folder is followed.
+    """
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o1777)
+    shared.chmod(0o1777)
+    target = tmp_path / "elsewhere"
+    (target / "tls").mkdir(parents=True)
+    (shared / "state").symlink_to(target)
+    os.chown(shared / "state", NOBODY.pw_uid, NOGROUP_GID, follow_symlinks=False)
+    assert f"{str(shared / 'state')!r} can be changed by user 'nobody'" in refusal(shared / "state")
+    os.chown(shared / "state", 0, 0, follow_symlinks=False)
+    fd = openStateDir(str(shared / "state"), USER, create=False)
+    try:
+        assert (os.fstat(fd).st_ino) == target.stat().st_ino
+    finally:
+        os.close(fd)
+    (tmp_path / "root-link").symlink_to(target)
+    os.close(openStateDir(str(tmp_path / "root-link"), USER, create=False))
+    (target / "tls").rmdir()
+    (target / "tls").symlink_to("/etc")
+    assert "'tls')" not in refusal(target) and "it is a symbolic link" in refusal(target)
+
+
+@asRoot
+def test_certificatesGivenByDescriptorCAKeyKept(tmp_path: Path) -> None:
+    """
+    Before the drop, the server certificate and key of certificate = "auto" become the user's and tls/ mode 0755; the CA key stays root's, mode 0600.
+    """
+    from netd.certs import autoCertificate
+
+    state = tmp_path / "state"
+    os.close(openStateDir(str(state), USER, create=True))
+    autoCertificate(str(state))
+    handed = handOverCertificates(str(state), USER)
+    tls = state / "tls"
+    assert handed == [str(tls / "server.pem"), str(tls / "server-key.pem")]
+    for name in ("server.pem", "server-key.pem"):
+        assert ((tls / name).stat().st_uid, (tls / name).stat().st_gid) == (NOBODY.pw_uid, NOGROUP_GID)
+    assert stat.S_IMODE(tls.stat().st_mode) == 0o755
+    caKey = (tls / "ca-key.pem").stat()
+    assert (caKey.st_uid, caKey.st_gid, stat.S_IMODE(caKey.st_mode)) == (0, 0, 0o600)
+
+
+@asRoot
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+def test_linkedCertificateNotGiven(tmp_path: Path, kind: str) -> None:
+    """
+    A server key that is a symbolic link, or a file with a second name, is left to root: the file it names keeps its owner.
+    """
+    state = tmp_path / "state"
+    (state / "tls").mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_text("root's")
+    if kind == "symlink":
+        (state / "tls" / "server-key.pem").symlink_to(victim)
+    else:
+        os.link(victim, state / "tls" / "server-key.pem")
+    assert handOverCertificates(str(state), USER) == []
+    assert victim.stat().st_uid == 0
+
+
+@asRoot
+def test_dropHandsOverThenDrops(tmp_path: Path) -> None:
+    """
+    Calling the prepared drop as root gives the user the server key, then drops; without root it only checks.
+    """
+    from netd.certs import autoCertificate
+
+    nobody = User.fromConfig("nobody")
+    system = FakeSystem()
+    drop = PrivilegeDrop.prepare(nobody, None, str(tmp_path / "state"), system)
+    autoCertificate(str(tmp_path / "state"))
+    drop()
+    assert (tmp_path / "state" / "tls" / "server-key.pem").stat().st_uid == NOBODY.pw_uid
+    assert system.calls == [("setgroups", []), ("setgid", NOBODY.pw_gid), ("setuid", NOBODY.pw_uid)]
+
+
+@asRoot
+@pytest.mark.parametrize("how", ["owner", "mode"])
+def test_caKeyTheUserCanReadRefused(tmp_path: Path, how: str) -> None:
+    """
+    A development CA key that the user owns or may read (an older netd gave it away) is refused, saying to remove it so that a new CA is made.
+    """
+    tls = tmp_path / "state" / "tls"
+    tls.mkdir(parents=True)
+    key = tls / "ca-key.pem"
+    key.write_text("key")
+    key.chmod(0o600)
+    os.close(openStateDir(str(tmp_path / "state"), USER, create=False))
+    if how == "owner":
+        os.chown(key, NOBODY.pw_uid, -1)
+    else:
+        key.chmod(0o644)
+    message = refusal(tmp_path / "state")
+    assert f"the development CA key {str(key)!r} is not root's alone" in message
+    assert f"remove {str(key)!r}" in message
