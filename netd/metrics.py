@@ -193,6 +193,7 @@ CORE_HELP = {
     "bytes_received": "Bytes received on stream connections (before TLS is removed).",
     "bytes_sent": "Bytes sent on stream connections (after TLS is added).",
     "proxy_headers_rejected": "Stream connections on haproxy: listen strings closed for a missing or malformed PROXY header.",
+    "proxy_headers_untrusted": "Stream connections on haproxy: listen strings closed on accept: their peer is not in proxy_trusted.",
     "frames_rejected": "Stream connections closed for a frame that broke the framing or its max_frame.",
     "datagrams_received": "Datagrams received.",
     "datagrams_sent": "Datagrams sent.",

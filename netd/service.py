@@ -32,6 +32,7 @@ from netd.listen import ListenAddress, describeBound
 from netd.logs import ServiceLogger
 from netd.metrics import Counters
 from netd.plugin import PluginContext
+from netd.proxyheader import TrustedSources
 from netd.tls import ServerTLS, TLSServerFactory, TLSSetupError
 
 
@@ -192,7 +193,7 @@ class NetService(Service):
         try:
             if actual.transport == "stream":
                 assert self.connections is not None
-                return await actual.listenStream(self.reactor, self.connections)
+                return await actual.listenStream(self.reactor, self.connections, TrustedSources.fromConfig(self.spec.proxy_trusted))
             return actual.listenDatagram(self.reactor, DatagramListener(self.handler, self.counters, faults=self.faults, clock=self.reactor))
         except Exception as e:
             raise ServiceStartError(f"service {self.name!r}: cannot listen on {address.text!r}: {e}") from e
