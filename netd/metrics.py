@@ -198,6 +198,7 @@ CORE_HELP = {
     "datagrams_received": "Datagrams received.",
     "datagrams_sent": "Datagrams sent.",
     "datagrams_send_failed": "Answers the kernel refused to send (full buffer, too big, unreachable), dropped.",
+    "datagrams_from_own_port": "Datagrams dropped because their source port is one netd listens on (a loop, or a spoof of one).",
     "datagrams_held_dropped": "Datagrams dropped because a listener's faults already held 1024 back (delay, reorder).",
     "tls_sessions_resumed": "TLS handshakes that resumed an earlier session.",
 }

@@ -128,8 +128,8 @@ BAD_CONFIGS = [
         "services[0].colour",
         [
             "unknown key",
-            "known keys: enabled, events, ",
-            "idle_timeout, listen, max_connections, max_frame, name, plugin",
+            "known keys: burst, enabled, events, ",
+            "idle_timeout, listen, max_connections, max_frame, min_source_port, name, plugin",
         ],
         id="service-unknown-key-lists-known",
     ),
