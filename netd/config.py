@@ -38,6 +38,7 @@ from netd.options import (
 )
 from netd.plugin import PluginRegistry
 from netd.privileges import Group, User
+from netd.proxyheader import DEFAULT_TRUSTED, checkTrustedSources
 from netd.tls import TLSOptions
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
@@ -236,6 +237,12 @@ class ServiceEnvelope:
         "largest, if smaller) when unset. Not used with raw framing.",
         checks=(between(1, LARGEST_MAX_FRAME),),
     )
+    proxy_trusted: tuple[str, ...] = option(
+        DEFAULT_TRUSTED,
+        help="Peers whose PROXY headers haproxy: listeners believe: IP networks, and 'unix:' for every unix "
+        "socket peer; a connection from any other is closed when accepted and counted as proxy_headers_untrusted.",
+        checks=(checkTrustedSources,),
+    )
     tls: TLSOptions | None = option(
         None,
         help="Terminate TLS on the service's stream listeners (a table: certificate, private_key, ...; "
@@ -276,6 +283,7 @@ class ServiceSpec:
     tls: TLSOptions | None = None
     events: int = DEFAULT_EVENTS
     faults: FaultList = FaultList()
+    proxy_trusted: tuple[str, ...] = DEFAULT_TRUSTED
 
     @property
     def shape(self) -> ServiceShape:
@@ -300,6 +308,7 @@ class ServiceSpec:
             table["framing"] = self.framing
         if self.max_frame is not None:
             table["max_frame"] = self.max_frame
+        table["proxy_trusted"] = list(self.proxy_trusted)
         if self.tls is not None:
             table["tls"] = toConfig(self.tls)
         table["events"] = self.events
@@ -434,6 +443,7 @@ def _decodeService(
         tls=envelope["tls"],
         events=envelope["events"],
         faults=envelope["faults"],
+        proxy_trusted=envelope["proxy_trusted"],
     )
 
 

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import DatagramProtocol
 
 from netd.options import InvalidValue
-from netd.proxyheader import ProxyHeaderFactory
+from netd.proxyheader import DEFAULT_TRUSTED_SOURCES, ProxyHeaderFactory, TrustedSources
 from netd.reactor import INetdReactor
 from netd.systemd import NO_INHERITED_SOCKET
 from netd.udp import AVAILABLE as BATCHING_AVAILABLE
@@ -247,9 +247,14 @@ class ListenAddress:
         text = ":".join(raw)
         return attrs.evolve(self, text=text, port=port) if self.transport == "datagram" else attrs.evolve(self, text=text)
 
-    async def listenStream(self, reactor: Any, factory: IProtocolFactory) -> IListeningPort:
+    async def listenStream(
+        self, reactor: Any, factory: IProtocolFactory, proxyTrusted: TrustedSources = DEFAULT_TRUSTED_SOURCES
+    ) -> IListeningPort:
         """
         Listen on this stream endpoint.
+
+        @param proxyTrusted: on a C{haproxy:} endpoint, the peers whose PROXY
+            headers are believed; the others are closed as they are accepted.
         """
         text = self.text
         proxied = splitDescription(text)[0] == "haproxy"
@@ -263,7 +268,7 @@ class ListenAddress:
             # Twisted's systemd parser looks the passed socket up by index or name.
             raise LookupError(NO_INHERITED_SOCKET) from None
         if proxied:
-            factory = ProxyHeaderFactory(factory)
+            factory = ProxyHeaderFactory(factory, proxyTrusted, clock=reactor)
         port: IListeningPort = await endpoint.listen(factory)
         return port
 

@@ -193,10 +193,12 @@ CORE_HELP = {
     "bytes_received": "Bytes received on stream connections (before TLS is removed).",
     "bytes_sent": "Bytes sent on stream connections (after TLS is added).",
     "proxy_headers_rejected": "Stream connections on haproxy: listen strings closed for a missing or malformed PROXY header.",
+    "proxy_headers_untrusted": "Stream connections on haproxy: listen strings closed on accept: their peer is not in proxy_trusted.",
     "frames_rejected": "Stream connections closed for a frame that broke the framing or its max_frame.",
     "datagrams_received": "Datagrams received.",
     "datagrams_sent": "Datagrams sent.",
     "datagrams_send_failed": "Answers the kernel refused to send (full buffer, too big, unreachable), dropped.",
+    "datagrams_from_own_port": "Datagrams dropped because their source port is one netd listens on (a loop, or a spoof of one).",
     "datagrams_held_dropped": "Datagrams dropped because a listener's faults already held 1024 back (delay, reorder).",
     "tls_sessions_resumed": "TLS handshakes that resumed an earlier session.",
 }

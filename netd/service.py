@@ -22,7 +22,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 
 from netd.config import ServiceSpec
-from netd.datagram import DatagramListener
+from netd.datagram import LISTENING_PORTS, DatagramListener
 from netd.framing import FRAMINGS, FramedFactory
 from netd.events import EventLog, EventTable
 from netd.faults.active import ServiceFaults
@@ -32,6 +32,7 @@ from netd.listen import ListenAddress, describeBound
 from netd.logs import ServiceLogger
 from netd.metrics import Counters
 from netd.plugin import PluginContext
+from netd.proxyheader import TrustedSources
 from netd.tls import ServerTLS, TLSServerFactory, TLSSetupError
 
 
@@ -192,8 +193,8 @@ class NetService(Service):
         try:
             if actual.transport == "stream":
                 assert self.connections is not None
-                return await actual.listenStream(self.reactor, self.connections)
-            return actual.listenDatagram(self.reactor, DatagramListener(self.handler, self.counters, faults=self.faults, clock=self.reactor))
+                return await actual.listenStream(self.reactor, self.connections, TrustedSources.fromConfig(self.spec.proxy_trusted))
+            return actual.listenDatagram(self.reactor, DatagramListener(self.handler, self.counters, faults=self.faults, clock=self.reactor, ownPorts=LISTENING_PORTS))
         except Exception as e:
             raise ServiceStartError(f"service {self.name!r}: cannot listen on {address.text!r}: {e}") from e
 

@@ -5,6 +5,15 @@ Over streams it works with every framing: with C{raw} the bytes go back as they
 came, with any other framing each frame goes back re-encoded.  The core's flow
 control keeps a client that sends without reading from making netd buffer
 without bound.
+
+Over UDP an echo is a reflector: a datagram with a forged source makes it send
+to a victim, and two echoes (or an echo and a chargen, a DNS server, ...) can
+be made to answer each other for ever.  So a datagram is echoed only from a
+source port of C{min_source_port} or above (services listen below 1024,
+clients send from above), never from a port netd itself listens on (the core
+drops those, L{netd.datagram}), and within C{rate} datagrams a second per
+source address (L{netd.datagram.SourceRateLimit}); the others are dropped,
+counted and logged at a bounded rate.
 """
 
 from __future__ import annotations
@@ -13,9 +22,12 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netd.datagram import SourceRateLimit
+from netd.faults.datagrams import describeDatagramPeer
 from netd.framing import FRAMINGS
 from netd.interfaces import (
     IDatagramHandler,
@@ -25,14 +37,41 @@ from netd.interfaces import (
     IProtocolPlugin,
     IStreamHandler,
 )
+from netd.metrics import Counters
+from netd.options import between, option
 from netd.plugin import PluginContext
+
+DROP_LOG_INTERVAL = 10.0
+"""
+Seconds between two log lines about datagrams not echoed: the first is logged
+at once, the others within this time are summed up in the next line.
+"""
 
 
 @attrs.frozen
 class EchoOptions:
     """
-    Echo has no keys of its own: the core's framing, limits and listen say it all.
+    Echo's own keys guard its UDP side; over streams the core's framing,
+    limits and listen say it all.
     """
+
+    min_source_port: int = option(
+        1024,
+        help="Datagrams from a lower source port are not echoed (counted as datagrams_low_source_port): "
+        "services answer from ports below 1024, so an echo to one starts a loop; 1 echoes every port.",
+        checks=(between(1, 65535),),
+    )
+    rate: float = option(
+        1000.0,
+        help="Datagrams echoed to one source address per second, on average (a token bucket); "
+        "more are dropped and counted as datagrams_rate_limited; 0 sets no limit.",
+        checks=(between(0, 10_000_000),),
+    )
+    burst: int = option(
+        1000,
+        help="Datagrams one source address may have echoed at once, above rate.",
+        checks=(between(1, 10_000_000),),
+    )
 
 
 @implementer(IFrameReceiver)
@@ -63,11 +102,67 @@ class EchoReceiver:
         self.__dict__.pop("frameReceived", None)
 
 
+class EchoGuard:
+    """
+    Which datagrams an echo answers (see the module docstring): those from a
+    source port of C{min_source_port} or above, within C{rate} a second per
+    source address.  The others are counted, and logged at most every
+    L{DROP_LOG_INTERVAL} seconds with the count since the last line.
+    """
+
+    def __init__(self, options: EchoOptions, context: PluginContext) -> None:
+        self.minSourcePort = options.min_source_port
+        self.limit = SourceRateLimit(options.rate, options.burst, context.reactor) if options.rate else None
+        self.counters: Counters = context.counters
+        self.log: Logger = context.log
+        self._clock = context.reactor
+        self._dropsSince = 0
+        self._dropLogged: float | None = None
+
+    def admits(self, peer: Any) -> bool:
+        """
+        Whether to echo a datagram from C{peer}; counted and logged if not.
+        """
+        if peer[1] < self.minSourcePort:
+            self._dropped("datagrams_low_source_port", peer, "its source port is below min_source_port")
+            return False
+        if self.limit is not None and not self.limit.allows(peer[0]):
+            self._dropped("datagrams_rate_limited", peer, "its source address is over the rate")
+            return False
+        return True
+
+    def _dropped(self, counter: str, peer: Any, why: str) -> None:
+        """
+        Count a datagram not echoed, and log it: at once when no line was
+        written in the last L{DROP_LOG_INTERVAL} seconds, else in the next
+        line's count.
+        """
+        self.counters[counter] += 1
+        self._dropsSince += 1
+        now = self._clock.seconds()
+        if self._dropLogged is not None and now - self._dropLogged < DROP_LOG_INTERVAL:
+            return
+        self.log.warn(
+            "not echoing a datagram from {peer}: {why}; {count} not echoed since the last such line",
+            peer=describeDatagramPeer(peer),
+            why=why,
+            count=self._dropsSince,
+            event="datagram_not_echoed",
+        )
+        self._dropsSince = 0
+        self._dropLogged = now
+
+
 @implementer(IStreamHandler, IDatagramHandler)
 class EchoHandler:
     """
-    The echo service: a receiver per stream connection, and datagrams sent back.
+    The echo service: a receiver per stream connection, and datagrams sent
+    back to the sources its C{guard} admits (to every source without one:
+    tls-echo serves only streams).
     """
+
+    def __init__(self, guard: EchoGuard | None = None) -> None:
+        self.guard = guard
 
     def newConnection(self) -> EchoReceiver:
         """
@@ -77,8 +172,11 @@ class EchoHandler:
 
     def datagramReceived(self, datagram: bytes, peer: Any, sender: IDatagramSender) -> None:
         """
-        Send the datagram back to its sender.
+        Send the datagram back to its sender, if the guard admits it.
         """
+        guard = self.guard
+        if guard is not None and not guard.admits(peer):
+            return
         sender.sendDatagram(datagram, peer)
 
 
@@ -96,9 +194,10 @@ class EchoPlugin:
 
     def build(self, options: EchoOptions, context: PluginContext) -> EchoHandler:
         """
-        The echo handler; it needs nothing from the options or the context.
+        The echo handler, with its UDP guards from the options, timed by the
+        context's reactor.
         """
-        return EchoHandler()
+        return EchoHandler(EchoGuard(options, context))
 
 
 plugin = EchoPlugin()

@@ -100,6 +100,21 @@ LARGEST_OVERSIZE = 64 * 2**20
 The largest frame C{oversize_frame} builds: netd's own C{max_frame} limit.
 """
 
+MAX_FAULTS = 32
+"""
+The most faults a service's C{faults} list may hold: each is looked at for
+every connection, datagram or frame, and a test needs a few.
+"""
+
+MAX_COPIES = 64
+"""
+The most datagrams the C{duplicate} faults of a list may make of one: the
+product of C{copies + 1} over them, each counted once per direction it acts on
+(a datagram and the answer to it both go through a C{both} one).  Each copy
+goes on through the faults after the one that made it, so copies multiply:
+five faults of C{copies = 100} would turn one datagram into ten billion.
+"""
+
 PREFIXED_FRAMINGS = ("netstring", "u16", "u32")
 """
 The framings whose frames start with their length.
@@ -320,7 +335,18 @@ class Duplicate(Fault):
     typeName = "duplicate"
     family = "datagram"
     summary = "Send (or deliver) the datagram, then copies more of it."
-    copies: int = option(1, help="Extra copies.", checks=(between(1, 100),))
+    copies: int = option(
+        1,
+        help=f"Extra copies; with those of the other duplicate faults, at most {MAX_COPIES} datagrams in all.",
+        checks=(between(1, MAX_COPIES - 1),),
+    )
+
+    def multiplier(self) -> int:
+        """
+        How many datagrams this fault can make of one, over a datagram and its
+        answer: C{copies + 1}, squared when it acts both ways.
+        """
+        return (self.copies + 1) ** (2 if self.direction == "both" else 1)
 
 
 @attrs.frozen
@@ -496,11 +522,36 @@ class FaultList:
         if not isinstance(value, list):
             problems.append(Problem(path, f"expected {cls.configTypeName}, got {describeValue(value)}"))
             return None
+        if len(value) > MAX_FAULTS:
+            problems.append(Problem(path, f"{len(value)} faults; at most {MAX_FAULTS}"))
+            return None
         before = len(problems)
         faults = [decodeFault(table, path + (i,), problems) for i, table in enumerate(value)]
         if len(problems) > before:
             return None
-        return cls(tuple(f for f in faults if f is not None))
+        decoded = cls(tuple(f for f in faults if f is not None))
+        copies = decoded.copiesOfOne()
+        if copies > MAX_COPIES:
+            problems.append(
+                Problem(
+                    path,
+                    f"the duplicate faults make up to {copies} datagrams of one (the product of copies + 1, "
+                    f"counted twice for those acting in both directions); at most {MAX_COPIES}",
+                )
+            )
+            return None
+        return decoded
+
+    def copiesOfOne(self) -> int:
+        """
+        How many datagrams the C{duplicate} faults can make of one datagram
+        and its answers (see L{MAX_COPIES}).
+        """
+        product = 1
+        for fault in self.faults:
+            if isinstance(fault, Duplicate):
+                product *= fault.multiplier()
+        return product
 
     def toConfig(self) -> list[dict[str, Any]]:
         """

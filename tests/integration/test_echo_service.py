@@ -6,7 +6,9 @@ IPv6 loopback, in every framing, and against the core's limits.
 
 from __future__ import annotations
 
+import os
 import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -284,3 +286,103 @@ def test_idleTimeout(startNetd: Any) -> None:
         active.sendall(b"still open")
         assert recvExactly(active, 10) == b"still open"
     assert "idle for 0.5 seconds" in netd.log()
+
+
+SILENCE = 0.5
+"""
+Seconds a UDP client waits to conclude that no (more) answer is coming.
+"""
+
+needsRoot = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="binding a port below 1024 or a raw socket needs root")
+
+
+def received(sock: socket.socket, wait: float = SILENCE) -> list[bytes]:
+    """
+    Every datagram that arrives until none comes for C{wait} seconds.
+    """
+    got = []
+    sock.settimeout(wait)
+    while True:
+        try:
+            got.append(sock.recv(65536))
+        except TimeoutError:
+            return got
+
+
+def serviceCounters(netd: Any, name: str) -> dict[str, int]:
+    """
+    The counters of service C{name}, from the control API.
+    """
+    status, report = netd.api("GET", f"/services/{name}")
+    assert status == 200
+    return report["counters"]  # type: ignore[no-any-return]
+
+
+@needsRoot
+def test_udpEchoIgnoresPrivilegedSourcePorts(startNetd: Any) -> None:
+    """
+    A datagram from a source port below 1024 (bound by a Python socket, and by socat) gets no echo and is counted; one from an ephemeral port does.
+    """
+    netd = startNetd(echoService("echo", ["udp:0:interface=127.0.0.1"]))
+    address = netd.address("echo", "udp")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as low:
+        low.bind(("127.0.0.1", 0 if os.geteuid() else 999))
+        low.sendto(b"from 999", address)
+        assert received(low) == []
+    assert socat(["-", f"UDP:{address[0]}:{address[1]},sourceport=998"], b"from 998", timeout=SILENCE) == b""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as high:
+        high.bind(("127.0.0.1", 0))
+        high.sendto(b"ephemeral", address)
+        assert received(high) == [b"ephemeral"]
+    counters = serviceCounters(netd, "echo")
+    assert (counters["datagrams_received"], counters["datagrams_low_source_port"], counters["datagrams_sent"]) == (3, 2, 1)
+    assert "not echoing a datagram from 127.0.0.1:999" in waitForLog(netd, "not echoing a datagram", timeout=IO_TIMEOUT)
+
+
+def udpPacket(source: tuple[str, int], destination: tuple[str, int], payload: bytes) -> bytes:
+    """
+    A UDP header and payload from C{source} to C{destination} (checksum 0: none, allowed over IPv4).
+    """
+    return struct.pack("!HHHH", source[1], destination[1], 8 + len(payload), 0) + payload
+
+
+@needsRoot
+def test_spoofedEchoToEchoLoopIsCut(startNetd: Any) -> None:
+    """
+    A datagram forged from one echo service's UDP port to another's (a raw socket) is dropped by the one it reaches, counted: no ping-pong between them.
+    """
+    netd = startNetd(
+        echoService("a", ["udp:0:interface=127.0.0.1"]) + echoService("b", ["udp:0:interface=127.0.0.1"])
+    )
+    a, b = netd.address("a", "udp"), netd.address("b", "udp")
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP) as raw:
+        raw.sendto(udpPacket(b, a, b"ping-pong"), (a[0], 0))
+    time.sleep(SILENCE)
+    countersA, countersB = serviceCounters(netd, "a"), serviceCounters(netd, "b")
+    assert (countersA.get("datagrams_sent", 0), countersB.get("datagrams_received", 0)) == (0, 0)
+    assert (countersA["datagrams_received"], countersA["datagrams_from_own_port"]) == (1, 1)
+
+
+def test_udpFloodFromOneSourceIsRateLimited(startNetd: Any) -> None:
+    """
+    With rate = 100 and burst = 50, a flood of 2000 datagrams from one source gets about burst plus rate a second echoed, the rest counted; another source is still answered.
+    """
+    netd = startNetd(echoService("echo", ["udp:0:interface=127.0.0.1"], rate=100, burst=50))
+    address = netd.address("echo", "udp")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood:
+        flood.bind(("127.0.0.1", 0))
+        flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        started = time.monotonic()
+        for i in range(2000):
+            flood.sendto(b"%d" % i, address)
+        elapsed = time.monotonic() - started
+        answers = received(flood)
+    assert 50 <= len(answers) <= 50 + 100 * (elapsed + SILENCE) + 10, (len(answers), elapsed)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+        other.bind(("127.0.0.2", 0))
+        other.sendto(b"other source", address)
+        assert received(other) == [b"other source"]
+    counters = serviceCounters(netd, "echo")
+    assert counters["datagrams_rate_limited"] > 0
+    assert counters["datagrams_rate_limited"] + counters["datagrams_sent"] == counters["datagrams_received"]
+    assert counters["datagrams_sent"] == len(answers) + 1

@@ -146,3 +146,21 @@ def test_faultsThroughTheControlAPI(netd: NetdProcess) -> None:
         assert netd.api("DELETE", "/services/api/faults")[0] == 200
         sock.sendto(b"whole", address)
         assert answers(sock) == [b"whole"]
+
+
+def test_multiplyingDuplicatesRefusedByTheControlAPI(netd: NetdProcess) -> None:
+    """
+    A PUT of duplicate faults that would make more than 64 datagrams of one, or of more than 32 faults, is refused with a 400 naming faults, and the faults in force stay.
+    """
+    address = netd.address("api", "udp")
+    chained = [{"type": "duplicate", "copies": 10, "direction": "to_client"}] * 3
+    status, answer = netd.api("PUT", "/services/api/faults", {"faults": chained})
+    assert status == 400
+    assert "faults: the duplicate faults make up to 1331 datagrams of one" in str(answer)
+    status, answer = netd.api("PUT", "/services/api/faults", {"faults": [{"type": "drop", "first": 1}] * 33})
+    assert status == 400
+    assert "faults: 33 faults; at most 32" in str(answer)
+    assert netd.api("GET", "/services/api/faults")[1]["faults"] == []
+    with client() as sock:
+        sock.sendto(b"once", address)
+        assert answers(sock) == [b"once"]

@@ -155,3 +155,89 @@ def test_lameduckKeepsServingAfterSigterm(startNetd: Any) -> None:
     with pytest.raises(ConnectionRefusedError):
         connect(address).close()
     assert "serving for 1.0 more seconds" in netd.log()
+
+
+def connectFrom(source: str, address: tuple[str, int]) -> socket.socket:
+    """
+    A TCP connection to C{address} from the loopback address C{source}.
+    """
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.settimeout(IO_TIMEOUT)
+    client.bind((source, 0))
+    client.connect(address)
+    return client
+
+
+def answerOrClose(client: socket.socket, data: bytes) -> bytes:
+    """
+    Send C{data}, then everything read until the peer closes (a reset, as
+    from a socket closed with unread bytes, counting as a close).
+    """
+    try:
+        client.sendall(data)
+        return recvUntilClosed(client)
+    except ConnectionResetError:
+        return b""
+
+
+UNTRUSTING_DNS = """\
+[[services]]
+name = "dns"
+plugin = "dns-proxy"
+listen = ["haproxy:tcp:0:interface=127.0.0.1"]
+upstreams = ["udp:127.0.0.1:9"]
+allow = ["192.0.2.0/24"]
+proxy_trusted = ["127.0.0.2/32"]
+
+
+[services.records]
+"netd.test" = { A = ["127.0.0.1"] }
+"""
+
+
+@pytest.mark.parametrize("header", HEADERS, ids=["v1", "v2"])
+def test_forgedHeaderFromAnUntrustedSourceIsClosed(startNetd: Any, header: Callable[..., bytes]) -> None:
+    """
+    With allow = 192.0.2.0/24 and proxy_trusted = 127.0.0.2 only, a header claiming 192.0.2.1 from 127.0.0.1 gets its connection closed without an answer, counted; the same header from 127.0.0.2 is believed and answered.
+    """
+    netd: NetdProcess = startNetd(UNTRUSTING_DNS)
+    query = buildQuery("netd.test")
+    forged = header("192.0.2.1", 5555) + struct.pack("!H", len(query)) + query
+    with connectFrom("127.0.0.1", netd.address("dns")) as client:
+        assert answerOrClose(client, forged) == b""
+    with connectFrom("127.0.0.2", netd.address("dns")) as client:
+        client.sendall(forged)
+        (size,) = struct.unpack("!H", recvExactly(client, 2))
+        assert answerRcode(query, recvExactly(client, size)) == 0
+    status, report = netd.api("GET", "/services/dns")
+    assert status == 200
+    assert report["counters"]["proxy_headers_untrusted"] == 1
+    assert report["counters"]["connections_accepted"] == 1
+    line = waitForLog(netd, "not a trusted source of PROXY headers", timeout=IO_TIMEOUT)
+    assert "127.0.0.1:" in line
+
+
+def test_connectionsWaitingForTheirHeaderCountAndAreDrained(startNetd: Any) -> None:
+    """
+    A connection still waiting for its PROXY header holds the only place of max_connections = 1 (the next is refused), and SIGTERM's drain waits shutdown_timeout for it, then closes it.
+    """
+    netd: NetdProcess = startNetd(
+        "[daemon]\nshutdown_timeout = 1\n\n" + echoService("echo", [PROXIED], max_connections=1)
+    )
+    address = netd.address("echo")
+    with connect(address) as waiting:
+        openDeadline = time.monotonic() + IO_TIMEOUT
+        while netd.api("GET", "/services/echo")[1]["connections_open"] != 1:
+            assert time.monotonic() < openDeadline, "the waiting connection was never counted as open"
+            time.sleep(0.02)
+        with connect(address) as refused:
+            assert answerOrClose(refused, proxyHeaderV1("10.1.2.3", 5555) + b"hello") == b""
+        assert netd.api("GET", "/services/echo")[1]["counters"]["connections_refused"] == 1
+        signalled = time.monotonic()
+        netd.process.send_signal(signal.SIGTERM)
+        assert recvUntilClosed(waiting) == b""
+        closedAfter = time.monotonic() - signalled
+    assert netd.process.wait(timeout=30) == 0
+    assert 0.8 <= closedAfter < 5, closedAfter
+    assert "waiting up to 1.0 seconds for 1 open connections" in netd.log()
+    assert "closing 1 connections still open after 1.0 seconds" in netd.log()

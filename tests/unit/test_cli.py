@@ -175,12 +175,18 @@ def test_pluginsListsOptions() -> None:
     assert (result.returncode, result.stderr) == (0, "")
     blocks = {block.split(":", 1)[0]: block for block in result.stdout.strip().split("\n\n")}
     assert {"echo", "reverse"} <= set(blocks)
-    assert blocks["echo"].splitlines()[1:] == [
+    echo = blocks["echo"].splitlines()[1:]
+    assert echo[:3] == [
         "  source: built-in netd_plugins.echo",
         "  transports: datagram, stream",
         "  framings: raw, line, netstring, u16, u32 (default raw)",
-        "  options: none of its own",
     ]
+    assert [line for line in echo if not line.startswith("      ")][3:] == [
+        "  min_source_port = 1024  (an integer)",
+        "  rate = 1000.0  (a number)",
+        "  burst = 1000  (an integer)",
+    ]
+    assert blocks["tls-echo"].splitlines()[-1] == "  options: none of its own"
     assert blocks["reverse"].splitlines()[1:] == [
         "  source: entry point 'reverse' = netd_reverse:plugin (from netd-reverse)",
         "  transports: stream",

@@ -106,6 +106,12 @@ BAD_CONFIGS = [
         id="daemon-unknown-key-lists-known",
     ),
     pytest.param(
+        service(proxy_trusted='["10.0.0.0/8", "lb.example"]'),
+        "services[0].proxy_trusted",
+        ["[1] 'lb.example' is not an IP network", "'unix:'"],
+        id="proxy-trusted-not-a-network",
+    ),
+    pytest.param(
         service(max_conections="3"),
         "services[0].max_conections",
         ["unknown key", "did you mean 'max_connections'?"],
@@ -122,15 +128,15 @@ BAD_CONFIGS = [
         "services[0].colour",
         [
             "unknown key",
-            "known keys: enabled, events, ",
-            "idle_timeout, listen, max_connections, max_frame, name, plugin",
+            "known keys: burst, enabled, events, ",
+            "idle_timeout, listen, max_connections, max_frame, min_source_port, name, plugin",
         ],
         id="service-unknown-key-lists-known",
     ),
     pytest.param(
         service(plugin="reverse", colour='"blue"'),
         "services[0].colour",
-        ["unknown key", "known keys: enabled, events, ", "idle_timeout, listen, max_connections, max_frame, name, plugin, prefix, repeat"],
+        ["unknown key", "known keys: enabled, events, ", "idle_timeout, listen, max_connections, max_frame, name, plugin, prefix, proxy_trusted, repeat"],
         id="plugin-unknown-key-lists-plugin-keys",
     ),
     # Required keys.
@@ -614,6 +620,7 @@ def test_defaultsFilledIn() -> None:
                 "idle_timeout": 300.0,
                 "framing": "line",
                 "max_frame": 65536,
+                "proxy_trusted": ["127.0.0.0/8", "::1/128", "unix:"],
                 "events": 1000,
                 "faults": [],
                 "prefix": "",

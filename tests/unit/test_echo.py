@@ -5,17 +5,22 @@ stack, over UDP, and against the plugin contract.
 
 from __future__ import annotations
 
+import tomllib
+from typing import Any
+
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import LogLevel, Logger, capturedLogs
 
 from netd.datagram import DatagramListener
 from netd.framing import FRAMINGS
 from netd.interfaces import IDatagramHandler, IStreamHandler
+from netd.config import parseConfig
 from netd.metrics import Counters
+from netd.options import ConfigError
 from netd.plugin import PluginContext, checkPlugin, discoverPlugins
 from netd.testing import RecordingDatagramSender, StreamConnection, UDPMemoryReactorClock, connect, makeStreamStack
-from netd_plugins.echo import EchoHandler, EchoOptions, plugin
+from netd_plugins.echo import DROP_LOG_INTERVAL, EchoHandler, EchoOptions, plugin
 
 PEER = ("192.0.2.7", 5353)
 
@@ -158,3 +163,94 @@ def test_datagramEchoedThroughTheCoreListener() -> None:
     assert port.protocol.transport.written == [(b"ping", PEER)]  # type: ignore[union-attr]
     assert counters["datagrams_received"] == 1
     assert counters["datagrams_sent"] == 1
+
+
+def guarded(**keys: Any) -> tuple[EchoHandler, RecordingDatagramSender, Counters, Clock]:
+    """
+    An echo handler built from options with C{keys}, on a fake clock, and a sender recording its answers.
+    """
+    clock, counters = Clock(), Counters()
+    context = PluginContext(reactor=clock, log=Logger(namespace="test_echo"), serviceName="echo", counters=counters)
+    handler = plugin.build(EchoOptions(**keys), context)
+    return handler, RecordingDatagramSender(), counters, clock
+
+
+@pytest.mark.parametrize(
+    ("keys", "port", "echoed"),
+    [
+        ({}, 1023, False),
+        ({}, 7, False),
+        ({}, 0, False),
+        ({}, 1024, True),
+        ({"min_source_port": 1}, 53, True),
+        ({"min_source_port": 1}, 0, False),
+        ({"min_source_port": 5000}, 4999, False),
+    ],
+)
+def test_datagramsFromLowSourcePortsAreNotEchoed(keys: dict[str, Any], port: int, echoed: bool) -> None:
+    """
+    A datagram from a source port below min_source_port (1024 by default; port 0 always) is dropped and counted, not echoed.
+    """
+    handler, sender, counters, _ = guarded(**keys)
+    handler.datagramReceived(b"x", ("192.0.2.7", port), sender)
+    assert (sender.sent == [(b"x", ("192.0.2.7", port))]) is echoed
+    assert counters["datagrams_low_source_port"] == (0 if echoed else 1)
+
+
+def test_datagramsOverTheRateOfASourceAreNotEchoed() -> None:
+    """
+    One source gets burst datagrams echoed at once, then rate a second; another source has its own bucket.
+    """
+    handler, sender, counters, clock = guarded(rate=2.0, burst=3)
+    for _ in range(5):
+        handler.datagramReceived(b"x", PEER, sender)
+    assert len(sender.sent) == 3 and counters["datagrams_rate_limited"] == 2
+    handler.datagramReceived(b"y", ("192.0.2.8", 5353), sender)
+    assert len(sender.sent) == 4
+    clock.advance(0.5)
+    handler.datagramReceived(b"x", PEER, sender)
+    handler.datagramReceived(b"x", PEER, sender)
+    assert len(sender.sent) == 5 and counters["datagrams_rate_limited"] == 3
+
+
+def test_rateZeroSetsNoLimit() -> None:
+    """
+    rate = 0 echoes every datagram of a source, however many.
+    """
+    handler, sender, counters, _ = guarded(rate=0.0, burst=1)
+    for _ in range(100):
+        handler.datagramReceived(b"x", PEER, sender)
+    assert len(sender.sent) == 100 and counters["datagrams_rate_limited"] == 0
+
+
+def test_datagramsNotEchoedAreLoggedAtABoundedRate() -> None:
+    """
+    A flood of datagrams not echoed logs one warning per ten seconds, each with the count since the last one.
+    """
+    handler, sender, _, clock = guarded(rate=1.0, burst=1)
+    with capturedLogs() as events:
+        for _ in range(50):
+            handler.datagramReceived(b"x", PEER, sender)
+        clock.advance(DROP_LOG_INTERVAL)
+        handler.datagramReceived(b"x", ("192.0.2.9", 80), sender)
+    warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert [e["count"] for e in warnings] == [1, 49]
+    assert warnings[1]["peer"] == "192.0.2.9:80"
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ("min_source_port = 0", "services[0].min_source_port"),
+        ("rate = -1", "services[0].rate"),
+        ("burst = 0", "services[0].burst"),
+    ],
+)
+def test_guardKeysChecked(keys: str, expected: str) -> None:
+    """
+    Out-of-range UDP guard keys are config errors at their key paths.
+    """
+    text = f'[[services]]\nname = "e"\nplugin = "echo"\nlisten = ["udp:0"]\n{keys}\n'
+    with pytest.raises(ConfigError) as info:
+        parseConfig(tomllib.loads(text), "e.toml", discoverPlugins())
+    assert f"e.toml: {expected}: " in str(info.value)

@@ -283,3 +283,72 @@ def test_serviceRunsItsFaults(registry: PluginRegistry) -> None:
     netService.faults.delete({})
     connection = connect(netService.connections)
     assert connection is not None and not connection.transport.disconnecting
+
+
+def duplicates(*copies: int, direction: str = "to_client") -> list[dict[str, Any]]:
+    """
+    Duplicate fault tables, one per C{copies}.
+    """
+    return [{"type": "duplicate", "copies": c, "direction": direction} for c in copies]
+
+
+@pytest.mark.parametrize(
+    ("tables", "fragment"),
+    [
+        (duplicates(10, 10, 10), "the duplicate faults make up to 1331 datagrams of one"),
+        (duplicates(3, 3, 3, 1), "make up to 128 datagrams of one"),
+        (duplicates(8, direction="both"), "make up to 81 datagrams of one"),
+        (duplicates(1, 1, 1, 1, direction="both"), "make up to 256 datagrams of one"),
+        ([{"type": "drop", "first": 1}] * 33, "33 faults; at most 32"),
+    ],
+)
+def test_faultListCaps(tables: list[dict[str, Any]], fragment: str) -> None:
+    """
+    A faults list longer than 32, or whose duplicates multiply one datagram into more than 64, is one problem at the list's path.
+    """
+    faults, problems = decode(tables)
+    assert faults is None
+    [(path, message)] = problems
+    assert path == "faults" and fragment in message
+
+
+def test_faultListAtItsCaps() -> None:
+    """
+    32 faults, and duplicates making exactly 64 datagrams of one (each way counted), are accepted.
+    """
+    faults, problems = decode(duplicates(3, 3, 3) + [{"type": "drop", "first": 1}] * 29)
+    assert problems == [] and faults is not None
+    assert (len(faults), faults.copiesOfOne()) == (32, 64)
+    for both in (duplicates(7, direction="both"), duplicates(1, 1, 1, direction="both")):
+        faults, problems = decode(both)
+        assert problems == [] and faults is not None and faults.copiesOfOne() == 64
+
+
+def test_oneDuplicateCopiesBounded() -> None:
+    """
+    One duplicate fault's copies is at most 63, the cap less the datagram itself.
+    """
+    _, problems = decode(duplicates(64))
+    assert [path for path, _ in problems] == ["faults[0].copies"]
+    assert "out of range" in problems[0][1]
+
+
+def test_serviceFaultCapNamesTheKeyPath(registry: PluginRegistry) -> None:
+    """
+    The config error of multiplying duplicates names services[N].faults.
+    """
+    udp = {"services": [{"name": "e", "plugin": "echo", "listen": ["udp:0"], "faults": duplicates(10, 10, 10)}]}
+    with pytest.raises(ConfigError) as info:
+        parseConfig(udp, "f.toml", registry)
+    assert "f.toml: services[0].faults: the duplicate faults make up to 1331 datagrams of one" in str(info.value)
+
+
+def test_apiPutOfMultiplyingDuplicatesRefused() -> None:
+    """
+    A PUT whose duplicates multiply past the cap is refused at faults, and the faults in force stay.
+    """
+    faults = ServiceFaults(FaultList(), ServiceShape(False, True, False, None), Counters(), EventLog(10, Clock()))
+    with pytest.raises(ConfigError) as info:
+        faults.put({"faults": duplicates(10, 10, 10)})
+    assert [renderPath(p.path) for p in info.value.problems] == ["faults"]
+    assert faults.get({})["faults"] == []

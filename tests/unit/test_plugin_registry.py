@@ -372,13 +372,13 @@ def test_describeReverseSchema() -> None:
     ]
 
 
-def test_describeEchoSchemaEmpty() -> None:
+def test_describeTLSEchoSchemaEmpty() -> None:
     """
     A plugin with no keys of its own describes to no rows.
     """
-    echo = discoverPlugins().get("echo")
-    assert echo is not None
-    assert describeSchema(echo.optionsType) == []
+    tlsEcho = discoverPlugins().get("tls-echo")
+    assert tlsEcho is not None
+    assert describeSchema(tlsEcho.optionsType) == []
 
 
 @pytest.mark.parametrize(

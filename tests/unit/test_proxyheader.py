@@ -6,7 +6,7 @@ and the C{haproxy:} listen strings, in memory with a fake clock.
 from __future__ import annotations
 
 import pytest
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -19,7 +19,15 @@ from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.listen import ListenAddress
 from netd.metrics import Counters
 from netd.options import InvalidValue
-from netd.proxyheader import ProxyHeaderFactory, ProxyHeaderProtocol, describePeer
+from netd.limits import ConnectionLimiter
+from netd.proxyheader import (
+    DEFAULT_TRUSTED,
+    UNTRUSTED_LOG_INTERVAL,
+    ProxyHeaderFactory,
+    ProxyHeaderProtocol,
+    TrustedSources,
+    describePeer,
+)
 from netd.testing import PEER, makeStreamStack, proxyHeaderV1, proxyHeaderV2
 
 
@@ -178,7 +186,142 @@ def test_describePeer() -> None:
     Peers are written host:port, IPv6 hosts in brackets.
     """
     assert describePeer(IPv4Address("TCP", "10.1.2.3", 5555)) == "10.1.2.3:5555"
-    from twisted.internet.address import IPv6Address, UNIXAddress
-
     assert describePeer(IPv6Address("TCP", "::1", 53)) == "[::1]:53"
     assert describePeer(UNIXAddress(None)) == "unix"
+
+
+def proxied(
+    maxConnections: int = 1024, trusted: tuple[str, ...] = DEFAULT_TRUSTED
+) -> tuple[ProxyHeaderFactory, ConnectionLimiter, Handler, Counters, Clock]:
+    """
+    A PROXY-wrapped stack trusting C{trusted}, on a fake clock.
+    """
+    handler, counters, clock = Handler(), Counters(), Clock()
+    limiter = makeStreamStack(handler, "raw", maxConnections=maxConnections, idleTimeout=5, clock=clock, counters=counters)
+    return ProxyHeaderFactory(limiter, TrustedSources.fromConfig(trusted)), limiter, handler, counters, clock
+
+
+def open_(factory: ProxyHeaderFactory, peer: IAddress = PEER) -> tuple[ProxyHeaderProtocol, StringTransport] | None:
+    """
+    Accept a connection from C{peer}, as a listening port does; L{None} when refused.
+    """
+    protocol = factory.buildProtocol(peer)
+    if protocol is None:
+        return None
+    transport = StringTransport(peerAddress=peer)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+@pytest.mark.parametrize(
+    ("trusted", "peer", "expected"),
+    [
+        (DEFAULT_TRUSTED, IPv4Address("TCP", "127.0.0.1", 1), True),
+        (DEFAULT_TRUSTED, IPv4Address("TCP", "127.9.9.9", 1), True),
+        (DEFAULT_TRUSTED, IPv6Address("TCP", "::1", 1), True),
+        (DEFAULT_TRUSTED, IPv6Address("TCP", "::ffff:127.0.0.1", 1), True),
+        (DEFAULT_TRUSTED, UNIXAddress(None), True),
+        (DEFAULT_TRUSTED, IPv4Address("TCP", "192.0.2.1", 1), False),
+        (DEFAULT_TRUSTED, IPv6Address("TCP", "2001:db8::1", 1), False),
+        (("10.0.0.0/8",), IPv4Address("TCP", "10.1.2.3", 1), True),
+        (("10.0.0.0/8",), IPv4Address("TCP", "127.0.0.1", 1), False),
+        (("10.0.0.0/8",), UNIXAddress(None), False),
+        (("192.0.2.7",), IPv6Address("TCP", "::ffff:192.0.2.7", 1), True),
+        ((), IPv4Address("TCP", "127.0.0.1", 1), False),
+    ],
+)
+def test_trustedSources(trusted: tuple[str, ...], peer: IAddress, expected: bool) -> None:
+    """
+    A peer is trusted when its address (IPv4-mapped taken as IPv4) is in a listed network, or it is a unix socket peer and unix: is listed.
+    """
+    assert TrustedSources.fromConfig(trusted).trusts(peer) is expected
+
+
+def test_untrustedPeerClosedOnAcceptCountedAndLogged() -> None:
+    """
+    A connection from a peer not in proxy_trusted is refused before a byte is read: no protocol, counted, logged, no place taken.
+    """
+    factory, limiter, handler, counters, _ = proxied(trusted=("127.0.0.2/32",))
+    with capturedLogs() as events:
+        assert open_(factory, IPv4Address("TCP", "127.0.0.1", 4444)) is None
+    assert counters["proxy_headers_untrusted"] == 1
+    assert counters["connections_accepted"] == 0 and limiter.openConnections() == 0 and handler.receivers == []
+    [event] = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert (event["peer"], event["count"]) == ("127.0.0.1:4444", 1)
+    assert open_(factory, IPv4Address("TCP", "127.0.0.2", 4444)) is not None
+
+
+def test_untrustedPeersLoggedAtABoundedRate() -> None:
+    """
+    A flood of untrusted peers logs one line per interval, each with the count since the previous line; every one is counted.
+    """
+    factory, _, _, counters, clock = proxied(trusted=("10.0.0.0/8",))
+    with capturedLogs() as events:
+        for _ in range(100):
+            assert open_(factory) is None
+        clock.advance(UNTRUSTED_LOG_INTERVAL - 0.1)
+        assert open_(factory) is None
+        clock.advance(0.1)
+        assert open_(factory) is None
+    warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert [e["count"] for e in warnings] == [1, 101]
+    assert counters["proxy_headers_untrusted"] == 102
+
+
+def test_waitingForTheHeaderCountsTowardsMaxConnections() -> None:
+    """
+    A connection still waiting for its header holds a place under max_connections: one more is refused, and the place frees when it closes.
+    """
+    factory, limiter, _, counters, _ = proxied(maxConnections=1)
+    first = open_(factory)
+    assert first is not None
+    assert limiter.openConnections() == 1
+    assert open_(factory) is None
+    assert counters["connections_refused"] == 1
+    first[0].dataReceived(proxyHeaderV1("10.1.2.3", 5555))
+    assert limiter.openConnections() == 1
+    assert open_(factory) is None
+    first[0].connectionLost(Failure(ConnectionDone()))
+    assert limiter.openConnections() == 0
+    assert open_(factory) is not None
+
+
+def test_headerHandsThePlaceToTheGuardQuietly() -> None:
+    """
+    When the header arrives the connection's guard takes its place without a drain firing or an "accepting again" line.
+    """
+    factory, limiter, _, _, _ = proxied(maxConnections=1)
+    opened = open_(factory)
+    assert opened is not None
+    assert open_(factory) is None
+    drained = limiter.whenDrained()
+    with capturedLogs() as events:
+        opened[0].dataReceived(proxyHeaderV1("10.1.2.3", 5555))
+    assert not drained.called
+    assert [e for e in events if "accepting connections again" in str(e.get("log_format"))] == []
+
+
+def test_drainWaitsForAndAbortsConnectionsWithoutHeader() -> None:
+    """
+    The drain at shutdown waits for a connection still waiting for its header, and aborting all closes it.
+    """
+    factory, limiter, handler, _, _ = proxied()
+    opened = open_(factory)
+    assert opened is not None
+    protocol, transport = opened
+    drained = limiter.whenDrained()
+    assert not drained.called
+    limiter.abortAll()
+    assert transport.disconnecting
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert drained.called and started(handler) == []
+
+
+def test_faultsChangedWhileWaitingForTheHeader() -> None:
+    """
+    Traffic sums and a change of faults reach a connection waiting for its header without error.
+    """
+    factory, limiter, _, counters, _ = proxied()
+    assert open_(factory) is not None
+    assert counters.snapshot()["bytes_received"] == 0
+    limiter._faultsChanged()
