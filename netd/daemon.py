@@ -38,7 +38,7 @@ has just closed the old listener on the same address (the port may be
 momentarily busy).
 """
 
-RESTART_KEYS = ("log_format", "state_dir", "admin", "admin_token_file", "user", "group")
+RESTART_KEYS = ("log_format", "state_dir", "admin", "admin_token_file", "admin_max_connections", "admin_group", "user", "group")
 """
 The C{[daemon]} keys a reload cannot apply: a change to one is logged as
 needing a restart, and the running value stays.
@@ -183,7 +183,7 @@ class Daemon(MultiService):
         """
         report = self.boundAddresses()
         if self.portsFile is not None:
-            document: dict[str, object] = {"services": report}
+            document: dict[str, object] = {"pid": os.getpid(), "services": report}
             if self.admin is not None:
                 document["admin"] = self.admin.describe()
             writeAtomically(self.portsFile, json.dumps(document, indent=2) + "\n")
@@ -249,9 +249,12 @@ class Daemon(MultiService):
             "added": [n for n in wanted if n not in old],
             "removed": [n for n in old if n not in wanted],
         }
+        access = self.admin.prepareReload(daemonSpec, new.source) if self.admin is not None else None
         replacements, freshTLS = self._prepare(new, wanted, summary, old, daemonSpec)
         await self._listenAll(replacements, old)
         self._commit(new, daemonSpec, replacements, freshTLS, summary, old)
+        if self.admin is not None and access is not None:
+            self.admin.adopt(access)
         return summary
 
     def _daemonChanges(self, new: DaemonSpec) -> DaemonSpec:
@@ -268,7 +271,11 @@ class Daemon(MultiService):
                     key=key,
                 )
         return attrs.evolve(
-            running, log_level=new.log_level, shutdown_timeout=new.shutdown_timeout, lameduck=new.lameduck
+            running,
+            log_level=new.log_level,
+            shutdown_timeout=new.shutdown_timeout,
+            lameduck=new.lameduck,
+            admin_hosts=new.admin_hosts,
         )
 
     def _prepare(
@@ -489,7 +496,7 @@ def _adminServer(daemon: Daemon, spec: DaemonSpec, reactor: Any) -> AdminServer 
         return None
     from netd.admin import AdminServer
 
-    return AdminServer(daemon, spec.admin.address, spec.admin_token_file, reactor)
+    return AdminServer(daemon, spec, reactor)
 
 
 def _describe(bound: dict[str, object]) -> str:
