@@ -821,8 +821,8 @@ def readToken(path: str) -> bytes:
         raise TokenFileError(f"{path!r} holds more than {MAX_TOKEN} bytes; a token is at most {MAX_TOKEN}")
     if not token:
         raise TokenFileError(f"{path!r} is empty; put a secret in it")
-    if not all(0x21 <= b <= 0x7E for b in token):
-        raise TokenFileError(f"{path!r} holds spaces or characters a bearer token cannot carry (printable ASCII only)")
+    if not all(0x20 <= b <= 0x7E for b in token):
+        raise TokenFileError(f"{path!r} holds characters an HTTP header cannot carry (printable ASCII only)")
     return token
 
 

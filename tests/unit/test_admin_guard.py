@@ -306,12 +306,13 @@ def test_longTokenIsAnErrorNotCut(tmp_path: Path) -> None:
         readToken(str(tokenFile(tmp_path, "x" * (MAX_TOKEN + 1))))
 
 
-def test_tokenWithSpacesIsAnError(tmp_path: Path) -> None:
+def test_tokenWithControlCharactersIsAnError(tmp_path: Path) -> None:
     """
-    A token a bearer header cannot carry (inner spaces, control characters) is an error.
+    A token an HTTP header cannot carry (control characters, non-ASCII) is an error.
     """
-    with pytest.raises(TokenFileError, match="printable ASCII"):
-        readToken(str(tokenFile(tmp_path, "two words")))
+    for text in ("two\nlines", "tab\tinside", "caf\u00e9"):
+        with pytest.raises(TokenFileError, match="printable ASCII"):
+            readToken(str(tokenFile(tmp_path, text)))
 
 
 def test_reloadReadsTheTokenFileAgain(tmp_path: Path) -> None:
