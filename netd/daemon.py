@@ -77,6 +77,10 @@ class Daemon(MultiService):
         self.registry = registry
         self.portsFile: str | None = None
         self._reloading = False
+        self._reloadWaiters: list[Deferred[None]] = []
+        """
+        Stops waiting for the reload in progress to finish or be undone.
+        """
         self._draining: set[Deferred[None]] = set()
         self.reactor = reactor
         self.notifier = notifier if notifier is not None else Notifier.disabled()
@@ -221,8 +225,12 @@ class Daemon(MultiService):
             return summary
         finally:
             self._reloading = False
-            addresses = sum(len(s.ports) for s in self.netServices())
-            self.notifier.ready(f"{status}; serving {len(self.netServices())} services on {addresses} addresses")
+            if not self.stopping:
+                addresses = sum(len(s.ports) for s in self.netServices())
+                self.notifier.ready(f"{status}; serving {len(self.netServices())} services on {addresses} addresses")
+            waiters, self._reloadWaiters = self._reloadWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     async def _reload(self) -> dict[str, list[str]]:
         """
@@ -440,6 +448,8 @@ class Daemon(MultiService):
     def stopService(self) -> Deferred[None]:
         """
         Tell systemd that netd is stopping and turn C{/ready} to 503 at once;
+        let a reload in progress finish or be undone (so that the drain
+        stops the services that are really running, never half a reload);
         keep serving for C{[daemon] lameduck} seconds (load balancers stop
         sending first), then stop every service (each closes its listeners
         and drains its connections); the control API closes last, so that it
@@ -447,6 +457,17 @@ class Daemon(MultiService):
         """
         self.notifier.stopping()
         self.stopping = True
+        if not self._reloading:
+            return self._afterReload()
+        self.log.info("stopping: waiting for the reload in progress to finish or be undone")
+        waiter: Deferred[None] = Deferred()
+        self._reloadWaiters.append(waiter)
+        return waiter.addCallback(lambda _: self._afterReload())
+
+    def _afterReload(self) -> Deferred[None]:
+        """
+        The stop, once no reload runs: the lameduck wait, then L{_stopServices}.
+        """
         lameduck = self.config.daemon.lameduck
         if not lameduck:
             return self._stopServices()
