@@ -855,19 +855,33 @@ def loadAccess(spec: DaemonSpec, tcp: bool, boundHost: str | None) -> Access:
     changes only), or none (C{admin_token_file = false}, or a unix socket,
     which its file mode guards).
 
-    @raise TokenFileError: the token file cannot be used.
-    @raise OSError: the generated token cannot be written.
+    @raise TokenFileError: the token file cannot be used, or the generated
+        one cannot be written.
     """
-    hosts = frozenset(h.lower().rstrip(".") for h in spec.admin_hosts)
-    if boundHost is not None:
-        hosts |= {boundHost.lower()}
+    hosts = _hostNames(spec, boundHost)
     if isinstance(spec.admin_token_file, str):
         return Access(readToken(spec.admin_token_file), "all", spec.admin_token_file, hosts)
     if spec.admin_token_file is None and tcp:
         stateDir = spec.state_dir if spec.state_dir is not None else defaultStateDir()
-        token, path = generatedToken(stateDir)
+        try:
+            token, path = generatedToken(stateDir)
+        except OSError as e:
+            raise TokenFileError(
+                f"unset, so netd makes a token in {os.path.join(stateDir, GENERATED_TOKEN_FILE)!r}, which failed: "
+                f"{e.strerror or e}; set [daemon] state_dir to a folder this user may write, admin_token_file to a "
+                "file holding a secret, or admin_token_file = false"
+            ) from e
         return Access(token, "changes", path, hosts)
     return Access(None, "all", None, hosts)
+
+
+def _hostNames(spec: DaemonSpec, boundHost: str | None) -> frozenset[str]:
+    """
+    The C{Host} names answered besides localhost and loopback literals:
+    C{admin_hosts} and the address listened on, lower case.
+    """
+    hosts = frozenset(h.lower().rstrip(".") for h in spec.admin_hosts)
+    return hosts | {boundHost.lower()} if boundHost is not None else hosts
 
 
 class AdminRequest(Request):
@@ -1068,7 +1082,7 @@ class AdminServer:
         """
         try:
             return loadAccess(spec, tcp=not self.unix, boundHost=self.boundHost)
-        except (TokenFileError, OSError) as e:
+        except TokenFileError as e:
             raise ServiceStartError(f"control API: [daemon] admin_token_file: {e}") from e
 
     async def _listen(self, site: AdminSite) -> IListeningPort:
@@ -1098,15 +1112,28 @@ class AdminServer:
 
     def prepareReload(self, spec: DaemonSpec, source: str) -> Access:
         """
-        Read the token file again (a reload), touching nothing that runs.
+        The access a reload brings, touching nothing that runs: the new
+        C{admin_hosts}, and the token of C{admin_token_file} read again (a
+        token netd made stays as it is).  A file this user may not read
+        (root's, after the privilege drop) keeps the token read at start.
 
         @param source: the config file, for the error.
         @raise ConfigError: the token file cannot be used; the old token stays.
         """
+        assert self.resource is not None
+        current = attrs.evolve(self.resource.access, hosts=_hostNames(spec, self.boundHost))
+        if current.scope != "all" or current.tokenFile is None:
+            return current
         try:
-            return self._access(spec)
-        except ServiceStartError as e:
-            error = ConfigError(source, [Problem(("daemon", "admin_token_file"), f"{e.__cause__}; nothing was changed")])
+            return attrs.evolve(current, token=readToken(current.tokenFile))
+        except TokenFileError as e:
+            if isinstance(e.__cause__, PermissionError) and os.geteuid() != 0:
+                log.warn(
+                    "reload: {why} as this user; the token read at start (before privileges were dropped) stays",
+                    why=str(e),
+                )
+                return current
+            error = ConfigError(source, [Problem(("daemon", "admin_token_file"), f"{e}; nothing was changed")])
             log.error("reload: {problems}", problems=str(error))
             raise error from e
 

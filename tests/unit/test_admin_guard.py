@@ -495,3 +495,66 @@ def test_adminGroupNeedsUnix() -> None:
     """
     with pytest.raises(ConfigError, match="daemon.admin_group: only a unix: control API"):
         makeConfig(ECHO, admin_group=0)
+
+
+def reloadable(tmp_path: Path, daemonKeys: str) -> tuple[Daemon, Reactor, Path]:
+    """
+    A started daemon whose reloads read a config file with C{daemonKeys} in its [daemon] table; the file's path.
+    """
+    from netd.config import loadConfig
+    from netd.plugin import discoverPlugins
+
+    config = tmp_path / "netd.toml"
+    config.write_text(
+        f'[daemon]\nadmin = "tcp:0:interface=127.0.0.1"\n{daemonKeys}\n\n'
+        '[[services]]\nname = "echo"\nplugin = "echo"\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
+    )
+    reactor = Reactor()
+    daemon = Daemon(loadConfig(str(config), discoverPlugins()), reactor)
+    resultOf(Deferred.fromCoroutine(daemon.start()))
+    return daemon, reactor, config
+
+
+def test_reloadAppliesAdminHostsAndKeepsTheGeneratedToken(tmp_path: Path) -> None:
+    """
+    A reload applies a new admin_hosts at once and keeps the token netd made.
+    """
+    daemon, reactor, config = reloadable(tmp_path, "")
+    before = token(reactor)
+    assert request(reactor.site(), "GET", "/services", headers={"Host": "netd.internal"}).code == 421
+    config.write_text(config.read_text().replace("[daemon]\n", '[daemon]\nadmin_hosts = ["netd.internal"]\n'))
+    resultOf(Deferred.fromCoroutine(daemon.reload()))
+    assert request(reactor.site(), "GET", "/services", headers={"Host": "netd.internal"}).code == 200
+    assert token(reactor) == before
+
+
+def test_reloadKeepsATokenThisUserMayNotRead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    After the privilege drop, a token file readable by root only cannot be read again: the reload goes on with the token read at start, and says so.
+    """
+    import netd.admin
+
+    daemon, reactor, config = reloadable(tmp_path, f'admin_token_file = "{tokenFile(tmp_path)}"')
+
+    def denied(path: str) -> bytes:
+        raise TokenFileError(f"cannot read {path!r}: Permission denied") from PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(netd.admin, "readToken", denied)
+    monkeypatch.setattr(os, "geteuid", lambda: 65534)
+    with capturedLogs() as events:
+        resultOf(Deferred.fromCoroutine(daemon.reload()))
+    assert request(reactor.site(), "GET", "/services", headers=bearer(TOKEN)).code == 200
+    assert any("token read at start" in e.get("log_format", "") for e in events)
+
+
+def test_unwritableStateDirStopsTheStartSayingWhatToDo(tmp_path: Path) -> None:
+    """
+    When the token cannot be written into the state directory, the start fails naming the file and the keys that fix it.
+    """
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    reactor = Reactor()
+    daemon = Daemon(makeConfig(ECHO, state_dir=str(blocker / "state")), reactor)
+    with pytest.raises(ServiceStartError, match=r"admin_token_file: unset, so netd makes a token in .*admin_token_file = false"):
+        resultOf(Deferred.fromCoroutine(daemon.start()))
+    assert reactor.tcpPorts == []
