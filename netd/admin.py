@@ -878,10 +878,13 @@ def loadAccess(spec: DaemonSpec, tcp: bool, boundHost: str | None) -> Access:
 def _hostNames(spec: DaemonSpec, boundHost: str | None) -> frozenset[str]:
     """
     The C{Host} names answered besides localhost and loopback literals:
-    C{admin_hosts} and the address listened on, lower case.
+    C{admin_hosts} and the address listened on (unless it is a wildcard such
+    as 0.0.0.0, which no client should name), lower case.
     """
     hosts = frozenset(h.lower().rstrip(".") for h in spec.admin_hosts)
-    return hosts | {boundHost.lower()} if boundHost is not None else hosts
+    if boundHost is None or boundHost in ("0.0.0.0", "::"):
+        return hosts
+    return hosts | {boundHost.lower()}
 
 
 class AdminRequest(Request):
@@ -1037,9 +1040,12 @@ class AdminServer:
     @property
     def unix(self) -> bool:
         """
-        Whether the API listens on a unix socket (whose file mode guards it).
+        Whether the API listens on a unix socket (whose file mode guards it,
+        so that it needs no token of netd's making): C{unix:}, or a
+        C{systemd:} socket of C{domain=UNIX}.
         """
-        return splitDescription(self.address.text)[0] == "unix"
+        kind, *rest = splitDescription(self.address.text)
+        return kind == "unix" or (kind == "systemd" and "domain=UNIX" in rest)
 
     async def listen(self) -> IListeningPort:
         """
@@ -1062,7 +1068,7 @@ class AdminServer:
         host = bound.get("host")
         if isinstance(host, str):
             self.boundHost = host
-            self.resource.access = attrs.evolve(self.resource.access, hosts=self.resource.access.hosts | {host.lower()})
+            self.resource.access = attrs.evolve(self.resource.access, hosts=_hostNames(self.spec, host))
         where = f"http://{bound['host']}:{bound['port']}/" if "port" in bound else f"{bound['transport']} {bound.get('path')}"
         access = self.resource.access
         log.info(
@@ -1091,7 +1097,7 @@ class AdminServer:
         given that group) from the start: the umask covers the moment
         between the bind and Twisted's chmod.
         """
-        if not self.unix:
+        if splitDescription(self.address.text)[0] != "unix":
             return await self.address.listenStream(self.reactor, site)
         group = self.spec.admin_group
         address = attrs.evolve(self.address, text=self.address.text + ":mode=600")

@@ -174,8 +174,8 @@ class DaemonSpec:
     )
     admin_hosts: tuple[str, ...] = option(
         (),
-        help="Host names the control API answers to besides localhost, loopback addresses and the address it "
-        "listens on (the Host header of every request is checked, against DNS rebinding).",
+        help="Host names (or addresses) the control API answers to besides localhost, loopback addresses and the "
+        "address it listens on (the Host header of every request is checked, against DNS rebinding).",
         checks=(lambda v: next((f"{h!r} is not a host name" for h in v if not _isHostName(h)), None),),
     )
     admin_max_connections: int = option(
@@ -221,9 +221,14 @@ class DaemonSpec:
 
 def _isHostName(text: str) -> bool:
     """
-    Whether C{text} can be a C{Host} header's name: dot-separated labels of
-    letters, digits and hyphens (an IP address is one too).
+    Whether C{text} can be a C{Host} header's name: an IP address, or
+    dot-separated labels of letters, digits and hyphens.
     """
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        pass
     labels = text.rstrip(".").split(".")
     return bool(text) and len(text) <= 253 and all(
         0 < len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii() for label in labels

@@ -558,3 +558,15 @@ def test_unwritableStateDirStopsTheStartSayingWhatToDo(tmp_path: Path) -> None:
     with pytest.raises(ServiceStartError, match=r"admin_token_file: unset, so netd makes a token in .*admin_token_file = false"):
         resultOf(Deferred.fromCoroutine(daemon.start()))
     assert reactor.tcpPorts == []
+
+
+def test_wildcardBindIsNoHostButAdminHostsAddressesAre(tmp_path: Path) -> None:
+    """
+    Bound to 0.0.0.0 (with a token file), the API does not answer to Host 0.0.0.0, but answers to an address listed in admin_hosts (IPv4 or bracketed IPv6).
+    """
+    daemon, reactor = started(ECHO, admin="tcp:0:interface=0.0.0.0", admin_token_file=str(tokenFile(tmp_path)), admin_hosts=["192.0.2.5", "2001:db8::5"])
+    site = reactor.site()
+    headers = bearer(TOKEN)
+    assert request(site, "GET", "/services", headers={**headers, "Host": "0.0.0.0:8053"}).code == 421
+    assert request(site, "GET", "/services", headers={**headers, "Host": "192.0.2.5:8053"}).code == 200
+    assert request(site, "GET", "/services", headers={**headers, "Host": "[2001:db8::5]:8053"}).code == 200
