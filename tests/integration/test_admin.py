@@ -310,3 +310,23 @@ def test_largeUnauthenticatedBodyIsNeverRead(startNetd: Any) -> None:
     assert netd.rssBytes() - before < 20_000_000
     status, _, _ = get(netd, "/health")
     assert status == 200
+
+
+def test_connectionCapOverTheWire(startNetd: Any) -> None:
+    """
+    With admin_max_connections = 2 and two idle connections held open, a third real connection is answered 503 and closed, and counted; once one idle connection closes, requests are served again.
+    """
+    netd: NetdProcess = startNetd(config(daemon=f"{ADMIN}\nadmin_max_connections = 2"))
+    host, port = str(netd.admin["host"]), int(netd.admin["port"])  # type: ignore[index,call-overload]
+    held = [connect((host, port)) for _ in range(2)]
+    try:
+        status, _, body = get(netd, "/health")
+        assert status == 503 and json.loads(body)["error"] == "service unavailable"
+    finally:
+        for client in held:
+            client.close()
+    deadline = time.monotonic() + IO_TIMEOUT
+    while get(netd, "/health")[0] != 200:
+        assert time.monotonic() < deadline, "the API did not serve again after the idle connections closed"
+        time.sleep(0.05)
+    assert metrics(netd)[key("netd_admin_connections_refused_total")] >= 1

@@ -21,13 +21,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 
-from netd.admin import MAX_TABLE_BODY, MAX_TOKEN, AdminSite, hostAllowed, originAllowed, readToken, TokenFileError
+from netd.admin import MAX_TABLE_BODY, MAX_TOKEN, AdminSite, TokenFileError, hostAllowed, metricsText, originAllowed, readToken
 from netd.daemon import Daemon
 from netd.options import ConfigError
 from netd.service import ServiceStartError
 from netd.testing import resultOf
 
-from .test_admin import DNS, ECHO, TOKEN, Reactor, bearer, makeConfig, request, samples, send, started, key
+from .test_admin import DNS, ECHO, TOKEN, Reactor, bearer, key, makeConfig, request, samples, send, started
 
 
 def token(reactor: Reactor) -> str:
@@ -53,8 +53,6 @@ def refusals(daemon: Daemon) -> dict[str, float]:
     """
     The C{netd_admin_requests_refused_total} samples of the daemon's /metrics, by reason.
     """
-    from netd.admin import metricsText
-
     found = samples(metricsText(daemon))
     return {dict(labels)["reason"]: value for (name, labels), value in found.items() if name == "netd_admin_requests_refused_total"}
 
@@ -438,7 +436,7 @@ def test_connectionsPastTheCapAre503() -> None:
     _, refused = rawSend(site, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert refused.value().startswith(b"HTTP/1.1 503 ")
     assert refused.disconnecting
-    assert samples(__import__("netd.admin", fromlist=["metricsText"]).metricsText(daemon))[key("netd_admin_connections_refused_total")] == 1
+    assert samples(metricsText(daemon))[key("netd_admin_connections_refused_total")] == 1
     held[0][0].connectionLost(None)
     assert request(site, "GET", "/health").code == 200
 
