@@ -766,7 +766,12 @@ def metricsText(daemon: Daemon) -> str:
         exposition.counter(
             "admin_connections_refused",
             admin.site.connectionsRefused,
-            "Control API connections answered 503 because admin_max_connections were open.",
+            "Control API connections answered 503 because admin_max_connections were open and being answered.",
+        )
+        exposition.counter(
+            "admin_connections_evicted",
+            admin.site.connectionsEvicted,
+            "Idle control API connections closed to admit a new one at admin_max_connections.",
         )
     return exposition.render()
 
@@ -911,20 +916,39 @@ class AdminChannel(HTTPChannel):
 
     site: AdminSite
     _refused = False
+    serving = False
+    """
+    Whether a whole request has arrived and is being answered (such a
+    connection is never evicted to admit another).
+    """
 
     def connectionMade(self) -> None:
         """
         Count the connection as open.
         """
-        self.site.openConnections += 1
+        self.site.opened(self)
         super().connectionMade()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         """
         Count the connection as closed.
         """
-        self.site.openConnections -= 1
+        self.site.closed(self)
         super().connectionLost(reason)
+
+    def allContentReceived(self) -> None:
+        """
+        A whole request has arrived: it is being answered from now on.
+        """
+        self.serving = True
+        super().allContentReceived()
+
+    def requestDone(self, request: Request) -> None:
+        """
+        The answer is sent: the connection waits for another request.
+        """
+        self.serving = False
+        super().requestDone(request)
 
     def allHeadersReceived(self) -> None:
         """
@@ -966,7 +990,8 @@ def _rawResponse(reply: Reply) -> bytes:
 
 class _Busy(Protocol):
     """
-    The answer to a connection past C{admin_max_connections}: 503, then close.
+    The answer to a connection past C{admin_max_connections} while every open
+    one is being answered: 503, then close.
     """
 
     def connectionMade(self) -> None:
@@ -980,7 +1005,11 @@ class AdminSite(Site):
     """
     The API's HTTP factory: no tracebacks in answers, one debug line per request
     instead of Twisted's access log, at most C{maxConnections} connections
-    open (further ones are answered 503 and counted in C{connectionsRefused}).
+    open.  At the limit, a new connection closes the oldest one that is not
+    being answered (idle, or still sending its request: whoever opened
+    connections first cannot lock the API), counted in
+    C{connectionsEvicted}; when every one is being answered, the new one is
+    answered 503 and counted in C{connectionsRefused}.
     """
 
     noisy = False
@@ -992,21 +1021,59 @@ class AdminSite(Site):
     def __init__(self, resource: AdminResource, maxConnections: int, **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)
         self.maxConnections = maxConnections
-        self.openConnections = 0
+        self.channels: dict[AdminChannel, None] = {}
+        """
+        The open connections, oldest first (those being closed left out).
+        """
         self.connectionsRefused = 0
+        self.connectionsEvicted = 0
+
+    @property
+    def openConnections(self) -> int:
+        """
+        How many connections are open and not being closed.
+        """
+        return len(self.channels)
+
+    def opened(self, channel: AdminChannel) -> None:
+        """
+        A connection has opened.
+        """
+        self.channels[channel] = None
+
+    def closed(self, channel: AdminChannel) -> None:
+        """
+        A connection has closed.
+        """
+        self.channels.pop(channel, None)
 
     def buildProtocol(self, addr: IAddress) -> Protocol | None:  # type: ignore[override]
         """
-        A channel, or L{_Busy} when C{maxConnections} are open already.
+        A channel, once there is room for it: at C{maxConnections}, the
+        oldest connection not being answered is closed, or, if there is
+        none, the new one gets L{_Busy}.
         """
-        if self.openConnections >= self.maxConnections:
-            self.connectionsRefused += 1
+        if len(self.channels) >= self.maxConnections:
+            victim = next((c for c in self.channels if not c.serving), None)
+            if victim is None:
+                self.connectionsRefused += 1
+                log.warn(
+                    "control API: {peer} refused: {count} connections are being answered (admin_max_connections)",
+                    peer=str(addr),
+                    count=len(self.channels),
+                )
+                return _Busy()
+            self.connectionsEvicted += 1
+            del self.channels[victim]
             log.warn(
-                "control API: {peer} refused: {count} connections are open (admin_max_connections)",
+                "control API: {count} connections open (admin_max_connections): closing the oldest idle one, from "
+                "{victim}, for {peer}",
+                count=self.maxConnections,
+                victim=str(victim.transport.getPeer()) if victim.transport is not None else "?",
                 peer=str(addr),
-                count=self.openConnections,
             )
-            return _Busy()
+            if victim.transport is not None:
+                getattr(victim.transport, "abortConnection", victim.transport.loseConnection)()
         return super().buildProtocol(addr)
 
     def log(self, request: Request) -> None:  # type: ignore[override]

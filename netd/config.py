@@ -180,7 +180,8 @@ class DaemonSpec:
     )
     admin_max_connections: int = option(
         64,
-        help="Control API connections open at once; a further one is answered 503 and closed, and counted.",
+        help="Control API connections open at once; a further one closes the oldest that is not being answered, "
+        "or is answered 503 when all are; both are counted.",
         checks=(between(1, 100_000),),
     )
     admin_group: Group | None = option(

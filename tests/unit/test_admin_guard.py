@@ -425,19 +425,40 @@ def test_bodyIsKeptInMemory() -> None:
 # The connection cap.
 
 
-def test_connectionsPastTheCapAre503() -> None:
+def test_oldestIdleConnectionMakesRoomAtTheCap() -> None:
     """
-    Past admin_max_connections open connections, a new one is answered 503 and closed, and counted; once one closes, a new one is served.
+    At admin_max_connections, a new connection closes the oldest one not being answered (idle or still sending its request), counted, and is served: whoever opened connections first cannot lock the API out.
     """
     daemon, reactor = started(ECHO, admin_max_connections=2)
     site = reactor.site()
     assert isinstance(site, AdminSite)
-    held = [rawSend(site, b"") for _ in range(2)]
+    (_, oldest), (_, younger) = rawSend(site, b""), rawSend(site, b"GET /health HTTP/1.1\r\nHost: local")
+    assert request(site, "GET", "/health").code == 200
+    assert oldest.disconnecting and not younger.disconnecting
+    assert samples(metricsText(daemon))[key("netd_admin_connections_evicted_total")] == 1
+    assert site.openConnections == 2
+
+
+def test_connectionPastTheCapIs503WhileAllAreAnswered() -> None:
+    """
+    When every open connection is being answered (a slow reload), a new one is answered 503 and closed, and counted; once the answer is sent, a new one is served.
+    """
+    daemon, reactor = started(ECHO, admin_max_connections=1)
+    pending: Deferred[None] = Deferred()
+
+    async def reload() -> None:
+        await pending
+
+    daemon.reload = reload  # type: ignore[method-assign]
+    site = reactor.site()
+    assert isinstance(site, AdminSite)
+    slow = send(site, "POST", "/reload", headers={"Connection": "keep-alive"})
     _, refused = rawSend(site, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert refused.value().startswith(b"HTTP/1.1 503 ")
     assert refused.disconnecting
     assert samples(metricsText(daemon))[key("netd_admin_connections_refused_total")] == 1
-    held[0][0].connectionLost(None)
+    pending.callback(None)
+    assert slow.response().code == 200
     assert request(site, "GET", "/health").code == 200
 
 
