@@ -367,15 +367,17 @@ def rawSend(site: AdminSite, head: bytes) -> tuple[Any, StringTransport]:
 )
 def test_refusedFromTheHeadersBeforeTheBody(headers: bytes, code: int) -> None:
     """
-    A request announcing a 100 MB body that may not be sent is answered as soon as its headers are in, the connection closes, and whatever body follows is never buffered.
+    A request announcing a 100 MB body that may not be sent is answered as soon as its headers are in (never with "100 Continue", which would invite the body), the connection closes, and whatever body follows is never buffered.
     """
     daemon, reactor = started(ECHO)
     site = reactor.site()
     assert isinstance(site, AdminSite)
     headers = headers.replace(b"TOKEN", token(reactor).encode())
-    protocol, transport = rawSend(site, b"PUT /services/echo/faults HTTP/1.1\r\n" + headers + b"Content-Length: 100000000\r\n\r\n")
+    head = b"PUT /services/echo/faults HTTP/1.1\r\n" + headers + b"Expect: 100-continue\r\nContent-Length: 100000000\r\n\r\n"
+    protocol, transport = rawSend(site, head)
     answer = transport.value()
     assert answer.startswith(f"HTTP/1.1 {code} ".encode()), answer
+    assert b"100 Continue" not in answer
     assert b"Connection: close" in answer
     assert transport.disconnecting
     request_ = protocol.requests[-1]
