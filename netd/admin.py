@@ -18,38 +18,59 @@ for C{/metrics}).
     method the table does not take is a 405, a L{ConfigError} from it a 400
     listing each problem with its key path inside the body (or the query).
 
+Loopback is not a trust boundary (a browser on the host reaches it: DNS
+rebinding, form posts), so every request is checked as soon as its headers are
+in, before any body is read (L{AdminChannel}): its C{Host} must be a loopback
+literal, C{localhost}, the address the API listens on or a name of C{[daemon]
+admin_hosts} (else 421); a request that changes something (POST, PUT, PATCH,
+DELETE, or any with a body) is refused if its C{Origin} is another site's (403);
+a body must say C{Content-Type: application/json} (415), give its length (411
+for chunked) and be at most L{MAX_TABLE_BODY} bytes (413).
+
 With C{admin_token_file}, every endpoint but C{/health} and C{/ready} needs
 C{Authorization: Bearer TOKEN} (compared in constant time); the two probes stay
 open because load balancers and orchestrators probe them without credentials,
-and they reveal nothing but liveness.  Every answer, errors included, is JSON
-with an C{error} and a C{message}; no traceback ever reaches a client.
+and they reveal nothing but liveness.  Without one, a TCP API makes its own
+token (C{STATE_DIR/admin.token}, mode 0600) and requires it for every request
+that changes something.  Every answer, errors included, is JSON with an
+C{error} and a C{message}; no traceback or exception text ever reaches a client.
 """
 
 from __future__ import annotations
 
 import hmac
+import io
+import ipaddress
 import json
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+import os
+import secrets
+import stat
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote_to_bytes
 
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IAddress, IListeningPort
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES, HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from netd import __version__
+from netd.certs import defaultStateDir, writeFile
 from netd.interfaces import IReportsStatus, IRuntimeTable
-from netd.listen import ListenAddress, describeBound
-from netd.metrics import PROMETHEUS_CONTENT_TYPE, Exposition
-from netd.options import ConfigError, renderPath
+from netd.listen import ListenAddress, describeBound, splitDescription
+from netd.metrics import PROMETHEUS_CONTENT_TYPE, Counters, Exposition
+from netd.options import ConfigError, Problem, renderPath
 from netd.service import NetService, ReloadInProgress, ServiceStartError
 from netd.tls import FAILURE_REASONS
 
 if TYPE_CHECKING:
+    from netd.config import DaemonSpec
     from netd.daemon import Daemon
 
 JSON_CONTENT_TYPE = "application/json"
@@ -73,6 +94,23 @@ Seconds an HTTP connection to the API may stay idle.
 OPEN_PATHS = frozenset({b"/health", b"/ready"})
 """
 The endpoints that answer without the token.
+"""
+CHANGING_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
+"""
+The methods that change something: they need the token whenever there is one,
+and an C{Origin} of the API's own.
+"""
+MAX_TOKEN = 4096
+"""
+The longest token C{admin_token_file} may hold, in bytes.
+"""
+GENERATED_TOKEN_FILE = "admin.token"
+"""
+The file in the state directory that holds the token netd makes itself.
+"""
+REFUSAL_REASONS = ("host", "origin", "token", "chunked", "too_large", "content_type")
+"""
+Why the API turns a request away, as counted in C{netd_admin_requests_refused_total}.
 """
 
 log = Logger(namespace="netd.admin")
@@ -108,20 +146,53 @@ def errorReply(code: int, error: str, message: str, headers: Mapping[str, str] |
 Handler = Callable[[Request], "Reply | Deferred[Reply]"]
 
 
+@attrs.frozen
+class Access:
+    """
+    Who may ask the API what.
+
+    @ivar token: the bearer token, or L{None} when the API needs none.
+    @ivar scope: C{"all"}: every endpoint but L{OPEN_PATHS} needs the token
+        (C{admin_token_file}); C{"changes"}: only the methods of
+        L{CHANGING_METHODS} do (the token netd made itself).
+    @ivar tokenFile: where the token is, for messages and the ports file.
+    @ivar hosts: the C{Host} names answered besides C{localhost} and the
+        loopback literals, lower case: C{admin_hosts} and the address listened on.
+    """
+
+    token: bytes | None = None
+    scope: Literal["all", "changes"] = "all"
+    tokenFile: str | None = None
+    hosts: frozenset[str] = frozenset()
+
+    def needsToken(self, method: bytes | None, path: bytes | None) -> bool:
+        """
+        Whether a request needs the token; C{method} and C{path} are L{None}
+        for a request whose body is announced (which changes something).
+        """
+        if self.token is None:
+            return False
+        if method is None or method in CHANGING_METHODS:
+            return True
+        return self.scope == "all" and path not in OPEN_PATHS
+
+
 class AdminResource(Resource):
     """
     The whole API as one leaf resource that routes on the path and method.
 
-    @ivar token: the bearer token required (outside L{OPEN_PATHS}), or L{None}
-        when the API answers anyone who can reach it.
+    @ivar access: the token and the host names it checks requests against
+        (replaced as a whole when a reload reads the token file again).
+    @ivar refused: the requests turned away, by reason (L{REFUSAL_REASONS}).
     """
 
     isLeaf = True
 
-    def __init__(self, daemon: Daemon, token: bytes | None) -> None:
+    def __init__(self, daemon: Daemon, access: Access | None = None) -> None:
         super().__init__()
         self.daemon = daemon
-        self.token = token
+        self.access = access if access is not None else Access()
+        self.refused = Counters({reason: 0 for reason in REFUSAL_REASONS})
         self._reloading = False
         self.routes: dict[bytes, dict[bytes, tuple[Handler, str]]] = {
             b"/": {b"GET": (self.index, "this list of endpoints")},
@@ -162,14 +233,14 @@ class AdminResource(Resource):
 
     def route(self, request: Request) -> Reply | Deferred[Reply]:
         """
-        Check the token, find the endpoint, check the method, call the handler.
+        Check the request (L{refusal}), find the endpoint, check the method,
+        call the handler.
         """
         path = request.path
         method = request.method
-        if path not in OPEN_PATHS:
-            refusal = self.authorize(request)
-            if refusal is not None:
-                return refusal
+        refusal = self.refusal(request, method, path)
+        if refusal is not None:
+            return refusal
         if path.startswith(SERVICES_PREFIX):
             return self.serviceRoute(request, path[len(SERVICES_PREFIX) :])
         methods = self.routes.get(path)
@@ -181,30 +252,106 @@ class AdminResource(Resource):
             return _notAllowed(request, sorted(m.decode() for m in methods) + (["HEAD"] if b"GET" in methods else []))
         return entry[0](request)
 
-    def authorize(self, request: Request) -> Reply | None:
+    def refusal(self, request: Request, method: bytes | None, path: bytes | None) -> Reply | None:
         """
-        L{None} if the request may go on, else the 401 to answer with.
+        L{None} if the request may go on, else the answer that turns it away
+        (logged and counted): its C{Host} (421), its C{Origin} (403), the
+        token (401), then its body's framing (411), type (415) and length
+        (413).  Everything checked is in the headers, so that L{AdminChannel}
+        can check a request before reading its body, with C{method} and
+        C{path} L{None}; L{route} checks again once the request is whole.
         """
-        if self.token is None:
+        headers = request.requestHeaders
+        fields = _requestFields(request, method, path)
+        hosts = headers.getRawHeaders(b"host") or []
+        if len(hosts) != 1 or not hostAllowed(hosts[0], self.access.hosts):
+            shown = ", ".join(_text(h) for h in hosts) or "none"
+            return self._refuse(
+                "host",
+                fields,
+                errorReply(
+                    421,
+                    "misdirected request",
+                    f"this is netd's control API, which answers to localhost, loopback addresses and the names "
+                    f"of [daemon] admin_hosts; the request's Host is {shown}",
+                ),
+            )
+        announced = _announcedLength(headers)
+        changing = announced != 0 or method is None or method in CHANGING_METHODS
+        origins = headers.getRawHeaders(b"origin") or []
+        if changing and not all(originAllowed(o, self.access.hosts) for o in origins):
+            return self._refuse(
+                "origin",
+                fields,
+                errorReply(
+                    403,
+                    "forbidden",
+                    "a request from a web page of another origin cannot change netd "
+                    f"(Origin: {', '.join(_text(o) for o in origins)})",
+                ),
+            )
+        if self.access.needsToken(None if announced != 0 else method, path):
+            refused = self.authorize(request, fields)
+            if refused is not None:
+                self.refused["token"] += 1
+                return refused
+        if announced is None:
+            return self._refuse(
+                "chunked", fields, errorReply(411, "length required", "send a body with Content-Length, not chunked")
+            )
+        if announced and not _isJSON(headers.getRawHeaders(b"content-type") or []):
+            return self._refuse(
+                "content_type",
+                fields,
+                errorReply(415, "unsupported media type", f"a body must be sent as Content-Type: {JSON_CONTENT_TYPE}"),
+            )
+        if announced > MAX_TABLE_BODY:
+            return self._refuse(
+                "too_large",
+                fields,
+                errorReply(413, "content too large", f"the body is larger than {MAX_TABLE_BODY} bytes"),
+            )
+        return None
+
+    def _refuse(self, reason: str, fields: Mapping[str, Any], reply: Reply) -> Reply:
+        """
+        Log and count a request turned away for C{reason}; answer C{reply}.
+        """
+        self.refused[reason] += 1
+        log.warn(
+            "control API: {method} {path} from {peer} refused ({reason}): {why}",
+            reason=reason,
+            why=json.loads(reply.body)["message"],
+            **fields,
+        )
+        return reply
+
+    def authorize(self, request: Request, fields: Mapping[str, Any]) -> Reply | None:
+        """
+        L{None} if the request carries the token, else the 401 to answer with.
+        """
+        token = self.access.token
+        if token is None:
             return None
+        where = "the token file" if self.access.tokenFile is None else self.access.tokenFile
         header = request.getHeader(b"authorization")
         scheme, _, credentials = (header or b"").partition(b" ")
         credentials = credentials.strip()
         if header is None or scheme.lower() != b"bearer" or not credentials:
             why = "missing" if header is None else "not a bearer token"
-            log.warn("control API: {method} {path} from {peer} refused: no token", **_requestFields(request))
+            log.warn("control API: {method} {path} from {peer} refused: no token", **fields)
             return errorReply(
                 401,
                 "unauthorized",
-                f"this endpoint needs 'Authorization: Bearer TOKEN' with the token of admin_token_file ({why})",
+                f"this request needs 'Authorization: Bearer TOKEN' with the token in {where} ({why})",
                 {"WWW-Authenticate": 'Bearer realm="netd"'},
             )
-        if not hmac.compare_digest(credentials, self.token):
-            log.warn("control API: {method} {path} from {peer} refused: wrong token", **_requestFields(request))
+        if not hmac.compare_digest(credentials, token):
+            log.warn("control API: {method} {path} from {peer} refused: wrong token", **fields)
             return errorReply(
                 401,
                 "unauthorized",
-                "the bearer token is not the one in admin_token_file",
+                f"the bearer token is not the one in {where}",
                 {"WWW-Authenticate": 'Bearer realm="netd", error="invalid_token"'},
             )
         return None
@@ -412,8 +559,20 @@ class AdminResource(Resource):
                     "the config file has problems; nothing was changed",
                     problems=[p.render(error.source) for p in error.problems],
                 )
+            if isinstance(error, ServiceStartError):
+                return errorReply(
+                    500,
+                    "reload failed",
+                    "a new listener could not open; the reload was undone and the previous config serves",
+                    problems=[str(error)],
+                )
             log.failure("control API: reload failed", failure)
-            return errorReply(500, "reload failed", f"{type(error).__name__}: {error}")
+            return errorReply(
+                500,
+                "reload failed",
+                "the reload failed unexpectedly and the previous config serves; netd's log has the details "
+                "(the entry 'control API: reload failed')",
+            )
 
         def over(result: Reply) -> Reply:
             self._reloading = False
@@ -429,17 +588,92 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "backslashreplace")
 
 
-def _requestFields(request: Request) -> dict[str, Any]:
+def _requestFields(request: Request, method: bytes | None = None, path: bytes | None = None) -> dict[str, Any]:
     """
-    The log fields of a request: method, path and peer.
+    The log fields of a request: method, path and peer.  C{method} and
+    C{path} stand in for the request's own while only its headers are in.
     """
     peer = request.getClientAddress()
     host = getattr(peer, "host", None)
     return {
-        "method": _text(request.method),
-        "path": _text(request.path),
-        "peer": f"{host}:{getattr(peer, 'port', '')}" if host is not None else str(peer),
+        "method": _text(method or getattr(request, "method", None) or b"-"),
+        "path": _text(path or getattr(request, "path", None) or b"-"),
+        "peer": f"{host}:{getattr(peer, 'port', '')}" if host is not None else "unix socket",
     }
+
+
+def _announcedLength(headers: Headers) -> int | None:
+    """
+    The body length a request's headers announce: 0 for none, L{None} for a
+    chunked one (any C{Transfer-Encoding} but C{identity}).  Twisted's channel
+    has already refused a C{Content-Length} that is not a number.
+    """
+    encodings = [e.strip().lower() for e in headers.getRawHeaders(b"transfer-encoding") or []]
+    if any(e != b"identity" for e in encodings):
+        return None
+    lengths = headers.getRawHeaders(b"content-length") or []
+    return int(lengths[0]) if lengths and lengths[0].strip().isdigit() else 0
+
+
+def _isJSON(contentTypes: Sequence[bytes]) -> bool:
+    """
+    Whether a request's C{Content-Type} is C{application/json}, parameters
+    (C{charset}) allowed.
+    """
+    return len(contentTypes) == 1 and contentTypes[0].split(b";")[0].strip().lower() == JSON_CONTENT_TYPE.encode()
+
+
+def _hostAndPort(text: str) -> str | None:
+    """
+    The host of a C{Host} value (C{name}, C{name:port}, C{[v6]}, C{[v6]:port}),
+    lower case and without the brackets, or L{None} if the value is malformed.
+    """
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            return None
+        port = port[1:]
+    elif ":" in text:
+        host, _, port = text.rpartition(":")
+    else:
+        host, port = text, ""
+    if port and not (port.isdigit() and len(port) <= 5):
+        return None
+    return host.lower() or None
+
+
+def hostAllowed(value: bytes, names: frozenset[str]) -> bool:
+    """
+    Whether a C{Host} header names the control API: C{localhost}, a loopback
+    literal (C{127.0.0.0/8}, C{[::1]}) or one of C{names}, each with or
+    without a port.  Anything else may be a rebinding attacker's name that
+    resolves to loopback.
+    """
+    try:
+        text = value.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return False
+    host = _hostAndPort(text)
+    if host is None:
+        return False
+    if host == "localhost" or host in names:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if address.version == 6 and not text.startswith("["):
+        return False
+    return address.is_loopback
+
+
+def originAllowed(value: bytes, names: frozenset[str]) -> bool:
+    """
+    Whether an C{Origin} header is the API's own: C{http://} and a host
+    L{hostAllowed} takes.  C{null} (a sandboxed frame, a file) is not.
+    """
+    scheme, separator, rest = value.partition(b"://")
+    return separator == b"://" and scheme.lower() == b"http" and b"/" not in rest and hostAllowed(rest, names)
 
 
 def _notAllowed(request: Request, allowed: list[str], why: str | None = None) -> Reply:
@@ -520,6 +754,25 @@ def metricsText(daemon: Daemon) -> str:
             )
     for service in services:
         exposition.counters(service.counters, {"service": service.spec.name}, zeros=_alwaysShown(service))
+    admin = daemon.admin
+    if admin is not None and admin.site is not None:
+        for reason, count in admin.site.resource.refused.snapshot().items():
+            exposition.counter(
+                "admin_requests_refused",
+                count,
+                "Control API requests turned away, by reason: host, origin, token, chunked, too_large, content_type.",
+                {"reason": reason},
+            )
+        exposition.counter(
+            "admin_connections_refused",
+            admin.site.connectionsRefused,
+            "Control API connections answered 503 because admin_max_connections were open and being answered.",
+        )
+        exposition.counter(
+            "admin_connections_evicted",
+            admin.site.connectionsEvicted,
+            "Idle control API connections closed to admit a new one at admin_max_connections.",
+        )
     return exposition.render()
 
 
@@ -540,30 +793,288 @@ def _alwaysShown(service: NetService) -> list[str]:
     return names
 
 
+class TokenFileError(Exception):
+    """
+    A token file cannot be used: missing, unreadable, too open, too long or empty.
+    """
+
+
 def readToken(path: str) -> bytes:
     """
     The token in C{path}, without surrounding whitespace.
 
-    @raise ServiceStartError: if the file cannot be read or holds no token.
+    Like ssh with a private key, netd refuses a file that its group or others
+    may read or change: the token opens the whole API.
+
+    @raise TokenFileError: saying what is wrong with the file.
     """
     try:
         with open(path, "rb") as f:
-            token = f.read(4096).strip()
+            status = os.fstat(f.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                raise TokenFileError(f"{path!r} is not a regular file")
+            if status.st_mode & 0o077:
+                raise TokenFileError(
+                    f"{path!r} can be read or changed by its group or others (mode "
+                    f"{stat.S_IMODE(status.st_mode):04o}); make it readable by its owner only: chmod 600 {path}"
+                )
+            data = f.read(2 * MAX_TOKEN + 1)
     except OSError as e:
-        raise ServiceStartError(f"control API: cannot read admin_token_file {path!r}: {e.strerror or e}") from e
+        raise TokenFileError(f"cannot read {path!r}: {e.strerror or e}") from e
+    token = data.strip()
+    if len(token) > MAX_TOKEN or len(data) > 2 * MAX_TOKEN:
+        raise TokenFileError(f"{path!r} holds more than {MAX_TOKEN} bytes; a token is at most {MAX_TOKEN}")
     if not token:
-        raise ServiceStartError(f"control API: admin_token_file {path!r} is empty; put a secret in it")
+        raise TokenFileError(f"{path!r} is empty; put a secret in it")
+    if not all(0x20 <= b <= 0x7E for b in token):
+        raise TokenFileError(f"{path!r} holds characters an HTTP header cannot carry (printable ASCII only)")
     return token
+
+
+def generatedToken(stateDir: str) -> tuple[bytes, str]:
+    """
+    The token netd makes itself for a TCP control API without
+    C{admin_token_file}: the one in C{STATE_DIR/admin.token} if that file is
+    fine (so that clients keep theirs across restarts), else a new random one
+    written there, mode 0600.
+
+    @return: the token and the file's path.
+    @raise OSError: when the state directory or the file cannot be written.
+    """
+    path = os.path.join(stateDir, GENERATED_TOKEN_FILE)
+    os.makedirs(stateDir, mode=0o700, exist_ok=True)
+    try:
+        return readToken(path), path
+    except TokenFileError as e:
+        if os.path.lexists(path):
+            log.warn("control API: replacing the token file: {why}", why=str(e))
+    token = secrets.token_urlsafe(32).encode("ascii")
+    writeFile(path, token + b"\n", 0o600)
+    return token, path
+
+
+def loadAccess(spec: DaemonSpec, tcp: bool, boundHost: str | None) -> Access:
+    """
+    The L{Access} of a C{[daemon]} table: the token of C{admin_token_file}
+    (for every endpoint but the probes), or one netd makes for a TCP API (for
+    changes only), or none (C{admin_token_file = false}, or a unix socket,
+    which its file mode guards).
+
+    @raise TokenFileError: the token file cannot be used, or the generated
+        one cannot be written.
+    """
+    hosts = _hostNames(spec, boundHost)
+    if isinstance(spec.admin_token_file, str):
+        return Access(readToken(spec.admin_token_file), "all", spec.admin_token_file, hosts)
+    if spec.admin_token_file is None and tcp:
+        stateDir = spec.state_dir if spec.state_dir is not None else defaultStateDir()
+        try:
+            token, path = generatedToken(stateDir)
+        except OSError as e:
+            raise TokenFileError(
+                f"unset, so netd makes a token in {os.path.join(stateDir, GENERATED_TOKEN_FILE)!r}, which failed: "
+                f"{e.strerror or e}; set [daemon] state_dir to a folder this user may write, admin_token_file to a "
+                "file holding a secret, or admin_token_file = false"
+            ) from e
+        return Access(token, "changes", path, hosts)
+    return Access(None, "all", None, hosts)
+
+
+def _hostNames(spec: DaemonSpec, boundHost: str | None) -> frozenset[str]:
+    """
+    The C{Host} names answered besides localhost and loopback literals:
+    C{admin_hosts} and the address listened on (unless it is a wildcard such
+    as 0.0.0.0, which no client should name), lower case.
+    """
+    hosts = frozenset(h.lower().rstrip(".") for h in spec.admin_hosts)
+    if boundHost is None or boundHost in ("0.0.0.0", "::"):
+        return hosts
+    return hosts | {boundHost.lower()}
+
+
+class AdminRequest(Request):
+    """
+    A request of the control API: its body, at most L{MAX_TABLE_BODY} bytes
+    (L{AdminChannel} refuses larger ones before reading them), is kept in
+    memory, never spooled to a temporary file.
+    """
+
+    def gotLength(self, length: int | None) -> None:
+        """
+        Keep the body in memory.
+        """
+        self.content = io.BytesIO()
+
+
+class AdminChannel(HTTPChannel):
+    """
+    An HTTP connection to the control API that checks each request once its
+    headers are in (L{AdminResource.refusal}): a request announcing a body
+    that may not be sent is answered at once and the connection closed,
+    without reading the body, which is discarded if it arrives anyway.
+    """
+
+    site: AdminSite
+    _refused = False
+    serving = False
+    """
+    Whether a whole request has arrived and is being answered (such a
+    connection is never evicted to admit another).
+    """
+
+    def connectionMade(self) -> None:
+        """
+        Count the connection as open.
+        """
+        self.site.opened(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        """
+        Count the connection as closed.
+        """
+        self.site.closed(self)
+        super().connectionLost(reason)
+
+    def allContentReceived(self) -> None:
+        """
+        A whole request has arrived: it is being answered from now on.
+        """
+        self.serving = True
+        super().allContentReceived()
+
+    def requestDone(self, request: Request) -> None:
+        """
+        The answer is sent: the connection waits for another request.
+        """
+        self.serving = False
+        super().requestDone(request)
+
+    def allHeadersReceived(self) -> None:
+        """
+        Check a request that announces a body before it is read.
+        """
+        request = self.requests[-1]
+        if _announcedLength(request.requestHeaders) != 0:
+            refusal = self.site.resource.refusal(request, None, None)
+            if refusal is not None:
+                self._refused = True
+                assert self.transport is not None
+                self.transport.write(_rawResponse(refusal))
+                self.loseConnection()
+                return
+        super().allHeadersReceived()
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Discard whatever arrives after a refusal.
+        """
+        if not self._refused:
+            super().dataReceived(data)
+
+
+def _rawResponse(reply: Reply) -> bytes:
+    """
+    C{reply} as an HTTP/1.1 response that closes the connection, for answers
+    given before Twisted's request has begun.
+    """
+    lines = [
+        f"HTTP/1.1 {reply.code} {RESPONSES.get(reply.code, b'Error').decode('ascii')}",
+        f"Content-Type: {reply.contentType}",
+        f"Content-Length: {len(reply.body)}",
+        "Cache-Control: no-store",
+        "Connection: close",
+    ] + [f"{name}: {value}" for name, value in reply.headers.items()]
+    return "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + reply.body
+
+
+class _Busy(Protocol):
+    """
+    The answer to a connection past C{admin_max_connections} while every open
+    one is being answered: 503, then close.
+    """
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        reply = errorReply(503, "service unavailable", "too many connections to the control API; try again")
+        self.transport.write(_rawResponse(reply))
+        self.transport.loseConnection()
 
 
 class AdminSite(Site):
     """
     The API's HTTP factory: no tracebacks in answers, one debug line per request
-    instead of Twisted's access log.
+    instead of Twisted's access log, at most C{maxConnections} connections
+    open.  At the limit, a new connection closes the oldest one that is not
+    being answered (idle, or still sending its request: whoever opened
+    connections first cannot lock the API), counted in
+    C{connectionsEvicted}; when every one is being answered, the new one is
+    answered 503 and counted in C{connectionsRefused}.
     """
 
     noisy = False
     displayTracebacks = False
+    protocol = AdminChannel  # type: ignore[assignment]  # HTTP/1.1 only: the API has no TLS, so no HTTP/2 to negotiate
+    requestFactory = AdminRequest
+    resource: AdminResource
+
+    def __init__(self, resource: AdminResource, maxConnections: int, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.maxConnections = maxConnections
+        self.channels: dict[AdminChannel, None] = {}
+        """
+        The open connections, oldest first (those being closed left out).
+        """
+        self.connectionsRefused = 0
+        self.connectionsEvicted = 0
+
+    @property
+    def openConnections(self) -> int:
+        """
+        How many connections are open and not being closed.
+        """
+        return len(self.channels)
+
+    def opened(self, channel: AdminChannel) -> None:
+        """
+        A connection has opened.
+        """
+        self.channels[channel] = None
+
+    def closed(self, channel: AdminChannel) -> None:
+        """
+        A connection has closed.
+        """
+        self.channels.pop(channel, None)
+
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:  # type: ignore[override]
+        """
+        A channel, once there is room for it: at C{maxConnections}, the
+        oldest connection not being answered is closed, or, if there is
+        none, the new one gets L{_Busy}.
+        """
+        if len(self.channels) >= self.maxConnections:
+            victim = next((c for c in self.channels if not c.serving), None)
+            if victim is None:
+                self.connectionsRefused += 1
+                log.warn(
+                    "control API: {peer} refused: {count} connections are being answered (admin_max_connections)",
+                    peer=str(addr),
+                    count=len(self.channels),
+                )
+                return _Busy()
+            self.connectionsEvicted += 1
+            del self.channels[victim]
+            log.warn(
+                "control API: {count} connections open (admin_max_connections): closing the oldest idle one, from "
+                "{victim}, for {peer}",
+                count=self.maxConnections,
+                victim=str(victim.transport.getPeer()) if victim.transport is not None else "?",
+                peer=str(addr),
+            )
+            if victim.transport is not None:
+                getattr(victim.transport, "abortConnection", victim.transport.loseConnection)()
+        return super().buildProtocol(addr)
 
     def log(self, request: Request) -> None:  # type: ignore[override]
         """
@@ -579,38 +1090,134 @@ class AdminServer:
     throughout a stop).
     """
 
-    def __init__(self, daemon: Daemon, address: ListenAddress, tokenFile: str | None, reactor: Any) -> None:
+    def __init__(self, daemon: Daemon, spec: DaemonSpec, reactor: Any) -> None:
+        assert spec.admin.address is not None
         self.daemon = daemon
-        self.address = address
-        self.tokenFile = tokenFile
+        self.spec = spec
+        self.address: ListenAddress = spec.admin.address
         self.reactor = reactor
         self.port: IListeningPort | None = None
         self.resource: AdminResource | None = None
+        self.site: AdminSite | None = None
+        self.boundHost: str | None = None
+        """
+        The address listened on, once it is (a C{Host} the API answers to).
+        """
+
+    @property
+    def unix(self) -> bool:
+        """
+        Whether the API listens on a unix socket (whose file mode guards it,
+        so that it needs no token of netd's making): C{unix:}, or a
+        C{systemd:} socket of C{domain=UNIX}.
+        """
+        kind, *rest = splitDescription(self.address.text)
+        return kind == "unix" or (kind == "systemd" and "domain=UNIX" in rest)
 
     async def listen(self) -> IListeningPort:
         """
-        Read the token file, then listen.
+        Read (or make) the token, then listen.
 
         @raise ServiceStartError: naming the token file or the address.
         """
-        token = readToken(self.tokenFile) if self.tokenFile is not None else None
-        self.resource = AdminResource(self.daemon, token)
-        site = AdminSite(self.resource, timeout=IDLE_TIMEOUT, reactor=self.reactor)
+        self.resource = AdminResource(self.daemon, self._access(self.spec))
+        site = AdminSite(
+            self.resource, self.spec.admin_max_connections, timeout=IDLE_TIMEOUT, reactor=self.reactor
+        )
+        self.site = site
         try:
-            self.port = await self.address.listenStream(self.reactor, site)
+            self.port = await self._listen(site)
         except Exception as e:
             raise ServiceStartError(
                 f"control API: cannot listen on {self.address.text!r} ([daemon] admin): {e}"
             ) from e
         bound = describeBound(self.port)
+        host = bound.get("host")
+        if isinstance(host, str):
+            self.boundHost = host
+            self.resource.access = attrs.evolve(self.resource.access, hosts=_hostNames(self.spec, host))
         where = f"http://{bound['host']}:{bound['port']}/" if "port" in bound else f"{bound['transport']} {bound.get('path')}"
+        access = self.resource.access
         log.info(
             "control API on {where} ({listen}), {auth}",
             where=where,
             listen=self.address.text,
-            auth="token required" if token is not None else "no token",
+            auth=_describeAccess(access),
+            token_file=access.tokenFile,
         )
         return self.port
+
+    def _access(self, spec: DaemonSpec) -> Access:
+        """
+        The L{Access} of C{spec}, with the address listened on among its hosts.
+
+        @raise ServiceStartError: the token file cannot be used.
+        """
+        try:
+            return loadAccess(spec, tcp=not self.unix, boundHost=self.boundHost)
+        except TokenFileError as e:
+            raise ServiceStartError(f"control API: [daemon] admin_token_file: {e}") from e
+
+    async def _listen(self, site: AdminSite) -> IListeningPort:
+        """
+        Listen; a unix socket is made mode 0600 (0660 with C{admin_group},
+        given that group) from the start: the umask covers the moment
+        between the bind and Twisted's chmod.
+        """
+        if splitDescription(self.address.text)[0] != "unix":
+            return await self.address.listenStream(self.reactor, site)
+        group = self.spec.admin_group
+        address = attrs.evolve(self.address, text=self.address.text + ":mode=600")
+        previous = os.umask(0o177)
+        try:
+            port = await address.listenStream(self.reactor, site)
+        finally:
+            os.umask(previous)
+        if group is not None:
+            path = str(describeBound(port)["path"])
+            try:
+                os.chown(path, -1, group.gid, follow_symlinks=False)
+                os.chmod(path, 0o660, follow_symlinks=False)
+            except OSError:
+                await maybeDeferred(port.stopListening)
+                raise
+        return port
+
+    def prepareReload(self, spec: DaemonSpec, source: str) -> Access:
+        """
+        The access a reload brings, touching nothing that runs: the new
+        C{admin_hosts}, and the token of C{admin_token_file} read again (a
+        token netd made stays as it is).  A file this user may not read
+        (root's, after the privilege drop) keeps the token read at start.
+
+        @param source: the config file, for the error.
+        @raise ConfigError: the token file cannot be used; the old token stays.
+        """
+        assert self.resource is not None
+        current = attrs.evolve(self.resource.access, hosts=_hostNames(spec, self.boundHost))
+        if current.scope != "all" or current.tokenFile is None:
+            return current
+        try:
+            return attrs.evolve(current, token=readToken(current.tokenFile))
+        except TokenFileError as e:
+            if isinstance(e.__cause__, PermissionError) and os.geteuid() != 0:
+                log.warn(
+                    "reload: {why} as this user; the token read at start (before privileges were dropped) stays",
+                    why=str(e),
+                )
+                return current
+            error = ConfigError(source, [Problem(("daemon", "admin_token_file"), f"{e}; nothing was changed")])
+            log.error("reload: {problems}", problems=str(error))
+            raise error from e
+
+    def adopt(self, access: Access) -> None:
+        """
+        Answer with C{access} from now on (the reload is committed).
+        """
+        if self.resource is not None:
+            if access.token != self.resource.access.token:
+                log.info("reload: the control API's token is now the one in {path}", path=access.tokenFile)
+            self.resource.access = access
 
     async def stopListening(self) -> None:
         """
@@ -622,9 +1229,23 @@ class AdminServer:
 
     def describe(self) -> dict[str, object] | None:
         """
-        The ports-file entry: C{{"listen", "transport", "host", "port"}} (or
-        C{"path"} for a unix socket); L{None} when not listening.
+        The ports-file entry: C{{"listen", "transport", "host", "port",
+        "token_file"}} (or C{"path"} for a unix socket); L{None} when not
+        listening.  C{token_file} is where the bearer token is (L{None}
+        when the API needs none).
         """
         if self.port is None:
             return None
-        return {"listen": self.address.text, **describeBound(self.port)}
+        access = self.resource.access if self.resource is not None else Access()
+        return {"listen": self.address.text, **describeBound(self.port), "token_file": access.tokenFile}
+
+
+def _describeAccess(access: Access) -> str:
+    """
+    What the API requires, in words, for its start-up line.
+    """
+    if access.token is None:
+        return "no token"
+    if access.scope == "all":
+        return f"token required (from {access.tokenFile})"
+    return f"token required for changes (made in {access.tokenFile})"

@@ -163,12 +163,32 @@ class DaemonSpec:
         "string such as 'tcp:8053:interface=127.0.0.1' or 'unix:/run/netd/admin.sock'; false turns it off. "
         "An address reachable from other hosts needs admin_token_file.",
     )
-    admin_token_file: str | None = option(
+    admin_token_file: str | Literal[False] | None = option(
         None,
         help="A file holding the token the control API requires as 'Authorization: Bearer TOKEN' "
-        "(surrounding whitespace ignored), read when netd starts (before it drops privileges, so it may be "
-        "readable by root only); /health and /ready stay open to probes.",
-        checks=(lambda v: None if v.strip() else "expected a file path, got an empty string",),
+        "(surrounding whitespace ignored, at most 4096 bytes, readable by its owner only), read when netd starts "
+        "(before it drops privileges, so it may be readable by root only) and again on every reload; every "
+        "endpoint but /health and /ready needs it. Unset, a TCP control API gets a token netd makes in "
+        "state_dir/admin.token, required for every request that changes something (POST, PUT, PATCH, DELETE); "
+        "false turns that off (loopback or unix: only).",
+        checks=(lambda v: None if v is False or v.strip() else "expected a file path, got an empty string",),
+    )
+    admin_hosts: tuple[str, ...] = option(
+        (),
+        help="Host names (or addresses) the control API answers to besides localhost, loopback addresses and the "
+        "address it listens on (the Host header of every request is checked, against DNS rebinding).",
+        checks=(lambda v: next((f"{h!r} is not a host name" for h in v if not _isHostName(h)), None),),
+    )
+    admin_max_connections: int = option(
+        64,
+        help="Control API connections open at once; a further one closes the oldest that is not being answered, "
+        "or is answered 503 when all are; both are counted.",
+        checks=(between(1, 100_000),),
+    )
+    admin_group: Group | None = option(
+        None,
+        help="With a unix: control API, the group that may use it: the socket is made mode 0660 with this "
+        "group; without it, 0600 (its owner only).",
     )
     user: User | None = option(
         None,
@@ -185,8 +205,8 @@ class DaemonSpec:
         Rules that span several keys: (key, problem) pairs.
         """
         problems = []
-        if not self.admin.localOnly and self.admin_token_file is None:
-            text = self.admin.address.text if self.admin.address is not None else ""
+        text = self.admin.address.text if self.admin.address is not None else ""
+        if not self.admin.localOnly and not self.admin_token_file:
             problems.append(
                 (
                     "admin",
@@ -202,7 +222,27 @@ class DaemonSpec:
                     "running as uid 0 (root, with root's rights) while only its group changed; set user too",
                 )
             )
+        if self.admin_group is not None and splitDescription(text)[0] != "unix":
+            problems.append(
+                ("admin_group", f"only a unix: control API has a socket file to give a group; admin is {text or 'false'!r}")
+            )
         return problems
+
+
+def _isHostName(text: str) -> bool:
+    """
+    Whether C{text} can be a C{Host} header's name: an IP address, or
+    dot-separated labels of letters, digits and hyphens.
+    """
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        pass
+    labels = text.rstrip(".").split(".")
+    return bool(text) and len(text) <= 253 and all(
+        0 < len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii() for label in labels
+    )
 
 
 @attrs.frozen

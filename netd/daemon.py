@@ -38,7 +38,7 @@ has just closed the old listener on the same address (the port may be
 momentarily busy).
 """
 
-RESTART_KEYS = ("log_format", "state_dir", "admin", "admin_token_file", "user", "group")
+RESTART_KEYS = ("log_format", "state_dir", "admin", "admin_token_file", "admin_max_connections", "admin_group", "user", "group")
 """
 The C{[daemon]} keys a reload cannot apply: a change to one is logged as
 needing a restart, and the running value stays.
@@ -77,6 +77,10 @@ class Daemon(MultiService):
         self.registry = registry
         self.portsFile: str | None = None
         self._reloading = False
+        self._reloadWaiters: list[Deferred[None]] = []
+        """
+        Stops waiting for the reload in progress to finish or be undone.
+        """
         self._draining: set[Deferred[None]] = set()
         self.reactor = reactor
         self.notifier = notifier if notifier is not None else Notifier.disabled()
@@ -183,7 +187,7 @@ class Daemon(MultiService):
         """
         report = self.boundAddresses()
         if self.portsFile is not None:
-            document: dict[str, object] = {"services": report}
+            document: dict[str, object] = {"pid": os.getpid(), "services": report}
             if self.admin is not None:
                 document["admin"] = self.admin.describe()
             writeAtomically(self.portsFile, json.dumps(document, indent=2) + "\n")
@@ -221,8 +225,12 @@ class Daemon(MultiService):
             return summary
         finally:
             self._reloading = False
-            addresses = sum(len(s.ports) for s in self.netServices())
-            self.notifier.ready(f"{status}; serving {len(self.netServices())} services on {addresses} addresses")
+            if not self.stopping:
+                addresses = sum(len(s.ports) for s in self.netServices())
+                self.notifier.ready(f"{status}; serving {len(self.netServices())} services on {addresses} addresses")
+            waiters, self._reloadWaiters = self._reloadWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     async def _reload(self) -> dict[str, list[str]]:
         """
@@ -249,9 +257,12 @@ class Daemon(MultiService):
             "added": [n for n in wanted if n not in old],
             "removed": [n for n in old if n not in wanted],
         }
+        access = self.admin.prepareReload(daemonSpec, new.source) if self.admin is not None else None
         replacements, freshTLS = self._prepare(new, wanted, summary, old, daemonSpec)
         await self._listenAll(replacements, old)
         self._commit(new, daemonSpec, replacements, freshTLS, summary, old)
+        if self.admin is not None and access is not None:
+            self.admin.adopt(access)
         return summary
 
     def _daemonChanges(self, new: DaemonSpec) -> DaemonSpec:
@@ -268,7 +279,11 @@ class Daemon(MultiService):
                     key=key,
                 )
         return attrs.evolve(
-            running, log_level=new.log_level, shutdown_timeout=new.shutdown_timeout, lameduck=new.lameduck
+            running,
+            log_level=new.log_level,
+            shutdown_timeout=new.shutdown_timeout,
+            lameduck=new.lameduck,
+            admin_hosts=new.admin_hosts,
         )
 
     def _prepare(
@@ -433,6 +448,8 @@ class Daemon(MultiService):
     def stopService(self) -> Deferred[None]:
         """
         Tell systemd that netd is stopping and turn C{/ready} to 503 at once;
+        let a reload in progress finish or be undone (so that the drain
+        stops the services that are really running, never half a reload);
         keep serving for C{[daemon] lameduck} seconds (load balancers stop
         sending first), then stop every service (each closes its listeners
         and drains its connections); the control API closes last, so that it
@@ -440,6 +457,17 @@ class Daemon(MultiService):
         """
         self.notifier.stopping()
         self.stopping = True
+        if not self._reloading:
+            return self._afterReload()
+        self.log.info("stopping: waiting for the reload in progress to finish or be undone")
+        waiter: Deferred[None] = Deferred()
+        self._reloadWaiters.append(waiter)
+        return waiter.addCallback(lambda _: self._afterReload())
+
+    def _afterReload(self) -> Deferred[None]:
+        """
+        The stop, once no reload runs: the lameduck wait, then L{_stopServices}.
+        """
         lameduck = self.config.daemon.lameduck
         if not lameduck:
             return self._stopServices()
@@ -489,7 +517,7 @@ def _adminServer(daemon: Daemon, spec: DaemonSpec, reactor: Any) -> AdminServer 
         return None
     from netd.admin import AdminServer
 
-    return AdminServer(daemon, spec.admin.address, spec.admin_token_file, reactor)
+    return AdminServer(daemon, spec, reactor)
 
 
 def _describe(bound: dict[str, object]) -> str:

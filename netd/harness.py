@@ -141,7 +141,8 @@ class AdminClient:
         @param address: where the API listens, as in the ports file's
             C{"admin"} entry: C{{"transport": "tcp", "host": ..., "port": ...}}
             or C{{"transport": "unix", "path": ...}}.
-        @param token: the bearer token of C{admin_token_file}, if netd has one.
+        @param token: the bearer token (of C{admin_token_file}, or the one
+            netd made: the ports file's C{token_file}), if netd has one.
         @param timeout: seconds each request may take.
         """
         self.address = dict(address)
@@ -434,6 +435,7 @@ class NetdServer:
         if self.process is not None:
             raise RuntimeError("this NetdServer was started already; make a new one")
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.portsFile.unlink(missing_ok=True)
         self.configFile.write_text(self._configText())
         environment = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_VARIABLES}
         command = [sys.executable, "-m", "netd", "run", "-c", str(self.configFile), "--ports-file", str(self.portsFile)]
@@ -451,11 +453,12 @@ class NetdServer:
     def _waitUntilReady(self) -> None:
         """
         Wait for the ports file, which netd writes (in one step) once every
-        service listens.
+        service listens; only one that names the process this server
+        started is believed (L{start} removed any left from an earlier run).
         """
         assert self.process is not None
         deadline = time.monotonic() + self.startTimeout
-        while not self.portsFile.exists():
+        while self._ownReport() is None:
             if self.process.poll() is not None:
                 raise NetdStartError(
                     f"netd exited with code {self.process.returncode} before it was ready "
@@ -467,7 +470,21 @@ class NetdServer:
                     f"it printed:\n{self.logTail()}"
                 )
             time.sleep(0.02)
-        self.report = json.loads(self.portsFile.read_text())
+
+    def _ownReport(self) -> dict[str, Any] | None:
+        """
+        The ports file, if the process this server started has written it;
+        kept in L{report}.
+        """
+        assert self.process is not None
+        try:
+            report = json.loads(self.portsFile.read_text())
+        except FileNotFoundError:
+            return None
+        if not isinstance(report, dict) or report.get("pid") != self.process.pid:
+            return None
+        self.report = report
+        return report
 
     def logTail(self) -> str:
         """
@@ -543,21 +560,15 @@ class NetdServer:
     @property
     def admin(self) -> AdminClient:
         """
-        A client of this netd's control API (with its C{admin_token_file}'s
-        token when the config has one).
+        A client of this netd's control API, with its token (the file the
+        ports file names: C{admin_token_file}, or the one netd made) when it
+        has one.
         """
         if self._admin is None:
             address = self.report.get("admin")
             if address is None:
                 raise RuntimeError("this netd has no control API (its config sets admin = false, or it is not started)")
-            tokenFile = self._daemonTable().get("admin_token_file")
+            tokenFile = address.get("token_file")
             token = Path(tokenFile).read_text().strip() if tokenFile else None
             self._admin = AdminClient(address, token)
         return self._admin
-
-    def _daemonTable(self) -> dict[str, Any]:
-        """
-        The C{[daemon]} table of the config file netd runs on.
-        """
-        table: dict[str, Any] = tomllib.loads(self.configFile.read_text()).get("daemon", {})
-        return table

@@ -4,6 +4,8 @@ Suite-wide settings.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 
@@ -37,3 +39,16 @@ def _debugLinesOff(monkeypatch: pytest.MonkeyPatch) -> None:
     from netd import logs
 
     monkeypatch.setattr(logs, "debugEnabled", False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _stateDirOutsideHome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """
+    Give the session's in-process netds a state directory of their own
+    (C{$XDG_STATE_HOME}), so that the control API's token and development
+    certificates are never written into the user's home.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("STATE_DIRECTORY", raising=False)
+        patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+        yield

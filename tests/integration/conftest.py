@@ -96,13 +96,26 @@ class NetdProcess:
         assert self.admin is not None and "port" in self.admin, f"the control API does not listen on TCP: {self.admin}"
         return f"http://{self.admin['host']}:{self.admin['port']}{path}"
 
+    def adminHeaders(self) -> dict[str, str]:
+        """
+        The C{Authorization} header with the control API's token (the ports
+        file's C{token_file}), as a client that may change things sends it;
+        empty when the API needs none.
+        """
+        assert self.admin is not None
+        tokenFile = self.admin.get("token_file")
+        if not tokenFile:
+            return {}
+        return {"Authorization": "Bearer " + Path(str(tokenFile)).read_text().strip()}
+
     def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """
-        One request to the control API, with C{body} as JSON if given: the
-        status and the decoded JSON answer (error statuses returned, not raised).
+        One request to the control API, with C{body} as JSON if given and the
+        token: the status and the decoded JSON answer (error statuses
+        returned, not raised).
         """
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.adminURL(path), data=data, method=method)
+        request = urllib.request.Request(self.adminURL(path), data=data, method=method, headers=self.adminHeaders())
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import stat
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import IO_TIMEOUT, NetdProcess, connect, echoService, recvExactly
+from .conftest import IO_TIMEOUT, NetdProcess, connect, dig, echoService, recvExactly, requireTool
 from .dns_upstream import Dnsmasq, answerRcode, askUdp, buildQuery
 
 pytestmark = pytest.mark.integration
@@ -49,11 +51,14 @@ def config(*, daemon: str = ADMIN, upstream: str = "udp:127.0.0.1:9") -> str:
 
 def get(netd: NetdProcess, path: str, token: str | None = None, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
     """
-    One request to netd's control API: status, headers (lower-case names) and body; error statuses are returned, not raised.
+    One request to netd's control API: status, headers (lower-case names) and body; error statuses are returned, not raised.  A request that may change something carries netd's token unless C{token} is given.
     """
     request = urllib.request.Request(netd.adminURL(path), method=method)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
+    elif method != "GET":
+        for name, value in netd.adminHeaders().items():
+            request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=IO_TIMEOUT) as response:
             return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
@@ -178,6 +183,7 @@ def test_tokenOverTheWire(startNetd: Any, tmp_path: Path) -> None:
     """
     tokenFile = tmp_path / "admin.token"
     tokenFile.write_text("correct horse battery staple\n")
+    tokenFile.chmod(0o600)
     netd: NetdProcess = startNetd(config(daemon=f'{ADMIN}\nadmin_token_file = "{tokenFile}"'))
     for token in (None, "wrong"):
         status, headers, body = get(netd, "/services", token)
@@ -213,18 +219,114 @@ def test_readyTurns503WhileDraining(startNetd: Any) -> None:
 
 def test_adminOnUnixSocket(startNetd: Any, tmp_path: Path) -> None:
     """
-    admin = "unix:PATH" serves the API on that socket, reported with its path in the ports file.
+    admin = "unix:PATH" serves the API on that socket, mode 0600 and without a token, reported with its path in the ports file.
     """
     path = tmp_path / "admin.sock"
     netd: NetdProcess = startNetd(config(daemon=f'admin = "unix:{path}"'))
-    assert netd.admin == {"listen": f"unix:{path}", "transport": "unix", "path": str(path)}
+    assert netd.admin == {"listen": f"unix:{path}", "transport": "unix", "path": str(path), "token_file": None}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(IO_TIMEOUT)
         client.connect(str(path))
-        client.sendall(b"GET /ready HTTP/1.0\r\nHost: netd\r\n\r\n")
+        client.sendall(b"GET /ready HTTP/1.0\r\nHost: localhost\r\n\r\n")
         response = b""
         while chunk := client.recv(65536):
             response += chunk
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 200"), response
     assert json.loads(body) == {"status": "ready"}
+
+
+def curl(netd: NetdProcess, method: str, path: str, *args: str) -> tuple[int, str]:
+    """
+    Run the real curl against netd's control API: the status and the body.
+    """
+    command = [requireTool("curl"), "-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, *args, netd.adminURL(path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=IO_TIMEOUT * 2, stdin=subprocess.DEVNULL)
+    body, _, status = done.stdout.rpartition("\n")
+    return int(status), body
+
+
+def test_webPageRequestsCannotChangeRecords(startNetd: Any) -> None:
+    """
+    With curl forging what a web page sends (a rebinding Host, a form's text/plain body, a cross-site Origin, no token), netd refuses each with 421, 415, 403 or 401 and dig still gets the configured answer; the same change with the token and JSON goes through.
+    """
+    netd: NetdProcess = startNetd(config())
+    dns = netd.address("dns", "udp")
+    auth = next(iter(netd.adminHeaders().items()))
+    token = f"{auth[0]}: {auth[1]}"
+    body = json.dumps({"records": {"netd.test": {"A": ["192.0.2.66"]}, "*.com": {"A": ["192.0.2.66"]}}})
+    attacks = [
+        (421, ["-H", "Host: attacker.example", "-H", token, "-H", "Content-Type: application/json", "-d", body]),
+        (421, ["-H", "Host: attacker.example:8053", "-H", "Content-Type: text/plain", "-d", body]),
+        (415, ["-H", token, "-H", "Content-Type: text/plain", "-d", body]),
+        (415, ["-H", token, "-d", body]),
+        (403, ["-H", token, "-H", "Origin: http://attacker.example", "-H", "Content-Type: application/json", "-d", body]),
+        (401, ["-H", "Content-Type: application/json", "-d", body]),
+    ]
+    for code, args in attacks:
+        status, answer = curl(netd, "PUT", "/services/dns/records", *args)
+        assert status == code, (args, answer)
+        assert "error" in json.loads(answer)
+    for code, args in [(403, ["-H", token, "-H", "Origin: null"]), (401, []), (421, ["-H", token, "-H", "Host: a.example"])]:
+        status, answer = curl(netd, "POST", "/reload", *args)
+        assert status == code, (args, answer)
+    assert dig(dns, "netd.test", "A").last.data() == ["127.0.0.1"]
+    assert dig(dns, "example.com", "A").last.data() != ["192.0.2.66"]
+    refused = metrics(netd)
+    assert refused[key("netd_admin_requests_refused_total", reason="host")] == 3
+    assert refused[key("netd_admin_requests_refused_total", reason="content_type")] == 2
+    assert refused[key("netd_admin_requests_refused_total", reason="origin")] == 2
+    assert refused[key("netd_admin_requests_refused_total", reason="token")] == 2
+    status, answer = curl(netd, "PUT", "/services/dns/records", "-H", token, "-H", "Content-Type: application/json", "-d", body)
+    assert status == 200, answer
+    assert dig(dns, "netd.test", "A").last.data() == ["192.0.2.66"]
+
+
+def test_largeUnauthenticatedBodyIsNeverRead(startNetd: Any) -> None:
+    """
+    Over a real socket, a PUT announcing 200 MB without the token is answered 401 before any body byte is sent, the connection is closed, and sending the body then fails long before 200 MB; netd's memory does not grow by the body.
+    """
+    netd: NetdProcess = startNetd(config())
+    before = netd.rssBytes()
+    host, port = str(netd.admin["host"]), int(netd.admin["port"])  # type: ignore[index,call-overload]
+    with connect((host, port)) as client:
+        client.sendall(
+            b"PUT /services/dns/records HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 200000000\r\n\r\n"
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = client.recv(65536)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 401 "), answer
+        sent = 0
+        chunk = b"x" * 65536
+        with pytest.raises(OSError):
+            while sent < 200_000_000:
+                sent += client.send(chunk)
+        assert sent < 50_000_000, sent
+    assert netd.rssBytes() - before < 20_000_000
+    status, _, _ = get(netd, "/health")
+    assert status == 200
+
+
+def test_connectionCapOverTheWire(startNetd: Any) -> None:
+    """
+    With admin_max_connections = 2 and two idle real connections held open (one with half a request), a third request is served: netd closes the oldest idle connection to admit it, and counts it.
+    """
+    netd: NetdProcess = startNetd(config(daemon=f"{ADMIN}\nadmin_max_connections = 2"))
+    host, port = str(netd.admin["host"]), int(netd.admin["port"])  # type: ignore[index,call-overload]
+    with connect((host, port)) as oldest, connect((host, port)) as younger:
+        younger.sendall(b"GET /health HTTP/1.1\r\nHost: loc")
+        deadline = time.monotonic() + IO_TIMEOUT
+        while metrics(netd).get(key("netd_admin_connections_evicted_total"), 0) < 1:
+            assert time.monotonic() < deadline, "no connection was evicted"
+            time.sleep(0.05)
+        try:
+            assert oldest.recv(1024) == b""
+        except ConnectionResetError:
+            pass
+        status, _, body = get(netd, "/health")
+        assert status == 200, body

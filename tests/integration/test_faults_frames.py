@@ -129,7 +129,8 @@ def test_faultsThroughTheControlAPI(netd: NetdProcess) -> None:
         client.sendall(b"5:hello,")
         assert recvExactly(client, 8) == b"5:hello,"
         body = json.dumps({"faults": [{"type": "corrupt_length", "length": 7}]}).encode()
-        request = urllib.request.Request(netd.adminURL("/services/api/faults"), data=body, method="PUT")
+        headers = {"Content-Type": "application/json", **netd.adminHeaders()}
+        request = urllib.request.Request(netd.adminURL("/services/api/faults"), data=body, method="PUT", headers=headers)
         with urllib.request.urlopen(request, timeout=IO_TIMEOUT):
             pass
         client.sendall(b"5:hello,")

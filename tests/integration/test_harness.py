@@ -203,12 +203,48 @@ def test_adminClientSendsTheConfigsToken(netd_server: Start, tmp_path: Path) -> 
     """
     tokenFile = tmp_path / "admin.token"
     tokenFile.write_text("s3cret\n")
+    tokenFile.chmod(0o600)
     server = netd_server({"daemon": {"admin_token_file": str(tokenFile)}, **echoConfig()})
     assert "echo" in server.admin.services()["services"]
     anonymous = AdminClient(server.report["admin"])
     with pytest.raises(AdminError) as caught:
         anonymous.services()
     assert caught.value.status == 401
+
+
+def test_adminClientSendsTheGeneratedToken(netd_server: Start) -> None:
+    """
+    Without admin_token_file, netd makes a token (mode 0600, named in the ports file); the harness's client sends it, so changes go through, while a client without it can read but not change.
+    """
+    server = netd_server(echoConfig())
+    tokenFile = Path(server.report["admin"]["token_file"])
+    assert tokenFile.parent == server.directory / "state"
+    assert tokenFile.stat().st_mode & 0o777 == 0o600
+    assert server.admin.setFaults("echo", [{"type": "latency", "ms": 1}])["faults"][0]["type"] == "latency"
+    assert server.admin.clearFaults("echo")["faults"] == []
+    assert server.admin.reload()["status"] == "reloaded"
+    anonymous = AdminClient(server.report["admin"])
+    assert anonymous.faults("echo") == []
+    with pytest.raises(AdminError) as caught:
+        anonymous.setFaults("echo", [])
+    assert caught.value.status == 401
+
+
+def test_stalePortsFileIsNotBelieved(tmp_path: Path) -> None:
+    """
+    A ports file left in a reused directory (another process's, port 1) is removed before netd starts; start() waits for the one its own netd writes.
+    """
+    directory = tmp_path / "reused"
+    directory.mkdir()
+    stale = {"pid": 1, "services": {"echo": [{"listen": "tcp:1", "transport": "tcp", "host": "127.0.0.1", "port": 1}]}, "admin": None}
+    (directory / "ports.json").write_text(json.dumps(stale))
+    with NetdServer(echoConfig(), directory=directory) as server:
+        assert server.report["pid"] == server.pid
+        host, port = server.address("echo")
+        assert port != 1
+        with connect((host, port)) as client:
+            client.sendall(b"fresh")
+            assert recvExactly(client, 5) == b"fresh"
 
 
 def test_adminOnUnixSocket(netd_server: Start, tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ def test_privilegedPortRefusedForUnprivilegedUser(worldReadableDir: Path) -> Non
         pytest.skip(f"the unprivileged user cannot run netd from this checkout: {canImport.stderr!r}")
     config = worldReadableDir / "netd.toml"
     config.write_text(
+        "[daemon]\nadmin = false\n"
         "[[services]]\n"
         'name = "first"\nplugin = "echo"\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
         "[[services]]\n"

@@ -119,7 +119,8 @@ def postReload(netd: NetdProcess) -> tuple[int, dict[str, Any]]:
     """
     POST /reload on the control API: the status and the JSON body.
     """
-    request = urllib.request.Request(netd.adminURL("/reload"), method="POST", data=b"{}")
+    headers = {"Content-Type": "application/json", **netd.adminHeaders()}
+    request = urllib.request.Request(netd.adminURL("/reload"), method="POST", data=b"{}", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=IO_TIMEOUT * 2) as response:
             return response.status, json.loads(response.read())
@@ -176,3 +177,27 @@ def test_reloadsUnderLoadLoseNothing(startNetd: Any) -> None:
     assert load.failures == []
     assert load.answered["udp"] > 0 and load.answered["tcp"] > 0, load.answered
     assert netd.stop() == 0
+
+
+def test_sigtermDuringReloadWaitsForIt(startNetd: Any) -> None:
+    """
+    A real SIGTERM that arrives while a reload waits to retry a busy port lets the reload be undone first, then drains and exits 0, with the held connection closed and nothing left listening.
+    """
+    netd: NetdProcess = startNetd(echoService("echo", LOOPBACK))
+    address = netd.address("echo")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        busy = holder.getsockname()[1]
+        rewrite(netd, echoService("echo", [LOOPBACK[0], f"tcp:{busy}:interface=127.0.0.1"]))
+        netd.process.send_signal(signal.SIGHUP)
+        waitForLog(netd, "retrying in", timeout=IO_TIMEOUT)
+        netd.process.send_signal(signal.SIGTERM)
+        assert netd.process.wait(timeout=IO_TIMEOUT * 2) == 0
+    log = netd.log()
+    waiting = log.index("stopping: waiting for the reload in progress to finish or be undone")
+    undone = log.index("undoing the reload")
+    assert waiting < undone, log
+    assert "Traceback" not in log and "Unhandled" not in log, log
+    with pytest.raises(OSError):
+        connect(address).close()

@@ -609,6 +609,8 @@ def test_defaultsFilledIn() -> None:
             "shutdown_timeout": 10.0,
             "lameduck": 0.0,
             "admin": "tcp:8053:interface=127.0.0.1",
+            "admin_hosts": [],
+            "admin_max_connections": 64,
         },
         "services": [
             {

@@ -404,3 +404,61 @@ def test_reloadToldToSystemd(tmp_path: Path) -> None:
     assert kinds == ["RELOADING", "READY", "RELOADING", "READY"]
     statuses = [dict(fields)["STATUS"] for fields, _ in notifier.sent if fields[0][0] == "READY"]
     assert statuses[0].startswith("reloaded: 1 unchanged") and statuses[1].startswith("reload failed")
+
+
+def test_stopDuringReloadWaitsForTheReload(tmp_path: Path) -> None:
+    """
+    A stop that arrives while a reload waits to listen turns /ready off at once, lets the reload finish, then drains every service, the one the reload started included: nothing is left listening.
+    """
+    path = tmp_path / "netd.toml"
+    writeConfig(path, A, B)
+    reactor = RefusingReactor()
+    daemon = startFrom(path, reactor)
+    writeConfig(path, {**A, "max_connections": 7}, B)
+    reactor.taken[7001] = 1
+    reloading = reload(daemon)
+    stopped = daemon.stopService()
+    assert daemon.stopping and not daemon.ready()
+    assert not stopped.called
+    assert service(daemon, "b").running
+    reactor.advance(LISTEN_RETRY_DELAY)
+    assert resultOf(reloading)["changed"] == ["a"]
+    resultOf(stopped)
+    assert not any(s.running for s in daemon.netServices())
+    assert [p.listening for p in portOn(reactor, 7001)] == [False, False]
+    assert [p.listening for p in portOn(reactor, 7002)] == [False]
+
+
+def test_stopDuringReloadWaitsForTheRollback(tmp_path: Path) -> None:
+    """
+    A stop that arrives during a reload that then fails waits for the rollback (the old listener reopened) and drains the old services: nothing is left listening.
+    """
+    path = tmp_path / "netd.toml"
+    writeConfig(path, A)
+    reactor = RefusingReactor()
+    daemon = startFrom(path, reactor)
+    old = service(daemon, "a")
+    writeConfig(path, {**A, "max_connections": 7})
+    reactor.taken[7001] = 2
+    reloading = reload(daemon)
+    stopped = daemon.stopService()
+    assert not stopped.called
+    reactor.advance(LISTEN_RETRY_DELAY)
+    assert isinstance(failureOf(reloading).value, ServiceStartError)
+    resultOf(stopped)
+    assert service(daemon, "a") is old and not old.running
+    assert not any(p.listening for p in portOn(reactor, 7001))
+
+
+def test_reloadAfterStopBeganIsRefused(tmp_path: Path) -> None:
+    """
+    A reload asked for once a stop has begun is refused (ReloadInProgress), so the drain never races a new reload.
+    """
+    path = tmp_path / "netd.toml"
+    writeConfig(path, A, lameduck=5)
+    reactor = RefusingReactor()
+    daemon = startFrom(path, reactor)
+    stopped = daemon.stopService()
+    assert isinstance(failureOf(reload(daemon)).value, ReloadInProgress)
+    reactor.advance(5)
+    resultOf(stopped)

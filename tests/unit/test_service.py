@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ def test_startListensOnEveryAddress() -> None:
 
 def test_portsFileReportsBoundAddresses(tmp_path: Path) -> None:
     """
-    Once started, the ports file holds {"services": {name: [...]}} with each listen string and the address really bound.
+    Once started, the ports file holds {"pid": netd's, "services": {name: [...]}} with each listen string and the address really bound.
     """
     portsFile = tmp_path / "ports.json"
     daemon, d = start(makeConfig(ECHO), UDPMemoryReactorClock(), portsFile)
@@ -92,7 +93,7 @@ def test_portsFileReportsBoundAddresses(tmp_path: Path) -> None:
         {"listen": UDP, "transport": "udp", "host": "127.0.0.1", "port": 30000},
     ]
     assert resultOf(d) == {"echo": expected}
-    assert json.loads(portsFile.read_text()) == {"services": {"echo": expected}}
+    assert json.loads(portsFile.read_text()) == {"pid": os.getpid(), "services": {"echo": expected}}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ports.json"]
 
 
