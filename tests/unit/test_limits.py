@@ -479,3 +479,134 @@ def test_noPerConnectionEventsWithDebugOff(monkeypatch: pytest.MonkeyPatch) -> N
         connection.receive(b"hello")
         connection.peerClosed()
     assert events == []
+
+
+def evictingStack(
+    framing: str = "raw", *, maxConnections: int, idleTimeout: float = 0, minIdleTimeout: float | None = None
+) -> tuple[ConnectionLimiter, RecordingHandler, Counters, Clock]:
+    """
+    A core stream stack whose limiter evicts at the limit and shrinks its idle timeout under pressure, as a service's does.
+    """
+    limiter, handler, counters, clock = makeStack(framing)
+    evicting = ConnectionLimiter(
+        limiter.wrappedFactory,
+        maxConnections=maxConnections,
+        idleTimeout=idleTimeout,
+        clock=clock,
+        counters=counters,
+        log=limiter.log,
+        evict=True,
+        minIdleTimeout=minIdleTimeout,
+    )
+    return evicting, handler, counters, clock
+
+
+def test_atTheLimitTheStalestConnectionMakesRoom() -> None:
+    """
+    At max_connections with eviction on, a new connection is accepted and the connection idle longest is aborted and counted as connections_evicted.
+    """
+    limiter, handler, counters, clock = evictingStack(maxConnections=3)
+    first = accept(limiter)
+    clock.advance(1)
+    second = accept(limiter)
+    clock.advance(1)
+    third = accept(limiter)
+    clock.advance(1)
+    for connection in (first, second, third):
+        connection.receive(b"hello")
+        clock.advance(1)
+    second.receive(b"again")  # first is now the stalest
+    clock.advance(1)
+    newcomer = connect(limiter)
+    assert newcomer is not None
+    assert first.finishClose()
+    assert counters["connections_evicted"] == 1
+    assert counters["connections_refused"] == 0
+    assert limiter.openConnections() == 3
+    assert second.transport.connected and third.transport.connected
+
+
+def test_silentConnectionsAreEvictedBeforeTalkingOnes() -> None:
+    """
+    A connection that never sent a byte is evicted before one that sent bytes earlier than it opened: progress ranks before age.
+    """
+    limiter, _, counters, clock = evictingStack(maxConnections=2)
+    talker = accept(limiter)
+    talker.receive(b"request")
+    clock.advance(10)
+    silent = accept(limiter)
+    clock.advance(10)
+    assert connect(limiter) is not None
+    assert silent.finishClose()
+    assert not talker.finishClose()
+    assert counters["connections_evicted"] == 1
+
+
+def test_evictionsAreLoggedAtABoundedRate() -> None:
+    """
+    Many evictions in a burst log one warning, and the next one after the interval says how many were not logged.
+    """
+    limiter, _, counters, clock = evictingStack(maxConnections=2)
+    accept(limiter)
+    accept(limiter)
+    with capturedLogs() as events:
+        for _ in range(50):
+            clock.advance(0.01)
+            assert connect(limiter) is not None
+        clock.advance(10)
+        assert connect(limiter) is not None
+    warnings = levelEvents(events, LogLevel.warn)
+    assert counters["connections_evicted"] == 51
+    assert len(warnings) == 2
+    assert warnings[1]["suppressed"] == 49
+
+
+def test_withoutEvictionTheLimitRefuses() -> None:
+    """
+    A limiter built without eviction refuses past the limit (netd's services evict unless evict_idle = false).
+    """
+    limiter, _, counters, _ = makeStack(maxConnections=1)
+    accept(limiter)
+    assert connect(limiter) is None
+    assert counters["connections_evicted"] == 0
+
+
+def test_idleTimeoutShrinksUnderPressure() -> None:
+    """
+    From 75% of max_connections up the idle timeout shrinks, moving the deadlines of connections already open, to min_idle_timeout at the limit.
+    """
+    limiter, _, counters, clock = evictingStack(maxConnections=8, idleTimeout=100, minIdleTimeout=10)
+    connections = [accept(limiter) for _ in range(5)]
+    assert limiter.idle is not None and limiter.idle.timeout == 100
+    clock.advance(5)
+    connections += [accept(limiter) for _ in range(3)]
+    assert limiter.idle.timeout == 10
+    clock.advance(5.5)
+    assert counters["idle_timeouts"] == 5
+    assert all(c.finishClose() for c in connections[:5])
+    assert limiter.idle.timeout > 10
+    clock.advance(100)
+    assert counters["idle_timeouts"] == 8
+
+
+def test_outOfDescriptorsIsCountedAndEvicts() -> None:
+    """
+    A port out of descriptors tells its service's limiter (through a PROXY header's wrapper too), which counts it, logs it at a bounded rate and evicts the stalest connection.
+    """
+    import errno
+
+    from netd.proxyheader import ProxyHeaderFactory
+    from netd.rlimits import reportOutOfDescriptors
+
+    limiter, _, counters, clock = evictingStack(maxConnections=10)
+    stalest = accept(limiter)
+    clock.advance(1)
+    accept(limiter)
+    error = OSError(errno.EMFILE, "Too many open files")
+    with capturedLogs() as events:
+        reportOutOfDescriptors(ProxyHeaderFactory(limiter), error)
+        reportOutOfDescriptors(limiter, error)
+    assert counters["descriptors_exhausted"] == 2
+    assert counters["connections_evicted"] == 2
+    assert stalest.finishClose()
+    assert len(levelEvents(events, LogLevel.warn)) == 1
