@@ -22,7 +22,7 @@ if [ "${1:-}" = "--test" ]; then
     missing=""
     # systemd: systemd-socket-activate and systemd-analyze (installing the package
     # in a container starts nothing; the tests only run these two tools).
-    for entry in socat:socat dig:bind9-dnsutils dnsmasq:dnsmasq-base openssl:openssl systemd-socket-activate:systemd; do
+    for entry in socat:socat dig:bind9-dnsutils dnsmasq:dnsmasq-base openssl:openssl systemd-socket-activate:systemd ss:iproute2; do
         command -v "${entry%%:*}" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin" command -v "${entry%%:*}" >/dev/null 2>&1 \
             || missing="$missing ${entry#*:}"
     done

@@ -777,8 +777,7 @@ class ConnectionLimiter(WrappingFactory):
         )
         self._descriptorsWarning = BoundedWarning(
             log,
-            "out of file descriptors: could not accept a connection ({error}); accepting pauses and "
-            "{action} ({suppressed} more since the last such line)",
+            "out of file descriptors at accept ({error}): {action} ({suppressed} more since the last such line)",
             clock,
         )
         self.clock = clock

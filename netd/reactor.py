@@ -492,7 +492,7 @@ class AcceptingPort(tcp.Port):
         """
         self._pauseLength = nextPause(self._pauseLength)
         self.stopReading()
-        self._acceptPause = self.reactor.callLater(self._pauseLength, self._resumeAccepting)
+        self._acceptPause = self.reactor.callLater(self._pauseLength, self._resumeAccepting)  # type: ignore[attr-defined]
         reportOutOfDescriptors(self.factory, error)
 
     def _resumeAccepting(self) -> None:

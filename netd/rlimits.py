@@ -118,7 +118,7 @@ class IOutOfDescriptors(Interface):
     descriptors (L{netd.limits.ConnectionLimiter}).
     """
 
-    def outOfDescriptors(error: OSError) -> None:  # type: ignore[misc]
+    def outOfDescriptors(error: OSError) -> None:
         """
         Accepting failed with C{error} (C{EMFILE} or C{ENFILE}): count it,
         log it and make room if it can.
@@ -168,10 +168,10 @@ class BoundedWarning:
         """
         Log the warning with C{fields}, unless one was logged less than the interval ago.
         """
-        clock = self._clock
+        clock: Any = self._clock
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
-        now = clock.seconds()  # type: ignore[union-attr]
+            from twisted.internet import reactor as clock
+        now = clock.seconds()
         if now < self._next:
             self._suppressed += 1
             return
@@ -182,8 +182,7 @@ class BoundedWarning:
 
 _processWarning = BoundedWarning(
     log,
-    "out of file descriptors: could not accept a connection ({error}); accepting pauses "
-    "({suppressed} more since the last such line)",
+    "out of file descriptors at accept ({error}) ({suppressed} more since the last such line)",
 )
 
 

@@ -20,6 +20,7 @@ outgoing TCP connections, unix sockets and signals.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from errno import EMFILE, ENFILE
 import struct
@@ -42,7 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netd.reactor import IMeteredTransport, INetdReactor, ServesTCPPorts
-from netd.rlimits import nextPause, openFileLimit, reportOutOfDescriptors, systemBacklog
+from netd.rlimits import openFileLimit, reportOutOfDescriptors, systemBacklog
 
 _TCP_INFO_TIMES = struct.Struct("=III")
 """
@@ -140,7 +141,7 @@ class StreamConnection(asyncio.Protocol):
         self._peer = self._addressType("TCP", peer[0], peer[1])
         self._lastActivity = self._seconds()
         port = self.port
-        port.accepted(transport.get_extra_info("socket").fileno())
+        port.accepted()
         factory: Any = port.factory
         protocol = factory.buildProtocol(self._peer)
         if protocol is None:
@@ -498,76 +499,61 @@ class TCPPort(tcp.Port):
     """
     A TCP port bound and listened on as Twisted's (addresses, errors, the
     factory's start and stop, C{getHost}, adopted sockets), whose connections
-    uvloop accepts and serves (L{StreamConnection}), on a duplicate of the
-    port's socket, with the port's backlog (uvloop's own default is 100).
+    uvloop accepts and serves (L{StreamConnection}), with the port's backlog
+    (uvloop's own default is 100).
 
     Out of descriptors: libuv accepts in C, and on C{EMFILE} closes what
-    waits (with a descriptor it keeps in reserve), unseen.  So a connection
-    accepted on the last descriptor the open-file limit allows
-    (L{lastDescriptor}: descriptors are given lowest first, so the table is
-    then full) is the sign: the port tells the service
-    (L{reportOutOfDescriptors}) and stops accepting for a moment, as netd's
-    epoll reactor's port does (L{netd.reactor.AcceptingPort}); uvloop lets
-    go of its duplicate meanwhile, and the clients that arrive wait in the
-    listen queue.
+    waits in the listen queue (with a descriptor it keeps in reserve for
+    this), unseen, and does not spin.  So once the open connections are half
+    the open-file limit (below that, netd's other descriptors could not fill
+    the table), each connection accepted is followed by a probe (a C{dup} of
+    the listening socket, closed at once): when it fails, the table is full,
+    and the port tells the service (L{reportOutOfDescriptors}), which counts
+    it, logs it and closes its stalest connection, so that the next client
+    finds a descriptor.  (Pausing uvloop's accepting, as netd's epoll
+    reactor's port does, would take a descriptor to resume it: the one that
+    eviction freed.)
 
-    @ivar lastDescriptor: the highest descriptor number the open-file limit
-        allows, read when the port starts listening.
+    @ivar probeFrom: the number of open connections (of the reactor's) from
+        which accepts are followed by the probe: half the open-file limit,
+        read when the port starts listening.
     """
 
     _server: Any = None
     _starting: asyncio.Future[Any] | None = None
     _accepting = False
-    _acceptPause: Any = None
-    _pauseLength = 0.0
-    lastDescriptor = 0
+    probeFrom = 0
 
     def startListening(self) -> None:
         """
         Listen as Twisted's port does; the reactor keeps the port until it stops.
         """
-        self.lastDescriptor = openFileLimit() - 1
+        self.probeFrom = openFileLimit() // 2
         super().startListening()
         self.reactor.streamPorts.add(self)  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure) -> None:
         """
-        Close as Twisted's port does; the reactor forgets the port, and a pause under way.
+        Close as Twisted's port does; the reactor forgets the port.
         """
         self.reactor.streamPorts.discard(self)  # type: ignore[attr-defined]
-        if self._acceptPause is not None:
-            self._acceptPause.cancel()
-            self._acceptPause = None
         super().connectionLost(reason)
 
-    def outOfDescriptors(self, error: OSError) -> None:
+    def accepted(self) -> None:
         """
-        Stop accepting for a moment (10 ms, doubling while it lasts, up to a
-        second), and tell the service.
+        uvloop accepted a connection: past L{probeFrom} open connections,
+        see whether that took the last descriptor the limit allows.
         """
-        self._pauseLength = nextPause(self._pauseLength)
-        self.stopReading()
-        self._acceptPause = self.reactor.callLater(self._pauseLength, self._resumeAccepting)
-        reportOutOfDescriptors(self.factory, error)
-
-    def _resumeAccepting(self) -> None:
-        """
-        Accept again after a pause, unless the port stopped meanwhile.
-        """
-        self._acceptPause = None
-        if self.connected and not self.disconnecting:
-            self.startReading()
-
-    def accepted(self, descriptor: int) -> None:
-        """
-        uvloop accepted a connection on C{descriptor}: if it was the last one
-        the limit allows, the port is out of descriptors; else it is not
-        (the next pause starts short again).
-        """
-        if descriptor >= self.lastDescriptor:
-            self.outOfDescriptors(OSError(EMFILE, "the connection took the last descriptor the open-file limit allows"))
+        if len(self.reactor.streams) < self.probeFrom:  # type: ignore[attr-defined]
+            return
+        try:
+            probe = os.dup(self.fileno())
+        except OSError as e:
+            if e.errno not in (EMFILE, ENFILE):
+                raise
+            reportOutOfDescriptors(self.factory, e)
         else:
-            self._pauseLength = 0.0
+            os.close(probe)
 
     def _backlog(self) -> int:
         """
@@ -579,22 +565,13 @@ class TCPPort(tcp.Port):
 
     def startReading(self) -> None:
         """
-        Have uvloop accept on a duplicate of the socket (from the loop's
-        next turn); out of descriptors for the duplicate, pause.
+        Have uvloop accept on the socket (from the loop's next turn).
         """
         if self._accepting:
             return
-        try:
-            listening = self.socket.dup()
-        except OSError as e:
-            if e.errno not in (EMFILE, ENFILE):
-                raise
-            self.outOfDescriptors(e)
-            return
         self._accepting = True
-        self._listening = listening
         loop = self.reactor._asyncioEventloop  # type: ignore[attr-defined]
-        self._serve = loop.create_server(lambda: StreamConnection(self), sock=listening, backlog=self._backlog())
+        self._serve = loop.create_server(lambda: StreamConnection(self), sock=self.socket, backlog=self._backlog())
         starting = asyncio.ensure_future(self._serve, loop=loop)
         starting.add_done_callback(self._serving)
         self._starting = starting
@@ -624,12 +601,10 @@ class TCPPort(tcp.Port):
         """
         self._accepting = False
         if self._starting is not None:
-            if self._starting.cancel():
-                # Never started, so uvloop never took the duplicate: closed
-                # now, as the coroutine, not left for the cancelled task to
-                # close on a turn of the loop that may never come (at shutdown).
-                self._serve.close()
-                self._listening.close()
+            self._starting.cancel()
+            # Closed now, not left for the cancelled task to close on a turn
+            # of the loop that may never come (at shutdown).
+            self._serve.close()
         server, self._server = self._server, None
         if server is not None:
             server.close()
