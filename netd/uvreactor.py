@@ -541,10 +541,11 @@ class TCPPort(tcp.Port):
 
     def accepted(self) -> None:
         """
-        uvloop accepted a connection: past L{probeFrom} open connections,
-        see whether that took the last descriptor the limit allows.
+        uvloop accepted a connection (not yet among the reactor's
+        C{streams}): from L{probeFrom} open connections with it, see whether
+        it took the last descriptor the limit allows.
         """
-        if len(self.reactor.streams) < self.probeFrom:  # type: ignore[attr-defined]
+        if len(self.reactor.streams) + 1 < self.probeFrom:  # type: ignore[attr-defined]
             return
         try:
             probe = os.dup(self.fileno())

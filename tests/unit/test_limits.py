@@ -8,6 +8,7 @@ transports with a fake clock.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
@@ -610,3 +611,115 @@ def test_outOfDescriptorsIsCountedAndEvicts() -> None:
     assert counters["connections_evicted"] == 2
     assert stalest.finishClose()
     assert len(levelEvents(events, LogLevel.warn)) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("tcp:7007:backlog=0", "backlog 0 is out of range; expected 1 to 65535"),
+        ("tcp6:7007:backlog=65536", "backlog 65536 is out of range"),
+        ("unix:/tmp/x.sock:backlog=many", "backlog 'many' is not a number"),
+        ("haproxy:tcp:7007:backlog=-1", "backlog -1 is out of range"),
+        ("systemd:domain=INET:index=0:backlog=10", "set Backlog= in its .socket unit"),
+    ],
+)
+def test_badBacklogIsRefused(text: str, problem: str) -> None:
+    """
+    A backlog= that is not a number from 1 to 65535, or is set on a systemd: socket, is refused naming the listen string.
+    """
+    from netd.listen import ListenAddress
+    from netd.options import InvalidValue
+
+    with pytest.raises(InvalidValue) as raised:
+        ListenAddress.fromConfig(text)
+    assert problem in str(raised.value) and repr(text) in str(raised.value)
+
+
+def test_listenersGetTheSystemsBacklogUnlessSet(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """
+    A tcp:, tcp6: or unix: string without backlog= listens with net.core.somaxconn (the C library's SOMAXCONN when unreadable); one that sets it, or another kind, is left as written.
+    """
+    import socket
+
+    from netd import listen, rlimits
+
+    somaxconn = tmp_path / "somaxconn"
+    somaxconn.write_text("4096\n")
+    assert rlimits.systemBacklog(str(somaxconn)) == 4096
+    assert rlimits.systemBacklog(str(tmp_path / "missing")) == socket.SOMAXCONN
+    monkeypatch.setattr(listen, "systemBacklog", lambda: 4096)
+    assert listen.withBacklog("tcp:0:interface=127.0.0.1") == "tcp:0:interface=127.0.0.1:backlog=4096"
+    assert listen.withBacklog("tcp6:0") == "tcp6:0:backlog=4096"
+    assert listen.withBacklog("unix:/run/x.sock:mode=0660") == "unix:/run/x.sock:mode=0660:backlog=4096"
+    assert listen.withBacklog("tcp:0:backlog=12") == "tcp:0:backlog=12"
+    assert listen.withBacklog("systemd:domain=INET:index=0") == "systemd:domain=INET:index=0"
+
+
+def test_defaultMaxConnectionsIsHalfTheOpenFileLimit() -> None:
+    """
+    Unset, max_connections is half the open-file limit, at most 16384 and at least 1.
+    """
+    from netd.rlimits import defaultMaxConnections
+
+    assert defaultMaxConnections(1024) == 512
+    assert defaultMaxConnections(524288) == 16384
+    assert defaultMaxConnections(1) == 1
+
+
+def test_openFileLimitRaisedToTheHardOne(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    At start the soft RLIMIT_NOFILE is raised to the hard one (to 2**20 when that is unlimited) and the figure is logged; a refusal leaves it and warns.
+    """
+    import resource
+
+    from netd import rlimits
+
+    limits = {"now": (1024, 524288)}
+
+    def getrlimit(which: int) -> tuple[int, int]:
+        return limits["now"]
+
+    def setrlimit(which: int, wanted: tuple[int, int]) -> None:
+        limits["now"] = wanted
+
+    monkeypatch.setattr(resource, "getrlimit", getrlimit)
+    monkeypatch.setattr(resource, "setrlimit", setrlimit)
+    with capturedLogs() as events:
+        assert rlimits.raiseOpenFileLimit() == (1024, 524288)
+    [line] = levelEvents(events, LogLevel.info)
+    assert (line["limit"], line["before"], line["hard"]) == (524288, 1024, 524288)
+    limits["now"] = (1024, resource.RLIM_INFINITY)
+    assert rlimits.raiseOpenFileLimit() == (1024, rlimits.UNLIMITED_FILES)
+
+    def refuse(which: int, wanted: tuple[int, int]) -> None:
+        raise ValueError("not allowed")
+
+    limits["now"] = (1024, 4096)
+    monkeypatch.setattr(resource, "setrlimit", refuse)
+    with capturedLogs() as events:
+        assert rlimits.raiseOpenFileLimit() == (1024, 1024)
+    assert len(levelEvents(events, LogLevel.warn)) == 1
+
+
+def test_serviceDefaultsToTheDerivedLimitAndEvicts(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """
+    A service whose config leaves max_connections out gets half the open-file limit, evicts at the limit and scales its idle timeout down to min_idle_timeout.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from netd import rlimits
+    from netd.config import loadConfig
+    from netd.plugin import discoverPlugins
+    from netd.service import NetService
+
+    monkeypatch.setattr(rlimits, "openFileLimit", lambda: 1000)
+    path = tmp_path / "t.toml"
+    path.write_text('[[services]]\nname = "e"\nplugin = "echo"\nlisten = ["tcp:0"]\nmin_idle_timeout = 5\n')
+    config = loadConfig(str(path), discoverPlugins())
+    (spec,) = config.services
+    assert spec.max_connections is None and spec.evict_idle is True
+    service = NetService(spec, MemoryReactorClock(), 1.0)
+    assert service.connections is not None
+    assert service.connections.maxConnections == 500
+    assert service.connections.evict is True
+    assert service.connections.minIdleTimeout == 5
