@@ -863,13 +863,18 @@ class ConnectionLimiter(WrappingFactory):
         """
         With C{open} connections, set the idle timeout for the pressure step
         they are at: C{idleTimeout} below L{PRESSURE} of the limit, shrinking
-        in L{PRESSURE_STEPS} steps to C{minIdleTimeout} at the limit.
+        in L{PRESSURE_STEPS} steps to C{minIdleTimeout} at the limit; it
+        grows back a step only once the count is two steps lower (and all the
+        way once below L{PRESSURE}).
         """
         idle = self.idle
         assert idle is not None
         span = max(1, self.maxConnections - self._pressureFrom)
         step = min(PRESSURE_STEPS, max(0, (open - self._pressureFrom) * PRESSURE_STEPS // span))
-        if step == self._step:
+        if step == self._step or (step == self._step - 1 and step):
+            # Down by one step waits for a second one: a count that goes to
+            # and fro across a step's edge (a connection closes, another
+            # opens) does not move every deadline each time it comes back.
             return
         wasShorter = step > self._step
         self._step = step

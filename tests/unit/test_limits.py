@@ -723,3 +723,24 @@ def test_serviceDefaultsToTheDerivedLimitAndEvicts(monkeypatch: pytest.MonkeyPat
     assert service.connections.maxConnections == 500
     assert service.connections.evict is True
     assert service.connections.minIdleTimeout == 5
+
+
+def test_pressureStepsDoNotFlapAtAnEdge() -> None:
+    """
+    A connection count going to and fro across a step's edge moves the deadlines once, not each time it comes back up; once below 75% the idle timeout is whole again.
+    """
+    limiter, _, _, clock = evictingStack(maxConnections=100, idleTimeout=100, minIdleTimeout=20)
+    connections = [accept(limiter) for _ in range(82)]
+    assert limiter.idle is not None
+    shortened = limiter.idle.timeout
+    assert shortened < 100
+    calls: list[float] = []
+    shorten = limiter.idle.shorten
+    limiter.idle.shorten = lambda timeout: (calls.append(timeout), shorten(timeout))  # type: ignore[method-assign]
+    for _ in range(5):
+        close(connections.pop())
+        connections.append(accept(limiter))
+    assert calls == []
+    while len(connections) > 70:
+        close(connections.pop())
+    assert limiter.idle.timeout == 100
