@@ -36,7 +36,10 @@ spends per message.  Here:
     calls, one wake-up and an empty C{send} less).
 
 C{NETD_REACTOR=twisted} makes C{netd run} use Twisted's default reactor
-instead, to rule netd's own reactors out when chasing a bug.
+instead, to rule netd's own reactors out when chasing a bug; its TCP
+listeners accept with netd's loop all the same (L{AcceptingPort},
+L{acceptGuarded}), which pauses when the process runs out of descriptors
+where Twisted's would spin.
 """
 
 from __future__ import annotations
