@@ -354,12 +354,15 @@ class GuardedConnection(ProtocolWrapper):
         tls = _tlsLayer(self.wrappedProtocol)
         return tls is None or tls.tlsDetails is not None
 
-    def evicted(self) -> None:
+    def evicted(self, why: str) -> None:
         """
-        The service is at C{max_connections} and this connection went longest
-        without progress: drop it, for a new one to take its place.
+        The service is at C{max_connections}, or out of descriptors, and this
+        connection went longest without progress: drop it, for a new one to
+        take its place.
+
+        @param why: for the connection's event and debug line (C{"evicted at max_connections"}).
         """
-        self._ended = "evicted at max_connections"
+        self._ended = why
         self._stopSelfPacing()
         self.disconnecting = True
         self._route()
@@ -838,7 +841,7 @@ class ConnectionLimiter(WrappingFactory):
                 self._evictedWarning.emit(
                     limit=self.maxConnections, peer=describePeer(connection.getPeer()), stalled=max(0.0, now - stamp)
                 )
-            connection.evicted()
+            connection.evicted("evicted at max_connections" if atLimit else "evicted: out of file descriptors")
             return True
         return False
 
