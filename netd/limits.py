@@ -518,7 +518,7 @@ class IdleWatch:
         """
         return self._timeout
 
-    def shorten(self, timeout: float) -> None:
+    def setTimeout(self, timeout: float) -> None:
         """
         Time connections out after C{timeout} seconds from now on, the ones
         watched already included: a shorter timeout moves every deadline
@@ -799,8 +799,8 @@ class ConnectionLimiter(WrappingFactory):
         Accept the connection if the service is below its limit: a
         L{GuardedConnection} around the service's protocol.
         """
-        open = len(self.protocols)
-        if open >= self.maxConnections and not (self.evict and self._evictStalest()):
+        opened = len(self.protocols)
+        if opened >= self.maxConnections and not (self.evict and self._evictStalest()):
             self.counters["connections_refused"] += 1
             if not self._refusing:
                 self._refusing = True
@@ -808,8 +808,8 @@ class ConnectionLimiter(WrappingFactory):
                     "refusing connections: max_connections ({limit}) reached", limit=self.maxConnections
                 )
             return None
-        if open >= self._pressureFrom and self.idle is not None:
-            self._pressureChanged(open + 1)
+        if opened >= self._pressureFrom and self.idle is not None:
+            self._pressureChanged(opened + 1)
         self.counters["connections_accepted"] += 1
         return self.protocol(self, self.wrappedFactory.buildProtocol(addr))
 
@@ -862,9 +862,9 @@ class ConnectionLimiter(WrappingFactory):
         self._rankedAt = self.clock.seconds()
         return self._ranking
 
-    def _pressureChanged(self, open: int) -> None:
+    def _pressureChanged(self, opened: int) -> None:
         """
-        With C{open} connections, set the idle timeout for the pressure step
+        With C{opened} connections open, set the idle timeout for the pressure step
         they are at: C{idleTimeout} below L{PRESSURE} of the limit, shrinking
         in L{PRESSURE_STEPS} steps to C{minIdleTimeout} at the limit; it
         grows back a step only once the count is two steps lower (and all the
@@ -873,24 +873,24 @@ class ConnectionLimiter(WrappingFactory):
         idle = self.idle
         assert idle is not None
         span = max(1, self.maxConnections - self._pressureFrom)
-        step = min(PRESSURE_STEPS, max(0, (open - self._pressureFrom) * PRESSURE_STEPS // span))
+        step = min(PRESSURE_STEPS, max(0, (opened - self._pressureFrom) * PRESSURE_STEPS // span))
         if step == self._step or (step == self._step - 1 and step):
             # Down by one step waits for a second one: a count that goes to
             # and fro across a step's edge (a connection closes, another
             # opens) does not move every deadline each time it comes back.
             return
-        wasShorter = step > self._step
+        shorter = step > self._step
         self._step = step
         timeout = self.idleTimeout - (self.idleTimeout - self.minIdleTimeout) * step / PRESSURE_STEPS
-        if wasShorter:
+        if shorter:
             self.log.info(
                 "{open} of max_connections ({limit}) open: idle timeout now {timeout:.1f} seconds",
-                open=open,
+                open=opened,
                 limit=self.maxConnections,
                 timeout=timeout,
                 event="idle_timeout_scaled",
             )
-        idle.shorten(timeout)
+        idle.setTimeout(timeout)
 
     def outOfDescriptors(self, error: OSError) -> None:
         """

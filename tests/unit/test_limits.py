@@ -735,8 +735,8 @@ def test_pressureStepsDoNotFlapAtAnEdge() -> None:
     shortened = limiter.idle.timeout
     assert shortened < 100
     calls: list[float] = []
-    shorten = limiter.idle.shorten
-    limiter.idle.shorten = lambda timeout: (calls.append(timeout), shorten(timeout))  # type: ignore[method-assign]
+    setTimeout = limiter.idle.setTimeout
+    limiter.idle.setTimeout = lambda timeout: (calls.append(timeout), setTimeout(timeout))  # type: ignore[method-assign]
     for _ in range(5):
         close(connections.pop())
         connections.append(accept(limiter))
