@@ -420,9 +420,10 @@ class AcceptingPort(tcp.Port):
     waiting connection instead (resetting the clients that a moment later
     would have been served), and once that reserve is gone logs and retries
     on every turn of the reactor, as the listening socket stays readable: a
-    spin.  This port is the one netd's reactors listen with (L{Port}), and
-    Twisted's too when netd runs on it (L{acceptGuarded}), with Twisted's
-    connections.
+    spin.  netd's epoll reactor listens with this port (L{Port}, with its
+    own connections), and Twisted's reactor too when netd runs on it
+    (L{acceptGuarded}, with Twisted's connections); the uvloop reactor's
+    port, where libuv accepts, has its own way (L{netd.uvreactor.TCPPort}).
     """
 
     transport: Any = tcp.Server
