@@ -2,7 +2,7 @@
 # Prepare this checkout on a fresh Debian machine with Python 3.11: a virtualenv in
 # .venv with netd installed.  With --test, also what the test suite needs: the test
 # extra, the example third-party plugin of tests/thirdparty/, and the Debian tools
-# the integration tests drive: socat, dig, dnsmasq, openssl, sslscan (the TLS scanner), curl,
+# the integration tests drive: socat, dig, dnsmasq, openssl, sslscan (the TLS scanner), curl, ss,
 # systemd-socket-activate and systemd-analyze (installed with apt-get when missing; needs root).
 # Safe to run again: it reuses what is already there.
 set -eu
@@ -22,7 +22,7 @@ if [ "${1:-}" = "--test" ]; then
     missing=""
     # systemd: systemd-socket-activate and systemd-analyze (installing the package
     # in a container starts nothing; the tests only run these two tools).
-    for entry in socat:socat dig:bind9-dnsutils dnsmasq:dnsmasq-base openssl:openssl sslscan:sslscan curl:curl systemd-socket-activate:systemd; do
+    for entry in socat:socat dig:bind9-dnsutils dnsmasq:dnsmasq-base openssl:openssl sslscan:sslscan curl:curl ss:iproute2 systemd-socket-activate:systemd; do
         command -v "${entry%%:*}" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin" command -v "${entry%%:*}" >/dev/null 2>&1 \
             || missing="$missing ${entry#*:}"
     done

@@ -785,7 +785,7 @@ def _alwaysShown(service: NetService) -> list[str]:
     transports = {a.transport for a in service.spec.listen}
     names = []
     if "stream" in transports:
-        names += ["connections_accepted", "connections_refused", "idle_timeouts", "bytes_received", "bytes_sent", "frames_rejected"]
+        names += ["connections_accepted", "connections_refused", "connections_evicted", "descriptors_exhausted", "idle_timeouts", "bytes_received", "bytes_sent", "frames_rejected"]
         if service.spec.tls is not None:
             names += ["tls_handshakes_ok", "tls_sessions_resumed"] + [f"tls_handshakes_failed_{r}" for r in FAILURE_REASONS]
     if "datagram" in transports:

@@ -257,15 +257,28 @@ class ServiceEnvelope:
         help="Addresses to serve: Twisted endpoint strings (tcp:, tcp6:, unix:, ...) and udp:PORT[:interface=ADDR].",
     )
     enabled: bool = option(True, help="false keeps the service in the file without running it.")
-    max_connections: int = option(
-        1024,
-        help="Stream connections open at once; further ones are closed on accept and counted.",
+    max_connections: int | None = option(
+        None,
+        help="Stream connections open at once; unset, half of netd's open-file limit, at most 16384. "
+        "At the limit a new connection evicts the stalest open one (see evict_idle), or is refused; either is counted.",
         checks=(between(1, 1_000_000),),
     )
     idle_timeout: float = option(
         300.0,
         help="Seconds without traffic either way before a stream connection is closed; 0 never closes one.",
         checks=(between(0, 86400 * 7),),
+    )
+    min_idle_timeout: float = option(
+        10.0,
+        help="The idle timeout at max_connections: from 75% of max_connections open, idle_timeout shrinks "
+        "step by step to this (never above idle_timeout).",
+        checks=(between(0.1, 86400 * 7),),
+    )
+    evict_idle: bool = option(
+        True,
+        help="At max_connections, close the open connection longest without progress (still in its TLS handshake "
+        "or silent, then the longest without traffic) to admit a new one, counted as connections_evicted; "
+        "false refuses the new one instead (connections_refused).",
     )
     framing: str | None = option(
         None,
@@ -315,7 +328,7 @@ class ServiceSpec:
     plugin: Any
     listen: tuple[ListenAddress, ...]
     enabled: bool
-    max_connections: int
+    max_connections: int | None
     idle_timeout: float
     framing: str | None
     max_frame: int | None
@@ -324,6 +337,8 @@ class ServiceSpec:
     events: int = DEFAULT_EVENTS
     faults: FaultList = FaultList()
     proxy_trusted: tuple[str, ...] = DEFAULT_TRUSTED
+    min_idle_timeout: float = 10.0
+    evict_idle: bool = True
 
     @property
     def shape(self) -> ServiceShape:
@@ -341,9 +356,12 @@ class ServiceSpec:
             "plugin": self.plugin.name,
             "listen": toConfig(self.listen),
             "enabled": self.enabled,
-            "max_connections": self.max_connections,
             "idle_timeout": self.idle_timeout,
+            "min_idle_timeout": self.min_idle_timeout,
+            "evict_idle": self.evict_idle,
         }
+        if self.max_connections is not None:
+            table["max_connections"] = self.max_connections
         if self.framing is not None:
             table["framing"] = self.framing
         if self.max_frame is not None:
@@ -477,6 +495,8 @@ def _decodeService(
         enabled=envelope["enabled"],
         max_connections=envelope["max_connections"],
         idle_timeout=envelope["idle_timeout"],
+        min_idle_timeout=envelope["min_idle_timeout"],
+        evict_idle=envelope["evict_idle"],
         framing=framing,
         max_frame=maxFrame,
         options=options,

@@ -24,6 +24,7 @@ from netd.config import DEFAULT_CONFIG_NAME, DaemonSpec, NetdConfig, ServiceSpec
 from netd.logs import setLogLevel
 from netd.options import ConfigError, Problem
 from netd.plugin import PluginRegistry, discoverPlugins
+from netd.rlimits import raiseOpenFileLimit
 from netd.service import NetService, ReloadInProgress, ServiceStartError
 from netd.systemd import Notifier
 from netd.tls import ServerTLS, TLSSetupError
@@ -88,6 +89,11 @@ class Daemon(MultiService):
         Tells systemd how netd is doing: L{serve} sends C{READY=1},
         L{stopService} C{STOPPING=1}; a reload wraps itself in
         C{notifier.reloading()} and C{notifier.ready()}.
+        """
+        self.openFiles = raiseOpenFileLimit()[1]
+        """
+        The open-file limit netd runs with, raised to the hard limit before
+        the services (whose C{max_connections} defaults to half of it) are built.
         """
         for spec in config.services:
             if spec.enabled:

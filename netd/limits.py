@@ -29,6 +29,7 @@ from netd.faults.stream import ConnectionFaults, faultsChanged, openFaults, rese
 from netd.metrics import Counters
 from netd.proxyheader import describePeer
 from netd.reactor import IMeteredTransport
+from netd.rlimits import BoundedWarning, IOutOfDescriptors
 from netd.tls import TLSServerProtocol
 
 
@@ -342,6 +343,31 @@ class GuardedConnection(ProtocolWrapper):
         Our sending side is shut; reading goes on until the peer closes.
         """
 
+    def madeProgress(self) -> bool:
+        """
+        Whether the peer got past the start: sent a byte and, on a TLS
+        service, finished its handshake.  Read only to rank connections for
+        eviction (L{ConnectionLimiter}).
+        """
+        if self.bytesIn == 0:
+            return False
+        tls = _tlsLayer(self.wrappedProtocol)
+        return tls is None or tls.tlsDetails is not None
+
+    def evicted(self, why: str) -> None:
+        """
+        The service is at C{max_connections}, or out of descriptors, and this
+        connection went longest without progress: drop it, for a new one to
+        take its place.
+
+        @param why: for the connection's event and debug line (C{"evicted at max_connections"}).
+        """
+        self._ended = why
+        self._stopSelfPacing()
+        self.disconnecting = True
+        self._route()
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
     def _idledOut(self) -> None:
         """
         Nothing moved either way for C{idle_timeout} seconds (the
@@ -353,7 +379,7 @@ class GuardedConnection(ProtocolWrapper):
         self.factory.log.info(
             "closing connection from {peer}: idle for {timeout} seconds",
             peer=describePeer(self.getPeer()),
-            timeout=self.factory.idleTimeout,
+            timeout=self.factory.idle.timeout if self.factory.idle is not None else self.factory.idleTimeout,
             event="idle_timeout",
         )
         self.transport.abortConnection()  # type: ignore[union-attr]
@@ -485,6 +511,38 @@ class IdleWatch:
         self._forgotten = 0
         self._call: IDelayedCall | None = None
 
+    @property
+    def timeout(self) -> float:
+        """
+        Seconds without traffic before a connection idles out, now.
+        """
+        return self._timeout
+
+    def setTimeout(self, timeout: float) -> None:
+        """
+        Time connections out after C{timeout} seconds from now on, the ones
+        watched already included: a shorter timeout moves every deadline
+        forward (one pass over the connections, reading each one's
+        C{lastActivity}); a longer one applies as the deadlines come.
+        """
+        shorter = timeout < self._timeout
+        self._timeout = timeout
+        if not shorter or not self._heap:
+            return
+        heap = [
+            (min(deadline, connection.lastActivity + timeout), order, connection)
+            for deadline, order, connection in self._heap
+            if connection._watched
+        ]
+        heapify(heap)
+        self._heap[:] = heap
+        self._forgotten = 0
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        if heap:
+            self._call = self._clock.callLater(max(0.0, heap[0][0] - self._clock.seconds()), self._expire)
+
     def watch(self, connection: GuardedConnection, now: float) -> None:
         """
         Watch a connection that opened at C{now}, until it idles out or
@@ -615,14 +673,61 @@ def _connectionEvent(
     }
 
 
+PRESSURE = 0.75
+"""
+The share of C{max_connections} open from which the idle timeout shrinks
+(towards C{min_idle_timeout} at the limit), as Envoy's overload manager scales
+its timeouts down between two thresholds of a resource.
+"""
+
+PRESSURE_STEPS = 8
+"""
+How many idle timeouts there are between C{PRESSURE} and the limit: the
+timeout changes (and, shorter, moves the deadlines) only when the number of
+open connections crosses one of these steps, not at every connection.
+"""
+
+EVICTION_RANKING_TTL = 1.0
+"""
+Seconds the ranking of connections for eviction is used before it is made
+again: under a flood, one pass over the connections serves many evictions.
+"""
+
+
+MOVED = 0.05
+"""
+Seconds by which a connection's last traffic must be later than when it was
+ranked for it to count as having moved since: the kernel's figures (uvloop's
+transports read C{TCP_INFO}) are in milliseconds of a coarser clock.
+"""
+
+
+@implementer(IOutOfDescriptors)
 class ConnectionLimiter(WrappingFactory):
     """
     Wraps a service's protocol factory with the shared per-connection limits.
 
-    @ivar maxConnections: connections accepted at once; more are closed as soon
-        as they are accepted and counted as C{connections_refused}.
-    @ivar idleTimeout: seconds without traffic before a connection is dropped;
-        0 never drops one.
+    At the limit, a connection flood must not hand the service to whoever
+    opened connections first.  So, with C{evict} on, a new connection
+    closes (resets) the open one that has gone longest without progress, and
+    is counted as C{connections_evicted}: first those still in their TLS
+    handshake or that never sent a byte, oldest first, then the others by
+    their last traffic either way.  A client that does request and response
+    keeps moving; the connections that sit idle go first.  From L{PRESSURE}
+    of the limit up, the idle timeout also shrinks step by step to
+    C{minIdleTimeout} at the limit, so that idle connections free their
+    places even without new ones asking.
+
+    The ranking reads each connection's L{GuardedConnection.lastActivity}
+    (on netd's transports, the transport's own meter) only when an eviction
+    is needed, never per message: the fast path stays as it is.
+
+    @ivar maxConnections: connections accepted at once; past it, a new one
+        evicts the stalest (C{evict}), or is closed as soon as it is accepted
+        and counted as C{connections_refused}.
+    @ivar idleTimeout: seconds without traffic before a connection is dropped,
+        below L{PRESSURE}; 0 never drops one.
+    @ivar minIdleTimeout: the idle timeout at the limit.
     @ivar idle: what times the connections out, when C{idleTimeout} is set.
     @ivar events: the service's event log.
     """
@@ -642,6 +747,8 @@ class ConnectionLimiter(WrappingFactory):
         log: Logger,
         events: EventLog | None = None,
         faults: ServiceFaults | None = None,
+        evict: bool = False,
+        minIdleTimeout: float | None = None,
     ) -> None:
         """
         @param events: the service's event log, which gets one
@@ -650,11 +757,32 @@ class ConnectionLimiter(WrappingFactory):
         @param faults: the service's faults: its stream and TLS faults act
             on the connections, open ones included when they change; none
             when L{None}.
+        @param evict: whether a connection past the limit evicts the stalest
+            open one (else it is refused).
+        @param minIdleTimeout: the idle timeout at the limit; L{None} keeps
+            C{idleTimeout} whatever the number of connections.
         """
         super().__init__(wrappedFactory)
         self.maxConnections = maxConnections
         self.idleTimeout = idleTimeout
+        self.evict = evict
+        self.minIdleTimeout = idleTimeout if minIdleTimeout is None else min(minIdleTimeout, idleTimeout)
         self.idle = IdleWatch(clock, idleTimeout) if idleTimeout else None
+        self._pressureFrom = max(1, int(maxConnections * PRESSURE))
+        self._step = 0
+        self._ranking: list[tuple[GuardedConnection, float]] = []
+        self._rankedAt = float("-inf")
+        self._evictedWarning = BoundedWarning(
+            log,
+            "max_connections ({limit}) reached: closed the connection from {peer}, without progress for "
+            "{stalled:.1f} seconds, to admit a new one ({suppressed} more since the last such line)",
+            clock,
+        )
+        self._descriptorsWarning = BoundedWarning(
+            log,
+            "out of file descriptors at accept ({error}): {action} ({suppressed} more since the last such line)",
+            clock,
+        )
         self.clock = clock
         self.counters = counters
         self.log = log
@@ -671,7 +799,8 @@ class ConnectionLimiter(WrappingFactory):
         Accept the connection if the service is below its limit: a
         L{GuardedConnection} around the service's protocol.
         """
-        if len(self.protocols) >= self.maxConnections:
+        opened = len(self.protocols)
+        if opened >= self.maxConnections and not (self.evict and self._evictStalest()):
             self.counters["connections_refused"] += 1
             if not self._refusing:
                 self._refusing = True
@@ -679,14 +808,109 @@ class ConnectionLimiter(WrappingFactory):
                     "refusing connections: max_connections ({limit}) reached", limit=self.maxConnections
                 )
             return None
+        if opened >= self._pressureFrom and self.idle is not None:
+            self._pressureChanged(opened + 1)
         self.counters["connections_accepted"] += 1
         return self.protocol(self, self.wrappedFactory.buildProtocol(addr))
+
+    def _evictStalest(self, atLimit: bool = True) -> bool:
+        """
+        Close the open connection that has gone longest without progress
+        (see the class's docstring), to make room for a new one.
+
+        The connections are ranked once per L{EVICTION_RANKING_TTL} seconds,
+        and the ranking is then taken from the front: a connection is
+        skipped if it closed, or moved bytes since it was ranked.  A
+        connection evicted is aborted at once; its place counts as free from
+        now, though its C{connectionLost} comes later.
+
+        @param atLimit: whether it is for a new connection at the limit
+            (logged as such), else for a descriptor (logged by the caller).
+        @return: whether one was evicted.
+        """
+        now = self.clock.seconds()
+        ranking = self._ranking
+        if not ranking or now - self._rankedAt > EVICTION_RANKING_TTL:
+            ranking = self._rank()
+        while ranking:
+            connection, stamp = ranking.pop()
+            if connection.disconnecting or not connection.connected or connection.lastActivity > stamp + MOVED:
+                continue
+            self.counters["connections_evicted"] += 1
+            if atLimit:
+                self._evictedWarning.emit(
+                    limit=self.maxConnections, peer=describePeer(connection.getPeer()), stalled=max(0.0, now - stamp)
+                )
+            connection.evicted("evicted at max_connections" if atLimit else "evicted: out of file descriptors")
+            return True
+        return False
+
+    def _rank(self) -> list[tuple[GuardedConnection, float]]:
+        """
+        The open connections, the first to evict last (so that L{list.pop}
+        takes it): those still in their TLS handshake or that never sent a
+        byte, then the others, each part from the least recent traffic.
+        """
+        ranked = []
+        for connection in self.protocols:
+            if connection.disconnecting or not connection.connected:
+                continue
+            stamp = connection.lastActivity
+            ranked.append((connection.madeProgress(), stamp, connection))
+        ranked.sort(key=lambda entry: (entry[0], entry[1]), reverse=True)
+        self._ranking = [(connection, stamp) for _, stamp, connection in ranked]
+        self._rankedAt = self.clock.seconds()
+        return self._ranking
+
+    def _pressureChanged(self, opened: int) -> None:
+        """
+        With C{opened} connections open, set the idle timeout for the pressure step
+        they are at: C{idleTimeout} below L{PRESSURE} of the limit, shrinking
+        in L{PRESSURE_STEPS} steps to C{minIdleTimeout} at the limit; it
+        grows back a step only once the count is two steps lower (and all the
+        way once below L{PRESSURE}).
+        """
+        idle = self.idle
+        assert idle is not None
+        span = max(1, self.maxConnections - self._pressureFrom)
+        step = min(PRESSURE_STEPS, max(0, (opened - self._pressureFrom) * PRESSURE_STEPS // span))
+        if step == self._step or (step == self._step - 1 and step):
+            # Down by one step waits for a second one: a count that goes to
+            # and fro across a step's edge (a connection closes, another
+            # opens) does not move every deadline each time it comes back.
+            return
+        shorter = step > self._step
+        self._step = step
+        timeout = self.idleTimeout - (self.idleTimeout - self.minIdleTimeout) * step / PRESSURE_STEPS
+        if shorter:
+            self.log.info(
+                "{open} of max_connections ({limit}) open: idle timeout now {timeout:.1f} seconds",
+                open=opened,
+                limit=self.maxConnections,
+                timeout=timeout,
+                event="idle_timeout_scaled",
+            )
+        idle.setTimeout(timeout)
+
+    def outOfDescriptors(self, error: OSError) -> None:
+        """
+        The service's port could not accept for want of descriptors: count
+        it, log it (at a bounded rate), and, with C{evict} on, close the
+        stalest connection so that the next accept has a descriptor.
+        """
+        self.counters["descriptors_exhausted"] += 1
+        evicted = self.evict and bool(self.protocols) and self._evictStalest(atLimit=False)
+        self._descriptorsWarning.emit(
+            error=str(error), action="closed the stalest connection" if evicted else "no connection was closed"
+        )
 
     def unregisterProtocol(self, protocol: Any) -> None:
         """
         A connection closed: note that there is room again, fire drain waiters.
         """
         super().unregisterProtocol(protocol)
+        if self._step and self.idle is not None:
+            self._pressureChanged(len(self.protocols))
         if self._refusing:
             self._refusing = False
             self.log.info("accepting connections again")

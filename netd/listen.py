@@ -20,7 +20,8 @@ from twisted.internet.protocol import DatagramProtocol
 
 from netd.options import InvalidValue
 from netd.proxyheader import DEFAULT_TRUSTED_SOURCES, ProxyHeaderFactory, TrustedSources
-from netd.reactor import INetdReactor
+from netd.reactor import INetdReactor, acceptGuarded
+from netd.rlimits import systemBacklog
 from netd.systemd import NO_INHERITED_SOCKET
 from netd.udp import AVAILABLE as BATCHING_AVAILABLE
 from netd.udp import listenBatchingUDP
@@ -89,6 +90,40 @@ def _checkInterface(text: str, version: int | None) -> str:
     return text
 
 
+_BACKLOG_PREFIXES = frozenset({"tcp", "tcp6", "unix", "ssl"})
+"""
+Endpoint types that take C{backlog=N}, and get the system's when they do not
+set it (L{ListenAddress.listenStream}).
+"""
+
+
+def _checkBacklog(kind: str, text: str) -> int:
+    """
+    Check a C{backlog=N} value: a number from 1 to 65535, on an endpoint that listens itself.
+    """
+    if kind == "systemd":
+        raise InvalidValue("backlog= does not apply: systemd listens on the socket; set Backlog= in its .socket unit")
+    try:
+        backlog = int(text)
+    except ValueError:
+        raise InvalidValue(f"backlog {text!r} is not a number") from None
+    if not 1 <= backlog <= 65535:
+        raise InvalidValue(f"backlog {backlog} is out of range; expected 1 to 65535")
+    return backlog
+
+
+def withBacklog(text: str) -> str:
+    """
+    A stream endpoint string with C{backlog=} set: as written when it sets
+    one or its type takes none, else with the system's (L{systemBacklog}),
+    where Twisted's endpoints would listen with a backlog of 50.
+    """
+    parts = splitDescription(text)
+    if parts[0] not in _BACKLOG_PREFIXES or any(part.startswith("backlog=") for part in parts[1:]):
+        return text
+    return f"{text}:backlog={systemBacklog()}"
+
+
 def _checkSystemd(keywords: dict[str, str]) -> None:
     """
     Check the arguments of a C{systemd:domain=INET:index=N} (or
@@ -144,6 +179,8 @@ class ListenAddress:
             return cls._parseProxied(value)
         keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
         try:
+            if "backlog" in keywords:
+                _checkBacklog(kind, keywords["backlog"])
             if kind in _PORT_PREFIXES:
                 positional = [p for p in parts[1:] if "=" not in p]
                 _checkPort(keywords.get("port", positional[0] if positional else ""))
@@ -260,8 +297,9 @@ class ListenAddress:
         proxied = splitDescription(text)[0] == "haproxy"
         if proxied:
             text = text.partition(":")[2]
+        text = withBacklog(text)
         try:
-            endpoint = serverFromString(reactor, text)
+            endpoint = serverFromString(acceptGuarded(reactor), text)
         except (IndexError, KeyError):
             if splitDescription(text)[0] != "systemd":
                 raise

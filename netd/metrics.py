@@ -189,7 +189,9 @@ and C{tls_handshakes_failed_REASON} are C{netd_tls_handshakes_total{result="ok"|
 CORE_HELP = {
     "connections_accepted": "Stream connections accepted.",
     "connections_refused": "Stream connections closed on accept because max_connections were open.",
-    "idle_timeouts": "Stream connections closed after idle_timeout seconds without traffic.",
+    "idle_timeouts": "Stream connections closed after idle_timeout seconds without traffic (less near max_connections).",
+    "connections_evicted": "Stream connections closed at max_connections (or out of descriptors) to admit a new one: the stalest.",
+    "descriptors_exhausted": "Accepts that failed for want of file descriptors (EMFILE, ENFILE); accepting paused briefly each time.",
     "bytes_received": "Bytes received on stream connections (before TLS is removed).",
     "bytes_sent": "Bytes sent on stream connections (after TLS is added).",
     "proxy_headers_rejected": "Stream connections on haproxy: listen strings closed for a missing or malformed PROXY header.",

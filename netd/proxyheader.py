@@ -172,6 +172,27 @@ class ProxyHeaderProtocol(HAProxyProtocolWrapper):
     (see L{makeConnection}), which sums its traffic: none yet, as the header
     is the load balancer's and the guard counts what follows it.
     """
+    lastActivity = 0.0
+    """
+    When the connection was accepted: the limiter ranks its connections for
+    eviction by their last traffic, and one waiting for its header has had
+    none of the client's.
+    """
+
+    def madeProgress(self) -> bool:
+        """
+        No connection waiting for its header has made progress: at
+        C{max_connections} such a connection is among the first evicted.
+        """
+        return False
+
+    def evicted(self, why: str) -> None:
+        """
+        The limiter needs this connection's place (the limiter counts and
+        logs it): close it without waiting for the header.
+        """
+        self.disconnecting = True
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     def faultsChanged(self) -> None:
         """
@@ -198,6 +219,8 @@ class ProxyHeaderProtocol(HAProxyProtocolWrapper):
             inner.registerProtocol(self)
         timeout = getattr(inner, "idleTimeout", 0)
         clock = getattr(inner, "clock", None)
+        if clock is not None:
+            self.lastActivity = clock.seconds()
         if timeout and clock is not None:
             self._headerTimer = clock.callLater(timeout, self._reject, f"no PROXY header within {timeout} seconds")
 

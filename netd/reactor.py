@@ -36,7 +36,10 @@ spends per message.  Here:
     calls, one wake-up and an empty C{send} less).
 
 C{NETD_REACTOR=twisted} makes C{netd run} use Twisted's default reactor
-instead, to rule netd's own reactors out when chasing a bug.
+instead, to rule netd's own reactors out when chasing a bug; its TCP
+listeners accept with netd's loop all the same (L{AcceptingPort},
+L{acceptGuarded}), which pauses when the process runs out of descriptors
+where Twisted's would spin.
 """
 
 from __future__ import annotations
@@ -46,17 +49,22 @@ import os
 import socket
 import sys
 from collections import deque
-from errno import EAGAIN, ENOBUFS
+from errno import EAGAIN, ECONNABORTED, EINTR, EMFILE, ENFILE, ENOBUFS, EPERM, errorcode
 from typing import Any
 
 from twisted.internet import address, main, tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.posixbase import _NO_FILEDESC
+from twisted.internet.posixbase import _NO_FILEDESC, PosixReactorBase
+from twisted.logger import Logger
 from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
+
+from netd.rlimits import nextPause, reportOutOfDescriptors
+
+_log = Logger(namespace="netd.reactor")
 
 if sys.platform == "linux":
     from twisted.internet.epollreactor import EPollReactor as _PollingReactor
@@ -399,22 +407,28 @@ class Client(SendAtOnce, tcp.Client):
     """
 
 
-class Port(tcp.Port):
+class AcceptingPort(tcp.Port):
     """
-    A listening TCP port whose connections send as written, with
-    C{TCP_NODELAY} on: Nagle's algorithm would only hold back what they
-    send.  On Linux the option is set once, on the listening socket, which
-    every connection it accepts inherits.
+    A listening TCP port whose accepting loop runs out of descriptors
+    without spinning: on C{EMFILE} or C{ENFILE} it stops accepting for a
+    moment (10 ms, doubling while it lasts, up to a second, as nginx pauses
+    its accept events), and tells the service, which counts and logs it and
+    may close its stalest connection (L{reportOutOfDescriptors}).  The
+    connections that arrive meanwhile wait in the listen queue.
 
-    @ivar connectionHost: the local address of every connection accepted,
-        when the port is bound to one address (L{None} on a wildcard one).
-    @ivar noDelay: whether the connections accepted have C{TCP_NODELAY} on
-        from the start.
+    Twisted's port closes a reserved descriptor and accepts and closes every
+    waiting connection instead (resetting the clients that a moment later
+    would have been served), and once that reserve is gone logs and retries
+    on every turn of the reactor, as the listening socket stays readable: a
+    spin.  netd's epoll reactor listens with this port (L{Port}, with its
+    own connections), and Twisted's reactor too when netd runs on it
+    (L{acceptGuarded}, with Twisted's connections); the uvloop reactor's
+    port, where libuv accepts, has its own way (L{netd.uvreactor.TCPPort}).
     """
 
-    transport = Server
-    connectionHost: Any = None
-    noDelay = False
+    transport: Any = tcp.Server
+    _acceptPause: Any = None
+    _pauseLength = 0.0
 
     def startListening(self) -> None:
         """
@@ -422,22 +436,16 @@ class Port(tcp.Port):
         """
         super().startListening()
         listening = self.socket
-        if sys.platform == "linux":
-            listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.noDelay = True
         self._acceptFrom = (listening._accept, int(listening.family), int(listening.type), listening.proto)  # type: ignore[union-attr]
-        host = self.getHost()
-        if host.host not in ("0.0.0.0", "::"):
-            self.connectionHost = host
 
     def doRead(self) -> None:
         """
         Accept what is waiting (up to L{tcp.Port.numberAccepts} at a time,
         scaled as Twisted does) and start each connection, as
         L{tcp.Port.doRead} does, without its per-call log buffering and
-        generator: an accept error other than "nothing waiting" is left to
-        Twisted's loop, which handles each (C{EMFILE} recovery included) and
-        logs what it buffered.
+        generator.  Out of descriptors, pause (see the class's docstring);
+        another accept error than "nothing waiting" is logged and ends this
+        round, as Twisted's loop does.
         """
         acceptOne, family, kind, proto = self._acceptFrom
         factory = self.factory
@@ -451,9 +459,16 @@ class Port(tcp.Port):
                 except BlockingIOError:
                     accepted -= 1
                     break
-                except OSError:
-                    tcp.Port.doRead(self)
-                    return
+                except OSError as e:
+                    accepted -= 1
+                    if e.errno in (EMFILE, ENFILE):
+                        self._outOfDescriptors(e)
+                        return
+                    if e.errno in (ECONNABORTED, EPERM, EINTR):
+                        continue
+                    _log.info("could not accept a connection ({error})", error=errorcode.get(e.errno or 0, str(e)))
+                    break
+                self._pauseLength = 0.0
                 skt = socket.socket(family, kind, proto, fileno=fd)
                 if len(addr) == 4:
                     host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
@@ -474,6 +489,97 @@ class Port(tcp.Port):
                 self.numberAccepts = max(1, accepted)
         except BaseException:
             log.deferr()
+
+    def _outOfDescriptors(self, error: OSError) -> None:
+        """
+        Stop accepting for a moment, and tell the service.
+        """
+        self._pauseLength = nextPause(self._pauseLength)
+        self.stopReading()
+        self._acceptPause = self.reactor.callLater(self._pauseLength, self._resumeAccepting)  # type: ignore[attr-defined]
+        reportOutOfDescriptors(self.factory, error)
+
+    def _resumeAccepting(self) -> None:
+        """
+        Accept again after a pause, unless the port stopped meanwhile.
+        """
+        self._acceptPause = None
+        if self.connected and not self.disconnecting:
+            self.startReading()
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        Stop listening as Twisted's port does, and forget a pause under way.
+        """
+        if self._acceptPause is not None:
+            self._acceptPause.cancel()
+            self._acceptPause = None
+        super().connectionLost(reason)
+
+
+class Port(AcceptingPort):
+    """
+    A listening TCP port whose connections send as written, with
+    C{TCP_NODELAY} on: Nagle's algorithm would only hold back what they
+    send.  On Linux the option is set once, on the listening socket, which
+    every connection it accepts inherits.
+
+    @ivar connectionHost: the local address of every connection accepted,
+        when the port is bound to one address (L{None} on a wildcard one).
+    @ivar noDelay: whether the connections accepted have C{TCP_NODELAY} on
+        from the start.
+    """
+
+    transport = Server
+    connectionHost: Any = None
+    noDelay = False
+
+    def startListening(self) -> None:
+        """
+        Listen, and note what the connections accepted share.
+        """
+        super().startListening()
+        if sys.platform == "linux":
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.noDelay = True
+        host = self.getHost()
+        if host.host not in ("0.0.0.0", "::"):
+            self.connectionHost = host
+
+
+class _AcceptGuardedReactor:
+    """
+    Twisted's reactor as an endpoint sees it, whose C{listenTCP} listens
+    with an L{AcceptingPort}: what netd's listeners get on Twisted's own
+    reactor, so that running out of descriptors is handled there too.
+    Everything else is the reactor's.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> AcceptingPort:
+        """
+        Listen on a TCP port whose accepting loop pauses when out of descriptors.
+        """
+        listening = AcceptingPort(port, factory, backlog, interface, self._reactor)
+        listening.startListening()
+        return listening
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
+def acceptGuarded(reactor: Any) -> Any:
+    """
+    The reactor to make listening endpoints with: netd's own as it is (its
+    ports are L{AcceptingPort}s already), Twisted's polling reactors with
+    their C{listenTCP} giving one (L{_AcceptGuardedReactor}), any other (a
+    test's fake) as it is.
+    """
+    if INetdReactor.providedBy(reactor) or not isinstance(reactor, PosixReactorBase):
+        return reactor
+    return _AcceptGuardedReactor(reactor)
 
 
 class Connector(tcp.Connector):

@@ -33,6 +33,7 @@ from netd.logs import ServiceLogger
 from netd.metrics import Counters
 from netd.plugin import PluginContext
 from netd.proxyheader import TrustedSources
+from netd.rlimits import defaultMaxConnections
 from netd.tls import ServerTLS, TLSServerFactory, TLSSetupError
 
 
@@ -123,8 +124,10 @@ class NetService(Service):
                 inner = TLSServerFactory(self.tls, inner, clock=reactor, counters=self.counters, log=self.log)
             self.connections = ConnectionLimiter(
                 inner,
-                maxConnections=spec.max_connections,
+                maxConnections=spec.max_connections if spec.max_connections is not None else defaultMaxConnections(),
                 idleTimeout=spec.idle_timeout,
+                minIdleTimeout=spec.min_idle_timeout,
+                evict=spec.evict_idle,
                 clock=reactor,
                 counters=self.counters,
                 log=self.log,

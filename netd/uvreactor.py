@@ -20,7 +20,9 @@ outgoing TCP connections, unix sockets and signals.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+from errno import EMFILE, ENFILE
 import struct
 import sys
 from typing import Any
@@ -41,6 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netd.reactor import IMeteredTransport, INetdReactor, ServesTCPPorts
+from netd.rlimits import openFileLimit, reportOutOfDescriptors, systemBacklog
 
 _TCP_INFO_TIMES = struct.Struct("=III")
 """
@@ -138,6 +141,7 @@ class StreamConnection(asyncio.Protocol):
         self._peer = self._addressType("TCP", peer[0], peer[1])
         self._lastActivity = self._seconds()
         port = self.port
+        port.accepted()
         factory: Any = port.factory
         protocol = factory.buildProtocol(self._peer)
         if protocol is None:
@@ -495,17 +499,36 @@ class TCPPort(tcp.Port):
     """
     A TCP port bound and listened on as Twisted's (addresses, errors, the
     factory's start and stop, C{getHost}, adopted sockets), whose connections
-    uvloop accepts and serves (L{StreamConnection}).
+    uvloop accepts and serves (L{StreamConnection}), with the port's backlog
+    (uvloop's own default is 100).
+
+    Out of descriptors: libuv accepts in C, and on C{EMFILE} closes what
+    waits in the listen queue (with a descriptor it keeps in reserve for
+    this), unseen, and does not spin.  So once the open connections are half
+    the open-file limit (below that, netd's other descriptors could not fill
+    the table), each connection accepted is followed by a probe (a C{dup} of
+    the listening socket, closed at once): when it fails, the table is full,
+    and the port tells the service (L{reportOutOfDescriptors}), which counts
+    it, logs it and closes its stalest connection, so that the next client
+    finds a descriptor.  (Pausing uvloop's accepting, as netd's epoll
+    reactor's port does, would take a descriptor to resume it: the one that
+    eviction freed.)
+
+    @ivar probeFrom: the number of open connections (of the reactor's) from
+        which accepts are followed by the probe: half the open-file limit,
+        read when the port starts listening.
     """
 
     _server: Any = None
     _starting: asyncio.Future[Any] | None = None
     _accepting = False
+    probeFrom = 0
 
     def startListening(self) -> None:
         """
         Listen as Twisted's port does; the reactor keeps the port until it stops.
         """
+        self.probeFrom = openFileLimit() // 2
         super().startListening()
         self.reactor.streamPorts.add(self)  # type: ignore[attr-defined]
 
@@ -516,6 +539,31 @@ class TCPPort(tcp.Port):
         self.reactor.streamPorts.discard(self)  # type: ignore[attr-defined]
         super().connectionLost(reason)
 
+    def accepted(self) -> None:
+        """
+        uvloop accepted a connection (not yet among the reactor's
+        C{streams}): from L{probeFrom} open connections with it, see whether
+        it took the last descriptor the limit allows.
+        """
+        if len(self.reactor.streams) + 1 < self.probeFrom:  # type: ignore[attr-defined]
+            return
+        try:
+            probe = os.dup(self.fileno())
+        except OSError as e:
+            if e.errno not in (EMFILE, ENFILE):
+                raise
+            reportOutOfDescriptors(self.factory, e)
+        else:
+            os.close(probe)
+
+    def _backlog(self) -> int:
+        """
+        The backlog uvloop listens with (it always listens again): the
+        port's, or for a socket systemd passed, the system's largest, which
+        is also systemd's default C{Backlog=}.
+        """
+        return self.backlog if self.backlog is not None else systemBacklog()
+
     def startReading(self) -> None:
         """
         Have uvloop accept on the socket (from the loop's next turn).
@@ -524,7 +572,7 @@ class TCPPort(tcp.Port):
             return
         self._accepting = True
         loop = self.reactor._asyncioEventloop  # type: ignore[attr-defined]
-        self._serve = loop.create_server(lambda: StreamConnection(self), sock=self.socket)
+        self._serve = loop.create_server(lambda: StreamConnection(self), sock=self.socket, backlog=self._backlog())
         starting = asyncio.ensure_future(self._serve, loop=loop)
         starting.add_done_callback(self._serving)
         self._starting = starting

@@ -129,14 +129,14 @@ BAD_CONFIGS = [
         [
             "unknown key",
             "known keys: burst, enabled, events, ",
-            "idle_timeout, listen, max_connections, max_frame, min_source_port, name, plugin",
+            "idle_timeout, listen, max_connections, max_frame, min_idle_timeout, min_source_port, name, plugin",
         ],
         id="service-unknown-key-lists-known",
     ),
     pytest.param(
         service(plugin="reverse", colour='"blue"'),
         "services[0].colour",
-        ["unknown key", "known keys: enabled, events, ", "idle_timeout, listen, max_connections, max_frame, name, plugin, prefix, proxy_trusted, repeat"],
+        ["unknown key", "known keys: enabled, events, ", "idle_timeout, listen, max_connections, max_frame, min_idle_timeout, name, plugin, prefix, proxy_trusted, repeat"],
         id="plugin-unknown-key-lists-plugin-keys",
     ),
     # Required keys.
@@ -618,8 +618,9 @@ def test_defaultsFilledIn() -> None:
                 "plugin": "reverse",
                 "listen": ["tcp:0"],
                 "enabled": True,
-                "max_connections": 1024,
                 "idle_timeout": 300.0,
+                "min_idle_timeout": 10.0,
+                "evict_idle": True,
                 "framing": "line",
                 "max_frame": 65536,
                 "proxy_trusted": ["127.0.0.0/8", "::1/128", "unix:"],

@@ -8,6 +8,7 @@ transports with a fake clock.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
@@ -479,3 +480,267 @@ def test_noPerConnectionEventsWithDebugOff(monkeypatch: pytest.MonkeyPatch) -> N
         connection.receive(b"hello")
         connection.peerClosed()
     assert events == []
+
+
+def evictingStack(
+    framing: str = "raw", *, maxConnections: int, idleTimeout: float = 0, minIdleTimeout: float | None = None
+) -> tuple[ConnectionLimiter, RecordingHandler, Counters, Clock]:
+    """
+    A core stream stack whose limiter evicts at the limit and shrinks its idle timeout under pressure, as a service's does.
+    """
+    limiter, handler, counters, clock = makeStack(framing)
+    evicting = ConnectionLimiter(
+        limiter.wrappedFactory,
+        maxConnections=maxConnections,
+        idleTimeout=idleTimeout,
+        clock=clock,
+        counters=counters,
+        log=limiter.log,
+        evict=True,
+        minIdleTimeout=minIdleTimeout,
+    )
+    return evicting, handler, counters, clock
+
+
+def test_atTheLimitTheStalestConnectionMakesRoom() -> None:
+    """
+    At max_connections with eviction on, a new connection is accepted and the connection idle longest is aborted and counted as connections_evicted.
+    """
+    limiter, handler, counters, clock = evictingStack(maxConnections=3)
+    first = accept(limiter)
+    clock.advance(1)
+    second = accept(limiter)
+    clock.advance(1)
+    third = accept(limiter)
+    clock.advance(1)
+    for connection in (first, second, third):
+        connection.receive(b"hello")
+        clock.advance(1)
+    second.receive(b"again")  # first is now the stalest
+    clock.advance(1)
+    newcomer = connect(limiter)
+    assert newcomer is not None
+    assert first.finishClose()
+    assert counters["connections_evicted"] == 1
+    assert counters["connections_refused"] == 0
+    assert limiter.openConnections() == 3
+    assert second.transport.connected and third.transport.connected
+
+
+def test_silentConnectionsAreEvictedBeforeTalkingOnes() -> None:
+    """
+    A connection that never sent a byte is evicted before one that sent bytes earlier than it opened: progress ranks before age.
+    """
+    limiter, _, counters, clock = evictingStack(maxConnections=2)
+    talker = accept(limiter)
+    talker.receive(b"request")
+    clock.advance(10)
+    silent = accept(limiter)
+    clock.advance(10)
+    assert connect(limiter) is not None
+    assert silent.finishClose()
+    assert not talker.finishClose()
+    assert counters["connections_evicted"] == 1
+
+
+def test_evictionsAreLoggedAtABoundedRate() -> None:
+    """
+    Many evictions in a burst log one warning, and the next one after the interval says how many were not logged.
+    """
+    limiter, _, counters, clock = evictingStack(maxConnections=2)
+    accept(limiter)
+    accept(limiter)
+    with capturedLogs() as events:
+        for _ in range(50):
+            clock.advance(0.01)
+            assert connect(limiter) is not None
+        clock.advance(10)
+        assert connect(limiter) is not None
+    warnings = levelEvents(events, LogLevel.warn)
+    assert counters["connections_evicted"] == 51
+    assert len(warnings) == 2
+    assert warnings[1]["suppressed"] == 49
+
+
+def test_withoutEvictionTheLimitRefuses() -> None:
+    """
+    A limiter built without eviction refuses past the limit (netd's services evict unless evict_idle = false).
+    """
+    limiter, _, counters, _ = makeStack(maxConnections=1)
+    accept(limiter)
+    assert connect(limiter) is None
+    assert counters["connections_evicted"] == 0
+
+
+def test_idleTimeoutShrinksUnderPressure() -> None:
+    """
+    From 75% of max_connections up the idle timeout shrinks, moving the deadlines of connections already open, to min_idle_timeout at the limit.
+    """
+    limiter, _, counters, clock = evictingStack(maxConnections=8, idleTimeout=100, minIdleTimeout=10)
+    connections = [accept(limiter) for _ in range(5)]
+    assert limiter.idle is not None and limiter.idle.timeout == 100
+    clock.advance(5)
+    connections += [accept(limiter) for _ in range(3)]
+    assert limiter.idle.timeout == 10
+    clock.advance(5.5)
+    assert counters["idle_timeouts"] == 5
+    assert all(c.finishClose() for c in connections[:5])
+    assert limiter.idle.timeout > 10
+    clock.advance(100)
+    assert counters["idle_timeouts"] == 8
+
+
+def test_outOfDescriptorsIsCountedAndEvicts() -> None:
+    """
+    A port out of descriptors tells its service's limiter (through a PROXY header's wrapper too), which counts it, logs it at a bounded rate and evicts the stalest connection.
+    """
+    import errno
+
+    from netd.proxyheader import ProxyHeaderFactory
+    from netd.rlimits import reportOutOfDescriptors
+
+    limiter, _, counters, clock = evictingStack(maxConnections=10)
+    stalest = accept(limiter)
+    clock.advance(1)
+    accept(limiter)
+    error = OSError(errno.EMFILE, "Too many open files")
+    with capturedLogs() as events:
+        reportOutOfDescriptors(ProxyHeaderFactory(limiter), error)
+        reportOutOfDescriptors(limiter, error)
+    assert counters["descriptors_exhausted"] == 2
+    assert counters["connections_evicted"] == 2
+    assert stalest.finishClose()
+    assert len(levelEvents(events, LogLevel.warn)) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("tcp:7007:backlog=0", "backlog 0 is out of range; expected 1 to 65535"),
+        ("tcp6:7007:backlog=65536", "backlog 65536 is out of range"),
+        ("unix:/tmp/x.sock:backlog=many", "backlog 'many' is not a number"),
+        ("haproxy:tcp:7007:backlog=-1", "backlog -1 is out of range"),
+        ("systemd:domain=INET:index=0:backlog=10", "set Backlog= in its .socket unit"),
+    ],
+)
+def test_badBacklogIsRefused(text: str, problem: str) -> None:
+    """
+    A backlog= that is not a number from 1 to 65535, or is set on a systemd: socket, is refused naming the listen string.
+    """
+    from netd.listen import ListenAddress
+    from netd.options import InvalidValue
+
+    with pytest.raises(InvalidValue) as raised:
+        ListenAddress.fromConfig(text)
+    assert problem in str(raised.value) and repr(text) in str(raised.value)
+
+
+def test_listenersGetTheSystemsBacklogUnlessSet(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """
+    A tcp:, tcp6: or unix: string without backlog= listens with net.core.somaxconn (the C library's SOMAXCONN when unreadable); one that sets it, or another kind, is left as written.
+    """
+    import socket
+
+    from netd import listen, rlimits
+
+    somaxconn = tmp_path / "somaxconn"
+    somaxconn.write_text("4096\n")
+    assert rlimits.systemBacklog(str(somaxconn)) == 4096
+    assert rlimits.systemBacklog(str(tmp_path / "missing")) == socket.SOMAXCONN
+    monkeypatch.setattr(listen, "systemBacklog", lambda: 4096)
+    assert listen.withBacklog("tcp:0:interface=127.0.0.1") == "tcp:0:interface=127.0.0.1:backlog=4096"
+    assert listen.withBacklog("tcp6:0") == "tcp6:0:backlog=4096"
+    assert listen.withBacklog("unix:/run/x.sock:mode=0660") == "unix:/run/x.sock:mode=0660:backlog=4096"
+    assert listen.withBacklog("tcp:0:backlog=12") == "tcp:0:backlog=12"
+    assert listen.withBacklog("systemd:domain=INET:index=0") == "systemd:domain=INET:index=0"
+
+
+def test_defaultMaxConnectionsIsHalfTheOpenFileLimit() -> None:
+    """
+    Unset, max_connections is half the open-file limit, at most 16384 and at least 1.
+    """
+    from netd.rlimits import defaultMaxConnections
+
+    assert defaultMaxConnections(1024) == 512
+    assert defaultMaxConnections(524288) == 16384
+    assert defaultMaxConnections(1) == 1
+
+
+def test_openFileLimitRaisedToTheHardOne(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    At start the soft RLIMIT_NOFILE is raised to the hard one (to 2**20 when that is unlimited) and the figure is logged; a refusal leaves it and warns.
+    """
+    import resource
+
+    from netd import rlimits
+
+    limits = {"now": (1024, 524288)}
+
+    def getrlimit(which: int) -> tuple[int, int]:
+        return limits["now"]
+
+    def setrlimit(which: int, wanted: tuple[int, int]) -> None:
+        limits["now"] = wanted
+
+    monkeypatch.setattr(resource, "getrlimit", getrlimit)
+    monkeypatch.setattr(resource, "setrlimit", setrlimit)
+    with capturedLogs() as events:
+        assert rlimits.raiseOpenFileLimit() == (1024, 524288)
+    [line] = levelEvents(events, LogLevel.info)
+    assert (line["limit"], line["before"], line["hard"]) == (524288, 1024, 524288)
+    limits["now"] = (1024, resource.RLIM_INFINITY)
+    assert rlimits.raiseOpenFileLimit() == (1024, rlimits.UNLIMITED_FILES)
+
+    def refuse(which: int, wanted: tuple[int, int]) -> None:
+        raise ValueError("not allowed")
+
+    limits["now"] = (1024, 4096)
+    monkeypatch.setattr(resource, "setrlimit", refuse)
+    with capturedLogs() as events:
+        assert rlimits.raiseOpenFileLimit() == (1024, 1024)
+    assert len(levelEvents(events, LogLevel.warn)) == 1
+
+
+def test_serviceDefaultsToTheDerivedLimitAndEvicts(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """
+    A service whose config leaves max_connections out gets half the open-file limit, evicts at the limit and scales its idle timeout down to min_idle_timeout.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from netd import rlimits
+    from netd.config import loadConfig
+    from netd.plugin import discoverPlugins
+    from netd.service import NetService
+
+    monkeypatch.setattr(rlimits, "openFileLimit", lambda: 1000)
+    path = tmp_path / "t.toml"
+    path.write_text('[[services]]\nname = "e"\nplugin = "echo"\nlisten = ["tcp:0"]\nmin_idle_timeout = 5\n')
+    config = loadConfig(str(path), discoverPlugins())
+    (spec,) = config.services
+    assert spec.max_connections is None and spec.evict_idle is True
+    service = NetService(spec, MemoryReactorClock(), 1.0)
+    assert service.connections is not None
+    assert service.connections.maxConnections == 500
+    assert service.connections.evict is True
+    assert service.connections.minIdleTimeout == 5
+
+
+def test_pressureStepsDoNotFlapAtAnEdge() -> None:
+    """
+    A connection count going to and fro across a step's edge moves the deadlines once, not each time it comes back up; once below 75% the idle timeout is whole again.
+    """
+    limiter, _, _, clock = evictingStack(maxConnections=100, idleTimeout=100, minIdleTimeout=20)
+    connections = [accept(limiter) for _ in range(82)]
+    assert limiter.idle is not None
+    shortened = limiter.idle.timeout
+    assert shortened < 100
+    calls: list[float] = []
+    setTimeout = limiter.idle.setTimeout
+    limiter.idle.setTimeout = lambda timeout: (calls.append(timeout), setTimeout(timeout))  # type: ignore[method-assign]
+    for _ in range(5):
+        close(connections.pop())
+        connections.append(accept(limiter))
+    assert calls == []
+    while len(connections) > 70:
+        close(connections.pop())
+    assert limiter.idle.timeout == 100

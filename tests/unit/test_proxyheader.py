@@ -325,3 +325,22 @@ def test_faultsChangedWhileWaitingForTheHeader() -> None:
     assert open_(factory) is not None
     assert counters.snapshot()["bytes_received"] == 0
     limiter._faultsChanged()
+
+
+def test_connectionWaitingForItsHeaderIsEvictedFirst() -> None:
+    """
+    At max_connections with eviction on, a connection still waiting for its header is the stalest: it is closed and counted to admit a new one.
+    """
+    factory, limiter, _, counters, clock = proxied(maxConnections=2)
+    limiter.evict = True
+    talking = open_(factory)
+    assert talking is not None
+    talking[0].dataReceived(proxyHeaderV1("10.1.2.3", 5555) + b"hello")
+    clock.advance(1)
+    waiting = open_(factory)
+    assert waiting is not None
+    clock.advance(1)
+    assert open_(factory) is not None
+    assert counters["connections_evicted"] == 1
+    assert waiting[1].disconnecting
+    assert not talking[1].disconnecting

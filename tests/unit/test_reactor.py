@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from netd.certs import ensureDevelopmentSet
 from netd.reactor import IMeteredTransport, NetdReactor, installReactor
+from netd.rlimits import IOutOfDescriptors
 from netd.testing import makeStreamStack, unavailable
 from netd.uvreactor import StreamConnection
 from netd.tls import TLSOptions
@@ -938,3 +939,79 @@ def test_sessionRunsOnNetdReactor() -> None:
     from twisted.internet import reactor
 
     assert isinstance(reactor, NetdReactor)
+
+
+@implementer(IOutOfDescriptors)
+class DescriptorRecorder(Factory):
+    """
+    A factory of L{Recorder}s that keeps what its port said of running out of descriptors.
+    """
+
+    protocol = Recorder
+    counters: Any = None
+
+    def __init__(self) -> None:
+        self.errors: list[OSError] = []
+
+    def outOfDescriptors(self, error: OSError) -> None:
+        self.errors.append(error)
+
+
+def test_outOfDescriptorsPausesAcceptingWithoutSpinning(netdReactor: NetdReactor) -> None:
+    """
+    An accept that fails with EMFILE tells the service and stops accepting for 10 ms, then 20 ms if it fails again; the client that waited meanwhile is accepted once descriptors are free.
+    """
+    factory = DescriptorRecorder()
+    port = netdReactor.listenTCP(0, factory, interface="127.0.0.1")
+    accept, *rest = port._acceptFrom
+
+    def exhausted() -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    port._acceptFrom = (exhausted, *rest)
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        spin(netdReactor, lambda: factory.errors)
+        assert port not in netdReactor.getReaders()
+        assert port._acceptPause is not None and port._pauseLength == 0.01
+        spin(netdReactor, lambda: len(factory.errors) == 2)
+        assert port._pauseLength == 0.02
+        port._acceptFrom = (accept, *rest)
+        spin(netdReactor, lambda: port.sessionno == 1)
+        assert port in netdReactor.getReaders() and len(factory.errors) == 2
+        assert port._pauseLength == 0
+    finally:
+        client.close()
+        port.stopListening()
+        spin(netdReactor, lambda: not port.connected)
+    assert port._acceptPause is None
+
+
+def test_twistedsReactorListensWithAcceptingPorts() -> None:
+    """
+    Listen strings on Twisted's own reactor get a port that pauses when out of descriptors (with Twisted's connections); netd's reactors and fake ones are used as they are.
+    """
+    from twisted.internet.epollreactor import EPollReactor
+    from twisted.internet import tcp
+    from twisted.internet.testing import MemoryReactor
+
+    from netd.reactor import AcceptingPort, acceptGuarded
+
+    twisted = EPollReactor()
+    try:
+        guarded = acceptGuarded(twisted)
+        port = guarded.listenTCP(0, Factory.forProtocol(Recorder), backlog=77, interface="127.0.0.1")
+        try:
+            assert type(port) is AcceptingPort and port.transport is tcp.Server and port.backlog == 77
+            assert guarded.seconds is not None and port.reactor is twisted
+        finally:
+            port.connectionLost(Failure(ConnectionDone()))
+    finally:
+        twisted._poller.close()
+    memory = MemoryReactor()
+    assert acceptGuarded(memory) is memory
+    made = NetdReactor()
+    try:
+        assert acceptGuarded(made) is made
+    finally:
+        made._poller.close()

@@ -232,3 +232,39 @@ def test_asyncioErrorsGoToNetdsLog(uvloopReactor: UvloopReactor) -> None:
     assert [event["message"] for event in ours] == ["accept failed", "no exception here"]
     assert ours[0]["log_failure"].check(OSError) and "fd=7" in ours[0]["details"]
     assert "log_failure" not in ours[1] and ours[1]["log_level"].name == "error"
+
+
+def test_acceptOnAFullTableIsReported(uvloopReactor: UvloopReactor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Once the open connections are half the open-file limit, a connection accepted when no descriptor is left (the probe after it fails with EMFILE) is reported to the service; below that half, nothing is probed.
+    """
+    import errno
+    import os
+
+    from .test_reactor import DescriptorRecorder
+
+    factory = DescriptorRecorder()
+    port = uvloopReactor.listenTCP(0, factory, interface="127.0.0.1")
+    assert isinstance(port, TCPPort)
+    probes: list[int] = []
+
+    def exhausted(fd: int) -> int:
+        probes.append(fd)
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(os, "dup", exhausted)
+    try:
+        port.probeFrom = 2
+        first = socket.create_connection(("127.0.0.1", port.getHost().port))
+        spin(uvloopReactor, lambda: len(uvloopReactor.streams) == 1)
+        assert probes == [] and factory.errors == []
+        second = socket.create_connection(("127.0.0.1", port.getHost().port))
+        spin(uvloopReactor, lambda: len(uvloopReactor.streams) == 2)
+        assert probes == [port.fileno()]
+        assert [e.errno for e in factory.errors] == [errno.EMFILE]
+        assert len(uvloopReactor.streams) == 2
+    finally:
+        monkeypatch.undo()
+        first.close()
+        second.close()
+        port.stopListening()
