@@ -85,8 +85,11 @@ RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOT
 _RCODE_COUNTERS = {rcode: f"rcode_{name}" for rcode, name in RCODE_NAMES.items()}
 _QTYPE_COUNTERS = {qtype: f"qtype_{name}" for qtype, name in dns.QUERY_TYPES.items()}
 """
-Counter names made once, not per query.
+Counter names made once, not per query.  Types without a name share
+C{qtype_other}, so that a client asking every number makes one series, not
+65,536.
 """
+_QTYPE_OTHER = "qtype_other"
 MAX_REMEMBERED_PEERS = 4096
 """
 How many client addresses the access-control verdicts are remembered for.
@@ -401,10 +404,10 @@ class DNSProxy(Service):
         if query.flags & FLAG_QR:
             self.counters["dropped_responses"] += 1
             return None
-        qtype = query.question.qtype
-        self.counters[_QTYPE_COUNTERS.get(qtype) or f"qtype_{qtype}"] += 1
         if not self.access.allows(host):
             return self._done(makeResponse(query, RCODE_REFUSED, udpSize=self.udpSize), query, host, port, transport, "acl", started)
+        # Counted only once the client is allowed: refused ones make no series.
+        self.counters[_QTYPE_COUNTERS.get(query.question.qtype, _QTYPE_OTHER)] += 1
         if query.opcode != 0:
             return self._done(makeResponse(query, RCODE_NOTIMP, udpSize=self.udpSize), query, host, port, transport, "notimp", started)
         if query.question.key == self.loopProbe:
@@ -439,7 +442,7 @@ class DNSProxy(Service):
             return None
         counters = self.counters
         qtype = key[1]
-        counters[_QTYPE_COUNTERS.get(qtype) or f"qtype_{qtype}"] += 1
+        counters[_QTYPE_COUNTERS.get(qtype, _QTYPE_OTHER)] += 1
         counters["cache_hits"] += 1
         rcode = answer[3] & 0x0F
         counters[_RCODE_COUNTERS.get(rcode) or f"rcode_{rcode}"] += 1

@@ -398,3 +398,24 @@ def test_unreadableUpstreamAnswerGivesServfail() -> None:
     assert (p.counters["upstream_unreadable"], p.proxy.inflight) == (1, {})
     p.ask(makeQuery("example.org"))
     assert len(p.resolver.asked) == 2
+
+
+def test_refusedClientsCountNoQueryType() -> None:
+    """
+    A client outside the allow networks adds no per-qtype counter, whatever types it asks, so refused clients create no metric series; allowed clients are counted by type after the check.
+    """
+    p = makeProxy(allow=("10.0.0.0/8",))
+    for qtype in (dns.A, 4321, 65000):
+        p.ask(makeQuery("example.org", qtype))
+    assert [name for name in p.counters if name.startswith("qtype_")] == []
+    assert p.counters["rcode_REFUSED"] == 3
+
+
+def test_unnamedQueryTypesShareOneCounter() -> None:
+    """
+    Query types without a name are all counted under qtype_other, so a client asking every number makes one series, not 65,536.
+    """
+    p = makeProxy({"netd.test": {"A": ["127.0.0.1"]}})
+    for qtype in (dns.A, 4321, 65000, 4321):
+        p.ask(makeQuery("netd.test", qtype))
+    assert {name: count for name, count in p.counters.items() if name.startswith("qtype_")} == {"qtype_A": 1, "qtype_other": 3}
