@@ -60,6 +60,7 @@ from .wire import (
     FLAG_CD,
     FLAG_QR,
     FLAG_RD,
+    HEADER_SIZE,
     MIN_UDP_SIZE,
     RCODE_FORMERR,
     RCODE_NOTIMP,
@@ -135,7 +136,7 @@ entry that applied to it.
 def renderQuery(
     host: str,
     port: int,
-    query: Query | bytes | None,
+    query: Query | tuple[bytes, int] | None,
     transport: str,
     rcode: int | None,
     source: str,
@@ -148,18 +149,23 @@ def renderQuery(
     The fields of a C{"query"} event, built when the event log is read; the
     client is written as the C{peer} of connection events is.
 
-    @param query: the query, or the message it was read from (a cache hit
-        answered by L{DNSProxy._cacheHit} reads it only now), or L{None} for a
-        query whose question could not be read (FORMERR).
+    @param query: the query; or, for a cache hit answered by
+        L{DNSProxy._cacheHit}, its question's name (wire form, as sent) and
+        type, which is all the event shows (not the message, which a padded
+        query makes up to 64 KB); or L{None} for a query whose question could
+        not be read (FORMERR).
     @param rcode: L{None} for a query dropped unanswered.
     """
-    if isinstance(query, bytes):
-        query = parseQuery(query)
-    question = query.question if query is not None else None
+    name: bytes | None = None
+    qtype = 0
+    if isinstance(query, tuple):
+        name, qtype = query
+    elif query is not None:
+        name, qtype = query.question.name, query.question.qtype
     return {
         "client": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-        "name": decodeName(question.name) if question is not None else None,
-        "type": QueryType(question.qtype).toConfig() if question is not None else None,
+        "name": decodeName(name) if name is not None else None,
+        "type": QueryType(qtype).toConfig() if name is not None else None,
         "transport": transport,
         "rcode": None if rcode is None else RCODE_NAMES.get(rcode, str(rcode)),
         "source": source,
@@ -449,7 +455,8 @@ class DNSProxy(Service):
         events = self.events
         if events.enabled:
             # The cache's clock is the reactor: its time is the event's.
-            events.addAt(now, "query", renderQuery, host, port, data, transport, rcode, "cache", None, None, started, now)
+            question = (data[HEADER_SIZE:nameEnd], qtype)
+            events.addAt(now, "query", renderQuery, host, port, question, transport, rcode, "cache", None, None, started, now)
         return answer
 
     def _lookup(

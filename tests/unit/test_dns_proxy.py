@@ -419,3 +419,42 @@ def test_unnamedQueryTypesShareOneCounter() -> None:
     for qtype in (dns.A, 4321, 65000, 4321):
         p.ask(makeQuery("netd.test", qtype))
     assert {name: count for name, count in p.counters.items() if name.startswith("qtype_")} == {"qtype_A": 1, "qtype_other": 3}
+
+
+def paddedQuery(name: str, size: int, id: int = 1) -> bytes:
+    """
+    A query for C{name} with an OPT record whose padding option (RFC 7830) makes it C{size} bytes long.
+    """
+    plain = makeQuery(name, id=id, edns=True, udpSize=1232)
+    padding = size - len(plain) - 4
+    return plain[:-2] + (padding + 4).to_bytes(2, "big") + b"\x00\x0c" + padding.to_bytes(2, "big") + b"\x00" * padding
+
+
+def test_cacheHitEventsKeepNoQueryBytes() -> None:
+    """
+    A thousand cache hits from 60 KB padded queries, each recorded as an event, keep far less than one query's worth of memory each: the event keeps what it shows, not the message.
+    """
+    import gc
+    import tracemalloc
+
+    p = makeProxy(events=1000)
+    p.proxy.answer(makeQuery("example.org", id=1, edns=True), "127.0.0.1", 5555, "tcp")
+    sent, _, d = p.resolver.asked[-1]
+    d.callback(replyTo(sent, aRecord("example.org", "192.0.2.1", ttl=300)))
+    queries = [paddedQuery("example.org", 60_000, id) for id in range(4)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(1000):
+            # A fresh copy per query, as each datagram or frame is.
+            answer = p.proxy.answer(bytes(bytearray(queries[index % 4])), "127.0.0.1", 5555, "tcp")
+            assert isinstance(answer, bytes) and parse(answer).answers
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert p.counters["cache_hits"] == 1000
+    events = queryEvents(p)
+    assert len(events) == 1000 and events[-1]["name"] == "example.org" and events[-1]["type"] == "A"
+    assert grown < 1000 * 1000, f"{grown} bytes kept for 1,000 events"
