@@ -62,6 +62,7 @@ from .wire import (
     FLAG_RD,
     HEADER_SIZE,
     MIN_UDP_SIZE,
+    RCODE_BADVERS,
     RCODE_FORMERR,
     RCODE_NOTIMP,
     RCODE_REFUSED,
@@ -82,7 +83,7 @@ from .wire import (
     truncate,
 )
 
-RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 16: "BADVERS"}
 _RCODE_COUNTERS = {rcode: f"rcode_{name}" for rcode, name in RCODE_NAMES.items()}
 _QTYPE_COUNTERS = {qtype: f"qtype_{name}" for qtype, name in dns.QUERY_TYPES.items()}
 """
@@ -416,6 +417,12 @@ class DNSProxy(Service):
         self.counters[_QTYPE_COUNTERS.get(query.question.qtype, _QTYPE_OTHER)] += 1
         if query.opcode != 0:
             return self._done(makeResponse(query, RCODE_NOTIMP, udpSize=self.udpSize), query, host, port, transport, "notimp", started)
+        if query.edns is not None and query.edns.version != 0:
+            # RFC 6891, 6.1.3: before anything answers (scripts, static
+            # records, the cache), with an OPT record of the version we know.
+            self.counters["queries_badvers"] += 1
+            badvers = makeResponse(query, RCODE_BADVERS, udpSize=self.udpSize)
+            return self._done(badvers, query, host, port, transport, "badvers", started, rcode=RCODE_BADVERS)
         if query.question.key == self.loopProbe:
             return self._loopDetected(query, host, port, transport, started)
         if self.scripts:
@@ -635,10 +642,14 @@ class DNSProxy(Service):
         started: float,
         applied: Applied | None = None,
         upstream: Upstream | None = None,
+        rcode: int | None = None,
     ) -> bytes | Deferred[bytes]:
         """
         The answer on its way out: at once, or after the C{delay} of the
         script entry that L{applied}; recorded (L{_record}) as it goes.
+
+        @param rcode: the answer's extended rcode, for one whose header holds
+            only its lower bits (BADVERS); else read from the header.
         """
         if applied is not None and applied[1].delay:
             held: Deferred[bytes] = Deferred()
@@ -651,7 +662,7 @@ class DNSProxy(Service):
             call = self.reactor.callLater(applied[1].delay / 1000, release)
             self.delayed.add(call)
             return held
-        self._record(answer, query, host, port, transport, source, started, applied, upstream)
+        self._record(answer, query, host, port, transport, source, started, applied, upstream, rcode)
         return answer
 
     def _record(
@@ -665,14 +676,17 @@ class DNSProxy(Service):
         started: float,
         applied: Applied | None,
         upstream: Upstream | None,
+        rcode: int | None = None,
     ) -> None:
         """
         Count, log (with C{log_queries}) and record as an event an answer
         going out, or a query dropped (C{answer} L{None}).
+
+        @param rcode: as for L{_done}.
         """
-        rcode: int | None = None
         if answer is not None:
-            rcode = answer[3] & 0x0F if len(answer) >= 4 else RCODE_SERVFAIL
+            if rcode is None:
+                rcode = answer[3] & 0x0F if len(answer) >= 4 else RCODE_SERVFAIL
             self.counters[_RCODE_COUNTERS.get(rcode) or f"rcode_{rcode}"] += 1
         if self.logQueries:
             self.log.info(

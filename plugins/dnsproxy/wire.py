@@ -43,6 +43,10 @@ RCODE_SERVFAIL = 2
 RCODE_NXDOMAIN = 3
 RCODE_NOTIMP = 4
 RCODE_REFUSED = 5
+RCODE_BADVERS = 16
+"""
+An extended rcode (RFC 6891, 6.1.3): the upper 8 bits (1) go in the OPT record.
+"""
 
 MIN_UDP_SIZE = 512
 """
@@ -381,7 +385,8 @@ def quickQuestion(data: bytes) -> tuple[tuple[bytes, int, int, bool], int, bool]
     L{parseQuery}.
 
     A plain query is a standard query (QR clear, opcode 0) of one question and
-    no other record, or one question and an OPT record ending the message.
+    no other record, or one question and an OPT record of EDNS version 0
+    ending the message (another version gets BADVERS on the whole path).
     Without the OPT record the name is taken to fill the message up to its
     type and class, and is not checked: the key is only good for finding an
     answer in the cache, which holds only names that L{parseQuestion} read,
@@ -415,7 +420,7 @@ def quickQuestion(data: bytes) -> tuple[tuple[bytes, int, int, bool], int, bool]
         position += length + 1
     end = position + 1
     opt = end + 4
-    if end - HEADER_SIZE > MAX_NAME_LENGTH or opt + 11 > size or data[opt] or data[opt + 1 : opt + 3] != _OPT_TYPE:
+    if end - HEADER_SIZE > MAX_NAME_LENGTH or opt + 11 > size or data[opt] or data[opt + 1 : opt + 3] != _OPT_TYPE or data[opt + 6]:
         return None
     if opt + 11 + _U16.unpack_from(data, opt + 9)[0] != size:
         return None

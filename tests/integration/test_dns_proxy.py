@@ -670,3 +670,18 @@ def test_defaultConfigAnswersNetdTest(startNetd: Any) -> None:
     assert result.last.data("A"), result.output
     overTcp = ask(netd, "tcp", "netd.test", "A")
     assert overTcp.last.data("A") == result.last.data("A"), overTcp.output
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_ednsVersionOneGetsBadvers(freshProxy: NetdProcess, dnsUpstream: Dnsmasq, transport: str) -> None:
+    """
+    dig +edns=1 gets BADVERS with an OPT record of version 0 for a cached name and for a static one, over UDP and TCP, and the query does not go upstream.
+    """
+    cached = ask(freshProxy, transport, "mail.example.test", "A")
+    assert cached.last.status == "NOERROR", cached.output
+    before = dnsUpstream.queriesFor("mail.example.test")
+    for name in ("mail.example.test", "netd.test"):
+        result = ask(freshProxy, transport, name, "A", "+edns=1", "+noednsnegotiation")
+        assert result.last.status == "BADVERS", result.output
+        assert "EDNS: version: 0" in result.output and result.last.answer == (), result.output
+    assert dnsUpstream.queriesFor("mail.example.test") == before

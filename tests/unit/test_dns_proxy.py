@@ -458,3 +458,38 @@ def test_cacheHitEventsKeepNoQueryBytes() -> None:
     events = queryEvents(p)
     assert len(events) == 1000 and events[-1]["name"] == "example.org" and events[-1]["type"] == "A"
     assert grown < 1000 * 1000, f"{grown} bytes kept for 1,000 events"
+
+
+def ednsVersion(query: bytes, version: int) -> bytes:
+    """
+    A query made with an OPT record (last, no options), with that record's EDNS version changed.
+    """
+    return query[:-5] + bytes((version,)) + query[-4:]
+
+
+def assertBadvers(wire: bytes, id: int) -> None:
+    """
+    C{wire} is a BADVERS answer (extended rcode 16: 0 in the header, 1 in the OPT record) with an OPT record of version 0 and no records.
+    """
+    answer = parseEDNS(wire)
+    assert (answer.id, answer.rCode, answer.ednsVersion, answer.answers) == (id, 16, 0, [])
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_unknownEdnsVersionGetsBadversBeforeCacheAndRecords(transport: str) -> None:
+    """
+    A query with EDNS version 1 gets BADVERS with an OPT record of version 0 (RFC 6891, 6.1.3), over UDP and TCP, for a cached name and a static one alike: neither the cache nor the static records answer it, and nothing goes upstream.
+    """
+    p = makeProxy({"netd.test": {"A": ["127.0.0.1"]}})
+    p.ask(makeQuery("example.org", id=1, edns=True))
+    sent, _, d = p.resolver.asked[-1]
+    d.callback(replyTo(sent, aRecord("example.org", "192.0.2.1", ttl=300)))
+    for id, name in ((7, "example.org"), (8, "netd.test"), (9, "other.example")):
+        query = ednsVersion(makeQuery(name, id=id, edns=True, do=True), 1)
+        if transport == "udp":
+            wire = p.ask(query)
+        else:
+            wire = p.proxy.answer(query, "127.0.0.1", 5555, "tcp")
+        assertBadvers(wire, id)
+    assert len(p.resolver.asked) == 1
+    assert (p.counters["queries_badvers"], p.counters["rcode_BADVERS"], p.counters["cache_hits"], p.counters["static_answers"]) == (3, 3, 0, 0)
