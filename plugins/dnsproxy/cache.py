@@ -3,8 +3,8 @@ The answer cache: upstream answers kept as wire bytes, served again with the
 ID, question case, RD/CD bits and TTLs patched in place (L{patchAnswer}),
 never parsed on a hit.
 
-Entries are keyed by the question's name without case, its type and class, and
-the DO bit; they live for the smallest TTL of the answer (positive answers) or
+Entries are keyed by everything of a query that changes its answer
+(L{cacheKey}); they live for the smallest TTL of the answer (positive answers) or
 the SOA's negative TTL (NXDOMAIN and NODATA, RFC 2308), clamped by the
 service's limits, and the least recently used entry goes first when the cache
 is full.  Time comes only from the injected clock.
@@ -17,6 +17,8 @@ from collections import OrderedDict
 from twisted.internet.interfaces import IReactorTime
 
 from .wire import (
+    KEY_DO,
+    KEY_FLAGS,
     RCODE_NOERROR,
     RCODE_NXDOMAIN,
     AnswerInfo,
@@ -29,10 +31,14 @@ from .wire import (
     patchTTLs,
 )
 
-CacheKey = tuple[bytes, int, int, bool]
+CacheKey = tuple[bytes, int, int, int, bytes]
 """
 What an answer is cached under: the question's name lowercased (wire form),
-its type and class, and whether the query set the DO bit.
+its type and class, the query's RD, AD and CD bits with the DO bit
+(L{wire.KEY_FLAGS}, L{wire.KEY_DO}), and its client subnet option
+(L{EDNS.keyOptions}).  That is all of the query that goes upstream but for
+the ID and the name's case (L{wire.upstreamQuery}), so the key is also what
+identical queries in flight share one upstream query by.
 """
 
 DEFAULT_UDP_SIZE = 1232
@@ -40,11 +46,15 @@ DEFAULT_UDP_SIZE = 1232
 
 def cacheKey(query: Query) -> CacheKey:
     """
-    The key a query's answer is cached under.
+    The key a query's answer is cached under (L{wire.quickQuestion} makes the
+    same from the query's bytes).
     """
     question = query.question
     edns = query.edns
-    return (question.key, question.qtype, question.qclass, edns is not None and edns.do)
+    flags = query.flags & KEY_FLAGS
+    if edns is None:
+        return (question.key, question.qtype, question.qclass, flags, b"")
+    return (question.key, question.qtype, question.qclass, flags | KEY_DO if edns.do else flags, edns.keyOptions)
 
 
 _Entry = tuple[float, float, tuple[bytes, bytes], tuple[int, int], tuple[int, ...], tuple[int, ...]]
@@ -149,7 +159,7 @@ class AnswerCache:
         low = min(self.minTTL, lifetime)
         ttls = tuple(min(max(ttl, low), lifetime) for ttl in info.ttls)
         if info.optOffset is None:
-            withEDNS = addAdditionalCount(answer, 1) + optRecord(key[3], self.udpSize)
+            withEDNS = addAdditionalCount(answer, 1) + optRecord(bool(key[3] & KEY_DO), self.udpSize)
             withoutEDNS = answer
         elif info.optEnd == len(answer):
             withEDNS = answer

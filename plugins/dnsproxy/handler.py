@@ -81,6 +81,7 @@ from .wire import (
     patchAnswer,
     quickQuestion,
     truncate,
+    upstreamQuery,
 )
 
 RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 16: "BADVERS"}
@@ -542,7 +543,7 @@ class DNSProxy(Service):
         waiting = self.inflight.get(flight)
         if waiting is None:
             self.inflight[flight] = [waiter]
-            self.resolver.forward(data, query.question).addCallbacks(
+            self.resolver.forward(upstreamQuery(data, query, self.udpSize), query.question).addCallbacks(
                 self._landed, self._failed, callbackArgs=(flight,), errbackArgs=(flight,)
             )
         else:

@@ -91,12 +91,16 @@ class EDNS:
     @ivar do: whether the DO bit (DNSSEC OK) is set.
     @ivar version: the EDNS version (only 0 exists).
     @ivar offset: where the OPT record starts in the message.
+    @ivar keyOptions: the options that change the answer, as they were sent
+        (code, length, data): the client subnet ones (RFC 7871), which go
+        upstream and into the cache key; L{b""} for none.
     """
 
     udpSize: int
     do: bool
     version: int
     offset: int
+    keyOptions: bytes = b""
 
 
 @attrs.frozen
@@ -207,6 +211,26 @@ The fixed part of a resource record after its name: type, class, TTL, rdlength.
 _OPT_FIXED = struct.Struct("!BHHIH")
 """
 An OPT record with no options: the root name, type, class, TTL, rdlength 0.
+"""
+
+OPTION_ECS = 8
+"""
+The EDNS client subnet option (RFC 7871): the one option that changes an
+answer and is meant to be forwarded.  Every other option is hop-by-hop
+(cookies, padding, keepalive, NSID asks this server's identity; RFC 6891,
+6.1.1: the OPT record is not forwarded), so netd does not pass it on.
+"""
+
+KEY_DO = 0x0001
+"""
+The DO bit in the flags part of a cache key (a bit the header's flags leave
+free in a query: the rcode's lowest).
+"""
+KEY_FLAGS = 0x0100 | 0x0020 | 0x0010
+"""
+The query header bits that change an answer and go upstream: RD (a
+recursive resolver answers RD=0 from its cache only), AD (RFC 6840, 5.7: the
+answer's AD bit) and CD (RFC 4035: unvalidated data instead of SERVFAIL).
 """
 
 _TTL_SIGN = 0x80000000
@@ -355,10 +379,53 @@ def parseQuery(data: bytes) -> Query:
                     raise WireError("query has two OPT records")
                 if data[start] != 0:
                     raise WireError("OPT record's name is not the root")
-                edns = EDNS(rclass, bool(ttl & DO_BIT), (ttl >> 16) & 0xFF, start)
+                keyOptions = optionsKey(data, offset - rdlength, offset)
+                if keyOptions is None:
+                    raise WireError("OPT record's options run past its data")
+                edns = EDNS(rclass, bool(ttl & DO_BIT), (ttl >> 16) & 0xFF, start, keyOptions)
     except WireError as e:
         raise MalformedQuery(str(e), id, flags) from None
     return Query(id, flags, question, edns)
+
+
+def optionsKey(data: bytes, start: int, end: int) -> bytes | None:
+    """
+    The options of an OPT record's data (C{data[start:end]}) that change the
+    answer (L{OPTION_ECS}), as sent; L{None} if an option runs past C{end}.
+    """
+    if start == end:
+        return b""
+    kept = []
+    while start < end:
+        if start + 4 > end:
+            return None
+        code, length = _TYPE_CLASS.unpack_from(data, start)
+        stop = start + 4 + length
+        if stop > end:
+            return None
+        if code == OPTION_ECS:
+            kept.append(data[start:stop])
+        start = stop
+    return b"".join(kept)
+
+
+def upstreamQuery(data: bytes, query: Query, udpSize: int) -> bytes:
+    """
+    The query netd sends upstream for a client's query: its ID, the header
+    bits that change the answer (L{KEY_FLAGS}), its question as it was sent
+    (case kept), and, if it had an OPT record, one of ours (EDNS version 0,
+    payload size C{udpSize}, its DO bit, its client subnet option).  Nothing
+    else of the client's message goes upstream, so that the answer depends
+    only on what the cache key holds (L{cache.cacheKey}).
+    """
+    edns = query.edns
+    header = _HEADER.pack(query.id, query.flags & KEY_FLAGS, 1, 0, 0, 0 if edns is None else 1)
+    question = data[HEADER_SIZE : query.question.end]
+    if edns is None:
+        return header + question
+    options = edns.keyOptions
+    opt = _OPT_FIXED.pack(0, TYPE_OPT, udpSize, DO_BIT if edns.do else 0, len(options))
+    return b"".join((header, question, opt, options))
 
 
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
@@ -375,9 +442,14 @@ QR and the opcode, in the header's third byte.
 _RD_BYTE = FLAG_RD >> 8
 _CD_BYTE = FLAG_CD
 _DO_BYTE = DO_BIT >> 8
+_KEY_FLAGS_LOW = KEY_FLAGS & 0xFF
+"""
+The bits of L{KEY_FLAGS} in the header's fourth byte (AD, CD); RD is the
+lowest bit of the third.
+"""
 
 
-def quickQuestion(data: bytes) -> tuple[tuple[bytes, int, int, bool], int, bool] | None:
+def quickQuestion(data: bytes) -> tuple[tuple[bytes, int, int, int, bytes], int, bool] | None:
     """
     The cache key (as L{cache.cacheKey} makes it) of a plain query, where its
     question ends, and whether it has an OPT record, read without building any
@@ -400,12 +472,13 @@ def quickQuestion(data: bytes) -> tuple[tuple[bytes, int, int, bool], int, bool]
         return None
     size = len(data)
     additional = data[10:12]
+    flags = ((data[2] & _RD_BYTE) << 8) | (data[3] & _KEY_FLAGS_LOW)
     if additional == _NO_ADDITIONAL:
         end = size - 4
         if end <= HEADER_SIZE:
             return None
         qtype, qclass = _TYPE_CLASS.unpack_from(data, end)
-        return (data[HEADER_SIZE:end].lower(), qtype, qclass, False), end, False
+        return (data[HEADER_SIZE:end].lower(), qtype, qclass, flags, b""), end, False
     if additional != _ONE_ADDITIONAL:
         return None
     position = HEADER_SIZE
@@ -424,8 +497,13 @@ def quickQuestion(data: bytes) -> tuple[tuple[bytes, int, int, bool], int, bool]
         return None
     if opt + 11 + _U16.unpack_from(data, opt + 9)[0] != size:
         return None
+    options = optionsKey(data, opt + 11, size)
+    if options is None:
+        return None
+    if data[opt + 7] & _DO_BYTE:
+        flags |= KEY_DO
     qtype, qclass = _TYPE_CLASS.unpack_from(data, end)
-    return (data[HEADER_SIZE:end].lower(), qtype, qclass, bool(data[opt + 7] & _DO_BYTE)), end, True
+    return (data[HEADER_SIZE:end].lower(), qtype, qclass, flags, options), end, True
 
 
 def inspectAnswer(data: bytes) -> AnswerInfo:

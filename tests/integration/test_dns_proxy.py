@@ -22,12 +22,15 @@ from twisted.names import dns
 from .conftest import IO_TIMEOUT, DigResult, NetdProcess, connect, dig, recvExactly, waitForLog
 from .dns_upstream import (
     BIG_NAME,
+    BOGUS_ADDRESS,
+    BOGUS_NAME,
     BIG_TEXTS,
     EXPECTED,
     NXDOMAIN_NAME,
     SOA,
     TTL,
     Dnsmasq,
+    ValidatingUpstream,
     answerRcode,
     buildQuery,
     freeLoopbackPort,
@@ -685,3 +688,30 @@ def test_ednsVersionOneGetsBadvers(freshProxy: NetdProcess, dnsUpstream: Dnsmasq
         assert result.last.status == "BADVERS", result.output
         assert "EDNS: version: 0" in result.output and result.last.answer == (), result.output
     assert dnsUpstream.queriesFor("mail.example.test") == before
+
+
+@pytest.fixture
+def validatingUpstream() -> Iterator[ValidatingUpstream]:
+    """
+    An upstream answering like a validating resolver on a bogus zone: data for CD=1, SERVFAIL for CD=0.
+    """
+    upstream = ValidatingUpstream()
+    try:
+        yield upstream
+    finally:
+        upstream.stop()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_checkingDisabledAnswerNotServedToValidatingClients(startNetd: Any, validatingUpstream: ValidatingUpstream, transport: str) -> None:
+    """
+    dig +cd gets the bogus zone's data, which netd caches; dig without +cd then gets the validating upstream's SERVFAIL, not that data; dig +cd again is a cache hit.
+    """
+    netd: NetdProcess = startNetd(dnsConfig([validatingUpstream.upstream], records=False))
+    first = ask(netd, transport, BOGUS_NAME, "A", "+cd")
+    assert first.last.status == "NOERROR" and first.last.data() == [BOGUS_ADDRESS], first.output
+    validating = ask(netd, transport, BOGUS_NAME, "A")
+    assert validating.last.status == "SERVFAIL", validating.output
+    again = ask(netd, transport, BOGUS_NAME, "A", "+cd")
+    assert again.last.data() == [BOGUS_ADDRESS], again.output
+    assert validatingUpstream.asked == {True: 1, False: 1}

@@ -15,6 +15,9 @@ from twisted.names import dns
 
 from netd_plugins.dnsproxy.cache import AnswerCache, CacheKey, cacheKey
 from netd_plugins.dnsproxy.wire import (
+    FLAG_CD,
+    FLAG_RD,
+    KEY_DO,
     RCODE_NOERROR,
     RCODE_NXDOMAIN,
     RCODE_REFUSED,
@@ -82,16 +85,19 @@ def makeCache(
 
 def test_cacheKey() -> None:
     """
-    The key is the lowercased name, the type, the class and the DO bit.
+    The key is the lowercased name, the type, the class, the RD, AD and CD bits with the DO bit, and the client subnet option.
     """
     assert cacheKey(parsedQuery(b"NeTd.Test", dns.MX, dns.CH, edns=True, do=True)) == (
         b"\x04netd\x04test\x00",
         dns.MX,
         dns.CH,
-        True,
+        FLAG_RD | KEY_DO,
+        b"",
     )
-    assert cacheKey(parsedQuery())[3] is False
-    assert cacheKey(parsedQuery(edns=True))[3] is False
+    assert cacheKey(parsedQuery())[3] == FLAG_RD
+    assert cacheKey(parsedQuery(edns=True))[3] == FLAG_RD
+    cd = parseQuery(makeQuery(NAME, checkingDisabled=True, recDes=False))
+    assert cacheKey(cd)[3] == FLAG_CD
 
 
 # Hits and misses
@@ -367,12 +373,14 @@ def test_maxTTLZeroCachesNothing() -> None:
         parsedQuery(qtype=dns.AAAA),
         parsedQuery(qclass=dns.CH),
         parsedQuery(b"www.netd.test"),
+        parseQuery(makeQuery(NAME, edns=True, checkingDisabled=True)),
+        parseQuery(makeQuery(NAME, edns=True, recDes=False)),
     ],
-    ids=["do-bit", "type", "class", "name"],
+    ids=["do-bit", "type", "class", "name", "cd-bit", "rd-bit"],
 )
 def test_keySeparation(other: Query) -> None:
     """
-    A query differing in DO bit, type, class or name does not hit another's entry.
+    A query differing in DO, CD or RD bit, type, class or name does not hit another's entry.
     """
     cache = makeCache(Clock())
     query = parsedQuery(edns=True)

@@ -136,10 +136,28 @@ def test_forwardedThenCached() -> None:
     assert p.counters["rcode_NOERROR"] == 2
 
 
+def withOption(query: bytes, code: int, payload: bytes) -> bytes:
+    """
+    A query whose last record is its OPT record, with one option added to that record.
+    """
+    edns = parseQuery(query).edns
+    assert edns is not None
+    at = edns.offset + 9
+    option = code.to_bytes(2, "big") + len(payload).to_bytes(2, "big") + payload
+    length = int.from_bytes(query[at : at + 2], "big") + len(option)
+    return query[:at] + length.to_bytes(2, "big") + query[at + 2 :] + option
+
+
+ECS = bytes.fromhex("0001180000c00002")
+"""
+A client subnet option's data (RFC 7871): IPv4, source prefix 24, scope 0, 192.0.2.
+"""
+
+
 @pytest.mark.parametrize("records", [None, {"netd.test": {"A": ["192.0.2.7"]}}])
 def test_quickCacheHitIsTheFullPath(records: dict[str, Any] | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """
-    A cache hit answered from the query's bytes, without parsing them, gives the same answers, counters and query events as the full query path (taken by a service that logs its queries), for queries with and without EDNS, DO, CD, RD and another case.
+    A cache hit answered from the query's bytes, without parsing them, gives the same answers, counters and query events as the full query path (taken by a service that logs its queries), for queries with and without EDNS, DO, CD, RD, AD, a client subnet, a cookie and another case; each of those that changes the answer has an entry of its own, filled by a query of the same kind.
     """
     from netd_plugins.dnsproxy import handler
 
@@ -150,21 +168,33 @@ def test_quickCacheHitIsTheFullPath(records: dict[str, Any] | None, monkeypatch:
         return parseQuery(data)
 
     monkeypatch.setattr(handler, "parseQuery", countingParse)
-    questions = [("example.org", dns.A, False, False), ("example.org", dns.A, True, True), ("example.org", dns.AAAA, False, False)]
-    again = [
-        makeQuery("example.org", id=21),
-        makeQuery("EXAMPLE.org", id=22, recDes=False),
-        makeQuery("example.ORG", id=23, edns=True, udpSize=1400),
-        makeQuery("example.org", id=24, edns=True, do=True, checkingDisabled=True),
-        makeQuery("Example.Org", dns.AAAA, id=25, checkingDisabled=True),
-    ]
+
+    def kinds(id: int, upper: bool) -> list[bytes]:
+        name = "EXAMPLE.org" if upper else "example.org"
+        plainEDNS = makeQuery(name, id=id, edns=True, udpSize=1400)
+        return [
+            makeQuery(name, id=id),
+            makeQuery(name, id=id, recDes=False),
+            plainEDNS,
+            makeQuery(name, id=id, edns=True, do=True, checkingDisabled=True),
+            makeQuery(name, dns.AAAA, id=id, checkingDisabled=True),
+            plainEDNS[:3] + bytes((plainEDNS[3] | 0x20,)) + plainEDNS[4:],
+            withOption(plainEDNS, 8, ECS),
+            withOption(plainEDNS, 10, bytes(range(8)) if upper else bytes(8)),
+        ]
+
+    # EDNS without DO shares the plain query's entry (served with an OPT
+    # record of ours), and a cookie is not part of the key.
+    fills = [query for index, query in enumerate(kinds(0, False)) if index not in (2, 7)]
+    again = kinds(30, True)
     results = []
     for logQueries in (False, True):
         p = makeProxy(records, events=20, logQueries=logQueries)
-        for index, (name, qtype, edns, do) in enumerate(questions):
-            p.ask(makeQuery(name, qtype, id=index, edns=edns, do=do))
+        for query in fills:
+            p.ask(query)
             sent, _, d = p.resolver.asked[-1]
-            d.callback(replyTo(sent, aRecord(name, "192.0.2.1", ttl=300)))
+            d.callback(replyTo(sent, aRecord("example.org", "192.0.2.1", ttl=300)))
+        assert len(p.resolver.asked) == len(fills), "each kind of query has its own entry"
         p.clock.advance(7)
         del parsed[:]
         answers = [p.ask(query) for query in again]
@@ -175,6 +205,7 @@ def test_quickCacheHitIsTheFullPath(records: dict[str, Any] | None, monkeypatch:
     assert (quickAnswers, quickCounters, quickEvents) == (fullAnswers, fullCounters, fullEvents)
     assert quickCounters["cache_hits"] == len(again)
     assert [parse(answer).answers[0].ttl for answer in quickAnswers] == [293] * len(again)
+    assert [parse(answer).checkingDisabled for answer in quickAnswers] == [False, False, False, True, True, False, False, False]
 
 
 def queryEvents(p: Proxy) -> list[dict[str, Any]]:
@@ -493,3 +524,55 @@ def test_unknownEdnsVersionGetsBadversBeforeCacheAndRecords(transport: str) -> N
         assertBadvers(wire, id)
     assert len(p.resolver.asked) == 1
     assert (p.counters["queries_badvers"], p.counters["rcode_BADVERS"], p.counters["cache_hits"], p.counters["static_answers"]) == (3, 3, 0, 0)
+
+
+def test_checkingDisabledAnswerIsNotServedToValidatingClients() -> None:
+    """
+    Data a validating upstream gives a CD=1 query (as for a bogus zone) is cached for CD=1 queries only: a CD=0 query goes upstream and gets that upstream's SERVFAIL, and neither kind shares the other's query in flight.
+    """
+    p = makeProxy()
+    p.ask(makeQuery("bogus.example", id=1, checkingDisabled=True))
+    p.ask(makeQuery("bogus.example", id=2))
+    assert len(p.resolver.asked) == 2, "a CD=1 and a CD=0 query share no upstream query"
+    assert [parse(sent).checkingDisabled for sent, _, _ in p.resolver.asked] == [True, False]
+    for sent, _, d in p.resolver.asked:
+        if parse(sent).checkingDisabled:
+            d.callback(replyTo(sent, aRecord("bogus.example", "192.0.2.66", ttl=300)))
+        else:
+            d.callback(replyTo(sent, rCode=dns.ESERVER))
+    assert parse(p.ask(makeQuery("bogus.example", id=3, checkingDisabled=True))).answers
+    assert p.ask(makeQuery("bogus.example", id=4)) is None, "a CD=0 query is not a cache hit"
+    sent, _, d = p.resolver.asked[-1]
+    assert not parse(sent).checkingDisabled
+    d.callback(replyTo(sent, rCode=dns.ESERVER))
+    assert parse(p.lastSender.sent[0][0]).rCode == dns.ESERVER
+    assert p.counters["cache_hits"] == 1
+
+
+def test_upstreamGetsAQueryNetdBuilt() -> None:
+    """
+    What goes upstream is the client's ID, RD, AD and CD bits and question (case kept), with an OPT record of netd's (version 0, netd's payload size, the client's DO bit) carrying only a client subnet option: cookies, padding and other header bits do not go upstream.
+    """
+    p = makeProxy()
+    query = makeQuery("Example.ORG", id=77, edns=True, do=True, udpSize=512, checkingDisabled=True)
+    query = withOption(withOption(query, 10, bytes(range(8))), 8, ECS)
+    query = query[:2] + bytes((query[2] | 0x04, query[3] | 0x60)) + query[4:]  # AA, Z and AD set
+    p.ask(withOption(query, 12, bytes(40)))
+    [(sent, question, _)] = p.resolver.asked
+    message = parseEDNS(sent)
+    assert (message.id, message.recDes, message.checkingDisabled, message.authenticData, message.auth) == (77, True, True, True, False)
+    assert (message.ednsVersion, message.maxSize, message.dnssecOK) == (0, 1232, True)
+    assert sent[12:25] == b"\x07Example\x03ORG\x00"
+    assert sent.endswith(b"\x00\x08\x00\x08" + ECS) and len(sent) == 25 + 4 + 11 + 12
+    assert question.name == b"\x07Example\x03ORG\x00"
+
+
+def test_malformedOptionsGetFormerr() -> None:
+    """
+    An OPT record whose options run past its data gets FORMERR, on the quick path as on the whole one.
+    """
+    p = makeProxy()
+    query = makeQuery("example.org", id=5, edns=True)
+    broken = query[:-2] + b"\x00\x05" + b"\x00\x08\x00\x09\x00"
+    assert parse(p.ask(broken)).rCode == dns.EFORMAT
+    assert p.resolver.asked == []
