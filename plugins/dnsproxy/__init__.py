@@ -23,7 +23,7 @@ from netd.interfaces import IProtocolPlugin
 from netd.options import between, option
 from netd.plugin import PluginContext
 
-from .cache import AnswerCache
+from .cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRY_BYTES, AnswerCache
 from .handler import AccessList, DNSProxy
 from .records import StaticRecords
 from .resolver import UpstreamResolver
@@ -92,6 +92,15 @@ class DNSProxyOptions:
         5.0, help="Seconds a query may take in all before the client gets SERVFAIL.", checks=(between(0.01, 300),)
     )
     cache_size: int = option(10000, help="Answers cached at most (least recently used evicted); 0 turns the cache off.", checks=(between(0, 10_000_000),))
+    # The bounds of issue 13 (cache bytes, queries in flight), together.
+    cache_bytes: int = option(
+        DEFAULT_MAX_BYTES,
+        help="Bytes the cache may hold at most, answers, keys and bookkeeping counted (least recently used evicted past it).",
+        checks=(between(0, 2**40),),
+    )
+    cache_entry_bytes: int = option(
+        DEFAULT_MAX_ENTRY_BYTES, help="The largest answer, in bytes, that is cached; larger ones are forwarded but not kept.", checks=(between(512, 65535),)
+    )
     min_ttl: int = option(0, help="Seconds an answer stays cached at least, whatever its TTL.", checks=(between(0, 86400),))
     max_ttl: int = option(86400, help="Seconds an answer stays cached at most.", checks=(between(0, 604800),))
     max_negative_ttl: int = option(
@@ -114,6 +123,8 @@ class DNSProxyOptions:
         problems = []
         if self.min_ttl > self.max_ttl:
             problems.append(("min_ttl", f"{self.min_ttl} is more than max_ttl ({self.max_ttl})"))
+        if self.cache_size and self.cache_entry_bytes > self.cache_bytes:
+            problems.append(("cache_entry_bytes", f"{self.cache_entry_bytes} is more than cache_bytes ({self.cache_bytes})"))
         if self.timeout > self.deadline:
             problems.append(("timeout", f"{self.timeout} is more than deadline ({self.deadline})"))
         return problems
@@ -159,6 +170,8 @@ class DNSProxyPlugin:
             maxNegativeTTL=options.max_negative_ttl,
             clock=context.reactor,
             udpSize=options.udp_size,
+            maxBytes=options.cache_bytes,
+            maxEntryBytes=options.cache_entry_bytes,
         )
         return DNSProxy(
             reactor=context.reactor,

@@ -246,6 +246,9 @@ class DNSProxy(Service):
         self.counters = counters
         counters.labelCounters("qtype_", family="dns_queries", label="qtype", help="DNS queries received, by query type.")
         counters.labelCounters("rcode_", family="dns_answers", label="rcode", help="DNS answers sent, by response code.")
+        counters.accrueFrom(lambda: {"cache_evictions": cache.evictions, "cache_too_large": cache.tooLarge})
+        counters.gauge("dns_cache_bytes", lambda: cache.bytes, "Bytes the DNS cache's entries are accounted for now (answers, keys, overhead).")
+        counters.gauge("dns_cache_entries", lambda: len(cache), "Answers in the DNS cache now.")
         self.log = log
         self.logQueries = logQueries
         self.events = events

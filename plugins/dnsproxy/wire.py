@@ -648,16 +648,23 @@ def patchTTLs(stored: bytes, ttlOffsets: tuple[int, ...], ttls: tuple[int, ...],
     return bytes(answer)
 
 
-def answerQuery(stored: bytes, query: bytes, nameEnd: int) -> bytes:
+def answerQuery(stored: bytes, query: bytes, nameEnd: int, count: bytes = b"", opt: bytes = b"") -> bytes:
     """
     A stored answer made into the answer to the query message C{query}, whose
     question (the same as the answer's but perhaps for case) ends at
     C{nameEnd}: the query's ID, its RD and CD bits and its question name; what
     L{patchAnswer} does with no TTL to lower, from the query's bytes.
+
+    @param count: with C{opt}, the additional count (2 bytes) of the answer
+        with the OPT record C{opt} appended; both empty to send C{stored}'s
+        records as they are.
     """
     if (stored[2] ^ query[2]) & _RD_BYTE or (stored[3] ^ query[3]) & _CD_BYTE:
         flags = bytes(((stored[2] & ~_RD_BYTE) | (query[2] & _RD_BYTE), (stored[3] & ~_CD_BYTE) | (query[3] & _CD_BYTE)))
-        return b"".join((query[:2], flags, stored[4:HEADER_SIZE], query[HEADER_SIZE:nameEnd], stored[nameEnd:]))
+        counts = stored[4:HEADER_SIZE] if not count else stored[4:10] + count
+        return b"".join((query[:2], flags, counts, query[HEADER_SIZE:nameEnd], stored[nameEnd:], opt))
+    if count:
+        return b"".join((query[:2], stored[2:10], count, query[HEADER_SIZE:nameEnd], stored[nameEnd:], opt))
     return b"".join((query[:2], stored[2:HEADER_SIZE], query[HEADER_SIZE:nameEnd], stored[nameEnd:]))
 
 

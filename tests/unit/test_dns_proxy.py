@@ -576,3 +576,25 @@ def test_malformedOptionsGetFormerr() -> None:
     broken = query[:-2] + b"\x00\x05" + b"\x00\x08\x00\x09\x00"
     assert parse(p.ask(broken)).rCode == dns.EFORMAT
     assert p.resolver.asked == []
+
+
+def test_cacheBytesAndRefusalsInMetrics() -> None:
+    """
+    The cache's bytes and entries are gauges in /metrics, and answers too large to cache and entries evicted are counters there.
+    """
+    from netd.metrics import Exposition
+
+    p = makeProxy()
+    p.proxy.cache.maxEntryBytes = 1024
+    p.ask(makeQuery("big.test", dns.TXT, edns=True, udpSize=4096))
+    p.resolver.asked[-1][2].callback(bigAnswer(p.resolver.asked[-1][0]))
+    p.ask(makeQuery("example.org"))
+    p.resolver.asked[-1][2].callback(replyTo(p.resolver.asked[-1][0], aRecord("example.org", "192.0.2.1")))
+    exposition = Exposition()
+    exposition.counters(p.counters, {"service": "dns"})
+    text = exposition.render()
+    assert f'netd_dns_cache_bytes{{service="dns"}} {p.proxy.cache.bytes}\n' in text and p.proxy.cache.bytes > 0
+    assert "# TYPE netd_dns_cache_bytes gauge" in text
+    assert 'netd_dns_cache_entries{service="dns"} 1\n' in text
+    assert 'netd_cache_too_large_total{service="dns"} 1\n' in text
+    assert 'netd_cache_evictions_total{service="dns"} 0\n' in text
