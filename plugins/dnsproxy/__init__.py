@@ -24,7 +24,13 @@ from netd.options import between, option
 from netd.plugin import PluginContext
 
 from .cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRY_BYTES, AnswerCache
-from .handler import AccessList, DNSProxy
+from .handler import (
+    DEFAULT_MAX_INFLIGHT,
+    DEFAULT_MAX_INFLIGHT_PER_CLIENT,
+    DEFAULT_MAX_INFLIGHT_PER_CONNECTION,
+    AccessList,
+    DNSProxy,
+)
 from .records import StaticRecords
 from .resolver import UpstreamResolver
 from .scripts import Script
@@ -100,6 +106,21 @@ class DNSProxyOptions:
     )
     cache_entry_bytes: int = option(
         DEFAULT_MAX_ENTRY_BYTES, help="The largest answer, in bytes, that is cached; larger ones are forwarded but not kept.", checks=(between(512, 65535),)
+    )
+    max_inflight: int = option(
+        DEFAULT_MAX_INFLIGHT,
+        help="Queries waiting for the upstreams at most, from all clients; past it queries that would go upstream get REFUSED.",
+        checks=(between(1, 1_000_000),),
+    )
+    max_inflight_per_client: int = option(
+        DEFAULT_MAX_INFLIGHT_PER_CLIENT,
+        help="Queries waiting for the upstreams at most from one client address; past it that address gets REFUSED for them.",
+        checks=(between(1, 1_000_000),),
+    )
+    max_inflight_per_connection: int = option(
+        DEFAULT_MAX_INFLIGHT_PER_CONNECTION,
+        help="Queries waiting for their answers at most on one TCP or TLS connection; past it the next ones on it get REFUSED.",
+        checks=(between(1, 65535),),
     )
     min_ttl: int = option(0, help="Seconds an answer stays cached at least, whatever its TTL.", checks=(between(0, 86400),))
     max_ttl: int = option(86400, help="Seconds an answer stays cached at most.", checks=(between(0, 604800),))
@@ -185,6 +206,9 @@ class DNSProxyPlugin:
             logQueries=options.log_queries,
             udpSize=options.udp_size,
             events=context.events,
+            maxInflight=options.max_inflight,
+            maxInflightPerClient=options.max_inflight_per_client,
+            maxInflightPerConnection=options.max_inflight_per_connection,
         )
 
 

@@ -93,6 +93,15 @@ C{qtype_other}, so that a client asking every number makes one series, not
 65,536.
 """
 _QTYPE_OTHER = "qtype_other"
+DEFAULT_MAX_INFLIGHT = 10_000
+DEFAULT_MAX_INFLIGHT_PER_CLIENT = 1_000
+DEFAULT_MAX_INFLIGHT_PER_CONNECTION = 100
+"""
+The defaults of C{max_inflight}, C{max_inflight_per_client} and
+C{max_inflight_per_connection}: ten times what the benchmark keeps in flight
+from its one address (dnsperf -q 100), and far more than a stub resolver or
+a pipelining TCP client has outstanding.
+"""
 MAX_REMEMBERED_PEERS = 4096
 """
 How many client addresses the access-control verdicts are remembered for.
@@ -232,7 +241,18 @@ class DNSProxy(Service):
         logQueries: bool,
         udpSize: int,
         events: EventLog,
+        maxInflight: int = DEFAULT_MAX_INFLIGHT,
+        maxInflightPerClient: int = DEFAULT_MAX_INFLIGHT_PER_CLIENT,
+        maxInflightPerConnection: int = DEFAULT_MAX_INFLIGHT_PER_CONNECTION,
     ) -> None:
+        """
+        @param maxInflight: the most queries waiting for the upstreams at
+            once, from all clients (identical ones sharing an upstream query
+            count one each).
+        @param maxInflightPerClient: the most of those from one client address.
+        @param maxInflightPerConnection: the most queries waiting for their
+            answer on one TCP (or TLS) connection.
+        """
         self.reactor = reactor
         self.records = records
         self.scripts = ScriptBook(scripts)
@@ -256,6 +276,11 @@ class DNSProxy(Service):
         self.udpSize = udpSize
         self.delayed: set[IDelayedCall] = set()
         self.inflight: dict[Flight, list[Waiter]] = {}
+        self.maxInflight = maxInflight
+        self.maxInflightPerClient = maxInflightPerClient
+        self.maxInflightPerConnection = maxInflightPerConnection
+        self.waiting = 0
+        self.waitingByClient: dict[str, int] = {}
         self.loopProbe = encodeName(f"{secrets.token_hex(8)}.netd-loop-check")
 
     def startService(self) -> None:
@@ -435,6 +460,25 @@ class DNSProxy(Service):
                 return self._scripted(decided, data, query, host, port, transport, started)
         return self._lookup(data, query, host, port, transport, started, None)
 
+    def refuseOverLimit(self, data: bytes, host: str, port: int, transport: str, started: float) -> bytes | None:
+        """
+        REFUSED for a query on a TCP connection that has
+        L{maxInflightPerConnection} queries waiting (counted); a message that
+        is not a readable query is dropped or gets FORMERR as on the whole path.
+        """
+        try:
+            query = parseQuery(data)
+        except WireError:
+            answer = self._answerParsed(data, host, port, transport, started)
+            return answer if isinstance(answer, bytes) else None
+        if query.flags & FLAG_QR:
+            self.counters["dropped_responses"] += 1
+            return None
+        self.counters["inflight_refused_connection"] += 1
+        refused = makeResponse(query, RCODE_REFUSED, udpSize=self.udpSize)
+        self._record(refused, query, host, port, transport, "limit", started, None, None)
+        return refused
+
     def _cacheHit(self, data: bytes, host: str, port: int, transport: str, started: float) -> bytes | None:
         """
         The answer to a plain query (L{quickQuestion}) from the cache, found
@@ -532,27 +576,55 @@ class DNSProxy(Service):
         transport: str,
         started: float,
         applied: Applied | None,
-    ) -> Deferred[bytes]:
+    ) -> bytes | Deferred[bytes]:
         """
         Ask the upstreams, sharing the upstream query with identical ones in
         flight: each query waits in its flight's list (L{inflight}), answered
         when the upstream query lands (L{_landed}, L{_failed}).
+
+        A query past L{maxInflight} queries waiting, or past
+        L{maxInflightPerClient} from its client's address, gets REFUSED at
+        once (counted): REFUSED, not SERVFAIL, because a downstream resolver
+        caches a SERVFAIL as the name's failure (RFC 9520) where REFUSED only
+        sends it to another server, and the answer is no larger than the
+        query, so that a flood with forged sources gains nothing by it.
         """
+        waiting = self.waitingByClient.get(host, 0)
+        if self.waiting >= self.maxInflight or waiting >= self.maxInflightPerClient:
+            self.counters["inflight_refused_overall" if self.waiting >= self.maxInflight else "inflight_refused_client"] += 1
+            refused = makeResponse(query, RCODE_REFUSED, udpSize=self.udpSize)
+            return self._done(refused, query, host, port, transport, "limit", started, applied)
+        self.waiting += 1
+        self.waitingByClient[host] = waiting + 1
         # The upstream's answer carries an OPT record exactly when the query
         # that went upstream had one, so only queries alike in that share it.
         flight = (key, query.edns is not None)
         result: Deferred[bytes] = Deferred()
         waiter = (result, query, host, port, transport, started, applied)
-        waiting = self.inflight.get(flight)
-        if waiting is None:
+        sharing = self.inflight.get(flight)
+        if sharing is None:
             self.inflight[flight] = [waiter]
             self.resolver.forward(upstreamQuery(data, query, self.udpSize), query.question).addCallbacks(
                 self._landed, self._failed, callbackArgs=(flight,), errbackArgs=(flight,)
             )
         else:
             self.counters["queries_coalesced"] += 1
-            waiting.append(waiter)
+            sharing.append(waiter)
+        result.addBoth(self._answered, host)
         return result
+
+    def _answered(self, answer: bytes, host: str) -> bytes:
+        """
+        A query that waited for the upstreams has its answer: it no longer
+        counts towards the bounds on queries in flight.
+        """
+        self.waiting -= 1
+        left = self.waitingByClient[host] - 1
+        if left:
+            self.waitingByClient[host] = left
+        else:
+            del self.waitingByClient[host]
+        return answer
 
     def _landed(self, answered: tuple[bytes, Upstream], flight: Flight) -> None:
         """
@@ -723,6 +795,7 @@ class DNSStreamReceiver:
         self.host = ""
         self.port = 0
         self.transport = "tcp"
+        self.waiting = 0
 
     def connectionMade(self, connection: IFrameConnection) -> None:
         """
@@ -738,16 +811,32 @@ class DNSStreamReceiver:
 
     def frameReceived(self, frame: bytes) -> None:
         """
-        Answer one query.
+        Answer one query; once L{DNSProxy.maxInflightPerConnection} queries
+        on this connection wait for their answers, the next ones get REFUSED
+        (see L{DNSProxy._forward} for why REFUSED) until answers go out.
         """
         proxy = self.proxy
         proxy.counters["queries_tcp"] += 1
         started = proxy.reactor.seconds() if proxy.timed else 0.0
-        answer = proxy.answer(frame, self.host, self.port, self.transport, started)
+        if self.waiting >= proxy.maxInflightPerConnection:
+            answer: Answer = proxy.refuseOverLimit(frame, self.host, self.port, self.transport, started)
+        else:
+            answer = proxy.answer(frame, self.host, self.port, self.transport, started)
         if isinstance(answer, bytes):
             self._send(answer)
         elif answer is not None:
             proxy.sendLater(answer, self._send)
+            pending = answer.answer if isinstance(answer, Spoofed) else answer
+            if isinstance(pending, Deferred) and not pending.called:
+                self.waiting += 1
+                pending.addBoth(self._settled)
+
+    def _settled(self, result: object) -> object:
+        """
+        A query's answer has gone out (or the client has gone): one less waiting.
+        """
+        self.waiting -= 1
+        return result
 
     def _send(self, answer: bytes) -> None:
         """

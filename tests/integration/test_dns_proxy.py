@@ -715,3 +715,33 @@ def test_checkingDisabledAnswerNotServedToValidatingClients(startNetd: Any, vali
     again = ask(netd, transport, BOGUS_NAME, "A", "+cd")
     assert again.last.data() == [BOGUS_ADDRESS], again.output
     assert validatingUpstream.asked == {True: 1, False: 1}
+
+
+def test_queriesInFlightBounded(startNetd: Any, silentUpstream: str) -> None:
+    """
+    Against an upstream that never answers, a TCP connection past max_inflight_per_connection queries waiting gets REFUSED on it, and a client past max_inflight_per_client gets REFUSED at once over UDP; both are counted.
+    """
+    netd: NetdProcess = startNetd(
+        dnsConfig([silentUpstream], timeout=TIMEOUT, deadline=DEADLINE, max_inflight_per_client=3, max_inflight_per_connection=1)
+    )
+    with connect(netd.address("dns", "tcp")) as stream:
+        for index in (1, 2):
+            query = buildQuery(f"t{index}.example.test", queryId=10 + index)
+            stream.sendall(struct.pack("!H", len(query)) + query)
+        length = struct.unpack("!H", recvExactly(stream, 2))[0]
+        answer = recvExactly(stream, length)
+        assert answer[:2] == struct.pack("!H", 12) and answer[3] & 0x0F == dns.EREFUSED
+        host, port = netd.address("dns", "udp")
+        sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+        try:
+            for index, client in enumerate(sockets):
+                client.settimeout(IO_TIMEOUT)
+                client.sendto(buildQuery(f"q{index}.example.test", queryId=index), (host, port))
+            answer, _ = sockets[2].recvfrom(512)
+            assert answerRcode(buildQuery("x", queryId=2), answer) == dns.EREFUSED
+        finally:
+            for client in sockets:
+                client.close()
+    status, services = netd.api("GET", "/services")
+    counters = services["services"]["dns"]["counters"]
+    assert (counters["inflight_refused_client"], counters["inflight_refused_connection"]) == (1, 1), counters

@@ -93,6 +93,7 @@ def makeProxy(
     cacheSize: int = 100,
     scripts: tuple[Script, ...] = (),
     events: int = 0,
+    **limits: int,
 ) -> Proxy:
     """
     A proxy with a fake resolver, a Clock, the given static records and
@@ -113,6 +114,7 @@ def makeProxy(
         logQueries=logQueries,
         udpSize=1232,
         events=EventLog(events, clock),
+        **limits,
     )
     return Proxy(proxy, resolver, clock, counters)
 
@@ -598,3 +600,109 @@ def test_cacheBytesAndRefusalsInMetrics() -> None:
     assert 'netd_dns_cache_entries{service="dns"} 1\n' in text
     assert 'netd_cache_too_large_total{service="dns"} 1\n' in text
     assert 'netd_cache_evictions_total{service="dns"} 0\n' in text
+
+
+def test_queriesInFlightBoundedPerClient() -> None:
+    """
+    Past maxInflightPerClient queries waiting for the upstreams from one address (identical ones sharing an upstream query count each), that address gets REFUSED (counted) while other clients are still forwarded, and once answers land it is forwarded again.
+    """
+    p = makeProxy(maxInflightPerClient=3)
+    assert p.ask(makeQuery("a.example")) is None
+    assert p.ask(makeQuery("b.example")) is None
+    assert p.ask(makeQuery("b.example", id=2)) is None
+    refused = parse(p.ask(makeQuery("c.example", id=9)))
+    assert (refused.id, refused.rCode) == (9, dns.EREFUSED)
+    assert p.counters["inflight_refused_client"] == 1
+    assert p.ask(makeQuery("c.example"), host="127.0.0.2") is None
+    assert len(p.resolver.asked) == 3
+    sent, _, d = p.resolver.asked[0]
+    d.callback(replyTo(sent, aRecord("a.example", "192.0.2.1")))
+    assert p.ask(makeQuery("d.example")) is None
+    assert len(p.resolver.asked) == 4
+    assert (p.proxy.waiting, p.proxy.waitingByClient) == (4, {"127.0.0.1": 3, "127.0.0.2": 1})
+    for sent, _, d in p.resolver.asked[1:]:
+        d.callback(replyTo(sent, aRecord("x.example", "192.0.2.1")))
+    assert (p.proxy.waiting, p.proxy.waitingByClient) == (0, {})
+
+
+def test_queriesInFlightBoundedOverall() -> None:
+    """
+    Past maxInflight queries waiting for the upstreams from all clients, every client gets REFUSED (counted) until answers land; cache hits and static answers are still served.
+    """
+    p = makeProxy({"netd.test": {"A": ["127.0.0.1"]}}, maxInflight=2)
+    p.ask(makeQuery("a.example"), host="127.0.0.1")
+    p.ask(makeQuery("b.example"), host="127.0.0.2")
+    assert parse(p.ask(makeQuery("c.example"), host="127.0.0.3")).rCode == dns.EREFUSED
+    assert parse(p.ask(makeQuery("netd.test"), host="127.0.0.3")).rCode == dns.OK
+    assert p.counters["inflight_refused_overall"] == 1
+    p.resolver.asked[0][2].errback(UpstreamFailure("nothing answered"))
+    assert p.ask(makeQuery("c.example"), host="127.0.0.3") is None
+    assert len(p.resolver.asked) == 3
+
+
+def test_queriesInFlightBoundedPerConnection() -> None:
+    """
+    Once maxInflightPerConnection queries on one TCP connection wait for their answers, the next ones on it get REFUSED (counted), also for cached names, while another connection is served; when an answer goes out, the connection may ask again.
+    """
+    p = makeProxy(maxInflightPerConnection=2)
+    stack = makeStreamStack(p.proxy, "u16", clock=p.clock)
+    first, second = connect(stack), connect(stack)
+    assert first is not None and second is not None
+
+    def send(connection: Any, name: str, id: int) -> None:
+        query = makeQuery(name, id=id)
+        connection.receive(len(query).to_bytes(2, "big") + query)
+
+    send(first, "a.example", 1)
+    send(first, "b.example", 2)
+    assert first.takeSent() == b""
+    send(first, "c.example", 3)
+    refused = parse(first.takeSent()[2:])
+    assert (refused.id, refused.rCode) == (3, dns.EREFUSED)
+    assert p.counters["inflight_refused_connection"] == 1
+    send(second, "c.example", 4)
+    assert second.takeSent() == b"" and len(p.resolver.asked) == 3
+    sent, _, d = p.resolver.asked[0]
+    d.callback(replyTo(sent, aRecord("a.example", "192.0.2.1")))
+    assert parse(first.takeSent()[2:]).id == 1
+    send(first, "e.example", 5)
+    assert first.takeSent() == b"" and len(p.resolver.asked) == 4
+
+
+@pytest.mark.parametrize(
+    "keys, expected",
+    [
+        ({"cache_bytes": 1000, "cache_entry_bytes": 4096}, "services[0].cache_entry_bytes: 4096 is more than cache_bytes (1000)"),
+        ({"cache_entry_bytes": 100}, "services[0].cache_entry_bytes"),
+        ({"max_inflight": 0}, "services[0].max_inflight"),
+        ({"max_inflight_per_client": 0}, "services[0].max_inflight_per_client"),
+        ({"max_inflight_per_connection": 70000}, "services[0].max_inflight_per_connection"),
+    ],
+)
+def test_boundsConfigErrors(keys: dict[str, int], expected: str) -> None:
+    """
+    The cache's byte bounds and the in-flight bounds are checked with the other keys, each error naming its key path.
+    """
+    import tomllib
+
+    from netd.config import parseConfig
+    from netd.options import ConfigError
+    from netd.plugin import discoverPlugins
+
+    text = '[[services]]\nname = "dns"\nplugin = "dns-proxy"\nlisten = ["udp:0"]\nupstreams = ["udp:127.0.0.1:53"]\n'
+    text += "".join(f"{key} = {value}\n" for key, value in keys.items())
+    with pytest.raises(ConfigError) as info:
+        parseConfig(tomllib.loads(text), "test.toml", discoverPlugins())
+    assert expected in str(info.value)
+
+
+def test_boundsDefaults() -> None:
+    """
+    The defaults fit together: a cache of cache_size entries of the largest answer cached fits in cache_bytes, and the in-flight bounds leave room for the benchmark's 100 queries in flight from one address.
+    """
+    from netd_plugins.dnsproxy import DNSProxyOptions
+    from netd_plugins.dnsproxy.cache import ENTRY_OVERHEAD
+
+    options = DNSProxyOptions()
+    assert options.cache_size * (options.cache_entry_bytes + ENTRY_OVERHEAD + 255) <= options.cache_bytes
+    assert options.max_inflight_per_client >= 10 * 100 and options.max_inflight >= options.max_inflight_per_client
