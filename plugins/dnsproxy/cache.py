@@ -25,7 +25,9 @@ from .wire import (
     RCODE_NXDOMAIN,
     AnswerInfo,
     Query,
+    WireError,
     addAdditionalCount,
+    answerNames,
     answerQuery,
     atOrUnder,
     optRecord,
@@ -293,15 +295,27 @@ class AnswerCache:
 
     def purge(self, names: list[bytes]) -> int:
         """
-        Drop every answer whose name is one of C{names} or below one: the
-        static records of those names (or wildcards) changed, and no answer
-        cached before the change may be served after it.  It walks the whole
-        cache, which is fine for a change made through the control API.
+        Drop every answer whose name, or a name its CNAME chain passes
+        through, is one of C{names} or below one: the static records of those
+        names (or wildcards) changed, and no answer cached before the change
+        may be served after it.  It walks the whole cache and reads the
+        answer section of each entry, which is fine for a change made through
+        the control API.
 
         @param names: lowercase wire names (as L{Question.key}).
         @return: how many answers were dropped.
         """
-        doomed = [key for key in self._entries if any(atOrUnder(key[0], name) for name in names)]
+
+        def affected(key: CacheKey, body: bytes) -> bool:
+            if any(atOrUnder(key[0], name) for name in names):
+                return True
+            try:
+                chain = answerNames(body)
+            except WireError:
+                return True
+            return any(atOrUnder(link, name) for link in chain for name in names)
+
+        doomed = [key for key, entry in self._entries.items() if affected(key, entry[2])]
         for key in doomed:
             self.bytes -= self._entries.pop(key)[8]
         return len(doomed)

@@ -807,6 +807,57 @@ def decodeName(wire: bytes) -> str:
     return ".".join(labels) if labels else "."
 
 
+TYPE_CNAME = 5
+
+
+def readName(data: bytes, offset: int) -> bytes:
+    """
+    The name at C{offset}, compression pointers followed, as an uncompressed
+    lowercase wire name (as L{Question.key}); checked as L{skipName} checks.
+
+    @raise WireError: if the name is malformed.
+    """
+    skipName(data, offset)
+    labels = []
+    position = offset
+    while True:
+        length = data[position]
+        if length == 0:
+            labels.append(b"\x00")
+            return b"".join(labels).lower()
+        if length >= 0xC0:
+            position = ((length & 0x3F) << 8) | data[position + 1]
+            continue
+        labels.append(data[position : position + length + 1])
+        position += length + 1
+
+
+def answerNames(data: bytes) -> list[bytes]:
+    """
+    The names an answer's answer section passes through: the owner of each
+    record and the target of each CNAME, lowercased and uncompressed (a
+    CNAME chain's every link).
+
+    @raise WireError: if the answer is malformed.
+    """
+    _, _, qdcount, ancount, _, _ = readHeader(data)
+    offset = HEADER_SIZE
+    for _ in range(qdcount):
+        offset = skipName(data, offset) + 4
+    names = []
+    size = len(data)
+    for _ in range(ancount):
+        names.append(readName(data, offset))
+        offset = skipName(data, offset)
+        if offset + 10 > size:
+            raise WireError("record runs past the end of the message")
+        rtype, _, _, rdlength = _RECORD.unpack_from(data, offset)
+        if rtype == TYPE_CNAME:
+            names.append(readName(data, offset + 10))
+        offset += 10 + rdlength
+    return names
+
+
 def atOrUnder(name: bytes, ancestor: bytes) -> bool:
     """
     Whether a name is C{ancestor} or below it, label by label: C{a.b.test}
