@@ -497,7 +497,7 @@ def quickQuestion(data: bytes) -> tuple[tuple[bytes, int, int, int, bytes], int,
         return None
     if opt + 11 + _U16.unpack_from(data, opt + 9)[0] != size:
         return None
-    options = optionsKey(data, opt + 11, size)
+    options = b"" if opt + 11 == size else optionsKey(data, opt + 11, size)
     if options is None:
         return None
     if data[opt + 7] & _DO_BYTE:
