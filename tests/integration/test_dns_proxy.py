@@ -745,3 +745,24 @@ def test_queriesInFlightBounded(startNetd: Any, silentUpstream: str) -> None:
     status, services = netd.api("GET", "/services")
     counters = services["services"]["dns"]["counters"]
     assert (counters["inflight_refused_client"], counters["inflight_refused_connection"]) == (1, 1), counters
+
+
+def test_cacheBytesBoundedAndReported(freshProxy: NetdProcess, dnsUpstream: Dnsmasq) -> None:
+    """
+    An answer larger than cache_entry_bytes (the 4.6 KB TXT set, over TCP) is forwarded but not cached, and /metrics shows it as netd_cache_too_large_total beside the netd_dns_cache_bytes gauge of what is cached.
+    """
+    import urllib.request
+
+    asked = [dnsUpstream.queriesFor(BIG_NAME, "TXT")]
+    for _ in range(2):
+        result = ask(freshProxy, "tcp", BIG_NAME, "TXT")
+        assert len(result.last.data("TXT")) == len(BIG_TEXTS), result.output
+        asked.append(dnsUpstream.queriesFor(BIG_NAME, "TXT"))
+    assert asked[2] - asked[1] == asked[1] - asked[0] > 0, "the second query went upstream as the first did"
+    ask(freshProxy, "udp", "mail.example.test", "A")
+    with urllib.request.urlopen(freshProxy.adminURL("/metrics"), timeout=IO_TIMEOUT) as response:
+        metrics = response.read().decode()
+    assert 'netd_cache_too_large_total{service="dns"} 2\n' in metrics, metrics
+    assert "# TYPE netd_dns_cache_bytes gauge" in metrics
+    [cached] = [line for line in metrics.splitlines() if line.startswith('netd_dns_cache_bytes{service="dns"}')]
+    assert 500 < float(cached.split()[-1]) < 2000, cached
