@@ -119,12 +119,15 @@ class Counters(dict[str, int]):
 
     @ivar histograms: by name (the metric is C{netd_NAME}).
     @ivar families: the declared L{LabelledCounters}, by prefix.
+    @ivar gauges: values that go up and down (a cache's bytes), by name (the
+        metric is C{netd_NAME}): how to read each and its help text.
     """
 
     def __init__(self, *args: Any, **kwargs: int) -> None:
         super().__init__(*args, **kwargs)
         self.histograms: dict[str, Histogram] = {}
         self.families: dict[str, LabelledCounters] = {}
+        self.gauges: dict[str, tuple[Callable[[], float], str]] = {}
         self._accruing: list[Callable[[], Mapping[str, int]]] = []
 
     def __missing__(self, name: str) -> int:
@@ -164,6 +167,13 @@ class Counters(dict[str, int]):
         if histogram is None:
             histogram = self.histograms[name] = Histogram(bounds, help)
         return histogram
+
+    def gauge(self, name: str, read: Callable[[], float], help: str) -> None:
+        """
+        Expose C{read()}, read at each scrape, as the gauge C{netd_NAME}: a
+        level (bytes held, entries) rather than a count of events.
+        """
+        self.gauges[name] = (read, help)
 
     def labelCounters(self, prefix: str, *, family: str, label: str, help: str) -> None:
         """
@@ -322,7 +332,7 @@ class Exposition:
         help: Mapping[str, str] = CORE_HELP,
     ) -> None:
         """
-        Add every counter and histogram of one service.
+        Add every counter, histogram and gauge of one service.
 
         @param labels: the labels every sample gets (C{service}).
         @param zeros: counters exposed even while they are zero, so that rates
@@ -345,6 +355,8 @@ class Exposition:
                 self.counter(declared.family, value, declared.help, {**labels, declared.label: name[len(prefix) :]})
         for name, histogram in sorted(counters.histograms.items()):
             self.histogram(name, histogram, labels)
+        for name, (read, text) in sorted(counters.gauges.items()):
+            self.gauge(name, read(), text, labels)
 
     def render(self) -> str:
         """

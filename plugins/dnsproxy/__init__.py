@@ -23,8 +23,14 @@ from netd.interfaces import IProtocolPlugin
 from netd.options import between, option
 from netd.plugin import PluginContext
 
-from .cache import AnswerCache
-from .handler import AccessList, DNSProxy
+from .cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRY_BYTES, AnswerCache
+from .handler import (
+    DEFAULT_MAX_INFLIGHT,
+    DEFAULT_MAX_INFLIGHT_PER_CLIENT,
+    DEFAULT_MAX_INFLIGHT_PER_CONNECTION,
+    AccessList,
+    DNSProxy,
+)
 from .records import StaticRecords
 from .resolver import UpstreamResolver
 from .scripts import Script
@@ -92,6 +98,30 @@ class DNSProxyOptions:
         5.0, help="Seconds a query may take in all before the client gets SERVFAIL.", checks=(between(0.01, 300),)
     )
     cache_size: int = option(10000, help="Answers cached at most (least recently used evicted); 0 turns the cache off.", checks=(between(0, 10_000_000),))
+    # The bounds of issue 13 (cache bytes, queries in flight), together.
+    cache_bytes: int = option(
+        DEFAULT_MAX_BYTES,
+        help="Bytes the cache may hold at most, answers, keys and bookkeeping counted (least recently used evicted past it).",
+        checks=(between(0, 2**40),),
+    )
+    cache_entry_bytes: int = option(
+        DEFAULT_MAX_ENTRY_BYTES, help="The largest answer, in bytes, that is cached; larger ones are forwarded but not kept.", checks=(between(512, 65535),)
+    )
+    max_inflight: int = option(
+        DEFAULT_MAX_INFLIGHT,
+        help="Queries waiting for the upstreams at most, from all clients; past it queries that would go upstream get REFUSED.",
+        checks=(between(1, 1_000_000),),
+    )
+    max_inflight_per_client: int = option(
+        DEFAULT_MAX_INFLIGHT_PER_CLIENT,
+        help="Queries waiting for the upstreams at most from one client address; past it that address gets REFUSED for them.",
+        checks=(between(1, 1_000_000),),
+    )
+    max_inflight_per_connection: int = option(
+        DEFAULT_MAX_INFLIGHT_PER_CONNECTION,
+        help="Queries waiting for their answers at most on one TCP or TLS connection; past it the next ones on it get REFUSED.",
+        checks=(between(1, 65535),),
+    )
     min_ttl: int = option(0, help="Seconds an answer stays cached at least, whatever its TTL.", checks=(between(0, 86400),))
     max_ttl: int = option(86400, help="Seconds an answer stays cached at most.", checks=(between(0, 604800),))
     max_negative_ttl: int = option(
@@ -114,6 +144,8 @@ class DNSProxyOptions:
         problems = []
         if self.min_ttl > self.max_ttl:
             problems.append(("min_ttl", f"{self.min_ttl} is more than max_ttl ({self.max_ttl})"))
+        if self.cache_size and self.cache_entry_bytes > self.cache_bytes:
+            problems.append(("cache_entry_bytes", f"{self.cache_entry_bytes} is more than cache_bytes ({self.cache_bytes})"))
         if self.timeout > self.deadline:
             problems.append(("timeout", f"{self.timeout} is more than deadline ({self.deadline})"))
         return problems
@@ -159,6 +191,8 @@ class DNSProxyPlugin:
             maxNegativeTTL=options.max_negative_ttl,
             clock=context.reactor,
             udpSize=options.udp_size,
+            maxBytes=options.cache_bytes,
+            maxEntryBytes=options.cache_entry_bytes,
         )
         return DNSProxy(
             reactor=context.reactor,
@@ -172,6 +206,9 @@ class DNSProxyPlugin:
             logQueries=options.log_queries,
             udpSize=options.udp_size,
             events=context.events,
+            maxInflight=options.max_inflight,
+            maxInflightPerClient=options.max_inflight_per_client,
+            maxInflightPerConnection=options.max_inflight_per_connection,
         )
 
 

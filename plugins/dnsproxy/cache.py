@@ -3,8 +3,8 @@ The answer cache: upstream answers kept as wire bytes, served again with the
 ID, question case, RD/CD bits and TTLs patched in place (L{patchAnswer}),
 never parsed on a hit.
 
-Entries are keyed by the question's name without case, its type and class, and
-the DO bit; they live for the smallest TTL of the answer (positive answers) or
+Entries are keyed by everything of a query that changes its answer
+(L{cacheKey}); they live for the smallest TTL of the answer (positive answers) or
 the SOA's negative TTL (NXDOMAIN and NODATA, RFC 2308), clamped by the
 service's limits, and the least recently used entry goes first when the cache
 is full.  Time comes only from the injected clock.
@@ -12,16 +12,22 @@ is full.  Time comes only from the injected clock.
 
 from __future__ import annotations
 
+import struct
 from collections import OrderedDict
 
 from twisted.internet.interfaces import IReactorTime
 
 from .wire import (
+    KEY_DO,
+    KEY_FLAGS,
+    HEADER_SIZE,
     RCODE_NOERROR,
     RCODE_NXDOMAIN,
     AnswerInfo,
     Query,
+    WireError,
     addAdditionalCount,
+    answerNames,
     answerQuery,
     atOrUnder,
     optRecord,
@@ -29,39 +35,71 @@ from .wire import (
     patchTTLs,
 )
 
-CacheKey = tuple[bytes, int, int, bool]
+CacheKey = tuple[bytes, int, int, int, bytes]
 """
 What an answer is cached under: the question's name lowercased (wire form),
-its type and class, and whether the query set the DO bit.
+its type and class, the query's RD, AD and CD bits with the DO bit
+(L{wire.KEY_FLAGS}, L{wire.KEY_DO}), and its client subnet option
+(L{EDNS.keyOptions}).  That is all of the query that goes upstream but for
+the ID and the name's case (L{wire.upstreamQuery}), so the key is also what
+identical queries in flight share one upstream query by.
 """
 
 DEFAULT_UDP_SIZE = 1232
+_COUNT = struct.Struct("!H")
 
 
 def cacheKey(query: Query) -> CacheKey:
     """
-    The key a query's answer is cached under.
+    The key a query's answer is cached under (L{wire.quickQuestion} makes the
+    same from the query's bytes).
     """
     question = query.question
     edns = query.edns
-    return (question.key, question.qtype, question.qclass, edns is not None and edns.do)
+    flags = query.flags & KEY_FLAGS
+    if edns is None:
+        return (question.key, question.qtype, question.qclass, flags, b"")
+    return (question.key, question.qtype, question.qclass, flags | KEY_DO if edns.do else flags, edns.keyOptions)
 
 
-_Entry = tuple[float, float, tuple[bytes, bytes], tuple[int, int], tuple[int, ...], tuple[int, ...]]
+ENTRY_OVERHEAD = 500
 """
-One cached answer: C{(storedAt, expiresAt, forms, ages, ttlOffsets, ttls)}.
+The bytes an entry costs beyond its answer's and its key's own bytes: the
+key and entry tuples, their numbers, the bytes objects' headers, the
+TTL offsets and the ordered dict's slot (measured with tracemalloc: an entry
+of a 66-byte answer takes about 540 bytes in all, one of a 4 KB answer about
+4,580).
+"""
+
+DEFAULT_MAX_BYTES = 48 * 2**20
+DEFAULT_MAX_ENTRY_BYTES = 4096
+"""
+The defaults of C{cache_bytes} and C{max_cache_entry}: a cache of the default
+10,000 entries of the largest size taken (4 KB, with L{ENTRY_OVERHEAD}) fits in
+48 MiB.
+"""
+
+_Entry = tuple[float, float, bytes, bytes, bytes, int, tuple[int, ...], tuple[int, ...], int]
+"""
+One cached answer: C{(storedAt, expiresAt, body, opt, ednsCount, age, ttlOffsets, ttls, size)}.
 
   - C{storedAt}: when it was stored (clock seconds);
   - C{expiresAt}: when it stops being served;
-  - C{forms}: the answer without and with an OPT record;
-  - C{ages}: for each form, the elapsed seconds its TTLs are patched for
-    (-1: not yet patched);
-  - C{ttlOffsets}: where the TTLs are (the same in both forms);
-  - C{ttls}: the TTLs to serve at C{storedAt}, clamped to the lifetime.
+  - C{body}: the answer without an OPT record, its TTLs lowered by C{age};
+  - C{opt}: the OPT record a client that sent one gets appended to C{body}
+    (the upstream's, or ours), or C{b""} when C{body} is served as it is
+    to every client (an answer whose OPT record is not its last);
+  - C{ednsCount}: the additional count of C{body} plus the OPT record;
+  - C{age}: the elapsed seconds C{body}'s TTLs are patched for (-1: not yet);
+  - C{ttlOffsets}: where the TTLs are in C{body};
+  - C{ttls}: the TTLs to serve at C{storedAt}, clamped to the lifetime;
+  - C{size}: the bytes the entry is accounted for (L{entrySize}).
 
-Each form is rewritten with its TTLs lowered the first time it is served in a
-new second (a new entry takes the old one's place), so that the hits in the
-same second need not patch the TTLs again.
+One copy of the answer, whichever form clients ask for: the form with the OPT
+record is put together as the answer is sent.  C{body} is rewritten with its
+TTLs lowered the first time it is served in a new second (a new entry takes
+the old one's place), so that the hits in the same second need not patch the
+TTLs again.
 
 A plain tuple of numbers, bytes and tuples of them, which the garbage
 collector stops tracking after its first look (it keeps tracking objects, and
@@ -71,17 +109,29 @@ cost several times more.
 """
 
 
+def entrySize(key: CacheKey, body: bytes, opt: bytes) -> int:
+    """
+    The bytes an entry is accounted for: its answer, its key's bytes, and
+    L{ENTRY_OVERHEAD}.
+    """
+    return len(body) + len(opt) + len(key[0]) + len(key[4]) + ENTRY_OVERHEAD
+
+
 class AnswerCache:
     """
-    A bounded, TTL-respecting cache of wire answers.
+    A cache of wire answers bounded in entries and in bytes, that respects TTLs.
 
-    An answer is kept in two forms, one with an OPT record and one without, so
-    that a client gets an OPT record in its answer exactly when its query had
-    one (RFC 6891, section 7), whichever kind of client filled the cache: the
-    OPT record is dropped when it is the answer's last record, or one of ours
-    (payload size C{udpSize}) is added when the answer had none.
+    A client gets an OPT record in its answer exactly when its query had one
+    (RFC 6891, section 7), whichever kind of client filled the cache: the
+    answer is kept without its OPT record when that is its last record, and
+    the record (or one of ours, payload size C{udpSize}, when the answer had
+    none) is appended for the clients that sent one.
 
-    @ivar evictions: how many entries were dropped to make room for others.
+    @ivar evictions: how many entries were dropped to make room for others
+        (over C{maxEntries} or C{maxBytes}).
+    @ivar tooLarge: how many answers were not cached for being larger than
+        C{maxEntryBytes}.
+    @ivar bytes: the bytes the entries are accounted for now (L{entrySize}).
     """
 
     def __init__(
@@ -93,6 +143,8 @@ class AnswerCache:
         maxNegativeTTL: int,
         clock: IReactorTime,
         udpSize: int = DEFAULT_UDP_SIZE,
+        maxBytes: int = DEFAULT_MAX_BYTES,
+        maxEntryBytes: int = DEFAULT_MAX_ENTRY_BYTES,
     ) -> None:
         """
         @param maxEntries: how many answers to keep; 0 turns caching off.
@@ -103,6 +155,9 @@ class AnswerCache:
         @param clock: where the time comes from.
         @param udpSize: the payload size in the OPT record added to an answer
             that had none.
+        @param maxBytes: the most bytes the entries may be accounted for
+            (L{entrySize}); the least recently used go first past it.
+        @param maxEntryBytes: the largest answer (wire bytes) that is cached.
         """
         self.maxEntries = maxEntries
         self.minTTL = minTTL
@@ -110,7 +165,11 @@ class AnswerCache:
         self.maxNegativeTTL = maxNegativeTTL
         self.clock = clock
         self.udpSize = udpSize
+        self.maxBytes = maxBytes
+        self.maxEntryBytes = maxEntryBytes
         self.evictions = 0
+        self.tooLarge = 0
+        self.bytes = 0
         self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
 
     def __len__(self) -> int:
@@ -136,8 +195,9 @@ class AnswerCache:
 
     def store(self, key: CacheKey, answer: bytes, info: AnswerInfo) -> bool:
         """
-        Cache an answer (found by L{inspectAnswer}) if it may be cached; the
-        least recently used entry makes room if the cache is full.
+        Cache an answer (found by L{inspectAnswer}) if it may be cached and is
+        no larger than C{maxEntryBytes}; the least recently used entries make
+        room if the cache is over C{maxEntries} or C{maxBytes}.
 
         @return: whether it was stored.
         """
@@ -146,22 +206,28 @@ class AnswerCache:
         lifetime = self.lifetime(info)
         if not lifetime:
             return False
+        if len(answer) > self.maxEntryBytes:
+            self.tooLarge += 1
+            return False
         low = min(self.minTTL, lifetime)
         ttls = tuple(min(max(ttl, low), lifetime) for ttl in info.ttls)
         if info.optOffset is None:
-            withEDNS = addAdditionalCount(answer, 1) + optRecord(key[3], self.udpSize)
-            withoutEDNS = answer
+            body, opt = answer, optRecord(bool(key[3] & KEY_DO), self.udpSize)
         elif info.optEnd == len(answer):
-            withEDNS = answer
-            withoutEDNS = addAdditionalCount(answer[: info.optOffset], -1)
+            body, opt = addAdditionalCount(answer[: info.optOffset], -1), answer[info.optOffset :]
         else:
-            withEDNS = withoutEDNS = answer
+            body, opt = answer, b""
+        ednsCount = _COUNT.pack(_COUNT.unpack_from(body, 10)[0] + 1)
+        size = entrySize(key, body, opt)
         now = self.clock.seconds()
         entries = self._entries
-        entries[key] = (now, now + lifetime, (withoutEDNS, withEDNS), (-1, -1), info.ttlOffsets, ttls)
-        entries.move_to_end(key)
-        while len(entries) > self.maxEntries:
-            entries.popitem(last=False)
+        old = entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old[8]
+        entries[key] = (now, now + lifetime, body, opt, ednsCount, -1, info.ttlOffsets, ttls, size)
+        self.bytes += size
+        while len(entries) > self.maxEntries or self.bytes > self.maxBytes:
+            self.bytes -= entries.popitem(last=False)[1][8]
             self.evictions += 1
         return True
 
@@ -172,10 +238,13 @@ class AnswerCache:
         L{None} if there is none or it has expired (an expired entry is
         dropped).
         """
-        stored = self._current(key, 0 if query.edns is None else 1, self.clock.seconds())
-        if stored is None:
+        entry = self._current(key, self.clock.seconds())
+        if entry is None:
             return None
-        return patchAnswer(stored, (), (), 0, query)
+        body, opt, ednsCount = entry[2:5]
+        if query.edns is not None and opt:
+            body = b"".join((body[:10], ednsCount, body[HEADER_SIZE:], opt))
+        return patchAnswer(body, (), (), 0, query)
 
     def lookupMessage(self, key: CacheKey, message: bytes, nameEnd: int, edns: bool, now: float) -> bytes | None:
         """
@@ -186,10 +255,12 @@ class AnswerCache:
         @param now: the time of the cache's clock, which the caller has read
             (a cache hit's event is recorded at the same time).
         """
-        stored = self._current(key, 1 if edns else 0, now)
-        if stored is None:
+        entry = self._current(key, now)
+        if entry is None:
             return None
-        return answerQuery(stored, message, nameEnd)
+        if edns and entry[3]:
+            return answerQuery(entry[2], message, nameEnd, entry[4], entry[3])
+        return answerQuery(entry[2], message, nameEnd)
 
     def __contains__(self, key: object) -> bool:
         """
@@ -198,44 +269,53 @@ class AnswerCache:
         """
         return key in self._entries
 
-    def _current(self, key: CacheKey, form: int, now: float) -> bytes | None:
+    def _current(self, key: CacheKey, now: float) -> _Entry | None:
         """
-        The answer cached under C{key} in one of its forms (0: without an OPT
-        record, 1: with one), its TTLs lowered for C{now}; L{None} if there is
-        none or it has expired (dropped, then).
+        The entry cached under C{key}, its body's TTLs lowered for C{now};
+        L{None} if there is none or it has expired (dropped, then).
         """
-        entry = self._entries.get(key)
+        entries = self._entries
+        entry = entries.get(key)
         if entry is None:
             return None
-        storedAt, expiresAt, forms, ages, ttlOffsets, ttls = entry
+        storedAt, expiresAt, body, opt, ednsCount, age, ttlOffsets, ttls, size = entry
         if now >= expiresAt:
-            del self._entries[key]
+            del entries[key]
+            self.bytes -= size
             return None
-        self._entries.move_to_end(key)
+        entries.move_to_end(key)
         elapsed = int(now - storedAt)
         if elapsed < 0:
             elapsed = 0
-        if ages[form] == elapsed:
-            return forms[form]
-        stored = patchTTLs(forms[form], ttlOffsets, ttls, elapsed)
-        if form:
-            forms, ages = (forms[0], stored), (ages[0], elapsed)
-        else:
-            forms, ages = (stored, forms[1]), (elapsed, ages[1])
-        self._entries[key] = (storedAt, expiresAt, forms, ages, ttlOffsets, ttls)
-        return stored
+        if age == elapsed:
+            return entry
+        entry = (storedAt, expiresAt, patchTTLs(body, ttlOffsets, ttls, elapsed), opt, ednsCount, elapsed, ttlOffsets, ttls, size)
+        entries[key] = entry
+        return entry
 
     def purge(self, names: list[bytes]) -> int:
         """
-        Drop every answer whose name is one of C{names} or below one: the
-        static records of those names (or wildcards) changed, and no answer
-        cached before the change may be served after it.  It walks the whole
-        cache, which is fine for a change made through the control API.
+        Drop every answer whose name, or a name its CNAME chain passes
+        through, is one of C{names} or below one: the static records of those
+        names (or wildcards) changed, and no answer cached before the change
+        may be served after it.  It walks the whole cache and reads the
+        answer section of each entry, which is fine for a change made through
+        the control API.
 
         @param names: lowercase wire names (as L{Question.key}).
         @return: how many answers were dropped.
         """
-        doomed = [key for key in self._entries if any(atOrUnder(key[0], name) for name in names)]
+
+        def affected(key: CacheKey, body: bytes) -> bool:
+            if any(atOrUnder(key[0], name) for name in names):
+                return True
+            try:
+                chain = answerNames(body)
+            except WireError:
+                return True
+            return any(atOrUnder(link, name) for link in chain for name in names)
+
+        doomed = [key for key, entry in self._entries.items() if affected(key, entry[2])]
         for key in doomed:
-            del self._entries[key]
+            self.bytes -= self._entries.pop(key)[8]
         return len(doomed)

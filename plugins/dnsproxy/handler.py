@@ -60,7 +60,9 @@ from .wire import (
     FLAG_CD,
     FLAG_QR,
     FLAG_RD,
+    HEADER_SIZE,
     MIN_UDP_SIZE,
+    RCODE_BADVERS,
     RCODE_FORMERR,
     RCODE_NOTIMP,
     RCODE_REFUSED,
@@ -79,13 +81,26 @@ from .wire import (
     patchAnswer,
     quickQuestion,
     truncate,
+    upstreamQuery,
 )
 
-RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 16: "BADVERS"}
 _RCODE_COUNTERS = {rcode: f"rcode_{name}" for rcode, name in RCODE_NAMES.items()}
 _QTYPE_COUNTERS = {qtype: f"qtype_{name}" for qtype, name in dns.QUERY_TYPES.items()}
 """
-Counter names made once, not per query.
+Counter names made once, not per query.  Types without a name share
+C{qtype_other}, so that a client asking every number makes one series, not
+65,536.
+"""
+_QTYPE_OTHER = "qtype_other"
+DEFAULT_MAX_INFLIGHT = 10_000
+DEFAULT_MAX_INFLIGHT_PER_CLIENT = 1_000
+DEFAULT_MAX_INFLIGHT_PER_CONNECTION = 100
+"""
+The defaults of C{max_inflight}, C{max_inflight_per_client} and
+C{max_inflight_per_connection}: ten times what the benchmark keeps in flight
+from its one address (dnsperf -q 100), and far more than a stub resolver or
+a pipelining TCP client has outstanding.
 """
 MAX_REMEMBERED_PEERS = 4096
 """
@@ -132,7 +147,7 @@ entry that applied to it.
 def renderQuery(
     host: str,
     port: int,
-    query: Query | bytes | None,
+    query: Query | tuple[bytes, int] | None,
     transport: str,
     rcode: int | None,
     source: str,
@@ -145,18 +160,23 @@ def renderQuery(
     The fields of a C{"query"} event, built when the event log is read; the
     client is written as the C{peer} of connection events is.
 
-    @param query: the query, or the message it was read from (a cache hit
-        answered by L{DNSProxy._cacheHit} reads it only now), or L{None} for a
-        query whose question could not be read (FORMERR).
+    @param query: the query; or, for a cache hit answered by
+        L{DNSProxy._cacheHit}, its question's name (wire form, as sent) and
+        type, which is all the event shows (not the message, which a padded
+        query makes up to 64 KB); or L{None} for a query whose question could
+        not be read (FORMERR).
     @param rcode: L{None} for a query dropped unanswered.
     """
-    if isinstance(query, bytes):
-        query = parseQuery(query)
-    question = query.question if query is not None else None
+    name: bytes | None = None
+    qtype = 0
+    if isinstance(query, tuple):
+        name, qtype = query
+    elif query is not None:
+        name, qtype = query.question.name, query.question.qtype
     return {
         "client": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-        "name": decodeName(question.name) if question is not None else None,
-        "type": QueryType(question.qtype).toConfig() if question is not None else None,
+        "name": decodeName(name) if name is not None else None,
+        "type": QueryType(qtype).toConfig() if name is not None else None,
         "transport": transport,
         "rcode": None if rcode is None else RCODE_NAMES.get(rcode, str(rcode)),
         "source": source,
@@ -221,7 +241,18 @@ class DNSProxy(Service):
         logQueries: bool,
         udpSize: int,
         events: EventLog,
+        maxInflight: int = DEFAULT_MAX_INFLIGHT,
+        maxInflightPerClient: int = DEFAULT_MAX_INFLIGHT_PER_CLIENT,
+        maxInflightPerConnection: int = DEFAULT_MAX_INFLIGHT_PER_CONNECTION,
     ) -> None:
+        """
+        @param maxInflight: the most queries waiting for the upstreams at
+            once, from all clients (identical ones sharing an upstream query
+            count one each).
+        @param maxInflightPerClient: the most of those from one client address.
+        @param maxInflightPerConnection: the most queries waiting for their
+            answer on one TCP (or TLS) connection.
+        """
         self.reactor = reactor
         self.records = records
         self.scripts = ScriptBook(scripts)
@@ -235,6 +266,9 @@ class DNSProxy(Service):
         self.counters = counters
         counters.labelCounters("qtype_", family="dns_queries", label="qtype", help="DNS queries received, by query type.")
         counters.labelCounters("rcode_", family="dns_answers", label="rcode", help="DNS answers sent, by response code.")
+        counters.accrueFrom(lambda: {"cache_evictions": cache.evictions, "cache_too_large": cache.tooLarge})
+        counters.gauge("dns_cache_bytes", lambda: cache.bytes, "Bytes the DNS cache's entries are accounted for now (answers, keys, overhead).")
+        counters.gauge("dns_cache_entries", lambda: len(cache), "Answers in the DNS cache now.")
         self.log = log
         self.logQueries = logQueries
         self.events = events
@@ -242,6 +276,11 @@ class DNSProxy(Service):
         self.udpSize = udpSize
         self.delayed: set[IDelayedCall] = set()
         self.inflight: dict[Flight, list[Waiter]] = {}
+        self.maxInflight = maxInflight
+        self.maxInflightPerClient = maxInflightPerClient
+        self.maxInflightPerConnection = maxInflightPerConnection
+        self.waiting = 0
+        self.waitingByClient: dict[str, int] = {}
         self.loopProbe = encodeName(f"{secrets.token_hex(8)}.netd-loop-check")
 
     def startService(self) -> None:
@@ -401,12 +440,18 @@ class DNSProxy(Service):
         if query.flags & FLAG_QR:
             self.counters["dropped_responses"] += 1
             return None
-        qtype = query.question.qtype
-        self.counters[_QTYPE_COUNTERS.get(qtype) or f"qtype_{qtype}"] += 1
         if not self.access.allows(host):
             return self._done(makeResponse(query, RCODE_REFUSED, udpSize=self.udpSize), query, host, port, transport, "acl", started)
+        # Counted only once the client is allowed: refused ones make no series.
+        self.counters[_QTYPE_COUNTERS.get(query.question.qtype, _QTYPE_OTHER)] += 1
         if query.opcode != 0:
             return self._done(makeResponse(query, RCODE_NOTIMP, udpSize=self.udpSize), query, host, port, transport, "notimp", started)
+        if query.edns is not None and query.edns.version != 0:
+            # RFC 6891, 6.1.3: before anything answers (scripts, static
+            # records, the cache), with an OPT record of the version we know.
+            self.counters["queries_badvers"] += 1
+            badvers = makeResponse(query, RCODE_BADVERS, udpSize=self.udpSize)
+            return self._done(badvers, query, host, port, transport, "badvers", started, rcode=RCODE_BADVERS)
         if query.question.key == self.loopProbe:
             return self._loopDetected(query, host, port, transport, started)
         if self.scripts:
@@ -414,6 +459,25 @@ class DNSProxy(Service):
             if decided is not None:
                 return self._scripted(decided, data, query, host, port, transport, started)
         return self._lookup(data, query, host, port, transport, started, None)
+
+    def refuseOverLimit(self, data: bytes, host: str, port: int, transport: str, started: float) -> bytes | None:
+        """
+        REFUSED for a query on a TCP connection that has
+        L{maxInflightPerConnection} queries waiting (counted); a message that
+        is not a readable query is dropped or gets FORMERR as on the whole path.
+        """
+        try:
+            query = parseQuery(data)
+        except WireError:
+            answer = self._answerParsed(data, host, port, transport, started)
+            return answer if isinstance(answer, bytes) else None
+        if query.flags & FLAG_QR:
+            self.counters["dropped_responses"] += 1
+            return None
+        self.counters["inflight_refused_connection"] += 1
+        refused = makeResponse(query, RCODE_REFUSED, udpSize=self.udpSize)
+        self._record(refused, query, host, port, transport, "limit", started, None, None)
+        return refused
 
     def _cacheHit(self, data: bytes, host: str, port: int, transport: str, started: float) -> bytes | None:
         """
@@ -439,14 +503,15 @@ class DNSProxy(Service):
             return None
         counters = self.counters
         qtype = key[1]
-        counters[_QTYPE_COUNTERS.get(qtype) or f"qtype_{qtype}"] += 1
+        counters[_QTYPE_COUNTERS.get(qtype, _QTYPE_OTHER)] += 1
         counters["cache_hits"] += 1
         rcode = answer[3] & 0x0F
         counters[_RCODE_COUNTERS.get(rcode) or f"rcode_{rcode}"] += 1
         events = self.events
         if events.enabled:
             # The cache's clock is the reactor: its time is the event's.
-            events.addAt(now, "query", renderQuery, host, port, data, transport, rcode, "cache", None, None, started, now)
+            question = (data[HEADER_SIZE:nameEnd], qtype)
+            events.addAt(now, "query", renderQuery, host, port, question, transport, rcode, "cache", None, None, started, now)
         return answer
 
     def _lookup(
@@ -511,27 +576,55 @@ class DNSProxy(Service):
         transport: str,
         started: float,
         applied: Applied | None,
-    ) -> Deferred[bytes]:
+    ) -> bytes | Deferred[bytes]:
         """
         Ask the upstreams, sharing the upstream query with identical ones in
         flight: each query waits in its flight's list (L{inflight}), answered
         when the upstream query lands (L{_landed}, L{_failed}).
+
+        A query past L{maxInflight} queries waiting, or past
+        L{maxInflightPerClient} from its client's address, gets REFUSED at
+        once (counted): REFUSED, not SERVFAIL, because a downstream resolver
+        caches a SERVFAIL as the name's failure (RFC 9520) where REFUSED only
+        sends it to another server, and the answer is no larger than the
+        query, so that a flood with forged sources gains nothing by it.
         """
+        waiting = self.waitingByClient.get(host, 0)
+        if self.waiting >= self.maxInflight or waiting >= self.maxInflightPerClient:
+            self.counters["inflight_refused_overall" if self.waiting >= self.maxInflight else "inflight_refused_client"] += 1
+            refused = makeResponse(query, RCODE_REFUSED, udpSize=self.udpSize)
+            return self._done(refused, query, host, port, transport, "limit", started, applied)
+        self.waiting += 1
+        self.waitingByClient[host] = waiting + 1
         # The upstream's answer carries an OPT record exactly when the query
         # that went upstream had one, so only queries alike in that share it.
         flight = (key, query.edns is not None)
         result: Deferred[bytes] = Deferred()
         waiter = (result, query, host, port, transport, started, applied)
-        waiting = self.inflight.get(flight)
-        if waiting is None:
+        sharing = self.inflight.get(flight)
+        if sharing is None:
             self.inflight[flight] = [waiter]
-            self.resolver.forward(data, query.question).addCallbacks(
+            self.resolver.forward(upstreamQuery(data, query, self.udpSize), query.question).addCallbacks(
                 self._landed, self._failed, callbackArgs=(flight,), errbackArgs=(flight,)
             )
         else:
             self.counters["queries_coalesced"] += 1
-            waiting.append(waiter)
+            sharing.append(waiter)
+        result.addBoth(self._answered, host)
         return result
+
+    def _answered(self, answer: bytes, host: str) -> bytes:
+        """
+        A query that waited for the upstreams has its answer: it no longer
+        counts towards the bounds on queries in flight.
+        """
+        self.waiting -= 1
+        left = self.waitingByClient[host] - 1
+        if left:
+            self.waitingByClient[host] = left
+        else:
+            del self.waitingByClient[host]
+        return answer
 
     def _landed(self, answered: tuple[bytes, Upstream], flight: Flight) -> None:
         """
@@ -625,10 +718,14 @@ class DNSProxy(Service):
         started: float,
         applied: Applied | None = None,
         upstream: Upstream | None = None,
+        rcode: int | None = None,
     ) -> bytes | Deferred[bytes]:
         """
         The answer on its way out: at once, or after the C{delay} of the
         script entry that L{applied}; recorded (L{_record}) as it goes.
+
+        @param rcode: the answer's extended rcode, for one whose header holds
+            only its lower bits (BADVERS); else read from the header.
         """
         if applied is not None and applied[1].delay:
             held: Deferred[bytes] = Deferred()
@@ -641,7 +738,7 @@ class DNSProxy(Service):
             call = self.reactor.callLater(applied[1].delay / 1000, release)
             self.delayed.add(call)
             return held
-        self._record(answer, query, host, port, transport, source, started, applied, upstream)
+        self._record(answer, query, host, port, transport, source, started, applied, upstream, rcode)
         return answer
 
     def _record(
@@ -655,14 +752,17 @@ class DNSProxy(Service):
         started: float,
         applied: Applied | None,
         upstream: Upstream | None,
+        rcode: int | None = None,
     ) -> None:
         """
         Count, log (with C{log_queries}) and record as an event an answer
         going out, or a query dropped (C{answer} L{None}).
+
+        @param rcode: as for L{_done}.
         """
-        rcode: int | None = None
         if answer is not None:
-            rcode = answer[3] & 0x0F if len(answer) >= 4 else RCODE_SERVFAIL
+            if rcode is None:
+                rcode = answer[3] & 0x0F if len(answer) >= 4 else RCODE_SERVFAIL
             self.counters[_RCODE_COUNTERS.get(rcode) or f"rcode_{rcode}"] += 1
         if self.logQueries:
             self.log.info(
@@ -695,6 +795,7 @@ class DNSStreamReceiver:
         self.host = ""
         self.port = 0
         self.transport = "tcp"
+        self.waiting = 0
 
     def connectionMade(self, connection: IFrameConnection) -> None:
         """
@@ -710,16 +811,32 @@ class DNSStreamReceiver:
 
     def frameReceived(self, frame: bytes) -> None:
         """
-        Answer one query.
+        Answer one query; once L{DNSProxy.maxInflightPerConnection} queries
+        on this connection wait for their answers, the next ones get REFUSED
+        (see L{DNSProxy._forward} for why REFUSED) until answers go out.
         """
         proxy = self.proxy
         proxy.counters["queries_tcp"] += 1
         started = proxy.reactor.seconds() if proxy.timed else 0.0
-        answer = proxy.answer(frame, self.host, self.port, self.transport, started)
+        if self.waiting >= proxy.maxInflightPerConnection:
+            answer: Answer = proxy.refuseOverLimit(frame, self.host, self.port, self.transport, started)
+        else:
+            answer = proxy.answer(frame, self.host, self.port, self.transport, started)
         if isinstance(answer, bytes):
             self._send(answer)
         elif answer is not None:
             proxy.sendLater(answer, self._send)
+            pending = answer.answer if isinstance(answer, Spoofed) else answer
+            if isinstance(pending, Deferred) and not pending.called:
+                self.waiting += 1
+                pending.addBoth(self._settled)
+
+    def _settled(self, result: object) -> object:
+        """
+        A query's answer has gone out (or the client has gone): one less waiting.
+        """
+        self.waiting -= 1
+        return result
 
     def _send(self, answer: bytes) -> None:
         """

@@ -43,6 +43,10 @@ RCODE_SERVFAIL = 2
 RCODE_NXDOMAIN = 3
 RCODE_NOTIMP = 4
 RCODE_REFUSED = 5
+RCODE_BADVERS = 16
+"""
+An extended rcode (RFC 6891, 6.1.3): the upper 8 bits (1) go in the OPT record.
+"""
 
 MIN_UDP_SIZE = 512
 """
@@ -87,12 +91,16 @@ class EDNS:
     @ivar do: whether the DO bit (DNSSEC OK) is set.
     @ivar version: the EDNS version (only 0 exists).
     @ivar offset: where the OPT record starts in the message.
+    @ivar keyOptions: the options that change the answer, as they were sent
+        (code, length, data): the client subnet ones (RFC 7871), which go
+        upstream and into the cache key; L{b""} for none.
     """
 
     udpSize: int
     do: bool
     version: int
     offset: int
+    keyOptions: bytes = b""
 
 
 @attrs.frozen
@@ -203,6 +211,26 @@ The fixed part of a resource record after its name: type, class, TTL, rdlength.
 _OPT_FIXED = struct.Struct("!BHHIH")
 """
 An OPT record with no options: the root name, type, class, TTL, rdlength 0.
+"""
+
+OPTION_ECS = 8
+"""
+The EDNS client subnet option (RFC 7871): the one option that changes an
+answer and is meant to be forwarded.  Every other option is hop-by-hop
+(cookies, padding, keepalive, NSID asks this server's identity; RFC 6891,
+6.1.1: the OPT record is not forwarded), so netd does not pass it on.
+"""
+
+KEY_DO = 0x0001
+"""
+The DO bit in the flags part of a cache key (a bit the header's flags leave
+free in a query: the rcode's lowest).
+"""
+KEY_FLAGS = 0x0100 | 0x0020 | 0x0010
+"""
+The query header bits that change an answer and go upstream: RD (a
+recursive resolver answers RD=0 from its cache only), AD (RFC 6840, 5.7: the
+answer's AD bit) and CD (RFC 4035: unvalidated data instead of SERVFAIL).
 """
 
 _TTL_SIGN = 0x80000000
@@ -351,10 +379,53 @@ def parseQuery(data: bytes) -> Query:
                     raise WireError("query has two OPT records")
                 if data[start] != 0:
                     raise WireError("OPT record's name is not the root")
-                edns = EDNS(rclass, bool(ttl & DO_BIT), (ttl >> 16) & 0xFF, start)
+                keyOptions = optionsKey(data, offset - rdlength, offset)
+                if keyOptions is None:
+                    raise WireError("OPT record's options run past its data")
+                edns = EDNS(rclass, bool(ttl & DO_BIT), (ttl >> 16) & 0xFF, start, keyOptions)
     except WireError as e:
         raise MalformedQuery(str(e), id, flags) from None
     return Query(id, flags, question, edns)
+
+
+def optionsKey(data: bytes, start: int, end: int) -> bytes | None:
+    """
+    The options of an OPT record's data (C{data[start:end]}) that change the
+    answer (L{OPTION_ECS}), as sent; L{None} if an option runs past C{end}.
+    """
+    if start == end:
+        return b""
+    kept = []
+    while start < end:
+        if start + 4 > end:
+            return None
+        code, length = _TYPE_CLASS.unpack_from(data, start)
+        stop = start + 4 + length
+        if stop > end:
+            return None
+        if code == OPTION_ECS:
+            kept.append(data[start:stop])
+        start = stop
+    return b"".join(kept)
+
+
+def upstreamQuery(data: bytes, query: Query, udpSize: int) -> bytes:
+    """
+    The query netd sends upstream for a client's query: its ID, the header
+    bits that change the answer (L{KEY_FLAGS}), its question as it was sent
+    (case kept), and, if it had an OPT record, one of ours (EDNS version 0,
+    payload size C{udpSize}, its DO bit, its client subnet option).  Nothing
+    else of the client's message goes upstream, so that the answer depends
+    only on what the cache key holds (L{cache.cacheKey}).
+    """
+    edns = query.edns
+    header = _HEADER.pack(query.id, query.flags & KEY_FLAGS, 1, 0, 0, 0 if edns is None else 1)
+    question = data[HEADER_SIZE : query.question.end]
+    if edns is None:
+        return header + question
+    options = edns.keyOptions
+    opt = _OPT_FIXED.pack(0, TYPE_OPT, udpSize, DO_BIT if edns.do else 0, len(options))
+    return b"".join((header, question, opt, options))
 
 
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
@@ -371,9 +442,14 @@ QR and the opcode, in the header's third byte.
 _RD_BYTE = FLAG_RD >> 8
 _CD_BYTE = FLAG_CD
 _DO_BYTE = DO_BIT >> 8
+_KEY_FLAGS_LOW = KEY_FLAGS & 0xFF
+"""
+The bits of L{KEY_FLAGS} in the header's fourth byte (AD, CD); RD is the
+lowest bit of the third.
+"""
 
 
-def quickQuestion(data: bytes) -> tuple[tuple[bytes, int, int, bool], int, bool] | None:
+def quickQuestion(data: bytes) -> tuple[tuple[bytes, int, int, int, bytes], int, bool] | None:
     """
     The cache key (as L{cache.cacheKey} makes it) of a plain query, where its
     question ends, and whether it has an OPT record, read without building any
@@ -381,7 +457,8 @@ def quickQuestion(data: bytes) -> tuple[tuple[bytes, int, int, bool], int, bool]
     L{parseQuery}.
 
     A plain query is a standard query (QR clear, opcode 0) of one question and
-    no other record, or one question and an OPT record ending the message.
+    no other record, or one question and an OPT record of EDNS version 0
+    ending the message (another version gets BADVERS on the whole path).
     Without the OPT record the name is taken to fill the message up to its
     type and class, and is not checked: the key is only good for finding an
     answer in the cache, which holds only names that L{parseQuestion} read,
@@ -395,12 +472,13 @@ def quickQuestion(data: bytes) -> tuple[tuple[bytes, int, int, bool], int, bool]
         return None
     size = len(data)
     additional = data[10:12]
+    flags = ((data[2] & _RD_BYTE) << 8) | (data[3] & _KEY_FLAGS_LOW)
     if additional == _NO_ADDITIONAL:
         end = size - 4
         if end <= HEADER_SIZE:
             return None
         qtype, qclass = _TYPE_CLASS.unpack_from(data, end)
-        return (data[HEADER_SIZE:end].lower(), qtype, qclass, False), end, False
+        return (data[HEADER_SIZE:end].lower(), qtype, qclass, flags, b""), end, False
     if additional != _ONE_ADDITIONAL:
         return None
     position = HEADER_SIZE
@@ -415,12 +493,17 @@ def quickQuestion(data: bytes) -> tuple[tuple[bytes, int, int, bool], int, bool]
         position += length + 1
     end = position + 1
     opt = end + 4
-    if end - HEADER_SIZE > MAX_NAME_LENGTH or opt + 11 > size or data[opt] or data[opt + 1 : opt + 3] != _OPT_TYPE:
+    if end - HEADER_SIZE > MAX_NAME_LENGTH or opt + 11 > size or data[opt] or data[opt + 1 : opt + 3] != _OPT_TYPE or data[opt + 6]:
         return None
     if opt + 11 + _U16.unpack_from(data, opt + 9)[0] != size:
         return None
+    options = b"" if opt + 11 == size else optionsKey(data, opt + 11, size)
+    if options is None:
+        return None
+    if data[opt + 7] & _DO_BYTE:
+        flags |= KEY_DO
     qtype, qclass = _TYPE_CLASS.unpack_from(data, end)
-    return (data[HEADER_SIZE:end].lower(), qtype, qclass, bool(data[opt + 7] & _DO_BYTE)), end, True
+    return (data[HEADER_SIZE:end].lower(), qtype, qclass, flags, options), end, True
 
 
 def inspectAnswer(data: bytes) -> AnswerInfo:
@@ -565,16 +648,23 @@ def patchTTLs(stored: bytes, ttlOffsets: tuple[int, ...], ttls: tuple[int, ...],
     return bytes(answer)
 
 
-def answerQuery(stored: bytes, query: bytes, nameEnd: int) -> bytes:
+def answerQuery(stored: bytes, query: bytes, nameEnd: int, count: bytes = b"", opt: bytes = b"") -> bytes:
     """
     A stored answer made into the answer to the query message C{query}, whose
     question (the same as the answer's but perhaps for case) ends at
     C{nameEnd}: the query's ID, its RD and CD bits and its question name; what
     L{patchAnswer} does with no TTL to lower, from the query's bytes.
+
+    @param count: with C{opt}, the additional count (2 bytes) of the answer
+        with the OPT record C{opt} appended; both empty to send C{stored}'s
+        records as they are.
     """
     if (stored[2] ^ query[2]) & _RD_BYTE or (stored[3] ^ query[3]) & _CD_BYTE:
         flags = bytes(((stored[2] & ~_RD_BYTE) | (query[2] & _RD_BYTE), (stored[3] & ~_CD_BYTE) | (query[3] & _CD_BYTE)))
-        return b"".join((query[:2], flags, stored[4:HEADER_SIZE], query[HEADER_SIZE:nameEnd], stored[nameEnd:]))
+        counts = stored[4:HEADER_SIZE] if not count else stored[4:10] + count
+        return b"".join((query[:2], flags, counts, query[HEADER_SIZE:nameEnd], stored[nameEnd:], opt))
+    if count:
+        return b"".join((query[:2], stored[2:10], count, query[HEADER_SIZE:nameEnd], stored[nameEnd:], opt))
     return b"".join((query[:2], stored[2:HEADER_SIZE], query[HEADER_SIZE:nameEnd], stored[nameEnd:]))
 
 
@@ -715,6 +805,57 @@ def decodeName(wire: bytes) -> str:
     if position + 1 > MAX_NAME_LENGTH:
         raise WireError(f"name is longer than {MAX_NAME_LENGTH} bytes")
     return ".".join(labels) if labels else "."
+
+
+TYPE_CNAME = 5
+
+
+def readName(data: bytes, offset: int) -> bytes:
+    """
+    The name at C{offset}, compression pointers followed, as an uncompressed
+    lowercase wire name (as L{Question.key}); checked as L{skipName} checks.
+
+    @raise WireError: if the name is malformed.
+    """
+    skipName(data, offset)
+    labels = []
+    position = offset
+    while True:
+        length = data[position]
+        if length == 0:
+            labels.append(b"\x00")
+            return b"".join(labels).lower()
+        if length >= 0xC0:
+            position = ((length & 0x3F) << 8) | data[position + 1]
+            continue
+        labels.append(data[position : position + length + 1])
+        position += length + 1
+
+
+def answerNames(data: bytes) -> list[bytes]:
+    """
+    The names an answer's answer section passes through: the owner of each
+    record and the target of each CNAME, lowercased and uncompressed (a
+    CNAME chain's every link).
+
+    @raise WireError: if the answer is malformed.
+    """
+    _, _, qdcount, ancount, _, _ = readHeader(data)
+    offset = HEADER_SIZE
+    for _ in range(qdcount):
+        offset = skipName(data, offset) + 4
+    names = []
+    size = len(data)
+    for _ in range(ancount):
+        names.append(readName(data, offset))
+        offset = skipName(data, offset)
+        if offset + 10 > size:
+            raise WireError("record runs past the end of the message")
+        rtype, _, _, rdlength = _RECORD.unpack_from(data, offset)
+        if rtype == TYPE_CNAME:
+            names.append(readName(data, offset + 10))
+        offset += 10 + rdlength
+    return names
 
 
 def atOrUnder(name: bytes, ancestor: bytes) -> bool:

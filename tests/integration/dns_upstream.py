@@ -342,3 +342,96 @@ def startTestUpstream(directory: Path) -> Dnsmasq:
     Start the test upstream of this module's docstring.
     """
     return startDnsmasq(upstreamArguments(), directory, name="upstream")
+
+
+BOGUS_NAME = f"bogus.{ZONE}"
+BOGUS_ADDRESS = "192.0.2.66"
+"""
+What L{ValidatingUpstream} answers for L{BOGUS_NAME} to a query with CD set.
+"""
+
+
+class ValidatingUpstream:
+    """
+    A UDP upstream that answers as a validating resolver does for a zone whose
+    signatures are bogus: a query for L{BOGUS_NAME} with CD set (checking
+    disabled) gets its A record (L{BOGUS_ADDRESS}, TTL L{TTL}); the same query
+    without CD gets SERVFAIL.  Other names get REFUSED.  An OPT record of
+    version 0 is added when the query had one.  It runs in a thread of the
+    test process until L{stop}, and counts the queries it gets by CD bit.
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        import threading
+
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind((host, 0))
+        self.socket.settimeout(0.1)
+        self.host, self.port = self.socket.getsockname()
+        self.asked = {True: 0, False: 0}
+        self._running = True
+        self._thread = threading.Thread(target=self._serve, name="validating-upstream", daemon=True)
+        self._thread.start()
+
+    @property
+    def upstream(self) -> str:
+        """
+        It as a dns-proxy upstream string (C{udp:HOST:PORT}).
+        """
+        return f"udp:{self.host}:{self.port}"
+
+    def _serve(self) -> None:
+        """
+        Answer queries until stopped.
+        """
+        while self._running:
+            try:
+                query, peer = self.socket.recvfrom(65535)
+            except (TimeoutError, OSError):
+                continue
+            answer = self.answer(query)
+            if answer is not None:
+                self.socket.sendto(answer, peer)
+
+    def answer(self, query: bytes) -> bytes | None:
+        """
+        The answer to one query, or L{None} for one too short to answer.
+        """
+        if len(query) < 12:
+            return None
+        queryId, flags, qdcount, _, _, arcount = struct.unpack_from("!6H", query)
+        end = 12
+        while end < len(query) and query[end]:
+            end += query[end] + 1
+        end += 5
+        if qdcount != 1 or end > len(query):
+            return None
+        question = query[12:end]
+        labels = []
+        position = 0
+        while question[position]:
+            labels.append(question[position + 1 : position + 1 + question[position]].decode("ascii", "replace"))
+            position += question[position] + 1
+        qtype = struct.unpack_from("!H", question, len(question) - 4)[0]
+        checkingDisabled = bool(flags & 0x0010)
+        records = b""
+        if ".".join(labels).lower() != BOGUS_NAME:
+            rcode = 5
+        else:
+            self.asked[checkingDisabled] += 1
+            rcode = 0 if checkingDisabled else 2
+            if checkingDisabled and qtype == 1:
+                records = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, TTL, 4) + socket.inet_aton(BOGUS_ADDRESS)
+        opt = b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 0) if arcount else b""
+        header = struct.pack(
+            "!6H", queryId, 0x8080 | (flags & 0x0110) | rcode, 1, 1 if records else 0, 0, 1 if opt else 0
+        )
+        return header + question + records + opt
+
+    def stop(self) -> None:
+        """
+        Stop answering and close the socket.
+        """
+        self._running = False
+        self._thread.join(timeout=STOP_TIMEOUT)
+        self.socket.close()

@@ -22,12 +22,15 @@ from twisted.names import dns
 from .conftest import IO_TIMEOUT, DigResult, NetdProcess, connect, dig, recvExactly, waitForLog
 from .dns_upstream import (
     BIG_NAME,
+    BOGUS_ADDRESS,
+    BOGUS_NAME,
     BIG_TEXTS,
     EXPECTED,
     NXDOMAIN_NAME,
     SOA,
     TTL,
     Dnsmasq,
+    ValidatingUpstream,
     answerRcode,
     buildQuery,
     freeLoopbackPort,
@@ -670,3 +673,96 @@ def test_defaultConfigAnswersNetdTest(startNetd: Any) -> None:
     assert result.last.data("A"), result.output
     overTcp = ask(netd, "tcp", "netd.test", "A")
     assert overTcp.last.data("A") == result.last.data("A"), overTcp.output
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_ednsVersionOneGetsBadvers(freshProxy: NetdProcess, dnsUpstream: Dnsmasq, transport: str) -> None:
+    """
+    dig +edns=1 gets BADVERS with an OPT record of version 0 for a cached name and for a static one, over UDP and TCP, and the query does not go upstream.
+    """
+    cached = ask(freshProxy, transport, "mail.example.test", "A")
+    assert cached.last.status == "NOERROR", cached.output
+    before = dnsUpstream.queriesFor("mail.example.test")
+    for name in ("mail.example.test", "netd.test"):
+        result = ask(freshProxy, transport, name, "A", "+edns=1", "+noednsnegotiation")
+        assert result.last.status == "BADVERS", result.output
+        assert "EDNS: version: 0" in result.output and result.last.answer == (), result.output
+    assert dnsUpstream.queriesFor("mail.example.test") == before
+
+
+@pytest.fixture
+def validatingUpstream() -> Iterator[ValidatingUpstream]:
+    """
+    An upstream answering like a validating resolver on a bogus zone: data for CD=1, SERVFAIL for CD=0.
+    """
+    upstream = ValidatingUpstream()
+    try:
+        yield upstream
+    finally:
+        upstream.stop()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_checkingDisabledAnswerNotServedToValidatingClients(startNetd: Any, validatingUpstream: ValidatingUpstream, transport: str) -> None:
+    """
+    dig +cd gets the bogus zone's data, which netd caches; dig without +cd then gets the validating upstream's SERVFAIL, not that data; dig +cd again is a cache hit.
+    """
+    netd: NetdProcess = startNetd(dnsConfig([validatingUpstream.upstream], records=False))
+    first = ask(netd, transport, BOGUS_NAME, "A", "+cd")
+    assert first.last.status == "NOERROR" and first.last.data() == [BOGUS_ADDRESS], first.output
+    validating = ask(netd, transport, BOGUS_NAME, "A")
+    assert validating.last.status == "SERVFAIL", validating.output
+    again = ask(netd, transport, BOGUS_NAME, "A", "+cd")
+    assert again.last.data() == [BOGUS_ADDRESS], again.output
+    assert validatingUpstream.asked == {True: 1, False: 1}
+
+
+def test_queriesInFlightBounded(startNetd: Any, silentUpstream: str) -> None:
+    """
+    Against an upstream that never answers, a TCP connection past max_inflight_per_connection queries waiting gets REFUSED on it, and a client past max_inflight_per_client gets REFUSED at once over UDP; both are counted.
+    """
+    netd: NetdProcess = startNetd(
+        dnsConfig([silentUpstream], timeout=TIMEOUT, deadline=DEADLINE, max_inflight_per_client=3, max_inflight_per_connection=1)
+    )
+    with connect(netd.address("dns", "tcp")) as stream:
+        for index in (1, 2):
+            query = buildQuery(f"t{index}.example.test", queryId=10 + index)
+            stream.sendall(struct.pack("!H", len(query)) + query)
+        length = struct.unpack("!H", recvExactly(stream, 2))[0]
+        answer = recvExactly(stream, length)
+        assert answer[:2] == struct.pack("!H", 12) and answer[3] & 0x0F == dns.EREFUSED
+        host, port = netd.address("dns", "udp")
+        sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+        try:
+            for index, client in enumerate(sockets):
+                client.settimeout(IO_TIMEOUT)
+                client.sendto(buildQuery(f"q{index}.example.test", queryId=index), (host, port))
+            answer, _ = sockets[2].recvfrom(512)
+            assert answerRcode(buildQuery("x", queryId=2), answer) == dns.EREFUSED
+        finally:
+            for client in sockets:
+                client.close()
+    status, services = netd.api("GET", "/services")
+    counters = services["services"]["dns"]["counters"]
+    assert (counters["inflight_refused_client"], counters["inflight_refused_connection"]) == (1, 1), counters
+
+
+def test_cacheBytesBoundedAndReported(freshProxy: NetdProcess, dnsUpstream: Dnsmasq) -> None:
+    """
+    An answer larger than cache_entry_bytes (the 4.6 KB TXT set, over TCP) is forwarded but not cached, and /metrics shows it as netd_cache_too_large_total beside the netd_dns_cache_bytes gauge of what is cached.
+    """
+    import urllib.request
+
+    asked = [dnsUpstream.queriesFor(BIG_NAME, "TXT")]
+    for _ in range(2):
+        result = ask(freshProxy, "tcp", BIG_NAME, "TXT")
+        assert len(result.last.data("TXT")) == len(BIG_TEXTS), result.output
+        asked.append(dnsUpstream.queriesFor(BIG_NAME, "TXT"))
+    assert asked[2] - asked[1] == asked[1] - asked[0] > 0, "the second query went upstream as the first did"
+    ask(freshProxy, "udp", "mail.example.test", "A")
+    with urllib.request.urlopen(freshProxy.adminURL("/metrics"), timeout=IO_TIMEOUT) as response:
+        metrics = response.read().decode()
+    assert 'netd_cache_too_large_total{service="dns"} 2\n' in metrics, metrics
+    assert "# TYPE netd_dns_cache_bytes gauge" in metrics
+    [cached] = [line for line in metrics.splitlines() if line.startswith('netd_dns_cache_bytes{service="dns"}')]
+    assert 500 < float(cached.split()[-1]) < 2000, cached

@@ -199,6 +199,23 @@ def test_runtimeRecordsNeverServeStale(runtime: NetdProcess, dnsUpstream: Dnsmas
     assert dnsUpstream.queriesFor("www.example.test", "A") == before + 2
 
 
+def test_runtimeRecordPurgesCnameChainsThroughIt(runtime: NetdProcess, dnsUpstream: Dnsmasq) -> None:
+    """
+    A record PUT for a name drops the cached answer of an alias whose CNAME chain passes through it: the next query for the alias goes to the upstream again instead of serving the chain cached before the change.
+    """
+    address = runtime.address("dns", "udp")
+    first = dig(address, "alias.example.test", "A")
+    assert first.last.data("A") == ["192.0.2.10"], first.output
+    before = dnsUpstream.queriesFor("alias.example.test", "A")
+    assert dig(address, "alias.example.test", "A").last.data("A") == ["192.0.2.10"]
+    assert dnsUpstream.queriesFor("alias.example.test", "A") == before, "the second query was a cache hit"
+    status, _ = runtime.api("PUT", "/services/dns/records", {"records": {"www.example.test": {"A": "198.51.100.7"}}})
+    assert status == 200
+    dig(address, "alias.example.test", "A")
+    assert dnsUpstream.queriesFor("alias.example.test", "A") == before + 1
+    assert "1 cached answers dropped" in runtime.log()
+
+
 def test_runtimeWildcardAndRestore(runtime: NetdProcess, dnsUpstream: Dnsmasq) -> None:
     """
     A wildcard PUT at runtime answers every name below it, cached ones included; DELETE without names restores the config's (no) records and the upstream answers again.

@@ -176,3 +176,45 @@ def test_tlsHandshakeFailureEvent(netd: NetdProcess) -> None:
     [event] = waitForEvents(netd, "tls-echo", 1)["events"]
     assert event["tls"]["failure"] == "alpn_mismatch"
     assert "version" not in event["tls"]
+
+
+def paddedQuery(name: str, size: int, queryId: int) -> bytes:
+    """
+    A query for C{name} (type A) with an OPT record whose padding option (RFC 7830) makes it C{size} bytes long.
+    """
+    question = b"".join(bytes([len(label)]) + label.encode("ascii") for label in name.split(".")) + b"\x00\x00\x01\x00\x01"
+    padding = size - 12 - len(question) - 11 - 4
+    opt = b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 4 + padding) + struct.pack("!HH", 12, padding) + bytes(padding)
+    return struct.pack("!6H", queryId, 0x0100, 1, 0, 0, 1) + question + opt
+
+
+def test_cacheHitEventsDoNotKeepQueries(startNetd: Any, dnsUpstream: Any) -> None:
+    """
+    A thousand cache hits from 60 KB padded queries over TCP, each kept as a query event, grow netd's resident memory by far less than the 60 MB the queries weigh: the events keep the name and type they show, not the messages.
+    """
+    config = f"""\
+[[services]]
+name = "dns"
+plugin = "dns-proxy"
+listen = ["tcp:0:interface=127.0.0.1"]
+upstreams = ["{dnsUpstream.upstream}"]
+events = 1000
+"""
+    netd: NetdProcess = startNetd(config)
+
+    def ask(stream: socket.socket, queryId: int) -> bytes:
+        query = paddedQuery("www.example.test", 60_000, queryId)
+        stream.sendall(struct.pack("!H", len(query)) + query)
+        length = struct.unpack("!H", recvExactly(stream, 2))[0]
+        return recvExactly(stream, length)
+
+    with connect(netd.address("dns", "tcp")) as stream:
+        for queryId in range(50):
+            assert ask(stream, queryId)[3] & 0x0F == 0
+        before = netd.rssBytes()
+        for queryId in range(1000):
+            ask(stream, queryId)
+        grown = netd.rssBytes() - before
+    body = waitForEvents(netd, "dns", 1000, "?kind=query")
+    assert body["events"][-1]["cache_hit"] and body["events"][-1]["name"] == "www.example.test"
+    assert grown < 15 * 2**20, f"resident memory grew by {grown} bytes"

@@ -15,6 +15,9 @@ from twisted.names import dns
 
 from netd_plugins.dnsproxy.cache import AnswerCache, CacheKey, cacheKey
 from netd_plugins.dnsproxy.wire import (
+    FLAG_CD,
+    FLAG_RD,
+    KEY_DO,
     RCODE_NOERROR,
     RCODE_NXDOMAIN,
     RCODE_REFUSED,
@@ -82,16 +85,19 @@ def makeCache(
 
 def test_cacheKey() -> None:
     """
-    The key is the lowercased name, the type, the class and the DO bit.
+    The key is the lowercased name, the type, the class, the RD, AD and CD bits with the DO bit, and the client subnet option.
     """
     assert cacheKey(parsedQuery(b"NeTd.Test", dns.MX, dns.CH, edns=True, do=True)) == (
         b"\x04netd\x04test\x00",
         dns.MX,
         dns.CH,
-        True,
+        FLAG_RD | KEY_DO,
+        b"",
     )
-    assert cacheKey(parsedQuery())[3] is False
-    assert cacheKey(parsedQuery(edns=True))[3] is False
+    assert cacheKey(parsedQuery())[3] == FLAG_RD
+    assert cacheKey(parsedQuery(edns=True))[3] == FLAG_RD
+    cd = parseQuery(makeQuery(NAME, checkingDisabled=True, recDes=False))
+    assert cacheKey(cd)[3] == FLAG_CD
 
 
 # Hits and misses
@@ -367,12 +373,14 @@ def test_maxTTLZeroCachesNothing() -> None:
         parsedQuery(qtype=dns.AAAA),
         parsedQuery(qclass=dns.CH),
         parsedQuery(b"www.netd.test"),
+        parseQuery(makeQuery(NAME, edns=True, checkingDisabled=True)),
+        parseQuery(makeQuery(NAME, edns=True, recDes=False)),
     ],
-    ids=["do-bit", "type", "class", "name"],
+    ids=["do-bit", "type", "class", "name", "cd-bit", "rd-bit"],
 )
 def test_keySeparation(other: Query) -> None:
     """
-    A query differing in DO bit, type, class or name does not hit another's entry.
+    A query differing in DO, CD or RD bit, type, class or name does not hit another's entry.
     """
     cache = makeCache(Clock())
     query = parsedQuery(edns=True)
@@ -525,3 +533,84 @@ def test_lookupMessageMatchesLookup(edns: bool) -> None:
     clock.rightNow = 5.0
     assert cache.lookupMessage(key, message, nameEnd, hasOPT, clock.seconds()) is None
     assert len(cache) == 0
+
+
+# Bytes
+
+
+def bigAnswer(name: bytes, size: int) -> tuple[bytes, AnswerInfo]:
+    """
+    An answer of about C{size} bytes (TXT records of 250 bytes), with an OPT record.
+    """
+    records = [dns.RRHeader(name, dns.TXT, dns.IN, 300, dns.Record_TXT(b"x" * 250, ttl=300)) for _ in range(size // 262)]
+    return inspectedAnswer(name, dns.TXT, answers=records, edns=True)
+
+
+def test_answerLargerThanTheEntryCapIsNotCached() -> None:
+    """
+    An answer larger than maxEntryBytes (4 KB by default) is not cached, and is counted in tooLarge.
+    """
+    cache = AnswerCache(maxEntries=100, minTTL=0, maxTTL=86400, maxNegativeTTL=3600, clock=Clock())
+    query = parsedQuery(qtype=dns.TXT, edns=True)
+    assert not cache.store(cacheKey(query), *bigAnswer(NAME, 57_000))
+    assert (len(cache), cache.tooLarge, cache.bytes) == (0, 1, 0)
+    assert cache.store(cacheKey(query), *bigAnswer(NAME, 3_900))
+    assert cache.tooLarge == 1 and 3_900 < cache.bytes < 5_000
+
+
+def test_byteBudgetEvictsLeastRecentlyUsed() -> None:
+    """
+    Past maxBytes the least recently used entries are evicted (counted), so that 1,500 answers of 57 KB keep the cache within its budget in accounted bytes and in memory measured by tracemalloc.
+    """
+    import gc
+    import tracemalloc
+
+    budget = 4 * 2**20
+    cache = AnswerCache(maxEntries=10_000, minTTL=0, maxTTL=86400, maxNegativeTTL=3600, clock=Clock(), maxBytes=budget, maxEntryBytes=65535)
+    data, info = bigAnswer(NAME, 57_000)
+    names = [f"n{index}.netd.test".encode() for index in range(1500)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for name in names:
+            # The same answer bytes under many keys: each store keeps its own copy
+            # only if the cache copies, so the measure is of the cache alone.
+            query = parsedQuery(name, dns.TXT, edns=True)
+            assert cache.store(cacheKey(query), bytes(bytearray(data)), info)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert cache.bytes <= budget
+    assert len(cache) == budget // (cache.bytes // len(cache))
+    assert cache.evictions == 1500 - len(cache)
+    assert grown < budget * 1.1, f"{grown} bytes for a budget of {budget}"
+    first = parsedQuery(names[0], dns.TXT, edns=True)
+    last = parsedQuery(names[-1], dns.TXT, edns=True)
+    assert cache.lookup(cacheKey(first), first) is None and cache.lookup(cacheKey(last), last) is not None
+
+
+def test_oneCopyPerEntry() -> None:
+    """
+    An answer is kept once, not once per EDNS form: a cached 4 KB answer, served with and without an OPT record, takes less than 1.5 times its size in memory (two copies took over twice).
+    """
+    import gc
+    import tracemalloc
+
+    cache = makeCache(Clock())
+    data, info = bigAnswer(NAME, 4_000)
+    query, plain = parsedQuery(qtype=dns.TXT, edns=True), parsedQuery(qtype=dns.TXT)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        assert cache.store(cacheKey(query), bytes(bytearray(data)), info)
+        withOPT, withoutOPT = cache.lookup(cacheKey(query), query), cache.lookup(cacheKey(plain), plain)
+        assert withOPT is not None and withoutOPT is not None
+        del withOPT, withoutOPT
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < len(data) * 1.5, f"{grown} bytes for an answer of {len(data)}"

@@ -19,7 +19,7 @@ from netd.options import ConfigError, renderPath
 from netd_plugins.dnsproxy.cache import AnswerCache, cacheKey
 from netd_plugins.dnsproxy.wire import atOrUnder, encodeName, inspectAnswer, parseQuery
 
-from .dnsmessages import aRecord, makeQuery, parse, replyTo
+from .dnsmessages import aRecord, makeQuery, parse, replyTo, rr
 from .test_dns_proxy import Proxy, makeProxy
 from .test_dns_scripts import scripts
 
@@ -200,6 +200,39 @@ def test_purgeDropsNamesAtOrUnder() -> None:
         assert cache.store(cacheKey(parseQuery(query)), answer, inspectAnswer(answer))
     assert cache.purge([encodeName("a.test")]) == 3
     assert len(cache) == 1
+
+
+def test_purgeFollowsCnameChains() -> None:
+    """
+    The cache's purge also drops answers whose CNAME chain passes through a changed name (a compressed owner or target at or under it), and keeps answers whose chain does not.
+    """
+    cache = AnswerCache(maxEntries=10, minTTL=0, maxTTL=3600, maxNegativeTTL=3600, clock=Clock())
+    chains = {
+        "alias.test": [rr("alias.test", dns.Record_CNAME(b"mid.test"), 60), rr("mid.test", dns.Record_CNAME(b"www.b.test"), 60), aRecord("www.b.test", "192.0.2.1")],
+        "dangling.test": [rr("dangling.test", dns.Record_CNAME(b"x.B.test"), 60)],
+        "other.test": [rr("other.test", dns.Record_CNAME(b"www.c.test"), 60), aRecord("www.c.test", "192.0.2.2")],
+    }
+    for name, records in chains.items():
+        query = makeQuery(name)
+        answer = replyTo(query, *records)
+        assert cache.store(cacheKey(parseQuery(query)), answer, inspectAnswer(answer))
+    assert cache.purge([encodeName("b.test")]) == 2
+    assert [key[0] for key in cache._entries] == [encodeName("other.test")]
+
+
+def test_recordChangePurgesAnswersThroughIt() -> None:
+    """
+    PUT of a record drops a cached answer whose CNAME chain passes through the changed name, so that the next query for the alias asks the upstreams again.
+    """
+    p = makeProxy()
+    p.ask(makeQuery("alias.example"))
+    sent, _, d = p.resolver.asked[-1]
+    d.callback(replyTo(sent, rr("alias.example", dns.Record_CNAME(b"www.example"), 300), aRecord("www.example", "192.0.2.10")))
+    assert p.ask(makeQuery("alias.example")) is not None
+    p.proxy.runtimeTables()["records"].put({"records": {"www.example": {"A": "198.51.100.7"}}})
+    assert len(p.proxy.cache) == 0
+    assert p.ask(makeQuery("alias.example")) is None
+    assert len(p.resolver.asked) == 2
 
 
 # Scripts.
