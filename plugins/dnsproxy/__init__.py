@@ -122,6 +122,17 @@ class DNSProxyOptions:
         help="Seconds a UDP source port takes new queries before a socket on a new random port takes its place.",
         checks=(between(0.01, 3600),),
     )
+    stream_connections: int = option(
+        4,
+        help="Connections open at most to one TCP or TLS upstream; a query that finds them all full fails over to "
+        "the next upstream at once (counted upstream_busy).",
+        checks=(between(1, 64),),
+    )
+    stream_pipeline: int = option(
+        1024,
+        help="Queries in flight at most on one connection to a TCP or TLS upstream; past it another connection opens.",
+        checks=(between(1, 16384),),
+    )
     log_queries: bool = option(False, help="Log one line per query: client, name, type, rcode, source, time.")
 
     def crossCheck(self) -> list[tuple[str, str]]:
@@ -171,6 +182,8 @@ class DNSProxyPlugin:
             udpPortQueries=options.udp_port_queries,
             udpPortLifetime=options.udp_port_lifetime,
             randomizeCase=options.randomize_case,
+            streamConnections=options.stream_connections,
+            streamPipeline=options.stream_pipeline,
         )
         cache = AnswerCache(
             maxEntries=options.cache_size,

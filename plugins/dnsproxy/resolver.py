@@ -56,7 +56,9 @@ failover), C{upstream_truncated} (TC answers retried over TCP),
 C{upstream_spoofed_dropped} (counted by the transports),
 C{upstream_case_mismatches}, C{upstream_case_disabled} (0x20, above),
 C{upstream_udp_sockets_opened}, C{upstream_udp_socket_errors} (the UDP pool
-opening sockets on new ports, and failing to), C{upstream_probes},
+opening sockets on new ports, and failing to), C{upstream_busy} (queries that
+found no room at an upstream: every TCP/TLS connection full, or no query ID
+free; they fail at once and move on), C{upstream_probes},
 C{upstream_marked_down}, C{upstream_loops_detected}; and the histogram
 C{upstream_latency_seconds} of the time from sending an attempt to accepting
 its answer (a TC retry over TCP included).
@@ -85,7 +87,7 @@ from twisted.python.failure import Failure
 from netd.metrics import LATENCY_BUCKETS, Counters
 from netd.tls import loadTrustRoot
 
-from .transports import AttemptError, CaseMismatch, Outstanding, StreamUpstream, UDPPool, randomCase
+from .transports import AttemptError, CaseMismatch, Outstanding, StreamUpstream, UDPPool, UpstreamBusy, randomCase
 from .upstream import Upstream
 from .wire import CLASS_IN, FLAG_RD, FLAG_TC, HEADER_SIZE, RCODE_MASK, RCODE_REFUSED, RCODE_SERVFAIL, Question
 
@@ -248,6 +250,8 @@ class UpstreamResolver(Service):
         udpPortQueries: int = 32,
         udpPortLifetime: float = 1.0,
         randomizeCase: bool = True,
+        streamConnections: int = 4,
+        streamPipeline: int = 1024,
         idleTimeout: float = 10.0,
     ) -> None:
         """
@@ -265,6 +269,8 @@ class UpstreamResolver(Service):
             before a socket on a new port takes its place.
         @param randomizeCase: whether queries to UDP upstreams go with the
             case of their name's letters randomised (DNS 0x20).
+        @param streamConnections: connections open at most to one TCP or TLS upstream.
+        @param streamPipeline: queries in flight at most on one TCP or TLS connection.
         @param idleTimeout: seconds an unused TCP/TLS connection stays open.
         @raise ValueError: if C{upstreams} holds the C{system} placeholder, or
             C{caBundle} cannot be read or holds no certificate.
@@ -285,6 +291,8 @@ class UpstreamResolver(Service):
         self.log = log
         self.idleTimeout = idleTimeout
         self.randomizeCase = randomizeCase
+        self.streamConnections = streamConnections
+        self.streamPipeline = streamPipeline
         self.random: random.Random = PooledSystemRandom()
         self.outstanding = Outstanding()
         self._states = [_UpstreamState(u) for u in upstreams]
@@ -437,6 +445,15 @@ class UpstreamResolver(Service):
                 fails=state.fails,
                 reason=reason,
             )
+
+    def busy(self, why: str) -> UpstreamBusy:
+        """
+        The error of a query that finds no room at its upstream (no query ID
+        free, every connection full), counted: the query fails at once and
+        the next upstream is tried.
+        """
+        self.counters["upstream_busy"] += 1
+        return UpstreamBusy(f"busy: {why}")
 
     def caseNotKept(self, state: _UpstreamState) -> None:
         """
@@ -671,7 +688,9 @@ class _Resolution:
         pass; an error too, once, if it is one that a new connection may not
         have (L{AttemptError.retryable}); being cancelled abandons the query.
         An answer in another case than sent is asked again over TCP, in a
-        random case, which tells whether the upstream keeps the case.
+        random case, which tells whether the upstream keeps the case.  An
+        upstream with no room for the query (L{UpstreamBusy}) is passed over
+        for this query, with no mark against its health.
         """
         self._attemptOver()
         resolver = self.resolver
@@ -689,6 +708,8 @@ class _Resolution:
             resolver.failed(state, why)
             self.tried.append(f"{state.upstream} ({why})")
             self.again.append(state)
+        elif isinstance(error, UpstreamBusy):
+            self.tried.append(f"{state.upstream} ({error})")
         elif isinstance(error, AttemptError):
             resolver.counters["upstream_failures"] += 1
             resolver.failed(state, str(error))

@@ -80,6 +80,15 @@ QR, in the header's third byte.
 
 _ONE_QUESTION = b"\x00\x01"
 
+ID_DRAWS = 32
+"""
+Random IDs drawn at most for one query before the socket or connection is
+taken as out of IDs.  Streams keep at most a quarter of the 65,536 IDs in
+use (C{stream_pipeline} is at most 16,384) and UDP sockets at most 4,096
+(C{udp_port_queries}), so 32 draws all failing has a chance of at most
+4^-32 = 2^-64; the bound is what keeps a full table from spinning the daemon.
+"""
+
 
 def randomCase(name: bytes, random: Any) -> bytes:
     """
@@ -114,6 +123,14 @@ class CaseMismatch(AttemptError):
     but with the question's name in another letter case than the one sent:
     an upstream that does not keep the case, or a forger who guessed the
     port and the ID but not the case.  Not accepted.
+    """
+
+
+class UpstreamBusy(AttemptError):
+    """
+    No room for the query at this upstream: every connection has its
+    pipeline full, or no query ID is free.  Not the upstream's fault, so not
+    held against its health.
     """
 
 
@@ -228,14 +245,18 @@ class _PendingQueries:
         """
         return bool(self.byID)
 
-    def freshID(self) -> int:
+    def freshID(self) -> int | None:
         """
-        A random 16-bit ID not waiting here.
+        A random 16-bit ID not waiting here, or L{None} if L{ID_DRAWS} draws
+        found none (every ID, or nearly, in use).
         """
-        while True:
-            queryID = self.resolver.random.getrandbits(16)
-            if queryID not in self.byID:
+        byID = self.byID
+        draw = self.resolver.random.getrandbits
+        for _ in range(ID_DRAWS):
+            queryID = draw(16)
+            if queryID not in byID:
                 return queryID
+        return None
 
     def add(
         self,
@@ -489,6 +510,11 @@ class UDPPool:
         except (OSError, CannotListenError) as e:
             return fail(AttemptError(f"cannot open a UDP socket: {e}"))
         queryID = sock.pending.freshID()
+        if queryID is None:
+            sock = self._replace(self._socketsFor(upstream), sock)
+            queryID = sock.pending.freshID()
+            if queryID is None:
+                return fail(self.resolver.busy("no query ID free on a UDP socket"))
         address = (upstream.host, upstream.port)
         try:
             sock.send(outgoing(queryID, query, question, name), address)
@@ -557,6 +583,8 @@ class _StreamConnection:
         in case alone is accepted (nothing off the path can forge one over TCP).
         """
         queryID = self.pending.freshID()
+        if queryID is None:
+            return fail(self.client.resolver.busy(f"no query ID free on a connection to {self.client.upstream}"))
         d = self.pending.add(queryID, question, name, onCancel=self._idleCheck)
         self._stopIdleTimer()
         self.connection.sendFrame(outgoing(queryID, query, question, name))
@@ -644,20 +672,85 @@ def _unwrapTLS(protocol: Any) -> FramedProtocol:
     return cast(FramedProtocol, protocol.wrappedProtocol)
 
 
+class _Opening:
+    """
+    A connection to a stream upstream being opened, and the queries waiting
+    for it (at most the pipeline's worth).
+    """
+
+    def __init__(self, client: StreamUpstream) -> None:
+        self.client = client
+        self.waiters: list[Deferred[_StreamConnection]] = []
+        self.connecting: Deferred[Any] | None = None
+
+    def wait(self, query: bytes, question: Question, name: bytes) -> Deferred[bytes]:
+        """
+        Send the query once the connection is open.
+        """
+        waiter: Deferred[_StreamConnection] = Deferred(self.waiters.remove)
+        self.waiters.append(waiter)
+        return waiter.addCallback(lambda connection: connection.send(query, question, name))
+
+    def start(self) -> None:
+        """
+        Connect.
+        """
+        self.connecting = self.client.connect()
+        self.connecting.addCallbacks(self._connected, self._failed)
+
+    def _connected(self, protocol: FramedProtocol) -> None:
+        """
+        Connected: the waiting queries go out.  (The idle close of a
+        connection that none of them uses was scheduled as it was made.)
+        """
+        connection = protocol.receiver
+        assert isinstance(connection, _StreamConnection)
+        self.client.opened(self, connection)
+        waiters, self.waiters = self.waiters, []
+        if not connection.open:
+            for waiter in waiters:
+                waiter.errback(AttemptError("connection lost as it opened"))
+            return
+        for waiter in waiters:
+            waiter.callback(connection)
+
+    def _failed(self, reason: Failure) -> None:
+        """
+        Could not connect (or L{close} stopped connecting): the waiting queries fail.
+        """
+        self.client.opened(self, None)
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            waiter.errback(AttemptError(f"cannot connect: {reason.getErrorMessage()}"))
+
+    def cancel(self) -> None:
+        """
+        Stop connecting.
+        """
+        if self.connecting is not None:
+            self.connecting.cancel()
+
+
 @implementer(IStreamHandler)
 class StreamUpstream:
     """
-    The persistent connection to one TCP or TLS upstream: opened on first use,
-    reopened on demand.
+    The connections to one TCP or TLS upstream: opened on demand, each
+    pipelining at most the resolver's C{streamPipeline} queries (queries
+    waiting for it to open included), at most C{streamConnections} of them;
+    a query that finds them all full fails at once (L{AttemptError}, counted
+    C{upstream_busy}) and the resolver moves on.  New queries go on the first
+    connection with room, so that the others fall idle and close.
+
+    @ivar connections: the open connections, in the order they opened.
+    @ivar opening: the connections being opened.
     """
 
     def __init__(self, resolver: UpstreamResolver, upstream: Upstream) -> None:
         self.resolver = resolver
         self.upstream = upstream
         self.factory = FramedFactory(FRAMINGS["u16"], 65535, self, resolver.counters, resolver.log)
-        self.connection: _StreamConnection | None = None
-        self.connecting: Deferred[Any] | None = None
-        self.waiters: list[Deferred[_StreamConnection]] = []
+        self.connections: list[_StreamConnection] = []
+        self.opening: list[_Opening] = []
 
     def newConnection(self) -> _StreamConnection:
         """
@@ -667,19 +760,25 @@ class StreamUpstream:
 
     def query(self, query: bytes, question: Question, name: bytes) -> Deferred[bytes]:
         """
-        Send on the open connection, or once a new one is open.
+        Send on the first open connection with room, or once a new one is open.
         """
-        connection = self.connection
-        if connection is not None and connection.open:
-            return connection.send(query, question, name)
-        waiter: Deferred[_StreamConnection] = Deferred(self.waiters.remove)
-        self.waiters.append(waiter)
-        if self.connecting is None:
-            self.connecting = self._connect()
-            self.connecting.addCallbacks(self._connected, self._connectFailed)
-        return waiter.addCallback(lambda connection: connection.send(query, question, name))
+        pipeline = self.resolver.streamPipeline
+        for connection in self.connections:
+            if len(connection.pending.byID) < pipeline:
+                return connection.send(query, question, name)
+        for opening in self.opening:
+            if len(opening.waiters) < pipeline:
+                return opening.wait(query, question, name)
+        limit = self.resolver.streamConnections
+        if len(self.connections) + len(self.opening) >= limit:
+            return fail(self.resolver.busy(f"{limit} connections with {pipeline} queries in flight each"))
+        opening = _Opening(self)
+        self.opening.append(opening)
+        sent = opening.wait(query, question, name)
+        opening.start()
+        return sent
 
-    def _connect(self) -> Deferred[FramedProtocol]:
+    def connect(self) -> Deferred[FramedProtocol]:
         """
         Connect to the upstream; the Deferred fires with the framed protocol.
 
@@ -700,48 +799,30 @@ class StreamUpstream:
         tls = TLSMemoryBIOFactory(options, True, self.factory, clock=reactor)
         return endpoint.connect(tls).addCallback(_unwrapTLS)
 
-    def _connected(self, protocol: FramedProtocol) -> None:
+    def opened(self, opening: _Opening, connection: _StreamConnection | None) -> None:
         """
-        Connected: the waiting queries go out.  (The idle close of a
-        connection that none of them uses was scheduled as it was made.)
+        A connection being opened is open (if C{connection} is, and still
+        open) or failed to open.
         """
-        self.connecting = None
-        connection = protocol.receiver
-        assert isinstance(connection, _StreamConnection)
-        waiters, self.waiters = self.waiters, []
-        if not connection.open:
-            for waiter in waiters:
-                waiter.errback(AttemptError("connection lost as it opened"))
-            return
-        self.connection = connection
-        for waiter in waiters:
-            waiter.callback(connection)
-
-    def _connectFailed(self, reason: Failure) -> None:
-        """
-        Could not connect (or L{close} stopped connecting): the waiting queries fail.
-        """
-        self.connecting = None
-        waiters, self.waiters = self.waiters, []
-        for waiter in waiters:
-            waiter.errback(AttemptError(f"cannot connect: {reason.getErrorMessage()}"))
+        self.opening.remove(opening)
+        if connection is not None and connection.open:
+            self.connections.append(connection)
 
     def connectionGone(self, connection: _StreamConnection) -> None:
         """
-        A connection closed or is closing; the next query opens a new one.
+        A connection closed or is closing; new queries go elsewhere.
         """
-        if self.connection is connection:
-            self.connection = None
+        if connection in self.connections:
+            self.connections.remove(connection)
 
     def close(self) -> list[Deferred[Any]]:
         """
-        Stop connecting, close the connection; the Deferreds fire when it is gone.
+        Stop connecting, close the connections; the Deferreds fire when they are gone.
         """
+        for opening in list(self.opening):
+            opening.cancel()
         waiting = []
-        if self.connecting is not None:
-            self.connecting.cancel()
-        connection = self.connection
-        if connection is not None:
+        for connection in list(self.connections):
             connection.close()
             waiting.append(connection.lost)
         return waiting

@@ -1336,3 +1336,153 @@ async def _both(a: Deferred[bytes], b: Deferred[bytes]) -> tuple[bytes, bytes]:
     Wait for two resolves made at once.
     """
     return (await a, await b)
+
+
+# Running out of IDs (issue 13 item 8).
+
+
+class BoundedRandom(random.Random):
+    """
+    A seeded random source that raises after C{budget} draws of random bits:
+    a loop that draws IDs without end fails the test instead of hanging it.
+    """
+
+    def __init__(self, budget: int) -> None:
+        super().__init__(7)
+        self.budget = budget
+        self.draws = 0
+
+    def getrandbits(self, k: int) -> int:
+        self.draws += 1
+        if self.draws > self.budget:
+            raise AssertionError(f"more than {self.budget} random draws: a loop without bound")
+        return super().getrandbits(k)
+
+
+def _fillIDs(queries: Any) -> None:
+    """
+    Take every one of the 65,536 IDs of a socket's or connection's queries.
+    """
+    question = clientQuery()[1]
+    for queryID in range(1 << 16):
+        queries.add(queryID, question, question.name)
+
+
+def test_freshIDGivesUpAfterBoundedDraws() -> None:
+    """
+    With every ID in use, freshID gives up (None) after a bounded number of draws instead of drawing for ever.
+    """
+    harness = Harness(["tcp:192.0.2.53"])
+    harness.resolve()
+    peer = harness.acceptTCP()
+    assert len(peer.frames()) == 1
+    (connection,) = harness.resolver._stream(Upstream.fromConfig("tcp:192.0.2.53")).connections
+    _fillIDs(connection.pending)
+    harness.resolver.random = BoundedRandom(1000)
+    assert connection.pending.freshID() is None
+    assert harness.resolver.random.draws <= 64
+
+
+def test_connectionWithEveryIDInUseMovesOnAtOnce() -> None:
+    """
+    A query for a TCP upstream whose one connection has all 65,536 IDs in use neither spins nor waits: with one connection allowed it fails at once, counted, and the next upstream answers.
+    """
+    harness = Harness(["tcp:192.0.2.53", "udp:192.0.2.54"], streamConnections=1)
+    harness.resolve()
+    peer = harness.acceptTCP()
+    assert len(peer.frames()) == 1
+    (connection,) = harness.resolver._stream(Upstream.fromConfig("tcp:192.0.2.53")).connections
+    _fillIDs(connection.pending)
+    harness.resolver.random = BoundedRandom(1000)
+    _, box = harness.resolve("next.example")
+    assert peer.frames() == []
+    assert len(harness.reactor.tcpClients) == 1
+    port, sent, addr = harness.takeOneUDP()
+    assert addr == ("192.0.2.54", 53)
+    reply(port, answerTo(sent), addr)
+    assert messageID(box[0]) == CLIENT_ID
+    assert harness.counters["upstream_busy"] == 1
+    assert harness.counters["upstream_failures"] == 0
+    assert harness.resolver.health()[0]["consecutive_failures"] == 0, "being full is not the upstream's fault"
+
+
+def test_fullConnectionsOpenAnotherThenFail() -> None:
+    """
+    Past streamPipeline queries in flight on a connection another connection opens, up to streamConnections; past that a query fails at once (upstream_busy) and goes to the next upstream; answers make room again.
+    """
+    harness = Harness(["tcp:192.0.2.53", "udp:192.0.2.54"], streamPipeline=2, streamConnections=2)
+    boxes = [harness.resolve(f"q{index}.example")[1] for index in range(4)]
+    assert len(harness.reactor.tcpClients) == 2
+    first, second = harness.acceptTCP(0), harness.acceptTCP(1)
+    framesA, framesB = first.frames(), second.frames()
+    assert (len(framesA), len(framesB)) == (2, 2)
+    _, fifth = harness.resolve("q4.example")
+    assert harness.counters["upstream_busy"] == 1
+    port, sent, addr = harness.takeOneUDP()
+    assert addr[0] == "192.0.2.54"
+    reply(port, answerTo(sent), addr)
+    assert len(fifth) == 1 and isinstance(fifth[0], bytes)
+    first.send(answerTo(framesA[0]))
+    assert len(boxes[0]) == 1
+    _, sixth = harness.resolve("q5.example")
+    (frame,) = first.frames()
+    first.send(answerTo(frame))
+    assert len(sixth) == 1 and isinstance(sixth[0], bytes)
+    assert len(harness.reactor.tcpClients) == 2
+
+
+def test_queriesWaitingForAConnectionAreBoundedToo() -> None:
+    """
+    Queries waiting for a connection being opened count against its pipeline: past it another connection opens, past the last a query fails at once.
+    """
+    harness = Harness(["tcp:192.0.2.53"], streamPipeline=2, streamConnections=2)
+    boxes = [harness.resolve(f"q{index}.example")[1] for index in range(5)]
+    assert len(harness.reactor.tcpClients) == 2
+    assert boxes[4][0].check(UpstreamFailure)
+    assert "2 connections with 2 queries in flight" in str(boxes[4][0].value)
+    first = harness.acceptTCP(0)
+    frames = first.frames()
+    assert len(frames) == 2
+    for frame in frames:
+        first.send(answerTo(frame))
+    assert all(len(box) == 1 and isinstance(box[0], bytes) for box in boxes[:2])
+
+
+def test_udpSocketWithEveryIDInUseIsReplaced() -> None:
+    """
+    A UDP socket with all 65,536 IDs in use is replaced at once by a socket on a new port, which sends the query, instead of drawing IDs for ever.
+    """
+    harness = Harness(["udp:192.0.2.53"], udpSockets=1, udpPortQueries=4096)
+    harness.resolve()
+    (full, _, _) = harness.takeOneUDP()
+    _fillIDs(full.protocol.pending)
+    harness.resolver.random = BoundedRandom(1000)
+    harness.resolve("next.example")
+    (port, _, addr) = harness.takeOneUDP()
+    assert port is not full and addr == ("192.0.2.53", 53)
+    assert harness.counters["upstream_busy"] == 0
+
+
+def test_udpSocketWithEveryIDInUseMovesOnAtOnce() -> None:
+    """
+    A UDP socket with all 65,536 IDs in use that cannot be replaced fails the query at once, counted, and the next upstream (another pool) answers.
+    """
+    harness = Harness(["udp:192.0.2.53", "udp:127.0.0.1:5353"], udpSockets=1, udpPortQueries=4096)
+    harness.resolve()
+    (full, _, _) = harness.takeOneUDP()
+    _fillIDs(full.protocol.pending)
+    harness.resolver.random = BoundedRandom(1000)
+    listen = harness.reactor.listenUDP
+
+    def refuseWildcard(port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> FakeUDPPort:
+        if interface == "0.0.0.0":
+            raise CannotListenError(interface, port, OSError(24, "Too many open files"))
+        return listen(port, protocol, interface, maxPacketSize)
+
+    harness.reactor.listenUDP = refuseWildcard  # type: ignore[method-assign]
+    _, box = harness.resolve("next.example")
+    assert harness.counters["upstream_busy"] == 1
+    port, sent, addr = harness.takeOneUDP()
+    assert addr == ("127.0.0.1", 5353)
+    reply(port, answerTo(sent), addr)
+    assert messageID(box[0]) == CLIENT_ID
