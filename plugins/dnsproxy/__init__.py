@@ -112,7 +112,7 @@ class DNSProxyOptions:
         "only an answer in the same case; an upstream that does not keep the case is detected and asked without it.",
     )
     udp_port_queries: int = option(
-        32,
+        64,
         help="Queries sent from one UDP source port before a socket on a new random port takes its place "
         "(1: a new port for every query).",
         checks=(between(1, 4096),),

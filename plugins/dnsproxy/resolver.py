@@ -247,7 +247,7 @@ class UpstreamResolver(Service):
         counters: Counters,
         log: Logger,
         udpSockets: int = 8,
-        udpPortQueries: int = 32,
+        udpPortQueries: int = 64,
         udpPortLifetime: float = 1.0,
         randomizeCase: bool = True,
         streamConnections: int = 4,

@@ -22,8 +22,12 @@ random case (DNS 0x20); such a query accepts only an answer whose question
 has the very same case, and one that differs in case alone fails the attempt
 with L{CaseMismatch} (the resolver then asks again over TCP).
 
-A stream connection is opened on first use, pipelines its queries, and is
-closed after the resolver's C{idleTimeout} seconds with nothing outstanding.
+Stream connections are opened on demand, each pipelining at most the
+resolver's C{streamPipeline} queries, at most C{streamConnections} per
+upstream, and each is closed after the resolver's C{idleTimeout} seconds with
+nothing outstanding.  No loop waits for a free query ID: L{ID_DRAWS} random
+draws at most, then the query fails at once with L{UpstreamBusy} (or, over
+UDP, goes from a new socket).
 
 Every query out is also entered in the resolver's L{Outstanding}, so that a
 query of ours that comes back to the service is recognised as a loop.
