@@ -135,6 +135,34 @@ class DNSProxyOptions:
         None, help="PEM file of the CAs that DNS-over-TLS upstreams' certificates must chain to; the system's when unset.", checks=(_readableFile,)
     )
     udp_size: int = option(1232, help="The EDNS UDP payload size netd announces.", checks=(between(512, 4096),))
+    # Reaching the upstreams: source ports, 0x20, stream connections.
+    randomize_case: bool = option(
+        True,
+        help="Send the name of each query to a UDP upstream with its letters in a random case (DNS 0x20) and accept "
+        "only an answer in the same case; an upstream that does not keep the case is detected and asked without it.",
+    )
+    udp_port_queries: int = option(
+        64,
+        help="Queries sent from one UDP source port before a socket on a new random port takes its place "
+        "(1: a new port for every query).",
+        checks=(between(1, 4096),),
+    )
+    udp_port_lifetime: float = option(
+        1.0,
+        help="Seconds a UDP source port takes new queries before a socket on a new random port takes its place.",
+        checks=(between(0.01, 3600),),
+    )
+    stream_connections: int = option(
+        4,
+        help="Connections open at most to one TCP or TLS upstream; a query that finds them all full fails over to "
+        "the next upstream at once (counted upstream_busy).",
+        checks=(between(1, 64),),
+    )
+    stream_pipeline: int = option(
+        1024,
+        help="Queries in flight at most on one connection to a TCP or TLS upstream; past it another connection opens.",
+        checks=(between(1, 16384),),
+    )
     log_queries: bool = option(False, help="Log one line per query: client, name, type, rcode, source, time.")
 
     def crossCheck(self) -> list[tuple[str, str]]:
@@ -183,6 +211,11 @@ class DNSProxyPlugin:
             caBundle=options.ca_bundle,
             counters=context.counters,
             log=context.log,
+            udpPortQueries=options.udp_port_queries,
+            udpPortLifetime=options.udp_port_lifetime,
+            randomizeCase=options.randomize_case,
+            streamConnections=options.stream_connections,
+            streamPipeline=options.stream_pipeline,
         )
         cache = AnswerCache(
             maxEntries=options.cache_size,

@@ -1,11 +1,14 @@
 """
 Forwarding to the upstreams: L{UpstreamResolver.resolve} takes a client's
 query as wire bytes and returns the upstream's answer as wire bytes; nothing
-is decoded beyond the header and the question
-(L{netd_plugins.dnsproxy.wire.answerMatches}).  How each attempt reaches its
-upstream (fresh IDs, the UDP socket pool, persistent TCP/TLS connections,
-answer matching) is L{netd_plugins.dnsproxy.transports}; this module decides
-which upstream is tried when, and keeps their health.
+is decoded beyond the header and the question.  How each attempt reaches its
+upstream (fresh IDs, the UDP socket pool and its changing ports, persistent
+TCP/TLS connections, answer matching) is
+L{netd_plugins.dnsproxy.transports}; this module decides which upstream is
+tried when, with which letter case, and keeps their health.
+
+The answer returned has the client's ID and the client's question, byte for
+byte, case included, whatever case went upstream: the cache keys on it.
 
 How a query is forwarded:
 
@@ -22,6 +25,22 @@ How a query is forwarded:
     otherwise the query fails with L{UpstreamFailure}, at the latest at the
     deadline.
 
+DNS 0x20 (C{randomizeCase}): a query to a UDP upstream goes with the letters
+of its name in a random case, and only an answer with that very case is
+accepted, which adds one bit per letter to what a forger must guess (the ID's
+16 and the port's).  An answer that differs in case alone
+(L{transports.CaseMismatch}, counted C{upstream_case_mismatches}) is not
+believed: it comes from an upstream that does not keep the case, or from a
+forger who guessed the port and the ID; the query is asked again of the same
+upstream over TCP (which nothing off the path can forge), again in a random
+case.  If the TCP answer has another case too, the upstream really does not
+keep it: that is logged once, counted (C{upstream_case_disabled}), and its UDP
+queries go in the client's case, matched without regard to case, for
+L{CASE_RECHECK} seconds, then 0x20 is tried again.  A forger cannot make this
+happen: the TCP answer decides, and it cannot be forged off the path.  TCP and
+TLS queries go in the client's case (their answers cannot be forged off the
+path, and an upstream that changes the case does no harm there).
+
 Health, as CoreDNS C{forward} does it: an upstream is I{down} after
 C{maxFails} consecutive timeouts or errors (C{maxFails} 0: never); any
 answer, whatever its rcode, resets the count, because it proves the upstream
@@ -34,7 +53,12 @@ C{upstream_answers} (accepted answers, any rcode), C{upstream_timeouts},
 C{upstream_failures} (errors: refused or lost connections, failed TLS, send
 errors), C{upstream_error_answers} (SERVFAIL/REFUSED answers that caused a
 failover), C{upstream_truncated} (TC answers retried over TCP),
-C{upstream_spoofed_dropped} (counted by the transports), C{upstream_probes},
+C{upstream_spoofed_dropped} (counted by the transports),
+C{upstream_case_mismatches}, C{upstream_case_disabled} (0x20, above),
+C{upstream_udp_sockets_opened}, C{upstream_udp_socket_errors} (the UDP pool
+opening sockets on new ports, and failing to), C{upstream_busy} (queries that
+found no room at an upstream: every TCP/TLS connection full, or no query ID
+free; they fail at once and move on), C{upstream_probes},
 C{upstream_marked_down}, C{upstream_loops_detected}; and the histogram
 C{upstream_latency_seconds} of the time from sending an attempt to accepting
 its answer (a TC retry over TCP included).
@@ -63,7 +87,7 @@ from twisted.python.failure import Failure
 from netd.metrics import LATENCY_BUCKETS, Counters
 from netd.tls import loadTrustRoot
 
-from .transports import AttemptError, Outstanding, StreamUpstream, UDPPool
+from .transports import AttemptError, CaseMismatch, Outstanding, StreamUpstream, UDPPool, UpstreamBusy, randomCase
 from .upstream import Upstream
 from .wire import CLASS_IN, FLAG_RD, FLAG_TC, HEADER_SIZE, RCODE_MASK, RCODE_REFUSED, RCODE_SERVFAIL, Question
 
@@ -84,6 +108,12 @@ The health probe: C{. IN NS} with RD set, as CoreDNS sends it.
 _TC_BYTE = FLAG_TC >> 8
 """
 TC, in the header's third byte.
+"""
+
+CASE_RECHECK = 3600.0
+"""
+Seconds an upstream found not to keep the letter case of questions is asked
+without 0x20 before it is tried again.
 """
 
 _RCODE_NAMES = {RCODE_SERVFAIL: "SERVFAIL", RCODE_REFUSED: "REFUSED"}
@@ -181,7 +211,9 @@ class UpstreamFailure(Exception):
 @attrs.define(eq=False)
 class _UpstreamState:
     """
-    What the resolver knows about one upstream's health.
+    What the resolver knows about one upstream's health, and until when it is
+    asked without 0x20 (C{plainCaseUntil}, in the reactor's time; 0 for never
+    found not to keep the case).
     """
 
     upstream: Upstream
@@ -189,6 +221,8 @@ class _UpstreamState:
     fails: int = 0
     lastError: str | None = None
     probe: Deferred[bytes] | None = None
+    plainCaseUntil: float = 0.0
+    caseLogged: bool = False
 
 
 class UpstreamResolver(Service):
@@ -213,6 +247,11 @@ class UpstreamResolver(Service):
         counters: Counters,
         log: Logger,
         udpSockets: int = 8,
+        udpPortQueries: int = 64,
+        udpPortLifetime: float = 1.0,
+        randomizeCase: bool = True,
+        streamConnections: int = 4,
+        streamPipeline: int = 1024,
         idleTimeout: float = 10.0,
     ) -> None:
         """
@@ -224,6 +263,14 @@ class UpstreamResolver(Service):
         @param caBundle: a PEM file of the CA certificates TLS upstreams are
             checked against; L{None} for the system's.
         @param udpSockets: UDP sockets per local interface.
+        @param udpPortQueries: queries a UDP socket sends before a socket on
+            a new port takes its place.
+        @param udpPortLifetime: seconds a UDP socket takes new queries
+            before a socket on a new port takes its place.
+        @param randomizeCase: whether queries to UDP upstreams go with the
+            case of their name's letters randomised (DNS 0x20).
+        @param streamConnections: connections open at most to one TCP or TLS upstream.
+        @param streamPipeline: queries in flight at most on one TCP or TLS connection.
         @param idleTimeout: seconds an unused TCP/TLS connection stays open.
         @raise ValueError: if C{upstreams} holds the C{system} placeholder, or
             C{caBundle} cannot be read or holds no certificate.
@@ -243,10 +290,13 @@ class UpstreamResolver(Service):
         )
         self.log = log
         self.idleTimeout = idleTimeout
+        self.randomizeCase = randomizeCase
+        self.streamConnections = streamConnections
+        self.streamPipeline = streamPipeline
         self.random: random.Random = PooledSystemRandom()
         self.outstanding = Outstanding()
         self._states = [_UpstreamState(u) for u in upstreams]
-        self._udp = UDPPool(self, udpSockets)
+        self._udp = UDPPool(self, udpSockets, udpPortQueries, udpPortLifetime)
         self._streams: dict[Upstream, StreamUpstream] = {}
         self._trustRoot: Any = loadTrustRoot(caBundle)  # an IOpenSSLTrustRoot (not exported publicly)
         self.resolving: set[_Resolution] = set()
@@ -345,15 +395,24 @@ class UpstreamResolver(Service):
         """
         return self.send(upstream, query, question).addTimeout(self.attemptTimeout(deadlineAt), self.reactor)
 
-    def send(self, upstream: Upstream, query: bytes, question: Question) -> Deferred[bytes]:
+    def send(
+        self, upstream: Upstream, query: bytes, question: Question, name: bytes | None = None, exact: bool = False
+    ) -> Deferred[bytes]:
         """
         Send a query over the upstream's transport, with no time limit: the
         Deferred fires with the answer, fails with L{AttemptError}, or waits
         until cancelled (which forgets the query).
+
+        @param name: the question's name as it goes upstream (its case
+            perhaps randomised); the client's when L{None}.
+        @param exact: over UDP, accept only an answer with C{name} in the
+            very same case (L{CaseMismatch} for one that differs in case alone).
         """
+        if name is None:
+            name = question.name
         if upstream.transport == "udp":
-            return self._udp.query(upstream, query, question)
-        return self._stream(upstream).query(query, question)
+            return self._udp.query(upstream, query, question, name, exact)
+        return self._stream(upstream).query(query, question, name)
 
     def attemptTimeout(self, deadlineAt: float) -> float:
         """
@@ -385,6 +444,33 @@ class UpstreamResolver(Service):
                 upstream=state.upstream,
                 fails=state.fails,
                 reason=reason,
+            )
+
+    def busy(self, why: str) -> UpstreamBusy:
+        """
+        The error of a query that finds no room at its upstream (no query ID
+        free, every connection full), counted: the query fails at once and
+        the next upstream is tried.
+        """
+        self.counters["upstream_busy"] += 1
+        return UpstreamBusy(f"busy: {why}")
+
+    def caseNotKept(self, state: _UpstreamState) -> None:
+        """
+        An answer that cannot be forged (over TCP) had the question in another
+        case than sent: ask the upstream without 0x20 for L{CASE_RECHECK}
+        seconds; say so in the log the first time.
+        """
+        state.plainCaseUntil = self.reactor.seconds() + CASE_RECHECK
+        self.counters["upstream_case_disabled"] += 1
+        if not state.caseLogged:
+            state.caseLogged = True
+            self.log.warn(
+                "upstream {upstream} does not keep the letter case of the questions it answers: its UDP queries go "
+                "without case randomisation (DNS 0x20), so with less protection against forged answers, for the "
+                "next {seconds:g}s at a time (randomize_case)",
+                upstream=state.upstream,
+                seconds=CASE_RECHECK,
             )
 
     def succeeded(self, state: _UpstreamState) -> None:
@@ -447,6 +533,9 @@ class _Resolution:
     @ivar attempt: the attempt waiting for its answer, if one is.
     @ivar timer: the timeout of that attempt.
     @ivar timedOut: whether the attempt is being cancelled for its timeout.
+    @ivar sentName: the question's name as the attempt sent it.
+    @ivar caseCheck: whether the attempt is the TCP query after an answer in
+        another case, whose own case tells whether the upstream keeps it.
     """
 
     def __init__(self, resolver: UpstreamResolver, query: bytes, question: Question) -> None:
@@ -466,6 +555,8 @@ class _Resolution:
         self.attempt: Deferred[bytes] | None = None
         self.timer: IDelayedCall | None = None
         self.timedOut = False
+        self.sentName = question.name
+        self.caseCheck = False
 
     def start(self) -> Deferred[tuple[bytes, Upstream]]:
         """
@@ -482,10 +573,14 @@ class _Resolution:
 
     def _succeed(self, answer: bytes, upstream: Upstream) -> None:
         """
-        The outcome: this answer, with the client's ID.
+        The outcome: this answer, with the client's ID and the client's
+        question name (the transports matched it to the name sent, which has
+        the same length, so it sits at the same place).
         """
         self.resolver.resolving.discard(self)
-        self.deferred.callback((self.query[:2] + answer[2:], upstream))
+        query = self.query
+        end = HEADER_SIZE + len(self.question.name)
+        self.deferred.callback((b"".join((query[:2], answer[2:HEADER_SIZE], query[HEADER_SIZE:end], answer[end:])), upstream))
 
     def _fail(self, reason: Failure | Exception) -> None:
         """
@@ -505,7 +600,13 @@ class _Resolution:
             if self.index < len(self.candidates) and self.deadlineAt - reactor.seconds() > 0:
                 state = self.candidates[self.index]
                 self.index += 1
-                self._send(state, state.upstream)
+                resolver = self.resolver
+                randomize = (
+                    resolver.randomizeCase
+                    and state.upstream.transport == "udp"
+                    and state.plainCaseUntil <= reactor.seconds()
+                )
+                self._send(state, state.upstream, randomize=randomize)
                 return
             if self.lastRefusal is not None or self.deadlineAt - reactor.seconds() <= 0 or not self.again:
                 break
@@ -517,17 +618,21 @@ class _Resolution:
         else:
             self._fail(UpstreamFailure("every upstream failed", self.tried))
 
-    def _send(self, state: _UpstreamState, upstream: Upstream) -> None:
+    def _send(self, state: _UpstreamState, upstream: Upstream, *, randomize: bool, caseCheck: bool = False) -> None:
         """
-        One attempt at one upstream (or its TCP retry of a truncated UDP answer).
+        One attempt at one upstream (or its TCP retry of a truncated UDP
+        answer, or of one in another case), with the name's case randomised
+        if C{randomize}; over UDP only an answer in that case is accepted.
         """
         resolver = self.resolver
         if upstream is state.upstream:
             self.state = state
             self.started = resolver.reactor.seconds()
         resolver.counters["upstream_queries"] += 1
+        self.caseCheck = caseCheck
+        name = self.sentName = randomCase(self.question.name, resolver.random) if randomize else self.question.name
         self.timer = resolver.reactor.callLater(resolver.attemptTimeout(self.deadlineAt), self._timeout)
-        attempt = self.attempt = resolver.send(upstream, self.query, self.question)
+        attempt = self.attempt = resolver.send(upstream, self.query, self.question, name, randomize)
         attempt.addCallbacks(self._answered, self._attemptFailed, callbackArgs=(upstream,))
 
     def _timeout(self) -> None:
@@ -560,8 +665,10 @@ class _Resolution:
         assert state is not None
         if upstream.transport == "udp" and answer[2] & _TC_BYTE:
             resolver.counters["upstream_truncated"] += 1
-            self._send(state, attrs.evolve(upstream, transport="tcp"))
+            self._send(state, attrs.evolve(upstream, transport="tcp"), randomize=False)
             return
+        if self.caseCheck and answer[HEADER_SIZE : HEADER_SIZE + len(self.sentName)] != self.sentName:
+            resolver.caseNotKept(state)
         resolver.counters["upstream_answers"] += 1
         resolver.latency.observe(resolver.reactor.seconds() - self.started)
         resolver.succeeded(state)
@@ -580,12 +687,20 @@ class _Resolution:
         No answer: a timeout makes the upstream worth trying again after the
         pass; an error too, once, if it is one that a new connection may not
         have (L{AttemptError.retryable}); being cancelled abandons the query.
+        An answer in another case than sent is asked again over TCP, in a
+        random case, which tells whether the upstream keeps the case.  An
+        upstream with no room for the query (L{UpstreamBusy}) is passed over
+        for this query, with no mark against its health.
         """
         self._attemptOver()
         resolver = self.resolver
         state = self.state
         assert state is not None
         error = reason.value
+        if isinstance(error, CaseMismatch):
+            resolver.counters["upstream_case_mismatches"] += 1
+            self._send(state, attrs.evolve(state.upstream, transport="tcp"), randomize=True, caseCheck=True)
+            return
         if self.timedOut and isinstance(error, CancelledError):
             self.timedOut = False
             resolver.counters["upstream_timeouts"] += 1
@@ -593,6 +708,8 @@ class _Resolution:
             resolver.failed(state, why)
             self.tried.append(f"{state.upstream} ({why})")
             self.again.append(state)
+        elif isinstance(error, UpstreamBusy):
+            self.tried.append(f"{state.upstream} ({error})")
         elif isinstance(error, AttemptError):
             resolver.counters["upstream_failures"] += 1
             resolver.failed(state, str(error))

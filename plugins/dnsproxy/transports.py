@@ -1,16 +1,33 @@
 """
-The ways to reach an upstream: a pool of UDP sockets (L{UDPPool}), and one
-persistent TCP or TLS connection per stream upstream (L{StreamUpstream}).
+The ways to reach an upstream: a pool of UDP sockets on ports that keep
+changing (L{UDPPool}), and persistent TCP or TLS connections per stream
+upstream (L{StreamUpstream}).
 
-Both do what keeps forged answers out: each query goes out with a fresh
-random ID (the client's is put back by the resolver), never one already
+Both do what keeps forged answers out (RFC 5452): each query goes out with a
+fresh random ID (the client's is put back by the resolver), never one already
 outstanding on the same socket or connection, and an answer is accepted only
 if it carries an outstanding ID and the query's question, and over UDP comes
 from the address queried.  Anything else is dropped and counted
-(C{upstream_spoofed_dropped}).  Over UDP a query leaves from a random socket
-of a pool bound to kernel-chosen ports.  A stream connection is opened on
-first use, pipelines its queries, and is closed after the resolver's
-C{idleTimeout} seconds with nothing outstanding.
+(C{upstream_spoofed_dropped}).
+
+Over UDP a query leaves from a random socket of a pool of C{udpSockets} per
+local interface, each bound to a port the kernel picks at random (Linux
+draws UDP ports uniformly from C{net.ipv4.ip_local_port_range}, 28,232 ports
+by default: about 14.8 bits).  A socket takes at most C{udpPortQueries}
+queries and only for C{udpPortLifetime} seconds; then a socket on a new
+random port takes its place, and the old one closes once its last query is
+answered or given up, so a port an attacker may have learnt soon stops
+mattering.  The resolver may send the question's name with its letters in a
+random case (DNS 0x20); such a query accepts only an answer whose question
+has the very same case, and one that differs in case alone fails the attempt
+with L{CaseMismatch} (the resolver then asks again over TCP).
+
+Stream connections are opened on demand, each pipelining at most the
+resolver's C{streamPipeline} queries, at most C{streamConnections} per
+upstream, and each is closed after the resolver's C{idleTimeout} seconds with
+nothing outstanding.  No loop waits for a free query ID: L{ID_DRAWS} random
+draws at most, then the query fails at once with L{UpstreamBusy} (or, over
+UDP, goes from a new socket).
 
 Every query out is also entered in the resolver's L{Outstanding}, so that a
 query of ours that comes back to the service is recognised as a loop.
@@ -23,6 +40,7 @@ L{AttemptError}; answering in time is the resolver's affair
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -41,15 +59,52 @@ from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.tls import clientCreator, describeTLSFailure
 
 from .upstream import Upstream
-from .wire import HEADER_SIZE, Question, answerMatches
+from .wire import HEADER_SIZE, Question
 
 if TYPE_CHECKING:
     from .resolver import UpstreamResolver
+
+_TYPE_CLASS = struct.Struct("!HH")
 
 MAX_UDP_ANSWER = 65535
 """
 The largest datagram read from an upstream.
 """
+
+_LETTER_BITS = bytes(0x20 if chr(byte).isascii() and chr(byte).isalpha() else 0 for byte in range(256))
+"""
+For each byte value, the bit that flips its case: 0x20 for the ASCII letters
+(the only case DNS names have), 0 for every other byte.
+"""
+
+_QR_BYTE = 0x80
+"""
+QR, in the header's third byte.
+"""
+
+_ONE_QUESTION = b"\x00\x01"
+
+ID_DRAWS = 32
+"""
+Random IDs drawn at most for one query before the socket or connection is
+taken as out of IDs.  Streams keep at most a quarter of the 65,536 IDs in
+use (C{stream_pipeline} is at most 16,384) and UDP sockets at most 4,096
+(C{udp_port_queries}), so 32 draws all failing has a chance of at most
+4^-32 = 2^-64; the bound is what keeps a full table from spinning the daemon.
+"""
+
+
+def randomCase(name: bytes, random: Any) -> bytes:
+    """
+    C{name} (wire form) with each ASCII letter in upper or lower case at
+    random, one random bit per letter (DNS 0x20); other bytes, label lengths
+    included (never more than 63, so never a letter), unchanged.
+
+    @param random: a L{random.Random} (its C{randbytes}).
+    """
+    size = len(name)
+    flips = int.from_bytes(name.translate(_LETTER_BITS), "big") & int.from_bytes(random.randbytes(size), "big")
+    return (int.from_bytes(name, "big") ^ flips).to_bytes(size, "big")
 
 
 class AttemptError(Exception):
@@ -64,6 +119,23 @@ class AttemptError(Exception):
     def __init__(self, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+class CaseMismatch(AttemptError):
+    """
+    An answer from the address queried, with the query's ID and question,
+    but with the question's name in another letter case than the one sent:
+    an upstream that does not keep the case, or a forger who guessed the
+    port and the ID but not the case.  Not accepted.
+    """
+
+
+class UpstreamBusy(AttemptError):
+    """
+    No room for the query at this upstream: every connection has its
+    pipeline full, or no query ID is free.  Not the upstream's fault, so not
+    held against its health.
+    """
 
 
 class Outstanding:
@@ -103,28 +175,46 @@ def _key(queryID: int, question: Question) -> tuple[int, bytes, int, int]:
     return (queryID, question.key, question.qtype, question.qclass)
 
 
+def outgoing(queryID: int, query: bytes, question: Question, name: bytes) -> bytes:
+    """
+    The query as it goes upstream: with C{queryID}, and C{name} (the
+    question's name, perhaps in another case) in place of the client's.
+    """
+    if name is question.name:
+        return queryID.to_bytes(2, "big") + query[2:]
+    return b"".join((queryID.to_bytes(2, "big"), query[2:HEADER_SIZE], name, query[HEADER_SIZE + len(name) :]))
+
+
 class _Pending:
     """
     One query sent and not yet answered, on a UDP socket or a stream connection.
 
+    @ivar name: the question's name as sent (its case perhaps randomised).
+    @ivar exact: whether only an answer with C{name} in the very same case
+        is accepted (the others that differ in case alone fail it with
+        L{CaseMismatch}).
     @ivar deferred: fires with the answer; cancelling it forgets the query
         (L{cancel}).
     @ivar address: for UDP, the (host, port) the answer must come from.
     """
 
-    __slots__ = ("queries", "queryID", "question", "address", "onCancel", "deferred")
+    __slots__ = ("queries", "queryID", "question", "name", "exact", "address", "onCancel", "deferred")
 
     def __init__(
         self,
         queries: _PendingQueries,
         queryID: int,
         question: Question,
+        name: bytes,
+        exact: bool,
         address: tuple[str, int] | None,
         onCancel: Callable[[], None] | None,
     ) -> None:
         self.queries = queries
         self.queryID = queryID
         self.question = question
+        self.name = name
+        self.exact = exact
         self.address = address
         self.onCancel = onCancel
         self.deferred: Deferred[bytes] = Deferred(self.cancel)
@@ -159,49 +249,76 @@ class _PendingQueries:
         """
         return bool(self.byID)
 
-    def freshID(self) -> int:
+    def freshID(self) -> int | None:
         """
-        A random 16-bit ID not waiting here.
+        A random 16-bit ID not waiting here, or L{None} if L{ID_DRAWS} draws
+        found none (every ID, or nearly, in use).
         """
-        while True:
-            queryID = self.resolver.random.getrandbits(16)
-            if queryID not in self.byID:
+        byID = self.byID
+        draw = self.resolver.random.getrandbits
+        for _ in range(ID_DRAWS):
+            queryID = draw(16)
+            if queryID not in byID:
                 return queryID
+        return None
 
     def add(
         self,
         queryID: int,
         question: Question,
+        name: bytes,
+        *,
+        exact: bool = False,
         address: tuple[str, int] | None = None,
         onCancel: Callable[[], None] | None = None,
     ) -> Deferred[bytes]:
         """
-        Wait for the answer to a query sent with C{queryID}; the Deferred fires
-        with it (see L{take}).  Cancelling the Deferred forgets the query and
-        calls C{onCancel}.
+        Wait for the answer to a query sent with C{queryID} and C{name}; the
+        Deferred fires with it (see L{settle}).  Cancelling the Deferred
+        forgets the query and calls C{onCancel}.
         """
-        entry = _Pending(self, queryID, question, address, onCancel)
+        entry = _Pending(self, queryID, question, name, exact, address, onCancel)
         self.byID[queryID] = entry
         self.resolver.outstanding.add(queryID, question)
         return entry.deferred
 
-    def take(self, message: bytes, source: Any = None) -> _Pending | None:
+    def settle(self, message: bytes, source: Any = None) -> bool:
         """
-        The waiting query C{message} answers, no longer waiting, for the caller
-        to fire; L{None} if it answers none (an ID not waiting, another
-        question, or for UDP another source than the address queried).
+        Give C{message} to the waiting query it answers, which no longer
+        waits: its Deferred fires with the message, or fails with
+        L{CaseMismatch} if it wants the exact case and the message has
+        another.  False if it answers none: too short, not an answer, an ID
+        not waiting, another question, or for UDP another source than the
+        address queried.
         """
+        if len(message) < HEADER_SIZE:
+            return False
         queryID = int.from_bytes(message[:2], "big")
-        entry = self.byID.get(queryID) if len(message) >= HEADER_SIZE else None
+        entry = self.byID.get(queryID)
         if (
             entry is None
+            or not message[2] & _QR_BYTE
+            or message[4:6] != _ONE_QUESTION
             or (entry.address is not None and not _sameAddress(source, entry.address))
-            or not answerMatches(message, queryID, entry.question)
         ):
-            return None
+            return False
+        name = entry.name
+        question = entry.question
+        end = HEADER_SIZE + len(name)
+        answered = message[HEADER_SIZE:end]
+        caseDiffers = answered != name
+        if (
+            (caseDiffers and answered.lower() != question.key)
+            or message[end : end + 4] != _TYPE_CLASS.pack(question.qtype, question.qclass)
+        ):
+            return False
         del self.byID[queryID]
-        self.resolver.outstanding.remove(queryID, entry.question)
-        return entry
+        self.resolver.outstanding.remove(queryID, question)
+        if caseDiffers and entry.exact:
+            entry.deferred.errback(CaseMismatch("answered with the question in another letter case than sent"))
+        else:
+            entry.deferred.callback(message)
+        return True
 
     def failAll(self, reason: str, *, retryable: bool = False) -> None:
         """
@@ -230,13 +347,23 @@ def _sameAddress(addr: Any, expected: tuple[str, int]) -> bool:
 class _UDPSocket(DatagramProtocol):
     """
     One socket of the UDP pool, with the queries outstanding on it by ID.
+
+    @ivar uses: queries sent from it.
+    @ivar born: when it was bound (the reactor's time).
+    @ivar retired: whether another socket took its place in the pool: it
+        takes no new query, and closes once nothing waits on it.
     """
 
     noisy = False
     send: Callable[[bytes, tuple[str, int]], object]
+    port: IListeningPort
 
-    def __init__(self, pool: UDPPool) -> None:
+    def __init__(self, pool: UDPPool, interface: str, born: float) -> None:
         self.pool = pool
+        self.interface = interface
+        self.born = born
+        self.uses = 0
+        self.retired = False
         self.pending = _PendingQueries(pool.resolver)
 
     def startProtocol(self) -> None:
@@ -257,21 +384,36 @@ class _UDPSocket(DatagramProtocol):
         """
         self.pool.datagramReceived(self, datagram, addr)
 
+    def drained(self) -> None:
+        """
+        A query on it is over: close it if it is retired and nothing waits.
+        """
+        if self.retired and not self.pending:
+            self.pool.closeSocket(self)
+
 
 class UDPPool:
     """
     The UDP sockets queries leave from: C{size} per local interface, made on
-    first use.  Loopback upstreams are queried from sockets bound to the
-    loopback address (so nothing off the machine can reach those ports), the
-    others from sockets bound to the wildcard address of their family.
+    first use, each replaced by a socket on a new random port after
+    C{portQueries} queries or C{portLifetime} seconds.  Loopback upstreams are
+    queried from sockets bound to the loopback address (so nothing off the
+    machine can reach those ports), the others from sockets bound to the
+    wildcard address of their family.
+
+    @ivar sockets: the sockets taking new queries, by local interface.
+    @ivar retiring: the replaced sockets that still have queries waiting.
     """
 
-    def __init__(self, resolver: UpstreamResolver, size: int) -> None:
+    def __init__(self, resolver: UpstreamResolver, size: int, portQueries: int, portLifetime: float) -> None:
         self.resolver = resolver
         self.size = size
+        self.portQueries = portQueries
+        self.portLifetime = portLifetime
         self.sockets: dict[str, list[_UDPSocket]] = {}
-        self.ports: list[IListeningPort] = []
+        self.retiring: set[_UDPSocket] = set()
         self._byHost: dict[str, list[_UDPSocket]] = {}
+        self._bindFailing = False
 
     def _socketsFor(self, upstream: Upstream) -> list[_UDPSocket]:
         """
@@ -296,65 +438,119 @@ class UDPPool:
         sockets = self.sockets.get(interface)
         if sockets is None:
             sockets = []
-            opened: list[IListeningPort] = []
             try:
                 for _ in range(self.size):
-                    protocol = _UDPSocket(self)
-                    reactor = self.resolver.reactor
-                    opened.append(reactor.listenUDP(0, protocol, interface=interface, maxPacketSize=MAX_UDP_ANSWER))
-                    sockets.append(protocol)
+                    sockets.append(self._open(interface))
             except (OSError, CannotListenError):
-                for port in opened:
-                    port.stopListening()
+                for sock in sockets:
+                    sock.port.stopListening()
                 raise
-            self.ports.extend(opened)
             self.sockets[interface] = sockets
         return sockets
 
-    def query(self, upstream: Upstream, query: bytes, question: Question) -> Deferred[bytes]:
+    def _open(self, interface: str) -> _UDPSocket:
+        """
+        A new socket on a port the kernel picks (at random, on Linux).
+        """
+        reactor = self.resolver.reactor
+        sock = _UDPSocket(self, interface, reactor.seconds())
+        sock.port = reactor.listenUDP(0, sock, interface=interface, maxPacketSize=MAX_UDP_ANSWER)
+        self.resolver.counters["upstream_udp_sockets_opened"] += 1
+        return sock
+
+    def _pick(self, upstream: Upstream) -> _UDPSocket:
+        """
+        A random socket of the upstream's pool, replaced first if it has
+        served its queries or its time.
+        """
+        sockets = self._socketsFor(upstream)
+        sock = self.resolver.random.choice(sockets)
+        if sock.uses >= self.portQueries or self.resolver.reactor.seconds() - sock.born >= self.portLifetime:
+            sock = self._replace(sockets, sock)
+        return sock
+
+    def _replace(self, sockets: list[_UDPSocket], old: _UDPSocket) -> _UDPSocket:
+        """
+        Put a socket on a new port in the place of C{old}, which retires; if
+        no socket can be opened (out of descriptors, say), C{old} stays on
+        (logged once until a socket opens again, counted each time).
+        """
+        try:
+            new = self._open(old.interface)
+        except (OSError, CannotListenError) as e:
+            self.resolver.counters["upstream_udp_socket_errors"] += 1
+            if not self._bindFailing:
+                self._bindFailing = True
+                self.resolver.log.warn(
+                    "cannot open a UDP socket for upstream queries ({error}); the old ones stay in use",
+                    error=str(e),
+                )
+            return old
+        self._bindFailing = False
+        sockets[sockets.index(old)] = new
+        old.retired = True
+        if old.pending:
+            self.retiring.add(old)
+        else:
+            self.closeSocket(old)
+        return new
+
+    def closeSocket(self, sock: _UDPSocket) -> Deferred[Any]:
+        """
+        Stop listening on a socket; the Deferred fires when it is closed.
+        """
+        self.retiring.discard(sock)
+        return maybeDeferred(sock.port.stopListening)
+
+    def query(self, upstream: Upstream, query: bytes, question: Question, name: bytes, exact: bool) -> Deferred[bytes]:
         """
         Send the query from a random socket with a random ID not outstanding
-        there; the Deferred fires with the matching answer (ID as sent).
+        there and C{name} as its question's name; the Deferred fires with the
+        matching answer (ID as sent), or fails with L{CaseMismatch} if
+        C{exact} and the answer has the name in another case.
         """
         try:
-            sockets = self._socketsFor(upstream)
+            sock = self._pick(upstream)
         except (OSError, CannotListenError) as e:
             return fail(AttemptError(f"cannot open a UDP socket: {e}"))
-        sock = self.resolver.random.choice(sockets)
         queryID = sock.pending.freshID()
+        if queryID is None:
+            sock = self._replace(self._socketsFor(upstream), sock)
+            queryID = sock.pending.freshID()
+            if queryID is None:
+                return fail(self.resolver.busy("no query ID free on a UDP socket"))
         address = (upstream.host, upstream.port)
         try:
-            sock.send(queryID.to_bytes(2, "big") + query[2:], address)
+            sock.send(outgoing(queryID, query, question, name), address)
         except OSError as e:
             return fail(AttemptError(f"send failed: {e}"))
-        return sock.pending.add(queryID, question, address)
+        sock.uses += 1
+        return sock.pending.add(queryID, question, name, exact=exact, address=address, onCancel=sock.drained)
 
     def datagramReceived(self, sock: _UDPSocket, datagram: bytes, addr: Any) -> None:
         """
         Accept an answer only from the address queried, with an ID outstanding
         on this socket and the question asked; count and drop anything else.
         """
-        entry = sock.pending.take(datagram, addr)
-        if entry is None:
+        if not sock.pending.settle(datagram, addr):
             self.resolver.counters["upstream_spoofed_dropped"] += 1
             self.resolver.log.debug(
                 "dropped a UDP datagram from {peer} that answers no outstanding query", peer=f"{addr[0]}:{addr[1]}"
             )
             return
-        entry.deferred.callback(datagram)
+        sock.drained()
 
     def close(self) -> list[Deferred[Any]]:
         """
         Fail what is outstanding and stop listening; the Deferreds fire when
         the ports are closed.
         """
-        for sockets in self.sockets.values():
-            for sock in sockets:
-                sock.pending.failAll("the resolver stopped")
-        stopping = [maybeDeferred(port.stopListening) for port in self.ports]
+        every = [sock for sockets in self.sockets.values() for sock in sockets] + list(self.retiring)
+        for sock in every:
+            sock.pending.failAll("the resolver stopped")
+        stopping = [self.closeSocket(sock) for sock in every]
         self._byHost.clear()
         self.sockets.clear()
-        self.ports.clear()
         return stopping
 
 
@@ -384,22 +580,25 @@ class _StreamConnection:
         self.open = True
         self._idleCheck()
 
-    def send(self, query: bytes, question: Question) -> Deferred[bytes]:
+    def send(self, query: bytes, question: Question, name: bytes) -> Deferred[bytes]:
         """
-        Send the query with a random ID not outstanding on this connection.
+        Send the query with a random ID not outstanding on this connection and
+        C{name} as its question's name; an answer whose name differs from it
+        in case alone is accepted (nothing off the path can forge one over TCP).
         """
         queryID = self.pending.freshID()
-        d = self.pending.add(queryID, question, onCancel=self._idleCheck)
+        if queryID is None:
+            return fail(self.client.resolver.busy(f"no query ID free on a connection to {self.client.upstream}"))
+        d = self.pending.add(queryID, question, name, onCancel=self._idleCheck)
         self._stopIdleTimer()
-        self.connection.sendFrame(queryID.to_bytes(2, "big") + query[2:])
+        self.connection.sendFrame(outgoing(queryID, query, question, name))
         return d
 
     def frameReceived(self, frame: bytes) -> None:
         """
         Match an answer to its query by ID and question; drop and count anything else.
         """
-        entry = self.pending.take(frame)
-        if entry is None:
+        if not self.pending.settle(frame):
             resolver = self.client.resolver
             resolver.counters["upstream_spoofed_dropped"] += 1
             resolver.log.debug(
@@ -407,7 +606,6 @@ class _StreamConnection:
             )
             return
         self._idleCheck()
-        entry.deferred.callback(frame)
 
     def connectionLost(self, reason: Failure) -> None:
         """
@@ -478,20 +676,85 @@ def _unwrapTLS(protocol: Any) -> FramedProtocol:
     return cast(FramedProtocol, protocol.wrappedProtocol)
 
 
+class _Opening:
+    """
+    A connection to a stream upstream being opened, and the queries waiting
+    for it (at most the pipeline's worth).
+    """
+
+    def __init__(self, client: StreamUpstream) -> None:
+        self.client = client
+        self.waiters: list[Deferred[_StreamConnection]] = []
+        self.connecting: Deferred[Any] | None = None
+
+    def wait(self, query: bytes, question: Question, name: bytes) -> Deferred[bytes]:
+        """
+        Send the query once the connection is open.
+        """
+        waiter: Deferred[_StreamConnection] = Deferred(self.waiters.remove)
+        self.waiters.append(waiter)
+        return waiter.addCallback(lambda connection: connection.send(query, question, name))
+
+    def start(self) -> None:
+        """
+        Connect.
+        """
+        self.connecting = self.client.connect()
+        self.connecting.addCallbacks(self._connected, self._failed)
+
+    def _connected(self, protocol: FramedProtocol) -> None:
+        """
+        Connected: the waiting queries go out.  (The idle close of a
+        connection that none of them uses was scheduled as it was made.)
+        """
+        connection = protocol.receiver
+        assert isinstance(connection, _StreamConnection)
+        self.client.opened(self, connection)
+        waiters, self.waiters = self.waiters, []
+        if not connection.open:
+            for waiter in waiters:
+                waiter.errback(AttemptError("connection lost as it opened"))
+            return
+        for waiter in waiters:
+            waiter.callback(connection)
+
+    def _failed(self, reason: Failure) -> None:
+        """
+        Could not connect (or L{close} stopped connecting): the waiting queries fail.
+        """
+        self.client.opened(self, None)
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            waiter.errback(AttemptError(f"cannot connect: {reason.getErrorMessage()}"))
+
+    def cancel(self) -> None:
+        """
+        Stop connecting.
+        """
+        if self.connecting is not None:
+            self.connecting.cancel()
+
+
 @implementer(IStreamHandler)
 class StreamUpstream:
     """
-    The persistent connection to one TCP or TLS upstream: opened on first use,
-    reopened on demand.
+    The connections to one TCP or TLS upstream: opened on demand, each
+    pipelining at most the resolver's C{streamPipeline} queries (queries
+    waiting for it to open included), at most C{streamConnections} of them;
+    a query that finds them all full fails at once (L{AttemptError}, counted
+    C{upstream_busy}) and the resolver moves on.  New queries go on the first
+    connection with room, so that the others fall idle and close.
+
+    @ivar connections: the open connections, in the order they opened.
+    @ivar opening: the connections being opened.
     """
 
     def __init__(self, resolver: UpstreamResolver, upstream: Upstream) -> None:
         self.resolver = resolver
         self.upstream = upstream
         self.factory = FramedFactory(FRAMINGS["u16"], 65535, self, resolver.counters, resolver.log)
-        self.connection: _StreamConnection | None = None
-        self.connecting: Deferred[Any] | None = None
-        self.waiters: list[Deferred[_StreamConnection]] = []
+        self.connections: list[_StreamConnection] = []
+        self.opening: list[_Opening] = []
 
     def newConnection(self) -> _StreamConnection:
         """
@@ -499,21 +762,27 @@ class StreamUpstream:
         """
         return _StreamConnection(self)
 
-    def query(self, query: bytes, question: Question) -> Deferred[bytes]:
+    def query(self, query: bytes, question: Question, name: bytes) -> Deferred[bytes]:
         """
-        Send on the open connection, or once a new one is open.
+        Send on the first open connection with room, or once a new one is open.
         """
-        connection = self.connection
-        if connection is not None and connection.open:
-            return connection.send(query, question)
-        waiter: Deferred[_StreamConnection] = Deferred(self.waiters.remove)
-        self.waiters.append(waiter)
-        if self.connecting is None:
-            self.connecting = self._connect()
-            self.connecting.addCallbacks(self._connected, self._connectFailed)
-        return waiter.addCallback(lambda connection: connection.send(query, question))
+        pipeline = self.resolver.streamPipeline
+        for connection in self.connections:
+            if len(connection.pending.byID) < pipeline:
+                return connection.send(query, question, name)
+        for opening in self.opening:
+            if len(opening.waiters) < pipeline:
+                return opening.wait(query, question, name)
+        limit = self.resolver.streamConnections
+        if len(self.connections) + len(self.opening) >= limit:
+            return fail(self.resolver.busy(f"{limit} connections with {pipeline} queries in flight each"))
+        opening = _Opening(self)
+        self.opening.append(opening)
+        sent = opening.wait(query, question, name)
+        opening.start()
+        return sent
 
-    def _connect(self) -> Deferred[FramedProtocol]:
+    def connect(self) -> Deferred[FramedProtocol]:
         """
         Connect to the upstream; the Deferred fires with the framed protocol.
 
@@ -534,48 +803,30 @@ class StreamUpstream:
         tls = TLSMemoryBIOFactory(options, True, self.factory, clock=reactor)
         return endpoint.connect(tls).addCallback(_unwrapTLS)
 
-    def _connected(self, protocol: FramedProtocol) -> None:
+    def opened(self, opening: _Opening, connection: _StreamConnection | None) -> None:
         """
-        Connected: the waiting queries go out.  (The idle close of a
-        connection that none of them uses was scheduled as it was made.)
+        A connection being opened is open (if C{connection} is, and still
+        open) or failed to open.
         """
-        self.connecting = None
-        connection = protocol.receiver
-        assert isinstance(connection, _StreamConnection)
-        waiters, self.waiters = self.waiters, []
-        if not connection.open:
-            for waiter in waiters:
-                waiter.errback(AttemptError("connection lost as it opened"))
-            return
-        self.connection = connection
-        for waiter in waiters:
-            waiter.callback(connection)
-
-    def _connectFailed(self, reason: Failure) -> None:
-        """
-        Could not connect (or L{close} stopped connecting): the waiting queries fail.
-        """
-        self.connecting = None
-        waiters, self.waiters = self.waiters, []
-        for waiter in waiters:
-            waiter.errback(AttemptError(f"cannot connect: {reason.getErrorMessage()}"))
+        self.opening.remove(opening)
+        if connection is not None and connection.open:
+            self.connections.append(connection)
 
     def connectionGone(self, connection: _StreamConnection) -> None:
         """
-        A connection closed or is closing; the next query opens a new one.
+        A connection closed or is closing; new queries go elsewhere.
         """
-        if self.connection is connection:
-            self.connection = None
+        if connection in self.connections:
+            self.connections.remove(connection)
 
     def close(self) -> list[Deferred[Any]]:
         """
-        Stop connecting, close the connection; the Deferreds fire when it is gone.
+        Stop connecting, close the connections; the Deferreds fire when they are gone.
         """
+        for opening in list(self.opening):
+            opening.cancel()
         waiting = []
-        if self.connecting is not None:
-            self.connecting.cancel()
-        connection = self.connection
-        if connection is not None:
+        for connection in list(self.connections):
             connection.close()
             waiting.append(connection.lost)
         return waiting

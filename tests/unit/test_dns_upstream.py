@@ -106,19 +106,25 @@ def rcodeOf(data: bytes) -> int:
 
 class ScriptedRandom(random.Random):
     """
-    A random source whose IDs come from a script (then from a seeded generator)
-    and which always picks the first socket.
+    A random source whose IDs come from a script (then from a seeded generator),
+    which always picks the first socket, and whose random bytes (the 0x20
+    case flips) are all C{caseByte}: 0 keeps the client's case, 0xFF flips
+    every letter.
     """
 
-    def __init__(self, ids: list[int]) -> None:
+    def __init__(self, ids: list[int], caseByte: int = 0) -> None:
         super().__init__(1)
         self.ids = list(ids)
+        self.caseByte = caseByte
 
     def getrandbits(self, k: int) -> int:
         return self.ids.pop(0) if self.ids else super().getrandbits(k)
 
     def choice(self, seq: Any) -> Any:
         return seq[0]
+
+    def randbytes(self, n: int) -> bytes:
+        return bytes([self.caseByte]) * n
 
 
 def outcome(d: Deferred[Any]) -> list[Any]:
@@ -167,13 +173,30 @@ class TCPPeer:
         self.protocol.connectionLost(Failure(ConnectionDone("closed")))
 
 
+class _KeepingReactor(UDPMemoryReactorClock):
+    """
+    A fake UDP-capable reactor that keeps each port's recording transport
+    (a protocol forgets its transport when its port stops listening, and the
+    resolver closes the sockets it replaces).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udpTransports: dict[int, Any] = {}
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> FakeUDPPort:
+        bound = super().listenUDP(port, protocol, interface, maxPacketSize)
+        self.udpTransports[bound.port] = protocol.transport
+        return bound
+
+
 class Harness:
     """
     A resolver on a fake UDP-capable reactor, with its counters and log events.
     """
 
     def __init__(self, upstreams: list[str], **options: Any) -> None:
-        self.reactor = UDPMemoryReactorClock()
+        self.reactor = _KeepingReactor()
         self.counters = Counters()
         self.events: list[LogEvent] = []
         settings: dict[str, Any] = dict(
@@ -202,7 +225,7 @@ class Harness:
         """
         sent = []
         for number, port in sorted(self.reactor.udpPorts.items()):
-            written = port.protocol.transport.written  # type: ignore[attr-defined]
+            written = self.reactor.udpTransports[number].written
             sent.extend((port, datagram, addr) for datagram, addr in written[self.taken.get(number, 0) :])
             self.taken[number] = len(written)
         return sent
@@ -509,7 +532,8 @@ def test_udpSocketsBoundPerScopeOnKernelPorts() -> None:
     assert [p.interface for p in harness.reactor.udpPorts.values()] == ["127.0.0.1"] * 3
     for upstream, interface in [("udp:192.0.2.1", "0.0.0.0"), ("udp:[::1]", "::1"), ("udp:[2001:db8::1]", "::")]:
         before = set(harness.reactor.udpPorts)
-        harness.resolver._udp.query(Upstream.fromConfig(upstream), *clientQuery())
+        query, question = clientQuery()
+        harness.resolver._udp.query(Upstream.fromConfig(upstream), query, question, question.name, False)
         added = [harness.reactor.udpPorts[n].interface for n in set(harness.reactor.udpPorts) - before]
         assert added == [interface] * 3
 
@@ -567,17 +591,6 @@ def test_udpAnswerOnAnotherSocketDropped() -> None:
     reply(other, answerTo(sent), addr)
     assert box == []
     assert harness.counters["upstream_spoofed_dropped"] == 1
-
-
-def test_udpAnswerMatchesQuestionIgnoringCase() -> None:
-    """
-    An answer whose question differs from the query's only in letter case (0x20 randomisation) is accepted.
-    """
-    harness = Harness(["udp:192.0.2.53"])
-    _, box = harness.resolve("Example.COM")
-    port, sent, addr = harness.takeOneUDP()
-    reply(port, answerTo(sent, name="eXample.com"), addr)
-    assert len(box) == 1 and isinstance(box[0], bytes)
 
 
 def test_isLoopedRecognisesOwnUpstreamQueries() -> None:
@@ -1224,7 +1237,7 @@ class _TestRecords:
     def query(self, query: dns.Query, timeout: Any = None) -> Deferred[Any]:
         self.queries.append(query)
         name = query.name.name
-        if name == b"big.test":
+        if name.lower() == b"big.test":
             answers = [
                 rr(name, dns.Record_TXT(b"record %d " % i + b"x" * 40), 60)
                 for i in range(40)
@@ -1309,7 +1322,8 @@ async def test_realUDPAndTCPForwarding() -> None:
         first, second = await _both(tcp.resolve(*clientQuery("a.test")), tcp.resolve(*clientQuery("b.test")))
         assert answerAddress(first) == answerAddress(second) == "192.0.2.80"
         assert tcp.counters["upstream_answers"] == 2
-        assert [q.name.name for q in records.queries] == [b"host.test", b"big.test", b"big.test", b"a.test", b"b.test"]
+        assert [q.name.name.lower() for q in records.queries] == [b"host.test", b"big.test", b"big.test", b"a.test", b"b.test"]
+        assert records.queries[3].name.name == b"a.test", "TCP queries go in the client's case"
     finally:
         for resolver in resolvers:
             await resolver.stopService()
@@ -1322,3 +1336,153 @@ async def _both(a: Deferred[bytes], b: Deferred[bytes]) -> tuple[bytes, bytes]:
     Wait for two resolves made at once.
     """
     return (await a, await b)
+
+
+# Running out of IDs (issue 13 item 8).
+
+
+class BoundedRandom(random.Random):
+    """
+    A seeded random source that raises after C{budget} draws of random bits:
+    a loop that draws IDs without end fails the test instead of hanging it.
+    """
+
+    def __init__(self, budget: int) -> None:
+        super().__init__(7)
+        self.budget = budget
+        self.draws = 0
+
+    def getrandbits(self, k: int) -> int:
+        self.draws += 1
+        if self.draws > self.budget:
+            raise AssertionError(f"more than {self.budget} random draws: a loop without bound")
+        return super().getrandbits(k)
+
+
+def _fillIDs(queries: Any) -> None:
+    """
+    Take every one of the 65,536 IDs of a socket's or connection's queries.
+    """
+    question = clientQuery()[1]
+    for queryID in range(1 << 16):
+        queries.add(queryID, question, question.name)
+
+
+def test_freshIDGivesUpAfterBoundedDraws() -> None:
+    """
+    With every ID in use, freshID gives up (None) after a bounded number of draws instead of drawing for ever.
+    """
+    harness = Harness(["tcp:192.0.2.53"])
+    harness.resolve()
+    peer = harness.acceptTCP()
+    assert len(peer.frames()) == 1
+    (connection,) = harness.resolver._stream(Upstream.fromConfig("tcp:192.0.2.53")).connections
+    _fillIDs(connection.pending)
+    harness.resolver.random = BoundedRandom(1000)
+    assert connection.pending.freshID() is None
+    assert harness.resolver.random.draws <= 64
+
+
+def test_connectionWithEveryIDInUseMovesOnAtOnce() -> None:
+    """
+    A query for a TCP upstream whose one connection has all 65,536 IDs in use neither spins nor waits: with one connection allowed it fails at once, counted, and the next upstream answers.
+    """
+    harness = Harness(["tcp:192.0.2.53", "udp:192.0.2.54"], streamConnections=1)
+    harness.resolve()
+    peer = harness.acceptTCP()
+    assert len(peer.frames()) == 1
+    (connection,) = harness.resolver._stream(Upstream.fromConfig("tcp:192.0.2.53")).connections
+    _fillIDs(connection.pending)
+    harness.resolver.random = BoundedRandom(1000)
+    _, box = harness.resolve("next.example")
+    assert peer.frames() == []
+    assert len(harness.reactor.tcpClients) == 1
+    port, sent, addr = harness.takeOneUDP()
+    assert addr == ("192.0.2.54", 53)
+    reply(port, answerTo(sent), addr)
+    assert messageID(box[0]) == CLIENT_ID
+    assert harness.counters["upstream_busy"] == 1
+    assert harness.counters["upstream_failures"] == 0
+    assert harness.resolver.health()[0]["consecutive_failures"] == 0, "being full is not the upstream's fault"
+
+
+def test_fullConnectionsOpenAnotherThenFail() -> None:
+    """
+    Past streamPipeline queries in flight on a connection another connection opens, up to streamConnections; past that a query fails at once (upstream_busy) and goes to the next upstream; answers make room again.
+    """
+    harness = Harness(["tcp:192.0.2.53", "udp:192.0.2.54"], streamPipeline=2, streamConnections=2)
+    boxes = [harness.resolve(f"q{index}.example")[1] for index in range(4)]
+    assert len(harness.reactor.tcpClients) == 2
+    first, second = harness.acceptTCP(0), harness.acceptTCP(1)
+    framesA, framesB = first.frames(), second.frames()
+    assert (len(framesA), len(framesB)) == (2, 2)
+    _, fifth = harness.resolve("q4.example")
+    assert harness.counters["upstream_busy"] == 1
+    port, sent, addr = harness.takeOneUDP()
+    assert addr[0] == "192.0.2.54"
+    reply(port, answerTo(sent), addr)
+    assert len(fifth) == 1 and isinstance(fifth[0], bytes)
+    first.send(answerTo(framesA[0]))
+    assert len(boxes[0]) == 1
+    _, sixth = harness.resolve("q5.example")
+    (frame,) = first.frames()
+    first.send(answerTo(frame))
+    assert len(sixth) == 1 and isinstance(sixth[0], bytes)
+    assert len(harness.reactor.tcpClients) == 2
+
+
+def test_queriesWaitingForAConnectionAreBoundedToo() -> None:
+    """
+    Queries waiting for a connection being opened count against its pipeline: past it another connection opens, past the last a query fails at once.
+    """
+    harness = Harness(["tcp:192.0.2.53"], streamPipeline=2, streamConnections=2)
+    boxes = [harness.resolve(f"q{index}.example")[1] for index in range(5)]
+    assert len(harness.reactor.tcpClients) == 2
+    assert boxes[4][0].check(UpstreamFailure)
+    assert "2 connections with 2 queries in flight" in str(boxes[4][0].value)
+    first = harness.acceptTCP(0)
+    frames = first.frames()
+    assert len(frames) == 2
+    for frame in frames:
+        first.send(answerTo(frame))
+    assert all(len(box) == 1 and isinstance(box[0], bytes) for box in boxes[:2])
+
+
+def test_udpSocketWithEveryIDInUseIsReplaced() -> None:
+    """
+    A UDP socket with all 65,536 IDs in use is replaced at once by a socket on a new port, which sends the query, instead of drawing IDs for ever.
+    """
+    harness = Harness(["udp:192.0.2.53"], udpSockets=1, udpPortQueries=4096)
+    harness.resolve()
+    (full, _, _) = harness.takeOneUDP()
+    _fillIDs(full.protocol.pending)
+    harness.resolver.random = BoundedRandom(1000)
+    harness.resolve("next.example")
+    (port, _, addr) = harness.takeOneUDP()
+    assert port is not full and addr == ("192.0.2.53", 53)
+    assert harness.counters["upstream_busy"] == 0
+
+
+def test_udpSocketWithEveryIDInUseMovesOnAtOnce() -> None:
+    """
+    A UDP socket with all 65,536 IDs in use that cannot be replaced fails the query at once, counted, and the next upstream (another pool) answers.
+    """
+    harness = Harness(["udp:192.0.2.53", "udp:127.0.0.1:5353"], udpSockets=1, udpPortQueries=4096)
+    harness.resolve()
+    (full, _, _) = harness.takeOneUDP()
+    _fillIDs(full.protocol.pending)
+    harness.resolver.random = BoundedRandom(1000)
+    listen = harness.reactor.listenUDP
+
+    def refuseWildcard(port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> FakeUDPPort:
+        if interface == "0.0.0.0":
+            raise CannotListenError(interface, port, OSError(24, "Too many open files"))
+        return listen(port, protocol, interface, maxPacketSize)
+
+    harness.reactor.listenUDP = refuseWildcard  # type: ignore[method-assign]
+    _, box = harness.resolve("next.example")
+    assert harness.counters["upstream_busy"] == 1
+    port, sent, addr = harness.takeOneUDP()
+    assert addr == ("127.0.0.1", 5353)
+    reply(port, answerTo(sent), addr)
+    assert messageID(box[0]) == CLIENT_ID
