@@ -582,29 +582,6 @@ def inspectAnswer(data: bytes) -> AnswerInfo:
     )
 
 
-def answerMatches(data: bytes, id: int, question: Question) -> bool:
-    """
-    Whether C{data} is an answer to the query with this ID and question: QR
-    set, the same ID, and exactly one question with the same name (ignoring
-    case, which upstreams may randomise), type and class.  Malformed data does
-    not match.
-    """
-    if len(data) < HEADER_SIZE:
-        return False
-    answerID, flags, qdcount = _HEADER.unpack_from(data)[:3]
-    if answerID != id or not flags & FLAG_QR or qdcount != 1:
-        return False
-    try:
-        answered = parseQuestion(data, HEADER_SIZE)
-    except WireError:
-        return False
-    return (
-        answered.key == question.key
-        and answered.qtype == question.qtype
-        and answered.qclass == question.qclass
-    )
-
-
 def patchAnswer(
     stored: bytes,
     ttlOffsets: tuple[int, ...],

@@ -192,7 +192,10 @@ def echoService(name: str, listen: list[str], **keys: object) -> str:
         "listen = [" + ", ".join('"' + address.replace("\\", "\\\\") + '"' for address in listen) + "]",
     ]
     for key, value in keys.items():
-        lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
+        if isinstance(value, bool):
+            lines.append(f"{key} = {str(value).lower()}")
+        else:
+            lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
     return "\n".join(lines) + "\n\n"
 
 

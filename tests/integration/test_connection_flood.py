@@ -14,10 +14,9 @@ import re
 import resource
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from .conftest import (
     IO_TIMEOUT,
     NetdProcess,
     _defaultSigInt,
-    connect,
     echoService,
     netdCommand,
     recvExactly,

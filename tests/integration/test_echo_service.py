@@ -218,7 +218,7 @@ def test_maxConnections(startNetd: Any) -> None:
     """
     With max_connections = 2 and evict_idle = false a third concurrent connection is closed at once, and a new one is served after one closes.
     """
-    netd = startNetd(echoService("echo", ["tcp:0:interface=127.0.0.1"], max_connections=2).rstrip() + "\nevict_idle = false\n")
+    netd = startNetd(echoService("echo", ["tcp:0:interface=127.0.0.1"], max_connections=2, evict_idle=False))
     address = netd.address("echo", "tcp")
     first = connect(address)
     try:

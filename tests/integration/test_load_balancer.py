@@ -219,10 +219,10 @@ def test_forgedHeaderFromAnUntrustedSourceIsClosed(startNetd: Any, header: Calla
 
 def test_connectionsWaitingForTheirHeaderCountAndAreDrained(startNetd: Any) -> None:
     """
-    A connection still waiting for its PROXY header holds the only place of max_connections = 1 (the next is refused), and SIGTERM's drain waits shutdown_timeout for it, then closes it.
+    A connection still waiting for its PROXY header holds the only place of max_connections = 1 (with eviction off, the next is refused), and SIGTERM's drain waits shutdown_timeout for it, then closes it.
     """
     netd: NetdProcess = startNetd(
-        "[daemon]\nshutdown_timeout = 1\n\n" + echoService("echo", [PROXIED], max_connections=1)
+        "[daemon]\nshutdown_timeout = 1\n\n" + echoService("echo", [PROXIED], max_connections=1, evict_idle=False)
     )
     address = netd.address("echo")
     with connect(address) as waiting:

@@ -39,7 +39,6 @@ from netd_plugins.dnsproxy.wire import (
     Query,
     Question,
     WireError,
-    answerMatches,
     answerQuery,
     decodeName,
     encodeName,
@@ -760,63 +759,6 @@ def test_inspectAnswerZeroQuestions() -> None:
     assert inspectAnswer(data) == expected
 
 
-# answerMatches
-
-
-def test_answerMatches() -> None:
-    """
-    An answer with the query's ID and question matches it.
-    """
-    query = parseQuery(makeQuery(id=99))
-    assert answerMatches(goldenAnswer("A", id=99), 99, query.question)
-
-
-def test_answerMatchesIgnoresCase() -> None:
-    """
-    An answer whose question differs only in case (0x20 randomisation) matches.
-    """
-    query = parseQuery(makeQuery(b"www.netd.test", id=99))
-    assert answerMatches(makeAnswer(b"WwW.nEtD.TEST", id=99), 99, query.question)
-
-
-@pytest.mark.parametrize(
-    "answer",
-    [
-        makeAnswer(id=98),
-        makeAnswer(b"other.test", id=99),
-        makeAnswer(b"netd.test.evil", id=99),
-        makeAnswer(qtype=dns.AAAA, id=99),
-        makeAnswer(qclass=dns.CH, id=99),
-        makeQuery(id=99),
-        withCounts(makeAnswer(id=99), qd=0),
-        withCounts(makeAnswer(id=99), qd=2),
-        makeAnswer(id=99)[:20],
-        makeAnswer(id=99)[:11],
-        b"",
-    ],
-    ids=[
-        "wrong-id",
-        "wrong-name",
-        "longer-name",
-        "wrong-type",
-        "wrong-class",
-        "not-a-response",
-        "no-question",
-        "two-questions",
-        "cut-in-question",
-        "cut-in-header",
-        "empty",
-    ],
-)
-def test_answerMatchesRefuses(answer: bytes) -> None:
-    """
-    A wrong ID, name, type or class, a message that is not a response, and any
-    malformed message do not match (and raise nothing).
-    """
-    query = parseQuery(makeQuery(id=99))
-    assert not answerMatches(answer, 99, query.question)
-
-
 # patchAnswer
 
 
@@ -1141,7 +1083,6 @@ VALID = [
     delegationAnswer(),
     makeAnswer(authority=[soa()], rCode=RCODE_NXDOMAIN, edns=True),
 ]
-QUESTION = parseQuery(makeQuery()).question
 
 
 def feedEverything(data: bytes) -> None:
@@ -1153,7 +1094,6 @@ def feedEverything(data: bytes) -> None:
             function(data)
         except WireError:
             pass
-    assert answerMatches(data, 0x1234, QUESTION) in (True, False)
 
 
 @st.composite

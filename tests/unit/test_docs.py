@@ -9,6 +9,7 @@ purpose; it must still be TOML, and netd must refuse it.
 
 from __future__ import annotations
 
+import re
 import textwrap
 import tomllib
 from pathlib import Path
@@ -226,3 +227,40 @@ def test_readmeReferenceComplete(section: str, keys: list[str]) -> None:
     body = text[start : end if end != -1 else len(text)]
     missing = [key for key in keys if f"| `{key}` |" not in body]
     assert missing == []
+
+
+def headingAnchors(markdown: str) -> set[str]:
+    """
+    The anchors GitHub gives the headings of a Markdown page: lower case,
+    punctuation but hyphens and underscores dropped, spaces made hyphens.
+    """
+    anchors = set()
+    fenced = False
+    for line in markdown.splitlines():
+        if line.strip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+LINK = re.compile(r"\]\(([^)\s]*)\)")
+
+
+@pytest.mark.parametrize("page", [p for p in DOC_PAGES if p.exists()], ids=lambda p: str(p.relative_to(ROOT)))
+def test_docsLinksResolve(page: Path) -> None:
+    """
+    Every relative link of a docs page names a file of the checkout and, with a #fragment, one of that file's headings.
+    """
+    broken = []
+    for target in LINK.findall(page.read_text(encoding="utf-8")):
+        if "://" in target or target.startswith("mailto:"):
+            continue
+        path, _, fragment = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists():
+            broken.append(target)
+        elif fragment and linked.suffix == ".md" and fragment not in headingAnchors(linked.read_text(encoding="utf-8")):
+            broken.append(target)
+    assert broken == []
