@@ -779,17 +779,20 @@ def metricsText(daemon: Daemon) -> str:
 def _alwaysShown(service: NetService) -> list[str]:
     """
     The core counters a service exposes from the start, zero or not: the
-    stream ones if it serves streams, the datagram ones if datagrams, every
-    handshake result if it terminates TLS.
+    stream ones if it serves streams, the PROXY header ones if a listener
+    takes them, the datagram ones if datagrams, every handshake result if it
+    terminates TLS.
     """
     transports = {a.transport for a in service.spec.listen}
     names = []
     if "stream" in transports:
         names += ["connections_accepted", "connections_refused", "connections_evicted", "descriptors_exhausted", "idle_timeouts", "bytes_received", "bytes_sent", "frames_rejected"]
+        if any(splitDescription(a.text)[0] == "haproxy" for a in service.spec.listen):
+            names += ["proxy_headers_rejected", "proxy_headers_untrusted"]
         if service.spec.tls is not None:
             names += ["tls_handshakes_ok", "tls_sessions_resumed"] + [f"tls_handshakes_failed_{r}" for r in FAILURE_REASONS]
     if "datagram" in transports:
-        names += ["datagrams_received", "datagrams_sent", "datagrams_send_failed"]
+        names += ["datagrams_received", "datagrams_sent", "datagrams_send_failed", "datagrams_from_own_port"]
     return names
 
 

@@ -433,8 +433,20 @@ def test_metricsIsPrometheusText() -> None:
     assert found[key("netd_ready")] == 1
     assert found[key("netd_service_info", service="echo", plugin="echo")] == 1
     assert found[key("netd_connections_open", service="echo")] == 0
-    for name in ("connections_accepted", "connections_refused", "idle_timeouts", "bytes_received", "bytes_sent", "frames_rejected", "datagrams_received", "datagrams_sent"):
+    for name in ("connections_accepted", "connections_refused", "connections_evicted", "descriptors_exhausted", "idle_timeouts", "bytes_received", "bytes_sent", "frames_rejected", "datagrams_received", "datagrams_sent", "datagrams_from_own_port"):
         assert found[key(f"netd_{name}_total", service="echo")] == 0, name
+    assert key("netd_proxy_headers_untrusted_total", service="echo") not in found
+
+
+def test_metricsShowPROXYHeaderRefusalsFromTheStart() -> None:
+    """
+    A service with a haproxy: listener exposes its rejected and untrusted PROXY header counters at 0 before any connection.
+    """
+    proxied = {"name": "proxied", "plugin": "echo", "listen": ["haproxy:tcp:0:interface=127.0.0.1"]}
+    daemon, reactor = started(proxied)
+    found = samples(request(reactor.site(), "GET", "/metrics").body.decode())
+    assert found[key("netd_proxy_headers_rejected_total", service="proxied")] == 0
+    assert found[key("netd_proxy_headers_untrusted_total", service="proxied")] == 0
 
 
 def test_metricsShowEveryTLSResultFromTheStart(tmp_path: Path) -> None:
