@@ -1,5 +1,5 @@
 """
-The command line: C{netd run | check | plugins | certs}.
+The command line: C{netd run | check | plugins | schema | certs}.
 
 Only L{main} touches the global reactor (through L{twisted.internet.task.react});
 everything below it takes the reactor as an argument.
@@ -27,6 +27,7 @@ from netd.logs import startLogging
 from netd.options import ConfigError, describeSchema
 from netd.plugin import PluginRegistry, discoverPlugins
 from netd.privileges import PrivilegeDrop, PrivilegeError
+from netd.schema import configSchema, registryPlugins, renderSchema
 from netd.service import ReloadInProgress, ServiceStartError
 from netd.systemd import Notifier, startWatchdog
 
@@ -69,6 +70,20 @@ def buildParser() -> argparse.ArgumentParser:
         "plugins",
         help="list the plugins found, with their options",
         description="List the plugins found (built-in and from the netd.plugins entry-point group), each with its transports, framings and options with their defaults.",
+    )
+
+    schema = commands.add_parser(
+        "schema",
+        help="print the JSON Schema of the config, for editors",
+        description="Print the JSON Schema (draft 2020-12) of a config file, made from the options `netd check` "
+        "uses: every key with its help, type, default and range, a service's keys by its plugin. Editors that read "
+        "JSON Schema (taplo, Even Better TOML) complete and check a config that starts with a '#:schema PATH' line.",
+    )
+    schema.add_argument(
+        "--built-in",
+        action="store_true",
+        dest="builtIn",
+        help="only the plugins that ship with netd, as the docs' netd.schema.json (default: every plugin installed)",
     )
 
     certs = commands.add_parser(
@@ -180,6 +195,14 @@ def pluginsCommand(args: argparse.Namespace) -> int:
         print()
     for source, why in sorted(registry.broken.items()):
         print(f"could not load {source}: {why}", file=sys.stderr)
+    return 0
+
+
+def schemaCommand(args: argparse.Namespace) -> int:
+    """
+    C{netd schema}: print the config's JSON Schema.
+    """
+    sys.stdout.write(renderSchema(configSchema(registryPlugins(discoverPlugins(), builtInOnly=args.builtIn))))
     return 0
 
 
@@ -369,5 +392,5 @@ def main(argv: list[str] | None = None) -> int:
     The C{netd} console script.
     """
     args = buildParser().parse_args(argv)
-    commands = {"run": runCommand, "check": checkCommand, "plugins": pluginsCommand, "certs": certsCommand}
+    commands = {"run": runCommand, "check": checkCommand, "plugins": pluginsCommand, "schema": schemaCommand, "certs": certsCommand}
     return commands[args.command](args)

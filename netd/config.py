@@ -97,6 +97,9 @@ class AdminAddress:
     configTypeName: ClassVar[str] = (
         "a stream listen string such as 'tcp:8053:interface=127.0.0.1' or 'unix:/run/netd/admin.sock', or false"
     )
+    configJsonSchema: ClassVar[dict[str, Any]] = {
+        "anyOf": [{"type": "string", "pattern": "^[a-z][a-z0-9]*:", "not": {"pattern": "^udp:"}}, {"const": False}]
+    }
 
     @classmethod
     def fromConfig(cls, value: object) -> AdminAddress:

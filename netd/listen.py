@@ -161,6 +161,7 @@ class ListenAddress:
     configTypeName: ClassVar[str] = (
         "a listen string such as 'tcp:7007:interface=127.0.0.1', 'unix:/run/netd.sock' or 'udp:7007'"
     )
+    configJsonSchema: ClassVar[dict[str, Any]] = {"type": "string", "pattern": "^[a-z][a-z0-9]*:"}
 
     @classmethod
     def fromConfig(cls, value: object) -> ListenAddress:

@@ -108,28 +108,47 @@ def optionInfo(field: attrs.Attribute[Any]) -> OptionInfo:
     return info if isinstance(info, OptionInfo) else OptionInfo(help="")
 
 
+@attrs.frozen
+class NumberRange:
+    """
+    A check that a number lies in [low, high] (or is at least C{low} when
+    C{high} is L{None}), which also says its bounds as data, so that the JSON
+    Schema of the config (L{netd.schema}) states the very range C{netd check}
+    enforces.
+    """
+
+    low: float
+    high: float | None = None
+
+    def __call__(self, value: float) -> str | None:
+        if self.high is None:
+            return None if value >= self.low else f"{value!r} is too small; expected at least {self.low}"
+        if self.low <= value <= self.high:
+            return None
+        return f"{value!r} is out of range; expected {self.low} to {self.high}"
+
+    def jsonSchema(self) -> dict[str, Any]:
+        """
+        The JSON Schema keywords of the range: C{minimum} and C{maximum}.
+        """
+        keywords: dict[str, Any] = {"minimum": self.low}
+        if self.high is not None:
+            keywords["maximum"] = self.high
+        return keywords
+
+
 def between(low: float, high: float) -> Check:
     """
     A check that a number lies in [low, high].
     """
-
-    def check(value: float) -> str | None:
-        if low <= value <= high:
-            return None
-        return f"{value!r} is out of range; expected {low} to {high}"
-
-    return check
+    return NumberRange(low, high)
 
 
 def atLeast(low: float) -> Check:
     """
     A check that a number is at least C{low}.
     """
-
-    def check(value: float) -> str | None:
-        return None if value >= low else f"{value!r} is too small; expected at least {low}"
-
-    return check
+    return NumberRange(low)
 
 
 def closeMatch(word: str, candidates: typing.Iterable[str]) -> str:

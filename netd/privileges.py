@@ -26,7 +26,7 @@ import grp
 import os
 import pwd
 import stat
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import attrs
 from twisted.logger import Logger
@@ -82,6 +82,7 @@ class User:
     primaryGroup: int
 
     configTypeName: ClassVar[str] = "a user name or numeric id, such as 'netd' or 65534"
+    configJsonSchema: ClassVar[dict[str, Any]] = {"type": ["string", "integer"], "minimum": 0, "pattern": "\\S"}
 
     @classmethod
     def fromConfig(cls, value: object) -> User:
@@ -119,6 +120,7 @@ class Group:
     gid: int
 
     configTypeName: ClassVar[str] = "a group name or numeric id, such as 'netd' or 65534"
+    configJsonSchema: ClassVar[dict[str, Any]] = {"type": ["string", "integer"], "minimum": 0, "pattern": "\\S"}
 
     @classmethod
     def fromConfig(cls, value: object) -> Group:

@@ -154,6 +154,7 @@ class TLSVersion:
     name: str
 
     configTypeName: ClassVar[str] = 'a TLS version: "1.0", "1.1", "1.2" or "1.3"'
+    configJsonSchema: ClassVar[dict[str, Any]] = {"enum": ["1.0", "1.1", "1.2", "1.3", 1.0, 1.1, 1.2, 1.3]}
     _NUMBERS: ClassVar[dict[str, int]] = {
         "1.0": SSL.TLS1_VERSION,
         "1.1": SSL.TLS1_1_VERSION,

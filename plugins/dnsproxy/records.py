@@ -146,6 +146,7 @@ class NamePattern:
     key: bytes
 
     configTypeName: ClassVar[str] = "a domain name, or *.NAME for every name below NAME"
+    configJsonSchema: ClassVar[dict[str, Any]] = {"type": "string", "minLength": 1}
 
     @classmethod
     def fromConfig(cls, value: object) -> NamePattern:
@@ -215,6 +216,7 @@ class StaticRecords:
     configTypeName: ClassVar[str] = (
         'a table of names to their records, e.g. "netd.test" = { A = ["127.0.0.1"], ttl = 300 }'
     )
+    configJsonSchema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": {"type": "object"}}
 
     @classmethod
     def fromConfig(cls, value: object) -> StaticRecords:

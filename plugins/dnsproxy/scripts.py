@@ -68,6 +68,7 @@ class QueryType:
     code: int
 
     configTypeName: ClassVar[str] = "a query type: A, AAAA, MX, TXT, ..., ANY, or TYPEnnn"
+    configJsonSchema: ClassVar[dict[str, Any]] = {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9]*$"}
 
     @classmethod
     def fromConfig(cls, value: object) -> QueryType:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import ClassVar, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
 import attrs
 
@@ -54,6 +54,7 @@ class Upstream:
         "an upstream: 'udp:HOST[:PORT]', 'tcp:HOST[:PORT]', 'tls:HOST[:PORT]:name=SERVERNAME' "
         "(HOST an IP address, IPv6 in brackets) or 'system'"
     )
+    configJsonSchema: ClassVar[dict[str, Any]] = {"type": "string", "pattern": "^(system$|(udp|tcp|tls):)"}
 
     @classmethod
     def fromConfig(cls, value: object) -> Upstream:
