@@ -11,6 +11,7 @@ for C{/metrics}).
   - C{GET /metrics}: the Prometheus text exposition (format 0.0.4).
   - C{POST /reload}: calls the daemon's C{reload()} when it has one; 501
     otherwise.
+  - C{GET /openapi.json}: this API's OpenAPI 3.1 description (L{netd.openapi}).
   - C{GET /services/NAME}: one service's entry of C{/services}.
   - C{GET|PUT|DELETE /services/NAME/TABLE}: a runtime table of the service
     (L{IRuntimeTable}: the core's C{events} and C{faults}, its plugin's own):
@@ -27,7 +28,7 @@ DELETE, or any with a body) is refused if its C{Origin} is another site's (403);
 a body must say C{Content-Type: application/json} (415), give its length (411
 for chunked) and be at most L{MAX_TABLE_BODY} bytes (413).
 
-With C{admin_token_file}, every endpoint but C{/health} and C{/ready} needs
+With C{admin_token_file}, every endpoint but C{/health}, C{/ready} and C{/openapi.json} needs
 C{Authorization: Bearer TOKEN} (compared in constant time); the two probes stay
 open because load balancers and orchestrators probe them without credentials,
 and they reveal nothing but liveness.  Without one, a TCP API makes its own
@@ -65,6 +66,7 @@ from netd.certs import defaultStateDir, writeFile
 from netd.interfaces import IReportsStatus, IRuntimeTable
 from netd.listen import ListenAddress, describeBound, splitDescription
 from netd.metrics import PROMETHEUS_CONTENT_TYPE, Counters, Exposition
+from netd.openapi import renderOpenAPI
 from netd.options import ConfigError, Problem, renderPath
 from netd.service import NetService, ReloadInProgress, ServiceStartError
 from netd.tls import FAILURE_REASONS
@@ -91,9 +93,10 @@ IDLE_TIMEOUT = 60
 """
 Seconds an HTTP connection to the API may stay idle.
 """
-OPEN_PATHS = frozenset({b"/health", b"/ready"})
+OPEN_PATHS = frozenset({b"/health", b"/ready", b"/openapi.json"})
 """
-The endpoints that answer without the token.
+The endpoints that answer without the token: the probes, and the API's own
+description (which says nothing about this netd).
 """
 CHANGING_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
 """
@@ -201,6 +204,7 @@ class AdminResource(Resource):
             b"/services": {b"GET": (self.services, "each service: plugin, addresses, connections, counters, status")},
             b"/metrics": {b"GET": (self.metrics, "Prometheus text exposition format 0.0.4")},
             b"/reload": {b"POST": (self.reload, "re-read and apply the config file")},
+            b"/openapi.json": {b"GET": (self.openapi, "this API's OpenAPI 3.1 description")},
         }
         self.patterns = {
             "GET /services/NAME": "one service's entry of /services",
@@ -403,6 +407,12 @@ class AdminResource(Resource):
         C{GET /health}: the reactor runs, since it is answering.
         """
         return jsonReply(200, {"status": "ok"})
+
+    def openapi(self, request: Request) -> Reply:
+        """
+        C{GET /openapi.json}: the API's OpenAPI 3.1 description (L{netd.openapi}).
+        """
+        return Reply(200, renderOpenAPI().encode("utf-8"))
 
     def ready(self, request: Request) -> Reply:
         """

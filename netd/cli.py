@@ -24,6 +24,7 @@ from netd.certs import DevelopmentSet, defaultStateDir, ensureDevelopmentSet, wr
 from netd.config import NetdConfig, loadConfig
 from netd.daemon import Daemon
 from netd.logs import startLogging
+from netd.openapi import renderOpenAPI
 from netd.options import ConfigError, describeSchema
 from netd.plugin import PluginRegistry, discoverPlugins
 from netd.privileges import PrivilegeDrop, PrivilegeError
@@ -84,6 +85,11 @@ def buildParser() -> argparse.ArgumentParser:
         action="store_true",
         dest="builtIn",
         help="only the plugins that ship with netd, as the docs' netd.schema.json (default: every plugin installed)",
+    )
+    schema.add_argument(
+        "--api",
+        action="store_true",
+        help="print the control API's OpenAPI 3.1 description instead (as GET /openapi.json answers it)",
     )
 
     certs = commands.add_parser(
@@ -200,9 +206,13 @@ def pluginsCommand(args: argparse.Namespace) -> int:
 
 def schemaCommand(args: argparse.Namespace) -> int:
     """
-    C{netd schema}: print the config's JSON Schema.
+    C{netd schema}: print the config's JSON Schema, or with C{--api} the
+    control API's OpenAPI description.
     """
-    sys.stdout.write(renderSchema(configSchema(registryPlugins(discoverPlugins(), builtInOnly=args.builtIn))))
+    if args.api:
+        sys.stdout.write(renderOpenAPI())
+    else:
+        sys.stdout.write(renderSchema(configSchema(registryPlugins(discoverPlugins(), builtInOnly=args.builtIn))))
     return 0
 
 

@@ -171,7 +171,7 @@ class DaemonSpec:
         help="A file holding the token the control API requires as 'Authorization: Bearer TOKEN' "
         "(surrounding whitespace ignored, at most 4096 bytes, readable by its owner only), read when netd starts "
         "(before it drops privileges, so it may be readable by root only) and again on every reload; every "
-        "endpoint but /health and /ready needs it. Unset, a TCP control API gets a token netd makes in "
+        "endpoint but /health, /ready and /openapi.json needs it. Unset, a TCP control API gets a token netd makes in "
         "state_dir/admin.token, required for every request that changes something (POST, PUT, PATCH, DELETE); "
         "false turns that off (loopback or unix: only).",
         checks=(lambda v: None if v is False or v.strip() else "expected a file path, got an empty string",),

@@ -41,10 +41,13 @@ class SchemaBuilder:
     place (the C{tls} table, each fault type) go to C{$defs} once.
 
     @ivar defs: the C{$defs} of the document, by name.
+    @ivar refPrefix: where the document keeps them: C{#/$defs/} in the config
+        schema, C{#/components/schemas/} in the control API's OpenAPI.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, refPrefix: str = "#/$defs/") -> None:
         self.defs: dict[str, Any] = {}
+        self.refPrefix = refPrefix
 
     def value(self, tp: Any) -> dict[str, Any]:
         """
@@ -83,7 +86,7 @@ class SchemaBuilder:
         if name not in self.defs:
             self.defs[name] = {}
             self.defs[name] = build()
-        return {"$ref": f"#/$defs/{name}"}
+        return {"$ref": self.refPrefix + name}
 
     def properties(self, schema: type) -> tuple[dict[str, Any], list[str]]:
         """
@@ -134,6 +137,10 @@ class SchemaBuilder:
         return self.ref("faults", self._faults)
 
     def _faults(self) -> dict[str, Any]:
+        """
+        The definition behind L{faults}: at most L{MAX_FAULTS} tables, one
+        C{if}/C{then} per fault type.
+        """
         return {
             "type": "array",
             "maxItems": MAX_FAULTS,

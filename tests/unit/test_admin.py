@@ -527,6 +527,7 @@ def test_indexListsEndpoints() -> None:
         "GET /services",
         "GET /metrics",
         "POST /reload",
+        "GET /openapi.json",
         "GET /services/NAME",
         "GET /services/NAME/TABLE",
         "PUT /services/NAME/TABLE",
