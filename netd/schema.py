@@ -31,7 +31,7 @@ from netd.options import optionInfo, schemaFields, toConfig
 from netd.plugin import PluginRegistry
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
-_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+_JSON_TYPES: dict[Any, str] = {bool: "boolean", int: "integer", float: "number", str: "string"}
 _EPYTEXT = re.compile(r"[CLI]\{([^{}]*)\}")
 
 
@@ -52,7 +52,10 @@ class SchemaBuilder:
     def value(self, tp: Any) -> dict[str, Any]:
         """
         The schema of a TOML value of annotation C{tp} (a TOML file has no
-        null, so an optional key's L{None} is its absence).
+        null, so an optional key's L{None} is its absence).  A value type
+        that parses itself and does not say its C{configJsonSchema}, or an
+        annotation netd has no JSON word for, takes any value here: C{netd
+        check} still checks it.
         """
         origin = typing.get_origin(tp)
         if origin in (Union, types.UnionType):
@@ -62,8 +65,9 @@ class SchemaBuilder:
             return {"anyOf": [self.value(m) for m in members]}
         if origin is Literal:
             allowed = list(typing.get_args(tp))
-            jsonType = _JSON_TYPES[type(allowed[0])]
-            return {"type": jsonType, "const": allowed[0]} if len(allowed) == 1 else {"type": jsonType, "enum": allowed}
+            literal: dict[str, Any] = {"const": allowed[0]} if len(allowed) == 1 else {"enum": allowed}
+            jsonType = _JSON_TYPES.get(type(allowed[0]))
+            return {"type": jsonType, **literal} if jsonType and all(type(a) is type(allowed[0]) for a in allowed) else literal
         if origin is tuple:
             return {"type": "array", "items": self.value(typing.get_args(tp)[0])}
         if origin in (dict, Mapping):
@@ -75,9 +79,8 @@ class SchemaBuilder:
             return json.loads(json.dumps(own))
         if isinstance(tp, type) and attrs.has(tp) and not hasattr(tp, "fromConfig"):
             return self.ref(tp.__name__, lambda: self.table(tp))
-        if hasattr(tp, "configTypeName"):
-            return {}
-        return {"type": _JSON_TYPES[tp]}
+        jsonType = _JSON_TYPES.get(tp)
+        return {} if jsonType is None else {"type": jsonType}
 
     def ref(self, name: str, build: typing.Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """

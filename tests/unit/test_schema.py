@@ -18,9 +18,9 @@ from jsonschema import Draft202012Validator
 from netd.cli import main
 from netd.config import DaemonSpec, ServiceEnvelope, loadConfig, parseConfig
 from netd.faults.spec import FAULT_TYPES
-from netd.options import ConfigError, NumberRange, between, optionInfo, schemaFields
+from netd.options import ConfigError, NumberRange, between, option, optionInfo, schemaFields
 from netd.plugin import PluginRegistry, discoverPlugins
-from netd.schema import configSchema, registryPlugins, renderSchema
+from netd.schema import SchemaBuilder, configSchema, registryPlugins, renderSchema
 from netd.tls import TLSOptions
 
 from .test_docs import tomlBlocks
@@ -164,6 +164,7 @@ BAD_CONFIGS = {
         GOOD + 'framing = "line"\nfaults = [{ type = "split_frame", direction = "from_client" }]\n',
         "services[0].faults[0].direction",
     ),
+    "tls-echo without its tls table": (GOOD.replace('"echo"', '"tls-echo"'), "services[0].tls"),
     "no service": ('[daemon]\nlog_level = "info"\n', "services"),
     "admin on udp": ('[daemon]\nadmin = "udp:8053"\n' + GOOD, "daemon.admin"),
 }
@@ -285,3 +286,37 @@ def _numericMember(prop: dict[str, Any]) -> dict[str, Any]:
     if prop.get("type") in ("integer", "number"):
         return prop
     return next(m for m in prop.get("anyOf", []) if m.get("type") in ("integer", "number"))
+
+
+class Opaque:
+    """
+    A value type that parses itself and does not say its JSON form.
+    """
+
+    configTypeName = "an opaque value"
+
+    @classmethod
+    def fromConfig(cls, value: object) -> Opaque:
+        return cls()
+
+
+@attrs.frozen
+class OpaqueOptions:
+    """
+    A plugin's options with keys the schema cannot type.
+    """
+
+    opaque: Opaque = option(help="Parsed by its type.")
+    raw: bytes = option(b"", help="No JSON word for bytes.")
+
+
+def test_valueTypesWithoutJsonWordTakeAnything() -> None:
+    """
+    A plugin option whose value type parses itself without saying its JSON form (or an annotation with no
+    JSON word) is left open in the schema rather than breaking `netd schema`; netd check still checks it.
+    """
+    properties, required = SchemaBuilder().properties(OpaqueOptions)
+    assert properties["opaque"] == {"description": "Parsed by its type."}
+    assert properties["raw"]["description"] == "No JSON word for bytes."
+    assert "type" not in properties["raw"]
+    assert required == ["opaque"]
