@@ -28,10 +28,11 @@ DELETE, or any with a body) is refused if its C{Origin} is another site's (403);
 a body must say C{Content-Type: application/json} (415), give its length (411
 for chunked) and be at most L{MAX_TABLE_BODY} bytes (413).
 
-With C{admin_token_file}, every endpoint but C{/health}, C{/ready} and C{/openapi.json} needs
-C{Authorization: Bearer TOKEN} (compared in constant time); the two probes stay
-open because load balancers and orchestrators probe them without credentials,
-and they reveal nothing but liveness.  Without one, a TCP API makes its own
+With C{admin_token_file}, every endpoint but C{/health}, C{/ready} and
+C{/openapi.json} needs C{Authorization: Bearer TOKEN} (compared in constant
+time); the two probes stay open because load balancers and orchestrators probe
+them without credentials, and they reveal nothing but liveness, and the API's
+description is the same for every netd.  Without one, a TCP API makes its own
 token (C{STATE_DIR/admin.token}, mode 0600) and requires it for every request
 that changes something.  Every answer, errors included, is JSON with an
 C{error} and a C{message}; no traceback or exception text ever reaches a client.

@@ -103,6 +103,8 @@ def openapiDocument() -> dict[str, Any]:
     """
     The control API's description, as a JSON-ready mapping.
     """
+    # netd.admin imports this module to serve the description, so its limits
+    # are read when the description is made, not when this module loads.
     from netd.admin import CHANGING_METHODS, MAX_BODY, MAX_TABLE_BODY
     from netd.metrics import PROMETHEUS_CONTENT_TYPE
 
