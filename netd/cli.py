@@ -47,7 +47,8 @@ Without -c, netd run serves its embedded default config, on 127.0.0.1 only:
             $XDG_STATE_HOME/netd or [daemon] state_dir); the first start logs
             where the CA is, and netd certs prints it
   and the control API on 127.0.0.1:8053 (HTTP: /health, /ready, /services,
-  /metrics, POST /reload with the token in ~/.local/state/netd/admin.token).
+  /metrics, and POST /reload with the token netd keeps in admin.token in the
+  same state directory).
 netd check prints that config in full.
 """
 """
