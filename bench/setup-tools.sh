@@ -5,8 +5,8 @@
 # on PATH nor in /usr/sbin (COMMAND may be alternatives, "stunnel4|stunnel";
 # an absolute path stands for a file the package provides, such as the header
 # /usr/include/openssl/ssl.h of libssl-dev, which the load generator needs),
-# then prepares .venv with ./setup.sh when there is none: an existing .venv (an
-# editable install from ./setup.sh --test) is used as it is.
+# then installs the work tree's netd into .venv with ./setup.sh (pip install .,
+# made again each time, so that the numbers are those of the code in the tree).
 set -eu
 cd "$(dirname "$0")/.."
 caller="$1"
@@ -37,4 +37,4 @@ if [ -n "$missing" ]; then
     apt-get install -y -q $missing >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $missing >/dev/null; }
 fi
 
-[ -x .venv/bin/python ] && .venv/bin/python -c 'import netd' 2>/dev/null || ./setup.sh
+./setup.sh

@@ -34,23 +34,63 @@ from netd.systemd import Notifier, startWatchdog
 
 log = Logger(namespace="netd")
 
-DESCRIPTION = """\
-netd runs network protocol services (echo, and whatever plugins are installed)
-described in one TOML config file.  Without -c it uses its embedded default
-config, which serves echo on 127.0.0.1.
+EMBEDDED_DEFAULT = """\
+Without -c, netd run serves its embedded default config, on 127.0.0.1 only:
+  echo      plugin echo: whatever arrives is sent back, TCP and UDP on
+            127.0.0.1:7007
+  dns       plugin dns-proxy: a caching DNS proxy, TCP and UDP on 127.0.0.1:5300,
+            forwarding to the nameservers of /etc/resolv.conf, with test records
+            that answer without any network: netd.test (A 127.0.0.1, AAAA ::1,
+            TXT "served by netd") and *.netd.test (A 127.0.0.1)
+  tls-echo  plugin tls-echo: echo behind TLS, TCP on 127.0.0.1:7443, with
+            certificate = "auto": a development CA and a certificate for
+            localhost, 127.0.0.1 and ::1, made on the first start in
+            ~/.local/state/netd/tls/ (or the tls/ folder of $STATE_DIRECTORY,
+            $XDG_STATE_HOME/netd or [daemon] state_dir); the first start logs
+            where the CA is, and netd certs prints it
+  and the control API on 127.0.0.1:8053 (HTTP: /health, /ready, /services,
+  /metrics, and POST /reload with the token netd keeps in admin.token in the
+  same state directory).
+netd check prints that config in full.
 """
+"""
+The embedded default config (netd/default.toml) as C{netd --help} and C{netd
+run --help} describe it; a test checks it against the config.
+"""
+
+DESCRIPTION = f"""\
+netd runs network protocol services (echo, a DNS proxy, a TLS echo, and
+whatever plugins are installed) described in one TOML config file.
+
+{EMBEDDED_DEFAULT}"""
 
 
 def buildParser() -> argparse.ArgumentParser:
     """
     The argument parser of every subcommand.
     """
-    parser = argparse.ArgumentParser(prog="netd", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="netd", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"netd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     configHelp = "the TOML config file (default: the embedded default config)"
 
-    run = commands.add_parser("run", help="run the services of a config", description="Run the services of a config until SIGTERM or SIGINT, which stop accepting, let open connections finish for up to [daemon] shutdown_timeout seconds, and exit 0. Exits 1 if the config is invalid or an address cannot be listened on; nothing is left listening then.", epilog="The environment variable NETD_REACTOR chooses the event loop: uvloop (the default: TCP connections served by uvloop's C transports), netd (netd's epoll reactor, no uvloop) or twisted (Twisted's default reactor, to rule netd's own code out).")
+    run = commands.add_parser(
+        "run",
+        help="run the services of a config (without -c: the embedded default)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Run the services of a config until SIGTERM or SIGINT, which stop accepting, let
+open connections finish for up to [daemon] shutdown_timeout seconds, and exit 0.
+Exits 1 if the config is invalid or an address cannot be listened on; nothing
+is left listening then.
+
+""" + EMBEDDED_DEFAULT,
+        epilog="""\
+The environment variable NETD_REACTOR chooses the event loop: uvloop (the
+default: TCP connections served by uvloop's C transports), netd (netd's epoll
+reactor, no uvloop) or twisted (Twisted's default reactor, to rule netd's own
+code out).""",
+    )
     run.add_argument("-c", "--config", metavar="FILE", help=configHelp)
     run.add_argument(
         "--ports-file",

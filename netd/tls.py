@@ -748,13 +748,23 @@ class ServerTLS:
                     f"{os.path.join(stateDir, 'tls')!r}: {e.strerror or e}; set [daemon] state_dir to a writable folder"
                 ) from None
             certificate, privateKey = files.server, files.serverKey
-            log.info(
-                "{made} the development certificate for localhost, 127.0.0.1 and ::1 in {directory}; "
-                "clients trust it with the CA {ca}",
-                made="made" if self.made else "using",
-                directory=files.directory,
-                ca=files.ca,
-            )
+            # The first start says where it wrote files and how to trust them;
+            # later starts only say which set they serve.
+            if self.made:
+                log.info(
+                    "made the development certificate for localhost, 127.0.0.1 and ::1 in {directory}; "
+                    "clients trust it with the CA {ca} (curl --cacert {ca}, openssl s_client -CAfile {ca}; "
+                    "netd certs prints more)",
+                    directory=files.directory,
+                    ca=files.ca,
+                )
+            else:
+                log.info(
+                    "using the development certificate for localhost, 127.0.0.1 and ::1 in {directory}; "
+                    "clients trust it with the CA {ca}",
+                    directory=files.directory,
+                    ca=files.ca,
+                )
         assert privateKey is not None
         self.defaultPair = loadKeyPair(certificate, privateKey, "tls")
         self.pairs = {

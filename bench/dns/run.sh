@@ -2,7 +2,7 @@
 # The DNS proxy benchmark (bench/README.md): netd's dns-proxy beside dnsmasq and
 # unbound, all forwarding to one loopback dnsmasq, measured with dnsperf.
 # Installs dnsperf, unbound and dnsmasq-base with apt-get when missing (root),
-# prepares .venv with ./setup.sh when there is none, then runs bench/dns/bench.py
+# installs the work tree's netd into .venv with ./setup.sh, then runs bench/dns/bench.py
 # with the arguments given (--record adds the results to bench/RESULTS.md).
 # Takes about five minutes with the defaults; everything listens on 127.0.0.1.
 set -eu

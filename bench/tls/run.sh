@@ -4,7 +4,7 @@
 # handshakes, request/response and bulk echo measured with bench/loadgen's TLS
 # modes (C and libssl, built here with the machine's compiler).
 # Installs stunnel4, hitch, openssl, a C compiler and libssl-dev with apt-get
-# when missing (root), prepares .venv with ./setup.sh when there is none, then
+# when missing (root), installs the work tree's netd into .venv with ./setup.sh, then
 # runs bench/tls/bench.py with the arguments given (--record adds the results
 # to bench/RESULTS.md).  Takes about two minutes with the defaults; everything
 # listens on 127.0.0.1 and every process is stopped by its PID.

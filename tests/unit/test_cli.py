@@ -5,6 +5,7 @@ subcommand prints, on which stream, and its exit status.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -217,6 +218,46 @@ def test_help(args: list[str], expected: list[str]) -> None:
     text = " ".join(result.stdout.split())
     for fragment in expected:
         assert fragment in text, (fragment, result.stdout)
+
+
+def embeddedDefaultFacts() -> list[str]:
+    """
+    What a description of the embedded default config must name, read from
+    the config itself: each service's name, plugin and address (host:port,
+    with TCP and/or UDP), the dns-proxy's test record names, the automatic
+    certificate, and where the control API listens.
+    """
+    config = loadConfig(None, discoverPlugins()).toConfig()
+    facts = []
+    for service in config["services"]:
+        facts += [service["name"], service["plugin"]]
+        ports: dict[str, set[str]] = {}
+        for listen in service["listen"]:
+            transport, port, interface = listen.split(":", 2)
+            ports.setdefault(f"{interface.removeprefix('interface=')}:{port}", set()).add(transport)
+        for address, transports in ports.items():
+            facts.append(f"{' and '.join(sorted(t.upper() for t in transports))} on {address}")
+        for name, records in service.get("records", {}).items():
+            facts.append(name)
+            facts += [f"{kind} {json.dumps(value) if kind == 'TXT' else value}" for kind, values in records.items() for value in values]
+        if service.get("tls", {}).get("certificate") == "auto":
+            facts += ['certificate = "auto"', "~/.local/state/netd/tls/"]
+    admin = config["daemon"]["admin"]
+    transport, port, interface = admin.split(":", 2)
+    facts.append(f"control API on {interface.removeprefix('interface=')}:{port}")
+    return facts
+
+
+@pytest.mark.parametrize("args", [pytest.param([], id="netd"), pytest.param(["run"], id="run")])
+def test_helpDescribesEmbeddedDefault(args: list[str]) -> None:
+    """
+    netd --help and netd run --help describe the embedded default in full: every service with its plugin and addresses, the test records, the automatic certificate and where it is made, and the control API.
+    """
+    result = runNetd(*args, "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    missing = [fact for fact in embeddedDefaultFacts() if fact not in text]
+    assert missing == [], result.stdout
 
 
 def test_version() -> None:

@@ -1,0 +1,328 @@
+"""
+The README's quick start, as a new user follows it: its example commands run as
+written (read from the README's own blocks, so that the docs cannot drift)
+against a real netd on the embedded default config; every tool they use is
+installed by ./setup.sh; and the test set-up (./setup.sh --test, which ./test.sh
+and CI run) leaves the quick start's .venv as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from netd.config import loadConfig
+from netd.plugin import discoverPlugins
+from netd.testing import unavailable
+
+from .conftest import NetdProcess, netdCommand, requireTool
+
+ROOT = Path(__file__).resolve().parents[2]
+
+COMMAND_TIMEOUT = 20.0
+
+EXPECTED = re.compile(r"^(?P<command>.*?\S)\s+# (?P<output>.+)$")
+"""
+An example line: the command, then at least one space, C{# } and the output it prints.
+"""
+
+
+def quickStart() -> str:
+    """
+    The text of the README's Quick start section.
+    """
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"^## Quick start\n(.*?)^## ", readme, re.MULTILINE | re.DOTALL)
+    assert found is not None, "README.md has no '## Quick start' section"
+    return found.group(1)
+
+
+def shellBlocks() -> list[str]:
+    """
+    The C{sh} code blocks of the Quick start section, in order.
+    """
+    return re.findall(r"^```sh\n(.*?)^```$", quickStart(), re.MULTILINE | re.DOTALL)
+
+
+def blockWith(text: str) -> tuple[int, str]:
+    """
+    The index and text of the one Quick start block that contains C{text}.
+    """
+    matches = [(index, block) for index, block in enumerate(shellBlocks()) if text in block]
+    assert len(matches) == 1, f"expected one quick-start block with {text!r}, found {len(matches)}"
+    return matches[0]
+
+
+def examples() -> list[tuple[str, str]]:
+    """
+    The quick start's example commands, each with the output its comment gives.
+    """
+    _, block = blockWith("socat")
+    pairs = []
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        example = EXPECTED.match(line)
+        assert example is not None, f"quick-start example without '# OUTPUT': {line!r}"
+        pairs.append((example.group("command"), example.group("output")))
+    return pairs
+
+
+def programs(command: str) -> set[str]:
+    """
+    The programs a shell command line runs (the first word of each part of
+    its pipelines and lists), shell builtins and syntax aside.
+    """
+    names = set()
+    for part in re.split(r"[|;&()]+", command):
+        words = shlex.split(part)
+        if words:
+            names.add(words[0])
+    return names - {"echo", "sleep"}
+
+
+def exampleTools() -> dict[str, str]:
+    """
+    setup.sh's quick-start tools: each command with its Debian package.
+    """
+    found = re.search(r'^EXAMPLE_TOOLS="([^"]*)"$', (ROOT / "setup.sh").read_text(), re.MULTILINE)
+    assert found is not None, "setup.sh has no EXAMPLE_TOOLS list"
+    return dict(entry.split(":", 1) for entry in found.group(1).split())
+
+
+def test_examplesComeBeforeTheTestCommand() -> None:
+    """
+    The quick start shows netd run, then the example commands, then the test command, each in a block of its own.
+    """
+    run, runBlock = blockWith("netd run")
+    tour, _ = blockWith("socat")
+    suite, suiteBlock = blockWith("./test.sh")
+    assert run < tour < suite
+    assert runBlock.strip() == "./setup.sh && .venv/bin/netd run"
+    assert suiteBlock.strip() == "./test.sh"
+
+
+def test_everyExampleToolIsInstalledBySetup() -> None:
+    """
+    Every program the quick-start examples run is one ./setup.sh installs when missing, and the README's install line names the same packages.
+    """
+    tools = exampleTools()
+    used = set().union(*(programs(command) for command, _ in examples()))
+    assert used == set(tools), (used, tools)
+    line = f"apt-get install {' '.join(tools.values())}"
+    assert line in quickStart()
+
+
+def test_ciRunsTheReadmeTestCommand() -> None:
+    """
+    .ci/run runs exactly the README's test command, from the repository root.
+    """
+    _, suiteBlock = blockWith("./test.sh")
+    script = (ROOT / ".ci" / "run").read_text()
+    assert script.rstrip().splitlines()[-1] == f"exec {suiteBlock.strip()}"
+
+
+def defaultPorts() -> list[tuple[str, int]]:
+    """
+    The (transport, port) pairs the embedded default config listens on, on
+    127.0.0.1: its services and its control API.
+    """
+    config = loadConfig(None, discoverPlugins()).toConfig()
+    listens = [listen for service in config["services"] for listen in service["listen"]]
+    admin = config["daemon"].get("admin")
+    if isinstance(admin, str):
+        listens.append(admin)
+    ports = []
+    for listen in listens:
+        parsed = re.fullmatch(r"(tcp|udp):(\d+):interface=127\.0\.0\.1", listen)
+        assert parsed is not None, f"the embedded default listens on {listen!r}, not a fixed loopback port"
+        ports.append((parsed.group(1), int(parsed.group(2))))
+    return ports
+
+
+def busyPorts() -> list[str]:
+    """
+    The embedded default's ports that something else holds now.
+    """
+    busy = []
+    for transport, port in defaultPorts():
+        kind = socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_INET, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(f"{transport} 127.0.0.1:{port}")
+    return busy
+
+
+def startDefault(home: Path, run: int) -> NetdProcess:
+    """
+    netd run without -c, as the quick start runs it, for a user whose home is
+    C{home} (so that its development certificates land in
+    C{~/.local/state/netd/tls/}, where the README's commands look).
+    """
+    environment = {key: value for key, value in os.environ.items() if key not in ("STATE_DIRECTORY", "XDG_STATE_HOME")}
+    environment["HOME"] = str(home)
+    portsFile = home / f"ports-{run}.json"
+    logFile = home / f"netd-{run}.log"
+    with logFile.open("wb") as log:
+        process = subprocess.Popen(
+            netdCommand("run", "--ports-file", str(portsFile)),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+        )
+    netd = NetdProcess(process, portsFile, logFile, home / ".local" / "state" / "netd")
+    try:
+        netd.waitUntilReady()
+    except BaseException:
+        netd.kill()
+        raise
+    return netd
+
+
+def runExample(command: str, home: Path) -> tuple[int, str, str]:
+    """
+    Run one example command line with sh, as a user at a terminal would, with
+    nothing on its standard input but what the command line gives: its exit
+    status, standard output and standard error.  One that does not return in
+    time fails the test, and its processes (a session of their own) are killed.
+    """
+    process = subprocess.Popen(
+        ["sh", "-c", command],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, HOME=str(home)),
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=COMMAND_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise AssertionError(f"{command!r} did not return within {COMMAND_TIMEOUT} seconds") from None
+    return process.returncode, out, err
+
+
+def test_quickStartExamplesWorkAsWritten(tmp_path: Path) -> None:
+    """
+    Every quick-start example, run as written against netd run on the embedded default, exits 0 and prints what its comment says (whitespace aside); the first start logs where it made the development CA and how clients trust it, and the next says it uses it.
+    """
+    pairs = examples()
+    for command, _ in pairs:
+        for program in programs(command):
+            requireTool(program)
+    busy = busyPorts()
+    if busy:
+        unavailable(
+            f"the quick-start test runs netd on the embedded default's fixed ports, and {', '.join(busy)} "
+            "is in use (a netd started from the quick start, or another test run?); stop it and run the test again"
+        )
+    home = tmp_path / "home"
+    home.mkdir()
+    netd = startDefault(home, 0)
+    try:
+        for command, expected in pairs:
+            status, out, err = runExample(command, home)
+            assert (status, "".join(out.split())) == (0, "".join(expected.split())), (command, out, err)
+    finally:
+        assert netd.stop() == 0, netd.log()
+    directory = home / ".local" / "state" / "netd" / "tls"
+    ca = directory / "ca.pem"
+    assert any(f"-CAfile ~/{ca.relative_to(home)} " in command for command, _ in pairs)
+    assert (
+        f"made the development certificate for localhost, 127.0.0.1 and ::1 in {directory}; clients trust it "
+        f"with the CA {ca} (curl --cacert {ca}, openssl s_client -CAfile {ca}"
+    ) in netd.log()
+    again = startDefault(home, 1)
+    assert again.stop() == 0, again.log()
+    assert f"using the development certificate for localhost, 127.0.0.1 and ::1 in {directory}; clients trust it with the CA {ca}" in again.log()
+    assert "made the development certificate" not in again.log()
+
+
+# The test set-up and the quick start's .venv.
+
+
+STUB = """\
+#!/bin/sh
+# Stands for python3, a venv's python or apt-get: records how it was called.
+echo "$0 $*" >> "$SETUP_LOG"
+if [ "${1:-}" = "-m" ] && [ "${2:-}" = "venv" ]; then
+    mkdir -p "$3/bin"
+    cp "$0" "$3/bin/python"
+fi
+exit 0
+"""
+
+
+def runSetup(tmp_path: Path, *args: str) -> list[str]:
+    """
+    Run a copy of the real setup.sh in C{tmp_path} with python3 and apt-get
+    replaced by stubs that record each call (so that it takes milliseconds
+    and installs nothing), and return the calls, paths relative to the copy.
+    """
+    checkout = tmp_path / "checkout"
+    stubs = tmp_path / "stubs"
+    checkout.mkdir(exist_ok=True)
+    stubs.mkdir(exist_ok=True)
+    shutil.copy(ROOT / "setup.sh", checkout / "setup.sh")
+    for name in ("python3", "apt-get"):
+        stub = stubs / name
+        stub.write_text(STUB)
+        stub.chmod(stub.stat().st_mode | stat.S_IXUSR)
+    log = tmp_path / "setup.log"
+    log.write_text("")
+    environment = dict(os.environ, PATH=f"{stubs}:{os.environ['PATH']}", SETUP_LOG=str(log))
+    done = subprocess.run(
+        ["sh", str(checkout / "setup.sh"), *args], capture_output=True, text=True, timeout=COMMAND_TIMEOUT, env=environment, stdin=subprocess.DEVNULL
+    )
+    assert done.returncode == 0, done.stderr
+    return [line.replace(f"{checkout}/", "").replace(f"{stubs}/", "") for line in log.read_text().splitlines()]
+
+
+def test_setupMakesAPlainInstall(tmp_path: Path) -> None:
+    """
+    ./setup.sh (the quick start) installs netd into .venv as a user would, pip install . with no test extra, and makes no test environment.
+    """
+    calls = runSetup(tmp_path)
+    assert "python3 -m venv .venv" in calls
+    installs = [call for call in calls if " -m pip install " in call]
+    assert installs == ["./.venv/bin/python -m pip install -q --disable-pip-version-check ."], calls
+    assert not (tmp_path / "checkout" / ".venv-test").exists()
+
+
+def test_testSetupLeavesTheQuickStartInstall(tmp_path: Path) -> None:
+    """
+    ./setup.sh --test (run by ./test.sh) installs netd editable with the test extra and the test plugin into .venv-test and never runs .venv's Python, so the quick start's install stays as it was.
+    """
+    runSetup(tmp_path)
+    venv = tmp_path / "checkout" / ".venv"
+    before = sorted((path.relative_to(venv), path.stat().st_mtime_ns) for path in venv.rglob("*"))
+    calls = runSetup(tmp_path, "--test")
+    assert not any(".venv/" in call or call.endswith(".venv") for call in calls), calls
+    assert "python3 -m venv .venv-test" in calls
+    installs = [call for call in calls if " -m pip install " in call]
+    assert installs == ["./.venv-test/bin/python -m pip install -q --disable-pip-version-check -e .[test] ./tests/thirdparty"], calls
+    assert sorted((path.relative_to(venv), path.stat().st_mtime_ns) for path in venv.rglob("*")) == before
+
+
+def test_suiteRunsOutsideTheQuickStartVenv() -> None:
+    """
+    ./test.sh runs the suite with .venv-test's Python, never .venv's.
+    """
+    script = (ROOT / "test.sh").read_text()
+    assert "./setup.sh --test" in script
+    assert script.rstrip().splitlines()[-1] == 'exec .venv-test/bin/python -m pytest "$@"'
