@@ -311,9 +311,9 @@ def test_systemIsAPlaceholder() -> None:
         ("", "is not an upstream; expected 'udp:HOST[:PORT]'"),
         ("8.8.8.8", "'8.8.8.8' has no transport; write udp:8.8.8.8"),
         ("::1", "has no transport; write udp:[::1]"),
-        ("sytem", "did you mean 'system'?"),
+        ("sytem", "'sytem' is not an upstream; did you mean 'system'? Expected 'udp:HOST[:PORT]'"),
         ("dns:192.0.2.1", "unknown transport 'dns'; expected udp:, tcp:, tls: or the word system"),
-        ("ud:192.0.2.1", "unknown transport 'ud'; did you mean 'udp'?"),
+        ("ud:192.0.2.1", "unknown transport 'ud'; did you mean 'udp'? Expected udp:, tcp:, tls: or the word system"),
         ("udp:", "missing host; expected an IP address"),
         ("udp:dns.google", "host 'dns.google' is not an IP address"),
         ("udp:192.0.2.1:0", "port 0 is out of range; expected 1 to 65535"),
@@ -329,7 +329,8 @@ def test_systemIsAPlaceholder() -> None:
         ("tls:192.0.2.1", "tls upstreams need the name their certificate is checked against"),
         ("tls:192.0.2.1:853", "tls:HOST[:PORT]:name=SERVERNAME"),
         ("tls:192.0.2.1:name=", "name= is empty"),
-        ("tls:192.0.2.1:nme=dns.example", "unknown option 'nme'; did you mean 'name'?"),
+        ("tls:192.0.2.1:nme=dns.example", "unknown option 'nme'; did you mean 'name'? The tls transport takes only name="),
+        ("tls:192.0.2.1:port=1", "unknown option 'port'; the tls transport takes only name="),
         ("tls:192.0.2.1:name=a:name=b", "name= given twice"),
         ("udp:192.0.2.1:name=dns.example", "udp upstreams take no options"),
     ],
@@ -341,6 +342,7 @@ def test_fromConfigRefuses(value: object, message: str) -> None:
     with pytest.raises(InvalidValue) as caught:
         Upstream.fromConfig(value)
     assert message in str(caught.value)
+    assert "?;" not in str(caught.value)
     if isinstance(value, str) and value:
         assert repr(value) in str(caught.value)
 
