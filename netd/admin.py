@@ -68,6 +68,7 @@ from netd.metrics import PROMETHEUS_CONTENT_TYPE, Counters, Exposition
 from netd.options import ConfigError, Problem, renderPath
 from netd.service import NetService, ReloadInProgress, ServiceStartError
 from netd.tls import FAILURE_REASONS
+from netd.words import counted
 
 if TYPE_CHECKING:
     from netd.config import DaemonSpec
@@ -1061,17 +1062,19 @@ class AdminSite(Site):
             if victim is None:
                 self.connectionsRefused += 1
                 log.warn(
-                    "control API: {peer} refused: {count} connections are being answered (admin_max_connections)",
+                    "control API: {peer} refused: {connections} open (admin_max_connections), and none is idle",
                     peer=str(addr),
                     count=len(self.channels),
+                    connections=counted(len(self.channels), "connection"),
                 )
                 return _Busy()
             self.connectionsEvicted += 1
             del self.channels[victim]
             log.warn(
-                "control API: {count} connections open (admin_max_connections): closing the oldest idle one, from "
+                "control API: {connections} open (admin_max_connections): closing the oldest idle one, from "
                 "{victim}, for {peer}",
                 count=self.maxConnections,
+                connections=counted(self.maxConnections, "connection"),
                 victim=str(victim.transport.getPeer()) if victim.transport is not None else "?",
                 peer=str(addr),
             )

@@ -35,6 +35,7 @@ from netd.plugin import PluginContext
 from netd.proxyheader import TrustedSources
 from netd.rlimits import defaultMaxConnections
 from netd.tls import ServerTLS, TLSServerFactory, TLSSetupError
+from netd.words import counted
 
 
 SHARED_PORT_ATTEMPTS = 8
@@ -269,17 +270,21 @@ class NetService(Service):
         connections = self.connections
         if connections is None or not connections.openConnections():
             return
+        count = connections.openConnections()
         self.log.info(
-            "waiting up to {timeout} seconds for {count} open connections",
+            "waiting up to {timeout} seconds for {connections}",
             timeout=self.shutdownTimeout,
-            count=connections.openConnections(),
+            count=count,
+            connections=counted(count, "open connection"),
         )
         try:
             await connections.whenDrained().addTimeout(self.shutdownTimeout, self.reactor)
         except TimeoutError:
+            count = connections.openConnections()
             self.log.info(
-                "closing {count} connections still open after {timeout} seconds",
-                count=connections.openConnections(),
+                "closing {connections} still open after {timeout} seconds",
+                count=count,
+                connections=counted(count, "connection"),
                 timeout=self.shutdownTimeout,
             )
             connections.abortAll()
