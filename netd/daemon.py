@@ -484,7 +484,8 @@ class Daemon(MultiService):
         The stop, once no reload runs: the lameduck wait, then L{_stopServices}.
         """
         lameduck = self.config.daemon.lameduck
-        if not lameduck:
+        if not lameduck or not self.running:
+            # Never served (a failed start): no client to warn, nothing to wait for.
             return self._stopServices()
         self.log.info(
             "stopping: /ready answers 503; serving for {lameduck} more seconds before closing the listeners",

@@ -301,13 +301,20 @@ class NetService(Service):
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop accepting, drain, then stop the plugin's handler if it has a lifecycle.
+        Stop accepting, drain, then stop the plugin's handler if it has a
+        lifecycle.  A service that never started (the start failed, or the
+        stop came between listening and serving) only closes what it
+        listens on: its handler never started, and saying it "stopped" would
+        tell whoever reads the log that it once ran.
         """
+        started = bool(self.running)
         Service.stopService(self)
 
         async def stop() -> None:
             await self.stopListening()
             await self.drain()
+            if not started:
+                return
             if IService.providedBy(self.handler):
                 await maybeDeferred(self.handler.stopService)
             self.log.info("stopped")
