@@ -43,6 +43,7 @@ import io
 import ipaddress
 import json
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable, Mapping, Sequence
@@ -339,8 +340,8 @@ class AdminResource(Resource):
         scheme, _, credentials = (header or b"").partition(b" ")
         credentials = credentials.strip()
         if header is None or scheme.lower() != b"bearer" or not credentials:
-            why = "missing" if header is None else "not a bearer token"
-            log.warn("control API: {method} {path} from {peer} refused: no token", **fields)
+            why = _authorizationProblem(header, scheme)
+            log.warn("control API: {method} {path} from {peer} refused: {why}", why=why, **fields)
             return errorReply(
                 401,
                 "unauthorized",
@@ -795,6 +796,31 @@ def _alwaysShown(service: NetService) -> list[str]:
     if "datagram" in transports:
         names += ["datagrams_received", "datagrams_sent", "datagrams_send_failed", "datagrams_from_own_port"]
     return names
+
+
+_AUTH_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]{0,19}")
+"""
+An authorization scheme netd names back in its refusal: a short word of
+RFC 9110 token characters.  Anything else may be a mistyped secret, or text
+meant to forge a log line, and is not repeated.
+"""
+
+
+def _authorizationProblem(header: bytes | None, scheme: bytes) -> str:
+    """
+    Why an C{Authorization} header (L{None}: there is none) is not
+    C{Bearer TOKEN}, naming the scheme given (C{Basic}, say) when it is a
+    plain word, and never the credentials.
+    """
+    if header is None:
+        return "no Authorization header"
+    if scheme.lower() == b"bearer":
+        return "the Bearer token is empty"
+    if b" " not in header:
+        return "the Authorization header has no scheme; expected Bearer"
+    if _AUTH_SCHEME.fullmatch(scheme):
+        return f"the Authorization scheme is {scheme.decode('ascii')}, not Bearer"
+    return "the Authorization scheme is not Bearer"
 
 
 class TokenFileError(Exception):
