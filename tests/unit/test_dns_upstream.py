@@ -1433,6 +1433,16 @@ def test_fullConnectionsOpenAnotherThenFail() -> None:
     assert len(harness.reactor.tcpClients) == 2
 
 
+def test_busyStreamUpstreamCountsInTheSingular() -> None:
+    """
+    A stream upstream allowed one connection with one query in flight says so in the singular when a second query finds it busy.
+    """
+    harness = Harness(["tcp:192.0.2.53"], streamPipeline=1, streamConnections=1)
+    boxes = [harness.resolve(f"q{index}.example")[1] for index in range(2)]
+    assert boxes[1][0].check(UpstreamFailure)
+    assert "1 connection with 1 query in flight each" in str(boxes[1][0].value)
+
+
 def test_queriesWaitingForAConnectionAreBoundedToo() -> None:
     """
     Queries waiting for a connection being opened count against its pipeline: past it another connection opens, past the last a query fails at once.
