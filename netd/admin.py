@@ -45,6 +45,7 @@ import io
 import ipaddress
 import json
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable, Mapping, Sequence
@@ -71,6 +72,7 @@ from netd.openapi import renderOpenAPI
 from netd.options import ConfigError, Problem, renderPath
 from netd.service import NetService, ReloadInProgress, ServiceStartError
 from netd.tls import FAILURE_REASONS
+from netd.words import counted
 
 if TYPE_CHECKING:
     from netd.config import DaemonSpec
@@ -343,8 +345,8 @@ class AdminResource(Resource):
         scheme, _, credentials = (header or b"").partition(b" ")
         credentials = credentials.strip()
         if header is None or scheme.lower() != b"bearer" or not credentials:
-            why = "missing" if header is None else "not a bearer token"
-            log.warn("control API: {method} {path} from {peer} refused: no token", **fields)
+            why = _authorizationProblem(header, scheme)
+            log.warn("control API: {method} {path} from {peer} refused: {why}", why=why, **fields)
             return errorReply(
                 401,
                 "unauthorized",
@@ -807,6 +809,31 @@ def _alwaysShown(service: NetService) -> list[str]:
     return names
 
 
+_AUTH_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]{0,19}")
+"""
+An authorization scheme netd names back in its refusal: a short word of
+RFC 9110 token characters.  Anything else may be a mistyped secret, or text
+meant to forge a log line, and is not repeated.
+"""
+
+
+def _authorizationProblem(header: bytes | None, scheme: bytes) -> str:
+    """
+    Why an C{Authorization} header (L{None}: there is none) is not
+    C{Bearer TOKEN}, naming the scheme given (C{Basic}, say) when it is a
+    plain word, and never the credentials.
+    """
+    if header is None:
+        return "no Authorization header"
+    if scheme.lower() == b"bearer":
+        return "the Bearer token is empty"
+    if b" " not in header:
+        return "the Authorization header has no scheme; expected Bearer"
+    if _AUTH_SCHEME.fullmatch(scheme):
+        return f"the Authorization scheme is {scheme.decode('ascii')}, not Bearer"
+    return "the Authorization scheme is not Bearer"
+
+
 class TokenFileError(Exception):
     """
     A token file cannot be used: missing, unreadable, too open, too long or empty.
@@ -1072,17 +1099,19 @@ class AdminSite(Site):
             if victim is None:
                 self.connectionsRefused += 1
                 log.warn(
-                    "control API: {peer} refused: {count} connections are being answered (admin_max_connections)",
+                    "control API: {peer} refused: {connections} open (admin_max_connections), and none is idle",
                     peer=str(addr),
                     count=len(self.channels),
+                    connections=counted(len(self.channels), "connection"),
                 )
                 return _Busy()
             self.connectionsEvicted += 1
             del self.channels[victim]
             log.warn(
-                "control API: {count} connections open (admin_max_connections): closing the oldest idle one, from "
+                "control API: {connections} open (admin_max_connections): closing the oldest idle one, from "
                 "{victim}, for {peer}",
                 count=self.maxConnections,
+                connections=counted(self.maxConnections, "connection"),
                 victim=str(victim.transport.getPeer()) if victim.transport is not None else "?",
                 peer=str(addr),
             )

@@ -31,6 +31,7 @@ from netd.privileges import PrivilegeDrop, PrivilegeError
 from netd.schema import configSchema, registryPlugins, renderSchema
 from netd.service import ReloadInProgress, ServiceStartError
 from netd.systemd import Notifier, startWatchdog
+from netd.words import counted
 
 log = Logger(namespace="netd")
 
@@ -166,7 +167,7 @@ def _load(path: str | None, registry: PluginRegistry) -> NetdConfig | None:
         return loadConfig(path, registry)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
-        print(f"{len(e.problems)} problem(s) found; nothing was started.", file=sys.stderr)
+        print(f"{counted(len(e.problems), 'problem')} found; nothing was started.", file=sys.stderr)
         return None
 
 
@@ -182,7 +183,7 @@ def checkCommand(args: argparse.Namespace) -> int:
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)
-        print(f"{len(problems)} problem(s) found; nothing was started.", file=sys.stderr)
+        print(f"{counted(len(problems), 'problem')} found; nothing was started.", file=sys.stderr)
         return 1
     sys.stdout.write(f"# {config.source}: valid\n")
     sys.stdout.write(tomli_w.dumps(config.toConfig()))
@@ -336,7 +337,7 @@ async def runDaemon(reactor: Any, config: NetdConfig, portsFile: str | None) -> 
     reactor.callWhenRunning(running.callback, None)
     await running
     notifier = Notifier.fromEnvironment()
-    notifier.status(f"starting {len(config.services)} services from {config.source}")
+    notifier.status(f"starting {counted(len(config.services), 'service')} from {config.source}")
     startWatchdog(notifier, reactor)
     try:
         dropPrivileges = PrivilegeDrop.prepare(config.daemon.user, config.daemon.group, config.daemon.state_dir)

@@ -462,8 +462,7 @@ def _decodeService(
     if plugin is None:
         if isinstance(pluginName, str):
             known = sorted(registry.plugins)
-            hint = closeMatch(pluginName, known)
-            message = f"unknown plugin {pluginName!r}{hint}{' K' if hint else '; k'}nown plugins: {', '.join(known)}"
+            message = f"unknown plugin {pluginName!r}" + closeMatch(pluginName, known, then=f"known plugins: {', '.join(known)}")
             if registry.broken:
                 message += "; plugins that failed to load: " + "; ".join(
                     f"{source}: {why}" for source, why in sorted(registry.broken.items())

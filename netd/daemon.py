@@ -28,6 +28,7 @@ from netd.rlimits import raiseOpenFileLimit
 from netd.service import NetService, ReloadInProgress, ServiceStartError
 from netd.systemd import Notifier
 from netd.tls import ServerTLS, TLSSetupError
+from netd.words import counted
 
 if TYPE_CHECKING:
     from netd.admin import AdminServer
@@ -182,9 +183,14 @@ class Daemon(MultiService):
                 addresses=[_describe(b) for b in bound],
                 event="service_started",
             )
-        self.log.info("netd is ready: {count} services from {source}", count=len(report), source=self.config.source)
+        self.log.info(
+            "netd is ready: {services} from {source}",
+            count=len(report),
+            services=counted(len(report), "service"),
+            source=self.config.source,
+        )
         addresses = sum(len(bound) for bound in report.values())
-        self.notifier.ready(f"serving {len(report)} services on {addresses} addresses")
+        self.notifier.ready(f"serving {counted(len(report), 'service')} on {counted(addresses, 'address', 'addresses')}")
         return report
 
     def writePortsFile(self) -> dict[str, list[dict[str, object]]]:
@@ -233,7 +239,8 @@ class Daemon(MultiService):
             self._reloading = False
             if not self.stopping:
                 addresses = sum(len(s.ports) for s in self.netServices())
-                self.notifier.ready(f"{status}; serving {len(self.netServices())} services on {addresses} addresses")
+                services = counted(len(self.netServices()), "service")
+                self.notifier.ready(f"{status}; serving {services} on {counted(addresses, 'address', 'addresses')}")
             waiters, self._reloadWaiters = self._reloadWaiters, []
             for waiter in waiters:
                 waiter.callback(None)
@@ -248,9 +255,10 @@ class Daemon(MultiService):
             new = loadConfig(self.configPath, self.registry or discoverPlugins())
         except ConfigError as e:
             self.log.error(
-                "reload: {source} has {count} problem(s); nothing was changed:\n{problems}",
+                "reload: {source} has {found}; nothing was changed:\n{problems}",
                 source=e.source,
                 count=len(e.problems),
+                found=counted(len(e.problems), "problem"),
                 problems=str(e),
             )
             raise
@@ -327,9 +335,10 @@ class Daemon(MultiService):
         if problems:
             error = ConfigError(new.source, problems)
             self.log.error(
-                "reload: {count} service(s) of {source} cannot be loaded; nothing was changed:\n{problems}",
+                "reload: {services} of {source} cannot be loaded; nothing was changed:\n{problems}",
                 source=new.source,
                 count=len(problems),
+                services=counted(len(problems), "service"),
                 problems=str(error),
             )
             raise error
@@ -475,7 +484,8 @@ class Daemon(MultiService):
         The stop, once no reload runs: the lameduck wait, then L{_stopServices}.
         """
         lameduck = self.config.daemon.lameduck
-        if not lameduck:
+        if not lameduck or not self.running:
+            # Never served (a failed start): no client to warn, nothing to wait for.
             return self._stopServices()
         self.log.info(
             "stopping: /ready answers 503; serving for {lameduck} more seconds before closing the listeners",

@@ -31,6 +31,7 @@ from netd.proxyheader import describePeer
 from netd.reactor import IMeteredTransport
 from netd.rlimits import BoundedWarning, IOutOfDescriptors
 from netd.tls import TLSServerProtocol
+from netd.words import counted
 
 
 @implementer(IHalfCloseableProtocol)
@@ -470,12 +471,14 @@ class GuardedConnection(ProtocolWrapper):
         """
         self.factory.log.debug(
             "connection from {peer} closed ({ended}) after {duration:.3f} seconds: "
-            "{bytes_in} bytes in, {bytes_out} bytes out",
+            "{received} in, {sent} out",
             peer=describePeer(self.getPeer()),
             ended=ended,
             duration=round(now - self._opened, 6),
             bytes_in=bytesIn,
             bytes_out=bytesOut,
+            received=counted(bytesIn, "byte"),
+            sent=counted(bytesOut, "byte"),
             event="connection_closed",
         )
 

@@ -151,12 +151,19 @@ def atLeast(low: float) -> Check:
     return NumberRange(low)
 
 
-def closeMatch(word: str, candidates: typing.Iterable[str]) -> str:
+def closeMatch(word: str, candidates: typing.Iterable[str], then: str = "") -> str:
     """
-    A " did you mean ...?" suffix naming the candidate closest to C{word}, if any is close.
+    A C{"; did you mean 'X'?"} suffix naming the candidate closest to C{word},
+    if any is close, followed by C{then}: the rest of the message (what is
+    allowed).  After the question C{then} starts a sentence of its own, and
+    without a suggestion it follows a C{"; "}, so that every message built
+    with it reads "did you mean 'latency'? The types are ...", never "?;".
     """
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f"; did you mean {matches[0]!r}?" if matches else ""
+    if not matches:
+        return f"; {then}" if then else ""
+    suggestion = f"; did you mean {matches[0]!r}?"
+    return f"{suggestion} {then[:1].upper()}{then[1:]}" if then else suggestion
 
 
 def unknownKeyProblem(path: KeyPath, key: str, known: typing.Iterable[str]) -> Problem:

@@ -35,6 +35,7 @@ from netd.plugin import PluginContext
 from netd.proxyheader import TrustedSources
 from netd.rlimits import defaultMaxConnections
 from netd.tls import ServerTLS, TLSServerFactory, TLSSetupError
+from netd.words import counted
 
 
 SHARED_PORT_ATTEMPTS = 8
@@ -269,17 +270,21 @@ class NetService(Service):
         connections = self.connections
         if connections is None or not connections.openConnections():
             return
+        count = connections.openConnections()
         self.log.info(
-            "waiting up to {timeout} seconds for {count} open connections",
+            "waiting up to {timeout} seconds for {connections}",
             timeout=self.shutdownTimeout,
-            count=connections.openConnections(),
+            count=count,
+            connections=counted(count, "open connection"),
         )
         try:
             await connections.whenDrained().addTimeout(self.shutdownTimeout, self.reactor)
         except TimeoutError:
+            count = connections.openConnections()
             self.log.info(
-                "closing {count} connections still open after {timeout} seconds",
-                count=connections.openConnections(),
+                "closing {connections} still open after {timeout} seconds",
+                count=count,
+                connections=counted(count, "connection"),
                 timeout=self.shutdownTimeout,
             )
             connections.abortAll()
@@ -296,13 +301,20 @@ class NetService(Service):
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop accepting, drain, then stop the plugin's handler if it has a lifecycle.
+        Stop accepting, drain, then stop the plugin's handler if it has a
+        lifecycle.  A service that never started (the start failed, or the
+        stop came between listening and serving) only closes what it
+        listens on: its handler never started, and saying it "stopped" would
+        tell whoever reads the log that it once ran.
         """
+        started = bool(self.running)
         Service.stopService(self)
 
         async def stop() -> None:
             await self.stopListening()
             await self.drain()
+            if not started:
+                return
             if IService.providedBy(self.handler):
                 await maybeDeferred(self.handler.stopService)
             self.log.info("stopped")

@@ -33,6 +33,7 @@ from netd.plugin import discoverPlugins
 from netd.privileges import PrivilegeDrop, PrivilegeError
 from netd.service import ServiceStartError
 from netd.systemd import Notifier, startWatchdog
+from netd.words import counted
 
 log = Logger(namespace="netd")
 
@@ -65,7 +66,7 @@ class Options(usage.Options):
         try:
             self["netdConfig"] = loadConfig(self["config"], discoverPlugins())
         except ConfigError as e:
-            raise usage.UsageError(f"{e}\n{len(e.problems)} problem(s) found; nothing was started.") from None
+            raise usage.UsageError(f"{e}\n{counted(len(e.problems), 'problem')} found; nothing was started.") from None
 
 
 class NetdApplication(Service):
@@ -91,7 +92,7 @@ class NetdApplication(Service):
         """
         Service.privilegedStartService(self)
         log.info("netd {version} starting with {source}", version=__version__, source=self.config.source)
-        self.notifier.status(f"starting {len(self.config.services)} services from {self.config.source}")
+        self.notifier.status(f"starting {counted(len(self.config.services), 'service')} from {self.config.source}")
         try:
             dropPrivileges = PrivilegeDrop.prepare(
                 self.config.daemon.user, self.config.daemon.group, self.config.daemon.state_dir

@@ -495,10 +495,15 @@ def decodeFault(table: Any, path: KeyPath, problems: list[Problem]) -> Fault | N
     if typeName is None:
         problems.append(Problem(path + ("type",), f"missing required key; expected one of {known}"))
         return None
-    cls = FAULT_TYPES.get(typeName) if isinstance(typeName, str) else None
+    if not isinstance(typeName, str):
+        problems.append(
+            Problem(path + ("type",), f"expected the name of a fault type, got {describeValue(typeName)}; the types are {known}")
+        )
+        return None
+    cls = FAULT_TYPES.get(typeName)
     if cls is None:
-        hint = closeMatch(typeName, FAULT_TYPES) if isinstance(typeName, str) else ""
-        problems.append(Problem(path + ("type",), f"unknown fault type {describeValue(typeName)}{hint}; the types are {known}"))
+        message = f"unknown fault type {typeName!r}" + closeMatch(typeName, FAULT_TYPES, then=f"the types are {known}")
+        problems.append(Problem(path + ("type",), message))
         return None
     rest = {k: v for k, v in table.items() if k != "type"}
     return decodeTable(cls, rest, path, problems, extraKnown=("type",))

@@ -57,6 +57,7 @@ from zope.interface import implementer
 from netd.framing import FRAMINGS, FramedFactory, FramedProtocol
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.tls import clientCreator, describeTLSFailure
+from netd.words import counted
 
 from .upstream import Upstream
 from .wire import HEADER_SIZE, Question
@@ -775,7 +776,8 @@ class StreamUpstream:
                 return opening.wait(query, question, name)
         limit = self.resolver.streamConnections
         if len(self.connections) + len(self.opening) >= limit:
-            return fail(self.resolver.busy(f"{limit} connections with {pipeline} queries in flight each"))
+            inFlight = f"{counted(limit, 'connection')} with {counted(pipeline, 'query', 'queries')} in flight each"
+            return fail(self.resolver.busy(inFlight))
         opening = _Opening(self)
         self.opening.append(opening)
         sent = opening.wait(query, question, name)

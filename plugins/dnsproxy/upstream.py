@@ -77,15 +77,12 @@ class Upstream:
             raise InvalidValue(f"{value!r} has no transport; write udp:{_bracketed(value)} (or tcp:, tls:)")
         transport, colon, rest = value.partition(":")
         if not colon:
-            hint = closeMatch(value, ["system"])
-            raise InvalidValue(
-                f"{value!r} is not an upstream{hint}; expected 'udp:HOST[:PORT]', 'tcp:HOST[:PORT]', "
-                "'tls:HOST[:PORT]:name=SERVERNAME' or 'system'"
-            )
+            expected = "expected 'udp:HOST[:PORT]', 'tcp:HOST[:PORT]', 'tls:HOST[:PORT]:name=SERVERNAME' or 'system'"
+            raise InvalidValue(f"{value!r} is not an upstream" + closeMatch(value, ["system"], then=expected))
         if transport not in DEFAULT_PORTS:
-            hint = closeMatch(transport, DEFAULT_PORTS)
+            expected = "expected udp:, tcp:, tls: or the word system"
             raise InvalidValue(
-                f"{value!r}: unknown transport {transport!r}{hint}; expected udp:, tcp:, tls: or the word system"
+                f"{value!r}: unknown transport {transport!r}" + closeMatch(transport, DEFAULT_PORTS, then=expected)
             )
         host, portText, params = _splitAddress(value, rest)
         port = DEFAULT_PORTS[transport]
@@ -215,7 +212,9 @@ def _serverName(value: str, transport: str, params: list[str]) -> str | None:
         if transport != "tls":
             raise InvalidValue(f"{value!r}: {transport} upstreams take no options ({param!r}); name= is only for tls")
         if key != "name":
-            raise InvalidValue(f"{value!r}: unknown option {key!r}{closeMatch(key, ['name'])}; tls takes only name=")
+            raise InvalidValue(
+                f"{value!r}: unknown option {key!r}" + closeMatch(key, ["name"], then="the tls transport takes only name=")
+            )
         if key in options:
             raise InvalidValue(f"{value!r}: name= given twice")
         if not text:

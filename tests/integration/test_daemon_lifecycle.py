@@ -151,7 +151,7 @@ def test_gracefulDrain(startNetd: Any) -> None:
         assert recvUntilClosed(client) == b""
     assert waitForExit(netd) == 0, netd.log()
     assert time.monotonic() - signalled < 5, "netd waited for the shutdown timeout although the connection had closed"
-    assert "closing 1 connections still open" not in netd.log()
+    assert "closing 1 connection still open" not in netd.log()
 
 
 def test_drainTimeout(startNetd: Any) -> None:
@@ -170,7 +170,7 @@ def test_drainTimeout(startNetd: Any) -> None:
     exitedAfter = time.monotonic() - signalled
     assert 0.8 < closedAfter < 5, closedAfter
     assert exitedAfter < 6, exitedAfter
-    assert "closing 1 connections still open after 1.0 seconds" in netd.log()
+    assert "closing 1 connection still open after 1.0 seconds" in netd.log()
 
 
 def test_bindFailure(startNetd: Any) -> None:
@@ -223,7 +223,7 @@ def test_invalidConfig(startNetd: Any) -> None:
         "services[1].plugin_options",
         "services[2].plugin",
         "did you mean 'echo'",
-        "7 problem(s) found",
+        "7 problems found",
     ):
         assert expected in log, f"{expected!r} missing from:\n{log}"
     assert "listening" not in log
@@ -240,7 +240,7 @@ def test_invalidConfigReportsFramingWithEnvelopeProblems(startNetd: Any) -> None
     log = netd.log()
     assert "services[0].max_connections" in log, log
     assert "services[0].framing" in log, log
-    assert "2 problem(s) found" in log, log
+    assert "2 problems found" in log, log
 
 
 def test_jsonLogFormat(startNetd: Any) -> None:

@@ -239,5 +239,5 @@ def test_connectionsWaitingForTheirHeaderCountAndAreDrained(startNetd: Any) -> N
         closedAfter = time.monotonic() - signalled
     assert netd.process.wait(timeout=30) == 0
     assert 0.8 <= closedAfter < 5, closedAfter
-    assert "waiting up to 1.0 seconds for 1 open connections" in netd.log()
-    assert "closing 1 connections still open after 1.0 seconds" in netd.log()
+    assert "waiting up to 1.0 seconds for 1 open connection" in netd.log()
+    assert "closing 1 connection still open after 1.0 seconds" in netd.log()

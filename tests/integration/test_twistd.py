@@ -99,7 +99,7 @@ def test_twistdServesEcho(twistd: Callable[..., NetdProcess]) -> None:
     with connect(netd.address("echo")) as client:
         client.sendall(b"through twistd\n")
         assert recvExactly(client, 15) == b"through twistd\n"
-    assert "netd is ready: 1 services" in netd.log()
+    assert "netd is ready: 1 service" in netd.log()
     stoppedBySigterm(netd)
 
 

@@ -21,7 +21,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.web.server import Site
 from zope.interface import implementer
 
@@ -642,6 +642,35 @@ def test_malformedAuthorizationRefused(tmp_path: Path, header: str) -> None:
     response = request(reactor.site(), "GET", "/metrics", headers={"Authorization": header})
     assert response.code == 401
     assert response.headers["www-authenticate"] == 'Bearer realm="netd"'
+
+
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        pytest.param(None, "no Authorization header", id="missing"),
+        pytest.param(f"Basic {TOKEN}", "the Authorization scheme is Basic, not Bearer", id="basic"),
+        pytest.param(f"Digest {TOKEN}", "the Authorization scheme is Digest, not Bearer", id="digest"),
+        pytest.param("Bearer", "the Bearer token is empty", id="bearer-empty"),
+        pytest.param("Bearer   ", "the Bearer token is empty", id="bearer-blank"),
+        pytest.param(TOKEN, "the Authorization header has no scheme; expected Bearer", id="bare-token"),
+        pytest.param(f"{'x' * 40} {TOKEN}", "the Authorization scheme is not Bearer", id="long-scheme"),
+        pytest.param(f"Ba(sic {TOKEN}", "the Authorization scheme is not Bearer", id="odd-scheme"),
+    ],
+)
+def test_refusalSaysWhatIsWrongWithTheHeader(tmp_path: Path, header: str | None, why: str) -> None:
+    """
+    A request without a usable bearer token is logged and answered saying what is wrong (no header, another scheme named when it is a plain word, an empty token), never with the credentials.
+    """
+    daemon, reactor = withToken(tmp_path)
+    headers = {} if header is None else {"Authorization": header}
+    with capturedLogs() as events:
+        response = request(reactor.site(), "GET", "/metrics", headers=headers)
+    assert response.code == 401
+    message = json.loads(response.body)["message"]
+    assert message.endswith(f"({why})"), message
+    [warning] = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert warning.endswith(f"refused: {why}"), warning
+    assert TOKEN not in message and TOKEN not in warning
 
 
 def test_noTokenFileNoAuth() -> None:

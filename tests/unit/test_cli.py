@@ -130,7 +130,7 @@ def test_checkBadConfig(badConfig: Path) -> None:
     lines = result.stderr.splitlines()
     for problem in BAD_PROBLEMS:
         assert any(line.startswith(f"{badConfig}: {problem}") for line in lines), (problem, result.stderr)
-    assert lines[-1] == "4 problem(s) found; nothing was started."
+    assert lines[-1] == "4 problems found; nothing was started."
     assert len(lines) == 5
 
 
@@ -151,7 +151,7 @@ def test_checkUnloadableFile(tmp_path: Path, name: str, contents: str | None, ex
     result = runNetd("check", "-c", str(path))
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr.startswith(f"{path}: {expected}"), result.stderr
-    assert result.stderr.splitlines()[-1] == "1 problem(s) found; nothing was started."
+    assert result.stderr.splitlines()[-1] == "1 problem found; nothing was started."
 
 
 def test_runBadConfigListensOnNothing(badConfig: Path, tmp_path: Path) -> None:

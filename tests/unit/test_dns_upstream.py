@@ -311,9 +311,9 @@ def test_systemIsAPlaceholder() -> None:
         ("", "is not an upstream; expected 'udp:HOST[:PORT]'"),
         ("8.8.8.8", "'8.8.8.8' has no transport; write udp:8.8.8.8"),
         ("::1", "has no transport; write udp:[::1]"),
-        ("sytem", "did you mean 'system'?"),
+        ("sytem", "'sytem' is not an upstream; did you mean 'system'? Expected 'udp:HOST[:PORT]'"),
         ("dns:192.0.2.1", "unknown transport 'dns'; expected udp:, tcp:, tls: or the word system"),
-        ("ud:192.0.2.1", "unknown transport 'ud'; did you mean 'udp'?"),
+        ("ud:192.0.2.1", "unknown transport 'ud'; did you mean 'udp'? Expected udp:, tcp:, tls: or the word system"),
         ("udp:", "missing host; expected an IP address"),
         ("udp:dns.google", "host 'dns.google' is not an IP address"),
         ("udp:192.0.2.1:0", "port 0 is out of range; expected 1 to 65535"),
@@ -329,7 +329,8 @@ def test_systemIsAPlaceholder() -> None:
         ("tls:192.0.2.1", "tls upstreams need the name their certificate is checked against"),
         ("tls:192.0.2.1:853", "tls:HOST[:PORT]:name=SERVERNAME"),
         ("tls:192.0.2.1:name=", "name= is empty"),
-        ("tls:192.0.2.1:nme=dns.example", "unknown option 'nme'; did you mean 'name'?"),
+        ("tls:192.0.2.1:nme=dns.example", "unknown option 'nme'; did you mean 'name'? The tls transport takes only name="),
+        ("tls:192.0.2.1:port=1", "unknown option 'port'; the tls transport takes only name="),
         ("tls:192.0.2.1:name=a:name=b", "name= given twice"),
         ("udp:192.0.2.1:name=dns.example", "udp upstreams take no options"),
     ],
@@ -341,6 +342,7 @@ def test_fromConfigRefuses(value: object, message: str) -> None:
     with pytest.raises(InvalidValue) as caught:
         Upstream.fromConfig(value)
     assert message in str(caught.value)
+    assert "?;" not in str(caught.value)
     if isinstance(value, str) and value:
         assert repr(value) in str(caught.value)
 
@@ -1429,6 +1431,16 @@ def test_fullConnectionsOpenAnotherThenFail() -> None:
     first.send(answerTo(frame))
     assert len(sixth) == 1 and isinstance(sixth[0], bytes)
     assert len(harness.reactor.tcpClients) == 2
+
+
+def test_busyStreamUpstreamCountsInTheSingular() -> None:
+    """
+    A stream upstream allowed one connection with one query in flight says so in the singular when a second query finds it busy.
+    """
+    harness = Harness(["tcp:192.0.2.53"], streamPipeline=1, streamConnections=1)
+    boxes = [harness.resolve(f"q{index}.example")[1] for index in range(2)]
+    assert boxes[1][0].check(UpstreamFailure)
+    assert "1 connection with 1 query in flight each" in str(boxes[1][0].value)
 
 
 def test_queriesWaitingForAConnectionAreBoundedToo() -> None:

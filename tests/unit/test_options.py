@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import attrs
 
-from netd.options import Problem, between, decodeTable, option, renderPath
+from netd.options import Problem, between, closeMatch, decodeTable, option, renderPath
 
 
 @attrs.frozen
@@ -56,3 +56,20 @@ def test_nestedProblemsHaveTheirOwnPaths() -> None:
         "services[0].inner.label: missing required key; expected a string",
     ]
     assert decode({"inner": 3})[1] == ["services[0].inner: expected a table, got integer 3"]
+
+
+def test_closeMatchSuggestsTheNearestCandidate() -> None:
+    """
+    closeMatch names the candidate closest to the word as a "; did you mean ...?" suffix, and nothing when none is close.
+    """
+    assert closeMatch("labl", ["label", "size"]) == "; did you mean 'label'?"
+    assert closeMatch("xyzzy", ["label", "size"]) == ""
+
+
+def test_closeMatchThenStartsASentenceAfterTheQuestion() -> None:
+    """
+    What follows the suggestion starts a sentence of its own after the question mark (never "?;"), and follows a "; " when there is no suggestion.
+    """
+    then = "known: label, size"
+    assert closeMatch("labl", ["label", "size"], then=then) == "; did you mean 'label'? Known: label, size"
+    assert closeMatch("xyzzy", ["label", "size"], then=then) == "; known: label, size"

@@ -269,7 +269,7 @@ def test_daemonReadyAfterPortsFile(tmp_path: Path) -> None:
     notifier = RecordingNotifier(portsFile)
     daemon = Daemon(makeConfig(ECHO), UDPMemoryReactorClock(), notifier)
     resultOf(Deferred.fromCoroutine(daemon.start(str(portsFile))))
-    assert notifier.sent == [((("READY", "1"), ("STATUS", "serving 1 services on 1 addresses")), True)]
+    assert notifier.sent == [((("READY", "1"), ("STATUS", "serving 1 service on 1 address")), True)]
     resultOf(daemon.stopService())
     assert notifier.sent[-1][0][0] == ("STOPPING", "1")
 

@@ -85,7 +85,7 @@ def test_badConfigIsAUsageError(tmp_path: Path) -> None:
     with pytest.raises(usage.UsageError) as info:
         Options().parseOptions(["-c", str(config)])
     assert "services[0].plugin: unknown plugin 'ecko'" in str(info.value)
-    assert "1 problem(s) found; nothing was started." in str(info.value)
+    assert "1 problem found; nothing was started." in str(info.value)
 
 
 def application(reactor: Any, tmp_path: Path) -> tuple[NetdApplication, RecordingNotifier]:
