@@ -31,8 +31,14 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 pip="./.venv/bin/python -m pip install -q --disable-pip-version-check"
+# netd is distributed as netd-daemon since 0.2.0: a distribution named netd in
+# .venv is netd 0.1 or the package index's unrelated netd, and owns netd/ too.
+./.venv/bin/python -m pip uninstall -q -y --disable-pip-version-check netd 2>/dev/null || true
 if [ "${1:-}" = "--test" ]; then
-    $pip -e '.[test]' ./tests/thirdparty
+    # In two steps: the pip of Python 3.11's venv cannot resolve the plugin's
+    # dependency on netd-daemon from '.[test]' given beside it.
+    $pip -e '.[test]'
+    $pip ./tests/thirdparty
 else
     $pip .
 fi
