@@ -43,11 +43,21 @@ missingPackages() {
 # Debian's python3 ships venv (with ensurepip) separately.
 python3 -c 'import ensurepip, venv' 2>/dev/null || aptInstall python3-venv
 
+# netd is distributed as netd-daemon since 0.2.0: a distribution named netd in a
+# virtualenv is netd 0.1 or the package index's unrelated netd, and owns netd/ too.
+dropOldName() {
+    "./$1/bin/python" -m pip uninstall -q -y --disable-pip-version-check netd 2>/dev/null || true
+}
+
 if [ "${1:-}" = "--test" ]; then
     missing=$(missingPackages "$TEST_TOOLS")
     [ -z "$missing" ] || aptInstall $missing
     [ -x .venv-test/bin/python ] || python3 -m venv .venv-test
-    ./.venv-test/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' ./tests/thirdparty
+    dropOldName .venv-test
+    # In two steps: the pip of Python 3.11's venv cannot resolve the plugin's
+    # dependency on netd-daemon from '.[test]' given beside it.
+    ./.venv-test/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+    ./.venv-test/bin/python -m pip install -q --disable-pip-version-check ./tests/thirdparty
 else
     missing=$(missingPackages "$EXAMPLE_TOOLS")
     if [ -n "$missing" ]; then
@@ -58,6 +68,7 @@ else
         fi
     fi
     [ -x .venv/bin/python ] || python3 -m venv .venv
+    dropOldName .venv
     ./.venv/bin/python -m pip install -q --disable-pip-version-check .
     # Before .venv-test, ./setup.sh --test put the test plugin into .venv: take it out.
     if ./.venv/bin/python -m pip show -q netd-reverse >/dev/null 2>&1; then

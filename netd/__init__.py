@@ -5,7 +5,10 @@ The plugin contract is in L{netd.interfaces}; a plugin's schema is written with
 L{netd.options}; L{netd.plugin.PluginContext} is what a plugin is given.
 """
 
-__version__ = "0.1.0"
+#: The one source of netd's version: setuptools reads it for the distribution
+#: (pyproject.toml), C{netd --version} prints it, and CHANGELOG.md has an entry
+#: for it.
+__version__ = "0.2.0"
 
 # Before anything imports twisted.internet.endpoints, which reads the sockets
 # systemd passed as it is imported: see netd.systemd.completeListenNames.

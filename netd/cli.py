@@ -71,7 +71,7 @@ def buildParser() -> argparse.ArgumentParser:
     The argument parser of every subcommand.
     """
     parser = argparse.ArgumentParser(prog="netd", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"netd {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"netd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     configHelp = "the TOML config file (default: the embedded default config)"
 
