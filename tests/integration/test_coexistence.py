@@ -152,10 +152,16 @@ def test_twoShippedExamplesSideBySide(launch: Launcher, defaultAdminPortHeld: No
     """
     Two shipped example configs without an admin key, started at once as they are while another process holds 127.0.0.1:8053, both start and both serve, with no control API.
     """
-    framingPorts = [7100, 7101, 7102, 7103, 7104]
-    busy = [port for port in framingPorts if portBusy(socket.SOCK_STREAM, port)]
+    framingPorts = [(socket.SOCK_STREAM, port) for port in range(7100, 7105)] + [(socket.SOCK_DGRAM, 7100)]
+    busy = [port for kind, port in framingPorts if portBusy(kind, port)]
     if busy:
         pytest.skip(f"ports of config/examples/echo-framings.toml are in use on 127.0.0.1: {busy}")
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("::1", 7103))
+        except OSError as e:
+            pytest.skip(f"config/examples/echo-framings.toml listens on [::1]:7103, which cannot be bound here: {e}")
     first = launch(EXAMPLES / "test-target.toml")
     second = launch(EXAMPLES / "echo-framings.toml")
     first.waitUntilReady()
