@@ -66,7 +66,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from netd import __version__
 from netd.certs import defaultStateDir, writeFile
 from netd.interfaces import IReportsStatus, IRuntimeTable
-from netd.listen import ListenAddress, describeBound, splitDescription
+from netd.listen import ListenAddress, describeBound, splitDescription, whyListenFailed
 from netd.metrics import PROMETHEUS_CONTENT_TYPE, Counters, Exposition
 from netd.openapi import renderOpenAPI
 from netd.options import ConfigError, Problem, renderPath
@@ -1171,9 +1171,10 @@ class AdminServer:
         try:
             self.port = await self._listen(site)
         except Exception as e:
-            raise ServiceStartError(
-                f"control API: cannot listen on {self.address.text!r} ([daemon] admin): {e}"
-            ) from e
+            why = whyListenFailed(
+                "[daemon] admin", self.address, e, otherWays=", or leave admin out (or set it to false) to run without the control API"
+            )
+            raise ServiceStartError(f"control API: cannot listen on {self.address.text!r} ([daemon] admin): {why}") from e
         bound = describeBound(self.port)
         host = bound.get("host")
         if isinstance(host, str):

@@ -48,13 +48,6 @@ LARGEST_MAX_FRAME = 64 * 2**20
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warn", "error", "critical"]
 
-DEFAULT_ADMIN = "tcp:8053:interface=127.0.0.1"
-"""
-Where the control API listens unless C{[daemon] admin} says otherwise: loopback
-only, on a port none of the embedded default's services uses.
-"""
-
-
 def isLocalOnly(text: str) -> bool:
     """
     Whether a stream listen string can only be reached from this host: a
@@ -161,9 +154,11 @@ class DaemonSpec:
         checks=(lambda v: None if v.strip() else "expected a folder path, got an empty string",),
     )
     admin: AdminAddress = option(
-        AdminAddress.fromConfig(DEFAULT_ADMIN),
+        AdminAddress(None),
         help="Where the HTTP control API listens (/health, /ready, /services, /metrics, /reload): a stream listen "
-        "string such as 'tcp:8053:interface=127.0.0.1' or 'unix:/run/netd/admin.sock'; false turns it off. "
+        "string such as 'tcp:8053:interface=127.0.0.1' (the embedded default config's), 'tcp:0:interface=127.0.0.1' "
+        "(a port the system picks, reported in the log and the ports file) or 'unix:/run/netd/admin.sock'. "
+        "Unset or false, there is no control API, so netds whose services use different ports start side by side. "
         "An address reachable from other hosts needs admin_token_file.",
     )
     admin_token_file: str | Literal[False] | None = option(

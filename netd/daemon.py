@@ -96,9 +96,11 @@ class Daemon(MultiService):
         The open-file limit netd runs with, raised to the hard limit before
         the services (whose C{max_connections} defaults to half of it) are built.
         """
-        for spec in config.services:
+        for index, spec in enumerate(config.services):
             if spec.enabled:
-                NetService(spec, reactor, config.daemon.shutdown_timeout, config.daemon.state_dir).setServiceParent(self)
+                NetService(
+                    spec, reactor, config.daemon.shutdown_timeout, config.daemon.state_dir, configIndex=index
+                ).setServiceParent(self)
         self.stopping = False
         """
         Whether a stop has begun (the control API's C{/ready} then says 503).
@@ -320,7 +322,9 @@ class Daemon(MultiService):
         replacements: dict[str, NetService] = {}
         for name in summary["changed"] + summary["added"]:
             try:
-                replacements[name] = NetService(wanted[name], self.reactor, daemonSpec.shutdown_timeout, daemonSpec.state_dir)
+                replacements[name] = NetService(
+                    wanted[name], self.reactor, daemonSpec.shutdown_timeout, daemonSpec.state_dir, configIndex=index[name]
+                )
             except ServiceStartError as e:
                 problems.append(Problem(("services", index[name]), str(e)))
         freshTLS: dict[str, ServerTLS] = {}
@@ -422,6 +426,7 @@ class Daemon(MultiService):
             self.log.info("reload: log level is now {level}", level=daemonSpec.log_level)
         for service in self.netServices():
             service.shutdownTimeout = daemonSpec.shutdown_timeout
+            service.configIndex = order.index(service.spec.name)
         self.config = NetdConfig(
             source=new.source, daemon=daemonSpec, services=tuple(s for s in new.services if s.name in self.namedServices)
         )

@@ -9,12 +9,15 @@ C{udp:PORT[:interface=ADDR]} is netd's own, written in the same grammar.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 from typing import Any, ClassVar, Literal
 
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import DatagramProtocol
 
@@ -341,3 +344,45 @@ def describeBound(port: IListeningPort) -> dict[str, object]:
         name = host.name.decode() if isinstance(host.name, bytes) else host.name
         return {"transport": "unix", "path": name}
     return {"transport": type(host).__name__, "address": str(host)}
+
+
+def addressInUse(error: BaseException | None) -> bool:
+    """
+    Whether a bind failed because another socket holds the address (C{EADDRINUSE}).
+    """
+    return isinstance(error, CannotListenError) and getattr(error.socketError, "errno", None) == errno.EADDRINUSE
+
+
+def whyListenFailed(key: str, address: ListenAddress, error: BaseException, otherWays: str = "") -> str:
+    """
+    Why listening on C{address}, the value of the config key C{key}, failed:
+    the bind's own error, or, for an address another socket holds, which
+    address, the command that shows who holds it, and the ways out, each
+    naming C{key}, so that a second netd started beside a first one says how
+    to make room.
+
+    @param otherWays: further ways out, appended to the list (the control
+        API can be turned off).
+    """
+    if not addressInUse(error):
+        return str(error)
+    assert isinstance(error, CannotListenError)
+    if error.interface is None:
+        path = os.fsdecode(error.port)
+        return (
+            f"address already in use: the socket file {path} exists. If a process listens on it "
+            f"(`ss -lxp 'src = {path}'` shows which), choose another path in {key}{otherWays} or stop that process; "
+            "if none does, the file is left over from a process that ended without removing it: remove it"
+        )
+    transport = "udp" if address.transport == "datagram" else "tcp"
+    interface = str(error.interface)
+    where = f"[{interface}]:{error.port}" if ":" in interface else f"{interface or '*'}:{error.port}"
+    portZero = "port 0"
+    if splitDescription(address.text)[0] in ("tcp", "tcp6", "udp"):
+        portZero = f"port 0 ({address.withPort(0).text})"
+    return (
+        f"address already in use: another process (another netd?) holds {transport} {where}; "
+        f"`ss -l{transport[0]}np 'sport = :{error.port}'` shows which (run it as root to see every user's). "
+        f"Choose another port in {key}, or {portZero} to let the system pick a free one (the log and the "
+        f"ports file say which){otherWays}, or stop the process that holds it"
+    )

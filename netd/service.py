@@ -10,7 +10,6 @@ plugin's receiver sees a frame; a datagram passes the L{DatagramListener}.
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +17,6 @@ import attrs
 from twisted.application.service import IService, Service
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 
 from netd.config import ServiceSpec
@@ -28,7 +26,7 @@ from netd.events import EventLog, EventTable
 from netd.faults.active import ServiceFaults
 from netd.interfaces import IDatagramHandler, IHasRuntimeTables, IRuntimeTable, IStreamHandler
 from netd.limits import ConnectionLimiter
-from netd.listen import ListenAddress, describeBound
+from netd.listen import ListenAddress, addressInUse, describeBound, whyListenFailed
 from netd.logs import ServiceLogger
 from netd.metrics import Counters
 from netd.plugin import PluginContext
@@ -84,13 +82,24 @@ class NetService(Service):
     C{shutdownTimeout} seconds, then drops the rest.
     """
 
-    def __init__(self, spec: ServiceSpec, reactor: Any, shutdownTimeout: float, stateDir: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        reactor: Any,
+        shutdownTimeout: float,
+        stateDir: str | None = None,
+        configIndex: int | None = None,
+    ) -> None:
         """
         @param stateDir: netd's state directory (C{[daemon] state_dir}); the
             default one when L{None}.
+        @param configIndex: the position of the service's table among the
+            C{[[services]]} of the config file, for the key paths of errors
+            (L{listenKey}).
         @raise ServiceStartError: naming the service and what failed.
         """
         self.spec = spec
+        self.configIndex = configIndex
         self.name = spec.name
         self.reactor = reactor
         self.shutdownTimeout = shutdownTimeout
@@ -200,7 +209,18 @@ class NetService(Service):
                 return await actual.listenStream(self.reactor, self.connections, TrustedSources.fromConfig(self.spec.proxy_trusted))
             return actual.listenDatagram(self.reactor, DatagramListener(self.handler, self.counters, faults=self.faults, clock=self.reactor, ownPorts=LISTENING_PORTS))
         except Exception as e:
-            raise ServiceStartError(f"service {self.name!r}: cannot listen on {address.text!r}: {e}") from e
+            key = self.listenKey(address)
+            raise ServiceStartError(
+                f"service {self.name!r}: cannot listen on {address.text!r} ({key}): {whyListenFailed(key, address, e)}"
+            ) from e
+
+    def listenKey(self, address: ListenAddress) -> str:
+        """
+        The key path of C{address} in the config file: C{services[N].listen[M]}
+        (C{listen[M]} when the service's place in the file is not known).
+        """
+        listen = f"listen[{self.spec.listen.index(address)}]"
+        return listen if self.configIndex is None else f"services[{self.configIndex}].{listen}"
 
     def _record(self, address: ListenAddress, port: IListeningPort) -> None:
         """
@@ -237,11 +257,11 @@ class NetService(Service):
             except ServiceStartError as e:
                 await maybeDeferred(firstPort.stopListening)
                 cause = e.__cause__
-                if not _addressInUse(cause):
+                if not addressInUse(cause):
                     raise
                 if attempt == SHARED_PORT_ATTEMPTS:
                     raise ServiceStartError(
-                        f"service {self.name!r}: cannot listen on {second.text!r} on the port of {first.text!r}: "
+                        f"service {self.name!r}: cannot listen on {second.text!r} ({self.listenKey(second)}) on the port of {first.text!r}: "
                         f"the number picked was taken for it {attempt} times in a row ({cause})"
                     ) from cause
                 self.log.info(
@@ -321,13 +341,6 @@ class NetService(Service):
 
         return Deferred.fromCoroutine(stop())
 
-
-
-def _addressInUse(error: BaseException | None) -> bool:
-    """
-    Whether a bind failed because another socket holds the address.
-    """
-    return isinstance(error, CannotListenError) and getattr(error.socketError, "errno", None) == errno.EADDRINUSE
 
 
 def _portZeroPairs(listen: Sequence[ListenAddress]) -> dict[int, int]:

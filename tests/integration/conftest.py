@@ -297,9 +297,9 @@ def netdCommand(*args: str) -> list[str]:
 
 TEST_ADMIN = 'admin = "tcp:0:interface=127.0.0.1"'
 """
-The control API of every netd the harness starts whose config does not place it:
-port 0 (reported in the ports file), so that netds running at once never
-contend for the default port.
+The control API of every netd the harness starts whose config does not place it
+(a config without C{admin} has none): port 0 (reported in the ports file), so
+that the tests can use the API and netds running at once never contend for a port.
 """
 
 

@@ -175,7 +175,7 @@ def test_drainTimeout(startNetd: Any) -> None:
 
 def test_bindFailure(startNetd: Any) -> None:
     """
-    When a later service cannot bind its port netd exits non-zero naming the service and listen string, and releases the ports it had bound.
+    When a later service cannot bind its port netd exits non-zero naming the service, listen string and key path, and releases the ports it had bound.
     """
     firstPort = freePort()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
@@ -191,8 +191,7 @@ def test_bindFailure(startNetd: Any) -> None:
         code = waitForExit(netd)
         log = netd.log()
         assert code != 0, log
-        assert "'second'" in log and secondListen in log, log
-        assert "Address already in use" in log
+        assert f"service 'second': cannot listen on '{secondListen}' (services[1].listen[0]): address already in use" in log, log
         assert f"listening on tcp 127.0.0.1:{firstPort}" in log, "the first service should have bound before the failure"
         assert not netd.portsFile.exists()
     assert canBind(socket.SOCK_STREAM, firstPort), f"port {firstPort} of the first service is still taken"

@@ -90,6 +90,13 @@ def test_echoOnlyLoadsNothingElse(tmp_path: Path) -> None:
     assert probe(tmp_path, ECHO_ONLY) == {"loaded": [], "collecting": True}
 
 
+def test_noAdminKeyLoadsNoWeb(tmp_path: Path) -> None:
+    """
+    A config without an admin key has no control API, so twisted.web is not loaded.
+    """
+    assert probe(tmp_path, ECHO_ONLY.replace("admin = false\n", "")) == {"loaded": [], "collecting": True}
+
+
 def test_whatIsUsedIsLoaded(tmp_path: Path) -> None:
     """
     A config with the control API, a dns-proxy and a third-party plugin loads each of them.

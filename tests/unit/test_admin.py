@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from netd import __version__
 from netd.admin import AdminResource, metricsText
-from netd.config import AdminAddress, DaemonSpec, NetdConfig, isLocalOnly, parseConfig
+from netd.config import NetdConfig, isLocalOnly, parseConfig
 from netd.daemon import Daemon
 from netd.interfaces import IHasRuntimeTables, IProtocolPlugin, IReportsStatus, IRuntimeTable, IStreamHandler
 from netd.metrics import Counters, Exposition, Histogram, formatFloat, metricName
@@ -1061,10 +1061,35 @@ def test_adminBindFailureStopsTheStart() -> None:
     reactor = Reactor(refusedPort=8053)
     daemon = Daemon(makeConfig(ECHO, admin="tcp:8053:interface=127.0.0.1"), reactor)
     d = Deferred.fromCoroutine(daemon.start())
-    with pytest.raises(ServiceStartError, match=r"control API: cannot listen on 'tcp:8053:interface=127.0.0.1' \(\[daemon\] admin\)"):
+    with pytest.raises(ServiceStartError) as caught:
         resultOf(d)
+    message = str(caught.value)
+    assert message.startswith("control API: cannot listen on 'tcp:8053:interface=127.0.0.1' ([daemon] admin): address already in use: ")
+    assert "ss -ltnp 'sport = :8053'" in message
+    assert "another port in [daemon] admin" in message
+    assert "tcp:0:interface=127.0.0.1" in message
+    assert "leave admin out" in message
     assert reactor.tcpPorts == []
     assert reactor.udpPorts == {}
+
+
+def test_adminOnUnixSocketInUse(tmp_path: Path) -> None:
+    """
+    A unix: control API whose socket file is taken names [daemon] admin and says how to tell a live socket from a left-over file.
+    """
+    path = tmp_path / "admin.sock"
+
+    class UnixRefused(Reactor):
+        def listenUNIX(self, address: str, factory: Any, backlog: int = 50, mode: int = 0o666, wantPID: int = 0) -> Any:
+            raise CannotListenError(None, address, OSError(98, "Address already in use"))
+
+    daemon = Daemon(makeConfig(ECHO, admin=f"unix:{path}"), UnixRefused())
+    with pytest.raises(ServiceStartError) as caught:
+        resultOf(Deferred.fromCoroutine(daemon.start()))
+    message = str(caught.value)
+    assert f"control API: cannot listen on 'unix:{path}' ([daemon] admin): address already in use: " in message
+    assert f"ss -lxp 'src = {path}'" in message
+    assert "left over" in message
 
 
 def test_serviceBindFailureClosesAdmin() -> None:
@@ -1126,16 +1151,6 @@ def daemonProblems(table: dict[str, Any]) -> list[str]:
     except ConfigError as e:
         return [p.render("t.toml") for p in e.problems]
     return []
-
-
-def test_adminDefaultIsLoopback8053() -> None:
-    """
-    Without an admin key the control API listens on 127.0.0.1:8053, and netd check shows it.
-    """
-    config = parseConfig({"services": [ECHO]}, "t.toml", discoverPlugins())
-    assert config.daemon.admin == AdminAddress.fromConfig("tcp:8053:interface=127.0.0.1")
-    assert config.toConfig()["daemon"]["admin"] == "tcp:8053:interface=127.0.0.1"
-    assert DaemonSpec().admin.localOnly
 
 
 @pytest.mark.parametrize(

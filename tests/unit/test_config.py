@@ -574,6 +574,25 @@ def test_embeddedDefaultIsValid() -> None:
     assert any(s.enabled for s in config.services)
 
 
+def test_adminOffUnlessConfigured() -> None:
+    """
+    Without an admin key there is no control API (so two netds on different service ports start side by side), and check shows admin = false.
+    """
+    config = parse(ECHO)
+    assert config.daemon.admin.address is None
+    assert DaemonSpec().admin.address is None
+    assert config.toConfig()["daemon"]["admin"] is False
+
+
+def test_embeddedDefaultPlacesAdmin() -> None:
+    """
+    The embedded default config (netd run without -c, config/netd.toml) sets the control API on 127.0.0.1:8053 itself, as the quick start's curl lines expect.
+    """
+    config = loadConfig(None, REGISTRY)
+    assert config.toConfig()["daemon"]["admin"] == "tcp:8053:interface=127.0.0.1"
+    assert config.daemon.admin.localOnly
+
+
 @pytest.mark.parametrize(
     ("plugin", "extra", "framing", "maxFrame"),
     [
@@ -608,7 +627,7 @@ def test_defaultsFilledIn() -> None:
             "log_level": "info",
             "shutdown_timeout": 10.0,
             "lameduck": 0.0,
-            "admin": "tcp:8053:interface=127.0.0.1",
+            "admin": False,
             "admin_hosts": [],
             "admin_max_connections": 64,
         },

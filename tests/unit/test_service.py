@@ -14,13 +14,14 @@ from typing import Any
 
 import attrs
 import pytest
+import tomli_w
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import LogLevel, capturedLogs
 from zope.interface import implementer
 
-from netd.config import NetdConfig, parseConfig
+from netd.config import NetdConfig, loadConfig, parseConfig
 from netd.daemon import Daemon
 from netd.datagram import DatagramListener
 from netd.interfaces import IProtocolPlugin, IStreamHandler
@@ -214,6 +215,117 @@ def test_bindFailureNamesServiceAndAddressAndReleasesPorts(tmp_path: Path) -> No
     assert [s.ports for s in daemon.netServices()] == [[]]
     assert not daemon.running
     assert not portsFile.exists()
+
+
+class TakenPortsReactor(UDPMemoryReactorClock):
+    """
+    A reactor on which binding the TCP or UDP port numbers of C{taken} fails
+    with C{error} (EADDRINUSE: another process holds them).
+    """
+
+    def __init__(self, taken: set[int], error: int = errno.EADDRINUSE) -> None:
+        super().__init__()
+        self.taken = taken
+        self.error = error
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        self._refuse(port, interface)
+        return super().listenTCP(port, factory, backlog, interface)
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
+        self._refuse(port, interface)
+        return super().listenUDP(port, protocol, interface, maxPacketSize)
+
+    def _refuse(self, port: int, interface: str) -> None:
+        if port in self.taken:
+            raise CannotListenError(interface, port, OSError(self.error, os.strerror(self.error)))
+
+
+@pytest.mark.parametrize(
+    ("listen", "command"),
+    [
+        pytest.param("tcp:7123:interface=127.0.0.1", "ss -ltnp 'sport = :7123'", id="tcp"),
+        pytest.param("udp:7123:interface=127.0.0.1", "ss -lunp 'sport = :7123'", id="udp"),
+        pytest.param("tcp6:7123:interface=\\:\\:1", "ss -ltnp 'sport = :7123'", id="tcp6"),
+    ],
+)
+def test_addressInUseNamesKeyPathAndWaysOut(listen: str, command: str) -> None:
+    """
+    A listen refused because the address is taken names the service, its key path (counting disabled services), the address, the command that shows who holds it, and the ways out.
+    """
+    disabled = {"name": "off", "plugin": "echo", "listen": [TCP], "enabled": False}
+    second = {"name": "second", "plugin": "echo", "listen": [TCP, listen]}
+    reactor = TakenPortsReactor({7123})
+    _, d = start(makeConfig(disabled, ECHO, second), reactor)
+    message = str(failureOf(d).value)
+    assert message.startswith(f"service 'second': cannot listen on {listen!r} (services[2].listen[1]): address already in use: ")
+    assert command in message
+    assert "another port in services[2].listen[1]" in message
+    assert "port 0" in message
+    assert "stop the process" in message
+
+
+def test_otherListenErrorNamesKeyPath() -> None:
+    """
+    A listen refused for another reason (a port below 1024 without the right) names the key path and the system's reason, without advice about a taken port.
+    """
+    reactor = TakenPortsReactor({7}, error=errno.EACCES)
+    _, d = start(makeConfig({**ECHO, "listen": ["tcp:7:interface=127.0.0.1"]}), reactor)
+    message = str(failureOf(d).value)
+    assert "service 'echo': cannot listen on 'tcp:7:interface=127.0.0.1' (services[0].listen[0]): " in message
+    assert "Permission denied" in message
+    assert "ss -" not in message
+
+
+def test_reloadOnTakenPortNamesKeyPathOfTheNewFile(tmp_path: Path) -> None:
+    """
+    A reload whose new listen address is taken fails naming the key path in the file as reloaded, and the ways out.
+    """
+    path = tmp_path / "netd.toml"
+    path.write_text(tomli_w.dumps({"daemon": {"admin": False}, "services": [ECHO]}))
+    reactor = TakenPortsReactor({7124})
+    daemon = Daemon(loadConfig(str(path), discoverPlugins()), reactor)
+    resultOf(Deferred.fromCoroutine(daemon.start()))
+    added = {"name": "added", "plugin": "echo", "listen": ["udp:7124:interface=127.0.0.1"]}
+    path.write_text(tomli_w.dumps({"daemon": {"admin": False}, "services": [added, ECHO]}))
+    with capturedLogs() as events:
+        failure = failureOf(Deferred.fromCoroutine(daemon.reload()))
+    message = str(failure.value)
+    assert "service 'added': cannot listen on 'udp:7124:interface=127.0.0.1' (services[0].listen[0]): address already in use" in message
+    assert "ss -lunp 'sport = :7124'" in message
+    assert any(message in str(e.get("error")) for e in events)
+
+
+def test_reloadKeepsKeyPathsCurrent(tmp_path: Path) -> None:
+    """
+    After a reload that moves an unchanged service down the file, its listen errors name its new place.
+    """
+    path = tmp_path / "netd.toml"
+    path.write_text(tomli_w.dumps({"daemon": {"admin": False}, "services": [ECHO]}))
+    daemon = Daemon(loadConfig(str(path), discoverPlugins()), UDPMemoryReactorClock())
+    resultOf(Deferred.fromCoroutine(daemon.start()))
+    [echo] = daemon.netServices()
+    assert echo.listenKey(echo.spec.listen[1]) == "services[0].listen[1]"
+    added = {"name": "added", "plugin": "echo", "listen": [TCP]}
+    path.write_text(tomli_w.dumps({"daemon": {"admin": False}, "services": [added, ECHO]}))
+    assert resultOf(Deferred.fromCoroutine(daemon.reload()))["unchanged"] == ["echo"]
+    assert [s.listenKey(s.spec.listen[0]) for s in daemon.netServices()] == ["services[0].listen[0]", "services[1].listen[0]"]
+
+
+def test_noControlAPIUnlessConfigured(tmp_path: Path) -> None:
+    """
+    A config without an admin key starts no control API: nothing listens for it, no token file is made, and the ports file has no admin entry.
+    """
+    portsFile = tmp_path / "ports.json"
+    config = parseConfig({"daemon": {"state_dir": str(tmp_path / "state")}, "services": [ECHO]}, "test.toml", discoverPlugins())
+    reactor = UDPMemoryReactorClock()
+    daemon, d = start(config, reactor, portsFile)
+    resultOf(d)
+    assert daemon.admin is None
+    [(port, factory, _, _)] = reactor.tcpServers
+    assert factory is daemon.netServices()[0].connections
+    assert not (tmp_path / "state" / "admin.token").exists()
+    assert "admin" not in json.loads(portsFile.read_text())
 
 
 def test_bindFailureReleasesEarlierServices() -> None:
