@@ -30,7 +30,7 @@ from netd.privileges import PrivilegeDrop, PrivilegeError
 from netd.service import ReloadInProgress, ServiceStartError
 from netd.systemd import Notifier, startWatchdog
 
-log = Logger(namespace="netd")
+log = Logger(namespace="netd.cli")
 
 DESCRIPTION = """\
 netd runs network protocol services (echo, and whatever plugins are installed)
@@ -152,7 +152,7 @@ def _tlsFileProblems(config: NetdConfig) -> list[str]:
         if not spec.enabled or spec.tls is None or spec.tls.certificate == AUTO:
             continue
         try:
-            ServerTLS(spec.tls, serviceName=spec.name, log=Logger(namespace="netd", observer=warn))
+            ServerTLS(spec.tls, serviceName=spec.name, log=Logger(namespace="netd.cli", observer=warn))
         except TLSSetupError as e:
             problems.append(f"{config.source}: services[{i}].tls: {e}")
     return problems

@@ -34,7 +34,7 @@ from netd.privileges import PrivilegeDrop, PrivilegeError
 from netd.service import ServiceStartError
 from netd.systemd import Notifier, startWatchdog
 
-log = Logger(namespace="netd")
+log = Logger(namespace="netd.tap")
 
 
 class Options(usage.Options):
