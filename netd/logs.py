@@ -15,7 +15,7 @@ import json
 import math
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 from twisted.logger import (
@@ -24,15 +24,16 @@ from twisted.logger import (
     ILogFilterPredicate,
     ILogObserver,
     LogEvent,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    Logger,
     PredicateResult,
     formatEvent,
     formatEventAsClassicLogText,
     globalLogBeginner,
 )
 from twisted.python.failure import Failure
+from twisted.python.reflect import safe_str
 from zope.interface import implementer
 
 LEVELS = tuple(level.name for level in LogLevel.iterconstants())
@@ -135,6 +136,13 @@ def formatEventAsText(event: LogEvent) -> str | None:
     return formatEventAsClassicLogText({**event, "log_system": system})
 
 
+def _time(event: LogEvent) -> str:
+    """
+    The event's time in RFC 3339, UTC, with microseconds.
+    """
+    return datetime.fromtimestamp(float(event.get("log_time", 0.0)), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def eventAsRecord(event: LogEvent) -> dict[str, Any]:
     """
     The flat JSON object of one event: C{time} (RFC 3339, UTC), C{level},
@@ -144,7 +152,7 @@ def eventAsRecord(event: LogEvent) -> dict[str, Any]:
     """
     legacy = event.get("log_namespace") == "log_legacy"
     record: dict[str, Any] = {
-        "time": datetime.fromtimestamp(float(event.get("log_time", 0.0)), timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "time": _time(event),
         "level": _levelName(event),
         "logger": loggerName(event),
     }
@@ -174,7 +182,7 @@ def _plain(value: object) -> object:
     """
     C{value} as a plain JSON value: strings, finite numbers, booleans, null,
     lists and objects as they are; bytes decoded (undecodable bytes as
-    C{\\xNN}); anything else as its C{str}.
+    C{\\xNN}); anything else as its C{str}, as the message shows it.
     """
     if value is None or isinstance(value, (str, bool, int)):
         return value
@@ -186,17 +194,24 @@ def _plain(value: object) -> object:
         return [_plain(item) for item in value]
     if isinstance(value, dict):
         return {str(key): _plain(item) for key, item in value.items()}
-    try:
-        return str(value)
-    except Exception:
-        return repr(value)
+    return safe_str(value)
 
 
 def formatEventAsJSON(event: LogEvent) -> str:
     """
-    One line of JSON: L{eventAsRecord}.
+    One line of JSON: L{eventAsRecord}, in ASCII (other characters as
+    C{\\uXXXX}), so that a stderr of any encoding carries it intact.
+
+    Fields that cannot be written (a list that contains itself) are left out
+    and the reason given as C{fields_error}: an exception here would make
+    Twisted drop the observer, and netd would log nothing more.
     """
-    return json.dumps(eventAsRecord(event), ensure_ascii=False, allow_nan=False) + "\n"
+    try:
+        return json.dumps(eventAsRecord(event), allow_nan=False) + "\n"
+    except (ValueError, TypeError, RecursionError) as e:
+        record = {key: _plain(event.get(key)) for key in ("service",) if key in event}
+        bare = {"time": _time(event), "level": _levelName(event), "logger": loggerName(event), **record}
+        return json.dumps({**bare, "msg": formatEvent(event), "fields_error": safe_str(e)}) + "\n"
 
 
 _PORT_CHATTER = re.compile(r"^(\(\w+ Port \S+ Closed\)|.+ starting on \S+)$")
