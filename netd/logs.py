@@ -218,18 +218,23 @@ _PORT_CHATTER = re.compile(r"^(\(\w+ Port \S+ Closed\)|.+ starting on \S+)$")
 
 
 @implementer(ILogFilterPredicate)
-class PortChatterFilter:
+class ChatterFilter:
     """
-    Drops Twisted's legacy "... starting on N" and "(UDP Port N Closed)" lines:
-    netd logs each listening address itself, with its service, and sockets it
-    opens as a client (the DNS proxy's upstream sockets) would flood the log.
+    Drops Twisted's lines that netd says better itself: the legacy "... starting
+    on N" and "(UDP Port N Closed)" (netd logs each listening address with its
+    service, and sockets it opens as a client, the DNS proxy's upstream
+    sockets, would flood the log), and "Main loop terminated.", which would
+    follow netd's own last line ("netd stopped: ...").
     """
 
     def __call__(self, event: LogEvent) -> PredicateResult:
         """
-        Say no to port chatter, maybe to everything else.
+        Say no to chatter, maybe to everything else.
         """
-        if event.get("log_namespace") == "log_legacy" and _PORT_CHATTER.match(str(event.get("log_text", ""))):
+        namespace = event.get("log_namespace")
+        if namespace == "log_legacy" and _PORT_CHATTER.match(str(event.get("log_text", ""))):
+            return PredicateResult.no
+        if namespace == "twisted.internet.base" and event.get("log_format") == "Main loop terminated.":
             return PredicateResult.no
         return PredicateResult.maybe
 
@@ -242,7 +247,7 @@ def makeObserver(logFormat: str, level: str, stream: IO[str]) -> ILogObserver:
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
     _noteLevel(level)
     _levelPredicates.append(predicate)
-    return FilteringLogObserver(observer, [PortChatterFilter(), predicate])
+    return FilteringLogObserver(observer, [ChatterFilter(), predicate])
 debugEnabled = False
 """
 Whether debug events are written (the configured level is debug): the hot

@@ -124,11 +124,13 @@ def test_textLinesNameTheirLoggerByOneScheme(startNetd: Callable[..., NetdProces
     assert re.search(r"\[netd\.daemon#info\] netd stopped: drained 1 connection in \d+(\.\d+)? seconds$", lines[-1]), lines[-1]
 
 
+@pytest.mark.parametrize("reactor", ["uvloop", "netd"])
 @pytest.mark.parametrize("logFormat", ["text", "json"])
-def test_stoppedWithNothingOpen(startNetd: Callable[..., NetdProcess], logFormat: str) -> None:
+def test_stoppedWithNothingOpen(startNetd: Callable[..., NetdProcess], monkeypatch: pytest.MonkeyPatch, logFormat: str, reactor: str) -> None:
     """
-    Stopped with no connection open, netd's last line says so, in either format.
+    Stopped with no connection open, netd's last line says so, in either format and on either reactor (Twisted's own ends with "Main loop terminated.").
     """
+    monkeypatch.setenv("NETD_REACTOR", reactor)
     daemon = startNetd(config(logFormat, "info", echoService("echo", ["tcp:0:interface=127.0.0.1"])))
     assert daemon.stop() == 0
     last = daemon.log().splitlines()[-1]

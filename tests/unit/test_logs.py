@@ -1,6 +1,6 @@
 """
 Log output: text or JSON lines, the logger naming scheme, the level filter, and
-the port chatter filter.
+the chatter filter.
 """
 
 from __future__ import annotations
@@ -285,6 +285,18 @@ def test_portChatterDropped() -> None:
     assert stream.getvalue().count("\n") == 1
     assert "something else happened" in stream.getvalue()
     assert len(events) == 4
+
+
+def test_mainLoopTerminatedDropped() -> None:
+    """
+    Twisted's "Main loop terminated." is dropped, so that netd's "netd stopped" stays the last line; Twisted's other lines are kept.
+    """
+    publisher, stream = publisherTo("text", "info")
+    log = Logger(namespace="twisted.internet.base", observer=publisher)
+    log.info("Received SIGTERM, shutting down.")
+    log.info("Main loop terminated.")
+    [line] = stream.getvalue().splitlines()
+    assert line.endswith("[twisted.internet.base#info] Received SIGTERM, shutting down.")
 
 
 def test_debugFlagFollowsTheConfiguredLevel() -> None:
