@@ -33,7 +33,7 @@ from netd.service import ReloadInProgress, ServiceStartError
 from netd.systemd import Notifier, startWatchdog
 from netd.words import counted
 
-log = Logger(namespace="netd")
+log = Logger(namespace="netd.cli")
 
 EMBEDDED_DEFAULT = """\
 Without -c, netd run serves its embedded default config, on 127.0.0.1 only:
@@ -214,7 +214,7 @@ def _tlsFileProblems(config: NetdConfig) -> list[str]:
         if not spec.enabled or spec.tls is None or spec.tls.certificate == AUTO:
             continue
         try:
-            ServerTLS(spec.tls, serviceName=spec.name, log=Logger(namespace="netd", observer=warn))
+            ServerTLS(spec.tls, serviceName=spec.name, log=Logger(namespace="netd.cli", observer=warn))
         except TLSSetupError as e:
             problems.append(f"{config.source}: services[{i}].tls: {e}")
     return problems

@@ -17,11 +17,10 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from netd.config import DEFAULT_CONFIG_NAME, DaemonSpec, NetdConfig, ServiceSpec, loadConfig
-from netd.logs import setLogLevel
+from netd.logs import NamedLogger, setLogLevel
 from netd.options import ConfigError, Problem
 from netd.plugin import PluginRegistry, discoverPlugins
 from netd.rlimits import raiseOpenFileLimit
@@ -55,7 +54,7 @@ class Daemon(MultiService):
     ones already bound are released, so that a bad start leaves nothing behind.
     """
 
-    log = Logger()
+    log = NamedLogger(namespace="netd.daemon")
 
     def __init__(
         self,
@@ -423,7 +422,7 @@ class Daemon(MultiService):
             tls.adopt(fresh)
         if daemonSpec.log_level != self.config.daemon.log_level:
             setLogLevel(daemonSpec.log_level)
-            self.log.info("reload: log level is now {level}", level=daemonSpec.log_level)
+            self.log.info("reload: log level is now {new_level}", new_level=daemonSpec.log_level)
         for service in self.netServices():
             service.shutdownTimeout = daemonSpec.shutdown_timeout
             service.configIndex = order.index(service.spec.name)
@@ -502,8 +501,10 @@ class Daemon(MultiService):
     def _stopServices(self) -> Deferred[None]:
         """
         Stop every service, wait for those draining since a reload, then
-        close the control API.
+        close the control API, and log how long the drain took: netd's last line.
         """
+        began = self.reactor.seconds()
+        connections = sum(s.connections.openConnections() for s in self.netServices() if s.connections is not None)
         stopped: Deferred[None] = super().stopService()
         draining = list(self._draining)
         if draining:
@@ -511,7 +512,20 @@ class Daemon(MultiService):
         if self.admin is not None:
             admin = self.admin
             stopped.addBoth(lambda result: Deferred.fromCoroutine(admin.stopListening()).addCallback(lambda _: result))
-        return stopped
+        return stopped.addBoth(self._stopped, connections, began)
+
+    def _stopped(self, result: object, connections: int, began: float) -> object:
+        """
+        Say that netd stopped, how many connections it drained and in how long.
+        """
+        if not connections:
+            message = "netd stopped: no connections were open ({seconds} seconds)"
+        elif connections == 1:
+            message = "netd stopped: drained 1 connection in {seconds} seconds"
+        else:
+            message = "netd stopped: drained {connections} connections in {seconds} seconds"
+        self.log.info(message, connections=connections, seconds=round(self.reactor.seconds() - began, 3))
+        return result
 
     def ready(self) -> bool:
         """

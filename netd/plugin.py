@@ -46,8 +46,8 @@ class PluginContext:
 
     @ivar reactor: the reactor to listen, connect and schedule with; tests pass a
         fake one, so plugins never import the global reactor.
-    @ivar log: a logger in the C{netd.plugins.<plugin>} namespace whose events
-        carry the service name.
+    @ivar log: a logger named after the service (L{netd.logs.ServiceLogger})
+        whose events carry the service name.
     @ivar serviceName: the service's C{name}.
     @ivar counters: the service's counters; a plugin adds its own names.
     @ivar events: the service's recent events (L{netd.events.EventLog}); a

@@ -44,7 +44,7 @@ from zope.interface import directlyProvides, providedBy
 
 from netd.reactor import IMeteredTransport
 
-_log = Logger()
+_log = Logger(namespace="netd.proxyheader")
 
 _V2_PREFIX: bytes = V2Parser.PREFIX
 _V1_PREFIX: bytes = V1Parser.PROXYSTR

@@ -104,7 +104,7 @@ class NetService(Service):
         self.reactor = reactor
         self.shutdownTimeout = shutdownTimeout
         self.counters = Counters()
-        self.log = ServiceLogger(f"netd.plugins.{spec.plugin.name}", spec.name)
+        self.log = ServiceLogger(spec.name)
         self.ports: list[BoundPort] = []
         self.tls: ServerTLS | None = None
         if spec.tls is not None:

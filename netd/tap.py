@@ -35,7 +35,7 @@ from netd.service import ServiceStartError
 from netd.systemd import Notifier, startWatchdog
 from netd.words import counted
 
-log = Logger(namespace="netd")
+log = Logger(namespace="netd.tap")
 
 
 class Options(usage.Options):

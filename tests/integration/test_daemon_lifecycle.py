@@ -256,14 +256,14 @@ def test_jsonLogFormat(startNetd: Any) -> None:
         event = json.loads(line)
         assert isinstance(event, dict), line
         events.append(event)
-    listening = [e for e in events if str(e.get("log_format", "")).startswith("listening on")]
+    listening = [e for e in events if str(e.get("msg", "")).startswith("listening on")]
     assert [(e["service"], e["listen"]) for e in listening] == [
         ("echo", "tcp:0:interface=127.0.0.1"),
         ("echo", "udp:0:interface=127.0.0.1"),
     ], events
     port = netd.address("echo", "tcp")[1]
     assert listening[0]["address"] == f"tcp 127.0.0.1:{port}"
-    assert any(e.get("log_format") == "stopped" and e.get("service") == "echo" for e in events)
+    assert any(e.get("msg") == "stopped" and e.get("service") == "echo" for e in events)
 
 
 DEFAULT_PORTS = [

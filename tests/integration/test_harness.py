@@ -100,7 +100,7 @@ def test_tomlConfigKeepsItsOwnKeys(netd_server: Start) -> None:
     assert tcpEcho(server.address("lines"), b"one line\n") == b"one line\n"
     assert server.admin.health() == {"status": "ok"}
     first = server.log().splitlines()[0]
-    assert json.loads(first)["log_namespace"] == "netd"
+    assert json.loads(first)["logger"] == "netd.cli"
 
 
 def test_severalNetdsInOneTest(netd_server: Start) -> None:
