@@ -66,7 +66,7 @@ from zope.interface import implementer
 from netd import logs
 from netd.certs import autoCertificate, defaultStateDir, utcNow
 from netd.metrics import Counters
-from netd.options import InvalidValue, between, describeValue, option
+from netd.options import ConfigPath, InvalidValue, between, describeValue, option
 
 from OpenSSL._util import ffi as _ffi, lib as _openssl
 
@@ -370,8 +370,8 @@ class SNICertificate:
     The certificate served to clients that ask for one server name.
     """
 
-    certificate: str = option(help="PEM file of the certificate for this name (the chain may follow it).")
-    private_key: str = option(help="PEM file of its private key (unencrypted).")
+    certificate: Literal["auto"] | ConfigPath = option(help="PEM file of the certificate for this name (the chain may follow it).")
+    private_key: ConfigPath = option(help="PEM file of its private key (unencrypted).")
 
 
 @attrs.frozen
@@ -380,11 +380,11 @@ class TLSOptions:
     A service's C{tls} table: TLS in front of its plugin, on its stream listeners.
     """
 
-    certificate: str = option(
+    certificate: Literal["auto"] | ConfigPath = option(
         help='PEM file of the server certificate (the chain may follow it), or "auto" for a development '
         "certificate made once in the state directory.",
     )
-    private_key: str | None = option(
+    private_key: ConfigPath | None = option(
         None, help='PEM file of the certificate\'s private key (unencrypted); required unless certificate = "auto".'
     )
     profile: Profile = option(
@@ -408,7 +408,7 @@ class TLSOptions:
         help="ALPN protocols offered, preferred first; a client offering only others is refused. None: no ALPN.",
         checks=(_validProtocols,),
     )
-    client_ca: str | None = option(None, help="PEM file of the CAs client certificates must chain to.")
+    client_ca: ConfigPath | None = option(None, help="PEM file of the CAs client certificates must chain to.")
     client_auth: ClientAuth = option(
         "none", help='Client certificates: "none" (not asked for), "optional" (checked if sent) or "required".'
     )
