@@ -1132,7 +1132,7 @@ class AdminServer:
             self.port = await self._listen(site)
         except Exception as e:
             raise ServiceStartError(
-                f"control API: cannot listen on {self.address.text!r} ([daemon] admin): {e}"
+                f"control API: cannot listen on {self.address.text!r} ([daemon] admin): {e}", key=("daemon", "admin")
             ) from e
         bound = describeBound(self.port)
         host = bound.get("host")
@@ -1159,7 +1159,9 @@ class AdminServer:
         try:
             return loadAccess(spec, tcp=not self.unix, boundHost=self.boundHost)
         except TokenFileError as e:
-            raise ServiceStartError(f"control API: [daemon] admin_token_file: {e}") from e
+            raise ServiceStartError(
+                f"control API: [daemon] admin_token_file: {e}", key=("daemon", "admin_token_file"), reason=str(e)
+            ) from e
 
     async def _listen(self, site: AdminSite) -> IListeningPort:
         """

@@ -154,6 +154,22 @@ def resolveEndpointPaths(text: str) -> str:
     return ":".join(parts)
 
 
+def unixSocketPath(text: str) -> str | None:
+    """
+    The socket file a C{unix:} stream endpoint (bare or inside C{haproxy:})
+    listens on; L{None} for other endpoints.
+    """
+    parts = _rawParts(text)
+    if parts[0] == "haproxy" and len(parts) > 1:
+        return unixSocketPath(text.partition(":")[2])
+    if parts[0] != "unix":
+        return None
+    keywords = [k for k in map(_splitKeyword, parts[1:]) if k is not None and k[0] == "address"]
+    positional = [raw for raw in parts[1:] if _splitKeyword(raw) is None]
+    raw = keywords[0][1] if keywords else positional[0] if positional else ""
+    return _unescape(raw) or None
+
+
 def _checkPort(text: str) -> int:
     """
     Parse a port number, 0 meaning "let the system pick one".

@@ -31,6 +31,7 @@ from netd.limits import ConnectionLimiter
 from netd.listen import ListenAddress, describeBound
 from netd.logs import ServiceLogger
 from netd.metrics import Counters
+from netd.options import KeyPath
 from netd.plugin import PluginContext
 from netd.proxyheader import TrustedSources
 from netd.rlimits import defaultMaxConnections
@@ -49,7 +50,20 @@ class ServiceStartError(Exception):
     A service could not start: a TLS file is unusable, its plugin failed to
     build, or an address could not be listened on.  The message names the
     service and the file or address.
+
+    @ivar service: the name of the service that failed; L{None} for the
+        control API.
+    @ivar key: the key path at fault, within the service's table (or from
+        the top of the file when C{service} is L{None}), so that C{netd run}
+        names it as C{netd check} names config problems.
+    @ivar reason: the message without the service's name, to follow the key path.
     """
+
+    def __init__(self, message: str, *, service: str | None = None, key: KeyPath = (), reason: str | None = None) -> None:
+        super().__init__(message)
+        self.service = service
+        self.key = key
+        self.reason = message if reason is None else reason
 
 
 class ReloadInProgress(Exception):
@@ -101,7 +115,7 @@ class NetService(Service):
             try:
                 self.tls = ServerTLS(spec.tls, serviceName=spec.name, log=self.log, stateDir=stateDir)
             except TLSSetupError as e:
-                raise ServiceStartError(f"service {spec.name!r}: {e}") from e
+                raise ServiceStartError(f"service {spec.name!r}: {e}", service=spec.name, key=e.key, reason=str(e)) from e
         self.events = EventLog(spec.events, reactor)
         self.faults = ServiceFaults(spec.faults, spec.shape, self.counters, self.events)
         context = PluginContext(
@@ -111,7 +125,9 @@ class NetService(Service):
             self.handler = spec.plugin.build(spec.options, context)
         except Exception as e:
             raise ServiceStartError(
-                f"service {spec.name!r}: plugin {spec.plugin.name!r} failed to build: {type(e).__name__}: {e}"
+                f"service {spec.name!r}: plugin {spec.plugin.name!r} failed to build: {type(e).__name__}: {e}",
+                service=spec.name,
+                key=("plugin",),
             ) from e
         self.connections: ConnectionLimiter | None = None
         if any(a.transport == "stream" for a in spec.listen):
@@ -199,7 +215,11 @@ class NetService(Service):
                 return await actual.listenStream(self.reactor, self.connections, TrustedSources.fromConfig(self.spec.proxy_trusted))
             return actual.listenDatagram(self.reactor, DatagramListener(self.handler, self.counters, faults=self.faults, clock=self.reactor, ownPorts=LISTENING_PORTS))
         except Exception as e:
-            raise ServiceStartError(f"service {self.name!r}: cannot listen on {address.text!r}: {e}") from e
+            raise ServiceStartError(
+                f"service {self.name!r}: cannot listen on {address.text!r}: {e}",
+                service=self.name,
+                key=("listen", self.spec.listen.index(address)),
+            ) from e
 
     def _record(self, address: ListenAddress, port: IListeningPort) -> None:
         """
@@ -241,7 +261,9 @@ class NetService(Service):
                 if attempt == SHARED_PORT_ATTEMPTS:
                     raise ServiceStartError(
                         f"service {self.name!r}: cannot listen on {second.text!r} on the port of {first.text!r}: "
-                        f"the number picked was taken for it {attempt} times in a row ({cause})"
+                        f"the number picked was taken for it {attempt} times in a row ({cause})",
+                        service=self.name,
+                        key=("listen", self.spec.listen.index(second)),
                     ) from cause
                 self.log.info(
                     "port {port} is taken for {listen}; picking another one for it and {other}",

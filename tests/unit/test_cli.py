@@ -279,18 +279,20 @@ def tlsConfig(tmp_path: Path, certificate: str, privateKey: str) -> Path:
 
 def test_checkOpensTLSFiles(tmp_path: Path) -> None:
     """
-    netd check opens the files of tls tables: a good pair passes, a missing key file and a key of another certificate fail naming the service's tls key path.
+    netd check opens the files of tls tables: a good pair passes, a missing key file and a key of another certificate fail naming the file's own key path.
     """
     files, _ = ensureDevelopmentSet(str(tmp_path / "certs"))
     good = runNetd("check", "-c", str(tlsConfig(tmp_path, files.server, files.serverKey)))
     assert good.returncode == 0, good.stderr
     missing = runNetd("check", "-c", str(tlsConfig(tmp_path, files.server, str(tmp_path / "nowhere.pem"))))
     assert missing.returncode == 1
-    assert "services[0].tls:" in missing.stderr and "nowhere.pem" in missing.stderr
+    assert missing.stderr.startswith(f"{tmp_path / 'tls.toml'}: services[0].tls.private_key: cannot read ")
+    assert "nowhere.pem" in missing.stderr
     assert missing.stdout == ""
     mismatched = runNetd("check", "-c", str(tlsConfig(tmp_path, files.server, files.clientKey)))
     assert mismatched.returncode == 1
-    assert "services[0].tls:" in mismatched.stderr
+    assert f"{tmp_path / 'tls.toml'}: services[0].tls.private_key: " in mismatched.stderr
+    assert "does not match the certificate" in mismatched.stderr
 
 
 def test_checkWarnsOfExpiredCertificate(tmp_path: Path) -> None:
