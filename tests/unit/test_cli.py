@@ -304,3 +304,23 @@ def test_checkWarnsOfExpiredCertificate(tmp_path: Path) -> None:
     result = runNetd("check", "-c", str(tlsConfig(tmp_path, certificate, key)))
     assert result.returncode == 0, result.stderr
     assert "warning:" in result.stderr and "expired" in result.stderr
+
+
+def test_startErrorsNameTheirKeyPath() -> None:
+    """
+    netd run reports a start error as check reports a problem: a service's at services[N] plus its key within the service, the control API's and a privilege error's from the top of the file.
+    """
+    from netd.cli import startErrorProblem
+    from netd.config import parseConfig
+    from netd.options import Problem
+    from netd.privileges import PrivilegeError
+    from netd.service import ServiceStartError
+
+    echo = {"plugin": "echo", "listen": ["tcp:0"]}
+    config = parseConfig({"services": [{"name": "a", **echo}, {"name": "b", **echo}]}, "netd.toml", discoverPlugins())
+    tls = ServiceStartError("service 'b': cannot read", service="b", key=("tls", "certificate"), reason="cannot read")
+    assert startErrorProblem(config, tls) == Problem(("services", 1, "tls", "certificate"), "cannot read")
+    token = ServiceStartError("control API: too open", key=("daemon", "admin_token_file"), reason="too open")
+    assert startErrorProblem(config, token).render("netd.toml") == "netd.toml: daemon.admin_token_file: too open"
+    state = PrivilegeError("[daemon] state_dir '/s': owned by nobody", ("daemon", "state_dir"))
+    assert startErrorProblem(config, state) == Problem(("daemon", "state_dir"), "[daemon] state_dir '/s': owned by nobody")
