@@ -148,7 +148,6 @@ def startProblems(config: NetdConfig) -> list[Problem]:
     from twisted.logger import ILogObserver, LogLevel, formatEvent
     from zope.interface import provider
 
-    from netd.admin import GENERATED_TOKEN_FILE, TokenFileError, readToken
     from netd.tls import AUTO, ServerTLS, TLSSetupError, loadKeyPair
 
     @provider(ILogObserver)
@@ -165,6 +164,8 @@ def startProblems(config: NetdConfig) -> list[Problem]:
         problems.append(Problem(e.key, str(e)))
     sockets: list[tuple[KeyPath, str]] = []
     if daemon.admin.address is not None:
+        from netd.admin import GENERATED_TOKEN_FILE, TokenFileError, readToken
+
         sockets.append((("daemon", "admin"), daemon.admin.address.text))
         if isinstance(daemon.admin_token_file, str):
             try:
