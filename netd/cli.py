@@ -135,15 +135,77 @@ def startProblems(config: NetdConfig) -> list[Problem]:
     config, found without making or changing anything, as this user (run
     check as the user that runs netd): whether netd can become C{[daemon]
     user} and, started as root, whether that user could change the state
-    directory (L{PrivilegeDrop.check}); the files of every enabled service's
-    C{tls} table, opened and checked as at start (an expired certificate is
-    a warning, as at start); C{admin_token_file}, read by run's own
-    L{netd.admin.readToken}; that the state directory can be written where
-    netd makes files in it (C{certificate = "auto"}, the control API's
-    token); and that the folder of every C{unix:} socket exists and can be
-    written.  What is left to C{run} is binding the addresses.
+    directory (L{PrivilegeDrop.check}); the control API's token
+    (L{_adminProblems}); the TLS files (L{_tlsProblems}); and that the folder
+    of every C{unix:} socket exists and can be written.  What is left to
+    C{run} is binding the addresses.
 
     @return: the problems, each at its key path.
+    """
+    daemon = config.daemon
+    stateDir = daemon.state_dir or defaultStateDir()
+    problems: list[Problem] = []
+    try:
+        PrivilegeDrop.check(daemon.user, daemon.group, daemon.state_dir)
+    except PrivilegeError as e:
+        problems.append(Problem(e.key, str(e)))
+    sockets: list[tuple[KeyPath, str]] = []
+    if daemon.admin.address is not None:
+        sockets.append((("daemon", "admin"), daemon.admin.address.text))
+        problems.extend(_adminProblems(config, stateDir))
+    for i, spec in enumerate(config.services):
+        if spec.enabled:
+            sockets.extend((("services", i, "listen", j), address.text) for j, address in enumerate(spec.listen))
+    problems.extend(_tlsProblems(config, stateDir))
+    for key, text in sockets:
+        path = unixSocketPath(text)
+        why = None if path is None else _cannotWrite(os.path.dirname(os.path.abspath(path)), make=False)
+        if why is not None:
+            problems.append(Problem(key, f"cannot make the socket {path!r}: {why}"))
+    return problems
+
+
+def _adminProblems(config: NetdConfig, stateDir: str) -> list[Problem]:
+    """
+    What the control API's start would refuse: C{admin_token_file}, read
+    by run's own L{netd.admin.readToken} (mode, size, content); without one,
+    on TCP, a state directory where netd cannot write the token it makes.
+    """
+    from netd.admin import GENERATED_TOKEN_FILE, TokenFileError, readToken
+
+    daemon = config.daemon
+    assert daemon.admin.address is not None
+    if isinstance(daemon.admin_token_file, str):
+        try:
+            readToken(daemon.admin_token_file)
+        except TokenFileError as e:
+            return [Problem(("daemon", "admin_token_file"), str(e))]
+        return []
+    if daemon.admin_token_file is False or _unixAdmin(daemon.admin.address.text):
+        return []
+    generated = os.path.join(stateDir, GENERATED_TOKEN_FILE)
+    try:
+        readToken(generated)
+        return []
+    except TokenFileError:
+        why = _cannotWrite(stateDir)
+    if why is None:
+        return []
+    return [
+        Problem(
+            ("daemon", "admin_token_file"),
+            f"unset, so netd makes a token in {generated!r}, but {why}; set [daemon] state_dir to a folder this "
+            "user may write, admin_token_file to a file holding a secret, or admin_token_file = false",
+        )
+    ]
+
+
+def _tlsProblems(config: NetdConfig, stateDir: str) -> list[Problem]:
+    """
+    What loading the C{tls} tables of the enabled services would refuse: the
+    files, opened and checked as at start (an expired certificate is a
+    warning, as at start); for C{certificate = "auto"}, a set that is not
+    there yet and a state directory where it cannot be made.
     """
     from twisted.logger import ILogObserver, LogLevel, formatEvent
     from zope.interface import provider
@@ -155,67 +217,30 @@ def startProblems(config: NetdConfig) -> list[Problem]:
         if event.get("log_level") in (LogLevel.warn, LogLevel.error):
             print(f"{config.source}: warning: {formatEvent(event)}", file=sys.stderr)
 
-    daemon = config.daemon
-    stateDir = daemon.state_dir or defaultStateDir()
-    problems: list[Problem] = []
-    try:
-        PrivilegeDrop.check(daemon.user, daemon.group, daemon.state_dir)
-    except PrivilegeError as e:
-        problems.append(Problem(e.key, str(e)))
-    sockets: list[tuple[KeyPath, str]] = []
-    if daemon.admin.address is not None:
-        from netd.admin import GENERATED_TOKEN_FILE, TokenFileError, readToken
-
-        sockets.append((("daemon", "admin"), daemon.admin.address.text))
-        if isinstance(daemon.admin_token_file, str):
-            try:
-                readToken(daemon.admin_token_file)
-            except TokenFileError as e:
-                problems.append(Problem(("daemon", "admin_token_file"), str(e)))
-        elif daemon.admin_token_file is None and not _unixAdmin(daemon.admin.address.text):
-            try:
-                readToken(os.path.join(stateDir, GENERATED_TOKEN_FILE))
-            except TokenFileError:
-                why = _cannotWrite(stateDir)
-                if why is not None:
-                    problems.append(
-                        Problem(
-                            ("daemon", "admin_token_file"),
-                            f"unset, so netd makes a token in {os.path.join(stateDir, GENERATED_TOKEN_FILE)!r}, but {why}; "
-                            "set [daemon] state_dir to a folder this user may write, admin_token_file to a file "
-                            "holding a secret, or admin_token_file = false",
-                        )
-                    )
+    problems = []
     for i, spec in enumerate(config.services):
-        if not spec.enabled:
+        if not spec.enabled or spec.tls is None:
             continue
-        sockets.extend((("services", i, "listen", j), address.text) for j, address in enumerate(spec.listen))
-        if spec.tls is None:
-            continue
-        if spec.tls.certificate == AUTO:
-            folder = os.path.join(stateDir, "tls")
+        if spec.tls.certificate != AUTO:
             try:
-                loadKeyPair(os.path.join(folder, "server.pem"), os.path.join(folder, "server-key.pem"), "tls")
-            except TLSSetupError:
-                why = _cannotWrite(folder)
-                if why is not None:
-                    problems.append(
-                        Problem(
-                            ("services", i, "tls", "certificate"),
-                            f'"auto" makes the development certificate in {folder!r}, but {why}; '
-                            "set [daemon] state_dir to a writable folder",
-                        )
-                    )
+                ServerTLS(spec.tls, serviceName=spec.name, log=Logger(namespace="netd", observer=warn))
+            except TLSSetupError as e:
+                problems.append(Problem(("services", i) + e.key, str(e)))
             continue
+        folder = os.path.join(stateDir, "tls")
         try:
-            ServerTLS(spec.tls, serviceName=spec.name, log=Logger(namespace="netd", observer=warn))
-        except TLSSetupError as e:
-            problems.append(Problem(("services", i) + e.key, str(e)))
-    for key, text in sockets:
-        path = unixSocketPath(text)
-        why = None if path is None else _cannotWrite(os.path.dirname(os.path.abspath(path)), make=False)
+            loadKeyPair(os.path.join(folder, "server.pem"), os.path.join(folder, "server-key.pem"), "tls")
+            continue
+        except TLSSetupError:
+            why = _cannotWrite(folder)
         if why is not None:
-            problems.append(Problem(key, f"cannot make the socket {path!r}: {why}"))
+            problems.append(
+                Problem(
+                    ("services", i, "tls", "certificate"),
+                    f'"auto" makes the development certificate in {folder!r}, but {why}; '
+                    "set [daemon] state_dir to a writable folder",
+                )
+            )
     return problems
 
 
