@@ -1174,7 +1174,9 @@ class AdminServer:
             why = whyListenFailed(
                 "[daemon] admin", self.address, e, otherWays=", or leave admin out (or set it to false) to run without the control API"
             )
-            raise ServiceStartError(f"control API: cannot listen on {self.address.text!r} ([daemon] admin): {why}") from e
+            raise ServiceStartError(
+                f"control API: cannot listen on {self.address.text!r} ([daemon] admin): {why}", key=("daemon", "admin")
+            ) from e
         bound = describeBound(self.port)
         host = bound.get("host")
         if isinstance(host, str):
@@ -1200,7 +1202,9 @@ class AdminServer:
         try:
             return loadAccess(spec, tcp=not self.unix, boundHost=self.boundHost)
         except TokenFileError as e:
-            raise ServiceStartError(f"control API: [daemon] admin_token_file: {e}") from e
+            raise ServiceStartError(
+                f"control API: [daemon] admin_token_file: {e}", key=("daemon", "admin_token_file"), reason=str(e)
+            ) from e
 
     async def _listen(self, site: AdminSite) -> IListeningPort:
         """

@@ -24,8 +24,9 @@ from netd.certs import DevelopmentSet, defaultStateDir, ensureDevelopmentSet, wr
 from netd.config import NetdConfig, loadConfig
 from netd.daemon import Daemon
 from netd.logs import startLogging
+from netd.listen import splitDescription, unixSocketPath
 from netd.openapi import renderOpenAPI
-from netd.options import ConfigError, describeSchema
+from netd.options import ConfigError, KeyPath, Problem, describeSchema, renderPath
 from netd.plugin import PluginRegistry, discoverPlugins
 from netd.privileges import PrivilegeDrop, PrivilegeError
 from netd.schema import configSchema, registryPlugins, renderSchema
@@ -173,16 +174,16 @@ def _load(path: str | None, registry: PluginRegistry) -> NetdConfig | None:
 
 def checkCommand(args: argparse.Namespace) -> int:
     """
-    C{netd check}: validate the config and the files of its tls tables, and
-    print the normalized config.
+    C{netd check}: validate the config, check what C{netd run} checks when
+    it starts (L{startProblems}), and print the normalized config.
     """
     config = _load(args.config, discoverPlugins())
     if config is None:
         return 1
-    problems = _tlsFileProblems(config)
+    problems = startProblems(config)
     if problems:
         for problem in problems:
-            print(problem, file=sys.stderr)
+            print(problem.render(config.source), file=sys.stderr)
         print(f"{counted(len(problems), 'problem')} found; nothing was started.", file=sys.stderr)
         return 1
     sys.stdout.write(f"# {config.source}: valid\n")
@@ -190,19 +191,88 @@ def checkCommand(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tlsFileProblems(config: NetdConfig) -> list[str]:
+def startProblems(config: NetdConfig) -> list[Problem]:
     """
-    Open and check the files of every enabled service's C{tls} table as
-    C{netd run} would (certificates, keys and their match, client CAs, SNI
-    certificates), so that a missing or mismatched file is found before a
-    deploy rather than at start.  C{certificate = "auto"} is left alone: it
-    is made at start, and checking makes no file.  An expired certificate is
-    reported as a warning, as C{netd run} logs it, and does not fail the check.
+    Everything but the network that would make C{netd run} refuse a valid
+    config, found without making or changing anything, as this user (run
+    check as the user that runs netd): whether netd can become C{[daemon]
+    user} and, started as root, whether that user could change the state
+    directory (L{PrivilegeDrop.check}); the control API's token
+    (L{_adminProblems}); the TLS files (L{_tlsProblems}); and that the folder
+    of every C{unix:} socket exists and can be written.  What is left to
+    C{run} is binding the addresses.
+
+    @return: the problems, each at its key path.
+    """
+    daemon = config.daemon
+    stateDir = daemon.state_dir or defaultStateDir()
+    problems: list[Problem] = []
+    try:
+        PrivilegeDrop.check(daemon.user, daemon.group, daemon.state_dir)
+    except PrivilegeError as e:
+        problems.append(Problem(e.key, str(e)))
+    sockets: list[tuple[KeyPath, str]] = []
+    if daemon.admin.address is not None:
+        sockets.append((("daemon", "admin"), daemon.admin.address.text))
+        problems.extend(_adminProblems(config, stateDir))
+    for i, spec in enumerate(config.services):
+        if spec.enabled:
+            sockets.extend((("services", i, "listen", j), address.text) for j, address in enumerate(spec.listen))
+    problems.extend(_tlsProblems(config, stateDir))
+    for key, text in sockets:
+        path = unixSocketPath(text)
+        why = None if path is None else _cannotWrite(os.path.dirname(os.path.abspath(path)), make=False)
+        if why is not None:
+            problems.append(Problem(key, f"cannot make the socket {path!r}: {why}"))
+    return problems
+
+
+def _adminProblems(config: NetdConfig, stateDir: str) -> list[Problem]:
+    """
+    What the control API's start would refuse: C{admin_token_file}, read
+    by run's own L{netd.admin.readToken} (mode, size, content); without one,
+    on TCP, a state directory where netd cannot write the token it makes.
+    """
+    from netd.admin import GENERATED_TOKEN_FILE, TokenFileError, readToken
+
+    daemon = config.daemon
+    assert daemon.admin.address is not None
+    if isinstance(daemon.admin_token_file, str):
+        try:
+            readToken(daemon.admin_token_file)
+        except TokenFileError as e:
+            return [Problem(("daemon", "admin_token_file"), str(e))]
+        return []
+    if daemon.admin_token_file is False or _unixAdmin(daemon.admin.address.text):
+        return []
+    generated = os.path.join(stateDir, GENERATED_TOKEN_FILE)
+    try:
+        readToken(generated)
+        return []
+    except TokenFileError:
+        why = _cannotWrite(stateDir)
+    if why is None:
+        return []
+    return [
+        Problem(
+            ("daemon", "admin_token_file"),
+            f"unset, so netd makes a token in {generated!r}, but {why}; set [daemon] state_dir to a folder this "
+            "user may write, admin_token_file to a file holding a secret, or admin_token_file = false",
+        )
+    ]
+
+
+def _tlsProblems(config: NetdConfig, stateDir: str) -> list[Problem]:
+    """
+    What loading the C{tls} tables of the enabled services would refuse: the
+    files, opened and checked as at start (an expired certificate is a
+    warning, as at start); for C{certificate = "auto"}, a set that is not
+    there yet and a state directory where it cannot be made.
     """
     from twisted.logger import ILogObserver, LogLevel, formatEvent
     from zope.interface import provider
 
-    from netd.tls import AUTO, ServerTLS, TLSSetupError
+    from netd.tls import AUTO, ServerTLS, TLSSetupError, loadKeyPair
 
     @provider(ILogObserver)
     def warn(event: dict[str, Any]) -> None:
@@ -211,13 +281,69 @@ def _tlsFileProblems(config: NetdConfig) -> list[str]:
 
     problems = []
     for i, spec in enumerate(config.services):
-        if not spec.enabled or spec.tls is None or spec.tls.certificate == AUTO:
+        if not spec.enabled or spec.tls is None:
             continue
+        if spec.tls.certificate != AUTO:
+            try:
+                ServerTLS(spec.tls, serviceName=spec.name, log=Logger(namespace="netd.cli", observer=warn))
+            except TLSSetupError as e:
+                problems.append(Problem(("services", i) + e.key, str(e)))
+            continue
+        folder = os.path.join(stateDir, "tls")
         try:
-            ServerTLS(spec.tls, serviceName=spec.name, log=Logger(namespace="netd.cli", observer=warn))
-        except TLSSetupError as e:
-            problems.append(f"{config.source}: services[{i}].tls: {e}")
+            loadKeyPair(os.path.join(folder, "server.pem"), os.path.join(folder, "server-key.pem"), "tls")
+            continue
+        except TLSSetupError:
+            why = _cannotWrite(folder)
+        if why is not None:
+            problems.append(
+                Problem(
+                    ("services", i, "tls", "certificate"),
+                    f'"auto" makes the development certificate in {folder!r}, but {why}; '
+                    "set [daemon] state_dir to a writable folder",
+                )
+            )
     return problems
+
+
+def _unixAdmin(text: str) -> bool:
+    """
+    Whether a control API address is a unix socket (whose file mode guards
+    it, so netd makes no token for it), as L{netd.admin.AdminServer.unix} decides.
+    """
+    kind, *rest = splitDescription(text)
+    return kind == "unix" or (kind == "systemd" and "domain=UNIX" in rest)
+
+
+def _cannotWrite(folder: str, make: bool = True) -> str | None:
+    """
+    Why this user could not write in C{folder} (or, with C{make}, make it
+    in the nearest folder above it that exists), in words; L{None} when it can.
+    """
+    path = os.path.abspath(folder)
+    while make and not os.path.lexists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        return f"{path!r} is not a folder" if os.path.lexists(path) else f"the folder {path!r} does not exist"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"this user (uid {os.geteuid()}) may not write in {path!r}"
+    return None
+
+
+def startErrorProblem(config: NetdConfig, error: ServiceStartError | PrivilegeError) -> Problem:
+    """
+    A start error of C{netd run} as the config problem it is: at its key
+    path (C{services[1].tls.certificate}, C{daemon.admin_token_file}), as
+    C{netd check} reports it.
+    """
+    if isinstance(error, PrivilegeError):
+        return Problem(error.key, str(error))
+    if error.service is None:
+        return Problem(error.key, error.reason)
+    index = next((i for i, spec in enumerate(config.services) if spec.name == error.service), None)
+    if index is None:
+        return Problem(error.key, str(error))
+    return Problem(("services", index) + error.key, error.reason)
 
 
 def pluginsCommand(args: argparse.Namespace) -> int:
@@ -345,8 +471,14 @@ async def runDaemon(reactor: Any, config: NetdConfig, portsFile: str | None) -> 
         reactor.addSystemEventTrigger("before", "shutdown", daemon.stopService)
         await daemon.start(portsFile, beforeServing=dropPrivileges)
     except (ServiceStartError, PrivilegeError) as e:
-        notifier.status(f"cannot start: {e}")
-        log.critical("netd cannot start: {error}", error=str(e))
+        problem = startErrorProblem(config, e)
+        notifier.status(f"cannot start: {problem.render(config.source)}")
+        log.critical(
+            "netd cannot start: {error}",
+            error=problem.render(config.source),
+            config_file=config.source,
+            key=renderPath(problem.path),
+        )
         raise SystemExit(1) from None
     reloadSignal.attach(daemon)
     await Deferred()

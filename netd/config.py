@@ -11,6 +11,7 @@ listened on before all of it passes.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from importlib.resources import files
 from typing import Any, ClassVar, Literal
@@ -24,6 +25,7 @@ from netd.framing import FRAMINGS
 from netd.listen import ListenAddress, splitDescription
 from netd.options import (
     ConfigError,
+    ConfigPath,
     InvalidValue,
     KeyPath,
     Problem,
@@ -33,6 +35,7 @@ from netd.options import (
     decodeTable,
     describeValue,
     option,
+    relativeTo,
     schemaFields,
     toConfig,
 )
@@ -147,11 +150,10 @@ class DaemonSpec:
         "stop sending first; then listeners close and open connections get shutdown_timeout.",
         checks=(between(0, 3600),),
     )
-    state_dir: str | None = option(
+    state_dir: ConfigPath | None = option(
         None,
         help="Where netd keeps state (the certificates of tls certificate = \"auto\", in its tls/ folder); "
         "when unset $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/netd, else ~/.local/state/netd.",
-        checks=(lambda v: None if v.strip() else "expected a folder path, got an empty string",),
     )
     admin: AdminAddress = option(
         AdminAddress(None),
@@ -161,7 +163,7 @@ class DaemonSpec:
         "Unset or false, there is no control API, so netds whose services use different ports start side by side. "
         "An address reachable from other hosts needs admin_token_file.",
     )
-    admin_token_file: str | Literal[False] | None = option(
+    admin_token_file: ConfigPath | Literal[False] | None = option(
         None,
         help="A file holding the token the control API requires as 'Authorization: Bearer TOKEN' "
         "(surrounding whitespace ignored, at most 4096 bytes, readable by its owner only), read when netd starts "
@@ -169,7 +171,6 @@ class DaemonSpec:
         "endpoint but /health, /ready and /openapi.json needs it. Unset, a TCP control API gets a token netd makes in "
         "state_dir/admin.token, required for every request that changes something (POST, PUT, PATCH, DELETE); "
         "false turns that off (loopback or unix: only).",
-        checks=(lambda v: None if v is False or v.strip() else "expected a file path, got an empty string",),
     )
     admin_hosts: tuple[str, ...] = option(
         (),
@@ -589,4 +590,5 @@ def loadConfig(path: str | None, registry: PluginRegistry) -> NetdConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(source, [Problem((), f"not valid TOML: {e}")]) from None
-    return parseConfig(data, source, registry)
+    with relativeTo(None if path is None else os.path.dirname(path)):
+        return parseConfig(data, source, registry)

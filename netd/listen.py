@@ -21,7 +21,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import DatagramProtocol
 
-from netd.options import InvalidValue
+from netd.options import InvalidValue, resolvePath
 from netd.proxyheader import DEFAULT_TRUSTED_SOURCES, ProxyHeaderFactory, TrustedSources
 from netd.reactor import INetdReactor, acceptGuarded
 from netd.rlimits import systemBacklog
@@ -65,6 +65,112 @@ def splitDescription(text: str) -> list[str]:
         else:
             parts[-1] += char
     return parts
+
+
+_PATH_ARGUMENTS = {
+    "unix": ("address",),
+    "ssl": ("privateKey", "certKey", "extraCertChain", "caCertsDir", "dhParameters"),
+}
+"""
+The endpoint arguments that name files, by endpoint type, which a config
+file's folder places (L{resolveEndpointPaths}); a C{unix:} socket's path is
+also its first positional argument.
+"""
+
+
+def _rawParts(text: str) -> list[str]:
+    """
+    Split an endpoint description at its unescaped colons, keeping the
+    escapes (unlike L{splitDescription}), so that the parts not changed can
+    be joined back as written.
+    """
+    parts = [""]
+    chars = iter(text)
+    for char in chars:
+        if char == "\\":
+            parts[-1] += char + next(chars, "")
+        elif char == ":":
+            parts.append("")
+        else:
+            parts[-1] += char
+    return parts
+
+
+def _unescape(raw: str) -> str:
+    """
+    An argument of an endpoint description (a part of L{_rawParts}, which
+    holds no unescaped colon) without its backslash escapes.
+    """
+    return splitDescription(raw)[0]
+
+
+def _escape(text: str) -> str:
+    """
+    An argument as an endpoint description writes it: backslash, colon and
+    equals sign escaped (Twisted's grammar).
+    """
+    return "".join("\\" + c if c in "\\:=" else c for c in text)
+
+
+def _splitKeyword(raw: str) -> tuple[str, str] | None:
+    """
+    C{(key, raw value)} of an argument C{key=value} (at its first unescaped
+    equals sign), or L{None} for a positional argument.
+    """
+    escaped = False
+    for i, char in enumerate(raw):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "=":
+            return _unescape(raw[:i]), raw[i + 1 :]
+    return None
+
+
+def resolveEndpointPaths(text: str) -> str:
+    """
+    A stream endpoint description with the relative file paths of its
+    arguments (a C{unix:} socket's path, positional or C{address=}; the files
+    of C{ssl:}; inside C{haproxy:} too) resolved from the config file's
+    folder (L{resolvePath}), escaped again for Twisted's grammar.  Arguments
+    that are not paths, or are already absolute, stay as written.
+    """
+    parts = _rawParts(text)
+    if parts[0] == "haproxy" and len(parts) > 1:
+        return "haproxy:" + resolveEndpointPaths(text.partition(":")[2])
+    names = _PATH_ARGUMENTS.get(parts[0])
+    if names is None:
+        return text
+    positional = 0
+    for i, raw in enumerate(parts[1:], start=1):
+        keyword = _splitKeyword(raw)
+        if keyword is None:
+            isPath, prefix, value = parts[0] == "unix" and positional == 0, "", raw
+            positional += 1
+        else:
+            key, value = keyword
+            isPath, prefix = key in names, raw[: len(raw) - len(value)]
+        path = _unescape(value)
+        if isPath and path and not path.startswith("\0") and resolvePath(path) != path:
+            parts[i] = prefix + _escape(resolvePath(path))
+    return ":".join(parts)
+
+
+def unixSocketPath(text: str) -> str | None:
+    """
+    The socket file a C{unix:} stream endpoint (bare or inside C{haproxy:})
+    listens on; L{None} for other endpoints.
+    """
+    parts = _rawParts(text)
+    if parts[0] == "haproxy" and len(parts) > 1:
+        return unixSocketPath(text.partition(":")[2])
+    if parts[0] != "unix":
+        return None
+    keywords = [k for k in map(_splitKeyword, parts[1:]) if k is not None and k[0] == "address"]
+    positional = [raw for raw in parts[1:] if _splitKeyword(raw) is None]
+    raw = keywords[0][1] if keywords else positional[0] if positional else ""
+    return _unescape(raw) or None
 
 
 def _checkPort(text: str) -> int:
@@ -175,6 +281,7 @@ class ListenAddress:
         """
         if not isinstance(value, str):
             raise InvalidValue(f"expected {cls.configTypeName}, got {value!r}")
+        value = resolveEndpointPaths(value)
         parts = splitDescription(value)
         kind = parts[0]
         if kind == "udp":

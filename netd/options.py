@@ -10,11 +10,14 @@ of stopping at the first, so that C{netd check} can report them all at once.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
+import os
 import types
 import typing
-from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar, Union
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar, Literal, TypeVar, Union
 
 import attrs
 import tomli_w
@@ -75,6 +78,76 @@ class InvalidValue(ValueError):
     """
     Raised by a value type's C{fromConfig} to say what is wrong with a value.
     """
+
+
+_configFolder: contextvars.ContextVar[str | None] = contextvars.ContextVar("netd config folder", default=None)
+"""
+The folder of the config file being decoded (see L{relativeTo}); L{None}
+when the config has no file.
+"""
+
+
+@contextlib.contextmanager
+def relativeTo(folder: str | None) -> Iterator[None]:
+    """
+    Decode, within the block, the relative paths of a config file from
+    C{folder} (the file's folder, made absolute), as nginx and unbound do.
+
+    The folder is context rather than an argument so that every schema, the
+    plugins' own and the value types that hold a path (listen strings)
+    included, resolves paths the same way without passing it along; only
+    L{netd.config.loadConfig} sets it.  L{None}: paths stay as written,
+    relative to the working directory.
+    """
+    token = _configFolder.set(None if folder is None else os.path.abspath(folder))
+    try:
+        yield
+    finally:
+        _configFolder.reset(token)
+
+
+def resolvePath(path: str) -> str:
+    """
+    A path of the config being decoded, made absolute from the config file's
+    folder when it is relative (see L{relativeTo}); as written otherwise.
+    """
+    folder = _configFolder.get()
+    if folder is None or os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(folder, path))
+
+
+class ConfigPath(str):
+    """
+    A file or folder path of the config: the type of every key that names
+    one (certificates, keys, CA files, token files, the state directory, and
+    plugins' path options), so that one rule places them all: a relative
+    path is resolved from the config file's folder (L{resolvePath}).
+    """
+
+    configTypeName: ClassVar[str] = "a path"
+    configJsonSchema: ClassVar[dict[str, Any]] = {"type": "string", "minLength": 1}
+
+    @classmethod
+    def fromConfig(cls, value: object) -> ConfigPath:
+        """
+        Check and resolve a path.
+
+        @raise InvalidValue: for anything but a non-empty string without NUL.
+        """
+        if not isinstance(value, str):
+            raise InvalidValue(f"expected {cls.configTypeName}, got {describeValue(value)}")
+        if not value.strip():
+            raise InvalidValue("expected a path, got an empty string")
+        if "\0" in value:
+            raise InvalidValue(f"{value!r} holds a NUL character, which no path can")
+        return cls(resolvePath(value))
+
+    def toConfig(self) -> str:
+        """
+        The resolved path, as a plain string.
+        """
+        return str(self)
 
 
 @attrs.frozen
@@ -222,8 +295,9 @@ def convert(value: Any, tp: Any, path: KeyPath, problems: list[Problem]) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         members = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(members) == 1:
-            return convert(value, members[0], path, problems)
+        applicable = [m for m in members if typing.get_origin(m) is not Literal or any(type(a) is type(value) for a in typing.get_args(m))]
+        if len(applicable) == 1:
+            return convert(value, applicable[0], path, problems)
         for member in members:
             attempt: list[Problem] = []
             result = convert(value, member, path, attempt)
@@ -235,7 +309,7 @@ def convert(value: Any, tp: Any, path: KeyPath, problems: list[Problem]) -> Any:
         allowed = typing.get_args(tp)
         if value in allowed and type(value) is type(allowed[0]):
             return value
-        hint = closeMatch(value, allowed) if isinstance(value, str) else ""
+        hint = closeMatch(value, [a for a in allowed if isinstance(a, str)]) if isinstance(value, str) else ""
         problems.append(Problem(path, f"expected {_typeName(tp)}, got {describeValue(value)}{hint}"))
         return _INVALID
     if origin is tuple:

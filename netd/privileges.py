@@ -32,7 +32,7 @@ import attrs
 from twisted.logger import Logger
 
 from netd.certs import defaultStateDir
-from netd.options import InvalidValue
+from netd.options import InvalidValue, KeyPath
 
 log = Logger(namespace="netd.privileges")
 
@@ -46,7 +46,17 @@ class PrivilegeError(Exception):
     """
     netd cannot become the configured user or group; the message says why and
     what to do.
+
+    @ivar key: the config key it is about (C{daemon.user}, C{daemon.state_dir}),
+        for messages that name it as config problems do.
     """
+
+    def __init__(self, message: str, key: KeyPath = ("daemon", "user")) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+STATE_DIR_KEY: KeyPath = ("daemon", "state_dir")
 
 
 def _numericId(value: object, what: str) -> int | None:
@@ -279,17 +289,17 @@ def _writers(status: os.stat_result, target: Target) -> str | None:
     return None
 
 
-def _replaceable(folder: os.stat_result, entry: os.stat_result, target: Target) -> str | None:
+def _replaceable(folder: os.stat_result, owner: int, target: Target) -> str | None:
     """
-    How C{target}'s user can put something else in place of C{entry}, a name
-    in C{folder}, or L{None} when it cannot: it can write the folder, and the
-    folder's sticky bit (which lets only the owner of a name, or of the
-    folder, rename it) does not stop it.
+    How C{target}'s user can put something else in place of a name in
+    C{folder} owned by uid C{owner}, or L{None} when it cannot: it can write
+    the folder, and the folder's sticky bit (which lets only the owner of a
+    name, or of the folder, rename it) does not stop it.
     """
     writers = _writers(folder, target)
     if writers is None:
         return None
-    if folder.st_mode & stat.S_ISVTX and target.uid not in (folder.st_uid, entry.st_uid):
+    if folder.st_mode & stat.S_ISVTX and target.uid not in (folder.st_uid, owner):
         return None
     return writers
 
@@ -308,7 +318,8 @@ def _refusal(stateDir: str, where: str, why: str, target: Target, *, parent: boo
     return PrivilegeError(
         f"[daemon] state_dir {stateDir!r}: {where!r} can be changed by {target.name}, the user netd drops to "
         f"({why}); netd works in the state directory as root before the drop and will not run on one that user "
-        f"controls: {way}"
+        f"controls: {way}",
+        STATE_DIR_KEY,
     )
 
 
@@ -325,7 +336,8 @@ def openStateDir(stateDir: str, target: Target, *, create: bool) -> int:
     and its key) must stay root's.
 
     @param create: whether to make missing components; else a missing one
-        raises L{FileNotFoundError}.
+        raises L{FileNotFoundError}, once the folder it would be made in is
+        checked as if root had made it there.
     @return: a descriptor of the state directory (the caller closes it).
     @raise PrivilegeError: when the user could change a component, or the
         state directory or its C{tls/} folder.
@@ -350,6 +362,11 @@ def openStateDir(stateDir: str, target: Target, *, create: bool) -> int:
                 entry = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
                 if not create:
+                    replaceable = _replaceable(os.fstat(fd), 0, target)
+                    if replaceable is not None:
+                        raise _refusal(
+                            stateDir, where, f"{replaceable}, so the user could make {name!r} in it", target, parent=True
+                        ) from None
                     raise
                 try:
                     os.mkdir(name, 0o700, dir_fd=fd)
@@ -361,7 +378,7 @@ def openStateDir(stateDir: str, target: Target, *, create: bool) -> int:
             if entry.st_uid == target.uid:
                 last = all(part in ("", ".") for part in parts)
                 raise _refusal(stateDir, path, f"it is owned by uid {target.uid}", target, parent=not last)
-            replaceable = _replaceable(os.fstat(fd), entry, target)
+            replaceable = _replaceable(os.fstat(fd), entry.st_uid, target)
             if replaceable is not None:
                 raise _refusal(
                     stateDir, where, f"{replaceable}, so the user could replace {name!r} in it", target, parent=True
@@ -424,7 +441,8 @@ def _checkCAKey(state: int, path: str, stateDir: str, target: Target) -> None:
             f"[daemon] state_dir {stateDir!r}: the development CA key {path!r} is not root's alone "
             f"({target.name}, the user netd drops to, can read it or it is a link); a CA whose key the service user "
             f"could read must not be trusted: remove {path!r} (and tell clients to trust the new CA netd makes) "
-            "or give it to root (chown root: FILE; chmod 600 FILE) if it never left root's hands"
+            "or give it to root (chown root: FILE; chmod 600 FILE) if it never left root's hands",
+            STATE_DIR_KEY,
         )
 
 
@@ -477,6 +495,24 @@ def handOverCertificates(stateDir: str, target: Target) -> list[str]:
     return handed
 
 
+def _checkStart(target: Target | None, directory: str, system: System, *, create: bool) -> None:
+    """
+    Check that netd can become C{target} and, as root, that the user cannot
+    change the state directory (made now, as root's, with C{create}).
+
+    @raise PrivilegeError: when it cannot.
+    """
+    checkCanSwitch(target, system)
+    if target is None or target.uid == 0 or system.geteuid() != 0:
+        return
+    try:
+        os.close(openStateDir(directory, target, create=create))
+    except OSError as e:
+        if isinstance(e, FileNotFoundError) and not create:
+            return
+        raise PrivilegeError(f"[daemon] state_dir {directory!r}: {e.strerror or e}", STATE_DIR_KEY) from e
+
+
 @attrs.define
 class PrivilegeDrop:
     """
@@ -505,14 +541,20 @@ class PrivilegeDrop:
             user, or the user could change the state directory.
         """
         target = Target.fromConfig(user, group)
-        checkCanSwitch(target, system)
         directory = stateDir or defaultStateDir()
-        if target is not None and target.uid != 0 and system.geteuid() == 0:
-            try:
-                os.close(openStateDir(directory, target, create=True))
-            except OSError as e:
-                raise PrivilegeError(f"[daemon] state_dir {directory!r}: {e.strerror or e}") from e
+        _checkStart(target, directory, system, create=True)
         return cls(target=target, stateDir=directory, system=system)
+
+    @staticmethod
+    def check(user: User | None, group: Group | None, stateDir: str | None, system: System = os) -> None:
+        """
+        What L{prepare} checks, making nothing (for C{netd check}): a state
+        directory that is missing, or whose last folders are, passes when the
+        folder they would be made in is one the user cannot change.
+
+        @raise PrivilegeError: when L{prepare} would refuse.
+        """
+        _checkStart(Target.fromConfig(user, group), stateDir or defaultStateDir(), system, create=False)
 
     def __call__(self) -> None:
         """

@@ -29,6 +29,7 @@ from netd.limits import ConnectionLimiter
 from netd.listen import ListenAddress, addressInUse, describeBound, whyListenFailed
 from netd.logs import ServiceLogger
 from netd.metrics import Counters
+from netd.options import KeyPath
 from netd.plugin import PluginContext
 from netd.proxyheader import TrustedSources
 from netd.rlimits import defaultMaxConnections
@@ -48,7 +49,20 @@ class ServiceStartError(Exception):
     A service could not start: a TLS file is unusable, its plugin failed to
     build, or an address could not be listened on.  The message names the
     service and the file or address.
+
+    @ivar service: the name of the service that failed; L{None} for the
+        control API.
+    @ivar key: the key path at fault, within the service's table (or from
+        the top of the file when C{service} is L{None}), so that C{netd run}
+        names it as C{netd check} names config problems.
+    @ivar reason: the message without the service's name, to follow the key path.
     """
+
+    def __init__(self, message: str, *, service: str | None = None, key: KeyPath = (), reason: str | None = None) -> None:
+        super().__init__(message)
+        self.service = service
+        self.key = key
+        self.reason = message if reason is None else reason
 
 
 class ReloadInProgress(Exception):
@@ -111,7 +125,7 @@ class NetService(Service):
             try:
                 self.tls = ServerTLS(spec.tls, serviceName=spec.name, log=self.log, stateDir=stateDir)
             except TLSSetupError as e:
-                raise ServiceStartError(f"service {spec.name!r}: {e}") from e
+                raise ServiceStartError(f"service {spec.name!r}: {e}", service=spec.name, key=e.key, reason=str(e)) from e
         self.events = EventLog(spec.events, reactor)
         self.faults = ServiceFaults(spec.faults, spec.shape, self.counters, self.events)
         context = PluginContext(
@@ -121,7 +135,9 @@ class NetService(Service):
             self.handler = spec.plugin.build(spec.options, context)
         except Exception as e:
             raise ServiceStartError(
-                f"service {spec.name!r}: plugin {spec.plugin.name!r} failed to build: {type(e).__name__}: {e}"
+                f"service {spec.name!r}: plugin {spec.plugin.name!r} failed to build: {type(e).__name__}: {e}",
+                service=spec.name,
+                key=("plugin",),
             ) from e
         self.connections: ConnectionLimiter | None = None
         if any(a.transport == "stream" for a in spec.listen):
@@ -211,7 +227,9 @@ class NetService(Service):
         except Exception as e:
             key = self.listenKey(address)
             raise ServiceStartError(
-                f"service {self.name!r}: cannot listen on {address.text!r} ({key}): {whyListenFailed(key, address, e)}"
+                f"service {self.name!r}: cannot listen on {address.text!r} ({key}): {whyListenFailed(key, address, e)}",
+                service=self.name,
+                key=("listen", self.spec.listen.index(address)),
             ) from e
 
     def listenKey(self, address: ListenAddress) -> str:
@@ -262,7 +280,9 @@ class NetService(Service):
                 if attempt == SHARED_PORT_ATTEMPTS:
                     raise ServiceStartError(
                         f"service {self.name!r}: cannot listen on {second.text!r} ({self.listenKey(second)}) on the port of {first.text!r}: "
-                        f"the number picked was taken for it {attempt} times in a row ({cause})"
+                        f"the number picked was taken for it {attempt} times in a row ({cause})",
+                        service=self.name,
+                        key=("listen", self.spec.listen.index(second)),
                     ) from cause
                 self.log.info(
                     "port {port} is taken for {listen}; picking another one for it and {other}",

@@ -26,9 +26,10 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from netd import __version__
+from netd.cli import startErrorProblem
 from netd.config import NetdConfig, loadConfig
 from netd.daemon import Daemon
-from netd.options import ConfigError
+from netd.options import ConfigError, renderPath
 from netd.plugin import discoverPlugins
 from netd.privileges import PrivilegeDrop, PrivilegeError
 from netd.service import ServiceStartError
@@ -111,8 +112,14 @@ class NetdApplication(Service):
                 Deferred.fromCoroutine(self.daemon.releaseListeners())
                 raise
         except (ServiceStartError, PrivilegeError) as e:
-            self.notifier.status(f"cannot start: {e}")
-            log.critical("netd cannot start: {error}", error=str(e))
+            problem = startErrorProblem(self.config, e)
+            self.notifier.status(f"cannot start: {problem.render(self.config.source)}")
+            log.critical(
+                "netd cannot start: {error}",
+                error=problem.render(self.config.source),
+                config_file=self.config.source,
+                key=renderPath(problem.path),
+            )
             raise SystemExit(1) from None
 
     def startService(self) -> None:

@@ -66,7 +66,7 @@ from zope.interface import implementer
 from netd import logs
 from netd.certs import autoCertificate, defaultStateDir, utcNow
 from netd.metrics import Counters
-from netd.options import InvalidValue, between, describeValue, option
+from netd.options import ConfigPath, InvalidValue, KeyPath, between, describeValue, option
 
 from OpenSSL._util import ffi as _ffi, lib as _openssl
 
@@ -371,8 +371,8 @@ class SNICertificate:
     The certificate served to clients that ask for one server name.
     """
 
-    certificate: str = option(help="PEM file of the certificate for this name (the chain may follow it).")
-    private_key: str = option(help="PEM file of its private key (unencrypted).")
+    certificate: Literal["auto"] | ConfigPath = option(help="PEM file of the certificate for this name (the chain may follow it).")
+    private_key: ConfigPath = option(help="PEM file of its private key (unencrypted).")
 
 
 @attrs.frozen
@@ -381,11 +381,11 @@ class TLSOptions:
     A service's C{tls} table: TLS in front of its plugin, on its stream listeners.
     """
 
-    certificate: str = option(
+    certificate: Literal["auto"] | ConfigPath = option(
         help='PEM file of the server certificate (the chain may follow it), or "auto" for a development '
         "certificate made once in the state directory.",
     )
-    private_key: str | None = option(
+    private_key: ConfigPath | None = option(
         None, help='PEM file of the certificate\'s private key (unencrypted); required unless certificate = "auto".'
     )
     profile: Profile = option(
@@ -409,7 +409,7 @@ class TLSOptions:
         help="ALPN protocols offered, preferred first; a client offering only others is refused. None: no ALPN.",
         checks=(_validProtocols,),
     )
-    client_ca: str | None = option(None, help="PEM file of the CAs client certificates must chain to.")
+    client_ca: ConfigPath | None = option(None, help="PEM file of the CAs client certificates must chain to.")
     client_auth: ClientAuth = option(
         "none", help='Client certificates: "none" (not asked for), "optional" (checked if sent) or "required".'
     )
@@ -495,61 +495,74 @@ class TLSSetupError(ValueError):
     """
     A certificate, key or CA file that cannot be used; the message names the
     key and the file.
+
+    @ivar key: the key path of the file in the service's table
+        (C{("tls", "certificate")}), so that C{netd run} and C{netd check}
+        name it as config problems are named; C{("tls",)} when no one file is
+        at fault, C{()} outside a service.
     """
+
+    def __init__(self, message: str, key: KeyPath = ("tls",)) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 _PEM_KEY = re.compile(rb"-----BEGIN ((?:[A-Z0-9]+ )?PRIVATE KEY)-----.+?-----END \1-----", re.DOTALL)
 _PRIVATE_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey, dsa.DSAPrivateKey)
 
 
-def _read(path: str, what: str) -> bytes:
+def _read(path: str, what: str, key: KeyPath) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise TLSSetupError(f"cannot read {what} {path!r}: {e.strerror}") from None
+        raise TLSSetupError(f"cannot read {what} {path!r}: {e.strerror}", key) from None
 
 
-def loadCertificates(path: str, what: str) -> list[x509.Certificate]:
+def loadCertificates(path: str, what: str, key: KeyPath = ()) -> list[x509.Certificate]:
     """
     Every certificate of a PEM file, in file order.
 
     @param what: how messages name the file (C{"tls.certificate"}, C{"the CA bundle"}).
+    @param key: its key path in a service's table, for L{TLSSetupError.key}.
     @raise TLSSetupError: the file cannot be read, holds no PEM certificate,
         or one that cannot be parsed.
     """
-    data = _read(path, what)
+    data = _read(path, what, key)
     if b"-----BEGIN CERTIFICATE-----" not in data:
-        raise TLSSetupError(f"{what} {path!r} holds no PEM certificate")
+        raise TLSSetupError(f"{what} {path!r} holds no PEM certificate", key)
     try:
         return x509.load_pem_x509_certificates(data)
     except ValueError as e:
-        raise TLSSetupError(f"{what} {path!r} holds a certificate that cannot be read: {e}") from None
+        raise TLSSetupError(f"{what} {path!r} holds a certificate that cannot be read: {e}", key) from None
 
 
-def loadPrivateKey(path: str, what: str) -> Any:
+def loadPrivateKey(path: str, what: str, key: KeyPath = ()) -> Any:
     """
     The (first) private key of a PEM file.
+
+    @param key: its key path in a service's table, for L{TLSSetupError.key}.
 
     @raise TLSSetupError: the file cannot be read, holds no PEM private key,
         or an encrypted or unusable one.
     """
-    data = _read(path, what)
+    data = _read(path, what, key)
     found = _PEM_KEY.search(data)
     if found is None:
-        raise TLSSetupError(f"{what} {path!r} holds no PEM private key")
+        raise TLSSetupError(f"{what} {path!r} holds no PEM private key", key)
     if found.group(1) == b"ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in found.group(0):
         raise TLSSetupError(
             f"{what} {path!r} is encrypted; netd needs an unencrypted key "
-            f"(openssl pkey -in {path} -out KEY.pem, then keep KEY.pem readable by netd only)"
+            f"(openssl pkey -in {path} -out KEY.pem, then keep KEY.pem readable by netd only)",
+            key,
         )
     try:
-        key = serialization.load_pem_private_key(found.group(0), password=None)
+        privateKey = serialization.load_pem_private_key(found.group(0), password=None)
     except (ValueError, TypeError) as e:
-        raise TLSSetupError(f"{what} {path!r} holds a private key that cannot be read: {e}") from None
-    if not isinstance(key, _PRIVATE_KEY_TYPES):
-        raise TLSSetupError(f"{what} {path!r} holds a {type(key).__name__}, which TLS cannot use")
-    return key
+        raise TLSSetupError(f"{what} {path!r} holds a private key that cannot be read: {e}", key) from None
+    if not isinstance(privateKey, _PRIVATE_KEY_TYPES):
+        raise TLSSetupError(f"{what} {path!r} holds a {type(privateKey).__name__}, which TLS cannot use", key)
+    return privateKey
 
 
 def _publicBytes(key: Any) -> bytes:
@@ -587,18 +600,20 @@ class KeyPair:
         return self.chain[0]
 
 
-def loadKeyPair(certificatePath: str, keyPath: str, where: str) -> KeyPair:
+def loadKeyPair(certificatePath: str, keyPath: str, where: str, table: KeyPath = ()) -> KeyPair:
     """
     Load a certificate file and its key file, and check that they belong together.
 
     @param where: the config key of the pair (C{"tls"}, C{'tls.sni."example.com"'}).
+    @param table: its key path (C{("tls", "sni", "example.com")}), for L{TLSSetupError.key}.
     @raise TLSSetupError: naming the key and the file.
     """
-    chain = loadCertificates(certificatePath, f"{where}.certificate")
-    key = loadPrivateKey(keyPath, f"{where}.private_key")
+    chain = loadCertificates(certificatePath, f"{where}.certificate", table + ("certificate",))
+    key = loadPrivateKey(keyPath, f"{where}.private_key", table + ("private_key",))
     if _publicBytes(key.public_key()) != _publicBytes(chain[0].public_key()):
         raise TLSSetupError(
-            f"{where}.private_key {keyPath!r} does not match the certificate in {where}.certificate {certificatePath!r}"
+            f"{where}.private_key {keyPath!r} does not match the certificate in {where}.certificate {certificatePath!r}",
+            table + ("private_key",),
         )
     return KeyPair(certificatePath, keyPath, tuple(chain), key)
 
@@ -737,7 +752,8 @@ class ServerTLS:
         self.log = log
         self.made: list[str] = []
         now = now or utcNow()
-        certificate, privateKey = options.certificate, options.private_key
+        certificate: str = options.certificate
+        privateKey: str | None = options.private_key
         if certificate == AUTO:
             stateDir = stateDir or defaultStateDir()
             try:
@@ -745,7 +761,8 @@ class ServerTLS:
             except OSError as e:
                 raise TLSSetupError(
                     f'tls.certificate = "auto": cannot make the development certificate in '
-                    f"{os.path.join(stateDir, 'tls')!r}: {e.strerror or e}; set [daemon] state_dir to a writable folder"
+                    f"{os.path.join(stateDir, 'tls')!r}: {e.strerror or e}; set [daemon] state_dir to a writable folder",
+                    ("tls", "certificate"),
                 ) from None
             certificate, privateKey = files.server, files.serverKey
             # The first start says where it wrote files and how to trust them;
@@ -766,9 +783,9 @@ class ServerTLS:
                     ca=files.ca,
                 )
         assert privateKey is not None
-        self.defaultPair = loadKeyPair(certificate, privateKey, "tls")
+        self.defaultPair = loadKeyPair(certificate, privateKey, "tls", ("tls",))
         self.pairs = {
-            name.lower(): loadKeyPair(entry.certificate, entry.private_key, f'tls.sni."{name}"')
+            name.lower(): loadKeyPair(entry.certificate, entry.private_key, f'tls.sni."{name}"', ("tls", "sni", name))
             for name, entry in (options.sni or {}).items()
         }
         for where, pair in [("tls", self.defaultPair)] + [(f'tls.sni."{n}"', p) for n, p in self.pairs.items()]:
@@ -791,7 +808,7 @@ class ServerTLS:
                 )
         self.clientCAs: list[x509.Certificate] = []
         if options.client_ca is not None:
-            self.clientCAs = loadCertificates(options.client_ca, "tls.client_ca")
+            self.clientCAs = loadCertificates(options.client_ca, "tls.client_ca", ("tls", "client_ca"))
             for ca in self.clientCAs:
                 problem = validityProblem(ca, now)
                 if problem is not None:

@@ -20,7 +20,7 @@ import attrs
 from zope.interface import implementer
 
 from netd.interfaces import IProtocolPlugin
-from netd.options import between, option
+from netd.options import ConfigPath, between, option
 from netd.plugin import PluginContext
 
 from .cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRY_BYTES, AnswerCache
@@ -131,7 +131,7 @@ class DNSProxyOptions:
         2, help="Consecutive failures after which an upstream is marked down and probed until it answers.", checks=(between(1, 100),)
     )
     health_check: float = option(0.5, help="Seconds between probes of an upstream marked down.", checks=(between(0.05, 3600),))
-    ca_bundle: str | None = option(
+    ca_bundle: ConfigPath | None = option(
         None, help="PEM file of the CAs that DNS-over-TLS upstreams' certificates must chain to; the system's when unset.", checks=(_readableFile,)
     )
     udp_size: int = option(1232, help="The EDNS UDP payload size netd announces.", checks=(between(512, 4096),))

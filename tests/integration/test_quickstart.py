@@ -18,7 +18,6 @@ import stat
 import subprocess
 from pathlib import Path
 
-import pytest
 
 from netd.config import loadConfig
 from netd.plugin import discoverPlugins

@@ -1164,7 +1164,7 @@ def daemonProblems(table: dict[str, Any]) -> list[str]:
         pytest.param({"admin": True}, "daemon.admin: true is not an address", id="true"),
         pytest.param({"admin": 8053}, "daemon.admin: expected a stream listen string", id="number"),
         pytest.param({"admin": "tcp:99999:interface=127.0.0.1"}, "port 99999 is out of range", id="bad-port"),
-        pytest.param({"admin_token_file": " "}, "daemon.admin_token_file: expected a file path", id="empty-token-path"),
+        pytest.param({"admin_token_file": " "}, "daemon.admin_token_file: expected a path, got an empty string", id="empty-token-path"),
     ],
 )
 def test_badAdminRefused(table: dict[str, Any], expected: str) -> None:

@@ -320,18 +320,20 @@ def tlsConfig(tmp_path: Path, certificate: str, privateKey: str) -> Path:
 
 def test_checkOpensTLSFiles(tmp_path: Path) -> None:
     """
-    netd check opens the files of tls tables: a good pair passes, a missing key file and a key of another certificate fail naming the service's tls key path.
+    netd check opens the files of tls tables: a good pair passes, a missing key file and a key of another certificate fail naming the file's own key path.
     """
     files, _ = ensureDevelopmentSet(str(tmp_path / "certs"))
     good = runNetd("check", "-c", str(tlsConfig(tmp_path, files.server, files.serverKey)))
     assert good.returncode == 0, good.stderr
     missing = runNetd("check", "-c", str(tlsConfig(tmp_path, files.server, str(tmp_path / "nowhere.pem"))))
     assert missing.returncode == 1
-    assert "services[0].tls:" in missing.stderr and "nowhere.pem" in missing.stderr
+    assert missing.stderr.startswith(f"{tmp_path / 'tls.toml'}: services[0].tls.private_key: cannot read ")
+    assert "nowhere.pem" in missing.stderr
     assert missing.stdout == ""
     mismatched = runNetd("check", "-c", str(tlsConfig(tmp_path, files.server, files.clientKey)))
     assert mismatched.returncode == 1
-    assert "services[0].tls:" in mismatched.stderr
+    assert f"{tmp_path / 'tls.toml'}: services[0].tls.private_key: " in mismatched.stderr
+    assert "does not match the certificate" in mismatched.stderr
 
 
 def test_checkWarnsOfExpiredCertificate(tmp_path: Path) -> None:
@@ -343,3 +345,23 @@ def test_checkWarnsOfExpiredCertificate(tmp_path: Path) -> None:
     result = runNetd("check", "-c", str(tlsConfig(tmp_path, certificate, key)))
     assert result.returncode == 0, result.stderr
     assert "warning:" in result.stderr and "expired" in result.stderr
+
+
+def test_startErrorsNameTheirKeyPath() -> None:
+    """
+    netd run reports a start error as check reports a problem: a service's at services[N] plus its key within the service, the control API's and a privilege error's from the top of the file.
+    """
+    from netd.cli import startErrorProblem
+    from netd.config import parseConfig
+    from netd.options import Problem
+    from netd.privileges import PrivilegeError
+    from netd.service import ServiceStartError
+
+    echo = {"plugin": "echo", "listen": ["tcp:0"]}
+    config = parseConfig({"services": [{"name": "a", **echo}, {"name": "b", **echo}]}, "netd.toml", discoverPlugins())
+    tls = ServiceStartError("service 'b': cannot read", service="b", key=("tls", "certificate"), reason="cannot read")
+    assert startErrorProblem(config, tls) == Problem(("services", 1, "tls", "certificate"), "cannot read")
+    token = ServiceStartError("control API: too open", key=("daemon", "admin_token_file"), reason="too open")
+    assert startErrorProblem(config, token).render("netd.toml") == "netd.toml: daemon.admin_token_file: too open"
+    state = PrivilegeError("[daemon] state_dir '/s': owned by nobody", ("daemon", "state_dir"))
+    assert startErrorProblem(config, state) == Problem(("daemon", "state_dir"), "[daemon] state_dir '/s': owned by nobody")

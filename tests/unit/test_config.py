@@ -894,7 +894,7 @@ BAD_TLS = [
     pytest.param(
         tlsService("{ %s, sni = { alpha = { certificate = \"a.pem\" } } }" % KEYS),
         "services[0].tls.sni.alpha.private_key",
-        ["missing required key", "expected a string"],
+        ["missing required key", "expected a path"],
         id="sni-entry-without-key",
     ),
     pytest.param(
@@ -924,7 +924,7 @@ BAD_TLS = [
     pytest.param(
         '[daemon]\nstate_dir = " "\n' + ECHO,
         "daemon.state_dir",
-        ["expected a folder path"],
+        ["expected a path, got an empty string"],
         id="empty-state-dir",
     ),
 ]
@@ -1033,3 +1033,110 @@ def test_stateDirDefaultUnset() -> None:
     """
     assert parse(ECHO).daemon.state_dir is None
     assert parse('[daemon]\nstate_dir = "/var/lib/netd"\n' + ECHO).daemon.state_dir == "/var/lib/netd"
+
+
+RELATIVE_CONFIG = """\
+[daemon]
+state_dir = "state"
+admin = "unix:run/admin.sock"
+admin_token_file = "secrets/admin.token"
+
+[[services]]
+name = "tls"
+plugin = "echo"
+listen = ["tcp:0", "unix:run/echo.sock:mode=600", "unix:address=../shared/echo.sock", "haproxy:unix:run/proxied.sock"]
+tls = { certificate = "certs/server.pem", private_key = "./certs/server-key.pem", client_ca = "certs/ca.pem", client_auth = "required", sni = { "a.test" = { certificate = "certs/a.pem", private_key = "certs/a-key.pem" } } }
+
+[[services]]
+name = "dns"
+plugin = "dns-proxy"
+listen = ["udp:0", "unix:/run/absolute.sock"]
+ca_bundle = "certs/ca.pem"
+"""
+
+
+def test_relativePathsAreFromTheConfigFile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Every relative path of a config file (TLS files, the token file, state_dir, unix: socket paths of services and admin, a plugin's path option) is placed in the file's folder, whatever the working directory; absolute ones stay.
+    """
+    folder = tmp_path / "etc" / "netd"
+    (folder / "certs").mkdir(parents=True)
+    (folder / "certs" / "ca.pem").write_text("")
+    (folder / "netd.toml").write_text(RELATIVE_CONFIG)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = loadConfig(str(Path("..") / "etc" / "netd" / "netd.toml"), REGISTRY)
+    daemon = config.daemon
+    assert (daemon.state_dir, daemon.admin_token_file) == (f"{folder}/state", f"{folder}/secrets/admin.token")
+    assert daemon.admin.address is not None and daemon.admin.address.text == f"unix:{folder}/run/admin.sock"
+    tls, dns = config.services
+    assert [a.text for a in tls.listen] == [
+        "tcp:0",
+        f"unix:{folder}/run/echo.sock:mode=600",
+        f"unix:address={tmp_path}/etc/shared/echo.sock",
+        f"haproxy:unix:{folder}/run/proxied.sock",
+    ]
+    assert tls.tls is not None and tls.tls.sni is not None
+    assert (tls.tls.certificate, tls.tls.private_key, tls.tls.client_ca) == (
+        f"{folder}/certs/server.pem",
+        f"{folder}/certs/server-key.pem",
+        f"{folder}/certs/ca.pem",
+    )
+    assert (tls.tls.sni["a.test"].certificate, tls.tls.sni["a.test"].private_key) == (f"{folder}/certs/a.pem", f"{folder}/certs/a-key.pem")
+    assert dns.options.ca_bundle == f"{folder}/certs/ca.pem"
+    assert [a.text for a in dns.listen] == ["udp:0", "unix:/run/absolute.sock"]
+
+
+def test_relativePluginPathCheckedWhereItIs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A plugin's check of a path option (dns-proxy's ca_bundle must be readable) looks in the config file's folder, not the working directory.
+    """
+    (tmp_path / "netd.toml").write_text(service(listen='["udp:0"]', plugin="dns-proxy", ca_bundle='"ca.pem"'))
+    monkeypatch.chdir("/")
+    with pytest.raises(ConfigError) as info:
+        loadConfig(str(tmp_path / "netd.toml"), REGISTRY)
+    assert str(info.value) == f"{tmp_path}/netd.toml: services[0].ca_bundle: '{tmp_path}/ca.pem' is not a readable file"
+    (tmp_path / "ca.pem").write_text("")
+    assert loadConfig(str(tmp_path / "netd.toml"), REGISTRY).services[0].options.ca_bundle == f"{tmp_path}/ca.pem"
+
+
+def test_unixPathEscapedForTwisted(tmp_path: Path) -> None:
+    """
+    A config folder whose name holds a colon or an equals sign gives unix: paths escaped as Twisted's endpoint grammar needs, which Twisted parses back to the real path.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    folder = tmp_path / "odd:na=me"
+    folder.mkdir()
+    (folder / "netd.toml").write_text(service(listen='["unix:echo\\\\:1.sock:lockfile=1"]'))
+    (address,) = loadConfig(str(folder / "netd.toml"), REGISTRY).services[0].listen
+    endpoint = serverFromString(None, address.text)
+    assert endpoint._address == f"{folder}/echo:1.sock"
+
+
+def test_autoIsNotAPath(tmp_path: Path) -> None:
+    """
+    certificate = "auto" stays the word auto (a file named auto is written "./auto"), and "auto" under sni is still refused as such.
+    """
+    (tmp_path / "netd.toml").write_text(service(tls='{ certificate = "auto" }'))
+    spec = loadConfig(str(tmp_path / "netd.toml"), REGISTRY).services[0]
+    assert spec.tls is not None and spec.tls.certificate == "auto"
+    (tmp_path / "netd.toml").write_text(service(tls='{ certificate = "./auto", private_key = "k.pem" }'))
+    spec = loadConfig(str(tmp_path / "netd.toml"), REGISTRY).services[0]
+    assert spec.tls is not None and spec.tls.certificate == f"{tmp_path}/auto"
+    (tmp_path / "netd.toml").write_text(
+        service(tls='{ certificate = "auto", sni = { "a.test" = { certificate = "auto", private_key = "k.pem" } } }')
+    )
+    with pytest.raises(ConfigError, match="'a.test': \"auto\" is only for the default certificate"):
+        loadConfig(str(tmp_path / "netd.toml"), REGISTRY)
+
+
+def test_embeddedDefaultHasNoRelativePath() -> None:
+    """
+    The embedded default names no file (its TLS is certificate = "auto" in the state directory), so it means the same from every working directory.
+    """
+    config = loadConfig(None, REGISTRY)
+    assert config.daemon.state_dir is None and config.daemon.admin_token_file is None
+    assert all(s.tls is None or s.tls.certificate == "auto" for s in config.services)
+    assert not any(a.text.startswith(("unix:", "haproxy:unix:")) for s in config.services for a in s.listen)

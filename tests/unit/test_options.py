@@ -1,12 +1,17 @@
 """
-The schema language's nested tables: an attrs field type is a sub-table decoded key by key.
+The schema language: nested tables (an attrs field type is a sub-table decoded
+key by key), and path keys, placed from the config file's folder.
 """
 
 from __future__ import annotations
 
-import attrs
+from pathlib import Path
+from typing import Literal
 
-from netd.options import Problem, between, closeMatch, decodeTable, option, renderPath
+import attrs
+import pytest
+
+from netd.options import ConfigPath, Problem, between, closeMatch, decodeTable, option, relativeTo, renderPath
 
 
 @attrs.frozen
@@ -73,3 +78,81 @@ def test_closeMatchThenStartsASentenceAfterTheQuestion() -> None:
     then = "known: label, size"
     assert closeMatch("labl", ["label", "size"], then=then) == "; did you mean 'label'? Known: label, size"
     assert closeMatch("xyzzy", ["label", "size"], then=then) == "; known: label, size"
+
+
+@attrs.frozen
+class Files:
+    """
+    A table of path keys, as a plugin's schema declares them.
+    """
+
+    data: ConfigPath | None = option(None, help="a file")
+    folders: tuple[ConfigPath, ...] = option((), help="folders")
+    token: ConfigPath | Literal[False] | None = option(None, help="a file, or false")
+
+
+def decodeFiles(table: dict[str, object]) -> tuple[Files | None, list[str]]:
+    """
+    Decode C{table} as L{Files}, with its problems rendered.
+    """
+    problems: list[Problem] = []
+    result = decodeTable(Files, table, ("services", 0), problems)
+    return result, [f"{renderPath(p.path)}: {p.message}" for p in problems]
+
+
+def test_relativePathsAreFromTheConfigFolder() -> None:
+    """
+    Within relativeTo(FOLDER), a relative path of any schema, nested in arrays too, is made absolute from FOLDER; an absolute one stays.
+    """
+    with relativeTo("/etc/netd"):
+        files, problems = decodeFiles({"data": "certs/a.pem", "folders": ["../state", "/var/lib/x", "./y"]})
+    assert problems == []
+    assert files == Files(data="/etc/netd/certs/a.pem", folders=("/etc/state", "/var/lib/x", "/etc/netd/y"))
+    assert isinstance(files.data, ConfigPath)
+
+
+def test_relativeFolderIsMadeAbsolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A config folder given relative to the working directory places paths absolutely, so a later chdir changes nothing.
+    """
+    (tmp_path / "conf").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with relativeTo("conf"):
+        files, _ = decodeFiles({"data": "a.pem"})
+    assert files is not None and files.data == str(tmp_path / "conf" / "a.pem")
+
+
+def test_pathsWithoutAFileStayAsWritten() -> None:
+    """
+    Outside relativeTo (a config with no file), paths stay as written: relative to the working directory.
+    """
+    assert decodeFiles({"data": "a.pem"})[0] == Files(data="a.pem")
+    with relativeTo(None):
+        assert decodeFiles({"data": "a.pem"})[0] == Files(data="a.pem")
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        pytest.param({"data": ""}, "services[0].data: expected a path, got an empty string", id="empty"),
+        pytest.param({"data": "  "}, "services[0].data: expected a path, got an empty string", id="blank"),
+        pytest.param({"data": 5}, "services[0].data: expected a path, got integer 5", id="number"),
+        pytest.param({"data": "a\0b"}, "services[0].data: 'a\\x00b' holds a NUL character, which no path can", id="nul"),
+        pytest.param({"token": ""}, "services[0].token: expected a path, got an empty string", id="empty-or-false"),
+        pytest.param({"token": True}, "services[0].token: expected a path or one of False, got boolean True", id="true"),
+    ],
+)
+def test_badPathsAreRefused(table: dict[str, object], expected: str) -> None:
+    """
+    A path key refuses what no path can be, saying so at its key path (not as a mismatch with the union's other members).
+    """
+    with relativeTo("/etc/netd"):
+        assert decodeFiles(table) == (None, [expected])
+
+
+def test_falseBesidePath() -> None:
+    """
+    A path key that also takes false keeps false as false, not as a path.
+    """
+    with relativeTo("/etc/netd"):
+        assert decodeFiles({"token": False})[0] == Files(token=False)

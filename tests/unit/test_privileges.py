@@ -442,3 +442,38 @@ def test_caKeyTheUserCanReadRefused(tmp_path: Path, how: str) -> None:
     message = refusal(tmp_path / "state")
     assert f"the development CA key {str(key)!r} is not root's alone" in message
     assert f"remove {str(key)!r}" in message
+
+
+@asRoot
+def test_checkMakesNothingAndRefusesWhatPrepareRefuses(tmp_path: Path) -> None:
+    """
+    PrivilegeDrop.check (netd check) makes no folder; it passes a missing state directory whose parent only root can change, and refuses, as prepare does, one whose parent the user can write (the user could make it first) or one the user owns.
+    """
+    nobody = User.fromConfig("nobody")
+    state = tmp_path / "a" / "state"
+    PrivilegeDrop.check(nobody, None, str(state), FakeSystem())
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a").chmod(0o777)
+    with pytest.raises(PrivilegeError) as checked:
+        PrivilegeDrop.check(nobody, None, str(state), FakeSystem())
+    assert "world-writable, so the user could make 'state' in it" in str(checked.value)
+    assert checked.value.key == ("daemon", "state_dir")
+    assert not state.exists()
+    with pytest.raises(PrivilegeError) as prepared:
+        PrivilegeDrop.prepare(nobody, None, str(state), FakeSystem())
+    assert prepared.value.key == ("daemon", "state_dir")
+    (tmp_path / "a").chmod(0o755)
+    os.chown(state, NOBODY.pw_uid, -1)
+    with pytest.raises(PrivilegeError, match="it is owned by uid"):
+        PrivilegeDrop.check(nobody, None, str(state), FakeSystem())
+
+
+def test_checkRefusesAnImpossibleSwitch() -> None:
+    """
+    PrivilegeDrop.check refuses, at daemon.user, a switch netd could not make (not root, not that user), as prepare does.
+    """
+    with pytest.raises(PrivilegeError) as info:
+        PrivilegeDrop.check(User.fromConfig("nobody"), None, "/nonexistent", FakeSystem(uid=1000, gid=1000))
+    assert info.value.key == ("daemon", "user")
+    assert "is not root, so it cannot switch" in str(info.value)
