@@ -191,7 +191,7 @@ def test_bindFailure(startNetd: Any) -> None:
         code = waitForExit(netd)
         log = netd.log()
         assert code != 0, log
-        assert f"service 'second': cannot listen on '{secondListen}' (services[1].listen[0]): address already in use" in log, log
+        assert f"services[1].listen[0]: cannot listen on '{secondListen}': address already in use" in log, log
         assert f"listening on tcp 127.0.0.1:{firstPort}" in log, "the first service should have bound before the failure"
         assert not netd.portsFile.exists()
     assert canBind(socket.SOCK_STREAM, firstPort), f"port {firstPort} of the first service is still taken"

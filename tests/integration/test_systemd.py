@@ -247,7 +247,7 @@ def test_systemdListenWithoutActivation(launch: Callable[..., NetdProcess]) -> N
     """
     netd = launch(echoService("echo", ["systemd:domain=INET:index=0"]))
     assert netd.process.wait(timeout=IO_TIMEOUT * 2) == 1
-    assert "cannot listen on 'systemd:domain=INET:index=0' (services[0].listen[0]): systemd passed no such socket" in netd.log()
+    assert "services[0].listen[0]: cannot listen on 'systemd:domain=INET:index=0': systemd passed no such socket" in netd.log()
 
 
 def systemdAnalyze() -> str:
