@@ -64,7 +64,7 @@ def test_privilegedPortRefusedForUnprivilegedUser(worldReadableDir: Path) -> Non
     )
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
-    assert "services[0].listen[0]: cannot listen on 'tcp:81:interface=127.0.0.1'" in output
+    assert "services[1].listen[0]: cannot listen on 'tcp:81:interface=127.0.0.1'" in output
     assert "Permission denied" in output
     assert not portsFile.exists()
     firstPort = int(output.split("listening on tcp 127.0.0.1:")[1].split()[0])
