@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "config" / "examples"
-README = ROOT / "README.md"
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 EXIT_TIMEOUT = 15.0
 DEFAULT_ADMIN_PORT = 8053
 """
@@ -142,9 +142,15 @@ def heldSocket(kind: int) -> socket.socket:
 
 def readmeMessage(start: str) -> str:
     """
-    The README's example message of a listen refused that begins with C{start}, as one line.
+    The docs' example message of a listen refused that begins with C{start}, as one line
+    (docs/service.md shows a service's, docs/control-api.md the control API's).
     """
-    [line] = [line for line in README.read_text(encoding="utf-8").splitlines() if line.startswith(start + " cannot listen on")]
+    [line] = [
+        line
+        for page in DOC_PAGES
+        for line in page.read_text(encoding="utf-8").splitlines()
+        if line.startswith(start + " cannot listen on")
+    ]
     return line
 
 
@@ -177,7 +183,7 @@ def test_twoShippedExamplesSideBySide(launch: Launcher, defaultAdminPortHeld: No
 
 def test_socketActivatedExampleBesideAnotherNetd(launch: Launcher, defaultAdminPortHeld: None) -> None:
     """
-    The README's socket-activation example, config/examples/socket-activated.toml under systemd-socket-activate, starts and serves while another process holds 127.0.0.1:8053.
+    The socket-activation example of docs/service.md, config/examples/socket-activated.toml under systemd-socket-activate, starts and serves while another process holds 127.0.0.1:8053.
     """
     launcher = requireTool("systemd-socket-activate")
     for attempt in range(3):
@@ -250,7 +256,7 @@ def test_serviceAddressTaken(startNetd: Callable[..., NetdProcess], kind: int, l
 
 def test_serviceAddressTakenMessageIsTheReadme(startNetd: Callable[..., NetdProcess]) -> None:
     """
-    The README's example of a taken service address is what netd prints, word for word (with the port of the test).
+    The example of a taken service address in docs/service.md is what netd prints, word for word (with the port of the test).
     """
     example = readmeMessage("netd cannot start: service 'echo':")
     with heldSocket(socket.SOCK_STREAM) as holder:
@@ -262,7 +268,7 @@ def test_serviceAddressTakenMessageIsTheReadme(startNetd: Callable[..., NetdProc
 
 def test_adminAddressTaken(startNetd: Callable[..., NetdProcess]) -> None:
     """
-    A control API address another socket holds makes netd exit 1 with the README's message: [daemon] admin, the address, the ss command, and the ways out (another port, port 0, no admin, stopping the holder).
+    A control API address another socket holds makes netd exit 1 with the message docs/control-api.md shows: [daemon] admin, the address, the ss command, and the ways out (another port, port 0, no admin, stopping the holder).
     """
     example = readmeMessage("netd cannot start: control API:")
     with heldSocket(socket.SOCK_STREAM) as holder:
