@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from netd.cli import startProblems
 from netd.config import parseConfig
 from netd.faults.spec import decodeFault
 from netd.openapi import openapiDocument
@@ -210,3 +211,29 @@ def test_commentedMessageIsNetds(where: str, message: str, text: str, registry: 
     The message an invalid block's comment shows is one netd reports for that block, word for word.
     """
     assert message in configProblems(tomllib.loads(text), registry)
+
+
+TOKEN_FILE_MESSAGE = (
+    "daemon.admin_token_file: '/etc/netd/admin.token' can be read or changed by its group or others (mode 0644); "
+    "make it readable by its owner only: chmod 600 /etc/netd/admin.token"
+)
+
+
+@pytest.mark.parametrize("page", ["docs/control-api.md", "docs/configuration.md"])
+def test_tokenFileMessageIsNetds(page: str, tmp_path: Path, registry: PluginRegistry) -> None:
+    """
+    The refusal of a token file others may read, as the pages show it, is what netd check and run say for such a file (with its path).
+    """
+    text = " ".join((ROOT / page).read_text(encoding="utf-8").split())
+    shown = TOKEN_FILE_MESSAGE if page == "docs/control-api.md" else TOKEN_FILE_MESSAGE.split(" (mode")[0]
+    assert shown in text
+    token = tmp_path / "admin.token"
+    token.write_text("s3cret-token-of-the-test\n")
+    token.chmod(0o644)
+    config = parseConfig(
+        {"daemon": {"admin": "tcp:0:interface=127.0.0.1", "admin_token_file": str(token), "state_dir": str(tmp_path / "state")}, "services": [ECHO]},
+        "netd.toml",
+        registry,
+    )
+    said = [f"{renderPath(p.path)}: {p.message}" for p in startProblems(config)]
+    assert TOKEN_FILE_MESSAGE.replace("/etc/netd/admin.token", str(token)) in said
