@@ -279,3 +279,12 @@ def test_docsLinksResolve(page: Path) -> None:
         elif fragment and linked.suffix == ".md" and fragment not in headingAnchors(linked.read_text(encoding="utf-8")):
             broken.append(target)
     assert broken == []
+
+
+def test_frontPageLinksEveryPage() -> None:
+    """
+    The README, the front page, links to every page of docs/ and every plugin's page, so that each is one click from where a newcomer starts.
+    """
+    linked = {(ROOT / target.partition("#")[0]).resolve() for target in LINK.findall(README.read_text(encoding="utf-8")) if "://" not in target}
+    pages = {page.resolve() for page in DOC_PAGES if page != README}
+    assert sorted(str(p.relative_to(ROOT)) for p in pages - linked) == []
