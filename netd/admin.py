@@ -1175,7 +1175,9 @@ class AdminServer:
                 "[daemon] admin", self.address, e, otherWays=", or leave admin out (or set it to false) to run without the control API"
             )
             raise ServiceStartError(
-                f"control API: cannot listen on {self.address.text!r} ([daemon] admin): {why}", key=("daemon", "admin")
+                f"control API: cannot listen on {self.address.text!r} ([daemon] admin): {why}",
+                key=("daemon", "admin"),
+                reason=f"control API: cannot listen on {self.address.text!r}: {why}",
             ) from e
         bound = describeBound(self.port)
         host = bound.get("host")

@@ -501,8 +501,11 @@ class Daemon(MultiService):
     def _stopServices(self) -> Deferred[None]:
         """
         Stop every service, wait for those draining since a reload, then
-        close the control API, and log how long the drain took: netd's last line.
+        close the control API, and log how long the drain took: netd's last
+        line, unless netd never served (a failed start, whose error is its
+        last line).
         """
+        served = bool(self.running)
         began = self.reactor.seconds()
         connections = sum(s.connections.openConnections() for s in self.netServices() if s.connections is not None)
         stopped: Deferred[None] = super().stopService()
@@ -512,19 +515,22 @@ class Daemon(MultiService):
         if self.admin is not None:
             admin = self.admin
             stopped.addBoth(lambda result: Deferred.fromCoroutine(admin.stopListening()).addCallback(lambda _: result))
-        return stopped.addBoth(self._stopped, connections, began)
+        return stopped.addBoth(self._stopped, connections, began) if served else stopped
 
     def _stopped(self, result: object, connections: int, began: float) -> object:
         """
         Say that netd stopped, how many connections it drained and in how long.
         """
-        if not connections:
-            message = "netd stopped: no connections were open ({seconds} seconds)"
-        elif connections == 1:
-            message = "netd stopped: drained 1 connection in {seconds} seconds"
+        if connections:
+            message = "netd stopped: drained {drained} in {seconds} seconds"
         else:
-            message = "netd stopped: drained {connections} connections in {seconds} seconds"
-        self.log.info(message, connections=connections, seconds=round(self.reactor.seconds() - began, 3))
+            message = "netd stopped: no connections were open ({seconds} seconds)"
+        self.log.info(
+            message,
+            connections=connections,
+            drained=counted(connections, "connection"),
+            seconds=round(self.reactor.seconds() - began, 3),
+        )
         return result
 
     def ready(self) -> bool:

@@ -226,10 +226,12 @@ class NetService(Service):
             return actual.listenDatagram(self.reactor, DatagramListener(self.handler, self.counters, faults=self.faults, clock=self.reactor, ownPorts=LISTENING_PORTS))
         except Exception as e:
             key = self.listenKey(address)
+            why = whyListenFailed(key, address, e)
             raise ServiceStartError(
-                f"service {self.name!r}: cannot listen on {address.text!r} ({key}): {whyListenFailed(key, address, e)}",
+                f"service {self.name!r}: cannot listen on {address.text!r} ({key}): {why}",
                 service=self.name,
                 key=("listen", self.spec.listen.index(address)),
+                reason=f"cannot listen on {address.text!r}: {why}",
             ) from e
 
     def listenKey(self, address: ListenAddress) -> str:

@@ -140,18 +140,27 @@ def heldSocket(kind: int) -> socket.socket:
     return holder
 
 
-def readmeMessage(start: str) -> str:
+README_CONFIG = "/etc/netd/netd.toml"
+"""
+The config file the docs' example messages name.
+"""
+
+
+def readmeMessage(key: str, netd: NetdProcess) -> str:
     """
-    The docs' example message of a listen refused that begins with C{start}, as one line
-    (docs/service.md shows a service's, docs/control-api.md the control API's).
+    The docs' example message of a listen refused at C{key}, as one line
+    (docs/service.md shows a service's, docs/control-api.md the control
+    API's), naming C{netd}'s config file instead of the docs'.
     """
+    start = f"netd cannot start: {README_CONFIG}: {key}: "
     [line] = [
         line
         for page in DOC_PAGES
         for line in page.read_text(encoding="utf-8").splitlines()
-        if line.startswith(start + " cannot listen on")
+        if line.startswith(start)
     ]
-    return line
+    assert netd.configFile is not None
+    return line.replace(README_CONFIG, str(netd.configFile))
 
 
 def test_twoShippedExamplesSideBySide(launch: Launcher, defaultAdminPortHeld: None) -> None:
@@ -246,7 +255,7 @@ def test_serviceAddressTaken(startNetd: Callable[..., NetdProcess], kind: int, l
     log = netd.log()
     transport = "tcp" if kind == socket.SOCK_STREAM else "udp"
     assert (
-        f"netd cannot start: service 'second': cannot listen on '{address}' (services[1].listen[1]): "
+        f"netd cannot start: {netd.configFile}: services[1].listen[1]: cannot listen on '{address}': "
         f"address already in use: another process (another netd?) holds {transport} 127.0.0.1:{port}; "
         f"`{command.format(port=port)}` shows which"
     ) in log, log
@@ -258,11 +267,11 @@ def test_serviceAddressTakenMessageIsTheReadme(startNetd: Callable[..., NetdProc
     """
     The example of a taken service address in docs/service.md is what netd prints, word for word (with the port of the test).
     """
-    example = readmeMessage("netd cannot start: service 'echo':")
     with heldSocket(socket.SOCK_STREAM) as holder:
         port = holder.getsockname()[1]
         netd = startNetd(echoService("echo", [f"tcp:{port}:interface=127.0.0.1"]), wait=False)
         assert waitForExit(netd) == 1
+    example = readmeMessage("services[0].listen[0]", netd)
     assert example.replace("7007", str(port)) in netd.log(), netd.log()
 
 
@@ -270,11 +279,11 @@ def test_adminAddressTaken(startNetd: Callable[..., NetdProcess]) -> None:
     """
     A control API address another socket holds makes netd exit 1 with the message docs/control-api.md shows: [daemon] admin, the address, the ss command, and the ways out (another port, port 0, no admin, stopping the holder).
     """
-    example = readmeMessage("netd cannot start: control API:")
     with heldSocket(socket.SOCK_STREAM) as holder:
         port = holder.getsockname()[1]
         netd = startNetd(f'[daemon]\nadmin = "tcp:{port}:interface=127.0.0.1"\n\n' + echoService("echo", ["tcp:0:interface=127.0.0.1"]), wait=False)
         assert waitForExit(netd) == 1
+    example = readmeMessage("daemon.admin", netd)
     assert example.replace(str(DEFAULT_ADMIN_PORT), str(port)) in netd.log(), netd.log()
     assert "listening on" not in netd.log()
 
@@ -320,6 +329,6 @@ def test_adminUnixSocketLeftOver(startNetd: Callable[..., NetdProcess], tmp_path
     netd = startNetd(f'[daemon]\nadmin = "unix:{path}"\n\n' + echoService("echo", ["tcp:0:interface=127.0.0.1"]), wait=False)
     assert waitForExit(netd) == 1
     log = netd.log()
-    assert f"control API: cannot listen on 'unix:{path}' ([daemon] admin): address already in use: the socket file {path} exists" in log, log
+    assert f"daemon.admin: control API: cannot listen on 'unix:{path}': address already in use: the socket file {path} exists" in log, log
     assert f"`ss -lxp 'src = {path}'` shows which" in log
     assert "left over from a process that ended without removing it: remove it" in log

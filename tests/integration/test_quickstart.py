@@ -403,7 +403,10 @@ def test_testSetupLeavesTheQuickStartInstall(tmp_path: Path) -> None:
     assert not any(".venv/" in call or call.endswith(".venv") for call in calls), calls
     assert "python3 -m venv .venv-test" in calls
     installs = [call for call in calls if " -m pip install " in call]
-    assert installs == ["./.venv-test/bin/python -m pip install -q --disable-pip-version-check -e .[test] ./tests/thirdparty"], calls
+    assert installs == [
+        "./.venv-test/bin/python -m pip install -q --disable-pip-version-check -e .[test]",
+        "./.venv-test/bin/python -m pip install -q --disable-pip-version-check ./tests/thirdparty",
+    ], calls
     assert sorted((path.relative_to(venv), path.stat().st_mtime_ns) for path in venv.rglob("*")) == before
 
 
