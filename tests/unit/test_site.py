@@ -95,3 +95,20 @@ def test_pluginFolderWithoutPageFailsTheBuild(tmp_path: Path) -> None:
     done = build(tmp_path / "site", root)
     assert done.returncode != 0
     assert "plugins/newone has no README.md" in done.stderr
+
+
+def test_pluginPageLeftOutOfTheNavFailsTheBuild(tmp_path: Path) -> None:
+    """
+    A new plugin folder's README.md is pulled into the site, and the strict build fails until mkdocs.yml's nav lists it.
+    """
+    root = copyTree(tmp_path)
+    (root / "plugins" / "newone").mkdir()
+    (root / "plugins" / "newone" / "__init__.py").touch()
+    (root / "plugins" / "newone" / "README.md").write_text("# newone\n\nA plugin.\n")
+    done = build(tmp_path / "site", root)
+    assert done.returncode != 0
+    assert "plugins/newone.md" in done.stderr
+    nav = (root / "mkdocs.yml").read_text().replace("      - Writing a plugin:", "      - newone: plugins/newone.md\n      - Writing a plugin:")
+    (root / "mkdocs.yml").write_text(nav)
+    assert build(tmp_path / "site", root).returncode == 0
+    assert (tmp_path / "site" / "plugins" / "newone" / "index.html").is_file()
