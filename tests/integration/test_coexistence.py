@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "config" / "examples"
-README = ROOT / "README.md"
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 EXIT_TIMEOUT = 15.0
 DEFAULT_ADMIN_PORT = 8053
 """
@@ -142,17 +142,23 @@ def heldSocket(kind: int) -> socket.socket:
 
 README_CONFIG = "/etc/netd/netd.toml"
 """
-The config file the README's example messages name.
+The config file the docs' example messages name.
 """
 
 
 def readmeMessage(key: str, netd: NetdProcess) -> str:
     """
-    The README's example message of a listen refused at C{key}, as one line,
-    naming C{netd}'s config file instead of the README's.
+    The docs' example message of a listen refused at C{key}, as one line
+    (docs/service.md shows a service's, docs/control-api.md the control
+    API's), naming C{netd}'s config file instead of the docs'.
     """
     start = f"netd cannot start: {README_CONFIG}: {key}: "
-    [line] = [line for line in README.read_text(encoding="utf-8").splitlines() if line.startswith(start)]
+    [line] = [
+        line
+        for page in DOC_PAGES
+        for line in page.read_text(encoding="utf-8").splitlines()
+        if line.startswith(start)
+    ]
     assert netd.configFile is not None
     return line.replace(README_CONFIG, str(netd.configFile))
 
@@ -186,7 +192,7 @@ def test_twoShippedExamplesSideBySide(launch: Launcher, defaultAdminPortHeld: No
 
 def test_socketActivatedExampleBesideAnotherNetd(launch: Launcher, defaultAdminPortHeld: None) -> None:
     """
-    The README's socket-activation example, config/examples/socket-activated.toml under systemd-socket-activate, starts and serves while another process holds 127.0.0.1:8053.
+    The socket-activation example of docs/service.md, config/examples/socket-activated.toml under systemd-socket-activate, starts and serves while another process holds 127.0.0.1:8053.
     """
     launcher = requireTool("systemd-socket-activate")
     for attempt in range(3):
@@ -259,7 +265,7 @@ def test_serviceAddressTaken(startNetd: Callable[..., NetdProcess], kind: int, l
 
 def test_serviceAddressTakenMessageIsTheReadme(startNetd: Callable[..., NetdProcess]) -> None:
     """
-    The README's example of a taken service address is what netd prints, word for word (with the port of the test).
+    The example of a taken service address in docs/service.md is what netd prints, word for word (with the port of the test).
     """
     with heldSocket(socket.SOCK_STREAM) as holder:
         port = holder.getsockname()[1]
@@ -271,7 +277,7 @@ def test_serviceAddressTakenMessageIsTheReadme(startNetd: Callable[..., NetdProc
 
 def test_adminAddressTaken(startNetd: Callable[..., NetdProcess]) -> None:
     """
-    A control API address another socket holds makes netd exit 1 with the README's message: [daemon] admin, the address, the ss command, and the ways out (another port, port 0, no admin, stopping the holder).
+    A control API address another socket holds makes netd exit 1 with the message docs/control-api.md shows: [daemon] admin, the address, the ss command, and the ways out (another port, port 0, no admin, stopping the holder).
     """
     with heldSocket(socket.SOCK_STREAM) as holder:
         port = holder.getsockname()[1]

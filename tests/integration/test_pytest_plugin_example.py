@@ -1,5 +1,5 @@
 """
-The worked example of the README's "Testing your client with netd", kept here
+The worked example of "Testing your client with netd" (docs/testing.md), kept here
 so that it cannot rot: a small line-protocol client under test, checked with
 the C{netd_server} fixture against faults set through the control API
 (C{reset_after} and C{slice}, see "Faults on purpose").
@@ -16,7 +16,7 @@ from netd.harness import NetdServer
 
 pytestmark = pytest.mark.integration
 
-# --- the README's example starts here ---
+# --- the example of docs/testing.md starts here ---
 
 ECHO = {
     "services": [
@@ -68,7 +68,7 @@ def test_reassemblesSlicedAnswers(netd_server: Callable[..., NetdServer]) -> Non
     assert ask(server.address("echo"), b"hello world") == b"hello world"
 
 
-# --- the README's example ends here ---
+# --- the example of docs/testing.md ends here ---
 
 
 def test_exampleFailsWithoutItsFaults(netd_server: Callable[..., NetdServer]) -> None:

@@ -16,6 +16,7 @@ import signal
 import socket
 import stat
 import subprocess
+import textwrap
 from pathlib import Path
 
 
@@ -250,6 +251,94 @@ def test_quickStartExamplesWorkAsWritten(tmp_path: Path) -> None:
     assert again.stop() == 0, again.log()
     assert f"using the development certificate for localhost, 127.0.0.1 and ::1 in {directory}; clients trust it with the CA {ca}" in again.log()
     assert "made the development certificate" not in again.log()
+
+
+# The README's five-minute tour, after the quick start.
+
+
+def tourSection() -> str:
+    """
+    The text of the README's five-minute tour section.
+    """
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"^## A five-minute tour\n(.*?)^## ", readme, re.MULTILINE | re.DOTALL)
+    assert found is not None, "README.md has no '## A five-minute tour' section"
+    return found.group(1)
+
+
+def tourBlocks(info: str) -> list[str]:
+    """
+    The code blocks of the tour whose info string is C{info}, dedented (they sit in a list).
+    """
+    return [textwrap.dedent(block) for block in re.findall(rf"^ *```{info}\n(.*?)^ *```$", tourSection(), re.MULTILINE | re.DOTALL)]
+
+
+def runTourBlock(block: str, home: Path, cwd: Path) -> tuple[int, str, str]:
+    """
+    Run one tour block as one bash script (a user's interactive shell on
+    Debian; C{time} is a bash keyword), with the quick start's C{.venv/bin/netd}
+    standing for this test's netd; its exit status, standard output and error.
+    """
+    script = block.replace(".venv/bin/netd", shlex.join(netdCommand()))
+    done = subprocess.run(
+        ["bash", "-c", script],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HOME=str(home)),
+        cwd=cwd,
+        timeout=COMMAND_TIMEOUT,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_tourWorksAsWritten(tmp_path: Path) -> None:
+    """
+    The five-minute tour, run as written after the quick start's netd run: its control API calls answer, the echo is slowed by the fault and then not, its config checks, and netd run on it writes the ports file.
+    """
+    for tool in ("bash", "curl", "socat"):
+        requireTool(tool)
+    busy = busyPorts()
+    if busy:
+        unavailable(f"the tour runs against the embedded default's fixed ports, and {', '.join(busy)} is in use; stop it and run the test again")
+    shell = tourBlocks("sh")
+    [config] = tourBlocks("toml")
+    [look] = [block for block in shell if "/metrics" in block]
+    [faults] = [block for block in shell if "/faults" in block]
+    [check] = [block for block in shell if "netd check" in block]
+    home = tmp_path / "home"
+    home.mkdir()
+    netd = startDefault(home, 0)
+    try:
+        status, out, err = runTourBlock(look, home, tmp_path)
+        assert status == 0 and '"echo"' in out and "netd_build_info" in out, (out, err)
+        status, out, err = runTourBlock(faults, home, tmp_path)
+        assert status == 0, (out, err)
+        assert out.count("hello") == 2, out
+        slowed, quick = [int(minutes) * 60 + float(seconds) for minutes, seconds in re.findall(r"^real\s+(\d+)m([\d.]+)s$", err, re.MULTILINE)]
+        assert slowed >= 0.9 and quick < 0.5, err
+    finally:
+        assert netd.stop() == 0, netd.log()
+    (tmp_path / "my.toml").write_text(config)
+    checkLine, runLine = check.strip().splitlines()
+    status, out, err = runTourBlock(checkLine, home, tmp_path)
+    assert status == 0 and out.startswith("# my.toml: valid"), (out, err)
+    logFile = tmp_path / "my-netd.log"
+    with logFile.open("wb") as log:
+        process = subprocess.Popen(
+            ["bash", "-c", "exec " + runLine.replace(".venv/bin/netd", shlex.join(netdCommand()))],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, HOME=str(home)),
+            cwd=tmp_path,
+        )
+    ran = NetdProcess(process, tmp_path / "ports.json", logFile, home / ".local" / "state" / "netd")
+    try:
+        ran.waitUntilReady()
+        assert [entry["transport"] for entry in ran.services["lines"]] == ["tcp"]
+    finally:
+        ran.kill()
 
 
 # The test set-up and the quick start's .venv.

@@ -1,7 +1,8 @@
 """
-The documentation is tested: every TOML block in the README and in the pages
-of docs/, and every config file under config/, is loaded through netd.config,
-so an example cannot drift from what netd accepts.
+The documentation is tested: every TOML block in the README, in the pages of
+docs/ and in each plugin's page (plugins/*/README.md), and every config file
+under config/, is loaded through netd.config, so an example cannot drift from
+what netd accepts; every relative link and anchor of those pages resolves.
 
 A block preceded by the line C{<!-- invalid -->} shows a mistake on
 purpose; it must still be TOML, and netd must refuse it.
@@ -69,7 +70,7 @@ def tomlBlocks(markdown: str) -> list[TomlBlock]:
     return blocks
 
 
-DOC_PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+DOC_PAGES = [README, *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "plugins").glob("*/README.md"))]
 DOC_BLOCKS = [
     (page.relative_to(ROOT).as_posix(), block)
     for page in DOC_PAGES
@@ -139,7 +140,7 @@ def checkBlock(block: TomlBlock, registry: PluginRegistry, page: str = "README.m
 @pytest.mark.parametrize("located", DOC_BLOCKS, ids=blockId)
 def test_docsBlock(located: tuple[str, TomlBlock], registry: PluginRegistry) -> None:
     """
-    Each TOML block of the README and docs/ is a config netd accepts, or, marked invalid, TOML that netd refuses.
+    Each TOML block of the README, docs/ and the plugins' pages is a config netd accepts, or, marked invalid, TOML that netd refuses.
     """
     page, block = located
     checkBlock(block, registry, page)
@@ -210,22 +211,36 @@ def test_blockExtraction() -> None:
 
 
 @pytest.mark.parametrize(
-    ("section", "keys"),
+    ("page", "section", "keys"),
     [
-        pytest.param("### `[daemon]`", list(schemaFields(DaemonSpec)), id="daemon-keys"),
-        pytest.param("### `[[services]]`", list(schemaFields(ServiceEnvelope)), id="service-keys"),
-        pytest.param("### Framings", list(FRAMINGS), id="framings"),
+        pytest.param("docs/configuration.md", "## `[daemon]`", list(schemaFields(DaemonSpec)), id="daemon-keys"),
+        pytest.param("docs/configuration.md", "## `[[services]]`", list(schemaFields(ServiceEnvelope)), id="service-keys"),
+        pytest.param("docs/listen.md", "## Framings", list(FRAMINGS), id="framings"),
     ],
 )
-def test_readmeReferenceComplete(section: str, keys: list[str]) -> None:
+def test_referenceComplete(page: str, section: str, keys: list[str]) -> None:
     """
-    The README's reference tables list every daemon key, every service key and every framing.
+    The reference tables of the docs list every daemon key, every service key and every framing.
     """
-    text = README.read_text(encoding="utf-8")
+    text = (ROOT / page).read_text(encoding="utf-8")
     start = text.index(section)
     end = text.find("\n#", start + len(section))
     body = text[start : end if end != -1 else len(text)]
     missing = [key for key in keys if f"| `{key}` |" not in body]
+    assert missing == []
+
+
+@pytest.mark.parametrize("plugin", sorted(p.parent.name for p in (ROOT / "plugins").glob("*/__init__.py")))
+def test_pluginHasItsPage(plugin: str, registry: PluginRegistry) -> None:
+    """
+    Each built-in plugin's folder has its page, README.md, titled with the plugin's name, and its table lists every option of the plugin.
+    """
+    readme = ROOT / "plugins" / plugin / "README.md"
+    assert readme.is_file()
+    [name] = [n for n, found in registry.plugins.items() if found.source == f"built-in netd_plugins.{plugin}"]
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith(f"# {name}\n")
+    missing = [key for key in schemaFields(registry.plugins[name].plugin.optionsType) if f"`{key}`" not in text]
     assert missing == []
 
 
@@ -264,3 +279,12 @@ def test_docsLinksResolve(page: Path) -> None:
         elif fragment and linked.suffix == ".md" and fragment not in headingAnchors(linked.read_text(encoding="utf-8")):
             broken.append(target)
     assert broken == []
+
+
+def test_frontPageLinksEveryPage() -> None:
+    """
+    The README, the front page, links to every page of docs/ and every plugin's page, so that each is one click from where a newcomer starts.
+    """
+    linked = {(ROOT / target.partition("#")[0]).resolve() for target in LINK.findall(README.read_text(encoding="utf-8")) if "://" not in target}
+    pages = {page.resolve() for page in DOC_PAGES if page != README}
+    assert sorted(str(p.relative_to(ROOT)) for p in pages - linked) == []

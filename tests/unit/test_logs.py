@@ -261,7 +261,7 @@ def test_everyLoggerIsNamedAfterItsModule() -> None:
 
 def test_docsListTheJSONFields() -> None:
     """
-    The docs' table of JSON line fields (README or docs/) names every field a JSON line can have besides the event's own.
+    The docs' table of JSON line fields (docs/service.md, or any page of docs/ or the README) names every field a JSON line can have besides the event's own.
     """
     root = Path(__file__).parents[2]
     documented: set[str] = set()

@@ -68,7 +68,7 @@ def installLines() -> list[tuple[str, str]]:
     Every C{pip install}/C{pipx install} command in the README, the pages of
     docs/ and the files of config/, with the file it is in.
     """
-    files = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted(p for p in (ROOT / "config").rglob("*") if p.is_file())]
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "plugins").glob("*/README.md")), *sorted(p for p in (ROOT / "config").rglob("*") if p.is_file())]
     found = []
     for path in files:
         for line in re.findall(r"pipx? install[^`\n]*", path.read_text()):

@@ -333,7 +333,7 @@ def unitSettings(path: Path) -> dict[str, list[str]]:
 
 def test_exampleServiceUnit() -> None:
     """
-    config/netd.service is a Type=notify unit with a watchdog, a SIGHUP reload and the sandbox the README describes.
+    config/netd.service is a Type=notify unit with a watchdog, a SIGHUP reload and the sandbox docs/service.md describes.
     """
     settings = unitSettings(ROOT / "config" / "netd.service")
     expected = {

@@ -17,7 +17,7 @@ from netd.framing import FRAMINGS
 from netd.interfaces import IProtocolPlugin
 from netd.plugin import PluginContext
 
-from .echo import EchoHandler
+from ..echo import EchoHandler
 
 
 @attrs.frozen
