@@ -67,6 +67,45 @@ class NetdProcess:
         for tests that rewrite it and reload.
         """
 
+    @classmethod
+    def spawn(
+        cls,
+        command: list[str],
+        portsFile: Path,
+        logFile: Path,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        preexec: Callable[[], None] | None = None,
+        stateDir: Path | None = None,
+    ) -> NetdProcess:
+        """
+        Start C{command} (a netd or twistd command line writing C{portsFile})
+        with nothing on its standard input and its output in C{logFile}.
+        """
+        with logFile.open("wb") as log:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                preexec_fn=preexec,
+            )
+        return cls(process, portsFile, logFile, stateDir)
+
+    def readyOrKilled(self) -> NetdProcess:
+        """
+        Wait until netd is ready; if it is not, kill it and raise.
+        """
+        try:
+            self.waitUntilReady()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
     @property
     def pid(self) -> int:
         """
@@ -350,16 +389,14 @@ def _netdStarter(directory: Path, started: list[NetdProcess]) -> Callable[..., N
         # The environment as it is now: a test may have set NETD_REACTOR, say.
         environment = {key: value for key, value in os.environ.items() if key != "STATE_DIRECTORY"}
         environment["XDG_STATE_HOME"] = str(stateHome)
-        with logFile.open("wb") as log:
-            process = subprocess.Popen(
-                netdCommand("run", *configArgs, "--ports-file", str(portsFile)),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_defaultSigInt,
-                env=environment,
-            )
-        netd = NetdProcess(process, portsFile, logFile, stateHome / "netd")
+        netd = NetdProcess.spawn(
+            netdCommand("run", *configArgs, "--ports-file", str(portsFile)),
+            portsFile,
+            logFile,
+            env=environment,
+            preexec=_defaultSigInt,
+            stateDir=stateHome / "netd",
+        )
         if config is not None:
             netd.configFile = configFile
         started.append(netd)

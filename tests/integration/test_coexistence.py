@@ -53,16 +53,13 @@ def launch(tmp_path: Path) -> Iterator[Launcher]:
         environment = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_", "WATCHDOG_"))}
         environment.pop("STATE_DIRECTORY", None)
         environment["XDG_STATE_HOME"] = str(directory / f"state-{index}")
-        with logFile.open("wb") as log:
-            process = subprocess.Popen(
-                [*prefix, *netdCommand("run", "-c", str(configFile), "--ports-file", str(portsFile))],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=environment,
-                cwd=directory,
-            )
-        netd = NetdProcess(process, portsFile, logFile)
+        netd = NetdProcess.spawn(
+            [*prefix, *netdCommand("run", "-c", str(configFile), "--ports-file", str(portsFile))],
+            portsFile,
+            logFile,
+            env=environment,
+            cwd=directory,
+        )
         started.append(netd)
         return netd
 

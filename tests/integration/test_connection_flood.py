@@ -239,22 +239,13 @@ def startWithDescriptors(directory: Path, config: str, limit: tuple[int, int], r
         _defaultSigInt()
         resource.setrlimit(resource.RLIMIT_NOFILE, limit)
 
-    with logFile.open("wb") as log:
-        process = subprocess.Popen(
-            netdCommand("run", "-c", str(configFile), "--ports-file", str(portsFile)),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=limited,
-            env=environment,
-        )
-    netd = NetdProcess(process, portsFile, logFile)
-    try:
-        netd.waitUntilReady()
-    except BaseException:
-        netd.kill()
-        raise
-    return netd
+    return NetdProcess.spawn(
+        netdCommand("run", "-c", str(configFile), "--ports-file", str(portsFile)),
+        portsFile,
+        logFile,
+        env=environment,
+        preexec=limited,
+    ).readyOrKilled()
 
 
 def cpuSeconds(pid: int) -> float:

@@ -98,21 +98,9 @@ def startAsRoot(config: str, directory: Path) -> NetdProcess:
     portsFile = directory / "ports.json"
     logFile = directory / "netd.log"
     environment = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "NOTIFY_SOCKET", "LISTEN_PID")}
-    with logFile.open("wb") as log:
-        process = subprocess.Popen(
-            netdCommand("run", "-c", str(configFile), "--ports-file", str(portsFile)),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment,
-        )
-    netd = NetdProcess(process, portsFile, logFile)
-    try:
-        netd.waitUntilReady()
-    except BaseException:
-        netd.kill()
-        raise
-    return netd
+    return NetdProcess.spawn(
+        netdCommand("run", "-c", str(configFile), "--ports-file", str(portsFile)), portsFile, logFile, env=environment
+    ).readyOrKilled()
 
 
 def test_bindAsRootThenServeAsNobody(sharedDir: Path) -> None:

@@ -175,21 +175,13 @@ def startDefault(home: Path, run: int) -> NetdProcess:
     environment["HOME"] = str(home)
     portsFile = home / f"ports-{run}.json"
     logFile = home / f"netd-{run}.log"
-    with logFile.open("wb") as log:
-        process = subprocess.Popen(
-            netdCommand("run", "--ports-file", str(portsFile)),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment,
-        )
-    netd = NetdProcess(process, portsFile, logFile, home / ".local" / "state" / "netd")
-    try:
-        netd.waitUntilReady()
-    except BaseException:
-        netd.kill()
-        raise
-    return netd
+    return NetdProcess.spawn(
+        netdCommand("run", "--ports-file", str(portsFile)),
+        portsFile,
+        logFile,
+        env=environment,
+        stateDir=home / ".local" / "state" / "netd",
+    ).readyOrKilled()
 
 
 def runExample(command: str, home: Path) -> tuple[int, str, str]:
@@ -324,16 +316,14 @@ def test_tourWorksAsWritten(tmp_path: Path) -> None:
     status, out, err = runTourBlock(checkLine, home, tmp_path)
     assert status == 0 and out.startswith("# my.toml: valid"), (out, err)
     logFile = tmp_path / "my-netd.log"
-    with logFile.open("wb") as log:
-        process = subprocess.Popen(
-            ["bash", "-c", "exec " + runLine.replace(".venv/bin/netd", shlex.join(netdCommand()))],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, HOME=str(home)),
-            cwd=tmp_path,
-        )
-    ran = NetdProcess(process, tmp_path / "ports.json", logFile, home / ".local" / "state" / "netd")
+    ran = NetdProcess.spawn(
+        ["bash", "-c", "exec " + runLine.replace(".venv/bin/netd", shlex.join(netdCommand()))],
+        tmp_path / "ports.json",
+        logFile,
+        env=dict(os.environ, HOME=str(home)),
+        cwd=tmp_path,
+        stateDir=home / ".local" / "state" / "netd",
+    )
     try:
         ran.waitUntilReady()
         assert [entry["transport"] for entry in ran.services["lines"]] == ["tcp"]

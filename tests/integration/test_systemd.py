@@ -109,15 +109,12 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., NetdProcess]]:
         environment = {k: v for k, v in os.environ.items() if k not in SYSTEMD_VARIABLES and k != "STATE_DIRECTORY"}
         environment["XDG_STATE_HOME"] = str(tmp_path / "state")
         environment.update(env or {})
-        with logFile.open("wb") as log:
-            process = subprocess.Popen(
-                [*prefix, *netdCommand("run", "-c", str(configFile), "--ports-file", str(portsFile))],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=environment,
-            )
-        netd = NetdProcess(process, portsFile, logFile)
+        netd = NetdProcess.spawn(
+            [*prefix, *netdCommand("run", "-c", str(configFile), "--ports-file", str(portsFile))],
+            portsFile,
+            logFile,
+            env=environment,
+        )
         started.append(netd)
         return netd
 

@@ -15,7 +15,6 @@ import os
 import pwd
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -66,11 +65,7 @@ def twistd(tmp_path: Path) -> Iterator[Callable[..., NetdProcess]]:
         )
         environment["XDG_STATE_HOME"] = str(directory / "state")
         command = [*twistdCommand(), *options, "netd", "-c", str(configFile), "--ports-file", str(portsFile)]
-        with logFile.open("wb") as log:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=directory
-            )
-        netd = NetdProcess(process, portsFile, logFile)
+        netd = NetdProcess.spawn(command, portsFile, logFile, env=environment, cwd=directory)
         started.append(netd)
         return netd
 
