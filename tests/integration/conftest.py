@@ -135,6 +135,17 @@ class NetdProcess:
         assert self.admin is not None and "port" in self.admin, f"the control API does not listen on TCP: {self.admin}"
         return f"http://{self.admin['host']}:{self.admin['port']}{path}"
 
+    def counter(self, name: str, service: str) -> float:
+        """
+        The value of C{service}'s counter C{name} in /metrics (0 when absent).
+        """
+        with urllib.request.urlopen(self.adminURL("/metrics"), timeout=IO_TIMEOUT) as response:
+            text = response.read().decode()
+        for line in text.splitlines():
+            if line.startswith(f"netd_{name}_total{{") and f'service="{service}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
     def adminHeaders(self) -> dict[str, str]:
         """
         The C{Authorization} header with the control API's token (the ports

@@ -14,7 +14,6 @@ import socket
 import struct
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -233,18 +232,6 @@ def addresses(answer: bytes) -> list[str]:
     return [record.payload.dottedQuad() for record in message.answers if record.type == dns.A]
 
 
-def counter(netd: NetdProcess, name: str) -> float:
-    """
-    The value of the dns service's counter C{name} in /metrics (0 when absent).
-    """
-    with urllib.request.urlopen(netd.adminURL("/metrics"), timeout=IO_TIMEOUT) as response:
-        text = response.read().decode()
-    for line in text.splitlines():
-        if line.startswith(f"netd_{name}_total{{") and 'service="dns"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def test_spooferWhoKnowsPortAndIDIsNotBelieved(startNetd: Any, fakeUpstream: Any) -> None:
     """
     A raw UDP sender told the source port and ID of each upstream query (more than an off-path attacker knows) answers first, in the client's case, in lowercase and in uppercase: none of its answers is accepted, each query gets the real address, and the near misses are counted.
@@ -269,9 +256,9 @@ def test_spooferWhoKnowsPortAndIDIsNotBelieved(startNetd: Any, fakeUpstream: Any
     finally:
         spoofer.close()
     assert len(forged) >= 9
-    assert counter(netd, "upstream_case_mismatches") == 3, "one forgery per query got as far as the case check"
+    assert netd.counter("upstream_case_mismatches", "dns") == 3, "one forgery per query got as far as the case check"
     assert [transport for transport, _, _ in upstream.received].count("tcp") >= 3, "each asked again over TCP"
-    assert counter(netd, "upstream_case_disabled") == 0
+    assert netd.counter("upstream_case_disabled", "dns") == 0
 
 
 CLIENT_NAME = "Www.Spoofing-Target.Example.Test"
@@ -285,7 +272,7 @@ def test_upstreamThatLowercasesIsDetectedOnce(startNetd: Any, fakeUpstream: Any)
     upstream = fakeUpstream(lowercase=True)
     netd = startNetd(dnsConfig(upstream.upstream))
     deadline = time.monotonic() + IO_TIMEOUT
-    while counter(netd, "upstream_answers") < 1:
+    while netd.counter("upstream_answers", "dns") < 1:
         assert time.monotonic() < deadline, "the start-up loop probe was not answered"
         time.sleep(0.05)
     assert [transport for transport, _, _ in upstream.received] == ["udp", "tcp"], "the probe, asked again over TCP"
@@ -298,8 +285,8 @@ def test_upstreamThatLowercasesIsDetectedOnce(startNetd: Any, fakeUpstream: Any)
     assert [transport for transport, _, _ in upstream.received] == ["udp", "tcp", "udp", "udp", "udp"]
     assert upstream.received[-1] == ("udp", upstream.received[-1][1], b"\x05Host2\x07Example\x04TEST\x00"), "the client's case, no 0x20"
     assert netd.log().count("does not keep the letter case") == 1
-    assert counter(netd, "upstream_case_disabled") == 1
-    assert counter(netd, "upstream_case_mismatches") == 1
+    assert netd.counter("upstream_case_disabled", "dns") == 1
+    assert netd.counter("upstream_case_mismatches", "dns") == 1
 
 
 def test_queriesLeaveFromManyRandomPorts(startNetd: Any, fakeUpstream: Any) -> None:
@@ -319,4 +306,4 @@ def test_queriesLeaveFromManyRandomPorts(startNetd: Any, fakeUpstream: Any) -> N
     steps = [b - a for a, b in zip(distinct, distinct[1:])]
     assert max(distinct) - min(distinct) > (high - low) // 4, "spread over the range"
     assert sum(step == 1 for step in steps) < len(steps) // 2, "not handed out in sequence"
-    assert counter(netd, "upstream_udp_sockets_opened") >= 20
+    assert netd.counter("upstream_udp_sockets_opened", "dns") >= 20

@@ -12,7 +12,6 @@ import socket
 import struct
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -96,18 +95,6 @@ def silentUpstream() -> Iterator[SilentUpstream]:
     upstream.stop()
 
 
-def counter(netd: NetdProcess, name: str) -> float:
-    """
-    The value of the dns service's counter C{name} in /metrics (0 when absent).
-    """
-    with urllib.request.urlopen(netd.adminURL("/metrics"), timeout=IO_TIMEOUT) as response:
-        text = response.read().decode()
-    for line in text.splitlines():
-        if line.startswith(f"netd_{name}_total{{") and 'service="dns"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def test_queriesPastTheBoundFailAtOnce(startNetd: Any, silentUpstream: SilentUpstream) -> None:
     """
     With a TCP upstream that never answers, stream_connections connections of stream_pipeline queries each hold the queries (the start-up loop probe among them); every query past that gets SERVFAIL within a second instead of waiting for the 30 s timeout, counted as upstream_busy, and the control API still answers.
@@ -143,7 +130,7 @@ def test_queriesPastTheBoundFailAtOnce(startNetd: Any, silentUpstream: SilentUps
             servfails[struct.unpack("!H", answer[:2])[0]] = time.monotonic() - started
     assert len(servfails) == QUERIES - held
     assert max(servfails.values()) < 1.0, servfails
-    assert counter(netd, "upstream_busy") == QUERIES - held
+    assert netd.counter("upstream_busy", "dns") == QUERIES - held
     assert len(silentUpstream.frames) == CONNECTIONS
     deadline = time.monotonic() + IO_TIMEOUT
     while sum(silentUpstream.frames) < CONNECTIONS * PIPELINE:
