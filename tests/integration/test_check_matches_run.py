@@ -25,6 +25,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from netd.testing import unavailable
 from netd.certs import ensureDevelopmentSet
 
 from .conftest import IO_TIMEOUT, STARTUP_TIMEOUT, connect, netdCommand, recvExactly
@@ -231,7 +232,7 @@ def test_checkRefusesWhatRunRefuses(places: tuple[Path, Path], name: str) -> Non
     """
     refusal = REFUSALS[name]
     if refusal.root and os.geteuid() != 0:
-        pytest.skip("needs root: the state directory rules apply to a root start with [daemon] user (CI runs as root)")
+        unavailable("needs root: the state directory rules apply to a root start with [daemon] user (CI runs as root)")
     folder, workdir = places
     refusal.setup(folder)
     (folder / "netd.toml").write_text(refusal.config)

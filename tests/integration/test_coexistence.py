@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from netd.testing import unavailable
+
 from .conftest import IO_TIMEOUT, NetdProcess, connect, echoService, netdCommand, recvExactly, requireTool, waitForLog, withTestAdmin
 
 pytestmark = pytest.mark.integration
@@ -167,13 +169,13 @@ def test_twoShippedExamplesSideBySide(launch: Launcher, defaultAdminPortHeld: No
     framingPorts = [(socket.SOCK_STREAM, port) for port in range(7100, 7105)] + [(socket.SOCK_DGRAM, 7100)]
     busy = [port for kind, port in framingPorts if portBusy(kind, port)]
     if busy:
-        pytest.skip(f"ports of config/examples/echo-framings.toml are in use on 127.0.0.1: {busy}")
+        unavailable(f"ports of config/examples/echo-framings.toml are in use on 127.0.0.1: {busy}")
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("::1", 7103))
         except OSError as e:
-            pytest.skip(f"config/examples/echo-framings.toml listens on [::1]:7103, which cannot be bound here: {e}")
+            unavailable(f"config/examples/echo-framings.toml listens on [::1]:7103, which cannot be bound here: {e}")
     first = launch(EXAMPLES / "test-target.toml")
     second = launch(EXAMPLES / "echo-framings.toml")
     first.waitUntilReady()
@@ -217,7 +219,7 @@ def test_embeddedDefaultBesideAnExample(startNetd: Callable[..., NetdProcess], l
     ports = [(socket.SOCK_STREAM, 7007), (socket.SOCK_DGRAM, 7007), (socket.SOCK_STREAM, 5300), (socket.SOCK_DGRAM, 5300), (socket.SOCK_STREAM, 7443), (socket.SOCK_STREAM, DEFAULT_ADMIN_PORT)]
     busy = [port for kind, port in ports if portBusy(kind, port)]
     if busy:
-        pytest.skip(f"ports of the embedded default config are in use on 127.0.0.1: {busy}")
+        unavailable(f"ports of the embedded default config are in use on 127.0.0.1: {busy}")
     default = startNetd(None)
     example = launch(EXAMPLES / "test-target.toml")
     example.waitUntilReady()

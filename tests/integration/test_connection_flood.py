@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from netd.testing import unavailable
+
 from .conftest import (
     IO_TIMEOUT,
     NetdProcess,
@@ -65,7 +67,7 @@ def descriptorsRaised(wanted: int) -> Iterator[None]:
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < wanted:
-        pytest.skip(f"the hard open-file limit ({hard}) is below the {wanted} descriptors the flood needs")
+        unavailable(f"the hard open-file limit ({hard}) is below the {wanted} descriptors the flood needs")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         yield
