@@ -611,3 +611,65 @@ def dig(address: tuple[str, int], *args: str, time: int = 3) -> DigResult:
 
 
 _monotonic = time.monotonic
+
+
+# The embedded default config listens on fixed ports: a test that runs it needs them free.
+
+
+def canBind(kind: int, port: int) -> bool:
+    """
+    Whether a socket of C{kind} can bind 127.0.0.1:C{port} (and listen, for TCP) now.
+    """
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+            if kind == socket.SOCK_STREAM:
+                probe.listen()
+        except OSError:
+            return False
+    return True
+
+
+def embeddedDefaultPorts() -> list[tuple[str, int]]:
+    """
+    The (transport, port) pairs the embedded default config listens on, on
+    127.0.0.1: its services and its control API, read from the config itself.
+    """
+    from netd.config import loadConfig
+    from netd.plugin import discoverPlugins
+
+    config = loadConfig(None, discoverPlugins()).toConfig()
+    listens = [listen for service in config["services"] for listen in service["listen"]]
+    admin = config["daemon"].get("admin")
+    if isinstance(admin, str):
+        listens.append(admin)
+    ports = []
+    for listen in listens:
+        parsed = re.fullmatch(r"(tcp|udp):(\d+):interface=127\.0\.0\.1", listen)
+        assert parsed is not None, f"the embedded default listens on {listen!r}, not a fixed loopback port"
+        ports.append((parsed.group(1), int(parsed.group(2))))
+    return ports
+
+
+def busyEmbeddedDefaultPorts() -> list[str]:
+    """
+    The embedded default's ports that something else holds now.
+    """
+    return [
+        f"{transport} 127.0.0.1:{port}"
+        for transport, port in embeddedDefaultPorts()
+        if not canBind(socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM, port)
+    ]
+
+
+def requireEmbeddedDefaultPorts(why: str = "the test runs netd on the embedded default config") -> None:
+    """
+    Skip (fail under CI=true) unless the embedded default's fixed ports are free.
+    """
+    busy = busyEmbeddedDefaultPorts()
+    if busy:
+        unavailable(
+            f"{why}, whose fixed ports {', '.join(busy)} are in use (a netd started from the quick start, or "
+            "another test run?); stop it and run the test again"
+        )

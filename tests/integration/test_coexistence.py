@@ -20,7 +20,7 @@ import pytest
 
 from netd.testing import unavailable
 
-from .conftest import IO_TIMEOUT, NetdProcess, connect, echoService, netdCommand, recvExactly, requireTool, waitForLog, withTestAdmin
+from .conftest import IO_TIMEOUT, NetdProcess, canBind, connect, echoService, netdCommand, recvExactly, requireEmbeddedDefaultPorts, requireTool, waitForLog, withTestAdmin
 
 pytestmark = pytest.mark.integration
 
@@ -94,19 +94,6 @@ def echoes(address: tuple[str, int], payload: bytes, udp: bool = False) -> bool:
         return recvExactly(client, len(payload)) == payload
 
 
-def portBusy(kind: int, port: int) -> bool:
-    """
-    Whether 127.0.0.1:C{port} of C{kind} cannot be bound now (something holds it).
-    """
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
 @pytest.fixture
 def defaultAdminPortHeld() -> Iterator[None]:
     """
@@ -121,7 +108,7 @@ def defaultAdminPortHeld() -> Iterator[None]:
         holder.listen()
     except OSError:
         holder.close()
-        assert portBusy(socket.SOCK_STREAM, DEFAULT_ADMIN_PORT)
+        assert not canBind(socket.SOCK_STREAM, DEFAULT_ADMIN_PORT)
         yield
         return
     with holder:
@@ -167,7 +154,7 @@ def test_twoShippedExamplesSideBySide(launch: Launcher, defaultAdminPortHeld: No
     Two shipped example configs without an admin key, started at once as they are while another process holds 127.0.0.1:8053, both start and both serve, with no control API.
     """
     framingPorts = [(socket.SOCK_STREAM, port) for port in range(7100, 7105)] + [(socket.SOCK_DGRAM, 7100)]
-    busy = [port for kind, port in framingPorts if portBusy(kind, port)]
+    busy = [port for kind, port in framingPorts if not canBind(kind, port)]
     if busy:
         unavailable(f"ports of config/examples/echo-framings.toml are in use on 127.0.0.1: {busy}")
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
@@ -216,10 +203,7 @@ def test_embeddedDefaultBesideAnExample(startNetd: Callable[..., NetdProcess], l
     """
     netd run without -c (control API on 127.0.0.1:8053) and a shipped example started as it is run at once; the default's control API answers.
     """
-    ports = [(socket.SOCK_STREAM, 7007), (socket.SOCK_DGRAM, 7007), (socket.SOCK_STREAM, 5300), (socket.SOCK_DGRAM, 5300), (socket.SOCK_STREAM, 7443), (socket.SOCK_STREAM, DEFAULT_ADMIN_PORT)]
-    busy = [port for kind, port in ports if portBusy(kind, port)]
-    if busy:
-        unavailable(f"ports of the embedded default config are in use on 127.0.0.1: {busy}")
+    requireEmbeddedDefaultPorts()
     default = startNetd(None)
     example = launch(EXAMPLES / "test-target.toml")
     example.waitUntilReady()

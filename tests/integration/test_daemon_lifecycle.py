@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import IO_TIMEOUT, connect, echoService, netdCommand, recvExactly, recvUntilClosed, waitForLog
+from .conftest import IO_TIMEOUT, canBind, connect, echoService, netdCommand, recvExactly, recvUntilClosed, requireEmbeddedDefaultPorts, waitForLog
 
 pytestmark = pytest.mark.integration
 
@@ -58,21 +58,6 @@ def freePort() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def canBind(kind: int, port: int) -> bool:
-    """
-    Whether a socket of C{kind} can bind 127.0.0.1:C{port} (and listen, for TCP) now.
-    """
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-            if kind == socket.SOCK_STREAM:
-                probe.listen()
-        except OSError:
-            return False
-    return True
 
 
 ONE_ECHO = echoService("echo", ["tcp:0:interface=127.0.0.1", "udp:0:interface=127.0.0.1"])
@@ -266,26 +251,11 @@ def test_jsonLogFormat(startNetd: Any) -> None:
     assert any(e.get("msg") == "stopped" and e.get("service") == "echo" for e in events)
 
 
-DEFAULT_PORTS = [
-    (socket.SOCK_STREAM, 7007),
-    (socket.SOCK_DGRAM, 7007),
-    (socket.SOCK_STREAM, 5300),
-    (socket.SOCK_DGRAM, 5300),
-    (socket.SOCK_STREAM, 7443),
-    (socket.SOCK_STREAM, 8053),
-]
-"""
-What the embedded default config listens on (echo, dns, tls-echo, the control API), all on 127.0.0.1.
-"""
-
-
 def test_embeddedDefaultConfig(startNetd: Any) -> None:
     """
     netd run without -c serves echo on 127.0.0.1:7007 over TCP and UDP and exits 0 on SIGTERM.
     """
-    busy = [f"{'tcp' if kind == socket.SOCK_STREAM else 'udp'} {port}" for kind, port in DEFAULT_PORTS if not canBind(kind, port)]
-    if busy:
-        pytest.skip(f"ports of the embedded default config are in use on 127.0.0.1: {busy}")
+    requireEmbeddedDefaultPorts()
     netd = startNetd(None)
     assert netd.address("echo", "tcp") == ("127.0.0.1", 7007)
     assert netd.address("echo", "udp") == ("127.0.0.1", 7007)

@@ -13,18 +13,14 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import textwrap
 from pathlib import Path
 
 
-from netd.config import loadConfig
-from netd.plugin import discoverPlugins
-from netd.testing import unavailable
 
-from .conftest import NetdProcess, netdCommand, requireTool
+from .conftest import NetdProcess, netdCommand, requireEmbeddedDefaultPorts, requireTool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,40 +127,6 @@ def test_ciRunsTheReadmeTestCommand() -> None:
     assert script.rstrip().splitlines()[-1] == f"exec {suiteBlock.strip()}"
 
 
-def defaultPorts() -> list[tuple[str, int]]:
-    """
-    The (transport, port) pairs the embedded default config listens on, on
-    127.0.0.1: its services and its control API.
-    """
-    config = loadConfig(None, discoverPlugins()).toConfig()
-    listens = [listen for service in config["services"] for listen in service["listen"]]
-    admin = config["daemon"].get("admin")
-    if isinstance(admin, str):
-        listens.append(admin)
-    ports = []
-    for listen in listens:
-        parsed = re.fullmatch(r"(tcp|udp):(\d+):interface=127\.0\.0\.1", listen)
-        assert parsed is not None, f"the embedded default listens on {listen!r}, not a fixed loopback port"
-        ports.append((parsed.group(1), int(parsed.group(2))))
-    return ports
-
-
-def busyPorts() -> list[str]:
-    """
-    The embedded default's ports that something else holds now.
-    """
-    busy = []
-    for transport, port in defaultPorts():
-        kind = socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM
-        with socket.socket(socket.AF_INET, kind) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                busy.append(f"{transport} 127.0.0.1:{port}")
-    return busy
-
-
 def startDefault(home: Path, run: int) -> NetdProcess:
     """
     netd run without -c, as the quick start runs it, for a user whose home is
@@ -217,12 +179,7 @@ def test_quickStartExamplesWorkAsWritten(tmp_path: Path) -> None:
     for command, _ in pairs:
         for program in programs(command):
             requireTool(program)
-    busy = busyPorts()
-    if busy:
-        unavailable(
-            f"the quick-start test runs netd on the embedded default's fixed ports, and {', '.join(busy)} "
-            "is in use (a netd started from the quick start, or another test run?); stop it and run the test again"
-        )
+    requireEmbeddedDefaultPorts("the quick-start test runs netd on the embedded default config")
     home = tmp_path / "home"
     home.mkdir()
     netd = startDefault(home, 0)
@@ -290,9 +247,7 @@ def test_tourWorksAsWritten(tmp_path: Path) -> None:
     """
     for tool in ("bash", "curl", "socat"):
         requireTool(tool)
-    busy = busyPorts()
-    if busy:
-        unavailable(f"the tour runs against the embedded default's fixed ports, and {', '.join(busy)} is in use; stop it and run the test again")
+    requireEmbeddedDefaultPorts("the tour runs against netd on the embedded default config")
     shell = tourBlocks("sh")
     [config] = tourBlocks("toml")
     [look] = [block for block in shell if "/metrics" in block]

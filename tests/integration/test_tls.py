@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 
 from netd.certs import WRONG_HOST, KeyAndCertificate, issue
 
-from .conftest import IO_TIMEOUT, NetdProcess, connect, netdCommand, recvExactly, recvUntilClosed, requireTool, unavailable
+from .conftest import IO_TIMEOUT, NetdProcess, connect, netdCommand, recvExactly, recvUntilClosed, requireEmbeddedDefaultPorts, requireTool, unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -636,34 +636,11 @@ def test_stalledHandshakeCut(netd: NetdProcess, certs: Certs, sent: bytes | None
 # The embedded default config.
 
 
-DEFAULT_PORTS = [(socket.SOCK_STREAM, 7007), (socket.SOCK_DGRAM, 7007), (socket.SOCK_STREAM, 5300), (socket.SOCK_DGRAM, 5300), (socket.SOCK_STREAM, 7443), (socket.SOCK_STREAM, 8053)]
-"""
-What the embedded default config listens on, on 127.0.0.1 (echo, dns, tls-echo, the control API).
-"""
-
-
-def portsFree() -> list[str]:
-    """
-    The ports of the embedded default config that cannot be bound now.
-    """
-    busy = []
-    for kind, port in DEFAULT_PORTS:
-        with socket.socket(socket.AF_INET, kind) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                busy.append(f"{'tcp' if kind == socket.SOCK_STREAM else 'udp'} {port}")
-    return busy
-
-
 def test_embeddedDefaultServesTLSEcho(startNetd: Any) -> None:
     """
     netd run without -c serves tls-echo on 127.0.0.1:7443 with a development certificate made in the state directory, whose CA netd certs then reports and a verifying client trusts.
     """
-    busy = portsFree()
-    if busy:
-        pytest.skip(f"ports of the embedded default config are in use on 127.0.0.1: {busy}")
+    requireEmbeddedDefaultPorts()
     netd = startNetd(None)
     assert netd.address("tls-echo") == ("127.0.0.1", 7443)
     assert netd.stateDir is not None
