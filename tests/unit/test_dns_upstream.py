@@ -1370,17 +1370,28 @@ def _fillIDs(queries: Any) -> None:
         queries.add(queryID, question, question.name)
 
 
-def test_freshIDGivesUpAfterBoundedDraws() -> None:
+def _connectionWithEveryIDInUse(harness: Harness) -> tuple[TCPPeer, Any]:
     """
-    With every ID in use, freshID gives up (None) after a bounded number of draws instead of drawing for ever.
+    Resolve once through the TCP upstream 192.0.2.53, take every ID of its
+    one connection, and make the resolver's random draws bounded.
+
+    @return: the upstream's peer (its one frame read) and the connection.
     """
-    harness = Harness(["tcp:192.0.2.53"])
     harness.resolve()
     peer = harness.acceptTCP()
     assert len(peer.frames()) == 1
     (connection,) = harness.resolver._stream(Upstream.fromConfig("tcp:192.0.2.53")).connections
     _fillIDs(connection.pending)
     harness.resolver.random = BoundedRandom(1000)
+    return peer, connection
+
+
+def test_freshIDGivesUpAfterBoundedDraws() -> None:
+    """
+    With every ID in use, freshID gives up (None) after a bounded number of draws instead of drawing for ever.
+    """
+    harness = Harness(["tcp:192.0.2.53"])
+    _, connection = _connectionWithEveryIDInUse(harness)
     assert connection.pending.freshID() is None
     assert harness.resolver.random.draws <= 64
 
@@ -1390,12 +1401,7 @@ def test_connectionWithEveryIDInUseMovesOnAtOnce() -> None:
     A query for a TCP upstream whose one connection has all 65,536 IDs in use neither spins nor waits: with one connection allowed it fails at once, counted, and the next upstream answers.
     """
     harness = Harness(["tcp:192.0.2.53", "udp:192.0.2.54"], streamConnections=1)
-    harness.resolve()
-    peer = harness.acceptTCP()
-    assert len(peer.frames()) == 1
-    (connection,) = harness.resolver._stream(Upstream.fromConfig("tcp:192.0.2.53")).connections
-    _fillIDs(connection.pending)
-    harness.resolver.random = BoundedRandom(1000)
+    peer, _ = _connectionWithEveryIDInUse(harness)
     _, box = harness.resolve("next.example")
     assert peer.frames() == []
     assert len(harness.reactor.tcpClients) == 1
