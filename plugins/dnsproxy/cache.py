@@ -74,7 +74,7 @@ of a 66-byte answer takes about 540 bytes in all, one of a 4 KB answer about
 DEFAULT_MAX_BYTES = 48 * 2**20
 DEFAULT_MAX_ENTRY_BYTES = 4096
 """
-The defaults of C{cache_bytes} and C{max_cache_entry}: a cache of the default
+The defaults of C{cache_bytes} and C{cache_entry_bytes}: a cache of the default
 10,000 entries of the largest size taken (4 KB, with L{ENTRY_OVERHEAD}) fits in
 48 MiB.
 """
