@@ -172,6 +172,23 @@ def readableByNobody(path: Path) -> bool:
     return probe.returncode == 0
 
 
+def runRefused(sharedDir: Path, config: Path, prefix: list[str] | None = None, cwd: str | None = None) -> str:
+    """
+    Run netd on C{config} (after C{prefix}, such as a command switching user), which must exit 1; its output.
+    """
+    result = subprocess.run(
+        [*(prefix or []), *netdCommand("run", "-c", str(config), "--ports-file", str(sharedDir / "ports.json"))],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=IO_TIMEOUT * 3,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    return output
+
+
 def test_nonRootCannotSwitch(sharedDir: Path) -> None:
     """
     Started as nobody with user root in its config, netd exits 1 before binding anything, saying it is not root and cannot switch.
@@ -187,16 +204,7 @@ def test_nonRootCannotSwitch(sharedDir: Path) -> None:
     config = sharedDir / "netd.toml"
     config.write_text(withTestAdmin('[daemon]\nuser = "root"\n\n' + echoService("echo", ["tcp:0:interface=127.0.0.1"])))
     config.chmod(0o644)
-    result = subprocess.run(
-        [*asNobody, *netdCommand("run", "-c", str(config), "--ports-file", str(sharedDir / "ports.json"))],
-        cwd="/",
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=IO_TIMEOUT * 3,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output
+    output = runRefused(sharedDir, config, asNobody, cwd="/")
     assert "[daemon] asks netd to run as user 'root' (uid 0, gid 0)" in output
     assert "is not root, so it cannot switch" in output
     assert "listening on" not in output
@@ -226,15 +234,7 @@ def test_stateDirTheUserCanWriteIsRefused(sharedDir: Path, owned: str) -> None:
     os.chown(writable, NOBODY.pw_uid, NOBODY.pw_gid)
     config = sharedDir / "netd.toml"
     config.write_text(withTestAdmin(autoTLSConfig(stateDir)))
-    result = subprocess.run(
-        netdCommand("run", "-c", str(config), "--ports-file", str(sharedDir / "ports.json")),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=IO_TIMEOUT * 3,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output
+    output = runRefused(sharedDir, config)
     assert "[daemon] state_dir" in output
     assert f"{str(writable)!r}" in output
     assert "user 'nobody'" in output
