@@ -33,6 +33,7 @@ from .conftest import (
     echoService,
     netdCommand,
     recvExactly,
+    requireTool,
     unavailable,
     waitForLog,
     withTestAdmin,
@@ -66,7 +67,7 @@ def freePrivilegedPort() -> int:
             except OSError:
                 continue
             return port
-    pytest.skip("no port from 600 to 1023 is free on 127.0.0.1")
+    unavailable("no port from 600 to 1023 is free on 127.0.0.1")
 
 
 @pytest.fixture
@@ -194,9 +195,7 @@ def test_nonRootCannotSwitch(sharedDir: Path) -> None:
     Started as nobody with user root in its config, netd exits 1 before binding anything, saying it is not root and cannot switch.
     """
     requireRoot()
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv (util-linux) is needed to start netd as nobody")
+    setpriv = requireTool("setpriv")
     asNobody = [setpriv, f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups"]
     canImport = subprocess.run([*asNobody, *netdCommand("--version")], cwd="/", capture_output=True, timeout=60)
     if canImport.returncode != 0:
