@@ -33,6 +33,7 @@ from .conftest import (
     echoService,
     netdCommand,
     recvExactly,
+    requireTool,
     unavailable,
     waitForLog,
     withTestAdmin,
@@ -66,7 +67,7 @@ def freePrivilegedPort() -> int:
             except OSError:
                 continue
             return port
-    pytest.skip("no port from 600 to 1023 is free on 127.0.0.1")
+    unavailable("no port from 600 to 1023 is free on 127.0.0.1")
 
 
 @pytest.fixture
@@ -172,24 +173,13 @@ def readableByNobody(path: Path) -> bool:
     return probe.returncode == 0
 
 
-def test_nonRootCannotSwitch(sharedDir: Path) -> None:
+def runRefused(sharedDir: Path, config: Path, prefix: list[str] | None = None, cwd: str | None = None) -> str:
     """
-    Started as nobody with user root in its config, netd exits 1 before binding anything, saying it is not root and cannot switch.
+    Run netd on C{config} (after C{prefix}, such as a command switching user), which must exit 1; its output.
     """
-    requireRoot()
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv (util-linux) is needed to start netd as nobody")
-    asNobody = [setpriv, f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups"]
-    canImport = subprocess.run([*asNobody, *netdCommand("--version")], cwd="/", capture_output=True, timeout=60)
-    if canImport.returncode != 0:
-        pytest.skip(f"nobody cannot run netd from this checkout: {canImport.stderr!r}")
-    config = sharedDir / "netd.toml"
-    config.write_text(withTestAdmin('[daemon]\nuser = "root"\n\n' + echoService("echo", ["tcp:0:interface=127.0.0.1"])))
-    config.chmod(0o644)
     result = subprocess.run(
-        [*asNobody, *netdCommand("run", "-c", str(config), "--ports-file", str(sharedDir / "ports.json"))],
-        cwd="/",
+        [*(prefix or []), *netdCommand("run", "-c", str(config), "--ports-file", str(sharedDir / "ports.json"))],
+        cwd=cwd,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -197,6 +187,23 @@ def test_nonRootCannotSwitch(sharedDir: Path) -> None:
     )
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
+    return output
+
+
+def test_nonRootCannotSwitch(sharedDir: Path) -> None:
+    """
+    Started as nobody with user root in its config, netd exits 1 before binding anything, saying it is not root and cannot switch.
+    """
+    requireRoot()
+    setpriv = requireTool("setpriv")
+    asNobody = [setpriv, f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups"]
+    canImport = subprocess.run([*asNobody, *netdCommand("--version")], cwd="/", capture_output=True, timeout=60)
+    if canImport.returncode != 0:
+        pytest.skip(f"nobody cannot run netd from this checkout: {canImport.stderr!r}")
+    config = sharedDir / "netd.toml"
+    config.write_text(withTestAdmin('[daemon]\nuser = "root"\n\n' + echoService("echo", ["tcp:0:interface=127.0.0.1"])))
+    config.chmod(0o644)
+    output = runRefused(sharedDir, config, asNobody, cwd="/")
     assert "[daemon] asks netd to run as user 'root' (uid 0, gid 0)" in output
     assert "is not root, so it cannot switch" in output
     assert "listening on" not in output
@@ -226,15 +233,7 @@ def test_stateDirTheUserCanWriteIsRefused(sharedDir: Path, owned: str) -> None:
     os.chown(writable, NOBODY.pw_uid, NOBODY.pw_gid)
     config = sharedDir / "netd.toml"
     config.write_text(withTestAdmin(autoTLSConfig(stateDir)))
-    result = subprocess.run(
-        netdCommand("run", "-c", str(config), "--ports-file", str(sharedDir / "ports.json")),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=IO_TIMEOUT * 3,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output
+    output = runRefused(sharedDir, config)
     assert "[daemon] state_dir" in output
     assert f"{str(writable)!r}" in output
     assert "user 'nobody'" in output

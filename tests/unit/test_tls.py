@@ -807,14 +807,17 @@ def test_verifyingClientPresentsCertificate(certs: Certs) -> None:
 # Session resumption.
 
 
-@pytest.mark.parametrize(
-    ("version", "tickets"),
-    [
-        pytest.param("1.3", True, id="tls1.3-tickets"),
-        pytest.param("1.2", True, id="tls1.2-tickets"),
-        pytest.param("1.2", False, id="tls1.2-session-ids"),
-    ],
-)
+RESUMPTION_KINDS = [
+    pytest.param("1.3", True, id="tls1.3-tickets"),
+    pytest.param("1.2", True, id="tls1.2-tickets"),
+    pytest.param("1.2", False, id="tls1.2-session-ids"),
+]
+"""
+The ways a session resumes: TLS 1.3 tickets, TLS 1.2 tickets, TLS 1.2 session IDs.
+"""
+
+
+@pytest.mark.parametrize(("version", "tickets"), RESUMPTION_KINDS)
 def test_sessionResumption(certs: Certs, version: str, tickets: bool) -> None:
     """
     A second connection offering the first one's session resumes it (tickets or session IDs), counted as tls_sessions_resumed.
@@ -845,14 +848,7 @@ def test_sessionResumptionOff(certs: Certs) -> None:
     assert tlsCounters(stack.counters) == {"tls_handshakes_ok": 2}
 
 
-@pytest.mark.parametrize(
-    ("version", "tickets"),
-    [
-        pytest.param("1.3", True, id="tls1.3-tickets"),
-        pytest.param("1.2", True, id="tls1.2-tickets"),
-        pytest.param("1.2", False, id="tls1.2-session-ids"),
-    ],
-)
+@pytest.mark.parametrize(("version", "tickets"), RESUMPTION_KINDS)
 def test_sessionKeysRotateOnATimer(certs: Certs, version: str, tickets: bool) -> None:
     """
     Once a service listens, its session-ticket keys (and session cache) are replaced every session_ticket_rotation seconds of its clock: a session resumes until the rotation, not after; a connection open across the rotation keeps working.
