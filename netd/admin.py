@@ -68,7 +68,7 @@ from netd.certs import defaultStateDir, writeFile
 from netd.interfaces import IReportsStatus, IRuntimeTable
 from netd.listen import ListenAddress, describeBound, splitDescription, whyListenFailed
 from netd.metrics import PROMETHEUS_CONTENT_TYPE, Counters, Exposition
-from netd.openapi import renderOpenAPI
+from netd.openapi import CHANGING_METHODS, MAX_BODY, MAX_TABLE_BODY, renderOpenAPI
 from netd.options import ConfigError, Problem, renderPath
 from netd.service import NetService, ReloadInProgress, ServiceStartError
 from netd.tls import FAILURE_REASONS
@@ -79,14 +79,6 @@ if TYPE_CHECKING:
     from netd.daemon import Daemon
 
 JSON_CONTENT_TYPE = "application/json"
-MAX_BODY = 65536
-"""
-The largest body C{POST /reload} reads.
-"""
-MAX_TABLE_BODY = 2**20
-"""
-The largest body C{PUT /services/NAME/TABLE} reads (a table of records may be long).
-"""
 SERVICES_PREFIX = b"/services/"
 TABLE_METHODS = ("GET", "HEAD", "PUT", "DELETE")
 """
@@ -100,11 +92,6 @@ OPEN_PATHS = frozenset({b"/health", b"/ready", b"/openapi.json"})
 """
 The endpoints that answer without the token: the probes, and the API's own
 description (which says nothing about this netd).
-"""
-CHANGING_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
-"""
-The methods that change something: they need the token whenever there is one,
-and an C{Origin} of the API's own.
 """
 MAX_TOKEN = 4096
 """

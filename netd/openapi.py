@@ -15,8 +15,22 @@ import json
 from functools import cache
 from typing import Any
 
+from netd.metrics import PROMETHEUS_CONTENT_TYPE
 from netd.schema import SchemaBuilder
 
+MAX_BODY = 65536
+"""
+The largest body C{POST /reload} reads.
+"""
+MAX_TABLE_BODY = 2**20
+"""
+The largest body C{PUT /services/NAME/TABLE} reads (a table of records may be long).
+"""
+CHANGING_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
+"""
+The methods that change something: they need the token whenever there is one,
+and an C{Origin} of the API's own.
+"""
 API_VERSION = "1.0"
 """
 The version of the description (OpenAPI's C{info.version}), not netd's: it
@@ -103,11 +117,6 @@ def openapiDocument() -> dict[str, Any]:
     """
     The control API's description, as a JSON-ready mapping.
     """
-    # netd.admin imports this module to serve the description, so its limits
-    # are read when the description is made, not when this module loads.
-    from netd.admin import CHANGING_METHODS, MAX_BODY, MAX_TABLE_BODY
-    from netd.metrics import PROMETHEUS_CONTENT_TYPE
-
     builder = SchemaBuilder(refPrefix="#/components/schemas/")
     faults = builder.faults()
     name = {

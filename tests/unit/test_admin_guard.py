@@ -318,17 +318,7 @@ def test_reloadReadsTheTokenFileAgain(tmp_path: Path) -> None:
     A reload reads the token file again: a new token takes effect; a broken file fails the reload with a config error naming the key, and the old token stays.
     """
     path = tokenFile(tmp_path)
-    config = tmp_path / "netd.toml"
-    config.write_text(
-        f'[daemon]\nadmin = "tcp:0:interface=127.0.0.1"\nadmin_token_file = "{path}"\n\n'
-        '[[services]]\nname = "echo"\nplugin = "echo"\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
-    )
-    from netd.config import loadConfig
-    from netd.plugin import discoverPlugins
-
-    reactor = Reactor()
-    daemon = Daemon(loadConfig(str(config), discoverPlugins()), reactor)
-    resultOf(Deferred.fromCoroutine(daemon.start()))
+    daemon, reactor, _ = reloadable(tmp_path, f'admin_token_file = "{path}"')
     site = reactor.site()
     path.write_text("new-token")
     resultOf(Deferred.fromCoroutine(daemon.reload()))
