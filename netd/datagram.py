@@ -29,32 +29,28 @@ from netd.metrics import Counters
 from netd.udp import IBatchingDatagramProtocol, IBatchingDatagramTransport
 
 
-class OwnPorts:
+class OwnPorts(Counter[int]):
     """
     The UDP port numbers netd listens on, as a multiset (two addresses may
     share a number): a datagram whose source port is one of them comes from
-    netd itself, or claims to.
+    netd itself, or claims to.  A L{Counter} whose ports stay keys only while
+    listened on, so that C{port in ownPorts}, asked of every datagram, is the
+    dict's own test rather than a method of ours.
     """
-
-    def __init__(self) -> None:
-        self._ports: Counter[int] = Counter()
 
     def add(self, port: int) -> None:
         """
         A listener bound C{port}.
         """
-        self._ports[port] += 1
+        self[port] += 1
 
     def remove(self, port: int) -> None:
         """
         A listener on C{port} stopped.
         """
-        self._ports[port] -= 1
-        if self._ports[port] <= 0:
-            del self._ports[port]
-
-    def __contains__(self, port: object) -> bool:
-        return port in self._ports
+        self[port] -= 1
+        if self[port] <= 0:
+            del self[port]
 
 
 LISTENING_PORTS = OwnPorts()

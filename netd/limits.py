@@ -375,12 +375,14 @@ class GuardedConnection(ProtocolWrapper):
         L{IdleWatch} says): drop the connection without waiting for a peer
         that may not be reading.
         """
+        idle = self.factory.idle
+        assert idle is not None
         self._ended = "idle timeout"
         self.factory.counters["idle_timeouts"] += 1
         self.factory.log.info(
             "closing connection from {peer}: idle for {timeout} seconds",
             peer=describePeer(self.getPeer()),
-            timeout=self.factory.idle.timeout if self.factory.idle is not None else self.factory.idleTimeout,
+            timeout=idle.timeout,
             event="idle_timeout",
         )
         self.transport.abortConnection()  # type: ignore[union-attr]

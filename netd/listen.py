@@ -379,15 +379,7 @@ class ListenAddress:
         This C{tcp:0}, C{tcp6:0} or C{udp:0} address on the port C{port} instead
         (its other arguments, escapes included, as written).
         """
-        raw = [""]
-        chars = iter(self.text)
-        for char in chars:
-            if char == "\\":
-                raw[-1] += char + next(chars, "")
-            elif char == ":":
-                raw.append("")
-            else:
-                raw[-1] += char
+        raw = _rawParts(self.text)
         for index, part in enumerate(raw[1:], 1):
             if "=" not in part or part.startswith("port="):
                 raw[index] = f"port={port}" if part.startswith("port=") else str(port)
