@@ -89,8 +89,8 @@ def quietDaemonTable() -> str:
     The C{[daemon]} table of a benchmark's netd: warnings only, and no control
     API where this netd has one (it would listen on a fixed port).
     """
-    from netd.config import DaemonSpec
-    from netd.options import schemaFields
+    from netd.config.spec import DaemonSpec
+    from netd.config.options import schemaFields
 
     return '[daemon]\nlog_level = "warn"\n' + ("admin = false\n" if "admin" in schemaFields(DaemonSpec) else "")
 

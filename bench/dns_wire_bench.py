@@ -24,10 +24,10 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.names import dns
 
-from netd.datagram import DatagramListener
+from netd.datagram.listener import DatagramListener
 from netd.events import EventLog
 from netd.metrics import Counters
-from netd.testing import UDPMemoryReactorClock
+from netd.testing.memory import UDPMemoryReactorClock
 from netd_plugins.dnsproxy.cache import AnswerCache, cacheKey
 from netd_plugins.dnsproxy.handler import AccessList, DNSProxy
 from netd_plugins.dnsproxy.records import StaticRecords

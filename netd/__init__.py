@@ -2,7 +2,7 @@
 netd: network protocol services from one config file, on Twisted.
 
 The plugin contract is in L{netd.interfaces}; a plugin's schema is written with
-L{netd.options}; L{netd.plugin.PluginContext} is what a plugin is given.
+L{netd.config.options}; L{netd.registry.PluginContext} is what a plugin is given.
 """
 
 #: The one source of netd's version: setuptools reads it for the distribution
@@ -11,7 +11,7 @@ L{netd.options}; L{netd.plugin.PluginContext} is what a plugin is given.
 __version__ = "0.2.0"
 
 # Before anything imports twisted.internet.endpoints, which reads the sockets
-# systemd passed as it is imported: see netd.systemd.completeListenNames.
-from netd.systemd import completeListenNames as _completeListenNames
+# systemd passed as it is imported: see netd.daemon.systemd.completeListenNames.
+from netd.daemon.systemd import completeListenNames as _completeListenNames
 
 _completeListenNames()

@@ -1,5 +1,5 @@
 """
-The C{netd} command (and C{python -m netd}): L{netd.cli.main}, loaded with the
+The C{netd} command (and C{python -m netd}): L{netd.daemon.cli.main}, loaded with the
 cyclic garbage collector paused.
 
 Loading the daemon's modules makes some 65,000 objects (modules, classes,
@@ -8,7 +8,7 @@ again and again while they are made: a sixth of start-up's CPU.  It pauses for
 these imports, and what they made is then frozen (moved out of the
 collector's sight, C{gc.freeze}) rather than scanned once more; the 0.6 MiB of
 garbage among it (attrs' class builders) is never freed.  Done here rather
-than in L{netd.cli}, so that importing netd as a library changes nothing.
+than in L{netd.daemon.cli}, so that importing netd as a library changes nothing.
 """
 
 import gc
@@ -17,11 +17,11 @@ import sys
 
 def main() -> int:
     """
-    Load L{netd.cli} with the collector paused, then run the command line.
+    Load L{netd.daemon.cli} with the collector paused, then run the command line.
     """
     collecting = gc.isenabled()
     gc.disable()
-    from netd.cli import main as commandLine
+    from netd.daemon.cli import main as commandLine
 
     gc.freeze()
     if collecting:

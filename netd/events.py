@@ -23,7 +23,7 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from netd.interfaces import IRuntimeTable
-from netd.options import ConfigError, Problem, closeMatch
+from netd.config.options import ConfigError, Problem, closeMatch
 
 DEFAULT_SIZE = 1000
 """

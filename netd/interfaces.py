@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from netd.plugin import PluginContext
+    from netd.registry import PluginContext
 
 
 class IProtocolPlugin(Interface):
@@ -32,19 +32,19 @@ class IProtocolPlugin(Interface):
     name = Attribute("The value of a service's C{plugin} key: lowercase, no spaces.")
     summary = Attribute("One line saying what the plugin serves.")
     optionsType = Attribute(
-        "A frozen attrs class whose fields (declared with netd.options.option) are the "
+        "A frozen attrs class whose fields (declared with netd.config.options.option) are the "
         "plugin's own config keys; it is the plugin's schema."
     )
     transports = Attribute("A frozenset of the transports served: 'stream', 'datagram'.")
     framings = Attribute(
-        "The stream framings the plugin accepts (names from netd.framing.FRAMINGS), the "
+        "The stream framings the plugin accepts (names from netd.stream.framing.FRAMINGS), the "
         "default first; empty when it serves no streams."
     )
 
     def build(options: Any, context: PluginContext) -> Any:
         """
         Make the handler of one configured service from its validated options and
-        a L{netd.plugin.PluginContext}.  It must provide L{IStreamHandler} if the
+        a L{netd.registry.PluginContext}.  It must provide L{IStreamHandler} if the
         plugin serves streams and L{IDatagramHandler} if it serves datagrams.
         A handler with work of its own to start and stop (timers, upstream
         connections) also provides L{twisted.application.service.IService}: it
@@ -62,7 +62,7 @@ class IFrameConnection(Interface):
         """
         Encode a frame with the connection's framing and send it.
 
-        @raise netd.framing.FramingError: if the framing cannot carry it.
+        @raise netd.stream.framing.FramingError: if the framing cannot carry it.
         """
 
     def loseConnection() -> None:
@@ -169,7 +169,7 @@ class IRuntimeTable(Interface):
         """
         C{PUT}: apply a change; the answer says what the table holds now.
 
-        @raise netd.options.ConfigError: the body is invalid (the API answers
+        @raise netd.config.options.ConfigError: the body is invalid (the API answers
             400 with every problem, each with its key path inside the body);
             nothing was changed.
         """

@@ -12,11 +12,11 @@ import pytest
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     """
-    Run the session on netd's reactor (L{netd.reactor}), the one C{netd run}
+    Run the session on netd's reactor (L{netd.reactors.epoll}), the one C{netd run}
     uses, so that every in-process test exercises it; pytest-twisted then
     finds it installed and accepts it as the epoll reactor it asks for.
     """
-    from netd.reactor import install
+    from netd.reactors.epoll import install
 
     install()
 
@@ -34,10 +34,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 def _debugLinesOff(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     Start every test with netd's per-connection debug lines off, whatever an
-    earlier test configured (L{netd.logs.debugEnabled} is process-wide).
+    earlier test configured (L{netd.daemon.logs.debugEnabled} is process-wide).
     """
-    from netd import logs
-
+    from netd.daemon import logs
     monkeypatch.setattr(logs, "debugEnabled", False)
 
 

@@ -7,7 +7,7 @@ under the same load:
 
 - netd: an echo service with raw framing and one with u32 framing
   (idle_timeout 3600 s, max_connections 20,000), warnings-only logging, no
-  control API, on its default reactor (uvloop's transports, netd/uvreactor.py);
+  control API, on its default reactor (uvloop's transports, netd/reactors/uv.py);
 - netd-epoll: the same on netd's epoll reactor (C{NETD_REACTOR=netd}), the
   other choice, measured beside it;
 - asyncio: bench/echo/peers/asyncio_echo.py, a Protocol on asyncio's own loop

@@ -21,7 +21,7 @@ from netd.faults.schedule import ScheduleState
 from netd.faults.spec import Fault, FaultList, ServiceShape
 from netd.interfaces import IRuntimeTable
 from netd.metrics import Counters
-from netd.options import ConfigError, Problem, convert, describeValue, unknownKeyProblem
+from netd.config.options import ConfigError, Problem, convert, describeValue, unknownKeyProblem
 
 if TYPE_CHECKING:
     from netd.events import EventLog

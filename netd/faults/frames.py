@@ -27,10 +27,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from netd.faults.active import ActiveFault, ServiceFaults
 from netd.faults.spec import CorruptLength, MergeFrames, OversizeFrame, SplitFrame, TruncateFrame
-from netd.proxyheader import describePeer
+from netd.stream.proxyheader import describePeer
 
 if TYPE_CHECKING:
-    from netd.framing import FramedProtocol
+    from netd.stream.framing import FramedProtocol
 
 HELD_LIMIT = 64 * 1024
 """
@@ -83,7 +83,7 @@ class FrameFaults:
         """
         Send one frame through the faults that apply to it.
 
-        @raise netd.framing.FramingError: if the framing cannot carry it (before any fault acts).
+        @raise netd.stream.framing.FramingError: if the framing cannot carry it (before any fault acts).
         """
         if self._closing:
             return

@@ -14,7 +14,7 @@ import random
 
 import attrs
 
-from netd.options import between, option
+from netd.config.options import between, option
 
 SCHEDULE_KEYS = ("first", "every", "probability")
 

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 import attrs
 
 from netd.faults.schedule import SCHEDULE_KEYS, Scheduled
-from netd.options import KeyPath, Problem, atLeast, between, closeMatch, decodeTable, describeValue, option, toConfig
+from netd.config.options import KeyPath, Problem, atLeast, between, closeMatch, decodeTable, describeValue, option, toConfig
 
 Direction = Literal["to_client", "from_client", "both"]
 Family = Literal["stream", "tls", "datagram", "frame"]

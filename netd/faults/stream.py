@@ -1,6 +1,6 @@
 """
 Stream and TLS handshake faults on one connection, between its guard
-(L{netd.limits.GuardedConnection}) and its socket.
+(L{netd.stream.guard.GuardedConnection}) and its socket.
 
 A connection asks its service's faults once, when it opens, which of the
 C{stream} and C{tls} faults apply to it (each schedule counts one
@@ -36,10 +36,10 @@ from twisted.internet.interfaces import IDelayedCall
 
 from netd.faults.active import ActiveFault, ServiceFaults
 from netd.faults.spec import TLS_ALERTS, Fault
-from netd.proxyheader import describePeer
+from netd.stream.proxyheader import describePeer
 
 if TYPE_CHECKING:
-    from netd.limits import GuardedConnection
+    from netd.stream.guard import GuardedConnection
 
 HELD_LIMIT = 64 * 1024
 """
@@ -101,7 +101,7 @@ def resetTransport(transport: Any) -> None:
             flush()
     getHandle = getattr(transport, "getHandle", None)
     handle = getHandle() if getHandle is not None else None
-    # A socket.socket, or uvloop's stand-in for one (netd.uvreactor).
+    # A socket.socket, or uvloop's stand-in for one (netd.reactors.uv).
     setsockopt = getattr(handle, "setsockopt", None)
     if setsockopt is not None:
         try:

@@ -20,8 +20,8 @@ import attrs
 from zope.interface import implementer
 
 from netd.interfaces import IProtocolPlugin
-from netd.options import ConfigPath, between, option
-from netd.plugin import PluginContext
+from netd.config.options import ConfigPath, between, option
+from netd.registry import PluginContext
 
 from .cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRY_BYTES, AnswerCache
 from .handler import (

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import attrs
 from twisted.names import dns
 
-from netd.options import InvalidValue
+from netd.config.options import InvalidValue
 
 from .wire import atOrUnder, encodeName
 

@@ -21,7 +21,7 @@ import attrs
 from twisted.names import dns
 
 from netd.faults.schedule import ScheduleState, Scheduled
-from netd.options import InvalidValue, between, option
+from netd.config.options import InvalidValue, between, option
 
 from .records import NamePattern
 from .wire import (

@@ -4,7 +4,7 @@ C{/services/NAME/records} and C{/services/NAME/scripts}: static records and
 scripted answers changed while netd runs, without a reload.
 
 Bodies are decoded by the same schema code as the config file
-(L{netd.options.decodeTable}), so a record or a script entry is refused at
+(L{netd.config.options.decodeTable}), so a record or a script entry is refused at
 runtime exactly as it would be in the file, with its key path inside the
 body.  What the control API changes lasts until the service restarts (a
 reload that changes the service's config rebuilds it from the file).
@@ -19,7 +19,7 @@ import attrs
 from zope.interface import implementer
 
 from netd.interfaces import IRuntimeTable
-from netd.options import ConfigError, Problem, decodeTable, describeValue, option, toConfig
+from netd.config.options import ConfigError, Problem, decodeTable, describeValue, option, toConfig
 
 from .records import NamePattern, StaticRecords
 from .scripts import Script

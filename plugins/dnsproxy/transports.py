@@ -54,9 +54,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.framing import FRAMINGS, FramedFactory, FramedProtocol
+from netd.stream.framing import FRAMINGS, FramedFactory, FramedProtocol
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
-from netd.tls import clientCreator, describeTLSFailure
+from netd.tls.server import clientCreator, describeTLSFailure
 from netd.words import counted
 
 from .upstream import Upstream

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal, cast
 
 import attrs
 
-from netd.options import InvalidValue, closeMatch, describeValue
+from netd.config.options import InvalidValue, closeMatch, describeValue
 
 Transport = Literal["udp", "tcp", "tls"]
 

@@ -11,8 +11,8 @@ to a victim, and two echoes (or an echo and a chargen, a DNS server, ...) can
 be made to answer each other for ever.  So a datagram is echoed only from a
 source port of C{min_source_port} or above (services listen below 1024,
 clients send from above), never from a port netd itself listens on (the core
-drops those, L{netd.datagram}), and within C{rate} datagrams a second per
-source address (L{netd.datagram.SourceRateLimit}); the others are dropped,
+drops those, L{netd.datagram.listener}), and within C{rate} datagrams a second per
+source address (L{netd.datagram.listener.SourceRateLimit}); the others are dropped,
 counted and logged at a bounded rate.
 """
 
@@ -26,9 +26,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.datagram import SourceRateLimit
+from netd.datagram.listener import SourceRateLimit
 from netd.faults.datagrams import describeDatagramPeer
-from netd.framing import FRAMINGS
+from netd.stream.framing import FRAMINGS
 from netd.interfaces import (
     IDatagramHandler,
     IDatagramSender,
@@ -38,8 +38,8 @@ from netd.interfaces import (
     IStreamHandler,
 )
 from netd.metrics import Counters
-from netd.options import between, option
-from netd.plugin import PluginContext
+from netd.config.options import between, option
+from netd.registry import PluginContext
 
 DROP_LOG_INTERVAL = 10.0
 """

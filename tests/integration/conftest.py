@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 import pytest
 
-from netd.testing import unavailable
+from netd.testing.memory import unavailable
 
 from .dns_upstream import Dnsmasq, findDnsmasq, startTestUpstream
 
@@ -636,8 +636,8 @@ def embeddedDefaultPorts() -> list[tuple[str, int]]:
     The (transport, port) pairs the embedded default config listens on, on
     127.0.0.1: its services and its control API, read from the config itself.
     """
-    from netd.config import loadConfig
-    from netd.plugin import discoverPlugins
+    from netd.config.spec import loadConfig
+    from netd.registry import discoverPlugins
 
     config = loadConfig(None, discoverPlugins()).toConfig()
     listens = [listen for service in config["services"] for listen in service["listen"]]

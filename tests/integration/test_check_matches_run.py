@@ -25,8 +25,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from netd.testing import unavailable
-from netd.certs import ensureDevelopmentSet
+from netd.testing.memory import unavailable
+from netd.tls.devcerts import ensureDevelopmentSet
 
 from .conftest import IO_TIMEOUT, STARTUP_TIMEOUT, connect, netdCommand, recvExactly
 

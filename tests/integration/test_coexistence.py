@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from netd.testing import unavailable
+from netd.testing.memory import unavailable
 
 from .conftest import IO_TIMEOUT, NetdProcess, canBind, connect, echoService, netdCommand, recvExactly, requireEmbeddedDefaultPorts, requireTool, waitForLog, withTestAdmin
 
@@ -194,7 +194,7 @@ def test_socketActivatedExampleBesideAnotherNetd(launch: Launcher, defaultAdminP
         assert "Address already in use" in netd.log() and attempt < 2, netd.log()
     assert echoes(("127.0.0.1", port), b"activated\n")
     netd.waitUntilReady()
-    assert netd.admin is None
+    assert netd.daemon.admin is None
     assert echoes(("127.0.0.1", port), b"again\n")
     assert netd.stop() == 0, netd.log()
 

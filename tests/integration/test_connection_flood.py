@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from netd.testing import unavailable
+from netd.testing.memory import unavailable
 
 from .conftest import (
     IO_TIMEOUT,

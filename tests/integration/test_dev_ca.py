@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from netd.certs import KeyAndCertificate, ensureDevelopmentSet, issue, writeBadCertificates
+from netd.tls.devcerts import KeyAndCertificate, ensureDevelopmentSet, issue, writeBadCertificates
 
 from .conftest import IO_TIMEOUT, requireTool
 

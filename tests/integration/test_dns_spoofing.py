@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from twisted.names import dns
 
-from netd.testing import unavailable
+from netd.testing.memory import unavailable
 
 from .conftest import IO_TIMEOUT, NetdProcess
 from .dns_upstream import buildQuery

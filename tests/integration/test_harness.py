@@ -1,5 +1,5 @@
 """
-netd's test harness (L{netd.harness}) and its pytest fixture C{netd_server}
+netd's test harness (L{netd.testing.harness}) and its pytest fixture C{netd_server}
 end to end: real netd processes started from dicts and TOML text, real clients
 on the addresses they report, the control API client against a real netd and
 against a local HTTP stub that records what it is sent, and no process left
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from netd.harness import AdminClient, AdminError, NetdServer, NetdStartError
+from netd.testing.harness import AdminClient, AdminError, NetdServer, NetdStartError
 
 from .conftest import IO_TIMEOUT, connect, dig, recvExactly
 
@@ -100,7 +100,7 @@ def test_tomlConfigKeepsItsOwnKeys(netd_server: Start) -> None:
     assert tcpEcho(server.address("lines"), b"one line\n") == b"one line\n"
     assert server.admin.health() == {"status": "ok"}
     first = server.log().splitlines()[0]
-    assert json.loads(first)["logger"] == "netd.cli"
+    assert json.loads(first)["logger"] == "netd.daemon.cli"
 
 
 def test_severalNetdsInOneTest(netd_server: Start) -> None:

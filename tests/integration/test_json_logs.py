@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 
 import netd
-from netd.logs import LEVELS
+from netd.daemon.logs import LEVELS
 
 from .conftest import IO_TIMEOUT, NetdProcess, connect, echoService, recvExactly, waitForLog, withTestAdmin
 
 SERVICES = {"echo", "lines"}
-NETD_MODULES = {"netd." + path.stem for path in Path(netd.__file__).parent.glob("*.py")}
+NETD_ROOT = Path(netd.__file__).parent
+NETD_MODULES = {"netd." + ".".join(path.relative_to(NETD_ROOT).with_suffix("").parts) for path in NETD_ROOT.rglob("*.py")}
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 TEXT_LINE = re.compile(r"^\S+ \[(?P<logger>[^\]#]+)#(?P<level>\w+)\] ")
 
@@ -95,13 +96,13 @@ def test_everyJSONLineHasTheDocumentedFields(startNetd: Callable[..., NetdProces
             assert record["logger"] in NETD_MODULES or record["logger"].startswith("twisted."), line
         records.append(record)
     loggers = {record["logger"] for record in records}
-    assert {"netd.cli", "netd.daemon", "echo", "lines"} <= loggers, loggers
+    assert {"netd.daemon.cli", "netd.daemon.daemon", "echo", "lines"} <= loggers, loggers
     assert any(r["logger"] == "echo" and r["level"] == "debug" for r in records), "no per-connection debug line"
     assert any(r["msg"] == "reload: log level is now info" for r in records)
-    [bad] = [r for r in records if r["logger"] == "netd.daemon" and r["level"] == "error"]
+    [bad] = [r for r in records if r["logger"] == "netd.daemon.daemon" and r["level"] == "error"]
     assert "services[2].name" in bad["msg"], bad
     last = records[-1]
-    assert last["logger"] == "netd.daemon" and last["level"] == "info", last
+    assert last["logger"] == "netd.daemon.daemon" and last["level"] == "info", last
     assert re.fullmatch(r"netd stopped: drained 1 connection in \d+(\.\d+)? seconds", last["msg"]), last
     assert last["connections"] == 1 and 0.9 <= last["seconds"] < 10, last
 
@@ -120,8 +121,8 @@ def test_textLinesNameTheirLoggerByOneScheme(startNetd: Callable[..., NetdProces
         assert match["level"] in LEVELS, line
         assert logger in SERVICES or logger in NETD_MODULES or logger.startswith("twisted."), line
         loggers.add(logger)
-    assert {"netd.cli", "netd.daemon", "echo", "lines"} <= loggers, loggers
-    assert re.search(r"\[netd\.daemon#info\] netd stopped: drained 1 connection in \d+(\.\d+)? seconds$", lines[-1]), lines[-1]
+    assert {"netd.daemon.cli", "netd.daemon.daemon", "echo", "lines"} <= loggers, loggers
+    assert re.search(r"\[netd\.daemon\.daemon#info\] netd stopped: drained 1 connection in \d+(\.\d+)? seconds$", lines[-1]), lines[-1]
 
 
 @pytest.mark.parametrize("reactor", ["uvloop", "netd"])

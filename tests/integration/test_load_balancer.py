@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import pytest
 
-from netd.testing import proxyHeaderV1, proxyHeaderV2
+from netd.testing.memory import proxyHeaderV1, proxyHeaderV2
 
 from .conftest import IO_TIMEOUT, NetdProcess, connect, echoService, recvExactly, recvUntilClosed, waitForLog
 from .dns_upstream import answerRcode, buildQuery

@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from netd.openapi import openapiDocument, renderOpenAPI
+from netd.daemon.openapi import openapiDocument, renderOpenAPI
 
 from .conftest import IO_TIMEOUT, NetdProcess
 

@@ -354,7 +354,7 @@ def test_reloadAfterDropKeepsCertificatesItCannotRenew(sharedDir: Path) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
 
-    from netd.certs import issue
+    from netd.tls.devcerts import issue
 
     stateDir = sharedDir / "state"
     netd = startAsRoot(autoTLSConfig(stateDir), sharedDir)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from netd.harness import NetdServer
+from netd.testing.harness import NetdServer
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """
 netd's reactors as real processes: C{netd run} runs on its uvloop one
-(L{netd.uvreactor}) unless C{NETD_REACTOR} names another, and C{twistd
+(L{netd.reactors.uv}) unless C{NETD_REACTOR} names another, and C{twistd
 --reactor=netd-uvloop} or C{--reactor=netd} runs netd under twistd on one.
 """
 
@@ -55,7 +55,7 @@ def test_netdRunsOnItsReactor(startNetd: Any, monkeypatch: pytest.MonkeyPatch, c
 
 
 @pytest.mark.parametrize(
-    ("name", "reactorClass"), [("netd-uvloop", "netd.uvreactor.UvloopReactor"), ("netd", "netd.reactor.NetdReactor")]
+    ("name", "reactorClass"), [("netd-uvloop", "netd.reactors.uv.UvloopReactor"), ("netd", "netd.reactors.epoll.NetdReactor")]
 )
 def test_twistdOnNetdReactor(twistd: Callable[..., NetdProcess], name: str, reactorClass: str) -> None:  # noqa: F811
     """

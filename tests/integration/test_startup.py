@@ -18,7 +18,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-OPTIONAL = ("netd.admin", "twisted.web.server", "netd_plugins.dnsproxy", "twisted.names.dns", "importlib.metadata")
+OPTIONAL = ("netd.daemon.admin", "twisted.web.server", "netd_plugins.dnsproxy", "twisted.names.dns", "importlib.metadata")
 """
 Modules a daemon loads only when its config uses them.
 """
@@ -27,9 +27,9 @@ PROBE = f"""
 import gc, json, sys
 from twisted.internet.testing import MemoryReactorClock
 from netd.__main__ import main
-from netd.config import loadConfig
-from netd.daemon import Daemon
-from netd.plugin import discoverPlugins
+from netd.config.spec import loadConfig
+from netd.daemon.daemon import Daemon
+from netd.registry import discoverPlugins
 
 sys.argv = ["netd", "check", "-c", sys.argv[1]]
 assert main() == 0

@@ -28,7 +28,7 @@ import tomli_w
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from netd.certs import WRONG_HOST, KeyAndCertificate, issue
+from netd.tls.devcerts import WRONG_HOST, KeyAndCertificate, issue
 
 from .conftest import IO_TIMEOUT, NetdProcess, connect, netdCommand, recvExactly, recvUntilClosed, requireEmbeddedDefaultPorts, requireTool, unavailable
 

@@ -137,7 +137,7 @@ def test_sdistContents(built: Built) -> None:
         "README.md",
         "CHANGELOG.md",
         "pyproject.toml",
-        "netd/default.toml",
+        "netd/config/default.toml",
         "netd/py.typed",
         "plugins/__init__.py",
         "plugins/echo/__init__.py",
@@ -160,7 +160,7 @@ def test_wheelContents(built: Built) -> None:
         metadata = Parser().parsestr(wheel.read(info + "METADATA").decode())
     expected = {
         "netd/__init__.py",
-        "netd/default.toml",
+        "netd/config/default.toml",
         "netd/py.typed",
         "netd_plugins/__init__.py",
         "netd_plugins/echo/__init__.py",

@@ -15,8 +15,8 @@ import pytest
 import uvloop
 from twisted.internet import udp
 
-from netd.reactor import NetdReactor
-from netd.uvreactor import UvloopReactor
+from netd.reactors.epoll import NetdReactor
+from netd.reactors.uv import UvloopReactor
 
 Reactor = NetdReactor | UvloopReactor
 """

@@ -1,5 +1,5 @@
 """
-The control API (L{netd.admin}) over in-memory HTTP: each endpoint, the token,
+The control API (L{netd.daemon.admin}) over in-memory HTTP: each endpoint, the token,
 404/405/400/500 answers in JSON, the Prometheus text checked with
 prometheus_client's parser; its config keys; its place in the daemon's start,
 ports file and stop; and the metrics types of L{netd.metrics}.
@@ -26,16 +26,16 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from netd import __version__
-from netd.admin import AdminResource, metricsText
-from netd.config import NetdConfig, isLocalOnly, parseConfig
-from netd.daemon import Daemon
+from netd.daemon.admin import AdminResource, metricsText
+from netd.config.spec import NetdConfig, isLocalOnly, parseConfig
+from netd.daemon.daemon import Daemon
 from netd.interfaces import IHasRuntimeTables, IProtocolPlugin, IReportsStatus, IRuntimeTable, IStreamHandler
 from netd.metrics import Counters, Exposition, Histogram, formatFloat, metricName
-from netd.options import ConfigError, Problem
-from netd.plugin import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
-from netd.service import ReloadInProgress, ServiceStartError
-from netd.testing import FakeTCPPort, UDPMemoryReactorClock, connect, resultOf
-from netd.tls import FAILURE_REASONS
+from netd.config.options import ConfigError, Problem
+from netd.registry import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
+from netd.daemon.service import ReloadInProgress, ServiceStartError
+from netd.testing.memory import FakeTCPPort, UDPMemoryReactorClock, connect, resultOf
+from netd.tls.server import FAILURE_REASONS
 from netd_plugins.echo import EchoReceiver
 
 ADMIN = "tcp:0:interface=127.0.0.1"

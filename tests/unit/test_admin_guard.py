@@ -1,5 +1,5 @@
 """
-What guards the control API (L{netd.admin}) against web pages and hostile
+What guards the control API (L{netd.daemon.admin}) against web pages and hostile
 clients, over in-memory HTTP: the C{Host} and C{Origin} checks, JSON-only
 bodies, the token netd makes itself, the token file's checks, a request
 refused from its headers before its body is read, chunked and over-size
@@ -21,11 +21,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 
-from netd.admin import MAX_TABLE_BODY, MAX_TOKEN, AdminSite, TokenFileError, hostAllowed, metricsText, originAllowed, readToken
-from netd.daemon import Daemon
-from netd.options import ConfigError
-from netd.service import ServiceStartError
-from netd.testing import resultOf
+from netd.daemon.admin import MAX_TABLE_BODY, MAX_TOKEN, AdminSite, TokenFileError, hostAllowed, metricsText, originAllowed, readToken
+from netd.daemon.daemon import Daemon
+from netd.config.options import ConfigError
+from netd.daemon.service import ServiceStartError
+from netd.testing.memory import resultOf
 
 from .test_admin import DNS, ECHO, TOKEN, Reactor, bearer, key, makeConfig, request, samples, send, started
 
@@ -512,8 +512,8 @@ def reloadable(tmp_path: Path, daemonKeys: str) -> tuple[Daemon, Reactor, Path]:
     """
     A started daemon whose reloads read a config file with C{daemonKeys} in its [daemon] table; the file's path.
     """
-    from netd.config import loadConfig
-    from netd.plugin import discoverPlugins
+    from netd.config.spec import loadConfig
+    from netd.registry import discoverPlugins
 
     config = tmp_path / "netd.toml"
     config.write_text(
@@ -543,14 +543,14 @@ def test_reloadKeepsATokenThisUserMayNotRead(tmp_path: Path, monkeypatch: pytest
     """
     After the privilege drop, a token file readable by root only cannot be read again: the reload goes on with the token read at start, and says so.
     """
-    import netd.admin
+    import netd.daemon.admin
 
     daemon, reactor, config = reloadable(tmp_path, f'admin_token_file = "{tokenFile(tmp_path)}"')
 
     def denied(path: str) -> bytes:
         raise TokenFileError(f"cannot read {path!r}: Permission denied") from PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(netd.admin, "readToken", denied)
+    monkeypatch.setattr(netd.daemon.admin, "readToken", denied)
     monkeypatch.setattr(os, "geteuid", lambda: 65534)
     with capturedLogs() as events:
         resultOf(Deferred.fromCoroutine(daemon.reload()))

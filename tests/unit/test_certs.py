@@ -1,5 +1,5 @@
 """
-Certificates made by L{netd.certs}: the development set (made once, reused,
+Certificates made by L{netd.tls.devcerts}: the development set (made once, reused,
 renewed when needed, never through a symbolic link), the deliberately bad
 certificates each with exactly its promised defect, the default state
 directory, and C{netd certs}.
@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.logger import LogLevel, capturedLogs
 
-from netd.certs import (
+from netd.tls.devcerts import (
     BAD_CERTIFICATES,
     CLIENT_COMMON_NAME,
     CLIENT_DNS_NAME,
@@ -213,7 +213,7 @@ def test_linksInTheSetAreNotFollowed(tmp_path: Path) -> None:
 
 def test_stateDirThatIsALinkFollowed(tmp_path: Path) -> None:
     """
-    A state directory that is itself a symbolic link (a deployment's choice, checked by netd.privileges when root drops to a user) is followed: only tls/ and the files in it must not be links.
+    A state directory that is itself a symbolic link (a deployment's choice, checked by netd.daemon.privileges when root drops to a user) is followed: only tls/ and the files in it must not be links.
     """
     (tmp_path / "real").mkdir()
     (tmp_path / "state").symlink_to(tmp_path / "real")
@@ -244,12 +244,12 @@ def test_autoCertificateKeptWhenItCannotBeRenewed(tmp_path: Path, monkeypatch: p
     def refused(folder: int, name: str, data: bytes, mode: int) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("netd.certs.writeFileAt", refused)
+    monkeypatch.setattr("netd.tls.devcerts.writeFileAt", refused)
     with capturedLogs() as events:
         kept, made = autoCertificate(str(tmp_path))
     assert (kept, made) == (files, [])
     assert Path(files.server).read_bytes() == serverBefore
-    warnings = [e for e in events if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "netd.certs"]
+    warnings = [e for e in events if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "netd.tls.devcerts"]
     assert len(warnings) == 1 and "renews them when it starts again as root" in str(warnings[0]["log_format"])
     Path(files.server).unlink()
     with pytest.raises(PermissionError):
@@ -329,7 +329,7 @@ def test_unconstrainedCAMadeAgain(tmp_path: Path) -> None:
     assert len(made) == 6
     assert load(files.ca).extensions.get_extension_for_class(x509.NameConstraints).critical
     assert signedBy(load(files.server), load(files.ca))
-    warnings = [e for e in events if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "netd.certs"]
+    warnings = [e for e in events if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "netd.tls.devcerts"]
     assert len(warnings) == 1
     assert "clients must trust the new CA" in str(warnings[0]["log_format"])
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 import netd
-from netd.certs import ensureDevelopmentSet, writeBadCertificates
-from netd.config import DEFAULT_CONFIG_NAME, loadConfig
-from netd.plugin import discoverPlugins
+from netd.tls.devcerts import ensureDevelopmentSet, writeBadCertificates
+from netd.config.spec import DEFAULT_CONFIG_NAME, loadConfig
+from netd.registry import discoverPlugins
 
 TIMEOUT = 60
 
@@ -351,11 +351,11 @@ def test_startErrorsNameTheirKeyPath() -> None:
     """
     netd run reports a start error as check reports a problem: a service's at services[N] plus its key within the service, the control API's and a privilege error's from the top of the file.
     """
-    from netd.cli import startErrorProblem
-    from netd.config import parseConfig
-    from netd.options import Problem
-    from netd.privileges import PrivilegeError
-    from netd.service import ServiceStartError
+    from netd.daemon.cli import startErrorProblem
+    from netd.config.spec import parseConfig
+    from netd.config.options import Problem
+    from netd.daemon.privileges import PrivilegeError
+    from netd.daemon.service import ServiceStartError
 
     echo = {"plugin": "echo", "listen": ["tcp:0"]}
     config = parseConfig({"services": [{"name": "a", **echo}, {"name": "b", **echo}]}, "netd.toml", discoverPlugins())

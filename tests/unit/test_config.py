@@ -17,7 +17,7 @@ import pytest
 import tomli_w
 from zope.interface import implementer
 
-from netd.config import (
+from netd.config.spec import (
     DEFAULT_CONFIG_NAME,
     DaemonSpec,
     NetdConfig,
@@ -25,8 +25,8 @@ from netd.config import (
     parseConfig,
 )
 from netd.interfaces import IProtocolPlugin
-from netd.options import ConfigError, renderPath
-from netd.plugin import LoadedPlugin, PluginRegistry, discoverPlugins
+from netd.config.options import ConfigError, renderPath
+from netd.registry import LoadedPlugin, PluginRegistry, discoverPlugins
 
 SOURCE = "test.toml"
 

@@ -14,9 +14,9 @@ from twisted.internet.interfaces import ISystemHandle
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from netd.datagram import DatagramListener, OwnPorts, SourceRateLimit
+from netd.datagram.listener import DatagramListener, OwnPorts, SourceRateLimit
 from netd.metrics import Counters
-from netd.testing import UDPMemoryReactorClock
+from netd.testing.memory import UDPMemoryReactorClock
 from netd_plugins.echo import EchoHandler
 
 

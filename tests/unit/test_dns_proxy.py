@@ -19,7 +19,7 @@ from twisted.names import dns
 
 from netd.events import EventLog
 from netd.metrics import Counters
-from netd.testing import RecordingDatagramSender, connect, makeStreamStack
+from netd.testing.memory import RecordingDatagramSender, connect, makeStreamStack
 from netd_plugins.dnsproxy.cache import AnswerCache
 from netd_plugins.dnsproxy.handler import AccessList, DNSProxy
 from netd_plugins.dnsproxy.records import StaticRecords
@@ -685,9 +685,9 @@ def test_boundsConfigErrors(keys: dict[str, int], expected: str) -> None:
     """
     import tomllib
 
-    from netd.config import parseConfig
-    from netd.options import ConfigError
-    from netd.plugin import discoverPlugins
+    from netd.config.spec import parseConfig
+    from netd.config.options import ConfigError
+    from netd.registry import discoverPlugins
 
     text = '[[services]]\nname = "dns"\nplugin = "dns-proxy"\nlisten = ["udp:0"]\nupstreams = ["udp:127.0.0.1:53"]\n'
     text += "".join(f"{key} = {value}\n" for key, value in keys.items())

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from twisted.names import dns
 
-from netd.options import InvalidValue
+from netd.config.options import InvalidValue
 from netd_plugins.dnsproxy.records import StaticRecords, staticAnswer
 from netd_plugins.dnsproxy.wire import encodeName
 

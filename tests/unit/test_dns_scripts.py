@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from twisted.names import dns
 
-from netd.config import parseConfig
-from netd.options import ConfigError, Problem, decodeTable
-from netd.plugin import discoverPlugins
-from netd.certs import ensureDevelopmentSet
-from netd.testing import PEER, connect, connectTLS, makeStreamStack
-from netd.tls import TLSOptions, clientCreator
+from netd.config.spec import parseConfig
+from netd.config.options import ConfigError, Problem, decodeTable
+from netd.registry import discoverPlugins
+from netd.tls.devcerts import ensureDevelopmentSet
+from netd.testing.memory import PEER, connect, connectTLS, makeStreamStack
+from netd.tls.server import TLSOptions, clientCreator
 from netd_plugins.dnsproxy.resolver import UpstreamFailure
 from netd_plugins.dnsproxy.scripts import SPOOFED_NAMES, Script
 

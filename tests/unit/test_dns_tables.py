@@ -15,7 +15,7 @@ from twisted.names import dns
 from zope.interface.verify import verifyObject
 
 from netd.interfaces import IHasRuntimeTables, IRuntimeTable
-from netd.options import ConfigError, renderPath
+from netd.config.options import ConfigError, renderPath
 from netd_plugins.dnsproxy.cache import AnswerCache, cacheKey
 from netd_plugins.dnsproxy.wire import atOrUnder, encodeName, inspectAnswer, parseQuery
 

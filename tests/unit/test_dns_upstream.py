@@ -37,11 +37,11 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
-from netd.framing import FRAMINGS, FramedFactory
+from netd.stream.framing import FRAMINGS, FramedFactory
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
-from netd.options import InvalidValue, Problem, decodeTable, option
-from netd.testing import FakeUDPPort, UDPMemoryReactorClock
+from netd.config.options import InvalidValue, Problem, decodeTable, option
+from netd.testing.memory import FakeUDPPort, UDPMemoryReactorClock
 from netd_plugins.dnsproxy import resolver as resolverModule
 from netd_plugins.dnsproxy.resolver import PooledSystemRandom, UpstreamFailure, UpstreamResolver
 from netd_plugins.dnsproxy.upstream import SYSTEM, Upstream, expandUpstreams, systemUpstreams

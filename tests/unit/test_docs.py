@@ -1,7 +1,7 @@
 """
 The documentation is tested: every TOML block in the README, in the pages of
 docs/ and in each plugin's page (plugins/*/README.md), and every config file
-under config/, is loaded through netd.config, so an example cannot drift from
+under config/, is loaded through netd.config.spec, so an example cannot drift from
 what netd accepts; every relative link and anchor of those pages resolves.
 
 A block preceded by the line C{<!-- invalid -->} shows a mistake on
@@ -18,10 +18,10 @@ from pathlib import Path
 import attrs
 import pytest
 
-from netd.config import DaemonSpec, ServiceEnvelope, loadConfig, parseConfig
-from netd.framing import FRAMINGS
-from netd.options import ConfigError, schemaFields
-from netd.plugin import PluginRegistry, discoverPlugins
+from netd.config.spec import DaemonSpec, ServiceEnvelope, loadConfig, parseConfig
+from netd.stream.framing import FRAMINGS
+from netd.config.options import ConfigError, schemaFields
+from netd.registry import PluginRegistry, discoverPlugins
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -115,11 +115,11 @@ def test_configFilesExist() -> None:
 
 def test_defaultConfigIsTheEmbeddedOne() -> None:
     """
-    config/netd.toml is a symlink to the embedded default netd/default.toml, so they cannot differ.
+    config/netd.toml is a symlink to the embedded default netd/config/default.toml, so they cannot differ.
     """
     link = CONFIG_DIR / "netd.toml"
     assert link.is_symlink()
-    assert link.resolve() == (ROOT / "netd" / "default.toml").resolve()
+    assert link.resolve() == (ROOT / "netd" / "config" / "default.toml").resolve()
 
 
 def checkBlock(block: TomlBlock, registry: PluginRegistry, page: str = "README.md") -> None:
@@ -167,7 +167,7 @@ def test_invalidMarkerIsEnforced(registry: PluginRegistry) -> None:
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_configFile(path: Path, registry: PluginRegistry) -> None:
     """
-    Each config file shipped under config/ loads through netd.config without problems.
+    Each config file shipped under config/ loads through netd.config.spec without problems.
     """
     config = loadConfig(str(path), registry)
     assert config.source == str(path)

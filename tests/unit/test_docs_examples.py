@@ -1,7 +1,7 @@
 """
 The examples of the docs that are API calls or messages are checked against
 netd: every C{curl} line's method and path is one the control API's OpenAPI
-description (netd/openapi.py) has, and every config-error message the pages
+description (netd/daemon/openapi.py) has, and every config-error message the pages
 show is one netd prints for such a config, word for word.
 
 A message is shown either in an invalid TOML block, as a comment
@@ -21,12 +21,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from netd.cli import startProblems
-from netd.config import parseConfig
+from netd.daemon.cli import startProblems
+from netd.config.spec import parseConfig
 from netd.faults.spec import decodeFault
-from netd.openapi import openapiDocument
-from netd.options import ConfigError, Problem, renderPath
-from netd.plugin import PluginRegistry, discoverPlugins
+from netd.daemon.openapi import openapiDocument
+from netd.config.options import ConfigError, Problem, renderPath
+from netd.registry import PluginRegistry, discoverPlugins
 
 from .test_docs import DOC_PAGES, ROOT, tomlBlocks
 

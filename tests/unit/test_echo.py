@@ -12,14 +12,14 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, Logger, capturedLogs
 
-from netd.datagram import DatagramListener
-from netd.framing import FRAMINGS
+from netd.datagram.listener import DatagramListener
+from netd.stream.framing import FRAMINGS
 from netd.interfaces import IDatagramHandler, IStreamHandler
-from netd.config import parseConfig
+from netd.config.spec import parseConfig
 from netd.metrics import Counters
-from netd.options import ConfigError
-from netd.plugin import PluginContext, checkPlugin, discoverPlugins
-from netd.testing import RecordingDatagramSender, StreamConnection, UDPMemoryReactorClock, connect, makeStreamStack
+from netd.config.options import ConfigError
+from netd.registry import PluginContext, checkPlugin, discoverPlugins
+from netd.testing.memory import RecordingDatagramSender, StreamConnection, UDPMemoryReactorClock, connect, makeStreamStack
 from netd_plugins.echo import DROP_LOG_INTERVAL, EchoHandler, EchoOptions, plugin
 
 PEER = ("192.0.2.7", 5353)

@@ -20,17 +20,17 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.certs import CLIENT_COMMON_NAME, DevelopmentSet, ensureDevelopmentSet
-from netd.config import ServiceSpec, parseConfig
+from netd.tls.devcerts import CLIENT_COMMON_NAME, DevelopmentSet, ensureDevelopmentSet
+from netd.config.spec import ServiceSpec, parseConfig
 from netd.events import EventLog, EventTable
 from netd.interfaces import IHasRuntimeTables, IProtocolPlugin, IRuntimeTable, IStreamHandler
-from netd.limits import ConnectionLimiter
-from netd.options import ConfigError
-from netd.plugin import LoadedPlugin, PluginContext, PluginRegistry, checkPlugin, discoverPlugins
-from netd.proxyheader import ProxyHeaderFactory
-from netd.service import NetService
-from netd.testing import PEER, TestClientTLS, UDPMemoryReactorClock, connect, connectTLS, makeStreamStack, proxyHeaderV1
-from netd.tls import TLSOptions
+from netd.stream.guard import ConnectionLimiter
+from netd.config.options import ConfigError
+from netd.registry import LoadedPlugin, PluginContext, PluginRegistry, checkPlugin, discoverPlugins
+from netd.stream.proxyheader import ProxyHeaderFactory
+from netd.daemon.service import NetService
+from netd.testing.memory import PEER, TestClientTLS, UDPMemoryReactorClock, connect, connectTLS, makeStreamStack, proxyHeaderV1
+from netd.tls.server import TLSOptions
 from netd_plugins.echo import EchoHandler
 
 

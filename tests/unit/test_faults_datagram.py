@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from zope.interface import implementer
 
-from netd.datagram import DatagramListener
+from netd.datagram.listener import DatagramListener
 from netd.faults.datagrams import HELD_LIMIT, describeDatagramPeer
 from netd.faults.spec import FaultList
 from netd.interfaces import IDatagramHandler, IDatagramSender
 from netd.metrics import Counters
-from netd.options import ConfigError
-from netd.testing import FakeUDPPort, UDPMemoryReactorClock, faultsFor
+from netd.config.options import ConfigError
+from netd.testing.memory import FakeUDPPort, UDPMemoryReactorClock, faultsFor
 from netd_plugins.echo import EchoHandler
 
 PEER = ("127.0.0.1", 5353)

@@ -18,14 +18,14 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.certs import ensureDevelopmentSet
+from netd.tls.devcerts import ensureDevelopmentSet
 from netd.faults.frames import HELD_LIMIT, splitEvenly
-from netd.framing import FRAMINGS, FramingError
+from netd.stream.framing import FRAMINGS, FramingError
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
-from netd.options import ConfigError
-from netd.testing import StreamConnection, connect, connectTLS, faultsFor, makeStreamStack
-from netd.tls import TLSOptions, clientCreator
+from netd.config.options import ConfigError
+from netd.testing.memory import StreamConnection, connect, connectTLS, faultsFor, makeStreamStack
+from netd.tls.server import TLSOptions, clientCreator
 from netd_plugins.echo import EchoHandler
 
 FRAMED = [name for name, framing in FRAMINGS.items() if framing.largest is not None]

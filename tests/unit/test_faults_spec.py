@@ -14,15 +14,15 @@ import pytest
 import tomli_w
 from twisted.internet.task import Clock
 
-from netd.config import parseConfig
+from netd.config.spec import parseConfig
 from netd.events import EventLog
 from netd.faults.active import REQUEST_BODY, ServiceFaults
 from netd.faults.spec import FAULT_TYPES, FaultList, ServiceShape
 from netd.metrics import Counters
-from netd.options import ConfigError, Problem, renderPath
-from netd.plugin import PluginRegistry, discoverPlugins
-from netd.service import NetService
-from netd.testing import UDPMemoryReactorClock, connect
+from netd.config.options import ConfigError, Problem, renderPath
+from netd.registry import PluginRegistry, discoverPlugins
+from netd.daemon.service import NetService
+from netd.testing.memory import UDPMemoryReactorClock, connect
 
 MINIMAL: dict[str, dict[str, Any]] = {
     "latency": {"ms": 10},

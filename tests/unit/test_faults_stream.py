@@ -16,14 +16,14 @@ import pytest
 from OpenSSL import SSL
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from netd.certs import DevelopmentSet, ensureDevelopmentSet
+from netd.tls.devcerts import DevelopmentSet, ensureDevelopmentSet
 from netd.events import EventLog
 from netd.faults.active import ServiceFaults
 from netd.faults.stream import HELD_LIMIT, alertRecord, resetTransport
-from netd.limits import ConnectionLimiter, GuardedConnection
+from netd.stream.guard import ConnectionLimiter, GuardedConnection
 from netd.metrics import Counters
-from netd.testing import PEER, StreamConnection, TestClientTLS, connect, connectTLS, faultsFor, makeStreamStack
-from netd.tls import TLSOptions
+from netd.testing.memory import PEER, StreamConnection, TestClientTLS, connect, connectTLS, faultsFor, makeStreamStack
+from netd.tls.server import TLSOptions
 from netd_plugins.echo import EchoHandler
 
 

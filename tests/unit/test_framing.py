@@ -1,8 +1,8 @@
 """
-One behaviour suite for every framing in L{netd.framing.FRAMINGS}: decoding at
+One behaviour suite for every framing in L{netd.stream.framing.FRAMINGS}: decoding at
 any split, golden wire bytes, round trips, the frame limit, and what
 C{sendFrame} refuses.  Everything runs through the real core stack
-(L{netd.testing.makeStreamStack}) on in-memory transports.
+(L{netd.testing.memory.makeStreamStack}) on in-memory transports.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from twisted.logger import LogEvent, LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.framing import FRAMINGS, FramingError
+from netd.stream.framing import FRAMINGS, FramingError
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
-from netd.testing import StreamConnection, connect, makeStreamStack
+from netd.testing.memory import StreamConnection, connect, makeStreamStack
 
 FRAMED = [name for name, framing in FRAMINGS.items() if framing.largest is not None]
 """

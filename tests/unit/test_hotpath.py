@@ -15,9 +15,9 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, ISystemHandle, I
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from netd.framing import FramingError
+from netd.stream.framing import FramingError
 from netd.metrics import Counters
-from netd.testing import makeStreamStack
+from netd.testing.memory import makeStreamStack
 from plugins.echo import EchoHandler
 
 from .test_limits import accept, close, makeStack

@@ -1,6 +1,6 @@
 """
-The wrapper nearest the socket (L{netd.limits.ConnectionLimiter} and
-L{netd.limits.GuardedConnection}): connection limit, idle timeout, flow
+The wrapper nearest the socket (L{netd.stream.guard.ConnectionLimiter} and
+L{netd.stream.guard.GuardedConnection}): connection limit, idle timeout, flow
 control, half-close, byte counts and the shutdown drain, on in-memory
 transports with a fake clock.
 """
@@ -18,11 +18,11 @@ from twisted.logger import LogEvent, LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd import logs
+from netd.daemon import logs
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
-from netd.limits import ConnectionLimiter
+from netd.stream.guard import ConnectionLimiter
 from netd.metrics import Counters
-from netd.testing import PEER, StreamConnection, connect, makeStreamStack
+from netd.testing.memory import PEER, StreamConnection, connect, makeStreamStack
 
 
 @implementer(IFrameReceiver)
@@ -596,8 +596,8 @@ def test_outOfDescriptorsIsCountedAndEvicts() -> None:
     """
     import errno
 
-    from netd.proxyheader import ProxyHeaderFactory
-    from netd.rlimits import reportOutOfDescriptors
+    from netd.stream.proxyheader import ProxyHeaderFactory
+    from netd.reactors.rlimits import reportOutOfDescriptors
 
     limiter, _, counters, clock = evictingStack(maxConnections=10)
     stalest = accept(limiter)
@@ -627,8 +627,8 @@ def test_badBacklogIsRefused(text: str, problem: str) -> None:
     """
     A backlog= that is not a number from 1 to 65535, or is set on a systemd: socket, is refused naming the listen string.
     """
-    from netd.listen import ListenAddress
-    from netd.options import InvalidValue
+    from netd.config.listen import ListenAddress
+    from netd.config.options import InvalidValue
 
     with pytest.raises(InvalidValue) as raised:
         ListenAddress.fromConfig(text)
@@ -641,7 +641,8 @@ def test_listenersGetTheSystemsBacklogUnlessSet(monkeypatch: pytest.MonkeyPatch,
     """
     import socket
 
-    from netd import listen, rlimits
+    from netd.config import listen
+    from netd.reactors import rlimits
 
     somaxconn = tmp_path / "somaxconn"
     somaxconn.write_text("4096\n")
@@ -659,7 +660,7 @@ def test_defaultMaxConnectionsIsHalfTheOpenFileLimit() -> None:
     """
     Unset, max_connections is half the open-file limit, at most 16384 and at least 1.
     """
-    from netd.rlimits import defaultMaxConnections
+    from netd.reactors.rlimits import defaultMaxConnections
 
     assert defaultMaxConnections(1024) == 512
     assert defaultMaxConnections(524288) == 16384
@@ -672,8 +673,7 @@ def test_openFileLimitRaisedToTheHardOne(monkeypatch: pytest.MonkeyPatch) -> Non
     """
     import resource
 
-    from netd import rlimits
-
+    from netd.reactors import rlimits
     limits = {"now": (1024, 524288)}
 
     def getrlimit(which: int) -> tuple[int, int]:
@@ -707,10 +707,10 @@ def test_serviceDefaultsToTheDerivedLimitAndEvicts(monkeypatch: pytest.MonkeyPat
     """
     from twisted.internet.testing import MemoryReactorClock
 
-    from netd import rlimits
-    from netd.config import loadConfig
-    from netd.plugin import discoverPlugins
-    from netd.service import NetService
+    from netd.reactors import rlimits
+    from netd.config.spec import loadConfig
+    from netd.registry import discoverPlugins
+    from netd.daemon.service import NetService
 
     monkeypatch.setattr(rlimits, "openFileLimit", lambda: 1000)
     path = tmp_path / "t.toml"

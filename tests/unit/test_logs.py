@@ -19,8 +19,8 @@ from twisted.python import log as legacyLog
 from twisted.python.failure import Failure
 
 import netd
-from netd import logs
-from netd.logs import LEVELS, RESERVED, ServiceLogger, makeObserver, setLogLevel
+from netd.daemon import logs
+from netd.daemon.logs import LEVELS, RESERVED, ServiceLogger, makeObserver, setLogLevel
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
@@ -64,7 +64,7 @@ def test_jsonLineIsFlatWithDocumentedFields() -> None:
     A JSON line has time (RFC 3339, UTC), level, logger, msg (the rendered message) and the event's own fields as plain values, and nothing of Twisted's.
     """
     publisher, stream = publisherTo("json", "info")
-    log = Logger(namespace="netd.daemon", observer=publisher)
+    log = Logger(namespace="netd.daemon.daemon", observer=publisher)
     log.info(
         "got {count} from {peer}",
         count=3,
@@ -79,7 +79,7 @@ def test_jsonLineIsFlatWithDocumentedFields() -> None:
     assert list(record) == ["time", "level", "logger", "msg", "count", "peer", "raw", "pair", "table", "odd", "ratio"]
     assert RFC3339_UTC.match(str(record["time"])), record["time"]
     assert record["level"] == "info"
-    assert record["logger"] == "netd.daemon"
+    assert record["logger"] == "netd.daemon.daemon"
     assert record["msg"] == "got 3 from 127.0.0.1"
     assert record["count"] == 3
     assert record["raw"] == "café \\xff"
@@ -114,7 +114,7 @@ def test_jsonTimeIsUTC() -> None:
     The time field is the event's time in UTC with microseconds.
     """
     publisher, stream = publisherTo("json", "info")
-    publisher({"log_time": 1796605323.456789, "log_level": LogLevel.warn, "log_namespace": "netd.admin", "log_format": "x"})
+    publisher({"log_time": 1796605323.456789, "log_level": LogLevel.warn, "log_namespace": "netd.daemon.admin", "log_format": "x"})
     [record] = jsonLines(stream)
     assert record["time"] == "2026-12-07T01:02:03.456789Z"
     assert record["level"] == "warn"
@@ -140,7 +140,7 @@ def test_jsonFailureHasATracebackField() -> None:
     A logged failure's traceback is a traceback string field, not part of msg.
     """
     publisher, stream = publisherTo("json", "info")
-    log = Logger(namespace="netd.cli", observer=publisher)
+    log = Logger(namespace="netd.daemon.cli", observer=publisher)
     try:
         int("x")
     except ValueError:
@@ -175,10 +175,10 @@ def test_jsonFieldNamedLikeALineField() -> None:
     An event's own field named like one of the line's fields is kept as field_NAME, hiding neither.
     """
     publisher, stream = publisherTo("json", "info")
-    Logger(namespace="netd.daemon", observer=publisher).info("at {time}: {msg}", time="noon", msg="m", logger="x", traceback="t")
+    Logger(namespace="netd.daemon.daemon", observer=publisher).info("at {time}: {msg}", time="noon", msg="m", logger="x", traceback="t")
     [record] = jsonLines(stream)
     assert record["msg"] == "at noon: m"
-    assert record["logger"] == "netd.daemon"
+    assert record["logger"] == "netd.daemon.daemon"
     assert RFC3339_UTC.match(str(record["time"]))
     assert (record["field_time"], record["field_msg"], record["field_logger"], record["field_traceback"]) == ("noon", "m", "x", "t")
 
@@ -189,7 +189,7 @@ def test_jsonLevelsAreTwistedsNames() -> None:
     """
     assert LEVELS == ("debug", "info", "warn", "error", "critical")
     publisher, stream = publisherTo("json", "debug")
-    log = Logger(namespace="netd.daemon", observer=publisher)
+    log = Logger(namespace="netd.daemon.daemon", observer=publisher)
     for name in LEVELS:
         getattr(log, name)("x")
     assert [e["level"] for e in jsonLines(stream)] == list(LEVELS)
@@ -204,12 +204,12 @@ def test_textLinesNameTheLoggerAndLevel() -> None:
     log.observer = publisher
     log.debug("not shown")
     log.warn("closing connection from {peer}", peer="127.0.0.1")
-    Logger(namespace="netd.daemon", observer=publisher).info("netd is ready")
+    Logger(namespace="netd.daemon.daemon", observer=publisher).info("netd is ready")
     legacy = legacyLog.LogPublisher(observerPublisher=publisher, publishPublisher=publisher)
     legacy.msg("from the legacy API", system="EchoProtocol,3,127.0.0.1")
     service, daemon, old = stream.getvalue().splitlines()
     assert "[echo-a#warn] closing connection from 127.0.0.1" in service
-    assert "[netd.daemon#info] netd is ready" in daemon
+    assert "[netd.daemon.daemon#info] netd is ready" in daemon
     assert "[twisted.python.log#info] [EchoProtocol,3,127.0.0.1] from the legacy API" in old
 
 
@@ -221,9 +221,9 @@ def test_textFailureHasItsTraceback() -> None:
     try:
         int("x")
     except ValueError:
-        Logger(namespace="netd.cli", observer=publisher).failure("the reload failed")
+        Logger(namespace="netd.daemon.cli", observer=publisher).failure("the reload failed")
     text = stream.getvalue()
-    assert "[netd.cli#critical] the reload failed\n" in text
+    assert "[netd.daemon.cli#critical] the reload failed\n" in text
     assert "ValueError: invalid literal" in text
 
 

@@ -12,7 +12,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from netd.events import EventLog
 from netd.metrics import Counters
-from netd.testing import StreamConnection, connect, faultsFor, makeStreamStack
+from netd.testing.memory import StreamConnection, connect, faultsFor, makeStreamStack
 from plugins.echo import EchoHandler
 
 

@@ -1,5 +1,5 @@
 """
-The control API's OpenAPI description (L{netd.openapi}): a valid OpenAPI 3.1
+The control API's OpenAPI description (L{netd.daemon.openapi}): a valid OpenAPI 3.1
 document, the docs' copy of it, served at C{GET /openapi.json} without a
 token, and naming every endpoint the API routes.
 """
@@ -14,9 +14,9 @@ import pytest
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
-from netd.admin import AdminResource
-from netd.cli import main
-from netd.openapi import openapiDocument, renderOpenAPI
+from netd.daemon.admin import AdminResource
+from netd.daemon.cli import main
+from netd.daemon.openapi import openapiDocument, renderOpenAPI
 
 from .test_admin import ECHO, TOKEN, bearer, request, started, withToken
 

@@ -11,7 +11,7 @@ from typing import Literal
 import attrs
 import pytest
 
-from netd.options import ConfigPath, Problem, between, closeMatch, decodeTable, option, relativeTo, renderPath
+from netd.config.options import ConfigPath, Problem, between, closeMatch, decodeTable, option, relativeTo, renderPath
 
 
 @attrs.frozen

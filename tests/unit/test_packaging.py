@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import netd
-from netd.cli import buildParser
+from netd.daemon.cli import buildParser
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,11 +14,11 @@ import attrs
 import pytest
 from zope.interface import implementer
 
-import netd.plugin
-from netd.config import DaemonSpec, ServiceEnvelope, parseConfig
+import netd.registry
+from netd.config.spec import DaemonSpec, ServiceEnvelope, parseConfig
 from netd.interfaces import IProtocolPlugin
-from netd.options import ConfigError, describeSchema, option
-from netd.plugin import ENTRY_POINT_GROUP, checkPlugin, discoverPlugins
+from netd.config.options import ConfigError, describeSchema, option
+from netd.registry import ENTRY_POINT_GROUP, checkPlugin, discoverPlugins
 
 
 @attrs.frozen
@@ -191,7 +191,7 @@ def recordLoading(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     C{"entry points"} each time it reads the installed entry points.
     """
     loaded: list[str] = []
-    loadBuiltIn, entryPoints = netd.plugin._loadBuiltIn, netd.plugin._entryPoints
+    loadBuiltIn, entryPoints = netd.registry._loadBuiltIn, netd.registry._entryPoints
 
     def recordBuiltIn(module: str) -> tuple[str, Any]:
         """
@@ -207,8 +207,8 @@ def recordLoading(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         loaded.append("entry points")
         return entryPoints(group)
 
-    monkeypatch.setattr(netd.plugin, "_loadBuiltIn", recordBuiltIn)
-    monkeypatch.setattr(netd.plugin, "_entryPoints", recordEntryPoints)
+    monkeypatch.setattr(netd.registry, "_loadBuiltIn", recordBuiltIn)
+    monkeypatch.setattr(netd.registry, "_entryPoints", recordEntryPoints)
     return loaded
 
 
@@ -253,7 +253,7 @@ def addEntryPoints(monkeypatch: pytest.MonkeyPatch, *extra: tuple[str, str]) -> 
     Make discovery see the installed entry points plus C{extra} (name, value)
     pairs; return each extra's expected source, by name.
     """
-    real = netd.plugin._entryPoints
+    real = netd.registry._entryPoints
     added = [EntryPoint(name, value, ENTRY_POINT_GROUP) for name, value in extra]
 
     def entryPoints(group: str) -> list[EntryPoint]:
@@ -262,7 +262,7 @@ def addEntryPoints(monkeypatch: pytest.MonkeyPatch, *extra: tuple[str, str]) -> 
         """
         return [*real(group), *added]
 
-    monkeypatch.setattr(netd.plugin, "_entryPoints", entryPoints)
+    monkeypatch.setattr(netd.registry, "_entryPoints", entryPoints)
     return {name: f"entry point {name!r} = {value} (from ?)" for name, value in extra}
 
 
@@ -302,7 +302,7 @@ def test_brokenBuiltInRecorded(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     A built-in module that fails to import is recorded as broken and does not stop the other plugins.
     """
-    real = netd.plugin._candidates
+    real = netd.registry._candidates
 
     def candidates() -> list[tuple[str, Any]]:
         """
@@ -310,7 +310,7 @@ def test_brokenBuiltInRecorded(monkeypatch: pytest.MonkeyPatch) -> None:
         """
         return [("built-in netd_plugins.bad", ImportError("no module named _missing")), *real()]
 
-    monkeypatch.setattr(netd.plugin, "_candidates", candidates)
+    monkeypatch.setattr(netd.registry, "_candidates", candidates)
     registry = discoverPlugins()
     assert set(registry.plugins) >= {"echo", "reverse"}
     assert registry.broken == {"built-in netd_plugins.bad": "failed to load: ImportError: no module named _missing"}
@@ -328,7 +328,7 @@ def test_invalidCandidateDoesNotStopDiscovery(monkeypatch: pytest.MonkeyPatch, c
     """
     A loaded object that breaks the contract in any way is recorded as broken while the others still load.
     """
-    real = netd.plugin._candidates
+    real = netd.registry._candidates
 
     def candidates() -> list[tuple[str, Any]]:
         """
@@ -336,7 +336,7 @@ def test_invalidCandidateDoesNotStopDiscovery(monkeypatch: pytest.MonkeyPatch, c
         """
         return [("entry point 'bad' = bad:plugin (from bad)", candidate), *real()]
 
-    monkeypatch.setattr(netd.plugin, "_candidates", candidates)
+    monkeypatch.setattr(netd.registry, "_candidates", candidates)
     registry = discoverPlugins()
     assert set(registry.plugins) >= {"echo", "reverse"}
     assert list(registry.broken) == ["entry point 'bad' = bad:plugin (from bad)"]

@@ -1,5 +1,5 @@
 """
-L{netd.privileges}: C{[daemon] user} and C{group} checked when the config is
+L{netd.daemon.privileges}: C{[daemon] user} and C{group} checked when the config is
 read, the order of the system calls of the drop (on a fake system), the early
 refusal when netd cannot switch, the refusal of a state directory the user
 could change, and the certificates given to the user by descriptor.
@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from netd.config import parseConfig
-from netd.options import ConfigError, InvalidValue
-from netd.plugin import discoverPlugins
-from netd.privileges import (
+from netd.config.spec import parseConfig
+from netd.config.options import ConfigError, InvalidValue
+from netd.registry import discoverPlugins
+from netd.daemon.privileges import (
     Group,
     PrivilegeDrop,
     PrivilegeError,
@@ -374,7 +374,7 @@ def test_certificatesGivenByDescriptorCAKeyKept(tmp_path: Path) -> None:
     """
     Before the drop, the server certificate and key of certificate = "auto" become the user's and tls/ mode 0755; the CA key stays root's, mode 0600.
     """
-    from netd.certs import autoCertificate
+    from netd.tls.devcerts import autoCertificate
 
     state = tmp_path / "state"
     os.close(openStateDir(str(state), USER, create=True))
@@ -412,7 +412,7 @@ def test_dropHandsOverThenDrops(tmp_path: Path) -> None:
     """
     Calling the prepared drop as root gives the user the server key, then drops; without root it only checks.
     """
-    from netd.certs import autoCertificate
+    from netd.tls.devcerts import autoCertificate
 
     nobody = User.fromConfig("nobody")
     system = FakeSystem()

@@ -1,5 +1,5 @@
 """
-The PROXY protocol in front of the core's stream stack (L{netd.proxyheader}),
+The PROXY protocol in front of the core's stream stack (L{netd.stream.proxyheader}),
 and the C{haproxy:} listen strings, in memory with a fake clock.
 """
 
@@ -16,11 +16,11 @@ from twisted.internet.error import ConnectionDone
 from zope.interface import implementer
 
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
-from netd.listen import ListenAddress
+from netd.config.listen import ListenAddress
 from netd.metrics import Counters
-from netd.options import InvalidValue
-from netd.limits import ConnectionLimiter
-from netd.proxyheader import (
+from netd.config.options import InvalidValue
+from netd.stream.guard import ConnectionLimiter
+from netd.stream.proxyheader import (
     DEFAULT_TRUSTED,
     UNTRUSTED_LOG_INTERVAL,
     ProxyHeaderFactory,
@@ -28,7 +28,7 @@ from netd.proxyheader import (
     TrustedSources,
     describePeer,
 )
-from netd.testing import PEER, makeStreamStack, proxyHeaderV1, proxyHeaderV2
+from netd.testing.memory import PEER, makeStreamStack, proxyHeaderV1, proxyHeaderV2
 
 
 @implementer(IFrameReceiver)

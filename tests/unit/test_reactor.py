@@ -2,7 +2,7 @@
 Tests for netd's TCP transports, driven on real loopback sockets by private
 reactors turned one iteration at a time (every wait bounded): what every one
 of them promises, on each of netd's reactors (the C{reactor} fixture: the
-epoll one, L{netd.reactor}, and the uvloop one, L{netd.uvreactor}); then the
+epoll one, L{netd.reactors.epoll}, and the uvloop one, L{netd.reactors.uv}); then the
 workings of the epoll reactor's own (the C{netdReactor} fixture).  The uvloop
 reactor's own are tested in C{test_uvreactor}.
 """
@@ -29,12 +29,12 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.certs import ensureDevelopmentSet
-from netd.reactor import IMeteredTransport, NetdReactor, installReactor
-from netd.rlimits import IOutOfDescriptors
-from netd.testing import makeStreamStack, unavailable
-from netd.uvreactor import StreamConnection
-from netd.tls import TLSOptions
+from netd.tls.devcerts import ensureDevelopmentSet
+from netd.reactors.epoll import IMeteredTransport, NetdReactor, installReactor
+from netd.reactors.rlimits import IOutOfDescriptors
+from netd.testing.memory import makeStreamStack, unavailable
+from netd.reactors.uv import StreamConnection
+from netd.tls.server import TLSOptions
 from plugins.echo import EchoHandler
 
 from .privatereactor import WAIT, Reactor, netdReactor, reactor, spin, turn  # noqa: F401
@@ -889,12 +889,12 @@ def test_installReactorKeepsOneInstalled() -> None:
 )
 def test_installReactorInstalls(environment: dict[str, str], expected: str) -> None:
     """
-    In a fresh process, importing netd.cli installs no reactor, and installReactor installs netd's uvloop one, its epoll one with NETD_REACTOR=netd, or Twisted's with NETD_REACTOR=twisted.
+    In a fresh process, importing netd.daemon.cli installs no reactor, and installReactor installs netd's uvloop one, its epoll one with NETD_REACTOR=netd, or Twisted's with NETD_REACTOR=twisted.
     """
     script = (
-        "import sys, netd.cli\n"
-        "assert 'twisted.internet.reactor' not in sys.modules, 'importing netd.cli installed a reactor'\n"
-        "from netd.reactor import installReactor\n"
+        "import sys, netd.daemon.cli\n"
+        "assert 'twisted.internet.reactor' not in sys.modules, 'importing netd.daemon.cli installed a reactor'\n"
+        "from netd.reactors.epoll import installReactor\n"
         "installReactor()\n"
         "from twisted.internet import reactor\n"
         "print(type(reactor).__name__)\n"
@@ -913,7 +913,7 @@ def test_readBuffersStayOffMmap(installed: bool) -> None:
     """
     script = (
         "import sys\n"
-        "from netd.reactor import READ_SIZE, install\n"
+        "from netd.reactors.epoll import READ_SIZE, install\n"
         + ("install()\n" if installed else "")
         + "def mappings():\n"
         "    found = set()\n"
@@ -995,7 +995,7 @@ def test_twistedsReactorListensWithAcceptingPorts() -> None:
     from twisted.internet import tcp
     from twisted.internet.testing import MemoryReactor
 
-    from netd.reactor import AcceptingPort, acceptGuarded
+    from netd.reactors.epoll import AcceptingPort, acceptGuarded
 
     twisted = EPollReactor()
     try:

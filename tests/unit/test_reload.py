@@ -1,5 +1,5 @@
 """
-L{netd.daemon.Daemon.reload} on a fake reactor: the config file applied as a
+L{netd.daemon.daemon.Daemon.reload} on a fake reactor: the config file applied as a
 difference by service name, a bad file changing nothing, one reload at a time,
 rollback when a new listener fails, and TLS files read again.
 """
@@ -18,13 +18,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import LogLevel, capturedLogs
 
-from netd.certs import ensureDevelopmentSet
-from netd.config import loadConfig
-from netd.daemon import LISTEN_RETRY_DELAY, Daemon
-from netd.options import ConfigError
-from netd.plugin import discoverPlugins
-from netd.service import NetService, ReloadInProgress, ServiceStartError
-from netd.testing import (
+from netd.tls.devcerts import ensureDevelopmentSet
+from netd.config.spec import loadConfig
+from netd.daemon.daemon import LISTEN_RETRY_DELAY, Daemon
+from netd.config.options import ConfigError
+from netd.registry import discoverPlugins
+from netd.daemon.service import NetService, ReloadInProgress, ServiceStartError
+from netd.testing.memory import (
     FakeTCPPort,
     StreamConnection,
     TestClientTLS,

@@ -1,5 +1,5 @@
 """
-The config's JSON Schema (L{netd.schema}, C{netd schema}): the published copy
+The config's JSON Schema (L{netd.config.schema}, C{netd schema}): the published copy
 is what netd prints, every shipped and documented config passes it, and the
 bad configs it refuses are the ones C{netd check} refuses too.
 """
@@ -15,13 +15,13 @@ import attrs
 import pytest
 from jsonschema import Draft202012Validator
 
-from netd.cli import main
-from netd.config import DaemonSpec, ServiceEnvelope, parseConfig
+from netd.daemon.cli import main
+from netd.config.spec import DaemonSpec, ServiceEnvelope, parseConfig
 from netd.faults.spec import FAULT_TYPES
-from netd.options import ConfigError, NumberRange, between, option, optionInfo, schemaFields
-from netd.plugin import PluginRegistry, discoverPlugins
-from netd.schema import SchemaBuilder, configSchema, registryPlugins, renderSchema
-from netd.tls import TLSOptions
+from netd.config.options import ConfigError, NumberRange, between, option, optionInfo, schemaFields
+from netd.registry import PluginRegistry, discoverPlugins
+from netd.config.schema import SchemaBuilder, configSchema, registryPlugins, renderSchema
+from netd.tls.server import TLSOptions
 
 from .test_docs import tomlBlocks
 

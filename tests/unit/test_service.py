@@ -1,5 +1,5 @@
 """
-L{netd.service.NetService} and L{netd.daemon.Daemon} on a fake reactor: what
+L{netd.daemon.service.NetService} and L{netd.daemon.daemon.Daemon} on a fake reactor: what
 is listened on, the ports file, start errors and the all-or-nothing start, and
 the stop with its drain.
 """
@@ -21,14 +21,14 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import LogLevel, capturedLogs
 from zope.interface import implementer
 
-from netd.config import NetdConfig, loadConfig, parseConfig
-from netd.daemon import Daemon
-from netd.datagram import DatagramListener
+from netd.config.spec import NetdConfig, loadConfig, parseConfig
+from netd.daemon.daemon import Daemon
+from netd.datagram.listener import DatagramListener
 from netd.interfaces import IProtocolPlugin, IStreamHandler
-from netd.limits import ConnectionLimiter
-from netd.plugin import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
-from netd.service import NetService, ServiceStartError
-from netd.testing import UDPMemoryReactorClock, connect, failureOf, resultOf
+from netd.stream.guard import ConnectionLimiter
+from netd.registry import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
+from netd.daemon.service import NetService, ServiceStartError
+from netd.testing.memory import UDPMemoryReactorClock, connect, failureOf, resultOf
 from netd_plugins.echo import EchoReceiver
 
 TCP = "tcp:0:interface=127.0.0.1"

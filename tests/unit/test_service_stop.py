@@ -9,9 +9,9 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs, formatEvent
 
-from netd.daemon import Daemon
-from netd.service import NetService
-from netd.testing import UDPMemoryReactorClock, failureOf, resultOf
+from netd.daemon.daemon import Daemon
+from netd.daemon.service import NetService
+from netd.testing.memory import UDPMemoryReactorClock, failureOf, resultOf
 
 from .test_service import ECHO, TCP, UDPBindFailsReactor, makeConfig, start
 

@@ -14,11 +14,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import capturedLogs
 
-from netd.config import parseConfig
-from netd.listen import ListenAddress
-from netd.service import SHARED_PORT_ATTEMPTS, BoundPort, NetService, ServiceStartError
-from netd.plugin import discoverPlugins
-from netd.testing import UDPMemoryReactorClock, failureOf, resultOf
+from netd.config.spec import parseConfig
+from netd.config.listen import ListenAddress
+from netd.daemon.service import SHARED_PORT_ATTEMPTS, BoundPort, NetService, ServiceStartError
+from netd.registry import discoverPlugins
+from netd.testing.memory import UDPMemoryReactorClock, failureOf, resultOf
 
 TCP = "tcp:0:interface=127.0.0.1"
 UDP = "udp:0:interface=127.0.0.1"

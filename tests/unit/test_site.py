@@ -55,8 +55,8 @@ def copyTree(tmp_path: Path) -> Path:
     for name in ("mkdocs.yml", "README.md", "CHANGELOG.md", "LICENSE"):
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "config", root / "config", symlinks=True)
-    (root / "netd").mkdir()
-    shutil.copy(ROOT / "netd" / "default.toml", root / "netd" / "default.toml")
+    (root / "netd" / "config").mkdir(parents=True)
+    shutil.copy(ROOT / "netd" / "config" / "default.toml", root / "netd" / "config" / "default.toml")
     for readme in (ROOT / "plugins").glob("*/README.md"):
         (root / "plugins" / readme.parent.name).mkdir(parents=True)
         shutil.copy(readme, root / "plugins" / readme.parent.name / "README.md")

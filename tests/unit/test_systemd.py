@@ -1,5 +1,5 @@
 """
-L{netd.systemd}: the sd_notify messages as they arrive on a real unix datagram
+L{netd.daemon.systemd}: the sd_notify messages as they arrive on a real unix datagram
 socket, the watchdog on a fake clock, the socket-activation environment, the
 daemon's READY/STOPPING hooks, and the C{systemd:} listen string.
 """
@@ -17,10 +17,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from netd.daemon import Daemon
-from netd.listen import ListenAddress
-from netd.options import InvalidValue
-from netd.systemd import (
+from netd.daemon.daemon import Daemon
+from netd.config.listen import ListenAddress
+from netd.config.options import InvalidValue
+from netd.daemon.systemd import (
     NO_INHERITED_SOCKET,
     Notifier,
     completeListenNames,
@@ -30,7 +30,7 @@ from netd.systemd import (
     watchdogInterval,
 )
 
-from netd.testing import UDPMemoryReactorClock, resultOf
+from netd.testing.memory import UDPMemoryReactorClock, resultOf
 
 from .test_service import makeConfig
 

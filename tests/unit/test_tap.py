@@ -21,9 +21,9 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.plugin import getPlugins
 from twisted.python import usage
 
-from netd.tap import NetdApplication, Options, makeService
+from netd.daemon.tap import NetdApplication, Options, makeService
 
-from netd.testing import UDPMemoryReactorClock, resultOf
+from netd.testing.memory import UDPMemoryReactorClock, resultOf
 
 from .test_service import UDPBindFailsReactor, makeConfig
 from .test_systemd import RecordingNotifier
@@ -36,7 +36,7 @@ GOOD = '[daemon]\nadmin = false\n\n[[services]]\nname = "e"\nplugin = "echo"\nli
 
 def test_dropInFoundByTwisted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """
-    Twisted's plugin loader, given a plugin package holding the drop-in, finds an IServiceMaker named netd whose module is netd.tap.
+    Twisted's plugin loader, given a plugin package holding the drop-in, finds an IServiceMaker named netd whose module is netd.daemon.tap.
     """
     package = tmp_path / "netd_test_dropins"
     package.mkdir()

@@ -1,11 +1,11 @@
 """
-The TLS layer (L{netd.tls}) in memory: the echo behind the core's stack with
+The TLS layer (L{netd.tls.server}) in memory: the echo behind the core's stack with
 TLS (limits, TLS, framing) and a client through L{twisted.test.iosim};
 versions, ciphers, ALPN, SNI, client certificates and C{client_allow}, the
 handshake timeout, garbage and aborted handshakes, session resumption, flow
 control through TLS, the startup checks of certificates and keys, and the
-client side (L{netd.tls.clientCreator}).  Every certificate is made by
-L{netd.certs} in a temporary folder.
+client side (L{netd.tls.server.clientCreator}).  Every certificate is made by
+L{netd.tls.devcerts} in a temporary folder.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from twisted.logger import LogLevel, Logger, capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
-from netd.certs import (
+from netd.tls.devcerts import (
     CLIENT_COMMON_NAME,
     CLIENT_DNS_NAME,
     DevelopmentSet,
@@ -44,16 +44,16 @@ from netd.certs import (
     makeCA,
     writeBadCertificates,
 )
-from netd import logs
-from netd.config import parseConfig
-from netd.options import ConfigError, renderPath
-from netd.limits import ConnectionLimiter
+from netd.daemon import logs
+from netd.config.spec import parseConfig
+from netd.config.options import ConfigError, renderPath
+from netd.stream.guard import ConnectionLimiter
 from netd.metrics import Counters
-from netd.plugin import discoverPlugins
-from netd.service import NetService, ServiceStartError
-from netd.testing import TestClientTLS, TLSTestConnection, connect, connectTLS, makeStreamStack
-from netd import tls as tlsModule
-from netd.tls import (
+from netd.registry import discoverPlugins
+from netd.daemon.service import NetService, ServiceStartError
+from netd.testing.memory import TestClientTLS, TLSTestConnection, connect, connectTLS, makeStreamStack
+from netd.tls import server as tlsModule
+from netd.tls.server import (
     FAILURE_REASONS,
     PROFILES,
     ServerTLS,

@@ -2,7 +2,7 @@
 The tls-echo plugin (C{netd_plugins.tlsecho}): the plugin contract, the config
 rules it brings (TLS required, streams only), and the echo through the core's
 stack with TLS in every framing, in memory.  Certificates are made by
-L{netd.certs} in a temporary folder.
+L{netd.tls.devcerts} in a temporary folder.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 
-from netd.certs import DevelopmentSet, ensureDevelopmentSet
-from netd.config import parseConfig
-from netd.framing import FRAMINGS
+from netd.tls.devcerts import DevelopmentSet, ensureDevelopmentSet
+from netd.config.spec import parseConfig
+from netd.stream.framing import FRAMINGS
 from netd.interfaces import IStreamHandler
 from netd.metrics import Counters
-from netd.options import ConfigError
-from netd.plugin import PluginContext, checkPlugin, discoverPlugins
-from netd.service import NetService
-from netd.testing import connect, connectTLS, makeStreamStack
-from netd.tls import TLSOptions, TLSServerFactory, clientCreator
+from netd.config.options import ConfigError
+from netd.registry import PluginContext, checkPlugin, discoverPlugins
+from netd.daemon.service import NetService
+from netd.testing.memory import connect, connectTLS, makeStreamStack
+from netd.tls.server import TLSOptions, TLSServerFactory, clientCreator
 from netd_plugins import echo
 from netd_plugins.tlsecho import TLSEchoOptions, plugin
 

@@ -1,5 +1,5 @@
 """
-Tests for L{netd.udp}: the UDP port that reads with C{recvmmsg} and sends a
+Tests for L{netd.reactors.udp}: the UDP port that reads with C{recvmmsg} and sends a
 read's answers with C{sendmmsg}, on real loopback sockets (IPv4 and IPv6)
 served by a private reactor turned one iteration at a time (every wait
 bounded).
@@ -20,13 +20,13 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.python import log
 from zope.interface import implementer
 
-from netd import udp
-from netd.datagram import DatagramListener
-from netd.listen import ListenAddress
+from netd.reactors import udp
+from netd.datagram.listener import DatagramListener
+from netd.config.listen import ListenAddress
 from netd.metrics import Counters
-from netd.reactor import NetdReactor
-from netd.testing import UDPMemoryReactorClock, unavailable
-from netd.udp import BATCH, BatchingPort, IBatchingDatagramProtocol, listenBatchingUDP
+from netd.reactors.epoll import NetdReactor
+from netd.testing.memory import UDPMemoryReactorClock, unavailable
+from netd.reactors.udp import BATCH, BatchingPort, IBatchingDatagramProtocol, listenBatchingUDP
 
 from .privatereactor import WAIT, privateReactor, spin
 

@@ -1,5 +1,5 @@
 """
-Tests for L{netd.uvreactor}'s own workings, on real loopback sockets served
+Tests for L{netd.reactors.uv}'s own workings, on real loopback sockets served
 by a private uvloop reactor turned one iteration at a time (every wait
 bounded): its ports, how its connections read the kernel's idea of their
 last activity, and how they end.  What every netd transport promises is
@@ -19,7 +19,7 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 
 from netd.faults.stream import resetTransport
-from netd.uvreactor import StreamConnection, TCPPort, UvloopReactor
+from netd.reactors.uv import StreamConnection, TCPPort, UvloopReactor
 
 from .privatereactor import spin, turn, uvloopReactor  # noqa: F401
 from .test_reactor import Recording, accept, drain, readable, untilEOF
@@ -228,7 +228,7 @@ def test_asyncioErrorsGoToNetdsLog(uvloopReactor: UvloopReactor) -> None:
         uvloopReactor._asyncioEventloop.call_exception_handler({"message": "no exception here"})
     finally:
         globalLogPublisher.removeObserver(events.append)
-    ours = [event for event in events if event.get("log_namespace") == "netd.uvreactor"]
+    ours = [event for event in events if event.get("log_namespace") == "netd.reactors.uv"]
     assert [event["message"] for event in ours] == ["accept failed", "no exception here"]
     assert ours[0]["log_failure"].check(OSError) and "fd=7" in ours[0]["details"]
     assert "log_failure" not in ours[1] and ours[1]["log_level"].name == "error"

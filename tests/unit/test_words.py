@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from twisted.logger import capturedLogs, formatEvent
 
-from netd import logs
-from netd.testing import UDPMemoryReactorClock, resultOf
+from netd.daemon import logs
+from netd.testing.memory import UDPMemoryReactorClock, resultOf
 from netd.words import counted
 
 from .test_limits import _closedEvent, accept, makeStack

@@ -1,8 +1,8 @@
 """
 netd's reactors for twistd: C{twistd --reactor=netd-uvloop -n netd -c FILE}
 runs netd under twistd on the reactor C{netd run} uses by default
-(L{netd.uvreactor}), C{--reactor=netd} on netd's epoll reactor
-(L{netd.reactor}).
+(L{netd.reactors.uv}), C{--reactor=netd} on netd's epoll reactor
+(L{netd.reactors.epoll}).
 
 Like C{netd_plugin.py}, a drop-in found by Twisted's scan of every
 C{twisted/plugins} folder on the path.
@@ -12,12 +12,12 @@ from twisted.application.reactors import Reactor
 
 netd = Reactor(
     "netd",
-    "netd.reactor",
+    "netd.reactors.epoll",
     "netd's epoll reactor: TCP writes sent at once, events handled without a logging context each",
 )
 
 netdUvloop = Reactor(
     "netd-uvloop",
-    "netd.uvreactor",
+    "netd.reactors.uv",
     "netd's default reactor: Twisted's asyncio reactor on uvloop, TCP connections served by uvloop's transports",
 )

@@ -10,8 +10,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netd.interfaces import IFrameConnection, IFrameReceiver, IProtocolPlugin, IStreamHandler
-from netd.options import between, option
-from netd.plugin import PluginContext
+from netd.config.options import between, option
+from netd.registry import PluginContext
 
 
 @attrs.frozen

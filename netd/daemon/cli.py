@@ -1,0 +1,579 @@
+"""
+The command line: C{netd run | check | plugins | schema | certs}.
+
+Only L{main} touches the global reactor (through L{twisted.internet.task.react});
+everything below it takes the reactor as an argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Any
+
+
+import tomli_w
+from twisted.internet.defer import Deferred
+from twisted.internet.task import react
+from twisted.logger import Logger
+
+from netd import __version__
+from netd.tls.devcerts import DevelopmentSet, defaultStateDir, ensureDevelopmentSet, writeBadCertificates
+from netd.config.spec import NetdConfig, loadConfig
+from netd.daemon.daemon import Daemon
+from netd.daemon.logs import startLogging
+from netd.config.listen import splitDescription, unixSocketPath
+from netd.daemon.openapi import renderOpenAPI
+from netd.config.options import ConfigError, KeyPath, Problem, describeSchema, renderPath
+from netd.registry import PluginRegistry, discoverPlugins
+from netd.daemon.privileges import PrivilegeDrop, PrivilegeError
+from netd.config.schema import configSchema, registryPlugins, renderSchema
+from netd.daemon.service import ReloadInProgress, ServiceStartError
+from netd.daemon.systemd import Notifier, startWatchdog
+from netd.words import counted
+
+log = Logger(namespace="netd.daemon.cli")
+
+EMBEDDED_DEFAULT = """\
+Without -c, netd run serves its embedded default config, on 127.0.0.1 only:
+  echo      plugin echo: whatever arrives is sent back, TCP and UDP on
+            127.0.0.1:7007
+  dns       plugin dns-proxy: a caching DNS proxy, TCP and UDP on 127.0.0.1:5300,
+            forwarding to the nameservers of /etc/resolv.conf, with test records
+            that answer without any network: netd.test (A 127.0.0.1, AAAA ::1,
+            TXT "served by netd") and *.netd.test (A 127.0.0.1)
+  tls-echo  plugin tls-echo: echo behind TLS, TCP on 127.0.0.1:7443, with
+            certificate = "auto": a development CA and a certificate for
+            localhost, 127.0.0.1 and ::1, made on the first start in
+            ~/.local/state/netd/tls/ (or the tls/ folder of $STATE_DIRECTORY,
+            $XDG_STATE_HOME/netd or [daemon] state_dir); the first start logs
+            where the CA is, and netd certs prints it
+  and the control API on 127.0.0.1:8053 (HTTP: /health, /ready, /services,
+  /metrics, and POST /reload with the token netd keeps in admin.token in the
+  same state directory).
+netd check prints that config in full.
+"""
+"""
+The embedded default config (netd/config/default.toml) as C{netd --help} and C{netd
+run --help} describe it; a test checks it against the config.
+"""
+
+DESCRIPTION = f"""\
+netd runs network protocol services (echo, a DNS proxy, a TLS echo, and
+whatever plugins are installed) described in one TOML config file.
+
+{EMBEDDED_DEFAULT}"""
+
+
+def buildParser() -> argparse.ArgumentParser:
+    """
+    The argument parser of every subcommand.
+    """
+    parser = argparse.ArgumentParser(prog="netd", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-V", "--version", action="version", version=f"netd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    configHelp = "the TOML config file (default: the embedded default config)"
+
+    run = commands.add_parser(
+        "run",
+        help="run the services of a config (without -c: the embedded default)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Run the services of a config until SIGTERM or SIGINT, which stop accepting, let
+open connections finish for up to [daemon] shutdown_timeout seconds, and exit 0.
+Exits 1 if the config is invalid or an address cannot be listened on; nothing
+is left listening then.
+
+""" + EMBEDDED_DEFAULT,
+        epilog="""\
+The environment variable NETD_REACTOR chooses the event loop: uvloop (the
+default: TCP connections served by uvloop's C transports), netd (netd's epoll
+reactor, no uvloop) or twisted (Twisted's default reactor, to rule netd's own
+code out).""",
+    )
+    run.add_argument("-c", "--config", metavar="FILE", help=configHelp)
+    run.add_argument(
+        "--ports-file",
+        metavar="FILE",
+        help="once every service listens, write the bound addresses (the ports picked for port 0 "
+        'included) to FILE as JSON: {"services": {NAME: [{"listen", "transport", "host", "port"}]}, '
+        '"admin": {...}} (admin: where the control API listens, when it does)',
+    )
+
+    check = commands.add_parser(
+        "check",
+        help="validate a config and print it normalized",
+        description="Validate a config. If it is valid, print it with every default filled in and exit 0; otherwise print every problem (file, key path, what is wrong) and exit 1.",
+    )
+    check.add_argument("-c", "--config", metavar="FILE", help=configHelp)
+
+    commands.add_parser(
+        "plugins",
+        help="list the plugins found, with their options",
+        description="List the plugins found (built-in and from the netd.plugins entry-point group), each with its transports, framings and options with their defaults.",
+    )
+
+    schema = commands.add_parser(
+        "schema",
+        help="print the JSON Schema of the config, for editors",
+        description="Print the JSON Schema (draft 2020-12) of a config file, made from the options `netd check` "
+        "uses: every key with its help, type, default and range, a service's keys by its plugin. Editors that read "
+        "JSON Schema (taplo, Even Better TOML) complete and check a config that starts with a '#:schema PATH' line.",
+    )
+    schema.add_argument(
+        "--built-in",
+        action="store_true",
+        dest="builtIn",
+        help="only the plugins that ship with netd, as the docs' netd.schema.json (default: every plugin installed)",
+    )
+    schema.add_argument(
+        "--api",
+        action="store_true",
+        help="print the control API's OpenAPI 3.1 description instead (as GET /openapi.json answers it)",
+    )
+
+    certs = commands.add_parser(
+        "certs",
+        help="make development TLS certificates (and deliberately bad ones)",
+        description="Make a development CA, a server certificate for localhost, 127.0.0.1 and ::1, and a client "
+        "certificate for mutual TLS, signed by the CA; files that exist and are still good are reused. "
+        "Prints where the CA is and how clients trust it. The default folder is the one certificate = \"auto\" uses.",
+    )
+    certs.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where to write them (default: the tls/ folder of the state directory: [daemon] state_dir of -c FILE, "
+        "else $STATE_DIRECTORY, $XDG_STATE_HOME/netd or ~/.local/state/netd)",
+    )
+    certs.add_argument("-c", "--config", metavar="FILE", help="take the state directory from this config's [daemon] state_dir")
+    certs.add_argument(
+        "--bad",
+        action="store_true",
+        help="also write, into DIR/bad/, server certificates that correct clients must refuse: expired, not-yet-valid, "
+        "wrong-host, self-signed and unknown-ca",
+    )
+    certs.add_argument(
+        "--key-type", choices=("ecdsa", "rsa"), default="ecdsa", help="ECDSA P-256 (default) or RSA 2048 keys"
+    )
+    return parser
+
+
+def _load(path: str | None, registry: PluginRegistry) -> NetdConfig | None:
+    """
+    Load a config, printing every problem to stderr if it is invalid.
+    """
+    try:
+        return loadConfig(path, registry)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        print(f"{counted(len(e.problems), 'problem')} found; nothing was started.", file=sys.stderr)
+        return None
+
+
+def checkCommand(args: argparse.Namespace) -> int:
+    """
+    C{netd check}: validate the config, check what C{netd run} checks when
+    it starts (L{startProblems}), and print the normalized config.
+    """
+    config = _load(args.config, discoverPlugins())
+    if config is None:
+        return 1
+    problems = startProblems(config)
+    if problems:
+        for problem in problems:
+            print(problem.render(config.source), file=sys.stderr)
+        print(f"{counted(len(problems), 'problem')} found; nothing was started.", file=sys.stderr)
+        return 1
+    sys.stdout.write(f"# {config.source}: valid\n")
+    sys.stdout.write(tomli_w.dumps(config.toConfig()))
+    return 0
+
+
+def startProblems(config: NetdConfig) -> list[Problem]:
+    """
+    Everything but the network that would make C{netd run} refuse a valid
+    config, found without making or changing anything, as this user (run
+    check as the user that runs netd): whether netd can become C{[daemon]
+    user} and, started as root, whether that user could change the state
+    directory (L{PrivilegeDrop.check}); the control API's token
+    (L{_adminProblems}); the TLS files (L{_tlsProblems}); and that the folder
+    of every C{unix:} socket exists and can be written.  What is left to
+    C{run} is binding the addresses.
+
+    @return: the problems, each at its key path.
+    """
+    daemon = config.daemon
+    stateDir = daemon.state_dir or defaultStateDir()
+    problems: list[Problem] = []
+    try:
+        PrivilegeDrop.check(daemon.user, daemon.group, daemon.state_dir)
+    except PrivilegeError as e:
+        problems.append(Problem(e.key, str(e)))
+    sockets: list[tuple[KeyPath, str]] = []
+    if daemon.admin.address is not None:
+        sockets.append((("daemon", "admin"), daemon.admin.address.text))
+        problems.extend(_adminProblems(config, stateDir))
+    for i, spec in enumerate(config.services):
+        if spec.enabled:
+            sockets.extend((("services", i, "listen", j), address.text) for j, address in enumerate(spec.listen))
+    problems.extend(_tlsProblems(config, stateDir))
+    for key, text in sockets:
+        path = unixSocketPath(text)
+        why = None if path is None else _cannotWrite(os.path.dirname(os.path.abspath(path)), make=False)
+        if why is not None:
+            problems.append(Problem(key, f"cannot make the socket {path!r}: {why}"))
+    return problems
+
+
+def _adminProblems(config: NetdConfig, stateDir: str) -> list[Problem]:
+    """
+    What the control API's start would refuse: C{admin_token_file}, read
+    by run's own L{netd.daemon.admin.readToken} (mode, size, content); without one,
+    on TCP, a state directory where netd cannot write the token it makes.
+    """
+    from netd.daemon.admin import GENERATED_TOKEN_FILE, TokenFileError, readToken
+
+    daemon = config.daemon
+    assert daemon.admin.address is not None
+    if isinstance(daemon.admin_token_file, str):
+        try:
+            readToken(daemon.admin_token_file)
+        except TokenFileError as e:
+            return [Problem(("daemon", "admin_token_file"), str(e))]
+        return []
+    if daemon.admin_token_file is False or _unixAdmin(daemon.admin.address.text):
+        return []
+    generated = os.path.join(stateDir, GENERATED_TOKEN_FILE)
+    try:
+        readToken(generated)
+        return []
+    except TokenFileError:
+        why = _cannotWrite(stateDir)
+    if why is None:
+        return []
+    return [
+        Problem(
+            ("daemon", "admin_token_file"),
+            f"unset, so netd makes a token in {generated!r}, but {why}; set [daemon] state_dir to a folder this "
+            "user may write, admin_token_file to a file holding a secret, or admin_token_file = false",
+        )
+    ]
+
+
+def _tlsProblems(config: NetdConfig, stateDir: str) -> list[Problem]:
+    """
+    What loading the C{tls} tables of the enabled services would refuse: the
+    files, opened and checked as at start (an expired certificate is a
+    warning, as at start); for C{certificate = "auto"}, a set that is not
+    there yet and a state directory where it cannot be made.
+    """
+    from twisted.logger import ILogObserver, LogLevel, formatEvent
+    from zope.interface import provider
+
+    from netd.tls.server import AUTO, ServerTLS, TLSSetupError, loadKeyPair
+
+    @provider(ILogObserver)
+    def warn(event: dict[str, Any]) -> None:
+        if event.get("log_level") in (LogLevel.warn, LogLevel.error):
+            print(f"{config.source}: warning: {formatEvent(event)}", file=sys.stderr)
+
+    problems = []
+    for i, spec in enumerate(config.services):
+        if not spec.enabled or spec.tls is None:
+            continue
+        if spec.tls.certificate != AUTO:
+            try:
+                ServerTLS(spec.tls, serviceName=spec.name, log=Logger(namespace="netd.daemon.cli", observer=warn))
+            except TLSSetupError as e:
+                problems.append(Problem(("services", i) + e.key, str(e)))
+            continue
+        folder = os.path.join(stateDir, "tls")
+        try:
+            loadKeyPair(os.path.join(folder, "server.pem"), os.path.join(folder, "server-key.pem"), "tls")
+            continue
+        except TLSSetupError:
+            why = _cannotWrite(folder)
+        if why is not None:
+            problems.append(
+                Problem(
+                    ("services", i, "tls", "certificate"),
+                    f'"auto" makes the development certificate in {folder!r}, but {why}; '
+                    "set [daemon] state_dir to a writable folder",
+                )
+            )
+    return problems
+
+
+def _unixAdmin(text: str) -> bool:
+    """
+    Whether a control API address is a unix socket (whose file mode guards
+    it, so netd makes no token for it), as L{netd.daemon.admin.AdminServer.unix} decides.
+    """
+    kind, *rest = splitDescription(text)
+    return kind == "unix" or (kind == "systemd" and "domain=UNIX" in rest)
+
+
+def _cannotWrite(folder: str, make: bool = True) -> str | None:
+    """
+    Why this user could not write in C{folder} (or, with C{make}, make it
+    in the nearest folder above it that exists), in words; L{None} when it can.
+    """
+    path = os.path.abspath(folder)
+    while make and not os.path.lexists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        return f"{path!r} is not a folder" if os.path.lexists(path) else f"the folder {path!r} does not exist"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"this user (uid {os.geteuid()}) may not write in {path!r}"
+    return None
+
+
+def startErrorProblem(config: NetdConfig, error: ServiceStartError | PrivilegeError) -> Problem:
+    """
+    A start error of C{netd run} as the config problem it is: at its key
+    path (C{services[1].tls.certificate}, C{daemon.admin_token_file}), as
+    C{netd check} reports it.
+    """
+    if isinstance(error, PrivilegeError):
+        return Problem(error.key, str(error))
+    if error.service is None:
+        return Problem(error.key, error.reason)
+    index = next((i for i, spec in enumerate(config.services) if spec.name == error.service), None)
+    if index is None:
+        return Problem(error.key, str(error))
+    return Problem(("services", index) + error.key, error.reason)
+
+
+def pluginsCommand(args: argparse.Namespace) -> int:
+    """
+    C{netd plugins}: list the plugins with their options and defaults.
+    """
+    registry = discoverPlugins()
+    for name in sorted(registry.plugins):
+        loaded = registry.plugins[name]
+        plugin = loaded.plugin
+        print(f"{name}: {plugin.summary}")
+        print(f"  source: {loaded.source}")
+        print(f"  transports: {', '.join(sorted(plugin.transports))}")
+        if plugin.framings:
+            print(f"  framings: {', '.join(plugin.framings)} (default {plugin.framings[0]})")
+        rows = describeSchema(plugin.optionsType)
+        if not rows:
+            print("  options: none of its own")
+        for key, typeName, default, help in rows:
+            print(f"  {key} = {default}  ({typeName})")
+            print(f"      {help}")
+        print()
+    for source, why in sorted(registry.broken.items()):
+        print(f"could not load {source}: {why}", file=sys.stderr)
+    return 0
+
+
+def schemaCommand(args: argparse.Namespace) -> int:
+    """
+    C{netd schema}: print the config's JSON Schema, or with C{--api} the
+    control API's OpenAPI description.
+    """
+    if args.api:
+        sys.stdout.write(renderOpenAPI())
+    else:
+        sys.stdout.write(renderSchema(configSchema(registryPlugins(discoverPlugins(), builtInOnly=args.builtIn))))
+    return 0
+
+
+def certsCommand(args: argparse.Namespace) -> int:
+    """
+    C{netd certs}: make the development set (and the bad certificates), and
+    say how to use them.
+    """
+    directory = args.out
+    if directory is None:
+        stateDir = None
+        if args.config is not None:
+            config = _load(args.config, discoverPlugins())
+            if config is None:
+                return 1
+            stateDir = config.daemon.state_dir
+        directory = os.path.join(stateDir or defaultStateDir(), "tls")
+    directory = os.path.abspath(directory)
+    try:
+        files, made = ensureDevelopmentSet(directory, keyType=args.key_type)
+        bad = writeBadCertificates(directory, keyType=args.key_type) if args.bad else []
+    except OSError as e:
+        print(f"netd certs: cannot write to {directory}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(describeDevelopmentSet(files, made))
+    if bad:
+        print()
+        print(f"Bad server certificates in {os.path.join(directory, 'bad')}, each with its key (NAME-key.pem), for")
+        print("clients that trust ca.pem and connect to localhost; a correct client must fail with:")
+        for entry, certificatePath, _ in bad:
+            print(f"  {certificatePath}")
+            print(f"      {entry.defect}")
+            print(f"      -> {entry.clientError}")
+    return 0
+
+
+def describeDevelopmentSet(files: DevelopmentSet, made: list[str]) -> str:
+    """
+    What C{netd certs} prints about a development set: where each file is and
+    how to use it.
+    """
+
+    def state(*paths: str) -> str:
+        return "made now" if any(p in made for p in paths) else "reused"
+
+    return f"""\
+Development CA:      {files.ca}  ({state(files.ca)})
+Server certificate:  {files.server} + {files.serverKey}  ({state(files.server)})
+                     for localhost, 127.0.0.1 and ::1
+Client certificate:  {files.client} + {files.clientKey}  ({state(files.client)})
+                     for mutual TLS (CN "netd client", DNS client.netd.test)
+
+Serve it (or write certificate = "auto" to use the state directory's set):
+  tls = {{ certificate = "{files.server}", private_key = "{files.serverKey}" }}
+
+Clients trust the CA with:
+  openssl s_client -connect localhost:PORT -CAfile {files.ca} -verify_return_error
+  curl --cacert {files.ca} https://localhost:PORT/
+  python: ssl.create_default_context(cafile="{files.ca}")
+Mutual TLS: add -cert {files.client} -key {files.clientKey} (openssl), and on the
+server client_ca = "{files.ca}" with client_auth = "required"."""
+
+
+async def runDaemon(reactor: Any, config: NetdConfig, portsFile: str | None) -> None:
+    """
+    Start every service, then run until the reactor stops; a signal stops the
+    reactor, whose shutdown waits for the daemon's drain.
+
+    Nothing starts before the reactor runs: C{react} calls this first, and the
+    reactor installs its SIGTERM/SIGINT handlers only when it starts, so a
+    signal sent as soon as netd reports ready would otherwise kill it undrained.
+
+    Under systemd (C{$NOTIFY_SOCKET}) every step is reported (L{Notifier}), and
+    the watchdog is pinged when C{$WATCHDOG_USEC} asks for it.  With C{[daemon]
+    user}, netd drops to that user once everything listens and before it
+    serves anyone (L{PrivilegeDrop}).
+    """
+    reloadSignal = ReloadSignal(reactor)
+    reloadSignal.install()
+    running: Deferred[None] = Deferred()
+    reactor.callWhenRunning(running.callback, None)
+    await running
+    notifier = Notifier.fromEnvironment()
+    notifier.status(f"starting {counted(len(config.services), 'service')} from {config.source}")
+    startWatchdog(notifier, reactor)
+    try:
+        dropPrivileges = PrivilegeDrop.prepare(config.daemon.user, config.daemon.group, config.daemon.state_dir)
+        daemon = Daemon(config, reactor, notifier)
+        reactor.addSystemEventTrigger("before", "shutdown", daemon.stopService)
+        await daemon.start(portsFile, beforeServing=dropPrivileges)
+    except (ServiceStartError, PrivilegeError) as e:
+        problem = startErrorProblem(config, e)
+        notifier.status(f"cannot start: {problem.render(config.source)}")
+        log.critical(
+            "netd cannot start: {error}",
+            error=problem.render(config.source),
+            config_file=config.source,
+            key=renderPath(problem.path),
+        )
+        raise SystemExit(1) from None
+    reloadSignal.attach(daemon)
+    await Deferred()
+
+
+class ReloadSignal:
+    """
+    SIGHUP reloads the config (L{Daemon.reload}, which tells systemd
+    C{RELOADING=1} then C{READY=1}).
+
+    The handler is installed before the reactor runs, because SIGHUP's default
+    action ends the process: a reload asked for while netd is still starting
+    (a deploy script that writes the file and signals at once) is remembered
+    and done once every service listens.  The handler only hands the work to
+    the reactor, and a failed reload is logged, never fatal.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.daemon: Daemon | None = None
+        self.pending = False
+
+    def install(self) -> None:
+        """
+        Catch SIGHUP from now on.
+        """
+        signal.signal(signal.SIGHUP, self._onSignal)
+
+    def _onSignal(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self._requested)
+
+    def _requested(self) -> None:
+        """
+        A SIGHUP arrived: reload now, or once the daemon has started.
+        """
+        if self.daemon is None:
+            if not self.pending:
+                log.info("SIGHUP while starting: the config is reloaded once every service listens")
+            self.pending = True
+            return
+        self._reload(self.daemon)
+
+    def attach(self, daemon: Daemon) -> None:
+        """
+        The daemon has started: do a reload that was asked for meanwhile.
+        """
+        self.daemon = daemon
+        if self.pending:
+            self.pending = False
+            self._reload(daemon)
+
+    def _reload(self, daemon: Daemon) -> None:
+        log.info("SIGHUP: reloading the config")
+        Deferred.fromCoroutine(daemon.reload()).addErrback(self._failed)
+
+    def _failed(self, failure: Any) -> None:
+        error = failure.value
+        if isinstance(error, ReloadInProgress):
+            log.warn("SIGHUP: {error}; this one is ignored", error=str(error))
+        elif isinstance(error, (ConfigError, ServiceStartError)):
+            log.error("SIGHUP: the reload failed; the previous config goes on serving")
+        else:
+            log.failure("SIGHUP: the reload failed; the previous config goes on serving", failure)
+
+
+def runCommand(args: argparse.Namespace) -> int:
+    """
+    C{netd run}: serve until a signal, on netd's reactor (L{netd.reactors.epoll}) or
+    the one C{NETD_REACTOR} names, installed before a plugin can import one.
+    """
+    from netd.reactors.epoll import installReactor
+
+    try:
+        reactorName = installReactor()
+    except ValueError as e:
+        print(f"netd: {e}", file=sys.stderr)
+        return 1
+    config = _load(args.config, discoverPlugins())
+    if config is None:
+        return 1
+    startLogging(config.daemon.log_format, config.daemon.log_level)
+    log.info(
+        "netd {version} starting with {source} (reactor: {reactor})",
+        version=__version__,
+        source=config.source,
+        reactor=reactorName,
+    )
+    react(runDaemon, (config, args.ports_file))
+    return 0  # react exits the process; this is for type checkers
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    The C{netd} console script.
+    """
+    args = buildParser().parse_args(argv)
+    commands = {"run": runCommand, "check": checkCommand, "plugins": pluginsCommand, "schema": schemaCommand, "certs": certsCommand}
+    return commands[args.command](args)

@@ -1,0 +1,586 @@
+"""
+The daemon: every enabled service of a config under one MultiService, started
+all-or-nothing, reloaded as a difference by service name (L{Daemon.reload}), and
+stopped with a drain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import CannotListenError
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+
+from netd.config.spec import DEFAULT_CONFIG_NAME, DaemonSpec, NetdConfig, ServiceSpec, loadConfig
+from netd.daemon.logs import NamedLogger, setLogLevel
+from netd.config.options import ConfigError, Problem
+from netd.registry import PluginRegistry, discoverPlugins
+from netd.reactors.rlimits import raiseOpenFileLimit
+from netd.daemon.service import NetService, ReloadInProgress, ServiceStartError
+from netd.daemon.systemd import Notifier
+from netd.tls.server import ServerTLS, TLSSetupError
+from netd.words import counted
+
+if TYPE_CHECKING:
+    from netd.daemon.admin import AdminServer
+
+LISTEN_RETRY_DELAY = 0.25
+"""
+Seconds a reload waits before its one retry of a listen that failed, when it
+has just closed the old listener on the same address (the port may be
+momentarily busy).
+"""
+
+RESTART_KEYS = ("log_format", "state_dir", "admin", "admin_token_file", "admin_max_connections", "admin_group", "user", "group")
+"""
+The C{[daemon]} keys a reload cannot apply: a change to one is logged as
+needing a restart, and the running value stays.
+"""
+
+
+class Daemon(MultiService):
+    """
+    All services of one config.
+
+    L{start} listens on every address of every service; if any bind fails, the
+    ones already bound are released, so that a bad start leaves nothing behind.
+    """
+
+    log = NamedLogger(namespace="netd.daemon.daemon")
+
+    def __init__(
+        self,
+        config: NetdConfig,
+        reactor: Any,
+        notifier: Notifier | None = None,
+        *,
+        registry: PluginRegistry | None = None,
+    ) -> None:
+        """
+        @param registry: the plugins a reload decodes the file with;
+            L{discoverPlugins} when L{None}.
+        """
+        super().__init__()
+        self.config = config
+        self.configPath = None if config.source == DEFAULT_CONFIG_NAME else config.source
+        """
+        The file L{reload} reads again (the config's source); L{None} for the
+        embedded default config.
+        """
+        self.registry = registry
+        self.portsFile: str | None = None
+        self._reloading = False
+        self._reloadWaiters: list[Deferred[None]] = []
+        """
+        Stops waiting for the reload in progress to finish or be undone.
+        """
+        self._draining: set[Deferred[None]] = set()
+        self.reactor = reactor
+        self.notifier = notifier if notifier is not None else Notifier.disabled()
+        """
+        Tells systemd how netd is doing: L{serve} sends C{READY=1},
+        L{stopService} C{STOPPING=1}; a reload wraps itself in
+        C{notifier.reloading()} and C{notifier.ready()}.
+        """
+        self.openFiles = raiseOpenFileLimit()[1]
+        """
+        The open-file limit netd runs with, raised to the hard limit before
+        the services (whose C{max_connections} defaults to half of it) are built.
+        """
+        for index, spec in enumerate(config.services):
+            if spec.enabled:
+                NetService(
+                    spec, reactor, config.daemon.shutdown_timeout, config.daemon.state_dir, configIndex=index
+                ).setServiceParent(self)
+        self.stopping = False
+        """
+        Whether a stop has begun (the control API's C{/ready} then says 503).
+        """
+        self.admin = _adminServer(self, config.daemon, reactor)
+        """
+        The control API (L{netd.daemon.admin}), listened on before the services and
+        closed after they have drained; L{None} when C{[daemon] admin = false}.
+        """
+
+    def netServices(self) -> list[NetService]:
+        """
+        The services, in config order.
+        """
+        return list(self)
+
+    async def start(
+        self, portsFile: str | None = None, beforeServing: Callable[[], object] | None = None
+    ) -> dict[str, list[dict[str, object]]]:
+        """
+        Listen on everything, then mark the services running and report where.
+
+        @param portsFile: where to write the bound addresses as JSON once every
+            service listens (written whole, by rename, so a reader never sees half).
+        @param beforeServing: called once everything listens and before any
+            client is served (the privilege drop); if it raises, every
+            listener is closed and the exception propagates.
+        @raise ServiceStartError: when an address cannot be listened on; nothing
+            is left listening then.
+        """
+        await self.listen()
+        if beforeServing is not None:
+            try:
+                beforeServing()
+            except BaseException:
+                await self.releaseListeners()
+                raise
+        return self.serve(portsFile)
+
+    async def listen(self) -> None:
+        """
+        Listen on every address of every service, all or nothing.
+
+        @raise ServiceStartError: when an address cannot be listened on; nothing
+            is left listening then.
+        """
+        try:
+            if self.admin is not None:
+                await self.admin.listen()
+            for service in self.netServices():
+                await service.listen()
+        except ServiceStartError:
+            await self.releaseListeners()
+            raise
+
+    async def releaseListeners(self) -> None:
+        """
+        Close every listener of every service, and the control API's (a start
+        that failed part way).
+        """
+        await DeferredList([Deferred.fromCoroutine(s.stopListening()) for s in self.netServices()])
+        if self.admin is not None:
+            await self.admin.stopListening()
+
+    def serve(self, portsFile: str | None = None) -> dict[str, list[dict[str, object]]]:
+        """
+        Once L{listen} has bound everything: mark the services running, write
+        the ports file (with the control API's address under the top-level
+        C{"admin"} key, beside C{"services"}, so that no service name can
+        clash with it), and tell systemd that netd is ready.
+        """
+        self.startService()
+        self.portsFile = portsFile
+        report = self.writePortsFile()
+        for service in self.netServices():
+            bound = report.get(service.spec.name, [])
+            self.log.info(
+                "service {service} ({plugin}) on {where}",
+                service=service.spec.name,
+                plugin=service.spec.plugin.name,
+                where=", ".join(_describe(b) for b in bound),
+                addresses=[_describe(b) for b in bound],
+                event="service_started",
+            )
+        self.log.info(
+            "netd is ready: {services} from {source}",
+            count=len(report),
+            services=counted(len(report), "service"),
+            source=self.config.source,
+        )
+        addresses = sum(len(bound) for bound in report.values())
+        self.notifier.ready(f"serving {counted(len(report), 'service')} on {counted(addresses, 'address', 'addresses')}")
+        return report
+
+    def writePortsFile(self) -> dict[str, list[dict[str, object]]]:
+        """
+        Write the bound addresses to the ports file, if there is one; return them.
+        """
+        report = self.boundAddresses()
+        if self.portsFile is not None:
+            document: dict[str, object] = {"pid": os.getpid(), "services": report}
+            if self.admin is not None:
+                document["admin"] = self.admin.describe()
+            writeAtomically(self.portsFile, json.dumps(document, indent=2) + "\n")
+        return report
+
+    async def reload(self) -> dict[str, list[str]]:
+        """
+        Read the config file again and apply it as a difference, by service name.
+
+        Unchanged services are not touched (their TLS files are read again,
+        for new connections); removed ones stop accepting and drain in the
+        background; new ones listen and start; changed ones are replaced,
+        their old service draining its connections in the background.  Where
+        a changed service keeps an address, the old listener closes before
+        the new one opens (one retry if the port is still busy); otherwise the
+        new listeners open first.  Systemd hears C{RELOADING=1} then C{READY=1}.
+
+        @return: the service names, by what happened to them.
+        @raise ConfigError: the file is invalid, or a plugin or TLS file of a
+            service cannot be loaded; nothing was changed.
+        @raise ServiceStartError: a new listener could not open; what the
+            reload had started is closed, the old listeners reopened.
+        @raise ReloadInProgress: another reload runs, or netd is not serving.
+        """
+        if self._reloading:
+            raise ReloadInProgress("a reload is already in progress")
+        if self.stopping or not self.running:
+            raise ReloadInProgress("netd is not serving (starting or stopping); a reload cannot run now")
+        self._reloading = True
+        self.notifier.reloading()
+        status = "reload failed; serving the previous config"
+        try:
+            summary = await self._reload()
+            status = "reloaded: " + ", ".join(f"{len(names)} {what}" for what, names in summary.items())
+            return summary
+        finally:
+            self._reloading = False
+            if not self.stopping:
+                addresses = sum(len(s.ports) for s in self.netServices())
+                services = counted(len(self.netServices()), "service")
+                self.notifier.ready(f"{status}; serving {services} on {counted(addresses, 'address', 'addresses')}")
+            waiters, self._reloadWaiters = self._reloadWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    async def _reload(self) -> dict[str, list[str]]:
+        """
+        The work of L{reload}: load, prepare, listen (all or nothing), commit.
+        """
+        source = self.configPath or DEFAULT_CONFIG_NAME
+        self.log.info("reloading the config from {source}", source=source)
+        try:
+            new = loadConfig(self.configPath, self.registry or discoverPlugins())
+        except ConfigError as e:
+            self.log.error(
+                "reload: {source} has {found}; nothing was changed:\n{problems}",
+                source=e.source,
+                count=len(e.problems),
+                found=counted(len(e.problems), "problem"),
+                problems=str(e),
+            )
+            raise
+        daemonSpec = self._daemonChanges(new.daemon)
+        old = {s.spec.name: s for s in self.netServices()}
+        wanted = {spec.name: spec for spec in new.services if spec.enabled}
+        summary: dict[str, list[str]] = {
+            "unchanged": [n for n in wanted if n in old and old[n].spec == wanted[n]],
+            "changed": [n for n in wanted if n in old and old[n].spec != wanted[n]],
+            "added": [n for n in wanted if n not in old],
+            "removed": [n for n in old if n not in wanted],
+        }
+        access = self.admin.prepareReload(daemonSpec, new.source) if self.admin is not None else None
+        replacements, freshTLS = self._prepare(new, wanted, summary, old, daemonSpec)
+        await self._listenAll(replacements, old)
+        self._commit(new, daemonSpec, replacements, freshTLS, summary, old)
+        if self.admin is not None and access is not None:
+            self.admin.adopt(access)
+        return summary
+
+    def _daemonChanges(self, new: DaemonSpec) -> DaemonSpec:
+        """
+        The C{[daemon]} table to run with: the new live keys (log level,
+        shutdown timeout, lameduck), the running value of every other key, each change
+        of which is logged as needing a restart.
+        """
+        running = self.config.daemon
+        for key in RESTART_KEYS:
+            if getattr(new, key) != getattr(running, key):
+                self.log.warn(
+                    "reload: [daemon] {key} changed; it takes effect only when netd restarts",
+                    key=key,
+                )
+        return attrs.evolve(
+            running,
+            log_level=new.log_level,
+            shutdown_timeout=new.shutdown_timeout,
+            lameduck=new.lameduck,
+            admin_hosts=new.admin_hosts,
+        )
+
+    def _prepare(
+        self,
+        new: NetdConfig,
+        wanted: dict[str, ServiceSpec],
+        summary: dict[str, list[str]],
+        old: dict[str, NetService],
+        daemonSpec: DaemonSpec,
+    ) -> tuple[dict[str, NetService], dict[str, ServerTLS]]:
+        """
+        Build the services to add or replace, and read the TLS files of the
+        unchanged ones again, touching nothing that runs.
+
+        @raise ConfigError: every service that cannot be built or whose TLS
+            files cannot be loaded; nothing was changed.
+        """
+        problems: list[Problem] = []
+        index = {spec.name: i for i, spec in enumerate(new.services)}
+        replacements: dict[str, NetService] = {}
+        for name in summary["changed"] + summary["added"]:
+            try:
+                replacements[name] = NetService(
+                    wanted[name], self.reactor, daemonSpec.shutdown_timeout, daemonSpec.state_dir, configIndex=index[name]
+                )
+            except ServiceStartError as e:
+                problems.append(Problem(("services", index[name]), str(e)))
+        freshTLS: dict[str, ServerTLS] = {}
+        for name in summary["unchanged"]:
+            tls = old[name].tls
+            if tls is None:
+                continue
+            try:
+                freshTLS[name] = tls.reloadFiles(daemonSpec.state_dir)
+            except TLSSetupError as e:
+                problems.append(Problem(("services", index[name], "tls"), f"cannot reload the TLS files, keeping the old ones: {e}"))
+        if problems:
+            error = ConfigError(new.source, problems)
+            self.log.error(
+                "reload: {services} of {source} cannot be loaded; nothing was changed:\n{problems}",
+                source=new.source,
+                count=len(problems),
+                services=counted(len(problems), "service"),
+                problems=str(error),
+            )
+            raise error
+        return replacements, freshTLS
+
+    async def _listenAll(self, replacements: dict[str, NetService], old: dict[str, NetService]) -> None:
+        """
+        Listen with every new and changed service, all or nothing: a changed
+        service sharing an address with its old one closes the old listener
+        first.  On a failure, close what was opened and reopen what was closed.
+
+        @raise ServiceStartError: naming the service and address that failed.
+        """
+        closedOld: list[NetService] = []
+        opened: list[NetService] = []
+        try:
+            for name, service in replacements.items():
+                previous = old.get(name)
+                shared = previous is not None and bool(
+                    {a.text for a in previous.spec.listen} & {a.text for a in service.spec.listen}
+                )
+                if previous is not None and shared:
+                    await previous.stopListening()
+                    closedOld.append(previous)
+                opened.append(service)
+                try:
+                    await service.listen()
+                except ServiceStartError as e:
+                    if not (shared and isinstance(e.__cause__, CannotListenError)):
+                        raise
+                    await service.stopListening()
+                    self.log.info(
+                        "reload: {error}; retrying in {delay} seconds", error=str(e), delay=LISTEN_RETRY_DELAY
+                    )
+                    await deferLater(self.reactor, LISTEN_RETRY_DELAY, lambda: None)
+                    await service.listen()
+        except ServiceStartError as e:
+            self.log.error("reload: {error}; undoing the reload, nothing was changed", error=str(e))
+            for service in opened:
+                await service.stopListening()
+            for previous in closedOld:
+                try:
+                    await previous.listen()
+                except ServiceStartError as again:
+                    self.log.critical(
+                        "reload: cannot listen again with the previous service: {error}", error=str(again)
+                    )
+            raise
+
+    def _commit(
+        self,
+        new: NetdConfig,
+        daemonSpec: DaemonSpec,
+        replacements: dict[str, NetService],
+        freshTLS: dict[str, ServerTLS],
+        summary: dict[str, list[str]],
+        old: dict[str, NetService],
+    ) -> None:
+        """
+        Everything new listens: swap the services, let the old and removed
+        ones drain in the background, adopt the new TLS files and the live
+        C{[daemon]} keys, rewrite the ports file, and log one line per service.
+        """
+        for name in summary["changed"] + summary["removed"]:
+            previous = old[name]
+            stopped = previous.disownServiceParent()
+            if isinstance(stopped, Deferred):
+                self._draining.add(stopped)
+                stopped.addErrback(self._drainFailed, name)
+                stopped.addBoth(self._drained, stopped)
+        for service in replacements.values():
+            service.setServiceParent(self)
+        order = [spec.name for spec in new.services]
+        self.services.sort(key=lambda s: order.index(s.name))
+        for name, fresh in freshTLS.items():
+            tls = old[name].tls
+            assert tls is not None
+            tls.adopt(fresh)
+        if daemonSpec.log_level != self.config.daemon.log_level:
+            setLogLevel(daemonSpec.log_level)
+            self.log.info("reload: log level is now {new_level}", new_level=daemonSpec.log_level)
+        for service in self.netServices():
+            service.shutdownTimeout = daemonSpec.shutdown_timeout
+            service.configIndex = order.index(service.spec.name)
+        self.config = NetdConfig(
+            source=new.source, daemon=daemonSpec, services=tuple(s for s in new.services if s.name in self.namedServices)
+        )
+        report = self.writePortsFile()
+        for what, names in summary.items():
+            for name in names:
+                where = ", ".join(_describe(bound) for bound in report.get(name, []))
+                tlsNote = " (TLS files reloaded)" if name in freshTLS else ""
+                described = self.namedServices.get(name, old.get(name))
+                self.log.info(
+                    "reload: service {service} ({plugin}) {what}{tls}{where}",
+                    service=name,
+                    plugin=described.spec.plugin.name if isinstance(described, NetService) else "",
+                    what=what,
+                    tls=tlsNote,
+                    where=f" on {where}" if where else "",
+                    addresses=[_describe(b) for b in report.get(name, [])],
+                    event=f"service_{what}",
+                )
+
+    def draining(self) -> int:
+        """
+        How many services replaced or removed by a reload are still draining.
+        """
+        return len(self._draining)
+
+    def _drained(self, result: object, stopped: Deferred[None]) -> None:
+        """
+        A replaced or removed service has drained and stopped.
+        """
+        self._draining.discard(stopped)
+
+    def _drainFailed(self, failure: Failure, name: str) -> None:
+        """
+        Log a replaced or removed service's stop that failed.
+        """
+        self.log.failure("reload: stopping the previous service {service} failed", failure, service=name)
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Tell systemd that netd is stopping and turn C{/ready} to 503 at once;
+        let a reload in progress finish or be undone (so that the drain
+        stops the services that are really running, never half a reload);
+        keep serving for C{[daemon] lameduck} seconds (load balancers stop
+        sending first), then stop every service (each closes its listeners
+        and drains its connections); the control API closes last, so that it
+        answers (C{/ready}: 503) throughout.
+        """
+        self.notifier.stopping()
+        self.stopping = True
+        if not self._reloading:
+            return self._afterReload()
+        self.log.info("stopping: waiting for the reload in progress to finish or be undone")
+        waiter: Deferred[None] = Deferred()
+        self._reloadWaiters.append(waiter)
+        return waiter.addCallback(lambda _: self._afterReload())
+
+    def _afterReload(self) -> Deferred[None]:
+        """
+        The stop, once no reload runs: the lameduck wait, then L{_stopServices}.
+        """
+        lameduck = self.config.daemon.lameduck
+        if not lameduck or not self.running:
+            # Never served (a failed start): no client to warn, nothing to wait for.
+            return self._stopServices()
+        self.log.info(
+            "stopping: /ready answers 503; serving for {lameduck} more seconds before closing the listeners",
+            lameduck=lameduck,
+        )
+        waited: Deferred[None] = deferLater(self.reactor, lameduck, lambda: None)
+        return waited.addCallback(lambda _: self._stopServices())
+
+    def _stopServices(self) -> Deferred[None]:
+        """
+        Stop every service, wait for those draining since a reload, then
+        close the control API, and log how long the drain took: netd's last
+        line, unless netd never served (a failed start, whose error is its
+        last line).
+        """
+        served = bool(self.running)
+        began = self.reactor.seconds()
+        connections = sum(s.connections.openConnections() for s in self.netServices() if s.connections is not None)
+        stopped: Deferred[None] = super().stopService()
+        draining = list(self._draining)
+        if draining:
+            stopped.addBoth(lambda result: DeferredList(draining).addCallback(lambda _: result))
+        if self.admin is not None:
+            admin = self.admin
+            stopped.addBoth(lambda result: Deferred.fromCoroutine(admin.stopListening()).addCallback(lambda _: result))
+        return stopped.addBoth(self._stopped, connections, began) if served else stopped
+
+    def _stopped(self, result: object, connections: int, began: float) -> object:
+        """
+        Say that netd stopped, how many connections it drained and in how long.
+        """
+        if connections:
+            message = "netd stopped: drained {drained} in {seconds} seconds"
+        else:
+            message = "netd stopped: no connections were open ({seconds} seconds)"
+        self.log.info(
+            message,
+            connections=connections,
+            drained=counted(connections, "connection"),
+            seconds=round(self.reactor.seconds() - began, 3),
+        )
+        return result
+
+    def ready(self) -> bool:
+        """
+        Whether netd serves: started, not stopping, and every service listening.
+        """
+        return bool(self.running) and not self.stopping and all(s.ports for s in self.netServices())
+
+    def boundAddresses(self) -> dict[str, list[dict[str, object]]]:
+        """
+        Service name to the addresses it really listens on.
+        """
+        return {s.spec.name: [p.describe() for p in s.ports] for s in self.netServices()}
+
+
+def _adminServer(daemon: Daemon, spec: DaemonSpec, reactor: Any) -> AdminServer | None:
+    """
+    The control API of C{spec}, or L{None} when C{admin = false}.
+
+    L{netd.daemon.admin} is imported here rather than with this module: with
+    twisted.web it is a tenth of start-up's CPU, which a daemon without the
+    control API does not pay.
+    """
+    if spec.admin.address is None:
+        return None
+    from netd.daemon.admin import AdminServer
+
+    return AdminServer(daemon, spec, reactor)
+
+
+def _describe(bound: dict[str, object]) -> str:
+    """
+    One bound address of the ports file in words.
+    """
+    if "port" in bound:
+        return f"{bound['transport']} {bound['host']}:{bound['port']}"
+    return f"{bound['transport']} {bound.get('path', bound.get('address'))}"
+
+
+def writeAtomically(path: str, text: str) -> None:
+    """
+    Replace C{path} with C{text} in one step (a temporary file in the same
+    directory, renamed over it).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".netd-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise

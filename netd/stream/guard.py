@@ -1,0 +1,967 @@
+"""
+The wrapper nearest the socket on every stream connection: connection limit,
+idle timeout, flow control, byte counts, and the drain at shutdown.
+
+One wrapper does all of this so that a connection pays for one extra layer, not
+one per feature; TLS and framing sit inside it, so a stalled TLS handshake times
+out like any idle connection and refused connections never reach the plugin.
+"""
+
+from __future__ import annotations
+
+from heapq import heapify, heappop, heappush
+from itertools import count
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IDelayedCall, IProtocolFactory, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from zope.interface import directlyProvides, implementer, providedBy
+
+from netd.daemon import logs
+from netd.events import EventLog
+from netd.faults.active import ServiceFaults
+from netd.faults.stream import ConnectionFaults, faultsChanged, openFaults, resetTransport
+from netd.metrics import Counters
+from netd.stream.proxyheader import describePeer
+from netd.reactors.epoll import IMeteredTransport
+from netd.reactors.rlimits import BoundedWarning, IOutOfDescriptors
+from netd.tls.server import TLSServerProtocol
+from netd.words import counted
+
+
+@implementer(IHalfCloseableProtocol)
+class GuardedConnection(ProtocolWrapper):
+    """
+    One stream connection, seen from the socket side.
+
+    Flow control: the socket transport is registered as the producer of its own
+    writes, so that once more than Twisted's send buffer (64 KiB) is waiting to
+    be written, reading from the peer pauses until the buffer drains.  A client
+    that sends without reading therefore costs a bounded amount of memory
+    whatever the plugin does with what it reads.
+
+    Half-close: a peer that shuts down its sending side (C{socat}, C{nc -N},
+    C{shutdown(SHUT_WR)}) still gets every answer to what it sent; the
+    connection closes once those are written.
+
+    Logging: with the log level at debug, one line when the connection opens
+    and one when it closes (peer, bytes each way, duration, how it ended);
+    otherwise the per-connection costs are two byte counts and a timestamp,
+    and the one C{"connection"} event the service's event log keeps when it
+    closes.  The service's C{bytes_received} and C{bytes_sent} counters get
+    a connection's bytes when it closes; until then the service's
+    L{ConnectionLimiter} adds those of the open ones when they are read.
+
+    Faults: when the service's stream or TLS faults apply to the connection,
+    L{streamFaults} takes its bytes both ways (L{netd.faults.stream}).
+
+    Idle timeout: traffic only notes the time (L{lastActivity}); the
+    service's L{IdleWatch}, when the connection's deadline comes, closes it if
+    nothing moved for C{idle_timeout} seconds, else gives it the rest of that
+    time.  Moving a timer on every read and write (C{DelayedCall.reset})
+    would cost more per message than all the rest of this wrapper.
+
+    Out of the way: on a transport that meters its own traffic
+    (L{IMeteredTransport}: netd's TCP connections), while no fault acts on
+    the connection and netd is not closing it, this wrapper has nothing to
+    do per message, and steps aside (L{_route}): the transport's reads go
+    straight to the inner protocol's C{dataReceived}, and the inner
+    protocol's writes straight to the transport's C{write}, as instance
+    attributes that shadow this class's methods.  Those methods are the path
+    otherwise: through the faults, counting on transports that do not meter
+    (Twisted's own, unix sockets, a PROXY header's wrapper, in-memory ones),
+    and dropping what arrives once netd is closing the connection.
+    """
+
+    factory: ConnectionLimiter
+    # Slots, each set in __init__ (the wrapper's own, and those of
+    # ProtocolWrapper): in the instance's dict, these keys would make it
+    # large, about 0.7 KiB a connection.  The dict keeps the few that are
+    # left: the interfaces declared and the two routes of L{_route}.
+    __slots__ = (
+        "factory",
+        "wrappedProtocol",
+        "transport",
+        "connected",
+        "disconnecting",
+        "_selfPaced",
+        "_watched",
+        "_lastActivity",
+        "_bytesIn",
+        "_bytesOut",
+        "_opened",
+        "_ended",
+        "_addresses",
+        "_meter",
+        "_streamFaults",
+    )
+    _selfPaced: bool
+    _watched: bool
+    _lastActivity: float
+    _bytesIn: int
+    _bytesOut: int
+    _opened: float
+    _ended: str | None
+    _addresses: tuple[IAddress, IAddress] | None
+    _meter: Any
+    _streamFaults: ConnectionFaults | None
+
+    def __init__(self, factory: ConnectionLimiter, wrappedProtocol: Any) -> None:
+        """
+        Wrap C{wrappedProtocol}, with every slot set: an unset one would not
+        raise but read through to the transport (L{ProtocolWrapper.__getattr__}).
+        """
+        self.factory = factory
+        self.wrappedProtocol = wrappedProtocol
+        self.transport = None
+        self.connected = self.disconnecting = 0
+        self._selfPaced = False
+        self._watched = False
+        self._lastActivity = self._opened = 0.0
+        self._bytesIn = self._bytesOut = 0
+        self._ended = None
+        self._addresses = None
+        self._meter = None
+        self._streamFaults = None
+
+    @property
+    def streamFaults(self) -> ConnectionFaults | None:
+        """
+        The faults acting on the connection's bytes, or L{None}.
+        """
+        return self._streamFaults
+
+    @streamFaults.setter
+    def streamFaults(self, faults: ConnectionFaults | None) -> None:
+        """
+        Faults start or stop acting on the connection: its bytes take the path that says.
+        """
+        self._streamFaults = faults
+        self._route()
+
+    @property
+    def bytesIn(self) -> int:
+        """
+        Bytes read from the peer so far.
+        """
+        meter = self._meter
+        return self._bytesIn if meter is None else meter.bytesReceived
+
+    @property
+    def bytesOut(self) -> int:
+        """
+        Bytes written to the peer so far.
+        """
+        meter = self._meter
+        return self._bytesOut if meter is None else meter.bytesSent
+
+    @property
+    def lastActivity(self) -> float:
+        """
+        When bytes last moved either way (or the connection opened).
+        """
+        meter = self._meter
+        return self._lastActivity if meter is None else max(meter.lastActivity, self._opened)
+
+    def _route(self) -> None:
+        """
+        Step aside while there is nothing to do per message, or stand between
+        the transport and the inner protocol again (see the class's
+        docstring): called whenever what decides it changes.
+        """
+        routes = self.__dict__
+        if self._meter is not None and self._streamFaults is None and not self.disconnecting and self.connected:
+            routes["dataReceived"] = self.wrappedProtocol.dataReceived
+            routes["write"] = self.transport.write  # type: ignore[union-attr]
+        else:
+            routes.pop("dataReceived", None)
+            routes.pop("write", None)
+
+    def connectionMade(self) -> None:
+        """
+        Start pacing and the idle timer, choose the faults that act on the
+        connection, then let the inner protocol in (and a refusing fault act).
+        """
+        self.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
+        self._selfPaced = True
+        _sendAsWritten(self.transport)
+        self._opened = self._lastActivity = self.factory.clock.seconds()
+        if logs.debugEnabled:
+            self.factory.log.debug(
+                "connection opened from {peer}", peer=describePeer(self.getPeer()), event="connection_opened"
+            )
+        idle = self.factory.idle
+        if idle is not None:
+            self._watched = True
+            idle.watch(self, self._opened)
+        faults = self.factory.faults
+        if faults is not None and faults.stream:
+            self.streamFaults = openFaults(self, faults)
+        ProtocolWrapper.connectionMade(self)
+        if self.streamFaults is not None:
+            self.streamFaults.start()
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Count, note the activity, pass the bytes in (through the
+        connection's faults, if any); once netd has decided to close the
+        connection, what still arrives is dropped, as a socket transport would
+        stop reading.
+        """
+        if self.disconnecting:
+            return
+        if self._meter is None:
+            self._bytesIn += len(data)
+            if self._watched:
+                self._lastActivity = self.factory.clock.seconds()
+        if self._streamFaults is not None:
+            self._streamFaults.received(data)
+        else:
+            self.wrappedProtocol.dataReceived(data)
+
+    def write(self, data: bytes) -> None:
+        """
+        Count, note the activity, pass the bytes out (to the connection's
+        faults, if any, which L{transmit} what they let go).
+        """
+        if self._streamFaults is not None:
+            self._streamFaults.write(data)
+            return
+        self.transmit(data)
+
+    def writeSequence(self, data: Any) -> None:
+        """
+        Count, note the activity, pass the bytes out.
+        """
+        if self._streamFaults is not None:
+            self._streamFaults.write(b"".join(data))
+            return
+        data = list(data)
+        if self._meter is None:
+            self._bytesOut += sum(map(len, data))
+            if self._watched:
+                self._lastActivity = self.factory.clock.seconds()
+        self.transport.writeSequence(data)  # type: ignore[union-attr]
+
+    def transmit(self, data: bytes) -> None:
+        """
+        Write bytes to the socket (those the connection's faults let go, when
+        it has some), counted here unless the transport meters them.
+        """
+        if self._meter is None:
+            self._bytesOut += len(data)
+            if self._watched:
+                self._lastActivity = self.factory.clock.seconds()
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def _stopSelfPacing(self) -> None:
+        """
+        Unregister the transport as its own producer.
+
+        Needed before closing: a transport with a paused producer resumes the
+        producer instead of closing once its buffer drains, and would never close.
+        """
+        if self._selfPaced:
+            self._selfPaced = False
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        """
+        An inner protocol (TLS, a streaming plugin) paces itself: it replaces the
+        self-pacing.
+        """
+        self._stopSelfPacing()
+        self.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
+
+    def unregisterProducer(self) -> None:
+        """
+        The inner producer is done: pace the connection by its buffer again.
+        """
+        self.transport.unregisterProducer()  # type: ignore[union-attr]
+        if self.wrappedProtocol is not None and not self.disconnecting:
+            self.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
+            self._selfPaced = True
+
+    def loseConnection(self) -> None:
+        """
+        Close once the buffer is written, and before that the bytes the
+        connection's faults hold for the client.
+        """
+        if self._ended is None:
+            self._ended = "closed by netd"
+        self._stopSelfPacing()
+        if self._streamFaults is not None and self._streamFaults.holdsOutbound():
+            self.disconnecting = True
+            self._streamFaults.closeWhenDrained()
+            return
+        ProtocolWrapper.loseConnection(self)
+        self._route()
+
+    def endByFault(self, ended: str, reset: bool = False) -> None:
+        """
+        A fault ends the connection: a clean close once what is written and
+        held for the client is out, or a TCP reset.
+
+        @param ended: how it ended, for the connection's event and debug line
+            (C{"reset by fault reset_after"}).
+        """
+        self._ended = ended
+        if not reset:
+            self.loseConnection()
+            return
+        self._stopSelfPacing()
+        self.disconnecting = True
+        self._route()
+        resetTransport(self.transport)
+
+    def faultsChanged(self) -> None:
+        """
+        The service's faults changed: take the new mid-stream ones, lose the old.
+        """
+        faults = self.factory.faults
+        assert faults is not None
+        faultsChanged(self, faults)
+
+    def readConnectionLost(self) -> None:
+        """
+        The peer sent EOF: close after writing what is already queued (once
+        the bytes the connection's faults hold from the peer are passed on).
+        """
+        if self.streamFaults is not None and self.streamFaults.holdsInbound():
+            self.streamFaults.eofWhenDrained()
+            return
+        if self._ended is None:
+            self._ended = "closed by peer"
+        self.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our sending side is shut; reading goes on until the peer closes.
+        """
+
+    def madeProgress(self) -> bool:
+        """
+        Whether the peer got past the start: sent a byte and, on a TLS
+        service, finished its handshake.  Read only to rank connections for
+        eviction (L{ConnectionLimiter}).
+        """
+        if self.bytesIn == 0:
+            return False
+        tls = _tlsLayer(self.wrappedProtocol)
+        return tls is None or tls.tlsDetails is not None
+
+    def evicted(self, why: str) -> None:
+        """
+        The service is at C{max_connections}, or out of descriptors, and this
+        connection went longest without progress: drop it, for a new one to
+        take its place.
+
+        @param why: for the connection's event and debug line (C{"evicted at max_connections"}).
+        """
+        self._ended = why
+        self._stopSelfPacing()
+        self.disconnecting = True
+        self._route()
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _idledOut(self) -> None:
+        """
+        Nothing moved either way for C{idle_timeout} seconds (the
+        L{IdleWatch} says): drop the connection without waiting for a peer
+        that may not be reading.
+        """
+        idle = self.factory.idle
+        assert idle is not None
+        self._ended = "idle timeout"
+        self.factory.counters["idle_timeouts"] += 1
+        self.factory.log.info(
+            "closing connection from {peer}: idle for {timeout} seconds",
+            peer=describePeer(self.getPeer()),
+            timeout=idle.timeout,
+            event="idle_timeout",
+        )
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Stop watching for idleness, tell the inner protocol, and record the
+        connection in the service's event log (after the inner protocol, so
+        that the TLS handshake's outcome is settled).
+        """
+        factory = self.factory
+        if self._watched:
+            self._watched = False
+            factory.idle.forget()  # type: ignore[union-attr]
+        if self._streamFaults is not None:
+            self._streamFaults.stop()
+        self._selfPaced = False
+        self.connected = 0
+        self._route()
+        bytesIn, bytesOut = self.bytesIn, self.bytesOut
+        counters = factory.counters
+        counters["bytes_received"] += bytesIn
+        counters["bytes_sent"] += bytesOut
+        ended = self._ending(reason)
+        now = factory.clock.seconds()
+        if logs.debugEnabled:
+            self._logClosed(ended, now, bytesIn, bytesOut)
+        events = factory.events
+        tls = _tlsLayer(self.wrappedProtocol) if events.enabled else None
+        ProtocolWrapper.connectionLost(self, reason)
+        if events.enabled and self._addresses is not None:
+            events.add(
+                "connection",
+                _connectionEvent,
+                *self._addresses,
+                self._opened,
+                now - self._opened,
+                bytesIn,
+                bytesOut,
+                ended,
+                tls.tlsDetails if tls is not None else None,
+            )
+
+    def makeConnection(self, transport: Any) -> None:
+        """
+        Note the connection's addresses for its event (a closed socket can no
+        longer tell its own), then start it: L{ProtocolWrapper.makeConnection},
+        with the transport's interfaces declared from a cache
+        (L{_declareTransport}).
+        """
+        factory = self.factory
+        if factory.events.enabled:
+            self._addresses = (transport.getPeer(), transport.getHost())
+        _declareTransport(self, transport)
+        if IMeteredTransport.providedBy(transport):
+            self._meter = transport
+        self.connected = 1
+        self.transport = transport
+        self.connectionMade()
+        factory.registerProtocol(self)
+        self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
+        self._route()
+
+    def abortConnection(self) -> None:
+        """
+        Drop the connection now, without flushing.
+        """
+        if self._ended is None:
+            self._ended = "aborted"
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _ending(self, reason: Failure) -> str:
+        """
+        How the connection ended, in words: what netd did to it, else what
+        the peer did (a clean close or a reset).
+        """
+        if self._ended is not None:
+            return self._ended
+        if isinstance(reason.value, ConnectionDone):
+            return "closed by peer"
+        if isinstance(reason.value, ConnectionLost):
+            return "reset by peer"
+        return "aborted"
+
+    def _logClosed(self, ended: str, now: float, bytesIn: int, bytesOut: int) -> None:
+        """
+        The debug line of a closed connection.
+        """
+        self.factory.log.debug(
+            "connection from {peer} closed ({ended}) after {duration:.3f} seconds: "
+            "{received} in, {sent} out",
+            peer=describePeer(self.getPeer()),
+            ended=ended,
+            duration=round(now - self._opened, 6),
+            bytes_in=bytesIn,
+            bytes_out=bytesOut,
+            received=counted(bytesIn, "byte"),
+            sent=counted(bytesOut, "byte"),
+            event="connection_closed",
+        )
+
+
+class IdleWatch:
+    """
+    The idle timeouts of one service's connections, on one timer.
+
+    A connection's first deadline is C{timeout} seconds after it opened.
+    When a deadline comes, a connection that moved bytes since it was set gets
+    a new one, C{timeout} seconds after its last traffic; one that did not is
+    told it idled out (L{GuardedConnection._idledOut}).  The deadlines wait in
+    a heap, and one timer waits for the earliest: a connection costs a tuple
+    pushed when it opens, instead of a L{DelayedCall} of its own scheduled
+    then and cancelled when it closes.
+
+    A closed connection's entry stays in the heap until its deadline comes,
+    or until more than half of the entries (and more than
+    L{forgottenAllowed}) are such, when the heap is rebuilt without them;
+    when every entry is such, the heap is emptied and the timer cancelled.
+    """
+
+    forgottenAllowed = 64
+
+    def __init__(self, clock: IReactorTime, timeout: float) -> None:
+        """
+        @param timeout: seconds without traffic before a connection idles out.
+        """
+        self._clock = clock
+        self._timeout = timeout
+        self._heap: list[tuple[float, int, GuardedConnection]] = []
+        self._order = count()
+        self._forgotten = 0
+        self._call: IDelayedCall | None = None
+
+    @property
+    def timeout(self) -> float:
+        """
+        Seconds without traffic before a connection idles out, now.
+        """
+        return self._timeout
+
+    def setTimeout(self, timeout: float) -> None:
+        """
+        Time connections out after C{timeout} seconds from now on, the ones
+        watched already included: a shorter timeout moves every deadline
+        forward (one pass over the connections, reading each one's
+        C{lastActivity}); a longer one applies as the deadlines come.
+        """
+        shorter = timeout < self._timeout
+        self._timeout = timeout
+        if not shorter or not self._heap:
+            return
+        heap = [
+            (min(deadline, connection.lastActivity + timeout), order, connection)
+            for deadline, order, connection in self._heap
+            if connection._watched
+        ]
+        heapify(heap)
+        self._heap[:] = heap
+        self._forgotten = 0
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        if heap:
+            self._call = self._clock.callLater(max(0.0, heap[0][0] - self._clock.seconds()), self._expire)
+
+    def watch(self, connection: GuardedConnection, now: float) -> None:
+        """
+        Watch a connection that opened at C{now}, until it idles out or
+        L{forget} is called for it; its C{_watched} says which.
+        """
+        heappush(self._heap, (now + self._timeout, next(self._order), connection))
+        if self._call is None:
+            self._call = self._clock.callLater(self._timeout, self._expire)
+
+    def forget(self) -> None:
+        """
+        A watched connection closed (and its C{_watched} is now false).
+        """
+        self._forgotten += 1
+        forgotten, heap = self._forgotten, self._heap
+        if forgotten == len(heap):
+            heap.clear()
+            self._forgotten = 0
+            if self._call is not None:
+                self._call.cancel()
+                self._call = None
+        elif forgotten > self.forgottenAllowed and 2 * forgotten > len(heap):
+            heap[:] = [entry for entry in heap if entry[2]._watched]
+            heapify(heap)
+            self._forgotten = 0
+
+    def _expire(self) -> None:
+        """
+        The earliest deadline came: settle every connection whose deadline
+        has passed, then wait for the next one.
+        """
+        self._call = None
+        clock = self._clock
+        now = clock.seconds()
+        heap = self._heap
+        try:
+            while heap and heap[0][0] <= now:
+                connection = heappop(heap)[2]
+                if not connection._watched:
+                    self._forgotten -= 1
+                    continue
+                deadline = connection.lastActivity + self._timeout
+                if deadline > now:
+                    heappush(heap, (deadline, next(self._order), connection))
+                else:
+                    connection._watched = False
+                    connection._idledOut()
+        finally:
+            if heap and self._call is None:
+                self._call = clock.callLater(max(0.0, heap[0][0] - now), self._expire)
+
+
+_DECLARED: dict[Any, Any] = {}
+"""
+What L{_declareTransport} declared for a wrapper of each kind, by the
+interfaces of the transport: each a declaration that zope.interface makes once
+and shares among the objects that get it.
+"""
+
+
+def _declareTransport(wrapper: GuardedConnection, transport: Any) -> None:
+    """
+    Declare that C{wrapper} provides what C{transport} does, as
+    L{ProtocolWrapper.makeConnection} does (the TLS layer and the plugins see
+    the wrapper as their transport, and ask it for C{ITCPTransport},
+    C{ISystemHandle} and such), with the declaration made by
+    C{directlyProvides} once per kind of wrapper and transport.
+    """
+    key = (type(wrapper), providedBy(transport))
+    declared = _DECLARED.get(key)
+    if declared is None:
+        directlyProvides(wrapper, key[1])
+        _DECLARED[key] = wrapper.__provides__
+    else:
+        wrapper.__provides__ = declared  # type: ignore[attr-defined]
+
+
+def _sendAsWritten(transport: Any) -> None:
+    """
+    Turn Nagle's algorithm off on a TCP connection, so that each write goes
+    out when it is made: an answer is not held back waiting for the ACK of
+    the previous one, and the pieces of a C{slice} or C{split_frame} fault
+    reach the client as separate segments instead of merging in the kernel.
+    Other stream sockets (unix:) have no such option.
+    """
+    setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
+    if setTcpNoDelay is not None:
+        try:
+            setTcpNoDelay(True)
+        except OSError:
+            pass
+
+
+def _tlsLayer(protocol: Any) -> TLSServerProtocol | None:
+    """
+    The TLS layer among the protocols a connection's bytes pass, if the
+    service terminates TLS.
+    """
+    while protocol is not None:
+        if isinstance(protocol, TLSServerProtocol):
+            return protocol
+        protocol = getattr(protocol, "wrappedProtocol", None)
+    return None
+
+
+def _connectionEvent(
+    peer: IAddress,
+    host: IAddress,
+    opened: float,
+    duration: float,
+    bytesIn: int,
+    bytesOut: int,
+    ended: str,
+    tls: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """
+    The fields of a C{"connection"} event (see L{GuardedConnection.connectionLost}).
+    """
+    return {
+        "peer": describePeer(peer),
+        "local": describePeer(host),
+        "opened": opened,
+        "duration": round(duration, 6),
+        "bytes_in": bytesIn,
+        "bytes_out": bytesOut,
+        "ended": ended,
+        "tls": tls,
+    }
+
+
+PRESSURE = 0.75
+"""
+The share of C{max_connections} open from which the idle timeout shrinks
+(towards C{min_idle_timeout} at the limit), as Envoy's overload manager scales
+its timeouts down between two thresholds of a resource.
+"""
+
+PRESSURE_STEPS = 8
+"""
+How many idle timeouts there are between C{PRESSURE} and the limit: the
+timeout changes (and, shorter, moves the deadlines) only when the number of
+open connections crosses one of these steps, not at every connection.
+"""
+
+EVICTION_RANKING_TTL = 1.0
+"""
+Seconds the ranking of connections for eviction is used before it is made
+again: under a flood, one pass over the connections serves many evictions.
+"""
+
+
+MOVED = 0.05
+"""
+Seconds by which a connection's last traffic must be later than when it was
+ranked for it to count as having moved since: the kernel's figures (uvloop's
+transports read C{TCP_INFO}) are in milliseconds of a coarser clock.
+"""
+
+
+@implementer(IOutOfDescriptors)
+class ConnectionLimiter(WrappingFactory):
+    """
+    Wraps a service's protocol factory with the shared per-connection limits.
+
+    At the limit, a connection flood must not hand the service to whoever
+    opened connections first.  So, with C{evict} on, a new connection
+    closes (resets) the open one that has gone longest without progress, and
+    is counted as C{connections_evicted}: first those still in their TLS
+    handshake or that never sent a byte, oldest first, then the others by
+    their last traffic either way.  A client that does request and response
+    keeps moving; the connections that sit idle go first.  From L{PRESSURE}
+    of the limit up, the idle timeout also shrinks step by step to
+    C{minIdleTimeout} at the limit, so that idle connections free their
+    places even without new ones asking.
+
+    The ranking reads each connection's L{GuardedConnection.lastActivity}
+    (on netd's transports, the transport's own meter) only when an eviction
+    is needed, never per message: the fast path stays as it is.
+
+    @ivar maxConnections: connections accepted at once; past it, a new one
+        evicts the stalest (C{evict}), or is closed as soon as it is accepted
+        and counted as C{connections_refused}.
+    @ivar idleTimeout: seconds without traffic before a connection is dropped,
+        below L{PRESSURE}; 0 never drops one.
+    @ivar minIdleTimeout: the idle timeout at the limit.
+    @ivar idle: what times the connections out, when C{idleTimeout} is set.
+    @ivar events: the service's event log.
+    """
+
+    noisy = False
+
+    protocol = GuardedConnection
+
+    def __init__(
+        self,
+        wrappedFactory: IProtocolFactory,
+        *,
+        maxConnections: int,
+        idleTimeout: float,
+        clock: IReactorTime,
+        counters: Counters,
+        log: Logger,
+        events: EventLog | None = None,
+        faults: ServiceFaults | None = None,
+        evict: bool = False,
+        minIdleTimeout: float | None = None,
+    ) -> None:
+        """
+        @param events: the service's event log, which gets one
+            C{"connection"} event per connection closed; none kept when
+            L{None}.
+        @param faults: the service's faults: its stream and TLS faults act
+            on the connections, open ones included when they change; none
+            when L{None}.
+        @param evict: whether a connection past the limit evicts the stalest
+            open one (else it is refused).
+        @param minIdleTimeout: the idle timeout at the limit; L{None} keeps
+            C{idleTimeout} whatever the number of connections.
+        """
+        super().__init__(wrappedFactory)
+        self.maxConnections = maxConnections
+        self.idleTimeout = idleTimeout
+        self.evict = evict
+        self.minIdleTimeout = idleTimeout if minIdleTimeout is None else min(minIdleTimeout, idleTimeout)
+        self.idle = IdleWatch(clock, idleTimeout) if idleTimeout else None
+        self._pressureFrom = max(1, int(maxConnections * PRESSURE))
+        self._step = 0
+        self._ranking: list[tuple[GuardedConnection, float]] = []
+        self._rankedAt = float("-inf")
+        self._evictedWarning = BoundedWarning(
+            log,
+            "max_connections ({limit}) reached: closed the connection from {peer}, without progress for "
+            "{stalled:.1f} seconds, to admit a new one ({suppressed} more since the last such line)",
+            clock,
+        )
+        self._descriptorsWarning = BoundedWarning(
+            log,
+            "out of file descriptors at accept ({error}): {action} ({suppressed} more since the last such line)",
+            clock,
+        )
+        self.clock = clock
+        self.counters = counters
+        self.log = log
+        self.events = events if events is not None else EventLog.disabled()
+        self.faults = faults
+        if faults is not None:
+            faults.onChange(self._faultsChanged)
+        counters.accrueFrom(self._openTraffic)
+        self._refusing = False
+        self._drained: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: IAddress | None) -> ProtocolWrapper | None:  # type: ignore[override]
+        """
+        Accept the connection if the service is below its limit: a
+        L{GuardedConnection} around the service's protocol.
+        """
+        opened = len(self.protocols)
+        if opened >= self.maxConnections and not (self.evict and self._evictStalest()):
+            self.counters["connections_refused"] += 1
+            if not self._refusing:
+                self._refusing = True
+                self.log.warn(
+                    "refusing connections: max_connections ({limit}) reached", limit=self.maxConnections
+                )
+            return None
+        if opened >= self._pressureFrom and self.idle is not None:
+            self._pressureChanged(opened + 1)
+        self.counters["connections_accepted"] += 1
+        return self.protocol(self, self.wrappedFactory.buildProtocol(addr))
+
+    def _evictStalest(self, atLimit: bool = True) -> bool:
+        """
+        Close the open connection that has gone longest without progress
+        (see the class's docstring), to make room for a new one.
+
+        The connections are ranked once per L{EVICTION_RANKING_TTL} seconds,
+        and the ranking is then taken from the front: a connection is
+        skipped if it closed, or moved bytes since it was ranked.  A
+        connection evicted is aborted at once; its place counts as free from
+        now, though its C{connectionLost} comes later.
+
+        @param atLimit: whether it is for a new connection at the limit
+            (logged as such), else for a descriptor (logged by the caller).
+        @return: whether one was evicted.
+        """
+        now = self.clock.seconds()
+        ranking = self._ranking
+        if not ranking or now - self._rankedAt > EVICTION_RANKING_TTL:
+            ranking = self._rank()
+        while ranking:
+            connection, stamp = ranking.pop()
+            if connection.disconnecting or not connection.connected or connection.lastActivity > stamp + MOVED:
+                continue
+            self.counters["connections_evicted"] += 1
+            if atLimit:
+                self._evictedWarning.emit(
+                    limit=self.maxConnections, peer=describePeer(connection.getPeer()), stalled=max(0.0, now - stamp)
+                )
+            connection.evicted("evicted at max_connections" if atLimit else "evicted: out of file descriptors")
+            return True
+        return False
+
+    def _rank(self) -> list[tuple[GuardedConnection, float]]:
+        """
+        The open connections, the first to evict last (so that L{list.pop}
+        takes it): those still in their TLS handshake or that never sent a
+        byte, then the others, each part from the least recent traffic.
+        """
+        ranked = []
+        for connection in self.protocols:
+            if connection.disconnecting or not connection.connected:
+                continue
+            stamp = connection.lastActivity
+            ranked.append((connection.madeProgress(), stamp, connection))
+        ranked.sort(key=lambda entry: (entry[0], entry[1]), reverse=True)
+        self._ranking = [(connection, stamp) for _, stamp, connection in ranked]
+        self._rankedAt = self.clock.seconds()
+        return self._ranking
+
+    def _pressureChanged(self, opened: int) -> None:
+        """
+        With C{opened} connections open, set the idle timeout for the pressure step
+        they are at: C{idleTimeout} below L{PRESSURE} of the limit, shrinking
+        in L{PRESSURE_STEPS} steps to C{minIdleTimeout} at the limit; it
+        grows back a step only once the count is two steps lower (and all the
+        way once below L{PRESSURE}).
+        """
+        idle = self.idle
+        assert idle is not None
+        span = max(1, self.maxConnections - self._pressureFrom)
+        step = min(PRESSURE_STEPS, max(0, (opened - self._pressureFrom) * PRESSURE_STEPS // span))
+        if step == self._step or (step == self._step - 1 and step):
+            # Down by one step waits for a second one: a count that goes to
+            # and fro across a step's edge (a connection closes, another
+            # opens) does not move every deadline each time it comes back.
+            return
+        shorter = step > self._step
+        self._step = step
+        timeout = self.idleTimeout - (self.idleTimeout - self.minIdleTimeout) * step / PRESSURE_STEPS
+        if shorter:
+            self.log.info(
+                "{open} of max_connections ({limit}) open: idle timeout now {timeout:.1f} seconds",
+                open=opened,
+                limit=self.maxConnections,
+                timeout=timeout,
+                event="idle_timeout_scaled",
+            )
+        idle.setTimeout(timeout)
+
+    def outOfDescriptors(self, error: OSError) -> None:
+        """
+        The service's port could not accept for want of descriptors: count
+        it, log it (at a bounded rate), and, with C{evict} on, close the
+        stalest connection so that the next accept has a descriptor.
+        """
+        self.counters["descriptors_exhausted"] += 1
+        evicted = self.evict and bool(self.protocols) and self._evictStalest(atLimit=False)
+        self._descriptorsWarning.emit(
+            error=str(error), action="closed the stalest connection" if evicted else "no connection was closed"
+        )
+
+    def unregisterProtocol(self, protocol: Any) -> None:
+        """
+        A connection closed: note that there is room again, fire drain waiters.
+        """
+        super().unregisterProtocol(protocol)
+        if self._step and self.idle is not None:
+            self._pressureChanged(len(self.protocols))
+        if self._refusing:
+            self._refusing = False
+            self.log.info("accepting connections again")
+        if not self.protocols:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def _openTraffic(self) -> dict[str, int]:
+        """
+        The bytes the open connections moved so far, which the service's
+        counters get when they close.
+        """
+        received = sent = 0
+        for protocol in self.protocols:
+            received += protocol.bytesIn
+            sent += protocol.bytesOut
+        return {"bytes_received": received, "bytes_sent": sent}
+
+    def _faultsChanged(self) -> None:
+        """
+        The service's faults changed: tell each open connection.
+        """
+        for protocol in list(self.protocols):
+            protocol.faultsChanged()
+
+    def openConnections(self) -> int:
+        """
+        How many connections are open.
+        """
+        return len(self.protocols)
+
+    def whenDrained(self) -> Deferred[None]:
+        """
+        A Deferred that fires once no connection is open.
+        """
+        d: Deferred[None] = Deferred()
+        if self.protocols:
+            self._drained.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def abortAll(self) -> None:
+        """
+        Drop every open connection now, without flushing.
+        """
+        for protocol in list(self.protocols):
+            protocol.abortConnection()
