@@ -23,13 +23,14 @@ from netd.config.options import ConfigError
 from netd.config.spec import parseConfig
 from netd.faults import datagrams, frames, stream, tls
 from netd.faults.base import Fault, FaultTypes, milliseconds
-from netd.faults.datagrams import Drop
+from netd.faults.datagrams import DatagramFault, DatagramStep, Drop
 from netd.faults.spec import FAULT_TYPES
 from netd.faults.stream import Pacing
 from netd.metrics import Counters
 from netd.registry import discoverPlugins
 from netd.stream.guard import GuardedConnection
-from netd.testing.memory import PEER, StreamConnection, faultsFor, makeStreamStack
+from netd.datagram.listener import DatagramListener
+from netd.testing.memory import PEER, StreamConnection, UDPMemoryReactorClock, faultsFor, makeStreamStack
 from netd_plugins.echo import EchoHandler
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +56,30 @@ class Trickle(Pacing):
 
     def gapAfter(self, size: int) -> float:
         return self.ms / 1000
+
+
+@attrs.frozen
+class Reverse(DatagramFault):
+    """
+    A test's own datagram fault: the datagram's bytes in reverse order.
+    """
+
+    typeName = "reverse"
+    summary = "Send the datagram's bytes in reverse order."
+
+    def apply(self, step: DatagramStep, datagram: bytes) -> None:
+        step.applied(size=len(datagram))
+        step.passOn(datagram[::-1])
+
+
+@pytest.fixture
+def reverse() -> Iterator[type[Reverse]]:
+    """
+    L{Reverse} registered for one test.
+    """
+    FAULT_TYPES.register(Reverse)
+    yield Reverse
+    FAULT_TYPES.unregister(Reverse)
 
 
 @pytest.fixture
@@ -179,6 +204,21 @@ def test_ownTypeActsOnAConnection(trickle: type[Trickle]) -> None:
     clock.advance(0.01)
     assert transport.value() == b"abc"
     assert counters["faults_applied_trickle"] == 1
+
+
+def test_ownDatagramTypeActsOnAListener(reverse: type[Reverse]) -> None:
+    """
+    A registered datagram fault of one's own takes its place in a listener's chain: the echo's answer comes back reversed.
+    """
+    reactor = UDPMemoryReactorClock()
+    counters = Counters()
+    faults = faultsFor([{"type": "reverse", "direction": "to_client"}], counters=counters)
+    listener = DatagramListener(EchoHandler(), counters, faults=faults.datagrams, clock=reactor)
+    reactor.listenUDP(0, listener)
+    listener.datagramReceived(b"abc", ("127.0.0.1", 40000))
+    written = listener.transport.written  # type: ignore[union-attr]
+    assert [datagram for datagram, _ in written] == [b"cba"]
+    assert counters["faults_applied_reverse"] == 1
 
 
 def test_docsExampleIsTheRealFault() -> None:
