@@ -128,11 +128,12 @@ class FaultTypes(Mapping[str, type[Fault]]):
         """
         Make C{cls} a fault type, selected by its C{typeName}.
 
-        @raise ValueError: if the class has no C{typeName}, or another class has its name.
+        @raise TypeError: if the class has no C{typeName}.
+        @raise ValueError: if another class has its name.
         """
         name = getattr(cls, "typeName", None)
         if not isinstance(name, str):
-            raise ValueError(f"{cls.__qualname__} has no typeName, so no config can select it")
+            raise TypeError(f"{cls.__qualname__} has no typeName, so no config can select it")
         known = self._types.get(name)
         if known is not None and known is not cls:
             raise ValueError(f"fault type {name!r} is {known.__qualname__} already")

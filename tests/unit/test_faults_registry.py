@@ -17,10 +17,12 @@ from pathlib import Path
 
 import attrs
 import pytest
+from netd_plugins.echo import EchoHandler
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from netd.config.options import ConfigError
 from netd.config.spec import parseConfig
+from netd.datagram.listener import DatagramListener
 from netd.faults import datagrams, frames, stream, tls
 from netd.faults.base import Fault, FaultTypes, milliseconds
 from netd.faults.datagrams import DatagramFault, DatagramStep, Drop
@@ -29,9 +31,7 @@ from netd.faults.stream import Pacing
 from netd.metrics import Counters
 from netd.registry import discoverPlugins
 from netd.stream.guard import GuardedConnection
-from netd.datagram.listener import DatagramListener
 from netd.testing.memory import PEER, StreamConnection, UDPMemoryReactorClock, faultsFor, makeStreamStack
-from netd_plugins.echo import EchoHandler
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,7 +114,7 @@ def test_registerRefusesNamelessAndTakenTypes() -> None:
     types.register(Drop)
     types.register(Drop)
     assert list(types) == ["drop"]
-    with pytest.raises(ValueError, match="no typeName"):
+    with pytest.raises(TypeError, match="no typeName"):
         types.register(Pacing)
 
     @attrs.frozen
