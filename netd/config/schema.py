@@ -25,7 +25,8 @@ from typing import Any, Literal, Union
 import attrs
 
 from netd.config.spec import DaemonSpec, ServiceEnvelope
-from netd.faults.spec import FAULT_TYPES, MAX_FAULTS, Fault, FaultList
+from netd.faults.base import Fault
+from netd.faults.spec import FAULT_TYPES, MAX_FAULTS, FaultList
 from netd.stream.framing import FRAMINGS
 from netd.config.options import optionInfo, schemaFields, toConfig
 from netd.registry import PluginRegistry

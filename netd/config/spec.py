@@ -20,7 +20,8 @@ import attrs
 
 from netd.events import DEFAULT_SIZE as DEFAULT_EVENTS
 from netd.events import LARGEST_SIZE as LARGEST_EVENTS
-from netd.faults.spec import FaultList, ServiceShape
+from netd.faults.base import ServiceShape
+from netd.faults.spec import FaultList
 from netd.stream.framing import FRAMINGS
 from netd.config.listen import ListenAddress, splitDescription
 from netd.config.options import (

@@ -144,7 +144,7 @@ class NetService(Service):
             self._require(IStreamHandler, "stream")
             assert spec.framing is not None
             inner: Any = FramedFactory(
-                FRAMINGS[spec.framing], spec.max_frame or 0, self.handler, self.counters, self.log, faults=self.faults, clock=reactor
+                FRAMINGS[spec.framing], spec.max_frame or 0, self.handler, self.counters, self.log, faults=self.faults.frames, clock=reactor
             )
             if self.tls is not None:
                 inner = TLSServerFactory(self.tls, inner, clock=reactor, counters=self.counters, log=self.log)
@@ -158,7 +158,7 @@ class NetService(Service):
                 counters=self.counters,
                 log=self.log,
                 events=self.events,
-                faults=self.faults,
+                faults=self.faults.streams,
             )
         if any(a.transport == "datagram" for a in spec.listen):
             self._require(IDatagramHandler, "datagram")
@@ -223,7 +223,7 @@ class NetService(Service):
             if actual.transport == "stream":
                 assert self.connections is not None
                 return await actual.listenStream(self.reactor, self.connections, TrustedSources.fromConfig(self.spec.proxy_trusted))
-            return actual.listenDatagram(self.reactor, DatagramListener(self.handler, self.counters, faults=self.faults, clock=self.reactor, ownPorts=LISTENING_PORTS))
+            return actual.listenDatagram(self.reactor, DatagramListener(self.handler, self.counters, faults=self.faults.datagrams, clock=self.reactor, ownPorts=LISTENING_PORTS))
         except Exception as e:
             key = self.listenKey(address)
             why = whyListenFailed(key, address, e)

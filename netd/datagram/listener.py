@@ -16,17 +16,64 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.interfaces import IReactorTime, ISystemHandle
 from twisted.internet.protocol import DatagramProtocol
 from zope.interface import implementer
 
-from netd.faults.active import ActiveFault, ServiceFaults
-from netd.faults.datagrams import DatagramFaults
 from netd.interfaces import IDatagramHandler, IDatagramSender
 from netd.metrics import Counters
 from netd.reactors.udp import IBatchingDatagramProtocol, IBatchingDatagramTransport
+
+
+class DatagramFaultChain(Protocol):
+    """
+    The datagram faults of one listener, both ways.
+    """
+
+    def received(self, datagram: bytes, peer: Any) -> None:
+        """
+        A datagram arrived: through the faults, then to the plugin.
+        """
+
+    def sending(self, datagram: bytes, peer: Any) -> None:
+        """
+        The plugin sends a datagram: through the faults, then from the socket.
+        """
+
+    def stop(self) -> None:
+        """
+        The listener stopped: forget what is held, cancel every timer.
+        """
+
+
+class DatagramFaults(Protocol):
+    """
+    A service's datagram faults, as its listeners see them (the service's
+    L{netd.faults.datagrams.DatagramFaultSet}).
+
+    @ivar inForce: whether there are any.
+    """
+
+    inForce: bool
+
+    def chainFor(
+        self,
+        clock: IReactorTime,
+        counters: Counters,
+        deliver: Callable[[bytes, Any], None],
+        transmit: Callable[[bytes, Any], None],
+    ) -> DatagramFaultChain:
+        """
+        The faults of one listener, which hands what comes out of them to
+        C{deliver} (received) and C{transmit} (sent).
+        """
+
+    def onChange(self, listener: Callable[[], None]) -> None:
+        """
+        Call C{listener} after each change of the faults.
+        """
 
 
 class OwnPorts(Counter[int]):
@@ -114,9 +161,9 @@ class DatagramListener(DatagramProtocol):
     A protocol instance serves one socket, so a service listening on several UDP
     addresses has one of these per address, all feeding the same handler.
 
-    Faults: while the service's C{datagram} faults are empty, a datagram costs
-    one truth test more than without faults; otherwise each one, received or
-    sent, goes through L{DatagramFaults}.
+    Faults: while the service has no datagram faults, a datagram costs one
+    truth test more than without faults; otherwise each one, received or
+    sent, goes through the listener's L{DatagramFaultChain}.
 
     Loops: a datagram from one of C{ownPorts} is dropped before the faults
     and the plugin, and counted as C{datagrams_from_own_port}.
@@ -124,20 +171,21 @@ class DatagramListener(DatagramProtocol):
 
     noisy = False
     _send: Callable[[bytes, Any], object]
-    _chain: tuple[ActiveFault, ...] = ()
+    _faulting = False
     _faults: DatagramFaults | None = None
+    _chain: DatagramFaultChain | None = None
     _bound: int | None = None
 
     def __init__(
         self,
         handler: IDatagramHandler,
         counters: Counters,
-        faults: ServiceFaults | None = None,
+        faults: DatagramFaults | None = None,
         clock: IReactorTime | None = None,
         ownPorts: OwnPorts | None = None,
     ) -> None:
         """
-        @param faults: the service's faults, whose datagram faults act on this socket.
+        @param faults: the service's datagram faults, which act on this socket.
         @param clock: times the faults that hold datagrams back; needed with C{faults}.
         @param ownPorts: netd's UDP ports (L{LISTENING_PORTS}), which this
             one joins while it listens; datagrams from them are dropped.  An
@@ -149,16 +197,17 @@ class DatagramListener(DatagramProtocol):
         if faults is not None:
             if clock is None:
                 raise TypeError("a DatagramListener with faults needs a clock")
-            self._faults = DatagramFaults(faults, clock, counters, self._deliver, self._transmit)
-            self._chain = faults.datagram
+            self._faults = faults
+            self._chain = faults.chainFor(clock, counters, self._deliver, self._transmit)
+            self._faulting = faults.inForce
             faults.onChange(self._faultsChanged)
 
     def _faultsChanged(self) -> None:
         """
-        The control API changed the service's faults: take the new datagram chain.
+        The control API changed the service's faults: datagrams go through them or not.
         """
         assert self._faults is not None
-        self._chain = self._faults.faults.datagram
+        self._faulting = self._faults.inForce
 
     def startProtocol(self) -> None:
         """
@@ -195,8 +244,8 @@ class DatagramListener(DatagramProtocol):
         if self._bound is not None:
             self.ownPorts.remove(self._bound)
             self._bound = None
-        if self._faults is not None:
-            self._faults.stop()
+        if self._chain is not None:
+            self._chain.stop()
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         """
@@ -208,9 +257,9 @@ class DatagramListener(DatagramProtocol):
         if addr[1] in self.ownPorts:
             self.counters["datagrams_from_own_port"] += 1
             return
-        if self._chain:
-            assert self._faults is not None
-            self._faults.received(datagram, addr)
+        if self._faulting:
+            assert self._chain is not None
+            self._chain.received(datagram, addr)
             return
         self.handler.datagramReceived(datagram, addr, self)
 
@@ -224,9 +273,9 @@ class DatagramListener(DatagramProtocol):
         """
         Send one datagram from this socket (through the faults, when there are some).
         """
-        if self._chain:
-            assert self._faults is not None
-            self._faults.sending(datagram, peer)
+        if self._faulting:
+            assert self._chain is not None
+            self._chain.sending(datagram, peer)
             return
         # The body of _transmit, repeated: the answer path without faults
         # pays no extra call.

@@ -2,53 +2,35 @@
 The faults a running service commits now: its configured list until the control
 API changes it, each fault with the running count of its schedule.
 
-The layers that act on faults read L{ServiceFaults.stream},
-L{ServiceFaults.datagram} and L{ServiceFaults.frame} (empty tuples cost one
-truth test per event when no fault is set), ask each L{ActiveFault}'s schedule
-whether it applies to the event in hand, and report what they did through
-L{ServiceFaults.applied}, which counts it and puts it in the event log.
+L{ServiceFaults} is the control API's C{faults} table, and hands each layer
+its family of faults: L{ServiceFaults.streams} to the connection guard,
+L{ServiceFaults.frames} to the framing, L{ServiceFaults.datagrams} to the UDP
+listeners (each the small collaborator that layer declares).  The layers
+report what they did through L{ServiceFaults.applied}, which counts it and
+puts it in the event log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-import attrs
 from zope.interface import implementer
 
-from netd.faults.schedule import ScheduleState
-from netd.faults.spec import Fault, FaultList, ServiceShape
+from netd.config.options import ConfigError, Problem, convert, describeValue, unknownKeyProblem
+from netd.events import EventLog
+from netd.faults.base import ActiveFault, FaultSet, ServiceShape
+from netd.faults.datagrams import DatagramFaultSet
+from netd.faults.frames import FrameFaultSet
+from netd.faults.spec import FaultList
+from netd.faults.stream import StreamFaultSet
 from netd.interfaces import IRuntimeTable
 from netd.metrics import Counters
-from netd.config.options import ConfigError, Problem, convert, describeValue, unknownKeyProblem
-
-if TYPE_CHECKING:
-    from netd.events import EventLog
 
 REQUEST_BODY = "request body"
 """
 The source named in the problems of a bad C{PUT} body.
 """
-
-
-@attrs.define(eq=False)
-class ActiveFault:
-    """
-    One fault in force: its config and its schedule's running count.
-
-    @ivar index: its place in the service's list (the C{applied} counts follow it).
-    """
-
-    spec: Fault
-    schedule: ScheduleState
-    index: int
-
-    def next(self) -> bool:
-        """
-        Count one event (a connection, datagram or frame); whether the fault applies to it.
-        """
-        return self.schedule.next()
 
 
 def _renderFault(typeName: str, index: int, peer: str | None, details: Mapping[str, Any]) -> dict[str, Any]:
@@ -64,9 +46,9 @@ class ServiceFaults:
     A service's faults, as configured and as changed at runtime; the control
     API's C{/services/NAME/faults} table.
 
-    @ivar stream: faults of the C{stream} and C{tls} families, chosen per connection.
-    @ivar datagram: faults of the C{datagram} family, chosen per datagram.
-    @ivar frame: faults of the C{frame} family, chosen per frame.
+    @ivar streams: the stream and TLS faults, for the connection guard (chosen per connection).
+    @ivar frames: the frame faults, for the framing (chosen per frame).
+    @ivar datagrams: the datagram faults, for the UDP listeners (chosen per datagram).
     """
 
     def __init__(self, configured: FaultList, shape: ServiceShape, counters: Counters, events: EventLog) -> None:
@@ -74,7 +56,10 @@ class ServiceFaults:
         self.counters = counters
         self.events = events
         self.configured = configured
-        self._listeners: list[Callable[[], None]] = []
+        self.streams = StreamFaultSet(self.applied)
+        self.frames = FrameFaultSet(self.applied)
+        self.datagrams = DatagramFaultSet(self.applied)
+        self._families: tuple[FaultSet, ...] = (self.streams, self.frames, self.datagrams)
         counters.labelCounters("faults_applied_", family="faults_applied", label="type", help="Faults applied, by fault type.")
         self._install(configured)
 
@@ -84,24 +69,17 @@ class ServiceFaults:
         """
         self.faults = faults
         self.active = tuple(ActiveFault(f, f.start(), i) for i, f in enumerate(faults))
-        self.stream = tuple(a for a in self.active if a.spec.family in ("stream", "tls"))
-        self.datagram = tuple(a for a in self.active if a.spec.family == "datagram")
-        self.frame = tuple(a for a in self.active if a.spec.family == "frame")
+        for family in self._families:
+            family.install(self.active)
 
     def replace(self, faults: FaultList) -> None:
         """
-        Put another list in force and tell the listeners (open connections take
+        Put another list in force and tell the layers (open connections take
         the faults that can start mid-stream).
         """
         self._install(faults)
-        for listener in list(self._listeners):
-            listener()
-
-    def onChange(self, listener: Callable[[], None]) -> None:
-        """
-        Call C{listener} after each change of the list.
-        """
-        self._listeners.append(listener)
+        for family in self._families:
+            family.changed()
 
     def applied(self, fault: ActiveFault, peer: str | None = None, **details: Any) -> None:
         """

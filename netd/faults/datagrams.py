@@ -5,10 +5,10 @@ C{truncate} and C{reorder}.
 A service's datagram faults form a chain, in the order of its C{faults} list:
 each fault sees the datagrams the one before it passes on (copies included,
 delayed ones when their delay is over), asks its schedule about each one, and
-passes on what it makes of it.  What comes out of the chain is handed to the
-plugin (C{from_client}) or sent from the socket (C{to_client}).  A datagram
-already in the chain when the faults change goes on through the chain it
-entered.
+passes on what it makes of it (L{DatagramFault.onDatagram}, through a
+L{DatagramStep}).  What comes out of the chain is handed to the plugin
+(C{from_client}) or sent from the socket (C{to_client}).  A datagram already
+in the chain when the faults change goes on through the chain it entered.
 
 What the faults hold back (delayed datagrams, and those waiting to be
 overtaken) is bounded per listener by L{HELD_LIMIT}: beyond it a datagram that
@@ -18,19 +18,29 @@ timer belongs to the listener and is cancelled when it stops.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from netd.faults.active import ActiveFault, ServiceFaults
-from netd.faults.spec import Delay, Drop, Duplicate, Reorder, Truncate
+from netd.config.options import between, option
+from netd.faults.base import ActiveFault, Fault, FaultSet, ServiceShape, milliseconds
 from netd.metrics import Counters
 
 HELD_LIMIT = 1024
 """
 The most datagrams one listener's faults hold back at once.
+"""
+
+MAX_COPIES = 64
+"""
+The most datagrams the C{duplicate} faults of a list may make of one: the
+product of C{copies + 1} over them, each counted once per direction it acts on
+(a datagram and the answer to it both go through a C{both} one).  Each copy
+goes on through the faults after the one that made it, so copies multiply:
+five faults of C{copies = 100} would turn one datagram into ten billion.
 """
 
 Peer = Any
@@ -50,14 +60,173 @@ def describeDatagramPeer(peer: Peer) -> str:
     return str(peer)
 
 
+class DatagramStep:
+    """
+    One datagram at one fault of the chain: what the fault can do with it.
+
+    @ivar fault: the fault, in force.
+    @ivar direction: C{from_client} or C{to_client}.
+    """
+
+    def __init__(self, runner: DatagramChain, chain: Chain, index: int, direction: str, peer: Peer) -> None:
+        self.runner = runner
+        self.chain = chain
+        self.index = index
+        self.fault = chain[index - 1]
+        self.direction = direction
+        self.peer = peer
+
+    def passOn(self, datagram: bytes) -> None:
+        """
+        Pass C{datagram} (this one, changed, or a copy) on to the next fault.
+        """
+        self.runner.run(self.chain, self.index, self.direction, datagram, self.peer)
+
+    def hold(self, ms: float, datagram: bytes, overtakable: bool = False) -> bool:
+        """
+        Pass C{datagram} on in C{ms} milliseconds (or once the next datagram
+        through this fault, this way, has overtaken it); whether it is held
+        (not when L{HELD_LIMIT} are held already: it is dropped, counted).
+        """
+        waitsAt = (self.fault, self.direction) if overtakable else None
+        return self.runner.hold(ms, lambda: self.passOn(datagram), waitsAt)
+
+    def overtake(self, datagram: bytes) -> bool:
+        """
+        If datagrams wait at this fault to be overtaken, this one passes on
+        first, and they follow it; whether any waited.
+        """
+        waiting = self.runner.waiting(self.fault, self.direction)
+        if not waiting:
+            return False
+        self.passOn(datagram)
+        for entry in list(waiting):
+            self.runner.release(entry)
+        return True
+
+    def applied(self, **details: Any) -> None:
+        """
+        Report the fault applied to this datagram.
+        """
+        self.runner.faults.report(self.fault, peer=describeDatagramPeer(self.peer), direction=self.direction, **details)
+
+
+@attrs.frozen
+class DatagramFault(Fault):
+    """
+    A fault on the datagrams of a UDP listener, chosen per datagram.
+    """
+
+    def misfit(self, shape: ServiceShape) -> str | None:
+        """
+        It needs a udp: listener.
+        """
+        if not shape.datagrams:
+            return f"{self.typeName} acts on datagrams, and this service has no udp: listener"
+        return None
+
+    def onDatagram(self, step: DatagramStep, datagram: bytes, hit: bool) -> None:
+        """
+        A datagram reaches the fault (C{hit}: its schedule applies to it):
+        L{apply} it, or pass it on.
+        """
+        if hit:
+            self.apply(step, datagram)
+        else:
+            step.passOn(datagram)
+
+    def apply(self, step: DatagramStep, datagram: bytes) -> None:
+        """
+        Act on one datagram: pass on what it makes of it through C{step}, or nothing.
+        """
+        raise NotImplementedError()
+
+
+@attrs.frozen
+class Drop(DatagramFault):
+    typeName = "drop"
+    summary = "Drop the datagram (use probability, first or every to choose which)."
+
+    def apply(self, step: DatagramStep, datagram: bytes) -> None:
+        step.applied(size=len(datagram))
+
+
+@attrs.frozen
+class Duplicate(DatagramFault):
+    typeName = "duplicate"
+    summary = "Send (or deliver) the datagram, then copies more of it."
+    copies: int = option(
+        1,
+        help=f"Extra copies; with those of the other duplicate faults, at most {MAX_COPIES} datagrams in all.",
+        checks=(between(1, MAX_COPIES - 1),),
+    )
+
+    def multiplier(self) -> int:
+        """
+        How many datagrams this fault can make of one, over a datagram and its
+        answer: C{copies + 1}, squared when it acts both ways.
+        """
+        return (self.copies + 1) ** (2 if self.direction == "both" else 1)
+
+    def apply(self, step: DatagramStep, datagram: bytes) -> None:
+        step.applied(copies=self.copies)
+        for _ in range(self.copies + 1):
+            step.passOn(datagram)
+
+
+@attrs.frozen
+class Delay(DatagramFault):
+    typeName = "delay"
+    summary = "Hold the datagram for ms (plus or minus up to jitter) milliseconds; datagrams may overtake each other."
+    ms: float = milliseconds("Milliseconds added.", default=attrs.NOTHING)
+    jitter: float = milliseconds("Up to this many milliseconds more or less, chosen per datagram.")
+
+    def apply(self, step: DatagramStep, datagram: bytes) -> None:
+        ms = self.ms
+        if self.jitter:
+            ms = max(0.0, ms + step.fault.schedule.random.uniform(-self.jitter, self.jitter))
+        if step.hold(ms, datagram):
+            step.applied(ms=round(ms, 3))
+
+
+@attrs.frozen
+class Truncate(DatagramFault):
+    typeName = "truncate"
+    summary = "Cut the datagram to its first bytes bytes."
+    bytes: int = option(help="Bytes kept.", checks=(between(0, 65535),))
+
+    def apply(self, step: DatagramStep, datagram: builtins.bytes) -> None:
+        step.applied(size=len(datagram), kept=min(self.bytes, len(datagram)))
+        step.passOn(datagram[: self.bytes])
+
+
+@attrs.frozen
+class Reorder(DatagramFault):
+    typeName = "reorder"
+    summary = "Hold the datagram until the next one in its direction has gone, or for wait milliseconds at most."
+    wait: float = milliseconds("Longest hold, in milliseconds, when no other datagram follows.", default=100.0)
+
+    def onDatagram(self, step: DatagramStep, datagram: bytes, hit: bool) -> None:
+        """
+        A datagram overtakes those held here, whatever its schedule says; else
+        it is held when the schedule applies.
+        """
+        if not step.overtake(datagram):
+            super().onDatagram(step, datagram, hit)
+
+    def apply(self, step: DatagramStep, datagram: bytes) -> None:
+        if step.hold(self.wait, datagram, overtakable=True):
+            step.applied(wait=self.wait)
+
+
 @attrs.define(eq=False)
 class _Held:
     """
     One datagram held back, and the timer that lets it go.
 
     @ivar resume: passes it on down the chain.
-    @ivar waitsAt: the C{reorder} fault and direction where it waits to be
-        overtaken, or L{None} for a C{delay}.
+    @ivar waitsAt: the fault and direction where it waits to be overtaken,
+        or L{None} when it only waits for its time.
     """
 
     resume: Callable[[], None]
@@ -65,23 +234,24 @@ class _Held:
     call: IDelayedCall | None = None
 
 
-class DatagramFaults:
+class DatagramChain:
     """
-    The datagram faults of one UDP listener, in both directions.
+    The datagram faults of one UDP listener, in both directions (what
+    L{netd.datagram.listener.DatagramFaultChain} asks for).
 
     @ivar held: the datagrams held back now.
     """
 
     def __init__(
         self,
-        faults: ServiceFaults,
+        faults: DatagramFaultSet,
         clock: IReactorTime,
         counters: Counters,
         deliver: Callable[[bytes, Peer], None],
         transmit: Callable[[bytes, Peer], None],
     ) -> None:
         """
-        @param faults: the service's faults; their C{datagram} chain is read per datagram.
+        @param faults: the service's datagram faults, read per datagram.
         @param deliver: hands a received datagram to the plugin.
         @param transmit: sends a datagram from the socket.
         """
@@ -96,13 +266,13 @@ class DatagramFaults:
         """
         A datagram arrived: run it through the C{from_client} faults.
         """
-        self._run(self.faults.datagram, 0, "from_client", datagram, peer)
+        self.run(self.faults.faults, 0, "from_client", datagram, peer)
 
     def sending(self, datagram: bytes, peer: Peer) -> None:
         """
         The plugin sends a datagram: run it through the C{to_client} faults.
         """
-        self._run(self.faults.datagram, 0, "to_client", datagram, peer)
+        self.run(self.faults.faults, 0, "to_client", datagram, peer)
 
     def stop(self) -> None:
         """
@@ -114,10 +284,11 @@ class DatagramFaults:
             if entry.call is not None and entry.call.active():
                 entry.call.cancel()
 
-    def _run(self, chain: Chain, index: int, direction: str, datagram: bytes, peer: Peer) -> None:
+    def run(self, chain: Chain, index: int, direction: str, datagram: bytes, peer: Peer) -> None:
         """
-        Pass a datagram through C{chain} from its C{index}th fault on, then to
-        the end of its direction.
+        Pass a datagram through C{chain} from its C{index}th fault on (the
+        first that acts on its direction takes it), then to the end of its
+        direction.
         """
         while index < len(chain):
             fault = chain[index]
@@ -125,69 +296,34 @@ class DatagramFaults:
             spec = fault.spec
             if spec.direction != "both" and spec.direction != direction:
                 continue
-            hit = fault.next()
-            if isinstance(spec, Reorder):
-                waiting = self._overtaking.get((fault, direction))
-                if waiting:
-                    # This datagram overtakes the ones held here: it goes on
-                    # first, they follow it.
-                    self._run(chain, index, direction, datagram, peer)
-                    for entry in list(waiting):
-                        self._release(entry)
-                    return
-                if hit:
-                    resume = self._resumer(chain, index, direction, datagram, peer)
-                    if self._hold(spec.wait, resume, waitsAt=(fault, direction)):
-                        self.faults.applied(fault, peer=describeDatagramPeer(peer), direction=direction, wait=spec.wait)
-                    return
-                continue
-            if not hit:
-                continue
-            if isinstance(spec, Drop):
-                self.faults.applied(fault, peer=describeDatagramPeer(peer), direction=direction, size=len(datagram))
-                return
-            if isinstance(spec, Truncate):
-                kept = min(spec.bytes, len(datagram))
-                self.faults.applied(fault, peer=describeDatagramPeer(peer), direction=direction, size=len(datagram), kept=kept)
-                datagram = datagram[: spec.bytes]
-            elif isinstance(spec, Duplicate):
-                self.faults.applied(fault, peer=describeDatagramPeer(peer), direction=direction, copies=spec.copies)
-                for _ in range(spec.copies + 1):
-                    self._run(chain, index, direction, datagram, peer)
-                return
-            elif isinstance(spec, Delay):
-                ms = spec.ms
-                if spec.jitter:
-                    ms = max(0.0, ms + fault.schedule.random.uniform(-spec.jitter, spec.jitter))
-                resume = self._resumer(chain, index, direction, datagram, peer)
-                if self._hold(ms, resume, waitsAt=None):
-                    self.faults.applied(fault, peer=describeDatagramPeer(peer), direction=direction, ms=round(ms, 3))
-                return
+            assert isinstance(spec, DatagramFault)
+            spec.onDatagram(DatagramStep(self, chain, index, direction, peer), datagram, fault.next())
+            return
         self._ends[direction](datagram, peer)
 
-    def _resumer(self, chain: Chain, index: int, direction: str, datagram: bytes, peer: Peer) -> Callable[[], None]:
+    def waiting(self, fault: ActiveFault, direction: str) -> list[_Held]:
         """
-        What passes a held datagram on down the chain, from the fault after the one that held it.
+        The datagrams waiting at C{fault}, going C{direction}, to be overtaken.
         """
-        return lambda: self._run(chain, index, direction, datagram, peer)
+        return self._overtaking.get((fault, direction), [])
 
-    def _hold(self, ms: float, resume: Callable[[], None], waitsAt: tuple[ActiveFault, str] | None) -> bool:
+    def hold(self, ms: float, resume: Callable[[], None], waitsAt: tuple[ActiveFault, str] | None) -> bool:
         """
-        Hold a datagram for C{ms} milliseconds at most (less when it waits at a
-        C{reorder} fault and another one overtakes it), or drop it, counted,
-        when L{HELD_LIMIT} are held already; whether it is held.
+        Hold a datagram for C{ms} milliseconds at most (less when it waits to
+        be overtaken and another one does), or drop it, counted, when
+        L{HELD_LIMIT} are held already; whether it is held.
         """
         if len(self.held) >= HELD_LIMIT:
             self.counters["datagrams_held_dropped"] += 1
             return False
         entry = _Held(resume, waitsAt)
-        entry.call = self.clock.callLater(ms / 1000, self._release, entry)
+        entry.call = self.clock.callLater(ms / 1000, self.release, entry)
         self.held.add(entry)
         if waitsAt is not None:
             self._overtaking.setdefault(waitsAt, []).append(entry)
         return True
 
-    def _release(self, entry: _Held) -> None:
+    def release(self, entry: _Held) -> None:
         """
         Let a held datagram go on, at its time or once it is overtaken.
         """
@@ -200,3 +336,25 @@ class DatagramFaults:
             if not waiting:
                 del self._overtaking[entry.waitsAt]
         entry.resume()
+
+
+class DatagramFaultSet(FaultSet):
+    """
+    A service's datagram faults, as its UDP listeners see them
+    (L{netd.datagram.listener.DatagramFaults}).
+    """
+
+    kind = DatagramFault
+
+    def chainFor(
+        self,
+        clock: IReactorTime,
+        counters: Counters,
+        deliver: Callable[[bytes, Peer], None],
+        transmit: Callable[[bytes, Peer], None],
+    ) -> DatagramChain:
+        """
+        The faults of one listener, which hands what comes out of them to
+        C{deliver} (received) and C{transmit} (sent).
+        """
+        return DatagramChain(self, clock, counters, deliver, transmit)

@@ -2,39 +2,52 @@
 Frame faults: what netd does wrong with the frames it sends, knowing where each
 one starts and ends, which no byte-level proxy can do.
 
-Each fault of the service's C{frame} list is asked about each frame a
-connection sends; those that apply act in this order, whatever their order in
-the list: C{oversize_frame} pads the payload, C{corrupt_length} encodes it
-behind a prefix that lies, C{truncate_frame} cuts the encoded frame (and
-closes the connection after it), then C{split_frame} writes it in pieces or
-C{merge_frames} holds it to go out with the next ones (C{split_frame} wins for
-a frame both apply to).
+Each fault of the service's L{FrameFaultSet} is asked about each frame a
+connection sends; those that apply act in the order of their L{FrameFault.order},
+whatever their order in the list: C{oversize_frame} pads the payload,
+C{corrupt_length} states a length that lies, the frame is encoded,
+C{truncate_frame} cuts the encoded frame (and closes the connection after
+it), then C{split_frame} writes it in pieces or C{merge_frames} holds it to go
+out with the next ones (the first that writes it wins: C{split_frame}).
 
 Frames keep their order: once a connection has sent a frame through its
-faults, all its later frames go through the same writer, so that a frame sent
-while an earlier one is still held (in pieces, or waiting to merge) goes out
-after it, even once the faults are removed.  Bytes held back are bounded by
-pausing the reading from the peer while more than L{HELD_LIMIT} are held; every
-timer is cancelled when the connection is lost.
+faults, all its later frames go through the same L{FrameFaultWriter}, so that
+a frame sent while an earlier one is still held (in pieces, or waiting to
+merge) goes out after it, even once the faults are removed.  Bytes held back
+are bounded by pausing the reading from the peer while more than
+L{HELD_LIMIT} are held; every timer is cancelled when the connection is lost.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, ClassVar
 
+import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from netd.faults.active import ActiveFault, ServiceFaults
-from netd.faults.spec import CorruptLength, MergeFrames, OversizeFrame, SplitFrame, TruncateFrame
+from netd.config.options import atLeast, between, option
+from netd.faults.base import ActiveFault, Direction, Fault, FaultSet, ServiceShape, milliseconds
+from netd.stream.framing import FramedProtocol
 from netd.stream.proxyheader import describePeer
-
-if TYPE_CHECKING:
-    from netd.stream.framing import FramedProtocol
 
 HELD_LIMIT = 64 * 1024
 """
 Bytes a connection's frame faults may hold back before reading from the peer pauses.
+"""
+
+LARGEST_OVERSIZE = 64 * 2**20
+"""
+The largest frame C{oversize_frame} builds: netd's own C{max_frame} limit.
+"""
+
+PREFIXED_FRAMINGS = ("netstring", "u16", "u32")
+"""
+The framings whose frames start with their length.
+"""
+PREFIX_LARGEST = {"u16": 2**16 - 1, "u32": 2**32 - 1}
+"""
+The largest length the binary prefixes can state (a netstring's has no bound).
 """
 
 _CLOSE = None
@@ -59,14 +72,179 @@ def splitEvenly(data: bytes, pieces: int) -> list[bytes]:
     return parts
 
 
-class FrameFaults:
+class FrameInFlight:
     """
-    The writer of one connection's frames once frame faults have touched it.
+    One frame on its way through the faults that apply to it.
+
+    @ivar payload: the frame's content (until it is encoded).
+    @ivar claimed: the length its prefix states instead of the real one, if a fault says so.
+    @ivar data: the encoded frame, once encoded.
+    @ivar close: close the connection once it is written.
+    @ivar written: a fault has written it (or queued it), so no other does.
+    """
+
+    def __init__(self, writer: FrameFaultWriter, payload: bytes) -> None:
+        self.writer = writer
+        self.payload = payload
+        self.claimed: int | None = None
+        self.data = b""
+        self.close = False
+        self.written = False
+
+
+@attrs.frozen
+class FrameFault(Fault):
+    """
+    A fault on the frames netd sends, chosen per frame.
+
+    @cvar order: when it acts among those applying to one frame (lowest first).
+    @cvar onWire: whether it acts on the encoded frame (else on its payload,
+        before it is encoded).
+    """
+
+    directions = ("to_client",)
+    order: ClassVar[int]
+    onWire: ClassVar[bool] = True
+
+    direction: Direction = option("to_client", help="Frames netd sends (the only direction).")
+
+    def misfit(self, shape: ServiceShape) -> str | None:
+        """
+        It needs stream connections whose framing has frames.
+        """
+        if not shape.streams:
+            return f"{self.typeName} acts on stream connections, and this service listens only on udp: addresses"
+        if shape.framing in (None, "raw"):
+            return f"{self.typeName} acts on frames, and this service uses raw framing, which has none"
+        return None
+
+    def act(self, frame: FrameInFlight, fault: ActiveFault) -> None:
+        """
+        Act on one frame (C{fault} is this fault in force, to report it with).
+        """
+        raise NotImplementedError()
+
+
+@attrs.frozen
+class SplitFrame(FrameFault):
+    typeName = "split_frame"
+    order = 40
+    summary = "Write one frame in several pieces (its length prefix included), with delay milliseconds between them."
+    pieces: int = option(2, help="Writes the encoded frame is cut into.", checks=(between(2, 65536),))
+    delay: float = milliseconds("Milliseconds between two pieces.")
+
+    def act(self, frame: FrameInFlight, fault: ActiveFault) -> None:
+        if frame.written:
+            return
+        frame.written = True
+        writer = frame.writer
+        writer.flushMerge()
+        parts = splitEvenly(frame.data, self.pieces)
+        writer.report(fault, pieces=len(parts), bytes=len(frame.data))
+        writer.enqueue(parts[0], None)
+        for part in parts[1:]:
+            writer.enqueue(part, self.delay / 1000)
+
+
+@attrs.frozen
+class MergeFrames(FrameFault):
+    typeName = "merge_frames"
+    order = 50
+    summary = "Hold frames until count of them can go out in one write (or wait milliseconds have passed)."
+    count: int = option(2, help="Frames per write.", checks=(between(2, 65536),))
+    wait: float = milliseconds("Longest hold, in milliseconds, before fewer frames go out together.", default=50.0)
+
+    def act(self, frame: FrameInFlight, fault: ActiveFault) -> None:
+        if frame.written:
+            return
+        frame.written = True
+        frame.writer.report(fault, count=self.count)
+        frame.writer.mergeWithNext(frame.data, self.count, self.wait / 1000)
+
+
+@attrs.frozen
+class OversizeFrame(FrameFault):
+    typeName = "oversize_frame"
+    order = 10
+    onWire = False
+    summary = "Pad the frame with zero bytes to size bytes, to go over the client's limit."
+    size: int = option(
+        help="The frame's size on the wire, payload only (at most 64 MiB: each such frame is built in memory).",
+        checks=(between(1, LARGEST_OVERSIZE),),
+    )
+
+    def misfit(self, shape: ServiceShape) -> str | None:
+        """
+        A u16 prefix cannot state more than 65535 bytes.
+        """
+        problem = super().misfit(shape)
+        if problem is None and shape.framing == "u16" and self.size > PREFIX_LARGEST["u16"]:
+            return f"oversize_frame size {self.size} does not fit u16 framing, whose frames are 65535 bytes at most"
+        return problem
+
+    def act(self, frame: FrameInFlight, fault: ActiveFault) -> None:
+        if len(frame.payload) < self.size:
+            frame.writer.encode(frame.payload)  # a frame the framing refuses is refused before padding could hide why
+            frame.writer.report(fault, size=self.size, was=len(frame.payload))
+            frame.payload += bytes(self.size - len(frame.payload))
+
+
+@attrs.frozen
+class TruncateFrame(FrameFault):
+    typeName = "truncate_frame"
+    order = 30
+    summary = "Write only the start of the encoded frame, then close the connection (or go on, with close = false)."
+    bytes: int | None = option(None, help="Bytes of the encoded frame written; half of it when unset.", checks=(atLeast(0),))
+    close: bool = option(True, help="Close the connection after the cut frame.")
+
+    def act(self, frame: FrameInFlight, fault: ActiveFault) -> None:
+        data = frame.data
+        cut = self.bytes if self.bytes is not None else len(data) // 2
+        frame.writer.report(fault, bytes=min(cut, len(data)), of=len(data), close=self.close)
+        frame.data = data[:cut]
+        frame.close = self.close
+
+
+@attrs.frozen
+class CorruptLength(FrameFault):
+    typeName = "corrupt_length"
+    order = 20
+    onWire = False
+    summary = "Send the frame behind a length prefix that claims length bytes (netstring, u16 and u32 framings)."
+    length: int | None = option(None, help="The length claimed; the real length plus one when unset.", checks=(atLeast(0),))
+
+    def misfit(self, shape: ServiceShape) -> str | None:
+        """
+        Only framings with a length prefix have one to corrupt, and the
+        length claimed must fit in it.
+        """
+        problem = super().misfit(shape)
+        if problem is None and shape.framing not in PREFIXED_FRAMINGS:
+            return f"corrupt_length needs a framing with a length prefix ({', '.join(PREFIXED_FRAMINGS)}), not {shape.framing}"
+        largest = PREFIX_LARGEST.get(shape.framing or "")
+        if problem is None and largest is not None and self.length is not None and self.length > largest:
+            return f"corrupt_length length {self.length} does not fit a {shape.framing} prefix, which states {largest} at most"
+        return problem
+
+    def act(self, frame: FrameInFlight, fault: ActiveFault) -> None:
+        size = len(frame.payload)
+        claimed = self.length
+        if claimed is None:
+            largest = frame.writer.protocol.largestClaim
+            claimed = size + 1 if largest is None or size < largest else size - 1
+        frame.writer.report(fault, length=size, claimed=claimed)
+        frame.claimed = claimed
+
+
+class FrameFaultWriter:
+    """
+    The writer of one connection's frames once frame faults have touched it
+    (what L{netd.stream.framing.FrameWriter} asks for).
 
     @ivar held: bytes held back now (queued behind a delay, or waiting to merge).
     """
 
-    def __init__(self, protocol: FramedProtocol, faults: ServiceFaults, clock: IReactorTime) -> None:
+    def __init__(self, protocol: FramedProtocol, faults: FrameFaultSet, clock: IReactorTime) -> None:
         self.protocol = protocol
         self.faults = faults
         self.clock = clock
@@ -81,44 +259,40 @@ class FrameFaults:
 
     def sendFrame(self, frame: bytes) -> None:
         """
-        Send one frame through the faults that apply to it.
+        Send one frame through the faults that apply to it (of several of one
+        type, the last in the list acts).
 
         @raise netd.stream.framing.FramingError: if the framing cannot carry it (before any fault acts).
         """
         if self._closing:
             return
-        applying = {type(fault.spec): fault for fault in self.faults.frame if fault.next()}
+        applying = {type(fault.spec): fault for fault in self.faults.faults if fault.next()}
         if not applying and not self._queue and not self._merging:
             self.protocol.transport.write(self.protocol.encodeFrame(frame))  # type: ignore[union-attr]
             return
-        data = self._encode(frame, applying)
-        close = False
-        truncate = applying.get(TruncateFrame)
-        if truncate is not None:
-            cutting = cast(TruncateFrame, truncate.spec)
-            cut = cutting.bytes if cutting.bytes is not None else len(data) // 2
-            self._applied(truncate, bytes=min(cut, len(data)), of=len(data), close=cutting.close)
-            data = data[:cut]
-            close = cutting.close
-        split = applying.get(SplitFrame)
-        merge = applying.get(MergeFrames)
-        if split is not None:
-            splitting = cast(SplitFrame, split.spec)
-            self._flushMerge()
-            parts = splitEvenly(data, splitting.pieces)
-            self._applied(split, pieces=len(parts), bytes=len(data))
-            self._enqueue(parts[0], None)
-            for part in parts[1:]:
-                self._enqueue(part, splitting.delay / 1000)
-        elif merge is not None:
-            self._merge(merge, data)
-        else:
-            self._flushMerge()
-            self._enqueue(data, None)
-        if close:
+        flight = FrameInFlight(self, frame)
+        encoded = False
+        for fault in sorted(applying.values(), key=_order):
+            spec = fault.spec
+            assert isinstance(spec, FrameFault)
+            if spec.onWire and not encoded:
+                flight.data, encoded = self.encode(flight.payload, flight.claimed), True
+            spec.act(flight, fault)
+        if not encoded:
+            flight.data = self.encode(flight.payload, flight.claimed)
+        if not flight.written:
+            self.flushMerge()
+            self.enqueue(flight.data, None)
+        if flight.close:
             self.loseConnection()
         else:
             self._pump()
+
+    def encode(self, payload: bytes, claimed: int | None = None) -> bytes:
+        """
+        A frame's bytes on the wire (behind a prefix that states C{claimed}, when given).
+        """
+        return self.protocol.encodeFrame(payload, claimed)
 
     def loseConnection(self) -> None:
         """
@@ -127,7 +301,7 @@ class FrameFaults:
         if self._closing:
             return
         self._closing = True
-        self._flushMerge()
+        self.flushMerge()
         self._queue.append((_CLOSE, None))
         self._pump()
 
@@ -144,53 +318,28 @@ class FrameFaults:
                 timer.cancel()
         self._timer = self._mergeTimer = None
 
-    def _encode(self, frame: bytes, applying: dict[type, ActiveFault]) -> bytes:
-        """
-        The frame's bytes on the wire, padded by C{oversize_frame}, behind the
-        prefix C{corrupt_length} makes up.
-        """
-        encode = self.protocol.encodeFrame
-        oversize = applying.get(OversizeFrame)
-        if oversize is not None:
-            size = cast(OversizeFrame, oversize.spec).size
-            if len(frame) < size:
-                encode(frame)  # a frame the framing refuses is refused before padding could hide why
-                self._applied(oversize, size=size, was=len(frame))
-                frame += bytes(size - len(frame))
-        corrupt = applying.get(CorruptLength)
-        if corrupt is None:
-            return encode(frame)
-        claimed = cast(CorruptLength, corrupt.spec).length
-        if claimed is None:
-            largest = self.protocol.largestClaim
-            claimed = len(frame) + 1 if largest is None or len(frame) < largest else len(frame) - 1
-        self._applied(corrupt, length=len(frame), claimed=claimed)
-        return encode(frame, claimed)
-
-    def _merge(self, fault: ActiveFault, data: bytes) -> None:
+    def mergeWithNext(self, data: bytes, count: int, wait: float) -> None:
         """
         Hold a frame to go out with the next ones: in one write once C{count}
-        are held, or when C{wait} milliseconds have passed since the first.
+        are held, or when C{wait} seconds have passed since the first.
         """
-        spec = cast(MergeFrames, fault.spec)
-        self._applied(fault, count=spec.count)
         if not self._merging:
-            self._mergeCount = spec.count
-            self._mergeTimer = self.clock.callLater(spec.wait / 1000, self._mergeTimedOut)
+            self._mergeCount = count
+            self._mergeTimer = self.clock.callLater(wait, self._mergeTimedOut)
         self._merging.append(data)
         self._hold(len(data))
         if len(self._merging) >= self._mergeCount:
-            self._flushMerge()
+            self.flushMerge()
 
     def _mergeTimedOut(self) -> None:
         """
         The merge waited long enough: what is held goes out together now.
         """
         self._mergeTimer = None
-        self._flushMerge()
+        self.flushMerge()
         self._pump()
 
-    def _flushMerge(self) -> None:
+    def flushMerge(self) -> None:
         """
         Queue the frames waiting to merge, as one write.
         """
@@ -203,7 +352,7 @@ class FrameFaults:
         self._merging.clear()
         self._queue.append((data, None))
 
-    def _enqueue(self, data: bytes, wait: float | None) -> None:
+    def enqueue(self, data: bytes, wait: float | None) -> None:
         """
         Queue one write, C{wait} seconds after the one before it (L{None}: at
         once; 0: in a later turn of the reactor, so that it leaves in a send of
@@ -221,6 +370,7 @@ class FrameFaults:
             self._timer = None
         elif self._timer is not None:
             return
+        transport: Any = self.protocol.transport
         queue = self._queue
         while queue:
             data, wait = queue[0]
@@ -230,13 +380,13 @@ class FrameFaults:
             waited = False
             queue.popleft()
             if data is _CLOSE:
-                self.protocol.transport.loseConnection()  # type: ignore[union-attr]
+                transport.loseConnection()
                 return
             self.held -= len(data)
-            self.protocol.transport.write(data)  # type: ignore[union-attr]
+            transport.write(data)
         if self._paused and self.held <= HELD_LIMIT:
             self._paused = False
-            self.protocol.transport.resumeProducing()  # type: ignore[union-attr]
+            transport.resumeProducing()
 
     def _hold(self, size: int) -> None:
         """
@@ -247,8 +397,31 @@ class FrameFaults:
             self._paused = True
             self.protocol.transport.pauseProducing()  # type: ignore[union-attr]
 
-    def _applied(self, fault: ActiveFault, **details: Any) -> None:
+    def report(self, fault: ActiveFault, **details: Any) -> None:
         """
         Report a fault applied to a frame of this connection.
         """
-        self.faults.applied(fault, peer=describePeer(self.protocol.getPeer()), framing=self.protocol.framingName, **details)
+        self.faults.report(fault, peer=describePeer(self.protocol.getPeer()), framing=self.protocol.framingName, **details)
+
+
+def _order(fault: ActiveFault) -> int:
+    """
+    When a frame fault acts among those applying to one frame.
+    """
+    spec = fault.spec
+    assert isinstance(spec, FrameFault)
+    return spec.order
+
+
+class FrameFaultSet(FaultSet):
+    """
+    A service's frame faults, as its framing sees them (L{netd.stream.framing.FrameFaults}).
+    """
+
+    kind = FrameFault
+
+    def writerFor(self, protocol: FramedProtocol, clock: IReactorTime) -> FrameFaultWriter:
+        """
+        The writer of C{protocol}'s frames from now on.
+        """
+        return FrameFaultWriter(protocol, self, clock)

@@ -1,22 +1,26 @@
 """
-Stream and TLS handshake faults on one connection, between its guard
+Stream faults: the bytes of a stream connection, between its guard
 (L{netd.stream.guard.GuardedConnection}) and its socket.
 
-A connection asks its service's faults once, when it opens, which of the
-C{stream} and C{tls} faults apply to it (each schedule counts one
-connection).  When none does, the guard keeps its plain path: no object, no
-cost per byte.  When some do, a L{ConnectionFaults} takes the bytes each way:
-what the client sends, before the inner protocol (TLS or the framing) reads it,
-and what the inner protocol writes, before the socket gets it.  So on a TLS
-service the byte faults act on the TLS records the client really receives,
-and the TLS faults act on the raw handshake, nearest the TLS engine.
+A connection asks its service's L{StreamFaultSet} once, when it opens, which
+stream faults apply to it (each schedule counts one connection).  When none
+does, the guard keeps its plain path: no object, no cost per byte.  When some
+do, a L{ConnectionPipes} takes the bytes each way: what the client sends,
+before the inner protocol (TLS or the framing) reads it, and what the inner
+protocol writes, before the socket gets it.  So on a TLS service the byte
+faults act on the TLS records the client really receives, and the TLS faults
+(L{netd.faults.tls}) act on the raw handshake, nearest the TLS engine.
 
-Each direction is a L{_Pipe}: a queue of held chunks, in order, let go when
-their latency has passed, in pieces no larger than a slice and no faster than a
-bandwidth, counting the bytes that pass for C{close_after}, C{reset_after}
-and C{stall_after}.  Held bytes are bounded: past L{HELD_LIMIT} the socket
-stops being read until they drain below L{RESUME_BELOW}.  Every timer is
-cancelled when the connection goes.
+Each fault type says where it takes part (L{StreamFault.join}, then
+L{StreamFault.shapePipe} for each direction it acts on): a L{Delaying} fault
+holds each chunk, a L{Pacing} one cuts and spaces the pieces, a
+L{ByteThreshold} acts once its direction has passed some bytes, an L{AtOpen}
+one acts as the connection opens.  Each direction is a L{Pipe}: a queue of
+held chunks, in order, let go when their delay has passed, in pieces no larger
+and no faster than its pacing allows, counting the bytes that pass for its
+thresholds.  Held bytes are bounded: past L{HELD_LIMIT} the socket stops
+being read until they drain below L{RESUME_BELOW}.  Every timer is cancelled
+when the connection goes.
 
 A change of the service's faults (the control API) reaches open connections
 too: they take the new list's C{midStream} faults whose schedule is
@@ -26,20 +30,18 @@ is gone are let go at once.
 
 from __future__ import annotations
 
-import socket
-import struct
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from random import Random
+from typing import Any, ClassVar, Protocol
 
+import attrs
 from twisted.internet.interfaces import IDelayedCall
 
-from netd.faults.active import ActiveFault, ServiceFaults
-from netd.faults.spec import TLS_ALERTS, Fault
+from netd.config.options import atLeast, between, option
+from netd.faults.base import ActiveFault, Direction, Fault, FaultSet, ServiceShape, milliseconds
+from netd.stream.guard import GuardedConnection
 from netd.stream.proxyheader import describePeer
-
-if TYPE_CHECKING:
-    from netd.stream.guard import GuardedConnection
 
 HELD_LIMIT = 64 * 1024
 """
@@ -59,138 +61,347 @@ Pieces per second a C{bandwidth} fault cuts the bytes into (each worth
 spans too.
 """
 
-TLS_HANDSHAKE = 22
-"""
-The content type of a TLS handshake record (the first byte of a ClientHello).
-"""
 
-TLS_ALERT = 21
-"""
-The content type of a TLS alert record.
-"""
-
-RECORD_HEADER = 5
-"""
-Bytes of a TLS record header: type, legacy version (2), length (2).
-"""
-
-_THRESHOLDS = {"close_after": "close", "reset_after": "reset", "stall_after": "stall"}
-"""
-The faults that act once their direction has passed C{bytes} bytes, and what they do.
-"""
-
-
-def alertRecord(alert: str) -> bytes:
+@attrs.frozen
+class StreamFault(Fault):
     """
-    A plaintext fatal TLS alert record, as a server sends one in answer to a
-    ClientHello it refuses: content type 21, legacy version 0x0303, level 2
-    (fatal), the description of C{alert} (a name of L{TLS_ALERTS}).
+    A fault on a stream connection, chosen per connection.
     """
-    return bytes([TLS_ALERT, 3, 3, 0, 2, 2, TLS_ALERTS[alert]])
+
+    def misfit(self, shape: ServiceShape) -> str | None:
+        """
+        It needs stream connections.
+        """
+        if not shape.streams:
+            return f"{self.typeName} acts on stream connections, and this service listens only on udp: addresses"
+        return None
+
+    def join(self, connection: ConnectionPipes, effect: Effect) -> None:
+        """
+        Take part in a new connection's faults: by default, act on its bytes
+        (L{shapePipe}, for each direction the fault acts on).
+        """
+        connection.effects.append(effect)
+
+    def shapePipe(self, pipe: Pipe, effect: Effect) -> None:
+        """
+        Take a place in one direction's pipe (a type that acts on bytes says which).
+        """
 
 
-def resetTransport(transport: Any) -> None:
-    """
-    End a connection with a TCP RST: what netd has written goes to the
-    socket first (as much as the kernel takes), then the socket closes with
-    C{SO_LINGER} C{{1, 0}}, so that the peer sees C{ECONNRESET}.
-    """
-    if getattr(transport, "connected", False):
-        flush = getattr(transport, "doWrite", None)
-        if flush is not None:
-            flush()
-    getHandle = getattr(transport, "getHandle", None)
-    handle = getHandle() if getHandle is not None else None
-    # A socket.socket, or uvloop's stand-in for one (netd.reactors.uv).
-    setsockopt = getattr(handle, "setsockopt", None)
-    if setsockopt is not None:
-        try:
-            setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-    transport.abortConnection()
-
-
-class _Effect:
+class Effect:
     """
     One fault acting on one connection: whether its use was reported yet.
     """
 
     def __init__(self, fault: ActiveFault) -> None:
         self.fault = fault
-        self.spec: Any = fault.spec
         self.reported = False
+
+    @property
+    def random(self) -> Random:
+        """
+        The generator of the fault's random choices.
+        """
+        return self.fault.schedule.random
+
+
+@attrs.frozen
+class Delaying(StreamFault):
+    """
+    A fault that holds each chunk of bytes for a while.
+    """
+
+    def shapePipe(self, pipe: Pipe, effect: Effect) -> None:
+        pipe.delays.append((self, effect))
+
+    def holdFor(self, random: Random) -> float:
+        """
+        Seconds the next chunk is held.
+        """
+        raise NotImplementedError()
+
+
+@attrs.frozen
+class Pacing(StreamFault):
+    """
+    A fault that cuts the bytes into pieces and spaces them; of several of
+    one type on a direction, the one with the lowest L{strictness} acts.
+
+    @cvar separateSends: each piece leaves in a send of its own, even without a gap.
+    """
+
+    separateSends: ClassVar[bool] = False
+
+    def shapePipe(self, pipe: Pipe, effect: Effect) -> None:
+        pipe.addPacer(self, effect)
+
+    def strictness(self) -> float:
+        """
+        How hard it paces: the lower, the harder.
+        """
+        raise NotImplementedError()
+
+    def pieceSize(self) -> int:
+        """
+        The largest piece, in bytes.
+        """
+        raise NotImplementedError()
+
+    def gapAfter(self, size: int) -> float:
+        """
+        Seconds after a piece of C{size} bytes before the next one.
+        """
+        raise NotImplementedError()
+
+
+@attrs.frozen
+class ByteThreshold(StreamFault):
+    """
+    A fault that acts once its direction has passed C{bytes} bytes.
+    """
+
+    midStream = True
+    bytes: int = option(help="Bytes passed before it acts.", checks=(atLeast(0),))
+
+    def shapePipe(self, pipe: Pipe, effect: Effect) -> None:
+        pipe.addThreshold(effect, self.bytes)
+
+    def reached(self, connection: ConnectionPipes, pipe: Pipe, effect: Effect) -> None:
+        """
+        C{pipe} has passed the bytes: act.
+        """
+        raise NotImplementedError()
+
+
+@attrs.frozen
+class AtOpen(StreamFault):
+    """
+    A fault that acts once, as the connection opens (the first such one that applies).
+    """
+
+    def join(self, connection: ConnectionPipes, effect: Effect) -> None:
+        if connection.atOpen is None:
+            connection.atOpen = (self, effect)
+
+    def opened(self, connection: ConnectionPipes, effect: Effect) -> None:
+        """
+        The connection is open (its inner protocol too): act.
+        """
+        raise NotImplementedError()
+
+
+@attrs.frozen
+class Latency(Delaying):
+    typeName = "latency"
+    midStream = True
+    summary = "Hold each chunk of bytes for ms (plus or minus up to jitter) before passing it on, keeping their order."
+    ms: float = milliseconds("Milliseconds added to each chunk of bytes.", default=attrs.NOTHING)
+    jitter: float = milliseconds("Up to this many milliseconds more or less, chosen per chunk.")
+
+    def holdFor(self, random: Random) -> float:
+        jitter = random.uniform(-self.jitter, self.jitter) if self.jitter else 0.0
+        return max(0.0, self.ms + jitter) / 1000
+
+
+@attrs.frozen
+class Bandwidth(Pacing):
+    typeName = "bandwidth"
+    midStream = True
+    summary = "Pass bytes on at no more than rate bytes per second."
+    rate: int = option(help="Bytes per second.", checks=(between(1, 2**40),))
+
+    def strictness(self) -> float:
+        return self.rate
+
+    def pieceSize(self) -> int:
+        return max(1, self.rate // BANDWIDTH_PIECES)
+
+    def gapAfter(self, size: int) -> float:
+        return size / self.rate
+
+
+@attrs.frozen
+class Slice(Pacing):
+    typeName = "slice"
+    midStream = True
+    separateSends = True
+    summary = (
+        "Write at most size bytes at a time, with delay milliseconds between the pieces: catches clients that "
+        "assume one recv is one message."
+    )
+    direction: Direction = option("to_client", help="Which bytes it acts on: to_client, from_client, or both.")
+    size: int = option(help="Largest piece, in bytes.", checks=(between(1, 2**31),))
+    delay: float = milliseconds("Milliseconds between two pieces.")
+
+    def strictness(self) -> float:
+        return self.size
+
+    def pieceSize(self) -> int:
+        return self.size
+
+    def gapAfter(self, size: int) -> float:
+        return self.delay / 1000
+
+
+@attrs.frozen
+class CloseAfter(ByteThreshold):
+    typeName = "close_after"
+    summary = "Pass this many bytes, then close the connection cleanly (FIN)."
+    bytes: int = option(help="Bytes passed before the close.", checks=(atLeast(0),))
+
+    def reached(self, connection: ConnectionPipes, pipe: Pipe, effect: Effect) -> None:
+        connection.end(effect, reset=False)
+
+
+@attrs.frozen
+class ResetAfter(ByteThreshold):
+    typeName = "reset_after"
+    summary = "Pass this many bytes, then reset the connection (TCP RST: the client sees ECONNRESET)."
+    bytes: int = option(help="Bytes passed before the reset.", checks=(atLeast(0),))
+
+    def reached(self, connection: ConnectionPipes, pipe: Pipe, effect: Effect) -> None:
+        connection.end(effect, reset=True)
+
+
+@attrs.frozen
+class StallAfter(ByteThreshold):
+    typeName = "stall_after"
+    summary = "Pass this many bytes, then nothing more, with the connection left open."
+    bytes: int = option(help="Bytes passed before the silence.", checks=(atLeast(0),))
+
+    def reached(self, connection: ConnectionPipes, pipe: Pipe, effect: Effect) -> None:
+        pipe.stall(effect)
+        connection.pace()
+
+
+@attrs.frozen
+class Blackhole(StreamFault):
+    typeName = "blackhole"
+    midStream = True
+    summary = "Accept and read, never answer: bytes in the direction are swallowed."
+    direction: Direction = option("to_client", help="Which bytes are swallowed: to_client, from_client, or both.")
+
+    def shapePipe(self, pipe: Pipe, effect: Effect) -> None:
+        if pipe.swallower is None:
+            pipe.swallower = effect
+
+
+@attrs.frozen
+class Refuse(AtOpen):
+    typeName = "refuse"
+    directions = ("both",)
+    summary = "Accept the connection, then close it at once (or reset it, with reset = true)."
+    reset: bool = option(False, help="Reset (RST) instead of closing cleanly (FIN).")
+
+    def opened(self, connection: ConnectionPipes, effect: Effect) -> None:
+        connection.report(effect, reset=self.reset)
+        connection.end(effect, reset=self.reset)
+
+
+class HandshakeFilter(Protocol):
+    """
+    A TLS handshake fault on one connection (L{netd.faults.tls}): it sees the
+    raw bytes both ways, nearest the TLS engine.
+    """
+
+    def inbound(self, data: bytes) -> bytes:
+        """
+        What of C{data}, from the client, goes on to the TLS engine.
+        """
+
+    def outbound(self, data: bytes) -> bytes:
+        """
+        What of C{data}, written by the TLS engine, goes on to the client.
+        """
 
 
 class _Threshold:
     """
-    A C{close_after}, C{reset_after} or C{stall_after} on one direction: it
-    acts when that direction's count of passed bytes reaches C{at}.
+    A L{ByteThreshold} on one direction: it acts when that direction's count
+    of passed bytes reaches C{at}.
     """
 
-    def __init__(self, effect: _Effect, at: int) -> None:
+    def __init__(self, spec: ByteThreshold, effect: Effect, at: int) -> None:
+        self.spec = spec
         self.effect = effect
         self.at = at
-        self.action = _THRESHOLDS[effect.spec.typeName]
 
 
-class _Pipe:
+class Pipe:
     """
     One direction of a connection's bytes through its stream faults.
 
     @ivar held: bytes queued, not yet passed on.
     @ivar passed: bytes passed on so far.
-    @ivar stalledBy: the C{stall_after} that silenced this direction, if one did.
+    @ivar stalledBy: the fault that silenced this direction, if one did.
     @ivar ended: the connection is ending: nothing passes any more.
+    @ivar delays: the L{Delaying} faults, whose holds add up.
+    @ivar pacers: the L{Pacing} fault that acts, per type.
+    @ivar swallower: the fault that swallows this direction's bytes, if one does.
+    @ivar thresholds: the L{ByteThreshold}s, each counting from when it joined.
     """
 
-    def __init__(self, owner: ConnectionFaults, direction: str, deliver: Callable[[bytes], None]) -> None:
+    def __init__(self, owner: ConnectionPipes, direction: str, deliver: Callable[[bytes], None]) -> None:
         self.owner = owner
         self.direction = direction
         self.deliver = deliver
         self.queue: deque[tuple[float, bytes]] = deque()
         self.held = 0
         self.passed = 0
-        self.stalledBy: _Effect | None = None
+        self.stalledBy: Effect | None = None
         self.ended = False
         self._nextAt = 0.0
         self._lastReady = 0.0
         self._timer: IDelayedCall | None = None
         self._pumping = False
-        self.latency: list[_Effect] = []
-        self.bandwidth: _Effect | None = None
-        self.slice: _Effect | None = None
-        self.blackhole: _Effect | None = None
+        self.delays: list[tuple[Delaying, Effect]] = []
+        self.pacers: dict[type[Pacing], tuple[Pacing, Effect]] = {}
+        self.separateSends = False
+        self.swallower: Effect | None = None
         self.thresholds: list[_Threshold] = []
+        self._kept: dict[int, _Threshold] = {}
 
     @property
     def acting(self) -> bool:
         """
         Whether any fault acts on this direction.
         """
-        return bool(
-            self.latency or self.bandwidth or self.slice or self.blackhole or self.thresholds or self.stalledBy
-        )
+        return bool(self.delays or self.pacers or self.swallower or self.thresholds or self.stalledBy)
 
-    def configure(self, effects: Sequence[_Effect]) -> None:
+    def configure(self, effects: Sequence[Effect]) -> None:
         """
-        Take the faults of this direction among C{effects}: latencies add up,
-        the lowest rate and the smallest slice act, each threshold counts from
-        now (one kept from before keeps its count), the first blackhole swallows.
+        Take the faults of this direction among C{effects}, each where its
+        type says (L{StreamFault.shapePipe}); a threshold kept from before
+        keeps its count.
         """
-        kept = {id(t.effect): t for t in self.thresholds}
-        mine = [e for e in effects if e.spec.direction in (self.direction, "both")]
-        self.latency = [e for e in mine if e.spec.typeName == "latency"]
-        rates = [e for e in mine if e.spec.typeName == "bandwidth"]
-        self.bandwidth = min(rates, key=lambda e: e.spec.rate, default=None)
-        slices = [e for e in mine if e.spec.typeName == "slice"]
-        self.slice = min(slices, key=lambda e: e.spec.size, default=None)
-        self.blackhole = next((e for e in mine if e.spec.typeName == "blackhole"), None)
-        self.thresholds = [
-            kept.get(id(e)) or _Threshold(e, self.passed + e.spec.bytes) for e in mine if e.spec.typeName in _THRESHOLDS
-        ]
+        self._kept = {id(t.effect): t for t in self.thresholds}
+        self.delays, self.pacers, self.swallower, self.thresholds = [], {}, None, []
+        mine = [e for e in effects if e.fault.spec.direction in (self.direction, "both")]
+        for effect in mine:
+            spec = effect.fault.spec
+            assert isinstance(spec, StreamFault)
+            spec.shapePipe(self, effect)
+        self._kept = {}
+        self.separateSends = any(pacer.separateSends for pacer, _ in self.pacers.values())
         if self.stalledBy is not None and all(e is not self.stalledBy for e in mine):
             self.stalledBy = None
+
+    def addPacer(self, pacer: Pacing, effect: Effect) -> None:
+        """
+        A pacing fault joins: of several of one type, the strictest acts.
+        """
+        current = self.pacers.get(type(pacer))
+        if current is None or pacer.strictness() < current[0].strictness():
+            self.pacers[type(pacer)] = (pacer, effect)
+
+    def addThreshold(self, effect: Effect, bytes: int) -> None:
+        """
+        A threshold joins, counting C{bytes} from now (or as it counted before).
+        """
+        spec = effect.fault.spec
+        assert isinstance(spec, ByteThreshold)
+        self.thresholds.append(self._kept.get(id(effect)) or _Threshold(spec, effect, self.passed + bytes))
 
     def push(self, data: bytes) -> None:
         """
@@ -199,19 +410,16 @@ class _Pipe:
         """
         if self.ended or self.stalledBy is not None or not data:
             return
-        if self.blackhole is not None:
-            self.owner.report(self.blackhole, direction=self.direction)
+        if self.swallower is not None:
+            self.owner.report(self.swallower, direction=self.direction)
             return
         now = self.owner.clock.seconds()
         ready = now
-        for effect in self.latency:
-            spec = effect.spec
-            jitter = effect.fault.schedule.random.uniform(-spec.jitter, spec.jitter) if spec.jitter else 0.0
-            ready += max(0.0, spec.ms + jitter) / 1000
+        for delaying, effect in self.delays:
+            ready += delaying.holdFor(effect.random)
             self.owner.report(effect, direction=self.direction)
-        for pacing in (self.bandwidth, self.slice):
-            if pacing is not None:
-                self.owner.report(pacing, direction=self.direction)
+        for _, effect in self.pacers.values():
+            self.owner.report(effect, direction=self.direction)
         ready = self._lastReady = max(ready, self._lastReady)
         self.queue.append((ready, data))
         self.held += len(data)
@@ -249,10 +457,8 @@ class _Pipe:
                 self._timer = clock.callLater(at - now, self.pump)
                 return
             size = len(data)
-            if self.slice is not None:
-                size = min(size, self.slice.spec.size)
-            if self.bandwidth is not None:
-                size = min(size, max(1, self.bandwidth.spec.rate // BANDWIDTH_PIECES))
+            for pacer, _ in self.pacers.values():
+                size = min(size, pacer.pieceSize())
             for threshold in self.thresholds:
                 size = min(size, threshold.at - self.passed)
             if size < len(data):
@@ -266,12 +472,10 @@ class _Pipe:
             if self._crossed():
                 return
             gap = 0.0
-            if self.slice is not None:
-                gap = self.slice.spec.delay / 1000
-            if self.bandwidth is not None:
-                gap = max(gap, size / self.bandwidth.spec.rate)
+            for pacer, _ in self.pacers.values():
+                gap = max(gap, pacer.gapAfter(size))
             self._nextAt = now + gap
-            if self.queue and self.slice is not None:
+            if self.queue and self.separateSends:
                 # Even without a delay, the next piece waits for the next
                 # reactor turn, so that it leaves in a send of its own.
                 self._timer = clock.callLater(gap, self.pump)
@@ -287,7 +491,7 @@ class _Pipe:
                 return True
         return False
 
-    def stall(self, effect: _Effect) -> None:
+    def stall(self, effect: Effect) -> None:
         """
         Pass nothing more this way, and forget what is held.
         """
@@ -317,123 +521,47 @@ class _Pipe:
             self.pump()
 
 
-class _TLSFault:
+class ConnectionPipes:
     """
-    A C{tls_abort}, C{tls_garbage} or C{tls_stall} on one connection.
-
-    C{tls_abort} and C{tls_garbage} read the client's first TLS record (its
-    ClientHello; at most one record, 5 + 65535 bytes, is buffered) without
-    passing it to the TLS engine, answer it, and close.  A first byte that
-    cannot start a TLS handshake record is not theirs to answer: the bytes go
-    to the TLS engine, which fails the handshake as it fails any non-TLS
-    client (C{not_tls}), and the fault is not counted as applied.
-
-    C{tls_stall} lets the handshake start and passes the first record the
-    server writes (its ServerHello), then nothing more.
-    """
-
-    def __init__(self, owner: ConnectionFaults, effect: _Effect) -> None:
-        self.owner = owner
-        self.effect = effect
-        self.kind = effect.spec.typeName
-        self.done = self.kind == "tls_stall"
-        self._buffer = bytearray()
-        self._sent = 0
-        self._recordEnd: int | None = None
-        self.stalled = False
-
-    def inbound(self, data: bytes) -> bytes:
-        """
-        What of C{data} goes on to the TLS engine.
-        """
-        if self.done or not data:
-            return data
-        self._buffer += data
-        if self._buffer[0] != TLS_HANDSHAKE:
-            self.done = True
-            data, self._buffer = bytes(self._buffer), bytearray()
-            return data
-        if len(self._buffer) < RECORD_HEADER:
-            return b""
-        length = int.from_bytes(self._buffer[3:5], "big")
-        if len(self._buffer) < RECORD_HEADER + length:
-            return b""
-        self.done = True
-        self._buffer = bytearray()
-        spec = self.effect.spec
-        if self.kind == "tls_abort":
-            self.owner.answerTLS(self.effect, alertRecord(spec.alert), alert=spec.alert)
-        else:
-            answer = spec.data.encode("utf-8")
-            self.owner.answerTLS(self.effect, answer, bytes=len(answer))
-        return b""
-
-    def outbound(self, data: bytes) -> bytes:
-        """
-        What of C{data} (written by the TLS engine) goes on to the client.
-        """
-        if self.kind != "tls_stall":
-            return data
-        if self.stalled:
-            return b""
-        if self._recordEnd is None:
-            self._buffer += data[: RECORD_HEADER - len(self._buffer)]
-            if len(self._buffer) == RECORD_HEADER:
-                self._recordEnd = RECORD_HEADER + int.from_bytes(self._buffer[3:5], "big")
-        end = self._recordEnd if self._recordEnd is not None else RECORD_HEADER
-        passing = data[: end - self._sent]
-        self._sent += len(passing)
-        if self._recordEnd is not None and self._sent >= self._recordEnd:
-            self.stalled = True
-            self.owner.report(self.effect, record_bytes=self._recordEnd)
-        return passing
-
-
-class ConnectionFaults:
-    """
-    The stream and TLS faults acting on one connection (see the module docstring).
+    The stream faults acting on one connection (see the module docstring);
+    what L{netd.stream.guard.ConnectionFaults} asks for.
 
     @ivar inbound: the bytes from the client.
     @ivar outbound: the bytes to the client.
+    @ivar effects: the faults that act on the bytes (the pipes').
+    @ivar atOpen: the fault that acts as the connection opens, if one applies.
     @ivar tls: the TLS handshake fault, if one applies.
     """
 
-    def __init__(self, connection: GuardedConnection, service: ServiceFaults, chosen: Sequence[ActiveFault]) -> None:
+    def __init__(self, connection: GuardedConnection, faults: StreamFaultSet, chosen: Sequence[ActiveFault]) -> None:
         self.connection = connection
-        self.service = service
+        self.faults = faults
         self.clock = connection.factory.clock
         self.peer = describePeer(connection.getPeer())
-        self.inbound = _Pipe(self, "from_client", self._toInner)
-        self.outbound = _Pipe(self, "to_client", connection.transmit)
-        self.effects: list[_Effect] = []
-        self.refuse: _Effect | None = None
-        self.tls: _TLSFault | None = None
+        self.inbound = Pipe(self, "from_client", self._toInner)
+        self.outbound = Pipe(self, "to_client", connection.transmit)
+        self.effects: list[Effect] = []
+        self.atOpen: tuple[AtOpen, Effect] | None = None
+        self.tls: HandshakeFilter | None = None
         self._closing = False
         self._eofWaiting = False
         self._paused = False
         self._ended = False
         for fault in chosen:
-            effect = _Effect(fault)
-            family = fault.spec.family
-            if fault.spec.typeName == "refuse":
-                if self.refuse is None:
-                    self.refuse = effect
-            elif family == "tls":
-                if self.tls is None:
-                    self.tls = _TLSFault(self, effect)
-            else:
-                self.effects.append(effect)
+            assert isinstance(fault.spec, StreamFault)
+            fault.spec.join(self, Effect(fault))
         self.inbound.configure(self.effects)
         self.outbound.configure(self.effects)
 
     def start(self) -> None:
         """
-        The connection is open (its inner protocol too): refuse it, or act on
-        the thresholds already reached (C{bytes = 0}).
+        The connection is open (its inner protocol too): let the fault that
+        acts at the start act, or act on the thresholds already reached
+        (C{bytes = 0}).
         """
-        if self.refuse is not None:
-            self.report(self.refuse, reset=self.refuse.spec.reset)
-            self.end(self.refuse, reset=self.refuse.spec.reset)
+        if self.atOpen is not None:
+            fault, effect = self.atOpen
+            fault.opened(self, effect)
             return
         for pipe in (self.outbound, self.inbound):
             if not self._ended:
@@ -481,17 +609,17 @@ class ConnectionFaults:
             transport's own pacing does when its send buffer drains): pause
             it again if need be.
         """
-        transport = self.connection.transport
-        if self._ended or self.connection.disconnecting or transport.disconnecting:  # type: ignore[union-attr]
+        transport: Any = self.connection.transport
+        if self._ended or self.connection.disconnecting or transport.disconnecting:
             return
         held = self.inbound.held + self.outbound.held
         hold = self.inbound.stalledBy is not None or held > (RESUME_BELOW if self._paused else HELD_LIMIT)
         if hold and (arrived or not self._paused):
             self._paused = True
-            transport.pauseProducing()  # type: ignore[union-attr]
+            transport.pauseProducing()
         elif not hold and self._paused:
             self._paused = False
-            transport.resumeProducing()  # type: ignore[union-attr]
+            transport.resumeProducing()
 
     # Ending.
 
@@ -522,7 +650,7 @@ class ConnectionFaults:
         """
         self._eofWaiting = True
 
-    def drained(self, pipe: _Pipe) -> None:
+    def drained(self, pipe: Pipe) -> None:
         """
         C{pipe} holds nothing more: a close or an EOF waiting for it goes on.
         """
@@ -533,34 +661,30 @@ class ConnectionFaults:
             self._eofWaiting = False
             self.connection.readConnectionLost()
 
-    def thresholdReached(self, pipe: _Pipe, threshold: _Threshold) -> None:
+    def thresholdReached(self, pipe: Pipe, threshold: _Threshold) -> None:
         """
-        A direction has passed a threshold's bytes: close, reset, or stall it.
+        A direction has passed a threshold's bytes: report it, and let it act.
         """
         effect = threshold.effect
-        self.report(effect, direction=pipe.direction, bytes=effect.spec.bytes)
-        if threshold.action == "stall":
-            pipe.stall(effect)
-            self.pace()
-        else:
-            self.end(effect, reset=threshold.action == "reset")
+        self.report(effect, direction=pipe.direction, bytes=threshold.spec.bytes)
+        threshold.spec.reached(self, pipe, effect)
 
-    def answerTLS(self, effect: _Effect, answer: bytes, **details: Any) -> None:
+    def answerHandshake(self, effect: Effect, answer: bytes, **details: Any) -> None:
         """
         A TLS fault answers the ClientHello with C{answer}, then closes once
         it is written.
         """
         self.report(effect, **details)
         self.outbound.push(answer)
-        self.connection.endByFault(f"closed by fault {effect.spec.typeName}")
+        self.connection.endByFault(f"closed by fault {effect.fault.spec.typeName}")
 
-    def end(self, effect: _Effect, reset: bool) -> None:
+    def end(self, effect: Effect, reset: bool) -> None:
         """
         A fault ends the connection now: bytes held are dropped.
         """
         how = "reset" if reset else "closed"
         self.stop()
-        self.connection.endByFault(f"{how} by fault {effect.spec.typeName}", reset=reset)
+        self.connection.endByFault(f"{how} by fault {effect.fault.spec.typeName}", reset=reset)
 
     def stop(self) -> None:
         """
@@ -573,13 +697,13 @@ class ConnectionFaults:
 
     # Reporting and changes.
 
-    def report(self, effect: _Effect, **details: Any) -> None:
+    def report(self, effect: Effect, **details: Any) -> None:
         """
         Count a fault's use on this connection, once.
         """
         if not effect.reported:
             effect.reported = True
-            self.service.applied(effect.fault, peer=self.peer, **details)
+            self.faults.report(effect.fault, peer=self.peer, **details)
 
     def update(self, chosen: Sequence[ActiveFault]) -> bool:
         """
@@ -590,13 +714,13 @@ class ConnectionFaults:
         @return: whether any fault still acts on the connection (when none
             does, the connection can drop this object).
         """
-        old: dict[Fault, list[_Effect]] = {}
+        old: dict[Fault, list[Effect]] = {}
         for effect in self.effects:
-            old.setdefault(effect.spec, []).append(effect)
+            old.setdefault(effect.fault.spec, []).append(effect)
         self.effects = []
         for fault in chosen:
             reuse = old.get(fault.spec)
-            self.effects.append(reuse.pop(0) if reuse else _Effect(fault))
+            self.effects.append(reuse.pop(0) if reuse else Effect(fault))
         for pipe in (self.inbound, self.outbound):
             pipe.configure(self.effects)
         for pipe in (self.outbound, self.inbound):
@@ -606,28 +730,33 @@ class ConnectionFaults:
         return bool(self.inbound.acting or self.outbound.acting or self.tls is not None or self._paused)
 
 
-def openFaults(connection: GuardedConnection, service: ServiceFaults) -> ConnectionFaults | None:
+class StreamFaultSet(FaultSet):
     """
-    The faults that act on a new connection: each stream and TLS fault's
-    schedule counts the connection once; L{None} when none applies.
+    A service's stream faults, as its connection guard sees them
+    (L{netd.stream.guard.StreamFaults}).
     """
-    chosen = [fault for fault in service.stream if fault.next()]
-    return ConnectionFaults(connection, service, chosen) if chosen else None
 
+    kind = StreamFault
 
-def faultsChanged(connection: GuardedConnection, service: ServiceFaults) -> None:
-    """
-    The service's faults changed while C{connection} is open: it takes the
-    new list's mid-stream faults whose schedule is unconditional, and loses
-    the others.
-    """
-    if connection.disconnecting:
-        return
-    chosen = [fault for fault in service.stream if fault.spec.midStream and fault.spec.unconditional and fault.next()]
-    current = connection.streamFaults
-    if current is None:
-        if chosen:
-            current = connection.streamFaults = ConnectionFaults(connection, service, chosen)
-            current.start()
-    elif not current.update(chosen):
-        connection.streamFaults = None
+    def forConnection(self, connection: GuardedConnection) -> ConnectionPipes | None:
+        """
+        The faults that act on a new connection: each one's schedule counts
+        the connection once; L{None} when none applies.
+        """
+        chosen = [fault for fault in self.faults if fault.next()]
+        return ConnectionPipes(connection, self, chosen) if chosen else None
+
+    def changedFor(self, connection: GuardedConnection, current: Any) -> ConnectionPipes | None:
+        """
+        The faults changed while C{connection} is open: it takes the new
+        list's mid-stream faults whose schedule is unconditional, and loses
+        the others.
+
+        @param current: the connection's L{ConnectionPipes}, if it has some.
+        @return: those it has now (a new one is not started yet).
+        """
+        chosen = [fault for fault in self.faults if fault.spec.midStream and fault.spec.unconditional and fault.next()]
+        if current is None:
+            return ConnectionPipes(connection, self, chosen) if chosen else None
+        assert isinstance(current, ConnectionPipes)
+        return current if current.update(chosen) else None

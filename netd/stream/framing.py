@@ -10,14 +10,16 @@ different hooks one name and one reaction to a peer that breaks the framing
 (log, count, close).  L{FRAMINGS} is the one table that the config validator,
 the docs and the tests all read.
 
-Frame faults (L{netd.faults.frames}) act here, where frames are still frames:
-while the service has none, C{sendFrame} pays two truth tests for them.
+Frame faults act here, where frames are still frames, through the small
+collaborator this module declares (L{FrameFaults}): while the service has
+none, C{sendFrame} pays two truth tests for them.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import ClassVar
+from collections.abc import Callable
+from typing import ClassVar, Protocol as TypingProtocol
 
 import attrs
 from twisted.internet.interfaces import IAddress, IReactorTime
@@ -32,8 +34,6 @@ from twisted.protocols.basic import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.faults.active import ActiveFault, ServiceFaults
-from netd.faults.frames import FrameFaults
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
 
@@ -42,6 +42,48 @@ class FramingError(ValueError):
     """
     A frame that the connection's framing cannot carry was given to C{sendFrame}.
     """
+
+
+class FrameWriter(TypingProtocol):
+    """
+    The writer of one connection's frames once frame faults have touched it.
+    """
+
+    def sendFrame(self, frame: bytes) -> None:
+        """
+        Send one frame through the faults that apply to it, in order behind those held.
+        """
+
+    def loseConnection(self) -> None:
+        """
+        Close the connection once every frame held back has been written.
+        """
+
+    def stop(self) -> None:
+        """
+        The connection is lost: drop what is held, cancel the timers.
+        """
+
+
+class FrameFaults(TypingProtocol):
+    """
+    A service's frame faults, as its framing sees them (the service's
+    L{netd.faults.frames.FrameFaultSet}).
+
+    @ivar inForce: whether there are any.
+    """
+
+    inForce: bool
+
+    def writerFor(self, protocol: FramedProtocol, clock: IReactorTime) -> FrameWriter:
+        """
+        The writer of C{protocol}'s frames from now on.
+        """
+
+    def onChange(self, listener: Callable[[], None]) -> None:
+        """
+        Call C{listener} after each change of the faults.
+        """
 
 
 @implementer(IFrameConnection)
@@ -59,7 +101,7 @@ class FramedProtocol(Protocol):
     @ivar largestClaim: the largest length the framing's prefix can state;
         L{None} where it has no prefix or no bound.
     @ivar faultWriter: the writer of this connection's frames once frame
-        faults have seen one of them (see L{netd.faults.frames}).
+        faults have seen one of them (see L{FrameFaults}).
     """
 
     framingName: ClassVar[str]
@@ -69,7 +111,7 @@ class FramedProtocol(Protocol):
     MAX_LENGTH: int
     wireSlack: ClassVar[int] = 0
     largestClaim: int | None = None
-    faultWriter: FrameFaults | None
+    faultWriter: FrameWriter | None
 
     def __init__(self) -> None:
         """
@@ -147,7 +189,7 @@ class FramedProtocol(Protocol):
     def sendFaultedFrame(self, frame: bytes) -> None:
         """
         Send a frame while the service has frame faults: through this
-        connection's L{FrameFaults}, made for its first such frame, which
+        connection's L{FrameWriter}, made for its first such frame, which
         from then on sends all its frames (even once the service has no
         frame faults left), so that they keep their order behind any it
         holds back.
@@ -156,7 +198,7 @@ class FramedProtocol(Protocol):
         if writer is None:
             factory = self.factory
             assert factory.faults is not None and factory.clock is not None
-            writer = self.faultWriter = FrameFaults(self, factory.faults, factory.clock)
+            writer = self.faultWriter = factory.faults.writerFor(self, factory.clock)
         writer.sendFrame(frame)
 
     def loseConnection(self) -> None:
@@ -427,12 +469,12 @@ class FramedFactory(Factory):
 
     @ivar counters: the service's counters (C{frames_rejected} is counted here).
     @ivar log: the service's logger, for framing violations.
-    @ivar frameFaults: the service's frame faults in force (empty: none, and
-        C{sendFrame} pays one truth test).
+    @ivar frameFaults: whether the service has frame faults in force (when
+        not, C{sendFrame} pays one truth test).
     """
 
     noisy = False
-    frameFaults: tuple[ActiveFault, ...] = ()
+    frameFaults = False
 
     def __init__(
         self,
@@ -441,11 +483,11 @@ class FramedFactory(Factory):
         handler: IStreamHandler,
         counters: Counters,
         log: Logger,
-        faults: ServiceFaults | None = None,
+        faults: FrameFaults | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
         """
-        @param faults: the service's faults, whose frame faults act on the frames its connections send.
+        @param faults: the service's frame faults, which act on the frames its connections send.
         @param clock: times the frame faults that hold frames back; needed with C{faults}.
         """
         self.framing = framing
@@ -458,7 +500,7 @@ class FramedFactory(Factory):
         if faults is not None:
             if clock is None:
                 raise TypeError("a FramedFactory with faults needs a clock")
-            self.frameFaults = faults.frame
+            self.frameFaults = faults.inForce
             faults.onChange(self._faultsChanged)
 
     def _faultsChanged(self) -> None:
@@ -466,7 +508,7 @@ class FramedFactory(Factory):
         The control API changed the service's faults: new frames take the new frame faults.
         """
         assert self.faults is not None
-        self.frameFaults = self.faults.frame
+        self.frameFaults = self.faults.inForce
 
     def buildProtocol(self, addr: IAddress | None) -> FramedProtocol:  # type: ignore[override]
         """

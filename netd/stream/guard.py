@@ -9,9 +9,12 @@ out like any idle connection and refused connections never reach the plugin.
 
 from __future__ import annotations
 
+import socket
+import struct
+from collections.abc import Callable
 from heapq import heapify, heappop, heappush
 from itertools import count
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IDelayedCall, IProtocolFactory, IPushProducer, IReactorTime
@@ -24,14 +27,108 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from netd.daemon import logs
 from netd.events import EventLog
-from netd.faults.active import ServiceFaults
-from netd.faults.stream import ConnectionFaults, faultsChanged, openFaults, resetTransport
 from netd.metrics import Counters
 from netd.stream.proxyheader import describePeer
 from netd.reactors.epoll import IMeteredTransport
 from netd.reactors.rlimits import BoundedWarning, IOutOfDescriptors
 from netd.tls.server import TLSServerProtocol
 from netd.words import counted
+
+
+class ConnectionFaults(Protocol):
+    """
+    The faults acting on one connection's bytes, both ways (what a
+    L{StreamFaults} gives a connection they apply to).
+    """
+
+    def start(self) -> None:
+        """
+        The connection is open, its inner protocol too: act on what starts with it.
+        """
+
+    def received(self, data: bytes) -> None:
+        """
+        Bytes from the client, for the inner protocol once the faults let them go.
+        """
+
+    def write(self, data: bytes) -> None:
+        """
+        Bytes the inner protocol writes, for L{GuardedConnection.transmit} once the faults let them go.
+        """
+
+    def holdsOutbound(self) -> bool:
+        """
+        Whether bytes to the client are still held.
+        """
+
+    def closeWhenDrained(self) -> None:
+        """
+        Close the connection once the bytes held for the client are written.
+        """
+
+    def holdsInbound(self) -> bool:
+        """
+        Whether bytes from the client are still held.
+        """
+
+    def eofWhenDrained(self) -> None:
+        """
+        Tell the connection of the client's EOF once the bytes held from it are passed on.
+        """
+
+    def stop(self) -> None:
+        """
+        The connection is ending or gone: drop what is held, cancel every timer.
+        """
+
+
+class StreamFaults(Protocol):
+    """
+    A service's stream faults, as its connections see them (the service's
+    L{netd.faults.stream.StreamFaultSet}).
+
+    @ivar inForce: whether there are any; when not, a new connection asks nothing more.
+    """
+
+    inForce: bool
+
+    def forConnection(self, connection: GuardedConnection) -> ConnectionFaults | None:
+        """
+        The faults acting on a new connection; L{None} when none applies.
+        """
+
+    def changedFor(self, connection: GuardedConnection, current: ConnectionFaults | None) -> ConnectionFaults | None:
+        """
+        The faults changed: those acting on open C{connection} now, C{current}
+        updated, or a new object (not started yet), or L{None}.
+        """
+
+    def onChange(self, listener: Callable[[], None]) -> None:
+        """
+        Call C{listener} after each change of the faults.
+        """
+
+
+def resetTransport(transport: Any) -> None:
+    """
+    End a connection with a TCP RST: what netd has written goes to the
+    socket first (as much as the kernel takes), then the socket closes with
+    C{SO_LINGER} C{{1, 0}}, so that the peer sees C{ECONNRESET}.
+    """
+    if getattr(transport, "connected", False):
+        flush = getattr(transport, "doWrite", None)
+        if flush is not None:
+            flush()
+    getHandle = getattr(transport, "getHandle", None)
+    handle = getHandle() if getHandle is not None else None
+    # A socket.socket, or uvloop's stand-in for one (netd.reactors.uv).
+    setsockopt = getattr(handle, "setsockopt", None)
+    if setsockopt is not None:
+        try:
+            setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abortConnection()
 
 
 @implementer(IHalfCloseableProtocol)
@@ -57,8 +154,8 @@ class GuardedConnection(ProtocolWrapper):
     a connection's bytes when it closes; until then the service's
     L{ConnectionLimiter} adds those of the open ones when they are read.
 
-    Faults: when the service's stream or TLS faults apply to the connection,
-    L{streamFaults} takes its bytes both ways (L{netd.faults.stream}).
+    Faults: when the service's stream faults (L{StreamFaults}) apply to the
+    connection, L{streamFaults} takes its bytes both ways.
 
     Idle timeout: traffic only notes the time (L{lastActivity}); the
     service's L{IdleWatch}, when the connection's deadline comes, closes it if
@@ -200,8 +297,8 @@ class GuardedConnection(ProtocolWrapper):
             self._watched = True
             idle.watch(self, self._opened)
         faults = self.factory.faults
-        if faults is not None and faults.stream:
-            self.streamFaults = openFaults(self, faults)
+        if faults is not None and faults.inForce:
+            self.streamFaults = faults.forConnection(self)
         ProtocolWrapper.connectionMade(self)
         if self.streamFaults is not None:
             self.streamFaults.start()
@@ -325,7 +422,14 @@ class GuardedConnection(ProtocolWrapper):
         """
         faults = self.factory.faults
         assert faults is not None
-        faultsChanged(self, faults)
+        if self.disconnecting:
+            return
+        current = self._streamFaults
+        changed = faults.changedFor(self, current)
+        if changed is not current:
+            self.streamFaults = changed
+            if current is None and changed is not None:
+                changed.start()
 
     def readConnectionLost(self) -> None:
         """
@@ -751,7 +855,7 @@ class ConnectionLimiter(WrappingFactory):
         counters: Counters,
         log: Logger,
         events: EventLog | None = None,
-        faults: ServiceFaults | None = None,
+        faults: StreamFaults | None = None,
         evict: bool = False,
         minIdleTimeout: float | None = None,
     ) -> None:
@@ -759,9 +863,9 @@ class ConnectionLimiter(WrappingFactory):
         @param events: the service's event log, which gets one
             C{"connection"} event per connection closed; none kept when
             L{None}.
-        @param faults: the service's faults: its stream and TLS faults act
-            on the connections, open ones included when they change; none
-            when L{None}.
+        @param faults: the service's stream faults, which act on the
+            connections, open ones included when they change; none when
+            L{None}.
         @param evict: whether a connection past the limit evicts the stalest
             open one (else it is refused).
         @param minIdleTimeout: the idle timeout at the limit; L{None} keeps

@@ -34,7 +34,8 @@ from zope.interface import implementer
 
 from netd.events import EventLog
 from netd.faults.active import ServiceFaults
-from netd.faults.spec import FaultList, ServiceShape
+from netd.faults.base import ServiceShape
+from netd.faults.spec import FaultList
 from netd.stream.framing import FRAMINGS, FramedFactory
 from netd.interfaces import IDatagramSender, IStreamHandler
 from netd.stream.guard import ConnectionLimiter, GuardedConnection
@@ -305,7 +306,7 @@ def makeStreamStack(
     log = Logger(namespace="netd.testing.memory") if log is None else log
     clock = clock if clock is not None else MemoryReactorClock()
     inner: IProtocolFactory = FramedFactory(
-        FRAMINGS[framing], maxFrame, handler, counters, log, faults=faults, clock=clock
+        FRAMINGS[framing], maxFrame, handler, counters, log, faults=None if faults is None else faults.frames, clock=clock
     )
     if tls is not None:
         serverTLS = ServerTLS(tls, serviceName="test", log=log, stateDir=stateDir)
@@ -317,7 +318,7 @@ def makeStreamStack(
         clock=clock,
         counters=counters,
         log=log,
-        faults=faults,
+        faults=None if faults is None else faults.streams,
     )
 
 

@@ -12,7 +12,7 @@ import pytest
 from zope.interface import implementer
 
 from netd.datagram.listener import DatagramListener
-from netd.faults.datagrams import HELD_LIMIT, describeDatagramPeer
+from netd.faults.datagrams import HELD_LIMIT, DatagramChain, describeDatagramPeer
 from netd.faults.spec import FaultList
 from netd.interfaces import IDatagramHandler, IDatagramSender
 from netd.metrics import Counters
@@ -46,7 +46,7 @@ class Listening:
         self.counters = Counters()
         self.faults = faultsFor(tables, counters=self.counters)
         self.handler = EchoHandler() if handler is None else handler
-        self.listener = DatagramListener(self.handler, self.counters, faults=self.faults, clock=self.reactor)
+        self.listener = DatagramListener(self.handler, self.counters, faults=self.faults.datagrams, clock=self.reactor)
         self.port: FakeUDPPort = self.reactor.listenUDP(0, self.listener)
 
     def receive(self, *datagrams: bytes, peer: tuple[str, int] = PEER) -> None:
@@ -297,7 +297,8 @@ def test_stopCancelsEveryTimer() -> None:
     assert udp.reactor.getDelayedCalls()
     udp.port.stopListening()
     assert udp.reactor.getDelayedCalls() == []
-    assert udp.listener._faults is not None and udp.listener._faults.held == set()
+    chain = udp.listener._chain
+    assert isinstance(chain, DatagramChain) and chain.held == set()
 
 
 def test_changesApplyToTheNextDatagram() -> None:
@@ -346,7 +347,7 @@ def test_faultsNeedAClock() -> None:
     A listener given faults but no clock is refused when built, not when a datagram arrives.
     """
     with pytest.raises(TypeError):
-        DatagramListener(EchoHandler(), Counters(), faults=faultsFor([]))
+        DatagramListener(EchoHandler(), Counters(), faults=faultsFor([]).datagrams)
 
 
 def test_describeDatagramPeer() -> None:

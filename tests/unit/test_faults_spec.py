@@ -17,7 +17,8 @@ from twisted.internet.task import Clock
 from netd.config.spec import parseConfig
 from netd.events import EventLog
 from netd.faults.active import REQUEST_BODY, ServiceFaults
-from netd.faults.spec import FAULT_TYPES, FaultList, ServiceShape
+from netd.faults.base import ServiceShape
+from netd.faults.spec import FAULT_TYPES, FaultList
 from netd.metrics import Counters
 from netd.config.options import ConfigError, Problem, renderPath
 from netd.registry import PluginRegistry, discoverPlugins
@@ -259,14 +260,14 @@ def test_apiPutGetDelete() -> None:
     PUT replaces the faults (fresh counts), GET shows them with their applied counts, DELETE empties them.
     """
     faults = table([{"type": "refuse"}])
-    faults.stream[0].next()
+    faults.streams.faults[0].next()
     assert faults.get({})["applied"] == [1]
     answer = faults.put({"faults": [{"type": "latency", "ms": 5}, {"type": "tls_abort", "every": 2}]})
     assert [f["type"] for f in answer["faults"]] == ["latency", "tls_abort"]
     assert answer["applied"] == [0, 0]
-    assert len(faults.stream) == 2
+    assert len(faults.streams.faults) == 2
     assert faults.delete({}) == {"faults": [], "applied": []}
-    assert faults.stream == ()
+    assert faults.streams.faults == ()
 
 
 def test_serviceRunsItsFaults(registry: PluginRegistry) -> None:

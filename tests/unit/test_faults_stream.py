@@ -19,8 +19,9 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from netd.tls.devcerts import DevelopmentSet, ensureDevelopmentSet
 from netd.events import EventLog
 from netd.faults.active import ServiceFaults
-from netd.faults.stream import HELD_LIMIT, alertRecord, resetTransport
-from netd.stream.guard import ConnectionLimiter, GuardedConnection
+from netd.faults.stream import HELD_LIMIT
+from netd.faults.tls import alertRecord
+from netd.stream.guard import ConnectionLimiter, GuardedConnection, resetTransport
 from netd.metrics import Counters
 from netd.testing.memory import PEER, StreamConnection, TestClientTLS, connect, connectTLS, faultsFor, makeStreamStack
 from netd.tls.server import TLSOptions

@@ -18,7 +18,7 @@ from plugins.echo import EchoHandler
 
 def echoStack(framing: str = "raw", idleTimeout: float = 0) -> tuple[Any, Counters, MemoryReactorClock]:
     """
-    An echo service's stream stack that faults can be put on through its C{faults}, with its counters and clock.
+    An echo service's stream stack, with its counters and clock.
     """
     clock = MemoryReactorClock()
     counters = Counters()
@@ -90,16 +90,19 @@ def test_faultsPutOnAnOpenConnectionTakeItsBytes() -> None:
     """
     Faults put through the API on an open connection bring the guard back between socket and service, and their DELETE sends it aside again.
     """
-    limiter, counters, clock = echoStack()
+    clock = MemoryReactorClock()
+    counters = Counters()
+    faults = faultsFor([], counters=counters, events=EventLog(100, clock))
+    limiter = makeStreamStack(EchoHandler(), "raw", clock=clock, counters=counters, faults=faults)
     connection = meteredConnection(limiter)
-    limiter.faults.put({"faults": [{"type": "latency", "ms": 100}]})
+    faults.put({"faults": [{"type": "latency", "ms": 100}]})
     assert not isAside(connection)
     connection.receive(b"slow")
     assert connection.takeSent() == b""
     clock.advance(0.1)
     clock.advance(0.1)
     assert connection.takeSent() == b"slow"
-    limiter.faults.delete({})
+    faults.delete({})
     assert isAside(connection)
     connection.receive(b"fast")
     assert connection.takeSent() == b"fast"

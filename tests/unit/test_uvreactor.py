@@ -18,7 +18,7 @@ from twisted.logger import globalLogPublisher
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 
-from netd.faults.stream import resetTransport
+from netd.stream.guard import resetTransport
 from netd.reactors.uv import StreamConnection, TCPPort, UvloopReactor
 
 from .privatereactor import spin, turn, uvloopReactor  # noqa: F401
