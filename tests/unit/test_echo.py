@@ -14,11 +14,11 @@ from twisted.logger import LogLevel, Logger, capturedLogs
 
 from netd.datagram.listener import DatagramListener
 from netd.stream.framing import FRAMINGS
-from netd.interfaces import IDatagramHandler, IStreamHandler
+from netd.interfaces import IDatagramHandler, IStreamHandler, PluginContext
 from netd.config.spec import parseConfig
 from netd.metrics import Counters
 from netd.config.options import ConfigError
-from netd.registry import PluginContext, checkPlugin, discoverPlugins
+from netd.registry import checkPlugin, discoverPlugins
 from netd.testing.memory import RecordingDatagramSender, StreamConnection, UDPMemoryReactorClock, connect, makeStreamStack
 from netd_plugins.echo import DROP_LOG_INTERVAL, EchoHandler, EchoOptions, plugin
 
