@@ -12,13 +12,18 @@ from typing import Any
 
 import attrs
 import pytest
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger
 from zope.interface import implementer
+from zope.interface.verify import verifyClass, verifyObject
 
 import netd.registry
 from netd.config.options import ConfigError, describeSchema, option, schemaFields
 from netd.config.spec import ENVELOPE_KEYS, DaemonSpec, ServiceEnvelope, parseConfig
-from netd.interfaces import IProtocolPlugin
+from netd.interfaces import IDatagramHandler, IFrameReceiver, IProtocolPlugin, IStreamHandler, PluginContext
+from netd.metrics import Counters
 from netd.registry import ENTRY_POINT_GROUP, checkPlugin, discoverPlugins
+from netd.testing.memory import connect, makeStreamStack
 
 
 @attrs.frozen
@@ -477,3 +482,41 @@ def test_describeSchemaRows(schema: type, key: str, typeWords: str, default: str
     assert words.startswith(typeWords)
     assert shownDefault == default
     assert help
+
+
+def builtInPlugins() -> list[Any]:
+    """
+    Every built-in plugin, as the registry loads them.
+    """
+    loaded = discoverPlugins().plugins.values()
+    return sorted((found.plugin for found in loaded if found.source.startswith("built-in ")), key=lambda p: p.name)
+
+
+def test_builtInPluginsAllChecked() -> None:
+    """
+    The contract test below runs over every built-in plugin, the three that ship at least.
+    """
+    assert {plugin.name for plugin in builtInPlugins()} >= {"echo", "tls-echo", "dns-proxy"}
+
+
+@pytest.mark.parametrize("plugin", builtInPlugins(), ids=lambda plugin: plugin.name)
+def test_builtInObjectsProvideTheirInterfaces(plugin: Any) -> None:
+    """
+    A built-in plugin, the handler it builds and a stream receiver (its class, new and once connected) provide their interfaces by inspection.
+    """
+    verifyObject(IProtocolPlugin, plugin)
+    context = PluginContext(reactor=MemoryReactorClock(), log=Logger(), serviceName="s", counters=Counters())
+    handler = plugin.build(plugin.optionsType(), context)
+    if "datagram" in plugin.transports:
+        verifyObject(IDatagramHandler, handler)
+    if "stream" in plugin.transports:
+        verifyObject(IStreamHandler, handler)
+        receiver = handler.newConnection()
+        verifyClass(IFrameReceiver, type(receiver))
+        verifyObject(IFrameReceiver, receiver)
+        connection = connect(makeStreamStack(handler, plugin.framings[0]))
+        assert connection is not None
+        connected = connection.protocol.wrappedProtocol.receiver
+        verifyObject(IFrameReceiver, connected)
+        connection.peerClosed()
+        verifyObject(IFrameReceiver, connected)
