@@ -19,7 +19,7 @@ __version__ = "0.2.0"
 
 if TYPE_CHECKING:
     from netd.bases import FrameReceiver, NoOptions, Plugin, StreamHandler, StreamPlugin
-    from netd.config.options import ConfigError, Problem, atLeast, between, option
+    from netd.config.options import ConfigError, ConfigPath, Problem, atLeast, between, option
     from netd.interfaces import (
         EventRecorder,
         IDatagramHandler,
@@ -53,7 +53,7 @@ PUBLIC: dict[str, str] = {
         "netd.interfaces",
     ),
     **dict.fromkeys(["FrameReceiver", "NoOptions", "Plugin", "StreamHandler", "StreamPlugin"], "netd.bases"),
-    **dict.fromkeys(["ConfigError", "Problem", "atLeast", "between", "option"], "netd.config.options"),
+    **dict.fromkeys(["ConfigError", "ConfigPath", "Problem", "atLeast", "between", "option"], "netd.config.options"),
 }
 
 __all__ = ["__version__", *PUBLIC]
