@@ -147,8 +147,6 @@ def checkPlugin(plugin: object) -> str | None:
             f"{p.optionsType.__name__}): the core reads those keys itself, so the plugin could never be given "
             "them; rename the options"
         )
-    if not isinstance(p.requiresTLS, bool):
-        return f"its requiresTLS {p.requiresTLS!r} is not True or False"
     if not isinstance(p.transports, (set, frozenset)) or not p.transports or not p.transports <= TRANSPORTS:
         return f"its transports {p.transports!r} are not a non-empty set drawn from {sorted(TRANSPORTS)}"
     if not isinstance(p.framings, (tuple, list)):
@@ -158,6 +156,10 @@ def checkPlugin(plugin: object) -> str | None:
         return f"it names unknown framings {unknown}; known: {', '.join(FRAMINGS)}"
     if ("stream" in p.transports) != bool(p.framings):
         return "it must list framings exactly when it serves streams"
+    if not isinstance(p.requiresTLS, bool):
+        return f"its requiresTLS {p.requiresTLS!r} is not True or False"
+    if p.requiresTLS and "stream" not in p.transports:
+        return "it requires TLS but serves no streams, and TLS is for streams only"
     return None
 
 

@@ -147,6 +147,7 @@ def test_validPluginAccepted() -> None:
     """
     assert checkPlugin(FakePlugin()) is None
     assert checkPlugin(fakePlugin(name="dns-proxy", transports=frozenset({"datagram"}), framings=())) is None
+    assert checkPlugin(fakePlugin(requiresTLS=True)) is None
 
 
 REFUSED = [
@@ -157,6 +158,8 @@ REFUSED = [
     pytest.param(NoRequiresTLS(), ["does not provide IProtocolPlugin", "requiresTLS attribute was not provided"],
                  id="missing-requiresTLS"),
     pytest.param(fakePlugin(requiresTLS="yes"), ["its requiresTLS 'yes' is not True or False"], id="requiresTLS-not-bool"),
+    pytest.param(fakePlugin(requiresTLS=True, transports=frozenset({"datagram"}), framings=()),
+                 ["it requires TLS but serves no streams"], id="requiresTLS-without-streams"),
     pytest.param(WrongBuild(), ["does not provide IProtocolPlugin", "build"], id="build-wrong-signature"),
     pytest.param(fakePlugin(name="Echo"), ["its name 'Echo' is not a lowercase word"], id="name-capitalized"),
     pytest.param(fakePlugin(name="two words"), ["its name 'two words' is not a lowercase word"],

@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
+from zope.interface.verify import verifyObject
 
 import netd
 from netd.config.options import ConfigError
 from netd.config.spec import parseConfig
-from netd.interfaces import PluginContext
+from netd.interfaces import IFrameReceiver, IStreamHandler, PluginContext
 from netd.metrics import Counters
 from netd.registry import LoadedPlugin, PluginRegistry, checkPlugin
 from netd.testing.memory import connect, makeStreamStack
@@ -84,11 +85,14 @@ def test_smallestPluginIsAFewLines() -> None:
 
 def test_smallestPluginMeetsTheContract() -> None:
     """
-    The page's plugin passes the registry's check, serves streams in line framing and needs no TLS.
+    The page's plugin passes the registry's check, serves streams in line framing, needs no TLS, and its handler and receiver provide their interfaces.
     """
     plugin, _ = smallestPlugin()
     assert checkPlugin(plugin) is None
     assert (plugin.name, plugin.transports, plugin.framings, plugin.requiresTLS) == ("upper", frozenset({"stream"}), ("line",), False)
+    handler = plugin.build(plugin.optionsType(), context())
+    verifyObject(IStreamHandler, handler)
+    verifyObject(IFrameReceiver, handler.newConnection())
 
 
 def test_smallestPluginServesInMemory() -> None:
