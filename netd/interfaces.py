@@ -8,19 +8,85 @@ frames (the core does the framing) and answers through an L{IFrameConnection};
 for datagrams the handler itself is an L{IDatagramHandler}.  Everything between
 the socket and those calls (listening, limits, idle timeouts, framing, TLS,
 faults, counters) is the core's.
+
+A plugin normally starts from the base classes of L{netd.bases}, which give
+the optional attributes their defaults (C{requiresTLS}) and the plumbing of a
+receiver; the interfaces here are what the registry checks, whatever the base.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
+import attrs
 from twisted.internet.interfaces import IAddress
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
-if TYPE_CHECKING:
-    from netd.registry import PluginContext
+from netd.metrics import Counters
+
+
+class EventRecorder(Protocol):
+    """
+    Where a plugin records its own kinds of events (the DNS proxy's
+    C{"query"}): a service's L{netd.events.EventLog}, declared here by what a
+    plugin uses of it so that the contract does not import the log.
+    """
+
+    enabled: bool
+
+    def add(self, kind: str, render: Callable[..., dict[str, Any]], *args: Any) -> None:
+        """
+        Record one event, rendered to JSON by C{render(*args)} when it is read.
+        """
+
+    def addAt(self, time: float, kind: str, render: Callable[..., dict[str, Any]], *args: Any) -> None:
+        """
+        L{add}, at a C{time} the caller has just read from the log's clock.
+        """
+
+
+class NoEvents:
+    """
+    The events of a context made without a service (a plugin's unit test):
+    nothing is kept.
+    """
+
+    enabled = False
+
+    def add(self, kind: str, render: Callable[..., dict[str, Any]], *args: Any) -> None:
+        """
+        Keep nothing.
+        """
+
+    def addAt(self, time: float, kind: str, render: Callable[..., dict[str, Any]], *args: Any) -> None:
+        """
+        Keep nothing.
+        """
+
+
+@attrs.frozen
+class PluginContext:
+    """
+    What the core gives a plugin to build one service's handler with.
+
+    @ivar reactor: the reactor to listen, connect and schedule with; tests pass a
+        fake one, so plugins never import the global reactor.
+    @ivar log: a logger named after the service (L{netd.daemon.logs.ServiceLogger})
+        whose events carry the service name.
+    @ivar serviceName: the service's C{name}.
+    @ivar counters: the service's counters; a plugin adds its own names.
+    @ivar events: the service's recent events (L{netd.events.EventLog}); a
+        plugin records its own kinds.  A context made without one keeps none.
+    """
+
+    reactor: Any
+    log: Logger
+    serviceName: str
+    counters: Counters
+    events: EventRecorder = attrs.field(factory=NoEvents)
 
 
 class IProtocolPlugin(Interface):
@@ -40,11 +106,15 @@ class IProtocolPlugin(Interface):
         "The stream framings the plugin accepts (names from netd.stream.framing.FRAMINGS), the "
         "default first; empty when it serves no streams."
     )
+    requiresTLS = Attribute(
+        "True when every service of the plugin must have a tls table (its streams are TLS only); "
+        "False (the default of netd.bases.Plugin) leaves TLS to the service's config."
+    )
 
     def build(options: Any, context: PluginContext) -> Any:
         """
         Make the handler of one configured service from its validated options and
-        a L{netd.registry.PluginContext}.  It must provide L{IStreamHandler} if the
+        a L{PluginContext}.  It must provide L{IStreamHandler} if the
         plugin serves streams and L{IDatagramHandler} if it serves datagrams.
         A handler with work of its own to start and stop (timers, upstream
         connections) also provides L{twisted.application.service.IService}: it

@@ -1,12 +1,13 @@
 """
-Finding plugins, and what a plugin is given to build a service.
+Finding plugins, and checking each against the contract when it is loaded.
 
 Built-in plugins are the modules of the C{netd_plugins} package (the source
 tree's C{plugins/} folder), each with a top-level C{plugin} object: adding a
 module there is adding a plugin.  Third-party packages add plugins through the
 C{netd.plugins} entry-point group.  Every plugin is checked against
-L{IProtocolPlugin} when it is loaded, and a plugin that fails to load is
-reported by name and source without stopping the others.
+L{IProtocolPlugin} when it is loaded (L{checkPlugin}), and a plugin that
+fails to load or to meet it is reported by name and source without stopping
+the others.
 
 Plugins are loaded as a config asks for them (L{PluginRegistry.get}): the
 built-in module named after the plugin (its name without C{-}, C{_} and C{.}:
@@ -27,39 +28,15 @@ from twisted.logger import Logger
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
-from netd.events import EventLog
-from netd.stream.framing import FRAMINGS
-from netd.interfaces import IProtocolPlugin
-from netd.metrics import Counters
 from netd.config.options import schemaFields
+from netd.config.spec import ENVELOPE_KEYS
+from netd.interfaces import IProtocolPlugin
+from netd.stream.framing import FRAMINGS
 
 ENTRY_POINT_GROUP = "netd.plugins"
 BUILTIN_PACKAGE = "netd_plugins"
 TRANSPORTS = frozenset({"stream", "datagram"})
 _PLUGIN_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
-
-
-@attrs.frozen
-class PluginContext:
-    """
-    What the core gives a plugin to build one service's handler with.
-
-    @ivar reactor: the reactor to listen, connect and schedule with; tests pass a
-        fake one, so plugins never import the global reactor.
-    @ivar log: a logger named after the service (L{netd.daemon.logs.ServiceLogger})
-        whose events carry the service name.
-    @ivar serviceName: the service's C{name}.
-    @ivar counters: the service's counters; a plugin adds its own names.
-    @ivar events: the service's recent events (L{netd.events.EventLog}); a
-        plugin records its own kinds (the DNS proxy's C{"query"}).  A context
-        made without one (in a plugin's tests) has a log that keeps nothing.
-    """
-
-    reactor: Any
-    log: Logger
-    serviceName: str
-    counters: Counters
-    events: EventLog = attrs.field(factory=EventLog.disabled)
 
 
 @attrs.frozen
@@ -160,9 +137,16 @@ def checkPlugin(plugin: object) -> str | None:
     if not (isinstance(p.optionsType, type) and attrs.has(p.optionsType)):
         return "its optionsType is not an attrs class"
     try:
-        schemaFields(p.optionsType)
+        fields = schemaFields(p.optionsType)
     except Exception as e:
         return f"the annotations of its optionsType cannot be resolved: {type(e).__name__}: {e}"
+    clashes = sorted(ENVELOPE_KEYS.intersection(fields))
+    if clashes:
+        return (
+            f"plugin {p.name!r} has options named like keys every service has ({', '.join(clashes)}, in "
+            f"{p.optionsType.__name__}): the core reads those keys itself, so the plugin could never be given "
+            "them; rename the options"
+        )
     if not isinstance(p.transports, (set, frozenset)) or not p.transports or not p.transports <= TRANSPORTS:
         return f"its transports {p.transports!r} are not a non-empty set drawn from {sorted(TRANSPORTS)}"
     if not isinstance(p.framings, (tuple, list)):
@@ -172,6 +156,10 @@ def checkPlugin(plugin: object) -> str | None:
         return f"it names unknown framings {unknown}; known: {', '.join(FRAMINGS)}"
     if ("stream" in p.transports) != bool(p.framings):
         return "it must list framings exactly when it serves streams"
+    if not isinstance(p.requiresTLS, bool):
+        return f"its requiresTLS {p.requiresTLS!r} is not True or False"
+    if p.requiresTLS and "stream" not in p.transports:
+        return "it requires TLS but serves no streams, and TLS is for streams only"
     return None
 
 

@@ -24,12 +24,11 @@ from typing import Any, Literal, Union
 
 import attrs
 
-from netd.config.spec import DaemonSpec, ServiceEnvelope
+from netd.config.spec import DaemonSpec, PluginSource, ServiceEnvelope
 from netd.faults.base import Fault
 from netd.faults.spec import FAULT_TYPES, MAX_FAULTS, FaultList
 from netd.stream.framing import FRAMINGS
 from netd.config.options import optionInfo, schemaFields, toConfig
-from netd.registry import PluginRegistry
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _JSON_TYPES: dict[Any, str] = {bool: "boolean", int: "integer", float: "number", str: "string"}
@@ -192,7 +191,7 @@ class SchemaBuilder:
                 keys["framing"] = {**keys["framing"], "enum": list(plugin.framings)}
             else:
                 del keys["framing"], keys["max_frame"]
-            needed = required + ownRequired + (["tls"] if getattr(plugin, "requiresTLS", False) else [])
+            needed = required + ownRequired + (["tls"] if plugin.requiresTLS else [])
             then: dict[str, Any] = {"properties": keys, "required": needed, "additionalProperties": False}
             summary = _summary(plugin.optionsType)
             if summary:
@@ -236,7 +235,7 @@ def configSchema(plugins: Iterable[Any]) -> dict[str, Any]:
     }
 
 
-def registryPlugins(registry: PluginRegistry, builtInOnly: bool = False) -> list[Any]:
+def registryPlugins(registry: PluginSource, builtInOnly: bool = False) -> list[Any]:
     """
     The plugins of C{registry}, or only those that ship with netd.
     """

@@ -14,7 +14,8 @@ import ipaddress
 import os
 import tomllib
 from importlib.resources import files
-from typing import Any, ClassVar, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, Protocol
 
 import attrs
 
@@ -40,7 +41,6 @@ from netd.config.options import (
     schemaFields,
     toConfig,
 )
-from netd.registry import PluginRegistry
 from netd.daemon.privileges import Group, User
 from netd.stream.proxyheader import DEFAULT_TRUSTED, checkTrustedSources
 from netd.tls.server import TLSOptions
@@ -245,6 +245,31 @@ def _isHostName(text: str) -> bool:
     )
 
 
+class PluginSource(Protocol):
+    """
+    What decoding a config needs of the plugin registry
+    (L{netd.registry.PluginRegistry}), declared here because the registry
+    reads this module's envelope keys to check the plugins it loads.
+    """
+
+    def get(self, name: str) -> Any | None:
+        """
+        The plugin called C{name}, if one loads.
+        """
+
+    @property
+    def plugins(self) -> Mapping[str, Any]:
+        """
+        Every plugin that loaded, by name.
+        """
+
+    @property
+    def broken(self) -> Mapping[str, str]:
+        """
+        Why each plugin that did not load did not, by its source.
+        """
+
+
 @attrs.frozen
 class ServiceEnvelope:
     """
@@ -442,7 +467,7 @@ def _resolveFraming(
 
 
 def _decodeService(
-    table: Any, path: KeyPath, registry: PluginRegistry, problems: list[Problem]
+    table: Any, path: KeyPath, registry: PluginSource, problems: list[Problem]
 ) -> ServiceSpec | None:
     """
     Decode one C{[[services]]} table: envelope first, then the plugin's keys.
@@ -520,7 +545,7 @@ def _checkTLS(table: dict[str, Any], envelope: dict[str, Any], plugin: Any, path
                 "TLS applies to stream listeners (tcp:, unix:, ...), and this service listens only on udp: addresses",
             )
         )
-    if getattr(plugin, "requiresTLS", False) and "tls" not in table:
+    if plugin.requiresTLS and "tls" not in table:
         problems.append(
             Problem(
                 path + ("tls",),
@@ -530,7 +555,7 @@ def _checkTLS(table: dict[str, Any], envelope: dict[str, Any], plugin: Any, path
         )
 
 
-def parseConfig(data: dict[str, Any], source: str, registry: PluginRegistry) -> NetdConfig:
+def parseConfig(data: dict[str, Any], source: str, registry: PluginSource) -> NetdConfig:
     """
     Validate parsed TOML.
 
@@ -571,7 +596,7 @@ def parseConfig(data: dict[str, Any], source: str, registry: PluginRegistry) -> 
     return NetdConfig(source=source, daemon=daemon, services=tuple(services))
 
 
-def loadConfig(path: str | None, registry: PluginRegistry) -> NetdConfig:
+def loadConfig(path: str | None, registry: PluginSource) -> NetdConfig:
     """
     Read and validate a config file, or the embedded default when C{path} is L{None}.
 

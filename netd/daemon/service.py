@@ -24,13 +24,12 @@ from netd.datagram.listener import LISTENING_PORTS, DatagramListener
 from netd.stream.framing import FRAMINGS, FramedFactory
 from netd.events import EventLog, EventTable
 from netd.faults.active import ServiceFaults
-from netd.interfaces import IDatagramHandler, IHasRuntimeTables, IRuntimeTable, IStreamHandler
+from netd.interfaces import IDatagramHandler, IHasRuntimeTables, IRuntimeTable, IStreamHandler, PluginContext
 from netd.stream.guard import ConnectionLimiter
 from netd.config.listen import ListenAddress, addressInUse, describeBound, whyListenFailed
 from netd.daemon.logs import ServiceLogger
 from netd.metrics import Counters
 from netd.config.options import KeyPath
-from netd.registry import PluginContext
 from netd.stream.proxyheader import TrustedSources
 from netd.reactors.rlimits import defaultMaxConnections
 from netd.tls.server import ServerTLS, TLSServerFactory, TLSSetupError

@@ -17,11 +17,10 @@ import ipaddress
 import os
 
 import attrs
-from zope.interface import implementer
 
-from netd.interfaces import IProtocolPlugin
+from netd.bases import Plugin
 from netd.config.options import ConfigPath, between, option
-from netd.registry import PluginContext
+from netd.interfaces import PluginContext
 
 from .cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRY_BYTES, AnswerCache
 from .handler import (
@@ -179,8 +178,7 @@ class DNSProxyOptions:
         return problems
 
 
-@implementer(IProtocolPlugin)
-class DNSProxyPlugin:
+class DNSProxyPlugin(Plugin):
     """
     The C{dns-proxy} plugin.
     """

@@ -35,9 +35,9 @@ from twisted.names import dns
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.events import EventLog
 from netd.faults.schedule import ScheduleState
 from netd.interfaces import (
+    EventRecorder,
     IDatagramHandler,
     IDatagramSender,
     IFrameConnection,
@@ -240,7 +240,7 @@ class DNSProxy(Service):
         log: Logger,
         logQueries: bool,
         udpSize: int,
-        events: EventLog,
+        events: EventRecorder,
         maxInflight: int = DEFAULT_MAX_INFLIGHT,
         maxInflightPerClient: int = DEFAULT_MAX_INFLIGHT_PER_CLIENT,
         maxInflightPerConnection: int = DEFAULT_MAX_INFLIGHT_PER_CONNECTION,
@@ -258,7 +258,7 @@ class DNSProxy(Service):
         self.scripts = ScriptBook(scripts)
         self.tables: dict[str, IRuntimeTable] = {
             "records": RecordsTable(self, records),
-            "scripts": ScriptsTable(self, scripts),
+            "scripts": ScriptsTable(self.scripts, scripts),
         }
         self.cache = cache
         self.resolver = resolver

@@ -13,7 +13,7 @@ reload that changes the service's config rebuilds it from the file).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 from zope.interface import implementer
@@ -22,12 +22,24 @@ from netd.interfaces import IRuntimeTable
 from netd.config.options import ConfigError, Problem, decodeTable, describeValue, option, toConfig
 
 from .records import NamePattern, StaticRecords
-from .scripts import Script
-
-if TYPE_CHECKING:
-    from .handler import DNSProxy
+from .scripts import Script, ScriptBook
 
 T = TypeVar("T")
+
+
+class RecordsOwner(Protocol):
+    """
+    What the records table changes: the proxy's static records
+    (L{netd_plugins.dnsproxy.handler.DNSProxy}), which also drops the answers
+    it cached for the names changed.
+    """
+
+    records: StaticRecords
+
+    def changeRecords(self, records: StaticRecords, changed: list[NamePattern]) -> None:
+        """
+        Serve C{records} from now on, forgetting what was cached for C{changed}.
+        """
 
 
 @attrs.frozen
@@ -73,7 +85,7 @@ class RecordsTable:
     changed name, or below it, is dropped.
     """
 
-    def __init__(self, proxy: DNSProxy, configured: StaticRecords) -> None:
+    def __init__(self, proxy: RecordsOwner, configured: StaticRecords) -> None:
         """
         @param configured: the records of the config file, which C{DELETE} restores.
         """
@@ -127,30 +139,31 @@ class ScriptsTable:
     C{DELETE} puts back the config file's entries (counting afresh too).
     """
 
-    def __init__(self, proxy: DNSProxy, configured: tuple[Script, ...]) -> None:
+    def __init__(self, book: ScriptBook, configured: tuple[Script, ...]) -> None:
         """
+        @param book: the proxy's entries, which the table changes in place.
         @param configured: the entries of the config file, which C{DELETE} restores.
         """
-        self.proxy = proxy
+        self.book = book
         self.configured = configured
 
     def get(self, query: Mapping[str, Sequence[str]]) -> Mapping[str, Any]:
         """
         The entries in config form, and how many queries each acted on.
         """
-        book = self.proxy.scripts
+        book = self.book
         return {"scripts": [toConfig(s) for s in book.scripts], "applied": book.applied()}
 
     def put(self, body: Any) -> Mapping[str, Any]:
         """
         Replace the entries with those of C{{"scripts": [...]}}.
         """
-        self.proxy.scripts.replace(decodeBody(ScriptsBody, body).scripts)
+        self.book.replace(decodeBody(ScriptsBody, body).scripts)
         return self.get({})
 
     def delete(self, query: Mapping[str, Sequence[str]]) -> Mapping[str, Any]:
         """
         Put back the config file's entries.
         """
-        self.proxy.scripts.replace(self.configured)
+        self.book.replace(self.configured)
         return self.get({})

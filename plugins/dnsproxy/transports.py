@@ -40,30 +40,30 @@ L{AttemptError}; answering in time is the resolver's affair
 from __future__ import annotations
 
 import ipaddress
+import random
 import struct
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IStreamClientEndpoint, ISystemHandle
 from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netd.stream.framing import FRAMINGS, FramedFactory, FramedProtocol
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
+from netd.metrics import Counters
 from netd.tls.server import clientCreator, describeTLSFailure
 from netd.words import counted
 
 from .upstream import Upstream
 from .wire import HEADER_SIZE, Question
-
-if TYPE_CHECKING:
-    from .resolver import UpstreamResolver
 
 _TYPE_CLASS = struct.Struct("!HH")
 
@@ -232,6 +232,35 @@ class _Pending:
                 self.onCancel()
 
 
+class ResolverSide(Protocol):
+    """
+    What the transports use of the resolver that owns them
+    (L{netd_plugins.dnsproxy.resolver.UpstreamResolver}): its clock, limits,
+    counters, log, randomness and loop detection, declared here so that the
+    transports do not import the resolver built on them.
+    """
+
+    reactor: Any
+    timeout: float
+    idleTimeout: float
+    streamConnections: int
+    streamPipeline: int
+    counters: Counters
+    log: Logger
+    random: random.Random
+    outstanding: Outstanding
+
+    def busy(self, why: str) -> UpstreamBusy:
+        """
+        The counted error of a query that finds no room at its upstream.
+        """
+
+    def trustRoot(self) -> Any:
+        """
+        What TLS upstreams' certificates are checked against.
+        """
+
+
 class _PendingQueries:
     """
     The queries sent on one UDP socket or one stream connection and not yet
@@ -240,7 +269,7 @@ class _PendingQueries:
     waiting here is also in the resolver's L{Outstanding}.
     """
 
-    def __init__(self, resolver: UpstreamResolver) -> None:
+    def __init__(self, resolver: ResolverSide) -> None:
         self.resolver = resolver
         self.byID: dict[int, _Pending] = {}
 
@@ -406,7 +435,7 @@ class UDPPool:
     @ivar retiring: the replaced sockets that still have queries waiting.
     """
 
-    def __init__(self, resolver: UpstreamResolver, size: int, portQueries: int, portLifetime: float) -> None:
+    def __init__(self, resolver: ResolverSide, size: int, portQueries: int, portLifetime: float) -> None:
         self.resolver = resolver
         self.size = size
         self.portQueries = portQueries
@@ -750,7 +779,7 @@ class StreamUpstream:
     @ivar opening: the connections being opened.
     """
 
-    def __init__(self, resolver: UpstreamResolver, upstream: Upstream) -> None:
+    def __init__(self, resolver: ResolverSide, upstream: Upstream) -> None:
         self.resolver = resolver
         self.upstream = upstream
         self.factory = FramedFactory(FRAMINGS["u16"], 65535, self, resolver.counters, resolver.log)

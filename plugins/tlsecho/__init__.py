@@ -11,11 +11,10 @@ there is no UDP (DTLS is not offered).
 from __future__ import annotations
 
 import attrs
-from zope.interface import implementer
 
+from netd.bases import Plugin
+from netd.interfaces import PluginContext
 from netd.stream.framing import FRAMINGS
-from netd.interfaces import IProtocolPlugin
-from netd.registry import PluginContext
 
 from ..echo import EchoHandler
 
@@ -28,8 +27,7 @@ class TLSEchoOptions:
     """
 
 
-@implementer(IProtocolPlugin)
-class TLSEchoPlugin:
+class TLSEchoPlugin(Plugin):
     """
     The C{tls-echo} plugin.
     """

@@ -152,7 +152,7 @@ def test_sdistContents(built: Built) -> None:
 
 def test_wheelContents(built: Built) -> None:
     """
-    The wheel installs netd with its package data, the built-in plugins as netd_plugins (no top-level plugins package), the twistd drop-in without a twisted/plugins/__init__.py, and the license; its metadata names netd-daemon, the version and MIT.
+    The wheel installs netd with its package data, the built-in plugins as netd_plugins (no top-level plugins package, none of the plugins' tests), the twistd drop-in without a twisted/plugins/__init__.py, and the license; its metadata names netd-daemon, the version and MIT.
     """
     with zipfile.ZipFile(built.wheel) as wheel:
         names = set(wheel.namelist())
@@ -173,6 +173,7 @@ def test_wheelContents(built: Built) -> None:
     tops = {name.split("/", 1)[0] for name in names}
     assert tops == {"netd", "netd_plugins", "twisted", info.rstrip("/")}
     assert "twisted/plugins/__init__.py" not in names
+    assert [name for name in names if "/tests/" in name or name.endswith("conftest.py")] == []
     assert (metadata["Name"], metadata["Version"], metadata["License-Expression"]) == ("netd-daemon", netd.__version__, "MIT")
 
 

@@ -115,6 +115,7 @@ class ReportingPlugin:
     optionsType = NoOptions
     transports = frozenset({"stream"})
     framings = ("raw",)
+    requiresTLS = False
 
     def build(self, options: object, context: object) -> ReportingHandler:
         return ReportingHandler(broken=False)

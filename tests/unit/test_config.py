@@ -763,6 +763,7 @@ class PingPlugin:
     optionsType = PingOptions
     transports = frozenset({"datagram"})
     framings: tuple[str, ...] = ()
+    requiresTLS = False
 
     def build(self, options: Any, context: Any) -> Any:
         """

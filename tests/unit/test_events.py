@@ -23,10 +23,10 @@ from zope.interface import implementer
 from netd.tls.devcerts import CLIENT_COMMON_NAME, DevelopmentSet, ensureDevelopmentSet
 from netd.config.spec import ServiceSpec, parseConfig
 from netd.events import EventLog, EventTable
-from netd.interfaces import IHasRuntimeTables, IProtocolPlugin, IRuntimeTable, IStreamHandler
+from netd.interfaces import IHasRuntimeTables, IProtocolPlugin, IRuntimeTable, IStreamHandler, PluginContext
 from netd.stream.guard import ConnectionLimiter
 from netd.config.options import ConfigError
-from netd.registry import LoadedPlugin, PluginContext, PluginRegistry, checkPlugin, discoverPlugins
+from netd.registry import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
 from netd.stream.proxyheader import ProxyHeaderFactory
 from netd.daemon.service import NetService
 from netd.testing.memory import PEER, TestClientTLS, UDPMemoryReactorClock, connect, connectTLS, makeStreamStack, proxyHeaderV1
@@ -302,6 +302,7 @@ class TablesPlugin:
     optionsType = NoOptions
     transports = frozenset({"stream"})
     framings = ("raw",)
+    requiresTLS = False
 
     def build(self, options: object, context: PluginContext) -> TablesHandler:
         return TablesHandler(context)

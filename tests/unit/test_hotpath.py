@@ -18,7 +18,7 @@ from zope.interface import implementer
 from netd.stream.framing import FramingError
 from netd.metrics import Counters
 from netd.testing.memory import makeStreamStack
-from plugins.echo import EchoHandler
+from netd_plugins.echo import EchoHandler
 
 from .test_limits import accept, close, makeStack
 

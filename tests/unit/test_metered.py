@@ -13,7 +13,7 @@ from twisted.internet.testing import MemoryReactorClock
 from netd.events import EventLog
 from netd.metrics import Counters
 from netd.testing.memory import StreamConnection, connect, faultsFor, makeStreamStack
-from plugins.echo import EchoHandler
+from netd_plugins.echo import EchoHandler
 
 
 def echoStack(framing: str = "raw", idleTimeout: float = 0) -> tuple[Any, Counters, MemoryReactorClock]:

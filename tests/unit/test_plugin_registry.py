@@ -12,13 +12,18 @@ from typing import Any
 
 import attrs
 import pytest
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger
 from zope.interface import implementer
+from zope.interface.verify import verifyClass, verifyObject
 
 import netd.registry
-from netd.config.spec import DaemonSpec, ServiceEnvelope, parseConfig
-from netd.interfaces import IProtocolPlugin
-from netd.config.options import ConfigError, describeSchema, option
+from netd.config.options import ConfigError, describeSchema, option, schemaFields
+from netd.config.spec import ENVELOPE_KEYS, DaemonSpec, ServiceEnvelope, parseConfig
+from netd.interfaces import IDatagramHandler, IFrameReceiver, IProtocolPlugin, IStreamHandler, PluginContext
+from netd.metrics import Counters
 from netd.registry import ENTRY_POINT_GROUP, checkPlugin, discoverPlugins
+from netd.testing.memory import connect, makeStreamStack
 
 
 @attrs.frozen
@@ -50,6 +55,7 @@ class FakePlugin:
     optionsType: Any = FakeOptions
     transports: Any = frozenset({"stream", "datagram"})
     framings: Any = ("line", "u16")
+    requiresTLS: Any = False
 
     def build(self, options: Any, context: Any) -> Any:
         """
@@ -75,6 +81,25 @@ class NoSummary:  # type: ignore[misc]  # deliberately incomplete
     """
 
     name = "nosummary"
+    optionsType = FakeOptions
+    transports = frozenset({"datagram"})
+    framings = ()
+
+    def build(self, options: Any, context: Any) -> Any:
+        """
+        Never called.
+        """
+
+
+@implementer(IProtocolPlugin)
+class NoRequiresTLS:  # type: ignore[misc]  # deliberately incomplete
+    """
+    Claims the interface, not through netd.bases.Plugin, and does not say
+    whether it requires TLS.
+    """
+
+    name = "norequirestls"
+    summary = "no requiresTLS"
     optionsType = FakeOptions
     transports = frozenset({"datagram"})
     framings = ()
@@ -122,6 +147,7 @@ def test_validPluginAccepted() -> None:
     """
     assert checkPlugin(FakePlugin()) is None
     assert checkPlugin(fakePlugin(name="dns-proxy", transports=frozenset({"datagram"}), framings=())) is None
+    assert checkPlugin(fakePlugin(requiresTLS=True)) is None
 
 
 REFUSED = [
@@ -129,6 +155,11 @@ REFUSED = [
     pytest.param(NoSummary(), ["does not provide IProtocolPlugin", "summary attribute was not provided"],
                  id="missing-summary"),
     pytest.param(NoBuild(), ["does not provide IProtocolPlugin", "build"], id="missing-build"),
+    pytest.param(NoRequiresTLS(), ["does not provide IProtocolPlugin", "requiresTLS attribute was not provided"],
+                 id="missing-requiresTLS"),
+    pytest.param(fakePlugin(requiresTLS="yes"), ["its requiresTLS 'yes' is not True or False"], id="requiresTLS-not-bool"),
+    pytest.param(fakePlugin(requiresTLS=True, transports=frozenset({"datagram"}), framings=()),
+                 ["it requires TLS but serves no streams"], id="requiresTLS-without-streams"),
     pytest.param(WrongBuild(), ["does not provide IProtocolPlugin", "build"], id="build-wrong-signature"),
     pytest.param(fakePlugin(name="Echo"), ["its name 'Echo' is not a lowercase word"], id="name-capitalized"),
     pytest.param(fakePlugin(name="two words"), ["its name 'two words' is not a lowercase word"],
@@ -360,6 +391,59 @@ def test_configNamingBrokenPluginListsFailures(monkeypatch: pytest.MonkeyPatch) 
     ) in line
 
 
+def clashingOptions(*keys: str) -> type:
+    """
+    A plugin schema with an integer option named after each of C{keys}.
+    """
+    namespace: dict[str, Any] = {"__annotations__": dict.fromkeys(keys, "int"), "__doc__": "Clashing keys."}
+    namespace.update({key: option(1, help="A key named like the core's.") for key in keys})
+    return attrs.frozen(type("ClashingOptions", (), namespace))
+
+
+def test_envelopeKeysAreTheEnvelopeFields() -> None:
+    """
+    The names a plugin option may not take are the fields of the service envelope, core keys and limits alike.
+    """
+    assert ENVELOPE_KEYS == set(schemaFields(ServiceEnvelope))
+    assert ENVELOPE_KEYS >= {"name", "plugin", "listen", "tls", "events", "framing", "faults", "max_connections", "idle_timeout"}
+
+
+@pytest.mark.parametrize("key", sorted(ENVELOPE_KEYS))
+def test_optionNamedLikeEnvelopeKeyRefused(key: str) -> None:
+    """
+    A plugin with an option named like any key of the service envelope is refused, naming the plugin, the option and why.
+    """
+    reason = checkPlugin(fakePlugin(name="clash", optionsType=clashingOptions("level", key)))
+    assert reason == (
+        f"plugin 'clash' has options named like keys every service has ({key}, in ClashingOptions): the core reads "
+        "those keys itself, so the plugin could never be given them; rename the options"
+    )
+
+
+def test_optionsNamedLikeEnvelopeKeysAllNamed() -> None:
+    """
+    Every clashing option of a plugin is named in the one reason, in order.
+    """
+    reason = checkPlugin(fakePlugin(name="clash", optionsType=clashingOptions("tls", "framing", "level")))
+    assert reason is not None and "(framing, tls, in ClashingOptions)" in reason
+
+
+def test_pluginWithEnvelopeOptionNotLoaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A plugin whose option is named like a core key is not loaded: a config naming it is told why, with the plugin's source.
+    """
+    real = netd.registry._candidates
+    source = "entry point 'clash' = clash:plugin (from clash)"
+    clash = fakePlugin(name="clash", optionsType=clashingOptions("events"))
+    monkeypatch.setattr(netd.registry, "_candidates", lambda: [(source, clash), *real()])
+    registry = discoverPlugins()
+    assert "clash" not in registry.plugins
+    text = '[[services]]\nname = "c"\nplugin = "clash"\nlisten = ["tcp:0"]\nevents = 3\n'
+    with pytest.raises(ConfigError) as info:
+        parseConfig(tomllib.loads(text), "test.toml", registry)
+    assert f"plugins that failed to load: {source}: plugin 'clash' has options named like keys every service has (events" in str(info.value)
+
+
 def test_describeReverseSchema() -> None:
     """
     describeSchema gives one row per plugin key: key, type in words, TOML default and help.
@@ -401,3 +485,41 @@ def test_describeSchemaRows(schema: type, key: str, typeWords: str, default: str
     assert words.startswith(typeWords)
     assert shownDefault == default
     assert help
+
+
+def builtInPlugins() -> list[Any]:
+    """
+    Every built-in plugin, as the registry loads them.
+    """
+    loaded = discoverPlugins().plugins.values()
+    return sorted((found.plugin for found in loaded if found.source.startswith("built-in ")), key=lambda p: p.name)
+
+
+def test_builtInPluginsAllChecked() -> None:
+    """
+    The contract test below runs over every built-in plugin, the three that ship at least.
+    """
+    assert {plugin.name for plugin in builtInPlugins()} >= {"echo", "tls-echo", "dns-proxy"}
+
+
+@pytest.mark.parametrize("plugin", builtInPlugins(), ids=lambda plugin: plugin.name)
+def test_builtInObjectsProvideTheirInterfaces(plugin: Any) -> None:
+    """
+    A built-in plugin, the handler it builds and a stream receiver (its class, new and once connected) provide their interfaces by inspection.
+    """
+    verifyObject(IProtocolPlugin, plugin)
+    context = PluginContext(reactor=MemoryReactorClock(), log=Logger(), serviceName="s", counters=Counters())
+    handler = plugin.build(plugin.optionsType(), context)
+    if "datagram" in plugin.transports:
+        verifyObject(IDatagramHandler, handler)
+    if "stream" in plugin.transports:
+        verifyObject(IStreamHandler, handler)
+        receiver = handler.newConnection()
+        verifyClass(IFrameReceiver, type(receiver))
+        verifyObject(IFrameReceiver, receiver)
+        connection = connect(makeStreamStack(handler, plugin.framings[0]))
+        assert connection is not None
+        connected = connection.protocol.wrappedProtocol.receiver
+        verifyObject(IFrameReceiver, connected)
+        connection.peerClosed()
+        verifyObject(IFrameReceiver, connected)

@@ -35,7 +35,7 @@ from netd.reactors.rlimits import IOutOfDescriptors
 from netd.testing.memory import makeStreamStack, unavailable
 from netd.reactors.uv import StreamConnection
 from netd.tls.server import TLSOptions
-from plugins.echo import EchoHandler
+from netd_plugins.echo import EchoHandler
 
 from .privatereactor import WAIT, Reactor, netdReactor, reactor, spin, turn  # noqa: F401
 

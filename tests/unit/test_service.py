@@ -143,6 +143,7 @@ class ExplodingPlugin:
     optionsType = NoOptions
     transports = frozenset({"stream"})
     framings = ("raw",)
+    requiresTLS = False
 
     def build(self, options: object, context: object) -> object:
         raise RuntimeError("no handler today")

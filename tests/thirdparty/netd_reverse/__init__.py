@@ -1,17 +1,17 @@
 """
 An example third-party netd plugin: each frame comes back reversed, with an
 optional prefix.  It serves streams only, so a C{udp:} listen address is refused.
+
+It uses only what C{netd} itself exports (the public plugin API), as a
+package of its own would.
 """
 
 from __future__ import annotations
 
 import attrs
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.interfaces import IFrameConnection, IFrameReceiver, IProtocolPlugin, IStreamHandler
-from netd.config.options import between, option
-from netd.registry import PluginContext
+from netd import FrameReceiver, IStreamHandler, Plugin, PluginContext, between, option
 
 
 @attrs.frozen
@@ -24,8 +24,7 @@ class ReverseOptions:
     repeat: int = option(1, help="How many times each reversed frame is sent.", checks=(between(1, 10),))
 
 
-@implementer(IFrameReceiver)
-class ReverseReceiver:
+class ReverseReceiver(FrameReceiver):
     """
     One connection: frames come back reversed.
     """
@@ -34,12 +33,6 @@ class ReverseReceiver:
         self.options = options
         self.context = context
 
-    def connectionMade(self, connection: IFrameConnection) -> None:
-        """
-        Remember the connection.
-        """
-        self.connection = connection
-
     def frameReceived(self, frame: bytes) -> None:
         """
         Send the frame back reversed, C{repeat} times, and count it.
@@ -47,11 +40,6 @@ class ReverseReceiver:
         self.context.counters["frames_reversed"] += 1
         for _ in range(self.options.repeat):
             self.connection.sendFrame(self.options.prefix.encode() + frame[::-1])
-
-    def connectionLost(self, reason: Failure) -> None:
-        """
-        Nothing to clean up.
-        """
 
 
 @implementer(IStreamHandler)
@@ -71,8 +59,7 @@ class ReverseHandler:
         return ReverseReceiver(self.options, self.context)
 
 
-@implementer(IProtocolPlugin)
-class ReversePlugin:
+class ReversePlugin(Plugin):
     """
     The C{reverse} plugin.
     """

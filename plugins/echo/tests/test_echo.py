@@ -5,6 +5,7 @@ stack, over UDP, and against the plugin contract.
 
 from __future__ import annotations
 
+import sys
 import tomllib
 from typing import Any
 
@@ -14,15 +15,25 @@ from twisted.logger import LogLevel, Logger, capturedLogs
 
 from netd.datagram.listener import DatagramListener
 from netd.stream.framing import FRAMINGS
-from netd.interfaces import IDatagramHandler, IStreamHandler
+from netd.interfaces import IDatagramHandler, IStreamHandler, PluginContext
 from netd.config.spec import parseConfig
 from netd.metrics import Counters
 from netd.config.options import ConfigError
-from netd.registry import PluginContext, checkPlugin, discoverPlugins
+from netd.registry import checkPlugin, discoverPlugins
 from netd.testing.memory import RecordingDatagramSender, StreamConnection, UDPMemoryReactorClock, connect, makeStreamStack
+import netd_plugins.echo
 from netd_plugins.echo import DROP_LOG_INTERVAL, EchoHandler, EchoOptions, plugin
 
 PEER = ("192.0.2.7", 5353)
+
+
+def test_testsShareTheInstalledPlugin() -> None:
+    """
+    The package pytest puts above this test module (by its folder's name, plugins.echo) is the installed netd_plugins.echo, so the tests and netd share one copy of the plugin's classes.
+    """
+    package = __name__.rpartition(".tests.")[0]
+    assert package == "plugins.echo"
+    assert sys.modules[package] is netd_plugins.echo
 
 
 def buildHandler(counters: Counters | None = None) -> EchoHandler:

@@ -18,10 +18,10 @@ from twisted.logger import Logger
 from netd.tls.devcerts import DevelopmentSet, ensureDevelopmentSet
 from netd.config.spec import parseConfig
 from netd.stream.framing import FRAMINGS
-from netd.interfaces import IStreamHandler
+from netd.interfaces import IStreamHandler, PluginContext
 from netd.metrics import Counters
 from netd.config.options import ConfigError
-from netd.registry import PluginContext, checkPlugin, discoverPlugins
+from netd.registry import checkPlugin, discoverPlugins
 from netd.daemon.service import NetService
 from netd.testing.memory import connect, connectTLS, makeStreamStack
 from netd.tls.server import TLSOptions, TLSServerFactory, clientCreator

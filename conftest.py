@@ -1,9 +1,12 @@
 """
-Suite-wide settings.
+Suite-wide settings, for tests/ and the plugins' own tests in plugins/*/tests/.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +22,23 @@ def pytest_configure(config: pytest.Config) -> None:
     from netd.reactors.epoll import install
 
     install()
+    _pluginsUnderTheirInstalledNames()
+
+
+def _pluginsUnderTheirInstalledNames() -> None:
+    """
+    Make the source folder's names of the built-in plugins (C{plugins},
+    C{plugins.echo}, ...) the installed modules (C{netd_plugins},
+    C{netd_plugins.echo}, ...).  pytest imports the packages above a test
+    module by their path, so a test in plugins/echo/tests/ would otherwise
+    load the echo plugin a second time as C{plugins.echo}, with classes of
+    its own that netd's are not.
+    """
+    import netd_plugins
+
+    sys.modules.setdefault("plugins", netd_plugins)
+    for module in pkgutil.iter_modules(netd_plugins.__path__):
+        sys.modules.setdefault(f"plugins.{module.name}", importlib.import_module(f"netd_plugins.{module.name}"))
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
