@@ -25,10 +25,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from netd.testing.harness import unavailable
+from netd.testing.harness import netdCommand, unavailable
 from netd.tls.devcerts import ensureDevelopmentSet
-
-from netd.testing.harness import netdCommand
 
 from .conftest import IO_TIMEOUT, STARTUP_TIMEOUT, connect, recvExactly
 

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from netd.testing.harness import unavailable
-
-from netd.testing.harness import NetdServer, netdCommand
+from netd.testing.harness import NetdServer, netdCommand, unavailable
 
 from .conftest import IO_TIMEOUT, canBind, connect, echoService, recvExactly, requireEmbeddedDefaultPorts, requireTool, waitForLog, withTestAdmin
 

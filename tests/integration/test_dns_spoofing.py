@@ -20,9 +20,7 @@ from typing import Any
 import pytest
 from twisted.names import dns
 
-from netd.testing.harness import unavailable
-
-from netd.testing.harness import NetdServer
+from netd.testing.harness import NetdServer, unavailable
 
 from .conftest import IO_TIMEOUT
 from .dns_upstream import buildQuery

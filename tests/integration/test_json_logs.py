@@ -19,7 +19,6 @@ import pytest
 
 import netd
 from netd.daemon.logs import LEVELS
-
 from netd.testing.harness import NetdServer
 
 from .conftest import IO_TIMEOUT, connect, echoService, recvExactly, waitForLog, withTestAdmin

@@ -18,9 +18,8 @@ from typing import Any, Callable
 
 import pytest
 
-from netd.testing.memory import proxyHeaderV1, proxyHeaderV2
-
 from netd.testing.harness import NetdServer
+from netd.testing.memory import proxyHeaderV1, proxyHeaderV2
 
 from .conftest import IO_TIMEOUT, connect, echoService, recvExactly, recvUntilClosed, waitForLog
 from .dns_upstream import answerRcode, buildQuery

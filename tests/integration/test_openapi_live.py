@@ -25,7 +25,6 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from netd.daemon.openapi import openapiDocument, renderOpenAPI
-
 from netd.testing.harness import NetdServer
 
 from .conftest import IO_TIMEOUT

@@ -28,9 +28,8 @@ import tomli_w
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from netd.tls.devcerts import WRONG_HOST, KeyAndCertificate, issue
-
 from netd.testing.harness import NetdServer, netdCommand
+from netd.tls.devcerts import WRONG_HOST, KeyAndCertificate, issue
 
 from .conftest import IO_TIMEOUT, connect, recvExactly, recvUntilClosed, requireEmbeddedDefaultPorts, requireTool, unavailable
 

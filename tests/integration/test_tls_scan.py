@@ -17,9 +17,8 @@ import attrs
 import pytest
 import tomli_w
 
-from netd.tls.server import PROFILES
-
 from netd.testing.harness import NetdServer, netdCommand
+from netd.tls.server import PROFILES
 
 from .conftest import requireTool
 
