@@ -2,7 +2,8 @@
 Run netd from tests: L{NetdServer} starts C{netd run} as a child process on a
 config given as a dict or as TOML text, on ports the system picks, waits until
 every service listens, tells where, and stops it; L{AdminClient} drives its
-control API (faults, events, DNS records and scripts).
+control API (faults, events, DNS records and scripts).  netd's own integration
+tests run on it too.
 
 pytest loads this module (through L{netd.testing.pytest_plugin}) into every test
 session wherever netd is installed, so it imports only the standard library
@@ -15,6 +16,7 @@ import copy
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,10 +25,10 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn, TypeGuard
 from urllib.parse import quote, urlencode
 
 import tomli_w
@@ -64,6 +66,61 @@ for the netd it starts.
 """
 
 
+def netdCommand(*arguments: str) -> list[str]:
+    """
+    The command line of netd with C{arguments}, run by this interpreter (so
+    the netd of the test's environment, not whichever is on C{PATH}).
+    """
+    return [sys.executable, "-m", "netd", *arguments]
+
+
+def withDaemonKeys(config: Mapping[str, Any] | str, keys: Mapping[str, Any]) -> str:
+    """
+    C{config} as TOML text with each of C{keys} in its C{[daemon]} table,
+    unless it sets that key itself.
+
+    TOML text keeps its own lines (so that netd's messages quote what the test
+    wrote), the missing keys added under its C{[daemon]} header or in a new
+    C{[daemon]} table in front; text that does not parse is answered as it is,
+    for netd to report the syntax error the way it reports every other problem.
+
+    @param config: the config, as the dict C{tomllib} would read or as TOML text.
+    """
+    if not isinstance(config, str):
+        table = copy.deepcopy(dict(config))
+        table["daemon"] = {**keys, **table.get("daemon", {})}
+        return tomli_w.dumps(table)
+    try:
+        table = tomllib.loads(config)
+    except tomllib.TOMLDecodeError:
+        return config
+    daemon = table.get("daemon", {})
+    missing = tomli_w.dumps({key: value for key, value in keys.items() if key not in daemon})
+    if not missing:
+        return config
+    header = re.search(r"^[ \t]*\[daemon\][ \t]*(#[^\n]*)?$", config, re.MULTILINE)
+    if header is not None:
+        return f"{config[: header.end()]}\n{missing}{config[header.end() :]}"
+    if "daemon" in table:
+        # [daemon] written another way (an inline table, dotted keys).
+        table["daemon"] = {**keys, **daemon}
+        return tomli_w.dumps(table)
+    return f"[daemon]\n{missing}\n{config}"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """
+    Something a test needs is missing from this machine (a tool, IPv6 on
+    loopback, a system call): skip the test on a developer's machine, but
+    fail it under C{CI=true}, where the suite's set-up provides everything.
+    """
+    import pytest
+
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 class NetdStartError(Exception):
     """
     netd exited, or did not get ready in time, after L{NetdServer.start}; the
@@ -96,6 +153,15 @@ class AdminError(Exception):
         else:
             why = str(body)
         super().__init__(f"{method} {path} answered {status}: {why}")
+
+
+def _withQuery(path: str, query: Mapping[str, Any] | None) -> str:
+    """
+    C{path} with C{query}'s arguments (a list value repeats its key, L{None}
+    leaves the key out).
+    """
+    given = {key: value for key, value in (query or {}).items() if value is not None}
+    return path + "?" + urlencode(given, doseq=True) if given else path
 
 
 class _UNIXHTTPConnection(http.client.HTTPConnection):
@@ -157,27 +223,41 @@ class AdminClient:
             return _UNIXHTTPConnection(str(self.address["path"]), self.timeout)
         return http.client.HTTPConnection(str(self.address["host"]), int(self.address["port"]), timeout=self.timeout)
 
-    def request(self, method: str, path: str, body: Any = None, query: Mapping[str, Any] | None = None) -> Any:
+    def url(self, path: str = "/") -> str:
         """
-        Send one request and decode the answer.
+        The URL of C{path} on the API, for an HTTP client of your own (over
+        TCP; a C{unix:} API has none).
+        """
+        if "path" in self.address:
+            raise ValueError(f"the control API listens on a unix socket, not at a URL: {self.address['path']}")
+        return f"http://{self.address['host']}:{self.address['port']}{path}"
+
+    def headers(self) -> dict[str, str]:
+        """
+        The C{Authorization} header with the token, as a client that may
+        change things sends it; empty without a token.
+        """
+        return {} if self.token is None else {"Authorization": f"Bearer {self.token}"}
+
+    def exchange(
+        self, method: str, path: str, body: Any = None, query: Mapping[str, Any] | None = None
+    ) -> tuple[int, Any]:
+        """
+        Send one request and decode the answer, whatever its status.
 
         @param path: the path, e.g. C{/services/dns/records}.
         @param body: a JSON-ready value to send, or L{None} for no body.
         @param query: query arguments; a list value repeats its key, L{None}
             leaves the key out.
-        @return: the decoded JSON answer, or the text when it is not JSON.
-        @raise AdminError: for a status of 400 or more.
+        @return: the status and the decoded JSON answer, or the text when it
+            is not JSON.
         """
-        given = {key: value for key, value in (query or {}).items() if value is not None}
-        if given:
-            path += "?" + urlencode(given, doseq=True)
-        headers = {"Accept": "application/json"}
+        path = _withQuery(path, query)
+        headers = {"Accept": "application/json", **self.headers()}
         data = None
         if body is not None:
             data = json.dumps(body).encode("utf-8")
             headers["Content-Type"] = "application/json"
-        if self.token is not None:
-            headers["Authorization"] = f"Bearer {self.token}"
         connection = self._connection()
         try:
             connection.request(method, path, body=data, headers=headers)
@@ -189,8 +269,18 @@ class AdminClient:
         answer: Any = text
         if (response.getheader("Content-Type") or "").startswith("application/json"):
             answer = json.loads(text)
-        if response.status >= 400:
-            raise AdminError(method, path, response.status, answer)
+        return response.status, answer
+
+    def request(self, method: str, path: str, body: Any = None, query: Mapping[str, Any] | None = None) -> Any:
+        """
+        Send one request (as L{exchange}) and answer the decoded answer.
+
+        @raise AdminError: for a status of 400 or more.
+        """
+        path = _withQuery(path, query)
+        status, answer = self.exchange(method, path, body)
+        if status >= 400:
+            raise AdminError(method, path, status, answer)
         return answer
 
     def _table(self, service: str, table: str) -> str:
@@ -332,59 +422,98 @@ class AdminClient:
         return answer
 
 
+def _isConfig(config: object) -> TypeGuard[Mapping[str, Any] | str]:
+    """
+    Whether C{config} is a config itself (a dict or TOML text), not a file's
+    path or L{None}.
+    """
+    return isinstance(config, (str, Mapping))
+
+
 class NetdServer:
     """
     One netd running as a child process, for a test.
 
     C{with NetdServer(config) as server:} (or L{start} and L{stop}) runs
-    C{netd run} on C{config}, completed with what a test needs unless it sets
-    them itself in C{[daemon]}: C{admin} on a loopback port the system picks,
-    C{state_dir} in the server's folder (so C{certificate = "auto"} never
-    writes into the user's home) and C{shutdown_timeout = 0} (open
-    connections do not delay a stop).  Listen on port 0 (C{tcp:0:interface=127.0.0.1})
-    and ask L{address} where.
+    C{netd run} on C{config}, on ports the system picks, and tells where each
+    service listens (L{address}); L{admin} drives its control API.
 
-    Stopping sends SIGTERM, then SIGKILL after C{stopTimeout} seconds, to the
-    one process it started; it is safe to call twice, and a failed L{start}
-    stops the process before it raises.
+    Stopping signals only the one process it started (SIGTERM, then SIGKILL
+    after C{stopTimeout} seconds); it is safe to call twice, and a failed
+    L{start} stops the process before it raises.
 
     @ivar directory: the folder of the config, ports and log files.
-    @ivar configFile: the config file netd runs on; rewrite it and call
-        C{admin.reload()} to change a running netd.
+    @ivar configFile: the config file netd runs on (unused when the config is
+        L{None}); rewrite it and call C{admin.reload()} to change a running
+        netd.
+    @ivar portsFile: where netd reports its addresses (C{--ports-file}).
+    @ivar logFile: what netd prints (standard output and error).
+    @ivar process: netd's child process, once started.
     @ivar returncode: netd's exit code once it has stopped, else L{None}.
+    @ivar report: the ports file once netd is ready:
+        C{{"services": {NAME: [address, ...]}, "admin": address, "pid": ...}}.
     """
 
     def __init__(
         self,
-        config: Mapping[str, Any] | str,
+        config: Mapping[str, Any] | str | os.PathLike[str] | None,
         directory: str | os.PathLike[str] | None = None,
+        *,
+        launcher: Sequence[str] | None = None,
+        arguments: Sequence[str] = (),
+        environment: Mapping[str, str | None] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        preexec: Callable[[], None] | None = None,
+        shutdownTimeout: float | None = 0,
         startTimeout: float = START_TIMEOUT,
         stopTimeout: float = STOP_TIMEOUT,
     ) -> None:
         """
-        @param config: the config, as the dict C{tomllib} would read or as TOML text.
+        @param config: the config, as the dict C{tomllib} would read or as TOML
+            text (completed by L{configText}); the path of a config file, run
+            as it is; or L{None}: netd without C{-c}, on its embedded default.
         @param directory: where to write the config, ports and log files; a
             new temporary folder, removed at L{stop}, when L{None}.
+        @param launcher: the command line that runs netd up to its options
+            (L{netdCommand}C{("run")} when L{None}): a wrapper in front of it
+            (C{systemd-socket-activate ...}), or C{twistd ... netd}.  The
+            server appends C{-c CONFIG}, C{--ports-file FILE} and C{arguments}.
+        @param arguments: more options for netd.
+        @param environment: variables to set (a value of L{None} removes one)
+            over the inherited environment, from which what systemd meant for
+            the test runner (C{NOTIFY_SOCKET}, C{LISTEN_FDS}, ...) and
+            C{STATE_DIRECTORY} are removed and in which C{XDG_STATE_HOME} is
+            C{directory/state}, so that netd's state (the control API's token,
+            C{certificate = "auto"}) never lands in the user's home.
+        @param cwd: netd's working directory (the test's by default).
+        @param preexec: a function to run in the child before netd starts
+            (after the server restores the default SIGINT handling), e.g. to
+            lower a resource limit.
+        @param shutdownTimeout: the C{[daemon] shutdown_timeout} a config that
+            does not set one gets (0: a connection a client left open does not
+            delay the stop); L{None} leaves netd's default.
         @param startTimeout: seconds L{start} waits for every service to listen.
-        @param stopTimeout: seconds L{stop} waits after SIGTERM.
+        @param stopTimeout: seconds L{stop} waits after its signal.
         """
         self.config = config
+        self.launcher = list(netdCommand("run") if launcher is None else launcher)
+        self.arguments = list(arguments)
+        self.shutdownTimeout = shutdownTimeout
         self.startTimeout = startTimeout
         self.stopTimeout = stopTimeout
+        self.cwd = cwd
+        self.preexec = preexec
         self._ownDirectory = directory is None
         self.directory = Path(tempfile.mkdtemp(prefix="netd-") if directory is None else directory)
         self.configFile = self.directory / "netd.toml"
+        if isinstance(config, os.PathLike):
+            self.configFile = Path(config)
         self.portsFile = self.directory / "ports.json"
         self.logFile = self.directory / "netd.log"
+        self.environment = self._environment(environment or {})
         self.returncode: int | None = None
         self.report: dict[str, Any] = {}
-        """
-        The ports file: C{{"services": {NAME: [address, ...]}, "admin": address}}.
-        """
         self.process: subprocess.Popen[bytes] | None = None
-        """
-        netd's child process, once L{start} has started it.
-        """
         self._admin: AdminClient | None = None
         self._finalLog: str | None = None
 
@@ -396,6 +525,33 @@ class NetdServer:
     ) -> None:
         self.stop()
 
+    def _environment(self, changes: Mapping[str, str | None]) -> dict[str, str]:
+        """
+        netd's environment: the inherited one without what is not meant for
+        it, with the state directory in L{directory}, and C{changes} applied.
+        """
+        environment = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_VARIABLES and k != "STATE_DIRECTORY"}
+        environment["XDG_STATE_HOME"] = str(self.directory / "state")
+        for key, value in changes.items():
+            if value is None:
+                environment.pop(key, None)
+            else:
+                environment[key] = value
+        return environment
+
+    @property
+    def stateDir(self) -> Path:
+        """
+        netd's default state directory in its environment
+        (C{$XDG_STATE_HOME/netd}, else C{~/.local/state/netd}): where the
+        control API's token and C{certificate = "auto"}'s files are, unless
+        the config sets C{[daemon] state_dir}.
+        """
+        stateHome = self.environment.get("XDG_STATE_HOME")
+        if stateHome:
+            return Path(stateHome) / "netd"
+        return Path(self.environment.get("HOME", "~")).expanduser() / ".local" / "state" / "netd"
+
     @property
     def pid(self) -> int:
         """
@@ -405,28 +561,30 @@ class NetdServer:
             raise RuntimeError("netd has not been started")
         return self.process.pid
 
-    def _configText(self) -> str:
+    def command(self) -> list[str]:
         """
-        The config as netd reads it, with the test's C{[daemon]} keys filled in.
-        TOML text that does not parse is written as it is, for netd to report
-        the syntax error the way it reports every other problem.
+        The command line L{start} runs.
         """
-        if isinstance(self.config, str):
-            try:
-                table = tomllib.loads(self.config)
-            except tomllib.TOMLDecodeError:
-                return self.config
-        else:
-            table = copy.deepcopy(dict(self.config))
-        daemon = table.setdefault("daemon", {})
-        daemon.setdefault("admin", TEST_ADMIN)
-        daemon.setdefault("state_dir", str(self.directory / "state"))
-        daemon.setdefault("shutdown_timeout", 0)
-        return tomli_w.dumps(table)
+        configArguments = [] if self.config is None else ["-c", str(self.configFile)]
+        return [*self.launcher, *configArguments, "--ports-file", str(self.portsFile), *self.arguments]
 
-    def start(self) -> NetdServer:
+    def configText(self) -> str:
         """
-        Start netd and wait until every service listens.
+        The config as netd reads it: L{withDaemonKeys} of the config, with
+        C{admin} on a loopback port of its own (L{TEST_ADMIN}) and the
+        C{shutdownTimeout} given.
+        """
+        if not _isConfig(self.config):
+            raise TypeError("only a config given as a dict or as TOML text is completed")
+        keys: dict[str, Any] = {"admin": TEST_ADMIN}
+        if self.shutdownTimeout is not None:
+            keys["shutdown_timeout"] = self.shutdownTimeout
+        return withDaemonKeys(self.config, keys)
+
+    def start(self, wait: bool = True) -> NetdServer:
+        """
+        Start netd and, unless C{wait} is false, wait until every service
+        listens.
 
         @raise NetdStartError: netd exited first (a bad config: its message
             is in the error) or was not ready in C{startTimeout} seconds; the
@@ -436,40 +594,70 @@ class NetdServer:
             raise RuntimeError("this NetdServer was started already; make a new one")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.portsFile.unlink(missing_ok=True)
-        self.configFile.write_text(self._configText())
-        environment = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_VARIABLES}
-        command = [sys.executable, "-m", "netd", "run", "-c", str(self.configFile), "--ports-file", str(self.portsFile)]
+        if _isConfig(self.config):
+            self.configFile.write_text(self.configText())
         with self.logFile.open("wb") as log:
             self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=environment
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.environment,
+                cwd=self.cwd,
+                preexec_fn=self._inChild,
             )
-        try:
-            self._waitUntilReady()
-        except BaseException:
-            self.stop()
-            raise
+        if wait:
+            try:
+                self.waitUntilReady()
+            except BaseException:
+                self.stop()
+                raise
         return self
 
-    def _waitUntilReady(self) -> None:
+    def _inChild(self) -> None:
+        """
+        In the child, before netd starts: undo an inherited "ignore SIGINT"
+        (a test run as a background job or under nohup), which Twisted
+        respects by not handling SIGINT at all; then the caller's C{preexec}.
+        """
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if self.preexec is not None:
+            self.preexec()
+
+    def waitUntilReady(self, timeout: float | None = None) -> NetdServer:
         """
         Wait for the ports file, which netd writes (in one step) once every
-        service listens; only one that names the process this server
-        started is believed (L{start} removed any left from an earlier run).
+        service listens, and keep it in L{report}; only one that names the
+        process this server started is believed (L{start} removed any left
+        from an earlier run).  Call it again after a reload to read the
+        addresses anew.  Unlike L{start}, it leaves the process alone when
+        it fails.
+
+        @param timeout: seconds to wait (C{startTimeout} when L{None}).
+        @raise NetdStartError: netd exited first or was not ready in time.
         """
-        assert self.process is not None
-        deadline = time.monotonic() + self.startTimeout
+        if self.process is None:
+            raise RuntimeError("netd has not been started")
+        limit = self.startTimeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
         while self._ownReport() is None:
             if self.process.poll() is not None:
                 raise NetdStartError(
                     f"netd exited with code {self.process.returncode} before it was ready "
-                    f"(config {self.configFile}); it printed:\n{self.logTail()}"
+                    f"({self._what()}); it printed:\n{self.logTail()}"
                 )
             if time.monotonic() > deadline:
                 raise NetdStartError(
-                    f"netd was not ready after {self.startTimeout} seconds (config {self.configFile}); "
-                    f"it printed:\n{self.logTail()}"
+                    f"netd was not ready after {limit} seconds ({self._what()}); it printed:\n{self.logTail()}"
                 )
             time.sleep(0.02)
+        return self
+
+    def _what(self) -> str:
+        """
+        Which config a start error is about.
+        """
+        return "the embedded default config" if self.config is None else f"config {self.configFile}"
 
     def _ownReport(self) -> dict[str, Any] | None:
         """
@@ -479,7 +667,7 @@ class NetdServer:
         assert self.process is not None
         try:
             report = json.loads(self.portsFile.read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, json.JSONDecodeError):
             return None
         if not isinstance(report, dict) or report.get("pid") != self.process.pid:
             return None
@@ -494,11 +682,11 @@ class NetdServer:
         text = self.log()
         return text if len(text) <= LOG_TAIL else "...\n" + text[-LOG_TAIL:]
 
-    def stop(self) -> int | None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float | None = None) -> int | None:
         """
-        Stop netd: SIGTERM, then SIGKILL if it has not exited after
-        C{stopTimeout} seconds.  Only the process this server started is
-        signalled.  Idempotent.
+        Stop netd: send C{sig}, then SIGKILL if it has not exited after
+        C{timeout} seconds (C{stopTimeout} when L{None}).  Only the process
+        this server started is signalled.  Idempotent.
 
         @return: netd's exit code (negative: the signal that ended it), or
             L{None} if it was never started.
@@ -506,9 +694,9 @@ class NetdServer:
         process = self.process
         if process is not None:
             if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+                process.send_signal(sig)
                 try:
-                    process.wait(self.stopTimeout)
+                    process.wait(self.stopTimeout if timeout is None else timeout)
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
@@ -517,6 +705,12 @@ class NetdServer:
             self._finalLog = self.log()
             shutil.rmtree(self.directory, ignore_errors=True)
         return self.returncode
+
+    def kill(self) -> None:
+        """
+        End netd at once with SIGKILL (a teardown that need not watch it drain).
+        """
+        self.stop(signal.SIGKILL)
 
     @property
     def running(self) -> bool:
@@ -536,16 +730,23 @@ class NetdServer:
         except FileNotFoundError:
             return ""
 
+    @property
+    def services(self) -> dict[str, list[dict[str, Any]]]:
+        """
+        Every service's addresses, as in the ports file, by service name.
+        """
+        services: dict[str, list[dict[str, Any]]] = self.report.get("services", {})
+        return services
+
     def addresses(self, service: str) -> list[dict[str, Any]]:
         """
         Every address a service listens on, as in the ports file: each with
         C{listen}, C{transport} (C{tcp}, C{udp}, C{unix}) and C{host} and
         C{port}, or C{path}.
         """
-        services: dict[str, list[dict[str, Any]]] = self.report.get("services", {})
-        if service not in services:
-            raise KeyError(f"netd runs no service {service!r}; it runs {', '.join(map(repr, services)) or 'none'}")
-        return services[service]
+        if service not in self.services:
+            raise KeyError(f"netd runs no service {service!r}; it runs {', '.join(map(repr, self.services)) or 'none'}")
+        return self.services[service]
 
     def address(self, service: str, transport: str = "tcp") -> tuple[str, int]:
         """
@@ -557,6 +758,24 @@ class NetdServer:
                 return str(bound["host"]), int(bound["port"])
         raise KeyError(f"service {service!r} has no {transport} address: {self.addresses(service)}")
 
+    def unixPath(self, service: str) -> str:
+        """
+        The socket path of a service's first C{unix:} address.
+        """
+        for bound in self.addresses(service):
+            if bound["transport"] == "unix":
+                return str(bound["path"])
+        raise KeyError(f"service {service!r} has no unix address: {self.addresses(service)}")
+
+    @property
+    def adminAddress(self) -> dict[str, Any] | None:
+        """
+        Where the control API listens (the ports file's C{"admin"} entry), or
+        L{None} when netd runs without one.
+        """
+        address: dict[str, Any] | None = self.report.get("admin")
+        return address
+
     @property
     def admin(self) -> AdminClient:
         """
@@ -565,10 +784,52 @@ class NetdServer:
         has one.
         """
         if self._admin is None:
-            address = self.report.get("admin")
+            address = self.adminAddress
             if address is None:
                 raise RuntimeError("this netd has no control API (its config sets admin = false, or it is not started)")
             tokenFile = address.get("token_file")
             token = Path(tokenFile).read_text().strip() if tokenFile else None
             self._admin = AdminClient(address, token)
         return self._admin
+
+    def adminURL(self, path: str = "/") -> str:
+        """
+        The URL of C{path} on the control API, for an HTTP client of your own.
+        """
+        return self.admin.url(path)
+
+    def adminHeaders(self) -> dict[str, str]:
+        """
+        The C{Authorization} header a client that changes things sends (empty
+        when netd has no token).
+        """
+        return self.admin.headers()
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """
+        One request to the control API with the token: the status and the
+        decoded answer, error statuses returned rather than raised (for tests
+        of what the API refuses).
+        """
+        return self.admin.exchange(method, path, body)
+
+    def counter(self, name: str, service: str) -> float:
+        """
+        The value of a service's counter C{name} (as in C{netd_NAME_total})
+        in C{/metrics}; 0 when netd has not counted it yet.
+        """
+        prefix = f"netd_{name}_total{{"
+        for line in self.admin.metrics().splitlines():
+            if line.startswith(prefix) and f'service="{service}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def rssBytes(self) -> int:
+        """
+        netd's resident memory in bytes, from C{/proc} (Linux), for a test
+        that bounds what a load makes it hold.
+        """
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"/proc/{self.pid}/status has no VmRSS line")

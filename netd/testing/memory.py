@@ -14,8 +14,7 @@ netd's own tests use these, which keeps them honest.
 
 from __future__ import annotations
 
-import os
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 import attrs
 from cryptography import x509
@@ -193,7 +192,7 @@ class MeteredStringTransport(StringTransport):
     A L{StringTransport} that meters its traffic as netd's TCP transports do
     (L{IMeteredTransport}), timed by C{clock}: the connection's guard then
     steps aside as it does on a real socket.  What the peer sends is counted
-    by L{StreamConnection.receive}, as a transport's read would.
+    by L{MemoryStreamConnection.receive}, as a transport's read would.
     """
 
     def __init__(self, clock: Any, peerAddress: IPv4Address) -> None:
@@ -225,7 +224,7 @@ class MeteredStringTransport(StringTransport):
 
 
 @attrs.define
-class StreamConnection:
+class MemoryStreamConnection:
     """
     One in-memory connection through the core's stream stack.
 
@@ -353,7 +352,7 @@ def faultsFor(
     )
 
 
-def connect(limiter: ConnectionLimiter, peer: IPv4Address = PEER, *, metered: bool = False) -> StreamConnection | None:
+def connect(limiter: ConnectionLimiter, peer: IPv4Address = PEER, *, metered: bool = False) -> MemoryStreamConnection | None:
     """
     Open an in-memory connection to a stack from L{makeStreamStack}; L{None} if
     the stack refused it (its connection limit).
@@ -366,7 +365,7 @@ def connect(limiter: ConnectionLimiter, peer: IPv4Address = PEER, *, metered: bo
         return None
     transport = MeteredStringTransport(limiter.clock, peer) if metered else StringTransport(peerAddress=peer)
     protocol.makeConnection(transport)
-    return StreamConnection(transport, cast(GuardedConnection, protocol), limiter)
+    return MemoryStreamConnection(transport, cast(GuardedConnection, protocol), limiter)
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -661,16 +660,3 @@ def failureOf(d: Deferred[Any]) -> Failure:
     assert results, "the Deferred has no result yet"
     assert isinstance(results[0], Failure), f"the Deferred succeeded with {results[0]!r}"
     return results[0]
-
-
-def unavailable(reason: str) -> NoReturn:
-    """
-    Something a test needs is missing from this machine (a tool, IPv6 on
-    loopback, a system call): skip the test on a developer's machine, but
-    fail it under C{CI=true}, where the suite's set-up provides everything.
-    """
-    import pytest
-
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)

@@ -31,7 +31,8 @@ def netd_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Call
     listens.  Call it as often as the test needs netds; each has its files in
     the test's C{tmp_path}, and every one is stopped at teardown.
 
-    Keyword arguments go to L{NetdServer} (C{startTimeout}, C{stopTimeout}).
+    Keyword arguments go to L{NetdServer} (C{environment}, C{launcher},
+    C{shutdownTimeout}, C{startTimeout}, ...).
     """
     started: list[NetdServer] = []
     request.node.stash[_SERVERS] = started

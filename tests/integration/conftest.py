@@ -1,22 +1,17 @@
 """
-The integration harness: netd runs as a real subprocess on ports it picks itself
-(port 0), reports them through --ports-file, and the tests talk to it with real
-clients.  No fixed ports; every wait is bounded.
+What this repository's integration tests share beyond the shipped harness
+(L{netd.testing.harness}, on which netd runs as a real subprocess on ports it
+picks itself): the C{startNetd} fixtures, the real clients (sockets, socat,
+dig) and the test DNS upstream.  No fixed ports; every wait is bounded.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +19,7 @@ from typing import Any
 import attrs
 import pytest
 
-from netd.testing.memory import unavailable
+from netd.testing.harness import TEST_ADMIN, NetdServer, unavailable, withDaemonKeys
 
 from .dns_upstream import Dnsmasq, findDnsmasq, startTestUpstream
 
@@ -39,190 +34,6 @@ def requireTool(name: str) -> str:
     if path is None:
         unavailable(f"{name} is not installed (./test.sh installs it)")
     return path
-
-
-class NetdProcess:
-    """
-    One running netd, with where each of its services listens.
-    """
-
-    def __init__(self, process: subprocess.Popen[bytes], portsFile: Path, logFile: Path, stateDir: Path | None = None) -> None:
-        self.process = process
-        self.portsFile = portsFile
-        self.logFile = logFile
-        self.stateDir = stateDir
-        """
-        netd's default state directory (C{$XDG_STATE_HOME/netd}, in the test's
-        temporary folder): where C{certificate = "auto"} keeps its files
-        unless the config sets C{[daemon] state_dir}.
-        """
-        self.services: dict[str, list[dict[str, object]]] = {}
-        self.admin: dict[str, object] | None = None
-        """
-        Where the control API listens (the ports file's C{"admin"} entry), if it does.
-        """
-        self.configFile: Path | None = None
-        """
-        The config file netd was started with (L{None}: the embedded default),
-        for tests that rewrite it and reload.
-        """
-
-    @classmethod
-    def spawn(
-        cls,
-        command: list[str],
-        portsFile: Path,
-        logFile: Path,
-        *,
-        env: dict[str, str] | None = None,
-        cwd: Path | None = None,
-        preexec: Callable[[], None] | None = None,
-        stateDir: Path | None = None,
-    ) -> NetdProcess:
-        """
-        Start C{command} (a netd or twistd command line writing C{portsFile})
-        with nothing on its standard input and its output in C{logFile}.
-        """
-        with logFile.open("wb") as log:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cwd,
-                preexec_fn=preexec,
-            )
-        return cls(process, portsFile, logFile, stateDir)
-
-    def readyOrKilled(self) -> NetdProcess:
-        """
-        Wait until netd is ready; if it is not, kill it and raise.
-        """
-        try:
-            self.waitUntilReady()
-        except BaseException:
-            self.kill()
-            raise
-        return self
-
-    @property
-    def pid(self) -> int:
-        """
-        The daemon's process ID.
-        """
-        return self.process.pid
-
-    def waitUntilReady(self, timeout: float = STARTUP_TIMEOUT) -> None:
-        """
-        Wait for the ports file, which netd writes once every service listens.
-        """
-        deadline = time.monotonic() + timeout
-        while not self.portsFile.exists():
-            if self.process.poll() is not None:
-                raise AssertionError(f"netd exited with {self.process.returncode} before it was ready:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"netd was not ready after {timeout} seconds:\n{self.log()}")
-            time.sleep(0.02)
-        report = json.loads(self.portsFile.read_text())
-        self.services = report["services"]
-        self.admin = report.get("admin")
-
-    def adminURL(self, path: str = "/") -> str:
-        """
-        The URL of C{path} on the control API (over TCP).
-        """
-        assert self.admin is not None and "port" in self.admin, f"the control API does not listen on TCP: {self.admin}"
-        return f"http://{self.admin['host']}:{self.admin['port']}{path}"
-
-    def counter(self, name: str, service: str) -> float:
-        """
-        The value of C{service}'s counter C{name} in /metrics (0 when absent).
-        """
-        with urllib.request.urlopen(self.adminURL("/metrics"), timeout=IO_TIMEOUT) as response:
-            text = response.read().decode()
-        for line in text.splitlines():
-            if line.startswith(f"netd_{name}_total{{") and f'service="{service}"' in line:
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def adminHeaders(self) -> dict[str, str]:
-        """
-        The C{Authorization} header with the control API's token (the ports
-        file's C{token_file}), as a client that may change things sends it;
-        empty when the API needs none.
-        """
-        assert self.admin is not None
-        tokenFile = self.admin.get("token_file")
-        if not tokenFile:
-            return {}
-        return {"Authorization": "Bearer " + Path(str(tokenFile)).read_text().strip()}
-
-    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        """
-        One request to the control API, with C{body} as JSON if given and the
-        token: the status and the decoded JSON answer (error statuses
-        returned, not raised).
-        """
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.adminURL(path), data=data, method=method, headers=self.adminHeaders())
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=IO_TIMEOUT) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as e:
-            with e:
-                return e.code, json.loads(e.read())
-
-    def address(self, service: str, transport: str = "tcp") -> tuple[str, int]:
-        """
-        The (host, port) of the first C{transport} address of C{service}.
-        """
-        for bound in self.services[service]:
-            if bound["transport"] == transport:
-                return str(bound["host"]), int(bound["port"])  # type: ignore[call-overload]
-        raise KeyError(f"service {service!r} has no {transport} address: {self.services[service]}")
-
-    def unixPath(self, service: str) -> str:
-        """
-        The socket path of the first unix address of C{service}.
-        """
-        for bound in self.services[service]:
-            if bound["transport"] == "unix":
-                return str(bound["path"])
-        raise KeyError(f"service {service!r} has no unix address")
-
-    def log(self) -> str:
-        """
-        What netd has logged so far.
-        """
-        return self.logFile.read_text(errors="replace")
-
-    def rssBytes(self) -> int:
-        """
-        The daemon's resident memory, from /proc.
-        """
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS in /proc status")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        """
-        Signal netd and wait for it to exit; return its exit code.
-        """
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        return self.process.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        """
-        Make sure the process is gone (teardown); only this PID is touched.
-        """
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
 
 # Small client-side helpers shared by the integration tests.
@@ -324,7 +135,7 @@ def socat(args: list[str], data: bytes, timeout: float = 2.0) -> bytes:
     return done.stdout
 
 
-def waitForLog(netd: NetdProcess, text: str, timeout: float = IO_TIMEOUT) -> str:
+def waitForLog(netd: NetdServer, text: str, timeout: float = IO_TIMEOUT) -> str:
     """
     Poll netd's log until it contains C{text}; return the log.
     """
@@ -338,107 +149,59 @@ def waitForLog(netd: NetdProcess, text: str, timeout: float = IO_TIMEOUT) -> str
         time.sleep(0.05)
 
 
-def netdCommand(*args: str) -> list[str]:
-    """
-    The command line of netd, run with this interpreter.
-    """
-    return [sys.executable, "-m", "netd", *args]
-
-
-TEST_ADMIN = 'admin = "tcp:0:interface=127.0.0.1"'
-"""
-The control API of every netd the harness starts whose config does not place it
-(a config without C{admin} has none): port 0 (reported in the ports file), so
-that the tests can use the API and netds running at once never contend for a port.
-"""
-
-
 def withTestAdmin(config: str) -> str:
     """
-    C{config} with L{TEST_ADMIN} in its C{[daemon]} table (made if missing),
-    unless it sets C{admin} itself.
+    C{config} with the control API on a loopback port of its own
+    (L{TEST_ADMIN}) unless it places it, as L{startNetd} runs it: for a test
+    that writes a config file itself (to reload, or for a netd it starts
+    another way).
     """
-    if re.search(r"^\s*admin\s*=", config, re.MULTILINE):
-        return config
-    table = re.search(r"^\[daemon\][^\n]*$", config, re.MULTILINE)
-    if table is None:
-        return f"[daemon]\n{TEST_ADMIN}\n\n{config}"
-    return f"{config[: table.end()]}\n{TEST_ADMIN}{config[table.end() :]}"
+    return withDaemonKeys(config, {"admin": TEST_ADMIN})
 
 
-def _defaultSigInt() -> None:
-    """
-    In the child, before netd starts: undo an inherited "ignore SIGINT" (pytest
-    run as a background job or under nohup), which Twisted respects by not
-    handling SIGINT at all, so that the SIGINT tests test netd.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _netdStarter(directory: Path, started: list[NetdProcess]) -> Callable[..., NetdProcess]:
+def _starter(directory: Path, started: list[NetdServer]) -> Callable[..., NetdServer]:
     """
     A function that starts netd on a config text (L{None}: the embedded default
-    config, no C{-c}) with its files in C{directory}, appending each process to
-    C{started}, and returns it as a L{NetdProcess}, ready unless C{wait=False}.
+    config, no C{-c}) with its files in a folder of C{directory} of its own,
+    appending each server to C{started}, and returns it, ready unless
+    C{wait=False}; other keyword arguments go to L{NetdServer}.
 
-    Every netd gets C{XDG_STATE_HOME} in C{directory} (and no
-    C{STATE_DIRECTORY}), so that C{certificate = "auto"} (the embedded
-    default's tls-echo) never writes into the user's home.  A config text
-    gets its control API on port 0 unless it places it (L{withTestAdmin}).
+    netd's own shutdown timeout is kept (the harness's default of 0 would hide
+    what the drain tests prove); the environment is the one of the moment of
+    the call (a test may have set C{NETD_REACTOR}, say).
     """
-    stateHome = directory / "state"
 
-    def start(config: str | None, *, wait: bool = True) -> NetdProcess:
-        index = len(started)
-        configArgs: list[str] = []
-        if config is not None:
-            configFile = directory / f"netd-{index}.toml"
-            configFile.write_text(withTestAdmin(config))
-            configArgs = ["-c", str(configFile)]
-        portsFile = directory / f"ports-{index}.json"
-        logFile = directory / f"netd-{index}.log"
-        # The environment as it is now: a test may have set NETD_REACTOR, say.
-        environment = {key: value for key, value in os.environ.items() if key != "STATE_DIRECTORY"}
-        environment["XDG_STATE_HOME"] = str(stateHome)
-        netd = NetdProcess.spawn(
-            netdCommand("run", *configArgs, "--ports-file", str(portsFile)),
-            portsFile,
-            logFile,
-            env=environment,
-            preexec=_defaultSigInt,
-            stateDir=stateHome / "netd",
-        )
-        if config is not None:
-            netd.configFile = configFile
-        started.append(netd)
-        if wait:
-            netd.waitUntilReady()
-        return netd
+    def start(config: str | None, *, wait: bool = True, **options: Any) -> NetdServer:
+        options.setdefault("shutdownTimeout", None)
+        options.setdefault("startTimeout", STARTUP_TIMEOUT)
+        server = NetdServer(config, directory / f"netd-{len(started)}", **options)
+        started.append(server)
+        return server.start(wait=wait)
 
     return start
 
 
 @pytest.fixture
-def startNetd(tmp_path: Path) -> Iterator[object]:
+def startNetd(tmp_path: Path) -> Iterator[Callable[..., NetdServer]]:
     """
     A function that starts netd on a config text (L{None}: the embedded default
-    config, no C{-c}) and returns a L{NetdProcess}, ready unless C{wait=False};
-    every process started is stopped at teardown.
+    config, no C{-c}) and returns its L{NetdServer}, ready unless C{wait=False};
+    every process started is killed at teardown.
     """
-    started: list[NetdProcess] = []
-    yield _netdStarter(tmp_path, started)
+    started: list[NetdServer] = []
+    yield _starter(tmp_path, started)
     for netd in started:
         netd.kill()
 
 
 @pytest.fixture(scope="module")
-def startModuleNetd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def startModuleNetd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., NetdServer]]:
     """
     Like L{startNetd}, for a netd shared by the tests of one module (started by a
-    module-scoped fixture); every process started is stopped after the module.
+    module-scoped fixture); every process started is killed after the module.
     """
-    started: list[NetdProcess] = []
-    yield _netdStarter(tmp_path_factory.mktemp("netd"), started)
+    started: list[NetdServer] = []
+    yield _starter(tmp_path_factory.mktemp("netd"), started)
     for netd in started:
         netd.kill()
 

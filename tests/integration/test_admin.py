@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import IO_TIMEOUT, NetdProcess, connect, dig, echoService, recvExactly, requireTool
+from netd.testing.harness import NetdServer
+
+from .conftest import IO_TIMEOUT, connect, dig, echoService, recvExactly, requireTool
 from .dns_upstream import Dnsmasq, answerRcode, askUdp, buildQuery
 
 pytestmark = pytest.mark.integration
@@ -49,7 +51,7 @@ def config(*, daemon: str = ADMIN, upstream: str = "udp:127.0.0.1:9") -> str:
     return f"[daemon]\n{daemon}\n\n{echo}{DNS.format(upstream=json.dumps(upstream))}"
 
 
-def get(netd: NetdProcess, path: str, token: str | None = None, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+def get(netd: NetdServer, path: str, token: str | None = None, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
     """
     One request to netd's control API: status, headers (lower-case names) and body; error statuses are returned, not raised.  A request that may change something carries netd's token unless C{token} is given.
     """
@@ -67,7 +69,7 @@ def get(netd: NetdProcess, path: str, token: str | None = None, method: str = "G
             return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
-def metrics(netd: NetdProcess, token: str | None = None) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def metrics(netd: NetdServer, token: str | None = None) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """
     netd's /metrics, parsed by prometheus_client, by (sample name, labels).
     """
@@ -92,8 +94,8 @@ def test_endpointsOverTheWire(startNetd: Any) -> None:
     """
     Over real HTTP, /health and /ready answer 200, and /services shows each service's plugin and the ports netd picked for port 0.
     """
-    netd: NetdProcess = startNetd(config())
-    assert netd.daemon.admin is not None and netd.daemon.admin["listen"] == "tcp:0:interface=127.0.0.1" and netd.daemon.admin["port"] != 0
+    netd: NetdServer = startNetd(config())
+    assert netd.adminAddress is not None and netd.adminAddress["listen"] == "tcp:0:interface=127.0.0.1" and netd.adminAddress["port"] != 0
     status, headers, body = get(netd, "/health")
     assert (status, json.loads(body)) == (200, {"status": "ok"})
     assert headers["content-type"] == "application/json"
@@ -120,7 +122,7 @@ def test_metricsMoveWithTraffic(startNetd: Any) -> None:
     """
     After echo bytes over TCP and UDP and DNS queries, the byte, datagram, query-type, rcode and static-answer counters in /metrics have grown by exactly that traffic (an open connection's bytes already while it is open).
     """
-    netd: NetdProcess = startNetd(config())
+    netd: NetdServer = startNetd(config())
     before = metrics(netd)
     payload = b"0123456789" * 10
     with connect(netd.address("echo", "tcp")) as client:
@@ -161,7 +163,7 @@ def test_upstreamLatencyHistogram(startNetd: Any, dnsUpstream: Dnsmasq) -> None:
     """
     A query forwarded to a real upstream (dnsmasq) is counted in the upstream latency histogram, in seconds, in its buckets, sum and count.
     """
-    netd: NetdProcess = startNetd(config(upstream=dnsUpstream.upstream))
+    netd: NetdServer = startNetd(config(upstream=dnsUpstream.upstream))
     before = metrics(netd)
     host, port = netd.address("dns", "udp")
     query = buildQuery("www.example.test", 1)
@@ -184,7 +186,7 @@ def test_tokenOverTheWire(startNetd: Any, tmp_path: Path) -> None:
     tokenFile = tmp_path / "admin.token"
     tokenFile.write_text("correct horse battery staple\n")
     tokenFile.chmod(0o600)
-    netd: NetdProcess = startNetd(config(daemon=f'{ADMIN}\nadmin_token_file = "{tokenFile}"'))
+    netd: NetdServer = startNetd(config(daemon=f'{ADMIN}\nadmin_token_file = "{tokenFile}"'))
     for token in (None, "wrong"):
         status, headers, body = get(netd, "/services", token)
         assert status == 401
@@ -200,7 +202,7 @@ def test_readyTurns503WhileDraining(startNetd: Any) -> None:
     """
     After SIGTERM, while an open echo connection holds the drain, /ready answers 503 "stopping" and the API still answers; netd then exits 0.
     """
-    netd: NetdProcess = startNetd(config(daemon=f"{ADMIN}\nshutdown_timeout = 20"))
+    netd: NetdServer = startNetd(config(daemon=f"{ADMIN}\nshutdown_timeout = 20"))
     with connect(netd.address("echo", "tcp")) as client:
         client.sendall(b"hold")
         assert recvExactly(client, 4) == b"hold"
@@ -222,8 +224,8 @@ def test_adminOnUnixSocket(startNetd: Any, tmp_path: Path) -> None:
     admin = "unix:PATH" serves the API on that socket, mode 0600 and without a token, reported with its path in the ports file.
     """
     path = tmp_path / "admin.sock"
-    netd: NetdProcess = startNetd(config(daemon=f'admin = "unix:{path}"'))
-    assert netd.daemon.admin == {"listen": f"unix:{path}", "transport": "unix", "path": str(path), "token_file": None}
+    netd: NetdServer = startNetd(config(daemon=f'admin = "unix:{path}"'))
+    assert netd.adminAddress == {"listen": f"unix:{path}", "transport": "unix", "path": str(path), "token_file": None}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(IO_TIMEOUT)
@@ -237,7 +239,7 @@ def test_adminOnUnixSocket(startNetd: Any, tmp_path: Path) -> None:
     assert json.loads(body) == {"status": "ready"}
 
 
-def curl(netd: NetdProcess, method: str, path: str, *args: str) -> tuple[int, str]:
+def curl(netd: NetdServer, method: str, path: str, *args: str) -> tuple[int, str]:
     """
     Run the real curl against netd's control API: the status and the body.
     """
@@ -251,7 +253,7 @@ def test_webPageRequestsCannotChangeRecords(startNetd: Any) -> None:
     """
     With curl forging what a web page sends (a rebinding Host, a form's text/plain body, a cross-site Origin, no token), netd refuses each with 421, 415, 403 or 401 and dig still gets the configured answer; the same change with the token and JSON goes through.
     """
-    netd: NetdProcess = startNetd(config())
+    netd: NetdServer = startNetd(config())
     dns = netd.address("dns", "udp")
     auth = next(iter(netd.adminHeaders().items()))
     token = f"{auth[0]}: {auth[1]}"
@@ -287,9 +289,9 @@ def test_largeUnauthenticatedBodyIsNeverRead(startNetd: Any) -> None:
     """
     Over a real socket, a PUT announcing 200 MB without the token is answered 401 before any body byte is sent, the connection is closed, and sending the body then fails long before 200 MB; netd's memory does not grow by the body.
     """
-    netd: NetdProcess = startNetd(config())
+    netd: NetdServer = startNetd(config())
     before = netd.rssBytes()
-    host, port = str(netd.daemon.admin["host"]), int(netd.daemon.admin["port"])  # type: ignore[index,call-overload]
+    host, port = str(netd.adminAddress["host"]), int(netd.adminAddress["port"])  # type: ignore[index,call-overload]
     with connect((host, port)) as client:
         client.sendall(
             b"PUT /services/dns/records HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -316,8 +318,8 @@ def test_connectionCapOverTheWire(startNetd: Any) -> None:
     """
     With admin_max_connections = 2 and two idle real connections held open (one with half a request), a third request is served: netd closes the oldest idle connection to admit it, and counts it.
     """
-    netd: NetdProcess = startNetd(config(daemon=f"{ADMIN}\nadmin_max_connections = 2"))
-    host, port = str(netd.daemon.admin["host"]), int(netd.daemon.admin["port"])  # type: ignore[index,call-overload]
+    netd: NetdServer = startNetd(config(daemon=f"{ADMIN}\nadmin_max_connections = 2"))
+    host, port = str(netd.adminAddress["host"]), int(netd.adminAddress["port"])  # type: ignore[index,call-overload]
     with connect((host, port)) as oldest, connect((host, port)) as younger:
         younger.sendall(b"GET /health HTTP/1.1\r\nHost: loc")
         deadline = time.monotonic() + IO_TIMEOUT

@@ -25,10 +25,10 @@ from pathlib import Path
 import attrs
 import pytest
 
-from netd.testing.memory import unavailable
+from netd.testing.harness import netdCommand, unavailable
 from netd.tls.devcerts import ensureDevelopmentSet
 
-from .conftest import IO_TIMEOUT, STARTUP_TIMEOUT, connect, netdCommand, recvExactly
+from .conftest import IO_TIMEOUT, STARTUP_TIMEOUT, connect, recvExactly
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,6 @@ ways out, at start and on a reload.  Real processes, real sockets on loopback.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
@@ -18,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from netd.testing.memory import unavailable
+from netd.testing.harness import NetdServer, netdCommand, unavailable
 
-from .conftest import IO_TIMEOUT, NetdProcess, canBind, connect, echoService, netdCommand, recvExactly, requireEmbeddedDefaultPorts, requireTool, waitForLog, withTestAdmin
+from .conftest import IO_TIMEOUT, canBind, connect, echoService, recvExactly, requireEmbeddedDefaultPorts, requireTool, waitForLog, withTestAdmin
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +32,7 @@ DEFAULT_ADMIN_PORT = 8053
 Where the embedded default config (and, before issue 14, every config) puts the control API.
 """
 
-Launcher = Callable[..., NetdProcess]
+Launcher = Callable[..., NetdServer]
 
 
 @pytest.fixture
@@ -44,33 +43,21 @@ def launch(tmp_path: Path) -> Iterator[Launcher]:
     optional launcher C{prefix}, with its files in C{tmp_path/launched};
     each process is killed, by its PID, at teardown.
     """
-    started: list[NetdProcess] = []
+    started: list[NetdServer] = []
     directory = tmp_path / "launched"
     directory.mkdir()
 
-    def start(configFile: Path, *, prefix: tuple[str, ...] = ()) -> NetdProcess:
-        index = len(started)
-        portsFile = directory / f"ports-{index}.json"
-        logFile = directory / f"netd-{index}.log"
-        environment = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_", "WATCHDOG_"))}
-        environment.pop("STATE_DIRECTORY", None)
-        environment["XDG_STATE_HOME"] = str(directory / f"state-{index}")
-        netd = NetdProcess.spawn(
-            [*prefix, *netdCommand("run", "-c", str(configFile), "--ports-file", str(portsFile))],
-            portsFile,
-            logFile,
-            env=environment,
-            cwd=directory,
-        )
+    def start(configFile: Path, *, prefix: tuple[str, ...] = ()) -> NetdServer:
+        netd = NetdServer(configFile, directory / f"netd-{len(started)}", launcher=[*prefix, *netdCommand("run")], cwd=directory)
         started.append(netd)
-        return netd
+        return netd.start(wait=False)
 
     yield start
     for netd in started:
         netd.kill()
 
 
-def waitForExit(netd: NetdProcess, timeout: float = EXIT_TIMEOUT) -> int:
+def waitForExit(netd: NetdServer, timeout: float = EXIT_TIMEOUT) -> int:
     """
     Wait, bounded, for a netd that should exit on its own; return its exit code.
     """
@@ -132,7 +119,7 @@ The config file the docs' example messages name.
 """
 
 
-def readmeMessage(key: str, netd: NetdProcess) -> str:
+def readmeMessage(key: str, netd: NetdServer) -> str:
     """
     The docs' example message of a listen refused at C{key}, as one line
     (docs/service.md shows a service's, docs/control-api.md the control
@@ -167,7 +154,7 @@ def test_twoShippedExamplesSideBySide(launch: Launcher, defaultAdminPortHeld: No
     second = launch(EXAMPLES / "echo-framings.toml")
     first.waitUntilReady()
     second.waitUntilReady()
-    assert first.admin is None and second.admin is None
+    assert first.adminAddress is None and second.adminAddress is None
     assert echoes(first.address("echo", "tcp"), b"first tcp")
     assert echoes(first.address("echo", "udp"), b"first udp", udp=True)
     assert echoes(second.address("echo-raw", "tcp"), b"second tcp")
@@ -194,12 +181,12 @@ def test_socketActivatedExampleBesideAnotherNetd(launch: Launcher, defaultAdminP
         assert "Address already in use" in netd.log() and attempt < 2, netd.log()
     assert echoes(("127.0.0.1", port), b"activated\n")
     netd.waitUntilReady()
-    assert netd.daemon.admin is None
+    assert netd.adminAddress is None
     assert echoes(("127.0.0.1", port), b"again\n")
     assert netd.stop() == 0, netd.log()
 
 
-def test_embeddedDefaultBesideAnExample(startNetd: Callable[..., NetdProcess], launch: Launcher) -> None:
+def test_embeddedDefaultBesideAnExample(startNetd: Callable[..., NetdServer], launch: Launcher) -> None:
     """
     netd run without -c (control API on 127.0.0.1:8053) and a shipped example started as it is run at once; the default's control API answers.
     """
@@ -207,10 +194,10 @@ def test_embeddedDefaultBesideAnExample(startNetd: Callable[..., NetdProcess], l
     default = startNetd(None)
     example = launch(EXAMPLES / "test-target.toml")
     example.waitUntilReady()
-    assert default.admin is not None and (default.admin["host"], default.admin["port"]) == ("127.0.0.1", DEFAULT_ADMIN_PORT)
+    assert default.adminAddress is not None and (default.adminAddress["host"], default.adminAddress["port"]) == ("127.0.0.1", DEFAULT_ADMIN_PORT)
     assert default.api("GET", "/ready") == (200, {"status": "ready"})
     waitForLog(default, "control API on http://127.0.0.1:8053/")
-    assert example.admin is None
+    assert example.adminAddress is None
     assert echoes(default.address("echo", "tcp"), b"default")
     assert echoes(example.address("echo", "tcp"), b"example")
     assert default.stop() == 0 and example.stop() == 0
@@ -223,7 +210,7 @@ def test_embeddedDefaultBesideAnExample(startNetd: Callable[..., NetdProcess], l
         pytest.param(socket.SOCK_DGRAM, "udp:{port}:interface=127.0.0.1", "ss -lunp 'sport = :{port}'", id="udp"),
     ],
 )
-def test_serviceAddressTaken(startNetd: Callable[..., NetdProcess], kind: int, listen: str, command: str) -> None:
+def test_serviceAddressTaken(startNetd: Callable[..., NetdServer], kind: int, listen: str, command: str) -> None:
     """
     A service address another socket holds makes netd exit 1 naming services[N].listen[M], the address, the ss command and the ways out, leaving nothing listening.
     """
@@ -246,7 +233,7 @@ def test_serviceAddressTaken(startNetd: Callable[..., NetdProcess], kind: int, l
     assert not netd.portsFile.exists()
 
 
-def test_serviceAddressTakenMessageIsTheReadme(startNetd: Callable[..., NetdProcess]) -> None:
+def test_serviceAddressTakenMessageIsTheReadme(startNetd: Callable[..., NetdServer]) -> None:
     """
     The example of a taken service address in docs/service.md is what netd prints, word for word (with the port of the test).
     """
@@ -258,7 +245,7 @@ def test_serviceAddressTakenMessageIsTheReadme(startNetd: Callable[..., NetdProc
     assert example.replace("7007", str(port)) in netd.log(), netd.log()
 
 
-def test_adminAddressTaken(startNetd: Callable[..., NetdProcess]) -> None:
+def test_adminAddressTaken(startNetd: Callable[..., NetdServer]) -> None:
     """
     A control API address another socket holds makes netd exit 1 with the message docs/control-api.md shows: [daemon] admin, the address, the ss command, and the ways out (another port, port 0, no admin, stopping the holder).
     """
@@ -271,7 +258,7 @@ def test_adminAddressTaken(startNetd: Callable[..., NetdProcess]) -> None:
     assert "listening on" not in netd.log()
 
 
-def test_reloadOnTakenAddress(startNetd: Callable[..., NetdProcess]) -> None:
+def test_reloadOnTakenAddress(startNetd: Callable[..., NetdServer]) -> None:
     """
     A reload (POST /reload and SIGHUP) whose new address another socket holds is undone, answers 500 and logs the message naming services[N].listen[M] and the ways out, and the running services go on.
     """
@@ -301,7 +288,7 @@ def test_reloadOnTakenAddress(startNetd: Callable[..., NetdProcess]) -> None:
     assert netd.stop() == 0
 
 
-def test_adminUnixSocketLeftOver(startNetd: Callable[..., NetdProcess], tmp_path: Path) -> None:
+def test_adminUnixSocketLeftOver(startNetd: Callable[..., NetdServer], tmp_path: Path) -> None:
     """
     A unix: control API whose socket file is left over from a process that ended makes netd exit 1 naming [daemon] admin, the file, how to see whether anything listens on it, and to remove it.
     """

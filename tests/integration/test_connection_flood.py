@@ -22,18 +22,9 @@ from typing import Any
 
 import pytest
 
-from netd.testing.memory import unavailable
+from netd.testing.harness import NetdServer, unavailable
 
-from .conftest import (
-    IO_TIMEOUT,
-    NetdProcess,
-    _defaultSigInt,
-    echoService,
-    netdCommand,
-    recvExactly,
-    requireTool,
-    withTestAdmin,
-)
+from .conftest import IO_TIMEOUT, echoService, recvExactly, requireTool
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +39,7 @@ Seconds the whole flood test may take, connections opened and closed included.
 """
 
 
-def metric(netd: NetdProcess, name: str, service: str) -> float:
+def metric(netd: NetdServer, name: str, service: str) -> float:
     """
     The value of the sample C{name} of C{service} in netd's /metrics (0 when absent).
     """
@@ -225,29 +216,17 @@ def test_aBurstOfConnectsIsQueuedNotReset(startNetd: Any, monkeypatch: pytest.Mo
             client.close()
 
 
-def startWithDescriptors(directory: Path, config: str, limit: tuple[int, int], reactor: str) -> NetdProcess:
+def startWithDescriptors(directory: Path, config: str, limit: tuple[int, int], reactor: str) -> NetdServer:
     """
     Start netd with its open-file limit at C{limit} (soft, hard), set in the child before it runs.
     """
-    configFile = directory / "netd.toml"
-    configFile.write_text(withTestAdmin(config))
-    portsFile = directory / "ports.json"
-    logFile = directory / "netd.log"
-    environment = {key: value for key, value in os.environ.items() if key != "STATE_DIRECTORY"}
-    environment["XDG_STATE_HOME"] = str(directory / "state")
-    environment["NETD_REACTOR"] = reactor
 
     def limited() -> None:
-        _defaultSigInt()
         resource.setrlimit(resource.RLIMIT_NOFILE, limit)
 
-    return NetdProcess.spawn(
-        netdCommand("run", "-c", str(configFile), "--ports-file", str(portsFile)),
-        portsFile,
-        logFile,
-        env=environment,
-        preexec=limited,
-    ).readyOrKilled()
+    return NetdServer(
+        config, directory, environment={"NETD_REACTOR": reactor}, preexec=limited, shutdownTimeout=None
+    ).start()
 
 
 def cpuSeconds(pid: int) -> float:

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import IO_TIMEOUT, canBind, connect, echoService, netdCommand, recvExactly, recvUntilClosed, requireEmbeddedDefaultPorts, waitForLog
+from netd.testing.harness import netdCommand
+
+from .conftest import IO_TIMEOUT, canBind, connect, echoService, recvExactly, recvUntilClosed, requireEmbeddedDefaultPorts, waitForLog
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,9 @@ import pytest
 import tomli_w
 from twisted.names import dns
 
-from .conftest import IO_TIMEOUT, DigResult, NetdProcess, dig, netdCommand, recvExactly, recvUntilClosed, requireTool, unavailable, waitForLog
+from netd.testing.harness import NetdServer, netdCommand
+
+from .conftest import IO_TIMEOUT, DigResult, dig, recvExactly, recvUntilClosed, requireTool, unavailable, waitForLog
 from .dns_upstream import EXPECTED, Dnsmasq, buildQuery
 
 pytestmark = pytest.mark.integration
@@ -66,7 +68,7 @@ def dnsService(name: str, upstreams: list[str], **keys: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def server(certs: Path, dnsUpstream: Dnsmasq, startModuleNetd: Any) -> NetdProcess:
+def server(certs: Path, dnsUpstream: Dnsmasq, startModuleNetd: Any) -> NetdServer:
     """
     netd "A": a dns-proxy with a tls table (the development server
     certificate), forwarding to dnsmasq, with static records; debug logging,
@@ -82,7 +84,7 @@ def server(certs: Path, dnsUpstream: Dnsmasq, startModuleNetd: Any) -> NetdProce
 
 
 @pytest.fixture(scope="module")
-def forwarder(certs: Path, server: NetdProcess, startModuleNetd: Any) -> NetdProcess:
+def forwarder(certs: Path, server: NetdServer, startModuleNetd: Any) -> NetdServer:
     """
     netd "B": two dns-proxy services with A as their only upstream over DoT:
     C{via-dot} checks A's certificate for the name localhost (which it
@@ -102,14 +104,14 @@ def forwarder(certs: Path, server: NetdProcess, startModuleNetd: Any) -> NetdPro
     return startModuleNetd(tomli_w.dumps({"services": services}))
 
 
-def handshakes(netd: NetdProcess, service: str) -> int:
+def handshakes(netd: NetdServer, service: str) -> int:
     """
     How many TLS handshakes C{service} has logged as done (debug).
     """
     return len(re.findall(rf"\[{re.escape(service)}#debug\] TLS from ", netd.log()))
 
 
-def digTLS(netd: NetdProcess, certs: Path, *args: str) -> DigResult:
+def digTLS(netd: NetdServer, certs: Path, *args: str) -> DigResult:
     """
     dig over DNS over TLS to the TCP port of the C{dot} service, verifying the
     certificate against the development CA for the name localhost.
@@ -137,7 +139,7 @@ def digSpeaksTLS() -> None:
     ("name", "rtype"),
     [("www.example.test", "A"), ("www.example.test", "AAAA"), ("example.test", "MX"), ("example.test", "TXT")],
 )
-def test_digOverTLSForwards(server: NetdProcess, certs: Path, digSpeaksTLS: None, name: str, rtype: str) -> None:
+def test_digOverTLSForwards(server: NetdServer, certs: Path, digSpeaksTLS: None, name: str, rtype: str) -> None:
     """
     dig +tls, verifying netd's certificate for localhost, gets the upstream's records through the TLS listener of a dns-proxy service.
     """
@@ -148,7 +150,7 @@ def test_digOverTLSForwards(server: NetdProcess, certs: Path, digSpeaksTLS: None
     assert "(TLS)" in result.output, result.output
 
 
-def test_digOverTLSStaticRecords(server: NetdProcess, certs: Path, digSpeaksTLS: None) -> None:
+def test_digOverTLSStaticRecords(server: NetdServer, certs: Path, digSpeaksTLS: None) -> None:
     """
     dig +tls gets the service's static records (A and TXT) over DNS over TLS.
     """
@@ -159,7 +161,7 @@ def test_digOverTLSStaticRecords(server: NetdProcess, certs: Path, digSpeaksTLS:
     assert text.last.data("TXT") == ['"served over TLS"'], text.output
 
 
-def test_digSeveralQueriesOneConnection(server: NetdProcess, certs: Path, digSpeaksTLS: None) -> None:
+def test_digSeveralQueriesOneConnection(server: NetdServer, certs: Path, digSpeaksTLS: None) -> None:
     """
     dig +tls +keepopen asking three questions gets three right answers over one TLS connection (one handshake).
     """
@@ -175,7 +177,7 @@ def test_digSeveralQueriesOneConnection(server: NetdProcess, certs: Path, digSpe
     assert handshakes(server, "dot") == before + 1, server.log()[-3000:]
 
 
-def test_digRefusesWrongName(server: NetdProcess, certs: Path, digSpeaksTLS: None) -> None:
+def test_digRefusesWrongName(server: NetdServer, certs: Path, digSpeaksTLS: None) -> None:
     """
     dig +tls expecting another name than the certificate's gets no answer from netd over TLS.
     """
@@ -209,7 +211,7 @@ def addresses(message: dns.Message) -> list[str]:
     return [cast(dns.Record_A, record.payload).dottedQuad() for record in message.answers if record.type == dns.A]
 
 
-def test_severalQueriesOneConnection(server: NetdProcess, certs: Path) -> None:
+def test_severalQueriesOneConnection(server: NetdServer, certs: Path) -> None:
     """
     Several queries pipelined over one DNS-over-TLS connection (forwarded and static, two types) each get their own answer, through a single TLS handshake.
     """
@@ -229,7 +231,7 @@ def test_severalQueriesOneConnection(server: NetdProcess, certs: Path) -> None:
     waitUntil(lambda: handshakes(server, "dot") == before + 1, "one handshake logged for the connection")
 
 
-def test_udpStaysPlain(server: NetdProcess, dnsUpstream: Dnsmasq) -> None:
+def test_udpStaysPlain(server: NetdServer, dnsUpstream: Dnsmasq) -> None:
     """
     The same service's UDP listener answers plain DNS (forwarded and static), while plain DNS over TCP to its TLS listener is refused as not TLS.
     """
@@ -248,7 +250,7 @@ def test_udpStaysPlain(server: NetdProcess, dnsUpstream: Dnsmasq) -> None:
 # Forwarding over DNS over TLS.
 
 
-def test_forwardsOverDoT(server: NetdProcess, forwarder: NetdProcess) -> None:
+def test_forwardsOverDoT(server: NetdServer, forwarder: NetdServer) -> None:
     """
     A dns-proxy whose upstream is tls:A:name=localhost (with the CA as ca_bundle) answers UDP queries through netd A over a verified TLS connection: A's static names and, through A, dnsmasq's records.
     """
@@ -263,7 +265,7 @@ def test_forwardsOverDoT(server: NetdProcess, forwarder: NetdProcess) -> None:
     waitForLog(server, "tls mail.example.test A -> NOERROR from upstream")
 
 
-def test_doTUpstreamWithWrongName(forwarder: NetdProcess) -> None:
+def test_doTUpstreamWithWrongName(forwarder: NetdServer) -> None:
     """
     A DoT upstream whose certificate does not carry the name= given is refused: the client gets SERVFAIL within the deadline, and the failure is logged with the hostname mismatch.
     """

@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 from twisted.names import dns
 
-from .conftest import IO_TIMEOUT, DigResult, NetdProcess, connect, dig, recvExactly, waitForLog
+from netd.testing.harness import NetdServer
+
+from .conftest import IO_TIMEOUT, DigResult, connect, dig, recvExactly, waitForLog
 from .dns_upstream import (
     BIG_NAME,
     BOGUS_ADDRESS,
@@ -73,7 +75,7 @@ def dnsConfig(upstreams: list[str], *, listen: list[str] = LOOPBACK_LISTEN, reco
     return "\n".join(lines) + "\n\n" + (STATIC_RECORDS if records else "")
 
 
-def ask(netd: NetdProcess, transport: str, *args: str, time: int = 3) -> DigResult:
+def ask(netd: NetdServer, transport: str, *args: str, time: int = 3) -> DigResult:
     """
     dig against the C{dns} service of C{netd} over C{transport} ("udp" or "tcp").
     """
@@ -82,7 +84,7 @@ def ask(netd: NetdProcess, transport: str, *args: str, time: int = 3) -> DigResu
     return dig(netd.address("dns", "udp"), *args, time=time)
 
 
-def startOnOnePort(start: Callable[..., NetdProcess], config: Callable[[int], str], attempts: int = 5) -> NetdProcess:
+def startOnOnePort(start: Callable[..., NetdServer], config: Callable[[int], str], attempts: int = 5) -> NetdServer:
     """
     Start netd with a config listening on the same port for UDP and TCP (which
     dig's retry over TCP after a truncated UDP answer needs), choosing a free
@@ -110,7 +112,7 @@ def onePortListen(port: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def proxy(startModuleNetd: Any, dnsUpstream: Dnsmasq) -> NetdProcess:
+def proxy(startModuleNetd: Any, dnsUpstream: Dnsmasq) -> NetdServer:
     """
     One netd shared by the module's forwarding and static-record tests, with the
     issue's config, forwarding to the test upstream, on one port for UDP and TCP.
@@ -144,7 +146,7 @@ TRANSPORTS = ["udp", "tcp"]
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize(("name", "rtype"), FORWARDED, ids=[f"{name}-{rtype}" for name, rtype in FORWARDED])
-def test_forwardsAsUpstreamAnswers(proxy: NetdProcess, dnsUpstream: Dnsmasq, transport: str, name: str, rtype: str) -> None:
+def test_forwardsAsUpstreamAnswers(proxy: NetdServer, dnsUpstream: Dnsmasq, transport: str, name: str, rtype: str) -> None:
     """
     A query netd forwards gets the upstream's records (answer and authority), with TTLs no higher than the upstream's.
     """
@@ -159,7 +161,7 @@ def test_forwardsAsUpstreamAnswers(proxy: NetdProcess, dnsUpstream: Dnsmasq, tra
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_forwardsCnameChain(proxy: NetdProcess, dnsUpstream: Dnsmasq, transport: str) -> None:
+def test_forwardsCnameChain(proxy: NetdServer, dnsUpstream: Dnsmasq, transport: str) -> None:
     """
     An A query for an alias gets the upstream's CNAME and the target's A record.
     """
@@ -172,7 +174,7 @@ def test_forwardsCnameChain(proxy: NetdProcess, dnsUpstream: Dnsmasq, transport:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_forwardsChaosClass(proxy: NetdProcess, dnsUpstream: Dnsmasq, transport: str) -> None:
+def test_forwardsChaosClass(proxy: NetdServer, dnsUpstream: Dnsmasq, transport: str) -> None:
     """
     A class CH query (version.bind TXT) gets the upstream's status and records.
     """
@@ -184,7 +186,7 @@ def test_forwardsChaosClass(proxy: NetdProcess, dnsUpstream: Dnsmasq, transport:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_forwardsNxdomain(proxy: NetdProcess, dnsUpstream: Dnsmasq, transport: str) -> None:
+def test_forwardsNxdomain(proxy: NetdServer, dnsUpstream: Dnsmasq, transport: str) -> None:
     """
     An unknown name in the upstream's zone gets NXDOMAIN with the zone's SOA.
     """
@@ -195,7 +197,7 @@ def test_forwardsNxdomain(proxy: NetdProcess, dnsUpstream: Dnsmasq, transport: s
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_forwardsNodata(proxy: NetdProcess, transport: str) -> None:
+def test_forwardsNodata(proxy: NetdServer, transport: str) -> None:
     """
     A known name asked for a type it lacks gets NOERROR with no answer and the zone's SOA.
     """
@@ -210,7 +212,7 @@ def test_forwardsNodata(proxy: NetdProcess, transport: str) -> None:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("name", ["www.example.test", "netd.test"])
-def test_dnssecOkBitKept(proxy: NetdProcess, transport: str, name: str) -> None:
+def test_dnssecOkBitKept(proxy: NetdServer, transport: str, name: str) -> None:
     """
     A query with the DO bit (+dnssec) gets an answer whose OPT record has the DO bit.
     """
@@ -222,7 +224,7 @@ def test_dnssecOkBitKept(proxy: NetdProcess, transport: str, name: str) -> None:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("name", ["www.example.test", "netd.test"])
-def test_ednsMirrorsQuery(proxy: NetdProcess, transport: str, name: str) -> None:
+def test_ednsMirrorsQuery(proxy: NetdServer, transport: str, name: str) -> None:
     """
     An answer has an OPT record without DO for a plain EDNS query, and none for a query without EDNS.
     """
@@ -234,7 +236,7 @@ def test_ednsMirrorsQuery(proxy: NetdProcess, transport: str, name: str) -> None
     assert noEdns.last.answer, noEdns.output
 
 
-def test_truncatedThenRetriedOverTcp(proxy: NetdProcess) -> None:
+def test_truncatedThenRetriedOverTcp(proxy: NetdServer) -> None:
     """
     A UDP answer too big for a 512-byte buffer comes truncated, and dig's retry over TCP gets all 40 TXT records.
     """
@@ -246,7 +248,7 @@ def test_truncatedThenRetriedOverTcp(proxy: NetdProcess) -> None:
 
 
 @pytest.mark.parametrize("options", [["+bufsize=512"], ["+bufsize=1232"], ["+noedns"]])
-def test_truncatedAnswerFitsBuffer(proxy: NetdProcess, options: list[str]) -> None:
+def test_truncatedAnswerFitsBuffer(proxy: NetdServer, options: list[str]) -> None:
     """
     Over UDP, an answer larger than the client's buffer (512 without EDNS) has TC set and fits the buffer.
     """
@@ -258,7 +260,7 @@ def test_truncatedAnswerFitsBuffer(proxy: NetdProcess, options: list[str]) -> No
     assert result.last.size is not None and result.last.size <= limit, result.output
 
 
-def test_largeAnswerOverTcp(proxy: NetdProcess, dnsUpstream: Dnsmasq) -> None:
+def test_largeAnswerOverTcp(proxy: NetdServer, dnsUpstream: Dnsmasq) -> None:
     """
     Over TCP the large answer comes whole, although the upstream truncates it over UDP at 1232 bytes.
     """
@@ -268,7 +270,7 @@ def test_largeAnswerOverTcp(proxy: NetdProcess, dnsUpstream: Dnsmasq) -> None:
     assert result.last.data("TXT") == sorted(f'"{text}"' for text in BIG_TEXTS), result.output
 
 
-def test_largeAnswerInLargeUdpBuffer(proxy: NetdProcess) -> None:
+def test_largeAnswerInLargeUdpBuffer(proxy: NetdServer) -> None:
     """
     Over UDP with an 8 KB buffer the 4.6 KB answer comes whole, not truncated.
     """
@@ -292,7 +294,7 @@ STATIC = [
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize(("name", "rtype", "data"), STATIC, ids=[f"{name}-{rtype}" for name, rtype, _ in STATIC])
-def test_staticRecords(proxy: NetdProcess, dnsUpstream: Dnsmasq, transport: str, name: str, rtype: str, data: list[str]) -> None:
+def test_staticRecords(proxy: NetdServer, dnsUpstream: Dnsmasq, transport: str, name: str, rtype: str, data: list[str]) -> None:
     """
     A name in the records table (exact, any case, or by wildcard) is answered from the config without asking the upstream.
     """
@@ -306,7 +308,7 @@ def test_staticRecords(proxy: NetdProcess, dnsUpstream: Dnsmasq, transport: str,
     assert dnsUpstream.queriesFor(name) == before
 
 
-def test_staticNameInOtherClass(proxy: NetdProcess) -> None:
+def test_staticNameInOtherClass(proxy: NetdServer) -> None:
     """
     A static name asked in class CH is not answered with the config's class IN records.
     """
@@ -317,7 +319,7 @@ def test_staticNameInOtherClass(proxy: NetdProcess) -> None:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_staticNodata(proxy: NetdProcess, dnsUpstream: Dnsmasq, transport: str) -> None:
+def test_staticNodata(proxy: NetdServer, dnsUpstream: Dnsmasq, transport: str) -> None:
     """
     A static name asked for a type it lacks gets NOERROR with no answer, not a forwarded query.
     """
@@ -328,7 +330,7 @@ def test_staticNodata(proxy: NetdProcess, dnsUpstream: Dnsmasq, transport: str) 
     assert dnsUpstream.queriesFor("netd.test") == before
 
 
-def test_logQueries(proxy: NetdProcess) -> None:
+def test_logQueries(proxy: NetdServer) -> None:
     """
     With log_queries, each query is logged with its name.
     """
@@ -341,16 +343,16 @@ def test_logQueries(proxy: NetdProcess) -> None:
 
 
 @pytest.fixture
-def freshProxy(startNetd: Any, dnsUpstream: Dnsmasq) -> NetdProcess:
+def freshProxy(startNetd: Any, dnsUpstream: Dnsmasq) -> NetdServer:
     """
     A netd with an empty cache, forwarding to the test upstream.
     """
-    netd: NetdProcess = startNetd(dnsConfig([dnsUpstream.upstream]))
+    netd: NetdServer = startNetd(dnsConfig([dnsUpstream.upstream]))
     return netd
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_cacheHit(freshProxy: NetdProcess, dnsUpstream: Dnsmasq, transport: str) -> None:
+def test_cacheHit(freshProxy: NetdServer, dnsUpstream: Dnsmasq, transport: str) -> None:
     """
     A second identical query is answered from the cache, the same but for a TTL no higher, without asking the upstream.
     """
@@ -363,7 +365,7 @@ def test_cacheHit(freshProxy: NetdProcess, dnsUpstream: Dnsmasq, transport: str)
     assert second.last.answer[0].ttl <= first.last.answer[0].ttl, second.output
 
 
-def test_cacheServesUdpAnswerOverTcp(freshProxy: NetdProcess, dnsUpstream: Dnsmasq) -> None:
+def test_cacheServesUdpAnswerOverTcp(freshProxy: NetdServer, dnsUpstream: Dnsmasq) -> None:
     """
     An answer cached from a UDP query serves the same query over TCP.
     """
@@ -374,7 +376,7 @@ def test_cacheServesUdpAnswerOverTcp(freshProxy: NetdProcess, dnsUpstream: Dnsma
     assert dnsUpstream.queriesFor("mail.example.test") == before + 1
 
 
-def test_cacheTtlCountsDown(freshProxy: NetdProcess, dnsUpstream: Dnsmasq) -> None:
+def test_cacheTtlCountsDown(freshProxy: NetdServer, dnsUpstream: Dnsmasq) -> None:
     """
     A cached answer's TTLs go down by the whole seconds it spent in the cache.
     """
@@ -387,7 +389,7 @@ def test_cacheTtlCountsDown(freshProxy: NetdProcess, dnsUpstream: Dnsmasq) -> No
     assert all(record.ttl <= first.last.authority[0].ttl - 1 for record in second.last.authority), second.output
 
 
-def test_negativeCache(freshProxy: NetdProcess, dnsUpstream: Dnsmasq) -> None:
+def test_negativeCache(freshProxy: NetdServer, dnsUpstream: Dnsmasq) -> None:
     """
     An NXDOMAIN answer with an SOA is cached: the second query gets NXDOMAIN and the SOA without asking the upstream.
     """
@@ -399,7 +401,7 @@ def test_negativeCache(freshProxy: NetdProcess, dnsUpstream: Dnsmasq) -> None:
     assert dnsUpstream.queriesFor(name) == 1
 
 
-def test_cacheKeyHasDoBit(freshProxy: NetdProcess, dnsUpstream: Dnsmasq) -> None:
+def test_cacheKeyHasDoBit(freshProxy: NetdServer, dnsUpstream: Dnsmasq) -> None:
     """
     A query with the DO bit is not answered from an answer cached for one without it, and is cached itself.
     """
@@ -413,7 +415,7 @@ def test_cacheKeyHasDoBit(freshProxy: NetdProcess, dnsUpstream: Dnsmasq) -> None
         assert result.last.data() == ["192.0.2.53"], result.output
 
 
-def test_cacheIgnoresCaseAndKeepsQuestion(freshProxy: NetdProcess, dnsUpstream: Dnsmasq) -> None:
+def test_cacheIgnoresCaseAndKeepsQuestion(freshProxy: NetdServer, dnsUpstream: Dnsmasq) -> None:
     """
     A query differing only in case is a cache hit, and its answer repeats the question as the client spelled it.
     """
@@ -425,7 +427,7 @@ def test_cacheIgnoresCaseAndKeepsQuestion(freshProxy: NetdProcess, dnsUpstream: 
     assert mixed.last.question and mixed.last.question[0].split()[0] == "V6Only.Example.TEST.", mixed.output
 
 
-def test_cacheKeepsRdBitOfQuery(freshProxy: NetdProcess) -> None:
+def test_cacheKeepsRdBitOfQuery(freshProxy: NetdServer) -> None:
     """
     A cache hit's RD flag is the query's, whatever the query that filled the cache asked.
     """
@@ -442,7 +444,7 @@ def test_ttlClamps(startNetd: Any, dnsUpstream: Dnsmasq, key: str, value: int) -
     max_ttl and min_ttl bound the TTLs a client is given, on the first answer as on cache hits.
     """
     clamp: dict[str, Any] = {key: value}
-    netd: NetdProcess = startNetd(dnsConfig([dnsUpstream.upstream], **clamp))
+    netd: NetdServer = startNetd(dnsConfig([dnsUpstream.upstream], **clamp))
     first = ask(netd, "udp", "www.example.test", "A")
     second = ask(netd, "udp", "www.example.test", "A")
     for which, result in [("forwarded", first), ("cached", second)]:
@@ -456,7 +458,7 @@ def test_ttlClamps(startNetd: Any, dnsUpstream: Dnsmasq, key: str, value: int) -
 # Several queries on one TCP connection.
 
 
-def test_severalQueriesOneTcpConnection(proxy: NetdProcess) -> None:
+def test_severalQueriesOneTcpConnection(proxy: NetdServer) -> None:
     """
     dig +keepopen sends three queries on one TCP connection and gets each answer.
     """
@@ -484,7 +486,7 @@ def addresses(message: dns.Message, family: int) -> list[str]:
     return [socket.inet_ntop(family, payload.address) for payload in payloads]
 
 
-def test_pipelinedTcpQueries(proxy: NetdProcess) -> None:
+def test_pipelinedTcpQueries(proxy: NetdServer) -> None:
     """
     Queries written back to back on one TCP connection, before any answer is read, are all answered, matched by ID.
     """
@@ -522,7 +524,7 @@ def test_refusedOutsideAllow(startNetd: Any, dnsUpstream: Dnsmasq, transport: st
     """
     A client outside the allow networks gets REFUSED, for forwarded and static names alike, and nothing is forwarded.
     """
-    netd: NetdProcess = startNetd(dnsConfig([dnsUpstream.upstream], allow=["10.0.0.0/8"]))
+    netd: NetdServer = startNetd(dnsConfig([dnsUpstream.upstream], allow=["10.0.0.0/8"]))
     before = dnsUpstream.queriesFor(name)
     result = ask(netd, transport, name, "A")
     assert result.last.status == "REFUSED", result.output
@@ -542,7 +544,7 @@ def test_servfailWhenNoUpstreamAnswers(
     When no upstream answers (nothing listening, or a socket that never replies), the client gets SERVFAIL within the deadline.
     """
     upstreams = [{"closed": closedUpstream, "silent": silentUpstream}[kind] for kind in kinds]
-    netd: NetdProcess = startNetd(dnsConfig(upstreams, timeout=TIMEOUT, deadline=DEADLINE))
+    netd: NetdServer = startNetd(dnsConfig(upstreams, timeout=TIMEOUT, deadline=DEADLINE))
     result = ask(netd, transport, "www.example.test", "A", time=int(DEADLINE) + 5)
     assert result.messages, f"no answer at all:\n{result.output}"
     assert result.last.status == "SERVFAIL", result.output
@@ -557,7 +559,7 @@ def test_failoverToNextUpstream(startNetd: Any, dnsUpstream: Dnsmasq, silentUpst
     With a dead first upstream, the query is answered by the next one within the timeout and the deadline.
     """
     dead = {"closed": closedUpstream, "silent": silentUpstream}[kind]
-    netd: NetdProcess = startNetd(dnsConfig([dead, dnsUpstream.upstream], timeout=TIMEOUT, deadline=DEADLINE))
+    netd: NetdServer = startNetd(dnsConfig([dead, dnsUpstream.upstream], timeout=TIMEOUT, deadline=DEADLINE))
     for name, rtype in [("www.example.test", "A"), ("example.test", "MX")]:
         result = ask(netd, "udp", name, rtype, time=int(DEADLINE) + 5)
         assert result.last.status == "NOERROR", result.output
@@ -572,7 +574,7 @@ def test_tcpUpstreamAnswersEveryKind(startNetd: Any, dnsUpstream: Dnsmasq) -> No
     proven in the unit tests: this dnsmasq closes a TCP connection after its
     first answer, so netd must reconnect, and does).
     """
-    netd: NetdProcess = startNetd(dnsConfig([f"tcp:{dnsUpstream.host}:{dnsUpstream.port}"], records=False))
+    netd: NetdServer = startNetd(dnsConfig([f"tcp:{dnsUpstream.host}:{dnsUpstream.port}"], records=False))
     questions = [("www.example.test", "A"), ("example.test", "MX"), ("_sip._udp.example.test", "SRV"), (BIG_NAME, "TXT")]
     before = {name: dnsUpstream.answeringPids(name, rtype) for name, rtype in questions}
     for name, rtype in questions:
@@ -617,7 +619,7 @@ MALFORMED_WITH_HEADER = {
 
 
 @pytest.mark.parametrize("datagram", MALFORMED_WITH_HEADER.values(), ids=list(MALFORMED_WITH_HEADER))
-def test_formerrForReadableHeader(proxy: NetdProcess, datagram: bytes) -> None:
+def test_formerrForReadableHeader(proxy: NetdServer, datagram: bytes) -> None:
     """
     A malformed query whose header can be read gets FORMERR with its ID, and the service goes on answering.
     """
@@ -637,7 +639,7 @@ UNANSWERED = {
 
 
 @pytest.mark.parametrize("datagram", UNANSWERED.values(), ids=list(UNANSWERED))
-def test_noAnswerWithoutReadableQuery(proxy: NetdProcess, datagram: bytes) -> None:
+def test_noAnswerWithoutReadableQuery(proxy: NetdServer, datagram: bytes) -> None:
     """
     A datagram shorter than a header, or a response rather than a query, is dropped without an answer, and the service goes on answering.
     """
@@ -646,7 +648,7 @@ def test_noAnswerWithoutReadableQuery(proxy: NetdProcess, datagram: bytes) -> No
     assert result.last.data() == ["192.0.2.10"], result.output
 
 
-def test_formerrOverTcp(proxy: NetdProcess) -> None:
+def test_formerrOverTcp(proxy: NetdServer) -> None:
     """
     A malformed query over TCP with a readable header gets a FORMERR frame, and the service goes on answering.
     """
@@ -667,7 +669,7 @@ def test_defaultConfigAnswersNetdTest(startNetd: Any) -> None:
     """
     netd run without -c serves a dns-proxy service that answers netd.test from its static records.
     """
-    netd: NetdProcess = startNetd(None)
+    netd: NetdServer = startNetd(None)
     result = ask(netd, "udp", "netd.test", "A")
     assert result.last.status == "NOERROR", result.output
     assert result.last.data("A"), result.output
@@ -676,7 +678,7 @@ def test_defaultConfigAnswersNetdTest(startNetd: Any) -> None:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_ednsVersionOneGetsBadvers(freshProxy: NetdProcess, dnsUpstream: Dnsmasq, transport: str) -> None:
+def test_ednsVersionOneGetsBadvers(freshProxy: NetdServer, dnsUpstream: Dnsmasq, transport: str) -> None:
     """
     dig +edns=1 gets BADVERS with an OPT record of version 0 for a cached name and for a static one, over UDP and TCP, and the query does not go upstream.
     """
@@ -707,7 +709,7 @@ def test_checkingDisabledAnswerNotServedToValidatingClients(startNetd: Any, vali
     """
     dig +cd gets the bogus zone's data, which netd caches; dig without +cd then gets the validating upstream's SERVFAIL, not that data; dig +cd again is a cache hit.
     """
-    netd: NetdProcess = startNetd(dnsConfig([validatingUpstream.upstream], records=False))
+    netd: NetdServer = startNetd(dnsConfig([validatingUpstream.upstream], records=False))
     first = ask(netd, transport, BOGUS_NAME, "A", "+cd")
     assert first.last.status == "NOERROR" and first.last.data() == [BOGUS_ADDRESS], first.output
     validating = ask(netd, transport, BOGUS_NAME, "A")
@@ -721,7 +723,7 @@ def test_queriesInFlightBounded(startNetd: Any, silentUpstream: str) -> None:
     """
     Against an upstream that never answers, a TCP connection past max_inflight_per_connection queries waiting gets REFUSED on it, and a client past max_inflight_per_client gets REFUSED at once over UDP; both are counted.
     """
-    netd: NetdProcess = startNetd(
+    netd: NetdServer = startNetd(
         dnsConfig([silentUpstream], timeout=TIMEOUT, deadline=DEADLINE, max_inflight_per_client=3, max_inflight_per_connection=1)
     )
     with connect(netd.address("dns", "tcp")) as stream:
@@ -747,7 +749,7 @@ def test_queriesInFlightBounded(startNetd: Any, silentUpstream: str) -> None:
     assert (counters["inflight_refused_client"], counters["inflight_refused_connection"]) == (1, 1), counters
 
 
-def test_cacheBytesBoundedAndReported(freshProxy: NetdProcess, dnsUpstream: Dnsmasq) -> None:
+def test_cacheBytesBoundedAndReported(freshProxy: NetdServer, dnsUpstream: Dnsmasq) -> None:
     """
     An answer larger than cache_entry_bytes (the 4.6 KB TXT set, over TCP) is forwarded but not cached, and /metrics shows it as netd_cache_too_large_total beside the netd_dns_cache_bytes gauge of what is cached.
     """

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import tomli_w
 
-from .conftest import NetdProcess, dig
+from netd.testing.harness import NetdServer
+
+from .conftest import dig
 from .dns_upstream import Dnsmasq, buildQuery
 from .test_dns_proxy import onePortListen, startOnOnePort
 
@@ -58,14 +60,14 @@ def scriptedConfig(upstream: str, listen: list[str], **keys: Any) -> str:
 
 
 @pytest.fixture(scope="module")
-def scripted(startModuleNetd: Any, dnsUpstream: Dnsmasq) -> NetdProcess:
+def scripted(startModuleNetd: Any, dnsUpstream: Dnsmasq) -> NetdServer:
     """
     One netd with L{SCRIPTS}, on one port for UDP and TCP (dig's retry after TC needs it).
     """
     return startOnOnePort(startModuleNetd, lambda port: scriptedConfig(dnsUpstream.upstream, onePortListen(port)))
 
 
-def test_droppedQueryTimesOut(scripted: NetdProcess) -> None:
+def test_droppedQueryTimesOut(scripted: NetdServer) -> None:
     """
     dig +tries=1 +time=1 gets no answer for a dropped name and reports the timeout.
     """
@@ -77,7 +79,7 @@ def test_droppedQueryTimesOut(scripted: NetdProcess) -> None:
 
 @pytest.mark.parametrize(("name", "rtype", "status"), [("servfail.example.test", "A", "SERVFAIL"), ("www.example.test", "AAAA", "NXDOMAIN")])
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-def test_forcedRcode(scripted: NetdProcess, name: str, rtype: str, status: str, transport: str) -> None:
+def test_forcedRcode(scripted: NetdServer, name: str, rtype: str, status: str, transport: str) -> None:
     """
     dig reports SERVFAIL and NXDOMAIN where they are forced, over UDP and TCP, with no records.
     """
@@ -87,7 +89,7 @@ def test_forcedRcode(scripted: NetdProcess, name: str, rtype: str, status: str, 
     assert result.last.answer == ()
 
 
-def test_rcodeForcedForOneTypeOnly(scripted: NetdProcess) -> None:
+def test_rcodeForcedForOneTypeOnly(scripted: NetdServer) -> None:
     """
     An entry with a qtype leaves the name's other types alone: its A record still comes from the upstream.
     """
@@ -95,7 +97,7 @@ def test_rcodeForcedForOneTypeOnly(scripted: NetdProcess) -> None:
     assert (result.last.status, result.last.data("A")) == ("NOERROR", ["192.0.2.10"]), result.output
 
 
-def test_truncatedMakesDigRetryOverTcp(scripted: NetdProcess) -> None:
+def test_truncatedMakesDigRetryOverTcp(scripted: NetdServer) -> None:
     """
     A forced TC makes dig retry over TCP, where the upstream's answer comes back whole.
     """
@@ -104,7 +106,7 @@ def test_truncatedMakesDigRetryOverTcp(scripted: NetdProcess) -> None:
     assert (result.last.status, result.last.data("A")) == ("NOERROR", ["192.0.2.25"]), result.output
 
 
-def test_firstTwoServfailThenAnswer(scripted: NetdProcess) -> None:
+def test_firstTwoServfailThenAnswer(scripted: NetdServer) -> None:
     """
     With first = 2 the first two queries get SERVFAIL and the third the upstream's answer.
     """
@@ -113,7 +115,7 @@ def test_firstTwoServfailThenAnswer(scripted: NetdProcess) -> None:
     assert statuses == ["SERVFAIL", "SERVFAIL", "NOERROR"]
 
 
-def test_delayIsALowerBound(scripted: NetdProcess) -> None:
+def test_delayIsALowerBound(scripted: NetdServer) -> None:
     """
     A delayed answer takes at least the delay, and is the upstream's answer.
     """
@@ -141,7 +143,7 @@ def receiveAll(sock: socket.socket, count: int) -> list[bytes]:
 
 
 @pytest.mark.parametrize("spoof", ["id", "question"])
-def test_spoofedAnswerArrivesFirst(scripted: NetdProcess, spoof: str) -> None:
+def test_spoofedAnswerArrivesFirst(scripted: NetdServer, spoof: str) -> None:
     """
     With spoof, a forged NXDOMAIN answer (wrong ID, or another question) arrives first on the client's socket, then the real answer.
     """
@@ -160,7 +162,7 @@ def test_spoofedAnswerArrivesFirst(scripted: NetdProcess, spoof: str) -> None:
         assert forged[:2] == b"\x42\x42" and b"\x07spoofed\x07invalid\x00" in forged
 
 
-def test_digIgnoresSpoofedId(scripted: NetdProcess) -> None:
+def test_digIgnoresSpoofedId(scripted: NetdServer) -> None:
     """
     dig, a client that checks IDs, warns about the forged answer and takes the real one.
     """
@@ -173,17 +175,17 @@ def test_digIgnoresSpoofedId(scripted: NetdProcess) -> None:
 
 
 @pytest.fixture
-def runtime(startNetd: Any, dnsUpstream: Dnsmasq) -> NetdProcess:
+def runtime(startNetd: Any, dnsUpstream: Dnsmasq) -> NetdServer:
     """
     A netd of its own (its cache and scripts are changed), forwarding to the test upstream, with no scripts or records.
     """
-    netd: NetdProcess = startNetd(
+    netd: NetdServer = startNetd(
         scriptedConfig(dnsUpstream.upstream, ["udp:0:interface=127.0.0.1"], scripts=[], records={})
     )
     return netd
 
 
-def test_runtimeRecordsNeverServeStale(runtime: NetdProcess, dnsUpstream: Dnsmasq) -> None:
+def test_runtimeRecordsNeverServeStale(runtime: NetdServer, dnsUpstream: Dnsmasq) -> None:
     """
     A name PUT as a record is answered at once; once DELETEd, dig gets the upstream's answer again, asked afresh, never the cached one from before.
     """
@@ -199,7 +201,7 @@ def test_runtimeRecordsNeverServeStale(runtime: NetdProcess, dnsUpstream: Dnsmas
     assert dnsUpstream.queriesFor("www.example.test", "A") == before + 2
 
 
-def test_runtimeRecordPurgesCnameChainsThroughIt(runtime: NetdProcess, dnsUpstream: Dnsmasq) -> None:
+def test_runtimeRecordPurgesCnameChainsThroughIt(runtime: NetdServer, dnsUpstream: Dnsmasq) -> None:
     """
     A record PUT for a name drops the cached answer of an alias whose CNAME chain passes through it: the next query for the alias goes to the upstream again instead of serving the chain cached before the change.
     """
@@ -216,7 +218,7 @@ def test_runtimeRecordPurgesCnameChainsThroughIt(runtime: NetdProcess, dnsUpstre
     assert "1 cached answers dropped" in runtime.log()
 
 
-def test_runtimeWildcardAndRestore(runtime: NetdProcess, dnsUpstream: Dnsmasq) -> None:
+def test_runtimeWildcardAndRestore(runtime: NetdServer, dnsUpstream: Dnsmasq) -> None:
     """
     A wildcard PUT at runtime answers every name below it, cached ones included; DELETE without names restores the config's (no) records and the upstream answers again.
     """
@@ -230,7 +232,7 @@ def test_runtimeWildcardAndRestore(runtime: NetdProcess, dnsUpstream: Dnsmasq) -
     assert dnsUpstream.queriesFor("mail.example.test", "A") == before + 1
 
 
-def test_runtimeScripts(runtime: NetdProcess) -> None:
+def test_runtimeScripts(runtime: NetdServer) -> None:
     """
     Scripts PUT at runtime act on the next query and count it; a bad entry is a 400 naming its key path; DELETE restores the config's (no) scripts.
     """
@@ -247,7 +249,7 @@ def test_runtimeScripts(runtime: NetdProcess) -> None:
     assert runtime.api("DELETE", "/services/dns/scripts") == (200, {"scripts": [], "applied": []})
 
 
-def test_queryEvents(runtime: NetdProcess, dnsUpstream: Dnsmasq) -> None:
+def test_queryEvents(runtime: NetdServer, dnsUpstream: Dnsmasq) -> None:
     """
     Each query dig makes is an event with its name, type, transport, rcode, source, cache hit and the upstream that answered.
     """

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from twisted.names import dns
 
-from netd.testing.memory import unavailable
+from netd.testing.harness import NetdServer, unavailable
 
-from .conftest import IO_TIMEOUT, NetdProcess
+from .conftest import IO_TIMEOUT
 from .dns_upstream import buildQuery
 
 pytestmark = pytest.mark.integration
@@ -209,7 +209,7 @@ def dnsConfig(upstream: str, **keys: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ask(netd: NetdProcess, name: str) -> tuple[bytes, bytes]:
+def ask(netd: NetdServer, name: str) -> tuple[bytes, bytes]:
     """
     One A query to the C{dns} service over UDP: the query and the answer.
     """

@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import IO_TIMEOUT, NetdProcess
+from netd.testing.harness import NetdServer
+
+from .conftest import IO_TIMEOUT
 from .dns_upstream import buildQuery
 
 pytestmark = pytest.mark.integration
@@ -108,7 +110,7 @@ def test_queriesPastTheBoundFailAtOnce(startNetd: Any, silentUpstream: SilentUps
         "timeout = 30.0\ndeadline = 30.0\ncache_size = 0\n"
         f"stream_connections = {CONNECTIONS}\nstream_pipeline = {PIPELINE}\n"
     )
-    netd: NetdProcess = startNetd(config)
+    netd: NetdServer = startNetd(config)
     deadline = time.monotonic() + IO_TIMEOUT
     while sum(silentUpstream.frames) < 1:
         assert time.monotonic() < deadline, "the start-up loop probe did not reach the upstream"

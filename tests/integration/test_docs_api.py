@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from ..unit.test_docs_examples import API_ORIGIN, CURLS, methodAndPath
-from .conftest import IO_TIMEOUT, NetdProcess
+from netd.testing.harness import NetdServer
+
+from .conftest import IO_TIMEOUT
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +66,7 @@ def test_docsHaveGets() -> None:
 
 
 @pytest.fixture(scope="module")
-def liveNetd(startModuleNetd: Callable[..., NetdProcess]) -> NetdProcess:
+def liveNetd(startModuleNetd: Callable[..., NetdServer]) -> NetdServer:
     """
     A netd with the services the docs' calls name and its control API on a loopback port.
     """
@@ -72,7 +74,7 @@ def liveNetd(startModuleNetd: Callable[..., NetdProcess]) -> NetdProcess:
 
 
 @pytest.mark.parametrize(("where", "path"), GETS, ids=[where for where, _ in GETS])
-def test_documentedGetAnswers(where: str, path: str, liveNetd: NetdProcess) -> None:
+def test_documentedGetAnswers(where: str, path: str, liveNetd: NetdServer) -> None:
     """
     Each GET call the docs show answers 200 from a live netd.
     """

@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import IO_TIMEOUT, NetdProcess, connect, echoService, recvExactly, requireTool
+from netd.testing.harness import NetdServer
+
+from .conftest import IO_TIMEOUT, connect, echoService, recvExactly, requireTool
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +37,7 @@ tls = { certificate = "auto", alpn = ["y"] }
 )
 
 
-def waitForEvents(netd: NetdProcess, service: str, count: int, query: str = "") -> dict[str, Any]:
+def waitForEvents(netd: NetdServer, service: str, count: int, query: str = "") -> dict[str, Any]:
     """
     Poll the service's events until at least C{count} are kept (netd records a
     connection once it has seen it close); return the answer.
@@ -50,15 +52,15 @@ def waitForEvents(netd: NetdProcess, service: str, count: int, query: str = "") 
 
 
 @pytest.fixture(scope="module")
-def netd(startModuleNetd: Any) -> NetdProcess:
+def netd(startModuleNetd: Any) -> NetdServer:
     """
     One netd with an echo service, an echo keeping 2 events, and a TLS echo offering ALPN "y".
     """
-    started: NetdProcess = startModuleNetd(CONFIG)
+    started: NetdServer = startModuleNetd(CONFIG)
     return started
 
 
-def test_echoConnectionEvent(netd: NetdProcess) -> None:
+def test_echoConnectionEvent(netd: NetdServer) -> None:
     """
     A client that sends 11 bytes, reads the echo and closes shows as one connection event with its own address, 11 bytes each way and "closed by peer".
     """
@@ -78,7 +80,7 @@ def test_echoConnectionEvent(netd: NetdProcess) -> None:
     assert abs(event["opened"] - time.time()) < 60
 
 
-def test_resetAndClear(netd: NetdProcess) -> None:
+def test_resetAndClear(netd: NetdServer) -> None:
     """
     A client that resets its connection shows as "reset by peer"; DELETE clears the log, after which only new events show, with seq still counting up.
     """
@@ -101,7 +103,7 @@ def test_resetAndClear(netd: NetdProcess) -> None:
     assert after["ended"] == "closed by peer"
 
 
-def test_fullRingCountsDropped(netd: NetdProcess) -> None:
+def test_fullRingCountsDropped(netd: NetdServer) -> None:
     """
     A service keeping 2 events keeps the last 2 of 3 connections and reports 1 dropped.
     """
@@ -151,7 +153,7 @@ def sClient(address: tuple[str, int], *args: str) -> str:
     return output.decode(errors="replace")
 
 
-def test_tlsConnectionEvent(netd: NetdProcess) -> None:
+def test_tlsConnectionEvent(netd: NetdServer) -> None:
     """
     An openssl s_client connection with -servername x -alpn y shows in the TLS echo's events with the version, cipher, SNI and ALPN it negotiated.
     """
@@ -165,7 +167,7 @@ def test_tlsConnectionEvent(netd: NetdProcess) -> None:
     assert event["bytes_in"] > len(b"netd-events-marker\n") and event["bytes_out"] > event["bytes_in"]
 
 
-def test_tlsHandshakeFailureEvent(netd: NetdProcess) -> None:
+def test_tlsHandshakeFailureEvent(netd: NetdServer) -> None:
     """
     An openssl s_client offering only an ALPN protocol the service does not speak shows as a connection event with the alpn_mismatch failure.
     """
@@ -200,7 +202,7 @@ listen = ["tcp:0:interface=127.0.0.1"]
 upstreams = ["{dnsUpstream.upstream}"]
 events = 1000
 """
-    netd: NetdProcess = startNetd(config)
+    netd: NetdServer = startNetd(config)
 
     def ask(stream: socket.socket, queryId: int) -> bytes:
         query = paddedQuery("www.example.test", 60_000, queryId)

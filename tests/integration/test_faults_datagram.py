@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import IO_TIMEOUT, NetdProcess, echoService
+from netd.testing.harness import NetdServer
+
+from .conftest import IO_TIMEOUT, echoService
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +37,7 @@ One UDP echo service per fault, each used by one test (schedules count from the 
 
 
 @pytest.fixture(scope="module")
-def netd(startModuleNetd: Any) -> NetdProcess:
+def netd(startModuleNetd: Any) -> NetdServer:
     """
     One netd with the echo services of L{SERVICES}.
     """
@@ -71,7 +73,7 @@ def answers(sock: socket.socket, wait: float = SILENCE, first: float = IO_TIMEOU
         sock.settimeout(wait)
 
 
-def test_dropFirst(netd: NetdProcess) -> None:
+def test_dropFirst(netd: NetdServer) -> None:
     """
     With C{drop} and C{first = 1} the first datagram gets no answer in time, the second one does.
     """
@@ -83,7 +85,7 @@ def test_dropFirst(netd: NetdProcess) -> None:
         assert answers(sock) == [b"second"]
 
 
-def test_duplicate(netd: NetdProcess) -> None:
+def test_duplicate(netd: NetdServer) -> None:
     """
     With C{duplicate} the client receives its answer twice, and no more.
     """
@@ -92,7 +94,7 @@ def test_duplicate(netd: NetdProcess) -> None:
         assert answers(sock) == [b"twice", b"twice"]
 
 
-def test_delay(netd: NetdProcess) -> None:
+def test_delay(netd: NetdServer) -> None:
     """
     With C{delay} of 300 ms, the round trip takes at least 300 ms.
     """
@@ -106,7 +108,7 @@ def test_delay(netd: NetdProcess) -> None:
     assert elapsed >= 0.3
 
 
-def test_truncate(netd: NetdProcess) -> None:
+def test_truncate(netd: NetdServer) -> None:
     """
     With C{truncate} to 4 bytes, the answer is the first 4 bytes of what was sent.
     """
@@ -115,7 +117,7 @@ def test_truncate(netd: NetdProcess) -> None:
         assert answers(sock) == [b"0123"]
 
 
-def test_reorder(netd: NetdProcess) -> None:
+def test_reorder(netd: NetdServer) -> None:
     """
     With C{reorder} on the first datagram, two datagrams sent come back swapped.
     """
@@ -126,7 +128,7 @@ def test_reorder(netd: NetdProcess) -> None:
         assert answers(sock) == [b"B", b"A"]
 
 
-def test_faultsThroughTheControlAPI(netd: NetdProcess) -> None:
+def test_faultsThroughTheControlAPI(netd: NetdServer) -> None:
     """
     Faults put with C{PUT /services/NAME/faults} act on the next datagram, and C{DELETE} removes them.
     """
@@ -148,7 +150,7 @@ def test_faultsThroughTheControlAPI(netd: NetdProcess) -> None:
         assert answers(sock) == [b"whole"]
 
 
-def test_multiplyingDuplicatesRefusedByTheControlAPI(netd: NetdProcess) -> None:
+def test_multiplyingDuplicatesRefusedByTheControlAPI(netd: NetdServer) -> None:
     """
     A PUT of duplicate faults that would make more than 64 datagrams of one, or of more than 32 faults, is refused with a 400 naming faults, and the faults in force stay.
     """

@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import IO_TIMEOUT, NetdProcess, connect, dig, echoService, recvExactly, recvUntilClosed
+from netd.testing.harness import NetdServer
+
+from .conftest import IO_TIMEOUT, connect, dig, echoService, recvExactly, recvUntilClosed
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +42,7 @@ One echo service per fault: its framing and its faults.
 
 
 @pytest.fixture(scope="module")
-def netd(startModuleNetd: Any) -> NetdProcess:
+def netd(startModuleNetd: Any) -> NetdServer:
     """
     One netd with the echo services of L{SERVICES}.
     """
@@ -65,7 +67,7 @@ def reads(client: socket.socket, count: int) -> list[bytes]:
     return chunks
 
 
-def test_splitFrame(netd: NetdProcess) -> None:
+def test_splitFrame(netd: NetdServer) -> None:
     """
     With C{split_frame}, the client's reads see one u32 frame, prefix included, in three pieces.
     """
@@ -77,7 +79,7 @@ def test_splitFrame(netd: NetdProcess) -> None:
     assert [len(c) for c in chunks] == [5, 4, 4]
 
 
-def test_mergeFrames(netd: NetdProcess) -> None:
+def test_mergeFrames(netd: NetdServer) -> None:
     """
     With C{merge_frames}, the answer to the first line waits for the second, and both arrive in one read.
     """
@@ -91,7 +93,7 @@ def test_mergeFrames(netd: NetdProcess) -> None:
         assert client.recv(65536) == b"one\ntwo\n"
 
 
-def test_oversizeFrame(netd: NetdProcess) -> None:
+def test_oversizeFrame(netd: NetdServer) -> None:
     """
     With C{oversize_frame}, a client whose limit is 65536 bytes is sent a 70000-byte frame: its payload, padded.
     """
@@ -103,7 +105,7 @@ def test_oversizeFrame(netd: NetdProcess) -> None:
         assert recvExactly(client, length) == b"hello" + bytes(70000 - 5)
 
 
-def test_truncateFrame(netd: NetdProcess) -> None:
+def test_truncateFrame(netd: NetdServer) -> None:
     """
     With C{truncate_frame}, the client gets the first half of its netstring back, then EOF.
     """
@@ -112,7 +114,7 @@ def test_truncateFrame(netd: NetdProcess) -> None:
         assert recvUntilClosed(client) == b"10:0123"
 
 
-def test_corruptLength(netd: NetdProcess) -> None:
+def test_corruptLength(netd: NetdServer) -> None:
     """
     With C{corrupt_length}, the u16 prefix says 9 bytes where 5 follow.
     """
@@ -121,7 +123,7 @@ def test_corruptLength(netd: NetdProcess) -> None:
         assert recvExactly(client, 7) == b"\x00\x09hello"
 
 
-def test_faultsThroughTheControlAPI(netd: NetdProcess) -> None:
+def test_faultsThroughTheControlAPI(netd: NetdServer) -> None:
     """
     Frame faults put through the control API act on the next frame of a connection already open.
     """

@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import IO_TIMEOUT, NetdProcess, connect, recvExactly, recvUntilClosed, requireTool
+from netd.testing.harness import NetdServer
+
+from .conftest import IO_TIMEOUT, connect, recvExactly, recvUntilClosed, requireTool
 from .test_tls import sClient
 
 pytestmark = pytest.mark.integration
@@ -66,11 +68,11 @@ CONFIG = "".join(
 
 
 @pytest.fixture(scope="module")
-def netd(startModuleNetd: Any) -> NetdProcess:
+def netd(startModuleNetd: Any) -> NetdServer:
     """
     One netd for the module, with a service per fault.
     """
-    started: NetdProcess = startModuleNetd(CONFIG)
+    started: NetdServer = startModuleNetd(CONFIG)
     return started
 
 
@@ -93,7 +95,7 @@ def assertSilent(client: socket.socket) -> None:
         client.recv(1024)
 
 
-def test_slicedReads(netd: NetdProcess) -> None:
+def test_slicedReads(netd: NetdServer) -> None:
     """
     Through slice, no recv of a Python socket gets more than the slice size, and every byte comes, in order.
     """
@@ -112,7 +114,7 @@ def test_slicedReads(netd: NetdProcess) -> None:
     assert len(sizes) >= len(data) // SLICE
 
 
-def test_latencyLowerBound(netd: NetdProcess) -> None:
+def test_latencyLowerBound(netd: NetdServer) -> None:
     """
     Round trips through latency take at least its milliseconds; the same echo without it is faster.
     """
@@ -123,7 +125,7 @@ def test_latencyLowerBound(netd: NetdProcess) -> None:
     assert min(fastTimes) < LATENCY_MS / 1000
 
 
-def test_resetAfter(netd: NetdProcess) -> None:
+def test_resetAfter(netd: NetdServer) -> None:
     """
     reset_after sends exactly its bytes, then the client's next recv fails with ECONNRESET.
     """
@@ -134,7 +136,7 @@ def test_resetAfter(netd: NetdProcess) -> None:
             client.recv(1024)
 
 
-def test_closeAfter(netd: NetdProcess) -> None:
+def test_closeAfter(netd: NetdServer) -> None:
     """
     close_after sends exactly its bytes, then a clean EOF.
     """
@@ -147,7 +149,7 @@ def test_closeAfter(netd: NetdProcess) -> None:
     assert received == b"abcdefg"
 
 
-def test_stallAfter(netd: NetdProcess) -> None:
+def test_stallAfter(netd: NetdServer) -> None:
     """
     stall_after sends its bytes, then nothing, with the connection still open.
     """
@@ -158,7 +160,7 @@ def test_stallAfter(netd: NetdProcess) -> None:
         client.sendall(b"still open")
 
 
-def test_blackhole(netd: NetdProcess) -> None:
+def test_blackhole(netd: NetdServer) -> None:
     """
     blackhole accepts and reads, and never answers: the client's recv times out, the connection stays open.
     """
@@ -169,7 +171,7 @@ def test_blackhole(netd: NetdProcess) -> None:
         assertSilent(client)
 
 
-def test_refuse(netd: NetdProcess) -> None:
+def test_refuse(netd: NetdServer) -> None:
     """
     refuse accepts the connection and closes it at once: the client reads EOF.
     """
@@ -190,14 +192,14 @@ def resetAtOnce(address: tuple[str, int]) -> None:
             client.recv(1024)
 
 
-def test_refuseReset(netd: NetdProcess) -> None:
+def test_refuseReset(netd: NetdServer) -> None:
     """
     refuse with reset = true resets the connection: the client sees ECONNRESET.
     """
     resetAtOnce(netd.address("refuse-rst"))
 
 
-def test_firstTwoThenWorks(netd: NetdProcess) -> None:
+def test_firstTwoThenWorks(netd: NetdServer) -> None:
     """
     A reset fault with first = 2 resets two connections, the third is echoed; GET shows the count, the event log each reset.
     """
@@ -215,7 +217,7 @@ def test_firstTwoThenWorks(netd: NetdProcess) -> None:
     assert [e["ended"] for e in answer["events"]][:2] == ["reset by fault refuse"] * 2
 
 
-def test_faultsThroughTheAPI(netd: NetdProcess) -> None:
+def test_faultsThroughTheAPI(netd: NetdServer) -> None:
     """
     PUT sets a latency on new and open connections, GET shows it with its count, DELETE makes the open one fast again.
     """
@@ -237,7 +239,7 @@ def test_faultsThroughTheAPI(netd: NetdProcess) -> None:
         assert roundTrip(before) < LATENCY_MS / 1000
 
 
-def test_apiRefusesBadFaults(netd: NetdProcess) -> None:
+def test_apiRefusesBadFaults(netd: NetdServer) -> None:
     """
     A PUT with a fault that cannot act on the service is a 400 naming its key path, and nothing changes.
     """
@@ -247,7 +249,7 @@ def test_apiRefusesBadFaults(netd: NetdProcess) -> None:
     assert netd.api("GET", "/services/api/faults")[1]["faults"] == []
 
 
-def test_metricsCountFaults(netd: NetdProcess) -> None:
+def test_metricsCountFaults(netd: NetdServer) -> None:
     """
     /metrics counts the faults applied by type.
     """
@@ -277,7 +279,7 @@ def unverified() -> ssl.SSLContext:
     return context
 
 
-def test_sClientThroughSliceOne(netd: NetdProcess) -> None:
+def test_sClientThroughSliceOne(netd: NetdServer) -> None:
     """
     openssl s_client completes a handshake through slice = 1 (both ways) and gets its line echoed.
     """
@@ -286,7 +288,7 @@ def test_sClientThroughSliceOne(netd: NetdProcess) -> None:
     assert result.echoed, result.output
 
 
-def test_pythonThroughSliceOne(netd: NetdProcess) -> None:
+def test_pythonThroughSliceOne(netd: NetdServer) -> None:
     """
     Python's ssl module completes a handshake through slice = 1 and gets its echo, one byte per TLS record read.
     """
@@ -296,7 +298,7 @@ def test_pythonThroughSliceOne(netd: NetdProcess) -> None:
             assert recvExactly(client, 6) == b"sliced"
 
 
-def test_tlsAbortPython(netd: NetdProcess) -> None:
+def test_tlsAbortPython(netd: NetdServer) -> None:
     """
     tls_abort with alert = "protocol_version" makes Python's ssl fail the handshake with that alert.
     """
@@ -306,7 +308,7 @@ def test_tlsAbortPython(netd: NetdProcess) -> None:
     assert "PROTOCOL_VERSION" in str(info.value).upper()
 
 
-def test_tlsAbortSClient(netd: NetdProcess) -> None:
+def test_tlsAbortSClient(netd: NetdServer) -> None:
     """
     openssl s_client reports the protocol_version alert of tls_abort, and no handshake.
     """
@@ -316,7 +318,7 @@ def test_tlsAbortSClient(netd: NetdProcess) -> None:
     assert "alert protocol version" in result.output, result.output
 
 
-def test_tlsGarbage(netd: NetdProcess) -> None:
+def test_tlsGarbage(netd: NetdServer) -> None:
     """
     tls_garbage makes Python's ssl fail: what came back is not a TLS record (a wrong version number).
     """
@@ -326,7 +328,7 @@ def test_tlsGarbage(netd: NetdProcess) -> None:
     assert "WRONG_VERSION_NUMBER" in str(info.value).upper() or "wrong version number" in str(info.value)
 
 
-def test_tlsStall(netd: NetdProcess) -> None:
+def test_tlsStall(netd: NetdServer) -> None:
     """
     tls_stall makes a Python ssl handshake wait in vain: it times out.
     """
@@ -336,7 +338,7 @@ def test_tlsStall(netd: NetdProcess) -> None:
             unverified().wrap_socket(raw, server_hostname="localhost")
 
 
-def test_untouchedServiceStillEchoes(netd: NetdProcess) -> None:
+def test_untouchedServiceStillEchoes(netd: NetdServer) -> None:
     """
     Alongside every fault, a service without faults echoes normally, and EOF ends it cleanly.
     """

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from netd.testing.harness import AdminClient, AdminError, NetdServer, NetdStartError
+from netd.testing.harness import AdminClient, AdminError, NetdServer, NetdStartError, netdCommand
 
 from .conftest import IO_TIMEOUT, connect, dig, recvExactly
 
@@ -218,7 +220,7 @@ def test_adminClientSendsTheGeneratedToken(netd_server: Start) -> None:
     """
     server = netd_server(echoConfig())
     tokenFile = Path(server.report["admin"]["token_file"])
-    assert tokenFile.parent == server.directory / "state"
+    assert tokenFile.parent == server.stateDir
     assert tokenFile.stat().st_mode & 0o777 == 0o600
     assert server.admin.setFaults("echo", [{"type": "latency", "ms": 1}])["faults"][0]["type"] == "latency"
     assert server.admin.clearFaults("echo")["faults"] == []
@@ -386,3 +388,89 @@ def test_noProcessLeftBehind(tmp_path: Path) -> None:
     assert not any(alive(pid, marker) for pid, marker in markers)
     assert servers[2].stop() is None
     assert os.path.exists(tmp_path / "0" / "netd.log")
+
+
+def test_launcherEnvironmentAndPreexec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A server runs netd behind the launcher it is given, with the environment changes and the preexec function applied in the child, and without the systemd variables meant for the test runner.
+    """
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens"))
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1000, 1000))
+
+    launcher = ["env", "NETD_HARNESS_LAUNCHER=1", *netdCommand("run")]
+    with NetdServer(echoConfig(), tmp_path, launcher=launcher, environment={"NETD_HARNESS_VARIABLE": "set"}, preexec=limited) as server:
+        assert tcpEcho(server.address("echo"), b"launched") == b"launched"
+        environment = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+        assert b"NETD_HARNESS_LAUNCHER=1" in environment and b"NETD_HARNESS_VARIABLE=set" in environment
+        assert not any(entry.startswith(b"NOTIFY_SOCKET=") for entry in environment)
+        limits = Path(f"/proc/{server.pid}/limits").read_text()
+        assert [line.split()[3:5] for line in limits.splitlines() if line.startswith("Max open files")] == [["1000", "1000"]]
+
+
+def test_configFileRunsAsItIs(tmp_path: Path) -> None:
+    """
+    A config given as a file's path is run as it is: nothing is added (here: no control API) and the file is not rewritten.
+    """
+    file = tmp_path / "mine.toml"
+    text = '# mine\n[[services]]\nname = "echo"\nplugin = "echo"\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
+    file.write_text(text)
+    with NetdServer(file, tmp_path / "files") as server:
+        assert server.configFile == file and file.read_text() == text
+        assert server.adminAddress is None
+        assert tcpEcho(server.address("echo"), b"as is") == b"as is"
+
+
+def test_serverAnswersForTheControlAPI(netd_server: Start, tmp_path: Path) -> None:
+    """
+    The server reads a counter from /metrics, passes an error status back from api() instead of raising, and gives the URL and token header for a client of one's own; unixPath and rssBytes answer for the process.
+    """
+    path = tmp_path / "echo.sock"
+    server = netd_server(echoConfig(listen=["tcp:0:interface=127.0.0.1", f"unix:{path}"]))
+    assert server.counter("bytes_received", "echo") == 0
+    assert tcpEcho(server.address("echo"), b"12345") == b"12345"
+    assert server.counter("bytes_received", "echo") == 5
+    status, answer = server.api("GET", "/no-such-endpoint")
+    assert status == 404 and answer["error"] == "not found"
+    status, answer = server.api("PUT", "/services/echo/faults", {"faults": [{"type": "latency", "ms": 1}]})
+    assert status == 200 and answer["faults"][0]["type"] == "latency"
+    request = urllib.request.Request(server.adminURL("/services/echo/faults"), method="DELETE", headers=server.adminHeaders())
+    with urllib.request.urlopen(request, timeout=IO_TIMEOUT) as response:
+        assert json.loads(response.read())["faults"] == []
+    assert server.unixPath("echo") == str(path)
+    assert [entry["transport"] for entry in server.services["echo"]] == ["tcp", "unix"]
+    assert server.rssBytes() > 1 << 20
+
+
+def test_waitUntilReadyReadsTheAddressesAgain(netd_server: Start) -> None:
+    """
+    After a reload that adds a service, waitUntilReady reads the ports file again and the new service's address is known.
+    """
+    server = netd_server(echoConfig())
+    server.configFile.write_text(server.configFile.read_text() + '[[services]]\nname = "more"\nplugin = "echo"\nlisten = ["tcp:0:interface=127.0.0.1"]\n')
+    server.admin.reload()
+    assert tcpEcho(server.waitUntilReady().address("more"), b"added") == b"added"
+
+
+@pytest.mark.parametrize(("stop", "code"), [(lambda server: server.stop(signal.SIGINT), 0), (NetdServer.kill, -signal.SIGKILL)])
+def test_stopWithASignalAndKill(tmp_path: Path, stop: Callable[[NetdServer], object], code: int) -> None:
+    """
+    stop() sends the signal it is given (netd exits 0 on SIGINT), and kill() ends netd with SIGKILL at once.
+    """
+    server = NetdServer(echoConfig(), tmp_path).start()
+    stop(server)
+    assert server.returncode == code and not server.running
+    assert not alive(server.pid, str(server.configFile))
+
+
+def test_startWithoutWaiting(tmp_path: Path) -> None:
+    """
+    start(wait=False) returns before netd is ready, with no report yet, and a config netd refuses shows as its exit code, not as an error of the start.
+    """
+    server = NetdServer({"services": [{**ECHO, "plugin": "no-such-plugin"}]}, tmp_path).start(wait=False)
+    assert server.report == {}
+    assert server.process is not None and server.process.wait(timeout=20) == 1
+    with pytest.raises(NetdStartError, match="exited with code 1"):
+        server.waitUntilReady()
+    assert "no-such-plugin" in server.log()

@@ -19,8 +19,9 @@ import pytest
 
 import netd
 from netd.daemon.logs import LEVELS
+from netd.testing.harness import NetdServer
 
-from .conftest import IO_TIMEOUT, NetdProcess, connect, echoService, recvExactly, waitForLog, withTestAdmin
+from .conftest import IO_TIMEOUT, connect, echoService, recvExactly, waitForLog, withTestAdmin
 
 SERVICES = {"echo", "lines"}
 NETD_ROOT = Path(netd.__file__).parent
@@ -36,7 +37,7 @@ def config(logFormat: str, level: str, services: str) -> str:
     return f'[daemon]\nlog_format = "{logFormat}"\nlog_level = "{level}"\nshutdown_timeout = 1\n\n{services}'
 
 
-def waitForReport(netd: NetdProcess, service: str) -> None:
+def waitForReport(netd: NetdServer, service: str) -> None:
     """
     Wait until the ports file, rewritten after a reload, names C{service}.
     """
@@ -46,7 +47,7 @@ def waitForReport(netd: NetdProcess, service: str) -> None:
         time.sleep(0.05)
 
 
-def fullRun(startNetd: Callable[..., NetdProcess], logFormat: str) -> str:
+def fullRun(startNetd: Callable[..., NetdServer], logFormat: str) -> str:
     """
     Run netd through start, TCP and UDP traffic, a reload (a new service and a
     new log level), a bad reload, and a SIGTERM with one connection open; the log.
@@ -75,7 +76,7 @@ def fullRun(startNetd: Callable[..., NetdProcess], logFormat: str) -> str:
     return daemon.log()
 
 
-def test_everyJSONLineHasTheDocumentedFields(startNetd: Callable[..., NetdProcess]) -> None:
+def test_everyJSONLineHasTheDocumentedFields(startNetd: Callable[..., NetdServer]) -> None:
     """
     Every line of a real run in JSON parses as one flat object with time, level, logger and msg, no Twisted-internal key, a documented level, and the service on every service line; the last says netd stopped and how long the drain took.
     """
@@ -107,7 +108,7 @@ def test_everyJSONLineHasTheDocumentedFields(startNetd: Callable[..., NetdProces
     assert last["connections"] == 1 and 0.9 <= last["seconds"] < 10, last
 
 
-def test_textLinesNameTheirLoggerByOneScheme(startNetd: Callable[..., NetdProcess]) -> None:
+def test_textLinesNameTheirLoggerByOneScheme(startNetd: Callable[..., NetdServer]) -> None:
     """
     Every text line of a real run names its logger as netd.MODULE, a service's name or a twisted module, never a class path; the last says netd stopped.
     """
@@ -127,7 +128,7 @@ def test_textLinesNameTheirLoggerByOneScheme(startNetd: Callable[..., NetdProces
 
 @pytest.mark.parametrize("reactor", ["uvloop", "netd"])
 @pytest.mark.parametrize("logFormat", ["text", "json"])
-def test_stoppedWithNothingOpen(startNetd: Callable[..., NetdProcess], monkeypatch: pytest.MonkeyPatch, logFormat: str, reactor: str) -> None:
+def test_stoppedWithNothingOpen(startNetd: Callable[..., NetdServer], monkeypatch: pytest.MonkeyPatch, logFormat: str, reactor: str) -> None:
     """
     Stopped with no connection open, netd's last line says so, in either format and on either reactor (Twisted's own ends with "Main loop terminated.").
     """

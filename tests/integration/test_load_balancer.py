@@ -18,9 +18,10 @@ from typing import Any, Callable
 
 import pytest
 
+from netd.testing.harness import NetdServer
 from netd.testing.memory import proxyHeaderV1, proxyHeaderV2
 
-from .conftest import IO_TIMEOUT, NetdProcess, connect, echoService, recvExactly, recvUntilClosed, waitForLog
+from .conftest import IO_TIMEOUT, connect, echoService, recvExactly, recvUntilClosed, waitForLog
 from .dns_upstream import answerRcode, buildQuery
 
 pytestmark = pytest.mark.integration
@@ -29,7 +30,7 @@ PROXIED = "haproxy:tcp:0:interface=127.0.0.1"
 HEADERS: list[Callable[..., bytes]] = [proxyHeaderV1, proxyHeaderV2]
 
 
-def readyStatus(netd: NetdProcess) -> int:
+def readyStatus(netd: NetdServer) -> int:
     """
     The status /ready answers with.
     """
@@ -46,7 +47,7 @@ def test_echoBehindProxySeesTheClientAddress(startNetd: Any, header: Callable[..
     """
     Through a haproxy: listener an echo client's bytes after the header are echoed, and the debug connection lines name the client from the header.
     """
-    netd: NetdProcess = startNetd('[daemon]\nlog_level = "debug"\n\n' + echoService("echo", [PROXIED]))
+    netd: NetdServer = startNetd('[daemon]\nlog_level = "debug"\n\n' + echoService("echo", [PROXIED]))
     with connect(netd.address("echo")) as client:
         client.sendall(header("10.1.2.3", 5555) + b"hello")
         assert recvExactly(client, 5) == b"hello"
@@ -59,7 +60,7 @@ def test_malformedHeaderClosesTheConnection(startNetd: Any) -> None:
     """
     A connection whose PROXY header is malformed is closed without an echo and logged as a warning naming the real peer.
     """
-    netd: NetdProcess = startNetd(echoService("echo", [PROXIED]))
+    netd: NetdServer = startNetd(echoService("echo", [PROXIED]))
     with connect(netd.address("echo")) as client:
         client.sendall(b"PROXY TCP4 10.1.2.3 127.0.0.1 nope 7007\r\nhello")
         assert recvUntilClosed(client) == b""
@@ -67,7 +68,7 @@ def test_malformedHeaderClosesTheConnection(startNetd: Any) -> None:
     assert "closing connection from 127.0.0.1:" in netd.log()
 
 
-def dnsProxied(startNetd: Any) -> NetdProcess:
+def dnsProxied(startNetd: Any) -> NetdServer:
     """
     A dns-proxy on a haproxy: TCP listener allowing only 10.0.0.0/8, answering netd.test itself, logging queries.
     """
@@ -85,11 +86,11 @@ deadline = 1.0
 [services.records]
 "netd.test" = {{ A = ["127.0.0.1"] }}
 """
-    netd: NetdProcess = startNetd(config)
+    netd: NetdServer = startNetd(config)
     return netd
 
 
-def askTCP(netd: NetdProcess, header: bytes) -> int | None:
+def askTCP(netd: NetdServer, header: bytes) -> int | None:
     """
     One query over TCP after a PROXY header; the answer's RCODE.
     """
@@ -116,7 +117,7 @@ def test_tlsBehindProxy(startNetd: Any) -> None:
     """
     On a TLS service the PROXY header comes before the ClientHello; the handshake and echo then work as without it.
     """
-    netd: NetdProcess = startNetd(
+    netd: NetdServer = startNetd(
         '[daemon]\nlog_level = "debug"\n\n[[services]]\nname = "tls"\nplugin = "tls-echo"\n'
         f"listen = {json.dumps([PROXIED])}\n"
         'tls = { certificate = "auto" }\n'
@@ -135,7 +136,7 @@ def test_lameduckKeepsServingAfterSigterm(startNetd: Any) -> None:
     """
     With lameduck = 1, after SIGTERM /ready answers 503 while the echo port still accepts and serves new connections; then it closes and netd exits 0.
     """
-    netd: NetdProcess = startNetd(
+    netd: NetdServer = startNetd(
         '[daemon]\nadmin = "tcp:0:interface=127.0.0.1"\nlameduck = 1\n\n'
         + echoService("echo", ["tcp:0:interface=127.0.0.1"])
     )
@@ -200,7 +201,7 @@ def test_forgedHeaderFromAnUntrustedSourceIsClosed(startNetd: Any, header: Calla
     """
     With allow = 192.0.2.0/24 and proxy_trusted = 127.0.0.2 only, a header claiming 192.0.2.1 from 127.0.0.1 gets its connection closed without an answer, counted; the same header from 127.0.0.2 is believed and answered.
     """
-    netd: NetdProcess = startNetd(UNTRUSTING_DNS)
+    netd: NetdServer = startNetd(UNTRUSTING_DNS)
     query = buildQuery("netd.test")
     forged = header("192.0.2.1", 5555) + struct.pack("!H", len(query)) + query
     with connectFrom("127.0.0.1", netd.address("dns")) as client:
@@ -221,7 +222,7 @@ def test_connectionsWaitingForTheirHeaderCountAndAreDrained(startNetd: Any) -> N
     """
     A connection still waiting for its PROXY header holds the only place of max_connections = 1 (with eviction off, the next is refused), and SIGTERM's drain waits shutdown_timeout for it, then closes it.
     """
-    netd: NetdProcess = startNetd(
+    netd: NetdServer = startNetd(
         "[daemon]\nshutdown_timeout = 1\n\n" + echoService("echo", [PROXIED], max_connections=1, evict_idle=False)
     )
     address = netd.address("echo")

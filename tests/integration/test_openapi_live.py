@@ -25,8 +25,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from netd.daemon.openapi import openapiDocument, renderOpenAPI
+from netd.testing.harness import NetdServer
 
-from .conftest import IO_TIMEOUT, NetdProcess
+from .conftest import IO_TIMEOUT
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +57,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 
 @pytest.fixture(scope="module")
-def liveNetd(startModuleNetd: Callable[..., NetdProcess]) -> NetdProcess:
+def liveNetd(startModuleNetd: Callable[..., NetdServer]) -> NetdServer:
     """
     A netd with an echo and a DNS proxy service and its control API on a loopback port.
     """
@@ -64,7 +65,7 @@ def liveNetd(startModuleNetd: Callable[..., NetdProcess]) -> NetdProcess:
 
 
 @pytest.fixture(scope="module")
-def servedDescription(liveNetd: NetdProcess) -> dict[str, Any]:
+def servedDescription(liveNetd: NetdServer) -> dict[str, Any]:
     """
     The description the live netd serves at /openapi.json (asked without the token).
     """
@@ -78,7 +79,7 @@ def servedDescription(liveNetd: NetdProcess) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def liveSchema(servedDescription: dict[str, Any], liveNetd: NetdProcess) -> Any:
+def liveSchema(servedDescription: dict[str, Any], liveNetd: NetdServer) -> Any:
     """
     The served description for schemathesis, its service and table names
     drawn from the live services as well as at random, so that the answers
@@ -114,7 +115,7 @@ OPERATIONS = [
 
 
 @pytest.mark.parametrize("path, method", OPERATIONS, ids=[f"{m} {p}" for p, m in OPERATIONS])
-def test_answersMatchTheDescription(path: str, method: str, liveSchema: Any, liveNetd: NetdProcess, started: float) -> None:
+def test_answersMatchTheDescription(path: str, method: str, liveSchema: Any, liveNetd: NetdServer, started: float) -> None:
     """
     Every request generated from the description of an operation gets an answer that is not a 5xx and
     matches the description (status, content type, body).
@@ -132,7 +133,7 @@ def test_answersMatchTheDescription(path: str, method: str, liveSchema: Any, liv
     answers()
 
 
-def test_netdStillServes(liveNetd: NetdProcess) -> None:
+def test_netdStillServes(liveNetd: NetdServer) -> None:
     """
     After the generated requests, netd is alive and its services listen.
     """

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import netdCommand
+from netd.testing.harness import netdCommand
 
 pytestmark = pytest.mark.integration
 

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import pytest
 
+from netd.testing.harness import NetdServer, netdCommand
+
 from .conftest import (
     IO_TIMEOUT,
-    NetdProcess,
     connect,
     echoService,
-    netdCommand,
     recvExactly,
     requireTool,
     unavailable,
@@ -90,18 +90,11 @@ def processIds(pid: int) -> dict[str, list[str]]:
     return {key: rest.split() for key, _, rest in (line.partition(":") for line in lines) if key in ("Uid", "Gid", "Groups")}
 
 
-def startAsRoot(config: str, directory: Path) -> NetdProcess:
+def startAsRoot(config: str, directory: Path) -> NetdServer:
     """
     Start netd on C{config} with its files in C{directory}; wait until it is ready.
     """
-    configFile = directory / "netd.toml"
-    configFile.write_text(withTestAdmin(config))
-    portsFile = directory / "ports.json"
-    logFile = directory / "netd.log"
-    environment = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "NOTIFY_SOCKET", "LISTEN_PID")}
-    return NetdProcess.spawn(
-        netdCommand("run", "-c", str(configFile), "--ports-file", str(portsFile)), portsFile, logFile, env=environment
-    ).readyOrKilled()
+    return NetdServer(config, directory, shutdownTimeout=None).start()
 
 
 def test_bindAsRootThenServeAsNobody(sharedDir: Path) -> None:

@@ -20,7 +20,9 @@ from pathlib import Path
 
 
 
-from .conftest import NetdProcess, netdCommand, requireEmbeddedDefaultPorts, requireTool
+from netd.testing.harness import NetdServer, netdCommand
+
+from .conftest import requireEmbeddedDefaultPorts, requireTool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,23 +129,13 @@ def test_ciRunsTheReadmeTestCommand() -> None:
     assert script.rstrip().splitlines()[-1] == f"exec {suiteBlock.strip()}"
 
 
-def startDefault(home: Path, run: int) -> NetdProcess:
+def startDefault(home: Path, run: int) -> NetdServer:
     """
     netd run without -c, as the quick start runs it, for a user whose home is
     C{home} (so that its development certificates land in
     C{~/.local/state/netd/tls/}, where the README's commands look).
     """
-    environment = {key: value for key, value in os.environ.items() if key not in ("STATE_DIRECTORY", "XDG_STATE_HOME")}
-    environment["HOME"] = str(home)
-    portsFile = home / f"ports-{run}.json"
-    logFile = home / f"netd-{run}.log"
-    return NetdProcess.spawn(
-        netdCommand("run", "--ports-file", str(portsFile)),
-        portsFile,
-        logFile,
-        env=environment,
-        stateDir=home / ".local" / "state" / "netd",
-    ).readyOrKilled()
+    return NetdServer(None, home / f"netd-{run}", environment={"HOME": str(home), "XDG_STATE_HOME": None}).start()
 
 
 def runExample(command: str, home: Path) -> tuple[int, str, str]:
@@ -270,17 +262,18 @@ def test_tourWorksAsWritten(tmp_path: Path) -> None:
     checkLine, runLine = check.strip().splitlines()
     status, out, err = runTourBlock(checkLine, home, tmp_path)
     assert status == 0 and out.startswith("# my.toml: valid"), (out, err)
-    logFile = tmp_path / "my-netd.log"
-    ran = NetdProcess.spawn(
-        ["bash", "-c", "exec " + runLine.replace(".venv/bin/netd", shlex.join(netdCommand()))],
-        tmp_path / "ports.json",
-        logFile,
-        env=dict(os.environ, HOME=str(home)),
+    # The server adds --ports-file with its own path, which in tmp_path is the
+    # tour's ports.json again: the line runs as written and writes that file.
+    ran = NetdServer(
+        None,
+        tmp_path,
+        launcher=["bash", "-c", "exec " + runLine.replace(".venv/bin/netd", shlex.join(netdCommand())) + ' "$@"', "bash"],
+        environment={"HOME": str(home), "XDG_STATE_HOME": None},
         cwd=tmp_path,
-        stateDir=home / ".local" / "state" / "netd",
     )
+    assert ran.portsFile == tmp_path / "ports.json" and runLine.endswith("--ports-file ports.json"), runLine
     try:
-        ran.waitUntilReady()
+        ran.start()
         assert [entry["transport"] for entry in ran.services["lines"]] == ["tcp"]
     finally:
         ran.kill()

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import NetdProcess, connect, echoService, recvExactly, recvUntilClosed
+from netd.testing.harness import NetdServer
+
+from .conftest import connect, echoService, recvExactly, recvUntilClosed
 from .test_twistd import stoppedBySigterm, twistd  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -57,7 +59,7 @@ def test_netdRunsOnItsReactor(startNetd: Any, monkeypatch: pytest.MonkeyPatch, c
 @pytest.mark.parametrize(
     ("name", "reactorClass"), [("netd-uvloop", "netd.reactors.uv.UvloopReactor"), ("netd", "netd.reactors.epoll.NetdReactor")]
 )
-def test_twistdOnNetdReactor(twistd: Callable[..., NetdProcess], name: str, reactorClass: str) -> None:  # noqa: F811
+def test_twistdOnNetdReactor(twistd: Callable[..., NetdServer], name: str, reactorClass: str) -> None:  # noqa: F811
     """
     twistd --reactor=netd-uvloop (or netd) -n netd -c FILE runs that reactor of netd's and serves echo, then stops on SIGTERM.
     """

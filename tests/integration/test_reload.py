@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import IO_TIMEOUT, NetdProcess, connect, echoService, recvExactly, waitForLog, withTestAdmin
+from netd.testing.harness import NetdServer
+
+from .conftest import IO_TIMEOUT, connect, echoService, recvExactly, waitForLog, withTestAdmin
 from .dns_upstream import answerRcode, askUdp, buildQuery
 
 pytestmark = pytest.mark.integration
@@ -53,7 +55,7 @@ class DnsLoad:
     goes unanswered (or not NOERROR) is recorded.
     """
 
-    def __init__(self, netd: NetdProcess) -> None:
+    def __init__(self, netd: NetdServer) -> None:
         self.udp = netd.address("dns", "udp")
         self.tcp = netd.address("dns", "tcp")
         self.stop = threading.Event()
@@ -107,7 +109,7 @@ def echoes(client: socket.socket, payload: bytes) -> None:
     assert recvExactly(client, len(payload)) == payload
 
 
-def rewrite(netd: NetdProcess, text: str) -> None:
+def rewrite(netd: NetdServer, text: str) -> None:
     """
     Replace netd's config file (with the harness's control API kept).
     """
@@ -115,7 +117,7 @@ def rewrite(netd: NetdProcess, text: str) -> None:
     netd.configFile.write_text(withTestAdmin(text))
 
 
-def postReload(netd: NetdProcess) -> tuple[int, dict[str, Any]]:
+def postReload(netd: NetdServer) -> tuple[int, dict[str, Any]]:
     """
     POST /reload on the control API: the status and the JSON body.
     """
@@ -133,7 +135,7 @@ def test_reloadsUnderLoadLoseNothing(startNetd: Any) -> None:
     Across reloads by SIGHUP and POST /reload that change, add and remove another service, and one of a bad file, the held echo connection keeps echoing, no DNS query goes unanswered, and the ports file follows the services.
     """
     other = echoService("other", LOOPBACK)
-    netd: NetdProcess = startNetd(config(other))
+    netd: NetdServer = startNetd(config(other))
     with connect(netd.address("echo")) as client, DnsLoad(netd) as load:
         echoes(client, b"before")
 
@@ -183,7 +185,7 @@ def test_sigtermDuringReloadWaitsForIt(startNetd: Any) -> None:
     """
     A real SIGTERM that arrives while a reload waits to retry a busy port lets the reload be undone first, then drains and exits 0, with the held connection closed and nothing left listening.
     """
-    netd: NetdProcess = startNetd(echoService("echo", LOOPBACK))
+    netd: NetdServer = startNetd(echoService("echo", LOOPBACK))
     address = netd.address("echo")
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import IO_TIMEOUT, NetdProcess, connect, echoService, netdCommand, recvExactly, requireTool, unavailable, withTestAdmin
+from netd.testing.harness import NetdServer, netdCommand
+
+from .conftest import IO_TIMEOUT, connect, echoService, recvExactly, requireTool, unavailable
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 ECHO_CONFIG = echoService("echo", ["tcp:0:interface=127.0.0.1"])
 
 
@@ -92,31 +93,24 @@ def notifySocket(shortDir: Path) -> Iterator[NotifySocket]:
 
 
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Callable[..., NetdProcess]]:
+def launch(tmp_path: Path) -> Iterator[Callable[..., NetdServer]]:
     """
     A function that runs a netd command line (C{prefix} + C{netd run -c CONFIG
     --ports-file FILE}) with extra environment variables and returns it as a
-    L{NetdProcess}, not waiting for it; each one is killed, by its PID, at teardown.
+    L{NetdServer}, not waiting for it; each one is killed, by its PID, at teardown.
     """
-    started: list[NetdProcess] = []
+    started: list[NetdServer] = []
 
-    def start(config: str, *, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None) -> NetdProcess:
-        index = len(started)
-        configFile = tmp_path / f"netd-{index}.toml"
-        configFile.write_text(withTestAdmin(config))
-        portsFile = tmp_path / f"ports-{index}.json"
-        logFile = tmp_path / f"netd-{index}.log"
-        environment = {k: v for k, v in os.environ.items() if k not in SYSTEMD_VARIABLES and k != "STATE_DIRECTORY"}
-        environment["XDG_STATE_HOME"] = str(tmp_path / "state")
-        environment.update(env or {})
-        netd = NetdProcess.spawn(
-            [*prefix, *netdCommand("run", "-c", str(configFile), "--ports-file", str(portsFile))],
-            portsFile,
-            logFile,
-            env=environment,
+    def start(config: str, *, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None) -> NetdServer:
+        netd = NetdServer(
+            config,
+            tmp_path / f"netd-{len(started)}",
+            launcher=[*prefix, *netdCommand("run")],
+            environment=env,
+            shutdownTimeout=None,
         )
         started.append(netd)
-        return netd
+        return netd.start(wait=False)
 
     yield start
     for netd in started:
@@ -132,7 +126,7 @@ def echoOnce(address: tuple[str, int], payload: bytes = b"hello systemd\n") -> b
         return recvExactly(client, len(payload))
 
 
-def test_readyOnlyOnceEveryServiceListens(launch: Callable[..., NetdProcess], notifySocket: NotifySocket) -> None:
+def test_readyOnlyOnceEveryServiceListens(launch: Callable[..., NetdServer], notifySocket: NotifySocket) -> None:
     """
     A real netd sends STATUS while starting, READY=1 only once its ports file exists, and STOPPING=1 on SIGTERM before it exits 0.
     """
@@ -154,7 +148,7 @@ def test_readyOnlyOnceEveryServiceListens(launch: Callable[..., NetdProcess], no
     assert netd.process.wait(timeout=IO_TIMEOUT) == 0, netd.log()
 
 
-def test_abstractNotifySocket(launch: Callable[..., NetdProcess]) -> None:
+def test_abstractNotifySocket(launch: Callable[..., NetdServer]) -> None:
     """
     A NOTIFY_SOCKET in the abstract namespace (@name) receives READY=1 from a real netd.
     """
@@ -167,7 +161,7 @@ def test_abstractNotifySocket(launch: Callable[..., NetdProcess]) -> None:
     assert messages[1].startswith(b"READY=1\n"), (messages, netd.log())
 
 
-def test_watchdogPingsAtHalfTheInterval(launch: Callable[..., NetdProcess], notifySocket: NotifySocket) -> None:
+def test_watchdogPingsAtHalfTheInterval(launch: Callable[..., NetdServer], notifySocket: NotifySocket) -> None:
     """
     With WATCHDOG_USEC (and WATCHDOG_PID naming netd itself) netd sends WATCHDOG=1 about every half interval.
     """
@@ -186,7 +180,7 @@ def test_watchdogPingsAtHalfTheInterval(launch: Callable[..., NetdProcess], noti
     assert 0.15 <= sum(gaps) / len(gaps) <= 0.6, gaps
 
 
-def test_noWatchdogForAnotherProcess(launch: Callable[..., NetdProcess], notifySocket: NotifySocket) -> None:
+def test_noWatchdogForAnotherProcess(launch: Callable[..., NetdServer], notifySocket: NotifySocket) -> None:
     """
     A WATCHDOG_PID naming another process means the watchdog is not netd's: no WATCHDOG=1 is sent.
     """
@@ -215,7 +209,7 @@ def freePort() -> int:
         pytest.param("systemd:domain=INET:name=echo", ("--fdname=echo",), id="name"),
     ],
 )
-def test_socketActivation(launch: Callable[..., NetdProcess], listen: str, launcherArgs: tuple[str, ...]) -> None:
+def test_socketActivation(launch: Callable[..., NetdServer], listen: str, launcherArgs: tuple[str, ...]) -> None:
     """
     Launched by systemd-socket-activate, netd serves echo on the socket it was passed, found by index or by name.
     """
@@ -238,7 +232,7 @@ def test_socketActivation(launch: Callable[..., NetdProcess], listen: str, launc
     assert netd.stop() == 0, netd.log()
 
 
-def test_systemdListenWithoutActivation(launch: Callable[..., NetdProcess]) -> None:
+def test_systemdListenWithoutActivation(launch: Callable[..., NetdServer]) -> None:
     """
     Started without socket activation, a netd whose config asks for a systemd: socket exits 1 saying it was passed none.
     """

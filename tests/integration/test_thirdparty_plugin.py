@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import connect, netdCommand, recvExactly, recvUntilClosed, socat
+from netd.testing.harness import netdCommand
+
+from .conftest import connect, recvExactly, recvUntilClosed, socat
 
 pytestmark = pytest.mark.integration
 

@@ -28,9 +28,10 @@ import tomli_w
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from netd.testing.harness import NetdServer, netdCommand
 from netd.tls.devcerts import WRONG_HOST, KeyAndCertificate, issue
 
-from .conftest import IO_TIMEOUT, NetdProcess, connect, netdCommand, recvExactly, recvUntilClosed, requireEmbeddedDefaultPorts, requireTool, unavailable
+from .conftest import IO_TIMEOUT, connect, recvExactly, recvUntilClosed, requireEmbeddedDefaultPorts, requireTool, unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -156,7 +157,7 @@ def servicesConfig(services: list[dict[str, Any]], **daemon: Any) -> str:
 
 
 @pytest.fixture(scope="module")
-def netd(certs: Certs, startModuleNetd: Any) -> NetdProcess:
+def netd(certs: Certs, startModuleNetd: Any) -> NetdServer:
     """
     One netd (debug logging) with a tls-echo service per feature under test:
     plain, every framing, ALPN, SNI, mutual TLS, old versions allowed,
@@ -180,14 +181,14 @@ def netd(certs: Certs, startModuleNetd: Any) -> NetdProcess:
     return startModuleNetd(servicesConfig(services, log_level="debug"))
 
 
-def handshakeFailures(netd: NetdProcess, service: str, reason: str) -> int:
+def handshakeFailures(netd: NetdServer, service: str, reason: str) -> int:
     """
     How many handshakes of C{service} netd has logged as failed for C{reason}.
     """
     return len(re.findall(rf"\[{re.escape(service)}#info\] TLS handshake from .* failed: {reason} ", netd.log()))
 
 
-def waitForFailure(netd: NetdProcess, service: str, reason: str, before: int, timeout: float = IO_TIMEOUT) -> None:
+def waitForFailure(netd: NetdServer, service: str, reason: str, before: int, timeout: float = IO_TIMEOUT) -> None:
     """
     Poll netd's log until a handshake of C{service} failed for C{reason} has
     been logged since there were C{before}.
@@ -309,7 +310,7 @@ def sClient(address: tuple[str, int], *args: str, timeout: float = IO_TIMEOUT) -
 
 
 @pytest.mark.parametrize(("flag", "version"), [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")])
-def test_sClientVersions(netd: NetdProcess, certs: Certs, flag: str, version: str) -> None:
+def test_sClientVersions(netd: NetdServer, certs: Certs, flag: str, version: str) -> None:
     """
     openssl s_client limited to TLS 1.2 or to TLS 1.3 verifies netd's certificate for localhost, negotiates that version and gets its line echoed.
     """
@@ -321,7 +322,7 @@ def test_sClientVersions(netd: NetdProcess, certs: Certs, flag: str, version: st
 
 
 @pytest.mark.parametrize(("flag", "version"), [("-tls1", "TLSv1"), ("-tls1_1", "TLSv1.1")])
-def test_sClientOldVersionsRefused(netd: NetdProcess, certs: Certs, flag: str, version: str) -> None:
+def test_sClientOldVersionsRefused(netd: NetdServer, certs: Certs, flag: str, version: str) -> None:
     """
     openssl s_client limited to TLS 1.0 or 1.1 (at security level 0) is refused by the default min_version 1.2 and counted as a version failure, though a service allowing that version accepts the same client.
     """
@@ -347,7 +348,7 @@ def test_sClientOldVersionsRefused(netd: NetdProcess, certs: Certs, flag: str, v
         pytest.param(["-noservername"], "CN = localhost", "localhost", id="no-sni"),
     ],
 )
-def test_sClientSNI(netd: NetdProcess, certs: Certs, args: list[str], subject: str, verifyName: str) -> None:
+def test_sClientSNI(netd: NetdServer, certs: Certs, args: list[str], subject: str, verifyName: str) -> None:
     """
     The name openssl s_client sends as SNI picks the certificate of the sni table (exact or wildcard), and the default one for no or an unknown name; each verifies for its name.
     """
@@ -366,7 +367,7 @@ def test_sClientSNI(netd: NetdProcess, certs: Certs, args: list[str], subject: s
         pytest.param(None, None, id="none-offered"),
     ],
 )
-def test_sClientALPN(netd: NetdProcess, certs: Certs, offered: str | None, expected: str | None) -> None:
+def test_sClientALPN(netd: NetdServer, certs: Certs, offered: str | None, expected: str | None) -> None:
     """
     With alpn = ["x-netd", "echo"] netd picks its most preferred protocol that openssl s_client offers, and none when the client offers none.
     """
@@ -378,7 +379,7 @@ def test_sClientALPN(netd: NetdProcess, certs: Certs, offered: str | None, expec
         assert result.field("ALPN protocol") == expected, result.output
 
 
-def test_sClientALPNMismatchRefused(netd: NetdProcess, certs: Certs) -> None:
+def test_sClientALPNMismatchRefused(netd: NetdServer, certs: Certs) -> None:
     """
     An openssl s_client offering only protocols netd does not serve is refused with no_application_protocol and counted as alpn_mismatch.
     """
@@ -390,7 +391,7 @@ def test_sClientALPNMismatchRefused(netd: NetdProcess, certs: Certs) -> None:
 
 
 @pytest.mark.parametrize("flag", ["-tls1_2", "-tls1_3"])
-def test_sClientMutualTLS(netd: NetdProcess, certs: Certs, flag: str) -> None:
+def test_sClientMutualTLS(netd: NetdServer, certs: Certs, flag: str) -> None:
     """
     With client_auth = "required", openssl s_client with the development client certificate is echoed and logged with its subject; without one, or with one from another CA, it is refused and counted by reason.
     """
@@ -414,7 +415,7 @@ def test_sClientMutualTLS(netd: NetdProcess, certs: Certs, flag: str) -> None:
     assert re.search(r"\[mtls#info\] TLS handshake from .* failed: client_cert_untrusted \(unable to get local issuer certificate", netd.log())
 
 
-def test_sClientClientAllow(netd: NetdProcess, certs: Certs) -> None:
+def test_sClientClientAllow(netd: NetdServer, certs: Certs) -> None:
     """
     openssl s_client with the development client certificate (CN "netd client", SAN DNS client.netd.test) passes client_allow = ["dns:client.netd.test"], and is refused by ["cn:netd client"]: its CN does not count beside its SAN (RFC 6125).
     """
@@ -451,7 +452,7 @@ def test_readableKeyWarned(certs: Certs, startNetd: Any, tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("serverName", ["localhost", "127.0.0.1"])
-def test_pythonVerifiesAutoCertificate(netd: NetdProcess, serverName: str) -> None:
+def test_pythonVerifiesAutoCertificate(netd: NetdServer, serverName: str) -> None:
     """
     Python's ssl module trusting the CA that certificate = "auto" made in the state directory verifies the chain and the name (localhost or 127.0.0.1), and is echoed.
     """
@@ -463,7 +464,7 @@ def test_pythonVerifiesAutoCertificate(netd: NetdProcess, serverName: str) -> No
         echoesLine(client, b"verified " + serverName.encode())
 
 
-def test_pythonRefusesOtherName(netd: NetdProcess) -> None:
+def test_pythonRefusesOtherName(netd: NetdServer) -> None:
     """
     Python's ssl module refuses the auto certificate for a name it does not carry, with a hostname mismatch.
     """
@@ -474,7 +475,7 @@ def test_pythonRefusesOtherName(netd: NetdProcess) -> None:
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
-def test_pythonRefusesBadCertificate(netd: NetdProcess, certs: Certs, name: str) -> None:
+def test_pythonRefusesBadCertificate(netd: NetdServer, certs: Certs, name: str) -> None:
     """
     Python's ssl module, trusting the development CA and connecting to localhost, refuses each bad certificate with the error netd certs documents, and netd counts the rejection.
     """
@@ -486,7 +487,7 @@ def test_pythonRefusesBadCertificate(netd: NetdProcess, certs: Certs, name: str)
     waitForFailure(netd, service, "certificate_rejected", before)
 
 
-def test_badCertificatesServedAsIs(netd: NetdProcess, certs: Certs) -> None:
+def test_badCertificatesServedAsIs(netd: NetdServer, certs: Certs) -> None:
     """
     A client that checks nothing gets each bad certificate exactly as netd certs wrote it, and is echoed through it.
     """
@@ -506,7 +507,7 @@ def test_badCertificatesServedAsIs(netd: NetdProcess, certs: Certs) -> None:
 
 
 @pytest.mark.parametrize("framing", sorted(GOLDEN))
-def test_echoEveryFraming(netd: NetdProcess, certs: Certs, framing: str) -> None:
+def test_echoEveryFraming(netd: NetdServer, certs: Certs, framing: str) -> None:
     """
     Through TLS, each framing's golden bytes come back as its golden echo bytes, whether sent at once or one byte per TLS record.
     """
@@ -558,7 +559,7 @@ def exchange(client: ssl.SSLSocket, payload: bytes, timeout: float = 60.0) -> by
     ("service", "size"),
     [pytest.param("framing-raw", 6 * 2**20, id="raw-6MiB"), pytest.param("big", 5 * 2**20, id="u32-one-5MiB-frame")],
 )
-def test_severalMiBThroughTLS(netd: NetdProcess, certs: Certs, service: str, size: int) -> None:
+def test_severalMiBThroughTLS(netd: NetdServer, certs: Certs, service: str, size: int) -> None:
     """
     Several MiB through TLS come back whole and in order: a raw stream, and a single u32 frame (with a max_frame to allow it).
     """
@@ -580,7 +581,7 @@ def test_severalMiBThroughTLS(netd: NetdProcess, certs: Certs, service: str, siz
         pytest.param(bytes(range(256)) * 8, id="garbage"),
     ],
 )
-def test_notTLSClosedOthersServed(netd: NetdProcess, certs: Certs, data: bytes) -> None:
+def test_notTLSClosedOthersServed(netd: NetdServer, certs: Certs, data: bytes) -> None:
     """
     Plain HTTP, plain text or garbage sent to a TLS port is closed without an echo and counted as not_tls, while a TLS client connected before keeps being echoed.
     """
@@ -613,7 +614,7 @@ def clientHello() -> bytes:
     "sent",
     [pytest.param(b"", id="silent"), pytest.param(None, id="half-a-client-hello")],
 )
-def test_stalledHandshakeCut(netd: NetdProcess, certs: Certs, sent: bytes | None) -> None:
+def test_stalledHandshakeCut(netd: NetdServer, certs: Certs, sent: bytes | None) -> None:
     """
     A client that stalls its handshake (sending nothing, or half a ClientHello) is disconnected after handshake_timeout and counted as timeout, while a TLS client beside it is echoed.
     """

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import IO_TIMEOUT, netdCommand
+from netd.testing.harness import netdCommand
+
+from .conftest import IO_TIMEOUT
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,10 @@ import attrs
 import pytest
 import tomli_w
 
+from netd.testing.harness import NetdServer, netdCommand
 from netd.tls.server import PROFILES
 
-from .conftest import NetdProcess, netdCommand, requireTool
+from .conftest import requireTool
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +103,7 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str
 
 
 @pytest.fixture(scope="module")
-def netd(certificates: dict[str, dict[str, str]], startModuleNetd: Any) -> NetdProcess:
+def netd(certificates: dict[str, dict[str, str]], startModuleNetd: Any) -> NetdServer:
     """
     One netd with a tls-echo service per certificate and profile under scan.
     """
@@ -124,7 +125,7 @@ def netd(certificates: dict[str, dict[str, str]], startModuleNetd: Any) -> NetdP
 
 
 @pytest.mark.parametrize(("service", "tls12"), [("ecdsa", INTERMEDIATE_ECDSA), ("rsa", INTERMEDIATE_RSA)])
-def test_defaultProfileIsIntermediate(netd: NetdProcess, service: str, tls12: set[str]) -> None:
+def test_defaultProfileIsIntermediate(netd: NetdServer, service: str, tls12: set[str]) -> None:
     """
     By default a service offers TLS 1.2 and 1.3 only, with exactly Mozilla's intermediate suites for its certificate's key (ECDHE with AES-GCM or ChaCha20-Poly1305; no static RSA, no CBC) and exactly the groups X25519, P-256 and P-384.
     """
@@ -138,7 +139,7 @@ def test_defaultProfileIsIntermediate(netd: NetdProcess, service: str, tls12: se
 
 
 @pytest.mark.parametrize("service", ["ecdsa-modern", "rsa-modern"])
-def test_modernProfileIsTLS13Only(netd: NetdProcess, service: str) -> None:
+def test_modernProfileIsTLS13Only(netd: NetdServer, service: str) -> None:
     """
     profile = "modern" offers TLS 1.3 alone, with its three suites and the three groups.
     """
@@ -148,7 +149,7 @@ def test_modernProfileIsTLS13Only(netd: NetdProcess, service: str) -> None:
     assert set(scan.groups) == {"TLSv1.3"} and scan.groups["TLSv1.3"] == GROUPS
 
 
-def test_oldProfile(netd: NetdProcess) -> None:
+def test_oldProfile(netd: NetdServer) -> None:
     """
     profile = "old" offers TLS 1.0 to 1.3, and with an RSA certificate its CBC and static-RSA suites too, none outside Mozilla's old list.
     """
@@ -159,7 +160,7 @@ def test_oldProfile(netd: NetdProcess) -> None:
     assert scan.suites["TLSv1.3"] == TLS13_SUITES
 
 
-def test_ciphersOverrideTheProfile(netd: NetdProcess) -> None:
+def test_ciphersOverrideTheProfile(netd: NetdServer) -> None:
     """
     ciphers replaces the profile's TLS 1.2 suites; TLS 1.3 keeps its own.
     """

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import IO_TIMEOUT, NetdProcess, connect, echoService, recvExactly, waitForLog, withTestAdmin
+from netd.testing.harness import NetdServer
+
+from .conftest import IO_TIMEOUT, connect, echoService, recvExactly, waitForLog, withTestAdmin
 from .test_privileges import freePrivilegedPort, processIds, requireRoot
 
 pytestmark = pytest.mark.integration
@@ -41,7 +43,7 @@ def twistdCommand() -> list[str]:
 
 
 @pytest.fixture
-def twistd(tmp_path: Path) -> Iterator[Callable[..., NetdProcess]]:
+def twistd(tmp_path: Path) -> Iterator[Callable[..., NetdServer]]:
     """
     A function that runs C{twistd [OPTIONS] netd -c CONFIG --ports-file FILE}
     in C{directory} (tmp_path by default) and returns it, not waiting;
@@ -51,30 +53,29 @@ def twistd(tmp_path: Path) -> Iterator[Callable[..., NetdProcess]]:
     dropIns.mkdir(parents=True)
     shutil.copy(ROOT / "twisted" / "plugins" / "netd_plugin.py", dropIns)
     shutil.copy(ROOT / "twisted" / "plugins" / "netd_reactor.py", dropIns)
-    started: list[NetdProcess] = []
+    started: list[NetdServer] = []
 
-    def start(config: str, *options: str, directory: Path = tmp_path) -> NetdProcess:
+    def start(config: str, *options: str, directory: Path = tmp_path) -> NetdServer:
         configFile = directory / "netd.toml"
         configFile.write_text(withTestAdmin(config))
         configFile.chmod(0o644)
-        portsFile = directory / "ports.json"
-        logFile = directory / "output.log"
-        environment = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "LISTEN_PID", "STATE_DIRECTORY")}
-        environment["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(tmp_path / "dropins"), environment.get("PYTHONPATH", "")) if p
+        pythonPath = os.pathsep.join(p for p in (str(tmp_path / "dropins"), os.environ.get("PYTHONPATH", "")) if p)
+        netd = NetdServer(
+            configFile,
+            directory,
+            launcher=[*twistdCommand(), *options, "netd"],
+            environment={"PYTHONPATH": pythonPath},
+            cwd=directory,
         )
-        environment["XDG_STATE_HOME"] = str(directory / "state")
-        command = [*twistdCommand(), *options, "netd", "-c", str(configFile), "--ports-file", str(portsFile)]
-        netd = NetdProcess.spawn(command, portsFile, logFile, env=environment, cwd=directory)
         started.append(netd)
-        return netd
+        return netd.start(wait=False)
 
     yield start
     for netd in started:
         netd.kill()
 
 
-def stoppedBySigterm(netd: NetdProcess) -> None:
+def stoppedBySigterm(netd: NetdServer) -> None:
     """
     SIGTERM netd and check that it drained and exited as twistd exits on a
     signal: by the same signal, re-raised once the reactor has stopped.
@@ -85,7 +86,7 @@ def stoppedBySigterm(netd: NetdProcess) -> None:
     assert "[echo#info] stopped" in log
 
 
-def test_twistdServesEcho(twistd: Callable[..., NetdProcess]) -> None:
+def test_twistdServesEcho(twistd: Callable[..., NetdServer]) -> None:
     """
     twistd -n --pidfile= netd -c FILE serves echo on the configured address and stops on SIGTERM.
     """
@@ -98,7 +99,7 @@ def test_twistdServesEcho(twistd: Callable[..., NetdProcess]) -> None:
     stoppedBySigterm(netd)
 
 
-def test_twistdBadConfig(twistd: Callable[..., NetdProcess]) -> None:
+def test_twistdBadConfig(twistd: Callable[..., NetdServer]) -> None:
     """
     An invalid config makes twistd netd exit 1 with the problem, before anything listens.
     """
@@ -120,7 +121,7 @@ def sharedDir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_twistdOptionsApply(twistd: Callable[..., NetdProcess], sharedDir: Path) -> None:
+def test_twistdOptionsApply(twistd: Callable[..., NetdServer], sharedDir: Path) -> None:
     """
     twistd's --pidfile, --logfile, --uid and --gid apply: netd binds a port below 1024 as root, then serves it as nobody, logging to the file and with its PID in the pidfile.
     """

@@ -24,7 +24,7 @@ from netd.stream.framing import FRAMINGS, FramingError
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
 from netd.config.options import ConfigError
-from netd.testing.memory import StreamConnection, connect, connectTLS, faultsFor, makeStreamStack
+from netd.testing.memory import MemoryStreamConnection, connect, connectTLS, faultsFor, makeStreamStack
 from netd.tls.server import TLSOptions, clientCreator
 from netd_plugins.echo import EchoHandler
 
@@ -68,7 +68,7 @@ class Stack:
         )
         connection = connect(self.limiter)
         assert connection is not None
-        self.connection: StreamConnection = connection
+        self.connection: MemoryStreamConnection = connection
         self.framing = framing
 
     def send(self, *frames: bytes) -> None:

@@ -31,7 +31,7 @@ from netd.faults.stream import Pacing
 from netd.metrics import Counters
 from netd.registry import discoverPlugins
 from netd.stream.guard import GuardedConnection
-from netd.testing.memory import PEER, StreamConnection, UDPMemoryReactorClock, faultsFor, makeStreamStack
+from netd.testing.memory import PEER, MemoryStreamConnection, UDPMemoryReactorClock, faultsFor, makeStreamStack
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -196,7 +196,7 @@ def test_ownTypeActsOnAConnection(trickle: type[Trickle]) -> None:
     assert isinstance(protocol, GuardedConnection)
     transport = StringTransport(peerAddress=PEER)
     protocol.makeConnection(transport)
-    connection = StreamConnection(transport, protocol, limiter)
+    connection = MemoryStreamConnection(transport, protocol, limiter)
     connection.receive(b"abc")
     assert transport.value() == b"a"
     clock.advance(0.01)

@@ -23,7 +23,7 @@ from netd.faults.stream import HELD_LIMIT
 from netd.faults.tls import alertRecord
 from netd.stream.guard import ConnectionLimiter, GuardedConnection, resetTransport
 from netd.metrics import Counters
-from netd.testing.memory import PEER, StreamConnection, TestClientTLS, connect, connectTLS, faultsFor, makeStreamStack
+from netd.testing.memory import PEER, MemoryStreamConnection, TestClientTLS, connect, connectTLS, faultsFor, makeStreamStack
 from netd.tls.server import TLSOptions
 from netd_plugins.echo import EchoHandler
 
@@ -40,7 +40,7 @@ class Stack:
     faults: ServiceFaults
     limiter: ConnectionLimiter
 
-    def connect(self) -> StreamConnection:
+    def connect(self) -> MemoryStreamConnection:
         """
         A new in-memory connection (the stack never refuses one here).
         """
@@ -93,7 +93,7 @@ class RecordingTransport(StringTransport):
         super().write(data)
 
 
-def connectRecording(stack: Stack) -> tuple[StreamConnection, RecordingTransport]:
+def connectRecording(stack: Stack) -> tuple[MemoryStreamConnection, RecordingTransport]:
     """
     A connection to the stack whose transport keeps each write apart.
     """
@@ -101,7 +101,7 @@ def connectRecording(stack: Stack) -> tuple[StreamConnection, RecordingTransport
     assert isinstance(protocol, GuardedConnection)
     transport = RecordingTransport()
     protocol.makeConnection(transport)
-    return StreamConnection(transport, protocol, stack.limiter), transport
+    return MemoryStreamConnection(transport, protocol, stack.limiter), transport
 
 
 def advance(clock: MemoryReactorClock, seconds: float, step: float = 0.001) -> None:
@@ -113,7 +113,7 @@ def advance(clock: MemoryReactorClock, seconds: float, step: float = 0.001) -> N
         clock.advance(step)
 
 
-def ended(connection: StreamConnection) -> str | None:
+def ended(connection: MemoryStreamConnection) -> str | None:
     """
     How the connection ended, as its event and debug line say it.
     """

@@ -22,7 +22,7 @@ from zope.interface import implementer
 from netd.stream.framing import FRAMINGS, FramingError
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
-from netd.testing.memory import StreamConnection, connect, makeStreamStack
+from netd.testing.memory import MemoryStreamConnection, connect, makeStreamStack
 
 FRAMED = [name for name, framing in FRAMINGS.items() if framing.largest is not None]
 """
@@ -73,7 +73,7 @@ class RecordingHandler:
 
 def openConnection(
     framing: str, *, maxFrame: int = 65536, closeOn: bytes | None = None
-) -> tuple[StreamConnection, Recorder, Counters]:
+) -> tuple[MemoryStreamConnection, Recorder, Counters]:
     """
     One in-memory connection through the core stack with C{framing}, its
     receiver and the service's counters.

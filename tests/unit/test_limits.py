@@ -22,7 +22,7 @@ from netd.daemon import logs
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.stream.guard import ConnectionLimiter
 from netd.metrics import Counters
-from netd.testing.memory import PEER, StreamConnection, connect, makeStreamStack
+from netd.testing.memory import PEER, MemoryStreamConnection, connect, makeStreamStack
 
 
 @implementer(IFrameReceiver)
@@ -111,7 +111,7 @@ def makeStack(
     return limiter, handler, counters, clock
 
 
-def accept(limiter: ConnectionLimiter) -> StreamConnection:
+def accept(limiter: ConnectionLimiter) -> MemoryStreamConnection:
     """
     A connection the stack must accept.
     """
@@ -120,7 +120,7 @@ def accept(limiter: ConnectionLimiter) -> StreamConnection:
     return connection
 
 
-def close(connection: StreamConnection) -> None:
+def close(connection: MemoryStreamConnection) -> None:
     """
     Close from netd's side and deliver the connectionLost.
     """
@@ -214,7 +214,7 @@ def test_idleTimeoutAbortsAfterExactlyTimeout() -> None:
     assert clock.getDelayedCalls() == []
 
 
-def _traffic(direction: str, connection: StreamConnection, receiver: Recorder) -> None:
+def _traffic(direction: str, connection: MemoryStreamConnection, receiver: Recorder) -> None:
     """
     Move bytes one way through a connection.
     """

@@ -12,7 +12,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from netd.events import EventLog
 from netd.metrics import Counters
-from netd.testing.memory import StreamConnection, connect, faultsFor, makeStreamStack
+from netd.testing.memory import MemoryStreamConnection, connect, faultsFor, makeStreamStack
 from netd_plugins.echo import EchoHandler
 
 
@@ -29,7 +29,7 @@ def echoStack(framing: str = "raw", idleTimeout: float = 0) -> tuple[Any, Counte
     return limiter, counters, clock
 
 
-def meteredConnection(limiter: Any) -> StreamConnection:
+def meteredConnection(limiter: Any) -> MemoryStreamConnection:
     """
     A connection on a metered in-memory transport.
     """
@@ -38,7 +38,7 @@ def meteredConnection(limiter: Any) -> StreamConnection:
     return connection
 
 
-def isAside(connection: StreamConnection) -> bool:
+def isAside(connection: MemoryStreamConnection) -> bool:
     """
     Whether the guard is out of the per-message path: reads go straight to the inner protocol, writes straight to the transport.
     """

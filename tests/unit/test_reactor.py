@@ -32,7 +32,8 @@ from zope.interface import implementer
 from netd.tls.devcerts import ensureDevelopmentSet
 from netd.reactors.epoll import IMeteredTransport, NetdReactor, installReactor
 from netd.reactors.rlimits import IOutOfDescriptors
-from netd.testing.memory import makeStreamStack, unavailable
+from netd.testing.harness import unavailable
+from netd.testing.memory import makeStreamStack
 from netd.reactors.uv import StreamConnection
 from netd.tls.server import TLSOptions
 from netd_plugins.echo import EchoHandler

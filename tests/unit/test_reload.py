@@ -26,7 +26,7 @@ from netd.registry import discoverPlugins
 from netd.daemon.service import NetService, ReloadInProgress, ServiceStartError
 from netd.testing.memory import (
     FakeTCPPort,
-    StreamConnection,
+    MemoryStreamConnection,
     TestClientTLS,
     UDPMemoryReactorClock,
     connect,
@@ -72,7 +72,7 @@ def service(daemon: Daemon, name: str) -> NetService:
     return found
 
 
-def openConnection(s: NetService) -> StreamConnection:
+def openConnection(s: NetService) -> MemoryStreamConnection:
     """
     An in-memory connection to a service, checked to echo.
     """

@@ -25,7 +25,8 @@ from netd.datagram.listener import DatagramListener
 from netd.config.listen import ListenAddress
 from netd.metrics import Counters
 from netd.reactors.epoll import NetdReactor
-from netd.testing.memory import UDPMemoryReactorClock, unavailable
+from netd.testing.harness import unavailable
+from netd.testing.memory import UDPMemoryReactorClock
 from netd.reactors.udp import BATCH, BatchingPort, IBatchingDatagramProtocol, listenBatchingUDP
 
 from .privatereactor import WAIT, privateReactor, spin

@@ -20,7 +20,7 @@ from netd.config.spec import parseConfig
 from netd.metrics import Counters
 from netd.config.options import ConfigError
 from netd.registry import checkPlugin, discoverPlugins
-from netd.testing.memory import RecordingDatagramSender, StreamConnection, UDPMemoryReactorClock, connect, makeStreamStack
+from netd.testing.memory import RecordingDatagramSender, MemoryStreamConnection, UDPMemoryReactorClock, connect, makeStreamStack
 import netd_plugins.echo
 from netd_plugins.echo import DROP_LOG_INTERVAL, EchoHandler, EchoOptions, plugin
 
@@ -48,7 +48,7 @@ def buildHandler(counters: Counters | None = None) -> EchoHandler:
     return handler
 
 
-def openEcho(framing: str) -> tuple[StreamConnection, Counters]:
+def openEcho(framing: str) -> tuple[MemoryStreamConnection, Counters]:
     """
     One in-memory connection to echo behind the core stack with C{framing}.
     """
