@@ -17,7 +17,7 @@ import attrs
 import pytest
 import tomli_w
 
-from netd.tls.server import PROFILES
+from netd.tls.options import PROFILES
 
 from .conftest import NetdProcess, netdCommand, requireTool
 

@@ -30,7 +30,7 @@ from netd.registry import LoadedPlugin, PluginContext, PluginRegistry, checkPlug
 from netd.stream.proxyheader import ProxyHeaderFactory
 from netd.daemon.service import NetService
 from netd.testing.memory import PEER, TestClientTLS, UDPMemoryReactorClock, connect, connectTLS, makeStreamStack, proxyHeaderV1
-from netd.tls.server import TLSOptions
+from netd.tls.options import TLSOptions
 from netd_plugins.echo import EchoHandler
 
 

@@ -25,7 +25,8 @@ from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
 from netd.config.options import ConfigError
 from netd.testing.memory import StreamConnection, connect, connectTLS, faultsFor, makeStreamStack
-from netd.tls.server import TLSOptions, clientCreator
+from netd.tls.client import clientCreator
+from netd.tls.options import TLSOptions
 from netd_plugins.echo import EchoHandler
 
 FRAMED = [name for name, framing in FRAMINGS.items() if framing.largest is not None]

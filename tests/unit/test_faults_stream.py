@@ -23,7 +23,7 @@ from netd.faults.stream import HELD_LIMIT, alertRecord, resetTransport
 from netd.stream.guard import ConnectionLimiter, GuardedConnection
 from netd.metrics import Counters
 from netd.testing.memory import PEER, StreamConnection, TestClientTLS, connect, connectTLS, faultsFor, makeStreamStack
-from netd.tls.server import TLSOptions
+from netd.tls.options import TLSOptions
 from netd_plugins.echo import EchoHandler
 
 

@@ -34,7 +34,7 @@ from netd.reactors.epoll import IMeteredTransport, NetdReactor, installReactor
 from netd.reactors.rlimits import IOutOfDescriptors
 from netd.testing.memory import makeStreamStack, unavailable
 from netd.reactors.uv import StreamConnection
-from netd.tls.server import TLSOptions
+from netd.tls.options import TLSOptions
 from plugins.echo import EchoHandler
 
 from .privatereactor import WAIT, Reactor, netdReactor, reactor, spin, turn  # noqa: F401
