@@ -289,6 +289,7 @@ def _runCanary() -> str | None:
     serverFactory.protocol = _CanaryServer
     received = _Received()
     clientFactory = TLSMemoryBIOFactory(_CanaryClientCreator(), True, Factory.forProtocol(lambda: received))
+    clientFactory.protocol = TLSMemoryBIOProtocol  # writes at once, without a timed call
     server = serverFactory.buildProtocol(None)
     client = clientFactory.buildProtocol(None)
     if server is None or client is None:

@@ -483,6 +483,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> DevelopmentSet:
     return dev
 
 
+@pytest.mark.usefixtures("tlsRecordPath")
 def test_tlsConnectionEventHasWhatWasNegotiated(dev: DevelopmentSet) -> None:
     """
     A TLS connection's event has the version, cipher, SNI name, ALPN protocol, client certificate subject and whether it resumed.
@@ -511,6 +512,7 @@ def test_tlsConnectionEventHasWhatWasNegotiated(dev: DevelopmentSet) -> None:
     assert event["bytes_in"] > 4 and event["bytes_out"] > 4
 
 
+@pytest.mark.usefixtures("tlsRecordPath")
 def test_tlsHandshakeFailureInEvent(dev: DevelopmentSet) -> None:
     """
     A connection whose handshake failed has the failure reason and OpenSSL's words in its event instead of the negotiated values.
@@ -525,6 +527,7 @@ def test_tlsHandshakeFailureInEvent(dev: DevelopmentSet) -> None:
     assert "version" not in event["tls"]
 
 
+@pytest.mark.usefixtures("tlsRecordPath")
 def test_notTLSInEvent(dev: DevelopmentSet) -> None:
     """
     Plain text sent to a TLS service shows in its connection event as the not_tls failure.

@@ -461,6 +461,7 @@ def test_fitsElsewhere() -> None:
     faultsFor([{"type": "oversize_frame", "size": 70000}, {"type": "corrupt_length", "length": 70000}], framing="u32")
 
 
+@pytest.mark.usefixtures("tlsRecordPath")
 def test_splitFrameInsideTLS(tmp_path: Path) -> None:
     """
     On a TLS service the pieces of a split frame are TLS records of their own, and the client reassembles the frame.

@@ -97,6 +97,14 @@ def _loadCA(dev: DevelopmentSet) -> KeyAndCertificate:
 
 
 @pytest.fixture(autouse=True)
+def bothRecordPaths(tlsRecordPath: str) -> str:
+    """
+    Every test of this module runs on the record pump and on Twisted's public path.
+    """
+    return tlsRecordPath
+
+
+@pytest.fixture(autouse=True)
 def debugLogging(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     Debug events written, as with log_level = "debug": the tests read what
