@@ -12,7 +12,7 @@ import datetime
 import functools
 import hashlib
 import os
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -35,7 +35,7 @@ from netd.tls.keys import (
     validityProblem,
 )
 from netd.tls.options import ALLOW_TYPES, AUTO, GROUPS, HYBRID_GROUP, PROFILES, TLS13_CIPHERSUITES, TLSOptions, TLSVersion, parseAllowEntry
-from netd.tls.pump import recordPumpWorks, setGroupList
+from netd.tls.pump import setGroupList
 
 _SESSION_TIMEOUT = 3600
 """
@@ -65,34 +65,6 @@ def setGroups(context: SSL.Context) -> None:
     groups = groupList()
     if groups is not None:
         setGroupList(context, groups)
-
-
-@runtime_checkable
-class WitnessesCertificate(Protocol):
-    """
-    The protocol of a server connection on Twisted's public TLS path, told
-    when its handshake sends the server's certificate (a resumed one does not).
-    """
-
-    certificateSent: bool
-
-
-_WRITE_CERTIFICATE = b"SSLv3/TLS write certificate"
-"""
-OpenSSL's state while a server sends its Certificate message.
-"""
-
-
-def _watchHandshake(connection: SSL.Connection, where: int, result: int) -> None:
-    """
-    OpenSSL's info callback on Twisted's public TLS path: note on the
-    connection's protocol that the server sent its certificate, which a
-    handshake that resumes a session does not (TLS 1.2 and 1.3 alike).
-    """
-    if where & SSL.SSL_CB_ACCEPT_LOOP and connection.get_state_string() == _WRITE_CERTIFICATE:
-        protocol = connection.get_app_data()
-        if isinstance(protocol, WitnessesCertificate):
-            protocol.certificateSent = True
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -336,9 +308,6 @@ class ServerTLS:
             context.set_timeout(min(_SESSION_TIMEOUT, int(rotation)) if rotation >= 1 else _SESSION_TIMEOUT)
         else:
             context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-        if not recordPumpWorks():
-            # Twisted's public path has no call for OpenSSL's SSL_session_reused.
-            context.set_info_callback(_watchHandshake)
         if self._alpn:
             context.set_alpn_select_callback(self._selectProtocol)
         if options.client_auth != "none":

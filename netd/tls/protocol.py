@@ -15,6 +15,7 @@ and client certificate subject.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime
@@ -29,7 +30,9 @@ from netd.metrics import Counters
 from netd.tls.contexts import ServerTLS
 from netd.tls.failures import classifyFailure
 from netd.tls.keys import describeSubject
-from netd.tls.pump import RecordPump, recordPumpWorks
+from netd.tls.pump import RecordPump, recordPumpWorks, sessionReused
+
+_log = Logger(namespace="netd.tls.protocol")
 
 
 class TLSServerProtocol(BufferingTLSTransport):
@@ -60,7 +63,6 @@ class TLSServerProtocol(BufferingTLSTransport):
     _settled = False
     _peer: IAddress | None = None
     _receiving = False
-    certificateSent = False
 
     def __init__(self, factory: TLSServerFactory, wrappedProtocol: Any, _connectWrapped: bool = True) -> None:
         super().__init__(factory, wrappedProtocol, _connectWrapped)
@@ -108,11 +110,14 @@ class TLSServerProtocol(BufferingTLSTransport):
 
     def _sessionReused(self) -> bool:
         """
-        Whether the finished handshake resumed a session: it did when the
-        server did not send its certificate (noted by the contexts' info
-        callback on this path, L{netd.tls.contexts.WitnessesCertificate}).
+        Whether the finished handshake resumed a session; L{False}, with one
+        warning for the process, when this pyOpenSSL cannot tell.
         """
-        return not self.certificateSent
+        reused = sessionReused(self._tlsConnection)
+        if reused is None:
+            _warnResumptionUnknown()
+            return False
+        return reused
 
     def _applicationWrite(self, data: bytes) -> None:
         """
@@ -235,6 +240,14 @@ class TLSServerProtocol(BufferingTLSTransport):
             else:
                 self._handshakeFailed(self._reason or reason)
         super().connectionLost(reason)
+
+
+@functools.cache
+def _warnResumptionUnknown() -> None:
+    """
+    Say once that resumed sessions cannot be told apart.
+    """
+    _log.warn("tls: this pyOpenSSL cannot tell resumed sessions from new ones; tls_sessions_resumed stays 0")
 
 
 class PumpedTLSServerProtocol(RecordPump, TLSServerProtocol):

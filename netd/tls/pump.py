@@ -12,7 +12,9 @@ design note in docs/tls.md).  Whether it may is decided once, by
 L{recordPumpWorks}: a canary that checks every private name above exists and
 runs a real in-memory handshake and a record each way through the pump.  If
 it fails, netd logs one warning and serves TLS with Twisted's public
-L{TLSMemoryBIOProtocol} path instead.
+L{TLSMemoryBIOProtocol} path instead.  L{sessionReused} and
+L{setGroupList} serve both paths, each telling its caller when it cannot
+work.
 
 Internal switch, for the tests of the fallback only: with the environment
 variable C{NETD_TLS_PUMP_CANARY=fail} the canary also asks for a private name
@@ -90,12 +92,16 @@ def setGroupList(context: SSL.Context, groups: str) -> bool:
     return False
 
 
-def sessionReused(connection: SSL.Connection) -> bool:
+def sessionReused(connection: SSL.Connection) -> bool | None:
     """
     Whether a connection resumed an earlier session: OpenSSL's
-    C{SSL_session_reused}, for which pyOpenSSL has no public call.
+    C{SSL_session_reused}, for which pyOpenSSL has no public call (nor any
+    other way to tell); L{None} when this pyOpenSSL lacks what it takes.
     """
-    return bool(_openssl.SSL_session_reused(connection._ssl))
+    try:
+        return bool(_openssl.SSL_session_reused(connection._ssl))
+    except (AttributeError, TypeError):
+        return None
 
 
 class RecordPump(TLSMemoryBIOProtocol):
@@ -123,12 +129,6 @@ class RecordPump(TLSMemoryBIOProtocol):
             self._flushReceiveBIO()
         else:
             TLSMemoryBIOProtocol.dataReceived(self, data)
-
-    def _sessionReused(self) -> bool:
-        """
-        Whether the finished handshake resumed a session.
-        """
-        return sessionReused(self._tlsConnection)
 
     def _write(self, data: bytes) -> None:
         """
@@ -317,8 +317,8 @@ def _runCanary() -> str | None:
         return "the handshake did not finish"
     if received.received != message:
         return f"a record sent {message!r} came back as {received.received!r}"
-    if sessionReused(server._tlsConnection):
-        return "a new session reported as resumed"
+    if sessionReused(server._tlsConnection) is not False:
+        return "a new session not reported as new"
     return None
 
 

@@ -25,7 +25,7 @@ from netd.tls import pump
 from netd.tls.contexts import ServerTLS
 from netd.tls.devcerts import DevelopmentSet, ensureDevelopmentSet
 from netd.tls.options import TLSOptions
-from netd.tls.protocol import PumpedTLSServerProtocol, TLSServerFactory, TLSServerProtocol
+from netd.tls.protocol import PumpedTLSServerProtocol, TLSServerFactory, TLSServerProtocol, _warnResumptionUnknown
 from netd_plugins.echo import EchoHandler
 
 LOG = Logger(namespace="test_tls_pump")
@@ -175,12 +175,34 @@ def test_fallbackWarnsOnceAndServes(dev: DevelopmentSet, monkeypatch: pytest.Mon
     """
     On the fallback two services warn once between them, and each serves, resumes sessions and counts its handshakes.
     """
-    monkeypatch.setattr(pump, "_openssl", object())  # as if pyOpenSSL's bindings had renamed what the pump calls
+    monkeypatch.setattr(pump.RecordPump, "_flushReceiveBIO", lambda self: None)
     with capturedLogs() as events:
         services = [echoService(dev), echoService(dev)]
         for limiter, clock, counters in services:
             servesAndResumes(limiter, clock, counters)
     assert len(pumpWarnings(events)) == 1
+
+
+def test_resumptionUnknowableWarnsOnce(dev: DevelopmentSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Without pyOpenSSL's bindings (as if renamed) the fallback serves and counts handshakes, reports no resumption, and says so once.
+    """
+    monkeypatch.setattr(pump, "_openssl", object())
+    _warnResumptionUnknown.cache_clear()
+    with capturedLogs() as events:
+        limiter, clock, counters = echoService(dev)
+        client = TestClientTLS(maxVersion="1.2")
+        for _ in range(3):
+            connection = connectTLS(limiter, client, clock)
+            assert connection is not None
+            connection.send(b"hello")
+            assert connection.takeReceived() == b"hello"
+            client.session = connection.session
+            connection.close()
+    assert {k: v for k, v in counters.items() if k.startswith("tls_")} == {"tls_handshakes_ok": 3}
+    assert len(pumpWarnings(events)) == 1
+    [warning] = [e for e in events if e.get("log_namespace") == "netd.tls.protocol" and e["log_level"] == LogLevel.warn]
+    assert "cannot tell resumed sessions" in warning["log_format"]
 
 
 def test_checkRunsOnce(dev: DevelopmentSet, monkeypatch: pytest.MonkeyPatch) -> None:
