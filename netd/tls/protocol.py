@@ -52,7 +52,7 @@ class TLSServerProtocol(BufferingTLSTransport):
     @ivar tlsDetails: once the handshake is settled, what the connection's
         event in the service's event log says of it: C{version}, C{cipher},
         C{sni}, C{alpn}, C{client_certificate} (its subject) and C{resumed};
-        or, when it failed, C{failure} (one of L{FAILURE_REASONS}) and
+        or, when it failed, C{failure} (one of L{netd.tls.failures.FAILURE_REASONS}) and
         C{detail}.  L{None} until then.
     """
 
