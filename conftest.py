@@ -71,3 +71,24 @@ def _stateDirOutsideHome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
         patch.delenv("STATE_DIRECTORY", raising=False)
         patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
         yield
+
+
+@pytest.fixture(params=["pump", "twisted"])
+def tlsRecordPath(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """
+    Run a TLS test on both record paths: the record pump
+    (L{netd.tls.pump.RecordPump}), and Twisted's public TLSMemoryBIOProtocol
+    path that netd falls back to when the pump's start-up check fails
+    (forced here by the check's internal switch).
+    """
+    from twisted.logger import capturedLogs
+
+    from netd.tls import pump
+
+    if request.param == "twisted":
+        monkeypatch.setenv(pump.CANARY_SWITCH, "fail")
+    pump.recordPumpWorks.cache_clear()
+    with capturedLogs():  # the fallback's one warning, which tests/unit/test_tls_pump.py proves
+        assert pump.recordPumpWorks() is (request.param == "pump")
+    yield request.param
+    pump.recordPumpWorks.cache_clear()

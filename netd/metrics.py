@@ -192,7 +192,7 @@ CORE_FAMILIES = (
     ),
 )
 """
-The labelled families of the core's own counters (L{netd.tls.server}): C{tls_handshakes_ok}
+The labelled families of the core's own counters (L{netd.tls.protocol}): C{tls_handshakes_ok}
 and C{tls_handshakes_failed_REASON} are C{netd_tls_handshakes_total{result="ok"|REASON}}.
 """
 

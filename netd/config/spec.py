@@ -43,7 +43,7 @@ from netd.config.options import (
 )
 from netd.daemon.privileges import Group, User
 from netd.stream.proxyheader import DEFAULT_TRUSTED, checkTrustedSources
-from netd.tls.server import TLSOptions
+from netd.tls.options import TLSOptions
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
 DEFAULT_MAX_FRAME = 65536

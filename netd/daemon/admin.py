@@ -71,7 +71,7 @@ from netd.metrics import PROMETHEUS_CONTENT_TYPE, Counters, Exposition
 from netd.daemon.openapi import CHANGING_METHODS, MAX_BODY, MAX_TABLE_BODY, renderOpenAPI
 from netd.config.options import ConfigError, Problem, renderPath
 from netd.daemon.service import NetService, ReloadInProgress, ServiceStartError
-from netd.tls.server import FAILURE_REASONS
+from netd.tls.failures import FAILURE_REASONS
 from netd.words import counted
 
 if TYPE_CHECKING:

@@ -272,7 +272,9 @@ def _tlsProblems(config: NetdConfig, stateDir: str) -> list[Problem]:
     from twisted.logger import ILogObserver, LogLevel, formatEvent
     from zope.interface import provider
 
-    from netd.tls.server import AUTO, ServerTLS, TLSSetupError, loadKeyPair
+    from netd.tls.contexts import ServerTLS
+    from netd.tls.keys import loadKeyPair, TLSSetupError
+    from netd.tls.options import AUTO
 
     @provider(ILogObserver)
     def warn(event: dict[str, Any]) -> None:

@@ -26,7 +26,8 @@ from netd.registry import PluginRegistry, discoverPlugins
 from netd.reactors.rlimits import raiseOpenFileLimit
 from netd.daemon.service import NetService, ReloadInProgress, ServiceStartError
 from netd.daemon.systemd import Notifier
-from netd.tls.server import ServerTLS, TLSSetupError
+from netd.tls.contexts import ServerTLS
+from netd.tls.keys import TLSSetupError
 from netd.words import counted
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ address it listens on.
 
 From the socket inward a stream connection passes the L{ConnectionLimiter}
 (limits, idle timeout, flow control, byte counts), TLS when the service has a
-C{tls} table (L{netd.tls.server.TLSServerFactory}), and the framing before the
+C{tls} table (L{netd.tls.protocol.TLSServerFactory}), and the framing before the
 plugin's receiver sees a frame; a datagram passes the L{DatagramListener}.
 """
 
@@ -32,7 +32,9 @@ from netd.metrics import Counters
 from netd.config.options import KeyPath
 from netd.stream.proxyheader import TrustedSources
 from netd.reactors.rlimits import defaultMaxConnections
-from netd.tls.server import ServerTLS, TLSServerFactory, TLSSetupError
+from netd.tls.contexts import ServerTLS
+from netd.tls.keys import TLSSetupError
+from netd.tls.protocol import TLSServerFactory
 from netd.words import counted
 
 

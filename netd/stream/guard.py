@@ -31,7 +31,7 @@ from netd.metrics import Counters
 from netd.stream.proxyheader import describePeer
 from netd.reactors.epoll import IMeteredTransport
 from netd.reactors.rlimits import BoundedWarning, IOutOfDescriptors
-from netd.tls.server import TLSServerProtocol
+from netd.tls.protocol import TLSServerProtocol
 from netd.words import counted
 
 

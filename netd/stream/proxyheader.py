@@ -31,23 +31,17 @@ from typing import Any
 import attrs
 
 from twisted.internet.address import UNIXAddress
-from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, ILoggingContext, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
-from twisted.protocols.haproxy._v1parser import V1Parser
-from twisted.protocols.haproxy._v2parser import V2Parser
-from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
 from netd.reactors.epoll import IMeteredTransport
+from netd.stream.proxyformat import HeaderReader, MalformedHeader, NoHeader, ProxyInfo
 
 _log = Logger(namespace="netd.stream.proxyheader")
-
-_V2_PREFIX: bytes = V2Parser.PREFIX
-_V1_PREFIX: bytes = V1Parser.PROXYSTR
 
 UNIX_SOURCES = "unix:"
 """
@@ -142,19 +136,7 @@ def describePeer(address: IAddress | None) -> str:
     return name or "unix"
 
 
-def _checkAddress(address: IAddress | None) -> None:
-    """
-    Check that an address from a v1 header is an IP literal (Twisted's parser
-    takes any word).
-
-    @raise ValueError: when it is not.
-    """
-    host = getattr(address, "host", None)
-    if host is not None:
-        ipaddress.ip_address(host)
-
-
-class ProxyHeaderProtocol(HAProxyProtocolWrapper):
+class ProxyHeaderProtocol(ProtocolWrapper):
     """
     Reads the PROXY header, then starts the inner protocol, whose
     C{getPeer()} and C{getHost()} are the addresses the header names.
@@ -162,8 +144,12 @@ class ProxyHeaderProtocol(HAProxyProtocolWrapper):
 
     factory: ProxyHeaderFactory
     _started = False
-    _pending = b""
     _headerTimer: IDelayedCall | None = None
+    _proxyInfo: ProxyInfo | None = None
+
+    def __init__(self, factory: ProxyHeaderFactory, wrappedProtocol: Any) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self._reader = HeaderReader()
 
     bytesIn = 0
     bytesOut = 0
@@ -234,29 +220,17 @@ class ProxyHeaderProtocol(HAProxyProtocolWrapper):
             return
         if self.disconnecting:
             return
-        if self._parser is None:
-            data = self._pending + data
-            if len(data) >= 16 and data[:12] == _V2_PREFIX and data[12] & 0xF0 == 0x20:
-                self._parser = V2Parser()
-            elif len(data) >= 5 and data[:5] == _V1_PREFIX:
-                self._parser = V1Parser()
-            elif (len(data) < 16 and _V2_PREFIX.startswith(data[:12])) or (len(data) < 5 and _V1_PREFIX.startswith(data)):
-                self._pending = data
-                return
-            else:
-                self._reject("no PROXY header")
-                return
-            self._pending = b""
         try:
-            info, remaining = self._parser.feed(data)
-            if info is not None:
-                _checkAddress(info.source)
-                _checkAddress(info.destination)
-        except (InvalidProxyHeader, ValueError):
+            parsed = self._reader.feed(data)
+        except NoHeader:
+            self._reject("no PROXY header")
+            return
+        except MalformedHeader:
             self._reject("malformed PROXY header")
             return
-        if info is None:
+        if parsed is None:
             return
+        info, remaining = parsed
         self._proxyInfo = info
         self._started = True
         if self._headerTimer is not None:
@@ -270,6 +244,25 @@ class ProxyHeaderProtocol(HAProxyProtocolWrapper):
             WrappingFactory.unregisterProtocol(inner, self)
         if remaining and not self.disconnecting:
             self.wrappedProtocol.dataReceived(remaining)
+
+    def getPeer(self) -> IAddress:
+        """
+        The client's address, as the header names it (the socket's peer
+        until the header is read, or when it names none).
+        """
+        if self._proxyInfo is not None and self._proxyInfo.source is not None:
+            return self._proxyInfo.source
+        assert self.transport is not None
+        return self.transport.getPeer()
+
+    def getHost(self) -> IAddress:
+        """
+        The address the client connected to, as the header names it.
+        """
+        if self._proxyInfo is not None and self._proxyInfo.destination is not None:
+            return self._proxyInfo.destination
+        assert self.transport is not None
+        return self.transport.getHost()
 
     def _reject(self, why: str) -> None:
         """
@@ -306,14 +299,14 @@ class ProxyHeaderProtocol(HAProxyProtocolWrapper):
                 inner.unregisterProtocol(self)
 
 
-class ProxyHeaderFactory(HAProxyWrappingFactory):
+class ProxyHeaderFactory(WrappingFactory["ProxyHeaderProtocol"]):
     """
     Wraps a service's factory (its L{netd.stream.guard.ConnectionLimiter}) with the
     PROXY protocol, for the peers in C{trusted}.
     """
 
     noisy = False
-    protocol = ProxyHeaderProtocol  # type: ignore[assignment]
+    protocol = ProxyHeaderProtocol
 
     def __init__(
         self,
@@ -332,6 +325,14 @@ class ProxyHeaderFactory(HAProxyWrappingFactory):
         self._untrustedSince = 0
         self._untrustedLogged: float | None = None
 
+    def logPrefix(self) -> str:
+        """
+        The wrapped factory's log prefix, marked as behind the PROXY protocol.
+        """
+        inner = self.wrappedFactory
+        prefix = inner.logPrefix() if ILoggingContext.providedBy(inner) else type(inner).__name__
+        return f"{prefix} (PROXY)"
+
     def buildProtocol(self, addr: IAddress) -> ProxyHeaderProtocol | None:  # type: ignore[override]
         """
         Wrap the inner protocol, unless the peer is not trusted to send a
@@ -343,7 +344,7 @@ class ProxyHeaderFactory(HAProxyWrappingFactory):
         inner = self.wrappedFactory.buildProtocol(addr)
         if inner is None:
             return None
-        return ProxyHeaderProtocol(self, inner)  # type: ignore[arg-type]
+        return ProxyHeaderProtocol(self, inner)
 
     def _refuseUntrusted(self, addr: IAddress) -> None:
         """

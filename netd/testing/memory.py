@@ -5,7 +5,7 @@ layers on in-memory transports, with a fake clock, no sockets and no sleeps.
 With TLS: L{makeStreamStack} takes the service's C{tls} table, and
 L{connectTLS} connects an in-memory TLS client to the stack (through
 L{twisted.test.iosim}), using either a verifying client from
-L{netd.tls.server.clientCreator} or a L{TestClientTLS} with the knobs a test needs
+L{netd.tls.client.clientCreator} or a L{TestClientTLS} with the knobs a test needs
 (versions, ALPN, a client certificate, a session to resume).  Certificates
 come from L{netd.tls.devcerts}, made in the test's temporary folder.
 
@@ -41,7 +41,9 @@ from netd.stream.guard import ConnectionLimiter, GuardedConnection
 from netd.metrics import Counters
 from netd.config.options import ConfigError, Problem, convert
 from netd.reactors.epoll import IMeteredTransport
-from netd.tls.server import ServerTLS, TLSOptions, TLSServerFactory, TLSVersion
+from netd.tls.contexts import ServerTLS
+from netd.tls.options import TLSOptions, TLSVersion
+from netd.tls.protocol import TLSServerFactory
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -294,7 +296,7 @@ def makeStreamStack(
     C{tls} is given, then framing, then the plugin), for in-memory tests.
 
     @param tls: the service's C{tls} table, as L{TLSOptions}; its files are
-        loaded and checked as a service's are (L{netd.tls.server.ServerTLS}).
+        loaded and checked as a service's are (L{netd.tls.contexts.ServerTLS}).
     @param stateDir: where C{certificate = "auto"} keeps its files; give a
         temporary folder.
     @param log: where the core's events go (C{netd.testing.memory} when unset).
@@ -373,7 +375,7 @@ def connect(limiter: ConnectionLimiter, peer: IPv4Address = PEER, *, metered: bo
 class TestClientTLS:
     """
     A TLS client for tests, with the knobs that a test needs and that a
-    verifying client (L{netd.tls.server.clientCreator}) does not have.
+    verifying client (L{netd.tls.client.clientCreator}) does not have.
 
     It does not check the server's name; with C{caFile} it checks the chain
     and records why it failed in L{TLSTestConnection.verifyErrors}.  Its
@@ -589,7 +591,7 @@ def connectTLS(
     Connect an in-memory TLS client to a stack from L{makeStreamStack} (with
     C{tls}) and run the handshake; L{None} if the stack refused the connection.
 
-    @param creator: the client's TLS settings: L{netd.tls.server.clientCreator} for
+    @param creator: the client's TLS settings: L{netd.tls.client.clientCreator} for
         a client that verifies the server, or a L{TestClientTLS}.
     @param clock: the stack's clock (TLS schedules its writes on it; the pump
         runs its due calls).

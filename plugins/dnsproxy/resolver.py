@@ -85,7 +85,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from netd.metrics import LATENCY_BUCKETS, Counters
-from netd.tls.server import loadTrustRoot
+from netd.tls.client import loadTrustRoot
 
 from .transports import AttemptError, CaseMismatch, Outstanding, StreamUpstream, UDPPool, UpstreamBusy, randomCase
 from .upstream import Upstream
@@ -305,7 +305,7 @@ class UpstreamResolver(Service):
 
     def trustRoot(self) -> Any:
         """
-        What TLS upstreams' certificates are checked against (see L{netd.tls.server.loadTrustRoot}).
+        What TLS upstreams' certificates are checked against (see L{netd.tls.client.loadTrustRoot}).
         """
         return self._trustRoot
 

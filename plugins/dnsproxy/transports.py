@@ -59,7 +59,7 @@ from zope.interface import implementer
 from netd.stream.framing import FRAMINGS, FramedFactory, FramedProtocol
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
-from netd.tls.server import clientCreator, describeTLSFailure
+from netd.tls.client import clientCreator, describeTLSFailure
 from netd.words import counted
 
 from .upstream import Upstream

@@ -1,7 +1,7 @@
 """
 TLS echo: the echo of L{netd_plugins.echo} behind TLS, with TLS required.
 
-The core terminates TLS (the service's C{tls} table, L{netd.tls.server}); this
+The core terminates TLS (the service's C{tls} table, L{netd.tls.protocol}); this
 plugin only declares that it serves nothing without it (C{requiresTLS}), so a
 service of it without a C{tls} table is refused when the config is loaded.
 Each frame that arrives through TLS goes back through TLS, in every framing;

@@ -18,7 +18,7 @@ import pytest
 import tomli_w
 
 from netd.testing.harness import NetdServer, netdCommand
-from netd.tls.server import PROFILES
+from netd.tls.options import PROFILES
 
 from .conftest import requireTool
 

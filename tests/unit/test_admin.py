@@ -35,7 +35,7 @@ from netd.config.options import ConfigError, Problem
 from netd.registry import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
 from netd.daemon.service import ReloadInProgress, ServiceStartError
 from netd.testing.memory import FakeTCPPort, UDPMemoryReactorClock, connect, resultOf
-from netd.tls.server import FAILURE_REASONS
+from netd.tls.failures import FAILURE_REASONS
 from netd_plugins.echo import EchoReceiver
 
 ADMIN = "tcp:0:interface=127.0.0.1"

@@ -30,7 +30,7 @@ from netd.registry import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlu
 from netd.stream.proxyheader import ProxyHeaderFactory
 from netd.daemon.service import NetService
 from netd.testing.memory import PEER, TestClientTLS, UDPMemoryReactorClock, connect, connectTLS, makeStreamStack, proxyHeaderV1
-from netd.tls.server import TLSOptions
+from netd.tls.options import TLSOptions
 from netd_plugins.echo import EchoHandler
 
 
@@ -484,6 +484,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> DevelopmentSet:
     return dev
 
 
+@pytest.mark.usefixtures("tlsRecordPath")
 def test_tlsConnectionEventHasWhatWasNegotiated(dev: DevelopmentSet) -> None:
     """
     A TLS connection's event has the version, cipher, SNI name, ALPN protocol, client certificate subject and whether it resumed.
@@ -512,6 +513,7 @@ def test_tlsConnectionEventHasWhatWasNegotiated(dev: DevelopmentSet) -> None:
     assert event["bytes_in"] > 4 and event["bytes_out"] > 4
 
 
+@pytest.mark.usefixtures("tlsRecordPath")
 def test_tlsHandshakeFailureInEvent(dev: DevelopmentSet) -> None:
     """
     A connection whose handshake failed has the failure reason and OpenSSL's words in its event instead of the negotiated values.
@@ -526,6 +528,7 @@ def test_tlsHandshakeFailureInEvent(dev: DevelopmentSet) -> None:
     assert "version" not in event["tls"]
 
 
+@pytest.mark.usefixtures("tlsRecordPath")
 def test_notTLSInEvent(dev: DevelopmentSet) -> None:
     """
     Plain text sent to a TLS service shows in its connection event as the not_tls failure.

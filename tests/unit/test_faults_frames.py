@@ -25,7 +25,8 @@ from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
 from netd.config.options import ConfigError
 from netd.testing.memory import MemoryStreamConnection, connect, connectTLS, faultsFor, makeStreamStack
-from netd.tls.server import TLSOptions, clientCreator
+from netd.tls.client import clientCreator
+from netd.tls.options import TLSOptions
 from netd_plugins.echo import EchoHandler
 
 FRAMED = [name for name, framing in FRAMINGS.items() if framing.largest is not None]
@@ -460,6 +461,7 @@ def test_fitsElsewhere() -> None:
     faultsFor([{"type": "oversize_frame", "size": 70000}, {"type": "corrupt_length", "length": 70000}], framing="u32")
 
 
+@pytest.mark.usefixtures("tlsRecordPath")
 def test_splitFrameInsideTLS(tmp_path: Path) -> None:
     """
     On a TLS service the pieces of a split frame are TLS records of their own, and the client reassembles the frame.

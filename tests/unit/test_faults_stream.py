@@ -24,7 +24,7 @@ from netd.faults.tls import alertRecord
 from netd.stream.guard import ConnectionLimiter, GuardedConnection, resetTransport
 from netd.metrics import Counters
 from netd.testing.memory import PEER, MemoryStreamConnection, TestClientTLS, connect, connectTLS, faultsFor, makeStreamStack
-from netd.tls.server import TLSOptions
+from netd.tls.options import TLSOptions
 from netd_plugins.echo import EchoHandler
 
 
@@ -586,6 +586,7 @@ def clientHello() -> bytes:
     return client.bio_read(65536)
 
 
+@pytest.mark.usefixtures("tlsRecordPath")
 @pytest.mark.parametrize(("alert", "code"), [("handshake_failure", 40), ("protocol_version", 70)])
 def test_tlsAbortAnswersWithAlert(dev: DevelopmentSet, alert: str, code: int) -> None:
     """
@@ -604,6 +605,7 @@ def test_tlsAbortAnswersWithAlert(dev: DevelopmentSet, alert: str, code: int) ->
     assert stack.events.events(kind="fault")[0]["alert"] == alert
 
 
+@pytest.mark.usefixtures("tlsRecordPath")
 def test_tlsAbortSeenByClient(dev: DevelopmentSet) -> None:
     """
     A TLS client answered by tls_abort fails its handshake with the alert named.
@@ -616,6 +618,7 @@ def test_tlsAbortSeenByClient(dev: DevelopmentSet) -> None:
     assert "protocol version" in str(client.lost.value)
 
 
+@pytest.mark.usefixtures("tlsRecordPath")
 def test_tlsAbortLetsNonTLSThrough(dev: DevelopmentSet) -> None:
     """
     Bytes that cannot start a TLS handshake go to the TLS engine, which refuses them as usual; the fault is not counted.
@@ -628,6 +631,7 @@ def test_tlsAbortLetsNonTLSThrough(dev: DevelopmentSet) -> None:
     assert stack.applied("tls_abort") == 0
 
 
+@pytest.mark.usefixtures("tlsRecordPath")
 def test_tlsGarbage(dev: DevelopmentSet) -> None:
     """
     tls_garbage answers the ClientHello with its text and closes.
@@ -639,6 +643,7 @@ def test_tlsGarbage(dev: DevelopmentSet) -> None:
     assert ended(connection) == "closed by fault tls_garbage"
 
 
+@pytest.mark.usefixtures("tlsRecordPath")
 def test_tlsGarbageSeenByClient(dev: DevelopmentSet) -> None:
     """
     A TLS client answered by tls_garbage fails: what it got is not a TLS record.
@@ -648,6 +653,7 @@ def test_tlsGarbageSeenByClient(dev: DevelopmentSet) -> None:
     assert client is not None and client.lost is not None and not client.handshakeDone
 
 
+@pytest.mark.usefixtures("tlsRecordPath")
 def test_tlsStallSendsServerHelloOnly(dev: DevelopmentSet) -> None:
     """
     tls_stall passes the ClientHello to TLS and the server's first record (the ServerHello), then nothing more.
@@ -665,6 +671,7 @@ def test_tlsStallSendsServerHelloOnly(dev: DevelopmentSet) -> None:
     assert event["record_bytes"] == len(sent)
 
 
+@pytest.mark.usefixtures("tlsRecordPath")
 def test_tlsStallTimesOut(dev: DevelopmentSet) -> None:
     """
     A client held by tls_stall never completes its handshake; handshake_timeout ends the connection.
@@ -679,6 +686,7 @@ def test_tlsStallTimesOut(dev: DevelopmentSet) -> None:
     assert stack.counters["tls_handshakes_failed_timeout"] == 1
 
 
+@pytest.mark.usefixtures("tlsRecordPath")
 def test_tlsHandshakeThroughSliceOne(dev: DevelopmentSet) -> None:
     """
     A TLS client completes its handshake, and gets its echo, through slice = 1 both ways.

@@ -1,9 +1,14 @@
 """
 The PROXY protocol in front of the core's stream stack (L{netd.stream.proxyheader}),
+its two header formats (L{netd.stream.proxyformat}, with golden well-formed and
+malformed headers),
 and the C{haproxy:} listen strings, in memory with a fake clock.
 """
 
 from __future__ import annotations
+
+import ipaddress
+import struct
 
 import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -20,6 +25,7 @@ from netd.config.listen import ListenAddress
 from netd.metrics import Counters
 from netd.config.options import InvalidValue
 from netd.stream.guard import ConnectionLimiter
+from netd.stream.proxyformat import HeaderReader, MalformedHeader
 from netd.stream.proxyheader import (
     DEFAULT_TRUSTED,
     UNTRUSTED_LOG_INTERVAL,
@@ -108,6 +114,127 @@ def test_innerStackStartsWithTheClientAddressFromTheHeader(header: object, chunk
     assert counters.snapshot()["bytes_received"] == len(b"payload")
 
 
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def v2(versionCommand: int, familyTransport: int, body: bytes, length: int | None = None) -> bytes:
+    """
+    A PROXY v2 header of these bytes (its length field C{len(body)} unless given).
+    """
+    return V2_SIGNATURE + bytes([versionCommand, familyTransport]) + struct.pack("!H", len(body) if length is None else length) + body
+
+
+IPV4_BODY = bytes([10, 1, 2, 3, 127, 0, 0, 1]) + struct.pack("!HH", 5555, 7007)
+IPV6_BODY = ipaddress.IPv6Address("2001:db8::5").packed + ipaddress.IPv6Address("::1").packed + struct.pack("!HH", 5555, 7007)
+
+MALFORMED_V1 = {
+    "v1-lf-only": b"PROXY TCP4 10.1.2.3 127.0.0.1 1 2\n",
+    "v1-double-space": b"PROXY TCP4  10.1.2.3 127.0.0.1 1 2\r\n",
+    "v1-trailing-space": b"PROXY TCP4 10.1.2.3 127.0.0.1 1 2 \r\n",
+    "v1-missing-port": b"PROXY TCP4 10.1.2.3 127.0.0.1 1\r\n",
+    "v1-extra-field": b"PROXY TCP4 10.1.2.3 127.0.0.1 1 2 3\r\n",
+    "v1-port-above-65535": b"PROXY TCP4 10.1.2.3 127.0.0.1 65536 2\r\n",
+    "v1-port-leading-zero": b"PROXY TCP4 10.1.2.3 127.0.0.1 01 2\r\n",
+    "v1-negative-port": b"PROXY TCP4 10.1.2.3 127.0.0.1 -1 2\r\n",
+    "v1-ipv6-under-tcp4": b"PROXY TCP4 ::1 127.0.0.1 1 2\r\n",
+    "v1-ipv4-under-tcp6": b"PROXY TCP6 10.1.2.3 ::1 1 2\r\n",
+    "v1-octet-leading-zero": b"PROXY TCP4 010.1.2.3 127.0.0.1 1 2\r\n",
+    "v1-ipv6-scope": b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n",
+    "v1-lowercase-protocol": b"PROXY tcp4 10.1.2.3 127.0.0.1 1 2\r\n",
+    "v1-unknown-then-nul": b"PROXY UNKNOWN\x00\r\n",
+    "v1-crlf-past-107": b"PROXY UNKNOWN " + b"a" * 93 + b"\r\n",
+    "v1-lowercase-signature": b"proxy TCP4 10.1.2.3 127.0.0.1 1 2\r\n",
+}
+"""
+Golden malformed version 1 headers (HAProxy's proxy-protocol.txt, section 2.1):
+each refused.
+"""
+
+MALFORMED_V2 = {
+    "v2-version-1": v2(0x11, 0x11, IPV4_BODY),
+    "v2-command-2": v2(0x22, 0x11, IPV4_BODY),
+    "v2-family-4": v2(0x21, 0x41, IPV4_BODY),
+    "v2-transport-3": v2(0x21, 0x13, IPV4_BODY),
+    "v2-short-ipv4": v2(0x21, 0x11, IPV4_BODY[:8]),
+    "v2-short-ipv6": v2(0x21, 0x21, IPV4_BODY),
+}
+"""
+Golden malformed version 2 headers (section 2.2): each refused.
+"""
+
+V1_GOLDEN = [
+    pytest.param(b"PROXY TCP4 10.1.2.3 127.0.0.1 5555 7007\r\n", IPv4Address("TCP", "10.1.2.3", 5555), IPv4Address("TCP", "127.0.0.1", 7007), id="tcp4"),
+    pytest.param(b"PROXY TCP6 2001:db8::5 ::1 0 65535\r\n", IPv6Address("TCP", "2001:db8::5", 0), IPv6Address("TCP", "::1", 65535), id="tcp6"),
+    pytest.param(b"PROXY TCP6 2001:DB8:0:0:0:0:0:5 ::1 1 2\r\n", IPv6Address("TCP", "2001:db8::5", 1), IPv6Address("TCP", "::1", 2), id="tcp6-long-form"),
+    pytest.param(b"PROXY UNKNOWN\r\n", None, None, id="unknown"),
+    pytest.param(b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n", None, None, id="unknown-with-addresses"),
+    pytest.param(b"PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n",
+                 IPv6Address("TCP", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535), IPv6Address("TCP", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535), id="longest"),
+]
+
+V2_GOLDEN = [
+    pytest.param(v2(0x21, 0x11, IPV4_BODY), IPv4Address("TCP", "10.1.2.3", 5555), IPv4Address("TCP", "127.0.0.1", 7007), id="tcp4"),
+    pytest.param(v2(0x21, 0x12, IPV4_BODY), IPv4Address("UDP", "10.1.2.3", 5555), IPv4Address("UDP", "127.0.0.1", 7007), id="udp4"),
+    pytest.param(v2(0x21, 0x21, IPV6_BODY), IPv6Address("TCP", "2001:db8::5", 5555), IPv6Address("TCP", "::1", 7007), id="tcp6"),
+    pytest.param(v2(0x21, 0x11, IPV4_BODY + b"\x04\x00\x02ab"), IPv4Address("TCP", "10.1.2.3", 5555), IPv4Address("TCP", "127.0.0.1", 7007), id="tcp4-with-tlv"),
+    pytest.param(v2(0x21, 0x31, b"/run/a".ljust(108, b"\x00") + b"/run/b".ljust(108, b"\x00")), UNIXAddress(b"/run/a"), UNIXAddress(b"/run/b"), id="unix"),
+    pytest.param(v2(0x20, 0x00, b""), None, None, id="local"),
+    pytest.param(v2(0x20, 0x11, IPV4_BODY), None, None, id="local-with-addresses"),
+    pytest.param(v2(0x21, 0x00, b"\x00" * 4), None, None, id="unspec"),
+]
+
+
+@pytest.mark.parametrize(("header", "source", "destination"), V1_GOLDEN + V2_GOLDEN)
+@pytest.mark.parametrize("chunk", [0, 1, 5])
+def test_headerReaderGolden(header: bytes, source: IAddress | None, destination: IAddress | None, chunk: int) -> None:
+    """
+    Well-formed v1 and v2 headers (whole or in pieces) give the addresses they name, or none, and the bytes that followed.
+    """
+    reader = HeaderReader()
+    data = header + b"payload"
+    pieces = [data] if not chunk else [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    result = None
+    for piece in pieces:
+        result = reader.feed(piece) if result is None else (result[0], result[1] + piece)
+    assert result is not None
+    info, rest = result
+    assert (info.source, info.destination, rest) == (source, destination, b"payload")
+
+
+@pytest.mark.parametrize("header", [*MALFORMED_V1.values(), *MALFORMED_V2.values()], ids=[*MALFORMED_V1, *MALFORMED_V2])
+def test_headerReaderRefusesGoldenMalformed(header: bytes) -> None:
+    """
+    Each golden malformed header raises MalformedHeader, fed whole or byte by byte, at the latest when its last byte arrives.
+    """
+    with pytest.raises(MalformedHeader):
+        HeaderReader().feed(header)
+    reader = HeaderReader()
+    with pytest.raises(MalformedHeader):
+        for i in range(len(header)):
+            reader.feed(header[i : i + 1])
+
+
+def test_headerReaderBoundsWhatItHolds() -> None:
+    """
+    A v1 header without CRLF is refused once 107 bytes have come, without waiting for more.
+    """
+    reader = HeaderReader()
+    assert reader.feed(b"PROXY UNKNOWN " + b"a" * 92) is None
+    with pytest.raises(MalformedHeader):
+        reader.feed(b"a")
+
+
+def test_localHeaderKeepsTheSocketPeer() -> None:
+    """
+    A v2 LOCAL header (a load balancer's health check) starts the inner stack with the socket's own peer.
+    """
+    protocol, transport, handler, counters, _ = accept()
+    protocol.dataReceived(v2(0x20, 0x00, b""))
+    [receiver] = started(handler)
+    assert receiver.peer == PEER
+    assert counters["proxy_headers_rejected"] == 0
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -116,8 +243,10 @@ def test_innerStackStartsWithTheClientAddressFromTheHeader(header: object, chunk
         b"PROXY TCP4 client.example 127.0.0.1 1 2\r\n",
         b"PROXY TCP9 10.1.2.3 127.0.0.1 1 2\r\n",
         b"PROXY " + b"x" * 120,
+        *MALFORMED_V1.values(),
+        *MALFORMED_V2.values(),
     ],
-    ids=["no-header", "bad-port", "not-an-address", "bad-protocol", "too-long"],
+    ids=["no-header", "bad-port", "not-an-address", "bad-protocol", "too-long", *MALFORMED_V1, *MALFORMED_V2],
 )
 def test_malformedHeaderClosesCountsAndLogs(data: bytes) -> None:
     """

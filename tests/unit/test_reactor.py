@@ -35,7 +35,7 @@ from netd.reactors.rlimits import IOutOfDescriptors
 from netd.testing.harness import unavailable
 from netd.testing.memory import makeStreamStack
 from netd.reactors.uv import StreamConnection
-from netd.tls.server import TLSOptions
+from netd.tls.options import TLSOptions
 from netd_plugins.echo import EchoHandler
 
 from .privatereactor import WAIT, Reactor, netdReactor, reactor, spin, turn  # noqa: F401

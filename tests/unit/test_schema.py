@@ -21,7 +21,7 @@ from netd.faults.spec import FAULT_TYPES
 from netd.config.options import ConfigError, NumberRange, between, option, optionInfo, schemaFields
 from netd.registry import PluginRegistry, discoverPlugins
 from netd.config.schema import SchemaBuilder, configSchema, registryPlugins, renderSchema
-from netd.tls.server import TLSOptions
+from netd.tls.options import TLSOptions
 
 from .test_docs import tomlBlocks
 

@@ -1,10 +1,10 @@
 """
-The TLS layer (L{netd.tls.server}) in memory: the echo behind the core's stack with
+The TLS layer (L{netd.tls}) in memory: the echo behind the core's stack with
 TLS (limits, TLS, framing) and a client through L{twisted.test.iosim};
 versions, ciphers, ALPN, SNI, client certificates and C{client_allow}, the
 handshake timeout, garbage and aborted handshakes, session resumption, flow
 control through TLS, the startup checks of certificates and keys, and the
-client side (L{netd.tls.server.clientCreator}).  Every certificate is made by
+client side (L{netd.tls.client.clientCreator}).  Every certificate is made by
 L{netd.tls.devcerts} in a temporary folder.
 """
 
@@ -52,22 +52,13 @@ from netd.metrics import Counters
 from netd.registry import discoverPlugins
 from netd.daemon.service import NetService, ServiceStartError
 from netd.testing.memory import TestClientTLS, TLSTestConnection, connect, connectTLS, makeStreamStack
-from netd.tls import server as tlsModule
-from netd.tls.server import (
-    FAILURE_REASONS,
-    PROFILES,
-    ServerTLS,
-    SNICertificate,
-    TLSOptions,
-    TLSServerFactory,
-    TLSSetupError,
-    TLSVersion,
-    classifyFailure,
-    clientCreator,
-    describeTLSFailure,
-    groupList,
-    loadTrustRoot,
-)
+from netd.tls import pump
+from netd.tls.client import clientCreator, describeTLSFailure, loadTrustRoot
+from netd.tls.contexts import groupList, ServerTLS
+from netd.tls.failures import classifyFailure, FAILURE_REASONS
+from netd.tls.keys import TLSSetupError
+from netd.tls.options import PROFILES, SNICertificate, TLSOptions, TLSVersion
+from netd.tls.protocol import TLSServerFactory
 from netd_plugins.echo import EchoHandler
 
 LOG = Logger(namespace="test_tls")
@@ -103,6 +94,14 @@ def _loadCA(dev: DevelopmentSet) -> KeyAndCertificate:
     certificate = x509.load_pem_x509_certificate(Path(dev.ca).read_bytes())
     key = serialization.load_pem_private_key(Path(dev.caKey).read_bytes(), password=None)
     return KeyAndCertificate(certificate, key)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def bothRecordPaths(tlsRecordPath: str) -> str:
+    """
+    Every test of this module runs on the record pump and on Twisted's public path.
+    """
+    return tlsRecordPath
 
 
 @pytest.fixture(autouse=True)
@@ -479,7 +478,7 @@ def test_groupsFallBack(certs: Certs, monkeypatch: pytest.MonkeyPatch) -> None:
     """
     Without pyOpenSSL's binding for setting groups, a context keeps OpenSSL's default groups (still serving) and a warning says so.
     """
-    monkeypatch.setattr(tlsModule, "_SET_GROUPS", None)
+    monkeypatch.setattr(pump, "_SET_GROUPS", None)
     groupList.cache_clear()
     try:
         with capturedLogs() as events:

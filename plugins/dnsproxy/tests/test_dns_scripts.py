@@ -18,7 +18,8 @@ from netd.config.options import ConfigError, Problem, decodeTable
 from netd.registry import discoverPlugins
 from netd.tls.devcerts import ensureDevelopmentSet
 from netd.testing.memory import PEER, connect, connectTLS, makeStreamStack
-from netd.tls.server import TLSOptions, clientCreator
+from netd.tls.client import clientCreator
+from netd.tls.options import TLSOptions
 from netd_plugins.dnsproxy.resolver import UpstreamFailure
 from netd_plugins.dnsproxy.scripts import SPOOFED_NAMES, Script
 

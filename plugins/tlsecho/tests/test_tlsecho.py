@@ -24,7 +24,9 @@ from netd.config.options import ConfigError
 from netd.registry import checkPlugin, discoverPlugins
 from netd.daemon.service import NetService
 from netd.testing.memory import connect, connectTLS, makeStreamStack
-from netd.tls.server import TLSOptions, TLSServerFactory, clientCreator
+from netd.tls.client import clientCreator
+from netd.tls.options import TLSOptions
+from netd.tls.protocol import TLSServerFactory
 from netd_plugins import echo
 from netd_plugins.tlsecho import TLSEchoOptions, plugin
 

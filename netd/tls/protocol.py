@@ -1,0 +1,297 @@
+"""
+The server side of TLS for every stream service: a service's C{tls} table
+puts a L{TLSServerFactory} between the core's connection guard and the
+framing, so a connection is, from the socket inward::
+
+    GuardedConnection -> TLSServerProtocol -> framing -> the plugin's receiver
+
+Each connection must finish its handshake within C{handshake_timeout}
+seconds.  Handshakes are counted per service: C{tls_handshakes_ok},
+C{tls_sessions_resumed}, and C{tls_handshakes_failed_REASON} with REASON one
+of L{netd.tls.failures.FAILURE_REASONS}; a failure is logged at info with its
+reason, a success at debug with the version, cipher, SNI name, ALPN protocol
+and client certificate subject.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+
+from netd.daemon import logs
+from netd.metrics import Counters
+from netd.tls.contexts import ServerTLS
+from netd.tls.failures import classifyFailure
+from netd.tls.keys import describeSubject
+from netd.tls.pump import RecordPump, recordPumpWorks, sessionReused
+
+_log = Logger(namespace="netd.tls.protocol")
+
+
+class TLSServerProtocol(BufferingTLSTransport):
+    """
+    The server side of one TLS connection: Twisted's TLS protocol with a
+    handshake timeout, and the handshake counted and logged.  What the
+    application writes while a read is being delivered (an echo's reply, a
+    response) is held and encrypted in one go when the read is done, in the
+    same reactor turn, where Twisted would schedule a timed call per write.
+
+    This class is Twisted's public record path (the fallback when the
+    record pump's start-up check fails); L{PumpedTLSServerProtocol} is the
+    same on the pump.
+
+    @ivar failure: why the handshake is failing, when netd knows better than
+        OpenSSL's error (a timeout, a client not allowed): C{(reason, detail)}.
+    @ivar tlsDetails: once the handshake is settled, what the connection's
+        event in the service's event log says of it: C{version}, C{cipher},
+        C{sni}, C{alpn}, C{client_certificate} (its subject) and C{resumed};
+        or, when it failed, C{failure} (one of L{netd.tls.failures.FAILURE_REASONS}) and
+        C{detail}.  L{None} until then.
+    """
+
+    factory: TLSServerFactory
+    failure: tuple[str, str] | None = None
+    tlsDetails: dict[str, Any] | None = None
+    _handshakeTimer: Any = None
+    _settled = False
+    _peer: IAddress | None = None
+    _receiving = False
+
+    def __init__(self, factory: TLSServerFactory, wrappedProtocol: Any, _connectWrapped: bool = True) -> None:
+        super().__init__(factory, wrappedProtocol, _connectWrapped)
+        self._held: list[bytes] = []
+        # An instance attribute, as BufferingTLSTransport's own: the hot path skips a lookup.
+        self.write = self._applicationWrite  # type: ignore[method-assign]
+
+    def makeConnection(self, transport: Any) -> None:
+        """
+        Start the handshake timer, then the handshake: Twisted's
+        C{makeConnection} without its first steps, which
+        C{ProtocolWrapper.makeConnection} repeats or undoes (it declares
+        every interface of the transport one C{directlyProvides} at a time,
+        each replacing the last, a tenth of a handshake's CPU; the wrapper
+        declares them all again).
+        """
+        self._peer = transport.getPeer()
+        timeout = self.factory.handshakeTimeout
+        if timeout:
+            self._handshakeTimer = self.factory.clock.callLater(timeout, self._handshakeTimedOut)
+        self._tlsConnection = self.factory._creatorCallable(self)
+        self._appSendBuffer = []
+        ProtocolWrapper.makeConnection(self, transport)
+        self._checkHandshakeStatus()
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Feed TLS, holding what the application writes meanwhile; then send
+        that, and once the handshake is done, count and log it (once).
+        """
+        self._receiving = True
+        try:
+            self._receive(data)
+        finally:
+            self._receiving = False
+        if self._held:
+            self._sendHeld()
+        if not self._settled and self._handshakeDone:
+            self._handshakeSucceeded()
+
+    _receive = TLSMemoryBIOProtocol.dataReceived
+    """
+    Feed what arrived to TLS (Twisted's path).
+    """
+
+    def _sessionReused(self) -> bool:
+        """
+        Whether the finished handshake resumed a session; L{False}, with one
+        warning for the process, when this pyOpenSSL cannot tell.
+        """
+        reused = sessionReused(self._tlsConnection)
+        if reused is None:
+            _warnResumptionUnknown()
+            return False
+        return reused
+
+    def _applicationWrite(self, data: bytes) -> None:
+        """
+        The application's C{transport.write}: held while a read is being
+        delivered, else aggregated by Twisted.
+        """
+        if self._receiving:
+            # A bytearray or memoryview is copied: the caller may reuse it.
+            self._held.append(data if type(data) is bytes else bytes(memoryview(data)))
+        else:
+            self._aggregator.write(data)
+
+    def writeSequence(self, sequence: Any) -> None:
+        """
+        Write the pieces as one.
+        """
+        self._applicationWrite(b"".join(sequence))
+
+    def _sendHeld(self) -> None:
+        """
+        Encrypt and send what was held, after anything Twisted aggregated before.
+        """
+        held = self._held
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        self._aggregator.flush()
+        TLSMemoryBIOProtocol.write(self, data)
+
+    def loseConnection(self) -> None:
+        """
+        Send what is held first: the close comes after it.
+        """
+        if self._held:
+            self._sendHeld()
+        super().loseConnection()
+
+    def unregisterProducer(self) -> None:
+        """
+        Send what is held first: unregistering a producer after
+        C{loseConnection} starts the close.
+        """
+        if self._held:
+            self._sendHeld()
+        super().unregisterProducer()
+
+    def _handshakeSucceeded(self) -> None:
+        """
+        The handshake finished: stop its timer, count it, log what was negotiated.
+        """
+        self._settled = True
+        self._stopTimer()
+        factory = self.factory
+        factory.counters["tls_handshakes_ok"] += 1
+        connection = self._tlsConnection
+        resumed = self._sessionReused()
+        if resumed:
+            factory.counters["tls_sessions_resumed"] += 1
+        peerCertificate = connection.get_peer_certificate(as_cryptography=True)
+        serverName = connection.get_servername()
+        alpn = connection.get_alpn_proto_negotiated()
+        details = self.tlsDetails = {
+            "version": connection.get_protocol_version_name(),
+            "cipher": connection.get_cipher_name(),
+            "sni": serverName.decode("ascii", "replace") if serverName else None,
+            "alpn": alpn.decode("ascii", "replace") if alpn else None,
+            "client_certificate": describeSubject(peerCertificate) if peerCertificate is not None else None,
+            "resumed": resumed,
+        }
+        if not logs.debugEnabled:
+            return
+        factory.log.debug(
+            "TLS from {peer}: {tls_version} {tls_cipher}, SNI {tls_sni}, ALPN {tls_alpn}, client {tls_client}{resumption}",
+            peer=self._peer,
+            tls_version=details["version"],
+            tls_cipher=details["cipher"],
+            tls_sni=details["sni"],
+            tls_alpn=details["alpn"],
+            tls_client=details["client_certificate"],
+            tls_resumed=resumed,
+            resumption=", resumed" if resumed else "",
+        )
+
+    def _handshakeFailed(self, reason: Failure) -> None:
+        """
+        The connection ended before its handshake finished: count and log why.
+        """
+        self._settled = True
+        self._stopTimer()
+        name, detail = self.failure or classifyFailure(reason)
+        self.tlsDetails = {"failure": name, "detail": detail}
+        self.factory.counters[f"tls_handshakes_failed_{name}"] += 1
+        self.factory.log.info(
+            "TLS handshake from {peer} failed: {tls_failure} ({detail})",
+            peer=self._peer,
+            tls_failure=name,
+            detail=detail,
+        )
+
+    def _handshakeTimedOut(self) -> None:
+        """
+        No handshake within C{handshake_timeout}: drop the connection.
+        """
+        self._handshakeTimer = None
+        if self.failure is None:
+            self.failure = ("timeout", f"no handshake within {self.factory.handshakeTimeout:g} seconds")
+        self.abortConnection()
+
+    def _stopTimer(self) -> None:
+        if self._handshakeTimer is not None:
+            self._handshakeTimer.cancel()
+            self._handshakeTimer = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Settle the handshake's count if it is not yet, then pass the loss on.
+        """
+        if not self._settled:
+            if self._handshakeDone:
+                self._handshakeSucceeded()
+            else:
+                self._handshakeFailed(self._reason or reason)
+        super().connectionLost(reason)
+
+
+@functools.cache
+def _warnResumptionUnknown() -> None:
+    """
+    Say once that resumed sessions cannot be told apart.
+    """
+    _log.warn("tls: this pyOpenSSL cannot tell resumed sessions from new ones; tls_sessions_resumed stays 0")
+
+
+class PumpedTLSServerProtocol(RecordPump, TLSServerProtocol):
+    """
+    L{TLSServerProtocol} with its records moved by the record pump
+    (L{netd.tls.pump.RecordPump}), at less than half the per-record cost.
+    """
+
+
+class TLSServerFactory(TLSMemoryBIOFactory):
+    """
+    Terminates TLS in front of a service's framing (see the module docstring).
+
+    @ivar tls: the service's L{ServerTLS}.
+    """
+
+    protocol: type[TLSServerProtocol] = PumpedTLSServerProtocol
+
+    def __init__(
+        self,
+        tls: ServerTLS,
+        wrappedFactory: IProtocolFactory,
+        *,
+        clock: IReactorTime,
+        counters: Counters,
+        log: Logger,
+    ) -> None:
+        super().__init__(tls, False, wrappedFactory, clock=clock)
+        self.tls = tls
+        self.clock = clock
+        self.counters = counters
+        self.log = log
+        self.handshakeTimeout = tls.options.handshake_timeout
+        if not recordPumpWorks():
+            self.protocol = TLSServerProtocol
+
+    def startFactory(self) -> None:
+        """
+        The service listens: rotate its session-ticket keys on its clock.
+        """
+        self.tls.startRotation(self.clock)
+
+    def stopFactory(self) -> None:
+        """
+        The service's last port closed: stop rotating.
+        """
+        self.tls.stopRotation()

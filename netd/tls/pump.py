@@ -1,0 +1,343 @@
+"""
+The TLS record pump: the only module of netd that touches private names of
+pyOpenSSL (C{OpenSSL._util}'s C{ffi} and C{lib}, a connection's C{_ssl},
+C{_into_ssl}, C{_from_ssl}, C{_raise_ssl_error}, C{_handle_bio_errors}, a
+context's C{_context}) and of Twisted's TLS protocol (C{_write},
+C{_flushSendBIO}, C{_flushReceiveBIO}, C{_bufferedWrite},
+C{_tlsShutdownFinished}, C{_shutdownTLS}).
+
+L{RecordPump} moves records between the memory BIOs and OpenSSL with
+OpenSSL's own calls, at less than half the cost of Twisted's path (see the
+design note in docs/tls.md).  Whether it may is decided once, by
+L{recordPumpWorks}: a canary that checks every private name above exists and
+runs a real in-memory handshake and a record each way through the pump.  If
+it fails, netd logs one warning and serves TLS with Twisted's public
+L{TLSMemoryBIOProtocol} path instead.  L{sessionReused} and
+L{setGroupList} serve both paths, each telling its caller when it cannot
+work.
+
+Internal switch, for the tests of the fallback only: with the environment
+variable C{NETD_TLS_PUMP_CANARY=fail} the canary also asks for a private name
+that does not exist, and so fails as it would on a pyOpenSSL that renamed one.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netd.tls.devcerts import makeCA
+
+try:
+    from OpenSSL._util import ffi as _ffi, lib as _openssl
+except ImportError:  # the canary reports it; nothing below runs without them
+    _ffi = _openssl = None
+
+log = Logger(namespace="netd.tls.pump")
+
+CANARY_SWITCH = "NETD_TLS_PUMP_CANARY"
+"""
+The environment variable that, set to C{fail}, makes the canary fail (see the module docstring).
+"""
+
+_RECORD = 2**14
+"""
+The most plaintext one TLS record carries: what one read from OpenSSL
+returns at most, and the most each write hands it.
+"""
+
+_RECEIVED: Any = _ffi.new("char[]", _RECORD) if _ffi is not None else None
+_SENT: Any = _ffi.new("char[]", 4 * _RECORD + 1024) if _ffi is not None else None
+"""
+What every connection decrypts into and takes its sent records from: shared,
+since their bytes are copied out before anything else runs (one thread).
+"""
+
+_LIB_NAMES = ("BIO_write", "BIO_read", "BIO_get_mem_data", "SSL_write", "SSL_read", "SSL_pending", "SSL_session_reused")
+_CONNECTION_METHODS = ("_raise_ssl_error", "_handle_bio_errors")
+_CONNECTION_FIELDS = ("_ssl", "_into_ssl", "_from_ssl")
+_PROTOCOL_NAMES = ("_write", "_flushSendBIO", "_flushReceiveBIO", "_bufferedWrite", "_tlsShutdownFinished", "_shutdownTLS", "_unbufferPendingWrites")
+
+_SET_GROUPS = getattr(_openssl, "SSL_CTX_set1_curves_list", None)
+"""
+OpenSSL's C{SSL_CTX_set1_groups_list} (named for curves in pyOpenSSL's
+bindings), for which pyOpenSSL has no public call.
+"""
+
+
+def setGroupList(context: SSL.Context, groups: str) -> bool:
+    """
+    Offer the key-exchange groups C{groups} (C{"X25519:P-256"}) on a context.
+
+    @return: whether OpenSSL took them; L{False} too when this pyOpenSSL
+        has no binding for it (the context keeps OpenSSL's defaults).
+    """
+    raw = getattr(context, "_context", None)
+    if _SET_GROUPS is None or raw is None:
+        return False
+    if _SET_GROUPS(raw, groups.encode("ascii")) == 1:
+        return True
+    _openssl.ERR_clear_error()
+    return False
+
+
+def sessionReused(connection: SSL.Connection) -> bool | None:
+    """
+    Whether a connection resumed an earlier session: OpenSSL's
+    C{SSL_session_reused}, for which pyOpenSSL has no public call (nor any
+    other way to tell); L{None} when this pyOpenSSL lacks what it takes.
+    """
+    try:
+        return bool(_openssl.SSL_session_reused(connection._ssl))
+    except (AttributeError, TypeError):
+        return None
+
+
+class RecordPump(TLSMemoryBIOProtocol):
+    """
+    Twisted's TLS protocol with its record path on OpenSSL's calls: the
+    memory BIOs are asked how many bytes they hold before they are read
+    (Twisted reads until pyOpenSSL raises C{WantReadError}, two exceptions
+    per record), records are read and written with C{SSL_read} and
+    C{SSL_write} without pyOpenSSL's wrappers (its error handling only when a
+    call fails), and what a write made is sent at once, in one write.
+    """
+
+    def _receive(self, data: bytes) -> None:
+        """
+        Feed what arrived to TLS: once the handshake is done, straight into
+        the receive BIO, then deliver what it decrypts.
+        """
+        if self._handshakeDone:
+            connection = self._tlsConnection
+            written = _openssl.BIO_write(connection._into_ssl, data, len(data))
+            if written < len(data):
+                connection._handle_bio_errors(connection._into_ssl, written)
+            if self._appSendBuffer:
+                self._unbufferPendingWrites()
+            self._flushReceiveBIO()
+        else:
+            TLSMemoryBIOProtocol.dataReceived(self, data)
+
+    def _write(self, data: bytes) -> None:
+        """
+        Hand application bytes to OpenSSL record by record, without copies,
+        and send what it made once (Twisted's slices the bytes and takes each
+        record from the BIO as it is made).
+        """
+        if self._lostTLSConnection:
+            return
+        connection = self._tlsConnection
+        ssl = connection._ssl
+        size = len(data)
+        done = 0
+        pointer: Any = data if type(data) is bytes else _ffi.from_buffer(data)
+        whole = None
+        while done < size:
+            result = _openssl.SSL_write(ssl, pointer, min(size - done, _RECORD))
+            if result > 0:
+                done += result
+                if done < size:  # the next record starts inside the same bytes
+                    if whole is None:
+                        whole = _ffi.from_buffer(data)
+                    pointer = whole + done
+                continue
+            try:
+                connection._raise_ssl_error(ssl, result)
+            except SSL.WantReadError:
+                self._bufferedWrite(data[done:])
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+                return
+            break
+        self._flushSendBIO()
+
+    def _flushSendBIO(self) -> None:
+        """
+        Send what OpenSSL has made, if anything, in one write.
+        """
+        connection = self._tlsConnection
+        pending = _openssl.BIO_get_mem_data(connection._from_ssl, _ffi.NULL)
+        if pending <= 0:
+            return
+        transport = self.transport
+        assert transport is not None
+        if pending > len(_SENT):
+            transport.write(connection.bio_read(pending))
+            return
+        read = _openssl.BIO_read(connection._from_ssl, _SENT, pending)
+        transport.write(_ffi.buffer(_SENT, read)[:])
+
+    def _flushReceiveBIO(self) -> None:
+        """
+        Deliver the application bytes of what arrived, record by record,
+        until nothing is left to decrypt; then send what reading made (a
+        handshake message, an alert).  As Twisted's, with OpenSSL's
+        C{SSL_read} called directly into a shared buffer, and pyOpenSSL's
+        error handling only when it returns no bytes.
+        """
+        connection = self._tlsConnection
+        ssl = connection._ssl
+        while not self._lostTLSConnection:
+            result = _openssl.SSL_read(ssl, _RECEIVED, _RECORD)
+            if result > 0:
+                if not self._aborted:
+                    ProtocolWrapper.dataReceived(self, _ffi.buffer(_RECEIVED, result)[:])
+                if _openssl.SSL_pending(ssl) <= 0 and _openssl.BIO_get_mem_data(connection._into_ssl, _ffi.NULL) <= 0:
+                    break
+                continue
+            try:
+                connection._raise_ssl_error(ssl, result)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                # TLS has shut down (close_notify): the loss's reason comes from the transport.
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+            else:
+                break
+        self._flushSendBIO()
+
+
+# The canary.
+
+
+class _CanaryServer(RecordPump):
+    """
+    The server side of the canary's connection: reads through the pump.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        self._receive(data)
+
+
+class _Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class _Received(Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class _CanaryCreator:
+    def __init__(self, context: SSL.Context) -> None:
+        self.context = context
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(self.context, None)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _CanaryClientCreator:
+    """
+    The client side of the canary's connection: verifies nothing.
+    """
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+
+
+def _missingNames() -> list[str]:
+    """
+    The private names the pump needs that this pyOpenSSL and Twisted lack.
+    """
+    if _openssl is None or _ffi is None:
+        return ["OpenSSL._util.ffi/lib"]
+    missing = [f"OpenSSL._util.lib.{name}" for name in _LIB_NAMES if not hasattr(_openssl, name)]
+    methods = _CONNECTION_METHODS + (("_netdCanaryForcedMissing",) if os.environ.get(CANARY_SWITCH) == "fail" else ())
+    missing += [f"OpenSSL.SSL.Connection.{name}" for name in methods if not hasattr(SSL.Connection, name)]
+    missing += [f"TLSMemoryBIOProtocol.{name}" for name in _PROTOCOL_NAMES if not hasattr(TLSMemoryBIOProtocol, name)]
+    return missing
+
+
+def _runCanary() -> str | None:
+    """
+    Check the pump against the pyOpenSSL and Twisted netd runs on: every
+    private name it needs, then a real handshake in memory and a record each
+    way through it.
+
+    @return: why the pump cannot be used, or L{None} when it can.
+    """
+    missing = _missingNames()
+    if missing:
+        return "missing " + ", ".join(missing)
+    pair = makeCA("netd TLS canary")
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.use_certificate(pair.certificate)
+    context.use_privatekey(pair.key)
+    serverFactory = TLSMemoryBIOFactory(_CanaryCreator(context), False, Factory.forProtocol(_Echo))
+    serverFactory.protocol = _CanaryServer
+    received = _Received()
+    clientFactory = TLSMemoryBIOFactory(_CanaryClientCreator(), True, Factory.forProtocol(lambda: received))
+    clientFactory.protocol = TLSMemoryBIOProtocol  # writes at once, without a timed call
+    server = serverFactory.buildProtocol(None)
+    client = clientFactory.buildProtocol(None)
+    if server is None or client is None:
+        return "no protocol built"
+    serverTransport, clientTransport = StringTransport(), StringTransport()
+    server.makeConnection(serverTransport)
+    client.makeConnection(clientTransport)
+    fields = [name for name in _CONNECTION_FIELDS if not hasattr(server._tlsConnection, name)]
+    if fields:
+        return "missing " + ", ".join(f"OpenSSL.SSL.Connection().{name}" for name in fields)
+    message = b"netd canary"
+    for _ in range(8):
+        if client._handshakeDone and not received.received:
+            client.write(message)
+        toServer, toClient = clientTransport.value(), serverTransport.value()
+        clientTransport.clear()
+        serverTransport.clear()
+        if toServer:
+            server.dataReceived(toServer)
+        if toClient:
+            client.dataReceived(toClient)
+        if received.received:
+            break
+    if not server._handshakeDone:
+        return "the handshake did not finish"
+    if received.received != message:
+        return f"a record sent {message!r} came back as {received.received!r}"
+    if sessionReused(server._tlsConnection) is not False:
+        return "a new session not reported as new"
+    return None
+
+
+@functools.cache
+def recordPumpWorks() -> bool:
+    """
+    Whether TLS connections may use L{RecordPump}: the canary, run once (when
+    the first TLS service is built); when it fails, one warning says why and
+    that TLS runs on Twisted's public path.
+    """
+    try:
+        why = _runCanary()
+    except Exception as e:  # a renamed or changed private fails in any way
+        why = f"{type(e).__name__}: {e}"
+    if why is None:
+        return True
+    log.warn(
+        "tls: the record pump's start-up check failed ({why}); TLS is served by Twisted's TLSMemoryBIOProtocol "
+        "instead (correct, slower); a pyOpenSSL or Twisted release may have changed a private name netd uses",
+        why=why,
+    )
+    return False
