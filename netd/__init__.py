@@ -9,9 +9,3 @@ L{netd.config.options}; L{netd.registry.PluginContext} is what a plugin is given
 #: (pyproject.toml), C{netd --version} prints it, and CHANGELOG.md has an entry
 #: for it.
 __version__ = "0.2.0"
-
-# Before anything imports twisted.internet.endpoints, which reads the sockets
-# systemd passed as it is imported: see netd.daemon.systemd.completeListenNames.
-from netd.daemon.systemd import completeListenNames as _completeListenNames
-
-_completeListenNames()

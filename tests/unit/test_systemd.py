@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
+from netd.daemon.application import NetdApplication
 from netd.daemon.daemon import Daemon
 from netd.config.listen import ListenAddress
 from netd.config.options import InvalidValue
@@ -267,10 +268,10 @@ def test_daemonReadyAfterPortsFile(tmp_path: Path) -> None:
     """
     portsFile = tmp_path / "ports.json"
     notifier = RecordingNotifier(portsFile)
-    daemon = Daemon(makeConfig(ECHO), UDPMemoryReactorClock(), notifier)
-    resultOf(Deferred.fromCoroutine(daemon.start(str(portsFile))))
+    application = NetdApplication(makeConfig(ECHO), UDPMemoryReactorClock(), notifier, portsFile=str(portsFile))
+    resultOf(Deferred.fromCoroutine(application.start()))
     assert notifier.sent == [((("READY", "1"), ("STATUS", "serving 1 service on 1 address")), True)]
-    resultOf(daemon.stopService())
+    resultOf(application.stopService())
     assert notifier.sent[-1][0][0] == ("STOPPING", "1")
 
 

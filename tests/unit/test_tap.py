@@ -21,7 +21,8 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.plugin import getPlugins
 from twisted.python import usage
 
-from netd.daemon.tap import NetdApplication, Options, makeService
+from netd.daemon.application import NetdApplication
+from netd.daemon.tap import Options, makeService
 
 from netd.testing.memory import UDPMemoryReactorClock, resultOf
 
@@ -93,7 +94,7 @@ def application(reactor: Any, tmp_path: Path) -> tuple[NetdApplication, Recordin
     The twistd service of an echo config on C{reactor}, with a recording notifier.
     """
     notifier = RecordingNotifier(tmp_path / "ports.json")
-    return NetdApplication(makeConfig(ECHO), str(tmp_path / "ports.json"), reactor, notifier), notifier
+    return NetdApplication(makeConfig(ECHO), reactor, notifier, portsFile=str(tmp_path / "ports.json")), notifier
 
 
 def test_bindsPrivilegedThenServesWhenRunning(tmp_path: Path) -> None:
