@@ -93,7 +93,7 @@ def test_endpointsOverTheWire(startNetd: Any) -> None:
     Over real HTTP, /health and /ready answer 200, and /services shows each service's plugin and the ports netd picked for port 0.
     """
     netd: NetdProcess = startNetd(config())
-    assert netd.daemon.admin is not None and netd.daemon.admin["listen"] == "tcp:0:interface=127.0.0.1" and netd.daemon.admin["port"] != 0
+    assert netd.admin is not None and netd.admin["listen"] == "tcp:0:interface=127.0.0.1" and netd.admin["port"] != 0
     status, headers, body = get(netd, "/health")
     assert (status, json.loads(body)) == (200, {"status": "ok"})
     assert headers["content-type"] == "application/json"
@@ -223,7 +223,7 @@ def test_adminOnUnixSocket(startNetd: Any, tmp_path: Path) -> None:
     """
     path = tmp_path / "admin.sock"
     netd: NetdProcess = startNetd(config(daemon=f'admin = "unix:{path}"'))
-    assert netd.daemon.admin == {"listen": f"unix:{path}", "transport": "unix", "path": str(path), "token_file": None}
+    assert netd.admin == {"listen": f"unix:{path}", "transport": "unix", "path": str(path), "token_file": None}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(IO_TIMEOUT)
@@ -289,7 +289,7 @@ def test_largeUnauthenticatedBodyIsNeverRead(startNetd: Any) -> None:
     """
     netd: NetdProcess = startNetd(config())
     before = netd.rssBytes()
-    host, port = str(netd.daemon.admin["host"]), int(netd.daemon.admin["port"])  # type: ignore[index,call-overload]
+    host, port = str(netd.admin["host"]), int(netd.admin["port"])  # type: ignore[index,call-overload]
     with connect((host, port)) as client:
         client.sendall(
             b"PUT /services/dns/records HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -317,7 +317,7 @@ def test_connectionCapOverTheWire(startNetd: Any) -> None:
     With admin_max_connections = 2 and two idle real connections held open (one with half a request), a third request is served: netd closes the oldest idle connection to admit it, and counts it.
     """
     netd: NetdProcess = startNetd(config(daemon=f"{ADMIN}\nadmin_max_connections = 2"))
-    host, port = str(netd.daemon.admin["host"]), int(netd.daemon.admin["port"])  # type: ignore[index,call-overload]
+    host, port = str(netd.admin["host"]), int(netd.admin["port"])  # type: ignore[index,call-overload]
     with connect((host, port)) as oldest, connect((host, port)) as younger:
         younger.sendall(b"GET /health HTTP/1.1\r\nHost: loc")
         deadline = time.monotonic() + IO_TIMEOUT
