@@ -62,12 +62,15 @@ class NetdApplication(MultiService):
         *,
         portsFile: str | None = None,
         registry: PluginRegistry | None = None,
+        reloadOnHangup: bool = False,
     ) -> None:
         """
         @param portsFile: where to write the bound addresses as JSON once every
             service listens, and again after each reload (written whole, by
             rename, so a reader never sees half).
         @param registry: the plugins a reload decodes the file with.
+        @param reloadOnHangup: whether SIGHUP reloads the config (the handler
+            is installed by L{privilegedStartService} at the latest).
         """
         super().__init__()
         self.config = config
@@ -88,6 +91,7 @@ class NetdApplication(MultiService):
         netd's log observer, offered to the twistd application this joins
         (L{setServiceParent}); L{None} to keep the runner's logging.
         """
+        self.reloadOnHangup = reloadOnHangup
         self.reloadSignal: ReloadSignal | None = None
         self._binding: Deferred[None] | None = None
         self._serving: list[Deferred[None]] = []
@@ -113,8 +117,9 @@ class NetdApplication(MultiService):
 
     def catchReloadSignal(self) -> None:
         """
-        Reload the config on SIGHUP from now on (call it before the reactor
-        runs: SIGHUP's default action ends the process).
+        Reload the config on SIGHUP from now on (before the reactor runs:
+        SIGHUP's default action ends the process); a runner that starts
+        the application only once the reactor runs calls this first.
         """
         self.reloadSignal = ReloadSignal(self.reactor)
         self.reloadSignal.install()
@@ -126,6 +131,8 @@ class NetdApplication(MultiService):
         and exits with status 1, leaving nothing listening.
         """
         Service.privilegedStartService(self)
+        if self.reloadOnHangup and self.reloadSignal is None:
+            self.catchReloadSignal()
         self.notifier.status(f"starting {counted(len(self.config.services), 'service')} from {self.config.source}")
         try:
             dropPrivileges = PrivilegeDrop.prepare(

@@ -472,7 +472,10 @@ def runCommand(args: argparse.Namespace) -> int:
     )
     from twisted.internet import reactor
 
-    react(runApplication, (NetdApplication(config, reactor, Notifier.fromEnvironment(), portsFile=args.ports_file),))
+    application = NetdApplication(
+        config, reactor, Notifier.fromEnvironment(), portsFile=args.ports_file, reloadOnHangup=True
+    )
+    react(runApplication, (application,))
     return 0  # react exits the process; this is for type checkers
 
 

@@ -87,9 +87,10 @@ def makeService(options: Options) -> IService:
     Logger(namespace="netd.daemon.tap").info(
         "netd {version} starting with {source}", version=__version__, source=config.source
     )
-    application = NetdApplication(config, reactor, Notifier.fromEnvironment(), portsFile=options["ports-file"])
+    application = NetdApplication(
+        config, reactor, Notifier.fromEnvironment(), portsFile=options["ports-file"], reloadOnHangup=True
+    )
     application.logObserver = _logObserver(config, getattr(options, "parent", None))
-    application.catchReloadSignal()
     return application
 
 
