@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
@@ -47,12 +48,14 @@ class NetdApplication(MultiService):
     nothing, served once the reactor runs, reloaded on SIGHUP (once
     L{catchReloadSignal} is called), and stopped with a drain.
 
-    @ivar daemon: the daemon's services.
+    @ivar daemon: the daemon's services, once L{build} has made them.
     @ivar api: the control API, a sibling of L{daemon}; L{None} when
         C{[daemon] admin = false}.
     """
 
     name = "netd"
+    daemon: Daemon
+    api: ControlAPI | None
 
     def __init__(
         self,
@@ -77,14 +80,8 @@ class NetdApplication(MultiService):
         self.reactor = reactor
         self.notifier = notifier if notifier is not None else Notifier.disabled()
         self.portsFile = portsFile
-        self.daemon = Daemon(config, reactor, self.notifier, registry=registry)
-        self.daemon.setName("services")
-        self.daemon.setServiceParent(self)
-        self.daemon.addressObservers.append(self.writePortsFile)
-        self.api = _controlAPI(self.daemon, config.daemon, reactor)
-        if self.api is not None:
-            self.api.setServiceParent(self)
-            self.daemon.reloadParticipants.append(self.api)
+        self.registry = registry
+        self._built = False
         self.watchdog: LoopingCall | None = None
         self.logObserver: ILogObserver | None = None
         """
@@ -140,6 +137,10 @@ class NetdApplication(MultiService):
             )
         except PrivilegeError as e:
             self.refuse(e)
+        try:
+            self.build()
+        except ServiceStartError as e:
+            self.refuse(e)
         binding = Deferred.fromCoroutine(self.bind(dropPrivileges))
         if binding.called:
             failed: list[Failure] = []
@@ -191,7 +192,10 @@ class NetdApplication(MultiService):
         else:
             log.failure("netd cannot start", failure)
         self._settle(Failure(SystemExit(1)))
-        self.reactor.stop()
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass
 
     def whenServing(self) -> Deferred[None]:
         """
@@ -233,6 +237,26 @@ class NetdApplication(MultiService):
 
     # The steps, also called on their own by tests.
 
+    def build(self) -> None:
+        """
+        Make the daemon's services and the control API beside them, once:
+        after the privilege drop is prepared, since building a service may
+        write to the state directory (the C{certificate = "auto"} set).
+
+        @raise ServiceStartError: a service's plugin or TLS files failed.
+        """
+        if self._built:
+            return
+        self.daemon = Daemon(self.config, self.reactor, self.notifier, registry=self.registry)
+        self._built = True
+        self.daemon.setName("services")
+        self.daemon.setServiceParent(self)
+        self.daemon.addressObservers.append(self.writePortsFile)
+        self.api = _controlAPI(self.daemon, self.config.daemon, self.reactor)
+        if self.api is not None:
+            self.api.setServiceParent(self)
+            self.daemon.reloadParticipants.append(self.api)
+
     async def bind(self, beforeServing: Callable[[], object] | None = None) -> None:
         """
         Listen on everything (the control API first), then call
@@ -253,8 +277,9 @@ class NetdApplication(MultiService):
 
     async def start(self, beforeServing: Callable[[], object] | None = None) -> dict[str, list[dict[str, object]]]:
         """
-        L{bind}, then L{serve}: the whole start without a runner.
+        L{build}, L{bind}, then L{serve}: the whole start without a runner.
         """
+        self.build()
         await self.bind(beforeServing)
         return self.serve()
 
@@ -293,11 +318,17 @@ class NetdApplication(MultiService):
         Service.stopService(self)
         if self.watchdog is not None and self.watchdog.running:
             self.watchdog.stop()
+        if not self._built:
+            return Deferred.fromCoroutine(_nothing())
         stopped = self.daemon.stopService()
         api = self.api
         if api is not None:
             stopped.addBoth(lambda result: Deferred.fromCoroutine(api.stopListening()).addCallback(lambda _: result))
         return stopped
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _controlAPI(daemon: Daemon, spec: DaemonSpec, reactor: Any) -> ControlAPI | None:

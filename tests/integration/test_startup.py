@@ -33,7 +33,7 @@ from netd.registry import discoverPlugins
 
 sys.argv = ["netd", "check", "-c", sys.argv[1]]
 assert main() == 0
-NetdApplication(loadConfig(sys.argv[3], discoverPlugins()), MemoryReactorClock())
+NetdApplication(loadConfig(sys.argv[3], discoverPlugins()), MemoryReactorClock()).build()
 print(json.dumps({{"loaded": [m for m in {OPTIONAL!r} if m in sys.modules], "collecting": gc.isenabled()}}))
 """
 """

@@ -363,6 +363,7 @@ def test_readyFollowsTheDaemon() -> None:
     """
     reactor = Reactor()
     application = NetdApplication(makeConfig(ECHO, shutdown_timeout=5), reactor)
+    application.build()
     daemon = application.daemon
     before = request(Site(AdminResource(daemon)), "GET", "/ready")
     assert (before.code, before.json()) == (503, {"status": "starting", "not_listening": ["echo"]})

@@ -482,7 +482,9 @@ async def test_unixSocketIsOwnerOnly(tmp_path: Path) -> None:
     from twisted.internet import reactor as realReactor
 
     path = tmp_path / "admin.sock"
-    api = NetdApplication(makeConfig(ECHO, admin=f"unix:{path}"), realReactor).api
+    application = NetdApplication(makeConfig(ECHO, admin=f"unix:{path}"), realReactor)
+    application.build()
+    api = application.api
     assert api is not None
     await api.listen()
     try:
@@ -501,7 +503,9 @@ async def test_unixSocketWithGroupIs0660(tmp_path: Path) -> None:
 
     path = tmp_path / "admin.sock"
     gid = os.getgroups()[0] if os.getgroups() else os.getgid()
-    api = NetdApplication(makeConfig(ECHO, admin=f"unix:{path}", admin_group=gid), realReactor).api
+    application = NetdApplication(makeConfig(ECHO, admin=f"unix:{path}", admin_group=gid), realReactor)
+    application.build()
+    api = application.api
     assert api is not None
     await api.listen()
     try:

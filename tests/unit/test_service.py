@@ -63,7 +63,8 @@ def start(config: NetdConfig, reactor: Any, portsFile: Path | None = None) -> tu
     completes at once.  Returns its daemon.
     """
     application = NetdApplication(config, reactor, portsFile=None if portsFile is None else str(portsFile))
-    return application.daemon, Deferred.fromCoroutine(application.start())
+    started = Deferred.fromCoroutine(application.start())
+    return application.daemon, started
 
 
 def test_startListensOnEveryAddress() -> None:

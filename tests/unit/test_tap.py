@@ -138,6 +138,7 @@ def slowBinding(app: NetdApplication, monkeypatch: pytest.MonkeyPatch) -> Deferr
     Make the services of C{app} finish listening only when the returned Deferred fires.
     """
     bound: Deferred[None] = Deferred()
+    app.build()
     listen = app.daemon.listen
 
     async def later() -> None:
@@ -227,3 +228,23 @@ def test_daemonAndControlAPIDoNotImportEachOther() -> None:
     assert not {n for n in imported(folder / "daemon.py") if n.startswith("netd.daemon.api")}
     for path in (folder / "api").glob("*.py"):
         assert not imported(path) & {"netd.daemon.daemon", "netd.daemon.application"}, path
+
+
+def test_serviceThatCannotBeBuiltExitsBeforeAnythingListens(tmp_path: Path) -> None:
+    """
+    A service whose TLS files cannot be read fails privilegedStartService as a bind failure does: logged as critical at its key path, exit 1, and not even the control API listens.
+    """
+    reactor = UDPMemoryReactorClock()
+    missing = str(tmp_path / "nowhere.pem")
+    config = makeConfig(
+        {**ECHO, "tls": {"certificate": missing, "private_key": missing}},
+        admin="tcp:0:interface=127.0.0.1",
+        admin_token_file=False,
+    )
+    app = NetdApplication(config, reactor, RecordingNotifier())
+    with capturedLogs() as events, pytest.raises(SystemExit) as info:
+        app.privilegedStartService()
+    assert info.value.code == 1
+    [critical] = [e for e in events if e["log_level"] == LogLevel.critical]
+    assert critical["key"] == "services[0].tls.certificate" and "nowhere.pem" in critical["error"]
+    assert reactor.tcpPorts == [] and reactor.udpPorts == {}
