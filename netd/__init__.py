@@ -78,8 +78,3 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *PUBLIC})
 
 
-# Before anything imports twisted.internet.endpoints, which reads the sockets
-# systemd passed as it is imported: see netd.daemon.systemd.completeListenNames.
-from netd.daemon.systemd import completeListenNames as _completeListenNames
-
-_completeListenNames()

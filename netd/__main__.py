@@ -9,6 +9,11 @@ these imports, and what they made is then frozen (moved out of the
 collector's sight, C{gc.freeze}) rather than scanned once more; the 0.6 MiB of
 garbage among it (attrs' class builders) is never freed.  Done here rather
 than in L{netd.daemon.cli}, so that importing netd as a library changes nothing.
+
+Before those imports, C{$LISTEN_FDNAMES} is completed
+(L{netd.daemon.systemd.completeListenNames}): L{netd.daemon.cli} imports
+C{twisted.internet.endpoints}, which reads the sockets systemd passed as it
+is imported.
 """
 
 import gc
@@ -17,8 +22,12 @@ import sys
 
 def main() -> int:
     """
-    Load L{netd.daemon.cli} with the collector paused, then run the command line.
+    Complete the socket-activation names, load L{netd.daemon.cli} with the
+    collector paused, then run the command line.
     """
+    from netd.daemon.systemd import completeListenNames
+
+    completeListenNames()
     collecting = gc.isenabled()
     gc.disable()
     from netd.daemon.cli import main as commandLine

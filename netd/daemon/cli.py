@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from typing import Any
 
@@ -22,16 +21,15 @@ from twisted.logger import Logger
 from netd import __version__
 from netd.tls.devcerts import DevelopmentSet, defaultStateDir, ensureDevelopmentSet, writeBadCertificates
 from netd.config.spec import NetdConfig, loadConfig
-from netd.daemon.daemon import Daemon
+from netd.daemon.application import NetdApplication
 from netd.daemon.logs import startLogging
 from netd.config.listen import splitDescription, unixSocketPath
 from netd.daemon.openapi import renderOpenAPI
-from netd.config.options import ConfigError, KeyPath, Problem, describeSchema, renderPath
+from netd.config.options import ConfigError, KeyPath, Problem, describeSchema
 from netd.registry import PluginRegistry, discoverPlugins
 from netd.daemon.privileges import PrivilegeDrop, PrivilegeError
 from netd.config.schema import configSchema, registryPlugins, renderSchema
-from netd.daemon.service import ReloadInProgress, ServiceStartError
-from netd.daemon.systemd import Notifier, startWatchdog
+from netd.daemon.systemd import Notifier
 from netd.words import counted
 
 log = Logger(namespace="netd.daemon.cli")
@@ -230,10 +228,10 @@ def startProblems(config: NetdConfig) -> list[Problem]:
 def _adminProblems(config: NetdConfig, stateDir: str) -> list[Problem]:
     """
     What the control API's start would refuse: C{admin_token_file}, read
-    by run's own L{netd.daemon.admin.readToken} (mode, size, content); without one,
+    by run's own L{netd.daemon.api.tokens.readToken} (mode, size, content); without one,
     on TCP, a state directory where netd cannot write the token it makes.
     """
-    from netd.daemon.admin import GENERATED_TOKEN_FILE, TokenFileError, readToken
+    from netd.daemon.api.tokens import GENERATED_TOKEN_FILE, TokenFileError, readToken
 
     daemon = config.daemon
     assert daemon.admin.address is not None
@@ -311,7 +309,7 @@ def _tlsProblems(config: NetdConfig, stateDir: str) -> list[Problem]:
 def _unixAdmin(text: str) -> bool:
     """
     Whether a control API address is a unix socket (whose file mode guards
-    it, so netd makes no token for it), as L{netd.daemon.admin.AdminServer.unix} decides.
+    it, so netd makes no token for it), as L{netd.daemon.api.server.ControlAPI.unix} decides.
     """
     kind, *rest = splitDescription(text)
     return kind == "unix" or (kind == "systemd" and "domain=UNIX" in rest)
@@ -330,22 +328,6 @@ def _cannotWrite(folder: str, make: bool = True) -> str | None:
     if not os.access(path, os.W_OK | os.X_OK):
         return f"this user (uid {os.geteuid()}) may not write in {path!r}"
     return None
-
-
-def startErrorProblem(config: NetdConfig, error: ServiceStartError | PrivilegeError) -> Problem:
-    """
-    A start error of C{netd run} as the config problem it is: at its key
-    path (C{services[1].tls.certificate}, C{daemon.admin_token_file}), as
-    C{netd check} reports it.
-    """
-    if isinstance(error, PrivilegeError):
-        return Problem(error.key, str(error))
-    if error.service is None:
-        return Problem(error.key, error.reason)
-    index = next((i for i, spec in enumerate(config.services) if spec.name == error.service), None)
-    if index is None:
-        return Problem(error.key, str(error))
-    return Problem(("services", index) + error.key, error.reason)
 
 
 def pluginsCommand(args: argparse.Namespace) -> int:
@@ -445,105 +427,27 @@ Mutual TLS: add -cert {files.client} -key {files.clientKey} (openssl), and on th
 server client_ca = "{files.ca}" with client_auth = "required"."""
 
 
-async def runDaemon(reactor: Any, config: NetdConfig, portsFile: str | None) -> None:
+async def runApplication(reactor: Any, application: NetdApplication) -> None:
     """
-    Start every service, then run until the reactor stops; a signal stops the
-    reactor, whose shutdown waits for the daemon's drain.
+    The runner of C{netd run}: the steps twistd takes with an application
+    (L{NetdApplication.privilegedStartService}, then
+    L{NetdApplication.startService}), taken once the reactor runs, then
+    serve until a signal stops the reactor, whose shutdown waits for the
+    application's drain.
 
     Nothing starts before the reactor runs: C{react} calls this first, and the
     reactor installs its SIGTERM/SIGINT handlers only when it starts, so a
     signal sent as soon as netd reports ready would otherwise kill it undrained.
-
-    Under systemd (C{$NOTIFY_SOCKET}) every step is reported (L{Notifier}), and
-    the watchdog is pinged when C{$WATCHDOG_USEC} asks for it.  With C{[daemon]
-    user}, netd drops to that user once everything listens and before it
-    serves anyone (L{PrivilegeDrop}).
     """
-    reloadSignal = ReloadSignal(reactor)
-    reloadSignal.install()
+    application.catchReloadSignal()
     running: Deferred[None] = Deferred()
     reactor.callWhenRunning(running.callback, None)
     await running
-    notifier = Notifier.fromEnvironment()
-    notifier.status(f"starting {counted(len(config.services), 'service')} from {config.source}")
-    startWatchdog(notifier, reactor)
-    try:
-        dropPrivileges = PrivilegeDrop.prepare(config.daemon.user, config.daemon.group, config.daemon.state_dir)
-        daemon = Daemon(config, reactor, notifier)
-        reactor.addSystemEventTrigger("before", "shutdown", daemon.stopService)
-        await daemon.start(portsFile, beforeServing=dropPrivileges)
-    except (ServiceStartError, PrivilegeError) as e:
-        problem = startErrorProblem(config, e)
-        notifier.status(f"cannot start: {problem.render(config.source)}")
-        log.critical(
-            "netd cannot start: {error}",
-            error=problem.render(config.source),
-            config_file=config.source,
-            key=renderPath(problem.path),
-        )
-        raise SystemExit(1) from None
-    reloadSignal.attach(daemon)
+    reactor.addSystemEventTrigger("before", "shutdown", application.stopService)
+    application.privilegedStartService()
+    application.startService()
+    await application.whenServing()
     await Deferred()
-
-
-class ReloadSignal:
-    """
-    SIGHUP reloads the config (L{Daemon.reload}, which tells systemd
-    C{RELOADING=1} then C{READY=1}).
-
-    The handler is installed before the reactor runs, because SIGHUP's default
-    action ends the process: a reload asked for while netd is still starting
-    (a deploy script that writes the file and signals at once) is remembered
-    and done once every service listens.  The handler only hands the work to
-    the reactor, and a failed reload is logged, never fatal.
-    """
-
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-        self.daemon: Daemon | None = None
-        self.pending = False
-
-    def install(self) -> None:
-        """
-        Catch SIGHUP from now on.
-        """
-        signal.signal(signal.SIGHUP, self._onSignal)
-
-    def _onSignal(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self._requested)
-
-    def _requested(self) -> None:
-        """
-        A SIGHUP arrived: reload now, or once the daemon has started.
-        """
-        if self.daemon is None:
-            if not self.pending:
-                log.info("SIGHUP while starting: the config is reloaded once every service listens")
-            self.pending = True
-            return
-        self._reload(self.daemon)
-
-    def attach(self, daemon: Daemon) -> None:
-        """
-        The daemon has started: do a reload that was asked for meanwhile.
-        """
-        self.daemon = daemon
-        if self.pending:
-            self.pending = False
-            self._reload(daemon)
-
-    def _reload(self, daemon: Daemon) -> None:
-        log.info("SIGHUP: reloading the config")
-        Deferred.fromCoroutine(daemon.reload()).addErrback(self._failed)
-
-    def _failed(self, failure: Any) -> None:
-        error = failure.value
-        if isinstance(error, ReloadInProgress):
-            log.warn("SIGHUP: {error}; this one is ignored", error=str(error))
-        elif isinstance(error, (ConfigError, ServiceStartError)):
-            log.error("SIGHUP: the reload failed; the previous config goes on serving")
-        else:
-            log.failure("SIGHUP: the reload failed; the previous config goes on serving", failure)
 
 
 def runCommand(args: argparse.Namespace) -> int:
@@ -568,7 +472,12 @@ def runCommand(args: argparse.Namespace) -> int:
         source=config.source,
         reactor=reactorName,
     )
-    react(runDaemon, (config, args.ports_file))
+    from twisted.internet import reactor
+
+    application = NetdApplication(
+        config, reactor, Notifier.fromEnvironment(), portsFile=args.ports_file, reloadOnHangup=True
+    )
+    react(runApplication, (application,))
     return 0  # react exits the process; this is for type checkers
 
 

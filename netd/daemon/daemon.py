@@ -1,16 +1,14 @@
 """
 The daemon: every enabled service of a config under one MultiService, started
 all-or-nothing, reloaded as a difference by service name (L{Daemon.reload}), and
-stopped with a drain.
+stopped with a drain.  What serves beside it (the control API) takes part in a
+reload as a L{ReloadParticipant}, without this module knowing it.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 from twisted.application.service import MultiService
@@ -30,9 +28,6 @@ from netd.tls.contexts import ServerTLS
 from netd.tls.keys import TLSSetupError
 from netd.words import counted
 
-if TYPE_CHECKING:
-    from netd.daemon.admin import AdminServer
-
 LISTEN_RETRY_DELAY = 0.25
 """
 Seconds a reload waits before its one retry of a listen that failed, when it
@@ -45,6 +40,21 @@ RESTART_KEYS = ("log_format", "state_dir", "admin", "admin_token_file", "admin_m
 The C{[daemon]} keys a reload cannot apply: a change to one is logged as
 needing a restart, and the running value stays.
 """
+
+
+class ReloadParticipant(Protocol):
+    """
+    Something that serves beside the daemon and reloads with it.
+    """
+
+    def prepareReload(self, spec: DaemonSpec, source: str) -> Callable[[], None]:
+        """
+        Get ready for the C{[daemon]} table a reload brings, touching nothing
+        that runs.
+
+        @return: what applies it, called once the reload is committed.
+        @raise ConfigError: it cannot be applied; the reload changes nothing.
+        """
 
 
 class Daemon(MultiService):
@@ -77,7 +87,16 @@ class Daemon(MultiService):
         embedded default config.
         """
         self.registry = registry
-        self.portsFile: str | None = None
+        self.reloadParticipants: list[ReloadParticipant] = []
+        """
+        What reloads with the services (the control API), prepared before
+        they change and applied once the reload is committed.
+        """
+        self.addressObservers: list[Callable[[], object]] = []
+        """
+        Called once the services listen and after each reload (the ports
+        file is written there), before systemd hears C{READY=1}.
+        """
         self._reloading = False
         self._reloadWaiters: list[Deferred[None]] = []
         """
@@ -105,11 +124,6 @@ class Daemon(MultiService):
         """
         Whether a stop has begun (the control API's C{/ready} then says 503).
         """
-        self.admin = _adminServer(self, config.daemon, reactor)
-        """
-        The control API (L{netd.daemon.admin}), listened on before the services and
-        closed after they have drained; L{None} when C{[daemon] admin = false}.
-        """
 
     def netServices(self) -> list[NetService]:
         """
@@ -117,14 +131,10 @@ class Daemon(MultiService):
         """
         return list(self)
 
-    async def start(
-        self, portsFile: str | None = None, beforeServing: Callable[[], object] | None = None
-    ) -> dict[str, list[dict[str, object]]]:
+    async def start(self, beforeServing: Callable[[], object] | None = None) -> dict[str, list[dict[str, object]]]:
         """
         Listen on everything, then mark the services running and report where.
 
-        @param portsFile: where to write the bound addresses as JSON once every
-            service listens (written whole, by rename, so a reader never sees half).
         @param beforeServing: called once everything listens and before any
             client is served (the privilege drop); if it raises, every
             listener is closed and the exception propagates.
@@ -138,7 +148,7 @@ class Daemon(MultiService):
             except BaseException:
                 await self.releaseListeners()
                 raise
-        return self.serve(portsFile)
+        return self.serve()
 
     async def listen(self) -> None:
         """
@@ -148,8 +158,6 @@ class Daemon(MultiService):
             is left listening then.
         """
         try:
-            if self.admin is not None:
-                await self.admin.listen()
             for service in self.netServices():
                 await service.listen()
         except ServiceStartError:
@@ -158,23 +166,18 @@ class Daemon(MultiService):
 
     async def releaseListeners(self) -> None:
         """
-        Close every listener of every service, and the control API's (a start
-        that failed part way).
+        Close every listener of every service (a start that failed part way).
         """
         await DeferredList([Deferred.fromCoroutine(s.stopListening()) for s in self.netServices()])
-        if self.admin is not None:
-            await self.admin.stopListening()
 
-    def serve(self, portsFile: str | None = None) -> dict[str, list[dict[str, object]]]:
+    def serve(self) -> dict[str, list[dict[str, object]]]:
         """
-        Once L{listen} has bound everything: mark the services running, write
-        the ports file (with the control API's address under the top-level
-        C{"admin"} key, beside C{"services"}, so that no service name can
-        clash with it), and tell systemd that netd is ready.
+        Once L{listen} has bound everything: mark the services running, tell
+        the L{addressObservers} (the ports file), and tell systemd that netd
+        is ready.
         """
         self.startService()
-        self.portsFile = portsFile
-        report = self.writePortsFile()
+        report = self.addressesChanged()
         for service in self.netServices():
             bound = report.get(service.spec.name, [])
             self.log.info(
@@ -195,17 +198,13 @@ class Daemon(MultiService):
         self.notifier.ready(f"serving {counted(len(report), 'service')} on {counted(addresses, 'address', 'addresses')}")
         return report
 
-    def writePortsFile(self) -> dict[str, list[dict[str, object]]]:
+    def addressesChanged(self) -> dict[str, list[dict[str, object]]]:
         """
-        Write the bound addresses to the ports file, if there is one; return them.
+        Tell the L{addressObservers} that the bound addresses are new; return them.
         """
-        report = self.boundAddresses()
-        if self.portsFile is not None:
-            document: dict[str, object] = {"pid": os.getpid(), "services": report}
-            if self.admin is not None:
-                document["admin"] = self.admin.describe()
-            writeAtomically(self.portsFile, json.dumps(document, indent=2) + "\n")
-        return report
+        for observer in self.addressObservers:
+            observer()
+        return self.boundAddresses()
 
     async def reload(self) -> dict[str, list[str]]:
         """
@@ -273,12 +272,12 @@ class Daemon(MultiService):
             "added": [n for n in wanted if n not in old],
             "removed": [n for n in old if n not in wanted],
         }
-        access = self.admin.prepareReload(daemonSpec, new.source) if self.admin is not None else None
+        adopt = [participant.prepareReload(daemonSpec, new.source) for participant in self.reloadParticipants]
         replacements, freshTLS = self._prepare(new, wanted, summary, old, daemonSpec)
         await self._listenAll(replacements, old)
         self._commit(new, daemonSpec, replacements, freshTLS, summary, old)
-        if self.admin is not None and access is not None:
-            self.admin.adopt(access)
+        for apply in adopt:
+            apply()
         return summary
 
     def _daemonChanges(self, new: DaemonSpec) -> DaemonSpec:
@@ -404,7 +403,7 @@ class Daemon(MultiService):
         """
         Everything new listens: swap the services, let the old and removed
         ones drain in the background, adopt the new TLS files and the live
-        C{[daemon]} keys, rewrite the ports file, and log one line per service.
+        C{[daemon]} keys, tell the L{addressObservers}, and log one line per service.
         """
         for name in summary["changed"] + summary["removed"]:
             previous = old[name]
@@ -430,7 +429,7 @@ class Daemon(MultiService):
         self.config = NetdConfig(
             source=new.source, daemon=daemonSpec, services=tuple(s for s in new.services if s.name in self.namedServices)
         )
-        report = self.writePortsFile()
+        report = self.addressesChanged()
         for what, names in summary.items():
             for name in names:
                 where = ", ".join(_describe(bound) for bound in report.get(name, []))
@@ -472,8 +471,8 @@ class Daemon(MultiService):
         stops the services that are really running, never half a reload);
         keep serving for C{[daemon] lameduck} seconds (load balancers stop
         sending first), then stop every service (each closes its listeners
-        and drains its connections); the control API closes last, so that it
-        answers (C{/ready}: 503) throughout.
+        and drains its connections).  The control API, closed after this
+        (by the application), answers (C{/ready}: 503) throughout.
         """
         self.notifier.stopping()
         self.stopping = True
@@ -501,10 +500,9 @@ class Daemon(MultiService):
 
     def _stopServices(self) -> Deferred[None]:
         """
-        Stop every service, wait for those draining since a reload, then
-        close the control API, and log how long the drain took: netd's last
-        line, unless netd never served (a failed start, whose error is its
-        last line).
+        Stop every service, wait for those draining since a reload, and log
+        how long the drain took, unless netd never served (a failed start,
+        whose error is its last line).
         """
         served = bool(self.running)
         began = self.reactor.seconds()
@@ -513,9 +511,6 @@ class Daemon(MultiService):
         draining = list(self._draining)
         if draining:
             stopped.addBoth(lambda result: DeferredList(draining).addCallback(lambda _: result))
-        if self.admin is not None:
-            admin = self.admin
-            stopped.addBoth(lambda result: Deferred.fromCoroutine(admin.stopListening()).addCallback(lambda _: result))
         return stopped.addBoth(self._stopped, connections, began) if served else stopped
 
     def _stopped(self, result: object, connections: int, began: float) -> object:
@@ -547,21 +542,6 @@ class Daemon(MultiService):
         return {s.spec.name: [p.describe() for p in s.ports] for s in self.netServices()}
 
 
-def _adminServer(daemon: Daemon, spec: DaemonSpec, reactor: Any) -> AdminServer | None:
-    """
-    The control API of C{spec}, or L{None} when C{admin = false}.
-
-    L{netd.daemon.admin} is imported here rather than with this module: with
-    twisted.web it is a tenth of start-up's CPU, which a daemon without the
-    control API does not pay.
-    """
-    if spec.admin.address is None:
-        return None
-    from netd.daemon.admin import AdminServer
-
-    return AdminServer(daemon, spec, reactor)
-
-
 def _describe(bound: dict[str, object]) -> str:
     """
     One bound address of the ports file in words.
@@ -569,19 +549,3 @@ def _describe(bound: dict[str, object]) -> str:
     if "port" in bound:
         return f"{bound['transport']} {bound['host']}:{bound['port']}"
     return f"{bound['transport']} {bound.get('path', bound.get('address'))}"
-
-
-def writeAtomically(path: str, text: str) -> None:
-    """
-    Replace C{path} with C{text} in one step (a temporary file in the same
-    directory, renamed over it).
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".netd-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise

@@ -3,7 +3,7 @@ Logging: where events go (text or JSON lines on stderr), the logger names, and
 service-tagged loggers.
 
 Every line names its logger, one scheme for both formats: C{netd.MODULE} for
-netd's own lines (C{netd.daemon.cli}, C{netd.daemon.daemon}, C{netd.daemon.admin}...), the service's
+netd's own lines (C{netd.daemon.cli}, C{netd.daemon.daemon}, C{netd.daemon.api.server}...), the service's
 name for a service's lines (C{echo}), Twisted's module for Twisted's own
 (C{twisted.internet.base}), and C{twisted.python.log} for events sent through
 Twisted's legacy API.

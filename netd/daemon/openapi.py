@@ -1,5 +1,5 @@
 """
-The OpenAPI 3.1 description of the control API (L{netd.daemon.admin}), served at
+The OpenAPI 3.1 description of the control API (L{netd.daemon.api}), served at
 C{GET /openapi.json} and kept in the docs as C{docs/openapi.json}.
 
 It says every endpoint, method, status, header and body the API answers,

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 if TYPE_CHECKING:
-    # Imported where used: the package imports this module first thing, and
+    # Imported where used: the entry points import this module first thing, and
     # the pytest plugin (netd.testing.harness) should not pay for twisted.internet.
     from twisted.internet.task import LoopingCall
 
@@ -235,8 +235,10 @@ def completeListenNames(environ: MutableMapping[str, str] | None = None, pid: in
     none without C{--fdname}; they then read as C{unknown}), but Twisted's
     C{systemd:} endpoint ignores every passed socket unless there are as many
     names as sockets.  It reads the environment when
-    C{twisted.internet.endpoints} is first imported, so this runs when the
-    C{netd} package is imported, before netd imports Twisted's endpoints.
+    C{twisted.internet.endpoints} is first imported, so the entry points
+    (C{netd}'s L{netd.__main__.main}, the twistd plugin's L{netd.daemon.tap})
+    call this before they import Twisted's endpoints; importing the C{netd}
+    package does not.
     """
     environ = os.environ if environ is None else environ
     pid = os.getpid() if pid is None else pid

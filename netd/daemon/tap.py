@@ -3,40 +3,32 @@ netd under twistd: C{twistd -n netd -c FILE}.
 
 The drop-in C{twisted/plugins/netd_plugin.py} names this module as the
 C{netd} L{IServiceMaker}, so twistd's own options apply around the same
-services as C{netd run}: C{--pidfile}, C{--logfile}, C{--uid}/C{--gid},
-C{--reactor}, daemonizing without C{-n}.
+application as C{netd run} (L{netd.daemon.application.NetdApplication}):
+C{--pidfile}, C{--logfile}, C{--uid}/C{--gid}, C{--reactor}, daemonizing
+without C{-n}.  twistd calls its C{privilegedStartService} with its own rights
+(root, typically) and then switches to C{--uid}/C{--gid}: netd binds there,
+so ports below 1024 work with C{--uid}.
 
-twistd calls L{NetdApplication.privilegedStartService} with its own rights
-(root, typically) and then switches to C{--uid}/C{--gid}: netd listens there,
-so ports below 1024 work with C{--uid}.  The rest (marking the services
-running, the ports file, C{READY=1}) waits until the reactor runs, as under
-C{netd run}.  Logging is twistd's (C{--logfile}, C{--logger}); the config's
-C{log_format} and C{log_level} are not applied.
+netd's modules are imported only once C{$LISTEN_FDNAMES} is complete
+(L{netd.daemon.systemd.completeListenNames}): they import
+C{twisted.internet.endpoints}, which reads the sockets systemd passed as it
+is imported.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import IO, TYPE_CHECKING, Any, cast
 
-from twisted.application.service import IService, Service
-from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.application.service import IService
+from twisted.logger import ILogObserver
 from twisted.python import usage
-from twisted.python.failure import Failure
+from twisted.python.logfile import LogFile
 
-from netd import __version__
-from netd.daemon.cli import startErrorProblem
-from netd.config.spec import NetdConfig, loadConfig
-from netd.daemon.daemon import Daemon
-from netd.config.options import ConfigError, renderPath
-from netd.registry import discoverPlugins
-from netd.daemon.privileges import PrivilegeDrop, PrivilegeError
-from netd.daemon.service import ServiceStartError
-from netd.daemon.systemd import Notifier, startWatchdog
-from netd.words import counted
+from netd.daemon.systemd import completeListenNames
 
-log = Logger(namespace="netd.daemon.tap")
+if TYPE_CHECKING:
+    from netd.config.spec import NetdConfig
 
 
 class Options(usage.Options):
@@ -47,7 +39,9 @@ class Options(usage.Options):
     synopsis = "[-c FILE] [--ports-file FILE]"
     longdesc = (
         "Run the services of a netd config (the embedded default without -c) under twistd. "
-        "SIGTERM and SIGINT stop accepting and drain open connections for up to [daemon] shutdown_timeout seconds."
+        "SIGTERM and SIGINT stop accepting and drain open connections for up to [daemon] shutdown_timeout seconds; "
+        "SIGHUP reloads the config. Without --logger, netd logs in its [daemon] log_format (text or json) "
+        "where twistd would (--logfile, or stdout with -n)."
     )
     optParameters = [
         ["config", "c", None, "the TOML config file (default: the embedded default config)"],
@@ -64,101 +58,60 @@ class Options(usage.Options):
         Load and validate the config now, so that a bad one is refused as a
         usage error, with every problem, before twistd starts anything.
         """
+        completeListenNames()
+        from netd.config.options import ConfigError
+        from netd.config.spec import loadConfig
+        from netd.registry import discoverPlugins
+        from netd.words import counted
+
         try:
             self["netdConfig"] = loadConfig(self["config"], discoverPlugins())
         except ConfigError as e:
             raise usage.UsageError(f"{e}\n{counted(len(e.problems), 'problem')} found; nothing was started.") from None
 
 
-class NetdApplication(Service):
-    """
-    The services of one config, started the twistd way: bound in
-    L{privilegedStartService}, served once the reactor runs.
-    """
-
-    name = "netd"
-
-    def __init__(self, config: NetdConfig, portsFile: str | None, reactor: Any, notifier: Notifier) -> None:
-        self.config = config
-        self.portsFile = portsFile
-        self.reactor = reactor
-        self.notifier = notifier
-        self.daemon: Daemon | None = None
-        self.watchdog: LoopingCall | None = None
-
-    def privilegedStartService(self) -> None:
-        """
-        Listen on every address, then drop to C{[daemon] user} if the config
-        has one; a failure is logged and exits with status 1.
-        """
-        Service.privilegedStartService(self)
-        log.info("netd {version} starting with {source}", version=__version__, source=self.config.source)
-        self.notifier.status(f"starting {counted(len(self.config.services), 'service')} from {self.config.source}")
-        try:
-            dropPrivileges = PrivilegeDrop.prepare(
-                self.config.daemon.user, self.config.daemon.group, self.config.daemon.state_dir
-            )
-            self.daemon = Daemon(self.config, self.reactor, self.notifier)
-            listening = Deferred.fromCoroutine(self.daemon.listen())
-            outcome: list[object] = []
-            listening.addBoth(outcome.append)
-            if not outcome:
-                raise ServiceStartError("a listener did not bind at once; netd cannot start under twistd with it")
-            if isinstance(outcome[0], Failure):
-                outcome[0].raiseException()
-            try:
-                dropPrivileges()
-            except PrivilegeError:
-                Deferred.fromCoroutine(self.daemon.releaseListeners())
-                raise
-        except (ServiceStartError, PrivilegeError) as e:
-            problem = startErrorProblem(self.config, e)
-            self.notifier.status(f"cannot start: {problem.render(self.config.source)}")
-            log.critical(
-                "netd cannot start: {error}",
-                error=problem.render(self.config.source),
-                config_file=self.config.source,
-                key=renderPath(problem.path),
-            )
-            raise SystemExit(1) from None
-
-    def startService(self) -> None:
-        """
-        Serve once the reactor runs (its signal handlers are installed then).
-        """
-        Service.startService(self)
-        self.watchdog = startWatchdog(self.notifier, self.reactor)
-        self.reactor.callWhenRunning(self._serve)
-
-    def _serve(self) -> None:
-        if self.daemon is None or not self.running:
-            return
-        try:
-            self.daemon.serve(self.portsFile)
-        except Exception:
-            log.failure("netd cannot start")
-            self.reactor.stop()
-
-    def stopService(self) -> Deferred[None]:
-        """
-        Stop accepting and drain (the daemon tells systemd it is stopping).
-        """
-        Service.stopService(self)
-        if self.watchdog is not None and self.watchdog.running:
-            self.watchdog.stop()
-        if self.daemon is None:
-            return Deferred.fromCoroutine(_nothing())
-        return self.daemon.stopService()
-
-
-async def _nothing() -> None:
-    return None
-
-
 def makeService(options: Options) -> IService:
     """
-    The twistd service of C{twistd netd}.
+    The application of C{twistd netd}, which reloads on SIGHUP and logs in
+    netd's format.
     """
+    completeListenNames()
     from twisted.internet import reactor
+    from twisted.logger import Logger
 
-    return NetdApplication(options["netdConfig"], options["ports-file"], reactor, Notifier.fromEnvironment())
+    from netd import __version__
+    from netd.daemon.application import NetdApplication
+    from netd.daemon.systemd import Notifier
+
+    config: NetdConfig = options["netdConfig"]
+    Logger(namespace="netd.daemon.tap").info(
+        "netd {version} starting with {source}", version=__version__, source=config.source
+    )
+    application = NetdApplication(
+        config, reactor, Notifier.fromEnvironment(), portsFile=options["ports-file"], reloadOnHangup=True
+    )
+    application.logObserver = _logObserver(config, getattr(options, "parent", None))
+    return application
+
+
+def _logObserver(config: NetdConfig, twistdOptions: Any) -> ILogObserver | None:
+    """
+    netd's log observer (L{netd.daemon.logs.makeObserver}) writing where
+    twistd would write its own (C{--logfile}, C{-} or, with C{-n}, stdout;
+    C{twistd.log} when daemonizing); L{None} when C{--logger} or
+    C{--syslog} chose another observer.
+    """
+    from netd.daemon.logs import makeObserver
+
+    def option(name: str) -> Any:
+        return twistdOptions.get(name) if twistdOptions is not None else None
+
+    if option("logger") is not None or option("syslog"):
+        return None
+    path = option("logfile")
+    stream: IO[str]
+    if path == "-" or (not path and (twistdOptions is None or option("nodaemon"))):
+        stream = sys.stdout
+    else:
+        stream = cast(IO[str], LogFile.fromFullPath(path or "twistd.log"))
+    return makeObserver(config.daemon.log_format, config.daemon.log_level, stream)

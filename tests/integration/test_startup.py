@@ -18,7 +18,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-OPTIONAL = ("netd.daemon.admin", "twisted.web.server", "netd_plugins.dnsproxy", "twisted.names.dns", "importlib.metadata")
+OPTIONAL = ("netd.daemon.api.server", "twisted.web.server", "netd_plugins.dnsproxy", "twisted.names.dns", "importlib.metadata")
 """
 Modules a daemon loads only when its config uses them.
 """
@@ -28,17 +28,17 @@ import gc, json, sys
 from twisted.internet.testing import MemoryReactorClock
 from netd.__main__ import main
 from netd.config.spec import loadConfig
-from netd.daemon.daemon import Daemon
+from netd.daemon.application import NetdApplication
 from netd.registry import discoverPlugins
 
 sys.argv = ["netd", "check", "-c", sys.argv[1]]
 assert main() == 0
-Daemon(loadConfig(sys.argv[3], discoverPlugins()), MemoryReactorClock())
+NetdApplication(loadConfig(sys.argv[3], discoverPlugins()), MemoryReactorClock()).build()
 print(json.dumps({{"loaded": [m for m in {OPTIONAL!r} if m in sys.modules], "collecting": gc.isenabled()}}))
 """
 """
 Check a config through the command line's entry point (which loads netd with
-the collector paused), build its daemon (on a fake reactor) as C{netd run}
+the collector paused), build its application (on a fake reactor) as C{netd run}
 does, then report which of L{OPTIONAL} are loaded and whether the collector runs.
 """
 

@@ -19,7 +19,9 @@ import pytest
 from netd.tls import pump
 from netd.tls.devcerts import ensureDevelopmentSet
 
-from .conftest import IO_TIMEOUT, NetdProcess, recvExactly
+from netd.testing.harness import NetdServer
+
+from .conftest import IO_TIMEOUT, recvExactly
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +35,7 @@ tls = {{ certificate = "{certificate}", private_key = "{key}" }}
 """
 
 
-def handshakes(netd: NetdProcess, result: str) -> float:
+def handshakes(netd: NetdServer, result: str) -> float:
     """
     The service's C{netd_tls_handshakes_total{result=RESULT}} in /metrics (0 when absent).
     """
@@ -45,7 +47,7 @@ def handshakes(netd: NetdProcess, result: str) -> float:
     return 0.0
 
 
-def waitForHandshakes(netd: NetdProcess, result: str, value: float) -> None:
+def waitForHandshakes(netd: NetdServer, result: str, value: float) -> None:
     """
     Poll /metrics until the service has counted C{value} handshakes of C{result}.
     """
@@ -73,7 +75,7 @@ def test_fallbackServesWithOneWarning(tmp_path: Path, monkeypatch: pytest.Monkey
     """
     dev, _ = ensureDevelopmentSet(str(tmp_path / "certs"))
     monkeypatch.setenv(pump.CANARY_SWITCH, "fail")
-    netd: NetdProcess = startNetd(CONFIG.format(certificate=dev.server, key=dev.serverKey))
+    netd: NetdServer = startNetd(CONFIG.format(certificate=dev.server, key=dev.serverKey))
     address = netd.address("tls")
     context = ssl.create_default_context(cafile=dev.ca)
     context.maximum_version = ssl.TLSVersion.TLSv1_2  # a session to resume exists once the handshake is done

@@ -1,7 +1,8 @@
 """
 netd under twistd, as real processes: C{twistd -n netd -c FILE} serves the
-same echo as C{netd run} and stops on SIGTERM; twistd's own C{--pidfile},
-C{--logfile}, C{--uid} and C{--gid} apply around it.
+same echo as C{netd run}, reloads on SIGHUP, logs in the config's
+C{log_format} and stops on SIGTERM; twistd's own C{--pidfile}, C{--logfile},
+C{--uid} and C{--gid} apply around it.
 
 The drop-in is put on C{PYTHONPATH} in a C{twisted/plugins} folder of its own,
 as a plain C{pip install .} puts it into site-packages (an editable install
@@ -11,6 +12,7 @@ does not expose it to Twisted's plugin scan).
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -97,6 +99,48 @@ def test_twistdServesEcho(twistd: Callable[..., NetdServer]) -> None:
         assert recvExactly(client, 15) == b"through twistd\n"
     assert "netd is ready: 1 service" in netd.log()
     stoppedBySigterm(netd)
+
+
+def test_twistdReloadsOnSighup(twistd: Callable[..., NetdServer]) -> None:
+    """
+    SIGHUP makes twistd netd reload its config as netd run does: an added service listens and the ports file names it, while the unchanged one keeps its held connection.
+    """
+    echo = echoService("echo", ["tcp:0:interface=127.0.0.1"])
+    netd = twistd(echo, "-n", "--pidfile=")
+    netd.waitUntilReady()
+    with connect(netd.address("echo")) as client:
+        client.sendall(b"before\n")
+        assert recvExactly(client, 7) == b"before\n"
+        configFile = netd.portsFile.parent / "netd.toml"
+        configFile.write_text(configFile.read_text() + echoService("extra", ["tcp:0:interface=127.0.0.1"]))
+        netd.process.send_signal(signal.SIGHUP)
+        log = waitForLog(netd, "reload: service extra (echo) added")
+        assert "reload: service echo (echo) unchanged" in log
+        netd.waitUntilReady()
+        assert set(netd.services) == {"echo", "extra"}
+        with connect(netd.address("extra")) as extra:
+            extra.sendall(b"added\n")
+            assert recvExactly(extra, 6) == b"added\n"
+        client.sendall(b"after\n")
+        assert recvExactly(client, 6) == b"after\n"
+    assert netd.process.poll() is None
+    stoppedBySigterm(netd)
+
+
+def test_twistdLogsInTheConfigsFormat(twistd: Callable[..., NetdServer]) -> None:
+    """
+    With log_format = "json", every line twistd netd writes (twistd's own included) is one JSON object as netd run writes it, naming its logger.
+    """
+    netd = twistd('[daemon]\nlog_format = "json"\n\n' + echoService("echo", ["tcp:0:interface=127.0.0.1"]), "-n", "--pidfile=")
+    netd.waitUntilReady()
+    code = netd.stop(signal.SIGTERM)
+    assert code in (0, -signal.SIGTERM), netd.log()
+    records = [json.loads(line) for line in netd.log().splitlines() if line.strip()]
+    assert records and all({"time", "level", "logger", "msg"} <= set(record) for record in records), records
+    loggers = {record["logger"] for record in records}
+    assert {"netd.daemon.tap", "netd.daemon.daemon", "netd.daemon.api.server", "echo"} <= loggers, loggers
+    assert any(record["msg"].startswith("netd is ready: 1 service") for record in records)
+    assert any(record["msg"] == "Server Shut Down." for record in records)
 
 
 def test_twistdBadConfig(twistd: Callable[..., NetdServer]) -> None:

@@ -1,5 +1,5 @@
 """
-The control API (L{netd.daemon.admin}) over in-memory HTTP: each endpoint, the token,
+The control API (L{netd.daemon.api}) over in-memory HTTP: each endpoint, the token,
 404/405/400/500 answers in JSON, the Prometheus text checked with
 prometheus_client's parser; its config keys; its place in the daemon's start,
 ports file and stop; and the metrics types of L{netd.metrics}.
@@ -26,7 +26,9 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from netd import __version__
-from netd.daemon.admin import AdminResource, metricsText
+from netd.daemon.api.http import AdminSite
+from netd.daemon.api.resources import AdminResource, metricsText
+from netd.daemon.application import NetdApplication
 from netd.config.spec import NetdConfig, isLocalOnly, parseConfig
 from netd.daemon.daemon import Daemon
 from netd.interfaces import IHasRuntimeTables, IProtocolPlugin, IReportsStatus, IRuntimeTable, IStreamHandler
@@ -208,9 +210,26 @@ def started(*services: dict[str, Any], reactor: Reactor | None = None, portsFile
     A daemon of C{services} with its control API, started on a fake reactor.
     """
     reactor = reactor or Reactor()
-    daemon = Daemon(makeConfig(*services, **daemon), reactor)
-    resultOf(Deferred.fromCoroutine(daemon.start(None if portsFile is None else str(portsFile))))
-    return daemon, reactor
+    application = NetdApplication(makeConfig(*services, **daemon), reactor, portsFile=None if portsFile is None else str(portsFile))
+    resultOf(Deferred.fromCoroutine(application.start()))
+    return application.daemon, reactor
+
+
+def applicationOf(daemon: Daemon) -> NetdApplication:
+    """
+    The application whose services C{daemon} is.
+    """
+    assert isinstance(daemon.parent, NetdApplication)
+    return daemon.parent
+
+
+def metrics(reactor: Reactor) -> str:
+    """
+    The text of C{/metrics} of the control API listening on C{reactor}.
+    """
+    resource = reactor.site().resource
+    assert isinstance(resource, AdminResource)
+    return metricsText(resource.daemon, resource)
 
 
 # In-memory HTTP.
@@ -284,7 +303,7 @@ def send(
     defaults = {"host": "localhost", "connection": "close", "content-length": str(len(body))}
     if body:
         defaults["content-type"] = "application/json"
-    access = site.resource.access if isinstance(site.resource, AdminResource) else None
+    access = site.guard.access if isinstance(site, AdminSite) else None
     if token and access is not None and access.token is not None and access.scope == "changes" and method in ("POST", "PUT", "PATCH", "DELETE"):
         defaults["authorization"] = f"Bearer {access.token.decode()}"
     merged = {**defaults, **given}
@@ -344,10 +363,12 @@ def test_readyFollowsTheDaemon() -> None:
     GET /ready is 503 "starting" while the API listens before the services, 200 once they all listen, and 503 "stopping" while they drain.
     """
     reactor = Reactor()
-    daemon = Daemon(makeConfig(ECHO, shutdown_timeout=5), reactor)
-    before = request(Site(AdminResource(daemon, None)), "GET", "/ready")
+    application = NetdApplication(makeConfig(ECHO, shutdown_timeout=5), reactor)
+    application.build()
+    daemon = application.daemon
+    before = request(Site(AdminResource(daemon)), "GET", "/ready")
     assert (before.code, before.json()) == (503, {"status": "starting", "not_listening": ["echo"]})
-    resultOf(Deferred.fromCoroutine(daemon.start()))
+    resultOf(Deferred.fromCoroutine(application.start()))
     site = reactor.site()
     now = request(site, "GET", "/ready")
     assert (now.code, now.json()) == (200, {"status": "ready"})
@@ -355,7 +376,7 @@ def test_readyFollowsTheDaemon() -> None:
     assert service.connections is not None
     connection = connect(service.connections)
     assert connection is not None
-    stopping = daemon.stopService()
+    stopping = application.stopService()
     during = request(site, "GET", "/ready")
     assert (during.code, during.json()["status"]) == (503, "stopping")
     assert not stopping.called
@@ -690,8 +711,8 @@ def test_emptyTokenFileStopsTheStart(tmp_path: Path) -> None:
     tokenFile.write_text(" \n")
     tokenFile.chmod(0o600)
     reactor = Reactor()
-    daemon = Daemon(makeConfig(ECHO, admin_token_file=str(tokenFile)), reactor)
-    d = Deferred.fromCoroutine(daemon.start())
+    application = NetdApplication(makeConfig(ECHO, admin_token_file=str(tokenFile)), reactor)
+    d = Deferred.fromCoroutine(application.start())
     with pytest.raises(ServiceStartError, match="is empty"):
         resultOf(d)
     assert reactor.tcpPorts == []
@@ -703,8 +724,8 @@ def test_unreadableTokenFileStopsTheStart(tmp_path: Path) -> None:
     """
     missing = tmp_path / "absent.token"
     reactor = Reactor()
-    daemon = Daemon(makeConfig(ECHO, admin_token_file=str(missing)), reactor)
-    d = Deferred.fromCoroutine(daemon.start())
+    application = NetdApplication(makeConfig(ECHO, admin_token_file=str(missing)), reactor)
+    d = Deferred.fromCoroutine(application.start())
     with pytest.raises(ServiceStartError, match=f"admin_token_file: cannot read '{missing}'"):
         resultOf(d)
     assert reactor.tcpPorts == []
@@ -1050,7 +1071,7 @@ def test_adminOffListensNothing(tmp_path: Path) -> None:
     """
     portsFile = tmp_path / "ports.json"
     daemon, reactor = started(ECHO, admin=False, portsFile=portsFile)
-    assert daemon.admin is None
+    assert applicationOf(daemon).api is None
     assert not any(isinstance(p.factory, Site) for p in reactor.tcpPorts)
     assert "admin" not in json.loads(portsFile.read_text())
 
@@ -1060,8 +1081,8 @@ def test_adminBindFailureStopsTheStart() -> None:
     When the control API cannot listen, the start fails with ServiceStartError naming [daemon] admin, and no service listens.
     """
     reactor = Reactor(refusedPort=8053)
-    daemon = Daemon(makeConfig(ECHO, admin="tcp:8053:interface=127.0.0.1"), reactor)
-    d = Deferred.fromCoroutine(daemon.start())
+    application = NetdApplication(makeConfig(ECHO, admin="tcp:8053:interface=127.0.0.1"), reactor)
+    d = Deferred.fromCoroutine(application.start())
     with pytest.raises(ServiceStartError) as caught:
         resultOf(d)
     message = str(caught.value)
@@ -1084,9 +1105,9 @@ def test_adminOnUnixSocketInUse(tmp_path: Path) -> None:
         def listenUNIX(self, address: str, factory: Any, backlog: int = 50, mode: int = 0o666, wantPID: int = 0) -> Any:
             raise CannotListenError(None, address, OSError(98, "Address already in use"))
 
-    daemon = Daemon(makeConfig(ECHO, admin=f"unix:{path}"), UnixRefused())
+    application = NetdApplication(makeConfig(ECHO, admin=f"unix:{path}"), UnixRefused())
     with pytest.raises(ServiceStartError) as caught:
-        resultOf(Deferred.fromCoroutine(daemon.start()))
+        resultOf(Deferred.fromCoroutine(application.start()))
     message = str(caught.value)
     assert f"control API: cannot listen on 'unix:{path}' ([daemon] admin): address already in use: " in message
     assert f"ss -lxp 'src = {path}'" in message
@@ -1098,8 +1119,8 @@ def test_serviceBindFailureClosesAdmin() -> None:
     When a service cannot listen, the control API already listening is closed too.
     """
     reactor = Reactor(refusedPort=7)
-    daemon = Daemon(makeConfig({**ECHO, "listen": ["tcp:7:interface=127.0.0.1"]}), reactor)
-    d = Deferred.fromCoroutine(daemon.start())
+    application = NetdApplication(makeConfig({**ECHO, "listen": ["tcp:7:interface=127.0.0.1"]}), reactor)
+    d = Deferred.fromCoroutine(application.start())
     with pytest.raises(ServiceStartError):
         resultOf(d)
     [admin] = reactor.tcpPorts
@@ -1116,7 +1137,7 @@ def test_adminClosesAfterTheDrain() -> None:
     connection = connect(echo.connections)
     assert connection is not None
     [admin, service] = reactor.tcpPorts
-    stopping = daemon.stopService()
+    stopping = applicationOf(daemon).stopService()
     assert not service.listening
     assert admin.listening
     assert request(reactor.site(), "GET", "/metrics").code == 200
@@ -1135,7 +1156,7 @@ def test_metricsTextReadyZeroWhileStopping() -> None:
     connection = connect(echo.connections)
     assert connection is not None
     stopping = daemon.stopService()
-    assert samples(metricsText(daemon))[key("netd_ready")] == 0
+    assert samples(metrics(reactor))[key("netd_ready")] == 0
     connection.peerClosed()
     resultOf(stopping)
 

@@ -1,5 +1,5 @@
 """
-What guards the control API (L{netd.daemon.admin}) against web pages and hostile
+What guards the control API (L{netd.daemon.api.guard}) against web pages and hostile
 clients, over in-memory HTTP: the C{Host} and C{Origin} checks, JSON-only
 bodies, the token netd makes itself, the token file's checks, a request
 refused from its headers before its body is read, chunked and over-size
@@ -21,20 +21,26 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 
-from netd.daemon.admin import MAX_TABLE_BODY, MAX_TOKEN, AdminSite, TokenFileError, hostAllowed, metricsText, originAllowed, readToken
+from netd.daemon.api.guard import hostAllowed, originAllowed
+from netd.daemon.api.http import AdminSite
+from netd.daemon.api.tokens import MAX_TOKEN, TokenFileError, readToken
+from netd.daemon.application import NetdApplication
 from netd.daemon.daemon import Daemon
+from netd.daemon.openapi import MAX_TABLE_BODY
 from netd.config.options import ConfigError
 from netd.daemon.service import ServiceStartError
 from netd.testing.memory import resultOf
 
-from .test_admin import DNS, ECHO, TOKEN, Reactor, bearer, key, makeConfig, request, samples, send, started
+from .test_admin import DNS, ECHO, TOKEN, Reactor, applicationOf, bearer, key, makeConfig, metrics, request, samples, send, started
 
 
 def token(reactor: Reactor) -> str:
     """
     The token netd made for the control API of C{reactor}'s daemon.
     """
-    access = reactor.site().resource.access  # type: ignore[attr-defined]
+    site = reactor.site()
+    assert isinstance(site, AdminSite)
+    access = site.guard.access
     assert access.token is not None
     return str(access.token.decode())
 
@@ -49,11 +55,11 @@ def tokenFile(tmp_path: Path, text: str = TOKEN, mode: int = 0o600) -> Path:
     return path
 
 
-def refusals(daemon: Daemon) -> dict[str, float]:
+def refusals(reactor: Reactor) -> dict[str, float]:
     """
     The C{netd_admin_requests_refused_total} samples of the daemon's /metrics, by reason.
     """
-    found = samples(metricsText(daemon))
+    found = samples(metrics(reactor))
     return {dict(labels)["reason"]: value for (name, labels), value in found.items() if name == "netd_admin_requests_refused_total"}
 
 
@@ -98,7 +104,7 @@ def test_foreignHostIsRefused(host: str) -> None:
     assert response.code == 421
     assert response.json()["error"] == "misdirected request"
     assert changed.code == 421
-    assert refusals(daemon)["host"] == 2
+    assert refusals(reactor)["host"] == 2
     assert any(e["log_level"] == LogLevel.warn and e.get("reason") == "host" for e in events)
 
 
@@ -118,7 +124,7 @@ def test_adminHostsAndTheBoundAddressAreAnswered() -> None:
     site = reactor.site()
     assert request(site, "GET", "/services", headers={"Host": "NETD.internal:8053"}).code == 200
     assert request(site, "GET", "/services", headers={"Host": "other.internal"}).code == 421
-    assert site.resource.access.hosts >= {"netd.internal", "127.0.0.1"}  # type: ignore[attr-defined]
+    assert isinstance(site, AdminSite) and site.guard.access.hosts >= {"netd.internal", "127.0.0.1"}
 
 
 def test_adminHostsMustBeHostNames() -> None:
@@ -170,7 +176,7 @@ def test_foreignOriginCannotChange(origin: str, method: str, path: str, body: by
     assert response.code == 403
     assert response.json()["error"] == "forbidden"
     assert calls == []
-    assert refusals(daemon)["origin"] == 1
+    assert refusals(reactor)["origin"] == 1
 
 
 def test_ownOriginMayChangeAndForeignOriginMayRead() -> None:
@@ -198,7 +204,7 @@ def test_bodyMustBeJSON(contentType: str | None) -> None:
     assert response.code == 415
     assert response.json()["error"] == "unsupported media type"
     assert "evil.com" not in json.dumps(request(site, "GET", "/services/dns/records").json())
-    assert refusals(daemon)["content_type"] == 1
+    assert refusals(reactor)["content_type"] == 1
 
 
 def test_jsonWithCharsetIsTaken() -> None:
@@ -227,7 +233,9 @@ def test_generatedTokenGuardsChanges() -> None:
     assert Path(path).read_text().strip() == token(reactor)
     assert len(token(reactor)) >= 43
     assert any(e.get("token_file") == path for e in events)
-    assert daemon.admin is not None and daemon.admin.describe()["token_file"] == path  # type: ignore[index]
+    api = applicationOf(daemon).api
+    described = api.describe() if api is not None else None
+    assert described is not None and described["token_file"] == path
     refused = request(site, "POST", "/reload", token=False)
     assert refused.code == 401
     assert path in refused.json()["message"]
@@ -257,7 +265,8 @@ def test_tokenOffWithFalse() -> None:
     admin_token_file = false turns the generated token off: changes from loopback need none.
     """
     daemon, reactor = started(ECHO, admin_token_file=False)
-    assert reactor.site().resource.access.token is None  # type: ignore[attr-defined]
+    site = reactor.site()
+    assert isinstance(site, AdminSite) and site.guard.access.token is None
     assert request(reactor.site(), "DELETE", "/services/echo/events").code == 200
 
 
@@ -289,9 +298,9 @@ def test_tokenFileOpenToOthersStopsTheStart(tmp_path: Path, mode: int) -> None:
     A token file its group or others may read or change stops the start with an error naming [daemon] admin_token_file and the mode; nothing listens.
     """
     reactor = Reactor()
-    daemon = Daemon(makeConfig(ECHO, admin_token_file=str(tokenFile(tmp_path, mode=mode))), reactor)
+    application = NetdApplication(makeConfig(ECHO, admin_token_file=str(tokenFile(tmp_path, mode=mode))), reactor)
     with pytest.raises(ServiceStartError, match=rf"\[daemon\] admin_token_file: .* \(mode {mode:04o}\)"):
-        resultOf(Deferred.fromCoroutine(daemon.start()))
+        resultOf(Deferred.fromCoroutine(application.start()))
     assert reactor.tcpPorts == []
 
 
@@ -387,7 +396,7 @@ def test_chunkedBodyIs411() -> None:
     )
     protocol, transport = rawSend(reactor.site(), head)  # type: ignore[arg-type]
     assert transport.value().startswith(b"HTTP/1.1 411 ")
-    assert refusals(daemon)["chunked"] == 1
+    assert refusals(reactor)["chunked"] == 1
 
 
 def test_overSizeBodyIs413() -> None:
@@ -401,7 +410,7 @@ def test_overSizeBodyIs413() -> None:
     )
     protocol, transport = rawSend(reactor.site(), head)  # type: ignore[arg-type]
     assert transport.value().startswith(b"HTTP/1.1 413 ")
-    assert refusals(daemon)["too_large"] == 1
+    assert refusals(reactor)["too_large"] == 1
 
 
 def test_bodyIsKeptInMemory() -> None:
@@ -427,7 +436,7 @@ def test_oldestIdleConnectionMakesRoomAtTheCap() -> None:
     (_, oldest), (_, younger) = rawSend(site, b""), rawSend(site, b"GET /health HTTP/1.1\r\nHost: local")
     assert request(site, "GET", "/health").code == 200
     assert oldest.disconnecting and not younger.disconnecting
-    assert samples(metricsText(daemon))[key("netd_admin_connections_evicted_total")] == 1
+    assert samples(metrics(reactor))[key("netd_admin_connections_evicted_total")] == 1
     assert site.openConnections == 2
 
 
@@ -448,7 +457,7 @@ def test_connectionPastTheCapIs503WhileAllAreAnswered() -> None:
     _, refused = rawSend(site, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert refused.value().startswith(b"HTTP/1.1 503 ")
     assert refused.disconnecting
-    assert samples(metricsText(daemon))[key("netd_admin_connections_refused_total")] == 1
+    assert samples(metrics(reactor))[key("netd_admin_connections_refused_total")] == 1
     pending.callback(None)
     assert slow.response().code == 200
     assert request(site, "GET", "/health").code == 200
@@ -473,13 +482,16 @@ async def test_unixSocketIsOwnerOnly(tmp_path: Path) -> None:
     from twisted.internet import reactor as realReactor
 
     path = tmp_path / "admin.sock"
-    daemon = Daemon(makeConfig(ECHO, admin=f"unix:{path}"), realReactor)
-    await daemon.admin.listen()  # type: ignore[union-attr]
+    application = NetdApplication(makeConfig(ECHO, admin=f"unix:{path}"), realReactor)
+    application.build()
+    api = application.api
+    assert api is not None
+    await api.listen()
     try:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert daemon.admin.resource.access.token is None  # type: ignore[union-attr]
+        assert api.guard.access.token is None
     finally:
-        await daemon.admin.stopListening()  # type: ignore[union-attr]
+        await api.stopListening()
 
 
 @pytest_twisted.ensureDeferred
@@ -491,13 +503,16 @@ async def test_unixSocketWithGroupIs0660(tmp_path: Path) -> None:
 
     path = tmp_path / "admin.sock"
     gid = os.getgroups()[0] if os.getgroups() else os.getgid()
-    daemon = Daemon(makeConfig(ECHO, admin=f"unix:{path}", admin_group=gid), realReactor)
-    await daemon.admin.listen()  # type: ignore[union-attr]
+    application = NetdApplication(makeConfig(ECHO, admin=f"unix:{path}", admin_group=gid), realReactor)
+    application.build()
+    api = application.api
+    assert api is not None
+    await api.listen()
     try:
         assert stat.S_IMODE(path.stat().st_mode) == 0o660
         assert path.stat().st_gid == gid
     finally:
-        await daemon.admin.stopListening()  # type: ignore[union-attr]
+        await api.stopListening()
 
 
 def test_adminGroupNeedsUnix() -> None:
@@ -521,9 +536,9 @@ def reloadable(tmp_path: Path, daemonKeys: str) -> tuple[Daemon, Reactor, Path]:
         '[[services]]\nname = "echo"\nplugin = "echo"\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
     )
     reactor = Reactor()
-    daemon = Daemon(loadConfig(str(config), discoverPlugins()), reactor)
-    resultOf(Deferred.fromCoroutine(daemon.start()))
-    return daemon, reactor, config
+    application = NetdApplication(loadConfig(str(config), discoverPlugins()), reactor)
+    resultOf(Deferred.fromCoroutine(application.start()))
+    return application.daemon, reactor, config
 
 
 def test_reloadAppliesAdminHostsAndKeepsTheGeneratedToken(tmp_path: Path) -> None:
@@ -543,14 +558,14 @@ def test_reloadKeepsATokenThisUserMayNotRead(tmp_path: Path, monkeypatch: pytest
     """
     After the privilege drop, a token file readable by root only cannot be read again: the reload goes on with the token read at start, and says so.
     """
-    import netd.daemon.admin
+    import netd.daemon.api.server
 
     daemon, reactor, config = reloadable(tmp_path, f'admin_token_file = "{tokenFile(tmp_path)}"')
 
     def denied(path: str) -> bytes:
         raise TokenFileError(f"cannot read {path!r}: Permission denied") from PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(netd.daemon.admin, "readToken", denied)
+    monkeypatch.setattr(netd.daemon.api.server, "readToken", denied)
     monkeypatch.setattr(os, "geteuid", lambda: 65534)
     with capturedLogs() as events:
         resultOf(Deferred.fromCoroutine(daemon.reload()))
@@ -565,9 +580,9 @@ def test_unwritableStateDirStopsTheStartSayingWhatToDo(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     reactor = Reactor()
-    daemon = Daemon(makeConfig(ECHO, state_dir=str(blocker / "state")), reactor)
+    application = NetdApplication(makeConfig(ECHO, state_dir=str(blocker / "state")), reactor)
     with pytest.raises(ServiceStartError, match=r"admin_token_file: unset, so netd makes a token in .*admin_token_file = false"):
-        resultOf(Deferred.fromCoroutine(daemon.start()))
+        resultOf(Deferred.fromCoroutine(application.start()))
     assert reactor.tcpPorts == []
 
 

@@ -351,7 +351,7 @@ def test_startErrorsNameTheirKeyPath() -> None:
     """
     netd run reports a start error as check reports a problem: a service's at services[N] plus its key within the service, the control API's and a privilege error's from the top of the file.
     """
-    from netd.daemon.cli import startErrorProblem
+    from netd.daemon.application import startErrorProblem
     from netd.config.spec import parseConfig
     from netd.config.options import Problem
     from netd.daemon.privileges import PrivilegeError

@@ -14,7 +14,7 @@ import pytest
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
-from netd.daemon.admin import AdminResource
+from netd.daemon.api.resources import AdminResource
 from netd.daemon.cli import main
 from netd.daemon.openapi import openapiDocument, renderOpenAPI
 

@@ -20,6 +20,7 @@ from twisted.logger import LogLevel, capturedLogs
 
 from netd.tls.devcerts import ensureDevelopmentSet
 from netd.config.spec import loadConfig
+from netd.daemon.application import NetdApplication
 from netd.daemon.daemon import LISTEN_RETRY_DELAY, Daemon
 from netd.config.options import ConfigError
 from netd.registry import discoverPlugins
@@ -51,9 +52,9 @@ def startFrom(path: Path, reactor: Any, portsFile: Path | None = None) -> Daemon
     """
     A daemon started on the config file at C{path}, whose reloads read that file.
     """
-    daemon = Daemon(loadConfig(str(path), discoverPlugins()), reactor)
-    resultOf(Deferred.fromCoroutine(daemon.start(None if portsFile is None else str(portsFile))))
-    return daemon
+    application = NetdApplication(loadConfig(str(path), discoverPlugins()), reactor, portsFile=None if portsFile is None else str(portsFile))
+    resultOf(Deferred.fromCoroutine(application.start()))
+    return application.daemon
 
 
 def reload(daemon: Daemon) -> Deferred[dict[str, list[str]]]:

@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 
-from netd.daemon.cli import ReloadSignal
+from netd.daemon.hangup import ReloadSignal
 
 
 class FakeDaemon:

@@ -22,6 +22,7 @@ from twisted.logger import LogLevel, capturedLogs
 from zope.interface import implementer
 
 from netd.config.spec import NetdConfig, loadConfig, parseConfig
+from netd.daemon.application import NetdApplication
 from netd.daemon.daemon import Daemon
 from netd.datagram.listener import DatagramListener
 from netd.interfaces import IProtocolPlugin, IStreamHandler
@@ -58,10 +59,12 @@ def makeConfig(*services: dict[str, Any], registry: PluginRegistry | None = None
 
 def start(config: NetdConfig, reactor: Any, portsFile: Path | None = None) -> tuple[Daemon, Deferred[Any]]:
     """
-    Make a daemon and start it; with a memory reactor the start completes at once.
+    Make netd's application and start it; with a memory reactor the start
+    completes at once.  Returns its daemon.
     """
-    daemon = Daemon(config, reactor)
-    return daemon, Deferred.fromCoroutine(daemon.start(None if portsFile is None else str(portsFile)))
+    application = NetdApplication(config, reactor, portsFile=None if portsFile is None else str(portsFile))
+    started = Deferred.fromCoroutine(application.start())
+    return application.daemon, started
 
 
 def test_startListensOnEveryAddress() -> None:
@@ -322,7 +325,7 @@ def test_noControlAPIUnlessConfigured(tmp_path: Path) -> None:
     reactor = UDPMemoryReactorClock()
     daemon, d = start(config, reactor, portsFile)
     resultOf(d)
-    assert daemon.admin is None
+    assert isinstance(daemon.parent, NetdApplication) and daemon.parent.api is None
     [(port, factory, _, _)] = reactor.tcpServers
     assert factory is daemon.netServices()[0].connections
     assert not (tmp_path / "state" / "admin.token").exists()

@@ -6,8 +6,11 @@ daemon's READY/STOPPING hooks, and the C{systemd:} listen string.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
+from netd.daemon.application import NetdApplication
 from netd.daemon.daemon import Daemon
 from netd.config.listen import ListenAddress
 from netd.config.options import InvalidValue
@@ -246,6 +250,89 @@ def test_completeListenNames(environ: dict[str, str], names: str | None) -> None
     assert environ.get("LISTEN_FDNAMES") == names
 
 
+ENDPOINTS_WATCH = """
+import importlib.abc, json, os, sys
+
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.environ["LISTEN_FDS"] = "1"
+os.environ.pop("LISTEN_FDNAMES", None)
+seen = {}
+
+
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "twisted.internet.endpoints" and name not in seen:
+            seen[name] = os.environ.get("LISTEN_FDNAMES")
+        return None
+
+
+sys.meta_path.insert(0, Watch())
+"""
+"""
+The start of a child process passed one socket by systemd without names,
+recording C{$LISTEN_FDNAMES} as it was when C{twisted.internet.endpoints}
+was first imported.
+"""
+
+
+def runChild(code: str, tmp_path: Path) -> dict[str, object]:
+    """
+    Run L{ENDPOINTS_WATCH} then C{code} in a fresh interpreter, which prints one JSON object.
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", ENDPOINTS_WATCH + code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    report: dict[str, object] = json.loads(result.stdout.splitlines()[-1])
+    return report
+
+
+def test_importingNetdHasNoSideEffects(tmp_path: Path) -> None:
+    """
+    import netd leaves the socket-activation environment as it was and imports no Twisted endpoints.
+    """
+    report = runChild(
+        "import netd\n"
+        "print(json.dumps({'names': os.environ.get('LISTEN_FDNAMES'), 'endpoints': sorted(seen)}))\n",
+        tmp_path,
+    )
+    assert report == {"names": None, "endpoints": []}
+
+
+def test_netdCommandCompletesNamesBeforeEndpoints(tmp_path: Path) -> None:
+    """
+    The netd command completes $LISTEN_FDNAMES before anything imports twisted.internet.endpoints, which reads it.
+    """
+    report = runChild(
+        "import contextlib, io\n"
+        "from netd.__main__ import main\n"
+        "sys.argv = ['netd', 'schema', '--api']\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main()\n"
+        "print(json.dumps({'seen': seen}))\n",
+        tmp_path,
+    )
+    assert report == {"seen": {"twisted.internet.endpoints": "unknown"}}
+
+
+def test_twistdPluginCompletesNamesBeforeEndpoints(tmp_path: Path) -> None:
+    """
+    twistd netd's options complete $LISTEN_FDNAMES before netd's modules import twisted.internet.endpoints.
+    """
+    report = runChild(
+        "from netd.daemon.tap import Options\n"
+        "Options().parseOptions([])\n"
+        "print(json.dumps({'seen': seen}))\n",
+        tmp_path,
+    )
+    assert report == {"seen": {"twisted.internet.endpoints": "unknown"}}
+
+
 class RecordingNotifier(Notifier):
     """
     A notifier that records its messages, and whether the ports file existed when each was sent.
@@ -267,10 +354,10 @@ def test_daemonReadyAfterPortsFile(tmp_path: Path) -> None:
     """
     portsFile = tmp_path / "ports.json"
     notifier = RecordingNotifier(portsFile)
-    daemon = Daemon(makeConfig(ECHO), UDPMemoryReactorClock(), notifier)
-    resultOf(Deferred.fromCoroutine(daemon.start(str(portsFile))))
+    application = NetdApplication(makeConfig(ECHO), UDPMemoryReactorClock(), notifier, portsFile=str(portsFile))
+    resultOf(Deferred.fromCoroutine(application.start()))
     assert notifier.sent == [((("READY", "1"), ("STATUS", "serving 1 service on 1 address")), True)]
-    resultOf(daemon.stopService())
+    resultOf(application.stopService())
     assert notifier.sent[-1][0][0] == ("STOPPING", "1")
 
 

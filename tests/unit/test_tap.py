@@ -7,6 +7,7 @@ switch) and serves once the reactor runs.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import shutil
@@ -16,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.application.service import IServiceMaker
-from twisted.logger import LogLevel, capturedLogs
+from twisted.application.service import Application, IServiceMaker
+from twisted.internet.defer import Deferred
+from twisted.logger import ILogObserver, LogLevel, capturedLogs
 from twisted.plugin import getPlugins
 from twisted.python import usage
 
-from netd.daemon.tap import NetdApplication, Options, makeService
+from netd.daemon.application import NetdApplication
+from netd.daemon.tap import Options, makeService
 
 from netd.testing.memory import UDPMemoryReactorClock, resultOf
 
@@ -93,7 +96,7 @@ def application(reactor: Any, tmp_path: Path) -> tuple[NetdApplication, Recordin
     The twistd service of an echo config on C{reactor}, with a recording notifier.
     """
     notifier = RecordingNotifier(tmp_path / "ports.json")
-    return NetdApplication(makeConfig(ECHO), str(tmp_path / "ports.json"), reactor, notifier), notifier
+    return NetdApplication(makeConfig(ECHO), reactor, notifier, portsFile=str(tmp_path / "ports.json")), notifier
 
 
 def test_bindsPrivilegedThenServesWhenRunning(tmp_path: Path) -> None:
@@ -128,3 +131,120 @@ def test_bindFailureExits(tmp_path: Path) -> None:
     assert "cannot listen on 'udp:0:interface=127.0.0.1'" in critical["error"]
     assert reactor.tcpPorts and not any(p.listening for p in reactor.tcpPorts)
     assert notifier.sent[-1][0][0][1].startswith("cannot start: ")
+
+
+def slowBinding(app: NetdApplication, monkeypatch: pytest.MonkeyPatch) -> Deferred[None]:
+    """
+    Make the services of C{app} finish listening only when the returned Deferred fires.
+    """
+    bound: Deferred[None] = Deferred()
+    app.build()
+    listen = app.daemon.listen
+
+    async def later() -> None:
+        await bound
+        await listen()
+
+    monkeypatch.setattr(app.daemon, "listen", later)
+    return bound
+
+
+def test_bindingThatFinishesLaterIsServedOnceDone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A bind still under way when privilegedStartService returns is awaited: netd serves (ports file, READY=1) once it is done.
+    """
+    reactor = UDPMemoryReactorClock()
+    app, notifier = application(reactor, tmp_path)
+    bound = slowBinding(app, monkeypatch)
+    app.privilegedStartService()
+    app.startService()
+    reactor.run()
+    serving = app.whenServing()
+    assert not serving.called and not (tmp_path / "ports.json").exists()
+    bound.callback(None)
+    resultOf(serving)
+    assert json.loads((tmp_path / "ports.json").read_text())["services"]["echo"]
+    assert notifier.sent[-1][0][0] == ("READY", "1")
+    resultOf(app.stopService())
+
+
+def test_bindingThatFailsLaterExits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A bind that fails after the reactor began to run is logged as critical, stops the reactor, and fails whenServing with exit status 1.
+    """
+    reactor = UDPBindFailsReactor()
+    app, notifier = application(reactor, tmp_path)
+    bound = slowBinding(app, monkeypatch)
+    app.privilegedStartService()
+    app.startService()
+    reactor.run()
+    serving = app.whenServing()
+    with capturedLogs() as events:
+        bound.callback(None)
+    with pytest.raises(SystemExit) as info:
+        resultOf(serving)
+    assert info.value.code == 1
+    assert any(e["log_level"] == LogLevel.critical for e in events)
+    assert reactor.hasStopped
+    assert not any(p.listening for p in reactor.tcpPorts)
+    assert not (tmp_path / "ports.json").exists()
+
+
+def test_twistdApplicationLogsInNetdsFormat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    makeService gives twistd's application netd's log observer (unless --logger or --syslog chose one) and has SIGHUP reload the config.
+    """
+    config = tmp_path / "netd.toml"
+    config.write_text(GOOD)
+    options = Options()
+    options.parseOptions(["-c", str(config)])
+    twistdOptions: dict[str, object] = {"nodaemon": True, "logfile": None, "logger": None, "syslog": False}
+    monkeypatch.setattr(options, "parent", twistdOptions, raising=False)
+    made = makeService(options)
+    assert isinstance(made, NetdApplication) and made.reloadOnHangup
+    twistdApplication = Application("netd")
+    made.setServiceParent(twistdApplication)
+    assert twistdApplication.getComponent(ILogObserver, None) is made.logObserver is not None
+    twistdOptions["logger"] = lambda: None
+    made = makeService(options)
+    assert isinstance(made, NetdApplication) and made.logObserver is None
+
+
+def test_daemonAndControlAPIDoNotImportEachOther() -> None:
+    """
+    netd.daemon.daemon imports nothing of netd.daemon.api, and no module of netd.daemon.api imports netd.daemon.daemon or the application: they meet only in netd.daemon.application.
+    """
+    folder = ROOT / "netd" / "daemon"
+
+    def imported(path: Path) -> set[str]:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module is not None:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        return names
+
+    assert not {n for n in imported(folder / "daemon.py") if n.startswith("netd.daemon.api")}
+    for path in (folder / "api").glob("*.py"):
+        assert not imported(path) & {"netd.daemon.daemon", "netd.daemon.application"}, path
+
+
+def test_serviceThatCannotBeBuiltExitsBeforeAnythingListens(tmp_path: Path) -> None:
+    """
+    A service whose TLS files cannot be read fails privilegedStartService as a bind failure does: logged as critical at its key path, exit 1, and not even the control API listens.
+    """
+    reactor = UDPMemoryReactorClock()
+    missing = str(tmp_path / "nowhere.pem")
+    config = makeConfig(
+        {**ECHO, "tls": {"certificate": missing, "private_key": missing}},
+        admin="tcp:0:interface=127.0.0.1",
+        admin_token_file=False,
+    )
+    app = NetdApplication(config, reactor, RecordingNotifier())
+    with capturedLogs() as events, pytest.raises(SystemExit) as info:
+        app.privilegedStartService()
+    assert info.value.code == 1
+    [critical] = [e for e in events if e["log_level"] == LogLevel.critical]
+    assert critical["key"] == "services[0].tls.certificate" and "nowhere.pem" in critical["error"]
+    assert reactor.tcpPorts == [] and reactor.udpPorts == {}
