@@ -153,7 +153,6 @@ def shortestCircle(graph: dict[str, set[str]], component: frozenset[str]) -> lis
 
 KNOWN_CIRCLES: dict[str, frozenset[str]] = {
     "the epoll reactor and the uvloop reactor": frozenset({"netd.reactors.epoll", "netd.reactors.uv"}),
-    "the control API and the daemon": frozenset({"netd.daemon.admin", "netd.daemon.daemon"}),
 }
 """
 The import circles the tree had when this check was written, while issue 15's
