@@ -97,12 +97,11 @@ class Histogram:
 
 class Counters(dict[str, int]):
     """
-    Named event counts of one service (C{connections_refused}, ...), with its
-    histograms and its plugin's labelled families: a dict whose absent names read
-    as zero, so that C{counters[name] += n} is as cheap as counting gets (not a
-    L{collections.Counter}, which is more than twice as slow: docs/control-api.md,
-    "Design note: counters and events on the hot path").  Counts accruing
-    elsewhere are added when read (L{snapshot}, L{accrueFrom}).
+    Named event counts of one service, with its histograms and its plugin's
+    labelled families: a dict whose absent names read as zero, so that
+    C{counters[name] += n} is as cheap as counting gets (a L{collections.Counter}
+    is over twice as slow: docs/control-api.md).  Counts accruing elsewhere are
+    added when read (L{snapshot}, L{accrueFrom}).
 
     @ivar histograms: by name (the metric is C{netd_NAME}).
     @ivar families: the declared L{LabelledCounters}, by prefix.

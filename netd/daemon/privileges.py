@@ -315,13 +315,11 @@ def openStateDir(stateDir: str, target: Target, *, create: bool) -> int:
     """
     Open the state directory as root, for a drop to C{target}: one component at a
     time from C{/}, through directory descriptors, following a symbolic link only
-    where the user could not have put it, and making missing components as
-    root's (mode 0755).  The user must not be able to write the state directory or
-    its C{tls/} folder, since the development CA made there must stay root's.
+    where the user could not have put it, making missing components as root's
+    (0755), and refusing a state directory or C{tls/} the user could change.
 
-    @param create: whether to make missing components; else a missing one
-        raises L{FileNotFoundError}, once the folder it would be made in is
-        checked as if root had made it there.
+    @param create: whether to make missing components; else a missing one raises
+        L{FileNotFoundError}, once its parent is checked as if root had made it.
     @return: a descriptor of the state directory (the caller closes it).
     @raise PrivilegeError: when the user could change a component, or the
         state directory or its C{tls/} folder.

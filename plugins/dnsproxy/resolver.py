@@ -199,16 +199,12 @@ class UpstreamResolver(Service):
         @param timeout: seconds each attempt waits for its answer.
         @param deadline: seconds a whole resolve may take.
         @param maxFails: consecutive failures that mark an upstream down; 0 never does.
-        @param healthInterval: seconds between probes of down upstreams; 0 turns probing off.
-        @param caBundle: a PEM file of the CA certificates TLS upstreams are
-            checked against; L{None} for the system's.
+        @param healthInterval: seconds between probes of down upstreams; 0: no probes.
+        @param caBundle: a PEM file of the CAs for TLS upstreams; L{None}: the system's.
         @param udpSockets: UDP sockets per local interface.
-        @param udpPortQueries: queries a UDP socket sends before a socket on
-            a new port takes its place.
-        @param udpPortLifetime: seconds a UDP socket takes new queries
-            before a socket on a new port takes its place.
-        @param randomizeCase: whether queries to UDP upstreams go with the
-            case of their name's letters randomised (DNS 0x20).
+        @param udpPortQueries: queries a UDP socket sends before a new port replaces it.
+        @param udpPortLifetime: seconds a UDP socket takes queries before a new port replaces it.
+        @param randomizeCase: whether queries to UDP upstreams use DNS 0x20.
         @param streamConnections: connections open at most to one TCP or TLS upstream.
         @param streamPipeline: queries in flight at most on one TCP or TLS connection.
         @param idleTimeout: seconds an unused TCP/TLS connection stays open.
