@@ -1,15 +1,9 @@
 """
-A service's recent events, kept in memory for tests and people to read through
-the control API (C{GET /services/NAME/events}).
-
-Each service has one L{EventLog}: a ring of the last C{events} (the service's
-config key) connections closed, DNS queries answered, faults applied.  Adding
-an event is the hot path (once per DNS query), so L{EventLog.add} stores the
-values it is given and the function that will turn them into JSON; the dict is
-built only when someone reads the log.  An old event pushed out of a full ring
-is counted in L{EventLog.dropped}, so that a reader knows it missed some.
-
-L{EventTable} is the log as the control API's C{events} table.
+A service's recent events (connections closed, DNS queries answered, faults
+applied), kept in memory in a ring for tests and people to read through the
+control API (C{GET /services/NAME/events}).  L{EventLog.add} is a hot path, so
+it stores values and builds the JSON only when the log is read; L{EventTable}
+is the log as the control API's C{events} table.
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """
-The contract between netd's core and its protocol plugins.
-
-A plugin (L{IProtocolPlugin}) declares its name, its options schema and the
-transports it serves, and builds one handler per configured service.  For
-streams the handler makes an L{IFrameReceiver} per connection, which sees whole
-frames (the core does the framing) and answers through an L{IFrameConnection};
-for datagrams the handler itself is an L{IDatagramHandler}.  Everything between
-the socket and those calls (listening, limits, idle timeouts, framing, TLS,
-faults, counters) is the core's.
-
-A plugin normally starts from the base classes of L{netd.bases}, which give
-the optional attributes their defaults (C{requiresTLS}) and the plumbing of a
-receiver; the interfaces here are what the registry checks, whatever the base.
+The contract between netd's core and its protocol plugins: a plugin
+(L{IProtocolPlugin}) builds one handler per service, which makes an
+L{IFrameReceiver} per stream connection (whole frames in, answers through an
+L{IFrameConnection}) or is an L{IDatagramHandler}.  Everything between the
+socket and those calls is the core's.  L{netd.bases} gives a plugin defaults;
+these interfaces are what the registry checks, whatever the base.
 """
 
 from __future__ import annotations
@@ -72,14 +65,13 @@ class PluginContext:
     """
     What the core gives a plugin to build one service's handler with.
 
-    @ivar reactor: the reactor to listen, connect and schedule with; tests pass a
-        fake one, so plugins never import the global reactor.
-    @ivar log: a logger named after the service (L{netd.daemon.logs.ServiceLogger})
-        whose events carry the service name.
+    @ivar reactor: the reactor to listen, connect and schedule with (tests pass a
+        fake one, so plugins never import the global reactor).
+    @ivar log: a logger named after the service (L{netd.daemon.logs.ServiceLogger}).
     @ivar serviceName: the service's C{name}.
     @ivar counters: the service's counters; a plugin adds its own names.
-    @ivar events: the service's recent events (L{netd.events.EventLog}); a
-        plugin records its own kinds.  A context made without one keeps none.
+    @ivar events: the service's recent events (L{netd.events.EventLog}), where a
+        plugin records its own kinds; a context made without one keeps none.
     """
 
     reactor: Any

@@ -1,16 +1,9 @@
 """
 Per-service metrics: counters, labelled counter families and histograms, and
-their rendering in the Prometheus text exposition format (version 0.0.4) for
-the control API's C{GET /metrics}.
-
-A service's L{Counters} is what the core and its plugin count into
-(C{counters[name] += 1}).  A plugin whose counter names carry a natural label
-(C{qtype_A}, C{rcode_NXDOMAIN}) declares them once with
-L{Counters.labelCounters}, so that they are exposed as one family with a label
-(C{netd_dns_queries_total{qtype="A"}}) rather than one metric per value; a
-plugin that measures a distribution (a latency) asks for a L{Histogram} with
-L{Counters.histogram}.  Every other counter C{NAME} is exposed as
-C{netd_NAME_total}.
+their rendering in the Prometheus text format (0.0.4) for C{GET /metrics}.
+A plugin counts into L{Counters} (C{counters[name] += 1}), declares labelled
+names with L{Counters.labelCounters} and asks for a L{Histogram} with
+L{Counters.histogram}; every other counter C{NAME} is C{netd_NAME_total}.
 """
 
 from __future__ import annotations
@@ -104,18 +97,11 @@ class Histogram:
 
 class Counters(dict[str, int]):
     """
-    Named event counts of one service (C{connections_refused}, C{frames_rejected}, ...),
-    with the service's histograms and the labelled families its plugin declared.
-
-    A dict whose absent names read as zero: the hot paths add with
-    C{counters[name] += n}, which is as cheap as counting gets in Python.  Not
-    a L{collections.Counter}: its Python-level C{__delitem__} sends every
-    C{+=} through a slow slot (about 115 ns instead of 45 on the echo path,
-    twice per message).
-
-    Counts still accruing somewhere else (the bytes of open connections,
-    which their transports count) are added when the counters are read
-    (L{snapshot}), from the sources given to L{accrueFrom}.
+    Named event counts of one service, with its histograms and its plugin's
+    labelled families: a dict whose absent names read as zero, so that
+    C{counters[name] += n} is as cheap as counting gets (a L{collections.Counter}
+    is over twice as slow: docs/control-api.md).  Counts accruing elsewhere are
+    added when read (L{snapshot}, L{accrueFrom}).
 
     @ivar histograms: by name (the metric is C{netd_NAME}).
     @ivar families: the declared L{LabelledCounters}, by prefix.

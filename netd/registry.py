@@ -1,19 +1,10 @@
 """
-Finding plugins, and checking each against the contract when it is loaded.
-
-Built-in plugins are the modules of the C{netd_plugins} package (the source
-tree's C{plugins/} folder), each with a top-level C{plugin} object: adding a
-module there is adding a plugin.  Third-party packages add plugins through the
-C{netd.plugins} entry-point group.  Every plugin is checked against
-L{IProtocolPlugin} when it is loaded (L{checkPlugin}), and a plugin that
-fails to load or to meet it is reported by name and source without stopping
-the others.
-
-Plugins are loaded as a config asks for them (L{PluginRegistry.get}): the
-built-in module named after the plugin (its name without C{-}, C{_} and C{.}:
-C{dns-proxy} is C{netd_plugins.dnsproxy}) is tried first, and everything else
-is loaded only when that does not find it, so that a daemon does not import
-the plugins it does not run nor scan the installed packages' entry points.
+Finding plugins, and checking each against L{IProtocolPlugin} when it is
+loaded (L{checkPlugin}); one that fails is reported by name and source without
+stopping the others.  A config's plugin is looked for first as the built-in
+module named after it (C{dns-proxy}: C{netd_plugins.dnsproxy}), and only then
+among all plugins and the C{netd.plugins} entry points, so that a daemon does
+not import what it does not run (docs/writing-a-plugin.md, "Packaging").
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """
-The JSON Schema (draft 2020-12) of netd's config file, made from the very
-option classes that C{netd check} decodes with.
-
-Editors (taplo / Even Better TOML, through a C{#:schema} first line) use it to
-complete keys and flag mistakes while a config is written; C{netd check} stays
-the authority.  Everything here is read off the schema classes: each field's
-annotation gives the JSON type, its L{netd.config.options.option} help the
-description, its default the C{default}, its L{netd.config.options.NumberRange}
-checks the C{minimum} and C{maximum}; a value type with its own parser says
-its JSON form in a C{configJsonSchema} class attribute.  A service table's
-keys depend on its C{plugin}: one C{if}/C{then} per plugin installed gives the
-envelope's keys plus that plugin's, and nothing else.
+The JSON Schema (draft 2020-12) of netd's config file, for editors, read off
+the very option classes that C{netd check} decodes with (types, help, defaults,
+L{netd.config.options.NumberRange} bounds, a value type's
+C{configJsonSchema}), so that it cannot drift; one C{if}/C{then} per plugin
+picks a service's keys.  C{netd check} stays the authority.
 """
 
 from __future__ import annotations

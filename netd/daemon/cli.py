@@ -191,14 +191,12 @@ def checkCommand(args: argparse.Namespace) -> int:
 
 def startProblems(config: NetdConfig) -> list[Problem]:
     """
-    Everything but the network that would make C{netd run} refuse a valid
-    config, found without making or changing anything, as this user (run
-    check as the user that runs netd): whether netd can become C{[daemon]
-    user} and, started as root, whether that user could change the state
-    directory (L{PrivilegeDrop.check}); the control API's token
-    (L{_adminProblems}); the TLS files (L{_tlsProblems}); and that the folder
-    of every C{unix:} socket exists and can be written.  What is left to
-    C{run} is binding the addresses.
+    Everything but the network that would make C{netd run} refuse a valid config,
+    found without changing anything, as this user (so run check as the user that
+    runs netd): the C{[daemon] user} switch and the state directory
+    (L{PrivilegeDrop.check}), the control API's token (L{_adminProblems}), the
+    TLS files (L{_tlsProblems}), and the folders of C{unix:} sockets.  Binding
+    is left to C{run}.
 
     @return: the problems, each at its key path.
     """

@@ -208,15 +208,9 @@ class Daemon(MultiService):
 
     async def reload(self) -> dict[str, list[str]]:
         """
-        Read the config file again and apply it as a difference, by service name.
-
-        Unchanged services are not touched (their TLS files are read again,
-        for new connections); removed ones stop accepting and drain in the
-        background; new ones listen and start; changed ones are replaced,
-        their old service draining its connections in the background.  Where
-        a changed service keeps an address, the old listener closes before
-        the new one opens (one retry if the port is still busy); otherwise the
-        new listeners open first.  Systemd hears C{RELOADING=1} then C{READY=1}.
+        Read the config file again and apply it as a difference, by service name
+        (docs/service.md, "Signals", tells what happens to each kind of service);
+        systemd hears C{RELOADING=1} then C{READY=1}.
 
         @return: the service names, by what happened to them.
         @raise ConfigError: the file is invalid, or a plugin or TLS file of a

@@ -1,22 +1,10 @@
 """
 Bind as root, then serve as someone else: C{[daemon] user} and C{group}.
-
-Started as root with C{user} set, netd listens on every address first (ports
-below 1024 included), then, before it serves any client, clears its
-supplementary groups, sets its group and then its user (L{dropPrivileges}: in
-that order, since a process that is no longer root can change neither).  The
-real, effective and saved ids all change, so there is no way back.
-
-Started as another user, netd refuses to start unless it already is that user
-(L{checkCanSwitch}), so a config meant for root is not silently run with other
-rights.
-
-As root, netd works in its state directory before the drop (the certificates
-of C{certificate = "auto"}), so that directory must be one the user cannot
-change: L{openStateDir} refuses one the user could write or replace, and makes
-a missing one as root's, through directory descriptors.  The user is given
-only what a reload reads again (L{handOverCertificates}: the server
-certificate and key, by descriptor); the CA key stays root's.
+netd listens on every address first, then drops its groups and user for
+good (L{dropPrivileges}); the state directory it wrote as root is opened so
+that the user cannot steer those writes (L{openStateDir}), and the user gets
+only what a reload reads again (L{handOverCertificates}).  The reasons are in
+docs/service.md, "Dropping privileges" and "Design notes".
 """
 
 from __future__ import annotations
@@ -325,19 +313,13 @@ def _refusal(stateDir: str, where: str, why: str, target: Target, *, parent: boo
 
 def openStateDir(stateDir: str, target: Target, *, create: bool) -> int:
     """
-    Open the state directory as root, for a drop to C{target}: one component
-    at a time from C{/}, through directory descriptors, so that nothing the
-    user controls is followed, and make (as root's, mode 0755) the components
-    that are missing.
+    Open the state directory as root, for a drop to C{target}: one component at a
+    time from C{/}, through directory descriptors, following a symbolic link only
+    where the user could not have put it, making missing components as root's
+    (0755), and refusing a state directory or C{tls/} the user could change.
 
-    Symbolic links on the way are followed only where the user could not
-    have put them.  The state directory and its C{tls/} folder must not be
-    writable by the user: what netd makes there as root (the development CA
-    and its key) must stay root's.
-
-    @param create: whether to make missing components; else a missing one
-        raises L{FileNotFoundError}, once the folder it would be made in is
-        checked as if root had made it there.
+    @param create: whether to make missing components; else a missing one raises
+        L{FileNotFoundError}, once its parent is checked as if root had made it.
     @return: a descriptor of the state directory (the caller closes it).
     @raise PrivilegeError: when the user could change a component, or the
         state directory or its C{tls/} folder.

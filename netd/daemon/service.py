@@ -48,14 +48,12 @@ How many port numbers a C{tcp:0} and C{udp:0} pair tries before the start fails
 class ServiceStartError(Exception):
     """
     A service could not start: a TLS file is unusable, its plugin failed to
-    build, or an address could not be listened on.  The message names the
-    service and the file or address.
+    build, or an address could not be listened on.
 
-    @ivar service: the name of the service that failed; L{None} for the
-        control API.
-    @ivar key: the key path at fault, within the service's table (or from
-        the top of the file when C{service} is L{None}), so that C{netd run}
-        names it as C{netd check} names config problems.
+    @ivar service: the service that failed; L{None} for the control API.
+    @ivar key: the key path at fault, within the service's table (from the top of
+        the file when C{service} is L{None}), so that C{netd run} names it as
+        C{netd check} names config problems.
     @ivar reason: the message without the service's name, to follow the key path.
     """
 
@@ -189,13 +187,9 @@ class NetService(Service):
 
     async def listen(self) -> list[BoundPort]:
         """
-        Listen on every address of the service.
-
-        A C{tcp:0} (or C{tcp6:0}) and a C{udp:0} on the same interface get one
-        port number, bound as a pair by L{_listenPair}: a DNS client that
-        retries over TCP after a truncated UDP answer asks the port it asked
-        over UDP, as every DNS server listens on both with one number.  The
-        ports are reported in the order of C{listen}.
+        Listen on every address of the service, ports reported in the order of
+        C{listen}; a C{tcp:0} and a C{udp:0} on one interface get one port number
+        (L{_listenPair}), as a DNS client that retries over TCP asks the UDP port.
 
         @raise ServiceStartError: naming the address that failed; the addresses
             bound before it stay bound, for the caller to release with
@@ -252,18 +246,11 @@ class NetService(Service):
 
     async def _listenPair(self, one: ListenAddress, other: ListenAddress) -> None:
         """
-        Bind the pair's stream address on a port the system picks, then its
-        datagram address on the same number.  When that number is taken for
-        the datagram one, close the stream one and try a new pair, up to
-        L{SHARED_PORT_ATTEMPTS} times; any other failure ends the start at
-        once.  Both are kept only once both are bound.
-
-        The stream address goes first whichever comes first in C{listen}: the
-        system's pick for a TCP listener skips the numbers that closing TCP
-        connections still hold (C{TIME_WAIT}), which a TCP bind on a number
-        picked for UDP runs into; after a burst of short connections (a
-        connection-rate test) nearly every number of the ephemeral range is
-        so held, while the UDP numbers stay free.
+        Bind the pair's stream address on a port the system picks, then its datagram
+        address on the same number, trying new pairs up to L{SHARED_PORT_ATTEMPTS}
+        times while the number is taken for UDP.  TCP goes first because the system's
+        pick for it skips the numbers held in C{TIME_WAIT} (docs/service.md, "A port
+        pair for TCP and UDP").
 
         @raise ServiceStartError: naming the address that failed.
         """

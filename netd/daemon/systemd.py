@@ -1,22 +1,9 @@
 """
-systemd integration, written against its documented protocols (no libsystemd).
-
-Notification (C{sd_notify(3)}): a service of C{Type=notify} tells the manager
-how it is doing by sending datagrams to the unix socket named by
-C{$NOTIFY_SOCKET} (a filesystem path, or a name in Linux's abstract namespace
-when it starts with C{@}).  Each datagram is newline-separated C{VAR=VALUE}
-lines: C{READY=1}, C{RELOADING=1} (with C{MONOTONIC_USEC=}), C{STOPPING=1},
-C{STATUS=...} and C{WATCHDOG=1}.  Without C{$NOTIFY_SOCKET}, L{Notifier} does
-nothing, so netd behaves the same under systemd and outside it.
-
-Watchdog (C{sd_watchdog_enabled(3)}): C{$WATCHDOG_USEC} asks for a
-C{WATCHDOG=1} at least that often; C{$WATCHDOG_PID}, when set, names the
-process meant.  netd pings at half the interval (L{startWatchdog}).
-
-Socket activation (C{sd_listen_fds(3)}): sockets passed from fd 3 on, counted
-by C{$LISTEN_FDS}, meant for the process C{$LISTEN_PID}, named by the optional
-C{$LISTEN_FDNAMES}.  Twisted's C{systemd:} endpoint reads these; see
-L{completeListenNames} for the one gap netd fills.
+systemd integration, written against its documented protocols (no
+libsystemd): notification (C{sd_notify(3)}, a no-op without
+C{$NOTIFY_SOCKET}, so netd behaves the same outside systemd), the watchdog
+(pinged at half C{$WATCHDOG_USEC}), and the one gap netd fills in Twisted's
+socket activation (L{completeListenNames}).  docs/service.md, "Design notes".
 """
 
 from __future__ import annotations
@@ -228,17 +215,11 @@ def startWatchdog(
 
 def completeListenNames(environ: MutableMapping[str, str] | None = None, pid: int | None = None) -> None:
     """
-    Set C{$LISTEN_FDNAMES} to C{unknown} for each passed socket when sockets
-    were passed to this process without names.
-
-    C{sd_listen_fds(3)} makes the names optional (systemd-socket-activate sends
-    none without C{--fdname}; they then read as C{unknown}), but Twisted's
-    C{systemd:} endpoint ignores every passed socket unless there are as many
-    names as sockets.  It reads the environment when
-    C{twisted.internet.endpoints} is first imported, so the entry points
-    (C{netd}'s L{netd.__main__.main}, the twistd plugin's L{netd.daemon.tap})
-    call this before they import Twisted's endpoints; importing the C{netd}
-    package does not.
+    Set C{$LISTEN_FDNAMES} to C{unknown} for each passed socket when sockets were
+    passed to this process without names: Twisted's C{systemd:} endpoint ignores
+    every passed socket unless there are as many names as sockets.  The entry
+    points call this before they import C{twisted.internet.endpoints}, which reads
+    the environment as it is imported.
     """
     environ = os.environ if environ is None else environ
     pid = os.getpid() if pid is None else pid

@@ -1,18 +1,11 @@
 """
-netd under twistd: C{twistd -n netd -c FILE}.
-
-The drop-in C{twisted/plugins/netd_plugin.py} names this module as the
-C{netd} L{IServiceMaker}, so twistd's own options apply around the same
-application as C{netd run} (L{netd.daemon.application.NetdApplication}):
-C{--pidfile}, C{--logfile}, C{--uid}/C{--gid}, C{--reactor}, daemonizing
-without C{-n}.  twistd calls its C{privilegedStartService} with its own rights
-(root, typically) and then switches to C{--uid}/C{--gid}: netd binds there,
-so ports below 1024 work with C{--uid}.
-
-netd's modules are imported only once C{$LISTEN_FDNAMES} is complete
-(L{netd.daemon.systemd.completeListenNames}): they import
-C{twisted.internet.endpoints}, which reads the sockets systemd passed as it
-is imported.
+netd under twistd (C{twistd -n netd -c FILE}): the C{netd} L{IServiceMaker}
+that the drop-in C{twisted/plugins/netd_plugin.py} names, so that twistd's
+own options apply around the same application as C{netd run}
+(L{netd.daemon.application.NetdApplication}).  twistd binds with its own
+rights, before C{--uid}, so ports below 1024 work.  netd's modules are
+imported only once C{$LISTEN_FDNAMES} is complete
+(L{netd.daemon.systemd.completeListenNames}).
 """
 
 from __future__ import annotations

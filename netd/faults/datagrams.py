@@ -1,19 +1,8 @@
 """
 Datagram faults on a UDP listener: C{drop}, C{duplicate}, C{delay},
-C{truncate} and C{reorder}.
-
-A service's datagram faults form a chain, in the order of its C{faults} list:
-each fault sees the datagrams the one before it passes on (copies included,
-delayed ones when their delay is over), asks its schedule about each one, and
-passes on what it makes of it (L{DatagramFault.onDatagram}, through a
-L{DatagramStep}).  What comes out of the chain is handed to the plugin
-(C{from_client}) or sent from the socket (C{to_client}).  A datagram already
-in the chain when the faults change goes on through the chain it entered.
-
-What the faults hold back (delayed datagrams, and those waiting to be
-overtaken) is bounded per listener by L{HELD_LIMIT}: beyond it a datagram that
-would be held is dropped and counted as C{datagrams_held_dropped}.  Every
-timer belongs to the listener and is cancelled when it stops.
+C{truncate} and C{reorder}, a chain in the order of the service's C{faults}
+list, each fault passing on what it makes of the datagrams the one before
+passed on.  What they hold is bounded per listener by L{HELD_LIMIT}.
 """
 
 from __future__ import annotations

@@ -1,21 +1,9 @@
 """
 Frame faults: what netd does wrong with the frames it sends, knowing where each
-one starts and ends, which no byte-level proxy can do.
-
-Each fault of the service's L{FrameFaultSet} is asked about each frame a
-connection sends; those that apply act in the order of their L{FrameFault.order},
-whatever their order in the list: C{oversize_frame} pads the payload,
-C{corrupt_length} states a length that lies, the frame is encoded,
-C{truncate_frame} cuts the encoded frame (and closes the connection after
-it), then C{split_frame} writes it in pieces or C{merge_frames} holds it to go
-out with the next ones (the first that writes it wins: C{split_frame}).
-
-Frames keep their order: once a connection has sent a frame through its
-faults, all its later frames go through the same L{FrameFaultWriter}, so that
-a frame sent while an earlier one is still held (in pieces, or waiting to
-merge) goes out after it, even once the faults are removed.  Bytes held back
-are bounded by pausing the reading from the peer while more than
-L{HELD_LIMIT} are held; every timer is cancelled when the connection is lost.
+one starts and ends, which no byte-level proxy can do.  The faults that apply
+to a frame act in their L{FrameFault.order}; once a connection has used a
+L{FrameFaultWriter} its later frames all go through it, so frames keep their
+order (docs/faults.md, "Design notes").
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
 """
-The faults a service can be told to commit, as config: the registry of the
-fault types (L{FAULT_TYPES}) and the C{faults} list of a service.
-
-A service's C{faults} is a list of tables, each naming its C{type}; the rest of
-the table is that type's keys plus the schedule keys every fault shares
-(L{netd.faults.schedule.Scheduled}) and, where it means something, a
-C{direction}.  The same decoder reads the config file and the control API's
-C{PUT /services/NAME/faults} body, so both report the same problems at the
-same key paths.
-
-The families, by where they act:
-  - L{netd.faults.stream}: bytes of a stream connection, nearest the socket
-    (on a TLS service, the TLS records the client really receives); chosen
-    per connection.
-  - L{netd.faults.tls}: the TLS handshake of a service with a C{tls} table; per connection.
-  - L{netd.faults.datagrams}: datagrams of a UDP listener; chosen per datagram.
-  - L{netd.faults.frames}: the frames a service sends through the shared framing; per frame.
+The faults a service can be told to commit, as config: the registry of fault
+types (L{FAULT_TYPES}) and the decoder of a service's C{faults} list, shared
+by the config file and the control API's C{PUT /services/NAME/faults} so that
+both report the same problems at the same key paths.  The families:
+L{netd.faults.stream}, L{netd.faults.tls}, L{netd.faults.datagrams},
+L{netd.faults.frames}.
 """
 
 from __future__ import annotations

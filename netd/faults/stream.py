@@ -1,31 +1,9 @@
 """
 Stream faults: the bytes of a stream connection, between its guard
-(L{netd.stream.guard.GuardedConnection}) and its socket.
-
-A connection asks its service's L{StreamFaultSet} once, when it opens, which
-stream faults apply to it (each schedule counts one connection).  When none
-does, the guard keeps its plain path: no object, no cost per byte.  When some
-do, a L{ConnectionPipes} takes the bytes each way: what the client sends,
-before the inner protocol (TLS or the framing) reads it, and what the inner
-protocol writes, before the socket gets it.  So on a TLS service the byte
-faults act on the TLS records the client really receives, and the TLS faults
-(L{netd.faults.tls}) act on the raw handshake, nearest the TLS engine.
-
-Each fault type says where it takes part (L{StreamFault.join}, then
-L{StreamFault.shapePipe} for each direction it acts on): a L{Delaying} fault
-holds each chunk, a L{Pacing} one cuts and spaces the pieces, a
-L{ByteThreshold} acts once its direction has passed some bytes, an L{AtOpen}
-one acts as the connection opens.  Each direction is a L{Pipe}: a queue of
-held chunks, in order, let go when their delay has passed, in pieces no larger
-and no faster than its pacing allows, counting the bytes that pass for its
-thresholds.  Held bytes are bounded: past L{HELD_LIMIT} the socket stops
-being read until they drain below L{RESUME_BELOW}.  Every timer is cancelled
-when the connection goes.
-
-A change of the service's faults (the control API) reaches open connections
-too: they take the new list's C{midStream} faults whose schedule is
-unconditional and lose the ones no longer there; bytes held by a fault that
-is gone are let go at once.
+(L{netd.stream.guard.GuardedConnection}) and its socket, so that on a TLS
+service they act on the records the client really receives.  Chosen once per
+connection; a connection with none keeps the guard's plain path, at no cost
+per byte.  docs/faults.md, "Design notes", tells how the pipes work.
 """
 
 from __future__ import annotations

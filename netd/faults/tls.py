@@ -1,16 +1,8 @@
 """
-TLS handshake faults, on a service with a C{tls} table: they see the raw
-bytes of the handshake, nearest the TLS engine, on the connections they apply
-to (chosen per connection, as the stream faults of L{netd.faults.stream}).
-
-C{tls_abort} and C{tls_garbage} read the client's first TLS record (its
-ClientHello; at most one record, 5 + 65535 bytes, is buffered) without
-passing it to the TLS engine, answer it, and close.  A first byte that cannot
-start a TLS handshake record is not theirs to answer: the bytes go to the TLS
-engine, which fails the handshake as it fails any non-TLS client
-(C{not_tls}), and the fault is not counted as applied.  C{tls_stall} lets the
-handshake start and passes the first record the server writes (its
-ServerHello), then nothing more.
+TLS handshake faults, on a service with a C{tls} table: they see the raw bytes
+of the handshake, nearest the TLS engine, on the connections they apply to.
+A first byte that cannot start a TLS record is left to the TLS engine to
+refuse (C{not_tls}), and the fault is not counted as applied.
 """
 
 from __future__ import annotations

@@ -432,20 +432,14 @@ def _isConfig(config: object) -> TypeGuard[Mapping[str, Any] | str]:
 
 class NetdServer:
     """
-    One netd running as a child process, for a test.
-
-    C{with NetdServer(config) as server:} (or L{start} and L{stop}) runs
-    C{netd run} on C{config}, on ports the system picks, and tells where each
-    service listens (L{address}); L{admin} drives its control API.
-
-    Stopping signals only the one process it started (SIGTERM, then SIGKILL
-    after C{stopTimeout} seconds); it is safe to call twice, and a failed
-    L{start} stops the process before it raises.
+    One netd running as a child process, for a test: C{with NetdServer(config) as
+    server:} (or L{start} and L{stop}) runs C{netd run} on ports the system picks,
+    tells where each service listens (L{address}), and drives its control API
+    (L{admin}).  Stopping signals only the process it started, and is safe twice.
 
     @ivar directory: the folder of the config, ports and log files.
     @ivar configFile: the config file netd runs on (unused when the config is
-        L{None}); rewrite it and call C{admin.reload()} to change a running
-        netd.
+        L{None}); rewrite it and call C{admin.reload()} to change a running netd.
     @ivar portsFile: where netd reports its addresses (C{--ports-file}).
     @ivar logFile: what netd prints (standard output and error).
     @ivar process: netd's child process, once started.
@@ -469,29 +463,22 @@ class NetdServer:
         stopTimeout: float = STOP_TIMEOUT,
     ) -> None:
         """
-        @param config: the config, as the dict C{tomllib} would read or as TOML
-            text (completed by L{configText}); the path of a config file, run
-            as it is; or L{None}: netd without C{-c}, on its embedded default.
-        @param directory: where to write the config, ports and log files; a
-            new temporary folder, removed at L{stop}, when L{None}.
-        @param launcher: the command line that runs netd up to its options
-            (L{netdCommand}C{("run")} when L{None}): a wrapper in front of it
-            (C{systemd-socket-activate ...}), or C{twistd ... netd}.  The
-            server appends C{-c CONFIG}, C{--ports-file FILE} and C{arguments}.
+        The arguments are described in docs/testing.md, "Outside pytest".
+
+        @param config: a dict or TOML text (completed by L{configText}); the path of
+            a config file, run as it is; or L{None}: netd's embedded default.
+        @param directory: where the files go; a temporary folder removed at L{stop}
+            when L{None}.
+        @param launcher: the command up to netd's options (L{netdCommand}C{("run")}
+            by default); the server appends C{-c}, C{--ports-file} and C{arguments}.
         @param arguments: more options for netd.
-        @param environment: variables to set (a value of L{None} removes one)
-            over the inherited environment, from which what systemd meant for
-            the test runner (C{NOTIFY_SOCKET}, C{LISTEN_FDS}, ...) and
-            C{STATE_DIRECTORY} are removed and in which C{XDG_STATE_HOME} is
-            C{directory/state}, so that netd's state (the control API's token,
-            C{certificate = "auto"}) never lands in the user's home.
+        @param environment: variables to set (L{None} removes one) over the inherited
+            environment, scrubbed of systemd's variables and with C{XDG_STATE_HOME}
+            under C{directory}, so netd's state never lands in the user's home.
         @param cwd: netd's working directory (the test's by default).
-        @param preexec: a function to run in the child before netd starts
-            (after the server restores the default SIGINT handling), e.g. to
-            lower a resource limit.
-        @param shutdownTimeout: the C{[daemon] shutdown_timeout} a config that
-            does not set one gets (0: a connection a client left open does not
-            delay the stop); L{None} leaves netd's default.
+        @param preexec: run in the child before netd starts (e.g. to lower a limit).
+        @param shutdownTimeout: the C{shutdown_timeout} a config without one gets;
+            L{None} leaves netd's default.
         @param startTimeout: seconds L{start} waits for every service to listen.
         @param stopTimeout: seconds L{stop} waits after its signal.
         """

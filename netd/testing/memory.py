@@ -1,15 +1,8 @@
 """
-Test helpers for netd and for plugin authors: run a plugin behind the real core
-layers on in-memory transports, with a fake clock, no sockets and no sleeps.
-
-With TLS: L{makeStreamStack} takes the service's C{tls} table, and
-L{connectTLS} connects an in-memory TLS client to the stack (through
-L{twisted.test.iosim}), using either a verifying client from
-L{netd.tls.client.clientCreator} or a L{TestClientTLS} with the knobs a test needs
-(versions, ALPN, a client certificate, a session to resume).  Certificates
-come from L{netd.tls.devcerts}, made in the test's temporary folder.
-
-netd's own tests use these, which keeps them honest.
+Test helpers for netd and for plugin authors: a plugin behind the real core
+layers on in-memory transports, with a fake clock, no sockets and no sleeps,
+and in-memory TLS clients (L{connectTLS}, L{TestClientTLS}).  netd's own tests
+use these, which keeps them honest (docs/testing.md, "Design notes").
 """
 
 from __future__ import annotations
@@ -374,14 +367,10 @@ def connect(limiter: ConnectionLimiter, peer: IPv4Address = PEER, *, metered: bo
 @attrs.define
 class TestClientTLS:
     """
-    A TLS client for tests, with the knobs that a test needs and that a
-    verifying client (L{netd.tls.client.clientCreator}) does not have.
-
-    It does not check the server's name; with C{caFile} it checks the chain
-    and records why it failed in L{TLSTestConnection.verifyErrors}.  Its
-    connections share one context, so that a later one can resume an
-    earlier one's session: set L{session} (from L{TLSTestConnection.session})
-    before connecting again.
+    A TLS client for tests, with the knobs a verifying client
+    (L{netd.tls.client.clientCreator}) lacks: no name check, chain errors recorded
+    in L{TLSTestConnection.verifyErrors}, and one shared context so that a later
+    connection can resume the L{session} of an earlier one.
 
     @ivar serverName: sent as SNI (L{None}: no SNI).
     @ivar caFile: the CAs the server's chain is checked against; L{None}: not checked.

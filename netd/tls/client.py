@@ -46,11 +46,10 @@ def clientCreator(
     alpn: Sequence[str] = (),
 ) -> IOpenSSLClientConnectionCreator:
     """
-    The settings of a client connection that verifies its server: the chain
-    against C{caBundle} (or C{trustRoot}, or the system's CAs) and the name
-    C{serverName} (a DNS name, sent as SNI, or an IP address) with
-    service_identity, through L{optionsForClientTLS}.  A server that fails
-    either check is refused; L{describeTLSFailure} says why, for the log.
+    The settings of a client connection that verifies its server (the chain
+    against C{caBundle}, C{trustRoot} or the system's CAs, and the name
+    C{serverName} with service_identity, through L{optionsForClientTLS}); a
+    server that fails either check is refused, L{describeTLSFailure} says why.
 
     @param trustRoot: a trust root from L{loadTrustRoot}, to load a bundle
         once for many connections; do not give C{caBundle} too.

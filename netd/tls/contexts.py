@@ -224,16 +224,11 @@ class ServerTLS:
 
     def rotateSessionKeys(self) -> None:
         """
-        Serve new connections from new contexts of the same certificates,
-        which come with new random session-ticket keys and an empty session
-        cache: a ticket or session ID from before no longer resumes (that
-        client makes one full handshake), and a ticket key that leaks opens
-        at most one period of TLS 1.2 sessions.
-
-        pyOpenSSL has no call for OpenSSL's ticket keys or its key callback,
-        so the previous key cannot be kept to decrypt for one more period as
-        nginx or Go do; the period bounds the lifetime of a session instead.
-        Connections already open keep their contexts.
+        Serve new connections from new contexts of the same certificates, with new
+        random session-ticket keys and an empty session cache, so that a leaked
+        ticket key opens at most one period of TLS 1.2 sessions.  The previous key
+        cannot be kept (pyOpenSSL has no call for ticket keys; docs/tls.md, session
+        tickets); connections already open keep their contexts.
         """
         try:
             self._makeContexts()

@@ -1,30 +1,10 @@
 """
 Certificates for development and for testing clients, made with the
-C{cryptography} package.
-
-A I{development set} is a CA (which may vouch only for the names of
-L{DEVELOPMENT_PERMITTED}), a server certificate for C{localhost},
-C{127.0.0.1} and C{::1} signed by it, and a client certificate for mutual TLS
-signed by it.  C{certificate = "auto"} in a service's C{tls} table uses the set
-kept in the state directory's C{tls/} folder, made on first use and reused
-after (L{ensureDevelopmentSet}); C{netd certs} writes one where it is told.
-
-The I{bad} certificates (L{BAD_CERTIFICATES}, L{writeBadCertificates}) are
-server certificates with exactly one defect each, so that a test suite can
-prove its client refuses them, as badssl.com does on the public internet but
-on loopback.
-
-Layout of a certificate folder::
-
-    ca.pem  ca-key.pem                    the development CA
-    server.pem  server-key.pem            localhost, 127.0.0.1, ::1
-    client.pem  client-key.pem            CN "netd client", DNS client.netd.test
-    bad/NAME.pem  bad/NAME-key.pem        one per entry of BAD_CERTIFICATES
-
-Keys are written with mode 0600, every file in one step (a reader never sees
-half of one), and through the folder's descriptor: no symbolic link is
-followed to a file, so netd running as root cannot be led to write or read
-another one (see L{writeFileAt}).
+C{cryptography} package: the I{development set} (a name-constrained CA, a
+server and a client certificate) that C{certificate = "auto"} and C{netd
+certs} use, and the I{bad} certificates, one defect each, that a client must
+refuse.  Files are written whole, keys mode 0600, never through a symbolic
+link; docs/tls.md, "Design note: the development set on disk", tells why.
 """
 
 from __future__ import annotations
@@ -549,16 +529,10 @@ def _fits(leaf: KeyAndCertificate | None, ca: x509.Certificate | None, now: date
 
 def ensureDevelopmentSet(directory: str, *, keyType: KeyType = "ecdsa") -> tuple[DevelopmentSet, list[str]]:
     """
-    Make sure C{directory} holds a current development set, making only what
-    is missing, unreadable, expired (or about to), or no longer matches.
-
-    The CA is kept as long as it is current, so clients that trust it go on
-    trusting the server; the server and client certificates are made again
-    when they are not current, not signed by the CA, or of another key type
-    than C{keyType}.  A set that needs nothing is only read (the CA key is
-    not even opened), so a process that may not write the folder can check
-    it.  Files are read and written through the folder's descriptor, never
-    through a symbolic link (see L{openFolder}).
+    Make sure C{directory} holds a current development set, making only what is
+    missing, unreadable, expired (or about to), or no longer matches; the CA is
+    kept while current so that clients go on trusting it, and a set that needs
+    nothing is only read, so a process that may not write the folder can check it.
 
     @return: the set's files, and the paths of the files made now.
     """

@@ -69,20 +69,14 @@ Profile = Literal["modern", "intermediate", "old"]
 class TLSProfile:
     """
     One of Mozilla's server-side TLS configurations (guidelines 5.7,
-    U{https://ssl-config.mozilla.org/guidelines/5.7.json}), as netd applies it.
-
-    The DHE suites of Mozilla's intermediate and old lists are left out: they
-    need DH parameters, which netd does not set, so OpenSSL would never
-    choose them (Mozilla's later refresh drops them too).
+    U{https://ssl-config.mozilla.org/guidelines/5.7.json}), as netd applies it:
+    without the DHE suites, which netd sets no DH parameters for.
 
     @ivar minVersion: the oldest version served unless C{min_version} says otherwise.
     @ivar ciphers: the OpenSSL cipher list for TLS 1.2 and older, unless
-        C{ciphers} says otherwise; L{None} when the profile has none (TLS
-        1.3 only).
-    @ivar serverPreference: whether the server's order of suites wins over
-        the client's: only for "old", whose list mixes strong and weak
-        suites; the others hold only AEAD suites with forward secrecy, among
-        which the client knows best (ChaCha20 where it lacks AES hardware).
+        C{ciphers} says otherwise; L{None} when the profile has none (TLS 1.3 only).
+    @ivar serverPreference: whether the server's order of suites wins over the
+        client's: only for "old", whose list mixes strong and weak suites.
     """
 
     name: str

@@ -1,14 +1,6 @@
 """
-The C{dns-proxy} plugin: a caching DNS forwarder with static test records.
-
-Clients query it over UDP and TCP (and DNS over TLS when the service has TLS);
-it answers from its static records, from its cache, or by forwarding to its
-upstreams over UDP, TCP or DNS over TLS, unless a scripted answer says
-otherwise.  The wire-level hot paths are in L{wire} and L{cache}, the static
-records in L{records}, the scripted answers in L{scripts}, the upstream
-strings in L{upstream}, the ways to reach an upstream in L{transports},
-forwarding with failover and health checks in L{resolver}, the query path in
-L{handler}, and the tables the control API changes at runtime in L{tables}.
+The C{dns-proxy} plugin: a caching DNS forwarder with static test records,
+over UDP, TCP and DNS over TLS.  The README's design notes map its modules.
 """
 
 from __future__ import annotations

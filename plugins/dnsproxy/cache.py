@@ -120,17 +120,11 @@ def entrySize(key: CacheKey, body: bytes, opt: bytes) -> int:
 class AnswerCache:
     """
     A cache of wire answers bounded in entries and in bytes, that respects TTLs.
+    Each answer is kept once, without a trailing OPT record, which is appended for
+    the clients that sent one (RFC 6891, section 7).
 
-    A client gets an OPT record in its answer exactly when its query had one
-    (RFC 6891, section 7), whichever kind of client filled the cache: the
-    answer is kept without its OPT record when that is its last record, and
-    the record (or one of ours, payload size C{udpSize}, when the answer had
-    none) is appended for the clients that sent one.
-
-    @ivar evictions: how many entries were dropped to make room for others
-        (over C{maxEntries} or C{maxBytes}).
-    @ivar tooLarge: how many answers were not cached for being larger than
-        C{maxEntryBytes}.
+    @ivar evictions: entries dropped to make room (past C{maxEntries} or C{maxBytes}).
+    @ivar tooLarge: answers not cached for being larger than C{maxEntryBytes}.
     @ivar bytes: the bytes the entries are accounted for now (L{entrySize}).
     """
 

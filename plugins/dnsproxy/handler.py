@@ -1,21 +1,10 @@
 """
-The query path of the DNS proxy, shared by UDP and TCP (and DNS over TLS, which
-the core puts in front of TCP).
+The query path of the DNS proxy, shared by UDP, TCP and DNS over TLS: refusals,
+scripts, static records, the cache, then the upstreams.
 
-A query is answered, in this order, by: a refusal (access control, other
-opcodes, loops), a scripted answer (L{scripts}), the static records, the cache
-(wire bytes with ID and TTLs patched, no parsing), or the upstreams.  Identical
-queries in flight share one upstream query, which also keeps a forwarding loop
-from turning into a storm.
-
-The hot path is a cache hit for a plain query (one question, at most an OPT
-record), answered from the query's bytes before any object is built
-(L{DNSProxy._cacheHit}), with the same answer, counters and event as the
-whole path; every other query is parsed (L{parseQuery}) and goes the whole way.
-
-Each query answered or dropped is one C{"query"} event in the service's event
-log; the event holds values the query path already has, and is turned into
-JSON only when it is read (L{renderQuery}).
+A cache hit for a plain query is answered from the query's bytes
+(L{DNSProxy._cacheHit}), a fast twin of the whole path that a test holds to
+the same answers, counters and events.
 """
 
 from __future__ import annotations
@@ -578,16 +567,11 @@ class DNSProxy(Service):
         applied: Applied | None,
     ) -> bytes | Deferred[bytes]:
         """
-        Ask the upstreams, sharing the upstream query with identical ones in
-        flight: each query waits in its flight's list (L{inflight}), answered
-        when the upstream query lands (L{_landed}, L{_failed}).
-
-        A query past L{maxInflight} queries waiting, or past
-        L{maxInflightPerClient} from its client's address, gets REFUSED at
-        once (counted): REFUSED, not SERVFAIL, because a downstream resolver
-        caches a SERVFAIL as the name's failure (RFC 9520) where REFUSED only
-        sends it to another server, and the answer is no larger than the
-        query, so that a flood with forged sources gains nothing by it.
+        Ask the upstreams, sharing the upstream query with identical ones in flight
+        (L{inflight}; answered by L{_landed}, L{_failed}).  A query past
+        L{maxInflight}, or L{maxInflightPerClient} from its address, gets REFUSED at
+        once (counted): a downstream resolver takes REFUSED as "ask another server"
+        where it caches SERVFAIL as the name's failure (RFC 9520).
         """
         waiting = self.waitingByClient.get(host, 0)
         if self.waiting >= self.maxInflight or waiting >= self.maxInflightPerClient:

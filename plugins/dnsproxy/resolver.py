@@ -1,72 +1,12 @@
 """
 Forwarding to the upstreams: L{UpstreamResolver.resolve} takes a client's
-query as wire bytes and returns the upstream's answer as wire bytes; nothing
-is decoded beyond the header and the question.  How each attempt reaches its
-upstream (fresh IDs, the UDP socket pool and its changing ports, persistent
-TCP/TLS connections, answer matching) is
-L{netd_plugins.dnsproxy.transports}; this module decides which upstream is
-tried when, with which letter case, and keeps their health.
+query as wire bytes and returns the upstream's answer as wire bytes, with the
+client's ID and question put back byte for byte (the cache keys on it).
 
-The answer returned has the client's ID and the client's question, byte for
-byte, case included, whatever case went upstream: the cache keys on it.
-
-How a query is forwarded:
-
-  - Attempts go to the upstreams that are up, in config order (to all of
-    them, in config order, when none is up).  Each attempt has C{timeout}
-    seconds; a timeout, an error or a SERVFAIL/REFUSED answer moves on to the
-    next upstream.  A UDP answer with TC set is asked again over TCP.
-  - After a full pass, upstreams that I{timed out} (a lost UDP datagram, a
-    slow server) are tried again while the C{deadline} allows, and one whose
-    TCP/TLS connection was lost mid-query gets one more try on a new
-    connection; upstreams that failed outright (refused connection, failed
-    TLS) are not, so they cannot make a busy loop.  If some upstream answered
-    SERVFAIL or REFUSED and nothing better came, that answer is returned;
-    otherwise the query fails with L{UpstreamFailure}, at the latest at the
-    deadline.
-
-DNS 0x20 (C{randomizeCase}): a query to a UDP upstream goes with the letters
-of its name in a random case, and only an answer with that very case is
-accepted, which adds one bit per letter to what a forger must guess (the ID's
-16 and the port's).  An answer that differs in case alone
-(L{transports.CaseMismatch}, counted C{upstream_case_mismatches}) is not
-believed: it comes from an upstream that does not keep the case, or from a
-forger who guessed the port and the ID; the query is asked again of the same
-upstream over TCP (which nothing off the path can forge), again in a random
-case.  If the TCP answer has another case too, the upstream really does not
-keep it: that is logged once, counted (C{upstream_case_disabled}), and its UDP
-queries go in the client's case, matched without regard to case, for
-L{CASE_RECHECK} seconds, then 0x20 is tried again.  A forger cannot make this
-happen: the TCP answer decides, and it cannot be forged off the path.  TCP and
-TLS queries go in the client's case (their answers cannot be forged off the
-path, and an upstream that changes the case does no harm there).
-
-Health, as CoreDNS C{forward} does it: an upstream is I{down} after
-C{maxFails} consecutive timeouts or errors (C{maxFails} 0: never); any
-answer, whatever its rcode, resets the count, because it proves the upstream
-reachable (a SERVFAIL for one broken zone does not make a resolver dead).
-Every C{healthInterval} seconds each down upstream is sent C{. IN NS} over its
-own transport; any well-formed answer brings it back up.
-
-Counters: C{upstream_queries} (attempts sent, TC retries included),
-C{upstream_answers} (accepted answers, any rcode), C{upstream_timeouts},
-C{upstream_failures} (errors: refused or lost connections, failed TLS, send
-errors), C{upstream_error_answers} (SERVFAIL/REFUSED answers that caused a
-failover), C{upstream_truncated} (TC answers retried over TCP),
-C{upstream_spoofed_dropped} (counted by the transports),
-C{upstream_case_mismatches}, C{upstream_case_disabled} (0x20, above),
-C{upstream_udp_sockets_opened}, C{upstream_udp_socket_errors} (the UDP pool
-opening sockets on new ports, and failing to), C{upstream_busy} (queries that
-found no room at an upstream: every TCP/TLS connection full, or no query ID
-free; they fail at once and move on), C{upstream_probes},
-C{upstream_marked_down}, C{upstream_loops_detected}; and the histogram
-C{upstream_latency_seconds} of the time from sending an attempt to accepting
-its answer (a TC retry over TCP included).
-
-L{UpstreamResolver.isLooped} tells the handler whether a query it received
-is one of the resolver's own upstream queries come back (same ID and
-question as one outstanding), so that a forwarding loop is refused at once
-instead of being forwarded again.
+This module decides which upstream is tried when, in which letter case (DNS
+0x20), and keeps their health; L{netd_plugins.dnsproxy.transports} carries
+each attempt.  The rules and the counters are in the plugin's README,
+"Design notes".
 """
 
 from __future__ import annotations
@@ -259,16 +199,12 @@ class UpstreamResolver(Service):
         @param timeout: seconds each attempt waits for its answer.
         @param deadline: seconds a whole resolve may take.
         @param maxFails: consecutive failures that mark an upstream down; 0 never does.
-        @param healthInterval: seconds between probes of down upstreams; 0 turns probing off.
-        @param caBundle: a PEM file of the CA certificates TLS upstreams are
-            checked against; L{None} for the system's.
+        @param healthInterval: seconds between probes of down upstreams; 0: no probes.
+        @param caBundle: a PEM file of the CAs for TLS upstreams; L{None}: the system's.
         @param udpSockets: UDP sockets per local interface.
-        @param udpPortQueries: queries a UDP socket sends before a socket on
-            a new port takes its place.
-        @param udpPortLifetime: seconds a UDP socket takes new queries
-            before a socket on a new port takes its place.
-        @param randomizeCase: whether queries to UDP upstreams go with the
-            case of their name's letters randomised (DNS 0x20).
+        @param udpPortQueries: queries a UDP socket sends before a new port replaces it.
+        @param udpPortLifetime: seconds a UDP socket takes queries before a new port replaces it.
+        @param randomizeCase: whether queries to UDP upstreams use DNS 0x20.
         @param streamConnections: connections open at most to one TCP or TLS upstream.
         @param streamPipeline: queries in flight at most on one TCP or TLS connection.
         @param idleTimeout: seconds an unused TCP/TLS connection stays open.
@@ -516,26 +452,16 @@ class UpstreamResolver(Service):
 
 class _Resolution:
     """
-    One query being forwarded: the upstreams tried in turn, as the module
-    docstring says, driven by the answer or failure of each attempt (as
-    callbacks: as a coroutine, the Deferred machinery around it cost a third or
-    more of forwarding a query).
+    One query being forwarded, attempt after attempt, as plain callbacks with a
+    delayed call per attempt for its timeout (cheaper than a coroutine: README).
 
-    Each attempt is timed by one delayed call of its own rather than
-    L{Deferred.addTimeout}, and the resolution is the attempt's only
-    callback: the fewer objects a query keeps while it waits upstream, the
-    less the garbage collector has to walk (with hundreds of queries waiting,
-    its collections took about a third of the CPU of forwarding).
-
-    @ivar deferred: fires with the answer (the client's ID put back) and the
-        upstream it came from, or fails with L{UpstreamFailure}; cancelling it
-        abandons the attempt in progress.
-    @ivar attempt: the attempt waiting for its answer, if one is.
-    @ivar timer: the timeout of that attempt.
-    @ivar timedOut: whether the attempt is being cancelled for its timeout.
+    @ivar deferred: fires with the answer (the client's ID put back) and its
+        upstream, or fails with L{UpstreamFailure}; cancelling it abandons the attempt.
+    @ivar attempt: the attempt waiting for its answer, if one is; L{timer} its
+        timeout, L{timedOut} whether it is being cancelled for it.
     @ivar sentName: the question's name as the attempt sent it.
-    @ivar caseCheck: whether the attempt is the TCP query after an answer in
-        another case, whose own case tells whether the upstream keeps it.
+    @ivar caseCheck: whether the attempt is the TCP query that tells, by its
+        answer's case, whether the upstream keeps the case.
     """
 
     def __init__(self, resolver: UpstreamResolver, query: bytes, question: Question) -> None:

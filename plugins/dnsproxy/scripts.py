@@ -1,15 +1,9 @@
 """
 Scripted answers: the dns-proxy misbehaving on purpose, per name, so that a
-client's tests can see how it copes with an rcode, a truncated answer, a slow
-answer, no answer, or a forged answer arriving first.
-
-A script entry (L{Script}) names the queries it acts on (a name or wildcard,
-and optionally a query type) and what it does to them; its schedule keys
-(L{netd.faults.schedule.Scheduled}: C{first}, C{every}, C{probability},
-C{seed}) count only the queries it matches.  L{ScriptBook} holds a service's
-entries with their running schedules and finds the entry that decides a
-query: the first one that matches it and whose schedule applies.  The query
-path (L{netd_plugins.dnsproxy.handler}) carries the actions out.
+client's tests see how it copes with an rcode, a truncated, slow or missing
+answer, or a forged one arriving first.  L{Script} is one entry, whose
+schedule counts only the queries it matches; L{ScriptBook} finds the entry
+that decides a query; the handler carries the actions out.
 """
 
 from __future__ import annotations

@@ -1,40 +1,9 @@
 """
 The ways to reach an upstream: a pool of UDP sockets on ports that keep
-changing (L{UDPPool}), and persistent TCP or TLS connections per stream
-upstream (L{StreamUpstream}).
-
-Both do what keeps forged answers out (RFC 5452): each query goes out with a
-fresh random ID (the client's is put back by the resolver), never one already
-outstanding on the same socket or connection, and an answer is accepted only
-if it carries an outstanding ID and the query's question, and over UDP comes
-from the address queried.  Anything else is dropped and counted
-(C{upstream_spoofed_dropped}).
-
-Over UDP a query leaves from a random socket of a pool of C{udpSockets} per
-local interface, each bound to a port the kernel picks at random (Linux
-draws UDP ports uniformly from C{net.ipv4.ip_local_port_range}, 28,232 ports
-by default: about 14.8 bits).  A socket takes at most C{udpPortQueries}
-queries and only for C{udpPortLifetime} seconds; then a socket on a new
-random port takes its place, and the old one closes once its last query is
-answered or given up, so a port an attacker may have learnt soon stops
-mattering.  The resolver may send the question's name with its letters in a
-random case (DNS 0x20); such a query accepts only an answer whose question
-has the very same case, and one that differs in case alone fails the attempt
-with L{CaseMismatch} (the resolver then asks again over TCP).
-
-Stream connections are opened on demand, each pipelining at most the
-resolver's C{streamPipeline} queries, at most C{streamConnections} per
-upstream, and each is closed after the resolver's C{idleTimeout} seconds with
-nothing outstanding.  No loop waits for a free query ID: L{ID_DRAWS} random
-draws at most, then the query fails at once with L{UpstreamBusy} (or, over
-UDP, goes from a new socket).
-
-Every query out is also entered in the resolver's L{Outstanding}, so that a
-query of ours that comes back to the service is recognised as a loop.
-
-A query that cannot be sent, or whose connection is lost, fails with
-L{AttemptError}; answering in time is the resolver's affair
-(L{netd_plugins.dnsproxy.resolver}).
+changing (L{UDPPool}), and persistent, pipelined TCP or TLS connections
+(L{StreamUpstream}).  Both give each query a fresh random ID and accept only
+an answer with an outstanding ID and the query's question (RFC 5452), so that
+forged answers are dropped; the README's design notes tell the figures.
 """
 
 from __future__ import annotations

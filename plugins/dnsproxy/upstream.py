@@ -30,18 +30,13 @@ The port of each transport when an upstream string gives none.
 @attrs.frozen
 class Upstream:
     """
-    One upstream resolver, as configured.
-
-    The config word C{system} decodes to a placeholder with C{isSystem} set
-    (see L{SYSTEM}), which L{expandUpstreams} replaces with the nameservers of
-    C{/etc/resolv.conf}; every other instance is a real upstream.
+    One upstream resolver, as configured; the config word C{system} decodes to a
+    placeholder (L{SYSTEM}, C{isSystem} set) that L{expandUpstreams} replaces with
+    the nameservers of C{/etc/resolv.conf}.
 
     @ivar transport: C{udp}, C{tcp} or C{tls} (DNS over TLS, RFC 7858).
-    @ivar host: the upstream's IP address (v4 or v6), in canonical form.
-    @ivar port: the upstream's port.
-    @ivar serverName: for C{tls}, the name the upstream's certificate must
-        carry; L{None} for the others.
-    @ivar isSystem: whether this is the C{system} placeholder.
+    @ivar host: the upstream's IP address (v4 or v6), in canonical form; L{port} its port.
+    @ivar serverName: for C{tls}, the name its certificate must carry; L{None} for the others.
     """
 
     transport: Transport

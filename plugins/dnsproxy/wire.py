@@ -1,15 +1,9 @@
 """
-DNS messages at the wire level: just enough parsing for the proxy's hot paths.
-
-The proxy never fully decodes a message it only forwards or serves from cache:
-it reads the header and the question, finds the OPT record, and records where
-the TTLs are, so that a cached answer can be sent again with its ID, question
-case, RD bit and TTLs patched in place.  twisted.names builds the messages the
-proxy makes itself (static records, errors) and is the reference in the tests.
-
-Every function here treats its input as hostile: anything malformed raises
-L{WireError} (never IndexError or struct.error), and no length read from the
-message is trusted before it is checked against the message's real size.
+DNS messages at the wire level: just enough parsing for the proxy's hot paths
+(header, question, OPT record, where the TTLs are), so that forwarded and
+cached answers are patched in place, never decoded.  Every function treats its
+input as hostile: anything malformed raises L{WireError}, and no length read
+from a message is trusted before it is checked against the message's size.
 """
 
 from __future__ import annotations
@@ -159,16 +153,12 @@ class AnswerInfo:
     @ivar truncated: whether TC is set.
     @ivar ttlOffsets: where the 4-byte TTL of every record of the answer,
         authority and additional sections is (the OPT record excluded).
-    @ivar ttls: those TTLs, in the same order; a TTL with its top bit set
-        counts as 0 (RFC 2181, section 8).
+    @ivar ttls: those TTLs; one with its top bit set counts as 0 (RFC 2181, 8).
     @ivar answerCount: the number of records in the answer section.
-    @ivar negativeTTL: for NXDOMAIN, or NOERROR with no answer records
-        (NODATA), how long the answer may be cached (RFC 2308): the smaller of
-        the TTL of the authority section's SOA record and that record's
-        MINIMUM field; C{None} for other answers or with no SOA.
+    @ivar negativeTTL: for NXDOMAIN or NODATA, how long it may be cached (RFC
+        2308): the smaller of the SOA's TTL and its MINIMUM; C{None} otherwise.
     @ivar questionEnd: the offset just past the question section.
-    @ivar ednsRcode: the upper 8 bits of the extended rcode, from the OPT
-        record (0 without one); not 0 means an EDNS-level error such as BADVERS.
+    @ivar ednsRcode: the OPT record's upper 8 rcode bits (not 0: e.g. BADVERS).
     @ivar optOffset: where the OPT record starts, if there is one.
     @ivar optEnd: the offset just past the OPT record, if there is one.
     """
@@ -453,20 +443,9 @@ def quickQuestion(data: bytes) -> tuple[tuple[bytes, int, int, int, bytes], int,
     """
     The cache key (as L{cache.cacheKey} makes it) of a plain query, where its
     question ends, and whether it has an OPT record, read without building any
-    object; L{None} for anything else, which the caller reads with
-    L{parseQuery}.
-
-    A plain query is a standard query (QR clear, opcode 0) of one question and
-    no other record, or one question and an OPT record of EDNS version 0
-    ending the message (another version gets BADVERS on the whole path).
-    Without the OPT record the name is taken to fill the message up to its
-    type and class, and is not checked: the key is only good for finding an
-    answer in the cache, which holds only names that L{parseQuestion} read,
-    so that a key found there proves the name whole (lowercasing leaves
-    length bytes, all below 64, as they are, so the query's name has the
-    found name's labels) and the result the same as L{parseQuery}'s.  With the
-    OPT record, the name is checked as L{parseQuestion} checks it, to find
-    where the record starts.
+    object; L{None} for anything else, which the caller reads with L{parseQuery}.
+    Without an OPT record the name is not checked: a key found in the cache
+    proves it whole (the argument is in the README's design notes).
     """
     if data[4:10] != _ONE_QUESTION or data[2] & _QR_OR_OPCODE:
         return None

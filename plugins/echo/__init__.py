@@ -1,19 +1,10 @@
 """
-Echo (RFC 862): every frame or datagram is sent back to where it came from.
+Echo (RFC 862): every frame or datagram is sent back to where it came from,
+re-encoded in the service's framing (C{raw}: the bytes as they came).
 
-Over streams it works with every framing: with C{raw} the bytes go back as they
-came, with any other framing each frame goes back re-encoded.  The core's flow
-control keeps a client that sends without reading from making netd buffer
-without bound.
-
-Over UDP an echo is a reflector: a datagram with a forged source makes it send
-to a victim, and two echoes (or an echo and a chargen, a DNS server, ...) can
-be made to answer each other for ever.  So a datagram is echoed only from a
-source port of C{min_source_port} or above (services listen below 1024,
-clients send from above), never from a port netd itself listens on (the core
-drops those, L{netd.datagram.listener}), and within C{rate} datagrams a second per
-source address (L{netd.datagram.listener.SourceRateLimit}); the others are dropped,
-counted and logged at a bounded rate.
+Over UDP an echo is a reflector, so a datagram is echoed only from a source
+port of C{min_source_port} or above and within C{rate} a second per source
+address (L{netd.datagram.listener.SourceRateLimit}); the README tells why.
 """
 
 from __future__ import annotations
