@@ -28,7 +28,7 @@ from netd.faults.active import ServiceFaults
 from netd.faults.stream import ConnectionFaults, faultsChanged, openFaults, resetTransport
 from netd.metrics import Counters
 from netd.stream.proxyheader import describePeer
-from netd.reactors.epoll import IMeteredTransport
+from netd.reactors.shared import IMeteredTransport
 from netd.reactors.rlimits import BoundedWarning, IOutOfDescriptors
 from netd.tls.server import TLSServerProtocol
 from netd.words import counted

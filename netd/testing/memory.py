@@ -40,7 +40,7 @@ from netd.interfaces import IDatagramSender, IStreamHandler
 from netd.stream.guard import ConnectionLimiter, GuardedConnection
 from netd.metrics import Counters
 from netd.config.options import ConfigError, Problem, convert
-from netd.reactors.epoll import IMeteredTransport
+from netd.reactors.shared import IMeteredTransport
 from netd.tls.server import ServerTLS, TLSOptions, TLSServerFactory, TLSVersion
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)

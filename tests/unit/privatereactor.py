@@ -69,7 +69,7 @@ def privateUvloopReactor() -> Iterator[UvloopReactor]:
         reader.connectionLost(None)
     for call in made.getDelayedCalls():
         call.cancel()
-    made._asyncioEventloop.close()
+    made.asyncioLoop.close()
 
 
 REACTORS = {"netd": privateReactor, "uvloop": privateUvloopReactor}
@@ -116,7 +116,7 @@ def turn(reactor: Any) -> None:
     if not isinstance(reactor, UvloopReactor):
         reactor.iterate(0.01)
         return
-    loop = reactor._asyncioEventloop
+    loop = reactor.asyncioLoop
     select.select([loop._get_backend_id()], [], [], 0.01)  # type: ignore[attr-defined]
     loop.call_soon(loop.stop)
     loop.run_forever()

@@ -30,7 +30,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netd.tls.devcerts import ensureDevelopmentSet
-from netd.reactors.epoll import IMeteredTransport, NetdReactor, installReactor
+from netd.reactors.choice import installReactor
+from netd.reactors.epoll import NetdReactor
+from netd.reactors.shared import IMeteredTransport
 from netd.reactors.rlimits import IOutOfDescriptors
 from netd.testing.memory import makeStreamStack, unavailable
 from netd.reactors.uv import StreamConnection
@@ -894,7 +896,7 @@ def test_installReactorInstalls(environment: dict[str, str], expected: str) -> N
     script = (
         "import sys, netd.daemon.cli\n"
         "assert 'twisted.internet.reactor' not in sys.modules, 'importing netd.daemon.cli installed a reactor'\n"
-        "from netd.reactors.epoll import installReactor\n"
+        "from netd.reactors.choice import installReactor\n"
         "installReactor()\n"
         "from twisted.internet import reactor\n"
         "print(type(reactor).__name__)\n"
@@ -995,7 +997,7 @@ def test_twistedsReactorListensWithAcceptingPorts() -> None:
     from twisted.internet import tcp
     from twisted.internet.testing import MemoryReactor
 
-    from netd.reactors.epoll import AcceptingPort, acceptGuarded
+    from netd.reactors.accepting import AcceptingPort, acceptGuarded
 
     twisted = EPollReactor()
     try:

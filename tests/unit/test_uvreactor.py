@@ -224,8 +224,8 @@ def test_asyncioErrorsGoToNetdsLog(uvloopReactor: UvloopReactor) -> None:
         try:
             raise OSError(24, "Too many open files")
         except OSError as error:
-            uvloopReactor._asyncioEventloop.call_exception_handler({"message": "accept failed", "exception": error, "fd": 7})
-        uvloopReactor._asyncioEventloop.call_exception_handler({"message": "no exception here"})
+            uvloopReactor.asyncioLoop.call_exception_handler({"message": "accept failed", "exception": error, "fd": 7})
+        uvloopReactor.asyncioLoop.call_exception_handler({"message": "no exception here"})
     finally:
         globalLogPublisher.removeObserver(events.append)
     ours = [event for event in events if event.get("log_namespace") == "netd.reactors.uv"]
