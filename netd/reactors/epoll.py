@@ -583,7 +583,7 @@ def _check() -> None:
     _connectionPrivates()
     requireNames(tcp.Server, "_addressType readConnectionLost getHost setTcpNoDelay", "twisted's tcp.Server")
     requireNames(tcp.Port, TCP_PORT_PRIVATES, "twisted's tcp.Port")
-    requireNames(tcp.Connector, "_makeTransport", "twisted's tcp.Connector")
+    require("_makeTransport" in vars(tcp.Connector), "tcp.Connector to make its transport with _makeTransport")
 
 
 CANARY = Canary("epoll reactor", _check, "netd runs on Twisted's default reactor instead")

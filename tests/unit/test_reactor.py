@@ -39,7 +39,7 @@ from netd.reactors.uv import StreamConnection
 from netd.tls.server import TLSOptions
 from plugins.echo import EchoHandler
 
-from .privatereactor import WAIT, Reactor, netdReactor, reactor, spin, turn  # noqa: F401
+from .privatereactor import WAIT, Reactor, netdReactor, onEveryPath, reactor, spin, turn  # noqa: F401
 
 
 class Recorder(Protocol):
@@ -238,6 +238,7 @@ def test_writeRefusesText(reactor: Reactor) -> None:
     assert accepted.client.recv(100) == b"bytes"
 
 
+@onEveryPath
 def test_partialSendQueuesTheRestInOrder(reactor: Reactor) -> None:
     """
     What the kernel does not take is queued, a later write queues behind it, and the peer gets all of it in order.
@@ -269,6 +270,7 @@ class PushProducer:
         self.events.append("stop")
 
 
+@onEveryPath
 def test_producerPausedOverBufferSizeAndResumed(reactor: Reactor) -> None:
     """
     A streaming producer is paused once more than bufferSize is queued, and resumed once the queue drains.
@@ -282,6 +284,7 @@ def test_producerPausedOverBufferSizeAndResumed(reactor: Reactor) -> None:
     spin(reactor, lambda: producer.events == ["pause", "resume"])
 
 
+@onEveryPath
 def test_pullProducerAskedAgain(reactor: Reactor) -> None:
     """
     A pull producer's writes go through the queue, so that it is asked for more each time the queue drains.
@@ -301,6 +304,7 @@ def test_pullProducerAskedAgain(reactor: Reactor) -> None:
     assert drain(reactor, accepted.client, 18) == b"first second third"
 
 
+@onEveryPath
 def test_loseConnectionFlushesThenCloses(reactor: Reactor) -> None:
     """
     loseConnection closes only once what is queued is written; the protocol then loses the connection cleanly, once.
@@ -315,6 +319,7 @@ def test_loseConnectionFlushesThenCloses(reactor: Reactor) -> None:
     assert accepted.protocol.lost[0].check(ConnectionDone)
 
 
+@onEveryPath
 def test_writeWhileClosingIsQueuedBehind(reactor: Reactor) -> None:
     """
     A write made after loseConnection, before the close, is not sent ahead of what is queued but after it, as Twisted does.
@@ -326,6 +331,7 @@ def test_writeWhileClosingIsQueuedBehind(reactor: Reactor) -> None:
     assert untilEOF(reactor, accepted.client) == b"first last"
 
 
+@onEveryPath
 def test_writesAfterCloseIgnored(reactor: Reactor) -> None:
     """
     Once the connection is lost, writes are dropped without an error.
@@ -338,6 +344,7 @@ def test_writesAfterCloseIgnored(reactor: Reactor) -> None:
     assert untilEOF(reactor, accepted.client) == b""
 
 
+@onEveryPath
 def test_abortConnectionDropsQueue(reactor: Reactor) -> None:
     """
     abortConnection drops what is queued, resets the connection and loses it with ConnectionAborted; later writes send nothing.
@@ -359,6 +366,7 @@ def test_abortConnectionDropsQueue(reactor: Reactor) -> None:
     assert b"after abort" not in received
 
 
+@onEveryPath
 def test_writeAfterAbortSendsNothing(reactor: Reactor) -> None:
     """
     A write made between abortConnection and the loss of the connection is not sent, even with nothing queued.
@@ -372,6 +380,7 @@ def test_writeAfterAbortSendsNothing(reactor: Reactor) -> None:
         accepted.client.recv(100)
 
 
+@onEveryPath
 def test_peerResetDuringWrite(reactor: Reactor) -> None:
     """
     A write to a peer that reset the connection raises nothing; the protocol loses the connection with ConnectionLost, once.
@@ -388,6 +397,7 @@ def test_peerResetDuringWrite(reactor: Reactor) -> None:
     assert accepted.protocol.lost[0].check(ConnectionLost)
 
 
+@onEveryPath
 def test_peerResetWhileIdle(reactor: Reactor) -> None:
     """
     A peer that resets an idle connection has it lost with ConnectionLost, once.
@@ -401,6 +411,7 @@ def test_peerResetWhileIdle(reactor: Reactor) -> None:
     assert len(accepted.protocol.lost) == 1 and accepted.protocol.lost[0].check(ConnectionLost)
 
 
+@onEveryPath
 def test_loseWriteConnectionHalfCloses(reactor: Reactor) -> None:
     """
     loseWriteConnection sends what is written then EOF, tells the protocol its writing side is shut, and keeps reading.
@@ -417,6 +428,7 @@ def test_loseWriteConnectionHalfCloses(reactor: Reactor) -> None:
     assert accepted.protocol.lost == []
 
 
+@onEveryPath
 def test_peerHalfCloseReadsThenAnswers(reactor: Reactor) -> None:
     """
     A peer that shuts its sending side is reported as readConnectionLost, and what the protocol writes then still reaches it.
@@ -442,6 +454,7 @@ class Exploding(Recorder):
         self.transport.write(data)  # type: ignore[union-attr]
 
 
+@onEveryPath
 def test_exceptionInDataReceivedClosesThatConnectionOnly(reactor: Reactor) -> None:
     """
     An exception raised by a protocol's dataReceived is logged, labelled with the connection, and loses that connection; other connections go on.
@@ -468,6 +481,7 @@ def test_exceptionInDataReceivedClosesThatConnectionOnly(reactor: Reactor) -> No
     assert drain(reactor, fine.client, 12) == b"still served"
 
 
+@onEveryPath
 def test_tlsEchoThroughTheTransport(reactor: Reactor, tmp_path: Path) -> None:
     """
     netd's TLS echo stack (limits, TLS, framing, echo) serves a real TLS client through the transport, a MiB each way.
@@ -512,6 +526,7 @@ def test_tlsEchoThroughTheTransport(reactor: Reactor, tmp_path: Path) -> None:
     client.close()
 
 
+@onEveryPath
 def test_writeAfterQuietLoseConnectionIsSentThenCloses(reactor: Reactor) -> None:
     """
     A write made after a loseConnection that had nothing to flush is still sent, then the connection closes, as on Twisted's transports.
@@ -524,6 +539,7 @@ def test_writeAfterQuietLoseConnectionIsSentThenCloses(reactor: Reactor) -> None
     assert len(accepted.protocol.lost) == 1 and accepted.protocol.lost[0].check(ConnectionDone)
 
 
+@onEveryPath
 def test_abortAfterQuietLoseConnection(reactor: Reactor) -> None:
     """
     abortConnection after a loseConnection that was left to the reactor loses the connection once, aborted.
@@ -536,6 +552,7 @@ def test_abortAfterQuietLoseConnection(reactor: Reactor) -> None:
     assert len(accepted.protocol.lost) == 1 and accepted.protocol.lost[0].check(ConnectionAborted)
 
 
+@onEveryPath
 def test_shutdownLosesConnectionsAndPorts(reactor: Reactor) -> None:
     """
     At shutdown (disconnectAll), every open connection's protocol is told ConnectionLost at once, its client sees the connection end, and a port still listening stops and refuses new connections.
@@ -558,6 +575,7 @@ def test_shutdownLosesConnectionsAndPorts(reactor: Reactor) -> None:
         socket.create_connection(address, timeout=WAIT)
 
 
+@onEveryPath
 def test_peerEOFWithoutHalfCloseLosesConnection(reactor: Reactor) -> None:
     """
     A protocol that does not take half-closes loses the connection, cleanly, when the peer shuts its side.
@@ -569,6 +587,7 @@ def test_peerEOFWithoutHalfCloseLosesConnection(reactor: Reactor) -> None:
     assert untilEOF(reactor, accepted.client) == b""
 
 
+@onEveryPath
 def test_readConnectionLostErrorLosesConnection(reactor: Reactor) -> None:
     """
     An exception from a half-closeable protocol's readConnectionLost is logged and loses the connection.
@@ -622,6 +641,7 @@ def test_addressesOfAcceptedConnection(reactor: Reactor) -> None:
     assert accepted.transport.getHost() is host
 
 
+@onEveryPath
 @pytest.mark.parametrize(("interface", "connectTo"), [("", "127.0.0.1"), ("0.0.0.0", "127.0.0.2"), ("::", "::1"), ("::1", "::1")])
 def test_localAddressOfEachConnection(reactor: Reactor, interface: str, connectTo: str) -> None:
     """
@@ -649,6 +669,7 @@ def test_localAddressOfEachConnection(reactor: Reactor, interface: str, connectT
     port.stopListening()
 
 
+@onEveryPath
 def test_logPrefixAndDescription(reactor: Reactor) -> None:
     """
     A connection's log prefix and description read as Twisted's (protocol, session number, peer; protocol, session, port), made when asked for.
@@ -659,6 +680,7 @@ def test_logPrefixAndDescription(reactor: Reactor) -> None:
     assert repr(transport) == f"<Recorder #{transport.sessionno} on {transport.getHost().port}>"
 
 
+@onEveryPath
 def test_burstOfConnectionsAllAccepted(reactor: Reactor) -> None:
     """
     Connections that arrive together are all accepted, in as few turns as there are bursts, each with its own session number.
@@ -679,6 +701,7 @@ def test_burstOfConnectionsAllAccepted(reactor: Reactor) -> None:
     port.stopListening()
 
 
+@onEveryPath
 def test_refusedConnectionIsClosed(reactor: Reactor) -> None:
     """
     A connection the factory refuses (buildProtocol returns None) is closed, and the next one is still accepted.
@@ -699,6 +722,7 @@ def test_refusedConnectionIsClosed(reactor: Reactor) -> None:
     port.stopListening()
 
 
+@onEveryPath
 def test_closedFromConnectionMade(reactor: Reactor) -> None:
     """
     A protocol that writes and loses the connection as soon as it is made (as a refusal does) is sent what it wrote, never reads, and loses the connection cleanly.
