@@ -58,8 +58,8 @@ class AcceptingPort(tcp.Port):
         Listen, and note what the accepting loop needs of the socket.
         """
         super().startListening()
-        listening = self.socket
-        self._acceptFrom = (listening._accept, int(listening.family), int(listening.type), listening.proto)  # type: ignore[union-attr]
+        listening: Any = self.socket
+        self._acceptFrom = (listening._accept, int(listening.family), int(listening.type), listening.proto)
 
     def doRead(self) -> None:
         """
@@ -119,7 +119,8 @@ class AcceptingPort(tcp.Port):
         """
         self._pauseLength = nextPause(self._pauseLength)
         self.stopReading()
-        self._acceptPause = self.reactor.callLater(self._pauseLength, self._resumeAccepting)  # type: ignore[attr-defined]
+        clock: Any = self.reactor
+        self._acceptPause = clock.callLater(self._pauseLength, self._resumeAccepting)
         reportOutOfDescriptors(self.factory, error)
 
     def _resumeAccepting(self) -> None:
@@ -185,12 +186,12 @@ def _check() -> None:
     """
     requireNames(tcp.Port, "_addressType sessionno transport startListening connectionLost", "twisted's tcp.Port")
     require("numberAccepts" in tcp.Port.startListening.__code__.co_names, "tcp.Port.startListening to set numberAccepts")
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener: Any = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         with socket.create_connection(listener.getsockname(), timeout=1):
-            fd, addr = listener._accept()  # type: ignore[attr-defined]
+            fd, addr = listener._accept()
             socket.close(fd)
         require(isinstance(fd, int) and isinstance(addr, tuple) and len(addr) == 2, "socket._accept() -> (fd, address)")
     finally:

@@ -13,8 +13,11 @@ failed and the fallback taken, and netd serves on the public path.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
+from zope.interface import implementer
 
 _log = Logger(namespace="netd.reactors.canary")
 
@@ -81,3 +84,49 @@ class Canary:
             else:
                 self._alive = True
         return self._alive
+
+
+@implementer(IReactorFDSet)
+class UnwatchedReactor:
+    """
+    The reactor of the transports and ports a check makes: it watches
+    nothing, as the check reads and writes them by hand.
+    """
+
+    def addReader(self, reader: Any) -> None:
+        """
+        Watch nothing.
+        """
+
+    def removeReader(self, reader: Any) -> None:
+        """
+        Watch nothing.
+        """
+
+    def addWriter(self, writer: Any) -> None:
+        """
+        Watch nothing.
+        """
+
+    def removeWriter(self, writer: Any) -> None:
+        """
+        Watch nothing.
+        """
+
+    def removeAll(self) -> list[Any]:
+        """
+        Nothing was watched.
+        """
+        return []
+
+    def getReaders(self) -> list[Any]:
+        """
+        Nothing is watched.
+        """
+        return []
+
+    def getWriters(self) -> list[Any]:
+        """
+        Nothing is watched.
+        """
+        return []

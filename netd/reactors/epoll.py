@@ -58,7 +58,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netd.reactors.accepting import AcceptingPort
-from netd.reactors.canary import Canary, require, requireNames
+from netd.reactors.canary import Canary, UnwatchedReactor, require, requireNames
 from netd.reactors.shared import TCP_PORT_PRIVATES, IMeteredTransport, INetdReactor, ServesTCPPorts
 
 if sys.platform == "linux":
@@ -273,7 +273,8 @@ class Server(SendAtOnce, tcp.Server):
         As Twisted's: C{<Protocol #session on port>}.
         """
         protocol = getattr(self, "protocol", None)
-        port = self.server.getHost().port if self.server is not None else self.client[1]
+        server: Any = self.server
+        port = server.listeningHost.port if server is not None else self.client[1]
         return f"<{protocol.__class__.__name__} #{self.sessionno} on {port}>"
 
     def getPeer(self) -> Any:
@@ -381,6 +382,9 @@ class Port(AcceptingPort):
     send.  On Linux the option is set once, on the listening socket, which
     every connection it accepts inherits.
 
+    @ivar listeningHost: the address listened on (its port what the kernel
+        chose for port 0), which names the port in its connections'
+        descriptions, even once it has stopped.
     @ivar connectionHost: the local address of every connection accepted,
         when the port is bound to one address (L{None} on a wildcard one).
     @ivar noDelay: whether the connections accepted have C{TCP_NODELAY} on
@@ -388,6 +392,7 @@ class Port(AcceptingPort):
     """
 
     transport = Server
+    listeningHost: Any = None
     connectionHost: Any = None
     noDelay = False
 
@@ -399,7 +404,7 @@ class Port(AcceptingPort):
         if sys.platform == "linux":
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.noDelay = True
-        host = self.getHost()
+        host = self.listeningHost = self.getHost()
         if host.host not in ("0.0.0.0", "::"):
             self.connectionHost = host
 
@@ -556,9 +561,7 @@ def _connectionPrivates() -> None:
     """
     The state a fresh C{tcp.Connection} has that L{SendAtOnce} and L{Server} read and write.
     """
-    from twisted.internet.task import Clock
-
-    made = tcp.Connection(socket.socket(), Protocol(), Clock())
+    made = tcp.Connection(socket.socket(), Protocol(), UnwatchedReactor())
     try:
         for name, value in (("_tempDataLen", 0), ("dataBuffer", b""), ("_writeDisconnecting", False), ("_writeDisconnected", False), ("_aborting", False), ("TLS", False), ("producer", None), ("streamingProducer", False)):
             require(getattr(made, name, Ellipsis) == value, f"tcp.Connection().{name} == {value!r}")

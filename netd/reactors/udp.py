@@ -33,12 +33,12 @@ from errno import EAGAIN, ECONNREFUSED, EINTR, EWOULDBLOCK
 from typing import Any
 
 from twisted.internet import udp
-from twisted.internet.interfaces import IReactorFDSet, IUDPTransport
+from twisted.internet.interfaces import IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.python import log
 from zope.interface import Interface, implementer
 
-from netd.reactors.canary import Canary, require, requireNames
+from netd.reactors.canary import Canary, UnwatchedReactor, require, requireNames
 
 BATCH = 64
 """
@@ -437,34 +437,12 @@ class BatchingCanaryProbe(DatagramProtocol):
         self.refused: list[OSError] = []
 
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
-        self.transport.send(datagram, addr)  # type: ignore[union-attr]
+        port = self.transport
+        assert isinstance(port, BatchingPort)
+        port.send(datagram, addr)
 
     def datagramNotSent(self, error: OSError) -> None:
         self.refused.append(error)
-
-
-@implementer(IReactorFDSet)
-class _Unwatched:
-    """
-    The canary's reactor: the port is read by hand, never watched.
-    """
-
-    def addReader(self, reader: Any) -> None: ...
-
-    def removeReader(self, reader: Any) -> None: ...
-
-    def addWriter(self, writer: Any) -> None: ...
-
-    def removeWriter(self, writer: Any) -> None: ...
-
-    def removeAll(self) -> list[Any]:
-        return []
-
-    def getReaders(self) -> list[Any]:
-        return []
-
-    def getWriters(self) -> list[Any]:
-        return []
 
 
 def _check() -> None:
@@ -479,7 +457,7 @@ def _check() -> None:
     require(AVAILABLE, "libc's recvmmsg and sendmmsg")
     requireNames(udp.Port, "_bindSocket connectionLost addressFamily", "twisted's udp.Port")
     protocol = BatchingCanaryProbe()
-    port = BatchingPort(0, protocol, "127.0.0.1", 2048, _Unwatched())
+    port = BatchingPort(0, protocol, "127.0.0.1", 2048, UnwatchedReactor())
     requireNames(port, "_connectedAddr maxPacketSize", "twisted's udp.Port()")
     port.startListening()
     try:
@@ -490,7 +468,7 @@ def _check() -> None:
                 peer.sendto(datagram, port.socket.getsockname())
             require(select.select([port.socket], [], [], 1)[0], "the probe's datagrams to arrive")
             port.doRead()
-            answers = []
+            answers: list[bytes] = []
             while len(answers) < len(sent) and select.select([peer], [], [], 1)[0]:
                 answer, source = peer.recvfrom(2048)
                 require(source == port.socket.getsockname(), "answers from the port")
