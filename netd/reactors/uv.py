@@ -15,6 +15,11 @@ the Twisted transport (L{ITCPTransport}) of the protocol the factory builds.
 Everything else is Twisted's asyncio reactor: timed calls, UDP ports (netd's
 batching one, L{netd.reactors.udp}, reads through C{add_reader} here as well),
 outgoing TCP connections, unix sockets and signals.
+
+L{CANARY} checks at start-up what this takes from uvloop and from Twisted's
+C{tcp.Port} beyond their public API; L{install} installs netd's epoll
+reactor instead when it fails.  The reactor keeps the loop it runs on
+(L{UvloopReactor.asyncioLoop}) rather than read Twisted's private attribute.
 """
 
 from __future__ import annotations

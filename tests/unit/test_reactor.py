@@ -2,9 +2,13 @@
 Tests for netd's TCP transports, driven on real loopback sockets by private
 reactors turned one iteration at a time (every wait bounded): what every one
 of them promises, on each of netd's reactors (the C{reactor} fixture: the
-epoll one, L{netd.reactors.epoll}, and the uvloop one, L{netd.reactors.uv}); then the
-workings of the epoll reactor's own (the C{netdReactor} fixture).  The uvloop
-reactor's own are tested in C{test_uvreactor}.
+epoll one, L{netd.reactors.epoll}, and the uvloop one, L{netd.reactors.uv},
+with its connections' idle time read from C{TCP_INFO} or from their own
+clock), and what every transport promises (C{onEveryPath}) on Twisted's
+reactor too, the public path netd falls back to; then the workings of the
+epoll reactor's own (the C{netdReactor} fixture).  The uvloop reactor's own
+are tested in C{test_uvreactor}, the fallbacks' choice in
+C{test_reactor_canaries}.
 """
 
 from __future__ import annotations
