@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import select
 import socket
 import struct
 import sys
@@ -724,9 +725,52 @@ def _logAsyncioError(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -
         _asyncioLog.error("{message} ({details})", message=message, details=details)
 
 
+class _Accepted(asyncio.Protocol):
+    """
+    The canary's server side: keeps the transport of the connection accepted.
+    """
+
+    def __init__(self, accepted: list[Any]) -> None:
+        self._accepted = accepted
+
+    def connection_made(self, transport: Any) -> None:
+        self._accepted.append(transport)
+
+
+def _sendsAtOnce(loop: asyncio.AbstractEventLoop) -> None:
+    """
+    On C{loop}, a server made from a listening socket (as L{TCPPort} makes
+    one) accepts a loopback connection, whose transport's C{write} has sent
+    the bytes when it returns, and whose C{get_extra_info("socket")} can be
+    asked for socket options.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    accepted: list[Any] = []
+    server = loop.run_until_complete(loop.create_server(lambda: _Accepted(accepted), sock=listener, backlog=1))
+    try:
+        with socket.create_connection(listener.getsockname(), timeout=1) as client:
+            for _ in range(100):
+                if accepted:
+                    break
+                loop.run_until_complete(asyncio.sleep(0.01))
+            require(accepted, "uvloop to accept a loopback connection")
+            transport = accepted[0]
+            transport.write(b"!")
+            require(select.select([client], [], [], 0)[0], "uvloop's write to send at once")
+            handle = transport.get_extra_info("socket")
+            require(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), "uvloop's connections to have TCP_NODELAY")
+            transport.abort()
+    finally:
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+
+
 def _check() -> None:
     """
-    What this reactor takes from uvloop and Twisted beyond their public API is there.
+    What this reactor takes from uvloop and Twisted beyond their public API
+    is there, and uvloop's transports behave as L{StreamConnection} expects.
     """
     import uvloop
 
@@ -736,7 +780,7 @@ def _check() -> None:
     require("eventloop" in inspect.signature(AsyncioSelectorReactor.__init__).parameters, "AsyncioSelectorReactor(eventloop)")
     loop = uvloop.new_event_loop()
     try:
-        requireNames(loop, "create_server call_soon set_exception_handler", "uvloop's loop")
+        _sendsAtOnce(loop)
     finally:
         loop.close()
 

@@ -98,7 +98,49 @@ def breakBatchLayout(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(udp, "_LENGTH_WORD", udp._LENGTH_WORD + 1)
 
 
+class DeferredWrites:
+    """
+    A uvloop transport whose C{write} waits for the loop's next turn, as
+    uvloop's did before 0.23.
+    """
+
+    def __init__(self, transport: Any, loop: Any) -> None:
+        self._transport = transport
+        self._loop = loop
+
+    def write(self, data: bytes) -> None:
+        self._loop.call_soon(self._transport.write, data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def breakUvloopWrites(patch: pytest.MonkeyPatch) -> None:
+    import uvloop
+
+    newLoop = uvloop.new_event_loop
+
+    def deferringLoop() -> Any:
+        loop = newLoop()
+        createServer = loop.create_server
+
+        def create_server(protocolFactory: Callable[[], Any], **kwargs: Any) -> Any:
+            def wrapped() -> Any:
+                protocol = protocolFactory()
+                made = protocol.connection_made
+                protocol.connection_made = lambda transport: made(DeferredWrites(transport, loop))
+                return protocol
+
+            return createServer(wrapped, **kwargs)
+
+        loop.create_server = create_server  # type: ignore[method-assign]
+        return loop
+
+    patch.setattr(uvloop, "new_event_loop", deferringLoop)
+
+
 BREAKAGES: list[tuple[Canary, Callable[[pytest.MonkeyPatch], None]]] = [
+    (uv.CANARY, breakUvloopWrites),
     (uv.CANARY, breakUvloop),
     (uv.CANARY, breakAdoption),
     (epoll.CANARY, breakAdoption),
