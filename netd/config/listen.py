@@ -23,10 +23,11 @@ from twisted.internet.protocol import DatagramProtocol
 
 from netd.config.options import InvalidValue, resolvePath
 from netd.stream.proxyheader import DEFAULT_TRUSTED_SOURCES, ProxyHeaderFactory, TrustedSources
-from netd.reactors.epoll import INetdReactor, acceptGuarded
+from netd.reactors.accepting import acceptGuarded
 from netd.reactors.rlimits import systemBacklog
 from netd.daemon.systemd import NO_INHERITED_SOCKET
-from netd.reactors.udp import AVAILABLE as BATCHING_AVAILABLE
+from netd.reactors.shared import INetdReactor
+from netd.reactors.udp import CANARY as BATCHING_CANARY
 from netd.reactors.udp import listenBatchingUDP
 
 Transport = Literal["stream", "datagram"]
@@ -416,13 +417,13 @@ class ListenAddress:
     def listenDatagram(self, reactor: Any, protocol: DatagramProtocol) -> IListeningPort:
         """
         Bind this UDP address: on netd's reactors, with a port that reads and
-        sends in batches (L{netd.reactors.udp}) where the system has the calls it
-        needs; with the reactor's own port otherwise (Twisted's reactor, as
+        sends in batches (L{netd.reactors.udp}) where its start-up check
+        passes; with the reactor's own port otherwise (Twisted's reactor, as
         C{NETD_REACTOR=twisted} chooses, or a test's fake one).
 
         @raise twisted.internet.error.CannotListenError: when the bind fails.
         """
-        if BATCHING_AVAILABLE and INetdReactor.providedBy(reactor):
+        if INetdReactor.providedBy(reactor) and BATCHING_CANARY.alive():
             return listenBatchingUDP(reactor, self.port, protocol, interface=self.interface, maxPacketSize=MAX_DATAGRAM)
         port: IListeningPort = reactor.listenUDP(
             self.port, protocol, interface=self.interface, maxPacketSize=MAX_DATAGRAM

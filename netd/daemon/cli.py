@@ -450,10 +450,10 @@ async def runApplication(reactor: Any, application: NetdApplication) -> None:
 
 def runCommand(args: argparse.Namespace) -> int:
     """
-    C{netd run}: serve until a signal, on netd's reactor (L{netd.reactors.epoll}) or
+    C{netd run}: serve until a signal, on netd's reactor (L{netd.reactors.choice}) or
     the one C{NETD_REACTOR} names, installed before a plugin can import one.
     """
-    from netd.reactors.epoll import installReactor
+    from netd.reactors.choice import installReactor
 
     try:
         reactorName = installReactor()

@@ -1,7 +1,6 @@
 """
 netd's epoll reactor: Twisted's epoll reactor with a cheaper event loop and
-TCP connections that send as soon as they are written to; and the choice of
-reactor C{netd run} makes (L{installReactor}).
+TCP connections that send as soon as they are written to.
 
 C{netd run} runs by default on netd's uvloop reactor (L{netd.reactors.uv}),
 where uvloop's C transports carry netd's protocols; this one is the choice
@@ -35,58 +34,37 @@ spends per message.  Here:
     events are handled, without waiting for writability (two C{epoll_ctl}
     calls, one wake-up and an empty C{send} less).
 
-C{NETD_REACTOR=twisted} makes C{netd run} use Twisted's default reactor
-instead, to rule netd's own reactors out when chasing a bug; its TCP
-listeners accept with netd's loop all the same (L{AcceptingPort},
-L{acceptGuarded}), which pauses when the process runs out of descriptors
-where Twisted's would spin.
+All of this rests on the internals of Twisted's epoll reactor and TCP
+transports; L{CANARY} checks at start-up that they are as expected, and
+L{install} installs Twisted's default reactor instead when they are not.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 import socket
 import sys
 from collections import deque
-from errno import EAGAIN, ECONNABORTED, EINTR, EMFILE, ENFILE, ENOBUFS, EPERM, errorcode
+from errno import EAGAIN, ENOBUFS
 from typing import Any
 
 from twisted.internet import address, main, tcp
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.error import ConnectionAborted
+from twisted.internet.error import ConnectionAborted, ConnectionFdescWentAway
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.posixbase import _NO_FILEDESC, PosixReactorBase
-from twisted.logger import Logger
+from twisted.internet.protocol import Protocol
 from twisted.python import log
 from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import implementer
 
-from netd.reactors.rlimits import nextPause, reportOutOfDescriptors
-
-_log = Logger(namespace="netd.reactors.epoll")
+from netd.reactors.accepting import AcceptingPort
+from netd.reactors.canary import Canary, UnwatchedReactor, require, requireNames
+from netd.reactors.shared import TCP_PORT_PRIVATES, IMeteredTransport, INetdReactor, ServesTCPPorts
 
 if sys.platform == "linux":
     from twisted.internet.epollreactor import EPollReactor as _PollingReactor
-else:  # netd's reactor is epoll's; elsewhere installReactor installs Twisted's default
+else:  # netd's reactor is epoll's; elsewhere install() installs Twisted's default
     from twisted.internet.selectreactor import SelectReactor as _PollingReactor
-
-REACTORS = ("uvloop", "netd", "twisted")
-"""
-The values of C{NETD_REACTOR}: netd's reactor on uvloop (L{netd.reactors.uv},
-the default), netd's epoll reactor (this module's), or Twisted's default
-reactor.
-"""
-
-
-class INetdReactor(Interface):
-    """
-    A reactor of netd's own (L{NetdReactor}, L{netd.reactors.uv.UvloopReactor}):
-    its C{udp:} listeners read and send in batches (L{netd.reactors.udp}), where
-    Twisted's reactor, which C{NETD_REACTOR=twisted} chooses to rule netd's
-    own code out, keeps Twisted's UDP port.
-    """
-
 
 READ_SIZE = 2**18
 """
@@ -95,23 +73,6 @@ for C{bufferSize} (64 KiB), which stays the threshold of producer pausing;
 reading four times as much per call took bulk echo from 0.74 to 0.89 of
 uvloop's rate here, with request/response unchanged.
 """
-
-
-class IMeteredTransport(Interface):
-    """
-    A stream transport that counts its own traffic.
-
-    The counts are of bytes on the wire (TLS records, not their contents), as
-    they are read and as they are written (queued or sent).
-    """
-
-    bytesReceived = Attribute("Bytes read from the peer so far.")
-    bytesSent = Attribute("Bytes written to the peer so far.")
-    lastActivity = Attribute(
-        "When bytes last moved either way (or the transport was made), in the reactor's C{seconds()}: "
-        "on netd's epoll reactor the time the reactor's turn that moved them began (L{NetdReactor.turnTime}); "
-        "on its uvloop one, as the kernel tells (L{netd.reactors.uv.StreamConnection.lastActivity})."
-    )
 
 
 @implementer(IMeteredTransport)
@@ -223,6 +184,12 @@ class SendAtOnce:
         self.startWriting()  # type: ignore[attr-defined]
 
 
+_FDESC_WENT_AWAY = ConnectionFdescWentAway("File descriptor lost")
+"""
+Why a selectable whose descriptor is gone (C{fileno()} is -1) is disconnected,
+as Twisted's epoll reactor says it.
+"""
+
 _CLOSED = Failure(main.CONNECTION_DONE)
 """
 The reason given to the connections that L{Server.loseConnection} closes,
@@ -306,7 +273,8 @@ class Server(SendAtOnce, tcp.Server):
         As Twisted's: C{<Protocol #session on port>}.
         """
         protocol = getattr(self, "protocol", None)
-        port = self.server._realPortNumber if self.server is not None else self.client[1]
+        server: Any = self.server
+        port = server.listeningHost.port if server is not None else self.client[1]
         return f"<{protocol.__class__.__name__} #{self.sessionno} on {port}>"
 
     def getPeer(self) -> Any:
@@ -407,116 +375,6 @@ class Client(SendAtOnce, tcp.Client):
     """
 
 
-class AcceptingPort(tcp.Port):
-    """
-    A listening TCP port whose accepting loop runs out of descriptors
-    without spinning: on C{EMFILE} or C{ENFILE} it stops accepting for a
-    moment (10 ms, doubling while it lasts, up to a second, as nginx pauses
-    its accept events), and tells the service, which counts and logs it and
-    may close its stalest connection (L{reportOutOfDescriptors}).  The
-    connections that arrive meanwhile wait in the listen queue.
-
-    Twisted's port closes a reserved descriptor and accepts and closes every
-    waiting connection instead (resetting the clients that a moment later
-    would have been served), and once that reserve is gone logs and retries
-    on every turn of the reactor, as the listening socket stays readable: a
-    spin.  netd's epoll reactor listens with this port (L{Port}, with its
-    own connections), and Twisted's reactor too when netd runs on it
-    (L{acceptGuarded}, with Twisted's connections); the uvloop reactor's
-    port, where libuv accepts, has its own way (L{netd.reactors.uv.TCPPort}).
-    """
-
-    transport: Any = tcp.Server
-    _acceptPause: Any = None
-    _pauseLength = 0.0
-
-    def startListening(self) -> None:
-        """
-        Listen, and note what the accepting loop needs of the socket.
-        """
-        super().startListening()
-        listening = self.socket
-        self._acceptFrom = (listening._accept, int(listening.family), int(listening.type), listening.proto)  # type: ignore[union-attr]
-
-    def doRead(self) -> None:
-        """
-        Accept what is waiting (up to L{tcp.Port.numberAccepts} at a time,
-        scaled as Twisted does) and start each connection, as
-        L{tcp.Port.doRead} does, without its per-call log buffering and
-        generator.  Out of descriptors, pause (see the class's docstring);
-        another accept error than "nothing waiting" is logged and ends this
-        round, as Twisted's loop does.
-        """
-        acceptOne, family, kind, proto = self._acceptFrom
-        factory = self.factory
-        assert factory is not None
-        buildAddress = self._addressType
-        accepted = 0
-        try:
-            for accepted in range(1, self.numberAccepts + 1):
-                try:
-                    fd, addr = acceptOne()
-                except BlockingIOError:
-                    accepted -= 1
-                    break
-                except OSError as e:
-                    accepted -= 1
-                    if e.errno in (EMFILE, ENFILE):
-                        self._outOfDescriptors(e)
-                        return
-                    if e.errno in (ECONNABORTED, EPERM, EINTR):
-                        continue
-                    _log.info("could not accept a connection ({error})", error=errorcode.get(e.errno or 0, str(e)))
-                    break
-                self._pauseLength = 0.0
-                skt = socket.socket(family, kind, proto, fileno=fd)
-                if len(addr) == 4:
-                    host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
-                    addr = (host[0], *addr[1:])
-                peer = buildAddress("TCP", *addr)
-                protocol = factory.buildProtocol(peer)
-                if protocol is None:
-                    skt.close()
-                    continue
-                session = self.sessionno
-                self.sessionno = session + 1
-                transport = self.transport(skt, protocol, addr, self, session, self.reactor)
-                transport._peer = peer
-                protocol.makeConnection(transport)
-            if accepted == self.numberAccepts:
-                self.numberAccepts += 20
-            else:
-                self.numberAccepts = max(1, accepted)
-        except BaseException:
-            log.deferr()
-
-    def _outOfDescriptors(self, error: OSError) -> None:
-        """
-        Stop accepting for a moment, and tell the service.
-        """
-        self._pauseLength = nextPause(self._pauseLength)
-        self.stopReading()
-        self._acceptPause = self.reactor.callLater(self._pauseLength, self._resumeAccepting)  # type: ignore[attr-defined]
-        reportOutOfDescriptors(self.factory, error)
-
-    def _resumeAccepting(self) -> None:
-        """
-        Accept again after a pause, unless the port stopped meanwhile.
-        """
-        self._acceptPause = None
-        if self.connected and not self.disconnecting:
-            self.startReading()
-
-    def connectionLost(self, reason: Failure) -> None:
-        """
-        Stop listening as Twisted's port does, and forget a pause under way.
-        """
-        if self._acceptPause is not None:
-            self._acceptPause.cancel()
-            self._acceptPause = None
-        super().connectionLost(reason)
-
-
 class Port(AcceptingPort):
     """
     A listening TCP port whose connections send as written, with
@@ -524,6 +382,9 @@ class Port(AcceptingPort):
     send.  On Linux the option is set once, on the listening socket, which
     every connection it accepts inherits.
 
+    @ivar listeningHost: the address listened on (its port what the kernel
+        chose for port 0), which names the port in its connections'
+        descriptions, even once it has stopped.
     @ivar connectionHost: the local address of every connection accepted,
         when the port is bound to one address (L{None} on a wildcard one).
     @ivar noDelay: whether the connections accepted have C{TCP_NODELAY} on
@@ -531,6 +392,7 @@ class Port(AcceptingPort):
     """
 
     transport = Server
+    listeningHost: Any = None
     connectionHost: Any = None
     noDelay = False
 
@@ -542,44 +404,9 @@ class Port(AcceptingPort):
         if sys.platform == "linux":
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.noDelay = True
-        host = self.getHost()
+        host = self.listeningHost = self.getHost()
         if host.host not in ("0.0.0.0", "::"):
             self.connectionHost = host
-
-
-class _AcceptGuardedReactor:
-    """
-    Twisted's reactor as an endpoint sees it, whose C{listenTCP} listens
-    with an L{AcceptingPort}: what netd's listeners get on Twisted's own
-    reactor, so that running out of descriptors is handled there too.
-    Everything else is the reactor's.
-    """
-
-    def __init__(self, reactor: Any) -> None:
-        self._reactor = reactor
-
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> AcceptingPort:
-        """
-        Listen on a TCP port whose accepting loop pauses when out of descriptors.
-        """
-        listening = AcceptingPort(port, factory, backlog, interface, self._reactor)
-        listening.startListening()
-        return listening
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reactor, name)
-
-
-def acceptGuarded(reactor: Any) -> Any:
-    """
-    The reactor to make listening endpoints with: netd's own as it is (its
-    ports are L{AcceptingPort}s already), Twisted's polling reactors with
-    their C{listenTCP} giving one (L{_AcceptGuardedReactor}), any other (a
-    test's fake) as it is.
-    """
-    if INetdReactor.providedBy(reactor) or not isinstance(reactor, PosixReactorBase):
-        return reactor
-    return _AcceptGuardedReactor(reactor)
 
 
 class Connector(tcp.Connector):
@@ -589,36 +416,6 @@ class Connector(tcp.Connector):
 
     def _makeTransport(self) -> Client:
         return Client(self.host, self.port, self.bindAddress, self, self.reactor)
-
-
-class ServesTCPPorts:
-    """
-    Mixed into netd's reactors, before Twisted's: their TCP listeners
-    (C{listenTCP}: the C{tcp:} and C{tcp6:} endpoints; C{adoptStreamPort}:
-    the C{systemd:} one) are their own port class, L{tcpPort}, whose
-    connections are their own transports.
-    """
-
-    tcpPort: Any
-
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
-        """
-        Listen on a TCP port of the reactor's own class.
-        """
-        listening = self.tcpPort(port, factory, backlog, interface, self)
-        listening.startListening()
-        return listening
-
-    def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: Any) -> Any:
-        """
-        Listen on an inherited socket (systemd socket activation): a TCP one
-        as a port of the reactor's own class, any other as Twisted does.
-        """
-        if addressFamily not in (socket.AF_INET, socket.AF_INET6):
-            return super().adoptStreamPort(fileDescriptor, addressFamily, factory)  # type: ignore[misc]
-        listening = self.tcpPort._fromListeningDescriptor(self, fileDescriptor, addressFamily, factory)
-        listening.startListening()
-        return listening
 
 
 @implementer(INetdReactor)
@@ -717,7 +514,7 @@ class NetdReactor(ServesTCPPorts, _PollingReactor):
                     why: BaseException | None = None
                     try:
                         if selectable.fileno() == -1:
-                            why = _NO_FILEDESC
+                            why = _FDESC_WENT_AWAY
                         else:
                             why = selectable.doRead()
                     except BaseException:
@@ -760,20 +557,58 @@ def _logPrefix(selectable: Any) -> str:
     return prefix
 
 
-def install() -> None:
+def _connectionPrivates() -> None:
     """
-    Install netd's reactor (Twisted's default one where there is no epoll):
-    what C{twistd --reactor=netd} calls.
+    The state a fresh C{tcp.Connection} has that L{SendAtOnce} and L{Server} read and write.
+    """
+    made = tcp.Connection(socket.socket(), Protocol(), UnwatchedReactor())
+    try:
+        for name, value in (("_tempDataLen", 0), ("dataBuffer", b""), ("_writeDisconnecting", False), ("_writeDisconnected", False), ("_aborting", False), ("TLS", False), ("producer", None), ("streamingProducer", False)):
+            require(getattr(made, name, Ellipsis) == value, f"tcp.Connection().{name} == {value!r}")
+        requireNames(made, "_closeSocket _getLogPrefix fileno socket", "twisted's tcp.Connection")
+    finally:
+        made.socket.close()
+
+
+def _check() -> None:
+    """
+    What this reactor and its transports take from Twisted beyond its
+    public API is there: the epoll reactor's poller, its table of
+    selectables and its event handling, the state of C{tcp.Connection}, and
+    the hooks of C{tcp.Server}, C{tcp.Port} and C{tcp.Connector}.
+    """
+    requireNames(_PollingReactor, "_doReadOrWrite _disconnectSelectable _POLL_IN doPoll runUntilCurrent disconnectAll", "twisted's epoll reactor")
+    import select
+
+    require(getattr(_PollingReactor, "_POLL_IN", None) == select.EPOLLIN, "EPollReactor._POLL_IN == EPOLLIN")
+    initNames = _PollingReactor.__init__.__code__.co_names
+    require("_poller" in initNames and "_selectables" in initNames, "EPollReactor() to set _poller and _selectables")
+    _connectionPrivates()
+    requireNames(tcp.Server, "_addressType readConnectionLost getHost setTcpNoDelay", "twisted's tcp.Server")
+    requireNames(tcp.Port, TCP_PORT_PRIVATES, "twisted's tcp.Port")
+    require("_makeTransport" in vars(tcp.Connector), "tcp.Connector to make its transport with _makeTransport")
+
+
+CANARY = Canary("epoll reactor", _check, "netd runs on Twisted's default reactor instead")
+
+
+def install() -> str:
+    """
+    Install netd's reactor (Twisted's default one where there is no epoll,
+    or where L{CANARY} failed): what C{twistd --reactor=netd} calls.
+
+    @return: C{"netd"}, or C{"twisted"} for Twisted's default reactor.
     """
     from twisted.internet.main import installReactor as installGlobal
 
-    if sys.platform == "linux":
+    if sys.platform == "linux" and CANARY.alive():
         keepReadsOnTheHeap()
         installGlobal(NetdReactor())
-    else:
-        from twisted.internet import default
+        return "netd"
+    from twisted.internet import default
 
-        default.install()
+    default.install()
+    return "twisted"
 
 
 _M_TRIM_THRESHOLD = -1
@@ -799,30 +634,3 @@ def keepReadsOnTheHeap() -> None:
         return
     mallopt(_M_MMAP_THRESHOLD, 4 * READ_SIZE)
     mallopt(_M_TRIM_THRESHOLD, 8 * READ_SIZE)
-
-
-def installReactor(environ: dict[str, str] | None = None) -> str:
-    """
-    Install the reactor that C{NETD_REACTOR} names, unless one is installed
-    already (by twistd, or by a program that runs netd inside its own).
-
-    @param environ: where to read C{NETD_REACTOR} (the process environment
-        by default).
-    @return: the name of the reactor installed, or C{"preinstalled"}.
-    @raise ValueError: for a value that names no reactor, saying which do.
-    """
-    choice = (os.environ if environ is None else environ).get("NETD_REACTOR", REACTORS[0]) or REACTORS[0]
-    if choice not in REACTORS:
-        raise ValueError(f"NETD_REACTOR={choice!r} names no reactor; use one of: {', '.join(REACTORS)}")
-    if "twisted.internet.reactor" in sys.modules:
-        return "preinstalled"
-    if choice == "uvloop":
-        from netd.reactors import uv as uvreactor
-        uvreactor.install()
-    elif choice == "netd":
-        install()
-    else:
-        from twisted.internet import default
-
-        default.install()
-    return choice

@@ -16,8 +16,10 @@ C{doRead}, and L{BatchingPort.send} for protocols that want their answers
 batched (L{IBatchingDatagramTransport}); C{write}, C{connect}, closing and the
 rest are Twisted's.  C{udp:} listeners use it on netd's reactor
 (L{netd.config.listen.ListenAddress.listenDatagram}), and Twisted's port on
-Twisted's reactor or where libc has no C{recvmmsg}/C{sendmmsg} (L{AVAILABLE}
-is false).
+Twisted's reactor or where L{CANARY} fails: libc has no
+C{recvmmsg}/C{sendmmsg} (L{AVAILABLE} is false), C{udp.Port}'s internals
+(C{_bindSocket}, C{_connectedAddr}) changed, or a batch does not make the
+round trip through the C{mmsghdr} layout declared here.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from twisted.internet.interfaces import IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.python import log
 from zope.interface import Interface, implementer
+
+from netd.reactors.canary import Canary, UnwatchedReactor, require, requireNames
 
 BATCH = 64
 """
@@ -417,3 +421,61 @@ def listenBatchingUDP(reactor: Any, port: int, protocol: DatagramProtocol, inter
     listening = BatchingPort(port, protocol, interface, maxPacketSize, reactor)
     listening.startListening()
     return listening
+
+
+@implementer(IBatchingDatagramProtocol)
+class BatchingCanaryProbe(DatagramProtocol):
+    """
+    The canary's protocol (its port's opening and closing lines in the log
+    name it): answers each datagram with itself through the batching
+    C{send}; keeps what the system refused.
+    """
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.refused: list[OSError] = []
+
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        port = self.transport
+        assert isinstance(port, BatchingPort)
+        port.send(datagram, addr)
+
+    def datagramNotSent(self, error: OSError) -> None:
+        self.refused.append(error)
+
+
+def _check() -> None:
+    """
+    C{udp.Port} has the internals L{BatchingPort} uses, and a batch makes the
+    round trip: a port on loopback reads three datagrams with one
+    C{recvmmsg}, learns their sender, and answers all three with one
+    C{sendmmsg}, in order.
+    """
+    import select
+
+    require(AVAILABLE, "libc's recvmmsg and sendmmsg")
+    requireNames(udp.Port, "_bindSocket connectionLost addressFamily", "twisted's udp.Port")
+    protocol = BatchingCanaryProbe()
+    port = BatchingPort(0, protocol, "127.0.0.1", 2048, UnwatchedReactor())
+    requireNames(port, "_connectedAddr maxPacketSize", "twisted's udp.Port()")
+    port.startListening()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            sent = [b"one", b"two", b"three"]
+            for datagram in sent:
+                peer.sendto(datagram, port.socket.getsockname())
+            require(select.select([port.socket], [], [], 1)[0], "the probe's datagrams to arrive")
+            port.doRead()
+            answers: list[bytes] = []
+            while len(answers) < len(sent) and select.select([peer], [], [], 1)[0]:
+                answer, source = peer.recvfrom(2048)
+                require(source == port.socket.getsockname(), "answers from the port")
+                answers.append(answer)
+            require(answers == sent and not protocol.refused, f"{sent} echoed in order, got {answers}")
+    finally:
+        port.connectionLost()
+
+
+CANARY = Canary("batching UDP port", _check, "UDP listeners use Twisted's udp.Port")

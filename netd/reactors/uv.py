@@ -15,16 +15,23 @@ the Twisted transport (L{ITCPTransport}) of the protocol the factory builds.
 Everything else is Twisted's asyncio reactor: timed calls, UDP ports (netd's
 batching one, L{netd.reactors.udp}, reads through C{add_reader} here as well),
 outgoing TCP connections, unix sockets and signals.
+
+L{CANARY} checks at start-up what this takes from uvloop and from Twisted's
+C{tcp.Port} beyond their public API; L{install} installs netd's epoll
+reactor instead when it fails.  The reactor keeps the loop it runs on
+(L{UvloopReactor.asyncioLoop}) rather than read Twisted's private attribute.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
+import select
 import socket
-from errno import EMFILE, ENFILE
 import struct
 import sys
+from errno import EMFILE, ENFILE
 from typing import Any
 
 from twisted.internet import address, main, tcp
@@ -42,17 +49,10 @@ from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.reactors.epoll import IMeteredTransport, INetdReactor, ServesTCPPorts
+from netd.reactors import tcpinfo
+from netd.reactors.canary import Canary, require, requireNames
 from netd.reactors.rlimits import openFileLimit, reportOutOfDescriptors, systemBacklog
-
-_TCP_INFO_TIMES = struct.Struct("=III")
-"""
-Three fields of Linux's C{struct tcp_info}: C{tcpi_last_data_sent},
-C{tcpi_last_ack_sent} (unused) and C{tcpi_last_data_recv}, in milliseconds.
-"""
-
-_TCP_INFO_TIMES_OFFSET = 44
-_TCP_INFO_TIMES_END = _TCP_INFO_TIMES_OFFSET + _TCP_INFO_TIMES.size
+from netd.reactors.shared import TCP_PORT_PRIVATES, IMeteredTransport, INetdReactor, ServesTCPPorts
 
 _RESET = struct.pack("ii", 1, 0)
 """
@@ -273,11 +273,10 @@ class StreamConnection(asyncio.Protocol):
         if not self.connected:
             return self._lastActivity
         try:
-            info = self.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_TIMES_END)
+            since = tcpinfo.millisecondsSinceData(self.getHandle())
         except OSError:
             return self._lastActivity
-        sinceSent, _, sinceReceived = _TCP_INFO_TIMES.unpack_from(info, _TCP_INFO_TIMES_OFFSET)
-        self._lastActivity = max(self._lastActivity, self._seconds() - min(sinceSent, sinceReceived) / 1000)
+        self._lastActivity = max(self._lastActivity, self._seconds() - since / 1000)
         return self._lastActivity
 
     def write(self, data: bytes) -> None:
@@ -306,7 +305,7 @@ class StreamConnection(asyncio.Protocol):
             return
         self.disconnecting = 1
         self._transport.pause_reading()
-        self.reactor._asyncioEventloop.call_soon(self._close)
+        self.reactor.asyncioLoop.call_soon(self._close)
 
     def _close(self) -> None:
         """
@@ -338,7 +337,7 @@ class StreamConnection(asyncio.Protocol):
         if self._writeClosing or not self.connected:
             return
         self._writeClosing = True
-        self.reactor._asyncioEventloop.call_soon(self._shutWrite)
+        self.reactor.asyncioLoop.call_soon(self._shutWrite)
 
     def _shutWrite(self) -> None:
         """
@@ -436,7 +435,7 @@ class StreamConnection(asyncio.Protocol):
         sent = self.bytesSent
         producer.resumeProducing()
         if self.producer is producer and self.bytesSent != sent and not self._transport.get_write_buffer_size():
-            self.reactor._asyncioEventloop.call_soon(self._pullAgain, producer)
+            self.reactor.asyncioLoop.call_soon(self._pullAgain, producer)
 
     def _pullAgain(self, producer: Any) -> None:
         """
@@ -492,7 +491,38 @@ class StreamConnection(asyncio.Protocol):
         As Twisted's: C{<Protocol #session on port>}.
         """
         protocol = getattr(self, "protocol", None)
-        return f"<{protocol.__class__.__name__} #{getattr(self, 'sessionno', '-')} on {self.port._realPortNumber}>"
+        return f"<{protocol.__class__.__name__} #{getattr(self, 'sessionno', '-')} on {self.port.getHost().port}>"
+
+
+class ClockedStreamConnection(StreamConnection):
+    """
+    A L{StreamConnection} that notes the time of its own traffic, for where
+    C{TCP_INFO} cannot be read as L{netd.reactors.tcpinfo} expects (its
+    canary failed): a clock call per read and per write.
+    """
+
+    def data_received(self, data: bytes) -> None:
+        """
+        Note the time, then count and hand on what was read.
+        """
+        if not self.disconnecting:
+            self._lastActivity = self._seconds()
+        super().data_received(data)
+
+    @property
+    def lastActivity(self) -> float:
+        """
+        When data last moved either way (or the connection opened), as noted.
+        """
+        return self._lastActivity
+
+    def write(self, data: bytes) -> None:
+        """
+        Note the time, then send and count C{data}.
+        """
+        if not self._shut and self.connected:
+            self._lastActivity = self._seconds()
+        super().write(data)
 
 
 class TCPPort(tcp.Port):
@@ -530,7 +560,14 @@ class TCPPort(tcp.Port):
         """
         self.probeFrom = openFileLimit() // 2
         super().startListening()
+        self._listeningHost = super().getHost()
         self.reactor.streamPorts.add(self)  # type: ignore[attr-defined]
+
+    def getHost(self) -> Any:
+        """
+        The address listened on, as it was when listening began (uvloop owns the socket since).
+        """
+        return self._listeningHost
 
     def connectionLost(self, reason: Failure) -> None:
         """
@@ -571,8 +608,9 @@ class TCPPort(tcp.Port):
         if self._accepting:
             return
         self._accepting = True
-        loop = self.reactor._asyncioEventloop  # type: ignore[attr-defined]
-        self._serve = loop.create_server(lambda: StreamConnection(self), sock=self.socket, backlog=self._backlog())
+        loop = self.reactor.asyncioLoop  # type: ignore[attr-defined]
+        connection = StreamConnection if tcpinfo.CANARY.alive() else ClockedStreamConnection
+        self._serve = loop.create_server(lambda: connection(self), sock=self.socket, backlog=self._backlog())
         starting = asyncio.ensure_future(self._serve, loop=loop)
         starting.add_done_callback(self._serving)
         self._starting = starting
@@ -623,6 +661,7 @@ class UvloopReactor(ServesTCPPorts, AsyncioSelectorReactor):
     (C{listenTCP}: the C{tcp:} and C{tcp6:} endpoints; C{adoptStreamPort}:
     the C{systemd:} one) have uvloop serve their connections.
 
+    @ivar asyncioLoop: the asyncio loop the reactor runs on.
     @ivar streamPorts: those listeners, until they stop.
     @ivar streams: the connections uvloop serves for them, until they are
         lost.  Neither is registered with the reactor as a reader, so the
@@ -640,6 +679,7 @@ class UvloopReactor(ServesTCPPorts, AsyncioSelectorReactor):
 
             loop = uvloop.new_event_loop()
             asyncio.set_event_loop(loop)
+        self.asyncioLoop = loop
         self.streamPorts: set[TCPPort] = set()
         self.streams: set[StreamConnection] = set()
         loop.set_exception_handler(_logAsyncioError)
@@ -685,17 +725,83 @@ def _logAsyncioError(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -
         _asyncioLog.error("{message} ({details})", message=message, details=details)
 
 
-def install() -> None:
+class _Accepted(asyncio.Protocol):
+    """
+    The canary's server side: keeps the transport of the connection accepted.
+    """
+
+    def __init__(self, accepted: list[Any]) -> None:
+        self._accepted = accepted
+
+    def connection_made(self, transport: Any) -> None:
+        self._accepted.append(transport)
+
+
+def _sendsAtOnce(loop: asyncio.AbstractEventLoop) -> None:
+    """
+    On C{loop}, a server made from a listening socket (as L{TCPPort} makes
+    one) accepts a loopback connection, whose transport's C{write} has sent
+    the bytes when it returns, and whose C{get_extra_info("socket")} can be
+    asked for socket options.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    accepted: list[Any] = []
+    server = loop.run_until_complete(loop.create_server(lambda: _Accepted(accepted), sock=listener, backlog=1))
+    try:
+        with socket.create_connection(listener.getsockname(), timeout=1) as client:
+            for _ in range(100):
+                if accepted:
+                    break
+                loop.run_until_complete(asyncio.sleep(0.01))
+            require(accepted, "uvloop to accept a loopback connection")
+            transport = accepted[0]
+            transport.write(b"!")
+            require(select.select([client], [], [], 0)[0], "uvloop's write to send at once")
+            handle = transport.get_extra_info("socket")
+            require(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), "uvloop's connections to have TCP_NODELAY")
+            transport.abort()
+    finally:
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+
+
+def _check() -> None:
+    """
+    What this reactor takes from uvloop and Twisted beyond their public API
+    is there, and uvloop's transports behave as L{StreamConnection} expects.
+    """
+    import uvloop
+
+    requireNames(uvloop, "new_event_loop", "uvloop")
+    requireNames(tcp.Port, f"{TCP_PORT_PRIVATES} startListening startReading stopReading connectionLost", "twisted's tcp.Port")
+    require("startReading" in tcp.Port.startListening.__code__.co_names, "tcp.Port.startListening to start reading")
+    require("eventloop" in inspect.signature(AsyncioSelectorReactor.__init__).parameters, "AsyncioSelectorReactor(eventloop)")
+    loop = uvloop.new_event_loop()
+    try:
+        _sendsAtOnce(loop)
+    finally:
+        loop.close()
+
+
+CANARY = Canary("uvloop reactor", _check, "netd runs on its epoll reactor instead")
+
+
+def install() -> str:
     """
     Install netd's uvloop reactor as Twisted's global one: what C{netd run}
-    does by default, and C{twistd --reactor=netd-uvloop}.  Its connections'
-    idle time is read from Linux's C{TCP_INFO}; elsewhere, netd's epoll
-    reactor's L{install <netd.reactors.epoll.install>} decides.
+    does by default, and C{twistd --reactor=netd-uvloop}.  Where it cannot
+    serve (not Linux, or L{CANARY} failed), netd's epoll reactor's
+    L{install <netd.reactors.epoll.install>} decides.
+
+    @return: the C{NETD_REACTOR} name of the reactor installed.
     """
-    if sys.platform != "linux":
-        from netd.reactors import epoll as reactor
-        reactor.install()
-        return
+    if sys.platform != "linux" or not CANARY.alive():
+        from netd.reactors import epoll
+
+        return epoll.install()
     from twisted.internet.main import installReactor as installGlobal
 
     installGlobal(UvloopReactor())
+    return "uvloop"

@@ -29,7 +29,7 @@ from netd.daemon import logs
 from netd.events import EventLog
 from netd.metrics import Counters
 from netd.stream.proxyheader import describePeer
-from netd.reactors.epoll import IMeteredTransport
+from netd.reactors.shared import IMeteredTransport
 from netd.reactors.rlimits import BoundedWarning, IOutOfDescriptors
 from netd.tls.protocol import TLSServerProtocol
 from netd.words import counted

@@ -38,7 +38,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
-from netd.reactors.epoll import IMeteredTransport
+from netd.reactors.shared import IMeteredTransport
 from netd.stream.proxyformat import HeaderReader, MalformedHeader, NoHeader, ProxyInfo
 
 _log = Logger(namespace="netd.stream.proxyheader")

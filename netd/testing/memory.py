@@ -33,7 +33,7 @@ from netd.interfaces import IDatagramSender, IStreamHandler
 from netd.stream.guard import ConnectionLimiter, GuardedConnection
 from netd.metrics import Counters
 from netd.config.options import ConfigError, Problem, convert
-from netd.reactors.epoll import IMeteredTransport
+from netd.reactors.shared import IMeteredTransport
 from netd.tls.contexts import ServerTLS
 from netd.tls.options import TLSOptions, TLSVersion
 from netd.tls.protocol import TLSServerFactory

@@ -14,7 +14,10 @@ from typing import Any
 import pytest
 import uvloop
 from twisted.internet import udp
+from twisted.internet.epollreactor import EPollReactor
 
+from netd.reactors import tcpinfo
+from netd.reactors.accepting import acceptGuarded
 from netd.reactors.epoll import NetdReactor
 from netd.reactors.uv import UvloopReactor
 
@@ -29,13 +32,15 @@ Seconds a test waits at most for something to happen.
 """
 
 
-def privateReactor() -> Iterator[NetdReactor]:
+def privateReactor(made: EPollReactor | None = None) -> Iterator[Any]:
     """
-    A netd reactor for one test (a fixture's body): afterwards its UDP ports
-    stop listening (and what that schedules runs), its connections are
-    dropped, its timed calls cancelled and its poller closed.
+    A netd reactor (or C{made}, an epoll reactor of Twisted's) for one test
+    (a fixture's body): afterwards its UDP ports stop listening (and what
+    that schedules runs), its connections are dropped, its timed calls
+    cancelled and its poller closed.
     """
-    made = NetdReactor()
+    if made is None:
+        made = NetdReactor()
     yield made
     made._uninstallHandler()
     for reader in made.getReaders():
@@ -69,13 +74,39 @@ def privateUvloopReactor() -> Iterator[UvloopReactor]:
         reader.connectionLost(None)
     for call in made.getDelayedCalls():
         call.cancel()
-    made._asyncioEventloop.close()
+    made.asyncioLoop.close()
 
 
-REACTORS = {"netd": privateReactor, "uvloop": privateUvloopReactor}
+def privateClockedUvloopReactor() -> Iterator[UvloopReactor]:
+    """
+    A private uvloop reactor whose connections time their own activity: what
+    it serves where C{TCP_INFO}'s canary fails (L{tcpinfo.CANARY}).
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tcpinfo.CANARY, "_alive", False)
+        yield from privateUvloopReactor()
+
+
+def privateTwistedReactor() -> Iterator[Any]:
+    """
+    Twisted's own epoll reactor as netd listens on it (L{acceptGuarded}):
+    what serves where netd's epoll reactor's canary fails.
+    """
+    for made in privateReactor(EPollReactor()):
+        yield acceptGuarded(made)
+
+
+REACTORS = {"netd": privateReactor, "uvloop": privateUvloopReactor, "uvloop-clocked": privateClockedUvloopReactor}
 """
 netd's reactors that serve TCP connections with their own transports, by
-the C{NETD_REACTOR} name that chooses each.
+the C{NETD_REACTOR} name that chooses each (C{uvloop-clocked}: the uvloop
+one on its fallback path for idle times).
+"""
+
+FALLBACKS = REACTORS | {"twisted": privateTwistedReactor}
+"""
+The same, and Twisted's reactor that netd falls back to: what serves netd's
+TCP connections on every path.
 """
 
 
@@ -84,9 +115,17 @@ def reactor(request: pytest.FixtureRequest) -> Iterator[Any]:
     """
     Each of netd's reactors in turn, a private one, not the session's, torn
     down with everything on it: for the tests of what every netd transport
-    promises.
+    promises beyond Twisted's (sending at once, metering); with
+    L{onEveryPath}, every reactor of L{FALLBACKS}.
     """
-    yield from REACTORS[request.param]()
+    yield from FALLBACKS[request.param]()
+
+
+onEveryPath = pytest.mark.parametrize("reactor", sorted(FALLBACKS), indirect=True)
+"""
+Marks a test of what every transport promises, to run on every reactor netd
+may serve TCP on: its private fast paths and their public fallbacks.
+"""
 
 
 @pytest.fixture
@@ -116,7 +155,7 @@ def turn(reactor: Any) -> None:
     if not isinstance(reactor, UvloopReactor):
         reactor.iterate(0.01)
         return
-    loop = reactor._asyncioEventloop
+    loop = reactor.asyncioLoop
     select.select([loop._get_backend_id()], [], [], 0.01)  # type: ignore[attr-defined]
     loop.call_soon(loop.stop)
     loop.run_forever()

@@ -2,9 +2,13 @@
 Tests for netd's TCP transports, driven on real loopback sockets by private
 reactors turned one iteration at a time (every wait bounded): what every one
 of them promises, on each of netd's reactors (the C{reactor} fixture: the
-epoll one, L{netd.reactors.epoll}, and the uvloop one, L{netd.reactors.uv}); then the
-workings of the epoll reactor's own (the C{netdReactor} fixture).  The uvloop
-reactor's own are tested in C{test_uvreactor}.
+epoll one, L{netd.reactors.epoll}, and the uvloop one, L{netd.reactors.uv},
+with its connections' idle time read from C{TCP_INFO} or from their own
+clock), and what every transport promises (C{onEveryPath}) on Twisted's
+reactor too, the public path netd falls back to; then the workings of the
+epoll reactor's own (the C{netdReactor} fixture).  The uvloop reactor's own
+are tested in C{test_uvreactor}, the fallbacks' choice in
+C{test_reactor_canaries}.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netd.tls.devcerts import ensureDevelopmentSet
-from netd.reactors.epoll import IMeteredTransport, NetdReactor, installReactor
+from netd.reactors.choice import installReactor
+from netd.reactors.epoll import NetdReactor
+from netd.reactors.shared import IMeteredTransport
 from netd.reactors.rlimits import IOutOfDescriptors
 from netd.testing.harness import unavailable
 from netd.testing.memory import makeStreamStack
@@ -38,7 +44,7 @@ from netd.reactors.uv import StreamConnection
 from netd.tls.options import TLSOptions
 from netd_plugins.echo import EchoHandler
 
-from .privatereactor import WAIT, Reactor, netdReactor, reactor, spin, turn  # noqa: F401
+from .privatereactor import WAIT, Reactor, netdReactor, onEveryPath, reactor, spin, turn  # noqa: F401
 
 
 class Recorder(Protocol):
@@ -237,6 +243,7 @@ def test_writeRefusesText(reactor: Reactor) -> None:
     assert accepted.client.recv(100) == b"bytes"
 
 
+@onEveryPath
 def test_partialSendQueuesTheRestInOrder(reactor: Reactor) -> None:
     """
     What the kernel does not take is queued, a later write queues behind it, and the peer gets all of it in order.
@@ -268,6 +275,7 @@ class PushProducer:
         self.events.append("stop")
 
 
+@onEveryPath
 def test_producerPausedOverBufferSizeAndResumed(reactor: Reactor) -> None:
     """
     A streaming producer is paused once more than bufferSize is queued, and resumed once the queue drains.
@@ -281,6 +289,7 @@ def test_producerPausedOverBufferSizeAndResumed(reactor: Reactor) -> None:
     spin(reactor, lambda: producer.events == ["pause", "resume"])
 
 
+@onEveryPath
 def test_pullProducerAskedAgain(reactor: Reactor) -> None:
     """
     A pull producer's writes go through the queue, so that it is asked for more each time the queue drains.
@@ -300,6 +309,7 @@ def test_pullProducerAskedAgain(reactor: Reactor) -> None:
     assert drain(reactor, accepted.client, 18) == b"first second third"
 
 
+@onEveryPath
 def test_loseConnectionFlushesThenCloses(reactor: Reactor) -> None:
     """
     loseConnection closes only once what is queued is written; the protocol then loses the connection cleanly, once.
@@ -314,6 +324,7 @@ def test_loseConnectionFlushesThenCloses(reactor: Reactor) -> None:
     assert accepted.protocol.lost[0].check(ConnectionDone)
 
 
+@onEveryPath
 def test_writeWhileClosingIsQueuedBehind(reactor: Reactor) -> None:
     """
     A write made after loseConnection, before the close, is not sent ahead of what is queued but after it, as Twisted does.
@@ -325,6 +336,7 @@ def test_writeWhileClosingIsQueuedBehind(reactor: Reactor) -> None:
     assert untilEOF(reactor, accepted.client) == b"first last"
 
 
+@onEveryPath
 def test_writesAfterCloseIgnored(reactor: Reactor) -> None:
     """
     Once the connection is lost, writes are dropped without an error.
@@ -337,6 +349,7 @@ def test_writesAfterCloseIgnored(reactor: Reactor) -> None:
     assert untilEOF(reactor, accepted.client) == b""
 
 
+@onEveryPath
 def test_abortConnectionDropsQueue(reactor: Reactor) -> None:
     """
     abortConnection drops what is queued, resets the connection and loses it with ConnectionAborted; later writes send nothing.
@@ -358,6 +371,7 @@ def test_abortConnectionDropsQueue(reactor: Reactor) -> None:
     assert b"after abort" not in received
 
 
+@onEveryPath
 def test_writeAfterAbortSendsNothing(reactor: Reactor) -> None:
     """
     A write made between abortConnection and the loss of the connection is not sent, even with nothing queued.
@@ -371,6 +385,7 @@ def test_writeAfterAbortSendsNothing(reactor: Reactor) -> None:
         accepted.client.recv(100)
 
 
+@onEveryPath
 def test_peerResetDuringWrite(reactor: Reactor) -> None:
     """
     A write to a peer that reset the connection raises nothing; the protocol loses the connection with ConnectionLost, once.
@@ -387,6 +402,7 @@ def test_peerResetDuringWrite(reactor: Reactor) -> None:
     assert accepted.protocol.lost[0].check(ConnectionLost)
 
 
+@onEveryPath
 def test_peerResetWhileIdle(reactor: Reactor) -> None:
     """
     A peer that resets an idle connection has it lost with ConnectionLost, once.
@@ -400,6 +416,7 @@ def test_peerResetWhileIdle(reactor: Reactor) -> None:
     assert len(accepted.protocol.lost) == 1 and accepted.protocol.lost[0].check(ConnectionLost)
 
 
+@onEveryPath
 def test_loseWriteConnectionHalfCloses(reactor: Reactor) -> None:
     """
     loseWriteConnection sends what is written then EOF, tells the protocol its writing side is shut, and keeps reading.
@@ -416,6 +433,7 @@ def test_loseWriteConnectionHalfCloses(reactor: Reactor) -> None:
     assert accepted.protocol.lost == []
 
 
+@onEveryPath
 def test_peerHalfCloseReadsThenAnswers(reactor: Reactor) -> None:
     """
     A peer that shuts its sending side is reported as readConnectionLost, and what the protocol writes then still reaches it.
@@ -441,6 +459,7 @@ class Exploding(Recorder):
         self.transport.write(data)  # type: ignore[union-attr]
 
 
+@onEveryPath
 def test_exceptionInDataReceivedClosesThatConnectionOnly(reactor: Reactor) -> None:
     """
     An exception raised by a protocol's dataReceived is logged, labelled with the connection, and loses that connection; other connections go on.
@@ -467,6 +486,7 @@ def test_exceptionInDataReceivedClosesThatConnectionOnly(reactor: Reactor) -> No
     assert drain(reactor, fine.client, 12) == b"still served"
 
 
+@onEveryPath
 def test_tlsEchoThroughTheTransport(reactor: Reactor, tmp_path: Path) -> None:
     """
     netd's TLS echo stack (limits, TLS, framing, echo) serves a real TLS client through the transport, a MiB each way.
@@ -511,6 +531,7 @@ def test_tlsEchoThroughTheTransport(reactor: Reactor, tmp_path: Path) -> None:
     client.close()
 
 
+@onEveryPath
 def test_writeAfterQuietLoseConnectionIsSentThenCloses(reactor: Reactor) -> None:
     """
     A write made after a loseConnection that had nothing to flush is still sent, then the connection closes, as on Twisted's transports.
@@ -523,6 +544,7 @@ def test_writeAfterQuietLoseConnectionIsSentThenCloses(reactor: Reactor) -> None
     assert len(accepted.protocol.lost) == 1 and accepted.protocol.lost[0].check(ConnectionDone)
 
 
+@onEveryPath
 def test_abortAfterQuietLoseConnection(reactor: Reactor) -> None:
     """
     abortConnection after a loseConnection that was left to the reactor loses the connection once, aborted.
@@ -535,6 +557,7 @@ def test_abortAfterQuietLoseConnection(reactor: Reactor) -> None:
     assert len(accepted.protocol.lost) == 1 and accepted.protocol.lost[0].check(ConnectionAborted)
 
 
+@onEveryPath
 def test_shutdownLosesConnectionsAndPorts(reactor: Reactor) -> None:
     """
     At shutdown (disconnectAll), every open connection's protocol is told ConnectionLost at once, its client sees the connection end, and a port still listening stops and refuses new connections.
@@ -557,6 +580,7 @@ def test_shutdownLosesConnectionsAndPorts(reactor: Reactor) -> None:
         socket.create_connection(address, timeout=WAIT)
 
 
+@onEveryPath
 def test_peerEOFWithoutHalfCloseLosesConnection(reactor: Reactor) -> None:
     """
     A protocol that does not take half-closes loses the connection, cleanly, when the peer shuts its side.
@@ -568,6 +592,7 @@ def test_peerEOFWithoutHalfCloseLosesConnection(reactor: Reactor) -> None:
     assert untilEOF(reactor, accepted.client) == b""
 
 
+@onEveryPath
 def test_readConnectionLostErrorLosesConnection(reactor: Reactor) -> None:
     """
     An exception from a half-closeable protocol's readConnectionLost is logged and loses the connection.
@@ -621,6 +646,7 @@ def test_addressesOfAcceptedConnection(reactor: Reactor) -> None:
     assert accepted.transport.getHost() is host
 
 
+@onEveryPath
 @pytest.mark.parametrize(("interface", "connectTo"), [("", "127.0.0.1"), ("0.0.0.0", "127.0.0.2"), ("::", "::1"), ("::1", "::1")])
 def test_localAddressOfEachConnection(reactor: Reactor, interface: str, connectTo: str) -> None:
     """
@@ -648,6 +674,7 @@ def test_localAddressOfEachConnection(reactor: Reactor, interface: str, connectT
     port.stopListening()
 
 
+@onEveryPath
 def test_logPrefixAndDescription(reactor: Reactor) -> None:
     """
     A connection's log prefix and description read as Twisted's (protocol, session number, peer; protocol, session, port), made when asked for.
@@ -658,6 +685,7 @@ def test_logPrefixAndDescription(reactor: Reactor) -> None:
     assert repr(transport) == f"<Recorder #{transport.sessionno} on {transport.getHost().port}>"
 
 
+@onEveryPath
 def test_burstOfConnectionsAllAccepted(reactor: Reactor) -> None:
     """
     Connections that arrive together are all accepted, in as few turns as there are bursts, each with its own session number.
@@ -678,6 +706,7 @@ def test_burstOfConnectionsAllAccepted(reactor: Reactor) -> None:
     port.stopListening()
 
 
+@onEveryPath
 def test_refusedConnectionIsClosed(reactor: Reactor) -> None:
     """
     A connection the factory refuses (buildProtocol returns None) is closed, and the next one is still accepted.
@@ -698,6 +727,7 @@ def test_refusedConnectionIsClosed(reactor: Reactor) -> None:
     port.stopListening()
 
 
+@onEveryPath
 def test_closedFromConnectionMade(reactor: Reactor) -> None:
     """
     A protocol that writes and loses the connection as soon as it is made (as a refusal does) is sent what it wrote, never reads, and loses the connection cleanly.
@@ -895,7 +925,7 @@ def test_installReactorInstalls(environment: dict[str, str], expected: str) -> N
     script = (
         "import sys, netd.daemon.cli\n"
         "assert 'twisted.internet.reactor' not in sys.modules, 'importing netd.daemon.cli installed a reactor'\n"
-        "from netd.reactors.epoll import installReactor\n"
+        "from netd.reactors.choice import installReactor\n"
         "installReactor()\n"
         "from twisted.internet import reactor\n"
         "print(type(reactor).__name__)\n"
@@ -996,7 +1026,7 @@ def test_twistedsReactorListensWithAcceptingPorts() -> None:
     from twisted.internet import tcp
     from twisted.internet.testing import MemoryReactor
 
-    from netd.reactors.epoll import AcceptingPort, acceptGuarded
+    from netd.reactors.accepting import AcceptingPort, acceptGuarded
 
     twisted = EPollReactor()
     try:

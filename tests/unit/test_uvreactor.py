@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,10 +19,11 @@ from twisted.logger import globalLogPublisher
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 
+from netd.reactors import tcpinfo
+from netd.reactors.uv import ClockedStreamConnection, StreamConnection, TCPPort, UvloopReactor
 from netd.stream.guard import resetTransport
-from netd.reactors.uv import StreamConnection, TCPPort, UvloopReactor
 
-from .privatereactor import spin, turn, uvloopReactor  # noqa: F401
+from .privatereactor import privateClockedUvloopReactor, privateUvloopReactor, spin, turn, uvloopReactor  # noqa: F401
 from .test_reactor import Recording, accept, drain, readable, untilEOF
 
 
@@ -48,13 +50,24 @@ def idleFor(reactor: UvloopReactor, seconds: float) -> None:
     spin(reactor, lambda: reactor.seconds() >= until)
 
 
-def test_lastActivityFollowsTrafficEachWay(uvloopReactor: UvloopReactor) -> None:
+@pytest.fixture(params=["tcp-info", "clock"])
+def idleTimedReactor(request: pytest.FixtureRequest) -> Iterator[UvloopReactor]:
     """
-    lastActivity stays at the connection's opening while it is idle, moves to the time of each read and of each write as the kernel reports them, and never goes backwards.
+    A private uvloop reactor whose connections read their idle time from
+    C{TCP_INFO} (the fast path), then one whose connections keep their own
+    clock (the fallback where C{TCP_INFO}'s canary fails).
     """
-    reactor = uvloopReactor
+    yield from (privateUvloopReactor if request.param == "tcp-info" else privateClockedUvloopReactor)()
+
+
+def test_lastActivityFollowsTrafficEachWay(idleTimedReactor: UvloopReactor) -> None:
+    """
+    lastActivity stays at the connection's opening while it is idle, moves to the time of each read and of each write (as the kernel reports them, or as the fallback's clock noted them), and never goes backwards.
+    """
+    reactor = idleTimedReactor
     accepted = accept(reactor)
     transport = accepted.transport
+    assert type(transport) is (StreamConnection if tcpinfo.CANARY.alive() else ClockedStreamConnection)
     seen = [transport.lastActivity]
     assert abs(reactor.seconds() - seen[0]) < 0.05
     idleFor(reactor, 0.1)
@@ -76,11 +89,11 @@ def test_lastActivityFollowsTrafficEachWay(uvloopReactor: UvloopReactor) -> None
     assert seen == sorted(seen)
 
 
-def test_lastActivityKeptOnceLost(uvloopReactor: UvloopReactor) -> None:
+def test_lastActivityKeptOnceLost(idleTimedReactor: UvloopReactor) -> None:
     """
-    Once the connection is lost, lastActivity is the last time known, however long after it is asked.
+    Once the connection is lost, lastActivity is the last time known, however long after it is asked, on either path.
     """
-    reactor = uvloopReactor
+    reactor = idleTimedReactor
     accepted = accept(reactor)
     accepted.client.sendall(b"last words")
     spin(reactor, lambda: accepted.protocol.received)
@@ -224,8 +237,8 @@ def test_asyncioErrorsGoToNetdsLog(uvloopReactor: UvloopReactor) -> None:
         try:
             raise OSError(24, "Too many open files")
         except OSError as error:
-            uvloopReactor._asyncioEventloop.call_exception_handler({"message": "accept failed", "exception": error, "fd": 7})
-        uvloopReactor._asyncioEventloop.call_exception_handler({"message": "no exception here"})
+            uvloopReactor.asyncioLoop.call_exception_handler({"message": "accept failed", "exception": error, "fd": 7})
+        uvloopReactor.asyncioLoop.call_exception_handler({"message": "no exception here"})
     finally:
         globalLogPublisher.removeObserver(events.append)
     ours = [event for event in events if event.get("log_namespace") == "netd.reactors.uv"]
