@@ -151,17 +151,6 @@ def shortestCircle(graph: dict[str, set[str]], component: frozenset[str]) -> lis
     raise AssertionError(f"{sorted(component)} is not a circle")
 
 
-KNOWN_CIRCLES: dict[str, frozenset[str]] = {
-    "the epoll reactor and the uvloop reactor": frozenset({"netd.reactors.epoll", "netd.reactors.uv"}),
-}
-"""
-The import circles the tree had when this check was written, while issue 15's
-redesign removes them.  The list may only shrink: a circle not in it (or
-larger than the one listed) fails the check, and so does a listed circle that
-is gone, so that each removal also removes its entry here.
-"""
-
-
 def describe(graph: dict[str, set[str]], circle: frozenset[str]) -> str:
     """
     A circle for a failure message: its modules and one way it closes.
@@ -169,32 +158,18 @@ def describe(graph: dict[str, set[str]], circle: frozenset[str]) -> str:
     return f"{sorted(circle)}: {' -> '.join(shortestCircle(graph, circle))}"
 
 
-def unexpectedCircles(graph: dict[str, set[str]], known: dict[str, frozenset[str]]) -> list[str]:
+def circleProblems(graph: dict[str, set[str]]) -> list[str]:
     """
-    What is wrong with the circles of C{graph} against the C{known} ones: each
-    circle that is not within a known one, and each known one that is gone.
+    Each import circle of C{graph}, described for a failure message.
     """
-    found = circles(graph)
-    problems = [
-        f"new import circle {describe(graph, circle)}"
-        for circle in found
-        if not any(circle <= allowed for allowed in known.values())
-    ]
-    problems += [
-        f"the known circle {name!r} ({sorted(allowed)}) is gone or smaller now; "
-        f"replace it in KNOWN_CIRCLES by what is left of it: "
-        f"{[describe(graph, circle) for circle in found if circle <= allowed] or 'nothing'}"
-        for name, allowed in known.items()
-        if allowed not in found
-    ]
-    return problems
+    return [f"import circle {describe(graph, circle)}" for circle in circles(graph)]
 
 
 def test_noImportCircles() -> None:
     """
-    No modules of netd or of the built-in plugins import each other in a circle, apart from the known ones, which are all still there.
+    No modules of netd or of the built-in plugins import each other in a circle (imports under TYPE_CHECKING and inside functions count too).
     """
-    problems = unexpectedCircles(importGraph(), KNOWN_CIRCLES)
+    problems = circleProblems(importGraph())
     assert not problems, "\n".join(problems)
 
 
@@ -236,22 +211,20 @@ def test_graphFollowsEveryKindOfImport(tmp_path: Path) -> None:
     }
 
 
-def test_circlesAreFoundAndCheckedAgainstTheKnownOnes() -> None:
+def test_circlesAreFound() -> None:
     """
-    Every strongly connected set of modules is a circle; one outside the known ones fails, one inside them passes, and a known one that is gone fails too.
+    Every strongly connected set of modules is a circle, reported with one shortest way it closes; modules that only lead into a circle are not part of it.
     """
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"e"}, "e": {"d", "a"}, "f": {"a"}}
     assert sorted(sorted(circle) for circle in circles(graph)) == [["a", "b", "c"], ["d", "e"]]
     assert shortestCircle(graph, frozenset({"a", "b", "c"})) == ["a", "b", "c", "a"]
-    known = {"abc": frozenset({"a", "b", "c"}), "de": frozenset({"d", "e"})}
-    assert unexpectedCircles(graph, known) == []
-    [new] = unexpectedCircles(graph, {"abc": known["abc"]})
-    assert new.startswith("new import circle ['d', 'e']: d -> e -> d")
-    graph["e"] = {"a"}
-    [gone] = unexpectedCircles(graph, known)
-    assert gone.startswith("the known circle 'de'")
+    assert sorted(circleProblems(graph)) == [
+        "import circle ['a', 'b', 'c']: a -> b -> c -> a",
+        "import circle ['d', 'e']: d -> e -> d",
+    ]
     graph["c"] = set()
-    assert len(unexpectedCircles(graph, {"abc": known["abc"]})) == 1
+    graph["e"] = {"a"}
+    assert circleProblems(graph) == []
 
 
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
