@@ -72,7 +72,9 @@ def netdVersion() -> str:
     netd's git commit (with "+changes" when netd's code in the work tree differs from it).
     """
     try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(ROOT), "status", "--porcelain", "--", "netd", "plugins", "pyproject.toml"],
             capture_output=True,
@@ -89,8 +91,8 @@ def quietDaemonTable() -> str:
     The C{[daemon]} table of a benchmark's netd: warnings only, and no control
     API where this netd has one (it would listen on a fixed port).
     """
-    from netd.config.spec import DaemonSpec
     from netd.config.options import schemaFields
+    from netd.config.spec import DaemonSpec
 
     return '[daemon]\nlog_level = "warn"\n' + ("admin = false\n" if "admin" in schemaFields(DaemonSpec) else "")
 
@@ -112,7 +114,11 @@ def pinnedTo(cpus: set[int] | None) -> Callable[[], None]:
 
 
 def launch(
-    command: list[str], log: Path, cpus: set[int] | None = None, stdin: int = subprocess.DEVNULL, reactor: str | None = None
+    command: list[str],
+    log: Path,
+    cpus: set[int] | None = None,
+    stdin: int = subprocess.DEVNULL,
+    reactor: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """
     Start a server (or tool) with its output going to C{log}, pinned to
@@ -129,7 +135,12 @@ def launch(
 
 
 def waitUntil(
-    ready: Callable[[], object], process: subprocess.Popen[bytes], what: str, log: Path, timeout: float = START_TIMEOUT, interval: float = 0.05
+    ready: Callable[[], object],
+    process: subprocess.Popen[bytes],
+    what: str,
+    log: Path,
+    timeout: float = START_TIMEOUT,
+    interval: float = 0.05,
 ) -> None:
     """
     Poll every C{interval} seconds until C{ready()} is true; stop the process
@@ -145,7 +156,12 @@ def waitUntil(
 
 
 def waitForFile(
-    process: subprocess.Popen[bytes], path: Path, what: str, log: Path, timeout: float = START_TIMEOUT, interval: float = 0.05
+    process: subprocess.Popen[bytes],
+    path: Path,
+    what: str,
+    log: Path,
+    timeout: float = START_TIMEOUT,
+    interval: float = 0.05,
 ) -> None:
     """
     Wait until C{path} exists (a ports file, written once the server
@@ -189,8 +205,12 @@ def callgrindTotal(part: Path) -> int:
     """
     The instructions counted in one dump.
     """
-    annotated = subprocess.run(["callgrind_annotate", str(part)], capture_output=True, text=True, timeout=120, check=True).stdout
-    found = re.search(r"([\d,]+)\s+\(100\.0%\)\s+PROGRAM TOTALS", annotated) or re.search(r"([\d,]+)\s+PROGRAM TOTALS", annotated)
+    annotated = subprocess.run(
+        ["callgrind_annotate", str(part)], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    found = re.search(r"([\d,]+)\s+\(100\.0%\)\s+PROGRAM TOTALS", annotated) or re.search(
+        r"([\d,]+)\s+PROGRAM TOTALS", annotated
+    )
     if found is None:
         raise RuntimeError(f"callgrind_annotate printed no total for {part}")
     return int(found.group(1).replace(",", ""))
@@ -298,7 +318,11 @@ def buildLoadgen() -> Path:
         raise RuntimeError("no C compiler (cc) to build bench/loadgen/loadgen.c; bench/setup-tools.sh installs gcc")
     BUILD.mkdir(parents=True, exist_ok=True)
     say(f"building {binary} with {compiler}")
-    subprocess.run([compiler, "-O2", "-Wall", "-Wextra", "-o", str(binary), str(source), "-lssl", "-lcrypto"], check=True, timeout=120)
+    subprocess.run(
+        [compiler, "-O2", "-Wall", "-Wextra", "-o", str(binary), str(source), "-lssl", "-lcrypto"],
+        check=True,
+        timeout=120,
+    )
     return binary
 
 
@@ -307,10 +331,16 @@ class Loadgen:
     One run of bench/loadgen, whose JSON lines are read as they come.
     """
 
-    def __init__(self, binary: Path, mode: str, port: int, arguments: list[str], cpus: set[int] | None, timeout: float) -> None:
+    def __init__(
+        self, binary: Path, mode: str, port: int, arguments: list[str], cpus: set[int] | None, timeout: float
+    ) -> None:
         self.command = [str(binary), mode, "--host", "127.0.0.1", "--port", str(port), *arguments]
         self.process = subprocess.Popen(
-            self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=pinnedTo(cpus)
+            self.command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=pinnedTo(cpus),
         )
         self.deadline = time.monotonic() + timeout
         self.pending = b""
@@ -355,7 +385,13 @@ class Loadgen:
 
 
 def measureLoad(
-    binary: Path, mode: str, port: int, arguments: list[str], serverCpu: Callable[[], float], cpus: set[int] | None, timeout: float
+    binary: Path,
+    mode: str,
+    port: int,
+    arguments: list[str],
+    serverCpu: Callable[[], float],
+    cpus: set[int] | None,
+    timeout: float,
 ) -> tuple[dict[str, object], dict[str, float]]:
     """
     One load generator run: its result line, and the figures of the table:
@@ -413,7 +449,7 @@ def machine(**extra: str) -> dict[str, str]:
     except OSError:
         pass
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpus": str(os.cpu_count()),
         "nproc": str(len(os.sched_getaffinity(0))),
         "cpu": model,

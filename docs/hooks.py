@@ -150,6 +150,6 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         return f"]({posixpath.relpath(siteUri(linked), here or '.')}{hash}{fragment})"
 
     out = []
-    for line, prose in zip(markdown.splitlines(), proseLines(markdown)):
+    for line, prose in zip(markdown.splitlines(), proseLines(markdown), strict=True):
         out.append(LINK.sub(rewrite, line) if prose else line)
     return "\n".join(out) + "\n"

@@ -18,20 +18,71 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.2.0"
 
 if TYPE_CHECKING:
-    from netd.bases import FrameReceiver, NoOptions, Plugin, StreamHandler, StreamPlugin
-    from netd.config.options import ConfigError, ConfigPath, Problem, atLeast, between, option
+    from netd.bases import (
+        FrameReceiver as FrameReceiver,
+    )
+    from netd.bases import (
+        NoOptions as NoOptions,
+    )
+    from netd.bases import (
+        Plugin as Plugin,
+    )
+    from netd.bases import (
+        StreamHandler as StreamHandler,
+    )
+    from netd.bases import (
+        StreamPlugin as StreamPlugin,
+    )
+    from netd.config.options import (
+        ConfigError as ConfigError,
+    )
+    from netd.config.options import (
+        ConfigPath as ConfigPath,
+    )
+    from netd.config.options import (
+        Problem as Problem,
+    )
+    from netd.config.options import (
+        atLeast as atLeast,
+    )
+    from netd.config.options import (
+        between as between,
+    )
+    from netd.config.options import (
+        option as option,
+    )
     from netd.interfaces import (
-        EventRecorder,
-        IDatagramHandler,
-        IDatagramSender,
-        IFrameConnection,
-        IFrameReceiver,
-        IHasRuntimeTables,
-        IProtocolPlugin,
-        IReportsStatus,
-        IRuntimeTable,
-        IStreamHandler,
-        PluginContext,
+        EventRecorder as EventRecorder,
+    )
+    from netd.interfaces import (
+        IDatagramHandler as IDatagramHandler,
+    )
+    from netd.interfaces import (
+        IDatagramSender as IDatagramSender,
+    )
+    from netd.interfaces import (
+        IFrameConnection as IFrameConnection,
+    )
+    from netd.interfaces import (
+        IFrameReceiver as IFrameReceiver,
+    )
+    from netd.interfaces import (
+        IHasRuntimeTables as IHasRuntimeTables,
+    )
+    from netd.interfaces import (
+        IProtocolPlugin as IProtocolPlugin,
+    )
+    from netd.interfaces import (
+        IReportsStatus as IReportsStatus,
+    )
+    from netd.interfaces import (
+        IRuntimeTable as IRuntimeTable,
+    )
+    from netd.interfaces import (
+        IStreamHandler as IStreamHandler,
+    )
+    from netd.interfaces import (
+        PluginContext as PluginContext,
     )
 
 #: Each public name, to the module it comes from.
@@ -76,5 +127,3 @@ def __dir__() -> list[str]:
     The module's names and the public ones not imported yet.
     """
     return sorted({*globals(), *PUBLIC})
-
-

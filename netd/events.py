@@ -16,8 +16,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from netd.interfaces import IRuntimeTable
 from netd.config.options import ConfigError, Problem, closeMatch
+from netd.interfaces import IRuntimeTable
 
 DEFAULT_SIZE = 1000
 """
@@ -92,7 +92,9 @@ class EventLog:
         """
         return self._seq - self._clearedAt - len(self._ring)
 
-    def events(self, *, kind: str | None = None, since: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    def events(
+        self, *, kind: str | None = None, since: int | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
         """
         The events kept, oldest first, each C{{"seq", "time", "kind", ...}}
         with the fields of its C{render}.
@@ -102,9 +104,7 @@ class EventLog:
         @param limit: only the most recent this many (of those selected).
         """
         selected = [
-            entry
-            for entry in self._ring
-            if (kind is None or entry[2] == kind) and (since is None or entry[0] > since)
+            entry for entry in self._ring if (kind is None or entry[2] == kind) and (since is None or entry[0] > since)
         ]
         if limit is not None:
             selected = selected[len(selected) - limit :] if limit > 0 else []
@@ -143,7 +143,11 @@ class EventTable:
         for key in query:
             if key not in _QUERY_KEYS:
                 problems.append(
-                    Problem((key,), "unknown query argument" + (closeMatch(key, _QUERY_KEYS) or f"; expected {', '.join(_QUERY_KEYS)}"))
+                    Problem(
+                        (key,),
+                        "unknown query argument"
+                        + (closeMatch(key, _QUERY_KEYS) or f"; expected {', '.join(_QUERY_KEYS)}"),
+                    )
                 )
         kind = _last(query, "kind")
         since = _number(query, "since", problems)

@@ -79,7 +79,7 @@ class Histogram:
         """
         total = 0
         buckets = []
-        for bound, count in zip((*self.bounds, math.inf), self.counts):
+        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
             total += count
             buckets.append((bound, total))
         return buckets

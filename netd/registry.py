@@ -10,12 +10,11 @@ not import what it does not run (docs/writing-a-plugin.md, "Packaging").
 from __future__ import annotations
 
 import importlib
-import re
 import pkgutil
+import re
 from typing import Any
 
 import attrs
-from twisted.logger import Logger
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 

@@ -259,8 +259,12 @@ def test_treeMatchesTheDocumentedLayout() -> None:
     package = ROOT / "netd"
     actualFolders = {path.parent.name for path in package.glob("*/__init__.py")}
     actualModules = {path.stem for path in package.glob("*.py")}
-    assert actualFolders == folders, f"netd/ has the folders {sorted(actualFolders)}; docs/architecture.md describes {sorted(folders)}"
-    assert actualModules == modules, f"netd/ has the top-level modules {sorted(actualModules)}; docs/architecture.md lists {sorted(modules)}"
+    assert actualFolders == folders, (
+        f"netd/ has the folders {sorted(actualFolders)}; docs/architecture.md describes {sorted(folders)}"
+    )
+    assert actualModules == modules, (
+        f"netd/ has the top-level modules {sorted(actualModules)}; docs/architecture.md lists {sorted(modules)}"
+    )
     strays = [
         str(path.relative_to(ROOT))
         for path in package.rglob("*.py")

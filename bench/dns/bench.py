@@ -42,7 +42,6 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from benchlib import cpuTime, machine, netdVersion, publish, quietDaemonTable, say, startNetd, stopProcess, toolVersion  # noqa: E402  (the path above makes it importable)
-
 from dns_upstream import (  # noqa: E402  (the path above makes it importable)
     ZONE,
     Dnsmasq,
@@ -66,7 +65,9 @@ class Server:
     One forwarder under test: its name, where it listens, and how to stop it.
     """
 
-    def __init__(self, name: str, port: int, process: subprocess.Popen[bytes] | None, stop: Callable[[], None], version: str) -> None:
+    def __init__(
+        self, name: str, port: int, process: subprocess.Popen[bytes] | None, stop: Callable[[], None], version: str
+    ) -> None:
         self.name = name
         self.port = port
         self.process = process
@@ -87,7 +88,9 @@ def waitUntilAnswering(port: int, process: subprocess.Popen[bytes], what: str, l
             return
         time.sleep(0.05)
     stopProcess(process)
-    raise RuntimeError(f"{what} did not answer within {START_TIMEOUT} seconds:\n{log.read_text(errors='replace')[-3000:]}")
+    raise RuntimeError(
+        f"{what} did not answer within {START_TIMEOUT} seconds:\n{log.read_text(errors='replace')[-3000:]}"
+    )
 
 
 def startNetdProxy(upstream: Dnsmasq, directory: Path, cacheSize: int) -> Server:
@@ -121,7 +124,13 @@ def startDnsmasqForwarder(upstream: Dnsmasq, directory: Path, cacheSize: int) ->
         logQueries=False,
         name="dnsmasq-forwarder",
     )
-    return Server("dnsmasq", forwarder.port, forwarder.process, forwarder.stop, toolVersion([findDnsmasq() or "dnsmasq", "--version"]).split("  ")[0])
+    return Server(
+        "dnsmasq",
+        forwarder.port,
+        forwarder.process,
+        forwarder.stop,
+        toolVersion([findDnsmasq() or "dnsmasq", "--version"]).split("  ")[0],
+    )
 
 
 def startUnbound(upstream: Dnsmasq, directory: Path) -> Server:
@@ -164,7 +173,9 @@ def startUnbound(upstream: Dnsmasq, directory: Path) -> Server:
         )
         log = directory / f"unbound-{port}.log"
         with log.open("wb") as output:
-            process = subprocess.Popen([executable, "-d", "-c", str(config)], stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [executable, "-d", "-c", str(config)], stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
+            )
         try:
             waitUntilAnswering(port, process, "unbound", log)
         except RuntimeError:
@@ -172,7 +183,13 @@ def startUnbound(upstream: Dnsmasq, directory: Path) -> Server:
             if "in use" in log.read_text(errors="replace"):
                 continue
             raise
-        return Server("unbound", port, process, lambda: stopProcess(process), "unbound " + toolVersion([executable, "-V"]).replace("Version ", ""))
+        return Server(
+            "unbound",
+            port,
+            process,
+            lambda: stopProcess(process),  # noqa: B023 (returned at once: the loop ends here)
+            "unbound " + toolVersion([executable, "-V"]).replace("Version ", ""),
+        )
     raise RuntimeError("unbound found no free port")
 
 
@@ -284,7 +301,9 @@ def servers(directory: Path, options: argparse.Namespace) -> Iterator[tuple[Dnsm
     """
     The upstream and the forwarders, stopped (by PID) on the way out.
     """
-    upstream = startDnsmasq(benchUpstreamArguments(), directory, readyName=f"ready.{ZONE}", logQueries=False, name="upstream")
+    upstream = startDnsmasq(
+        benchUpstreamArguments(), directory, readyName=f"ready.{ZONE}", logQueries=False, name="upstream"
+    )
     started: dict[str, Server] = {}
     try:
         starters = {
@@ -323,11 +342,16 @@ def run(options: argparse.Namespace) -> dict[str, object]:
                     say(f"round {round + 1}/{options.rounds}: {name} misses")
                     prefix = f"r{round}-{name}"
                     count = options.miss_names
-                    missNames = writeNames(directory / "misses.txt", (f"m{index}.{prefix}.{ZONE}" for index in range(count)))
+                    missNames = writeNames(
+                        directory / "misses.txt", (f"m{index}.{prefix}.{ZONE}" for index in range(count))
+                    )
                     result = throughput(server, missNames, options, "-n", "1")
                     latencyNames = writeNames(
                         directory / "misses-latency.txt",
-                        (f"l{index}.{prefix}.{ZONE}" for index in range(options.rate * options.latency_duration + 1000)),
+                        (
+                            f"l{index}.{prefix}.{ZONE}"
+                            for index in range(options.rate * options.latency_duration + 1000)
+                        ),
                     )
                     result.update(latencies(server.port, latencyNames, options, "-n", "1"))
                     raw.setdefault((name, "misses"), []).append(result)
@@ -337,7 +361,12 @@ def run(options: argparse.Namespace) -> dict[str, object]:
         f"{name}/{mode}": {metric: statistics.median(r[metric] for r in results) for metric in results[0]}
         for (name, mode), results in raw.items()
     }
-    return {"machine": machine(dnsperf=toolVersion(["dnsperf", "-h"], r"Version ([0-9.]+)")), "versions": versions, "medians": medians, "rounds": {f"{k[0]}/{k[1]}": v for k, v in raw.items()}}
+    return {
+        "machine": machine(dnsperf=toolVersion(["dnsperf", "-h"], r"Version ([0-9.]+)")),
+        "versions": versions,
+        "medians": medians,
+        "rounds": {f"{k[0]}/{k[1]}": v for k, v in raw.items()},
+    }
 
 
 def report(result: dict[str, object], options: argparse.Namespace) -> str:
@@ -398,12 +427,22 @@ def main() -> None:
     parser.add_argument("--latency-duration", type=int, default=5, help="seconds of each latency run")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all forwarders; the medians are reported")
     parser.add_argument("--cache-size", type=int, default=10000, help="cache entries of netd and dnsmasq")
-    parser.add_argument("--miss-names", type=int, default=1_500_000, help="unique names per cache-miss run (each asked once)")
+    parser.add_argument(
+        "--miss-names", type=int, default=1_500_000, help="unique names per cache-miss run (each asked once)"
+    )
     parser.add_argument("--forwarders", nargs="+", default=list(FORWARDERS), choices=FORWARDERS)
     parser.add_argument("--record", action="store_true", help="add the results to bench/RESULTS.md (newest first)")
     parser.add_argument("--json", type=Path, help="also write every round's numbers to this file")
     options = parser.parse_args()
-    missing = [tool for tool, found in [("dnsperf", shutil.which("dnsperf")), ("dnsmasq", findDnsmasq()), ("unbound", shutil.which("unbound") or shutil.which("/usr/sbin/unbound"))] if not found]
+    missing = [
+        tool
+        for tool, found in [
+            ("dnsperf", shutil.which("dnsperf")),
+            ("dnsmasq", findDnsmasq()),
+            ("unbound", shutil.which("unbound") or shutil.which("/usr/sbin/unbound")),
+        ]
+        if not found
+    ]
     if missing:
         sys.exit(f"bench: missing {', '.join(missing)}; bench/dns/run.sh installs them (apt-get)")
     socket.getaddrinfo(HOST, None)

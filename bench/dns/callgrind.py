@@ -42,11 +42,21 @@ from benchlib import (  # noqa: E402  (the path above makes it importable)
     underCallgrind,
     waitUntil,
 )
-
-from dns_upstream import ZONE, answerRcode, askUdp, benchUpstreamArguments, buildQuery, findDnsmasq, freeLoopbackPort, startDnsmasq  # noqa: E402
+from dns_upstream import (  # noqa: E402
+    ZONE,
+    answerRcode,
+    askUdp,
+    benchUpstreamArguments,
+    buildQuery,
+    findDnsmasq,
+    freeLoopbackPort,
+    startDnsmasq,
+)
 
 HOST = "127.0.0.1"
 HIT_NAMES = 10
+
+
 def answering(port: int) -> bool:
     """
     Whether the forwarder answers a query under the zone (any RCODE).
@@ -55,7 +65,9 @@ def answering(port: int) -> bool:
     return answerRcode(query, askUdp(HOST, port, query, timeout=1.0) or b"") is not None
 
 
-def startUnderCallgrind(forwarder: str, upstream: str, directory: Path, output: Path) -> tuple[subprocess.Popen[bytes], int]:
+def startUnderCallgrind(
+    forwarder: str, upstream: str, directory: Path, output: Path
+) -> tuple[subprocess.Popen[bytes], int]:
     """
     The forwarder under callgrind, and the port it answers on.
     """
@@ -69,7 +81,9 @@ def startUnderCallgrind(forwarder: str, upstream: str, directory: Path, output: 
         )
         ports = directory / "ports.json"
         with log.open("wb") as sink:
-            process = subprocess.Popen(underCallgrind(netdCommand(config, ports), output), stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
+            process = subprocess.Popen(
+                underCallgrind(netdCommand(config, ports), output), stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT
+            )
         waitUntil(ports.exists, process, "netd under callgrind", log, CALLGRIND_START_TIMEOUT, 0.2)
         services = json.loads(ports.read_text())["services"]
         port = next(int(bound["port"]) for bound in services["dns"] if bound["transport"] == "udp")
@@ -114,7 +128,9 @@ def main() -> None:
     """
     Measure and print.
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--forwarder", choices=("netd", "dnsmasq"), default="netd")
     parser.add_argument("--warmup", type=int, default=3000, help="queries before the counted ones")
     parser.add_argument("--queries", type=int, default=20000, help="queries counted")
@@ -123,11 +139,15 @@ def main() -> None:
         directory = Path(temporary)
         names = directory / "hits.txt"
         names.write_text("".join(f"hit{index}.{ZONE} A\n" for index in range(HIT_NAMES)))
-        upstream = startDnsmasq(benchUpstreamArguments(), directory, readyName=f"ready.{ZONE}", logQueries=False, name="upstream")
+        upstream = startDnsmasq(
+            benchUpstreamArguments(), directory, readyName=f"ready.{ZONE}", logQueries=False, name="upstream"
+        )
         output = directory / "callgrind.out"
         try:
             say(f"starting {options.forwarder} under callgrind")
-            process, port = startUnderCallgrind(options.forwarder, f"{upstream.host}:{upstream.port}", directory, output)
+            process, port = startUnderCallgrind(
+                options.forwarder, f"{upstream.host}:{upstream.port}", directory, output
+            )
             try:
                 ask(port, names, options.warmup, timeout=300)
                 callgrindDump(process)

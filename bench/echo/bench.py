@@ -159,7 +159,13 @@ def startPythonPeer(loop: str, directory: Path, cpus: set[int] | None) -> Server
     process = launch(peerCommand(loop, portsFile), log, cpus)
     waitForFile(process, portsFile, loop, log)
     ports = json.loads(portsFile.read_text())
-    version = toolVersion([sys.executable, "-c", f"import platform, {loop}; print('{loop}', getattr({loop}, '__version__', platform.python_version()))"])
+    version = toolVersion(
+        [
+            sys.executable,
+            "-c",
+            f"import platform, {loop}; print('{loop}', getattr({loop}, '__version__', platform.python_version()))",
+        ]
+    )
     return Server(loop, {"raw": int(ports["raw"]), "u32": int(ports["u32"])}, process, version)
 
 
@@ -227,7 +233,9 @@ def servers(names: list[str], directory: Path, cpus: set[int] | None) -> Iterato
 # The load generator.
 
 
-def measureRate(binary: Path, scenario: str, server: Server, options: argparse.Namespace, cpus: set[int] | None) -> dict[str, float]:
+def measureRate(
+    binary: Path, scenario: str, server: Server, options: argparse.Namespace, cpus: set[int] | None
+) -> dict[str, float]:
     """
     One load generator run against a server: its rate, latencies and CPU,
     and the server's CPU over the same window (sampled when the load
@@ -236,14 +244,32 @@ def measureRate(binary: Path, scenario: str, server: Server, options: argparse.N
     if scenario.startswith("rr"):
         framing = scenario.split("-")[1]
         mode, port = "rr", server.ports[framing]
-        arguments = ["--connections", "50", "--size", "64", "--framing", framing, "--duration", str(options.duration), "--warmup", str(min(0.5, options.duration / 4))]
+        arguments = [
+            "--connections",
+            "50",
+            "--size",
+            "64",
+            "--framing",
+            framing,
+            "--duration",
+            str(options.duration),
+            "--warmup",
+            str(min(0.5, options.duration / 4)),
+        ]
         arguments += ["--count", str(int(options.duration * 2_000_000))]
     elif scenario == "bulk":
         mode, port = "bulk", server.ports["raw"]
         arguments = ["--bytes", str(options.bulk_mib * 2**20), "--duration", str(options.bulk_timeout)]
     else:
         mode, port = "connrate", server.ports["raw"]
-        arguments = ["--concurrency", str(options.connrate_concurrency), "--size", "64", "--duration", str(options.duration)]
+        arguments = [
+            "--concurrency",
+            str(options.connrate_concurrency),
+            "--size",
+            "64",
+            "--duration",
+            str(options.duration),
+        ]
         arguments += ["--count", str(int(options.duration * 500_000))]
     result, figures = measureLoad(
         binary,
@@ -255,11 +281,20 @@ def measureRate(binary: Path, scenario: str, server: Server, options: argparse.N
         timeout=max(options.duration, options.bulk_timeout) + 30,
     )
     if mode == "bulk" and not result["complete"]:
-        raise RuntimeError(f"{server.name} echoed only {result['bytes']} of {options.bulk_mib} MiB within {options.bulk_timeout} s")
+        raise RuntimeError(
+            f"{server.name} echoed only {result['bytes']} of {options.bulk_mib} MiB within {options.bulk_timeout} s"
+        )
     return figures
 
 
-def measureMemory(binary: Path, name: str, directory: Path, options: argparse.Namespace, serverCpus: set[int] | None, loadCpus: set[int] | None) -> dict[str, float]:
+def measureMemory(
+    binary: Path,
+    name: str,
+    directory: Path,
+    options: argparse.Namespace,
+    serverCpus: set[int] | None,
+    loadCpus: set[int] | None,
+) -> dict[str, float]:
     """
     A fresh server's resident size before and with C{--idle-connections}
     connections open and idle.
@@ -268,7 +303,18 @@ def measureMemory(binary: Path, name: str, directory: Path, options: argparse.Na
     try:
         time.sleep(SETTLE)
         before = residentKiB(server.process.pid)
-        arguments = ["--connections", str(options.idle_connections), "--concurrency", "32", "--size", "1", "--duration", "120", "--hold", "60"]
+        arguments = [
+            "--connections",
+            str(options.idle_connections),
+            "--concurrency",
+            "32",
+            "--size",
+            "1",
+            "--duration",
+            "120",
+            "--hold",
+            "60",
+        ]
         run = Loadgen(binary, "idle", server.ports["raw"], arguments, loadCpus, timeout=200)
         try:
             ready = run.next()
@@ -336,7 +382,9 @@ def run(options: argparse.Namespace) -> dict[str, object]:
                             if scenario == "rr-u32" and "u32" not in server.ports:
                                 continue
                             say(f"round {round + 1}/{options.rounds}: {name} {scenario}")
-                            rates.setdefault(scenario, {}).setdefault(name, []).append(measureRate(binary, scenario, server, options, loadCpus))
+                            rates.setdefault(scenario, {}).setdefault(name, []).append(
+                                measureRate(binary, scenario, server, options, loadCpus)
+                            )
         if "memory" in options.scenarios:
             for name in options.servers:
                 if name != "socat":
@@ -349,7 +397,10 @@ def run(options: argparse.Namespace) -> dict[str, object]:
                         say(f"start {index + 1}/{options.starts}: {name}")
                         startup.setdefault(name, []).append(measureStartup(name, directory, serverCpus))
     medians = {
-        scenario: {name: {key: statistics.median(r[key] for r in results) for key in results[0]} for name, results in byServer.items()}
+        scenario: {
+            name: {key: statistics.median(r[key] for r in results) for key in results[0]}
+            for name, results in byServer.items()
+        }
         for scenario, byServer in rates.items()
     }
     return {
@@ -374,12 +425,17 @@ def report(result: dict[str, object], options: argparse.Namespace) -> str:
     memory: dict[str, dict[str, float]] = result["memory"]  # type: ignore[assignment]
     startup: dict[str, list[float]] = result["startup"]  # type: ignore[assignment]
     pinned: dict[str, list[int]] = result["pinned"]  # type: ignore[assignment]
-    placement = f"server pinned to CPU {pinned['server']}, loadgen to CPU {pinned['loadgen']}" if pinned["server"] else "no pinning (one CPU)"
+    placement = (
+        f"server pinned to CPU {pinned['server']}, loadgen to CPU {pinned['loadgen']}"
+        if pinned["server"]
+        else "no pinning (one CPU)"
+    )
     lines = [
         f"### Echo, {info['date']}",
         "",
         f"- machine: {info['cpus']} CPUs (nproc {info['nproc']}), {info['cpu']}, {info['kernel']}, load average before the run {info['load']}",
-        f"- software: Python {info['python']}, Twisted {info['twisted']}; " + "; ".join(f"{name}: {version}" for name, version in versions.items()),
+        f"- software: Python {info['python']}, Twisted {info['twisted']}; "
+        + "; ".join(f"{name}: {version}" for name, version in versions.items()),
         f"- settings: bench/loadgen (C, epoll, one thread); {placement}; rr: 50 connections, one 64-byte message in flight each, "
         f"{options.duration} s; bulk: {options.bulk_mib} MiB through one connection; connrate: {options.connrate_concurrency} at a time, "
         f"{options.duration} s; medians of {options.rounds} round(s); all on 127.0.0.1",
@@ -401,7 +457,9 @@ def report(result: dict[str, object], options: argparse.Namespace) -> str:
                 digits = 1 if scenario == "bulk" else 0
                 latency = f"{m['p50_us']:,.0f} / {m['p99_us']:,.0f}" if "p50_us" in m else "-"
                 ratio = f"{netd['rate'] / m['rate']:.2f}" if netd and name != "netd" and m["rate"] else "-"
-                ratioPerCore = f"{netd['per_core'] / m['per_core']:.2f}" if netd and name != "netd" and m["per_core"] else "-"
+                ratioPerCore = (
+                    f"{netd['per_core'] / m['per_core']:.2f}" if netd and name != "netd" and m["per_core"] else "-"
+                )
                 lines.append(
                     f"| {LABELS[scenario]} | {name} | {m['rate']:,.{digits}f} | {m['server_cpu']:.2f} | {m['per_core']:,.{digits}f} | "
                     f"{m['loadgen_cpu']:.2f} | {latency} | {ratio} | {ratioPerCore} |"
@@ -420,13 +478,24 @@ def report(result: dict[str, object], options: argparse.Namespace) -> str:
         ]
         for name, m in memory.items():
             ratio = f"{netd['rss_idle_mib'] / m['rss_idle_mib']:.2f}" if netd and name != "netd" else "-"
-            lines.append(f"| {name} | {m['rss_before_mib']:.1f} | {m['rss_idle_mib']:.1f} | {m['kib_per_connection']:.2f} | {m['open_s']:.2f} | {ratio} |")
+            lines.append(
+                f"| {name} | {m['rss_before_mib']:.1f} | {m['rss_idle_mib']:.1f} | {m['kib_per_connection']:.2f} | {m['open_s']:.2f} | {ratio} |"
+            )
     if startup:
-        lines += ["", "| startup: process start to ports file written | median (ms) | min (ms) | max (ms) | starts |", "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "| startup: process start to ports file written | median (ms) | min (ms) | max (ms) | starts |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
         for name, times in startup.items():
-            lines.append(f"| {name} | {statistics.median(times) * 1000:.0f} | {min(times) * 1000:.0f} | {max(times) * 1000:.0f} | {len(times)} |")
+            lines.append(
+                f"| {name} | {statistics.median(times) * 1000:.0f} | {min(times) * 1000:.0f} | {max(times) * 1000:.0f} | {len(times)} |"
+            )
     if "socat" in options.servers and peers:
-        lines += ["", "- socat forks a process per connection and has no framing: no rr-u32, memory or startup figures for it"]
+        lines += [
+            "",
+            "- socat forks a process per connection and has no framing: no rr-u32, memory or startup figures for it",
+        ]
     lines.append("")
     return "\n".join(lines)
 
@@ -436,17 +505,25 @@ def main() -> None:
     Parse the options, check the tools, run, print and (with --record) record.
     """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1-second runs, one round, 128 MiB bulk, 3 starts (under a minute)")
+    parser.add_argument(
+        "--quick", action="store_true", help="1-second runs, one round, 128 MiB bulk, 3 starts (under a minute)"
+    )
     parser.add_argument("--duration", type=float, help="seconds of each rr and connrate run (default 3; --quick 1)")
-    parser.add_argument("--rounds", type=int, help="rounds over all servers; the medians are reported (default 3; --quick 1)")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds over all servers; the medians are reported (default 3; --quick 1)"
+    )
     parser.add_argument("--bulk-mib", type=int, help="MiB echoed by the bulk run (default 1024; --quick 128)")
     parser.add_argument("--bulk-timeout", type=float, default=60, help="seconds a bulk run may take at most")
     parser.add_argument("--connrate-concurrency", type=int, default=16, help="connections at a time in connrate")
-    parser.add_argument("--idle-connections", type=int, default=10000, help="connections held open by the memory scenario")
+    parser.add_argument(
+        "--idle-connections", type=int, default=10000, help="connections held open by the memory scenario"
+    )
     parser.add_argument("--starts", type=int, help="starts per server in the startup scenario (default 5; --quick 3)")
     parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
-    parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin the server and the load generator to CPUs")
+    parser.add_argument(
+        "--no-pin", dest="pin", action="store_false", help="do not pin the server and the load generator to CPUs"
+    )
     parser.add_argument("--record", action="store_true", help="add the results to bench/RESULTS.md")
     parser.add_argument("--json", type=Path, help="also write every round's numbers to this file")
     options = parser.parse_args()
@@ -459,7 +536,9 @@ def main() -> None:
         parser.error(f"--idle-connections must be 1-{MAX_CONNECTIONS - 1}")
     if "socat" in options.servers and shutil.which("socat") is None:
         sys.exit("bench: missing socat; bench/echo/run.sh installs it (apt-get)")
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # so that the servers are stopped on the way out
+    signal.signal(
+        signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum)
+    )  # so that the servers are stopped on the way out
     result = run(options)
     publish(report(result, options), result, options.json, options.record)
 

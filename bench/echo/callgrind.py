@@ -78,7 +78,18 @@ def roundTrips(binary: Path, port: int, framing: str, trips: int) -> int:
     Make C{trips} round trips with the load generator; the number it made.
     """
     command = [str(binary), "rr", "--host", HOST, "--port", str(port), "--framing", framing]
-    command += ["--connections", str(CONNECTIONS), "--size", str(SIZE), "--warmup", "0", "--duration", str(RUN_TIMEOUT), "--count", str(trips)]
+    command += [
+        "--connections",
+        str(CONNECTIONS),
+        "--size",
+        str(SIZE),
+        "--warmup",
+        "0",
+        "--duration",
+        str(RUN_TIMEOUT),
+        "--count",
+        str(trips),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT + 30, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr[-2000:]}")
@@ -90,7 +101,9 @@ def main() -> None:
     """
     Measure and print.
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--server", choices=("netd", "netd-epoll", "asyncio", "uvloop"), default="netd")
     parser.add_argument("--framing", choices=("raw", "u32"), default="raw")
     parser.add_argument("--warmup", type=int, default=2000, help="round trips before the counted ones")
@@ -110,7 +123,9 @@ def main() -> None:
         finally:
             stopProcess(process)
         total = callgrindTotal(Path(f"{output}.2"))
-    print(f"{options.server} {options.framing}: {total / made:,.0f} instructions per round trip ({made} round trips counted)")
+    print(
+        f"{options.server} {options.framing}: {total / made:,.0f} instructions per round trip ({made} round trips counted)"
+    )
 
 
 if __name__ == "__main__":

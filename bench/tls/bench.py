@@ -89,7 +89,9 @@ class Server:
     backend's too: it is part of serving the echo).
     """
 
-    def __init__(self, name: str, ports: dict[str, int], cpu: Callable[[], float], stop: Callable[[], None], version: str) -> None:
+    def __init__(
+        self, name: str, ports: dict[str, int], cpu: Callable[[], float], stop: Callable[[], None], version: str
+    ) -> None:
         self.name = name
         self.ports = ports
         self.cpu = cpu
@@ -116,7 +118,10 @@ def tlsProbe(port: int, maximum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3) -> tup
     context.verify_mode = ssl.CERT_NONE
     context.maximum_version = maximum
     try:
-        with socket.create_connection((HOST, port), timeout=2) as raw, context.wrap_socket(raw, server_hostname="localhost") as client:
+        with (
+            socket.create_connection((HOST, port), timeout=2) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as client,
+        ):
             client.sendall(b"probe")
             client.settimeout(2)
             if client.recv(5) != b"probe":
@@ -135,10 +140,14 @@ def waitUntilServing(process: subprocess.Popen[bytes], ports: list[int], what: s
     for port in ports:
         while tlsProbe(port) is None:
             if process.poll() is not None:
-                raise RuntimeError(f"{what} exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(
+                    f"{what} exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}"
+                )
             if time.monotonic() > deadline:
                 stopProcess(process)
-                raise RuntimeError(f"{what} did not serve TLS within {START_TIMEOUT} s:\n{log.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(
+                    f"{what} did not serve TLS within {START_TIMEOUT} s:\n{log.read_text(errors='replace')[-3000:]}"
+                )
             time.sleep(0.05)
 
 
@@ -168,7 +177,10 @@ class Backend:
     """
 
     def __init__(self, directory: Path, cpus: set[int] | None) -> None:
-        config = quietDaemonTable() + '\n[[services]]\nname = "backend"\nplugin = "echo"\nlisten = ["tcp:0:interface=127.0.0.1"]\nframing = "raw"\n'
+        config = (
+            quietDaemonTable()
+            + '\n[[services]]\nname = "backend"\nplugin = "echo"\nlisten = ["tcp:0:interface=127.0.0.1"]\nframing = "raw"\n'
+        )
         self.process, services, _ = startNetd(config, directory, "backend", cpus)
         self.port = int(services["backend"][0]["port"])  # type: ignore[call-overload]
 
@@ -231,7 +243,11 @@ def startStunnel(certs: dict[str, Path], backend: Backend, directory: Path, cpus
         log = directory / "stunnel.out"
         with log.open("wb") as output:
             process = subprocess.Popen(
-                [executable, str(config)], stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, preexec_fn=pinnedTo(cpus)
+                [executable, str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                preexec_fn=pinnedTo(cpus),
             )
         try:
             waitUntilServing(process, list(ports.values()), "stunnel", log)
@@ -243,9 +259,9 @@ def startStunnel(certs: dict[str, Path], backend: Backend, directory: Path, cpus
         version = toolVersion([executable, "-version"], r"(stunnel [0-9.]+)")
 
         def cpu() -> float:
-            return cpuTime(process.pid, threadsComeAndGo=True) + cpuTime(backend.process.pid)  # a thread per connection
+            return cpuTime(process.pid, threadsComeAndGo=True) + cpuTime(backend.process.pid)  # noqa: B023 (returned at once; a thread per connection)
 
-        return Server("stunnel", ports, cpu, lambda: stopProcess(process), version)
+        return Server("stunnel", ports, cpu, lambda: stopProcess(process), version)  # noqa: B023 (returned at once: the loop ends here)
     raise RuntimeError("stunnel found no free port")
 
 
@@ -271,14 +287,20 @@ def startHitch(certs: dict[str, Path], backend: Backend, directory: Path, cpus: 
         for keyType, folder in certs.items():
             combined = directory / f"hitch-{keyType}.pem"
             combined.write_bytes((folder / "server-key.pem").read_bytes() + (folder / "server.pem").read_bytes())
-            lines.append(f'frontend = {{\n  host = "{HOST}"\n  port = "{ports[keyType]}"\n  pem-file = "{combined}"\n}}')
+            lines.append(
+                f'frontend = {{\n  host = "{HOST}"\n  port = "{ports[keyType]}"\n  pem-file = "{combined}"\n}}'
+            )
         (directory / "ocsp").mkdir(exist_ok=True)
         config = directory / "hitch.conf"
         config.write_text("\n".join(lines) + "\n")
         log = directory / "hitch.out"
         with log.open("wb") as output:
             process = subprocess.Popen(
-                [executable, f"--config={config}"], stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, preexec_fn=pinnedTo(cpus)
+                [executable, f"--config={config}"],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                preexec_fn=pinnedTo(cpus),
             )
         try:
             waitUntilServing(process, list(ports.values()), "hitch", log)
@@ -290,9 +312,9 @@ def startHitch(certs: dict[str, Path], backend: Backend, directory: Path, cpus: 
         version = toolVersion([executable, "--version"], r"(hitch [0-9.]+)")
 
         def cpu() -> float:
-            return cpuTime(process.pid) + cpuTime(backend.process.pid)  # hitch's worker is a child process
+            return cpuTime(process.pid) + cpuTime(backend.process.pid)  # noqa: B023 (returned at once; hitch's worker is a child process)
 
-        return Server("hitch", ports, cpu, lambda: stopProcess(process), version)
+        return Server("hitch", ports, cpu, lambda: stopProcess(process), version)  # noqa: B023 (returned at once: the loop ends here)
     raise RuntimeError("hitch found no free port")
 
 
@@ -304,7 +326,9 @@ def _read(path: Path) -> str:
 
 
 @contextmanager
-def servers(directory: Path, names: list[str], keyTypes: list[str], cpus: set[int] | None) -> Iterator[tuple[dict[str, Server], Backend]]:
+def servers(
+    directory: Path, names: list[str], keyTypes: list[str], cpus: set[int] | None
+) -> Iterator[tuple[dict[str, Server], Backend]]:
     """
     The backend and the TLS servers, all on C{cpus}, stopped (by PID) on the way out.
     """
@@ -340,7 +364,14 @@ def loadArguments(scenario: str, options: argparse.Namespace) -> tuple[str, list
     duration = ["--duration", str(options.duration)]
     if scenario.startswith("handshake"):
         concurrency = ["--concurrency", str(HANDSHAKE_CONCURRENCY), "--size", "64"]
-        return "tls-handshake", [*concurrency, "--tls-version", scenario.split()[1], *duration, "--count", str(options.duration * 100_000)]
+        return "tls-handshake", [
+            *concurrency,
+            "--tls-version",
+            scenario.split()[1],
+            *duration,
+            "--count",
+            str(options.duration * 100_000),
+        ]
     plain = scenario.endswith("plain")
     mode, version = ("", []) if plain else ("tls-", ["--tls-version", "1.3"])
     if scenario.startswith("rr"):
@@ -349,7 +380,9 @@ def loadArguments(scenario: str, options: argparse.Namespace) -> tuple[str, list
     return mode + "bulk", ["--bytes", str(options.bulk_mib * 2**20), *duration, *version]
 
 
-def measure(binary: Path, scenario: str, port: int, cpu: Callable[[], float], options: argparse.Namespace, cpus: set[int] | None) -> tuple[dict[str, float], str]:
+def measure(
+    binary: Path, scenario: str, port: int, cpu: Callable[[], float], options: argparse.Namespace, cpus: set[int] | None
+) -> tuple[dict[str, float], str]:
     """
     One scenario against one server: the table's figures and the TLS version
     and cipher suite negotiated.
@@ -379,17 +412,29 @@ def run(options: argparse.Namespace) -> dict[str, object]:
                         label = f"{scenario} {keyType}" if scenario.startswith("handshake") else scenario
                         for name, server in started.items():
                             say(f"round {round + 1}/{options.rounds}: {name} {label}")
-                            figures, tls = measure(binary, scenario, server.ports[keyType], server.cpu, options, loadCpus)
+                            figures, tls = measure(
+                                binary, scenario, server.ports[keyType], server.cpu, options, loadCpus
+                            )
                             raw.setdefault(label, {}).setdefault(name, []).append(figures)
                             negotiated.setdefault(label, {})[name] = tls
                 if options.plain_reference:
                     for scenario in ("rr", "bulk"):
                         if scenario in options.scenarios:
                             say(f"round {round + 1}/{options.rounds}: plain backend {scenario}")
-                            figures, _ = measure(binary, f"{scenario} plain", backend.port, lambda: cpuTime(backend.process.pid), options, loadCpus)
+                            figures, _ = measure(
+                                binary,
+                                f"{scenario} plain",
+                                backend.port,
+                                lambda: cpuTime(backend.process.pid),
+                                options,
+                                loadCpus,
+                            )
                             raw.setdefault(scenario, {}).setdefault("plain echo (no TLS)", []).append(figures)
     medians = {
-        label: {name: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]} for name, rounds in byServer.items()}
+        label: {
+            name: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+            for name, rounds in byServer.items()
+        }
         for label, byServer in raw.items()
     }
     return {
@@ -427,7 +472,11 @@ def report(result: dict[str, object], options: argparse.Namespace) -> str:
     negotiated: dict[str, dict[str, str]] = result["negotiated"]  # type: ignore[assignment]
     pinned: dict[str, list[int]] = result["pinned"]  # type: ignore[assignment]
     names = [name for name in SERVERS if name in options.servers]
-    placement = f"servers (and the backend) pinned to CPU {pinned['server']}, loadgen to CPU {pinned['loadgen']}" if pinned["server"] else "no pinning (one CPU)"
+    placement = (
+        f"servers (and the backend) pinned to CPU {pinned['server']}, loadgen to CPU {pinned['loadgen']}"
+        if pinned["server"]
+        else "no pinning (one CPU)"
+    )
     lines = [
         f"### TLS echo, {info['date']}",
         "",
@@ -475,10 +524,28 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds over all servers; the medians are reported")
     parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
-    parser.add_argument("--versions", nargs="+", default=list(VERSIONS), choices=VERSIONS, help="TLS versions of the handshake runs")
-    parser.add_argument("--key-types", nargs="+", default=["ecdsa"], choices=KEY_TYPES, help="certificates of the handshake runs (rr and bulk: ecdsa)")
-    parser.add_argument("--bulk-mib", type=int, default=1024, help="MiB through the bulk connection (the run also ends after --duration)")
-    parser.add_argument("--no-plain-reference", dest="plain_reference", action="store_false", help="skip the plain backend's rr and bulk runs")
+    parser.add_argument(
+        "--versions", nargs="+", default=list(VERSIONS), choices=VERSIONS, help="TLS versions of the handshake runs"
+    )
+    parser.add_argument(
+        "--key-types",
+        nargs="+",
+        default=["ecdsa"],
+        choices=KEY_TYPES,
+        help="certificates of the handshake runs (rr and bulk: ecdsa)",
+    )
+    parser.add_argument(
+        "--bulk-mib",
+        type=int,
+        default=1024,
+        help="MiB through the bulk connection (the run also ends after --duration)",
+    )
+    parser.add_argument(
+        "--no-plain-reference",
+        dest="plain_reference",
+        action="store_false",
+        help="skip the plain backend's rr and bulk runs",
+    )
     parser.add_argument("--record", action="store_true", help="add the results to bench/RESULTS.md (newest first)")
     parser.add_argument("--json", type=Path, help="also write every round's numbers to this file")
     options = parser.parse_args()
@@ -492,7 +559,9 @@ def main() -> None:
     if "stunnel" in options.servers:
         tools.append(("stunnel4", stunnelExecutable()))
     if "hitch" in options.servers:
-        tools.append(("hitch", shutil.which("hitch") or (os.access("/usr/sbin/hitch", os.X_OK) and "/usr/sbin/hitch") or None))
+        tools.append(
+            ("hitch", shutil.which("hitch") or (os.access("/usr/sbin/hitch", os.X_OK) and "/usr/sbin/hitch") or None)
+        )
     missing = [tool for tool, found in tools if not found]
     if missing:
         sys.exit(f"bench: missing {', '.join(missing)}; bench/tls/run.sh installs them (apt-get)")

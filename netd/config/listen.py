@@ -22,13 +22,13 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import DatagramProtocol
 
 from netd.config.options import InvalidValue, resolvePath
-from netd.stream.proxyheader import DEFAULT_TRUSTED_SOURCES, ProxyHeaderFactory, TrustedSources
+from netd.daemon.systemd import NO_INHERITED_SOCKET
 from netd.reactors.accepting import acceptGuarded
 from netd.reactors.rlimits import systemBacklog
-from netd.daemon.systemd import NO_INHERITED_SOCKET
 from netd.reactors.shared import INetdReactor
 from netd.reactors.udp import CANARY as BATCHING_CANARY
 from netd.reactors.udp import listenBatchingUDP
+from netd.stream.proxyheader import DEFAULT_TRUSTED_SOURCES, ProxyHeaderFactory, TrustedSources
 
 Transport = Literal["stream", "datagram"]
 
@@ -326,7 +326,9 @@ class ListenAddress:
         except InvalidValue as e:
             raise InvalidValue(f"{text!r}: {e}") from None
         if wrapped.transport != "stream":
-            raise InvalidValue(f"{text!r}: the PROXY protocol needs a stream endpoint (tcp:, tcp6:, unix:, ...), not udp:")
+            raise InvalidValue(
+                f"{text!r}: the PROXY protocol needs a stream endpoint (tcp:, tcp6:, unix:, ...), not udp:"
+            )
         return cls(text=text, transport="stream")
 
     @classmethod
@@ -386,7 +388,9 @@ class ListenAddress:
                 raw[index] = f"port={port}" if part.startswith("port=") else str(port)
                 break
         text = ":".join(raw)
-        return attrs.evolve(self, text=text, port=port) if self.transport == "datagram" else attrs.evolve(self, text=text)
+        return (
+            attrs.evolve(self, text=text, port=port) if self.transport == "datagram" else attrs.evolve(self, text=text)
+        )
 
     async def listenStream(
         self, reactor: Any, factory: IProtocolFactory, proxyTrusted: TrustedSources = DEFAULT_TRUSTED_SOURCES

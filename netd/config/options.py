@@ -295,7 +295,11 @@ def convert(value: Any, tp: Any, path: KeyPath, problems: list[Problem]) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         members = [a for a in typing.get_args(tp) if a is not type(None)]
-        applicable = [m for m in members if typing.get_origin(m) is not Literal or any(type(a) is type(value) for a in typing.get_args(m))]
+        applicable = [
+            m
+            for m in members
+            if typing.get_origin(m) is not Literal or any(type(a) is type(value) for a in typing.get_args(m))
+        ]
         if len(applicable) == 1:
             return convert(value, applicable[0], path, problems)
         for member in members:
@@ -478,5 +482,5 @@ def _tomlValue(value: Any) -> str:
         return "[" + ", ".join(_tomlValue(v) for v in value) + "]"
     if isinstance(value, dict):
         keys = (tomli_w.dumps({k: 0}).partition("=")[0].strip() for k in value)
-        return "{" + ", ".join(f"{k} = {_tomlValue(v)}" for k, v in zip(keys, value.values())) + "}"
+        return "{" + ", ".join(f"{k} = {_tomlValue(v)}" for k, v in zip(keys, value.values(), strict=True)) + "}"
     return tomli_w.dumps({"v": value}).partition("=")[2].strip()

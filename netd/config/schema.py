@@ -17,11 +17,11 @@ from typing import Any, Literal, Union
 
 import attrs
 
+from netd.config.options import optionInfo, schemaFields, toConfig
 from netd.config.spec import DaemonSpec, PluginSource, ServiceEnvelope
 from netd.faults.base import Fault
 from netd.faults.spec import FAULT_TYPES, MAX_FAULTS, FaultList
 from netd.stream.framing import FRAMINGS
-from netd.config.options import optionInfo, schemaFields, toConfig
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _JSON_TYPES: dict[Any, str] = {bool: "boolean", int: "integer", float: "number", str: "string"}
@@ -60,7 +60,11 @@ class SchemaBuilder:
             allowed = list(typing.get_args(tp))
             literal: dict[str, Any] = {"const": allowed[0]} if len(allowed) == 1 else {"enum": allowed}
             jsonType = _JSON_TYPES.get(type(allowed[0]))
-            return {"type": jsonType, **literal} if jsonType and all(type(a) is type(allowed[0]) for a in allowed) else literal
+            return (
+                {"type": jsonType, **literal}
+                if jsonType and all(type(a) is type(allowed[0]) for a in allowed)
+                else literal
+            )
         if origin is tuple:
             return {"type": "array", "items": self.value(typing.get_args(tp)[0])}
         if origin in (dict, Mapping):
@@ -69,7 +73,8 @@ class SchemaBuilder:
             return self.faults()
         own = getattr(tp, "configJsonSchema", None)
         if isinstance(own, dict):
-            return json.loads(json.dumps(own))
+            copied: dict[str, Any] = json.loads(json.dumps(own))
+            return copied
         if isinstance(tp, type) and attrs.has(tp) and not hasattr(tp, "fromConfig"):
             return self.ref(tp.__name__, lambda: self.table(tp))
         jsonType = _JSON_TYPES.get(tp)
@@ -189,7 +194,9 @@ class SchemaBuilder:
             summary = _summary(plugin.optionsType)
             if summary:
                 then = {"description": summary, **then}
-            branches.append({"if": {"properties": {"plugin": {"const": plugin.name}}, "required": ["plugin"]}, "then": then})
+            branches.append(
+                {"if": {"properties": {"plugin": {"const": plugin.name}}, "required": ["plugin"]}, "then": then}
+            )
         return {
             "type": "object",
             "description": "One service: the keys every service has, and those of its plugin.",

@@ -13,17 +13,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from importlib.resources import files
 from collections.abc import Mapping
+from importlib.resources import files
 from typing import Any, ClassVar, Literal, Protocol
 
 import attrs
 
-from netd.events import DEFAULT_SIZE as DEFAULT_EVENTS
-from netd.events import LARGEST_SIZE as LARGEST_EVENTS
-from netd.faults.base import ServiceShape
-from netd.faults.spec import FaultList
-from netd.stream.framing import FRAMINGS
 from netd.config.listen import ListenAddress, splitDescription
 from netd.config.options import (
     ConfigError,
@@ -42,6 +37,11 @@ from netd.config.options import (
     toConfig,
 )
 from netd.daemon.privileges import Group, User
+from netd.events import DEFAULT_SIZE as DEFAULT_EVENTS
+from netd.events import LARGEST_SIZE as LARGEST_EVENTS
+from netd.faults.base import ServiceShape
+from netd.faults.spec import FaultList
+from netd.stream.framing import FRAMINGS
 from netd.stream.proxyheader import DEFAULT_TRUSTED, checkTrustedSources
 from netd.tls.options import TLSOptions
 
@@ -51,6 +51,7 @@ LARGEST_MAX_FRAME = 64 * 2**20
 
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warn", "error", "critical"]
+
 
 def isLocalOnly(text: str) -> bool:
     """
@@ -153,7 +154,7 @@ class DaemonSpec:
     )
     state_dir: ConfigPath | None = option(
         None,
-        help="Where netd keeps state (the certificates of tls certificate = \"auto\", in its tls/ folder); "
+        help='Where netd keeps state (the certificates of tls certificate = "auto", in its tls/ folder); '
         "when unset $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/netd, else ~/.local/state/netd.",
     )
     admin: AdminAddress = option(
@@ -224,7 +225,10 @@ class DaemonSpec:
             )
         if self.admin_group is not None and splitDescription(text)[0] != "unix":
             problems.append(
-                ("admin_group", f"only a unix: control API has a socket file to give a group; admin is {text or 'false'!r}")
+                (
+                    "admin_group",
+                    f"only a unix: control API has a socket file to give a group; admin is {text or 'false'!r}",
+                )
             )
         return problems
 
@@ -240,8 +244,10 @@ def _isHostName(text: str) -> bool:
     except ValueError:
         pass
     labels = text.rstrip(".").split(".")
-    return bool(text) and len(text) <= 253 and all(
-        0 < len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii() for label in labels
+    return (
+        bool(text)
+        and len(text) <= 253
+        and all(0 < len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii() for label in labels)
     )
 
 
@@ -441,7 +447,9 @@ def _resolveFraming(
     if not plugin.framings:
         for key in ("framing", "max_frame"):
             if envelope.get(key) is not None:
-                problems.append(Problem(path + (key,), f"plugin {plugin.name!r} serves no streams, so it takes no {key}"))
+                problems.append(
+                    Problem(path + (key,), f"plugin {plugin.name!r} serves no streams, so it takes no {key}")
+                )
         return None, None
     framing = envelope.get("framing") or plugin.framings[0]
     maxFrame = envelope.get("max_frame")
@@ -462,13 +470,13 @@ def _resolveFraming(
     if maxFrame is None:
         return framing, min(DEFAULT_MAX_FRAME, largest)
     if maxFrame > largest:
-        problems.append(Problem(path + ("max_frame",), f"{maxFrame} is more than {framing} framing can carry ({largest})"))
+        problems.append(
+            Problem(path + ("max_frame",), f"{maxFrame} is more than {framing} framing can carry ({largest})")
+        )
     return framing, maxFrame
 
 
-def _decodeService(
-    table: Any, path: KeyPath, registry: PluginSource, problems: list[Problem]
-) -> ServiceSpec | None:
+def _decodeService(table: Any, path: KeyPath, registry: PluginSource, problems: list[Problem]) -> ServiceSpec | None:
     """
     Decode one C{[[services]]} table: envelope first, then the plugin's keys.
     """
@@ -484,7 +492,9 @@ def _decodeService(
     if plugin is None:
         if isinstance(pluginName, str):
             known = sorted(registry.plugins)
-            message = f"unknown plugin {pluginName!r}" + closeMatch(pluginName, known, then=f"known plugins: {', '.join(known)}")
+            message = f"unknown plugin {pluginName!r}" + closeMatch(
+                pluginName, known, then=f"known plugins: {', '.join(known)}"
+            )
             if registry.broken:
                 message += "; plugins that failed to load: " + "; ".join(
                     f"{source}: {why}" for source, why in sorted(registry.broken.items())
@@ -531,7 +541,9 @@ def _decodeService(
     )
 
 
-def _checkTLS(table: dict[str, Any], envelope: dict[str, Any], plugin: Any, path: KeyPath, problems: list[Problem]) -> None:
+def _checkTLS(
+    table: dict[str, Any], envelope: dict[str, Any], plugin: Any, path: KeyPath, problems: list[Problem]
+) -> None:
     """
     The rules of the C{tls} table that involve other keys: TLS needs a stream
     listener (on a service with UDP and TCP listeners it applies to TCP only),
@@ -565,7 +577,10 @@ def parseConfig(data: dict[str, Any], source: str, registry: PluginSource) -> Ne
     for key in data:
         if key not in ("daemon", "services"):
             problems.append(
-                Problem((key,), f"unknown top-level key{closeMatch(key, ['daemon', 'services']) or '; expected [daemon] and [[services]]'}")
+                Problem(
+                    (key,),
+                    f"unknown top-level key{closeMatch(key, ['daemon', 'services']) or '; expected [daemon] and [[services]]'}",
+                )
             )
     daemonTable = data.get("daemon", {})
     daemon = None
@@ -584,7 +599,9 @@ def parseConfig(data: dict[str, Any], source: str, registry: PluginSource) -> Ne
         name = table.get("name") if isinstance(table, dict) else None
         if isinstance(name, str):
             if name in seen:
-                problems.append(Problem(("services", i, "name"), f"duplicate service name {name!r}; services[{seen[name]}] has it"))
+                problems.append(
+                    Problem(("services", i, "name"), f"duplicate service name {name!r}; services[{seen[name]}] has it")
+                )
             else:
                 seen[name] = i
         if spec is not None:

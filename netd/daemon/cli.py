@@ -12,24 +12,23 @@ import os
 import sys
 from typing import Any
 
-
 import tomli_w
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 from twisted.logger import Logger
 
 from netd import __version__
-from netd.tls.devcerts import DevelopmentSet, defaultStateDir, ensureDevelopmentSet, writeBadCertificates
+from netd.config.listen import splitDescription, unixSocketPath
+from netd.config.options import ConfigError, KeyPath, Problem, describeSchema
+from netd.config.schema import configSchema, registryPlugins, renderSchema
 from netd.config.spec import NetdConfig, loadConfig
 from netd.daemon.application import NetdApplication
 from netd.daemon.logs import startLogging
-from netd.config.listen import splitDescription, unixSocketPath
 from netd.daemon.openapi import renderOpenAPI
-from netd.config.options import ConfigError, KeyPath, Problem, describeSchema
-from netd.registry import PluginRegistry, discoverPlugins
 from netd.daemon.privileges import PrivilegeDrop, PrivilegeError
-from netd.config.schema import configSchema, registryPlugins, renderSchema
 from netd.daemon.systemd import Notifier
+from netd.registry import PluginRegistry, discoverPlugins
+from netd.tls.devcerts import DevelopmentSet, defaultStateDir, ensureDevelopmentSet, writeBadCertificates
 from netd.words import counted
 
 log = Logger(namespace="netd.daemon.cli")
@@ -69,7 +68,9 @@ def buildParser() -> argparse.ArgumentParser:
     """
     The argument parser of every subcommand.
     """
-    parser = argparse.ArgumentParser(prog="netd", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="netd", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-V", "--version", action="version", version=f"netd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     configHelp = "the TOML config file (default: the embedded default config)"
@@ -84,7 +85,8 @@ open connections finish for up to [daemon] shutdown_timeout seconds, and exit 0.
 Exits 1 if the config is invalid or an address cannot be listened on; nothing
 is left listening then.
 
-""" + EMBEDDED_DEFAULT,
+"""
+        + EMBEDDED_DEFAULT,
         epilog="""\
 The environment variable NETD_REACTOR chooses the event loop: uvloop (the
 default: TCP connections served by uvloop's C transports), netd (netd's epoll
@@ -137,7 +139,7 @@ code out).""",
         help="make development TLS certificates (and deliberately bad ones)",
         description="Make a development CA, a server certificate for localhost, 127.0.0.1 and ::1, and a client "
         "certificate for mutual TLS, signed by the CA; files that exist and are still good are reused. "
-        "Prints where the CA is and how clients trust it. The default folder is the one certificate = \"auto\" uses.",
+        'Prints where the CA is and how clients trust it. The default folder is the one certificate = "auto" uses.',
     )
     certs.add_argument(
         "--out",
@@ -145,7 +147,9 @@ code out).""",
         help="where to write them (default: the tls/ folder of the state directory: [daemon] state_dir of -c FILE, "
         "else $STATE_DIRECTORY, $XDG_STATE_HOME/netd or ~/.local/state/netd)",
     )
-    certs.add_argument("-c", "--config", metavar="FILE", help="take the state directory from this config's [daemon] state_dir")
+    certs.add_argument(
+        "-c", "--config", metavar="FILE", help="take the state directory from this config's [daemon] state_dir"
+    )
     certs.add_argument(
         "--bad",
         action="store_true",
@@ -269,7 +273,7 @@ def _tlsProblems(config: NetdConfig, stateDir: str) -> list[Problem]:
     from zope.interface import provider
 
     from netd.tls.contexts import ServerTLS
-    from netd.tls.keys import loadKeyPair, TLSSetupError
+    from netd.tls.keys import TLSSetupError, loadKeyPair
     from netd.tls.options import AUTO
 
     @provider(ILogObserver)
@@ -484,5 +488,11 @@ def main(argv: list[str] | None = None) -> int:
     The C{netd} console script.
     """
     args = buildParser().parse_args(argv)
-    commands = {"run": runCommand, "check": checkCommand, "plugins": pluginsCommand, "schema": schemaCommand, "certs": certsCommand}
+    commands = {
+        "run": runCommand,
+        "check": checkCommand,
+        "plugins": pluginsCommand,
+        "schema": schemaCommand,
+        "certs": certsCommand,
+    }
     return commands[args.command](args)

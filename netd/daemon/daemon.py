@@ -17,13 +17,13 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
+from netd.config.options import ConfigError, Problem
 from netd.config.spec import DEFAULT_CONFIG_NAME, DaemonSpec, NetdConfig, ServiceSpec, loadConfig
 from netd.daemon.logs import NamedLogger, setLogLevel
-from netd.config.options import ConfigError, Problem
-from netd.registry import PluginRegistry, discoverPlugins
-from netd.reactors.rlimits import raiseOpenFileLimit
 from netd.daemon.service import NetService, ReloadInProgress, ServiceStartError
 from netd.daemon.systemd import Notifier
+from netd.reactors.rlimits import raiseOpenFileLimit
+from netd.registry import PluginRegistry, discoverPlugins
 from netd.tls.contexts import ServerTLS
 from netd.tls.keys import TLSSetupError
 from netd.words import counted
@@ -35,7 +35,16 @@ has just closed the old listener on the same address (the port may be
 momentarily busy).
 """
 
-RESTART_KEYS = ("log_format", "state_dir", "admin", "admin_token_file", "admin_max_connections", "admin_group", "user", "group")
+RESTART_KEYS = (
+    "log_format",
+    "state_dir",
+    "admin",
+    "admin_token_file",
+    "admin_max_connections",
+    "admin_group",
+    "user",
+    "group",
+)
 """
 The C{[daemon]} keys a reload cannot apply: a change to one is logged as
 needing a restart, and the running value stays.
@@ -195,7 +204,9 @@ class Daemon(MultiService):
             source=self.config.source,
         )
         addresses = sum(len(bound) for bound in report.values())
-        self.notifier.ready(f"serving {counted(len(report), 'service')} on {counted(addresses, 'address', 'addresses')}")
+        self.notifier.ready(
+            f"serving {counted(len(report), 'service')} on {counted(addresses, 'address', 'addresses')}"
+        )
         return report
 
     def addressesChanged(self) -> dict[str, list[dict[str, object]]]:
@@ -316,7 +327,11 @@ class Daemon(MultiService):
         for name in summary["changed"] + summary["added"]:
             try:
                 replacements[name] = NetService(
-                    wanted[name], self.reactor, daemonSpec.shutdown_timeout, daemonSpec.state_dir, configIndex=index[name]
+                    wanted[name],
+                    self.reactor,
+                    daemonSpec.shutdown_timeout,
+                    daemonSpec.state_dir,
+                    configIndex=index[name],
                 )
             except ServiceStartError as e:
                 problems.append(Problem(("services", index[name]), str(e)))
@@ -328,7 +343,9 @@ class Daemon(MultiService):
             try:
                 freshTLS[name] = tls.reloadFiles(daemonSpec.state_dir)
             except TLSSetupError as e:
-                problems.append(Problem(("services", index[name], "tls"), f"cannot reload the TLS files, keeping the old ones: {e}"))
+                problems.append(
+                    Problem(("services", index[name], "tls"), f"cannot reload the TLS files, keeping the old ones: {e}")
+                )
         if problems:
             error = ConfigError(new.source, problems)
             self.log.error(
@@ -421,7 +438,9 @@ class Daemon(MultiService):
             service.shutdownTimeout = daemonSpec.shutdown_timeout
             service.configIndex = order.index(service.spec.name)
         self.config = NetdConfig(
-            source=new.source, daemon=daemonSpec, services=tuple(s for s in new.services if s.name in self.namedServices)
+            source=new.source,
+            daemon=daemonSpec,
+            services=tuple(s for s in new.services if s.name in self.namedServices),
         )
         report = self.addressesChanged()
         for what, names in summary.items():

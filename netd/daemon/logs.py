@@ -232,11 +232,11 @@ class ChatterFilter:
         Say no to chatter, maybe to everything else.
         """
         namespace = event.get("log_namespace")
-        if namespace == "log_legacy" and _PORT_CHATTER.match(str(event.get("log_text", ""))):
-            return PredicateResult.no
-        if namespace == "twisted.internet.base" and event.get("log_format") == "Main loop terminated.":
-            return PredicateResult.no
-        return PredicateResult.maybe
+        chatter = (namespace == "log_legacy" and _PORT_CHATTER.match(str(event.get("log_text", ""))) is not None) or (
+            namespace == "twisted.internet.base" and event.get("log_format") == "Main loop terminated."
+        )
+        result: PredicateResult = PredicateResult.no if chatter else PredicateResult.maybe
+        return result
 
 
 def makeObserver(logFormat: str, level: str, stream: IO[str]) -> ILogObserver:
@@ -248,6 +248,8 @@ def makeObserver(logFormat: str, level: str, stream: IO[str]) -> ILogObserver:
     _noteLevel(level)
     _levelPredicates.append(predicate)
     return FilteringLogObserver(observer, [ChatterFilter(), predicate])
+
+
 debugEnabled = False
 """
 Whether debug events are written (the configured level is debug): the hot

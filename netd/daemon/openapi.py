@@ -15,8 +15,8 @@ import json
 from functools import cache
 from typing import Any
 
-from netd.metrics import PROMETHEUS_CONTENT_TYPE
 from netd.config.schema import SchemaBuilder
+from netd.metrics import PROMETHEUS_CONTENT_TYPE
 
 MAX_BODY = 65536
 """
@@ -284,7 +284,12 @@ def openapiDocument() -> dict[str, Any]:
                 {"200": _ok("The events.", eventsAnswer), "400": problems, "404": notFound},
                 parameters=[
                     name,
-                    {"name": "kind", "in": "query", "description": "Only events of this kind.", "schema": {"type": "string"}},
+                    {
+                        "name": "kind",
+                        "in": "query",
+                        "description": "Only events of this kind.",
+                        "schema": {"type": "string"},
+                    },
                     {
                         "name": "since",
                         "in": "query",
@@ -438,7 +443,11 @@ def openapiDocument() -> dict[str, Any]:
                     "items": {
                         "type": "object",
                         "required": ["seq", "time", "kind"],
-                        "properties": {"seq": {"type": "integer"}, "time": {"type": "number"}, "kind": {"type": "string"}},
+                        "properties": {
+                            "seq": {"type": "integer"},
+                            "time": {"type": "number"},
+                            "kind": {"type": "string"},
+                        },
                     },
                 },
                 "dropped": {"type": "integer", "description": "Events the ring dropped, oldest first."},
@@ -465,9 +474,16 @@ def openapiDocument() -> dict[str, Any]:
         "Problems": _error("The body or the query arguments are invalid; problems lists each with its key path."),
         "Unauthorized": _error(
             "The request needs 'Authorization: Bearer TOKEN', and it is missing, not a bearer token, or not the token.",
-            {"WWW-Authenticate": {"description": f"{bearer}, with error=\"invalid_token\" for a wrong one.", "schema": {"type": "string"}}},
+            {
+                "WWW-Authenticate": {
+                    "description": f'{bearer}, with error="invalid_token" for a wrong one.',
+                    "schema": {"type": "string"},
+                }
+            },
         ),
-        "Forbidden": _error("A request that changes something came from a web page of another origin (its Origin header)."),
+        "Forbidden": _error(
+            "A request that changes something came from a web page of another origin (its Origin header)."
+        ),
         "NotFound": _error("No such service, or no such table of it."),
         "MethodNotAllowed": _error(
             "The endpoint (or this table) does not take the method.",
@@ -489,7 +505,7 @@ def openapiDocument() -> dict[str, Any]:
             "title": "netd control API",
             "version": API_VERSION,
             "description": "netd's HTTP control API on [daemon] admin. Every answer is JSON (GET /metrics: "
-            "Prometheus text), errors included: {\"error\", \"message\"}. Every request's Host must name the API "
+            'Prometheus text), errors included: {"error", "message"}. Every request\'s Host must name the API '
             "(else 421). A request that changes something (" + changing + ", or any with a body) is refused "
             "from a web page of another origin (403) and needs the bearer token whenever the API has one: the "
             "one netd makes in STATE_DIR/admin.token for a TCP API (the ports file's admin.token_file says "

@@ -19,8 +19,8 @@ from typing import Any, ClassVar, Protocol
 import attrs
 from twisted.logger import Logger
 
-from netd.tls.devcerts import defaultStateDir
 from netd.config.options import InvalidValue, KeyPath
+from netd.tls.devcerts import defaultStateDir
 
 log = Logger(namespace="netd.daemon.privileges")
 
@@ -89,7 +89,11 @@ class User:
 
         @raise InvalidValue: when it is not a name or id, or the user database has no such user.
         """
-        if isinstance(value, bool) or not isinstance(value, (str, int)) or (isinstance(value, str) and not value.strip()):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (str, int))
+            or (isinstance(value, str) and not value.strip())
+        ):
             raise InvalidValue(f"expected {cls.configTypeName}, got {value!r}")
         number = _numericId(value, "user")
         try:
@@ -127,7 +131,11 @@ class Group:
 
         @raise InvalidValue: when it is not a name or id, or there is no group of that name.
         """
-        if isinstance(value, bool) or not isinstance(value, (str, int)) or (isinstance(value, str) and not value.strip()):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (str, int))
+            or (isinstance(value, str) and not value.strip())
+        ):
             raise InvalidValue(f"expected {cls.configTypeName}, got {value!r}")
         number = _numericId(value, "group")
         if number is not None:
@@ -347,7 +355,11 @@ def openStateDir(stateDir: str, target: Target, *, create: bool) -> int:
                     replaceable = _replaceable(os.fstat(fd), 0, target)
                     if replaceable is not None:
                         raise _refusal(
-                            stateDir, where, f"{replaceable}, so the user could make {name!r} in it", target, parent=True
+                            stateDir,
+                            where,
+                            f"{replaceable}, so the user could make {name!r} in it",
+                            target,
+                            parent=True,
                         ) from None
                     raise
                 try:
@@ -549,5 +561,7 @@ class PrivilegeDrop:
             try:
                 handOverCertificates(self.stateDir, self.target)
             except OSError as e:
-                raise PrivilegeError(f"cannot give {self.target.name} its certificates in {self.stateDir!r}: {e}") from e
+                raise PrivilegeError(
+                    f"cannot give {self.target.name} its certificates in {self.stateDir!r}: {e}"
+                ) from e
         dropPrivileges(self.target, self.system)

@@ -19,24 +19,23 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
 from twisted.internet.interfaces import IListeningPort
 
+from netd.config.listen import ListenAddress, addressInUse, describeBound, whyListenFailed
+from netd.config.options import KeyPath
 from netd.config.spec import ServiceSpec
+from netd.daemon.logs import ServiceLogger
 from netd.datagram.listener import LISTENING_PORTS, DatagramListener
-from netd.stream.framing import FRAMINGS, FramedFactory
 from netd.events import EventLog, EventTable
 from netd.faults.active import ServiceFaults
 from netd.interfaces import IDatagramHandler, IHasRuntimeTables, IRuntimeTable, IStreamHandler, PluginContext
-from netd.stream.guard import ConnectionLimiter
-from netd.config.listen import ListenAddress, addressInUse, describeBound, whyListenFailed
-from netd.daemon.logs import ServiceLogger
 from netd.metrics import Counters
-from netd.config.options import KeyPath
-from netd.stream.proxyheader import TrustedSources
 from netd.reactors.rlimits import defaultMaxConnections
+from netd.stream.framing import FRAMINGS, FramedFactory
+from netd.stream.guard import ConnectionLimiter
+from netd.stream.proxyheader import TrustedSources
 from netd.tls.contexts import ServerTLS
 from netd.tls.keys import TLSSetupError
 from netd.tls.protocol import TLSServerFactory
 from netd.words import counted
-
 
 SHARED_PORT_ATTEMPTS = 8
 """
@@ -57,7 +56,9 @@ class ServiceStartError(Exception):
     @ivar reason: the message without the service's name, to follow the key path.
     """
 
-    def __init__(self, message: str, *, service: str | None = None, key: KeyPath = (), reason: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, service: str | None = None, key: KeyPath = (), reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.service = service
         self.key = key
@@ -124,7 +125,9 @@ class NetService(Service):
             try:
                 self.tls = ServerTLS(spec.tls, serviceName=spec.name, log=self.log, stateDir=stateDir)
             except TLSSetupError as e:
-                raise ServiceStartError(f"service {spec.name!r}: {e}", service=spec.name, key=e.key, reason=str(e)) from e
+                raise ServiceStartError(
+                    f"service {spec.name!r}: {e}", service=spec.name, key=e.key, reason=str(e)
+                ) from e
         self.events = EventLog(spec.events, reactor)
         self.faults = ServiceFaults(spec.faults, spec.shape, self.counters, self.events)
         context = PluginContext(
@@ -143,7 +146,13 @@ class NetService(Service):
             self._require(IStreamHandler, "stream")
             assert spec.framing is not None
             inner: Any = FramedFactory(
-                FRAMINGS[spec.framing], spec.max_frame or 0, self.handler, self.counters, self.log, faults=self.faults.frames, clock=reactor
+                FRAMINGS[spec.framing],
+                spec.max_frame or 0,
+                self.handler,
+                self.counters,
+                self.log,
+                faults=self.faults.frames,
+                clock=reactor,
             )
             if self.tls is not None:
                 inner = TLSServerFactory(self.tls, inner, clock=reactor, counters=self.counters, log=self.log)
@@ -217,8 +226,19 @@ class NetService(Service):
         try:
             if actual.transport == "stream":
                 assert self.connections is not None
-                return await actual.listenStream(self.reactor, self.connections, TrustedSources.fromConfig(self.spec.proxy_trusted))
-            return actual.listenDatagram(self.reactor, DatagramListener(self.handler, self.counters, faults=self.faults.datagrams, clock=self.reactor, ownPorts=LISTENING_PORTS))
+                return await actual.listenStream(
+                    self.reactor, self.connections, TrustedSources.fromConfig(self.spec.proxy_trusted)
+                )
+            return actual.listenDatagram(
+                self.reactor,
+                DatagramListener(
+                    self.handler,
+                    self.counters,
+                    faults=self.faults.datagrams,
+                    clock=self.reactor,
+                    ownPorts=LISTENING_PORTS,
+                ),
+            )
         except Exception as e:
             key = self.listenKey(address)
             why = whyListenFailed(key, address, e)
@@ -350,7 +370,6 @@ class NetService(Service):
             self.log.info("stopped")
 
         return Deferred.fromCoroutine(stop())
-
 
 
 def _portZeroPairs(listen: Sequence[ListenAddress]) -> dict[int, int]:

@@ -81,7 +81,9 @@ class Notifier:
         """
         self.address = address
         self._monotonic = monotonic
-        self._makeSocket = makeSocket or (lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC))
+        self._makeSocket = makeSocket or (
+            lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        )
         self._reported: set[str] = set()
 
     @classmethod
@@ -94,7 +96,9 @@ class Notifier:
         value = environ.get("NOTIFY_SOCKET")
         address = notifyAddress(value)
         if value and address is None:
-            log.warn("NOTIFY_SOCKET={value!r} is neither a path nor an @abstract name; not notifying systemd", value=value)
+            log.warn(
+                "NOTIFY_SOCKET={value!r} is neither a path nor an @abstract name; not notifying systemd", value=value
+            )
         return cls(address)
 
     @classmethod

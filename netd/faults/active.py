@@ -60,7 +60,9 @@ class ServiceFaults:
         self.frames = FrameFaultSet(self.applied)
         self.datagrams = DatagramFaultSet(self.applied)
         self._families: tuple[FaultSet, ...] = (self.streams, self.frames, self.datagrams)
-        counters.labelCounters("faults_applied_", family="faults_applied", label="type", help="Faults applied, by fault type.")
+        counters.labelCounters(
+            "faults_applied_", family="faults_applied", label="type", help="Faults applied, by fault type."
+        )
         self._install(configured)
 
     def _install(self, faults: FaultList) -> None:
@@ -128,7 +130,9 @@ class ServiceFaults:
             if key != "faults":
                 problems.append(unknownKeyProblem((), key, ["faults"]))
         if "faults" not in body:
-            problems.append(Problem(("faults",), "missing required key; expected an array of fault tables, each with a type"))
+            problems.append(
+                Problem(("faults",), "missing required key; expected an array of fault tables, each with a type")
+            )
         if problems:
             raise ConfigError(REQUEST_BODY, problems)
         faults = convert(body["faults"], FaultList, ("faults",), problems)

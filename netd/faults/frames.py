@@ -182,7 +182,9 @@ class TruncateFrame(FrameFault):
     typeName = "truncate_frame"
     order = 30
     summary = "Write only the start of the encoded frame, then close the connection (or go on, with close = false)."
-    bytes: int | None = option(None, help="Bytes of the encoded frame written; half of it when unset.", checks=(atLeast(0),))
+    bytes: int | None = option(
+        None, help="Bytes of the encoded frame written; half of it when unset.", checks=(atLeast(0),)
+    )
     close: bool = option(True, help="Close the connection after the cut frame.")
 
     def act(self, frame: FrameInFlight, fault: ActiveFault) -> None:
@@ -199,7 +201,9 @@ class CorruptLength(FrameFault):
     order = 20
     onWire = False
     summary = "Send the frame behind a length prefix that claims length bytes (netstring, u16 and u32 framings)."
-    length: int | None = option(None, help="The length claimed; the real length plus one when unset.", checks=(atLeast(0),))
+    length: int | None = option(
+        None, help="The length claimed; the real length plus one when unset.", checks=(atLeast(0),)
+    )
 
     def misfit(self, shape: ServiceShape) -> str | None:
         """
@@ -389,7 +393,9 @@ class FrameFaultWriter:
         """
         Report a fault applied to a frame of this connection.
         """
-        self.faults.report(fault, peer=describePeer(self.protocol.getPeer()), framing=self.protocol.framingName, **details)
+        self.faults.report(
+            fault, peer=describePeer(self.protocol.getPeer()), framing=self.protocol.framingName, **details
+        )
 
 
 def _order(fault: ActiveFault) -> int:

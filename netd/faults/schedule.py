@@ -26,10 +26,16 @@ class Scheduled:
     """
 
     first: int | None = option(
-        None, help="Apply to the first N events only (connections, datagrams, frames or queries), then never.", checks=(between(1, 2**31),)
+        None,
+        help="Apply to the first N events only (connections, datagrams, frames or queries), then never.",
+        checks=(between(1, 2**31),),
     )
-    every: int | None = option(None, help="Apply to every Nth event only (the Nth, the 2Nth, ...).", checks=(between(1, 2**31),))
-    probability: float | None = option(None, help="Apply to each event with this probability (0 to 1).", checks=(between(0, 1),))
+    every: int | None = option(
+        None, help="Apply to every Nth event only (the Nth, the 2Nth, ...).", checks=(between(1, 2**31),)
+    )
+    probability: float | None = option(
+        None, help="Apply to each event with this probability (0 to 1).", checks=(between(0, 1),)
+    )
     seed: int | None = option(
         None, help="Seed of the random choices (probability, jitter), so that a run repeats; unseeded when unset."
     )
@@ -40,7 +46,9 @@ class Scheduled:
         """
         given = [k for k in SCHEDULE_KEYS if getattr(self, k) is not None]
         if len(given) > 1:
-            return [(given[1], f"a schedule takes one of first, every and probability; {' and '.join(given)} are both set")]
+            return [
+                (given[1], f"a schedule takes one of first, every and probability; {' and '.join(given)} are both set")
+            ]
         return []
 
     @property

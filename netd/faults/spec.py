@@ -48,7 +48,10 @@ def decodeFault(table: Any, path: KeyPath, problems: list[Problem]) -> Fault | N
         return None
     if not isinstance(typeName, str):
         problems.append(
-            Problem(path + ("type",), f"expected the name of a fault type, got {describeValue(typeName)}; the types are {known}")
+            Problem(
+                path + ("type",),
+                f"expected the name of a fault type, got {describeValue(typeName)}; the types are {known}",
+            )
         )
         return None
     cls = FAULT_TYPES.get(typeName)
@@ -118,7 +121,9 @@ class FaultList:
         """
         A problem for each fault that cannot act on a service of this shape.
         """
-        return [Problem(path + (i, "type"), why) for i, f in enumerate(self.faults) if (why := f.misfit(shape)) is not None]
+        return [
+            Problem(path + (i, "type"), why) for i, f in enumerate(self.faults) if (why := f.misfit(shape)) is not None
+        ]
 
     def __iter__(self) -> Iterator[Fault]:
         return iter(self.faults)

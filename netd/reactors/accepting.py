@@ -141,7 +141,6 @@ class AcceptingPort(tcp.Port):
         super().connectionLost(reason)
 
 
-
 class _AcceptGuardedReactor:
     """
     Twisted's reactor as an endpoint sees it, whose C{listenTCP} listens
@@ -177,7 +176,6 @@ def acceptGuarded(reactor: Any) -> Any:
     return _AcceptGuardedReactor(reactor)
 
 
-
 def _check() -> None:
     """
     The names the accepting loop takes from C{tcp.Port} are there, and
@@ -185,7 +183,9 @@ def _check() -> None:
     and an address.
     """
     requireNames(tcp.Port, "_addressType sessionno transport startListening connectionLost", "twisted's tcp.Port")
-    require("numberAccepts" in tcp.Port.startListening.__code__.co_names, "tcp.Port.startListening to set numberAccepts")
+    require(
+        "numberAccepts" in tcp.Port.startListening.__code__.co_names, "tcp.Port.startListening to set numberAccepts"
+    )
     listener: Any = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         listener.bind(("127.0.0.1", 0))

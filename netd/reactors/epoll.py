@@ -222,7 +222,6 @@ class Server(SendAtOnce, tcp.Server):
     C{loseConnection}, never from within it.
     """
 
-
     _peer: Any = None
     _host: Any = None
     _noDelay = False
@@ -544,7 +543,6 @@ class NetdReactor(ServesTCPPorts, _PollingReactor):
         return connector
 
 
-
 def _logPrefix(selectable: Any) -> str:
     """
     The label of an error's log line: the selectable's log prefix, as
@@ -563,7 +561,16 @@ def _connectionPrivates() -> None:
     """
     made = tcp.Connection(socket.socket(), Protocol(), UnwatchedReactor())
     try:
-        for name, value in (("_tempDataLen", 0), ("dataBuffer", b""), ("_writeDisconnecting", False), ("_writeDisconnected", False), ("_aborting", False), ("TLS", False), ("producer", None), ("streamingProducer", False)):
+        for name, value in (
+            ("_tempDataLen", 0),
+            ("dataBuffer", b""),
+            ("_writeDisconnecting", False),
+            ("_writeDisconnected", False),
+            ("_aborting", False),
+            ("TLS", False),
+            ("producer", None),
+            ("streamingProducer", False),
+        ):
             require(getattr(made, name, Ellipsis) == value, f"tcp.Connection().{name} == {value!r}")
         requireNames(made, "_closeSocket _getLogPrefix fileno socket", "twisted's tcp.Connection")
     finally:
@@ -577,7 +584,11 @@ def _check() -> None:
     selectables and its event handling, the state of C{tcp.Connection}, and
     the hooks of C{tcp.Server}, C{tcp.Port} and C{tcp.Connector}.
     """
-    requireNames(_PollingReactor, "_doReadOrWrite _disconnectSelectable _POLL_IN doPoll runUntilCurrent disconnectAll", "twisted's epoll reactor")
+    requireNames(
+        _PollingReactor,
+        "_doReadOrWrite _disconnectSelectable _POLL_IN doPoll runUntilCurrent disconnectAll",
+        "twisted's epoll reactor",
+    )
     import select
 
     require(getattr(_PollingReactor, "_POLL_IN", None) == select.EPOLLIN, "EPollReactor._POLL_IN == EPOLLIN")

@@ -45,6 +45,8 @@ def millisecondsSinceData(sock: socket.socket) -> int:
     @raise OSError: when the system refuses C{TCP_INFO}.
     """
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TIMES_OFFSET + TIMES.size)
+    sinceSent: int
+    sinceReceived: int
     sinceSent, _, sinceReceived = TIMES.unpack_from(info, TIMES_OFFSET)
     return min(sinceSent, sinceReceived)
 
@@ -74,7 +76,10 @@ def _check() -> None:
             require(info[0] == STATE_ESTABLISHED, f"tcpi_state {STATE_ESTABLISHED} at offset 0")
             sinceSent, ackSent, sinceReceived = TIMES.unpack_from(info, TIMES_OFFSET)
             require(ackSent == 0, f"tcpi_last_ack_sent (0) at offset {TIMES_OFFSET + 4}")
-            require(sinceSent < 1000 and sinceReceived < 1000, f"recent data times at offsets {TIMES_OFFSET} and {TIMES_OFFSET + 8}")
+            require(
+                sinceSent < 1000 and sinceReceived < 1000,
+                f"recent data times at offsets {TIMES_OFFSET} and {TIMES_OFFSET + 8}",
+            )
             require(millisecondsSinceData(server) < 1000, "millisecondsSinceData to read them")
     finally:
         listener.close()

@@ -224,7 +224,9 @@ class BatchingPort(udp.Port):
     _batching = False
     _first: tuple[bytes, tuple[str, int]] | None = None
 
-    def __init__(self, port: int, proto: DatagramProtocol, interface: str = "", maxPacketSize: int = 8192, reactor: Any = None) -> None:
+    def __init__(
+        self, port: int, proto: DatagramProtocol, interface: str = "", maxPacketSize: int = 8192, reactor: Any = None
+    ) -> None:
         super().__init__(port, proto, interface, maxPacketSize, reactor)
         self._peers: dict[bytes, tuple[str, int]] = {}
         self._rawPeers: dict[tuple[str, int], bytes] = {}
@@ -411,7 +413,9 @@ class BatchingPort(udp.Port):
         self.protocol.datagramNotSent(reason)
 
 
-def listenBatchingUDP(reactor: Any, port: int, protocol: DatagramProtocol, interface: str = "", maxPacketSize: int = 8192) -> BatchingPort:
+def listenBatchingUDP(
+    reactor: Any, port: int, protocol: DatagramProtocol, interface: str = "", maxPacketSize: int = 8192
+) -> BatchingPort:
     """
     Listen on a UDP port with a L{BatchingPort}, as C{reactor.listenUDP} does
     with Twisted's.

@@ -31,6 +31,7 @@ import select
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from errno import EMFILE, ENFILE
 from typing import Any
 
@@ -120,7 +121,7 @@ class StreamConnection(asyncio.Protocol):
         self.port = port
         reactor: Any = port.reactor
         self.reactor = reactor
-        self._seconds = reactor.seconds
+        self._seconds: Callable[[], float] = reactor.seconds
         # What every read and write looks at, on the instance: Python 3.11
         # looks an instance's own attributes up faster than its class's.
         self.connected = self.disconnecting = 0
@@ -413,7 +414,9 @@ class StreamConnection(asyncio.Protocol):
         @raise RuntimeError: when a producer is registered already.
         """
         if self.producer is not None:
-            raise RuntimeError(f"Cannot register producer {producer!r}, because producer {self.producer!r} was never unregistered.")
+            raise RuntimeError(
+                f"Cannot register producer {producer!r}, because producer {self.producer!r} was never unregistered."
+            )
         if not self.connected:
             producer.stopProducing()
             return
@@ -760,7 +763,9 @@ def _sendsAtOnce(loop: asyncio.AbstractEventLoop) -> None:
             transport.write(b"!")
             require(select.select([client], [], [], 0)[0], "uvloop's write to send at once")
             handle = transport.get_extra_info("socket")
-            require(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), "uvloop's connections to have TCP_NODELAY")
+            require(
+                handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), "uvloop's connections to have TCP_NODELAY"
+            )
             transport.abort()
     finally:
         server.close()
@@ -775,9 +780,14 @@ def _check() -> None:
     import uvloop
 
     requireNames(uvloop, "new_event_loop", "uvloop")
-    requireNames(tcp.Port, f"{TCP_PORT_PRIVATES} startListening startReading stopReading connectionLost", "twisted's tcp.Port")
+    requireNames(
+        tcp.Port, f"{TCP_PORT_PRIVATES} startListening startReading stopReading connectionLost", "twisted's tcp.Port"
+    )
     require("startReading" in tcp.Port.startListening.__code__.co_names, "tcp.Port.startListening to start reading")
-    require("eventloop" in inspect.signature(AsyncioSelectorReactor.__init__).parameters, "AsyncioSelectorReactor(eventloop)")
+    require(
+        "eventloop" in inspect.signature(AsyncioSelectorReactor.__init__).parameters,
+        "AsyncioSelectorReactor(eventloop)",
+    )
     loop = uvloop.new_event_loop()
     try:
         _sendsAtOnce(loop)

@@ -265,7 +265,7 @@ class MemoryStreamConnection:
         """
         What netd has written since the last call.
         """
-        value = self.transport.value()
+        value: bytes = self.transport.value()
         self.transport.clear()
         return value
 

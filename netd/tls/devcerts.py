@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.logger import Logger
 
+from netd.tls.keys import publicKeyBytes
+
 log = Logger(namespace="netd.tls.devcerts")
 
 KeyType = Literal["ecdsa", "rsa"]
@@ -469,15 +471,10 @@ def _load(folder: int | None, certificateName: str, keyName: str) -> KeyAndCerti
         return None
     if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
         return None
-    if _publicBytes(key.public_key()) != _publicBytes(certificate.public_key()):
+    if publicKeyBytes(key.public_key()) != publicKeyBytes(certificate.public_key()):
         return None
     return KeyAndCertificate(certificate, key)
 
-
-def _publicBytes(key: object) -> bytes:
-    return key.public_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def _current(certificate: x509.Certificate, now: datetime.datetime) -> bool:

@@ -13,6 +13,7 @@ import stat
 from typing import Any
 
 import attrs
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
@@ -96,7 +97,10 @@ def loadPrivateKey(path: str, what: str, key: KeyPath = ()) -> Any:
     return privateKey
 
 
-def _publicBytes(key: Any) -> bytes:
+def publicKeyBytes(key: PublicKeyTypes) -> bytes:
+    """
+    A public key as DER bytes, to compare a private key's half with a certificate's.
+    """
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -141,7 +145,7 @@ def loadKeyPair(certificatePath: str, keyPath: str, where: str, table: KeyPath =
     """
     chain = loadCertificates(certificatePath, f"{where}.certificate", table + ("certificate",))
     key = loadPrivateKey(keyPath, f"{where}.private_key", table + ("private_key",))
-    if _publicBytes(key.public_key()) != _publicBytes(chain[0].public_key()):
+    if publicKeyBytes(key.public_key()) != publicKeyBytes(chain[0].public_key()):
         raise TLSSetupError(
             f"{where}.private_key {keyPath!r} does not match the certificate in {where}.certificate {certificatePath!r}",
             table + ("private_key",),

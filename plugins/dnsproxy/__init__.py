@@ -84,11 +84,17 @@ class DNSProxyOptions:
         help="Networks whose clients may query; others get REFUSED.",
         checks=(_networks,),
     )
-    timeout: float = option(2.0, help="Seconds one upstream gets to answer before the next is tried.", checks=(between(0.01, 60),))
+    timeout: float = option(
+        2.0, help="Seconds one upstream gets to answer before the next is tried.", checks=(between(0.01, 60),)
+    )
     deadline: float = option(
         5.0, help="Seconds a query may take in all before the client gets SERVFAIL.", checks=(between(0.01, 300),)
     )
-    cache_size: int = option(10000, help="Answers cached at most (least recently used evicted); 0 turns the cache off.", checks=(between(0, 10_000_000),))
+    cache_size: int = option(
+        10000,
+        help="Answers cached at most (least recently used evicted); 0 turns the cache off.",
+        checks=(between(0, 10_000_000),),
+    )
     # The bounds of issue 13 (cache bytes, queries in flight), together.
     cache_bytes: int = option(
         DEFAULT_MAX_BYTES,
@@ -96,7 +102,9 @@ class DNSProxyOptions:
         checks=(between(0, 2**40),),
     )
     cache_entry_bytes: int = option(
-        DEFAULT_MAX_ENTRY_BYTES, help="The largest answer, in bytes, that is cached; larger ones are forwarded but not kept.", checks=(between(512, 65535),)
+        DEFAULT_MAX_ENTRY_BYTES,
+        help="The largest answer, in bytes, that is cached; larger ones are forwarded but not kept.",
+        checks=(between(512, 65535),),
     )
     max_inflight: int = option(
         DEFAULT_MAX_INFLIGHT,
@@ -113,17 +121,27 @@ class DNSProxyOptions:
         help="Queries waiting for their answers at most on one TCP or TLS connection; past it the next ones on it get REFUSED.",
         checks=(between(1, 65535),),
     )
-    min_ttl: int = option(0, help="Seconds an answer stays cached at least, whatever its TTL.", checks=(between(0, 86400),))
+    min_ttl: int = option(
+        0, help="Seconds an answer stays cached at least, whatever its TTL.", checks=(between(0, 86400),)
+    )
     max_ttl: int = option(86400, help="Seconds an answer stays cached at most.", checks=(between(0, 604800),))
     max_negative_ttl: int = option(
-        3600, help="Seconds a negative answer (NXDOMAIN, NODATA; RFC 2308) stays cached at most.", checks=(between(0, 86400),)
+        3600,
+        help="Seconds a negative answer (NXDOMAIN, NODATA; RFC 2308) stays cached at most.",
+        checks=(between(0, 86400),),
     )
     max_fails: int = option(
-        2, help="Consecutive failures after which an upstream is marked down and probed until it answers.", checks=(between(1, 100),)
+        2,
+        help="Consecutive failures after which an upstream is marked down and probed until it answers.",
+        checks=(between(1, 100),),
     )
-    health_check: float = option(0.5, help="Seconds between probes of an upstream marked down.", checks=(between(0.05, 3600),))
+    health_check: float = option(
+        0.5, help="Seconds between probes of an upstream marked down.", checks=(between(0.05, 3600),)
+    )
     ca_bundle: ConfigPath | None = option(
-        None, help="PEM file of the CAs that DNS-over-TLS upstreams' certificates must chain to; the system's when unset.", checks=(_readableFile,)
+        None,
+        help="PEM file of the CAs that DNS-over-TLS upstreams' certificates must chain to; the system's when unset.",
+        checks=(_readableFile,),
     )
     udp_size: int = option(1232, help="The EDNS UDP payload size netd announces.", checks=(between(512, 4096),))
     # Reaching the upstreams: source ports, 0x20, stream connections.
@@ -164,7 +182,9 @@ class DNSProxyOptions:
         if self.min_ttl > self.max_ttl:
             problems.append(("min_ttl", f"{self.min_ttl} is more than max_ttl ({self.max_ttl})"))
         if self.cache_size and self.cache_entry_bytes > self.cache_bytes:
-            problems.append(("cache_entry_bytes", f"{self.cache_entry_bytes} is more than cache_bytes ({self.cache_bytes})"))
+            problems.append(
+                ("cache_entry_bytes", f"{self.cache_entry_bytes} is more than cache_bytes ({self.cache_bytes})")
+            )
         if self.timeout > self.deadline:
             problems.append(("timeout", f"{self.timeout} is more than deadline ({self.deadline})"))
         return problems

@@ -18,9 +18,9 @@ from collections import OrderedDict
 from twisted.internet.interfaces import IReactorTime
 
 from .wire import (
+    HEADER_SIZE,
     KEY_DO,
     KEY_FLAGS,
-    HEADER_SIZE,
     RCODE_NOERROR,
     RCODE_NXDOMAIN,
     AnswerInfo,
@@ -283,7 +283,17 @@ class AnswerCache:
             elapsed = 0
         if age == elapsed:
             return entry
-        entry = (storedAt, expiresAt, patchTTLs(body, ttlOffsets, ttls, elapsed), opt, ednsCount, elapsed, ttlOffsets, ttls, size)
+        entry = (
+            storedAt,
+            expiresAt,
+            patchTTLs(body, ttlOffsets, ttls, elapsed),
+            opt,
+            ednsCount,
+            elapsed,
+            ttlOffsets,
+            ttls,
+            size,
+        )
         entries[key] = entry
         return entry
 

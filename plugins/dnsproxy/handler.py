@@ -253,10 +253,18 @@ class DNSProxy(Service):
         self.resolver = resolver
         self.access = access
         self.counters = counters
-        counters.labelCounters("qtype_", family="dns_queries", label="qtype", help="DNS queries received, by query type.")
-        counters.labelCounters("rcode_", family="dns_answers", label="rcode", help="DNS answers sent, by response code.")
+        counters.labelCounters(
+            "qtype_", family="dns_queries", label="qtype", help="DNS queries received, by query type."
+        )
+        counters.labelCounters(
+            "rcode_", family="dns_answers", label="rcode", help="DNS answers sent, by response code."
+        )
         counters.accrueFrom(lambda: {"cache_evictions": cache.evictions, "cache_too_large": cache.tooLarge})
-        counters.gauge("dns_cache_bytes", lambda: cache.bytes, "Bytes the DNS cache's entries are accounted for now (answers, keys, overhead).")
+        counters.gauge(
+            "dns_cache_bytes",
+            lambda: cache.bytes,
+            "Bytes the DNS cache's entries are accounted for now (answers, keys, overhead).",
+        )
         counters.gauge("dns_cache_entries", lambda: len(cache), "Answers in the DNS cache now.")
         self.log = log
         self.logQueries = logQueries
@@ -422,7 +430,9 @@ class DNSProxy(Service):
                 self.counters["dropped_responses"] += 1
                 return None
             self.counters["queries_malformed"] += 1
-            return self._done(makeHeaderError(e.id, e.flags, RCODE_FORMERR), None, host, port, transport, "formerr", started)
+            return self._done(
+                makeHeaderError(e.id, e.flags, RCODE_FORMERR), None, host, port, transport, "formerr", started
+            )
         except WireError:
             self.counters["dropped_unreadable"] += 1
             return None
@@ -430,11 +440,15 @@ class DNSProxy(Service):
             self.counters["dropped_responses"] += 1
             return None
         if not self.access.allows(host):
-            return self._done(makeResponse(query, RCODE_REFUSED, udpSize=self.udpSize), query, host, port, transport, "acl", started)
+            return self._done(
+                makeResponse(query, RCODE_REFUSED, udpSize=self.udpSize), query, host, port, transport, "acl", started
+            )
         # Counted only once the client is allowed: refused ones make no series.
         self.counters[_QTYPE_COUNTERS.get(query.question.qtype, _QTYPE_OTHER)] += 1
         if query.opcode != 0:
-            return self._done(makeResponse(query, RCODE_NOTIMP, udpSize=self.udpSize), query, host, port, transport, "notimp", started)
+            return self._done(
+                makeResponse(query, RCODE_NOTIMP, udpSize=self.udpSize), query, host, port, transport, "notimp", started
+            )
         if query.edns is not None and query.edns.version != 0:
             # RFC 6891, 6.1.3: before anything answers (scripts, static
             # records, the cache), with an OPT record of the version we know.
@@ -500,7 +514,9 @@ class DNSProxy(Service):
         if events.enabled:
             # The cache's clock is the reactor: its time is the event's.
             question = (data[HEADER_SIZE:nameEnd], qtype)
-            events.addAt(now, "query", renderQuery, host, port, question, transport, rcode, "cache", None, None, started, now)
+            events.addAt(
+                now, "query", renderQuery, host, port, question, transport, rcode, "cache", None, None, started, now
+            )
         return answer
 
     def _lookup(
@@ -547,7 +563,9 @@ class DNSProxy(Service):
             return None
         answer: bytes | Deferred[bytes]
         if script.rcode is not None or (script.truncate and transport == "udp"):
-            answer = self._done(forcedAnswer(query, script, self.udpSize), query, host, port, transport, "script", started, applied)
+            answer = self._done(
+                forcedAnswer(query, script, self.udpSize), query, host, port, transport, "script", started, applied
+            )
         else:
             answer = self._lookup(data, query, host, port, transport, started, applied)
         if script.spoof is not None:
@@ -575,7 +593,9 @@ class DNSProxy(Service):
         """
         waiting = self.waitingByClient.get(host, 0)
         if self.waiting >= self.maxInflight or waiting >= self.maxInflightPerClient:
-            self.counters["inflight_refused_overall" if self.waiting >= self.maxInflight else "inflight_refused_client"] += 1
+            self.counters[
+                "inflight_refused_overall" if self.waiting >= self.maxInflight else "inflight_refused_client"
+            ] += 1
             refused = makeResponse(query, RCODE_REFUSED, udpSize=self.udpSize)
             return self._done(refused, query, host, port, transport, "limit", started, applied)
         self.waiting += 1
@@ -627,7 +647,9 @@ class DNSProxy(Service):
             return
         for result, query, host, port, transport, started, applied in self.inflight.pop(flight):
             reply = self.cache.lookup(key, query) or patchAnswer(answer, info.ttlOffsets, info.ttls, 0, query)
-            self._release(result, self._done(reply, query, host, port, transport, "upstream", started, applied, upstream))
+            self._release(
+                result, self._done(reply, query, host, port, transport, "upstream", started, applied, upstream)
+            )
 
     def _failed(self, reason: Failure, flight: Flight) -> None:
         """
@@ -762,7 +784,18 @@ class DNSProxy(Service):
             )
         if self.events.enabled:
             self.events.add(
-                "query", renderQuery, host, port, query, transport, rcode, source, upstream, applied, started, self.reactor.seconds()
+                "query",
+                renderQuery,
+                host,
+                port,
+                query,
+                transport,
+                rcode,
+                source,
+                upstream,
+                applied,
+                started,
+                self.reactor.seconds(),
             )
 
 

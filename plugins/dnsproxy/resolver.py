@@ -355,7 +355,8 @@ class UpstreamResolver(Service):
         How long an attempt sent now may wait: C{timeout} seconds, or until the
         deadline, whichever is first.
         """
-        return max(0.0, min(self.timeout, deadlineAt - self.reactor.seconds()))
+        now: float = self.reactor.seconds()
+        return max(0.0, min(self.timeout, deadlineAt - now))
 
     def _stream(self, upstream: Upstream) -> StreamUpstream:
         """
@@ -506,7 +507,9 @@ class _Resolution:
         self.resolver.resolving.discard(self)
         query = self.query
         end = HEADER_SIZE + len(self.question.name)
-        self.deferred.callback((b"".join((query[:2], answer[2:HEADER_SIZE], query[HEADER_SIZE:end], answer[end:])), upstream))
+        self.deferred.callback(
+            (b"".join((query[:2], answer[2:HEADER_SIZE], query[HEADER_SIZE:end], answer[end:])), upstream)
+        )
 
     def _fail(self, reason: Failure | Exception) -> None:
         """
@@ -540,7 +543,9 @@ class _Resolution:
         if self.lastRefusal is not None:
             self._succeed(*self.lastRefusal)
         elif self.deadlineAt - reactor.seconds() <= 0:
-            self._fail(UpstreamFailure(f"no upstream answered within the {self.resolver.deadline:g}s deadline", self.tried))
+            self._fail(
+                UpstreamFailure(f"no upstream answered within the {self.resolver.deadline:g}s deadline", self.tried)
+            )
         else:
             self._fail(UpstreamFailure("every upstream failed", self.tried))
 

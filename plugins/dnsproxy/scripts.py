@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Literal
 import attrs
 from twisted.names import dns
 
-from netd.faults.schedule import ScheduleState, Scheduled
 from netd.config.options import InvalidValue, between, option
+from netd.faults.schedule import Scheduled, ScheduleState
 
 from .records import NamePattern
 from .wire import (
@@ -96,14 +96,21 @@ class Script(Scheduled):
     """
 
     name: NamePattern = option(help="The name the entry acts on, or *.NAME for every name below NAME.")
-    qtype: QueryType | None = option(None, help="The query type the entry acts on (A, AAAA, MX, ..., ANY, TYPEnnn); every type when unset.")
+    qtype: QueryType | None = option(
+        None, help="The query type the entry acts on (A, AAAA, MX, ..., ANY, TYPEnnn); every type when unset."
+    )
     rcode: Literal["NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED"] | None = option(
         None, help="Answer at once with this rcode and no records (NOERROR: an empty answer)."
     )
     truncate: bool = option(
-        False, help="Over UDP, answer at once with no records and TC set, so that the client retries over TCP; TCP queries are untouched."
+        False,
+        help="Over UDP, answer at once with no records and TC set, so that the client retries over TCP; TCP queries are untouched.",
     )
-    delay: int = option(0, help="Milliseconds the answer is held back once it is ready, whatever its source.", checks=(between(0, 60000),))
+    delay: int = option(
+        0,
+        help="Milliseconds the answer is held back once it is ready, whatever its source.",
+        checks=(between(0, 60000),),
+    )
     drop: bool = option(False, help="Send no answer at all.")
     spoof: Literal["id", "question"] | None = option(
         None,
@@ -119,9 +126,13 @@ class Script(Scheduled):
         problems = super().crossCheck()
         actions = self.actions()
         if not actions:
-            problems.append(("name", f"the entry for {self.name.toConfig()!r} does nothing; give one of {', '.join(ACTIONS)}"))
+            problems.append(
+                ("name", f"the entry for {self.name.toConfig()!r} does nothing; give one of {', '.join(ACTIONS)}")
+            )
         if self.drop:
-            problems.extend((key, f"drop sends no answer, so it cannot go with {key}") for key in actions if key != "drop")
+            problems.extend(
+                (key, f"drop sends no answer, so it cannot go with {key}") for key in actions if key != "drop"
+            )
         if self.truncate and self.rcode is not None:
             problems.append(("rcode", "truncate answers with no records and TC set, so it cannot go with rcode"))
         return problems

@@ -18,8 +18,8 @@ from typing import Any, Protocol, TypeVar
 import attrs
 from zope.interface import implementer
 
-from netd.interfaces import IRuntimeTable
 from netd.config.options import ConfigError, Problem, decodeTable, describeValue, option, toConfig
+from netd.interfaces import IRuntimeTable
 
 from .records import NamePattern, StaticRecords
 from .scripts import Script, ScriptBook
@@ -48,7 +48,9 @@ class RecordsBody:
     The body of C{PUT /services/NAME/records}.
     """
 
-    records: StaticRecords = option(help="Names to add, or to replace if they are there, written as in the records key.")
+    records: StaticRecords = option(
+        help="Names to add, or to replace if they are there, written as in the records key."
+    )
 
 
 @attrs.frozen
@@ -57,7 +59,9 @@ class ScriptsBody:
     The body of C{PUT /services/NAME/scripts}.
     """
 
-    scripts: tuple[Script, ...] = option(help="The scripted answers that replace the current ones, written as in the scripts key.")
+    scripts: tuple[Script, ...] = option(
+        help="The scripted answers that replace the current ones, written as in the scripts key."
+    )
 
 
 def decodeBody(schema: type[T], body: object) -> T:
@@ -69,7 +73,9 @@ def decodeBody(schema: type[T], body: object) -> T:
     problems: list[Problem] = []
     if not isinstance(body, dict):
         keys = " and ".join(attrs.fields_dict(schema))  # type: ignore[arg-type]
-        raise ConfigError("request body", [Problem((), f"expected a JSON object with {keys}, got {describeValue(body)}")])
+        raise ConfigError(
+            "request body", [Problem((), f"expected a JSON object with {keys}, got {describeValue(body)}")]
+        )
     decoded = decodeTable(schema, body, (), problems)
     if decoded is None:
         raise ConfigError("request body", problems)

@@ -25,9 +25,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.stream.framing import FRAMINGS, FramedFactory, FramedProtocol
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
+from netd.stream.framing import FRAMINGS, FramedFactory, FramedProtocol
 from netd.tls.client import clientCreator, describeTLSFailure
 from netd.words import counted
 
@@ -306,9 +306,8 @@ class _PendingQueries:
         end = HEADER_SIZE + len(name)
         answered = message[HEADER_SIZE:end]
         caseDiffers = answered != name
-        if (
-            (caseDiffers and answered.lower() != question.key)
-            or message[end : end + 4] != _TYPE_CLASS.pack(question.qtype, question.qclass)
+        if (caseDiffers and answered.lower() != question.key) or message[end : end + 4] != _TYPE_CLASS.pack(
+            question.qtype, question.qclass
         ):
             return False
         del self.byID[queryID]

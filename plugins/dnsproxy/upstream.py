@@ -179,7 +179,7 @@ def _splitAddress(value: str, rest: str) -> tuple[str, str | None, list[str]]:
     if not host:
         raise InvalidValue(f"{value!r}: missing host; expected an IP address after the transport")
     if "%" in host:
-        raise InvalidValue(f"{value!r}: IPv6 zone ids ({host[host.index('%'):]}) are not supported")
+        raise InvalidValue(f"{value!r}: IPv6 zone ids ({host[host.index('%') :]}) are not supported")
     canonical = _ipAddress(host)
     if canonical is None:
         raise InvalidValue(
@@ -208,7 +208,8 @@ def _serverName(value: str, transport: str, params: list[str]) -> str | None:
             raise InvalidValue(f"{value!r}: {transport} upstreams take no options ({param!r}); name= is only for tls")
         if key != "name":
             raise InvalidValue(
-                f"{value!r}: unknown option {key!r}" + closeMatch(key, ["name"], then="the tls transport takes only name=")
+                f"{value!r}: unknown option {key!r}"
+                + closeMatch(key, ["name"], then="the tls transport takes only name=")
             )
         if key in options:
             raise InvalidValue(f"{value!r}: name= given twice")

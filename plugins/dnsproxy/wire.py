@@ -472,7 +472,13 @@ def quickQuestion(data: bytes) -> tuple[tuple[bytes, int, int, int, bytes], int,
         position += length + 1
     end = position + 1
     opt = end + 4
-    if end - HEADER_SIZE > MAX_NAME_LENGTH or opt + 11 > size or data[opt] or data[opt + 1 : opt + 3] != _OPT_TYPE or data[opt + 6]:
+    if (
+        end - HEADER_SIZE > MAX_NAME_LENGTH
+        or opt + 11 > size
+        or data[opt]
+        or data[opt + 1 : opt + 3] != _OPT_TYPE
+        or data[opt + 6]
+    ):
         return None
     if opt + 11 + _U16.unpack_from(data, opt + 9)[0] != size:
         return None
@@ -583,7 +589,7 @@ def patchAnswer(
     name = query.question.name
     answer[HEADER_SIZE : HEADER_SIZE + len(name)] = name
     pack = _U32.pack_into
-    for offset, ttl in zip(ttlOffsets, ttls):
+    for offset, ttl in zip(ttlOffsets, ttls, strict=True):
         ttl -= elapsed
         pack(answer, offset, ttl if ttl > 0 else 0)
     return bytes(answer)
@@ -598,7 +604,7 @@ def patchTTLs(stored: bytes, ttlOffsets: tuple[int, ...], ttls: tuple[int, ...],
     """
     answer = bytearray(stored)
     pack = _U32.pack_into
-    for offset, ttl in zip(ttlOffsets, ttls):
+    for offset, ttl in zip(ttlOffsets, ttls, strict=True):
         ttl -= elapsed
         pack(answer, offset, ttl if ttl > 0 else 0)
     return bytes(answer)
@@ -616,7 +622,9 @@ def answerQuery(stored: bytes, query: bytes, nameEnd: int, count: bytes = b"", o
         records as they are.
     """
     if (stored[2] ^ query[2]) & _RD_BYTE or (stored[3] ^ query[3]) & _CD_BYTE:
-        flags = bytes(((stored[2] & ~_RD_BYTE) | (query[2] & _RD_BYTE), (stored[3] & ~_CD_BYTE) | (query[3] & _CD_BYTE)))
+        flags = bytes(
+            ((stored[2] & ~_RD_BYTE) | (query[2] & _RD_BYTE), (stored[3] & ~_CD_BYTE) | (query[3] & _CD_BYTE))
+        )
         counts = stored[4:HEADER_SIZE] if not count else stored[4:10] + count
         return b"".join((query[:2], flags, counts, query[HEADER_SIZE:nameEnd], stored[nameEnd:], opt))
     if count:
@@ -732,8 +740,7 @@ def _presentLabel(label: bytes) -> str:
     if all(byte in _PRINTABLE for byte in label):
         return label.decode("ascii")
     return "".join(
-        chr(byte) if byte in _PRINTABLE else f"\\{chr(byte)}" if byte in b".\\" else f"\\{byte:03d}"
-        for byte in label
+        chr(byte) if byte in _PRINTABLE else f"\\{chr(byte)}" if byte in b".\\" else f"\\{byte:03d}" for byte in label
     )
 
 

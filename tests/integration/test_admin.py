@@ -51,7 +51,9 @@ def config(*, daemon: str = ADMIN, upstream: str = "udp:127.0.0.1:9") -> str:
     return f"[daemon]\n{daemon}\n\n{echo}{DNS.format(upstream=json.dumps(upstream))}"
 
 
-def get(netd: NetdServer, path: str, token: str | None = None, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+def get(
+    netd: NetdServer, path: str, token: str | None = None, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
     """
     One request to netd's control API: status, headers (lower-case names) and body; error statuses are returned, not raised.  A request that may change something carries netd's token unless C{token} is given.
     """
@@ -95,7 +97,11 @@ def test_endpointsOverTheWire(startNetd: Any) -> None:
     Over real HTTP, /health and /ready answer 200, and /services shows each service's plugin and the ports netd picked for port 0.
     """
     netd: NetdServer = startNetd(config())
-    assert netd.adminAddress is not None and netd.adminAddress["listen"] == "tcp:0:interface=127.0.0.1" and netd.adminAddress["port"] != 0
+    assert (
+        netd.adminAddress is not None
+        and netd.adminAddress["listen"] == "tcp:0:interface=127.0.0.1"
+        and netd.adminAddress["port"] != 0
+    )
     status, headers, body = get(netd, "/health")
     assert (status, json.loads(body)) == (200, {"status": "ok"})
     assert headers["content-type"] == "application/json"
@@ -130,7 +136,9 @@ def test_metricsMoveWithTraffic(startNetd: Any) -> None:
         assert recvExactly(client, len(payload)) == payload
         during = metrics(netd)
         assert during[key("netd_connections_open", service="echo")] == 1
-        openBytes = during[key("netd_bytes_received_total", service="echo")] - before.get(key("netd_bytes_received_total", service="echo"), 0)
+        openBytes = during[key("netd_bytes_received_total", service="echo")] - before.get(
+            key("netd_bytes_received_total", service="echo"), 0
+        )
         assert openBytes == len(payload), "an open connection's bytes are counted before it closes"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         udp.settimeout(IO_TIMEOUT)
@@ -263,14 +271,21 @@ def test_webPageRequestsCannotChangeRecords(startNetd: Any) -> None:
         (421, ["-H", "Host: attacker.example:8053", "-H", "Content-Type: text/plain", "-d", body]),
         (415, ["-H", token, "-H", "Content-Type: text/plain", "-d", body]),
         (415, ["-H", token, "-d", body]),
-        (403, ["-H", token, "-H", "Origin: http://attacker.example", "-H", "Content-Type: application/json", "-d", body]),
+        (
+            403,
+            ["-H", token, "-H", "Origin: http://attacker.example", "-H", "Content-Type: application/json", "-d", body],
+        ),
         (401, ["-H", "Content-Type: application/json", "-d", body]),
     ]
     for code, args in attacks:
         status, answer = curl(netd, "PUT", "/services/dns/records", *args)
         assert status == code, (args, answer)
         assert "error" in json.loads(answer)
-    for code, args in [(403, ["-H", token, "-H", "Origin: null"]), (401, []), (421, ["-H", token, "-H", "Host: a.example"])]:
+    for code, args in [
+        (403, ["-H", token, "-H", "Origin: null"]),
+        (401, []),
+        (421, ["-H", token, "-H", "Host: a.example"]),
+    ]:
         status, answer = curl(netd, "POST", "/reload", *args)
         assert status == code, (args, answer)
     assert dig(dns, "netd.test", "A").last.data() == ["127.0.0.1"]
@@ -280,7 +295,9 @@ def test_webPageRequestsCannotChangeRecords(startNetd: Any) -> None:
     assert refused[key("netd_admin_requests_refused_total", reason="content_type")] == 2
     assert refused[key("netd_admin_requests_refused_total", reason="origin")] == 2
     assert refused[key("netd_admin_requests_refused_total", reason="token")] == 2
-    status, answer = curl(netd, "PUT", "/services/dns/records", "-H", token, "-H", "Content-Type: application/json", "-d", body)
+    status, answer = curl(
+        netd, "PUT", "/services/dns/records", "-H", token, "-H", "Content-Type: application/json", "-d", body
+    )
     assert status == 200, answer
     assert dig(dns, "netd.test", "A").last.data() == ["192.0.2.66"]
 

@@ -142,9 +142,7 @@ REFUSALS = {
         devCertificates,
     ),
     "missing-sni-key": Refusal(
-        ADMIN
-        + TLS
-        + 'tls = { certificate = "certs/server.pem", private_key = "certs/server-key.pem", '
+        ADMIN + TLS + 'tls = { certificate = "certs/server.pem", private_key = "certs/server-key.pem", '
         'sni = { "a.test" = { certificate = "certs/server.pem", private_key = "certs/gone.pem" } } }\n',
         "services[0].tls.sni.a.test.private_key",
         "No such file or directory",
@@ -163,7 +161,8 @@ REFUSALS = {
         aFileInTheWay,
     ),
     "socket-folder-missing": Refusal(
-        ADMIN + '\n[[services]]\nname = "echo"\nplugin = "echo"\nlisten = ["tcp:0:interface=127.0.0.1", "unix:run/echo.sock"]\n',
+        ADMIN
+        + '\n[[services]]\nname = "echo"\nplugin = "echo"\nlisten = ["tcp:0:interface=127.0.0.1", "unix:run/echo.sock"]\n',
         "services[0].listen[1]",
         "run/echo.sock",
     ),
@@ -187,7 +186,9 @@ REFUSALS = {
 }
 
 
-def runBoth(folder: Path, workdir: Path) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str], Path]:
+def runBoth(
+    folder: Path, workdir: Path
+) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str], Path]:
     """
     Run C{netd check -c F} then C{netd run -c F} on the config in C{folder},
     from C{workdir}, F given relative to C{workdir}; return both results and
@@ -278,7 +279,9 @@ def test_relativePathsWorkFromAnotherDirectory(places: tuple[Path, Path]) -> Non
         )
     )
     config = os.path.relpath(folder / "netd.toml", workdir)
-    check = subprocess.run(netdCommand("check", "-c", config), cwd=workdir, capture_output=True, text=True, timeout=STARTUP_TIMEOUT)
+    check = subprocess.run(
+        netdCommand("check", "-c", config), cwd=workdir, capture_output=True, text=True, timeout=STARTUP_TIMEOUT
+    )
     assert (check.returncode, check.stderr) == (0, ""), check
     assert f'admin_token_file = "{folder}/admin.token"' in check.stdout
     portsFile = workdir / "ports.json"
@@ -301,7 +304,10 @@ def test_relativePathsWorkFromAnotherDirectory(places: tuple[Path, Path]) -> Non
             client.sendall(b"from elsewhere\n")
             assert recvExactly(client, 15) == b"from elsewhere\n"
         context = ssl.create_default_context(cafile=str(folder / "certs" / "ca.pem"))
-        with connect(("127.0.0.1", _port(portsFile, "tls"))) as raw, context.wrap_socket(raw, server_hostname="localhost") as client:
+        with (
+            connect(("127.0.0.1", _port(portsFile, "tls"))) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as client,
+        ):
             client.sendall(b"over tls\n")
             assert recvExactly(client, 9) == b"over tls\n"
         assert "control API" in (workdir / "netd.log").read_text()
@@ -317,4 +323,3 @@ def _port(portsFile: Path, service: str) -> int:
     """
     (bound,) = json.loads(portsFile.read_text())["services"][service]
     return int(bound["port"])
-

@@ -19,7 +19,17 @@ import pytest
 
 from netd.testing.harness import NetdServer, netdCommand, unavailable
 
-from .conftest import IO_TIMEOUT, canBind, connect, echoService, recvExactly, requireEmbeddedDefaultPorts, requireTool, waitForLog, withTestAdmin
+from .conftest import (
+    IO_TIMEOUT,
+    canBind,
+    connect,
+    echoService,
+    recvExactly,
+    requireEmbeddedDefaultPorts,
+    requireTool,
+    waitForLog,
+    withTestAdmin,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +58,9 @@ def launch(tmp_path: Path) -> Iterator[Launcher]:
     directory.mkdir()
 
     def start(configFile: Path, *, prefix: tuple[str, ...] = ()) -> NetdServer:
-        netd = NetdServer(configFile, directory / f"netd-{len(started)}", launcher=[*prefix, *netdCommand("run")], cwd=directory)
+        netd = NetdServer(
+            configFile, directory / f"netd-{len(started)}", launcher=[*prefix, *netdCommand("run")], cwd=directory
+        )
         started.append(netd)
         return netd.start(wait=False)
 
@@ -127,10 +139,7 @@ def readmeMessage(key: str, netd: NetdServer) -> str:
     """
     start = f"netd cannot start: {README_CONFIG}: {key}: "
     [line] = [
-        line
-        for page in DOC_PAGES
-        for line in page.read_text(encoding="utf-8").splitlines()
-        if line.startswith(start)
+        line for page in DOC_PAGES for line in page.read_text(encoding="utf-8").splitlines() if line.startswith(start)
     ]
     assert netd.configFile is not None
     return line.replace(README_CONFIG, str(netd.configFile))
@@ -194,7 +203,10 @@ def test_embeddedDefaultBesideAnExample(startNetd: Callable[..., NetdServer], la
     default = startNetd(None)
     example = launch(EXAMPLES / "test-target.toml")
     example.waitUntilReady()
-    assert default.adminAddress is not None and (default.adminAddress["host"], default.adminAddress["port"]) == ("127.0.0.1", DEFAULT_ADMIN_PORT)
+    assert default.adminAddress is not None and (default.adminAddress["host"], default.adminAddress["port"]) == (
+        "127.0.0.1",
+        DEFAULT_ADMIN_PORT,
+    )
     assert default.api("GET", "/ready") == (200, {"status": "ready"})
     waitForLog(default, "control API on http://127.0.0.1:8053/")
     assert example.adminAddress is None
@@ -218,7 +230,8 @@ def test_serviceAddressTaken(startNetd: Callable[..., NetdServer], kind: int, li
         port = holder.getsockname()[1]
         address = listen.format(port=port)
         netd = startNetd(
-            echoService("first", ["tcp:0:interface=127.0.0.1"]) + echoService("second", ["tcp:0:interface=127.0.0.1", address]),
+            echoService("first", ["tcp:0:interface=127.0.0.1"])
+            + echoService("second", ["tcp:0:interface=127.0.0.1", address]),
             wait=False,
         )
         assert waitForExit(netd) == 1
@@ -251,7 +264,11 @@ def test_adminAddressTaken(startNetd: Callable[..., NetdServer]) -> None:
     """
     with heldSocket(socket.SOCK_STREAM) as holder:
         port = holder.getsockname()[1]
-        netd = startNetd(f'[daemon]\nadmin = "tcp:{port}:interface=127.0.0.1"\n\n' + echoService("echo", ["tcp:0:interface=127.0.0.1"]), wait=False)
+        netd = startNetd(
+            f'[daemon]\nadmin = "tcp:{port}:interface=127.0.0.1"\n\n'
+            + echoService("echo", ["tcp:0:interface=127.0.0.1"]),
+            wait=False,
+        )
         assert waitForExit(netd) == 1
     example = readmeMessage("daemon.admin", netd)
     assert example.replace(str(DEFAULT_ADMIN_PORT), str(port)) in netd.log(), netd.log()
@@ -296,9 +313,14 @@ def test_adminUnixSocketLeftOver(startNetd: Callable[..., NetdServer], tmp_path:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as ended:
         ended.bind(str(path))
     assert path.exists()
-    netd = startNetd(f'[daemon]\nadmin = "unix:{path}"\n\n' + echoService("echo", ["tcp:0:interface=127.0.0.1"]), wait=False)
+    netd = startNetd(
+        f'[daemon]\nadmin = "unix:{path}"\n\n' + echoService("echo", ["tcp:0:interface=127.0.0.1"]), wait=False
+    )
     assert waitForExit(netd) == 1
     log = netd.log()
-    assert f"daemon.admin: control API: cannot listen on 'unix:{path}': address already in use: the socket file {path} exists" in log, log
+    assert (
+        f"daemon.admin: control API: cannot listen on 'unix:{path}': address already in use: the socket file {path} exists"
+        in log
+    ), log
     assert f"`ss -lxp 'src = {path}'` shows which" in log
     assert "left over from a process that ended without removing it: remove it" in log

@@ -145,7 +145,9 @@ def test_idleFloodDoesNotLockClientsOut(startNetd: Any, monkeypatch: pytest.Monk
             assert metric(netd, "netd_connections_refused_total", "echo") == 0
             assert metric(netd, "netd_connections_open", "echo") <= 1024
             assert "max_connections (1024) reached: closed the connection from" in netd.log()
-            assert sum(map(stillOpen, tricklers)) >= 290, "the tricklers, which move, were evicted before idle connections"
+            assert sum(map(stillOpen, tricklers)) >= 290, (
+                "the tricklers, which move, were evicted before idle connections"
+            )
         finally:
             for client in idle + tricklers:
                 client.close()
@@ -157,7 +159,9 @@ def listenQueue(port: int) -> int:
     The listen queue (backlog) of the socket listening on C{port} on 127.0.0.1, as C{ss -lnt} shows it (Send-Q).
     """
     ss = requireTool("ss")
-    output = subprocess.run([ss, "-lntH", f"sport = :{port}"], capture_output=True, text=True, timeout=10, check=True).stdout
+    output = subprocess.run(
+        [ss, "-lntH", f"sport = :{port}"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
     lines = [line.split() for line in output.splitlines() if line.strip()]
     assert len(lines) == 1, output
     return int(lines[0][2])
@@ -274,7 +278,14 @@ def test_openFileLimitIsRaisedAndSizesMaxConnections(tmp_path: Path) -> None:
     netd = startWithDescriptors(tmp_path, echoService("echo", ["tcp:0:interface=127.0.0.1"]), (64, 256), "uvloop")
     try:
         assert "open-file limit: 256 descriptors (soft limit was 64, hard limit 256)" in netd.log()
-        soft = int(subprocess.run(["prlimit", "--pid", str(netd.pid), "--nofile", "--noheadings", "--output=SOFT"], capture_output=True, text=True, check=True).stdout)
+        soft = int(
+            subprocess.run(
+                ["prlimit", "--pid", str(netd.pid), "--nofile", "--noheadings", "--output=SOFT"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
         assert soft == 256
         address = netd.address("echo")
         clients = openMany(address, 129, time.monotonic() + 10)

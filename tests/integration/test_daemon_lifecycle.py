@@ -16,7 +16,16 @@ import pytest
 
 from netd.testing.harness import netdCommand
 
-from .conftest import IO_TIMEOUT, canBind, connect, echoService, recvExactly, recvUntilClosed, requireEmbeddedDefaultPorts, waitForLog
+from .conftest import (
+    IO_TIMEOUT,
+    canBind,
+    connect,
+    echoService,
+    recvExactly,
+    recvUntilClosed,
+    requireEmbeddedDefaultPorts,
+    waitForLog,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +121,9 @@ def test_signalRightAfterReady(startNetd: Any, sig: signal.Signals) -> None:
             raise AssertionError(
                 f"attempt {attempt + 1}: netd still runs 5 seconds after {sig.name} sent once it was ready:\n{netd.log()}"
             ) from None
-        assert code == 0, f"attempt {attempt + 1}: netd exited {code} on {sig.name} sent once it was ready:\n{netd.log()}"
+        assert code == 0, (
+            f"attempt {attempt + 1}: netd exited {code} on {sig.name} sent once it was ready:\n{netd.log()}"
+        )
         assert "[echo#info] stopped" in netd.log()
 
 
@@ -179,7 +190,9 @@ def test_bindFailure(startNetd: Any) -> None:
         log = netd.log()
         assert code != 0, log
         assert f"services[1].listen[0]: cannot listen on '{secondListen}': address already in use" in log, log
-        assert f"listening on tcp 127.0.0.1:{firstPort}" in log, "the first service should have bound before the failure"
+        assert f"listening on tcp 127.0.0.1:{firstPort}" in log, (
+            "the first service should have bound before the failure"
+        )
         assert not netd.portsFile.exists()
     assert canBind(socket.SOCK_STREAM, firstPort), f"port {firstPort} of the first service is still taken"
 

@@ -78,8 +78,17 @@ def test_sClientRefusesNetdServingAnOutsideName(tmp_path: Path, startNetd: Any) 
     for service, serverName, expected in (("outside", "example.com", 1), ("inside", "localhost", 0)):
         host, port = netd.address(service)
         result = openssl(
-            "s_client", "-connect", f"{host}:{port}", "-servername", serverName, "-verify_hostname", serverName,
-            "-CAfile", str(tmp_path / "tls" / "ca.pem"), "-verify_return_error", "-brief",
+            "s_client",
+            "-connect",
+            f"{host}:{port}",
+            "-servername",
+            serverName,
+            "-verify_hostname",
+            serverName,
+            "-CAfile",
+            str(tmp_path / "tls" / "ca.pem"),
+            "-verify_return_error",
+            "-brief",
         )
         output = result.stdout + result.stderr
         assert result.returncode == expected, output

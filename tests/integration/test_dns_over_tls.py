@@ -48,7 +48,13 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     The folder of C{netd certs --out DIR}: ca.pem, server.pem (localhost, 127.0.0.1, ::1) and its key.
     """
     directory = tmp_path_factory.mktemp("certs")
-    done = subprocess.run(netdCommand("certs", "--out", str(directory)), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        netdCommand("certs", "--out", str(directory)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 0, done.stderr
     return directory
 
@@ -181,7 +187,14 @@ def test_digRefusesWrongName(server: NetdServer, certs: Path, digSpeaksTLS: None
     """
     dig +tls expecting another name than the certificate's gets no answer from netd over TLS.
     """
-    result = dig(server.address("dot", "tcp"), "+tls", f"+tls-ca={certs / 'ca.pem'}", "+tls-hostname=wrong.example", "netd.test", "A")
+    result = dig(
+        server.address("dot", "tcp"),
+        "+tls",
+        f"+tls-ca={certs / 'ca.pem'}",
+        "+tls-hostname=wrong.example",
+        "netd.test",
+        "A",
+    )
     assert not result.messages, result.output
 
 
@@ -192,7 +205,9 @@ def exchangeQueries(address: tuple[str, int], caFile: Path, queries: list[bytes]
     them parsed, in the order they came, with the TLS version.
     """
     context = ssl.create_default_context(cafile=str(caFile))
-    with context.wrap_socket(socket.create_connection(address, timeout=IO_TIMEOUT), server_hostname="localhost") as client:
+    with context.wrap_socket(
+        socket.create_connection(address, timeout=IO_TIMEOUT), server_hostname="localhost"
+    ) as client:
         client.sendall(b"".join(struct.pack("!H", len(query)) + query for query in queries))
         answers = []
         for _ in queries:
@@ -215,7 +230,13 @@ def test_severalQueriesOneConnection(server: NetdServer, certs: Path) -> None:
     """
     Several queries pipelined over one DNS-over-TLS connection (forwarded and static, two types) each get their own answer, through a single TLS handshake.
     """
-    questions = [("www.example.test", dns.A), ("netd.test", dns.A), ("example.test", dns.MX), ("www.example.test", dns.AAAA), ("netd.test", dns.TXT)]
+    questions = [
+        ("www.example.test", dns.A),
+        ("netd.test", dns.A),
+        ("example.test", dns.MX),
+        ("www.example.test", dns.AAAA),
+        ("netd.test", dns.TXT),
+    ]
     queries = [buildQuery(name, qtype, queryId=1000 + i) for i, (name, qtype) in enumerate(questions)]
     before = handshakes(server, "dot")
     answers, version = exchangeQueries(server.address("dot", "tcp"), certs / "ca.pem", queries)

@@ -24,9 +24,9 @@ from netd.testing.harness import NetdServer
 from .conftest import IO_TIMEOUT, DigResult, connect, dig, recvExactly, waitForLog
 from .dns_upstream import (
     BIG_NAME,
+    BIG_TEXTS,
     BOGUS_ADDRESS,
     BOGUS_NAME,
-    BIG_TEXTS,
     EXPECTED,
     NXDOMAIN_NAME,
     SOA,
@@ -146,7 +146,9 @@ TRANSPORTS = ["udp", "tcp"]
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize(("name", "rtype"), FORWARDED, ids=[f"{name}-{rtype}" for name, rtype in FORWARDED])
-def test_forwardsAsUpstreamAnswers(proxy: NetdServer, dnsUpstream: Dnsmasq, transport: str, name: str, rtype: str) -> None:
+def test_forwardsAsUpstreamAnswers(
+    proxy: NetdServer, dnsUpstream: Dnsmasq, transport: str, name: str, rtype: str
+) -> None:
     """
     A query netd forwards gets the upstream's records (answer and authority), with TTLs no higher than the upstream's.
     """
@@ -193,7 +195,9 @@ def test_forwardsNxdomain(proxy: NetdServer, dnsUpstream: Dnsmasq, transport: st
     forwarded = ask(proxy, transport, NXDOMAIN_NAME, "A")
     assert forwarded.last.status == "NXDOMAIN", forwarded.output
     assert forwarded.last.answer == ()
-    assert [(r.name, r.rtype, r.data) for r in forwarded.last.authority] == [("example.test.", "SOA", SOA)], forwarded.output
+    assert [(r.name, r.rtype, r.data) for r in forwarded.last.authority] == [("example.test.", "SOA", SOA)], (
+        forwarded.output
+    )
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -294,7 +298,9 @@ STATIC = [
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize(("name", "rtype", "data"), STATIC, ids=[f"{name}-{rtype}" for name, rtype, _ in STATIC])
-def test_staticRecords(proxy: NetdServer, dnsUpstream: Dnsmasq, transport: str, name: str, rtype: str, data: list[str]) -> None:
+def test_staticRecords(
+    proxy: NetdServer, dnsUpstream: Dnsmasq, transport: str, name: str, rtype: str, data: list[str]
+) -> None:
     """
     A name in the records table (exact, any case, or by wildcard) is answered from the config without asking the upstream.
     """
@@ -452,7 +458,9 @@ def test_ttlClamps(startNetd: Any, dnsUpstream: Dnsmasq, key: str, value: int) -
         if key == "max_ttl":
             assert ttl <= value, f"the {which} answer has TTL {ttl}, more than max_ttl = {value}:\n{result.output}"
         else:
-            assert value - 5 <= ttl <= value, f"the {which} answer has TTL {ttl}, not min_ttl = {value}:\n{result.output}"
+            assert value - 5 <= ttl <= value, (
+                f"the {which} answer has TTL {ttl}, not min_ttl = {value}:\n{result.output}"
+            )
 
 
 # Several queries on one TCP connection.
@@ -554,7 +562,9 @@ def test_servfailWhenNoUpstreamAnswers(
 
 
 @pytest.mark.parametrize("kind", ["closed", "silent"])
-def test_failoverToNextUpstream(startNetd: Any, dnsUpstream: Dnsmasq, silentUpstream: str, closedUpstream: str, kind: str) -> None:
+def test_failoverToNextUpstream(
+    startNetd: Any, dnsUpstream: Dnsmasq, silentUpstream: str, closedUpstream: str, kind: str
+) -> None:
     """
     With a dead first upstream, the query is answered by the next one within the timeout and the deadline.
     """
@@ -575,7 +585,12 @@ def test_tcpUpstreamAnswersEveryKind(startNetd: Any, dnsUpstream: Dnsmasq) -> No
     first answer, so netd must reconnect, and does).
     """
     netd: NetdServer = startNetd(dnsConfig([f"tcp:{dnsUpstream.host}:{dnsUpstream.port}"], records=False))
-    questions = [("www.example.test", "A"), ("example.test", "MX"), ("_sip._udp.example.test", "SRV"), (BIG_NAME, "TXT")]
+    questions = [
+        ("www.example.test", "A"),
+        ("example.test", "MX"),
+        ("_sip._udp.example.test", "SRV"),
+        (BIG_NAME, "TXT"),
+    ]
     before = {name: dnsUpstream.answeringPids(name, rtype) for name, rtype in questions}
     for name, rtype in questions:
         result = ask(netd, "udp", name, rtype, "+bufsize=8192")
@@ -601,7 +616,9 @@ def rawExchange(address: tuple[str, int], datagram: bytes, timeout: float = 1.0)
             return None
 
 
-def header(queryId: int, flags: int = 0x0100, qdcount: int = 1, ancount: int = 0, nscount: int = 0, arcount: int = 0) -> bytes:
+def header(
+    queryId: int, flags: int = 0x0100, qdcount: int = 1, ancount: int = 0, nscount: int = 0, arcount: int = 0
+) -> bytes:
     """
     A DNS header.
     """
@@ -705,7 +722,9 @@ def validatingUpstream() -> Iterator[ValidatingUpstream]:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_checkingDisabledAnswerNotServedToValidatingClients(startNetd: Any, validatingUpstream: ValidatingUpstream, transport: str) -> None:
+def test_checkingDisabledAnswerNotServedToValidatingClients(
+    startNetd: Any, validatingUpstream: ValidatingUpstream, transport: str
+) -> None:
     """
     dig +cd gets the bogus zone's data, which netd caches; dig without +cd then gets the validating upstream's SERVFAIL, not that data; dig +cd again is a cache hit.
     """
@@ -724,7 +743,13 @@ def test_queriesInFlightBounded(startNetd: Any, silentUpstream: str) -> None:
     Against an upstream that never answers, a TCP connection past max_inflight_per_connection queries waiting gets REFUSED on it, and a client past max_inflight_per_client gets REFUSED at once over UDP; both are counted.
     """
     netd: NetdServer = startNetd(
-        dnsConfig([silentUpstream], timeout=TIMEOUT, deadline=DEADLINE, max_inflight_per_client=3, max_inflight_per_connection=1)
+        dnsConfig(
+            [silentUpstream],
+            timeout=TIMEOUT,
+            deadline=DEADLINE,
+            max_inflight_per_client=3,
+            max_inflight_per_connection=1,
+        )
     )
     with connect(netd.address("dns", "tcp")) as stream:
         for index in (1, 2):

@@ -77,7 +77,9 @@ def test_droppedQueryTimesOut(scripted: NetdServer) -> None:
     assert result.elapsed >= 0.9
 
 
-@pytest.mark.parametrize(("name", "rtype", "status"), [("servfail.example.test", "A", "SERVFAIL"), ("www.example.test", "AAAA", "NXDOMAIN")])
+@pytest.mark.parametrize(
+    ("name", "rtype", "status"), [("servfail.example.test", "A", "SERVFAIL"), ("www.example.test", "AAAA", "NXDOMAIN")]
+)
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_forcedRcode(scripted: NetdServer, name: str, rtype: str, status: str, transport: str) -> None:
     """
@@ -192,7 +194,9 @@ def test_runtimeRecordsNeverServeStale(runtime: NetdServer, dnsUpstream: Dnsmasq
     address = runtime.address("dns", "udp")
     before = dnsUpstream.queriesFor("www.example.test", "A")
     assert dig(address, "www.example.test", "A").last.data("A") == ["192.0.2.10"]
-    status, answer = runtime.api("PUT", "/services/dns/records", {"records": {"www.example.test": {"A": "198.51.100.7", "ttl": 5}}})
+    status, answer = runtime.api(
+        "PUT", "/services/dns/records", {"records": {"www.example.test": {"A": "198.51.100.7", "ttl": 5}}}
+    )
     assert (status, answer) == (200, {"records": {"www.example.test": {"A": "198.51.100.7", "ttl": 5}}})
     changed = dig(address, "www.example.test", "A")
     assert changed.last.data("A") == ["198.51.100.7"] and "aa" in changed.last.flags, changed.output
@@ -243,8 +247,12 @@ def test_runtimeScripts(runtime: NetdServer) -> None:
     assert dig(address, "www.example.test", "A").last.status == "NXDOMAIN"
     assert dig(address, "www.example.test", "A").last.status == "NOERROR"
     assert runtime.api("GET", "/services/dns/scripts")[1]["applied"] == [1]
-    status, error = runtime.api("PUT", "/services/dns/scripts", {"scripts": [{"name": "a.test", "drop": True, "rcode": "SERVFAIL"}]})
-    assert status == 400 and error["problems"] == ["scripts[0].rcode: drop sends no answer, so it cannot go with rcode"], error
+    status, error = runtime.api(
+        "PUT", "/services/dns/scripts", {"scripts": [{"name": "a.test", "drop": True, "rcode": "SERVFAIL"}]}
+    )
+    assert status == 400 and error["problems"] == [
+        "scripts[0].rcode: drop sends no answer, so it cannot go with rcode"
+    ], error
     assert runtime.api("GET", "/services/dns/scripts")[1]["scripts"][0]["name"] == "www.example.test"
     assert runtime.api("DELETE", "/services/dns/scripts") == (200, {"scripts": [], "applied": []})
 

@@ -78,7 +78,10 @@ class FakeUpstream:
         self.tcp.listen(16)
         self.tcp.settimeout(0.1)
         self.udp.settimeout(0.1)
-        self.threads = [threading.Thread(target=self._serveUDP, daemon=True), threading.Thread(target=self._serveTCP, daemon=True)]
+        self.threads = [
+            threading.Thread(target=self._serveUDP, daemon=True),
+            threading.Thread(target=self._serveTCP, daemon=True),
+        ]
         for thread in self.threads:
             thread.start()
 
@@ -155,7 +158,17 @@ class RawSpoofer:
         One datagram from C{source} to C{destination}.
         """
         ip = struct.pack(
-            "!BBHHHBBH4s4s", 0x45, 0, 0, 0, 0, 64, socket.IPPROTO_UDP, 0, socket.inet_aton(source[0]), socket.inet_aton(destination[0])
+            "!BBHHHBBH4s4s",
+            0x45,
+            0,
+            0,
+            0,
+            0,
+            64,
+            socket.IPPROTO_UDP,
+            0,
+            socket.inet_aton(source[0]),
+            socket.inet_aton(destination[0]),
         )
         udp = struct.pack("!HHHH", source[1], destination[1], 8 + len(payload), 0)
         self.raw.sendto(ip + udp + payload, (destination[0], 0))
@@ -243,7 +256,9 @@ def test_spooferWhoKnowsPortAndIDIsNotBelieved(startNetd: Any, fakeUpstream: Any
     def spoof(source: tuple[str, int], query: bytes) -> None:
         end = query.index(b"\x00", 12) + 1
         for variant in (CLIENT_NAME_WIRE, CLIENT_NAME_WIRE.lower(), CLIENT_NAME_WIRE.upper()):
-            spoofer.send(answerFor(query[:12] + variant + query[end:], FORGED_ADDRESS), ("127.0.0.1", upstream.port), source)
+            spoofer.send(
+                answerFor(query[:12] + variant + query[end:], FORGED_ADDRESS), ("127.0.0.1", upstream.port), source
+            )
             forged.append(source[1])
 
     upstream.onUDPQuery = spoof
@@ -283,7 +298,9 @@ def test_upstreamThatLowercasesIsDetectedOnce(startNetd: Any, fakeUpstream: Any)
         end = query.index(b"\x00", 12) + 5
         assert answer[12:end] == query[12:end]
     assert [transport for transport, _, _ in upstream.received] == ["udp", "tcp", "udp", "udp", "udp"]
-    assert upstream.received[-1] == ("udp", upstream.received[-1][1], b"\x05Host2\x07Example\x04TEST\x00"), "the client's case, no 0x20"
+    assert upstream.received[-1] == ("udp", upstream.received[-1][1], b"\x05Host2\x07Example\x04TEST\x00"), (
+        "the client's case, no 0x20"
+    )
     assert netd.log().count("does not keep the letter case") == 1
     assert netd.counter("upstream_case_disabled", "dns") == 1
     assert netd.counter("upstream_case_mismatches", "dns") == 1
@@ -303,7 +320,7 @@ def test_queriesLeaveFromManyRandomPorts(startNetd: Any, fakeUpstream: Any) -> N
     low, high = (int(n) for n in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
     assert all(low <= port <= high for port in ports)
     distinct = sorted(set(ports))
-    steps = [b - a for a, b in zip(distinct, distinct[1:])]
+    steps = [b - a for a, b in zip(distinct, distinct[1:], strict=True)]
     assert max(distinct) - min(distinct) > (high - low) // 4, "spread over the range"
     assert sum(step == 1 for step in steps) < len(steps) // 2, "not handed out in sequence"
     assert netd.counter("upstream_udp_sockets_opened", "dns") >= 20

@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from ..unit.test_docs_examples import API_ORIGIN, CURLS, methodAndPath
 from netd.testing.harness import NetdServer
 
+from ..unit.test_docs_examples import API_ORIGIN, CURLS, methodAndPath
 from .conftest import IO_TIMEOUT
 
 pytestmark = pytest.mark.integration

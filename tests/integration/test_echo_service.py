@@ -160,9 +160,7 @@ def test_severalServices(startNetd: Any, tmp_path: Path) -> None:
         + echoService("sized", ["tcp:0:interface=127.0.0.1"], framing="u32")
     )
     netd = startNetd(config)
-    assert {
-        name: [bound["listen"] for bound in addresses] for name, addresses in netd.services.items()
-    } == {
+    assert {name: [bound["listen"] for bound in addresses] for name, addresses in netd.services.items()} == {
         "raw": ["tcp:0:interface=127.0.0.1", "udp:0:interface=127.0.0.1"],
         "lines": ["tcp:0:interface=127.0.0.1", f"unix:{path}"],
         "sized": ["tcp:0:interface=127.0.0.1"],
@@ -231,7 +229,7 @@ def test_maxConnections(startNetd: Any) -> None:
                 assert waitForClose(third, timeout=2) < 2
             first.close()
             deadline = time.monotonic() + IO_TIMEOUT
-            for attempt in range(100):
+            for _attempt in range(100):
                 with connect(address) as again:
                     again.sendall(b"again")
                     try:
@@ -293,7 +291,9 @@ SILENCE = 0.5
 Seconds a UDP client waits to conclude that no (more) answer is coming.
 """
 
-needsRoot = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="binding a port below 1024 or a raw socket needs root")
+needsRoot = pytest.mark.skipif(
+    os.geteuid() != 0 and os.environ.get("CI") != "true", reason="binding a port below 1024 or a raw socket needs root"
+)
 
 
 def received(sock: socket.socket, wait: float = SILENCE) -> list[bytes]:
@@ -335,7 +335,11 @@ def test_udpEchoIgnoresPrivilegedSourcePorts(startNetd: Any) -> None:
         high.sendto(b"ephemeral", address)
         assert received(high) == [b"ephemeral"]
     counters = serviceCounters(netd, "echo")
-    assert (counters["datagrams_received"], counters["datagrams_low_source_port"], counters["datagrams_sent"]) == (3, 2, 1)
+    assert (counters["datagrams_received"], counters["datagrams_low_source_port"], counters["datagrams_sent"]) == (
+        3,
+        2,
+        1,
+    )
     assert "not echoing a datagram from 127.0.0.1:999" in waitForLog(netd, "not echoing a datagram", timeout=IO_TIMEOUT)
 
 
@@ -351,9 +355,7 @@ def test_spoofedEchoToEchoLoopIsCut(startNetd: Any) -> None:
     """
     A datagram forged from one echo service's UDP port to another's (a raw socket) is dropped by the one it reaches, counted: no ping-pong between them.
     """
-    netd = startNetd(
-        echoService("a", ["udp:0:interface=127.0.0.1"]) + echoService("b", ["udp:0:interface=127.0.0.1"])
-    )
+    netd = startNetd(echoService("a", ["udp:0:interface=127.0.0.1"]) + echoService("b", ["udp:0:interface=127.0.0.1"]))
     a, b = netd.address("a", "udp"), netd.address("b", "udp")
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP) as raw:
         raw.sendto(udpPacket(b, a, b"ping-pong"), (a[0], 0))

@@ -162,7 +162,13 @@ def test_tlsConnectionEvent(netd: NetdServer) -> None:
     assert "ALPN protocol: y" in output
     [event] = waitForEvents(netd, "tls-echo", 1)["events"]
     tls = event["tls"]
-    assert (tls["version"], tls["sni"], tls["alpn"], tls["client_certificate"], tls["resumed"]) == ("TLSv1.3", "x", "y", None, False)
+    assert (tls["version"], tls["sni"], tls["alpn"], tls["client_certificate"], tls["resumed"]) == (
+        "TLSv1.3",
+        "x",
+        "y",
+        None,
+        False,
+    )
     assert tls["cipher"] and tls["cipher"] in output
     assert event["bytes_in"] > len(b"netd-events-marker\n") and event["bytes_out"] > event["bytes_in"]
 
@@ -184,7 +190,9 @@ def paddedQuery(name: str, size: int, queryId: int) -> bytes:
     """
     A query for C{name} (type A) with an OPT record whose padding option (RFC 7830) makes it C{size} bytes long.
     """
-    question = b"".join(bytes([len(label)]) + label.encode("ascii") for label in name.split(".")) + b"\x00\x00\x01\x00\x01"
+    question = (
+        b"".join(bytes([len(label)]) + label.encode("ascii") for label in name.split(".")) + b"\x00\x00\x01\x00\x01"
+    )
     padding = size - 12 - len(question) - 11 - 4
     opt = b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 4 + padding) + struct.pack("!HH", 12, padding) + bytes(padding)
     return struct.pack("!6H", queryId, 0x0100, 1, 0, 0, 1) + question + opt

@@ -42,8 +42,7 @@ def netd(startModuleNetd: Any) -> NetdServer:
     One netd with the echo services of L{SERVICES}.
     """
     config = "".join(
-        echoService(name, ["udp:0:interface=127.0.0.1"]) + f"faults = {faults}\n\n"
-        for name, faults in SERVICES.items()
+        echoService(name, ["udp:0:interface=127.0.0.1"]) + f"faults = {faults}\n\n" for name, faults in SERVICES.items()
     )
     return startModuleNetd(config)  # type: ignore[no-any-return]
 
@@ -136,7 +135,9 @@ def test_faultsThroughTheControlAPI(netd: NetdServer) -> None:
     with client() as sock:
         sock.sendto(b"whole", address)
         assert answers(sock) == [b"whole"]
-        status, put = netd.api("PUT", "/services/api/faults", {"faults": [{"type": "truncate", "bytes": 2, "direction": "to_client"}]})
+        status, put = netd.api(
+            "PUT", "/services/api/faults", {"faults": [{"type": "truncate", "bytes": 2, "direction": "to_client"}]}
+        )
         assert (status, put["faults"]) == (200, [{"type": "truncate", "bytes": 2, "direction": "to_client"}])
         sock.sendto(b"whole", address)
         assert answers(sock) == [b"wh"]

@@ -132,7 +132,9 @@ def test_faultsThroughTheControlAPI(netd: NetdServer) -> None:
         assert recvExactly(client, 8) == b"5:hello,"
         body = json.dumps({"faults": [{"type": "corrupt_length", "length": 7}]}).encode()
         headers = {"Content-Type": "application/json", **netd.adminHeaders()}
-        request = urllib.request.Request(netd.adminURL("/services/api/faults"), data=body, method="PUT", headers=headers)
+        request = urllib.request.Request(
+            netd.adminURL("/services/api/faults"), data=body, method="PUT", headers=headers
+        )
         with urllib.request.urlopen(request, timeout=IO_TIMEOUT):
             pass
         client.sendall(b"5:hello,")

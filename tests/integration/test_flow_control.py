@@ -107,9 +107,7 @@ def waitForStall(sender: Sender, total: int) -> int:
     raise AssertionError(f"the sender never stalled within {STALL_TIMEOUT} seconds (sent {sender.sent} bytes)")
 
 
-def receiveAndVerify(
-    client: socket.socket, chunk: Callable[[int], bytes], chunks: int, deadline: float
-) -> int:
+def receiveAndVerify(client: socket.socket, chunk: Callable[[int], bytes], chunks: int, deadline: float) -> int:
     """
     Read until EOF, comparing each byte with the regenerated stream as it
     arrives (nothing beyond one chunk is kept); return how many bytes came.

@@ -238,7 +238,11 @@ def test_stalePortsFileIsNotBelieved(tmp_path: Path) -> None:
     """
     directory = tmp_path / "reused"
     directory.mkdir()
-    stale = {"pid": 1, "services": {"echo": [{"listen": "tcp:1", "transport": "tcp", "host": "127.0.0.1", "port": 1}]}, "admin": None}
+    stale = {
+        "pid": 1,
+        "services": {"echo": [{"listen": "tcp:1", "transport": "tcp", "host": "127.0.0.1", "port": 1}]},
+        "admin": None,
+    }
     (directory / "ports.json").write_text(json.dumps(stale))
     with NetdServer(echoConfig(), directory=directory) as server:
         assert server.report["pid"] == server.pid
@@ -271,7 +275,9 @@ class RecordingHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length)) if length else None
         self.seen.append((self.command, self.path, body, self.headers.get("Authorization")))
-        data = json.dumps({"faults": [{"type": "slice"}], "events": [{"seq": 1}], "records": {}, "scripts": []}).encode()
+        data = json.dumps(
+            {"faults": [{"type": "slice"}], "events": [{"seq": 1}], "records": {}, "scripts": []}
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -400,13 +406,17 @@ def test_launcherEnvironmentAndPreexec(tmp_path: Path, monkeypatch: pytest.Monke
         resource.setrlimit(resource.RLIMIT_NOFILE, (1000, 1000))
 
     launcher = ["env", "NETD_HARNESS_LAUNCHER=1", *netdCommand("run")]
-    with NetdServer(echoConfig(), tmp_path, launcher=launcher, environment={"NETD_HARNESS_VARIABLE": "set"}, preexec=limited) as server:
+    with NetdServer(
+        echoConfig(), tmp_path, launcher=launcher, environment={"NETD_HARNESS_VARIABLE": "set"}, preexec=limited
+    ) as server:
         assert tcpEcho(server.address("echo"), b"launched") == b"launched"
         environment = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
         assert b"NETD_HARNESS_LAUNCHER=1" in environment and b"NETD_HARNESS_VARIABLE=set" in environment
         assert not any(entry.startswith(b"NOTIFY_SOCKET=") for entry in environment)
         limits = Path(f"/proc/{server.pid}/limits").read_text()
-        assert [line.split()[3:5] for line in limits.splitlines() if line.startswith("Max open files")] == [["1000", "1000"]]
+        assert [line.split()[3:5] for line in limits.splitlines() if line.startswith("Max open files")] == [
+            ["1000", "1000"]
+        ]
 
 
 def test_configFileRunsAsItIs(tmp_path: Path) -> None:
@@ -435,7 +445,9 @@ def test_serverAnswersForTheControlAPI(netd_server: Start, tmp_path: Path) -> No
     assert status == 404 and answer["error"] == "not found"
     status, answer = server.api("PUT", "/services/echo/faults", {"faults": [{"type": "latency", "ms": 1}]})
     assert status == 200 and answer["faults"][0]["type"] == "latency"
-    request = urllib.request.Request(server.adminURL("/services/echo/faults"), method="DELETE", headers=server.adminHeaders())
+    request = urllib.request.Request(
+        server.adminURL("/services/echo/faults"), method="DELETE", headers=server.adminHeaders()
+    )
     with urllib.request.urlopen(request, timeout=IO_TIMEOUT) as response:
         assert json.loads(response.read())["faults"] == []
     assert server.unixPath("echo") == str(path)
@@ -448,12 +460,17 @@ def test_waitUntilReadyReadsTheAddressesAgain(netd_server: Start) -> None:
     After a reload that adds a service, waitUntilReady reads the ports file again and the new service's address is known.
     """
     server = netd_server(echoConfig())
-    server.configFile.write_text(server.configFile.read_text() + '[[services]]\nname = "more"\nplugin = "echo"\nlisten = ["tcp:0:interface=127.0.0.1"]\n')
+    server.configFile.write_text(
+        server.configFile.read_text()
+        + '[[services]]\nname = "more"\nplugin = "echo"\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
+    )
     server.admin.reload()
     assert tcpEcho(server.waitUntilReady().address("more"), b"added") == b"added"
 
 
-@pytest.mark.parametrize(("stop", "code"), [(lambda server: server.stop(signal.SIGINT), 0), (NetdServer.kill, -signal.SIGKILL)])
+@pytest.mark.parametrize(
+    ("stop", "code"), [(lambda server: server.stop(signal.SIGINT), 0), (NetdServer.kill, -signal.SIGKILL)]
+)
 def test_stopWithASignalAndKill(tmp_path: Path, stop: Callable[[NetdServer], object], code: int) -> None:
     """
     stop() sends the signal it is given (netd exits 0 on SIGINT), and kill() ends netd with SIGKILL at once.

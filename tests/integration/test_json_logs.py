@@ -25,7 +25,9 @@ from .conftest import IO_TIMEOUT, connect, echoService, recvExactly, waitForLog,
 
 SERVICES = {"echo", "lines"}
 NETD_ROOT = Path(netd.__file__).parent
-NETD_MODULES = {"netd." + ".".join(path.relative_to(NETD_ROOT).with_suffix("").parts) for path in NETD_ROOT.rglob("*.py")}
+NETD_MODULES = {
+    "netd." + ".".join(path.relative_to(NETD_ROOT).with_suffix("").parts) for path in NETD_ROOT.rglob("*.py")
+}
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 TEXT_LINE = re.compile(r"^\S+ \[(?P<logger>[^\]#]+)#(?P<level>\w+)\] ")
 
@@ -123,12 +125,16 @@ def test_textLinesNameTheirLoggerByOneScheme(startNetd: Callable[..., NetdServer
         assert logger in SERVICES or logger in NETD_MODULES or logger.startswith("twisted."), line
         loggers.add(logger)
     assert {"netd.daemon.cli", "netd.daemon.daemon", "echo", "lines"} <= loggers, loggers
-    assert re.search(r"\[netd\.daemon\.daemon#info\] netd stopped: drained 1 connection in \d+(\.\d+)? seconds$", lines[-1]), lines[-1]
+    assert re.search(
+        r"\[netd\.daemon\.daemon#info\] netd stopped: drained 1 connection in \d+(\.\d+)? seconds$", lines[-1]
+    ), lines[-1]
 
 
 @pytest.mark.parametrize("reactor", ["uvloop", "netd"])
 @pytest.mark.parametrize("logFormat", ["text", "json"])
-def test_stoppedWithNothingOpen(startNetd: Callable[..., NetdServer], monkeypatch: pytest.MonkeyPatch, logFormat: str, reactor: str) -> None:
+def test_stoppedWithNothingOpen(
+    startNetd: Callable[..., NetdServer], monkeypatch: pytest.MonkeyPatch, logFormat: str, reactor: str
+) -> None:
     """
     Stopped with no connection open, netd's last line says so, in either format and on either reactor (Twisted's own ends with "Main loop terminated.").
     """

@@ -115,7 +115,9 @@ OPERATIONS = [
 
 
 @pytest.mark.parametrize("path, method", OPERATIONS, ids=[f"{m} {p}" for p, m in OPERATIONS])
-def test_answersMatchTheDescription(path: str, method: str, liveSchema: Any, liveNetd: NetdServer, started: float) -> None:
+def test_answersMatchTheDescription(
+    path: str, method: str, liveSchema: Any, liveNetd: NetdServer, started: float
+) -> None:
     """
     Every request generated from the description of an operation gets an answer that is not a 5xx and
     matches the description (status, content type, body).
@@ -125,7 +127,9 @@ def test_answersMatchTheDescription(path: str, method: str, liveSchema: Any, liv
     headers = liveNetd.adminHeaders()
 
     @given(case=operation.as_strategy())
-    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+    @settings(
+        max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+    )
     def answers(case: Any) -> None:
         assert time.monotonic() - started < BUDGET, f"the schemathesis run took more than {BUDGET} seconds"
         case.call_and_validate(base_url=baseURL, headers=headers, checks=CHECKS, timeout=IO_TIMEOUT)

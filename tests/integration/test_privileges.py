@@ -13,9 +13,9 @@ import os
 import pwd
 import random
 import shutil
+import signal
 import socket
 import ssl
-import signal
 import stat
 import subprocess
 import sys
@@ -50,7 +50,9 @@ def requireRoot() -> None:
     Skip unless this runs as root, which the tests need to start netd as root (CI runs as root).
     """
     if os.geteuid() != 0:
-        unavailable("needs root: netd must start as root to bind a port below 1024 and drop to nobody (CI runs as root)")
+        unavailable(
+            "needs root: netd must start as root to bind a port below 1024 and drop to nobody (CI runs as root)"
+        )
 
 
 def freePrivilegedPort() -> int:
@@ -87,7 +89,9 @@ def processIds(pid: int) -> dict[str, list[str]]:
     The Uid, Gid and Groups lines of /proc/PID/status, split.
     """
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    return {key: rest.split() for key, _, rest in (line.partition(":") for line in lines) if key in ("Uid", "Gid", "Groups")}
+    return {
+        key: rest.split() for key, _, rest in (line.partition(":") for line in lines) if key in ("Uid", "Gid", "Groups")
+    }
 
 
 def startAsRoot(config: str, directory: Path) -> NetdServer:
@@ -268,6 +272,7 @@ to the folder of root's victim files, as fast as it can, so that a root
 process walking tls/ and changing owners by path would follow the link.
 """
 
+
 def pythonForNobody() -> str:
     """
     A Python interpreter that nobody may run (root's own may sit in a folder private to root).
@@ -315,7 +320,16 @@ def test_symlinkRaceGetsNoRootFile(sharedDir: Path) -> None:
                 starts += 1
                 if attacker is None:
                     attacker = subprocess.Popen(
-                        [python, "-I", "-c", ATTACKER, str(stateDir / "tls"), str(victims), str(RACE_SECONDS), str(VICTIMS)],
+                        [
+                            python,
+                            "-I",
+                            "-c",
+                            ATTACKER,
+                            str(stateDir / "tls"),
+                            str(victims),
+                            str(RACE_SECONDS),
+                            str(VICTIMS),
+                        ],
                         cwd="/",
                         user=NOBODY.pw_uid,
                         group=NOBODY.pw_gid,
@@ -326,7 +340,9 @@ def test_symlinkRaceGetsNoRootFile(sharedDir: Path) -> None:
                         text=True,
                     )
                 changed = {p.name: (p.stat().st_uid, p.stat().st_gid, p.stat().st_mode) for p in victims.iterdir()}
-                assert changed == before, f"start {starts}: netd gave root's files away: {set(changed.items()) - set(before.items())}"
+                assert changed == before, (
+                    f"start {starts}: netd gave root's files away: {set(changed.items()) - set(before.items())}"
+                )
         finally:
             if attacker is not None:
                 attacker.kill()

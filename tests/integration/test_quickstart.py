@@ -18,8 +18,6 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-
-
 from netd.testing.harness import NetdServer, netdCommand
 
 from .conftest import requireEmbeddedDefaultPorts, requireTool
@@ -190,7 +188,10 @@ def test_quickStartExamplesWorkAsWritten(tmp_path: Path) -> None:
     ) in netd.log()
     again = startDefault(home, 1)
     assert again.stop() == 0, again.log()
-    assert f"using the development certificate for localhost, 127.0.0.1 and ::1 in {directory}; clients trust it with the CA {ca}" in again.log()
+    assert (
+        f"using the development certificate for localhost, 127.0.0.1 and ::1 in {directory}; clients trust it with the CA {ca}"
+        in again.log()
+    )
     assert "made the development certificate" not in again.log()
 
 
@@ -211,7 +212,10 @@ def tourBlocks(info: str) -> list[str]:
     """
     The code blocks of the tour whose info string is C{info}, dedented (they sit in a list).
     """
-    return [textwrap.dedent(block) for block in re.findall(rf"^ *```{info}\n(.*?)^ *```$", tourSection(), re.MULTILINE | re.DOTALL)]
+    return [
+        textwrap.dedent(block)
+        for block in re.findall(rf"^ *```{info}\n(.*?)^ *```$", tourSection(), re.MULTILINE | re.DOTALL)
+    ]
 
 
 def runTourBlock(block: str, home: Path, cwd: Path) -> tuple[int, str, str]:
@@ -254,7 +258,10 @@ def test_tourWorksAsWritten(tmp_path: Path) -> None:
         status, out, err = runTourBlock(faults, home, tmp_path)
         assert status == 0, (out, err)
         assert out.count("hello") == 2, out
-        slowed, quick = [int(minutes) * 60 + float(seconds) for minutes, seconds in re.findall(r"^real\s+(\d+)m([\d.]+)s$", err, re.MULTILINE)]
+        slowed, quick = [
+            int(minutes) * 60 + float(seconds)
+            for minutes, seconds in re.findall(r"^real\s+(\d+)m([\d.]+)s$", err, re.MULTILINE)
+        ]
         assert slowed >= 0.9 and quick < 0.5, err
     finally:
         assert netd.stop() == 0, netd.log()
@@ -267,7 +274,12 @@ def test_tourWorksAsWritten(tmp_path: Path) -> None:
     ran = NetdServer(
         None,
         tmp_path,
-        launcher=["bash", "-c", "exec " + runLine.replace(".venv/bin/netd", shlex.join(netdCommand())) + ' "$@"', "bash"],
+        launcher=[
+            "bash",
+            "-c",
+            "exec " + runLine.replace(".venv/bin/netd", shlex.join(netdCommand())) + ' "$@"',
+            "bash",
+        ],
         environment={"HOME": str(home), "XDG_STATE_HOME": None},
         cwd=tmp_path,
     )
@@ -313,7 +325,12 @@ def runSetup(tmp_path: Path, *args: str) -> list[str]:
     log.write_text("")
     environment = dict(os.environ, PATH=f"{stubs}:{os.environ['PATH']}", SETUP_LOG=str(log))
     done = subprocess.run(
-        ["sh", str(checkout / "setup.sh"), *args], capture_output=True, text=True, timeout=COMMAND_TIMEOUT, env=environment, stdin=subprocess.DEVNULL
+        ["sh", str(checkout / "setup.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        env=environment,
+        stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 0, done.stderr
     return [line.replace(f"{checkout}/", "").replace(f"{stubs}/", "") for line in log.read_text().splitlines()]

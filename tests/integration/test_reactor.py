@@ -45,7 +45,9 @@ def test_netdRunsOnItsReactor(startNetd: Any, monkeypatch: pytest.MonkeyPatch, c
         monkeypatch.delenv("NETD_REACTOR", raising=False)
     else:
         monkeypatch.setenv("NETD_REACTOR", chosen)
-    config = echoService("raw", ["tcp:0:interface=127.0.0.1"]) + echoService("u32", ["tcp:0:interface=127.0.0.1"], framing="u32")
+    config = echoService("raw", ["tcp:0:interface=127.0.0.1"]) + echoService(
+        "u32", ["tcp:0:interface=127.0.0.1"], framing="u32"
+    )
     netd = startNetd(config)
     assert f"(reactor: {named})" in netd.log()
     echoBothWays(netd.address("raw"), 8 * 2**20)
@@ -57,9 +59,10 @@ def test_netdRunsOnItsReactor(startNetd: Any, monkeypatch: pytest.MonkeyPatch, c
 
 
 @pytest.mark.parametrize(
-    ("name", "reactorClass"), [("netd-uvloop", "netd.reactors.uv.UvloopReactor"), ("netd", "netd.reactors.epoll.NetdReactor")]
+    ("name", "reactorClass"),
+    [("netd-uvloop", "netd.reactors.uv.UvloopReactor"), ("netd", "netd.reactors.epoll.NetdReactor")],
 )
-def test_twistdOnNetdReactor(twistd: Callable[..., NetdServer], name: str, reactorClass: str) -> None:  # noqa: F811
+def test_twistdOnNetdReactor(twistd: Callable[..., NetdServer], name: str, reactorClass: str) -> None:
     """
     twistd --reactor=netd-uvloop (or netd) -n netd -c FILE runs that reactor of netd's and serves echo, then stops on SIGTERM.
     """

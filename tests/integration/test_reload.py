@@ -155,7 +155,9 @@ def test_reloadsUnderLoadLoseNothing(startNetd: Any) -> None:
             echoes(extra, b"new service")
         echoes(client, b"after an add")
 
-        rewrite(netd, config(other) + '[[services]]\nname = "broken"\nplugin = "no-such-plugin"\nlisten = ["bogus:1"]\n')
+        rewrite(
+            netd, config(other) + '[[services]]\nname = "broken"\nplugin = "no-such-plugin"\nlisten = ["bogus:1"]\n'
+        )
         netd.process.send_signal(signal.SIGHUP)
         log = waitForLog(netd, "nothing was changed", timeout=IO_TIMEOUT)
         assert "no-such-plugin" in log and "bogus" in log

@@ -18,7 +18,13 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-OPTIONAL = ("netd.daemon.api.server", "twisted.web.server", "netd_plugins.dnsproxy", "twisted.names.dns", "importlib.metadata")
+OPTIONAL = (
+    "netd.daemon.api.server",
+    "twisted.web.server",
+    "netd_plugins.dnsproxy",
+    "twisted.names.dns",
+    "importlib.metadata",
+)
 """
 Modules a daemon loads only when its config uses them.
 """

@@ -167,7 +167,11 @@ def test_watchdogPingsAtHalfTheInterval(launch: Callable[..., NetdServer], notif
     """
     # sh execs netd in its own process, so $$ is netd's PID, as systemd would set it.
     script = 'WATCHDOG_PID=$$ exec "$@"'
-    launch(ECHO_CONFIG, prefix=("sh", "-c", script, "sh"), env={"NOTIFY_SOCKET": notifySocket.path, "WATCHDOG_USEC": "600000"})
+    launch(
+        ECHO_CONFIG,
+        prefix=("sh", "-c", script, "sh"),
+        env={"NOTIFY_SOCKET": notifySocket.path, "WATCHDOG_USEC": "600000"},
+    )
     notifySocket.waitFor("READY")
     pings: list[float] = [at for at, message in notifySocket.received if "WATCHDOG" in message]
     deadline = time.monotonic() + IO_TIMEOUT
@@ -176,7 +180,7 @@ def test_watchdogPingsAtHalfTheInterval(launch: Callable[..., NetdServer], notif
         if message is not None and message.get("WATCHDOG") == "1":
             pings.append(notifySocket.received[-1][0])
     assert len(pings) >= 6, notifySocket.received
-    gaps = [b - a for a, b in zip(pings[1:], pings[2:])]
+    gaps = [b - a for a, b in zip(pings[1:], pings[2:], strict=True)]
     assert 0.15 <= sum(gaps) / len(gaps) <= 0.6, gaps
 
 
@@ -238,7 +242,10 @@ def test_systemdListenWithoutActivation(launch: Callable[..., NetdServer]) -> No
     """
     netd = launch(echoService("echo", ["systemd:domain=INET:index=0"]))
     assert netd.process.wait(timeout=IO_TIMEOUT * 2) == 1
-    assert "services[0].listen[0]: cannot listen on 'systemd:domain=INET:index=0': systemd passed no such socket" in netd.log()
+    assert (
+        "services[0].listen[0]: cannot listen on 'systemd:domain=INET:index=0': systemd passed no such socket"
+        in netd.log()
+    )
 
 
 def systemdAnalyze() -> str:
@@ -288,7 +295,7 @@ def test_exampleServiceExposure(tmp_path: Path) -> None:
     )
     if "--offline" in result.stderr and "unrecognized" in result.stderr:
         pytest.skip(f"this systemd-analyze has no --offline: {result.stderr.strip()}")
-    line = next((l for l in result.stdout.splitlines() if "Overall exposure level" in l), "")
+    line = next((entry for entry in result.stdout.splitlines() if "Overall exposure level" in entry), "")
     assert line, result.stdout + result.stderr
     exposure = float(line.split(":")[1].split()[0])
     assert exposure <= 2.5, result.stdout

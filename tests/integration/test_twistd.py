@@ -131,7 +131,9 @@ def test_twistdLogsInTheConfigsFormat(twistd: Callable[..., NetdServer]) -> None
     """
     With log_format = "json", every line twistd netd writes (twistd's own included) is one JSON object as netd run writes it, naming its logger.
     """
-    netd = twistd('[daemon]\nlog_format = "json"\n\n' + echoService("echo", ["tcp:0:interface=127.0.0.1"]), "-n", "--pidfile=")
+    netd = twistd(
+        '[daemon]\nlog_format = "json"\n\n' + echoService("echo", ["tcp:0:interface=127.0.0.1"]), "-n", "--pidfile="
+    )
     netd.waitUntilReady()
     code = netd.stop(signal.SIGTERM)
     assert code in (0, -signal.SIGTERM), netd.log()

@@ -36,7 +36,17 @@ COMMAND_TIMEOUT = 30
 
 #: What the tree's copy leaves out: what the checkout makes or caches, never sources.
 NOT_SOURCES = shutil.ignore_patterns(
-    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".mypy_cache", ".hypothesis", "dropin.cache", "site"
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".hypothesis",
+    "dropin.cache",
+    "site",
 )
 
 
@@ -109,10 +119,15 @@ def installed(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Install
     base = tmp_path_factory.mktemp("installed")
     venv = base / "venv"
     run([sys.executable, "-m", "venv", str(venv)], COMMAND_TIMEOUT)
-    run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(built.wheel)], INSTALL_TIMEOUT)
+    run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(built.wheel)],
+        INSTALL_TIMEOUT,
+    )
     workdir = base / "work"
     workdir.mkdir()
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV", "STATE_DIRECTORY")}
+    env = {
+        key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV", "STATE_DIRECTORY")
+    }
     env["XDG_STATE_HOME"] = str(base / "state")
     return Installed(venv, workdir, env)
 
@@ -121,7 +136,9 @@ def test_twineCheck(built: Built) -> None:
     """
     twine check --strict accepts the sdist and the wheel (metadata, license, the README as their description).
     """
-    done = run([sys.executable, "-m", "twine", "check", "--strict", str(built.sdist), str(built.wheel)], COMMAND_TIMEOUT)
+    done = run(
+        [sys.executable, "-m", "twine", "check", "--strict", str(built.sdist), str(built.wheel)], COMMAND_TIMEOUT
+    )
     assert done.stdout.count("PASSED") == 2, done.stdout
 
 
@@ -174,14 +191,22 @@ def test_wheelContents(built: Built) -> None:
     assert tops == {"netd", "netd_plugins", "twisted", info.rstrip("/")}
     assert "twisted/plugins/__init__.py" not in names
     assert [name for name in names if "/tests/" in name or name.endswith("conftest.py")] == []
-    assert (metadata["Name"], metadata["Version"], metadata["License-Expression"]) == ("netd-daemon", netd.__version__, "MIT")
+    assert (metadata["Name"], metadata["Version"], metadata["License-Expression"]) == (
+        "netd-daemon",
+        netd.__version__,
+        "MIT",
+    )
 
 
 def test_installedVersion(installed: Installed) -> None:
     """
     The installed netd is the wheel's (not the checkout's), and netd -V prints its version.
     """
-    done = installed.run("python", "-c", "import importlib.metadata, netd; print(netd.__file__); print(importlib.metadata.version('netd-daemon'))")
+    done = installed.run(
+        "python",
+        "-c",
+        "import importlib.metadata, netd; print(netd.__file__); print(importlib.metadata.version('netd-daemon'))",
+    )
     assert done.returncode == 0, done.stderr
     location, version = done.stdout.split()
     assert Path(location).is_relative_to(installed.venv)

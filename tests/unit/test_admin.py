@@ -26,22 +26,27 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from netd import __version__
+from netd.config.options import ConfigError, Problem
+from netd.config.spec import NetdConfig, isLocalOnly, parseConfig
 from netd.daemon.api.http import AdminSite
 from netd.daemon.api.resources import AdminResource, metricsText
 from netd.daemon.application import NetdApplication
-from netd.config.spec import NetdConfig, isLocalOnly, parseConfig
 from netd.daemon.daemon import Daemon
+from netd.daemon.service import ReloadInProgress, ServiceStartError
 from netd.interfaces import IHasRuntimeTables, IProtocolPlugin, IReportsStatus, IRuntimeTable, IStreamHandler
 from netd.metrics import Counters, Exposition, Histogram, formatFloat, metricName
-from netd.config.options import ConfigError, Problem
 from netd.registry import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
-from netd.daemon.service import ReloadInProgress, ServiceStartError
 from netd.testing.memory import FakeTCPPort, UDPMemoryReactorClock, connect, resultOf
 from netd.tls.failures import FAILURE_REASONS
 from netd_plugins.echo import EchoReceiver
 
 ADMIN = "tcp:0:interface=127.0.0.1"
-ECHO = {"name": "echo", "plugin": "echo", "listen": ["tcp:0:interface=127.0.0.1", "udp:0:interface=127.0.0.1"], "idle_timeout": 0}
+ECHO = {
+    "name": "echo",
+    "plugin": "echo",
+    "listen": ["tcp:0:interface=127.0.0.1", "udp:0:interface=127.0.0.1"],
+    "idle_timeout": 0,
+}
 DNS = {
     "name": "dns",
     "plugin": "dns-proxy",
@@ -151,7 +156,10 @@ class FakeTable:
         if body == {"bad": True}:
             raise ConfigError(
                 "request body",
-                [Problem(("faults", 0, "ms"), "-1 is out of range; expected 0 to 60000"), Problem((), "one more thing")],
+                [
+                    Problem(("faults", 0, "ms"), "-1 is out of range; expected 0 to 60000"),
+                    Problem((), "one more thing"),
+                ],
             )
         if body == {"explode": True}:
             raise ZeroDivisionError("table exploded")
@@ -205,12 +213,16 @@ def makeConfig(*services: dict[str, Any], **daemon: Any) -> NetdConfig:
     return parseConfig({"daemon": {"admin": ADMIN, **daemon}, "services": list(services)}, "test.toml", registry())
 
 
-def started(*services: dict[str, Any], reactor: Reactor | None = None, portsFile: Path | None = None, **daemon: Any) -> tuple[Daemon, Reactor]:
+def started(
+    *services: dict[str, Any], reactor: Reactor | None = None, portsFile: Path | None = None, **daemon: Any
+) -> tuple[Daemon, Reactor]:
     """
     A daemon of C{services} with its control API, started on a fake reactor.
     """
     reactor = reactor or Reactor()
-    application = NetdApplication(makeConfig(*services, **daemon), reactor, portsFile=None if portsFile is None else str(portsFile))
+    application = NetdApplication(
+        makeConfig(*services, **daemon), reactor, portsFile=None if portsFile is None else str(portsFile)
+    )
     resultOf(Deferred.fromCoroutine(application.start()))
     return application.daemon, reactor
 
@@ -304,7 +316,13 @@ def send(
     if body:
         defaults["content-type"] = "application/json"
     access = site.guard.access if isinstance(site, AdminSite) else None
-    if token and access is not None and access.token is not None and access.scope == "changes" and method in ("POST", "PUT", "PATCH", "DELETE"):
+    if (
+        token
+        and access is not None
+        and access.token is not None
+        and access.scope == "changes"
+        and method in ("POST", "PUT", "PATCH", "DELETE")
+    ):
         defaults["authorization"] = f"Bearer {access.token.decode()}"
     merged = {**defaults, **given}
     lines = [f"{method} {path} HTTP/1.1"] + [f"{name}: {value}" for name, value in merged.items() if value is not None]
@@ -401,7 +419,12 @@ def test_servicesReportsEachService() -> None:
     assert report["plugin"] == "echo"
     assert report["listening"] is True
     assert report["addresses"] == [p.describe() for p in echo.ports]
-    assert report["addresses"][0] == {"listen": ECHO["listen"][0], "transport": "tcp", "host": "127.0.0.1", "port": 30001}
+    assert report["addresses"][0] == {
+        "listen": ECHO["listen"][0],
+        "transport": "tcp",
+        "host": "127.0.0.1",
+        "port": 30001,
+    }
     assert report["connections_open"] == 1
     assert report["counters"]["bytes_received"] == 5
     assert report["counters"]["bytes_sent"] == 5
@@ -455,7 +478,19 @@ def test_metricsIsPrometheusText() -> None:
     assert found[key("netd_ready")] == 1
     assert found[key("netd_service_info", service="echo", plugin="echo")] == 1
     assert found[key("netd_connections_open", service="echo")] == 0
-    for name in ("connections_accepted", "connections_refused", "connections_evicted", "descriptors_exhausted", "idle_timeouts", "bytes_received", "bytes_sent", "frames_rejected", "datagrams_received", "datagrams_sent", "datagrams_from_own_port"):
+    for name in (
+        "connections_accepted",
+        "connections_refused",
+        "connections_evicted",
+        "descriptors_exhausted",
+        "idle_timeouts",
+        "bytes_received",
+        "bytes_sent",
+        "frames_rejected",
+        "datagrams_received",
+        "datagrams_sent",
+        "datagrams_from_own_port",
+    ):
         assert found[key(f"netd_{name}_total", service="echo")] == 0, name
     assert key("netd_proxy_headers_untrusted_total", service="echo") not in found
 
@@ -475,7 +510,12 @@ def test_metricsShowEveryTLSResultFromTheStart(tmp_path: Path) -> None:
     """
     A service with TLS exposes netd_tls_handshakes_total for "ok" and every failure reason at 0 before any handshake.
     """
-    tlsEcho = {"name": "secure", "plugin": "echo", "listen": ["tcp:0:interface=127.0.0.1"], "tls": {"certificate": "auto"}}
+    tlsEcho = {
+        "name": "secure",
+        "plugin": "echo",
+        "listen": ["tcp:0:interface=127.0.0.1"],
+        "tls": {"certificate": "auto"},
+    }
     daemon, reactor = started(tlsEcho, state_dir=str(tmp_path))
     found = samples(request(reactor.site(), "GET", "/metrics").body.decode())
     for result in ("ok", *FAILURE_REASONS):
@@ -805,7 +845,9 @@ def test_reloadBadConfigIs422WithProblems() -> None:
     daemon, reactor = started(ECHO)
 
     def reload() -> None:
-        raise ConfigError("netd.toml", [Problem(("services", 0, "listen"), "bad"), Problem(("daemon", "admin"), "worse")])
+        raise ConfigError(
+            "netd.toml", [Problem(("services", 0, "listen"), "bad"), Problem(("daemon", "admin"), "worse")]
+        )
 
     daemon.reload = reload  # type: ignore[attr-defined]
     response = request(reactor.site(), "POST", "/reload")
@@ -1027,7 +1069,9 @@ def test_eventsTableOverHttp() -> None:
         (1, "connection", 2, 2, "closed by peer"),
         (2, "connection", 2, 2, "closed by peer"),
     ]
-    assert [e["seq"] for e in request(site, "GET", "/services/echo/events?kind=connection&since=1").json()["events"]] == [2]
+    assert [
+        e["seq"] for e in request(site, "GET", "/services/echo/events?kind=connection&since=1").json()["events"]
+    ] == [2]
     assert request(site, "GET", "/services/echo/events?kind=query").json()["events"] == []
     bad = request(site, "GET", "/services/echo/events?since=last")
     assert bad.code == 400
@@ -1043,7 +1087,11 @@ def test_serviceEndpointsNeedTheToken(tmp_path: Path) -> None:
     """
     daemon, reactor = withToken(tmp_path)
     site = reactor.site()
-    for method, path in (("GET", "/services/echo"), ("GET", "/services/echo/events"), ("DELETE", "/services/echo/events")):
+    for method, path in (
+        ("GET", "/services/echo"),
+        ("GET", "/services/echo/events"),
+        ("DELETE", "/services/echo/events"),
+    ):
         assert request(site, method, path).code == 401, path
         assert request(site, method, path, headers=bearer(TOKEN)).code == 200, path
     assert request(site, "GET", "/services/nope").code == 401
@@ -1060,7 +1108,13 @@ def test_portsFileHasAdminEntry(tmp_path: Path) -> None:
     daemon, reactor = started(ECHO, portsFile=portsFile)
     report = json.loads(portsFile.read_text())
     tokenFile = os.path.join(os.environ["XDG_STATE_HOME"], "netd", "admin.token")
-    assert report["admin"] == {"listen": ADMIN, "transport": "tcp", "host": "127.0.0.1", "port": 30000, "token_file": tokenFile}
+    assert report["admin"] == {
+        "listen": ADMIN,
+        "transport": "tcp",
+        "host": "127.0.0.1",
+        "port": 30000,
+        "token_file": tokenFile,
+    }
     assert list(report["services"]) == ["echo"]
     assert report["pid"] == os.getpid()
 
@@ -1086,7 +1140,9 @@ def test_adminBindFailureStopsTheStart() -> None:
     with pytest.raises(ServiceStartError) as caught:
         resultOf(d)
     message = str(caught.value)
-    assert message.startswith("control API: cannot listen on 'tcp:8053:interface=127.0.0.1' ([daemon] admin): address already in use: ")
+    assert message.startswith(
+        "control API: cannot listen on 'tcp:8053:interface=127.0.0.1' ([daemon] admin): address already in use: "
+    )
     assert "ss -ltnp 'sport = :8053'" in message
     assert "another port in [daemon] admin" in message
     assert "tcp:0:interface=127.0.0.1" in message
@@ -1178,7 +1234,9 @@ def daemonProblems(table: dict[str, Any]) -> list[str]:
 @pytest.mark.parametrize(
     ("table", "expected"),
     [
-        pytest.param({"admin": "tcp:8053"}, "daemon.admin: 'tcp:8053' can be reached from other hosts", id="all-interfaces"),
+        pytest.param(
+            {"admin": "tcp:8053"}, "daemon.admin: 'tcp:8053' can be reached from other hosts", id="all-interfaces"
+        ),
         pytest.param({"admin": "tcp:0:interface=0.0.0.0"}, "set admin_token_file", id="any-address"),
         pytest.param({"admin": "tcp6:8053:interface=\\:\\:"}, "daemon.admin", id="any-v6"),
         pytest.param({"admin": "systemd:domain=INET:index=0"}, "daemon.admin", id="systemd-inet"),
@@ -1186,7 +1244,11 @@ def daemonProblems(table: dict[str, Any]) -> list[str]:
         pytest.param({"admin": True}, "daemon.admin: true is not an address", id="true"),
         pytest.param({"admin": 8053}, "daemon.admin: expected a stream listen string", id="number"),
         pytest.param({"admin": "tcp:99999:interface=127.0.0.1"}, "port 99999 is out of range", id="bad-port"),
-        pytest.param({"admin_token_file": " "}, "daemon.admin_token_file: expected a path, got an empty string", id="empty-token-path"),
+        pytest.param(
+            {"admin_token_file": " "},
+            "daemon.admin_token_file: expected a path, got an empty string",
+            id="empty-token-path",
+        ),
     ],
 )
 def test_badAdminRefused(table: dict[str, Any], expected: str) -> None:
@@ -1200,7 +1262,14 @@ def test_badAdminRefused(table: dict[str, Any], expected: str) -> None:
 
 @pytest.mark.parametrize(
     "admin",
-    ["tcp:0:interface=127.0.0.1", "tcp:8053:interface=127.0.0.2", "tcp6:0:interface=\\:\\:1", "unix:/tmp/netd-admin.sock", "systemd:domain=UNIX:index=0", False],
+    [
+        "tcp:0:interface=127.0.0.1",
+        "tcp:8053:interface=127.0.0.2",
+        "tcp6:0:interface=\\:\\:1",
+        "unix:/tmp/netd-admin.sock",
+        "systemd:domain=UNIX:index=0",
+        False,
+    ],
 )
 def test_localAdminNeedsNoToken(admin: object) -> None:
     """
@@ -1303,7 +1372,7 @@ def test_expositionEscapesAndSanitises() -> None:
     counters = Counters()
     counters["weird-name.x"] = 2
     counters["already_total"] = 1
-    counters["kind_a\"b\\c"] = 4
+    counters['kind_a"b\\c'] = 4
     counters.labelCounters("kind_", family="kinds", label="kind", help="Kinds.")
     exposition = Exposition()
     exposition.counters(counters, {"service": 'we"ird\nname'}, families=())

@@ -21,17 +21,31 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 
+from netd.config.options import ConfigError
 from netd.daemon.api.guard import hostAllowed, originAllowed
 from netd.daemon.api.http import AdminSite
 from netd.daemon.api.tokens import MAX_TOKEN, TokenFileError, readToken
 from netd.daemon.application import NetdApplication
 from netd.daemon.daemon import Daemon
 from netd.daemon.openapi import MAX_TABLE_BODY
-from netd.config.options import ConfigError
 from netd.daemon.service import ServiceStartError
 from netd.testing.memory import resultOf
 
-from .test_admin import DNS, ECHO, TOKEN, Reactor, applicationOf, bearer, key, makeConfig, metrics, request, samples, send, started
+from .test_admin import (
+    DNS,
+    ECHO,
+    TOKEN,
+    Reactor,
+    applicationOf,
+    bearer,
+    key,
+    makeConfig,
+    metrics,
+    request,
+    samples,
+    send,
+    started,
+)
 
 
 def token(reactor: Reactor) -> str:
@@ -60,7 +74,11 @@ def refusals(reactor: Reactor) -> dict[str, float]:
     The C{netd_admin_requests_refused_total} samples of the daemon's /metrics, by reason.
     """
     found = samples(metrics(reactor))
-    return {dict(labels)["reason"]: value for (name, labels), value in found.items() if name == "netd_admin_requests_refused_total"}
+    return {
+        dict(labels)["reason"]: value
+        for (name, labels), value in found.items()
+        if name == "netd_admin_requests_refused_total"
+    }
 
 
 # Host.
@@ -68,7 +86,16 @@ def refusals(reactor: Reactor) -> dict[str, float]:
 
 @pytest.mark.parametrize(
     "host",
-    ["localhost", "localhost:8053", "LOCALHOST:1", "127.0.0.1", "127.0.0.1:8053", "127.9.8.7:80", "[::1]", "[::1]:8053"],
+    [
+        "localhost",
+        "localhost:8053",
+        "LOCALHOST:1",
+        "127.0.0.1",
+        "127.0.0.1:8053",
+        "127.9.8.7:80",
+        "[::1]",
+        "[::1]:8053",
+    ],
 )
 def test_loopbackHostsAreAnswered(host: str) -> None:
     """
@@ -100,7 +127,9 @@ def test_foreignHostIsRefused(host: str) -> None:
     daemon, reactor = started(ECHO)
     with capturedLogs() as events:
         response = request(reactor.site(), "GET", "/services", headers={"Host": host})
-        changed = request(reactor.site(), "PUT", "/services/echo/faults", headers={"Host": host}, body=b'{"faults": []}')
+        changed = request(
+            reactor.site(), "PUT", "/services/echo/faults", headers={"Host": host}, body=b'{"faults": []}'
+        )
     assert response.code == 421
     assert response.json()["error"] == "misdirected request"
     assert changed.code == 421
@@ -156,7 +185,9 @@ def test_hostAndOriginParsing() -> None:
 # Origin.
 
 
-@pytest.mark.parametrize("origin", ["http://evil.example", "https://evil.example", "null", "http://localhost.evil.example"])
+@pytest.mark.parametrize(
+    "origin", ["http://evil.example", "https://evil.example", "null", "http://localhost.evil.example"]
+)
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [
@@ -192,7 +223,10 @@ def test_ownOriginMayChangeAndForeignOriginMayRead() -> None:
 # Content-Type.
 
 
-@pytest.mark.parametrize("contentType", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonx"])
+@pytest.mark.parametrize(
+    "contentType",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonx"],
+)
 def test_bodyMustBeJSON(contentType: str | None) -> None:
     """
     A body sent as anything but application/json (what a plain HTML form can send) answers 415, and the table is not changed.
@@ -213,7 +247,11 @@ def test_jsonWithCharsetIsTaken() -> None:
     """
     daemon, reactor = started(ECHO)
     response = request(
-        reactor.site(), "PUT", "/services/echo/faults", headers={"Content-Type": "Application/JSON; charset=utf-8"}, body=b'{"faults": []}'
+        reactor.site(),
+        "PUT",
+        "/services/echo/faults",
+        headers={"Content-Type": "Application/JSON; charset=utf-8"},
+        body=b'{"faults": []}',
     )
     assert response.code == 200
 
@@ -361,7 +399,9 @@ def rawSend(site: AdminSite, head: bytes) -> tuple[Any, StringTransport]:
         pytest.param(b"Host: attacker.example\r\nContent-Type: application/json\r\n", 421, id="host"),
         pytest.param(b"Host: localhost\r\nContent-Type: application/json\r\n", 401, id="no-token"),
         pytest.param(b"Host: localhost\r\nContent-Type: text/plain\r\nAuthorization: Bearer TOKEN\r\n", 415, id="text"),
-        pytest.param(b"Host: localhost\r\nOrigin: http://evil.example\r\nContent-Type: application/json\r\n", 403, id="origin"),
+        pytest.param(
+            b"Host: localhost\r\nOrigin: http://evil.example\r\nContent-Type: application/json\r\n", 403, id="origin"
+        ),
     ],
 )
 def test_refusedFromTheHeadersBeforeTheBody(headers: bytes, code: int) -> None:
@@ -372,7 +412,11 @@ def test_refusedFromTheHeadersBeforeTheBody(headers: bytes, code: int) -> None:
     site = reactor.site()
     assert isinstance(site, AdminSite)
     headers = headers.replace(b"TOKEN", token(reactor).encode())
-    head = b"PUT /services/echo/faults HTTP/1.1\r\n" + headers + b"Expect: 100-continue\r\nContent-Length: 100000000\r\n\r\n"
+    head = (
+        b"PUT /services/echo/faults HTTP/1.1\r\n"
+        + headers
+        + b"Expect: 100-continue\r\nContent-Length: 100000000\r\n\r\n"
+    )
     protocol, transport = rawSend(site, head)
     answer = transport.value()
     assert answer.startswith(f"HTTP/1.1 {code} ".encode()), answer
@@ -406,7 +450,11 @@ def test_overSizeBodyIs413() -> None:
     daemon, reactor = started(ECHO)
     head = (
         b"PUT /services/echo/faults HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-        b"Authorization: Bearer " + token(reactor).encode() + b"\r\nContent-Length: " + str(MAX_TABLE_BODY + 1).encode() + b"\r\n\r\n"
+        b"Authorization: Bearer "
+        + token(reactor).encode()
+        + b"\r\nContent-Length: "
+        + str(MAX_TABLE_BODY + 1).encode()
+        + b"\r\n\r\n"
     )
     protocol, transport = rawSend(reactor.site(), head)  # type: ignore[arg-type]
     assert transport.value().startswith(b"HTTP/1.1 413 ")
@@ -581,7 +629,9 @@ def test_unwritableStateDirStopsTheStartSayingWhatToDo(tmp_path: Path) -> None:
     blocker.write_text("")
     reactor = Reactor()
     application = NetdApplication(makeConfig(ECHO, state_dir=str(blocker / "state")), reactor)
-    with pytest.raises(ServiceStartError, match=r"admin_token_file: unset, so netd makes a token in .*admin_token_file = false"):
+    with pytest.raises(
+        ServiceStartError, match=r"admin_token_file: unset, so netd makes a token in .*admin_token_file = false"
+    ):
         resultOf(Deferred.fromCoroutine(application.start()))
     assert reactor.tcpPorts == []
 
@@ -590,7 +640,12 @@ def test_wildcardBindIsNoHostButAdminHostsAddressesAre(tmp_path: Path) -> None:
     """
     Bound to 0.0.0.0 (with a token file), the API does not answer to Host 0.0.0.0, but answers to an address listed in admin_hosts (IPv4 or bracketed IPv6).
     """
-    daemon, reactor = started(ECHO, admin="tcp:0:interface=0.0.0.0", admin_token_file=str(tokenFile(tmp_path)), admin_hosts=["192.0.2.5", "2001:db8::5"])
+    daemon, reactor = started(
+        ECHO,
+        admin="tcp:0:interface=0.0.0.0",
+        admin_token_file=str(tokenFile(tmp_path)),
+        admin_hosts=["192.0.2.5", "2001:db8::5"],
+    )
     site = reactor.site()
     headers = bearer(TOKEN)
     assert request(site, "GET", "/services", headers={**headers, "Host": "0.0.0.0:8053"}).code == 421

@@ -142,7 +142,9 @@ def test_expiredCertificatesRenewed(tmp_path: Path) -> None:
     files, _ = ensureDevelopmentSet(str(tmp_path))
     ca = makeCA()
     past = utcNow() - datetime.timedelta(days=30)
-    issue(ca, ["localhost"], notBefore=past - datetime.timedelta(days=1), notAfter=past).write(files.server, files.serverKey)
+    issue(ca, ["localhost"], notBefore=past - datetime.timedelta(days=1), notAfter=past).write(
+        files.server, files.serverKey
+    )
     _, made = ensureDevelopmentSet(str(tmp_path))
     assert made == [files.server, files.serverKey]
     assert validNow(load(files.server))
@@ -249,7 +251,9 @@ def test_autoCertificateKeptWhenItCannotBeRenewed(tmp_path: Path, monkeypatch: p
         kept, made = autoCertificate(str(tmp_path))
     assert (kept, made) == (files, [])
     assert Path(files.server).read_bytes() == serverBefore
-    warnings = [e for e in events if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "netd.tls.devcerts"]
+    warnings = [
+        e for e in events if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "netd.tls.devcerts"
+    ]
     assert len(warnings) == 1 and "renews them when it starts again as root" in str(warnings[0]["log_format"])
     Path(files.server).unlink()
     with pytest.raises(PermissionError):
@@ -329,7 +333,9 @@ def test_unconstrainedCAMadeAgain(tmp_path: Path) -> None:
     assert len(made) == 6
     assert load(files.ca).extensions.get_extension_for_class(x509.NameConstraints).critical
     assert signedBy(load(files.server), load(files.ca))
-    warnings = [e for e in events if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "netd.tls.devcerts"]
+    warnings = [
+        e for e in events if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "netd.tls.devcerts"
+    ]
     assert len(warnings) == 1
     assert "clients must trust the new CA" in str(warnings[0]["log_format"])
 
@@ -350,11 +356,17 @@ def test_badCertificatesHaveTheirDefects(tmp_path: Path) -> None:
     Each bad certificate has exactly its promised defect: expired, not yet valid, the wrong host, self-signed, or an unknown issuer.
     """
     written = writeBadCertificates(str(tmp_path))
-    assert [bad.name for bad, _, _ in written] == ["expired", "not-yet-valid", "wrong-host", "self-signed", "unknown-ca"]
+    assert [bad.name for bad, _, _ in written] == [
+        "expired",
+        "not-yet-valid",
+        "wrong-host",
+        "self-signed",
+        "unknown-ca",
+    ]
     ca = load(tmp_path / "ca.pem")
     now = utcNow()
     certificates = {bad.name: load(path) for bad, path, _ in written}
-    for bad, path, key in written:
+    for _, path, key in written:
         assert Path(path).parent == tmp_path / "bad"
         assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
 
@@ -398,8 +410,11 @@ def test_badCertificatesDocumented() -> None:
 @pytest.mark.parametrize(
     ("environ", "expected"),
     [
-        pytest.param({"STATE_DIRECTORY": "/var/lib/netd:/var/lib/other", "XDG_STATE_HOME": "/x", "HOME": "/h"},
-                     "/var/lib/netd", id="systemd"),
+        pytest.param(
+            {"STATE_DIRECTORY": "/var/lib/netd:/var/lib/other", "XDG_STATE_HOME": "/x", "HOME": "/h"},
+            "/var/lib/netd",
+            id="systemd",
+        ),
         pytest.param({"XDG_STATE_HOME": "/x/state", "HOME": "/h"}, "/x/state/netd", id="xdg"),
         pytest.param({"HOME": "/home/user"}, "/home/user/.local/state/netd", id="home"),
     ],

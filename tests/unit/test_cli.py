@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 import netd
-from netd.tls.devcerts import ensureDevelopmentSet, writeBadCertificates
 from netd.config.spec import DEFAULT_CONFIG_NAME, loadConfig
 from netd.registry import discoverPlugins
+from netd.tls.devcerts import ensureDevelopmentSet, writeBadCertificates
 
 TIMEOUT = 60
 
@@ -203,8 +203,18 @@ def test_pluginsListsOptions() -> None:
     ("args", "expected"),
     [
         pytest.param(["--help"], ["usage: netd", "run", "check", "plugins", "--version"], id="top-level"),
-        pytest.param(["run", "--help"], ["usage: netd run", "--config FILE", "--ports-file FILE", "shutdown_timeout", "NETD_REACTOR", "uvloop (the default"],
-                     id="run"),
+        pytest.param(
+            ["run", "--help"],
+            [
+                "usage: netd run",
+                "--config FILE",
+                "--ports-file FILE",
+                "shutdown_timeout",
+                "NETD_REACTOR",
+                "uvloop (the default",
+            ],
+            id="run",
+        ),
         pytest.param(["check", "--help"], ["usage: netd check", "--config FILE"], id="check"),
         pytest.param(["plugins", "--help"], ["usage: netd plugins", "netd.plugins entry-point group"], id="plugins"),
     ],
@@ -239,7 +249,11 @@ def embeddedDefaultFacts() -> list[str]:
             facts.append(f"{' and '.join(sorted(t.upper() for t in transports))} on {address}")
         for name, records in service.get("records", {}).items():
             facts.append(name)
-            facts += [f"{kind} {json.dumps(value) if kind == 'TXT' else value}" for kind, values in records.items() for value in values]
+            facts += [
+                f"{kind} {json.dumps(value) if kind == 'TXT' else value}"
+                for kind, values in records.items()
+                for value in values
+            ]
         if service.get("tls", {}).get("certificate") == "auto":
             facts += ['certificate = "auto"', "~/.local/state/netd/tls/"]
     admin = config["daemon"]["admin"]
@@ -351,9 +365,9 @@ def test_startErrorsNameTheirKeyPath() -> None:
     """
     netd run reports a start error as check reports a problem: a service's at services[N] plus its key within the service, the control API's and a privilege error's from the top of the file.
     """
-    from netd.daemon.application import startErrorProblem
-    from netd.config.spec import parseConfig
     from netd.config.options import Problem
+    from netd.config.spec import parseConfig
+    from netd.daemon.application import startErrorProblem
     from netd.daemon.privileges import PrivilegeError
     from netd.daemon.service import ServiceStartError
 
@@ -364,4 +378,6 @@ def test_startErrorsNameTheirKeyPath() -> None:
     token = ServiceStartError("control API: too open", key=("daemon", "admin_token_file"), reason="too open")
     assert startErrorProblem(config, token).render("netd.toml") == "netd.toml: daemon.admin_token_file: too open"
     state = PrivilegeError("[daemon] state_dir '/s': owned by nobody", ("daemon", "state_dir"))
-    assert startErrorProblem(config, state) == Problem(("daemon", "state_dir"), "[daemon] state_dir '/s': owned by nobody")
+    assert startErrorProblem(config, state) == Problem(
+        ("daemon", "state_dir"), "[daemon] state_dir '/s': owned by nobody"
+    )

@@ -17,6 +17,7 @@ import pytest
 import tomli_w
 from zope.interface import implementer
 
+from netd.config.options import ConfigError, renderPath
 from netd.config.spec import (
     DEFAULT_CONFIG_NAME,
     DaemonSpec,
@@ -25,7 +26,6 @@ from netd.config.spec import (
     parseConfig,
 )
 from netd.interfaces import IProtocolPlugin
-from netd.config.options import ConfigError, renderPath
 from netd.registry import LoadedPlugin, PluginRegistry, discoverPlugins
 
 SOURCE = "test.toml"
@@ -136,7 +136,11 @@ BAD_CONFIGS = [
     pytest.param(
         service(plugin="reverse", colour='"blue"'),
         "services[0].colour",
-        ["unknown key", "known keys: enabled, events, ", "idle_timeout, listen, max_connections, max_frame, min_idle_timeout, name, plugin, prefix, proxy_trusted, repeat"],
+        [
+            "unknown key",
+            "known keys: enabled, events, ",
+            "idle_timeout, listen, max_connections, max_frame, min_idle_timeout, name, plugin, prefix, proxy_trusted, repeat",
+        ],
         id="plugin-unknown-key-lists-plugin-keys",
     ),
     # Required keys.
@@ -339,8 +343,11 @@ BAD_CONFIGS = [
     pytest.param(
         service(framing='"netstrng"'),
         "services[0].framing",
-        ["plugin 'echo' does not support framing 'netstrng'", "raw, line, netstring, u16, u32",
-         "did you mean 'netstring'?"],
+        [
+            "plugin 'echo' does not support framing 'netstrng'",
+            "raw, line, netstring, u16, u32",
+            "did you mean 'netstring'?",
+        ],
         id="framing-unknown-did-you-mean",
     ),
     pytest.param(
@@ -406,7 +413,7 @@ BAD_CONFIGS = [
         id="no-enabled-service",
     ),
     pytest.param(
-        "[daemon]\nlog_format = \"json\"\n",
+        '[daemon]\nlog_format = "json"\n',
         "services",
         ["no enabled service", "add a [[services]] table"],
         id="no-services-at-all",
@@ -426,7 +433,7 @@ def test_badConfigIsRefused(text: str, path: str, expected: list[str]) -> None:
     prefix = f"{SOURCE}: {path}: "
     assert line.startswith(prefix), line
     for fragment in expected:
-        assert fragment in line[len(prefix):], (fragment, line)
+        assert fragment in line[len(prefix) :], (fragment, line)
 
 
 def test_duplicateNameNamesBothIndices() -> None:
@@ -778,12 +785,24 @@ PING_REGISTRY = PluginRegistry({"ping": LoadedPlugin(PingPlugin(), "test")}, {})
 @pytest.mark.parametrize(
     ("extra", "path", "expected"),
     [
-        pytest.param({"listen": '["tcp:0"]'}, "services[0].listen[0]",
-                     "plugin 'ping' does not serve streams; it serves datagram ('tcp:0')", id="stream-address"),
-        pytest.param({"framing": '"line"'}, "services[0].framing",
-                     "plugin 'ping' serves no streams, so it takes no framing", id="framing"),
-        pytest.param({"max_frame": "10"}, "services[0].max_frame",
-                     "plugin 'ping' serves no streams, so it takes no max_frame", id="max-frame"),
+        pytest.param(
+            {"listen": '["tcp:0"]'},
+            "services[0].listen[0]",
+            "plugin 'ping' does not serve streams; it serves datagram ('tcp:0')",
+            id="stream-address",
+        ),
+        pytest.param(
+            {"framing": '"line"'},
+            "services[0].framing",
+            "plugin 'ping' serves no streams, so it takes no framing",
+            id="framing",
+        ),
+        pytest.param(
+            {"max_frame": "10"},
+            "services[0].max_frame",
+            "plugin 'ping' serves no streams, so it takes no max_frame",
+            id="max-frame",
+        ),
     ],
 )
 def test_datagramOnlyPluginRefusesStreamKeys(extra: dict[str, str], path: str, expected: str) -> None:
@@ -839,73 +858,73 @@ BAD_TLS = [
         id="unknown-key-did-you-mean",
     ),
     pytest.param(
-        tlsService("{ %s, min_version = \"1.4\" }" % KEYS),
+        tlsService(f'{{ {KEYS}, min_version = "1.4" }}'),
         "services[0].tls.min_version",
         ['expected a TLS version: "1.0", "1.1", "1.2" or "1.3"', "got string '1.4'"],
         id="unknown-version",
     ),
     pytest.param(
-        tlsService("{ %s, min_version = \"1.3\", max_version = 1.2 }" % KEYS),
+        tlsService(f'{{ {KEYS}, min_version = "1.3", max_version = 1.2 }}'),
         "services[0].tls.max_version",
         ["1.2 is older than min_version (1.3)"],
         id="max-older-than-min",
     ),
     pytest.param(
-        tlsService("{ %s, ciphers = \"NO-SUCH-CIPHER\" }" % KEYS),
+        tlsService(f'{{ {KEYS}, ciphers = "NO-SUCH-CIPHER" }}'),
         "services[0].tls.ciphers",
         ["'NO-SUCH-CIPHER' is not an OpenSSL cipher string"],
         id="bad-cipher-string",
     ),
     pytest.param(
-        tlsService("{ %s, alpn = [\"\"] }" % KEYS),
+        tlsService(f'{{ {KEYS}, alpn = [""] }}'),
         "services[0].tls.alpn",
         ["[0] '' is not an ALPN protocol name"],
         id="empty-alpn-name",
     ),
     pytest.param(
-        tlsService("{ %s, client_auth = \"requird\", client_ca = \"ca.pem\" }" % KEYS),
+        tlsService(f'{{ {KEYS}, client_auth = "requird", client_ca = "ca.pem" }}'),
         "services[0].tls.client_auth",
         ["expected one of 'none', 'optional', 'required'", "did you mean 'required'?"],
         id="client-auth-typo",
     ),
     pytest.param(
-        tlsService("{ %s, client_auth = \"required\" }" % KEYS),
+        tlsService(f'{{ {KEYS}, client_auth = "required" }}'),
         "services[0].tls.client_ca",
         ['missing; client_auth = "required" needs the CAs client certificates must chain to'],
         id="client-ca-missing",
     ),
     pytest.param(
-        tlsService("{ %s, client_ca = \"ca.pem\" }" % KEYS),
+        tlsService(f'{{ {KEYS}, client_ca = "ca.pem" }}'),
         "services[0].tls.client_ca",
         ['client_auth is "none", so no client certificate is asked for'],
         id="client-ca-without-client-auth",
     ),
     pytest.param(
-        tlsService("{ %s, client_ca = \"ca.pem\", client_auth = \"optional\", client_allow = [\"cn:x\"] }" % KEYS),
+        tlsService(f'{{ {KEYS}, client_ca = "ca.pem", client_auth = "optional", client_allow = ["cn:x"] }}'),
         "services[0].tls.client_allow",
         ['needs client_auth = "required", not "optional"'],
         id="client-allow-needs-required",
     ),
     pytest.param(
-        tlsService("{ %s, sni = { \"not a name\" = { certificate = \"a.pem\", private_key = \"a-key.pem\" } } }" % KEYS),
+        tlsService(f'{{ {KEYS}, sni = {{ "not a name" = {{ certificate = "a.pem", private_key = "a-key.pem" }} }} }}'),
         "services[0].tls.sni",
         ["'not a name' is not a DNS name"],
         id="sni-bad-name",
     ),
     pytest.param(
-        tlsService("{ %s, sni = { alpha = { certificate = \"a.pem\" } } }" % KEYS),
+        tlsService(f'{{ {KEYS}, sni = {{ alpha = {{ certificate = "a.pem" }} }} }}'),
         "services[0].tls.sni.alpha.private_key",
         ["missing required key", "expected a path"],
         id="sni-entry-without-key",
     ),
     pytest.param(
-        tlsService("{ %s, sni = { alpha = { certificate = \"auto\", private_key = \"k.pem\" } } }" % KEYS),
+        tlsService(f'{{ {KEYS}, sni = {{ alpha = {{ certificate = "auto", private_key = "k.pem" }} }} }}'),
         "services[0].tls.sni",
         ['"auto" is only for the default certificate'],
         id="sni-auto",
     ),
     pytest.param(
-        tlsService("{ %s, handshake_timeout = -1 }" % KEYS),
+        tlsService(f"{{ {KEYS}, handshake_timeout = -1 }}"),
         "services[0].tls.handshake_timeout",
         ["-1.0 is out of range", "expected 0 to 3600"],
         id="handshake-timeout-negative",
@@ -979,12 +998,17 @@ def test_tlsRoundTrips() -> None:
     """
     config = parse(
         tlsService(
-            "{ %s, max_version = \"1.3\", alpn = [\"echo\"], sni = { \"a.test\" = { certificate = \"a.pem\", private_key = \"ak.pem\" } } }" % KEYS
+            f'{{ {KEYS}, max_version = "1.3", alpn = ["echo"], sni = {{ "a.test" = {{ certificate = "a.pem", private_key = "ak.pem" }} }} }}'
         )
     )
     normalized = config.toConfig()
     tls = normalized["services"][0]["tls"]
-    assert tls["profile"] == "intermediate" and "min_version" not in tls and tls["max_version"] == "1.3" and tls["handshake_timeout"] == 10.0
+    assert (
+        tls["profile"] == "intermediate"
+        and "min_version" not in tls
+        and tls["max_version"] == "1.3"
+        and tls["handshake_timeout"] == 10.0
+    )
     again = parseConfig(tomllib.loads(tomli_w.dumps(normalized)), SOURCE, REGISTRY)
     assert again == config
 
@@ -1084,7 +1108,10 @@ def test_relativePathsAreFromTheConfigFile(tmp_path: Path, monkeypatch: pytest.M
         f"{folder}/certs/server-key.pem",
         f"{folder}/certs/ca.pem",
     )
-    assert (tls.tls.sni["a.test"].certificate, tls.tls.sni["a.test"].private_key) == (f"{folder}/certs/a.pem", f"{folder}/certs/a-key.pem")
+    assert (tls.tls.sni["a.test"].certificate, tls.tls.sni["a.test"].private_key) == (
+        f"{folder}/certs/a.pem",
+        f"{folder}/certs/a-key.pem",
+    )
     assert dns.options.ca_bundle == f"{folder}/certs/ca.pem"
     assert [a.text for a in dns.listen] == ["udp:0", "unix:/run/absolute.sock"]
 

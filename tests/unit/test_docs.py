@@ -18,10 +18,10 @@ from pathlib import Path
 import attrs
 import pytest
 
-from netd.config.spec import DaemonSpec, ServiceEnvelope, loadConfig, parseConfig
-from netd.stream.framing import FRAMINGS
 from netd.config.options import ConfigError, schemaFields
+from netd.config.spec import DaemonSpec, ServiceEnvelope, loadConfig, parseConfig
 from netd.registry import PluginRegistry, discoverPlugins
+from netd.stream.framing import FRAMINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -214,7 +214,9 @@ def test_blockExtraction() -> None:
     ("page", "section", "keys"),
     [
         pytest.param("docs/configuration.md", "## `[daemon]`", list(schemaFields(DaemonSpec)), id="daemon-keys"),
-        pytest.param("docs/configuration.md", "## `[[services]]`", list(schemaFields(ServiceEnvelope)), id="service-keys"),
+        pytest.param(
+            "docs/configuration.md", "## `[[services]]`", list(schemaFields(ServiceEnvelope)), id="service-keys"
+        ),
         pytest.param("docs/listen.md", "## Framings", list(FRAMINGS), id="framings"),
     ],
 )
@@ -285,6 +287,10 @@ def test_frontPageLinksEveryPage() -> None:
     """
     The README, the front page, links to every page of docs/ and every plugin's page, so that each is one click from where a newcomer starts.
     """
-    linked = {(ROOT / target.partition("#")[0]).resolve() for target in LINK.findall(README.read_text(encoding="utf-8")) if "://" not in target}
+    linked = {
+        (ROOT / target.partition("#")[0]).resolve()
+        for target in LINK.findall(README.read_text(encoding="utf-8"))
+        if "://" not in target
+    }
     pages = {page.resolve() for page in DOC_PAGES if page != README}
     assert sorted(str(p.relative_to(ROOT)) for p in pages - linked) == []

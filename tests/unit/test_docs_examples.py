@@ -21,11 +21,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from netd.daemon.cli import startProblems
-from netd.config.spec import parseConfig
-from netd.faults.spec import decodeFault
-from netd.daemon.openapi import openapiDocument
 from netd.config.options import ConfigError, Problem, renderPath
+from netd.config.spec import parseConfig
+from netd.daemon.cli import startProblems
+from netd.daemon.openapi import openapiDocument
+from netd.faults.spec import decodeFault
 from netd.registry import PluginRegistry, discoverPlugins
 
 from .test_docs import DOC_PAGES, ROOT, tomlBlocks
@@ -142,7 +142,9 @@ SHOWN_MESSAGES: list[tuple[str, str, Any]] = [
     (
         "docs/configuration.md",
         "services[0].listen[1]: plugin 'reverse' does not serve datagrams; it serves stream ('udp:7007')",
-        lambda r: configProblems({"services": [{"name": "r", "plugin": "reverse", "listen": ["tcp:7007", "udp:7007"]}]}, r),
+        lambda r: configProblems(
+            {"services": [{"name": "r", "plugin": "reverse", "listen": ["tcp:7007", "udp:7007"]}]}, r
+        ),
     ),
     (
         "docs/configuration.md",
@@ -167,7 +169,9 @@ SHOWN_MESSAGES: list[tuple[str, str, Any]] = [
 ]
 
 
-@pytest.mark.parametrize(("page", "message", "produce"), SHOWN_MESSAGES, ids=[m.split(":")[0] for _, m, _ in SHOWN_MESSAGES])
+@pytest.mark.parametrize(
+    ("page", "message", "produce"), SHOWN_MESSAGES, ids=[m.split(":")[0] for _, m, _ in SHOWN_MESSAGES]
+)
 def test_shownMessageIsNetds(page: str, message: str, produce: Any, registry: PluginRegistry) -> None:
     """
     Each config-error message a page shows in a code block is on that page and is what netd says for such a config.
@@ -191,7 +195,9 @@ def commentedMessages() -> list[tuple[str, str, str]]:
             for offset, line in enumerate(block.text.splitlines(), 1):
                 match = COMMENTED.search(line)
                 if match:
-                    found.append((f"{page.relative_to(ROOT)}:{block.line + offset}", match.group(1).strip(), block.text))
+                    found.append(
+                        (f"{page.relative_to(ROOT)}:{block.line + offset}", match.group(1).strip(), block.text)
+                    )
     return found
 
 
@@ -231,7 +237,14 @@ def test_tokenFileMessageIsNetds(page: str, tmp_path: Path, registry: PluginRegi
     token.write_text("s3cret-token-of-the-test\n")
     token.chmod(0o644)
     config = parseConfig(
-        {"daemon": {"admin": "tcp:0:interface=127.0.0.1", "admin_token_file": str(token), "state_dir": str(tmp_path / "state")}, "services": [ECHO]},
+        {
+            "daemon": {
+                "admin": "tcp:0:interface=127.0.0.1",
+                "admin_token_file": str(token),
+                "state_dir": str(tmp_path / "state"),
+            },
+            "services": [ECHO],
+        },
         "netd.toml",
         registry,
     )

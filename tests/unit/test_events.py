@@ -20,16 +20,24 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.tls.devcerts import CLIENT_COMMON_NAME, DevelopmentSet, ensureDevelopmentSet
+from netd.config.options import ConfigError
 from netd.config.spec import ServiceSpec, parseConfig
+from netd.daemon.service import NetService
 from netd.events import EventLog, EventTable
 from netd.interfaces import IHasRuntimeTables, IProtocolPlugin, IRuntimeTable, IStreamHandler, PluginContext
-from netd.stream.guard import ConnectionLimiter
-from netd.config.options import ConfigError
 from netd.registry import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
+from netd.stream.guard import ConnectionLimiter
 from netd.stream.proxyheader import ProxyHeaderFactory
-from netd.daemon.service import NetService
-from netd.testing.memory import PEER, TestClientTLS, UDPMemoryReactorClock, connect, connectTLS, makeStreamStack, proxyHeaderV1
+from netd.testing.memory import (
+    PEER,
+    TestClientTLS,
+    UDPMemoryReactorClock,
+    connect,
+    connectTLS,
+    makeStreamStack,
+    proxyHeaderV1,
+)
+from netd.tls.devcerts import CLIENT_COMMON_NAME, DevelopmentSet, ensureDevelopmentSet
 from netd.tls.options import TLSOptions
 from netd_plugins.echo import EchoHandler
 
@@ -183,7 +191,9 @@ def test_tableGetTakesQueryArguments() -> None:
     ("query", "expected"),
     [
         pytest.param({"since": ["x"]}, ("since", "expected a whole number of at least 0, got 'x'"), id="since-word"),
-        pytest.param({"limit": ["-1"]}, ("limit", "expected a whole number of at least 0, got '-1'"), id="limit-negative"),
+        pytest.param(
+            {"limit": ["-1"]}, ("limit", "expected a whole number of at least 0, got '-1'"), id="limit-negative"
+        ),
         pytest.param({"limit": ["9" * 40]}, ("limit", "expected a whole number"), id="limit-huge"),
         pytest.param({"knd": ["query"]}, ("knd", "unknown query argument; did you mean 'kind'?"), id="typo"),
     ],
@@ -236,7 +246,12 @@ def test_eventsKeyDefaultsAndRoundTrips() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(-1, "out of range; expected 0 to 100000"), (100001, "out of range"), ("many", "expected an integer"), (1.5, "expected an integer")],
+    [
+        (-1, "out of range; expected 0 to 100000"),
+        (100001, "out of range"),
+        ("many", "expected an integer"),
+        (1.5, "expected an integer"),
+    ],
 )
 def test_badEventsKeyNamesItsPath(value: object, expected: str) -> None:
     """
@@ -493,7 +508,9 @@ def test_tlsConnectionEventHasWhatWasNegotiated(dev: DevelopmentSet) -> None:
         certificate=dev.server, private_key=dev.serverKey, alpn=("echo",), client_ca=dev.ca, client_auth="optional"
     )
     limiter, log, clock = limiterWithLog(tls=options)
-    client = TestClientTLS(serverName="localhost", certificate=dev.client, privateKey=dev.clientKey, alpn=("echo",), maxVersion="1.2")
+    client = TestClientTLS(
+        serverName="localhost", certificate=dev.client, privateKey=dev.clientKey, alpn=("echo",), maxVersion="1.2"
+    )
     connection = connectTLS(limiter, client, clock)
     assert connection is not None
     connection.send(b"ping")

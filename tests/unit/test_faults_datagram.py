@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from zope.interface import implementer
 
+from netd.config.options import ConfigError
 from netd.datagram.listener import DatagramListener
 from netd.faults.datagrams import HELD_LIMIT, DatagramChain, describeDatagramPeer
 from netd.faults.spec import FaultList
 from netd.interfaces import IDatagramHandler, IDatagramSender
 from netd.metrics import Counters
-from netd.config.options import ConfigError
 from netd.testing.memory import FakeUDPPort, UDPMemoryReactorClock, faultsFor
 from netd_plugins.echo import EchoHandler
 
@@ -208,7 +208,9 @@ def test_duplicateThenDelay() -> None:
     """
     Faults chain in list order: duplicated, then each copy delayed.
     """
-    udp = Listening([{"type": "duplicate", "direction": "to_client"}, {"type": "delay", "ms": 50, "direction": "to_client"}])
+    udp = Listening(
+        [{"type": "duplicate", "direction": "to_client"}, {"type": "delay", "ms": 50, "direction": "to_client"}]
+    )
     udp.receive(b"x")
     assert udp.sent() == []
     udp.advance(50)
@@ -220,7 +222,9 @@ def test_delayThenDuplicateCountsOneDelay() -> None:
     """
     In the other order the datagram is delayed once, then duplicated when its delay is over.
     """
-    udp = Listening([{"type": "delay", "ms": 50, "direction": "to_client"}, {"type": "duplicate", "direction": "to_client"}])
+    udp = Listening(
+        [{"type": "delay", "ms": 50, "direction": "to_client"}, {"type": "duplicate", "direction": "to_client"}]
+    )
     udp.receive(b"x")
     udp.advance(50)
     assert udp.sent() == [b"x", b"x"]
@@ -231,7 +235,12 @@ def test_dropStopsTheChain() -> None:
     """
     A dropped datagram reaches no later fault: their schedules do not count it.
     """
-    udp = Listening([{"type": "drop", "every": 2, "direction": "to_client"}, {"type": "truncate", "bytes": 1, "every": 2, "direction": "to_client"}])
+    udp = Listening(
+        [
+            {"type": "drop", "every": 2, "direction": "to_client"},
+            {"type": "truncate", "bytes": 1, "every": 2, "direction": "to_client"},
+        ]
+    )
     udp.receive(b"aa", b"bb", b"cc")
     assert udp.sent() == [b"aa", b"c"]
 
@@ -292,7 +301,9 @@ def test_stopCancelsEveryTimer() -> None:
     """
     When the port stops, held datagrams are dropped and no timer is left to fire on a dead socket.
     """
-    udp = Listening([{"type": "delay", "ms": 100, "direction": "to_client"}, {"type": "reorder", "direction": "from_client"}])
+    udp = Listening(
+        [{"type": "delay", "ms": 100, "direction": "to_client"}, {"type": "reorder", "direction": "from_client"}]
+    )
     udp.receive(b"a", b"b", b"c")
     assert udp.reactor.getDelayedCalls()
     udp.port.stopListening()

@@ -8,8 +8,8 @@ cancelled, through the real core stack on in-memory transports.
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,14 +18,14 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.tls.devcerts import ensureDevelopmentSet
+from netd.config.options import ConfigError
 from netd.faults.frames import HELD_LIMIT, splitEvenly
-from netd.stream.framing import FRAMINGS, FramingError
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
-from netd.config.options import ConfigError
+from netd.stream.framing import FRAMINGS, FramingError
 from netd.testing.memory import MemoryStreamConnection, connect, connectTLS, faultsFor, makeStreamStack
 from netd.tls.client import clientCreator
+from netd.tls.devcerts import ensureDevelopmentSet
 from netd.tls.options import TLSOptions
 from netd_plugins.echo import EchoHandler
 
@@ -423,7 +423,12 @@ def test_appliedFaultsAreLogged() -> None:
     stack = Stack("u16", [{"type": "corrupt_length"}])
     stack.send(b"hi")
     [event] = stack.faults.events.events(kind="fault")
-    assert (event["fault"], event["peer"], event["framing"], event["claimed"]) == ("corrupt_length", "127.0.0.1:40000", "u16", 3)
+    assert (event["fault"], event["peer"], event["framing"], event["claimed"]) == (
+        "corrupt_length",
+        "127.0.0.1:40000",
+        "u16",
+        3,
+    )
 
 
 def test_noFaultsNoWriter() -> None:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import attrs
 import pytest
-from netd_plugins.echo import EchoHandler
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from netd.config.options import ConfigError
@@ -32,6 +31,7 @@ from netd.metrics import Counters
 from netd.registry import discoverPlugins
 from netd.stream.guard import GuardedConnection
 from netd.testing.memory import PEER, MemoryStreamConnection, UDPMemoryReactorClock, faultsFor, makeStreamStack
+from netd_plugins.echo import EchoHandler
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,7 +100,10 @@ def test_builtInTypesComeFromTheFamilyModules() -> None:
         value
         for module in (stream, tls, datagrams, frames)
         for value in vars(module).values()
-        if isinstance(value, type) and issubclass(value, Fault) and value.__module__ == module.__name__ and "typeName" in vars(value)
+        if isinstance(value, type)
+        and issubclass(value, Fault)
+        and value.__module__ == module.__name__
+        and "typeName" in vars(value)
     ]
     assert list(FAULT_TYPES.values()) == defined
     assert all(FAULT_TYPES[cls.typeName] is cls for cls in defined)

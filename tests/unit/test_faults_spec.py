@@ -14,15 +14,15 @@ import pytest
 import tomli_w
 from twisted.internet.task import Clock
 
+from netd.config.options import ConfigError, Problem, renderPath
 from netd.config.spec import parseConfig
+from netd.daemon.service import NetService
 from netd.events import EventLog
 from netd.faults.active import REQUEST_BODY, ServiceFaults
 from netd.faults.base import ServiceShape
 from netd.faults.spec import FAULT_TYPES, FaultList
 from netd.metrics import Counters
-from netd.config.options import ConfigError, Problem, renderPath
 from netd.registry import PluginRegistry, discoverPlugins
-from netd.daemon.service import NetService
 from netd.testing.memory import UDPMemoryReactorClock, connect
 
 MINIMAL: dict[str, dict[str, Any]] = {
@@ -112,19 +112,34 @@ def test_roundTrip(typeName: str) -> None:
         ({"type": "latency"}, [("faults", "expected an array of fault tables, each with a type, got table")]),
         (["latency"], [("faults[0]", "expected a table with a type key, got string 'latency'")]),
         ([{"ms": 1}], [("faults[0].type", "missing required key; expected one of latency,")]),
-        ([{"type": "latncy", "ms": 1}], [("faults[0].type", "unknown fault type 'latncy'; did you mean 'latency'? The types are latency, ")]),
+        (
+            [{"type": "latncy", "ms": 1}],
+            [("faults[0].type", "unknown fault type 'latncy'; did you mean 'latency'? The types are latency, ")],
+        ),
         ([{"type": "xyzzy"}], [("faults[0].type", "unknown fault type 'xyzzy'; the types are latency, ")]),
-        ([{"type": 3}], [("faults[0].type", "expected the name of a fault type, got integer 3; the types are latency, ")]),
+        (
+            [{"type": 3}],
+            [("faults[0].type", "expected the name of a fault type, got integer 3; the types are latency, ")],
+        ),
         ([{"type": "latency"}], [("faults[0].ms", "missing required key")]),
         ([{"type": "latency", "ms": -1}], [("faults[0].ms", "out of range")]),
         ([{"type": "latency", "ms": 10, "msec": 3}], [("faults[0].msec", "unknown key")]),
         ([{"type": "slice", "size": 0}], [("faults[0].size", "out of range")]),
         ([{"type": "bandwidth", "rate": "fast"}], [("faults[0].rate", "expected an integer")]),
         ([{"type": "latency", "ms": 1, "direction": "up"}], [("faults[0].direction", "expected one of")]),
-        ([{"type": "refuse", "direction": "to_client"}], [("faults[0].direction", "refuse acts on the whole connection")]),
-        ([{"type": "split_frame", "direction": "both"}], [("faults[0].direction", "split_frame acts on to_client only")]),
+        (
+            [{"type": "refuse", "direction": "to_client"}],
+            [("faults[0].direction", "refuse acts on the whole connection")],
+        ),
+        (
+            [{"type": "split_frame", "direction": "both"}],
+            [("faults[0].direction", "split_frame acts on to_client only")],
+        ),
         ([{"type": "tls_abort", "alert": "oops"}], [("faults[0].alert", "expected one of")]),
-        ([{"type": "drop", "first": 2, "probability": 0.5}], [("faults[0].probability", "one of first, every and probability")]),
+        (
+            [{"type": "drop", "first": 2, "probability": 0.5}],
+            [("faults[0].probability", "one of first, every and probability")],
+        ),
         ([{"type": "drop", "probability": 2}], [("faults[0].probability", "out of range")]),
         ([{"type": "drop", "every": 0}], [("faults[0].every", "out of range")]),
         (
@@ -140,7 +155,7 @@ def test_problemsAtKeyPaths(tables: Any, expected: list[tuple[str, str]]) -> Non
     faults, problems = decode(tables)
     assert faults is None
     assert [path for path, _ in problems] == [path for path, _ in expected]
-    for (_, message), (_, fragment) in zip(problems, expected):
+    for (_, message), (_, fragment) in zip(problems, expected, strict=True):
         assert fragment in message
 
 
@@ -197,7 +212,10 @@ def test_serviceFaultsDefaultEmpty(registry: PluginRegistry) -> None:
 @pytest.mark.parametrize(
     ("keys", "expected"),
     [
-        ({"faults": [{"type": "tls_abort"}]}, "f.toml: services[0].faults[0].type: tls_abort acts on the TLS handshake"),
+        (
+            {"faults": [{"type": "tls_abort"}]},
+            "f.toml: services[0].faults[0].type: tls_abort acts on the TLS handshake",
+        ),
         ({"faults": [{"type": "drop"}]}, "f.toml: services[0].faults[0].type: drop acts on datagrams"),
         ({"faults": [{"type": "latency"}]}, "f.toml: services[0].faults[0].ms: missing required key"),
         ({"faults": "latency"}, "f.toml: services[0].faults: expected an array of fault tables"),
@@ -250,7 +268,7 @@ def test_apiBodyProblems(body: Any, expected: list[tuple[str, str]]) -> None:
         faults.put(body)
     assert info.value.source == REQUEST_BODY
     assert [renderPath(p.path) for p in info.value.problems] == [path for path, _ in expected]
-    for problem, (_, fragment) in zip(info.value.problems, expected):
+    for problem, (_, fragment) in zip(info.value.problems, expected, strict=True):
         assert fragment in problem.message
     assert faults.get({})["faults"] == [{"type": "slice", "size": 4, "delay": 0.0, "direction": "to_client"}]
 

@@ -16,14 +16,22 @@ import pytest
 from OpenSSL import SSL
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from netd.tls.devcerts import DevelopmentSet, ensureDevelopmentSet
 from netd.events import EventLog
 from netd.faults.active import ServiceFaults
 from netd.faults.stream import HELD_LIMIT
 from netd.faults.tls import alertRecord
-from netd.stream.guard import ConnectionLimiter, GuardedConnection, resetTransport
 from netd.metrics import Counters
-from netd.testing.memory import PEER, MemoryStreamConnection, TestClientTLS, connect, connectTLS, faultsFor, makeStreamStack
+from netd.stream.guard import ConnectionLimiter, GuardedConnection, resetTransport
+from netd.testing.memory import (
+    PEER,
+    MemoryStreamConnection,
+    TestClientTLS,
+    connect,
+    connectTLS,
+    faultsFor,
+    makeStreamStack,
+)
+from netd.tls.devcerts import DevelopmentSet, ensureDevelopmentSet
 from netd.tls.options import TLSOptions
 from netd_plugins.echo import EchoHandler
 
@@ -473,7 +481,10 @@ def test_timersCancelledOnReset() -> None:
     A fault that resets the connection cancels the timers of the bytes it held.
     """
     stack = echoStack(
-        [{"type": "latency", "ms": 100, "direction": "to_client"}, {"type": "reset_after", "bytes": 2, "direction": "from_client"}]
+        [
+            {"type": "latency", "ms": 100, "direction": "to_client"},
+            {"type": "reset_after", "bytes": 2, "direction": "from_client"},
+        ]
     )
     connection = stack.connect()
     connection.receive(b"a")

@@ -19,13 +19,13 @@ from netd.testing.harness import TEST_ADMIN, NetdServer, netdCommand, withDaemon
 
 KEYS = {"admin": TEST_ADMIN, "shutdown_timeout": 0}
 
-SERVICE = '''
+SERVICE = """
 # the test's own comment
 [[services]]
 name = "echo"
 plugin = "echo"
 listen = ["tcp:0:interface=127.0.0.1"]
-'''
+"""
 
 
 def test_textWithoutDaemonTableGetsOne() -> None:
@@ -54,7 +54,7 @@ def test_keysTheConfigSetsAreKept() -> None:
     """
     config = "[daemon]\nadmin = false\n" + SERVICE
     assert tomllib.loads(withDaemonKeys(config, KEYS))["daemon"] == {"admin": False, "shutdown_timeout": 0}
-    complete = '[daemon]\nadmin = false\nshutdown_timeout = 3\n' + SERVICE
+    complete = "[daemon]\nadmin = false\nshutdown_timeout = 3\n" + SERVICE
     assert withDaemonKeys(complete, KEYS) == complete
     table = tomllib.loads(withDaemonKeys({"daemon": {"shutdown_timeout": 5}, "services": []}, KEYS))
     assert table == {"daemon": {"admin": TEST_ADMIN, "shutdown_timeout": 5}, "services": []}
@@ -82,7 +82,9 @@ def test_serverCompletesItsConfig(tmp_path: Path) -> None:
     A server's config gets the test's control API and its shutdownTimeout; shutdownTimeout=None leaves netd's default, and a config file's path is not completed at all.
     """
     assert tomllib.loads(NetdServer(SERVICE, tmp_path).configText())["daemon"] == KEYS
-    assert tomllib.loads(NetdServer(SERVICE, tmp_path, shutdownTimeout=None).configText())["daemon"] == {"admin": TEST_ADMIN}
+    assert tomllib.loads(NetdServer(SERVICE, tmp_path, shutdownTimeout=None).configText())["daemon"] == {
+        "admin": TEST_ADMIN
+    }
     file = tmp_path / "mine.toml"
     server = NetdServer(file, tmp_path / "files")
     assert server.configFile == file
@@ -127,16 +129,24 @@ def test_notStartedServer(tmp_path: Path) -> None:
     """
     server = NetdServer(SERVICE, tmp_path)
     with pytest.raises(RuntimeError):
-        server.pid
+        _ = server.pid
     with pytest.raises(KeyError, match="runs no service 'echo'"):
         server.address("echo")
     with pytest.raises(RuntimeError, match="no control API"):
-        server.admin
+        _ = server.admin
     assert server.adminAddress is None and not server.running
     assert server.stop() is None
 
 
-HEAVY = ("OpenSSL", "cryptography", "twisted.internet.reactor", "twisted.web", "netd.tls", "netd.daemon.daemon", "netd.testing.memory")
+HEAVY = (
+    "OpenSSL",
+    "cryptography",
+    "twisted.internet.reactor",
+    "twisted.web",
+    "netd.tls",
+    "netd.daemon.daemon",
+    "netd.testing.memory",
+)
 """
 What loading the pytest plugin must not import: it runs in every test session
 wherever netd is installed, and netd itself runs in a child process.

@@ -13,12 +13,12 @@ import re
 from pathlib import Path
 from types import ModuleType
 
-import netd_plugins
 from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.python import log as legacyLog
 from twisted.python.failure import Failure
 
 import netd
+import netd_plugins
 from netd.daemon import logs
 from netd.daemon.logs import LEVELS, RESERVED, ServiceLogger, makeObserver, setLogLevel
 
@@ -114,7 +114,14 @@ def test_jsonTimeIsUTC() -> None:
     The time field is the event's time in UTC with microseconds.
     """
     publisher, stream = publisherTo("json", "info")
-    publisher({"log_time": 1796605323.456789, "log_level": LogLevel.warn, "log_namespace": "netd.daemon.admin", "log_format": "x"})
+    publisher(
+        {
+            "log_time": 1796605323.456789,
+            "log_level": LogLevel.warn,
+            "log_namespace": "netd.daemon.admin",
+            "log_format": "x",
+        }
+    )
     [record] = jsonLines(stream)
     assert record["time"] == "2026-12-07T01:02:03.456789Z"
     assert record["level"] == "warn"
@@ -175,12 +182,19 @@ def test_jsonFieldNamedLikeALineField() -> None:
     An event's own field named like one of the line's fields is kept as field_NAME, hiding neither.
     """
     publisher, stream = publisherTo("json", "info")
-    Logger(namespace="netd.daemon.daemon", observer=publisher).info("at {time}: {msg}", time="noon", msg="m", logger="x", traceback="t")
+    Logger(namespace="netd.daemon.daemon", observer=publisher).info(
+        "at {time}: {msg}", time="noon", msg="m", logger="x", traceback="t"
+    )
     [record] = jsonLines(stream)
     assert record["msg"] == "at noon: m"
     assert record["logger"] == "netd.daemon.daemon"
     assert RFC3339_UTC.match(str(record["time"]))
-    assert (record["field_time"], record["field_msg"], record["field_logger"], record["field_traceback"]) == ("noon", "m", "x", "t")
+    assert (record["field_time"], record["field_msg"], record["field_logger"], record["field_traceback"]) == (
+        "noon",
+        "m",
+        "x",
+        "t",
+    )
 
 
 def test_jsonLevelsAreTwistedsNames() -> None:
@@ -270,7 +284,9 @@ def test_docsListTheJSONFields() -> None:
     for page in [root / "README.md", *sorted((root / "docs").rglob("*.md"))]:
         if not page.exists():
             continue
-        for table in re.findall(r"^\| field \| value \|\n\| --- \| --- \|\n((?:\|.*\n)+)", page.read_text(), re.MULTILINE):
+        for table in re.findall(
+            r"^\| field \| value \|\n\| --- \| --- \|\n((?:\|.*\n)+)", page.read_text(), re.MULTILINE
+        ):
             documented |= set(re.findall(r"^\| `(\w+)` \|", table, re.MULTILINE))
     assert RESERVED | {"service"} <= documented, sorted(RESERVED | {"service"} - documented)
 
@@ -282,8 +298,22 @@ def test_portChatterDropped() -> None:
     publisher, stream = publisherTo("text", "info")
     events: list[dict[str, object]] = []
     legacy = LogPublisher(publisher, events.append)
-    for text in ("_UDPSocket starting on 40000", "(UDP Port 40000 Closed)", "(TCP Port 7 Closed)", "something else happened"):
-        legacy({"log_namespace": "log_legacy", "log_text": text, "log_format": "{log_text}", "log_level": LogLevel.info, "log_time": 0.0, "log_system": "-"})
+    for text in (
+        "_UDPSocket starting on 40000",
+        "(UDP Port 40000 Closed)",
+        "(TCP Port 7 Closed)",
+        "something else happened",
+    ):
+        legacy(
+            {
+                "log_namespace": "log_legacy",
+                "log_text": text,
+                "log_format": "{log_text}",
+                "log_level": LogLevel.info,
+                "log_time": 0.0,
+                "log_system": "-",
+            }
+        )
     assert stream.getvalue().count("\n") == 1
     assert "something else happened" in stream.getvalue()
     assert len(events) == 4

@@ -98,7 +98,9 @@ def test_everyRouteIsDescribed() -> None:
     routed |= {(pattern.partition(" ")[0], pattern.partition(" ")[2]) for pattern in resource.patterns}
     described = _described()
     tables = {("GET", "/services/NAME/TABLE"), ("PUT", "/services/NAME/TABLE"), ("DELETE", "/services/NAME/TABLE")}
-    core = {(m, p.replace("TABLE", t)) for m, p in tables for t in ("events", "faults")} - {("PUT", "/services/NAME/events")}
+    core = {(m, p.replace("TABLE", t)) for m, p in tables for t in ("events", "faults")} - {
+        ("PUT", "/services/NAME/events")
+    }
     assert described - core == routed
     assert core <= described
 

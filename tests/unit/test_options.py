@@ -137,9 +137,13 @@ def test_pathsWithoutAFileStayAsWritten() -> None:
         pytest.param({"data": ""}, "services[0].data: expected a path, got an empty string", id="empty"),
         pytest.param({"data": "  "}, "services[0].data: expected a path, got an empty string", id="blank"),
         pytest.param({"data": 5}, "services[0].data: expected a path, got integer 5", id="number"),
-        pytest.param({"data": "a\0b"}, "services[0].data: 'a\\x00b' holds a NUL character, which no path can", id="nul"),
+        pytest.param(
+            {"data": "a\0b"}, "services[0].data: 'a\\x00b' holds a NUL character, which no path can", id="nul"
+        ),
         pytest.param({"token": ""}, "services[0].token: expected a path, got an empty string", id="empty-or-false"),
-        pytest.param({"token": True}, "services[0].token: expected a path or one of False, got boolean True", id="true"),
+        pytest.param(
+            {"token": True}, "services[0].token: expected a path or one of False, got boolean True", id="true"
+        ),
     ],
 )
 def test_badPathsAreRefused(table: dict[str, object], expected: str) -> None:

@@ -68,7 +68,12 @@ def installLines() -> list[tuple[str, str]]:
     Every C{pip install}/C{pipx install} command in the README, the pages of
     docs/ and the files of config/, with the file it is in.
     """
-    files = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "plugins").glob("*/README.md")), *sorted(p for p in (ROOT / "config").rglob("*") if p.is_file())]
+    files = [
+        ROOT / "README.md",
+        *sorted((ROOT / "docs").rglob("*.md")),
+        *sorted((ROOT / "plugins").glob("*/README.md")),
+        *sorted(p for p in (ROOT / "config").rglob("*") if p.is_file()),
+    ]
     found = []
     for path in files:
         for line in re.findall(r"pipx? install[^`\n]*", path.read_text()):
@@ -118,7 +123,7 @@ def changelogEntries() -> list[tuple[str, str | None, str]]:
     text = (ROOT / "CHANGELOG.md").read_text()
     headings = list(RELEASE.finditer(text))
     ends = [h.start() for h in headings[1:]] + [len(text)]
-    return [(h["version"], h["date"], text[h.end() : end].strip()) for h, end in zip(headings, ends)]
+    return [(h["version"], h["date"], text[h.end() : end].strip()) for h, end in zip(headings, ends, strict=True)]
 
 
 def test_changelogHasCurrentVersion() -> None:
@@ -143,4 +148,4 @@ def test_licenseFile() -> None:
     text = (ROOT / "LICENSE").read_text()
     assert text.startswith("MIT License\n")
     assert "Copyright (c) the netd authors" in text
-    assert "THE SOFTWARE IS PROVIDED \"AS IS\"" in text
+    assert 'THE SOFTWARE IS PROVIDED "AS IS"' in text

@@ -152,40 +152,58 @@ def test_validPluginAccepted() -> None:
 
 REFUSED = [
     pytest.param(object(), ["does not provide IProtocolPlugin"], id="not-a-plugin"),
-    pytest.param(NoSummary(), ["does not provide IProtocolPlugin", "summary attribute was not provided"],
-                 id="missing-summary"),
+    pytest.param(
+        NoSummary(), ["does not provide IProtocolPlugin", "summary attribute was not provided"], id="missing-summary"
+    ),
     pytest.param(NoBuild(), ["does not provide IProtocolPlugin", "build"], id="missing-build"),
-    pytest.param(NoRequiresTLS(), ["does not provide IProtocolPlugin", "requiresTLS attribute was not provided"],
-                 id="missing-requiresTLS"),
-    pytest.param(fakePlugin(requiresTLS="yes"), ["its requiresTLS 'yes' is not True or False"], id="requiresTLS-not-bool"),
-    pytest.param(fakePlugin(requiresTLS=True, transports=frozenset({"datagram"}), framings=()),
-                 ["it requires TLS but serves no streams"], id="requiresTLS-without-streams"),
+    pytest.param(
+        NoRequiresTLS(),
+        ["does not provide IProtocolPlugin", "requiresTLS attribute was not provided"],
+        id="missing-requiresTLS",
+    ),
+    pytest.param(
+        fakePlugin(requiresTLS="yes"), ["its requiresTLS 'yes' is not True or False"], id="requiresTLS-not-bool"
+    ),
+    pytest.param(
+        fakePlugin(requiresTLS=True, transports=frozenset({"datagram"}), framings=()),
+        ["it requires TLS but serves no streams"],
+        id="requiresTLS-without-streams",
+    ),
     pytest.param(WrongBuild(), ["does not provide IProtocolPlugin", "build"], id="build-wrong-signature"),
     pytest.param(fakePlugin(name="Echo"), ["its name 'Echo' is not a lowercase word"], id="name-capitalized"),
-    pytest.param(fakePlugin(name="two words"), ["its name 'two words' is not a lowercase word"],
-                 id="name-two-words"),
+    pytest.param(fakePlugin(name="two words"), ["its name 'two words' is not a lowercase word"], id="name-two-words"),
     pytest.param(fakePlugin(name=" echo"), ["its name ' echo' is not a lowercase word"], id="name-padded"),
     pytest.param(fakePlugin(name=""), ["its name '' is not a lowercase word"], id="name-empty"),
     pytest.param(fakePlugin(name=7), ["its name 7 is not a lowercase word"], id="name-not-a-string"),
     pytest.param(fakePlugin(optionsType=dict), ["its optionsType is not an attrs class"], id="options-not-attrs"),
     pytest.param(fakePlugin(optionsType=None), ["its optionsType is not an attrs class"], id="options-none"),
     pytest.param(fakePlugin(optionsType=FakeOptions()), ["optionsType"], id="options-an-instance"),
-    pytest.param(fakePlugin(optionsType=UnresolvableOptions), ["optionsType", "NoSuchType"],
-                 id="options-unresolvable-annotation"),
-    pytest.param(fakePlugin(transports=frozenset({"stream", "quic"})),
-                 ["its transports", "'quic'", "not a non-empty set drawn from ['datagram', 'stream']"],
-                 id="transports-unknown"),
-    pytest.param(fakePlugin(transports=frozenset()), ["its transports", "not a non-empty set"],
-                 id="transports-empty"),
+    pytest.param(
+        fakePlugin(optionsType=UnresolvableOptions), ["optionsType", "NoSuchType"], id="options-unresolvable-annotation"
+    ),
+    pytest.param(
+        fakePlugin(transports=frozenset({"stream", "quic"})),
+        ["its transports", "'quic'", "not a non-empty set drawn from ['datagram', 'stream']"],
+        id="transports-unknown",
+    ),
+    pytest.param(fakePlugin(transports=frozenset()), ["its transports", "not a non-empty set"], id="transports-empty"),
     pytest.param(fakePlugin(transports=None), ["transports"], id="transports-none"),
-    pytest.param(fakePlugin(framings=("line", "json")),
-                 ["it names unknown framings ['json']", "known: raw, line, netstring, u16, u32"],
-                 id="framing-unknown"),
+    pytest.param(
+        fakePlugin(framings=("line", "json")),
+        ["it names unknown framings ['json']", "known: raw, line, netstring, u16, u32"],
+        id="framing-unknown",
+    ),
     pytest.param(fakePlugin(framings=None), ["framings"], id="framings-none"),
-    pytest.param(fakePlugin(transports=frozenset({"datagram"}), framings=("line",)),
-                 ["it must list framings exactly when it serves streams"], id="framings-without-streams"),
-    pytest.param(fakePlugin(transports=frozenset({"stream"}), framings=()),
-                 ["it must list framings exactly when it serves streams"], id="streams-without-framings"),
+    pytest.param(
+        fakePlugin(transports=frozenset({"datagram"}), framings=("line",)),
+        ["it must list framings exactly when it serves streams"],
+        id="framings-without-streams",
+    ),
+    pytest.param(
+        fakePlugin(transports=frozenset({"stream"}), framings=()),
+        ["it must list framings exactly when it serves streams"],
+        id="streams-without-framings",
+    ),
 ]
 
 
@@ -300,9 +318,11 @@ def addEntryPoints(monkeypatch: pytest.MonkeyPatch, *extra: tuple[str, str]) -> 
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
-        pytest.param("netd_no_such_module:plugin",
-                     "failed to load: ModuleNotFoundError: No module named 'netd_no_such_module'",
-                     id="module-missing"),
+        pytest.param(
+            "netd_no_such_module:plugin",
+            "failed to load: ModuleNotFoundError: No module named 'netd_no_such_module'",
+            id="module-missing",
+        ),
         pytest.param("netd_plugins.echo:nosuch", "failed to load: AttributeError", id="attribute-missing"),
         pytest.param("netd_plugins.echo:EchoOptions", "does not provide IProtocolPlugin", id="not-a-plugin"),
     ],
@@ -405,7 +425,17 @@ def test_envelopeKeysAreTheEnvelopeFields() -> None:
     The names a plugin option may not take are the fields of the service envelope, core keys and limits alike.
     """
     assert ENVELOPE_KEYS == set(schemaFields(ServiceEnvelope))
-    assert ENVELOPE_KEYS >= {"name", "plugin", "listen", "tls", "events", "framing", "faults", "max_connections", "idle_timeout"}
+    assert ENVELOPE_KEYS >= {
+        "name",
+        "plugin",
+        "listen",
+        "tls",
+        "events",
+        "framing",
+        "faults",
+        "max_connections",
+        "idle_timeout",
+    }
 
 
 @pytest.mark.parametrize("key", sorted(ENVELOPE_KEYS))
@@ -441,7 +471,10 @@ def test_pluginWithEnvelopeOptionNotLoaded(monkeypatch: pytest.MonkeyPatch) -> N
     text = '[[services]]\nname = "c"\nplugin = "clash"\nlisten = ["tcp:0"]\nevents = 3\n'
     with pytest.raises(ConfigError) as info:
         parseConfig(tomllib.loads(text), "test.toml", registry)
-    assert f"plugins that failed to load: {source}: plugin 'clash' has options named like keys every service has (events" in str(info.value)
+    assert (
+        f"plugins that failed to load: {source}: plugin 'clash' has options named like keys every service has (events"
+        in str(info.value)
+    )
 
 
 def test_describeReverseSchema() -> None:

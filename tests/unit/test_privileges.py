@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 
-from netd.config.spec import parseConfig
 from netd.config.options import ConfigError, InvalidValue
-from netd.registry import discoverPlugins
+from netd.config.spec import parseConfig
 from netd.daemon.privileges import (
     Group,
     PrivilegeDrop,
@@ -30,6 +29,7 @@ from netd.daemon.privileges import (
     handOverCertificates,
     openStateDir,
 )
+from netd.registry import discoverPlugins
 
 NOBODY = pwd.getpwnam("nobody")
 NOGROUP_GID = NOBODY.pw_gid
@@ -303,7 +303,10 @@ def test_stateDirOwnedByTheUserRefused(tmp_path: Path, which: str) -> None:
     os.chown(owned, NOBODY.pw_uid, -1)
     owned.chmod(0o700)
     message = refusal(state)
-    assert f"[daemon] state_dir {str(state)!r}: {str(owned)!r} can be changed by user 'nobody', the user netd drops to" in message
+    assert (
+        f"[daemon] state_dir {str(state)!r}: {str(owned)!r} can be changed by user 'nobody', the user netd drops to"
+        in message
+    )
     assert f"it is owned by uid {NOBODY.pw_uid}" in message
     assert f"chown -R root: {state}" in message
 

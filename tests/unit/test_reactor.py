@@ -33,18 +33,23 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.tls.devcerts import ensureDevelopmentSet
 from netd.reactors.choice import installReactor
 from netd.reactors.epoll import NetdReactor
-from netd.reactors.shared import IMeteredTransport
 from netd.reactors.rlimits import IOutOfDescriptors
+from netd.reactors.shared import IMeteredTransport
+from netd.reactors.uv import StreamConnection
 from netd.testing.harness import unavailable
 from netd.testing.memory import makeStreamStack
-from netd.reactors.uv import StreamConnection
+from netd.tls.devcerts import ensureDevelopmentSet
 from netd.tls.options import TLSOptions
 from netd_plugins.echo import EchoHandler
 
 from .privatereactor import WAIT, Reactor, netdReactor, onEveryPath, reactor, spin, turn  # noqa: F401
+
+CONNECTION_DONE = Failure(ConnectionDone())
+"""
+The reason a test protocol's connectionLost defaults to, as Twisted's own protocols do.
+"""
 
 
 class Recorder(Protocol):
@@ -60,7 +65,7 @@ class Recorder(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.received += data
 
-    def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
         self.lost.append(reason)
 
 
@@ -570,7 +575,7 @@ def test_shutdownLosesConnectionsAndPorts(reactor: Reactor) -> None:
     for accepted in (first, second):
         assert len(accepted.protocol.lost) == 1 and accepted.protocol.lost[0].check(ConnectionLost)
         # uvloop closes the socket on its loop's next turn.
-        spin(reactor, lambda: readable(accepted.client, 0))
+        spin(reactor, lambda accepted=accepted: readable(accepted.client, 0))
         try:
             assert accepted.client.recv(10) == b""
         except ConnectionResetError:
@@ -647,7 +652,9 @@ def test_addressesOfAcceptedConnection(reactor: Reactor) -> None:
 
 
 @onEveryPath
-@pytest.mark.parametrize(("interface", "connectTo"), [("", "127.0.0.1"), ("0.0.0.0", "127.0.0.2"), ("::", "::1"), ("::1", "::1")])
+@pytest.mark.parametrize(
+    ("interface", "connectTo"), [("", "127.0.0.1"), ("0.0.0.0", "127.0.0.2"), ("::", "::1"), ("::1", "::1")]
+)
 def test_localAddressOfEachConnection(reactor: Reactor, interface: str, connectTo: str) -> None:
     """
     The local address of a connection is the one the client connected to, on a wildcard port as on one bound to an address, IPv4 and IPv6.
@@ -813,7 +820,7 @@ def test_quietCloseAskedByTimedCallDoesNotWait(netdReactor: NetdReactor) -> None
     after: list[bool] = []
 
     class Scheduling(Recorder):
-        def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # type: ignore[assignment]
+        def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
             Recorder.connectionLost(self, reason)
             netdReactor.callLater(0, after.append, True)
 
@@ -853,7 +860,7 @@ def test_closeIsLoggedAndOthersClosed(netdReactor: NetdReactor) -> None:
             failures.append(failure)
 
     class Raising(Recorder):
-        def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # type: ignore[assignment]
+        def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
             Recorder.connectionLost(self, reason)
             raise ZeroDivisionError("the protocol's bug")
 
@@ -1022,8 +1029,8 @@ def test_twistedsReactorListensWithAcceptingPorts() -> None:
     """
     Listen strings on Twisted's own reactor get a port that pauses when out of descriptors (with Twisted's connections); netd's reactors and fake ones are used as they are.
     """
-    from twisted.internet.epollreactor import EPollReactor
     from twisted.internet import tcp
+    from twisted.internet.epollreactor import EPollReactor
     from twisted.internet.testing import MemoryReactor
 
     from netd.reactors.accepting import AcceptingPort, acceptGuarded

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from twisted.internet import tcp, udp as twistedUDP
+from twisted.internet import tcp
+from twisted.internet import udp as twistedUDP
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import globalLogPublisher
@@ -165,7 +166,10 @@ def test_everyCanaryLivesAsShipped(monkeypatch: pytest.MonkeyPatch, warnings: li
 
 @pytest.mark.parametrize(("canary", "breakage"), BREAKAGES, ids=[f"{c.name}-{b.__name__}" for c, b in BREAKAGES])
 def test_brokenPrivateFailsTheCanaryWithOneWarning(
-    monkeypatch: pytest.MonkeyPatch, warnings: list[dict[str, Any]], canary: Canary, breakage: Callable[[pytest.MonkeyPatch], None]
+    monkeypatch: pytest.MonkeyPatch,
+    warnings: list[dict[str, Any]],
+    canary: Canary,
+    breakage: Callable[[pytest.MonkeyPatch], None],
 ) -> None:
     """
     A private name taken away, or made to misbehave, fails its canary: one warning names the check and the fallback, and asking again logs nothing more.
@@ -190,7 +194,7 @@ def test_failedTCPInfoCanaryServesWithTheClock(monkeypatch: pytest.MonkeyPatch) 
         accepted = accept(reactor)
         assert type(accepted.transport) is ClockedStreamConnection
         accepted.client.sendall(b"ping")
-        spin(reactor, lambda: accepted.protocol.received == b"ping")
+        spin(reactor, lambda accepted=accepted: accepted.protocol.received == b"ping")
         assert abs(accepted.transport.lastActivity - reactor.seconds()) < 0.05
         accepted.client.close()
 
@@ -236,7 +240,11 @@ BREAK_IN_PROCESS = {
 
 @pytest.mark.parametrize(
     ("chosen", "broken", "expected", "reactorType"),
-    [("uvloop", "uvloop", "netd", "NetdReactor"), ("netd", "epoll", "twisted", "EPollReactor"), ("uvloop", "epoll", "uvloop", "UvloopReactor")],
+    [
+        ("uvloop", "uvloop", "netd", "NetdReactor"),
+        ("netd", "epoll", "twisted", "EPollReactor"),
+        ("uvloop", "epoll", "uvloop", "UvloopReactor"),
+    ],
 )
 def test_installFallsBack(chosen: str, broken: str, expected: str, reactorType: str) -> None:
     """

@@ -18,13 +18,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import LogLevel, capturedLogs
 
-from netd.tls.devcerts import ensureDevelopmentSet
+from netd.config.options import ConfigError
 from netd.config.spec import loadConfig
 from netd.daemon.application import NetdApplication
 from netd.daemon.daemon import LISTEN_RETRY_DELAY, Daemon
-from netd.config.options import ConfigError
-from netd.registry import discoverPlugins
 from netd.daemon.service import NetService, ReloadInProgress, ServiceStartError
+from netd.registry import discoverPlugins
 from netd.testing.memory import (
     FakeTCPPort,
     MemoryStreamConnection,
@@ -35,6 +34,7 @@ from netd.testing.memory import (
     failureOf,
     resultOf,
 )
+from netd.tls.devcerts import ensureDevelopmentSet
 
 A = {"name": "a", "plugin": "echo", "listen": ["tcp:7001:interface=127.0.0.1"], "idle_timeout": 0}
 B = {"name": "b", "plugin": "echo", "listen": ["tcp:7002:interface=127.0.0.1"], "idle_timeout": 0}
@@ -45,14 +45,18 @@ def writeConfig(path: Path, *services: dict[str, Any], **daemon: Any) -> None:
     """
     Write a config of C{services} (control API off) to C{path}.
     """
-    path.write_text(tomli_w.dumps({"daemon": {"admin": False, "shutdown_timeout": 5, **daemon}, "services": list(services)}))
+    path.write_text(
+        tomli_w.dumps({"daemon": {"admin": False, "shutdown_timeout": 5, **daemon}, "services": list(services)})
+    )
 
 
 def startFrom(path: Path, reactor: Any, portsFile: Path | None = None) -> Daemon:
     """
     A daemon started on the config file at C{path}, whose reloads read that file.
     """
-    application = NetdApplication(loadConfig(str(path), discoverPlugins()), reactor, portsFile=None if portsFile is None else str(portsFile))
+    application = NetdApplication(
+        loadConfig(str(path), discoverPlugins()), reactor, portsFile=None if portsFile is None else str(portsFile)
+    )
     resultOf(Deferred.fromCoroutine(application.start()))
     return application.daemon
 
@@ -318,7 +322,10 @@ def tlsService(directory: Path) -> dict[str, Any]:
     """
     An echo service with TLS from the certificate and key files in C{directory}.
     """
-    return {**A, "tls": {"certificate": str(directory / "server.pem"), "private_key": str(directory / "server-key.pem")}}
+    return {
+        **A,
+        "tls": {"certificate": str(directory / "server.pem"), "private_key": str(directory / "server-key.pem")},
+    }
 
 
 def test_tlsFilesReloadedForNewConnections(tmp_path: Path) -> None:

@@ -15,12 +15,12 @@ import attrs
 import pytest
 from jsonschema import Draft202012Validator
 
-from netd.daemon.cli import main
-from netd.config.spec import DaemonSpec, ServiceEnvelope, parseConfig
-from netd.faults.spec import FAULT_TYPES
 from netd.config.options import ConfigError, NumberRange, between, option, optionInfo, schemaFields
-from netd.registry import PluginRegistry, discoverPlugins
 from netd.config.schema import SchemaBuilder, configSchema, registryPlugins, renderSchema
+from netd.config.spec import DaemonSpec, ServiceEnvelope, parseConfig
+from netd.daemon.cli import main
+from netd.faults.spec import FAULT_TYPES
+from netd.registry import PluginRegistry, discoverPlugins
 from netd.tls.options import TLSOptions
 
 from .test_docs import tomlBlocks
@@ -136,7 +136,7 @@ GOOD = '[[services]]\nname = "e"\nplugin = "echo"\nlisten = ["tcp:0:interface=12
 
 BAD_CONFIGS = {
     "unknown daemon key": ('[daemon]\nlog_formt = "json"\n' + GOOD, "daemon.log_formt"),
-    "unknown top-level key": ('servics = []\n' + GOOD, "servics"),
+    "unknown top-level key": ("servics = []\n" + GOOD, "servics"),
     "unknown service key": (GOOD + "idle_timout = 3\n", "services[0].idle_timout"),
     "wrong type": ('[daemon]\nshutdown_timeout = "10"\n' + GOOD, "daemon.shutdown_timeout"),
     "wrong type in an array": (GOOD.replace('["tcp:0:interface=127.0.0.1"]', "[7007]"), "services[0].listen[0]"),
@@ -158,7 +158,10 @@ BAD_CONFIGS = {
     "unknown tls key": (GOOD + 'tls = { certificate = "auto", protocol = "1.3" }\n', "services[0].tls.protocol"),
     "bad tls version": (GOOD + 'tls = { certificate = "auto", min_version = "1.4" }\n', "services[0].tls.min_version"),
     "unknown fault type": (GOOD + 'faults = [{ type = "latncy", ms = 5 }]\n', "services[0].faults[0].type"),
-    "fault key of another type": (GOOD + 'faults = [{ type = "latency", ms = 5, size = 3 }]\n', "services[0].faults[0].size"),
+    "fault key of another type": (
+        GOOD + 'faults = [{ type = "latency", ms = 5, size = 3 }]\n',
+        "services[0].faults[0].size",
+    ),
     "fault number out of range": (GOOD + 'faults = [{ type = "slice", size = 0 }]\n', "services[0].faults[0].size"),
     "fault missing its key": (GOOD + 'faults = [{ type = "latency" }]\n', "services[0].faults[0].ms"),
     "fault direction it does not take": (
@@ -236,7 +239,10 @@ def test_boundsComeFromTheChecks(registry: PluginRegistry) -> None:
         (ServiceEnvelope, service["properties"]),
         (TLSOptions, defs["TLSOptions"]["properties"]),
         *[(cls, defs[f"fault.{name}"]["properties"]) for name, cls in FAULT_TYPES.items()],
-        *[(registry.get(b["if"]["properties"]["plugin"]["const"]).optionsType, b["then"]["properties"]) for b in service["allOf"]],
+        *[
+            (registry.get(b["if"]["properties"]["plugin"]["const"]).optionsType, b["then"]["properties"])
+            for b in service["allOf"]
+        ],
     ]
     checked = 0
     for schemaClass, properties in tables:

@@ -24,11 +24,11 @@ from zope.interface import implementer
 from netd.config.spec import NetdConfig, loadConfig, parseConfig
 from netd.daemon.application import NetdApplication
 from netd.daemon.daemon import Daemon
+from netd.daemon.service import NetService, ServiceStartError
 from netd.datagram.listener import DatagramListener
 from netd.interfaces import IProtocolPlugin, IStreamHandler
-from netd.stream.guard import ConnectionLimiter
 from netd.registry import LoadedPlugin, PluginRegistry, checkPlugin, discoverPlugins
-from netd.daemon.service import NetService, ServiceStartError
+from netd.stream.guard import ConnectionLimiter
 from netd.testing.memory import UDPMemoryReactorClock, connect, failureOf, resultOf
 from netd_plugins.echo import EchoReceiver
 
@@ -176,7 +176,9 @@ def test_buildFailureNamesServiceAndPlugin() -> None:
     """
     A plugin whose build raises gives ServiceStartError naming the service, the plugin and the cause, before anything listens.
     """
-    config = makeConfig({"name": "svc", "plugin": "exploding", "listen": [TCP]}, registry=registryWith(ExplodingPlugin()))
+    config = makeConfig(
+        {"name": "svc", "plugin": "exploding", "listen": [TCP]}, registry=registryWith(ExplodingPlugin())
+    )
     reactor = UDPMemoryReactorClock()
     with pytest.raises(ServiceStartError) as caught:
         Daemon(config, reactor)
@@ -262,7 +264,9 @@ def test_addressInUseNamesKeyPathAndWaysOut(listen: str, command: str) -> None:
     reactor = TakenPortsReactor({7123})
     _, d = start(makeConfig(disabled, ECHO, second), reactor)
     message = str(failureOf(d).value)
-    assert message.startswith(f"service 'second': cannot listen on {listen!r} (services[2].listen[1]): address already in use: ")
+    assert message.startswith(
+        f"service 'second': cannot listen on {listen!r} (services[2].listen[1]): address already in use: "
+    )
     assert command in message
     assert "another port in services[2].listen[1]" in message
     assert "port 0" in message
@@ -295,7 +299,10 @@ def test_reloadOnTakenPortNamesKeyPathOfTheNewFile(tmp_path: Path) -> None:
     with capturedLogs() as events:
         failure = failureOf(Deferred.fromCoroutine(daemon.reload()))
     message = str(failure.value)
-    assert "service 'added': cannot listen on 'udp:7124:interface=127.0.0.1' (services[0].listen[0]): address already in use" in message
+    assert (
+        "service 'added': cannot listen on 'udp:7124:interface=127.0.0.1' (services[0].listen[0]): address already in use"
+        in message
+    )
     assert "ss -lunp 'sport = :7124'" in message
     assert any(message in str(e.get("error")) for e in events)
 
@@ -313,7 +320,10 @@ def test_reloadKeepsKeyPathsCurrent(tmp_path: Path) -> None:
     added = {"name": "added", "plugin": "echo", "listen": [TCP]}
     path.write_text(tomli_w.dumps({"daemon": {"admin": False}, "services": [added, ECHO]}))
     assert resultOf(Deferred.fromCoroutine(daemon.reload()))["unchanged"] == ["echo"]
-    assert [s.listenKey(s.spec.listen[0]) for s in daemon.netServices()] == ["services[0].listen[0]", "services[1].listen[0]"]
+    assert [s.listenKey(s.spec.listen[0]) for s in daemon.netServices()] == [
+        "services[0].listen[0]",
+        "services[1].listen[0]",
+    ]
 
 
 def test_noControlAPIUnlessConfigured(tmp_path: Path) -> None:
@@ -321,7 +331,9 @@ def test_noControlAPIUnlessConfigured(tmp_path: Path) -> None:
     A config without an admin key starts no control API: nothing listens for it, no token file is made, and the ports file has no admin entry.
     """
     portsFile = tmp_path / "ports.json"
-    config = parseConfig({"daemon": {"state_dir": str(tmp_path / "state")}, "services": [ECHO]}, "test.toml", discoverPlugins())
+    config = parseConfig(
+        {"daemon": {"state_dir": str(tmp_path / "state")}, "services": [ECHO]}, "test.toml", discoverPlugins()
+    )
     reactor = UDPMemoryReactorClock()
     daemon, d = start(config, reactor, portsFile)
     resultOf(d)

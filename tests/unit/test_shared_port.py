@@ -14,8 +14,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import capturedLogs
 
-from netd.config.spec import parseConfig
 from netd.config.listen import ListenAddress
+from netd.config.spec import parseConfig
 from netd.daemon.service import SHARED_PORT_ATTEMPTS, BoundPort, NetService, ServiceStartError
 from netd.registry import discoverPlugins
 from netd.testing.memory import UDPMemoryReactorClock, failureOf, resultOf

@@ -17,13 +17,22 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD_TIMEOUT = 120.0
 
 
-
 def build(siteDir: Path, root: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """
     Run C{mkdocs build --strict} on the site of C{root} into C{siteDir}.
     """
     return subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(siteDir), "--config-file", str(root / "mkdocs.yml")],
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--site-dir",
+            str(siteDir),
+            "--config-file",
+            str(root / "mkdocs.yml"),
+        ],
         cwd=root,
         capture_output=True,
         text=True,
@@ -108,7 +117,11 @@ def test_pluginPageLeftOutOfTheNavFailsTheBuild(tmp_path: Path) -> None:
     done = build(tmp_path / "site", root)
     assert done.returncode != 0
     assert "plugins/newone.md" in done.stderr
-    nav = (root / "mkdocs.yml").read_text().replace("      - Writing a plugin:", "      - newone: plugins/newone.md\n      - Writing a plugin:")
+    nav = (
+        (root / "mkdocs.yml")
+        .read_text()
+        .replace("      - Writing a plugin:", "      - newone: plugins/newone.md\n      - Writing a plugin:")
+    )
     (root / "mkdocs.yml").write_text(nav)
     assert build(tmp_path / "site", root).returncode == 0
     assert (tmp_path / "site" / "plugins" / "newone" / "index.html").is_file()

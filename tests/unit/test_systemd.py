@@ -20,10 +20,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from netd.daemon.application import NetdApplication
-from netd.daemon.daemon import Daemon
 from netd.config.listen import ListenAddress
 from netd.config.options import InvalidValue
+from netd.daemon.application import NetdApplication
+from netd.daemon.daemon import Daemon
 from netd.daemon.systemd import (
     NO_INHERITED_SOCKET,
     Notifier,
@@ -33,7 +33,6 @@ from netd.daemon.systemd import (
     startWatchdog,
     watchdogInterval,
 )
-
 from netd.testing.memory import UDPMemoryReactorClock, resultOf
 
 from .test_service import makeConfig
@@ -297,8 +296,7 @@ def test_importingNetdHasNoSideEffects(tmp_path: Path) -> None:
     import netd leaves the socket-activation environment as it was and imports no Twisted endpoints.
     """
     report = runChild(
-        "import netd\n"
-        "print(json.dumps({'names': os.environ.get('LISTEN_FDNAMES'), 'endpoints': sorted(seen)}))\n",
+        "import netd\nprint(json.dumps({'names': os.environ.get('LISTEN_FDNAMES'), 'endpoints': sorted(seen)}))\n",
         tmp_path,
     )
     assert report == {"names": None, "endpoints": []}
@@ -325,9 +323,7 @@ def test_twistdPluginCompletesNamesBeforeEndpoints(tmp_path: Path) -> None:
     twistd netd's options complete $LISTEN_FDNAMES before netd's modules import twisted.internet.endpoints.
     """
     report = runChild(
-        "from netd.daemon.tap import Options\n"
-        "Options().parseOptions([])\n"
-        "print(json.dumps({'seen': seen}))\n",
+        "from netd.daemon.tap import Options\nOptions().parseOptions([])\nprint(json.dumps({'seen': seen}))\n",
         tmp_path,
     )
     assert report == {"seen": {"twisted.internet.endpoints": "unknown"}}
@@ -391,7 +387,12 @@ def test_systemdListenStringByName() -> None:
     """
     assert ListenAddress.fromConfig("systemd:domain=INET:index=0").transport == "stream"
     assert ListenAddress.fromConfig("systemd:domain=INET6:name=echo").transport == "stream"
-    for bad in ("systemd:domain=INET", "systemd:domain=INET:index=0:name=echo", "systemd:index=0", "systemd:domain=INET:name="):
+    for bad in (
+        "systemd:domain=INET",
+        "systemd:domain=INET:index=0:name=echo",
+        "systemd:index=0",
+        "systemd:domain=INET:name=",
+    ):
         with pytest.raises(InvalidValue):
             ListenAddress.fromConfig(bad)
 

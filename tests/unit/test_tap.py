@@ -25,7 +25,6 @@ from twisted.python import usage
 
 from netd.daemon.application import NetdApplication
 from netd.daemon.tap import Options, makeService
-
 from netd.testing.memory import UDPMemoryReactorClock, resultOf
 
 from .test_service import UDPBindFailsReactor, makeConfig

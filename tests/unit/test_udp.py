@@ -20,14 +20,14 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.python import log
 from zope.interface import implementer
 
-from netd.reactors import udp
-from netd.datagram.listener import DatagramListener
 from netd.config.listen import ListenAddress
+from netd.datagram.listener import DatagramListener
 from netd.metrics import Counters
+from netd.reactors import udp
 from netd.reactors.epoll import NetdReactor
+from netd.reactors.udp import BATCH, BatchingPort, IBatchingDatagramProtocol, listenBatchingUDP
 from netd.testing.harness import unavailable
 from netd.testing.memory import UDPMemoryReactorClock
-from netd.reactors.udp import BATCH, BatchingPort, IBatchingDatagramProtocol, listenBatchingUDP
 
 from .privatereactor import WAIT, privateReactor, spin
 
@@ -39,7 +39,6 @@ def _batchingAvailable() -> None:
     """
     if not udp.AVAILABLE:
         unavailable("this system has no recvmmsg/sendmmsg")
-
 
 
 @pytest.fixture
@@ -137,7 +136,9 @@ FAMILIES = [
 
 
 @pytest.mark.parametrize(("family", "host"), FAMILIES)
-def test_everyDatagramDeliveredAndAnsweredInOrder(reactor: NetdReactor, client: Client, family: socket.AddressFamily, host: str) -> None:
+def test_everyDatagramDeliveredAndAnsweredInOrder(
+    reactor: NetdReactor, client: Client, family: socket.AddressFamily, host: str
+) -> None:
     """
     Many more datagrams than a batch, from two clients, reach the protocol in the order sent with each sender's address as recvfrom gives it, and every answer reaches its client in order.
     """

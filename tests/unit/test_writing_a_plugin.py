@@ -89,7 +89,12 @@ def test_smallestPluginMeetsTheContract() -> None:
     """
     plugin, _ = smallestPlugin()
     assert checkPlugin(plugin) is None
-    assert (plugin.name, plugin.transports, plugin.framings, plugin.requiresTLS) == ("upper", frozenset({"stream"}), ("line",), False)
+    assert (plugin.name, plugin.transports, plugin.framings, plugin.requiresTLS) == (
+        "upper",
+        frozenset({"stream"}),
+        ("line",),
+        False,
+    )
     handler = plugin.build(plugin.optionsType(), context())
     verifyObject(IStreamHandler, handler)
     verifyObject(IFrameReceiver, handler.newConnection())

@@ -274,6 +274,7 @@ def originAllowed(value: bytes, names: frozenset[str]) -> bool:
     scheme, separator, rest = value.partition(b"://")
     return separator == b"://" and scheme.lower() == b"http" and b"/" not in rest and hostAllowed(rest, names)
 
+
 _AUTH_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]{0,19}")
 """
 An authorization scheme netd names back in its refusal: a short word of
@@ -297,4 +298,3 @@ def authorizationProblem(header: bytes | None, scheme: bytes) -> str:
     if _AUTH_SCHEME.fullmatch(scheme):
         return f"the Authorization scheme is {scheme.decode('ascii')}, not Bearer"
     return "the Authorization scheme is not Bearer"
-

@@ -199,11 +199,11 @@ class AdminSite(Site):
             )
             if victim.transport is not None:
                 getattr(victim.transport, "abortConnection", victim.transport.loseConnection)()
-        return super().buildProtocol(addr)
+        protocol: Protocol | None = super().buildProtocol(addr)
+        return protocol
 
     def log(self, request: Request) -> None:  # type: ignore[override]
         """
         Log one answered request at debug level.
         """
         log.debug("control API: {method} {path} from {peer}: {code}", code=request.code, **requestFields(request))
-

@@ -43,7 +43,6 @@ def errorReply(code: int, error: str, message: str, headers: Mapping[str, str] |
     return jsonReply(code, {"error": error, "message": message, **extra}, headers)
 
 
-
 def text(value: bytes) -> str:
     """
     Request bytes for a message, unreadable bytes escaped.
@@ -76,4 +75,3 @@ def rawResponse(reply: Reply) -> bytes:
         "Connection: close",
     ] + [f"{name}: {value}" for name, value in reply.headers.items()]
     return "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + reply.body
-

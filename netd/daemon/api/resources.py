@@ -223,13 +223,17 @@ class AdminResource(Resource):
         segments = [unquote_to_bytes(s).decode("utf-8", "replace") for s in rest.split(b"/")]
         if len(segments) > 2:
             return errorReply(
-                404, "not found", f"no endpoint {text(request.path)}; under /services/ are /services/NAME and /services/NAME/TABLE"
+                404,
+                "not found",
+                f"no endpoint {text(request.path)}; under /services/ are /services/NAME and /services/NAME/TABLE",
             )
         services = {s.spec.name: s for s in self.daemon.netServices()}
         service = services.get(segments[0])
         if service is None:
             return errorReply(
-                404, "not found", f"no service {segments[0]!r}; the services are {', '.join(map(repr, services)) or 'none'}"
+                404,
+                "not found",
+                f"no service {segments[0]!r}; the services are {', '.join(map(repr, services)) or 'none'}",
             )
         if len(segments) == 1:
             if request.method not in (b"GET", b"HEAD"):
@@ -349,7 +353,6 @@ class AdminResource(Resource):
         return maybeDeferred(call).addCallbacks(done, failed).addBoth(over)
 
 
-
 def readJSON(request: Request, limit: int) -> tuple[Any, str | None]:
     """
     The request's JSON body, or why there is none: it is empty, larger than
@@ -407,12 +410,18 @@ def metricsText(daemon: ServedDaemon, api: AdminResource | None = None) -> str:
     services = daemon.netServices()
     for service in services:
         exposition.gauge(
-            "service_info", 1, "Each service, with its plugin as a label.", {"service": service.spec.name, "plugin": service.spec.plugin.name}
+            "service_info",
+            1,
+            "Each service, with its plugin as a label.",
+            {"service": service.spec.name, "plugin": service.spec.plugin.name},
         )
     for service in services:
         if service.connections is not None:
             exposition.gauge(
-                "connections_open", service.connections.openConnections(), "Stream connections open now.", {"service": service.spec.name}
+                "connections_open",
+                service.connections.openConnections(),
+                "Stream connections open now.",
+                {"service": service.spec.name},
             )
     for service in services:
         exposition.counters(service.counters, {"service": service.spec.name}, zeros=_alwaysShown(service))
@@ -447,12 +456,22 @@ def _alwaysShown(service: NetService) -> list[str]:
     transports = {a.transport for a in service.spec.listen}
     names = []
     if "stream" in transports:
-        names += ["connections_accepted", "connections_refused", "connections_evicted", "descriptors_exhausted", "idle_timeouts", "bytes_received", "bytes_sent", "frames_rejected"]
+        names += [
+            "connections_accepted",
+            "connections_refused",
+            "connections_evicted",
+            "descriptors_exhausted",
+            "idle_timeouts",
+            "bytes_received",
+            "bytes_sent",
+            "frames_rejected",
+        ]
         if any(splitDescription(a.text)[0] == "haproxy" for a in service.spec.listen):
             names += ["proxy_headers_rejected", "proxy_headers_untrusted"]
         if service.spec.tls is not None:
-            names += ["tls_handshakes_ok", "tls_sessions_resumed"] + [f"tls_handshakes_failed_{r}" for r in FAILURE_REASONS]
+            names += ["tls_handshakes_ok", "tls_sessions_resumed"] + [
+                f"tls_handshakes_failed_{r}" for r in FAILURE_REASONS
+            ]
     if "datagram" in transports:
         names += ["datagrams_received", "datagrams_sent", "datagrams_send_failed", "datagrams_from_own_port"]
     return names
-

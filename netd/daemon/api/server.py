@@ -81,7 +81,10 @@ class ControlAPI(Service):
             self.port = await self._listen(site)
         except Exception as e:
             why = whyListenFailed(
-                "[daemon] admin", self.address, e, otherWays=", or leave admin out (or set it to false) to run without the control API"
+                "[daemon] admin",
+                self.address,
+                e,
+                otherWays=", or leave admin out (or set it to false) to run without the control API",
             )
             raise ServiceStartError(
                 f"control API: cannot listen on {self.address.text!r} ([daemon] admin): {why}",
@@ -93,7 +96,11 @@ class ControlAPI(Service):
         if isinstance(host, str):
             self.boundHost = host
             self.guard.access = attrs.evolve(self.guard.access, hosts=hostNames(self.spec, host))
-        where = f"http://{bound['host']}:{bound['port']}/" if "port" in bound else f"{bound['transport']} {bound.get('path')}"
+        where = (
+            f"http://{bound['host']}:{bound['port']}/"
+            if "port" in bound
+            else f"{bound['transport']} {bound.get('path')}"
+        )
         access = self.guard.access
         log.info(
             "control API on {where} ({listen}), {auth}",
@@ -203,4 +210,3 @@ class ControlAPI(Service):
             return None
         access = self.guard.access
         return {"listen": self.address.text, **describeBound(self.port), "token_file": access.tokenFile}
-

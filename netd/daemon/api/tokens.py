@@ -127,6 +127,7 @@ def hostNames(spec: DaemonSpec, boundHost: str | None) -> frozenset[str]:
         return hosts
     return hosts | {boundHost.lower()}
 
+
 def describeAccess(access: Access) -> str:
     """
     What the API requires, in words, for its start-up line.

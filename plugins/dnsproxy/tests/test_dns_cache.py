@@ -542,7 +542,9 @@ def bigAnswer(name: bytes, size: int) -> tuple[bytes, AnswerInfo]:
     """
     An answer of about C{size} bytes (TXT records of 250 bytes), with an OPT record.
     """
-    records = [dns.RRHeader(name, dns.TXT, dns.IN, 300, dns.Record_TXT(b"x" * 250, ttl=300)) for _ in range(size // 262)]
+    records = [
+        dns.RRHeader(name, dns.TXT, dns.IN, 300, dns.Record_TXT(b"x" * 250, ttl=300)) for _ in range(size // 262)
+    ]
     return inspectedAnswer(name, dns.TXT, answers=records, edns=True)
 
 
@@ -566,7 +568,15 @@ def test_byteBudgetEvictsLeastRecentlyUsed() -> None:
     import tracemalloc
 
     budget = 4 * 2**20
-    cache = AnswerCache(maxEntries=10_000, minTTL=0, maxTTL=86400, maxNegativeTTL=3600, clock=Clock(), maxBytes=budget, maxEntryBytes=65535)
+    cache = AnswerCache(
+        maxEntries=10_000,
+        minTTL=0,
+        maxTTL=86400,
+        maxNegativeTTL=3600,
+        clock=Clock(),
+        maxBytes=budget,
+        maxEntryBytes=65535,
+    )
     data, info = bigAnswer(NAME, 57_000)
     names = [f"n{index}.netd.test".encode() for index in range(1500)]
     gc.collect()

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, Logger, capturedLogs
+from twisted.logger import Logger, LogLevel, capturedLogs
 from twisted.names import dns
 
 from netd.events import EventLog
@@ -23,8 +23,8 @@ from netd.testing.memory import RecordingDatagramSender, connect, makeStreamStac
 from netd_plugins.dnsproxy.cache import AnswerCache
 from netd_plugins.dnsproxy.handler import AccessList, DNSProxy
 from netd_plugins.dnsproxy.records import StaticRecords
-from netd_plugins.dnsproxy.scripts import Script
 from netd_plugins.dnsproxy.resolver import UpstreamFailure
+from netd_plugins.dnsproxy.scripts import Script
 from netd_plugins.dnsproxy.upstream import Upstream
 from netd_plugins.dnsproxy.wire import Question, parseQuery
 
@@ -207,7 +207,16 @@ def test_quickCacheHitIsTheFullPath(records: dict[str, Any] | None, monkeypatch:
     assert (quickAnswers, quickCounters, quickEvents) == (fullAnswers, fullCounters, fullEvents)
     assert quickCounters["cache_hits"] == len(again)
     assert [parse(answer).answers[0].ttl for answer in quickAnswers] == [293] * len(again)
-    assert [parse(answer).checkingDisabled for answer in quickAnswers] == [False, False, False, True, True, False, False, False]
+    assert [parse(answer).checkingDisabled for answer in quickAnswers] == [
+        False,
+        False,
+        False,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
 
 
 def queryEvents(p: Proxy) -> list[dict[str, Any]]:
@@ -373,7 +382,11 @@ def test_logQueriesLogsOneLinePerQuery() -> None:
         p.ask(makeQuery("netd.test"))
     [event] = [e for e in events if "rcode" in e]
     assert (event["client"], event["name"], event["qtype"], event["rcode"], event["source"]) == (
-        "127.0.0.1", "netd.test", "A", "NOERROR", "static",
+        "127.0.0.1",
+        "netd.test",
+        "A",
+        "NOERROR",
+        "static",
     )
 
 
@@ -451,7 +464,10 @@ def test_unnamedQueryTypesShareOneCounter() -> None:
     p = makeProxy({"netd.test": {"A": ["127.0.0.1"]}})
     for qtype in (dns.A, 4321, 65000, 4321):
         p.ask(makeQuery("netd.test", qtype))
-    assert {name: count for name, count in p.counters.items() if name.startswith("qtype_")} == {"qtype_A": 1, "qtype_other": 3}
+    assert {name: count for name, count in p.counters.items() if name.startswith("qtype_")} == {
+        "qtype_A": 1,
+        "qtype_other": 3,
+    }
 
 
 def paddedQuery(name: str, size: int, id: int = 1) -> bytes:
@@ -525,7 +541,12 @@ def test_unknownEdnsVersionGetsBadversBeforeCacheAndRecords(transport: str) -> N
             wire = p.proxy.answer(query, "127.0.0.1", 5555, "tcp")
         assertBadvers(wire, id)
     assert len(p.resolver.asked) == 1
-    assert (p.counters["queries_badvers"], p.counters["rcode_BADVERS"], p.counters["cache_hits"], p.counters["static_answers"]) == (3, 3, 0, 0)
+    assert (
+        p.counters["queries_badvers"],
+        p.counters["rcode_BADVERS"],
+        p.counters["cache_hits"],
+        p.counters["static_answers"],
+    ) == (3, 3, 0, 0)
 
 
 def test_checkingDisabledAnswerIsNotServedToValidatingClients() -> None:
@@ -562,7 +583,13 @@ def test_upstreamGetsAQueryNetdBuilt() -> None:
     p.ask(withOption(query, 12, bytes(40)))
     [(sent, question, _)] = p.resolver.asked
     message = parseEDNS(sent)
-    assert (message.id, message.recDes, message.checkingDisabled, message.authenticData, message.auth) == (77, True, True, True, False)
+    assert (message.id, message.recDes, message.checkingDisabled, message.authenticData, message.auth) == (
+        77,
+        True,
+        True,
+        True,
+        False,
+    )
     assert (message.ednsVersion, message.maxSize, message.dnssecOK) == (0, 1232, True)
     assert sent[12:25] == b"\x07Example\x03ORG\x00"
     assert sent.endswith(b"\x00\x08\x00\x08" + ECS) and len(sent) == 25 + 4 + 11 + 12
@@ -672,7 +699,10 @@ def test_queriesInFlightBoundedPerConnection() -> None:
 @pytest.mark.parametrize(
     "keys, expected",
     [
-        ({"cache_bytes": 1000, "cache_entry_bytes": 4096}, "services[0].cache_entry_bytes: 4096 is more than cache_bytes (1000)"),
+        (
+            {"cache_bytes": 1000, "cache_entry_bytes": 4096},
+            "services[0].cache_entry_bytes: 4096 is more than cache_bytes (1000)",
+        ),
         ({"cache_entry_bytes": 100}, "services[0].cache_entry_bytes"),
         ({"max_inflight": 0}, "services[0].max_inflight"),
         ({"max_inflight_per_client": 0}, "services[0].max_inflight_per_client"),
@@ -685,8 +715,8 @@ def test_boundsConfigErrors(keys: dict[str, int], expected: str) -> None:
     """
     import tomllib
 
-    from netd.config.spec import parseConfig
     from netd.config.options import ConfigError
+    from netd.config.spec import parseConfig
     from netd.registry import discoverPlugins
 
     text = '[[services]]\nname = "dns"\nplugin = "dns-proxy"\nlisten = ["udp:0"]\nupstreams = ["udp:127.0.0.1:53"]\n'

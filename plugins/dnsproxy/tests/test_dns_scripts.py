@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from twisted.names import dns
 
-from netd.config.spec import parseConfig
 from netd.config.options import ConfigError, Problem, decodeTable
+from netd.config.spec import parseConfig
 from netd.registry import discoverPlugins
-from netd.tls.devcerts import ensureDevelopmentSet
 from netd.testing.memory import PEER, connect, connectTLS, makeStreamStack
 from netd.tls.client import clientCreator
+from netd.tls.devcerts import ensureDevelopmentSet
 from netd.tls.options import TLSOptions
 from netd_plugins.dnsproxy.resolver import UpstreamFailure
 from netd_plugins.dnsproxy.scripts import SPOOFED_NAMES, Script
@@ -61,7 +61,13 @@ def configProblems(entry: dict[str, Any]) -> list[str]:
     """
     The problems netd reports for a dns-proxy service with one script entry.
     """
-    service = {"name": "dns", "plugin": "dns-proxy", "listen": ["udp:0"], "upstreams": ["udp:127.0.0.1"], "scripts": [entry]}
+    service = {
+        "name": "dns",
+        "plugin": "dns-proxy",
+        "listen": ["udp:0"],
+        "upstreams": ["udp:127.0.0.1"],
+        "scripts": [entry],
+    }
     with pytest.raises(ConfigError) as info:
         parseConfig({"services": [service]}, "netd.toml", discoverPlugins())
     return [p.render("netd.toml") for p in info.value.problems]
@@ -76,13 +82,22 @@ def configProblems(entry: dict[str, Any]) -> list[str]:
         ({"name": "a.test", "drop": True, "spoof": "id"}, "services[0].scripts[0].spoof: drop sends no answer"),
         ({"name": "a.test", "truncate": True, "rcode": "SERVFAIL"}, "services[0].scripts[0].rcode: truncate answers"),
         ({"name": "a.test"}, "services[0].scripts[0].name: the entry for 'a.test' does nothing"),
-        ({"name": "a.test", "drop": True, "first": 1, "every": 2}, "services[0].scripts[0].every: a schedule takes one of"),
-        ({"name": "a.test", "drop": True, "probability": 1.5}, "services[0].scripts[0].probability: 1.5 is out of range"),
+        (
+            {"name": "a.test", "drop": True, "first": 1, "every": 2},
+            "services[0].scripts[0].every: a schedule takes one of",
+        ),
+        (
+            {"name": "a.test", "drop": True, "probability": 1.5},
+            "services[0].scripts[0].probability: 1.5 is out of range",
+        ),
         ({"name": "a..test", "drop": True}, "services[0].scripts[0].name: 'a..test' is not a domain name"),
         ({"name": "a.test", "qtype": "AAA", "drop": True}, "services[0].scripts[0].qtype: 'AAA' is not a query type"),
         ({"name": "a.test", "delay": 60001}, "services[0].scripts[0].delay: 60001 is out of range"),
         ({"name": "a.test", "spoof": "ip"}, "services[0].scripts[0].spoof: expected one of 'id', 'question'"),
-        ({"name": "a.test", "rcode": "SERVFAIL", "frist": 2}, "services[0].scripts[0].frist: unknown key; did you mean 'first'?"),
+        (
+            {"name": "a.test", "rcode": "SERVFAIL", "frist": 2},
+            "services[0].scripts[0].frist: unknown key; did you mean 'first'?",
+        ),
         ({"rcode": "SERVFAIL"}, "services[0].scripts[0].name: missing required key"),
     ],
 )
@@ -107,7 +122,10 @@ def test_entryReadsBackAsConfigured() -> None:
 # The actions.
 
 
-@pytest.mark.parametrize(("rcode", "code"), [("NXDOMAIN", dns.ENAME), ("SERVFAIL", dns.ESERVER), ("REFUSED", dns.EREFUSED), ("NOERROR", dns.OK)])
+@pytest.mark.parametrize(
+    ("rcode", "code"),
+    [("NXDOMAIN", dns.ENAME), ("SERVFAIL", dns.ESERVER), ("REFUSED", dns.EREFUSED), ("NOERROR", dns.OK)],
+)
 def test_rcodeForcedBeforeStaticRecords(rcode: str, code: int) -> None:
     """
     A forced rcode answers a static name with that rcode, no records and the client's ID, asking no upstream.
@@ -218,7 +236,11 @@ def test_spoofedQuestionOverTcpBeforeTheUpstreamAnswer() -> None:
     [(sent, _, d)] = p.resolver.asked
     d.callback(replyTo(sent, aRecord("example.org", "192.0.2.1")))
     real = parse(connection.takeSent()[2:])
-    assert (real.id, real.queries[0].name.name, real.answers[0].payload.dottedQuad()) == (44, b"example.org", "192.0.2.1")
+    assert (real.id, real.queries[0].name.name, real.answers[0].payload.dottedQuad()) == (
+        44,
+        b"example.org",
+        "192.0.2.1",
+    )
 
 
 def test_spoofedQuestionIsAnotherName() -> None:
@@ -326,9 +348,36 @@ def test_eventsForStaticUpstreamAndCacheHit() -> None:
     p.ask(makeQuery("example.org", dns.A))
     static, upstream, cached = queryEvents(p)
     common = {"client": "127.0.0.1:5555", "transport": "udp", "rcode": "NOERROR", "script": None}
-    assert static == {**common, "name": "netd.test", "type": "A", "source": "static", "cache_hit": False, "upstream": None, "duration_ms": 0.0, "kind": "query"}
-    assert upstream == {**common, "name": "example.org", "type": "A", "source": "upstream", "cache_hit": False, "upstream": UPSTREAM.toConfig(), "duration_ms": 12.5, "kind": "query"}
-    assert cached == {**common, "name": "example.org", "type": "A", "source": "cache", "cache_hit": True, "upstream": None, "duration_ms": 0.0, "kind": "query"}
+    assert static == {
+        **common,
+        "name": "netd.test",
+        "type": "A",
+        "source": "static",
+        "cache_hit": False,
+        "upstream": None,
+        "duration_ms": 0.0,
+        "kind": "query",
+    }
+    assert upstream == {
+        **common,
+        "name": "example.org",
+        "type": "A",
+        "source": "upstream",
+        "cache_hit": False,
+        "upstream": UPSTREAM.toConfig(),
+        "duration_ms": 12.5,
+        "kind": "query",
+    }
+    assert cached == {
+        **common,
+        "name": "example.org",
+        "type": "A",
+        "source": "cache",
+        "cache_hit": True,
+        "upstream": None,
+        "duration_ms": 0.0,
+        "kind": "query",
+    }
 
 
 def test_eventsForScriptedQueries() -> None:
@@ -340,8 +389,18 @@ def test_eventsForScriptedQueries() -> None:
     p.clock.advance(0.04)
     p.ask(makeQuery("a.test", dns.MX))
     delayed, dropped = queryEvents(p)
-    assert (delayed["source"], delayed["rcode"], delayed["duration_ms"], delayed["script"]) == ("static", "NOERROR", 40.0, {"index": 0, "delay": 40})
-    assert (dropped["source"], dropped["rcode"], dropped["type"], dropped["script"]) == ("script", None, "MX", {"index": 1, "drop": True})
+    assert (delayed["source"], delayed["rcode"], delayed["duration_ms"], delayed["script"]) == (
+        "static",
+        "NOERROR",
+        40.0,
+        {"index": 0, "delay": 40},
+    )
+    assert (dropped["source"], dropped["rcode"], dropped["type"], dropped["script"]) == (
+        "script",
+        None,
+        "MX",
+        {"index": 1, "drop": True},
+    )
 
 
 def test_eventsOverTcpAndForServfail() -> None:
@@ -355,7 +414,12 @@ def test_eventsOverTcpAndForServfail() -> None:
     connection.receive(len(query).to_bytes(2, "big") + query)
     p.resolver.asked[0][2].errback(UpstreamFailure("upstreams down"))
     [event] = queryEvents(p)
-    assert (event["transport"], event["client"], event["rcode"], event["upstream"]) == ("tcp", f"{PEER.host}:{PEER.port}", "SERVFAIL", None)
+    assert (event["transport"], event["client"], event["rcode"], event["upstream"]) == (
+        "tcp",
+        f"{PEER.host}:{PEER.port}",
+        "SERVFAIL",
+        None,
+    )
 
 
 def test_eventsSayTls(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from twisted.internet.task import Clock
 from twisted.names import dns
 from zope.interface.verify import verifyObject
 
-from netd.interfaces import IHasRuntimeTables, IRuntimeTable
 from netd.config.options import ConfigError, renderPath
+from netd.interfaces import IHasRuntimeTables, IRuntimeTable
 from netd_plugins.dnsproxy.cache import AnswerCache, cacheKey
 from netd_plugins.dnsproxy.wire import atOrUnder, encodeName, inspectAnswer, parseQuery
 
@@ -208,7 +208,11 @@ def test_purgeFollowsCnameChains() -> None:
     """
     cache = AnswerCache(maxEntries=10, minTTL=0, maxTTL=3600, maxNegativeTTL=3600, clock=Clock())
     chains = {
-        "alias.test": [rr("alias.test", dns.Record_CNAME(b"mid.test"), 60), rr("mid.test", dns.Record_CNAME(b"www.b.test"), 60), aRecord("www.b.test", "192.0.2.1")],
+        "alias.test": [
+            rr("alias.test", dns.Record_CNAME(b"mid.test"), 60),
+            rr("mid.test", dns.Record_CNAME(b"www.b.test"), 60),
+            aRecord("www.b.test", "192.0.2.1"),
+        ],
         "dangling.test": [rr("dangling.test", dns.Record_CNAME(b"x.B.test"), 60)],
         "other.test": [rr("other.test", dns.Record_CNAME(b"www.c.test"), 60), aRecord("www.c.test", "192.0.2.2")],
     }
@@ -227,7 +231,9 @@ def test_recordChangePurgesAnswersThroughIt() -> None:
     p = makeProxy()
     p.ask(makeQuery("alias.example"))
     sent, _, d = p.resolver.asked[-1]
-    d.callback(replyTo(sent, rr("alias.example", dns.Record_CNAME(b"www.example"), 300), aRecord("www.example", "192.0.2.10")))
+    d.callback(
+        replyTo(sent, rr("alias.example", dns.Record_CNAME(b"www.example"), 300), aRecord("www.example", "192.0.2.10"))
+    )
     assert p.ask(makeQuery("alias.example")) is not None
     p.proxy.runtimeTables()["records"].put({"records": {"www.example": {"A": "198.51.100.7"}}})
     assert len(p.proxy.cache) == 0
@@ -264,7 +270,10 @@ def test_scriptsPutReplacesAndDeleteRestores() -> None:
     ("body", "expected"),
     [
         ({"scripts": [{"name": "a.test", "rcode": "SERVFAL"}]}, "scripts[0].rcode: expected one of"),
-        ({"scripts": [{"name": "a.test", "drop": True}, {"name": "b.test", "drop": True, "rcode": "NXDOMAIN"}]}, "scripts[1].rcode: drop sends no answer"),
+        (
+            {"scripts": [{"name": "a.test", "drop": True}, {"name": "b.test", "drop": True, "rcode": "NXDOMAIN"}]},
+            "scripts[1].rcode: drop sends no answer",
+        ),
         ({"scripts": [{"name": "a.test", "delay": "100"}]}, "scripts[0].delay: expected an integer, got string '100'"),
         ({"scripts": {"name": "a.test"}}, "scripts: expected an array, each a table"),
         ("drop everything", ": expected a JSON object with scripts, got string"),

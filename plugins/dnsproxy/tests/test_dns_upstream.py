@@ -21,26 +21,26 @@ import attrs
 import pytest
 import pytest_twisted
 from cryptography import x509
-from OpenSSL import SSL
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import CannotListenError, ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogEvent, LogLevel, Logger, formatEvent
+from twisted.logger import LogEvent, Logger, LogLevel, formatEvent
 from twisted.names import dns, server
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
-from netd.stream.framing import FRAMINGS, FramedFactory
+from netd.config.options import InvalidValue, Problem, decodeTable, option
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
-from netd.config.options import InvalidValue, Problem, decodeTable, option
+from netd.stream.framing import FRAMINGS, FramedFactory
 from netd.testing.memory import FakeUDPPort, UDPMemoryReactorClock
 from netd_plugins.dnsproxy import resolver as resolverModule
 from netd_plugins.dnsproxy.resolver import PooledSystemRandom, UpstreamFailure, UpstreamResolver
@@ -329,7 +329,10 @@ def test_systemIsAPlaceholder() -> None:
         ("tls:192.0.2.1", "tls upstreams need the name their certificate is checked against"),
         ("tls:192.0.2.1:853", "tls:HOST[:PORT]:name=SERVERNAME"),
         ("tls:192.0.2.1:name=", "name= is empty"),
-        ("tls:192.0.2.1:nme=dns.example", "unknown option 'nme'; did you mean 'name'? The tls transport takes only name="),
+        (
+            "tls:192.0.2.1:nme=dns.example",
+            "unknown option 'nme'; did you mean 'name'? The tls transport takes only name=",
+        ),
         ("tls:192.0.2.1:port=1", "unknown option 'port'; the tls transport takes only name="),
         ("tls:192.0.2.1:name=a:name=b", "name= given twice"),
         ("udp:192.0.2.1:name=dns.example", "udp upstreams take no options"),
@@ -381,7 +384,9 @@ def test_upstreamsDecodeInASchemaWithKeyPaths() -> None:
     Through the config decoder, a bad upstream is reported at its key path with the upstream's own message.
     """
     problems: list[Problem] = []
-    decoded = decodeTable(_Schema, {"upstreams": ["udp:192.0.2.1", "system", "tls:192.0.2.2"]}, ("services", 1), problems)
+    decoded = decodeTable(
+        _Schema, {"upstreams": ["udp:192.0.2.1", "system", "tls:192.0.2.2"]}, ("services", 1), problems
+    )
     assert decoded is None
     assert [p.render("netd.toml") for p in problems] == [
         "netd.toml: services[1].upstreams[2]: 'tls:192.0.2.2': tls upstreams need the name their certificate "
@@ -891,7 +896,7 @@ def test_maxFailsMarksDownThenProbeBringsUp() -> None:
     for _ in range(2):
         _, box = harness.resolve()
         harness.reactor.advance(1)
-        (port, sent, addr), = [s for s in harness.takeUDP() if s[2][0] == "192.0.2.2"]
+        ((port, sent, addr),) = [s for s in harness.takeUDP() if s[2][0] == "192.0.2.2"]
         reply(port, answerTo(sent), addr)
         assert len(box) == 1
     assert harness.resolver.health()[0]["up"] is False
@@ -929,7 +934,7 @@ def test_failedProbeKeepsUpstreamDown() -> None:
     harness.resolver.startService()
     harness.resolve()
     harness.reactor.advance(1)
-    (port, sent, addr), = [s for s in harness.takeUDP() if s[2][0] == "192.0.2.2"]
+    ((port, sent, addr),) = [s for s in harness.takeUDP() if s[2][0] == "192.0.2.2"]
     reply(port, answerTo(sent), addr)
     assert harness.resolver.health()[0]["up"] is False
     harness.reactor.advance(4)
@@ -1039,7 +1044,7 @@ class Authority:
         A new self-signed CA.
         """
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         certificate = (
             x509.CertificateBuilder()
             .subject_name(_name(common))
@@ -1058,7 +1063,7 @@ class Authority:
         TLS server settings with a certificate for C{dnsName} signed by this CA.
         """
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         certificate = (
             x509.CertificateBuilder()
             .subject_name(_name(dnsName))
@@ -1240,10 +1245,7 @@ class _TestRecords:
         self.queries.append(query)
         name = query.name.name
         if name.lower() == b"big.test":
-            answers = [
-                rr(name, dns.Record_TXT(b"record %d " % i + b"x" * 40), 60)
-                for i in range(40)
-            ]
+            answers = [rr(name, dns.Record_TXT(b"record %d " % i + b"x" * 40), 60) for i in range(40)]
         else:
             answers = [aRecord(name, "192.0.2.80", ttl=60)]
         return succeed((answers, [], []))
@@ -1324,7 +1326,13 @@ async def test_realUDPAndTCPForwarding() -> None:
         first, second = await _both(tcp.resolve(*clientQuery("a.test")), tcp.resolve(*clientQuery("b.test")))
         assert answerAddress(first) == answerAddress(second) == "192.0.2.80"
         assert tcp.counters["upstream_answers"] == 2
-        assert [q.name.name.lower() for q in records.queries] == [b"host.test", b"big.test", b"big.test", b"a.test", b"b.test"]
+        assert [q.name.name.lower() for q in records.queries] == [
+            b"host.test",
+            b"big.test",
+            b"big.test",
+            b"a.test",
+            b"b.test",
+        ]
         assert records.queries[3].name.name == b"a.test", "TCP queries go in the client's case"
     finally:
         for resolver in resolvers:

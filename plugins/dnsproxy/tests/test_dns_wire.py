@@ -16,8 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.names import dns
 
+from netd_plugins.dnsproxy.cache import cacheKey
 from netd_plugins.dnsproxy.wire import (
     DO_BIT,
+    EDNS,
     FLAG_AA,
     FLAG_AD,
     FLAG_CD,
@@ -33,7 +35,6 @@ from netd_plugins.dnsproxy.wire import (
     RCODE_REFUSED,
     RCODE_SERVFAIL,
     TYPE_OPT,
-    EDNS,
     AnswerInfo,
     MalformedQuery,
     Query,
@@ -55,8 +56,6 @@ from netd_plugins.dnsproxy.wire import (
     skipName,
     truncate,
 )
-
-from netd_plugins.dnsproxy.cache import cacheKey
 
 from .dnsmessages import NAME, makeAnswer, makeQuery, parse, parseEDNS, rr, soa
 
@@ -767,7 +766,7 @@ def changedPositions(before: bytes, after: bytes) -> set[int]:
     The offsets at which two messages of the same length differ.
     """
     assert len(before) == len(after)
-    return {index for index, (a, b) in enumerate(zip(before, after)) if a != b}
+    return {index for index, (a, b) in enumerate(zip(before, after, strict=True)) if a != b}
 
 
 def test_patchAnswerTTLs() -> None:
@@ -818,7 +817,7 @@ def test_patchAnswerHeaderAndQuestion() -> None:
     flags = struct.unpack_from("!H", patched, 2)[0]
     assert flags == (struct.unpack_from("!H", stored, 2)[0] & ~FLAG_RD) | FLAG_CD
     assert flags & (FLAG_QR | FLAG_AA | FLAG_RA | FLAG_AD) == FLAG_QR | FLAG_AA | FLAG_RA | FLAG_AD
-    expected = {0, 1, 2, 3} | {12 + i for i, (a, b) in enumerate(zip(name, stored[12:])) if a != b}
+    expected = {0, 1, 2, 3} | {12 + i for i, (a, b) in enumerate(zip(name, stored[12:], strict=False)) if a != b}
     assert changedPositions(stored, patched) == expected
     message = parse(patched)
     assert (message.id, message.recDes, message.checkingDisabled) == (0xFEDC, 0, 1)
@@ -861,7 +860,9 @@ def test_patchTTLs() -> None:
 @pytest.mark.parametrize("recDes", [False, True])
 @pytest.mark.parametrize("checkingDisabled", [False, True])
 @pytest.mark.parametrize("storedFlags", [(True, False), (False, True)])
-def test_answerQueryIsPatchAnswer(edns: bool, recDes: bool, checkingDisabled: bool, storedFlags: tuple[bool, bool]) -> None:
+def test_answerQueryIsPatchAnswer(
+    edns: bool, recDes: bool, checkingDisabled: bool, storedFlags: tuple[bool, bool]
+) -> None:
     """
     answerQuery, from the query's bytes, gives what patchAnswer gives from the parsed query.
     """

@@ -11,17 +11,23 @@ from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, Logger, capturedLogs
+from twisted.logger import Logger, LogLevel, capturedLogs
 
-from netd.datagram.listener import DatagramListener
-from netd.stream.framing import FRAMINGS
-from netd.interfaces import IDatagramHandler, IStreamHandler, PluginContext
-from netd.config.spec import parseConfig
-from netd.metrics import Counters
-from netd.config.options import ConfigError
-from netd.registry import checkPlugin, discoverPlugins
-from netd.testing.memory import RecordingDatagramSender, MemoryStreamConnection, UDPMemoryReactorClock, connect, makeStreamStack
 import netd_plugins.echo
+from netd.config.options import ConfigError
+from netd.config.spec import parseConfig
+from netd.datagram.listener import DatagramListener
+from netd.interfaces import IDatagramHandler, IStreamHandler, PluginContext
+from netd.metrics import Counters
+from netd.registry import checkPlugin, discoverPlugins
+from netd.stream.framing import FRAMINGS
+from netd.testing.memory import (
+    MemoryStreamConnection,
+    RecordingDatagramSender,
+    UDPMemoryReactorClock,
+    connect,
+    makeStreamStack,
+)
 from netd_plugins.echo import DROP_LOG_INTERVAL, EchoHandler, EchoOptions, plugin
 
 PEER = ("192.0.2.7", 5353)

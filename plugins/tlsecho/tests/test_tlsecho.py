@@ -15,16 +15,16 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 
-from netd.tls.devcerts import DevelopmentSet, ensureDevelopmentSet
+from netd.config.options import ConfigError
 from netd.config.spec import parseConfig
-from netd.stream.framing import FRAMINGS
+from netd.daemon.service import NetService
 from netd.interfaces import IStreamHandler, PluginContext
 from netd.metrics import Counters
-from netd.config.options import ConfigError
 from netd.registry import checkPlugin, discoverPlugins
-from netd.daemon.service import NetService
+from netd.stream.framing import FRAMINGS
 from netd.testing.memory import connect, connectTLS, makeStreamStack
 from netd.tls.client import clientCreator
+from netd.tls.devcerts import DevelopmentSet, ensureDevelopmentSet
 from netd.tls.options import TLSOptions
 from netd.tls.protocol import TLSServerFactory
 from netd_plugins import echo
@@ -54,7 +54,12 @@ def service(**keys: Any) -> dict[str, Any]:
     """
     One tls-echo service table, with C{keys} changed or added (a value of L{None} removes the key).
     """
-    table: dict[str, Any] = {"name": "secure", "plugin": "tls-echo", "listen": ["tcp:0"], "tls": {"certificate": "auto"}}
+    table: dict[str, Any] = {
+        "name": "secure",
+        "plugin": "tls-echo",
+        "listen": ["tcp:0"],
+        "tls": {"certificate": "auto"},
+    }
     table.update(keys)
     return {key: value for key, value in table.items() if value is not None}
 
@@ -96,7 +101,9 @@ def test_withoutTLSRefused() -> None:
     A tls-echo service without a tls table is refused, naming the key, the plugin and how to add the table.
     """
     (line,) = problems(service(tls=None))
-    assert line.startswith(f"{SOURCE}: services[0].tls: missing; plugin 'tls-echo' serves only over TLS: add a tls table")
+    assert line.startswith(
+        f"{SOURCE}: services[0].tls: missing; plugin 'tls-echo' serves only over TLS: add a tls table"
+    )
 
 
 def test_datagramListenRefused() -> None:
@@ -104,7 +111,10 @@ def test_datagramListenRefused() -> None:
     A udp: listen string on a tls-echo service is refused: the plugin serves streams only.
     """
     lines = problems(service(listen=["tcp:0", "udp:0"]))
-    assert any(line.startswith(f"{SOURCE}: services[0].listen[1]: plugin 'tls-echo' does not serve datagrams") for line in lines), lines
+    assert any(
+        line.startswith(f"{SOURCE}: services[0].listen[1]: plugin 'tls-echo' does not serve datagrams")
+        for line in lines
+    ), lines
 
 
 @pytest.mark.parametrize("framing", sorted(FRAMINGS))
@@ -164,7 +174,9 @@ def test_plainTextNotEchoed(dev: DevelopmentSet) -> None:
     clock = MemoryReactorClock()
     counters = Counters()
     tls = TLSOptions(certificate=dev.server, private_key=dev.serverKey)
-    stack = makeStreamStack(plugin.build(TLSEchoOptions(), _context(clock)), "line", clock=clock, counters=counters, tls=tls)
+    stack = makeStreamStack(
+        plugin.build(TLSEchoOptions(), _context(clock)), "line", clock=clock, counters=counters, tls=tls
+    )
     connection = connect(stack)
     assert connection is not None
     connection.receive(b"hello in the clear\n")
