@@ -60,6 +60,8 @@ from netd.tls.options import PROFILES, SNICertificate, TLSOptions, TLSVersion
 from netd.tls.protocol import TLSServerFactory
 from netd_plugins.echo import EchoHandler
 
+from .tlsprivates import forbidPrivatesOutsidePump
+
 LOG = Logger(namespace="test_tls")
 
 
@@ -96,10 +98,14 @@ def _loadCA(dev: DevelopmentSet) -> KeyAndCertificate:
 
 
 @pytest.fixture(autouse=True)
-def bothRecordPaths(tlsRecordPath: str) -> str:
+def bothRecordPaths(tlsRecordPath: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """
-    Every test of this module runs on the record pump and on Twisted's public path.
+    Every test of this module runs on the record pump and on the public
+    path; on the public path, a private name of Twisted's TLS or of
+    pyOpenSSL that netd's code touches outside the pump raises.
     """
+    if tlsRecordPath == "twisted":
+        forbidPrivatesOutsidePump(monkeypatch)
     return tlsRecordPath
 
 
