@@ -39,12 +39,6 @@ class TLSTransportFactory(TLSMemoryBIOFactory):
         self.clock = clock
 
 
-def _discard(data: bytes) -> None:
-    """
-    The application's C{transport.write} once the connection is lost.
-    """
-
-
 def _noteCertificateSent(connection: SSL.Connection, where: int, result: int) -> None:
     """
     OpenSSL's info callback on the public path: note on the connection's
@@ -178,11 +172,10 @@ class TLSTransport(TLSMemoryBIOProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
-        Drop what is held and whatever is written from now on.
+        Drop what is held (what is written from now on, Twisted drops).
         """
         if self._sendCall is not None:
             self._sendCall.cancel()
             self._sendCall = None
         self._held.clear()
-        self.write = _discard  # type: ignore[method-assign]
         super().connectionLost(reason)

@@ -10,16 +10,16 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from netd.testing.harness import NetdServer
 from netd.tls import pump
 from netd.tls.devcerts import ensureDevelopmentSet
 
-from .conftest import IO_TIMEOUT, NetdProcess, recvExactly
+from .conftest import IO_TIMEOUT, recvExactly
 
 pytestmark = pytest.mark.integration
 
@@ -33,19 +33,17 @@ tls = {{ certificate = "{certificate}", private_key = "{key}" }}
 """
 
 
-def handshakes(netd: NetdProcess, result: str) -> float:
+def handshakes(netd: NetdServer, result: str) -> float:
     """
     The service's C{netd_tls_handshakes_total{result=RESULT}} in /metrics (0 when absent).
     """
-    with urllib.request.urlopen(netd.adminURL("/metrics"), timeout=IO_TIMEOUT) as response:
-        text = response.read().decode()
-    for line in text.splitlines():
+    for line in netd.admin.metrics().splitlines():
         if line.startswith("netd_tls_handshakes_total{") and 'service="tls"' in line and f'result="{result}"' in line:
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 
-def waitForHandshakes(netd: NetdProcess, result: str, value: float) -> None:
+def waitForHandshakes(netd: NetdServer, result: str, value: float) -> None:
     """
     Poll /metrics until the service has counted C{value} handshakes of C{result}.
     """
@@ -73,7 +71,7 @@ def test_fallbackServesWithOneWarning(tmp_path: Path, monkeypatch: pytest.Monkey
     """
     dev, _ = ensureDevelopmentSet(str(tmp_path / "certs"))
     monkeypatch.setenv(pump.CANARY_SWITCH, "fail")
-    netd: NetdProcess = startNetd(CONFIG.format(certificate=dev.server, key=dev.serverKey))
+    netd: NetdServer = startNetd(CONFIG.format(certificate=dev.server, key=dev.serverKey))
     address = netd.address("tls")
     context = ssl.create_default_context(cafile=dev.ca)
     context.maximum_version = ssl.TLSVersion.TLSv1_2  # a session to resume exists once the handshake is done

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -1346,15 +1347,57 @@ def test_producerFinishingInReadSendsEverything(certs: Certs) -> None:
 
 def test_writeOutsideReadStillSent(certs: Certs) -> None:
     """
-    A write made outside any read (from a timer) is sent too, by Twisted's aggregation of small writes.
+    Writes made outside any read (from a timer) are sent together at the next reactor turn, in order, with no timed call left behind.
     """
 
     application = Protocol()
     pair = TLSPair(certs, Factory.forProtocol(lambda: application))
-    pair.clock.callLater(5, application.transport.write, b"later")
-    pair.clock.advance(5)
+    assert application.transport is not None
+    application.transport.write(b"la")
+    application.transport.writeSequence([b"t", b"er"])
+    assert pair.serverTransport.writes == 0
+    pair.clock.advance(0)
+    assert pair.serverTransport.writes == 1
+    assert pair.clock.getDelayedCalls() == []
     pair.toClient()
     assert bytes(pair.collector.received) == b"later"
+
+
+def test_largeWritesOutsideReadSentAtOnce(certs: Certs) -> None:
+    """
+    Writes outside a read are sent at once, without waiting for the next turn, once more than 64,000 bytes wait.
+    """
+    application = Protocol()
+    pair = TLSPair(certs, Factory.forProtocol(lambda: application))
+    assert application.transport is not None
+    payload = random.Random(5).randbytes(40_000)
+    application.transport.write(payload[:20_000])
+    application.transport.write(payload[20_000:])
+    assert pair.serverTransport.writes == 0
+    application.transport.write(payload)
+    assert pair.serverTransport.writes > 0
+    pair.toClient()
+    assert bytes(pair.collector.received) == payload + payload
+
+
+def test_heldWritesDroppedWhenLost(certs: Certs) -> None:
+    """
+    A connection lost with writes waiting for the next turn drops them and leaves no timed call; later writes are dropped too.
+    """
+    application = Protocol()
+    pair = TLSPair(certs, Factory.forProtocol(lambda: application))
+    transport = application.transport
+    assert transport is not None
+    transport.write(b"never")
+    pair.server.connectionLost(Failure(ConnectionDone()))
+    assert pair.clock.getDelayedCalls() == []
+    closing = pair.serverTransport.value()  # at most TLS's own alert
+    pair.serverTransport.clear()
+    transport.write(b"after")
+    pair.clock.advance(0)
+    assert pair.serverTransport.value() == b""
+    pair.client.dataReceived(closing)
+    assert bytes(pair.collector.received) == b""
 
 
 # Startup checks.
