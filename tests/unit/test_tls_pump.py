@@ -182,6 +182,7 @@ def test_fallbackWarnsOnceAndServes(dev: DevelopmentSet, monkeypatch: pytest.Mon
     On the fallback two services warn once between them, and each serves, resumes sessions and counts its handshakes.
     """
     monkeypatch.setattr(pump.RecordPump, "_flushReceiveBIO", lambda self: None)
+    forbidPrivatesOutsidePump(monkeypatch)
     with capturedLogs() as events:
         services = [echoService(dev), echoService(dev)]
         for limiter, clock, counters in services:
@@ -195,6 +196,7 @@ def test_fallbackNeedsNoPrivateBinding(dev: DevelopmentSet, monkeypatch: pytest.
     """
     monkeypatch.setattr(pump, "_openssl", object())
     monkeypatch.setattr(pump, "_ffi", object())
+    forbidPrivatesOutsidePump(monkeypatch)
     with capturedLogs() as events:
         limiter, clock, counters = echoService(dev)
         assert limiter.wrappedFactory.protocol is TLSServerProtocol
