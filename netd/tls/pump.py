@@ -97,6 +97,9 @@ The fields Twisted's own C{makeConnection} sets, which the pump's sets in its st
 """
 
 _FACTORY_FIELDS = ("_creatorCallable",)
+"""
+What the pump's C{makeConnection} uses of Twisted's TLS factory.
+"""
 
 _SET_GROUPS = getattr(_openssl, "SSL_CTX_set1_curves_list", None)
 """
