@@ -520,7 +520,8 @@ class TLSTestConnection:
         """
         Whether the client finished its handshake (and the connection is not lost).
         """
-        return bool(self.client._handshakeDone) and self.app.lostReason is None
+        handle = self.client.getHandle()
+        return handle is not None and handle.get_peer_finished() is not None and self.app.lostReason is None
 
     @property
     def lost(self) -> Failure | None:

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from netd.tls.devcerts import autoCertificate, defaultStateDir, utcNow
-from netd.tls.failures import X509_ERRORS, errorText, noteFailure
+from netd.tls.failures import X509_ERRORS, WatchesHandshake, classifyError, errorText, noteFailure
 from netd.tls.keys import (
     ClientNames,
     KeyPair,
@@ -65,6 +65,30 @@ def setGroups(context: SSL.Context) -> None:
     groups = groupList()
     if groups is not None:
         setGroupList(context, groups)
+
+
+class ServerConnection(SSL.Connection):
+    """
+    The server side of a connection, which tells its protocol (a
+    L{WatchesHandshake}) how the handshake ends: Twisted's TLS protocol has no
+    public hook for either outcome (its C{IHandshakeListener} call goes to
+    the wrapped protocol, and so does a failure's reason).
+    """
+
+    def do_handshake(self) -> None:
+        """
+        Go on with the handshake; note why it fails, or say that it finished.
+        """
+        try:
+            super().do_handshake()
+        except SSL.WantReadError:
+            raise
+        except SSL.Error as e:
+            noteFailure(self, *classifyError(e))
+            raise
+        protocol = self.get_app_data()
+        if isinstance(protocol, WatchesHandshake):
+            protocol.handshakeSucceeded()
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -320,7 +344,7 @@ class ServerTLS:
         """
         The server side of a new connection, on the default context.
         """
-        return SSL.Connection(self.defaultContext, None)
+        return ServerConnection(self.defaultContext, None)
 
     def contextFor(self, serverName: str | None) -> SSL.Context | None:
         """

@@ -70,6 +70,18 @@ class NotesFailure(Protocol):
     failure: tuple[str, str] | None
 
 
+@runtime_checkable
+class WatchesHandshake(NotesFailure, Protocol):
+    """
+    A L{NotesFailure} also told when its handshake succeeds.
+    """
+
+    def handshakeSucceeded(self) -> None:
+        """
+        The handshake finished.
+        """
+
+
 def noteFailure(connection: SSL.Connection, reason: str, detail: str) -> None:
     """
     Tell the connection's protocol why its handshake is about to fail (the
@@ -109,12 +121,20 @@ def classifyFailure(reason: Failure) -> tuple[str, str]:
     """
     error = reason.value
     if isinstance(error, SSL.Error):
-        text = errorText(error)
-        lowered = text.lower()
-        if lowered == "unexpected end of the connection" or "unexpected eof" in lowered:
-            return "aborted", "the client closed the connection"
-        for name, patterns in _REASON_PATTERNS:
-            if any(p in lowered for p in patterns):
-                return name, text
-        return "protocol_error", text
+        return classifyError(error)
     return "aborted", reason.getErrorMessage()
+
+
+def classifyError(error: SSL.Error) -> tuple[str, str]:
+    """
+    Why a handshake failed with an OpenSSL error, as one of
+    L{FAILURE_REASONS}, and in OpenSSL's words.
+    """
+    text = errorText(error)
+    lowered = text.lower()
+    if lowered == "unexpected end of the connection" or "unexpected eof" in lowered:
+        return "aborted", "the client closed the connection"
+    for name, patterns in _REASON_PATTERNS:
+        if any(p in lowered for p in patterns):
+            return name, text
+    return "protocol_error", text

@@ -15,14 +15,11 @@ and client certificate subject.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 from netd.daemon import logs
@@ -30,22 +27,16 @@ from netd.metrics import Counters
 from netd.tls.contexts import ServerTLS
 from netd.tls.failures import classifyFailure
 from netd.tls.keys import describeSubject
-from netd.tls.pump import RecordPump, recordPumpWorks, sessionReused
+from netd.tls.pump import RecordPump, recordPumpWorks
+from netd.tls.transport import TLSTransport, TLSTransportFactory
 
-_log = Logger(namespace="netd.tls.protocol")
 
-
-class TLSServerProtocol(BufferingTLSTransport):
+class TLSServerProtocol(TLSTransport):
     """
-    The server side of one TLS connection: Twisted's TLS protocol with a
-    handshake timeout, and the handshake counted and logged.  What the
-    application writes while a read is being delivered (an echo's reply, a
-    response) is held and encrypted in one go when the read is done, in the
-    same reactor turn, where Twisted would schedule a timed call per write.
-
-    This class is Twisted's public record path (the fallback when the
-    record pump's start-up check fails); L{PumpedTLSServerProtocol} is the
-    same on the pump.
+    The server side of one TLS connection: a handshake timeout, and the
+    handshake counted and logged.  On public Twisted and pyOpenSSL calls
+    only (the fallback when the record pump's start-up check fails);
+    L{PumpedTLSServerProtocol} is the same on the pump.
 
     @ivar failure: why the handshake is failing, when netd knows better than
         OpenSSL's error (a timeout, a client not allowed): C{(reason, detail)}.
@@ -62,117 +53,30 @@ class TLSServerProtocol(BufferingTLSTransport):
     _handshakeTimer: Any = None
     _settled = False
     _peer: IAddress | None = None
-    _receiving = False
-
-    def __init__(self, factory: TLSServerFactory, wrappedProtocol: Any, _connectWrapped: bool = True) -> None:
-        super().__init__(factory, wrappedProtocol, _connectWrapped)
-        self._held: list[bytes] = []
-        # An instance attribute, as BufferingTLSTransport's own: the hot path skips a lookup.
-        self.write = self._applicationWrite  # type: ignore[method-assign]
 
     def makeConnection(self, transport: Any) -> None:
         """
-        Start the handshake timer, then the handshake: Twisted's
-        C{makeConnection} without its first steps, which
-        C{ProtocolWrapper.makeConnection} repeats or undoes (it declares
-        every interface of the transport one C{directlyProvides} at a time,
-        each replacing the last, a tenth of a handshake's CPU; the wrapper
-        declares them all again).
+        Start the handshake timer, then the handshake.
         """
         self._peer = transport.getPeer()
         timeout = self.factory.handshakeTimeout
         if timeout:
             self._handshakeTimer = self.factory.clock.callLater(timeout, self._handshakeTimedOut)
-        self._tlsConnection = self.factory._creatorCallable(self)
-        self._appSendBuffer = []
-        ProtocolWrapper.makeConnection(self, transport)
-        self._checkHandshakeStatus()
+        super().makeConnection(transport)
 
-    def dataReceived(self, data: bytes) -> None:
+    def handshakeSucceeded(self) -> None:
         """
-        Feed TLS, holding what the application writes meanwhile; then send
-        that, and once the handshake is done, count and log it (once).
+        The handshake finished (told by L{netd.tls.contexts.ServerConnection}):
+        stop its timer, count it, log what was negotiated.
         """
-        self._receiving = True
-        try:
-            self._receive(data)
-        finally:
-            self._receiving = False
-        if self._held:
-            self._sendHeld()
-        if not self._settled and self._handshakeDone:
-            self._handshakeSucceeded()
-
-    _receive = TLSMemoryBIOProtocol.dataReceived
-    """
-    Feed what arrived to TLS (Twisted's path).
-    """
-
-    def _sessionReused(self) -> bool:
-        """
-        Whether the finished handshake resumed a session; L{False}, with one
-        warning for the process, when this pyOpenSSL cannot tell.
-        """
-        reused = sessionReused(self._tlsConnection)
-        if reused is None:
-            _warnResumptionUnknown()
-            return False
-        return reused
-
-    def _applicationWrite(self, data: bytes) -> None:
-        """
-        The application's C{transport.write}: held while a read is being
-        delivered, else aggregated by Twisted.
-        """
-        if self._receiving:
-            # A bytearray or memoryview is copied: the caller may reuse it.
-            self._held.append(data if type(data) is bytes else bytes(memoryview(data)))
-        else:
-            self._aggregator.write(data)
-
-    def writeSequence(self, sequence: Any) -> None:
-        """
-        Write the pieces as one.
-        """
-        self._applicationWrite(b"".join(sequence))
-
-    def _sendHeld(self) -> None:
-        """
-        Encrypt and send what was held, after anything Twisted aggregated before.
-        """
-        held = self._held
-        data = held[0] if len(held) == 1 else b"".join(held)
-        held.clear()
-        self._aggregator.flush()
-        TLSMemoryBIOProtocol.write(self, data)
-
-    def loseConnection(self) -> None:
-        """
-        Send what is held first: the close comes after it.
-        """
-        if self._held:
-            self._sendHeld()
-        super().loseConnection()
-
-    def unregisterProducer(self) -> None:
-        """
-        Send what is held first: unregistering a producer after
-        C{loseConnection} starts the close.
-        """
-        if self._held:
-            self._sendHeld()
-        super().unregisterProducer()
-
-    def _handshakeSucceeded(self) -> None:
-        """
-        The handshake finished: stop its timer, count it, log what was negotiated.
-        """
+        if self._settled:
+            return
         self._settled = True
         self._stopTimer()
         factory = self.factory
         factory.counters["tls_handshakes_ok"] += 1
-        connection = self._tlsConnection
-        resumed = self._sessionReused()
+        connection = self.getHandle()
+        resumed = self.sessionReused()
         if resumed:
             factory.counters["tls_sessions_resumed"] += 1
         peerCertificate = connection.get_peer_certificate(as_cryptography=True)
@@ -232,32 +136,21 @@ class TLSServerProtocol(BufferingTLSTransport):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
-        Settle the handshake's count if it is not yet, then pass the loss on.
+        Count the handshake as failed if it did not finish, then pass the loss on.
         """
         if not self._settled:
-            if self._handshakeDone:
-                self._handshakeSucceeded()
-            else:
-                self._handshakeFailed(self._reason or reason)
+            self._handshakeFailed(reason)
         super().connectionLost(reason)
 
 
-@functools.cache
-def _warnResumptionUnknown() -> None:
-    """
-    Say once that resumed sessions cannot be told apart.
-    """
-    _log.warn("tls: this pyOpenSSL cannot tell resumed sessions from new ones; tls_sessions_resumed stays 0")
-
-
-class PumpedTLSServerProtocol(RecordPump, TLSServerProtocol):
+class PumpedTLSServerProtocol(TLSServerProtocol, RecordPump):
     """
     L{TLSServerProtocol} with its records moved by the record pump
     (L{netd.tls.pump.RecordPump}), at less than half the per-record cost.
     """
 
 
-class TLSServerFactory(TLSMemoryBIOFactory):
+class TLSServerFactory(TLSTransportFactory):
     """
     Terminates TLS in front of a service's framing (see the module docstring).
 
@@ -275,9 +168,8 @@ class TLSServerFactory(TLSMemoryBIOFactory):
         counters: Counters,
         log: Logger,
     ) -> None:
-        super().__init__(tls, False, wrappedFactory, clock=clock)
+        super().__init__(tls, False, wrappedFactory, clock)
         self.tls = tls
-        self.clock = clock
         self.counters = counters
         self.log = log
         self.handshakeTimeout = tls.options.handshake_timeout

@@ -2,19 +2,23 @@
 The TLS record pump: the only module of netd that touches private names of
 pyOpenSSL (C{OpenSSL._util}'s C{ffi} and C{lib}, a connection's C{_ssl},
 C{_into_ssl}, C{_from_ssl}, C{_raise_ssl_error}, C{_handle_bio_errors}, a
-context's C{_context}) and of Twisted's TLS protocol (C{_write},
-C{_flushSendBIO}, C{_flushReceiveBIO}, C{_bufferedWrite},
-C{_tlsShutdownFinished}, C{_shutdownTLS}).
+context's C{_context}) and of Twisted's TLS protocol and factory (the
+methods C{_write}, C{_flushSendBIO}, C{_flushReceiveBIO}, C{_bufferedWrite},
+C{_tlsShutdownFinished}, C{_shutdownTLS}, C{_unbufferPendingWrites},
+C{_checkHandshakeStatus}, the fields C{_handshakeDone}, C{_lostTLSConnection},
+C{_aborted}, C{_tlsConnection}, C{_appSendBuffer}, and the factory's
+C{_creatorCallable}).
 
 L{RecordPump} moves records between the memory BIOs and OpenSSL with
 OpenSSL's own calls, at less than half the cost of Twisted's path (see the
 design note in docs/tls.md).  Whether it may is decided once, by
 L{recordPumpWorks}: a canary that checks every private name above exists and
 runs a real in-memory handshake and a record each way through the pump.  If
-it fails, netd logs one warning and serves TLS with Twisted's public
-L{TLSMemoryBIOProtocol} path instead.  L{sessionReused} and
-L{setGroupList} serve both paths, each telling its caller when it cannot
-work.
+it fails, netd logs one warning and serves TLS on the public path
+(L{netd.tls.transport.TLSTransport}), which uses none of them.
+L{setGroupList} is a private use of its own, on both paths, for which
+pyOpenSSL has no public call: it says when it cannot work, and the contexts
+then keep OpenSSL's default groups with one warning.
 
 Internal switch, for the tests of the fallback only: with the environment
 variable C{NETD_TLS_PUMP_CANARY=fail} the canary also asks for a private name
@@ -30,14 +34,16 @@ from typing import Any
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netd.tls.devcerts import makeCA
+from netd.tls.transport import TLSTransport, TLSTransportFactory
 
 try:
     from OpenSSL._util import ffi as _ffi, lib as _openssl
@@ -67,7 +73,33 @@ since their bytes are copied out before anything else runs (one thread).
 _LIB_NAMES = ("BIO_write", "BIO_read", "BIO_get_mem_data", "SSL_write", "SSL_read", "SSL_pending", "SSL_session_reused")
 _CONNECTION_METHODS = ("_raise_ssl_error", "_handle_bio_errors")
 _CONNECTION_FIELDS = ("_ssl", "_into_ssl", "_from_ssl")
-_PROTOCOL_NAMES = ("_write", "_flushSendBIO", "_flushReceiveBIO", "_bufferedWrite", "_tlsShutdownFinished", "_shutdownTLS", "_unbufferPendingWrites")
+_PROTOCOL_NAMES = (
+    "_write",
+    "_flushSendBIO",
+    "_flushReceiveBIO",
+    "_bufferedWrite",
+    "_tlsShutdownFinished",
+    "_shutdownTLS",
+    "_unbufferPendingWrites",
+    "_checkHandshakeStatus",
+    "_handshakeDone",
+    "_lostTLSConnection",
+    "_aborted",
+)
+"""
+What the pump uses of Twisted's TLS protocol class: methods, and the flags
+it declares at class level.
+"""
+
+_PROTOCOL_FIELDS = ("_tlsConnection", "_appSendBuffer")
+"""
+The fields Twisted's own C{makeConnection} sets, which the pump's sets in its stead.
+"""
+
+_FACTORY_FIELDS = ("_creatorCallable",)
+"""
+What the pump's C{makeConnection} uses of Twisted's TLS factory.
+"""
 
 _SET_GROUPS = getattr(_openssl, "SSL_CTX_set1_curves_list", None)
 """
@@ -92,21 +124,9 @@ def setGroupList(context: SSL.Context, groups: str) -> bool:
     return False
 
 
-def sessionReused(connection: SSL.Connection) -> bool | None:
+class RecordPump(TLSTransport):
     """
-    Whether a connection resumed an earlier session: OpenSSL's
-    C{SSL_session_reused}, for which pyOpenSSL has no public call (nor any
-    other way to tell); L{None} when this pyOpenSSL lacks what it takes.
-    """
-    try:
-        return bool(_openssl.SSL_session_reused(connection._ssl))
-    except (AttributeError, TypeError):
-        return None
-
-
-class RecordPump(TLSMemoryBIOProtocol):
-    """
-    Twisted's TLS protocol with its record path on OpenSSL's calls: the
+    The public TLS transport with its record path on OpenSSL's calls: the
     memory BIOs are asked how many bytes they hold before they are read
     (Twisted reads until pyOpenSSL raises C{WantReadError}, two exceptions
     per record), records are read and written with C{SSL_read} and
@@ -114,21 +134,48 @@ class RecordPump(TLSMemoryBIOProtocol):
     call fails), and what a write made is sent at once, in one write.
     """
 
-    def _receive(self, data: bytes) -> None:
+    def makeConnection(self, transport: Any) -> None:
         """
-        Feed what arrived to TLS: once the handshake is done, straight into
+        Start the handshake: Twisted's C{makeConnection} without its first
+        steps, which C{ProtocolWrapper.makeConnection} repeats or undoes (it
+        declares every interface of the transport one C{directlyProvides} at
+        a time, each replacing the last, a tenth of a handshake's CPU; the
+        wrapper declares them all again).
+        """
+        self._tlsConnection = self.factory._creatorCallable(self)
+        self._appSendBuffer = []
+        ProtocolWrapper.makeConnection(self, transport)
+        self._checkHandshakeStatus()
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Feed what arrived to TLS, holding what the application writes
+        meanwhile, then send that: once the handshake is done, straight into
         the receive BIO, then deliver what it decrypts.
         """
-        if self._handshakeDone:
-            connection = self._tlsConnection
-            written = _openssl.BIO_write(connection._into_ssl, data, len(data))
-            if written < len(data):
-                connection._handle_bio_errors(connection._into_ssl, written)
-            if self._appSendBuffer:
-                self._unbufferPendingWrites()
-            self._flushReceiveBIO()
-        else:
-            TLSMemoryBIOProtocol.dataReceived(self, data)
+        self._receiving = True
+        try:
+            if self._handshakeDone:
+                connection = self._tlsConnection
+                written = _openssl.BIO_write(connection._into_ssl, data, len(data))
+                if written < len(data):
+                    connection._handle_bio_errors(connection._into_ssl, written)
+                if self._appSendBuffer:
+                    self._unbufferPendingWrites()
+                self._flushReceiveBIO()
+            else:
+                TLSMemoryBIOProtocol.dataReceived(self, data)
+        finally:
+            self._receiving = False
+        if self._held:
+            self._sendHeld()
+
+    def sessionReused(self) -> bool:
+        """
+        Whether the finished handshake resumed a session: OpenSSL's
+        C{SSL_session_reused}, for which pyOpenSSL has no public call.
+        """
+        return bool(_openssl.SSL_session_reused(self._tlsConnection._ssl))
 
     def _write(self, data: bytes) -> None:
         """
@@ -215,15 +262,6 @@ class RecordPump(TLSMemoryBIOProtocol):
 # The canary.
 
 
-class _CanaryServer(RecordPump):
-    """
-    The server side of the canary's connection: reads through the pump.
-    """
-
-    def dataReceived(self, data: bytes) -> None:
-        self._receive(data)
-
-
 class _Echo(Protocol):
     def dataReceived(self, data: bytes) -> None:
         assert self.transport is not None
@@ -270,6 +308,16 @@ def _missingNames() -> list[str]:
     return missing
 
 
+def _missingFields(factory: TLSTransportFactory, connected: TLSMemoryBIOProtocol) -> list[str]:
+    """
+    The private fields the pump needs that Twisted lacks: of a factory, and
+    of a protocol Twisted's own C{makeConnection} connected.
+    """
+    missing = [f"TLSMemoryBIOFactory().{name}" for name in _FACTORY_FIELDS if not hasattr(factory, name)]
+    missing += [f"TLSMemoryBIOProtocol().{name}" for name in _PROTOCOL_FIELDS if name not in vars(connected)]
+    return missing
+
+
 def _runCanary() -> str | None:
     """
     Check the pump against the pyOpenSSL and Twisted netd runs on: every
@@ -285,18 +333,22 @@ def _runCanary() -> str | None:
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.use_certificate(pair.certificate)
     context.use_privatekey(pair.key)
-    serverFactory = TLSMemoryBIOFactory(_CanaryCreator(context), False, Factory.forProtocol(_Echo))
-    serverFactory.protocol = _CanaryServer
+    clock = Clock()
+    serverFactory = TLSTransportFactory(_CanaryCreator(context), False, Factory.forProtocol(_Echo), clock)
+    serverFactory.protocol = RecordPump
     received = _Received()
-    clientFactory = TLSMemoryBIOFactory(_CanaryClientCreator(), True, Factory.forProtocol(lambda: received))
-    clientFactory.protocol = TLSMemoryBIOProtocol  # writes at once, without a timed call
+    clientFactory = TLSTransportFactory(_CanaryClientCreator(), True, Factory.forProtocol(lambda: received), clock)
+    clientFactory.protocol = TLSMemoryBIOProtocol  # Twisted's own, which writes at once
     server = serverFactory.buildProtocol(None)
     client = clientFactory.buildProtocol(None)
-    if server is None or client is None:
+    if not isinstance(server, RecordPump) or client is None:
         return "no protocol built"
     serverTransport, clientTransport = StringTransport(), StringTransport()
-    server.makeConnection(serverTransport)
     client.makeConnection(clientTransport)
+    fields = _missingFields(serverFactory, client)
+    if fields:
+        return "missing " + ", ".join(fields)
+    server.makeConnection(serverTransport)
     fields = [name for name in _CONNECTION_FIELDS if not hasattr(server._tlsConnection, name)]
     if fields:
         return "missing " + ", ".join(f"OpenSSL.SSL.Connection().{name}" for name in fields)
@@ -317,7 +369,7 @@ def _runCanary() -> str | None:
         return "the handshake did not finish"
     if received.received != message:
         return f"a record sent {message!r} came back as {received.received!r}"
-    if sessionReused(server._tlsConnection) is not False:
+    if server.sessionReused() is not False:
         return "a new session not reported as new"
     return None
 
@@ -327,7 +379,7 @@ def recordPumpWorks() -> bool:
     """
     Whether TLS connections may use L{RecordPump}: the canary, run once (when
     the first TLS service is built); when it fails, one warning says why and
-    that TLS runs on Twisted's public path.
+    that TLS runs on the public path.
     """
     try:
         why = _runCanary()

@@ -10,16 +10,14 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from netd.testing.harness import NetdServer
 from netd.tls import pump
 from netd.tls.devcerts import ensureDevelopmentSet
-
-from netd.testing.harness import NetdServer
 
 from .conftest import IO_TIMEOUT, recvExactly
 
@@ -39,9 +37,7 @@ def handshakes(netd: NetdServer, result: str) -> float:
     """
     The service's C{netd_tls_handshakes_total{result=RESULT}} in /metrics (0 when absent).
     """
-    with urllib.request.urlopen(netd.adminURL("/metrics"), timeout=IO_TIMEOUT) as response:
-        text = response.read().decode()
-    for line in text.splitlines():
+    for line in netd.admin.metrics().splitlines():
         if line.startswith("netd_tls_handshakes_total{") and 'service="tls"' in line and f'result="{result}"' in line:
             return float(line.rsplit(" ", 1)[1])
     return 0.0

@@ -25,8 +25,11 @@ from netd.tls import pump
 from netd.tls.contexts import ServerTLS
 from netd.tls.devcerts import DevelopmentSet, ensureDevelopmentSet
 from netd.tls.options import TLSOptions
-from netd.tls.protocol import PumpedTLSServerProtocol, TLSServerFactory, TLSServerProtocol, _warnResumptionUnknown
+from netd.tls.protocol import PumpedTLSServerProtocol, TLSServerFactory, TLSServerProtocol
+from netd.tls.transport import TLSTransport
 from netd_plugins.echo import EchoHandler
+
+from .tlsprivates import PrivateNameUsed, forbidPrivatesOutsidePump, netdSources, privateUses
 
 LOG = Logger(namespace="test_tls_pump")
 
@@ -113,6 +116,9 @@ BREAKS = [
     pytest.param(lambda m: m.setattr(pump, "_openssl", object()), "OpenSSL._util.lib.BIO_write", id="openssl-binding"),
     pytest.param(lambda m: m.setattr(pump, "_ffi", None), "OpenSSL._util.ffi/lib", id="no-util"),
     pytest.param(lambda m: m.setattr(pump, "_CONNECTION_FIELDS", ("_ssl", "_netd_renamed_bio")), "OpenSSL.SSL.Connection()._netd_renamed_bio", id="connection-field"),
+    pytest.param(lambda m: m.delattr(TLSMemoryBIOProtocol, "_handshakeDone"), "TLSMemoryBIOProtocol._handshakeDone", id="twisted-flag"),
+    pytest.param(lambda m: m.setattr(pump, "_PROTOCOL_FIELDS", ("_tlsConnection", "_netd_renamed_buffer")), "TLSMemoryBIOProtocol()._netd_renamed_buffer", id="twisted-field"),
+    pytest.param(lambda m: m.setattr(pump, "_FACTORY_FIELDS", ("_netd_renamed_creator",)), "TLSMemoryBIOFactory()._netd_renamed_creator", id="twisted-factory-field"),
     pytest.param(lambda m: m.setenv(pump.CANARY_SWITCH, "fail"), "_netdCanaryForcedMissing", id="internal-switch"),
 ]
 
@@ -160,10 +166,10 @@ def test_raisingCheckFallsBack(dev: DevelopmentSet, monkeypatch: pytest.MonkeyPa
     A private call that raises inside the check (a changed signature) fails it with the exception's words, and services fall back.
     """
 
-    def changed(*args: object) -> int:
+    def changed(*args: object) -> bool:
         raise TypeError("initializer for ctype 'SSL *' must be a cdata pointer")
 
-    monkeypatch.setattr(pump, "sessionReused", changed)
+    monkeypatch.setattr(pump.RecordPump, "sessionReused", changed)
     with capturedLogs() as events:
         factory = factoryFor(dev)
     assert factory.protocol is TLSServerProtocol
@@ -176,6 +182,7 @@ def test_fallbackWarnsOnceAndServes(dev: DevelopmentSet, monkeypatch: pytest.Mon
     On the fallback two services warn once between them, and each serves, resumes sessions and counts its handshakes.
     """
     monkeypatch.setattr(pump.RecordPump, "_flushReceiveBIO", lambda self: None)
+    forbidPrivatesOutsidePump(monkeypatch)
     with capturedLogs() as events:
         services = [echoService(dev), echoService(dev)]
         for limiter, clock, counters in services:
@@ -183,14 +190,16 @@ def test_fallbackWarnsOnceAndServes(dev: DevelopmentSet, monkeypatch: pytest.Mon
     assert len(pumpWarnings(events)) == 1
 
 
-def test_resumptionUnknowableWarnsOnce(dev: DevelopmentSet, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fallbackNeedsNoPrivateBinding(dev: DevelopmentSet, monkeypatch: pytest.MonkeyPatch) -> None:
     """
-    Without pyOpenSSL's bindings (as if renamed) the fallback serves and counts handshakes, reports no resumption, and says so once.
+    Without pyOpenSSL's private bindings (as if renamed) the fallback serves, counts handshakes and resumptions, and warns only once, for the pump.
     """
     monkeypatch.setattr(pump, "_openssl", object())
-    _warnResumptionUnknown.cache_clear()
+    monkeypatch.setattr(pump, "_ffi", object())
+    forbidPrivatesOutsidePump(monkeypatch)
     with capturedLogs() as events:
         limiter, clock, counters = echoService(dev)
+        assert limiter.wrappedFactory.protocol is TLSServerProtocol
         client = TestClientTLS(maxVersion="1.2")
         for _ in range(3):
             connection = connectTLS(limiter, client, clock)
@@ -199,10 +208,52 @@ def test_resumptionUnknowableWarnsOnce(dev: DevelopmentSet, monkeypatch: pytest.
             assert connection.takeReceived() == b"hello"
             client.session = connection.session
             connection.close()
-    assert {k: v for k, v in counters.items() if k.startswith("tls_")} == {"tls_handshakes_ok": 3}
-    assert len(pumpWarnings(events)) == 1
-    [warning] = [e for e in events if e.get("log_namespace") == "netd.tls.protocol" and e["log_level"] == LogLevel.warn]
-    assert "cannot tell resumed sessions" in warning["log_format"]
+    assert {k: v for k, v in counters.items() if k.startswith("tls_")} == {"tls_handshakes_ok": 3, "tls_sessions_resumed": 2}
+    assert [e["log_namespace"] for e in events if e["log_level"] == LogLevel.warn] == ["netd.tls.pump"]
+
+
+def test_fallbackIsOutsideThePump() -> None:
+    """
+    The fallback's class does not inherit the record pump, and the pump only replaces methods the public transport has: the public path runs none of its code.
+    """
+    assert not issubclass(TLSServerProtocol, pump.RecordPump)
+    assert issubclass(PumpedTLSServerProtocol, pump.RecordPump)
+    pumped = {name for name in vars(pump.RecordPump) if not name.startswith("__")}
+    assert {"makeConnection", "dataReceived", "sessionReused", "_write"} <= pumped <= set(dir(TLSTransport))
+
+
+def test_guardCatchesNetdTouchingAPrivate(dev: DevelopmentSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    The guard the TLS suite's public-path run relies on raises when a netd module other than the pump reads a private of Twisted's TLS or of pyOpenSSL, and lets the pump, Twisted and pyOpenSSL through.
+    """
+    monkeypatch.setenv(pump.CANARY_SWITCH, "fail")
+    with capturedLogs():
+        limiter, clock, counters = echoService(dev)
+    forbidPrivatesOutsidePump(monkeypatch)
+    connection = connectTLS(limiter, TestClientTLS(), clock)
+    assert connection is not None and connection.handshakeDone
+    server = connection.server
+    while not isinstance(server, TLSServerProtocol):
+        server = server.wrappedProtocol
+    for module in ("netd.tls.protocol", "netd.stream.guard"):
+        for code in ("server._tlsConnection", "server.getHandle()._ssl", "server.factory._creatorCallable", "setattr(server, '_handshakeDone', True)"):
+            with pytest.raises(PrivateNameUsed):
+                exec(code, {"__name__": module, "server": server})
+    exec("server._tlsConnection._ssl", {"__name__": "netd.tls.pump", "server": server})
+    assert server._handshakeDone
+
+
+def test_onlyThePumpNamesPrivates() -> None:
+    """
+    No netd module but the record pump (and the reactors', checked on their own) names a private of pyOpenSSL or of Twisted's TLS, nor imports a private module of either; the scan finds one where there is one.
+    """
+    found = {module: uses for module, path in netdSources() if (uses := privateUses(path.read_text()))}
+    assert found == {}
+    assert privateUses("from OpenSSL._util import lib\nx = connection._into_ssl\ngetattr(p, '_handshakeDone')\n") == [
+        "line 1: from OpenSSL._util import lib",
+        "line 2: ._into_ssl",
+        "line 3: getattr(..., '_handshakeDone')",
+    ]
 
 
 def test_checkRunsOnce(dev: DevelopmentSet, monkeypatch: pytest.MonkeyPatch) -> None:
