@@ -134,52 +134,19 @@ def resetTransport(transport: Any) -> None:
 @implementer(IHalfCloseableProtocol)
 class GuardedConnection(ProtocolWrapper):
     """
-    One stream connection, seen from the socket side.
-
-    Flow control: the socket transport is registered as the producer of its own
-    writes, so that once more than Twisted's send buffer (64 KiB) is waiting to
-    be written, reading from the peer pauses until the buffer drains.  A client
-    that sends without reading therefore costs a bounded amount of memory
-    whatever the plugin does with what it reads.
-
-    Half-close: a peer that shuts down its sending side (C{socat}, C{nc -N},
-    C{shutdown(SHUT_WR)}) still gets every answer to what it sent; the
-    connection closes once those are written.
-
-    Logging: with the log level at debug, one line when the connection opens
-    and one when it closes (peer, bytes each way, duration, how it ended);
-    otherwise the per-connection costs are two byte counts and a timestamp,
-    and the one C{"connection"} event the service's event log keeps when it
-    closes.  The service's C{bytes_received} and C{bytes_sent} counters get
-    a connection's bytes when it closes; until then the service's
-    L{ConnectionLimiter} adds those of the open ones when they are read.
-
-    Faults: when the service's stream faults (L{StreamFaults}) apply to the
-    connection, L{streamFaults} takes its bytes both ways.
-
-    Idle timeout: traffic only notes the time (L{lastActivity}); the
-    service's L{IdleWatch}, when the connection's deadline comes, closes it if
-    nothing moved for C{idle_timeout} seconds, else gives it the rest of that
-    time.  Moving a timer on every read and write (C{DelayedCall.reset})
-    would cost more per message than all the rest of this wrapper.
-
-    Out of the way: on a transport that meters its own traffic
-    (L{IMeteredTransport}: netd's TCP connections), while no fault acts on
-    the connection and netd is not closing it, this wrapper has nothing to
-    do per message, and steps aside (L{_route}): the transport's reads go
-    straight to the inner protocol's C{dataReceived}, and the inner
-    protocol's writes straight to the transport's C{write}, as instance
-    attributes that shadow this class's methods.  Those methods are the path
-    otherwise: through the faults, counting on transports that do not meter
-    (Twisted's own, unix sockets, a PROXY header's wrapper, in-memory ones),
-    and dropping what arrives once netd is closing the connection.
+    One stream connection, seen from the socket side: paced by its own send
+    buffer, half-closeable, counted, timed out when idle, and open to the
+    service's stream faults.  On a metered transport with nothing to do per
+    message it steps aside (L{_SteppedAside}, chosen in L{_reroute}); see
+    "Design notes" in docs/listen.md.
     """
 
     factory: ConnectionLimiter
     # Slots, each set in __init__ (the wrapper's own, and those of
     # ProtocolWrapper): in the instance's dict, these keys would make it
-    # large, about 0.7 KiB a connection.  The dict keeps the few that are
-    # left: the interfaces declared and the two routes of L{_route}.
+    # large, about 0.7 KiB a connection.  The dict keeps the interfaces
+    # declared.  _directRead and _directWrite are the routes that
+    # L{_SteppedAside} exposes as dataReceived and write.
     __slots__ = (
         "factory",
         "wrappedProtocol",
@@ -196,6 +163,8 @@ class GuardedConnection(ProtocolWrapper):
         "_addresses",
         "_meter",
         "_streamFaults",
+        "_directRead",
+        "_directWrite",
     )
     _selfPaced: bool
     _watched: bool
@@ -207,6 +176,8 @@ class GuardedConnection(ProtocolWrapper):
     _addresses: tuple[IAddress, IAddress] | None
     _meter: Any
     _streamFaults: ConnectionFaults | None
+    _directRead: Callable[[bytes], None] | None
+    _directWrite: Callable[[bytes], None] | None
 
     def __init__(self, factory: ConnectionLimiter, wrappedProtocol: Any) -> None:
         """
@@ -225,6 +196,7 @@ class GuardedConnection(ProtocolWrapper):
         self._addresses = None
         self._meter = None
         self._streamFaults = None
+        self._directRead = self._directWrite = None
 
     @property
     def streamFaults(self) -> ConnectionFaults | None:
@@ -239,7 +211,7 @@ class GuardedConnection(ProtocolWrapper):
         Faults start or stop acting on the connection: its bytes take the path that says.
         """
         self._streamFaults = faults
-        self._route()
+        self._reroute()
 
     @property
     def bytesIn(self) -> int:
@@ -265,19 +237,21 @@ class GuardedConnection(ProtocolWrapper):
         meter = self._meter
         return self._lastActivity if meter is None else max(meter.lastActivity, self._opened)
 
-    def _route(self) -> None:
+    def _reroute(self) -> None:
         """
-        Step aside while there is nothing to do per message, or stand between
-        the transport and the inner protocol again (see the class's
-        docstring): called whenever what decides it changes.
+        The one place that decides whether the guard stands between the
+        transport and the inner protocol (this class) or steps aside
+        (L{_SteppedAside}): aside only on a metered transport, while it is
+        connected, no fault acts on it and netd is not closing it.  Every
+        change of one of those four calls this.
         """
-        routes = self.__dict__
         if self._meter is not None and self._streamFaults is None and not self.disconnecting and self.connected:
-            routes["dataReceived"] = self.wrappedProtocol.dataReceived
-            routes["write"] = self.transport.write  # type: ignore[union-attr]
+            self._directRead = self.wrappedProtocol.dataReceived
+            self._directWrite = self.transport.write  # type: ignore[union-attr]
+            self.__class__ = _SteppedAside
         else:
-            routes.pop("dataReceived", None)
-            routes.pop("write", None)
+            self.__class__ = GuardedConnection
+            self._directRead = self._directWrite = None
 
     def connectionMade(self) -> None:
         """
@@ -397,7 +371,7 @@ class GuardedConnection(ProtocolWrapper):
             self._streamFaults.closeWhenDrained()
             return
         ProtocolWrapper.loseConnection(self)
-        self._route()
+        self._reroute()
 
     def endByFault(self, ended: str, reset: bool = False) -> None:
         """
@@ -413,7 +387,7 @@ class GuardedConnection(ProtocolWrapper):
             return
         self._stopSelfPacing()
         self.disconnecting = True
-        self._route()
+        self._reroute()
         resetTransport(self.transport)
 
     def faultsChanged(self) -> None:
@@ -470,7 +444,7 @@ class GuardedConnection(ProtocolWrapper):
         self._ended = why
         self._stopSelfPacing()
         self.disconnecting = True
-        self._route()
+        self._reroute()
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     def _idledOut(self) -> None:
@@ -505,7 +479,7 @@ class GuardedConnection(ProtocolWrapper):
             self._streamFaults.stop()
         self._selfPaced = False
         self.connected = 0
-        self._route()
+        self._reroute()
         bytesIn, bytesOut = self.bytesIn, self.bytesOut
         counters = factory.counters
         counters["bytes_received"] += bytesIn
@@ -548,7 +522,7 @@ class GuardedConnection(ProtocolWrapper):
         self.connectionMade()
         factory.registerProtocol(self)
         self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
-        self._route()
+        self._reroute()
 
     def abortConnection(self) -> None:
         """
@@ -587,6 +561,22 @@ class GuardedConnection(ProtocolWrapper):
             sent=counted(bytesOut, "byte"),
             event="connection_closed",
         )
+
+
+class _SteppedAside(GuardedConnection):
+    """
+    A guard with nothing to do per message: the transport's reads go straight
+    to the inner protocol, and its writes straight to the transport, through
+    the routes L{GuardedConnection._reroute} put in the guard's slots, with no
+    call of the guard's own.  Only L{GuardedConnection._reroute} makes one.
+    """
+
+    __slots__ = ()
+    # The slots' descriptors, under the names the transport and the inner
+    # protocol call: reading one is as quick as reading an instance's own
+    # attribute, and the class still says what each name is.
+    dataReceived: Any = vars(GuardedConnection)["_directRead"]
+    write: Any = vars(GuardedConnection)["_directWrite"]
 
 
 class IdleWatch:

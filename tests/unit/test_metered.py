@@ -43,7 +43,7 @@ def isAside(connection: MemoryStreamConnection) -> bool:
     Whether the guard is out of the per-message path: reads go straight to the inner protocol, writes straight to the transport.
     """
     guard = connection.protocol
-    return guard.__dict__.get("dataReceived") == guard.wrappedProtocol.dataReceived and guard.__dict__.get("write") == connection.transport.write
+    return guard.dataReceived == guard.wrappedProtocol.dataReceived and guard.write == connection.transport.write
 
 
 def test_guardStepsAsideOnAMeteredTransport() -> None:
@@ -64,7 +64,7 @@ def test_guardStaysOnTransportsThatDoNotMeter() -> None:
     limiter, counters, _ = echoStack()
     connection = connect(limiter)
     assert connection is not None
-    assert "dataReceived" not in connection.protocol.__dict__ and "write" not in connection.protocol.__dict__
+    assert not isAside(connection)
     connection.receive(b"abc")
     assert connection.protocol.bytesIn == connection.protocol.bytesOut == 3
 
@@ -116,7 +116,7 @@ def test_closingBringsTheGuardBack() -> None:
     limiter, _, _ = echoStack()
     connection = meteredConnection(limiter)
     connection.protocol.loseConnection()
-    assert "dataReceived" not in connection.protocol.__dict__
+    assert not isAside(connection)
     connection.receive(b"late")
     assert connection.takeSent() == b""
 
