@@ -365,12 +365,21 @@ class GuardedConnection(ProtocolWrapper):
         """
         if self._ended is None:
             self._ended = "closed by netd"
-        self._stopSelfPacing()
-        if self._streamFaults is not None and self._streamFaults.holdsOutbound():
-            self.disconnecting = True
-            self._streamFaults.closeWhenDrained()
+        faults = self._streamFaults
+        self._closing()
+        if faults is not None and faults.holdsOutbound():
+            faults.closeWhenDrained()
             return
-        ProtocolWrapper.loseConnection(self)
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _closing(self) -> None:
+        """
+        netd has decided to close the connection: stop pacing it by its
+        buffer (see L{_stopSelfPacing}), and stand between the transport and
+        the inner protocol again, to drop what still arrives.
+        """
+        self._stopSelfPacing()
+        self.disconnecting = True
         self._reroute()
 
     def endByFault(self, ended: str, reset: bool = False) -> None:
@@ -385,9 +394,7 @@ class GuardedConnection(ProtocolWrapper):
         if not reset:
             self.loseConnection()
             return
-        self._stopSelfPacing()
-        self.disconnecting = True
-        self._reroute()
+        self._closing()
         resetTransport(self.transport)
 
     def faultsChanged(self) -> None:
@@ -442,9 +449,7 @@ class GuardedConnection(ProtocolWrapper):
         @param why: for the connection's event and debug line (C{"evicted at max_connections"}).
         """
         self._ended = why
-        self._stopSelfPacing()
-        self.disconnecting = True
-        self._reroute()
+        self._closing()
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     def _idledOut(self) -> None:
