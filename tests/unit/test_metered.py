@@ -21,7 +21,7 @@ from netd.stream.framing import FRAMINGS
 from netd.testing.memory import MemoryStreamConnection, connect, faultsFor, makeStreamStack
 from netd_plugins.echo import EchoHandler
 
-from .test_framing import ENCODERS
+from .test_framing import ENCODERS, shadowedMethods
 
 
 def echoStack(framing: str = "raw", idleTimeout: float = 0) -> tuple[Any, Counters, MemoryReactorClock]:
@@ -304,3 +304,4 @@ def test_connectedGuardProvidesItsInterfaces(metered: bool) -> None:
     guard = connection.protocol
     for interface in (IProtocol, IHalfCloseableProtocol, ITransport):
         assert verifyObject(interface, guard)
+    assert shadowedMethods(guard) == []
