@@ -1,18 +1,11 @@
 """
 The shared framing layer: bytes on a stream in, whole frames out, and back.
 
-Every stream plugin sees the same vocabulary whatever the framing: its
+Every stream plugin sees one vocabulary whatever the framing: its
 L{IFrameReceiver} gets C{frameReceived(frame)} and answers with
 C{connection.sendFrame(frame)}.  The framings are thin adapters of Twisted's
-receivers in L{twisted.protocols.basic}, which already check a length prefix
-against the limit before buffering the payload; this module gives their
-different hooks one name and one reaction to a peer that breaks the framing
-(log, count, close).  L{FRAMINGS} is the one table that the config validator,
-the docs and the tests all read.
-
-Frame faults act here, where frames are still frames, through the small
-collaborator this module declares (L{FrameFaults}): while the service has
-none, C{sendFrame} pays two truth tests for them.
+receivers in L{twisted.protocols.basic}; L{FRAMINGS} is the one table the
+config validator, the docs and the tests read ("Design notes" in docs/listen.md).
 """
 
 from __future__ import annotations

@@ -586,20 +586,14 @@ class _SteppedAside(GuardedConnection):
 
 class IdleWatch:
     """
-    The idle timeouts of one service's connections, on one timer.
+    The idle timeouts of one service's connections, as deadlines in a heap
+    under one timer: traffic only notes its time, and a connection costs a
+    tuple pushed when it opens rather than a L{DelayedCall} of its own.  When
+    a deadline comes, a connection that moved since gets the rest of its
+    time; one that did not idles out (L{GuardedConnection._idledOut}).
 
-    A connection's first deadline is C{timeout} seconds after it opened.
-    When a deadline comes, a connection that moved bytes since it was set gets
-    a new one, C{timeout} seconds after its last traffic; one that did not is
-    told it idled out (L{GuardedConnection._idledOut}).  The deadlines wait in
-    a heap, and one timer waits for the earliest: a connection costs a tuple
-    pushed when it opens, instead of a L{DelayedCall} of its own scheduled
-    then and cancelled when it closes.
-
-    A closed connection's entry stays in the heap until its deadline comes,
-    or until more than half of the entries (and more than
-    L{forgottenAllowed}) are such, when the heap is rebuilt without them;
-    when every entry is such, the heap is emptied and the timer cancelled.
+    @cvar forgottenAllowed: how many closed connections' entries may wait in
+        the heap (while they are at most half of it) before it is rebuilt.
     """
 
     forgottenAllowed = 64
@@ -809,22 +803,10 @@ transports read C{TCP_INFO}) are in milliseconds of a coarser clock.
 @implementer(IOutOfDescriptors)
 class ConnectionLimiter(WrappingFactory):
     """
-    Wraps a service's protocol factory with the shared per-connection limits.
-
-    At the limit, a connection flood must not hand the service to whoever
-    opened connections first.  So, with C{evict} on, a new connection
-    closes (resets) the open one that has gone longest without progress, and
-    is counted as C{connections_evicted}: first those still in their TLS
-    handshake or that never sent a byte, oldest first, then the others by
-    their last traffic either way.  A client that does request and response
-    keeps moving; the connections that sit idle go first.  From L{PRESSURE}
-    of the limit up, the idle timeout also shrinks step by step to
-    C{minIdleTimeout} at the limit, so that idle connections free their
-    places even without new ones asking.
-
-    The ranking reads each connection's L{GuardedConnection.lastActivity}
-    (on netd's transports, the transport's own meter) only when an eviction
-    is needed, never per message: the fast path stays as it is.
+    Wraps a service's protocol factory with the shared per-connection limits:
+    at C{max_connections}, a new connection evicts the one that has gone
+    longest without progress (C{evict}) or is refused, and the idle timeout
+    shrinks from L{PRESSURE} of the limit up ("Design notes" in docs/listen.md).
 
     @ivar maxConnections: connections accepted at once; past it, a new one
         evicts the stalest (C{evict}), or is closed as soon as it is accepted
@@ -920,13 +902,9 @@ class ConnectionLimiter(WrappingFactory):
     def _evictStalest(self, atLimit: bool = True) -> bool:
         """
         Close the open connection that has gone longest without progress
-        (see the class's docstring), to make room for a new one.
-
-        The connections are ranked once per L{EVICTION_RANKING_TTL} seconds,
-        and the ranking is then taken from the front: a connection is
-        skipped if it closed, or moved bytes since it was ranked.  A
-        connection evicted is aborted at once; its place counts as free from
-        now, though its C{connectionLost} comes later.
+        (L{_rank}), to make room for a new one: its place counts as free at
+        once.  A ranking serves for L{EVICTION_RANKING_TTL} seconds; a
+        connection that closed or moved bytes since is skipped.
 
         @param atLimit: whether it is for a new connection at the limit
             (logged as such), else for a descriptor (logged by the caller).
