@@ -234,6 +234,13 @@ class RawFraming(FramedProtocol):
         """
         self.receiver.frameReceived(data)
 
+    def directReader(self) -> Callable[[bytes], None]:
+        """
+        Where L{dataReceived} hands each read: a connection guard stepped
+        aside gives reads there itself (L{netd.stream.guard.ReadsDirectly}).
+        """
+        return self.receiver.frameReceived
+
     def sendFrame(self, frame: bytes) -> None:
         """
         Write the frame as it is (frame faults do not apply to raw framing,

@@ -109,6 +109,19 @@ class StreamFaults(Protocol):
         """
 
 
+class ReadsDirectly(Protocol):
+    """
+    An inner protocol whose reads a guard stepped aside may hand straight to
+    where its C{dataReceived} would pass them, saving a call per read (raw
+    framing: the receiver's C{frameReceived}).
+    """
+
+    def directReader(self) -> Callable[[bytes], None]:
+        """
+        What this protocol's C{dataReceived} hands each read to, as it came.
+        """
+
+
 def resetTransport(transport: Any) -> None:
     """
     End a connection with a TCP RST: what netd has written goes to the
@@ -243,10 +256,13 @@ class GuardedConnection(ProtocolWrapper):
         transport and the inner protocol (this class) or steps aside
         (L{_SteppedAside}): aside only on a metered transport, while it is
         connected, no fault acts on it and netd is not closing it.  Every
-        change of one of those four calls this.
+        change of one of those four calls this.  Reads then go to the inner
+        protocol's C{dataReceived}, or its L{ReadsDirectly.directReader}.
         """
         if self._meter is not None and self._streamFaults is None and not self.disconnecting and self.connected:
-            self._directRead = self.wrappedProtocol.dataReceived
+            inner = self.wrappedProtocol
+            reader = getattr(type(inner), "directReader", None)
+            self._directRead = inner.dataReceived if reader is None else reader(inner)
             self._directWrite = self.transport.write  # type: ignore[union-attr]
             self.__class__ = _SteppedAside
         else:

@@ -17,7 +17,7 @@ from zope.interface.verify import verifyObject
 
 from netd.events import EventLog
 from netd.metrics import Counters
-from netd.stream.framing import FRAMINGS
+from netd.stream.framing import FRAMINGS, RawFraming
 from netd.testing.memory import MemoryStreamConnection, connect, faultsFor, makeStreamStack
 from netd_plugins.echo import EchoHandler
 
@@ -51,7 +51,9 @@ def isAside(connection: MemoryStreamConnection) -> bool:
     Whether the guard is out of the per-message path: reads go straight to the inner protocol, writes straight to the transport.
     """
     guard = connection.protocol
-    return guard.dataReceived == guard.wrappedProtocol.dataReceived and guard.write == connection.transport.write
+    inner = guard.wrappedProtocol
+    direct = inner.directReader() if isinstance(inner, RawFraming) else inner.dataReceived
+    return guard.dataReceived == direct and guard.write == connection.transport.write
 
 
 def test_guardStepsAsideOnAMeteredTransport() -> None:
