@@ -1,18 +1,11 @@
 """
 The shared framing layer: bytes on a stream in, whole frames out, and back.
 
-Every stream plugin sees the same vocabulary whatever the framing: its
+Every stream plugin sees one vocabulary whatever the framing: its
 L{IFrameReceiver} gets C{frameReceived(frame)} and answers with
 C{connection.sendFrame(frame)}.  The framings are thin adapters of Twisted's
-receivers in L{twisted.protocols.basic}, which already check a length prefix
-against the limit before buffering the payload; this module gives their
-different hooks one name and one reaction to a peer that breaks the framing
-(log, count, close).  L{FRAMINGS} is the one table that the config validator,
-the docs and the tests all read.
-
-Frame faults act here, where frames are still frames, through the small
-collaborator this module declares (L{FrameFaults}): while the service has
-none, C{sendFrame} pays two truth tests for them.
+receivers in L{twisted.protocols.basic}; L{FRAMINGS} is the one table the
+config validator, the docs and the tests read ("Design notes" in docs/listen.md).
 """
 
 from __future__ import annotations
@@ -135,12 +128,10 @@ class FramedProtocol(Protocol):
         """
         if self.faultWriter is not None:
             self.faultWriter.stop()
-        # The receiver points back at this protocol (its connection), and raw
-        # framing's bound dataReceived at the receiver: dropping both ends
-        # those cycles, so that a closed connection is freed at once rather
-        # than at the next full collection (10,000 closed connections: about
-        # 17 MiB).
-        self.__dict__.pop("dataReceived", None)
+        # The receiver points back at this protocol (its connection):
+        # dropping it ends that cycle, so that a closed connection is freed at
+        # once rather than at the next full collection (10,000 closed
+        # connections: about 17 MiB).
         receiver = self.__dict__.pop("receiver", None)
         if receiver is not None:
             receiver.connectionLost(reason)
@@ -237,14 +228,18 @@ class RawFraming(FramedProtocol):
 
     framingName = "raw"
 
-    def connectionMade(self) -> None:
+    def dataReceived(self, data: bytes) -> None:
         """
-        Introduce the receiver, then make this protocol's C{dataReceived}
-        the receiver's C{frameReceived} itself: each read is a frame, passed
-        on without a call of its own.
+        Each read, as it came, is a frame.
         """
-        FramedProtocol.connectionMade(self)
-        self.dataReceived = self.receiver.frameReceived  # type: ignore[method-assign,assignment]
+        self.receiver.frameReceived(data)
+
+    def directReader(self) -> Callable[[bytes], None]:
+        """
+        Where L{dataReceived} hands each read: a connection guard stepped
+        aside gives reads there itself (L{netd.stream.guard.ReadsDirectly}).
+        """
+        return self.receiver.frameReceived
 
     def sendFrame(self, frame: bytes) -> None:
         """

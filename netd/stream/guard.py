@@ -109,6 +109,19 @@ class StreamFaults(Protocol):
         """
 
 
+class ReadsDirectly(Protocol):
+    """
+    An inner protocol whose reads a guard stepped aside may hand straight to
+    where its C{dataReceived} would pass them, saving a call per read (raw
+    framing: the receiver's C{frameReceived}).
+    """
+
+    def directReader(self) -> Callable[[bytes], None]:
+        """
+        What this protocol's C{dataReceived} hands each read to, as it came.
+        """
+
+
 def resetTransport(transport: Any) -> None:
     """
     End a connection with a TCP RST: what netd has written goes to the
@@ -134,52 +147,19 @@ def resetTransport(transport: Any) -> None:
 @implementer(IHalfCloseableProtocol)
 class GuardedConnection(ProtocolWrapper):
     """
-    One stream connection, seen from the socket side.
-
-    Flow control: the socket transport is registered as the producer of its own
-    writes, so that once more than Twisted's send buffer (64 KiB) is waiting to
-    be written, reading from the peer pauses until the buffer drains.  A client
-    that sends without reading therefore costs a bounded amount of memory
-    whatever the plugin does with what it reads.
-
-    Half-close: a peer that shuts down its sending side (C{socat}, C{nc -N},
-    C{shutdown(SHUT_WR)}) still gets every answer to what it sent; the
-    connection closes once those are written.
-
-    Logging: with the log level at debug, one line when the connection opens
-    and one when it closes (peer, bytes each way, duration, how it ended);
-    otherwise the per-connection costs are two byte counts and a timestamp,
-    and the one C{"connection"} event the service's event log keeps when it
-    closes.  The service's C{bytes_received} and C{bytes_sent} counters get
-    a connection's bytes when it closes; until then the service's
-    L{ConnectionLimiter} adds those of the open ones when they are read.
-
-    Faults: when the service's stream faults (L{StreamFaults}) apply to the
-    connection, L{streamFaults} takes its bytes both ways.
-
-    Idle timeout: traffic only notes the time (L{lastActivity}); the
-    service's L{IdleWatch}, when the connection's deadline comes, closes it if
-    nothing moved for C{idle_timeout} seconds, else gives it the rest of that
-    time.  Moving a timer on every read and write (C{DelayedCall.reset})
-    would cost more per message than all the rest of this wrapper.
-
-    Out of the way: on a transport that meters its own traffic
-    (L{IMeteredTransport}: netd's TCP connections), while no fault acts on
-    the connection and netd is not closing it, this wrapper has nothing to
-    do per message, and steps aside (L{_route}): the transport's reads go
-    straight to the inner protocol's C{dataReceived}, and the inner
-    protocol's writes straight to the transport's C{write}, as instance
-    attributes that shadow this class's methods.  Those methods are the path
-    otherwise: through the faults, counting on transports that do not meter
-    (Twisted's own, unix sockets, a PROXY header's wrapper, in-memory ones),
-    and dropping what arrives once netd is closing the connection.
+    One stream connection, seen from the socket side: paced by its own send
+    buffer, half-closeable, counted, timed out when idle, and open to the
+    service's stream faults.  On a metered transport with nothing to do per
+    message it steps aside (L{_SteppedAside}, chosen in L{_reroute}); see
+    "Design notes" in docs/listen.md.
     """
 
     factory: ConnectionLimiter
     # Slots, each set in __init__ (the wrapper's own, and those of
     # ProtocolWrapper): in the instance's dict, these keys would make it
-    # large, about 0.7 KiB a connection.  The dict keeps the few that are
-    # left: the interfaces declared and the two routes of L{_route}.
+    # large, about 0.7 KiB a connection.  The dict keeps the interfaces
+    # declared.  _directRead and _directWrite are the routes that
+    # L{_SteppedAside} exposes as dataReceived and write.
     __slots__ = (
         "factory",
         "wrappedProtocol",
@@ -196,6 +176,8 @@ class GuardedConnection(ProtocolWrapper):
         "_addresses",
         "_meter",
         "_streamFaults",
+        "_directRead",
+        "_directWrite",
     )
     _selfPaced: bool
     _watched: bool
@@ -207,6 +189,8 @@ class GuardedConnection(ProtocolWrapper):
     _addresses: tuple[IAddress, IAddress] | None
     _meter: Any
     _streamFaults: ConnectionFaults | None
+    _directRead: Callable[[bytes], None] | None
+    _directWrite: Callable[[bytes], None] | None
 
     def __init__(self, factory: ConnectionLimiter, wrappedProtocol: Any) -> None:
         """
@@ -225,6 +209,7 @@ class GuardedConnection(ProtocolWrapper):
         self._addresses = None
         self._meter = None
         self._streamFaults = None
+        self._directRead = self._directWrite = None
 
     @property
     def streamFaults(self) -> ConnectionFaults | None:
@@ -239,7 +224,7 @@ class GuardedConnection(ProtocolWrapper):
         Faults start or stop acting on the connection: its bytes take the path that says.
         """
         self._streamFaults = faults
-        self._route()
+        self._reroute()
 
     @property
     def bytesIn(self) -> int:
@@ -265,19 +250,24 @@ class GuardedConnection(ProtocolWrapper):
         meter = self._meter
         return self._lastActivity if meter is None else max(meter.lastActivity, self._opened)
 
-    def _route(self) -> None:
+    def _reroute(self) -> None:
         """
-        Step aside while there is nothing to do per message, or stand between
-        the transport and the inner protocol again (see the class's
-        docstring): called whenever what decides it changes.
+        The one place that decides whether the guard stands between the
+        transport and the inner protocol (this class) or steps aside
+        (L{_SteppedAside}): aside only on a metered transport, while it is
+        connected, no fault acts on it and netd is not closing it.  Every
+        change of one of those four calls this.  Reads then go to the inner
+        protocol's C{dataReceived}, or its L{ReadsDirectly.directReader}.
         """
-        routes = self.__dict__
         if self._meter is not None and self._streamFaults is None and not self.disconnecting and self.connected:
-            routes["dataReceived"] = self.wrappedProtocol.dataReceived
-            routes["write"] = self.transport.write  # type: ignore[union-attr]
+            inner = self.wrappedProtocol
+            reader = getattr(type(inner), "directReader", None)
+            self._directRead = inner.dataReceived if reader is None else reader(inner)
+            self._directWrite = self.transport.write  # type: ignore[union-attr]
+            self.__class__ = _SteppedAside
         else:
-            routes.pop("dataReceived", None)
-            routes.pop("write", None)
+            self.__class__ = GuardedConnection
+            self._directRead = self._directWrite = None
 
     def connectionMade(self) -> None:
         """
@@ -391,13 +381,22 @@ class GuardedConnection(ProtocolWrapper):
         """
         if self._ended is None:
             self._ended = "closed by netd"
-        self._stopSelfPacing()
-        if self._streamFaults is not None and self._streamFaults.holdsOutbound():
-            self.disconnecting = True
-            self._streamFaults.closeWhenDrained()
+        faults = self._streamFaults
+        self._closing()
+        if faults is not None and faults.holdsOutbound():
+            faults.closeWhenDrained()
             return
-        ProtocolWrapper.loseConnection(self)
-        self._route()
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _closing(self) -> None:
+        """
+        netd has decided to close the connection: stop pacing it by its
+        buffer (see L{_stopSelfPacing}), and stand between the transport and
+        the inner protocol again, to drop what still arrives.
+        """
+        self._stopSelfPacing()
+        self.disconnecting = True
+        self._reroute()
 
     def endByFault(self, ended: str, reset: bool = False) -> None:
         """
@@ -411,9 +410,7 @@ class GuardedConnection(ProtocolWrapper):
         if not reset:
             self.loseConnection()
             return
-        self._stopSelfPacing()
-        self.disconnecting = True
-        self._route()
+        self._closing()
         resetTransport(self.transport)
 
     def faultsChanged(self) -> None:
@@ -468,9 +465,7 @@ class GuardedConnection(ProtocolWrapper):
         @param why: for the connection's event and debug line (C{"evicted at max_connections"}).
         """
         self._ended = why
-        self._stopSelfPacing()
-        self.disconnecting = True
-        self._route()
+        self._closing()
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     def _idledOut(self) -> None:
@@ -505,7 +500,7 @@ class GuardedConnection(ProtocolWrapper):
             self._streamFaults.stop()
         self._selfPaced = False
         self.connected = 0
-        self._route()
+        self._reroute()
         bytesIn, bytesOut = self.bytesIn, self.bytesOut
         counters = factory.counters
         counters["bytes_received"] += bytesIn
@@ -548,7 +543,7 @@ class GuardedConnection(ProtocolWrapper):
         self.connectionMade()
         factory.registerProtocol(self)
         self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
-        self._route()
+        self._reroute()
 
     def abortConnection(self) -> None:
         """
@@ -589,22 +584,32 @@ class GuardedConnection(ProtocolWrapper):
         )
 
 
+class _SteppedAside(GuardedConnection):
+    """
+    A guard with nothing to do per message: the transport's reads go straight
+    to the inner protocol, and its writes straight to the transport, through
+    the routes L{GuardedConnection._reroute} put in the guard's slots, with no
+    call of the guard's own.  Only L{GuardedConnection._reroute} makes one.
+    """
+
+    __slots__ = ()
+    # The slots' descriptors, under the names the transport and the inner
+    # protocol call: reading one is as quick as reading an instance's own
+    # attribute, and the class still says what each name is.
+    dataReceived: Any = vars(GuardedConnection)["_directRead"]
+    write: Any = vars(GuardedConnection)["_directWrite"]
+
+
 class IdleWatch:
     """
-    The idle timeouts of one service's connections, on one timer.
+    The idle timeouts of one service's connections, as deadlines in a heap
+    under one timer: traffic only notes its time, and a connection costs a
+    tuple pushed when it opens rather than a L{DelayedCall} of its own.  When
+    a deadline comes, a connection that moved since gets the rest of its
+    time; one that did not idles out (L{GuardedConnection._idledOut}).
 
-    A connection's first deadline is C{timeout} seconds after it opened.
-    When a deadline comes, a connection that moved bytes since it was set gets
-    a new one, C{timeout} seconds after its last traffic; one that did not is
-    told it idled out (L{GuardedConnection._idledOut}).  The deadlines wait in
-    a heap, and one timer waits for the earliest: a connection costs a tuple
-    pushed when it opens, instead of a L{DelayedCall} of its own scheduled
-    then and cancelled when it closes.
-
-    A closed connection's entry stays in the heap until its deadline comes,
-    or until more than half of the entries (and more than
-    L{forgottenAllowed}) are such, when the heap is rebuilt without them;
-    when every entry is such, the heap is emptied and the timer cancelled.
+    @cvar forgottenAllowed: how many closed connections' entries may wait in
+        the heap (while they are at most half of it) before it is rebuilt.
     """
 
     forgottenAllowed = 64
@@ -814,22 +819,10 @@ transports read C{TCP_INFO}) are in milliseconds of a coarser clock.
 @implementer(IOutOfDescriptors)
 class ConnectionLimiter(WrappingFactory):
     """
-    Wraps a service's protocol factory with the shared per-connection limits.
-
-    At the limit, a connection flood must not hand the service to whoever
-    opened connections first.  So, with C{evict} on, a new connection
-    closes (resets) the open one that has gone longest without progress, and
-    is counted as C{connections_evicted}: first those still in their TLS
-    handshake or that never sent a byte, oldest first, then the others by
-    their last traffic either way.  A client that does request and response
-    keeps moving; the connections that sit idle go first.  From L{PRESSURE}
-    of the limit up, the idle timeout also shrinks step by step to
-    C{minIdleTimeout} at the limit, so that idle connections free their
-    places even without new ones asking.
-
-    The ranking reads each connection's L{GuardedConnection.lastActivity}
-    (on netd's transports, the transport's own meter) only when an eviction
-    is needed, never per message: the fast path stays as it is.
+    Wraps a service's protocol factory with the shared per-connection limits:
+    at C{max_connections}, a new connection evicts the one that has gone
+    longest without progress (C{evict}) or is refused, and the idle timeout
+    shrinks from L{PRESSURE} of the limit up ("Design notes" in docs/listen.md).
 
     @ivar maxConnections: connections accepted at once; past it, a new one
         evicts the stalest (C{evict}), or is closed as soon as it is accepted
@@ -925,13 +918,9 @@ class ConnectionLimiter(WrappingFactory):
     def _evictStalest(self, atLimit: bool = True) -> bool:
         """
         Close the open connection that has gone longest without progress
-        (see the class's docstring), to make room for a new one.
-
-        The connections are ranked once per L{EVICTION_RANKING_TTL} seconds,
-        and the ranking is then taken from the front: a connection is
-        skipped if it closed, or moved bytes since it was ranked.  A
-        connection evicted is aborted at once; its place counts as free from
-        now, though its C{connectionLost} comes later.
+        (L{_rank}), to make room for a new one: its place counts as free at
+        once.  A ranking serves for L{EVICTION_RANKING_TTL} seconds; a
+        connection that closed or moved bytes since is skipped.
 
         @param atLimit: whether it is for a new connection at the limit
             (logged as such), else for a descriptor (logged by the caller).

@@ -1,25 +1,11 @@
 """
 The PROXY protocol (v1 and v2) in front of a stream listener: C{haproxy:ENDPOINT}.
 
-Twisted's own wrapper (L{twisted.protocols.haproxy}) starts the inner protocol
-as soon as the socket is accepted, before the header has arrived, so anything
-that reads the peer address when the connection opens (the connection log
-line, the TLS layer, the DNS proxy's C{allow} list) would see the load
-balancer instead of the client.  This one starts the inner stack only once the
-header is parsed; a connection whose header is malformed, or that sends none
-within the service's C{idle_timeout}, is closed without reaching it and
-counted as C{proxy_headers_rejected}.
-
-A header is believed only from the sources the service trusts
-(C{proxy_trusted}: loopback and unix sockets unless configured, as nginx's
-C{set_real_ip_from} lists its load balancers): a connection from any other is
-closed as it is accepted, before a byte of it is read, and counted as
-C{proxy_headers_untrusted}; anyone could otherwise claim any client address
-and pass the plugin's checks on it (the DNS proxy's C{allow} list).
-
-A connection waiting for its header holds a place among the service's
-connections (L{netd.stream.guard.ConnectionLimiter}): it counts towards
-C{max_connections} and the drain at shutdown waits for it, then drops it.
+Unlike Twisted's wrapper, the inner stack starts only once the header is
+parsed, so that everything reading the peer address sees the client; a header
+is believed only from C{proxy_trusted} sources ("Design notes" in
+docs/listen.md).  A connection waiting for its header holds a place among the
+service's connections (L{netd.stream.guard.ConnectionLimiter}).
 """
 
 from __future__ import annotations

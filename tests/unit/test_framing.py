@@ -15,9 +15,11 @@ from collections.abc import Callable, Sequence
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.interfaces import IProtocol
 from twisted.logger import LogEvent, LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from zope.interface import implementer
+from zope.interface.verify import verifyClass, verifyObject
 
 from netd.stream.framing import FRAMINGS, FramingError
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
@@ -497,3 +499,26 @@ def test_closedConnectionFreedWithoutCollector(framing: str) -> None:
         assert guard() is None
     finally:
         gc.enable()
+
+
+def shadowedMethods(instance: object) -> list[str]:
+    """
+    The names in C{instance}'s own attributes that hide a method of its class
+    (zope.interface's C{__provides__} aside, which declares what it provides).
+    """
+    return [name for name in vars(instance) if name != "__provides__" and callable(getattr(type(instance), name, None))]
+
+
+@pytest.mark.parametrize("framing", list(FRAMINGS))
+def test_connectedFramingProvidesItsInterfaces(framing: str) -> None:
+    """
+    A connected framing protocol provides IProtocol and IFrameConnection by inspection, its class does too, and no attribute of its own hides a method of its class.
+    """
+    connection, receiver, _ = openConnection(framing)
+    framed = connection.protocol.wrappedProtocol
+    connection.receive(ENCODERS[framing](b"frame"))
+    assert receiver.frames == [b"frame"]
+    for interface in (IProtocol, IFrameConnection):
+        assert verifyObject(interface, framed)
+        assert verifyClass(interface, type(framed))
+    assert shadowedMethods(framed) == []
