@@ -57,6 +57,7 @@ def _debugLinesOff(monkeypatch: pytest.MonkeyPatch) -> None:
     earlier test configured (L{netd.daemon.logs.debugEnabled} is process-wide).
     """
     from netd.daemon import logs
+
     monkeypatch.setattr(logs, "debugEnabled", False)
 
 

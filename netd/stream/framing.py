@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import ClassVar, Protocol as TypingProtocol
+from typing import ClassVar
+from typing import Protocol as TypingProtocol
 
 import attrs
 from twisted.internet.interfaces import IAddress, IReactorTime
@@ -292,9 +293,7 @@ class LineFraming(FramedProtocol, LineOnlyReceiver):
         if claimed is not None:
             raise FramingError("line framing has no length prefix")
         if b"\n" in frame or frame[-1:] == b"\r":
-            raise FramingError(
-                f"line framing cannot send a frame containing LF or ending in CR ({len(frame)} bytes)"
-            )
+            raise FramingError(f"line framing cannot send a frame containing LF or ending in CR ({len(frame)} bytes)")
         return frame + b"\n"
 
 
@@ -410,7 +409,9 @@ class _LengthPrefixed(FramedProtocol):
         """
         The error of a frame larger than the prefix can state.
         """
-        return FramingError(f"{self.framingName} framing cannot send a frame of {size} bytes; the largest is {self.largestClaim}")
+        return FramingError(
+            f"{self.framingName} framing cannot send a frame of {size} bytes; the largest is {self.largestClaim}"
+        )
 
 
 class U16Framing(_LengthPrefixed, Int16StringReceiver):

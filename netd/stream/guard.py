@@ -17,20 +17,27 @@ from itertools import count
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IDelayedCall, IProtocolFactory, IPushProducer, IReactorTime
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    IReactorTime,
+)
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from netd.daemon import logs
 from netd.events import EventLog
 from netd.metrics import Counters
-from netd.stream.proxyheader import describePeer
-from netd.reactors.shared import IMeteredTransport
 from netd.reactors.rlimits import BoundedWarning, IOutOfDescriptors
+from netd.reactors.shared import IMeteredTransport
+from netd.stream.proxyheader import describePeer
 from netd.tls.protocol import TLSServerProtocol
 from netd.words import counted
 
@@ -571,8 +578,7 @@ class GuardedConnection(ProtocolWrapper):
         The debug line of a closed connection.
         """
         self.factory.log.debug(
-            "connection from {peer} closed ({ended}) after {duration:.3f} seconds: "
-            "{received} in, {sent} out",
+            "connection from {peer} closed ({ended}) after {duration:.3f} seconds: {received} in, {sent} out",
             peer=describePeer(self.getPeer()),
             ended=ended,
             duration=round(now - self._opened, 6),
@@ -906,9 +912,7 @@ class ConnectionLimiter(WrappingFactory):
             self.counters["connections_refused"] += 1
             if not self._refusing:
                 self._refusing = True
-                self.log.warn(
-                    "refusing connections: max_connections ({limit}) reached", limit=self.maxConnections
-                )
+                self.log.warn("refusing connections: max_connections ({limit}) reached", limit=self.maxConnections)
             return None
         if opened >= self._pressureFrom and self.idle is not None:
             self._pressureChanged(opened + 1)

@@ -15,7 +15,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import attrs
-
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IAddress, IDelayedCall, ILoggingContext, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
@@ -344,7 +343,11 @@ class ProxyHeaderFactory(WrappingFactory["ProxyHeaderProtocol"]):
             counters["proxy_headers_untrusted"] += 1
         self._untrustedSince += 1
         now = self.clock.seconds() if self.clock is not None else None
-        if now is not None and self._untrustedLogged is not None and now - self._untrustedLogged < UNTRUSTED_LOG_INTERVAL:
+        if (
+            now is not None
+            and self._untrustedLogged is not None
+            and now - self._untrustedLogged < UNTRUSTED_LOG_INTERVAL
+        ):
             return
         log: Logger = getattr(inner, "log", _log)
         log.warn(

@@ -14,26 +14,26 @@ from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IListeningPort, IOpenSSLClientConnectionCreator, IProtocolFactory
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
-from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from twisted.logger import Logger
 from twisted.test import iosim
 from zope.interface import implementer
 
+from netd.config.options import ConfigError, Problem, convert
 from netd.events import EventLog
 from netd.faults.active import ServiceFaults
 from netd.faults.base import ServiceShape
 from netd.faults.spec import FaultList
-from netd.stream.framing import FRAMINGS, FramedFactory
 from netd.interfaces import IDatagramSender, IStreamHandler
-from netd.stream.guard import ConnectionLimiter, GuardedConnection
 from netd.metrics import Counters
-from netd.config.options import ConfigError, Problem, convert
 from netd.reactors.shared import IMeteredTransport
+from netd.stream.framing import FRAMINGS, FramedFactory
+from netd.stream.guard import ConnectionLimiter, GuardedConnection
 from netd.tls.contexts import ServerTLS
 from netd.tls.options import TLSOptions, TLSVersion
 from netd.tls.protocol import TLSServerFactory
@@ -300,7 +300,13 @@ def makeStreamStack(
     log = Logger(namespace="netd.testing.memory") if log is None else log
     clock = clock if clock is not None else MemoryReactorClock()
     inner: IProtocolFactory = FramedFactory(
-        FRAMINGS[framing], maxFrame, handler, counters, log, faults=None if faults is None else faults.frames, clock=clock
+        FRAMINGS[framing],
+        maxFrame,
+        handler,
+        counters,
+        log,
+        faults=None if faults is None else faults.frames,
+        clock=clock,
     )
     if tls is not None:
         serverTLS = ServerTLS(tls, serviceName="test", log=log, stateDir=stateDir)
@@ -347,7 +353,9 @@ def faultsFor(
     )
 
 
-def connect(limiter: ConnectionLimiter, peer: IPv4Address = PEER, *, metered: bool = False) -> MemoryStreamConnection | None:
+def connect(
+    limiter: ConnectionLimiter, peer: IPv4Address = PEER, *, metered: bool = False
+) -> MemoryStreamConnection | None:
     """
     Open an in-memory connection to a stack from L{makeStreamStack}; L{None} if
     the stack refused it (its connection limit).

@@ -34,7 +34,17 @@ from netd.tls.keys import (
     loadKeyPair,
     validityProblem,
 )
-from netd.tls.options import ALLOW_TYPES, AUTO, GROUPS, HYBRID_GROUP, PROFILES, TLS13_CIPHERSUITES, TLSOptions, TLSVersion, parseAllowEntry
+from netd.tls.options import (
+    ALLOW_TYPES,
+    AUTO,
+    GROUPS,
+    HYBRID_GROUP,
+    PROFILES,
+    TLS13_CIPHERSUITES,
+    TLSOptions,
+    TLSVersion,
+    parseAllowEntry,
+)
 from netd.tls.pump import setGroupList
 
 _SESSION_TIMEOUT = 3600
@@ -378,7 +388,11 @@ class ServerTLS:
         for protocol in self._alpn:
             if protocol in offered:
                 return protocol
-        noteFailure(connection, "alpn_mismatch", "the client offered " + ", ".join(repr(p.decode("ascii", "replace")) for p in offered))
+        noteFailure(
+            connection,
+            "alpn_mismatch",
+            "the client offered " + ", ".join(repr(p.decode("ascii", "replace")) for p in offered),
+        )
         raise _ALPNMismatch([("netd", "", "no application protocol")])
 
     def _verifyClient(self, connection: SSL.Connection, certificate: Any, errno: int, depth: int, ok: int) -> bool:

@@ -80,7 +80,7 @@ def utcNow() -> datetime.datetime:
     """
     The current time, timezone-aware, in UTC.
     """
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def newKey(keyType: KeyType = "ecdsa") -> PrivateKey:
@@ -345,7 +345,9 @@ def writeFileAt(folder: int, name: str, data: bytes, mode: int) -> None:
     for _ in range(100):
         temporary = f".netd-{secrets.token_hex(8)}.tmp"
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder)
+            fd = os.open(
+                temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder
+            )
         except FileExistsError:
             continue
         break
@@ -476,7 +478,6 @@ def _load(folder: int | None, certificateName: str, keyName: str) -> KeyAndCerti
     return KeyAndCertificate(certificate, key)
 
 
-
 def _current(certificate: x509.Certificate, now: datetime.datetime) -> bool:
     """
     Whether a certificate is valid now and for at least L{RENEW_BEFORE} more.
@@ -514,7 +515,9 @@ _LEAVES = (
 )
 
 
-def _fits(leaf: KeyAndCertificate | None, ca: x509.Certificate | None, now: datetime.datetime, keyType: KeyType) -> bool:
+def _fits(
+    leaf: KeyAndCertificate | None, ca: x509.Certificate | None, now: datetime.datetime, keyType: KeyType
+) -> bool:
     """
     Whether a development set's end-entity certificate can be kept: it is
     current, signed by the set's CA, and of the wanted key type.
@@ -548,7 +551,11 @@ def ensureDevelopmentSet(directory: str, *, keyType: KeyType = "ecdsa") -> tuple
             caCertificate = None
         if caCertificate is not None and not _current(caCertificate, now):
             caCertificate = None
-        stale = [leaf for leaf in _LEAVES if not _fits(_load(folder, leaf.certificate, leaf.key), caCertificate, now, keyType)]
+        stale = [
+            leaf
+            for leaf in _LEAVES
+            if not _fits(_load(folder, leaf.certificate, leaf.key), caCertificate, now, keyType)
+        ]
         if caCertificate is not None and not stale:
             return files, made
         ca = _load(folder, "ca.pem", "ca-key.pem") if caCertificate is not None else None
@@ -635,8 +642,8 @@ BAD_CERTIFICATES = (
     BadCertificate(
         "wrong-host",
         f"signed by the development CA and current, but only for {WRONG_HOST}",
-        "hostname mismatch (X509_V_ERR_HOSTNAME_MISMATCH; Python: \"Hostname mismatch, certificate is not "
-        "valid for 'localhost'\"; curl: \"no alternative certificate subject name matches target host name\")",
+        'hostname mismatch (X509_V_ERR_HOSTNAME_MISMATCH; Python: "Hostname mismatch, certificate is not '
+        'valid for \'localhost\'"; curl: "no alternative certificate subject name matches target host name")',
     ),
     BadCertificate(
         "self-signed",
@@ -684,7 +691,9 @@ def writeBadCertificates(directory: str, *, keyType: KeyType = "ecdsa") -> list[
     try:
         ca = _load(folder, "ca.pem", "ca-key.pem")
         if ca is None:
-            raise OSError(errno.ENOENT, "the development CA and its key cannot be read", os.path.join(directory, "ca.pem"))
+            raise OSError(
+                errno.ENOENT, "the development CA and its key cannot be read", os.path.join(directory, "ca.pem")
+            )
         badFolder = folderAt(folder, "bad", 0o700)
     finally:
         os.close(folder)

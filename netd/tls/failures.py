@@ -105,13 +105,59 @@ def errorText(error: SSL.Error) -> str:
 
 
 _REASON_PATTERNS = (
-    ("not_tls", ("wrong version number", "http request", "https proxy request", "unknown protocol", "packet length too long", "record layer failure", "bad record type", "length too short", "record length mismatch", "unexpected message", "bad packet length")),
-    ("version", ("unsupported protocol", "version too low", "protocol version", "tlsv1 alert protocol version", "inappropriate fallback")),
-    ("no_shared_cipher", ("no shared cipher", "no suitable signature algorithm", "no shared signature algorithms", "no suitable key share", "no shared groups", "no suitable digest")),
+    (
+        "not_tls",
+        (
+            "wrong version number",
+            "http request",
+            "https proxy request",
+            "unknown protocol",
+            "packet length too long",
+            "record layer failure",
+            "bad record type",
+            "length too short",
+            "record length mismatch",
+            "unexpected message",
+            "bad packet length",
+        ),
+    ),
+    (
+        "version",
+        (
+            "unsupported protocol",
+            "version too low",
+            "protocol version",
+            "tlsv1 alert protocol version",
+            "inappropriate fallback",
+        ),
+    ),
+    (
+        "no_shared_cipher",
+        (
+            "no shared cipher",
+            "no suitable signature algorithm",
+            "no shared signature algorithms",
+            "no suitable key share",
+            "no shared groups",
+            "no suitable digest",
+        ),
+    ),
     ("alpn_mismatch", ("no application protocol",)),
     ("client_cert_missing", ("peer did not return a certificate",)),
     ("client_cert_untrusted", ("certificate verify failed",)),
-    ("certificate_rejected", ("alert unknown ca", "alert bad certificate", "alert certificate unknown", "alert certificate expired", "alert unsupported certificate", "alert certificate revoked", "alert access denied", "alert decrypt error")),
+    (
+        "certificate_rejected",
+        (
+            "alert unknown ca",
+            "alert bad certificate",
+            "alert certificate unknown",
+            "alert certificate expired",
+            "alert unsupported certificate",
+            "alert certificate revoked",
+            "alert access denied",
+            "alert decrypt error",
+        ),
+    ),
 )
 
 

@@ -239,7 +239,9 @@ class SNICertificate:
     The certificate served to clients that ask for one server name.
     """
 
-    certificate: Literal["auto"] | ConfigPath = option(help="PEM file of the certificate for this name (the chain may follow it).")
+    certificate: Literal["auto"] | ConfigPath = option(
+        help="PEM file of the certificate for this name (the chain may follow it)."
+    )
     private_key: ConfigPath = option(help="PEM file of its private key (unencrypted).")
 
 
@@ -266,7 +268,9 @@ class TLSOptions:
         help='The oldest TLS version accepted: "1.0", "1.1", "1.2" or "1.3"; unset, the profile\'s '
         "(1.3 modern, 1.2 intermediate, 1.0 old).",
     )
-    max_version: TLSVersion | None = option(None, help="The newest TLS version accepted; the newest there is when unset.")
+    max_version: TLSVersion | None = option(
+        None, help="The newest TLS version accepted; the newest there is when unset."
+    )
     ciphers: str | None = option(
         None,
         help="OpenSSL cipher string for TLS 1.2 and older, replacing the profile's list (TLS 1.3 suites stay the profile's).",
@@ -295,7 +299,9 @@ class TLSOptions:
         checks=(_validServerNames,),
     )
     handshake_timeout: float = option(
-        10.0, help="Seconds a client gets to finish its handshake before it is disconnected; 0 never.", checks=(between(0, 3600),)
+        10.0,
+        help="Seconds a client gets to finish its handshake before it is disconnected; 0 never.",
+        checks=(between(0, 3600),),
     )
     session_resumption: bool = option(True, help="Let clients resume sessions (session IDs and tickets).")
     session_ticket_rotation: float = option(
@@ -337,20 +343,47 @@ class TLSOptions:
         if self.ciphers is None and minVersion < TLSVersion("1.3"):
             profileCiphers = PROFILES[self.profile].ciphers
             if profileCiphers is None:
-                problems.append(("min_version", f'profile "{self.profile}" has no suites for TLS {minVersion.name}; set ciphers, or profile = "intermediate"'))
+                problems.append(
+                    (
+                        "min_version",
+                        f'profile "{self.profile}" has no suites for TLS {minVersion.name}; set ciphers, or profile = "intermediate"',
+                    )
+                )
             elif minVersion < TLSVersion("1.2") and self.profile != "old":
-                problems.append(("min_version", f'profile "{self.profile}" has no suites for TLS {minVersion.name}, only for 1.2; set profile = "old", or ciphers'))
+                problems.append(
+                    (
+                        "min_version",
+                        f'profile "{self.profile}" has no suites for TLS {minVersion.name}, only for 1.2; set profile = "old", or ciphers',
+                    )
+                )
         if self.client_auth == "none":
             if self.client_ca is not None:
-                problems.append(("client_ca", 'client_auth is "none", so no client certificate is asked for; set client_auth to "optional" or "required"'))
+                problems.append(
+                    (
+                        "client_ca",
+                        'client_auth is "none", so no client certificate is asked for; set client_auth to "optional" or "required"',
+                    )
+                )
             if self.client_allow:
                 problems.append(("client_allow", 'needs client_auth = "required"'))
         else:
             if self.client_ca is None:
-                problems.append(("client_ca", f'missing; client_auth = "{self.client_auth}" needs the CAs client certificates must chain to'))
+                problems.append(
+                    (
+                        "client_ca",
+                        f'missing; client_auth = "{self.client_auth}" needs the CAs client certificates must chain to',
+                    )
+                )
             if self.client_allow and self.client_auth != "required":
-                problems.append(("client_allow", f'needs client_auth = "required", not "{self.client_auth}" (a client without a certificate would pass)'))
+                problems.append(
+                    (
+                        "client_allow",
+                        f'needs client_auth = "required", not "{self.client_auth}" (a client without a certificate would pass)',
+                    )
+                )
         for name, entry in (self.sni or {}).items():
             if entry.certificate == AUTO:
-                problems.append(("sni", f'{name!r}: "auto" is only for the default certificate; give a certificate file'))
+                problems.append(
+                    ("sni", f'{name!r}: "auto" is only for the default certificate; give a certificate file')
+                )
         return problems

@@ -46,7 +46,8 @@ from netd.tls.devcerts import makeCA
 from netd.tls.transport import TLSTransport, TLSTransportFactory
 
 try:
-    from OpenSSL._util import ffi as _ffi, lib as _openssl
+    from OpenSSL._util import ffi as _ffi
+    from OpenSSL._util import lib as _openssl
 except ImportError:  # the canary reports it; nothing below runs without them
     _ffi = _openssl = None
 

@@ -31,7 +31,15 @@ from cryptography.hazmat.primitives import serialization
 from netd.testing.harness import NetdServer, netdCommand
 from netd.tls.devcerts import WRONG_HOST, KeyAndCertificate, issue
 
-from .conftest import IO_TIMEOUT, connect, recvExactly, recvUntilClosed, requireEmbeddedDefaultPorts, requireTool, unavailable
+from .conftest import (
+    IO_TIMEOUT,
+    connect,
+    recvExactly,
+    recvUntilClosed,
+    requireEmbeddedDefaultPorts,
+    requireTool,
+    unavailable,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -168,10 +176,22 @@ def netd(certs: Certs, startModuleNetd: Any) -> NetdServer:
         tlsEcho("basic", server, framing="line"),
         tlsEcho("old", {**server, "profile": "old"}, framing="line"),
         tlsEcho("alpn", {**server, "alpn": ["x-netd", "echo"]}, framing="line"),
-        tlsEcho("sni", {**server, "sni": {WRONG_HOST: certs.pair("bad/wrong-host"), "*.wild.test": certs.pair("wild")}}, framing="line"),
+        tlsEcho(
+            "sni",
+            {**server, "sni": {WRONG_HOST: certs.pair("bad/wrong-host"), "*.wild.test": certs.pair("wild")}},
+            framing="line",
+        ),
         tlsEcho("mtls", {**server, "client_ca": certs.ca, "client_auth": "required"}, framing="line"),
-        tlsEcho("allow-dns", {**server, "client_ca": certs.ca, "client_auth": "required", "client_allow": ["dns:client.netd.test"]}, framing="line"),
-        tlsEcho("allow-cn", {**server, "client_ca": certs.ca, "client_auth": "required", "client_allow": ["cn:netd client"]}, framing="line"),
+        tlsEcho(
+            "allow-dns",
+            {**server, "client_ca": certs.ca, "client_auth": "required", "client_allow": ["dns:client.netd.test"]},
+            framing="line",
+        ),
+        tlsEcho(
+            "allow-cn",
+            {**server, "client_ca": certs.ca, "client_auth": "required", "client_allow": ["cn:netd client"]},
+            framing="line",
+        ),
         tlsEcho("slow", {**server, "handshake_timeout": HANDSHAKE_TIMEOUT}, framing="line"),
         tlsEcho("auto", {"certificate": "auto"}, framing="line"),
         tlsEcho("big", server, framing="u32", max_frame=BIG_FRAME),
@@ -196,7 +216,9 @@ def waitForFailure(netd: NetdServer, service: str, reason: str, before: int, tim
     deadline = time.monotonic() + timeout
     while handshakeFailures(netd, service, reason) <= before:
         if time.monotonic() > deadline:
-            raise AssertionError(f"no new {reason!r} handshake failure of {service!r} logged within {timeout} s:\n{netd.log()[-4000:]}")
+            raise AssertionError(
+                f"no new {reason!r} handshake failure of {service!r} logged within {timeout} s:\n{netd.log()[-4000:]}"
+            )
         time.sleep(0.05)
 
 
@@ -314,7 +336,9 @@ def test_sClientVersions(netd: NetdServer, certs: Certs, flag: str, version: str
     """
     openssl s_client limited to TLS 1.2 or to TLS 1.3 verifies netd's certificate for localhost, negotiates that version and gets its line echoed.
     """
-    result = sClient(netd.address("basic"), flag, "-CAfile", certs.ca, "-verify_return_error", "-verify_hostname", "localhost")
+    result = sClient(
+        netd.address("basic"), flag, "-CAfile", certs.ca, "-verify_return_error", "-verify_hostname", "localhost"
+    )
     assert result.echoed, result.output
     assert result.version == version, result.output
     assert result.field("Verification") == "OK", result.output
@@ -352,7 +376,9 @@ def test_sClientSNI(netd: NetdServer, certs: Certs, args: list[str], subject: st
     """
     The name openssl s_client sends as SNI picks the certificate of the sni table (exact or wildcard), and the default one for no or an unknown name; each verifies for its name.
     """
-    result = sClient(netd.address("sni"), *args, "-CAfile", certs.ca, "-verify_return_error", "-verify_hostname", verifyName)
+    result = sClient(
+        netd.address("sni"), *args, "-CAfile", certs.ca, "-verify_return_error", "-verify_hostname", verifyName
+    )
     assert result.echoed, result.output
     assert re.search(rf"^subject={re.escape(subject)}$", result.output, re.MULTILINE), result.output
     assert result.field("Verification") == "OK", result.output
@@ -371,7 +397,9 @@ def test_sClientALPN(netd: NetdServer, certs: Certs, offered: str | None, expect
     """
     With alpn = ["x-netd", "echo"] netd picks its most preferred protocol that openssl s_client offers, and none when the client offers none.
     """
-    result = sClient(netd.address("alpn"), *(["-alpn", offered] if offered else []), "-CAfile", certs.ca, "-verify_return_error")
+    result = sClient(
+        netd.address("alpn"), *(["-alpn", offered] if offered else []), "-CAfile", certs.ca, "-verify_return_error"
+    )
     assert result.echoed, result.output
     if expected is None:
         assert "No ALPN negotiated" in result.output, result.output
@@ -397,7 +425,9 @@ def test_sClientMutualTLS(netd: NetdServer, certs: Certs, flag: str) -> None:
     """
     address = netd.address("mtls")
     common = (flag, "-CAfile", certs.ca, "-verify_return_error")
-    accepted = sClient(address, *common, "-cert", str(certs.dev / "client.pem"), "-key", str(certs.dev / "client-key.pem"))
+    accepted = sClient(
+        address, *common, "-cert", str(certs.dev / "client.pem"), "-key", str(certs.dev / "client-key.pem")
+    )
     assert accepted.echoed, accepted.output
     assert "client CN=netd client" in netd.log()
 
@@ -408,18 +438,31 @@ def test_sClientMutualTLS(netd: NetdServer, certs: Certs, flag: str) -> None:
     waitForFailure(netd, "mtls", "client_cert_missing", before)
 
     before = handshakeFailures(netd, "mtls", "client_cert_untrusted")
-    untrusted = sClient(address, *common, "-cert", str(certs.other / "client.pem"), "-key", str(certs.other / "client-key.pem"))
+    untrusted = sClient(
+        address, *common, "-cert", str(certs.other / "client.pem"), "-key", str(certs.other / "client-key.pem")
+    )
     assert not untrusted.echoed and untrusted.exited not in (None, 0), untrusted.output
     assert "alert unknown ca" in untrusted.output, untrusted.output
     waitForFailure(netd, "mtls", "client_cert_untrusted", before)
-    assert re.search(r"\[mtls#info\] TLS handshake from .* failed: client_cert_untrusted \(unable to get local issuer certificate", netd.log())
+    assert re.search(
+        r"\[mtls#info\] TLS handshake from .* failed: client_cert_untrusted \(unable to get local issuer certificate",
+        netd.log(),
+    )
 
 
 def test_sClientClientAllow(netd: NetdServer, certs: Certs) -> None:
     """
     openssl s_client with the development client certificate (CN "netd client", SAN DNS client.netd.test) passes client_allow = ["dns:client.netd.test"], and is refused by ["cn:netd client"]: its CN does not count beside its SAN (RFC 6125).
     """
-    client = ("-CAfile", certs.ca, "-verify_return_error", "-cert", str(certs.dev / "client.pem"), "-key", str(certs.dev / "client-key.pem"))
+    client = (
+        "-CAfile",
+        certs.ca,
+        "-verify_return_error",
+        "-cert",
+        str(certs.dev / "client.pem"),
+        "-key",
+        str(certs.dev / "client-key.pem"),
+    )
     accepted = sClient(netd.address("allow-dns"), *client)
     assert accepted.echoed, accepted.output
     before = handshakeFailures(netd, "allow-cn", "client_not_allowed")
@@ -436,7 +479,9 @@ def test_readableKeyWarned(certs: Certs, startNetd: Any, tmp_path: Path) -> None
     key = tmp_path / "server-key.pem"
     key.write_bytes((certs.dev / "server-key.pem").read_bytes())
     key.chmod(0o644)
-    config = servicesConfig([tlsEcho("readable", {"certificate": str(certs.dev / "server.pem"), "private_key": str(key)}, framing="line")])
+    config = servicesConfig(
+        [tlsEcho("readable", {"certificate": str(certs.dev / "server.pem"), "private_key": str(key)}, framing="line")]
+    )
     netd = startNetd(config)
     warning = f"tls.private_key {key} is readable by its group or by everyone (mode 0644)"
     assert netd.log().count(warning) == 1, netd.log()
@@ -444,7 +489,13 @@ def test_readableKeyWarned(certs: Certs, startNetd: Any, tmp_path: Path) -> None
         echoesLine(client)
     configFile = tmp_path / "check.toml"
     configFile.write_text(config)
-    done = subprocess.run(netdCommand("check", "-c", str(configFile)), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        netdCommand("check", "-c", str(configFile)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 0 and warning in done.stderr, done.stderr
 
 
@@ -653,7 +704,9 @@ def test_embeddedDefaultServesTLSEcho(startNetd: Any) -> None:
     assert result.echoed and result.field("Verification") == "OK", result.output
     environment = {key: value for key, value in os.environ.items() if key != "STATE_DIRECTORY"}
     environment["XDG_STATE_HOME"] = str(netd.stateDir.parent)
-    printed = subprocess.run(netdCommand("certs"), capture_output=True, text=True, timeout=60, env=environment, stdin=subprocess.DEVNULL)
+    printed = subprocess.run(
+        netdCommand("certs"), capture_output=True, text=True, timeout=60, env=environment, stdin=subprocess.DEVNULL
+    )
     assert printed.returncode == 0, printed.stderr
     assert f"Development CA:      {ca}  (reused)" in printed.stdout
     assert netd.stop(signal.SIGTERM, timeout=15) == 0

@@ -60,7 +60,9 @@ def test_tlsClientChecksExampleAfterItsFirstStep(startNetd: Any, tmp_path: Path)
     folder = tmp_path / "examples"
     folder.mkdir()
     shutil.copyfile(EXAMPLES / "tls-client-checks.toml", folder / "tls-client-checks.toml")
-    subprocess.run(netdCommand("certs", "--out", "certs", "--bad"), cwd=folder, check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        netdCommand("certs", "--out", "certs", "--bad"), cwd=folder, check=True, capture_output=True, timeout=60
+    )
     # The harness writes the config text into a folder of its own: the paths name the example's folder.
     text = (folder / "tls-client-checks.toml").read_text(encoding="utf-8").replace('"certs/', f'"{folder}/certs/')
     netd = startNetd(text)

@@ -53,7 +53,9 @@ def waitForHandshakes(netd: NetdServer, result: str, value: float) -> None:
         time.sleep(0.05)
 
 
-def echoOnce(context: ssl.SSLContext, address: tuple[str, int], session: ssl.SSLSession | None = None) -> ssl.SSLSession | None:
+def echoOnce(
+    context: ssl.SSLContext, address: tuple[str, int], session: ssl.SSLSession | None = None
+) -> ssl.SSLSession | None:
     """
     One TLS connection that echoes a line; its session, to resume.
     """

@@ -156,7 +156,9 @@ def test_oldProfile(netd: NetdServer) -> None:
     scan = sslscan(netd.address("rsa-old"))
     assert {"TLSv1.0", "TLSv1.2", "TLSv1.3"} <= scan.versions
     old = set(PROFILES["old"].ciphers.split(":"))
-    assert INTERMEDIATE_RSA | {"ECDHE-RSA-AES128-SHA", "AES128-SHA", "AES256-GCM-SHA384"} <= scan.suites["TLSv1.2"] <= old
+    assert (
+        INTERMEDIATE_RSA | {"ECDHE-RSA-AES128-SHA", "AES128-SHA", "AES256-GCM-SHA384"} <= scan.suites["TLSv1.2"] <= old
+    )
     assert scan.suites["TLSv1.3"] == TLS13_SUITES
 
 
@@ -166,4 +168,3 @@ def test_ciphersOverrideTheProfile(netd: NetdServer) -> None:
     """
     scan = sslscan(netd.address("rsa-ciphers"))
     assert scan.suites == {"TLSv1.3": TLS13_SUITES, "TLSv1.2": {"ECDHE-RSA-AES256-GCM-SHA384"}}
-

@@ -8,6 +8,7 @@ C{sendFrame} refuses.  Everything runs through the real core stack
 from __future__ import annotations
 
 import gc
+import itertools
 import struct
 import weakref
 from collections.abc import Callable, Sequence
@@ -21,9 +22,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyClass, verifyObject
 
-from netd.stream.framing import FRAMINGS, FramingError
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
+from netd.stream.framing import FRAMINGS, FramingError
 from netd.testing.memory import MemoryStreamConnection, connect, makeStreamStack
 
 FRAMED = [name for name, framing in FRAMINGS.items() if framing.largest is not None]
@@ -454,7 +455,7 @@ def test_randomSplitsDecodeToTheFrames(framing: str, data: st.DataObject) -> Non
     if len(stream) > 1:
         cuts = sorted(data.draw(st.sets(st.integers(1, len(stream) - 1)), label="cuts"))
     bounds = [0, *cuts, len(stream)]
-    pieces = [stream[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+    pieces = [stream[a:b] for a, b in itertools.pairwise(bounds) if b > a]
     connection, receiver, counters = openConnection(framing)
     for piece in pieces:
         connection.receive(piece)

@@ -15,8 +15,8 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, ISystemHandle, I
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from netd.stream.framing import FramingError
 from netd.metrics import Counters
+from netd.stream.framing import FramingError
 from netd.testing.memory import makeStreamStack
 from netd_plugins.echo import EchoHandler
 

@@ -20,8 +20,8 @@ from zope.interface import implementer
 
 from netd.daemon import logs
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
-from netd.stream.guard import ConnectionLimiter
 from netd.metrics import Counters
+from netd.stream.guard import ConnectionLimiter
 from netd.testing.memory import PEER, MemoryStreamConnection, connect, makeStreamStack
 
 
@@ -447,7 +447,12 @@ def test_debugLinesCarryPeerBytesDurationAndHowItEnded(monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize(
     ("how", "ended"),
-    [("halfClose", "closed by peer"), ("netdCloses", "closed by netd"), ("idle", "idle timeout"), ("abortAll", "aborted")],
+    [
+        ("halfClose", "closed by peer"),
+        ("netdCloses", "closed by netd"),
+        ("idle", "idle timeout"),
+        ("abortAll", "aborted"),
+    ],
 )
 def test_debugClosedLineSaysHowTheConnectionEnded(monkeypatch: pytest.MonkeyPatch, how: str, ended: str) -> None:
     """
@@ -596,8 +601,8 @@ def test_outOfDescriptorsIsCountedAndEvicts() -> None:
     """
     import errno
 
-    from netd.stream.proxyheader import ProxyHeaderFactory
     from netd.reactors.rlimits import reportOutOfDescriptors
+    from netd.stream.proxyheader import ProxyHeaderFactory
 
     limiter, _, counters, clock = evictingStack(maxConnections=10)
     stalest = accept(limiter)
@@ -674,6 +679,7 @@ def test_openFileLimitRaisedToTheHardOne(monkeypatch: pytest.MonkeyPatch) -> Non
     import resource
 
     from netd.reactors import rlimits
+
     limits = {"now": (1024, 524288)}
 
     def getrlimit(which: int) -> tuple[int, int]:
@@ -707,10 +713,10 @@ def test_serviceDefaultsToTheDerivedLimitAndEvicts(monkeypatch: pytest.MonkeyPat
     """
     from twisted.internet.testing import MemoryReactorClock
 
-    from netd.reactors import rlimits
     from netd.config.spec import loadConfig
-    from netd.registry import discoverPlugins
     from netd.daemon.service import NetService
+    from netd.reactors import rlimits
+    from netd.registry import discoverPlugins
 
     monkeypatch.setattr(rlimits, "openFileLimit", lambda: 1000)
     path = tmp_path / "t.toml"

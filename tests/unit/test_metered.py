@@ -32,7 +32,9 @@ def echoStack(framing: str = "raw", idleTimeout: float = 0) -> tuple[Any, Counte
     counters = Counters()
     events = EventLog(100, clock)
     faults = faultsFor([], framing=framing, counters=counters, events=events)
-    limiter = makeStreamStack(EchoHandler(), framing, clock=clock, counters=counters, idleTimeout=idleTimeout, faults=faults)
+    limiter = makeStreamStack(
+        EchoHandler(), framing, clock=clock, counters=counters, idleTimeout=idleTimeout, faults=faults
+    )
     limiter.events = events
     return limiter, counters, clock
 
@@ -289,7 +291,16 @@ def test_steppedAsideMatchesTheGuardInBetween(framing: str) -> None:
         connection.protocol.loseConnection()
         connection.finishClose()
         [event] = limiter.events.events(kind="connection")
-        outcomes.append((sent, counters["bytes_received"], counters["bytes_sent"], event["bytes_in"], event["bytes_out"], event["ended"]))
+        outcomes.append(
+            (
+                sent,
+                counters["bytes_received"],
+                counters["bytes_sent"],
+                event["bytes_in"],
+                event["bytes_out"],
+                event["ended"],
+            )
+        )
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0] == wire
 

@@ -12,18 +12,18 @@ import struct
 
 import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IAddress
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
-from twisted.internet.error import ConnectionDone
 from zope.interface import implementer
 
-from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.config.listen import ListenAddress
-from netd.metrics import Counters
 from netd.config.options import InvalidValue
+from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
+from netd.metrics import Counters
 from netd.stream.guard import ConnectionLimiter
 from netd.stream.proxyformat import HeaderReader, MalformedHeader
 from netd.stream.proxyheader import (
@@ -121,11 +121,18 @@ def v2(versionCommand: int, familyTransport: int, body: bytes, length: int | Non
     """
     A PROXY v2 header of these bytes (its length field C{len(body)} unless given).
     """
-    return V2_SIGNATURE + bytes([versionCommand, familyTransport]) + struct.pack("!H", len(body) if length is None else length) + body
+    return (
+        V2_SIGNATURE
+        + bytes([versionCommand, familyTransport])
+        + struct.pack("!H", len(body) if length is None else length)
+        + body
+    )
 
 
 IPV4_BODY = bytes([10, 1, 2, 3, 127, 0, 0, 1]) + struct.pack("!HH", 5555, 7007)
-IPV6_BODY = ipaddress.IPv6Address("2001:db8::5").packed + ipaddress.IPv6Address("::1").packed + struct.pack("!HH", 5555, 7007)
+IPV6_BODY = (
+    ipaddress.IPv6Address("2001:db8::5").packed + ipaddress.IPv6Address("::1").packed + struct.pack("!HH", 5555, 7007)
+)
 
 MALFORMED_V1 = {
     "v1-lf-only": b"PROXY TCP4 10.1.2.3 127.0.0.1 1 2\n",
@@ -163,21 +170,64 @@ Golden malformed version 2 headers (section 2.2): each refused.
 """
 
 V1_GOLDEN = [
-    pytest.param(b"PROXY TCP4 10.1.2.3 127.0.0.1 5555 7007\r\n", IPv4Address("TCP", "10.1.2.3", 5555), IPv4Address("TCP", "127.0.0.1", 7007), id="tcp4"),
-    pytest.param(b"PROXY TCP6 2001:db8::5 ::1 0 65535\r\n", IPv6Address("TCP", "2001:db8::5", 0), IPv6Address("TCP", "::1", 65535), id="tcp6"),
-    pytest.param(b"PROXY TCP6 2001:DB8:0:0:0:0:0:5 ::1 1 2\r\n", IPv6Address("TCP", "2001:db8::5", 1), IPv6Address("TCP", "::1", 2), id="tcp6-long-form"),
+    pytest.param(
+        b"PROXY TCP4 10.1.2.3 127.0.0.1 5555 7007\r\n",
+        IPv4Address("TCP", "10.1.2.3", 5555),
+        IPv4Address("TCP", "127.0.0.1", 7007),
+        id="tcp4",
+    ),
+    pytest.param(
+        b"PROXY TCP6 2001:db8::5 ::1 0 65535\r\n",
+        IPv6Address("TCP", "2001:db8::5", 0),
+        IPv6Address("TCP", "::1", 65535),
+        id="tcp6",
+    ),
+    pytest.param(
+        b"PROXY TCP6 2001:DB8:0:0:0:0:0:5 ::1 1 2\r\n",
+        IPv6Address("TCP", "2001:db8::5", 1),
+        IPv6Address("TCP", "::1", 2),
+        id="tcp6-long-form",
+    ),
     pytest.param(b"PROXY UNKNOWN\r\n", None, None, id="unknown"),
-    pytest.param(b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n", None, None, id="unknown-with-addresses"),
-    pytest.param(b"PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n",
-                 IPv6Address("TCP", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535), IPv6Address("TCP", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535), id="longest"),
+    pytest.param(
+        b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n", None, None, id="unknown-with-addresses"
+    ),
+    pytest.param(
+        b"PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n",
+        IPv6Address("TCP", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535),
+        IPv6Address("TCP", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535),
+        id="longest",
+    ),
 ]
 
 V2_GOLDEN = [
-    pytest.param(v2(0x21, 0x11, IPV4_BODY), IPv4Address("TCP", "10.1.2.3", 5555), IPv4Address("TCP", "127.0.0.1", 7007), id="tcp4"),
-    pytest.param(v2(0x21, 0x12, IPV4_BODY), IPv4Address("UDP", "10.1.2.3", 5555), IPv4Address("UDP", "127.0.0.1", 7007), id="udp4"),
-    pytest.param(v2(0x21, 0x21, IPV6_BODY), IPv6Address("TCP", "2001:db8::5", 5555), IPv6Address("TCP", "::1", 7007), id="tcp6"),
-    pytest.param(v2(0x21, 0x11, IPV4_BODY + b"\x04\x00\x02ab"), IPv4Address("TCP", "10.1.2.3", 5555), IPv4Address("TCP", "127.0.0.1", 7007), id="tcp4-with-tlv"),
-    pytest.param(v2(0x21, 0x31, b"/run/a".ljust(108, b"\x00") + b"/run/b".ljust(108, b"\x00")), UNIXAddress(b"/run/a"), UNIXAddress(b"/run/b"), id="unix"),
+    pytest.param(
+        v2(0x21, 0x11, IPV4_BODY),
+        IPv4Address("TCP", "10.1.2.3", 5555),
+        IPv4Address("TCP", "127.0.0.1", 7007),
+        id="tcp4",
+    ),
+    pytest.param(
+        v2(0x21, 0x12, IPV4_BODY),
+        IPv4Address("UDP", "10.1.2.3", 5555),
+        IPv4Address("UDP", "127.0.0.1", 7007),
+        id="udp4",
+    ),
+    pytest.param(
+        v2(0x21, 0x21, IPV6_BODY), IPv6Address("TCP", "2001:db8::5", 5555), IPv6Address("TCP", "::1", 7007), id="tcp6"
+    ),
+    pytest.param(
+        v2(0x21, 0x11, IPV4_BODY + b"\x04\x00\x02ab"),
+        IPv4Address("TCP", "10.1.2.3", 5555),
+        IPv4Address("TCP", "127.0.0.1", 7007),
+        id="tcp4-with-tlv",
+    ),
+    pytest.param(
+        v2(0x21, 0x31, b"/run/a".ljust(108, b"\x00") + b"/run/b".ljust(108, b"\x00")),
+        UNIXAddress(b"/run/a"),
+        UNIXAddress(b"/run/b"),
+        id="unix",
+    ),
     pytest.param(v2(0x20, 0x00, b""), None, None, id="local"),
     pytest.param(v2(0x20, 0x11, IPV4_BODY), None, None, id="local-with-addresses"),
     pytest.param(v2(0x21, 0x00, b"\x00" * 4), None, None, id="unspec"),
@@ -326,7 +376,9 @@ def proxied(
     A PROXY-wrapped stack trusting C{trusted}, on a fake clock.
     """
     handler, counters, clock = Handler(), Counters(), Clock()
-    limiter = makeStreamStack(handler, "raw", maxConnections=maxConnections, idleTimeout=5, clock=clock, counters=counters)
+    limiter = makeStreamStack(
+        handler, "raw", maxConnections=maxConnections, idleTimeout=5, clock=clock, counters=counters
+    )
     return ProxyHeaderFactory(limiter, TrustedSources.fromConfig(trusted)), limiter, handler, counters, clock
 
 

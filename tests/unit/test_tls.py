@@ -30,10 +30,21 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogLevel, Logger, capturedLogs
+from twisted.logger import Logger, LogLevel, capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
+from netd.config.options import ConfigError, renderPath
+from netd.config.spec import parseConfig
+from netd.daemon import logs
+from netd.daemon.service import NetService, ServiceStartError
+from netd.metrics import Counters
+from netd.registry import discoverPlugins
+from netd.stream.guard import ConnectionLimiter
+from netd.testing.memory import TestClientTLS, TLSTestConnection, connect, connectTLS, makeStreamStack
+from netd.tls import pump
+from netd.tls.client import clientCreator, describeTLSFailure, loadTrustRoot
+from netd.tls.contexts import ServerTLS, groupList
 from netd.tls.devcerts import (
     CLIENT_COMMON_NAME,
     CLIENT_DNS_NAME,
@@ -44,18 +55,7 @@ from netd.tls.devcerts import (
     makeCA,
     writeBadCertificates,
 )
-from netd.daemon import logs
-from netd.config.spec import parseConfig
-from netd.config.options import ConfigError, renderPath
-from netd.stream.guard import ConnectionLimiter
-from netd.metrics import Counters
-from netd.registry import discoverPlugins
-from netd.daemon.service import NetService, ServiceStartError
-from netd.testing.memory import TestClientTLS, TLSTestConnection, connect, connectTLS, makeStreamStack
-from netd.tls import pump
-from netd.tls.client import clientCreator, describeTLSFailure, loadTrustRoot
-from netd.tls.contexts import groupList, ServerTLS
-from netd.tls.failures import classifyFailure, FAILURE_REASONS
+from netd.tls.failures import FAILURE_REASONS, classifyFailure
 from netd.tls.keys import TLSSetupError
 from netd.tls.options import PROFILES, SNICertificate, TLSOptions, TLSVersion
 from netd.tls.protocol import TLSServerFactory
@@ -357,12 +357,32 @@ def test_handshakeTimeoutZeroNeverFires(certs: Certs) -> None:
         pytest.param({"max_version": TLSVersion("1.2")}, {"minVersion": "1.3"}, None, id="max-1.2-refuses-1.3-only"),
         pytest.param({"min_version": TLSVersion("1.3")}, {"maxVersion": "1.2"}, None, id="min-1.3-refuses-1.2"),
         pytest.param({"profile": "old"}, {"maxVersion": "1.0"}, "TLSv1", id="old-serves-1.0"),
-        pytest.param({"profile": "old", "min_version": TLSVersion("1.1")}, {"maxVersion": "1.0"}, None, id="old-min-1.1-refuses-1.0"),
-        pytest.param({"profile": "old", "min_version": TLSVersion("1.1")}, {"maxVersion": "1.1"}, "TLSv1.1", id="old-min-1.1-serves-1.1"),
-        pytest.param({"min_version": TLSVersion("1.0"), "ciphers": "ECDHE+AES"}, {"maxVersion": "1.0"}, "TLSv1", id="ciphers-min-1.0-serves-1.0"),
+        pytest.param(
+            {"profile": "old", "min_version": TLSVersion("1.1")},
+            {"maxVersion": "1.0"},
+            None,
+            id="old-min-1.1-refuses-1.0",
+        ),
+        pytest.param(
+            {"profile": "old", "min_version": TLSVersion("1.1")},
+            {"maxVersion": "1.1"},
+            "TLSv1.1",
+            id="old-min-1.1-serves-1.1",
+        ),
+        pytest.param(
+            {"min_version": TLSVersion("1.0"), "ciphers": "ECDHE+AES"},
+            {"maxVersion": "1.0"},
+            "TLSv1",
+            id="ciphers-min-1.0-serves-1.0",
+        ),
         pytest.param({"profile": "modern"}, {"maxVersion": "1.2"}, None, id="modern-refuses-1.2"),
         pytest.param({"profile": "modern"}, {}, "TLSv1.3", id="modern-serves-1.3"),
-        pytest.param({"profile": "modern", "min_version": TLSVersion("1.2"), "ciphers": "ECDHE+AESGCM"}, {"maxVersion": "1.2"}, "TLSv1.2", id="modern-with-ciphers-serves-1.2"),
+        pytest.param(
+            {"profile": "modern", "min_version": TLSVersion("1.2"), "ciphers": "ECDHE+AESGCM"},
+            {"maxVersion": "1.2"},
+            "TLSv1.2",
+            id="modern-with-ciphers-serves-1.2",
+        ),
     ],
 )
 def test_versions(certs: Certs, server: dict[str, Any], client: dict[str, str], expected: str | None) -> None:
@@ -423,7 +443,9 @@ def test_ciphersReplaceTheProfilesList(certs: Certs) -> None:
     """
     ciphers replaces the profile's TLS 1.2 suites and leaves the TLS 1.3 ones.
     """
-    assert contextSuites(tlsOptions(certs, ciphers="ECDHE-ECDSA-AES256-GCM-SHA384")) == TLS13_SUITES | {"ECDHE-ECDSA-AES256-GCM-SHA384"}
+    assert contextSuites(tlsOptions(certs, ciphers="ECDHE-ECDSA-AES256-GCM-SHA384")) == TLS13_SUITES | {
+        "ECDHE-ECDSA-AES256-GCM-SHA384"
+    }
 
 
 def test_oldProfileSuites(certs: Certs) -> None:
@@ -511,9 +533,18 @@ def test_groupsFallBack(certs: Certs, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("keys", "problem"),
     [
-        ({"profile": "modern", "min_version": TLSVersion("1.2")}, ("min_version", 'profile "modern" has no suites for TLS 1.2')),
-        ({"min_version": TLSVersion("1.0")}, ("min_version", 'profile "intermediate" has no suites for TLS 1.0, only for 1.2; set profile = "old"')),
-        ({"profile": "modern", "max_version": TLSVersion("1.2")}, ("max_version", 'profile "modern"\'s oldest version (1.3)')),
+        (
+            {"profile": "modern", "min_version": TLSVersion("1.2")},
+            ("min_version", 'profile "modern" has no suites for TLS 1.2'),
+        ),
+        (
+            {"min_version": TLSVersion("1.0")},
+            ("min_version", 'profile "intermediate" has no suites for TLS 1.0, only for 1.2; set profile = "old"'),
+        ),
+        (
+            {"profile": "modern", "max_version": TLSVersion("1.2")},
+            ("max_version", 'profile "modern"\'s oldest version (1.3)'),
+        ),
     ],
 )
 def test_profileCrossChecks(keys: dict[str, Any], problem: tuple[str, str]) -> None:
@@ -529,7 +560,12 @@ def test_profileCrossChecksAllow() -> None:
     """
     A version below the profile's is fine with ciphers of one's own, or with profile = "old".
     """
-    assert TLSOptions(certificate="auto", profile="modern", min_version=TLSVersion("1.2"), ciphers="ECDHE+AESGCM").crossCheck() == []
+    assert (
+        TLSOptions(
+            certificate="auto", profile="modern", min_version=TLSVersion("1.2"), ciphers="ECDHE+AESGCM"
+        ).crossCheck()
+        == []
+    )
     assert TLSOptions(certificate="auto", profile="old", min_version=TLSVersion("1.1")).crossCheck() == []
     assert TLSOptions(certificate="auto", min_version=TLSVersion("1.0"), ciphers="ECDHE+AES").crossCheck() == []
 
@@ -585,7 +621,10 @@ def sniOptions(certs: Certs) -> TLSOptions:
     wild, wildKey = certs.extra("wild")
     return tlsOptions(
         certs,
-        sni={"alpha.test": SNICertificate(certificate=alpha, private_key=alphaKey), "*.wild.test": SNICertificate(certificate=wild, private_key=wildKey)},
+        sni={
+            "alpha.test": SNICertificate(certificate=alpha, private_key=alphaKey),
+            "*.wild.test": SNICertificate(certificate=wild, private_key=wildKey),
+        },
     )
 
 
@@ -594,7 +633,9 @@ def dnsNames(certificate: x509.Certificate | None) -> list[str]:
     The DNS names of a certificate's SAN.
     """
     assert certificate is not None
-    return certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    return certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName
+    )
 
 
 @pytest.mark.parametrize(
@@ -703,14 +744,16 @@ def test_untrustedClientLogsWhy(certs: Certs) -> None:
     assert "unable to get local issuer certificate" in event["detail"]
 
 
-def clientCertificate(ca: KeyAndCertificate, commonName: str, names: list[x509.GeneralName] | None) -> KeyAndCertificate:
+def clientCertificate(
+    ca: KeyAndCertificate, commonName: str, names: list[x509.GeneralName] | None
+) -> KeyAndCertificate:
     """
     A client certificate signed by C{ca} with subject CN C{commonName} and
     the subject alternative names C{names} (none at all when L{None}), made
     here with cryptography so that the test controls every name.
     """
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, commonName)]))
@@ -754,7 +797,9 @@ Client certificates for client_allow, by name: subject CN and SANs.
         pytest.param(("uri:SPIFFE://netd.test/WORKER",), "uri-client", False, id="uri-exact"),
         pytest.param(("dns:legacy.netd.test",), "cn-dns-shaped", False, id="cn-is-never-a-dns-name"),
         pytest.param(("cn:legacy.netd.test",), "cn-dns-shaped", True, id="cn-dns-shaped"),
-        pytest.param(("cn:someone else", "uri:spiffe://netd.test/other", "dns:" + CLIENT_DNS_NAME), "dev", True, id="any-entry"),
+        pytest.param(
+            ("cn:someone else", "uri:spiffe://netd.test/other", "dns:" + CLIENT_DNS_NAME), "dev", True, id="any-entry"
+        ),
         pytest.param(("uri:spiffe://netd.test/worker",), "dev", False, id="other-client"),
     ],
 )
@@ -791,7 +836,10 @@ def test_clientAllow(certs: Certs, allow: tuple[str, ...], client: str, allowed:
     [
         ("netd client", '"netd client" has no type; did you mean "cn:netd client"?'),
         ("client.netd.test", '"client.netd.test" has no type; did you mean "dns:client.netd.test"?'),
-        ("spiffe://netd.test/worker", '"spiffe://netd.test/worker" has no type; did you mean "uri:spiffe://netd.test/worker"?'),
+        (
+            "spiffe://netd.test/worker",
+            '"spiffe://netd.test/worker" has no type; did you mean "uri:spiffe://netd.test/worker"?',
+        ),
         ("email:a@example.com", '"email:a@example.com" has an unknown type "email"; known: dns:, uri:, cn:'),
         ("dns:", '"dns:" names nothing after "dns:"'),
         ("dns:bad name", '"dns:bad name" is not a DNS name'),
@@ -806,11 +854,13 @@ def test_clientAllowEntriesAreTyped(entry: str, problem: str) -> None:
     """
     table = tomllib.loads(
         '[[services]]\nname = "t"\nplugin = "tls-echo"\nlisten = ["tcp:0"]\n'
-        'tls = { certificate = "auto", client_ca = "ca.pem", client_auth = "required", client_allow = ["cn:ok", %s] }\n' % json.dumps(entry)
+        f'tls = {{ certificate = "auto", client_ca = "ca.pem", client_auth = "required", client_allow = ["cn:ok", {json.dumps(entry)}] }}\n'
     )
     with pytest.raises(ConfigError) as info:
         parseConfig(table, "netd.toml", discoverPlugins())
-    assert [(renderPath(p.path), p.message) for p in info.value.problems] == [("services[0].tls.client_allow", f"[1] {problem}")]
+    assert [(renderPath(p.path), p.message) for p in info.value.problems] == [
+        ("services[0].tls.client_allow", f"[1] {problem}")
+    ]
 
 
 def test_verifyingClientPresentsCertificate(certs: Certs) -> None:
@@ -927,7 +977,9 @@ def test_sessionKeysRotationDefaults() -> None:
     assert [renderPath(p.path) for p in info.value.problems] == ["services[0].tls.session_ticket_rotation"]
 
 
-@pytest.mark.parametrize("keys", [{"session_ticket_rotation": 0}, {"session_resumption": False}], ids=["zero", "no-resumption"])
+@pytest.mark.parametrize(
+    "keys", [{"session_ticket_rotation": 0}, {"session_resumption": False}], ids=["zero", "no-resumption"]
+)
 def test_sessionKeysNoTimer(certs: Certs, keys: dict[str, Any]) -> None:
     """
     With session_ticket_rotation = 0, or without session resumption, no timer runs.
@@ -960,7 +1012,9 @@ def test_sessionKeysRotationKeepsReloadedCertificate(certs: Certs) -> None:
 # Private key files.
 
 
-@pytest.mark.parametrize(("mode", "warned"), [(0o600, False), (0o400, False), (0o640, True), (0o604, True), (0o644, True)])
+@pytest.mark.parametrize(
+    ("mode", "warned"), [(0o600, False), (0o400, False), (0o640, True), (0o604, True), (0o644, True)]
+)
 def test_privateKeyModeWarned(certs: Certs, tmp_path: Path, mode: int, warned: bool) -> None:
     """
     A private key file that its group or everyone may read is warned about once when it is loaded, naming the file and its mode; an owner-only one is not.
@@ -1002,14 +1056,20 @@ def test_handshakeLoggedAtDebug(certs: Certs) -> None:
     Each handshake is logged at debug with the version, cipher, SNI name, ALPN protocol and client certificate subject as fields.
     """
     stack = echoStack(mutualOptions(certs, "required", alpn=("echo",)))
-    creator = TestClientTLS(serverName="localhost", certificate=certs.dev.client, privateKey=certs.dev.clientKey, alpn=("echo",))
+    creator = TestClientTLS(
+        serverName="localhost", certificate=certs.dev.client, privateKey=certs.dev.clientKey, alpn=("echo",)
+    )
     with capturedLogs() as events:
         stack.connect(creator)
     (event,) = [e for e in events if e.get("tls_version")]
     assert event["log_level"] == LogLevel.debug
     assert event["tls_version"] == "TLSv1.3"
     assert event["tls_cipher"].startswith("TLS_")
-    assert (event["tls_sni"], event["tls_alpn"], event["tls_client"]) == ("localhost", "echo", f"CN={CLIENT_COMMON_NAME}")
+    assert (event["tls_sni"], event["tls_alpn"], event["tls_client"]) == (
+        "localhost",
+        "echo",
+        f"CN={CLIENT_COMMON_NAME}",
+    )
     assert event["tls_resumed"] is False
 
 
@@ -1180,13 +1240,19 @@ class TLSPair:
     def __init__(self, certs: Certs, application: Factory) -> None:
         self.clock = Clock()
         factory = TLSServerFactory(
-            ServerTLS(tlsOptions(certs), serviceName="test", log=LOG), application, clock=self.clock, counters=Counters(), log=LOG
+            ServerTLS(tlsOptions(certs), serviceName="test", log=LOG),
+            application,
+            clock=self.clock,
+            counters=Counters(),
+            log=LOG,
         )
         self.server = factory.buildProtocol(None)
         self.serverTransport = CountingTransport()
         self.server.makeConnection(self.serverTransport)
         self.collector = Collector()
-        clientFactory = TLSMemoryBIOFactory(TestClientTLS(), True, Factory.forProtocol(lambda: self.collector), clock=self.clock)
+        clientFactory = TLSMemoryBIOFactory(
+            TestClientTLS(), True, Factory.forProtocol(lambda: self.collector), clock=self.clock
+        )
         self.client = clientFactory.buildProtocol(None)
         self.clientTransport = StringTransport()
         self.client.makeConnection(self.clientTransport)
@@ -1496,7 +1562,9 @@ def test_sniFileCheckedToo(certs: Certs, tmp_path: Path) -> None:
     The files of an sni entry are checked like the default ones, naming the entry.
     """
     missing = str(tmp_path / "alpha-missing.pem")
-    options = tlsOptions(certs, sni={"alpha.test": SNICertificate(certificate=missing, private_key=certs.dev.serverKey)})
+    options = tlsOptions(
+        certs, sni={"alpha.test": SNICertificate(certificate=missing, private_key=certs.dev.serverKey)}
+    )
     assert setupError(options) == f'cannot read tls.sni."alpha.test".certificate {missing!r}: No such file or directory'
 
 
@@ -1508,7 +1576,16 @@ def test_outdatedCertificateWarnsButServes(certs: Certs, name: str) -> None:
     certificate, key = certs.bad(name)
     registry = discoverPlugins()
     config = parseConfig(
-        {"services": [{"name": "bad-tls", "plugin": "echo", "listen": ["tcp:0"], "tls": {"certificate": certificate, "private_key": key}}]},
+        {
+            "services": [
+                {
+                    "name": "bad-tls",
+                    "plugin": "echo",
+                    "listen": ["tcp:0"],
+                    "tls": {"certificate": certificate, "private_key": key},
+                }
+            ]
+        },
         "test.toml",
         registry,
     )
@@ -1527,7 +1604,16 @@ def test_startErrorNamesServiceAndFile(certs: Certs, tmp_path: Path) -> None:
     """
     missing = str(tmp_path / "nope.pem")
     config = parseConfig(
-        {"services": [{"name": "web", "plugin": "echo", "listen": ["tcp:0"], "tls": {"certificate": missing, "private_key": missing}}]},
+        {
+            "services": [
+                {
+                    "name": "web",
+                    "plugin": "echo",
+                    "listen": ["tcp:0"],
+                    "tls": {"certificate": missing, "private_key": missing},
+                }
+            ]
+        },
         "test.toml",
         discoverPlugins(),
     )

@@ -15,7 +15,7 @@ import pytest
 from OpenSSL import SSL
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogLevel, Logger, capturedLogs
+from twisted.logger import Logger, LogLevel, capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from netd.metrics import Counters
@@ -66,7 +66,9 @@ def factoryFor(dev: DevelopmentSet) -> TLSServerFactory:
     """
     options = TLSOptions(certificate=dev.server, private_key=dev.serverKey)
     tls = ServerTLS(options, serviceName="test", log=LOG)
-    return TLSServerFactory(tls, Factory.forProtocol(Protocol), clock=MemoryReactorClock(), counters=Counters(), log=LOG)
+    return TLSServerFactory(
+        tls, Factory.forProtocol(Protocol), clock=MemoryReactorClock(), counters=Counters(), log=LOG
+    )
 
 
 def servesAndResumes(limiter: ConnectionLimiter, clock: MemoryReactorClock, counters: Counters) -> None:
@@ -85,7 +87,10 @@ def servesAndResumes(limiter: ConnectionLimiter, clock: MemoryReactorClock, coun
     assert second is not None
     second.send(b"again")
     assert second.takeReceived() == b"again"
-    assert {k: v for k, v in counters.items() if k.startswith("tls_")} == {"tls_handshakes_ok": 2, "tls_sessions_resumed": 1}
+    assert {k: v for k, v in counters.items() if k.startswith("tls_")} == {
+        "tls_handshakes_ok": 2,
+        "tls_sessions_resumed": 1,
+    }
 
 
 def echoService(dev: DevelopmentSet) -> tuple[ConnectionLimiter, MemoryReactorClock, Counters]:
@@ -111,20 +116,46 @@ def test_checkPassesOnThisPyOpenSSLAndTwisted(dev: DevelopmentSet) -> None:
 
 
 BREAKS = [
-    pytest.param(lambda m: m.delattr(SSL.Connection, "_handle_bio_errors"), "OpenSSL.SSL.Connection._handle_bio_errors", id="connection-method"),
-    pytest.param(lambda m: m.delattr(TLSMemoryBIOProtocol, "_flushReceiveBIO"), "TLSMemoryBIOProtocol._flushReceiveBIO", id="twisted-method"),
+    pytest.param(
+        lambda m: m.delattr(SSL.Connection, "_handle_bio_errors"),
+        "OpenSSL.SSL.Connection._handle_bio_errors",
+        id="connection-method",
+    ),
+    pytest.param(
+        lambda m: m.delattr(TLSMemoryBIOProtocol, "_flushReceiveBIO"),
+        "TLSMemoryBIOProtocol._flushReceiveBIO",
+        id="twisted-method",
+    ),
     pytest.param(lambda m: m.setattr(pump, "_openssl", object()), "OpenSSL._util.lib.BIO_write", id="openssl-binding"),
     pytest.param(lambda m: m.setattr(pump, "_ffi", None), "OpenSSL._util.ffi/lib", id="no-util"),
-    pytest.param(lambda m: m.setattr(pump, "_CONNECTION_FIELDS", ("_ssl", "_netd_renamed_bio")), "OpenSSL.SSL.Connection()._netd_renamed_bio", id="connection-field"),
-    pytest.param(lambda m: m.delattr(TLSMemoryBIOProtocol, "_handshakeDone"), "TLSMemoryBIOProtocol._handshakeDone", id="twisted-flag"),
-    pytest.param(lambda m: m.setattr(pump, "_PROTOCOL_FIELDS", ("_tlsConnection", "_netd_renamed_buffer")), "TLSMemoryBIOProtocol()._netd_renamed_buffer", id="twisted-field"),
-    pytest.param(lambda m: m.setattr(pump, "_FACTORY_FIELDS", ("_netd_renamed_creator",)), "TLSMemoryBIOFactory()._netd_renamed_creator", id="twisted-factory-field"),
+    pytest.param(
+        lambda m: m.setattr(pump, "_CONNECTION_FIELDS", ("_ssl", "_netd_renamed_bio")),
+        "OpenSSL.SSL.Connection()._netd_renamed_bio",
+        id="connection-field",
+    ),
+    pytest.param(
+        lambda m: m.delattr(TLSMemoryBIOProtocol, "_handshakeDone"),
+        "TLSMemoryBIOProtocol._handshakeDone",
+        id="twisted-flag",
+    ),
+    pytest.param(
+        lambda m: m.setattr(pump, "_PROTOCOL_FIELDS", ("_tlsConnection", "_netd_renamed_buffer")),
+        "TLSMemoryBIOProtocol()._netd_renamed_buffer",
+        id="twisted-field",
+    ),
+    pytest.param(
+        lambda m: m.setattr(pump, "_FACTORY_FIELDS", ("_netd_renamed_creator",)),
+        "TLSMemoryBIOFactory()._netd_renamed_creator",
+        id="twisted-factory-field",
+    ),
     pytest.param(lambda m: m.setenv(pump.CANARY_SWITCH, "fail"), "_netdCanaryForcedMissing", id="internal-switch"),
 ]
 
 
 @pytest.mark.parametrize(("breakIt", "named"), BREAKS)
-def test_missingPrivateNameFallsBack(dev: DevelopmentSet, monkeypatch: pytest.MonkeyPatch, breakIt: Any, named: str) -> None:
+def test_missingPrivateNameFallsBack(
+    dev: DevelopmentSet, monkeypatch: pytest.MonkeyPatch, breakIt: Any, named: str
+) -> None:
     """
     A private name the pump needs taken away: the check fails naming it, one warning says so, and services use Twisted's public path.
     """
@@ -208,7 +239,10 @@ def test_fallbackNeedsNoPrivateBinding(dev: DevelopmentSet, monkeypatch: pytest.
             assert connection.takeReceived() == b"hello"
             client.session = connection.session
             connection.close()
-    assert {k: v for k, v in counters.items() if k.startswith("tls_")} == {"tls_handshakes_ok": 3, "tls_sessions_resumed": 2}
+    assert {k: v for k, v in counters.items() if k.startswith("tls_")} == {
+        "tls_handshakes_ok": 3,
+        "tls_sessions_resumed": 2,
+    }
     assert [e["log_namespace"] for e in events if e["log_level"] == LogLevel.warn] == ["netd.tls.pump"]
 
 
@@ -236,7 +270,12 @@ def test_guardCatchesNetdTouchingAPrivate(dev: DevelopmentSet, monkeypatch: pyte
     while not isinstance(server, TLSServerProtocol):
         server = server.wrappedProtocol
     for module in ("netd.tls.protocol", "netd.stream.guard"):
-        for code in ("server._tlsConnection", "server.getHandle()._ssl", "server.factory._creatorCallable", "setattr(server, '_handshakeDone', True)"):
+        for code in (
+            "server._tlsConnection",
+            "server.getHandle()._ssl",
+            "server.factory._creatorCallable",
+            "setattr(server, '_handshakeDone', True)",
+        ):
             with pytest.raises(PrivateNameUsed):
                 exec(code, {"__name__": module, "server": server})
     exec("server._tlsConnection._ssl", {"__name__": "netd.tls.pump", "server": server})

@@ -162,12 +162,18 @@ def privateUses(source: str) -> list[str]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Attribute) and node.attr in SCANNED_PRIVATES:
             found.append(f"line {node.lineno}: .{node.attr}")
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr", "setattr", "delattr"):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr", "setattr", "delattr")
+        ):
             if len(node.args) > 1 and isinstance(node.args[1], ast.Constant) and node.args[1].value in SCANNED_PRIVATES:
                 found.append(f"line {node.lineno}: {node.func.id}(..., {node.args[1].value!r})")
         elif isinstance(node, ast.ImportFrom) and node.module is not None:
             parts = node.module.split(".") + [alias.name for alias in node.names]
-            if parts[0] in ("OpenSSL", "twisted") and any(p in SCANNED_PRIVATES or p.startswith("_") and p != "__future__" for p in parts[1:]):
+            if parts[0] in ("OpenSSL", "twisted") and any(
+                p in SCANNED_PRIVATES or p.startswith("_") and p != "__future__" for p in parts[1:]
+            ):
                 found.append(f"line {node.lineno}: from {node.module} import {', '.join(a.name for a in node.names)}")
         elif isinstance(node, ast.Import):
             for alias in node.names:
