@@ -54,9 +54,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 def _debugLinesOff(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     Start every test with netd's per-connection debug lines off, whatever an
-    earlier test configured (L{netd.daemon.logs.debugEnabled} is process-wide).
+    earlier test configured (L{netd.logs.debugEnabled} is process-wide).
     """
-    from netd.daemon import logs
+    from netd import logs
 
     monkeypatch.setattr(logs, "debugEnabled", False)
 

@@ -67,7 +67,7 @@ class PluginContext:
 
     @ivar reactor: the reactor to listen, connect and schedule with (tests pass a
         fake one, so plugins never import the global reactor).
-    @ivar log: a logger named after the service (L{netd.daemon.logs.ServiceLogger}).
+    @ivar log: a logger named after the service (L{netd.logs.ServiceLogger}).
     @ivar serviceName: the service's C{name}.
     @ivar counters: the service's counters; a plugin adds its own names.
     @ivar events: the service's recent events (L{netd.events.EventLog}), where a

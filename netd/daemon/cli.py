@@ -23,10 +23,10 @@ from netd.config.options import ConfigError, KeyPath, Problem, describeSchema
 from netd.config.schema import configSchema, registryPlugins, renderSchema
 from netd.config.spec import NetdConfig, loadConfig
 from netd.daemon.application import NetdApplication
-from netd.daemon.logs import startLogging
 from netd.daemon.openapi import renderOpenAPI
 from netd.daemon.privileges import PrivilegeDrop, PrivilegeError
 from netd.daemon.systemd import Notifier
+from netd.logs import startLogging
 from netd.registry import PluginRegistry, discoverPlugins
 from netd.tls.devcerts import DevelopmentSet, defaultStateDir, ensureDevelopmentSet, writeBadCertificates
 from netd.words import counted

@@ -19,9 +19,9 @@ from twisted.python.failure import Failure
 
 from netd.config.options import ConfigError, Problem
 from netd.config.spec import DEFAULT_CONFIG_NAME, DaemonSpec, NetdConfig, ServiceSpec, loadConfig
-from netd.daemon.logs import NamedLogger, setLogLevel
 from netd.daemon.service import NetService, ReloadInProgress, ServiceStartError
 from netd.daemon.systemd import Notifier
+from netd.logs import NamedLogger, setLogLevel
 from netd.reactors.rlimits import raiseOpenFileLimit
 from netd.registry import PluginRegistry, discoverPlugins
 from netd.tls.contexts import ServerTLS

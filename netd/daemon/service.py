@@ -22,11 +22,11 @@ from twisted.internet.interfaces import IListeningPort
 from netd.config.listen import ListenAddress, addressInUse, describeBound, whyListenFailed
 from netd.config.options import KeyPath
 from netd.config.spec import ServiceSpec
-from netd.daemon.logs import ServiceLogger
 from netd.datagram.listener import LISTENING_PORTS, DatagramListener
 from netd.events import EventLog, EventTable
 from netd.faults.active import ServiceFaults
 from netd.interfaces import IDatagramHandler, IHasRuntimeTables, IRuntimeTable, IStreamHandler, PluginContext
+from netd.logs import ServiceLogger
 from netd.metrics import Counters
 from netd.reactors.rlimits import defaultMaxConnections
 from netd.stream.framing import FRAMINGS, FramedFactory

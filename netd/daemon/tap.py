@@ -89,12 +89,12 @@ def makeService(options: Options) -> IService:
 
 def _logObserver(config: NetdConfig, twistdOptions: Any) -> ILogObserver | None:
     """
-    netd's log observer (L{netd.daemon.logs.makeObserver}) writing where
+    netd's log observer (L{netd.logs.makeObserver}) writing where
     twistd would write its own (C{--logfile}, C{-} or, with C{-n}, stdout;
     C{twistd.log} when daemonizing); L{None} when C{--logger} or
     C{--syslog} chose another observer.
     """
-    from netd.daemon.logs import makeObserver
+    from netd.logs import makeObserver
 
     def option(name: str) -> Any:
         return twistdOptions.get(name) if twistdOptions is not None else None

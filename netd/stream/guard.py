@@ -32,7 +32,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
-from netd.daemon import logs
+from netd import logs
 from netd.events import EventLog
 from netd.metrics import Counters
 from netd.reactors.rlimits import BoundedWarning, IOutOfDescriptors

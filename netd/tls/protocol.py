@@ -22,7 +22,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from netd.daemon import logs
+from netd import logs
 from netd.metrics import Counters
 from netd.tls.contexts import ServerTLS
 from netd.tls.failures import classifyFailure

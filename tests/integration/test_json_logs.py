@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import netd
-from netd.daemon.logs import LEVELS
+from netd.logs import LEVELS
 from netd.testing.harness import NetdServer
 
 from .conftest import IO_TIMEOUT, connect, echoService, recvExactly, waitForLog, withTestAdmin

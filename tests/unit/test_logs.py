@@ -19,8 +19,8 @@ from twisted.python.failure import Failure
 
 import netd
 import netd_plugins
-from netd.daemon import logs
-from netd.daemon.logs import LEVELS, RESERVED, ServiceLogger, makeObserver, setLogLevel
+from netd import logs
+from netd.logs import LEVELS, RESERVED, ServiceLogger, makeObserver, setLogLevel
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 

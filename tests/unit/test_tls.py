@@ -34,9 +34,9 @@ from twisted.logger import Logger, LogLevel, capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
+from netd import logs
 from netd.config.options import ConfigError, renderPath
 from netd.config.spec import parseConfig
-from netd.daemon import logs
 from netd.daemon.service import NetService, ServiceStartError
 from netd.metrics import Counters
 from netd.registry import discoverPlugins

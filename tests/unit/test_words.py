@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from twisted.logger import capturedLogs, formatEvent
 
-from netd.daemon import logs
+from netd import logs
 from netd.testing.memory import UDPMemoryReactorClock, resultOf
 from netd.words import counted
 
