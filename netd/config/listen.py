@@ -22,7 +22,6 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import DatagramProtocol
 
 from netd.config.options import InvalidValue, resolvePath
-from netd.daemon.systemd import NO_INHERITED_SOCKET
 from netd.reactors.accepting import acceptGuarded
 from netd.reactors.rlimits import systemBacklog
 from netd.reactors.shared import INetdReactor
@@ -48,6 +47,14 @@ ones short).
 _PORT_PREFIXES = frozenset({"tcp", "tcp6", "ssl", "udp"})
 """
 Endpoint types whose first argument is a port number.
+"""
+
+NO_INHERITED_SOCKET = (
+    "systemd passed no such socket: netd was not started by socket activation (a .socket unit, or "
+    "systemd-socket-activate), or the socket unit passes fewer sockets or other names"
+)
+"""
+The reason given when a C{systemd:} listen string finds no passed socket.
 """
 
 

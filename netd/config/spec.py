@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import attrs
 
+from netd.config.accounts import Group, User
 from netd.config.listen import ListenAddress, splitDescription
 from netd.config.options import (
     ConfigError,
@@ -36,7 +37,6 @@ from netd.config.options import (
     schemaFields,
     toConfig,
 )
-from netd.daemon.privileges import Group, User
 from netd.events import DEFAULT_SIZE as DEFAULT_EVENTS
 from netd.events import LARGEST_SIZE as LARGEST_EVENTS
 from netd.faults.base import ServiceShape

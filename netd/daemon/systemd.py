@@ -235,12 +235,3 @@ def completeListenNames(environ: MutableMapping[str, str] | None = None, pid: in
         return
     if count > 0:
         environ["LISTEN_FDNAMES"] = ":".join(["unknown"] * count)
-
-
-NO_INHERITED_SOCKET = (
-    "systemd passed no such socket: netd was not started by socket activation (a .socket unit, or "
-    "systemd-socket-activate), or the socket unit passes fewer sockets or other names"
-)
-"""
-The reason given when a C{systemd:} listen string finds no passed socket.
-"""

@@ -16,14 +16,13 @@ from typing import Any
 
 import pytest
 
+from netd.config.accounts import Group, User
 from netd.config.options import ConfigError, InvalidValue
 from netd.config.spec import parseConfig
 from netd.daemon.privileges import (
-    Group,
     PrivilegeDrop,
     PrivilegeError,
     Target,
-    User,
     checkCanSwitch,
     dropPrivileges,
     handOverCertificates,

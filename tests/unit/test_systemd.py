@@ -20,12 +20,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from netd.config.listen import ListenAddress
+from netd.config.listen import NO_INHERITED_SOCKET, ListenAddress
 from netd.config.options import InvalidValue
 from netd.daemon.application import NetdApplication
 from netd.daemon.daemon import Daemon
 from netd.daemon.systemd import (
-    NO_INHERITED_SOCKET,
     Notifier,
     completeListenNames,
     formatMessage,
