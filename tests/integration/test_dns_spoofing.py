@@ -10,6 +10,7 @@ and the source ports netd's queries leave from.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import struct
 import threading
@@ -320,7 +321,7 @@ def test_queriesLeaveFromManyRandomPorts(startNetd: Any, fakeUpstream: Any) -> N
     low, high = (int(n) for n in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
     assert all(low <= port <= high for port in ports)
     distinct = sorted(set(ports))
-    steps = [b - a for a, b in zip(distinct, distinct[1:], strict=True)]
+    steps = [b - a for a, b in itertools.pairwise(distinct)]
     assert max(distinct) - min(distinct) > (high - low) // 4, "spread over the range"
     assert sum(step == 1 for step in steps) < len(steps) // 2, "not handed out in sequence"
     assert netd.counter("upstream_udp_sockets_opened", "dns") >= 20
