@@ -181,6 +181,15 @@ def unixSocketPath(text: str) -> str | None:
     return _unescape(raw) or None
 
 
+def listensOnUnixSocket(text: str) -> bool:
+    """
+    Whether a stream listen string listens on a unix socket (whose file mode
+    guards it): C{unix:}, or a C{systemd:} socket of C{domain=UNIX}.
+    """
+    kind, *rest = splitDescription(text)
+    return kind == "unix" or (kind == "systemd" and "domain=UNIX" in rest)
+
+
 def _checkPort(text: str) -> int:
     """
     Parse a port number, 0 meaning "let the system pick one".

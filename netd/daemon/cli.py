@@ -18,7 +18,7 @@ from twisted.internet.task import react
 from twisted.logger import Logger
 
 from netd import __version__
-from netd.config.listen import splitDescription, unixSocketPath
+from netd.config.listen import listensOnUnixSocket, unixSocketPath
 from netd.config.options import ConfigError, KeyPath, Problem, describeSchema
 from netd.config.schema import configSchema, registryPlugins, renderSchema
 from netd.config.spec import NetdConfig, loadConfig
@@ -243,7 +243,7 @@ def _adminProblems(config: NetdConfig, stateDir: str) -> list[Problem]:
         except TokenFileError as e:
             return [Problem(("daemon", "admin_token_file"), str(e))]
         return []
-    if daemon.admin_token_file is False or _unixAdmin(daemon.admin.address.text):
+    if daemon.admin_token_file is False or listensOnUnixSocket(daemon.admin.address.text):
         return []
     generated = os.path.join(stateDir, GENERATED_TOKEN_FILE)
     try:
@@ -306,15 +306,6 @@ def _tlsProblems(config: NetdConfig, stateDir: str) -> list[Problem]:
                 )
             )
     return problems
-
-
-def _unixAdmin(text: str) -> bool:
-    """
-    Whether a control API address is a unix socket (whose file mode guards
-    it, so netd makes no token for it), as L{netd.daemon.api.server.ControlAPI.unix} decides.
-    """
-    kind, *rest = splitDescription(text)
-    return kind == "unix" or (kind == "systemd" and "domain=UNIX" in rest)
 
 
 def _cannotWrite(folder: str, make: bool = True) -> str | None:

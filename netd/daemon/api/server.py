@@ -18,7 +18,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
-from netd.config.listen import ListenAddress, describeBound, splitDescription, whyListenFailed
+from netd.config.listen import ListenAddress, describeBound, listensOnUnixSocket, splitDescription, whyListenFailed
 from netd.config.options import ConfigError, Problem
 from netd.config.spec import DaemonSpec
 from netd.daemon.api.guard import Access, RequestGuard
@@ -62,8 +62,7 @@ class ControlAPI(Service):
         so that it needs no token of netd's making): C{unix:}, or a
         C{systemd:} socket of C{domain=UNIX}.
         """
-        kind, *rest = splitDescription(self.address.text)
-        return kind == "unix" or (kind == "systemd" and "domain=UNIX" in rest)
+        return listensOnUnixSocket(self.address.text)
 
     async def listen(self) -> IListeningPort:
         """
