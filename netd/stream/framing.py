@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
+from netd.reactors.canary import Canary, require
 
 
 class FramingError(ValueError):
@@ -328,6 +329,30 @@ class NetstringFraming(FramedProtocol, NetstringReceiver):
         return b"%d:%s," % (len(frame) if claimed is None else claimed, frame)
 
 
+def _checkPartialFrameBuffer() -> None:
+    """
+    Twisted's length-prefixed receivers keep the part of a frame that has not
+    all arrived in C{_unprocessed}, a private name the whole-frame path reads
+    to know that nothing is buffered before a read.
+    """
+    receiver = Int16StringReceiver()
+    partial = b"\x00\x05ab"
+    receiver.dataReceived(partial)
+    require(
+        receiver.__dict__.get("_unprocessed") == partial, "Int16StringReceiver keeps a partial frame in _unprocessed"
+    )
+
+
+PARTIAL_FRAME_BUFFER = Canary(
+    "length-prefixed framing",
+    _checkPartialFrameBuffer,
+    "every read goes through Twisted's receiver, without the whole-frame shortcut",
+)
+"""
+The start-up check of the one private name the framings use.
+"""
+
+
 class _LengthPrefixed(FramedProtocol):
     """
     Shared by the big-endian length-prefixed framings.
@@ -339,6 +364,7 @@ class _LengthPrefixed(FramedProtocol):
 
     prefixLength: int
     largestClaim: int
+    wholeFrames: bool
     _unprocessed: bytes
     paused: bool
 
@@ -349,6 +375,7 @@ class _LengthPrefixed(FramedProtocol):
         """
         super().__init__()
         self._unprocessed = b""
+        self.wholeFrames = PARTIAL_FRAME_BUFFER.alive()
         self.paused = False
         self.prefixLength = self.prefixLength
         self.largestClaim = self.largestClaim
@@ -360,7 +387,7 @@ class _LengthPrefixed(FramedProtocol):
         receiver, which buffers and checks the limit before the payload.
         """
         prefixLength = self.prefixLength
-        if not self._unprocessed and not self.paused and len(data) >= prefixLength:
+        if self.wholeFrames and not self._unprocessed and not self.paused and len(data) >= prefixLength:
             length = int.from_bytes(data[:prefixLength], "big")
             if length == len(data) - prefixLength and length <= self.MAX_LENGTH:
                 if not self.transport.disconnecting:  # type: ignore[union-attr]

@@ -18,13 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.interfaces import IProtocol
 from twisted.logger import LogEvent, LogLevel, capturedLogs
+from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyClass, verifyObject
 
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
-from netd.stream.framing import FRAMINGS, FramingError
+from netd.stream import framing as framingModule
+from netd.stream.framing import FRAMINGS, PARTIAL_FRAME_BUFFER, FramingError, _checkPartialFrameBuffer
 from netd.testing.memory import MemoryStreamConnection, connect, makeStreamStack
 
 FRAMED = [name for name, framing in FRAMINGS.items() if framing.largest is not None]
@@ -523,3 +525,46 @@ def test_connectedFramingProvidesItsInterfaces(framing: str) -> None:
         assert verifyObject(interface, framed)
         assert verifyClass(interface, type(framed))
     assert shadowedMethods(framed) == []
+
+
+def test_partialFrameBufferCheckPassesOnThisTwisted() -> None:
+    """
+    The start-up check of the length-prefixed framings' one private name passes on the installed Twisted.
+    """
+    _checkPartialFrameBuffer()
+
+
+def test_partialFrameBufferCheckFailsOnARenamedBuffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A Twisted whose receivers buffer a partial frame under another name fails the check, with one warning, and turns the whole-frame path off.
+    """
+
+    class Renamed(Int16StringReceiver):
+        def dataReceived(self, data: bytes) -> None:
+            super().dataReceived(data)
+            self.__dict__["_pending"] = self.__dict__.pop("_unprocessed", b"")
+
+    monkeypatch.setattr(framingModule, "Int16StringReceiver", Renamed)
+    monkeypatch.setattr(PARTIAL_FRAME_BUFFER, "_alive", None)
+    with capturedLogs() as events:
+        assert not PARTIAL_FRAME_BUFFER.alive()
+        assert not PARTIAL_FRAME_BUFFER.alive()
+    assert [event.get("event") for event in events] == ["private_api_fallback"]
+
+
+@pytest.mark.parametrize("chunkSize", [1, 3, None])
+@pytest.mark.parametrize("framing", ["u16", "u32"])
+def test_withoutTheWholeFramePathFramesAreTheSame(
+    monkeypatch: pytest.MonkeyPatch, framing: str, chunkSize: int | None
+) -> None:
+    """
+    With the check failed, every read goes through Twisted's receiver, and a stream gives the same frames in any chunks.
+    """
+    monkeypatch.setattr(PARTIAL_FRAME_BUFFER, "_alive", False)
+    frames = framesFor(framing)
+    stream = b"".join(ENCODERS[framing](frame) for frame in frames)
+    size = chunkSize or len(stream)
+    connection, receiver, _ = openConnection(framing)
+    for start in range(0, len(stream), size):
+        connection.receive(stream[start : start + size])
+    assert receiver.frames == frames
