@@ -88,8 +88,7 @@ def tlsRecordPath(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
 
     if request.param == "twisted":
         monkeypatch.setenv(pump.CANARY_SWITCH, "fail")
-    pump.recordPumpWorks.cache_clear()
+    monkeypatch.setattr(pump.RECORD_PUMP, "_alive", None)
     with capturedLogs():  # the fallback's one warning, which tests/unit/test_tls_pump.py proves
-        assert pump.recordPumpWorks() is (request.param == "pump")
+        assert pump.RECORD_PUMP.alive() is (request.param == "pump")
     yield request.param
-    pump.recordPumpWorks.cache_clear()

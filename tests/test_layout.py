@@ -229,7 +229,18 @@ def test_circlesAreFound() -> None:
 
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
-TOP_LEVEL_MODULES = {"__init__", "__main__", "interfaces", "bases", "registry", "metrics", "events", "logs", "words"}
+TOP_LEVEL_MODULES = {
+    "__init__",
+    "__main__",
+    "interfaces",
+    "bases",
+    "registry",
+    "metrics",
+    "events",
+    "logs",
+    "canary",
+    "words",
+}
 """
 The modules that live in netd/ itself, beside the folders.
 """

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python import log
 from twisted.python.failure import Failure
 
-from netd.reactors.canary import Canary, require, requireNames
+from netd.canary import Canary, require, requireNames
 from netd.reactors.rlimits import nextPause, reportOutOfDescriptors
 from netd.reactors.shared import INetdReactor
 

@@ -57,9 +57,9 @@ from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netd.canary import Canary, require, requireNames
 from netd.reactors.accepting import AcceptingPort
-from netd.reactors.canary import Canary, UnwatchedReactor, require, requireNames
-from netd.reactors.shared import TCP_PORT_PRIVATES, IMeteredTransport, INetdReactor, ServesTCPPorts
+from netd.reactors.shared import TCP_PORT_PRIVATES, IMeteredTransport, INetdReactor, ServesTCPPorts, UnwatchedReactor
 
 if sys.platform == "linux":
     from twisted.internet.epollreactor import EPollReactor as _PollingReactor

@@ -9,7 +9,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from zope.interface import Attribute, Interface
+from twisted.internet.interfaces import IReactorFDSet
+from zope.interface import Attribute, Interface, implementer
 
 
 class INetdReactor(Interface):
@@ -74,3 +75,49 @@ class ServesTCPPorts:
         listening = self.tcpPort._fromListeningDescriptor(self, fileDescriptor, addressFamily, factory)
         listening.startListening()
         return listening
+
+
+@implementer(IReactorFDSet)
+class UnwatchedReactor:
+    """
+    The reactor of the transports and ports a check makes: it watches
+    nothing, as the check reads and writes them by hand.
+    """
+
+    def addReader(self, reader: Any) -> None:
+        """
+        Watch nothing.
+        """
+
+    def removeReader(self, reader: Any) -> None:
+        """
+        Watch nothing.
+        """
+
+    def addWriter(self, writer: Any) -> None:
+        """
+        Watch nothing.
+        """
+
+    def removeWriter(self, writer: Any) -> None:
+        """
+        Watch nothing.
+        """
+
+    def removeAll(self) -> list[Any]:
+        """
+        Nothing was watched.
+        """
+        return []
+
+    def getReaders(self) -> list[Any]:
+        """
+        Nothing is watched.
+        """
+        return []
+
+    def getWriters(self) -> list[Any]:
+        """
+        Nothing is watched.
+        """
+        return []

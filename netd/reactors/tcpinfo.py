@@ -17,7 +17,7 @@ import select
 import socket
 import struct
 
-from netd.reactors.canary import Canary, require
+from netd.canary import Canary, require
 
 TIMES = struct.Struct("=III")
 """

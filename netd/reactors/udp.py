@@ -38,7 +38,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.python import log
 from zope.interface import Interface, implementer
 
-from netd.reactors.canary import Canary, UnwatchedReactor, require, requireNames
+from netd.canary import Canary, require, requireNames
+from netd.reactors.shared import UnwatchedReactor
 
 BATCH = 64
 """

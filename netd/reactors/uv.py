@@ -50,8 +50,8 @@ from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netd.canary import Canary, require, requireNames
 from netd.reactors import tcpinfo
-from netd.reactors.canary import Canary, require, requireNames
 from netd.reactors.rlimits import openFileLimit, reportOutOfDescriptors, systemBacklog
 from netd.reactors.shared import TCP_PORT_PRIVATES, IMeteredTransport, INetdReactor, ServesTCPPorts
 

@@ -28,9 +28,9 @@ from twisted.protocols.basic import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netd.canary import Canary, require
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
-from netd.reactors.canary import Canary, require
 
 
 class FramingError(ValueError):

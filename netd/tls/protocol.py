@@ -27,7 +27,7 @@ from netd.metrics import Counters
 from netd.tls.contexts import ServerTLS
 from netd.tls.failures import classifyFailure
 from netd.tls.keys import describeSubject
-from netd.tls.pump import RecordPump, recordPumpWorks
+from netd.tls.pump import RECORD_PUMP, RecordPump
 from netd.tls.transport import TLSTransport, TLSTransportFactory
 
 
@@ -173,7 +173,7 @@ class TLSServerFactory(TLSTransportFactory):
         self.counters = counters
         self.log = log
         self.handshakeTimeout = tls.options.handshake_timeout
-        if not recordPumpWorks():
+        if not RECORD_PUMP.alive():
             self.protocol = TLSServerProtocol
 
     def startFactory(self) -> None:

@@ -12,7 +12,7 @@ C{_creatorCallable}).
 L{RecordPump} moves records between the memory BIOs and OpenSSL with
 OpenSSL's own calls, at less than half the cost of Twisted's path (see the
 design note in docs/tls.md).  Whether it may is decided once, by
-L{recordPumpWorks}: a canary that checks every private name above exists and
+L{RECORD_PUMP}: a canary (L{netd.canary.Canary}) that checks every private name above exists and
 runs a real in-memory handshake and a record each way through the pump.  If
 it fails, netd logs one warning and serves TLS on the public path
 (L{netd.tls.transport.TLSTransport}), which uses none of them.
@@ -27,7 +27,6 @@ that does not exist, and so fails as it would on a pyOpenSSL that renamed one.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
@@ -36,12 +35,12 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSS
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netd.canary import Canary, CanaryFailed
 from netd.tls.devcerts import makeCA
 from netd.tls.transport import TLSTransport, TLSTransportFactory
 
@@ -51,7 +50,6 @@ try:
 except ImportError:  # the canary reports it; nothing below runs without them
     _ffi = _openssl = None
 
-log = Logger(namespace="netd.tls.pump")
 
 CANARY_SWITCH = "NETD_TLS_PUMP_CANARY"
 """
@@ -375,22 +373,20 @@ def _runCanary() -> str | None:
     return None
 
 
-@functools.cache
-def recordPumpWorks() -> bool:
+def _checkPump() -> None:
     """
-    Whether TLS connections may use L{RecordPump}: the canary, run once (when
-    the first TLS service is built); when it fails, one warning says why and
-    that TLS runs on the public path.
+    The record pump's start-up check: L{_runCanary}'s verdict, raised.
     """
-    try:
-        why = _runCanary()
-    except Exception as e:  # a renamed or changed private fails in any way
-        why = f"{type(e).__name__}: {e}"
-    if why is None:
-        return True
-    log.warn(
-        "tls: the record pump's start-up check failed ({why}); TLS is served by Twisted's TLSMemoryBIOProtocol "
-        "instead (correct, slower); a pyOpenSSL or Twisted release may have changed a private name netd uses",
-        why=why,
-    )
-    return False
+    why = _runCanary()
+    if why is not None:
+        raise CanaryFailed(why)
+
+
+RECORD_PUMP = Canary(
+    "TLS record pump",
+    _checkPump,
+    "TLS is served on Twisted's and pyOpenSSL's public API instead (correct, slower)",
+)
+"""
+Whether TLS connections may use L{RecordPump}, asked once, when the first TLS service is built.
+"""

@@ -1,6 +1,6 @@
 """
 Tests for the start-up checks of the private names netd's reactors rest on
-(L{netd.reactors.canary}): each canary, made to fail by taking a private name
+(L{netd.canary}): each canary, made to fail by taking a private name
 away or making it misbehave, warns once and has netd take the public path,
 which then serves.
 """
@@ -21,9 +21,9 @@ from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import globalLogPublisher
 
+from netd.canary import Canary
 from netd.config.listen import ListenAddress
 from netd.reactors import accepting, epoll, tcpinfo, udp, uv
-from netd.reactors.canary import Canary
 from netd.reactors.uv import ClockedStreamConnection
 
 from .privatereactor import privateUvloopReactor, spin

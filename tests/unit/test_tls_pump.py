@@ -1,5 +1,5 @@
 """
-The record pump's start-up check (L{netd.tls.pump.recordPumpWorks}) and the
+The record pump's start-up check (L{netd.tls.pump.RECORD_PUMP}) and the
 fallback to Twisted's public TLS path: each way the check can fail is forced
 (a private name taken away, a pump that misbehaves, the internal switch), and
 the service then warns once and still serves, counting and reporting its
@@ -8,7 +8,6 @@ handshakes as on the pump.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -44,20 +43,18 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> DevelopmentSet:
 
 
 @pytest.fixture(autouse=True)
-def freshCheck() -> Iterator[None]:
+def freshCheck(monkeypatch: pytest.MonkeyPatch) -> None:
     """
-    Each test starts and ends with the check not yet run (its verdict is cached for the process).
+    Each test starts with the check not yet run, and leaves its verdict as it was (it is kept for the process).
     """
-    pump.recordPumpWorks.cache_clear()
-    yield
-    pump.recordPumpWorks.cache_clear()
+    monkeypatch.setattr(pump.RECORD_PUMP, "_alive", None)
 
 
 def pumpWarnings(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     The record pump's warnings among logged events.
     """
-    return [e for e in events if e.get("log_namespace") == "netd.tls.pump" and e["log_level"] == LogLevel.warn]
+    return [e for e in events if e.get("event") == "private_api_fallback" and e.get("name") == pump.RECORD_PUMP.name]
 
 
 def factoryFor(dev: DevelopmentSet) -> TLSServerFactory:
@@ -110,7 +107,7 @@ def test_checkPassesOnThisPyOpenSSLAndTwisted(dev: DevelopmentSet) -> None:
     """
     with capturedLogs() as events:
         factory = factoryFor(dev)
-    assert pump.recordPumpWorks()
+    assert pump.RECORD_PUMP.alive()
     assert factory.protocol is PumpedTLSServerProtocol
     assert pumpWarnings(events) == []
 
@@ -162,10 +159,10 @@ def test_missingPrivateNameFallsBack(
     breakIt(monkeypatch)
     with capturedLogs() as events:
         factory = factoryFor(dev)
-    assert not pump.recordPumpWorks()
+    assert not pump.RECORD_PUMP.alive()
     assert factory.protocol is TLSServerProtocol
     [warning] = pumpWarnings(events)
-    assert named in warning["why"]
+    assert named in warning["error"]
 
 
 def test_misbehavingReadFallsBack(dev: DevelopmentSet, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -177,7 +174,7 @@ def test_misbehavingReadFallsBack(dev: DevelopmentSet, monkeypatch: pytest.Monke
         factory = factoryFor(dev)
     assert factory.protocol is TLSServerProtocol
     [warning] = pumpWarnings(events)
-    assert "came back as b''" in warning["why"]
+    assert "came back as b''" in warning["error"]
 
 
 def test_misbehavingWriteFallsBack(dev: DevelopmentSet, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,7 +186,7 @@ def test_misbehavingWriteFallsBack(dev: DevelopmentSet, monkeypatch: pytest.Monk
         factory = factoryFor(dev)
     assert factory.protocol is TLSServerProtocol
     [warning] = pumpWarnings(events)
-    assert "handshake did not finish" in warning["why"]
+    assert "handshake did not finish" in warning["error"]
 
 
 def test_raisingCheckFallsBack(dev: DevelopmentSet, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,7 +202,7 @@ def test_raisingCheckFallsBack(dev: DevelopmentSet, monkeypatch: pytest.MonkeyPa
         factory = factoryFor(dev)
     assert factory.protocol is TLSServerProtocol
     [warning] = pumpWarnings(events)
-    assert warning["why"].startswith("TypeError: initializer")
+    assert warning["error"].startswith("TypeError: initializer")
 
 
 def test_fallbackWarnsOnceAndServes(dev: DevelopmentSet, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -243,7 +240,7 @@ def test_fallbackNeedsNoPrivateBinding(dev: DevelopmentSet, monkeypatch: pytest.
         "tls_handshakes_ok": 3,
         "tls_sessions_resumed": 2,
     }
-    assert [e["log_namespace"] for e in events if e["log_level"] == LogLevel.warn] == ["netd.tls.pump"]
+    assert [e["log_namespace"] for e in events if e["log_level"] == LogLevel.warn] == ["netd.canary"]
 
 
 def test_fallbackIsOutsideThePump() -> None:

@@ -1,10 +1,11 @@
 """
 Start-up checks of the private names netd's fast paths rest on.
 
-netd's reactors are fast because they reach into Twisted's, uvloop's and
-Linux's internals (see the "Private internals" section of
-docs/performance.md).  A release of a dependency may rename or change what
-they use; each module that holds such a use declares a L{Canary} for it,
+netd's reactors, framings and TLS record pump are fast because they reach
+into Twisted's, pyOpenSSL's, uvloop's and Linux's internals (see the "Private
+internals" section of docs/performance.md).  A release of a dependency may
+rename or change what they use; each module that holds such a use declares a
+L{Canary} for it,
 which the code choosing between the fast path and its public fallback asks
 once (L{Canary.alive}).  A canary that fails logs one warning, naming what
 failed and the fallback taken, and netd serves on the public path.
@@ -13,13 +14,10 @@ failed and the fallback taken, and netd serves on the public path.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
-from zope.interface import implementer
 
-_log = Logger(namespace="netd.reactors.canary")
+_log = Logger(namespace="netd.canary")
 
 
 class CanaryFailed(Exception):
@@ -84,49 +82,3 @@ class Canary:
             else:
                 self._alive = True
         return self._alive
-
-
-@implementer(IReactorFDSet)
-class UnwatchedReactor:
-    """
-    The reactor of the transports and ports a check makes: it watches
-    nothing, as the check reads and writes them by hand.
-    """
-
-    def addReader(self, reader: Any) -> None:
-        """
-        Watch nothing.
-        """
-
-    def removeReader(self, reader: Any) -> None:
-        """
-        Watch nothing.
-        """
-
-    def addWriter(self, writer: Any) -> None:
-        """
-        Watch nothing.
-        """
-
-    def removeWriter(self, writer: Any) -> None:
-        """
-        Watch nothing.
-        """
-
-    def removeAll(self) -> list[Any]:
-        """
-        Nothing was watched.
-        """
-        return []
-
-    def getReaders(self) -> list[Any]:
-        """
-        Nothing is watched.
-        """
-        return []
-
-    def getWriters(self) -> list[Any]:
-        """
-        Nothing is watched.
-        """
-        return []
