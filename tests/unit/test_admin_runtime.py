@@ -105,13 +105,17 @@ def test_postBodyNotAnObjectIs400() -> None:
     assert [s.name for s in daemon.netServices()] == ["echo"]
 
 
-def test_postNeedsTheToken() -> None:
+def test_postPassesTheGuardOfChanges() -> None:
     """
-    POST /services is a change: without the token it is refused (401) and adds nothing.
+    POST /services is a change: without the token (401), from a web page of another origin (403), with a Host that does not name the API (421) or a body that is not JSON (415) it is refused and adds nothing.
     """
     daemon, reactor = started(ECHO)
-    response = request(reactor.site(), "POST", "/services", body=json.dumps(EXTRA).encode(), token=False)
-    assert response.code == 401
+    site = reactor.site()
+    body = json.dumps(EXTRA).encode()
+    assert request(site, "POST", "/services", body=body, token=False).code == 401
+    assert request(site, "POST", "/services", body=body, headers={"Origin": "http://evil.example"}).code == 403
+    assert request(site, "POST", "/services", body=body, headers={"Host": "evil.example"}).code == 421
+    assert request(site, "POST", "/services", body=body, headers={"Content-Type": "text/plain"}).code == 415
     assert [s.name for s in daemon.netServices()] == ["echo"]
 
 
