@@ -1,7 +1,8 @@
 """
 The daemon: every enabled service of a config under one MultiService, started
-all-or-nothing, reloaded as a difference by service name (L{Daemon.reload}), and
-stopped with a drain.  What serves beside it (the control API) takes part in a
+all-or-nothing, reloaded as a difference by service name (L{Daemon.reload}),
+changed one service at a time at runtime (L{Daemon.createService},
+L{Daemon.deleteService}), and stopped with a drain.  What serves beside it (the control API) takes part in a
 reload as a L{ReloadParticipant}, without this module knowing it.
 """
 
@@ -19,6 +20,7 @@ from twisted.python.failure import Failure
 
 from netd.config.options import ConfigError, Problem
 from netd.config.spec import DEFAULT_CONFIG_NAME, DaemonSpec, NetdConfig, ServiceSpec, loadConfig
+from netd.daemon.runtime import RUNTIME_SOURCE, NoSuchService, ServiceExists, decodeServiceTable
 from netd.daemon.service import NetService, ReloadInProgress, ServiceStartError
 from netd.daemon.systemd import Notifier
 from netd.logs import NamedLogger, setLogLevel
@@ -105,6 +107,12 @@ class Daemon(MultiService):
         """
         Called once the services listen and after each reload (the ports
         file is written there), before systemd hears C{READY=1}.
+        """
+        self.runtimeServices: list[str] = []
+        """
+        The names of the services created through the control API, oldest
+        first: a reload keeps them after the file's services, unless the file
+        defines the same name (docs/control-api.md, "Services at runtime").
         """
         self._reloading = False
         self._reloadWaiters: list[Deferred[None]] = []
@@ -230,11 +238,7 @@ class Daemon(MultiService):
             reload had started is closed, the old listeners reopened.
         @raise ReloadInProgress: another reload runs, or netd is not serving.
         """
-        if self._reloading:
-            raise ReloadInProgress("a reload is already in progress")
-        if self.stopping or not self.running:
-            raise ReloadInProgress("netd is not serving (starting or stopping); a reload cannot run now")
-        self._reloading = True
+        self._beginChange("a reload")
         self.notifier.reloading()
         status = "reload failed; serving the previous config"
         try:
@@ -242,14 +246,115 @@ class Daemon(MultiService):
             status = "reloaded: " + ", ".join(f"{len(names)} {what}" for what, names in summary.items())
             return summary
         finally:
-            self._reloading = False
             if not self.stopping:
                 addresses = sum(len(s.ports) for s in self.netServices())
                 services = counted(len(self.netServices()), "service")
                 self.notifier.ready(f"{status}; serving {services} on {counted(addresses, 'address', 'addresses')}")
-            waiters, self._reloadWaiters = self._reloadWaiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+            self._endChange()
+
+    def _beginChange(self, what: str) -> None:
+        """
+        Mark a change of the services (a reload, a runtime addition or
+        removal) as running: one at a time, and only while netd serves.
+
+        @raise ReloadInProgress: another change runs, or netd is not serving.
+        """
+        if self._reloading:
+            raise ReloadInProgress(
+                f"a reload or a runtime change of the services is in progress; {what} cannot run now"
+            )
+        if self.stopping or not self.running:
+            raise ReloadInProgress(f"netd is not serving (starting or stopping); {what} cannot run now")
+        self._reloading = True
+
+    def _endChange(self) -> None:
+        """
+        The change of the services is over: let a stop that waited for it go on.
+        """
+        self._reloading = False
+        waiters, self._reloadWaiters = self._reloadWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    async def createService(self, table: object) -> dict[str, list[dict[str, object]]]:
+        """
+        Create and start one service from a C{[[services]]} table (the
+        control API's C{POST /services}), all or nothing, as a reload adds one.
+
+        @return: the service's name to the addresses it listens on.
+        @raise ConfigError: the table is invalid, or its plugin or TLS files
+            cannot be loaded; each problem's key path is within the table.
+        @raise ServiceExists: a service of that name runs.
+        @raise ServiceStartError: an address cannot be listened on; nothing listens.
+        @raise ReloadInProgress: another change runs, or netd is not serving.
+        """
+        spec = decodeServiceTable(table, self.registry or discoverPlugins(), self.configPath)
+        self._beginChange(f"adding service {spec.name!r}")
+        try:
+            if spec.name in self.namedServices:
+                raise ServiceExists(f"a service named {spec.name!r} runs; delete it first or choose another name")
+            daemonSpec = self.config.daemon
+            try:
+                service = NetService(spec, self.reactor, daemonSpec.shutdown_timeout, daemonSpec.state_dir)
+            except ServiceStartError as e:
+                raise ConfigError(RUNTIME_SOURCE, [Problem(e.key, e.reason)]) from e
+            try:
+                await service.listen()
+            except ServiceStartError as e:
+                await service.stopListening()
+                self.log.error("runtime: cannot add service {service}: {error}", service=spec.name, error=str(e))
+                raise
+            service.setServiceParent(self)
+            self.runtimeServices.append(spec.name)
+            self.config = attrs.evolve(self.config, services=(*self.config.services, spec))
+            bound = self.addressesChanged().get(spec.name, [])
+            self._logChange(spec.name, spec.plugin.name, "added", bound)
+            return {spec.name: bound}
+        finally:
+            self._endChange()
+
+    async def deleteService(self, name: str) -> dict[str, list[dict[str, object]]]:
+        """
+        Stop one service (the control API's C{DELETE /services/NAME}): its
+        listeners are closed when this returns, and its connections drain in
+        the background, as those of a service a reload removes.
+
+        @return: the service's name to the addresses it listened on.
+        @raise NoSuchService: no service has that name.
+        @raise ReloadInProgress: another change runs, or netd is not serving.
+        """
+        self._beginChange(f"removing service {name!r}")
+        try:
+            service = self.namedServices.get(name)
+            if not isinstance(service, NetService):
+                known = ", ".join(map(repr, self.namedServices)) or "none"
+                raise NoSuchService(f"no service {name!r}; the services are {known}")
+            bound = [p.describe() for p in service.ports]
+            await service.stopListening()
+            self._drain(name, service)
+            if name in self.runtimeServices:
+                self.runtimeServices.remove(name)
+            self.config = attrs.evolve(self.config, services=tuple(s for s in self.config.services if s.name != name))
+            self.addressesChanged()
+            self._logChange(name, service.spec.plugin.name, "removed", [])
+            return {name: bound}
+        finally:
+            self._endChange()
+
+    def _logChange(self, name: str, plugin: str, what: str, bound: list[dict[str, object]]) -> None:
+        """
+        Log one service added or removed at runtime, as a reload logs its changes.
+        """
+        where = ", ".join(_describe(b) for b in bound)
+        self.log.info(
+            "runtime: service {service} ({plugin}) {what}{where}",
+            service=name,
+            plugin=plugin,
+            what=what,
+            where=f" on {where}" if where else "",
+            addresses=[_describe(b) for b in bound],
+            event=f"service_{what}",
+        )
 
     async def _reload(self) -> dict[str, list[str]]:
         """
@@ -268,6 +373,8 @@ class Daemon(MultiService):
                 problems=str(e),
             )
             raise
+        defined = {spec.name for spec in new.services}
+        new = self._withRuntimeServices(new)
         daemonSpec = self._daemonChanges(new.daemon)
         old = {s.spec.name: s for s in self.netServices()}
         wanted = {spec.name: spec for spec in new.services if spec.enabled}
@@ -281,9 +388,19 @@ class Daemon(MultiService):
         replacements, freshTLS = self._prepare(new, wanted, summary, old, daemonSpec)
         await self._listenAll(replacements, old)
         self._commit(new, daemonSpec, replacements, freshTLS, summary, old)
+        self.runtimeServices = [name for name in self.runtimeServices if name not in defined]
         for apply in adopt:
             apply()
         return summary
+
+    def _withRuntimeServices(self, new: NetdConfig) -> NetdConfig:
+        """
+        The file's config with the services created at runtime after its own,
+        except those whose name the file defines: the file's wins.
+        """
+        defined = {spec.name for spec in new.services}
+        kept = [self.namedServices[name] for name in self.runtimeServices if name not in defined]
+        return attrs.evolve(new, services=(*new.services, *(s.spec for s in kept if isinstance(s, NetService))))
 
     def _daemonChanges(self, new: DaemonSpec) -> DaemonSpec:
         """
@@ -417,12 +534,7 @@ class Daemon(MultiService):
         C{[daemon]} keys, tell the L{addressObservers}, and log one line per service.
         """
         for name in summary["changed"] + summary["removed"]:
-            previous = old[name]
-            stopped = previous.disownServiceParent()
-            if isinstance(stopped, Deferred):
-                self._draining.add(stopped)
-                stopped.addErrback(self._drainFailed, name)
-                stopped.addBoth(self._drained, stopped)
+            self._drain(name, old[name])
         for service in replacements.values():
             service.setServiceParent(self)
         order = [spec.name for spec in new.services]
@@ -459,6 +571,16 @@ class Daemon(MultiService):
                     event=f"service_{what}",
                 )
 
+    def _drain(self, name: str, previous: NetService) -> None:
+        """
+        Take a replaced or removed service out, and let it drain in the background.
+        """
+        stopped = previous.disownServiceParent()
+        if isinstance(stopped, Deferred):
+            self._draining.add(stopped)
+            stopped.addErrback(self._drainFailed, name)
+            stopped.addBoth(self._drained, stopped)
+
     def draining(self) -> int:
         """
         How many services replaced or removed by a reload are still draining.
@@ -475,7 +597,7 @@ class Daemon(MultiService):
         """
         Log a replaced or removed service's stop that failed.
         """
-        self.log.failure("reload: stopping the previous service {service} failed", failure, service=name)
+        self.log.failure("stopping the previous service {service} failed", failure, service=name)
 
     def stopService(self) -> Deferred[None]:
         """

@@ -24,7 +24,8 @@ The largest body C{POST /reload} reads.
 """
 MAX_TABLE_BODY = 2**20
 """
-The largest body C{PUT /services/NAME/TABLE} reads (a table of records may be long).
+The largest body C{PUT /services/NAME/TABLE} and C{POST /services} read (a
+table of records may be long).
 """
 CHANGING_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
 """
@@ -230,7 +231,50 @@ def openapiDocument() -> dict[str, Any]:
                     )
                 },
                 operationId="services",
-            )
+            ),
+            "post": _operation(
+                "Create a service",
+                "Create and start the service a [[services]] table describes, as a reload adds one: decoded by the "
+                "config's own rules (netd schema), all its addresses listened on or none. It shows in GET /services "
+                "and the ports file, and a reload keeps it unless the file defines its name. 201 answers its entry "
+                "of GET /services.",
+                {
+                    "201": {
+                        "description": "Created and listening.",
+                        "headers": {
+                            "Location": {
+                                "description": "/services/NAME of the new service.",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                        "content": _content(service),
+                    },
+                    "409": _error(
+                        "A service of that name runs, a reload or another change of the services is in progress, "
+                        "or an address cannot be listened on (problems names it); nothing was changed."
+                    ),
+                    "422": _error("The table has problems (each in problems, by its key path); nothing was changed."),
+                },
+                changes=True,
+                body={
+                    "required": True,
+                    "content": _content(
+                        {
+                            "type": "object",
+                            "description": "One [[services]] table of the config, as JSON.",
+                            "required": ["name", "plugin", "listen"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "plugin": {"type": "string"},
+                                "listen": {"type": "array", "items": {"type": "string"}},
+                            },
+                            "additionalProperties": True,
+                        }
+                    ),
+                    "description": f"The service table, at most {MAX_TABLE_BODY} bytes.",
+                },
+                operationId="createService",
+            ),
         },
         "/metrics": {
             "get": _operation(
@@ -275,7 +319,36 @@ def openapiDocument() -> dict[str, Any]:
                 {"200": _ok("The service.", service), "404": notFound, "405": notAllowed},
                 parameters=[name],
                 operationId="service",
-            )
+            ),
+            "delete": _operation(
+                "Delete a service",
+                "Stop the service, as a reload removes one: the answer comes once its listeners are closed, and "
+                "its open connections drain (up to [daemon] shutdown_timeout). The body is empty or {}.",
+                {
+                    "200": _ok(
+                        "Removed.",
+                        {
+                            "type": "object",
+                            "required": ["status", "service", "addresses"],
+                            "properties": {
+                                "status": {"type": "string", "const": "removed"},
+                                "service": {"type": "string"},
+                                "addresses": {"type": "array", "items": {"type": "object"}},
+                            },
+                        },
+                    ),
+                    "404": notFound,
+                    "409": _error("A reload or another change of the services is in progress; nothing was changed."),
+                },
+                changes=True,
+                parameters=[name],
+                body={
+                    "required": False,
+                    "content": _content({"type": "object", "maxProperties": 0}),
+                    "description": f"Nothing, or the JSON object {{}} (at most {MAX_BODY} bytes).",
+                },
+                operationId="deleteService",
+            ),
         },
         "/services/{name}/events": {
             "get": _operation(

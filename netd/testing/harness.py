@@ -310,6 +310,27 @@ class AdminClient:
         answer: dict[str, Any] = self.request("GET", f"/services/{quote(name, safe='')}")
         return answer
 
+    def addService(self, table: Mapping[str, Any]) -> dict[str, Any]:
+        """
+        C{POST /services}: create and start a service from C{table}, a
+        C{[[services]]} table of the config as a dict; answers its report
+        (as L{service}), whose C{addresses} say where it listens.
+
+        @raise AdminError: 422 with each problem of the table, 409 when the
+            name is taken or an address cannot be listened on.
+        """
+        answer: dict[str, Any] = self.request("POST", "/services", dict(table))
+        return answer
+
+    def removeService(self, name: str) -> dict[str, Any]:
+        """
+        C{DELETE /services/NAME}: stop the service; when this returns its
+        listeners are closed (its open connections drain).  Answers the
+        addresses it listened on.
+        """
+        answer: dict[str, Any] = self.request("DELETE", f"/services/{quote(name, safe='')}")
+        return answer
+
     def metrics(self) -> str:
         """
         C{GET /metrics}: the Prometheus text.
@@ -799,6 +820,24 @@ class NetdServer:
         of what the API refuses).
         """
         return self.admin.exchange(method, path, body)
+
+    def addService(self, table: Mapping[str, Any]) -> dict[str, Any]:
+        """
+        Create and start a service while netd runs (L{AdminClient.addService});
+        L{address} and L{services} know it at once.
+        """
+        answer = self.admin.addService(table)
+        self._ownReport()
+        return answer
+
+    def removeService(self, name: str) -> dict[str, Any]:
+        """
+        Stop a service while netd runs (L{AdminClient.removeService}); it
+        leaves L{services}.
+        """
+        answer = self.admin.removeService(name)
+        self._ownReport()
+        return answer
 
     def counter(self, name: str, service: str) -> float:
         """

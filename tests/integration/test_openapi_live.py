@@ -83,13 +83,14 @@ def liveSchema(servedDescription: dict[str, Any], liveNetd: NetdServer) -> Any:
     """
     The served description for schemathesis, its service and table names
     drawn from the live services as well as at random, so that the answers
-    of real services and tables are checked too.
+    of real services and tables are checked too (but for C{DELETE
+    /services/NAME}, which would remove them: its names are random).
     """
     document = json.loads(json.dumps(servedDescription))
     for item in document["paths"].values():
         for operation in item.values():
             for parameter in operation.get("parameters", []):
-                if parameter["name"] == "name":
+                if parameter["name"] == "name" and operation["operationId"] != "deleteService":
                     parameter["schema"] = {"anyOf": [{"enum": sorted(liveNetd.services)}, {"type": "string"}]}
                 elif parameter["name"] == "table":
                     parameter["schema"] = {"anyOf": [{"enum": ["records", "scripts"]}, {"type": "string"}]}

@@ -587,10 +587,12 @@ def test_indexListsEndpoints() -> None:
         "GET /health",
         "GET /ready",
         "GET /services",
+        "POST /services",
         "GET /metrics",
         "POST /reload",
         "GET /openapi.json",
         "GET /services/NAME",
+        "DELETE /services/NAME",
         "GET /services/NAME/TABLE",
         "PUT /services/NAME/TABLE",
         "DELETE /services/NAME/TABLE",
@@ -976,7 +978,7 @@ def test_serviceAndTableMethodsAre405WithAllow() -> None:
     daemon, reactor = started(TABLES)
     site = reactor.site()
     service = request(site, "PUT", "/services/my%20tables")
-    assert (service.code, service.headers["allow"]) == (405, "GET, HEAD")
+    assert (service.code, service.headers["allow"]) == (405, "GET, HEAD, DELETE")
     post = request(site, "POST", "/services/my%20tables/fake")
     assert (post.code, post.headers["allow"]) == (405, "GET, HEAD, PUT, DELETE")
     refused = request(site, "DELETE", "/services/my%20tables/fake")

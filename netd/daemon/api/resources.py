@@ -8,9 +8,9 @@ endpoints; L{netd.daemon.openapi} describes them.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes
 
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.logger import Logger
@@ -26,6 +26,7 @@ from netd.daemon.api.http import AdminSite
 from netd.daemon.api.replies import Reply, errorReply, jsonReply, notAllowed, text
 from netd.daemon.api.served import ServedDaemon
 from netd.daemon.openapi import MAX_BODY, MAX_TABLE_BODY, renderOpenAPI
+from netd.daemon.runtime import NoSuchService, ServiceExists
 from netd.daemon.service import NetService, ReloadInProgress, ServiceStartError
 from netd.interfaces import IReportsStatus, IRuntimeTable
 from netd.metrics import PROMETHEUS_CONTENT_TYPE, Exposition
@@ -63,13 +64,17 @@ class AdminResource(Resource):
             b"/": {b"GET": (self.index, "this list of endpoints")},
             b"/health": {b"GET": (self.health, "200 while netd runs")},
             b"/ready": {b"GET": (self.ready, "200 once every service listens, 503 while starting or stopping")},
-            b"/services": {b"GET": (self.services, "each service: plugin, addresses, connections, counters, status")},
+            b"/services": {
+                b"GET": (self.services, "each service: plugin, addresses, connections, counters, status"),
+                b"POST": (self.addService, "create and start a service from a JSON [[services]] table"),
+            },
             b"/metrics": {b"GET": (self.metrics, "Prometheus text exposition format 0.0.4")},
             b"/reload": {b"POST": (self.reload, "re-read and apply the config file")},
             b"/openapi.json": {b"GET": (self.openapi, "this API's OpenAPI 3.1 description")},
         }
         self.patterns = {
             "GET /services/NAME": "one service's entry of /services",
+            "DELETE /services/NAME": "stop the service: its listeners close, its connections drain",
             "GET /services/NAME/TABLE": "a runtime table of the service (events, faults, its plugin's own); "
             "query arguments filter it",
             "PUT /services/NAME/TABLE": "change the table with a JSON body; 400 lists each problem, and nothing changes",
@@ -215,7 +220,42 @@ class AdminResource(Resource):
                 report["status"] = {"error": "the plugin's status() failed; netd's log has the details"}
         return report
 
-    def serviceRoute(self, request: Request, rest: bytes) -> Reply:
+    def addService(self, request: Request) -> Reply | Deferred[Reply]:
+        """
+        C{POST /services}: create and start the service the JSON body's
+        C{[[services]]} table describes (L{ServedDaemon.createService}); 201
+        with its entry of C{/services}.
+        """
+        table, problem = readJSON(request, MAX_TABLE_BODY)
+        if problem is not None:
+            return errorReply(400, "bad request", problem)
+        if not isinstance(table, dict):
+            return errorReply(400, "bad request", f"the body must be a JSON object, got {type(table).__name__}")
+        log.info("control API: {method} {path} by {peer}", **requestFields(request))
+
+        def added(result: Mapping[str, object]) -> Reply:
+            (name,) = result
+            service = {s.spec.name: s for s in self.daemon.netServices()}[name]
+            return jsonReply(201, self.serviceReport(service), {"Location": f"/services/{quote(name, safe='')}"})
+
+        return ensureDeferred(self.daemon.createService(table)).addCallbacks(added, _changeFailed)
+
+    def removeService(self, request: Request, name: str) -> Reply | Deferred[Reply]:
+        """
+        C{DELETE /services/NAME}: stop the service (L{ServedDaemon.deleteService});
+        its listeners are closed when the answer comes.
+        """
+        problem = checkEmptyObject(request)
+        if problem is not None:
+            return errorReply(400, "bad request", problem)
+        log.info("control API: {method} {path} by {peer}", **requestFields(request))
+
+        def removed(result: Mapping[str, Sequence[object]]) -> Reply:
+            return jsonReply(200, {"status": "removed", "service": name, "addresses": list(result[name])})
+
+        return ensureDeferred(self.daemon.deleteService(name)).addCallbacks(removed, _changeFailed)
+
+    def serviceRoute(self, request: Request, rest: bytes) -> Reply | Deferred[Reply]:
         """
         C{/services/NAME} and C{/services/NAME/TABLE}; C{rest} is the path
         after C{/services/}, whose segments are percent-decoded.
@@ -236,8 +276,10 @@ class AdminResource(Resource):
                 f"no service {segments[0]!r}; the services are {', '.join(map(repr, services)) or 'none'}",
             )
         if len(segments) == 1:
+            if request.method == b"DELETE":
+                return self.removeService(request, service.spec.name)
             if request.method not in (b"GET", b"HEAD"):
-                return notAllowed(request, ["GET", "HEAD"])
+                return notAllowed(request, ["GET", "HEAD", "DELETE"])
             return jsonReply(200, self.serviceReport(service))
         tables = service.runtimeTables()
         table = tables.get(segments[1])
@@ -351,6 +393,36 @@ class AdminResource(Resource):
             return result
 
         return maybeDeferred(call).addCallbacks(done, failed).addBoth(over)
+
+
+def _changeFailed(failure: Failure) -> Reply:
+    """
+    The answer to a runtime addition or removal that was refused; anything
+    unexpected goes on to the JSON 500.
+    """
+    error = failure.value
+    if isinstance(error, ConfigError):
+        return errorReply(
+            422,
+            "invalid service",
+            f"{error.source} has problems; nothing was changed",
+            problems=[f"{renderPath(p.path)}: {p.message}" if p.path else p.message for p in error.problems],
+        )
+    if isinstance(error, ServiceExists):
+        return errorReply(409, "conflict", str(error))
+    if isinstance(error, ReloadInProgress):
+        return errorReply(409, "conflict", str(error))
+    if isinstance(error, ServiceStartError):
+        return errorReply(
+            409,
+            "cannot listen",
+            "an address of the service cannot be listened on; nothing was changed",
+            problems=[f"{renderPath(error.key)}: {error.reason}" if error.key else error.reason],
+        )
+    if isinstance(error, NoSuchService):
+        return errorReply(404, "not found", str(error))
+    failure.raiseException()
+    raise AssertionError("unreachable")
 
 
 def readJSON(request: Request, limit: int) -> tuple[Any, str | None]:

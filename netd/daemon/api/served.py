@@ -6,8 +6,8 @@ the API and L{netd.daemon.daemon} never import each other: the application
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from typing import Any, Protocol
 
 from netd.daemon.service import NetService
 
@@ -15,7 +15,7 @@ from netd.daemon.service import NetService
 class ServedDaemon(Protocol):
     """
     The daemon as the control API sees it: its services, whether it serves,
-    and its reload.
+    its reload, and its runtime changes of one service.
     """
 
     @property
@@ -37,4 +37,16 @@ class ServedDaemon(Protocol):
     def reload(self) -> Awaitable[Mapping[str, Sequence[str]]]:
         """
         Read the config file again and apply it; what C{POST /reload} calls.
+        """
+
+    def createService(self, table: object) -> Coroutine[Any, Any, Mapping[str, Sequence[Mapping[str, object]]]]:
+        """
+        Create and start one service from a C{[[services]]} table; what
+        C{POST /services} calls.  Returns its name to its addresses.
+        """
+
+    def deleteService(self, name: str) -> Coroutine[Any, Any, Mapping[str, Sequence[Mapping[str, object]]]]:
+        """
+        Stop one service; what C{DELETE /services/NAME} calls.  Returns its
+        name to the addresses it listened on.
         """
