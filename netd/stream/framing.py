@@ -16,7 +16,7 @@ from typing import ClassVar
 from typing import Protocol as TypingProtocol
 
 import attrs
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import (
@@ -28,7 +28,13 @@ from twisted.protocols.basic import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
+from netd.interfaces import (
+    IFrameConnection,
+    IFrameReceiver,
+    IHalfCloseableReceiver,
+    IPacedConnection,
+    IStreamHandler,
+)
 from netd.metrics import Counters
 
 
@@ -80,7 +86,7 @@ class FrameFaults(TypingProtocol):
         """
 
 
-@implementer(IFrameConnection)
+@implementer(IFrameConnection, IPacedConnection, IHalfCloseableProtocol)
 class FramedProtocol(Protocol):
     """
     What every framing adapter shares: the receiver it feeds, and the one
@@ -214,6 +220,66 @@ class FramedProtocol(Protocol):
         The local address.
         """
         return self.transport.getHost()  # type: ignore[union-attr]
+
+    def pauseReading(self) -> None:
+        """
+        Stop reading from the peer; see L{IPacedConnection.pauseReading}.
+        """
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeReading(self) -> None:
+        """
+        Read from the peer again; see L{IPacedConnection.resumeReading}.
+        """
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        """
+        Pace C{producer} by the send buffer; see L{IPacedConnection.registerProducer}.
+        """
+        self.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
+
+    def unregisterProducer(self) -> None:
+        """
+        Stop pacing the producer; see L{IPacedConnection.unregisterProducer}.
+        """
+        self.transport.unregisterProducer()  # type: ignore[union-attr]
+
+    def loseWriteConnection(self) -> None:
+        """
+        Send EOF after what was sent; see L{IPacedConnection.loseWriteConnection}.
+        """
+        self.transport.loseWriteConnection()  # type: ignore[union-attr]
+
+    def resetConnection(self) -> None:
+        """
+        End with a TCP reset where the transport below can (the connection
+        guard, L{netd.stream.guard.GuardedConnection.resetConnection}), else
+        drop the connection without flushing.
+        """
+        transport = self.transport
+        reset = getattr(transport, "resetConnection", None)
+        if reset is not None:
+            reset()
+        else:
+            transport.abortConnection()  # type: ignore[union-attr]
+
+    def readConnectionLost(self) -> None:
+        """
+        The peer sent EOF: a receiver that takes half-closed connections
+        (L{IHalfCloseableReceiver}) is told; for any other the connection
+        closes once what was sent is written.
+        """
+        receiver = self.__dict__.get("receiver")
+        if IHalfCloseableReceiver.providedBy(receiver):
+            receiver.readConnectionLost()
+        else:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        """
+        The sending side is shut; reading goes on.
+        """
 
     def _tooLong(self, size: int) -> str:
         """

@@ -445,7 +445,31 @@ class GuardedConnection(ProtocolWrapper):
             return
         if self._ended is None:
             self._ended = "closed by peer"
-        self.loseConnection()
+        inner = self.wrappedProtocol
+        if IHalfCloseableProtocol.providedBy(inner):
+            inner.readConnectionLost()
+        else:
+            self.loseConnection()
+
+    def loseWriteConnection(self) -> None:
+        """
+        Send EOF once the buffer is written (see
+        L{netd.interfaces.IPacedConnection.loseWriteConnection}); while the
+        connection's faults hold bytes for the client, the connection
+        closes entirely once they are written instead.
+        """
+        faults = self._streamFaults
+        if faults is not None and faults.holdsOutbound():
+            self.loseConnection()
+            return
+        self.transport.loseWriteConnection()  # type: ignore[union-attr]
+
+    def resetConnection(self) -> None:
+        """
+        End the connection with a TCP reset (see L{resetTransport}), the
+        inner protocol asking (a proxy whose upstream was reset).
+        """
+        self.endByFault("reset by netd", reset=True)
 
     def writeConnectionLost(self) -> None:
         """
