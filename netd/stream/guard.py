@@ -185,6 +185,7 @@ class GuardedConnection(ProtocolWrapper):
         "_streamFaults",
         "_directRead",
         "_directWrite",
+        "_producer",
     )
     _selfPaced: bool
     _watched: bool
@@ -198,6 +199,7 @@ class GuardedConnection(ProtocolWrapper):
     _streamFaults: ConnectionFaults | None
     _directRead: Callable[[bytes], None] | None
     _directWrite: Callable[[bytes], None] | None
+    _producer: IPushProducer | None
 
     def __init__(self, factory: ConnectionLimiter, wrappedProtocol: Any) -> None:
         """
@@ -217,6 +219,16 @@ class GuardedConnection(ProtocolWrapper):
         self._meter = None
         self._streamFaults = None
         self._directRead = self._directWrite = None
+        self._producer = None
+
+    @property
+    def producer(self) -> IPushProducer | None:
+        """
+        The producer an inner protocol registered (a proxy's upstream
+        connection), paced by the send buffer in place of the connection's
+        own reading; L{None} while the connection paces itself.
+        """
+        return self._producer
 
     @property
     def streamFaults(self) -> ConnectionFaults | None:
@@ -370,12 +382,14 @@ class GuardedConnection(ProtocolWrapper):
         self-pacing.
         """
         self._stopSelfPacing()
+        self._producer = producer
         self.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
 
     def unregisterProducer(self) -> None:
         """
         The inner producer is done: pace the connection by its buffer again.
         """
+        self._producer = None
         self.transport.unregisterProducer()  # type: ignore[union-attr]
         if self.wrappedProtocol is not None and not self.disconnecting:
             self.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]

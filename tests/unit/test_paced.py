@@ -137,16 +137,19 @@ def test_pauseAndResumeReading() -> None:
 
 def test_registeredProducerReplacesSelfPacing() -> None:
     """
-    A registered producer is paced by the transport's send buffer in place of the connection's own reading; unregistered, the connection paces itself again.
+    A registered producer is paced by the transport's send buffer in place of the connection's own reading (and the guard names it, for the stream faults to pace it too); unregistered, the connection paces itself again.
     """
-    receiver, _, transport = openRelay()
+    receiver, guard, transport = openRelay()
     connection: Any = receiver.connection
     assert transport.producer is transport
+    assert guard.producer is None
     producer = Producer()
     connection.registerProducer(producer, True)
     assert transport.producer is producer
+    assert guard.producer is producer
     connection.unregisterProducer()
     assert transport.producer is transport
+    assert guard.producer is None
 
 
 def test_loseWriteConnection() -> None:

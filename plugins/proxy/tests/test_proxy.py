@@ -23,6 +23,7 @@ from netd.config.options import ConfigError
 from netd.config.spec import parseConfig
 from netd.events import EventLog
 from netd.faults.active import ServiceFaults
+from netd.faults.stream import HELD_LIMIT
 from netd.interfaces import PluginContext
 from netd.metrics import Counters
 from netd.registry import checkPlugin, discoverPlugins
@@ -345,3 +346,20 @@ def test_streamFaultsActOnTheUpstreamsAnswers() -> None:
     assert proxied.client.disconnected
     proxied.guard.connectionLost(Failure(ConnectionLost("reset by fault")))
     assert upstream.disconnected
+
+
+def test_bytesHeldByFaultsPauseTheUpstream() -> None:
+    """
+    While a latency fault holds more than HELD_LIMIT bytes of the upstream's answers, netd stops reading the upstream, and reads it again once they have gone out: memory stays bounded behind a fault too.
+    """
+    faults = faultsFor([{"type": "latency", "ms": 100, "direction": "to_client"}])
+    proxied, upstream = openConnected(faults)
+    chunk = b"x" * 16384
+    for _ in range(HELD_LIMIT // len(chunk)):
+        proxied.upstreamProtocol.dataReceived(chunk)
+    assert upstream.producerState == "producing"
+    proxied.upstreamProtocol.dataReceived(chunk)
+    assert upstream.producerState == "paused"
+    proxied.reactor.advance(0.1)
+    assert len(proxied.client.value()) == HELD_LIMIT + len(chunk)
+    assert upstream.producerState == "producing"
