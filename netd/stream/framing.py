@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 from typing import Protocol as TypingProtocol
 
 import attrs
@@ -225,31 +225,36 @@ class FramedProtocol(Protocol):
         """
         Stop reading from the peer; see L{IPacedConnection.pauseReading}.
         """
-        self.transport.pauseProducing()  # type: ignore[union-attr]
+        transport: Any = self.transport
+        transport.pauseProducing()
 
     def resumeReading(self) -> None:
         """
         Read from the peer again; see L{IPacedConnection.resumeReading}.
         """
-        self.transport.resumeProducing()  # type: ignore[union-attr]
+        transport: Any = self.transport
+        transport.resumeProducing()
 
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         """
         Pace C{producer} by the send buffer; see L{IPacedConnection.registerProducer}.
         """
-        self.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
+        transport: Any = self.transport
+        transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
         """
         Stop pacing the producer; see L{IPacedConnection.unregisterProducer}.
         """
-        self.transport.unregisterProducer()  # type: ignore[union-attr]
+        transport: Any = self.transport
+        transport.unregisterProducer()
 
     def loseWriteConnection(self) -> None:
         """
         Send EOF after what was sent; see L{IPacedConnection.loseWriteConnection}.
         """
-        self.transport.loseWriteConnection()  # type: ignore[union-attr]
+        transport: Any = self.transport
+        transport.loseWriteConnection()
 
     def resetConnection(self) -> None:
         """
@@ -257,12 +262,12 @@ class FramedProtocol(Protocol):
         guard, L{netd.stream.guard.GuardedConnection.resetConnection}), else
         drop the connection without flushing.
         """
-        transport = self.transport
+        transport: Any = self.transport
         reset = getattr(transport, "resetConnection", None)
         if reset is not None:
             reset()
         else:
-            transport.abortConnection()  # type: ignore[union-attr]
+            transport.abortConnection()
 
     def readConnectionLost(self) -> None:
         """
@@ -274,7 +279,8 @@ class FramedProtocol(Protocol):
         if IHalfCloseableReceiver.providedBy(receiver):
             receiver.readConnectionLost()
         else:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            transport: Any = self.transport
+            transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
         """

@@ -185,7 +185,7 @@ class GuardedConnection(ProtocolWrapper):
         "_streamFaults",
         "_directRead",
         "_directWrite",
-        "_producer",
+        "_innerProducer",
     )
     _selfPaced: bool
     _watched: bool
@@ -199,7 +199,7 @@ class GuardedConnection(ProtocolWrapper):
     _streamFaults: ConnectionFaults | None
     _directRead: Callable[[bytes], None] | None
     _directWrite: Callable[[bytes], None] | None
-    _producer: IPushProducer | None
+    _innerProducer: IPushProducer | None
 
     def __init__(self, factory: ConnectionLimiter, wrappedProtocol: Any) -> None:
         """
@@ -219,7 +219,7 @@ class GuardedConnection(ProtocolWrapper):
         self._meter = None
         self._streamFaults = None
         self._directRead = self._directWrite = None
-        self._producer = None
+        self._innerProducer = None
 
     @property
     def producer(self) -> IPushProducer | None:
@@ -228,7 +228,7 @@ class GuardedConnection(ProtocolWrapper):
         connection), paced by the send buffer in place of the connection's
         own reading; L{None} while the connection paces itself.
         """
-        return self._producer
+        return self._innerProducer
 
     @property
     def streamFaults(self) -> ConnectionFaults | None:
@@ -382,14 +382,14 @@ class GuardedConnection(ProtocolWrapper):
         self-pacing.
         """
         self._stopSelfPacing()
-        self._producer = producer
+        self._innerProducer = producer
         self.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
 
     def unregisterProducer(self) -> None:
         """
         The inner producer is done: pace the connection by its buffer again.
         """
-        self._producer = None
+        self._innerProducer = None
         self.transport.unregisterProducer()  # type: ignore[union-attr]
         if self.wrappedProtocol is not None and not self.disconnecting:
             self.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
@@ -476,7 +476,8 @@ class GuardedConnection(ProtocolWrapper):
         if faults is not None and faults.holdsOutbound():
             self.loseConnection()
             return
-        self.transport.loseWriteConnection()  # type: ignore[union-attr]
+        transport: Any = self.transport
+        transport.loseWriteConnection()
 
     def resetConnection(self) -> None:
         """
