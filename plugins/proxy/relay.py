@@ -22,6 +22,14 @@ from netd.metrics import Histogram
 from netd.stream.guard import resetTransport
 from netd.stream.proxyheader import describePeer
 
+CLOSE_LINGER = 2.0
+"""
+Seconds a client whose upstream could not be reached is still read (and what
+it sends dropped) after its EOF, when C{on_upstream_failure} is C{"close"}: a
+socket closed with unread bytes makes the kernel send a reset, not the EOF
+the option asks for.
+"""
+
 
 @attrs.define
 class Upstream:
@@ -133,6 +141,8 @@ class ClientSide:
     _attempt: Deferred[Any] | None = None
     _timer: Any = None
     _timedOut = False
+    _failed = False
+    _lingering: Any = None
     _clientGone = False
     _clientEOF = False
     _upstreamEOF = False
@@ -227,15 +237,27 @@ class ClientSide:
         )
         self._record(f"upstream unreachable: {why}")
         self.held = []
+        self._failed = True
         if upstream.resetOnFailure:
             self.connection.resetConnection()
-        else:
-            self.connection.loseConnection()
+            return
+        self.connection.loseWriteConnection()
+        self.connection.resumeReading()
+        self._lingering = context.reactor.callLater(CLOSE_LINGER, self._endLinger)
+
+    def _endLinger(self) -> None:
+        """
+        The client whose upstream failed has had L{CLOSE_LINGER} seconds to close after its EOF: close it.
+        """
+        self._lingering = None
+        self.connection.loseConnection()
 
     def frameReceived(self, frame: bytes) -> None:
         """
         Bytes from the client: to the upstream, or held until it is open.
         """
+        if self._failed:
+            return
         self.bytesUp += len(frame)
         transport = self.upstreamTransport
         if transport is None:
@@ -255,6 +277,9 @@ class ClientSide:
         The client sent EOF: the upstream gets it, once it is open.
         """
         self._clientEOF = True
+        if self._failed:
+            self.connection.loseConnection()
+            return
         if self.upstreamTransport is not None and not self._upstreamGone:
             self.upstreamTransport.loseWriteConnection()
         self._closeWhenBothDone()
@@ -303,6 +328,9 @@ class ClientSide:
         """
         self._clientGone = True
         self.held = []
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
         if self._attempt is not None:
             self._attempt.cancel()
             return

@@ -30,6 +30,7 @@ from netd.registry import checkPlugin, discoverPlugins
 from netd.stream.guard import GuardedConnection
 from netd.testing.memory import faultsFor, makeStreamStack
 from netd_plugins.proxy import ProxyOptions, UpstreamEndpoint, plugin
+from netd_plugins.proxy.relay import CLOSE_LINGER
 
 CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
 
@@ -280,6 +281,36 @@ def test_clientCloseClosesTheUpstream() -> None:
     assert upstream.disconnecting and not upstream.disconnected
 
 
+def assertFailureAnswered(proxied: Proxied, reset: bool) -> None:
+    """
+    The client whose upstream failed was reset, or got EOF and is read until it closes, for CLOSE_LINGER seconds at most.
+    """
+    if reset:
+        assert proxied.client.disconnected
+        return
+    assert proxied.client.writeClosed
+    assert not proxied.client.disconnecting
+    assert proxied.client.producerState == "producing"
+    proxied.reactor.advance(CLOSE_LINGER)
+    assert proxied.client.disconnecting and not proxied.client.disconnected
+
+
+def test_clientClosingAfterTheFailureEOF() -> None:
+    """
+    A client given EOF for a failed upstream has what it still sends dropped, and is closed when it closes in turn.
+    """
+    proxied = openProxy("close")
+    proxied.refuseUpstream()
+    proxied.guard.dataReceived(b"PING\r\n")
+    assert not proxied.client.disconnecting
+    proxied.guard.readConnectionLost()
+    assert proxied.client.disconnecting
+    proxied.guard.connectionLost(Failure(ConnectionDone()))
+    assert not proxied.reactor.getDelayedCalls()
+    [event] = proxied.events.events(kind="upstream")
+    assert event["bytes_to_upstream"] == 0
+
+
 @pytest.mark.parametrize("onFailure, reset", [("close", False), ("reset", True)])
 def test_connectTimeout(onFailure: str, reset: bool) -> None:
     """
@@ -294,8 +325,7 @@ def test_connectTimeout(onFailure: str, reset: bool) -> None:
     assert proxied.counters["upstream_connect_timeouts"] == 1
     assert proxied.counters["upstream_connect_failures"] == 1
     assert proxied.counters["upstream_connects"] == 0
-    assert proxied.client.disconnecting
-    assert proxied.client.disconnected is reset
+    assertFailureAnswered(proxied, reset)
     assert proxied.client.value() == b""
     [line] = [e for e in logs if e.get("event") == "upstream_connect_failed"]
     assert "connect_timeout" in line["why"]
@@ -310,8 +340,7 @@ def test_unreachableUpstream(onFailure: str, reset: bool) -> None:
     proxied.refuseUpstream()
     assert proxied.counters["upstream_connect_failures"] == 1
     assert proxied.counters["upstream_connect_timeouts"] == 0
-    assert proxied.client.disconnecting
-    assert proxied.client.disconnected is reset
+    assertFailureAnswered(proxied, reset)
     [event] = proxied.events.events(kind="upstream")
     assert event["ended"].startswith("upstream unreachable")
     proxied.reactor.advance(10)
