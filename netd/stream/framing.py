@@ -252,9 +252,15 @@ class FramedProtocol(Protocol):
     def loseWriteConnection(self) -> None:
         """
         Send EOF after what was sent; see L{IPacedConnection.loseWriteConnection}.
+        A layer below without a half-close of its own (TLS, whose Twisted
+        protocol would pass the call through to the socket, under its
+        records) closes the connection instead, with its close_notify.
         """
         transport: Any = self.transport
-        transport.loseWriteConnection()
+        if getattr(type(transport), "loseWriteConnection", None) is None:
+            transport.loseConnection()
+        else:
+            transport.loseWriteConnection()
 
     def resetConnection(self) -> None:
         """

@@ -187,3 +187,16 @@ def test_resetConnection() -> None:
     connection.resetConnection()
     assert transport.disconnected
     assert guard._ending(Failure(Exception())) == "reset by netd"
+
+
+def test_loseWriteConnectionWithoutHalfCloseBelowCloses() -> None:
+    """
+    Below a layer without a half-close of its own (the TLS layer), loseWriteConnection closes the connection rather than shut the socket under that layer.
+    """
+    protocol = FRAMINGS["raw"].protocol()
+    protocol.receiver = Relaying()
+    transport = StringTransport()
+    assert not hasattr(type(transport), "loseWriteConnection")
+    protocol.makeConnection(transport)
+    protocol.loseWriteConnection()
+    assert transport.disconnecting
