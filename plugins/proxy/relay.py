@@ -90,9 +90,15 @@ class ClientReading:
     connection: Any
 
     def pauseProducing(self) -> None:
+        """
+        The upstream's send buffer is full: stop reading the client.
+        """
         self.connection.pauseReading()
 
     def resumeProducing(self) -> None:
+        """
+        The upstream's send buffer has drained: read the client again.
+        """
         self.connection.resumeReading()
 
     def stopProducing(self) -> None:
@@ -112,9 +118,15 @@ class UpstreamSide(Protocol):
         self.client = client
 
     def dataReceived(self, data: bytes) -> None:
+        """
+        Bytes from the upstream, for the client.
+        """
         self.client.fromUpstream(data)
 
     def readConnectionLost(self) -> None:
+        """
+        The upstream sent EOF.
+        """
         self.client.upstreamEOF()
 
     def writeConnectionLost(self) -> None:
@@ -123,6 +135,9 @@ class UpstreamSide(Protocol):
         """
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        The upstream connection is gone.
+        """
         self.client.upstreamLost(reason)
 
 
@@ -172,12 +187,18 @@ class ClientSide:
         attempt.addCallbacks(self._connected, self._connectFailed)
 
     def _connectTimedOut(self) -> None:
+        """
+        C{connect_timeout} has passed: give the attempt up.
+        """
         self._timer = None
         self._timedOut = True
         assert self._attempt is not None
         self._attempt.cancel()
 
     def _stopTimer(self) -> None:
+        """
+        The attempt is settled: its timeout is no longer needed.
+        """
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -240,6 +261,9 @@ class ClientSide:
         self._failed = True
         if upstream.resetOnFailure:
             self.connection.resetConnection()
+            return
+        if self._clientEOF:
+            self.connection.loseConnection()
             return
         self.connection.loseWriteConnection()
         self.connection.resumeReading()

@@ -392,3 +392,27 @@ def test_bytesHeldByFaultsPauseTheUpstream() -> None:
     proxied.reactor.advance(0.1)
     assert len(proxied.client.value()) == HELD_LIMIT + len(chunk)
     assert upstream.producerState == "producing"
+
+
+def test_clientEOFBeforeTheFailureClosesAtOnce() -> None:
+    """
+    A client that sent EOF before its upstream failed is closed at once, not after CLOSE_LINGER.
+    """
+    proxied = openProxy("close")
+    proxied.guard.readConnectionLost()
+    assert not proxied.client.disconnecting
+    proxied.refuseUpstream()
+    assert proxied.client.disconnecting
+
+
+def test_clientEOFBeforeConnectReachesTheUpstream() -> None:
+    """
+    A client's EOF that came before the upstream was open reaches it, after the held bytes.
+    """
+    proxied = openProxy()
+    proxied.guard.dataReceived(b"QUIT\r\n")
+    proxied.guard.readConnectionLost()
+    proxied.connectUpstream()
+    assert proxied.upstream is not None
+    assert proxied.upstream.value() == b"QUIT\r\n"
+    assert proxied.upstream.writeClosed
