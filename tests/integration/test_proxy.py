@@ -18,7 +18,7 @@ import pytest
 
 from netd.testing.harness import NetdServer
 
-from .conftest import IO_TIMEOUT, connect, recvExactly, requireTool
+from .conftest import IO_TIMEOUT, connect, recvExactly, recvUntilClosed, requireTool
 
 pytestmark = pytest.mark.integration
 
@@ -192,3 +192,24 @@ def test_upstreamDown(netd: NetdServer, service: str, reset: bool) -> None:
             client.sendall(b"PING\r\n")
             assert client.recv(100) == b""
     assert netd.counter("upstream_connect_failures", service) == before + 1
+
+
+def test_halfCloseBothWays(startNetd: Any) -> None:
+    """
+    Through the proxy, a client's EOF reaches a real upstream, which still answers after it (and its answer reaches the client), and the upstream's EOF then reaches the client.
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(IO_TIMEOUT)
+        netd = startNetd(proxy("half", f"tcp:127.0.0.1:{listener.getsockname()[1]}"))
+        with connect(netd.address("half")) as client:
+            client.sendall(b"question")
+            client.shutdown(socket.SHUT_WR)
+            upstream, _ = listener.accept()
+            with upstream:
+                upstream.settimeout(IO_TIMEOUT)
+                assert recvUntilClosed(upstream) == b"question"
+                upstream.sendall(b"answer after EOF")
+                upstream.shutdown(socket.SHUT_WR)
+                assert recvUntilClosed(client) == b"answer after EOF"
