@@ -22,7 +22,7 @@ EXAMPLE_TOOLS="socat:socat dig:bind9-dnsutils openssl:openssl curl:curl"
 # The same for each tool the integration tests drive.  systemd: systemd-socket-activate
 # and systemd-analyze (installing the package in a container starts nothing; the tests
 # only run these two tools).
-TEST_TOOLS="socat:socat dig:bind9-dnsutils dnsmasq:dnsmasq-base openssl:openssl sslscan:sslscan curl:curl ss:iproute2 systemd-socket-activate:systemd"
+TEST_TOOLS="socat:socat dig:bind9-dnsutils dnsmasq:dnsmasq-base openssl:openssl sslscan:sslscan curl:curl ss:iproute2 systemd-socket-activate:systemd redis-server:redis-server"
 
 aptInstall() {
     echo "setup.sh: installing $* with apt-get" >&2

@@ -67,7 +67,13 @@ if TYPE_CHECKING:
         IFrameReceiver as IFrameReceiver,
     )
     from netd.interfaces import (
+        IHalfCloseableReceiver as IHalfCloseableReceiver,
+    )
+    from netd.interfaces import (
         IHasRuntimeTables as IHasRuntimeTables,
+    )
+    from netd.interfaces import (
+        IPacedConnection as IPacedConnection,
     )
     from netd.interfaces import (
         IProtocolPlugin as IProtocolPlugin,
@@ -94,7 +100,9 @@ PUBLIC: dict[str, str] = {
             "IDatagramSender",
             "IFrameConnection",
             "IFrameReceiver",
+            "IHalfCloseableReceiver",
             "IHasRuntimeTables",
+            "IPacedConnection",
             "IProtocolPlugin",
             "IReportsStatus",
             "IRuntimeTable",

@@ -164,6 +164,61 @@ class IFrameReceiver(Interface):
         """
 
 
+class IPacedConnection(Interface):
+    """
+    An optional extra of an L{IFrameConnection}, for a plugin that relays a
+    connection's bytes to another one (the proxy): reading paused and resumed
+    on demand, a producer paced by the connection's send buffer, half-close
+    and reset.  The core's stream connections provide it; check with
+    C{IPacedConnection.providedBy}.
+    """
+
+    def pauseReading() -> None:
+        """
+        Stop reading from the peer until L{resumeReading}.
+        """
+
+    def resumeReading() -> None:
+        """
+        Read from the peer again.
+        """
+
+    def registerProducer(producer: Any, streaming: bool) -> None:
+        """
+        Pace C{producer} (an L{twisted.internet.interfaces.IPushProducer})
+        by this connection's send buffer: paused while it is full.  It
+        replaces the connection's own pacing (reading from the peer paused
+        while its send buffer is full) until L{unregisterProducer}.
+        """
+
+    def unregisterProducer() -> None:
+        """
+        Stop pacing the producer; the connection paces itself again.
+        """
+
+    def loseWriteConnection() -> None:
+        """
+        Send EOF once what was sent is written, and keep reading.
+        """
+
+    def resetConnection() -> None:
+        """
+        End the connection with a TCP reset.
+        """
+
+
+class IHalfCloseableReceiver(Interface):
+    """
+    An optional extra of an L{IFrameReceiver}: told of the peer's EOF while
+    the connection stays open for sending, instead of the core closing it.
+    """
+
+    def readConnectionLost() -> None:
+        """
+        The peer sent EOF; the receiver closes the connection when it is done.
+        """
+
+
 class IStreamHandler(Interface):
     """
     What a plugin's handler provides to serve streams.

@@ -524,6 +524,7 @@ class ConnectionPipes:
         self._closing = False
         self._eofWaiting = False
         self._paused = False
+        self._producerPaused = False
         self._ended = False
         for fault in chosen:
             assert isinstance(fault.spec, StreamFault)
@@ -598,6 +599,26 @@ class ConnectionPipes:
         elif not hold and self._paused:
             self._paused = False
             transport.resumeProducing()
+        producer = self.connection.producer
+        if producer is not None:
+            self._paceProducer(producer)
+
+    def _paceProducer(self, producer: Any) -> None:
+        """
+        The bytes for the client come from a producer the inner protocol
+        registered (a proxy's upstream connection): pause it while the
+        bytes held for the client are over L{HELD_LIMIT}, and resume it once
+        they are under L{RESUME_BELOW}.  The send buffer paces the same
+        producer and may resume it sooner; its next bytes then pause it again.
+        """
+        held = self.outbound.held
+        hold = held > (RESUME_BELOW if self._producerPaused else HELD_LIMIT)
+        if hold:
+            self._producerPaused = True
+            producer.pauseProducing()
+        elif self._producerPaused:
+            self._producerPaused = False
+            producer.resumeProducing()
 
     # Ending.
 
@@ -705,7 +726,9 @@ class ConnectionPipes:
             if not self._ended:
                 pipe.requeue()
         self.pace()
-        return bool(self.inbound.acting or self.outbound.acting or self.tls is not None or self._paused)
+        return bool(
+            self.inbound.acting or self.outbound.acting or self.tls is not None or self._paused or self._producerPaused
+        )
 
 
 class StreamFaultSet(FaultSet):

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 from typing import Protocol as TypingProtocol
 
 import attrs
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import (
@@ -29,7 +29,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netd.canary import Canary, require
-from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
+from netd.interfaces import (
+    IFrameConnection,
+    IFrameReceiver,
+    IHalfCloseableReceiver,
+    IPacedConnection,
+    IStreamHandler,
+)
 from netd.metrics import Counters
 
 
@@ -81,7 +87,7 @@ class FrameFaults(TypingProtocol):
         """
 
 
-@implementer(IFrameConnection)
+@implementer(IFrameConnection, IPacedConnection, IHalfCloseableProtocol)
 class FramedProtocol(Protocol):
     """
     What every framing adapter shares: the receiver it feeds, and the one
@@ -215,6 +221,78 @@ class FramedProtocol(Protocol):
         The local address.
         """
         return self.transport.getHost()  # type: ignore[union-attr]
+
+    def pauseReading(self) -> None:
+        """
+        Stop reading from the peer; see L{IPacedConnection.pauseReading}.
+        """
+        transport: Any = self.transport
+        transport.pauseProducing()
+
+    def resumeReading(self) -> None:
+        """
+        Read from the peer again; see L{IPacedConnection.resumeReading}.
+        """
+        transport: Any = self.transport
+        transport.resumeProducing()
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        """
+        Pace C{producer} by the send buffer; see L{IPacedConnection.registerProducer}.
+        """
+        transport: Any = self.transport
+        transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        """
+        Stop pacing the producer; see L{IPacedConnection.unregisterProducer}.
+        """
+        transport: Any = self.transport
+        transport.unregisterProducer()
+
+    def loseWriteConnection(self) -> None:
+        """
+        Send EOF after what was sent; see L{IPacedConnection.loseWriteConnection}.
+        A layer below without a half-close of its own (TLS, whose Twisted
+        protocol would pass the call through to the socket, under its
+        records) closes the connection instead, with its close_notify.
+        """
+        transport: Any = self.transport
+        if getattr(type(transport), "loseWriteConnection", None) is None:
+            transport.loseConnection()
+        else:
+            transport.loseWriteConnection()
+
+    def resetConnection(self) -> None:
+        """
+        End with a TCP reset where the transport below can (the connection
+        guard, L{netd.stream.guard.GuardedConnection.resetConnection}), else
+        drop the connection without flushing.
+        """
+        transport: Any = self.transport
+        reset = getattr(transport, "resetConnection", None)
+        if reset is not None:
+            reset()
+        else:
+            transport.abortConnection()
+
+    def readConnectionLost(self) -> None:
+        """
+        The peer sent EOF: a receiver that takes half-closed connections
+        (L{IHalfCloseableReceiver}) is told; for any other the connection
+        closes once what was sent is written.
+        """
+        receiver = self.__dict__.get("receiver")
+        if IHalfCloseableReceiver.providedBy(receiver):
+            receiver.readConnectionLost()
+        else:
+            transport: Any = self.transport
+            transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """
+        The sending side is shut; reading goes on.
+        """
 
     def _tooLong(self, size: int) -> str:
         """

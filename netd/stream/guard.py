@@ -185,6 +185,7 @@ class GuardedConnection(ProtocolWrapper):
         "_streamFaults",
         "_directRead",
         "_directWrite",
+        "_innerProducer",
     )
     _selfPaced: bool
     _watched: bool
@@ -198,6 +199,7 @@ class GuardedConnection(ProtocolWrapper):
     _streamFaults: ConnectionFaults | None
     _directRead: Callable[[bytes], None] | None
     _directWrite: Callable[[bytes], None] | None
+    _innerProducer: IPushProducer | None
 
     def __init__(self, factory: ConnectionLimiter, wrappedProtocol: Any) -> None:
         """
@@ -217,6 +219,16 @@ class GuardedConnection(ProtocolWrapper):
         self._meter = None
         self._streamFaults = None
         self._directRead = self._directWrite = None
+        self._innerProducer = None
+
+    @property
+    def producer(self) -> IPushProducer | None:
+        """
+        The producer an inner protocol registered (a proxy's upstream
+        connection), paced by the send buffer in place of the connection's
+        own reading; L{None} while the connection paces itself.
+        """
+        return self._innerProducer
 
     @property
     def streamFaults(self) -> ConnectionFaults | None:
@@ -370,12 +382,14 @@ class GuardedConnection(ProtocolWrapper):
         self-pacing.
         """
         self._stopSelfPacing()
+        self._innerProducer = producer
         self.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
 
     def unregisterProducer(self) -> None:
         """
         The inner producer is done: pace the connection by its buffer again.
         """
+        self._innerProducer = None
         self.transport.unregisterProducer()  # type: ignore[union-attr]
         if self.wrappedProtocol is not None and not self.disconnecting:
             self.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
@@ -445,7 +459,32 @@ class GuardedConnection(ProtocolWrapper):
             return
         if self._ended is None:
             self._ended = "closed by peer"
-        self.loseConnection()
+        inner = self.wrappedProtocol
+        if IHalfCloseableProtocol.providedBy(inner):
+            inner.readConnectionLost()
+        else:
+            self.loseConnection()
+
+    def loseWriteConnection(self) -> None:
+        """
+        Send EOF once the buffer is written (see
+        L{netd.interfaces.IPacedConnection.loseWriteConnection}); while the
+        connection's faults hold bytes for the client, the connection
+        closes entirely once they are written instead.
+        """
+        faults = self._streamFaults
+        if faults is not None and faults.holdsOutbound():
+            self.loseConnection()
+            return
+        transport: Any = self.transport
+        transport.loseWriteConnection()
+
+    def resetConnection(self) -> None:
+        """
+        End the connection with a TCP reset (see L{resetTransport}), the
+        inner protocol asking (a proxy whose upstream was reset).
+        """
+        self.endByFault("reset by netd", reset=True)
 
     def writeConnectionLost(self) -> None:
         """

@@ -404,7 +404,7 @@ def test_configNamingBrokenPluginListsFailures(monkeypatch: pytest.MonkeyPatch) 
         parseConfig(tomllib.loads(text), "test.toml", registry)
     (line,) = str(info.value).splitlines()
     assert line.startswith("test.toml: services[0].plugin: unknown plugin 'broken'"), line
-    assert "nown plugins: dns-proxy, echo, reverse" in line
+    assert "nown plugins: dns-proxy, echo, proxy, reverse" in line
     assert (
         f"; plugins that failed to load: {sources['broken']}: failed to load: ModuleNotFoundError: "
         "No module named 'netd_no_such_module'"
@@ -535,6 +535,12 @@ def test_builtInPluginsAllChecked() -> None:
     assert {plugin.name for plugin in builtInPlugins()} >= {"echo", "tls-echo", "dns-proxy"}
 
 
+REQUIRED_OPTIONS: dict[str, dict[str, Any]] = {"proxy": {"upstream": "tcp:127.0.0.1:1"}}
+"""
+The keys without a default of the built-in plugins that have some, by plugin.
+"""
+
+
 @pytest.mark.parametrize("plugin", builtInPlugins(), ids=lambda plugin: plugin.name)
 def test_builtInObjectsProvideTheirInterfaces(plugin: Any) -> None:
     """
@@ -542,7 +548,7 @@ def test_builtInObjectsProvideTheirInterfaces(plugin: Any) -> None:
     """
     verifyObject(IProtocolPlugin, plugin)
     context = PluginContext(reactor=MemoryReactorClock(), log=Logger(), serviceName="s", counters=Counters())
-    handler = plugin.build(plugin.optionsType(), context)
+    handler = plugin.build(plugin.optionsType(**REQUIRED_OPTIONS.get(plugin.name, {})), context)
     if "datagram" in plugin.transports:
         verifyObject(IDatagramHandler, handler)
     if "stream" in plugin.transports:

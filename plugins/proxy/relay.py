@@ -1,0 +1,388 @@
+"""
+One proxied connection: the client's side (a frame receiver of the core's
+raw framing) and the upstream's (a Twisted protocol on a connection of its
+own), each pacing the other and passing on its EOF and its reset.  The
+proxy's README tells the story ("Design notes").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectingCancelledError, ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netd.interfaces import IFrameReceiver, IHalfCloseableReceiver, IPacedConnection, PluginContext
+from netd.metrics import Histogram
+from netd.stream.guard import resetTransport
+from netd.stream.proxyheader import describePeer
+
+CLOSE_LINGER = 2.0
+"""
+Seconds a client whose upstream could not be reached is still read (and what
+it sends dropped) after its EOF, when C{on_upstream_failure} is C{"close"}: a
+socket closed with unread bytes makes the kernel send a reset, not the EOF
+the option asks for.
+"""
+
+
+@attrs.define
+class Upstream:
+    """
+    Where one service's connections go, and what it counts of them.
+
+    @ivar endpoint: the upstream's client endpoint.
+    @ivar address: the endpoint string, as the config gives it (for logs).
+    @ivar connectTimeout: seconds a connection attempt may take.
+    @ivar resetOnFailure: whether a client whose upstream cannot be reached
+        gets a reset (else a clean close).
+    """
+
+    endpoint: IStreamClientEndpoint
+    address: str
+    connectTimeout: float
+    resetOnFailure: bool
+    context: PluginContext
+    latency: Histogram = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.latency = self.context.counters.histogram(
+            "upstream_connect_seconds", help="Seconds from accepting a client to its upstream connection being open."
+        )
+
+
+def _upstreamEvent(
+    client: Any, upstream: str, opened: float, bytesUp: int, bytesDown: int, ended: str
+) -> dict[str, Any]:
+    """
+    The fields of an C{"upstream"} event (see L{ClientSide}).
+    """
+    return {
+        "peer": describePeer(client),
+        "upstream": upstream,
+        "opened": opened,
+        "bytes_to_upstream": bytesUp,
+        "bytes_from_upstream": bytesDown,
+        "ended": ended,
+    }
+
+
+def _wasReset(reason: Failure) -> bool:
+    """
+    Whether a connection ended by a reset or an abort, rather than a clean close.
+    """
+    return isinstance(reason.value, ConnectionLost) and not isinstance(reason.value, ConnectionDone)
+
+
+@implementer(IPushProducer)
+@attrs.define
+class ClientReading:
+    """
+    The client's reading as a producer that the upstream's send buffer
+    pauses while it is full.
+    """
+
+    connection: Any
+
+    def pauseProducing(self) -> None:
+        """
+        The upstream's send buffer is full: stop reading the client.
+        """
+        self.connection.pauseReading()
+
+    def resumeProducing(self) -> None:
+        """
+        The upstream's send buffer has drained: read the client again.
+        """
+        self.connection.resumeReading()
+
+    def stopProducing(self) -> None:
+        """
+        The upstream connection is gone; the client side learns it from L{UpstreamSide}.
+        """
+
+
+@implementer(IHalfCloseableProtocol)
+class UpstreamSide(Protocol):
+    """
+    The connection to the upstream: what it sends goes to the client, its
+    EOF becomes the client's, its reset a reset of the client.
+    """
+
+    def __init__(self, client: ClientSide) -> None:
+        self.client = client
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Bytes from the upstream, for the client.
+        """
+        self.client.fromUpstream(data)
+
+    def readConnectionLost(self) -> None:
+        """
+        The upstream sent EOF.
+        """
+        self.client.upstreamEOF()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our EOF went out; the upstream may go on sending.
+        """
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        The upstream connection is gone.
+        """
+        self.client.upstreamLost(reason)
+
+
+@implementer(IFrameReceiver, IHalfCloseableReceiver)
+class ClientSide:
+    """
+    One client connection and the upstream connection made for it.  Until
+    the upstream is open, reading from the client is paused and what was
+    read already is held; then each side's bytes go to the other, each
+    side's send buffer pacing the other's reading.
+    """
+
+    connection: Any
+    peer: Any = None
+    upstreamTransport: Any = None
+    _attempt: Deferred[Any] | None = None
+    _timer: Any = None
+    _timedOut = False
+    _failed = False
+    _lingering: Any = None
+    _clientGone = False
+    _clientEOF = False
+    _upstreamEOF = False
+    _upstreamGone = False
+    _upstreamEnded: str | None = None
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.held: list[bytes] = []
+        self.bytesUp = self.bytesDown = 0
+        self.opened = 0.0
+
+    def connectionMade(self, connection: Any) -> None:
+        """
+        Pause the client and connect to the upstream, within C{connect_timeout}.
+        """
+        self.connection = connection
+        self.peer = connection.getPeer()
+        if not IPacedConnection.providedBy(connection):
+            raise TypeError("the proxy needs a connection that provides IPacedConnection")
+        connection.pauseReading()
+        upstream = self.upstream
+        reactor = upstream.context.reactor
+        self.opened = reactor.seconds()
+        attempt = self._attempt = upstream.endpoint.connect(Factory.forProtocol(lambda: UpstreamSide(self)))
+        self._timer = reactor.callLater(upstream.connectTimeout, self._connectTimedOut)
+        attempt.addCallbacks(self._connected, self._connectFailed)
+
+    def _connectTimedOut(self) -> None:
+        """
+        C{connect_timeout} has passed: give the attempt up.
+        """
+        self._timer = None
+        self._timedOut = True
+        assert self._attempt is not None
+        self._attempt.cancel()
+
+    def _stopTimer(self) -> None:
+        """
+        The attempt is settled: its timeout is no longer needed.
+        """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _connected(self, protocol: UpstreamSide) -> None:
+        """
+        The upstream is open: pace each side by the other, pass on what was
+        held (and the client's EOF, if it came), read the client again.
+        """
+        self._attempt = None
+        self._stopTimer()
+        upstream = self.upstream
+        upstream.context.counters["upstream_connects"] += 1
+        upstream.latency.observe(upstream.context.reactor.seconds() - self.opened)
+        transport: Any = protocol.transport
+        self.upstreamTransport = transport
+        if self._clientGone:
+            self._upstreamEnded = "closed by netd: the client had gone"
+            transport.loseConnection()
+            return
+        self.connection.registerProducer(transport, True)
+        transport.registerProducer(ClientReading(self.connection), True)
+        held, self.held = self.held, []
+        for data in held:
+            transport.write(data)
+        if self._clientEOF:
+            transport.loseWriteConnection()
+        else:
+            self.connection.resumeReading()
+
+    def _connectFailed(self, reason: Failure) -> None:
+        """
+        The upstream could not be reached (or the client left first): count
+        and log it, and give the client what C{on_upstream_failure} says.
+        """
+        self._attempt = None
+        self._stopTimer()
+        if self._clientGone:
+            return
+        upstream = self.upstream
+        context = upstream.context
+        context.counters["upstream_connect_failures"] += 1
+        if self._timedOut and reason.check(CancelledError, ConnectingCancelledError):
+            context.counters["upstream_connect_timeouts"] += 1
+            why = f"no connection within connect_timeout ({upstream.connectTimeout} seconds)"
+        else:
+            why = reason.getErrorMessage()
+        action = "resetting" if upstream.resetOnFailure else "closing"
+        peer = self.peer
+        context.log.warn(
+            "cannot reach upstream {upstream} for the client {peer}: {why}; {action} the client connection",
+            upstream=upstream.address,
+            peer=describePeer(peer),
+            why=why,
+            action=action,
+            event="upstream_connect_failed",
+        )
+        self._record(f"upstream unreachable: {why}")
+        self.held = []
+        self._failed = True
+        if upstream.resetOnFailure:
+            self.connection.resetConnection()
+            return
+        if self._clientEOF:
+            self.connection.loseConnection()
+            return
+        self.connection.loseWriteConnection()
+        self.connection.resumeReading()
+        self._lingering = context.reactor.callLater(CLOSE_LINGER, self._endLinger)
+
+    def _endLinger(self) -> None:
+        """
+        The client whose upstream failed has had L{CLOSE_LINGER} seconds to close after its EOF: close it.
+        """
+        self._lingering = None
+        self.connection.loseConnection()
+
+    def frameReceived(self, frame: bytes) -> None:
+        """
+        Bytes from the client: to the upstream, or held until it is open.
+        """
+        if self._failed:
+            return
+        self.bytesUp += len(frame)
+        transport = self.upstreamTransport
+        if transport is None:
+            self.held.append(frame)
+        else:
+            transport.write(frame)
+
+    def fromUpstream(self, data: bytes) -> None:
+        """
+        Bytes from the upstream, to the client.
+        """
+        self.bytesDown += len(data)
+        self.connection.sendFrame(data)
+
+    def readConnectionLost(self) -> None:
+        """
+        The client sent EOF: the upstream gets it, once it is open.
+        """
+        self._clientEOF = True
+        if self._failed:
+            self.connection.loseConnection()
+            return
+        if self.upstreamTransport is not None and not self._upstreamGone:
+            self.upstreamTransport.loseWriteConnection()
+        self._closeWhenBothDone()
+
+    def upstreamEOF(self) -> None:
+        """
+        The upstream sent EOF: the client gets it.
+        """
+        self._upstreamEOF = True
+        if not self._clientGone:
+            self.connection.loseWriteConnection()
+        self._closeWhenBothDone()
+
+    def _closeWhenBothDone(self) -> None:
+        """
+        Once both sides have sent EOF, close both connections.
+        """
+        if self._clientEOF and self._upstreamEOF:
+            if self._upstreamEnded is None:
+                self._upstreamEnded = "closed: EOF both ways"
+            if not self._clientGone:
+                self.connection.loseConnection()
+            if self.upstreamTransport is not None and not self._upstreamGone:
+                self.upstreamTransport.loseConnection()
+
+    def upstreamLost(self, reason: Failure) -> None:
+        """
+        The upstream connection is gone: a reset becomes a reset of the
+        client, a close a close (after what was sent to it is written).
+        """
+        self._upstreamGone = True
+        reset = _wasReset(reason)
+        ended = self._upstreamEnded or ("reset by upstream" if reset else "closed by upstream")
+        self._record(ended)
+        if self._clientGone:
+            return
+        if reset and self._upstreamEnded is None:
+            self.connection.resetConnection()
+        else:
+            self.connection.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The client connection is gone: give up the attempt, or end the
+        upstream connection the same way (a reset as a reset).
+        """
+        self._clientGone = True
+        self.held = []
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
+        if self._attempt is not None:
+            self._attempt.cancel()
+            return
+        transport = self.upstreamTransport
+        if transport is None or self._upstreamGone:
+            return
+        if _wasReset(reason):
+            self._upstreamEnded = "reset by netd: the client reset"
+            resetTransport(transport)
+        else:
+            if self._upstreamEnded is None:
+                self._upstreamEnded = "closed by netd: the client closed"
+            transport.loseConnection()
+
+    def _record(self, ended: str) -> None:
+        """
+        The C{"upstream"} event of this connection.
+        """
+        events = self.upstream.context.events
+        if events.enabled:
+            address = self.upstreamTransport.getPeer() if self.upstreamTransport is not None else None
+            events.add(
+                "upstream",
+                _upstreamEvent,
+                self.peer,
+                describePeer(address) if address is not None else self.upstream.address,
+                self.opened,
+                self.bytesUp,
+                self.bytesDown,
+                ended,
+            )
