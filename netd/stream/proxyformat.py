@@ -164,7 +164,7 @@ def encodeProxyHeader(version: Literal["v1", "v2"], source: IAddress, destinatio
             return V1_SIGNATURE + b"UNKNOWN\r\n"
         assert isinstance(source, IPv4Address | IPv6Address) and isinstance(destination, IPv4Address | IPv6Address)
         protocol = "TCP4" if family == 1 else "TCP6"
-        line = f"{protocol} {source.host} {destination.host} {source.port} {destination.port}\r\n"
+        line = f"{protocol} {_bareHost(source)} {_bareHost(destination)} {source.port} {destination.port}\r\n"
         return V1_SIGNATURE + line.encode("ascii")
     if family == 0:
         # LOCAL (command 0), family and transport UNSPEC, no addresses.
@@ -172,13 +172,21 @@ def encodeProxyHeader(version: Literal["v1", "v2"], source: IAddress, destinatio
     assert isinstance(source, IPv4Address | IPv6Address) and isinstance(destination, IPv4Address | IPv6Address)
     addresses = struct.pack(
         _V2_LAYOUTS[family],
-        ipaddress.ip_address(source.host).packed,
-        ipaddress.ip_address(destination.host).packed,
+        ipaddress.ip_address(_bareHost(source)).packed,
+        ipaddress.ip_address(_bareHost(destination)).packed,
         source.port,
         destination.port,
     )
     # PROXY (command 1) of version 2; the family in the high nibble, STREAM (1) in the low one.
     return V2_SIGNATURE + struct.pack("!BBH", 0x21, family << 4 | 1, len(addresses)) + addresses
+
+
+def _bareHost(address: IPv4Address | IPv6Address) -> str:
+    """
+    The address's host without an IPv6 scope (C{fe80::1%eth0}), which the
+    header has no room for.
+    """
+    return address.host.partition("%")[0]
 
 
 def _tcpFamily(source: IAddress, destination: IAddress) -> int:

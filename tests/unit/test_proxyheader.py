@@ -311,6 +311,18 @@ def test_encodeProxyHeaderGoldenAndRoundTrip(
     assert (info.source, info.destination, rest) == ((source, destination) if named else (None, None)) + (b"payload",)
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_encodeProxyHeaderDropsTheIPv6Scope(version: Literal["v1", "v2"]) -> None:
+    """
+    A link-local client's scope (C{%eth0}) has no place in either header: the addresses go without it.
+    """
+    source, destination = IPv6Address("TCP", "fe80::5%eth0", 1), IPv6Address("TCP", "fe80::1%eth0", 2)
+    result = HeaderReader().feed(encodeProxyHeader(version, source, destination))
+    assert result is not None
+    info, _ = result
+    assert (info.source, info.destination) == (IPv6Address("TCP", "fe80::5", 1), IPv6Address("TCP", "fe80::1", 2))
+
+
 @pytest.mark.parametrize("header", [*MALFORMED_V1.values(), *MALFORMED_V2.values()], ids=[*MALFORMED_V1, *MALFORMED_V2])
 def test_headerReaderRefusesGoldenMalformed(header: bytes) -> None:
     """
