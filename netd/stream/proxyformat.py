@@ -6,7 +6,8 @@ addresses, or none (C{UNKNOWN}, C{LOCAL}, C{UNSPEC}: the connection's own).
 
 L{HeaderReader} is fed the bytes of a connection until a header is whole;
 anything that is not a well-formed header raises L{MalformedHeader}
-(L{NoHeader} when it does not even start like one).
+(L{NoHeader} when it does not even start like one).  L{encodeProxyHeader}
+writes the headers a proxy sends towards its upstream.
 """
 
 from __future__ import annotations
@@ -146,6 +147,57 @@ def parseV2(header: bytes) -> ProxyInfo:
         IPv6Address(kind, str(ipaddress.IPv6Address(source)), sourcePort),
         IPv6Address(kind, str(ipaddress.IPv6Address(destination)), destinationPort),
     )
+
+
+def encodeProxyHeader(version: Literal["v1", "v2"], source: IAddress, destination: IAddress) -> bytes:
+    """
+    The PROXY header a proxy sends first on its upstream connection, naming
+    the client (C{source}) and the address it connected to (C{destination}).
+
+    TCP over IPv4 or IPv6 is named as such; anything else (a unix-socket
+    client, or mixed families) as the proxy's own connection: v1's
+    C{PROXY UNKNOWN}, v2's C{LOCAL} command with no addresses.
+    """
+    family = _tcpFamily(source, destination)
+    if version == "v1":
+        if family == 0:
+            return V1_SIGNATURE + b"UNKNOWN\r\n"
+        assert isinstance(source, IPv4Address | IPv6Address) and isinstance(destination, IPv4Address | IPv6Address)
+        protocol = "TCP4" if family == 1 else "TCP6"
+        line = f"{protocol} {_bareHost(source)} {_bareHost(destination)} {source.port} {destination.port}\r\n"
+        return V1_SIGNATURE + line.encode("ascii")
+    if family == 0:
+        # LOCAL (command 0), family and transport UNSPEC, no addresses.
+        return V2_SIGNATURE + struct.pack("!BBH", 0x20, 0x00, 0)
+    assert isinstance(source, IPv4Address | IPv6Address) and isinstance(destination, IPv4Address | IPv6Address)
+    addresses = struct.pack(
+        _V2_LAYOUTS[family],
+        ipaddress.ip_address(_bareHost(source)).packed,
+        ipaddress.ip_address(_bareHost(destination)).packed,
+        source.port,
+        destination.port,
+    )
+    # PROXY (command 1) of version 2; the family in the high nibble, STREAM (1) in the low one.
+    return V2_SIGNATURE + struct.pack("!BBH", 0x21, family << 4 | 1, len(addresses)) + addresses
+
+
+def _bareHost(address: IPv4Address | IPv6Address) -> str:
+    """
+    The address's host without an IPv6 scope (C{fe80::1%eth0}), which the
+    header has no room for.
+    """
+    return address.host.partition("%")[0]
+
+
+def _tcpFamily(source: IAddress, destination: IAddress) -> int:
+    """
+    The version 2 family number of two TCP addresses of the same IP version
+    (1 for IPv4, 2 for IPv6), or 0 when they are not that.
+    """
+    for family, kind in ((1, IPv4Address), (2, IPv6Address)):
+        if isinstance(source, kind) and isinstance(destination, kind) and source.type == destination.type == "TCP":
+            return family
+    return 0
 
 
 class HeaderReader:

@@ -72,6 +72,12 @@ class ProxyOptions:
         "close",
         help="What the client gets when the upstream cannot be reached: 'close' (EOF) or 'reset' (a TCP RST).",
     )
+    upstream_proxy_protocol: Literal[False] | Literal["v1", "v2"] = option(
+        False,
+        help="Send a PROXY protocol header (HAProxy's, 'v1' text or 'v2' binary) first on each upstream "
+        "connection, naming the client's address and the one it connected to, so that the upstream sees "
+        "the real client; false sends none.  A unix-socket client is named as v1's UNKNOWN or v2's LOCAL.",
+    )
 
 
 @implementer(IStreamHandler)
@@ -87,6 +93,7 @@ class ProxyHandler:
             address=str(options.upstream),
             connectTimeout=options.connect_timeout,
             resetOnFailure=options.on_upstream_failure == "reset",
+            proxyProtocol=options.upstream_proxy_protocol or None,
             context=context,
         )
 

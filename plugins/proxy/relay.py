@@ -7,7 +7,7 @@ proxy's README tells the story ("Design notes").
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
@@ -20,6 +20,7 @@ from zope.interface import implementer
 from netd.interfaces import IFrameReceiver, IHalfCloseableReceiver, IPacedConnection, PluginContext
 from netd.metrics import Histogram
 from netd.stream.guard import resetTransport
+from netd.stream.proxyformat import encodeProxyHeader
 from netd.stream.proxyheader import describePeer
 
 CLOSE_LINGER = 2.0
@@ -41,6 +42,8 @@ class Upstream:
     @ivar connectTimeout: seconds a connection attempt may take.
     @ivar resetOnFailure: whether a client whose upstream cannot be reached
         gets a reset (else a clean close).
+    @ivar proxyProtocol: the PROXY protocol version whose header opens each
+        upstream connection, or L{None} for none.
     """
 
     endpoint: IStreamClientEndpoint
@@ -48,6 +51,7 @@ class Upstream:
     connectTimeout: float
     resetOnFailure: bool
     context: PluginContext
+    proxyProtocol: Literal["v1", "v2"] | None = None
     latency: Histogram = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -221,6 +225,8 @@ class ClientSide:
             return
         self.connection.registerProducer(transport, True)
         transport.registerProducer(ClientReading(self.connection), True)
+        if upstream.proxyProtocol is not None:
+            transport.write(encodeProxyHeader(upstream.proxyProtocol, self.peer, self.connection.getHost()))
         held, self.held = self.held, []
         for data in held:
             transport.write(data)

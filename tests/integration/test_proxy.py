@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.address import IPv4Address
 
+from netd.stream.proxyformat import HeaderReader
 from netd.testing.harness import NetdServer
 
 from .conftest import IO_TIMEOUT, connect, recvExactly, recvUntilClosed, requireTool
@@ -213,3 +215,36 @@ def test_halfCloseBothWays(startNetd: Any) -> None:
                 upstream.sendall(b"answer after EOF")
                 upstream.shutdown(socket.SHUT_WR)
                 assert recvUntilClosed(client) == b"answer after EOF"
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_upstreamProxyProtocolNamesTheRealClient(startNetd: Any, version: str) -> None:
+    """
+    With upstream_proxy_protocol, a real upstream reads (with netd's own
+    parser) a PROXY header naming the client's address and port and the
+    proxy's listening address, then the client's bytes; its answer reaches the client.
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(IO_TIMEOUT)
+        upstreamAddress = f"tcp:127.0.0.1:{listener.getsockname()[1]}"
+        netd = startNetd(proxy("pp", upstreamAddress, extra=f'upstream_proxy_protocol = "{version}"'))
+        with connect(netd.address("pp")) as client:
+            client.sendall(b"hello")
+            upstream, _ = listener.accept()
+            with upstream:
+                upstream.settimeout(IO_TIMEOUT)
+                reader = HeaderReader()
+                result = None
+                while result is None:
+                    chunk = upstream.recv(4096)
+                    assert chunk, "the upstream connection closed before a whole PROXY header"
+                    result = reader.feed(chunk)
+                info, rest = result
+                rest += recvExactly(upstream, len(b"hello") - len(rest))
+                assert rest == b"hello"
+                assert info.source == IPv4Address("TCP", *client.getsockname())
+                assert info.destination == IPv4Address("TCP", *netd.address("pp"))
+                upstream.sendall(b"seen")
+                assert recvExactly(client, 4) == b"seen"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from typing import Literal
 
 import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -25,7 +26,7 @@ from netd.config.options import InvalidValue
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
 from netd.stream.guard import ConnectionLimiter
-from netd.stream.proxyformat import HeaderReader, MalformedHeader
+from netd.stream.proxyformat import HeaderReader, MalformedHeader, encodeProxyHeader
 from netd.stream.proxyheader import (
     DEFAULT_TRUSTED,
     UNTRUSTED_LOG_INTERVAL,
@@ -249,6 +250,77 @@ def test_headerReaderGolden(header: bytes, source: IAddress | None, destination:
     assert result is not None
     info, rest = result
     assert (info.source, info.destination, rest) == (source, destination, b"payload")
+
+
+ENCODED = [
+    pytest.param(
+        "v1",
+        IPv4Address("TCP", "10.1.2.3", 5555),
+        IPv4Address("TCP", "127.0.0.1", 7007),
+        b"PROXY TCP4 10.1.2.3 127.0.0.1 5555 7007\r\n",
+        id="v1-tcp4",
+    ),
+    pytest.param(
+        "v1",
+        IPv6Address("TCP", "2001:db8::5", 0),
+        IPv6Address("TCP", "::1", 65535),
+        b"PROXY TCP6 2001:db8::5 ::1 0 65535\r\n",
+        id="v1-tcp6",
+    ),
+    pytest.param("v1", UNIXAddress(b"/run/a"), UNIXAddress(b"/run/b"), b"PROXY UNKNOWN\r\n", id="v1-unix"),
+    pytest.param(
+        "v2",
+        IPv4Address("TCP", "10.1.2.3", 5555),
+        IPv4Address("TCP", "127.0.0.1", 7007),
+        v2(0x21, 0x11, IPV4_BODY),
+        id="v2-tcp4",
+    ),
+    pytest.param(
+        "v2",
+        IPv6Address("TCP", "2001:db8::5", 5555),
+        IPv6Address("TCP", "::1", 7007),
+        v2(0x21, 0x21, IPV6_BODY),
+        id="v2-tcp6",
+    ),
+    pytest.param("v2", UNIXAddress(b"/run/a"), UNIXAddress(b"/run/b"), v2(0x20, 0x00, b""), id="v2-unix-local"),
+    pytest.param(
+        "v2",
+        IPv4Address("TCP", "10.1.2.3", 5555),
+        IPv6Address("TCP", "::1", 7007),
+        v2(0x20, 0x00, b""),
+        id="v2-mixed-families-local",
+    ),
+]
+
+
+@pytest.mark.parametrize(("version", "source", "destination", "expected"), ENCODED)
+def test_encodeProxyHeaderGoldenAndRoundTrip(
+    version: Literal["v1", "v2"], source: IAddress, destination: IAddress, expected: bytes
+) -> None:
+    """
+    The encoder writes the specification's bytes (the parser's golden
+    headers), and the parser reads them back as the same addresses, or as
+    none for UNKNOWN and LOCAL.
+    """
+    header = encodeProxyHeader(version, source, destination)
+    assert header == expected
+    result = HeaderReader().feed(header + b"payload")
+    assert result is not None
+    info, rest = result
+    named = isinstance(source, IPv4Address | IPv6Address) and type(source) is type(destination)
+    assert (info.source, info.destination, rest) == ((source, destination) if named else (None, None)) + (b"payload",)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_encodeProxyHeaderDropsTheIPv6Scope(version: Literal["v1", "v2"]) -> None:
+    """
+    A link-local client's scope (C{%eth0}) has no place in either header: the addresses go without it.
+    """
+    source, destination = IPv6Address("TCP", "fe80::5%eth0", 1), IPv6Address("TCP", "fe80::1%eth0", 2)
+    result = HeaderReader().feed(encodeProxyHeader(version, source, destination))
+    assert result is not None
+    info, _ = result
+    assert (info.source, info.destination) == (IPv6Address("TCP", "fe80::5", 1), IPv6Address("TCP", "fe80::1", 2))
 
 
 @pytest.mark.parametrize("header", [*MALFORMED_V1.values(), *MALFORMED_V2.values()], ids=[*MALFORMED_V1, *MALFORMED_V2])

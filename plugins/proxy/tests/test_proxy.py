@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import sys
 import tomllib
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import pytest
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.interfaces import IAddress
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, capturedLogs
 from twisted.python.failure import Failure
@@ -28,11 +29,13 @@ from netd.interfaces import PluginContext
 from netd.metrics import Counters
 from netd.registry import checkPlugin, discoverPlugins
 from netd.stream.guard import GuardedConnection
+from netd.stream.proxyformat import HeaderReader, encodeProxyHeader
 from netd.testing.memory import faultsFor, makeStreamStack
 from netd_plugins.proxy import ProxyOptions, UpstreamEndpoint, plugin
 from netd_plugins.proxy.relay import CLOSE_LINGER
 
 CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
+LISTENER = IPv4Address("TCP", "198.51.100.1", 6380)
 
 
 class Transport(StringTransport):
@@ -77,9 +80,16 @@ class Proxied:
         factory.clientConnectionFailed(self.reactor.connectors[-1], Failure(ConnectionRefusedError()))
 
 
-def openProxy(onFailure: str = "close", faults: ServiceFaults | None = None) -> Proxied:
+def openProxy(
+    onFailure: str = "close",
+    faults: ServiceFaults | None = None,
+    proxyProtocol: Literal[False] | Literal["v1", "v2"] = False,
+    peer: IAddress = CLIENT,
+    host: IAddress = LISTENER,
+) -> Proxied:
     """
-    A proxy service to tcp:127.0.0.1:6379 behind the core stack, and one client connected to it.
+    A proxy service to tcp:127.0.0.1:6379 behind the core stack, and one
+    client connected to it from C{peer} at C{host}.
     """
     reactor = MemoryReactorClock()
     counters = Counters()
@@ -90,11 +100,12 @@ def openProxy(onFailure: str = "close", faults: ServiceFaults | None = None) -> 
     options = ProxyOptions(
         upstream=UpstreamEndpoint.fromConfig("tcp:127.0.0.1:6379"),
         on_upstream_failure=onFailure,  # type: ignore[arg-type]
+        upstream_proxy_protocol=proxyProtocol,
     )
     limiter = makeStreamStack(plugin.build(options, context), "raw", clock=reactor, counters=counters, faults=faults)
-    guard = limiter.buildProtocol(CLIENT)
+    guard = limiter.buildProtocol(peer)
     assert isinstance(guard, GuardedConnection)
-    client = Transport(peerAddress=CLIENT)
+    client = Transport(peerAddress=peer, hostAddress=host)
     guard.makeConnection(client)
     return Proxied(reactor, client, guard, counters, events)
 
@@ -416,3 +427,70 @@ def test_clientEOFBeforeConnectReachesTheUpstream() -> None:
     assert proxied.upstream is not None
     assert proxied.upstream.value() == b"QUIT\r\n"
     assert proxied.upstream.writeClosed
+
+
+def proxyHeaderThenHeld(
+    version: Literal["v1", "v2"], peer: IAddress, host: IAddress
+) -> tuple[Proxied, Transport, bytes]:
+    """
+    A client of a proxy with C{upstream_proxy_protocol = version} sends
+    bytes before its upstream is open, and then again after: what the upstream
+    receives, and the header that should open it.
+    """
+    proxied = openProxy(proxyProtocol=version, peer=peer, host=host)
+    proxied.guard.dataReceived(b"PING\r\n")
+    proxied.connectUpstream()
+    assert proxied.upstream is not None
+    proxied.guard.dataReceived(b"GET k\r\n")
+    return proxied, proxied.upstream, encodeProxyHeader(version, peer, host)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize(
+    "peer, host",
+    [
+        (CLIENT, LISTENER),
+        (IPv6Address("TCP", "2001:db8::7", 40000), IPv6Address("TCP", "::1", 6380)),
+    ],
+    ids=["ipv4", "ipv6"],
+)
+def test_upstreamProxyProtocolHeaderComesFirst(version: Literal["v1", "v2"], peer: IAddress, host: IAddress) -> None:
+    """
+    With upstream_proxy_protocol, the upstream connection opens with a PROXY
+    header naming the client and the address it connected to, then the bytes
+    the client sent before and after the upstream was open; the header is
+    not counted as the client's bytes.
+    """
+    proxied, upstream, header = proxyHeaderThenHeld(version, peer, host)
+    assert upstream.value() == header + b"PING\r\nGET k\r\n"
+    result = HeaderReader().feed(upstream.value())
+    assert result is not None
+    info, rest = result
+    assert (info.source, info.destination, rest) == (peer, host, b"PING\r\nGET k\r\n")
+    proxied.upstreamProtocol.connectionLost(Failure(ConnectionDone()))
+    [event] = proxied.events.events(kind="upstream")
+    assert event["bytes_to_upstream"] == len(b"PING\r\nGET k\r\n")
+
+
+@pytest.mark.parametrize(
+    "version, expected", [("v1", b"PROXY UNKNOWN\r\n"), ("v2", b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00")]
+)
+def test_upstreamProxyProtocolForAUnixClient(version: Literal["v1", "v2"], expected: bytes) -> None:
+    """
+    A unix-socket client has no address to name: the header is v1's UNKNOWN or v2's LOCAL, then the client's bytes.
+    """
+    socket = UNIXAddress(b"/run/netd/p.sock")
+    _, upstream, header = proxyHeaderThenHeld(version, UNIXAddress(None), socket)
+    assert header == expected
+    assert upstream.value() == expected + b"PING\r\nGET k\r\n"
+
+
+def test_noUpstreamProxyProtocolByDefault() -> None:
+    """
+    Without upstream_proxy_protocol the upstream gets the client's bytes alone.
+    """
+    proxied = openProxy()
+    proxied.guard.dataReceived(b"PING\r\n")
+    proxied.connectUpstream()
+    assert proxied.upstream is not None
+    assert proxied.upstream.value() == b"PING\r\n"
