@@ -65,7 +65,9 @@ class DatagramUpstream:
                 raise InvalidValue(f"{value!r} is not {cls.configTypeName}: expected [IPV6]:PORT after udp:")
             portText = after[1:]
         else:
-            host, _, portText = rest.rpartition(":")
+            host, portColon, portText = rest.rpartition(":")
+            if not portColon:
+                raise InvalidValue(f"{value!r} has no port; expected {cls.configTypeName}")
             if ":" in host:
                 raise InvalidValue(f"{value!r}: an IPv6 address goes in brackets: udp:[{host}]:{portText}")
         try:
