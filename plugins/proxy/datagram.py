@@ -155,10 +155,9 @@ class Session(DatagramProtocol):
         Send straight through the socket's C{sendto} when the transport
         exposes its socket (the upstream's address was checked with the config).
         """
-        if ISystemHandle.providedBy(self.transport):
-            self._send = self.transport.getHandle().sendto
-        else:
-            self._send = self.transport.write  # type: ignore[union-attr]
+        transport: Any = self.transport
+        socket: Any = transport.getHandle() if ISystemHandle.providedBy(transport) else None
+        self._send = transport.write if socket is None else socket.sendto
 
     def send(self, datagram: bytes, upstream: Peer) -> bool:
         """

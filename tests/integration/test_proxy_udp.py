@@ -218,7 +218,7 @@ def test_sessionExpiresAndIsRecorded(netd: NetdServer) -> None:
     with udpClient() as client:
         ask(client, udpAddress(netd, "expiring"), buildQuery(NAME))
         receive(client, 1)
-        peer = "127.0.0.1:%d" % client.getsockname()[1]
+        peer = f"127.0.0.1:{client.getsockname()[1]}"
     deadline = time.monotonic() + IO_TIMEOUT
     while netd.counter("udp_sessions_expired", "expiring") < 1:
         assert time.monotonic() < deadline, "the session did not expire"

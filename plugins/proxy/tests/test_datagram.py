@@ -32,6 +32,14 @@ CAROL = ("192.0.2.9", 40002)
 LISTEN_PORT = 5353
 
 
+def writtenBy(protocol: Any) -> list[tuple[bytes, Any]]:
+    """
+    The datagrams a protocol on a fake UDP port has written, as (datagram, address).
+    """
+    written: list[tuple[bytes, Any]] = protocol.transport.written
+    return written
+
+
 class Proxying:
     """
     A proxy service's handler behind a core L{DatagramListener} (with the
@@ -84,7 +92,7 @@ class Proxying:
         """
         What the session socket of C{peer} has sent, emptied.
         """
-        written: list[tuple[bytes, Any]] = self.session(peer).transport.written  # type: ignore[union-attr]
+        written: list[tuple[bytes, Any]] = writtenBy(self.session(peer))
         sent = list(written)
         written.clear()
         return sent
@@ -99,7 +107,7 @@ class Proxying:
         """
         What the listener has sent to clients, emptied.
         """
-        written: list[tuple[bytes, Any]] = self.listener.transport.written  # type: ignore[union-attr]
+        written: list[tuple[bytes, Any]] = writtenBy(self.listener)
         sent = list(written)
         written.clear()
         return sent
@@ -158,7 +166,7 @@ def test_sameAddressOnTwoListenersIsTwoSessions() -> None:
     other.datagramReceived(b"two", ALICE)
     assert len(proxy.sessions.sessions) == 2
     proxy.sessions.sessions[(ALICE, other)].datagramReceived(b"back", UPSTREAM)
-    assert other.transport.written == [(b"back", ALICE)]  # type: ignore[union-attr]
+    assert writtenBy(other) == [(b"back", ALICE)]
     assert proxy.toClients() == []
 
 
@@ -299,7 +307,7 @@ def test_loopThroughAnotherProxyIsDroppedAChainIsNot() -> None:
     assert sources == {}
 
 
-def test_socketThatCannotOpenDropsTheDatagram() -> None:
+def test_socketThatCannotOpenDropsTheDatagram(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     When no session socket can be bound (out of descriptors), the datagram is dropped and counted, a warning logged once, and the next client that can bind gets its session.
     """
@@ -309,14 +317,14 @@ def test_socketThatCannotOpenDropsTheDatagram() -> None:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise CannotListenError("127.0.0.1", 0, OSError(24, "Too many open files"))
 
-    proxy.reactor.listenUDP = refuse  # type: ignore[method-assign]
+    monkeypatch.setattr(proxy.reactor, "listenUDP", refuse)
     with capturedLogs() as events:
         proxy.fromClient(b"a", ALICE)
         proxy.fromClient(b"b", BOB)
     assert proxy.counters["udp_session_failures"] == 2
     assert [e.get("event") for e in events] == ["udp_session_failed"]
     assert proxy.sessions.sessions == {}
-    proxy.reactor.listenUDP = listen  # type: ignore[method-assign]
+    monkeypatch.setattr(proxy.reactor, "listenUDP", listen)
     proxy.fromClient(b"c", CAROL)
     assert proxy.toUpstream(CAROL) == [(b"c", UPSTREAM)]
 
