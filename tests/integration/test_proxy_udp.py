@@ -246,3 +246,32 @@ def test_boundEvictsTheLeastRecentlyActive(netd: NetdServer) -> None:
     assert netd.counter("udp_sessions_evicted", "bounded") == 1
     assert netd.counter("udp_sessions_opened", "bounded") == 3
     assert gauge(netd, "udp_sessions", "bounded") == 2
+
+
+def test_proxyToItselfDropsTheLoop(netd: NetdServer) -> None:
+    """
+    A proxy created at runtime whose udp_upstream is its own listener gets its session socket's datagram back: dropped as a loop after one turn, with one session opened, not one per turn.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    netd.addService(
+        {
+            "name": "loop",
+            "plugin": "proxy",
+            "listen": [f"udp:{port}:interface=127.0.0.1"],
+            "udp_upstream": f"udp:127.0.0.1:{port}",
+        }
+    )
+    try:
+        with udpClient() as client:
+            ask(client, ("127.0.0.1", port), b"round and round")
+            deadline = time.monotonic() + IO_TIMEOUT
+            while netd.counter("udp_loops_dropped", "loop") < 1:
+                assert time.monotonic() < deadline, "the loop was not dropped"
+                time.sleep(0.05)
+            assert quiet(client, 0.2)
+        assert netd.counter("udp_sessions_opened", "loop") == 1
+        assert netd.counter("datagrams_to_upstream", "loop") == 1
+    finally:
+        netd.removeService("loop")
