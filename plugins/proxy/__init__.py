@@ -135,7 +135,7 @@ class ProxyHandler(Service):
                 options.udp_upstream, options.udp_session_timeout, options.udp_max_sessions, context
             )
         if options.upstream is None:
-            return
+            return  # a service of udp: listeners only
         self.upstream = Upstream(
             endpoint=clientFromString(context.reactor, str(options.upstream)),
             address=str(options.upstream),
@@ -173,7 +173,7 @@ class ProxyPlugin(Plugin):
     """
 
     name = "proxy"
-    summary = "relays each stream connection to an upstream server, with the service's faults in between"
+    summary = "relays each stream connection (and each client's datagrams) to an upstream server, with the service's faults in between"
     optionsType = ProxyOptions
     transports = frozenset({"stream", "datagram"})
     framings = ("raw",)
