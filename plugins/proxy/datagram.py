@@ -178,18 +178,21 @@ class Session(DatagramProtocol):
         self.table.fromUpstream(self, datagram, addr)
 
 
-def _sessionEvent(session: Session, upstream: str, ended: str) -> dict[str, Any]:
+def _sessionEvent(
+    peer: Peer, upstream: str, opened: float, counts: tuple[int, int, int, int], ended: str
+) -> dict[str, Any]:
     """
-    The fields of a C{"udp_session"} event.
+    The fields of a C{"udp_session"} event; C{counts} are the datagrams
+    and bytes to and from the upstream.
     """
     return {
-        "peer": describeDatagramPeer(session.peer),
+        "peer": describeDatagramPeer(peer),
         "upstream": upstream,
-        "opened": session.opened,
-        "datagrams_to_upstream": session.datagramsUp,
-        "datagrams_from_upstream": session.datagramsDown,
-        "bytes_to_upstream": session.bytesUp,
-        "bytes_from_upstream": session.bytesDown,
+        "opened": opened,
+        "datagrams_to_upstream": counts[0],
+        "datagrams_from_upstream": counts[1],
+        "bytes_to_upstream": counts[2],
+        "bytes_from_upstream": counts[3],
         "ended": ended,
     }
 
@@ -340,7 +343,8 @@ class SessionTable:
             self.sources.pop(session.source, None)
         events = self.context.events
         if events.enabled:
-            events.add("udp_session", _sessionEvent, session, str(self.upstream), ended)
+            counts = (session.datagramsUp, session.datagramsDown, session.bytesUp, session.bytesDown)
+            events.add("udp_session", _sessionEvent, session.peer, str(self.upstream), session.opened, counts, ended)
         return maybeDeferred(session.port.stopListening)
 
     def stop(self) -> Deferred[Any]:
