@@ -275,3 +275,30 @@ def test_proxyToItselfDropsTheLoop(netd: NetdServer) -> None:
         assert netd.counter("datagrams_to_upstream", "loop") == 1
     finally:
         netd.removeService("loop")
+
+
+def test_upstreamDownLeavesTheClientUnanswered(netd: NetdServer) -> None:
+    """
+    When nothing listens at udp_upstream, dig's query goes unanswered, as without the proxy, and netd goes on serving without an error.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    netd.addService(
+        {
+            "name": "down",
+            "plugin": "proxy",
+            "listen": ["udp:0:interface=127.0.0.1"],
+            "udp_upstream": f"udp:127.0.0.1:{port}",
+        }
+    )
+    try:
+        for _ in range(2):
+            result = dig(udpAddress(netd, "down"), NAME, "A", time=1)
+            assert not result.messages and "timed out" in result.output, result.output
+        assert netd.counter("datagrams_to_upstream", "down") == 2
+        assert netd.counter("udp_sessions_opened", "down") == 2
+    finally:
+        netd.removeService("down")
+    assert dig(udpAddress(netd, "plain"), NAME, "A").last.data("A") == [ADDRESS]
+    assert "Traceback" not in netd.log()
