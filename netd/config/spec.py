@@ -4,7 +4,8 @@ The config file: TOML in, validated frozen specs out, or every problem at once.
 A service table is decoded in two phases: first the envelope that the core owns
 (L{ServiceEnvelope}: name, plugin, listen, limits, framing, tls), then the remaining
 keys through the schema of the plugin it names.  Cross-key rules (unique names,
-transports the plugin serves, the framing's limits) are checked last.  Nothing is
+transports the plugin serves, the framing's limits, and a plugin's keys against
+the service's listeners through its options' C{checkShape}) are checked last.  Nothing is
 listened on before all of it passes.
 """
 
@@ -517,6 +518,11 @@ def _decodeService(table: Any, path: KeyPath, registry: PluginSource, problems: 
     shapeBefore = len(problems)
     framing, maxFrame = _resolveFraming(envelope, plugin, path, problems)
     _checkTLS(table, envelope, plugin, path, problems)
+    checkShape = getattr(options, "checkShape", None)
+    if checkShape is not None and listen:
+        # A plugin's keys that depend on the service's listeners: (key, problem) pairs.
+        shape = _serviceShape(listen, envelope.get("tls") is not None, framing)
+        problems.extend(Problem(path + (key,), message) for key, message in checkShape(shape))
     if envelope.get("faults") and listen and len(problems) == shapeBefore:
         shape = _serviceShape(listen, envelope.get("tls") is not None, framing)
         problems.extend(envelope["faults"].misfits(shape, path + ("faults",)))

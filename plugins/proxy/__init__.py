@@ -1,7 +1,9 @@
 """
 The proxy: each accepted stream connection is relayed, byte for byte, to a
-connection of its own to the service's C{upstream}, so that the service's
-faults act between a client and a real server (L{netd_plugins.proxy.relay}).
+connection of its own to the service's C{upstream}, and each client's
+datagrams go to its C{udp_upstream} from a socket of the client's own, so
+that the service's faults act between a client and a real server
+(L{netd_plugins.proxy.relay}, L{netd_plugins.proxy.datagram}).
 """
 
 from __future__ import annotations
@@ -9,13 +11,17 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString
 from zope.interface import implementer
 
 from netd.bases import Plugin
 from netd.config.options import InvalidValue, between, option
-from netd.interfaces import IStreamHandler, PluginContext
+from netd.faults.base import ServiceShape
+from netd.interfaces import IDatagramHandler, IDatagramSender, IStreamHandler, PluginContext
 
+from .datagram import DatagramUpstream, SessionTable
 from .relay import ClientSide, Upstream
 
 UPSTREAM_SCHEMES = ("tcp", "unix")
@@ -41,8 +47,9 @@ class UpstreamEndpoint(str):
             raise InvalidValue(f"expected {cls.configTypeName}, got {value!r}")
         scheme = value.partition(":")[0]
         if scheme not in UPSTREAM_SCHEMES:
+            hint = "; datagrams go to udp_upstream" if scheme == "udp" else ""
             raise InvalidValue(
-                f"{value!r} is not {cls.configTypeName}; its scheme must be one of {', '.join(UPSTREAM_SCHEMES)}"
+                f"{value!r} is not {cls.configTypeName}; its scheme must be one of {', '.join(UPSTREAM_SCHEMES)}" + hint
             )
         try:
             # Parsing only: the endpoint keeps the reactor and connects later.
@@ -58,9 +65,10 @@ class ProxyOptions:
     Where the proxy connects, and how it answers a client when it cannot.
     """
 
-    upstream: UpstreamEndpoint = option(
+    upstream: UpstreamEndpoint | None = option(
+        None,
         help="The server each client connection is relayed to: a Twisted client endpoint string, "
-        "tcp:HOST:PORT or unix:PATH.",
+        "tcp:HOST:PORT or unix:PATH; required when the service listens for streams.",
     )
     connect_timeout: float = option(
         5.0,
@@ -78,16 +86,56 @@ class ProxyOptions:
         "connection, naming the client's address and the one it connected to, so that the upstream sees "
         "the real client; false sends none.  A unix-socket client is named as v1's UNKNOWN or v2's LOCAL.",
     )
+    udp_upstream: DatagramUpstream | None = option(
+        None,
+        help="Where the datagrams of udp: listeners go: udp:HOST:PORT (an IP address, IPv6 in brackets), "
+        "from a socket of each client's own (a session); required when the service has a udp: listener.",
+    )
+    udp_session_timeout: float = option(
+        60.0,
+        help="Seconds a UDP session may pass without a datagram either way before its socket is closed "
+        "(counted as udp_sessions_expired).",
+        checks=(between(0.001, 86400),),
+    )
+    udp_max_sessions: int = option(
+        1024,
+        help="The most UDP sessions at once; a new client past it closes the least recently active "
+        "session (counted as udp_sessions_evicted).",
+        checks=(between(1, 65536),),
+    )
+
+    def checkShape(self, shape: ServiceShape) -> list[tuple[str, str]]:
+        """
+        Each kind of listener needs its upstream.
+        """
+        problems = []
+        if shape.streams and self.upstream is None:
+            problems.append(("upstream", "missing; the service listens for streams, which go to upstream"))
+        if shape.datagrams and self.udp_upstream is None:
+            problems.append(
+                ("udp_upstream", "missing; the service has a udp: listener, whose datagrams go to udp_upstream")
+            )
+        return problems
 
 
-@implementer(IStreamHandler)
-class ProxyHandler:
+@implementer(IStreamHandler, IDatagramHandler)
+class ProxyHandler(Service):
     """
     One proxy service: a L{ClientSide} per accepted connection, each with
-    its own connection to the upstream.
+    its own connection to the upstream, and a L{SessionTable} for datagrams,
+    whose sockets close when the service stops.
     """
 
+    upstream: Upstream | None = None
+    sessions: SessionTable | None = None
+
     def __init__(self, options: ProxyOptions, context: PluginContext) -> None:
+        if options.udp_upstream is not None:
+            self.sessions = SessionTable(
+                options.udp_upstream, options.udp_session_timeout, options.udp_max_sessions, context
+            )
+        if options.upstream is None:
+            return  # a service of udp: listeners only
         self.upstream = Upstream(
             endpoint=clientFromString(context.reactor, str(options.upstream)),
             address=str(options.upstream),
@@ -101,7 +149,22 @@ class ProxyHandler:
         """
         The receiver of a new client connection.
         """
+        assert self.upstream is not None, "a stream listener without upstream passed the config check"
         return ClientSide(self.upstream)
+
+    def datagramReceived(self, datagram: bytes, peer: tuple[str, int], sender: IDatagramSender) -> None:
+        """
+        A client's datagram, for its session.
+        """
+        assert self.sessions is not None, "a udp: listener without udp_upstream passed the config check"
+        self.sessions.datagramReceived(datagram, peer, sender)
+
+    def stopService(self) -> Deferred[Any] | None:
+        """
+        Close every UDP session's socket.
+        """
+        Service.stopService(self)
+        return None if self.sessions is None else self.sessions.stop()
 
 
 class ProxyPlugin(Plugin):
@@ -110,9 +173,9 @@ class ProxyPlugin(Plugin):
     """
 
     name = "proxy"
-    summary = "relays each stream connection to an upstream server, with the service's faults in between"
+    summary = "relays each stream connection (and each client's datagrams) to an upstream server, with the service's faults in between"
     optionsType = ProxyOptions
-    transports = frozenset({"stream"})
+    transports = frozenset({"stream", "datagram"})
     framings = ("raw",)
 
     def build(self, options: ProxyOptions, context: PluginContext) -> ProxyHandler:

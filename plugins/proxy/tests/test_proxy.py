@@ -131,14 +131,14 @@ def test_testsShareTheInstalledPlugin() -> None:
 
 def test_pluginMeetsTheContractAndIsBuiltIn() -> None:
     """
-    The proxy plugin passes checkPlugin and is discovered as a built-in, raw framing only, streams only.
+    The proxy plugin passes checkPlugin and is discovered as a built-in, raw framing only, streams and datagrams.
     """
     assert checkPlugin(plugin) is None
     registry = discoverPlugins()
     assert registry.get("proxy") is plugin
     assert registry.plugins["proxy"].source == "built-in netd_plugins.proxy"
     assert plugin.framings == ("raw",)
-    assert plugin.transports == frozenset({"stream"})
+    assert plugin.transports == frozenset({"stream", "datagram"})
 
 
 def proxyConfig(keys: str) -> Any:
