@@ -15,8 +15,9 @@ from zope.interface import implementer
 from netd.bases import Plugin
 from netd.config.options import InvalidValue, between, option
 from netd.interfaces import IStreamHandler, PluginContext
+from netd.stream.framing import FRAMINGS
 
-from .relay import ClientSide, Upstream
+from .relay import ClientSide, FramedClientSide, Upstream
 
 UPSTREAM_SCHEMES = ("tcp", "unix")
 
@@ -95,13 +96,17 @@ class ProxyHandler:
             resetOnFailure=options.on_upstream_failure == "reset",
             proxyProtocol=options.upstream_proxy_protocol or None,
             context=context,
+            framing=context.framing,
+            maxFrame=context.maxFrame,
         )
+        self.side = ClientSide if context.framing in (None, "raw") else FramedClientSide
 
     def newConnection(self) -> ClientSide:
         """
-        The receiver of a new client connection.
+        The receiver of a new client connection: bytes as they come with
+        raw framing, frames with any other.
         """
-        return ClientSide(self.upstream)
+        return self.side(self.upstream)
 
 
 class ProxyPlugin(Plugin):
@@ -113,7 +118,7 @@ class ProxyPlugin(Plugin):
     summary = "relays each stream connection to an upstream server, with the service's faults in between"
     optionsType = ProxyOptions
     transports = frozenset({"stream"})
-    framings = ("raw",)
+    framings = tuple(FRAMINGS)
 
     def build(self, options: ProxyOptions, context: PluginContext) -> ProxyHandler:
         """
