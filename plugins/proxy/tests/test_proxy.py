@@ -580,10 +580,10 @@ def test_rawFramingKeepsItsPathOfBytes() -> None:
     proxied, upstream = openConnected()
     receiver = proxied.guard.wrappedProtocol.receiver
     assert type(receiver) is ClientSide
-    assert type(proxied.upstreamProtocol).__name__ == "_WrappingProtocol"
-    assert type(proxied.upstreamProtocol._wrappedProtocol) is UpstreamSide
+    assert isinstance(receiver.upstreamFactory().buildProtocol(None), UpstreamSide)
     proxied.upstreamProtocol.dataReceived(b"\x00\x00")
-    assert proxied.client.value() == b"\x00\x00"
+    proxied.upstreamProtocol.dataReceived(b"\x00\x05he")
+    assert proxied.client.value() == b"\x00\x00\x00\x05he"
 
 
 def test_partialUpstreamFrameWaitsForItsEnd() -> None:
