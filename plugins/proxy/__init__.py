@@ -89,6 +89,12 @@ class ProxyHandler:
     """
 
     def __init__(self, options: ProxyOptions, context: PluginContext) -> None:
+        """
+        @raise TypeError: if the context names a framing with frames but no C{maxFrame}.
+        """
+        framed = context.framing not in (None, "raw")
+        if framed and context.maxFrame is None:
+            raise TypeError(f"a proxy with {context.framing} framing needs the service's max_frame")
         self.upstream = Upstream(
             endpoint=clientFromString(context.reactor, str(options.upstream)),
             address=str(options.upstream),
@@ -99,7 +105,7 @@ class ProxyHandler:
             framing=context.framing,
             maxFrame=context.maxFrame,
         )
-        self.side = ClientSide if context.framing in (None, "raw") else FramedClientSide
+        self.side = FramedClientSide if framed else ClientSide
 
     def newConnection(self) -> ClientSide:
         """

@@ -427,7 +427,7 @@ class FramedClientSide(ClientSide):
         """
         upstream = self.upstream
         context = upstream.context
-        assert upstream.framing is not None and upstream.maxFrame is not None
+        assert upstream.framing is not None and upstream.maxFrame is not None  # checked by the handler
         return FramedFactory(
             FRAMINGS[upstream.framing], upstream.maxFrame, UpstreamFrames(self), context.counters, context.log
         )

@@ -707,3 +707,14 @@ def test_framedConnectionEventOfAnUnreachableUpstream() -> None:
         0,
     )
     assert event["upstream_ended"].startswith("upstream unreachable")
+
+
+def test_framedProxyNeedsItsMaxFrame() -> None:
+    """
+    A proxy built for a framing with frames but without the service's max_frame is refused when it is built.
+    """
+    context = PluginContext(
+        reactor=MemoryReactorClock(), log=Logger(), serviceName="p", counters=Counters(), framing="u16"
+    )
+    with pytest.raises(TypeError, match="u16 framing needs the service's max_frame"):
+        plugin.build(ProxyOptions(upstream=UpstreamEndpoint("tcp:127.0.0.1:1")), context)
