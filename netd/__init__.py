@@ -55,16 +55,25 @@ if TYPE_CHECKING:
         EventRecorder as EventRecorder,
     )
     from netd.interfaces import (
+        IConnectionEventFields as IConnectionEventFields,
+    )
+    from netd.interfaces import (
         IDatagramHandler as IDatagramHandler,
     )
     from netd.interfaces import (
         IDatagramSender as IDatagramSender,
     )
     from netd.interfaces import (
+        IExactFrames as IExactFrames,
+    )
+    from netd.interfaces import (
         IFrameConnection as IFrameConnection,
     )
     from netd.interfaces import (
         IFrameReceiver as IFrameReceiver,
+    )
+    from netd.interfaces import (
+        IFramingViolationReceiver as IFramingViolationReceiver,
     )
     from netd.interfaces import (
         IHalfCloseableReceiver as IHalfCloseableReceiver,
@@ -96,10 +105,13 @@ PUBLIC: dict[str, str] = {
     **dict.fromkeys(
         [
             "EventRecorder",
+            "IConnectionEventFields",
             "IDatagramHandler",
             "IDatagramSender",
+            "IExactFrames",
             "IFrameConnection",
             "IFrameReceiver",
+            "IFramingViolationReceiver",
             "IHalfCloseableReceiver",
             "IHasRuntimeTables",
             "IPacedConnection",

@@ -72,6 +72,11 @@ class PluginContext:
     @ivar counters: the service's counters; a plugin adds its own names.
     @ivar events: the service's recent events (L{netd.events.EventLog}), where a
         plugin records its own kinds; a context made without one keeps none.
+    @ivar framing: the service's stream framing (a name of
+        L{netd.stream.framing.FRAMINGS}), for a plugin that frames a
+        connection of its own the same way (the proxy's upstream); L{None}
+        when the service serves no streams.
+    @ivar maxFrame: the service's C{max_frame}; L{None} with raw framing.
     """
 
     reactor: Any
@@ -79,6 +84,8 @@ class PluginContext:
     serviceName: str
     counters: Counters
     events: EventRecorder = attrs.field(factory=NoEvents)
+    framing: str | None = "raw"
+    maxFrame: int | None = None
 
 
 class IProtocolPlugin(Interface):
@@ -216,6 +223,45 @@ class IHalfCloseableReceiver(Interface):
     def readConnectionLost() -> None:
         """
         The peer sent EOF; the receiver closes the connection when it is done.
+        """
+
+
+class IExactFrames(Interface):
+    """
+    An optional extra of an L{IFrameReceiver} that relays frames to another
+    connection (the proxy): each frame it receives keeps every byte of the
+    wire but the framing's own, so that encoding it again gives back the
+    bytes received.  Only line framing differs: a CR before the LF stays in
+    the frame, and a frame sent may end in CR (it goes out as CR LF).
+    """
+
+
+class IConnectionEventFields(Interface):
+    """
+    An optional extra of an L{IFrameReceiver}: fields of its own for the
+    core's C{"connection"} event of its connection (a proxy's upstream
+    address and bytes), read once, when the connection has closed and the
+    receiver has been told (after its C{connectionLost}).
+    """
+
+    def eventFields() -> Mapping[str, Any]:
+        """
+        JSON-ready fields added to the connection's event; the core's own
+        fields (C{peer}, C{ended}, ...) are never replaced by them.
+        """
+
+
+class IFramingViolationReceiver(Interface):
+    """
+    An optional extra of an L{IFrameReceiver}: ends its connection its own
+    way when the peer breaks the framing (the proxy resets both sides when
+    its upstream does), where the core would close it.  The core has
+    counted (C{frames_rejected}) and logged the violation already.
+    """
+
+    def framingViolated(reason: str) -> None:
+        """
+        The peer broke the framing, for C{reason}; the receiver ends the connection.
         """
 
 

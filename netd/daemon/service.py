@@ -131,7 +131,13 @@ class NetService(Service):
         self.events = EventLog(spec.events, reactor)
         self.faults = ServiceFaults(spec.faults, spec.shape, self.counters, self.events)
         context = PluginContext(
-            reactor=reactor, log=self.log, serviceName=spec.name, counters=self.counters, events=self.events
+            reactor=reactor,
+            log=self.log,
+            serviceName=spec.name,
+            counters=self.counters,
+            events=self.events,
+            framing=spec.framing,
+            maxFrame=spec.max_frame,
         )
         try:
             self.handler = spec.plugin.build(spec.options, context)

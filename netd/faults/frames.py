@@ -378,16 +378,17 @@ class FrameFaultWriter:
             transport.write(data)
         if self._paused and self.held <= HELD_LIMIT:
             self._paused = False
-            transport.resumeProducing()
+            self.protocol.holdBack(False)
 
     def _hold(self, size: int) -> None:
         """
-        Count bytes held back; past L{HELD_LIMIT}, pause reading from the peer.
+        Count bytes held back; past L{HELD_LIMIT}, pause reading from the peer
+        (and what feeds a relaying receiver, L{FramedProtocol.holdBack}).
         """
         self.held += size
         if not self._paused and self.held > HELD_LIMIT:
             self._paused = True
-            self.protocol.transport.pauseProducing()  # type: ignore[union-attr]
+            self.protocol.holdBack(True)
 
     def report(self, fault: ActiveFault, **details: Any) -> None:
         """

@@ -30,8 +30,10 @@ from zope.interface import implementer
 
 from netd.canary import Canary, require
 from netd.interfaces import (
+    IExactFrames,
     IFrameConnection,
     IFrameReceiver,
+    IFramingViolationReceiver,
     IHalfCloseableReceiver,
     IPacedConnection,
     IStreamHandler,
@@ -103,6 +105,10 @@ class FramedProtocol(Protocol):
         L{None} where it has no prefix or no bound.
     @ivar faultWriter: the writer of this connection's frames once frame
         faults have seen one of them (see L{FrameFaults}).
+    @ivar exactFrames: whether frames keep every byte of the wire but the
+        framing's own (the receiver provides L{IExactFrames}).
+    @ivar relayProducer: the producer the receiver registered (a proxy's
+        upstream connection), paused too while frame faults hold too much.
     """
 
     framingName: ClassVar[str]
@@ -113,6 +119,8 @@ class FramedProtocol(Protocol):
     wireSlack: ClassVar[int] = 0
     largestClaim: int | None = None
     faultWriter: FrameWriter | None
+    exactFrames = False
+    relayProducer: IPushProducer | None = None
 
     def __init__(self) -> None:
         """
@@ -154,7 +162,8 @@ class FramedProtocol(Protocol):
 
     def framingViolation(self, reason: str) -> None:
         """
-        The peer broke the framing: log why, count it, close the connection.
+        The peer broke the framing: log why, count it, close the connection
+        (or let a receiver that provides L{IFramingViolationReceiver} end it).
         """
         self.factory.counters["frames_rejected"] += 1
         self.factory.log.warn(
@@ -163,7 +172,11 @@ class FramedProtocol(Protocol):
             reason=reason,
             framing=self.framingName,
         )
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        receiver = self.__dict__.get("receiver")
+        if IFramingViolationReceiver.providedBy(receiver):
+            receiver.framingViolated(reason)
+        else:
+            self.transport.loseConnection()  # type: ignore[union-attr]
 
     def sendFrame(self, frame: bytes) -> None:
         """
@@ -184,6 +197,12 @@ class FramedProtocol(Protocol):
             prefix to state C{claimed}.
         """
         raise NotImplementedError()
+
+    def wireSize(self, frame: bytes) -> int:
+        """
+        The bytes C{frame} takes on the wire, as L{encodeFrame} would make them.
+        """
+        return len(self.encodeFrame(frame))
 
     def sendFaultedFrame(self, frame: bytes) -> None:
         """
@@ -240,6 +259,7 @@ class FramedProtocol(Protocol):
         """
         Pace C{producer} by the send buffer; see L{IPacedConnection.registerProducer}.
         """
+        self.relayProducer = producer
         transport: Any = self.transport
         transport.registerProducer(producer, streaming)
 
@@ -247,8 +267,27 @@ class FramedProtocol(Protocol):
         """
         Stop pacing the producer; see L{IPacedConnection.unregisterProducer}.
         """
+        self.relayProducer = None
         transport: Any = self.transport
         transport.unregisterProducer()
+
+    def holdBack(self, holding: bool) -> None:
+        """
+        The frame faults hold more than they may (C{holding}), or again
+        little enough: pause (or resume) reading from the peer, and the
+        producer of what is sent, if the receiver registered one (a proxy's
+        upstream), whose bytes would otherwise pile up behind the faults.
+        """
+        transport: Any = self.transport
+        producer = self.relayProducer
+        if holding:
+            transport.pauseProducing()
+            if producer is not None:
+                producer.pauseProducing()
+        else:
+            transport.resumeProducing()
+            if producer is not None:
+                producer.resumeProducing()
 
     def loseWriteConnection(self) -> None:
         """
@@ -336,6 +375,12 @@ class RawFraming(FramedProtocol):
             raise FramingError("raw framing has no length prefix")
         return frame
 
+    def wireSize(self, frame: bytes) -> int:
+        """
+        The bytes, as they are.
+        """
+        return len(frame)
+
 
 class LineFraming(FramedProtocol, LineOnlyReceiver):
     """
@@ -349,11 +394,12 @@ class LineFraming(FramedProtocol, LineOnlyReceiver):
 
     def lineReceived(self, line: bytes) -> None:
         """
-        Strip a trailing CR and deliver the line, if it is within the limit
-        (Twisted's check counted the CR).
+        Strip a trailing CR (unless frames are exact) and deliver the line,
+        if it is within the limit (Twisted's check counted the CR).
         """
         if line[-1:] == b"\r":
-            line = line[:-1]
+            if not self.exactFrames:
+                line = line[:-1]
         elif len(line) > self.maxFrame:
             self.lineLengthExceeded(line)
             return
@@ -368,12 +414,20 @@ class LineFraming(FramedProtocol, LineOnlyReceiver):
     def encodeFrame(self, frame: bytes, claimed: int | None = None) -> bytes:
         """
         The frame followed by LF; lines have no prefix to state C{claimed}.
+        A frame ending in CR would lose it to the peer's line framing,
+        unless frames are exact (the CR is then the line's own).
         """
         if claimed is not None:
             raise FramingError("line framing has no length prefix")
-        if b"\n" in frame or frame[-1:] == b"\r":
+        if b"\n" in frame or (frame[-1:] == b"\r" and not self.exactFrames):
             raise FramingError(f"line framing cannot send a frame containing LF or ending in CR ({len(frame)} bytes)")
         return frame + b"\n"
+
+    def wireSize(self, frame: bytes) -> int:
+        """
+        The frame and its LF.
+        """
+        return len(frame) + 1
 
 
 class NetstringFraming(FramedProtocol, NetstringReceiver):
@@ -510,6 +564,12 @@ class _LengthPrefixed(FramedProtocol):
             raise FramingError(f"a {self.framingName} prefix cannot state a length of {claimed}")
         return struct.pack(self.structFormat, claimed) + frame  # type: ignore[attr-defined]
 
+    def wireSize(self, frame: bytes) -> int:
+        """
+        The frame behind its prefix.
+        """
+        return len(frame) + self.prefixLength
+
     def _tooLargeToSend(self, size: int) -> FramingError:
         """
         The error of a frame larger than the prefix can state.
@@ -619,5 +679,7 @@ class FramedFactory(Factory):
         protocol.factory = self
         protocol.maxFrame = self.maxFrame
         protocol.MAX_LENGTH = self.maxFrame + protocol.wireSlack
-        protocol.receiver = self.handler.newConnection()
+        receiver = protocol.receiver = self.handler.newConnection()
+        if IExactFrames.providedBy(receiver):
+            protocol.exactFrames = True
         return protocol

@@ -34,6 +34,7 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from netd import logs
 from netd.events import EventLog
+from netd.interfaces import IConnectionEventFields
 from netd.metrics import Counters
 from netd.reactors.rlimits import BoundedWarning, IOutOfDescriptors
 from netd.reactors.shared import IMeteredTransport
@@ -556,19 +557,22 @@ class GuardedConnection(ProtocolWrapper):
         if logs.debugEnabled:
             self._logClosed(ended, now, bytesIn, bytesOut)
         events = factory.events
-        tls = _tlsLayer(self.wrappedProtocol) if events.enabled else None
+        addresses = self._addresses if events.enabled else None
+        tls = _tlsLayer(self.wrappedProtocol) if addresses is not None else None
+        fields = _eventFieldsSource(self.wrappedProtocol) if addresses is not None else None
         ProtocolWrapper.connectionLost(self, reason)
-        if events.enabled and self._addresses is not None:
+        if addresses is not None:
             events.add(
                 "connection",
                 _connectionEvent,
-                *self._addresses,
+                *addresses,
                 self._opened,
                 now - self._opened,
                 bytesIn,
                 bytesOut,
                 ended,
                 tls.tlsDetails if tls is not None else None,
+                None if fields is None else dict(fields.eventFields()),
             )
 
     def makeConnection(self, transport: Any) -> None:
@@ -807,6 +811,22 @@ def _tlsLayer(protocol: Any) -> TLSServerProtocol | None:
     return None
 
 
+def _eventFieldsSource(protocol: Any) -> Any:
+    """
+    The receiver among the protocols a connection's bytes pass that adds
+    fields of its own to the connection's event (L{IConnectionEventFields}),
+    if any: found before the connection is lost, since the framing then lets
+    its receiver go.
+    """
+    while protocol is not None:
+        inner = getattr(protocol, "__dict__", {})
+        receiver = inner.get("receiver")
+        if IConnectionEventFields.providedBy(receiver):
+            return receiver
+        protocol = inner.get("wrappedProtocol")
+    return None
+
+
 def _connectionEvent(
     peer: IAddress,
     host: IAddress,
@@ -816,11 +836,13 @@ def _connectionEvent(
     bytesOut: int,
     ended: str,
     tls: dict[str, Any] | None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """
-    The fields of a C{"connection"} event (see L{GuardedConnection.connectionLost}).
+    The fields of a C{"connection"} event (see L{GuardedConnection.connectionLost}),
+    then those its receiver adds (C{extra}), which never replace the core's.
     """
-    return {
+    event = {
         "peer": describePeer(peer),
         "local": describePeer(host),
         "opened": opened,
@@ -830,6 +852,10 @@ def _connectionEvent(
         "ended": ended,
         "tls": tls,
     }
+    if extra:
+        for key, value in extra.items():
+            event.setdefault(key, value)
+    return event
 
 
 PRESSURE = 0.75

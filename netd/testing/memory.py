@@ -283,6 +283,7 @@ def makeStreamStack(
     stateDir: str | None = None,
     log: Logger | None = None,
     faults: ServiceFaults | None = None,
+    events: EventLog | None = None,
 ) -> ConnectionLimiter:
     """
     The factory stack a service builds for streams (limits, then TLS if
@@ -295,6 +296,8 @@ def makeStreamStack(
     @param log: where the core's events go (C{netd.testing.memory} when unset).
     @param faults: the service's faults (see L{faultsFor}), which act on the
         stack's connections as on a service's.
+    @param events: the service's event log, which gets each connection's
+        C{"connection"} event; none kept when unset.
     """
     counters = Counters() if counters is None else counters
     log = Logger(namespace="netd.testing.memory") if log is None else log
@@ -318,6 +321,7 @@ def makeStreamStack(
         clock=clock,
         counters=counters,
         log=log,
+        events=events,
         faults=None if faults is None else faults.streams,
     )
 

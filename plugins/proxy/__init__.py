@@ -20,9 +20,10 @@ from netd.bases import Plugin
 from netd.config.options import InvalidValue, between, option
 from netd.faults.base import ServiceShape
 from netd.interfaces import IDatagramHandler, IDatagramSender, IStreamHandler, PluginContext
+from netd.stream.framing import FRAMINGS
 
 from .datagram import DatagramUpstream, SessionTable
-from .relay import ClientSide, Upstream
+from .relay import ClientSide, FramedClientSide, Upstream
 
 UPSTREAM_SCHEMES = ("tcp", "unix")
 
@@ -130,10 +131,17 @@ class ProxyHandler(Service):
     sessions: SessionTable | None = None
 
     def __init__(self, options: ProxyOptions, context: PluginContext) -> None:
+        """
+        @raise TypeError: if the context names a framing with frames but no C{maxFrame}.
+        """
         if options.udp_upstream is not None:
             self.sessions = SessionTable(
                 options.udp_upstream, options.udp_session_timeout, options.udp_max_sessions, context
             )
+        framed = context.framing not in (None, "raw")
+        if framed and context.maxFrame is None:
+            raise TypeError(f"a proxy with {context.framing} framing needs the service's max_frame")
+        self.side = FramedClientSide if framed else ClientSide
         if options.upstream is None:
             return  # a service of udp: listeners only
         self.upstream = Upstream(
@@ -143,14 +151,17 @@ class ProxyHandler(Service):
             resetOnFailure=options.on_upstream_failure == "reset",
             proxyProtocol=options.upstream_proxy_protocol or None,
             context=context,
+            framing=context.framing,
+            maxFrame=context.maxFrame,
         )
 
     def newConnection(self) -> ClientSide:
         """
-        The receiver of a new client connection.
+        The receiver of a new client connection: bytes as they come with
+        raw framing, frames with any other.
         """
         assert self.upstream is not None, "a stream listener without upstream passed the config check"
-        return ClientSide(self.upstream)
+        return self.side(self.upstream)
 
     def datagramReceived(self, datagram: bytes, peer: tuple[str, int], sender: IDatagramSender) -> None:
         """
@@ -176,7 +187,7 @@ class ProxyPlugin(Plugin):
     summary = "relays each stream connection (and each client's datagrams) to an upstream server, with the service's faults in between"
     optionsType = ProxyOptions
     transports = frozenset({"stream", "datagram"})
-    framings = ("raw",)
+    framings = tuple(FRAMINGS)
 
     def build(self, options: ProxyOptions, context: PluginContext) -> ProxyHandler:
         """

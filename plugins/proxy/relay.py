@@ -1,24 +1,43 @@
 """
 One proxied connection: the client's side (a frame receiver of the core's
-raw framing) and the upstream's (a Twisted protocol on a connection of its
-own), each pacing the other and passing on its EOF and its reset.  The
-proxy's README tells the story ("Design notes").
+framing) and the upstream's (a Twisted protocol on a connection of its own,
+with raw framing; with another framing, the same framing's protocol), each
+pacing the other and passing on its EOF and its reset.  The proxy's README
+tells the story ("Design notes").
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectingCancelledError, ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.interfaces import IFrameReceiver, IHalfCloseableReceiver, IPacedConnection, PluginContext
+from netd.interfaces import (
+    IConnectionEventFields,
+    IExactFrames,
+    IFrameConnection,
+    IFrameReceiver,
+    IFramingViolationReceiver,
+    IHalfCloseableReceiver,
+    IPacedConnection,
+    IStreamHandler,
+    PluginContext,
+)
 from netd.metrics import Histogram
+from netd.stream.framing import FRAMINGS, FramedFactory, FramedProtocol
 from netd.stream.guard import resetTransport
 from netd.stream.proxyformat import encodeProxyHeader
 from netd.stream.proxyheader import describePeer
@@ -44,6 +63,9 @@ class Upstream:
         gets a reset (else a clean close).
     @ivar proxyProtocol: the PROXY protocol version whose header opens each
         upstream connection, or L{None} for none.
+    @ivar framing: the service's framing, which cuts the upstream's bytes
+        into frames too (L{FramedClientSide}) unless it is C{raw}.
+    @ivar maxFrame: the service's C{max_frame}, for the upstream's frames too.
     """
 
     endpoint: IStreamClientEndpoint
@@ -52,28 +74,14 @@ class Upstream:
     resetOnFailure: bool
     context: PluginContext
     proxyProtocol: Literal["v1", "v2"] | None = None
+    framing: str | None = "raw"
+    maxFrame: int | None = None
     latency: Histogram = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.latency = self.context.counters.histogram(
             "upstream_connect_seconds", help="Seconds from accepting a client to its upstream connection being open."
         )
-
-
-def _upstreamEvent(
-    client: Any, upstream: str, opened: float, bytesUp: int, bytesDown: int, ended: str
-) -> dict[str, Any]:
-    """
-    The fields of an C{"upstream"} event (see L{ClientSide}).
-    """
-    return {
-        "peer": describePeer(client),
-        "upstream": upstream,
-        "opened": opened,
-        "bytes_to_upstream": bytesUp,
-        "bytes_from_upstream": bytesDown,
-        "ended": ended,
-    }
 
 
 def _wasReset(reason: Failure) -> bool:
@@ -145,18 +153,20 @@ class UpstreamSide(Protocol):
         self.client.upstreamLost(reason)
 
 
-@implementer(IFrameReceiver, IHalfCloseableReceiver)
+@implementer(IFrameReceiver, IHalfCloseableReceiver, IConnectionEventFields)
 class ClientSide:
     """
     One client connection and the upstream connection made for it.  Until
     the upstream is open, reading from the client is paused and what was
     read already is held; then each side's bytes go to the other, each
-    side's send buffer pacing the other's reading.
+    side's send buffer pacing the other's reading.  With raw framing each
+    read goes on as it came; L{FramedClientSide} relays frames.
     """
 
     connection: Any
     peer: Any = None
     upstreamTransport: Any = None
+    upstreamPeer: IAddress | None = None
     _attempt: Deferred[Any] | None = None
     _timer: Any = None
     _timedOut = False
@@ -186,9 +196,15 @@ class ClientSide:
         upstream = self.upstream
         reactor = upstream.context.reactor
         self.opened = reactor.seconds()
-        attempt = self._attempt = upstream.endpoint.connect(Factory.forProtocol(lambda: UpstreamSide(self)))
+        attempt = self._attempt = upstream.endpoint.connect(self.upstreamFactory())
         self._timer = reactor.callLater(upstream.connectTimeout, self._connectTimedOut)
         attempt.addCallbacks(self._connected, self._connectFailed)
+
+    def upstreamFactory(self) -> IProtocolFactory:
+        """
+        The factory of the upstream connection's protocol: bytes as they come.
+        """
+        return Factory.forProtocol(lambda: UpstreamSide(self))
 
     def _connectTimedOut(self) -> None:
         """
@@ -207,7 +223,7 @@ class ClientSide:
             self._timer.cancel()
             self._timer = None
 
-    def _connected(self, protocol: UpstreamSide) -> None:
+    def _connected(self, protocol: Any) -> None:
         """
         The upstream is open: pace each side by the other, pass on what was
         held (and the client's EOF, if it came), read the client again.
@@ -219,6 +235,7 @@ class ClientSide:
         upstream.latency.observe(upstream.context.reactor.seconds() - self.opened)
         transport: Any = protocol.transport
         self.upstreamTransport = transport
+        self.upstreamPeer = transport.getPeer()
         if self._clientGone:
             self._upstreamEnded = "closed by netd: the client had gone"
             transport.loseConnection()
@@ -228,8 +245,8 @@ class ClientSide:
         if upstream.proxyProtocol is not None:
             transport.write(encodeProxyHeader(upstream.proxyProtocol, self.peer, self.connection.getHost()))
         held, self.held = self.held, []
-        for data in held:
-            transport.write(data)
+        for frame in held:
+            self.frameReceived(frame)
         if self._clientEOF:
             transport.loseWriteConnection()
         else:
@@ -262,7 +279,7 @@ class ClientSide:
             action=action,
             event="upstream_connect_failed",
         )
-        self._record(f"upstream unreachable: {why}")
+        self._upstreamEnded = f"upstream unreachable: {why}"
         self.held = []
         self._failed = True
         if upstream.resetOnFailure:
@@ -288,11 +305,11 @@ class ClientSide:
         """
         if self._failed:
             return
-        self.bytesUp += len(frame)
         transport = self.upstreamTransport
         if transport is None:
             self.held.append(frame)
         else:
+            self.bytesUp += len(frame)
             transport.write(frame)
 
     def fromUpstream(self, data: bytes) -> None:
@@ -342,11 +359,12 @@ class ClientSide:
         """
         self._upstreamGone = True
         reset = _wasReset(reason)
-        ended = self._upstreamEnded or ("reset by upstream" if reset else "closed by upstream")
-        self._record(ended)
+        decided = self._upstreamEnded is not None
+        if not decided:
+            self._upstreamEnded = "reset by upstream" if reset else "closed by upstream"
         if self._clientGone:
             return
-        if reset and self._upstreamEnded is None:
+        if reset and not decided:
             self.connection.resetConnection()
         else:
             self.connection.loseConnection()
@@ -362,6 +380,7 @@ class ClientSide:
             self._lingering.cancel()
             self._lingering = None
         if self._attempt is not None:
+            self._upstreamEnded = "not connected: the client left first"
             self._attempt.cancel()
             return
         transport = self.upstreamTransport
@@ -375,20 +394,134 @@ class ClientSide:
                 self._upstreamEnded = "closed by netd: the client closed"
             transport.loseConnection()
 
-    def _record(self, ended: str) -> None:
+    def eventFields(self) -> Mapping[str, Any]:
         """
-        The C{"upstream"} event of this connection.
+        The upstream's side, for the client connection's C{"connection"}
+        event: its address (as the config names it while it was never
+        open), the bytes relayed each way, and how it ended.
         """
-        events = self.upstream.context.events
-        if events.enabled:
-            address = self.upstreamTransport.getPeer() if self.upstreamTransport is not None else None
-            events.add(
-                "upstream",
-                _upstreamEvent,
-                self.peer,
-                describePeer(address) if address is not None else self.upstream.address,
-                self.opened,
-                self.bytesUp,
-                self.bytesDown,
-                ended,
-            )
+        address = self.upstreamPeer
+        return {
+            "upstream": describePeer(address) if address is not None else self.upstream.address,
+            "bytes_to_upstream": self.bytesUp,
+            "bytes_from_upstream": self.bytesDown,
+            "upstream_ended": self._upstreamEnded or "open",
+        }
+
+
+@implementer(IExactFrames)
+class FramedClientSide(ClientSide):
+    """
+    A client connection of a service whose framing has frames: each frame
+    from the client goes to the upstream encoded again, exactly as it came
+    (L{IExactFrames}); the upstream's bytes are cut into frames by the same
+    framing (L{UpstreamFrames}), and each is sent to the client as a frame,
+    so that the service's frame faults act on it.
+    """
+
+    upstreamFraming: FramedProtocol | None = None
+
+    def upstreamFactory(self) -> IProtocolFactory:
+        """
+        The factory of the upstream connection's protocol: the service's framing, fed to L{UpstreamFrames}.
+        """
+        upstream = self.upstream
+        context = upstream.context
+        assert upstream.framing is not None and upstream.maxFrame is not None  # checked by the handler
+        return FramedFactory(
+            FRAMINGS[upstream.framing], upstream.maxFrame, UpstreamFrames(self), context.counters, context.log
+        )
+
+    def upstreamOpened(self, framing: FramedProtocol) -> None:
+        """
+        The upstream connection's framing protocol, before the connection is handed over.
+        """
+        self.upstreamFraming = framing
+
+    def frameReceived(self, frame: bytes) -> None:
+        """
+        A frame from the client: to the upstream as it came, or held until it is open.
+        """
+        if self._failed:
+            return
+        transport = self.upstreamTransport
+        if transport is None:
+            self.held.append(frame)
+            return
+        framing = self.upstreamFraming
+        assert framing is not None
+        data = framing.encodeFrame(frame)
+        self.bytesUp += len(data)
+        transport.write(data)
+
+    def frameFromUpstream(self, frame: bytes) -> None:
+        """
+        A frame from the upstream, to the client through the service's frame faults.
+        """
+        framing = self.upstreamFraming
+        assert framing is not None
+        self.bytesDown += framing.wireSize(frame)
+        self.connection.sendFrame(frame)
+
+    def upstreamViolated(self, reason: str) -> None:
+        """
+        The upstream broke the framing (a frame over C{max_frame}, a
+        malformed prefix): what it sent of the frame cannot be relayed, so
+        both connections are reset, the client's stream cut where the
+        upstream's broke.
+        """
+        self.upstream.context.counters["upstream_frames_rejected"] += 1
+        self._upstreamEnded = f"reset by netd: the upstream broke the framing ({reason})"
+        if self.upstreamTransport is not None:
+            resetTransport(self.upstreamTransport)
+        if not self._clientGone:
+            self.connection.resetConnection()
+
+
+@implementer(IFrameReceiver, IHalfCloseableReceiver, IFramingViolationReceiver, IExactFrames, IStreamHandler)
+class UpstreamFrames:
+    """
+    The receiver of the upstream connection's frames, for a
+    L{FramedClientSide}, and the handler that gives it to the upstream's
+    L{FramedFactory} (one connection each).
+    """
+
+    def __init__(self, client: FramedClientSide) -> None:
+        self.client = client
+
+    def newConnection(self) -> UpstreamFrames:
+        """
+        This receiver, for the one upstream connection.
+        """
+        return self
+
+    def connectionMade(self, connection: IFrameConnection) -> None:
+        """
+        The upstream is open; the client side hears of it from the endpoint.
+        """
+        assert isinstance(connection, FramedProtocol)
+        self.client.upstreamOpened(connection)
+
+    def frameReceived(self, frame: bytes) -> None:
+        """
+        A frame from the upstream, for the client.
+        """
+        self.client.frameFromUpstream(frame)
+
+    def readConnectionLost(self) -> None:
+        """
+        The upstream sent EOF (a partial frame before it is dropped).
+        """
+        self.client.upstreamEOF()
+
+    def framingViolated(self, reason: str) -> None:
+        """
+        The upstream broke the framing.
+        """
+        self.client.upstreamViolated(reason)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The upstream connection is gone.
+        """
+        self.client.upstreamLost(reason)

@@ -1,14 +1,18 @@
 """
-The proxy plugin in front of a real server: netd runs as a subprocess, a
-real redis-server (Debian's) listens on a loopback port the test picks, and
-real clients (redis-cli, and a Python socket speaking RESP) talk to it
-through netd, plainly and with the service's stream faults.
+The proxy plugin in front of real servers: netd runs as a subprocess, a real
+redis-server (Debian's) and a real HTTP server (Python's http.server) listen
+on loopback ports the test picks, and real clients (redis-cli, curl, and a
+Python socket speaking RESP) talk to them through netd, plainly, with the
+service's stream faults, and, with line framing, with frame faults; what
+netd saw is read back as connection events through the control API.
 """
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +21,7 @@ from typing import Any
 import pytest
 from twisted.internet.address import IPv4Address
 
+from netd.faults.stream import BANDWIDTH_PIECES
 from netd.stream.proxyformat import HeaderReader
 from netd.testing.harness import NetdServer
 
@@ -26,6 +31,9 @@ pytestmark = pytest.mark.integration
 
 LATENCY_MS = 150
 REDIS_START_TIMEOUT = 10.0
+BIG_FILE = 256 * 1024
+BANDWIDTH = 512 * 1024
+SPLIT_DELAY_MS = 100
 
 
 def freePort() -> int:
@@ -90,19 +98,78 @@ def proxy(name: str, upstream: str, faults: str = "[]", extra: str = "") -> str:
     )
 
 
-@pytest.fixture(scope="module")
-def netd(startModuleNetd: Any, redis: tuple[str, int]) -> NetdServer:
+def httpAnswers(address: tuple[str, int]) -> bool:
     """
-    One netd for the module: proxies to the test's redis-server, plain and with faults, and to a port where nothing listens.
+    Whether an HTTP server answers at C{address}.
+    """
+    try:
+        with socket.create_connection(address, timeout=1.0) as client:
+            client.sendall(b"HEAD / HTTP/1.0\r\n\r\n")
+            return client.recv(5) == b"HTTP/"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def httpServer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[tuple[str, int], Path]]:
+    """
+    Python's http.server on a free loopback port, serving a folder with a
+    random file of BIG_FILE bytes (big.bin); stopped (by its PID) after the module.
+    """
+    folder: Path = tmp_path_factory.mktemp("http")
+    (folder / "big.bin").write_bytes(hashlib.shake_256(b"netd").digest(BIG_FILE))
+    address = ("127.0.0.1", freePort())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", address[0], "--directory", str(folder), str(address[1])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + REDIS_START_TIMEOUT
+        while not httpAnswers(address):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"http.server did not answer on {address} within {REDIS_START_TIMEOUT} seconds")
+            time.sleep(0.05)
+        yield address, folder
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=IO_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=IO_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def netd(startModuleNetd: Any, redis: tuple[str, int], httpServer: tuple[tuple[str, int], Path]) -> NetdServer:
+    """
+    One netd for the module: proxies to the test's redis-server (raw, and
+    line-framed), plain and with faults, to its HTTP server, and to a port
+    where nothing listens.
     """
     upstream = f"tcp:127.0.0.1:{redis[1]}"
+    web = f"tcp:127.0.0.1:{httpServer[0][1]}"
     down = f"tcp:127.0.0.1:{freePort()}"
+    line = 'framing = "line"'
     started: NetdServer = startModuleNetd(
         proxy("plain", upstream)
         + proxy("latency", upstream, f'[{{ type = "latency", ms = {LATENCY_MS}, direction = "to_client" }}]')
         + proxy("reset", upstream, '[{ type = "reset_after", bytes = 5, direction = "to_client" }]')
         + proxy("down-close", down)
         + proxy("down-reset", down, extra='on_upstream_failure = "reset"')
+        + proxy("lines", upstream, extra=line)
+        + proxy(
+            "lines-split",
+            upstream,
+            f'[{{ type = "split_frame", pieces = 2, delay = {SPLIT_DELAY_MS}, direction = "to_client" }}]',
+            extra=line,
+        )
+        + proxy("lines-cut", upstream, '[{ type = "truncate_frame", bytes = 3, direction = "to_client" }]', extra=line)
+        + proxy("web", web)
+        + proxy("web-latency", web, f'[{{ type = "latency", ms = {LATENCY_MS}, direction = "to_client" }}]')
+        + proxy("web-bandwidth", web, f'[{{ type = "bandwidth", rate = {BANDWIDTH}, direction = "to_client" }}]')
+        + proxy("web-slice", web, '[{ type = "slice", size = 1000, direction = "to_client" }]')
+        + proxy("web-reset", web, '[{ type = "reset_after", bytes = 4096, direction = "to_client" }]')
     )
     return started
 
@@ -248,3 +315,196 @@ def test_upstreamProxyProtocolNamesTheRealClient(startNetd: Any, version: str) -
                 assert info.destination == IPv4Address("TCP", *netd.address("pp"))
                 upstream.sendall(b"seen")
                 assert recvExactly(client, 4) == b"seen"
+
+
+# An HTTP server behind the proxy, with curl.
+
+
+def curl(netd: NetdServer, service: str, output: Path) -> tuple[int, float, str]:
+    """
+    curl fetches big.bin through C{service} into C{output}: its exit code,
+    its time_total in seconds, and its stderr.
+    """
+    host, port = netd.address(service)
+    done = subprocess.run(
+        [
+            requireTool("curl"),
+            "--silent",
+            "--show-error",
+            "--max-time",
+            str(IO_TIMEOUT),
+            "--output",
+            str(output),
+            "--write-out",
+            "%{time_total}",
+            f"http://{host}:{port}/big.bin",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=IO_TIMEOUT + 5,
+    )
+    return done.returncode, float(done.stdout or "0"), done.stderr
+
+
+def assertSameFile(got: Path, httpServer: tuple[tuple[str, int], Path]) -> None:
+    """
+    curl's copy of big.bin is the served file, byte for byte.
+    """
+    assert got.read_bytes() == (httpServer[1] / "big.bin").read_bytes()
+
+
+def test_curlThroughTheProxy(netd: NetdServer, httpServer: tuple[tuple[str, int], Path], tmp_path: Path) -> None:
+    """
+    curl, pointed at the proxy, downloads a 256 KiB file from the real HTTP server intact.
+    """
+    code, _, stderr = curl(netd, "web", tmp_path / "got")
+    assert code == 0, stderr
+    assertSameFile(tmp_path / "got", httpServer)
+
+
+def test_curlWithLatency(netd: NetdServer, httpServer: tuple[tuple[str, int], Path], tmp_path: Path) -> None:
+    """
+    With a latency fault towards the client, curl's whole transfer takes at least the latency, and the file is intact.
+    """
+    code, total, stderr = curl(netd, "web-latency", tmp_path / "got")
+    assert code == 0, stderr
+    assert total >= LATENCY_MS / 1000
+    assertSameFile(tmp_path / "got", httpServer)
+
+
+def test_curlWithBandwidth(netd: NetdServer, httpServer: tuple[tuple[str, int], Path], tmp_path: Path) -> None:
+    """
+    With a bandwidth fault towards the client, the 256 KiB file takes at
+    least its size over the rate (less the first piece, sent at once), and
+    is intact.
+    """
+    code, total, stderr = curl(netd, "web-bandwidth", tmp_path / "got")
+    assert code == 0, stderr
+    assert total >= (BIG_FILE - BANDWIDTH // BANDWIDTH_PIECES) / BANDWIDTH
+    assertSameFile(tmp_path / "got", httpServer)
+
+
+def test_curlWithSlice(netd: NetdServer, httpServer: tuple[tuple[str, int], Path], tmp_path: Path) -> None:
+    """
+    With the answer sliced into 1000-byte sends, curl still gets the whole file intact.
+    """
+    code, _, stderr = curl(netd, "web-slice", tmp_path / "got")
+    assert code == 0, stderr
+    assertSameFile(tmp_path / "got", httpServer)
+
+
+def test_curlWithResetAfter(netd: NetdServer, tmp_path: Path) -> None:
+    """
+    With reset_after 4096 bytes towards the client, curl fails with exit code 56 (recv failure: connection reset).
+    """
+    code, _, stderr = curl(netd, "web-reset", tmp_path / "got")
+    assert code == 56, stderr
+    assert "reset" in stderr.lower()
+
+
+# Line framing in front of redis: frame faults on the server's answers.
+
+
+def test_lineFramedProxyIsByteExact(netd: NetdServer) -> None:
+    """
+    A line-framed proxy relays redis's CR LF lines exactly both ways: redis-cli works through it, and so do inline commands and a multi-line bulk reply.
+    """
+    cli = requireTool("redis-cli")
+    host, port = netd.address("lines")
+    base = [cli, "-h", host, "-p", str(port)]
+    done = subprocess.run([*base, "SET", "netd:line", "a b"], capture_output=True, text=True, timeout=IO_TIMEOUT)
+    assert done.stdout.strip() == "OK"
+    done = subprocess.run([*base, "GET", "netd:line"], capture_output=True, text=True, timeout=IO_TIMEOUT)
+    assert done.stdout.strip() == "a b"
+    with connect(netd.address("lines")) as client:
+        roundTrip(client, b"PING\r\n", b"+PONG\r\n")
+        roundTrip(client, b"GET netd:line\r\n", b"$3\r\na b\r\n")
+
+
+def test_splitFrameReachesTheClientInPieces(netd: NetdServer) -> None:
+    """
+    With split_frame towards the client, redis's +PONG line reaches a raw socket in two sends, the second at least the delay later; redis-cli, which reassembles, still reads PONG.
+    """
+    with connect(netd.address("lines-split")) as client:
+        client.sendall(b"PING\r\n")
+        first = client.recv(100)
+        arrived = time.monotonic()
+        assert first == b"+PON"
+        assert recvExactly(client, 3) == b"G\r\n"
+        assert time.monotonic() - arrived >= SPLIT_DELAY_MS / 1000 * 0.9
+    host, port = netd.address("lines-split")
+    done = subprocess.run(
+        [requireTool("redis-cli"), "-h", host, "-p", str(port), "PING"],
+        capture_output=True,
+        text=True,
+        timeout=IO_TIMEOUT,
+    )
+    assert done.stdout.strip() == "PONG"
+
+
+def test_truncateFrameCutsTheAnswer(netd: NetdServer) -> None:
+    """
+    With truncate_frame towards the client, a raw socket gets the first 3 bytes of redis's +PONG line, then EOF; redis-cli reports the lost connection.
+    """
+    with connect(netd.address("lines-cut")) as client:
+        client.sendall(b"PING\r\n")
+        assert recvUntilClosed(client) == b"+PO"
+    host, port = netd.address("lines-cut")
+    done = subprocess.run(
+        [requireTool("redis-cli"), "-h", host, "-p", str(port), "PING"],
+        capture_output=True,
+        text=True,
+        timeout=IO_TIMEOUT,
+    )
+    assert "PONG" not in done.stdout
+
+
+# What netd saw, through the control API.
+
+
+def connectionEvents(netd: NetdServer, service: str, count: int) -> list[dict[str, Any]]:
+    """
+    The service's connection events, once there are C{count} of them (a
+    connection's is recorded when netd has seen it close).
+    """
+    deadline = time.monotonic() + IO_TIMEOUT
+    while True:
+        events = netd.admin.events(service, kind="connection")
+        if len(events) >= count or time.monotonic() > deadline:
+            return events
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("service", ["plain", "lines"])
+def test_connectionEventNamesTheUpstream(netd: NetdServer, redis: tuple[str, int], service: str) -> None:
+    """
+    A proxied connection's connection event, read through the control API,
+    names the upstream's address and the bytes relayed each way (the
+    client's bytes, exactly, raw or line-framed), how the client's side
+    ended and how the upstream's did (the client's EOF passed on, redis
+    closed in turn); there is no separate upstream event.
+    """
+    netd.admin.clearEvents(service)
+    with connect(netd.address(service)) as client:
+        roundTrip(client, b"PING\r\n", b"+PONG\r\n")
+        roundTrip(client, b"ECHO netd\r\n", b"$4\r\nnetd\r\n")
+    [event] = connectionEvents(netd, service, 1)
+    assert event["upstream"] == f"127.0.0.1:{redis[1]}"
+    assert event["bytes_to_upstream"] == event["bytes_in"] == len(b"PING\r\nECHO netd\r\n")
+    assert event["bytes_from_upstream"] == event["bytes_out"] == len(b"+PONG\r\n$4\r\nnetd\r\n")
+    assert event["ended"] == "closed by peer"
+    assert event["upstream_ended"] == "closed: EOF both ways"
+    assert netd.admin.events(service, kind="upstream") == []
+
+
+def test_connectionEventOfAnUnreachableUpstream(netd: NetdServer) -> None:
+    """
+    When the upstream cannot be reached, the connection event names it as configured and says why.
+    """
+    netd.admin.clearEvents("down-close")
+    with connect(netd.address("down-close")) as client:
+        assert client.recv(100) == b""
+    [event] = connectionEvents(netd, "down-close", 1)
+    assert event["upstream"].startswith("tcp:127.0.0.1:")
+    assert event["upstream_ended"].startswith("upstream unreachable")
+    assert (event["bytes_to_upstream"], event["bytes_from_upstream"]) == (0, 0)

@@ -28,11 +28,12 @@ from netd.faults.stream import HELD_LIMIT
 from netd.interfaces import PluginContext
 from netd.metrics import Counters
 from netd.registry import checkPlugin, discoverPlugins
+from netd.stream.framing import FRAMINGS
 from netd.stream.guard import GuardedConnection
 from netd.stream.proxyformat import HeaderReader, encodeProxyHeader
 from netd.testing.memory import faultsFor, makeStreamStack
 from netd_plugins.proxy import ProxyOptions, UpstreamEndpoint, plugin
-from netd_plugins.proxy.relay import CLOSE_LINGER
+from netd_plugins.proxy.relay import CLOSE_LINGER, ClientSide, UpstreamSide
 
 CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
 LISTENER = IPv4Address("TCP", "198.51.100.1", 6380)
@@ -86,23 +87,40 @@ def openProxy(
     proxyProtocol: Literal[False] | Literal["v1", "v2"] = False,
     peer: IAddress = CLIENT,
     host: IAddress = LISTENER,
+    framing: str = "raw",
+    maxFrame: int = 65536,
+    counters: Counters | None = None,
 ) -> Proxied:
     """
-    A proxy service to tcp:127.0.0.1:6379 behind the core stack, and one
-    client connected to it from C{peer} at C{host}.
+    A proxy service to tcp:127.0.0.1:6379 with C{framing} behind the core
+    stack, and one client connected to it from C{peer} at C{host}.
     """
     reactor = MemoryReactorClock()
-    counters = Counters()
+    counters = Counters() if counters is None else counters
     events = EventLog(100, reactor)
     context = PluginContext(
-        reactor=reactor, log=Logger(namespace="test_proxy"), serviceName="p", counters=counters, events=events
+        reactor=reactor,
+        log=Logger(namespace="test_proxy"),
+        serviceName="p",
+        counters=counters,
+        events=events,
+        framing=framing,
+        maxFrame=None if framing == "raw" else maxFrame,
     )
     options = ProxyOptions(
         upstream=UpstreamEndpoint.fromConfig("tcp:127.0.0.1:6379"),
         on_upstream_failure=onFailure,  # type: ignore[arg-type]
         upstream_proxy_protocol=proxyProtocol,
     )
-    limiter = makeStreamStack(plugin.build(options, context), "raw", clock=reactor, counters=counters, faults=faults)
+    limiter = makeStreamStack(
+        plugin.build(options, context),
+        framing,
+        maxFrame=maxFrame,
+        clock=reactor,
+        counters=counters,
+        faults=faults,
+        events=events,
+    )
     guard = limiter.buildProtocol(peer)
     assert isinstance(guard, GuardedConnection)
     client = Transport(peerAddress=peer, hostAddress=host)
@@ -110,11 +128,13 @@ def openProxy(
     return Proxied(reactor, client, guard, counters, events)
 
 
-def openConnected(faults: ServiceFaults | None = None) -> tuple[Proxied, Transport]:
+def openConnected(
+    faults: ServiceFaults | None = None, framing: str = "raw", maxFrame: int = 65536
+) -> tuple[Proxied, Transport]:
     """
     L{openProxy}, with the upstream connected.
     """
-    proxied = openProxy(faults=faults)
+    proxied = openProxy(faults=faults, framing=framing, maxFrame=maxFrame)
     proxied.connectUpstream()
     assert proxied.upstream is not None
     return proxied, proxied.upstream
@@ -131,13 +151,14 @@ def test_testsShareTheInstalledPlugin() -> None:
 
 def test_pluginMeetsTheContractAndIsBuiltIn() -> None:
     """
-    The proxy plugin passes checkPlugin and is discovered as a built-in, raw framing only, streams and datagrams.
+    The proxy plugin passes checkPlugin and is discovered as a built-in, every framing (raw first), streams and
+    datagrams.
     """
     assert checkPlugin(plugin) is None
     registry = discoverPlugins()
     assert registry.get("proxy") is plugin
     assert registry.plugins["proxy"].source == "built-in netd_plugins.proxy"
-    assert plugin.framings == ("raw",)
+    assert plugin.framings == tuple(FRAMINGS) and plugin.framings[0] == "raw"
     assert plugin.transports == frozenset({"stream", "datagram"})
 
 
@@ -268,10 +289,12 @@ def test_upstreamCloseClosesTheClient() -> None:
     proxied.upstreamProtocol.connectionLost(Failure(ConnectionDone()))
     assert proxied.client.value() == b"bye"
     assert proxied.client.disconnecting and not proxied.client.disconnected
-    [event] = proxied.events.events(kind="upstream")
+    proxied.guard.connectionLost(Failure(ConnectionDone()))
+    [event] = proxied.events.events(kind="connection")
     assert event["upstream"] == "127.0.0.1:6379"
-    assert event["ended"] == "closed by upstream"
-    assert event["bytes_from_upstream"] == 3
+    assert event["upstream_ended"] == "closed by upstream"
+    assert (event["bytes_from_upstream"], event["bytes_out"]) == (3, 3)
+    assert proxied.events.events(kind="upstream") == []
 
 
 def test_clientResetResetsTheUpstream() -> None:
@@ -318,8 +341,8 @@ def test_clientClosingAfterTheFailureEOF() -> None:
     assert proxied.client.disconnecting
     proxied.guard.connectionLost(Failure(ConnectionDone()))
     assert not proxied.reactor.getDelayedCalls()
-    [event] = proxied.events.events(kind="upstream")
-    assert event["bytes_to_upstream"] == 0
+    [event] = proxied.events.events(kind="connection")
+    assert (event["bytes_in"], event["bytes_to_upstream"]) == (6, 0)
 
 
 @pytest.mark.parametrize("onFailure, reset", [("close", False), ("reset", True)])
@@ -352,8 +375,10 @@ def test_unreachableUpstream(onFailure: str, reset: bool) -> None:
     assert proxied.counters["upstream_connect_failures"] == 1
     assert proxied.counters["upstream_connect_timeouts"] == 0
     assertFailureAnswered(proxied, reset)
-    [event] = proxied.events.events(kind="upstream")
-    assert event["ended"].startswith("upstream unreachable")
+    proxied.guard.connectionLost(Failure(ConnectionLost() if reset else ConnectionDone()))
+    [event] = proxied.events.events(kind="connection")
+    assert event["upstream_ended"].startswith("upstream unreachable")
+    assert event["upstream"] == "tcp:127.0.0.1:6379"
     proxied.reactor.advance(10)
     assert proxied.counters["upstream_connect_timeouts"] == 0
 
@@ -468,7 +493,8 @@ def test_upstreamProxyProtocolHeaderComesFirst(version: Literal["v1", "v2"], pee
     info, rest = result
     assert (info.source, info.destination, rest) == (peer, host, b"PING\r\nGET k\r\n")
     proxied.upstreamProtocol.connectionLost(Failure(ConnectionDone()))
-    [event] = proxied.events.events(kind="upstream")
+    proxied.guard.connectionLost(Failure(ConnectionDone()))
+    [event] = proxied.events.events(kind="connection")
     assert event["bytes_to_upstream"] == len(b"PING\r\nGET k\r\n")
 
 
@@ -494,3 +520,202 @@ def test_noUpstreamProxyProtocolByDefault() -> None:
     proxied.connectUpstream()
     assert proxied.upstream is not None
     assert proxied.upstream.value() == b"PING\r\n"
+
+
+# Frame-aware proxying: a service with a framing other than raw.
+
+WIRE = {
+    "line": [b"PING\r\n", b"SET k v\n", b"\r\n", b"GET k\r\n"],
+    "netstring": [b"4:PING,", b"0:,", b"11:hello world,"],
+    "u16": [b"\x00\x04PING", b"\x00\x00", b"\x00\x0bhello world"],
+    "u32": [b"\x00\x00\x00\x04PING", b"\x00\x00\x00\x00", b"\x00\x00\x00\x0bhello world"],
+}
+"""
+Frames of each framing as they are on the wire, for the byte-exact tests
+(lines with and without their CR).
+"""
+
+
+def feedByteAtATime(receive: Any, data: bytes) -> None:
+    """
+    Hand C{data} to C{receive} one byte per read.
+    """
+    for i in range(len(data)):
+        receive(data[i : i + 1])
+
+
+@pytest.mark.parametrize("framing", sorted(WIRE))
+def test_framedRelayIsByteExactBothWays(framing: str) -> None:
+    """
+    With a framing, the frames a client sends reach the upstream exactly as
+    they were on the wire (prefixes, netstring commas, each line's own CR LF
+    or LF), read a byte at a time or all at once, and so do the upstream's
+    frames on their way to the client; the connection event counts the
+    bytes of the frames each way.
+    """
+    wire = b"".join(WIRE[framing])
+    proxied = openProxy(framing=framing)
+    proxied.guard.dataReceived(wire[:3])
+    proxied.connectUpstream()
+    upstream = proxied.upstream
+    assert upstream is not None
+    feedByteAtATime(proxied.guard.dataReceived, wire[3:])
+    assert upstream.value() == wire
+    proxied.guard.dataReceived(wire)
+    assert upstream.value() == wire * 2
+    feedByteAtATime(proxied.upstreamProtocol.dataReceived, wire)
+    proxied.upstreamProtocol.dataReceived(wire)
+    assert proxied.client.value() == wire * 2
+    proxied.guard.connectionLost(Failure(ConnectionDone()))
+    [event] = proxied.events.events(kind="connection")
+    assert event["bytes_to_upstream"] == event["bytes_in"] == len(wire) * 2
+    assert event["bytes_from_upstream"] == event["bytes_out"] == len(wire) * 2
+    assert event["upstream_ended"] == "closed by netd: the client closed"
+
+
+def test_rawFramingKeepsItsPathOfBytes() -> None:
+    """
+    A raw service relays each read as it came through the plain relay, with
+    no framing of the upstream's bytes: its reads are not cut or joined.
+    """
+    proxied, upstream = openConnected()
+    receiver = proxied.guard.wrappedProtocol.receiver
+    assert type(receiver) is ClientSide
+    assert isinstance(receiver.upstreamFactory().buildProtocol(None), UpstreamSide)
+    proxied.upstreamProtocol.dataReceived(b"\x00\x00")
+    proxied.upstreamProtocol.dataReceived(b"\x00\x05he")
+    assert proxied.client.value() == b"\x00\x00\x00\x05he"
+
+
+def test_partialUpstreamFrameWaitsForItsEnd() -> None:
+    """
+    The bytes of a frame the upstream has not finished are held until its
+    end arrives, then the client gets the whole frame in one write.
+    """
+    proxied, upstream = openConnected(framing="u16")
+    proxied.upstreamProtocol.dataReceived(b"\x00\x05he")
+    assert proxied.client.value() == b""
+    proxied.upstreamProtocol.dataReceived(b"llo\x00")
+    assert proxied.client.value() == b"\x00\x05hello"
+
+
+def test_frameFaultsActOnTheUpstreamsFrames() -> None:
+    """
+    to_client frame faults act on the upstream's frames: split_frame sends
+    one frame in pieces with a delay between them, and truncate_frame cuts
+    the second frame and closes both sides.
+    """
+    faults = faultsFor(
+        [
+            {"type": "split_frame", "pieces": 2, "delay": 10, "direction": "to_client", "first": 1},
+            {"type": "truncate_frame", "bytes": 3, "direction": "to_client", "every": 2},
+        ],
+        framing="line",
+    )
+    proxied, upstream = openConnected(faults, framing="line")
+    proxied.upstreamProtocol.dataReceived(b"+PONG\r\n")
+    assert proxied.client.value() == b"+PON"
+    proxied.reactor.advance(0.01)
+    assert proxied.client.value() == b"+PONG\r\n"
+    proxied.upstreamProtocol.dataReceived(b"$5\r\nhello\r\n")
+    assert proxied.client.value() == b"+PONG\r\n$5\r"
+    assert proxied.client.disconnecting
+    proxied.guard.connectionLost(Failure(ConnectionDone()))
+    assert upstream.disconnecting
+
+
+def test_frameFaultsHoldingTooMuchPauseTheUpstream() -> None:
+    """
+    While split_frame's delayed pieces hold more than HELD_LIMIT bytes of the
+    upstream's frames, netd stops reading the upstream, and reads it again
+    once they have gone out.
+    """
+    faults = faultsFor([{"type": "split_frame", "pieces": 2, "delay": 100, "direction": "to_client"}], framing="u32")
+    proxied, upstream = openConnected(faults, framing="u32")
+    frame = b"x" * 16384
+    wire = len(frame).to_bytes(4, "big") + frame
+    for _ in range(2 * HELD_LIMIT // len(frame) + 2):
+        if upstream.producerState == "paused":
+            break
+        proxied.upstreamProtocol.dataReceived(wire)
+    assert upstream.producerState == "paused"
+    assert len(proxied.client.value()) < HELD_LIMIT
+    for _ in range(8):
+        proxied.reactor.advance(0.1)
+    assert len(proxied.client.value()) % len(wire) == 0
+    assert upstream.producerState == "producing"
+
+
+@pytest.mark.parametrize(
+    "framing, wire",
+    [("u16", b"\x00\x20"), ("u32", b"\x00\x00\x00\x20"), ("line", b"x" * 40), ("netstring", b"99:")],
+)
+def test_upstreamBreakingTheFramingResetsBothSides(framing: str, wire: bytes) -> None:
+    """
+    An upstream frame over max_frame (or a malformed one) cannot be relayed:
+    both connections are reset, counted as upstream_frames_rejected, and the
+    connection event says why; the frames before it reached the client.
+    """
+    proxied, upstream = openConnected(framing=framing, maxFrame=16)
+    good = {"u16": b"\x00\x02ok", "u32": b"\x00\x00\x00\x02ok", "line": b"ok\n", "netstring": b"2:ok,"}[framing]
+    proxied.upstreamProtocol.dataReceived(good + wire)
+    assert proxied.client.value() == good
+    assert proxied.client.disconnected and upstream.disconnected
+    assert proxied.counters["upstream_frames_rejected"] == 1
+    proxied.upstreamProtocol.connectionLost(Failure(ConnectionLost("reset")))
+    proxied.guard.connectionLost(Failure(ConnectionLost("reset")))
+    [event] = proxied.events.events(kind="connection")
+    assert event["upstream_ended"].startswith("reset by netd: the upstream broke the framing")
+    assert event["ended"] == "reset by netd"
+
+
+def test_framedHalfCloseAndPacing() -> None:
+    """
+    With a framing, half-close passes each way and each side's send buffer
+    paces the other's reading, as with raw bytes.
+    """
+    proxied, upstream = openConnected(framing="u16")
+    assert proxied.client.producer is upstream
+    proxied.client.producer.pauseProducing()
+    assert upstream.producerState == "paused"
+    proxied.client.producer.resumeProducing()
+    upstream.producer.pauseProducing()
+    assert proxied.client.producerState == "paused"
+    upstream.producer.resumeProducing()
+    proxied.guard.readConnectionLost()
+    assert upstream.writeClosed
+    proxied.upstreamProtocol.dataReceived(b"\x00\x01!")
+    assert proxied.client.value() == b"\x00\x01!"
+    proxied.upstreamProtocol.readConnectionLost()
+    assert proxied.client.writeClosed
+    assert proxied.client.disconnecting and upstream.disconnecting
+
+
+def test_framedConnectionEventOfAnUnreachableUpstream() -> None:
+    """
+    A framed client whose upstream is refused gets on_upstream_failure, and
+    its connection event names the upstream as configured, with nothing relayed.
+    """
+    proxied = openProxy(framing="line")
+    proxied.guard.dataReceived(b"PING\r\n")
+    proxied.refuseUpstream()
+    proxied.guard.readConnectionLost()
+    proxied.guard.connectionLost(Failure(ConnectionDone()))
+    [event] = proxied.events.events(kind="connection")
+    assert (event["upstream"], event["bytes_to_upstream"], event["bytes_from_upstream"]) == (
+        "tcp:127.0.0.1:6379",
+        0,
+        0,
+    )
+    assert event["upstream_ended"].startswith("upstream unreachable")
+
+
+def test_framedProxyNeedsItsMaxFrame() -> None:
+    """
+    A proxy built for a framing with frames but without the service's max_frame is refused when it is built.
+    """
+    context = PluginContext(
+        reactor=MemoryReactorClock(), log=Logger(), serviceName="p", counters=Counters(), framing="u16"
+    )
+    with pytest.raises(TypeError, match="u16 framing needs the service's max_frame"):
+        plugin.build(ProxyOptions(upstream=UpstreamEndpoint("tcp:127.0.0.1:1")), context)
