@@ -165,6 +165,13 @@ class DaemonSpec:
         "Unset or false, there is no control API, so netds whose services use different ports start side by side. "
         "An address reachable from other hosts needs admin_token_file.",
     )
+    toxiproxy: AdminAddress = option(
+        AdminAddress(None),
+        help="Where the toxiproxy-compatible HTTP API listens (docs/toxiproxy.md): a stream listen string such as "
+        "'tcp:8474:interface=127.0.0.1' (toxiproxy's port, where its clients look by default) or "
+        "'tcp:0:interface=127.0.0.1' (reported in the log and the ports file). Unset or false, there is none. "
+        "Like toxiproxy's, it has no authentication: netd warns when other hosts can reach it.",
+    )
     admin_token_file: ConfigPath | Literal[False] | None = option(
         None,
         help="A file holding the token the control API requires as 'Authorization: Bearer TOKEN' "
