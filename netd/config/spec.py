@@ -613,8 +613,14 @@ def parseConfig(data: dict[str, Any], source: str, registry: PluginSource) -> Ne
                 seen[name] = i
         if spec is not None:
             services.append(spec)
-    if not problems and not any(s.enabled for s in services):
-        problems.append(Problem(("services",), "no enabled service; add a [[services]] table"))
+    toxiproxyOnly = daemon is not None and daemon.toxiproxy.address is not None
+    if not problems and not toxiproxyOnly and not any(s.enabled for s in services):
+        problems.append(
+            Problem(
+                ("services",),
+                "no enabled service; add a [[services]] table (or [daemon] toxiproxy, whose proxies are services)",
+            )
+        )
     if problems or daemon is None:
         raise ConfigError(source, problems)
     return NetdConfig(source=source, daemon=daemon, services=tuple(services))
