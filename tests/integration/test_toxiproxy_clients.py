@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -260,3 +261,28 @@ def test_nodeClient(netd: NetdServer, redis: tuple[str, int], tmp_path: Path) ->
     assert result["populatedPing"]["how"] == "answered"
     assert result["all"] == ["redis_node", "redis_node_populated"]
     assert result["left"] == []
+
+
+def documentedPython() -> str:
+    """
+    The Python example of docs/toxiproxy.md.
+    """
+    text = (ROOT / "docs" / "toxiproxy.md").read_text(encoding="utf-8")
+    [block] = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    return block
+
+
+def test_documentedPythonExampleRuns(netd: NetdServer, redis: tuple[str, int]) -> None:  # noqa: F811
+    """
+    The Python example of docs/toxiproxy.md runs as written against netd and a real redis-server, its addresses swapped for the test's.
+    """
+    address = urlsplit(netd.toxiproxyURL)
+    example = documentedPython()
+    for documented, actual in (
+        ('"127.0.0.1", 8474', f'"{address.hostname}", {address.port}'),
+        ("127.0.0.1:6379", f"127.0.0.1:{redis[1]}"),
+        ("127.0.0.1:26379", "127.0.0.1:0"),
+    ):
+        assert documented in example
+        example = example.replace(documented, actual)
+    exec(compile(example, "docs/toxiproxy.md", "exec"), {})
