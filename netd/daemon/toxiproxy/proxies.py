@@ -21,7 +21,7 @@ from netd.daemon.runtime import NoSuchService, ServiceExists
 from netd.daemon.service import NetService, ReloadInProgress, ServiceStartError
 from netd.daemon.toxiproxy.toxics import Toxic, ToxicError, faultList
 
-log = Logger(namespace="netd.daemon.toxiproxy")
+log = Logger(namespace="netd.daemon.toxiproxy.proxies")
 
 T = TypeVar("T")
 
