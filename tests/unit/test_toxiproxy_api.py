@@ -10,11 +10,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.logger import capturedLogs
 
+from netd.config.options import ConfigError
+from netd.config.spec import parseConfig
 from netd.daemon.daemon import Daemon
 from netd.daemon.service import NetService
 from netd.daemon.toxiproxy.resource import TOXIPROXY_VERSION
+from netd.registry import discoverPlugins
 from netd.testing.memory import FakeTCPPort, connect
 
 from .test_admin import ECHO, Reactor, Response, request, started
@@ -291,3 +295,58 @@ def test_listenedOnAndLoggedAndReported(tmp_path: Path) -> None:
     assert report["toxiproxy"]["listen"] == "tcp:8474"
     assert any("toxiproxy API on" in str(e.get("log_format")) for e in events)
     assert any("no authentication" in str(e.get("log_format")) for e in events)
+
+
+def test_unknownDeeperPathIs404() -> None:
+    """
+    A path deeper than any route is 404, and a toxic's route refuses PUT with 405.
+    """
+    _, reactor = toxiproxy()
+    assert call(reactor, "GET", "/proxies/a/toxics/b/c").code == 404
+    assert call(reactor, "PUT", "/proxies/a/toxics/b", {}).code == 405
+
+
+def test_updateMovesTheProxy() -> None:
+    """
+    PATCH with a new upstream makes the proxy's service anew towards it and cuts the connections it had; the listen stays.
+    """
+    daemon, reactor = toxiproxy()
+    created = call(reactor, "POST", "/proxies", REDIS).json()
+    before = service(daemon, "redis")
+    assert before.connections is not None
+    connection = connect(before.connections)
+    assert connection is not None
+    moved = call(reactor, "PATCH", "/proxies/redis", {"upstream": "127.0.0.1:6380"}).json()
+    assert (moved["upstream"], moved["listen"], moved["enabled"]) == ("127.0.0.1:6380", created["listen"], True)
+    after = service(daemon, "redis")
+    assert after is not before
+    assert str(after.spec.options.upstream) == "tcp:host=127.0.0.1:port=6380"
+    assert connection.transport.disconnected
+
+
+def test_failureIs500WithoutTraceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A failure inside a change is logged with its traceback and answered 500 in toxiproxy's shape, without it.
+    """
+    daemon, reactor = toxiproxy()
+
+    async def broken(table: object) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(daemon, "createService", broken)
+    with capturedLogs() as events:
+        response = call(reactor, "POST", "/proxies", REDIS)
+    assert response.code == 500
+    assert response.json()["status"] == 500 and "boom" not in response.body.decode()
+    assert any(e.get("log_failure") is not None for e in events)
+    assert call(reactor, "GET", "/proxies").json() == {}
+
+
+def test_configWithOnlyToxiproxyIsValid() -> None:
+    """
+    A config whose only work is the toxiproxy API needs no [[services]]; without it, one still does.
+    """
+    config = parseConfig({"daemon": {"toxiproxy": TOXIPROXY}}, "test.toml", discoverPlugins())
+    assert config.services == ()
+    with pytest.raises(ConfigError, match="no enabled service"):
+        parseConfig({"daemon": {}}, "test.toml", discoverPlugins())

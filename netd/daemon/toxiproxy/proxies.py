@@ -219,7 +219,7 @@ class ProxyCollection:
         if name in self.proxies:
             raise ProxyError("proxy already exists", 409)
         proxy = ToxiProxy(name, listen, upstream, enabled)
-        proxy.serviceTable()
+        proxy.serviceTable()  # A bad address or toxic is refused before anything changes.
         if enabled:
             await self._start(proxy)
         self.proxies[name] = proxy
@@ -237,7 +237,7 @@ class ProxyCollection:
         Change a proxy's addresses (it listens again, its connections cut)
         and whether it is enabled, as toxiproxy's C{Proxy.Update} does.
         """
-        ToxiProxy(proxy.name, listen, upstream, enabled).serviceTable()
+        ToxiProxy(proxy.name, listen, upstream, enabled).serviceTable()  # Refused before anything changes.
         moved = (listen, upstream) != (proxy.listen, proxy.upstream)
         if moved and proxy.enabled:
             await self._stop(proxy)

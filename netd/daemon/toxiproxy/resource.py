@@ -72,6 +72,8 @@ class ToxiproxyResource(Resource):
         """
         try:
             reply = self.route(request)
+        except (ProxyError, ToxicError) as e:
+            reply = toxiproxyError(e.status, str(e))
         except Exception:
             reply = self._internalError(Failure(), request)
         if isinstance(reply, Deferred):
@@ -101,7 +103,7 @@ class ToxiproxyResource(Resource):
             case ["proxies"] if method == "POST":
                 return self._change(request, self._createProxy)
             case ["populate"] if method == "POST":
-                return self._change(request, self._populate, errors=False)
+                return self._change(request, self._populate)
             case ["reset"] if method == "POST":
                 return self._change(request, self._reset, body=False)
             case ["proxies", name] if method == "GET":
@@ -120,9 +122,12 @@ class ToxiproxyResource(Resource):
                 return self._change(request, lambda body: self._updateToxic(name, toxic, body))
             case ["proxies", name, "toxics", toxic] if method == "DELETE":
                 return self._change(request, lambda _: self._deleteToxic(name, toxic), body=False)
-            case ["version"] | ["proxies"] | ["populate"] | ["reset"] | ["proxies", _] | ["proxies", _, "toxics"]:
-                return toxiproxyError(405, f"{method} is not allowed on {request.path.decode('utf-8', 'replace')}")
-            case ["proxies", _, "toxics", _]:
+            case (
+                ["version" | "proxies" | "populate" | "reset"]
+                | ["proxies", _]
+                | ["proxies", _, "toxics"]
+                | ["proxies", _, "toxics", _]
+            ):
                 return toxiproxyError(405, f"{method} is not allowed on {request.path.decode('utf-8', 'replace')}")
         return toxiproxyError(404, "404 page not found")
 
@@ -141,7 +146,6 @@ class ToxiproxyResource(Resource):
         change: Callable[[Any], Awaitable[Reply]],
         *,
         body: bool = True,
-        errors: bool = True,
     ) -> Reply | Deferred[Reply]:
         """
         A change: its JSON body read (if it takes one), then C{change} run
@@ -285,11 +289,8 @@ class ToxiproxyResource(Resource):
 
     def _internalError(self, failure: Failure, request: Request) -> Reply:
         """
-        Answer a failure of the API: toxiproxy's error for a request it
-        refuses, else a logged traceback and a 500.
+        Log a failure of the API with its traceback, and answer a 500 without it.
         """
-        if isinstance(failure.value, (ProxyError, ToxicError)):
-            return toxiproxyError(failure.value.status, str(failure.value))
         log.failure("toxiproxy API: {method} {path} failed", failure, **requestFields(request))
         return toxiproxyError(500, "the toxiproxy API failed to answer; netd's log has the details")
 
