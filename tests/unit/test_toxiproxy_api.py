@@ -270,6 +270,7 @@ def test_guardedLikeTheControlAPI() -> None:
     site = reactor.site()
     host = request(site, "GET", "/proxies", headers={"Host": "evil.example"})
     assert (host.code, host.json()["status"]) == (421, 421)
+    assert host.json()["error"].startswith("this is netd's toxiproxy API, which answers to localhost")
     assert request(site, "POST", "/proxies", body=body, headers={"Origin": "http://evil.example"}).code == 403
     assert request(site, "POST", "/proxies", body=body, headers={"Content-Type": "text/plain"}).code == 415
     assert call(reactor, "GET", "/proxies").json() == {}

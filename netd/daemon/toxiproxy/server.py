@@ -40,7 +40,7 @@ class ToxiproxyAPI(Service):
         self.spec = spec
         self.reactor = reactor
         self.proxies = ProxyCollection(daemon)
-        self.guard = RequestGuard(Access(token=None))
+        self.guard = RequestGuard(Access(token=None), api="toxiproxy API", otherHosts="the address it listens on")
         self.site = AdminSite(
             ToxiproxyResource(self.proxies, self.guard),
             self.guard,
