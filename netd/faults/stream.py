@@ -126,6 +126,12 @@ class Pacing(StreamFault):
         """
         raise NotImplementedError()
 
+    def nextPieceSize(self, random: Random) -> int:
+        """
+        The size of the next piece: L{pieceSize}, unless the type varies it.
+        """
+        return self.pieceSize()
+
     def gapAfter(self, size: int) -> float:
         """
         Seconds after a piece of C{size} bytes before the next one.
@@ -205,18 +211,28 @@ class Slice(Pacing):
     midStream = True
     separateSends = True
     summary = (
-        "Write at most size bytes at a time, with delay milliseconds between the pieces: catches clients that "
-        "assume one recv is one message."
+        "Write at most size bytes at a time (plus or minus up to variation), with delay milliseconds between the "
+        "pieces: catches clients that assume one recv is one message."
     )
     direction: Direction = option("to_client", help="Which bytes it acts on: to_client, from_client, or both.")
-    size: int = option(help="Largest piece, in bytes.", checks=(between(1, 2**31),))
+    size: int = option(help="Size of a piece, in bytes.", checks=(between(1, 2**31),))
     delay: float = milliseconds("Milliseconds between two pieces.")
+    variation: int | None = option(
+        None,
+        help="Up to this many bytes more or less per piece, chosen per piece (at least 1 byte); unset: none.",
+        checks=(between(0, 2**31),),
+    )
 
     def strictness(self) -> float:
         return self.size
 
     def pieceSize(self) -> int:
-        return self.size
+        return self.size + (self.variation or 0)
+
+    def nextPieceSize(self, random: Random) -> int:
+        if not self.variation:
+            return self.size
+        return max(1, self.size + random.randint(-self.variation, self.variation))
 
     def gapAfter(self, size: int) -> float:
         return self.delay / 1000
@@ -262,9 +278,10 @@ class Blackhole(StreamFault):
         "closes once that long passes without any."
     )
     direction: Direction = option("to_client", help="Which bytes are swallowed: to_client, from_client, or both.")
-    close_after_ms: float = milliseconds(
+    close_after_ms: float | None = milliseconds(
         "Close the connection once this many milliseconds pass without bytes to swallow, counted from when the "
-        "fault begins to act and again from each chunk swallowed; 0: never."
+        "fault begins to act and again from each chunk swallowed; unset or 0: never.",
+        default=None,
     )
 
     def shapePipe(self, pipe: Pipe, effect: Effect) -> None:
@@ -506,8 +523,8 @@ class Pipe:
                 self._timer = clock.callLater(at - now, self.pump)
                 return
             size = len(data)
-            for pacer, _ in self.pacers.values():
-                size = min(size, pacer.pieceSize())
+            for pacer, effect in self.pacers.values():
+                size = min(size, pacer.nextPieceSize(effect.random))
             for threshold in self.thresholds:
                 size = min(size, threshold.at - self.passed)
             if size < len(data):

@@ -845,3 +845,18 @@ def test_timedFaultTimersCancelledOnClose() -> None:
     assert stack.clock.getDelayedCalls()
     connection.protocol.connectionLost(Failure(ConnectionDone()))
     assert stack.clock.getDelayedCalls() == []
+
+
+def test_sliceVariation() -> None:
+    """
+    slice with variation writes pieces of size plus or minus up to variation, not all alike, and every byte in order.
+    """
+    stack = echoStack([{"type": "slice", "size": 4, "variation": 2, "seed": 1}])
+    connection, transport = connectRecording(stack)
+    data = bytes(range(200))
+    connection.receive(data)
+    advance(stack.clock, 0.5)
+    assert b"".join(transport.writes) == data
+    sizes = [len(w) for w in transport.writes[:-1]]
+    assert all(2 <= size <= 6 for size in sizes)
+    assert len(set(sizes)) > 1

@@ -35,7 +35,11 @@ def test_defaultsAreToxiproxys() -> None:
     [
         ("latency", {"latency": 100, "jitter": 10}, {"type": "latency", "ms": 100, "jitter": 10}),
         ("bandwidth", {"rate": 64}, {"type": "bandwidth", "rate": 64000}),
-        ("slicer", {"average_size": 8, "size_variation": 2, "delay": 1500}, {"type": "slice", "size": 8, "delay": 1.5}),
+        (
+            "slicer",
+            {"average_size": 8, "size_variation": 2, "delay": 1500},
+            {"type": "slice", "size": 8, "variation": 2, "delay": 1.5},
+        ),
         ("limit_data", {"bytes": 10}, {"type": "close_after", "bytes": 10}),
         ("reset_peer", {"timeout": 250}, {"type": "reset_on_data", "ms": 250}),
         ("timeout", {"timeout": 0}, {"type": "blackhole", "close_after_ms": 0}),

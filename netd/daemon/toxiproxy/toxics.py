@@ -44,7 +44,10 @@ def _bandwidth(a: Mapping[str, int]) -> dict[str, Any] | None:
 
 def _slicer(a: Mapping[str, int]) -> dict[str, Any] | None:
     # toxiproxy's delay is in microseconds.
-    return {"type": "slice", "size": a["average_size"], "delay": a["delay"] / 1000}
+    table = {"type": "slice", "size": a["average_size"], "delay": a["delay"] / 1000}
+    if a["size_variation"]:
+        table["variation"] = a["size_variation"]
+    return table
 
 
 TOXIC_TYPES: dict[str, tuple[tuple[str, ...], Callable[[Mapping[str, int]], dict[str, Any] | None]]] = {
