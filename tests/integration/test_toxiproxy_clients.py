@@ -141,6 +141,56 @@ def test_pythonClientTimeout(toxiproxy: Any, redis: tuple[str, int]) -> None:  #
         assert time.monotonic() - started >= (TIMEOUT_MS - 50) / 1000
 
 
+def test_pythonClientSlowClose(toxiproxy: Any, redis: tuple[str, int]) -> None:  # noqa: F811
+    """
+    A slow_close toxic downstream passes redis's answer to QUIT at once and its close its delay later.
+    """
+    proxy = toxiproxy.create(upstream=f"127.0.0.1:{redis[1]}", name="redis_slow_close")
+    proxy.add_toxic(type="slow_close", attributes={"delay": TIMEOUT_MS})
+    with connect(listenOf(proxy)) as client:
+        started = time.monotonic()
+        client.sendall(b"QUIT\r\n")
+        assert recvExactly(client, 5) == b"+OK\r\n"
+        assert time.monotonic() - started < TIMEOUT_MS / 1000
+        assert recvUntilClosed(client) == b""
+        assert time.monotonic() - started >= (TIMEOUT_MS - 50) / 1000
+
+
+def storeValue(redis: tuple[str, int], key: bytes, value: bytes) -> None:
+    """
+    SET a key on the redis-server directly.
+    """
+    with connect(redis) as client:
+        client.sendall(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value))
+        assert recvExactly(client, 5) == b"+OK\r\n"
+
+
+def test_pythonClientBandwidthAndSlicer(toxiproxy: Any, redis: tuple[str, int]) -> None:  # noqa: F811
+    """
+    A bandwidth toxic of 100 KB/s makes a 50 kB answer take half a second; a slicer toxic of 10 bytes every 10 ms makes each recv get at most 10 bytes.
+    """
+    value = bytes(range(256)) * 195 + b"x" * 80
+    storeValue(redis, b"toxiproxy:big", value)
+    reply = b"$%d\r\n%s\r\n" % (len(value), value)
+    proxy = toxiproxy.create(upstream=f"127.0.0.1:{redis[1]}", name="redis_bandwidth")
+    proxy.add_toxic(type="bandwidth", attributes={"rate": 100})
+    with connect(listenOf(proxy)) as client:
+        started = time.monotonic()
+        client.sendall(b"GET toxiproxy:big\r\n")
+        assert recvExactly(client, len(reply)) == reply
+        assert time.monotonic() - started >= 0.4
+    proxy.destroy_toxic("bandwidth_downstream")
+    proxy.add_toxic(type="slicer", attributes={"average_size": 10, "delay": 10_000})
+    with connect(listenOf(proxy)) as client:
+        client.sendall(b"PING\r\nPING\r\nPING\r\nPING\r\n")
+        pieces = []
+        while sum(map(len, pieces)) < 28:
+            pieces.append(client.recv(100))
+            assert pieces[-1]
+    assert b"".join(pieces) == b"+PONG\r\n" * 4
+    assert max(map(len, pieces)) <= 10
+
+
 def test_pythonClientDisableResetPopulate(toxiproxy: Any, redis: tuple[str, int]) -> None:  # noqa: F811
     """
     With the Python client, a disabled proxy refuses connections, reset enables it again and removes its toxics, and populate creates proxies that redis answers through.
