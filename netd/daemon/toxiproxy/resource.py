@@ -107,17 +107,17 @@ class ToxiproxyResource(Resource):
             case ["reset"] if method == "POST":
                 return self._change(request, self._reset, body=False)
             case ["proxies", name] if method == "GET":
-                return answer(200, self._proxy(name).toJSON())
+                return answer(200, self.proxies.get(name).toJSON())
             case ["proxies", name] if method in ("POST", "PATCH"):
                 return self._change(request, lambda body: self._updateProxy(name, body))
             case ["proxies", name] if method == "DELETE":
                 return self._change(request, lambda _: self._deleteProxy(name), body=False)
             case ["proxies", name, "toxics"] if method == "GET":
-                return answer(200, [t.toJSON() for t in self._proxy(name).toxics.values()])
+                return answer(200, [t.toJSON() for t in self.proxies.get(name).toxics.values()])
             case ["proxies", name, "toxics"] if method == "POST":
                 return self._change(request, lambda body: self._createToxic(name, body))
             case ["proxies", name, "toxics", toxic] if method == "GET":
-                return answer(200, self._toxic(self._proxy(name), toxic).toJSON())
+                return answer(200, self._toxic(self.proxies.get(name), toxic).toJSON())
             case ["proxies", name, "toxics", toxic] if method in ("POST", "PATCH"):
                 return self._change(request, lambda body: self._updateToxic(name, toxic, body))
             case ["proxies", name, "toxics", toxic] if method == "DELETE":
@@ -130,9 +130,6 @@ class ToxiproxyResource(Resource):
             ):
                 return toxiproxyError(405, f"{method} is not allowed on {request.path.decode('utf-8', 'replace')}")
         return toxiproxyError(404, "404 page not found")
-
-    def _proxy(self, name: str) -> ToxiProxy:
-        return self.proxies.get(name)
 
     def _toxic(self, proxy: ToxiProxy, name: str) -> Toxic:
         toxic = proxy.toxics.get(name)
