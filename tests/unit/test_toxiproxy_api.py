@@ -19,9 +19,9 @@ from netd.daemon.daemon import Daemon
 from netd.daemon.service import NetService
 from netd.daemon.toxiproxy.resource import TOXIPROXY_VERSION
 from netd.registry import discoverPlugins
-from netd.testing.memory import FakeTCPPort, connect
+from netd.testing.memory import FakeTCPPort, connect, resultOf
 
-from .test_admin import ECHO, Reactor, Response, request, started
+from .test_admin import ECHO, Reactor, Response, applicationOf, request, started
 
 TOXIPROXY = "tcp:8474:interface=127.0.0.1"
 REDIS = {"name": "redis", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:6379"}
@@ -351,3 +351,16 @@ def test_configWithOnlyToxiproxyIsValid() -> None:
     assert config.services == ()
     with pytest.raises(ConfigError, match="no enabled service"):
         parseConfig({"daemon": {}}, "test.toml", discoverPlugins())
+
+
+def test_stopClosesTheListenerAfterTheServices() -> None:
+    """
+    Stopping netd stops its proxies' services and then closes the toxiproxy API's listener.
+    """
+    daemon, reactor = toxiproxy(shutdown_timeout=0)
+    call(reactor, "POST", "/proxies", REDIS)
+    [apiPort] = [p for p in reactor.tcpPorts if p.factory is reactor.site()]
+    assert isinstance(apiPort, FakeTCPPort)
+    resultOf(applicationOf(daemon).stopService())
+    assert not apiPort.listening
+    assert not service(daemon, "redis").running
