@@ -9,7 +9,9 @@
 #                      example third-party plugin of tests/thirdparty/, and the Debian
 #                      tools the integration tests drive: socat, dig, dnsmasq, openssl,
 #                      sslscan (the TLS scanner), curl, ss, systemd-socket-activate and
-#                      systemd-analyze.  It leaves .venv as the quick start made it.
+#                      systemd-analyze, redis-server, and node with npm, which installs
+#                      toxiproxy's Node client into .npm-test (tests/integration/
+#                      test_toxiproxy_clients.py).  It leaves .venv as the quick start made it.
 #
 # Missing Debian packages are installed with apt-get (which needs root); without
 # root, the quick start's tools are named with their install line instead.
@@ -22,7 +24,10 @@ EXAMPLE_TOOLS="socat:socat dig:bind9-dnsutils openssl:openssl curl:curl"
 # The same for each tool the integration tests drive.  systemd: systemd-socket-activate
 # and systemd-analyze (installing the package in a container starts nothing; the tests
 # only run these two tools).
-TEST_TOOLS="socat:socat dig:bind9-dnsutils dnsmasq:dnsmasq-base openssl:openssl sslscan:sslscan curl:curl ss:iproute2 systemd-socket-activate:systemd redis-server:redis-server"
+TEST_TOOLS="socat:socat dig:bind9-dnsutils dnsmasq:dnsmasq-base openssl:openssl sslscan:sslscan curl:curl ss:iproute2 systemd-socket-activate:systemd redis-server:redis-server node:nodejs npm:npm"
+
+# The version of toxiproxy's Node client the toxiproxy API is tested with.
+NODE_TOXIPROXY_CLIENT=4.1.0
 
 aptInstall() {
     echo "setup.sh: installing $* with apt-get" >&2
@@ -58,6 +63,9 @@ if [ "${1:-}" = "--test" ]; then
     # dependency on netd-daemon from '.[test]' given beside it.
     ./.venv-test/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
     ./.venv-test/bin/python -m pip install -q --disable-pip-version-check ./tests/thirdparty
+    # toxiproxy's Node client, unchanged from the npm registry, outside the tracked files.
+    [ -d .npm-test/node_modules/toxiproxy-node-client ] \
+        || npm install --silent --no-audit --no-fund --prefix .npm-test "toxiproxy-node-client@$NODE_TOXIPROXY_CLIENT" >/dev/null
 else
     missing=$(missingPackages "$EXAMPLE_TOOLS")
     if [ -n "$missing" ]; then

@@ -229,7 +229,14 @@ def configSchema(plugins: Iterable[Any]) -> dict[str, Any]:
                 "items": service,
             },
         },
-        "required": ["services"],
+        # Services, or the toxiproxy API, whose proxies are services made at runtime.
+        "anyOf": [
+            {"required": ["services"]},
+            {
+                "required": ["daemon"],
+                "properties": {"daemon": {"required": ["toxiproxy"], "properties": {"toxiproxy": {"type": "string"}}}},
+            },
+        ],
         "additionalProperties": False,
         "$defs": builder.defs,
     }

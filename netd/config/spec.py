@@ -166,6 +166,13 @@ class DaemonSpec:
         "Unset or false, there is no control API, so netds whose services use different ports start side by side. "
         "An address reachable from other hosts needs admin_token_file.",
     )
+    toxiproxy: AdminAddress = option(
+        AdminAddress(None),
+        help="Where the toxiproxy-compatible HTTP API listens (docs/toxiproxy.md): a stream listen string such as "
+        "'tcp:8474:interface=127.0.0.1' (toxiproxy's port, where its clients look by default) or "
+        "'tcp:0:interface=127.0.0.1' (reported in the log and the ports file). Unset or false, there is none. "
+        "Like toxiproxy's, it has no authentication: netd warns when other hosts can reach it.",
+    )
     admin_token_file: ConfigPath | Literal[False] | None = option(
         None,
         help="A file holding the token the control API requires as 'Authorization: Bearer TOKEN' "
@@ -612,8 +619,14 @@ def parseConfig(data: dict[str, Any], source: str, registry: PluginSource) -> Ne
                 seen[name] = i
         if spec is not None:
             services.append(spec)
-    if not problems and not any(s.enabled for s in services):
-        problems.append(Problem(("services",), "no enabled service; add a [[services]] table"))
+    toxiproxyOnly = daemon is not None and daemon.toxiproxy.address is not None
+    if not problems and not toxiproxyOnly and not any(s.enabled for s in services):
+        problems.append(
+            Problem(
+                ("services",),
+                "no enabled service; add a [[services]] table (or [daemon] toxiproxy, whose proxies are services)",
+            )
+        )
     if problems or daemon is None:
         raise ConfigError(source, problems)
     return NetdConfig(source=source, daemon=daemon, services=tuple(services))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.application.service import MultiService, Service
@@ -38,6 +38,7 @@ from netd.words import counted
 
 if TYPE_CHECKING:
     from netd.daemon.api.server import ControlAPI
+    from netd.daemon.toxiproxy.server import ToxiproxyAPI
 
 log = Logger(namespace="netd.daemon.application")
 
@@ -51,11 +52,14 @@ class NetdApplication(MultiService):
     @ivar daemon: the daemon's services, once L{build} has made them.
     @ivar api: the control API, a sibling of L{daemon}; L{None} when
         C{[daemon] admin = false}.
+    @ivar toxiproxy: the toxiproxy-compatible API, another sibling; L{None}
+        unless C{[daemon] toxiproxy} is set.
     """
 
     name = "netd"
     daemon: Daemon
     api: ControlAPI | None
+    toxiproxy: ToxiproxyAPI | None
 
     def __init__(
         self,
@@ -256,6 +260,9 @@ class NetdApplication(MultiService):
         if self.api is not None:
             self.api.setServiceParent(self)
             self.daemon.reloadParticipants.append(self.api)
+        self.toxiproxy = _toxiproxyAPI(self.daemon, self.config.daemon, self.reactor)
+        if self.toxiproxy is not None:
+            self.toxiproxy.setServiceParent(self)
 
     async def bind(self, beforeServing: Callable[[], object] | None = None) -> None:
         """
@@ -268,6 +275,8 @@ class NetdApplication(MultiService):
         try:
             if self.api is not None:
                 await self.api.listen()
+            if self.toxiproxy is not None:
+                await self.toxiproxy.listen()
             await self.daemon.listen()
             if beforeServing is not None:
                 beforeServing()
@@ -294,6 +303,8 @@ class NetdApplication(MultiService):
         Close every listener, the control API's last.
         """
         await self.daemon.releaseListeners()
+        if self.toxiproxy is not None:
+            await self.toxiproxy.stopListening()
         if self.api is not None:
             await self.api.stopListening()
 
@@ -308,6 +319,8 @@ class NetdApplication(MultiService):
         document: dict[str, object] = {"pid": os.getpid(), "services": self.daemon.boundAddresses()}
         if self.api is not None:
             document["admin"] = self.api.describe()
+        if self.toxiproxy is not None:
+            document["toxiproxy"] = self.toxiproxy.describe()
         writeAtomically(self.portsFile, json.dumps(document, indent=2) + "\n")
 
     def stopService(self) -> Deferred[None]:
@@ -321,9 +334,9 @@ class NetdApplication(MultiService):
         if not self._built:
             return Deferred.fromCoroutine(_nothing())
         stopped = self.daemon.stopService()
-        api = self.api
-        if api is not None:
-            stopped.addBoth(lambda result: Deferred.fromCoroutine(api.stopListening()).addCallback(lambda _: result))
+        for sibling in (self.toxiproxy, self.api):
+            if sibling is not None:
+                stopped.addBoth(_after(sibling.stopListening))
         return stopped
 
 
@@ -344,6 +357,29 @@ def _controlAPI(daemon: Daemon, spec: DaemonSpec, reactor: Any) -> ControlAPI | 
     from netd.daemon.api.server import ControlAPI
 
     return ControlAPI(daemon, spec, reactor)
+
+
+def _toxiproxyAPI(daemon: Daemon, spec: DaemonSpec, reactor: Any) -> ToxiproxyAPI | None:
+    """
+    The toxiproxy-compatible API of C{spec}, or L{None} when C{toxiproxy} is
+    unset (imported here for the reason L{_controlAPI} gives).
+    """
+    if spec.toxiproxy.address is None:
+        return None
+    from netd.daemon.toxiproxy.server import ToxiproxyAPI
+
+    return ToxiproxyAPI(daemon, spec, reactor)
+
+
+def _after(stop: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[object], Deferred[object]]:
+    """
+    A callback that runs C{stop} and then passes on the result it was given.
+    """
+
+    def then(result: object) -> Deferred[object]:
+        return Deferred.fromCoroutine(stop()).addCallback(lambda _: result)
+
+    return then
 
 
 def startErrorProblem(config: NetdConfig, error: ServiceStartError | PrivilegeError) -> Problem:

@@ -44,6 +44,7 @@ RESTART_KEYS = (
     "admin_token_file",
     "admin_max_connections",
     "admin_group",
+    "toxiproxy",
     "user",
     "group",
 )

@@ -126,6 +126,12 @@ class Pacing(StreamFault):
         """
         raise NotImplementedError()
 
+    def nextPieceSize(self, random: Random) -> int:
+        """
+        The size of the next piece: L{pieceSize}, unless the type varies it.
+        """
+        return self.pieceSize()
+
     def gapAfter(self, size: int) -> float:
         """
         Seconds after a piece of C{size} bytes before the next one.
@@ -205,18 +211,28 @@ class Slice(Pacing):
     midStream = True
     separateSends = True
     summary = (
-        "Write at most size bytes at a time, with delay milliseconds between the pieces: catches clients that "
-        "assume one recv is one message."
+        "Write at most size bytes at a time (plus or minus up to variation), with delay milliseconds between the "
+        "pieces: catches clients that assume one recv is one message."
     )
     direction: Direction = option("to_client", help="Which bytes it acts on: to_client, from_client, or both.")
-    size: int = option(help="Largest piece, in bytes.", checks=(between(1, 2**31),))
+    size: int = option(help="Size of a piece, in bytes.", checks=(between(1, 2**31),))
     delay: float = milliseconds("Milliseconds between two pieces.")
+    variation: int | None = option(
+        None,
+        help="Up to this many bytes more or less per piece, chosen per piece (at least 1 byte); unset: none.",
+        checks=(between(0, 2**31),),
+    )
 
     def strictness(self) -> float:
         return self.size
 
     def pieceSize(self) -> int:
-        return self.size
+        return self.size + (self.variation or 0)
+
+    def nextPieceSize(self, random: Random) -> int:
+        if not self.variation:
+            return self.size
+        return max(1, self.size + random.randint(-self.variation, self.variation))
 
     def gapAfter(self, size: int) -> float:
         return self.delay / 1000
@@ -257,12 +273,53 @@ class StallAfter(ByteThreshold):
 class Blackhole(StreamFault):
     typeName = "blackhole"
     midStream = True
-    summary = "Accept and read, never answer: bytes in the direction are swallowed."
+    summary = (
+        "Accept and read, never answer: bytes in the direction are swallowed; with close_after_ms, the connection "
+        "closes once that long passes without any."
+    )
     direction: Direction = option("to_client", help="Which bytes are swallowed: to_client, from_client, or both.")
+    close_after_ms: float | None = milliseconds(
+        "Close the connection once this many milliseconds pass without bytes to swallow, counted from when the "
+        "fault begins to act and again from each chunk swallowed; unset or 0: never.",
+        default=None,
+    )
 
     def shapePipe(self, pipe: Pipe, effect: Effect) -> None:
         if pipe.swallower is None:
             pipe.swallower = effect
+
+
+@attrs.frozen
+class ResetOnData(StreamFault):
+    typeName = "reset_on_data"
+    midStream = True
+    summary = (
+        "When bytes first come in the direction, swallow them and all that follow, and reset the connection "
+        "ms milliseconds later (TCP RST: the client sees ECONNRESET)."
+    )
+    ms: float = milliseconds("Milliseconds from the first bytes to the reset; 0: at once.")
+
+    def shapePipe(self, pipe: Pipe, effect: Effect) -> None:
+        if pipe.resetter is None:
+            pipe.resetter = effect
+
+
+@attrs.frozen
+class SlowClose(StreamFault):
+    typeName = "slow_close"
+    midStream = True
+    summary = (
+        "Hold the end of the direction for ms milliseconds: to_client, the close by netd's side (the plugin, or "
+        "the upstream behind a proxy) reaches the client late; from_client, the client's EOF reaches the plugin late."
+    )
+    ms: float = milliseconds(
+        "Milliseconds the end waits; bytes held before it are passed on meanwhile, and it waits for them too.",
+        default=attrs.NOTHING,
+    )
+
+    def shapePipe(self, pipe: Pipe, effect: Effect) -> None:
+        if pipe.endDelay is None:
+            pipe.endDelay = effect
 
 
 @attrs.frozen
@@ -317,6 +374,10 @@ class Pipe:
     @ivar delays: the L{Delaying} faults, whose holds add up.
     @ivar pacers: the L{Pacing} fault that acts, per type.
     @ivar swallower: the fault that swallows this direction's bytes, if one does.
+    @ivar resetter: the L{ResetOnData} fault that resets the connection on this direction's first bytes, if one does.
+    @ivar endDelay: the L{SlowClose} fault that holds this direction's end, if one does.
+    @ivar endHeld: the timer of an end being held, while it is.
+    @ivar endReleased: the end was held and has been let go.
     @ivar thresholds: the L{ByteThreshold}s, each counting from when it joined.
     """
 
@@ -337,15 +398,30 @@ class Pipe:
         self.pacers: dict[type[Pacing], tuple[Pacing, Effect]] = {}
         self.separateSends = False
         self.swallower: Effect | None = None
+        self.resetter: Effect | None = None
+        self.endDelay: Effect | None = None
+        self.endHeld: IDelayedCall | None = None
+        self.endReleased = False
         self.thresholds: list[_Threshold] = []
         self._kept: dict[int, _Threshold] = {}
+        self._silence: tuple[Effect, IDelayedCall] | None = None
+        self._reset: tuple[Effect, IDelayedCall] | None = None
 
     @property
     def acting(self) -> bool:
         """
         Whether any fault acts on this direction.
         """
-        return bool(self.delays or self.pacers or self.swallower or self.thresholds or self.stalledBy)
+        return bool(
+            self.delays
+            or self.pacers
+            or self.swallower
+            or self.resetter
+            or self.endDelay
+            or self.endHeld
+            or self.thresholds
+            or self.stalledBy
+        )
 
     def configure(self, effects: Sequence[Effect]) -> None:
         """
@@ -355,12 +431,17 @@ class Pipe:
         """
         self._kept = {id(t.effect): t for t in self.thresholds}
         self.delays, self.pacers, self.swallower, self.thresholds = [], {}, None, []
+        self.resetter = self.endDelay = None
         mine = [e for e in effects if e.fault.spec.direction in (self.direction, "both")]
         for effect in mine:
             spec = effect.fault.spec
             assert isinstance(spec, StreamFault)
             spec.shapePipe(self, effect)
         self._kept = {}
+        if self._reset is not None and self._reset[0] is not self.resetter:
+            self._reset[1].cancel()
+            self._reset = None
+        self._watchSilence()
         self.separateSends = any(pacer.separateSends for pacer, _ in self.pacers.values())
         if self.stalledBy is not None and all(e is not self.stalledBy for e in mine):
             self.stalledBy = None
@@ -388,8 +469,15 @@ class Pipe:
         """
         if self.ended or self.stalledBy is not None or not data:
             return
+        if self.resetter is not None:
+            self._resetSoon(self.resetter)
+            return
         if self.swallower is not None:
             self.owner.report(self.swallower, direction=self.direction)
+            if self._silence is not None:
+                self._silence[1].cancel()
+                self._silence = None
+                self._watchSilence()
             return
         now = self.owner.clock.seconds()
         ready = now
@@ -435,8 +523,8 @@ class Pipe:
                 self._timer = clock.callLater(at - now, self.pump)
                 return
             size = len(data)
-            for pacer, _ in self.pacers.values():
-                size = min(size, pacer.pieceSize())
+            for pacer, effect in self.pacers.values():
+                size = min(size, pacer.nextPieceSize(effect.random))
             for threshold in self.thresholds:
                 size = min(size, threshold.at - self.passed)
             if size < len(data):
@@ -468,6 +556,97 @@ class Pipe:
                 self.owner.thresholdReached(self, threshold)
                 return True
         return False
+
+    def _watchSilence(self) -> None:
+        """
+        Keep the timer of a swallowing fault with C{close_after_ms} (a
+        L{Blackhole}) in step with this direction's faults: started when it
+        begins to act, dropped when it is gone.
+        """
+        effect = self.swallower
+        if self._silence is not None:
+            if self._silence[0] is effect:
+                return
+            self._silence[1].cancel()
+            self._silence = None
+        if effect is None or self.ended:
+            return
+        spec = effect.fault.spec
+        assert isinstance(spec, Blackhole)
+        if spec.close_after_ms:
+            timer = self.owner.clock.callLater(spec.close_after_ms / 1000, self._silent, effect)
+            self._silence = (effect, timer)
+
+    def _silent(self, effect: Effect) -> None:
+        """
+        A swallowing fault's C{close_after_ms} passed without bytes: close the connection.
+        """
+        self._silence = None
+        self.owner.report(effect, direction=self.direction)
+        self.owner.end(effect, reset=False)
+
+    def _resetSoon(self, effect: Effect) -> None:
+        """
+        The first bytes came while a L{ResetOnData} acts: they and all after
+        are swallowed, and the connection is reset once its C{ms} have passed.
+        """
+        if self._reset is not None:
+            return
+        spec = effect.fault.spec
+        assert isinstance(spec, ResetOnData)
+        self.owner.report(effect, direction=self.direction, ms=spec.ms)
+        if not spec.ms:
+            self.owner.end(effect, reset=True)
+            return
+        self._reset = (effect, self.owner.clock.callLater(spec.ms / 1000, self._resetNow, effect))
+
+    def _resetNow(self, effect: Effect) -> None:
+        """
+        A L{ResetOnData}'s C{ms} have passed: reset the connection.
+        """
+        self._reset = None
+        self.owner.end(effect, reset=True)
+
+    def holdsEnd(self) -> bool:
+        """
+        Whether this direction's end must wait: bytes are held, or a
+        L{SlowClose} has yet to hold it.
+        """
+        return bool(self.queue) or (self.endDelay is not None and not self.endReleased)
+
+    def holdEnd(self) -> None:
+        """
+        This direction ends once its bytes are passed on: a L{SlowClose}
+        holds the end for its C{ms} first.
+        """
+        effect = self.endDelay
+        if effect is None or self.endReleased or self.endHeld is not None:
+            return
+        spec = effect.fault.spec
+        assert isinstance(spec, SlowClose)
+        self.owner.report(effect, direction=self.direction, ms=spec.ms)
+        self.endHeld = self.owner.clock.callLater(spec.ms / 1000, self._releaseEnd)
+
+    def _releaseEnd(self) -> None:
+        """
+        The held end may go on, once the bytes before it are passed on.
+        """
+        self.endHeld = None
+        self.endReleased = True
+        if not self.queue and not self.ended:
+            self.owner.drained(self)
+
+    def stopTimers(self) -> None:
+        """
+        The connection is gone: no fault of this direction acts on it later.
+        """
+        for timer in (self._silence, self._reset):
+            if timer is not None:
+                timer[1].cancel()
+        self._silence = self._reset = None
+        if self.endHeld is not None:
+            self.endHeld.cancel()
+            self.endHeld = None
 
     def stall(self, effect: Effect) -> None:
         """
@@ -624,35 +803,50 @@ class ConnectionPipes:
 
     def holdsOutbound(self) -> bool:
         """
-        Whether bytes to the client are still held, so that a close must wait for them.
+        Whether bytes to the client are still held (or a L{SlowClose} holds
+        the close), so that a close must wait for them.
         """
-        return bool(self.outbound.queue)
+        return self.outbound.holdsEnd()
 
     def holdsInbound(self) -> bool:
         """
-        Whether bytes from the client are still held, so that the client's
-        EOF must wait for them.
+        Whether bytes from the client are still held (or a L{SlowClose}
+        holds its EOF), so that the client's EOF must wait for them.
         """
-        return bool(self.inbound.queue)
+        return self.inbound.holdsEnd()
 
     def closeWhenDrained(self) -> None:
         """
         The inner protocol closed the connection: close it once the bytes
-        held for the client are written.
+        held for the client are written (and a slow close has waited).
         """
         self._closing = True
+        self._endWhenDrained(self.outbound)
 
     def eofWhenDrained(self) -> None:
         """
         The client sent EOF: tell the connection once the bytes held from the
-        client are passed on.
+        client are passed on (and a slow close has waited).
         """
         self._eofWaiting = True
+        self._endWhenDrained(self.inbound)
+
+    def _endWhenDrained(self, pipe: Pipe) -> None:
+        """
+        C{pipe}'s end waits: for a L{SlowClose}'s time if one acts, and for
+        the bytes held; it goes on at once if neither holds it any more.
+        """
+        pipe.holdEnd()
+        if not pipe.holdsEnd() and pipe.endHeld is None:
+            self.drained(pipe)
 
     def drained(self, pipe: Pipe) -> None:
         """
-        C{pipe} holds nothing more: a close or an EOF waiting for it goes on.
+        C{pipe} holds nothing more: a close or an EOF waiting for it goes on
+        (once a slow close has waited).
         """
+        if pipe.endHeld is not None:
+            return
         if pipe is self.outbound and self._closing:
             self._closing = False
             self.connection.transport.loseConnection()  # type: ignore[union-attr]
@@ -693,6 +887,7 @@ class ConnectionPipes:
         for pipe in (self.inbound, self.outbound):
             pipe.ended = True
             pipe.cancel()
+            pipe.stopTimers()
 
     # Reporting and changes.
 

@@ -785,6 +785,18 @@ class NetdServer:
         return address
 
     @property
+    def toxiproxyURL(self) -> str:
+        """
+        The base URL of the toxiproxy-compatible API (the ports file's
+        C{"toxiproxy"} entry, from C{[daemon] toxiproxy}), for a toxiproxy client.
+        """
+        address: dict[str, Any] | None = self.report.get("toxiproxy")
+        if address is None or "port" not in address:
+            raise RuntimeError("this netd has no toxiproxy API on TCP (its config sets no [daemon] toxiproxy)")
+        host = str(address["host"])
+        return f"http://[{host}]:{address['port']}" if ":" in host else f"http://{host}:{address['port']}"
+
+    @property
     def admin(self) -> AdminClient:
         """
         A client of this netd's control API, with its token (the file the

@@ -635,6 +635,7 @@ def test_defaultsFilledIn() -> None:
             "shutdown_timeout": 10.0,
             "lameduck": 0.0,
             "admin": False,
+            "toxiproxy": False,
             "admin_hosts": [],
             "admin_max_connections": 64,
         },

@@ -31,6 +31,11 @@ from netd.registry import PluginRegistry, discoverPlugins
 from .test_docs import DOC_PAGES, ROOT, tomlBlocks
 
 API_ORIGIN = "http://127.0.0.1:8053"
+TOXIPROXY_ORIGIN = "http://127.0.0.1:8474"
+"""
+The toxiproxy API's documented address: its curl lines are checked against
+its own routes (tests/unit/test_toxiproxy_docs.py), not the control API's.
+"""
 
 
 def curlLines() -> list[tuple[str, str]]:
@@ -48,7 +53,7 @@ def curlLines() -> list[tuple[str, str]]:
                 while command.rstrip().endswith("\\") and following < len(lines):
                     command = command.rstrip()[:-1] + " " + lines[following].strip()
                     following += 1
-                if "http" in command:
+                if "http" in command and TOXIPROXY_ORIGIN not in command:
                     found.append((f"{page.relative_to(ROOT)}:{number}", command.strip()))
     return found
 

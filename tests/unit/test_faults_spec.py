@@ -33,6 +33,8 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "reset_after": {"bytes": 10},
     "stall_after": {"bytes": 10},
     "blackhole": {},
+    "reset_on_data": {},
+    "slow_close": {"ms": 10},
     "refuse": {},
     "tls_stall": {},
     "tls_abort": {},

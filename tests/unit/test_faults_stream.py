@@ -14,7 +14,9 @@ from typing import Any
 import attrs
 import pytest
 from OpenSSL import SSL
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 
 from netd.events import EventLog
 from netd.faults.active import ServiceFaults
@@ -708,3 +710,153 @@ def test_tlsHandshakeThroughSliceOne(dev: DevelopmentSet) -> None:
     assert client.handshakeDone
     client.send(b"through the straw")
     assert client.takeReceived() == b"through the straw"
+
+
+@pytest.mark.parametrize("direction", ["to_client", "from_client"])
+def test_blackholeClosesAfterSilence(direction: str) -> None:
+    """
+    blackhole with close_after_ms closes the connection once that long passes without bytes to swallow, each chunk restarting the count.
+    """
+    stack = echoStack([{"type": "blackhole", "direction": direction, "close_after_ms": 100}])
+    connection = stack.connect()
+    stack.clock.advance(0.06)
+    connection.receive(b"still there?")
+    stack.clock.advance(0.06)
+    assert not connection.transport.disconnecting
+    assert connection.takeSent() == b""
+    stack.clock.advance(0.05)
+    assert connection.transport.disconnecting and not connection.transport.disconnected
+    assert ended(connection) == "closed by fault blackhole"
+
+
+def test_blackholeWithoutCloseStaysOpen() -> None:
+    """
+    blackhole without close_after_ms never closes the connection itself.
+    """
+    stack = echoStack([{"type": "blackhole"}])
+    connection = stack.connect()
+    stack.clock.advance(3600)
+    assert not connection.transport.disconnecting
+
+
+@pytest.mark.parametrize("direction", ["to_client", "from_client"])
+def test_resetOnDataWaitsForBytes(direction: str) -> None:
+    """
+    reset_on_data leaves an idle connection alone, swallows the first bytes of its direction and what follows, and resets ms later.
+    """
+    stack = echoStack([{"type": "reset_on_data", "direction": direction, "ms": 50}])
+    connection = stack.connect()
+    stack.clock.advance(10)
+    assert not connection.transport.disconnecting
+    connection.receive(b"PING\r\n")
+    connection.receive(b"PING\r\n")
+    assert connection.takeSent() == b""
+    stack.clock.advance(0.045)
+    assert not connection.transport.disconnected
+    stack.clock.advance(0.01)
+    assert connection.transport.disconnected
+    assert ended(connection) == "reset by fault reset_on_data"
+    [fault] = stack.events.events(kind="fault")
+    assert (fault["fault"], fault["direction"], fault["ms"]) == ("reset_on_data", direction, 50)
+
+
+def test_resetOnDataAtOnce() -> None:
+    """
+    reset_on_data with ms 0 resets the connection as its first bytes arrive.
+    """
+    stack = echoStack([{"type": "reset_on_data"}])
+    connection = stack.connect()
+    connection.receive(b"x")
+    assert connection.transport.disconnected
+
+
+def test_resetOnDataRemovedCancelsTheReset() -> None:
+    """
+    A reset_on_data taken away before its time leaves the connection open.
+    """
+    stack = echoStack([{"type": "reset_on_data", "ms": 100}])
+    connection = stack.connect()
+    connection.receive(b"x")
+    stack.faults.delete({})
+    stack.clock.advance(1)
+    assert not connection.transport.disconnecting
+
+
+def test_slowCloseHoldsTheClose() -> None:
+    """
+    slow_close to_client holds a close by netd's side for ms, after the bytes before it are written.
+    """
+    stack = echoStack([{"type": "slow_close", "ms": 200, "direction": "to_client"}])
+    connection = stack.connect()
+    connection.receive(b"bye")
+    connection.protocol.loseConnection()
+    assert connection.takeSent() == b"bye"
+    stack.clock.advance(0.19)
+    assert not connection.transport.disconnecting
+    stack.clock.advance(0.02)
+    assert connection.transport.disconnecting
+    [fault] = stack.events.events(kind="fault")
+    assert (fault["fault"], fault["ms"]) == ("slow_close", 200)
+
+
+def test_slowCloseHoldsTheClientsEOF() -> None:
+    """
+    slow_close from_client passes the client's EOF on to the plugin ms late.
+    """
+    stack = echoStack([{"type": "slow_close", "ms": 100, "direction": "from_client"}])
+    connection = stack.connect()
+    connection.protocol.readConnectionLost()
+    stack.clock.advance(0.09)
+    assert not connection.transport.disconnecting
+    stack.clock.advance(0.02)
+    assert connection.transport.disconnecting
+    assert ended(connection) == "closed by peer"
+
+
+def test_slowCloseWaitsForHeldBytesToo() -> None:
+    """
+    With latency holding the answer longer than slow_close's ms, the close waits for the answer.
+    """
+    stack = echoStack([{"type": "latency", "ms": 300, "direction": "to_client"}, {"type": "slow_close", "ms": 100}])
+    connection = stack.connect()
+    connection.receive(b"late")
+    connection.protocol.loseConnection()
+    stack.clock.advance(0.2)
+    assert not connection.transport.disconnecting
+    stack.clock.advance(0.1)
+    assert connection.takeSent() == b"late"
+    assert connection.transport.disconnecting
+
+
+def test_timedFaultTimersCancelledOnClose() -> None:
+    """
+    A connection that ends while reset_on_data, blackhole's close_after_ms or slow_close wait leaves no timer behind.
+    """
+    stack = echoStack(
+        [
+            {"type": "reset_on_data", "ms": 100, "direction": "from_client"},
+            {"type": "blackhole", "close_after_ms": 100},
+            {"type": "slow_close", "ms": 100},
+        ]
+    )
+    connection = stack.connect()
+    connection.receive(b"x")
+    connection.protocol.loseConnection()
+    assert stack.clock.getDelayedCalls()
+    connection.protocol.connectionLost(Failure(ConnectionDone()))
+    assert stack.clock.getDelayedCalls() == []
+
+
+def test_sliceVariation() -> None:
+    """
+    slice with variation writes pieces of size plus or minus up to variation, not all alike, and every byte in order.
+    """
+    stack = echoStack([{"type": "slice", "size": 4, "variation": 2, "seed": 1}])
+    connection, transport = connectRecording(stack)
+    data = bytes(range(200))
+    connection.receive(data)
+    advance(stack.clock, 0.5)
+    assert b"".join(transport.writes) == data
+    sizes = [len(w) for w in transport.writes[:-1]]
+    assert all(2 <= size <= 6 for size in sizes)
+    assert len(set(sizes)) > 1

@@ -76,11 +76,22 @@ class RequestGuard:
     @ivar access: the token and the host names it checks requests against
         (replaced as a whole when a reload reads the token file again).
     @ivar refused: the requests turned away, by reason (L{REFUSAL_REASONS}).
+    @ivar api: the API it guards, in messages and log lines (the toxiproxy
+        API shares this guard).
+    @ivar otherHosts: the C{Host} names answered besides C{localhost} and
+        the loopback literals, in words.
     """
 
-    def __init__(self, access: Access | None = None) -> None:
+    def __init__(
+        self,
+        access: Access | None = None,
+        api: str = "control API",
+        otherHosts: str = "the names of [daemon] admin_hosts",
+    ) -> None:
         self.access = access if access is not None else Access()
         self.refused = Counters({reason: 0 for reason in REFUSAL_REASONS})
+        self.api = api
+        self.otherHosts = otherHosts
 
     def refusal(self, request: Request, method: bytes | None, path: bytes | None) -> Reply | None:
         """
@@ -102,8 +113,8 @@ class RequestGuard:
                 errorReply(
                     421,
                     "misdirected request",
-                    f"this is netd's control API, which answers to localhost, loopback addresses and the names "
-                    f"of [daemon] admin_hosts; the request's Host is {shown}",
+                    f"this is netd's {self.api}, which answers to localhost, loopback addresses and "
+                    f"{self.otherHosts}; the request's Host is {shown}",
                 ),
             )
         announced = announcedLength(headers)
@@ -149,7 +160,8 @@ class RequestGuard:
         """
         self.refused[reason] += 1
         log.warn(
-            "control API: {method} {path} from {peer} refused ({reason}): {why}",
+            "{api}: {method} {path} from {peer} refused ({reason}): {why}",
+            api=self.api,
             reason=reason,
             why=json.loads(reply.body)["message"],
             **fields,
@@ -169,7 +181,7 @@ class RequestGuard:
         credentials = credentials.strip()
         if header is None or scheme.lower() != b"bearer" or not credentials:
             why = authorizationProblem(header, scheme)
-            log.warn("control API: {method} {path} from {peer} refused: {why}", why=why, **fields)
+            log.warn("{api}: {method} {path} from {peer} refused: {why}", api=self.api, why=why, **fields)
             return errorReply(
                 401,
                 "unauthorized",
@@ -177,7 +189,7 @@ class RequestGuard:
                 {"WWW-Authenticate": 'Bearer realm="netd"'},
             )
         if not hmac.compare_digest(credentials, token):
-            log.warn("control API: {method} {path} from {peer} refused: wrong token", **fields)
+            log.warn("{api}: {method} {path} from {peer} refused: wrong token", api=self.api, **fields)
             return errorReply(
                 401,
                 "unauthorized",

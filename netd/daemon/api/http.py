@@ -117,9 +117,12 @@ class _Busy(Protocol):
     one is being answered: 503, then close.
     """
 
+    def __init__(self, api: str) -> None:
+        self.api = api
+
     def connectionMade(self) -> None:
         assert self.transport is not None
-        reply = errorReply(503, "service unavailable", "too many connections to the control API; try again")
+        reply = errorReply(503, "service unavailable", f"too many connections to the {self.api}; try again")
         self.transport.write(rawResponse(reply))
         self.transport.loseConnection()
 
@@ -181,17 +184,19 @@ class AdminSite(Site):
             if victim is None:
                 self.connectionsRefused += 1
                 log.warn(
-                    "control API: {peer} refused: {connections} open (admin_max_connections), and none is idle",
+                    "{api}: {peer} refused: {connections} open (admin_max_connections), and none is idle",
+                    api=self.guard.api,
                     peer=str(addr),
                     count=len(self.channels),
                     connections=counted(len(self.channels), "connection"),
                 )
-                return _Busy()
+                return _Busy(self.guard.api)
             self.connectionsEvicted += 1
             del self.channels[victim]
             log.warn(
-                "control API: {connections} open (admin_max_connections): closing the oldest idle one, from "
+                "{api}: {connections} open (admin_max_connections): closing the oldest idle one, from "
                 "{victim}, for {peer}",
+                api=self.guard.api,
                 count=self.maxConnections,
                 connections=counted(self.maxConnections, "connection"),
                 victim=str(victim.transport.getPeer()) if victim.transport is not None else "?",
@@ -206,4 +211,9 @@ class AdminSite(Site):
         """
         Log one answered request at debug level.
         """
-        log.debug("control API: {method} {path} from {peer}: {code}", code=request.code, **requestFields(request))
+        log.debug(
+            "{api}: {method} {path} from {peer}: {code}",
+            api=self.guard.api,
+            code=request.code,
+            **requestFields(request),
+        )
