@@ -15,8 +15,10 @@ from zope.interface import implementer
 from netd.bases import Plugin
 from netd.config.options import InvalidValue, between, option
 from netd.interfaces import IStreamHandler, PluginContext
+from netd.tls.options import ClientTLSOptions
 
 from .relay import ClientSide, Upstream
+from .upstreamtls import endpointHost, tlsUpstreamEndpoint
 
 UPSTREAM_SCHEMES = ("tcp", "unix")
 
@@ -78,6 +80,37 @@ class ProxyOptions:
         "connection, naming the client's address and the one it connected to, so that the upstream sees "
         "the real client; false sends none.  A unix-socket client is named as v1's UNKNOWN or v2's LOCAL.",
     )
+    upstream_tls: ClientTLSOptions | None = option(
+        None,
+        help="TLS to the upstream: ca_bundle (the system's CAs when unset), server_name (SNI and the name checked; "
+        "the upstream's host when unset), verify, certificate and private_key (mutual TLS), min_version, "
+        "max_version, alpn.  A failed handshake is an upstream failure (counted upstream_tls_failures); unset, "
+        "plain TCP.",
+    )
+
+    def crossCheck(self) -> list[tuple[str, str]]:
+        """
+        Rules that span several keys: (key, problem) pairs.
+        """
+        problems = []
+        tls = self.upstream_tls
+        if tls is not None:
+            if tls.server_name is None and endpointHost(str(self.upstream)) is None:
+                problems.append(
+                    (
+                        "upstream_tls",
+                        f"needs server_name: {str(self.upstream)!r} names no host to check the certificate for",
+                    )
+                )
+            if self.upstream_proxy_protocol:
+                problems.append(
+                    (
+                        "upstream_proxy_protocol",
+                        "cannot be used with upstream_tls: the header would have to go before the TLS handshake, "
+                        "which netd does not send yet",
+                    )
+                )
+        return problems
 
 
 @implementer(IStreamHandler)
@@ -88,9 +121,13 @@ class ProxyHandler:
     """
 
     def __init__(self, options: ProxyOptions, context: PluginContext) -> None:
+        address = str(options.upstream)
+        tls = options.upstream_tls
         self.upstream = Upstream(
-            endpoint=clientFromString(context.reactor, str(options.upstream)),
-            address=str(options.upstream),
+            endpoint=clientFromString(context.reactor, address)
+            if tls is None
+            else tlsUpstreamEndpoint(address, tls, context),
+            address=address,
             connectTimeout=options.connect_timeout,
             resetOnFailure=options.on_upstream_failure == "reset",
             proxyProtocol=options.upstream_proxy_protocol or None,
