@@ -320,6 +320,8 @@ class ClientSide:
         """
         self._upstreamEOF = True
         if not self._clientGone:
+            # The upstream reads no more; a TLS client's close would wait for it to unregister.
+            self.connection.unregisterProducer()
             self.connection.loseWriteConnection()
         self._closeWhenBothDone()
 
@@ -346,6 +348,7 @@ class ClientSide:
         self._record(ended)
         if self._clientGone:
             return
+        self.connection.unregisterProducer()
         if reset and self._upstreamEnded is None:
             self.connection.resetConnection()
         else:
@@ -367,6 +370,7 @@ class ClientSide:
         transport = self.upstreamTransport
         if transport is None or self._upstreamGone:
             return
+        transport.unregisterProducer()
         if _wasReset(reason):
             self._upstreamEnded = "reset by netd: the client reset"
             resetTransport(transport)

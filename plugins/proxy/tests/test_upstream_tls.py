@@ -17,6 +17,7 @@ import attrs
 import pytest
 from OpenSSL.crypto import X509
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.ssl import TLSVersion as TwistedTLSVersion
@@ -33,10 +34,11 @@ from netd.interfaces import PluginContext
 from netd.metrics import Counters
 from netd.registry import discoverPlugins
 from netd.stream.guard import GuardedConnection
-from netd.testing.memory import makeStreamStack
+from netd.testing.memory import connectTLS, makeStreamStack
+from netd.tls.client import clientCreator
 from netd.tls.devcerts import DevelopmentSet, ensureDevelopmentSet
 from netd.tls.keys import TLSSetupError, loadCertificates, loadKeyPair
-from netd.tls.options import ClientTLSOptions, TLSVersion
+from netd.tls.options import ClientTLSOptions, TLSOptions, TLSVersion
 from netd_plugins.proxy import ProxyOptions, UpstreamEndpoint, plugin
 from netd_plugins.proxy.upstreamtls import endpointHost
 
@@ -426,3 +428,52 @@ def test_clientEOFIsCloseNotifyAfterWhatWasSent(certs: Certs) -> None:
     assert p.upstream.received == b"last words"
     assert p.upstream.reason is not None
     assert p.upstream.reason.type.__name__ == "ConnectionDone"
+
+
+# The client-facing side: the service's own tls table.
+
+
+def terminating(certs: Certs) -> tuple[Any, MemoryReactorClock, Counters]:
+    """
+    A proxy service to a plain upstream behind the core stack with a tls
+    table (the development server certificate), and one in-memory TLS
+    client connected to it, its handshake done.
+    """
+    reactor = MemoryReactorClock()
+    counters = Counters()
+    options = ProxyOptions(upstream=UpstreamEndpoint.fromConfig("tcp:127.0.0.1:6379"))
+    handler = plugin.build(options, contextFor(counters, EventLog(10, reactor), reactor))
+    tls = TLSOptions(certificate=certs.dev.server, private_key=certs.dev.serverKey)  # type: ignore[arg-type]
+    limiter = makeStreamStack(handler, "raw", clock=reactor, counters=counters, tls=tls)
+    connection = connectTLS(limiter, clientCreator("localhost", certs.dev.ca), reactor)
+    assert connection is not None and connection.handshakeDone
+    return connection, reactor, counters
+
+
+def test_upstreamCloseClosesATLSClient(certs: Certs) -> None:
+    """
+    When the upstream closes, a client of the service's tls table is closed too (its TLS close waits for no producer), after the upstream's last bytes.
+    """
+    connection, reactor, counters = terminating(certs)
+    connection.send(b"GET")
+    host, port, factory, _, _ = reactor.tcpClients[-1]
+    upstream = factory.buildProtocol(IPv4Address("TCP", host, port))
+    wire = StringTransport()
+    upstream.makeConnection(wire)
+    connection.flush()
+    assert wire.value() == b"GET"
+    upstream.dataReceived(b"bye")
+    upstream.connectionLost(Failure(ConnectionDone()))
+    connection.flush()
+    assert connection.takeReceived() == b"bye"
+    assert connection.lost is not None
+
+
+def test_clientTCPEOFUnderTLSClosesTheConnection(certs: Certs) -> None:
+    """
+    A TLS client's TCP EOF without close_notify (a client killed) closes its connection, where the TLS layer used to hand the EOF back to the guard below it without end.
+    """
+    connection, reactor, counters = terminating(certs)
+    connection.server.readConnectionLost()
+    connection.flush()
+    assert connection.lost is not None
