@@ -8,7 +8,6 @@ connections netd makes to a server (L{ClientTLSOptions}).
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from typing import Any, ClassVar, Literal
 
@@ -392,16 +391,6 @@ class TLSOptions:
         return problems
 
 
-def readableFile(value: str | None) -> str | None:
-    """
-    A check that a path names a readable file (its content is checked when
-    it is loaded, by L{netd.tls.keys}).
-    """
-    if value is not None and not os.access(value, os.R_OK):
-        return f"{value!r} is not a readable file"
-    return None
-
-
 def _validVerifiedName(value: str | None) -> str | None:
     """
     A check that a name to verify a server by is a DNS name or an IP address.
@@ -424,13 +413,13 @@ class ClientTLSOptions:
     The TLS of connections netd makes to a server (the proxy's
     C{upstream_tls}): whom to trust, which name to check, the client
     certificate, versions and ALPN.  L{netd.tls.client.clientCreatorFor}
-    turns it into the settings of a connection.
+    turns it into the settings of a connection, reading the files (when the
+    service starts, as for the C{tls} table).
     """
 
     ca_bundle: ConfigPath | None = option(
         None,
         help="PEM file of the CAs the server's certificate must chain to; the system's when unset.",
-        checks=(readableFile,),
     )
     server_name: str | None = option(
         None,
@@ -449,10 +438,9 @@ class ClientTLSOptions:
         None,
         help="PEM file of the client certificate (the chain may follow it) for servers that ask for one "
         "(mutual TLS); with private_key.",
-        checks=(readableFile,),
     )
     private_key: ConfigPath | None = option(
-        None, help="PEM file of the client certificate's private key (unencrypted).", checks=(readableFile,)
+        None, help="PEM file of the client certificate's private key (unencrypted)."
     )
     min_version: TLSVersion | None = option(
         None, help='The oldest TLS version offered: "1.0", "1.1", "1.2" or "1.3"; "1.2" when unset.'

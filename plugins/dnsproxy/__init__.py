@@ -6,13 +6,13 @@ over UDP, TCP and DNS over TLS.  The README's design notes map its modules.
 from __future__ import annotations
 
 import ipaddress
+import os
 
 import attrs
 
 from netd.bases import Plugin
 from netd.config.options import ConfigPath, between, option
 from netd.interfaces import PluginContext
-from netd.tls.options import readableFile
 
 from .cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRY_BYTES, AnswerCache
 from .handler import (
@@ -37,6 +37,15 @@ def _networks(value: tuple[str, ...]) -> str | None:
             ipaddress.ip_network(text, strict=False)
         except ValueError:
             return f"[{i}] {text!r} is not an IP network such as '127.0.0.0/8' or '::1/128'"
+    return None
+
+
+def _readableFile(value: str | None) -> str | None:
+    """
+    A check that a path names a readable file.
+    """
+    if value is not None and not os.access(value, os.R_OK):
+        return f"{value!r} is not a readable file"
     return None
 
 
@@ -132,7 +141,7 @@ class DNSProxyOptions:
     ca_bundle: ConfigPath | None = option(
         None,
         help="PEM file of the CAs that DNS-over-TLS upstreams' certificates must chain to; the system's when unset.",
-        checks=(readableFile,),
+        checks=(_readableFile,),
     )
     udp_size: int = option(1232, help="The EDNS UDP payload size netd announces.", checks=(between(512, 4096),))
     # Reaching the upstreams: source ports, 0x20, stream connections.

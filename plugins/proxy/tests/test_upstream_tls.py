@@ -29,6 +29,7 @@ from twisted.test import iosim
 
 from netd.config.options import ConfigError
 from netd.config.spec import parseConfig
+from netd.daemon.service import NetService, ServiceStartError
 from netd.events import EventLog
 from netd.interfaces import PluginContext
 from netd.metrics import Counters
@@ -105,7 +106,6 @@ def test_decodesTheTable(certs: Certs) -> None:
         ('{ min_version = "1.3", max_version = "1.2" }', "services[0].upstream_tls.max_version: 1.2 is older"),
         ('{ alpn = [""] }', "services[0].upstream_tls.alpn: [0] '' is not an ALPN protocol name"),
         ('{ server_name = "not a name" }', "services[0].upstream_tls.server_name: 'not a name' is not a DNS name"),
-        ('{ ca_bundle = "/nonexistent/ca.pem" }', "services[0].upstream_tls.ca_bundle: '/nonexistent/ca.pem' is not"),
         ('{ certificate = "CERT" }', "services[0].upstream_tls.private_key: missing"),
         ('{ private_key = "CERT" }', "services[0].upstream_tls.certificate: missing"),
         ('{ verify = false, ca_bundle = "CERT" }', "services[0].upstream_tls.ca_bundle: verify = false checks"),
@@ -164,15 +164,22 @@ def contextFor(counters: Counters, events: EventLog, reactor: MemoryReactorClock
     "keys, key",
     [
         ({"ca_bundle": "client"}, ("upstream_tls", "ca_bundle")),
+        ({"ca_bundle": "missing"}, ("upstream_tls", "ca_bundle")),
+        ({"certificate": "missing", "private_key": "clientKey"}, ("upstream_tls", "certificate")),
         ({"certificate": "client", "private_key": "ca"}, ("upstream_tls", "private_key")),
         ({"certificate": "clientKey", "private_key": "clientKey"}, ("upstream_tls", "certificate")),
     ],
 )
 def test_unusableFilesNameTheirKey(tmp_path: Path, certs: Certs, keys: dict[str, str], key: tuple[str, ...]) -> None:
     """
-    A file of upstream_tls that is readable but unusable (no certificate, a key of another certificate) fails the build, naming its key path.
+    A file of upstream_tls that is missing or unusable (no certificate, a key of another certificate) fails the build, naming its key path.
     """
-    files = {"client": certs.dev.client, "clientKey": certs.dev.clientKey, "ca": certs.dev.caKey}
+    files = {
+        "client": certs.dev.client,
+        "clientKey": certs.dev.clientKey,
+        "ca": certs.dev.caKey,
+        "missing": str(tmp_path / "missing.pem"),
+    }
     if keys.get("ca_bundle") == "client":
         (tmp_path / "empty.pem").write_text("nothing here\n")
         files["client"] = str(tmp_path / "empty.pem")
@@ -477,3 +484,15 @@ def test_clientTCPEOFUnderTLSClosesTheConnection(certs: Certs) -> None:
     connection.server.readConnectionLost()
     connection.flush()
     assert connection.lost is not None
+
+
+def test_serviceStartNamesTheKeyOfAnUnusableFile(tmp_path: Path) -> None:
+    """
+    A proxy service whose upstream_tls file cannot be read does not start, and the error names the file's key path, not just the plugin.
+    """
+    missing = tmp_path / "missing.pem"
+    config = proxyConfig(f'upstream = "tcp:localhost:1"\nupstream_tls = {{ ca_bundle = "{missing}" }}')
+    with pytest.raises(ServiceStartError) as info:
+        NetService(config.services[0], MemoryReactorClock(), 1.0)
+    assert info.value.key == ("upstream_tls", "ca_bundle")
+    assert f"upstream_tls.ca_bundle {str(missing)!r}" in info.value.reason
