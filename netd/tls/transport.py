@@ -107,7 +107,8 @@ class TLSTransport(TLSMemoryBIOProtocol):
         and would otherwise pass the call back down to it, which calls here
         again.
         """
-        self.transport.loseConnection()
+        transport: Any = self.transport
+        transport.loseConnection()
 
     def sessionReused(self) -> bool:
         """
