@@ -9,6 +9,7 @@ Every certificate is made by L{netd.tls.devcerts} in a temporary folder.
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import attrs
 import pytest
 from OpenSSL.crypto import X509
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.ssl import TLSVersion as TwistedTLSVersion
@@ -235,9 +236,10 @@ class Through:
     pump: Any = None
     upstreamTLS: Any = None
 
-    def connectUpstream(self, server: CertificateOptions) -> None:
+    def connectUpstream(self, server: CertificateOptions, socketType: Any = iosim.FakeTransport) -> None:
         """
-        The upstream accepts the TCP connection with C{server}'s TLS settings; the handshake runs.
+        The upstream accepts the TCP connection with C{server}'s TLS settings
+        (netd's side of it on a C{socketType}); the handshake runs.
         """
         host, port, factory, _, _ = self.reactor.tcpClients[-1]
         address = IPv4Address("TCP", host, port)
@@ -252,7 +254,7 @@ class Through:
             serverProtocol,
             iosim.FakeTransport(serverProtocol, isServer=True, peerAddress=CLIENT, hostAddress=address),
             client,
-            iosim.FakeTransport(client, isServer=False, peerAddress=address),
+            socketType(client, isServer=False, peerAddress=address),
             greet=False,
             clock=self.reactor,
         )
@@ -496,3 +498,55 @@ def test_serviceStartNamesTheKeyOfAnUnusableFile(tmp_path: Path) -> None:
         NetService(config.services[0], MemoryReactorClock(), 1.0)
     assert info.value.key == ("upstream_tls", "ca_bundle")
     assert f"upstream_tls.ca_bundle {str(missing)!r}" in info.value.reason
+
+
+@pytest.mark.parametrize(
+    "upstream, connects",
+    [("tcp:127.0.0.1:5432", True), ("tcp:127.0.0.2:5432", False)],
+)
+def test_anIPAddressUpstreamIsCheckedAgainstIPSANs(certs: Certs, upstream: str, connects: bool) -> None:
+    """
+    Without server_name, an upstream given by IP address is checked against the certificate's IP SANs (the development certificate has 127.0.0.1, not 127.0.0.2).
+    """
+    p = through(ClientTLSOptions(ca_bundle=certs.dev.ca), upstream=upstream)  # type: ignore[arg-type]
+    p.guard.dataReceived(b"x")
+    p.connectUpstream(serverOptions(certs.dev))
+    assert p.counters["upstream_connects"] == (1 if connects else 0)
+    if not connects:
+        [event] = p.events.events(kind="upstream")
+        assert "not valid for 127.0.0.2" in event["ended"]
+
+
+class SocketFakeTransport(iosim.FakeTransport):
+    """
+    iosim's transport over a socket's stand-in that records its options, and recording an abort.
+    """
+
+    aborted = False
+
+    def __init__(self, protocol: Any, isServer: bool, peerAddress: Any) -> None:
+        super().__init__(protocol, isServer, peerAddress=peerAddress)
+        self.options: list[tuple[int, int]] = []
+
+    def getHandle(self) -> Any:
+        return self
+
+    def setsockopt(self, level: int, name: int, value: bytes) -> None:
+        self.options.append((level, name))
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+
+def test_clientResetIsATCPResetUnderTLS(certs: Certs) -> None:
+    """
+    A client's reset becomes a TCP reset of the upstream's socket under TLS (SO_LINGER 0, then an abort), as for a plain upstream.
+    """
+    p = through(ClientTLSOptions(ca_bundle=certs.dev.ca))  # type: ignore[arg-type]
+    p.connectUpstream(serverOptions(certs.dev), SocketFakeTransport)
+    socketSide = p.pump.clientIO
+    assert isinstance(socketSide, SocketFakeTransport) and not socketSide.aborted
+    p.guard.connectionLost(Failure(ConnectionLost()))
+    assert socketSide.aborted
+    assert socketSide.options == [(socket.SOL_SOCKET, socket.SO_LINGER)]
