@@ -550,3 +550,16 @@ def test_clientResetIsATCPResetUnderTLS(certs: Certs) -> None:
     p.guard.connectionLost(Failure(ConnectionLost()))
     assert socketSide.aborted
     assert socketSide.options == [(socket.SOL_SOCKET, socket.SO_LINGER)]
+
+
+@pytest.mark.parametrize("minVersion, connects", [(None, True), ("1.3", False)])
+def test_minVersionRefusesAnOlderUpstream(certs: Certs, minVersion: str | None, connects: bool) -> None:
+    """
+    An upstream that speaks at most TLS 1.2 is accepted by default and refused with min_version = "1.3", as an upstream TLS failure.
+    """
+    version = None if minVersion is None else TLSVersion(minVersion)
+    p = through(ClientTLSOptions(ca_bundle=certs.dev.ca, min_version=version))  # type: ignore[arg-type]
+    p.guard.dataReceived(b"x")
+    p.connectUpstream(serverOptions(certs.dev, maxVersion=TwistedTLSVersion.TLSv1_2))
+    assert p.counters["upstream_connects"] == (1 if connects else 0)
+    assert p.counters["upstream_tls_failures"] == (0 if connects else 1)
