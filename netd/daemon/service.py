@@ -141,6 +141,9 @@ class NetService(Service):
         )
         try:
             self.handler = spec.plugin.build(spec.options, context)
+        except TLSSetupError as e:
+            # A file of the plugin's own TLS options (the proxy's upstream_tls), named by its key path.
+            raise ServiceStartError(f"service {spec.name!r}: {e}", service=spec.name, key=e.key, reason=str(e)) from e
         except Exception as e:
             raise ServiceStartError(
                 f"service {spec.name!r}: plugin {spec.plugin.name!r} failed to build: {type(e).__name__}: {e}",

@@ -1,11 +1,13 @@
 """
 The option schema of a service's C{tls} table (L{TLSOptions}): Mozilla's
 profiles, versions, ciphers, ALPN, client certificates, SNI and session
-settings, and the checks that span several keys.
+settings, and the checks that span several keys; and of the TLS of
+connections netd makes to a server (L{ClientTLSOptions}).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, ClassVar, Literal
 
@@ -386,4 +388,83 @@ class TLSOptions:
                 problems.append(
                     ("sni", f'{name!r}: "auto" is only for the default certificate; give a certificate file')
                 )
+        return problems
+
+
+def _validVerifiedName(value: str | None) -> str | None:
+    """
+    A check that a name to verify a server by is a DNS name or an IP address.
+    """
+    if value is None:
+        return None
+    try:
+        ipaddress.ip_address(value)
+        return None
+    except ValueError:
+        pass
+    if not _SERVER_NAME.fullmatch(value.lower().rstrip(".")) or value.startswith("*."):
+        return f"{value!r} is not a DNS name or an IP address"
+    return None
+
+
+@attrs.frozen
+class ClientTLSOptions:
+    """
+    The TLS of connections netd makes to a server (the proxy's
+    C{upstream_tls}): whom to trust, which name to check, the client
+    certificate, versions and ALPN.  L{netd.tls.client.clientCreatorFor}
+    turns it into the settings of a connection, reading the files (when the
+    service starts, as for the C{tls} table).
+    """
+
+    ca_bundle: ConfigPath | None = option(
+        None,
+        help="PEM file of the CAs the server's certificate must chain to; the system's when unset.",
+    )
+    server_name: str | None = option(
+        None,
+        help="The name sent as SNI (a DNS name) and that the server's certificate must be valid for "
+        "(a DNS name, or an IP address checked against the certificate's IP SANs); unset, the host of "
+        "the server's address.",
+        checks=(_validVerifiedName,),
+    )
+    verify: bool = option(
+        True,
+        help="Check the server's certificate (chain and name).  false accepts ANY server, an attacker's "
+        "included: for tests against a server with a throwaway certificate only; logged once as a warning "
+        "and counted.",
+    )
+    certificate: ConfigPath | None = option(
+        None,
+        help="PEM file of the client certificate (the chain may follow it) for servers that ask for one "
+        "(mutual TLS); with private_key.",
+    )
+    private_key: ConfigPath | None = option(
+        None, help="PEM file of the client certificate's private key (unencrypted)."
+    )
+    min_version: TLSVersion | None = option(
+        None, help='The oldest TLS version offered: "1.0", "1.1", "1.2" or "1.3"; "1.2" when unset.'
+    )
+    max_version: TLSVersion | None = option(
+        None, help="The newest TLS version offered; the newest there is when unset."
+    )
+    alpn: tuple[str, ...] = option(
+        (), help="ALPN protocols offered, preferred first; none when empty.", checks=(_validProtocols,)
+    )
+
+    def crossCheck(self) -> list[tuple[str, str]]:
+        """
+        Rules that span several keys: (key, problem) pairs.
+        """
+        problems = []
+        if self.certificate is not None and self.private_key is None:
+            problems.append(("private_key", "missing; a client certificate needs its private key"))
+        if self.private_key is not None and self.certificate is None:
+            problems.append(("certificate", "missing; private_key is the key of a client certificate"))
+        if not self.verify and self.ca_bundle is not None:
+            problems.append(("ca_bundle", "verify = false checks no certificate against it; remove one of the two"))
+        if self.min_version is not None and self.max_version is not None and self.max_version < self.min_version:
+            problems.append(
+                ("max_version", f"{self.max_version.name} is older than min_version ({self.min_version.name})")
+            )
         return problems

@@ -98,6 +98,18 @@ class TLSTransport(TLSMemoryBIOProtocol):
         if self._held:
             self._sendHeld()
 
+    def readConnectionLost(self) -> None:
+        """
+        The peer's TCP EOF: TLS has no half-close of its own, so the
+        connection ends after what was written, as under a transport that is
+        not half-closeable.  Declared here because Twisted's wrapper takes on
+        the interfaces of the transport below, half-closeability included,
+        and would otherwise pass the call back down to it, which calls here
+        again.
+        """
+        transport: Any = self.transport
+        transport.loseConnection()
+
     def sessionReused(self) -> bool:
         """
         Whether the finished handshake resumed a session: it did when the

@@ -21,9 +21,11 @@ from netd.config.options import InvalidValue, between, option
 from netd.faults.base import ServiceShape
 from netd.interfaces import IDatagramHandler, IDatagramSender, IStreamHandler, PluginContext
 from netd.stream.framing import FRAMINGS
+from netd.tls.options import ClientTLSOptions
 
 from .datagram import DatagramUpstream, SessionTable
 from .relay import ClientSide, FramedClientSide, Upstream
+from .upstreamtls import endpointHost, tlsUpstreamEndpoint
 
 UPSTREAM_SCHEMES = ("tcp", "unix")
 
@@ -105,6 +107,14 @@ class ProxyOptions:
         checks=(between(1, 65536),),
     )
 
+    upstream_tls: ClientTLSOptions | None = option(
+        None,
+        help="TLS to the upstream: ca_bundle (the system's CAs when unset), server_name (SNI and the name checked; "
+        "the upstream's host when unset), verify, certificate and private_key (mutual TLS), min_version, "
+        "max_version, alpn.  A failed handshake is an upstream failure (counted upstream_tls_failures); unset, "
+        "plain TCP.",
+    )
+
     def checkShape(self, shape: ServiceShape) -> list[tuple[str, str]]:
         """
         Each kind of listener needs its upstream.
@@ -116,6 +126,30 @@ class ProxyOptions:
             problems.append(
                 ("udp_upstream", "missing; the service has a udp: listener, whose datagrams go to udp_upstream")
             )
+        return problems
+
+    def crossCheck(self) -> list[tuple[str, str]]:
+        """
+        Rules that span several keys: (key, problem) pairs.
+        """
+        problems = []
+        tls = self.upstream_tls
+        if tls is not None and self.upstream is not None:
+            if tls.server_name is None and endpointHost(str(self.upstream)) is None:
+                problems.append(
+                    (
+                        "upstream_tls",
+                        f"needs server_name: {str(self.upstream)!r} names no host to check the certificate for",
+                    )
+                )
+            if self.upstream_proxy_protocol:
+                problems.append(
+                    (
+                        "upstream_proxy_protocol",
+                        "cannot be used with upstream_tls: the header would have to go before the TLS handshake, "
+                        "which netd does not send yet",
+                    )
+                )
         return problems
 
 
@@ -144,9 +178,13 @@ class ProxyHandler(Service):
         self.side = FramedClientSide if framed else ClientSide
         if options.upstream is None:
             return  # a service of udp: listeners only
+        address = str(options.upstream)
+        tls = options.upstream_tls
         self.upstream = Upstream(
-            endpoint=clientFromString(context.reactor, str(options.upstream)),
-            address=str(options.upstream),
+            endpoint=clientFromString(context.reactor, address)
+            if tls is None
+            else tlsUpstreamEndpoint(address, tls, context),
+            address=address,
             connectTimeout=options.connect_timeout,
             resetOnFailure=options.on_upstream_failure == "reset",
             proxyProtocol=options.upstream_proxy_protocol or None,

@@ -337,6 +337,8 @@ class ClientSide:
         """
         self._upstreamEOF = True
         if not self._clientGone:
+            # The upstream reads no more; a TLS client's close would wait for it to unregister.
+            self.connection.unregisterProducer()
             self.connection.loseWriteConnection()
         self._closeWhenBothDone()
 
@@ -364,6 +366,7 @@ class ClientSide:
             self._upstreamEnded = "reset by upstream" if reset else "closed by upstream"
         if self._clientGone:
             return
+        self.connection.unregisterProducer()
         if reset and not decided:
             self.connection.resetConnection()
         else:
@@ -386,6 +389,7 @@ class ClientSide:
         transport = self.upstreamTransport
         if transport is None or self._upstreamGone:
             return
+        transport.unregisterProducer()
         if _wasReset(reason):
             self._upstreamEnded = "reset by netd: the client reset"
             resetTransport(transport)
