@@ -606,8 +606,14 @@ def parseConfig(data: dict[str, Any], source: str, registry: PluginSource) -> Ne
                 seen[name] = i
         if spec is not None:
             services.append(spec)
-    if not problems and not any(s.enabled for s in services):
-        problems.append(Problem(("services",), "no enabled service; add a [[services]] table"))
+    if not problems and not any(s.enabled for s in services) and (daemon is None or daemon.admin.address is None):
+        # With a control API, services can come at runtime (POST /services).
+        problems.append(
+            Problem(
+                ("services",),
+                "no enabled service; add a [[services]] table, or set [daemon] admin to add them at runtime",
+            )
+        )
     if problems or daemon is None:
         raise ConfigError(source, problems)
     return NetdConfig(source=source, daemon=daemon, services=tuple(services))
