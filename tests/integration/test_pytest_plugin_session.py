@@ -229,3 +229,41 @@ def test_innerSuiteSharesOneNetd(pytester: pytest.Pytester, monkeypatch: pytest.
     section = output.split(f"netd session log (pid {pid}, during this test)", 1)[1]
     assert f"service {fails['names'][0]} (echo) added" in section
     assert f"service {changes['names'][0]}" not in section
+
+
+DOCS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "in-front.md"
+
+WITHOUT_FAULTS = """
+import pytest
+
+from netd.testing.pytest_plugin import NetdService
+
+
+@pytest.fixture(autouse=True)
+def withoutFaults(monkeypatch):
+    monkeypatch.setattr(NetdService, "setFaults", lambda service, faults: {})
+"""
+
+
+def docsExample() -> str:
+    """
+    The Python block of docs/in-front.md's "A worked pytest example".
+    """
+    section = DOCS_PAGE.read_text(encoding="utf-8").split("## A worked pytest example", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_docsExampleAgainstRedis(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, redisPort: int) -> None:
+    """
+    The worked example of docs/in-front.md passes against a real redis-server through the session netd, and three of its four tests fail when its faults are not set, so what they check comes from the faults.
+    """
+    monkeypatch.setenv("REDIS_ADDRESS", f"127.0.0.1:{redisPort}")
+    pytester.makepyfile(test_example=docsExample())
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=INNER_TIMEOUT)
+    result.assert_outcomes(passed=4)
+    pytester.makeconftest(WITHOUT_FAULTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=INNER_TIMEOUT)
+    result.assert_outcomes(passed=1, failed=3)
+    output = result.stdout.str()
+    for test in ("test_timesOutWhenRedisIsSlow", "test_retriesAfterAReset", "test_readsASlicedReply"):
+        assert f"FAILED test_example.py::{test}" in output
