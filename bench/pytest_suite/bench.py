@@ -53,8 +53,11 @@ def roundTrip(address, line):
         return answer[:-1]
 """
 
+PER_TEST = "per-test netd_server"
+SESSION = "session netd + netd_service"
+
 SUITES = {
-    "per-test netd_server": COMMON
+    PER_TEST: COMMON
     + """
 ECHO = {"services": [{"name": "echo", "plugin": "echo", "listen": ["tcp:0:interface=127.0.0.1"], "framing": "line"}]}
 
@@ -64,7 +67,7 @@ def test_echo(netd_server, i):
     server = netd_server(ECHO)
     assert roundTrip(server.address("echo"), b"line %d" % i) == b"line %d" % i
 """,
-    "session netd + netd_service": COMMON
+    SESSION: COMMON
     + """
 
 @pytest.mark.parametrize("i", range({tests}))
@@ -95,9 +98,9 @@ def runSuite(way: str, tests: int, folder: Path) -> float:
     return elapsed
 
 
-def run(options: argparse.Namespace) -> dict[str, object]:
+def run(options: argparse.Namespace) -> tuple[dict[str, str], dict[str, list[float]]]:
     """
-    The rounds, each way in turn: every wall time and the medians.
+    The rounds, each way in turn: the machine, and every wall time by way.
     """
     info = machine(pytest=toolVersion([sys.executable, "-m", "pytest", "--version"]), netd=netdVersion())
     times: dict[str, list[float]] = {way: [] for way in SUITES}
@@ -108,22 +111,15 @@ def run(options: argparse.Namespace) -> dict[str, object]:
                 elapsed = runSuite(way, options.tests, Path(scratch) / f"{number}-{way.split()[0]}")
                 say(f"  {elapsed:.1f} s")
                 times[way].append(elapsed)
-    return {
-        "machine": info,
-        "tests": options.tests,
-        "times": times,
-        "medians": {w: statistics.median(t) for w, t in times.items()},
-    }
+    return info, times
 
 
-def report(result: dict[str, object], options: argparse.Namespace) -> str:
+def report(info: dict[str, str], medians: dict[str, float], options: argparse.Namespace) -> str:
     """
     The results as Markdown: the machine, the settings, the table with the ratio.
     """
-    info: dict[str, str] = result["machine"]  # type: ignore[assignment]
-    medians: dict[str, float] = result["medians"]  # type: ignore[assignment]
     tests = options.tests
-    session = medians["session netd + netd_service"]
+    session = medians[SESSION]
     lines = [
         f"### pytest suite: a netd per test or one per session, {info['date']}",
         "",
@@ -156,8 +152,10 @@ def main() -> None:
     options = parser.parse_args()
     if not 1 <= options.tests <= 1000 or not 1 <= options.rounds <= 10:
         parser.error("--tests is 1-1000, --rounds 1-10")
-    result = run(options)
-    publish(report(result, options), result, options.json, options.record)
+    info, times = run(options)
+    medians = {way: statistics.median(seconds) for way, seconds in times.items()}
+    result = {"machine": info, "tests": options.tests, "times": times, "medians": medians}
+    publish(report(info, medians, options), result, options.json, options.record)
 
 
 if __name__ == "__main__":
