@@ -4,8 +4,8 @@
 # suite with a netd per test or per session (bench/pytest_suite); each prints
 # its Markdown tables on standard output and its progress on standard error.
 #
-#   bench/run.sh             about seven minutes (under ten)
-#   bench/run.sh --quick     about a minute and a half (under two)
+#   bench/run.sh             about nine minutes (more on a busy machine)
+#   bench/run.sh --quick     about two minutes
 #   bench/run.sh --record    also adds each part's results to bench/RESULTS.md
 #
 # Each part installs what it needs when it is missing (apt-get, root); see its

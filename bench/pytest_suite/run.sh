@@ -5,7 +5,8 @@
 # their ratio.  Installs the work tree's netd into .venv with ./setup.sh and
 # pytest into it when missing, then runs bench/pytest_suite/bench.py with the
 # arguments given (--tests N, --rounds N, --record adds the results to
-# bench/RESULTS.md).  About two minutes with the defaults (200 tests);
+# bench/RESULTS.md).  About two minutes with the defaults (200 tests) on a
+# quiet machine, most of it the 200 netd starts of the per-test way;
 # everything listens on 127.0.0.1 and every netd is stopped by its PID.
 set -eu
 cd "$(dirname "$0")/../.."
