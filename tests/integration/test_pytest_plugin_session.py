@@ -267,3 +267,18 @@ def test_docsExampleAgainstRedis(pytester: pytest.Pytester, monkeypatch: pytest.
     output = result.stdout.str()
     for test in ("test_timesOutWhenRedisIsSlow", "test_retriesAfterAReset", "test_readsASlicedReply"):
         assert f"FAILED test_example.py::{test}" in output
+
+
+def test_noSessionNetdWithoutItsFixture(pytester: pytest.Pytester) -> None:
+    """
+    A suite whose tests use neither netd_session nor netd_service starts no session netd.
+    """
+    pytester.makepyfile(test_plain="def test_plain():\n    assert True\n")
+    basetemp = pytester.path / "basetemp"
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--basetemp={basetemp}", timeout=INNER_TIMEOUT)
+    result.assert_outcomes(passed=1)
+    assert list(basetemp.glob("netd-session[0-9]*/netd.log")) == []
+    pytester.makepyfile(test_session="def test_session(netd_session):\n    assert netd_session.running\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--basetemp={basetemp}", timeout=INNER_TIMEOUT)
+    result.assert_outcomes(passed=2)
+    assert [path.name for path in basetemp.glob("netd-session[0-9]*/netd.log")] == ["netd.log"]
