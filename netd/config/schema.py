@@ -229,7 +229,14 @@ def configSchema(plugins: Iterable[Any]) -> dict[str, Any]:
                 "items": service,
             },
         },
-        "required": ["services"],
+        # Services, or a control API, through which services are made at runtime.
+        "anyOf": [
+            {"required": ["services"]},
+            {
+                "required": ["daemon"],
+                "properties": {"daemon": {"required": ["admin"], "properties": {"admin": {"type": "string"}}}},
+            },
+        ],
         "additionalProperties": False,
         "$defs": builder.defs,
     }
