@@ -701,28 +701,25 @@ class NetdServer:
         How many bytes netd has printed so far: where L{logSince} starts to
         read what netd prints from now on (during one test, say).
         """
-        if self._finalLog is not None:
-            return len(self._finalLog.encode("utf-8"))
-        try:
-            return self.logFile.stat().st_size
-        except FileNotFoundError:
-            return 0
+        return len(self._logBytes())
 
     def logSince(self, offset: int) -> str:
         """
         What netd has printed after L{logOffset} answered C{offset} (the last
         L{LOG_TAIL} characters of it).
         """
+        return _tail(self._logBytes()[offset:].decode("utf-8", errors="replace"))
+
+    def _logBytes(self) -> bytes:
+        """
+        What netd has printed so far, as bytes.
+        """
         if self._finalLog is not None:
-            raw = self._finalLog.encode("utf-8")[offset:]
-        else:
-            try:
-                with self.logFile.open("rb") as log:
-                    log.seek(offset)
-                    raw = log.read()
-            except FileNotFoundError:
-                raw = b""
-        return _tail(raw.decode("utf-8", errors="replace"))
+            return self._finalLog.encode("utf-8")
+        try:
+            return self.logFile.read_bytes()
+        except FileNotFoundError:
+            return b""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float | None = None) -> int | None:
         """
