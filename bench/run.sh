@@ -1,10 +1,11 @@
 #!/bin/sh
 # The whole benchmark suite (bench/README.md), one part after the other:
-# echo (bench/echo), DNS proxy (bench/dns), TLS echo (bench/tls); each prints
+# echo (bench/echo), DNS proxy (bench/dns), TLS echo (bench/tls), a pytest
+# suite with a netd per test or per session (bench/pytest_suite); each prints
 # its Markdown tables on standard output and its progress on standard error.
 #
-#   bench/run.sh             about seven minutes (under ten)
-#   bench/run.sh --quick     about a minute and a half (under two)
+#   bench/run.sh             about nine minutes (more on a busy machine)
+#   bench/run.sh --quick     about two minutes
 #   bench/run.sh --record    also adds each part's results to bench/RESULTS.md
 #
 # Each part installs what it needs when it is missing (apt-get, root); see its
@@ -30,10 +31,12 @@ if [ -n "$quick" ]; then
     echo_settings="--quick"
     dns_settings="--duration 2 --latency-duration 1 --rounds 1 --miss-names 200000"
     tls_settings="--duration 1 --rounds 1 --versions 1.3"
+    pytest_settings="--tests 50"
 else
     echo_settings=""
     dns_settings="--duration 5 --latency-duration 3 --rounds 2 --miss-names 500000"
     tls_settings="--duration 3 --rounds 2"
+    pytest_settings="--tests 200"
 fi
 
 started=$(date +%s)
@@ -42,6 +45,7 @@ failed=""
 bench/echo/run.sh $echo_settings $record || failed="$failed echo"
 bench/dns/run.sh $dns_settings $record || failed="$failed dns"
 bench/tls/run.sh $tls_settings $record || failed="$failed tls"
+bench/pytest_suite/run.sh $pytest_settings $record || failed="$failed pytest_suite"
 echo "bench/run.sh: the suite took $(($(date +%s) - started)) s" >&2
 if [ -n "$failed" ]; then
     echo "bench/run.sh: failed:$failed" >&2

@@ -229,9 +229,13 @@ def configSchema(plugins: Iterable[Any]) -> dict[str, Any]:
                 "items": service,
             },
         },
-        # Services, or the toxiproxy API, whose proxies are services made at runtime.
+        # Services, or an API through which services are made at runtime.
         "anyOf": [
             {"required": ["services"]},
+            {
+                "required": ["daemon"],
+                "properties": {"daemon": {"required": ["admin"], "properties": {"admin": {"type": "string"}}}},
+            },
             {
                 "required": ["daemon"],
                 "properties": {"daemon": {"required": ["toxiproxy"], "properties": {"toxiproxy": {"type": "string"}}}},

@@ -619,12 +619,14 @@ def parseConfig(data: dict[str, Any], source: str, registry: PluginSource) -> Ne
                 seen[name] = i
         if spec is not None:
             services.append(spec)
-    toxiproxyOnly = daemon is not None and daemon.toxiproxy.address is not None
-    if not problems and not toxiproxyOnly and not any(s.enabled for s in services):
+    # With a control API or the toxiproxy API, services can come at runtime.
+    runtimeOnly = daemon is not None and (daemon.admin.address is not None or daemon.toxiproxy.address is not None)
+    if not problems and not runtimeOnly and not any(s.enabled for s in services):
         problems.append(
             Problem(
                 ("services",),
-                "no enabled service; add a [[services]] table (or [daemon] toxiproxy, whose proxies are services)",
+                "no enabled service; add a [[services]] table, or set [daemon] admin (POST /services) or "
+                "[daemon] toxiproxy (its proxies) to add them at runtime",
             )
         )
     if problems or daemon is None:

@@ -443,6 +443,13 @@ class AdminClient:
         return answer
 
 
+def _tail(text: str) -> str:
+    """
+    The last L{LOG_TAIL} characters of C{text}, as an error message quotes them.
+    """
+    return text if len(text) <= LOG_TAIL else "...\n" + text[-LOG_TAIL:]
+
+
 def _isConfig(config: object) -> TypeGuard[Mapping[str, Any] | str]:
     """
     Whether C{config} is a config itself (a dict or TOML text), not a file's
@@ -687,8 +694,32 @@ class NetdServer:
         The end of what netd has printed (the last L{LOG_TAIL} characters), as
         quoted in error messages and failure reports.
         """
-        text = self.log()
-        return text if len(text) <= LOG_TAIL else "...\n" + text[-LOG_TAIL:]
+        return _tail(self.log())
+
+    def logOffset(self) -> int:
+        """
+        How many bytes netd has printed so far: where L{logSince} starts to
+        read what netd prints from now on (during one test, say).
+        """
+        return len(self._logBytes())
+
+    def logSince(self, offset: int) -> str:
+        """
+        What netd has printed after L{logOffset} answered C{offset} (the last
+        L{LOG_TAIL} characters of it).
+        """
+        return _tail(self._logBytes()[offset:].decode("utf-8", errors="replace"))
+
+    def _logBytes(self) -> bytes:
+        """
+        What netd has printed so far, as bytes.
+        """
+        if self._finalLog is not None:
+            return self._finalLog.encode("utf-8")
+        try:
+            return self.logFile.read_bytes()
+        except FileNotFoundError:
+            return b""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float | None = None) -> int | None:
         """

@@ -591,6 +591,15 @@ def test_adminOffUnlessConfigured() -> None:
     assert config.toConfig()["daemon"]["admin"] is False
 
 
+def test_noServicesWithAControlAPI() -> None:
+    """
+    A config with a control API and no service is valid: its services come at runtime through POST /services.
+    """
+    config = parse('[daemon]\nadmin = "tcp:0:interface=127.0.0.1"\n')
+    assert config.services == ()
+    assert config.daemon.admin.address is not None
+
+
 def test_embeddedDefaultPlacesAdmin() -> None:
     """
     The embedded default config (netd run without -c, config/netd.toml) sets the control API on 127.0.0.1:8053 itself, as the quick start's curl lines expect.

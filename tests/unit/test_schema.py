@@ -196,6 +196,15 @@ def test_goodConfigPassesBoth(validator: Draft202012Validator, registry: PluginR
     assert parseConfig(data, "good.toml", registry).services
 
 
+def test_adminOnlyPassesBoth(validator: Draft202012Validator, registry: PluginRegistry) -> None:
+    """
+    A config with a control API and no service passes the schema and netd, as its services come at runtime; without the control API it is refused ("no service" above).
+    """
+    data = tomllib.loads('[daemon]\nadmin = "tcp:0:interface=127.0.0.1"\n')
+    assert schemaErrors(validator, data) == []
+    assert parseConfig(data, "admin.toml", registry).services == ()
+
+
 def test_everyKeyHasItsHelpAndDefault(registry: PluginRegistry) -> None:
     """
     Every key of the daemon table, the service envelope and each plugin carries its option's help as
