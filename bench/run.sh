@@ -1,10 +1,11 @@
 #!/bin/sh
 # The whole benchmark suite (bench/README.md), one part after the other:
-# echo (bench/echo), DNS proxy (bench/dns), TLS echo (bench/tls); each prints
-# its Markdown tables on standard output and its progress on standard error.
+# echo (bench/echo), DNS proxy (bench/dns), TLS echo (bench/tls), the stream
+# proxy (bench/proxy); each prints its Markdown tables on standard output and
+# its progress on standard error.
 #
-#   bench/run.sh             about seven minutes (under ten)
-#   bench/run.sh --quick     about a minute and a half (under two)
+#   bench/run.sh             about nine minutes (under ten)
+#   bench/run.sh --quick     about two minutes (under two and a half)
 #   bench/run.sh --record    also adds each part's results to bench/RESULTS.md
 #
 # Each part installs what it needs when it is missing (apt-get, root); see its
@@ -19,7 +20,7 @@ for argument in "$@"; do
     case "$argument" in
         --quick) quick=yes ;;
         --record) record=--record ;;
-        -h | --help) sed -n '2,13s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,14s/^# \{0,1\}//p' "$0"; exit 0 ;;
         *) echo "bench/run.sh: unknown argument $argument (--quick, --record)" >&2; exit 2 ;;
     esac
 done
@@ -30,10 +31,12 @@ if [ -n "$quick" ]; then
     echo_settings="--quick"
     dns_settings="--duration 2 --latency-duration 1 --rounds 1 --miss-names 200000"
     tls_settings="--duration 1 --rounds 1 --versions 1.3"
+    proxy_settings="--quick"
 else
     echo_settings=""
     dns_settings="--duration 5 --latency-duration 3 --rounds 2 --miss-names 500000"
     tls_settings="--duration 3 --rounds 2"
+    proxy_settings=""
 fi
 
 started=$(date +%s)
@@ -42,6 +45,7 @@ failed=""
 bench/echo/run.sh $echo_settings $record || failed="$failed echo"
 bench/dns/run.sh $dns_settings $record || failed="$failed dns"
 bench/tls/run.sh $tls_settings $record || failed="$failed tls"
+bench/proxy/run.sh $proxy_settings $record || failed="$failed proxy"
 echo "bench/run.sh: the suite took $(($(date +%s) - started)) s" >&2
 if [ -n "$failed" ]; then
     echo "bench/run.sh: failed:$failed" >&2
