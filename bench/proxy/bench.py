@@ -24,7 +24,7 @@ run on the first:
   meanwhile; MB/s;
 - tls-handshake: 16 at a time: connect, a full TLS 1.3 handshake, one 64-byte
   echo, close; through netd, hitch and stunnel; handshakes per second;
-- tls-bulk: 256 MiB (--quick: 64 MiB) through one TLS 1.3 connection; MB/s;
+- tls-bulk: 128 MiB (--quick: 64 MiB) through one TLS 1.3 connection; MB/s;
 - memory: a fresh netd (and HAProxy, for reference), its resident size before
   and with 10,000 (--quick: 2,000) idle proxied connection pairs open, each
   proven by a one-byte echo through the proxy; KiB per pair.
@@ -320,14 +320,15 @@ def startNetdProxy(backend: Backend, certs: Path | None, directory: Path, cpus: 
     return Server("netd", ports, process, netdVersion())
 
 
-def haproxyConfig(port: int, backend: int) -> str:
+def haproxyConfig(port: int, backend: int, maxconn: int | None = None) -> str:
     """
     HAProxy relaying TCP from C{port} to the backend: one thread, no logs,
-    as many connections as the open-files limit allows (it needs two files
-    each, and refuses to start when a C{maxconn} needs more), long idle
-    timeouts.
+    long idle timeouts, and C{maxconn} connections at most, by default as
+    many as the open-files limit allows (it needs two files for each, and
+    refuses to start when its C{maxconn} needs more).
     """
-    maxconn = min(MAX_CONNECTIONS, pairsAllowed(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+    if maxconn is None:
+        maxconn = min(MAX_CONNECTIONS, pairsAllowed(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
     return (
         "global\n"
         "    nbthread 1\n"
@@ -760,6 +761,7 @@ def report(result: dict[str, object], options: argparse.Namespace) -> str:
                 f"| {name} | {m['rss_before_mib']:.1f} | {m['rss_idle_mib']:.1f} | {m['kib_per_pair']:.2f} | {m['open_s']:.2f} |"
             )
         if options.idle_pairs < options.pairs_asked:
+            lines.append("")
             lines.append(
                 f"- {options.idle_pairs:,} pairs, not {options.pairs_asked:,}: a proxy holds two sockets per pair and "
                 f"this machine's open-files limit is {options.files:,} (root may not raise it here)"
@@ -790,7 +792,7 @@ def main() -> None:
         "--bulk-mib", type=int, help="MiB through the plain bulk connection (default 1024; --quick 128)"
     )
     parser.add_argument(
-        "--tls-bulk-mib", type=int, help="MiB through the TLS bulk connection (default 256; --quick 64)"
+        "--tls-bulk-mib", type=int, help="MiB through the TLS bulk connection (default 128; --quick 64)"
     )
     parser.add_argument("--bulk-timeout", type=float, default=60, help="seconds a bulk run may take at most")
     parser.add_argument(
@@ -808,7 +810,7 @@ def main() -> None:
         ("duration", 3.0, 1.0),
         ("rounds", 2, 1),
         ("bulk_mib", 1024, 128),
-        ("tls_bulk_mib", 256, 64),
+        ("tls_bulk_mib", 128, 64),
         ("idle_pairs", 10000, 2000),
     )
     for name, full, quick in defaults:
