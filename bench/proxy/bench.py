@@ -57,7 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -73,7 +73,6 @@ from benchlib import (  # noqa: E402  (the path above makes it importable)
     cpuTime,
     launch,
     machine,
-    measureLoad,
     netdVersion,
     pinnedTo,
     publish,
@@ -127,6 +126,14 @@ FILES_SPARE = 200
 Open files a proxy keeps for its listeners, logs and event loop beside its idle pairs' sockets.
 """
 SETTLE = 0.5
+SETTLE_TIMEOUT = 2.0
+"""
+Seconds a forking proxy may take to reap its children after a run.
+"""
+STEADY_SHARE = 0.9
+"""
+The share of a run of fixed duration over which the proxy's CPU is sampled, from its start.
+"""
 START_TIMEOUT = 20.0
 GOALS = (
     ("rr", "socat", 1.0),
@@ -200,6 +207,19 @@ def waitUntilRelaying(process: subprocess.Popen[bytes], port: int, what: str, lo
         time.sleep(0.05)
 
 
+def childPids(pid: int) -> list[int]:
+    """
+    The PIDs of a process's children (of all its threads), live or not yet reaped.
+    """
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            found += [int(child) for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    except OSError:
+        pass
+    return found
+
+
 # The backend.
 
 
@@ -245,6 +265,11 @@ class Backend:
         """
         return cpuTime(self.process.pid)
 
+    def settle(self) -> None:
+        """
+        Nothing to wait for after a run: one process.
+        """
+
     def stop(self) -> None:
         """
         Close its standard input and stop it by its PID.
@@ -270,18 +295,29 @@ class Server:
         process: subprocess.Popen[bytes],
         version: str,
         threadsComeAndGo: bool = False,
+        forksPerConnection: bool = False,
     ) -> None:
         self.name = name
         self.ports = ports
         self.process = process
         self.version = version
         self.threadsComeAndGo = threadsComeAndGo
+        self.forksPerConnection = forksPerConnection
 
     def cpu(self) -> float:
         """
         CPU seconds of the proxy and every process it forked (socat's children, hitch's worker).
         """
         return cpuTime(self.process.pid, threadsComeAndGo=self.threadsComeAndGo)
+
+    def settle(self) -> None:
+        """
+        After a run, wait (2 s at most) until a proxy that forks per
+        connection has reaped every child, so that their time is its own.
+        """
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while self.forksPerConnection and childPids(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def stop(self) -> None:
         """
@@ -382,7 +418,8 @@ def startSocat(backend: Backend, directory: Path, cpus: set[int] | None) -> Serv
             waitUntilRelaying(process, port, "socat", log)
         except RuntimeError:
             continue
-        return Server("socat", {"plain": port}, process, toolVersion(["socat", "-V"], r"(socat version \S+)"))
+        version = toolVersion(["socat", "-V"], r"(socat version \S+)")
+        return Server("socat", {"plain": port}, process, version, forksPerConnection=True)
     raise RuntimeError(f"socat did not start:\n{(directory / 'socat.log').read_text(errors='replace')[-2000:]}")
 
 
@@ -533,30 +570,61 @@ def measure(
     binary: Path,
     scenario: str,
     port: int,
-    cpu: Callable[[], float],
+    server: Server | Backend,
     backend: Backend,
     options: argparse.Namespace,
     cpus: set[int] | None,
 ) -> tuple[dict[str, float], str]:
     """
     One scenario through one proxy (or straight to the backend): the
-    figures of the table, with the backend's CPU over the same window, and
-    the TLS version and cipher negotiated.
+    figures of the table (as L{benchlib.measureLoad}'s, with the backend's
+    CPU over the same window) and the TLS version and cipher negotiated.
+
+    The proxy's CPU is sampled where its work is steady, not when the load
+    generator exits: then its connections close and socat's children, one
+    per connection, exit, and for an instant are neither counted among the
+    live processes nor yet in their parent's time of reaped children.  So a
+    run of fixed duration is sampled from its start to nine tenths of it;
+    a bulk run, whose end is its last byte, from its start to when the
+    proxy has settled after it (socat's child reaped), its CPU divided by
+    the load generator's own elapsed time.
     """
     mode, arguments, timeout = loadArguments(scenario, options)
-    samples: list[tuple[float, float]] = []
-
-    def serverCpu() -> float:
-        samples.append((backend.cpu(), time.monotonic()))
-        return cpu()
-
-    result, figures = measureLoad(binary, mode, port, arguments, serverCpu, cpus, timeout=timeout)
+    run = Loadgen(binary, mode, port, arguments, cpus, timeout)
+    try:
+        started = run.next()
+        if started.get("event") != "start":
+            raise RuntimeError(f"loadgen said {started}")
+        cpuBefore, backendBefore, timeBefore = server.cpu(), backend.cpu(), time.monotonic()
+        if mode.endswith("bulk"):
+            result = run.next()
+            server.settle()
+            cpuAfter, backendAfter = server.cpu(), backend.cpu()
+            elapsed = float(result["elapsed_s"])  # type: ignore[arg-type]
+        else:
+            time.sleep(options.duration * STEADY_SHARE)
+            cpuAfter, backendAfter, elapsed = server.cpu(), backend.cpu(), time.monotonic() - timeBefore
+            result = run.next()
+    finally:
+        run.close()
+    if run.process.returncode:
+        raise RuntimeError(f"{' '.join(run.command)} exited {run.process.returncode}: {run.errors()}")
     if mode.endswith("bulk") and not result["complete"]:
         raise RuntimeError(
             f"{scenario} through port {port}: only {result['bytes']} bytes within {options.bulk_timeout} s"
         )
-    (backendBefore, before), (backendAfter, after) = samples
-    figures["backend_cpu"] = (backendAfter - backendBefore) / (after - before)
+    rate = float(result["rate"])  # type: ignore[arg-type]
+    cores = (cpuAfter - cpuBefore) / elapsed
+    figures = {
+        "rate": rate,
+        "server_cpu": cores,
+        "per_core": rate / cores if cores > 0 else 0.0,
+        "backend_cpu": (backendAfter - backendBefore) / elapsed,
+        "loadgen_cpu": float(result["cpu_s"]) / float(result["elapsed_s"]),  # type: ignore[arg-type]
+    }
+    for key in ("p50_us", "p99_us", "errors"):
+        if key in result:
+            figures[key] = float(result[key])  # type: ignore[arg-type]
     return figures, str(result.get("tls", "plain"))
 
 
@@ -628,15 +696,13 @@ def run(options: argparse.Namespace) -> dict[str, object]:
                                 continue
                             say(f"round {round + 1}/{options.rounds}: {name} {scenario}")
                             figures, negotiation = measure(
-                                loadgen, scenario, server.ports[kind], server.cpu, backend, options, loadCpus
+                                loadgen, scenario, server.ports[kind], server, backend, options, loadCpus
                             )
                             raw.setdefault(scenario, {}).setdefault(name, []).append(figures)
                             negotiated.setdefault(scenario, {})[name] = negotiation
                         if kind == "plain" and options.direct:
                             say(f"round {round + 1}/{options.rounds}: backend {scenario}")
-                            figures, _ = measure(
-                                loadgen, scenario, backend.port, backend.cpu, backend, options, loadCpus
-                            )
+                            figures, _ = measure(loadgen, scenario, backend.port, backend, backend, options, loadCpus)
                             raw[scenario].setdefault(DIRECT, []).append(figures)
             if "memory" in options.scenarios:
                 for name in MEMORY_SERVERS:
