@@ -24,9 +24,9 @@ run on the first:
   meanwhile; MB/s;
 - tls-handshake: 16 at a time: connect, a full TLS 1.3 handshake, one 64-byte
   echo, close; through netd, hitch and stunnel; handshakes per second;
-- tls-bulk: 128 MiB (--quick: 64 MiB) through one TLS 1.3 connection; MB/s;
+- tls-bulk: 128 MiB (--quick: 32 MiB) through one TLS 1.3 connection; MB/s;
 - memory: a fresh netd (and HAProxy, for reference), its resident size before
-  and with 10,000 (--quick: 2,000) idle proxied connection pairs open, each
+  and with 10,000 (--quick: 1,000) idle proxied connection pairs open, each
   proven by a one-byte echo through the proxy; KiB per pair.
 
 Every rate comes with the proxy's CPU over the measured window, the rate per
@@ -858,11 +858,11 @@ def main() -> None:
         "--bulk-mib", type=int, help="MiB through the plain bulk connection (default 1024; --quick 128)"
     )
     parser.add_argument(
-        "--tls-bulk-mib", type=int, help="MiB through the TLS bulk connection (default 128; --quick 64)"
+        "--tls-bulk-mib", type=int, help="MiB through the TLS bulk connection (default 128; --quick 32)"
     )
     parser.add_argument("--bulk-timeout", type=float, default=60, help="seconds a bulk run may take at most")
     parser.add_argument(
-        "--idle-pairs", type=int, help="idle proxied pairs of the memory scenario (default 10000; --quick 2000)"
+        "--idle-pairs", type=int, help="idle proxied pairs of the memory scenario (default 10000; --quick 1000)"
     )
     parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
@@ -876,8 +876,8 @@ def main() -> None:
         ("duration", 3.0, 1.0),
         ("rounds", 2, 1),
         ("bulk_mib", 1024, 128),
-        ("tls_bulk_mib", 128, 64),
-        ("idle_pairs", 10000, 2000),
+        ("tls_bulk_mib", 128, 32),
+        ("idle_pairs", 10000, 1000),
     )
     for name, full, quick in defaults:
         if getattr(options, name) is None:
