@@ -9,7 +9,9 @@ What runs, each on its own free loopback port, each stopped by its PID:
   upstream of every proxy, pinned to the load generator's CPU so that the
   server CPU holds the proxy under test alone;
 - netd: one process with a C{proxy} service to the backend and one with a
-  C{tls} table (TLS terminated, plain bytes to the backend);
+  C{tls} table (TLS terminated, plain bytes to the backend), on its default
+  reactor (uvloop's); netd-epoll: the same on netd's epoll reactor
+  (C{NETD_REACTOR=netd}), measured beside it as the echo benchmark does;
 - HAProxy: C{mode tcp}, C{nbthread 1}, in the foreground;
 - socat: C{TCP-LISTEN:PORT,fork,reuseaddr TCP:127.0.0.1:BACKEND}, a process per
   connection (all of them pinned to the server CPU, their CPU summed from /proc);
@@ -25,7 +27,7 @@ run on the first:
 - tls-handshake: 16 at a time: connect, a full TLS 1.3 handshake, one 64-byte
   echo, close; through netd, hitch and stunnel; handshakes per second;
 - tls-bulk: 128 MiB (--quick: 32 MiB) through one TLS 1.3 connection; MB/s;
-- memory: a fresh netd (and HAProxy, for reference), its resident size before
+- memory: a fresh netd (each reactor; HAProxy for reference), its resident size before
   and with 10,000 (--quick: 1,000) idle proxied connection pairs open, each
   proven by a one-byte echo through the proxy; KiB per pair.
 
@@ -100,11 +102,13 @@ tlsbench = _tlsBench()
 
 HOST = "127.0.0.1"
 BACKEND_SOURCE = ROOT / "bench" / "proxy" / "echo_backend.c"
-PLAIN_SERVERS = ("netd", "haproxy", "socat")
-TLS_SERVERS = ("netd", "hitch", "stunnel")
-SERVERS = ("netd", "haproxy", "socat", "hitch", "stunnel")
+SERVERS = ("netd", "netd-epoll", "haproxy", "socat", "hitch", "stunnel")
+NETD_REACTORS = {"netd": "uvloop", "netd-epoll": "netd"}
+"""
+The netds measured, and the reactor (C{NETD_REACTOR}) each runs on: netd's default, and its epoll one.
+"""
 SCENARIOS = ("rr", "bulk", "tls-handshake", "tls-bulk", "memory")
-MEMORY_SERVERS = ("netd", "haproxy")
+MEMORY_SERVERS = ("netd", "netd-epoll", "haproxy")
 LABELS = {
     "rr": "round trips, 64 B × 50 connections (round trips/s)",
     "bulk": "bulk, one connection (MB/s)",
@@ -344,16 +348,18 @@ def netdConfig(backend: int, certs: Path | None) -> str:
     return quietDaemonTable() + "\n" + "\n".join(services)
 
 
-def startNetdProxy(backend: Backend, certs: Path | None, directory: Path, cpus: set[int] | None) -> Server:
+def startNetdProxy(name: str, backend: Backend, certs: Path | None, directory: Path, cpus: set[int] | None) -> Server:
     """
     netd with its proxy services, once its ports file is written and both relay.
     """
-    process, services, log = startNetd(netdConfig(backend.port, certs), directory, "netd", cpus)
+    process, services, log = startNetd(
+        netdConfig(backend.port, certs), directory, name, cpus, reactor=NETD_REACTORS[name]
+    )
     ports = {kind: int(services[kind][0]["port"]) for kind in services}  # type: ignore[call-overload]
-    waitUntilRelaying(process, ports["plain"], "netd", log)
+    waitUntilRelaying(process, ports["plain"], name, log)
     if "tls" in ports:
-        tlsbench.waitUntilServing(process, [ports["tls"]], "netd", log)
-    return Server("netd", ports, process, netdVersion())
+        tlsbench.waitUntilServing(process, [ports["tls"]], name, log)
+    return Server(name, ports, process, f"{netdVersion()} (NETD_REACTOR={NETD_REACTORS[name]})")
 
 
 def haproxyConfig(port: int, backend: int, maxconn: int | None = None) -> str:
@@ -523,8 +529,8 @@ def servers(
     try:
         for name in names:
             say(f"starting {name}")
-            if name == "netd":
-                started[name] = startNetdProxy(backend, certs, directory, cpus)
+            if name in NETD_REACTORS:
+                started[name] = startNetdProxy(name, backend, certs, directory, cpus)
             elif name == "haproxy":
                 started[name] = startHaproxy(backend, directory, cpus)
             elif name == "socat":
@@ -734,17 +740,18 @@ def run(options: argparse.Namespace) -> dict[str, object]:
 
 def goalRows(medians: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     """
-    The goals table: each of issue 16's goals beside the ratio measured.
+    The goals table: each of issue 16's goals beside the ratio measured, for each netd measured.
     """
     rows = []
-    for scenario, peer, goal in GOALS:
-        byServer = medians.get(scenario, {})
-        netd, other = byServer.get("netd"), byServer.get(peer)
-        if not netd or not other or not other["per_core"]:
-            continue
-        ratio = netd["per_core"] / other["per_core"]
-        verdict = "met" if ratio >= goal else "missed"
-        rows.append(f"| {LABELS[scenario]} | netd/{peer} | ≥ {goal:.1f} | {ratio:.2f} | {verdict} |")
+    for netdName in NETD_REACTORS:
+        for scenario, peer, goal in GOALS:
+            byServer = medians.get(scenario, {})
+            netd, other = byServer.get(netdName), byServer.get(peer)
+            if not netd or not other or not other["per_core"]:
+                continue
+            ratio = netd["per_core"] / other["per_core"]
+            verdict = "met" if ratio >= goal else "missed"
+            rows.append(f"| {LABELS[scenario]} | {netdName}/{peer} | ≥ {goal:.1f} | {ratio:.2f} | {verdict} |")
     return rows
 
 

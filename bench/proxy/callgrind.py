@@ -1,6 +1,6 @@
 """
 User-space instructions per proxied round trip (or TLS handshake) of netd's
-proxy, or of HAProxy for reference, counted by valgrind's callgrind: a figure
+proxy (on its default reactor, or its epoll one), or of HAProxy for reference, counted by valgrind's callgrind: a figure
 that, unlike the rates of bench.py, does not move with the load of a shared
 machine, to tell whether a change to the relay pays.
 
@@ -15,7 +15,7 @@ kernel's share (most of a round trip) needs C{perf} or the throughput runs.
 Where in Python the instructions go is better seen with py-spy (README).
 
 Run from the repository root: .venv/bin/python bench/proxy/callgrind.py
-[--server netd|haproxy] [--scenario rr|tls-handshake] (a minute or two;
+[--server netd|netd-epoll|haproxy] [--scenario rr|tls-handshake] (a minute or two;
 needs valgrind, a C compiler and, for haproxy, HAProxy).
 """
 
@@ -46,7 +46,7 @@ from benchlib import (  # noqa: E402  (the path above makes it importable)
 )
 
 # bench.py, beside this script: the backend and the proxies' configs as the throughput runs use them.
-from bench import HOST, Backend, buildBackend, freePort, haproxyConfig, netdConfig, tlsbench  # noqa: E402
+from bench import HOST, NETD_REACTORS, Backend, buildBackend, freePort, haproxyConfig, netdConfig, tlsbench  # noqa: E402
 
 RUN_TIMEOUT = 600.0
 """
@@ -61,11 +61,11 @@ def startUnderCallgrind(
     The proxy under callgrind, and its port per kind (C{plain}, C{tls}), once it relays.
     """
     log = directory / f"{server}.log"
-    if server == "netd":
+    if server in NETD_REACTORS:
         portsFile = directory / "netd-ports.json"
         config = directory / "netd.toml"
         config.write_text(netdConfig(backend.port, certs))
-        process = launch(underCallgrind(netdCommand(config, portsFile), output), log)
+        process = launch(underCallgrind(netdCommand(config, portsFile), output), log, reactor=NETD_REACTORS[server])
         waitForFile(process, portsFile, "netd under callgrind", log, CALLGRIND_START_TIMEOUT, 0.2)
         services = json.loads(portsFile.read_text())["services"]
         return process, {kind: int(services[kind][0]["port"]) for kind in services}
@@ -116,7 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--server", choices=("netd", "haproxy"), default="netd")
+    parser.add_argument("--server", choices=(*NETD_REACTORS, "haproxy"), default="netd")
     parser.add_argument("--scenario", choices=("rr", "tls-handshake"), default="rr")
     parser.add_argument("--warmup", type=int, help="round trips (handshakes) first (default 2000; handshakes 200)")
     parser.add_argument("--count", type=int, help="round trips (handshakes) counted (default 20000; handshakes 1000)")
@@ -124,7 +124,7 @@ def main() -> None:
         "--save", type=Path, help="also copy the counted dump here (for callgrind_annotate or kcachegrind)"
     )
     options = parser.parse_args()
-    if options.scenario == "tls-handshake" and options.server != "netd":
+    if options.scenario == "tls-handshake" and options.server not in NETD_REACTORS:
         parser.error("--scenario tls-handshake is netd's (HAProxy here is a plain TCP proxy)")
     handshakes = options.scenario == "tls-handshake"
     options.warmup = options.warmup or (200 if handshakes else 2000)
