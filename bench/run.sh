@@ -4,7 +4,7 @@
 # proxy (bench/proxy); each prints its Markdown tables on standard output and
 # its progress on standard error.
 #
-#   bench/run.sh             about nine minutes (under ten)
+#   bench/run.sh             about nine and a half minutes (under ten)
 #   bench/run.sh --quick     about two minutes (under two and a half)
 #   bench/run.sh --record    also adds each part's results to bench/RESULTS.md
 #

@@ -114,8 +114,6 @@ LABELS = {
     "bulk": "bulk, one connection (MB/s)",
     "tls-handshake": "TLS 1.3 handshake and one echo (handshakes/s)",
     "tls-bulk": "TLS 1.3 bulk, one connection (MB/s)",
-    "backend rr": "round trips, 64 B × 50 connections (round trips/s)",
-    "backend bulk": "bulk, one connection (MB/s)",
 }
 DIRECT = "backend direct (no proxy)"
 RR_CONNECTIONS = 50
@@ -130,6 +128,9 @@ FILES_SPARE = 200
 Open files a proxy keeps for its listeners, logs and event loop beside its idle pairs' sockets.
 """
 SETTLE = 0.5
+"""
+Seconds between a proxy starting (or its idle pairs opening) and reading its resident size.
+"""
 SETTLE_TIMEOUT = 2.0
 """
 Seconds a forking proxy may take to reap its children after a run.
