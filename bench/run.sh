@@ -1,11 +1,12 @@
 #!/bin/sh
 # The whole benchmark suite (bench/README.md), one part after the other:
 # echo (bench/echo), DNS proxy (bench/dns), TLS echo (bench/tls), a pytest
-# suite with a netd per test or per session (bench/pytest_suite); each prints
-# its Markdown tables on standard output and its progress on standard error.
+# suite with a netd per test or per session (bench/pytest_suite), the stream
+# proxy (bench/proxy); each prints its Markdown tables on standard output and
+# its progress on standard error.
 #
-#   bench/run.sh             about nine minutes (more on a busy machine)
-#   bench/run.sh --quick     about two minutes
+#   bench/run.sh             about fifteen minutes (more on a busy machine)
+#   bench/run.sh --quick     about three and a half minutes
 #   bench/run.sh --record    also adds each part's results to bench/RESULTS.md
 #
 # Each part installs what it needs when it is missing (apt-get, root); see its
@@ -20,7 +21,7 @@ for argument in "$@"; do
     case "$argument" in
         --quick) quick=yes ;;
         --record) record=--record ;;
-        -h | --help) sed -n '2,13s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,14s/^# \{0,1\}//p' "$0"; exit 0 ;;
         *) echo "bench/run.sh: unknown argument $argument (--quick, --record)" >&2; exit 2 ;;
     esac
 done
@@ -32,11 +33,13 @@ if [ -n "$quick" ]; then
     dns_settings="--duration 2 --latency-duration 1 --rounds 1 --miss-names 200000"
     tls_settings="--duration 1 --rounds 1 --versions 1.3"
     pytest_settings="--tests 50"
+    proxy_settings="--quick"
 else
     echo_settings=""
     dns_settings="--duration 5 --latency-duration 3 --rounds 2 --miss-names 500000"
     tls_settings="--duration 3 --rounds 2"
     pytest_settings="--tests 200"
+    proxy_settings=""
 fi
 
 started=$(date +%s)
@@ -46,6 +49,7 @@ bench/echo/run.sh $echo_settings $record || failed="$failed echo"
 bench/dns/run.sh $dns_settings $record || failed="$failed dns"
 bench/tls/run.sh $tls_settings $record || failed="$failed tls"
 bench/pytest_suite/run.sh $pytest_settings $record || failed="$failed pytest_suite"
+bench/proxy/run.sh $proxy_settings $record || failed="$failed proxy"
 echo "bench/run.sh: the suite took $(($(date +%s) - started)) s" >&2
 if [ -n "$failed" ]; then
     echo "bench/run.sh: failed:$failed" >&2

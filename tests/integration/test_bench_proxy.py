@@ -1,0 +1,65 @@
+"""
+The proxy benchmark (bench/proxy/bench.py) runs end to end in a few seconds:
+its C echo backend and load generator build, netd's proxy and socat relay to
+the backend, netd terminates TLS in front of it, and the report has its
+tables.  The figures are not checked (a benchmark is never a timed test).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import requireTool
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_proxyBenchRunsAndReports() -> None:
+    """
+    A tiny run through netd and socat (rr, bulk, TLS handshakes and bulk,
+    50 idle pairs) exits 0 and prints each scenario's row for netd, socat's
+    rows with netd/socat ratios, the backend's direct runs, the memory table
+    and the goal of round trips against socat.
+    """
+    requireTool("socat")
+    if shutil.which("cc") is None or not Path("/usr/include/openssl/ssl.h").exists():
+        pytest.skip("no C compiler or OpenSSL headers to build the load generator (bench/setup-tools.sh installs them)")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "proxy" / "bench.py"),
+            "--servers",
+            "netd",
+            "socat",
+            "--duration",
+            "0.5",
+            "--rounds",
+            "1",
+            "--bulk-mib",
+            "4",
+            "--tls-bulk-mib",
+            "2",
+            "--idle-pairs",
+            "50",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ")]
+    named = {(row[0].lstrip("| "), row[1]) for row in rows}
+    for scenario in ("round trips", "bulk, one", "TLS 1.3 handshake", "TLS 1.3 bulk"):
+        assert any(label.startswith(scenario) and proxy == "netd" for label, proxy in named), scenario
+    socatRows = [row for row in rows if row[1] == "socat"]
+    assert len(socatRows) == 2
+    assert all(float(row[-1].rstrip(" |")) > 0 for row in socatRows)
+    assert sum(row[1] == "backend direct (no proxy)" for row in rows) == 2
+    assert any(row[0] == "| netd" and row[3] for row in rows if len(row) == 5)
+    assert any("netd/socat" in line and "≥ 1.0" in line for line in done.stdout.splitlines())
