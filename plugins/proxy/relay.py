@@ -199,7 +199,7 @@ class ClientSide:
         upstream = self.upstream
         reactor = upstream.context.reactor
         self.opened = reactor.seconds()
-        header = proxyHeader(upstream.proxyProtocol, self.peer, connection.getHost())
+        header = proxyHeader(upstream.proxyProtocol, self.peer, self.connection.getHost())
         attempt = self._attempt = upstream.endpoint.connect(self.upstreamFactory(), header)
         self._timer = reactor.callLater(upstream.connectTimeout, self._connectTimedOut)
         attempt.addCallbacks(self._connected, self._connectFailed)
