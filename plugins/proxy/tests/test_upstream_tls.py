@@ -275,11 +275,15 @@ class Through:
 
 
 def through(
-    tls: ClientTLSOptions, upstream: str = "tcp:localhost:5432", onFailure: str = "close", proxyProtocol: Any = False
+    tls: ClientTLSOptions | None,
+    upstream: str = "tcp:localhost:5432",
+    onFailure: str = "close",
+    proxyProtocol: Any = False,
 ) -> Through:
     """
-    A proxy service to C{upstream} with C{tls} (and C{proxyProtocol}'s
-    header), behind the core stack, and one client connected to it.
+    A proxy service to C{upstream} with C{tls} (L{None}: plain TCP) and
+    C{proxyProtocol}'s header, behind the core stack, and one client
+    connected to it.
     """
     reactor = MemoryReactorClock()
     counters = Counters()

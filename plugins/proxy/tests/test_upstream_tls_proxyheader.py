@@ -17,6 +17,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from netd.config.options import ConfigPath
 from netd.stream.proxyformat import V2_SIGNATURE, HeaderReader, ProxyInfo
 from netd.tls.devcerts import DevelopmentSet, ensureDevelopmentSet
 from netd.tls.options import ClientTLSOptions
@@ -37,7 +38,7 @@ def trusting(dev: DevelopmentSet) -> ClientTLSOptions:
     """
     upstream_tls trusting C{dev}'s CA.
     """
-    return ClientTLSOptions(ca_bundle=dev.ca)  # type: ignore[arg-type]
+    return ClientTLSOptions(ca_bundle=ConfigPath(dev.ca))
 
 
 def firstBytes(p: Through) -> bytes:
@@ -66,7 +67,8 @@ class HeaderThenTLS(Protocol):
         self.reader = HeaderReader()
 
     def connectionMade(self) -> None:
-        self.tls.makeConnection(self.transport)  # type: ignore[arg-type]
+        assert self.transport is not None
+        self.tls.makeConnection(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self.info is None:
@@ -104,7 +106,7 @@ def test_sameHeaderAsAPlainUpstream(dev: DevelopmentSet) -> None:
     A TLS upstream gets, before its ClientHello, exactly the header a plain upstream gets first.
     """
     tls = firstBytes(through(trusting(dev), proxyProtocol="v2"))
-    plain = firstBytes(through(None, proxyProtocol="v2"))  # type: ignore[arg-type]
+    plain = firstBytes(through(None, proxyProtocol="v2"))
     assert plain.startswith(V2_SIGNATURE)
     assert tls[: len(plain)] == plain
 
@@ -125,7 +127,9 @@ def test_headerHandshakeThenRelay(dev: DevelopmentSet) -> None:
     p.connectUpstream(serverOptions(dev), wrap=wrap)
     assert reader.info.source == CLIENT
     assert p.upstream.received == b"hello upstream"
-    p.upstream.transport.write(b"answer")  # type: ignore[union-attr]
+    transport = p.upstream.transport
+    assert transport is not None
+    transport.write(b"answer")
     p.flush()
     assert p.client.value() == b"answer"
     assert (p.counters["upstream_connects"], p.counters["upstream_tls_failures"]) == (1, 0)
