@@ -48,7 +48,8 @@ class NetdApplication(MultiService):
     """
     The services of one config and their control API, started all or
     nothing, served once the reactor runs, reloaded on SIGHUP (once
-    L{catchReloadSignal} is called), and stopped with a drain.
+    L{catchReloadSignal} is called) and when the file changes (with
+    C{[daemon] watch_config}), and stopped with a drain.
 
     @ivar daemon: the daemon's services, once L{build} has made them.
     @ivar api: the control API, a sibling of L{daemon}; L{None} when
