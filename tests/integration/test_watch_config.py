@@ -67,6 +67,9 @@ def waitForServices(netd: NetdServer, names: list[str]) -> dict[str, Any]:
 
 
 def echoes(address: tuple[str, int], payload: bytes) -> None:
+    """
+    Check, on a new connection, that the echo service at C{address} echoes.
+    """
     with connect(address) as client:
         client.sendall(payload)
         assert recvExactly(client, len(payload)) == payload

@@ -91,6 +91,9 @@ def reloads(events: list[LogEvent]) -> int:
 
 
 def names(daemon: Daemon) -> list[str]:
+    """
+    The names of the daemon's running services, in config order.
+    """
     return [s.spec.name for s in daemon.netServices()]
 
 
