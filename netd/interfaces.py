@@ -10,7 +10,7 @@ these interfaces are what the registry checks, whatever the base.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 from twisted.internet.interfaces import IAddress
@@ -19,6 +19,9 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
 from netd.metrics import Counters
+
+if TYPE_CHECKING:
+    from netd.faults.frames import FrameFaultSet
 
 
 class EventRecorder(Protocol):
@@ -77,6 +80,11 @@ class PluginContext:
         connection of its own the same way (the proxy's upstream); L{None}
         when the service serves no streams.
     @ivar maxFrame: the service's C{max_frame}; L{None} with raw framing.
+    @ivar relayedFrameFaults: the service's C{from_client} frame faults, for a
+        plugin that sends the client's frames on to a server of its own
+        (one that declares C{relaysFrames}): each such frame goes through a
+        writer of theirs (C{writerTo}) while they are in force; L{None}:
+        none are kept.
     """
 
     reactor: Any
@@ -86,12 +94,19 @@ class PluginContext:
     events: EventRecorder = attrs.field(factory=NoEvents)
     framing: str | None = "raw"
     maxFrame: int | None = None
+    relayedFrameFaults: FrameFaultSet | None = None
 
 
 class IProtocolPlugin(Interface):
     """
     A protocol netd can serve; found among the built-ins or through the
     C{netd.plugins} entry-point group.
+
+    One optional attribute, read where present: C{relaysFrames}, L{True}
+    when the plugin sends the client's frames on to a server of its own
+    through L{PluginContext.relayedFrameFaults}, so that its services take
+    C{from_client} frame faults (L{False}, the default of
+    L{netd.bases.Plugin}, refuses them).
     """
 
     name = Attribute("The value of a service's C{plugin} key: lowercase, no spaces.")
