@@ -10,18 +10,15 @@ these interfaces are what the registry checks, whatever the base.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import attrs
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
 from netd.metrics import Counters
-
-if TYPE_CHECKING:
-    from netd.faults.frames import FrameFaultSet
 
 
 class EventRecorder(Protocol):
@@ -63,6 +60,93 @@ class NoEvents:
         """
 
 
+class FrameOutlet(Protocol):
+    """
+    Where the frame faults' writer (L{netd.faults.frames.FrameFaultWriter})
+    writes one connection's frames: the framing that encodes them, the
+    transport that carries them, and the client the events name; a relaying
+    plugin gives its own for the frames it sends on.
+
+    @ivar framingName: the framing's name, for the events.
+    @ivar largestClaim: the largest length the framing's prefix can state
+        (L{None}: no prefix, or no bound).
+    """
+
+    framingName: str
+    largestClaim: int | None
+
+    def encodeFrame(self, frame: bytes, claimed: int | None = None) -> bytes:
+        """
+        The bytes of one frame on the wire, its prefix stating C{claimed} when given.
+
+        @raise netd.stream.framing.FramingError: if the framing cannot carry it.
+        """
+
+    def write(self, data: bytes) -> None:
+        """
+        Write encoded bytes (a frame, a piece of one, or several).
+        """
+
+    def loseConnection(self) -> None:
+        """
+        Close the connection, after what was written.
+        """
+
+    def holdBack(self, holding: bool) -> None:
+        """
+        The writer holds more than it may (C{holding}), or again little
+        enough: pause (or resume) what feeds it.
+        """
+
+    def getPeer(self) -> IAddress:
+        """
+        The client's address, for the events.
+        """
+
+
+class RelayedFrameWriter(Protocol):
+    """
+    The writer of the frames a relaying plugin sends on, once frame faults
+    have touched them (L{netd.faults.frames.FrameFaultWriter}).
+    """
+
+    def sendFrame(self, frame: bytes) -> None:
+        """
+        Send one frame through the faults that apply to it, in order behind those held.
+        """
+
+    def afterHeld(self, action: Callable[[], None]) -> None:
+        """
+        Call C{action} once every frame held back has been written (a half-close).
+        """
+
+    def loseConnection(self) -> None:
+        """
+        Close the connection once every frame held back has been written.
+        """
+
+    def stop(self) -> None:
+        """
+        The connection is lost: drop what is held, cancel the timers.
+        """
+
+
+class RelayedFrameFaults(Protocol):
+    """
+    A service's C{from_client} frame faults, as a plugin that sends the
+    client's frames on sees them (L{netd.faults.frames.FrameFaultSet}).
+
+    @ivar inForce: whether there are any (read per frame).
+    """
+
+    inForce: bool
+
+    def writerTo(self, outlet: FrameOutlet, clock: IReactorTime) -> RelayedFrameWriter:
+        """
+        A writer of frames to C{outlet} from now on.
+        """
+
+
 @attrs.frozen
 class PluginContext:
     """
@@ -94,7 +178,7 @@ class PluginContext:
     events: EventRecorder = attrs.field(factory=NoEvents)
     framing: str | None = "raw"
     maxFrame: int | None = None
-    relayedFrameFaults: FrameFaultSet | None = None
+    relayedFrameFaults: RelayedFrameFaults | None = None
 
 
 class IProtocolPlugin(Interface):

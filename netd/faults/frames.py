@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
-from typing import Protocol as TypingProtocol
 
 import attrs
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 
 from netd.config.options import atLeast, between, option
 from netd.faults.base import ActiveFault, Direction, Fault, FaultSet, Report, ServiceShape, milliseconds
+from netd.interfaces import FrameOutlet
 from netd.stream.framing import FramedProtocol
 from netd.stream.proxyheader import describePeer
 
@@ -252,49 +252,6 @@ class CorruptLength(FrameFault):
             claimed = size + 1 if largest is None or size < largest else size - 1
         frame.writer.report(fault, length=size, claimed=claimed)
         frame.claimed = claimed
-
-
-class FrameOutlet(TypingProtocol):
-    """
-    Where a L{FrameFaultWriter} writes one connection's frames: the framing
-    that encodes them, the transport that carries them, and the client the
-    events name.
-
-    @ivar framingName: the framing's name, for the events.
-    @ivar largestClaim: the largest length the framing's prefix can state
-        (L{None}: no prefix, or no bound).
-    """
-
-    framingName: str
-    largestClaim: int | None
-
-    def encodeFrame(self, frame: bytes, claimed: int | None = None) -> bytes:
-        """
-        The bytes of one frame on the wire, its prefix stating C{claimed} when given.
-
-        @raise netd.stream.framing.FramingError: if the framing cannot carry it.
-        """
-
-    def write(self, data: bytes) -> None:
-        """
-        Write encoded bytes (a frame, a piece of one, or several).
-        """
-
-    def loseConnection(self) -> None:
-        """
-        Close the connection, after what was written.
-        """
-
-    def holdBack(self, holding: bool) -> None:
-        """
-        The writer holds more than L{HELD_LIMIT} (C{holding}), or again
-        little enough: pause (or resume) what feeds it.
-        """
-
-    def getPeer(self) -> IAddress:
-        """
-        The client's address, for the events.
-        """
 
 
 class ConnectionOutlet:

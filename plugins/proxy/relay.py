@@ -26,7 +26,6 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netd.faults.frames import FrameFaultSet, FrameFaultWriter
 from netd.interfaces import (
     IConnectionEventFields,
     IExactFrames,
@@ -37,6 +36,8 @@ from netd.interfaces import (
     IPacedConnection,
     IStreamHandler,
     PluginContext,
+    RelayedFrameFaults,
+    RelayedFrameWriter,
 )
 from netd.metrics import Histogram
 from netd.stream.framing import FRAMINGS, FramedFactory, FramedProtocol
@@ -80,7 +81,7 @@ class Upstream:
     proxyProtocol: Literal["v1", "v2"] | None = None
     framing: str | None = "raw"
     maxFrame: int | None = None
-    frameFaults: FrameFaultSet | None = None
+    frameFaults: RelayedFrameFaults | None = None
     latency: Histogram = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -454,7 +455,7 @@ class FramedClientSide(ClientSide):
     """
 
     upstreamFraming: FramedProtocol | None = None
-    faultWriter: FrameFaultWriter | None = None
+    faultWriter: RelayedFrameWriter | None = None
 
     def upstreamFactory(self) -> IProtocolFactory:
         """
@@ -565,7 +566,7 @@ class FramedClientSide(ClientSide):
 class UpstreamOutlet:
     """
     Where the service's C{from_client} frame faults write a client's frames
-    (a L{netd.faults.frames.FrameOutlet}): the upstream connection, encoded
+    (a L{netd.interfaces.FrameOutlet}): the upstream connection, encoded
     by its framing.  Their events name the client, whose reading pauses
     while they hold too much.
     """
