@@ -378,7 +378,7 @@ class ClientSide:
         client, a close a close (after what was sent to it is written).
         """
         self._upstreamGone = True
-        self.upstreamGone()
+        self.dropHeldFrames()
         reset = _wasReset(reason)
         decided = self._upstreamEnded is not None
         if not decided:
@@ -391,7 +391,7 @@ class ClientSide:
         else:
             self.connection.loseConnection()
 
-    def upstreamGone(self) -> None:
+    def dropHeldFrames(self) -> None:
         """
         The upstream connection is lost or being reset: nothing more is written to it.
         """
@@ -416,7 +416,7 @@ class ClientSide:
         transport.unregisterProducer()
         if _wasReset(reason):
             self._upstreamEnded = "reset by netd: the client reset"
-            self.upstreamGone()
+            self.dropHeldFrames()
             resetTransport(transport)
         else:
             if self._upstreamEnded is None:
@@ -532,7 +532,7 @@ class FramedClientSide(ClientSide):
         if not self._upstreamGone:
             self.upstreamTransport.loseConnection()
 
-    def upstreamGone(self) -> None:
+    def dropHeldFrames(self) -> None:
         """
         Drop the frames the faults hold, and their timers.
         """

@@ -245,14 +245,19 @@ def test_clientCloseWritesTheHeldFramesFirst() -> None:
     assert upstream.disconnecting
 
 
-def test_upstreamLostDropsTheHeldFrames() -> None:
+@pytest.mark.parametrize("side", ["upstream lost", "client reset"])
+def test_heldFramesDroppedWhenAConnectionEnds(side: str) -> None:
     """
-    When the upstream connection is lost, what the faults hold is dropped
-    and their timers cancelled.
+    When the upstream connection is lost, or the client resets (and so the
+    upstream is reset), what the faults hold is dropped and their timers
+    cancelled.
     """
     proxied, upstream = openFramed([{"type": "split_frame", "pieces": 2, "delay": 30, "direction": "from_client"}])
     proxied.guard.dataReceived(u32(b"lost"))
-    proxied.upstreamProtocol.connectionLost(Failure(ConnectionLost("reset")))
+    if side == "upstream lost":
+        proxied.upstreamProtocol.connectionLost(Failure(ConnectionLost("reset")))
+    else:
+        proxied.guard.connectionLost(Failure(ConnectionLost("reset")))
     assert proxied.reactor.getDelayedCalls() == []
     assert upstream.writes == [u32(b"lost")[:4]]
 
