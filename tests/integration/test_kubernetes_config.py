@@ -1,14 +1,18 @@
 """
 deploy/kubernetes/netd.toml (the ConfigMap's config) run as the pod runs it,
-on ports the system picks: the kubelet's probes as deployment.yaml sends them
-pass, /metrics needs the Secret's token, echo and DNS answer, and SIGTERM
-drains within the pod's terminationGracePeriodSeconds with /ready failing first.
+on ports the system picks, with the token file made by the init container's
+own code from a Secret-like file: the kubelet's probes as deployment.yaml
+sends them pass, /metrics needs the Secret's token, echo and DNS answer, and
+SIGTERM drains within the pod's terminationGracePeriodSeconds with /ready
+failing first.
 """
 
 from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import sys
 import time
 import tomllib
 import urllib.error
@@ -30,6 +34,36 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 TOKEN = "a-token-of-the-test"
 
 
+def deployment() -> dict[str, Any]:
+    """
+    deploy/kubernetes/deployment.yaml, parsed.
+    """
+    (document,) = yaml.safe_load_all((DEPLOY / "deployment.yaml").read_text(encoding="utf-8"))
+    found: dict[str, Any] = document
+    return found
+
+
+def copyToken(directory: Path) -> tuple[str, Path]:
+    """
+    Run the init container's command, its paths moved into C{directory}, on
+    a Secret file as the kubelet mounts it with the pod's fsGroup (mode
+    0440); return where the token's volume is mounted in the pod and the
+    folder standing for it here.
+    """
+    (init,) = deployment()["spec"]["template"]["spec"]["initContainers"]
+    mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
+    secret, run = directory / "secret", directory / "run"
+    secret.mkdir()
+    run.mkdir()
+    (secret / "token").write_text(TOKEN + "\n", encoding="ascii")
+    (secret / "token").chmod(0o440)
+    program, option, code = init["command"]
+    assert program == "python3"
+    code = code.replace(mounts["admin-secret"], str(secret)).replace(mounts["run"], str(run))
+    subprocess.run([sys.executable, option, code], check=True, timeout=IO_TIMEOUT)
+    return mounts["run"], run
+
+
 def podConfig(directory: Path) -> str:
     """
     netd.toml with every port 0 (the interfaces left as they are) and the
@@ -38,9 +72,9 @@ def podConfig(directory: Path) -> str:
     """
     text = (DEPLOY / "netd.toml").read_text(encoding="utf-8")
     daemon = tomllib.loads(text)["daemon"]
-    token = directory / "admin.token"
-    token.write_text(TOKEN + "\n", encoding="ascii")
-    token.chmod(0o600)
+    mountPath, run = copyToken(directory)
+    token = Path(daemon["admin_token_file"].replace(mountPath, str(run), 1))
+    assert token.stat().st_mode & 0o777 == 0o600
     text = text.replace(daemon["admin_token_file"], str(token)).replace(daemon["state_dir"], str(directory / "state"))
     for port in ("7007", "5300", "8053"):
         text = text.replace(f":{port}", ":0")
@@ -51,8 +85,7 @@ def probe(name: str) -> dict[str, Any]:
     """
     The httpGet of one of the netd container's probes in deployment.yaml.
     """
-    (deployment,) = yaml.safe_load_all((DEPLOY / "deployment.yaml").read_text(encoding="utf-8"))
-    (netd,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "netd"]
+    (netd,) = [c for c in deployment()["spec"]["template"]["spec"]["containers"] if c["name"] == "netd"]
     get: dict[str, Any] = netd[name]["httpGet"]
     return get
 
@@ -106,8 +139,7 @@ def test_podConfigServesAndDrains(tmp_path: Path) -> None:
         assert answer is not None and answerRcode(query, answer) == 0
         assert int.from_bytes(answer[6:8], "big") >= 1, "no answer record for netd.test"
 
-        (deployment,) = yaml.safe_load_all((DEPLOY / "deployment.yaml").read_text(encoding="utf-8"))
-        grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        grace = deployment()["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         started = time.monotonic()
         assert netd.process is not None
         netd.process.send_signal(signal.SIGTERM)
