@@ -358,3 +358,21 @@ def test_kustomizeRenders() -> None:
     validator = kubernetesValidate()
     for document in rendered:
         validator.validate(document, KUBERNETES_VERSIONS[0], strict=True)
+
+
+def test_readmeLinksResolve() -> None:
+    """
+    Every relative link of deploy/kubernetes/README.md names a file of the checkout and, with a #fragment, one of its headings.
+    """
+    readme = DEPLOY / "README.md"
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]*)\)", readme.read_text(encoding="utf-8")):
+        if "://" in target:
+            continue
+        path, _, fragment = target.partition("#")
+        linked = (readme.parent / path).resolve() if path else readme
+        headings = re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), re.MULTILINE) if linked.exists() else []
+        anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+        if not linked.exists() or (fragment and fragment not in anchors):
+            broken.append(target)
+    assert broken == []
