@@ -296,6 +296,7 @@ def test_writablePathsAreVolumes(tmp_path: Path) -> None:
     assert "emptyDir" in volumeAt(container(), token)
     assert volumeAt(container("admin-token"), token)["readOnly"] is False
     assert token in " ".join(container("admin-token")["command"])
+    assert container()["command"] == ["netd"] and container()["args"][0] == "run"
     configPath = container()["args"][container()["args"].index("-c") + 1]
     assert volumeAt(container(), configPath)["configMap"]["name"] == generatedConfigMap()["metadata"]["name"]
     assert Path(configPath).name in generatedConfigMap()["data"]
