@@ -40,6 +40,11 @@ DRAIN_MARGIN = 5
 Seconds terminationGracePeriodSeconds keeps beyond lameduck +
 shutdown_timeout, for the process to exit before the kubelet's SIGKILL.
 """
+RESTRICTED_VOLUMES = {"configMap", "emptyDir", "secret", "projected", "downwardAPI", "csi", "ephemeral"}
+"""
+The volume types the restricted Pod Security Standard allows (persistent
+volume claims aside, which netd has no use for).
+"""
 IDLE_CONNECTIONS = 10_000
 """
 The connections a pod's memory limit is sized for (README.md, "Sizing").
@@ -264,7 +269,7 @@ def test_probesUseTheOpenControlAPIPaths() -> None:
 
 def test_restrictedSecurityContext() -> None:
     """
-    Pods run as the image's non-root user with the restricted profile: no privilege escalation, a read-only root, every capability dropped and none added, since every port is 1024 or above.
+    Pods pass the restricted Pod Security Standard as the image's non-root user: no privilege escalation, a read-only root, every capability dropped and none added (every port is 1024 or above), no host namespace or port, only the allowed volume types.
     """
     pod = one("Deployment")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -276,6 +281,9 @@ def test_restrictedSecurityContext() -> None:
         assert context["readOnlyRootFilesystem"] is True
         assert context["capabilities"] == {"drop": ["ALL"]}
     assert min(port for port, _ in containerPorts().values()) >= 1024
+    assert not {"hostNetwork", "hostPID", "hostIPC"} & pod.keys()
+    assert all("hostPort" not in port for each in pod["containers"] for port in each["ports"])
+    assert {kind for volume in pod["volumes"] for kind in volume.keys() - {"name"}} <= RESTRICTED_VOLUMES
 
 
 def test_writablePathsAreVolumes(tmp_path: Path) -> None:
