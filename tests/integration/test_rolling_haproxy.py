@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,10 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     requireTool("haproxy")
     ports = {fixed: freePort() for fixed in (7007, 7443, 8053)}
     made = subprocess.run(
-        netdCommand("certs", "--out", str(tmp_path / "certs")), capture_output=True, timeout=60, stdin=subprocess.DEVNULL
+        netdCommand("certs", "--out", str(tmp_path / "certs")),
+        capture_output=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     assert made.returncode == 0, made.stderr
     configs = []
@@ -194,12 +198,12 @@ def test_rollingRestartLosesNoRequest(deployment: Deployment) -> None:
     for index in range(len(HOSTS)):
         old = instances.servers[index]
         signalled = instances.terminate(index)
-        down = waitFor(f"netd{index + 1} leaves the rotation", lambda: deployment.outOfRotation(index), LAMEDUCK)
+        down = waitFor(f"netd{index + 1} leaves the rotation", partial(deployment.outOfRotation, index), LAMEDUCK)
         assert old.process is not None and old.process.wait(timeout=30) == 0
         exited = time.monotonic()
         instances.start(index)
         ready = time.monotonic()
-        up = waitFor(f"netd{index + 1} is back in rotation", lambda: deployment.inRotation(index), 10)
+        up = waitFor(f"netd{index + 1} is back in rotation", partial(deployment.inRotation, index), 10)
         figures.append(
             {
                 "instance": HOSTS[index],
