@@ -77,8 +77,8 @@ def onFreePorts(text: str, ports: Mapping[int, int], paths: Mapping[str, str] | 
 @attrs.define
 class Tally:
     """
-    What a load sent, and what failed (with why), counted under a lock by
-    its threads.
+    What a load sent, and what failed (when the request began, and why),
+    counted under a lock by its threads.
     """
 
     sent: int = 0
@@ -87,10 +87,11 @@ class Tally:
     clientPorts: set[int] = attrs.field(factory=set)
     lock: threading.Lock = attrs.field(factory=threading.Lock)
 
-    def record(self, port: int | None, error: BaseException | None) -> None:
+    def record(self, started: float, port: int | None, error: BaseException | None) -> None:
         """
-        Count one request: C{port} is the client's (when it connected),
-        C{error} what failed, or L{None}.
+        Count one request: C{started} is when it began (L{time.monotonic}),
+        C{port} the client's (once it connected), C{error} what failed, or
+        L{None}.
         """
         with self.lock:
             self.sent += 1
@@ -98,11 +99,11 @@ class Tally:
                 self.clientPorts.add(port)
             if error is not None:
                 self.failed += 1
-                self.failures.append((time.monotonic(), f"{type(error).__name__}: {error}"))
+                self.failures.append((started, f"{type(error).__name__}: {error}"))
 
     def failedSince(self, moment: float) -> list[tuple[float, str]]:
         """
-        The failures after C{moment} (a L{time.monotonic} value).
+        The failures of the requests begun after C{moment} (a L{time.monotonic} value).
         """
         with self.lock:
             return [f for f in self.failures if f[0] >= moment]
