@@ -9,10 +9,12 @@ rotation, then one instance is killed.
 from __future__ import annotations
 
 import csv
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -110,7 +112,9 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         config = tmp_path / f"netd-{number}.toml"
         config.write_text(onFreePorts((EXAMPLE / config.name).read_text(), ports))
         configs.append(config)
-    stats = tmp_path / "haproxy.sock"
+    # A short path: a unix socket's must fit in 108 bytes, which a test's tmp_path may not leave.
+    sockets = Path(tempfile.mkdtemp(prefix="netd-haproxy-"))
+    stats = sockets / "stats.sock"
     haproxyConfig = tmp_path / "haproxy.cfg"
     haproxyConfig.write_text(
         onFreePorts((EXAMPLE / "haproxy.cfg").read_text(), ports, {"/tmp/haproxy-netd.sock": str(stats)})
@@ -130,6 +134,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
             haproxy.send_signal(signal.SIGTERM)
             haproxy.wait(timeout=IO_TIMEOUT)
         instances.killAll()
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 def echoRequest(deployment: Deployment, tally: Tally) -> None:
