@@ -69,8 +69,8 @@ def onFreePorts(text: str, ports: Mapping[int, int], paths: Mapping[str, str] | 
     """
     for fixed, free in ports.items():
         text = re.sub(rf"(?<![\d.]){fixed}(?!\d)", str(free), text)
-    for fixed, free in (paths or {}).items():
-        text = text.replace(fixed, free)
+    for fixedPath, freePath in (paths or {}).items():
+        text = text.replace(fixedPath, freePath)
     return text
 
 
