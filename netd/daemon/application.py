@@ -70,7 +70,7 @@ class NetdApplication(MultiService):
         portsFile: str | None = None,
         registry: PluginRegistry | None = None,
         reloadOnHangup: bool = False,
-        daemonOverrides: Mapping[str, object] | None = None,
+        daemonOverrides: Mapping[str, Any] | None = None,
     ) -> None:
         """
         @param portsFile: where to write the bound addresses as JSON once every

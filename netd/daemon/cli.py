@@ -491,7 +491,7 @@ def runCommand(args: argparse.Namespace) -> int:
     return 0  # react exits the process; this is for type checkers
 
 
-def _adminOverride(config: NetdConfig, text: str) -> dict[str, object] | None:
+def _adminOverride(config: NetdConfig, text: str) -> dict[str, Any] | None:
     """
     The C{[daemon]} override of C{netd run --admin}: the address checked as
     C{[daemon] admin} is, with the rest of the config's C{[daemon]} table (a
@@ -503,7 +503,7 @@ def _adminOverride(config: NetdConfig, text: str) -> dict[str, object] | None:
     except InvalidValue as e:
         problems = [str(e)]
     else:
-        overrides: dict[str, object] = {"admin": admin}
+        overrides: dict[str, Any] = {"admin": admin}
         daemon = withDaemonOverrides(config, overrides).daemon
         problems = [problem for key, problem in daemon.crossCheck() if key == "admin"]
         if not problems:

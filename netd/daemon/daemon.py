@@ -54,7 +54,7 @@ needing a restart, and the running value stays.
 """
 
 
-def withDaemonOverrides(config: NetdConfig, overrides: Mapping[str, object]) -> NetdConfig:
+def withDaemonOverrides(config: NetdConfig, overrides: Mapping[str, Any]) -> NetdConfig:
     """
     C{config} with C{[daemon]} keys given on the command line (C{netd run
     --admin}) in place of the file's: applied at the start and again to
@@ -96,7 +96,7 @@ class Daemon(MultiService):
         notifier: Notifier | None = None,
         *,
         registry: PluginRegistry | None = None,
-        daemonOverrides: Mapping[str, object] | None = None,
+        daemonOverrides: Mapping[str, Any] | None = None,
     ) -> None:
         """
         @param registry: the plugins a reload decodes the file with;

@@ -24,8 +24,8 @@ from twisted.logger import capturedLogs
 from netd.config.listen import ListenAddress, whyListenFailed, withoutReusePort
 from netd.config.options import InvalidValue
 from netd.config.spec import AdminAddress, loadConfig
-from netd.daemon.cli import main
 from netd.daemon.application import NetdApplication
+from netd.daemon.cli import main
 from netd.daemon.daemon import withDaemonOverrides
 from netd.reactors.reuseport import sharedSocket
 from netd.registry import discoverPlugins
@@ -232,7 +232,9 @@ def test_portInUseSuggestsSharing() -> None:
     address = ListenAddress.fromConfig("udp:7007:interface=127.0.0.1")
     why = whyListenFailed("services[0].listen[0]", address, inUse(7007), shareable=True)
     assert why.startswith("address already in use: another process (another netd?) holds udp 127.0.0.1:7007")
-    assert why.endswith("to share the port between netds started from one config, add reuseport=yes to this listen string")
+    assert why.endswith(
+        "to share the port between netds started from one config, add reuseport=yes to this listen string"
+    )
 
 
 def test_portInUseDespiteSharing() -> None:
