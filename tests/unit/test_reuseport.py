@@ -259,6 +259,11 @@ def test_controlAPIInUseSuggestsNoSharing() -> None:
     [
         ("udp:8061", "netd run --admin: 'udp:8061': the control API is HTTP, which needs a stream address"),
         ("tcp:8061", "netd run --admin: 'tcp:8061' can be reached from other hosts, so the control API needs a token"),
+        (
+            "tcp:8061:interface=127.0.0.1:reuseport=yes",
+            "netd run --admin: 'tcp:8061:interface=127.0.0.1:reuseport=yes': an API answers for one netd, so it "
+            "cannot share its port (reuseport=yes)",
+        ),
     ],
 )
 def test_adminOptionRefused(tmp_path: Path, capsys: pytest.CaptureFixture[str], admin: str, expected: str) -> None:
