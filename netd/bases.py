@@ -75,9 +75,7 @@ class FrameReceiver(ABC):
     def connectionLost(self, reason: Failure) -> None:
         """
         Let go of the connection, which points back at this receiver, so that
-        a closed one is freed at once rather than by the cycle collector.  (A
-        TLS connection whose handshake failed ends here without having been
-        made.)
+        a closed one is freed at once rather than by the cycle collector.
         """
         vars(self).pop("connection", None)
 

@@ -157,7 +157,9 @@ class IFrameReceiver(Interface):
 
     def connectionMade(connection: IFrameConnection) -> None:
         """
-        The connection is open; frames are sent back through C{connection}.
+        The connection is open (over TLS: its handshake is done; a connection
+        whose handshake fails never reaches its receiver); frames are sent
+        back through C{connection}.
         """
 
     def frameReceived(frame: bytes) -> None:
@@ -211,6 +213,21 @@ class IPacedConnection(Interface):
     def resetConnection() -> None:
         """
         End the connection with a TCP reset.
+        """
+
+
+class IServerTLSTransport(Interface):
+    """
+    The server side of a service's TLS, under its framing: the framing
+    introduces the plugin's receiver once the handshake is done (Twisted's
+    C{IHandshakeListener} call), so that a client whose handshake fails
+    never reaches the plugin.  Client-side TLS (an upstream a plugin dials)
+    is not one: its plugin meets the connection as it opens.
+    """
+
+    def getHandle() -> Any:
+        """
+        The pyOpenSSL connection, which says whether the handshake is done.
         """
 
 

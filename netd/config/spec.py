@@ -11,6 +11,8 @@ listened on before all of it passes.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import ipaddress
 import os
 import tomllib
@@ -212,6 +214,19 @@ class DaemonSpec:
     group: Group | None = option(
         None,
         help="The group to run as (a name or numeric id) with user; the user's own group when unset.",
+    )
+    watch_config: bool = option(
+        False,
+        help="Reload the config file when its content changes, as SIGHUP does (a bad file changes nothing): "
+        "netd reads it through its path every watch_interval and compares a SHA-256 of the bytes, so the "
+        "symlink swap of a Kubernetes ConfigMap volume is seen. Needs a config file; a change of this key "
+        "takes effect only when netd restarts.",
+    )
+    watch_interval: float = option(
+        5.0,
+        help="Seconds between two reads of the config file with watch_config, each wait drawn between half and "
+        "one and a half times this (so that netds started together do not reload together); applied by a reload.",
+        checks=(between(0.1, 3600),),
     )
 
     def crossCheck(self) -> list[tuple[str, str]]:
@@ -430,6 +445,11 @@ class NetdConfig:
     source: str
     daemon: DaemonSpec
     services: tuple[ServiceSpec, ...]
+    digest: str = attrs.field(default="", eq=False)
+    """
+    The SHA-256 (hex) of the file's bytes, by which C{[daemon] watch_config}
+    tells a changed file from the running one; empty for the embedded default.
+    """
 
     def toConfig(self) -> dict[str, Any]:
         """
@@ -645,19 +665,22 @@ def loadConfig(path: str | None, registry: PluginSource) -> NetdConfig:
 
     @raise ConfigError: when the file cannot be read, is not TOML, or is invalid.
     """
+    digest = ""
     if path is None:
         text = files("netd.config").joinpath("default.toml").read_text(encoding="utf-8")
         source = DEFAULT_CONFIG_NAME
     else:
         source = path
         try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
+            with open(path, "rb") as f:
+                content = f.read()
+            text = io.StringIO(content.decode("utf-8"), newline=None).read()
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(source, [Problem((), f"cannot read the file: {e}")]) from None
+        digest = hashlib.sha256(content).hexdigest()
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(source, [Problem((), f"not valid TOML: {e}")]) from None
     with relativeTo(None if path is None else os.path.dirname(path)):
-        return parseConfig(data, source, registry)
+        return attrs.evolve(parseConfig(data, source, registry), digest=digest)

@@ -19,7 +19,6 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IProtocolFactory,
     IPushProducer,
-    IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -39,8 +38,9 @@ from netd.interfaces import (
 from netd.metrics import Histogram
 from netd.stream.framing import FRAMINGS, FramedFactory, FramedProtocol
 from netd.stream.guard import resetTransport
-from netd.stream.proxyformat import encodeProxyHeader
 from netd.stream.proxyheader import describePeer
+
+from .headerfirst import HeaderFirstEndpoint, proxyHeader
 
 CLOSE_LINGER = 2.0
 """
@@ -56,7 +56,8 @@ class Upstream:
     """
     Where one service's connections go, and what it counts of them.
 
-    @ivar endpoint: the upstream's client endpoint.
+    @ivar endpoint: the upstream's client endpoint, which writes the PROXY
+        header first (plain or under TLS).
     @ivar address: the endpoint string, as the config gives it (for logs).
     @ivar connectTimeout: seconds a connection attempt may take.
     @ivar resetOnFailure: whether a client whose upstream cannot be reached
@@ -68,7 +69,7 @@ class Upstream:
     @ivar maxFrame: the service's C{max_frame}, for the upstream's frames too.
     """
 
-    endpoint: IStreamClientEndpoint
+    endpoint: HeaderFirstEndpoint
     address: str
     connectTimeout: float
     resetOnFailure: bool
@@ -186,7 +187,9 @@ class ClientSide:
 
     def connectionMade(self, connection: Any) -> None:
         """
-        Pause the client and connect to the upstream, within C{connect_timeout}.
+        Pause the client and connect to the upstream, within
+        C{connect_timeout}; the endpoint opens the connection with the PROXY
+        header, if the service sends one.
         """
         self.connection = connection
         self.peer = connection.getPeer()
@@ -196,7 +199,8 @@ class ClientSide:
         upstream = self.upstream
         reactor = upstream.context.reactor
         self.opened = reactor.seconds()
-        attempt = self._attempt = upstream.endpoint.connect(self.upstreamFactory())
+        header = proxyHeader(upstream.proxyProtocol, self.peer, self.connection.getHost())
+        attempt = self._attempt = upstream.endpoint.connect(self.upstreamFactory(), header)
         self._timer = reactor.callLater(upstream.connectTimeout, self._connectTimedOut)
         attempt.addCallbacks(self._connected, self._connectFailed)
 
@@ -242,8 +246,6 @@ class ClientSide:
             return
         self.connection.registerProducer(transport, True)
         transport.registerProducer(ClientReading(self.connection), True)
-        if upstream.proxyProtocol is not None:
-            transport.write(encodeProxyHeader(upstream.proxyProtocol, self.peer, self.connection.getHost()))
         held, self.held = self.held, []
         for frame in held:
             self.frameReceived(frame)
