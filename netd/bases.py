@@ -2,7 +2,7 @@
 Base classes a plugin starts from, so that a small one is a few lines.
 
 L{Plugin} gives the plugin interface's optional attributes their defaults
-(C{requiresTLS}, no options); L{StreamPlugin} is a plugin serving streams
+(C{requiresTLS}, C{relaysFrames}, no options); L{StreamPlugin} is a plugin serving streams
 with one L{FrameReceiver} subclass per connection, which only says what to
 do with a frame.  The interfaces themselves are in L{netd.interfaces}: a
 plugin that does not start from these classes declares everything itself.
@@ -41,6 +41,7 @@ class Plugin(ABC):
     optionsType: ClassVar[type] = NoOptions
     framings: ClassVar[tuple[str, ...]] = ()
     requiresTLS: ClassVar[bool] = False
+    relaysFrames: ClassVar[bool] = False
 
     @abstractmethod
     def build(self, options: Any, context: PluginContext) -> Any:

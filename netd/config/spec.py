@@ -404,7 +404,7 @@ class ServiceSpec:
         """
         What the service's faults need to know of it (see L{ServiceShape}).
         """
-        return _serviceShape(self.listen, self.tls is not None, self.framing)
+        return _serviceShape(self.listen, self.tls is not None, self.framing, self.plugin)
 
     def toConfig(self) -> dict[str, Any]:
         """
@@ -458,15 +458,17 @@ class NetdConfig:
         return {"daemon": toConfig(self.daemon), "services": [s.toConfig() for s in self.services]}
 
 
-def _serviceShape(listen: tuple[ListenAddress, ...], tls: bool, framing: str | None) -> ServiceShape:
+def _serviceShape(listen: tuple[ListenAddress, ...], tls: bool, framing: str | None, plugin: Any) -> ServiceShape:
     """
-    The shape of a service with these listen addresses, TLS or not, and framing.
+    The shape of a service with these listen addresses, TLS or not, framing
+    and plugin (which may declare C{relaysFrames}, an optional attribute).
     """
     return ServiceShape(
         streams=any(a.transport == "stream" for a in listen),
         datagrams=any(a.transport == "datagram" for a in listen),
         tls=tls,
         framing=framing,
+        relays=getattr(plugin, "relaysFrames", False) is True,
     )
 
 
@@ -553,10 +555,10 @@ def _decodeService(table: Any, path: KeyPath, registry: PluginSource, problems: 
     checkShape = getattr(options, "checkShape", None)
     if checkShape is not None and listen:
         # A plugin's keys that depend on the service's listeners: (key, problem) pairs.
-        shape = _serviceShape(listen, envelope.get("tls") is not None, framing)
+        shape = _serviceShape(listen, envelope.get("tls") is not None, framing, plugin)
         problems.extend(Problem(path + (key,), message) for key, message in checkShape(shape))
     if envelope.get("faults") and listen and len(problems) == shapeBefore:
-        shape = _serviceShape(listen, envelope.get("tls") is not None, framing)
+        shape = _serviceShape(listen, envelope.get("tls") is not None, framing, plugin)
         problems.extend(envelope["faults"].misfits(shape, path + ("faults",)))
     if len(problems) > before:
         return None

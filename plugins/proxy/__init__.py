@@ -182,6 +182,7 @@ class ProxyHandler(Service):
             context=context,
             framing=context.framing,
             maxFrame=context.maxFrame,
+            frameFaults=context.relayedFrameFaults,
         )
 
     def newConnection(self) -> ClientSide:
@@ -217,6 +218,7 @@ class ProxyPlugin(Plugin):
     optionsType = ProxyOptions
     transports = frozenset({"stream", "datagram"})
     framings = tuple(FRAMINGS)
+    relaysFrames = True
 
     def build(self, options: ProxyOptions, context: PluginContext) -> ProxyHandler:
         """
