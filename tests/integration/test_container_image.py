@@ -282,8 +282,10 @@ class Running:
     netd running in a working container of the image, from the image's command.
 
     @ivar process: the C{buildah run} that started it (netd is a descendant).
-    @ivar mounts: the C{buildah run} options that mount the config folder at
-        /etc/netd and the state folder at /var/lib/netd.
+    @ivar mounts: the C{buildah run} options: the host's network, the config
+        folder mounted at /etc/netd.  The state volume is left to buildah,
+        which gives the image's C{VOLUME} a directory of the container's own
+        (a C{-v} onto the same path does not reliably take its place).
     """
 
     container: str
@@ -291,7 +293,6 @@ class Running:
     log: Path
     ports: Ports
     configDir: Path
-    stateDir: Path
     mounts: list[str]
 
     def netdPid(self) -> int:
@@ -300,6 +301,8 @@ class Running:
         """
         children: dict[int, list[int]] = {}
         for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
             try:
                 ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, ValueError, IndexError):
@@ -316,6 +319,12 @@ class Running:
                 return pid
             queue.extend(children.get(pid, []))
         raise AssertionError(f"no netd process under buildah run (PID {self.process.pid}):\n{self.output()}")
+
+    def stateDir(self) -> Path:
+        """
+        The state volume, /var/lib/netd, as netd sees it (through its root in /proc).
+        """
+        return Path("/proc") / str(self.netdPid()) / "root" / "var" / "lib" / "netd"
 
     def output(self) -> str:
         """
@@ -350,14 +359,12 @@ def running(image: str, imageConfig: dict[str, Any], tmp_path_factory: pytest.Te
     requireTool("dig")
     requireTool("openssl")
     folder = tmp_path_factory.mktemp("container")
-    configDir, stateDir = folder / "etc-netd", folder / "state"
+    configDir = folder / "etc-netd"
     configDir.mkdir()
-    stateDir.mkdir()
-    os.chown(stateDir, NETD_UID, NETD_UID)
     ports = Ports()
     (configDir / "netd.toml").write_text(ports.config())
     container = buildah("from", "--quiet", image).strip()
-    mounts = ["--network", "host", "-v", f"{configDir}:/etc/netd:ro", "-v", f"{stateDir}:/var/lib/netd"]
+    mounts = ["--network", "host", "-v", f"{configDir}:/etc/netd:ro"]
     log = folder / "netd.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -366,7 +373,7 @@ def running(image: str, imageConfig: dict[str, Any], tmp_path_factory: pytest.Te
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    started = Running(container, process, log, ports, configDir, stateDir, mounts)
+    started = Running(container, process, log, ports, configDir, mounts)
     try:
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
@@ -411,22 +418,18 @@ def test_imageMetadata(imageConfig: dict[str, Any]) -> None:
     assert "exec netd health" in imageConfig["Healthcheck"]["Test"][-1]
 
 
-def test_configFallsBackToTheEmbeddedDefault(image: str, imageConfig: dict[str, Any], tmp_path: Path) -> None:
+def test_configFallsBackToTheEmbeddedDefault(running: Running, imageConfig: dict[str, Any], tmp_path: Path) -> None:
     """
     The image's command uses /etc/netd/netd.toml (the image's own, valid, or one mounted) and the embedded default when there is none.
     """
     checking = [part.replace("netd run", "netd check") for part in imageConfig["Cmd"]]
-    container = buildah("from", "--quiet", image).strip()
-    try:
 
-        def source(*mounts: str) -> str:
-            done = run(buildahCommand("run", "--isolation", "chroot", *mounts, container, "--", *checking))
-            return done.stdout.splitlines()[0]
+    def source(*mounts: str) -> str:
+        command = buildahCommand("run", "--isolation", "chroot", *mounts, running.container, "--", *checking)
+        return run(command).stdout.splitlines()[0]
 
-        assert source() == "# /etc/netd/netd.toml: valid"
-        assert source("-v", f"{tmp_path}:/etc/netd:ro") == "# <embedded default>: valid"
-    finally:
-        buildah("rm", container)
+    assert source() == "# /etc/netd/netd.toml: valid"
+    assert source("-v", f"{tmp_path}:/etc/netd:ro") == "# <embedded default>: valid"
 
 
 def test_echo(running: Running) -> None:
@@ -455,9 +458,10 @@ def test_tls(running: Running) -> None:
     """
     openssl s_client verifies the TLS echo for localhost with the development CA netd made in the state volume, and gets its line back.
     """
-    ca = running.stateDir / "tls" / "ca.pem"
-    assert ca.exists(), sorted(p.name for p in running.stateDir.rglob("*"))
-    assert (running.stateDir / "admin.token").stat().st_uid == NETD_UID
+    state = running.stateDir()
+    ca = state / "tls" / "ca.pem"
+    assert ca.exists(), sorted(p.name for p in state.rglob("*"))
+    assert (state / "admin.token").stat().st_uid == NETD_UID
     result = sClient(
         ("127.0.0.1", running.ports.tls), "-CAfile", str(ca), "-verify_return_error", "-verify_hostname", "localhost"
     )
