@@ -8,8 +8,9 @@ s_client, HTTP) talk to it on loopback; then SIGHUP reloads it and SIGTERM
 drains it.
 
 What is slow is cached under .container-test/ (gitignored), keyed by what it
-is made from: the base by the mmdebstrap command, the dependency wheels by
-pyproject.toml, the image by the build context.  The build installs netd from
+is made from: the base image by the mmdebstrap command, the dependency wheels
+by pyproject.toml, the built image by the build context; each replaces the
+one it was made before.  The build installs netd from
 the checkout with pip, offline: the host's pip (which reaches the package
 index) makes the dependency wheels, and the build's C{RUN} steps see them and
 a pip.conf saying C{no-index} through read-only mounts (C{buildah bud -v}), so
@@ -99,21 +100,18 @@ def baseImage() -> str:
     The Debian base image, made with mmdebstrap into a tarball and imported
     (C{buildah from scratch}, C{add}, C{commit}), once per mmdebstrap command.
     """
-    key = digest(*(a.encode() for a in BASE_COMMAND))
-    name = f"localhost/netd-test-base:{key}"
+    name = f"localhost/netd-test-base:{digest(*(a.encode() for a in BASE_COMMAND))}"
     if hasImage(name):
         return name
-    tarball = CACHE / f"base-{key}.tar"
-    if not tarball.exists():
-        partial = tarball.with_suffix(".partial.tar")
-        run([requireTool("mmdebstrap"), *BASE_COMMAND, str(partial)], BUILD_TIMEOUT)
-        partial.rename(tarball)
+    tarball = CACHE / "base.tar"
+    run([requireTool("mmdebstrap"), *BASE_COMMAND, str(tarball)], BUILD_TIMEOUT)
     container = buildah("from", "scratch").strip()
     try:
         buildah("add", container, str(tarball), "/", timeout=BUILD_TIMEOUT)
         buildah("commit", "--quiet", container, name, timeout=BUILD_TIMEOUT)
     finally:
         buildah("rm", container)
+        tarball.unlink()
     return name
 
 
@@ -132,6 +130,8 @@ def dependencyWheels() -> Path:
         run([*pip, str(ROOT), *backend], BUILD_TIMEOUT)
         for wheel in partial.glob("netd_daemon-*.whl"):
             wheel.unlink()
+        for old in CACHE.glob("wheels-*"):
+            shutil.rmtree(old)
         partial.rename(wheels)
     return wheels
 
@@ -162,7 +162,7 @@ def contextKey() -> str:
 def image() -> str:
     """
     The image the Containerfile builds from this checkout on the Debian base,
-    built once per build context; older builds of it are removed.
+    built once per build context; older builds of both are removed.
     """
     requireTool("buildah")
     requireTool("mmdebstrap")
@@ -194,7 +194,7 @@ def image() -> str:
             timeout=BUILD_TIMEOUT,
         )
     for old in buildah("images", "--noheading", "--format", "{{.Name}}:{{.Tag}}").split():
-        if old.startswith("localhost/netd-test:") and old != name:
+        if old.startswith(("localhost/netd-test:", "localhost/netd-test-base:")) and old not in (name, base):
             run(buildahCommand("rmi", "--force", old), check=False)
     return name
 
@@ -336,7 +336,9 @@ class Running:
         """
         Run C{command} in the same container, with the same mounts and network.
         """
-        return run(buildahCommand("run", "--isolation", "chroot", *self.mounts, self.container, "--", *command), check=False)
+        return run(
+            buildahCommand("run", "--isolation", "chroot", *self.mounts, self.container, "--", *command), check=False
+        )
 
 
 def httpGet(port: int, path: str) -> tuple[int, bytes]:

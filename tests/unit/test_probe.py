@@ -123,7 +123,9 @@ def writeConfig(tmp_path: Path, admin: str) -> Path:
     A config with one echo service and the control API at C{admin}.
     """
     config = tmp_path / "netd.toml"
-    config.write_text(f'[daemon]\nadmin = {admin}\n\n[[services]]\nname = "echo"\nplugin = "echo"\nlisten = ["tcp:0"]\n')
+    config.write_text(
+        f'[daemon]\nadmin = {admin}\n\n[[services]]\nname = "echo"\nplugin = "echo"\nlisten = ["tcp:0"]\n'
+    )
     return config
 
 
