@@ -481,6 +481,16 @@ def test_health(running: Running, imageConfig: dict[str, Any]) -> None:
     assert check.stdout.startswith(f"127.0.0.1:{running.ports.admin}/health: 200"), check.stdout
 
 
+def test_catchesItsSignals(running: Running) -> None:
+    """
+    netd in the container catches SIGTERM, SIGINT and SIGHUP itself, so that as PID 1 (where the kernel drops signals left at their default action) it still drains and reloads.
+    """
+    status = (Path("/proc") / str(running.netdPid()) / "status").read_text()
+    caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        assert caught & (1 << (number - 1)), f"{number.name} is not caught: {status}"
+
+
 def test_sighupReloads(running: Running) -> None:
     """
     SIGHUP to netd in the container reloads the changed config: a service added to it starts serving.
