@@ -125,6 +125,11 @@ code out).""",
         "address, and exit 0 if it answers 200, else 1: a container's HEALTHCHECK without curl.",
     )
     health.add_argument("-c", "--config", metavar="FILE", help=configHelp)
+    health.add_argument(
+        "--admin",
+        metavar="LISTEN",
+        help="the control API's address, as netd run --admin was given it (in place of the config's)",
+    )
     health.add_argument("--ready", action="store_true", help="ask /ready (serving every service) instead of /health")
     health.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default: 5")
 
@@ -346,17 +351,20 @@ def healthCommand(args: argparse.Namespace) -> int:
     """
     C{netd health}: ask the control API of the config's netd (L{netd.daemon.probe}).
     """
-    config = _load(args.config, discoverPlugins())
-    if config is None:
-        return 1
-    address = config.daemon.admin.address
     path = "/ready" if args.ready else "/health"
     try:
+        if args.admin is not None:
+            address, source = AdminAddress.fromConfig(args.admin).address, "--admin"
+        else:
+            config = _load(args.config, discoverPlugins())
+            if config is None:
+                return 1
+            address, source = config.daemon.admin.address, f"{config.source}'s [daemon] admin"
         if address is None:
-            raise ProbeError(f"{config.source} has no control API ([daemon] admin is false)")
+            raise ProbeError(f"{source} is false: there is no control API to ask")
         target = ProbeTarget.fromListen(address.text)
         status, line = probe(target, path, args.timeout)
-    except (ProbeError, OSError) as e:
+    except (InvalidValue, ProbeError, OSError) as e:
         print(f"netd health: {e}", file=sys.stderr)
         return 1
     print(f"{target.describe()}{path}: {status} {line}")

@@ -154,10 +154,33 @@ def test_healthCommandNotReady(tmp_path: Path, adminSocket: Path, capsys: pytest
     assert capsys.readouterr().out == f"{adminSocket}/health: 503 starting\n"
 
 
+def test_healthCommandAdminOption(adminSocket: Path, healthy: OneAnswer, capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    netd health --admin asks the control API at that address, as netd run --admin was given it, reading no config.
+    """
+    assert main(["health", "--admin", f"unix:{adminSocket}", "-c", "/nonexistent/netd.toml"]) == 0
+    assert capsys.readouterr().out.startswith(f"{adminSocket}/health: 200 ")
+
+
 @pytest.mark.parametrize(
     ("admin", "expected"),
     [
-        ("false", "has no control API ([daemon] admin is false)"),
+        ("false", "'false' is not a valid endpoint string"),
+        ("udp:8053", "the control API is HTTP, which needs a stream address"),
+    ],
+)
+def test_healthAdminOptionRefused(admin: str, expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    netd health --admin with something not an address, or a datagram one, exits 1 and says why.
+    """
+    assert main(["health", "--admin", admin]) == 1
+    assert expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("admin", "expected"),
+    [
+        ("false", "'s [daemon] admin is false: there is no control API to ask"),
         ('"tcp:0:interface=127.0.0.1"', "a port picked at start"),
         ('"unix:{socket}"', "{socket}: No such file or directory"),
     ],
