@@ -26,7 +26,7 @@ EXAMPLE_TOOLS="socat:socat dig:bind9-dnsutils openssl:openssl curl:curl"
 # The same for each tool the integration tests drive.  systemd: systemd-socket-activate
 # and systemd-analyze (installing the package in a container starts nothing; the tests
 # only run these two tools).
-TEST_TOOLS="socat:socat dig:bind9-dnsutils dnsmasq:dnsmasq-base openssl:openssl sslscan:sslscan curl:curl ss:iproute2 systemd-socket-activate:systemd redis-server:redis-server node:nodejs npm:npm haproxy:haproxy dnsdist:dnsdist dnsperf:dnsperf kubectl:kubernetes-client"
+TEST_TOOLS="socat:socat dig:bind9-dnsutils dnsmasq:dnsmasq-base openssl:openssl sslscan:sslscan curl:curl ss:iproute2 systemd-socket-activate:systemd redis-server:redis-server node:nodejs npm:npm haproxy:haproxy dnsdist:dnsdist dnsperf:dnsperf kubectl:kubernetes-client buildah:buildah mmdebstrap:mmdebstrap"
 
 # The version of toxiproxy's Node client the toxiproxy API is tested with.
 NODE_TOXIPROXY_CLIENT=4.1.0

@@ -1,5 +1,5 @@
 """
-The command line: C{netd run | check | plugins | schema | certs}.
+The command line: C{netd run | check | health | plugins | schema | certs}.
 
 Only L{main} touches the global reactor (through L{twisted.internet.task.react});
 everything below it takes the reactor as an argument.
@@ -26,6 +26,7 @@ from netd.daemon.application import NetdApplication
 from netd.daemon.daemon import withDaemonOverrides
 from netd.daemon.openapi import renderOpenAPI
 from netd.daemon.privileges import PrivilegeDrop, PrivilegeError
+from netd.daemon.probe import ProbeError, ProbeTarget, probe
 from netd.daemon.systemd import Notifier
 from netd.logs import startLogging
 from netd.registry import PluginRegistry, discoverPlugins
@@ -116,6 +117,21 @@ code out).""",
         description="Validate a config. If it is valid, print it with every default filled in and exit 0; otherwise print every problem (file, key path, what is wrong) and exit 1.",
     )
     check.add_argument("-c", "--config", metavar="FILE", help=configHelp)
+
+    health = commands.add_parser(
+        "health",
+        help="ask a running netd's control API whether it is alive (or ready)",
+        description="GET /health (with --ready: /ready) from the control API at the config's [daemon] admin "
+        "address, and exit 0 if it answers 200, else 1: a container's HEALTHCHECK without curl.",
+    )
+    health.add_argument("-c", "--config", metavar="FILE", help=configHelp)
+    health.add_argument(
+        "--admin",
+        metavar="LISTEN",
+        help="the control API's address, as netd run --admin was given it (in place of the config's)",
+    )
+    health.add_argument("--ready", action="store_true", help="ask /ready (serving every service) instead of /health")
+    health.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default: 5")
 
     commands.add_parser(
         "plugins",
@@ -331,6 +347,30 @@ def _cannotWrite(folder: str, make: bool = True) -> str | None:
     return None
 
 
+def healthCommand(args: argparse.Namespace) -> int:
+    """
+    C{netd health}: ask the control API of the config's netd (L{netd.daemon.probe}).
+    """
+    path = "/ready" if args.ready else "/health"
+    try:
+        if args.admin is not None:
+            address, source = AdminAddress.fromConfig(args.admin).address, "--admin"
+        else:
+            config = _load(args.config, discoverPlugins())
+            if config is None:
+                return 1
+            address, source = config.daemon.admin.address, f"{config.source}'s [daemon] admin"
+        if address is None:
+            raise ProbeError(f"{source} is false: there is no control API to ask")
+        target = ProbeTarget.fromListen(address.text)
+        status, line = probe(target, path, args.timeout)
+    except (InvalidValue, ProbeError, OSError) as e:
+        print(f"netd health: {e}", file=sys.stderr)
+        return 1
+    print(f"{target.describe()}{path}: {status} {line}")
+    return 0 if status == 200 else 1
+
+
 def pluginsCommand(args: argparse.Namespace) -> int:
     """
     C{netd plugins}: list the plugins with their options and defaults.
@@ -521,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "run": runCommand,
         "check": checkCommand,
+        "health": healthCommand,
         "plugins": pluginsCommand,
         "schema": schemaCommand,
         "certs": certsCommand,
