@@ -62,19 +62,29 @@ class ClientConnection(StreamConnection):
 
     def __init__(self, connector: Connector) -> None:
         """
-        Make the socket and bind it, then connect (once the host name is
-        resolved), from the loop's next turn; the connector learns of an
-        error no sooner, as from Twisted's C{tcp.Client}.
+        An attempt for C{connector}, started on the loop's next turn: the
+        connector learns of an error no sooner, as from Twisted's C{tcp.Client}.
         """
         self.connector = connector
+        self._socket = None
         self._prepare(connector.reactor)
         self.reactor.streams.add(self)
-        host = connector.host
+        self.reactor.asyncioLoop.call_soon(self._start)
+
+    def _start(self) -> None:
+        """
+        Make the socket and bind it, then connect, once the host name is
+        resolved; unless the attempt is over already.
+        """
+        if self._over:
+            return
+        host = self.connector.host
         try:
-            self._socket = _bound(socket.AF_INET6 if isIPv6Address(host) else socket.AF_INET, connector.bindAddress)
+            self._socket = _bound(
+                socket.AF_INET6 if isIPv6Address(host) else socket.AF_INET, self.connector.bindAddress
+            )
         except OSError as e:
-            self._socket = None
-            self.reactor.callLater(0, self.failIfNotConnected, ConnectBindError(*e.args))
+            self.failIfNotConnected(ConnectBindError(*e.args))
             return
         if isIPAddress(host) or isIPv6Address(host):
             self._connectTo(host)
