@@ -9,9 +9,11 @@
 #                      example third-party plugin of tests/thirdparty/, and the Debian
 #                      tools the integration tests drive: socat, dig, dnsmasq, openssl,
 #                      sslscan (the TLS scanner), curl, ss, systemd-socket-activate and
-#                      systemd-analyze, redis-server, and node with npm, which installs
-#                      toxiproxy's Node client into .npm-test (tests/integration/
-#                      test_toxiproxy_clients.py).  It leaves .venv as the quick start made it.
+#                      systemd-analyze, redis-server, haproxy, dnsdist and dnsperf (the
+#                      rolling-restart tests), kubectl (kustomize), and node with npm,
+#                      which installs toxiproxy's Node client into .npm-test (tests/
+#                      integration/test_toxiproxy_clients.py).  It leaves .venv as the
+#                      quick start made it.
 #
 # Missing Debian packages are installed with apt-get (which needs root); without
 # root, the quick start's tools are named with their install line instead.
@@ -24,7 +26,7 @@ EXAMPLE_TOOLS="socat:socat dig:bind9-dnsutils openssl:openssl curl:curl"
 # The same for each tool the integration tests drive.  systemd: systemd-socket-activate
 # and systemd-analyze (installing the package in a container starts nothing; the tests
 # only run these two tools).
-TEST_TOOLS="socat:socat dig:bind9-dnsutils dnsmasq:dnsmasq-base openssl:openssl sslscan:sslscan curl:curl ss:iproute2 systemd-socket-activate:systemd redis-server:redis-server node:nodejs npm:npm"
+TEST_TOOLS="socat:socat dig:bind9-dnsutils dnsmasq:dnsmasq-base openssl:openssl sslscan:sslscan curl:curl ss:iproute2 systemd-socket-activate:systemd redis-server:redis-server node:nodejs npm:npm haproxy:haproxy dnsdist:dnsdist dnsperf:dnsperf kubectl:kubernetes-client"
 
 # The version of toxiproxy's Node client the toxiproxy API is tested with.
 NODE_TOXIPROXY_CLIENT=4.1.0

@@ -2,7 +2,7 @@
 Base classes a plugin starts from, so that a small one is a few lines.
 
 L{Plugin} gives the plugin interface's optional attributes their defaults
-(C{requiresTLS}, no options); L{StreamPlugin} is a plugin serving streams
+(C{requiresTLS}, C{relaysFrames}, no options); L{StreamPlugin} is a plugin serving streams
 with one L{FrameReceiver} subclass per connection, which only says what to
 do with a frame.  The interfaces themselves are in L{netd.interfaces}: a
 plugin that does not start from these classes declares everything itself.
@@ -41,6 +41,7 @@ class Plugin(ABC):
     optionsType: ClassVar[type] = NoOptions
     framings: ClassVar[tuple[str, ...]] = ()
     requiresTLS: ClassVar[bool] = False
+    relaysFrames: ClassVar[bool] = False
 
     @abstractmethod
     def build(self, options: Any, context: PluginContext) -> Any:
@@ -75,9 +76,7 @@ class FrameReceiver(ABC):
     def connectionLost(self, reason: Failure) -> None:
         """
         Let go of the connection, which points back at this receiver, so that
-        a closed one is freed at once rather than by the cycle collector.  (A
-        TLS connection whose handshake failed ends here without having been
-        made.)
+        a closed one is freed at once rather than by the cycle collector.
         """
         vars(self).pop("connection", None)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
@@ -60,6 +60,93 @@ class NoEvents:
         """
 
 
+class FrameOutlet(Protocol):
+    """
+    Where the frame faults' writer (L{netd.faults.frames.FrameFaultWriter})
+    writes one connection's frames: the framing that encodes them, the
+    transport that carries them, and the client the events name; a relaying
+    plugin gives its own for the frames it sends on.
+
+    @ivar framingName: the framing's name, for the events.
+    @ivar largestClaim: the largest length the framing's prefix can state
+        (L{None}: no prefix, or no bound).
+    """
+
+    framingName: str
+    largestClaim: int | None
+
+    def encodeFrame(self, frame: bytes, claimed: int | None = None) -> bytes:
+        """
+        The bytes of one frame on the wire, its prefix stating C{claimed} when given.
+
+        @raise netd.stream.framing.FramingError: if the framing cannot carry it.
+        """
+
+    def write(self, data: bytes) -> None:
+        """
+        Write encoded bytes (a frame, a piece of one, or several).
+        """
+
+    def loseConnection(self) -> None:
+        """
+        Close the connection, after what was written.
+        """
+
+    def holdBack(self, holding: bool) -> None:
+        """
+        The writer holds more than it may (C{holding}), or again little
+        enough: pause (or resume) what feeds it.
+        """
+
+    def getPeer(self) -> IAddress:
+        """
+        The client's address, for the events.
+        """
+
+
+class RelayedFrameWriter(Protocol):
+    """
+    The writer of the frames a relaying plugin sends on, once frame faults
+    have touched them (L{netd.faults.frames.FrameFaultWriter}).
+    """
+
+    def sendFrame(self, frame: bytes) -> None:
+        """
+        Send one frame through the faults that apply to it, in order behind those held.
+        """
+
+    def afterHeld(self, action: Callable[[], None]) -> None:
+        """
+        Call C{action} once every frame held back has been written (a half-close).
+        """
+
+    def loseConnection(self) -> None:
+        """
+        Close the connection once every frame held back has been written.
+        """
+
+    def stop(self) -> None:
+        """
+        The connection is lost: drop what is held, cancel the timers.
+        """
+
+
+class RelayedFrameFaults(Protocol):
+    """
+    A service's C{from_client} frame faults, as a plugin that sends the
+    client's frames on sees them (L{netd.faults.frames.FrameFaultSet}).
+
+    @ivar inForce: whether there are any (read per frame).
+    """
+
+    inForce: bool
+
+    def writerTo(self, outlet: FrameOutlet, clock: IReactorTime) -> RelayedFrameWriter:
+        """
+        A writer of frames to C{outlet} from now on.
+        """
+
+
 @attrs.frozen
 class PluginContext:
     """
@@ -77,6 +164,11 @@ class PluginContext:
         connection of its own the same way (the proxy's upstream); L{None}
         when the service serves no streams.
     @ivar maxFrame: the service's C{max_frame}; L{None} with raw framing.
+    @ivar relayedFrameFaults: the service's C{from_client} frame faults, for a
+        plugin that sends the client's frames on to a server of its own
+        (one that declares C{relaysFrames}): each such frame goes through a
+        writer of theirs (C{writerTo}) while they are in force; L{None}:
+        none are kept.
     """
 
     reactor: Any
@@ -86,12 +178,19 @@ class PluginContext:
     events: EventRecorder = attrs.field(factory=NoEvents)
     framing: str | None = "raw"
     maxFrame: int | None = None
+    relayedFrameFaults: RelayedFrameFaults | None = None
 
 
 class IProtocolPlugin(Interface):
     """
     A protocol netd can serve; found among the built-ins or through the
     C{netd.plugins} entry-point group.
+
+    One optional attribute, read where present: C{relaysFrames}, L{True}
+    when the plugin sends the client's frames on to a server of its own
+    through L{PluginContext.relayedFrameFaults}, so that its services take
+    C{from_client} frame faults (L{False}, the default of
+    L{netd.bases.Plugin}, refuses them).
     """
 
     name = Attribute("The value of a service's C{plugin} key: lowercase, no spaces.")
@@ -157,7 +256,9 @@ class IFrameReceiver(Interface):
 
     def connectionMade(connection: IFrameConnection) -> None:
         """
-        The connection is open; frames are sent back through C{connection}.
+        The connection is open (over TLS: its handshake is done; a connection
+        whose handshake fails never reaches its receiver); frames are sent
+        back through C{connection}.
         """
 
     def frameReceived(frame: bytes) -> None:
@@ -211,6 +312,21 @@ class IPacedConnection(Interface):
     def resetConnection() -> None:
         """
         End the connection with a TCP reset.
+        """
+
+
+class IServerTLSTransport(Interface):
+    """
+    The server side of a service's TLS, under its framing: the framing
+    introduces the plugin's receiver once the handshake is done (Twisted's
+    C{IHandshakeListener} call), so that a client whose handshake fails
+    never reaches the plugin.  Client-side TLS (an upstream a plugin dials)
+    is not one: its plugin meets the connection as it opens.
+    """
+
+    def getHandle() -> Any:
+        """
+        The pyOpenSSL connection, which says whether the handshake is done.
         """
 
 

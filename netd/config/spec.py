@@ -11,6 +11,8 @@ listened on before all of it passes.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import ipaddress
 import os
 import tomllib
@@ -208,6 +210,19 @@ class DaemonSpec:
         None,
         help="The group to run as (a name or numeric id) with user; the user's own group when unset.",
     )
+    watch_config: bool = option(
+        False,
+        help="Reload the config file when its content changes, as SIGHUP does (a bad file changes nothing): "
+        "netd reads it through its path every watch_interval and compares a SHA-256 of the bytes, so the "
+        "symlink swap of a Kubernetes ConfigMap volume is seen. Needs a config file; a change of this key "
+        "takes effect only when netd restarts.",
+    )
+    watch_interval: float = option(
+        5.0,
+        help="Seconds between two reads of the config file with watch_config, each wait drawn between half and "
+        "one and a half times this (so that netds started together do not reload together); applied by a reload.",
+        checks=(between(0.1, 3600),),
+    )
 
     def crossCheck(self) -> list[tuple[str, str]]:
         """
@@ -384,7 +399,7 @@ class ServiceSpec:
         """
         What the service's faults need to know of it (see L{ServiceShape}).
         """
-        return _serviceShape(self.listen, self.tls is not None, self.framing)
+        return _serviceShape(self.listen, self.tls is not None, self.framing, self.plugin)
 
     def toConfig(self) -> dict[str, Any]:
         """
@@ -425,6 +440,11 @@ class NetdConfig:
     source: str
     daemon: DaemonSpec
     services: tuple[ServiceSpec, ...]
+    digest: str = attrs.field(default="", eq=False)
+    """
+    The SHA-256 (hex) of the file's bytes, by which C{[daemon] watch_config}
+    tells a changed file from the running one; empty for the embedded default.
+    """
 
     def toConfig(self) -> dict[str, Any]:
         """
@@ -433,15 +453,17 @@ class NetdConfig:
         return {"daemon": toConfig(self.daemon), "services": [s.toConfig() for s in self.services]}
 
 
-def _serviceShape(listen: tuple[ListenAddress, ...], tls: bool, framing: str | None) -> ServiceShape:
+def _serviceShape(listen: tuple[ListenAddress, ...], tls: bool, framing: str | None, plugin: Any) -> ServiceShape:
     """
-    The shape of a service with these listen addresses, TLS or not, and framing.
+    The shape of a service with these listen addresses, TLS or not, framing
+    and plugin (which may declare C{relaysFrames}, an optional attribute).
     """
     return ServiceShape(
         streams=any(a.transport == "stream" for a in listen),
         datagrams=any(a.transport == "datagram" for a in listen),
         tls=tls,
         framing=framing,
+        relays=getattr(plugin, "relaysFrames", False) is True,
     )
 
 
@@ -528,10 +550,10 @@ def _decodeService(table: Any, path: KeyPath, registry: PluginSource, problems: 
     checkShape = getattr(options, "checkShape", None)
     if checkShape is not None and listen:
         # A plugin's keys that depend on the service's listeners: (key, problem) pairs.
-        shape = _serviceShape(listen, envelope.get("tls") is not None, framing)
+        shape = _serviceShape(listen, envelope.get("tls") is not None, framing, plugin)
         problems.extend(Problem(path + (key,), message) for key, message in checkShape(shape))
     if envelope.get("faults") and listen and len(problems) == shapeBefore:
-        shape = _serviceShape(listen, envelope.get("tls") is not None, framing)
+        shape = _serviceShape(listen, envelope.get("tls") is not None, framing, plugin)
         problems.extend(envelope["faults"].misfits(shape, path + ("faults",)))
     if len(problems) > before:
         return None
@@ -640,19 +662,22 @@ def loadConfig(path: str | None, registry: PluginSource) -> NetdConfig:
 
     @raise ConfigError: when the file cannot be read, is not TOML, or is invalid.
     """
+    digest = ""
     if path is None:
         text = files("netd.config").joinpath("default.toml").read_text(encoding="utf-8")
         source = DEFAULT_CONFIG_NAME
     else:
         source = path
         try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
+            with open(path, "rb") as f:
+                content = f.read()
+            text = io.StringIO(content.decode("utf-8"), newline=None).read()
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(source, [Problem((), f"cannot read the file: {e}")]) from None
+        digest = hashlib.sha256(content).hexdigest()
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(source, [Problem((), f"not valid TOML: {e}")]) from None
     with relativeTo(None if path is None else os.path.dirname(path)):
-        return parseConfig(data, source, registry)
+        return attrs.evolve(parseConfig(data, source, registry), digest=digest)

@@ -33,6 +33,7 @@ from netd.daemon.hangup import ReloadSignal
 from netd.daemon.privileges import PrivilegeDrop, PrivilegeError
 from netd.daemon.service import ServiceStartError
 from netd.daemon.systemd import Notifier, startWatchdog
+from netd.daemon.watch import ConfigWatch
 from netd.registry import PluginRegistry
 from netd.words import counted
 
@@ -47,7 +48,8 @@ class NetdApplication(MultiService):
     """
     The services of one config and their control API, started all or
     nothing, served once the reactor runs, reloaded on SIGHUP (once
-    L{catchReloadSignal} is called), and stopped with a drain.
+    L{catchReloadSignal} is called) and when the file changes (with
+    C{[daemon] watch_config}), and stopped with a drain.
 
     @ivar daemon: the daemon's services, once L{build} has made them.
     @ivar api: the control API, a sibling of L{daemon}; L{None} when
@@ -94,6 +96,11 @@ class NetdApplication(MultiService):
         """
         self.reloadOnHangup = reloadOnHangup
         self.reloadSignal: ReloadSignal | None = None
+        self.configWatch: ConfigWatch | None = None
+        """
+        Reloads the config file when it changes (C{[daemon] watch_config}),
+        from the moment netd serves.
+        """
         self._binding: Deferred[None] | None = None
         self._serving: list[Deferred[None]] = []
         self._outcome: Failure | None = None
@@ -294,9 +301,17 @@ class NetdApplication(MultiService):
 
     def serve(self) -> dict[str, list[dict[str, object]]]:
         """
-        Mark the services running, write the ports file, tell systemd.
+        Mark the services running, write the ports file, tell systemd, and
+        watch the config file if C{[daemon] watch_config} says so.
         """
-        return self.daemon.serve()
+        report = self.daemon.serve()
+        if self.config.daemon.watch_config:
+            if self.daemon.configPath is None:
+                log.warn("watch_config: the embedded default config has no file to watch")
+            else:
+                self.configWatch = ConfigWatch(self.daemon, self.daemon.configPath, self.reactor)
+                self.configWatch.start()
+        return report
 
     async def releaseListeners(self) -> None:
         """
@@ -331,6 +346,8 @@ class NetdApplication(MultiService):
         Service.stopService(self)
         if self.watchdog is not None and self.watchdog.running:
             self.watchdog.stop()
+        if self.configWatch is not None:
+            self.configWatch.stop()
         if not self._built:
             return Deferred.fromCoroutine(_nothing())
         stopped = self.daemon.stopService()

@@ -47,6 +47,7 @@ RESTART_KEYS = (
     "toxiproxy",
     "user",
     "group",
+    "watch_config",
 )
 """
 The C{[daemon]} keys a reload cannot apply: a change to one is logged as
@@ -406,7 +407,7 @@ class Daemon(MultiService):
     def _daemonChanges(self, new: DaemonSpec) -> DaemonSpec:
         """
         The C{[daemon]} table to run with: the new live keys (log level,
-        shutdown timeout, lameduck), the running value of every other key, each change
+        shutdown timeout, lameduck, admin hosts, watch interval), the running value of every other key, each change
         of which is logged as needing a restart.
         """
         running = self.config.daemon
@@ -422,6 +423,7 @@ class Daemon(MultiService):
             shutdown_timeout=new.shutdown_timeout,
             lameduck=new.lameduck,
             admin_hosts=new.admin_hosts,
+            watch_interval=new.watch_interval,
         )
 
     def _prepare(
@@ -554,6 +556,7 @@ class Daemon(MultiService):
             source=new.source,
             daemon=daemonSpec,
             services=tuple(s for s in new.services if s.name in self.namedServices),
+            digest=new.digest,
         )
         report = self.addressesChanged()
         for what, names in summary.items():

@@ -138,6 +138,7 @@ class NetService(Service):
             events=self.events,
             framing=spec.framing,
             maxFrame=spec.max_frame,
+            relayedFrameFaults=self.faults.relayedFrames,
         )
         try:
             self.handler = spec.plugin.build(spec.options, context)

@@ -4,8 +4,9 @@ API changes it, each fault with the running count of its schedule.
 
 L{ServiceFaults} is the control API's C{faults} table, and hands each layer
 its family of faults: L{ServiceFaults.streams} to the connection guard,
-L{ServiceFaults.frames} to the framing, L{ServiceFaults.datagrams} to the UDP
-listeners (each the small collaborator that layer declares).  The layers
+L{ServiceFaults.frames} to the framing, L{ServiceFaults.relayedFrames} to a
+plugin that relays the client's frames onward, L{ServiceFaults.datagrams} to
+the UDP listeners (each the small collaborator that layer declares).  The layers
 report what they did through L{ServiceFaults.applied}, which counts it and
 puts it in the event log.
 """
@@ -47,7 +48,9 @@ class ServiceFaults:
     API's C{/services/NAME/faults} table.
 
     @ivar streams: the stream and TLS faults, for the connection guard (chosen per connection).
-    @ivar frames: the frame faults, for the framing (chosen per frame).
+    @ivar frames: the C{to_client} frame faults, for the framing (chosen per frame).
+    @ivar relayedFrames: the C{from_client} frame faults, for a plugin that
+        sends the client's frames on (the proxy, through its L{PluginContext}).
     @ivar datagrams: the datagram faults, for the UDP listeners (chosen per datagram).
     """
 
@@ -58,8 +61,9 @@ class ServiceFaults:
         self.configured = configured
         self.streams = StreamFaultSet(self.applied)
         self.frames = FrameFaultSet(self.applied)
+        self.relayedFrames = FrameFaultSet(self.applied, "from_client")
         self.datagrams = DatagramFaultSet(self.applied)
-        self._families: tuple[FaultSet, ...] = (self.streams, self.frames, self.datagrams)
+        self._families: tuple[FaultSet, ...] = (self.streams, self.frames, self.relayedFrames, self.datagrams)
         counters.labelCounters(
             "faults_applied_", family="faults_applied", label="type", help="Faults applied, by fault type."
         )

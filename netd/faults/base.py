@@ -33,13 +33,16 @@ The longest delay, latency or wait a fault may add: ten minutes.
 class ServiceShape:
     """
     What a fault needs to know of the service it is set on: whether it serves
-    streams and datagrams, terminates TLS, and which framing it uses.
+    streams and datagrams, terminates TLS, which framing it uses, and whether
+    its plugin relays the client's frames on to a server of its own (the
+    proxy's C{relaysFrames}), so that frame faults can act on them too.
     """
 
     streams: bool
     datagrams: bool
     tls: bool
     framing: str | None
+    relays: bool = False
 
 
 def milliseconds(help: str, default: Any = 0.0) -> Any:
@@ -90,6 +93,15 @@ class Fault(Scheduled):
         family says what it needs.
         """
         return None
+
+    def misfits(self, shape: ServiceShape) -> list[tuple[str, str]]:
+        """
+        Why this fault cannot act on a service of this shape, as (key,
+        problem) pairs: L{misfit}'s reason at C{type}; a family whose other
+        keys depend on the shape adds theirs.
+        """
+        why = self.misfit(shape)
+        return [] if why is None else [("type", why)]
 
     def multiplier(self) -> int:
         """

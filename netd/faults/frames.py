@@ -3,19 +3,24 @@ Frame faults: what netd does wrong with the frames it sends, knowing where each
 one starts and ends, which no byte-level proxy can do.  The faults that apply
 to a frame act in their L{FrameFault.order}; once a connection has used a
 L{FrameFaultWriter} its later frames all go through it, so frames keep their
-order (docs/faults.md, "Design notes").
+order (docs/faults.md, "Design notes").  A writer writes to a L{FrameOutlet}:
+the client's connection (C{to_client}), or, for a plugin that relays the
+client's frames onward (the proxy), its connection to the upstream
+(C{from_client}).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import attrs
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 
 from netd.config.options import atLeast, between, option
-from netd.faults.base import ActiveFault, Direction, Fault, FaultSet, ServiceShape, milliseconds
+from netd.faults.base import ActiveFault, Direction, Fault, FaultSet, Report, ServiceShape, milliseconds
+from netd.interfaces import FrameOutlet
 from netd.stream.framing import FramedProtocol
 from netd.stream.proxyheader import describePeer
 
@@ -38,9 +43,10 @@ PREFIX_LARGEST = {"u16": 2**16 - 1, "u32": 2**32 - 1}
 The largest length the binary prefixes can state (a netstring's has no bound).
 """
 
-_CLOSE = None
+FRAME_DIRECTIONS = ("to_client", "from_client")
 """
-The entry of the write queue that closes the connection.
+The directions of frame faults: the frames netd sends the client, and those
+of the client's that a relaying plugin sends on.
 """
 
 
@@ -90,11 +96,15 @@ class FrameFault(Fault):
         before it is encoded).
     """
 
-    directions = ("to_client",)
+    directions = FRAME_DIRECTIONS
     order: ClassVar[int]
     onWire: ClassVar[bool] = True
 
-    direction: Direction = option("to_client", help="Frames netd sends (the only direction).")
+    direction: Direction = option(
+        "to_client",
+        help="Which frames it acts on: to_client (the frames netd sends the client), or from_client (the "
+        "client's frames as a plugin that relays them, the proxy, sends them on to its upstream).",
+    )
 
     def misfit(self, shape: ServiceShape) -> str | None:
         """
@@ -105,6 +115,22 @@ class FrameFault(Fault):
         if shape.framing in (None, "raw"):
             return f"{self.typeName} acts on frames, and this service uses raw framing, which has none"
         return None
+
+    def misfits(self, shape: ServiceShape) -> list[tuple[str, str]]:
+        """
+        And C{from_client} needs a plugin that sends the client's frames on
+        (the proxy): another plugin's frames from the client end with it.
+        """
+        problems = super().misfits(shape)
+        if not problems and self.direction == "from_client" and not shape.relays:
+            problems.append(
+                (
+                    "direction",
+                    f"{self.typeName} from_client acts on the client's frames as a plugin that relays them (proxy) "
+                    "sends them on, and this service's plugin relays none; its frame faults act to_client only",
+                )
+            )
+        return problems
 
     def act(self, frame: FrameInFlight, fault: ActiveFault) -> None:
         """
@@ -222,26 +248,70 @@ class CorruptLength(FrameFault):
         size = len(frame.payload)
         claimed = self.length
         if claimed is None:
-            largest = frame.writer.protocol.largestClaim
+            largest = frame.writer.outlet.largestClaim
             claimed = size + 1 if largest is None or size < largest else size - 1
         frame.writer.report(fault, length=size, claimed=claimed)
         frame.claimed = claimed
 
 
+class ConnectionOutlet:
+    """
+    A framed connection's own frames, to its peer (C{to_client}).
+    """
+
+    def __init__(self, protocol: FramedProtocol) -> None:
+        self.protocol = protocol
+        self.framingName = protocol.framingName
+        self.largestClaim = protocol.largestClaim
+
+    def encodeFrame(self, frame: bytes, claimed: int | None = None) -> bytes:
+        """
+        The connection's framing encodes.
+        """
+        return self.protocol.encodeFrame(frame, claimed)
+
+    def write(self, data: bytes) -> None:
+        """
+        To the connection's transport.
+        """
+        transport: Any = self.protocol.transport
+        transport.write(data)
+
+    def loseConnection(self) -> None:
+        """
+        Close the connection's transport (not the protocol's
+        C{loseConnection}, which would wait for this writer).
+        """
+        transport: Any = self.protocol.transport
+        transport.loseConnection()
+
+    def holdBack(self, holding: bool) -> None:
+        """
+        Pause reading from the peer (L{FramedProtocol.holdBack}).
+        """
+        self.protocol.holdBack(holding)
+
+    def getPeer(self) -> IAddress:
+        """
+        The connection's peer.
+        """
+        return self.protocol.getPeer()
+
+
 class FrameFaultWriter:
     """
     The writer of one connection's frames once frame faults have touched it
-    (what L{netd.stream.framing.FrameWriter} asks for).
+    (what L{netd.stream.framing.FrameWriter} asks for), to its L{FrameOutlet}.
 
     @ivar held: bytes held back now (queued behind a delay, or waiting to merge).
     """
 
-    def __init__(self, protocol: FramedProtocol, faults: FrameFaultSet, clock: IReactorTime) -> None:
-        self.protocol = protocol
+    def __init__(self, outlet: FrameOutlet, faults: FrameFaultSet, clock: IReactorTime) -> None:
+        self.outlet = outlet
         self.faults = faults
         self.clock = clock
         self.held = 0
-        self._queue: deque[tuple[bytes | None, float | None]] = deque()
+        self._queue: deque[tuple[bytes | Callable[[], None], float | None]] = deque()
         self._timer: IDelayedCall | None = None
         self._merging: list[bytes] = []
         self._mergeCount = 0
@@ -260,7 +330,7 @@ class FrameFaultWriter:
             return
         applying = {type(fault.spec): fault for fault in self.faults.faults if fault.next()}
         if not applying and not self._queue and not self._merging:
-            self.protocol.transport.write(self.protocol.encodeFrame(frame))  # type: ignore[union-attr]
+            self.outlet.write(self.outlet.encodeFrame(frame))
             return
         flight = FrameInFlight(self, frame)
         encoded = False
@@ -284,7 +354,7 @@ class FrameFaultWriter:
         """
         A frame's bytes on the wire (behind a prefix that states C{claimed}, when given).
         """
-        return self.protocol.encodeFrame(payload, claimed)
+        return self.outlet.encodeFrame(payload, claimed)
 
     def loseConnection(self) -> None:
         """
@@ -293,8 +363,15 @@ class FrameFaultWriter:
         if self._closing:
             return
         self._closing = True
+        self.afterHeld(self.outlet.loseConnection)
+
+    def afterHeld(self, action: Callable[[], None]) -> None:
+        """
+        Call C{action} once every frame held back has been written (at once
+        when none is): what ends the connection, or a relay's half-close.
+        """
         self.flushMerge()
-        self._queue.append((_CLOSE, None))
+        self._queue.append((action, None))
         self._pump()
 
     def stop(self) -> None:
@@ -356,13 +433,14 @@ class FrameFaultWriter:
     def _pump(self, waited: bool = False) -> None:
         """
         Write what is queued, in order, up to the next entry that must wait
-        (C{waited}: the timer of the first entry has fired).
+        (C{waited}: the timer of the first entry has fired), and call the
+        actions queued behind what was written.
         """
         if waited:
             self._timer = None
         elif self._timer is not None:
             return
-        transport: Any = self.protocol.transport
+        outlet = self.outlet
         queue = self._queue
         while queue:
             data, wait = queue[0]
@@ -371,31 +449,36 @@ class FrameFaultWriter:
                 return
             waited = False
             queue.popleft()
-            if data is _CLOSE:
-                transport.loseConnection()
-                return
+            if callable(data):
+                data()
+                continue
             self.held -= len(data)
-            transport.write(data)
+            outlet.write(data)
         if self._paused and self.held <= HELD_LIMIT:
             self._paused = False
-            self.protocol.holdBack(False)
+            outlet.holdBack(False)
 
     def _hold(self, size: int) -> None:
         """
-        Count bytes held back; past L{HELD_LIMIT}, pause reading from the peer
-        (and what feeds a relaying receiver, L{FramedProtocol.holdBack}).
+        Count bytes held back; past L{HELD_LIMIT}, pause what feeds the
+        writer (L{FrameOutlet.holdBack}).
         """
         self.held += size
         if not self._paused and self.held > HELD_LIMIT:
             self._paused = True
-            self.protocol.holdBack(True)
+            self.outlet.holdBack(True)
 
     def report(self, fault: ActiveFault, **details: Any) -> None:
         """
         Report a fault applied to a frame of this connection.
         """
+        outlet = self.outlet
         self.faults.report(
-            fault, peer=describePeer(self.protocol.getPeer()), framing=self.protocol.framingName, **details
+            fault,
+            peer=describePeer(outlet.getPeer()),
+            direction=self.faults.direction,
+            framing=outlet.framingName,
+            **details,
         )
 
 
@@ -410,13 +493,31 @@ def _order(fault: ActiveFault) -> int:
 
 class FrameFaultSet(FaultSet):
     """
-    A service's frame faults, as its framing sees them (L{netd.stream.framing.FrameFaults}).
+    A service's frame faults of one direction: C{to_client}, as its framing
+    sees them (L{netd.stream.framing.FrameFaults}), or C{from_client}, as a
+    plugin that relays the client's frames onward sees them.
     """
 
     kind = FrameFault
+
+    def __init__(self, report: Report, direction: str = "to_client") -> None:
+        super().__init__(report)
+        self.direction = direction
+
+    def install(self, active: tuple[ActiveFault, ...]) -> None:
+        """
+        Take this direction's frame faults among C{active}.
+        """
+        super().install(tuple(a for a in active if a.spec.direction == self.direction))
 
     def writerFor(self, protocol: FramedProtocol, clock: IReactorTime) -> FrameFaultWriter:
         """
         The writer of C{protocol}'s frames from now on.
         """
-        return FrameFaultWriter(protocol, self, clock)
+        return self.writerTo(ConnectionOutlet(protocol), clock)
+
+    def writerTo(self, outlet: FrameOutlet, clock: IReactorTime) -> FrameFaultWriter:
+        """
+        A writer of frames to C{outlet} (a relay's upstream) from now on.
+        """
+        return FrameFaultWriter(outlet, self, clock)

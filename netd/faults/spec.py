@@ -121,9 +121,7 @@ class FaultList:
         """
         A problem for each fault that cannot act on a service of this shape.
         """
-        return [
-            Problem(path + (i, "type"), why) for i, f in enumerate(self.faults) if (why := f.misfit(shape)) is not None
-        ]
+        return [Problem(path + (i, key), why) for i, f in enumerate(self.faults) for key, why in f.misfits(shape)]
 
     def __iter__(self) -> Iterator[Fault]:
         return iter(self.faults)

@@ -16,7 +16,13 @@ from typing import Any, ClassVar
 from typing import Protocol as TypingProtocol
 
 import attrs
-from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import (
@@ -36,6 +42,7 @@ from netd.interfaces import (
     IFramingViolationReceiver,
     IHalfCloseableReceiver,
     IPacedConnection,
+    IServerTLSTransport,
     IStreamHandler,
 )
 from netd.metrics import Counters
@@ -89,7 +96,7 @@ class FrameFaults(TypingProtocol):
         """
 
 
-@implementer(IFrameConnection, IPacedConnection, IHalfCloseableProtocol)
+@implementer(IFrameConnection, IPacedConnection, IHalfCloseableProtocol, IHandshakeListener)
 class FramedProtocol(Protocol):
     """
     What every framing adapter shares: the receiver it feeds, and the one
@@ -121,6 +128,7 @@ class FramedProtocol(Protocol):
     faultWriter: FrameWriter | None
     exactFrames = False
     relayProducer: IPushProducer | None = None
+    awaitingHandshake = False
 
     def __init__(self) -> None:
         """
@@ -133,9 +141,25 @@ class FramedProtocol(Protocol):
 
     def connectionMade(self) -> None:
         """
-        Introduce the receiver to its connection.
+        Introduce the receiver to its connection, or, over TLS, once the
+        handshake is done (L{handshakeCompleted}): a receiver that acts when
+        its connection opens (the proxy dials its upstream) then does nothing
+        for a client whose handshake fails, and meets a connection that can
+        carry data.
         """
-        self.receiver.connectionMade(self)
+        if _handshakePending(self.transport):
+            self.awaitingHandshake = True
+        else:
+            self.receiver.connectionMade(self)
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake under this connection is done (Twisted's TLS
+        protocol calls this before it delivers any data): introduce the receiver.
+        """
+        if self.awaitingHandshake:
+            self.awaitingHandshake = False
+            self.receiver.connectionMade(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
@@ -149,7 +173,7 @@ class FramedProtocol(Protocol):
         # once rather than at the next full collection (10,000 closed
         # connections: about 17 MiB).
         receiver = self.__dict__.pop("receiver", None)
-        if receiver is not None:
+        if receiver is not None and not self.awaitingHandshake:
             receiver.connectionLost(reason)
 
     def deliverFrame(self, frame: bytes) -> None:
@@ -322,7 +346,7 @@ class FramedProtocol(Protocol):
         closes once what was sent is written.
         """
         receiver = self.__dict__.get("receiver")
-        if IHalfCloseableReceiver.providedBy(receiver):
+        if IHalfCloseableReceiver.providedBy(receiver) and not self.awaitingHandshake:
             receiver.readConnectionLost()
         else:
             transport: Any = self.transport
@@ -338,6 +362,15 @@ class FramedProtocol(Protocol):
         The reason given for an incoming frame over the limit.
         """
         return f"{self.framingName} frame of {size} bytes exceeds max_frame ({self.maxFrame})"
+
+
+def _handshakePending(transport: Any) -> bool:
+    """
+    Whether C{transport} is the server side of TLS (L{IServerTLSTransport})
+    whose handshake has not finished: the client's Finished message, the
+    last of a handshake the server receives, has not arrived.
+    """
+    return IServerTLSTransport.providedBy(transport) and transport.getHandle().get_peer_finished() is None
 
 
 class RawFraming(FramedProtocol):

@@ -333,16 +333,18 @@ def faultsFor(
     streams: bool = True,
     datagrams: bool = True,
     tls: bool = False,
+    relays: bool = False,
     counters: Counters | None = None,
     events: EventLog | None = None,
 ) -> ServiceFaults:
     """
     A service's faults from fault tables as a config file gives them, checked
-    as a service's are against the shape described by the other arguments.
+    as a service's are against the shape described by the other arguments
+    (C{relays}: of a plugin that declares C{relaysFrames}).
 
     @raise ConfigError: naming every problem of the tables.
     """
-    shape = ServiceShape(streams, datagrams, tls, framing)
+    shape = ServiceShape(streams, datagrams, tls, framing, relays)
     problems: list[Problem] = []
     faults = convert(tables, FaultList, ("faults",), problems)
     if not problems:

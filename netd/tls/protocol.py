@@ -21,8 +21,10 @@ from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from netd import logs
+from netd.interfaces import IServerTLSTransport
 from netd.metrics import Counters
 from netd.tls.contexts import ServerTLS
 from netd.tls.failures import classifyFailure
@@ -31,6 +33,7 @@ from netd.tls.pump import RECORD_PUMP, RecordPump
 from netd.tls.transport import TLSTransport, TLSTransportFactory
 
 
+@implementer(IServerTLSTransport)
 class TLSServerProtocol(TLSTransport):
     """
     The server side of one TLS connection: a handshake timeout, and the

@@ -24,6 +24,7 @@ from netd.stream.framing import FRAMINGS
 from netd.tls.options import ClientTLSOptions
 
 from .datagram import DatagramUpstream, SessionTable
+from .headerfirst import PlainUpstreamEndpoint
 from .relay import ClientSide, FramedClientSide, Upstream
 from .upstreamtls import endpointHost, tlsUpstreamEndpoint
 
@@ -87,7 +88,8 @@ class ProxyOptions:
         False,
         help="Send a PROXY protocol header (HAProxy's, 'v1' text or 'v2' binary) first on each upstream "
         "connection, naming the client's address and the one it connected to, so that the upstream sees "
-        "the real client; false sends none.  A unix-socket client is named as v1's UNKNOWN or v2's LOCAL.",
+        "the real client; false sends none.  A unix-socket client is named as v1's UNKNOWN or v2's LOCAL.  "
+        "With upstream_tls the header goes in clear before the TLS handshake.",
     )
     udp_upstream: DatagramUpstream | None = option(
         None,
@@ -134,22 +136,11 @@ class ProxyOptions:
         """
         problems = []
         tls = self.upstream_tls
-        if tls is not None and self.upstream is not None:
-            if tls.server_name is None and endpointHost(str(self.upstream)) is None:
-                problems.append(
-                    (
-                        "upstream_tls",
-                        f"needs server_name: {str(self.upstream)!r} names no host to check the certificate for",
-                    )
-                )
-            if self.upstream_proxy_protocol:
-                problems.append(
-                    (
-                        "upstream_proxy_protocol",
-                        "cannot be used with upstream_tls: the header would have to go before the TLS handshake, "
-                        "which netd does not send yet",
-                    )
-                )
+        upstream = self.upstream
+        if tls is not None and upstream is not None and tls.server_name is None and endpointHost(upstream) is None:
+            problems.append(
+                ("upstream_tls", f"needs server_name: {str(upstream)!r} names no host to check the certificate for")
+            )
         return problems
 
 
@@ -181,7 +172,7 @@ class ProxyHandler(Service):
         address = str(options.upstream)
         tls = options.upstream_tls
         self.upstream = Upstream(
-            endpoint=clientFromString(context.reactor, address)
+            endpoint=PlainUpstreamEndpoint(clientFromString(context.reactor, address))
             if tls is None
             else tlsUpstreamEndpoint(address, tls, context),
             address=address,
@@ -191,6 +182,7 @@ class ProxyHandler(Service):
             context=context,
             framing=context.framing,
             maxFrame=context.maxFrame,
+            frameFaults=context.relayedFrameFaults,
         )
 
     def newConnection(self) -> ClientSide:
@@ -226,6 +218,7 @@ class ProxyPlugin(Plugin):
     optionsType = ProxyOptions
     transports = frozenset({"stream", "datagram"})
     framings = tuple(FRAMINGS)
+    relaysFrames = True
 
     def build(self, options: ProxyOptions, context: PluginContext) -> ProxyHandler:
         """

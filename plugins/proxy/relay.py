@@ -1,9 +1,10 @@
 """
 One proxied connection: the client's side (a frame receiver of the core's
 framing) and the upstream's (a Twisted protocol on a connection of its own,
-with raw framing; with another framing, the same framing's protocol), each
-pacing the other and passing on its EOF and its reset.  The proxy's README
-tells the story ("Design notes").
+with raw framing; with another framing, the same framing's protocol, and the
+client's frames sent to it through the service's C{from_client} frame
+faults), each pacing the other and passing on its EOF and its reset.  The
+proxy's README tells the story ("Design notes").
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IProtocolFactory,
     IPushProducer,
-    IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -35,12 +35,15 @@ from netd.interfaces import (
     IPacedConnection,
     IStreamHandler,
     PluginContext,
+    RelayedFrameFaults,
+    RelayedFrameWriter,
 )
 from netd.metrics import Histogram
 from netd.stream.framing import FRAMINGS, FramedFactory, FramedProtocol
 from netd.stream.guard import resetTransport
-from netd.stream.proxyformat import encodeProxyHeader
 from netd.stream.proxyheader import describePeer
+
+from .headerfirst import HeaderFirstEndpoint, proxyHeader
 
 CLOSE_LINGER = 2.0
 """
@@ -56,7 +59,8 @@ class Upstream:
     """
     Where one service's connections go, and what it counts of them.
 
-    @ivar endpoint: the upstream's client endpoint.
+    @ivar endpoint: the upstream's client endpoint, which writes the PROXY
+        header first (plain or under TLS).
     @ivar address: the endpoint string, as the config gives it (for logs).
     @ivar connectTimeout: seconds a connection attempt may take.
     @ivar resetOnFailure: whether a client whose upstream cannot be reached
@@ -66,9 +70,11 @@ class Upstream:
     @ivar framing: the service's framing, which cuts the upstream's bytes
         into frames too (L{FramedClientSide}) unless it is C{raw}.
     @ivar maxFrame: the service's C{max_frame}, for the upstream's frames too.
+    @ivar frameFaults: the service's C{from_client} frame faults, which act
+        on the client's frames on their way to the upstream (L{None}: none).
     """
 
-    endpoint: IStreamClientEndpoint
+    endpoint: HeaderFirstEndpoint
     address: str
     connectTimeout: float
     resetOnFailure: bool
@@ -76,6 +82,7 @@ class Upstream:
     proxyProtocol: Literal["v1", "v2"] | None = None
     framing: str | None = "raw"
     maxFrame: int | None = None
+    frameFaults: RelayedFrameFaults | None = None
     latency: Histogram = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -186,7 +193,9 @@ class ClientSide:
 
     def connectionMade(self, connection: Any) -> None:
         """
-        Pause the client and connect to the upstream, within C{connect_timeout}.
+        Pause the client and connect to the upstream, within
+        C{connect_timeout}; the endpoint opens the connection with the PROXY
+        header, if the service sends one.
         """
         self.connection = connection
         self.peer = connection.getPeer()
@@ -196,7 +205,8 @@ class ClientSide:
         upstream = self.upstream
         reactor = upstream.context.reactor
         self.opened = reactor.seconds()
-        attempt = self._attempt = upstream.endpoint.connect(self.upstreamFactory())
+        header = proxyHeader(upstream.proxyProtocol, self.peer, self.connection.getHost())
+        attempt = self._attempt = upstream.endpoint.connect(self.upstreamFactory(), header)
         self._timer = reactor.callLater(upstream.connectTimeout, self._connectTimedOut)
         attempt.addCallbacks(self._connected, self._connectFailed)
 
@@ -242,13 +252,11 @@ class ClientSide:
             return
         self.connection.registerProducer(transport, True)
         transport.registerProducer(ClientReading(self.connection), True)
-        if upstream.proxyProtocol is not None:
-            transport.write(encodeProxyHeader(upstream.proxyProtocol, self.peer, self.connection.getHost()))
         held, self.held = self.held, []
         for frame in held:
             self.frameReceived(frame)
         if self._clientEOF:
-            transport.loseWriteConnection()
+            self.endUpstreamWrites()
         else:
             self.connection.resumeReading()
 
@@ -328,8 +336,20 @@ class ClientSide:
             self.connection.loseConnection()
             return
         if self.upstreamTransport is not None and not self._upstreamGone:
-            self.upstreamTransport.loseWriteConnection()
+            self.endUpstreamWrites()
         self._closeWhenBothDone()
+
+    def endUpstreamWrites(self) -> None:
+        """
+        The client's EOF, to the upstream.
+        """
+        self.upstreamTransport.loseWriteConnection()
+
+    def closeUpstream(self) -> None:
+        """
+        Close the upstream connection, after what was sent to it.
+        """
+        self.upstreamTransport.loseConnection()
 
     def upstreamEOF(self) -> None:
         """
@@ -352,7 +372,7 @@ class ClientSide:
             if not self._clientGone:
                 self.connection.loseConnection()
             if self.upstreamTransport is not None and not self._upstreamGone:
-                self.upstreamTransport.loseConnection()
+                self.closeUpstream()
 
     def upstreamLost(self, reason: Failure) -> None:
         """
@@ -360,6 +380,7 @@ class ClientSide:
         client, a close a close (after what was sent to it is written).
         """
         self._upstreamGone = True
+        self.dropHeldFrames()
         reset = _wasReset(reason)
         decided = self._upstreamEnded is not None
         if not decided:
@@ -371,6 +392,11 @@ class ClientSide:
             self.connection.resetConnection()
         else:
             self.connection.loseConnection()
+
+    def dropHeldFrames(self) -> None:
+        """
+        The upstream connection is lost or being reset: nothing more is written to it.
+        """
 
     def connectionLost(self, reason: Failure) -> None:
         """
@@ -392,11 +418,12 @@ class ClientSide:
         transport.unregisterProducer()
         if _wasReset(reason):
             self._upstreamEnded = "reset by netd: the client reset"
+            self.dropHeldFrames()
             resetTransport(transport)
         else:
             if self._upstreamEnded is None:
                 self._upstreamEnded = "closed by netd: the client closed"
-            transport.loseConnection()
+            self.closeUpstream()
 
     def eventFields(self) -> Mapping[str, Any]:
         """
@@ -418,12 +445,19 @@ class FramedClientSide(ClientSide):
     """
     A client connection of a service whose framing has frames: each frame
     from the client goes to the upstream encoded again, exactly as it came
-    (L{IExactFrames}); the upstream's bytes are cut into frames by the same
-    framing (L{UpstreamFrames}), and each is sent to the client as a frame,
-    so that the service's frame faults act on it.
+    (L{IExactFrames}), through the service's C{from_client} frame faults
+    once one has been in force (L{UpstreamOutlet}); the upstream's bytes are
+    cut into frames by the same framing (L{UpstreamFrames}), and each is
+    sent to the client as a frame, so that the service's C{to_client} frame
+    faults act on it.
+
+    @ivar faultWriter: the writer of the client's frames to the upstream
+        once a C{from_client} frame fault was in force for one of them; from
+        then on it sends them all, so that they keep their order.
     """
 
     upstreamFraming: FramedProtocol | None = None
+    faultWriter: RelayedFrameWriter | None = None
 
     def upstreamFactory(self) -> IProtocolFactory:
         """
@@ -444,7 +478,9 @@ class FramedClientSide(ClientSide):
 
     def frameReceived(self, frame: bytes) -> None:
         """
-        A frame from the client: to the upstream as it came, or held until it is open.
+        A frame from the client: to the upstream as it came (through the
+        C{from_client} frame faults while there are any), or held until it
+        is open.
         """
         if self._failed:
             return
@@ -454,9 +490,56 @@ class FramedClientSide(ClientSide):
             return
         framing = self.upstreamFraming
         assert framing is not None
-        data = framing.encodeFrame(frame)
-        self.bytesUp += len(data)
-        transport.write(data)
+        writer = self.faultWriter
+        if writer is None:
+            faults = self.upstream.frameFaults
+            if faults is None or not faults.inForce:
+                data = framing.encodeFrame(frame)
+                self.bytesUp += len(data)
+                transport.write(data)
+                return
+            writer = self.faultWriter = faults.writerTo(UpstreamOutlet(self, framing), self.upstream.context.reactor)
+        self.bytesUp += framing.wireSize(frame)
+        writer.sendFrame(frame)
+
+    def endUpstreamWrites(self) -> None:
+        """
+        The client's EOF, to the upstream after the frames the faults hold.
+        """
+        writer = self.faultWriter
+        if writer is None:
+            super().endUpstreamWrites()
+        else:
+            writer.afterHeld(super().endUpstreamWrites)
+
+    def closeUpstream(self) -> None:
+        """
+        Close the upstream connection after the frames the faults hold.
+        """
+        writer = self.faultWriter
+        if writer is None:
+            super().closeUpstream()
+        else:
+            writer.loseConnection()
+
+    def writerClosesUpstream(self) -> None:
+        """
+        The fault writer closes the upstream connection, after the frames it
+        held: netd closes it, or a C{from_client} C{truncate_frame} does (the
+        client's connection is then closed once it is gone, as when the
+        upstream closes).
+        """
+        if self._upstreamEnded is None:
+            self._upstreamEnded = "closed by netd: a from_client frame fault"
+        if not self._upstreamGone:
+            self.upstreamTransport.loseConnection()
+
+    def dropHeldFrames(self) -> None:
+        """
+        Drop the frames the faults hold, and their timers.
+        """
+        if self.faultWriter is not None:
+            self.faultWriter.stop()
 
     def frameFromUpstream(self, frame: bytes) -> None:
         """
@@ -480,6 +563,58 @@ class FramedClientSide(ClientSide):
             resetTransport(self.upstreamTransport)
         if not self._clientGone:
             self.connection.resetConnection()
+
+
+class UpstreamOutlet:
+    """
+    Where the service's C{from_client} frame faults write a client's frames
+    (a L{netd.interfaces.FrameOutlet}): the upstream connection, encoded
+    by its framing.  Their events name the client, whose reading pauses
+    while they hold too much.
+    """
+
+    def __init__(self, client: FramedClientSide, framing: FramedProtocol) -> None:
+        self.client = client
+        self.framing = framing
+        self.framingName = framing.framingName
+        self.largestClaim = framing.largestClaim
+
+    def encodeFrame(self, frame: bytes, claimed: int | None = None) -> bytes:
+        """
+        The upstream connection's framing encodes (exactly, L{IExactFrames}).
+        """
+        return self.framing.encodeFrame(frame, claimed)
+
+    def write(self, data: bytes) -> None:
+        """
+        To the upstream.
+        """
+        self.client.upstreamTransport.write(data)
+
+    def loseConnection(self) -> None:
+        """
+        Close the upstream connection (L{FramedClientSide.writerClosesUpstream}).
+        """
+        self.client.writerClosesUpstream()
+
+    def holdBack(self, holding: bool) -> None:
+        """
+        Pause (or resume) reading the client, whose frames these are.
+        """
+        client = self.client
+        if client._clientGone:
+            return
+        if holding:
+            client.connection.pauseReading()
+        else:
+            client.connection.resumeReading()
+
+    def getPeer(self) -> IAddress:
+        """
+        The client's address.
+        """
+        address: IAddress = self.client.peer
+        return address
 
 
 @implementer(IFrameReceiver, IHalfCloseableReceiver, IFramingViolationReceiver, IExactFrames, IStreamHandler)

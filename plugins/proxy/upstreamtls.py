@@ -2,8 +2,9 @@
 TLS to the upstream (the C{upstream_tls} table): an endpoint whose
 connection counts as made only once the TLS handshake is done, so that the
 relay holds the client's bytes until the upstream is verified and a refused
-handshake is an upstream failure like a refused connection.  The proxy's
-README tells the story ("TLS on both sides").
+handshake is an upstream failure like a refused connection.  A PROXY header
+goes first, in clear, before the ClientHello (L{netd_plugins.proxy.headerfirst}).
+The proxy's README tells the story ("TLS on both sides").
 """
 
 from __future__ import annotations
@@ -79,8 +80,19 @@ class UpstreamTLSTransport(BufferingTLSTransport):
     client's EOF (C{loseWriteConnection}) sends TLS's close_notify while the
     upstream's answer is still read, where the TCP half-close the wrapper
     would otherwise pass down cuts the TLS stream; and an abort is a TCP
-    reset, as for a plain upstream.
+    reset, as for a plain upstream.  The factory's C{header}, if any, is
+    written on the connection before TLS sends its first byte.
     """
+
+    factory: _UpstreamTLSFactory
+
+    def makeConnection(self, transport: Any) -> None:
+        """
+        Write the header in clear, then start TLS (whose ClientHello follows it).
+        """
+        if self.factory.header:
+            transport.write(self.factory.header)
+        super().makeConnection(transport)
 
     def loseWriteConnection(self) -> None:
         """
@@ -100,10 +112,16 @@ class UpstreamTLSTransport(BufferingTLSTransport):
 
 class _UpstreamTLSFactory(TLSMemoryBIOFactory):
     """
-    TLS for one upstream connection, on L{UpstreamTLSTransport}.
+    TLS for one upstream connection, on L{UpstreamTLSTransport}, after C{header}.
     """
 
     protocol = UpstreamTLSTransport
+
+    def __init__(
+        self, creator: IOpenSSLClientConnectionCreator, wrapped: IProtocolFactory, clock: Any, header: bytes
+    ) -> None:
+        super().__init__(creator, True, wrapped, clock=clock)
+        self.header = header
 
 
 @implementer(IHandshakeListener)
@@ -153,19 +171,19 @@ class _Attempt:
     tcp: Deferred[Any] | None = None
     transport: Any = None
 
-    def __init__(self, endpoint: TLSUpstreamEndpoint, factory: IProtocolFactory) -> None:
+    def __init__(self, endpoint: TLSUpstreamEndpoint, factory: IProtocolFactory, header: bytes) -> None:
         self.endpoint = endpoint
         self.factory = factory
+        self.header = header
         self.result: Deferred[IProtocol] = Deferred(self._cancel)
 
     def start(self) -> Deferred[IProtocol]:
         """
-        Connect; the Deferred fires when the handshake is done.
+        Connect, write the header, handshake; the Deferred fires when the handshake is done.
         """
         endpoint = self.endpoint
-        tls = _UpstreamTLSFactory(
-            endpoint.creator, True, Factory.forProtocol(lambda: _HandshakeGate(self)), clock=endpoint.clock
-        )
+        gate = Factory.forProtocol(lambda: _HandshakeGate(self))
+        tls = _UpstreamTLSFactory(endpoint.creator, gate, endpoint.clock, self.header)
         self.tcp = endpoint.endpoint.connect(tls)
         self.tcp.addCallbacks(self._tcpConnected, self._tcpFailed)
         return self.result
@@ -249,11 +267,12 @@ class TLSUpstreamEndpoint:
         """
         return self.context.reactor
 
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+    def connect(self, protocolFactory: IProtocolFactory, header: bytes = b"") -> Deferred[IProtocol]:
         """
-        Connect, handshake, then connect C{protocolFactory}'s protocol to the TLS transport.
+        Connect, write C{header} in clear, handshake, then connect
+        C{protocolFactory}'s protocol to the TLS transport.
         """
-        return _Attempt(self, protocolFactory).start()
+        return _Attempt(self, protocolFactory, header).start()
 
     def handshakeDone(self) -> None:
         """

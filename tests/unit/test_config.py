@@ -647,6 +647,8 @@ def test_defaultsFilledIn() -> None:
             "toxiproxy": False,
             "admin_hosts": [],
             "admin_max_connections": 64,
+            "watch_config": False,
+            "watch_interval": 5.0,
         },
         "services": [
             {

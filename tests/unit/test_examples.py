@@ -23,11 +23,12 @@ EXAMPLES = sorted(CONFIG_DIR.rglob("*.toml"))
 FIRST_STEP = re.compile(r"^#\s*first:\s*(netd .+?)\s*$", re.MULTILINE)
 TIMEOUT = 60.0
 
-NEEDS_FIRST_STEP = {"tls-client-checks.toml"}
+NEEDS_FIRST_STEP = {"tls-client-checks.toml", "netd-1.toml", "netd-2.toml", "netd-3.toml"}
 """
 The examples that need files made before they run (the bad certificates and
-the client CA of mutual TLS); every other one, C{tls-echo.toml} included,
-is self-contained.
+the client CA of mutual TLS; the certificate the three netds behind HAProxy
+share, in config/deploy/haproxy/); every other one, C{tls-echo.toml}
+included, is self-contained.
 """
 
 

@@ -165,7 +165,7 @@ BAD_CONFIGS = {
     "fault number out of range": (GOOD + 'faults = [{ type = "slice", size = 0 }]\n', "services[0].faults[0].size"),
     "fault missing its key": (GOOD + 'faults = [{ type = "latency" }]\n', "services[0].faults[0].ms"),
     "fault direction it does not take": (
-        GOOD + 'framing = "line"\nfaults = [{ type = "split_frame", direction = "from_client" }]\n',
+        GOOD + 'framing = "line"\nfaults = [{ type = "split_frame", direction = "both" }]\n',
         "services[0].faults[0].direction",
     ),
     "tls-echo without its tls table": (GOOD.replace('"echo"', '"tls-echo"'), "services[0].tls"),

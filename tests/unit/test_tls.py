@@ -1734,3 +1734,61 @@ def test_trustRootLoading(certs: Certs, tmp_path: Path) -> None:
         clientCreator("localhost", empty)
     assert loadTrustRoot(None) is not None
     assert loadTrustRoot(certs.dev.ca) is not None
+
+
+@dataclass
+class RecordingReceiver:
+    """
+    A plugin's receiver that notes what its connection tells it.
+    """
+
+    seen: list[str]
+
+    def connectionMade(self, connection: Any) -> None:
+        self.seen.append("made")
+
+    def frameReceived(self, frame: bytes) -> None:
+        self.seen.append(f"frame {frame!r}")
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.seen.append("lost")
+
+
+@dataclass
+class RecordingHandler:
+    """
+    Builds L{RecordingReceiver}s that share one record.
+    """
+
+    seen: list[str]
+
+    def newConnection(self) -> RecordingReceiver:
+        return RecordingReceiver(self.seen)
+
+
+def test_receiverMadeOnceHandshakeDone(certs: Certs) -> None:
+    """
+    A plugin's receiver is told of its connection once the TLS handshake is
+    done, before any data, so that a plugin that acts when a connection opens
+    (the proxy connecting its upstream) does nothing for a client whose
+    handshake fails; a connection that ends mid-handshake never reaches it.
+    """
+    seen: list[str] = []
+    clock = MemoryReactorClock()
+    stack = makeStreamStack(RecordingHandler(seen), "raw", clock=clock, tls=tlsOptions(certs))
+    hello = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+    hello.set_connect_state()
+    with pytest.raises(SSL.WantReadError):
+        hello.do_handshake()
+    halfway = connect(stack)
+    assert halfway is not None
+    halfway.receive(hello.bio_read(65536))
+    assert halfway.takeSent()
+    halfway.peerClosed()
+    assert seen == []
+    done = connectTLS(stack, verifying(certs), clock)
+    assert done is not None and done.handshakeDone
+    assert seen == ["made"]
+    done.send(b"hello")
+    done.close()
+    assert seen == ["made", "frame b'hello'", "lost"]

@@ -123,15 +123,14 @@ def test_badTablesNamedByPath(certs: Certs, table: str, expected: str) -> None:
 
 def test_crossChecksWithTheProxyKeys() -> None:
     """
-    A unix upstream names no host, so TLS to it needs server_name; a PROXY header cannot go with upstream_tls.
+    A unix upstream names no host, so TLS to it needs server_name; a PROXY header goes with upstream_tls.
     """
     with pytest.raises(ConfigError) as info:
         proxyConfig('upstream = "unix:/run/db.sock"\nupstream_tls = {}')
     assert "p.toml: services[0].upstream_tls: needs server_name" in str(info.value)
     assert proxyConfig('upstream = "unix:/run/db.sock"\nupstream_tls = { server_name = "db.test" }')
-    with pytest.raises(ConfigError) as info:
-        proxyConfig('upstream = "tcp:h:1"\nupstream_tls = {}\nupstream_proxy_protocol = "v2"')
-    assert "p.toml: services[0].upstream_proxy_protocol: cannot be used with upstream_tls" in str(info.value)
+    options = proxyConfig('upstream = "tcp:h:1"\nupstream_tls = {}\nupstream_proxy_protocol = "v2"').services[0].options
+    assert (options.upstream_proxy_protocol, options.upstream_tls) == ("v2", ClientTLSOptions())
 
 
 @pytest.mark.parametrize(
@@ -236,10 +235,13 @@ class Through:
     pump: Any = None
     upstreamTLS: Any = None
 
-    def connectUpstream(self, server: CertificateOptions, socketType: Any = iosim.FakeTransport) -> None:
+    def connectUpstream(
+        self, server: CertificateOptions, socketType: Any = iosim.FakeTransport, wrap: Any = None
+    ) -> None:
         """
         The upstream accepts the TCP connection with C{server}'s TLS settings
-        (netd's side of it on a C{socketType}); the handshake runs.
+        (netd's side of it on a C{socketType}; TLS behind what C{wrap} makes
+        of it, when given); the handshake runs.
         """
         host, port, factory, _, _ = self.reactor.tcpClients[-1]
         address = IPv4Address("TCP", host, port)
@@ -250,6 +252,8 @@ class Through:
         serverProtocol = serverFactory.buildProtocol(CLIENT)
         assert serverProtocol is not None
         self.upstreamTLS = serverProtocol
+        if wrap is not None:
+            serverProtocol = wrap(serverProtocol)
         self.pump = iosim.connect(
             serverProtocol,
             iosim.FakeTransport(serverProtocol, isServer=True, peerAddress=CLIENT, hostAddress=address),
@@ -270,9 +274,16 @@ class Through:
                 self.pump.flush()
 
 
-def through(tls: ClientTLSOptions, upstream: str = "tcp:localhost:5432", onFailure: str = "close") -> Through:
+def through(
+    tls: ClientTLSOptions | None,
+    upstream: str = "tcp:localhost:5432",
+    onFailure: str = "close",
+    proxyProtocol: Any = False,
+) -> Through:
     """
-    A proxy service to C{upstream} with C{tls}, behind the core stack, and one client connected to it.
+    A proxy service to C{upstream} with C{tls} (L{None}: plain TCP) and
+    C{proxyProtocol}'s header, behind the core stack, and one client
+    connected to it.
     """
     reactor = MemoryReactorClock()
     counters = Counters()
@@ -281,6 +292,7 @@ def through(tls: ClientTLSOptions, upstream: str = "tcp:localhost:5432", onFailu
         upstream=UpstreamEndpoint.fromConfig(upstream),
         upstream_tls=tls,
         on_upstream_failure=onFailure,  # type: ignore[arg-type]
+        upstream_proxy_protocol=proxyProtocol,
     )
     handler = plugin.build(options, contextFor(counters, events, reactor))
     limiter = makeStreamStack(handler, "raw", clock=reactor, counters=counters, events=events)
