@@ -34,7 +34,7 @@ from twisted.internet.error import ConnectBindError, ConnectError, UserError, ge
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from netd.canary import Canary, require, requireNames
+from netd.canary import Canary, require
 from netd.reactors import tcpinfo
 from netd.reactors.uvstream import ClockedStreamConnection, StreamConnection
 
@@ -268,7 +268,7 @@ def _check() -> None:
     """
     Twisted's connector still makes its transport with C{_makeTransport} alone.
     """
-    requireNames(tcp.Connector, "_makeTransport", "twisted's tcp.Connector")
+    require("_makeTransport" in vars(tcp.Connector), "tcp.Connector to make its transport with _makeTransport")
     require(
         "_makeTransport" in base.BaseConnector.connect.__code__.co_names,
         "BaseConnector.connect to make its transport with _makeTransport",
