@@ -317,16 +317,33 @@ class IPacedConnection(Interface):
 
 class IServerTLSTransport(Interface):
     """
-    The server side of a service's TLS, under its framing: the framing
-    introduces the plugin's receiver once the handshake is done (Twisted's
-    C{IHandshakeListener} call), so that a client whose handshake fails
-    never reaches the plugin.  Client-side TLS (an upstream a plugin dials)
-    is not one: its plugin meets the connection as it opens.
+    The server side of a service's TLS, under its framing: it tells a
+    protocol above it that L{IAwaitsHandshake} when the handshake is done,
+    and the framing introduces the plugin's receiver then, so that a client
+    whose handshake fails never reaches the plugin.  Client-side TLS (an
+    upstream a plugin dials) is not one: its plugin meets the connection as
+    it opens.
     """
 
     def getHandle() -> Any:
         """
         The pyOpenSSL connection, which says whether the handshake is done.
+        """
+
+
+class IAwaitsHandshake(Interface):
+    """
+    A protocol above an L{IServerTLSTransport} that waits for its handshake.
+    Not Twisted's C{IHandshakeListener}: Twisted's client endpoints wrap a
+    protocol in one that re-declares the interfaces it proxies one
+    C{directlyProvides} at a time, each replacing the last, so a framing
+    providing both that and C{IHalfCloseableProtocol} would lose half-close
+    on every upstream connection a plugin dials.
+    """
+
+    def handshakeCompleted() -> None:
+        """
+        The TLS handshake is done; no data has been delivered yet.
         """
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import socket
 from typing import Any, ClassVar, Literal
 
 import attrs
@@ -23,6 +24,7 @@ from twisted.internet.protocol import DatagramProtocol
 
 from netd.config.options import InvalidValue, resolvePath
 from netd.reactors.accepting import acceptGuarded
+from netd.reactors.reuseport import listenSharedTCP, listenSharedUDP
 from netd.reactors.rlimits import systemBacklog
 from netd.reactors.shared import INetdReactor
 from netd.reactors.udp import CANARY as BATCHING_CANARY
@@ -250,6 +252,33 @@ def withBacklog(text: str) -> str:
     return f"{text}:backlog={systemBacklog()}"
 
 
+_REUSEPORT_PREFIXES = frozenset({"tcp", "tcp6", "udp"})
+"""
+Endpoint types that take C{reuseport=yes} (L{netd.reactors.reuseport}).
+"""
+
+
+def _checkReusePort(kind: str, text: str) -> bool:
+    """
+    Check a C{reuseport=} value: C{yes} or C{no}, on C{tcp:}, C{tcp6:} or C{udp:}.
+    """
+    if kind == "systemd":
+        raise InvalidValue("reuseport= does not apply: systemd makes the socket; set ReusePort=yes in its .socket unit")
+    if kind not in _REUSEPORT_PREFIXES:
+        raise InvalidValue(f"reuseport= applies to tcp:, tcp6: and udp: listen strings, not {kind}:")
+    if text not in ("yes", "no"):
+        raise InvalidValue(f"reuseport={text!r}; expected reuseport=yes or reuseport=no")
+    return text == "yes"
+
+
+def withoutReusePort(text: str) -> str:
+    """
+    A stream listen string without its C{reuseport=} argument, which
+    Twisted's endpoint parser does not know.
+    """
+    return ":".join(part for part in _rawParts(text) if not part.startswith("reuseport="))
+
+
 def _checkSystemd(keywords: dict[str, str]) -> None:
     """
     Check the arguments of a C{systemd:domain=INET:index=N} (or
@@ -277,12 +306,15 @@ class ListenAddress:
     @ivar transport: C{"stream"} for endpoint strings, C{"datagram"} for C{udp:}.
     @ivar port: the UDP port (0 picks one); unused for streams.
     @ivar interface: the UDP interface address; unused for streams.
+    @ivar reusePort: whether the port is shared with other processes
+        (C{reuseport=yes}, on C{tcp:}, C{tcp6:}, C{udp:}, or inside C{haproxy:}).
     """
 
     text: str
     transport: Transport
     port: int = 0
     interface: str = ""
+    reusePort: bool = False
 
     configTypeName: ClassVar[str] = (
         "a listen string such as 'tcp:7007:interface=127.0.0.1', 'unix:/run/netd.sock' or 'udp:7007'"
@@ -309,6 +341,8 @@ class ListenAddress:
         try:
             if "backlog" in keywords:
                 _checkBacklog(kind, keywords["backlog"])
+            if "reuseport" in keywords:
+                _checkReusePort(kind, keywords["reuseport"])
             if kind in _PORT_PREFIXES:
                 positional = [p for p in parts[1:] if "=" not in p]
                 _checkPort(keywords.get("port", positional[0] if positional else ""))
@@ -323,10 +357,10 @@ class ListenAddress:
         except InvalidValue as e:
             raise InvalidValue(f"{value!r}: {e}") from None
         try:
-            serverFromString(_NO_REACTOR, value)
+            serverFromString(_NO_REACTOR, withoutReusePort(value))
         except Exception as e:
             raise InvalidValue(f"{value!r} is not a valid endpoint string: {e}") from None
-        return cls(text=value, transport="stream")
+        return cls(text=value, transport="stream", reusePort=keywords.get("reuseport") == "yes")
 
     @classmethod
     def _parseProxied(cls, text: str) -> ListenAddress:
@@ -345,28 +379,34 @@ class ListenAddress:
             raise InvalidValue(
                 f"{text!r}: the PROXY protocol needs a stream endpoint (tcp:, tcp6:, unix:, ...), not udp:"
             )
-        return cls(text=text, transport="stream")
+        return cls(text=text, transport="stream", reusePort=wrapped.reusePort)
 
     @classmethod
     def _parseUDP(cls, text: str, args: list[str]) -> ListenAddress:
         """
-        Parse netd's own C{udp:PORT[:interface=ADDR]}.
+        Parse netd's own C{udp:PORT[:interface=ADDR][:reuseport=yes]}.
         """
+        grammar = "expected udp:PORT[:interface=ADDR][:reuseport=yes]"
         if not args or not args[0]:
-            raise InvalidValue(f"{text!r} lacks a port; expected udp:PORT[:interface=ADDR]")
+            raise InvalidValue(f"{text!r} lacks a port; {grammar}")
         try:
             port = _checkPort(args[0])
+            reusePort = False
+            for arg in args[1:]:
+                if arg.startswith("reuseport="):
+                    reusePort = _checkReusePort("udp", arg.partition("=")[2])
+            rest = [arg for arg in args[1:] if not arg.startswith("reuseport=")]
             interface = ""
-            if len(args) > 1:
-                # interface= is the only argument, so every colon after it belongs
-                # to the address: IPv6 works escaped (\:\:1) or not (::1).
-                key, equals, val = ":".join(args[1:]).partition("=")
+            if rest:
+                # interface= is the only other argument, so every colon after it
+                # belongs to the address: IPv6 works escaped (\:\:1) or not (::1).
+                key, equals, val = ":".join(rest).partition("=")
                 if key != "interface" or not equals:
-                    raise InvalidValue(f"unknown argument {args[1]!r}; expected udp:PORT[:interface=ADDR]")
+                    raise InvalidValue(f"unknown argument {rest[0]!r}; {grammar}")
                 interface = _checkInterface(val, None) if val else ""
         except InvalidValue as e:
             raise InvalidValue(f"{text!r}: {e}") from None
-        return cls(text=text, transport="datagram", port=port, interface=interface)
+        return cls(text=text, transport="datagram", port=port, interface=interface, reusePort=reusePort)
 
     def toConfig(self) -> str:
         """
@@ -421,7 +461,10 @@ class ListenAddress:
         proxied = splitDescription(text)[0] == "haproxy"
         if proxied:
             text = text.partition(":")[2]
-        text = withBacklog(text)
+            factory = ProxyHeaderFactory(factory, proxyTrusted, clock=reactor)
+        text = withoutReusePort(withBacklog(text))
+        if self.reusePort:
+            return listenSharedTCP(acceptGuarded(reactor), factory, *_tcpArguments(text))
         try:
             endpoint = serverFromString(acceptGuarded(reactor), text)
         except (IndexError, KeyError):
@@ -429,8 +472,6 @@ class ListenAddress:
                 raise
             # Twisted's systemd parser looks the passed socket up by index or name.
             raise LookupError(NO_INHERITED_SOCKET) from None
-        if proxied:
-            factory = ProxyHeaderFactory(factory, proxyTrusted, clock=reactor)
         port: IListeningPort = await endpoint.listen(factory)
         return port
 
@@ -443,12 +484,29 @@ class ListenAddress:
 
         @raise twisted.internet.error.CannotListenError: when the bind fails.
         """
+        if self.reusePort:
+            return listenSharedUDP(reactor, protocol, self.port, self.interface, MAX_DATAGRAM)
         if INetdReactor.providedBy(reactor) and BATCHING_CANARY.alive():
             return listenBatchingUDP(reactor, self.port, protocol, interface=self.interface, maxPacketSize=MAX_DATAGRAM)
         port: IListeningPort = reactor.listenUDP(
             self.port, protocol, interface=self.interface, maxPacketSize=MAX_DATAGRAM
         )
         return port
+
+
+def _tcpArguments(text: str) -> tuple[int, str, int, int]:
+    """
+    The port, interface, backlog and address family of a checked C{tcp:} or
+    C{tcp6:} endpoint string with its backlog set (L{withBacklog}), as
+    Twisted's parser reads them (a bare C{tcp6:} listens on C{::}).
+    """
+    kind, *args = splitDescription(text)
+    keywords = dict(arg.split("=", 1) for arg in args if "=" in arg)
+    positional = [arg for arg in args if "=" not in arg]
+    port = int(keywords.get("port", positional[0] if positional else "0"))
+    interface = keywords.get("interface", "::" if kind == "tcp6" else "")
+    family = socket.AF_INET6 if kind == "tcp6" or ":" in interface else socket.AF_INET
+    return port, interface, int(keywords["backlog"]), family
 
 
 def describeBound(port: IListeningPort) -> dict[str, object]:
@@ -473,7 +531,9 @@ def addressInUse(error: BaseException | None) -> bool:
     return isinstance(error, CannotListenError) and getattr(error.socketError, "errno", None) == errno.EADDRINUSE
 
 
-def whyListenFailed(key: str, address: ListenAddress, error: BaseException, otherWays: str = "") -> str:
+def whyListenFailed(
+    key: str, address: ListenAddress, error: BaseException, otherWays: str = "", shareable: bool = False
+) -> str:
     """
     Why listening on C{address}, the value of the config key C{key}, failed:
     the bind's own error, or, for an address another socket holds, which
@@ -483,6 +543,9 @@ def whyListenFailed(key: str, address: ListenAddress, error: BaseException, othe
 
     @param otherWays: further ways out, appended to the list (the control
         API can be turned off).
+    @param shareable: whether netds may share the address (a service's, not
+        the control API's): then C{reuseport=yes} is one more way out, or,
+        where it was set, the reason it did not help.
     """
     if not addressInUse(error):
         return str(error)
@@ -497,12 +560,19 @@ def whyListenFailed(key: str, address: ListenAddress, error: BaseException, othe
     transport = "udp" if address.transport == "datagram" else "tcp"
     interface = str(error.interface)
     where = f"[{interface}]:{error.port}" if ":" in interface else f"{interface or '*'}:{error.port}"
-    portZero = "port 0"
-    if splitDescription(address.text)[0] in ("tcp", "tcp6", "udp"):
+    portZero, sharing = "port 0", ""
+    if splitDescription(address.text)[0] in _REUSEPORT_PREFIXES:
         portZero = f"port 0 ({address.withPort(0).text})"
+    inner = address.text.partition(":")[2] if splitDescription(address.text)[0] == "haproxy" else address.text
+    if shareable and splitDescription(inner)[0] in _REUSEPORT_PREFIXES:
+        sharing = (
+            "; it was listened on with reuseport=yes, so the holder did not set it or runs as another user"
+            if address.reusePort
+            else "; to share the port between netds started from one config, add reuseport=yes to this listen string"
+        )
     return (
         f"address already in use: another process (another netd?) holds {transport} {where}; "
         f"`ss -l{transport[0]}np 'sport = :{error.port}'` shows which (run it as root to see every user's). "
         f"Choose another port in {key}, or {portZero} to let the system pick a free one (the log and the "
-        f"ports file say which){otherWays}, or stop the process that holds it"
+        f"ports file say which){otherWays}, or stop the process that holds it{sharing}"
     )

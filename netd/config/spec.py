@@ -120,6 +120,11 @@ class AdminAddress:
             raise InvalidValue(
                 f"{value!r}: the control API is HTTP, which needs a stream address (tcp:, tcp6:, unix:, systemd:), not udp:"
             )
+        if address.reusePort:
+            raise InvalidValue(
+                f"{value!r}: an API answers for one netd, so it cannot share its port (reuseport=yes); give each "
+                "netd its own address"
+            )
         return cls(address)
 
     def toConfig(self) -> str | bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.application.service import MultiService, Service
@@ -72,6 +72,7 @@ class NetdApplication(MultiService):
         portsFile: str | None = None,
         registry: PluginRegistry | None = None,
         reloadOnHangup: bool = False,
+        daemonOverrides: Mapping[str, Any] | None = None,
     ) -> None:
         """
         @param portsFile: where to write the bound addresses as JSON once every
@@ -80,6 +81,9 @@ class NetdApplication(MultiService):
         @param registry: the plugins a reload decodes the file with.
         @param reloadOnHangup: whether SIGHUP reloads the config (the handler
             is installed by L{privilegedStartService} at the latest).
+        @param daemonOverrides: C{[daemon]} keys given on the command line,
+            which C{config} has already and every reload keeps
+            (L{netd.daemon.daemon.withDaemonOverrides}).
         """
         super().__init__()
         self.config = config
@@ -87,6 +91,7 @@ class NetdApplication(MultiService):
         self.notifier = notifier if notifier is not None else Notifier.disabled()
         self.portsFile = portsFile
         self.registry = registry
+        self.daemonOverrides = daemonOverrides
         self._built = False
         self.watchdog: LoopingCall | None = None
         self.logObserver: ILogObserver | None = None
@@ -258,7 +263,9 @@ class NetdApplication(MultiService):
         """
         if self._built:
             return
-        self.daemon = Daemon(self.config, self.reactor, self.notifier, registry=self.registry)
+        self.daemon = Daemon(
+            self.config, self.reactor, self.notifier, registry=self.registry, daemonOverrides=self.daemonOverrides
+        )
         self._built = True
         self.daemon.setName("services")
         self.daemon.setServiceParent(self)

@@ -19,10 +19,11 @@ from twisted.logger import Logger
 
 from netd import __version__
 from netd.config.listen import listensOnUnixSocket, unixSocketPath
-from netd.config.options import ConfigError, KeyPath, Problem, describeSchema
+from netd.config.options import ConfigError, InvalidValue, KeyPath, Problem, describeSchema
 from netd.config.schema import configSchema, registryPlugins, renderSchema
-from netd.config.spec import NetdConfig, loadConfig
+from netd.config.spec import AdminAddress, NetdConfig, loadConfig
 from netd.daemon.application import NetdApplication
+from netd.daemon.daemon import withDaemonOverrides
 from netd.daemon.openapi import renderOpenAPI
 from netd.daemon.privileges import PrivilegeDrop, PrivilegeError
 from netd.daemon.systemd import Notifier
@@ -100,6 +101,13 @@ code out).""",
         help="once every service listens, write the bound addresses (the ports picked for port 0 "
         'included) to FILE as JSON: {"services": {NAME: [{"listen", "transport", "host", "port"}]}, '
         '"admin": {...}} (admin: where the control API listens, when it does)',
+    )
+    run.add_argument(
+        "--admin",
+        metavar="LISTEN",
+        help="where the control API listens, in place of the config's [daemon] admin (reloads keep it): "
+        "one address for each of several netds run from one config, as the netd@.service template gives "
+        "each instance (its name is the port: --admin tcp:%%i:interface=127.0.0.1)",
     )
 
     check = commands.add_parser(
@@ -458,6 +466,10 @@ def runCommand(args: argparse.Namespace) -> int:
     config = _load(args.config, discoverPlugins())
     if config is None:
         return 1
+    overrides = {} if args.admin is None else _adminOverride(config, args.admin)
+    if overrides is None:
+        return 1
+    config = withDaemonOverrides(config, overrides)
     startLogging(config.daemon.log_format, config.daemon.log_level)
     log.info(
         "netd {version} starting with {source} (reactor: {reactor})",
@@ -468,10 +480,37 @@ def runCommand(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
     application = NetdApplication(
-        config, reactor, Notifier.fromEnvironment(), portsFile=args.ports_file, reloadOnHangup=True
+        config,
+        reactor,
+        Notifier.fromEnvironment(),
+        portsFile=args.ports_file,
+        reloadOnHangup=True,
+        daemonOverrides=overrides,
     )
     react(runApplication, (application,))
     return 0  # react exits the process; this is for type checkers
+
+
+def _adminOverride(config: NetdConfig, text: str) -> dict[str, Any] | None:
+    """
+    The C{[daemon]} override of C{netd run --admin}: the address checked as
+    C{[daemon] admin} is, with the rest of the config's C{[daemon]} table (a
+    TCP address other hosts reach needs C{admin_token_file}); L{None}, with
+    the problems printed, when it is refused.
+    """
+    try:
+        admin = AdminAddress.fromConfig(text)
+    except InvalidValue as e:
+        problems = [str(e)]
+    else:
+        overrides: dict[str, Any] = {"admin": admin}
+        daemon = withDaemonOverrides(config, overrides).daemon
+        problems = [problem for key, problem in daemon.crossCheck() if key == "admin"]
+        if not problems:
+            return overrides
+    for problem in problems:
+        print(f"netd run --admin: {problem}", file=sys.stderr)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

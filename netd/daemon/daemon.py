@@ -8,7 +8,7 @@ reload as a L{ReloadParticipant}, without this module knowing it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -55,6 +55,16 @@ needing a restart, and the running value stays.
 """
 
 
+def withDaemonOverrides(config: NetdConfig, overrides: Mapping[str, Any]) -> NetdConfig:
+    """
+    C{config} with C{[daemon]} keys given on the command line (C{netd run
+    --admin}) in place of the file's: applied at the start and again to
+    every reload's config, so that a reload neither undoes them nor reports
+    them as changes.
+    """
+    return attrs.evolve(config, daemon=attrs.evolve(config.daemon, **overrides)) if overrides else config
+
+
 class ReloadParticipant(Protocol):
     """
     Something that serves beside the daemon and reloads with it.
@@ -87,10 +97,14 @@ class Daemon(MultiService):
         notifier: Notifier | None = None,
         *,
         registry: PluginRegistry | None = None,
+        daemonOverrides: Mapping[str, Any] | None = None,
     ) -> None:
         """
         @param registry: the plugins a reload decodes the file with;
             L{discoverPlugins} when L{None}.
+        @param daemonOverrides: C{[daemon]} keys that every reload's config
+            gets in place of the file's (L{withDaemonOverrides}); C{config}
+            has them already.
         """
         super().__init__()
         self.config = config
@@ -100,6 +114,7 @@ class Daemon(MultiService):
         embedded default config.
         """
         self.registry = registry
+        self.daemonOverrides = dict(daemonOverrides or {})
         self.reloadParticipants: list[ReloadParticipant] = []
         """
         What reloads with the services (the control API), prepared before
@@ -365,7 +380,9 @@ class Daemon(MultiService):
         source = self.configPath or DEFAULT_CONFIG_NAME
         self.log.info("reloading the config from {source}", source=source)
         try:
-            new = loadConfig(self.configPath, self.registry or discoverPlugins())
+            new = withDaemonOverrides(
+                loadConfig(self.configPath, self.registry or discoverPlugins()), self.daemonOverrides
+            )
         except ConfigError as e:
             self.log.error(
                 "reload: {source} has {found}; nothing was changed:\n{problems}",

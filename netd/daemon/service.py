@@ -251,7 +251,7 @@ class NetService(Service):
             )
         except Exception as e:
             key = self.listenKey(address)
-            why = whyListenFailed(key, address, e)
+            why = whyListenFailed(key, address, e, shareable=True)
             raise ServiceStartError(
                 f"service {self.name!r}: cannot listen on {address.text!r} ({key}): {why}",
                 service=self.name,

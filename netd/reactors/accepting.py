@@ -143,8 +143,8 @@ class AcceptingPort(tcp.Port):
 
 class _AcceptGuardedReactor:
     """
-    Twisted's reactor as an endpoint sees it, whose C{listenTCP} listens
-    with an L{AcceptingPort}: what netd's listeners get on Twisted's own
+    Twisted's reactor as an endpoint sees it, whose C{listenTCP} and
+    C{adoptStreamPort} listen with an L{AcceptingPort}: what netd's listeners get on Twisted's own
     reactor, so that running out of descriptors is handled there too.
     Everything else is the reactor's.
     """
@@ -157,6 +157,17 @@ class _AcceptGuardedReactor:
         Listen on a TCP port whose accepting loop pauses when out of descriptors.
         """
         listening = AcceptingPort(port, factory, backlog, interface, self._reactor)
+        listening.startListening()
+        return listening
+
+    def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: Any) -> Any:
+        """
+        Listen on a bound TCP socket (C{reuseport=yes}, socket activation)
+        with an L{AcceptingPort}; any other as the reactor does.
+        """
+        if addressFamily not in (socket.AF_INET, socket.AF_INET6):
+            return self._reactor.adoptStreamPort(fileDescriptor, addressFamily, factory)
+        listening = AcceptingPort._fromListeningDescriptor(self._reactor, fileDescriptor, addressFamily, factory)
         listening.startListening()
         return listening
 
@@ -182,7 +193,11 @@ def _check() -> None:
     C{socket.socket._accept} accepts a waiting connection as a descriptor
     and an address.
     """
-    requireNames(tcp.Port, "_addressType sessionno transport startListening connectionLost", "twisted's tcp.Port")
+    requireNames(
+        tcp.Port,
+        "_addressType _fromListeningDescriptor sessionno transport startListening connectionLost",
+        "twisted's tcp.Port",
+    )
     require(
         "numberAccepts" in tcp.Port.startListening.__code__.co_names, "tcp.Port.startListening to set numberAccepts"
     )

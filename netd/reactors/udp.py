@@ -18,7 +18,7 @@ rest are Twisted's.  C{udp:} listeners use it on netd's reactor
 (L{netd.config.listen.ListenAddress.listenDatagram}), and Twisted's port on
 Twisted's reactor or where L{CANARY} fails: libc has no
 C{recvmmsg}/C{sendmmsg} (L{AVAILABLE} is false), C{udp.Port}'s internals
-(C{_bindSocket}, C{_connectedAddr}) changed, or a batch does not make the
+(C{_bindSocket}, C{_connectedAddr}, C{_fromListeningDescriptor}) changed, or a batch does not make the
 round trip through the C{mmsghdr} layout declared here.
 """
 
@@ -428,6 +428,21 @@ def listenBatchingUDP(
     return listening
 
 
+def adoptBatchingUDP(
+    reactor: Any, fileDescriptor: int, addressFamily: int, protocol: DatagramProtocol, maxPacketSize: int = 8192
+) -> BatchingPort:
+    """
+    Serve a bound UDP socket with a L{BatchingPort}, as
+    C{reactor.adoptDatagramPort} does with Twisted's (a copy of the descriptor
+    is kept; the caller closes its own).
+    """
+    listening: BatchingPort = BatchingPort._fromListeningDescriptor(
+        reactor, fileDescriptor, addressFamily, protocol, maxPacketSize
+    )
+    listening.startListening()
+    return listening
+
+
 @implementer(IBatchingDatagramProtocol)
 class BatchingCanaryProbe(DatagramProtocol):
     """
@@ -460,7 +475,7 @@ def _check() -> None:
     import select
 
     require(AVAILABLE, "libc's recvmmsg and sendmmsg")
-    requireNames(udp.Port, "_bindSocket connectionLost addressFamily", "twisted's udp.Port")
+    requireNames(udp.Port, "_bindSocket _fromListeningDescriptor connectionLost addressFamily", "twisted's udp.Port")
     protocol = BatchingCanaryProbe()
     port = BatchingPort(0, protocol, "127.0.0.1", 2048, UnwatchedReactor())
     requireNames(port, "_connectedAddr maxPacketSize", "twisted's udp.Port()")

@@ -19,7 +19,6 @@ import attrs
 from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
-    IHandshakeListener,
     IPushProducer,
     IReactorTime,
 )
@@ -36,6 +35,7 @@ from zope.interface import implementer
 
 from netd.canary import Canary, require
 from netd.interfaces import (
+    IAwaitsHandshake,
     IExactFrames,
     IFrameConnection,
     IFrameReceiver,
@@ -96,7 +96,7 @@ class FrameFaults(TypingProtocol):
         """
 
 
-@implementer(IFrameConnection, IPacedConnection, IHalfCloseableProtocol, IHandshakeListener)
+@implementer(IFrameConnection, IPacedConnection, IHalfCloseableProtocol, IAwaitsHandshake)
 class FramedProtocol(Protocol):
     """
     What every framing adapter shares: the receiver it feeds, and the one
@@ -154,8 +154,9 @@ class FramedProtocol(Protocol):
 
     def handshakeCompleted(self) -> None:
         """
-        The TLS handshake under this connection is done (Twisted's TLS
-        protocol calls this before it delivers any data): introduce the receiver.
+        The TLS handshake under this connection is done (its
+        L{IServerTLSTransport} says so before it delivers any data):
+        introduce the receiver.
         """
         if self.awaitingHandshake:
             self.awaitingHandshake = False

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netd import logs
-from netd.interfaces import IServerTLSTransport
+from netd.interfaces import IAwaitsHandshake, IServerTLSTransport
 from netd.metrics import Counters
 from netd.tls.contexts import ServerTLS
 from netd.tls.failures import classifyFailure
@@ -70,7 +70,8 @@ class TLSServerProtocol(TLSTransport):
     def handshakeSucceeded(self) -> None:
         """
         The handshake finished (told by L{netd.tls.contexts.ServerConnection}):
-        stop its timer, count it, log what was negotiated.
+        stop its timer, count it, tell the framing above (L{IAwaitsHandshake}),
+        log what was negotiated.
         """
         if self._settled:
             return
@@ -93,6 +94,9 @@ class TLSServerProtocol(TLSTransport):
             "client_certificate": describeSubject(peerCertificate) if peerCertificate is not None else None,
             "resumed": resumed,
         }
+        above = self.wrappedProtocol
+        if IAwaitsHandshake.providedBy(above):
+            above.handshakeCompleted()
         if not logs.debugEnabled:
             return
         factory.log.debug(

@@ -30,9 +30,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .processes import STOP_TIMEOUT, stopProcess
+
 DNSMASQ_CANDIDATES = ("/usr/sbin/dnsmasq", "/sbin/dnsmasq")
 START_TIMEOUT = 10.0
-STOP_TIMEOUT = 10.0
 PORT_ATTEMPTS = 5
 
 ZONE = "example.test"
@@ -264,13 +265,7 @@ class Dnsmasq:
         """
         Stop dnsmasq (SIGTERM to its PID, then SIGKILL if it lingers) and wait for it.
         """
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=STOP_TIMEOUT)
+        stopProcess(self.process)
 
 
 def startDnsmasq(

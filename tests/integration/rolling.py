@@ -14,7 +14,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -211,6 +213,38 @@ class Instances:
         """
         os.kill(self.servers[index].pid, signal.SIGTERM)
         return time.monotonic()
+
+    def roll(
+        self,
+        index: int,
+        outOfRotation: Callable[[int], bool],
+        inRotation: Callable[[int], bool],
+        leaveWithin: float,
+        interval: float = 0.02,
+    ) -> dict[str, Any]:
+        """
+        Restart instance C{index} as a rolling restart does: SIGTERM, wait
+        until the load balancer takes it out (C{outOfRotation}, within
+        C{leaveWithin} seconds) and it exits 0, start it again, wait until the
+        load balancer has it back (C{inRotation}); answer the timings, in
+        seconds after the SIGTERM.
+        """
+        old = self.servers[index]
+        signalled = self.terminate(index)
+        name = f"netd{index + 1}"
+        down = waitFor(f"{name} leaves the rotation", partial(outOfRotation, index), leaveWithin, interval)
+        assert old.process is not None and old.process.wait(timeout=30) == 0
+        exited = time.monotonic()
+        self.start(index)
+        ready = time.monotonic()
+        up = waitFor(f"{name} is back in rotation", partial(inRotation, index), 10, interval)
+        return {
+            "instance": HOSTS[index],
+            "marked down after SIGTERM": round(down - signalled, 2),
+            "stopped after SIGTERM": round(exited - signalled, 2),
+            "ready again after SIGTERM": round(ready - signalled, 2),
+            "out of rotation": round(up - down, 2),
+        }
 
     def killAll(self) -> None:
         """

@@ -26,6 +26,7 @@ from netd.stream.proxyformat import HeaderReader
 from netd.testing.harness import NetdServer
 
 from .conftest import IO_TIMEOUT, connect, recvExactly, recvUntilClosed, requireTool
+from .processes import stopProcess
 
 pytestmark = pytest.mark.integration
 
@@ -80,12 +81,7 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]
             time.sleep(0.05)
         yield address
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=IO_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=IO_TIMEOUT)
+        stopProcess(process)
 
 
 def proxy(name: str, upstream: str, faults: str = "[]", extra: str = "") -> str:
@@ -132,12 +128,7 @@ def httpServer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[tuple
             time.sleep(0.05)
         yield address, folder
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=IO_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=IO_TIMEOUT)
+        stopProcess(process)
 
 
 @pytest.fixture(scope="module")

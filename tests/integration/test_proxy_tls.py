@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import select
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from netd.testing.harness import NetdServer
 from netd.tls.devcerts import DevelopmentSet, ensureDevelopmentSet
 
 from .conftest import IO_TIMEOUT, requireTool
+from .processes import stopProcess
 
 pytestmark = pytest.mark.integration
 
@@ -87,12 +87,7 @@ class SServer:
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=IO_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=IO_TIMEOUT)
+            stopProcess(self.process)
         printed = self.read()
         assert self.process.stdout is not None
         self.process.stdout.close()
@@ -240,13 +235,7 @@ def sClient(address: tuple[str, int], certs: Certs, line: bytes, answer: bytes) 
                     break
                 output += chunk
     finally:
-        if not ended and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=IO_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=IO_TIMEOUT)
+        stopProcess(process)
         try:
             process.stdin.close()
         except BrokenPipeError:

@@ -25,6 +25,7 @@ from netd.testing.harness import NetdServer
 from netd.tls.devcerts import DevelopmentSet, ensureDevelopmentSet
 
 from .conftest import IO_TIMEOUT, connect, recvExactly, requireTool
+from .processes import stopProcess
 
 pytestmark = pytest.mark.integration
 
@@ -168,19 +169,6 @@ def startHAProxy(directory: Path, pem: Path, backend: int) -> tuple[subprocess.P
         if "in use" not in log.read_text(errors="replace"):
             raise AssertionError(f"HAProxy did not start:\n{log.read_text(errors='replace')}")
     raise AssertionError("HAProxy found no free port")
-
-
-def stopProcess(process: subprocess.Popen[bytes]) -> None:
-    """
-    Stop a process started here, by its PID.
-    """
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=IO_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=IO_TIMEOUT)
 
 
 def test_haproxyAcceptProxySSL(netd: NetdServer, dev: DevelopmentSet, tmp_path: Path) -> None:

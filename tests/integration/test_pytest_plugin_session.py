@@ -21,6 +21,7 @@ import pytest
 from netd.testing.pytest_plugin import serviceStem
 
 from .conftest import IO_TIMEOUT, requireTool
+from .processes import stopProcess
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.integration
@@ -172,12 +173,7 @@ def redisPort(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
             time.sleep(0.05)
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=IO_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=IO_TIMEOUT)
+        stopProcess(process)
 
 
 def refused(address: list[object]) -> bool:

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import attrs
@@ -180,23 +179,7 @@ def test_rollingRestartLosesNoQuery(deployment: Deployment, tmp_path: Path) -> N
     instances = deployment.instances
     figures = []
     for index in range(len(HOSTS)):
-        old = instances.servers[index]
-        signalled = instances.terminate(index)
-        down = waitFor(f"netd{index + 1} leaves the rotation", partial(deployment.isDown, index), 2, interval=0.05)
-        assert old.process is not None and old.process.wait(timeout=30) == 0
-        exited = time.monotonic()
-        instances.start(index)
-        ready = time.monotonic()
-        up = waitFor(f"netd{index + 1} is back in rotation", partial(deployment.isUp, index), 10, interval=0.05)
-        figures.append(
-            {
-                "instance": HOSTS[index],
-                "marked down after SIGTERM": round(down - signalled, 2),
-                "stopped after SIGTERM": round(exited - signalled, 2),
-                "ready again after SIGTERM": round(ready - signalled, 2),
-                "out of rotation": round(up - down, 2),
-            }
-        )
+        figures.append(instances.roll(index, deployment.isDown, deployment.isUp, 2, interval=0.05))
         time.sleep(0.5)
     rolled = time.monotonic() - began
     reports = {}

@@ -17,7 +17,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -201,23 +200,7 @@ def test_rollingRestartLosesNoRequest(deployment: Deployment) -> None:
     time.sleep(1)
     figures: list[dict[str, Any]] = []
     for index in range(len(HOSTS)):
-        old = instances.servers[index]
-        signalled = instances.terminate(index)
-        down = waitFor(f"netd{index + 1} leaves the rotation", partial(deployment.outOfRotation, index), LAMEDUCK)
-        assert old.process is not None and old.process.wait(timeout=30) == 0
-        exited = time.monotonic()
-        instances.start(index)
-        ready = time.monotonic()
-        up = waitFor(f"netd{index + 1} is back in rotation", partial(deployment.inRotation, index), 10)
-        figures.append(
-            {
-                "instance": HOSTS[index],
-                "marked down after SIGTERM": round(down - signalled, 2),
-                "stopped after SIGTERM": round(exited - signalled, 2),
-                "ready again after SIGTERM": round(ready - signalled, 2),
-                "out of rotation": round(up - down, 2),
-            }
-        )
+        figures.append(instances.roll(index, deployment.outOfRotation, deployment.inRotation, LAMEDUCK))
         time.sleep(0.5)
     echoTally, tlsTally = echo.stop(), tls.stop()
     print(f"\necho: {echoTally.sent} requests, {echoTally.failed} failed")

@@ -40,6 +40,7 @@ from .conftest import (
     requireTool,
     unavailable,
 )
+from .processes import stopProcess
 
 pytestmark = pytest.mark.integration
 
@@ -313,13 +314,7 @@ def sClient(address: tuple[str, int], *args: str, timeout: float = IO_TIMEOUT) -
                     break
                 output += chunk
     finally:
-        if not ended and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=IO_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=IO_TIMEOUT)
+        stopProcess(process)
         try:
             process.stdin.close()
         except BrokenPipeError:

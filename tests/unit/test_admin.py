@@ -297,18 +297,19 @@ def send(
     headers: Mapping[str, str] | None = None,
     body: bytes = b"",
     token: bool = True,
+    localAddress: str = "127.0.0.1",
 ) -> Exchange:
     """
     Send one HTTP/1.1 request (with Connection: close) to C{site} from
     127.0.0.1, as a client such as the harness does: C{Host: localhost}, a
     body as C{application/json}, and, for a method that changes something,
     the token netd made (unless C{token} is false or C{headers} carry an
-    C{Authorization}).
+    C{Authorization}).  The request arrives on C{localAddress}, port 8053.
     """
     protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
     assert protocol is not None
     transport = StringTransport(
-        hostAddress=IPv4Address("TCP", "127.0.0.1", 8053), peerAddress=IPv4Address("TCP", "127.0.0.1", 50000)
+        hostAddress=IPv4Address("TCP", localAddress, 8053), peerAddress=IPv4Address("TCP", "127.0.0.1", 50000)
     )
     protocol.makeConnection(transport)
     given = {name.lower(): value for name, value in (headers or {}).items()}

@@ -156,6 +156,26 @@ def test_adminHostsAndTheBoundAddressAreAnswered() -> None:
     assert isinstance(site, AdminSite) and site.guard.access.hosts >= {"netd.internal", "127.0.0.1"}
 
 
+def test_theAddressARequestArrivedOnIsAnswered(tmp_path: Path) -> None:
+    """
+    Bound to 0.0.0.0, the API answers to the address literal a request
+    arrived on (a pod's IP, which a Kubernetes probe, Prometheus or a load
+    balancer's health check names as Host and no config can know), and not
+    to another address or a name: a rebinding page's Host is a name.
+    """
+    daemon, reactor = started(ECHO, admin="tcp:0:interface=0.0.0.0", admin_token_file=str(tokenFile(tmp_path)))
+    site = reactor.site()
+    headers = bearer(TOKEN)
+
+    def code(host: str) -> int:
+        return send(site, "GET", "/metrics", headers={**headers, "Host": host}, localAddress="10.1.2.3").response().code
+
+    assert code("10.1.2.3:8053") == 200
+    assert code("10.1.2.3") == 200
+    assert code("10.1.2.4:8053") == 421
+    assert code("pod.attacker.example:8053") == 421
+
+
 def test_adminHostsMustBeHostNames() -> None:
     """
     An admin_hosts entry that is not a host name is a config error naming the key.

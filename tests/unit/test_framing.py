@@ -16,8 +16,11 @@ from collections.abc import Callable, Sequence
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.interfaces import IProtocol
-from twisted.logger import LogEvent, LogLevel, capturedLogs
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogEvent, Logger, LogLevel, capturedLogs
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -26,7 +29,7 @@ from zope.interface.verify import verifyClass, verifyObject
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
 from netd.stream import framing as framingModule
-from netd.stream.framing import FRAMINGS, PARTIAL_FRAME_BUFFER, FramingError, _checkPartialFrameBuffer
+from netd.stream.framing import FRAMINGS, PARTIAL_FRAME_BUFFER, FramedFactory, FramingError, _checkPartialFrameBuffer
 from netd.testing.memory import MemoryStreamConnection, connect, makeStreamStack
 
 FRAMED = [name for name, framing in FRAMINGS.items() if framing.largest is not None]
@@ -568,3 +571,21 @@ def test_withoutTheWholeFramePathFramesAreTheSame(
     for start in range(0, len(stream), size):
         connection.receive(stream[start : start + size])
     assert receiver.frames == frames
+
+
+@pytest.mark.parametrize("framing", sorted(FRAMINGS))
+def test_halfCloseSurvivesAClientEndpoint(framing: str) -> None:
+    """
+    A framed connection opened through a Twisted client endpoint (the
+    proxy's upstream) still hears the peer's EOF as a half-close: Twisted's
+    endpoint wrapper re-declares the interfaces it proxies one
+    C{directlyProvides} at a time, each replacing the last, so the framing
+    must provide no other of them (C{IHandshakeListener}) beside
+    C{IHalfCloseableProtocol}.
+    """
+    reactor = MemoryReactorClock()
+    factory = FramedFactory(FRAMINGS[framing], 1024, RecordingHandler(), Counters(), Logger())
+    TCP4ClientEndpoint(reactor, "127.0.0.1", 6379).connect(factory)
+    [(_host, _port, wrapping, _timeout, _bind)] = reactor.tcpClients
+    wrapper = wrapping.buildProtocol(IPv4Address("TCP", "127.0.0.1", 6379))
+    assert IHalfCloseableProtocol.providedBy(wrapper)

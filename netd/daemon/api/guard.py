@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
@@ -105,7 +106,8 @@ class RequestGuard:
         headers = request.requestHeaders
         fields = requestFields(request, method, path)
         hosts = headers.getRawHeaders(b"host") or []
-        if len(hosts) != 1 or not hostAllowed(hosts[0], self.access.hosts):
+        names = self.access.hosts | arrivedOn(request)
+        if len(hosts) != 1 or not hostAllowed(hosts[0], names):
             shown = ", ".join(text(h) for h in hosts) or "none"
             return self._refuse(
                 "host",
@@ -113,14 +115,14 @@ class RequestGuard:
                 errorReply(
                     421,
                     "misdirected request",
-                    f"this is netd's {self.api}, which answers to localhost, loopback addresses and "
-                    f"{self.otherHosts}; the request's Host is {shown}",
+                    f"this is netd's {self.api}, which answers to localhost, loopback addresses, the "
+                    f"address it was reached on and {self.otherHosts}; the request's Host is {shown}",
                 ),
             )
         announced = announcedLength(headers)
         changing = announced != 0 or method is None or method in CHANGING_METHODS
         origins = headers.getRawHeaders(b"origin") or []
-        if changing and not all(originAllowed(o, self.access.hosts) for o in origins):
+        if changing and not all(originAllowed(o, names) for o in origins):
             return self._refuse(
                 "origin",
                 fields,
@@ -251,6 +253,20 @@ def hostAndPort(text: str) -> str | None:
     if port and not (port.isdigit() and len(port) <= 5):
         return None
     return host.lower() or None
+
+
+def arrivedOn(request: Request) -> frozenset[str]:
+    """
+    The address literal the request arrived on, as a C{Host} names it: the
+    one host a client that reached netd by address (a Kubernetes probe,
+    Prometheus, a load balancer's health check, with a pod's or an
+    instance's IP no config can know) can name.  A DNS-rebinding page
+    names a host name, never this.  Empty over a unix socket.
+    """
+    local = request.getHost()
+    if not isinstance(local, (IPv4Address, IPv6Address)):
+        return frozenset()
+    return frozenset({local.host.lower()})
 
 
 def hostAllowed(value: bytes, names: frozenset[str]) -> bool:
