@@ -12,7 +12,7 @@ import asyncio
 import socket
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import address, main
 from twisted.internet.error import ConnectionAborted, ConnectionLost
@@ -29,9 +29,6 @@ from zope.interface import implementer
 
 from netd.reactors import tcpinfo
 from netd.reactors.shared import IMeteredTransport
-
-if TYPE_CHECKING:
-    from netd.reactors.uv import TCPPort
 
 _RESET = struct.pack("ii", 1, 0)
 """
@@ -92,9 +89,9 @@ class StreamConnection(asyncio.Protocol):
     Why the connection is lost, when it is not uvloop's to tell: aborted, or the protocol failed.
     """
 
-    def __init__(self, port: TCPPort) -> None:
+    def __init__(self, port: Any) -> None:
         """
-        A connection that C{port} accepted; made by uvloop before the connection is.
+        A connection that C{port} (a L{netd.reactors.uv.TCPPort}) accepted; made by uvloop before the connection is.
         """
         self.port = port
         self._prepare(port.reactor)
