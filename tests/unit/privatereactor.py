@@ -62,7 +62,11 @@ def privateUvloopReactor() -> Iterator[UvloopReactor]:
     test (a fixture's body): afterwards its ports stop listening and its
     connections are dropped (L{UvloopReactor.disconnectAll}: their protocols
     are told), its timed calls cancelled, its waker closed and its loop
-    closed.
+    closed, once it has run what closing them scheduled: uvloop closes a
+    transport it was given a socket for (outgoing connections) on its next
+    turn, and gives the socket's descriptor up only then; a loop closed
+    before would leave the socket object to close that descriptor again,
+    whoever has it by then.
     """
     made = UvloopReactor(uvloop.new_event_loop())
     yield made
@@ -74,7 +78,11 @@ def privateUvloopReactor() -> Iterator[UvloopReactor]:
         reader.connectionLost(None)
     for call in made.getDelayedCalls():
         call.cancel()
-    made.asyncioLoop.close()
+    loop = made.asyncioLoop
+    for _ in range(2):
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    loop.close()
 
 
 def privateClockedUvloopReactor() -> Iterator[UvloopReactor]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from twisted.internet import tcp
+from twisted.internet import base, tcp
 from twisted.internet import udp as twistedUDP
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import DatagramProtocol
@@ -23,7 +23,7 @@ from twisted.logger import globalLogPublisher
 
 from netd.canary import Canary
 from netd.config.listen import ListenAddress
-from netd.reactors import accepting, epoll, tcpinfo, udp, uv
+from netd.reactors import accepting, epoll, tcpinfo, udp, uv, uvclient
 from netd.reactors.uv import ClockedStreamConnection
 
 from .privatereactor import privateUvloopReactor, spin
@@ -73,6 +73,13 @@ def breakAdoption(patch: pytest.MonkeyPatch) -> None:
 
 def breakConnector(patch: pytest.MonkeyPatch) -> None:
     patch.delattr(tcp.Connector, "_makeTransport")
+
+
+def breakConnectorHook(patch: pytest.MonkeyPatch) -> None:
+    def connect(self: Any) -> None:
+        self.transport = self.makeTransportSomehowElse()
+
+    patch.setattr(base.BaseConnector, "connect", connect)
 
 
 def breakPollIn(patch: pytest.MonkeyPatch) -> None:
@@ -144,6 +151,8 @@ BREAKAGES: list[tuple[Canary, Callable[[pytest.MonkeyPatch], None]]] = [
     (uv.CANARY, breakUvloopWrites),
     (uv.CANARY, breakUvloop),
     (uv.CANARY, breakAdoption),
+    (uvclient.CANARY, breakConnector),
+    (uvclient.CANARY, breakConnectorHook),
     (epoll.CANARY, breakAdoption),
     (epoll.CANARY, breakConnector),
     (epoll.CANARY, breakPollIn),
