@@ -33,6 +33,7 @@ import struct
 import sys
 from collections.abc import Callable
 from errno import EMFILE, ENFILE
+from functools import partial
 from typing import Any
 
 from twisted.internet import address, main, tcp
@@ -142,6 +143,7 @@ class StreamConnection(asyncio.Protocol):
         self._peer = self._addressType("TCP", peer[0], peer[1])
         self._lastActivity = self._seconds()
         port = self.port
+        self._host = port.connectionHost
         port.accepted()
         factory: Any = port.factory
         protocol = factory.buildProtocol(self._peer)
@@ -211,7 +213,6 @@ class StreamConnection(asyncio.Protocol):
         """
         if not self.connected:
             return
-        self._lastActivity = self.lastActivity
         self.connected = 0
         self.disconnected = 1
         self.reactor.streams.discard(self)
@@ -269,7 +270,9 @@ class StreamConnection(asyncio.Protocol):
         opened), as the kernel tells (C{TCP_INFO}: milliseconds since data
         was last received, and sent): asked only when the idle timeout needs
         it, where stamping every read and write would cost a clock call each.
-        Once the connection is lost, the last time known.
+        Once the connection is lost, the last time known (from the last time
+        asked, or the opening): nothing asks a closed connection, so its
+        close does not ask the kernel.
         """
         if not self.connected:
             return self._lastActivity
@@ -363,7 +366,8 @@ class StreamConnection(asyncio.Protocol):
 
     def getHost(self) -> Any:
         """
-        The local address, made once.
+        The local address: the port's own when it is bound to one address
+        (L{TCPPort.connectionHost}), else asked of uvloop once.
         """
         if self._host is None:
             host = self._transport.get_extra_info("sockname")
@@ -550,12 +554,16 @@ class TCPPort(tcp.Port):
     @ivar probeFrom: the number of open connections (of the reactor's) from
         which accepts are followed by the probe: half the open-file limit,
         read when the port starts listening.
+    @ivar connectionHost: the local address of every connection accepted,
+        when the port is bound to one address (L{None} on a wildcard one,
+        whose connections ask theirs of the socket when it is asked for).
     """
 
     _server: Any = None
     _starting: asyncio.Future[Any] | None = None
     _accepting = False
     probeFrom = 0
+    connectionHost: Any = None
 
     def startListening(self) -> None:
         """
@@ -564,6 +572,8 @@ class TCPPort(tcp.Port):
         self.probeFrom = openFileLimit() // 2
         super().startListening()
         self._listeningHost = super().getHost()
+        if self._listeningHost.host not in ("0.0.0.0", "::"):
+            self.connectionHost = self._listeningHost
         self.reactor.streamPorts.add(self)  # type: ignore[attr-defined]
 
     def getHost(self) -> Any:
@@ -613,7 +623,7 @@ class TCPPort(tcp.Port):
         self._accepting = True
         loop = self.reactor.asyncioLoop  # type: ignore[attr-defined]
         connection = StreamConnection if tcpinfo.CANARY.alive() else ClockedStreamConnection
-        self._serve = loop.create_server(lambda: connection(self), sock=self.socket, backlog=self._backlog())
+        self._serve = loop.create_server(partial(connection, self), sock=self.socket, backlog=self._backlog())
         starting = asyncio.ensure_future(self._serve, loop=loop)
         starting.add_done_callback(self._serving)
         self._starting = starting

@@ -147,7 +147,8 @@ class FramedProtocol(Protocol):
         for a client whose handshake fails, and meets a connection that can
         carry data.
         """
-        if _handshakePending(self.transport):
+        transport = self.transport
+        if IServerTLSTransport.providedBy(transport) and _handshakePending(transport):
             self.awaitingHandshake = True
         else:
             self.receiver.connectionMade(self)
