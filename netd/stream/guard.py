@@ -38,6 +38,7 @@ from netd.interfaces import IConnectionEventFields
 from netd.metrics import Counters
 from netd.reactors.rlimits import BoundedWarning, IOutOfDescriptors
 from netd.reactors.shared import IMeteredTransport
+from netd.stream.declared import provides
 from netd.stream.proxyheader import describePeer
 from netd.tls.protocol import TLSServerProtocol
 from netd.words import counted
@@ -299,18 +300,7 @@ class GuardedConnection(ProtocolWrapper):
         factory = self.factory
         transport.registerProducer(transport, True)
         self._selfPaced = True
-        # Nagle's algorithm off on a TCP connection, so that each write goes
-        # out when it is made: an answer is not held back waiting for the
-        # ACK of the previous one, and the pieces of a slice or split_frame
-        # fault reach the client as separate segments instead of merging in
-        # the kernel.  Other stream sockets (unix:) have no such option;
-        # netd's transports skip the system call when it is off already.
-        setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
-        if setTcpNoDelay is not None:
-            try:
-                setTcpNoDelay(True)
-            except OSError:
-                pass
+        _sendAsWritten(transport)
         self._opened = self._lastActivity = factory.clock.seconds()
         if logs.debugEnabled:
             factory.log.debug(
@@ -475,7 +465,7 @@ class GuardedConnection(ProtocolWrapper):
         if self._ended is None:
             self._ended = "closed by peer"
         inner = self.wrappedProtocol
-        if IHalfCloseableProtocol.providedBy(inner):
+        if provides(IHalfCloseableProtocol, inner):
             inner.readConnectionLost()
         else:
             self.loseConnection()
@@ -615,8 +605,7 @@ class GuardedConnection(ProtocolWrapper):
         self.connected = 1
         self.transport = transport
         self.connectionMade()
-        # WrappingFactory.registerProtocol's one line, without its call.
-        factory.protocols[self] = 1
+        factory.registerProtocol(self)
         self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
         self._reroute()
 
@@ -813,6 +802,22 @@ def _declareTransport(wrapper: GuardedConnection, transport: Any) -> bool:
     return known[1]
 
 
+def _sendAsWritten(transport: Any) -> None:
+    """
+    Turn Nagle's algorithm off on a TCP connection, so that each write goes
+    out when it is made: an answer is not held back waiting for the ACK of
+    the previous one, and the pieces of a C{slice} or C{split_frame} fault
+    reach the client as separate segments instead of merging in the kernel.
+    Other stream sockets (unix:) have no such option.
+    """
+    setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
+    if setTcpNoDelay is not None:
+        try:
+            setTcpNoDelay(True)
+        except OSError:
+            pass
+
+
 def _tlsLayer(protocol: Any) -> TLSServerProtocol | None:
     """
     The TLS layer among the protocols a connection's bytes pass, if the
@@ -839,7 +844,7 @@ def _eventSources(protocol: Any) -> tuple[TLSServerProtocol | None, Any]:
             tls = protocol
         inner = getattr(protocol, "__dict__", {})
         receiver = inner.get("receiver")
-        if IConnectionEventFields.providedBy(receiver):
+        if provides(IConnectionEventFields, receiver):
             return tls, receiver
         protocol = inner.get("wrappedProtocol")
     return tls, None

@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from zope.interface import Interface, alsoProvides, implementer
 
 from netd.events import EventLog
 from netd.reactors import tcpinfo
 from netd.reactors.uv import TCPPort, UvloopReactor
+from netd.stream.declared import provides
 from netd.stream.guard import ConnectionLimiter
 from netd.testing.memory import PEER, makeStreamStack
 from netd_plugins.echo import EchoHandler
@@ -135,3 +137,42 @@ def test_uvloopCloseReadsNoTCPInfo(uvloopReactor: UvloopReactor, monkeypatch: py
     accepted.client.close()
     spin(uvloopReactor, lambda: accepted.protocol.lost)
     assert reads == []
+
+
+class IAsked(Interface):
+    """
+    An interface for L{provides} to be asked about.
+    """
+
+
+@implementer(IAsked)
+class Declaring:
+    """
+    A class that implements L{IAsked}.
+    """
+
+
+class Silent:
+    """
+    A class that declares nothing.
+    """
+
+
+@pytest.mark.parametrize(
+    "make", [Declaring, Silent, lambda: directlyProvided(Silent()), lambda: directlyProvided(Declaring())]
+)
+def test_providesAnswersAsZope(make: Any) -> None:
+    """
+    provides gives zope.interface's answer, for instances that declare nothing of their own (asked twice: once found, once cached) and for ones that do.
+    """
+    for _ in range(2):
+        instance = make()
+        assert provides(IAsked, instance) is IAsked.providedBy(instance)
+
+
+def directlyProvided(instance: object) -> object:
+    """
+    C{instance}, declared to provide L{IAsked} on its own.
+    """
+    alsoProvides(instance, IAsked)
+    return instance
