@@ -300,7 +300,18 @@ class GuardedConnection(ProtocolWrapper):
         factory = self.factory
         transport.registerProducer(transport, True)
         self._selfPaced = True
-        _sendAsWritten(transport)
+        # Nagle's algorithm off on a TCP connection, so that each write goes
+        # out when it is made: an answer is not held back waiting for the
+        # ACK of the previous one, and the pieces of a slice or split_frame
+        # fault reach the client as separate segments instead of merging in
+        # the kernel.  Other stream sockets (unix:) have no such option;
+        # netd's transports skip the system call when it is off already.
+        setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
+        if setTcpNoDelay is not None:
+            try:
+                setTcpNoDelay(True)
+            except OSError:
+                pass
         self._opened = self._lastActivity = factory.clock.seconds()
         if logs.debugEnabled:
             factory.log.debug(
@@ -605,7 +616,8 @@ class GuardedConnection(ProtocolWrapper):
         self.connected = 1
         self.transport = transport
         self.connectionMade()
-        factory.registerProtocol(self)
+        # WrappingFactory.registerProtocol's one line, without its call.
+        factory.protocols[self] = 1
         self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
         self._reroute()
 
@@ -800,22 +812,6 @@ def _declareTransport(wrapper: GuardedConnection, transport: Any) -> bool:
     else:
         wrapper.__provides__ = known[0]  # type: ignore[attr-defined]
     return known[1]
-
-
-def _sendAsWritten(transport: Any) -> None:
-    """
-    Turn Nagle's algorithm off on a TCP connection, so that each write goes
-    out when it is made: an answer is not held back waiting for the ACK of
-    the previous one, and the pieces of a C{slice} or C{split_frame} fault
-    reach the client as separate segments instead of merging in the kernel.
-    Other stream sockets (unix:) have no such option.
-    """
-    setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
-    if setTcpNoDelay is not None:
-        try:
-            setTcpNoDelay(True)
-        except OSError:
-            pass
 
 
 def _tlsLayer(protocol: Any) -> TLSServerProtocol | None:
