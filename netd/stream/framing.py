@@ -349,7 +349,7 @@ class FramedProtocol(Protocol):
         closes once what was sent is written.
         """
         receiver = self.__dict__.get("receiver")
-        if provides(IHalfCloseableReceiver, receiver) and not self.awaitingHandshake:
+        if receiver is not None and provides(IHalfCloseableReceiver, receiver) and not self.awaitingHandshake:
             receiver.readConnectionLost()
         else:
             transport: Any = self.transport

@@ -475,7 +475,7 @@ class GuardedConnection(ProtocolWrapper):
             return
         if self._ended is None:
             self._ended = "closed by peer"
-        inner = self.wrappedProtocol
+        inner: Any = self.wrappedProtocol
         if provides(IHalfCloseableProtocol, inner):
             inner.readConnectionLost()
         else:
@@ -581,12 +581,7 @@ class GuardedConnection(ProtocolWrapper):
                 self._logClosed(ended, now, bytesIn, bytesOut)
         if addresses is not None:
             tls, fields = _eventSources(self.wrappedProtocol)
-        inner = self.wrappedProtocol
-        factory.unregisterProtocol(self)
-        inner.connectionLost(reason)
-        # Breaking the cycle between the wrapper and the inner protocol, as
-        # ProtocolWrapper.connectionLost does.
-        self.wrappedProtocol = None
+        ProtocolWrapper.connectionLost(self, reason)
         if addresses is not None:
             events.add(
                 "connection",
