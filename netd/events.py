@@ -73,7 +73,8 @@ class EventLog:
             returns the event's own JSON-ready fields.
         """
         if self.enabled:
-            self.addAt(self._clock.seconds(), kind, render, *args)
+            self._seq += 1
+            self._ring.append((self._seq, self._clock.seconds(), kind, render, args))
 
     def addAt(self, time: float, kind: str, render: Render, *args: Any) -> None:
         """

@@ -36,6 +36,7 @@ import select
 import socket
 import sys
 from errno import EMFILE, ENFILE
+from functools import partial
 from typing import Any
 
 from twisted.internet import main, tcp
@@ -74,12 +75,16 @@ class TCPPort(tcp.Port):
     @ivar probeFrom: the number of open connections (of the reactor's) from
         which accepts are followed by the probe: half the open-file limit,
         read when the port starts listening.
+    @ivar connectionHost: the local address of every connection accepted,
+        when the port is bound to one address (L{None} on a wildcard one,
+        whose connections ask theirs of the socket when it is asked for).
     """
 
     _server: Any = None
     _starting: asyncio.Future[Any] | None = None
     _accepting = False
     probeFrom = 0
+    connectionHost: Any = None
 
     def startListening(self) -> None:
         """
@@ -88,6 +93,8 @@ class TCPPort(tcp.Port):
         self.probeFrom = openFileLimit() // 2
         super().startListening()
         self._listeningHost = super().getHost()
+        if self._listeningHost.host not in ("0.0.0.0", "::"):
+            self.connectionHost = self._listeningHost
         self.reactor.streamPorts.add(self)  # type: ignore[attr-defined]
 
     def getHost(self) -> Any:
@@ -137,7 +144,7 @@ class TCPPort(tcp.Port):
         self._accepting = True
         loop = self.reactor.asyncioLoop  # type: ignore[attr-defined]
         connection = StreamConnection if tcpinfo.CANARY.alive() else ClockedStreamConnection
-        self._serve = loop.create_server(lambda: connection(self), sock=self.socket, backlog=self._backlog())
+        self._serve = loop.create_server(partial(connection, self), sock=self.socket, backlog=self._backlog())
         starting = asyncio.ensure_future(self._serve, loop=loop)
         starting.add_done_callback(self._serving)
         self._starting = starting

@@ -117,6 +117,7 @@ class StreamConnection(asyncio.Protocol):
         """
         self._opened(transport)
         port = self.port
+        self._host = port.connectionHost
         port.accepted()
         factory: Any = port.factory
         protocol = factory.buildProtocol(self._peer)
@@ -203,7 +204,6 @@ class StreamConnection(asyncio.Protocol):
         """
         if not self.connected:
             return
-        self._lastActivity = self.lastActivity
         self.connected = 0
         self.disconnected = 1
         self.reactor.streams.discard(self)
@@ -267,7 +267,9 @@ class StreamConnection(asyncio.Protocol):
         opened), as the kernel tells (C{TCP_INFO}: milliseconds since data
         was last received, and sent): asked only when the idle timeout needs
         it, where stamping every read and write would cost a clock call each.
-        Once the connection is lost, the last time known.
+        Once the connection is lost, the last time known (from the last time
+        asked, or the opening): nothing asks a closed connection, so its
+        close does not ask the kernel.
         """
         if not self.connected:
             return self._lastActivity
@@ -361,7 +363,8 @@ class StreamConnection(asyncio.Protocol):
 
     def getHost(self) -> Any:
         """
-        The local address, made once.
+        The local address: the port's own when it is bound to one address
+        (L{netd.reactors.uv.TCPPort.connectionHost}), else asked of uvloop once.
         """
         if self._host is None:
             host = self._transport.get_extra_info("sockname")

@@ -46,6 +46,7 @@ from netd.interfaces import (
     IStreamHandler,
 )
 from netd.metrics import Counters
+from netd.stream.declared import provides
 
 
 class FramingError(ValueError):
@@ -147,7 +148,8 @@ class FramedProtocol(Protocol):
         for a client whose handshake fails, and meets a connection that can
         carry data.
         """
-        if _handshakePending(self.transport):
+        transport = self.transport
+        if IServerTLSTransport.providedBy(transport) and _handshakePending(transport):
             self.awaitingHandshake = True
         else:
             self.receiver.connectionMade(self)
@@ -347,7 +349,7 @@ class FramedProtocol(Protocol):
         closes once what was sent is written.
         """
         receiver = self.__dict__.get("receiver")
-        if IHalfCloseableReceiver.providedBy(receiver) and not self.awaitingHandshake:
+        if receiver is not None and provides(IHalfCloseableReceiver, receiver) and not self.awaitingHandshake:
             receiver.readConnectionLost()
         else:
             transport: Any = self.transport
@@ -714,6 +716,6 @@ class FramedFactory(Factory):
         protocol.maxFrame = self.maxFrame
         protocol.MAX_LENGTH = self.maxFrame + protocol.wireSlack
         receiver = protocol.receiver = self.handler.newConnection()
-        if IExactFrames.providedBy(receiver):
+        if provides(IExactFrames, receiver):
             protocol.exactFrames = True
         return protocol

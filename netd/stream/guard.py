@@ -38,6 +38,7 @@ from netd.interfaces import IConnectionEventFields
 from netd.metrics import Counters
 from netd.reactors.rlimits import BoundedWarning, IOutOfDescriptors
 from netd.reactors.shared import IMeteredTransport
+from netd.stream.declared import provides
 from netd.stream.proxyheader import describePeer
 from netd.tls.protocol import TLSServerProtocol
 from netd.words import counted
@@ -292,26 +293,39 @@ class GuardedConnection(ProtocolWrapper):
     def connectionMade(self) -> None:
         """
         Start pacing and the idle timer, choose the faults that act on the
-        connection, then let the inner protocol in (and a refusing fault act).
+        connection and start them (a refusing fault acts); L{makeConnection}
+        then lets the inner protocol in.
         """
-        self.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
+        transport: Any = self.transport
+        factory = self.factory
+        transport.registerProducer(transport, True)
         self._selfPaced = True
-        _sendAsWritten(self.transport)
-        self._opened = self._lastActivity = self.factory.clock.seconds()
+        # Nagle's algorithm off on a TCP connection, so that each write goes
+        # out when it is made: an answer is not held back waiting for the
+        # ACK of the previous one, and the pieces of a slice or split_frame
+        # fault reach the client as separate segments instead of merging in
+        # the kernel.  Other stream sockets (unix:) have no such option;
+        # netd's transports skip the system call when it is off already.
+        setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
+        if setTcpNoDelay is not None:
+            try:
+                setTcpNoDelay(True)
+            except OSError:
+                pass
+        self._opened = self._lastActivity = factory.clock.seconds()
         if logs.debugEnabled:
-            self.factory.log.debug(
+            factory.log.debug(
                 "connection opened from {peer}", peer=describePeer(self.getPeer()), event="connection_opened"
             )
-        idle = self.factory.idle
+        idle = factory.idle
         if idle is not None:
             self._watched = True
             idle.watch(self, self._opened)
-        faults = self.factory.faults
+        faults = factory.faults
         if faults is not None and faults.inForce:
             self.streamFaults = faults.forConnection(self)
-        ProtocolWrapper.connectionMade(self)
-        if self.streamFaults is not None:
-            self.streamFaults.start()
+            if self._streamFaults is not None:
+                self._streamFaults.start()
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -455,13 +469,14 @@ class GuardedConnection(ProtocolWrapper):
         The peer sent EOF: close after writing what is already queued (once
         the bytes the connection's faults hold from the peer are passed on).
         """
-        if self.streamFaults is not None and self.streamFaults.holdsInbound():
-            self.streamFaults.eofWhenDrained()
+        faults = self._streamFaults
+        if faults is not None and faults.holdsInbound():
+            faults.eofWhenDrained()
             return
         if self._ended is None:
             self._ended = "closed by peer"
-        inner = self.wrappedProtocol
-        if IHalfCloseableProtocol.providedBy(inner):
+        inner: Any = self.wrappedProtocol
+        if provides(IHalfCloseableProtocol, inner):
             inner.readConnectionLost()
         else:
             self.loseConnection()
@@ -547,19 +562,25 @@ class GuardedConnection(ProtocolWrapper):
             self._streamFaults.stop()
         self._selfPaced = False
         self.connected = 0
-        self._reroute()
-        bytesIn, bytesOut = self.bytesIn, self.bytesOut
+        if self._directRead is not None:
+            self._reroute()
+        meter = self._meter
+        if meter is None:
+            bytesIn, bytesOut = self._bytesIn, self._bytesOut
+        else:
+            bytesIn, bytesOut = meter.bytesReceived, meter.bytesSent
         counters = factory.counters
         counters["bytes_received"] += bytesIn
         counters["bytes_sent"] += bytesOut
-        ended = self._ending(reason)
         now = factory.clock.seconds()
-        if logs.debugEnabled:
-            self._logClosed(ended, now, bytesIn, bytesOut)
         events = factory.events
         addresses = self._addresses if events.enabled else None
-        tls = _tlsLayer(self.wrappedProtocol) if addresses is not None else None
-        fields = _eventFieldsSource(self.wrappedProtocol) if addresses is not None else None
+        if addresses is not None or logs.debugEnabled:
+            ended = self._ending(reason)
+            if logs.debugEnabled:
+                self._logClosed(ended, now, bytesIn, bytesOut)
+        if addresses is not None:
+            tls, fields = _eventSources(self.wrappedProtocol)
         ProtocolWrapper.connectionLost(self, reason)
         if addresses is not None:
             events.add(
@@ -585,13 +606,13 @@ class GuardedConnection(ProtocolWrapper):
         factory = self.factory
         if factory.events.enabled:
             self._addresses = (transport.getPeer(), transport.getHost())
-        _declareTransport(self, transport)
-        if IMeteredTransport.providedBy(transport):
+        if _declareTransport(self, transport):
             self._meter = transport
         self.connected = 1
         self.transport = transport
         self.connectionMade()
-        factory.registerProtocol(self)
+        # WrappingFactory.registerProtocol's one line, without its call.
+        factory.protocols[self] = 1
         self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
         self._reroute()
 
@@ -758,45 +779,34 @@ class IdleWatch:
                 self._call = clock.callLater(max(0.0, heap[0][0] - now), self._expire)
 
 
-_DECLARED: dict[Any, Any] = {}
+_DECLARED: dict[Any, tuple[Any, bool]] = {}
 """
 What L{_declareTransport} declared for a wrapper of each kind, by the
 interfaces of the transport: each a declaration that zope.interface makes once
-and shares among the objects that get it.
+and shares among the objects that get it, and whether the transport is
+metered (L{IMeteredTransport}).
 """
 
 
-def _declareTransport(wrapper: GuardedConnection, transport: Any) -> None:
+def _declareTransport(wrapper: GuardedConnection, transport: Any) -> bool:
     """
     Declare that C{wrapper} provides what C{transport} does, as
     L{ProtocolWrapper.makeConnection} does (the TLS layer and the plugins see
     the wrapper as their transport, and ask it for C{ITCPTransport},
     C{ISystemHandle} and such), with the declaration made by
     C{directlyProvides} once per kind of wrapper and transport.
+
+    @return: whether C{transport} is metered (L{IMeteredTransport}), known
+        from the same cache.
     """
     key = (type(wrapper), providedBy(transport))
-    declared = _DECLARED.get(key)
-    if declared is None:
+    known = _DECLARED.get(key)
+    if known is None:
         directlyProvides(wrapper, key[1])
-        _DECLARED[key] = wrapper.__provides__
+        known = _DECLARED[key] = (wrapper.__provides__, key[1].isOrExtends(IMeteredTransport))
     else:
-        wrapper.__provides__ = declared  # type: ignore[attr-defined]
-
-
-def _sendAsWritten(transport: Any) -> None:
-    """
-    Turn Nagle's algorithm off on a TCP connection, so that each write goes
-    out when it is made: an answer is not held back waiting for the ACK of
-    the previous one, and the pieces of a C{slice} or C{split_frame} fault
-    reach the client as separate segments instead of merging in the kernel.
-    Other stream sockets (unix:) have no such option.
-    """
-    setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
-    if setTcpNoDelay is not None:
-        try:
-            setTcpNoDelay(True)
-        except OSError:
-            pass
+        wrapper.__provides__ = known[0]  # type: ignore[attr-defined]
+    return known[1]
 
 
 def _tlsLayer(protocol: Any) -> TLSServerProtocol | None:
@@ -811,20 +821,24 @@ def _tlsLayer(protocol: Any) -> TLSServerProtocol | None:
     return None
 
 
-def _eventFieldsSource(protocol: Any) -> Any:
+def _eventSources(protocol: Any) -> tuple[TLSServerProtocol | None, Any]:
     """
-    The receiver among the protocols a connection's bytes pass that adds
-    fields of its own to the connection's event (L{IConnectionEventFields}),
-    if any: found before the connection is lost, since the framing then lets
-    its receiver go.
+    What a connection's event takes from the protocols its bytes pass, in
+    one walk down them: the TLS layer, if the service terminates TLS, and
+    the receiver that adds fields of its own to the event
+    (L{IConnectionEventFields}), if any, found before the connection is
+    lost, since the framing then lets its receiver go.
     """
+    tls = None
     while protocol is not None:
+        if isinstance(protocol, TLSServerProtocol):
+            tls = protocol
         inner = getattr(protocol, "__dict__", {})
         receiver = inner.get("receiver")
-        if IConnectionEventFields.providedBy(receiver):
-            return receiver
+        if provides(IConnectionEventFields, receiver):
+            return tls, receiver
         protocol = inner.get("wrappedProtocol")
-    return None
+    return tls, None
 
 
 def _connectionEvent(
@@ -1074,8 +1088,9 @@ class ConnectionLimiter(WrappingFactory):
     def unregisterProtocol(self, protocol: Any) -> None:
         """
         A connection closed: note that there is room again, fire drain waiters.
+        (L{WrappingFactory.unregisterProtocol}'s one line is done here.)
         """
-        super().unregisterProtocol(protocol)
+        del self.protocols[protocol]
         if self._step and self.idle is not None:
             self._pressureChanged(len(self.protocols))
         if self._refusing:
