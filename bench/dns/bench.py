@@ -38,11 +38,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from benchlib import cpuTime, machine, netdVersion, publish, quietDaemonTable, say, startNetd, stopProcess, toolVersion  # noqa: E402  (the path above makes it importable)
-from dns_upstream import (  # noqa: E402  (the path above makes it importable)
+
+from tests.integration.dns_upstream import (  # noqa: E402  (the path above makes it importable)
     ZONE,
     Dnsmasq,
     answerRcode,
