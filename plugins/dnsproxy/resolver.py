@@ -19,7 +19,6 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,7 +26,17 @@ from twisted.python.failure import Failure
 from netd.metrics import LATENCY_BUCKETS, Counters
 from netd.tls.client import loadTrustRoot
 
-from .transports import AttemptError, CaseMismatch, Outstanding, StreamUpstream, UDPPool, UpstreamBusy, randomCase
+from .deadlines import Deadline, Deadlines
+from .transports import (
+    AttemptError,
+    CaseMismatch,
+    Outstanding,
+    PendingQuery,
+    StreamUpstream,
+    UDPPool,
+    UpstreamBusy,
+    randomCase,
+)
 from .upstream import Upstream
 from .wire import CLASS_IN, FLAG_RD, FLAG_TC, HEADER_SIZE, RCODE_MASK, RCODE_REFUSED, RCODE_SERVFAIL, Question
 
@@ -231,6 +240,7 @@ class UpstreamResolver(Service):
         self.streamPipeline = streamPipeline
         self.random: random.Random = PooledSystemRandom()
         self.outstanding = Outstanding()
+        self.deadlines = Deadlines(reactor)
         self._states = [_UpstreamState(u) for u in upstreams]
         self._udp = UDPPool(self, udpSockets, udpPortQueries, udpPortLifetime)
         self._streams: dict[Upstream, StreamUpstream] = {}
@@ -453,13 +463,16 @@ class UpstreamResolver(Service):
 
 class _Resolution:
     """
-    One query being forwarded, attempt after attempt, as plain callbacks with a
-    delayed call per attempt for its timeout (cheaper than a coroutine: README).
+    One query being forwarded, attempt after attempt, as plain callbacks (cheaper
+    than a coroutine: README); each attempt's timeout is an entry in the
+    resolver's L{Deadlines}.  A UDP attempt tells its outcome with plain calls
+    (L{attemptAnswered}, L{attemptFailed}), a TCP or TLS one through a Deferred.
 
     @ivar deferred: fires with the answer (the client's ID put back) and its
         upstream, or fails with L{UpstreamFailure}; cancelling it abandons the attempt.
-    @ivar attempt: the attempt waiting for its answer, if one is; L{timer} its
-        timeout, L{timedOut} whether it is being cancelled for it.
+    @ivar attempt: the attempt waiting for its answer, if one is (what cancels
+        it); L{timer} its timeout, L{timedOut} whether it is being cancelled
+        for it; L{upstream} where it went.
     @ivar sentName: the question's name as the attempt sent it.
     @ivar caseCheck: whether the attempt is the TCP query that tells, by its
         answer's case, whether the upstream keeps the case.
@@ -479,8 +492,9 @@ class _Resolution:
         self.retriedErrors: set[Upstream] = set()
         self.state: _UpstreamState | None = None
         self.started = 0.0
-        self.attempt: Deferred[bytes] | None = None
-        self.timer: IDelayedCall | None = None
+        self.attempt: Deferred[bytes] | PendingQuery | None = None
+        self.upstream: Upstream | None = None
+        self.timer: Deadline | None = None
         self.timedOut = False
         self.sentName = question.name
         self.caseCheck = False
@@ -562,9 +576,19 @@ class _Resolution:
         resolver.counters["upstream_queries"] += 1
         self.caseCheck = caseCheck
         name = self.sentName = randomCase(self.question.name, resolver.random) if randomize else self.question.name
-        self.timer = resolver.reactor.callLater(resolver.attemptTimeout(self.deadlineAt), self._timeout)
+        self.upstream = upstream
+        self.timer = resolver.deadlines.add(
+            resolver.reactor.seconds() + resolver.attemptTimeout(self.deadlineAt), self._timeout
+        )
+        if upstream.transport == "udp":
+            sent = resolver._udp.send(upstream, self.query, self.question, name, randomize, self)
+            if isinstance(sent, AttemptError):
+                self.attemptFailed(sent)
+            else:
+                self.attempt = sent
+            return
         attempt = self.attempt = resolver.send(upstream, self.query, self.question, name, randomize)
-        attempt.addCallbacks(self._answered, self._attemptFailed, callbackArgs=(upstream,))
+        attempt.addCallbacks(self.attemptAnswered, self.attemptFailed)
 
     def _timeout(self) -> None:
         """
@@ -581,10 +605,10 @@ class _Resolution:
         """
         self.attempt = None
         if self.timer is not None:
-            self.timer.cancel()
+            self.resolver.deadlines.cancel(self.timer)
             self.timer = None
 
-    def _answered(self, answer: bytes, upstream: Upstream) -> None:
+    def attemptAnswered(self, answer: bytes) -> None:
         """
         An answer came: retry a truncated UDP answer over TCP; any other is
         proof the upstream is reachable, and is the outcome unless it is
@@ -593,7 +617,8 @@ class _Resolution:
         self._attemptOver()
         resolver = self.resolver
         state = self.state
-        assert state is not None
+        upstream = self.upstream
+        assert state is not None and upstream is not None
         if upstream.transport == "udp" and answer[2] & _TC_BYTE:
             resolver.counters["upstream_truncated"] += 1
             self._send(state, attrs.evolve(upstream, transport="tcp"), randomize=False)
@@ -613,7 +638,7 @@ class _Resolution:
             return
         self._succeed(answer, state.upstream)
 
-    def _attemptFailed(self, reason: Failure) -> None:
+    def attemptFailed(self, reason: Failure | BaseException) -> None:
         """
         No answer: a timeout makes the upstream worth trying again after the
         pass; an error too, once, if it is one that a new connection may not
@@ -627,7 +652,7 @@ class _Resolution:
         resolver = self.resolver
         state = self.state
         assert state is not None
-        error = reason.value
+        error = reason.value if isinstance(reason, Failure) else reason
         if isinstance(error, CaseMismatch):
             resolver.counters["upstream_case_mismatches"] += 1
             self._send(state, attrs.evolve(state.upstream, transport="tcp"), randomize=True, caseCheck=True)
@@ -652,7 +677,7 @@ class _Resolution:
             self._fail(UpstreamFailure("abandoned (the resolver stopped or the query was cancelled)", self.tried))
             return
         else:
-            self._fail(reason)
+            self._fail(reason if isinstance(reason, Failure) else Failure(reason))
             return
         self._next()
 
