@@ -608,8 +608,8 @@ class DNSProxy(Service):
         sharing = self.inflight.get(flight)
         if sharing is None:
             self.inflight[flight] = [waiter]
-            self.resolver.forward(upstreamQuery(data, query, self.udpSize), query.question).addCallbacks(
-                self._landed, self._failed, callbackArgs=(flight,), errbackArgs=(flight,)
+            self.resolver.forwardTo(
+                upstreamQuery(data, query, self.udpSize), query.question, self._landed, self._failed, flight
             )
         else:
             self.counters["queries_coalesced"] += 1
@@ -630,14 +630,13 @@ class DNSProxy(Service):
             del self.waitingByClient[host]
         return answer
 
-    def _landed(self, answered: tuple[bytes, Upstream], flight: Flight) -> None:
+    def _landed(self, answer: bytes, upstream: Upstream, flight: Flight) -> None:
         """
         An upstream answered a flight: cache the answer if it may be cached,
         and answer every query waiting, each with the cached form when there
         is one (TTLs clamped, an OPT record exactly when that query sent one).
         New queries start their own flight from now on.
         """
-        answer, upstream = answered
         key = flight[0]
         try:
             info = inspectAnswer(answer)

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -277,7 +278,7 @@ class UpstreamResolver(Service):
             self._prober.stop()
         self._prober = None
         for resolution in list(self.resolving):
-            resolution.deferred.cancel()
+            resolution.cancel()
         for state in self._states:
             if state.probe is not None:
                 state.probe.cancel()
@@ -302,9 +303,30 @@ class UpstreamResolver(Service):
         Like L{resolve}, and say which upstream gave the answer: the Deferred
         fires with the answer and that upstream.
         """
+        deferred: Deferred[tuple[bytes, Upstream]] = Deferred(lambda _: resolution.cancel())
+        resolution = self.forwardTo(query, question, _fireDeferred, _failDeferred, deferred)
+        return deferred
+
+    def forwardTo(
+        self,
+        query: bytes,
+        question: Question,
+        answered: Callable[[bytes, Upstream, Any], object],
+        failed: Callable[[Failure, Any], object],
+        context: Any,
+    ) -> _Resolution:
+        """
+        L{forward}, with plain calls for the outcome: C{answered(answer,
+        upstream, context)} or C{failed(reason, context)}, once (perhaps
+        before this returns).  The resolution returned abandons the query
+        when cancelled (C{failed} is then called with L{UpstreamFailure}).
+        """
+        resolution = _Resolution(self, query, question, answered, failed, context)
         if self._stopped:
-            return fail(UpstreamFailure("the upstream resolver is stopped"))
-        return _Resolution(self, query, question).start()
+            resolution.outcomeFailed(Failure(UpstreamFailure("the upstream resolver is stopped")))
+            return resolution
+        resolution.start()
+        return resolution
 
     def isLooped(self, query: bytes, question: Question) -> bool:
         """
@@ -461,6 +483,21 @@ class UpstreamResolver(Service):
             state.lastError = f"health probe failed: {reason.getErrorMessage()}"
 
 
+def _fireDeferred(answer: bytes, upstream: Upstream, deferred: Deferred[tuple[bytes, Upstream]]) -> None:
+    """
+    L{UpstreamResolver.forward}'s outcome: an answer.
+    """
+    deferred.callback((answer, upstream))
+
+
+def _failDeferred(reason: Failure, deferred: Deferred[tuple[bytes, Upstream]]) -> None:
+    """
+    L{UpstreamResolver.forward}'s outcome: a failure (none after the Deferred was cancelled).
+    """
+    if not deferred.called:
+        deferred.errback(reason)
+
+
 class _Resolution:
     """
     One query being forwarded, attempt after attempt, as plain callbacks (cheaper
@@ -468,8 +505,9 @@ class _Resolution:
     resolver's L{Deadlines}.  A UDP attempt tells its outcome with plain calls
     (L{attemptAnswered}, L{attemptFailed}), a TCP or TLS one through a Deferred.
 
-    @ivar deferred: fires with the answer (the client's ID put back) and its
-        upstream, or fails with L{UpstreamFailure}; cancelling it abandons the attempt.
+    @ivar answered: told the answer (the client's ID put back), its upstream
+        and L{context}; or L{failed} the failure (L{UpstreamFailure}) and
+        L{context}: once.
     @ivar attempt: the attempt waiting for its answer, if one is (what cancels
         it); L{timer} its timeout, L{timedOut} whether it is being cancelled
         for it; L{upstream} where it went.
@@ -478,11 +516,21 @@ class _Resolution:
         answer's case, whether the upstream keeps the case.
     """
 
-    def __init__(self, resolver: UpstreamResolver, query: bytes, question: Question) -> None:
+    def __init__(
+        self,
+        resolver: UpstreamResolver,
+        query: bytes,
+        question: Question,
+        answered: Callable[[bytes, Upstream, Any], object],
+        failed: Callable[[Failure, Any], object],
+        context: Any,
+    ) -> None:
         self.resolver = resolver
         self.query = query
         self.question = question
-        self.deferred: Deferred[tuple[bytes, Upstream]] = Deferred(self._cancel)
+        self.answered = answered
+        self.failed = failed
+        self.context = context
         self.deadlineAt = resolver.reactor.seconds() + resolver.deadline
         self.candidates: list[_UpstreamState] = []
         self.index = 0
@@ -499,18 +547,23 @@ class _Resolution:
         self.sentName = question.name
         self.caseCheck = False
 
-    def start(self) -> Deferred[tuple[bytes, Upstream]]:
+    def start(self) -> None:
         """
         Try the upstreams that are up (all of them when none is).
         """
         states = self.resolver._states
         self.candidates = [s for s in states if s.up] or list(states)
         if not self.candidates:
-            self.deferred.errback(UpstreamFailure("no upstreams are configured"))
-            return self.deferred
+            self.outcomeFailed(Failure(UpstreamFailure("no upstreams are configured")))
+            return
         self.resolver.resolving.add(self)
         self._next()
-        return self.deferred
+
+    def outcomeFailed(self, reason: Failure) -> None:
+        """
+        Tell the failure.
+        """
+        self.failed(reason, self.context)
 
     def _succeed(self, answer: bytes, upstream: Upstream) -> None:
         """
@@ -521,8 +574,8 @@ class _Resolution:
         self.resolver.resolving.discard(self)
         query = self.query
         end = HEADER_SIZE + len(self.question.name)
-        self.deferred.callback(
-            (b"".join((query[:2], answer[2:HEADER_SIZE], query[HEADER_SIZE:end], answer[end:])), upstream)
+        self.answered(
+            b"".join((query[:2], answer[2:HEADER_SIZE], query[HEADER_SIZE:end], answer[end:])), upstream, self.context
         )
 
     def _fail(self, reason: Failure | Exception) -> None:
@@ -530,7 +583,7 @@ class _Resolution:
         The outcome: no answer.
         """
         self.resolver.resolving.discard(self)
-        self.deferred.errback(reason)
+        self.outcomeFailed(reason if isinstance(reason, Failure) else Failure(reason))
 
     def _next(self) -> None:
         """
@@ -681,7 +734,7 @@ class _Resolution:
             return
         self._next()
 
-    def _cancel(self, deferred: Deferred[tuple[bytes, Upstream]]) -> None:
+    def cancel(self) -> None:
         """
         Abandon the attempt in progress (which fails the query with L{UpstreamFailure}).
         """

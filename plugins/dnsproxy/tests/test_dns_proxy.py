@@ -54,6 +54,11 @@ class FakeResolver:
     def forward(self, query: bytes, question: Question) -> Deferred[tuple[bytes, Upstream]]:
         return self.resolve(query, question).addCallback(lambda answer: (answer, UPSTREAM))
 
+    def forwardTo(self, query: bytes, question: Question, answered: Any, failed: Any, context: Any) -> None:
+        self.resolve(query, question).addCallbacks(
+            lambda answer: answered(answer, UPSTREAM, context), lambda reason: failed(reason, context)
+        )
+
     def isLooped(self, query: bytes, question: Question) -> bool:
         return any(query[:2] == sent[:2] and question == q for sent, q, d in self.asked if not d.called)
 
