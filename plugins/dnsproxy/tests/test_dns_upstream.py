@@ -510,9 +510,10 @@ def test_pooledRandomReadsTheKernelRarely(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(IndexError):
         source.choice([])
     assert 0 <= source.random() < 1 and source.getrandbits(0) == 0
+    before = len(reads)
     resolverModule._POOL.drain()
     source.getrandbits(16)
-    assert reads == [4096] * 4, "a drained pool (a forked child's) is read again"
+    assert len(reads) == before + 1, "a drained pool (a forked child's) is read again"
     resolverModule._POOL.drain()
 
 
