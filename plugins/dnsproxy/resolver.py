@@ -391,12 +391,15 @@ class UpstreamResolver(Service):
             return self._udp.query(upstream, query, question, name, exact)
         return self._stream(upstream).query(query, question, name)
 
-    def attemptTimeout(self, deadlineAt: float) -> float:
+    def attemptTimeout(self, deadlineAt: float, now: float | None = None) -> float:
         """
         How long an attempt sent now may wait: C{timeout} seconds, or until the
         deadline, whichever is first.
+
+        @param now: the reactor's time, if the caller has just read it.
         """
-        now: float = self.reactor.seconds()
+        if now is None:
+            now = self.reactor.seconds()
         return max(0.0, min(self.timeout, deadlineAt - now))
 
     def _stream(self, upstream: Upstream) -> StreamUpstream:
@@ -600,48 +603,55 @@ class _Resolution:
         full pass with nothing better than a SERVFAIL/REFUSED answer and time
         left, to the upstreams worth trying again; or give the outcome.
         """
-        reactor = self.resolver.reactor
+        resolver = self.resolver
+        now: float = resolver.reactor.seconds()
+        left = self.deadlineAt - now
         while True:
-            if self.index < len(self.candidates) and self.deadlineAt - reactor.seconds() > 0:
+            if self.index < len(self.candidates) and left > 0:
                 state = self.candidates[self.index]
                 self.index += 1
-                resolver = self.resolver
-                randomize = (
-                    resolver.randomizeCase
-                    and state.upstream.transport == "udp"
-                    and state.plainCaseUntil <= reactor.seconds()
-                )
-                self._send(state, state.upstream, randomize=randomize)
+                randomize = resolver.randomizeCase and state.upstream.transport == "udp" and state.plainCaseUntil <= now
+                self._send(state, state.upstream, randomize=randomize, now=now)
                 return
-            if self.lastRefusal is not None or self.deadlineAt - reactor.seconds() <= 0 or not self.again:
+            if self.lastRefusal is not None or left <= 0 or not self.again:
                 break
             self.candidates, self.again, self.index = self.again, [], 0
         if self.lastRefusal is not None:
             self._succeed(*self.lastRefusal)
-        elif self.deadlineAt - reactor.seconds() <= 0:
+        elif left <= 0:
             self._fail(
                 UpstreamFailure(f"no upstream answered within the {self.resolver.deadline:g}s deadline", self.tried)
             )
         else:
             self._fail(UpstreamFailure("every upstream failed", self.tried))
 
-    def _send(self, state: _UpstreamState, upstream: Upstream, *, randomize: bool, caseCheck: bool = False) -> None:
+    def _send(
+        self,
+        state: _UpstreamState,
+        upstream: Upstream,
+        *,
+        randomize: bool,
+        caseCheck: bool = False,
+        now: float | None = None,
+    ) -> None:
         """
         One attempt at one upstream (or its TCP retry of a truncated UDP
         answer, or of one in another case), with the name's case randomised
         if C{randomize}; over UDP only an answer in that case is accepted.
+
+        @param now: the reactor's time, if the caller has just read it.
         """
         resolver = self.resolver
+        if now is None:
+            now = resolver.reactor.seconds()
         if upstream is state.upstream:
             self.state = state
-            self.started = resolver.reactor.seconds()
+            self.started = now
         resolver.counters["upstream_queries"] += 1
         self.caseCheck = caseCheck
         name = self.sentName = randomCase(self.question.name, resolver.random) if randomize else self.question.name
         self.upstream = upstream
-        self.timer = resolver.deadlines.add(
-            resolver.reactor.seconds() + resolver.attemptTimeout(self.deadlineAt), self._timeout
-        )
+        self.timer = resolver.deadlines.add(now + resolver.attemptTimeout(self.deadlineAt, now), self._timeout)
         if upstream.transport == "udp":
             sent = resolver._udp.send(upstream, self.query, self.question, name, randomize, self)
             if isinstance(sent, AttemptError):
