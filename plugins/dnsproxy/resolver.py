@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 from twisted.application.service import Service
@@ -40,6 +40,9 @@ from .transports import (
 )
 from .upstream import Upstream
 from .wire import CLASS_IN, FLAG_RD, FLAG_TC, HEADER_SIZE, RCODE_MASK, RCODE_REFUSED, RCODE_SERVFAIL, Question
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsLenAndGetItem
 
 _TYPE_NS = 2
 _PROBE_QUESTION = Question(name=b"\x00", key=b"\x00", qtype=_TYPE_NS, qclass=CLASS_IN, end=HEADER_SIZE + 5)
@@ -126,7 +129,7 @@ class PooledSystemRandom(random.SystemRandom):
         count = (k + 7) // 8
         return int.from_bytes(_POOL.take(count), "big") >> (count * 8 - k)
 
-    def choice(self, seq: Sequence[_T]) -> _T:
+    def choice(self, seq: SupportsLenAndGetItem[_T]) -> _T:
         """
         An element of C{seq} at random, from one draw of 32 bits (scaled to
         the length, as Lemire's method does without its rejection step: the
