@@ -703,7 +703,9 @@ class DNSProxy(Service):
         Give a waiting query its answer, now or when a script's C{delay} is
         over; from then it no longer counts as in flight.
         """
-        if isinstance(answer, Deferred):
+        if not isinstance(answer, bytes):
+            # (Tested this way round: Deferred is an ABC's subclass, whose
+            # isinstance check is a Python call.)
             answer.addCallback(self._releaseLater, deliver, host)
             return
         self._answered(host)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import random
 import struct
-from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -110,39 +109,41 @@ class UpstreamBusy(AttemptError):
 
 class Outstanding:
     """
-    The (ID, question) of every query out to an upstream, for loop detection.
+    The (ID, question) of every query out to an upstream, for loop detection:
+    how many are out under each key, what identifies a query out (its ID and
+    its question, the name without case).  A plain dict, not a
+    L{collections.Counter}, whose missing-key and delete hooks are Python
+    calls made for every query forwarded.
     """
 
     def __init__(self) -> None:
-        self.keys: Counter[tuple[int, bytes, int, int]] = Counter()
+        self.keys: dict[tuple[int, bytes, int, int], int] = {}
 
     def add(self, queryID: int, question: Question) -> None:
         """
         One more query out.
         """
-        self.keys[_key(queryID, question)] += 1
+        keys = self.keys
+        key = (queryID, question.key, question.qtype, question.qclass)
+        keys[key] = keys.get(key, 0) + 1
 
     def remove(self, queryID: int, question: Question) -> None:
         """
         A query answered, timed out or abandoned.
         """
-        key = _key(queryID, question)
-        self.keys[key] -= 1
-        if self.keys[key] <= 0:
-            del self.keys[key]
+        keys = self.keys
+        key = (queryID, question.key, question.qtype, question.qclass)
+        left = keys.get(key, 0) - 1
+        if left > 0:
+            keys[key] = left
+        else:
+            keys.pop(key, None)
 
     def has(self, queryID: int, question: Question) -> bool:
         """
         Whether a query with this ID and question is out.
         """
-        return _key(queryID, question) in self.keys
-
-
-def _key(queryID: int, question: Question) -> tuple[int, bytes, int, int]:
-    """
-    What identifies a query out: its ID and its question (name without case).
-    """
-    return (queryID, question.key, question.qtype, question.qclass)
+        return (queryID, question.key, question.qtype, question.qclass) in self.keys
 
 
 def outgoing(queryID: int, query: bytes, question: Question, name: bytes) -> bytes:
