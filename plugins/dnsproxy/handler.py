@@ -378,7 +378,7 @@ class DNSProxy(Service):
         """
         Send an answer that was not ready at once to a UDP client.
         """
-        sender.sendDatagram(self._fitUDP(datagram, answer), peer)
+        sender.sendDatagram(answer if len(answer) <= MIN_UDP_SIZE else self._fitUDP(datagram, answer), peer)
 
     def sendLater(self, answer: Deferred[bytes] | Spoofed, send: Callable[[bytes], None]) -> None:
         """
@@ -473,7 +473,7 @@ class DNSProxy(Service):
             return self._done(badvers, query, host, port, transport, "badvers", started, rcode=RCODE_BADVERS)
         if query.question.key == self.loopProbe:
             return self._loopDetected(query, host, port, transport, started)
-        if self.scripts:
+        if self.scripts.scripts:
             decided = self.scripts.decide(query.question, transport)
             if decided is not None:
                 return self._scripted(decided, data, query, host, port, transport, started)

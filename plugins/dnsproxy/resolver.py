@@ -702,7 +702,8 @@ class _Resolution:
             resolver.caseNotKept(state)
         resolver.counters["upstream_answers"] += 1
         resolver.latency.observe(resolver.reactor.seconds() - self.started)
-        resolver.succeeded(state)
+        if state.fails or not state.up:
+            resolver.succeeded(state)
         rcode = answer[3] & RCODE_MASK
         if rcode in _RCODE_NAMES:
             resolver.counters["upstream_error_answers"] += 1

@@ -379,7 +379,7 @@ class _PendingQueries:
             entry is None
             or not message[2] & _QR_BYTE
             or message[4:6] != _ONE_QUESTION
-            or (entry.address is not None and not _sameAddress(source, entry.address))
+            or (entry.address is not None and source != entry.address and not _sameAddress(source, entry.address))
         ):
             return False
         name = entry.name
@@ -632,7 +632,8 @@ class UDPPool:
                 "dropped a UDP datagram from {peer} that answers no outstanding query", peer=f"{addr[0]}:{addr[1]}"
             )
             return
-        sock.drained()
+        if sock.retired:
+            sock.drained()
 
     def close(self) -> list[Deferred[Any]]:
         """
