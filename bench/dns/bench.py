@@ -2,9 +2,10 @@
 The DNS proxy against its peers, with dnsperf, all on loopback, in one run.
 
 One upstream (dnsmasq answering every name under example.test with 127.0.0.2)
-serves three forwarders, each on its own free loopback port: netd's dns-proxy,
-dnsmasq (--server, cache 10,000) and unbound (forward-zone "." to the upstream,
-one thread, cache on).  For each forwarder dnsperf measures:
+serves the forwarders, each on its own free loopback port: netd's dns-proxy,
+dnsmasq (--server, cache 10,000), dnsmasq-1k (the same with the 1,000-entry
+cache issue 18 names as a peer) and unbound (forward-zone "." to the upstream,
+num-threads: 1, cache on).  For each forwarder dnsperf measures:
 
 - hits: a handful of names asked again and again, after a warm-up pass, so that
   every answer comes from the forwarder's cache;
@@ -38,11 +39,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from benchlib import cpuTime, machine, netdVersion, publish, quietDaemonTable, say, startNetd, stopProcess, toolVersion  # noqa: E402  (the path above makes it importable)
-from dns_upstream import (  # noqa: E402  (the path above makes it importable)
+
+from tests.integration.dns_upstream import (  # noqa: E402  (the path above makes it importable)
     ZONE,
     Dnsmasq,
     answerRcode,
@@ -57,7 +59,13 @@ from dns_upstream import (  # noqa: E402  (the path above makes it importable)
 HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
 HIT_NAMES = 10
-FORWARDERS = ("netd", "dnsmasq", "unbound")
+FORWARDERS = ("netd", "dnsmasq", "dnsmasq-1k", "unbound")
+PEERS = FORWARDERS[1:]
+SMALL_CACHE = 1000
+"""
+The cache of C{dnsmasq-1k}: dnsmasq's default-sized cache (its default is 150),
+as the peer for cache misses.
+"""
 
 
 class Server:
@@ -113,7 +121,7 @@ def startNetdProxy(upstream: Dnsmasq, directory: Path, cacheSize: int) -> Server
     return Server("netd", port, process, lambda: stopProcess(process), netdVersion())
 
 
-def startDnsmasqForwarder(upstream: Dnsmasq, directory: Path, cacheSize: int) -> Server:
+def startDnsmasqForwarder(upstream: Dnsmasq, directory: Path, cacheSize: int, name: str = "dnsmasq") -> Server:
     """
     dnsmasq forwarding everything to the upstream, with a cache.
     """
@@ -122,10 +130,10 @@ def startDnsmasqForwarder(upstream: Dnsmasq, directory: Path, cacheSize: int) ->
         directory,
         readyName=f"ready.{ZONE}",
         logQueries=False,
-        name="dnsmasq-forwarder",
+        name=f"{name}-forwarder",
     )
     return Server(
-        "dnsmasq",
+        name,
         forwarder.port,
         forwarder.process,
         forwarder.stop,
@@ -309,6 +317,7 @@ def servers(directory: Path, options: argparse.Namespace) -> Iterator[tuple[Dnsm
         starters = {
             "netd": lambda: startNetdProxy(upstream, directory, options.cache_size),
             "dnsmasq": lambda: startDnsmasqForwarder(upstream, directory, options.cache_size),
+            "dnsmasq-1k": lambda: startDnsmasqForwarder(upstream, directory, SMALL_CACHE, "dnsmasq-1k"),
             "unbound": lambda: startUnbound(upstream, directory),
         }
         for name in options.forwarders:
@@ -384,7 +393,8 @@ def report(result: dict[str, object], options: argparse.Namespace) -> str:
         + "; ".join(f"{name}: {version}" for name, version in versions.items()),
         f"- settings: throughput runs dnsperf -l {options.duration} -c {options.clients} -T 1 -q {options.outstanding}; "
         f"latency runs -Q {options.rate} -l {options.latency_duration} -c 1; {options.rounds} rounds, medians shown; "
-        f"forwarder caches {options.cache_size} entries (unbound: 64 MB msg cache); all on 127.0.0.1",
+        f"forwarder caches {options.cache_size} entries (dnsmasq-1k: {SMALL_CACHE}; unbound: 64 MB msg cache, "
+        "num-threads 1); all on 127.0.0.1",
         "",
         "| forwarder | mode | QPS | server CPU (cores) | QPS per server core | avg latency at saturation (ms) | lost | p50 at fixed rate (ms) | p99 at fixed rate (ms) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -402,7 +412,7 @@ def report(result: dict[str, object], options: argparse.Namespace) -> str:
         netd = medians.get(f"netd/{mode}")
         if netd is None:
             continue
-        for peer in ("dnsmasq", "unbound"):
+        for peer in PEERS:
             other = medians.get(f"{peer}/{mode}")
             if other is not None and other["qps"]:
                 perCore = netd["qps_core"] / other["qps_core"] if other["qps_core"] else 0.0
@@ -431,9 +441,17 @@ def main() -> None:
         "--miss-names", type=int, default=1_500_000, help="unique names per cache-miss run (each asked once)"
     )
     parser.add_argument("--forwarders", nargs="+", default=list(FORWARDERS), choices=FORWARDERS)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="as bench/run.sh --quick runs it: one round of 2-second runs, 200,000 miss names",
+    )
     parser.add_argument("--record", action="store_true", help="add the results to bench/RESULTS.md (newest first)")
     parser.add_argument("--json", type=Path, help="also write every round's numbers to this file")
     options = parser.parse_args()
+    if options.quick:
+        options.duration, options.latency_duration, options.rounds = 2, 1, 1
+        options.miss_names = min(options.miss_names, 200_000)
     missing = [
         tool
         for tool, found in [

@@ -1,8 +1,8 @@
 """
-User-space instructions per DNS cache hit of netd's dns-proxy (or of dnsmasq),
-counted by valgrind's callgrind: a figure that, unlike queries per second,
-does not move with the load of a shared machine, to tell whether a change to
-the hit path pays.
+User-space instructions per DNS cache hit (or, with C{--mode miss}, per cache
+miss) of netd's dns-proxy (or of dnsmasq), counted by valgrind's callgrind: a
+figure that, unlike queries per second, does not move with the load of a
+shared machine, to tell whether a change to the hit or the miss path pays.
 
 The forwarder runs under callgrind behind the benchmark's upstream (bench.py's
 setup: dnsmasq answering every name under example.test); dnsperf asks the
@@ -10,6 +10,10 @@ benchmark's ten hit names, first C{--warmup} queries to fill the cache and
 warm the path, then callgrind's counts are dumped (C{callgrind_control -d}),
 then C{--queries} queries (-c 4 -q 100, as the throughput runs), dumped
 again.  The second dump's total, divided by the queries answered, is printed.
+In miss mode every name is asked once (dnsperf -n 1), warm-up and counted
+queries alike, each a name never asked before (as bench.py's miss runs): every
+counted query goes to the upstream and its answer is cached; dnsperf keeps 10
+queries outstanding (not 100), so that under callgrind none times out.
 System calls are not counted: the kernel's share of a hit (the sends above
 all) needs C{perf} or the throughput runs of bench.py.
 
@@ -28,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from benchlib import (  # noqa: E402  (the path above makes it importable)
@@ -42,7 +46,8 @@ from benchlib import (  # noqa: E402  (the path above makes it importable)
     underCallgrind,
     waitUntil,
 )
-from dns_upstream import (  # noqa: E402
+
+from tests.integration.dns_upstream import (  # noqa: E402
     ZONE,
     answerRcode,
     askUdp,
@@ -69,7 +74,9 @@ def startUnderCallgrind(
     forwarder: str, upstream: str, directory: Path, output: Path
 ) -> tuple[subprocess.Popen[bytes], int]:
     """
-    The forwarder under callgrind, and the port it answers on.
+    The forwarder under callgrind, and the port it answers on.  netd waits
+    up to a minute for each upstream answer: under callgrind, on a loaded
+    machine, its default timeout would count failovers, not misses.
     """
     log = directory / f"{forwarder}.log"
     if forwarder == "netd":
@@ -78,6 +85,7 @@ def startUnderCallgrind(
             quietDaemonTable()
             + f'[[services]]\nname = "dns"\nplugin = "dns-proxy"\nlisten = ["udp:0:interface={HOST}"]\n'
             + f'upstreams = ["udp:{upstream}"]\ncache_size = 10000\nlog_queries = false\n'
+            + "timeout = 60\ndeadline = 60\n"
         )
         ports = directory / "ports.json"
         with log.open("wb") as sink:
@@ -111,12 +119,14 @@ def startUnderCallgrind(
     return process, port
 
 
-def ask(port: int, names: Path, queries: int, timeout: float) -> int:
+def ask(port: int, names: Path, queries: int, timeout: float, outstanding: int) -> int:
     """
-    Send about C{queries} queries with dnsperf; the number answered.
+    Send about C{queries} queries with dnsperf, C{outstanding} at a time,
+    going round the names in C{names} as often as it takes; the number answered.
     """
-    command = ["dnsperf", "-s", HOST, "-p", str(port), "-d", str(names), "-n", str(max(1, queries // HIT_NAMES))]
-    command += ["-c", "4", "-T", "1", "-q", "100", "-t", "5"]
+    count = sum(1 for _ in names.open())
+    command = ["dnsperf", "-s", HOST, "-p", str(port), "-d", str(names), "-n", str(max(1, queries // count))]
+    command += ["-c", "4", "-T", "1", "-q", str(outstanding), "-t", "60"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     found = re.search(r"Queries completed:\s+(\d+)", done.stdout)
     if done.returncode != 0 or found is None:
@@ -132,13 +142,23 @@ def main() -> None:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--forwarder", choices=("netd", "dnsmasq"), default="netd")
-    parser.add_argument("--warmup", type=int, default=3000, help="queries before the counted ones")
-    parser.add_argument("--queries", type=int, default=20000, help="queries counted")
+    parser.add_argument("--mode", choices=("hit", "miss"), default="hit", help="cache hits, or unique names")
+    parser.add_argument("--warmup", type=int, help="queries before the counted ones (hit: 3000, miss: 1000)")
+    parser.add_argument("--queries", type=int, help="queries counted (hit: 20000, miss: 5000)")
     options = parser.parse_args()
+    miss = options.mode == "miss"
+    warmup = options.warmup if options.warmup is not None else 1000 if miss else 3000
+    queries = options.queries if options.queries is not None else 5000 if miss else 20000
     with tempfile.TemporaryDirectory(prefix="netd-dns-callgrind-") as temporary:
         directory = Path(temporary)
-        names = directory / "hits.txt"
-        names.write_text("".join(f"hit{index}.{ZONE} A\n" for index in range(HIT_NAMES)))
+        if miss:
+            warmNames = directory / "warm.txt"
+            warmNames.write_text("".join(f"w{index}.miss.{ZONE} A\n" for index in range(warmup)))
+            names = directory / "misses.txt"
+            names.write_text("".join(f"m{index}.miss.{ZONE} A\n" for index in range(queries)))
+        else:
+            warmNames = names = directory / "hits.txt"
+            names.write_text("".join(f"hit{index}.{ZONE} A\n" for index in range(HIT_NAMES)))
         upstream = startDnsmasq(
             benchUpstreamArguments(), directory, readyName=f"ready.{ZONE}", logQueries=False, name="upstream"
         )
@@ -149,16 +169,18 @@ def main() -> None:
                 options.forwarder, f"{upstream.host}:{upstream.port}", directory, output
             )
             try:
-                ask(port, names, options.warmup, timeout=300)
+                outstanding = 10 if miss else 100
+                ask(port, warmNames, warmup, timeout=300, outstanding=outstanding)
                 callgrindDump(process)
-                answered = ask(port, names, options.queries, timeout=600)
+                answered = ask(port, names, queries, timeout=600, outstanding=outstanding)
                 callgrindDump(process)
             finally:
                 stopProcess(process)
             total = callgrindTotal(Path(f"{output}.2"))
         finally:
             upstream.stop()
-    print(f"{options.forwarder}: {total / answered:,.0f} instructions per cache hit ({answered} hits counted)")
+    what = "cache miss" if miss else "cache hit"
+    print(f"{options.forwarder}: {total / answered:,.0f} instructions per {what} ({answered} counted)")
 
 
 if __name__ == "__main__":

@@ -125,11 +125,18 @@ What identical queries in flight share one upstream query by: the cache key,
 and whether the query has an OPT record.
 """
 
-Waiter = tuple[Deferred[bytes], Query, str, int, str, float, Applied | None]
+Reply = Callable[[bytes], object]
 """
-A query waiting for its flight to land: its answer's Deferred, the query, the
-client's address and port, the transport, when it arrived, and the script
-entry that applied to it.
+What a query waiting for the upstreams is answered through: a UDP client's
+send (L{DNSProxy.datagramReceived}), or the callback of the Deferred that
+L{DNSProxy.answer} gave.
+"""
+
+Waiter = tuple[Reply, Query, str, int, str, float, Applied | None]
+"""
+A query waiting for its flight to land: what it is answered through, the
+query, the client's address and port, the transport, when it arrived, and the
+script entry that applied to it.
 """
 
 
@@ -357,7 +364,11 @@ class DNSProxy(Service):
         host, port = peer
         answer: Answer = self._cacheHit(datagram, host, port, "udp", started)
         if answer is None:
-            answer = self._answerParsed(datagram, host, port, "udp", started)
+            # A query that goes upstream is answered through the send given
+            # here, without a Deferred (and L{None} comes back, as for a drop).
+            answer = self._answerParsed(
+                datagram, host, port, "udp", started, partial(self._sendUDP, sender, datagram, peer)
+            )
         if isinstance(answer, bytes):
             sender.sendDatagram(answer if len(answer) <= MIN_UDP_SIZE else self._fitUDP(datagram, answer), peer)
         elif answer is not None:
@@ -367,7 +378,7 @@ class DNSProxy(Service):
         """
         Send an answer that was not ready at once to a UDP client.
         """
-        sender.sendDatagram(self._fitUDP(datagram, answer), peer)
+        sender.sendDatagram(answer if len(answer) <= MIN_UDP_SIZE else self._fitUDP(datagram, answer), peer)
 
     def sendLater(self, answer: Deferred[bytes] | Spoofed, send: Callable[[bytes], None]) -> None:
         """
@@ -418,10 +429,15 @@ class DNSProxy(Service):
             return hit
         return self._answerParsed(data, host, port, transport, started)
 
-    def _answerParsed(self, data: bytes, host: str, port: int, transport: str, started: float) -> Answer:
+    def _answerParsed(
+        self, data: bytes, host: str, port: int, transport: str, started: float, reply: Reply | None = None
+    ) -> Answer:
         """
         L{answer} for a query that is not a quick cache hit: parsed, and taken
         the whole way.
+
+        @param reply: if given, a query not decided by a script that goes to
+            the upstreams is answered through it, and L{None} is returned.
         """
         try:
             query = parseQuery(data)
@@ -457,11 +473,11 @@ class DNSProxy(Service):
             return self._done(badvers, query, host, port, transport, "badvers", started, rcode=RCODE_BADVERS)
         if query.question.key == self.loopProbe:
             return self._loopDetected(query, host, port, transport, started)
-        if self.scripts:
+        if self.scripts.scripts:
             decided = self.scripts.decide(query.question, transport)
             if decided is not None:
                 return self._scripted(decided, data, query, host, port, transport, started)
-        return self._lookup(data, query, host, port, transport, started, None)
+        return self._lookup(data, query, host, port, transport, started, None, reply)
 
     def refuseOverLimit(self, data: bytes, host: str, port: int, transport: str, started: float) -> bytes | None:
         """
@@ -520,10 +536,19 @@ class DNSProxy(Service):
         return answer
 
     def _lookup(
-        self, data: bytes, query: Query, host: str, port: int, transport: str, started: float, applied: Applied | None
-    ) -> bytes | Deferred[bytes]:
+        self,
+        data: bytes,
+        query: Query,
+        host: str,
+        port: int,
+        transport: str,
+        started: float,
+        applied: Applied | None,
+        reply: Reply | None = None,
+    ) -> bytes | Deferred[bytes] | None:
         """
-        The answer from the static records, the cache or the upstreams.
+        The answer from the static records, the cache or the upstreams (see
+        L{_forward} for C{reply}).
         """
         if self.hasRecords and query.question.qclass == CLASS_IN:
             found = self.records.find(query.question.key)
@@ -538,7 +563,7 @@ class DNSProxy(Service):
         self.counters["cache_misses"] += 1
         if self.resolver.isLooped(data, query.question):
             return self._loopDetected(query, host, port, transport, started)
-        return self._forward(key, data, query, host, port, transport, started, applied)
+        return self._forward(key, data, query, host, port, transport, started, applied, reply)
 
     def _scripted(
         self,
@@ -567,7 +592,9 @@ class DNSProxy(Service):
                 forcedAnswer(query, script, self.udpSize), query, host, port, transport, "script", started, applied
             )
         else:
-            answer = self._lookup(data, query, host, port, transport, started, applied)
+            looked = self._lookup(data, query, host, port, transport, started, applied)
+            assert looked is not None  # (no reply given: a Deferred for a query that goes upstream)
+            answer = looked
         if script.spoof is not None:
             self.counters["spoofed_answers"] += 1
             return Spoofed(forgedAnswer(query, script.spoof, state.random, self.udpSize), answer)
@@ -583,10 +610,12 @@ class DNSProxy(Service):
         transport: str,
         started: float,
         applied: Applied | None,
-    ) -> bytes | Deferred[bytes]:
+        reply: Reply | None = None,
+    ) -> bytes | Deferred[bytes] | None:
         """
         Ask the upstreams, sharing the upstream query with identical ones in flight
-        (L{inflight}; answered by L{_landed}, L{_failed}).  A query past
+        (L{inflight}; answered by L{_landed}, L{_failed}), through C{reply} if
+        given (then L{None} is returned), else through the Deferred returned.  A query past
         L{maxInflight}, or L{maxInflightPerClient} from its address, gets REFUSED at
         once (counted): a downstream resolver takes REFUSED as "ask another server"
         where it caches SERVFAIL as the name's failure (RFC 9520).
@@ -603,21 +632,23 @@ class DNSProxy(Service):
         # The upstream's answer carries an OPT record exactly when the query
         # that went upstream had one, so only queries alike in that share it.
         flight = (key, query.edns is not None)
-        result: Deferred[bytes] = Deferred()
-        waiter = (result, query, host, port, transport, started, applied)
+        result: Deferred[bytes] | None = None
+        if reply is None:
+            result = Deferred()
+            reply = result.callback
+        waiter = (reply, query, host, port, transport, started, applied)
         sharing = self.inflight.get(flight)
         if sharing is None:
             self.inflight[flight] = [waiter]
-            self.resolver.forward(upstreamQuery(data, query, self.udpSize), query.question).addCallbacks(
-                self._landed, self._failed, callbackArgs=(flight,), errbackArgs=(flight,)
+            self.resolver.forwardTo(
+                upstreamQuery(data, query, self.udpSize), query.question, self._landed, self._failed, flight
             )
         else:
             self.counters["queries_coalesced"] += 1
             sharing.append(waiter)
-        result.addBoth(self._answered, host)
         return result
 
-    def _answered(self, answer: bytes, host: str) -> bytes:
+    def _answered(self, host: str) -> None:
         """
         A query that waited for the upstreams has its answer: it no longer
         counts towards the bounds on queries in flight.
@@ -628,16 +659,14 @@ class DNSProxy(Service):
             self.waitingByClient[host] = left
         else:
             del self.waitingByClient[host]
-        return answer
 
-    def _landed(self, answered: tuple[bytes, Upstream], flight: Flight) -> None:
+    def _landed(self, answer: bytes, upstream: Upstream, flight: Flight) -> None:
         """
         An upstream answered a flight: cache the answer if it may be cached,
         and answer every query waiting, each with the cached form when there
         is one (TTLs clamped, an OPT record exactly when that query sent one).
         New queries start their own flight from now on.
         """
-        answer, upstream = answered
         key = flight[0]
         try:
             info = inspectAnswer(answer)
@@ -645,10 +674,10 @@ class DNSProxy(Service):
         except Exception:
             self._failed(Failure(), flight)
             return
-        for result, query, host, port, transport, started, applied in self.inflight.pop(flight):
+        for deliver, query, host, port, transport, started, applied in self.inflight.pop(flight):
             reply = self.cache.lookup(key, query) or patchAnswer(answer, info.ttlOffsets, info.ttls, 0, query)
             self._release(
-                result, self._done(reply, query, host, port, transport, "upstream", started, applied, upstream)
+                deliver, host, self._done(reply, query, host, port, transport, "upstream", started, applied, upstream)
             )
 
     def _failed(self, reason: Failure, flight: Flight) -> None:
@@ -662,20 +691,36 @@ class DNSProxy(Service):
             self.log.warn("an upstream's answer could not be read: {error}", error=reason.getErrorMessage())
         elif not reason.check(UpstreamFailure):
             self.log.failure("forwarding failed", reason)
-        for result, query, host, port, transport, started, applied in self.inflight.pop(flight):
+        for deliver, query, host, port, transport, started, applied in self.inflight.pop(flight):
             self.counters["upstream_servfail"] += 1
             servfail = makeResponse(query, RCODE_SERVFAIL, udpSize=self.udpSize)
-            self._release(result, self._done(servfail, query, host, port, transport, "upstream", started, applied))
+            self._release(
+                deliver, host, self._done(servfail, query, host, port, transport, "upstream", started, applied)
+            )
 
-    @staticmethod
-    def _release(result: Deferred[bytes], answer: bytes | Deferred[bytes]) -> None:
+    def _release(self, deliver: Reply, host: str, answer: bytes | Deferred[bytes]) -> None:
         """
-        Give a waiting query its answer, now or when a script's C{delay} is over.
+        Give a waiting query its answer, now or when a script's C{delay} is
+        over; from then it no longer counts as in flight.
         """
-        if isinstance(answer, Deferred):
-            answer.chainDeferred(result)
-        else:
-            result.callback(answer)
+        if not isinstance(answer, bytes):
+            # (Tested this way round: Deferred is an ABC's subclass, whose
+            # isinstance check is a Python call.)
+            answer.addCallback(self._releaseLater, deliver, host)
+            return
+        self._answered(host)
+        try:
+            deliver(answer)
+        except Exception:
+            # (As a Deferred's callback would: the other waiters still get theirs.)
+            self.log.failure("answering a query failed")
+
+    def _releaseLater(self, answer: bytes, deliver: Reply, host: str) -> None:
+        """
+        A script's C{delay} is over: give the waiting query its answer.
+        """
+        self._answered(host)
+        deliver(answer)
 
     def _static(self, query: Query, found: Any) -> bytes:
         """

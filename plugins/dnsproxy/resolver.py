@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,9 +27,22 @@ from twisted.python.failure import Failure
 from netd.metrics import LATENCY_BUCKETS, Counters
 from netd.tls.client import loadTrustRoot
 
-from .transports import AttemptError, CaseMismatch, Outstanding, StreamUpstream, UDPPool, UpstreamBusy, randomCase
+from .deadlines import Deadline, Deadlines
+from .transports import (
+    AttemptError,
+    CaseMismatch,
+    Outstanding,
+    PendingQuery,
+    StreamUpstream,
+    UDPPool,
+    UpstreamBusy,
+    randomCase,
+)
 from .upstream import Upstream
 from .wire import CLASS_IN, FLAG_RD, FLAG_TC, HEADER_SIZE, RCODE_MASK, RCODE_REFUSED, RCODE_SERVFAIL, Question
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsLenAndGetItem
 
 _TYPE_NS = 2
 _PROBE_QUESTION = Question(name=b"\x00", key=b"\x00", qtype=_TYPE_NS, qclass=CLASS_IN, end=HEADER_SIZE + 5)
@@ -55,6 +68,8 @@ CASE_RECHECK = 3600.0
 Seconds an upstream found not to keep the letter case of questions is asked
 without 0x20 before it is tried again.
 """
+
+_T = TypeVar("_T")
 
 _RCODE_NAMES = {RCODE_SERVFAIL: "SERVFAIL", RCODE_REFUSED: "REFUSED"}
 """
@@ -105,12 +120,6 @@ class PooledSystemRandom(random.SystemRandom):
     and receiving it.  The bytes are as unpredictable.
     """
 
-    def _bytes(self, count: int) -> bytes:
-        """
-        The next C{count} random bytes.
-        """
-        return _POOL.take(count)
-
     def getrandbits(self, k: int) -> int:
         """
         An integer of C{k} random bits.
@@ -118,19 +127,32 @@ class PooledSystemRandom(random.SystemRandom):
         if k < 0:
             raise ValueError("number of bits must be non-negative")
         count = (k + 7) // 8
-        return int.from_bytes(self._bytes(count), "big") >> (count * 8 - k)
+        return int.from_bytes(_POOL.take(count), "big") >> (count * 8 - k)
+
+    def choice(self, seq: SupportsLenAndGetItem[_T]) -> _T:
+        """
+        An element of C{seq} at random, from one draw of 32 bits (scaled to
+        the length, as Lemire's method does without its rejection step: the
+        bias is below C{len(seq)} in 2**32, none for a length that is a
+        power of two, as the default socket count is).  L{random.Random}'s
+        rejection sampling took two draws on average for 8 sockets.
+        """
+        size = len(seq)
+        if not size:
+            raise IndexError("cannot choose from an empty sequence")
+        return seq[(int.from_bytes(_POOL.take(4), "big") * size) >> 32]
 
     def random(self) -> float:
         """
         A float in [0, 1), of 53 random bits (as L{random.SystemRandom.random}).
         """
-        return (int.from_bytes(self._bytes(7), "big") >> 3) * 2.0**-53
+        return (int.from_bytes(_POOL.take(7), "big") >> 3) * 2.0**-53
 
     def randbytes(self, n: int) -> bytes:
         """
         C{n} random bytes.
         """
-        return self._bytes(n)
+        return _POOL.take(n)
 
 
 class UpstreamFailure(Exception):
@@ -231,6 +253,7 @@ class UpstreamResolver(Service):
         self.streamPipeline = streamPipeline
         self.random: random.Random = PooledSystemRandom()
         self.outstanding = Outstanding()
+        self.deadlines = Deadlines(reactor)
         self._states = [_UpstreamState(u) for u in upstreams]
         self._udp = UDPPool(self, udpSockets, udpPortQueries, udpPortLifetime)
         self._streams: dict[Upstream, StreamUpstream] = {}
@@ -267,7 +290,7 @@ class UpstreamResolver(Service):
             self._prober.stop()
         self._prober = None
         for resolution in list(self.resolving):
-            resolution.deferred.cancel()
+            resolution.cancel()
         for state in self._states:
             if state.probe is not None:
                 state.probe.cancel()
@@ -292,9 +315,30 @@ class UpstreamResolver(Service):
         Like L{resolve}, and say which upstream gave the answer: the Deferred
         fires with the answer and that upstream.
         """
+        deferred: Deferred[tuple[bytes, Upstream]] = Deferred(lambda _: resolution.cancel())
+        resolution = self.forwardTo(query, question, _fireDeferred, _failDeferred, deferred)
+        return deferred
+
+    def forwardTo(
+        self,
+        query: bytes,
+        question: Question,
+        answered: Callable[[bytes, Upstream, Any], object],
+        failed: Callable[[Failure, Any], object],
+        context: Any,
+    ) -> _Resolution:
+        """
+        L{forward}, with plain calls for the outcome: C{answered(answer,
+        upstream, context)} or C{failed(reason, context)}, once (perhaps
+        before this returns).  The resolution returned abandons the query
+        when cancelled (C{failed} is then called with L{UpstreamFailure}).
+        """
+        resolution = _Resolution(self, query, question, answered, failed, context)
         if self._stopped:
-            return fail(UpstreamFailure("the upstream resolver is stopped"))
-        return _Resolution(self, query, question).start()
+            resolution.outcomeFailed(Failure(UpstreamFailure("the upstream resolver is stopped")))
+            return resolution
+        resolution.start()
+        return resolution
 
     def isLooped(self, query: bytes, question: Question) -> bool:
         """
@@ -350,12 +394,15 @@ class UpstreamResolver(Service):
             return self._udp.query(upstream, query, question, name, exact)
         return self._stream(upstream).query(query, question, name)
 
-    def attemptTimeout(self, deadlineAt: float) -> float:
+    def attemptTimeout(self, deadlineAt: float, now: float | None = None) -> float:
         """
         How long an attempt sent now may wait: C{timeout} seconds, or until the
         deadline, whichever is first.
+
+        @param now: the reactor's time, if the caller has just read it.
         """
-        now: float = self.reactor.seconds()
+        if now is None:
+            now = self.reactor.seconds()
         return max(0.0, min(self.timeout, deadlineAt - now))
 
     def _stream(self, upstream: Upstream) -> StreamUpstream:
@@ -451,25 +498,54 @@ class UpstreamResolver(Service):
             state.lastError = f"health probe failed: {reason.getErrorMessage()}"
 
 
+def _fireDeferred(answer: bytes, upstream: Upstream, deferred: Deferred[tuple[bytes, Upstream]]) -> None:
+    """
+    L{UpstreamResolver.forward}'s outcome: an answer.
+    """
+    deferred.callback((answer, upstream))
+
+
+def _failDeferred(reason: Failure, deferred: Deferred[tuple[bytes, Upstream]]) -> None:
+    """
+    L{UpstreamResolver.forward}'s outcome: a failure (none after the Deferred was cancelled).
+    """
+    if not deferred.called:
+        deferred.errback(reason)
+
+
 class _Resolution:
     """
-    One query being forwarded, attempt after attempt, as plain callbacks with a
-    delayed call per attempt for its timeout (cheaper than a coroutine: README).
+    One query being forwarded, attempt after attempt, as plain callbacks (cheaper
+    than a coroutine: README); each attempt's timeout is an entry in the
+    resolver's L{Deadlines}.  A UDP attempt tells its outcome with plain calls
+    (L{attemptAnswered}, L{attemptFailed}), a TCP or TLS one through a Deferred.
 
-    @ivar deferred: fires with the answer (the client's ID put back) and its
-        upstream, or fails with L{UpstreamFailure}; cancelling it abandons the attempt.
-    @ivar attempt: the attempt waiting for its answer, if one is; L{timer} its
-        timeout, L{timedOut} whether it is being cancelled for it.
+    @ivar answered: told the answer (the client's ID put back), its upstream
+        and L{context}; or L{failed} the failure (L{UpstreamFailure}) and
+        L{context}: once.
+    @ivar attempt: the attempt waiting for its answer, if one is (what cancels
+        it); L{timer} its timeout, L{timedOut} whether it is being cancelled
+        for it; L{upstream} where it went.
     @ivar sentName: the question's name as the attempt sent it.
     @ivar caseCheck: whether the attempt is the TCP query that tells, by its
         answer's case, whether the upstream keeps the case.
     """
 
-    def __init__(self, resolver: UpstreamResolver, query: bytes, question: Question) -> None:
+    def __init__(
+        self,
+        resolver: UpstreamResolver,
+        query: bytes,
+        question: Question,
+        answered: Callable[[bytes, Upstream, Any], object],
+        failed: Callable[[Failure, Any], object],
+        context: Any,
+    ) -> None:
         self.resolver = resolver
         self.query = query
         self.question = question
-        self.deferred: Deferred[tuple[bytes, Upstream]] = Deferred(self._cancel)
+        self.answered = answered
+        self.failed = failed
+        self.context = context
         self.deadlineAt = resolver.reactor.seconds() + resolver.deadline
         self.candidates: list[_UpstreamState] = []
         self.index = 0
@@ -479,24 +555,30 @@ class _Resolution:
         self.retriedErrors: set[Upstream] = set()
         self.state: _UpstreamState | None = None
         self.started = 0.0
-        self.attempt: Deferred[bytes] | None = None
-        self.timer: IDelayedCall | None = None
+        self.attempt: Deferred[bytes] | PendingQuery | None = None
+        self.upstream: Upstream | None = None
+        self.timer: Deadline | None = None
         self.timedOut = False
         self.sentName = question.name
         self.caseCheck = False
 
-    def start(self) -> Deferred[tuple[bytes, Upstream]]:
+    def start(self) -> None:
         """
         Try the upstreams that are up (all of them when none is).
         """
         states = self.resolver._states
         self.candidates = [s for s in states if s.up] or list(states)
         if not self.candidates:
-            self.deferred.errback(UpstreamFailure("no upstreams are configured"))
-            return self.deferred
+            self.outcomeFailed(Failure(UpstreamFailure("no upstreams are configured")))
+            return
         self.resolver.resolving.add(self)
         self._next()
-        return self.deferred
+
+    def outcomeFailed(self, reason: Failure) -> None:
+        """
+        Tell the failure.
+        """
+        self.failed(reason, self.context)
 
     def _succeed(self, answer: bytes, upstream: Upstream) -> None:
         """
@@ -507,8 +589,8 @@ class _Resolution:
         self.resolver.resolving.discard(self)
         query = self.query
         end = HEADER_SIZE + len(self.question.name)
-        self.deferred.callback(
-            (b"".join((query[:2], answer[2:HEADER_SIZE], query[HEADER_SIZE:end], answer[end:])), upstream)
+        self.answered(
+            b"".join((query[:2], answer[2:HEADER_SIZE], query[HEADER_SIZE:end], answer[end:])), upstream, self.context
         )
 
     def _fail(self, reason: Failure | Exception) -> None:
@@ -516,7 +598,7 @@ class _Resolution:
         The outcome: no answer.
         """
         self.resolver.resolving.discard(self)
-        self.deferred.errback(reason)
+        self.outcomeFailed(reason if isinstance(reason, Failure) else Failure(reason))
 
     def _next(self) -> None:
         """
@@ -524,47 +606,64 @@ class _Resolution:
         full pass with nothing better than a SERVFAIL/REFUSED answer and time
         left, to the upstreams worth trying again; or give the outcome.
         """
-        reactor = self.resolver.reactor
+        resolver = self.resolver
+        now: float = resolver.reactor.seconds()
+        left = self.deadlineAt - now
         while True:
-            if self.index < len(self.candidates) and self.deadlineAt - reactor.seconds() > 0:
+            if self.index < len(self.candidates) and left > 0:
                 state = self.candidates[self.index]
                 self.index += 1
-                resolver = self.resolver
-                randomize = (
-                    resolver.randomizeCase
-                    and state.upstream.transport == "udp"
-                    and state.plainCaseUntil <= reactor.seconds()
-                )
-                self._send(state, state.upstream, randomize=randomize)
+                randomize = resolver.randomizeCase and state.upstream.transport == "udp" and state.plainCaseUntil <= now
+                self._send(state, state.upstream, randomize=randomize, now=now)
                 return
-            if self.lastRefusal is not None or self.deadlineAt - reactor.seconds() <= 0 or not self.again:
+            if self.lastRefusal is not None or left <= 0 or not self.again:
                 break
             self.candidates, self.again, self.index = self.again, [], 0
         if self.lastRefusal is not None:
             self._succeed(*self.lastRefusal)
-        elif self.deadlineAt - reactor.seconds() <= 0:
+        elif left <= 0:
             self._fail(
                 UpstreamFailure(f"no upstream answered within the {self.resolver.deadline:g}s deadline", self.tried)
             )
         else:
             self._fail(UpstreamFailure("every upstream failed", self.tried))
 
-    def _send(self, state: _UpstreamState, upstream: Upstream, *, randomize: bool, caseCheck: bool = False) -> None:
+    def _send(
+        self,
+        state: _UpstreamState,
+        upstream: Upstream,
+        *,
+        randomize: bool,
+        caseCheck: bool = False,
+        now: float | None = None,
+    ) -> None:
         """
         One attempt at one upstream (or its TCP retry of a truncated UDP
         answer, or of one in another case), with the name's case randomised
         if C{randomize}; over UDP only an answer in that case is accepted.
+
+        @param now: the reactor's time, if the caller has just read it.
         """
         resolver = self.resolver
+        if now is None:
+            now = resolver.reactor.seconds()
         if upstream is state.upstream:
             self.state = state
-            self.started = resolver.reactor.seconds()
+            self.started = now
         resolver.counters["upstream_queries"] += 1
         self.caseCheck = caseCheck
         name = self.sentName = randomCase(self.question.name, resolver.random) if randomize else self.question.name
-        self.timer = resolver.reactor.callLater(resolver.attemptTimeout(self.deadlineAt), self._timeout)
+        self.upstream = upstream
+        self.timer = resolver.deadlines.add(now + resolver.attemptTimeout(self.deadlineAt, now), self._timeout)
+        if upstream.transport == "udp":
+            sent = resolver._udp.send(upstream, self.query, self.question, name, randomize, self)
+            if isinstance(sent, AttemptError):
+                self.attemptFailed(sent)
+            else:
+                self.attempt = sent
+            return
         attempt = self.attempt = resolver.send(upstream, self.query, self.question, name, randomize)
-        attempt.addCallbacks(self._answered, self._attemptFailed, callbackArgs=(upstream,))
+        attempt.addCallbacks(self.attemptAnswered, self.attemptFailed)
 
     def _timeout(self) -> None:
         """
@@ -581,10 +680,10 @@ class _Resolution:
         """
         self.attempt = None
         if self.timer is not None:
-            self.timer.cancel()
+            self.resolver.deadlines.cancel(self.timer)
             self.timer = None
 
-    def _answered(self, answer: bytes, upstream: Upstream) -> None:
+    def attemptAnswered(self, answer: bytes) -> None:
         """
         An answer came: retry a truncated UDP answer over TCP; any other is
         proof the upstream is reachable, and is the outcome unless it is
@@ -593,7 +692,8 @@ class _Resolution:
         self._attemptOver()
         resolver = self.resolver
         state = self.state
-        assert state is not None
+        upstream = self.upstream
+        assert state is not None and upstream is not None
         if upstream.transport == "udp" and answer[2] & _TC_BYTE:
             resolver.counters["upstream_truncated"] += 1
             self._send(state, attrs.evolve(upstream, transport="tcp"), randomize=False)
@@ -602,7 +702,8 @@ class _Resolution:
             resolver.caseNotKept(state)
         resolver.counters["upstream_answers"] += 1
         resolver.latency.observe(resolver.reactor.seconds() - self.started)
-        resolver.succeeded(state)
+        if state.fails or not state.up:
+            resolver.succeeded(state)
         rcode = answer[3] & RCODE_MASK
         if rcode in _RCODE_NAMES:
             resolver.counters["upstream_error_answers"] += 1
@@ -613,7 +714,7 @@ class _Resolution:
             return
         self._succeed(answer, state.upstream)
 
-    def _attemptFailed(self, reason: Failure) -> None:
+    def attemptFailed(self, reason: Failure | BaseException) -> None:
         """
         No answer: a timeout makes the upstream worth trying again after the
         pass; an error too, once, if it is one that a new connection may not
@@ -627,7 +728,7 @@ class _Resolution:
         resolver = self.resolver
         state = self.state
         assert state is not None
-        error = reason.value
+        error = reason.value if isinstance(reason, Failure) else reason
         if isinstance(error, CaseMismatch):
             resolver.counters["upstream_case_mismatches"] += 1
             self._send(state, attrs.evolve(state.upstream, transport="tcp"), randomize=True, caseCheck=True)
@@ -652,11 +753,11 @@ class _Resolution:
             self._fail(UpstreamFailure("abandoned (the resolver stopped or the query was cancelled)", self.tried))
             return
         else:
-            self._fail(reason)
+            self._fail(reason if isinstance(reason, Failure) else Failure(reason))
             return
         self._next()
 
-    def _cancel(self, deferred: Deferred[tuple[bytes, Upstream]]) -> None:
+    def cancel(self) -> None:
         """
         Abandon the attempt in progress (which fails the query with L{UpstreamFailure}).
         """

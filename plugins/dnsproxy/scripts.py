@@ -177,12 +177,6 @@ class ScriptBook:
         self.scripts = scripts
         self.states = [script.start() for script in scripts]
 
-    def __bool__(self) -> bool:
-        """
-        Whether there is any entry (the query path's one test when there is none).
-        """
-        return bool(self.scripts)
-
     def decide(self, question: Question, transport: str) -> tuple[int, Script, ScheduleState] | None:
         """
         The entry that acts on a query, with its index and schedule state: the

@@ -11,11 +11,10 @@ from __future__ import annotations
 import ipaddress
 import random
 import struct
-from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IStreamClientEndpoint, ISystemHandle
@@ -110,39 +109,41 @@ class UpstreamBusy(AttemptError):
 
 class Outstanding:
     """
-    The (ID, question) of every query out to an upstream, for loop detection.
+    The (ID, question) of every query out to an upstream, for loop detection:
+    how many are out under each key, what identifies a query out (its ID and
+    its question, the name without case).  A plain dict, not a
+    L{collections.Counter}, whose missing-key and delete hooks are Python
+    calls made for every query forwarded.
     """
 
     def __init__(self) -> None:
-        self.keys: Counter[tuple[int, bytes, int, int]] = Counter()
+        self.keys: dict[tuple[int, bytes, int, int], int] = {}
 
     def add(self, queryID: int, question: Question) -> None:
         """
         One more query out.
         """
-        self.keys[_key(queryID, question)] += 1
+        keys = self.keys
+        key = (queryID, question.key, question.qtype, question.qclass)
+        keys[key] = keys.get(key, 0) + 1
 
     def remove(self, queryID: int, question: Question) -> None:
         """
         A query answered, timed out or abandoned.
         """
-        key = _key(queryID, question)
-        self.keys[key] -= 1
-        if self.keys[key] <= 0:
-            del self.keys[key]
+        keys = self.keys
+        key = (queryID, question.key, question.qtype, question.qclass)
+        left = keys.get(key, 0) - 1
+        if left > 0:
+            keys[key] = left
+        else:
+            keys.pop(key, None)
 
     def has(self, queryID: int, question: Question) -> bool:
         """
         Whether a query with this ID and question is out.
         """
-        return _key(queryID, question) in self.keys
-
-
-def _key(queryID: int, question: Question) -> tuple[int, bytes, int, int]:
-    """
-    What identifies a query out: its ID and its question (name without case).
-    """
-    return (queryID, question.key, question.qtype, question.qclass)
+        return (queryID, question.key, question.qtype, question.qclass) in self.keys
 
 
 def outgoing(queryID: int, query: bytes, question: Question, name: bytes) -> bytes:
@@ -155,7 +156,57 @@ def outgoing(queryID: int, query: bytes, question: Question, name: bytes) -> byt
     return b"".join((queryID.to_bytes(2, "big"), query[2:HEADER_SIZE], name, query[HEADER_SIZE + len(name) :]))
 
 
-class _Pending:
+class AttemptWaiter(Protocol):
+    """
+    Who waits for the outcome of one query sent (L{UDPPool.send}): the
+    resolver's attempt, told with plain calls, without a L{Deferred}.
+    """
+
+    def attemptAnswered(self, message: bytes) -> None:
+        """
+        The answer came (its ID as sent).
+        """
+
+    def attemptFailed(self, reason: Failure | BaseException) -> None:
+        """
+        The query failed (L{AttemptError}, or L{CancelledError} once
+        cancelled) or its answer was not accepted (L{CaseMismatch}).
+        """
+
+
+class _DeferredWaiter:
+    """
+    The L{AttemptWaiter} behind the L{Deferred} API (L{_PendingQueries.add}):
+    the Deferred fires with the outcome; cancelling it forgets the query.
+    """
+
+    __slots__ = ("entry", "deferred")
+
+    def __init__(self) -> None:
+        self.entry: PendingQuery | None = None
+        self.deferred: Deferred[bytes] = Deferred(self._cancel)
+
+    def _cancel(self, deferred: Deferred[bytes]) -> None:
+        """
+        Forget the query (the Deferred fails with L{CancelledError}).
+        """
+        if self.entry is not None:
+            self.entry.forget()
+
+    def attemptAnswered(self, message: bytes) -> None:
+        """
+        Fire with the answer.
+        """
+        self.deferred.callback(message)
+
+    def attemptFailed(self, reason: Failure | BaseException) -> None:
+        """
+        Fail with the reason.
+        """
+        self.deferred.errback(reason)
+
+
+class PendingQuery:
     """
     One query sent and not yet answered, on a UDP socket or a stream connection.
 
@@ -163,12 +214,11 @@ class _Pending:
     @ivar exact: whether only an answer with C{name} in the very same case
         is accepted (the others that differ in case alone fail it with
         L{CaseMismatch}).
-    @ivar deferred: fires with the answer; cancelling it forgets the query
-        (L{cancel}).
+    @ivar waiter: told the outcome.
     @ivar address: for UDP, the (host, port) the answer must come from.
     """
 
-    __slots__ = ("queries", "queryID", "question", "name", "exact", "address", "onCancel", "deferred")
+    __slots__ = ("queries", "queryID", "question", "name", "exact", "address", "onCancel", "waiter")
 
     def __init__(
         self,
@@ -179,6 +229,7 @@ class _Pending:
         exact: bool,
         address: tuple[str, int] | None,
         onCancel: Callable[[], None] | None,
+        waiter: AttemptWaiter,
     ) -> None:
         self.queries = queries
         self.queryID = queryID
@@ -187,18 +238,29 @@ class _Pending:
         self.exact = exact
         self.address = address
         self.onCancel = onCancel
-        self.deferred: Deferred[bytes] = Deferred(self.cancel)
+        self.waiter = waiter
 
-    def cancel(self, deferred: Deferred[bytes]) -> None:
+    def forget(self) -> bool:
         """
-        The query's Deferred was cancelled: forget the query, if it still waits.
+        Stop waiting for the answer, if the query still waits (then True);
+        its waiter is told nothing.
         """
         queries = self.queries
-        if queries.byID.get(self.queryID) is self:
-            del queries.byID[self.queryID]
-            queries.resolver.outstanding.remove(self.queryID, self.question)
-            if self.onCancel is not None:
-                self.onCancel()
+        if queries.byID.get(self.queryID) is not self:
+            return False
+        del queries.byID[self.queryID]
+        queries.resolver.outstanding.remove(self.queryID, self.question)
+        if self.onCancel is not None:
+            self.onCancel()
+        return True
+
+    def cancel(self) -> None:
+        """
+        Abandon the query: forget it and, if it still waited, fail its
+        waiter with L{CancelledError} (as cancelling a L{Deferred} does).
+        """
+        if self.forget():
+            self.waiter.attemptFailed(CancelledError())
 
 
 class ResolverSide(Protocol):
@@ -240,7 +302,7 @@ class _PendingQueries:
 
     def __init__(self, resolver: ResolverSide) -> None:
         self.resolver = resolver
-        self.byID: dict[int, _Pending] = {}
+        self.byID: dict[int, PendingQuery] = {}
 
     def __bool__(self) -> bool:
         """
@@ -276,10 +338,29 @@ class _PendingQueries:
         Deferred fires with it (see L{settle}).  Cancelling the Deferred
         forgets the query and calls C{onCancel}.
         """
-        entry = _Pending(self, queryID, question, name, exact, address, onCancel)
+        waiter = _DeferredWaiter()
+        waiter.entry = self.wait(queryID, question, name, waiter, exact=exact, address=address, onCancel=onCancel)
+        return waiter.deferred
+
+    def wait(
+        self,
+        queryID: int,
+        question: Question,
+        name: bytes,
+        waiter: AttemptWaiter,
+        *,
+        exact: bool = False,
+        address: tuple[str, int] | None = None,
+        onCancel: Callable[[], None] | None = None,
+    ) -> PendingQuery:
+        """
+        L{add}, telling C{waiter} the outcome with plain calls; the entry
+        returned abandons the query when cancelled (L{PendingQuery.cancel}).
+        """
+        entry = PendingQuery(self, queryID, question, name, exact, address, onCancel, waiter)
         self.byID[queryID] = entry
         self.resolver.outstanding.add(queryID, question)
-        return entry.deferred
+        return entry
 
     def settle(self, message: bytes, source: Any = None) -> bool:
         """
@@ -298,7 +379,7 @@ class _PendingQueries:
             entry is None
             or not message[2] & _QR_BYTE
             or message[4:6] != _ONE_QUESTION
-            or (entry.address is not None and not _sameAddress(source, entry.address))
+            or (entry.address is not None and source != entry.address and not _sameAddress(source, entry.address))
         ):
             return False
         name = entry.name
@@ -313,9 +394,9 @@ class _PendingQueries:
         del self.byID[queryID]
         self.resolver.outstanding.remove(queryID, question)
         if caseDiffers and entry.exact:
-            entry.deferred.errback(CaseMismatch("answered with the question in another letter case than sent"))
+            entry.waiter.attemptFailed(CaseMismatch("answered with the question in another letter case than sent"))
         else:
-            entry.deferred.callback(message)
+            entry.waiter.attemptAnswered(message)
         return True
 
     def failAll(self, reason: str, *, retryable: bool = False) -> None:
@@ -325,7 +406,7 @@ class _PendingQueries:
         pending, self.byID = self.byID, {}
         for queryID, entry in pending.items():
             self.resolver.outstanding.remove(queryID, entry.question)
-            entry.deferred.errback(AttemptError(reason, retryable=retryable))
+            entry.waiter.attemptFailed(AttemptError(reason, retryable=retryable))
 
 
 def _sameAddress(addr: Any, expected: tuple[str, int]) -> bool:
@@ -507,23 +588,38 @@ class UDPPool:
         matching answer (ID as sent), or fails with L{CaseMismatch} if
         C{exact} and the answer has the name in another case.
         """
+        waiter = _DeferredWaiter()
+        sent = self.send(upstream, query, question, name, exact, waiter)
+        if isinstance(sent, AttemptError):
+            return fail(sent)
+        waiter.entry = sent
+        return waiter.deferred
+
+    def send(
+        self, upstream: Upstream, query: bytes, question: Question, name: bytes, exact: bool, waiter: AttemptWaiter
+    ) -> PendingQuery | AttemptError:
+        """
+        L{query}, telling C{waiter} the outcome with plain calls: the entry
+        of the query sent (cancel it to abandon the query), or the error
+        that kept it from being sent (C{waiter} is then told nothing).
+        """
         try:
             sock = self._pick(upstream)
         except (OSError, CannotListenError) as e:
-            return fail(AttemptError(f"cannot open a UDP socket: {e}"))
+            return AttemptError(f"cannot open a UDP socket: {e}")
         queryID = sock.pending.freshID()
         if queryID is None:
             sock = self._replace(self._socketsFor(upstream), sock)
             queryID = sock.pending.freshID()
             if queryID is None:
-                return fail(self.resolver.busy("no query ID free on a UDP socket"))
+                return self.resolver.busy("no query ID free on a UDP socket")
         address = (upstream.host, upstream.port)
         try:
             sock.send(outgoing(queryID, query, question, name), address)
         except OSError as e:
-            return fail(AttemptError(f"send failed: {e}"))
+            return AttemptError(f"send failed: {e}")
         sock.uses += 1
-        return sock.pending.add(queryID, question, name, exact=exact, address=address, onCancel=sock.drained)
+        return sock.pending.wait(queryID, question, name, waiter, exact=exact, address=address, onCancel=sock.drained)
 
     def datagramReceived(self, sock: _UDPSocket, datagram: bytes, addr: Any) -> None:
         """
@@ -536,7 +632,8 @@ class UDPPool:
                 "dropped a UDP datagram from {peer} that answers no outstanding query", peer=f"{addr[0]}:{addr[1]}"
             )
             return
-        sock.drained()
+        if sock.retired:
+            sock.drained()
 
     def close(self) -> list[Deferred[Any]]:
         """

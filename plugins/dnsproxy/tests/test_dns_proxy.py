@@ -16,8 +16,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, capturedLogs
 from twisted.names import dns
+from zope.interface import implementer
 
 from netd.events import EventLog
+from netd.interfaces import IDatagramSender
 from netd.metrics import Counters
 from netd.testing.memory import RecordingDatagramSender, connect, makeStreamStack
 from netd_plugins.dnsproxy.cache import AnswerCache
@@ -53,6 +55,11 @@ class FakeResolver:
 
     def forward(self, query: bytes, question: Question) -> Deferred[tuple[bytes, Upstream]]:
         return self.resolve(query, question).addCallback(lambda answer: (answer, UPSTREAM))
+
+    def forwardTo(self, query: bytes, question: Question, answered: Any, failed: Any, context: Any) -> None:
+        self.resolve(query, question).addCallbacks(
+            lambda answer: answered(answer, UPSTREAM, context), lambda reason: failed(reason, context)
+        )
 
     def isLooped(self, query: bytes, question: Question) -> bool:
         return any(query[:2] == sent[:2] and question == q for sent, q, d in self.asked if not d.called)
@@ -649,6 +656,37 @@ def test_queriesInFlightBoundedPerClient() -> None:
     assert (p.proxy.waiting, p.proxy.waitingByClient) == (4, {"127.0.0.1": 3, "127.0.0.2": 1})
     for sent, _, d in p.resolver.asked[1:]:
         d.callback(replyTo(sent, aRecord("x.example", "192.0.2.1")))
+    assert (p.proxy.waiting, p.proxy.waitingByClient) == (0, {})
+
+
+@implementer(IDatagramSender)
+class FailingSender:
+    """
+    A datagram sender whose socket refuses everything.
+    """
+
+    def sendDatagram(self, datagram: bytes, peer: tuple[str, int]) -> None:
+        raise RuntimeError("refused")
+
+
+def test_udpAndDeferredWaitersShareAFlight() -> None:
+    """
+    A UDP miss (answered through its send, without a Deferred) and the same question asked through answer() (a Deferred) share one upstream query; both get the answer with their own ID, a UDP client whose send fails does not keep the others from theirs (the failure is logged), and nothing is left counted as in flight.
+    """
+    p = makeProxy()
+    broken = FailingSender()
+    p.proxy.datagramReceived(makeQuery("example.org", id=1), ("127.0.0.3", 53), broken)
+    assert p.ask(makeQuery("example.org", id=2)) is None
+    box: list[bytes] = []
+    answer = p.proxy.answer(makeQuery("example.org", id=3), "127.0.0.1", 7, "tcp")
+    assert isinstance(answer, Deferred)
+    answer.addCallback(box.append)
+    [(sent, _, d)] = p.resolver.asked
+    assert p.counters["queries_coalesced"] == 2 and p.proxy.waiting == 3
+    with capturedLogs() as events:
+        d.callback(replyTo(sent, aRecord("example.org", "192.0.2.1")))
+    assert [event["log_format"] for event in events] == ["answering a query failed"]
+    assert parse(p.lastSender.sent[0][0]).id == 2 and parse(box[0]).id == 3
     assert (p.proxy.waiting, p.proxy.waitingByClient) == (0, {})
 
 

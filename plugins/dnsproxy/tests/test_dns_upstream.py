@@ -503,13 +503,17 @@ def test_pooledRandomReadsTheKernelRarely(monkeypatch: pytest.MonkeyPatch) -> No
     source = PooledSystemRandom()
     ids = [source.getrandbits(16) for _ in range(2000)]
     picks = [source.choice(range(8)) for _ in range(2000)]
-    assert reads == [4096, 4096]
+    assert reads == [4096, 4096, 4096], "2,000 IDs of 2 bytes and 2,000 choices of 4"
     assert max(ids) > 0xF000 and min(ids) < 0x1000
     assert set(picks) == set(range(8))
+    assert {source.choice("abc") for _ in range(200)} == set("abc")
+    with pytest.raises(IndexError):
+        source.choice([])
     assert 0 <= source.random() < 1 and source.getrandbits(0) == 0
+    before = len(reads)
     resolverModule._POOL.drain()
     source.getrandbits(16)
-    assert reads == [4096, 4096, 4096], "a drained pool (a forked child's) is read again"
+    assert len(reads) == before + 1, "a drained pool (a forked child's) is read again"
     resolverModule._POOL.drain()
 
 
