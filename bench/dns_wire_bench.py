@@ -182,8 +182,9 @@ def missPerQuery() -> float:
         for query in queries:
             received(query, CLIENT)
             for port in reactor.udpPorts.values():
+                # The pool replaces its sockets as it goes: a closed one has no transport.
                 transport = port.protocol.transport
-                written = transport.written  # type: ignore[union-attr]
+                written = transport.written if transport is not None else None  # type: ignore[attr-defined]
                 if written:
                     sent, address = written.pop()
                     port.protocol.datagramReceived(upstreamAnswer(sent), address)
