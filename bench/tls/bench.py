@@ -258,9 +258,7 @@ def startNetdTLS(certs: dict[str, Path], directory: Path, cpus: set[int] | None)
     process, services, log = startNetd("\n".join(lines), directory, "netd", cpus)
     ports = {keyType: int(services[f"tls-{keyType}"][0]["port"]) for keyType in certs}  # type: ignore[call-overload]
     waitUntilServing(process, list(ports.values()), "netd", log)
-    return Server(
-        "netd", ports, lambda: cpuTime(process.pid), lambda: stopProcess(process), netdVersion(), process.pid
-    )
+    return Server("netd", ports, lambda: cpuTime(process.pid), lambda: stopProcess(process), netdVersion(), process.pid)
 
 
 def stunnelExecutable() -> str | None:
@@ -467,7 +465,9 @@ def waitForAccepts(pid: int, files: int) -> None:
     deadline = time.monotonic() + ACCEPT_TIMEOUT
     while treeOpenFiles(pid) < files:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the server holds {treeOpenFiles(pid)} descriptors, not {files}, after {ACCEPT_TIMEOUT} s")
+            raise RuntimeError(
+                f"the server holds {treeOpenFiles(pid)} descriptors, not {files}, after {ACCEPT_TIMEOUT} s"
+            )
         time.sleep(0.1)
 
 
@@ -699,7 +699,9 @@ def memoryTable(memory: dict[str, dict[str, dict[str, float]]], connections: int
                 f"| {MEMORY_KINDS[kind]} | {name} | {m['rss_before_mib']:.1f} | {m['rss_mib']:.1f} | "
                 f"{m['kib_per_connection']:.2f} | {backend} | {m['open_s']:.2f} | {ratio} |"
             )
-    worst = max((byServer["netd"]["kib_per_connection"] for byServer in memory.values() if "netd" in byServer), default=None)
+    worst = max(
+        (byServer["netd"]["kib_per_connection"] for byServer in memory.values() if "netd" in byServer), default=None
+    )
     if worst is not None:
         verdict = "met" if worst <= MEMORY_GOAL_KIB else "not met"
         lines.append(
@@ -763,7 +765,9 @@ def main() -> None:
     if not 1 <= options.memory_connections <= MAX_CONNECTIONS * 3 // 4:
         parser.error(f"--memory-connections is 1-{MAX_CONNECTIONS * 3 // 4}")
     if "memory" in options.scenarios and raiseFilesLimit(FILES) < 2 * options.memory_connections + 200:
-        parser.error(f"the open-files limit here is below {2 * options.memory_connections + 200}: lower --memory-connections")
+        parser.error(
+            f"the open-files limit here is below {2 * options.memory_connections + 200}: lower --memory-connections"
+        )
     if "ecdsa" not in options.key_types:
         options.key_types.insert(0, "ecdsa")  # rr and bulk use the ECDSA certificate
     tools = [("openssl", shutil.which("openssl"))]

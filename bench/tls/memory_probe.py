@@ -33,14 +33,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "bench" / "tls"))
 
-from bench import (  # noqa: E402  (the paths above make them importable)
-    HOST,
-    MEMORY_KINDS,
-    SETTLE,
-    makeCertificates,
-    memoryRun,
-    waitForAccepts,
-)
 from benchlib import (  # noqa: E402
     Loadgen,
     buildLoadgen,
@@ -52,6 +44,15 @@ from benchlib import (  # noqa: E402
     stopProcess,
     treeOpenFiles,
     waitForFile,
+)
+
+from bench import (  # noqa: E402  (the paths above make them importable)
+    HOST,
+    MEMORY_KINDS,
+    SETTLE,
+    makeCertificates,
+    memoryRun,
+    waitForAccepts,
 )
 
 FRAMES = 1

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 from OpenSSL import SSL
-
 from twisted.logger import Logger
+
 from netd.testing.memory import MemoryStreamConnection, connect
 from netd.tls.contexts import ServerTLS
 from netd.tls.options import SNICertificate
