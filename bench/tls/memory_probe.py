@@ -21,6 +21,7 @@ Run from the repository root: .venv/bin/python bench/tls/memory_probe.py
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -120,8 +121,6 @@ def probe(kind: str, directory: Path, options: argparse.Namespace, binary: Path)
     )
     try:
         waitForFile(process, portsFile, "netd", log, timeout=60)
-        import json
-
         port = int(json.loads(portsFile.read_text())["services"]["tls"][0]["port"])
         time.sleep(SETTLE)
         before, rssBefore = snapshot(dumps, 0), residentKiB(process.pid)
