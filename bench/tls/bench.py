@@ -490,7 +490,9 @@ def measureMemory(
     try:
         ready = run.next()
         if ready.get("event") != "ready":
-            raise RuntimeError(f"loadgen said {ready}")
+            raise RuntimeError(
+                f"{ready.get('open')} of {connections} opened ({ready.get('errors')} failed) in {ready.get('open_s')} s"
+            )
         if kind == "stall tcp":
             waitForAccepts(server.pid, files + connections)
         time.sleep(SETTLE)
@@ -515,6 +517,7 @@ def runMemory(
     """
     memory: dict[str, dict[str, dict[str, float]]] = {}
     versions: dict[str, str] = {}
+    failures: list[str] = options.memory_failures
     for index, kind in enumerate(options.memory_kinds):
         folder = directory / f"memory-{index}"
         folder.mkdir()
@@ -525,9 +528,13 @@ def runMemory(
                     say(f"memory: {name} skipped for {kind}: the open-files limit is {options.files}")
                     continue
                 say(f"memory: {name} with {options.memory_connections:,} connections {MEMORY_KINDS[kind]}")
-                memory.setdefault(kind, {})[name] = measureMemory(
-                    binary, server, backend, kind, options.memory_connections, loadCpus
-                )
+                try:
+                    memory.setdefault(kind, {})[name] = measureMemory(
+                        binary, server, backend, kind, options.memory_connections, loadCpus
+                    )
+                except RuntimeError as e:  # a server that cannot hold them all: said, and the others go on
+                    say(f"memory: {name} {kind}: {e}")
+                    failures.append(f"{name} {MEMORY_KINDS[kind]}: {e}")
                 versions[name] = server.version
     return memory, versions
 
@@ -679,11 +686,14 @@ def report(result: dict[str, object], options: argparse.Namespace) -> str:
     memory: dict[str, dict[str, dict[str, float]]] = result["memory"]  # type: ignore[assignment]
     if memory:
         lines += ["", *memoryTable(memory, options.memory_connections)]
+        failed = options.memory_failures
+        lines += [f"- not measured: {failure}" for failure in failed]
         skipped = [
             f"{name} {MEMORY_KINDS[kind]}"
             for kind in options.memory_kinds
             for name in names
             if name not in memory.get(kind, {})
+            and not any(f.startswith(f"{name} {MEMORY_KINDS[kind]}:") for f in failed)
         ]
         if skipped:
             lines.append(
@@ -784,6 +794,7 @@ def main() -> None:
     if not 1 <= options.memory_connections <= MAX_CONNECTIONS * 3 // 4:
         parser.error(f"--memory-connections is 1-{MAX_CONNECTIONS * 3 // 4}")
     options.files = raiseFilesLimit(FILES) if "memory" in options.scenarios else 0
+    options.memory_failures = []
     if "memory" in options.scenarios and options.files < options.memory_connections + FILES_SPARE:
         parser.error(
             f"the open-files limit here is {options.files}: --memory-connections at most {options.files - FILES_SPARE}"
