@@ -303,6 +303,53 @@ def residentKiB(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for PID {pid}")
 
 
+def treeResidentKiB(pid: int) -> int:
+    """
+    The resident size (VmRSS, KiB) of a process and all its descendants
+    together: a server with worker processes (hitch) counted whole.
+    """
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            total += residentKiB(current)
+        except (OSError, RuntimeError):
+            continue
+        pending += _children(current)
+    return total
+
+
+def treeOpenFiles(pid: int) -> int:
+    """
+    The open file descriptors of a process and all its descendants: how a
+    caller sees that a server has accepted connections that send nothing.
+    """
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            total += len(os.listdir(f"/proc/{current}/fd"))
+        except OSError:
+            continue
+        pending += _children(current)
+    return total
+
+
+def raiseFilesLimit(files: int) -> int:
+    """
+    Raise this process's open-files limit, which the servers and load
+    generators it starts inherit, to C{files} (root may raise the hard
+    limit, unless the machine withholds that), else to its hard limit; the
+    limit now.
+    """
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+    except (ValueError, OSError):
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def buildLoadgen() -> Path:
     """
     The C load generator, compiled with the machine's compiler (C{$CC}, else

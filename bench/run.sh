@@ -31,7 +31,7 @@ done
 if [ -n "$quick" ]; then
     echo_settings="--quick"
     dns_settings="--duration 2 --latency-duration 1 --rounds 1 --miss-names 200000"
-    tls_settings="--duration 1 --rounds 1 --versions 1.3"
+    tls_settings="--duration 1 --rounds 1 --versions 1.3 --memory-connections 1000"
     pytest_settings="--tests 50"
     proxy_settings="--quick"
 else

@@ -327,7 +327,14 @@ class IServerTLSTransport(Interface):
 
     def getHandle() -> Any:
         """
-        The pyOpenSSL connection, which says whether the handshake is done.
+        The pyOpenSSL connection.
+        """
+
+    def handshakePending() -> bool:
+        """
+        Whether the client's handshake has not finished: not yet, or never
+        (it failed).  Asked without making OpenSSL's connection, which a
+        server makes only once the client sends something.
         """
 
 

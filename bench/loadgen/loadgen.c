@@ -33,6 +33,15 @@
  *             Handshakes per second.
  *   tls-rr    as rr, each connection's handshake made before the warm-up.
  *   tls-bulk  as bulk, after the handshake.
+ *   tls-idle  as idle, each connection's handshake made before its echo.
+ *
+ * Stalled connections, for a server's memory per half-open connection (held
+ * as idle holds them, "ready" once all are in place):
+ *
+ *   stall     --connections N TCP connections opened, nothing sent.  (Ready
+ *             once connected: the caller checks the server has accepted them.)
+ *   tls-stall --connections N, each sends its ClientHello and nothing more:
+ *             in place once the server's first flight has arrived (not read).
  *
  * The TLS modes' result also names the version and cipher suite negotiated
  * (of the first connection).
@@ -72,8 +81,8 @@
 #define STDIN_TAG UINT32_MAX      /* epoll tag of standard input in idle mode */
 #define CONNECT_S 10              /* rr: seconds all connections may take to be made */
 
-enum mode { RR, BULK, CONNRATE, IDLE };
-enum state { CONNECTING, HANDSHAKING, SENDING, RECEIVING, OPEN, CLOSED };
+enum mode { RR, BULK, CONNRATE, IDLE, STALL };
+enum state { CONNECTING, HANDSHAKING, SENDING, RECEIVING, OPEN, CLOSED, HELLO };
 
 struct conn {
     int fd;
@@ -100,6 +109,7 @@ static struct {
 };
 
 static int epfd;
+static const char *modeName;     /* the mode as given, for the result line */
 static SSL_CTX *tls;             /* the TLS modes' settings; NULL in the plain ones */
 static char negotiated[128];     /* the TLS version and cipher of the first handshake */
 static unsigned char *message;   /* what every rr/connrate/idle message is */
@@ -139,7 +149,7 @@ static void usage(const char *why)
 {
     fprintf(stderr,
             "loadgen: %s\n"
-            "usage: loadgen rr|bulk|connrate|idle|tls-handshake|tls-rr|tls-bulk --port P\n"
+            "usage: loadgen rr|bulk|connrate|idle|stall|tls-handshake|tls-rr|tls-bulk|tls-idle|tls-stall --port P\n"
             "  [--host 127.0.0.1|::1] [--connections N] [--concurrency K] [--size S]\n"
             "  [--framing raw|u32] [--duration SECONDS] [--warmup SECONDS] [--count N]\n"
             "  [--bytes B] [--window B] [--hold SECONDS] [--tls-version 1.2|1.3] [--ca FILE]\n",
@@ -357,6 +367,35 @@ static uint64_t percentile(double share)
 }
 
 /*
+ * stall and tls-stall: a stalled connection held from now on, watched only
+ * for the server closing it (its first flight, if any, left unread).
+ */
+static int holdStalled(struct conn *c, uint32_t events, uint32_t tag)
+{
+    if (events & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)) {
+        errno = ECONNRESET; /* closed by the server before it was in place */
+        return -1;
+    }
+    c->state = OPEN;
+    want(c, EPOLLRDHUP, tag);
+    return 1;
+}
+
+/* stall: in place once connected; tls-stall: once its ClientHello is sent (then HELLO waits for the answer). */
+static int stallAt(struct conn *c, uint32_t tag)
+{
+    if (!tls)
+        return holdStalled(c, 0, tag);
+    c->ssl = newTLS(c->fd);
+    c->state = HELLO;
+    int done = handshake(c, tag); /* writes the ClientHello; nothing to read yet */
+    if (done < 0)
+        return -1;
+    want(c, c->interest | EPOLLIN, tag);
+    return 0;
+}
+
+/*
  * The per-connection state machine of rr, connrate and idle.  Returns 1 when
  * the echo of the current message is complete, 0 while it is not, -1 when
  * the connection failed (closed by the peer, reset, wrong bytes).
@@ -376,12 +415,21 @@ static int advance(struct conn *c, uint32_t events, uint32_t tag, unsigned char 
         c->sent = c->received = 0;
         if (opt.mode != CONNRATE)
             c->began = nowNs();
+        if (opt.mode == STALL)
+            return stallAt(c, tag);
         if (tls) {
             c->ssl = newTLS(c->fd);
             c->state = HANDSHAKING;
         } else {
             c->state = SENDING;
         }
+    }
+    if (c->state == HELLO) {
+        if (events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP))
+            return holdStalled(c, events, tag);
+        if ((events & EPOLLOUT) && handshake(c, tag) < 0) /* the ClientHello not yet all written */
+            return -1;
+        return 0;
     }
     if (c->state == HANDSHAKING) {
         int done = handshake(c, tag);
@@ -431,7 +479,7 @@ static int advance(struct conn *c, uint32_t events, uint32_t tag, unsigned char 
                 return 0;
         }
     }
-    if (c->state == OPEN && (events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+    if (c->state == OPEN && (events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
         return -1; /* an idle connection the server closed (or wrote to) */
     return 0;
 }
@@ -712,8 +760,9 @@ static int runConnrate(void)
 }
 
 /*
- * idle: open N connections, K at a time, each proven by one echo (so the
- * server has accepted it and made its per-connection state), then hold them.
+ * idle (and tls-idle): open N connections, K at a time, each proven by one
+ * echo (so the server has accepted it and made its per-connection state),
+ * then hold them; stall and tls-stall the same, each left where it stalls.
  */
 static int runIdle(void)
 {
@@ -788,8 +837,8 @@ static int runIdle(void)
             }
         }
     }
-    printf("{\"mode\":\"idle\",\"connections\":%d,\"open\":%d,\"lost\":%d,\"errors\":%llu,\"open_s\":%.3f,\"rate\":%.1f}\n",
-           opt.connections, open, lost, (unsigned long long)errors, (opened - started) / 1e9,
+    printf("{\"mode\":\"%s\",\"connections\":%d,\"open\":%d,\"lost\":%d,\"errors\":%llu,\"open_s\":%.3f,\"rate\":%.1f}\n",
+           modeName, opt.connections, open, lost, (unsigned long long)errors, (opened - started) / 1e9,
            (open + lost) / ((opened - started) / 1e9));
     return !ok;
 }
@@ -824,9 +873,14 @@ int main(int argc, char **argv)
         opt.mode = BULK;
     else if (!strcmp(argv[1], "tls-handshake"))
         opt.mode = CONNRATE;
+    else if (!strcmp(argv[1], "tls-idle"))
+        opt.mode = IDLE;
+    else if (!strcmp(argv[1], "stall") || !strcmp(argv[1], "tls-stall"))
+        opt.mode = STALL;
     else
-        usage("the mode is one of rr, bulk, connrate, idle, tls-handshake, tls-rr, tls-bulk");
+        usage("the mode is one of rr, bulk, connrate, idle, stall, tls-handshake, tls-rr, tls-bulk, tls-idle, tls-stall");
     useTLS = !strncmp(argv[1], "tls-", 4);
+    modeName = argv[1];
     optind = 2;
     while ((o = getopt_long(argc, argv, "", longs, NULL)) != -1) {
         switch (o) {
@@ -890,7 +944,8 @@ int main(int argc, char **argv)
     case RR: return runRR();
     case BULK: return runBulk();
     case CONNRATE: return runConnrate();
-    case IDLE: return runIdle();
+    case IDLE:
+    case STALL: return runIdle();
     }
     return 2;
 }

@@ -22,7 +22,16 @@ every connection):
 - rr: C{loadgen tls-rr}, 50 TLS 1.3 connections with one 64-byte message in
   flight on each; round trips per second;
 - bulk: C{loadgen tls-bulk}, one TLS 1.3 connection echoing 64 KiB writes, at
-  most 4 MiB in flight; MB/s (10^6 bytes).
+  most 4 MiB in flight; MB/s (10^6 bytes);
+- memory: freshly started servers, each one's resident size (VmRSS, with its
+  worker processes) before and with 10,000 (C{--memory-connections})
+  connections held open of one kind, a fresh set of servers per kind:
+  C{idle 1.3} and C{idle 1.2} (C{loadgen tls-idle}: the handshake done, one
+  echo, then silence), C{stall hello} (C{loadgen tls-stall}: a ClientHello
+  sent, the server's answer left unread) and C{stall tcp} (C{loadgen stall}:
+  connected, nothing sent; counted once the server holds a descriptor for
+  each); KiB per connection.  The memory stunnel's and hitch's backend takes
+  for their idle connections is shown apart: netd's tls-echo has no backend.
 
 Each rate comes with the server's CPU over the measured window and the rate
 per core of it: for stunnel and hitch, the CPU of the proxy and of its
@@ -57,6 +66,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from benchlib import (  # noqa: E402  (the path above makes it importable)
+    Loadgen,
     benchCpus,
     buildLoadgen,
     cpuTime,
@@ -66,10 +76,13 @@ from benchlib import (  # noqa: E402  (the path above makes it importable)
     pinnedTo,
     publish,
     quietDaemonTable,
+    raiseFilesLimit,
     say,
     startNetd,
     stopProcess,
     toolVersion,
+    treeOpenFiles,
+    treeResidentKiB,
 )
 
 HOST = "127.0.0.1"
@@ -77,9 +90,43 @@ START_TIMEOUT = 20.0
 KEY_TYPES = ("ecdsa", "rsa")
 SERVERS = ("netd", "stunnel", "hitch")
 VERSIONS = ("1.3", "1.2")
-SCENARIOS = ("handshake", "rr", "bulk")
+SCENARIOS = ("handshake", "rr", "bulk", "memory")
 HANDSHAKE_CONCURRENCY = 16
 RR_CONNECTIONS = 50
+MEMORY_KINDS = {
+    "idle 1.3": "idle, TLS 1.3",
+    "idle 1.2": "idle, TLS 1.2",
+    "stall hello": "stalled after its ClientHello",
+    "stall tcp": "stalled before its ClientHello",
+}
+"""
+The connections of the memory scenario, by kind, with their row labels.
+"""
+MAX_CONNECTIONS = 20000
+"""
+netd's max_connections: the memory scenario's connections must stay under 75% of it (where idle timeouts shrink).
+"""
+FILES = 65536
+"""
+The open-files limit asked for the servers (as root, past the hard limit, unless the machine withholds that): stunnel
+and hitch hold two sockets per idle connection.
+"""
+FILES_SPARE = 200
+"""
+Open files a server keeps for its listeners, logs and event loop beside the connections it holds.
+"""
+SETTLE = 0.5
+"""
+Seconds between a server starting (or its connections opening) and reading its resident size.
+"""
+MEMORY_GOAL_KIB = 10
+"""
+Issue 18's goal: KiB of netd's resident size per idle or stalled TLS connection, at most.
+"""
+ACCEPT_TIMEOUT = 60.0
+"""
+Seconds a server may take to accept the connections of C{stall tcp}, which loadgen cannot see accepted.
+"""
 
 
 class Server:
@@ -90,13 +137,20 @@ class Server:
     """
 
     def __init__(
-        self, name: str, ports: dict[str, int], cpu: Callable[[], float], stop: Callable[[], None], version: str
+        self,
+        name: str,
+        ports: dict[str, int],
+        cpu: Callable[[], float],
+        stop: Callable[[], None],
+        version: str,
+        pid: int,
     ) -> None:
         self.name = name
         self.ports = ports
         self.cpu = cpu
         self.stop = stop
         self.version = version
+        self.pid = pid
 
 
 def freePort() -> int:
@@ -193,18 +247,22 @@ class Backend:
 
 def startNetdTLS(certs: dict[str, Path], directory: Path, cpus: set[int] | None) -> Server:
     """
-    netd with one tls-echo service (raw framing) per key type.
+    netd with one tls-echo service (raw framing) per key type; room for
+    the memory scenario's connections (max_connections, idle and
+    handshake timeouts long enough to hold stalled ones).
     """
     lines = [quietDaemonTable()]
     for keyType, folder in certs.items():
         lines.append(
             f'[[services]]\nname = "tls-{keyType}"\nplugin = "tls-echo"\nlisten = ["tcp:0:interface={HOST}"]\nframing = "raw"\n'
-            f'tls = {{ certificate = "{folder / "server.pem"}", private_key = "{folder / "server-key.pem"}" }}\n'
+            f"max_connections = {MAX_CONNECTIONS}\nidle_timeout = 3600\n"
+            f'tls = {{ certificate = "{folder / "server.pem"}", private_key = "{folder / "server-key.pem"}", '
+            "handshake_timeout = 600 }\n"
         )
     process, services, log = startNetd("\n".join(lines), directory, "netd", cpus)
     ports = {keyType: int(services[f"tls-{keyType}"][0]["port"]) for keyType in certs}  # type: ignore[call-overload]
     waitUntilServing(process, list(ports.values()), "netd", log)
-    return Server("netd", ports, lambda: cpuTime(process.pid), lambda: stopProcess(process), netdVersion())
+    return Server("netd", ports, lambda: cpuTime(process.pid), lambda: stopProcess(process), netdVersion(), process.pid)
 
 
 def stunnelExecutable() -> str | None:
@@ -261,7 +319,7 @@ def startStunnel(certs: dict[str, Path], backend: Backend, directory: Path, cpus
         def cpu() -> float:
             return cpuTime(process.pid, threadsComeAndGo=True) + cpuTime(backend.process.pid)  # noqa: B023 (returned at once; a thread per connection)
 
-        return Server("stunnel", ports, cpu, lambda: stopProcess(process), version)  # noqa: B023 (returned at once: the loop ends here)
+        return Server("stunnel", ports, cpu, lambda: stopProcess(process), version, process.pid)  # noqa: B023 (returned at once: the loop ends here)
     raise RuntimeError("stunnel found no free port")
 
 
@@ -314,7 +372,7 @@ def startHitch(certs: dict[str, Path], backend: Backend, directory: Path, cpus: 
         def cpu() -> float:
             return cpuTime(process.pid) + cpuTime(backend.process.pid)  # noqa: B023 (returned at once; hitch's worker is a child process)
 
-        return Server("hitch", ports, cpu, lambda: stopProcess(process), version)  # noqa: B023 (returned at once: the loop ends here)
+        return Server("hitch", ports, cpu, lambda: stopProcess(process), version, process.pid)  # noqa: B023 (returned at once: the loop ends here)
     raise RuntimeError("hitch found no free port")
 
 
@@ -392,9 +450,139 @@ def measure(
     return figures, str(result.get("tls", "plain"))
 
 
+def memoryRun(kind: str, connections: int) -> tuple[str, list[str]]:
+    """
+    The loadgen mode and arguments that hold C{connections} of a memory kind
+    (L{MEMORY_KINDS}) open until its standard input closes.
+    """
+    hold = ["--connections", str(connections), "--concurrency", "32", "--duration", "120", "--hold", "120"]
+    if kind.startswith("idle"):
+        return "tls-idle", [*hold, "--size", "1", "--tls-version", kind.split()[1]]
+    return ("tls-stall" if kind == "stall hello" else "stall"), hold
+
+
+def waitForAccepts(pid: int, files: int) -> None:
+    """
+    Wait until a server (with its workers) holds C{files} descriptors: it
+    has accepted connections that sent nothing.
+    """
+    deadline = time.monotonic() + ACCEPT_TIMEOUT
+    while treeOpenFiles(pid) < files:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the server holds {treeOpenFiles(pid)} descriptors, not {files}, after {ACCEPT_TIMEOUT} s"
+            )
+        time.sleep(0.1)
+
+
+def measureMemory(
+    binary: Path, server: Server, backend: Backend, kind: str, connections: int, cpus: set[int] | None
+) -> dict[str, float]:
+    """
+    A fresh server's resident size (and its backend's, for stunnel and
+    hitch) before and with C{connections} of one kind held open.
+    """
+    time.sleep(SETTLE)
+    before, backendBefore = treeResidentKiB(server.pid), treeResidentKiB(backend.process.pid)
+    files = treeOpenFiles(server.pid)
+    mode, arguments = memoryRun(kind, connections)
+    run = Loadgen(binary, mode, server.ports["ecdsa"], arguments, cpus, timeout=200)
+    try:
+        ready = run.next()
+        if ready.get("event") != "ready":
+            raise RuntimeError(
+                f"{ready.get('open')} of {connections} opened ({ready.get('errors')} failed) in {ready.get('open_s')} s"
+            )
+        if kind == "stall tcp":
+            waitForAccepts(server.pid, files + connections)
+        time.sleep(SETTLE)
+        during, backendDuring = treeResidentKiB(server.pid), treeResidentKiB(backend.process.pid)
+    finally:
+        run.close()
+    return {
+        "rss_before_mib": before / 1024,
+        "rss_mib": during / 1024,
+        "kib_per_connection": (during - before) / connections,
+        "backend_kib_per_connection": (backendDuring - backendBefore) / connections,
+        "open_s": float(ready["open_s"]),  # type: ignore[arg-type]
+    }
+
+
+def runMemory(
+    binary: Path, directory: Path, options: argparse.Namespace, serverCpus: set[int] | None, loadCpus: set[int] | None
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, str]]:
+    """
+    The memory scenario: per kind, a fresh set of servers, each measured
+    once; the figures by kind and server, and the servers' versions.
+    """
+    memory: dict[str, dict[str, dict[str, float]]] = {}
+    versions: dict[str, str] = {}
+    failures: list[str] = options.memory_failures
+    for index, kind in enumerate(options.memory_kinds):
+        folder = directory / f"memory-{index}"
+        folder.mkdir()
+        with servers(folder, options.servers, ["ecdsa"], serverCpus) as (started, backend):
+            for name, server in started.items():
+                sockets = 2 if name != "netd" and kind.startswith("idle") else 1  # a backend connection each
+                if sockets * options.memory_connections + FILES_SPARE > options.files:
+                    say(f"memory: {name} skipped for {kind}: the open-files limit is {options.files}")
+                    continue
+                say(f"memory: {name} with {options.memory_connections:,} connections {MEMORY_KINDS[kind]}")
+                try:
+                    memory.setdefault(kind, {})[name] = measureMemory(
+                        binary, server, backend, kind, options.memory_connections, loadCpus
+                    )
+                except RuntimeError as e:  # a server that cannot hold them all: said, and the others go on
+                    say(f"memory: {name} {kind}: {e}")
+                    failures.append(f"{name} {MEMORY_KINDS[kind]}: {e}")
+                versions[name] = server.version
+    return memory, versions
+
+
+def runRates(
+    binary: Path,
+    directory: Path,
+    scenarios: list[str],
+    options: argparse.Namespace,
+    serverCpus: set[int] | None,
+    loadCpus: set[int] | None,
+) -> tuple[dict[str, dict[str, list[dict[str, float]]]], dict[str, dict[str, str]], dict[str, str]]:
+    """
+    The rate scenarios, round-robin over one set of servers: every round's
+    figures, the version and cipher negotiated, the servers' versions.
+    """
+    raw: dict[str, dict[str, list[dict[str, float]]]] = {}
+    negotiated: dict[str, dict[str, str]] = {}
+    with servers(directory, options.servers, options.key_types, serverCpus) as (started, backend):
+        for round in range(options.rounds):
+            for scenario in scenarios:
+                for keyType in options.key_types if scenario.startswith("handshake") else ["ecdsa"]:
+                    label = f"{scenario} {keyType}" if scenario.startswith("handshake") else scenario
+                    for name, server in started.items():
+                        say(f"round {round + 1}/{options.rounds}: {name} {label}")
+                        figures, tls = measure(binary, scenario, server.ports[keyType], server.cpu, options, loadCpus)
+                        raw.setdefault(label, {}).setdefault(name, []).append(figures)
+                        negotiated.setdefault(label, {})[name] = tls
+            if options.plain_reference:
+                for scenario in ("rr", "bulk"):
+                    if scenario in options.scenarios:
+                        say(f"round {round + 1}/{options.rounds}: plain backend {scenario}")
+                        figures, _ = measure(
+                            binary,
+                            f"{scenario} plain",
+                            backend.port,
+                            lambda: cpuTime(backend.process.pid),
+                            options,
+                            loadCpus,
+                        )
+                        raw.setdefault(scenario, {}).setdefault("plain echo (no TLS)", []).append(figures)
+        return raw, negotiated, {name: server.version for name, server in started.items()}
+
+
 def run(options: argparse.Namespace) -> dict[str, object]:
     """
-    Every measurement, round-robin over the servers; the medians.
+    Every measurement: the rates round-robin over the servers (their
+    medians), then the memory scenario.
     """
     info = machine()
     binary = buildLoadgen()
@@ -403,33 +591,13 @@ def run(options: argparse.Namespace) -> dict[str, object]:
     scenarios += [scenario for scenario in ("rr", "bulk") if scenario in options.scenarios]
     raw: dict[str, dict[str, list[dict[str, float]]]] = {}
     negotiated: dict[str, dict[str, str]] = {}
+    versions: dict[str, str] = {}
+    memory: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="netd-tls-bench-") as temporary:
-        with servers(Path(temporary), options.servers, options.key_types, serverCpus) as (started, backend):
-            versions = {name: server.version for name, server in started.items()}
-            for round in range(options.rounds):
-                for scenario in scenarios:
-                    for keyType in options.key_types if scenario.startswith("handshake") else ["ecdsa"]:
-                        label = f"{scenario} {keyType}" if scenario.startswith("handshake") else scenario
-                        for name, server in started.items():
-                            say(f"round {round + 1}/{options.rounds}: {name} {label}")
-                            figures, tls = measure(
-                                binary, scenario, server.ports[keyType], server.cpu, options, loadCpus
-                            )
-                            raw.setdefault(label, {}).setdefault(name, []).append(figures)
-                            negotiated.setdefault(label, {})[name] = tls
-                if options.plain_reference:
-                    for scenario in ("rr", "bulk"):
-                        if scenario in options.scenarios:
-                            say(f"round {round + 1}/{options.rounds}: plain backend {scenario}")
-                            figures, _ = measure(
-                                binary,
-                                f"{scenario} plain",
-                                backend.port,
-                                lambda: cpuTime(backend.process.pid),
-                                options,
-                                loadCpus,
-                            )
-                            raw.setdefault(scenario, {}).setdefault("plain echo (no TLS)", []).append(figures)
+        if scenarios:
+            raw, negotiated, versions = runRates(binary, Path(temporary), scenarios, options, serverCpus, loadCpus)
+        if "memory" in options.scenarios:
+            memory, versions = runMemory(binary, Path(temporary), options, serverCpus, loadCpus)
     medians = {
         label: {
             name: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
@@ -444,6 +612,7 @@ def run(options: argparse.Namespace) -> dict[str, object]:
         "pinned": {"server": sorted(serverCpus or []), "loadgen": sorted(loadCpus or [])},
         "medians": medians,
         "rounds": raw,
+        "memory": memory,
     }
 
 
@@ -491,9 +660,12 @@ def report(result: dict[str, object], options: argparse.Namespace) -> str:
         "per core: the rate divided by that share",
         "- negotiated: " + describeNegotiated(negotiated, names),
         "",
-        "| scenario | server | rate | server CPU | per server core | loadgen CPU | p50 / p99 µs | netd/server rate | netd/server per core |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    if medians:
+        lines += [
+            "| scenario | server | rate | server CPU | per server core | loadgen CPU | p50 / p99 µs | netd/server rate | netd/server per core |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
     for label, byServer in medians.items():
         netd = byServer.get("netd")
         for name, m in byServer.items():
@@ -511,8 +683,61 @@ def report(result: dict[str, object], options: argparse.Namespace) -> str:
         for name, m in byServer.items():
             if m.get("errors"):
                 lines.append(f"- {name}, {label}: {m['errors']:,.0f} connections failed (median per run)")
+    memory: dict[str, dict[str, dict[str, float]]] = result["memory"]  # type: ignore[assignment]
+    if memory:
+        lines += ["", *memoryTable(memory, options.memory_connections)]
+        failed = options.memory_failures
+        lines += [f"- not measured: {failure}" for failure in failed]
+        skipped = [
+            f"{name} {MEMORY_KINDS[kind]}"
+            for kind in options.memory_kinds
+            for name in names
+            if name not in memory.get(kind, {})
+            and not any(f.startswith(f"{name} {MEMORY_KINDS[kind]}:") for f in failed)
+        ]
+        if skipped:
+            lines.append(
+                f"- not measured: {', '.join(skipped)} (two sockets per connection past this machine's open-files "
+                f"limit, {options.files:,})"
+            )
     lines.append("")
     return "\n".join(lines)
+
+
+def memoryTable(memory: dict[str, dict[str, dict[str, float]]], connections: int) -> list[str]:
+    """
+    The memory scenario's table: per kind and server, the resident sizes,
+    KiB per connection (the goal: at most L{MEMORY_GOAL_KIB} for netd) and
+    the backend's share for stunnel and hitch.
+    """
+    lines = [
+        f"| memory, {connections:,} connections | server | RSS at start (MiB) | RSS with them (MiB) | KiB per connection "
+        "| its backend, KiB per connection | seconds to open them | netd/server KiB per connection |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for kind, byServer in memory.items():
+        netd = byServer.get("netd")
+        for name, m in byServer.items():
+            ratio = (
+                f"{netd['kib_per_connection'] / m['kib_per_connection']:.2f}"
+                if netd and name != "netd" and m["kib_per_connection"] > 0
+                else "-"
+            )
+            backend = f"{m['backend_kib_per_connection']:.2f}" if name != "netd" else "-"
+            lines.append(
+                f"| {MEMORY_KINDS[kind]} | {name} | {m['rss_before_mib']:.1f} | {m['rss_mib']:.1f} | "
+                f"{m['kib_per_connection']:.2f} | {backend} | {m['open_s']:.2f} | {ratio} |"
+            )
+    worst = max(
+        (byServer["netd"]["kib_per_connection"] for byServer in memory.values() if "netd" in byServer), default=None
+    )
+    if worst is not None:
+        verdict = "met" if worst <= MEMORY_GOAL_KIB else "not met"
+        lines.append(
+            f"- goal (issue 18): at most {MEMORY_GOAL_KIB} KiB per idle or stalled TLS connection in netd: {verdict} "
+            f"(the most: {worst:.2f} KiB)"
+        )
+    return lines
 
 
 def main() -> None:
@@ -546,6 +771,19 @@ def main() -> None:
         action="store_false",
         help="skip the plain backend's rr and bulk runs",
     )
+    parser.add_argument(
+        "--memory-connections",
+        type=int,
+        default=10000,
+        help=f"connections held open per kind by the memory scenario (1-{MAX_CONNECTIONS * 3 // 4})",
+    )
+    parser.add_argument(
+        "--memory-kinds",
+        nargs="+",
+        default=list(MEMORY_KINDS),
+        choices=MEMORY_KINDS,
+        help="the kinds of connection the memory scenario holds",
+    )
     parser.add_argument("--record", action="store_true", help="add the results to bench/RESULTS.md (newest first)")
     parser.add_argument("--json", type=Path, help="also write every round's numbers to this file")
     options = parser.parse_args()
@@ -553,6 +791,14 @@ def main() -> None:
         parser.error("--servers must include netd (the ratios are netd's)")
     if not 1 <= options.duration <= 60 or options.rounds < 1 or options.bulk_mib < 1:
         parser.error("--duration is 1-60 s, --rounds and --bulk-mib at least 1")
+    if not 1 <= options.memory_connections <= MAX_CONNECTIONS * 3 // 4:
+        parser.error(f"--memory-connections is 1-{MAX_CONNECTIONS * 3 // 4}")
+    options.files = raiseFilesLimit(FILES) if "memory" in options.scenarios else 0
+    options.memory_failures = []
+    if "memory" in options.scenarios and options.files < options.memory_connections + FILES_SPARE:
+        parser.error(
+            f"the open-files limit here is {options.files}: --memory-connections at most {options.files - FILES_SPARE}"
+        )
     if "ecdsa" not in options.key_types:
         options.key_types.insert(0, "ecdsa")  # rr and bulk use the ECDSA certificate
     tools = [("openssl", shutil.which("openssl"))]

@@ -373,7 +373,7 @@ def _handshakePending(transport: Any) -> bool:
     whose handshake has not finished: the client's Finished message, the
     last of a handshake the server receives, has not arrived.
     """
-    return IServerTLSTransport.providedBy(transport) and transport.getHandle().get_peer_finished() is None
+    return IServerTLSTransport.providedBy(transport) and transport.handshakePending()
 
 
 class RawFraming(FramedProtocol):

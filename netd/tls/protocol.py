@@ -111,6 +111,13 @@ class TLSServerProtocol(TLSTransport):
             resumption=", resumed" if resumed else "",
         )
 
+    def handshakePending(self) -> bool:
+        """
+        Whether the handshake has not finished: not yet, or it failed.
+        """
+        details = self.tlsDetails
+        return details is None or "failure" in details
+
     def _handshakeFailed(self, reason: Failure) -> None:
         """
         The connection ended before its handshake finished: count and log why.

@@ -135,16 +135,30 @@ class RecordPump(TLSTransport):
 
     def makeConnection(self, transport: Any) -> None:
         """
-        Start the handshake: Twisted's C{makeConnection} without its first
-        steps, which C{ProtocolWrapper.makeConnection} repeats or undoes (it
-        declares every interface of the transport one C{directlyProvides} at
-        a time, each replacing the last, a tenth of a handshake's CPU; the
-        wrapper declares them all again).
+        Connect, with neither OpenSSL's connection made nor the handshake
+        begun: Twisted's C{makeConnection} without its first steps, which
+        C{ProtocolWrapper.makeConnection} repeats or undoes (it declares
+        every interface of the transport one C{directlyProvides} at a time,
+        each replacing the last, a tenth of a handshake's CPU; the wrapper
+        declares them all again).  A server's handshake waits for the
+        client's first bytes anyway, and OpenSSL's connection costs about
+        16 KiB made, and 30 KiB more once its handshake has begun (its
+        read and handshake buffers): a connection that never sends costs
+        neither (L{__getattr__} makes the connection on first use).
         """
-        self._tlsConnection = self.factory._creatorCallable(self)
         self._appSendBuffer = []
         ProtocolWrapper.makeConnection(self, transport)
-        self._checkHandshakeStatus()
+
+    def __getattr__(self, name: str) -> Any:
+        """
+        OpenSSL's connection (C{_tlsConnection}), made on first use: the
+        client's first bytes, C{getHandle}, a close; any other name missing
+        here is the transport's, as in C{ProtocolWrapper}.
+        """
+        if name == "_tlsConnection":
+            connection = self._tlsConnection = self.factory._creatorCallable(self)
+            return connection
+        return ProtocolWrapper.__getattr__(self, name)
 
     def dataReceived(self, data: bytes) -> None:
         """
