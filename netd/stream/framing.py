@@ -148,8 +148,9 @@ class FramedProtocol(Protocol):
         for a client whose handshake fails, and meets a connection that can
         carry data.
         """
-        transport = self.transport
-        if IServerTLSTransport.providedBy(transport) and _handshakePending(transport):
+        transport: Any = self.transport
+        # The server side of TLS (L{IServerTLSTransport}) whose handshake is not done.
+        if IServerTLSTransport.providedBy(transport) and transport.handshakePending():
             self.awaitingHandshake = True
         else:
             self.receiver.connectionMade(self)
@@ -365,15 +366,6 @@ class FramedProtocol(Protocol):
         The reason given for an incoming frame over the limit.
         """
         return f"{self.framingName} frame of {size} bytes exceeds max_frame ({self.maxFrame})"
-
-
-def _handshakePending(transport: Any) -> bool:
-    """
-    Whether C{transport} is the server side of TLS (L{IServerTLSTransport})
-    whose handshake has not finished: the client's Finished message, the
-    last of a handshake the server receives, has not arrived.
-    """
-    return IServerTLSTransport.providedBy(transport) and transport.handshakePending()
 
 
 class RawFraming(FramedProtocol):
