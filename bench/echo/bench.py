@@ -241,13 +241,13 @@ def startCEcho(directory: Path, cpus: set[int] | None) -> Server:
     """
     log = directory / "c-epoll.log"
     process = launch([str(buildCEcho())], log, cpus, stdin=subprocess.PIPE)
-    waitUntil(lambda: _portLine(log) is not None, process, "c-epoll", log)
-    port = _portLine(log)
+    waitUntil(lambda: printedPort(log) is not None, process, "c-epoll", log)
+    port = printedPort(log)
     assert port is not None
     return Server("c-epoll", {"raw": port, "u32": port}, process, "echo_backend.c (cc -O2)")
 
 
-def _portLine(log: Path) -> int | None:
+def printedPort(log: Path) -> int | None:
     """
     The port the C echo printed to its log, or L{None} before it has.
     """

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -108,6 +109,9 @@ def main() -> None:
     parser.add_argument("--framing", choices=("raw", "u32"), default="raw")
     parser.add_argument("--warmup", type=int, default=2000, help="round trips before the counted ones")
     parser.add_argument("--trips", type=int, default=20000, help="round trips counted")
+    parser.add_argument(
+        "--keep", type=Path, help="copy the counted dump here, for callgrind_annotate (where the instructions go)"
+    )
     options = parser.parse_args()
     binary = buildLoadgen()
     with tempfile.TemporaryDirectory(prefix="netd-echo-callgrind-") as temporary:
@@ -123,6 +127,8 @@ def main() -> None:
         finally:
             stopProcess(process)
         total = callgrindTotal(Path(f"{output}.2"))
+        if options.keep is not None:
+            shutil.copyfile(f"{output}.2", options.keep)
     print(
         f"{options.server} {options.framing}: {total / made:,.0f} instructions per round trip ({made} round trips counted)"
     )
