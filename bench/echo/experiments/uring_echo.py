@@ -28,6 +28,7 @@ import sys
 import sysconfig
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "uringloop.c"
@@ -62,14 +63,14 @@ class Echo:
     The protocol: write back what was read, as netd's raw echo does.
     """
 
-    def __init__(self, transport: object) -> None:
+    def __init__(self, transport: Any) -> None:
         self.transport = transport
 
     def dataReceived(self, data: bytes) -> None:
         """
         Echo.
         """
-        self.transport.write(data)  # type: ignore[attr-defined]
+        self.transport.write(data)
 
 
 def main() -> None:
