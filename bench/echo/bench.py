@@ -2,7 +2,7 @@
 netd's echo against its peers, with a C load generator, all on loopback, in
 one run.
 
-Five servers, each in one process on free loopback ports, one after the other
+Six servers, each in one process on free loopback ports, one after the other
 under the same load:
 
 - netd: an echo service with raw framing and one with u32 framing
@@ -14,7 +14,13 @@ under the same load:
   (raw, and u32 parsed into frames and sent back framed);
 - uvloop: the same script on uvloop;
 - socat: C{socat TCP-LISTEN:PORT,fork,reuseaddr,backlog=50 PIPE}, a process
-  per connection echoing through a pipe (raw only: socat has no framing).
+  per connection echoing through a pipe (raw only: socat has no framing);
+- c-epoll: bench/proxy/echo_backend.c, the proxy benchmark's upstream: C, one
+  thread, one epoll set, a read and a write per message, the physical bar
+  for a one-core echo.  It is a byte echo: with u32 framing the frames come
+  back unchanged, as they would from a framed echo, without being parsed, so
+  netd's u32 figure against it is the cost of the framing layer and
+  everything else.
 
 Scenarios, measured by bench/loadgen (C, epoll, one thread) while the server
 runs on one CPU and the load generator on another:
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import socket
@@ -62,6 +69,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from benchlib import (  # noqa: E402  (the path above makes it importable)
+    BUILD,
     Loadgen,
     benchCpus,
     buildLoadgen,
@@ -79,11 +87,13 @@ from benchlib import (  # noqa: E402  (the path above makes it importable)
     stopProcess,
     toolVersion,
     waitForFile,
+    waitUntil,
 )
 
 HOST = "127.0.0.1"
 PEER_SCRIPT = ROOT / "bench" / "echo" / "peers" / "asyncio_echo.py"
-SERVERS = ("netd", "netd-epoll", "asyncio", "uvloop", "socat")
+C_ECHO_SOURCE = ROOT / "bench" / "proxy" / "echo_backend.c"
+SERVERS = ("netd", "netd-epoll", "asyncio", "uvloop", "socat", "c-epoll")
 NETD_REACTORS = {"netd": "uvloop", "netd-epoll": "netd"}
 """
 The netds measured, and the reactor (C{NETD_REACTOR}) each runs on: netd's default, and its epoll one.
@@ -113,9 +123,11 @@ class Server:
 
     def stop(self) -> None:
         """
-        SIGTERM by PID (SIGKILL if it lingers).
+        SIGTERM by PID (SIGKILL if it lingers); close the pipe to its standard input if it has one.
         """
         stopProcess(self.process)
+        if self.process.stdin is not None:
+            self.process.stdin.close()
 
 
 # The servers.
@@ -203,6 +215,46 @@ def startSocat(directory: Path, cpus: set[int] | None) -> Server:
     raise RuntimeError(f"socat did not start:\n{(directory / 'socat.log').read_text(errors='replace')[-2000:]}")
 
 
+def buildCEcho() -> Path:
+    """
+    bench/proxy/echo_backend.c, compiled into bench/build/ as the proxy benchmark does (the same binary) when
+    missing or older than its source.
+    """
+    binary = BUILD / "echo_backend"
+    if binary.exists() and binary.stat().st_mtime >= C_ECHO_SOURCE.stat().st_mtime:
+        return binary
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        raise RuntimeError(f"no C compiler (cc) to build {C_ECHO_SOURCE}; bench/setup-tools.sh installs gcc")
+    BUILD.mkdir(parents=True, exist_ok=True)
+    say(f"building {binary} with {compiler}")
+    subprocess.run(
+        [compiler, "-O2", "-Wall", "-Wextra", "-o", str(binary), str(C_ECHO_SOURCE)], check=True, timeout=120
+    )
+    return binary
+
+
+def startCEcho(directory: Path, cpus: set[int] | None) -> Server:
+    """
+    The C epoll echo, once it has written its C{{"port": N}} line; it serves both framings on its one port (a byte
+    echo), and exits when its standard input, a pipe from here, closes (or by its PID, as every server).
+    """
+    log = directory / "c-epoll.log"
+    process = launch([str(buildCEcho())], log, cpus, stdin=subprocess.PIPE)
+    waitUntil(lambda: printedPort(log) is not None, process, "c-epoll", log)
+    port = printedPort(log)
+    assert port is not None
+    return Server("c-epoll", {"raw": port, "u32": port}, process, "echo_backend.c (cc -O2)")
+
+
+def printedPort(log: Path) -> int | None:
+    """
+    The port the C echo printed to its log, or L{None} before it has.
+    """
+    text = log.read_text(errors="replace")
+    return int(json.loads(text.splitlines()[0])["port"]) if text.endswith("\n") else None
+
+
 def startServer(name: str, directory: Path, cpus: set[int] | None) -> Server:
     """
     Start the server called C{name}.
@@ -211,6 +263,8 @@ def startServer(name: str, directory: Path, cpus: set[int] | None) -> Server:
         return startNetdEcho(name, directory, cpus)
     if name == "socat":
         return startSocat(directory, cpus)
+    if name == "c-epoll":
+        return startCEcho(directory, cpus)
     return startPythonPeer(name, directory, cpus)
 
 
@@ -393,7 +447,7 @@ def run(options: argparse.Namespace) -> dict[str, object]:
         if "startup" in options.scenarios:
             for index in range(options.starts):
                 for name in options.servers:
-                    if name != "socat":
+                    if name not in ("socat", "c-epoll"):
                         say(f"start {index + 1}/{options.starts}: {name}")
                         startup.setdefault(name, []).append(measureStartup(name, directory, serverCpus))
     medians = {
@@ -495,6 +549,11 @@ def report(result: dict[str, object], options: argparse.Namespace) -> str:
         lines += [
             "",
             "- socat forks a process per connection and has no framing: no rr-u32, memory or startup figures for it",
+        ]
+    if "c-epoll" in options.servers:
+        lines += [
+            "- c-epoll (bench/proxy/echo_backend.c) is a byte echo: its rr-u32 figure is the same bytes echoed unparsed; "
+            "no startup figure",
         ]
     lines.append("")
     return "\n".join(lines)

@@ -513,17 +513,30 @@ The start-up check of the one private name the framings use.
 """
 
 
+_UNPACK_PREFIX: dict[int, Callable[..., tuple[int]]] = {
+    2: struct.Struct(">H").unpack_from,
+    4: struct.Struct(">I").unpack_from,
+}
+"""
+The big-endian length prefixes' readers, by the prefix's size.
+"""
+
+
 class _LengthPrefixed(FramedProtocol):
     """
     Shared by the big-endian length-prefixed framings.
 
-    Request/response traffic mostly reads exactly one whole frame at a time:
-    L{dataReceived} delivers such a read without Twisted's buffering, and
+    Most reads hold whole frames only (request/response traffic: exactly
+    one): L{dataReceived} delivers those without Twisted's buffering, and
     L{sendFrame} encodes without the checks of a C{claimed} length.
+
+    @ivar unpackPrefix: reads the length prefix at an offset of a read,
+        without slicing it out (from L{_UNPACK_PREFIX}).
     """
 
     prefixLength: int
     largestClaim: int
+    unpackPrefix: Callable[..., tuple[int]]
     wholeFrames: bool
     _unprocessed: bytes
     paused: bool
@@ -539,21 +552,48 @@ class _LengthPrefixed(FramedProtocol):
         self.paused = False
         self.prefixLength = self.prefixLength
         self.largestClaim = self.largestClaim
+        self.unpackPrefix = _UNPACK_PREFIX[self.prefixLength]
 
     def dataReceived(self, data: bytes) -> None:
         """
         Deliver a read that is one whole frame within the limit (with
-        nothing buffered before it) at once; give any other to Twisted's
-        receiver, which buffers and checks the limit before the payload.
+        nothing buffered before it) at once; any other read goes to
+        L{_framesOf}.
         """
+        if self._unprocessed or self.paused or not self.wholeFrames:
+            super().dataReceived(data)
+            return
         prefixLength = self.prefixLength
-        if self.wholeFrames and not self._unprocessed and not self.paused and len(data) >= prefixLength:
-            length = int.from_bytes(data[:prefixLength], "big")
-            if length == len(data) - prefixLength and length <= self.MAX_LENGTH:
+        size = len(data)
+        if size >= prefixLength:
+            (length,) = self.unpackPrefix(data)
+            if length == size - prefixLength and length <= self.MAX_LENGTH:
                 if not self.transport.disconnecting:  # type: ignore[union-attr]
                     self.receiver.frameReceived(data[prefixLength:])
                 return
-        super().dataReceived(data)
+        self._framesOf(data)
+
+    def _framesOf(self, data: bytes) -> None:
+        """
+        Deliver the whole frames within the limit at the start of a read,
+        each a slice of it; give the rest, if any, to Twisted's receiver,
+        which buffers a partial frame, checks the limit before the payload
+        and drops what comes once the receiver has closed the connection.
+        """
+        prefixLength, unpack, limit = self.prefixLength, self.unpackPrefix, self.MAX_LENGTH
+        transport: Any = self.transport
+        size = len(data)
+        offset = 0
+        while offset + prefixLength <= size:
+            start = offset + prefixLength
+            (length,) = unpack(data, offset)
+            end = start + length
+            if end > size or length > limit or transport.disconnecting:
+                break
+            self.receiver.frameReceived(data[start:end])
+            offset = end
+        if offset < size:
+            super().dataReceived(data[offset:] if offset else data)
 
     def stringReceived(self, string: bytes) -> None:
         """

@@ -589,3 +589,22 @@ def test_halfCloseSurvivesAClientEndpoint(framing: str) -> None:
     [(_host, _port, wrapping, _timeout, _bind)] = reactor.tcpClients
     wrapper = wrapping.buildProtocol(IPv4Address("TCP", "127.0.0.1", 6379))
     assert IHalfCloseableProtocol.providedBy(wrapper)
+
+
+@pytest.mark.parametrize("framing", ["u16", "u32"])
+def test_readOfManyFramesAndAPartialOneMatchesTheSlowPath(monkeypatch: pytest.MonkeyPatch, framing: str) -> None:
+    """
+    A read holding several whole frames and the start of another gives the same frames, in order, with and without the whole-frame path, and the next read completes the partial frame.
+    """
+    frames = [b"one", b"", b"x" * 300, b"last"]
+    stream = b"".join(ENCODERS[framing](frame) for frame in [*frames, b"partial"])
+    received: dict[bool, list[bytes]] = {}
+    for wholeFrames in (True, False):
+        monkeypatch.setattr(PARTIAL_FRAME_BUFFER, "_alive", wholeFrames)
+        connection, receiver, counters = openConnection(framing)
+        connection.receive(stream[:-3])
+        assert receiver.frames == frames
+        connection.receive(stream[-3:])
+        received[wholeFrames] = receiver.frames
+        assert counters["frames_rejected"] == 0
+    assert received[True] == received[False] == [*frames, b"partial"]
