@@ -11,11 +11,11 @@ check and exits, with no reactor to start.
 from __future__ import annotations
 
 import http.client
-import socket
 
 import attrs
 
 from netd.config.listen import splitDescription, unixSocketPath
+from netd.daemon.unixhttp import UnixHTTPConnection
 
 _WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 """
@@ -73,36 +73,13 @@ class ProbeTarget:
         """
         if self.path is None:
             return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        return _UnixConnection(self.path, timeout)
+        return UnixHTTPConnection(self.path, timeout)
 
     def describe(self) -> str:
         """
         The target as a message names it.
         """
         return self.path if self.path is not None else f"{self.host}:{self.port}"
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    """
-    HTTP over a unix socket (the standard library's client speaks it over TCP only).
-    """
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socketPath = path
-
-    def connect(self) -> None:
-        """
-        Open the socket file instead of a TCP connection.
-        """
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socketPath)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 def probe(target: ProbeTarget, path: str, timeout: float) -> tuple[int, str]:

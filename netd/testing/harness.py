@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ from typing import Any, NoReturn, TypeGuard
 from urllib.parse import quote, urlencode
 
 import tomli_w
+
+from netd.daemon.unixhttp import UnixHTTPConnection
 
 TEST_ADMIN = "tcp:0:interface=127.0.0.1"
 """
@@ -164,29 +165,6 @@ def _withQuery(path: str, query: Mapping[str, Any] | None) -> str:
     return path + "?" + urlencode(given, doseq=True) if given else path
 
 
-class _UNIXHTTPConnection(http.client.HTTPConnection):
-    """
-    HTTP over a unix socket, for C{admin = "unix:PATH"}.
-    """
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socketPath = path
-
-    def connect(self) -> None:
-        """
-        Connect to the socket file instead of a host.
-        """
-        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        client.settimeout(self.timeout)
-        try:
-            client.connect(self.socketPath)
-        except OSError:
-            client.close()
-            raise
-        self.sock = client
-
-
 class AdminClient:
     """
     A blocking client of netd's control API: JSON in, JSON out, an
@@ -220,7 +198,7 @@ class AdminClient:
         A new connection to the API.
         """
         if "path" in self.address:
-            return _UNIXHTTPConnection(str(self.address["path"]), self.timeout)
+            return UnixHTTPConnection(str(self.address["path"]), self.timeout)
         return http.client.HTTPConnection(str(self.address["host"]), int(self.address["port"]), timeout=self.timeout)
 
     def url(self, path: str = "/") -> str:
