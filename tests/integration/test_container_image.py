@@ -41,10 +41,10 @@ import pytest
 
 from netd.testing.harness import unavailable
 
+from .checkout import ROOT, sourceFiles
 from .conftest import IO_TIMEOUT, connect, dig, recvExactly, requireTool
 from .test_tls import sClient
 
-ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".container-test"
 BASE_COMMAND = ["--variant=minbase", "--include=python3,python3-venv,ca-certificates", "bookworm"]
 """
@@ -153,8 +153,7 @@ def contextKey() -> str:
             any(fnmatch(part, p[3:]) for part in parts) if p.startswith("**/") else fnmatch(parts[0], p) for p in ignore
         )
 
-    listed = run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"]).stdout
-    files = sorted(p for p in set(listed.split("\0")) if p and not ignored(p) and (ROOT / p).is_file())
+    files = [p for p in sourceFiles() if not ignored(p)]
     return digest(*(p.encode() + b"\0" + (ROOT / p).read_bytes() for p in files))
 
 

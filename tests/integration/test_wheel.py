@@ -26,28 +26,14 @@ import pytest
 
 import netd
 
+from .checkout import ROOT, copySources
+
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 DISTRIBUTION = "netd_daemon"
 BUILD_TIMEOUT = 120
 INSTALL_TIMEOUT = 240
 COMMAND_TIMEOUT = 30
-
-#: What the tree's copy leaves out: what the checkout makes or caches, never sources.
-NOT_SOURCES = shutil.ignore_patterns(
-    ".git",
-    ".venv",
-    "build",
-    "dist",
-    "*.egg-info",
-    "__pycache__",
-    ".pytest_cache",
-    ".mypy_cache",
-    ".hypothesis",
-    "dropin.cache",
-    "site",
-)
 
 
 @attrs.frozen
@@ -101,7 +87,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """
     base = tmp_path_factory.mktemp("build")
     source = base / "source"
-    shutil.copytree(ROOT, source, ignore=NOT_SOURCES)
+    copySources(source)
     out = base / "dist"
     run([sys.executable, "-m", "build", "--outdir", str(out), str(source)], BUILD_TIMEOUT)
     version = netd.__version__
@@ -255,3 +241,25 @@ def test_installedPluginsAndDropIn(installed: Installed) -> None:
     done = installed.run("twistd", "netd", "--help")
     assert done.returncode == 0, done.stderr
     assert "--config" in done.stdout
+
+
+def test_copyLeavesOutWhatGitIgnores(tmp_path: Path) -> None:
+    """
+    The build's copy of the tree holds what git tracks or would add, never
+    what it ignores (virtualenvs, the container test's image storage, which
+    a whole-tree copy once grew to 78 GB by following its links).
+    """
+    root = tmp_path / "checkout"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "module.py").write_text("x = 1\n")
+    (root / ".gitignore").write_text(".venv-test/\n.container-test/\n")
+    (root / ".container-test" / "storage").mkdir(parents=True)
+    (root / ".container-test" / "storage" / "layer").write_text("big")
+    (root / ".venv-test").mkdir()
+    (root / ".venv-test" / "python").write_text("binary")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "pkg/module.py"], check=True)
+    copy = tmp_path / "copy"
+    copySources(copy, root)
+    copied = sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file())
+    assert copied == [".gitignore", "pkg/module.py"]
