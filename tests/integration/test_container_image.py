@@ -275,6 +275,17 @@ listen = ["tcp:{self.added}:interface=127.0.0.1"]
         return text
 
 
+def signalsAtDefault() -> None:
+    """
+    Start C{buildah run} with SIGHUP, SIGINT and SIGQUIT at their default
+    actions, as a container runtime starts a container's first process: a
+    suite started in the background (CI, nohup) ignores some of them, and a
+    child inherits that.
+    """
+    for number in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(number, signal.SIG_DFL)
+
+
 @attrs.define
 class Running:
     """
@@ -373,6 +384,7 @@ def running(image: str, imageConfig: dict[str, Any], tmp_path_factory: pytest.Te
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=signalsAtDefault,
         )
     started = Running(container, process, log, ports, configDir, mounts)
     try:
