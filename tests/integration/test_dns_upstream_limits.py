@@ -133,7 +133,8 @@ def test_queriesPastTheBoundFailAtOnce(startNetd: Any, silentUpstream: SilentUps
     assert len(servfails) == QUERIES - held
     assert max(servfails.values()) < 1.0, servfails
     assert netd.counter("upstream_busy", "dns") == QUERIES - held
-    assert len(silentUpstream.frames) == CONNECTIONS
+    # The queries waiting for the second connection are held as soon as netd
+    # starts opening it; the upstream's accept thread may see it a little later.
     deadline = time.monotonic() + IO_TIMEOUT
     while sum(silentUpstream.frames) < CONNECTIONS * PIPELINE:
         assert time.monotonic() < deadline, silentUpstream.frames
