@@ -10,7 +10,9 @@
 #                      tools the integration tests drive: socat, dig, dnsmasq, openssl,
 #                      sslscan (the TLS scanner), curl, ss, systemd-socket-activate and
 #                      systemd-analyze, redis-server, haproxy, dnsdist and dnsperf (the
-#                      rolling-restart tests), kubectl (kustomize), and node with npm,
+#                      rolling-restart tests), kubectl (kustomize), buildah and
+#                      mmdebstrap (the container image), gcc and libssl-dev (the
+#                      benchmarks' load generator), and node with npm,
 #                      which installs toxiproxy's Node client into .npm-test (tests/
 #                      integration/test_toxiproxy_clients.py).  It leaves .venv as the
 #                      quick start made it.
@@ -26,7 +28,7 @@ EXAMPLE_TOOLS="socat:socat dig:bind9-dnsutils openssl:openssl curl:curl"
 # The same for each tool the integration tests drive.  systemd: systemd-socket-activate
 # and systemd-analyze (installing the package in a container starts nothing; the tests
 # only run these two tools).
-TEST_TOOLS="socat:socat dig:bind9-dnsutils dnsmasq:dnsmasq-base openssl:openssl sslscan:sslscan curl:curl ss:iproute2 systemd-socket-activate:systemd redis-server:redis-server node:nodejs npm:npm haproxy:haproxy dnsdist:dnsdist dnsperf:dnsperf kubectl:kubernetes-client buildah:buildah mmdebstrap:mmdebstrap"
+TEST_TOOLS="socat:socat dig:bind9-dnsutils dnsmasq:dnsmasq-base openssl:openssl sslscan:sslscan curl:curl ss:iproute2 systemd-socket-activate:systemd redis-server:redis-server node:nodejs npm:npm haproxy:haproxy dnsdist:dnsdist dnsperf:dnsperf kubectl:kubernetes-client buildah:buildah mmdebstrap:mmdebstrap cc:gcc"
 
 # The version of toxiproxy's Node client the toxiproxy API is tested with.
 NODE_TOXIPROXY_CLIENT=4.1.0
@@ -58,6 +60,8 @@ dropOldName() {
 
 if [ "${1:-}" = "--test" ]; then
     missing=$(missingPackages "$TEST_TOOLS")
+    # The benchmarks' load generator (C, libssl), which the suite runs briefly.
+    [ -e /usr/include/openssl/ssl.h ] || missing="$missing libssl-dev"
     [ -z "$missing" ] || aptInstall $missing
     [ -x .venv-test/bin/python ] || python3 -m venv .venv-test
     dropOldName .venv-test

@@ -79,6 +79,7 @@ from benchlib import (  # noqa: E402  (the path above makes it importable)
     pinnedTo,
     publish,
     quietDaemonTable,
+    raiseFilesLimit,
     residentKiB,
     say,
     startNetd,
@@ -150,20 +151,6 @@ GOALS = (
 """
 Issue 16's goals: netd's rate per server core over the peer's, at least this much.
 """
-
-
-def raiseFilesLimit() -> int:
-    """
-    Raise this process's open-files limit, which the proxies inherit, to
-    L{FILES} (root may raise the hard limit, unless the machine withholds
-    that), else to its hard limit; the limit now.
-    """
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (FILES, FILES))
-    except (ValueError, OSError):
-        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def pairsAllowed(files: int) -> int:
@@ -905,7 +892,7 @@ def main() -> None:
     missing = [name for name in options.servers if name in tools and not tools[name]]
     if missing:
         sys.exit(f"bench: missing {', '.join(missing)}; bench/proxy/run.sh installs them (apt-get)")
-    options.files = raiseFilesLimit()
+    options.files = raiseFilesLimit(FILES)
     options.pairs_asked = options.idle_pairs
     if options.idle_pairs > pairsAllowed(options.files):
         options.idle_pairs = pairsAllowed(options.files)

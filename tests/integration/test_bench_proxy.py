@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from netd.testing.harness import unavailable
 
 from .conftest import requireTool
 
@@ -28,7 +28,7 @@ def test_proxyBenchRunsAndReports() -> None:
     """
     requireTool("socat")
     if shutil.which("cc") is None or not Path("/usr/include/openssl/ssl.h").exists():
-        pytest.skip("no C compiler or OpenSSL headers to build the load generator (bench/setup-tools.sh installs them)")
+        unavailable("no C compiler or OpenSSL headers to build the load generator (setup.sh --test installs them)")
     done = subprocess.run(
         [
             sys.executable,

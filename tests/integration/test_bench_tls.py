@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from netd.testing.harness import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,7 @@ def test_tlsMemoryBenchRunsAndReports() -> None:
     0 and prints netd's row for every kind and the goal of issue 18.
     """
     if shutil.which("cc") is None or not Path("/usr/include/openssl/ssl.h").exists():
-        pytest.skip("no C compiler or OpenSSL headers to build the load generator (bench/setup-tools.sh installs them)")
+        unavailable("no C compiler or OpenSSL headers to build the load generator (setup.sh --test installs them)")
     done = subprocess.run(
         [
             sys.executable,
