@@ -277,6 +277,8 @@ class NetdApplication(MultiService):
         self.toxiproxy = _toxiproxyAPI(self.daemon, self.config.daemon, self.reactor)
         if self.toxiproxy is not None:
             self.toxiproxy.setServiceParent(self)
+            if self.api is not None:
+                self.api.otherSites.append(self.toxiproxy.site)
 
     async def bind(self, beforeServing: Callable[[], object] | None = None) -> None:
         """

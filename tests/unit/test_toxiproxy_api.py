@@ -15,13 +15,14 @@ from twisted.logger import capturedLogs
 
 from netd.config.options import ConfigError
 from netd.config.spec import parseConfig
+from netd.daemon.api.resources import metricsText
 from netd.daemon.daemon import Daemon
 from netd.daemon.service import NetService
 from netd.daemon.toxiproxy.resource import TOXIPROXY_VERSION
 from netd.registry import discoverPlugins
 from netd.testing.memory import FakeTCPPort, connect, resultOf
 
-from .test_admin import ECHO, Reactor, Response, applicationOf, request, started
+from .test_admin import ECHO, Reactor, Response, applicationOf, key, request, samples, started
 
 TOXIPROXY = "tcp:8474:interface=127.0.0.1"
 REDIS = {"name": "redis", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:6379"}
@@ -364,3 +365,26 @@ def test_stopClosesTheListenerAfterTheServices() -> None:
     resultOf(applicationOf(daemon).stopService())
     assert not apiPort.listening
     assert not service(daemon, "redis").running
+
+
+def test_refusalsAreCountedOnTheControlAPIsMetrics() -> None:
+    """
+    What the toxiproxy API turns away is counted as the control API's refusals are, in its own families of the
+    control API's /metrics (C{netd_toxiproxy_requests_refused_total{reason}}, C{..._connections_refused_total},
+    C{..._connections_evicted_total}), and not in the control API's.
+    """
+    daemon, reactor = started(ECHO, toxiproxy=TOXIPROXY)
+    application = applicationOf(daemon)
+    assert application.toxiproxy is not None
+    site = application.toxiproxy.site
+    request(site, "GET", "/proxies", headers={"Host": "evil.example"})
+    request(site, "POST", "/proxies", body=json.dumps(REDIS).encode(), headers={"Origin": "http://evil.example"})
+    request(site, "POST", "/proxies", body=b"{}", headers={"Content-Type": "text/plain"})
+    assert application.api is not None and application.api.resource is not None
+    found = samples(metricsText(daemon, application.api.resource))
+    assert found[key("netd_toxiproxy_requests_refused_total", reason="host")] == 1
+    assert found[key("netd_toxiproxy_requests_refused_total", reason="origin")] == 1
+    assert found[key("netd_toxiproxy_requests_refused_total", reason="content_type")] == 1
+    assert found[key("netd_toxiproxy_connections_refused_total")] == 0
+    assert found[key("netd_toxiproxy_connections_evicted_total")] == 0
+    assert found[key("netd_admin_requests_refused_total", reason="host")] == 0

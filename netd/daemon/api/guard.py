@@ -33,7 +33,8 @@ description (which says nothing about this netd).
 """
 REFUSAL_REASONS = ("host", "origin", "token", "chunked", "too_large", "content_type")
 """
-Why the API turns a request away, as counted in C{netd_admin_requests_refused_total}.
+Why the API turns a request away, as counted in C{netd_admin_requests_refused_total} (the
+toxiproxy API's in C{netd_toxiproxy_requests_refused_total}).
 """
 
 log = Logger(namespace="netd.daemon.api.guard")
@@ -81,6 +82,8 @@ class RequestGuard:
         API shares this guard).
     @ivar otherHosts: the C{Host} names answered besides C{localhost} and
         the loopback literals, in words.
+    @ivar metric: the prefix of the API's refusal counters in C{/metrics}
+        (C{netd_admin_requests_refused_total}, ...).
     """
 
     def __init__(
@@ -88,11 +91,13 @@ class RequestGuard:
         access: Access | None = None,
         api: str = "control API",
         otherHosts: str = "the names of [daemon] admin_hosts",
+        metric: str = "admin",
     ) -> None:
         self.access = access if access is not None else Access()
         self.refused = Counters({reason: 0 for reason in REFUSAL_REASONS})
         self.api = api
         self.otherHosts = otherHosts
+        self.metric = metric
 
     def refusal(self, request: Request, method: bytes | None, path: bytes | None) -> Reply | None:
         """

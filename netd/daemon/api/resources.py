@@ -50,15 +50,20 @@ class AdminResource(Resource):
     @ivar guard: the checks every request passes first (L{RequestGuard}).
     @ivar site: the HTTP factory serving this resource, for its connection
         counters in C{/metrics}; L{None} until one does.
+    @ivar otherSites: netd's other HTTP APIs (the toxiproxy API), whose
+        refusals this API's C{/metrics} reports beside its own.
     """
 
     isLeaf = True
 
-    def __init__(self, daemon: ServedDaemon, guard: RequestGuard | None = None) -> None:
+    def __init__(
+        self, daemon: ServedDaemon, guard: RequestGuard | None = None, otherSites: Sequence[AdminSite] = ()
+    ) -> None:
         super().__init__()
         self.daemon = daemon
         self.guard = guard if guard is not None else RequestGuard()
         self.site: AdminSite | None = None
+        self.otherSites = otherSites
         self._reloading = False
         self.routes: dict[bytes, dict[bytes, tuple[Handler, str]]] = {
             b"/": {b"GET": (self.index, "this list of endpoints")},
@@ -330,6 +335,13 @@ class AdminResource(Resource):
         """
         return Reply(200, metricsText(self.daemon, self).encode("utf-8"), PROMETHEUS_CONTENT_TYPE)
 
+    def guardedSites(self) -> list[AdminSite]:
+        """
+        The HTTP APIs whose refusals C{/metrics} reports: this one once it
+        is served, then L{otherSites}.
+        """
+        return ([] if self.site is None else [self.site]) + list(self.otherSites)
+
     def reload(self, request: Request) -> Reply | Deferred[Reply]:
         """
         C{POST /reload}: re-read the config through the daemon's C{reload()}.
@@ -497,25 +509,35 @@ def metricsText(daemon: ServedDaemon, api: AdminResource | None = None) -> str:
             )
     for service in services:
         exposition.counters(service.counters, {"service": service.spec.name}, zeros=_alwaysShown(service))
-    if api is not None and api.site is not None:
-        for reason, count in api.guard.refused.snapshot().items():
-            exposition.counter(
-                "admin_requests_refused",
-                count,
-                "Control API requests turned away, by reason: host, origin, token, chunked, too_large, content_type.",
-                {"reason": reason},
-            )
-        exposition.counter(
-            "admin_connections_refused",
-            api.site.connectionsRefused,
-            "Control API connections answered 503 because admin_max_connections were open and being answered.",
-        )
-        exposition.counter(
-            "admin_connections_evicted",
-            api.site.connectionsEvicted,
-            "Idle control API connections closed to admit a new one at admin_max_connections.",
-        )
+    if api is not None:
+        for site in api.guardedSites():
+            _refusalCounters(exposition, site)
     return exposition.render()
+
+
+def _refusalCounters(exposition: Exposition, site: AdminSite) -> None:
+    """
+    What an HTTP API of netd's (the control API, the toxiproxy API) turned
+    away: requests by reason, connections refused and evicted at its cap.
+    """
+    prefix, name = site.guard.metric, site.guard.api
+    for reason, count in site.guard.refused.snapshot().items():
+        exposition.counter(
+            f"{prefix}_requests_refused",
+            count,
+            f"Requests to the {name} turned away, by reason: host, origin, token, chunked, too_large, content_type.",
+            {"reason": reason},
+        )
+    exposition.counter(
+        f"{prefix}_connections_refused",
+        site.connectionsRefused,
+        f"Connections to the {name} answered 503 because admin_max_connections were open and being answered.",
+    )
+    exposition.counter(
+        f"{prefix}_connections_evicted",
+        site.connectionsEvicted,
+        f"Idle {name} connections closed to admit a new one at admin_max_connections.",
+    )
 
 
 def _alwaysShown(service: NetService) -> list[str]:

@@ -54,6 +54,10 @@ class ControlAPI(Service):
         """
         The address listened on, once it is (a C{Host} the API answers to).
         """
+        self.otherSites: list[AdminSite] = []
+        """
+        netd's other HTTP APIs, whose refusals C{/metrics} reports too (the toxiproxy API's).
+        """
 
     @property
     def unix(self) -> bool:
@@ -71,7 +75,7 @@ class ControlAPI(Service):
         @raise ServiceStartError: naming the token file or the address.
         """
         self.guard = RequestGuard(self._access(self.spec))
-        self.resource = AdminResource(self.daemon, self.guard)
+        self.resource = AdminResource(self.daemon, self.guard, self.otherSites)
         site = AdminSite(
             self.resource, self.guard, self.spec.admin_max_connections, timeout=IDLE_TIMEOUT, reactor=self.reactor
         )

@@ -40,7 +40,9 @@ class ToxiproxyAPI(Service):
         self.spec = spec
         self.reactor = reactor
         self.proxies = ProxyCollection(daemon)
-        self.guard = RequestGuard(Access(token=None), api="toxiproxy API", otherHosts="the address it listens on")
+        self.guard = RequestGuard(
+            Access(token=None), api="toxiproxy API", otherHosts="the address it listens on", metric="toxiproxy"
+        )
         self.site = AdminSite(
             ToxiproxyResource(self.proxies, self.guard),
             self.guard,
