@@ -23,7 +23,7 @@ from netd.config.options import ConfigError, InvalidValue, KeyPath, Problem, des
 from netd.config.schema import configSchema, registryPlugins, renderSchema
 from netd.config.spec import AdminAddress, NetdConfig, loadConfig
 from netd.daemon.application import NetdApplication
-from netd.daemon.daemon import withDaemonOverrides
+from netd.daemon.daemon import adminOverride, withDaemonOverrides
 from netd.daemon.openapi import renderOpenAPI
 from netd.daemon.privileges import PrivilegeDrop, PrivilegeError
 from netd.daemon.probe import ProbeError, ProbeTarget, probe
@@ -506,8 +506,11 @@ def runCommand(args: argparse.Namespace) -> int:
     config = _load(args.config, discoverPlugins())
     if config is None:
         return 1
-    overrides = {} if args.admin is None else _adminOverride(config, args.admin)
-    if overrides is None:
+    try:
+        overrides = {} if args.admin is None else adminOverride(config, args.admin)
+    except InvalidValue as e:
+        for problem in str(e).splitlines():
+            print(f"netd run --admin: {problem}", file=sys.stderr)
         return 1
     config = withDaemonOverrides(config, overrides)
     startLogging(config.daemon.log_format, config.daemon.log_level)
@@ -529,28 +532,6 @@ def runCommand(args: argparse.Namespace) -> int:
     )
     react(runApplication, (application,))
     return 0  # react exits the process; this is for type checkers
-
-
-def _adminOverride(config: NetdConfig, text: str) -> dict[str, Any] | None:
-    """
-    The C{[daemon]} override of C{netd run --admin}: the address checked as
-    C{[daemon] admin} is, with the rest of the config's C{[daemon]} table (a
-    TCP address other hosts reach needs C{admin_token_file}); L{None}, with
-    the problems printed, when it is refused.
-    """
-    try:
-        admin = AdminAddress.fromConfig(text)
-    except InvalidValue as e:
-        problems = [str(e)]
-    else:
-        overrides: dict[str, Any] = {"admin": admin}
-        daemon = withDaemonOverrides(config, overrides).daemon
-        problems = [problem for key, problem in daemon.crossCheck() if key == "admin"]
-        if not problems:
-            return overrides
-    for problem in problems:
-        print(f"netd run --admin: {problem}", file=sys.stderr)
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:

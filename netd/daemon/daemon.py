@@ -18,8 +18,8 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from netd.config.options import ConfigError, Problem
-from netd.config.spec import DEFAULT_CONFIG_NAME, DaemonSpec, NetdConfig, ServiceSpec, loadConfig
+from netd.config.options import ConfigError, InvalidValue, Problem
+from netd.config.spec import DEFAULT_CONFIG_NAME, AdminAddress, DaemonSpec, NetdConfig, ServiceSpec, loadConfig
 from netd.daemon.runtime import RUNTIME_SOURCE, NoSuchService, ServiceExists, decodeServiceTable
 from netd.daemon.service import NetService, ReloadInProgress, ServiceStartError
 from netd.daemon.systemd import Notifier
@@ -63,6 +63,23 @@ def withDaemonOverrides(config: NetdConfig, overrides: Mapping[str, Any]) -> Net
     them as changes.
     """
     return attrs.evolve(config, daemon=attrs.evolve(config.daemon, **overrides)) if overrides else config
+
+
+def adminOverride(config: NetdConfig, text: str) -> dict[str, Any]:
+    """
+    The C{[daemon]} override of C{--admin} (C{netd run}, C{twistd netd}):
+    the address checked as C{[daemon] admin} is, with the rest of the
+    config's C{[daemon]} table (a TCP address other hosts reach needs
+    C{admin_token_file}).
+
+    @raise InvalidValue: it is refused; one line per problem.
+    """
+    overrides: dict[str, Any] = {"admin": AdminAddress.fromConfig(text)}
+    daemon = withDaemonOverrides(config, overrides).daemon
+    problems = [problem for key, problem in daemon.crossCheck() if key == "admin"]
+    if problems:
+        raise InvalidValue("\n".join(problems))
+    return overrides
 
 
 class ReloadParticipant(Protocol):

@@ -29,7 +29,7 @@ class Options(usage.Options):
     The options of C{twistd netd}: those of C{netd run}.
     """
 
-    synopsis = "[-c FILE] [--ports-file FILE]"
+    synopsis = "[-c FILE] [--ports-file FILE] [--admin LISTEN]"
     longdesc = (
         "Run the services of a netd config (the embedded default without -c) under twistd. "
         "SIGTERM and SIGINT stop accepting and drain open connections for up to [daemon] shutdown_timeout seconds; "
@@ -44,6 +44,13 @@ class Options(usage.Options):
             None,
             "once every service listens, write the bound addresses to FILE as JSON (as netd run --ports-file)",
         ],
+        [
+            "admin",
+            None,
+            None,
+            "where the control API listens, in place of the config's [daemon] admin (reloads keep it), "
+            "as netd run --admin",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -52,15 +59,21 @@ class Options(usage.Options):
         usage error, with every problem, before twistd starts anything.
         """
         completeListenNames()
-        from netd.config.options import ConfigError
+        from netd.config.options import ConfigError, InvalidValue
         from netd.config.spec import loadConfig
+        from netd.daemon.daemon import adminOverride, withDaemonOverrides
         from netd.registry import discoverPlugins
         from netd.words import counted
 
         try:
-            self["netdConfig"] = loadConfig(self["config"], discoverPlugins())
+            config = loadConfig(self["config"], discoverPlugins())
         except ConfigError as e:
             raise usage.UsageError(f"{e}\n{counted(len(e.problems), 'problem')} found; nothing was started.") from None
+        try:
+            self["daemonOverrides"] = {} if self["admin"] is None else adminOverride(config, self["admin"])
+        except InvalidValue as e:
+            raise usage.UsageError("\n".join(f"twistd netd --admin: {p}" for p in str(e).splitlines())) from None
+        self["netdConfig"] = withDaemonOverrides(config, self["daemonOverrides"])
 
 
 def makeService(options: Options) -> IService:
@@ -81,7 +94,12 @@ def makeService(options: Options) -> IService:
         "netd {version} starting with {source}", version=__version__, source=config.source
     )
     application = NetdApplication(
-        config, reactor, Notifier.fromEnvironment(), portsFile=options["ports-file"], reloadOnHangup=True
+        config,
+        reactor,
+        Notifier.fromEnvironment(),
+        portsFile=options["ports-file"],
+        reloadOnHangup=True,
+        daemonOverrides=options["daemonOverrides"],
     )
     application.logObserver = _logObserver(config, getattr(options, "parent", None))
     return application

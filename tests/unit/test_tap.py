@@ -90,6 +90,39 @@ def test_badConfigIsAUsageError(tmp_path: Path) -> None:
     assert "1 problem found; nothing was started." in str(info.value)
 
 
+def test_adminReplacesTheConfigsAndReloadsKeepIt(tmp_path: Path) -> None:
+    """
+    --admin is netd run's: the control API's address in place of the config's [daemon] admin, kept by reloads.
+    """
+    config = tmp_path / "netd.toml"
+    config.write_text(GOOD)
+    options = Options()
+    options.parseOptions(["-c", str(config), "--admin", "unix:" + str(tmp_path / "admin.sock")])
+    assert options["netdConfig"].daemon.admin.address.text == "unix:" + str(tmp_path / "admin.sock")
+    service = makeService(options)
+    assert isinstance(service, NetdApplication)
+    assert service.daemonOverrides == {"admin": options["netdConfig"].daemon.admin}
+
+
+@pytest.mark.parametrize(
+    ("admin", "problem"),
+    [
+        ("udp:8061", "twistd netd --admin: 'udp:8061': the control API is HTTP, which needs a stream address"),
+        ("tcp:8061", "twistd netd --admin: 'tcp:8061' can be reached from other hosts, so the control API needs"),
+    ],
+)
+def test_badAdminIsAUsageError(tmp_path: Path, admin: str, problem: str) -> None:
+    """
+    An --admin that netd run would refuse (a datagram address; TCP reachable by other hosts without a token file) is
+    a usage error saying why.
+    """
+    config = tmp_path / "netd.toml"
+    config.write_text(GOOD)
+    with pytest.raises(usage.UsageError) as info:
+        Options().parseOptions(["-c", str(config), "--admin", admin])
+    assert problem in str(info.value)
+
+
 def application(reactor: Any, tmp_path: Path) -> tuple[NetdApplication, RecordingNotifier]:
     """
     The twistd service of an echo config on C{reactor}, with a recording notifier.
