@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
+import attrs
 import tomli_w
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
@@ -31,6 +33,7 @@ from netd.daemon.systemd import Notifier
 from netd.logs import startLogging
 from netd.registry import PluginRegistry, discoverPlugins
 from netd.tls.devcerts import DevelopmentSet, defaultStateDir, ensureDevelopmentSet, writeBadCertificates
+from netd.tls.options import ClientTLSOptions
 from netd.words import counted
 
 log = Logger(namespace="netd.daemon.cli")
@@ -223,7 +226,7 @@ def startProblems(config: NetdConfig) -> list[Problem]:
     found without changing anything, as this user (so run check as the user that
     runs netd): the C{[daemon] user} switch and the state directory
     (L{PrivilegeDrop.check}), the control API's token (L{_adminProblems}), the
-    TLS files (L{_tlsProblems}), and the folders of C{unix:} sockets.  Binding
+    TLS files (L{_tlsProblems}, L{_clientTLSProblems}), and the folders of C{unix:} sockets.  Binding
     is left to C{run}.
 
     @return: the problems, each at its key path.
@@ -243,6 +246,7 @@ def startProblems(config: NetdConfig) -> list[Problem]:
         if spec.enabled:
             sockets.extend((("services", i, "listen", j), address.text) for j, address in enumerate(spec.listen))
     problems.extend(_tlsProblems(config, stateDir))
+    problems.extend(_clientTLSProblems(config))
     for key, text in sockets:
         path = unixSocketPath(text)
         why = None if path is None else _cannotWrite(os.path.dirname(os.path.abspath(path)), make=False)
@@ -330,6 +334,51 @@ def _tlsProblems(config: NetdConfig, stateDir: str) -> list[Problem]:
                 )
             )
     return problems
+
+
+CHECKED_SERVER_NAME = "localhost"
+"""
+The server name a client TLS table is checked with when it names none: it
+plays no part in reading the files, and the config's own check already
+refuses a table whose upstream names no host to verify.
+"""
+
+
+def _clientTLSProblems(config: NetdConfig) -> list[Problem]:
+    """
+    What making the client TLS tables of the enabled services' plugins (the
+    proxy's C{upstream_tls}) would refuse at start: their files, opened
+    and checked by the same L{netd.tls.client.clientCreatorFor}.
+    """
+    from netd.tls.client import clientCreatorFor
+    from netd.tls.keys import TLSSetupError
+
+    problems = []
+    for i, spec in enumerate(config.services):
+        if not spec.enabled:
+            continue
+        for key, table in _clientTLSTables(spec.options, ()):
+            try:
+                clientCreatorFor(table, CHECKED_SERVER_NAME, key)
+            except TLSSetupError as e:
+                problems.append(Problem(("services", i) + e.key, str(e)))
+    return problems
+
+
+def _clientTLSTables(value: object, key: KeyPath) -> Iterator[tuple[KeyPath, ClientTLSOptions]]:
+    """
+    Every L{ClientTLSOptions} table in a plugin's decoded options, with its
+    key path within the service: at any depth of tables and arrays.
+    """
+    kind = type(value)
+    if isinstance(value, ClientTLSOptions):
+        yield key, value
+    elif attrs.has(kind):
+        for field in attrs.fields(kind):
+            yield from _clientTLSTables(getattr(value, field.name), (*key, field.name))
+    elif isinstance(value, list | tuple):
+        for j, item in enumerate(value):
+            yield from _clientTLSTables(item, (*key, j))
 
 
 def _cannotWrite(folder: str, make: bool = True) -> str | None:

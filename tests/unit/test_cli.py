@@ -350,6 +350,34 @@ def test_checkOpensTLSFiles(tmp_path: Path) -> None:
     assert "does not match the certificate" in mismatched.stderr
 
 
+def test_checkOpensClientTLSFiles(tmp_path: Path) -> None:
+    """
+    netd check opens the files of a plugin's client TLS table (the proxy's upstream_tls) as netd run would: a CA
+    bundle with no certificate and a client key of another certificate fail at their own key paths.
+    """
+    files, _ = ensureDevelopmentSet(str(tmp_path / "certs"))
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+
+    def checked(table: str) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / "proxy.toml"
+        path.write_text(
+            '[daemon]\nadmin = false\n\n[[services]]\nname = "p"\nplugin = "proxy"\n'
+            f'listen = ["tcp:0"]\nupstream = "tcp:127.0.0.1:6379"\nupstream_tls = {table}\n'
+        )
+        return runNetd("check", "-c", str(path))
+
+    good = checked(f'{{ ca_bundle = "{files.ca}", certificate = "{files.client}", private_key = "{files.clientKey}" }}')
+    assert good.returncode == 0, good.stderr
+    noCA = checked(f'{{ ca_bundle = "{garbage}", server_name = "redis.example" }}')
+    assert noCA.returncode == 1
+    assert f"{tmp_path / 'proxy.toml'}: services[0].upstream_tls.ca_bundle: " in noCA.stderr
+    assert "holds no PEM certificate" in noCA.stderr
+    otherKey = checked(f'{{ certificate = "{files.client}", private_key = "{files.serverKey}" }}')
+    assert otherKey.returncode == 1
+    assert f"{tmp_path / 'proxy.toml'}: services[0].upstream_tls.private_key: " in otherKey.stderr
+
+
 def test_checkWarnsOfExpiredCertificate(tmp_path: Path) -> None:
     """
     netd check accepts an expired certificate (netd serves the bad ones on purpose) but says it has expired.
