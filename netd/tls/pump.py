@@ -13,7 +13,7 @@ L{RecordPump} moves records between the memory BIOs and OpenSSL with
 OpenSSL's own calls, at less than half the cost of Twisted's path (see the
 design note in docs/tls.md).  Whether it may is decided once, by
 L{RECORD_PUMP}: a canary (L{netd.canary.Canary}) that checks every private name above exists and
-runs a real in-memory handshake and a record each way through the pump.  If
+runs a real in-memory handshake and records each way through the pump.  If
 it fails, netd logs one warning and serves TLS on the public path
 (L{netd.tls.transport.TLSTransport}), which uses none of them.
 L{setGroupList} is a private use of its own, on both paths, for which
@@ -69,7 +69,26 @@ What every connection decrypts into and takes its sent records from: shared,
 since their bytes are copied out before anything else runs (one thread).
 """
 
-_LIB_NAMES = ("BIO_write", "BIO_read", "BIO_get_mem_data", "SSL_write", "SSL_read", "SSL_pending", "SSL_session_reused")
+_KEEP = 4096
+"""
+The most bytes a memory BIO may have held at once and still be kept when
+drained: one that held more is replaced by a new one, since a memory BIO
+keeps the buffer of the most it ever held, a third more than that, for as
+long as the connection lives.
+"""
+
+_LIB_NAMES = (
+    "BIO_write",
+    "BIO_read",
+    "BIO_get_mem_data",
+    "BIO_new",
+    "BIO_s_mem",
+    "SSL_set_bio",
+    "SSL_write",
+    "SSL_read",
+    "SSL_pending",
+    "SSL_session_reused",
+)
 _CONNECTION_METHODS = ("_raise_ssl_error", "_handle_bio_errors")
 _CONNECTION_FIELDS = ("_ssl", "_into_ssl", "_from_ssl")
 _PROTOCOL_NAMES = (
@@ -131,6 +150,13 @@ class RecordPump(TLSTransport):
     per record), records are read and written with C{SSL_read} and
     C{SSL_write} without pyOpenSSL's wrappers (its error handling only when a
     call fails), and what a write made is sent at once, in one write.
+
+    A memory BIO never shrinks: it keeps a buffer of a third more than the
+    most it ever held (the server's handshake flight, or 64 KiB read at
+    once).  So each step of a handshake, and each read or send past
+    L{_KEEP} bytes after it, ends with the BIOs it drained replaced by new,
+    empty ones (L{_releaseBIOs}): an idle connection holds only what OpenSSL
+    needs.
     """
 
     def makeConnection(self, transport: Any) -> None:
@@ -176,8 +202,11 @@ class RecordPump(TLSTransport):
                 if self._appSendBuffer:
                     self._unbufferPendingWrites()
                 self._flushReceiveBIO()
+                if len(data) > _KEEP:
+                    _releaseBIOs(self, True, False)
             else:
                 TLSMemoryBIOProtocol.dataReceived(self, data)
+                _releaseBIOs(self, True, True)
         finally:
             self._receiving = False
         if self._held:
@@ -235,9 +264,11 @@ class RecordPump(TLSTransport):
         assert transport is not None
         if pending > len(_SENT):
             transport.write(connection.bio_read(pending))
-            return
-        read = _openssl.BIO_read(connection._from_ssl, _SENT, pending)
-        transport.write(_ffi.buffer(_SENT, read)[:])
+        else:
+            read = _openssl.BIO_read(connection._from_ssl, _SENT, pending)
+            transport.write(_ffi.buffer(_SENT, read)[:])
+        if pending > _KEEP and self._handshakeDone:
+            _releaseBIOs(self, False, True)
 
     def _flushReceiveBIO(self) -> None:
         """
@@ -270,6 +301,31 @@ class RecordPump(TLSTransport):
             else:
                 break
         self._flushSendBIO()
+
+
+def _releaseBIOs(protocol: RecordPump, received: bool, sent: bool) -> None:
+    """
+    Replace a pump's memory BIO of what arrives (C{received}) and of what is
+    sent (C{sent}) by new ones, each only if it holds nothing: OpenSSL's
+    C{SSL_set_bio} frees the old ones, their buffers with them (it keeps
+    its buffering BIO, during a handshake, in front of the new one).
+    Nothing is replaced once the connection is lost (pyOpenSSL then marks
+    the end of the received bytes on its BIO), nor a BIO when a new one
+    cannot be made.
+    """
+    if protocol._lostTLSConnection:
+        return
+    connection = protocol._tlsConnection
+    into, out = connection._into_ssl, connection._from_ssl
+    if received and _openssl.BIO_get_mem_data(into, _ffi.NULL) <= 0:
+        fresh = _openssl.BIO_new(_openssl.BIO_s_mem())
+        into = into if fresh == _ffi.NULL else fresh
+    if sent and _openssl.BIO_get_mem_data(out, _ffi.NULL) <= 0:
+        fresh = _openssl.BIO_new(_openssl.BIO_s_mem())
+        out = out if fresh == _ffi.NULL else fresh
+    # Only a BIO that changed is taken over by OpenSSL, its old one freed.
+    _openssl.SSL_set_bio(connection._ssl, into, out)
+    connection._into_ssl, connection._from_ssl = into, out
 
 
 # The canary.
@@ -365,7 +421,8 @@ def _runCanary() -> str | None:
     fields = [name for name in _CONNECTION_FIELDS if not hasattr(server._tlsConnection, name)]
     if fields:
         return "missing " + ", ".join(f"OpenSSL.SSL.Connection().{name}" for name in fields)
-    message = b"netd canary"
+    # Past _KEEP bytes: the BIOs are replaced after the echo's read and send too.
+    message = b"netd canary " * (_KEEP // 8)
     for _ in range(8):
         if client._handshakeDone and not received.received:
             client.write(message)
@@ -381,7 +438,7 @@ def _runCanary() -> str | None:
     if not server._handshakeDone:
         return "the handshake did not finish"
     if received.received != message:
-        return f"a record sent {message!r} came back as {received.received!r}"
+        return f"an echo of {len(message)} bytes came back wrong: {len(received.received)} bytes"
     if server.sessionReused() is not False:
         return "a new session not reported as new"
     return None

@@ -3,9 +3,10 @@ What keeps an idle or stalled TLS connection small (docs/performance.md,
 "Memory per TLS connection"): every server context netd makes releases
 OpenSSL's record buffers while a connection is idle, and on the record pump
 a connection that has sent nothing holds no OpenSSL connection at all (about
-16 KiB, and 30 KiB more once a handshake has begun).  On both record paths,
-the handshake a silent connection then makes, and the framing's wait for it,
-are unchanged.
+16 KiB, and 30 KiB more once a handshake has begun), and the memory BIOs
+that held a handshake's messages or a large read or send are replaced by new
+ones once drained.  On both record paths, the handshake a silent connection
+then makes, and the framing's wait for it, are unchanged.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 from OpenSSL import SSL
 from twisted.logger import Logger
 
-from netd.testing.memory import MemoryStreamConnection, connect
+from netd.testing.memory import MemoryStreamConnection, TestClientTLS, TLSTestConnection, connect
+from netd.tls import pump
 from netd.tls.contexts import ServerTLS
 from netd.tls.options import SNICertificate
 from netd.tls.protocol import TLSServerProtocol
@@ -124,3 +126,42 @@ def test_silentConnectionClosesCleanly(certs: Certs) -> None:
     assert connection is not None
     connection.peerClosed()
     assert tlsCounters(stack.counters) == {"tls_handshakes_failed_aborted": 1}
+
+
+def memoryBIOs(connection: TLSTestConnection) -> tuple[Any, Any]:
+    """
+    The memory BIOs under a test connection's server side: what arrives, what is sent.
+    """
+    protocol: Any = connection.server
+    while not isinstance(protocol, TLSServerProtocol):
+        protocol = protocol.wrappedProtocol
+    handle = protocol.getHandle()
+    return handle._into_ssl, handle._from_ssl
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_drainedBIOsReplaced(certs: Certs, bothRecordPaths: str, version: str) -> None:
+    """
+    On the record pump, the memory BIOs that held the handshake, and each
+    that held more than 4 KiB at once after it, are new ones once drained (a
+    memory BIO keeps a buffer for the most it ever held); small records keep
+    them.  Echoes of every size come back whole on both paths, before and
+    after, and the public path keeps its BIOs.
+    """
+    stack = echoStack(tlsOptions(certs))
+    connection = stack.connect(TestClientTLS(maxVersion=version))
+    assert connection.handshakeDone
+    first = memoryBIOs(connection)
+    for size in (1, 100, 4000, 65536, 5000, 1, 200_000, 10):
+        message = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        before = memoryBIOs(connection)
+        connection.send(message)
+        assert connection.takeReceived() == message
+        after = memoryBIOs(connection)
+        if bothRecordPaths == "twisted":
+            assert after == first
+        else:
+            replaced = size > pump._KEEP  # a record adds under 100 bytes
+            assert (after[0] != before[0], after[1] != before[1]) == (replaced, replaced), size
+    if bothRecordPaths == "pump":
+        assert connection.lost is None
