@@ -31,8 +31,8 @@ import os
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IDelayedCall, IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.protocols.policies import ProtocolWrapper
@@ -71,10 +71,17 @@ since their bytes are copied out before anything else runs (one thread).
 
 _KEEP = 4096
 """
-The most bytes a memory BIO may have held at once and still be kept when
-drained: one that held more is replaced by a new one, since a memory BIO
-keeps the buffer of the most it ever held, a third more than that, for as
-long as the connection lives.
+The most bytes a memory BIO may have held at once without being replaced by
+a new one soon after: a memory BIO keeps a buffer of a third more than the
+most it ever held, for as long as the connection lives.
+"""
+
+_RELEASE_AFTER = 1.0
+"""
+Seconds after a read or send past L{_KEEP} bytes when the memory BIOs are
+replaced (if drained): at most once per period however much flows, since a
+replaced BIO grows again, clearing what it frees, at about half an
+instruction per byte.
 """
 
 _LIB_NAMES = (
@@ -153,10 +160,10 @@ class RecordPump(TLSTransport):
 
     A memory BIO never shrinks: it keeps a buffer of a third more than the
     most it ever held (the server's handshake flight, or 64 KiB read at
-    once).  So each step of a handshake, and each read or send past
-    L{_KEEP} bytes after it, ends with the BIOs it drained replaced by new,
-    empty ones (L{_releaseBIOs}): an idle connection holds only what OpenSSL
-    needs.
+    once).  So each step of a handshake ends with the BIOs it drained
+    replaced by new, empty ones, and a read or send past L{_KEEP} bytes after
+    it has them replaced L{_RELEASE_AFTER} seconds later (L{_releaseBIOs}):
+    an idle connection holds only what OpenSSL needs.
     """
 
     def makeConnection(self, transport: Any) -> None:
@@ -173,6 +180,7 @@ class RecordPump(TLSTransport):
         neither (L{__getattr__} makes the connection on first use).
         """
         self._appSendBuffer = []
+        self._releaseCall: IDelayedCall | None = None
         ProtocolWrapper.makeConnection(self, transport)
 
     def __getattr__(self, name: str) -> Any:
@@ -202,8 +210,8 @@ class RecordPump(TLSTransport):
                 if self._appSendBuffer:
                     self._unbufferPendingWrites()
                 self._flushReceiveBIO()
-                if len(data) > _KEEP:
-                    _releaseBIOs(self, True, False)
+                if len(data) > _KEEP and self._releaseCall is None:
+                    self._releaseCall = self.factory.clock.callLater(_RELEASE_AFTER, _releaseLater, self)
             else:
                 TLSMemoryBIOProtocol.dataReceived(self, data)
                 _releaseBIOs(self, True, True)
@@ -218,6 +226,15 @@ class RecordPump(TLSTransport):
         C{SSL_session_reused}, for which pyOpenSSL has no public call.
         """
         return bool(_openssl.SSL_session_reused(self._tlsConnection._ssl))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Forget the replacement of the BIOs still to come, then lose the connection.
+        """
+        if self._releaseCall is not None:
+            self._releaseCall.cancel()
+            self._releaseCall = None
+        super().connectionLost(reason)
 
     def _write(self, data: bytes) -> None:
         """
@@ -267,8 +284,8 @@ class RecordPump(TLSTransport):
         else:
             read = _openssl.BIO_read(connection._from_ssl, _SENT, pending)
             transport.write(_ffi.buffer(_SENT, read)[:])
-        if pending > _KEEP and self._handshakeDone:
-            _releaseBIOs(self, False, True)
+        if pending > _KEEP and self._handshakeDone and self._releaseCall is None:
+            self._releaseCall = self.factory.clock.callLater(_RELEASE_AFTER, _releaseLater, self)
 
     def _flushReceiveBIO(self) -> None:
         """
@@ -326,6 +343,15 @@ def _releaseBIOs(protocol: RecordPump, received: bool, sent: bool) -> None:
     # Only a BIO that changed is taken over by OpenSSL, its old one freed.
     _openssl.SSL_set_bio(connection._ssl, into, out)
     connection._into_ssl, connection._from_ssl = into, out
+
+
+def _releaseLater(protocol: RecordPump) -> None:
+    """
+    L{_RELEASE_AFTER} seconds after a read or send past L{_KEEP} bytes:
+    replace a pump's drained memory BIOs.
+    """
+    protocol._releaseCall = None
+    _releaseBIOs(protocol, True, True)
 
 
 # The canary.
@@ -421,24 +447,38 @@ def _runCanary() -> str | None:
     fields = [name for name in _CONNECTION_FIELDS if not hasattr(server._tlsConnection, name)]
     if fields:
         return "missing " + ", ".join(f"OpenSSL.SSL.Connection().{name}" for name in fields)
-    # Past _KEEP bytes: the BIOs are replaced after the echo's read and send too.
+
+    def exchange(message: bytes) -> None:
+        """
+        Move bytes both ways until the client has its echo of C{message}, sent once its handshake is done.
+        """
+        received.received = b""
+        sent = False
+        for _ in range(8):
+            if client._handshakeDone and not sent:
+                client.write(message)
+                sent = True
+            toServer, toClient = clientTransport.value(), serverTransport.value()
+            clientTransport.clear()
+            serverTransport.clear()
+            if toServer:
+                server.dataReceived(toServer)
+            if toClient:
+                client.dataReceived(toClient)
+            if received.received:
+                return
+
+    # Past _KEEP bytes, so that the BIOs the echo filled are replaced before the second one.
     message = b"netd canary " * (_KEEP // 8)
-    for _ in range(8):
-        if client._handshakeDone and not received.received:
-            client.write(message)
-        toServer, toClient = clientTransport.value(), serverTransport.value()
-        clientTransport.clear()
-        serverTransport.clear()
-        if toServer:
-            server.dataReceived(toServer)
-        if toClient:
-            client.dataReceived(toClient)
-        if received.received:
-            break
+    exchange(message)
     if not server._handshakeDone:
         return "the handshake did not finish"
     if received.received != message:
         return f"an echo of {len(message)} bytes came back wrong: {len(received.received)} bytes"
+    clock.advance(_RELEASE_AFTER)
+    exchange(message)
+    if received.received != message:
+        return f"after its BIOs were replaced, an echo came back wrong: {len(received.received)} bytes"
     if server.sessionReused() is not False:
         return "a new session not reported as new"
     return None
