@@ -57,9 +57,10 @@ than C{session_ticket_rotation} either.
 @functools.cache
 def groupList() -> str | None:
     """
-    The key-exchange groups every context offers: L{HYBRID_GROUP} then
-    L{GROUPS} when this OpenSSL knows the hybrid, else L{GROUPS}; L{None}
-    when the groups cannot be set (OpenSSL's defaults stay).
+    The key-exchange groups every context offers unless C{tls.groups} says
+    otherwise: L{HYBRID_GROUP} then L{GROUPS} when this OpenSSL knows the
+    hybrid, else L{GROUPS}; L{None} when the groups cannot be set (OpenSSL's
+    defaults stay).
     """
     probe = SSL.Context(SSL.TLS_SERVER_METHOD)
     for groups in (f"{HYBRID_GROUP}:{GROUPS}", GROUPS):
@@ -68,13 +69,31 @@ def groupList() -> str | None:
     return None
 
 
-def setGroups(context: SSL.Context) -> None:
+def setGroups(context: SSL.Context, groups: tuple[str, ...] | None) -> None:
     """
-    Offer the groups of L{groupList} on a context, when they can be set.
+    Offer C{groups} on a context, or when L{None} those of L{groupList}
+    (when they can be set).
+
+    @raise TLSSetupError: OpenSSL does not know one of C{groups}, or this
+        pyOpenSSL cannot set any.
     """
-    groups = groupList()
-    if groups is not None:
-        setGroupList(context, groups)
+    if groups is None:
+        default = groupList()
+        if default is not None:
+            setGroupList(context, default)
+        return
+    if groupList() is None:
+        raise TLSSetupError(
+            "tls.groups: this pyOpenSSL cannot set key-exchange groups; remove groups", ("tls", "groups")
+        )
+    unknown = [name for name in groups if not setGroupList(context, name)]
+    if unknown or not setGroupList(context, ":".join(groups)):
+        raise TLSSetupError(
+            f"tls.groups: OpenSSL {SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode('ascii', 'replace')} does not know "
+            + ", ".join(repr(name) for name in unknown or groups)
+            + f"; netd's default here is {groupList()}",
+            ("tls", "groups"),
+        )
 
 
 class ServerConnection(SSL.Connection):
@@ -128,8 +147,9 @@ class ServerTLS:
         @param stateDir: where C{certificate = "auto"} keeps its files (its
             C{tls/} folder); L{netd.tls.devcerts.defaultStateDir} when unset.
         @param now: the time certificates' validity is checked against.
-        @raise TLSSetupError: a file is missing, unreadable or malformed, or a
-            key does not match its certificate.  An expired or not yet valid
+        @raise TLSSetupError: a file is missing, unreadable or malformed, a
+            key does not match its certificate, or OpenSSL does not know a
+            group of C{groups}.  An expired or not yet valid
             certificate is only warned about: the deliberately bad ones must
             be servable.
         """
@@ -324,7 +344,7 @@ class ServerTLS:
                 ciphers += ":@SECLEVEL=0"
             context.set_cipher_list(ciphers.encode("ascii"))
         context.set_tls13_ciphersuites(TLS13_CIPHERSUITES.encode("ascii"))
-        setGroups(context)
+        setGroups(context, options.groups)
         context.use_certificate(pair.certificate)
         for extra in pair.chain[1:]:
             context.add_extra_chain_cert(extra)

@@ -158,6 +158,27 @@ def _validCiphers(value: str) -> str | None:
     return None
 
 
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _validGroups(value: tuple[str, ...] | None) -> str | None:
+    """
+    A check that key-exchange group names are written as OpenSSL's are,
+    each once; whether OpenSSL knows them is checked when the service's
+    contexts are made (L{netd.tls.contexts.ServerTLS}).
+    """
+    if value is None:
+        return None
+    if not value:
+        return "names no group; leave groups unset for netd's"
+    for i, name in enumerate(value):
+        if not _GROUP_NAME.fullmatch(name):
+            return f'[{i}] {name!r} is not a group name (as OpenSSL writes them: "X25519", "P-256", ...)'
+        if name.lower() in (earlier.lower() for earlier in value[:i]):
+            return f"[{i}] {name!r} is named twice"
+    return None
+
+
 def _validProtocols(value: tuple[str, ...]) -> str | None:
     """
     A check that ALPN protocol names are 1 to 255 printable ASCII bytes.
@@ -277,6 +298,12 @@ class TLSOptions:
         None,
         help="OpenSSL cipher string for TLS 1.2 and older, replacing the profile's list (TLS 1.3 suites stay the profile's).",
         checks=(_validCiphers,),
+    )
+    groups: tuple[str, ...] | None = option(
+        None,
+        help='Key-exchange groups accepted, preferred first, as OpenSSL names them ("X25519MLKEM768", "X25519", '
+        '"P-256", "P-384", ...); unset: X25519MLKEM768 (when OpenSSL knows it), X25519, P-256, P-384.',
+        checks=(_validGroups,),
     )
     alpn: tuple[str, ...] = option(
         (),

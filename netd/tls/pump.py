@@ -13,7 +13,7 @@ L{RecordPump} moves records between the memory BIOs and OpenSSL with
 OpenSSL's own calls, at less than half the cost of Twisted's path (see the
 design note in docs/tls.md).  Whether it may is decided once, by
 L{RECORD_PUMP}: a canary (L{netd.canary.Canary}) that checks every private name above exists and
-runs a real in-memory handshake and a record each way through the pump.  If
+runs a real in-memory handshake and records each way through the pump.  If
 it fails, netd logs one warning and serves TLS on the public path
 (L{netd.tls.transport.TLSTransport}), which uses none of them.
 L{setGroupList} is a private use of its own, on both paths, for which
@@ -31,8 +31,8 @@ import os
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IDelayedCall, IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.protocols.policies import ProtocolWrapper
@@ -69,7 +69,33 @@ What every connection decrypts into and takes its sent records from: shared,
 since their bytes are copied out before anything else runs (one thread).
 """
 
-_LIB_NAMES = ("BIO_write", "BIO_read", "BIO_get_mem_data", "SSL_write", "SSL_read", "SSL_pending", "SSL_session_reused")
+_KEEP = 4096
+"""
+The most bytes a memory BIO may have held at once without being replaced by
+a new one soon after: a memory BIO keeps a buffer of a third more than the
+most it ever held, for as long as the connection lives.
+"""
+
+_RELEASE_AFTER = 1.0
+"""
+Seconds after a read or send past L{_KEEP} bytes when the memory BIOs are
+replaced (if drained): at most once per period however much flows, since a
+replaced BIO grows again, clearing what it frees, at about half an
+instruction per byte.
+"""
+
+_LIB_NAMES = (
+    "BIO_write",
+    "BIO_read",
+    "BIO_get_mem_data",
+    "BIO_new",
+    "BIO_s_mem",
+    "SSL_set_bio",
+    "SSL_write",
+    "SSL_read",
+    "SSL_pending",
+    "SSL_session_reused",
+)
 _CONNECTION_METHODS = ("_raise_ssl_error", "_handle_bio_errors")
 _CONNECTION_FIELDS = ("_ssl", "_into_ssl", "_from_ssl")
 _PROTOCOL_NAMES = (
@@ -131,6 +157,13 @@ class RecordPump(TLSTransport):
     per record), records are read and written with C{SSL_read} and
     C{SSL_write} without pyOpenSSL's wrappers (its error handling only when a
     call fails), and what a write made is sent at once, in one write.
+
+    A memory BIO never shrinks: it keeps a buffer of a third more than the
+    most it ever held (the server's handshake flight, or 64 KiB read at
+    once).  So each step of a handshake ends with the BIOs it drained
+    replaced by new, empty ones, and a read or send past L{_KEEP} bytes after
+    it has them replaced L{_RELEASE_AFTER} seconds later (L{_releaseBIOs}):
+    an idle connection holds only what OpenSSL needs.
     """
 
     def makeConnection(self, transport: Any) -> None:
@@ -147,6 +180,7 @@ class RecordPump(TLSTransport):
         neither (L{__getattr__} makes the connection on first use).
         """
         self._appSendBuffer = []
+        self._releaseCall: IDelayedCall | None = None
         ProtocolWrapper.makeConnection(self, transport)
 
     def __getattr__(self, name: str) -> Any:
@@ -176,8 +210,11 @@ class RecordPump(TLSTransport):
                 if self._appSendBuffer:
                     self._unbufferPendingWrites()
                 self._flushReceiveBIO()
+                if len(data) > _KEEP and self._releaseCall is None:
+                    self._releaseCall = self.factory.clock.callLater(_RELEASE_AFTER, _releaseLater, self)
             else:
                 TLSMemoryBIOProtocol.dataReceived(self, data)
+                _releaseBIOs(self, True, True)
         finally:
             self._receiving = False
         if self._held:
@@ -189,6 +226,15 @@ class RecordPump(TLSTransport):
         C{SSL_session_reused}, for which pyOpenSSL has no public call.
         """
         return bool(_openssl.SSL_session_reused(self._tlsConnection._ssl))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Forget the replacement of the BIOs still to come, then lose the connection.
+        """
+        if self._releaseCall is not None:
+            self._releaseCall.cancel()
+            self._releaseCall = None
+        super().connectionLost(reason)
 
     def _write(self, data: bytes) -> None:
         """
@@ -235,9 +281,11 @@ class RecordPump(TLSTransport):
         assert transport is not None
         if pending > len(_SENT):
             transport.write(connection.bio_read(pending))
-            return
-        read = _openssl.BIO_read(connection._from_ssl, _SENT, pending)
-        transport.write(_ffi.buffer(_SENT, read)[:])
+        else:
+            read = _openssl.BIO_read(connection._from_ssl, _SENT, pending)
+            transport.write(_ffi.buffer(_SENT, read)[:])
+        if pending > _KEEP and self._handshakeDone and self._releaseCall is None:
+            self._releaseCall = self.factory.clock.callLater(_RELEASE_AFTER, _releaseLater, self)
 
     def _flushReceiveBIO(self) -> None:
         """
@@ -270,6 +318,40 @@ class RecordPump(TLSTransport):
             else:
                 break
         self._flushSendBIO()
+
+
+def _releaseBIOs(protocol: RecordPump, received: bool, sent: bool) -> None:
+    """
+    Replace a pump's memory BIO of what arrives (C{received}) and of what is
+    sent (C{sent}) by new ones, each only if it holds nothing: OpenSSL's
+    C{SSL_set_bio} frees the old ones, their buffers with them (it keeps
+    its buffering BIO, during a handshake, in front of the new one).
+    Nothing is replaced once the connection is lost (pyOpenSSL then marks
+    the end of the received bytes on its BIO), nor a BIO when a new one
+    cannot be made.
+    """
+    if protocol._lostTLSConnection:
+        return
+    connection = protocol._tlsConnection
+    into, out = connection._into_ssl, connection._from_ssl
+    if received and _openssl.BIO_get_mem_data(into, _ffi.NULL) <= 0:
+        fresh = _openssl.BIO_new(_openssl.BIO_s_mem())
+        into = into if fresh == _ffi.NULL else fresh
+    if sent and _openssl.BIO_get_mem_data(out, _ffi.NULL) <= 0:
+        fresh = _openssl.BIO_new(_openssl.BIO_s_mem())
+        out = out if fresh == _ffi.NULL else fresh
+    # Only a BIO that changed is taken over by OpenSSL, its old one freed.
+    _openssl.SSL_set_bio(connection._ssl, into, out)
+    connection._into_ssl, connection._from_ssl = into, out
+
+
+def _releaseLater(protocol: RecordPump) -> None:
+    """
+    L{_RELEASE_AFTER} seconds after a read or send past L{_KEEP} bytes:
+    replace a pump's drained memory BIOs.
+    """
+    protocol._releaseCall = None
+    _releaseBIOs(protocol, True, True)
 
 
 # The canary.
@@ -365,23 +447,38 @@ def _runCanary() -> str | None:
     fields = [name for name in _CONNECTION_FIELDS if not hasattr(server._tlsConnection, name)]
     if fields:
         return "missing " + ", ".join(f"OpenSSL.SSL.Connection().{name}" for name in fields)
-    message = b"netd canary"
-    for _ in range(8):
-        if client._handshakeDone and not received.received:
-            client.write(message)
-        toServer, toClient = clientTransport.value(), serverTransport.value()
-        clientTransport.clear()
-        serverTransport.clear()
-        if toServer:
-            server.dataReceived(toServer)
-        if toClient:
-            client.dataReceived(toClient)
-        if received.received:
-            break
+
+    def exchange(message: bytes) -> None:
+        """
+        Move bytes both ways until the client has its echo of C{message}, sent once its handshake is done.
+        """
+        received.received = b""
+        sent = False
+        for _ in range(8):
+            if client._handshakeDone and not sent:
+                client.write(message)
+                sent = True
+            toServer, toClient = clientTransport.value(), serverTransport.value()
+            clientTransport.clear()
+            serverTransport.clear()
+            if toServer:
+                server.dataReceived(toServer)
+            if toClient:
+                client.dataReceived(toClient)
+            if received.received:
+                return
+
+    # Past _KEEP bytes, so that the BIOs the echo filled are replaced before the second one.
+    message = b"netd canary " * (_KEEP // 8)
+    exchange(message)
     if not server._handshakeDone:
         return "the handshake did not finish"
     if received.received != message:
-        return f"a record sent {message!r} came back as {received.received!r}"
+        return f"an echo of {len(message)} bytes came back wrong: {len(received.received)} bytes"
+    clock.advance(_RELEASE_AFTER)
+    exchange(message)
+    if received.received != message:
+        return f"after its BIOs were replaced, an echo came back wrong: {len(received.received)} bytes"
     if server.sessionReused() is not False:
         return "a new session not reported as new"
     return None

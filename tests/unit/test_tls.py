@@ -515,6 +515,70 @@ def test_groups(certs: Certs, groups: str, accepted: bool, version: str) -> None
         assert tlsCounters(stack.counters) == {"tls_handshakes_failed_no_shared_cipher": 1}
 
 
+@pytest.mark.parametrize(
+    ("groups", "offered", "accepted"),
+    [
+        (("X25519",), "X25519", True),
+        (("X25519",), "X25519MLKEM768:P-256", False),
+        (("P-256", "X25519"), "X25519", True),
+        (("X25519", "P-256"), "P-384:P-256", True),
+        (("X25519", "P-256"), "P-384", False),
+    ],
+)
+def test_groupsChosen(certs: Certs, groups: tuple[str, ...], offered: str, accepted: bool) -> None:
+    """
+    tls.groups replaces the groups accepted (a client offering none of them is refused, counted as no_shared_cipher).
+    """
+    stack = echoStack(tlsOptions(certs, groups=groups))
+    connection = stack.connect(GroupsClient(groups=offered))
+    assert connection.handshakeDone is accepted
+    if not accepted:
+        assert tlsCounters(stack.counters) == {"tls_handshakes_failed_no_shared_cipher": 1}
+
+
+def test_groupsUnknownToOpenSSL(certs: Certs) -> None:
+    """
+    A group this OpenSSL does not know stops the service, naming the key, the group and netd's default.
+    """
+    message = setupError(tlsOptions(certs, groups=("X25519", "Curve9999")))
+    assert message.startswith("tls.groups: OpenSSL ") and "does not know 'Curve9999';" in message
+    assert message.endswith(f"netd's default here is {groupList()}")
+
+
+def test_groupsNeedTheBinding(certs: Certs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Without pyOpenSSL's binding for setting groups, tls.groups stops the service (the default falls back, below).
+    """
+    monkeypatch.setattr(pump, "_SET_GROUPS", None)
+    groupList.cache_clear()
+    try:
+        assert "cannot set key-exchange groups; remove groups" in setupError(tlsOptions(certs, groups=("X25519",)))
+    finally:
+        groupList.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("[]", "names no group; leave groups unset for netd's"),
+        ('["X25519", "x25519"]', "[1] 'x25519' is named twice"),
+        ('["X25519:P-256"]', "[0] 'X25519:P-256' is not a group name"),
+        ('[""]', "[0] '' is not a group name"),
+    ],
+)
+def test_groupsConfigChecked(value: str, problem: str) -> None:
+    """
+    tls.groups must name groups, each once, one per entry: a config error otherwise.
+    """
+    table = tomllib.loads(
+        f'[[services]]\nname = "t"\nplugin = "tls-echo"\nlisten = ["tcp:0"]\ntls = {{ certificate = "auto", groups = {value} }}\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        parseConfig(table, "netd.toml", discoverPlugins())
+    [(where, message)] = [(renderPath(p.path), p.message) for p in info.value.problems]
+    assert where == "services[0].tls.groups" and message.startswith(problem)
+
+
 def test_groupsFallBack(certs: Certs, monkeypatch: pytest.MonkeyPatch) -> None:
     """
     Without pyOpenSSL's binding for setting groups, a context keeps OpenSSL's default groups (still serving) and a warning says so.

@@ -174,7 +174,7 @@ def test_misbehavingReadFallsBack(dev: DevelopmentSet, monkeypatch: pytest.Monke
         factory = factoryFor(dev)
     assert factory.protocol is TLSServerProtocol
     [warning] = pumpWarnings(events)
-    assert "came back as b''" in warning["error"]
+    assert "came back wrong: 0 bytes" in warning["error"]
 
 
 def test_misbehavingWriteFallsBack(dev: DevelopmentSet, monkeypatch: pytest.MonkeyPatch) -> None:
