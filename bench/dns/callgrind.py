@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -145,6 +146,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=("hit", "miss"), default="hit", help="cache hits, or unique names")
     parser.add_argument("--warmup", type=int, help="queries before the counted ones (hit: 3000, miss: 1000)")
     parser.add_argument("--queries", type=int, help="queries counted (hit: 20000, miss: 5000)")
+    parser.add_argument("--keep", type=Path, help="copy the counted dump here, for callgrind_annotate")
     options = parser.parse_args()
     miss = options.mode == "miss"
     warmup = options.warmup if options.warmup is not None else 1000 if miss else 3000
@@ -177,6 +179,8 @@ def main() -> None:
             finally:
                 stopProcess(process)
             total = callgrindTotal(Path(f"{output}.2"))
+            if options.keep is not None:
+                shutil.copyfile(f"{output}.2", options.keep)
         finally:
             upstream.stop()
     what = "cache miss" if miss else "cache hit"

@@ -362,13 +362,17 @@ class DNSProxy(Service):
         self.counters["queries_udp"] += 1
         started = self.reactor.seconds() if self.timed else 0.0
         host, port = peer
-        answer: Answer = self._cacheHit(datagram, host, port, "udp", started)
-        if answer is None:
-            # A query that goes upstream is answered through the send given
-            # here, without a Deferred (and L{None} comes back, as for a drop).
-            answer = self._answerParsed(
-                datagram, host, port, "udp", started, partial(self._sendUDP, sender, datagram, peer)
-            )
+        hit = self._cacheHit(datagram, host, port, "udp", started)
+        if isinstance(hit, bytes):
+            sender.sendDatagram(hit if len(hit) <= MIN_UDP_SIZE else self._fitUDP(datagram, hit), peer)
+            return
+        # A query that goes upstream is answered through the send given
+        # here, without a Deferred (and L{None} comes back, as for a drop).
+        reply = partial(self._sendUDP, sender, datagram, peer)
+        if hit is None:
+            answer = self._answerParsed(datagram, host, port, "udp", started, reply)
+        else:
+            answer = self._cacheMissed(hit, datagram, host, port, "udp", started, reply)
         if isinstance(answer, bytes):
             sender.sendDatagram(answer if len(answer) <= MIN_UDP_SIZE else self._fitUDP(datagram, answer), peer)
         elif answer is not None:
@@ -425,9 +429,11 @@ class DNSProxy(Service):
         @param started: when the query arrived, if queries are L{timed}.
         """
         hit = self._cacheHit(data, host, port, transport, started)
-        if hit is not None:
+        if isinstance(hit, bytes):
             return hit
-        return self._answerParsed(data, host, port, transport, started)
+        if hit is None:
+            return self._answerParsed(data, host, port, transport, started)
+        return self._cacheMissed(hit, data, host, port, transport, started)
 
     def _answerParsed(
         self, data: bytes, host: str, port: int, transport: str, started: float, reply: Reply | None = None
@@ -498,12 +504,16 @@ class DNSProxy(Service):
         self._record(refused, query, host, port, transport, "limit", started, None, None)
         return refused
 
-    def _cacheHit(self, data: bytes, host: str, port: int, transport: str, started: float) -> bytes | None:
+    def _cacheHit(
+        self, data: bytes, host: str, port: int, transport: str, started: float
+    ) -> bytes | CacheKey | None:
         """
         The answer to a plain query (L{quickQuestion}) from the cache, found
         without parsing the query, when nothing before the cache in the query
         path would act on it: the same answer, counters and event as the whole
-        path gives; L{None} (nothing counted) for every other query.
+        path gives.  For such a query not in the cache, the key it was looked
+        up under (for L{_cacheMissed}); L{None} (nothing counted) for every
+        other query.
         """
         quick = quickQuestion(data)
         if quick is None or self.logQueries or self.scripts.scripts or not self.access.allows(host):
@@ -519,7 +529,7 @@ class DNSProxy(Service):
         now = cache.clock.seconds()
         answer = cache.lookupMessage(key, data, nameEnd, edns, now)
         if answer is None:
-            return None
+            return key
         counters = self.counters
         qtype = key[1]
         counters[_QTYPE_COUNTERS.get(qtype, _QTYPE_OTHER)] += 1
@@ -534,6 +544,37 @@ class DNSProxy(Service):
                 now, "query", renderQuery, host, port, question, transport, rcode, "cache", None, None, started, now
             )
         return answer
+
+    def _cacheMissed(
+        self,
+        key: CacheKey,
+        data: bytes,
+        host: str,
+        port: int,
+        transport: str,
+        started: float,
+        reply: Reply | None = None,
+    ) -> bytes | Deferred[bytes] | None:
+        """
+        L{_answerParsed} for a query that L{_cacheHit} looked up under C{key}
+        in vain: everything before the cache was checked there, so the query
+        is parsed (once) and goes to the upstreams.  A query whose parsed
+        question is not the one C{key} was read as (bytes after the
+        question's name, which L{quickQuestion} does not check) takes the
+        whole path instead.
+        """
+        try:
+            query = parseQuery(data)
+        except WireError:
+            query = None
+        if query is None or cacheKey(query) != key:
+            return self._answerParsed(data, host, port, transport, started, reply)
+        counters = self.counters
+        counters[_QTYPE_COUNTERS.get(key[1], _QTYPE_OTHER)] += 1
+        counters["cache_misses"] += 1
+        if self.resolver.isLooped(data, query.question):
+            return self._loopDetected(query, host, port, transport, started)
+        return self._forward(key, data, query, host, port, transport, started, None, reply)
 
     def _lookup(
         self,
@@ -667,15 +708,18 @@ class DNSProxy(Service):
         is one (TTLs clamped, an OPT record exactly when that query sent one).
         New queries start their own flight from now on.
         """
-        key = flight[0]
+        cache = self.cache
         try:
             info = inspectAnswer(answer)
-            self.cache.store(key, answer, info)
+            entry = cache.store(flight[0], answer, info)
         except Exception:
             self._failed(Failure(), flight)
             return
         for deliver, query, host, port, transport, started, applied in self.inflight.pop(flight):
-            reply = self.cache.lookup(key, query) or patchAnswer(answer, info.ttlOffsets, info.ttls, 0, query)
+            if entry is not None:
+                reply = cache.answerFor(entry, query)
+            else:
+                reply = patchAnswer(answer, info.ttlOffsets, info.ttls, 0, query)
             self._release(
                 deliver, host, self._done(reply, query, host, port, transport, "upstream", started, applied, upstream)
             )
