@@ -531,6 +531,30 @@ class _Resolution:
         answer's case, whether the upstream keeps the case.
     """
 
+    __slots__ = (
+        "resolver",
+        "query",
+        "question",
+        "answered",
+        "failed",
+        "context",
+        "deadlineAt",
+        "candidates",
+        "index",
+        "again",
+        "tried",
+        "lastRefusal",
+        "retriedErrors",
+        "state",
+        "started",
+        "attempt",
+        "upstream",
+        "timer",
+        "timedOut",
+        "sentName",
+        "caseCheck",
+    )
+
     def __init__(
         self,
         resolver: UpstreamResolver,
@@ -654,7 +678,11 @@ class _Resolution:
         self.caseCheck = caseCheck
         name = self.sentName = randomCase(self.question.name, resolver.random) if randomize else self.question.name
         self.upstream = upstream
-        self.timer = resolver.deadlines.add(now + resolver.attemptTimeout(self.deadlineAt, now), self._timeout)
+        left = self.deadlineAt - now
+        # (L{UpstreamResolver.attemptTimeout}, inline.)
+        self.timer = resolver.deadlines.add(
+            now + (resolver.timeout if resolver.timeout < left else left if left > 0 else 0.0), self._timeout
+        )
         if upstream.transport == "udp":
             sent = resolver._udp.send(upstream, self.query, self.question, name, randomize, self)
             if isinstance(sent, AttemptError):
@@ -689,8 +717,12 @@ class _Resolution:
         proof the upstream is reachable, and is the outcome unless it is
         SERVFAIL or REFUSED, which moves on to the next upstream.
         """
-        self._attemptOver()
+        # (L{_attemptOver}, inline: one call less per query forwarded.)
+        self.attempt = None
         resolver = self.resolver
+        if self.timer is not None:
+            resolver.deadlines.cancel(self.timer)
+            self.timer = None
         state = self.state
         upstream = self.upstream
         assert state is not None and upstream is not None

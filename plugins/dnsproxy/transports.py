@@ -459,9 +459,18 @@ class _UDPSocket(DatagramProtocol):
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         """
-        Hand the datagram to the pool to match it.
+        Accept an answer only from the address queried, with an ID outstanding
+        on this socket and the question asked; count and drop anything else.
         """
-        self.pool.datagramReceived(self, datagram, addr)
+        if not self.pending.settle(datagram, addr):
+            resolver = self.pool.resolver
+            resolver.counters["upstream_spoofed_dropped"] += 1
+            resolver.log.debug(
+                "dropped a UDP datagram from {peer} that answers no outstanding query", peer=f"{addr[0]}:{addr[1]}"
+            )
+            return
+        if self.retired:
+            self.drained()
 
     def drained(self) -> None:
         """
@@ -620,20 +629,6 @@ class UDPPool:
             return AttemptError(f"send failed: {e}")
         sock.uses += 1
         return sock.pending.wait(queryID, question, name, waiter, exact=exact, address=address, onCancel=sock.drained)
-
-    def datagramReceived(self, sock: _UDPSocket, datagram: bytes, addr: Any) -> None:
-        """
-        Accept an answer only from the address queried, with an ID outstanding
-        on this socket and the question asked; count and drop anything else.
-        """
-        if not sock.pending.settle(datagram, addr):
-            self.resolver.counters["upstream_spoofed_dropped"] += 1
-            self.resolver.log.debug(
-                "dropped a UDP datagram from {peer} that answers no outstanding query", peer=f"{addr[0]}:{addr[1]}"
-            )
-            return
-        if sock.retired:
-            sock.drained()
 
     def close(self) -> list[Deferred[Any]]:
         """
