@@ -504,9 +504,7 @@ class DNSProxy(Service):
         self._record(refused, query, host, port, transport, "limit", started, None, None)
         return refused
 
-    def _cacheHit(
-        self, data: bytes, host: str, port: int, transport: str, started: float
-    ) -> bytes | CacheKey | None:
+    def _cacheHit(self, data: bytes, host: str, port: int, transport: str, started: float) -> bytes | CacheKey | None:
         """
         The answer to a plain query (L{quickQuestion}) from the cache, found
         without parsing the query, when nothing before the cache in the query

@@ -26,6 +26,9 @@ from zope.interface import implementer
 
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
+from netd.reactors.shared import INetdReactor
+from netd.reactors.udp import CANARY as BATCHING_CANARY
+from netd.reactors.udp import listenBatchingUDP
 from netd.stream.framing import FRAMINGS, FramedFactory, FramedProtocol
 from netd.tls.client import clientCreator, describeTLSFailure
 from netd.words import counted
@@ -538,11 +541,19 @@ class UDPPool:
 
     def _open(self, interface: str) -> _UDPSocket:
         """
-        A new socket on a port the kernel picks (at random, on Linux).
+        A new socket on a port the kernel picks (at random, on Linux): on
+        netd's reactors, a batching port (L{netd.reactors.udp}) that reads
+        the answers waiting with one call, into the receive batch all the
+        pool's sockets share; else the reactor's own port.
         """
         reactor = self.resolver.reactor
         sock = _UDPSocket(self, interface, reactor.seconds())
-        sock.port = reactor.listenUDP(0, sock, interface=interface, maxPacketSize=MAX_UDP_ANSWER)
+        if INetdReactor.providedBy(reactor) and BATCHING_CANARY.alive():
+            sock.port = listenBatchingUDP(
+                reactor, 0, sock, interface=interface, maxPacketSize=MAX_UDP_ANSWER, sharedBuffers=True
+            )
+        else:
+            sock.port = reactor.listenUDP(0, sock, interface=interface, maxPacketSize=MAX_UDP_ANSWER)
         self.resolver.counters["upstream_udp_sockets_opened"] += 1
         return sock
 
