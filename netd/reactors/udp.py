@@ -81,16 +81,20 @@ class _Mmsghdr(ctypes.Structure):
 
 def _libcFunctions() -> tuple[Any, Any] | None:
     """
-    libc's C{recvmmsg} and C{sendmmsg}, typed, or L{None} where it has not both.
+    libc's C{recvmmsg} and C{sendmmsg}, or L{None} where it has not both.
+
+    Their arguments are not declared (no C{argtypes}): declared ones are
+    converted by a Python-level C{from_param} per argument and call, a fifth
+    of what a call costs.  Callers pass small Python ints for the C{int}
+    and C{unsigned int} parameters, a L{ctypes.c_void_p} for the vector and
+    L{None} for the timeout, which ctypes passes as they are.
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         recvmmsg, sendmmsg = libc.recvmmsg, libc.sendmmsg
     except (OSError, AttributeError):
         return None
-    recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
     recvmmsg.restype = ctypes.c_int
-    sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
     sendmmsg.restype = ctypes.c_int
     return recvmmsg, sendmmsg
 
@@ -129,7 +133,8 @@ class _Messages:
     resident memory than the datagrams really read.  Slots start on a page,
     so that a small datagram takes one page, not two.
 
-    @ivar address: the address of the first header, for the system calls.
+    @ivar address: the address of the first header, for the system calls;
+        L{pointer} the same as a L{ctypes.c_void_p}, made once.
     @ivar lengths: the headers as 32-bit words (C{msg_len} of message I{i} at
         C{i * _HEADER_WORDS + _LENGTH_WORD}).
     @ivar sizes: the I/O vectors as C{size_t} words (C{iov_len} of message
@@ -162,6 +167,7 @@ class _Messages:
             header.msg_iov = ctypes.addressof(iovecs[index])
             header.msg_iovlen = 1
         self.address = ctypes.addressof(headers)
+        self.pointer = ctypes.c_void_p(self.address)
         self.lengths = memoryview(self.control)[:headerBytes].cast("I")
         iovecWords = memoryview(self.control)[headerBytes : self.namesAt]
         self.sizes = iovecWords.cast("Q") if ctypes.sizeof(ctypes.c_size_t) == 8 else iovecWords.cast("I")
@@ -312,7 +318,7 @@ class BatchingPort(udp.Port):
         """
         assert _FUNCTIONS is not None
         received = self._received
-        count = _FUNCTIONS[0](self._fd, received.address, BATCH, socket.MSG_DONTWAIT, None)
+        count = _FUNCTIONS[0](self._fd, received.pointer, BATCH, socket.MSG_DONTWAIT, None)
         if count < 0:
             error = ctypes.get_errno()
             if error in _IGNORED_READ_ERRORS:
@@ -459,11 +465,12 @@ class BatchingPort(udp.Port):
         self._queued = 0
         if not queued:
             return
-        assert self._sending is not None
-        address = self._sending.address
+        sending = self._sending
+        assert sending is not None
         done = 0
         while done < queued:
-            sent = sendmmsg(self._fd, address + done * ctypes.sizeof(_Mmsghdr), queued - done, 0)
+            at = sending.pointer if not done else ctypes.c_void_p(sending.address + done * ctypes.sizeof(_Mmsghdr))
+            sent = sendmmsg(self._fd, at, queued - done, 0)
             if sent > 0:
                 done += sent
                 continue

@@ -212,9 +212,10 @@ class AnswerCache:
             return None
         low = min(self.minTTL, lifetime)
         ttls = info.ttls
+        shortest = min(ttls, default=0)
         # A TTL of 0 may stand for one with its top bit set, which the
         # answer's bytes still hold: such answers take the patching path.
-        if not (ttls and 0 < low <= min(ttls) and max(ttls) <= lifetime):
+        if not (0 < shortest and low <= shortest and max(ttls) <= lifetime):
             ttls = tuple(min(max(ttl, low), lifetime) for ttl in ttls)
             answer = patchTTLs(answer, info.ttlOffsets, ttls, 0)
         if info.optOffset is None:
@@ -273,9 +274,18 @@ class AnswerCache:
         @param now: the time of the cache's clock, which the caller has read
             (a cache hit's event is recorded at the same time).
         """
-        entry = self._current(key, now)
+        # (L{_current}'s common case inline: an entry not expired whose body
+        # is patched for this second.)
+        entries = self._entries
+        entry = entries.get(key)
         if entry is None:
             return None
+        if now < entry[1] and entry[5] == int(now - entry[0]):
+            entries.move_to_end(key)
+        else:
+            entry = self._current(key, now)
+            if entry is None:
+                return None
         if edns and entry[3]:
             return answerQuery(entry[2], message, nameEnd, entry[4], entry[3])
         return answerQuery(entry[2], message, nameEnd)
