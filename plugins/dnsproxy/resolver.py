@@ -255,6 +255,7 @@ class UpstreamResolver(Service):
         self.outstanding = Outstanding()
         self.deadlines = Deadlines(reactor)
         self._states = [_UpstreamState(u) for u in upstreams]
+        self._candidates: list[_UpstreamState] | None = None
         self._udp = UDPPool(self, udpSockets, udpPortQueries, udpPortLifetime)
         self._streams: dict[Upstream, StreamUpstream] = {}
         self._trustRoot: Any = loadTrustRoot(caBundle)  # an IOpenSSLTrustRoot (not exported publicly)
@@ -353,6 +354,16 @@ class UpstreamResolver(Service):
             return True
         return False
 
+    def candidates(self) -> list[_UpstreamState]:
+        """
+        The upstreams a query tries, in order: those that are up, or all of
+        them when none is (a list made again only when one goes down or up,
+        which a resolution never changes).
+        """
+        if self._candidates is None:
+            self._candidates = [s for s in self._states if s.up] or list(self._states)
+        return self._candidates
+
     def health(self) -> list[dict[str, Any]]:
         """
         Each upstream's state, in config order: C{upstream} (its config
@@ -422,6 +433,7 @@ class UpstreamResolver(Service):
         state.lastError = reason
         if state.up and self.maxFails > 0 and state.fails >= self.maxFails:
             state.up = False
+            self._candidates = None
             self.counters["upstream_marked_down"] += 1
             self.log.warn(
                 "upstream {upstream} marked down after {fails} consecutive failures (last: {reason})",
@@ -464,6 +476,7 @@ class UpstreamResolver(Service):
         state.fails = 0
         if not state.up:
             state.up = True
+            self._candidates = None
             self.log.info("upstream {upstream} is up again", upstream=state.upstream)
 
     def _probe(self) -> None:
@@ -590,12 +603,12 @@ class _Resolution:
         """
         Try the upstreams that are up (all of them when none is).
         """
-        states = self.resolver._states
-        self.candidates = [s for s in states if s.up] or list(states)
+        resolver = self.resolver
+        self.candidates = resolver._candidates or resolver.candidates()
         if not self.candidates:
             self.outcomeFailed(Failure(UpstreamFailure("no upstreams are configured")))
             return
-        self.resolver.resolving.add(self)
+        resolver.resolving.add(self)
         self._next()
 
     def outcomeFailed(self, reason: Failure) -> None:

@@ -562,7 +562,7 @@ class UDPPool:
         A random socket of the upstream's pool, replaced first if it has
         served its queries or its time.
         """
-        sockets = self._socketsFor(upstream)
+        sockets = self._byHost.get(upstream.host) or self._socketsFor(upstream)
         sock = self.resolver.random.choice(sockets)
         if sock.uses >= self.portQueries or self.resolver.reactor.seconds() - sock.born >= self.portLifetime:
             sock = self._replace(sockets, sock)
