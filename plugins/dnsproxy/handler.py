@@ -558,7 +558,7 @@ class DNSProxy(Service):
         transport: str,
         started: float,
         reply: Reply | None = None,
-    ) -> bytes | Deferred[bytes] | None:
+    ) -> Answer:
         """
         L{_answerParsed} for a query that L{_cacheHit} looked up under C{key}
         in vain: everything before the cache was checked there, so the query
