@@ -350,12 +350,19 @@ class BatchingPort(udp.Port):
                 except BaseException:
                     log.err()
         finally:
-            self._endBatch()
-            if outer:
-                joined = reads.joined or []
-                reads.joined = None
-                for other in joined:
-                    other._endBatch()
+            try:
+                self._endBatch()
+            finally:
+                if outer:
+                    joined = reads.joined or []
+                    reads.joined = None
+                    for other in joined:
+                        try:
+                            other._endBatch()
+                        except BaseException:
+                            # (As for a datagram: one port's protocol raising
+                            # in datagramNotSent leaves the others to send.)
+                            log.err()
 
     def _endBatch(self) -> None:
         """

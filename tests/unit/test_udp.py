@@ -341,6 +341,44 @@ def test_sendsOnAnotherPortWaitForTheRead(
     assert peer.recv(100) == b"now"
 
 
+def test_joinedPortRaisingLeavesTheOthersToSend(reactor: NetdReactor, client: Client) -> None:
+    """
+    A port that joined another's read and whose protocol raises as its send is refused is logged; the other ports that joined still send, and the next send outside a read goes at once.
+    """
+    failures: list[Any] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("isError") and event.get("failure") is not None:
+            failures.append(event["failure"])
+
+    class Raising(Answering):
+        def datagramNotSent(self, error: OSError) -> None:
+            raise ZeroDivisionError()
+
+    peer = client(socket.AF_INET, "127.0.0.1")
+    refusing = listenBatchingUDP(reactor, 0, Raising(), interface="127.0.0.1", maxPacketSize=65535)
+    sending = listenBatchingUDP(reactor, 0, Answering(), interface="127.0.0.1", maxPacketSize=65535)
+
+    def relay(datagram: bytes) -> list[bytes]:
+        refusing.send(b"x" * 65520, peer.getsockname())
+        sending.send(b"relayed " + datagram, peer.getsockname())
+        return []
+
+    inbound = listenBatchingUDP(reactor, 0, Answering(relay), interface="127.0.0.1", maxPacketSize=65535)
+    sock = client(socket.AF_INET, "127.0.0.1")
+    sock.sendto(b"one", inbound.getHandle().getsockname())
+    log.addObserver(observe)
+    try:
+        assert collect(reactor, peer, 1) == [b"relayed one"]
+    finally:
+        log.removeObserver(observe)
+    assert [failure.type for failure in failures] == [ZeroDivisionError]
+    assert udp._READS.joined is None and not refusing._batching
+    sending.send(b"now", peer.getsockname())
+    peer.settimeout(WAIT)
+    assert peer.recv(100) == b"now"
+
+
 def test_sharedReceiveBatch(reactor: NetdReactor, client: Client) -> None:
     """
     Ports made with shared buffers read into one receive batch, which closing one of them leaves to the others.
