@@ -18,6 +18,8 @@ from collections import OrderedDict
 from twisted.internet.interfaces import IReactorTime
 
 from .wire import (
+    FLAG_CD,
+    FLAG_RD,
     HEADER_SIZE,
     KEY_DO,
     KEY_FLAGS,
@@ -46,6 +48,11 @@ identical queries in flight share one upstream query by.
 """
 
 DEFAULT_UDP_SIZE = 1232
+_RD_BYTE = FLAG_RD >> 8
+_CD_BYTE = FLAG_CD
+"""
+RD and CD, in the header's third and fourth bytes.
+"""
 _COUNT = struct.Struct("!H")
 
 
@@ -286,9 +293,14 @@ class AnswerCache:
             entry = self._current(key, now)
             if entry is None:
                 return None
+        body = entry[2]
         if edns and entry[3]:
-            return answerQuery(entry[2], message, nameEnd, entry[4], entry[3])
-        return answerQuery(entry[2], message, nameEnd)
+            return answerQuery(body, message, nameEnd, entry[4], entry[3])
+        if (body[2] ^ message[2]) & _RD_BYTE or (body[3] ^ message[3]) & _CD_BYTE:
+            return answerQuery(body, message, nameEnd)
+        # (L{answerQuery}'s common case inline, the query's RD and CD as the
+        # answer's: its ID and question name put in.)
+        return b"".join((message[:2], body[2:HEADER_SIZE], message[HEADER_SIZE:nameEnd], body[nameEnd:]))
 
     def __contains__(self, key: object) -> bool:
         """
