@@ -13,7 +13,11 @@ again.  The second dump's total, divided by the queries answered, is printed.
 In miss mode every name is asked once (dnsperf -n 1), warm-up and counted
 queries alike, each a name never asked before (as bench.py's miss runs): every
 counted query goes to the upstream and its answer is cached; dnsperf keeps 10
-queries outstanding (not 100), so that under callgrind none times out.
+queries outstanding (not 100), so that under callgrind none times out, and
+netd's upstream sockets take new queries for an hour rather than a second
+(udp_port_lifetime): they are replaced every 64 queries, as at full speed,
+not every second, which at callgrind's slow rate would be every few dozen
+queries and make the count follow the machine's load.
 System calls are not counted: the kernel's share of a hit (the sends above
 all) needs C{perf} or the throughput runs of bench.py.
 
@@ -86,7 +90,7 @@ def startUnderCallgrind(
             quietDaemonTable()
             + f'[[services]]\nname = "dns"\nplugin = "dns-proxy"\nlisten = ["udp:0:interface={HOST}"]\n'
             + f'upstreams = ["udp:{upstream}"]\ncache_size = 10000\nlog_queries = false\n'
-            + "timeout = 60\ndeadline = 60\n"
+            + "timeout = 60\ndeadline = 60\nudp_port_lifetime = 3600\n"
         )
         ports = directory / "ports.json"
         with log.open("wb") as sink:
