@@ -13,7 +13,11 @@ again.  The second dump's total, divided by the queries answered, is printed.
 In miss mode every name is asked once (dnsperf -n 1), warm-up and counted
 queries alike, each a name never asked before (as bench.py's miss runs): every
 counted query goes to the upstream and its answer is cached; dnsperf keeps 10
-queries outstanding (not 100), so that under callgrind none times out.
+queries outstanding (not 100), so that under callgrind none times out, and
+netd's upstream sockets take new queries for an hour rather than a second
+(udp_port_lifetime): they are replaced every 64 queries, as at full speed,
+not every second, which at callgrind's slow rate would be every few dozen
+queries and make the count follow the machine's load.
 System calls are not counted: the kernel's share of a hit (the sends above
 all) needs C{perf} or the throughput runs of bench.py.
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -85,7 +90,7 @@ def startUnderCallgrind(
             quietDaemonTable()
             + f'[[services]]\nname = "dns"\nplugin = "dns-proxy"\nlisten = ["udp:0:interface={HOST}"]\n'
             + f'upstreams = ["udp:{upstream}"]\ncache_size = 10000\nlog_queries = false\n'
-            + "timeout = 60\ndeadline = 60\n"
+            + "timeout = 60\ndeadline = 60\nudp_port_lifetime = 3600\n"
         )
         ports = directory / "ports.json"
         with log.open("wb") as sink:
@@ -145,6 +150,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=("hit", "miss"), default="hit", help="cache hits, or unique names")
     parser.add_argument("--warmup", type=int, help="queries before the counted ones (hit: 3000, miss: 1000)")
     parser.add_argument("--queries", type=int, help="queries counted (hit: 20000, miss: 5000)")
+    parser.add_argument("--keep", type=Path, help="copy the counted dump here, for callgrind_annotate")
     options = parser.parse_args()
     miss = options.mode == "miss"
     warmup = options.warmup if options.warmup is not None else 1000 if miss else 3000
@@ -177,6 +183,8 @@ def main() -> None:
             finally:
                 stopProcess(process)
             total = callgrindTotal(Path(f"{output}.2"))
+            if options.keep is not None:
+                shutil.copyfile(f"{output}.2", options.keep)
         finally:
             upstream.stop()
     what = "cache miss" if miss else "cache hit"

@@ -11,6 +11,10 @@ about half of what netd spent.  Here the calls are made once per batch
 back short tells the socket is drained without asking again, and the address
 of a peer seen before is taken from a table keyed by its raw socket address.
 
+While one port's read is handled, what the other batching ports are given
+to send waits for its end too (L{_READS}): the answers a DNS proxy sends its
+clients as a batch of its upstream's answers comes in go out in one call.
+
 L{BatchingPort} is Twisted's L{udp.Port} with these two differences: its
 C{doRead}, and L{BatchingPort.send} for protocols that want their answers
 batched (L{IBatchingDatagramTransport}); C{write}, C{connect}, closing and the
@@ -77,16 +81,20 @@ class _Mmsghdr(ctypes.Structure):
 
 def _libcFunctions() -> tuple[Any, Any] | None:
     """
-    libc's C{recvmmsg} and C{sendmmsg}, typed, or L{None} where it has not both.
+    libc's C{recvmmsg} and C{sendmmsg}, or L{None} where it has not both.
+
+    Their arguments are not declared (no C{argtypes}): declared ones are
+    converted by a Python-level C{from_param} per argument and call, a fifth
+    of what a call costs.  Callers pass small Python ints for the C{int}
+    and C{unsigned int} parameters, a L{ctypes.c_void_p} for the vector and
+    L{None} for the timeout, which ctypes passes as they are.
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         recvmmsg, sendmmsg = libc.recvmmsg, libc.sendmmsg
     except (OSError, AttributeError):
         return None
-    recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
     recvmmsg.restype = ctypes.c_int
-    sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
     sendmmsg.restype = ctypes.c_int
     return recvmmsg, sendmmsg
 
@@ -125,7 +133,8 @@ class _Messages:
     resident memory than the datagrams really read.  Slots start on a page,
     so that a small datagram takes one page, not two.
 
-    @ivar address: the address of the first header, for the system calls.
+    @ivar address: the address of the first header, for the system calls;
+        L{pointer} the same as a L{ctypes.c_void_p}, made once.
     @ivar lengths: the headers as 32-bit words (C{msg_len} of message I{i} at
         C{i * _HEADER_WORDS + _LENGTH_WORD}).
     @ivar sizes: the I/O vectors as C{size_t} words (C{iov_len} of message
@@ -158,6 +167,7 @@ class _Messages:
             header.msg_iov = ctypes.addressof(iovecs[index])
             header.msg_iovlen = 1
         self.address = ctypes.addressof(headers)
+        self.pointer = ctypes.c_void_p(self.address)
         self.lengths = memoryview(self.control)[:headerBytes].cast("I")
         iovecWords = memoryview(self.control)[headerBytes : self.namesAt]
         self.sizes = iovecWords.cast("Q") if ctypes.sizeof(ctypes.c_size_t) == 8 else iovecWords.cast("I")
@@ -182,6 +192,29 @@ class _Messages:
         self.control.close()
 
 
+class _Reads:
+    """
+    The batching ports' read in progress: while one port hands its batch to
+    its protocol, C{joined} lists the other ports sent on meanwhile (a DNS
+    proxy answering its clients as its upstream's answers come in), whose
+    datagrams go out in batches too when the read ends; L{None} between reads.
+    """
+
+    joined: list[BatchingPort] | None = None
+
+
+_READS = _Reads()
+
+_SHARED_RECEIVE: dict[tuple[int, int], _Messages] = {}
+"""
+The receive batches shared by the ports made with C{sharedBuffers}, by
+datagram size and address size: a read copies every datagram out before it
+returns, so one batch serves every such port, and a port that lives for a
+few dozen datagrams (a DNS proxy's upstream sockets, on new ports all the
+time) costs no memory map of its own.
+"""
+
+
 class IBatchingDatagramTransport(IUDPTransport):
     """
     A UDP transport whose protocol may have its answers sent in batches.
@@ -190,8 +223,9 @@ class IBatchingDatagramTransport(IUDPTransport):
     def send(datagram: bytes, addr: tuple[str, int]) -> None:
         """
         Send a datagram to C{addr}: at once, or, while the datagrams of a read
-        are handled, with the other answers once the last is handled (in the
-        same reactor turn, in the order sent).  Never raises: a datagram the
+        (of this port or of another batching port) are handled, with the
+        other answers once the last is handled (in the same reactor turn, in
+        the order sent).  Never raises: a datagram the
         system refuses (a full buffer, too big, an unreachable peer) is
         reported to the protocol's L{IBatchingDatagramProtocol.datagramNotSent}.
         """
@@ -220,37 +254,58 @@ class BatchingPort(udp.Port):
     """
 
     _received: _Messages
-    _sending: _Messages
+    _sending: _Messages | None = None
     _queued = 0
     _batching = False
     _first: tuple[bytes, tuple[str, int]] | None = None
 
     def __init__(
-        self, port: int, proto: DatagramProtocol, interface: str = "", maxPacketSize: int = 8192, reactor: Any = None
+        self,
+        port: int,
+        proto: DatagramProtocol,
+        interface: str = "",
+        maxPacketSize: int = 8192,
+        reactor: Any = None,
+        sharedBuffers: bool = False,
     ) -> None:
+        """
+        @param sharedBuffers: read into the receive batch shared with the
+            other ports made so (L{_SHARED_RECEIVE}), not into one of its own.
+        """
         super().__init__(port, proto, interface, maxPacketSize, reactor)
+        self._sharedBuffers = sharedBuffers
         self._peers: dict[bytes, tuple[str, int]] = {}
         self._rawPeers: dict[tuple[str, int], bytes] = {}
 
     def _bindSocket(self) -> None:
         """
-        Bind the socket (Twisted's way) and map the memory of its batches.
+        Bind the socket (Twisted's way) and map the memory of its receive
+        batch (the send batch is mapped when a second datagram is sent during
+        a read: a port whose protocol sends through the socket never maps it).
         """
         super()._bindSocket()
         nameSize = 28 if self.addressFamily == socket.AF_INET6 else 16
         self._nameSize = nameSize
-        self._received = _Messages(self.maxPacketSize, nameSize)
-        self._sending = _Messages(max(self.maxPacketSize, 65535), nameSize)
+        if self._sharedBuffers:
+            shape = (self.maxPacketSize, nameSize)
+            received = _SHARED_RECEIVE.get(shape)
+            if received is None:
+                received = _SHARED_RECEIVE[shape] = _Messages(*shape)
+            self._received = received
+        else:
+            self._received = _Messages(self.maxPacketSize, nameSize)
         self._fd = self.socket.fileno()
         self._socket = self.socket
 
     def connectionLost(self, reason: Any = None) -> None:
         """
-        Close as Twisted does, then free the batches' memory.
+        Close as Twisted does, then free the batches' memory (not a shared one).
         """
         super().connectionLost(reason)
-        self._received.release()
-        self._sending.release()
+        if not self._sharedBuffers:
+            self._received.release()
+        if self._sending is not None:
+            self._sending.release()
 
     def doRead(self) -> None:
         """
@@ -263,7 +318,7 @@ class BatchingPort(udp.Port):
         """
         assert _FUNCTIONS is not None
         received = self._received
-        count = _FUNCTIONS[0](self._fd, received.address, BATCH, socket.MSG_DONTWAIT, None)
+        count = _FUNCTIONS[0](self._fd, received.pointer, BATCH, socket.MSG_DONTWAIT, None)
         if count < 0:
             error = ctypes.get_errno()
             if error in _IGNORED_READ_ERRORS:
@@ -279,6 +334,10 @@ class BatchingPort(udp.Port):
         data = received.data
         control = received.control
         self._batching = True
+        reads = _READS
+        outer = reads.joined is None
+        if outer:
+            reads.joined = []
         try:
             for start, lengthAt, _, nameAt, nameEnd in received.slots[:count]:
                 datagram = data[start : start + lengths[lengthAt]]
@@ -291,13 +350,31 @@ class BatchingPort(udp.Port):
                 except BaseException:
                     log.err()
         finally:
-            self._batching = False
-            first = self._first
-            if first is not None:
-                self._first = None
-                self._sendNow(*first)
-            elif self._queued:
-                self._flush()
+            try:
+                self._endBatch()
+            finally:
+                if outer:
+                    joined = reads.joined or []
+                    reads.joined = None
+                    for other in joined:
+                        try:
+                            other._endBatch()
+                        except BaseException:
+                            # (As for a datagram: one port's protocol raising
+                            # in datagramNotSent leaves the others to send.)
+                            log.err()
+
+    def _endBatch(self) -> None:
+        """
+        The read is over: send what was held for it.
+        """
+        self._batching = False
+        first = self._first
+        if first is not None:
+            self._first = None
+            self._sendNow(*first)
+        elif self._queued:
+            self._flush()
 
     def _newPeer(self, raw: bytes) -> tuple[str, int]:
         """
@@ -325,16 +402,21 @@ class BatchingPort(udp.Port):
         """
         See L{IBatchingDatagramTransport.send}.
 
-        Outside a read the datagram goes to C{sendto} at once.  During one,
-        the first answer is only held (a read answered with one datagram
-        sends it with C{sendto}, cheaper than C{sendmmsg} for one), and
-        copied into the batch when a second comes; an answer to a peer not
-        seen lately, or too big for a slot, goes to C{sendto} after those
-        queued, to keep the order.
+        Outside a read the datagram goes to C{sendto} at once.  During one
+        (another port's too: this port then joins L{_READS} and sends when
+        that read ends), the first answer is only held (a read answered with
+        one datagram sends it with C{sendto}, cheaper than C{sendmmsg} for
+        one), and copied into the batch when a second comes; an answer to a
+        peer not seen lately, or too big for a slot, goes to C{sendto} after
+        those queued, to keep the order.
         """
         if not self._batching:
-            self._sendNow(datagram, addr)
-            return
+            joined = _READS.joined
+            if joined is None:
+                self._sendNow(datagram, addr)
+                return
+            self._batching = True
+            joined.append(self)
         first = self._first
         if first is not None:
             self._first = None
@@ -343,7 +425,20 @@ class BatchingPort(udp.Port):
         elif not self._queued:
             self._first = (datagram, addr)
             return
-        if not self._queue(datagram, addr):
+        raw = self._rawPeers.get(addr)
+        sending = self._sending
+        size = len(datagram)
+        if raw is not None and sending is not None and size <= sending.size:
+            # (L{_queue}, inline for the answer in hand: one call less per answer.)
+            index = self._queued
+            start, _, sizeAt, nameAt, nameEnd = sending.slots[index]
+            sending.data[start : start + size] = datagram
+            sending.sizes[sizeAt] = size
+            sending.control[nameAt:nameEnd] = raw
+            self._queued = index + 1
+            if index + 1 == BATCH:
+                self._flush()
+        elif not self._queue(datagram, addr):
             self._flush()
             self._sendNow(datagram, addr)
 
@@ -354,6 +449,8 @@ class BatchingPort(udp.Port):
         """
         raw = self._rawPeers.get(addr)
         sending = self._sending
+        if sending is None:
+            sending = self._sending = _Messages(max(self.maxPacketSize, 65535), self._nameSize)
         size = len(datagram)
         if raw is None or size > sending.size:
             return False
@@ -384,14 +481,16 @@ class BatchingPort(udp.Port):
         """
         assert _FUNCTIONS is not None
         sendmmsg = _FUNCTIONS[1]
-        address = self._sending.address
         queued = self._queued
         self._queued = 0
         if not queued:
             return
+        sending = self._sending
+        assert sending is not None
         done = 0
         while done < queued:
-            sent = sendmmsg(self._fd, address + done * ctypes.sizeof(_Mmsghdr), queued - done, 0)
+            at = sending.pointer if not done else ctypes.c_void_p(sending.address + done * ctypes.sizeof(_Mmsghdr))
+            sent = sendmmsg(self._fd, at, queued - done, 0)
             if sent > 0:
                 done += sent
                 continue
@@ -415,15 +514,21 @@ class BatchingPort(udp.Port):
 
 
 def listenBatchingUDP(
-    reactor: Any, port: int, protocol: DatagramProtocol, interface: str = "", maxPacketSize: int = 8192
+    reactor: Any,
+    port: int,
+    protocol: DatagramProtocol,
+    interface: str = "",
+    maxPacketSize: int = 8192,
+    sharedBuffers: bool = False,
 ) -> BatchingPort:
     """
     Listen on a UDP port with a L{BatchingPort}, as C{reactor.listenUDP} does
     with Twisted's.
 
+    @param sharedBuffers: see L{BatchingPort.__init__}.
     @raise twisted.internet.error.CannotListenError: when the bind fails.
     """
-    listening = BatchingPort(port, protocol, interface, maxPacketSize, reactor)
+    listening = BatchingPort(port, protocol, interface, maxPacketSize, reactor, sharedBuffers)
     listening.startListening()
     return listening
 

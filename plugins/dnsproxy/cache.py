@@ -18,6 +18,8 @@ from collections import OrderedDict
 from twisted.internet.interfaces import IReactorTime
 
 from .wire import (
+    FLAG_CD,
+    FLAG_RD,
     HEADER_SIZE,
     KEY_DO,
     KEY_FLAGS,
@@ -46,6 +48,11 @@ identical queries in flight share one upstream query by.
 """
 
 DEFAULT_UDP_SIZE = 1232
+_RD_BYTE = FLAG_RD >> 8
+_CD_BYTE = FLAG_CD
+"""
+RD and CD, in the header's third and fourth bytes.
+"""
 _COUNT = struct.Struct("!H")
 
 
@@ -90,7 +97,7 @@ One cached answer: C{(storedAt, expiresAt, body, opt, ednsCount, age, ttlOffsets
     (the upstream's, or ours), or C{b""} when C{body} is served as it is
     to every client (an answer whose OPT record is not its last);
   - C{ednsCount}: the additional count of C{body} plus the OPT record;
-  - C{age}: the elapsed seconds C{body}'s TTLs are patched for (-1: not yet);
+  - C{age}: the elapsed seconds C{body}'s TTLs are patched for (0 as stored);
   - C{ttlOffsets}: where the TTLs are in C{body};
   - C{ttls}: the TTLs to serve at C{storedAt}, clamped to the lifetime;
   - C{size}: the bytes the entry is accounted for (L{entrySize}).
@@ -164,6 +171,7 @@ class AnswerCache:
         self.evictions = 0
         self.tooLarge = 0
         self.bytes = 0
+        self._opts = {0: optRecord(False, udpSize), KEY_DO: optRecord(True, udpSize)}
         self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
 
     def __len__(self) -> int:
@@ -187,26 +195,38 @@ class AnswerCache:
             return 0
         return max(0, min(max(ttl, self.minTTL), self.maxTTL))
 
-    def store(self, key: CacheKey, answer: bytes, info: AnswerInfo) -> bool:
+    def store(self, key: CacheKey, answer: bytes, info: AnswerInfo) -> _Entry | None:
         """
         Cache an answer (found by L{inspectAnswer}) if it may be cached and is
         no larger than C{maxEntryBytes}; the least recently used entries make
         room if the cache is over C{maxEntries} or C{maxBytes}.
 
-        @return: whether it was stored.
+        The entry's body holds the TTLs to serve now, so that neither the
+        answers to the queries waiting for it (L{answerFor}) nor the hits in
+        the same second patch them: when no TTL is clamped (the common case,
+        told by two comparisons), the answer's own bytes are that body.
+
+        @return: the entry stored (for L{answerFor}), or L{None} if the
+            answer was not cached.
         """
         if self.maxEntries <= 0:
-            return False
+            return None
         lifetime = self.lifetime(info)
         if not lifetime:
-            return False
+            return None
         if len(answer) > self.maxEntryBytes:
             self.tooLarge += 1
-            return False
+            return None
         low = min(self.minTTL, lifetime)
-        ttls = tuple(min(max(ttl, low), lifetime) for ttl in info.ttls)
+        ttls = info.ttls
+        shortest = min(ttls, default=0)
+        # A TTL of 0 may stand for one with its top bit set, which the
+        # answer's bytes still hold: such answers take the patching path.
+        if not (0 < shortest and low <= shortest and max(ttls) <= lifetime):
+            ttls = tuple(min(max(ttl, low), lifetime) for ttl in ttls)
+            answer = patchTTLs(answer, info.ttlOffsets, ttls, 0)
         if info.optOffset is None:
-            body, opt = answer, optRecord(bool(key[3] & KEY_DO), self.udpSize)
+            body, opt = answer, self._opts[key[3] & KEY_DO]
         elif info.optEnd == len(answer):
             body, opt = addAdditionalCount(answer[: info.optOffset], -1), answer[info.optOffset :]
         else:
@@ -218,12 +238,16 @@ class AnswerCache:
         old = entries.pop(key, None)
         if old is not None:
             self.bytes -= old[8]
-        entries[key] = (now, now + lifetime, body, opt, ednsCount, -1, info.ttlOffsets, ttls, size)
+        entry = entries[key] = (now, now + lifetime, body, opt, ednsCount, 0, info.ttlOffsets, ttls, size)
         self.bytes += size
+        kept = True
         while len(entries) > self.maxEntries or self.bytes > self.maxBytes:
-            self.bytes -= entries.popitem(last=False)[1][8]
+            evicted, (*_, evictedSize) = entries.popitem(last=False)
+            self.bytes -= evictedSize
             self.evictions += 1
-        return True
+            if evicted == key:
+                kept = False
+        return entry if kept else None
 
     def lookup(self, key: CacheKey, query: Query) -> bytes | None:
         """
@@ -235,6 +259,14 @@ class AnswerCache:
         entry = self._current(key, self.clock.seconds())
         if entry is None:
             return None
+        return self.answerFor(entry, query)
+
+    def answerFor(self, entry: _Entry, query: Query) -> bytes:
+        """
+        The answer to C{query} from an entry current now (L{store} gave it,
+        or L{lookup} found it): its body for C{query}'s ID, question case and
+        RD/CD, with the OPT record appended for a query that sent one.
+        """
         body, opt, ednsCount = entry[2:5]
         if query.edns is not None and opt:
             body = b"".join((body[:10], ednsCount, body[HEADER_SIZE:], opt))
@@ -249,12 +281,26 @@ class AnswerCache:
         @param now: the time of the cache's clock, which the caller has read
             (a cache hit's event is recorded at the same time).
         """
-        entry = self._current(key, now)
+        # (L{_current}'s common case inline: an entry not expired whose body
+        # is patched for this second.)
+        entries = self._entries
+        entry = entries.get(key)
         if entry is None:
             return None
+        if now < entry[1] and entry[5] == int(now - entry[0]):
+            entries.move_to_end(key)
+        else:
+            entry = self._current(key, now)
+            if entry is None:
+                return None
+        body = entry[2]
         if edns and entry[3]:
-            return answerQuery(entry[2], message, nameEnd, entry[4], entry[3])
-        return answerQuery(entry[2], message, nameEnd)
+            return answerQuery(body, message, nameEnd, entry[4], entry[3])
+        if (body[2] ^ message[2]) & _RD_BYTE or (body[3] ^ message[3]) & _CD_BYTE:
+            return answerQuery(body, message, nameEnd)
+        # (L{answerQuery}'s common case inline, the query's RD and CD as the
+        # answer's: its ID and question name put in.)
+        return b"".join((message[:2], body[2:HEADER_SIZE], message[HEADER_SIZE:nameEnd], body[nameEnd:]))
 
     def __contains__(self, key: object) -> bool:
         """

@@ -220,5 +220,5 @@ def forgedAnswer(query: Query, spoof: str, generator: random.Random, udpSize: in
         forgedID = query.id ^ generator.randrange(1, 65536)
         return forgedID.to_bytes(2, "big") + makeResponse(query, RCODE_NXDOMAIN, udpSize=udpSize)[2:]
     name = next(n for n in SPOOFED_NAMES if n != query.question.key)
-    other = attrs.evolve(query, question=attrs.evolve(query.question, name=name, key=name))
+    other = attrs.evolve(query, question=query.question._replace(name=name, key=name))
     return makeResponse(other, RCODE_NXDOMAIN, udpSize=udpSize)

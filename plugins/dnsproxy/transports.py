@@ -26,6 +26,9 @@ from zope.interface import implementer
 
 from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
+from netd.reactors.shared import INetdReactor
+from netd.reactors.udp import CANARY as BATCHING_CANARY
+from netd.reactors.udp import listenBatchingUDP
 from netd.stream.framing import FRAMINGS, FramedFactory, FramedProtocol
 from netd.tls.client import clientCreator, describeTLSFailure
 from netd.words import counted
@@ -459,9 +462,18 @@ class _UDPSocket(DatagramProtocol):
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         """
-        Hand the datagram to the pool to match it.
+        Accept an answer only from the address queried, with an ID outstanding
+        on this socket and the question asked; count and drop anything else.
         """
-        self.pool.datagramReceived(self, datagram, addr)
+        if not self.pending.settle(datagram, addr):
+            resolver = self.pool.resolver
+            resolver.counters["upstream_spoofed_dropped"] += 1
+            resolver.log.debug(
+                "dropped a UDP datagram from {peer} that answers no outstanding query", peer=f"{addr[0]}:{addr[1]}"
+            )
+            return
+        if self.retired:
+            self.drained()
 
     def drained(self) -> None:
         """
@@ -529,11 +541,19 @@ class UDPPool:
 
     def _open(self, interface: str) -> _UDPSocket:
         """
-        A new socket on a port the kernel picks (at random, on Linux).
+        A new socket on a port the kernel picks (at random, on Linux): on
+        netd's reactors, a batching port (L{netd.reactors.udp}) that reads
+        the answers waiting with one call, into the receive batch all the
+        pool's sockets share; else the reactor's own port.
         """
         reactor = self.resolver.reactor
         sock = _UDPSocket(self, interface, reactor.seconds())
-        sock.port = reactor.listenUDP(0, sock, interface=interface, maxPacketSize=MAX_UDP_ANSWER)
+        if INetdReactor.providedBy(reactor) and BATCHING_CANARY.alive():
+            sock.port = listenBatchingUDP(
+                reactor, 0, sock, interface=interface, maxPacketSize=MAX_UDP_ANSWER, sharedBuffers=True
+            )
+        else:
+            sock.port = reactor.listenUDP(0, sock, interface=interface, maxPacketSize=MAX_UDP_ANSWER)
         self.resolver.counters["upstream_udp_sockets_opened"] += 1
         return sock
 
@@ -542,7 +562,7 @@ class UDPPool:
         A random socket of the upstream's pool, replaced first if it has
         served its queries or its time.
         """
-        sockets = self._socketsFor(upstream)
+        sockets = self._byHost.get(upstream.host) or self._socketsFor(upstream)
         sock = self.resolver.random.choice(sockets)
         if sock.uses >= self.portQueries or self.resolver.reactor.seconds() - sock.born >= self.portLifetime:
             sock = self._replace(sockets, sock)
@@ -620,20 +640,6 @@ class UDPPool:
             return AttemptError(f"send failed: {e}")
         sock.uses += 1
         return sock.pending.wait(queryID, question, name, waiter, exact=exact, address=address, onCancel=sock.drained)
-
-    def datagramReceived(self, sock: _UDPSocket, datagram: bytes, addr: Any) -> None:
-        """
-        Accept an answer only from the address queried, with an ID outstanding
-        on this socket and the question asked; count and drop anything else.
-        """
-        if not sock.pending.settle(datagram, addr):
-            self.resolver.counters["upstream_spoofed_dropped"] += 1
-            self.resolver.log.debug(
-                "dropped a UDP datagram from {peer} that answers no outstanding query", peer=f"{addr[0]}:{addr[1]}"
-            )
-            return
-        if sock.retired:
-            sock.drained()
 
     def close(self) -> list[Deferred[Any]]:
         """

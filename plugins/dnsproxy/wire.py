@@ -9,6 +9,7 @@ from a message is trusted before it is checked against the message's size.
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 import attrs
 
@@ -55,10 +56,12 @@ class WireError(ValueError):
     """
 
 
-@attrs.frozen
-class Question:
+class Question(NamedTuple):
     """
     The question of a message.
+
+    A named tuple (as L{AnswerInfo}, for the same reason): one is made for
+    every query parsed and every upstream query sent.
 
     @ivar name: the name in wire form (length-prefixed labels, ending with the
         root's zero byte), exactly as it was sent (case kept).
@@ -143,10 +146,15 @@ class MalformedQuery(WireError):
         self.flags = flags
 
 
-@attrs.frozen
-class AnswerInfo:
+class AnswerInfo(NamedTuple):
     """
     What the cache needs to know about an answer, found by L{inspectAnswer}.
+
+    A named tuple, not a frozen attrs class (as L{Query} and L{EDNS} are):
+    one is made for every answer from an upstream, and the attrs class's
+    C{__init__}, setting its eleven fields one by one through
+    C{object.__setattr__}, took about four times as long (timeit: 2.6 µs
+    against 0.67 on a loaded machine).
 
     @ivar rcode: the 4-bit rcode of the header.
     @ivar flags: the 16 flag bits of the header.
@@ -553,17 +561,17 @@ def inspectAnswer(data: bytes) -> AnswerInfo:
                 negativeTTL = min(ttl, minimum)
         offset = end
     return AnswerInfo(
-        rcode=rcode,
-        flags=flags,
-        truncated=bool(flags & FLAG_TC),
-        ttlOffsets=tuple(ttlOffsets),
-        ttls=tuple(ttls),
-        answerCount=ancount,
-        negativeTTL=negativeTTL,
-        questionEnd=questionEnd,
-        ednsRcode=ednsRcode,
-        optOffset=optOffset,
-        optEnd=optEnd,
+        rcode,
+        flags,
+        bool(flags & FLAG_TC),
+        tuple(ttlOffsets),
+        tuple(ttls),
+        ancount,
+        negativeTTL,
+        questionEnd,
+        ednsRcode,
+        optOffset,
+        optEnd,
     )
 
 

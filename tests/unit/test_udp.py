@@ -299,9 +299,102 @@ def test_closedPortReportsSends(reactor: NetdReactor) -> None:
     assert stopped is not None
     stopped.addCallback(done.append)
     spin(reactor, lambda: done)
-    assert port._received.data.closed and port._sending.data.closed
+    assert port._received.data.closed and port._sending is None, "no send batch was needed, none was mapped"
     port.send(b"late", ("127.0.0.1", 9))
     assert [error.errno for error in protocol.notSent] == [errno.EBADF]
+
+
+def test_sendsOnAnotherPortWaitForTheRead(
+    reactor: NetdReactor, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    What another batching port is given to send while one port's read is handled is held until that read ends, then goes out in order, several in one C{sendmmsg}; outside a read it goes at once again.
+    """
+    outbound = listenBatchingUDP(reactor, 0, Answering(), interface="127.0.0.1", maxPacketSize=65535)
+    peer = client(socket.AF_INET, "127.0.0.1")
+    peer.sendto(b"hello", outbound.getHandle().getsockname())
+    assert collect(reactor, peer, 1) == [b"hello"], "the outbound port knows the peer"
+    held: list[bool] = []
+
+    def relay(datagram: bytes) -> list[bytes]:
+        outbound.send(b"relayed " + datagram, peer.getsockname())
+        held.append(outbound._batching)
+        return []
+
+    inbound = listenBatchingUDP(reactor, 0, Answering(relay), interface="127.0.0.1", maxPacketSize=65535)
+    flushed: list[int] = []
+    realFlush = outbound._flush
+
+    def countingFlush() -> None:
+        flushed.append(outbound._queued)
+        realFlush()
+
+    monkeypatch.setattr(outbound, "_flush", countingFlush)
+    sock = client(socket.AF_INET, "127.0.0.1")
+    for index in range(5):
+        sock.sendto(b"%d" % index, inbound.getHandle().getsockname())
+    assert collect(reactor, peer, 5) == [b"relayed %d" % index for index in range(5)]
+    assert all(held) and max(flushed) > 1
+    assert not outbound._batching and udp._READS.joined is None
+    outbound.send(b"now", peer.getsockname())
+    peer.settimeout(WAIT)
+    assert peer.recv(100) == b"now"
+
+
+def test_joinedPortRaisingLeavesTheOthersToSend(reactor: NetdReactor, client: Client) -> None:
+    """
+    A port that joined another's read and whose protocol raises as its send is refused is logged; the other ports that joined still send, and the next send outside a read goes at once.
+    """
+    failures: list[Any] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("isError") and event.get("failure") is not None:
+            failures.append(event["failure"])
+
+    class Raising(Answering):
+        def datagramNotSent(self, error: OSError) -> None:
+            raise ZeroDivisionError()
+
+    peer = client(socket.AF_INET, "127.0.0.1")
+    refusing = listenBatchingUDP(reactor, 0, Raising(), interface="127.0.0.1", maxPacketSize=65535)
+    sending = listenBatchingUDP(reactor, 0, Answering(), interface="127.0.0.1", maxPacketSize=65535)
+
+    def relay(datagram: bytes) -> list[bytes]:
+        refusing.send(b"x" * 65520, peer.getsockname())
+        sending.send(b"relayed " + datagram, peer.getsockname())
+        return []
+
+    inbound = listenBatchingUDP(reactor, 0, Answering(relay), interface="127.0.0.1", maxPacketSize=65535)
+    sock = client(socket.AF_INET, "127.0.0.1")
+    sock.sendto(b"one", inbound.getHandle().getsockname())
+    log.addObserver(observe)
+    try:
+        assert collect(reactor, peer, 1) == [b"relayed one"]
+    finally:
+        log.removeObserver(observe)
+    assert [failure.type for failure in failures] == [ZeroDivisionError]
+    assert udp._READS.joined is None and not refusing._batching
+    sending.send(b"now", peer.getsockname())
+    peer.settimeout(WAIT)
+    assert peer.recv(100) == b"now"
+
+
+def test_sharedReceiveBatch(reactor: NetdReactor, client: Client) -> None:
+    """
+    Ports made with shared buffers read into one receive batch, which closing one of them leaves to the others.
+    """
+    one = listenBatchingUDP(reactor, 0, Answering(), interface="127.0.0.1", maxPacketSize=65535, sharedBuffers=True)
+    two = listenBatchingUDP(reactor, 0, Answering(), interface="127.0.0.1", maxPacketSize=65535, sharedBuffers=True)
+    assert one._received is two._received
+    stopped = one.stopListening()
+    done: list[object] = []
+    assert stopped is not None
+    stopped.addCallback(done.append)
+    spin(reactor, lambda: done)
+    assert not two._received.data.closed
+    sock = client(socket.AF_INET, "127.0.0.1")
+    sock.sendto(b"still", two.getHandle().getsockname())
+    assert collect(reactor, sock, 1) == [b"still"]
 
 
 def test_listenerCountsBatchedFailures(reactor: NetdReactor, client: Client) -> None:

@@ -226,6 +226,51 @@ def test_quickCacheHitIsTheFullPath(records: dict[str, Any] | None, monkeypatch:
     ]
 
 
+def test_quickCacheMissIsTheFullPath(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A query that the quick cache-hit path looked up in vain is parsed once and forwarded, giving the same upstream queries, answers, counters and query events as the full query path (taken by a service that logs its queries); one whose bytes after the question's name made the quick key another (a cached name with trailing bytes) takes the full path and is a hit.
+    """
+    from netd_plugins.dnsproxy import handler
+
+    parsed: list[bytes] = []
+
+    def countingParse(data: bytes) -> Any:
+        parsed.append(data)
+        return parseQuery(data)
+
+    monkeypatch.setattr(handler, "parseQuery", countingParse)
+    plainEDNS = makeQuery("Miss.example.org", id=5, edns=True, udpSize=1400)
+    misses = [
+        makeQuery("miss.example.org", id=1),
+        makeQuery("MISS.example.org", dns.AAAA, id=2, checkingDisabled=True),
+        makeQuery("miss.example.org", id=3, edns=True, do=True),
+        withOption(plainEDNS, 8, ECS),
+        makeQuery("cached.example.org", id=6) + b"\x00\x00",
+    ]
+    results = []
+    for logQueries in (False, True):
+        p = makeProxy(events=20, logQueries=logQueries)
+        p.ask(makeQuery("cached.example.org", id=9))
+        sent, _, d = p.resolver.asked[-1]
+        d.callback(replyTo(sent, aRecord("cached.example.org", "192.0.2.9", ttl=300)))
+        del parsed[:]
+        answers = []
+        for query in misses:
+            asked = len(p.resolver.asked)
+            answer = p.ask(query)
+            if len(p.resolver.asked) > asked:
+                sent, _, d = p.resolver.asked[-1]
+                d.callback(replyTo(sent, aRecord("miss.example.org", "192.0.2.1", ttl=300)))
+                answer = p.lastSender.sent[-1][0]
+            answers.append(answer)
+        upstream = [sent for sent, _, _ in p.resolver.asked]
+        results.append((answers, upstream, dict(p.counters), queryEvents(p), len(parsed)))
+    (quickAnswers, quickUpstream, quickCounters, quickEvents, quickParsed) = results[0]
+    assert (quickAnswers, quickUpstream, quickCounters, quickEvents) == results[1][:4]
+    assert quickParsed == len(misses) + 1, "each miss parsed once; the one with trailing bytes twice"
+    assert (quickCounters["cache_misses"], quickCounters["cache_hits"]) == (5, 1)
+
+
 def queryEvents(p: Proxy) -> list[dict[str, Any]]:
     """
     The C{"query"} events recorded, without their sequence number.
