@@ -22,13 +22,15 @@ from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IHalfCloseableProtocol,
+    ILoggingContext,
     IProtocolFactory,
     IPushProducer,
     IReactorTime,
 )
+from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
@@ -154,20 +156,26 @@ def resetTransport(transport: Any) -> None:
 
 
 @implementer(IHalfCloseableProtocol)
-class GuardedConnection(ProtocolWrapper):
+class GuardedConnection(TwistedProtocol):
     """
     One stream connection, seen from the socket side: paced by its own send
     buffer, half-closeable, counted, timed out when idle, and open to the
     service's stream faults.  On a metered transport with nothing to do per
     message it steps aside (L{_SteppedAside}, chosen in L{_reroute}); see
     "Design notes" in docs/listen.md.
+
+    To the protocol it wraps it is the transport, and it provides what its
+    transport provides (L{_declareTransport}), each method of those
+    interfaces passed on by a method of its own.  Twisted's
+    C{ProtocolWrapper} passes them on through C{__getattr__}, which makes
+    every attribute of the wrapper slow to read, its own included (some 100
+    reads a connection).
     """
 
     factory: ConnectionLimiter
-    # Slots, each set in __init__ (the wrapper's own, and those of
-    # ProtocolWrapper): in the instance's dict, these keys would make it
-    # large, about 0.7 KiB a connection.  The dict keeps the interfaces
-    # declared.  _directRead and _directWrite are the routes that
+    # Slots, each set in __init__: in the instance's dict, these keys would
+    # make it large, about 0.7 KiB a connection.  The dict keeps the
+    # interfaces declared.  _directRead and _directWrite are the routes that
     # L{_SteppedAside} exposes as dataReceived and write.
     __slots__ = (
         "factory",
@@ -205,8 +213,7 @@ class GuardedConnection(ProtocolWrapper):
 
     def __init__(self, factory: ConnectionLimiter, wrappedProtocol: Any) -> None:
         """
-        Wrap C{wrappedProtocol}, with every slot set: an unset one would not
-        raise but read through to the transport (L{ProtocolWrapper.__getattr__}).
+        Wrap C{wrappedProtocol}, with every slot set.
         """
         self.factory = factory
         self.wrappedProtocol = wrappedProtocol
@@ -581,7 +588,10 @@ class GuardedConnection(ProtocolWrapper):
                 self._logClosed(ended, now, bytesIn, bytesOut)
         if addresses is not None:
             tls, fields = _eventSources(self.wrappedProtocol)
-        ProtocolWrapper.connectionLost(self, reason)
+        factory.unregisterProtocol(self)
+        self.wrappedProtocol.connectionLost(reason)
+        # The wrapped protocol points back at this one, its transport.
+        self.wrappedProtocol = None
         if addresses is not None:
             events.add(
                 "connection",
@@ -599,8 +609,8 @@ class GuardedConnection(ProtocolWrapper):
     def makeConnection(self, transport: Any) -> None:
         """
         Note the connection's addresses for its event (a closed socket can no
-        longer tell its own), then start it: L{ProtocolWrapper.makeConnection},
-        with the transport's interfaces declared from a cache
+        longer tell its own), then start it as Twisted's C{ProtocolWrapper}
+        does, with the transport's interfaces declared from a cache
         (L{_declareTransport}).
         """
         factory = self.factory
@@ -623,6 +633,84 @@ class GuardedConnection(ProtocolWrapper):
         if self._ended is None:
             self._ended = "aborted"
         self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def getPeer(self) -> IAddress:
+        """
+        The peer's address.
+        """
+        return self.transport.getPeer()  # type: ignore[union-attr]
+
+    def getHost(self) -> IAddress:
+        """
+        The local address.
+        """
+        return self.transport.getHost()  # type: ignore[union-attr]
+
+    def pauseProducing(self) -> None:
+        """
+        Stop reading from the peer for now (the framing's
+        L{netd.interfaces.IPacedConnection.pauseReading}).
+        """
+        transport: Any = self.transport
+        transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """
+        Read from the peer again.
+        """
+        transport: Any = self.transport
+        transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """
+        Stop reading for good: the transport closes.
+        """
+        transport: Any = self.transport
+        transport.stopProducing()
+
+    def getHandle(self) -> Any:
+        """
+        The transport's socket (L{ISystemHandle}).
+        """
+        transport: Any = self.transport
+        return transport.getHandle()
+
+    def getTcpNoDelay(self) -> bool:
+        """
+        Whether Nagle's algorithm is off (L{ITCPTransport}).
+        """
+        transport: Any = self.transport
+        return bool(transport.getTcpNoDelay())
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """
+        Turn Nagle's algorithm off, or on again (L{ITCPTransport}).
+        """
+        transport: Any = self.transport
+        transport.setTcpNoDelay(enabled)
+
+    def getTcpKeepAlive(self) -> bool:
+        """
+        Whether TCP keep-alive probes are on (L{ITCPTransport}).
+        """
+        transport: Any = self.transport
+        return bool(transport.getTcpKeepAlive())
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        """
+        Turn TCP keep-alive probes on or off (L{ITCPTransport}).
+        """
+        transport: Any = self.transport
+        transport.setTcpKeepAlive(enabled)
+
+    def logPrefix(self) -> str:
+        """
+        The wrapped protocol's label, and the guard's, as Twisted's
+        C{ProtocolWrapper} gives them (C{EchoReceiver (GuardedConnection)}).
+        """
+        inner = self.wrappedProtocol
+        label = inner.logPrefix() if ILoggingContext.providedBy(inner) else type(inner).__name__
+        return f"{label} (GuardedConnection)"
 
     def _ending(self, reason: Failure) -> str:
         """
@@ -790,11 +878,12 @@ metered (L{IMeteredTransport}).
 
 def _declareTransport(wrapper: GuardedConnection, transport: Any) -> bool:
     """
-    Declare that C{wrapper} provides what C{transport} does, as
-    L{ProtocolWrapper.makeConnection} does (the TLS layer and the plugins see
+    Declare that C{wrapper} provides what C{transport} does, as Twisted's
+    C{ProtocolWrapper.makeConnection} does (the TLS layer and the plugins see
     the wrapper as their transport, and ask it for C{ITCPTransport},
     C{ISystemHandle} and such), with the declaration made by
-    C{directlyProvides} once per kind of wrapper and transport.
+    C{directlyProvides} once per kind of wrapper and transport.  The wrapper
+    does not count traffic itself: L{IMeteredTransport} stays the transport's.
 
     @return: whether C{transport} is metered (L{IMeteredTransport}), known
         from the same cache.
@@ -802,7 +891,7 @@ def _declareTransport(wrapper: GuardedConnection, transport: Any) -> bool:
     key = (type(wrapper), providedBy(transport))
     known = _DECLARED.get(key)
     if known is None:
-        directlyProvides(wrapper, key[1])
+        directlyProvides(wrapper, key[1] - IMeteredTransport)
         known = _DECLARED[key] = (wrapper.__provides__, key[1].isOrExtends(IMeteredTransport))
     else:
         wrapper.__provides__ = known[0]  # type: ignore[attr-defined]
@@ -981,7 +1070,7 @@ class ConnectionLimiter(WrappingFactory):
         self._refusing = False
         self._drained: list[Deferred[None]] = []
 
-    def buildProtocol(self, addr: IAddress | None) -> ProtocolWrapper | None:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress | None) -> GuardedConnection | None:  # type: ignore[override]
         """
         Accept the connection if the service is below its limit: a
         L{GuardedConnection} around the service's protocol.
