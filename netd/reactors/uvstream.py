@@ -67,6 +67,9 @@ class StreamConnection(asyncio.Protocol):
     @ivar protocol: the Twisted protocol, once the connection is made.
     """
 
+    port: Any
+    reactor: Any
+    _seconds: Callable[[], float]
     connected: int
     disconnecting: int
     disconnected = 0
@@ -89,19 +92,30 @@ class StreamConnection(asyncio.Protocol):
     Why the connection is lost, when it is not uvloop's to tell: aborted, or the protocol failed.
     """
 
-    def __init__(self, port: Any) -> None:
+    @classmethod
+    def acceptedBy(cls, port: Any) -> type[StreamConnection]:
         """
-        A connection that C{port} (a L{netd.reactors.uv.TCPPort}) accepted; made by uvloop before the connection is.
+        The class of the connections C{port} (a L{netd.reactors.uv.TCPPort})
+        accepts, which uvloop makes without arguments: a subclass made once
+        for the port, holding what all its connections share (the port, its
+        reactor and clock), so that a new connection runs no C{__init__}.
         """
-        self.port = port
-        self._prepare(port.reactor)
+        reactor = port.reactor
+        shared = {
+            "__module__": cls.__module__,
+            "port": port,
+            "reactor": reactor,
+            "_seconds": staticmethod(reactor.seconds),
+        }
+        return type(cls.__name__, (cls,), shared)
 
     def _prepare(self, reactor: Any) -> None:
         """
-        Set up what every connection starts with, on C{reactor}.
+        Set up what every connection starts with, on C{reactor} (as
+        L{connection_made} does for one accepted).
         """
         self.reactor = reactor
-        self._seconds: Callable[[], float] = reactor.seconds
+        self._seconds = reactor.seconds
         # What every read and write looks at, on the instance: Python 3.11
         # looks an instance's own attributes up faster than its class's.
         self.connected = self.disconnecting = 0
@@ -113,12 +127,26 @@ class StreamConnection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         """
         Build the Twisted protocol for the peer (or close at once if the
-        factory builds none) and make its connection.
+        factory builds none) and make its connection.  What L{_prepare},
+        L{_opened} and L{_begin} do for a connection made is done here in
+        one call, for one accepted.
         """
-        self._opened(transport)
+        # What every read and write looks at, on the instance: Python 3.11
+        # looks an instance's own attributes up faster than its class's.
+        self.connected = self.disconnecting = 0
+        self.bytesReceived = self.bytesSent = 0
+        self._shut = False
+        self._transport = transport
+        self._send = transport.write
+        peer = transport.get_extra_info("peername")
+        self._addressType = address.IPv6Address if len(peer) == 4 else address.IPv4Address
+        self._peer = self._addressType("TCP", peer[0], peer[1])
+        self._lastActivity = self._seconds()
         port = self.port
         self._host = port.connectionHost
-        port.accepted()
+        streams = self.reactor.streams
+        if len(streams) + 1 >= port.probeFrom:
+            port.probeDescriptors()
         factory: Any = port.factory
         protocol = factory.buildProtocol(self._peer)
         if protocol is None:
@@ -126,7 +154,10 @@ class StreamConnection(asyncio.Protocol):
             return
         self.sessionno = port.sessionno
         port.sessionno += 1
-        self._begin(protocol)
+        self.connected = 1
+        self.protocol = protocol
+        streams.add(self)
+        protocol.makeConnection(self)
 
     def _opened(self, transport: Any) -> None:
         """
@@ -141,7 +172,7 @@ class StreamConnection(asyncio.Protocol):
 
     def _begin(self, protocol: Any) -> None:
         """
-        The connection is C{protocol}'s: make its connection.
+        The connection is C{protocol}'s: make its connection (see L{connection_made}).
         """
         self.connected = 1
         self.protocol = protocol

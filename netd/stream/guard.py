@@ -32,7 +32,8 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, implementer, providedBy
+from zope.interface import implementer, providedBy
+from zope.interface.declarations import Provides
 
 from netd import logs
 from netd.events import EventLog
@@ -579,13 +580,10 @@ class GuardedConnection(TwistedProtocol):
         counters = factory.counters
         counters["bytes_received"] += bytesIn
         counters["bytes_sent"] += bytesOut
-        now = factory.clock.seconds()
         events = factory.events
         addresses = self._addresses if events.enabled else None
-        if addresses is not None or logs.debugEnabled:
-            ended = self._ending(reason)
-            if logs.debugEnabled:
-                self._logClosed(ended, now, bytesIn, bytesOut)
+        if logs.debugEnabled:
+            self._logClosed(self._ending(reason), factory.clock.seconds(), bytesIn, bytesOut)
         if addresses is not None:
             tls, fields = _eventSources(self.wrappedProtocol)
         factory.unregisterProtocol(self)
@@ -593,15 +591,17 @@ class GuardedConnection(TwistedProtocol):
         # The wrapped protocol points back at this one, its transport.
         self.wrappedProtocol = None
         if addresses is not None:
+            # How it ended is put in words when the event is read (L{_endingOf}).
             events.add(
                 "connection",
                 _connectionEvent,
                 *addresses,
                 self._opened,
-                now - self._opened,
+                factory.clock.seconds() - self._opened,
                 bytesIn,
                 bytesOut,
-                ended,
+                self._ended,
+                reason,
                 tls.tlsDetails if tls is not None else None,
                 None if fields is None else dict(fields.eventFields()),
             )
@@ -616,14 +616,18 @@ class GuardedConnection(TwistedProtocol):
         factory = self.factory
         if factory.events.enabled:
             self._addresses = (transport.getPeer(), transport.getHost())
-        if _declareTransport(self, transport):
+        known = _DECLARED.get(providedBy(transport))
+        if known is None:
+            known = _declareTransport(transport)
+        self.__provides__ = known[0]
+        if known[1]:
             self._meter = transport
         self.connected = 1
         self.transport = transport
         self.connectionMade()
         # WrappingFactory.registerProtocol's one line, without its call.
         factory.protocols[self] = 1
-        self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
+        self.wrappedProtocol.makeConnection(self)
         self._reroute()
 
     def abortConnection(self) -> None:
@@ -714,16 +718,9 @@ class GuardedConnection(TwistedProtocol):
 
     def _ending(self, reason: Failure) -> str:
         """
-        How the connection ended, in words: what netd did to it, else what
-        the peer did (a clean close or a reset).
+        How the connection ended, in words (L{_endingOf}).
         """
-        if self._ended is not None:
-            return self._ended
-        if isinstance(reason.value, ConnectionDone):
-            return "closed by peer"
-        if isinstance(reason.value, ConnectionLost):
-            return "reset by peer"
-        return "aborted"
+        return _endingOf(self._ended, reason)
 
     def _logClosed(self, ended: str, now: float, bytesIn: int, bytesOut: int) -> None:
         """
@@ -869,33 +866,30 @@ class IdleWatch:
 
 _DECLARED: dict[Any, tuple[Any, bool]] = {}
 """
-What L{_declareTransport} declared for a wrapper of each kind, by the
-interfaces of the transport: each a declaration that zope.interface makes once
-and shares among the objects that get it, and whether the transport is
-metered (L{IMeteredTransport}).
+What L{_declareTransport} declared for a wrapper, by the interfaces of its
+transport: a declaration that zope.interface makes once and shares among the
+wrappers that get it, and whether the transport is metered
+(L{IMeteredTransport}).
 """
 
 
-def _declareTransport(wrapper: GuardedConnection, transport: Any) -> bool:
+def _declareTransport(transport: Any) -> tuple[Any, bool]:
     """
-    Declare that C{wrapper} provides what C{transport} does, as Twisted's
-    C{ProtocolWrapper.makeConnection} does (the TLS layer and the plugins see
-    the wrapper as their transport, and ask it for C{ITCPTransport},
-    C{ISystemHandle} and such), with the declaration made by
-    C{directlyProvides} once per kind of wrapper and transport.  The wrapper
-    does not count traffic itself: L{IMeteredTransport} stays the transport's.
+    The declaration that a wrapper of C{transport} provides what
+    C{transport} does, as Twisted's C{ProtocolWrapper.makeConnection} makes
+    it (the TLS layer and the plugins see the wrapper as their transport, and
+    ask it for C{ITCPTransport}, C{ISystemHandle} and such), made once per
+    kind of transport and kept in L{_DECLARED} for
+    L{GuardedConnection.makeConnection}.  The wrapper does not count
+    traffic itself: L{IMeteredTransport} stays the transport's.
 
-    @return: whether C{transport} is metered (L{IMeteredTransport}), known
-        from the same cache.
+    @return: the declaration, and whether C{transport} is metered
+        (L{IMeteredTransport}).
     """
-    key = (type(wrapper), providedBy(transport))
-    known = _DECLARED.get(key)
-    if known is None:
-        directlyProvides(wrapper, key[1] - IMeteredTransport)
-        known = _DECLARED[key] = (wrapper.__provides__, key[1].isOrExtends(IMeteredTransport))
-    else:
-        wrapper.__provides__ = known[0]  # type: ignore[attr-defined]
-    return known[1]
+    provided = providedBy(transport)
+    declaration = Provides(GuardedConnection, provided - IMeteredTransport)
+    known = _DECLARED[provided] = (declaration, provided.isOrExtends(IMeteredTransport))
+    return known
 
 
 def _tlsLayer(protocol: Any) -> TLSServerProtocol | None:
@@ -930,6 +924,20 @@ def _eventSources(protocol: Any) -> tuple[TLSServerProtocol | None, Any]:
     return tls, None
 
 
+def _endingOf(ended: str | None, reason: Failure) -> str:
+    """
+    How a connection ended, in words: what netd did to it (C{ended}), else
+    what the peer did (a clean close or a reset), as C{reason} says.
+    """
+    if ended is not None:
+        return ended
+    if isinstance(reason.value, ConnectionDone):
+        return "closed by peer"
+    if isinstance(reason.value, ConnectionLost):
+        return "reset by peer"
+    return "aborted"
+
+
 def _connectionEvent(
     peer: IAddress,
     host: IAddress,
@@ -937,7 +945,8 @@ def _connectionEvent(
     duration: float,
     bytesIn: int,
     bytesOut: int,
-    ended: str,
+    ended: str | None,
+    reason: Failure,
     tls: dict[str, Any] | None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -952,7 +961,7 @@ def _connectionEvent(
         "duration": round(duration, 6),
         "bytes_in": bytesIn,
         "bytes_out": bytesOut,
-        "ended": ended,
+        "ended": _endingOf(ended, reason),
         "tls": tls,
     }
     if extra:
@@ -1009,8 +1018,6 @@ class ConnectionLimiter(WrappingFactory):
     """
 
     noisy = False
-
-    protocol = GuardedConnection
 
     def __init__(
         self,
@@ -1085,7 +1092,7 @@ class ConnectionLimiter(WrappingFactory):
         if opened >= self._pressureFrom and self.idle is not None:
             self._pressureChanged(opened + 1)
         self.counters["connections_accepted"] += 1
-        return self.protocol(self, self.wrappedFactory.buildProtocol(addr))
+        return GuardedConnection(self, self.wrappedFactory.buildProtocol(addr))
 
     def _evictStalest(self, atLimit: bool = True) -> bool:
         """
