@@ -83,6 +83,10 @@ class StreamConnection(asyncio.Protocol):
     """
     _host: Any = None
     _writeClosing = False
+    _atEOF = False
+    """
+    Whether the peer's EOF is being handled (L{eof_received}).
+    """
     _shut: bool
     """
     Whether uvloop takes no more writes: the write side is shut, or the connection closed.
@@ -198,15 +202,22 @@ class StreamConnection(asyncio.Protocol):
         """
         The peer shut its side: tell a protocol that can go on half-closed,
         or have the connection closed (C{connectionLost} with
-        L{ConnectionDone}), as Twisted's transports do.
+        L{ConnectionDone}), as Twisted's transports do.  A protocol that
+        loses the connection as it is told has uvloop close it as this
+        returns (see L{loseConnection}).
         """
         protocol = self.protocol
         if not IHalfCloseableProtocol.providedBy(protocol):
             return False
+        self._atEOF = True
         try:
             protocol.readConnectionLost()
         except BaseException:
             self._failed()
+        self._atEOF = False
+        if self.disconnecting and not self._shut:
+            self._shut = True
+            return False
         return True
 
     def pause_writing(self) -> None:
@@ -331,11 +342,16 @@ class StreamConnection(asyncio.Protocol):
     def loseConnection(self) -> None:
         """
         Stop reading now; close once the events at hand are handled and
-        what is queued then is written.
+        what is queued then is written.  Asked as the peer's EOF is handled
+        (L{eof_received}), that is uvloop's own close once the handling
+        returns: no more is read after an EOF, and what is written meanwhile
+        is queued before the close.
         """
         if self.disconnecting or not self.connected:
             return
         self.disconnecting = 1
+        if self._atEOF:
+            return
         self._transport.pause_reading()
         self.reactor.asyncioLoop.call_soon(self._close)
 
