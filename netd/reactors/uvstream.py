@@ -209,13 +209,14 @@ class StreamConnection(asyncio.Protocol):
         protocol = self.protocol
         if not IHalfCloseableProtocol.providedBy(protocol):
             return False
+        closing = self.disconnecting
         self._atEOF = True
         try:
             protocol.readConnectionLost()
         except BaseException:
             self._failed()
         self._atEOF = False
-        if self.disconnecting and not self._shut:
+        if self.disconnecting and not closing:
             self._shut = True
             return False
         return True
