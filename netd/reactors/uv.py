@@ -36,7 +36,6 @@ import select
 import socket
 import sys
 from errno import EMFILE, ENFILE
-from functools import partial
 from typing import Any
 
 from twisted.internet import main, tcp
@@ -110,14 +109,12 @@ class TCPPort(tcp.Port):
         self.reactor.streamPorts.discard(self)  # type: ignore[attr-defined]
         super().connectionLost(reason)
 
-    def accepted(self) -> None:
+    def probeDescriptors(self) -> None:
         """
         uvloop accepted a connection (not yet among the reactor's
-        C{streams}): from L{probeFrom} open connections with it, see whether
-        it took the last descriptor the limit allows.
+        C{streams}), the L{probeFrom}th or a later one open: see whether it
+        took the last descriptor the limit allows.
         """
-        if len(self.reactor.streams) + 1 < self.probeFrom:  # type: ignore[attr-defined]
-            return
         try:
             probe = os.dup(self.fileno())
         except OSError as e:
@@ -144,7 +141,7 @@ class TCPPort(tcp.Port):
         self._accepting = True
         loop = self.reactor.asyncioLoop  # type: ignore[attr-defined]
         connection = StreamConnection if tcpinfo.CANARY.alive() else ClockedStreamConnection
-        self._serve = loop.create_server(partial(connection, self), sock=self.socket, backlog=self._backlog())
+        self._serve = loop.create_server(connection.acceptedBy(self), sock=self.socket, backlog=self._backlog())
         starting = asyncio.ensure_future(self._serve, loop=loop)
         starting.add_done_callback(self._serving)
         self._starting = starting

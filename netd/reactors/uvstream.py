@@ -67,6 +67,9 @@ class StreamConnection(asyncio.Protocol):
     @ivar protocol: the Twisted protocol, once the connection is made.
     """
 
+    port: Any
+    reactor: Any
+    _seconds: Callable[[], float]
     connected: int
     disconnecting: int
     disconnected = 0
@@ -80,6 +83,10 @@ class StreamConnection(asyncio.Protocol):
     """
     _host: Any = None
     _writeClosing = False
+    _atEOF = False
+    """
+    Whether the peer's EOF is being handled (L{eof_received}).
+    """
     _shut: bool
     """
     Whether uvloop takes no more writes: the write side is shut, or the connection closed.
@@ -89,19 +96,30 @@ class StreamConnection(asyncio.Protocol):
     Why the connection is lost, when it is not uvloop's to tell: aborted, or the protocol failed.
     """
 
-    def __init__(self, port: Any) -> None:
+    @classmethod
+    def acceptedBy(cls, port: Any) -> type[StreamConnection]:
         """
-        A connection that C{port} (a L{netd.reactors.uv.TCPPort}) accepted; made by uvloop before the connection is.
+        The class of the connections C{port} (a L{netd.reactors.uv.TCPPort})
+        accepts, which uvloop makes without arguments: a subclass made once
+        for the port, holding what all its connections share (the port, its
+        reactor and clock), so that a new connection runs no C{__init__}.
         """
-        self.port = port
-        self._prepare(port.reactor)
+        reactor = port.reactor
+        shared = {
+            "__module__": cls.__module__,
+            "port": port,
+            "reactor": reactor,
+            "_seconds": staticmethod(reactor.seconds),
+        }
+        return type(cls.__name__, (cls,), shared)
 
     def _prepare(self, reactor: Any) -> None:
         """
-        Set up what every connection starts with, on C{reactor}.
+        Set up what every connection starts with, on C{reactor} (as
+        L{connection_made} does for one accepted).
         """
         self.reactor = reactor
-        self._seconds: Callable[[], float] = reactor.seconds
+        self._seconds = reactor.seconds
         # What every read and write looks at, on the instance: Python 3.11
         # looks an instance's own attributes up faster than its class's.
         self.connected = self.disconnecting = 0
@@ -113,12 +131,26 @@ class StreamConnection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         """
         Build the Twisted protocol for the peer (or close at once if the
-        factory builds none) and make its connection.
+        factory builds none) and make its connection.  What L{_prepare},
+        L{_opened} and L{_begin} do for a connection made is done here in
+        one call, for one accepted.
         """
-        self._opened(transport)
+        # What every read and write looks at, on the instance: Python 3.11
+        # looks an instance's own attributes up faster than its class's.
+        self.connected = self.disconnecting = 0
+        self.bytesReceived = self.bytesSent = 0
+        self._shut = False
+        self._transport = transport
+        self._send = transport.write
+        peer = transport.get_extra_info("peername")
+        self._addressType = address.IPv6Address if len(peer) == 4 else address.IPv4Address
+        self._peer = self._addressType("TCP", peer[0], peer[1])
+        self._lastActivity = self._seconds()
         port = self.port
         self._host = port.connectionHost
-        port.accepted()
+        streams = self.reactor.streams
+        if len(streams) + 1 >= port.probeFrom:
+            port.probeDescriptors()
         factory: Any = port.factory
         protocol = factory.buildProtocol(self._peer)
         if protocol is None:
@@ -126,7 +158,10 @@ class StreamConnection(asyncio.Protocol):
             return
         self.sessionno = port.sessionno
         port.sessionno += 1
-        self._begin(protocol)
+        self.connected = 1
+        self.protocol = protocol
+        streams.add(self)
+        protocol.makeConnection(self)
 
     def _opened(self, transport: Any) -> None:
         """
@@ -141,7 +176,7 @@ class StreamConnection(asyncio.Protocol):
 
     def _begin(self, protocol: Any) -> None:
         """
-        The connection is C{protocol}'s: make its connection.
+        The connection is C{protocol}'s: make its connection (see L{connection_made}).
         """
         self.connected = 1
         self.protocol = protocol
@@ -167,15 +202,23 @@ class StreamConnection(asyncio.Protocol):
         """
         The peer shut its side: tell a protocol that can go on half-closed,
         or have the connection closed (C{connectionLost} with
-        L{ConnectionDone}), as Twisted's transports do.
+        L{ConnectionDone}), as Twisted's transports do.  A protocol that
+        loses the connection as it is told has uvloop close it as this
+        returns (see L{loseConnection}).
         """
         protocol = self.protocol
         if not IHalfCloseableProtocol.providedBy(protocol):
             return False
+        closing = self.disconnecting
+        self._atEOF = True
         try:
             protocol.readConnectionLost()
         except BaseException:
             self._failed()
+        self._atEOF = False
+        if self.disconnecting and not closing:
+            self._shut = True
+            return False
         return True
 
     def pause_writing(self) -> None:
@@ -300,11 +343,16 @@ class StreamConnection(asyncio.Protocol):
     def loseConnection(self) -> None:
         """
         Stop reading now; close once the events at hand are handled and
-        what is queued then is written.
+        what is queued then is written.  Asked as the peer's EOF is handled
+        (L{eof_received}), that is uvloop's own close once the handling
+        returns: no more is read after an EOF, and what is written meanwhile
+        is queued before the close.
         """
         if self.disconnecting or not self.connected:
             return
         self.disconnecting = 1
+        if self._atEOF:
+            return
         self._transport.pause_reading()
         self.reactor.asyncioLoop.call_soon(self._close)
 

@@ -22,15 +22,18 @@ from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IHalfCloseableProtocol,
+    ILoggingContext,
     IProtocolFactory,
     IPushProducer,
     IReactorTime,
 )
+from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, implementer, providedBy
+from zope.interface import implementer, providedBy
+from zope.interface.declarations import Provides
 
 from netd import logs
 from netd.events import EventLog
@@ -154,20 +157,26 @@ def resetTransport(transport: Any) -> None:
 
 
 @implementer(IHalfCloseableProtocol)
-class GuardedConnection(ProtocolWrapper):
+class GuardedConnection(TwistedProtocol):
     """
     One stream connection, seen from the socket side: paced by its own send
     buffer, half-closeable, counted, timed out when idle, and open to the
     service's stream faults.  On a metered transport with nothing to do per
     message it steps aside (L{_SteppedAside}, chosen in L{_reroute}); see
     "Design notes" in docs/listen.md.
+
+    To the protocol it wraps it is the transport, and it provides what its
+    transport provides (L{_declareTransport}), each method of those
+    interfaces passed on by a method of its own.  Twisted's
+    C{ProtocolWrapper} passes them on through C{__getattr__}, which makes
+    every attribute of the wrapper slow to read, its own included (some 100
+    reads a connection).
     """
 
     factory: ConnectionLimiter
-    # Slots, each set in __init__ (the wrapper's own, and those of
-    # ProtocolWrapper): in the instance's dict, these keys would make it
-    # large, about 0.7 KiB a connection.  The dict keeps the interfaces
-    # declared.  _directRead and _directWrite are the routes that
+    # Slots, each set in __init__: in the instance's dict, these keys would
+    # make it large, about 0.7 KiB a connection.  The dict keeps the
+    # interfaces declared.  _directRead and _directWrite are the routes that
     # L{_SteppedAside} exposes as dataReceived and write.
     __slots__ = (
         "factory",
@@ -205,8 +214,7 @@ class GuardedConnection(ProtocolWrapper):
 
     def __init__(self, factory: ConnectionLimiter, wrappedProtocol: Any) -> None:
         """
-        Wrap C{wrappedProtocol}, with every slot set: an unset one would not
-        raise but read through to the transport (L{ProtocolWrapper.__getattr__}).
+        Wrap C{wrappedProtocol}, with every slot set.
         """
         self.factory = factory
         self.wrappedProtocol = wrappedProtocol
@@ -572,26 +580,28 @@ class GuardedConnection(ProtocolWrapper):
         counters = factory.counters
         counters["bytes_received"] += bytesIn
         counters["bytes_sent"] += bytesOut
-        now = factory.clock.seconds()
         events = factory.events
         addresses = self._addresses if events.enabled else None
-        if addresses is not None or logs.debugEnabled:
-            ended = self._ending(reason)
-            if logs.debugEnabled:
-                self._logClosed(ended, now, bytesIn, bytesOut)
+        if logs.debugEnabled:
+            self._logClosed(self._ending(reason), factory.clock.seconds(), bytesIn, bytesOut)
         if addresses is not None:
             tls, fields = _eventSources(self.wrappedProtocol)
-        ProtocolWrapper.connectionLost(self, reason)
+        factory.unregisterProtocol(self)
+        self.wrappedProtocol.connectionLost(reason)
+        # The wrapped protocol points back at this one, its transport.
+        self.wrappedProtocol = None
         if addresses is not None:
+            # How it ended is put in words when the event is read (L{_endingOf}).
             events.add(
                 "connection",
                 _connectionEvent,
                 *addresses,
                 self._opened,
-                now - self._opened,
+                factory.clock.seconds() - self._opened,
                 bytesIn,
                 bytesOut,
-                ended,
+                self._ended,
+                reason,
                 tls.tlsDetails if tls is not None else None,
                 None if fields is None else dict(fields.eventFields()),
             )
@@ -599,21 +609,25 @@ class GuardedConnection(ProtocolWrapper):
     def makeConnection(self, transport: Any) -> None:
         """
         Note the connection's addresses for its event (a closed socket can no
-        longer tell its own), then start it: L{ProtocolWrapper.makeConnection},
-        with the transport's interfaces declared from a cache
+        longer tell its own), then start it as Twisted's C{ProtocolWrapper}
+        does, with the transport's interfaces declared from a cache
         (L{_declareTransport}).
         """
         factory = self.factory
         if factory.events.enabled:
             self._addresses = (transport.getPeer(), transport.getHost())
-        if _declareTransport(self, transport):
+        known = _DECLARED.get(providedBy(transport))
+        if known is None:
+            known = _declareTransport(transport)
+        self.__provides__ = known[0]
+        if known[1]:
             self._meter = transport
         self.connected = 1
         self.transport = transport
         self.connectionMade()
         # WrappingFactory.registerProtocol's one line, without its call.
         factory.protocols[self] = 1
-        self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
+        self.wrappedProtocol.makeConnection(self)
         self._reroute()
 
     def abortConnection(self) -> None:
@@ -624,18 +638,89 @@ class GuardedConnection(ProtocolWrapper):
             self._ended = "aborted"
         self.transport.abortConnection()  # type: ignore[union-attr]
 
+    def getPeer(self) -> IAddress:
+        """
+        The peer's address.
+        """
+        return self.transport.getPeer()  # type: ignore[union-attr]
+
+    def getHost(self) -> IAddress:
+        """
+        The local address.
+        """
+        return self.transport.getHost()  # type: ignore[union-attr]
+
+    def pauseProducing(self) -> None:
+        """
+        Stop reading from the peer for now (the framing's
+        L{netd.interfaces.IPacedConnection.pauseReading}).
+        """
+        transport: Any = self.transport
+        transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """
+        Read from the peer again.
+        """
+        transport: Any = self.transport
+        transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """
+        Stop reading for good: the transport closes.
+        """
+        transport: Any = self.transport
+        transport.stopProducing()
+
+    def getHandle(self) -> Any:
+        """
+        The transport's socket (L{ISystemHandle}).
+        """
+        transport: Any = self.transport
+        return transport.getHandle()
+
+    def getTcpNoDelay(self) -> bool:
+        """
+        Whether Nagle's algorithm is off (L{ITCPTransport}).
+        """
+        transport: Any = self.transport
+        return bool(transport.getTcpNoDelay())
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """
+        Turn Nagle's algorithm off, or on again (L{ITCPTransport}).
+        """
+        transport: Any = self.transport
+        transport.setTcpNoDelay(enabled)
+
+    def getTcpKeepAlive(self) -> bool:
+        """
+        Whether TCP keep-alive probes are on (L{ITCPTransport}).
+        """
+        transport: Any = self.transport
+        return bool(transport.getTcpKeepAlive())
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        """
+        Turn TCP keep-alive probes on or off (L{ITCPTransport}).
+        """
+        transport: Any = self.transport
+        transport.setTcpKeepAlive(enabled)
+
+    def logPrefix(self) -> str:
+        """
+        The wrapped protocol's label, and the guard's, as Twisted's
+        C{ProtocolWrapper} gives them (C{EchoReceiver (GuardedConnection)}).
+        """
+        inner = self.wrappedProtocol
+        label = inner.logPrefix() if ILoggingContext.providedBy(inner) else type(inner).__name__
+        return f"{label} (GuardedConnection)"
+
     def _ending(self, reason: Failure) -> str:
         """
-        How the connection ended, in words: what netd did to it, else what
-        the peer did (a clean close or a reset).
+        How the connection ended, in words (L{_endingOf}).
         """
-        if self._ended is not None:
-            return self._ended
-        if isinstance(reason.value, ConnectionDone):
-            return "closed by peer"
-        if isinstance(reason.value, ConnectionLost):
-            return "reset by peer"
-        return "aborted"
+        return _endingOf(self._ended, reason)
 
     def _logClosed(self, ended: str, now: float, bytesIn: int, bytesOut: int) -> None:
         """
@@ -781,32 +866,30 @@ class IdleWatch:
 
 _DECLARED: dict[Any, tuple[Any, bool]] = {}
 """
-What L{_declareTransport} declared for a wrapper of each kind, by the
-interfaces of the transport: each a declaration that zope.interface makes once
-and shares among the objects that get it, and whether the transport is
-metered (L{IMeteredTransport}).
+What L{_declareTransport} declared for a wrapper, by the interfaces of its
+transport: a declaration that zope.interface makes once and shares among the
+wrappers that get it, and whether the transport is metered
+(L{IMeteredTransport}).
 """
 
 
-def _declareTransport(wrapper: GuardedConnection, transport: Any) -> bool:
+def _declareTransport(transport: Any) -> tuple[Any, bool]:
     """
-    Declare that C{wrapper} provides what C{transport} does, as
-    L{ProtocolWrapper.makeConnection} does (the TLS layer and the plugins see
-    the wrapper as their transport, and ask it for C{ITCPTransport},
-    C{ISystemHandle} and such), with the declaration made by
-    C{directlyProvides} once per kind of wrapper and transport.
+    The declaration that a wrapper of C{transport} provides what
+    C{transport} does, as Twisted's C{ProtocolWrapper.makeConnection} makes
+    it (the TLS layer and the plugins see the wrapper as their transport, and
+    ask it for C{ITCPTransport}, C{ISystemHandle} and such), made once per
+    kind of transport and kept in L{_DECLARED} for
+    L{GuardedConnection.makeConnection}.  The wrapper does not count
+    traffic itself: L{IMeteredTransport} stays the transport's.
 
-    @return: whether C{transport} is metered (L{IMeteredTransport}), known
-        from the same cache.
+    @return: the declaration, and whether C{transport} is metered
+        (L{IMeteredTransport}).
     """
-    key = (type(wrapper), providedBy(transport))
-    known = _DECLARED.get(key)
-    if known is None:
-        directlyProvides(wrapper, key[1])
-        known = _DECLARED[key] = (wrapper.__provides__, key[1].isOrExtends(IMeteredTransport))
-    else:
-        wrapper.__provides__ = known[0]  # type: ignore[attr-defined]
-    return known[1]
+    provided = providedBy(transport)
+    declaration = Provides(GuardedConnection, provided - IMeteredTransport)
+    known = _DECLARED[provided] = (declaration, provided.isOrExtends(IMeteredTransport))
+    return known
 
 
 def _tlsLayer(protocol: Any) -> TLSServerProtocol | None:
@@ -841,6 +924,20 @@ def _eventSources(protocol: Any) -> tuple[TLSServerProtocol | None, Any]:
     return tls, None
 
 
+def _endingOf(ended: str | None, reason: Failure) -> str:
+    """
+    How a connection ended, in words: what netd did to it (C{ended}), else
+    what the peer did (a clean close or a reset), as C{reason} says.
+    """
+    if ended is not None:
+        return ended
+    if isinstance(reason.value, ConnectionDone):
+        return "closed by peer"
+    if isinstance(reason.value, ConnectionLost):
+        return "reset by peer"
+    return "aborted"
+
+
 def _connectionEvent(
     peer: IAddress,
     host: IAddress,
@@ -848,7 +945,8 @@ def _connectionEvent(
     duration: float,
     bytesIn: int,
     bytesOut: int,
-    ended: str,
+    ended: str | None,
+    reason: Failure,
     tls: dict[str, Any] | None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -863,7 +961,7 @@ def _connectionEvent(
         "duration": round(duration, 6),
         "bytes_in": bytesIn,
         "bytes_out": bytesOut,
-        "ended": ended,
+        "ended": _endingOf(ended, reason),
         "tls": tls,
     }
     if extra:
@@ -920,8 +1018,6 @@ class ConnectionLimiter(WrappingFactory):
     """
 
     noisy = False
-
-    protocol = GuardedConnection
 
     def __init__(
         self,
@@ -981,7 +1077,7 @@ class ConnectionLimiter(WrappingFactory):
         self._refusing = False
         self._drained: list[Deferred[None]] = []
 
-    def buildProtocol(self, addr: IAddress | None) -> ProtocolWrapper | None:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress | None) -> GuardedConnection | None:  # type: ignore[override]
         """
         Accept the connection if the service is below its limit: a
         L{GuardedConnection} around the service's protocol.
@@ -996,7 +1092,7 @@ class ConnectionLimiter(WrappingFactory):
         if opened >= self._pressureFrom and self.idle is not None:
             self._pressureChanged(opened + 1)
         self.counters["connections_accepted"] += 1
-        return self.protocol(self, self.wrappedFactory.buildProtocol(addr))
+        return GuardedConnection(self, self.wrappedFactory.buildProtocol(addr))
 
     def _evictStalest(self, atLimit: bool = True) -> bool:
         """

@@ -7,7 +7,7 @@ use these, which keeps them honest (docs/testing.md, "Design notes").
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import attrs
 from cryptography import x509
@@ -374,7 +374,7 @@ def connect(
         return None
     transport = MeteredStringTransport(limiter.clock, peer) if metered else StringTransport(peerAddress=peer)
     protocol.makeConnection(transport)
-    return MemoryStreamConnection(transport, cast(GuardedConnection, protocol), limiter)
+    return MemoryStreamConnection(transport, protocol, limiter)
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -615,7 +615,7 @@ def connectTLS(
         greet=False,
         clock=clock,
     )
-    connection = TLSTestConnection(pump, client, cast(GuardedConnection, server), app)
+    connection = TLSTestConnection(pump, client, server, app)
     connection.flush()
     return connection
 

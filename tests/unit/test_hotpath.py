@@ -185,3 +185,47 @@ def test_wrapperProvidesWhatItsTransportProvides() -> None:
         assert ITransport.providedBy(protocol) and IHalfCloseableProtocol.providedBy(protocol)
         assert ISystemHandle.providedBy(protocol) == (transportType is HandleTransport)
         assert not ITCPTransport.providedBy(protocol)
+
+
+def test_wrapperPassesOnItsTransportsMethods() -> None:
+    """
+    The connection wrapper has no __getattr__ (which would slow every read of its attributes): each method of the interfaces it declares for its transport is its own and reaches the transport.
+    """
+    limiter, _, _, _ = makeStack()
+
+    @implementer(ISystemHandle, ITCPTransport)
+    class TCPTransport(StringTransport):
+        handle = object()
+        noDelay = keepAlive = False
+
+        def getHandle(self) -> object:
+            return self.handle
+
+        def getTcpNoDelay(self) -> bool:
+            return self.noDelay
+
+        def setTcpNoDelay(self, enabled: bool) -> None:
+            self.noDelay = enabled
+
+        def getTcpKeepAlive(self) -> bool:
+            return self.keepAlive
+
+        def setTcpKeepAlive(self, enabled: bool) -> None:
+            self.keepAlive = enabled
+
+    protocol = limiter.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    assert protocol is not None
+    transport = TCPTransport()
+    protocol.makeConnection(transport)
+    assert not hasattr(type(protocol), "__getattr__")
+    assert ITCPTransport.providedBy(protocol) and ISystemHandle.providedBy(protocol)
+    assert protocol.getHandle() is transport.handle
+    assert protocol.getTcpNoDelay() and transport.noDelay
+    protocol.setTcpKeepAlive(True)
+    assert protocol.getTcpKeepAlive() and transport.keepAlive
+    protocol.pauseProducing()
+    assert transport.producerState == "paused"
+    protocol.resumeProducing()
+    assert transport.producerState == "producing"
+    assert protocol.getPeer() == transport.getPeer() and protocol.getHost() == transport.getHost()
+    assert protocol.logPrefix().endswith(" (GuardedConnection)")

@@ -453,6 +453,42 @@ def test_peerHalfCloseReadsThenAnswers(reactor: Reactor) -> None:
     assert untilEOF(reactor, accepted.client) == b"answer"
 
 
+class ClosingOnEOF(HalfCloseRecorder):
+    """
+    A half-closeable protocol that answers the peer's EOF and loses the connection as it is told of it.
+    """
+
+    def readConnectionLost(self) -> None:
+        super().readConnectionLost()
+        self.transport.write(b"bye")  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+@onEveryPath
+def test_loseConnectionAtPeerEOFCloses(reactor: Reactor) -> None:
+    """
+    A protocol that loses the connection as the peer's EOF is handled gets what it wrote then sent, and the connection closes.
+    """
+    accepted = accept(reactor, ClosingOnEOF)
+    accepted.client.shutdown(socket.SHUT_WR)
+    assert untilEOF(reactor, accepted.client) == b"bye"
+    spin(reactor, lambda: accepted.protocol.lost)
+    assert accepted.protocol.lost[0].check(ConnectionDone)
+
+
+@onEveryPath
+def test_loseConnectionAtPeerEOFAfterHalfCloseCloses(reactor: Reactor) -> None:
+    """
+    With its own sending side shut already, a protocol that loses the connection as the peer's EOF is handled has it closed.
+    """
+    accepted = accept(reactor, ClosingOnEOF)
+    accepted.transport.loseWriteConnection()
+    assert untilEOF(reactor, accepted.client) == b""
+    accepted.client.shutdown(socket.SHUT_WR)
+    spin(reactor, lambda: accepted.protocol.lost)
+    assert accepted.protocol.readLost == 1
+
+
 class Exploding(Recorder):
     """
     A protocol with a bug: it raises on C{b"boom"}, and echoes anything else.
