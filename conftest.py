@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
+NOTHING_COLLECTED = "no tests were collected; check the paths and -k/-m expressions"
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,7 +49,19 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     test is a broken command line or a broken suite, never a pass.
     """
     if not items:
-        raise pytest.UsageError("no tests were collected; check the paths and -k/-m expressions")
+        raise pytest.UsageError(NOTHING_COLLECTED)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """
+    The same refusal in the controller of a parallel run (pytest-xdist), which
+    collects nothing itself and, when its workers selected no test, would
+    report "no tests ran" (exit 5).
+    """
+    if session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.config.get_terminal_writer().line(f"ERROR: {NOTHING_COLLECTED}", red=True)
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,15 @@
 # start's .venv alone) first, then pytest over tests/ and plugins/*/tests/
 # (pyproject.toml's testpaths) with .venv-test's Python.
 # Arguments go to pytest (./test.sh -k framing).
+#
+# The tests run in parallel, in pytest-xdist workers: two per CPU, since most
+# integration tests wait on sockets and subprocesses rather than compute
+# ($PYTEST_XDIST_AUTO_NUM_WORKERS chooses another count, ./test.sh -n 0 none).
+# --dist loadgroup keeps each integration module, and each group of tests
+# that share a resource of the machine, in one worker (tests/integration/conftest.py).
 set -eu
 cd "$(dirname "$0")"
 ./setup.sh --test
-exec .venv-test/bin/python -m pytest "$@"
+PYTEST_XDIST_AUTO_NUM_WORKERS=${PYTEST_XDIST_AUTO_NUM_WORKERS:-$((2 * $(nproc)))}
+export PYTEST_XDIST_AUTO_NUM_WORKERS
+exec .venv-test/bin/python -m pytest -n auto --dist loadgroup "$@"

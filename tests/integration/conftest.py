@@ -7,10 +7,13 @@ dig) and the test DNS upstream.  No fixed ports; every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +27,100 @@ from netd.testing.harness import TEST_ADMIN, NetdServer, unavailable, withDaemon
 from .dns_upstream import Dnsmasq, findDnsmasq, startTestUpstream
 
 STARTUP_TIMEOUT = 20.0
+
+HERE = Path(__file__).resolve().parent
+
+
+# Running in parallel (./test.sh: pytest-xdist, --dist loadgroup).  Each module
+# runs in one worker, so that its module fixtures are made once; a test that
+# needs a resource of the whole machine names it as its xdist_group, which puts
+# every test of that resource into one worker and, for the resources in
+# EXCLUSIVE, holds a lock on it around each test as well, so that it stays
+# exclusive under any other distribution (--dist load) or in another run.
+
+EMBEDDED_DEFAULT_PORTS = "embedded-default-ports"
+"""
+The fixed loopback ports of the embedded default config (L{embeddedDefaultPorts}).
+"""
+LOAD = "load"
+"""
+The benchmarks and rolling restarts: they load the machine for a set time,
+measure while they do, and share bench/build/.
+"""
+EXCLUSIVE = frozenset({EMBEDDED_DEFAULT_PORTS, LOAD})
+LOCK_TIMEOUT = 900.0
+
+usesEmbeddedDefaultPorts = pytest.mark.xdist_group(EMBEDDED_DEFAULT_PORTS)
+loadsTheMachine = pytest.mark.xdist_group(LOAD)
+
+
+@contextlib.contextmanager
+def lockFile(path: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """
+    Hold an exclusive lock on the file C{path} (made if missing; the kernel
+    frees the lock if the process dies), waiting at most C{timeout} seconds
+    for whoever holds it.
+    """
+    deadline = time.monotonic() + timeout
+    with path.open("a") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{path} held by another test for {timeout} seconds") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def exclusive(name: str) -> contextlib.AbstractContextManager[None]:
+    """
+    Hold the machine-wide lock of the resource C{name}.
+    """
+    return lockFile(Path(tempfile.gettempdir()) / f"netd-tests-{name}.lock")
+
+
+def xdistGroups(item: pytest.Item) -> set[str]:
+    """
+    The names of the xdist_group marks of C{item}.
+    """
+    return {
+        str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+        for mark in item.iter_markers("xdist_group")
+    }
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """
+    Put each integration test that names no group of its own into its
+    module's group (first: pytest-xdist reads the groups in the same hook).
+    """
+    for item in items:
+        if item.path.is_relative_to(HERE) and not xdistGroups(item):
+            item.add_marker(pytest.mark.xdist_group(item.path.relative_to(HERE).as_posix()))
+
+
+@pytest.fixture(autouse=True)
+def _exclusiveResources(request: pytest.FixtureRequest) -> Iterator[None]:
+    """
+    Hold the locks of the exclusive resources a test's groups name while it
+    runs; in a loadgroup worker, first check that pytest-xdist saw the groups
+    (it marks them in the node ID, which some pytest releases ignore).
+    """
+    groups = xdistGroups(request.node)
+    if getattr(request.config.option, "loadgroup", False) and groups:
+        assert request.node.nodeid.endswith("@" + "_".join(sorted(groups))), (
+            f"pytest-xdist did not put {request.node.nodeid} into its group {groups}: see pyproject.toml's pytest pin"
+        )
+    with contextlib.ExitStack() as locks:
+        for name in sorted(groups & EXCLUSIVE):
+            locks.enter_context(exclusive(name))
+        yield
 
 
 def requireTool(name: str) -> str:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from netd.testing.harness import unavailable
 
-from .conftest import requireTool
+from .conftest import loadsTheMachine, requireTool
+
+pytestmark = loadsTheMachine
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,6 +15,10 @@ from pathlib import Path
 
 from netd.testing.harness import unavailable
 
+from .conftest import loadsTheMachine
+
+pytestmark = loadsTheMachine
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -27,11 +27,12 @@ from .conftest import (
     recvExactly,
     requireEmbeddedDefaultPorts,
     requireTool,
+    usesEmbeddedDefaultPorts,
     waitForLog,
     withTestAdmin,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, usesEmbeddedDefaultPorts]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "config" / "examples"

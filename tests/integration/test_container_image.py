@@ -42,7 +42,7 @@ import pytest
 from netd.testing.harness import unavailable
 
 from .checkout import ROOT, sourceFiles
-from .conftest import IO_TIMEOUT, connect, dig, recvExactly, requireTool
+from .conftest import IO_TIMEOUT, connect, dig, lockFile, recvExactly, requireTool
 from .test_tls import sClient
 
 CACHE = ROOT / ".container-test"
@@ -161,40 +161,42 @@ def contextKey() -> str:
 def image() -> str:
     """
     The image the Containerfile builds from this checkout on the Debian base,
-    built once per build context; older builds of both are removed.
+    built once per build context (by one worker at a time); older builds of both
+    are removed.
     """
     requireTool("buildah")
     requireTool("mmdebstrap")
     if os.geteuid() != 0:
         unavailable("buildah's chroot isolation and vfs storage need root here")
     CACHE.mkdir(exist_ok=True)
-    base = baseImage()
-    name = f"localhost/netd-test:{contextKey()}"
-    if not hasImage(name):
-        pipConf = CACHE / "pip.conf"
-        pipConf.write_text("[global]\nno-index = true\nfind-links = /wheels\n")
-        buildah(
-            "bud",
-            "--isolation",
-            "chroot",
-            "--format",
-            "docker",
-            "--file",
-            str(ROOT / "Containerfile"),
-            "--build-arg",
-            f"BASE={base}",
-            "--volume",
-            f"{dependencyWheels()}:/wheels:ro",
-            "--volume",
-            f"{pipConf}:/etc/pip.conf:ro",
-            "--tag",
-            name,
-            str(ROOT),
-            timeout=BUILD_TIMEOUT,
-        )
-    for old in buildah("images", "--noheading", "--format", "{{.Name}}:{{.Tag}}").split():
-        if old.startswith(("localhost/netd-test:", "localhost/netd-test-base:")) and old not in (name, base):
-            run(buildahCommand("rmi", "--force", old), check=False)
+    with lockFile(CACHE / "lock"):  # one build at a time in the store
+        base = baseImage()
+        name = f"localhost/netd-test:{contextKey()}"
+        if not hasImage(name):
+            pipConf = CACHE / "pip.conf"
+            pipConf.write_text("[global]\nno-index = true\nfind-links = /wheels\n")
+            buildah(
+                "bud",
+                "--isolation",
+                "chroot",
+                "--format",
+                "docker",
+                "--file",
+                str(ROOT / "Containerfile"),
+                "--build-arg",
+                f"BASE={base}",
+                "--volume",
+                f"{dependencyWheels()}:/wheels:ro",
+                "--volume",
+                f"{pipConf}:/etc/pip.conf:ro",
+                "--tag",
+                name,
+                str(ROOT),
+                timeout=BUILD_TIMEOUT,
+            )
+        for old in buildah("images", "--noheading", "--format", "{{.Name}}:{{.Tag}}").split():
+            if old.startswith(("localhost/netd-test:", "localhost/netd-test-base:")) and old not in (name, base):
+                run(buildahCommand("rmi", "--force", old), check=False)
     return name
 
 

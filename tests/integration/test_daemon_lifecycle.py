@@ -24,6 +24,7 @@ from .conftest import (
     recvExactly,
     recvUntilClosed,
     requireEmbeddedDefaultPorts,
+    usesEmbeddedDefaultPorts,
     waitForLog,
 )
 
@@ -266,6 +267,7 @@ def test_jsonLogFormat(startNetd: Any) -> None:
     assert any(e.get("msg") == "stopped" and e.get("service") == "echo" for e in events)
 
 
+@usesEmbeddedDefaultPorts
 def test_embeddedDefaultConfig(startNetd: Any) -> None:
     """
     netd run without -c serves echo on 127.0.0.1:7007 over TCP and UDP and exits 0 on SIGTERM.

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from netd.testing.harness import NetdServer, netdCommand
 
-from .conftest import requireEmbeddedDefaultPorts, requireTool
+from .conftest import requireEmbeddedDefaultPorts, requireTool, usesEmbeddedDefaultPorts
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,6 +161,7 @@ def runExample(command: str, home: Path) -> tuple[int, str, str]:
     return process.returncode, out, err
 
 
+@usesEmbeddedDefaultPorts
 def test_quickStartExamplesWorkAsWritten(tmp_path: Path) -> None:
     """
     Every quick-start example, run as written against netd run on the embedded default, exits 0 and prints what its comment says (whitespace aside); the first start logs where it made the development CA and how clients trust it, and the next says it uses it.
@@ -237,6 +238,7 @@ def runTourBlock(block: str, home: Path, cwd: Path) -> tuple[int, str, str]:
     return done.returncode, done.stdout, done.stderr
 
 
+@usesEmbeddedDefaultPorts
 def test_tourWorksAsWritten(tmp_path: Path) -> None:
     """
     The five-minute tour, run as written after the quick start's netd run: its control API calls answer, the echo is slowed by the fault and then not, its config checks, and netd run on it writes the ports file.
@@ -367,8 +369,9 @@ def test_testSetupLeavesTheQuickStartInstall(tmp_path: Path) -> None:
 
 def test_suiteRunsOutsideTheQuickStartVenv() -> None:
     """
-    ./test.sh runs the suite with .venv-test's Python, never .venv's.
+    ./test.sh runs the suite with .venv-test's Python, never .venv's, and hands its own arguments to pytest last.
     """
     script = (ROOT / "test.sh").read_text()
     assert "./setup.sh --test" in script
-    assert script.rstrip().splitlines()[-1] == 'exec .venv-test/bin/python -m pytest "$@"'
+    last = script.rstrip().splitlines()[-1]
+    assert last.startswith("exec .venv-test/bin/python -m pytest ") and last.endswith(' "$@"'), last

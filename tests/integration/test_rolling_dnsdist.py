@@ -18,10 +18,10 @@ from pathlib import Path
 import attrs
 import pytest
 
-from .conftest import IO_TIMEOUT, requireTool
+from .conftest import IO_TIMEOUT, loadsTheMachine, requireTool
 from .rolling import CLIENT, DEPLOY, HOSTS, Instances, freePort, onFreePorts, waitFor
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, loadsTheMachine]
 
 EXAMPLE = DEPLOY / "dnsdist"
 DURATION = 30

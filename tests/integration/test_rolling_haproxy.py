@@ -25,10 +25,10 @@ import pytest
 
 from netd.testing.harness import NetdServer, netdCommand
 
-from .conftest import IO_TIMEOUT, recvExactly, requireTool
+from .conftest import IO_TIMEOUT, loadsTheMachine, recvExactly, requireTool
 from .rolling import CLIENT, DEPLOY, HOSTS, Instances, Load, Tally, freePort, onFreePorts, waitFor
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, loadsTheMachine]
 
 EXAMPLE = DEPLOY / "haproxy"
 SERVICES = {"echo": "netd-echo", "tls-echo": "netd-tls-echo"}

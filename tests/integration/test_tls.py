@@ -39,6 +39,7 @@ from .conftest import (
     requireEmbeddedDefaultPorts,
     requireTool,
     unavailable,
+    usesEmbeddedDefaultPorts,
 )
 from .processes import stopProcess
 
@@ -683,6 +684,7 @@ def test_stalledHandshakeCut(netd: NetdServer, certs: Certs, sent: bytes | None)
 # The embedded default config.
 
 
+@usesEmbeddedDefaultPorts
 def test_embeddedDefaultServesTLSEcho(startNetd: Any) -> None:
     """
     netd run without -c serves tls-echo on 127.0.0.1:7443 with a development certificate made in the state directory, whose CA netd certs then reports and a verifying client trusts.
