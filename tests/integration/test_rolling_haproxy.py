@@ -136,35 +136,18 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         shutil.rmtree(sockets, ignore_errors=True)
 
 
-def echoRequest(deployment: Deployment, tally: Tally) -> None:
+def echoRequest(address: tuple[str, int], tally: Tally, tls: ssl.SSLContext | None = None, label: str = "ping") -> None:
     """
-    One request through HAProxy's echo frontend: connect, send, read the echo, close.
-    """
-    started, port = time.monotonic(), None
-    try:
-        with socket.create_connection(deployment.echo, timeout=IO_TIMEOUT) as client:
-            port = int(client.getsockname()[1])
-            message = f"ping {port}\n".encode()
-            client.sendall(message)
-            if recvExactly(client, len(message)) != message:
-                raise AssertionError("the echo differs")
-    except (OSError, AssertionError) as error:
-        tally.record(started, port, error)
-    else:
-        tally.record(started, port, None)
-
-
-def tlsRequest(deployment: Deployment, tally: Tally) -> None:
-    """
-    One request through HAProxy's TLS echo frontend: connect, handshake
-    (verifying the certificate for localhost), send, read the echo, close.
+    One request through one of HAProxy's frontends: connect, with C{tls}
+    handshake (verifying the certificate for localhost), send, read the
+    echo, close.
     """
     started, port = time.monotonic(), None
     try:
-        with socket.create_connection(deployment.tlsEcho, timeout=IO_TIMEOUT) as raw:
+        with socket.create_connection(address, timeout=IO_TIMEOUT) as raw:
             port = int(raw.getsockname()[1])
-            with deployment.tls.wrap_socket(raw, server_hostname="localhost") as client:
-                message = f"tls {port}\n".encode()
+            with raw if tls is None else tls.wrap_socket(raw, server_hostname="localhost") as client:
+                message = f"{label} {port}\n".encode()
                 client.sendall(message)
                 if recvExactly(client, len(message)) != message:
                     raise AssertionError("the echo differs")
@@ -179,8 +162,8 @@ def startLoad(deployment: Deployment) -> tuple[Load, Load]:
     Four echo clients and two TLS echo clients, each sending a request
     after another through HAProxy.
     """
-    echo = Load(lambda tally: echoRequest(deployment, tally), threads=4).start()
-    tls = Load(lambda tally: tlsRequest(deployment, tally), threads=2).start()
+    echo = Load(lambda tally: echoRequest(deployment.echo, tally), threads=4).start()
+    tls = Load(lambda tally: echoRequest(deployment.tlsEcho, tally, deployment.tls, "tls"), threads=2).start()
     return echo, tls
 
 
