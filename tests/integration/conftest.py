@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -131,6 +132,32 @@ def requireTool(name: str) -> str:
     if path is None:
         unavailable(f"{name} is not installed (./test.sh installs it)")
     return path
+
+
+BENCH_TIMEOUT = 180.0
+
+
+def runBench(script: str, *arguments: str) -> tuple[list[str], list[list[str]]]:
+    """
+    Run a benchmark of bench/ (C{script}, e.g. C{"tls/bench.py"}) with
+    C{arguments} and check that it exits 0; its report's lines, and the rows
+    of its Markdown tables split at C{" | "}.  Without the C compiler and
+    OpenSSL headers its load generator is built with, the test is skipped
+    (fails under CI=true).
+    """
+    if shutil.which("cc") is None or not Path("/usr/include/openssl/ssl.h").exists():
+        unavailable("no C compiler or OpenSSL headers to build the load generator (setup.sh --test installs them)")
+    root = HERE.parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / script), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=BENCH_TIMEOUT,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    return lines, [line.split(" | ") for line in lines if line.startswith("| ")]
 
 
 # Small client-side helpers shared by the integration tests.

@@ -7,18 +7,9 @@ tables.  The figures are not checked (a benchmark is never a timed test).
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
-from netd.testing.harness import unavailable
-
-from .conftest import loadsTheMachine, requireTool
+from .conftest import loadsTheMachine, requireTool, runBench
 
 pytestmark = loadsTheMachine
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_proxyBenchRunsAndReports() -> None:
@@ -29,33 +20,8 @@ def test_proxyBenchRunsAndReports() -> None:
     and the goal of round trips against socat.
     """
     requireTool("socat")
-    if shutil.which("cc") is None or not Path("/usr/include/openssl/ssl.h").exists():
-        unavailable("no C compiler or OpenSSL headers to build the load generator (setup.sh --test installs them)")
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "proxy" / "bench.py"),
-            "--servers",
-            "netd",
-            "socat",
-            "--duration",
-            "0.5",
-            "--rounds",
-            "1",
-            "--bulk-mib",
-            "4",
-            "--tls-bulk-mib",
-            "2",
-            "--idle-pairs",
-            "50",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ")]
+    arguments = "--servers netd socat --duration 0.5 --rounds 1 --bulk-mib 4 --tls-bulk-mib 2 --idle-pairs 50"
+    lines, rows = runBench("proxy/bench.py", *arguments.split())
     named = {(row[0].lstrip("| "), row[1]) for row in rows}
     for scenario in ("round trips", "bulk, one", "TLS 1.3 handshake", "TLS 1.3 bulk"):
         assert any(label.startswith(scenario) and proxy == "netd" for label, proxy in named), scenario
@@ -64,4 +30,4 @@ def test_proxyBenchRunsAndReports() -> None:
     assert all(float(row[-1].rstrip(" |")) > 0 for row in socatRows)
     assert sum(row[1] == "backend direct (no proxy)" for row in rows) == 2
     assert any(row[0] == "| netd" and row[3] for row in rows if len(row) == 5)
-    assert any("netd/socat" in line and "≥ 1.0" in line for line in done.stdout.splitlines())
+    assert any("netd/socat" in line and "≥ 1.0" in line for line in lines)

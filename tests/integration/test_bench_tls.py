@@ -8,18 +8,9 @@ benchmark is never a timed test).
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
-from netd.testing.harness import unavailable
-
-from .conftest import loadsTheMachine
+from .conftest import loadsTheMachine, runBench
 
 pytestmark = loadsTheMachine
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_tlsMemoryBenchRunsAndReports() -> None:
@@ -27,26 +18,7 @@ def test_tlsMemoryBenchRunsAndReports() -> None:
     A tiny memory run against netd alone (50 connections of each kind) exits
     0 and prints netd's row for every kind and the goal of issue 18.
     """
-    if shutil.which("cc") is None or not Path("/usr/include/openssl/ssl.h").exists():
-        unavailable("no C compiler or OpenSSL headers to build the load generator (setup.sh --test installs them)")
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "tls" / "bench.py"),
-            "--servers",
-            "netd",
-            "--scenarios",
-            "memory",
-            "--memory-connections",
-            "50",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ")]
+    lines, rows = runBench("tls/bench.py", "--servers", "netd", "--scenarios", "memory", "--memory-connections", "50")
     kinds = {row[0].lstrip("| ") for row in rows if len(row) > 1 and row[1] == "netd"}
     assert kinds == {
         "idle, TLS 1.3",
@@ -54,4 +26,4 @@ def test_tlsMemoryBenchRunsAndReports() -> None:
         "stalled after its ClientHello",
         "stalled before its ClientHello",
     }
-    assert any(line.startswith("- goal (issue 18): at most 10 KiB") for line in done.stdout.splitlines())
+    assert any(line.startswith("- goal (issue 18): at most 10 KiB") for line in lines)
