@@ -33,7 +33,7 @@ from netd.daemon.systemd import Notifier
 from netd.logs import startLogging
 from netd.registry import PluginRegistry, discoverPlugins
 from netd.tls.devcerts import DevelopmentSet, defaultStateDir, ensureDevelopmentSet, writeBadCertificates
-from netd.tls.options import ClientTLSOptions
+from netd.tls.options import CABundlePath, ClientTLSOptions
 from netd.words import counted
 
 log = Logger(namespace="netd.daemon.cli")
@@ -346,39 +346,44 @@ refuses a table whose upstream names no host to verify.
 
 def _clientTLSProblems(config: NetdConfig) -> list[Problem]:
     """
-    What making the client TLS tables of the enabled services' plugins (the
-    proxy's C{upstream_tls}) would refuse at start: their files, opened
-    and checked by the same L{netd.tls.client.clientCreatorFor}.
+    What the client TLS settings of the enabled services' plugins would
+    refuse at start: the files of client TLS tables (the proxy's
+    C{upstream_tls}), opened by the same L{netd.tls.client.clientCreatorFor},
+    and CA bundles (dns-proxy's C{ca_bundle}), read as the start reads them.
     """
     from netd.tls.client import clientCreatorFor
-    from netd.tls.keys import TLSSetupError
+    from netd.tls.keys import TLSSetupError, loadCertificates
 
     problems = []
     for i, spec in enumerate(config.services):
         if not spec.enabled:
             continue
-        for key, table in _clientTLSTables(spec.options, ()):
+        for key, value in _clientTLSValues(spec.options, ()):
             try:
-                clientCreatorFor(table, CHECKED_SERVER_NAME, key)
+                if isinstance(value, ClientTLSOptions):
+                    clientCreatorFor(value, CHECKED_SERVER_NAME, key)
+                else:
+                    loadCertificates(value, "the CA bundle", key)
             except TLSSetupError as e:
                 problems.append(Problem(("services", i) + e.key, str(e)))
     return problems
 
 
-def _clientTLSTables(value: object, key: KeyPath) -> Iterator[tuple[KeyPath, ClientTLSOptions]]:
+def _clientTLSValues(value: object, key: KeyPath) -> Iterator[tuple[KeyPath, ClientTLSOptions | CABundlePath]]:
     """
-    Every L{ClientTLSOptions} table in a plugin's decoded options, with its
-    key path within the service: at any depth of tables and arrays.
+    Every L{ClientTLSOptions} table and L{CABundlePath} in a plugin's decoded
+    options, with its key path within the service: at any depth of tables
+    and arrays.
     """
     kind = type(value)
-    if isinstance(value, ClientTLSOptions):
+    if isinstance(value, ClientTLSOptions | CABundlePath):
         yield key, value
     elif attrs.has(kind):
         for field in attrs.fields(kind):
-            yield from _clientTLSTables(getattr(value, field.name), (*key, field.name))
+            yield from _clientTLSValues(getattr(value, field.name), (*key, field.name))
     elif isinstance(value, list | tuple):
         for j, item in enumerate(value):
-            yield from _clientTLSTables(item, (*key, j))
+            yield from _clientTLSValues(item, (*key, j))
 
 
 def _cannotWrite(folder: str, make: bool = True) -> str | None:

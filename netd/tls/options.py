@@ -434,6 +434,14 @@ def _validVerifiedName(value: str | None) -> str | None:
     return None
 
 
+class CABundlePath(ConfigPath):
+    """
+    A PEM file of the CAs a client checks its servers' certificates against
+    (dns-proxy's C{ca_bundle}): a path like any other, whose certificates
+    C{netd check} reads as the start does, wherever a plugin's options hold one.
+    """
+
+
 @attrs.frozen
 class ClientTLSOptions:
     """

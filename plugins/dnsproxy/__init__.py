@@ -11,8 +11,9 @@ import os
 import attrs
 
 from netd.bases import Plugin
-from netd.config.options import ConfigPath, between, option
+from netd.config.options import between, option
 from netd.interfaces import PluginContext
+from netd.tls.options import CABundlePath
 
 from .cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRY_BYTES, AnswerCache
 from .handler import (
@@ -138,7 +139,7 @@ class DNSProxyOptions:
     health_check: float = option(
         0.5, help="Seconds between probes of an upstream marked down.", checks=(between(0.05, 3600),)
     )
-    ca_bundle: ConfigPath | None = option(
+    ca_bundle: CABundlePath | None = option(
         None,
         help="PEM file of the CAs that DNS-over-TLS upstreams' certificates must chain to; the system's when unset.",
         checks=(_readableFile,),

@@ -258,7 +258,8 @@ class UpstreamResolver(Service):
         self._candidates: list[_UpstreamState] | None = None
         self._udp = UDPPool(self, udpSockets, udpPortQueries, udpPortLifetime)
         self._streams: dict[Upstream, StreamUpstream] = {}
-        self._trustRoot: Any = loadTrustRoot(caBundle)  # an IOpenSSLTrustRoot (not exported publicly)
+        # An IOpenSSLTrustRoot (not exported publicly); a bad file is named at its key path.
+        self._trustRoot: Any = loadTrustRoot(caBundle, key=("ca_bundle",))
         self.resolving: set[_Resolution] = set()
         self._prober: LoopingCall | None = None
         self._stopped = False

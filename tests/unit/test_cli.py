@@ -378,6 +378,30 @@ def test_checkOpensClientTLSFiles(tmp_path: Path) -> None:
     assert f"{tmp_path / 'proxy.toml'}: services[0].upstream_tls.private_key: " in otherKey.stderr
 
 
+def test_checkOpensPluginCABundles(tmp_path: Path) -> None:
+    """
+    netd check opens a plugin's CA bundle (dns-proxy's ca_bundle) as netd run would: one without a certificate fails
+    at its key path, a good one passes.
+    """
+    files, _ = ensureDevelopmentSet(str(tmp_path / "certs"))
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+
+    def checked(bundle: str) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / "dns.toml"
+        path.write_text(
+            '[daemon]\nadmin = false\n\n[[services]]\nname = "d"\nplugin = "dns-proxy"\nlisten = ["udp:0"]\n'
+            f'upstreams = ["tls:127.0.0.1:853:name=dns.example"]\nca_bundle = "{bundle}"\n'
+        )
+        return runNetd("check", "-c", str(path))
+
+    assert checked(files.ca).returncode == 0
+    bad = checked(str(garbage))
+    assert bad.returncode == 1
+    assert f"{tmp_path / 'dns.toml'}: services[0].ca_bundle: the CA bundle " in bad.stderr
+    assert "holds no PEM certificate" in bad.stderr
+
+
 def test_checkWarnsOfExpiredCertificate(tmp_path: Path) -> None:
     """
     netd check accepts an expired certificate (netd serves the bad ones on purpose) but says it has expired.

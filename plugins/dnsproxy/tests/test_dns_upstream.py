@@ -42,6 +42,7 @@ from netd.interfaces import IFrameConnection, IFrameReceiver, IStreamHandler
 from netd.metrics import Counters
 from netd.stream.framing import FRAMINGS, FramedFactory
 from netd.testing.memory import FakeUDPPort, UDPMemoryReactorClock
+from netd.tls.keys import TLSSetupError
 from netd_plugins.dnsproxy import resolver as resolverModule
 from netd_plugins.dnsproxy.resolver import PooledSystemRandom, UpstreamFailure, UpstreamResolver
 from netd_plugins.dnsproxy.upstream import SYSTEM, Upstream, expandUpstreams, systemUpstreams
@@ -1223,14 +1224,17 @@ def test_tlsCertificateRefused(tmp_path: Path, authority: Authority, issuer: str
 
 def test_caBundleMustHoldCertificates(tmp_path: Path) -> None:
     """
-    A CA bundle that cannot be read or holds no certificate is refused when the resolver is built.
+    A CA bundle that cannot be read or holds no certificate is refused when the resolver is built, at its key path
+    (C{ca_bundle}), as netd run names it.
     """
-    with pytest.raises(ValueError, match="cannot read the CA bundle"):
+    with pytest.raises(TLSSetupError, match="cannot read the CA bundle") as missing:
         Harness([], caBundle=str(tmp_path / "missing.pem"))
+    assert missing.value.key == ("ca_bundle",)
     empty = tmp_path / "empty.pem"
     empty.write_text("not a certificate\n")
-    with pytest.raises(ValueError, match="holds no PEM certificate"):
+    with pytest.raises(TLSSetupError, match="holds no PEM certificate") as garbage:
         Harness([], caBundle=str(empty))
+    assert garbage.value.key == ("ca_bundle",)
 
 
 # Real sockets.
