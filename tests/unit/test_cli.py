@@ -350,6 +350,19 @@ def test_checkOpensTLSFiles(tmp_path: Path) -> None:
     assert "does not match the certificate" in mismatched.stderr
 
 
+GARBAGE_PEM = "not a certificate\n"
+
+
+def checkedService(tmp_path: Path, service: str) -> subprocess.CompletedProcess[str]:
+    """
+    netd check of a config at C{tmp_path}/netd.toml without the control API and with one service, C{service} (the
+    keys of its table, as TOML lines).
+    """
+    path = tmp_path / "netd.toml"
+    path.write_text(f'[daemon]\nadmin = false\n\n[[services]]\nname = "s"\n{service}')
+    return runNetd("check", "-c", str(path))
+
+
 def test_checkOpensClientTLSFiles(tmp_path: Path) -> None:
     """
     netd check opens the files of a plugin's client TLS table (the proxy's upstream_tls) as netd run would: a CA
@@ -357,25 +370,22 @@ def test_checkOpensClientTLSFiles(tmp_path: Path) -> None:
     """
     files, _ = ensureDevelopmentSet(str(tmp_path / "certs"))
     garbage = tmp_path / "garbage.pem"
-    garbage.write_text("not a certificate\n")
-
-    def checked(table: str) -> subprocess.CompletedProcess[str]:
-        path = tmp_path / "proxy.toml"
-        path.write_text(
-            '[daemon]\nadmin = false\n\n[[services]]\nname = "p"\nplugin = "proxy"\n'
-            f'listen = ["tcp:0"]\nupstream = "tcp:127.0.0.1:6379"\nupstream_tls = {table}\n'
-        )
-        return runNetd("check", "-c", str(path))
-
-    good = checked(f'{{ ca_bundle = "{files.ca}", certificate = "{files.client}", private_key = "{files.clientKey}" }}')
+    garbage.write_text(GARBAGE_PEM)
+    proxy = 'plugin = "proxy"\nlisten = ["tcp:0"]\nupstream = "tcp:127.0.0.1:6379"\nupstream_tls = '
+    good = checkedService(
+        tmp_path,
+        proxy + f'{{ ca_bundle = "{files.ca}", certificate = "{files.client}", private_key = "{files.clientKey}" }}\n',
+    )
     assert good.returncode == 0, good.stderr
-    noCA = checked(f'{{ ca_bundle = "{garbage}", server_name = "redis.example" }}')
+    noCA = checkedService(tmp_path, proxy + f'{{ ca_bundle = "{garbage}", server_name = "redis.example" }}\n')
     assert noCA.returncode == 1
-    assert f"{tmp_path / 'proxy.toml'}: services[0].upstream_tls.ca_bundle: " in noCA.stderr
+    assert f"{tmp_path / 'netd.toml'}: services[0].upstream_tls.ca_bundle: " in noCA.stderr
     assert "holds no PEM certificate" in noCA.stderr
-    otherKey = checked(f'{{ certificate = "{files.client}", private_key = "{files.serverKey}" }}')
+    otherKey = checkedService(
+        tmp_path, proxy + f'{{ certificate = "{files.client}", private_key = "{files.serverKey}" }}\n'
+    )
     assert otherKey.returncode == 1
-    assert f"{tmp_path / 'proxy.toml'}: services[0].upstream_tls.private_key: " in otherKey.stderr
+    assert f"{tmp_path / 'netd.toml'}: services[0].upstream_tls.private_key: " in otherKey.stderr
 
 
 def test_checkOpensPluginCABundles(tmp_path: Path) -> None:
@@ -385,20 +395,13 @@ def test_checkOpensPluginCABundles(tmp_path: Path) -> None:
     """
     files, _ = ensureDevelopmentSet(str(tmp_path / "certs"))
     garbage = tmp_path / "garbage.pem"
-    garbage.write_text("not a certificate\n")
-
-    def checked(bundle: str) -> subprocess.CompletedProcess[str]:
-        path = tmp_path / "dns.toml"
-        path.write_text(
-            '[daemon]\nadmin = false\n\n[[services]]\nname = "d"\nplugin = "dns-proxy"\nlisten = ["udp:0"]\n'
-            f'upstreams = ["tls:127.0.0.1:853:name=dns.example"]\nca_bundle = "{bundle}"\n'
-        )
-        return runNetd("check", "-c", str(path))
-
-    assert checked(files.ca).returncode == 0
-    bad = checked(str(garbage))
+    garbage.write_text(GARBAGE_PEM)
+    dns = 'plugin = "dns-proxy"\nlisten = ["udp:0"]\nupstreams = ["tls:127.0.0.1:853:name=dns.example"]\nca_bundle = '
+    good = checkedService(tmp_path, dns + f'"{files.ca}"\n')
+    assert good.returncode == 0, good.stderr
+    bad = checkedService(tmp_path, dns + f'"{garbage}"\n')
     assert bad.returncode == 1
-    assert f"{tmp_path / 'dns.toml'}: services[0].ca_bundle: the CA bundle " in bad.stderr
+    assert f"{tmp_path / 'netd.toml'}: services[0].ca_bundle: the CA bundle " in bad.stderr
     assert "holds no PEM certificate" in bad.stderr
 
 
