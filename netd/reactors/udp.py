@@ -425,20 +425,7 @@ class BatchingPort(udp.Port):
         elif not self._queued:
             self._first = (datagram, addr)
             return
-        raw = self._rawPeers.get(addr)
-        sending = self._sending
-        size = len(datagram)
-        if raw is not None and sending is not None and size <= sending.size:
-            # (L{_queue}, inline for the answer in hand: one call less per answer.)
-            index = self._queued
-            start, _, sizeAt, nameAt, nameEnd = sending.slots[index]
-            sending.data[start : start + size] = datagram
-            sending.sizes[sizeAt] = size
-            sending.control[nameAt:nameEnd] = raw
-            self._queued = index + 1
-            if index + 1 == BATCH:
-                self._flush()
-        elif not self._queue(datagram, addr):
+        if not self._queue(datagram, addr):
             self._flush()
             self._sendNow(datagram, addr)
 

@@ -115,13 +115,19 @@ class StreamConnection(asyncio.Protocol):
 
     def _prepare(self, reactor: Any) -> None:
         """
-        Set up what every connection starts with, on C{reactor} (as
-        L{connection_made} does for one accepted).
+        Set up what every connection starts with, on C{reactor} (what the
+        class of an accepted one holds already: L{acceptedBy}).
         """
         self.reactor = reactor
         self._seconds = reactor.seconds
-        # What every read and write looks at, on the instance: Python 3.11
-        # looks an instance's own attributes up faster than its class's.
+        self._fresh()
+
+    def _fresh(self) -> None:
+        """
+        Start the state every read and write looks at, on the instance:
+        Python 3.11 looks an instance's own attributes up faster than its
+        class's.
+        """
         self.connected = self.disconnecting = 0
         self.bytesReceived = self.bytesSent = 0
         self._shut = False
@@ -131,37 +137,21 @@ class StreamConnection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         """
         Build the Twisted protocol for the peer (or close at once if the
-        factory builds none) and make its connection.  What L{_prepare},
-        L{_opened} and L{_begin} do for a connection made is done here in
-        one call, for one accepted.
+        factory builds none) and make its connection.
         """
-        # What every read and write looks at, on the instance: Python 3.11
-        # looks an instance's own attributes up faster than its class's.
-        self.connected = self.disconnecting = 0
-        self.bytesReceived = self.bytesSent = 0
-        self._shut = False
-        self._transport = transport
-        self._send = transport.write
-        peer = transport.get_extra_info("peername")
-        self._addressType = address.IPv6Address if len(peer) == 4 else address.IPv4Address
-        self._peer = self._addressType("TCP", peer[0], peer[1])
-        self._lastActivity = self._seconds()
+        self._fresh()
+        self._opened(transport)
         port = self.port
         self._host = port.connectionHost
-        streams = self.reactor.streams
-        if len(streams) + 1 >= port.probeFrom:
+        if len(self.reactor.streams) + 1 >= port.probeFrom:
             port.probeDescriptors()
-        factory: Any = port.factory
-        protocol = factory.buildProtocol(self._peer)
+        protocol = port.factory.buildProtocol(self._peer)
         if protocol is None:
             transport.abort()
             return
         self.sessionno = port.sessionno
         port.sessionno += 1
-        self.connected = 1
-        self.protocol = protocol
-        streams.add(self)
-        protocol.makeConnection(self)
+        self._begin(protocol)
 
     def _opened(self, transport: Any) -> None:
         """

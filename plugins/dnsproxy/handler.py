@@ -573,12 +573,8 @@ class DNSProxy(Service):
             query = None
         if query is None or cacheKey(query) != key:
             return self._answerParsed(data, host, port, transport, started, reply)
-        counters = self.counters
-        counters[_QTYPE_COUNTERS.get(key[1], _QTYPE_OTHER)] += 1
-        counters["cache_misses"] += 1
-        if self.resolver.isLooped(data, query.question):
-            return self._loopDetected(query, host, port, transport, started)
-        return self._forward(key, data, query, host, port, transport, started, None, reply)
+        self.counters[_QTYPE_COUNTERS.get(key[1], _QTYPE_OTHER)] += 1
+        return self._missed(key, data, query, host, port, transport, started, None, reply)
 
     def _lookup(
         self,
@@ -605,6 +601,24 @@ class DNSProxy(Service):
         if cached is not None:
             self.counters["cache_hits"] += 1
             return self._done(cached, query, host, port, transport, "cache", started, applied)
+        return self._missed(key, data, query, host, port, transport, started, applied, reply)
+
+    def _missed(
+        self,
+        key: CacheKey,
+        data: bytes,
+        query: Query,
+        host: str,
+        port: int,
+        transport: str,
+        started: float,
+        applied: Applied | None,
+        reply: Reply | None,
+    ) -> bytes | Deferred[bytes] | None:
+        """
+        A query the cache does not hold (counted): refused if it is netd's own
+        query come back (a forwarding loop), else forwarded (L{_forward}).
+        """
         self.counters["cache_misses"] += 1
         if self.resolver.isLooped(data, query.question):
             return self._loopDetected(query, host, port, transport, started)
