@@ -583,7 +583,7 @@ class GuardedConnection(TwistedProtocol):
         events = factory.events
         addresses = self._addresses if events.enabled else None
         if logs.debugEnabled:
-            self._logClosed(self._ending(reason), factory.clock.seconds(), bytesIn, bytesOut)
+            self._logClosed(_endingOf(self._ended, type(reason.value)), factory.clock.seconds(), bytesIn, bytesOut)
         if addresses is not None:
             tls, fields = _eventSources(self.wrappedProtocol)
         factory.unregisterProtocol(self)
@@ -591,7 +591,8 @@ class GuardedConnection(TwistedProtocol):
         # The wrapped protocol points back at this one, its transport.
         self.wrappedProtocol = None
         if addresses is not None:
-            # How it ended is put in words when the event is read (L{_endingOf}).
+            # How it ended is put in words when the event is read (L{_endingOf}); the
+            # event keeps the kind of reason only, not the Failure and its traceback.
             events.add(
                 "connection",
                 _connectionEvent,
@@ -601,7 +602,7 @@ class GuardedConnection(TwistedProtocol):
                 bytesIn,
                 bytesOut,
                 self._ended,
-                reason,
+                type(reason.value),
                 tls.tlsDetails if tls is not None else None,
                 None if fields is None else dict(fields.eventFields()),
             )
@@ -715,12 +716,6 @@ class GuardedConnection(TwistedProtocol):
         inner = self.wrappedProtocol
         label = inner.logPrefix() if ILoggingContext.providedBy(inner) else type(inner).__name__
         return f"{label} (GuardedConnection)"
-
-    def _ending(self, reason: Failure) -> str:
-        """
-        How the connection ended, in words (L{_endingOf}).
-        """
-        return _endingOf(self._ended, reason)
 
     def _logClosed(self, ended: str, now: float, bytesIn: int, bytesOut: int) -> None:
         """
@@ -924,16 +919,17 @@ def _eventSources(protocol: Any) -> tuple[TLSServerProtocol | None, Any]:
     return tls, None
 
 
-def _endingOf(ended: str | None, reason: Failure) -> str:
+def _endingOf(ended: str | None, cause: type[object]) -> str:
     """
     How a connection ended, in words: what netd did to it (C{ended}), else
-    what the peer did (a clean close or a reset), as C{reason} says.
+    what the peer did (a clean close or a reset), as the kind of its
+    C{connectionLost} reason (C{cause}) says.
     """
     if ended is not None:
         return ended
-    if isinstance(reason.value, ConnectionDone):
+    if issubclass(cause, ConnectionDone):
         return "closed by peer"
-    if isinstance(reason.value, ConnectionLost):
+    if issubclass(cause, ConnectionLost):
         return "reset by peer"
     return "aborted"
 
@@ -946,7 +942,7 @@ def _connectionEvent(
     bytesIn: int,
     bytesOut: int,
     ended: str | None,
-    reason: Failure,
+    cause: type[object],
     tls: dict[str, Any] | None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -961,7 +957,7 @@ def _connectionEvent(
         "duration": round(duration, 6),
         "bytes_in": bytesIn,
         "bytes_out": bytesOut,
-        "ended": _endingOf(ended, reason),
+        "ended": _endingOf(ended, cause),
         "tls": tls,
     }
     if extra:

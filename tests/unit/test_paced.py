@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyClass
 
@@ -19,7 +18,7 @@ from netd.bases import FrameReceiver
 from netd.events import EventLog
 from netd.interfaces import IFrameConnection, IHalfCloseableReceiver, IPacedConnection
 from netd.stream.framing import FRAMINGS
-from netd.stream.guard import GuardedConnection
+from netd.stream.guard import GuardedConnection, _endingOf
 from netd.testing.memory import faultsFor, makeStreamStack
 
 
@@ -186,7 +185,7 @@ def test_resetConnection() -> None:
     connection: Any = receiver.connection
     connection.resetConnection()
     assert transport.disconnected
-    assert guard._ending(Failure(Exception())) == "reset by netd"
+    assert _endingOf(guard._ended, Exception) == "reset by netd"
 
 
 def test_loseWriteConnectionWithoutHalfCloseBelowCloses() -> None:
