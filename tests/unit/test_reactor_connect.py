@@ -37,6 +37,7 @@ from netd.reactors import tcpinfo, uvclient
 from netd.reactors.shared import IMeteredTransport
 from netd.reactors.uv import UvloopReactor
 from netd.reactors.uvclient import ClientConnection, ClockedClientConnection
+from netd.testing.harness import unavailable
 
 from .privatereactor import privateClockedUvloopReactor, privateReactor, privateUvloopReactor, spin, turn
 from .test_reactor import HalfCloseRecorder, PushProducer, Recorder, drain, readable, untilEOF
@@ -244,7 +245,7 @@ def test_ipv6Literal(reactor: Any) -> None:
         listening = socket.socket(socket.AF_INET6)
         listening.bind(("::1", 0))
     except OSError:
-        pytest.skip("no IPv6 loopback")
+        unavailable("no IPv6 loopback")
     with listening:
         listening.listen(1)
         factory = Recording()
